@@ -1,0 +1,39 @@
+# Helpers every folder uses, so targets share warnings and layout.
+
+# Project warnings: on and clean in project code.
+function(tessera_warnings target)
+  target_compile_options(${target} PRIVATE -Wall -Wextra -Wno-missing-field-initializers)
+endfunction()
+
+# tessera_library(NAME SOURCES ... [DEPS ...] [PRIVATE_DEPS ...])
+# A static library whose public headers live in its folder; included as "folder/header.h" from the
+# project root (e.g. #include "devices/device.h", #include "host/gguf/gguf.h").
+function(tessera_library name)
+  cmake_parse_arguments(ARG "" "" "SOURCES;DEPS;PRIVATE_DEPS" ${ARGN})
+  add_library(${name} STATIC ${ARG_SOURCES})
+  target_include_directories(${name} PUBLIC ${PROJECT_SOURCE_DIR} ${PROJECT_BINARY_DIR}/generated)
+  target_link_libraries(${name} PUBLIC ${ARG_DEPS} PRIVATE ${ARG_PRIVATE_DEPS})
+  tessera_warnings(${name})
+endfunction()
+
+# tessera_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [ENV ...])
+# A GoogleTest binary in build/tests, its cases registered with CTest under the given labels
+# (default: unit). ENV entries (VAR=value) are set for every case.
+function(tessera_test name)
+  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS;ENV" ${ARGN})
+  if(NOT ARG_LABELS)
+    set(ARG_LABELS unit)
+  endif()
+  if(NOT ARG_TIMEOUT)
+    set(ARG_TIMEOUT 600)
+  endif()
+  add_executable(${name} ${ARG_SOURCES})
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
+  tessera_warnings(${name})
+  gtest_discover_tests(${name}
+    TEST_PREFIX "${name}."
+    DISCOVERY_MODE PRE_TEST
+    PROPERTIES LABELS "${ARG_LABELS}" ENVIRONMENT "${ARG_ENV}" TIMEOUT ${ARG_TIMEOUT})
+endfunction()
