@@ -1,0 +1,60 @@
+// Entry point of the `tessera` command: dispatches to the registered sub-commands and prints errors once.
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+
+#include "host/cli/command.h"
+
+namespace tessera::cli {
+
+std::vector<Command>& commands() {
+  static std::vector<Command> all;
+  return all;
+}
+
+CommandRegistrar::CommandRegistrar(std::string name, std::string summary,
+                                   std::function<int(const std::vector<std::string>&)> run) {
+  commands().push_back({std::move(name), std::move(summary), std::move(run)});
+}
+
+}  // namespace tessera::cli
+
+namespace {
+
+void print_usage() {
+  std::printf("tessera: run large language models on every OpenCL device of this machine\n\n");
+  std::printf("usage: tessera COMMAND [options]   (tessera COMMAND --help for its options)\n\ncommands:\n");
+  auto cmds = tessera::cli::commands();
+  std::sort(cmds.begin(), cmds.end(), [](auto& a, auto& b) { return a.name < b.name; });
+  for (const auto& c : cmds) std::printf("  %-12s %s\n", c.name.c_str(), c.summary.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (const char* level = std::getenv("TESSERA_LOG")) {
+    spdlog::set_level(spdlog::level::from_str(level));
+  } else {
+    spdlog::set_level(spdlog::level::warn);
+  }
+  if (argc < 2 || std::string(argv[1]) == "--help" || std::string(argv[1]) == "-h") {
+    print_usage();
+    return argc < 2 ? 2 : 0;
+  }
+  const std::string name = argv[1];
+  for (const auto& c : tessera::cli::commands()) {
+    if (c.name != name) continue;
+    try {
+      return c.run(std::vector<std::string>(argv + 2, argv + argc));
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tessera %s: error: %s\n", name.c_str(), e.what());
+      return 1;
+    }
+  }
+  std::fprintf(stderr, "tessera: unknown command '%s'\n\n", name.c_str());
+  print_usage();
+  return 2;
+}
