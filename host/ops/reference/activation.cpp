@@ -1,0 +1,35 @@
+// Scalar SiLU / SwiGLU / softmax / sigmoid.
+#include "host/ops/reference/activation.h"
+
+#include <algorithm>
+#include <cmath>
+#include <stdexcept>
+#include <string>
+
+namespace tessera::reference {
+
+float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+float silu(float x) { return x * sigmoid(x); }
+
+void swiglu(std::span<const float> gate, std::span<const float> up, std::span<float> out) {
+  if (gate.size() != up.size() || out.size() != gate.size()) {
+    throw std::invalid_argument("swiglu: gate has " + std::to_string(gate.size()) + " floats, up " +
+                                std::to_string(up.size()) + ", out " + std::to_string(out.size()));
+  }
+  for (size_t i = 0; i < gate.size(); ++i) out[i] = silu(gate[i]) * up[i];
+}
+
+void softmax(std::span<float> x) {
+  if (x.empty()) return;
+  const float max = *std::max_element(x.begin(), x.end());
+  double sum = 0.0;
+  for (float& v : x) {
+    v = std::exp(v - max);
+    sum += v;
+  }
+  const float inv = float(1.0 / sum);
+  for (float& v : x) v *= inv;
+}
+
+}  // namespace tessera::reference

@@ -1,0 +1,18 @@
+// Scalar reference of the element-wise and row ops: SiLU, SwiGLU, softmax, sigmoid.
+#pragma once
+
+#include <span>
+
+namespace tessera::reference {
+
+float silu(float x);     // x * sigmoid(x)
+float sigmoid(float x);  // 1 / (1 + e^-x)
+
+// out[i] = silu(gate[i]) * up[i] (the gated FFN's activation, ggml_swiglu_split). out may alias
+// either input. Throws std::invalid_argument when the sizes differ.
+void swiglu(std::span<const float> gate, std::span<const float> up, std::span<float> out);
+
+// In-place softmax of one row (max subtracted first; sums in double). An empty row is left alone.
+void softmax(std::span<float> x);
+
+}  // namespace tessera::reference

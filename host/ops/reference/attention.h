@@ -1,0 +1,27 @@
+// Scalar reference of grouped-query causal attention over a contiguous KV history.
+#pragma once
+
+#include <span>
+
+namespace tessera::reference {
+
+// Shape of one attention call.
+struct AttentionShape {
+  int n_head = 0;     // query heads
+  int n_head_kv = 0;  // key/value heads; n_head must be a multiple (query head h reads kv head
+                      // h / (n_head / n_head_kv), as ggml broadcasts)
+  int head_dim = 0;   // per-head dimension of q, k and v
+};
+
+// Causal attention for a batch of n_tokens query tokens that are the LAST n_tokens rows of the KV
+// history (their own K/V already appended):
+//   q   [n_tokens][n_head][head_dim]
+//   k,v [n_kv][n_head_kv][head_dim]   rows in position order, n_kv >= n_tokens
+//   out [n_tokens][n_head][head_dim]
+// Query t (0-based in the batch) sees kv rows [0, n_kv - n_tokens + t]; scores are q.k * scale
+// (1/sqrt(head_dim) for the supported architectures), softmaxed in float with the max subtracted.
+// Throws std::invalid_argument on inconsistent sizes.
+void causal_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
+                      const AttentionShape& shape, float scale, std::span<float> out);
+
+}  // namespace tessera::reference

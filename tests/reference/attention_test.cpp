@@ -1,0 +1,56 @@
+// Hand-computed cases for grouped-query causal attention.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <stdexcept>
+#include <vector>
+
+#include "host/ops/reference/attention.h"
+
+namespace tessera::reference {
+namespace {
+
+TEST(Attention, SingleQuerySeesWholeHistory) {
+  // one head, head_dim 2; q = (1,0); keys (1,0),(0,1): scores 1, 0
+  std::vector<float> q{1, 0}, k{1, 0, 0, 1}, v{1, 2, 3, 4}, out(2);
+  causal_attention(q, k, v, {1, 1, 2}, 1.0f, out);
+  const float p0 = std::exp(1.0f) / (std::exp(1.0f) + 1.0f), p1 = 1.0f - p0;
+  EXPECT_NEAR(out[0], p0 * 1 + p1 * 3, 1e-6f);
+  EXPECT_NEAR(out[1], p0 * 2 + p1 * 4, 1e-6f);
+}
+
+TEST(Attention, CausalMaskWithinBatchAndScale) {
+  // two query tokens, the whole history is the batch: token 0 sees only row 0
+  std::vector<float> q{1, 0, 0, 2}, k{1, 0, 0, 1}, v{1, 2, 3, 4}, out(4);
+  causal_attention(q, k, v, {1, 1, 2}, 0.5f, out);
+  EXPECT_NEAR(out[0], 1.0f, 1e-6f);
+  EXPECT_NEAR(out[1], 2.0f, 1e-6f);
+  // token 1: scores (0, 2) * 0.5 = (0, 1)
+  const float p1 = std::exp(1.0f) / (1.0f + std::exp(1.0f)), p0 = 1.0f - p1;
+  EXPECT_NEAR(out[2], p0 * 1 + p1 * 3, 1e-6f);
+  EXPECT_NEAR(out[3], p0 * 2 + p1 * 4, 1e-6f);
+}
+
+TEST(Attention, GroupedQueryHeadsShareKvHead) {
+  // 4 query heads, 2 kv heads, head_dim 1, two kv rows; heads 0,1 read kv head 0; 2,3 kv head 1
+  std::vector<float> q{1, -1, 0, 0};
+  std::vector<float> k{1, 5, 0, 5};    // row0: kvh0=1, kvh1=5; row1: kvh0=0, kvh1=5
+  std::vector<float> v{10, 1, 20, 3};  // row0: kvh0=10, kvh1=1; row1: kvh0=20, kvh1=3
+  std::vector<float> out(4);
+  causal_attention(q, k, v, {4, 2, 1}, 1.0f, out);
+  const float a = std::exp(1.0f) / (std::exp(1.0f) + 1.0f);   // head 0: scores (1, 0)
+  const float b = std::exp(-1.0f) / (std::exp(-1.0f) + 1.0f); // head 1: scores (-1, 0)
+  EXPECT_NEAR(out[0], a * 10 + (1 - a) * 20, 1e-5f);
+  EXPECT_NEAR(out[1], b * 10 + (1 - b) * 20, 1e-5f);
+  EXPECT_NEAR(out[2], 2.0f, 1e-6f);  // equal scores: mean of 1 and 3
+  EXPECT_NEAR(out[3], 2.0f, 1e-6f);
+}
+
+TEST(Attention, RejectsBadShapes) {
+  std::vector<float> q{1, 0, 0, 1}, k{1, 0}, v{1, 0}, out(4);
+  EXPECT_THROW(causal_attention(q, k, v, {1, 1, 2}, 1.0f, out), std::invalid_argument);  // n_kv < n_tokens
+  EXPECT_THROW(causal_attention(q, k, v, {3, 2, 1}, 1.0f, out), std::invalid_argument);  // 3 % 2
+}
+
+}  // namespace
+}  // namespace tessera::reference
