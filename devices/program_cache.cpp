@@ -1,0 +1,235 @@
+// Program cache: memory map of built programs, disk store of binaries with a checked header.
+#include "devices/program_cache.h"
+
+#include <spdlog/spdlog.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <vector>
+
+#include "devices/device.h"
+#include "devices/sha256.h"
+
+namespace tessera {
+
+namespace {
+// Bump when the entry layout or the key's inputs change: old entries then simply miss.
+constexpr uint32_t kCacheFormatVersion = 1;
+constexpr char kMagic[8] = {'T', 'S', 'R', 'P', 'R', 'O', 'G', '\0'};
+
+struct EntryHeader {
+  char magic[8];
+  uint32_t version;
+  uint32_t reserved;
+  uint64_t payload_bytes;
+  uint8_t payload_sha256[32];
+};
+static_assert(sizeof(EntryHeader) == 56);
+
+std::string build_log(cl_program program, cl_device_id device) {
+  size_t size = 0;
+  if (clGetProgramBuildInfo(program, device, CL_PROGRAM_BUILD_LOG, 0, nullptr, &size) != CL_SUCCESS)
+    return "(no build log)";
+  std::string log(size, '\0');
+  clGetProgramBuildInfo(program, device, CL_PROGRAM_BUILD_LOG, size, log.data(), nullptr);
+  while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
+  return log;
+}
+}  // namespace
+
+std::string device_build_options(const DeviceInfo& info) {
+  std::string o = "-cl-std=CL1.2";  // the common denominator every driver we target compiles
+  // Half arithmetic only where the device has it; half *storage* (vload_half) works everywhere.
+  if (info.caps.fp16) o += " -DHAS_FP16=1";
+  if (info.caps.fp64) o += " -DHAS_FP64=1";
+  // Sub-group reductions replace local-memory trees where available.
+  if (info.caps.subgroups) o += " -DHAS_SUBGROUPS=1";
+  if (info.caps.int_dot_product) o += " -DHAS_INT_DOT=1";
+  // CPU devices want each work item to stream a contiguous range; GPUs want coalesced access.
+  if (info.type == DeviceType::kCpu) o += " -DDEVICE_IS_CPU=1";
+  o += " -DMAX_WORK_GROUP_SIZE=" + std::to_string(info.max_work_group_size);
+  return o;
+}
+
+ProgramCache::ProgramCache(KernelSources sources, std::filesystem::path disk_dir)
+    : sources_(std::move(sources)), disk_dir_(std::move(disk_dir)) {}
+
+std::filesystem::path ProgramCache::default_dir() {
+  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
+    return std::filesystem::path(xdg) / "tessera" / "programs";
+  if (const char* home = std::getenv("HOME"); home && *home)
+    return std::filesystem::path(home) / ".cache" / "tessera" / "programs";
+  return {};
+}
+
+ProgramCache::Stats ProgramCache::stats() const {
+  std::lock_guard lock(mutex_);
+  return stats_;
+}
+
+std::string ProgramCache::cache_key(const Device& device, const std::string& source,
+                                    const std::string& options) const {
+  const auto& i = device.info();
+  Sha256 h;
+  for (const std::string& part : {source, options, i.name, i.driver_version, i.platform_name,
+                                  i.platform_version, std::to_string(kCacheFormatVersion)}) {
+    const uint64_t n = part.size();
+    h.update(&n, sizeof(n));  // length-prefixed so fields cannot run into each other
+    h.update(part);
+  }
+  auto d = h.finish();
+  return to_hex(d.data(), d.size());
+}
+
+std::filesystem::path ProgramCache::entry_path(const Device& device, const std::string& name,
+                                               const std::string& options) const {
+  const std::string full = device_build_options(device.info()) + " " + options;
+  return disk_dir_ / (name + "-" + cache_key(device, sources_.resolve(name), full) + ".bin");
+}
+
+cl_program ProgramCache::get(const Device& device, const std::string& name,
+                             const std::string& options) {
+  std::lock_guard lock(mutex_);
+  auto key = std::make_tuple(&device, name, options);
+  if (auto it = programs_.find(key); it != programs_.end()) {
+    ++stats_.memory_hits;
+    return it->second.get();
+  }
+  const std::string source = sources_.resolve(name);
+  const std::string full = device_build_options(device.info()) + " " + options;
+  ClProgram program;
+  std::filesystem::path path;
+  if (!disk_dir_.empty()) {
+    path = disk_dir_ / (name + "-" + cache_key(device, source, full) + ".bin");
+    if (std::filesystem::exists(path)) {
+      program = load_binary(device, path, full);
+      if (program) {
+        ++stats_.disk_hits;
+      } else {
+        ++stats_.disk_rejected;
+      }
+    }
+  }
+  if (!program) {
+    program = build_from_source(device, name, source, full);
+    ++stats_.builds;
+    if (!path.empty()) store_binary(device, program.get(), path);
+  }
+  cl_program raw = program.get();
+  programs_.emplace(std::move(key), std::move(program));
+  return raw;
+}
+
+ClProgram ProgramCache::build_from_source(const Device& device, const std::string& name,
+                                          const std::string& source, const std::string& options) {
+  const char* text = source.c_str();
+  const size_t len = source.size();
+  cl_int err = CL_SUCCESS;
+  ClProgram program(clCreateProgramWithSource(device.context(), 1, &text, &len, &err));
+  cl_check(err, "clCreateProgramWithSource", device.info().label());
+  cl_device_id dev = device.handle();
+  err = clBuildProgram(program.get(), 1, &dev, options.c_str(), nullptr, nullptr);
+  if (err != CL_SUCCESS) {
+    throw ClError("clBuildProgram(" + name + ".cl, \"" + options + "\")", err,
+                  device.info().label(), "build log:\n" + build_log(program.get(), dev));
+  }
+  return program;
+}
+
+ClProgram ProgramCache::load_binary(const Device& device, const std::filesystem::path& path,
+                                    const std::string& options) {
+  std::ifstream in(path, std::ios::binary);
+  EntryHeader header{};
+  if (!in.read(reinterpret_cast<char*>(&header), sizeof(header)) ||
+      std::memcmp(header.magic, kMagic, sizeof(kMagic)) != 0 ||
+      header.version != kCacheFormatVersion) {
+    spdlog::info("program cache: {} has a bad header; rebuilding", path.string());
+    return {};
+  }
+  const auto file_size = std::filesystem::file_size(path);
+  if (header.payload_bytes == 0 || header.payload_bytes != file_size - sizeof(header)) {
+    spdlog::info("program cache: {} is truncated; rebuilding", path.string());
+    return {};
+  }
+  std::vector<unsigned char> payload(header.payload_bytes);
+  if (!in.read(reinterpret_cast<char*>(payload.data()), std::streamsize(payload.size()))) return {};
+  Sha256 h;
+  h.update(payload.data(), payload.size());
+  if (h.finish() != std::to_array(header.payload_sha256)) {
+    spdlog::info("program cache: {} fails its checksum; rebuilding", path.string());
+    return {};
+  }
+  cl_device_id dev = device.handle();
+  const unsigned char* bin = payload.data();
+  const size_t bin_size = payload.size();
+  cl_int status = CL_SUCCESS, err = CL_SUCCESS;
+  ClProgram program(
+      clCreateProgramWithBinary(device.context(), 1, &dev, &bin_size, &bin, &status, &err));
+  if (err != CL_SUCCESS || status != CL_SUCCESS) {
+    spdlog::info("program cache: driver refused {}; rebuilding", path.string());
+    return {};
+  }
+  if (clBuildProgram(program.get(), 1, &dev, options.c_str(), nullptr, nullptr) != CL_SUCCESS) {
+    spdlog::info("program cache: {} does not link; rebuilding", path.string());
+    return {};
+  }
+  return program;
+}
+
+void ProgramCache::store_binary(const Device& device, cl_program program,
+                                const std::filesystem::path& path) {
+  try {
+    cl_uint n_devices = 0;
+    CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_NUM_DEVICES, sizeof(n_devices), &n_devices, nullptr),
+             device.info().label());
+    std::vector<cl_device_id> devs(n_devices);
+    CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_DEVICES, n_devices * sizeof(cl_device_id),
+                              devs.data(), nullptr),
+             device.info().label());
+    std::vector<size_t> sizes(n_devices);
+    CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_BINARY_SIZES, n_devices * sizeof(size_t),
+                              sizes.data(), nullptr),
+             device.info().label());
+    std::vector<std::vector<unsigned char>> bins(n_devices);
+    std::vector<unsigned char*> ptrs(n_devices);
+    for (cl_uint i = 0; i < n_devices; ++i) {
+      bins[i].resize(sizes[i]);
+      ptrs[i] = bins[i].data();
+    }
+    CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_BINARIES, n_devices * sizeof(unsigned char*),
+                              ptrs.data(), nullptr),
+             device.info().label());
+    size_t index = 0;
+    while (index < n_devices && devs[index] != device.handle()) ++index;
+    if (index == n_devices || bins[index].empty()) return;  // driver offers no binary: nothing to cache
+    const auto& payload = bins[index];
+
+    EntryHeader header{};
+    std::memcpy(header.magic, kMagic, sizeof(kMagic));
+    header.version = kCacheFormatVersion;
+    header.payload_bytes = payload.size();
+    Sha256 h;
+    h.update(payload.data(), payload.size());
+    const auto digest = h.finish();
+    std::memcpy(header.payload_sha256, digest.data(), digest.size());
+
+    std::filesystem::create_directories(path.parent_path());
+    // Write to a unique temp file, then rename: readers never see a half-written entry.
+    const auto tmp = path.string() + ".tmp." + std::to_string(::getpid());
+    {
+      std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
+      out.write(reinterpret_cast<const char*>(&header), sizeof(header));
+      out.write(reinterpret_cast<const char*>(payload.data()), std::streamsize(payload.size()));
+      if (!out) throw std::runtime_error("cannot write " + tmp);
+    }
+    std::filesystem::rename(tmp, path);
+  } catch (const std::exception& e) {
+    // The cache is an optimization: failing to store an entry only costs a rebuild next time.
+    spdlog::warn("program cache: could not store {}: {}", path.string(), e.what());
+  }
+}
+
+}  // namespace tessera

@@ -1,0 +1,66 @@
+// Compiled OpenCL programs: in memory per (device, program, options) and on disk per
+// sha256(source, options, device name, driver version, platform version, cache format).
+#pragma once
+
+#include <atomic>
+#include <filesystem>
+#include <map>
+#include <mutex>
+#include <string>
+#include <tuple>
+
+#include "devices/cl_handle.h"
+#include "devices/kernel_sources.h"
+
+namespace tessera {
+
+class Device;
+
+// Build options every program gets on `device`: -D feature macros from its capabilities. The one
+// place device facts become kernel macros; each line says why.
+std::string device_build_options(const class DeviceInfo& info);
+
+class ProgramCache {
+ public:
+  // `disk_dir` empty: memory only. The cache owns the programs it returns; they live as long as it.
+  ProgramCache(KernelSources sources, std::filesystem::path disk_dir);
+
+  // $XDG_CACHE_HOME/tessera/programs, else ~/.cache/tessera/programs.
+  static std::filesystem::path default_dir();
+
+  // Program `name` built for `device` with device_build_options() + `options`. Thread-safe.
+  // A build failure throws ClError carrying the build log. A missing, corrupt or stale disk entry
+  // falls back to compiling from source and rewrites the entry.
+  cl_program get(const Device& device, const std::string& name, const std::string& options = "");
+
+  struct Stats {
+    int memory_hits = 0;
+    int disk_hits = 0;
+    int builds = 0;          // compiled from source
+    int disk_rejected = 0;   // entries found on disk but unusable (corrupt, truncated, refused)
+  };
+  Stats stats() const;
+  const KernelSources& sources() const { return sources_; }
+  const std::filesystem::path& disk_dir() const { return disk_dir_; }
+
+  // The disk file a (device, program, options) maps to; for tests and diagnostics.
+  std::filesystem::path entry_path(const Device& device, const std::string& name,
+                                   const std::string& options) const;
+
+ private:
+  std::string cache_key(const Device& device, const std::string& source,
+                        const std::string& options) const;
+  ClProgram build_from_source(const Device& device, const std::string& name,
+                              const std::string& source, const std::string& options);
+  ClProgram load_binary(const Device& device, const std::filesystem::path& path,
+                        const std::string& options);
+  void store_binary(const Device& device, cl_program program, const std::filesystem::path& path);
+
+  KernelSources sources_;
+  std::filesystem::path disk_dir_;
+  mutable std::mutex mutex_;
+  std::map<std::tuple<const Device*, std::string, std::string>, ClProgram> programs_;
+  Stats stats_;
+};
+
+}  // namespace tessera

@@ -1,0 +1,171 @@
+// The program cache: built once, then served from memory and disk; edits and corruption rebuild.
+#include <gtest/gtest.h>
+
+#include <fstream>
+
+#include "devices/device.h"
+#include "test_util.h"
+
+namespace tessera {
+namespace {
+
+constexpr const char* kAddOne = R"(
+#include "prelude.clh"
+__kernel void add_one(__global float* x) { x[get_global_id(0)] += ONE; }
+)";
+
+KernelSources test_sources(const char* one = "1.0f") {
+  KernelSources s = KernelSources::embedded();
+  s.set("prelude.clh", std::string("#define ONE ") + one + "\n");
+  s.set("add_one.cl", kAddOne);
+  return s;
+}
+
+// Runs add_one on 64 floats of value 2 and returns the first result.
+float run_add_one(const Device& d) {
+  std::vector<float> x(64, 2.0f);
+  ClMem buf = d.alloc(x.size() * sizeof(float));
+  d.write(buf.get(), 0, x.data(), x.size() * sizeof(float));
+  ClKernel k = d.kernel("add_one", "add_one");
+  cl_mem m = buf.get();
+  CL_CHECK(clSetKernelArg(k.get(), 0, sizeof(m), &m), d.id());
+  size_t global = x.size();
+  CL_CHECK(clEnqueueNDRangeKernel(d.queue(), k.get(), 1, nullptr, &global, nullptr, 0, nullptr, nullptr),
+           d.id());
+  d.read(buf.get(), 0, x.data(), x.size() * sizeof(float));
+  return x[0];
+}
+
+TEST(KernelSourcesTest, EmbeddedHasProbesAndExpandsIncludes) {
+  auto s = KernelSources::embedded();
+  const auto names = s.program_names();
+  EXPECT_NE(std::find(names.begin(), names.end(), "probes"), names.end());
+  const std::string text = s.resolve("probes");
+  EXPECT_NE(text.find("work_group_sum"), std::string::npos);  // from common.clh
+  EXPECT_EQ(text.find("#include \"common.clh\""), std::string::npos);
+}
+
+TEST(KernelSourcesTest, MissingFileIsNamed) {
+  auto s = KernelSources::embedded();
+  try {
+    s.resolve("nonexistent");
+    FAIL();
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("nonexistent.cl"), std::string::npos);
+  }
+  s.set("bad.cl", "#include \"missing.clh\"\n");
+  EXPECT_THROW(s.resolve("bad"), std::runtime_error);
+}
+
+TEST(KernelSourcesTest, DirectoryOverride) {
+  test::TempDir dir;
+  std::ofstream(dir.path() / "k.cl") << "#include \"p.clh\"\n__kernel void k() {}\n";
+  std::ofstream(dir.path() / "p.clh") << "// prelude\n";
+  auto s = KernelSources::from_directory(dir.path());
+  EXPECT_NE(s.resolve("k").find("// prelude"), std::string::npos);
+  EXPECT_THROW(KernelSources::from_directory(dir.path() / "absent"), std::runtime_error);
+}
+
+TEST(ProgramCacheTest, SecondProcessStartCompilesNothing) {
+  test::TempDir dir;
+  {
+    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto reg = DeviceRegistry::discover(cache);
+    const Device& d = *reg.devices().front();
+    EXPECT_FLOAT_EQ(run_add_one(d), 3.0f);
+    EXPECT_FLOAT_EQ(run_add_one(d), 3.0f);
+    EXPECT_EQ(cache->stats().builds, 1);
+    EXPECT_EQ(cache->stats().memory_hits, 1);
+    EXPECT_TRUE(std::filesystem::exists(cache->entry_path(d, "add_one", "")));
+  }
+  // A new cache over the same directory stands for a second process start.
+  auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+  auto reg = DeviceRegistry::discover(cache);
+  EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
+  EXPECT_EQ(cache->stats().builds, 0);
+  EXPECT_EQ(cache->stats().disk_hits, 1);
+}
+
+TEST(ProgramCacheTest, ChangedSourceOrOptionsRebuild) {
+  test::TempDir dir;
+  {
+    auto cache = std::make_shared<ProgramCache>(test_sources("1.0f"), dir.path());
+    auto reg = DeviceRegistry::discover(cache);
+    EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
+  }
+  // An edit in an included prelude changes the key.
+  auto cache = std::make_shared<ProgramCache>(test_sources("5.0f"), dir.path());
+  auto reg = DeviceRegistry::discover(cache);
+  const Device& d = *reg.devices().front();
+  EXPECT_FLOAT_EQ(run_add_one(d), 7.0f);
+  EXPECT_EQ(cache->stats().builds, 1);
+  EXPECT_EQ(cache->stats().disk_hits, 0);
+  // Different options: a different program and a different entry.
+  cache->get(d, "add_one", "-DEXTRA=1");
+  EXPECT_EQ(cache->stats().builds, 2);
+  EXPECT_NE(cache->entry_path(d, "add_one", ""), cache->entry_path(d, "add_one", "-DEXTRA=1"));
+}
+
+TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
+  test::TempDir dir;
+  std::filesystem::path entry;
+  {
+    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto reg = DeviceRegistry::discover(cache);
+    run_add_one(*reg.devices().front());
+    entry = cache->entry_path(*reg.devices().front(), "add_one", "");
+  }
+  ASSERT_TRUE(std::filesystem::exists(entry));
+  const auto size = std::filesystem::file_size(entry);
+
+  auto damage_and_check = [&](auto damage) {
+    damage();
+    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto reg = DeviceRegistry::discover(cache);
+    EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
+    EXPECT_EQ(cache->stats().disk_rejected, 1);
+    EXPECT_EQ(cache->stats().builds, 1);
+    EXPECT_EQ(std::filesystem::file_size(entry), size);  // rewritten whole
+  };
+  // Truncated in the payload.
+  damage_and_check([&] { std::filesystem::resize_file(entry, size / 2); });
+  // Truncated inside the header.
+  damage_and_check([&] { std::filesystem::resize_file(entry, 10); });
+  // A flipped byte in the payload (checksum mismatch).
+  damage_and_check([&] {
+    std::fstream f(entry, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(std::streamoff(size - 7));
+    char c;
+    f.seekg(std::streamoff(size - 7));
+    f.get(c);
+    f.seekp(std::streamoff(size - 7));
+    f.put(char(c ^ 0x5a));
+  });
+  // Garbage of the right length.
+  damage_and_check([&] {
+    std::ofstream f(entry, std::ios::binary | std::ios::trunc);
+    f << std::string(size, 'x');
+  });
+}
+
+TEST(ProgramCacheTest, BuildFailureCarriesTheLog) {
+  test::TempDir dir;
+  KernelSources s = KernelSources::embedded();
+  s.set("broken.cl", "__kernel void broken(__global float* x) { x[0] = undefined_name; }\n");
+  auto cache = std::make_shared<ProgramCache>(s, dir.path());
+  auto reg = DeviceRegistry::discover(cache);
+  const Device& d = *reg.devices().front();
+  try {
+    d.program("broken");
+    FAIL() << "expected a build failure";
+  } catch (const ClError& e) {
+    const std::string msg = e.what();
+    EXPECT_EQ(e.code(), CL_BUILD_PROGRAM_FAILURE);
+    EXPECT_NE(msg.find("broken.cl"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("build log"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("undefined_name"), std::string::npos) << msg;
+  }
+}
+
+}  // namespace
+}  // namespace tessera
