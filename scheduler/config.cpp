@@ -1,0 +1,424 @@
+// YAML device-selection configs: strict parsing (unknown keys and wrong types are errors that name
+// the key) and validation against the devices that exist.
+#include "scheduler/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cmath>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace tessera::sched {
+
+namespace {
+
+std::string lower(std::string s) {
+  std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
+  return s;
+}
+
+bool glob_match(const std::string& pattern, const std::string& text) {
+  // Iterative * and ? matching with backtracking to the last star.
+  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
+      ++p; ++t;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++; mark = t;
+    } else if (star != std::string::npos) {
+      p = star + 1; t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+[[noreturn]] void fail(const std::string& source, const std::string& key, const std::string& what) {
+  throw ConfigError(source + ": " + (key.empty() ? "" : key + ": ") + what);
+}
+
+// Checks that `node` is a map whose keys are all in `allowed`.
+void check_keys(const YAML::Node& node, const std::string& source, const std::string& key,
+                std::initializer_list<const char*> allowed) {
+  if (!node.IsMap()) fail(source, key, "expected a mapping");
+  for (const auto& kv : node) {
+    const std::string k = kv.first.as<std::string>();
+    if (std::none_of(allowed.begin(), allowed.end(), [&](const char* a) { return k == a; })) {
+      std::string list;
+      for (const char* a : allowed) list += (list.empty() ? "" : ", ") + std::string(a);
+      fail(source, key.empty() ? k : key + "." + k, "unknown key; valid keys here: " + list);
+    }
+  }
+}
+
+std::string scalar(const YAML::Node& n, const std::string& source, const std::string& key) {
+  if (!n.IsScalar()) fail(source, key, "expected a scalar value");
+  return n.as<std::string>();
+}
+
+bool boolean(const YAML::Node& n, const std::string& source, const std::string& key) {
+  const std::string s = lower(scalar(n, source, key));
+  if (s == "true" || s == "yes" || s == "on") return true;
+  if (s == "false" || s == "no" || s == "off") return false;
+  fail(source, key, "expected true or false, got '" + s + "'");
+}
+
+int integer(const YAML::Node& n, const std::string& source, const std::string& key, int lo, int hi) {
+  const std::string s = scalar(n, source, key);
+  try {
+    size_t used = 0;
+    long v = std::stol(s, &used);
+    if (used != s.size()) throw std::invalid_argument(s);
+    if (v < lo || v > hi)
+      fail(source, key, "must be between " + std::to_string(lo) + " and " + std::to_string(hi));
+    return int(v);
+  } catch (const std::logic_error&) {
+    fail(source, key, "expected an integer, got '" + s + "'");
+  }
+}
+
+double number(const YAML::Node& n, const std::string& source, const std::string& key) {
+  const std::string s = scalar(n, source, key);
+  try {
+    size_t used = 0;
+    double v = std::stod(s, &used);
+    if (used != s.size() || !std::isfinite(v)) throw std::invalid_argument(s);
+    return v;
+  } catch (const std::logic_error&) {
+    fail(source, key, "expected a number, got '" + s + "'");
+  }
+}
+
+DeviceType parse_type(const std::string& s, const std::string& source, const std::string& key) {
+  const std::string t = lower(s);
+  if (t == "gpu") return DeviceType::kGpu;
+  if (t == "cpu") return DeviceType::kCpu;
+  if (t == "accelerator" || t == "acc" || t == "npu") return DeviceType::kAccelerator;
+  if (t == "custom") return DeviceType::kCustom;
+  fail(source, key, "unknown device type '" + s + "'; valid: gpu, cpu, accelerator, custom");
+}
+
+DeviceSelector parse_selector(const YAML::Node& n, const std::string& source, const std::string& key) {
+  DeviceSelector s;
+  if (n.IsScalar()) {  // shorthand: a device id
+    s.id = n.as<std::string>();
+    return s;
+  }
+  check_keys(n, source, key, {"type", "vendor", "name", "platform", "id"});
+  if (n["type"]) s.type = parse_type(scalar(n["type"], source, key + ".type"), source, key + ".type");
+  if (n["vendor"]) s.vendor = scalar(n["vendor"], source, key + ".vendor");
+  if (n["name"]) s.name = scalar(n["name"], source, key + ".name");
+  if (n["platform"]) s.platform = scalar(n["platform"], source, key + ".platform");
+  if (n["id"]) s.id = scalar(n["id"], source, key + ".id");
+  return s;
+}
+
+std::vector<DeviceSelector> parse_selectors(const YAML::Node& n, const std::string& source,
+                                            const std::string& key) {
+  std::vector<DeviceSelector> out;
+  if (n.IsScalar() || n.IsMap()) {
+    out.push_back(parse_selector(n, source, key));
+  } else if (n.IsSequence()) {
+    for (size_t i = 0; i < n.size(); ++i)
+      out.push_back(parse_selector(n[i], source, key + "[" + std::to_string(i) + "]"));
+  } else {
+    fail(source, key, "expected a device selector or a list of them");
+  }
+  return out;
+}
+
+// "8-15", "3", "all" -> inclusive range; -1 means "to the end".
+std::pair<int, int> parse_range(const std::string& s, const std::string& source, const std::string& key) {
+  if (lower(s) == "all") return {0, -1};
+  const auto dash = s.find('-');
+  try {
+    if (dash == std::string::npos) {
+      int v = std::stoi(s);
+      if (v < 0) throw std::invalid_argument(s);
+      return {v, v};
+    }
+    int a = std::stoi(s.substr(0, dash)), b = std::stoi(s.substr(dash + 1));
+    if (a < 0 || b < a) throw std::invalid_argument(s);
+    return {a, b};
+  } catch (const std::logic_error&) {
+    fail(source, key, "expected a range like '8-15', a number or 'all', got '" + s + "'");
+  }
+}
+
+const std::set<std::string> kKvFormats = {"f16", "q8_0", "turbo2", "turbo2.5", "turbo3", "turbo3.5", "turbo4"};
+
+void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
+  if (!root || root.IsNull()) return;  // an empty config selects everything with defaults
+  check_keys(root, source, "", {"devices", "placement", "kv_cache", "balancer", "batching"});
+  if (const auto d = root["devices"]) {
+    check_keys(d, source, "devices", {"select", "exclude", "budgets"});
+    if (d["select"]) c.select = parse_selectors(d["select"], source, "devices.select");
+    if (d["exclude"]) c.exclude = parse_selectors(d["exclude"], source, "devices.exclude");
+    if (const auto b = d["budgets"]) {
+      if (!b.IsMap()) fail(source, "devices.budgets", "expected a mapping of device id to budget");
+      for (const auto& kv : b) {
+        const std::string id = kv.first.as<std::string>();
+        c.budgets[id] = parse_budget(scalar(kv.second, source, "devices.budgets." + id),
+                                     source + ": devices.budgets." + id);
+      }
+    }
+  }
+  if (const auto p = root["placement"]) {
+    check_keys(p, source, "placement", {"attention", "experts", "cpu_moe_layers"});
+    if (p["attention"]) c.attention = scalar(p["attention"], source, "placement.attention");
+    if (p["cpu_moe_layers"])
+      c.cpu_moe_layers = integer(p["cpu_moe_layers"], source, "placement.cpu_moe_layers", 0, 1 << 20);
+    if (const auto e = p["experts"]) {
+      if (e.IsScalar()) {
+        const std::string v = e.as<std::string>();
+        if (v != "auto") fail(source, "placement.experts", "expected 'auto', {shares: ...} or {pins: ...}, got '" + v + "'");
+        c.experts_mode = "auto";
+      } else {
+        check_keys(e, source, "placement.experts", {"shares", "pins"});
+        if (e["shares"] && e["pins"]) fail(source, "placement.experts", "give shares or pins, not both");
+        if (const auto s = e["shares"]) {
+          if (!s.IsMap()) fail(source, "placement.experts.shares", "expected a mapping of device id to share");
+          c.experts_mode = "shares";
+          for (const auto& kv : s) {
+            const std::string id = kv.first.as<std::string>();
+            const double v = number(kv.second, source, "placement.experts.shares." + id);
+            if (v < 0) fail(source, "placement.experts.shares." + id, "must not be negative");
+            c.expert_shares[id] = v;
+          }
+        }
+        if (const auto pins = e["pins"]) {
+          if (!pins.IsSequence()) fail(source, "placement.experts.pins", "expected a list");
+          c.experts_mode = "pins";
+          for (size_t i = 0; i < pins.size(); ++i) {
+            const std::string key = "placement.experts.pins[" + std::to_string(i) + "]";
+            check_keys(pins[i], source, key, {"device", "layers", "experts"});
+            if (!pins[i]["device"]) fail(source, key + ".device", "missing");
+            ExpertPin pin;
+            pin.device = scalar(pins[i]["device"], source, key + ".device");
+            if (pins[i]["layers"])
+              std::tie(pin.layer_first, pin.layer_last) =
+                  parse_range(scalar(pins[i]["layers"], source, key + ".layers"), source, key + ".layers");
+            if (pins[i]["experts"])
+              std::tie(pin.expert_first, pin.expert_last) =
+                  parse_range(scalar(pins[i]["experts"], source, key + ".experts"), source, key + ".experts");
+            c.expert_pins.push_back(pin);
+          }
+        }
+      }
+    }
+  }
+  if (const auto k = root["kv_cache"]) {
+    check_keys(k, source, "kv_cache", {"format", "budget"});
+    if (k["format"]) {
+      c.kv_format = lower(scalar(k["format"], source, "kv_cache.format"));
+      if (!kKvFormats.count(c.kv_format)) {
+        std::string list;
+        for (const auto& f : kKvFormats) list += (list.empty() ? "" : ", ") + f;
+        fail(source, "kv_cache.format", "unknown format '" + c.kv_format + "'; valid: " + list);
+      }
+    }
+    if (k["budget"]) c.kv_budget = parse_budget(scalar(k["budget"], source, "kv_cache.budget"), source + ": kv_cache.budget");
+  }
+  if (const auto b = root["balancer"]) {
+    if (b.IsScalar()) {
+      c.balancer = boolean(b, source, "balancer");
+    } else {
+      check_keys(b, source, "balancer", {"enabled"});
+      if (b["enabled"]) c.balancer = boolean(b["enabled"], source, "balancer.enabled");
+    }
+  }
+  if (const auto b = root["batching"]) {
+    check_keys(b, source, "batching", {"max_sequences", "max_batch_tokens"});
+    if (b["max_sequences"]) c.max_sequences = integer(b["max_sequences"], source, "batching.max_sequences", 1, 4096);
+    if (b["max_batch_tokens"])
+      c.max_batch_tokens = integer(b["max_batch_tokens"], source, "batching.max_batch_tokens", 1, 1 << 20);
+  }
+}
+
+}  // namespace
+
+bool DeviceSelector::matches(const DeviceInfo& d) const {
+  if (type && *type != d.type) return false;
+  if (vendor) {
+    const std::string v = lower(*vendor);
+    if (lower(d.vendor).find(v) == std::string::npos && v != vendor_class_name(d.vendor_class))
+      return false;
+  }
+  if (name && !glob_match(lower(*name), lower(d.name))) return false;
+  if (platform) {
+    const bool numeric = !platform->empty() && std::all_of(platform->begin(), platform->end(), ::isdigit);
+    if (numeric ? std::stoi(*platform) != d.platform_index
+                : lower(d.platform_name).find(lower(*platform)) == std::string::npos)
+      return false;
+  }
+  if (id && *id != d.id && *id != std::to_string(d.platform_index) + ":" + std::to_string(d.device_index))
+    return false;
+  return true;
+}
+
+std::string DeviceSelector::describe() const {
+  std::string s;
+  auto add = [&](const char* k, const std::string& v) { s += (s.empty() ? "" : " ") + std::string(k) + "=" + v; };
+  if (type) add("type", device_type_name(*type));
+  if (vendor) add("vendor", *vendor);
+  if (name) add("name", *name);
+  if (platform) add("platform", *platform);
+  if (id) add("id", *id);
+  return s.empty() ? "any" : s;
+}
+
+MemoryBudget parse_budget(const std::string& text, const std::string& key) {
+  MemoryBudget b;
+  std::string s = text;
+  s.erase(std::remove_if(s.begin(), s.end(), ::isspace), s.end());
+  try {
+    if (!s.empty() && s.back() == '%') {
+      size_t used = 0;
+      double v = std::stod(s.substr(0, s.size() - 1), &used);
+      if (used != s.size() - 1 || v <= 0 || v > 100) throw std::invalid_argument(s);
+      b.fraction = v / 100.0;
+      return b;
+    }
+    size_t used = 0;
+    double v = std::stod(s, &used);
+    const std::string unit = lower(s.substr(used));
+    static const std::map<std::string, double> kUnits = {
+        {"", 1}, {"b", 1}, {"k", 1e3}, {"kb", 1e3}, {"m", 1e6}, {"mb", 1e6}, {"g", 1e9}, {"gb", 1e9},
+        {"t", 1e12}, {"tb", 1e12}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
+        {"tib", 1099511627776.0}};
+    auto it = kUnits.find(unit);
+    if (it == kUnits.end() || v <= 0 || !std::isfinite(v)) throw std::invalid_argument(s);
+    b.bytes = uint64_t(v * it->second);
+    if (b.bytes == 0) throw std::invalid_argument(s);
+    return b;
+  } catch (const std::logic_error&) {
+    throw ConfigError(key + ": cannot read memory budget '" + text +
+                      "'; write e.g. 40GiB, 512MiB, 2GB, 80% or a byte count");
+  }
+}
+
+std::string format_bytes(uint64_t bytes) {
+  char buf[32];
+  const double b = double(bytes);
+  if (b >= 1073741824.0) std::snprintf(buf, sizeof(buf), "%.2f GiB", b / 1073741824.0);
+  else if (b >= 1048576.0) std::snprintf(buf, sizeof(buf), "%.1f MiB", b / 1048576.0);
+  else if (b >= 1024.0) std::snprintf(buf, sizeof(buf), "%.1f KiB", b / 1024.0);
+  else std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(bytes));
+  return buf;
+}
+
+Config parse_config(const std::string& yaml_text, const std::string& source) {
+  Config c;
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml_text);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(source + ": not valid YAML: " + e.what());
+  }
+  try {
+    parse_into(c, root, source);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(source + ": " + e.what());
+  }
+  return c;
+}
+
+Config load_config(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ": cannot open config file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return parse_config(ss.str(), path);
+}
+
+void apply_override(Config& c, const std::string& assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw ConfigError("<command line>: expected KEY=VALUE, got '" + assignment + "'");
+  // Build the nested YAML for the dotted key and parse it with the same strict rules.
+  const std::string key = assignment.substr(0, eq), value = assignment.substr(eq + 1);
+  std::vector<std::string> parts;
+  std::stringstream ks(key);
+  for (std::string p; std::getline(ks, p, '.');) parts.push_back(p);
+  YAML::Node leaf = YAML::Load(value.empty() ? "\"\"" : value);
+  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+    YAML::Node parent;
+    parent[*it] = leaf;
+    leaf = parent;
+  }
+  Config patch;
+  parse_into(patch, leaf, "<command line> " + key);
+  // Merge: only the keys the override names change.
+  const std::string top = parts[0];
+  if (top == "devices") {
+    if (!patch.select.empty()) c.select = patch.select;
+    if (!patch.exclude.empty()) c.exclude = patch.exclude;
+    for (auto& [id, b] : patch.budgets) c.budgets[id] = b;
+  } else if (top == "placement") {
+    if (key == "placement.attention") c.attention = patch.attention;
+    if (key.rfind("placement.experts", 0) == 0) {
+      c.experts_mode = patch.experts_mode;
+      c.expert_shares = patch.expert_shares;
+      c.expert_pins = patch.expert_pins;
+    }
+    if (patch.cpu_moe_layers) c.cpu_moe_layers = patch.cpu_moe_layers;
+  } else if (top == "kv_cache") {
+    if (key == "kv_cache.format") c.kv_format = patch.kv_format;
+    if (patch.kv_budget) c.kv_budget = patch.kv_budget;
+  } else if (top == "balancer") {
+    c.balancer = patch.balancer;
+  } else if (top == "batching") {
+    if (key == "batching.max_sequences") c.max_sequences = patch.max_sequences;
+    if (key == "batching.max_batch_tokens") c.max_batch_tokens = patch.max_batch_tokens;
+  }
+}
+
+std::vector<const DeviceInfo*> Config::select_devices(const std::vector<DeviceInfo>& all) const {
+  std::string existing;
+  for (const auto& d : all) existing += (existing.empty() ? "" : ", ") + d.id + " (" + d.name + ")";
+  auto check_exists = [&](const std::vector<DeviceSelector>& sels, const char* key) {
+    for (size_t i = 0; i < sels.size(); ++i) {
+      if (std::none_of(all.begin(), all.end(), [&](const DeviceInfo& d) { return sels[i].matches(d); }))
+        throw ConfigError(std::string(key) + "[" + std::to_string(i) + "]: no device matches " +
+                          sels[i].describe() + "; devices here: " + existing);
+    }
+  };
+  check_exists(select, "devices.select");
+  check_exists(exclude, "devices.exclude");
+  std::vector<const DeviceInfo*> out;
+  for (const auto& d : all) {
+    const bool in = select.empty() || std::any_of(select.begin(), select.end(), [&](auto& s) { return s.matches(d); });
+    const bool out_ = std::any_of(exclude.begin(), exclude.end(), [&](auto& s) { return s.matches(d); });
+    if (in && !out_) out.push_back(&d);
+  }
+  if (out.empty()) throw ConfigError("devices: the selection leaves no device; devices here: " + existing);
+  auto selected_ids = [&] {
+    std::string s;
+    for (auto* d : out) s += (s.empty() ? "" : ", ") + d->id;
+    return s;
+  };
+  auto find_selected = [&](const std::string& id, const std::string& key) -> const DeviceInfo* {
+    for (auto* d : out)
+      if (d->id == id) return d;
+    throw ConfigError(key + ": device '" + id + "' is not among the selected devices (" + selected_ids() +
+                      "); devices here: " + existing);
+  };
+  for (const auto& [id, budget] : budgets) {
+    const DeviceInfo* d = find_selected(id, "devices.budgets." + id);
+    if (budget.bytes > d->global_mem_bytes)
+      throw ConfigError("devices.budgets." + id + ": " + format_bytes(budget.bytes) + " exceeds the device's memory (" +
+                        format_bytes(d->global_mem_bytes) + ")");
+  }
+  if (attention != "auto") find_selected(attention, "placement.attention");
+  for (const auto& [id, share] : expert_shares) find_selected(id, "placement.experts.shares." + id);
+  for (size_t i = 0; i < expert_pins.size(); ++i)
+    find_selected(expert_pins[i].device, "placement.experts.pins[" + std::to_string(i) + "].device");
+  return out;
+}
+
+}  // namespace tessera::sched

@@ -1,0 +1,89 @@
+// Device-selection configs (YAML): which devices run, their memory budgets, where attention and
+// experts go, KV cache format and budget, balancer and batching. Schema: configs/README.md.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "devices/device_info.h"
+
+namespace tessera::sched {
+
+// A config that cannot be used: the message names the key path (e.g. "devices.select[1].type")
+// and, where it helps, lists what exists.
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// Matches devices; every field that is set must match. An empty selector matches every device.
+struct DeviceSelector {
+  std::optional<DeviceType> type;
+  std::optional<std::string> vendor;    // substring of the vendor string or the vendor class name
+  std::optional<std::string> name;      // glob (* and ?) over the device name, case-insensitive
+  std::optional<std::string> platform;  // platform index ("0") or substring of the platform name
+  std::optional<std::string> id;        // "gpu0" or "0:1"
+  bool matches(const DeviceInfo& d) const;
+  std::string describe() const;         // "type=gpu vendor=nvidia"
+};
+
+// A memory budget: absolute bytes or a fraction of the device's global memory.
+struct MemoryBudget {
+  uint64_t bytes = 0;
+  double fraction = 0;  // used when bytes == 0
+  uint64_t resolve(uint64_t device_bytes) const {
+    return bytes ? bytes : uint64_t(double(device_bytes) * fraction);
+  }
+};
+
+struct ExpertPin {
+  std::string device;    // device id
+  int layer_first = 0, layer_last = -1;   // inclusive; -1 = last layer
+  int expert_first = 0, expert_last = -1; // inclusive; -1 = last expert
+};
+
+struct Config {
+  // devices
+  std::vector<DeviceSelector> select;   // empty: all devices
+  std::vector<DeviceSelector> exclude;
+  std::map<std::string, MemoryBudget> budgets;  // by device id
+  // placement
+  std::string attention = "auto";               // device id or "auto"
+  std::string experts_mode = "auto";            // "auto" | "shares" | "pins"
+  std::map<std::string, double> expert_shares;  // device id -> share (normalized)
+  std::vector<ExpertPin> expert_pins;
+  std::optional<int> cpu_moe_layers;            // like llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
+  // kv cache
+  std::string kv_format = "f16";
+  std::optional<MemoryBudget> kv_budget;
+  // balancer
+  bool balancer = true;
+  // batching
+  int max_sequences = 16;
+  int max_batch_tokens = 2048;
+
+  // The devices this config selects, in discovery order; throws ConfigError when a named device
+  // does not exist (listing those that do), when nothing is selected, or when a budget exceeds a
+  // device's memory.
+  std::vector<const DeviceInfo*> select_devices(const std::vector<DeviceInfo>& all) const;
+};
+
+// Parses a YAML document. `source` names it in errors (a path or "<command line>").
+Config parse_config(const std::string& yaml_text, const std::string& source);
+Config load_config(const std::string& path);
+
+// Applies "key=value" overrides given on the command line, using the same key paths as the YAML
+// (e.g. "placement.attention=gpu0", "balancer.enabled=false", "devices.budgets.cpu0=8GiB").
+void apply_override(Config& config, const std::string& assignment);
+
+// "40GiB", "512MiB", "1.5GB", "123456" (bytes), "80%" (of the device's memory).
+MemoryBudget parse_budget(const std::string& text, const std::string& key);
+
+// Formats bytes for people: "1.50 GiB".
+std::string format_bytes(uint64_t bytes);
+
+}  // namespace tessera::sched

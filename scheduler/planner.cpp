@@ -1,0 +1,303 @@
+// The placement planner: dense layers on the attention device (spilling by bandwidth when full),
+// routed experts spread in proportion to bandwidth (or by shares / pins / cpu_moe_layers) within
+// budgets; then the cost model predicts per-device time.
+#include "scheduler/planner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <sstream>
+
+#include <boost/json.hpp>
+
+namespace tessera::sched {
+
+double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
+  return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) + launches * d.launch_us * 1e-6;
+}
+
+double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes) {
+  return bytes / (from.d2h_gbps * 1e9) + bytes / (to.h2d_gbps * 1e9) + (from.launch_us + to.launch_us) * 1e-6;
+}
+
+int Plan::experts_on(int layer, int device) const {
+  const auto& e = expert_device[size_t(layer)];
+  return int(std::count(e.begin(), e.end(), device));
+}
+
+namespace {
+
+int find_device(const std::vector<DeviceCost>& devs, const std::string& id, const std::string& key) {
+  for (size_t i = 0; i < devs.size(); ++i)
+    if (devs[i].id == id) return int(i);
+  std::string ids;
+  for (const auto& d : devs) ids += (ids.empty() ? "" : ", ") + d.id;
+  throw ConfigError(key + ": device '" + id + "' is not selected; selected: " + ids);
+}
+
+// Splits n items over weights by largest remainder; deterministic (ties go to the lower index).
+std::vector<int> apportion(int n, const std::vector<double>& weights) {
+  const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
+  std::vector<int> out(weights.size(), 0);
+  if (total <= 0 || n == 0) return out;
+  std::vector<std::pair<double, size_t>> rema;
+  int given = 0;
+  for (size_t i = 0; i < weights.size(); ++i) {
+    const double exact = n * weights[i] / total;
+    out[i] = int(std::floor(exact));
+    given += out[i];
+    rema.push_back({exact - out[i], i});
+  }
+  std::stable_sort(rema.begin(), rema.end(), [](auto& a, auto& b) { return a.first > b.first; });
+  for (int i = 0; given < n; ++i, ++given) out[rema[size_t(i)].second] += 1;
+  return out;
+}
+
+}  // namespace
+
+void predict(Plan& plan, const ModelFootprint& model, const std::vector<std::vector<double>>* load) {
+  const size_t nd = plan.devices.size();
+  plan.decode_seconds.assign(nd, 0.0);
+  double step = 0;
+  const auto& att = plan.devices[size_t(plan.attention_device)];
+  const double emb_row = model.embedding_bytes / std::max(1.0, double(model.n_embd)) ;  // ~one row read
+  step += op_seconds(att, emb_row, 0, 1);
+  plan.decode_seconds[size_t(plan.attention_device)] += op_seconds(att, emb_row, 0, 1);
+  const double act_bytes = 4.0 * model.n_embd;
+  for (size_t l = 0; l < model.layers.size(); ++l) {
+    const auto& layer = model.layers[l];
+    const int ld = plan.layer_device[l];
+    const auto& ldev = plan.devices[size_t(ld)];
+    double t = op_seconds(ldev, double(layer.dense_bytes), 2.0 * layer.dense_bytes, layer.dense_launches);
+    plan.decode_seconds[size_t(ld)] += t;
+    const int prev = l == 0 ? plan.attention_device : plan.layer_device[l - 1];
+    if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);
+    double slowest = 0;
+    if (layer.n_experts > 0) {
+      for (size_t d = 0; d < nd; ++d) {
+        double expected = 0;  // expected number of selected experts on device d per token
+        for (int e = 0; e < layer.n_experts; ++e) {
+          if (plan.expert_device[l][size_t(e)] != int(d)) continue;
+          expected += load ? (*load)[l][size_t(e)] : double(model.n_expert_used) / layer.n_experts;
+        }
+        if (expected <= 0) continue;
+        double te = op_seconds(plan.devices[d], expected * layer.expert_bytes, 2.0 * expected * layer.expert_bytes, 3);
+        plan.decode_seconds[d] += te;
+        if (int(d) != ld) te += 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
+        slowest = std::max(slowest, te);  // devices work on their experts concurrently
+      }
+    }
+    step += t + slowest;
+  }
+  const double out_t = op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes, 2);
+  plan.decode_seconds[size_t(plan.attention_device)] += out_t;
+  plan.decode_step_seconds = step + out_t;
+}
+
+Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices, const Config& config) {
+  if (devices.empty()) throw PlanError("no device selected");
+  Plan plan;
+  plan.devices = devices;
+  const size_t nd = devices.size();
+  const size_t nl = model.layers.size();
+  std::vector<uint64_t> used(nd, 0);
+  auto free_bytes = [&](size_t d) { return devices[d].budget_bytes > used[d] ? devices[d].budget_bytes - used[d] : 0; };
+
+  // Devices by bandwidth, fastest first (stable: discovery order breaks ties).
+  std::vector<size_t> by_speed(nd);
+  std::iota(by_speed.begin(), by_speed.end(), 0);
+  std::stable_sort(by_speed.begin(), by_speed.end(),
+                   [&](size_t a, size_t b) { return devices[a].read_gbps > devices[b].read_gbps; });
+
+  // 1. Attention device: embeddings, output head, KV cache and (as far as they fit) dense layers.
+  uint64_t dense_total = 0;
+  for (const auto& l : model.layers) dense_total += l.dense_bytes;
+  const uint64_t kv_need = config.kv_budget
+      ? config.kv_budget->resolve(devices[0].memory_bytes)
+      : model.kv_bytes_per_token * uint64_t(model.context_tokens);
+  const uint64_t head_bytes = model.embedding_bytes + model.output_bytes + kv_need;
+  if (config.attention != "auto") {
+    plan.attention_device = find_device(devices, config.attention, "placement.attention");
+  } else {
+    plan.attention_device = int(by_speed[0]);
+    for (size_t d : by_speed) {
+      if (devices[d].budget_bytes >= head_bytes + dense_total) {
+        plan.attention_device = int(d);
+        break;
+      }
+    }
+  }
+  const size_t ad = size_t(plan.attention_device);
+  if (devices[ad].budget_bytes < head_bytes)
+    throw PlanError("device " + devices[ad].id + " needs " + format_bytes(head_bytes) +
+                    " for embeddings, output head and KV cache but its budget is " +
+                    format_bytes(devices[ad].budget_bytes) + " (missing " +
+                    format_bytes(head_bytes - devices[ad].budget_bytes) + ")");
+  used[ad] += head_bytes;
+  plan.kv_bytes.assign(nd, 0);
+  plan.kv_bytes[ad] = kv_need;
+
+  // 2. Dense layers: on the attention device while they fit, then spill to the next fastest.
+  plan.layer_device.assign(nl, plan.attention_device);
+  for (size_t l = 0; l < nl; ++l) {
+    const uint64_t need = model.layers[l].dense_bytes;
+    int chosen = -1;
+    if (free_bytes(ad) >= need) {
+      chosen = int(ad);
+    } else {
+      for (size_t d : by_speed)
+        if (free_bytes(d) >= need) { chosen = int(d); break; }
+    }
+    if (chosen < 0)
+      throw PlanError("layer " + std::to_string(l) + " dense weights (" + format_bytes(need) +
+                      ") fit on no selected device; free: " + [&] {
+                        std::string s;
+                        for (size_t d = 0; d < nd; ++d) s += (d ? ", " : "") + devices[d].id + " " + format_bytes(free_bytes(d));
+                        return s;
+                      }());
+    plan.layer_device[l] = chosen;
+    used[size_t(chosen)] += need;
+  }
+
+  // 3. Routed experts.
+  std::vector<double> share(nd, 0.0);
+  if (config.experts_mode == "shares") {
+    for (const auto& [id, s] : config.expert_shares) share[size_t(find_device(devices, id, "placement.experts.shares." + id))] = s;
+    if (std::accumulate(share.begin(), share.end(), 0.0) <= 0)
+      throw ConfigError("placement.experts.shares: shares sum to zero");
+  } else {
+    for (size_t d = 0; d < nd; ++d) share[d] = devices[d].read_gbps;  // decode is bandwidth bound
+  }
+  plan.expert_device.assign(nl, {});
+  int cpu_device = -1;
+  for (size_t d = 0; d < nd; ++d)
+    if (devices[d].type == DeviceType::kCpu) { cpu_device = int(d); break; }
+  if (config.cpu_moe_layers && cpu_device < 0)
+    throw ConfigError("placement.cpu_moe_layers: no CPU device is selected");
+  for (size_t l = 0; l < nl; ++l) {
+    const int ne = model.layers[l].n_experts;
+    auto& assign = plan.expert_device[l];
+    assign.assign(size_t(ne), -1);
+    if (ne == 0) continue;
+    for (const auto& pin : config.expert_pins) {
+      const int lf = pin.layer_first, ll = pin.layer_last < 0 ? int(nl) - 1 : pin.layer_last;
+      if (int(l) < lf || int(l) > ll) continue;
+      const int ef = pin.expert_first, el = pin.expert_last < 0 ? ne - 1 : std::min(pin.expert_last, ne - 1);
+      const int d = find_device(devices, pin.device, "placement.experts.pins");
+      for (int e = ef; e <= el; ++e) assign[size_t(e)] = d;
+    }
+    if (config.cpu_moe_layers) {
+      const int d = int(l) < *config.cpu_moe_layers ? cpu_device : plan.layer_device[l];
+      for (auto& a : assign) if (a < 0) a = d;
+    }
+    // Unpinned experts: contiguous ranges in proportion to the shares.
+    std::vector<int> free_experts;
+    for (int e = 0; e < ne; ++e) if (assign[size_t(e)] < 0) free_experts.push_back(e);
+    const auto counts = apportion(int(free_experts.size()), share);
+    size_t next = 0;
+    for (size_t d = 0; d < nd; ++d)
+      for (int c = 0; c < counts[d]; ++c) assign[size_t(free_experts[next++])] = int(d);
+    for (int e = 0; e < ne; ++e) used[size_t(assign[size_t(e)])] += model.layers[l].expert_bytes;
+  }
+  // Budgets: move experts off over-full devices onto the device with the most room, fastest first.
+  for (size_t d = 0; d < nd; ++d) {
+    for (size_t l = nl; l-- > 0 && used[d] > devices[d].budget_bytes;) {
+      auto& assign = plan.expert_device[l];
+      for (size_t e = assign.size(); e-- > 0 && used[d] > devices[d].budget_bytes;) {
+        if (assign[e] != int(d)) continue;
+        const uint64_t eb = model.layers[l].expert_bytes;
+        int target = -1;
+        for (size_t t : by_speed)
+          if (t != d && free_bytes(t) >= eb) { target = int(t); break; }
+        if (target < 0) break;
+        assign[e] = target;
+        used[d] -= eb;
+        used[size_t(target)] += eb;
+      }
+    }
+  }
+  std::string missing;
+  for (size_t d = 0; d < nd; ++d)
+    if (used[d] > devices[d].budget_bytes)
+      missing += (missing.empty() ? "" : "; ") + devices[d].id + " needs " + format_bytes(used[d]) + " but its budget is " +
+                 format_bytes(devices[d].budget_bytes) + " (missing " + format_bytes(used[d] - devices[d].budget_bytes) + ")";
+  if (!missing.empty()) throw PlanError("the model does not fit the selected devices: " + missing);
+
+  plan.weight_bytes.assign(nd, 0);
+  for (size_t d = 0; d < nd; ++d) plan.weight_bytes[d] = used[d] - plan.kv_bytes[d];
+  predict(plan, model);
+  return plan;
+}
+
+std::string Plan::to_text(const ModelFootprint& model) const {
+  std::ostringstream o;
+  char line[256];
+  std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10s %14s\n", "device", "type", "budget", "weights",
+                "kv cache", "read GB/s", "decode ms/tok");
+  o << line;
+  for (size_t d = 0; d < devices.size(); ++d) {
+    std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10.1f %14.3f\n", devices[d].id.c_str(),
+                  device_type_name(devices[d].type), format_bytes(devices[d].budget_bytes).c_str(),
+                  format_bytes(weight_bytes[d]).c_str(), format_bytes(kv_bytes[d]).c_str(), devices[d].read_gbps,
+                  decode_seconds[d] * 1e3);
+    o << line;
+  }
+  o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id << "\n";
+  o << "layer  dense    experts per device\n";
+  for (size_t l = 0; l < layer_device.size(); ++l) {
+    std::snprintf(line, sizeof(line), "%5zu  %-8s", l, devices[size_t(layer_device[l])].id.c_str());
+    o << line;
+    if (model.layers[l].n_experts == 0) {
+      o << " (dense)\n";
+      continue;
+    }
+    for (size_t d = 0; d < devices.size(); ++d) {
+      // Show the expert ids as ranges: "cpu0 0-15".
+      std::string ranges;
+      const auto& a = expert_device[l];
+      for (size_t e = 0; e < a.size();) {
+        if (a[e] != int(d)) { ++e; continue; }
+        size_t f = e;
+        while (e + 1 < a.size() && a[e + 1] == int(d)) ++e;
+        ranges += (ranges.empty() ? "" : ",") + (f == e ? std::to_string(f) : std::to_string(f) + "-" + std::to_string(e));
+        ++e;
+      }
+      if (!ranges.empty()) o << " " << devices[d].id << "[" << ranges << "]";
+    }
+    o << "\n";
+  }
+  std::snprintf(line, sizeof(line), "predicted decode step: %.3f ms (%.0f tokens/s)\n", decode_step_seconds * 1e3,
+                1.0 / decode_step_seconds);
+  o << line;
+  return o.str();
+}
+
+std::string Plan::to_json() const {
+  boost::json::object o;
+  boost::json::array devs;
+  for (size_t d = 0; d < devices.size(); ++d) {
+    boost::json::object j;
+    j["id"] = devices[d].id;
+    j["budget_bytes"] = devices[d].budget_bytes;
+    j["weight_bytes"] = weight_bytes[d];
+    j["kv_bytes"] = kv_bytes[d];
+    j["decode_seconds"] = decode_seconds[d];
+    devs.push_back(j);
+  }
+  o["devices"] = devs;
+  o["attention_device"] = devices[size_t(attention_device)].id;
+  boost::json::array layers;
+  for (size_t l = 0; l < layer_device.size(); ++l) {
+    boost::json::object j;
+    j["dense"] = devices[size_t(layer_device[l])].id;
+    boost::json::array e;
+    for (int d : expert_device[l]) e.push_back(boost::json::string(devices[size_t(d)].id));
+    j["experts"] = e;
+    layers.push_back(j);
+  }
+  o["layers"] = layers;
+  o["decode_step_seconds"] = decode_step_seconds;
+  return boost::json::serialize(o);
+}
+
+}  // namespace tessera::sched

@@ -1,0 +1,151 @@
+// Config parsing: the shipped examples parse; unknown keys, wrong types, missing devices and
+// impossible budgets are errors naming the key.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "scheduler/config.h"
+
+namespace tessera::sched {
+namespace {
+
+std::vector<DeviceInfo> fake_devices() {
+  DeviceInfo gpu;
+  gpu.id = "gpu0"; gpu.type = DeviceType::kGpu; gpu.name = "NVIDIA H100 80GB HBM3";
+  gpu.vendor = "NVIDIA Corporation"; gpu.vendor_class = VendorClass::kNvidia;
+  gpu.platform_name = "NVIDIA CUDA"; gpu.platform_index = 0; gpu.device_index = 0;
+  gpu.global_mem_bytes = 80ull << 30;
+  DeviceInfo cpu;
+  cpu.id = "cpu0"; cpu.type = DeviceType::kCpu; cpu.name = "pthread-sapphirerapids";
+  cpu.vendor = "GenuineIntel"; cpu.vendor_class = VendorClass::kPocl;
+  cpu.platform_name = "Portable Computing Language"; cpu.platform_index = 1; cpu.device_index = 0;
+  cpu.global_mem_bytes = 64ull << 30;
+  return {gpu, cpu};
+}
+
+std::string error_of(const std::string& yaml) {
+  try {
+    auto c = parse_config(yaml, "test.yaml");
+    c.select_devices(fake_devices());
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ConfigTest, ShippedExamplesParse) {
+  const std::filesystem::path dir = std::filesystem::path(TESSERA_SOURCE_DIR) / "configs";
+  int n = 0;
+  for (const auto& e : std::filesystem::directory_iterator(dir)) {
+    if (e.path().extension() != ".yaml") continue;
+    ++n;
+    EXPECT_NO_THROW(load_config(e.path().string())) << e.path();
+  }
+  EXPECT_GE(n, 4);
+}
+
+TEST(ConfigTest, SelectionByTypeVendorNamePlatformId) {
+  auto devs = fake_devices();
+  auto sel = [&](const std::string& y) {
+    std::string ids;
+    for (auto* d : parse_config(y, "t").select_devices(devs)) ids += d->id + " ";
+    return ids;
+  };
+  EXPECT_EQ(sel(""), "gpu0 cpu0 ");
+  EXPECT_EQ(sel("devices: {select: [{type: cpu}]}"), "cpu0 ");
+  EXPECT_EQ(sel("devices: {select: {vendor: nvidia}}"), "gpu0 ");
+  EXPECT_EQ(sel("devices: {select: {vendor: pocl}}"), "cpu0 ");
+  EXPECT_EQ(sel("devices: {select: {name: '*h100*'}}"), "gpu0 ");
+  EXPECT_EQ(sel("devices: {select: {platform: 1}}"), "cpu0 ");
+  EXPECT_EQ(sel("devices: {select: {platform: cuda}}"), "gpu0 ");
+  EXPECT_EQ(sel("devices: {select: [cpu0]}"), "cpu0 ");
+  EXPECT_EQ(sel("devices: {select: {id: '1:0'}}"), "cpu0 ");
+  EXPECT_EQ(sel("devices: {exclude: [{type: gpu}]}"), "cpu0 ");
+}
+
+TEST(ConfigTest, UnknownKeysAreNamed) {
+  auto e = error_of("devices: {selekt: [{type: cpu}]}");
+  EXPECT_NE(e.find("devices.selekt"), std::string::npos) << e;
+  EXPECT_NE(e.find("select"), std::string::npos) << e;  // lists the valid keys
+  e = error_of("placment: {}");
+  EXPECT_NE(e.find("placment"), std::string::npos) << e;
+  e = error_of("devices: {select: [{type: cpu, colour: red}]}");
+  EXPECT_NE(e.find("devices.select[0].colour"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, WrongTypesAreNamed) {
+  auto e = error_of("balancer: {enabled: maybe}");
+  EXPECT_NE(e.find("balancer.enabled"), std::string::npos) << e;
+  e = error_of("batching: {max_sequences: lots}");
+  EXPECT_NE(e.find("batching.max_sequences"), std::string::npos) << e;
+  e = error_of("devices: {select: [{type: fpga}]}");
+  EXPECT_NE(e.find("devices.select[0].type"), std::string::npos) << e;
+  EXPECT_NE(e.find("accelerator"), std::string::npos) << e;
+  e = error_of("kv_cache: {format: q2}");
+  EXPECT_NE(e.find("kv_cache.format"), std::string::npos) << e;
+  EXPECT_NE(e.find("turbo3"), std::string::npos) << e;
+  e = error_of("devices: {budgets: {cpu0: lots}}");
+  EXPECT_NE(e.find("devices.budgets.cpu0"), std::string::npos) << e;
+  e = error_of("devices: [1, 2]");
+  EXPECT_NE(e.find("devices"), std::string::npos) << e;
+  e = error_of("{unclosed: [");
+  EXPECT_NE(e.find("not valid YAML"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, MissingDevicesListWhatExists) {
+  auto e = error_of("devices: {select: [gpu3]}");
+  EXPECT_NE(e.find("gpu3"), std::string::npos) << e;
+  EXPECT_NE(e.find("gpu0"), std::string::npos) << e;
+  EXPECT_NE(e.find("cpu0"), std::string::npos) << e;
+  e = error_of("placement: {attention: gpu1}");
+  EXPECT_NE(e.find("placement.attention"), std::string::npos) << e;
+  e = error_of("devices: {select: [{type: cpu}]}\nplacement: {attention: gpu0}");
+  EXPECT_NE(e.find("not among the selected"), std::string::npos) << e;
+  e = error_of("placement: {experts: {shares: {acc0: 1}}}");
+  EXPECT_NE(e.find("placement.experts.shares.acc0"), std::string::npos) << e;
+}
+
+TEST(ConfigTest, BudgetsAboveMemoryAreErrors) {
+  auto e = error_of("devices: {budgets: {cpu0: 100GiB}}");
+  EXPECT_NE(e.find("devices.budgets.cpu0"), std::string::npos) << e;
+  EXPECT_NE(e.find("exceeds"), std::string::npos) << e;
+  EXPECT_EQ(error_of("devices: {budgets: {cpu0: 32GiB, gpu0: 50%}}"), "");
+}
+
+TEST(ConfigTest, BudgetUnits) {
+  EXPECT_EQ(parse_budget("40GiB", "k").bytes, 40ull << 30);
+  EXPECT_EQ(parse_budget("512 MiB", "k").bytes, 512ull << 20);
+  EXPECT_EQ(parse_budget("2GB", "k").bytes, 2000000000ull);
+  EXPECT_EQ(parse_budget("1234", "k").bytes, 1234ull);
+  EXPECT_DOUBLE_EQ(parse_budget("80%", "k").fraction, 0.8);
+  EXPECT_EQ(parse_budget("50%", "k").resolve(1000), 500u);
+  EXPECT_THROW(parse_budget("0", "k"), ConfigError);
+  EXPECT_THROW(parse_budget("150%", "k"), ConfigError);
+  EXPECT_THROW(parse_budget("12 parsecs", "k"), ConfigError);
+  EXPECT_THROW(parse_budget("", "k"), ConfigError);
+}
+
+TEST(ConfigTest, PinsAndCommandLineOverrides) {
+  auto c = parse_config("placement: {experts: {pins: [{device: cpu0, layers: '0-7', experts: all}]}}", "t");
+  ASSERT_EQ(c.experts_mode, "pins");
+  ASSERT_EQ(c.expert_pins.size(), 1u);
+  EXPECT_EQ(c.expert_pins[0].layer_last, 7);
+  EXPECT_EQ(c.expert_pins[0].expert_last, -1);
+  apply_override(c, "placement.attention=gpu0");
+  apply_override(c, "balancer.enabled=false");
+  apply_override(c, "devices.budgets.cpu0=8GiB");
+  apply_override(c, "kv_cache.format=q8_0");
+  EXPECT_EQ(c.attention, "gpu0");
+  EXPECT_FALSE(c.balancer);
+  EXPECT_EQ(c.budgets["cpu0"].bytes, 8ull << 30);
+  EXPECT_EQ(c.kv_format, "q8_0");
+  EXPECT_EQ(c.experts_mode, "pins");  // untouched by unrelated overrides
+  EXPECT_THROW(apply_override(c, "placement.atention=gpu0"), ConfigError);
+  EXPECT_THROW(apply_override(c, "no-equals-sign"), ConfigError);
+  EXPECT_THROW(apply_override(c, "balancer.enabled=perhaps"), ConfigError);
+  EXPECT_THROW(parse_config("placement: {experts: {pins: [{layers: '1-2'}]}}", "t"), ConfigError);
+  EXPECT_THROW(parse_config("placement: {experts: {pins: [{device: cpu0, layers: '5-2'}]}}", "t"), ConfigError);
+}
+
+}  // namespace
+}  // namespace tessera::sched

@@ -1,0 +1,117 @@
+// The planner: placement follows bandwidth, shares, pins and cpu_moe_layers; budgets are never
+// exceeded; an impossible plan says how much memory is missing where.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "scheduler/planner.h"
+
+namespace tessera::sched {
+namespace {
+
+ModelFootprint moe_model(int layers = 16, int experts = 32) {
+  ModelFootprint m;
+  for (int l = 0; l < layers; ++l) m.layers.push_back({8u << 20, 1u << 20, experts, 10});
+  m.embedding_bytes = 16u << 20;
+  m.output_bytes = 16u << 20;
+  m.n_expert_used = 4;
+  m.n_embd = 1024;
+  m.kv_bytes_per_token = 64 * 1024;
+  m.context_tokens = 1024;
+  return m;
+}
+
+std::vector<DeviceCost> gpu_cpu(uint64_t gpu_budget = 8ull << 30, uint64_t cpu_budget = 8ull << 30) {
+  DeviceCost gpu{"gpu0", DeviceType::kGpu, 3000, 30000, 8, 20, 20, 80ull << 30, gpu_budget};
+  DeviceCost cpu{"cpu0", DeviceType::kCpu, 80, 1000, 10, 10, 10, 64ull << 30, cpu_budget};
+  return {gpu, cpu};
+}
+
+TEST(PlannerTest, AutoPutsAttentionOnFastestAndSpreadsExpertsByBandwidth) {
+  auto m = moe_model();
+  auto plan = make_plan(m, gpu_cpu(), Config{});
+  EXPECT_EQ(plan.devices[size_t(plan.attention_device)].id, "gpu0");
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    EXPECT_EQ(plan.layer_device[l], 0);
+    // 3000:80 bandwidth -> 31 or 32 of 32 experts on the GPU.
+    EXPECT_GE(plan.experts_on(int(l), 0), 31);
+    EXPECT_EQ(plan.experts_on(int(l), 0) + plan.experts_on(int(l), 1), 32);
+  }
+  EXPECT_GT(plan.decode_step_seconds, 0);
+  const auto text = plan.to_text(m);
+  EXPECT_NE(text.find("predicted decode step"), std::string::npos);
+  EXPECT_NE(plan.to_json().find("\"attention_device\":\"gpu0\""), std::string::npos);
+}
+
+TEST(PlannerTest, SharesAndPinsAndCpuMoeLayers) {
+  auto m = moe_model(4, 8);
+  Config shares;
+  shares.experts_mode = "shares";
+  shares.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  auto p = make_plan(m, gpu_cpu(), shares);
+  for (int l = 0; l < 4; ++l) EXPECT_EQ(p.experts_on(l, 1), 4);
+
+  Config pins;
+  pins.experts_mode = "pins";
+  pins.expert_pins = {{"cpu0", 1, 2, 0, 5}};
+  p = make_plan(m, gpu_cpu(), pins);
+  EXPECT_EQ(p.experts_on(0, 1), 0);
+  EXPECT_GE(p.experts_on(1, 1), 6);
+  EXPECT_EQ(p.expert_device[1][5], 1);
+
+  Config half;
+  half.cpu_moe_layers = 2;
+  p = make_plan(m, gpu_cpu(), half);
+  EXPECT_EQ(p.experts_on(0, 1), 8);
+  EXPECT_EQ(p.experts_on(1, 1), 8);
+  EXPECT_EQ(p.experts_on(2, 1), 0);
+  EXPECT_EQ(p.experts_on(3, 0), 8);
+}
+
+TEST(PlannerTest, NeverExceedsBudgets) {
+  auto m = moe_model();
+  // GPU budget too small for all experts: the rest spills to the CPU, within its budget.
+  const uint64_t gpu_budget = 300ull << 20;
+  auto plan = make_plan(m, gpu_cpu(gpu_budget), Config{});
+  for (size_t d = 0; d < plan.devices.size(); ++d)
+    EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes) << plan.devices[d].id;
+  int on_cpu = 0;
+  for (size_t l = 0; l < m.layers.size(); ++l) on_cpu += plan.experts_on(int(l), 1);
+  EXPECT_GT(on_cpu, 16);
+}
+
+TEST(PlannerTest, ImpossiblePlanSaysWhatIsMissingWhere) {
+  auto m = moe_model();
+  try {
+    make_plan(m, gpu_cpu(300ull << 20, 100ull << 20), Config{});
+    FAIL();
+  } catch (const PlanError& e) {
+    const std::string msg = e.what();
+    EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
+    EXPECT_TRUE(msg.find("gpu0") != std::string::npos || msg.find("cpu0") != std::string::npos) << msg;
+  }
+  Config bad;
+  bad.attention = "acc0";
+  EXPECT_THROW(make_plan(m, gpu_cpu(), bad), ConfigError);
+}
+
+TEST(PlannerTest, PredictionFollowsTheCostModel) {
+  DeviceCost d{"x", DeviceType::kCpu, 10, 100, 5, 1, 1, 1ull << 30, 1ull << 30};
+  EXPECT_NEAR(op_seconds(d, 1e9, 0, 0), 0.1, 1e-12);        // bandwidth bound
+  EXPECT_NEAR(op_seconds(d, 0, 1e9, 0), 0.01, 1e-12);       // compute bound
+  EXPECT_NEAR(op_seconds(d, 0, 0, 2), 10e-6, 1e-12);        // launch bound
+  // A skewed load on the CPU's experts makes the predicted step slower than uniform routing.
+  auto m = moe_model(2, 8);
+  Config shares;
+  shares.experts_mode = "shares";
+  shares.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  auto plan = make_plan(m, gpu_cpu(), shares);
+  const double uniform = plan.decode_step_seconds;
+  std::vector<std::vector<double>> load(2, std::vector<double>(8, 0.0));
+  for (auto& l : load) for (int e = 0; e < 8; ++e) l[size_t(e)] = plan.expert_device[0][size_t(e)] == 1 ? 1.0 : 0.0;
+  predict(plan, m, &load);
+  EXPECT_GT(plan.decode_step_seconds, uniform);
+}
+
+}  // namespace
+}  // namespace tessera::sched
