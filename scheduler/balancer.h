@@ -1,0 +1,51 @@
+// The expert balancer: counts which experts tokens choose and how long each device takes, and
+// between steps moves hot experts to where they lower the predicted step time (cf. DeepSeek's
+// expert-parallel load balancer). Can be switched off; every move is logged and counted.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "scheduler/planner.h"
+
+namespace tessera::sched {
+
+struct ExpertMove {
+  int layer = 0, expert = 0;
+  int from = 0, to = 0;  // device indices in the plan
+};
+
+class ExpertBalancer {
+ public:
+  // `interval`: steps between rebalancing attempts; `max_moves`: moves per attempt (each costs an
+  // upload of one expert's weights).
+  ExpertBalancer(const ModelFootprint& model, bool enabled, int interval = 16, int max_moves = 4);
+
+  bool enabled() const { return enabled_; }
+  // Records one token's choice of `count` experts in `layer`. Engine thread only.
+  void record(int layer, const int32_t* experts, int count);
+  void record_device_seconds(int device, double seconds);
+  void end_step() { ++steps_; }
+
+  // Every `interval` steps: greedy moves of experts from the busiest device of a layer to the one
+  // whose predicted step time drops most, within free budget. Applies them to `plan` and returns
+  // them (the engine uploads the weights). Empty when disabled or nothing helps.
+  std::vector<ExpertMove> rebalance(Plan& plan);
+
+  // Observed routing fractions per layer (sum to n_expert_used where counted).
+  std::vector<std::vector<double>> load() const;
+  const std::vector<double>& device_seconds() const { return device_seconds_; }
+  uint64_t moves() const { return moves_; }
+  uint64_t selections(int layer, int expert) const { return counts_[size_t(layer)][size_t(expert)]; }
+
+ private:
+  ModelFootprint model_;
+  bool enabled_;
+  int interval_, max_moves_;
+  uint64_t steps_ = 0, last_rebalance_ = 0, moves_ = 0;
+  std::vector<std::vector<uint64_t>> counts_;
+  std::vector<uint64_t> tokens_;  // tokens routed per layer
+  std::vector<double> device_seconds_;
+};
+
+}  // namespace tessera::sched

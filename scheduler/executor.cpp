@@ -1,0 +1,66 @@
+// Executor lanes: each device's jobs are spawned into and awaited inside its own arena.
+#include "scheduler/executor.h"
+
+#include <algorithm>
+#include <stdexcept>
+#include <thread>
+
+namespace tessera::sched {
+
+Executor::Executor(std::vector<std::string> device_ids) {
+  // Lanes mostly wait on OpenCL; allow one thread per lane plus the caller even on small hosts.
+  const size_t want = std::max<size_t>(std::thread::hardware_concurrency(), device_ids.size() + 1);
+  parallelism_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, want);
+  for (auto& id : device_ids) {
+    auto lane = std::make_unique<Lane>();
+    lane->device_id = std::move(id);
+    // One slot, none reserved for the caller: a worker thread may take it, so lanes run in parallel.
+    lane->arena.initialize(1, 0);
+    lanes_.push_back(std::move(lane));
+  }
+}
+
+Executor::~Executor() {
+  // Jobs reference engine state: never leave them running past the executor.
+  for (auto& lane : lanes_) {
+    try {
+      lane->arena.execute([&] { lane->group.wait(); });
+    } catch (...) {
+      // Already reported to the caller of wait(), or the engine is being torn down after an error.
+    }
+  }
+}
+
+void Executor::submit(size_t device, std::function<void()> job) {
+  if (device >= lanes_.size()) throw std::out_of_range("executor: no lane " + std::to_string(device));
+  Lane& lane = *lanes_[device];
+  lane.arena.execute([&lane, job = std::move(job)]() mutable {
+    lane.group.run([&lane, job = std::move(job)] {
+      try {
+        job();
+      } catch (const std::exception& e) {
+        throw std::runtime_error(lane.device_id + ": " + e.what());
+      }
+    });
+  });
+}
+
+void Executor::wait() {
+  std::exception_ptr first;
+  for (auto& lane : lanes_) {
+    try {
+      lane->arena.execute([&] { lane->group.wait(); });
+    } catch (...) {
+      if (!first) first = std::current_exception();
+    }
+  }
+  if (first) std::rethrow_exception(first);
+}
+
+void Executor::run_all(const std::vector<std::function<void()>>& jobs) {
+  for (size_t i = 0; i < jobs.size() && i < lanes_.size(); ++i)
+    if (jobs[i]) submit(i, jobs[i]);
+  wait();
+}
+
+}  // namespace tessera::sched

@@ -1,0 +1,47 @@
+// The executor: one oneTBB task_arena + task_group per device, so each OpenCL queue is driven by
+// one thread at a time while different devices' work runs concurrently. Task failures are captured
+// and re-raised to the caller, never swallowed.
+#pragma once
+
+#include <oneapi/tbb/global_control.h>
+#include <oneapi/tbb/task_arena.h>
+#include <oneapi/tbb/task_group.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace tessera::sched {
+
+class Executor {
+ public:
+  // One lane per device, in the order of `device_ids`. Thread-safety: submit/wait from one thread
+  // (the engine thread); jobs of one lane never run concurrently with each other.
+  explicit Executor(std::vector<std::string> device_ids);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  size_t lanes() const { return lanes_.size(); }
+
+  // Queues `job` on lane `device`; it runs on a TBB thread inside that device's arena.
+  void submit(size_t device, std::function<void()> job);
+  // Waits for every submitted job; rethrows the first failure (naming the device).
+  void wait();
+
+  // Convenience: one job per lane that has one (empty functions are skipped), run concurrently,
+  // then wait().
+  void run_all(const std::vector<std::function<void()>>& jobs);
+
+ private:
+  struct Lane {
+    std::string device_id;
+    tbb::task_arena arena;
+    tbb::task_group group;
+  };
+  std::vector<std::unique_ptr<Lane>> lanes_;
+  std::unique_ptr<tbb::global_control> parallelism_;
+};
+
+}  // namespace tessera::sched

@@ -1,0 +1,123 @@
+// The executor runs different lanes concurrently, one job at a time per lane, and re-raises failures.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "scheduler/balancer.h"
+#include "scheduler/executor.h"
+
+namespace tessera::sched {
+namespace {
+
+TEST(ExecutorTest, LanesRunConcurrently) {
+  Executor ex({"a", "b", "c"});
+  std::atomic<int> running{0}, peak{0};
+  auto job = [&] {
+    int now = ++running;
+    int p = peak.load();
+    while (now > p && !peak.compare_exchange_weak(p, now)) {}
+    std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    --running;
+  };
+  ex.run_all({job, job, job});
+  // Sleeping jobs on three lanes overlap even on a 2-core machine.
+  EXPECT_GE(peak.load(), 2);
+}
+
+TEST(ExecutorTest, OneLaneRunsItsJobsOneAtATimeInOrder) {
+  Executor ex({"a"});
+  std::vector<int> order;
+  std::atomic<int> running{0};
+  bool overlap = false;
+  for (int i = 0; i < 20; ++i)
+    ex.submit(0, [&, i] {
+      if (++running > 1) overlap = true;
+      order.push_back(i);
+      --running;
+    });
+  ex.wait();
+  EXPECT_FALSE(overlap);
+  EXPECT_EQ(order.size(), 20u);
+}
+
+TEST(ExecutorTest, FailuresAreReRaisedWithTheDevice) {
+  Executor ex({"gpu0", "cpu0"});
+  try {
+    ex.run_all({[] {}, [] { throw std::runtime_error("kernel exploded"); }});
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("cpu0"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("kernel exploded"), std::string::npos) << e.what();
+  }
+  // The executor stays usable after a failure.
+  int ran = 0;
+  ex.run_all({[&] { ++ran; }, {}});
+  EXPECT_EQ(ran, 1);
+  EXPECT_THROW(ex.submit(5, [] {}), std::out_of_range);
+}
+
+ModelFootprint small_moe() {
+  ModelFootprint m;
+  for (int l = 0; l < 2; ++l) m.layers.push_back({1u << 20, 4u << 20, 8, 10});
+  m.embedding_bytes = 1u << 20;
+  m.output_bytes = 1u << 20;
+  m.n_expert_used = 2;
+  m.n_embd = 256;
+  m.kv_bytes_per_token = 1024;
+  m.context_tokens = 256;
+  return m;
+}
+
+std::vector<DeviceCost> two_devices() {
+  return {{"gpu0", DeviceType::kGpu, 1000, 10000, 8, 20, 20, 8ull << 30, 1ull << 30},
+          {"cpu0", DeviceType::kCpu, 50, 500, 10, 10, 10, 8ull << 30, 1ull << 30}};
+}
+
+TEST(BalancerTest, MovesAHotExpertOffTheSlowDevice) {
+  auto m = small_moe();
+  Config c;
+  c.experts_mode = "shares";
+  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};  // half the experts on the slow CPU
+  auto plan = make_plan(m, two_devices(), c);
+  ExpertBalancer bal(m, true, /*interval=*/4, /*max_moves=*/4);
+  // Every token picks two experts that live on the CPU.
+  int hot_cpu[2] = {-1, -1};
+  int n = 0;
+  for (int e = 0; e < 8 && n < 2; ++e)
+    if (plan.expert_device[0][size_t(e)] == 1) hot_cpu[n++] = e;
+  ASSERT_EQ(n, 2);
+  for (int step = 0; step < 4; ++step) {
+    for (int l = 0; l < 2; ++l) bal.record(l, hot_cpu, 2);
+    bal.end_step();
+  }
+  EXPECT_EQ(bal.selections(0, hot_cpu[0]), 4u);
+  auto observed = bal.load();
+  predict(plan, m, &observed);
+  const double before = plan.decode_step_seconds;
+  auto moves = bal.rebalance(plan);
+  ASSERT_FALSE(moves.empty());
+  EXPECT_EQ(moves[0].from, 1);
+  EXPECT_EQ(moves[0].to, 0);
+  EXPECT_LT(plan.decode_step_seconds, before);
+  EXPECT_EQ(bal.moves(), moves.size());
+  for (size_t d = 0; d < 2; ++d) EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
+}
+
+TEST(BalancerTest, DisabledOrTooEarlyDoesNothing) {
+  auto m = small_moe();
+  auto plan = make_plan(m, two_devices(), Config{});
+  ExpertBalancer off(m, false, 1, 4);
+  int hot[2] = {0, 1};
+  off.record(0, hot, 2);
+  off.end_step();
+  EXPECT_TRUE(off.rebalance(plan).empty());
+  ExpertBalancer early(m, true, 100, 4);
+  early.record(0, hot, 2);
+  early.end_step();
+  EXPECT_TRUE(early.rebalance(plan).empty());
+}
+
+}  // namespace
+}  // namespace tessera::sched
