@@ -1,0 +1,123 @@
+// PagedKvCache and KvBatchBuffers on every OpenCL device: pool sizes, copy-on-write copies on the
+// device, batch descriptions (contents and validation), config errors.
+#include "host/kv/paged_kv_cache.h"
+
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "host/kv/kv_batch.h"
+
+namespace tessera::kv {
+namespace {
+
+DeviceRegistry& registry() {
+  static DeviceRegistry reg = DeviceRegistry::discover();
+  return reg;
+}
+
+TEST(PagedKvCache, ConfigErrors) {
+  const Device* d = registry().devices().front().get();
+  KvCacheConfig c{2, 2, 8, 4, 8, KvFormat::kF16};
+  EXPECT_THROW(PagedKvCache(c, {d}), KvCacheUsageError);  // 1 device for 2 layers
+  KvCacheConfig bad = c;
+  bad.head_dim = 0;
+  EXPECT_THROW(PagedKvCache(bad, {d, d}), KvCacheUsageError);
+  KvCacheConfig huge = c;
+  huge.n_blocks = int32_t(d->info().max_alloc_bytes / (2 * 2 * 8 * 4) + 16);
+  try {
+    PagedKvCache cache(huge, {d, d});
+    FAIL() << "expected a max-allocation error";
+  } catch (const KvCacheUsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("max allocation"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(kv_bytes_per_block(c), 2u * 2 * (2 * 4 * 8 * 2));
+  EXPECT_EQ(kv_format_from_name("f16"), KvFormat::kF16);
+  EXPECT_FALSE(kv_format_from_name("q3_x").has_value());
+}
+
+TEST(PagedKvCache, CopyOnWriteCopiesEveryLayerOnDevice) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    const Device* d = dev.get();
+    KvCacheConfig c{3, 2, 8, 4, 6, KvFormat::kF16};
+    PagedKvCache cache(c, {d, d, d});
+    const KvPoolLayout& L = cache.layout();
+    ASSERT_EQ(L.block_bytes(), 2u * 4 * 8 * 2);
+    // Pools start zeroed.
+    std::vector<uint16_t> pool(L.pool_bytes() / 2, 1);
+    d->read(cache.layer(1).v, 0, pool.data(), L.pool_bytes());
+    for (uint16_t x : pool) ASSERT_EQ(x, 0);
+
+    SeqId p = cache.create_sequence();
+    cache.reserve(p, 6);  // blocks 0 (full) and 1 (half)
+    const int32_t partial = cache.blocks().block_table(p)[1];
+    // Fill every layer's pools with a distinct pattern per layer and pool.
+    for (int l = 0; l < 3; ++l) {
+      for (int kv = 0; kv < 2; ++kv) {
+        std::vector<uint16_t> data(L.pool_bytes() / 2);
+        std::iota(data.begin(), data.end(), uint16_t(1000 * (l * 2 + kv + 1)));
+        d->write(kv ? cache.layer(l).v : cache.layer(l).k, 0, data.data(), L.pool_bytes());
+      }
+    }
+    SeqId c1 = cache.fork_sequence(p);
+    KvReservation r = cache.reserve(c1, 2);
+    ASSERT_EQ(r.copies.size(), 1u);
+    const int32_t dst = r.copies[0].dst;
+    d->finish();
+    const size_t bh = L.block_bytes() / 2;  // halfs per block
+    for (int l = 0; l < 3; ++l) {
+      for (int kv = 0; kv < 2; ++kv) {
+        d->read(kv ? cache.layer(l).v : cache.layer(l).k, 0, pool.data(), L.pool_bytes());
+        for (size_t i = 0; i < bh; ++i)
+          ASSERT_EQ(pool[size_t(dst) * bh + i], pool[size_t(partial) * bh + i]) << "layer " << l;
+        EXPECT_EQ(pool[size_t(dst) * bh], uint16_t(1000 * (l * 2 + kv + 1) + partial * bh));
+      }
+    }
+    cache.free_sequence(p);
+    cache.free_sequence(c1);
+    EXPECT_EQ(cache.blocks().blocks_free(), 6);
+  }
+}
+
+TEST(KvBatchBuffers, UploadsTablesAndDerivesSlots) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    const Device* d = dev.get();
+    PagedKvCache cache({1, 1, 8, 4, 16, KvFormat::kF16}, {d});
+    SeqId a = cache.create_sequence(), b = cache.create_sequence();
+    cache.reserve(a, 9);
+    KvReservation rb = cache.reserve(b, 2);
+    KvBatchBuffers batch(*d);
+    // b decodes position 1; a prefills positions 6..8.
+    std::vector<SeqId> seqs{b, a};
+    std::vector<int32_t> tseq{0, 1, 1, 1}, tpos{1, 6, 7, 8};
+    for (int round = 0; round < 3; ++round) {  // the ring alternates buffers
+      KvBatchView v = batch.upload(cache.blocks(), seqs, tseq, tpos);
+      EXPECT_EQ(v.n_seqs, 2);
+      EXPECT_EQ(v.n_tokens, 4);
+      EXPECT_EQ(v.max_context, 9);
+      EXPECT_EQ(v.block_table_stride, 3u);
+      std::vector<int32_t> meta(v.token_slot_offset + 4);
+      d->read(v.meta, 0, meta.data(), meta.size() * 4);
+      auto ta = cache.blocks().block_table(a);
+      EXPECT_EQ(meta[0], cache.blocks().block_table(b)[0]);
+      EXPECT_EQ(meta[1], -1);
+      EXPECT_EQ(meta[3 + 2], ta[2]);
+      EXPECT_EQ(meta[v.token_seq_offset + 2], 1);
+      EXPECT_EQ(meta[v.token_pos_offset + 3], 8);
+      EXPECT_EQ(meta[v.token_slot_offset + 0], rb.slots[1]);
+      EXPECT_EQ(meta[v.token_slot_offset + 3], cache.blocks().slot(a, 8));
+      EXPECT_EQ(batch.host_slots()[1], cache.blocks().slot(a, 6));
+    }
+    std::vector<int32_t> bad_pos{1, 6, 7, 9};
+    EXPECT_THROW(batch.upload(cache.blocks(), seqs, tseq, bad_pos), KvCacheUsageError);
+    std::vector<int32_t> bad_seq{0, 1, 2, 1};
+    EXPECT_THROW(batch.upload(cache.blocks(), seqs, bad_seq, tpos), KvCacheUsageError);
+    std::vector<SeqId> gone{b, a + 100};
+    EXPECT_THROW(batch.upload(cache.blocks(), gone, tseq, tpos), KvCacheUsageError);
+  }
+}
+
+}  // namespace
+}  // namespace tessera::kv
