@@ -1,0 +1,37 @@
+// Token sampling from logits: greedy, or temperature + top-k + top-p with a seeded, deterministic RNG.
+#pragma once
+
+#include <cstdint>
+#include <random>
+#include <span>
+
+namespace tessera::engine {
+
+struct SamplerConfig {
+  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
+  int top_k = 0;             // keep the k most likely tokens; <= 0: all
+  float top_p = 1.0f;        // keep the smallest set whose probability reaches top_p; >= 1: all
+  uint64_t seed = 0;         // seeds std::mt19937_64: same seed + same logits => same tokens
+};
+
+// One sequence's sampler. Not thread-safe (it owns the RNG state); one per sequence.
+class Sampler {
+ public:
+  // Throws std::invalid_argument when top_p is not in (0, 1] or a value is NaN.
+  explicit Sampler(const SamplerConfig& config);
+
+  const SamplerConfig& config() const { return config_; }
+
+  // Picks a token id from logits (one per vocabulary entry). Order of filters: top-k, softmax at
+  // the temperature, top-p over the sorted probabilities, then one draw. Each non-greedy call draws
+  // exactly one number from the RNG. Throws std::invalid_argument on empty logits.
+  int32_t sample(std::span<const float> logits);
+
+  static int32_t argmax(std::span<const float> logits);
+
+ private:
+  SamplerConfig config_;
+  std::mt19937_64 rng_;
+};
+
+}  // namespace tessera::engine
