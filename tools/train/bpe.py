@@ -190,13 +190,3 @@ class Encoder:
         for piece in pretokenize(text):
             ids.extend(self.encode_word(piece))
         return ids
-
-    def decode(self, ids, tokens):
-        data = bytearray()
-        for i in ids:
-            t = tokens[i]
-            if all(ch in UNICODE_TO_BYTE for ch in t):
-                data.extend(UNICODE_TO_BYTE[ch] for ch in t)
-            else:
-                data.extend(t.encode("utf-8"))
-        return data.decode("utf-8", errors="replace")

@@ -122,7 +122,15 @@ class GGUFWriter:
 
 
 def read_gguf(path):
-    """Read a GGUF file back: (metadata dict, {name: (ne, type, bytes)}). Used by the checks."""
+    """Read a GGUF file back: (metadata dict, {name: (ne, type, bytes)}). Used by the checks.
+    Raises ValueError naming the file for anything malformed or truncated."""
+    try:
+        return _read_gguf(path)
+    except (struct.error, KeyError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: malformed or truncated GGUF ({type(e).__name__}: {e})") from e
+
+
+def _read_gguf(path):
     with open(path, "rb") as f:
         buf = f.read()
     pos = 0
@@ -170,6 +178,8 @@ def read_gguf(path):
     tensors = {}
     for name, ne, gtype, off in infos:
         n = tensor_nbytes(ne, gtype)
+        if data_start + off + n > len(buf):
+            raise ValueError(f"{path}: tensor {name} extends past the end of the file")
         tensors[name] = (ne, gtype, buf[data_start + off:data_start + off + n])
     return meta, tensors
 

@@ -311,7 +311,7 @@ def run(args, log, log_lines):
         "test_ppl": math.exp(test_loss), "test_tokens": test_n,
         "test_llama_ppl_style_loss": ppl_loss, "test_llama_ppl_style_ppl": math.exp(ppl_loss),
         "test_llama_ppl_style_chunks": n_chunk, "files": files,
-        "runs": [{k: v for k, v in r.items()} for r in results], "log": log_lines,
+        "runs": results, "log": log_lines,
     }
     with open(os.path.join(args.out, "training-log.json"), "w") as f:
         json.dump(summary, f, indent=1)
