@@ -150,7 +150,8 @@ class GgufWriter {
   // bytes must hold exactly the tensor's size in `type`; dims in ggml order (dims[0] = row length).
   void add_tensor(std::string name, TensorType type, std::vector<uint64_t> dims,
                   std::vector<uint8_t> bytes);
-  // Stores float data as `store_as` (F32, F16, BF16 directly; other types through tessera_quant).
+  // Stores float data as `store_as`, quantized row by row through tessera_quant (any type
+  // quant::can_quantize accepts); throws GgufError for other types or a bad row length.
   void add_tensor_f32(std::string name, std::vector<uint64_t> dims, const std::vector<float>& data,
                       TensorType store_as = TensorType::F32);
 

@@ -4,8 +4,8 @@
 #include <fstream>
 #include <set>
 
-#include "host/common/half.h"
 #include "host/gguf/gguf.h"
+#include "host/ops/quant/quant.h"
 
 namespace tessera::gguf {
 
@@ -145,24 +145,21 @@ void GgufWriter::add_tensor_f32(std::string name, std::vector<uint64_t> dims, co
   if (data.size() != n)
     throw GgufError("GgufWriter: tensor '" + name + "': " + std::to_string(data.size()) +
                     " floats given, dimensions need " + std::to_string(n));
-  std::vector<uint8_t> bytes;
-  switch (store_as) {
-    case TensorType::F32:
-      bytes.resize(n * 4);
-      std::memcpy(bytes.data(), data.data(), bytes.size());
-      break;
-    case TensorType::F16:
-    case TensorType::BF16: {
-      bytes.resize(n * 2);
-      for (uint64_t i = 0; i < n; ++i) {
-        const uint16_t h = store_as == TensorType::F16 ? fp32_to_fp16(data[i]) : fp32_to_bf16(data[i]);
-        std::memcpy(bytes.data() + 2 * i, &h, 2);
-      }
-      break;
-    }
-    default:
-      throw GgufError("GgufWriter: tensor '" + name + "': cannot store floats as " +
-                      std::string(type_name(store_as)));
+  if (!quant::can_quantize(store_as))
+    throw GgufError("GgufWriter: tensor '" + name + "': cannot store floats as " + std::string(type_name(store_as)));
+  if (dims.empty() || dims[0] % type_traits(store_as)->block_size != 0)
+    throw GgufError("GgufWriter: tensor '" + name + "': row length is not a multiple of " +
+                    std::string(type_name(store_as)) + "'s block size " +
+                    std::to_string(type_traits(store_as)->block_size));
+  // Quantized row by row, as a model's rows are (blocks never straddle rows).
+  const uint64_t row = dims[0];
+  const uint64_t row_size = row_bytes(store_as, row);
+  std::vector<uint8_t> bytes(row_size * (n / row));
+  try {
+    for (uint64_t r = 0; r < n / row; ++r)
+      quant::quantize_row(store_as, data.data() + r * row, bytes.data() + r * row_size, static_cast<int64_t>(row));
+  } catch (const quant::QuantError& e) {
+    throw GgufError("GgufWriter: tensor '" + name + "': " + e.what());
   }
   add_tensor(std::move(name), store_as, std::move(dims), std::move(bytes));
 }
