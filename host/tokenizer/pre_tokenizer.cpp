@@ -1,6 +1,6 @@
 // Hand-written scanners for the BPE pre-tokenizer regexes. Each stage refines the list of fragments
-// the previous stage produced, as llama.cpp applies its regex list one after the other: a stage keeps
-// both its matches and the unmatched text between them as separate fragments.
+// the previous stage produced, as llama.cpp applies its regex list one after the other: a stage
+// keeps both its matches and the unmatched text between them as separate fragments.
 #include "host/tokenizer/pre_tokenizer.h"
 
 #include <array>
@@ -48,13 +48,23 @@ class Emitter {
   size_t prev_end_;
 };
 
-bool is_letter(uint16_t f) { return (f & kCpLetter) != 0; }
-bool is_number(uint16_t f) { return (f & kCpNumber) != 0; }
-bool is_space(uint16_t f) { return (f & kCpWhitespace) != 0; }
+bool is_letter(uint16_t f) {
+  return (f & kCpLetter) != 0;
+}
+bool is_number(uint16_t f) {
+  return (f & kCpNumber) != 0;
+}
+bool is_space(uint16_t f) {
+  return (f & kCpWhitespace) != 0;
+}
 // [^\s\p{L}\p{N}] inside the fragment.
-bool is_other(uint16_t f) { return f != 0 && !(f & (kCpWhitespace | kCpLetter | kCpNumber)); }
+bool is_other(uint16_t f) {
+  return f != 0 && !(f & (kCpWhitespace | kCpLetter | kCpNumber));
+}
 
-uint32_t ascii_lower(uint32_t cp) { return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp; }
+uint32_t ascii_lower(uint32_t cp) {
+  return (cp >= 'A' && cp <= 'Z') ? cp + 32 : cp;
+}
 
 // Length of a contraction ('s 't 're 've 'm 'll 'd) at pos, 0 if none.
 size_t contraction_length(const Cursor& c, size_t pos, bool case_insensitive) {
@@ -104,7 +114,8 @@ void split_gpt2(const Cursor& c, std::vector<size_t>& out) {
   }
 }
 
-// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}| ?[^\s\p{L}\p{N}]+[\r\n]*
+// (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
+// ?[^\s\p{L}\p{N}]+[\r\n]*
 // |\s*[\r\n]+|\s+(?!\S)|\s+        (Llama 3: max_digits 3; Qwen2: 1)
 void split_llama3(const Cursor& c, size_t max_digits, std::vector<size_t>& out) {
   Emitter emit(out, c.begin());
@@ -196,21 +207,32 @@ size_t run_length(const Cursor& c, size_t pos, bool (*pred)(const Cursor&, size_
   return n;
 }
 
-bool is_number_at(const Cursor& c, size_t pos) { return is_number(c.flags(pos)); }
-bool is_letter_at(const Cursor& c, size_t pos) { return is_letter(c.flags(pos)); }
-bool is_punct_at(const Cursor& c, size_t pos) { return (c.flags(pos) & kCpPunctuation) != 0; }
+bool is_number_at(const Cursor& c, size_t pos) {
+  return is_number(c.flags(pos));
+}
+bool is_letter_at(const Cursor& c, size_t pos) {
+  return is_letter(c.flags(pos));
+}
+bool is_punct_at(const Cursor& c, size_t pos) {
+  return (c.flags(pos) & kCpPunctuation) != 0;
+}
 
 // [\p{P}\$\+<=>\^~\|]+
 size_t match_default_punct(const Cursor& c, size_t pos) {
   return run_length(c, pos, [](const Cursor& c, size_t p) {
     const uint32_t cp = c.cp(p);
-    return is_punct_at(c, p) || (cp < 128 && cp != 0 && std::strchr("$+<=>^~|", static_cast<int>(cp)));
+    return is_punct_at(c, p) ||
+           (cp < 128 && cp != 0 && std::strchr("$+<=>^~|", static_cast<int>(cp)));
   });
 }
 // \p{N}+
-size_t match_number_run(const Cursor& c, size_t pos) { return run_length(c, pos, is_number_at); }
+size_t match_number_run(const Cursor& c, size_t pos) {
+  return run_length(c, pos, is_number_at);
+}
 // \p{N}
-size_t match_one_number(const Cursor& c, size_t pos) { return is_number(c.flags(pos)) ? 1 : 0; }
+size_t match_one_number(const Cursor& c, size_t pos) {
+  return is_number(c.flags(pos)) ? 1 : 0;
+}
 // [0-9][0-9][0-9]
 size_t match_ascii_digit_triple(const Cursor& c, size_t pos) {
   for (size_t k = 0; k < 3; ++k) {
@@ -225,7 +247,8 @@ size_t match_newline(const Cursor& c, size_t pos) {
   return (cp == '\r' || cp == '\n') ? 1 : 0;
 }
 // \s?X+ for a class X.
-size_t match_optional_space_then_run(const Cursor& c, size_t pos, bool (*pred)(const Cursor&, size_t)) {
+size_t match_optional_space_then_run(const Cursor& c, size_t pos,
+                                     bool (*pred)(const Cursor&, size_t)) {
   if (is_space(c.flags(pos))) {
     const size_t n = run_length(c, pos + 1, pred);
     if (n > 0) return n + 1;
@@ -238,8 +261,9 @@ size_t match_space_letters(const Cursor& c, size_t pos) {
 size_t match_space_punct(const Cursor& c, size_t pos) {
   return match_optional_space_then_run(c, pos, is_punct_at);
 }
-// [一-龥ࠀ-一가-퟿]+ : U+4E00..U+9FA5, U+0800..U+4E00, U+AC00..U+D7FF. llama.cpp matches this on
-// text whose non-ASCII white space was replaced by U+000B, so U+3000 (ideographic space) is excluded.
+// [一-龥ࠀ-一가-퟿]+ : U+4E00..U+9FA5, U+0800..U+4E00, U+AC00..U+D7FF. llama.cpp matches this
+// on text whose non-ASCII white space was replaced by U+000B, so U+3000 (ideographic space) is
+// excluded.
 size_t match_cjk_run(const Cursor& c, size_t pos) {
   return run_length(c, pos, [](const Cursor& c, size_t p) {
     const uint32_t cp = c.cp(p);
@@ -254,8 +278,8 @@ struct NamedSpec {
   PreTokenizerSpec spec;
 };
 
-// `tokenizer.ggml.pre` names and the family each selects, as llama.cpp's vocabulary loader maps them.
-// Names whose models need behaviour beyond these families are deliberately left out.
+// `tokenizer.ggml.pre` names and the family each selects, as llama.cpp's vocabulary loader maps
+// them. Names whose models need behaviour beyond these families are deliberately left out.
 constexpr std::array kNames = {
     NamedSpec{"default", {PreTokenizerKind::kDefault}},
     NamedSpec{"gpt-2", {PreTokenizerKind::kGpt2}},
@@ -296,7 +320,9 @@ struct StageSpec {
 std::vector<StageSpec> stages_of(PreTokenizerKind kind) {
   switch (kind) {
     case PreTokenizerKind::kDefault:
-      return {{Stage::kMatch, match_default_punct}, {Stage::kGpt2}, {Stage::kMatch, match_number_run},
+      return {{Stage::kMatch, match_default_punct},
+              {Stage::kGpt2},
+              {Stage::kMatch, match_number_run},
               {Stage::kMatch, match_ascii_digit_triple}};
     case PreTokenizerKind::kGpt2:
       return {{Stage::kGpt2}};
@@ -305,8 +331,10 @@ std::vector<StageSpec> stages_of(PreTokenizerKind kind) {
     case PreTokenizerKind::kQwen2:
       return {{Stage::kQwen2}};
     case PreTokenizerKind::kDeepseekCoder:
-      return {{Stage::kMatch, match_newline}, {Stage::kMatch, match_space_letters},
-              {Stage::kMatch, match_space_punct}, {Stage::kMatch, match_cjk_run},
+      return {{Stage::kMatch, match_newline},
+              {Stage::kMatch, match_space_letters},
+              {Stage::kMatch, match_space_punct},
+              {Stage::kMatch, match_cjk_run},
               {Stage::kMatch, match_one_number}};
     case PreTokenizerKind::kStarcoder:
       return {{Stage::kMatch, match_one_number}, {Stage::kGpt2}};
@@ -334,12 +362,18 @@ std::string supported_pre_tokenizer_names() {
 
 std::string_view pre_tokenizer_kind_name(PreTokenizerKind kind) {
   switch (kind) {
-    case PreTokenizerKind::kDefault: return "default";
-    case PreTokenizerKind::kGpt2: return "gpt2";
-    case PreTokenizerKind::kLlama3: return "llama3";
-    case PreTokenizerKind::kQwen2: return "qwen2";
-    case PreTokenizerKind::kDeepseekCoder: return "deepseek-coder";
-    case PreTokenizerKind::kStarcoder: return "starcoder";
+    case PreTokenizerKind::kDefault:
+      return "default";
+    case PreTokenizerKind::kGpt2:
+      return "gpt2";
+    case PreTokenizerKind::kLlama3:
+      return "llama3";
+    case PreTokenizerKind::kQwen2:
+      return "qwen2";
+    case PreTokenizerKind::kDeepseekCoder:
+      return "deepseek-coder";
+    case PreTokenizerKind::kStarcoder:
+      return "starcoder";
   }
   return "unknown";
 }
@@ -355,10 +389,18 @@ std::vector<std::string_view> pre_tokenize(PreTokenizerKind kind, std::string_vi
     for (const size_t len : fragments) {
       const Cursor c(chars, start, start + len);
       switch (st.stage) {
-        case Stage::kGpt2: split_gpt2(c, next); break;
-        case Stage::kLlama3: split_llama3(c, 3, next); break;
-        case Stage::kQwen2: split_llama3(c, 1, next); break;
-        case Stage::kMatch: split_matches(c, st.matcher, next); break;
+        case Stage::kGpt2:
+          split_gpt2(c, next);
+          break;
+        case Stage::kLlama3:
+          split_llama3(c, 3, next);
+          break;
+        case Stage::kQwen2:
+          split_llama3(c, 1, next);
+          break;
+        case Stage::kMatch:
+          split_matches(c, st.matcher, next);
+          break;
       }
       start += len;
     }

@@ -1,5 +1,6 @@
 // Pre-tokenizers of byte-level BPE vocabularies: the regex splits llama.cpp applies before BPE,
-// written as hand-made scanners over codepoints (no std::regex), one per `tokenizer.ggml.pre` family.
+// written as hand-made scanners over codepoints (no std::regex), one per `tokenizer.ggml.pre`
+// family.
 #pragma once
 
 #include <optional>
@@ -9,11 +10,13 @@
 
 namespace tessera::tokenizer {
 
-// Families of split rules; several `tokenizer.ggml.pre` names share one (see pre_tokenizer_from_name).
+// Families of split rules; several `tokenizer.ggml.pre` names share one (see
+// pre_tokenizer_from_name).
 enum class PreTokenizerKind {
   kDefault,        // "default": punctuation runs, GPT-2 rule, digit runs, ASCII digit triples
   kGpt2,           // 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+
-  kLlama3,         // (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
+  kLlama3,         // (?i:'s|...)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|
+                   // ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+
   kQwen2,          // as kLlama3 but single digits: \p{N}
   kDeepseekCoder,  // [\r\n], \s?\p{L}+, \s?\p{P}+, CJK/Hangul runs, \p{N} applied one after another
   kStarcoder,      // \p{N} then the GPT-2 rule

@@ -25,13 +25,20 @@ enum Attr : uint16_t {
 
 uint16_t attr_of(TokenType t) {
   switch (t) {
-    case TokenType::kNormal: return kAttrNormal;
-    case TokenType::kUnknown: return kAttrUnknown;
-    case TokenType::kControl: return kAttrControl;
-    case TokenType::kUserDefined: return kAttrUserDefined;
-    case TokenType::kUnused: return kAttrUnused;
-    case TokenType::kByte: return kAttrByte;
-    case TokenType::kUndefined: return 0;
+    case TokenType::kNormal:
+      return kAttrNormal;
+    case TokenType::kUnknown:
+      return kAttrUnknown;
+    case TokenType::kControl:
+      return kAttrControl;
+    case TokenType::kUserDefined:
+      return kAttrUserDefined;
+    case TokenType::kUnused:
+      return kAttrUnused;
+    case TokenType::kByte:
+      return kAttrByte;
+    case TokenType::kUndefined:
+      return 0;
   }
   return 0;
 }
@@ -67,8 +74,8 @@ int parse_byte_token(std::string_view text) {
   return (hi < 0 || lo < 0) ? -1 : hi * 16 + lo;
 }
 
-// GPT-2 alphabet text -> the bytes it stands for. A codepoint outside the alphabet (only in malformed
-// vocabularies) is kept as its UTF-8 so nothing is silently dropped.
+// GPT-2 alphabet text -> the bytes it stands for. A codepoint outside the alphabet (only in
+// malformed vocabularies) is kept as its UTF-8 so nothing is silently dropped.
 std::string gpt2_text_to_bytes(std::string_view text) {
   std::string out;
   for (const Utf8Char& ch : decode_utf8(text)) {
@@ -82,18 +89,44 @@ std::string gpt2_text_to_bytes(std::string_view text) {
   return out;
 }
 
-bool is_ascii_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+bool is_ascii_space(char c) {
+  return std::isspace(static_cast<unsigned char>(c)) != 0;
+}
 
 // Texts llama.cpp treats as end-of-turn / end-of-generation markers when metadata does not say.
-constexpr std::string_view kEotTexts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "[EOT]", "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>",
-    "<end_of_utterance>"};
-constexpr std::string_view kEogTexts[] = {
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<|flush|>", "<|calls|>",
-    "<end_of_turn>", "<|endoftext|>", "</s>", "<|eom_id|>", "<EOT>", "_<EOT>", "[EOT]", "[EOS]",
-    "<|end_of_text|>", "<end_of_utterance>", "<eos>", "<turn|>", "<|tool_response>",
-    "<\xEF\xBD\x9C" "end\xE2\x96\x81of\xE2\x96\x81sentence\xEF\xBD\x9C>", "[e~["};
+constexpr std::string_view kEotTexts[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "<|end_of_text|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "[EOT]",
+                                          "<\uFF5Cend\u2581of\u2581sentence\uFF5C>",  // DeepSeek
+                                          "<end_of_utterance>"};
+constexpr std::string_view kEogTexts[] = {"<|eot_id|>",
+                                          "<|im_end|>",
+                                          "<|end|>",
+                                          "<|return|>",
+                                          "<|call|>",
+                                          "<|flush|>",
+                                          "<|calls|>",
+                                          "<end_of_turn>",
+                                          "<|endoftext|>",
+                                          "</s>",
+                                          "<|eom_id|>",
+                                          "<EOT>",
+                                          "_<EOT>",
+                                          "[EOT]",
+                                          "[EOS]",
+                                          "<|end_of_text|>",
+                                          "<end_of_utterance>",
+                                          "<eos>",
+                                          "<turn|>",
+                                          "<|tool_response>",
+                                          "<\uFF5Cend\u2581of\u2581sentence\uFF5C>",  // DeepSeek
+                                          "[e~["};
 
 template <size_t N>
 bool is_one_of(const std::string& s, const std::string_view (&list)[N]) {
@@ -105,7 +138,8 @@ bool is_one_of(const std::string& s, const std::string_view (&list)[N]) {
 Tokenizer::Tokenizer(Vocab v) : model_(v.model) {
   const size_t n = v.tokens.size();
   if (n == 0) throw TokenizerError("tokenizer.ggml.tokens: the vocabulary is empty");
-  if (n > static_cast<size_t>(INT32_MAX)) throw TokenizerError("tokenizer.ggml.tokens: too many tokens");
+  if (n > static_cast<size_t>(INT32_MAX))
+    throw TokenizerError("tokenizer.ggml.tokens: too many tokens");
   if (!v.scores.empty() && v.scores.size() != n) {
     throw TokenizerError("tokenizer.ggml.scores: " + std::to_string(v.scores.size()) +
                          " scores for " + std::to_string(n) + " tokens");
@@ -169,8 +203,10 @@ Tokenizer::Tokenizer(Vocab v) : model_(v.model) {
   add_bos_ = v.add_bos;
   add_eos_ = v.add_eos;
   add_space_prefix_ = model_ == TokenizerModel::kSpm && v.add_space_prefix;
-  if (add_bos_ && bos_ == kNoToken) throw TokenizerError("tokenizer.ggml.add_bos_token: set but no BOS id");
-  if (add_eos_ && eos_ == kNoToken) throw TokenizerError("tokenizer.ggml.add_eos_token: set but no EOS id");
+  if (add_bos_ && bos_ == kNoToken)
+    throw TokenizerError("tokenizer.ggml.add_bos_token: set but no BOS id");
+  if (add_eos_ && eos_ == kNoToken)
+    throw TokenizerError("tokenizer.ggml.add_eos_token: set but no EOS id");
 
   finish_special_tokens();
 
@@ -202,7 +238,8 @@ Tokenizer::Tokenizer(Vocab v) : model_(v.model) {
     if (a & (kAttrUnknown | kAttrControl | kAttrUserDefined)) {
       piece = text;
     } else if (a & kAttrNormal) {
-      piece = model_ == TokenizerModel::kSpm ? replace_all(text, kSpmSpace, " ") : gpt2_text_to_bytes(text);
+      piece = model_ == TokenizerModel::kSpm ? replace_all(text, kSpmSpace, " ")
+                                             : gpt2_text_to_bytes(text);
     } else if (a & kAttrByte) {
       const int b = parse_byte_token(text);
       if (b < 0) {
@@ -247,8 +284,8 @@ void Tokenizer::finish_special_tokens() {
     const int32_t id = find_token(t);
     return id != kNoToken && std::binary_search(eog.begin(), eog.end(), id);
   };
-  if (has("<|end|>") && ((has("<|return|>") && has("<|call|>")) ||
-                         (has("<|calls|>") && has("<|flush|>")))) {
+  if (has("<|end|>") &&
+      ((has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>")))) {
     const int32_t end_id = find_token("<|end|>");
     eog.erase(std::find(eog.begin(), eog.end(), end_id));
     attrs_[end_id] = kAttrUserDefined;
@@ -256,12 +293,13 @@ void Tokenizer::finish_special_tokens() {
   eog_ids_ = std::move(eog);
 
   for (int32_t id = 0; id < n; ++id) {
-    if (attrs_[id] & (kAttrControl | kAttrUserDefined | kAttrUnknown)) special_tokens_.push_back(id);
+    if (attrs_[id] & (kAttrControl | kAttrUserDefined | kAttrUnknown))
+      special_tokens_.push_back(id);
   }
-  // Longest first so a token is never split by a shorter one it contains; ties by id for determinism.
-  std::stable_sort(special_tokens_.begin(), special_tokens_.end(), [&](int32_t a, int32_t b) {
-    return tokens_[a].size() > tokens_[b].size();
-  });
+  // Longest first so a token is never split by a shorter one it contains; ties by id for
+  // determinism.
+  std::stable_sort(special_tokens_.begin(), special_tokens_.end(),
+                   [&](int32_t a, int32_t b) { return tokens_[a].size() > tokens_[b].size(); });
 }
 
 void Tokenizer::check_id(int32_t id) const {
@@ -299,7 +337,8 @@ bool Tokenizer::is_eog(int32_t id) const {
 
 // Splits text at every occurrence of a special token, longest tokens first (llama.cpp's
 // tokenizer_st_partition). Without parse_special only user-defined tokens are matched.
-std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text, bool parse_special) const {
+std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
+                                                          bool parse_special) const {
   std::vector<Fragment> frags;
   if (text.empty()) return frags;
   frags.push_back({kNoToken, 0, text.size()});
@@ -339,7 +378,8 @@ std::vector<Tokenizer::Fragment> Tokenizer::split_special(std::string_view text,
   return frags;
 }
 
-std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special,
+                                       bool parse_special) const {
   std::vector<int32_t> out;
   const std::vector<Fragment> frags = split_special(text, parse_special);
   if (add_special && add_bos_) out.push_back(bos_);
@@ -420,7 +460,8 @@ std::vector<Symbol> split_symbols(std::string_view text) {
   std::vector<Symbol> symbols;
   size_t offset = 0;
   while (offset < text.size()) {
-    const size_t len = std::min(utf8_sequence_length(static_cast<uint8_t>(text[offset])), text.size() - offset);
+    const size_t len =
+        std::min(utf8_sequence_length(static_cast<uint8_t>(text[offset])), text.size() - offset);
     const int index = static_cast<int>(symbols.size());
     symbols.push_back({index - 1, offset + len == text.size() ? -1 : index + 1, offset, len});
     offset += len;
@@ -470,7 +511,8 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) con
   }
 }
 
-int Tokenizer::merge_rank(std::string_view left, std::string_view right, std::string& scratch) const {
+int Tokenizer::merge_rank(std::string_view left, std::string_view right,
+                          std::string& scratch) const {
   scratch.assign(left);
   scratch.push_back(' ');
   scratch.append(right);
@@ -504,7 +546,8 @@ void Tokenizer::encode_bpe_word(const std::string& word, std::vector<int32_t>& o
     if (left < 0 || right < 0) return;
     const Symbol& l = symbols[left];
     const Symbol& r = symbols[right];
-    const int rank = merge_rank(w.substr(l.offset, l.length), w.substr(r.offset, r.length), scratch);
+    const int rank =
+        merge_rank(w.substr(l.offset, l.length), w.substr(r.offset, r.length), scratch);
     if (rank >= 0) queue.push({left, right, rank, l.length, r.length});
   };
   for (int i = 1; i < static_cast<int>(symbols.size()); ++i) try_add(i - 1, i);

@@ -1,4 +1,5 @@
-// Tokenizer: encodes text to token ids and back for SentencePiece-style ("llama") and byte-level BPE
+// Tokenizer: encodes text to token ids and back for SentencePiece-style ("llama") and byte-level
+// BPE
 // ("gpt2") vocabularies, matching llama.cpp's llama_tokenize/llama_token_to_piece.
 #pragma once
 
@@ -23,23 +24,23 @@ struct TokenizerError : std::runtime_error {
 // Immutable after construction: every const method is safe to call from several threads at once.
 class Tokenizer {
  public:
-  // Validates the vocabulary (throws TokenizerError naming the problem: unknown pre-tokenizer, sizes
-  // that disagree, special ids out of range, duplicate token texts, malformed merges).
+  // Validates the vocabulary (throws TokenizerError naming the problem: unknown pre-tokenizer,
+  // sizes that disagree, special ids out of range, duplicate token texts, malformed merges).
   explicit Tokenizer(Vocab vocab);
 
-  // Text -> ids. add_special: BOS/EOS as the vocabulary's add_bos/add_eos say. parse_special: control
-  // tokens written in the text (e.g. "<|im_end|>") become their ids; user-defined tokens are always
-  // matched, as llama.cpp does.
+  // Text -> ids. add_special: BOS/EOS as the vocabulary's add_bos/add_eos say. parse_special:
+  // control tokens written in the text (e.g. "<|im_end|>") become their ids; user-defined tokens
+  // are always matched, as llama.cpp does.
   std::vector<int32_t> encode(std::string_view text, bool add_special, bool parse_special) const;
 
-  // Ids -> text. Control/unknown tokens are dropped unless render_special. For SPM vocabularies with
-  // add_space_prefix, the space encode put in front of the text is removed again (also when a
+  // Ids -> text. Control/unknown tokens are dropped unless render_special. For SPM vocabularies
+  // with add_space_prefix, the space encode put in front of the text is removed again (also when a
   // leading BOS precedes it), so decode(encode(s, ...)) == s for text without special tokens.
   // Throws TokenizerError for an id outside the vocabulary.
   std::string decode(const std::vector<int32_t>& ids, bool render_special = false) const;
 
-  // The bytes one token stands for (may be part of a UTF-8 character). render_special=false gives ""
-  // for control/unknown tokens. Throws TokenizerError for an id outside the vocabulary.
+  // The bytes one token stands for (may be part of a UTF-8 character). render_special=false gives
+  // "" for control/unknown tokens. Throws TokenizerError for an id outside the vocabulary.
   std::string token_to_piece(int32_t id, bool render_special = true) const;
 
   int32_t bos() const { return bos_; }
@@ -56,14 +57,14 @@ class Tokenizer {
   size_t vocab_size() const { return tokens_.size(); }
   TokenizerModel model() const { return model_; }
   PreTokenizerKind pre_tokenizer() const { return pre_.kind; }
-  const std::string& token_text(int32_t id) const;   // the vocabulary's text, unprocessed
-  TokenType token_type(int32_t id) const;            // after llama.cpp's control-token fix-ups
-  int32_t find_token(std::string_view text) const;   // kNoToken when absent
+  const std::string& token_text(int32_t id) const;  // the vocabulary's text, unprocessed
+  TokenType token_type(int32_t id) const;           // after llama.cpp's control-token fix-ups
+  int32_t find_token(std::string_view text) const;  // kNoToken when absent
 
  private:
   struct Fragment {
-    int32_t token;    // kNoToken for raw text
-    size_t offset;    // raw text: byte range of the input
+    int32_t token;  // kNoToken for raw text
+    size_t offset;  // raw text: byte range of the input
     size_t length;
   };
   std::vector<Fragment> split_special(std::string_view text, bool parse_special) const;
@@ -79,13 +80,13 @@ class Tokenizer {
   PreTokenizerSpec pre_{PreTokenizerKind::kDefault};
   std::vector<std::string> tokens_;
   std::vector<float> scores_;
-  std::vector<uint16_t> attrs_;            // Attr bits per token (tokenizer.cpp)
-  std::vector<std::string> pieces_;        // token_to_piece(id, true), precomputed
+  std::vector<uint16_t> attrs_;      // Attr bits per token (tokenizer.cpp)
+  std::vector<std::string> pieces_;  // token_to_piece(id, true), precomputed
   std::unordered_map<std::string, int32_t> token_to_id_;
   std::unordered_map<std::string, int> merge_ranks_;  // "left right" -> rank
-  std::vector<int32_t> special_tokens_;    // matched in text before tokenizing, longest first
-  std::vector<int32_t> eog_ids_;           // sorted
-  std::vector<int32_t> spm_byte_tokens_;   // byte -> <0xXX> token (kNoToken if absent)
+  std::vector<int32_t> special_tokens_;   // matched in text before tokenizing, longest first
+  std::vector<int32_t> eog_ids_;          // sorted
+  std::vector<int32_t> spm_byte_tokens_;  // byte -> <0xXX> token (kNoToken if absent)
   int32_t bos_ = kNoToken, eos_ = kNoToken, eot_ = kNoToken, eom_ = kNoToken;
   int32_t unk_ = kNoToken, pad_ = kNoToken, sep_ = kNoToken;
   bool add_bos_ = false, add_eos_ = false, add_space_prefix_ = false;

@@ -12,8 +12,15 @@ bool is_white_space(uint32_t cp) {
   if (cp >= 0x09 && cp <= 0x0D) return true;
   if (cp >= 0x2000 && cp <= 0x200A) return true;
   switch (cp) {
-    case 0x20: case 0x85: case 0xA0: case 0x1680: case 0x2028: case 0x2029: case 0x202F:
-    case 0x205F: case 0x3000:
+    case 0x20:
+    case 0x85:
+    case 0xA0:
+    case 0x1680:
+    case 0x2028:
+    case 0x2029:
+    case 0x202F:
+    case 0x205F:
+    case 0x3000:
       return true;
     default:
       return false;
@@ -25,9 +32,8 @@ uint16_t lookup_flags(uint32_t cp) {
   const auto* begin = detail::kCategoryRanges;
   const auto* end = begin + detail::kCategoryRangeCount;
   // Last range whose start <= cp.
-  const auto* it = std::upper_bound(begin, end, cp, [](uint32_t v, const detail::CategoryRange& r) {
-    return v < r.start;
-  });
+  const auto* it = std::upper_bound(
+      begin, end, cp, [](uint32_t v, const detail::CategoryRange& r) { return v < r.start; });
   uint16_t flags = (it == begin) ? uint16_t{kCpUndefined} : uint16_t{(it - 1)->flags};
   if (is_white_space(cp)) flags |= kCpWhitespace;
   return flags;
@@ -91,13 +97,26 @@ std::vector<Utf8Char> decode_utf8(std::string_view text) {
     } else {
       uint32_t need = 0;
       uint32_t min = 0;
-      if ((b0 & 0xE0) == 0xC0) { need = 1; cp = b0 & 0x1F; min = 0x80; }
-      else if ((b0 & 0xF0) == 0xE0) { need = 2; cp = b0 & 0x0F; min = 0x800; }
-      else if ((b0 & 0xF8) == 0xF0) { need = 3; cp = b0 & 0x07; min = 0x10000; }
+      if ((b0 & 0xE0) == 0xC0) {
+        need = 1;
+        cp = b0 & 0x1F;
+        min = 0x80;
+      } else if ((b0 & 0xF0) == 0xE0) {
+        need = 2;
+        cp = b0 & 0x0F;
+        min = 0x800;
+      } else if ((b0 & 0xF8) == 0xF0) {
+        need = 3;
+        cp = b0 & 0x07;
+        min = 0x10000;
+      }
       bool ok = need > 0 && i + need < n;  // the whole sequence must be inside the text
       if (ok) {
         for (uint32_t k = 1; k <= need; ++k) {
-          if ((s[i + k] & 0xC0) != 0x80) { ok = false; break; }
+          if ((s[i + k] & 0xC0) != 0x80) {
+            ok = false;
+            break;
+          }
           cp = (cp << 6) | (s[i + k] & 0x3F);
         }
       }
@@ -133,7 +152,9 @@ void append_utf8(std::string& out, uint32_t cp) {
   }
 }
 
-uint32_t byte_to_gpt2_codepoint(uint8_t byte) { return gpt2_map().byte_to_cp[byte]; }
+uint32_t byte_to_gpt2_codepoint(uint8_t byte) {
+  return gpt2_map().byte_to_cp[byte];
+}
 
 int gpt2_codepoint_to_byte(uint32_t cp) {
   return cp < 512 ? gpt2_map().cp_to_byte[cp] : -1;

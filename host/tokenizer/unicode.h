@@ -1,5 +1,6 @@
-// Unicode helpers the tokenizers need: lenient UTF-8 decoding, general-category flags of a codepoint
-// (from a generated table), White_Space, and GPT-2's byte <-> printable-codepoint mapping.
+// Unicode helpers the tokenizers need: lenient UTF-8 decoding, general-category flags of a
+// codepoint (from a generated table), White_Space, and GPT-2's byte <-> printable-codepoint
+// mapping.
 #pragma once
 
 #include <cstddef>

@@ -1,5 +1,5 @@
-// The plain description of a tokenizer vocabulary (what GGUF's tokenizer.ggml.* keys hold), so tools
-// and tests can build a Tokenizer without a file.
+// The plain description of a tokenizer vocabulary (what GGUF's tokenizer.ggml.* keys hold), so
+// tools and tests can build a Tokenizer without a file.
 #pragma once
 
 #include <cstdint>
@@ -8,8 +8,8 @@
 
 namespace tessera::tokenizer {
 
-// `tokenizer.ggml.model`: "llama" is SentencePiece-style (score-driven merges, <0xXX> byte fallback,
-// spaces as U+2581), "gpt2" is byte-level BPE (ranked merges over GPT-2's byte alphabet).
+// `tokenizer.ggml.model`: "llama" is SentencePiece-style (score-driven merges, <0xXX> byte
+// fallback, spaces as U+2581), "gpt2" is byte-level BPE (ranked merges over GPT-2's byte alphabet).
 enum class TokenizerModel { kSpm, kBpe };
 
 // `tokenizer.ggml.token_type` values (llama.cpp's numbering).
@@ -27,21 +27,21 @@ inline constexpr int32_t kNoToken = -1;
 
 struct Vocab {
   TokenizerModel model = TokenizerModel::kSpm;
-  std::string pre = "default";        // `tokenizer.ggml.pre`; BPE only ("" means "default")
-  std::vector<std::string> tokens;    // id -> text (SPM: U+2581 for spaces; BPE: GPT-2 byte alphabet)
-  std::vector<float> scores;          // SPM merge priorities; empty = all 0
-  std::vector<TokenType> types;       // empty = all kNormal
-  std::vector<std::string> merges;    // BPE: "left right", highest priority first
+  std::string pre = "default";      // `tokenizer.ggml.pre`; BPE only ("" means "default")
+  std::vector<std::string> tokens;  // id -> text (SPM: U+2581 for spaces; BPE: GPT-2 byte alphabet)
+  std::vector<float> scores;        // SPM merge priorities; empty = all 0
+  std::vector<TokenType> types;     // empty = all kNormal
+  std::vector<std::string> merges;  // BPE: "left right", highest priority first
   int32_t bos_id = kNoToken;
   int32_t eos_id = kNoToken;
-  int32_t eot_id = kNoToken;          // kNoToken: detected from the token texts as llama.cpp does
-  int32_t eom_id = kNoToken;          // likewise
+  int32_t eot_id = kNoToken;  // kNoToken: detected from the token texts as llama.cpp does
+  int32_t eom_id = kNoToken;  // likewise
   int32_t unk_id = kNoToken;
   int32_t pad_id = kNoToken;
   int32_t sep_id = kNoToken;
-  bool add_bos = false;               // encode(add_special=true) prepends bos_id
-  bool add_eos = false;               // ... and appends eos_id
-  bool add_space_prefix = false;      // SPM: a space is put in front of text (and after special tokens)
+  bool add_bos = false;           // encode(add_special=true) prepends bos_id
+  bool add_eos = false;           // ... and appends eos_id
+  bool add_space_prefix = false;  // SPM: a space is put in front of text (and after special tokens)
   // Phi-3: a matched special token swallows the white space after it (except <unk>, <s>,
   // <|endoftext|>); llama.cpp sets this from the model name.
   bool special_tokens_rstrip = false;

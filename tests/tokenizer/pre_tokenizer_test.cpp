@@ -1,5 +1,5 @@
-// Hand-made checks of the pre-tokenizer splits (llama-bpe and qwen2 have no vocabulary file here, so
-// these are their only tests) and of the Unicode helpers they rest on.
+// Hand-made checks of the pre-tokenizer splits (llama-bpe and qwen2 have no vocabulary file here,
+// so these are their only tests) and of the Unicode helpers they rest on.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -24,12 +24,12 @@ using Words = std::vector<std::string>;
 
 TEST(UnicodeTest, CategoriesOfSampleCodepoints) {
   EXPECT_TRUE(codepoint_flags('a') & kCpLetter);
-  EXPECT_TRUE(codepoint_flags(0x0416) & kCpLetter);   // Ж
-  EXPECT_TRUE(codepoint_flags(0x4E2D) & kCpLetter);   // 中
+  EXPECT_TRUE(codepoint_flags(0x0416) & kCpLetter);  // Ж
+  EXPECT_TRUE(codepoint_flags(0x4E2D) & kCpLetter);  // 中
   EXPECT_TRUE(codepoint_flags('7') & kCpNumber);
-  EXPECT_TRUE(codepoint_flags(0x0663) & kCpNumber);   // Arabic-Indic three
-  EXPECT_TRUE(codepoint_flags(0x00BD) & kCpNumber);   // ½
-  EXPECT_TRUE(codepoint_flags(0x216B) & kCpNumber);   // Roman numeral twelve (Nl)
+  EXPECT_TRUE(codepoint_flags(0x0663) & kCpNumber);  // Arabic-Indic three
+  EXPECT_TRUE(codepoint_flags(0x00BD) & kCpNumber);  // ½
+  EXPECT_TRUE(codepoint_flags(0x216B) & kCpNumber);  // Roman numeral twelve (Nl)
   EXPECT_TRUE(codepoint_flags('!') & kCpPunctuation);
   EXPECT_TRUE(codepoint_flags('$') & kCpSymbol);
   EXPECT_TRUE(codepoint_flags(0x0301) & kCpMark);
@@ -53,7 +53,7 @@ TEST(UnicodeTest, LenientUtf8KeepsInvalidBytes) {
 }
 
 TEST(UnicodeTest, Gpt2ByteAlphabetIsABijection) {
-  EXPECT_EQ(byte_to_gpt2_codepoint(' '), 0x120u);  // Ġ
+  EXPECT_EQ(byte_to_gpt2_codepoint(' '), 0x120u);   // Ġ
   EXPECT_EQ(byte_to_gpt2_codepoint('\n'), 0x10Au);  // Ċ
   EXPECT_EQ(byte_to_gpt2_codepoint('A'), static_cast<uint32_t>('A'));
   for (int b = 0; b < 256; ++b) {
@@ -111,7 +111,8 @@ TEST(PreTokenizerTest, UnknownNameIsNotFound) {
 // The words always cover the input exactly, whatever the bytes are.
 TEST(PreTokenizerTest, WordsCoverTheText) {
   const std::string text = "x\xFF\xC3 y\xE2\x82\xAC 12\t\t\n";
-  for (const char* pre : {"default", "gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-coder"}) {
+  for (const char* pre :
+       {"default", "gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-coder"}) {
     std::string joined;
     for (const auto& w : split(pre, text)) {
       EXPECT_FALSE(w.empty()) << pre;

@@ -18,8 +18,8 @@ Vocab bpe_vocab(std::vector<std::string> merges) {
   Vocab v;
   v.model = TokenizerModel::kBpe;
   v.pre = "gpt-2";
-  v.tokens = {"<|endoftext|>", "a", "b", "c", "ab", "bc", "\xC4\xA0", "\xC4\xA0" "a", "<tool>",
-              "<|im_end|>", "<x>", "<x>b", "\xC4\x8A"};
+  v.tokens = {"<|endoftext|>", "a",      "b",          "c",   "ab",   "bc",      "\xC4\xA0",
+              "\u0120a",       "<tool>", "<|im_end|>", "<x>", "<x>b", "\xC4\x8A"};
   v.types.assign(v.tokens.size(), TokenType::kNormal);
   v.types[0] = TokenType::kControl;
   v.types[8] = TokenType::kUserDefined;
@@ -108,13 +108,18 @@ Vocab spm_vocab(float score_ab, float score_space_a, bool with_space_ab) {
     v.scores.push_back(score);
     v.types.push_back(type);
   };
-  add("\xE2\x96\x81", -1.0f);          // 259 ▁
-  add("a", -2.0f);                     // 260
-  add("b", -3.0f);                     // 261
-  add("ab", score_ab);                 // 262
-  add("\xE2\x96\x81" "a", score_space_a);  // 263 ▁a
+  add("\xE2\x96\x81", -1.0f);  // 259 ▁
+  add("a", -2.0f);             // 260
+  add("b", -3.0f);             // 261
+  add("ab", score_ab);         // 262
+  add("\xE2\x96\x81"
+      "a",
+      score_space_a);                         // 263 ▁a
   add("<|end|>", 0.0f, TokenType::kControl);  // 264
-  if (with_space_ab) add("\xE2\x96\x81" "ab", -0.5f);  // 265 ▁ab
+  if (with_space_ab)
+    add("\xE2\x96\x81"
+        "ab",
+        -0.5f);  // 265 ▁ab
   v.bos_id = 1;
   v.eos_id = 2;
   v.unk_id = 0;
@@ -157,7 +162,8 @@ TEST(SpmTest, BosEosAndSpacePrefix) {
 
 TEST(SpmTest, SpecialTokensAndTheSpaceAfterThem) {
   const Tokenizer tok(spm_vocab(-4.0f, -5.0f, true));
-  // With parse_special the control token is cut out and the text after it gets the space prefix again.
+  // With parse_special the control token is cut out and the text after it gets the space prefix
+  // again.
   EXPECT_EQ(tok.encode("ab<|end|>ab", false, true), (Ids{265, 264, 265}));
   // Without it, "<|end|>" is ordinary text: its characters fall back to bytes.
   const Ids plain = tok.encode("<|end|>", false, false);
