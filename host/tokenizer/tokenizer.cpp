@@ -93,18 +93,7 @@ bool is_ascii_space(char c) {
   return std::isspace(static_cast<unsigned char>(c)) != 0;
 }
 
-// Texts llama.cpp treats as end-of-turn / end-of-generation markers when metadata does not say.
-constexpr std::string_view kEotTexts[] = {"<|eot_id|>",
-                                          "<|im_end|>",
-                                          "<|end|>",
-                                          "<end_of_turn>",
-                                          "<|endoftext|>",
-                                          "<|end_of_text|>",
-                                          "<EOT>",
-                                          "_<EOT>",
-                                          "[EOT]",
-                                          "<\uFF5Cend\u2581of\u2581sentence\uFF5C>",  // DeepSeek
-                                          "<end_of_utterance>"};
+// Texts llama.cpp treats as end-of-generation markers whatever the metadata says.
 constexpr std::string_view kEogTexts[] = {"<|eot_id|>",
                                           "<|im_end|>",
                                           "<|end|>",
@@ -208,7 +197,9 @@ Tokenizer::Tokenizer(Vocab v) : model_(v.model) {
   if (add_eos_ && eos_ == kNoToken)
     throw TokenizerError("tokenizer.ggml.add_eos_token: set but no EOS id");
 
-  finish_special_tokens();
+  finish_special_tokens(check_special(v.fim_pad_id, "fim_pad_token_id"),
+                        check_special(v.fim_rep_id, "fim_rep_token_id"),
+                        check_special(v.fim_sep_id, "fim_sep_token_id"));
 
   if (v.special_tokens_rstrip) {
     for (const int32_t id : special_tokens_) attrs_[id] |= kAttrRstrip;
@@ -254,19 +245,28 @@ Tokenizer::Tokenizer(Vocab v) : model_(v.model) {
 
 // Fills in what llama.cpp derives from token texts: EOT/EOM when metadata lacks them, the set of
 // end-of-generation tokens (forced to control type), and the list of tokens matched in raw text.
-void Tokenizer::finish_special_tokens() {
+void Tokenizer::finish_special_tokens(int32_t fim_pad, int32_t fim_rep, int32_t fim_sep) {
+  // The first text of each list present in the vocabulary (list order, so "<|end|>" is preferred to
+  // "<|endoftext|>" as Phi-3's end of turn), forced to control type.
+  auto detect = [&](int32_t& id, std::initializer_list<std::string_view> texts) {
+    if (id != kNoToken) return;
+    for (const std::string_view t : texts) {
+      id = find_token(t);
+      if (id != kNoToken) {
+        attrs_[id] |= kAttrControl;
+        return;
+      }
+    }
+  };
+  detect(eot_, {"<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                "<|end_of_text|>", "<EOT>", "_<EOT>", "[EOT]",
+                "<\uFF5Cend\u2581of\u2581sentence\uFF5C>", "<end_of_utterance>"});
+  detect(eom_, {"<|eom_id|>"});
+  detect(fim_pad, {"<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"});
+  detect(fim_rep, {"<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"});
+  detect(fim_sep, {"<|file_sep|>"});
+
   const int32_t n = static_cast<int32_t>(tokens_.size());
-  for (int32_t id = 0; id < n; ++id) {
-    const std::string& t = tokens_[id];
-    if (eot_ == kNoToken && is_one_of(t, kEotTexts)) {
-      eot_ = id;
-      attrs_[id] |= kAttrControl;
-    }
-    if (eom_ == kNoToken && t == "<|eom_id|>") {
-      eom_ = id;
-      attrs_[id] |= kAttrControl;
-    }
-  }
   std::vector<int32_t> eog;
   for (int32_t id = 0; id < n; ++id) {
     if (is_one_of(tokens_[id], kEogTexts)) {
@@ -274,7 +274,7 @@ void Tokenizer::finish_special_tokens() {
       attrs_[id] |= kAttrControl;
     }
   }
-  for (const int32_t id : {eos_, eot_, eom_}) {
+  for (const int32_t id : {eos_, eot_, eom_, fim_pad, fim_rep, fim_sep}) {
     if (id != kNoToken) eog.push_back(id);
   }
   std::sort(eog.begin(), eog.end());

@@ -74,7 +74,7 @@ class Tokenizer {
   int32_t spm_byte_token(uint8_t byte) const;
   int merge_rank(std::string_view left, std::string_view right, std::string& scratch) const;
   void check_id(int32_t id) const;
-  void finish_special_tokens();
+  void finish_special_tokens(int32_t fim_pad, int32_t fim_rep, int32_t fim_sep);
 
   TokenizerModel model_;
   PreTokenizerSpec pre_{PreTokenizerKind::kDefault};

@@ -36,6 +36,11 @@ struct Vocab {
   int32_t eos_id = kNoToken;
   int32_t eot_id = kNoToken;  // kNoToken: detected from the token texts as llama.cpp does
   int32_t eom_id = kNoToken;  // likewise
+  // Fill-in-the-middle pad / repository / file-separator tokens: they end generation. kNoToken:
+  // detected from the token texts as llama.cpp does.
+  int32_t fim_pad_id = kNoToken;
+  int32_t fim_rep_id = kNoToken;
+  int32_t fim_sep_id = kNoToken;
   int32_t unk_id = kNoToken;
   int32_t pad_id = kNoToken;
   int32_t sep_id = kNoToken;

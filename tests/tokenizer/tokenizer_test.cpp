@@ -74,8 +74,8 @@ TEST(BpeTest, SpecialIdsAndEndOfGeneration) {
   EXPECT_EQ(tok.eos(), 0);
   EXPECT_EQ(tok.encode("ab", true, false), (Ids{0, 4}));
   EXPECT_EQ(tok.encode("ab", false, false), (Ids{4}));
-  // Without metadata the EOT is found by text, as llama.cpp does; the first match by id wins.
-  EXPECT_EQ(tok.eot(), 0);
+  // Without metadata the EOT is found by text, as llama.cpp does: <|im_end|> before <|endoftext|>.
+  EXPECT_EQ(tok.eot(), 9);
   EXPECT_TRUE(tok.is_eog(0));
   EXPECT_TRUE(tok.is_eog(9));  // <|im_end|> ends generation by its text
   EXPECT_FALSE(tok.is_eog(4));
