@@ -1,0 +1,36 @@
+// The supported architectures as data: what distinguishes llama, qwen3 and qwen3moe for the forward pass.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "host/ops/reference/rope.h"
+
+namespace tessera::model {
+
+// Whether an architecture's FFN is a Mixture of Experts.
+enum class MoeKind {
+  kNone,      // dense FFN only (qwen3)
+  kOptional,  // MoE when <arch>.expert_count > 0, dense otherwise (llama / Mixtral)
+  kRequired,  // every layer is MoE (qwen3moe)
+};
+
+// Everything the layer walk needs to know about an architecture beyond its hyper-parameters. The
+// block structure is shared: pre-norm attention (optional per-head q/k RMSNorm before RoPE),
+// residual, pre-norm FFN (dense SwiGLU or MoE), residual, final norm, output projection.
+struct ArchTraits {
+  std::string_view name;               // general.architecture value and metadata key prefix
+  reference::RopeMode rope_mode;       // llama.cpp's llama_model_rope_type for the architecture
+  bool has_qk_norm;                    // attn_q_norm / attn_k_norm tensors (Qwen3)
+  MoeKind moe;
+  bool normalize_topk;                 // build_moe_ffn's norm_w
+  std::string_view expert_ff_key;      // key suffix of the expert FFN width; empty: feed_forward_length
+};
+
+// The traits of `name`, or nullptr when Tessera does not support it.
+const ArchTraits* find_architecture(std::string_view name);
+// Names of every supported architecture, for error messages and --help.
+std::vector<std::string> supported_architectures();
+
+}  // namespace tessera::model

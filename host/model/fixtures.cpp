@@ -1,0 +1,228 @@
+// Fixture model generator: hyper-parameters per kind, seeded Gaussian weights (Box-Muller over
+// mt19937_64 so every platform writes the same bytes), a mix of quant formats per tensor role.
+#include "host/model/fixtures.h"
+
+#include <cmath>
+#include <map>
+#include <random>
+#include <set>
+#include <stdexcept>
+
+#include "host/ops/quant/quant.h"
+
+namespace tessera::model {
+namespace {
+
+using gguf::TensorType;
+using gguf::Value;
+
+struct Shape {
+  std::string arch;
+  uint32_t n_layer = 2, n_embd = 64, n_head = 4, n_head_kv = 2, head_dim = 16;
+  uint32_t n_ff = 256, n_ctx = 512;
+  uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;
+  float rope_base = 10000.0f;
+  bool qk_norm = false;
+  bool explicit_head_dim = false;
+};
+
+Shape shape_of(const std::string& kind) {
+  Shape s;
+  if (kind == "llama") {
+    s.arch = "llama";
+  } else if (kind == "mixtral") {
+    s.arch = "llama";
+    s.n_expert = 4;
+    s.n_expert_used = 2;
+    s.n_ff_exp = s.n_ff;
+  } else if (kind == "qwen3") {
+    s.arch = "qwen3";
+    s.head_dim = 32;  // q_dim 128 != n_embd: exercises key_length
+    s.explicit_head_dim = true;
+    s.qk_norm = true;
+    s.rope_base = 1000000.0f;
+  } else if (kind == "qwen3moe") {
+    s.arch = "qwen3moe";
+    s.head_dim = 32;
+    s.explicit_head_dim = true;
+    s.qk_norm = true;
+    s.rope_base = 1000000.0f;
+    s.n_ff = 512;
+    s.n_expert = 8;
+    s.n_expert_used = 2;
+    s.n_ff_exp = 256;
+  } else {
+    std::string kinds;
+    for (const auto& k : fixture_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
+    throw std::invalid_argument("fixture: unknown kind '" + kind + "' (kinds: " + kinds + ")");
+  }
+  return s;
+}
+
+// Standard normal draws from the raw generator output (std::normal_distribution is not portable).
+class Gaussian {
+ public:
+  explicit Gaussian(uint64_t seed) : rng_(seed) {}
+  float next() {
+    if (has_spare_) {
+      has_spare_ = false;
+      return spare_;
+    }
+    const double u1 = (double(rng_() >> 11) + 1.0) * 0x1.0p-53;  // (0, 1]
+    const double u2 = double(rng_() >> 11) * 0x1.0p-53;
+    const double r = std::sqrt(-2.0 * std::log(u1));
+    spare_ = float(r * std::sin(2.0 * M_PI * u2));
+    has_spare_ = true;
+    return float(r * std::cos(2.0 * M_PI * u2));
+  }
+
+ private:
+  std::mt19937_64 rng_;
+  float spare_ = 0.0f;
+  bool has_spare_ = false;
+};
+
+}  // namespace
+
+std::vector<std::string> fixture_kinds() { return {"llama", "mixtral", "qwen3", "qwen3moe"}; }
+
+FixtureVocab fixture_vocab() {
+  FixtureVocab v;
+  auto add = [&](std::string text, float score, int32_t type) {
+    v.tokens.push_back(std::move(text));
+    v.scores.push_back(score);
+    v.types.push_back(type);
+  };
+  add("<unk>", 0.0f, 2);
+  add("<s>", 0.0f, 3);
+  add("</s>", 0.0f, 3);
+  static const char* kHex = "0123456789ABCDEF";
+  for (int b = 0; b < 256; ++b) add(std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">", 0.0f, 6);
+  const std::string space = "\xE2\x96\x81";  // U+2581, SentencePiece's word boundary
+  std::set<std::string> seen;
+  add(space, -1.0f, 1);
+  seen.insert(space);
+  for (char c = 0x21; c < 0x7F; ++c) {
+    add(std::string(1, c), -1.0f, 1);
+    seen.insert(std::string(1, c));
+  }
+  static const char* kWords[] = {
+      "Once", "upon", "a", "time", "there", "was", "little", "girl", "boy", "named", "Lily", "Tom",
+      "who", "liked", "to", "play", "in", "the", "park", "with", "her", "his", "dog", "cat", "and",
+      "one", "day", "she", "he", "saw", "big", "red", "ball", "tree", "sun", "happy", "said",
+      "hello", "friend", "they", "went", "home", "mom", "help", "find", "of", "it", "is", "on",
+      "The", "run", "jump", "fun", "very", "good", "bird", "sky", "blue", "water", "toy"};
+  for (const char* w : kWords) {
+    std::string piece = space;
+    for (const char* p = w; *p; ++p) {
+      piece += *p;
+      if (seen.insert(piece).second) add(piece, float(piece.size()) * 0.5f, 1);
+    }
+  }
+  return v;
+}
+
+gguf::GgufWriter make_fixture(const FixtureOptions& o) {
+  const Shape s = shape_of(o.kind);
+  const FixtureVocab vocab = fixture_vocab();
+  const uint64_t n_vocab = vocab.tokens.size();
+  const std::string& a = s.arch;
+
+  gguf::GgufWriter writer;
+  // Every key goes through here so a test can drop one (FixtureOptions::drop_key).
+  struct KeySetter {
+    gguf::GgufWriter& w;
+    const std::string& drop;
+    void set(std::string key, Value v) {
+      if (key != drop) w.set(std::move(key), std::move(v));
+    }
+  } w{writer, o.drop_key};
+  w.set("general.architecture", Value::string(o.architecture_override.empty() ? a : o.architecture_override));
+  w.set("general.name", Value::string("tessera-fixture-" + o.kind));
+  w.set(a + ".block_count", Value::u32(s.n_layer));
+  w.set(a + ".context_length", Value::u32(s.n_ctx));
+  w.set(a + ".embedding_length", Value::u32(s.n_embd));
+  w.set(a + ".feed_forward_length", Value::u32(s.n_ff));
+  w.set(a + ".attention.head_count", Value::u32(s.n_head));
+  w.set(a + ".attention.head_count_kv", Value::u32(s.n_head_kv));
+  if (s.explicit_head_dim) {
+    w.set(a + ".attention.key_length", Value::u32(s.head_dim));
+    w.set(a + ".attention.value_length", Value::u32(s.head_dim));
+  }
+  w.set(a + ".rope.dimension_count", Value::u32(s.head_dim));
+  w.set(a + ".rope.freq_base", Value::f32(s.rope_base));
+  w.set(a + ".attention.layer_norm_rms_epsilon", Value::f32(1e-5f));
+  if (s.n_expert > 0) {
+    w.set(a + ".expert_count", Value::u32(s.n_expert));
+    w.set(a + ".expert_used_count", Value::u32(s.n_expert_used));
+    if (a == "qwen3moe") w.set(a + ".expert_feed_forward_length", Value::u32(s.n_ff_exp));
+  }
+  w.set("tokenizer.ggml.model", Value::string("llama"));
+  w.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
+  w.set("tokenizer.ggml.scores", Value::f32s(vocab.scores));
+  w.set("tokenizer.ggml.token_type", Value::i32s(vocab.types));
+  w.set("tokenizer.ggml.bos_token_id", Value::u32(1));
+  w.set("tokenizer.ggml.eos_token_id", Value::u32(2));
+  w.set("tokenizer.ggml.unknown_token_id", Value::u32(0));
+  w.set("tokenizer.ggml.add_bos_token", Value::boolean(true));
+  w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
+
+  Gaussian g(o.seed);
+  bool skewed = false;
+  // std: weights of a matrix with `cols` inputs get std scale/sqrt(cols) so activations stay O(1).
+  auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type, float scale,
+                    float mean = 0.0f) {
+    uint64_t n = 1;
+    for (uint64_t d : dims) n *= d;
+    std::vector<float> data(n);
+    const float std_dev = dims.size() == 1 ? scale : scale / std::sqrt(float(dims[0]));
+    for (float& x : data) x = mean + std_dev * g.next();
+    if (name == o.skew_tensor) {
+      dims.back() += 1;
+      data.resize(data.size() / (dims.back() - 1) * dims.back(), 0.0f);
+      skewed = true;
+    }
+    if (o.all_f32) type = TensorType::F32;
+    // Quantized here, row by row, with the quant library's reference quantizer.
+    const uint64_t row_len = dims[0], stride = gguf::row_bytes(type, row_len);
+    std::vector<uint8_t> bytes(stride * (data.size() / row_len));
+    for (uint64_t r = 0; r < data.size() / row_len; ++r)
+      quant::quantize_row(type, data.data() + r * row_len, bytes.data() + r * stride, int64_t(row_len));
+    writer.add_tensor(name, type, std::move(dims), std::move(bytes));
+  };
+  const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim, KV = uint64_t(s.n_head_kv) * s.head_dim;
+  tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, 1.0f * std::sqrt(float(E)));
+  for (uint32_t i = 0; i < s.n_layer; ++i) {
+    const std::string p = "blk." + std::to_string(i) + ".";
+    tensor(p + "attn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
+    tensor(p + "attn_q.weight", {E, Q}, TensorType::Q8_0, 1.0f);
+    tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
+    tensor(p + "attn_v.weight", {E, KV}, TensorType::Q8_0, 1.0f);
+    tensor(p + "attn_output.weight", {Q, E}, TensorType::F16, 1.0f);
+    if (s.qk_norm) {
+      tensor(p + "attn_q_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+      tensor(p + "attn_k_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+    }
+    tensor(p + "ffn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
+    if (s.n_expert > 0) {
+      const uint64_t F = s.n_ff_exp, N = s.n_expert;
+      tensor(p + "ffn_gate_inp.weight", {E, N}, TensorType::F32, o.router_scale);
+      tensor(p + "ffn_gate_exps.weight", {E, F, N}, TensorType::Q4_0, 1.0f);
+      tensor(p + "ffn_up_exps.weight", {E, F, N}, TensorType::Q8_0, 1.0f);
+      tensor(p + "ffn_down_exps.weight", {F, E, N}, TensorType::Q4_K, 1.0f);
+    } else {
+      const uint64_t F = s.n_ff;
+      tensor(p + "ffn_gate.weight", {E, F}, TensorType::Q4_0, 1.0f);
+      tensor(p + "ffn_up.weight", {E, F}, TensorType::Q8_0, 1.0f);
+      tensor(p + "ffn_down.weight", {F, E}, TensorType::Q4_K, 1.0f);
+    }
+  }
+  tensor("output_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
+  if (!o.tie_output) tensor("output.weight", {E, n_vocab}, TensorType::F16, o.output_scale);
+  if (!o.skew_tensor.empty() && !skewed) {
+    throw std::invalid_argument("fixture: skew_tensor '" + o.skew_tensor + "' is not a tensor of kind " + o.kind);
+  }
+  return writer;
+}
+
+}  // namespace tessera::model

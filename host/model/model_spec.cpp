@@ -1,0 +1,212 @@
+// Builds a ModelSpec from GGUF metadata and tensors, checking every shape against the hyper-parameters.
+#include "host/model/model_spec.h"
+
+#include <optional>
+#include <sstream>
+
+#include "host/ops/quant/quant.h"
+
+namespace tessera::model {
+namespace {
+
+std::string shape_string(const std::vector<uint64_t>& dims) {
+  std::ostringstream s;
+  s << '[';
+  for (size_t i = 0; i < dims.size(); ++i) s << (i ? ", " : "") << dims[i];
+  s << ']';
+  return s.str();
+}
+
+std::string join(const std::vector<std::string>& xs) {
+  std::string out;
+  for (const auto& x : xs) out += (out.empty() ? "" : ", ") + x;
+  return out;
+}
+
+class SpecReader {
+ public:
+  SpecReader(const gguf::GgufFile& file, const ArchTraits& arch) : file_(file), arch_(arch) {}
+
+  [[noreturn]] void fail(const std::string& field, const std::string& problem) const {
+    throw ModelError(file_.path() + ": " + field + ": " + problem);
+  }
+
+  std::string key(std::string_view suffix) const {
+    return std::string(arch_.name) + "." + std::string(suffix);
+  }
+
+  // A per-model integer; arrays (per-layer values) are accepted only when all entries agree.
+  uint32_t u32(std::string_view suffix, std::optional<uint32_t> fallback = std::nullopt) const {
+    const std::string k = key(suffix);
+    const gguf::Value* v = file_.find(k);
+    if (!v) {
+      if (fallback) return *fallback;
+      fail("metadata '" + k + "'", "missing (required by architecture " + std::string(arch_.name) + ")");
+    }
+    uint64_t x = 0;
+    if (v->type == gguf::ValueType::ARRAY) {
+      const auto& arr = v->as_array();
+      if (arr.empty()) fail("metadata '" + k + "'", "empty array");
+      x = arr[0].as_uint();
+      for (const auto& e : arr)
+        if (e.as_uint() != x) fail("metadata '" + k + "'", "per-layer values differ; not supported");
+    } else {
+      x = v->as_uint();
+    }
+    if (x > UINT32_MAX) fail("metadata '" + k + "'", "value " + std::to_string(x) + " too large");
+    return uint32_t(x);
+  }
+
+  float f32(std::string_view suffix, std::optional<float> fallback = std::nullopt) const {
+    const std::string k = key(suffix);
+    const gguf::Value* v = file_.find(k);
+    if (!v) {
+      if (fallback) return *fallback;
+      fail("metadata '" + k + "'", "missing (required by architecture " + std::string(arch_.name) + ")");
+    }
+    return float(v->as_float());
+  }
+
+  // The tensor `name` with shape `dims` (ggml order), or nullptr when absent and optional.
+  const gguf::TensorInfo* tensor(const std::string& name, const std::vector<uint64_t>& dims,
+                                 bool required = true) const {
+    const gguf::TensorInfo* t = file_.find_tensor(name);
+    if (!t) {
+      if (!required) return nullptr;
+      fail("tensor '" + name + "'", "missing (expected shape " + shape_string(dims) + ")");
+    }
+    if (t->dims != dims) {
+      fail("tensor '" + name + "'",
+           "expected shape " + shape_string(dims) + ", found " + shape_string(t->dims));
+    }
+    if (!quant::can_dequantize(t->type)) {
+      fail("tensor '" + name + "'", "type " + std::string(gguf::type_name(t->type)) +
+                                        " cannot be read by the reference path");
+    }
+    return t;
+  }
+
+ private:
+  const gguf::GgufFile& file_;
+  const ArchTraits& arch_;
+};
+
+std::string blk(uint32_t i, std::string_view what) {
+  return "blk." + std::to_string(i) + "." + std::string(what) + ".weight";
+}
+
+}  // namespace
+
+ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
+  const std::string& arch_name = file.get_string("general.architecture");
+  const ArchTraits* arch = find_architecture(arch_name);
+  if (!arch) {
+    throw ModelError(file.path() + ": general.architecture: '" + arch_name +
+                     "' is not supported (supported: " + join(supported_architectures()) + ")");
+  }
+  const SpecReader r(file, *arch);
+
+  ModelSpec spec;
+  spec.arch = arch;
+  spec.source = file.path();
+  HParams& hp = spec.hp;
+  hp.n_layer = r.u32("block_count");
+  hp.n_embd = r.u32("embedding_length");
+  hp.n_ctx_train = r.u32("context_length");
+  hp.n_head = r.u32("attention.head_count");
+  hp.n_head_kv = r.u32("attention.head_count_kv", hp.n_head);
+  if (hp.n_layer == 0) r.fail("metadata '" + r.key("block_count") + "'", "must be > 0");
+  if (hp.n_embd == 0) r.fail("metadata '" + r.key("embedding_length") + "'", "must be > 0");
+  if (hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0) {
+    r.fail("metadata '" + r.key("attention.head_count_kv") + "'",
+           "head_count " + std::to_string(hp.n_head) + " must be a positive multiple of head_count_kv " +
+               std::to_string(hp.n_head_kv));
+  }
+  hp.head_dim = r.u32("attention.key_length", hp.n_embd / hp.n_head);
+  const uint32_t head_dim_v = r.u32("attention.value_length", hp.n_embd / hp.n_head);
+  if (head_dim_v != hp.head_dim) {
+    r.fail("metadata '" + r.key("attention.value_length") + "'",
+           std::to_string(head_dim_v) + " differs from key_length " + std::to_string(hp.head_dim) +
+               "; not supported");
+  }
+  hp.n_rot = r.u32("rope.dimension_count", hp.head_dim);
+  if (hp.head_dim == 0 || hp.n_rot == 0 || hp.n_rot % 2 != 0 || hp.n_rot > hp.head_dim) {
+    r.fail("metadata '" + r.key("rope.dimension_count") + "'",
+           std::to_string(hp.n_rot) + " must be even and in (0, head_dim " + std::to_string(hp.head_dim) + "]");
+  }
+  hp.rope_freq_base = r.f32("rope.freq_base", 10000.0f);
+  hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
+  hp.expert_weights_scale = r.f32("expert_weights_scale", 0.0f);
+
+  switch (arch->moe) {
+    case MoeKind::kNone: hp.n_expert = 0; break;
+    case MoeKind::kOptional: hp.n_expert = r.u32("expert_count", 0u); break;
+    case MoeKind::kRequired: hp.n_expert = r.u32("expert_count"); break;
+  }
+  if (hp.n_expert > 0) {
+    hp.n_expert_used = r.u32("expert_used_count");
+    if (hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert) {
+      r.fail("metadata '" + r.key("expert_used_count") + "'",
+             std::to_string(hp.n_expert_used) + " is not in [1, expert_count " + std::to_string(hp.n_expert) + "]");
+    }
+  } else if (arch->moe == MoeKind::kRequired) {
+    r.fail("metadata '" + r.key("expert_count") + "'", "must be > 0 for " + std::string(arch->name));
+  }
+  // Dense layers need feed_forward_length; qwen3moe may omit it and give the expert width instead.
+  const bool need_n_ff = hp.n_expert == 0 || arch->expert_ff_key.empty();
+  hp.n_ff = need_n_ff ? r.u32("feed_forward_length") : r.u32("feed_forward_length", 0u);
+  if (hp.n_expert > 0) {
+    hp.n_ff_exp = arch->expert_ff_key.empty()
+                      ? hp.n_ff
+                      : r.u32(arch->expert_ff_key, hp.n_ff / hp.n_expert_used);
+    if (hp.n_ff_exp == 0) r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
+  } else if (hp.n_ff == 0) {
+    r.fail("metadata '" + r.key("feed_forward_length") + "'", "must be > 0");
+  }
+
+  const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");
+  if (!embd) r.fail("tensor 'token_embd.weight'", "missing");
+  if (embd->dims.size() != 2) {
+    r.fail("tensor 'token_embd.weight'", "expected 2 dimensions [" + std::to_string(hp.n_embd) +
+                                             ", n_vocab], found " + shape_string(embd->dims));
+  }
+  hp.n_vocab = uint32_t(embd->dims[1]);
+  const uint64_t E = hp.n_embd, V = hp.n_vocab;
+  spec.token_embd = r.tensor("token_embd.weight", {E, V});
+  spec.output_norm = r.tensor("output_norm.weight", {E});
+  spec.output = r.tensor("output.weight", {E, V}, false);
+  if (!spec.output) {
+    spec.output = spec.token_embd;
+    spec.output_tied = true;
+  }
+
+  const uint64_t Q = hp.q_dim(), KV = hp.kv_dim(), D = hp.head_dim, F = hp.n_ff, FE = hp.n_ff_exp,
+                 NE = hp.n_expert;
+  spec.layers.resize(hp.n_layer);
+  for (uint32_t i = 0; i < hp.n_layer; ++i) {
+    LayerSpec& l = spec.layers[i];
+    l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
+    l.wq = r.tensor(blk(i, "attn_q"), {E, Q});
+    l.wk = r.tensor(blk(i, "attn_k"), {E, KV});
+    l.wv = r.tensor(blk(i, "attn_v"), {E, KV});
+    l.wo = r.tensor(blk(i, "attn_output"), {Q, E});
+    if (arch->has_qk_norm) {
+      l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
+      l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
+    }
+    l.ffn_norm = r.tensor(blk(i, "ffn_norm"), {E});
+    if (hp.n_expert > 0) {
+      l.router = r.tensor(blk(i, "ffn_gate_inp"), {E, NE});
+      l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
+      l.up_exps = r.tensor(blk(i, "ffn_up_exps"), {E, FE, NE});
+      l.down_exps = r.tensor(blk(i, "ffn_down_exps"), {FE, E, NE});
+    } else {
+      l.ffn_gate = r.tensor(blk(i, "ffn_gate"), {E, F});
+      l.ffn_up = r.tensor(blk(i, "ffn_up"), {E, F});
+      l.ffn_down = r.tensor(blk(i, "ffn_down"), {F, E});
+    }
+  }
+  return spec;
+}
+
+}  // namespace tessera::model

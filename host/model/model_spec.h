@@ -1,0 +1,84 @@
+// A model's description as data: hyper-parameters from GGUF metadata plus, per layer, the tensors it
+// uses, all shape-checked. The reference forward and the OpenCL engine walk the same ModelSpec.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "host/common/error.h"
+#include "host/gguf/gguf.h"
+#include "host/model/architecture.h"
+
+namespace tessera::model {
+
+// Thrown for a model Tessera cannot run: unknown architecture, missing/inconsistent metadata, a
+// missing tensor or one of the wrong shape or type. The message names the file and the field.
+struct ModelError : TesseraError {
+  using TesseraError::TesseraError;
+};
+
+// Hyper-parameters, from `<arch>.*` metadata (defaults as llama.cpp's loader applies them).
+struct HParams {
+  uint32_t n_layer = 0;         // block_count
+  uint32_t n_embd = 0;          // embedding_length
+  uint32_t n_ff = 0;            // feed_forward_length (dense FFN width; llama MoE experts too)
+  uint32_t n_head = 0;          // attention.head_count
+  uint32_t n_head_kv = 0;       // attention.head_count_kv (default n_head)
+  uint32_t head_dim = 0;        // attention.key_length (default n_embd / n_head); value_length equal
+  uint32_t n_rot = 0;           // rope.dimension_count (default head_dim)
+  uint32_t n_ctx_train = 0;     // context_length
+  uint32_t n_vocab = 0;         // rows of token_embd
+  float rope_freq_base = 10000.0f;  // rope.freq_base
+  float rms_eps = 0.0f;         // attention.layer_norm_rms_epsilon
+  uint32_t n_expert = 0;        // expert_count (0: dense)
+  uint32_t n_expert_used = 0;   // expert_used_count
+  uint32_t n_ff_exp = 0;        // width of one routed expert's FFN
+  float expert_weights_scale = 0.0f;  // expert_weights_scale (0: none)
+
+  uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
+  uint32_t kv_dim() const { return n_head_kv * head_dim; }  // rows of attn_k / attn_v
+};
+
+// The tensors of one block. Pointers into the GgufFile's tensor table (never null where the layer
+// kind needs them, null where the architecture/layer does not have them).
+struct LayerSpec {
+  const gguf::TensorInfo* attn_norm = nullptr;  // [n_embd]
+  const gguf::TensorInfo* wq = nullptr;         // [n_embd, q_dim]
+  const gguf::TensorInfo* wk = nullptr;         // [n_embd, kv_dim]
+  const gguf::TensorInfo* wv = nullptr;         // [n_embd, kv_dim]
+  const gguf::TensorInfo* wo = nullptr;         // [q_dim, n_embd]
+  const gguf::TensorInfo* q_norm = nullptr;     // [head_dim] (qwen3*)
+  const gguf::TensorInfo* k_norm = nullptr;     // [head_dim] (qwen3*)
+  const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd]
+  // dense FFN
+  const gguf::TensorInfo* ffn_gate = nullptr;   // [n_embd, n_ff]
+  const gguf::TensorInfo* ffn_up = nullptr;     // [n_embd, n_ff]
+  const gguf::TensorInfo* ffn_down = nullptr;   // [n_ff, n_embd]
+  // MoE FFN
+  const gguf::TensorInfo* router = nullptr;     // ffn_gate_inp [n_embd, n_expert]
+  const gguf::TensorInfo* gate_exps = nullptr;  // [n_embd, n_ff_exp, n_expert]
+  const gguf::TensorInfo* up_exps = nullptr;    // [n_embd, n_ff_exp, n_expert]
+  const gguf::TensorInfo* down_exps = nullptr;  // [n_ff_exp, n_embd, n_expert]
+
+  bool is_moe() const { return router != nullptr; }
+};
+
+// A loaded model's description. Non-owning: it points into `file`, which must outlive it.
+struct ModelSpec {
+  const ArchTraits* arch = nullptr;
+  HParams hp;
+  const gguf::TensorInfo* token_embd = nullptr;   // [n_embd, n_vocab]
+  const gguf::TensorInfo* output_norm = nullptr;  // [n_embd]
+  const gguf::TensorInfo* output = nullptr;       // [n_embd, n_vocab]; == token_embd when tied
+  bool output_tied = false;                       // output.weight absent: reuse token_embd
+  std::vector<LayerSpec> layers;
+  std::string source;                             // the file's path, for messages
+
+  // Reads and checks everything: the architecture is supported, required metadata is present and
+  // consistent, every tensor exists with the expected shape and a type the reference can read.
+  // Throws ModelError (or gguf::GgufError for a malformed file).
+  static ModelSpec from_gguf(const gguf::GgufFile& file);
+};
+
+}  // namespace tessera::model
