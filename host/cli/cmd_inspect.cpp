@@ -43,9 +43,13 @@ std::string scalar_string(const gguf::Value& v) {
 std::string value_string(const gguf::Value& v, size_t max_items) {
   if (v.type != gguf::ValueType::ARRAY) return scalar_string(v);
   const auto& arr = v.as_array();
-  std::string out = "[" + std::string(gguf::value_type_name(v.array_type)) + " x " +
-                    std::to_string(arr.size()) + "]";
-  for (size_t i = 0; i < arr.size() && i < max_items; ++i) out += (i ? ", " : " ") + scalar_string(arr[i]);
+  std::string out = "[";
+  out += gguf::value_type_name(v.array_type);
+  out += " x " + std::to_string(arr.size()) + "]";
+  for (size_t i = 0; i < arr.size() && i < max_items; ++i) {
+    out += i ? ", " : " ";
+    out += scalar_string(arr[i]);
+  }
   if (arr.size() > max_items) out += ", ...";
   return out;
 }
