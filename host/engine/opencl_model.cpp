@@ -1,0 +1,526 @@
+// The OpenCL forward pass over a Plan: weights uploaded per device, every op a kernel, the KV cache
+// paged per layer device, MoE experts run where the plan put them (one launch per projection for
+// all selected experts of a layer on a device), concurrently across devices through the executor.
+#include "host/engine/opencl_model.h"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+#include <numeric>
+
+#include "host/gguf/tensor_type.h"
+#include "host/model/reference_model.h"
+#include "host/ops/device/activation.h"
+#include "host/ops/device/attention.h"
+#include "host/ops/device/elementwise.h"
+#include "host/ops/device/embedding.h"
+#include "host/ops/device/matmul.h"
+#include "host/ops/device/moe.h"
+#include "host/ops/device/norm.h"
+#include "host/ops/device/rope.h"
+#include "host/ops/device/routing.h"
+
+namespace tessera::engine {
+
+using Clock = std::chrono::steady_clock;
+
+struct OpenClModel::DeviceCtx {
+  int index = 0;  // in the plan
+  const Device* dev = nullptr;
+  std::unique_ptr<ops::MatmulOp> mm;
+  std::unique_ptr<ops::NormOps> norm;
+  std::unique_ptr<ops::RopeOps> rope;
+  std::unique_ptr<ops::ActivationOps> act;
+  std::unique_ptr<ops::RoutingOps> route;
+  std::unique_ptr<ops::ElementwiseOps> ew;
+  std::unique_ptr<ops::EmbeddingOps> embed;
+  std::unique_ptr<ops::MoeOps> moe;
+  std::unique_ptr<ops::AttentionOp> attn;
+  std::unique_ptr<kv::KvBatchBuffers> batch;
+  kv::KvBatchView view;
+  bool has_layers = false;
+  // Activations for max_batch_tokens tokens.
+  ClMem x, xn, q, k, v, att, g, u, h, y, partial, router, topk_ids, topk_w, tokens, logits, workspace;
+  size_t workspace_bytes = 0;
+  // Constant index buffers: iota [0, max_pairs) and pair -> token (i / k) and token -> pairs (t * k).
+  ClMem iota, pair_token, token_pairs;
+  // Per-step pair lists of the multi-device MoE path.
+  ClMem p_tok, p_exp, p_w, p_off;
+  std::vector<int32_t> h_tok, h_exp, h_off;
+  std::vector<float> h_w, staging;
+};
+
+struct OpenClModel::LayerWeights {
+  ops::DeviceWeight wq, wk, wv, wo, gate, up, down, router;
+  ClMem attn_norm, ffn_norm, q_norm, k_norm;
+  struct Shard {
+    std::vector<int32_t> experts;        // global ids held by this device, ascending
+    std::vector<int32_t> local;          // global id -> local index, -1 when not here
+    ops::DeviceWeight gate, up, down;
+  };
+  std::vector<Shard> shards;  // per plan device
+  bool all_on_home = false;   // every expert on the layer's device, in global order
+};
+
+namespace {
+
+ClMem upload_floats(const Device& dev, const std::vector<float>& v) {
+  ClMem m = dev.alloc(v.size() * sizeof(float), CL_MEM_READ_ONLY);
+  dev.write(m.get(), 0, v.data(), v.size() * sizeof(float));
+  return m;
+}
+
+uint64_t tensor_bytes(const gguf::TensorInfo* t) { return t ? t->n_bytes() : 0; }
+
+}  // namespace
+
+sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens) {
+  sched::ModelFootprint f;
+  const auto& hp = spec.hp;
+  for (const auto& l : spec.layers) {
+    sched::ModelFootprint::Layer fl;
+    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.q_norm, l.k_norm, l.ffn_norm, l.ffn_gate, l.ffn_up,
+                    l.ffn_down, l.router})
+      fl.dense_bytes += tensor_bytes(t);
+    if (l.is_moe()) {
+      fl.n_experts = int(hp.n_expert);
+      fl.expert_bytes = (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) / hp.n_expert;
+      fl.dense_launches = 14;
+    }
+    f.layers.push_back(fl);
+  }
+  f.embedding_bytes = tensor_bytes(spec.token_embd);
+  f.output_bytes = tensor_bytes(spec.output_norm) + (spec.output_tied ? tensor_bytes(spec.token_embd) : tensor_bytes(spec.output));
+  f.n_expert_used = int(hp.n_expert_used);
+  f.n_embd = int(hp.n_embd);
+  f.kv_bytes_per_token = uint64_t(hp.n_layer) * 2 * hp.kv_dim() * 2;  // f16 K and V
+  f.context_tokens = context_tokens;
+  return f;
+}
+
+OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& registry, sched::Plan plan,
+                         const sched::ModelFootprint& footprint, EngineOptions options)
+    : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
+  const auto& hp = spec_.hp;
+  if (options_.max_context <= 0) options_.max_context = int(std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 4096, 4096));
+  const int T = options_.max_batch_tokens;
+  const int K = std::max<int>(1, int(hp.n_expert_used));
+  routing_.n_expert_used = int(hp.n_expert_used);
+  routing_.gating = reference::GatingFunc::kSoftmax;
+  routing_.normalize_topk = spec_.arch->normalize_topk;
+  routing_.weight_scale = hp.expert_weights_scale;
+  const int max_pairs = T * K;
+
+  // Bytes to upload, for the progress display.
+  for (const auto& t : spec_.layers.empty() ? std::vector<model::LayerSpec>{} : spec_.layers)
+    for (auto* p : {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.q_norm, t.k_norm, t.ffn_norm, t.ffn_gate, t.ffn_up,
+                    t.ffn_down, t.router, t.gate_exps, t.up_exps, t.down_exps})
+      total_bytes_ += tensor_bytes(p);
+  total_bytes_ += tensor_bytes(spec_.token_embd) * (spec_.output_tied ? 2 : 1) + tensor_bytes(spec_.output_norm) +
+                  (spec_.output_tied ? 0 : tensor_bytes(spec_.output));
+  auto uploaded = [&](uint64_t bytes) {
+    uploaded_bytes_ += bytes;
+    if (options_.progress) options_.progress(uploaded_bytes_, total_bytes_);
+  };
+
+  // Devices of the plan.
+  for (size_t d = 0; d < plan_.devices.size(); ++d) {
+    auto c = std::make_unique<DeviceCtx>();
+    c->index = int(d);
+    c->dev = &registry.get(plan_.devices[d].id);
+    const Device& dev = *c->dev;
+    c->mm = std::make_unique<ops::MatmulOp>(dev);
+    c->norm = std::make_unique<ops::NormOps>(dev);
+    c->rope = std::make_unique<ops::RopeOps>(dev);
+    c->act = std::make_unique<ops::ActivationOps>(dev);
+    c->route = std::make_unique<ops::RoutingOps>(dev);
+    c->ew = std::make_unique<ops::ElementwiseOps>(dev);
+    c->embed = std::make_unique<ops::EmbeddingOps>(dev);
+    c->moe = std::make_unique<ops::MoeOps>(dev);
+    const size_t f = sizeof(float);
+    const size_t ff = std::max(hp.n_ff, hp.n_ff_exp);
+    c->x = dev.alloc(size_t(T) * hp.n_embd * f);
+    c->xn = dev.alloc(size_t(T) * hp.n_embd * f);
+    c->partial = dev.alloc(size_t(T) * hp.n_embd * f);
+    c->y = dev.alloc(size_t(max_pairs) * hp.n_embd * f);
+    c->g = dev.alloc(size_t(max_pairs) * ff * f);
+    c->u = dev.alloc(size_t(max_pairs) * ff * f);
+    c->h = dev.alloc(size_t(max_pairs) * ff * f);
+    c->router = dev.alloc(size_t(T) * std::max<uint32_t>(hp.n_expert, 1) * f);
+    c->topk_ids = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
+    c->topk_w = dev.alloc(size_t(max_pairs) * f);
+    c->tokens = dev.alloc(size_t(T) * sizeof(int32_t));
+    c->p_tok = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
+    c->p_exp = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
+    c->p_w = dev.alloc(size_t(max_pairs) * f);
+    c->p_off = dev.alloc(size_t(T + 1) * sizeof(int32_t));
+    std::vector<int32_t> iota(static_cast<size_t>(max_pairs)), pair_token(static_cast<size_t>(max_pairs)),
+        token_pairs(static_cast<size_t>(T + 1));
+    std::iota(iota.begin(), iota.end(), 0);
+    for (int i = 0; i < max_pairs; ++i) pair_token[size_t(i)] = i / K;
+    for (int t = 0; t <= T; ++t) token_pairs[size_t(t)] = t * K;
+    c->iota = dev.alloc(iota.size() * 4);
+    dev.write(c->iota.get(), 0, iota.data(), iota.size() * 4);
+    c->pair_token = dev.alloc(pair_token.size() * 4);
+    dev.write(c->pair_token.get(), 0, pair_token.data(), pair_token.size() * 4);
+    c->token_pairs = dev.alloc(token_pairs.size() * 4);
+    dev.write(c->token_pairs.get(), 0, token_pairs.data(), token_pairs.size() * 4);
+    ctxs_.push_back(std::move(c));
+  }
+  for (int l : plan_.layer_device) ctx(l).has_layers = true;
+  ctx(plan_.attention_device).has_layers = true;
+
+  // Attention ops, activations and batch buffers on every device that holds layers.
+  ops::AttentionConfig acfg;
+  acfg.n_head = int32_t(hp.n_head);
+  acfg.n_head_kv = int32_t(hp.n_head_kv);
+  acfg.head_dim = int32_t(hp.head_dim);
+  acfg.block_size = options_.kv_block_size;
+  for (auto& c : ctxs_) {
+    if (!c->has_layers) continue;
+    const Device& dev = *c->dev;
+    c->attn = std::make_unique<ops::AttentionOp>(dev, acfg);
+    c->batch = std::make_unique<kv::KvBatchBuffers>(dev);
+    c->q = dev.alloc(size_t(T) * hp.q_dim() * 4);
+    c->att = dev.alloc(size_t(T) * hp.q_dim() * 4);
+    c->k = dev.alloc(size_t(T) * hp.kv_dim() * 4);
+    c->v = dev.alloc(size_t(T) * hp.kv_dim() * 4);
+    c->workspace_bytes = c->attn->decode_workspace_bytes(options_.max_sequences, options_.max_context);
+    c->workspace = dev.alloc(c->workspace_bytes);
+  }
+
+  // Weights.
+  DeviceCtx& home = ctx(plan_.attention_device);
+  auto matrix = [&](DeviceCtx& c, const gguf::TensorInfo* t) {
+    ops::DeviceWeight w = c.mm->upload(t->type, int64_t(t->dims[1]), int64_t(t->dims[0]), t->data);
+    uploaded(t->n_bytes());
+    return w;
+  };
+  auto norm_weights = [&](DeviceCtx& c, const gguf::TensorInfo* t) {
+    if (!t) return ClMem();
+    ClMem m = upload_floats(*c.dev, model::to_floats(*t));
+    uploaded(t->n_bytes());
+    return m;
+  };
+  // The embedding table stays in its ggml format (rows looked up per token).
+  embd_table_ = home.dev->alloc(spec_.token_embd->n_bytes(), CL_MEM_READ_ONLY);
+  home.dev->write(embd_table_.get(), 0, spec_.token_embd->data, spec_.token_embd->n_bytes());
+  uploaded(spec_.token_embd->n_bytes());
+  output_norm_ = norm_weights(home, spec_.output_norm);
+  output_ = matrix(home, spec_.output_tied ? spec_.token_embd : spec_.output);
+  home.logits = home.dev->alloc(size_t(options_.max_sequences) * hp.n_vocab * 4);
+
+  for (size_t l = 0; l < spec_.layers.size(); ++l) {
+    const auto& ls = spec_.layers[l];
+    DeviceCtx& c = ctx(plan_.layer_device[l]);
+    auto w = std::make_unique<LayerWeights>();
+    w->attn_norm = norm_weights(c, ls.attn_norm);
+    w->ffn_norm = norm_weights(c, ls.ffn_norm);
+    w->q_norm = norm_weights(c, ls.q_norm);
+    w->k_norm = norm_weights(c, ls.k_norm);
+    w->wq = matrix(c, ls.wq);
+    w->wk = matrix(c, ls.wk);
+    w->wv = matrix(c, ls.wv);
+    w->wo = matrix(c, ls.wo);
+    if (ls.is_moe()) {
+      w->router = matrix(c, ls.router);
+    } else {
+      w->gate = matrix(c, ls.ffn_gate);
+      w->up = matrix(c, ls.ffn_up);
+      w->down = matrix(c, ls.ffn_down);
+    }
+    layers_.push_back(std::move(w));
+    if (ls.is_moe()) upload_layer_experts(int(l));
+  }
+
+  // KV cache: each layer's pools on its device.
+  kv::KvCacheConfig kcfg;
+  kcfg.n_layer = int32_t(hp.n_layer);
+  kcfg.n_head_kv = int32_t(hp.n_head_kv);
+  kcfg.head_dim = int32_t(hp.head_dim);
+  kcfg.block_size = options_.kv_block_size;
+  kcfg.n_blocks = options_.kv_blocks > 0
+                      ? options_.kv_blocks
+                      : options_.max_sequences * ((options_.max_context + options_.kv_block_size - 1) / options_.kv_block_size);
+  std::vector<const Device*> layer_devices;
+  for (int d : plan_.layer_device) layer_devices.push_back(ctx(d).dev);
+  kv_ = std::make_unique<kv::PagedKvCache>(kcfg, layer_devices);
+
+  std::vector<std::string> ids;
+  for (const auto& d : plan_.devices) ids.push_back(d.id);
+  executor_ = std::make_unique<sched::Executor>(ids);
+  balancer_ = std::make_unique<sched::ExpertBalancer>(footprint_, options_.balancer && plan_.devices.size() > 1);
+  stats_.device_seconds.assign(plan_.devices.size(), 0.0);
+  stats_.expert_hits.assign(plan_.devices.size(), 0);
+  for (auto& c : ctxs_) c->dev->finish();
+}
+
+OpenClModel::~OpenClModel() {
+  for (auto& c : ctxs_) {
+    try {
+      c->dev->finish();
+    } catch (const std::exception& e) {
+      spdlog::warn("{}: finish at shutdown failed: {}", c->dev->id(), e.what());
+    }
+  }
+}
+
+void OpenClModel::upload_layer_experts(int layer) {
+  const auto& ls = spec_.layers[size_t(layer)];
+  const auto& hp = spec_.hp;
+  auto& w = *layers_[size_t(layer)];
+  const auto& assign = plan_.expert_device[size_t(layer)];
+  w.shards.clear();
+  w.shards.resize(plan_.devices.size());
+  for (size_t d = 0; d < plan_.devices.size(); ++d) {
+    auto& s = w.shards[d];
+    s.local.assign(hp.n_expert, -1);
+    for (uint32_t e = 0; e < hp.n_expert; ++e)
+      if (assign[e] == int(d)) {
+        s.local[e] = int32_t(s.experts.size());
+        s.experts.push_back(int32_t(e));
+      }
+    if (s.experts.empty()) continue;
+    DeviceCtx& c = ctx(int(d));
+    // Experts are the outermost ggml dimension: expert e's bytes are one contiguous range.
+    auto slice = [&](const gguf::TensorInfo* t) {
+      const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]);
+      const uint64_t per = t->n_bytes() / hp.n_expert;
+      std::vector<uint8_t> bytes(per * s.experts.size());
+      for (size_t i = 0; i < s.experts.size(); ++i)
+        std::memcpy(bytes.data() + i * per, t->data + uint64_t(s.experts[i]) * per, per);
+      ops::DeviceWeight dw = c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
+      uploaded_bytes_ += bytes.size();
+      if (options_.progress) options_.progress(uploaded_bytes_, std::max(total_bytes_, uploaded_bytes_));
+      return dw;
+    };
+    s.gate = slice(ls.gate_exps);
+    s.up = slice(ls.up_exps);
+    s.down = slice(ls.down_exps);
+  }
+  const int home = plan_.layer_device[size_t(layer)];
+  w.all_on_home = int(w.shards[size_t(home)].experts.size()) == int(hp.n_expert);
+}
+
+void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
+                               size_t dst_off, size_t bytes) {
+  if (&from == &to) {
+    CL_CHECK(clEnqueueCopyBuffer(from.dev->queue(), src, dst, src_off, dst_off, bytes, 0, nullptr, nullptr),
+             from.dev->info().label());
+    return;
+  }
+  // Different devices (possibly different platforms): through host memory.
+  auto& staging = to.staging;
+  staging.resize((bytes + 3) / 4);
+  from.dev->read(src, src_off, staging.data(), bytes, true);
+  to.dev->write(dst, dst_off, staging.data(), bytes, true);
+}
+
+void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
+  const auto& hp = spec_.hp;
+  auto& w = *layers_[size_t(layer)];
+  const int K = int(hp.n_expert_used);
+  const int pairs = n * K;
+  const uint32_t ff = hp.n_ff_exp;
+  home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n);
+  home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(), 0,
+                    home.topk_w.get(), 0);
+  if (w.all_on_home && !balancer_->enabled()) {
+    // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
+    auto& s = w.shards[size_t(home.index)];
+    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs);
+    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs);
+    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff}, uint32_t(pairs), ff);
+    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(), home.topk_ids.get(), pairs);
+    home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0, home.token_pairs.get(), nullptr,
+                      uint32_t(n), hp.n_embd, true);
+    stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
+    return;
+  }
+
+  // Experts on several devices: the router's choice comes to the host (a few bytes per token), each
+  // device gets the pairs of its experts, and the devices run them concurrently.
+  std::vector<int32_t> ids(static_cast<size_t>(pairs));
+  std::vector<float> wts(static_cast<size_t>(pairs));
+  home.dev->read(home.topk_ids.get(), 0, ids.data(), ids.size() * 4, false);
+  home.dev->read(home.topk_w.get(), 0, wts.data(), wts.size() * 4, true);
+  for (int t = 0; t < n; ++t) balancer_->record(layer, ids.data() + size_t(t) * K, K);
+
+  std::vector<std::function<void()>> jobs(ctxs_.size());
+  std::vector<int> remote;
+  lane_seconds_.assign(ctxs_.size(), 0.0);
+  bool any_remote = false;
+  for (size_t d = 0; d < ctxs_.size(); ++d) any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
+  if (any_remote) {
+    // One download of the normed activations serves every remote device.
+    xn_host_.resize(size_t(n) * hp.n_embd);
+    home.dev->read(home.xn.get(), 0, xn_host_.data(), xn_host_.size() * 4, true);
+  }
+  for (size_t d = 0; d < ctxs_.size(); ++d) {
+    auto& s = w.shards[d];
+    if (s.experts.empty()) continue;
+    DeviceCtx& c = *ctxs_[d];
+    c.h_tok.clear(); c.h_exp.clear(); c.h_w.clear(); c.h_off.assign(1, 0);
+    for (int t = 0; t < n; ++t) {
+      for (int j = 0; j < K; ++j) {
+        const int32_t e = ids[size_t(t * K + j)];
+        if (e < 0 || uint32_t(e) >= hp.n_expert)
+          throw std::runtime_error("layer " + std::to_string(layer) + ": router chose expert " + std::to_string(e));
+        if (s.local[size_t(e)] < 0) continue;
+        c.h_tok.push_back(t);
+        c.h_exp.push_back(s.local[size_t(e)]);
+        c.h_w.push_back(wts[size_t(t * K + j)]);
+      }
+      c.h_off.push_back(int32_t(c.h_tok.size()));
+    }
+    const int np = int(c.h_tok.size());
+    if (np == 0) continue;
+    stats_.expert_hits[d] += uint64_t(np);
+    const bool is_home = &c == &home;
+    if (!is_home) remote.push_back(int(d));
+    jobs[d] = [this, &c, &s, &home, n, np, ff, is_home] {
+      const auto t0 = Clock::now();
+      const auto& hp2 = spec_.hp;
+      if (!is_home) c.dev->write(c.xn.get(), 0, xn_host_.data(), size_t(n) * hp2.n_embd * 4, false);
+      c.dev->write(c.p_tok.get(), 0, c.h_tok.data(), size_t(np) * 4, false);
+      c.dev->write(c.p_exp.get(), 0, c.h_exp.data(), size_t(np) * 4, false);
+      c.dev->write(c.p_w.get(), 0, c.h_w.data(), size_t(np) * 4, false);
+      c.dev->write(c.p_off.get(), 0, c.h_off.data(), c.h_off.size() * 4, false);
+      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np);
+      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np);
+      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff);
+      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np);
+      // Home accumulates into the residual stream; others produce a partial sum to send back.
+      c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(), nullptr,
+                     uint32_t(n), hp2.n_embd, is_home);
+      if (!is_home) {
+        c.staging.resize(size_t(n) * hp2.n_embd);
+        c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
+      } else {
+        c.dev->finish();
+      }
+      lane_seconds_[size_t(c.index)] = std::chrono::duration<double>(Clock::now() - t0).count();
+    };
+  }
+  executor_->run_all(jobs);
+  for (size_t d = 0; d < ctxs_.size(); ++d) {
+    stats_.device_seconds[d] += lane_seconds_[d];
+    balancer_->record_device_seconds(int(d), lane_seconds_[d]);
+  }
+  for (int d : remote) {
+    DeviceCtx& c = ctx(d);
+    home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
+    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd);
+  }
+}
+
+std::vector<float> OpenClModel::forward(const StepBatch& b) {
+  const auto& hp = spec_.hp;
+  const int n = int(b.tokens.size());
+  if (n == 0) throw std::invalid_argument("forward: empty batch");
+  if (n > options_.max_batch_tokens)
+    throw std::invalid_argument("forward: " + std::to_string(n) + " tokens exceed the step limit of " +
+                                std::to_string(options_.max_batch_tokens));
+  if (b.token_seq.size() != size_t(n) || b.token_pos.size() != size_t(n))
+    throw std::invalid_argument("forward: tokens, token_seq and token_pos differ in length");
+  if (int(b.seqs.size()) > options_.max_sequences)
+    throw std::invalid_argument("forward: " + std::to_string(b.seqs.size()) + " sequences exceed the limit of " +
+                                std::to_string(options_.max_sequences));
+  if (int(b.logit_rows.size()) > options_.max_sequences)
+    throw std::invalid_argument("forward: at most " + std::to_string(options_.max_sequences) + " logit rows per step");
+  for (int32_t t : b.tokens)
+    if (t < 0 || uint32_t(t) >= hp.n_vocab)
+      throw std::invalid_argument("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
+                                  std::to_string(hp.n_vocab));
+  for (int32_t r : b.logit_rows)
+    if (r < 0 || r >= n) throw std::invalid_argument("forward: logit row " + std::to_string(r) + " is not a batch token");
+
+  const auto t_start = Clock::now();
+  DeviceCtx& home = ctx(plan_.attention_device);
+  // The batch (block tables, positions, slots) on every device that holds layers.
+  for (auto& c : ctxs_)
+    if (c->has_layers) c->view = c->batch->upload(kv_->blocks(), b.seqs, b.token_seq, b.token_pos);
+  // Decode kernel when every sequence contributes exactly one token; the prefill kernel otherwise.
+  const bool decode = size_t(n) == b.seqs.size();
+
+  home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
+  const ops::DeviceTable table{embd_table_.get(), 0, spec_.token_embd->type, hp.n_embd, hp.n_vocab};
+  home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0);
+
+  DeviceCtx* cur = &home;
+  const uint32_t E = hp.n_embd;
+  for (size_t l = 0; l < spec_.layers.size(); ++l) {
+    DeviceCtx& c = ctx(plan_.layer_device[l]);
+    if (&c != cur) {
+      copy_between(*cur, cur->x.get(), 0, c, c.x.get(), 0, size_t(n) * E * 4);
+      cur = &c;
+    }
+    auto& w = *layers_[l];
+    const auto& ls = spec_.layers[l];
+    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps);
+    c.mm->run(w.wq, c.xn.get(), 0, c.q.get(), 0, n);
+    c.mm->run(w.wk, c.xn.get(), 0, c.k.get(), 0, n);
+    c.mm->run(w.wv, c.xn.get(), 0, c.v.get(), 0, n);
+    if (ls.q_norm) {
+      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head, hp.head_dim, hp.rms_eps);
+      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv, hp.head_dim, hp.rms_eps);
+    }
+    ops::RopeShape rq{uint32_t(n), hp.n_head, hp.head_dim, hp.n_rot, 0, hp.rope_freq_base, spec_.arch->rope_mode};
+    ops::RopeShape rk = rq;
+    rk.n_head = hp.n_head_kv;
+    c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq);
+    c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk);
+    const auto layer_view = kv_->layer(int32_t(l));
+    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n);
+    if (decode) {
+      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes);
+    } else {
+      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n);
+    }
+    c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n);
+    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E);
+    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps);
+    if (ls.is_moe()) {
+      moe_layer(int(l), c, n);
+    } else {
+      c.mm->run(w.gate, c.xn.get(), 0, c.g.get(), 0, n);
+      c.mm->run(w.up, c.xn.get(), 0, c.u.get(), 0, n);
+      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff}, uint32_t(n), hp.n_ff);
+      c.mm->run(w.down, c.h.get(), 0, c.xn.get(), 0, n);
+      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E);
+    }
+  }
+  if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, size_t(n) * E * 4);
+
+  // Logits of the requested rows only.
+  std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
+  for (size_t i = 0; i < b.logit_rows.size(); ++i) {
+    const uint32_t row = uint32_t(b.logit_rows[i]);
+    home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(), uint32_t(i) * E, 1, E, hp.rms_eps);
+  }
+  if (!b.logit_rows.empty()) {
+    home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()));
+    home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
+  } else {
+    home.dev->finish();
+  }
+  for (auto& c : ctxs_)
+    if (c.get() != &home && c->has_layers) c->dev->finish();
+
+  ++stats_.steps;
+  balancer_->end_step();
+  if (balancer_->enabled()) {
+    const auto moves = balancer_->rebalance(plan_);
+    std::vector<bool> touched(spec_.layers.size(), false);
+    for (const auto& m : moves) touched[size_t(m.layer)] = true;
+    for (size_t l = 0; l < touched.size(); ++l)
+      if (touched[l]) upload_layer_experts(int(l));
+    stats_.balancer_moves = balancer_->moves();
+  }
+  stats_.op_seconds[decode ? "decode" : "prefill"] += std::chrono::duration<double>(Clock::now() - t_start).count();
+  return logits;
+}
+
+}  // namespace tessera::engine

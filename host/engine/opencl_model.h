@@ -1,0 +1,104 @@
+// The OpenCL forward pass: a model's layers as device kernels on the devices a Plan assigns, over a
+// paged KV cache. One forward step takes a batch of sequences at different positions (prefill
+// chunks and decode tokens mixed), which continuous batching relies on.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "devices/device.h"
+#include "host/kv/kv_batch.h"
+#include "host/kv/paged_kv_cache.h"
+#include "host/model/model_spec.h"
+#include "host/ops/device/matmul.h"
+#include "host/ops/reference/routing.h"
+#include "scheduler/balancer.h"
+#include "scheduler/executor.h"
+#include "scheduler/planner.h"
+
+namespace tessera::engine {
+
+struct EngineOptions {
+  int max_batch_tokens = 256;   // tokens of one forward step (prefill is chunked to this)
+  int max_sequences = 8;        // sequences of one step
+  int max_context = 0;          // tokens per sequence; 0: the model's training context (capped 4096)
+  int kv_block_size = 16;
+  int kv_blocks = 0;            // 0: enough for max_sequences sequences of max_context tokens
+  bool balancer = false;
+  // Called while weights upload: (bytes done, bytes total).
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+// One forward step's batch. Tokens of one sequence are consecutive, positions increasing.
+struct StepBatch {
+  std::vector<kv::SeqId> seqs;       // the sequences of the step (row i = seqs[i])
+  std::vector<int32_t> tokens;       // token ids
+  std::vector<int32_t> token_seq;    // row in `seqs` of each token
+  std::vector<int32_t> token_pos;    // position of each token in its sequence
+  std::vector<int32_t> logit_rows;   // tokens whose logits are wanted, in output order
+};
+
+// Time and counters per op family and device, for the run summary.
+struct EngineStats {
+  std::map<std::string, double> op_seconds;     // host-side wall time per op family (enqueue+wait)
+  std::vector<double> device_seconds;           // per plan device: busy time of expert work
+  std::vector<uint64_t> expert_hits;            // per plan device: expert selections served
+  uint64_t balancer_moves = 0;
+  uint64_t steps = 0;
+};
+
+// Thread-safety: one engine thread drives it (it owns every device queue it uses).
+class OpenClModel {
+ public:
+  // Uploads the weights of `spec` (whose GgufFile must outlive this) to the devices of `plan`
+  // (ids resolved in `registry`) and allocates the KV cache on each layer's device.
+  OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& registry, sched::Plan plan,
+              const sched::ModelFootprint& footprint, EngineOptions options);
+  ~OpenClModel();
+
+  const model::ModelSpec& spec() const { return spec_; }
+  kv::PagedKvCache& kv_cache() { return *kv_; }
+  const sched::Plan& plan() const { return plan_; }
+  const EngineStats& stats() const { return stats_; }
+  const EngineOptions& options() const { return options_; }
+  uint64_t uploaded_bytes() const { return uploaded_bytes_; }
+
+  // Runs one step: writes the tokens' K/V (their positions must be reserved in the KV cache) and
+  // returns logits [logit_rows.size()][n_vocab]. Throws on inconsistent batches.
+  std::vector<float> forward(const StepBatch& batch);
+
+ private:
+  struct DeviceCtx;
+  struct LayerWeights;
+  void upload_layer_experts(int layer);
+  void moe_layer(int layer, DeviceCtx& home, int n_tokens);
+  void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst, size_t dst_off,
+                    size_t bytes);
+  DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }
+
+  model::ModelSpec spec_;
+  sched::Plan plan_;
+  sched::ModelFootprint footprint_;
+  EngineOptions options_;
+  std::vector<std::unique_ptr<DeviceCtx>> ctxs_;
+  std::vector<std::unique_ptr<LayerWeights>> layers_;
+  std::unique_ptr<kv::PagedKvCache> kv_;
+  std::unique_ptr<sched::Executor> executor_;
+  std::unique_ptr<sched::ExpertBalancer> balancer_;
+  EngineStats stats_;
+  uint64_t uploaded_bytes_ = 0, total_bytes_ = 0;
+  ClMem embd_table_, output_norm_;     // on the attention device
+  ops::DeviceWeight output_;
+  reference::RoutingConfig routing_;
+  std::vector<float> xn_host_;          // staging of the normed activations for remote experts
+  std::vector<double> lane_seconds_;    // per device, written by its executor lane
+};
+
+// The planner's view of a model: bytes per layer and per expert.
+sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens);
+
+}  // namespace tessera::engine

@@ -1,0 +1,49 @@
+// Device costs for the planner and the end-to-end plan_for().
+#include "host/engine/planning.h"
+
+namespace tessera::engine {
+
+sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe, const sched::Config& config) {
+  const auto& info = device.info();
+  sched::DeviceCost c;
+  c.id = info.id;
+  c.type = info.type;
+  c.memory_bytes = info.global_mem_bytes;
+  if (probe) {
+    c.read_gbps = probe->read_gbps;
+    c.fp32_gflops = probe->fp32_gflops;
+    c.launch_us = probe->launch_latency_us;
+    c.h2d_gbps = probe->h2d_gbps;
+    c.d2h_gbps = probe->d2h_gbps;
+  } else {
+    // Unmeasured: rough defaults by type, so plans still prefer GPUs for bandwidth.
+    const bool gpu = info.type == DeviceType::kGpu;
+    c.read_gbps = gpu ? 500 : 20;
+    c.fp32_gflops = gpu ? 10000 : 100;
+    c.launch_us = gpu ? 10 : 20;
+    c.h2d_gbps = c.d2h_gbps = gpu ? 10 : 10;
+  }
+  auto it = config.budgets.find(info.id);
+  c.budget_bytes = it != config.budgets.end() ? it->second.resolve(info.global_mem_bytes)
+                                              : uint64_t(double(info.global_mem_bytes) * 0.9);
+  return c;
+}
+
+sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
+                     const sched::ModelFootprint& footprint, const ProbeCache* probes) {
+  std::vector<DeviceInfo> infos;
+  for (const auto& d : registry.devices()) infos.push_back(d->info());
+  std::vector<sched::DeviceCost> costs;
+  for (const DeviceInfo* info : config.select_devices(infos)) {
+    const Device& dev = registry.get(info->id);
+    if (probes) {
+      const ProbeResult r = probes->get(dev, false);
+      costs.push_back(device_cost(dev, &r, config));
+    } else {
+      costs.push_back(device_cost(dev, nullptr, config));
+    }
+  }
+  return sched::make_plan(footprint, costs, config);
+}
+
+}  // namespace tessera::engine
