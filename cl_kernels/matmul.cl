@@ -1,0 +1,218 @@
+// Matmul over weights in ggml formats with f32 activations: y[t][r] = sum_c W[r][c] * x[t][c].
+// One program per (format, variant); kernels per token tile: matmul_t{1,4,8}, experts_t{1,4,8},
+// and dequantize (weights -> f32 rows, for the CLBlast GEMM path).
+//
+// Build macros (host/ops/device/matmul.cpp sets them):
+//   FMT_*     weight format (matmul_formats.clh), repacked layout described there.
+//   LANES     work items sharing one row group; they split the row's chunks, then reduce in local
+//             memory. 1 on CPUs: each work item streams whole rows (what PoCL's cores want).
+//   WG_ROWS   row groups per work group (local size = LANES * WG_ROWS).
+//   RPW       rows per work item: they share each loaded chunk of x.
+//   VEC_ACC   1: float16 accumulators (maps to SIMD registers on CPUs); 0: scalar sums (GPUs).
+// NDRange: dim 0 = ceil(rows / (RPW * WG_ROWS)) * LANES * WG_ROWS, dim 1 = work groups over token
+// (or pair) tiles; each group loops over tiles group_id(1), + num_groups(1), ...
+// x rows are `cols` floats apart, y rows `rows` floats apart; offsets are in floats.
+#include "common.clh"
+#include "matmul_formats.clh"
+
+#ifndef LANES
+#define LANES 1
+#endif
+#ifndef WG_ROWS
+#define WG_ROWS 16
+#endif
+#ifndef RPW
+#define RPW 1
+#endif
+#ifndef VEC_ACC
+#define VEC_ACC 0
+#endif
+
+#if VEC_ACC
+typedef float16 acc_t;
+inline float acc_sum(float16 a) {
+  const float8 s8 = a.lo + a.hi;
+  const float4 s4 = s8.lo + s8.hi;
+  return (s4.x + s4.y) + (s4.z + s4.w);
+}
+#define ACC_ADD(acc, w0, w1, x0, x1) acc += (w0) * (x0) + (w1) * (x1)
+#else
+typedef float acc_t;
+inline float acc_sum(float a) { return a; }
+inline float dot16(float16 a, float16 b) {
+  return (dot(a.s0123, b.s0123) + dot(a.s4567, b.s4567)) + (dot(a.s89ab, b.s89ab) + dot(a.scdef, b.scdef));
+}
+#define ACC_ADD(acc, w0, w1, x0, x1) acc += dot16(w0, x0) + dot16(w1, x1)
+#endif
+
+// 32 floats of x from p[c..c+31], zero beyond `cols` (only F32/F16/BF16 rows have a partial chunk).
+inline void load_x(__global const float* p, uint c, uint cols, float16* x0, float16* x1) {
+#ifdef PADDED_COLS
+  if (c + CHUNK > cols) {
+    float t[CHUNK];
+    for (uint i = 0; i < CHUNK; ++i) t[i] = (c + i < cols) ? p[c + i] : 0.0f;
+    *x0 = vload16(0, t);
+    *x1 = vload16(1, t);
+    return;
+  }
+#endif
+  *x0 = vload16(0, p + c);
+  *x1 = vload16(1, p + c);
+}
+
+// Dot products of rows r0 .. r0+RPW-1 (clamped to rows-1; the caller stores only valid rows) of the
+// matrix whose first block is mat_blk0 with TT rows of x (xrow[j] = float offset of the row), over
+// this work item's share of chunks (lane, lane + LANES, ...). Sums land in out[rr * TT + j].
+#define DEFINE_TILE(TT)                                                                            \
+  inline void tile_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0,   \
+                        uint r0, uint rows, uint cols, uint bpr, __global const float* x,          \
+                        const ulong* xrow, uint lane, float* out) {                                \
+    acc_t acc[RPW][TT];                                                                            \
+    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+      for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                                    \
+    ulong rblk[RPW];                                                                               \
+    for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
+    const uint nchunks = bpr * CHUNKS_PER_BLOCK;                                                   \
+    for (uint k = lane; k < nchunks; k += LANES) {                                                 \
+      const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                             \
+      float16 w0[RPW], w1[RPW];                                                                    \
+      for (uint rr = 0; rr < RPW; ++rr) decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]); \
+      for (uint j = 0; j < TT; ++j) {                                                              \
+        float16 xa, xb;                                                                            \
+        load_x(x + xrow[j], k * CHUNK, cols, &xa, &xb);                                            \
+        for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);             \
+      }                                                                                            \
+    }                                                                                              \
+    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+      for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
+  }
+
+DEFINE_TILE(1)
+DEFINE_TILE(4)
+DEFINE_TILE(8)
+
+// Sums the LANES partial results of each output of this row group; returns true in the work item
+// that holds the totals (lane 0). Every work item of the group must call it.
+inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
+#if LANES > 1
+  const uint lane = get_local_id(0) % LANES;
+  const uint grp = get_local_id(0) / LANES;
+  __local float* s = scratch + grp * (RPW * 8 * LANES);
+  for (uint o = 0; o < n; ++o) s[o * LANES + lane] = out[o];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint stride = LANES / 2; stride > 0; stride >>= 1) {
+    if (lane < stride)
+      for (uint o = 0; o < n; ++o) s[o * LANES + lane] += s[o * LANES + lane + stride];
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  for (uint o = 0; o < n; ++o) out[o] = s[o * LANES];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  return lane == 0;
+#else
+  return true;
+#endif
+}
+
+// Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid).
+#define DEFINE_MATMUL(TT)                                                                          \
+  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(        \
+      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
+      __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens) {       \
+    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
+    const uint lane = get_local_id(0) % LANES;                                                     \
+    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
+    const uint ntiles = (n_tokens + TT - 1) / TT;                                                  \
+    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
+      const uint t0 = tile * TT;                                                                   \
+      ulong xrow[TT];                                                                              \
+      for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * cols;    \
+      float out[RPW * TT];                                                                         \
+      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out);                           \
+      if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
+        for (uint rr = 0; rr < RPW; ++rr)                                                          \
+          for (uint j = 0; j < TT; ++j)                                                            \
+            if (r0 + rr < rows && t0 + j < n_tokens)                                               \
+              y[y_off + (ulong)(t0 + j) * rows + r0 + rr] = out[rr * TT + j];                      \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
+DEFINE_MATMUL(1)
+DEFINE_MATMUL(4)
+DEFINE_MATMUL(8)
+
+// Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
+// A tile of TT consecutive pairs that all name the same expert decodes the weights once (the host
+// sorts pairs by expert); a mixed tile runs pair by pair. An out-of-range expert or token id makes
+// the output row NaN, so the error is visible instead of reading foreign memory.
+#define DEFINE_EXPERTS(TT)                                                                         \
+  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
+      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
+      __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,           \
+      __global const int* pair_token, __global const int* pair_expert, uint n_pairs,               \
+      uint n_expert) {                                                                             \
+    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
+    const uint lane = get_local_id(0) % LANES;                                                     \
+    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
+    const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
+    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
+      const uint p0 = tile * TT;                                                                   \
+      const uint np = min((uint)TT, n_pairs - p0);                                                 \
+      const int e0 = pair_expert[p0];                                                              \
+      bool same = true;                                                                            \
+      for (uint j = 1; j < np; ++j) same = same && pair_expert[p0 + j] == e0;                      \
+      for (uint p = p0; p < p0 + np; p += (same ? TT : 1)) {                                       \
+        const int e = pair_expert[p];                                                              \
+        const uint nj = same ? np : 1;                                                             \
+        bool ok = e >= 0 && (uint)e < n_expert;                                                    \
+        ulong xrow[TT];                                                                            \
+        for (uint j = 0; j < TT; ++j) {                                                            \
+          const int tk = pair_token[p + min(j, nj - 1)];                                           \
+          ok = ok && tk >= 0 && (uint)tk < x_rows;                                                 \
+          xrow[j] = x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * cols;                           \
+        }                                                                                          \
+        const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
+        float out[RPW * TT];                                                                       \
+        if (same) {                                                                                \
+          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out);                    \
+        } else {                                                                                   \
+          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out);                       \
+          for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
+        }                                                                                          \
+        if (reduce_lanes(out, RPW * TT, scratch)) {                                                \
+          for (uint rr = 0; rr < RPW; ++rr)                                                        \
+            for (uint j = 0; j < nj; ++j)                                                          \
+              if (r0 + rr < rows)                                                                  \
+                y[y_off + (ulong)(p + j) * rows + r0 + rr] = ok ? out[rr * TT + j] : NAN;          \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }
+
+DEFINE_EXPERTS(1)
+DEFINE_EXPERTS(4)
+DEFINE_EXPERTS(8)
+
+// Dequantizes rows [row0, row0 + n_rows) (of all stacked matrices' rows) into out (row-major, `cols` floats per
+// row, starting at out_off): one chunk of 32 per work item. Feeds CLBlast's SGEMM for big prefill.
+__kernel void dequantize(__global const uchar* body, __global const uchar* head, uint rows, uint cols,
+                         uint bpr, uint row0, uint n_rows, __global float* out, ulong out_off) {
+  const uint cpr = bpr * CHUNKS_PER_BLOCK;
+  const ulong i = get_global_id(0);
+  if (i >= (ulong)n_rows * cpr) return;
+  const uint r = (uint)(i / cpr), k = (uint)(i % cpr);
+  float16 w0, w1;
+  decode_chunk(body, head, (ulong)(row0 + r) * bpr + k / CHUNKS_PER_BLOCK, k % CHUNKS_PER_BLOCK, &w0,
+               &w1);
+  __global float* o = out + out_off + (ulong)r * cols + (ulong)k * CHUNK;
+  const uint c = k * CHUNK;
+  if (c + CHUNK <= cols) {
+    vstore16(w0, 0, o);
+    vstore16(w1, 1, o);
+  } else {
+    float t[CHUNK];
+    vstore16(w0, 0, t);
+    vstore16(w1, 1, t);
+    for (uint e = 0; c + e < cols; ++e) o[e] = t[e];
+  }
+}

@@ -1,0 +1,290 @@
+// MatmulOp: uploads repacked weights and launches cl_kernels/matmul.cl (or CLBlast for big prefill).
+#include "host/ops/device/matmul.h"
+
+#include <clblast.h>
+
+#include <algorithm>
+#include <string>
+
+#include "host/common/error.h"
+
+namespace tessera::ops {
+
+namespace {
+
+using gguf::TensorType;
+
+// f32 slab for the CLBlast path: dequantized rows of one weight, at most this many bytes at a time.
+constexpr size_t kMaxScratchBytes = size_t(64) << 20;
+
+template <typename T>
+void set_arg(const Device& dev, cl_kernel k, cl_uint i, const T& v) {
+  CL_CHECK(clSetKernelArg(k, i, sizeof(T), &v), dev.info().label());
+}
+
+const cl_event* wait_ptr(const std::vector<cl_event>& wait) {
+  return wait.empty() ? nullptr : wait.data();
+}
+
+int token_tile(int n) { return n <= 1 ? 1 : (n <= 4 ? 4 : 8); }
+
+}  // namespace
+
+std::string MatmulVariant::str() const {
+  std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
+                  " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
+  if (clblast_min_tokens > 0) s += " clblast>=" + std::to_string(clblast_min_tokens);
+  return s;
+}
+
+std::string MatmulVariant::build_options() const {
+  return "-DLANES=" + std::to_string(lanes) + " -DWG_ROWS=" + std::to_string(wg_rows) +
+         " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc));
+}
+
+MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
+  MatmulVariant v;
+  if (info.type == DeviceType::kCpu) {
+    // Each work item streams whole rows, float16 accumulators become SIMD registers; a work group of
+    // 16 rows is one contiguous stream per core (bench/kernels: rows_per_item 2 was no faster).
+    v.lanes = 1;
+    v.wg_rows = 16;
+    v.rows_per_item = 1;
+    v.vec_acc = true;
+    v.clblast_min_tokens = 0;  // PoCL: CLBlast SGEMM (~17 GFLOP/s) loses to the fused kernel
+    return v;
+  }
+  // GPUs: a warp-sized group of lanes per row reads consecutive chunks (coalesced), local-memory
+  // reduction; 4 rows per work group.
+  v.lanes = 32;
+  v.wg_rows = 4;
+  v.rows_per_item = 1;
+  v.vec_acc = false;
+  v.clblast_min_tokens = 64;
+  (void)t;
+  return v;
+}
+
+struct MatmulOp::Kernels {
+  MatmulVariant variant;
+  ClKernel matmul[3], experts[3];  // token tiles 1, 4, 8
+  ClKernel dequantize;
+  static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
+};
+
+MatmulOp::MatmulOp(const Device& device) : device_(device) {}
+MatmulOp::MatmulOp(const Device& device, const MatmulVariant& variant)
+    : device_(device), forced_(true), forced_variant_(variant) {}
+MatmulOp::~MatmulOp() = default;
+
+MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
+  std::lock_guard lock(mutex_);
+  auto it = kernels_.find(t);
+  if (it != kernels_.end()) return *it->second;
+  const WeightFormat* f = weight_format(t);
+  if (!f) throw TesseraError("matmul: format " + std::string(gguf::type_name(t)) + " not supported");
+  auto k = std::make_unique<Kernels>();
+  k->variant = forced_ ? forced_variant_ : default_matmul_variant(device_.info(), t);
+  const auto& v = k->variant;
+  if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
+      uint64_t(v.lanes * v.wg_rows) > device_.info().max_work_group_size)
+    throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " + device_.info().label());
+  const std::string opts = std::string("-D") + f->macro + " " + v.build_options();
+  const int tiles[3] = {1, 4, 8};
+  for (int i = 0; i < 3; ++i) {
+    k->matmul[i] = device_.kernel("matmul", "matmul_t" + std::to_string(tiles[i]), opts);
+    k->experts[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]), opts);
+  }
+  k->dequantize = device_.kernel("matmul", "dequantize", opts);
+  return *kernels_.emplace(t, std::move(k)).first->second;
+}
+
+const MatmulVariant& MatmulOp::variant(TensorType t) const { return kernels(t).variant; }
+
+DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const void* data,
+                              int64_t n_expert) const {
+  RepackedWeight rw = repack(type, rows, cols, data, n_expert);
+  const Kernels& k = kernels(type);  // builds the program now, not at the first launch
+  DeviceWeight w;
+  w.format = rw.format;
+  w.type = type;
+  w.rows = rows;
+  w.cols = cols;
+  w.n_expert = n_expert;
+  w.blocks_per_row = rw.blocks_per_row;
+  w.source_bytes = rw.source_bytes;
+  const size_t body_bytes = rw.head_offset_bytes;
+  const size_t head_bytes = rw.bytes.size() - rw.head_offset_bytes;
+  w.body = device_.alloc(std::max<size_t>(body_bytes, 4), CL_MEM_READ_ONLY);
+  device_.write(w.body.get(), 0, rw.bytes.data(), body_bytes);
+  if (head_bytes) {
+    w.head = device_.alloc(head_bytes, CL_MEM_READ_ONLY);
+    device_.write(w.head.get(), 0, rw.bytes.data() + body_bytes, head_bytes);
+  }
+  w.device_bytes = body_bytes + head_bytes;
+  if (k.variant.clblast_min_tokens > 0 && type != TensorType::F32) {
+    // The CLBlast path dequantizes slabs of rows into one shared scratch buffer, sized here so
+    // launches never allocate.
+    const size_t want = std::min(kMaxScratchBytes, size_t(rows) * size_t(cols) * sizeof(float));
+    std::lock_guard lock(mutex_);
+    if (want > scratch_bytes_) {
+      scratch_ = device_.alloc(want);
+      scratch_bytes_ = want;
+    }
+  }
+  return w;
+}
+
+void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
+                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done) const {
+  if (w.n_expert != 1)
+    throw TesseraError("matmul run: weight has " + std::to_string(w.n_expert) +
+                       " experts; use run_experts");
+  if (n_tokens <= 0) throw TesseraError("matmul run: n_tokens must be positive");
+  if (!w.body) throw TesseraError("matmul run: weight not uploaded");
+  Kernels& ks = kernels(w.type);
+  const MatmulVariant& v = ks.variant;
+  if (v.clblast_min_tokens > 0 && n_tokens >= v.clblast_min_tokens &&
+      (w.type == TensorType::F32 || scratch_bytes_ >= size_t(w.cols) * sizeof(float))) {
+    run_clblast(w, x, x_offset, y, y_offset, n_tokens, wait, done);
+    return;
+  }
+  const int tile = token_tile(n_tokens);
+  cl_kernel k = ks.matmul[Kernels::slot(tile)].get();
+  const cl_mem head = w.head ? w.head.get() : w.body.get();
+  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
+  const cl_ulong xo = x_offset, yo = y_offset;
+  const cl_uint nt = cl_uint(n_tokens);
+  set_arg(device_, k, 0, w.body.get());
+  set_arg(device_, k, 1, head);
+  set_arg(device_, k, 2, rows);
+  set_arg(device_, k, 3, cols);
+  set_arg(device_, k, 4, bpr);
+  set_arg(device_, k, 5, x);
+  set_arg(device_, k, 6, xo);
+  set_arg(device_, k, 7, y);
+  set_arg(device_, k, 8, yo);
+  set_arg(device_, k, 9, nt);
+  const size_t rows_per_group = size_t(v.rows_per_item) * v.wg_rows;
+  const size_t groups0 = (size_t(w.rows) + rows_per_group - 1) / rows_per_group;
+  const size_t ntiles = (size_t(n_tokens) + tile - 1) / tile;
+  size_t groups1 = ntiles;
+  if (device_.info().type == DeviceType::kCpu) {
+    // CPUs: keep a row group's token tiles on one core (its weights stay in cache) unless there
+    // are too few row groups to occupy the cores.
+    const size_t want = 4 * std::max<size_t>(1, device_.info().compute_units);
+    groups1 = std::clamp<size_t>((want + groups0 - 1) / groups0, 1, ntiles);
+  }
+  const size_t local[2] = {size_t(v.lanes) * v.wg_rows, 1};
+  const size_t global[2] = {groups0 * local[0], groups1};
+  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 2, nullptr, global, local,
+                                  cl_uint(wait.size()), wait_ptr(wait), done),
+           device_.info().label());
+}
+
+void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
+                           size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
+                           int n_pairs, const std::vector<cl_event>& wait, cl_event* done) const {
+  if (n_pairs <= 0) throw TesseraError("matmul run_experts: n_pairs must be positive");
+  if (x_rows <= 0) throw TesseraError("matmul run_experts: x_rows must be positive");
+  if (!w.body) throw TesseraError("matmul run_experts: weight not uploaded");
+  Kernels& ks = kernels(w.type);
+  const MatmulVariant& v = ks.variant;
+  // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones.
+  const int tile = token_tile(n_pairs);
+  cl_kernel k = ks.experts[Kernels::slot(tile)].get();
+  const cl_mem head = w.head ? w.head.get() : w.body.get();
+  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
+  const cl_ulong xo = x_offset, yo = y_offset;
+  const cl_uint xr = cl_uint(x_rows), np = cl_uint(n_pairs), ne = cl_uint(w.n_expert);
+  set_arg(device_, k, 0, w.body.get());
+  set_arg(device_, k, 1, head);
+  set_arg(device_, k, 2, rows);
+  set_arg(device_, k, 3, cols);
+  set_arg(device_, k, 4, bpr);
+  set_arg(device_, k, 5, x);
+  set_arg(device_, k, 6, xo);
+  set_arg(device_, k, 7, xr);
+  set_arg(device_, k, 8, y);
+  set_arg(device_, k, 9, yo);
+  set_arg(device_, k, 10, pair_token_ids);
+  set_arg(device_, k, 11, pair_expert_ids);
+  set_arg(device_, k, 12, np);
+  set_arg(device_, k, 13, ne);
+  const size_t rows_per_group = size_t(v.rows_per_item) * v.wg_rows;
+  const size_t groups0 = (size_t(w.rows) + rows_per_group - 1) / rows_per_group;
+  const size_t ntiles = (size_t(n_pairs) + tile - 1) / tile;
+  size_t groups1 = ntiles;
+  if (device_.info().type == DeviceType::kCpu) {
+    const size_t want = 4 * std::max<size_t>(1, device_.info().compute_units);
+    groups1 = std::clamp<size_t>((want + groups0 - 1) / groups0, 1, ntiles);
+  }
+  const size_t local[2] = {size_t(v.lanes) * v.wg_rows, 1};
+  const size_t global[2] = {groups0 * local[0], groups1};
+  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 2, nullptr, global, local,
+                                  cl_uint(wait.size()), wait_ptr(wait), done),
+           device_.info().label());
+}
+
+void MatmulOp::dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out,
+                          size_t out_offset, const std::vector<cl_event>& wait,
+                          cl_event* done) const {
+  if (row0 < 0 || n_rows <= 0 || row0 + n_rows > w.rows * w.n_expert)
+    throw TesseraError("matmul dequantize: rows [" + std::to_string(row0) + ", " +
+                       std::to_string(row0 + n_rows) + ") outside the weight's " +
+                       std::to_string(w.rows * w.n_expert) + " rows");
+  Kernels& ks = kernels(w.type);
+  cl_kernel k = ks.dequantize.get();
+  const cl_mem head = w.head ? w.head.get() : w.body.get();
+  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
+  const cl_uint r0 = cl_uint(row0), nr = cl_uint(n_rows);
+  const cl_ulong oo = out_offset;
+  set_arg(device_, k, 0, w.body.get());
+  set_arg(device_, k, 1, head);
+  set_arg(device_, k, 2, rows);
+  set_arg(device_, k, 3, cols);
+  set_arg(device_, k, 4, bpr);
+  set_arg(device_, k, 5, r0);
+  set_arg(device_, k, 6, nr);
+  set_arg(device_, k, 7, out);
+  set_arg(device_, k, 8, oo);
+  const size_t chunks = size_t(n_rows) * size_t(w.blocks_per_row) * (w.format->block_elems / 32);
+  const size_t local = 64;
+  const size_t global = (chunks + local - 1) / local * local;
+  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 1, nullptr, &global, &local,
+                                  cl_uint(wait.size()), wait_ptr(wait), done),
+           device_.info().label());
+}
+
+void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
+                           size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
+                           cl_event* done) const {
+  // Y[t][r] = sum_c X[t][c] W[r][c]: row-major SGEMM with B = W transposed, one slab of rows at a
+  // time (F32 weights are used in place: their padded rows are the leading dimension).
+  cl_command_queue q = device_.queue();
+  if (!wait.empty())
+    CL_CHECK(clEnqueueBarrierWithWaitList(q, cl_uint(wait.size()), wait.data(), nullptr),
+             device_.info().label());
+  const bool in_place = w.type == TensorType::F32;
+  const int64_t slab = in_place ? w.rows
+                                : std::max<int64_t>(1, int64_t(scratch_bytes_ / (size_t(w.cols) * 4)));
+  const size_t ldb = in_place ? size_t(w.blocks_per_row) * 32 : size_t(w.cols);
+  for (int64_t r0 = 0; r0 < w.rows; r0 += slab) {
+    const int64_t nr = std::min(slab, w.rows - r0);
+    const bool last = r0 + nr >= w.rows;
+    cl_mem b = in_place ? w.body.get() : scratch_.get();
+    const size_t b_off = in_place ? size_t(r0) * ldb : 0;
+    if (!in_place) dequantize(w, r0, nr, scratch_.get(), 0);
+    cl_event ev = nullptr;
+    const auto status = clblast::Gemm<float>(
+        clblast::Layout::kRowMajor, clblast::Transpose::kNo, clblast::Transpose::kYes,
+        size_t(n_tokens), size_t(nr), size_t(w.cols), 1.0f, x, x_offset, size_t(w.cols), b, b_off,
+        ldb, 0.0f, y, y_offset + size_t(r0), size_t(w.rows), &q, (last && done) ? &ev : nullptr);
+    if (status != clblast::StatusCode::kSuccess)
+      throw ClError("clblast::Gemm<float>", cl_int(status), device_.info().label(),
+                    "CLBlast status " + std::to_string(int(status)));
+    if (last && done) *done = ev;
+  }
+}
+
+}  // namespace tessera::ops

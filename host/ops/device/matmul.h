@@ -1,0 +1,100 @@
+// Matmul over weights in ggml formats (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q5_K Q6_K TQ1_0 TQ2_0)
+// with f32 activations: y[t][r] = sum_c W[r][c] * x[t][c]; dense and stacked-expert (MoE) launches.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "devices/device.h"
+#include "host/gguf/tensor_type.h"
+#include "host/ops/device/repack.h"
+
+namespace tessera::ops {
+
+// Kernel shape (cl_kernels/matmul.cl explains each): lanes per row group, row groups per work
+// group, rows per work item, vector accumulators. CPUs: lanes 1 (each work item streams whole rows);
+// GPUs: a few warps' worth of lanes per row, coalesced chunk reads, local-memory reduction.
+struct MatmulVariant {
+  int lanes = 1;
+  int wg_rows = 16;
+  int rows_per_item = 1;
+  bool vec_acc = true;
+  // Prefill with at least this many tokens goes to dequantize + CLBlast SGEMM; 0 = never.
+  int clblast_min_tokens = 0;
+  std::string str() const;             // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
+  std::string build_options() const;   // the -D macros
+};
+
+// Defaults by device capability (measured with bench/kernels/matmul_bench, see its README).
+MatmulVariant default_matmul_variant(const DeviceInfo& info, gguf::TensorType t);
+
+// A weight uploaded to one device in the repacked layout. Move-only; owns its buffers.
+struct DeviceWeight {
+  const WeightFormat* format = nullptr;
+  gguf::TensorType type{};
+  int64_t rows = 0, cols = 0, n_expert = 1;
+  int64_t blocks_per_row = 0;
+  uint64_t source_bytes = 0;  // ggml bytes: what a GEMV streams (for GB/s figures)
+  uint64_t device_bytes = 0;  // bytes held on the device
+  ClMem body, head;           // head empty for formats without one (the kernels get body twice)
+};
+
+// One per (device, matmul family). Programs are built per format on the first upload of that
+// format. Launches are asynchronous on device.queue(), allocate nothing and are not thread-safe
+// (kernel objects hold arguments): drive one MatmulOp from one thread, as its queue.
+class MatmulOp {
+ public:
+  explicit MatmulOp(const Device& device);
+  // Forces a kernel variant for every format (benchmarks and tuning).
+  MatmulOp(const Device& device, const MatmulVariant& variant);
+  ~MatmulOp();
+  MatmulOp(const MatmulOp&) = delete;
+  MatmulOp& operator=(const MatmulOp&) = delete;
+
+  // Repacks and uploads `n_expert` stacked matrices of rows x cols (ggml 2D [cols, rows] or 3D
+  // [cols, rows, n_expert]) given as ggml blocks. Blocking. Throws TesseraError on bad type/shape,
+  // ClError when the device cannot hold it.
+  DeviceWeight upload(gguf::TensorType type, int64_t rows, int64_t cols, const void* data,
+                      int64_t n_expert = 1) const;
+
+  // y[y_offset + t * rows + r] = sum_c W[r][c] * x[x_offset + t * cols + c], t < n_tokens. Offsets
+  // in floats. Dense weights only (n_expert 1). `done` receives the event of the last command.
+  void run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset, int n_tokens,
+           const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+
+  // Every selected expert of a layer in one launch: for pair i < n_pairs, y row i (rows floats at
+  // y_offset + i * rows) = W[pair_expert_ids[i]] times x row pair_token_ids[i] (int32 device
+  // buffers; x has x_rows rows of cols floats). Pairs sorted by expert share weight reads (tiles of
+  // up to 8 consecutive pairs with the same expert). An out-of-range id gives a NaN row.
+  void run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
+                   size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs,
+                   const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+
+  // Rows [row0, row0 + n_rows) of the stacked matrices (expert e's row r is e * rows + r) as f32,
+  // row-major with `cols` floats per row, at out_offset floats.
+  void dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out, size_t out_offset,
+                  const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+
+  const MatmulVariant& variant(gguf::TensorType t) const;
+  const Device& device() const { return device_; }
+
+ private:
+  struct Kernels;
+  Kernels& kernels(gguf::TensorType t) const;
+  void run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
+                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done) const;
+
+  const Device& device_;
+  bool forced_ = false;
+  MatmulVariant forced_variant_;
+  mutable std::mutex mutex_;  // guards the lazily built kernel table and scratch (upload time only)
+  mutable std::map<gguf::TensorType, std::unique_ptr<Kernels>> kernels_;
+  mutable ClMem scratch_;     // f32 slab for the CLBlast path, sized at upload
+  mutable size_t scratch_bytes_ = 0;
+};
+
+}  // namespace tessera::ops

@@ -1,0 +1,290 @@
+// Matmul test data, scalar reference and device-vs-reference checks (see matmul_check.h).
+#include "host/ops/device/matmul_check.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstring>
+#include <random>
+
+#include "host/common/error.h"
+#include "host/common/half.h"
+#include "host/ops/quant/quant.h"
+
+namespace tessera::ops {
+
+namespace {
+
+using gguf::TensorType;
+
+// Offsets of the fp16 scale fields inside each ggml block (blocks.h); `dmin`-like fields second.
+std::vector<uint32_t> half_fields(TensorType t) {
+  switch (t) {
+    case TensorType::Q4_0: case TensorType::Q5_0: case TensorType::Q8_0: return {0};
+    case TensorType::Q4_1: case TensorType::Q4_K: case TensorType::Q5_K: return {0, 2};
+    case TensorType::Q6_K: return {208};
+    case TensorType::TQ1_0: return {52};
+    case TensorType::TQ2_0: return {64};
+    default: return {};
+  }
+}
+
+constexpr uint32_t kGuardFloats = 1024;
+constexpr float kGuardValue = -12345.5f;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v[v.size() / 2];
+}
+
+double event_seconds(const Device& dev, cl_event ev) {
+  CL_CHECK(clWaitForEvents(1, &ev), dev.info().label());
+  cl_ulong s = 0, e = 0;
+  CL_CHECK(clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(s), &s, nullptr),
+           dev.info().label());
+  CL_CHECK(clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof(e), &e, nullptr),
+           dev.info().label());
+  return double(e - s) * 1e-9;
+}
+
+// Median over `reps` launches after a warm-up. `single_kernel`: time from the launch's profiling
+// event; otherwise (CLBlast path: several commands) host time of launch + finish.
+template <typename Launch>
+double time_launches(const Device& dev, Launch launch, bool single_kernel, int reps) {
+  std::vector<double> t;
+  for (int i = 0; i <= reps; ++i) {
+    ClEvent ev;
+    const auto t0 = std::chrono::steady_clock::now();
+    launch(ev.out());
+    dev.finish();
+    const auto t1 = std::chrono::steady_clock::now();
+    if (i == 0) continue;
+    t.push_back(single_kernel ? event_seconds(dev, ev.get())
+                              : std::chrono::duration<double>(t1 - t0).count());
+  }
+  return median(t);
+}
+
+void compare_into(MatmulCheck& r, const std::vector<float>& got, const std::vector<float>& ref,
+                  double tol) {
+  double max_ref = 0, se = 0, sr = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, double(std::fabs(ref[i])));
+    if (!std::isfinite(got[i])) {
+      ++r.nonfinite;
+      continue;
+    }
+    const double d = double(got[i]) - double(ref[i]);
+    r.max_abs = std::max(r.max_abs, std::fabs(d));
+    se += d * d;
+    sr += double(ref[i]) * double(ref[i]);
+  }
+  r.max_rel = max_ref > 0 ? r.max_abs / max_ref : r.max_abs;
+  r.nmse = sr > 0 ? se / sr : se;
+  if (!r.guard_intact)
+    r.note = "out-of-bounds write past the output";
+  else if (r.nonfinite)
+    r.note = std::to_string(r.nonfinite) + " NaN/Inf outputs";
+  else if (r.max_rel > tol)
+    r.note = "max_rel " + std::to_string(r.max_rel) + " above tolerance " + std::to_string(tol);
+  r.pass = r.note.empty();
+}
+
+// Output buffer of n floats plus a guard zone; filled with NaN so unwritten outputs fail.
+ClMem guarded_output(const Device& dev, size_t n) {
+  std::vector<float> init(n + kGuardFloats, kGuardValue);
+  std::fill(init.begin(), init.begin() + n, std::nanf(""));
+  ClMem m = dev.alloc(init.size() * sizeof(float));
+  dev.write(m.get(), 0, init.data(), init.size() * sizeof(float));
+  return m;
+}
+
+std::vector<float> read_guarded(const Device& dev, cl_mem m, size_t n, bool& intact) {
+  std::vector<float> all(n + kGuardFloats);
+  dev.read(m, 0, all.data(), all.size() * sizeof(float));
+  intact = std::all_of(all.begin() + n, all.end(), [](float v) { return v == kGuardValue; });
+  all.resize(n);
+  return all;
+}
+
+std::vector<float> random_x(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed * 7919u + 17u);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  std::vector<float> x(n);
+  for (auto& v : x) v = u(rng);
+  return x;
+}
+
+}  // namespace
+
+std::vector<uint8_t> random_ggml_weight(TensorType t, int64_t rows, int64_t cols, uint32_t seed,
+                                        int64_t n_mats) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+  const uint64_t n = ggml_bytes(t, rows, cols, n_mats);
+  std::vector<uint8_t> out(n);
+  if (t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16) {
+    const uint64_t count = uint64_t(n_mats) * rows * cols;
+    for (uint64_t i = 0; i < count; ++i) {
+      const float v = u(rng);
+      if (t == TensorType::F32) {
+        std::memcpy(out.data() + 4 * i, &v, 4);
+      } else {
+        const uint16_t h = t == TensorType::F16 ? fp32_to_fp16(v) : fp32_to_bf16(v);
+        std::memcpy(out.data() + 2 * i, &h, 2);
+      }
+    }
+    return out;
+  }
+  std::uniform_int_distribution<uint32_t> byte(0, 255);
+  for (auto& b : out) b = uint8_t(byte(rng));
+  const auto* tr = gguf::type_traits(t);
+  const auto fields = half_fields(t);
+  for (uint64_t off = 0; off < n; off += tr->block_bytes) {
+    for (size_t f = 0; f < fields.size(); ++f) {
+      // Scales ~1/16, mins positive as ggml's quantizers write them.
+      const float v = f == 0 ? u(rng) * 0.0625f : std::fabs(u(rng)) * 0.0625f;
+      const uint16_t h = fp32_to_fp16(v);
+      std::memcpy(out.data() + off + fields[f], &h, 2);
+    }
+  }
+  return out;
+}
+
+std::vector<float> reference_matmul(TensorType t, int64_t rows, int64_t cols, const void* w,
+                                    const float* x, int n_tokens, int64_t mat) {
+  const uint64_t row_bytes = ggml_bytes(t, 1, cols);
+  const auto* base = static_cast<const uint8_t*>(w) + uint64_t(mat) * rows * row_bytes;
+  std::vector<float> y(size_t(n_tokens) * rows);
+  std::vector<float> wr(cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    quant::dequantize_row(t, base + r * row_bytes, wr.data(), cols);
+    for (int tk = 0; tk < n_tokens; ++tk) {
+      const float* xr = x + size_t(tk) * cols;
+      double s = 0;
+      for (int64_t c = 0; c < cols; ++c) s += double(wr[c]) * double(xr[c]);
+      y[size_t(tk) * rows + r] = float(s);
+    }
+  }
+  return y;
+}
+
+double matmul_tolerance(TensorType t) {
+  switch (t) {
+    case TensorType::Q4_1: case TensorType::Q4_K: case TensorType::Q5_K: return 5e-5;
+    default: return 2e-5;
+  }
+}
+
+MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols, int n_tokens,
+                         bool timing, uint32_t seed) {
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, rows, cols, seed);
+  const auto x = random_x(size_t(n_tokens) * cols, seed);
+  const auto ref = reference_matmul(t, rows, cols, w.data(), x.data(), n_tokens);
+  const DeviceWeight dw = op.upload(t, rows, cols, w.data());
+  // x at a non-zero offset, to check offsets are honoured.
+  const size_t x_off = 5, y_off = 3;
+  std::vector<float> xbuf(x_off + x.size(), 1e30f);
+  std::copy(x.begin(), x.end(), xbuf.begin() + x_off);
+  ClMem xm = dev.alloc(xbuf.size() * sizeof(float));
+  dev.write(xm.get(), 0, xbuf.data(), xbuf.size() * sizeof(float));
+  const size_t ny = ref.size();
+  ClMem ym = guarded_output(dev, y_off + ny);
+  op.run(dw, xm.get(), x_off, ym.get(), y_off, n_tokens);
+  dev.finish();
+  MatmulCheck r;
+  auto got = read_guarded(dev, ym.get(), y_off + ny, r.guard_intact);
+  got.erase(got.begin(), got.begin() + y_off);
+  compare_into(r, got, ref, matmul_tolerance(t));
+  r.bytes = double(dw.source_bytes);
+  r.flops = 2.0 * double(rows) * double(cols) * n_tokens;
+  if (timing) {
+    const auto& v = op.variant(t);
+    const bool single = !(v.clblast_min_tokens > 0 && n_tokens >= v.clblast_min_tokens);
+    r.seconds = time_launches(
+        dev, [&](cl_event* ev) { op.run(dw, xm.get(), x_off, ym.get(), y_off, n_tokens, {}, ev); },
+        single, 10);
+  }
+  return r;
+}
+
+MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols, int n_expert,
+                          int n_tokens, int top_k, bool timing, uint32_t seed) {
+  if (top_k > n_expert) throw TesseraError("check_experts: top_k above n_expert");
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
+  const auto x = random_x(size_t(n_tokens) * cols, seed);
+  // Each token picks top_k distinct experts; pairs sorted by expert like the MoE executor's.
+  std::mt19937 rng(seed + 99);
+  std::vector<std::pair<int, int>> pairs;  // (expert, token)
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    std::vector<int> e(n_expert);
+    for (int i = 0; i < n_expert; ++i) e[i] = i;
+    std::shuffle(e.begin(), e.end(), rng);
+    for (int k = 0; k < top_k; ++k) pairs.push_back({e[k], tk});
+  }
+  std::sort(pairs.begin(), pairs.end());
+  const int n_pairs = int(pairs.size());
+  std::vector<int32_t> tok(n_pairs), exp(n_pairs);
+  for (int i = 0; i < n_pairs; ++i) {
+    exp[i] = pairs[i].first;
+    tok[i] = pairs[i].second;
+  }
+  std::vector<float> ref(size_t(n_pairs) * rows);
+  for (int i = 0; i < n_pairs; ++i) {
+    const auto yi = reference_matmul(t, rows, cols, w.data(), x.data() + size_t(tok[i]) * cols, 1,
+                                     exp[i]);
+    std::copy(yi.begin(), yi.end(), ref.begin() + size_t(i) * rows);
+  }
+  const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
+  ClMem xm = dev.alloc(x.size() * sizeof(float));
+  dev.write(xm.get(), 0, x.data(), x.size() * sizeof(float));
+  ClMem tm = dev.alloc(tok.size() * 4), em = dev.alloc(exp.size() * 4);
+  dev.write(tm.get(), 0, tok.data(), tok.size() * 4);
+  dev.write(em.get(), 0, exp.data(), exp.size() * 4);
+  ClMem ym = guarded_output(dev, ref.size());
+  op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs);
+  dev.finish();
+  MatmulCheck r;
+  const auto got = read_guarded(dev, ym.get(), ref.size(), r.guard_intact);
+  compare_into(r, got, ref, matmul_tolerance(t));
+  // Bytes: each distinct selected expert's matrix once.
+  std::vector<int> distinct(exp.begin(), exp.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct.size());
+  r.flops = 2.0 * double(rows) * double(cols) * n_pairs;
+  if (timing) {
+    r.seconds = time_launches(
+        dev,
+        [&](cl_event* ev) {
+          op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {},
+                         ev);
+        },
+        true, 10);
+  }
+  return r;
+}
+
+double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, rows, cols, seed);
+  const DeviceWeight dw = op.upload(t, rows, cols, w.data());
+  ClMem out = dev.alloc(size_t(rows) * cols * sizeof(float));
+  op.dequantize(dw, 0, rows, out.get(), 0);
+  std::vector<float> got(size_t(rows) * cols);
+  dev.read(out.get(), 0, got.data(), got.size() * sizeof(float));
+  const uint64_t row_bytes = ggml_bytes(t, 1, cols);
+  std::vector<float> ref(size_t(rows) * cols);
+  for (int64_t r = 0; r < rows; ++r)
+    quant::dequantize_row(t, w.data() + r * row_bytes, ref.data() + size_t(r) * cols, cols);
+  double max_ref = 0, max_d = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    max_ref = std::max(max_ref, double(std::fabs(ref[i])));
+    const double d = std::fabs(double(got[i]) - double(ref[i]));
+    max_d = std::isfinite(got[i]) ? std::max(max_d, d) : INFINITY;
+  }
+  return max_ref > 0 ? max_d / max_ref : max_d;
+}
+
+}  // namespace tessera::ops

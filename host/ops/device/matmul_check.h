@@ -1,0 +1,55 @@
+// Checking the matmul kernels against the scalar reference (dequantize + f32 matmul with double
+// sums): test data, the reference, per-format tolerances and one-call checks used by the unit tests,
+// the portability-matrix cases and the benchmark.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "devices/device.h"
+#include "host/gguf/tensor_type.h"
+#include "host/ops/device/matmul.h"
+
+namespace tessera::ops {
+
+// Random but valid ggml blocks of n_mats x rows x cols: random quant bits, fp16 scales of moderate
+// size (so sums stay far from overflow), deterministic per seed.
+std::vector<uint8_t> random_ggml_weight(gguf::TensorType t, int64_t rows, int64_t cols, uint32_t seed,
+                                        int64_t n_mats = 1);
+
+// y[t][r] = sum_c W[r][c] x[t][c] for matrix `mat` of a stacked weight; rows dequantized with
+// quant::dequantize_row, sums in double.
+std::vector<float> reference_matmul(gguf::TensorType t, int64_t rows, int64_t cols, const void* w,
+                                    const float* x, int n_tokens, int64_t mat = 0);
+
+// Largest accepted max|got - ref| / max|ref|. The kernels dequantize exactly as ggml does (up to
+// fused multiply-add rounding), so the error is f32 summation order: the same bound for every
+// format, a little looser for formats whose decode fuses scale and min (Q4_1, Q4_K, Q5_K).
+double matmul_tolerance(gguf::TensorType t);
+
+struct MatmulCheck {
+  bool pass = false;
+  std::string note;                 // why it failed
+  double max_abs = 0, max_rel = 0, nmse = 0;
+  size_t nonfinite = 0;
+  bool guard_intact = true;         // nothing written past the output
+  double seconds = 0;               // median kernel time (timing only)
+  double bytes = 0, flops = 0;      // weight bytes streamed, 2 * rows * cols * tokens
+};
+
+// Dense: W (rows x cols, type t) times n_tokens random rows; compares with the reference.
+MatmulCheck check_matmul(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
+                         int n_tokens, bool timing, uint32_t seed = 1);
+
+// Stacked experts: n_expert matrices, n_tokens tokens each routed to top_k distinct experts
+// (pairs sorted by expert, as the MoE executor passes them), one run_experts launch.
+MatmulCheck check_experts(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
+                          int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed = 1);
+
+// Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
+// fma rounding: returns max |device - reference| / max |reference| over all rows.
+double check_dequantize(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
+                        uint32_t seed = 1);
+
+}  // namespace tessera::ops
