@@ -60,6 +60,25 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
   *x1 = vload16(1, p + c);
 }
 
+// Iterates chunk k (block b, chunk sub of the block) over this work item's share of the row. One
+// lane (CPUs): whole blocks in order with the chunks of a block unrolled, so a block's scales are
+// loaded and unpacked once. Several lanes (GPUs): chunk k = lane, lane + LANES, ... (coalesced).
+#if LANES == 1
+#define CHUNK_LOOP(...)                                                                           \
+  for (uint b = 0; b < bpr; ++b) {                                                                 \
+    _Pragma("unroll") for (uint sub = 0; sub < CHUNKS_PER_BLOCK; ++sub) {        \
+      const uint k = b * CHUNKS_PER_BLOCK + sub;                                                   \
+      __VA_ARGS__                                                                                  \
+    }                                                                                              \
+  }
+#else
+#define CHUNK_LOOP(...)                                                                           \
+  for (uint k = lane; k < bpr * CHUNKS_PER_BLOCK; k += LANES) {                                    \
+    const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                               \
+    __VA_ARGS__                                                                                    \
+  }
+#endif
+
 // Dot products of rows r0 .. r0+RPW-1 (clamped to rows-1; the caller stores only valid rows) of the
 // matrix whose first block is mat_blk0 with TT rows of x (xrow[j] = float offset of the row), over
 // this work item's share of chunks (lane, lane + LANES, ...). Sums land in out[rr * TT + j].
@@ -72,17 +91,14 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
       for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                                    \
     ulong rblk[RPW];                                                                               \
     for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
-    const uint nchunks = bpr * CHUNKS_PER_BLOCK;                                                   \
-    for (uint k = lane; k < nchunks; k += LANES) {                                                 \
-      const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                             \
+    CHUNK_LOOP(                                                                                    \
       float16 w0[RPW], w1[RPW];                                                                    \
       for (uint rr = 0; rr < RPW; ++rr) decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]); \
       for (uint j = 0; j < TT; ++j) {                                                              \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], k * CHUNK, cols, &xa, &xb);                                            \
         for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);             \
-      }                                                                                            \
-    }                                                                                              \
+      })                                                                                           \
     for (uint rr = 0; rr < RPW; ++rr)                                                              \
       for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
   }

@@ -1,0 +1,80 @@
+// Portability-matrix cases of the matmul family: every format x odd shapes x n_tokens 1/3/17/64,
+// dense GEMV/GEMM and stacked-expert launches, each against the scalar reference.
+#if __has_include("host/ops/device/matrix.h")
+#include "host/ops/device/matrix.h"
+
+#include "host/ops/device/matmul.h"
+#include "host/ops/device/matmul_check.h"
+#include "host/ops/device/repack.h"
+
+namespace tessera::ops {
+
+namespace {
+
+using gguf::TensorType;
+
+MatrixCaseResult to_matrix(const MatmulCheck& c, bool timing) {
+  MatrixCaseResult r;
+  r.status = c.pass ? "pass" : "fail";
+  r.max_abs_err = c.max_abs;
+  r.max_rel_err = c.max_rel;
+  r.nmse = c.nmse;
+  r.seconds = timing ? c.seconds : 0;
+  r.bytes = c.bytes;
+  r.flops = c.flops;
+  r.note = c.note;
+  return r;
+}
+
+std::string lower(std::string_view s) {
+  std::string o(s);
+  for (auto& ch : o) ch = char(std::tolower(static_cast<unsigned char>(ch)));
+  return o;
+}
+
+}  // namespace
+
+void register_matmul_cases(std::vector<MatrixCase>& out) {
+  for (TensorType t : matmul_types()) {
+    const WeightFormat* f = weight_format(t);
+    const bool plain = t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
+    const int64_t blk = plain ? 1 : f->block_elems;
+    // Odd sizes, sizes no work-group size divides, a single row, a long row.
+    struct Shape {
+      int64_t rows, cols;
+      int tokens;
+    };
+    const int64_t c_small = plain ? 33 : blk, c_mid = plain ? 1000 : 4 * blk * (blk == 32 ? 8 : 1);
+    const int64_t c_long = plain ? 16383 : 16384;
+    const std::vector<Shape> shapes = {
+        {1, c_mid, 1},    {77, c_small, 1}, {333, c_mid, 1}, {3, c_long, 1},
+        {77, c_mid, 3},   {129, c_small, 17}, {45, c_mid, 17}, {1, c_long, 3},
+        {65, c_mid, 64},  {7, c_small, 64},
+    };
+    const std::string fmt = lower(gguf::type_name(t));
+    for (const auto& s : shapes) {
+      const std::string kernel = s.tokens == 1 ? "gemv" : "gemm";
+      const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_t" +
+                                std::to_string(s.tokens);
+      out.push_back({kernel, fmt, shape, [t, s](const Device& dev, bool timing) {
+                       MatmulOp op(dev);
+                       return to_matrix(check_matmul(op, t, s.rows, s.cols, s.tokens, timing), timing);
+                     }});
+    }
+    // Stacked experts in one launch: decode (1 token, 4 of 16 experts) and prefill (11 tokens,
+    // 2 of 4 experts: runs of one expert longer than a tile).
+    out.push_back({"experts", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
+                   [t, c_mid](const Device& dev, bool timing) {
+                     MatmulOp op(dev);
+                     return to_matrix(check_experts(op, t, 67, c_mid, 16, 1, 4, timing), timing);
+                   }});
+    out.push_back({"experts", fmt, "4x33x" + std::to_string(c_small) + "_t11_top2",
+                   [t, c_small](const Device& dev, bool timing) {
+                     MatmulOp op(dev);
+                     return to_matrix(check_experts(op, t, 33, c_small, 4, 11, 2, timing), timing);
+                   }});
+  }
+}
+
+}  // namespace tessera::ops
+#endif
