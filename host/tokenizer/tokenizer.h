@@ -5,20 +5,24 @@
 
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "host/common/error.h"
 #include "host/tokenizer/pre_tokenizer.h"
 #include "host/tokenizer/vocab.h"
+
+namespace tessera::gguf {
+class GgufFile;
+}
 
 namespace tessera::tokenizer {
 
 // Bad vocabulary or bad request; the message names the field/value at fault.
-struct TokenizerError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct TokenizerError : TesseraError {
+  using TesseraError::TesseraError;
 };
 
 // Immutable after construction: every const method is safe to call from several threads at once.
@@ -27,6 +31,12 @@ class Tokenizer {
   // Validates the vocabulary (throws TokenizerError naming the problem: unknown pre-tokenizer,
   // sizes that disagree, special ids out of range, duplicate token texts, malformed merges).
   explicit Tokenizer(Vocab vocab);
+
+  // Reads tokenizer.ggml.* (model, pre, tokens, scores, token_type, merges, special ids, add_bos/
+  // add_eos/add_space_prefix) with llama.cpp's defaults. Throws TokenizerError naming the file and
+  // key: unsupported model or pre-tokenizer (listing the supported ones), missing merges, short
+  // arrays; gguf::GgufError for a missing or mistyped key.
+  static Tokenizer from_gguf(const gguf::GgufFile& file);
 
   // Text -> ids. add_special: BOS/EOS as the vocabulary's add_bos/add_eos say. parse_special:
   // control tokens written in the text (e.g. "<|im_end|>") become their ids; user-defined tokens
