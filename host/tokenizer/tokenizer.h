@@ -92,8 +92,13 @@ class Tokenizer {
   std::vector<float> scores_;
   std::vector<uint16_t> attrs_;      // Attr bits per token (tokenizer.cpp)
   std::vector<std::string> pieces_;  // token_to_piece(id, true), precomputed
-  std::unordered_map<std::string, int32_t> token_to_id_;
-  std::unordered_map<std::string, int> merge_ranks_;  // "left right" -> rank
+  // Transparent hashing so lookups take string_views without building strings.
+  struct TextHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, TextHash, std::equal_to<>> token_to_id_;
+  std::unordered_map<std::string, int, TextHash, std::equal_to<>> merge_ranks_;  // "left right"
   std::vector<int32_t> special_tokens_;   // matched in text before tokenizing, longest first
   std::vector<int32_t> eog_ids_;          // sorted
   std::vector<int32_t> spm_byte_tokens_;  // byte -> <0xXX> token (kNoToken if absent)
