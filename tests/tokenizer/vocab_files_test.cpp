@@ -69,20 +69,49 @@ std::string vocab_path(const std::string& name) {
   return models_dir() + "/ggml-vocab-" + name + ".gguf";
 }
 
-class VocabFileTest : public testing::TestWithParam<const char*> {
+// One vocabulary with its test vectors: `vectors` + ".inp"/".out".
+struct VocabCase {
+  const char* name;
+  std::string (*gguf_path)();
+  std::string (*vectors)();
+};
+
+std::string repo_path(const std::string& relative) {
+  return std::string(TESSERA_SOURCE_DIR) + "/" + relative;
+}
+
+// llama.cpp's vocabulary files with their own vectors, and the project's trained model (byte-level
+// BPE with the qwen2 pre-tokenizer, the only qwen2 vocabulary here) with vectors that llama.cpp's
+// llama_tokenize produced from it (tests/tokenizer/data/README.md).
+const VocabCase kVocabCases[] = {
+    {"llama_spm", [] { return vocab_path("llama-spm"); }, [] { return vocab_path("llama-spm"); }},
+    {"phi_3", [] { return vocab_path("phi-3"); }, [] { return vocab_path("phi-3"); }},
+    {"gpt_2", [] { return vocab_path("gpt-2"); }, [] { return vocab_path("gpt-2"); }},
+    {"starcoder", [] { return vocab_path("starcoder"); }, [] { return vocab_path("starcoder"); }},
+    {"deepseek_coder", [] { return vocab_path("deepseek-coder"); },
+     [] { return vocab_path("deepseek-coder"); }},
+    {"tessera_kjv_moe_qwen2",
+     [] { return repo_path("models/tessera-kjv-moe/tessera-kjv-moe-f16.gguf"); },
+     [] { return repo_path("tests/tokenizer/data/tessera-kjv-moe"); }},
+};
+
+class VocabFileTest : public testing::TestWithParam<VocabCase> {
  protected:
   void SetUp() override {
-    path_ = vocab_path(GetParam());
-    if (!std::filesystem::exists(path_))
+    path_ = GetParam().gguf_path();
+    vectors_ = GetParam().vectors();
+    if (!std::filesystem::exists(path_)) {
       GTEST_SKIP() << path_ << " not found (set TESSERA_MODELS_DIR)";
+    }
   }
   std::string path_;
+  std::string vectors_;
 };
 
 TEST_P(VocabFileTest, EncodesLlamaCppTestVectorsExactly) {
   const auto file = gguf::GgufFile::open(path_);
   const Tokenizer tok = Tokenizer::from_gguf(file);
-  const auto vectors = read_vectors(path_);
+  const auto vectors = read_vectors(vectors_);
   ASSERT_FALSE(vectors.empty());
   size_t passed = 0;
   for (const auto& v : vectors) {
@@ -91,7 +120,7 @@ TEST_P(VocabFileTest, EncodesLlamaCppTestVectorsExactly) {
     EXPECT_EQ(got, v.ids) << "input '" << v.text << "'";
     passed += got == v.ids;
   }
-  std::cout << "[ vocab    ] " << GetParam() << ": " << passed << "/" << vectors.size()
+  std::cout << "[ vocab    ] " << GetParam().name << ": " << passed << "/" << vectors.size()
             << " inputs encode to llama.cpp's ids\n";
   RecordProperty("passed", static_cast<int>(passed));
   RecordProperty("total", static_cast<int>(vectors.size()));
@@ -100,32 +129,27 @@ TEST_P(VocabFileTest, EncodesLlamaCppTestVectorsExactly) {
 TEST_P(VocabFileTest, DecodeInvertsEncode) {
   const auto file = gguf::GgufFile::open(path_);
   const Tokenizer tok = Tokenizer::from_gguf(file);
-  for (const auto& v : read_vectors(path_)) {
+  for (const auto& v : read_vectors(vectors_)) {
     EXPECT_EQ(tok.decode(tok.encode(v.text, false, false)), v.text);
     EXPECT_EQ(tok.decode(tok.encode(v.text, true, false)), v.text);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Vocabularies, VocabFileTest,
-                         testing::Values("llama-spm", "phi-3", "gpt-2", "starcoder",
-                                         "deepseek-coder"),
-                         [](const testing::TestParamInfo<const char*>& info) {
-                           std::string name = info.param;
-                           for (char& c : name) {
-                             if (c == '-') c = '_';
-                           }
-                           return name;
+INSTANTIATE_TEST_SUITE_P(Vocabularies, VocabFileTest, testing::ValuesIn(kVocabCases),
+                         [](const testing::TestParamInfo<VocabCase>& info) {
+                           return std::string(info.param.name);
                          });
 
 // Expected ids below were produced by llama.cpp's llama_tokenize (libllama, vocab_only) on the same
 // files; they cover what test-tokenizer-0 does not: add_special and parse_special.
+Tokenizer load_file(const std::string& path) {
+  if (!std::filesystem::exists(path)) throw std::runtime_error(path + " not found");
+  return Tokenizer::from_gguf(gguf::GgufFile::open(path));
+}
+
 class SpecialTokensTest : public testing::Test {
  protected:
-  Tokenizer load(const std::string& name) {
-    const std::string path = vocab_path(name);
-    if (!std::filesystem::exists(path)) throw std::runtime_error(path + " not found");
-    return Tokenizer::from_gguf(gguf::GgufFile::open(path));
-  }
+  Tokenizer load(const std::string& name) { return load_file(vocab_path(name)); }
   void SetUp() override {
     if (!std::filesystem::exists(models_dir())) GTEST_SKIP() << models_dir() << " not found";
   }
@@ -174,6 +198,25 @@ TEST_F(SpecialTokensTest, DeepseekCoderUserDefinedTokensAndBos) {
   EXPECT_EQ(tok.encode("<\uFF5Cbegin\u2581of\u2581sentence\uFF5C>Hi<|EOT|>", true, true),
             (Ids{32013, 32013, 11041, 32021}));
   EXPECT_EQ(tok.token_type(32000), TokenType::kUserDefined);
+}
+
+TEST_F(SpecialTokensTest, Stories260kPromptAsInSharedModelsSources) {
+  const Tokenizer tok = load_file(models_dir() + "/stories260K.gguf");
+  EXPECT_EQ(tok.encode("Once upon a time", true, false), (Ids{1, 403, 407, 261, 378}));
+  EXPECT_EQ(tok.encode("Lily saw a big dog. \"Hi!\" she said.\nThe end.", true, false),
+            (Ids{1,   317, 394, 261, 370, 400, 428, 426, 313, 440, 417,
+                 443, 436, 358, 336, 426, 13,  434, 260, 344, 264, 426}));
+  EXPECT_EQ(tok.pad(), kNoToken);  // stored as 0xFFFFFFFF: no padding token
+}
+
+TEST(KjvModelTest, AddsBosAndEndsAtEos) {
+  const std::string path = repo_path("models/tessera-kjv-moe/tessera-kjv-moe-f16.gguf");
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " not found";
+  const Tokenizer tok = load_file(path);
+  EXPECT_EQ(tok.pre_tokenizer(), PreTokenizerKind::kQwen2);
+  EXPECT_EQ(tok.encode("<|im_start|>x", true, true),
+            (Ids{4094, 60, 124, 312, 95, 314, 850, 124, 62, 120}));
+  EXPECT_EQ(tok.eog_ids(), (Ids{4095}));
 }
 
 // from_gguf on small files written in memory.
