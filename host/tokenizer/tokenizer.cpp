@@ -327,7 +327,7 @@ TokenType Tokenizer::token_type(int32_t id) const {
 }
 
 int32_t Tokenizer::find_token(std::string_view text) const {
-  const auto it = token_to_id_.find(std::string(text));
+  const auto it = token_to_id_.find(text);
   return it == token_to_id_.end() ? kNoToken : it->second;
 }
 
@@ -476,12 +476,10 @@ std::vector<Symbol> split_symbols(std::string_view text) {
 void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) const {
   std::vector<Symbol> symbols = split_symbols(text);
   std::priority_queue<SpmBigram, std::vector<SpmBigram>, SpmBigramOrder> queue;
-  std::string scratch;
   auto try_add = [&](int left, int right) {
     if (left < 0 || right < 0) return;
     const size_t len = symbols[left].length + symbols[right].length;
-    scratch.assign(text.substr(symbols[left].offset, len));
-    const auto it = token_to_id_.find(scratch);
+    const auto it = token_to_id_.find(text.substr(symbols[left].offset, len));
     if (it == token_to_id_.end()) return;
     queue.push({left, right, scores_[it->second], len});
   };
@@ -501,13 +499,13 @@ void Tokenizer::encode_spm(std::string_view text, std::vector<int32_t>& out) con
   }
   for (int i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
     const Symbol& s = symbols[i];
-    scratch.assign(text.substr(s.offset, s.length));
-    const auto it = token_to_id_.find(scratch);
+    const std::string_view piece = text.substr(s.offset, s.length);
+    const auto it = token_to_id_.find(piece);
     if (it != token_to_id_.end()) {
       out.push_back(it->second);
       continue;
     }
-    for (const char c : scratch) out.push_back(spm_byte_token(static_cast<uint8_t>(c)));
+    for (const char c : piece) out.push_back(spm_byte_token(static_cast<uint8_t>(c)));
   }
 }
 
@@ -570,15 +568,15 @@ void Tokenizer::encode_bpe_word(const std::string& word, std::vector<int32_t>& o
   }
   for (int i = symbols.empty() ? -1 : 0; i != -1; i = symbols[i].next) {
     const Symbol& s = symbols[i];
-    scratch.assign(w.substr(s.offset, s.length));
-    const auto it = token_to_id_.find(scratch);
+    const std::string_view piece = w.substr(s.offset, s.length);
+    const auto it = token_to_id_.find(piece);
     if (it != token_to_id_.end()) {
       out.push_back(it->second);
       continue;
     }
     // Not a token: llama.cpp looks each byte of the text up as a one-byte token and drops misses.
-    for (const char c : scratch) {
-      const auto byte_it = token_to_id_.find(std::string(1, c));
+    for (const char c : piece) {
+      const auto byte_it = token_to_id_.find(std::string_view(&c, 1));
       if (byte_it != token_to_id_.end()) out.push_back(byte_it->second);
     }
   }

@@ -5,20 +5,24 @@
 
 #include <cstdint>
 #include <memory>
-#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "host/common/error.h"
 #include "host/tokenizer/pre_tokenizer.h"
 #include "host/tokenizer/vocab.h"
+
+namespace tessera::gguf {
+class GgufFile;
+}
 
 namespace tessera::tokenizer {
 
 // Bad vocabulary or bad request; the message names the field/value at fault.
-struct TokenizerError : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct TokenizerError : TesseraError {
+  using TesseraError::TesseraError;
 };
 
 // Immutable after construction: every const method is safe to call from several threads at once.
@@ -27,6 +31,12 @@ class Tokenizer {
   // Validates the vocabulary (throws TokenizerError naming the problem: unknown pre-tokenizer,
   // sizes that disagree, special ids out of range, duplicate token texts, malformed merges).
   explicit Tokenizer(Vocab vocab);
+
+  // Reads tokenizer.ggml.* (model, pre, tokens, scores, token_type, merges, special ids, add_bos/
+  // add_eos/add_space_prefix) with llama.cpp's defaults. Throws TokenizerError naming the file and
+  // key: unsupported model or pre-tokenizer (listing the supported ones), missing merges, short
+  // arrays; gguf::GgufError for a missing or mistyped key.
+  static Tokenizer from_gguf(const gguf::GgufFile& file);
 
   // Text -> ids. add_special: BOS/EOS as the vocabulary's add_bos/add_eos say. parse_special:
   // control tokens written in the text (e.g. "<|im_end|>") become their ids; user-defined tokens
@@ -82,8 +92,13 @@ class Tokenizer {
   std::vector<float> scores_;
   std::vector<uint16_t> attrs_;      // Attr bits per token (tokenizer.cpp)
   std::vector<std::string> pieces_;  // token_to_piece(id, true), precomputed
-  std::unordered_map<std::string, int32_t> token_to_id_;
-  std::unordered_map<std::string, int> merge_ranks_;  // "left right" -> rank
+  // Transparent hashing so lookups take string_views without building strings.
+  struct TextHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  std::unordered_map<std::string, int32_t, TextHash, std::equal_to<>> token_to_id_;
+  std::unordered_map<std::string, int, TextHash, std::equal_to<>> merge_ranks_;  // "left right"
   std::vector<int32_t> special_tokens_;   // matched in text before tokenizing, longest first
   std::vector<int32_t> eog_ids_;          // sorted
   std::vector<int32_t> spm_byte_tokens_;  // byte -> <0xXX> token (kNoToken if absent)

@@ -131,23 +131,29 @@ TEST(MatmulDevice, ExpertsEveryFormat) {
 // Every variant on every device: the GPU-shaped kernels (lanes + local reduction) are checked on
 // CPU devices too, and the CLBlast path on every device.
 TEST(MatmulDevice, EveryVariant) {
-  std::vector<MatmulVariant> variants;
-  variants.push_back({1, 8, 2, true, 0});     // CPU shape, two rows per work item
-  variants.push_back({32, 4, 1, false, 0});   // GPU shape
-  variants.push_back({16, 2, 2, false, 0});   // GPU shape, two rows per work item
-  variants.push_back({1, 16, 1, true, 1});    // CLBlast for every launch
-  const TensorType types[] = {TensorType::F32, TensorType::F16, TensorType::Q4_0, TensorType::Q5_0,
-                              TensorType::Q4_K, TensorType::Q6_K, TensorType::TQ1_0};
+  // Each variant with a few formats (every program build costs seconds on PoCL): together they
+  // cover both chunk loops (one lane / many lanes), rows per work item 1 and 2, and CLBlast.
+  struct Case {
+    MatmulVariant v;
+    std::vector<TensorType> types;
+  };
+  const std::vector<Case> cases = {
+      {{1, 8, 2, true, 0}, {TensorType::Q4_K, TensorType::TQ1_0}},                   // CPU, 2 rows
+      {{32, 4, 1, false, 0}, {TensorType::F16, TensorType::Q4_0, TensorType::Q6_K,  // GPU shape
+                              TensorType::Q5_0}},
+      {{16, 2, 2, false, 0}, {TensorType::F32, TensorType::Q8_0, TensorType::Q5_K}},  // GPU, 2 rows
+      {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},                    // CLBlast
+  };
   for (const auto& dev : registry().devices()) {
-    for (const auto& v : variants) {
-      MatmulOp op(*dev, v);
-      for (TensorType t : types) {
-        const Cols c = cols_for(t);
-        const std::string what = dev->id() + " [" + v.str() + "] " + label(t);
-        expect_pass(check_matmul(op, t, 45, c.mid, 1, false), what + " t1");
-        expect_pass(check_matmul(op, t, 9, c.few, 17, false), what + " t17");
-        if (v.clblast_min_tokens == 0)
-          expect_pass(check_experts(op, t, 11, c.one, 5, 6, 3, false), what + " experts");
+    for (const auto& c : cases) {
+      MatmulOp op(*dev, c.v);
+      for (TensorType t : c.types) {
+        const Cols cl = cols_for(t);
+        const std::string what = dev->id() + " [" + c.v.str() + "] " + label(t);
+        expect_pass(check_matmul(op, t, 45, cl.mid, 1, false), what + " t1");
+        expect_pass(check_matmul(op, t, 9, cl.few, 17, false), what + " t17");
+        if (c.v.clblast_min_tokens == 0)
+          expect_pass(check_experts(op, t, 11, cl.one, 5, 6, 3, false), what + " experts");
       }
     }
   }

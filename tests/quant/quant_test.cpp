@@ -3,7 +3,10 @@
 // round trips stay within per-format error bounds; bad input is rejected.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <bit>
+#include <cstdlib>
+#include <filesystem>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -479,6 +482,42 @@ TEST(QuantWriter, AddTensorF32QuantizesEveryFormat) {
     dequantize_row(t, info.data, y.data(), 512);
     expect_bits_equal(y, round_trip(t, x), std::string(gguf::type_name(t)).c_str());
   }
+}
+
+}  // namespace
+}  // namespace tessera::quant
+
+namespace tessera::quant {
+namespace {
+
+// Every GGUF file shipped with the project or in the shared models folder must open, and every tensor
+// of a type this library dequantizes must decode to finite values.
+TEST(QuantRealFiles, EveryShippedGgufDequantizes) {
+  std::vector<std::filesystem::path> roots = {std::filesystem::path(TESSERA_SOURCE_DIR) / "models"};
+  if (const char* env = std::getenv("TESSERA_MODELS_DIR"))
+    roots.emplace_back(env);
+  else
+    roots.push_back(std::filesystem::path(TESSERA_SOURCE_DIR) / ".." / "shared" / "models");
+  int files = 0;
+  for (const auto& root : roots) {
+    if (!std::filesystem::is_directory(root)) continue;
+    for (const auto& entry : std::filesystem::recursive_directory_iterator(root)) {
+      if (entry.path().extension() != ".gguf") continue;
+      const auto f = gguf::GgufFile::open(entry.path().string());
+      ++files;
+      for (const auto& t : f.tensors()) {
+        if (!can_dequantize(t.type)) continue;
+        std::vector<float> y(t.dims[0]);
+        for (uint64_t r = 0; r < t.n_rows(); ++r) {
+          dequantize_row(t.type, t.data + r * gguf::row_bytes(t.type, t.dims[0]), y.data(),
+                         static_cast<int64_t>(t.dims[0]));
+          for (float v : y) ASSERT_TRUE(std::isfinite(v)) << entry.path() << " " << t.name << " row " << r;
+        }
+      }
+    }
+  }
+  if (files == 0) GTEST_SKIP() << "no .gguf files found under the models folders";
+  std::printf("checked %d GGUF files\n", files);
 }
 
 }  // namespace
