@@ -104,6 +104,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
                          const sched::ModelFootprint& footprint, EngineOptions options)
     : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
   const auto& hp = spec_.hp;
+  if (options_.max_logit_rows <= 0) options_.max_logit_rows = options_.max_sequences;
+  options_.max_logit_rows = std::min(options_.max_logit_rows, options_.max_batch_tokens);
   if (options_.max_context <= 0) options_.max_context = int(std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 4096, 4096));
   const int T = options_.max_batch_tokens;
   const int K = std::max<int>(1, int(hp.n_expert_used));
@@ -210,7 +212,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   uploaded(spec_.token_embd->n_bytes());
   output_norm_ = norm_weights(home, spec_.output_norm);
   output_ = matrix(home, spec_.output_tied ? spec_.token_embd : spec_.output);
-  home.logits = home.dev->alloc(size_t(options_.max_sequences) * hp.n_vocab * 4);
+  home.logits = home.dev->alloc(size_t(options_.max_logit_rows) * hp.n_vocab * 4);
 
   for (size_t l = 0; l < spec_.layers.size(); ++l) {
     const auto& ls = spec_.layers[l];
@@ -428,8 +430,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   if (int(b.seqs.size()) > options_.max_sequences)
     throw std::invalid_argument("forward: " + std::to_string(b.seqs.size()) + " sequences exceed the limit of " +
                                 std::to_string(options_.max_sequences));
-  if (int(b.logit_rows.size()) > options_.max_sequences)
-    throw std::invalid_argument("forward: at most " + std::to_string(options_.max_sequences) + " logit rows per step");
+  if (int(b.logit_rows.size()) > options_.max_logit_rows)
+    throw std::invalid_argument("forward: at most " + std::to_string(options_.max_logit_rows) + " logit rows per step");
   for (int32_t t : b.tokens)
     if (t < 0 || uint32_t(t) >= hp.n_vocab)
       throw std::invalid_argument("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
@@ -496,9 +498,17 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
 
   // Logits of the requested rows only.
   std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
-  for (size_t i = 0; i < b.logit_rows.size(); ++i) {
-    const uint32_t row = uint32_t(b.logit_rows[i]);
-    home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(), uint32_t(i) * E, 1, E, hp.rms_eps);
+  const bool consecutive = std::adjacent_find(b.logit_rows.begin(), b.logit_rows.end(),
+                                              [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
+  if (consecutive && !b.logit_rows.empty()) {
+    home.norm->rms_norm(home.x.get(), uint32_t(b.logit_rows[0]) * E, output_norm_.get(), 0, home.xn.get(), 0,
+                        uint32_t(b.logit_rows.size()), E, hp.rms_eps);
+  } else {
+    for (size_t i = 0; i < b.logit_rows.size(); ++i) {
+      const uint32_t row = uint32_t(b.logit_rows[i]);
+      home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(), uint32_t(i) * E, 1, E,
+                          hp.rms_eps);
+    }
   }
   if (!b.logit_rows.empty()) {
     home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()));

@@ -25,6 +25,7 @@ namespace tessera::engine {
 struct EngineOptions {
   int max_batch_tokens = 256;   // tokens of one forward step (prefill is chunked to this)
   int max_sequences = 8;        // sequences of one step
+  int max_logit_rows = 0;       // logit rows of one step; 0: max_sequences (perplexity wants more)
   int max_context = 0;          // tokens per sequence; 0: the model's training context (capped 4096)
   int kv_block_size = 16;
   int kv_blocks = 0;            // 0: enough for max_sequences sequences of max_context tokens

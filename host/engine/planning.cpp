@@ -46,4 +46,18 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
   return sched::make_plan(footprint, costs, config);
 }
 
+sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
+                              const std::string& device) {
+  sched::Config c = config_path.empty() ? sched::Config{} : sched::load_config(config_path);
+  for (const auto& s : sets) sched::apply_override(c, s);
+  if (!device.empty()) {
+    sched::DeviceSelector sel;
+    sel.id = device;
+    c.select = {sel};
+    c.exclude.clear();
+    if (c.attention != "auto" && c.attention != device) c.attention = "auto";
+  }
+  return c;
+}
+
 }  // namespace tessera::engine

@@ -20,4 +20,9 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe, co
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 
+// The config the command line describes: a YAML file (optional), then `--set KEY=VALUE` overrides,
+// then `--device ID` (shorthand for selecting that one device). Throws sched::ConfigError.
+sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
+                              const std::string& device);
+
 }  // namespace tessera::engine

@@ -1,0 +1,62 @@
+// `tessera plan -m MODEL [--config FILE] [--set KEY=VALUE]...`: the placement a config gives a model
+// on this machine's devices: layers and experts per device, bytes, predicted time per device.
+#include <boost/program_options.hpp>
+
+#include <cstdio>
+#include <iostream>
+
+#include "devices/probes.h"
+#include "host/cli/command.h"
+#include "host/engine/opencl_model.h"
+#include "host/engine/planning.h"
+#include "host/gguf/gguf.h"
+#include "host/model/model_spec.h"
+
+namespace tessera::cli {
+namespace {
+
+namespace po = boost::program_options;
+
+int run_plan(const std::vector<std::string>& args) {
+  std::string model_path, config_path, device;
+  std::vector<std::string> sets;
+  int context = 4096;
+  bool json = false, no_measure = false;
+  po::options_description opts("tessera plan -m MODEL.gguf [--config FILE] [--set KEY=VALUE]...");
+  opts.add_options()("help,h", "show this help")("model,m", po::value<std::string>(&model_path)->required(),
+                                                 "GGUF model file")(
+      "config", po::value<std::string>(&config_path), "device-selection config (YAML; see configs/README.md)")(
+      "set", po::value<std::vector<std::string>>(&sets)->composing(),
+      "override a config key, e.g. --set placement.attention=gpu0")(
+      "device", po::value<std::string>(&device), "use this one device only (e.g. cpu0)")(
+      "ctx", po::value<int>(&context)->default_value(4096), "context tokens to reserve KV cache for")(
+      "no-measure", po::bool_switch(&no_measure), "plan with default device figures instead of probes")(
+      "json", po::bool_switch(&json), "print the plan as JSON");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  const auto config = engine::config_from_cli(config_path, sets, device);
+  const auto file = gguf::GgufFile::open(model_path);
+  const auto spec = model::ModelSpec::from_gguf(file);
+  auto registry = DeviceRegistry::discover();
+  ProbeCache probes(ProbeCache::default_dir());
+  const auto footprint = engine::footprint_of(spec, context);
+  const auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
+  if (json) {
+    std::cout << plan.to_json() << "\n";
+  } else {
+    std::printf("model: %s (%s, %u layers, %u experts, top-%u)\n", model_path.c_str(),
+                std::string(spec.arch->name).c_str(), spec.hp.n_layer, spec.hp.n_expert, spec.hp.n_expert_used);
+    std::cout << plan.to_text(footprint);
+  }
+  return 0;
+}
+
+const CommandRegistrar kRegistrar("plan", "show where a config places a model's layers and experts", run_plan);
+
+}  // namespace
+}  // namespace tessera::cli
