@@ -1,8 +1,14 @@
 // `tessera run`: generates a continuation of a prompt and streams it, token by token, then prints a
-// summary. `--reference` runs the scalar reference path (host/model/reference_model.h).
+// summary. The OpenCL engine is the default path (devices and placement from --device / --config);
+// `--reference` runs the scalar reference path (host/model/reference_model.h).
 #include <boost/program_options.hpp>
 
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
 #include <cstdio>
 #include <iostream>
 #include <memory>
@@ -15,6 +21,9 @@
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
+#include "devices/probes.h"
+#include "host/engine/opencl_model.h"
+#include "host/engine/planning.h"
 #include "host/model/reference_model.h"
 #include "host/tokenizer/tokenizer.h"
 
@@ -45,16 +54,147 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
   return ids;
 }
 
+
+// The model file used when -m is not given: the project's own trained model (models/), found next
+// to the executable's build tree or through TESSERA_MODEL.
+std::string default_model_path() {
+  if (const char* env = std::getenv("TESSERA_MODEL"); env && *env) return env;
+  std::error_code ec;
+  const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  const char* rel = "models/tessera-kjv-moe/tessera-kjv-moe-q8_0.gguf";
+  for (auto dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path(); dir = dir.parent_path())
+    if (std::filesystem::exists(dir / rel)) return (dir / rel).string();
+  throw std::runtime_error("no model given (-m) and the default model (" + std::string(rel) +
+                           ") was not found next to the executable; set TESSERA_MODEL or pass -m");
+}
+
+// One sequence's forward passes, on either path.
+class Runner {
+ public:
+  virtual ~Runner() = default;
+  virtual std::vector<float> prefill(const std::vector<int32_t>& prompt) = 0;
+  virtual std::vector<float> decode(int32_t token) = 0;
+};
+
+class ReferenceRunner : public Runner {
+ public:
+  explicit ReferenceRunner(const model::ModelSpec& spec) : net_(spec), kv_(net_.new_kv_state()) {}
+  std::vector<float> prefill(const std::vector<int32_t>& prompt) override {
+    std::vector<int32_t> pos(prompt.size());
+    for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
+    return net_.forward(prompt, pos, kv_);
+  }
+  std::vector<float> decode(int32_t token) override {
+    const int32_t pos = int32_t(kv_.n_past);
+    return net_.forward(std::span<const int32_t>(&token, 1), std::span<const int32_t>(&pos, 1), kv_);
+  }
+
+ private:
+  model::ReferenceModel net_;
+  model::KvState kv_;
+};
+
+class OpenClRunner : public Runner {
+ public:
+  explicit OpenClRunner(engine::OpenClModel& m) : m_(m), seq_(m.kv_cache().create_sequence()) {}
+  ~OpenClRunner() override { m_.kv_cache().free_sequence(seq_); }
+  std::vector<float> prefill(const std::vector<int32_t>& prompt) override {
+    std::vector<float> logits;
+    const int step = m_.options().max_batch_tokens;
+    for (size_t p = 0; p < prompt.size(); p += size_t(step)) {
+      const int n = int(std::min(prompt.size() - p, size_t(step)));
+      const auto res = m_.kv_cache().reserve(seq_, n);
+      engine::StepBatch b;
+      b.seqs = {seq_};
+      b.tokens.assign(prompt.begin() + long(p), prompt.begin() + long(p) + n);
+      b.token_seq.assign(size_t(n), 0);
+      for (int i = 0; i < n; ++i) b.token_pos.push_back(res.first_pos + i);
+      if (p + size_t(n) == prompt.size()) b.logit_rows = {n - 1};
+      logits = m_.forward(b);
+    }
+    return logits;
+  }
+  std::vector<float> decode(int32_t token) override {
+    const auto res = m_.kv_cache().reserve(seq_, 1);
+    engine::StepBatch b;
+    b.seqs = {seq_};
+    b.tokens = {token};
+    b.token_seq = {0};
+    b.token_pos = {res.first_pos};
+    b.logit_rows = {0};
+    return m_.forward(b);
+  }
+
+ private:
+  engine::OpenClModel& m_;
+  kv::SeqId seq_;
+};
+
+// Upload progress: a rewritten line on a terminal, a log line per quarter otherwise.
+std::function<void(uint64_t, uint64_t)> progress_display() {
+  const bool tty = isatty(fileno(stderr));
+  auto last = std::make_shared<int>(-1);
+  return [tty, last](uint64_t done, uint64_t total) {
+    if (total == 0) return;
+    const int pct = int(100.0 * double(done) / double(total));
+    if (tty) {
+      if (pct == *last) return;
+      std::fprintf(stderr, "\rloading weights: %6.1f / %.1f MiB (%3d%%)%s", double(done) / 1048576.0,
+                   double(total) / 1048576.0, pct, done >= total ? "\n" : "");
+    } else {
+      if (pct / 25 == *last / 25 && done < total) return;
+      std::fprintf(stderr, "loading weights: %.1f / %.1f MiB (%d%%)\n", double(done) / 1048576.0,
+                   double(total) / 1048576.0, pct);
+    }
+    *last = pct;
+  };
+}
+
+void print_engine_summary(engine::OpenClModel& m) {
+  const auto& plan = m.plan();
+  const auto& st = m.stats();
+  const auto& kv = m.kv_cache().blocks();
+  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n", kv.blocks_used(), kv.n_blocks(),
+               kv.block_size());
+  for (size_t d = 0; d < plan.devices.size(); ++d) {
+    int experts = 0, layers = 0;
+    for (size_t l = 0; l < plan.layer_device.size(); ++l) {
+      experts += plan.experts_on(int(l), int(d));
+      layers += plan.layer_device[l] == int(d);
+    }
+    std::fprintf(stderr, "device %s: %d layers, %d experts, %llu expert hits, %.3f s expert time\n",
+                 plan.devices[d].id.c_str(), layers, experts, static_cast<unsigned long long>(st.expert_hits[d]),
+                 st.device_seconds[d]);
+  }
+  if (st.balancer_moves) std::fprintf(stderr, "balancer: %llu expert moves\n", static_cast<unsigned long long>(st.balancer_moves));
+  double total = 0;
+  for (const auto& [k, v] : st.device_op_seconds) total += v;
+  std::string line;
+  for (const auto& [k, v] : st.device_op_seconds) {
+    char buf[96];
+    std::snprintf(buf, sizeof(buf), "%s%s %.1f ms (%.0f%%)", line.empty() ? "" : ", ", k.c_str(), v * 1e3,
+                  total > 0 ? 100.0 * v / total : 0.0);
+    line += buf;
+  }
+  if (!line.empty()) std::fprintf(stderr, "device time per op family: %s\n", line.c_str());
+}
+
 int run_generate(const std::vector<std::string>& args) {
   std::string model_path, prompt, tokens, logits_path;
   int n_predict = 32;
   engine::SamplerConfig sc;
-  bool reference = false, no_bos = false, ignore_eos = false, print_ids = false;
+  bool reference = false, no_bos = false, ignore_eos = false, print_ids = false, balancer = false;
+  std::string config_path, device;
+  std::vector<std::string> sets;
   po::options_description opts(
-      "tessera run --reference -m MODEL.gguf (-p TEXT | --tokens IDS) [-n N] [sampling options]");
+      "tessera run [-m MODEL.gguf] (-p TEXT | --tokens IDS) [-n N] [--device ID | --config FILE] [sampling options]");
   opts.add_options()("help,h", "show this help")(
       "reference", po::bool_switch(&reference), "run the scalar reference path (single-threaded host code)")(
-      "model,m", po::value<std::string>(&model_path)->required(), "GGUF model file")(
+      "model,m", po::value<std::string>(&model_path), "GGUF model file (default: the project's trained model)")(
+      "device", po::value<std::string>(&device), "run on this one OpenCL device (e.g. gpu0, cpu0)")(
+      "config", po::value<std::string>(&config_path), "device-selection config (YAML; see configs/README.md)")(
+      "set", po::value<std::vector<std::string>>(&sets)->composing(), "override a config key (KEY=VALUE)")(
+      "balancer", po::bool_switch(&balancer), "let the expert balancer move hot experts (also balancer.enabled)")(
       "prompt,p", po::value<std::string>(&prompt), "prompt text")(
       "tokens", po::value<std::string>(&tokens), "prompt as comma-separated token ids, e.g. 403,407 (BOS is added)")(
       "n-predict,n", po::value<int>(&n_predict)->default_value(32), "tokens to generate")(
@@ -74,9 +214,7 @@ int run_generate(const std::vector<std::string>& args) {
     return 0;
   }
   po::notify(vm);
-  if (!reference) {
-    throw std::runtime_error("only the reference path exists so far: pass --reference");
-  }
+  if (model_path.empty()) model_path = default_model_path();
   if (n_predict < 0) throw std::runtime_error("-n must be >= 0");
   if (vm.count("prompt") == vm.count("tokens")) {
     throw std::runtime_error("give the prompt either as text (-p TEXT) or as ids (--tokens 1,2,3), not both or neither");
@@ -84,7 +222,6 @@ int run_generate(const std::vector<std::string>& args) {
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
-  const model::ReferenceModel net(spec);
   engine::Sampler sampler(sc);
   // A model without tokenizer metadata can still run from ids (and print ids).
   std::optional<tokenizer::Tokenizer> tok;
@@ -120,12 +257,34 @@ int run_generate(const std::vector<std::string>& args) {
     if (!logits_file) throw std::runtime_error("--logits-out: cannot open '" + logits_path + "' for writing");
   }
 
-  model::KvState kv = net.new_kv_state();
-  std::vector<int32_t> positions(prompt_ids.size());
-  for (size_t i = 0; i < positions.size(); ++i) positions[i] = int32_t(i);
+  std::unique_ptr<DeviceRegistry> registry;
+  std::unique_ptr<engine::OpenClModel> engine;
+  std::unique_ptr<Runner> runner;
+  if (reference) {
+    runner = std::make_unique<ReferenceRunner>(spec);
+  } else {
+    registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
+    auto config = engine::config_from_cli(config_path, sets, device);
+    const int ctx = int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,
+                                         std::max<size_t>(256, prompt_ids.size() + size_t(n_predict) + 16)));
+    const auto footprint = engine::footprint_of(spec, ctx);
+    ProbeCache probes(ProbeCache::default_dir());
+    auto plan = engine::plan_for(*registry, config, footprint, &probes);
+    engine::EngineOptions eo;
+    eo.max_sequences = 1;
+    eo.max_context = ctx;
+    eo.balancer = balancer || (config.balancer && plan.devices.size() > 1 && vm.count("config"));
+    eo.profile = true;
+    eo.progress = progress_display();
+    const auto tl = Clock::now();
+    engine = std::make_unique<engine::OpenClModel>(spec, *registry, plan, footprint, eo);
+    std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n", double(engine->uploaded_bytes()) / 1048576.0,
+                 plan.devices.size(), std::chrono::duration<double>(Clock::now() - tl).count());
+    runner = std::make_unique<OpenClRunner>(*engine);
+  }
 
   const auto t0 = Clock::now();
-  std::vector<float> logits = net.forward(prompt_ids, positions, kv);
+  std::vector<float> logits = runner->prefill(prompt_ids);
   const auto t1 = Clock::now();
   int generated = 0;
   for (int i = 0; i < n_predict; ++i) {
@@ -144,8 +303,7 @@ int run_generate(const std::vector<std::string>& args) {
     std::fflush(stdout);
     if (end && !ignore_eos) break;
     if (i + 1 == n_predict) break;
-    const int32_t pos = int32_t(kv.n_past);
-    logits = net.forward(std::span<const int32_t>(&next, 1), std::span<const int32_t>(&pos, 1), kv);
+    logits = runner->decode(next);
   }
   const auto t2 = Clock::now();
   std::printf("\n");
@@ -154,13 +312,15 @@ int run_generate(const std::vector<std::string>& args) {
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
   std::fprintf(stderr,
                "prompt tokens: %zu, generated tokens: %d, prefill %.3f s (%.1f tokens/s), "
-               "generation %.3f s (%.1f tokens/s), total %.3f s\n",
+               "decode %.3f s (%.1f tokens/s), total %.3f s\n",
                prompt_ids.size(), generated, prefill_s, double(prompt_ids.size()) / prefill_s, decode_s,
-               generated > 0 ? double(generated) / decode_s : 0.0, prefill_s + decode_s);
+               generated > 1 ? double(generated - 1) / decode_s : 0.0, prefill_s + decode_s);
+  if (engine) print_engine_summary(*engine);
   return 0;
 }
 
-const CommandRegistrar kRegistrar("run", "generate text from a prompt (--reference: scalar host path)", run_generate);
+const CommandRegistrar kRegistrar("run", "generate text from a prompt on the OpenCL devices (--reference: host path)",
+                                  run_generate);
 
 }  // namespace
 }  // namespace tessera::cli

@@ -50,6 +50,26 @@ struct OpenClModel::DeviceCtx {
   ClMem p_tok, p_exp, p_w, p_off;
   std::vector<int32_t> h_tok, h_exp, h_off;
   std::vector<float> h_w, staging;
+  // Profiling: each launch's completion event, by op family (only when EngineOptions::profile).
+  bool profile = false;
+  std::vector<std::pair<const char*, cl_event>> events;
+  cl_event* prof(const char* family) {
+    if (!profile) return nullptr;
+    events.emplace_back(family, nullptr);
+    return &events.back().second;  // written by the launch before the next prof() call
+  }
+  // Adds the device time of every recorded event to `seconds` (call after the queue finished).
+  void collect(std::map<std::string, double>& seconds) {
+    for (auto& [family, ev] : events) {
+      if (!ev) continue;
+      cl_ulong start = 0, end = 0;
+      if (clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(start), &start, nullptr) == CL_SUCCESS &&
+          clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr) == CL_SUCCESS && end > start)
+        seconds[family] += double(end - start) * 1e-9;
+      clReleaseEvent(ev);
+    }
+    events.clear();
+  }
 };
 
 struct OpenClModel::LayerWeights {
@@ -131,6 +151,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   for (size_t d = 0; d < plan_.devices.size(); ++d) {
     auto c = std::make_unique<DeviceCtx>();
     c->index = int(d);
+    c->profile = options_.profile;
     c->dev = &registry.get(plan_.devices[d].id);
     const Device& dev = *c->dev;
     c->mm = std::make_unique<ops::MatmulOp>(dev);
@@ -326,18 +347,18 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   const int K = int(hp.n_expert_used);
   const int pairs = n * K;
   const uint32_t ff = hp.n_ff_exp;
-  home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n);
+  home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
   home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(), 0,
-                    home.topk_w.get(), 0);
+                    home.topk_w.get(), 0, {{}, home.prof("routing")});
   if (w.all_on_home && !balancer_->enabled()) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
     auto& s = w.shards[size_t(home.index)];
-    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs);
-    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs);
-    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff}, uint32_t(pairs), ff);
-    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(), home.topk_ids.get(), pairs);
+    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff}, uint32_t(pairs), ff, {{}, home.prof("activation")});
+    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
     home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0, home.token_pairs.get(), nullptr,
-                      uint32_t(n), hp.n_embd, true);
+                      uint32_t(n), hp.n_embd, true, {{}, home.prof("moe_combine")});
     stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
     return;
   }
@@ -390,13 +411,13 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
       c.dev->write(c.p_exp.get(), 0, c.h_exp.data(), size_t(np) * 4, false);
       c.dev->write(c.p_w.get(), 0, c.h_w.data(), size_t(np) * 4, false);
       c.dev->write(c.p_off.get(), 0, c.h_off.data(), c.h_off.size() * 4, false);
-      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np);
-      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np);
-      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff);
-      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np);
+      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
+      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
+      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff, {{}, c.prof("activation")});
+      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(), nullptr,
-                     uint32_t(n), hp2.n_embd, is_home);
+                     uint32_t(n), hp2.n_embd, is_home, {{}, c.prof("moe_combine")});
       if (!is_home) {
         c.staging.resize(size_t(n) * hp2.n_embd);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
@@ -414,7 +435,7 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   for (int d : remote) {
     DeviceCtx& c = ctx(d);
     home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
-    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd);
+    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd, {{}, home.prof("elementwise")});
   }
 }
 
@@ -449,7 +470,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
 
   home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
   const ops::DeviceTable table{embd_table_.get(), 0, spec_.token_embd->type, hp.n_embd, hp.n_vocab};
-  home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0);
+  home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0, {{}, home.prof("embedding")});
 
   DeviceCtx* cur = &home;
   const uint32_t E = hp.n_embd;
@@ -461,37 +482,37 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     }
     auto& w = *layers_[l];
     const auto& ls = spec_.layers[l];
-    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps);
-    c.mm->run(w.wq, c.xn.get(), 0, c.q.get(), 0, n);
-    c.mm->run(w.wk, c.xn.get(), 0, c.k.get(), 0, n);
-    c.mm->run(w.wv, c.xn.get(), 0, c.v.get(), 0, n);
+    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps, {{}, c.prof("norm")});
+    c.mm->run(w.wq, c.xn.get(), 0, c.q.get(), 0, n, {}, c.prof("matmul"));
+    c.mm->run(w.wk, c.xn.get(), 0, c.k.get(), 0, n, {}, c.prof("matmul"));
+    c.mm->run(w.wv, c.xn.get(), 0, c.v.get(), 0, n, {}, c.prof("matmul"));
     if (ls.q_norm) {
-      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head, hp.head_dim, hp.rms_eps);
-      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv, hp.head_dim, hp.rms_eps);
+      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head, hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
+      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv, hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
     }
     ops::RopeShape rq{uint32_t(n), hp.n_head, hp.head_dim, hp.n_rot, 0, hp.rope_freq_base, spec_.arch->rope_mode};
     ops::RopeShape rk = rq;
     rk.n_head = hp.n_head_kv;
-    c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq);
-    c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk);
+    c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq, {{}, c.prof("rope")});
+    c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk, {{}, c.prof("rope")});
     const auto layer_view = kv_->layer(int32_t(l));
-    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n);
+    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n, {}, c.prof("kv_write"));
     if (decode) {
-      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes);
+      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes, {}, c.prof("attention"));
     } else {
-      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n);
+      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {}, c.prof("attention"));
     }
-    c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n);
-    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E);
-    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps);
+    c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
+    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E, {{}, c.prof("elementwise")});
+    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps, {{}, c.prof("norm")});
     if (ls.is_moe()) {
       moe_layer(int(l), c, n);
     } else {
-      c.mm->run(w.gate, c.xn.get(), 0, c.g.get(), 0, n);
-      c.mm->run(w.up, c.xn.get(), 0, c.u.get(), 0, n);
-      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff}, uint32_t(n), hp.n_ff);
-      c.mm->run(w.down, c.h.get(), 0, c.xn.get(), 0, n);
-      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E);
+      c.mm->run(w.gate, c.xn.get(), 0, c.g.get(), 0, n, {}, c.prof("matmul"));
+      c.mm->run(w.up, c.xn.get(), 0, c.u.get(), 0, n, {}, c.prof("matmul"));
+      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff}, uint32_t(n), hp.n_ff, {{}, c.prof("activation")});
+      c.mm->run(w.down, c.h.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
+      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E, {{}, c.prof("elementwise")});
     }
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, size_t(n) * E * 4);
@@ -502,16 +523,16 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                                               [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
   if (consecutive && !b.logit_rows.empty()) {
     home.norm->rms_norm(home.x.get(), uint32_t(b.logit_rows[0]) * E, output_norm_.get(), 0, home.xn.get(), 0,
-                        uint32_t(b.logit_rows.size()), E, hp.rms_eps);
+                        uint32_t(b.logit_rows.size()), E, hp.rms_eps, {{}, home.prof("norm")});
   } else {
     for (size_t i = 0; i < b.logit_rows.size(); ++i) {
       const uint32_t row = uint32_t(b.logit_rows[i]);
       home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(), uint32_t(i) * E, 1, E,
-                          hp.rms_eps);
+                          hp.rms_eps, {{}, home.prof("norm")});
     }
   }
   if (!b.logit_rows.empty()) {
-    home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()));
+    home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()), {}, home.prof("matmul"));
     home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
   } else {
     home.dev->finish();
@@ -519,6 +540,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   for (auto& c : ctxs_)
     if (c.get() != &home && c->has_layers) c->dev->finish();
 
+  for (auto& c : ctxs_) c->collect(stats_.device_op_seconds);
   ++stats_.steps;
   balancer_->end_step();
   if (balancer_->enabled()) {

@@ -30,6 +30,7 @@ struct EngineOptions {
   int kv_block_size = 16;
   int kv_blocks = 0;            // 0: enough for max_sequences sequences of max_context tokens
   bool balancer = false;
+  bool profile = false;         // time every launch with profiling events (EngineStats::device_op_seconds)
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -45,7 +46,8 @@ struct StepBatch {
 
 // Time and counters per op family and device, for the run summary.
 struct EngineStats {
-  std::map<std::string, double> op_seconds;     // host-side wall time per op family (enqueue+wait)
+  std::map<std::string, double> op_seconds;        // wall time of prefill and decode steps
+  std::map<std::string, double> device_op_seconds; // device time per op family (profile option)
   std::vector<double> device_seconds;           // per plan device: busy time of expert work
   std::vector<uint64_t> expert_hits;            // per plan device: expert selections served
   uint64_t balancer_moves = 0;
