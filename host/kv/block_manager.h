@@ -6,10 +6,11 @@
 #include <cstdint>
 #include <optional>
 #include <span>
-#include <stdexcept>
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "host/common/error.h"
 
 namespace tessera::kv {
 
@@ -17,16 +18,14 @@ using SeqId = int32_t;
 
 // The pool has too few free blocks for a reservation (reserve()); try_reserve() reports the same
 // condition by returning nullopt. Either way nothing was changed.
-class KvCacheFullError : public std::runtime_error {
- public:
-  using std::runtime_error::runtime_error;
+struct KvCacheFullError : TesseraError {
+  using TesseraError::TesseraError;
 };
 
 // A call named a sequence that does not exist (never created or already freed), or had a bad
 // argument (negative token count).
-class KvCacheUsageError : public std::invalid_argument {
- public:
-  using std::invalid_argument::invalid_argument;
+struct KvCacheUsageError : TesseraError {
+  using TesseraError::TesseraError;
 };
 
 // A device copy the caller must perform before writing the reserved slots: block `src`'s contents

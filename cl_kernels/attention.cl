@@ -1,0 +1,289 @@
+// Attention over the paged KV cache: KV write (scatter new tokens into their slots), flash-style
+// causal prefill attention, split-K decode attention + its reduce. Grouped-query: query head h
+// reads KV head h / GROUP.
+//
+// Build macros (host/ops/device/attention.cpp): HEAD_DIM (multiple of 4), BLOCK_SIZE, N_HEAD,
+// N_HEAD_KV, KV_FORMAT_*; tuning: PF_BQ (query rows per prefill tile), PF_TPR (work items per row),
+// PF_KT (kv tokens per prefill tile; divides BLOCK_SIZE), DEC_LWS (decode work-group size),
+// DEC_TILE (decode kv tokens per tile), RED_LWS (reduce work-group size).
+//
+// Layouts: q, out [batch token][N_HEAD][HEAD_DIM] f32; k_new, v_new [batch token][N_HEAD_KV][HEAD_DIM]
+// f32; `meta` int32 holds the batch description (host/kv/kv_view.h KvBatchView): block tables
+// [seq row][bt_stride], token_seq, token_pos, token_slot. Token t attends to positions [0, pos_t]
+// of its sequence, all of which are written before the attention runs.
+#include "common.clh"
+#include "attention_kv.clh"
+
+#define GROUP (N_HEAD / N_HEAD_KV)
+
+// ---- (a) KV write: grid (items per row, N_HEAD_KV, n_tokens). CPUs pass 1 item per row, so each
+// work item streams one contiguous row; GPUs pass HEAD_DIM / 4 items, one float4 each.
+__kernel void kv_write(__global const float* k_new, uint k_off, __global const float* v_new,
+                       uint v_off, __global const int* meta, uint slot_off, uint first_token,
+                       __global kv_elem_t* k_pool, __global kv_elem_t* v_pool) {
+  const uint t = first_token + get_global_id(2);
+  const int h = get_global_id(1);
+  const int slot = meta[slot_off + t];
+  if (slot < 0) return;  // padding token: nothing to store
+  const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+  const size_t src = ((size_t)t * N_HEAD_KV + h) * HEAD_DIM;
+  for (int d = get_global_id(0) * 4; d < HEAD_DIM; d += get_global_size(0) * 4) {
+    kv_store4(k_pool, row, d, vload4(0, k_new + k_off + src + d));
+    kv_store4(v_pool, row, d, vload4(0, v_new + v_off + src + d));
+  }
+}
+
+// ---- (b) Prefill: one work-group per (tile of PF_BQ consecutive batch tokens, query head);
+// PF_BQ * PF_TPR work items; row r = lid / PF_TPR is served by PF_TPR items. The tile's rows are
+// processed in runs of equal sequence; a run walks its sequence's KV in PF_KT-token tiles held in
+// local memory as float, with an online softmax per row (running max, sum, rescaled output).
+#define PF_WG (PF_BQ * PF_TPR)
+#define PF_OWN (HEAD_DIM / PF_TPR)
+#define PF_KSTRIDE (HEAD_DIM + 1)  // padding: items of one row read different K rows, other banks
+
+__kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
+void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
+                       __global const int* meta, uint bt_off, uint bt_stride, uint seq_off,
+                       uint pos_off, uint first_token, uint n_tokens, float scale,
+                       __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool) {
+  __local float qs[PF_BQ * HEAD_DIM];
+  __local float ks[PF_KT * PF_KSTRIDE];
+  __local float vs[PF_KT * HEAD_DIM];
+  __local float ss[PF_BQ * PF_KT];
+  __local int rseq[PF_BQ], rpos[PF_BQ];
+  __local float rm[PF_BQ], rl[PF_BQ], ralpha[PF_BQ];
+
+  const int lid = get_local_id(0);
+  const int r = lid / PF_TPR, c = lid % PF_TPR;
+  const int h = get_group_id(1), kvh = h / GROUP;
+  const uint row0 = get_group_id(0) * PF_BQ;
+  const int rows = min((uint)PF_BQ, n_tokens - row0);
+
+  for (int i = lid; i < PF_BQ; i += PF_WG) {
+    const uint t = first_token + row0 + i;
+    rseq[i] = i < rows ? meta[seq_off + t] : -1;
+    rpos[i] = i < rows ? meta[pos_off + t] : -1;
+  }
+  for (int i = lid; i < PF_BQ * HEAD_DIM; i += PF_WG) {
+    const int rr = i / HEAD_DIM, d = i % HEAD_DIM;
+    qs[i] = rr < rows ? q[q_off + ((size_t)(first_token + row0 + rr) * N_HEAD + h) * HEAD_DIM + d] * scale
+                      : 0.0f;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+
+  float o[PF_OWN];
+  int run_start = 0;
+  while (run_start < rows) {  // uniform: every item reads the same local values
+    const int s = rseq[run_start];
+    int run_end = run_start + 1;
+    int max_pos = rpos[run_start];
+    while (run_end < rows && rseq[run_end] == s) max_pos = max(max_pos, rpos[run_end++]);
+    const bool mine = r >= run_start && r < run_end;
+    const int my_pos = mine ? rpos[r] : -1;
+    for (int i = 0; i < PF_OWN; ++i) o[i] = 0.0f;
+    if (mine && c == 0) {
+      rm[r] = -INFINITY;
+      rl[r] = 0.0f;
+    }
+    const int n_kv = max_pos + 1;
+    __global const int* table = meta + bt_off + (size_t)s * bt_stride;
+    for (int j0 = 0; j0 < n_kv; j0 += PF_KT) {
+      const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
+      // The tile's rows are contiguous in the pool (PF_KT divides BLOCK_SIZE). Rows past n_kv were
+      // never written: load zeros so masked scores meet finite values.
+      for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
+        const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
+        const bool valid = j0 + jj < n_kv;
+        const float4 k4 = valid ? kv_load4(k_pool, base, i) : (float4)(0.0f);
+        const float4 v4 = valid ? kv_load4(v_pool, base, i) : (float4)(0.0f);
+        __local float* kd = ks + jj * PF_KSTRIDE + d;
+        kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
+        vstore4(v4, 0, vs + i);
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      if (mine) {
+        for (int jj = c; jj < PF_KT; jj += PF_TPR) {
+          float acc = -INFINITY;
+          if (j0 + jj <= my_pos) {
+            acc = 0.0f;
+            for (int d = 0; d < HEAD_DIM; ++d) acc += qs[r * HEAD_DIM + d] * ks[jj * PF_KSTRIDE + d];
+          }
+          ss[r * PF_KT + jj] = acc;
+        }
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      if (mine && c == 0) {
+        const float m_old = rm[r];
+        float mx = m_old;
+        for (int jj = 0; jj < PF_KT; ++jj) mx = fmax(mx, ss[r * PF_KT + jj]);
+        // mx is finite: position j0 <= my_pos is visible in every tile this row reaches with
+        // a score (tile 0 always holds position 0).
+        float sum = 0.0f;
+        for (int jj = 0; jj < PF_KT; ++jj) {
+          const float p = exp(ss[r * PF_KT + jj] - mx);
+          ss[r * PF_KT + jj] = p;
+          sum += p;
+        }
+        const float alpha = exp(m_old - mx);  // 0 on the first tile (m_old = -inf)
+        rl[r] = rl[r] * alpha + sum;
+        rm[r] = mx;
+        ralpha[r] = alpha;
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+      if (mine) {
+        const float alpha = ralpha[r];
+        for (int i = 0; i < PF_OWN; ++i) {
+          const int d = c + i * PF_TPR;
+          float acc = o[i] * alpha;
+          for (int jj = 0; jj < PF_KT; ++jj) acc += ss[r * PF_KT + jj] * vs[jj * HEAD_DIM + d];
+          o[i] = acc;
+        }
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ks, vs, ss
+    }
+    if (mine) {
+      const float inv = 1.0f / rl[r];
+      __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
+      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = o[i] * inv;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    run_start = run_end;
+  }
+}
+
+// ---- (c) Split-K decode: one work-group per (context chunk, KV head, token) serves the GROUP
+// query heads of that KV head, so each K/V row is read once per group. It writes a partial
+// (max, sum, unnormalized output) per query head and chunk to `part`:
+//   part [token][N_HEAD][n_chunks][2 + HEAD_DIM]
+// Items of a tile each take whole tokens for the scores (a token's row is contiguous) and
+// (head, dim) pairs for the output, so neighbouring GPU items read neighbouring V elements and a
+// CPU work-group of one item streams K and V rows in order.
+#define DEC_PAIRS (GROUP * HEAD_DIM)
+#define DEC_OWN ((DEC_PAIRS + DEC_LWS - 1) / DEC_LWS)
+
+__kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
+void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
+                              uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
+                              uint first_token, uint chunk_tokens, uint n_chunks, float scale,
+                              __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
+                              __global float* part) {
+  __local float qs[GROUP * HEAD_DIM];
+  __local float ss[GROUP * DEC_TILE];
+  __local float gm[GROUP], gl[GROUP], galpha[GROUP];
+
+  const int lid = get_local_id(0);
+  const uint chunk = get_group_id(0);
+  const int kvh = get_group_id(1);
+  const uint ti = get_group_id(2);
+  const uint t = first_token + ti;
+  const int s = meta[seq_off + t];
+  const int n_kv = meta[pos_off + t] + 1;
+  const int start = chunk * chunk_tokens;
+  const int end = min(start + (int)chunk_tokens, n_kv);
+  __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
+  const size_t head_stride = (size_t)n_chunks * (2 + HEAD_DIM);
+
+  if (start >= end) {  // chunk past this token's context: an empty partial (uniform per group)
+    for (int g = lid; g < GROUP; g += DEC_LWS) {
+      dst[g * head_stride] = -INFINITY;
+      dst[g * head_stride + 1] = 0.0f;
+    }
+    return;
+  }
+  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
+    qs[i] = q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+  for (int g = lid; g < GROUP; g += DEC_LWS) {
+    gm[g] = -INFINITY;
+    gl[g] = 0.0f;
+  }
+  float o[DEC_OWN];
+  for (int i = 0; i < DEC_OWN; ++i) o[i] = 0.0f;
+  barrier(CLK_LOCAL_MEM_FENCE);
+
+  __global const int* table = meta + bt_off + (size_t)s * bt_stride;
+  for (int j0 = start; j0 < end; j0 += DEC_TILE) {
+    const int n = min(DEC_TILE, end - j0);
+    for (int jj = lid; jj < n; jj += DEC_LWS) {
+      const int pj = j0 + jj;
+      const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
+      float acc[GROUP];
+      for (int g = 0; g < GROUP; ++g) acc[g] = 0.0f;
+      for (int d = 0; d < HEAD_DIM; d += 4) {
+        const float4 k4 = kv_load4(k_pool, row, d);
+        for (int g = 0; g < GROUP; ++g) acc[g] += dot(k4, vload4(0, qs + g * HEAD_DIM + d));
+      }
+      for (int g = 0; g < GROUP; ++g) ss[g * DEC_TILE + jj] = acc[g];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int g = lid; g < GROUP; g += DEC_LWS) {
+      const float m_old = gm[g];
+      float mx = m_old;
+      for (int jj = 0; jj < n; ++jj) mx = fmax(mx, ss[g * DEC_TILE + jj]);
+      float sum = 0.0f;
+      for (int jj = 0; jj < n; ++jj) {
+        const float p = exp(ss[g * DEC_TILE + jj] - mx);
+        ss[g * DEC_TILE + jj] = p;
+        sum += p;
+      }
+      const float alpha = exp(m_old - mx);
+      gl[g] = gl[g] * alpha + sum;
+      gm[g] = mx;
+      galpha[g] = alpha;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int i = 0; i < DEC_OWN; ++i) {
+      const int e = lid + i * DEC_LWS;
+      if (e < DEC_PAIRS) o[i] *= galpha[e / HEAD_DIM];
+    }
+    for (int jj = 0; jj < n; ++jj) {
+      const int pj = j0 + jj;
+      const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
+      for (int i = 0; i < DEC_OWN; ++i) {
+        const int e = lid + i * DEC_LWS;
+        if (e < DEC_PAIRS) o[i] += ss[(e / HEAD_DIM) * DEC_TILE + jj] * kv_load1(v_pool, row, e % HEAD_DIM);
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ss
+  }
+  for (int i = 0; i < DEC_OWN; ++i) {
+    const int e = lid + i * DEC_LWS;
+    if (e < DEC_PAIRS) dst[(e / HEAD_DIM) * head_stride + 2 + e % HEAD_DIM] = o[i];
+  }
+  for (int g = lid; g < GROUP; g += DEC_LWS) {
+    dst[g * head_stride] = gm[g];
+    dst[g * head_stride + 1] = gl[g];
+  }
+}
+
+// Combines the chunks' partials of one (token, query head): grid (RED_LWS, N_HEAD, n_tokens).
+#define RED_OWN ((HEAD_DIM + RED_LWS - 1) / RED_LWS)
+
+__kernel __attribute__((reqd_work_group_size(RED_LWS, 1, 1)))
+void attention_decode_reduce(__global const float* part, uint n_chunks, uint first_token,
+                             __global float* out, uint out_off) {
+  const int lid = get_local_id(0);
+  const int h = get_group_id(1);
+  const uint ti = get_group_id(2);
+  __global const float* src = part + ((size_t)ti * N_HEAD + h) * n_chunks * (2 + HEAD_DIM);
+  float m = -INFINITY;
+  for (uint c = 0; c < n_chunks; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);
+  float l = 0.0f;
+  float acc[RED_OWN];
+  for (int i = 0; i < RED_OWN; ++i) acc[i] = 0.0f;
+  for (uint c = 0; c < n_chunks; ++c) {
+    __global const float* p = src + c * (2 + HEAD_DIM);
+    if (p[1] == 0.0f) continue;  // empty chunk (its max is -inf)
+    const float w = exp(p[0] - m);
+    l += p[1] * w;
+    for (int i = 0; i < RED_OWN; ++i) {
+      const int d = lid + i * RED_LWS;
+      if (d < HEAD_DIM) acc[i] += p[2 + d] * w;
+    }
+  }
+  const float inv = 1.0f / l;
+  __global float* dst = out + out_off + ((size_t)(first_token + ti) * N_HEAD + h) * HEAD_DIM;
+  for (int i = 0; i < RED_OWN; ++i) {
+    const int d = lid + i * RED_LWS;
+    if (d < HEAD_DIM) dst[d] = acc[i] * inv;
+  }
+}

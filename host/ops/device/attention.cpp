@@ -1,0 +1,197 @@
+// Attention launchers: program options from the shape and tuning, work sizes, decode split policy.
+#include "host/ops/device/attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+namespace tessera::ops {
+
+namespace {
+
+// Most chunks per (token, KV head) of a decode launch: bounds the workspace and the reduce's work.
+constexpr int32_t kMaxDecodeChunks = 64;
+
+template <typename T>
+void set_arg(const Device& d, cl_kernel k, cl_uint i, const T& v) {
+  cl_int err = clSetKernelArg(k, i, sizeof(T), &v);
+  if (err != CL_SUCCESS) throw ClError("clSetKernelArg(#" + std::to_string(i) + ")", err, d.info().label());
+}
+
+template <typename... A>
+void set_args(const Device& d, cl_kernel k, const A&... args) {
+  cl_uint i = 0;
+  (set_arg(d, k, i++, args), ...);
+}
+
+void launch(const Device& d, cl_kernel k, const size_t (&global)[3], const size_t (&local)[3],
+            std::span<const cl_event> wait, cl_event* done, const char* name) {
+  cl_int err = clEnqueueNDRangeKernel(d.queue(), k, 3, nullptr, global, local, cl_uint(wait.size()),
+                                      wait.empty() ? nullptr : wait.data(), done);
+  if (err != CL_SUCCESS) throw ClError(std::string("clEnqueueNDRangeKernel(") + name + ")", err, d.info().label());
+}
+
+int32_t largest_divisor_at_most(int32_t n, int32_t cap) {
+  for (int32_t v = std::min(n, cap); v > 1; --v)
+    if (n % v == 0) return v;
+  return 1;
+}
+
+void check_range(const kv::KvBatchView& b, int32_t first, int32_t n, const char* what) {
+  if (first < 0 || n < 0 || int64_t(first) + n > b.n_tokens)
+    throw AttentionError(std::string("attention ") + what + ": tokens [" + std::to_string(first) +
+                                ", " + std::to_string(int64_t(first) + n) + ") outside the batch's " +
+                                std::to_string(b.n_tokens));
+}
+
+}  // namespace
+
+AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& c) {
+  AttentionTuning t;
+  const bool cpu = device.info().type == DeviceType::kCpu;
+  if (cpu) {
+    // PoCL runs a work-group on one core: one item per query row / per decode chunk streams rows
+    // contiguously; tiles sized for L1.
+    t.prefill_rows = 16;
+    t.prefill_row_items = 1;
+    t.prefill_kv_tile = largest_divisor_at_most(c.block_size, 32);
+    t.decode_items = 1;
+    t.decode_tile = 64;
+    t.reduce_items = 1;
+  } else {
+    t.prefill_rows = 16;
+    t.prefill_row_items = c.head_dim % 8 == 0 ? 8 : 4;
+    t.prefill_kv_tile = largest_divisor_at_most(c.block_size, 16);
+    t.decode_items = 128;
+    t.decode_tile = 128;
+    t.reduce_items = c.head_dim >= 64 ? 64 : 32;
+  }
+  return t;
+}
+
+AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
+                         std::optional<AttentionTuning> tuning)
+    : device_(&device), config_(config), tuning_(tuning ? *tuning : default_attention_tuning(device, config)) {
+  const auto& c = config_;
+  const auto& t = tuning_;
+  auto unsupported = [&](const std::string& why) {
+    throw AttentionUnsupported("attention on " + device.info().label() + ": " + why);
+  };
+  if (c.n_head < 1 || c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
+    unsupported("n_head " + std::to_string(c.n_head) + " must be a positive multiple of n_head_kv " +
+                std::to_string(c.n_head_kv));
+  if (c.head_dim < 4 || c.head_dim % 4 != 0)
+    unsupported("head_dim " + std::to_string(c.head_dim) + " must be a positive multiple of 4");
+  if (c.block_size < 1) unsupported("block_size " + std::to_string(c.block_size) + " must be >= 1");
+  if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
+      t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
+      t.decode_tile < 1 || t.reduce_items < 1)
+    unsupported("tuning does not fit the shape (row items must divide head_dim, the KV tile block_size)");
+  const uint64_t wg_max = device.info().max_work_group_size;
+  if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max || uint64_t(t.decode_items) > wg_max ||
+      uint64_t(t.reduce_items) > wg_max)
+    unsupported("work-group size over the device's " + std::to_string(wg_max));
+  const int32_t group = c.n_head / c.n_head_kv;
+  const uint64_t prefill_local =
+      4ull * (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
+              uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
+              5ull * t.prefill_rows);
+  const uint64_t decode_local = 4ull * (uint64_t(group) * (c.head_dim + t.decode_tile) + 3ull * group);
+  const uint64_t local_max = device.info().local_mem_bytes;
+  if (prefill_local > local_max || decode_local > local_max)
+    unsupported("needs " + std::to_string(std::max(prefill_local, decode_local)) +
+                " bytes of local memory, the device has " + std::to_string(local_max));
+  scale_ = c.scale != 0.0f ? c.scale : 1.0f / std::sqrt(float(c.head_dim));
+
+  const std::string options =
+      "-DHEAD_DIM=" + std::to_string(c.head_dim) + " -DBLOCK_SIZE=" + std::to_string(c.block_size) +
+      " -DN_HEAD=" + std::to_string(c.n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) + " -D" +
+      std::string(kv::kv_format_traits(c.format).kernel_macro) + " -DPF_BQ=" + std::to_string(t.prefill_rows) +
+      " -DPF_TPR=" + std::to_string(t.prefill_row_items) + " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +
+      " -DDEC_LWS=" + std::to_string(t.decode_items) + " -DDEC_TILE=" + std::to_string(t.decode_tile) +
+      " -DRED_LWS=" + std::to_string(t.reduce_items);
+  write_ = device.kernel("attention", "kv_write", options);
+  prefill_ = device.kernel("attention", "attention_prefill", options);
+  decode_ = device.kernel("attention", "attention_decode_partial", options);
+  reduce_ = device.kernel("attention", "attention_decode_reduce", options);
+}
+
+void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem k_new,
+                           size_t k_offset, cl_mem v_new, size_t v_offset, int32_t first_token,
+                           int32_t n_tokens, std::span<const cl_event> wait, cl_event* done) {
+  check_range(b, first_token, n_tokens, "write_kv");
+  if (n_tokens == 0) return;
+  const Device& d = *device_;
+  set_args(d, write_.get(), k_new, cl_uint(k_offset), v_new, cl_uint(v_offset), b.meta,
+           cl_uint(b.token_slot_offset), cl_uint(first_token), layer.k, layer.v);
+  const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.head_dim / 4);
+  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1},
+         wait, done, "kv_write");
+}
+
+void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
+                          size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+                          int32_t n_tokens, std::span<const cl_event> wait, cl_event* done) {
+  check_range(b, first_token, n_tokens, "prefill");
+  if (n_tokens == 0) return;
+  const Device& d = *device_;
+  set_args(d, prefill_.get(), q, cl_uint(q_offset), out, cl_uint(out_offset), b.meta,
+           cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset),
+           cl_uint(b.token_pos_offset), cl_uint(first_token), cl_uint(n_tokens), scale_, layer.k, layer.v);
+  const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
+  const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
+  launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, wait, done,
+         "attention_prefill");
+}
+
+DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) const {
+  const int64_t tiles = std::max<int64_t>(1, (int64_t(max_context) + tuning_.decode_tile - 1) / tuning_.decode_tile);
+  // Enough work-groups to fill the device a few times over; no more chunks than tiles.
+  const int64_t target = 4 * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
+  const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.n_head_kv);
+  int64_t chunks = std::clamp<int64_t>((target + per_chunk - 1) / per_chunk, 1,
+                                       std::min<int64_t>(kMaxDecodeChunks, tiles));
+  DecodeSplit s;
+  s.chunk_tokens = int32_t((tiles + chunks - 1) / chunks * tuning_.decode_tile);
+  s.n_chunks = int32_t(std::max<int64_t>(1, (int64_t(max_context) + s.chunk_tokens - 1) / s.chunk_tokens));
+  return s;
+}
+
+size_t AttentionOp::decode_workspace_bytes(int32_t max_tokens, int32_t max_context) const {
+  // Token count times chunks is not monotonic in the token count (fewer tokens, more chunks):
+  // take the largest over every count up to max_tokens.
+  size_t most = 0;
+  for (int32_t n = 1; n <= max_tokens; ++n) {
+    const DecodeSplit s = decode_split(n, max_context);
+    most = std::max(most, size_t(n) * size_t(s.n_chunks));
+  }
+  return most * size_t(config_.n_head) * size_t(config_.head_dim + 2) * sizeof(float);
+}
+
+void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
+                         size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+                         int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
+                         std::span<const cl_event> wait, cl_event* done) {
+  check_range(b, first_token, n_tokens, "decode");
+  if (n_tokens == 0) return;
+  const Device& d = *device_;
+  const DecodeSplit s = decode_split(n_tokens, b.max_context);
+  const size_t need = size_t(n_tokens) * size_t(s.n_chunks) * size_t(config_.n_head) *
+                      size_t(config_.head_dim + 2) * sizeof(float);
+  if (workspace_bytes < need)
+    throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
+                                " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
+  set_args(d, decode_.get(), q, cl_uint(q_offset), b.meta, cl_uint(b.block_tables_offset),
+           cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
+           cl_uint(first_token), cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v,
+           workspace);
+  const size_t lws = size_t(tuning_.decode_items);
+  launch(d, decode_.get(), {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)},
+         {lws, 1, 1}, wait, nullptr, "attention_decode_partial");
+  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, cl_uint(out_offset));
+  const size_t rl = size_t(tuning_.reduce_items);
+  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1}, {}, done,
+         "attention_decode_reduce");
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,104 @@
+// Attention over the paged KV cache (host/kv): the KV write, flash-style causal prefill and split-K
+// decode kernels of cl_kernels/attention.cl, for one (device, head shape, KV format).
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <span>
+
+#include "devices/device.h"
+#include "host/common/error.h"
+#include "host/kv/kv_view.h"
+
+namespace tessera::ops {
+
+struct AttentionConfig {
+  int32_t n_head = 0;      // query heads
+  int32_t n_head_kv = 0;   // KV heads; n_head % n_head_kv == 0 (query head h reads h / group)
+  int32_t head_dim = 0;    // multiple of 4 (8, 64, 128 tested)
+  int32_t block_size = 16; // the cache's tokens per block: <= 32 or a multiple of 32
+  kv::KvFormat format = kv::KvFormat::kF16;
+  float scale = 0.0f;      // score scale; 0 means 1 / sqrt(head_dim)
+};
+
+// Work decomposition; defaults per device type (default_attention_tuning), overridable for tuning.
+struct AttentionTuning {
+  int32_t prefill_rows = 16;      // query tokens per prefill work-group
+  int32_t prefill_row_items = 1;  // work items per query row (divides head_dim)
+  int32_t prefill_kv_tile = 16;   // KV tokens per prefill tile (divides block_size)
+  int32_t decode_items = 1;       // decode work-group size
+  int32_t decode_tile = 64;       // KV tokens scored per decode step of a work-group
+  int32_t reduce_items = 1;       // reduce work-group size
+};
+AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& config);
+
+// Bad launch arguments (token range outside the batch, workspace too small).
+struct AttentionError : TesseraError {
+  using TesseraError::TesseraError;
+};
+// A shape or tuning that cannot run on a device (local memory, work-group size, head size).
+struct AttentionUnsupported : AttentionError {
+  using AttentionError::AttentionError;
+};
+
+// How a decode launch splits the context: n_chunks work-groups per (token, KV head), each over
+// chunk_tokens positions.
+struct DecodeSplit {
+  int32_t n_chunks = 1;
+  int32_t chunk_tokens = 0;
+};
+
+// Launches are asynchronous on device.queue(): they wait for `wait`, and when `done` is not null
+// store there a new event (the caller owns it) of their last kernel. No allocation, no program
+// lookup, no blocking inside a launch. Not thread-safe: one op object per engine thread (kernel
+// objects hold arguments).
+//
+// Token ranges: every launch works on batch tokens [first_token, first_token + n_tokens) of the
+// KvBatchView; q / out / k_new / v_new rows are indexed by the batch token (row t at element
+// offset + t * row length), so one forward step's projections are passed whole.
+class AttentionOp {
+ public:
+  // Builds the program for this shape (cached by the device's program cache). Throws
+  // AttentionUnsupported on a shape or tuning the device cannot run.
+  AttentionOp(const Device& device, const AttentionConfig& config,
+              std::optional<AttentionTuning> tuning = std::nullopt);
+
+  const AttentionConfig& config() const { return config_; }
+  const AttentionTuning& tuning() const { return tuning_; }
+  float scale() const { return scale_; }
+
+  // (a) Stores K and V of the tokens (f32 [batch token][n_head_kv][head_dim], after RoPE) into their
+  // slots (batch.token_slot; a slot < 0 is skipped) in the layer's pools, in the cache's format.
+  void write_kv(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem k_new,
+                size_t k_offset, cl_mem v_new, size_t v_offset, int32_t first_token,
+                int32_t n_tokens, std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+
+  // (b) Causal attention of the tokens (q f32 [batch token][n_head][head_dim]) over their
+  // sequences' KV, written to out (same layout). Flash-style: query tiles of consecutive tokens
+  // of one sequence share each K/V tile. Any tokens work; it is the fast path for prefill chunks.
+  void prefill(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
+               size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+               int32_t n_tokens, std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+
+  // (c) Same result by split-K: each token's context is cut into chunks scored by separate
+  // work-groups, then a reduce combines them. The fast path for decode tokens (one per sequence).
+  // `workspace` holds at least decode_workspace_bytes(n_tokens, batch.max_context) bytes.
+  void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
+              size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+              int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
+              std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+
+  DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
+  // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context
+  // (allocate once per engine, at the batch and context limits).
+  size_t decode_workspace_bytes(int32_t max_tokens, int32_t max_context) const;
+
+ private:
+  const Device* device_;
+  AttentionConfig config_;
+  AttentionTuning tuning_;
+  float scale_;
+  ClKernel write_, prefill_, decode_, reduce_;
+};
+
+}  // namespace tessera::ops

@@ -1,0 +1,244 @@
+// Test harness for the attention kernels: a paged cache on one device plus a host mirror of every
+// sequence's K/V history (f16-rounded, as the cache stores it), so each step's kernel outputs can
+// be checked against reference::causal_attention over contiguous history.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+#include <vector>
+
+#include "host/common/half.h"
+#include "host/kv/kv_batch.h"
+#include "host/kv/paged_kv_cache.h"
+#include "host/ops/device/attention.h"
+#include "host/ops/reference/attention.h"
+
+namespace tessera::test {
+
+using kv::SeqId;
+
+// How a step's tokens are attended.
+enum class AttnKernel {
+  kPrefill,  // the flash prefill kernel over the whole batch
+  kDecode,   // the split-K decode kernel over the whole batch
+  kMixed,    // per batch entry: decode kernel for 1-token entries, prefill for longer ones
+};
+
+struct StepEntry {
+  SeqId seq;
+  int32_t n_new;  // tokens this sequence adds (and attends with) in the step
+};
+
+struct StepError {
+  double max_rel = 0;  // max |got - ref| / max |ref|
+  size_t nonfinite = 0;
+  bool guard_ok = true;
+};
+
+inline float round_f16(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
+
+class AttentionHarness {
+ public:
+  // `poison`: fill the pools with f16 NaN first, so reading a slot no token wrote shows up.
+  AttentionHarness(const Device& device, const ops::AttentionConfig& config, int32_t n_blocks,
+                   bool poison = true, int32_t n_layer = 1)
+      : device_(device),
+        config_(config),
+        cache_({n_layer, config.n_head_kv, config.head_dim, config.block_size, n_blocks, kv::KvFormat::kF16},
+               std::vector<const Device*>(size_t(n_layer), &device)),
+        op_(device, config),
+        batch_(device) {
+    if (poison) {
+      const uint16_t nan = 0x7E00;
+      for (int32_t l = 0; l < n_layer; ++l)
+        for (cl_mem m : {cache_.layer(l).k, cache_.layer(l).v})
+          CL_CHECK(clEnqueueFillBuffer(device.queue(), m, &nan, 2, 0, cache_.layout().pool_bytes(), 0,
+                                       nullptr, nullptr),
+                   device.id());
+    }
+  }
+
+  kv::PagedKvCache& cache() { return cache_; }
+  ops::AttentionOp& op() { return op_; }
+
+  SeqId create() {
+    SeqId s = cache_.create_sequence();
+    k_[s], v_[s];
+    return s;
+  }
+  SeqId fork(SeqId parent) {
+    SeqId s = cache_.fork_sequence(parent);
+    k_[s] = k_[parent];
+    v_[s] = v_[parent];
+    return s;
+  }
+  void free(SeqId s) {
+    cache_.free_sequence(s);
+    k_.erase(s);
+    v_.erase(s);
+  }
+
+  // One forward step: reserves, writes K/V with the kv_write kernel, runs attention, compares.
+  // `interleave` moves the first entry's last token to the end of the batch (tokens of one
+  // sequence not consecutive). Also checks the pool holds the f16 of what was written.
+  StepError step(const std::vector<StepEntry>& entries, AttnKernel kernel, uint32_t seed,
+                 bool interleave = false) {
+    const int32_t H = config_.n_head, HK = config_.n_head_kv, D = config_.head_dim;
+    std::vector<SeqId> seqs;
+    std::vector<int32_t> tseq, tpos;
+    std::vector<std::pair<int32_t, int32_t>> ranges;  // per entry: first batch token, count
+    for (size_t e = 0; e < entries.size(); ++e) {
+      kv::KvReservation r = cache_.reserve(entries[e].seq, entries[e].n_new);
+      seqs.push_back(entries[e].seq);
+      ranges.push_back({int32_t(tseq.size()), entries[e].n_new});
+      for (int32_t i = 0; i < entries[e].n_new; ++i) {
+        tseq.push_back(int32_t(e));
+        tpos.push_back(r.first_pos + i);
+      }
+    }
+    std::vector<int32_t> order(tseq.size());
+    for (size_t i = 0; i < order.size(); ++i) order[i] = int32_t(i);
+    if (interleave && entries.size() > 1 && entries[0].n_new > 1) {
+      order.erase(order.begin() + entries[0].n_new - 1);
+      order.push_back(entries[0].n_new - 1);
+    }
+    const size_t T = tseq.size();
+    std::vector<int32_t> bseq(T), bpos(T);
+    for (size_t i = 0; i < T; ++i) {
+      bseq[i] = tseq[size_t(order[i])];
+      bpos[i] = tpos[size_t(order[i])];
+    }
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    std::vector<float> q(T * H * D), k(T * HK * D), v(T * HK * D);
+    for (float& x : q) x = 2.0f * u(rng);  // peaky enough softmax to make masking errors visible
+    for (float& x : k) x = u(rng);
+    for (float& x : v) x = u(rng);
+    // Host mirror: histories grow by the rounded rows, in position order.
+    for (size_t i = 0; i < T; ++i) {
+      const SeqId s = seqs[size_t(bseq[i])];
+      auto& hk = k_[s];
+      auto& hv = v_[s];
+      const size_t need = size_t(bpos[i] + 1) * HK * D;
+      if (hk.size() < need) {
+        hk.resize(need);
+        hv.resize(need);
+      }
+      for (int32_t j = 0; j < HK * D; ++j) {
+        hk[size_t(bpos[i]) * HK * D + j] = round_f16(k[i * HK * D + j]);
+        hv[size_t(bpos[i]) * HK * D + j] = round_f16(v[i * HK * D + j]);
+      }
+    }
+
+    kv::KvBatchView view = batch_.upload(cache_.blocks(), seqs, bseq, bpos);
+    ClMem qb = device_.alloc(q.size() * 4), kb = device_.alloc(k.size() * 4), vb = device_.alloc(v.size() * 4);
+    const size_t out_floats = q.size();
+    constexpr size_t kGuard = 256;
+    ClMem ob = device_.alloc((out_floats + kGuard) * 4);
+    device_.write(qb.get(), 0, q.data(), q.size() * 4);
+    device_.write(kb.get(), 0, k.data(), k.size() * 4);
+    device_.write(vb.get(), 0, v.data(), v.size() * 4);
+    std::vector<float> sentinel(out_floats + kGuard, -12345.0f);
+    device_.write(ob.get(), 0, sentinel.data(), sentinel.size() * 4);
+
+    const kv::KvLayerView layer = cache_.layer(0);
+    op_.write_kv(view, layer, kb.get(), 0, vb.get(), 0, 0, int32_t(T));
+    ClMem ws;
+    size_t ws_bytes = 0;
+    auto ensure_ws = [&] {
+      if (!ws) {
+        ws_bytes = op_.decode_workspace_bytes(int32_t(T), view.max_context);
+        ws = device_.alloc(ws_bytes);
+      }
+    };
+    if (kernel == AttnKernel::kPrefill) {
+      op_.prefill(view, layer, qb.get(), 0, ob.get(), 0, 0, int32_t(T));
+    } else if (kernel == AttnKernel::kDecode) {
+      ensure_ws();
+      op_.decode(view, layer, qb.get(), 0, ob.get(), 0, 0, int32_t(T), ws.get(), ws_bytes);
+    } else {
+      EXPECT_FALSE(interleave) << "kMixed needs each entry's tokens consecutive";
+      for (auto [first, n] : ranges) {
+        if (n == 1) {
+          ensure_ws();
+          op_.decode(view, layer, qb.get(), 0, ob.get(), 0, first, n, ws.get(), ws_bytes);
+        } else {
+          op_.prefill(view, layer, qb.get(), 0, ob.get(), 0, first, n);
+        }
+      }
+    }
+    std::vector<float> out(out_floats + kGuard);
+    device_.read(ob.get(), 0, out.data(), out.size() * 4);
+
+    StepError err;
+    for (size_t i = out_floats; i < out.size(); ++i) err.guard_ok &= out[i] == -12345.0f;
+    // Pool contents: every written slot holds the f16 of its row.
+    {
+      std::vector<uint16_t> pool(cache_.layout().pool_bytes() / 2);
+      device_.read(layer.k, 0, pool.data(), pool.size() * 2);
+      const auto& slots = batch_.host_slots();
+      const int32_t bs = config_.block_size;
+      for (size_t i = 0; i < T; ++i)
+        for (int32_t h = 0; h < HK; ++h)
+          for (int32_t d = 0; d < D; ++d) {
+            const size_t at = ((size_t(slots[i] / bs) * HK + h) * bs + slots[i] % bs) * D + d;
+            if (pool[at] != fp32_to_fp16(k[(i * HK + h) * D + d])) {
+              ADD_FAILURE() << "pool slot " << slots[i] << " head " << h << " dim " << d << " holds "
+                            << pool[at] << ", not the f16 of the written K";
+              return err;
+            }
+          }
+    }
+    // Reference per entry: its tokens, sorted by position, are the last rows of its history.
+    double max_ref = 0, max_diff = 0;
+    for (size_t e = 0; e < entries.size(); ++e) {
+      std::vector<size_t> rows;  // batch rows of this entry in position order
+      for (size_t i = 0; i < T; ++i)
+        if (bseq[i] == int32_t(e)) rows.push_back(i);
+      std::sort(rows.begin(), rows.end(), [&](size_t a, size_t b) { return bpos[a] < bpos[b]; });
+      const int32_t last = bpos[rows.back()];
+      const SeqId s = entries[e].seq;
+      std::vector<float> qe, ref(rows.size() * H * D);
+      for (size_t r : rows) qe.insert(qe.end(), q.begin() + ptrdiff_t(r * H * D), q.begin() + ptrdiff_t((r + 1) * H * D));
+      const size_t kv_len = size_t(last + 1) * HK * D;
+      std::span<const float> ks(k_[s].data(), kv_len), vs(v_[s].data(), kv_len);
+      reference::causal_attention(qe, ks, vs, {H, HK, D}, op_.scale(), ref);
+      for (size_t ri = 0; ri < rows.size(); ++ri)
+        for (int32_t j = 0; j < H * D; ++j) {
+          const float g = out[rows[ri] * H * D + j], rv = ref[ri * H * D + j];
+          if (!std::isfinite(g)) ++err.nonfinite;
+          max_ref = std::max(max_ref, double(std::fabs(rv)));
+          max_diff = std::max(max_diff, double(std::fabs(g - rv)));
+        }
+    }
+    err.max_rel = max_ref > 0 ? max_diff / max_ref : max_diff;
+    return err;
+  }
+
+ private:
+  const Device& device_;
+  ops::AttentionConfig config_;
+  kv::PagedKvCache cache_;
+  ops::AttentionOp op_;
+  kv::KvBatchBuffers batch_;
+  std::map<SeqId, std::vector<float>> k_, v_;  // f16-rounded history [pos][n_head_kv][head_dim]
+};
+
+// Tolerance of the normalized max error: K/V are f16 in both paths, so only f32 summation order
+// and exp differ.
+constexpr double kAttnTolerance = 1e-5;
+
+#define EXPECT_STEP_OK(expr)                                  \
+  do {                                                        \
+    const ::tessera::test::StepError e_ = (expr);             \
+    EXPECT_TRUE(e_.guard_ok) << "write past the output";      \
+    EXPECT_EQ(e_.nonfinite, 0u);                              \
+    EXPECT_LE(e_.max_rel, ::tessera::test::kAttnTolerance);   \
+  } while (0)
+
+}  // namespace tessera::test

@@ -1,0 +1,139 @@
+// Attention kernels over the paged KV cache, on every OpenCL device, against the scalar reference:
+// head sizes 8/64/128, GQA, odd lengths, block sizes, shared prefixes with copy-on-write, mixed
+// prefill + decode batches, split-K over long contexts, freeing and reuse, bad arguments.
+#include <gtest/gtest.h>
+
+#include "attention_harness.h"
+
+namespace tessera::test {
+namespace {
+
+DeviceRegistry& registry() {
+  static DeviceRegistry reg = DeviceRegistry::discover();
+  return reg;
+}
+
+struct Shape {
+  int32_t n_head, n_head_kv, head_dim, block_size;
+};
+
+class AttentionShapes : public ::testing::TestWithParam<Shape> {};
+
+// Prefill of an odd-length prompt, a second chunk, then decode steps, each through every kernel.
+TEST_P(AttentionShapes, PrefillChunksThenDecode) {
+  const Shape sh = GetParam();
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    ops::AttentionConfig c{sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size};
+    for (AttnKernel kernel : {AttnKernel::kPrefill, AttnKernel::kDecode}) {
+      AttentionHarness h(*dev, c, 64);
+      SeqId a = h.create();
+      EXPECT_STEP_OK(h.step({{a, 37}}, kernel, 1));
+      EXPECT_STEP_OK(h.step({{a, 5}}, kernel, 2));
+      for (uint32_t i = 0; i < 3; ++i) EXPECT_STEP_OK(h.step({{a, 1}}, kernel, 3 + i));
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Heads, AttentionShapes,
+                         ::testing::Values(Shape{8, 4, 8, 16},     // stories260K-like
+                                           Shape{8, 2, 64, 16},    // GQA group 4
+                                           Shape{4, 4, 64, 32},    // MHA, 32-token blocks
+                                           Shape{4, 1, 128, 16},   // MQA, head 128
+                                           Shape{6, 2, 128, 8}),   // blocks smaller than tiles
+                         [](const auto& info) {
+                           const Shape s = info.param;
+                           return "h" + std::to_string(s.n_head) + "kv" + std::to_string(s.n_head_kv) +
+                                  "d" + std::to_string(s.head_dim) + "bs" + std::to_string(s.block_size);
+                         });
+
+// Many sequences forked from shared prefixes (partially filled last blocks, so copy-on-write),
+// stepping together in mixed batches: prefill chunks and decode tokens in one step.
+TEST(Attention, SharedPrefixesMixedBatches) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    ops::AttentionConfig c{8, 2, 64, 16};
+    AttentionHarness h(*dev, c, 96);
+    SeqId root = h.create();
+    EXPECT_STEP_OK(h.step({{root, 21}}, AttnKernel::kPrefill, 10));
+    std::vector<SeqId> kids;
+    for (int i = 0; i < 5; ++i) kids.push_back(h.fork(root));
+    SeqId other = h.create();
+    const int32_t used_before = h.cache().blocks().blocks_used();
+    // Step 1: kids 0-2 decode, kid 3 prefills a chunk, `other` starts its prompt.
+    EXPECT_STEP_OK(h.step({{kids[0], 1}, {kids[1], 1}, {kids[2], 1}, {kids[3], 9}, {other, 13}},
+                          AttnKernel::kMixed, 11));
+    // Each of the 4 kids wrote into the shared partial block: 4 copies (the root keeps its own).
+    EXPECT_GE(h.cache().blocks().blocks_used(), used_before + 4);
+    EXPECT_EQ(h.cache().blocks().block_table(kids[0])[0], h.cache().blocks().block_table(root)[0]);
+    // Step 2: everyone decodes, the root too (it still shares its first block with all kids).
+    std::vector<StepEntry> all{{root, 1}, {other, 1}};
+    for (SeqId k : kids) all.push_back({k, 1});
+    EXPECT_STEP_OK(h.step(all, AttnKernel::kMixed, 12));
+    EXPECT_STEP_OK(h.step(all, AttnKernel::kDecode, 13));
+    EXPECT_STEP_OK(h.step(all, AttnKernel::kPrefill, 14));
+    // Forks of forks, then a prefill chunk across a block boundary for one of them.
+    SeqId grandkid = h.fork(kids[4]);
+    EXPECT_STEP_OK(h.step({{grandkid, 19}, {kids[4], 2}, {kids[1], 1}}, AttnKernel::kMixed, 15));
+    // Batch tokens of one sequence not consecutive: the prefill kernel processes runs.
+    EXPECT_STEP_OK(h.step({{kids[2], 6}, {kids[0], 3}}, AttnKernel::kPrefill, 16, /*interleave=*/true));
+    EXPECT_STEP_OK(h.step({{kids[3], 4}, {root, 2}}, AttnKernel::kDecode, 17, /*interleave=*/true));
+  }
+}
+
+// Contexts long enough for several decode chunks (the reduce combines them), at lengths that are
+// not multiples of the block or tile sizes.
+TEST(Attention, SplitKLongContext) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    ops::AttentionConfig c{4, 1, 64, 16};
+    AttentionHarness h(*dev, c, 256);
+    SeqId a = h.create(), b = h.create();
+    EXPECT_STEP_OK(h.step({{a, 1201}, {b, 333}}, AttnKernel::kPrefill, 20));
+    const auto split = h.op().decode_split(2, 1202);
+    EXPECT_GT(split.n_chunks, 1) << "the test should exercise the reduce";
+    EXPECT_STEP_OK(h.step({{a, 1}, {b, 1}}, AttnKernel::kDecode, 21));
+    EXPECT_STEP_OK(h.step({{b, 1}}, AttnKernel::kDecode, 22));
+  }
+}
+
+// Freed sequences' blocks are reused by new ones; nothing of the old contents leaks in.
+TEST(Attention, FreeAndReuse) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    ops::AttentionConfig c{4, 2, 8, 16};
+    AttentionHarness h(*dev, c, 8);  // 128 tokens in all
+    SeqId a = h.create(), b = h.create();
+    EXPECT_STEP_OK(h.step({{a, 60}, {b, 50}}, AttnKernel::kPrefill, 30));
+    EXPECT_THROW(h.cache().reserve(a, 20), kv::KvCacheFullError);
+    EXPECT_FALSE(h.cache().try_reserve(b, 20).has_value());
+    h.free(a);
+    SeqId d = h.create();
+    EXPECT_STEP_OK(h.step({{d, 45}, {b, 1}}, AttnKernel::kMixed, 31));
+    EXPECT_STEP_OK(h.step({{d, 1}, {b, 1}}, AttnKernel::kDecode, 32));
+    EXPECT_STEP_OK(h.step({{d, 1}, {b, 1}}, AttnKernel::kPrefill, 33));
+  }
+}
+
+TEST(Attention, BadArguments) {
+  const Device& d = *registry().devices().front();
+  EXPECT_THROW(ops::AttentionOp(d, {6, 4, 64, 16}), ops::AttentionUnsupported);  // 6 % 4
+  EXPECT_THROW(ops::AttentionOp(d, {4, 4, 62, 16}), ops::AttentionUnsupported);  // 62 % 4
+  ops::AttentionTuning t = ops::default_attention_tuning(d, {4, 4, 64, 16});
+  t.prefill_kv_tile = 5;
+  EXPECT_THROW(ops::AttentionOp(d, {4, 4, 64, 16}, t), ops::AttentionUnsupported);
+  AttentionHarness h(d, {4, 4, 64, 16}, 8);
+  SeqId a = h.create();
+  EXPECT_STEP_OK(h.step({{a, 3}}, AttnKernel::kPrefill, 40));
+  kv::KvBatchBuffers batch(d);
+  std::vector<SeqId> seqs{a};
+  std::vector<int32_t> ts{0}, tp{2};
+  kv::KvBatchView v = batch.upload(h.cache().blocks(), seqs, ts, tp);
+  ClMem buf = d.alloc(4096);
+  EXPECT_THROW(h.op().prefill(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 2), ops::AttentionError);
+  EXPECT_THROW(h.op().decode(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 1, buf.get(), 4),
+               ops::AttentionError);  // workspace too small
+}
+
+}  // namespace
+}  // namespace tessera::test
