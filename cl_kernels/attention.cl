@@ -16,6 +16,17 @@
 
 #define GROUP (N_HEAD / N_HEAD_KV)
 
+// Horizontal sum of a row-kernel vector.
+inline float hsum(floatv v) {
+#if VW == 8
+  const float4 a = v.lo + v.hi;
+#else
+  const float4 a = v;
+#endif
+  return (a.x + a.y) + (a.z + a.w);
+}
+
+
 // ---- (a) KV write: grid (items per row, N_HEAD_KV, n_tokens). CPUs pass 1 item per row, so each
 // work item streams one contiguous row; GPUs pass HEAD_DIM / 4 items, one float4 each.
 __kernel void kv_write(__global const float* k_new, uint k_off, __global const float* v_new,
@@ -105,8 +116,16 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         for (int jj = c; jj < PF_KT; jj += PF_TPR) {
           float acc = -INFINITY;
           if (j0 + jj <= my_pos) {
+#if PF_TPR == 1
+            // One item per row (CPUs): explicit vectors, since nothing is vectorized across items.
+            floatv a = (floatv)(0.0f);
+            for (int i = 0; i < HEAD_DIM / VW; ++i)
+              a = fma(vloadv(i, qs + r * HEAD_DIM), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
+            acc = hsum(a);
+#else
             acc = 0.0f;
             for (int d = 0; d < HEAD_DIM; ++d) acc += qs[r * HEAD_DIM + d] * ks[jj * PF_KSTRIDE + d];
+#endif
           }
           ss[r * PF_KT + jj] = acc;
         }
@@ -130,6 +149,16 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         ralpha[r] = alpha;
       }
       barrier(CLK_LOCAL_MEM_FENCE);
+#if PF_TPR == 1
+      if (mine) {
+        const float alpha = ralpha[r];
+        for (int i = 0; i < HEAD_DIM / VW; ++i) {
+          floatv acc = vloadv(i, o) * alpha;
+          for (int jj = 0; jj < PF_KT; ++jj) acc = fma((floatv)(ss[r * PF_KT + jj]), vloadv(i, vs + jj * HEAD_DIM), acc);
+          vstorev(acc, i, o);
+        }
+      }
+#else
       if (mine) {
         const float alpha = ralpha[r];
         for (int i = 0; i < PF_OWN; ++i) {
@@ -139,6 +168,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
           o[i] = acc;
         }
       }
+#endif
       barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ks, vs, ss
     }
     if (mine) {
@@ -285,5 +315,90 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
   for (int i = 0; i < RED_OWN; ++i) {
     const int d = lid + i * RED_LWS;
     if (d < HEAD_DIM) dst[d] = acc[i] * inv;
+  }
+}
+
+// ---- (c') Split-K decode, row-streaming form for CPUs: one work item per (chunk, KV head,
+// token) walks its chunk block by block; a block's head slice is one contiguous range of rows, read
+// once with wide vector loads (PoCL runs a one-item work-group as plain scalar code, so explicit
+// vectors and independent accumulators carry the speed). Same partial layout as above.
+#define DR_TILE 16  // tokens scored before their values are accumulated
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
+                           uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
+                           uint first_token, uint chunk_tokens, uint n_chunks, float scale,
+                           __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
+                           __global float* part) {
+  const uint chunk = get_global_id(0);
+  const int kvh = get_global_id(1);
+  const uint ti = get_global_id(2);
+  const uint t = first_token + ti;
+  const int s = meta[seq_off + t];
+  const int n_kv = meta[pos_off + t] + 1;
+  const int start = chunk * chunk_tokens;
+  const int end = min(start + (int)chunk_tokens, n_kv);
+  __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
+  const size_t head_stride = (size_t)n_chunks * (2 + HEAD_DIM);
+  if (start >= end) {
+    for (int g = 0; g < GROUP; ++g) {
+      dst[g * head_stride] = -INFINITY;
+      dst[g * head_stride + 1] = 0.0f;
+    }
+    return;
+  }
+  floatv qv[GROUP * HEAD_DIM / VW];
+  floatv o[GROUP * HEAD_DIM / VW];
+  __global const float* qsrc = q + q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM;
+  for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) {
+    qv[i] = vloadv(i, qsrc) * scale;
+    o[i] = (floatv)(0.0f);
+  }
+  float m[GROUP], l[GROUP];
+  for (int g = 0; g < GROUP; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  float sc[GROUP][DR_TILE];
+  __global const int* table = meta + bt_off + (size_t)s * bt_stride;
+  for (int j0 = start; j0 < end;) {
+    // A run of tokens inside one block: contiguous rows.
+    const int n = min(min(end, (j0 / BLOCK_SIZE + 1) * BLOCK_SIZE) - j0, DR_TILE);
+    const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
+    for (int jj = 0; jj < n; ++jj) {
+      floatv acc[GROUP];
+      for (int g = 0; g < GROUP; ++g) acc[g] = (floatv)(0.0f);
+      for (int i = 0; i < HEAD_DIM / VW; ++i) {
+        const floatv kv = kv_loadv(k_pool, base + (size_t)jj * HEAD_DIM, i * VW);
+        for (int g = 0; g < GROUP; ++g) acc[g] = fma(kv, qv[g * (HEAD_DIM / VW) + i], acc[g]);
+      }
+      for (int g = 0; g < GROUP; ++g) sc[g][jj] = hsum(acc[g]);
+    }
+    for (int g = 0; g < GROUP; ++g) {
+      float mx = m[g];
+      for (int jj = 0; jj < n; ++jj) mx = fmax(mx, sc[g][jj]);
+      const float alpha = exp(m[g] - mx);
+      float sum = 0.0f;
+      for (int jj = 0; jj < n; ++jj) {
+        sc[g][jj] = exp(sc[g][jj] - mx);
+        sum += sc[g][jj];
+      }
+      l[g] = l[g] * alpha + sum;
+      m[g] = mx;
+      for (int i = 0; i < HEAD_DIM / VW; ++i) o[g * (HEAD_DIM / VW) + i] *= alpha;
+    }
+    for (int jj = 0; jj < n; ++jj) {
+      for (int i = 0; i < HEAD_DIM / VW; ++i) {
+        const floatv vv = kv_loadv(v_pool, base + (size_t)jj * HEAD_DIM, i * VW);
+        for (int g = 0; g < GROUP; ++g)
+          o[g * (HEAD_DIM / VW) + i] = fma((floatv)(sc[g][jj]), vv, o[g * (HEAD_DIM / VW) + i]);
+      }
+    }
+    j0 += n;
+  }
+  for (int g = 0; g < GROUP; ++g) {
+    dst[g * head_stride] = m[g];
+    dst[g * head_stride + 1] = l[g];
+    for (int i = 0; i < HEAD_DIM / VW; ++i) vstorev(o[g * (HEAD_DIM / VW) + i], i, dst + g * head_stride + 2);
   }
 }

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstring>
 #include <map>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -46,12 +47,13 @@ class AttentionHarness {
  public:
   // `poison`: fill the pools with f16 NaN first, so reading a slot no token wrote shows up.
   AttentionHarness(const Device& device, const ops::AttentionConfig& config, int32_t n_blocks,
-                   bool poison = true, int32_t n_layer = 1)
+                   bool poison = true, int32_t n_layer = 1,
+                   std::optional<ops::AttentionTuning> tuning = std::nullopt)
       : device_(device),
         config_(config),
         cache_({n_layer, config.n_head_kv, config.head_dim, config.block_size, n_blocks, kv::KvFormat::kF16},
                std::vector<const Device*>(size_t(n_layer), &device)),
-        op_(device, config),
+        op_(device, config, tuning),
         batch_(device) {
     if (poison) {
       const uint16_t nan = 0x7E00;

@@ -115,6 +115,30 @@ TEST(Attention, FreeAndReuse) {
   }
 }
 
+// Both decode kernels (work-group and row-streaming) and a GPU-style prefill decomposition on every
+// device, whatever the device's defaults are.
+TEST(Attention, EveryVariantOnEveryDevice) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    for (Shape sh : {Shape{8, 2, 64, 16}, Shape{4, 4, 12, 16}}) {
+      ops::AttentionConfig c{sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size};
+      ops::AttentionTuning t = ops::default_attention_tuning(*dev, c);
+      t.decode_rows = !t.decode_rows;
+      t.decode_items = 64;
+      t.decode_tile = 32;
+      t.reduce_items = 8;
+      t.prefill_row_items = t.prefill_row_items == 1 ? 4 : 1;
+      t.prefill_rows = 8;
+      t.prefill_kv_tile = 8;
+      AttentionHarness h(*dev, c, 64, true, 1, t);
+      SeqId a = h.create(), b = h.create();
+      EXPECT_STEP_OK(h.step({{a, 150}, {b, 7}}, AttnKernel::kPrefill, 50));
+      EXPECT_STEP_OK(h.step({{a, 1}, {b, 1}}, AttnKernel::kDecode, 51));
+      EXPECT_STEP_OK(h.step({{b, 1}, {a, 3}}, AttnKernel::kMixed, 52));
+    }
+  }
+}
+
 TEST(Attention, BadArguments) {
   const Device& d = *registry().devices().front();
   EXPECT_THROW(ops::AttentionOp(d, {6, 4, 64, 16}), ops::AttentionUnsupported);  // 6 % 4

@@ -55,6 +55,7 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     t.prefill_rows = 16;
     t.prefill_row_items = 1;
     t.prefill_kv_tile = largest_divisor_at_most(c.block_size, 32);
+    t.decode_rows = true;
     t.decode_items = 1;
     t.decode_tile = 64;
     t.reduce_items = 1;
@@ -113,6 +114,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   write_ = device.kernel("attention", "kv_write", options);
   prefill_ = device.kernel("attention", "attention_prefill", options);
   decode_ = device.kernel("attention", "attention_decode_partial", options);
+  decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
   reduce_ = device.kernel("attention", "attention_decode_reduce", options);
 }
 
@@ -181,13 +183,14 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   if (workspace_bytes < need)
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
                                 " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
-  set_args(d, decode_.get(), q, cl_uint(q_offset), b.meta, cl_uint(b.block_tables_offset),
+  cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
+  set_args(d, k, q, cl_uint(q_offset), b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
            cl_uint(first_token), cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v,
            workspace);
-  const size_t lws = size_t(tuning_.decode_items);
-  launch(d, decode_.get(), {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)},
-         {lws, 1, 1}, wait, nullptr, "attention_decode_partial");
+  const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
+  launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)}, {lws, 1, 1},
+         wait, nullptr, tuning_.decode_rows ? "attention_decode_rows" : "attention_decode_partial");
   set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, cl_uint(out_offset));
   const size_t rl = size_t(tuning_.reduce_items);
   launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1}, {}, done,

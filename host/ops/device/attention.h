@@ -26,7 +26,9 @@ struct AttentionTuning {
   int32_t prefill_rows = 16;      // query tokens per prefill work-group
   int32_t prefill_row_items = 1;  // work items per query row (divides head_dim)
   int32_t prefill_kv_tile = 16;   // KV tokens per prefill tile (divides block_size)
-  int32_t decode_items = 1;       // decode work-group size
+  bool decode_rows = false;       // decode by attention_decode_rows (one item streams whole rows
+                                  // with vector loads: CPUs) instead of the work-group kernel
+  int32_t decode_items = 1;       // decode work-group size (work-group kernel)
   int32_t decode_tile = 64;       // KV tokens scored per decode step of a work-group
   int32_t reduce_items = 1;       // reduce work-group size
 };
@@ -98,7 +100,7 @@ class AttentionOp {
   AttentionConfig config_;
   AttentionTuning tuning_;
   float scale_;
-  ClKernel write_, prefill_, decode_, reduce_;
+  ClKernel write_, prefill_, decode_, decode_rows_, reduce_;
 };
 
 }  // namespace tessera::ops
