@@ -61,10 +61,11 @@ inline size_t floor_pow2(size_t n) {
 }
 
 // Work-group size of a row kernel (one work-group per row, power of two for the tree reductions):
-// on CPUs one work item per row streams it contiguously (PoCL runs a work-group on one core); on
-// GPUs up to `cap` work items share a row, no more than the row has elements.
+// on CPUs (PoCL runs a work-group on one core) short rows get one work item streaming the row, long
+// rows 8 contiguous chunks (shorter dependency chains; it also keeps the reductions exercised on
+// CPU-only CI); on GPUs up to `cap` work items share a row, no more than the row has elements.
 inline size_t row_group_size(const Device& device, cl_kernel kernel, size_t row_len, size_t cap = 256) {
-  if (device.info().type == DeviceType::kCpu) return 1;
+  if (device.info().type == DeviceType::kCpu) return row_len >= 4096 ? 8 : 1;
   size_t kernel_max = 0;
   clGetKernelWorkGroupInfo(kernel, device.handle(), CL_KERNEL_WORK_GROUP_SIZE, sizeof(kernel_max),
                            &kernel_max, nullptr);

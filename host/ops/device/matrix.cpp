@@ -69,9 +69,9 @@ std::string GuardedBuffer::check_guard() const {
   return {};
 }
 
-Comparison compare(std::span<const float> got, std::span<const float> ref) {
+Comparison compare(std::span<const float> got, std::span<const float> ref, double scale_floor) {
   Comparison c;
-  double max_ref = 0, err_sq = 0, ref_sq = 0;
+  double max_ref = scale_floor, err_sq = 0, ref_sq = 0;
   const size_t n = std::min(got.size(), ref.size());
   for (size_t i = 0; i < n; ++i) {
     const double r = ref[i];

@@ -83,13 +83,14 @@ class GuardedBuffer {
   ClMem mem_;
 };
 
-// Error of `got` against `ref`.
+// Error of `got` against `ref`. max_rel divides by max(max|ref|, scale_floor): element-wise ops
+// whose outputs can all be near zero (gelu of a negative input) pass the input's magnitude.
 struct Comparison {
   double max_abs = 0, max_rel = 0, nmse = 0;
   size_t nonfinite = 0;      // NaN/Inf in got where ref is finite
   size_t worst_index = 0;
 };
-Comparison compare(std::span<const float> got, std::span<const float> ref);
+Comparison compare(std::span<const float> got, std::span<const float> ref, double scale_floor = 0);
 
 // Verdict from a comparison, the guards ("" when intact) and a tolerance on max_rel:
 // fail on out-of-bounds writes, then on NaN/Inf, then on error above tolerance.
