@@ -22,10 +22,12 @@ void check_strides(const char* op, uint32_t cols, std::initializer_list<uint32_t
 }  // namespace
 
 ActivationOps::ActivationOps(const Device& device)
-    : device_(&device), swiglu_(device.kernel("act", "swiglu_f32")), gelu_(device.kernel("act", "gelu_f32")) {}
+    : device_(&device),
+      swiglu_(device.kernel("act", "swiglu_f32")),
+      gelu_(device.kernel("act", "gelu_f32")) {}
 
-void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows,
-                           uint32_t cols, const Events& ev) {
+void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided& out,
+                           uint32_t rows, uint32_t cols, const Events& ev) {
   check_strides("swiglu", cols, {gate.stride, up.stride, out.stride});
   if (rows == 0 || cols == 0) return;
   cl_kernel k = swiglu_.get();
@@ -36,7 +38,8 @@ void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided
   enqueue(*device_, k, 1, &global, &local, ev);
 }
 
-void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols, const Events& ev) {
+void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
+                         const Events& ev) {
   check_strides("gelu", cols, {x.stride, out.stride});
   if (rows == 0 || cols == 0) return;
   cl_kernel k = gelu_.get();
@@ -50,9 +53,11 @@ namespace {
 
 // fused: gate and up are the two halves of one [rows][2*cols] buffer, as a fused gate_up projection
 // writes them; otherwise separate packed buffers.
-MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, uint32_t cols, bool fused) {
+MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                            bool fused) {
   const size_t n = size_t(rows) * cols;
-  std::vector<float> gate = random_floats(n, 31 + cols, -6, 6), up = random_floats(n, 32 + cols, -2, 2);
+  std::vector<float> gate = random_floats(n, 31 + cols, -6, 6),
+                     up = random_floats(n, 32 + cols, -2, 2);
   std::vector<float> ref(n);
   reference::swiglu(gate, up, ref);
   ActivationOps ops(device);
@@ -61,7 +66,8 @@ MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, ui
     packed.resize(2 * n);
     for (uint32_t r = 0; r < rows; ++r) {
       std::copy_n(gate.begin() + size_t(r) * cols, cols, packed.begin() + size_t(r) * 2 * cols);
-      std::copy_n(up.begin() + size_t(r) * cols, cols, packed.begin() + size_t(r) * 2 * cols + cols);
+      std::copy_n(up.begin() + size_t(r) * cols, cols,
+                  packed.begin() + size_t(r) * 2 * cols + cols);
     }
   }
   GuardedBuffer dg(device, fused ? packed : gate), du(device, up), dout(device, n * sizeof(float));
@@ -105,12 +111,15 @@ MatrixCaseResult run_gelu(const Device& device, bool timing, uint32_t rows, uint
   return r;
 }
 
-std::string rc(uint32_t rows, uint32_t cols) { return std::to_string(rows) + "x" + std::to_string(cols); }
+std::string rc(uint32_t rows, uint32_t cols) {
+  return std::to_string(rows) + "x" + std::to_string(cols);
+}
 
 }  // namespace
 
 void register_activation_cases(std::vector<MatrixCase>& out) {
-  const std::pair<uint32_t, uint32_t> shapes[] = {{1, 14336}, {7, 1001}, {1, 1}, {3, 17}, {2, 1 << 20}};
+  const std::pair<uint32_t, uint32_t> shapes[] = {
+      {1, 14336}, {7, 1001}, {1, 1}, {3, 17}, {2, 1 << 20}};
   for (auto [rows, cols] : shapes) {
     out.push_back({"swiglu", "f32", rc(rows, cols),
                    [=](const Device& d, bool t) { return run_swiglu(d, t, rows, cols, false); }});

@@ -22,10 +22,11 @@ class ActivationOps {
 
   // out = silu(gate) * up element-wise (gate and up may be the halves of one fused projection
   // output); out may alias gate or up. Throws std::invalid_argument when a stride is below cols.
-  void swiglu(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows, uint32_t cols,
-              const Events& ev = {});
+  void swiglu(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows,
+              uint32_t cols, const Events& ev = {});
   // out = gelu(x), tanh approximation (ggml_gelu); out may alias x.
-  void gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols, const Events& ev = {});
+  void gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
+            const Events& ev = {});
 
  private:
   const Device* device_;

@@ -15,8 +15,8 @@ ElementwiseOps::ElementwiseOps(const Device& device)
       scaled_add_(device.kernel("elementwise", "scaled_add_f32")),
       argmax_(device.kernel("elementwise", "argmax_rows_f32")) {}
 
-void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out, uint32_t out_off,
-                         uint64_t n, const Events& ev) {
+void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out,
+                         uint32_t out_off, uint64_t n, const Events& ev) {
   if (n == 0) return;
   cl_kernel k = add_.get();
   set_args(*device_, k, a, a_off, b, b_off, out, out_off, cl_ulong(n));
@@ -25,8 +25,9 @@ void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_
   enqueue(*device_, k, 1, &global, &local, ev);
 }
 
-void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_off, cl_mem w, uint32_t w_off,
-                                uint32_t w_stride, uint32_t rows, uint32_t cols, const Events& ev) {
+void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_off, cl_mem w,
+                                uint32_t w_off, uint32_t w_stride, uint32_t rows, uint32_t cols,
+                                const Events& ev) {
   if (rows == 0 || cols == 0) return;
   cl_kernel k = scaled_add_.get();
   set_args(*device_, k, y, y_off, x, x_off, w, w_off, w_stride, rows, cols);
@@ -70,8 +71,8 @@ MatrixCaseResult run_add(const Device& device, bool timing, uint32_t n) {
 }
 
 // Weights as a [rows][k] routing matrix; the case accumulates slot `slot`.
-MatrixCaseResult run_scaled_add(const Device& device, bool timing, uint32_t rows, uint32_t cols, uint32_t k,
-                                uint32_t slot) {
+MatrixCaseResult run_scaled_add(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                                uint32_t k, uint32_t slot) {
   const size_t n = size_t(rows) * cols;
   const auto y = random_floats(n, 63 + cols), x = random_floats(n, 64 + cols);
   const auto w = random_floats(size_t(rows) * k, 65 + k, 0, 1);
@@ -96,7 +97,8 @@ MatrixCaseResult run_scaled_add(const Device& device, bool timing, uint32_t rows
 }
 
 // ties: the row maximum appears several times (and NaNs are sprinkled in), so the tie rule shows.
-MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, uint32_t n, bool ties) {
+MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, uint32_t n,
+                            bool ties) {
   std::vector<float> x = random_floats(size_t(rows) * n, 66 + n, -20, 20);
   if (ties) {
     std::mt19937 rng(67);
@@ -118,7 +120,8 @@ MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, ui
       r.note = g;
     }
   }
-  if (const size_t bad = count_mismatches(dids.download<int32_t>(), ref); bad > 0 && r.status == "pass") {
+  if (const size_t bad = count_mismatches(dids.download<int32_t>(), ref);
+      bad > 0 && r.status == "pass") {
     r.status = "fail";
     r.note = std::to_string(bad) + " of " + std::to_string(rows) + " row argmaxes differ";
   }
@@ -138,20 +141,31 @@ MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, ui
 
 void register_elementwise_cases(std::vector<MatrixCase>& out) {
   for (uint32_t n : {4096u, 1u, 7007u, (1u << 22) + 3}) {
-    out.push_back({"add", "f32", std::to_string(n), [=](const Device& d, bool t) { return run_add(d, t, n); }});
+    out.push_back({"add", "f32", std::to_string(n),
+                   [=](const Device& d, bool t) { return run_add(d, t, n); }});
   }
-  struct Scaled { uint32_t rows, cols, k, slot; };
-  for (Scaled s : {Scaled{1, 4096, 8, 3}, Scaled{7, 1001, 2, 1}, Scaled{1, 1, 1, 0}, Scaled{64, 2048, 8, 7}}) {
-    out.push_back({"scaled_add", "f32",
-                   std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/k" + std::to_string(s.k),
-                   [=](const Device& d, bool t) { return run_scaled_add(d, t, s.rows, s.cols, s.k, s.slot); }});
+  struct Scaled {
+    uint32_t rows, cols, k, slot;
+  };
+  for (Scaled s :
+       {Scaled{1, 4096, 8, 3}, Scaled{7, 1001, 2, 1}, Scaled{1, 1, 1, 0}, Scaled{64, 2048, 8, 7}}) {
+    out.push_back(
+        {"scaled_add", "f32",
+         std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/k" + std::to_string(s.k),
+         [=](const Device& d, bool t) {
+           return run_scaled_add(d, t, s.rows, s.cols, s.k, s.slot);
+         }});
   }
-  struct Arg { uint32_t rows, n; bool ties; };
+  struct Arg {
+    uint32_t rows, n;
+    bool ties;
+  };
   for (Arg a : {Arg{1, 32000, false}, Arg{5, 151, false}, Arg{3, 1, false}, Arg{4, 1000, true},
                 Arg{2, 151936, true}}) {
     std::string shape = std::to_string(a.rows) + "x" + std::to_string(a.n);
     if (a.ties) shape += "/ties";
-    out.push_back({"argmax", "f32", shape, [=](const Device& d, bool t) { return run_argmax(d, t, a.rows, a.n, a.ties); }});
+    out.push_back({"argmax", "f32", shape,
+                   [=](const Device& d, bool t) { return run_argmax(d, t, a.rows, a.n, a.ties); }});
   }
 }
 

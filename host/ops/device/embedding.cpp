@@ -7,6 +7,7 @@
 
 #include "host/ops/device/matrix.h"
 #include "host/ops/quant/quant.h"
+#include "host/ops/reference/matmul.h"
 
 namespace tessera::ops {
 namespace {
@@ -39,20 +40,22 @@ EmbeddingOps::EmbeddingOps(const Device& device) : device_(&device) {
   for (const auto& k : kEmbedKernels) kernels_.emplace(k.type, device.kernel("embed", k.kernel));
 }
 
-bool EmbeddingOps::supports(TensorType type) { return find_kernel(type) != nullptr; }
+bool EmbeddingOps::supports(TensorType type) {
+  return find_kernel(type) != nullptr;
+}
 
 void EmbeddingOps::lookup(const DeviceTable& table, cl_mem ids, uint32_t ids_off, uint32_t n_tokens,
                           cl_mem out, uint32_t out_off, const Events& ev) {
   const EmbedKernel* ek = find_kernel(table.type);
   if (!ek) {
-    throw std::invalid_argument("embedding: table type " + std::string(gguf::type_name(table.type)) +
-                                " has no device kernel");
+    throw std::invalid_argument("embedding: table type " +
+                                std::string(gguf::type_name(table.type)) + " has no device kernel");
   }
   const uint64_t row_bytes = gguf::row_bytes(table.type, table.cols);  // throws for partial blocks
   if (n_tokens == 0 || table.cols == 0) return;
   cl_kernel k = kernels_.at(table.type).get();
-  set_args(*device_, k, table.mem, cl_ulong(table.offset), cl_ulong(row_bytes), table.n_rows, ids, ids_off,
-           out, out_off, table.cols);
+  set_args(*device_, k, table.mem, cl_ulong(table.offset), cl_ulong(row_bytes), table.n_rows, ids,
+           ids_off, out, out_off, table.cols);
   const size_t global[2] = {(table.cols + ek->elements - 1) / ek->elements, n_tokens};
   enqueue(*device_, k, 2, global, nullptr, ev);
 }
@@ -72,10 +75,8 @@ MatrixCaseResult run_embedding(const Device& device, bool timing, TensorType typ
   for (auto& id : ids) id = int32_t(rng() % n_rows);
   ids.front() = 0;
   ids.back() = int32_t(n_rows - 1);  // first and last rows: off-by-one row addressing shows
-  // The reference is the scalar dequantizer (bit-exact with ggml) applied to each chosen row.
   std::vector<float> ref(size_t(tokens) * cols);
-  for (uint32_t t = 0; t < tokens; ++t)
-    quant::dequantize_row(type, table.data() + uint64_t(ids[t]) * row_bytes, ref.data() + size_t(t) * cols, cols);
+  reference::embedding(reference::WeightMatrix{type, table.data(), cols, n_rows}, ids, ref);
 
   EmbeddingOps ops(device);
   GuardedBuffer dtable(device, table), dids(device, ids), dout(device, ref.size() * 4);
@@ -98,18 +99,21 @@ MatrixCaseResult run_embedding(const Device& device, bool timing, TensorType typ
 }  // namespace
 
 void register_embedding_cases(std::vector<MatrixCase>& out) {
-  struct Shape { uint32_t tokens, cols; };
+  struct Shape {
+    uint32_t tokens, cols;
+  };
   for (const auto& ek : kEmbedKernels) {
     const TensorType type = ek.type;
     std::string format(gguf::type_name(type));
     for (char& c : format) c = char(std::tolower(c));
     std::vector<Shape> shapes = {{1, 4096}, {7, 768}, {3, 256}, {64, 2816}};
-    if (ek.elements == 32) shapes.push_back({5, 96});                                   // 3 blocks
+    if (ek.elements == 32) shapes.push_back({5, 96});  // 3 blocks
     if (type == TensorType::F32 || type == TensorType::F16 || type == TensorType::BF16)
       shapes.push_back({5, 1001});  // float rows need not be whole blocks
     for (Shape s : shapes) {
-      out.push_back({"embedding", format, std::to_string(s.tokens) + "x" + std::to_string(s.cols),
-                     [=](const Device& d, bool t) { return run_embedding(d, t, type, s.tokens, s.cols); }});
+      out.push_back(
+          {"embedding", format, std::to_string(s.tokens) + "x" + std::to_string(s.cols),
+           [=](const Device& d, bool t) { return run_embedding(d, t, type, s.tokens, s.cols); }});
     }
   }
 }

@@ -8,14 +8,16 @@
 
 namespace tessera::ops {
 
-RopeOps::RopeOps(const Device& device) : device_(&device), rope_(device.kernel("rope", "rope_f32")) {}
+RopeOps::RopeOps(const Device& device)
+    : device_(&device), rope_(device.kernel("rope", "rope_f32")) {}
 
 void RopeOps::rope(cl_mem x, uint32_t x_off, cl_mem pos, uint32_t pos_off, const RopeShape& s,
                    const Events& ev) {
   const uint32_t stride = s.token_stride ? s.token_stride : s.n_head * s.head_dim;
   if (s.n_rot == 0 || s.n_rot % 2 != 0 || s.n_rot > s.head_dim || stride < s.n_head * s.head_dim) {
-    throw std::invalid_argument("rope: n_rot " + std::to_string(s.n_rot) + " must be even, > 0 and <= head_dim " +
-                                std::to_string(s.head_dim) + "; token_stride " + std::to_string(stride) +
+    throw std::invalid_argument("rope: n_rot " + std::to_string(s.n_rot) +
+                                " must be even, > 0 and <= head_dim " + std::to_string(s.head_dim) +
+                                "; token_stride " + std::to_string(stride) +
                                 " must cover n_head*head_dim");
   }
   if (s.n_tokens == 0 || s.n_head == 0) return;
@@ -38,12 +40,14 @@ MatrixCaseResult run_rope(const Device& device, bool timing, RopeShape s) {
   std::vector<float> ref = x;
   for (uint32_t t = 0; t < s.n_tokens; ++t) {
     std::span<float> heads(ref.data() + size_t(t) * stride, size_t(s.n_head) * s.head_dim);
-    reference::rope(heads, int(s.n_head), int(s.head_dim), int(s.n_rot), pos[t], s.freq_base, s.mode);
+    reference::rope(heads, int(s.n_head), int(s.head_dim), int(s.n_rot), pos[t], s.freq_base,
+                    s.mode);
   }
   RopeOps ops(device);
   GuardedBuffer dx(device, x), dpos(device, pos);
   ops.rope(dx.mem(), 0, dpos.mem(), 0, s);
-  const auto got = dx.download<float>();  // whole rows: the parts that must not move are checked too
+  const auto got =
+      dx.download<float>();  // whole rows: the parts that must not move are checked too
   // theta reaches 2047 rad in float: its rounding (~1e-4 rad) bounds the error, as in ggml.
   MatrixCaseResult r = judge(compare(got, ref), 1e-3, {dx.check_guard()});
   r.bytes = double(s.n_tokens) * s.n_head * s.n_rot * 8;
@@ -61,7 +65,9 @@ MatrixCaseResult run_rope(const Device& device, bool timing, RopeShape s) {
 }  // namespace
 
 void register_rope_cases(std::vector<MatrixCase>& out) {
-  struct Shape { uint32_t tokens, heads, dim, rot, stride; };
+  struct Shape {
+    uint32_t tokens, heads, dim, rot, stride;
+  };
   // Full rotary, partial rotary, odd head counts, a tiny head, a head inside a fused QKV row.
   const Shape shapes[] = {{1, 32, 128, 128, 0}, {5, 8, 64, 32, 0}, {3, 3, 80, 64, 0},
                           {7, 2, 18, 18, 0},    {1, 1, 2, 2, 0},   {4, 4, 64, 64, 4 * 64 * 3}};

@@ -15,8 +15,8 @@ struct RopeShape {
   uint32_t n_tokens = 0;
   uint32_t n_head = 0;
   uint32_t head_dim = 0;
-  uint32_t n_rot = 0;          // even, <= head_dim; dims past it pass through
-  uint32_t token_stride = 0;   // floats between tokens; 0: n_head * head_dim (packed)
+  uint32_t n_rot = 0;         // even, <= head_dim; dims past it pass through
+  uint32_t token_stride = 0;  // floats between tokens; 0: n_head * head_dim (packed)
   float freq_base = 10000.0f;
   RopeMode mode = RopeMode::kNormal;
 };

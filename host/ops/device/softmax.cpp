@@ -25,7 +25,8 @@ namespace {
 MatrixCaseResult run_softmax(const Device& device, bool timing, uint32_t rows, uint32_t n) {
   std::vector<float> x = random_floats(size_t(rows) * n, 41 + n, -10, 10);
   std::vector<float> ref = x;
-  for (uint32_t r = 0; r < rows; ++r) reference::softmax(std::span<float>(ref.data() + size_t(r) * n, n));
+  for (uint32_t r = 0; r < rows; ++r)
+    reference::softmax(std::span<float>(ref.data() + size_t(r) * n, n));
   SoftmaxOps ops(device);
   GuardedBuffer dx(device, x), dout(device, x.size() * sizeof(float));
   ops.softmax_rows(dx.mem(), 0, dout.mem(), 0, rows, n);
@@ -45,7 +46,8 @@ MatrixCaseResult run_softmax(const Device& device, bool timing, uint32_t rows, u
 }  // namespace
 
 void register_softmax_cases(std::vector<MatrixCase>& out) {
-  const std::pair<uint32_t, uint32_t> shapes[] = {{1, 32000}, {5, 1000}, {3, 1}, {17, 33}, {2, 151936}};
+  const std::pair<uint32_t, uint32_t> shapes[] = {
+      {1, 32000}, {5, 1000}, {3, 1}, {17, 33}, {2, 151936}};
   for (auto [rows, n] : shapes) {
     out.push_back({"softmax", "f32", std::to_string(rows) + "x" + std::to_string(n),
                    [=](const Device& d, bool t) { return run_softmax(d, t, rows, n); }});

@@ -14,8 +14,8 @@ class SoftmaxOps {
   explicit SoftmaxOps(const Device& device);
 
   // out[r] = softmax(x[r]) for `rows` rows of n floats from the element offsets; out may be x.
-  void softmax_rows(cl_mem x, uint32_t x_off, cl_mem out, uint32_t out_off, uint32_t rows, uint32_t n,
-                    const Events& ev = {});
+  void softmax_rows(cl_mem x, uint32_t x_off, cl_mem out, uint32_t out_off, uint32_t rows,
+                    uint32_t n, const Events& ev = {});
 
  private:
   const Device* device_;
