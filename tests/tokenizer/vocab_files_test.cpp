@@ -200,6 +200,7 @@ TEST_P(VocabFileTest, ConcurrentEncodesAgree) {
   const auto vectors = read_vectors(vectors_);
   std::vector<std::vector<Ids>> results(4);
   std::vector<std::thread> threads;
+  threads.reserve(results.size());
   for (auto& r : results) {
     threads.emplace_back([&tok, &vectors, &r] {
       for (const auto& v : vectors) r.push_back(tok.encode(v.text, true, true));
