@@ -37,19 +37,21 @@ std::string rate(double amount, double seconds, double unit) {
   return buf;
 }
 
-void print_table(const std::vector<const Device*>& devices, const std::vector<Row>& rows, bool timing) {
+void print_table(const std::vector<const Device*>& devices, const std::vector<Row>& rows,
+                 bool timing) {
   for (const Device* d : devices) {
     std::printf("\n== %s  [%s, %s]\n", d->info().label().c_str(), d->info().platform_name.c_str(),
                 d->info().driver_version.c_str());
-    std::printf("%-14s %-13s %-14s %-11s %-9s %-9s", "kernel", "format", "shape", "status", "max_abs",
-                "max_rel");
+    std::printf("%-14s %-13s %-14s %-11s %-9s %-9s", "kernel", "format", "shape", "status",
+                "max_abs", "max_rel");
     if (timing) std::printf(" %-9s %-8s %-8s", "time_us", "GB/s", "GFLOP/s");
     std::printf("  note\n");
     for (const Row& row : rows) {
       if (row.device != d) continue;
       const auto& r = row.r;
-      std::printf("%-14s %-13s %-14s %-11s %-9.2e %-9.2e", row.c->kernel.c_str(), row.c->format.c_str(),
-                  row.c->shape.c_str(), r.status.c_str(), r.max_abs_err, r.max_rel_err);
+      std::printf("%-14s %-13s %-14s %-11s %-9.2e %-9.2e", row.c->kernel.c_str(),
+                  row.c->format.c_str(), row.c->shape.c_str(), r.status.c_str(), r.max_abs_err,
+                  r.max_rel_err);
       if (timing) {
         std::printf(" %-9.1f %-8s %-8s", r.seconds * 1e6, rate(r.bytes, r.seconds, 1e9).c_str(),
                     rate(r.flops, r.seconds, 1e9).c_str());
@@ -83,7 +85,8 @@ void print_table(const std::vector<const Device*>& devices, const std::vector<Ro
   }
 }
 
-boost::json::value to_json(const std::vector<const Device*>& devices, const std::vector<Row>& rows) {
+boost::json::value to_json(const std::vector<const Device*>& devices,
+                           const std::vector<Row>& rows) {
   boost::json::array devs;
   for (const Device* d : devices) {
     boost::json::object o;
@@ -129,8 +132,9 @@ int run_matrix(const std::vector<std::string>& args) {
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {
-    std::cout << "usage: tessera matrix [--json] [--devices cpu0,gpu0] [--filter SUBSTR] [--timing]\n"
-              << opts;
+    std::cout
+        << "usage: tessera matrix [--json] [--devices cpu0,gpu0] [--filter SUBSTR] [--timing]\n"
+        << opts;
     return 0;
   }
   const std::string filter = vm.count("filter") ? vm["filter"].as<std::string>() : "";
@@ -141,7 +145,8 @@ int run_matrix(const std::vector<std::string>& args) {
     for (const auto& c : cases) std::printf("%s\n", c.name().c_str());
     return 0;
   }
-  if (cases.empty()) throw std::runtime_error("tessera matrix: no case matches --filter '" + filter + "'");
+  if (cases.empty())
+    throw std::runtime_error("tessera matrix: no case matches --filter '" + filter + "'");
 
   auto registry = DeviceRegistry::discover();
   std::vector<const Device*> devices;
@@ -162,7 +167,8 @@ int run_matrix(const std::vector<std::string>& args) {
       if (row.r.status == "fail") {
         ++failed;
         if (!json)
-          std::fprintf(stderr, "FAIL %s on %s: %s\n", c.name().c_str(), d->id().c_str(), row.r.note.c_str());
+          std::fprintf(stderr, "FAIL %s on %s: %s\n", c.name().c_str(), d->id().c_str(),
+                       row.r.note.c_str());
       }
       rows.push_back(std::move(row));
     }
@@ -176,8 +182,8 @@ int run_matrix(const std::vector<std::string>& args) {
   return failed > 0 ? 1 : 0;
 }
 
-const CommandRegistrar kRegistrar("matrix", "run every kernel case on every device against the scalar reference",
-                     run_matrix);
+const CommandRegistrar kRegistrar(
+    "matrix", "run every kernel case on every device against the scalar reference", run_matrix);
 
 }  // namespace
 }  // namespace tessera::cli

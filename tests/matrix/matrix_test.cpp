@@ -38,21 +38,25 @@ TEST_P(Matrix, AllCasesOnAllDevices) {
       ++run;
       EXPECT_NE(r.status, "fail") << c.name() << " on " << d->info().label() << ": " << r.note
                                   << " (max_rel " << r.max_rel_err << ")";
-      if (r.status == "unsupported") std::printf("unsupported: %s on %s: %s\n", c.name().c_str(),
-                                                 d->id().c_str(), r.note.c_str());
+      if (r.status == "unsupported")
+        std::printf("unsupported: %s on %s: %s\n", c.name().c_str(), d->id().c_str(),
+                    r.note.c_str());
     }
   }
   EXPECT_GT(run, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kernels, Matrix, testing::ValuesIn(kernel_names()),
-                         [](const testing::TestParamInfo<std::string>& info) { return info.param; });
+                         [](const testing::TestParamInfo<std::string>& info) {
+                           return info.param;
+                         });
 
 // The framework itself must catch what it promises to catch.
 TEST(MatrixFramework, FamiliesAreRegistered) {
   EXPECT_FALSE(matrix_families().empty());
   std::set<std::string> names;
-  for (const auto& c : cases()) EXPECT_TRUE(names.insert(c.name()).second) << "duplicate case " << c.name();
+  for (const auto& c : cases())
+    EXPECT_TRUE(names.insert(c.name()).second) << "duplicate case " << c.name();
 }
 
 TEST(MatrixFramework, GuardCatchesOutOfBoundsWrite) {

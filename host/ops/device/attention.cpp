@@ -12,23 +12,9 @@ namespace {
 // Most chunks per (token, KV head) of a decode launch: bounds the workspace and the reduce's work.
 constexpr int32_t kMaxDecodeChunks = 64;
 
-template <typename T>
-void set_arg(const Device& d, cl_kernel k, cl_uint i, const T& v) {
-  cl_int err = clSetKernelArg(k, i, sizeof(T), &v);
-  if (err != CL_SUCCESS) throw ClError("clSetKernelArg(#" + std::to_string(i) + ")", err, d.info().label());
-}
-
-template <typename... A>
-void set_args(const Device& d, cl_kernel k, const A&... args) {
-  cl_uint i = 0;
-  (set_arg(d, k, i++, args), ...);
-}
-
 void launch(const Device& d, cl_kernel k, const size_t (&global)[3], const size_t (&local)[3],
-            std::span<const cl_event> wait, cl_event* done, const char* name) {
-  cl_int err = clEnqueueNDRangeKernel(d.queue(), k, 3, nullptr, global, local, cl_uint(wait.size()),
-                                      wait.empty() ? nullptr : wait.data(), done);
-  if (err != CL_SUCCESS) throw ClError(std::string("clEnqueueNDRangeKernel(") + name + ")", err, d.info().label());
+            const Events& ev) {
+  enqueue(d, k, 3, global, local, ev);
 }
 
 int32_t largest_divisor_at_most(int32_t n, int32_t cap) {
@@ -119,31 +105,29 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
 }
 
 void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem k_new,
-                           size_t k_offset, cl_mem v_new, size_t v_offset, int32_t first_token,
-                           int32_t n_tokens, std::span<const cl_event> wait, cl_event* done) {
+                           uint32_t k_offset, cl_mem v_new, uint32_t v_offset, int32_t first_token,
+                           int32_t n_tokens, const Events& ev) {
   check_range(b, first_token, n_tokens, "write_kv");
   if (n_tokens == 0) return;
   const Device& d = *device_;
-  set_args(d, write_.get(), k_new, cl_uint(k_offset), v_new, cl_uint(v_offset), b.meta,
+  set_args(d, write_.get(), k_new, k_offset, v_new, v_offset, b.meta,
            cl_uint(b.token_slot_offset), cl_uint(first_token), layer.k, layer.v);
   const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.head_dim / 4);
-  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1},
-         wait, done, "kv_write");
+  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1}, ev);
 }
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
-                          size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
-                          int32_t n_tokens, std::span<const cl_event> wait, cl_event* done) {
+                          uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
+                          int32_t n_tokens, const Events& ev) {
   check_range(b, first_token, n_tokens, "prefill");
   if (n_tokens == 0) return;
   const Device& d = *device_;
-  set_args(d, prefill_.get(), q, cl_uint(q_offset), out, cl_uint(out_offset), b.meta,
+  set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta,
            cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset),
            cl_uint(b.token_pos_offset), cl_uint(first_token), cl_uint(n_tokens), scale_, layer.k, layer.v);
   const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
   const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
-  launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, wait, done,
-         "attention_prefill");
+  launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, ev);
 }
 
 DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) const {
@@ -171,9 +155,9 @@ size_t AttentionOp::decode_workspace_bytes(int32_t max_tokens, int32_t max_conte
 }
 
 void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
-                         size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+                         uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
                          int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
-                         std::span<const cl_event> wait, cl_event* done) {
+                         const Events& ev) {
   check_range(b, first_token, n_tokens, "decode");
   if (n_tokens == 0) return;
   const Device& d = *device_;
@@ -184,17 +168,16 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
                                 " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
   cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
-  set_args(d, k, q, cl_uint(q_offset), b.meta, cl_uint(b.block_tables_offset),
+  set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
            cl_uint(first_token), cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v,
            workspace);
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)}, {lws, 1, 1},
-         wait, nullptr, tuning_.decode_rows ? "attention_decode_rows" : "attention_decode_partial");
-  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, cl_uint(out_offset));
+         {ev.wait, nullptr});
+  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset);
   const size_t rl = size_t(tuning_.reduce_items);
-  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1}, {}, done,
-         "attention_decode_reduce");
+  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1}, {{}, ev.done});
 }
 
 }  // namespace tessera::ops

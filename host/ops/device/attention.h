@@ -4,11 +4,11 @@
 
 #include <cstdint>
 #include <optional>
-#include <span>
 
 #include "devices/device.h"
 #include "host/common/error.h"
 #include "host/kv/kv_view.h"
+#include "host/ops/device/launch.h"
 
 namespace tessera::ops {
 
@@ -50,7 +50,7 @@ struct DecodeSplit {
   int32_t chunk_tokens = 0;
 };
 
-// Launches are asynchronous on device.queue(): they wait for `wait`, and when `done` is not null
+// Launches are asynchronous on device.queue(): they wait for ev.wait, and when ev.done is not null
 // store there a new event (the caller owns it) of their last kernel. No allocation, no program
 // lookup, no blocking inside a launch. Not thread-safe: one op object per engine thread (kernel
 // objects hold arguments).
@@ -72,23 +72,23 @@ class AttentionOp {
   // (a) Stores K and V of the tokens (f32 [batch token][n_head_kv][head_dim], after RoPE) into their
   // slots (batch.token_slot; a slot < 0 is skipped) in the layer's pools, in the cache's format.
   void write_kv(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem k_new,
-                size_t k_offset, cl_mem v_new, size_t v_offset, int32_t first_token,
-                int32_t n_tokens, std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+                uint32_t k_offset, cl_mem v_new, uint32_t v_offset, int32_t first_token,
+                int32_t n_tokens, const Events& ev = {});
 
   // (b) Causal attention of the tokens (q f32 [batch token][n_head][head_dim]) over their
   // sequences' KV, written to out (same layout). Flash-style: query tiles of consecutive tokens
   // of one sequence share each K/V tile. Any tokens work; it is the fast path for prefill chunks.
   void prefill(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
-               size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
-               int32_t n_tokens, std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+               uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
+               int32_t n_tokens, const Events& ev = {});
 
   // (c) Same result by split-K: each token's context is cut into chunks scored by separate
   // work-groups, then a reduce combines them. The fast path for decode tokens (one per sequence).
   // `workspace` holds at least decode_workspace_bytes(n_tokens, batch.max_context) bytes.
   void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
-              size_t q_offset, cl_mem out, size_t out_offset, int32_t first_token,
+              uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
               int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
-              std::span<const cl_event> wait = {}, cl_event* done = nullptr);
+              const Events& ev = {});
 
   DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
   // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context

@@ -39,19 +39,22 @@ void set_args(const Device& device, cl_kernel kernel, const A&... args) {
 inline void set_local_arg(const Device& device, cl_kernel kernel, cl_uint index, size_t bytes) {
   cl_int err = clSetKernelArg(kernel, index, bytes, nullptr);
   if (err != CL_SUCCESS)
-    throw ClError("clSetKernelArg(#" + std::to_string(index) + ", local)", err, device.info().label());
+    throw ClError("clSetKernelArg(#" + std::to_string(index) + ", local)", err,
+                  device.info().label());
 }
 
 // Enqueues an NDRange of `dims` dimensions (local may be null: the driver picks).
 inline void enqueue(const Device& device, cl_kernel kernel, cl_uint dims, const size_t* global,
                     const size_t* local, const Events& ev) {
   cl_int err = clEnqueueNDRangeKernel(device.queue(), kernel, dims, nullptr, global, local,
-                                      cl_uint(ev.wait.size()), ev.wait.empty() ? nullptr : ev.wait.data(),
-                                      ev.done);
+                                      cl_uint(ev.wait.size()),
+                                      ev.wait.empty() ? nullptr : ev.wait.data(), ev.done);
   if (err != CL_SUCCESS) throw ClError("clEnqueueNDRangeKernel", err, device.info().label());
 }
 
-inline size_t round_up(size_t n, size_t m) { return (n + m - 1) / m * m; }
+inline size_t round_up(size_t n, size_t m) {
+  return (n + m - 1) / m * m;
+}
 
 // Largest power of two <= n (n >= 1).
 inline size_t floor_pow2(size_t n) {
@@ -61,10 +64,12 @@ inline size_t floor_pow2(size_t n) {
 }
 
 // Work-group size of a row kernel (one work-group per row, power of two for the tree reductions):
-// on CPUs one work item per row streams it contiguously (PoCL runs a work-group on one core); on
-// GPUs up to `cap` work items share a row, no more than the row has elements.
-inline size_t row_group_size(const Device& device, cl_kernel kernel, size_t row_len, size_t cap = 256) {
-  if (device.info().type == DeviceType::kCpu) return 1;
+// on CPUs (PoCL runs a work-group on one core) short rows get one work item streaming the row, long
+// rows 8 contiguous chunks (shorter dependency chains; it also keeps the reductions exercised on
+// CPU-only CI); on GPUs up to `cap` work items share a row, no more than the row has elements.
+inline size_t row_group_size(const Device& device, cl_kernel kernel, size_t row_len,
+                             size_t cap = 256) {
+  if (device.info().type == DeviceType::kCpu) return row_len >= 4096 ? 8 : 1;
   size_t kernel_max = 0;
   clGetKernelWorkGroupInfo(kernel, device.handle(), CL_KERNEL_WORK_GROUP_SIZE, sizeof(kernel_max),
                            &kernel_max, nullptr);
@@ -76,8 +81,8 @@ inline size_t row_group_size(const Device& device, cl_kernel kernel, size_t row_
 }
 
 // Global size of an element-wise kernel over n elements: CPUs get a few contiguous chunks per
-// compute unit (the kernels compute each item's chunk), GPUs one item per element up to a cap with a
-// grid-stride loop. `local` receives the work-group size to pass.
+// compute unit (the kernels compute each item's chunk), GPUs one item per element up to a cap with
+// a grid-stride loop. `local` receives the work-group size to pass.
 inline size_t elementwise_global_size(const Device& device, size_t n, size_t* local) {
   if (device.info().type == DeviceType::kCpu) {
     *local = 1;

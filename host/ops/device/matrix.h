@@ -16,12 +16,12 @@ namespace tessera::ops {
 struct MatrixCaseResult {
   std::string status = "fail";  // "pass" | "fail" | "unsupported"
   double max_abs_err = 0;
-  double max_rel_err = 0;       // normalized: max|got - ref| / max|ref|
-  double nmse = 0;              // sum (got-ref)^2 / sum ref^2
-  double seconds = 0;           // median kernel time (profiling events), timing mode only
-  double bytes = 0;             // bytes one launch must move (for GB/s)
-  double flops = 0;             // flops of one launch (for GFLOP/s)
-  std::string note;             // why it failed / is unsupported, or extra detail
+  double max_rel_err = 0;  // normalized: max|got - ref| / max|ref|
+  double nmse = 0;         // sum (got-ref)^2 / sum ref^2
+  double seconds = 0;      // median kernel time (profiling events), timing mode only
+  double bytes = 0;        // bytes one launch must move (for GB/s)
+  double flops = 0;        // flops of one launch (for GFLOP/s)
+  std::string note;        // why it failed / is unsupported, or extra detail
 };
 
 // One kernel x format x shape. `run` creates what it needs on the device, runs the kernel and the
@@ -83,24 +83,27 @@ class GuardedBuffer {
   ClMem mem_;
 };
 
-// Error of `got` against `ref`.
+// Error of `got` against `ref`. max_rel divides by max(max|ref|, scale_floor): element-wise ops
+// whose outputs can all be near zero (gelu of a negative input) pass the input's magnitude.
 struct Comparison {
   double max_abs = 0, max_rel = 0, nmse = 0;
-  size_t nonfinite = 0;      // NaN/Inf in got where ref is finite
+  size_t nonfinite = 0;  // NaN/Inf in got where ref is finite
   size_t worst_index = 0;
 };
-Comparison compare(std::span<const float> got, std::span<const float> ref);
+Comparison compare(std::span<const float> got, std::span<const float> ref, double scale_floor = 0);
 
 // Verdict from a comparison, the guards ("" when intact) and a tolerance on max_rel:
 // fail on out-of-bounds writes, then on NaN/Inf, then on error above tolerance.
-MatrixCaseResult judge(const Comparison& c, double tolerance, const std::vector<std::string>& guards);
+MatrixCaseResult judge(const Comparison& c, double tolerance,
+                       const std::vector<std::string>& guards);
 
 // Number of positions where two integer vectors differ (exact outputs: expert ids, argmax).
 size_t count_mismatches(std::span<const int32_t> got, std::span<const int32_t> ref);
 
 // Median device time (seconds) of `launch`, which enqueues work and returns the event of its (last)
 // kernel, over `reps` runs after one warm-up. Uses profiling events.
-double median_kernel_seconds(const Device& device, const std::function<ClEvent()>& launch, int reps = 10);
+double median_kernel_seconds(const Device& device, const std::function<ClEvent()>& launch,
+                             int reps = 10);
 
 // Deterministic test data: uniform in [lo, hi), seeded.
 std::vector<float> random_floats(size_t n, uint32_t seed, float lo = -1.0f, float hi = 1.0f);

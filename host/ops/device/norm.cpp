@@ -53,11 +53,12 @@ MatrixCaseResult run_rms_norm(const Device& device, bool timing, uint32_t rows, 
 
 void register_norm_cases(std::vector<MatrixCase>& out) {
   // rows x n: decode token, odd/non-power-of-two sizes, a tiny row, a long row, per-head rows.
-  const std::pair<uint32_t, uint32_t> shapes[] = {
-      {1, 4096}, {5, 1000}, {3, 17}, {1, 1}, {1, 65537}, {64, 128}, {7, 4097}};
+  const std::pair<uint32_t, uint32_t> shapes[] = {{1, 4096},  {5, 1000}, {3, 17},  {1, 1},
+                                                  {1, 65537}, {64, 128}, {7, 4097}};
   for (auto [rows, n] : shapes) {
-    out.push_back({"rms_norm", "f32", std::to_string(rows) + "x" + std::to_string(n),
-                   [rows, n](const Device& d, bool timing) { return run_rms_norm(d, timing, rows, n); }});
+    out.push_back(
+        {"rms_norm", "f32", std::to_string(rows) + "x" + std::to_string(n),
+         [rows, n](const Device& d, bool timing) { return run_rms_norm(d, timing, rows, n); }});
   }
 }
 

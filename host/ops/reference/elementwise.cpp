@@ -16,7 +16,8 @@ void add(std::span<const float> a, std::span<const float> b, std::span<float> ou
   for (size_t i = 0; i < a.size(); ++i) out[i] = a[i] + b[i];
 }
 
-void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w, size_t cols) {
+void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w,
+                size_t cols) {
   if (cols == 0 || x.size() != y.size() || x.size() != w.size() * cols) {
     throw std::invalid_argument("scaled_add: y has " + std::to_string(y.size()) + " floats, x " +
                                 std::to_string(x.size()) + ", w " + std::to_string(w.size()) +

@@ -12,7 +12,8 @@ void add(std::span<const float> a, std::span<const float> b, std::span<float> ou
 
 // y[r][c] += w[r] * x[r][c] for rows of `cols` floats (one weight per row: a token's expert
 // weight). Throws std::invalid_argument when x, y and w do not describe the same rows.
-void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w, size_t cols);
+void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w,
+                size_t cols);
 
 // Index of the largest element of each row of `cols` floats: ties to the lowest index, NaNs
 // skipped, a row without a number gives 0. Throws std::invalid_argument when x is not whole rows.

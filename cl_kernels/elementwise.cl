@@ -1,0 +1,56 @@
+// Element-wise and per-row ops on f32 activations: residual add, scaled accumulate (MoE combine),
+// argmax per row (greedy sampling on the device).
+// Layout: contiguous f32 from element offsets; rows back to back.
+#include "common.clh"
+#include "rows.clh"
+
+// out = a + b over n elements (out may be a or b).
+__kernel void add_f32(__global const float* a, uint a_off, __global const float* b, uint b_off,
+                      __global float* out, uint o_off, ulong n) {
+  FOR_ALL(i, n) out[o_off + i] = a[a_off + i] + b[b_off + i];
+}
+
+// y[r][c] += w[w_off + r * w_stride] * x[r][c]: one weight per row, e.g. expert slot j of a
+// [token][k] weight matrix (w_off = j, w_stride = k) when combining MoE expert outputs.
+__kernel void scaled_add_f32(__global float* y, uint y_off, __global const float* x, uint x_off,
+                             __global const float* w, uint w_off, uint w_stride, uint rows, uint cols) {
+  FOR_ALL(e, (ulong)rows * cols) {
+    const ulong r = e / cols;
+    y[y_off + e] += w[w_off + r * w_stride] * x[x_off + e];
+  }
+}
+
+// ids[r] = index of the largest x[r][i]; ties go to the lowest index; NaNs are skipped (a row of
+// NaNs gives 0). One work-group per row, power-of-two size.
+__kernel void argmax_rows_f32(__global const float* x, uint x_off, uint n, __global int* ids,
+                              uint ids_off, __local float* best_v, __local uint* best_i) {
+  const size_t row = get_group_id(0);
+  x += x_off + row * n;
+  float bv = -INFINITY;
+  uint bi = n;
+  FOR_ROW(i, n) {
+    const float v = x[i];
+    if (v > bv || (v == bv && i < bi)) {
+      bv = v;
+      bi = i;
+    }
+  }
+  const uint lid = get_local_id(0);
+  best_v[lid] = bv;
+  best_i[lid] = bi;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint s = get_local_size(0) / 2; s > 0; s >>= 1) {
+    if (lid < s) {
+      const float ov = best_v[lid + s];
+      const uint oi = best_i[lid + s];
+      if (oi < n && (bi == n || ov > bv || (ov == bv && oi < bi))) {
+        bv = ov;
+        bi = oi;
+        best_v[lid] = bv;
+        best_i[lid] = bi;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  if (lid == 0) ids[ids_off + row] = bi < n ? (int)bi : 0;
+}

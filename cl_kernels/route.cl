@@ -1,0 +1,61 @@
+// MoE routing: router logits -> probabilities (softmax over experts, or independent sigmoids) ->
+// top-k experts (descending probability, ties to the lower index, as a stable sort) -> weights,
+// optionally normalized by their sum (clamped below at 2^-14 as llama.cpp) and scaled.
+// Layout: logits[token][n_expert] from l_off; ids[token][k] (int32) and weights[token][k] (f32).
+// One work item per token: n_expert and k are small (<= a few hundred / 16) and this runs once per
+// layer, so a serial scan beats a reduction's barriers.
+#include "common.clh"
+
+inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
+  return sigmoid_gating ? 1.0f / (1.0f + exp(-l)) : exp(l - m) * inv;
+}
+
+__kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_expert, uint k,
+                             uint sigmoid_gating, uint normalize, float weight_scale,
+                             __global int* ids, uint ids_off, __global float* weights, uint w_off,
+                             uint n_tokens) {
+  const uint t = get_global_id(0);
+  if (t >= n_tokens) return;
+  __global const float* l = logits + l_off + (size_t)t * n_expert;
+  ids += ids_off + (size_t)t * k;
+  weights += w_off + (size_t)t * k;
+  float m = -INFINITY;
+  float inv = 1.0f;
+  if (!sigmoid_gating) {
+    for (uint e = 0; e < n_expert; ++e) m = fmax(m, l[e]);
+    float sum = 0.0f;
+    for (uint e = 0; e < n_expert; ++e) sum += exp(l[e] - m);
+    inv = 1.0f / sum;
+  }
+  // Selection j takes the best expert ordered strictly after selection j-1 in (prob desc, index asc):
+  // no per-token scratch needed, and ties resolve exactly like the reference's stable sort.
+  float prev_p = INFINITY;
+  int prev_i = -1;
+  float wsum = 0.0f;
+  for (uint j = 0; j < k; ++j) {
+    int best = -1;
+    float best_p = 0.0f;
+    for (uint e = 0; e < n_expert; ++e) {
+      const float p = router_prob(l[e], m, inv, sigmoid_gating);
+      const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);
+      if (after && (best < 0 || p > best_p)) {
+        best = (int)e;
+        best_p = p;
+      }
+    }
+    ids[j] = best;
+    weights[j] = best_p;
+    wsum += best_p;
+    prev_p = best_p;
+    prev_i = best;
+  }
+  // Same order of operations as the reference: divide by the sum, then scale.
+  const float denom = fmax(wsum, 6.103515625e-5f);
+  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+  for (uint j = 0; j < k; ++j) {
+    float w = weights[j];
+    if (normalize) w /= denom;
+    if (scaled) w *= weight_scale;
+    weights[j] = w;
+  }
+}

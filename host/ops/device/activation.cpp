@@ -1,0 +1,135 @@
+// Device SwiGLU / GELU launches and their portability-matrix cases.
+#include "host/ops/device/activation.h"
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "host/ops/device/matrix.h"
+#include "host/ops/reference/activation.h"
+#include "host/ops/reference/gelu.h"
+
+namespace tessera::ops {
+namespace {
+
+void check_strides(const char* op, uint32_t cols, std::initializer_list<uint32_t> strides) {
+  for (uint32_t s : strides) {
+    if (s < cols)
+      throw std::invalid_argument(std::string(op) + ": row stride " + std::to_string(s) +
+                                  " is below the " + std::to_string(cols) + " columns");
+  }
+}
+
+}  // namespace
+
+ActivationOps::ActivationOps(const Device& device)
+    : device_(&device),
+      swiglu_(device.kernel("act", "swiglu_f32")),
+      gelu_(device.kernel("act", "gelu_f32")) {}
+
+void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided& out,
+                           uint32_t rows, uint32_t cols, const Events& ev) {
+  check_strides("swiglu", cols, {gate.stride, up.stride, out.stride});
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = swiglu_.get();
+  set_args(*device_, k, gate.mem, gate.offset, gate.stride, up.mem, up.offset, up.stride, out.mem,
+           out.offset, out.stride, rows, cols);
+  size_t local = 0;
+  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
+                         const Events& ev) {
+  check_strides("gelu", cols, {x.stride, out.stride});
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = gelu_.get();
+  set_args(*device_, k, x.mem, x.offset, x.stride, out.mem, out.offset, out.stride, rows, cols);
+  size_t local = 0;
+  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+namespace {
+
+// fused: gate and up are the two halves of one [rows][2*cols] buffer, as a fused gate_up projection
+// writes them; otherwise separate packed buffers.
+MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                            bool fused) {
+  const size_t n = size_t(rows) * cols;
+  std::vector<float> gate = random_floats(n, 31 + cols, -6, 6),
+                     up = random_floats(n, 32 + cols, -2, 2);
+  std::vector<float> ref(n);
+  reference::swiglu(gate, up, ref);
+  ActivationOps ops(device);
+  std::vector<float> packed;
+  if (fused) {
+    packed.resize(2 * n);
+    for (uint32_t r = 0; r < rows; ++r) {
+      std::copy_n(gate.begin() + size_t(r) * cols, cols, packed.begin() + size_t(r) * 2 * cols);
+      std::copy_n(up.begin() + size_t(r) * cols, cols,
+                  packed.begin() + size_t(r) * 2 * cols + cols);
+    }
+  }
+  GuardedBuffer dg(device, fused ? packed : gate), du(device, up), dout(device, n * sizeof(float));
+  const Strided g{dg.mem(), 0, fused ? 2 * cols : cols};
+  const Strided u = fused ? Strided{dg.mem(), cols, 2 * cols} : Strided{du.mem(), 0, cols};
+  const Strided o{dout.mem(), 0, cols};
+  ops.swiglu(g, u, o, rows, cols);
+  MatrixCaseResult r = judge(compare(dout.download<float>(), ref), 1e-5, {dout.check_guard()});
+  r.bytes = double(n) * 12;
+  r.flops = double(n) * 6;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.swiglu(g, u, o, rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+MatrixCaseResult run_gelu(const Device& device, bool timing, uint32_t rows, uint32_t cols) {
+  const size_t n = size_t(rows) * cols;
+  std::vector<float> x = random_floats(n, 33 + cols, -6, 6);
+  std::vector<float> ref(n);
+  reference::gelu(x, ref);
+  ActivationOps ops(device);
+  GuardedBuffer dx(device, x), dout(device, n * sizeof(float));
+  const Strided in{dx.mem(), 0, cols}, o{dout.mem(), 0, cols};
+  ops.gelu(in, o, rows, cols);
+  // 1 + tanh(u) cancels for very negative x in float (as in ggml): judge against the input scale.
+  MatrixCaseResult r = judge(compare(dout.download<float>(), ref, 1.0), 1e-5, {dout.check_guard()});
+  r.bytes = double(n) * 8;
+  r.flops = double(n) * 10;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.gelu(in, o, rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+std::string rc(uint32_t rows, uint32_t cols) {
+  return std::to_string(rows) + "x" + std::to_string(cols);
+}
+
+}  // namespace
+
+void register_activation_cases(std::vector<MatrixCase>& out) {
+  const std::pair<uint32_t, uint32_t> shapes[] = {
+      {1, 14336}, {7, 1001}, {1, 1}, {3, 17}, {2, 1 << 20}};
+  for (auto [rows, cols] : shapes) {
+    out.push_back({"swiglu", "f32", rc(rows, cols),
+                   [=](const Device& d, bool t) { return run_swiglu(d, t, rows, cols, false); }});
+  }
+  out.push_back({"swiglu", "f32", rc(5, 300) + "/fused",
+                 [](const Device& d, bool t) { return run_swiglu(d, t, 5, 300, true); }});
+  for (auto [rows, cols] : shapes) {
+    out.push_back({"gelu", "f32", rc(rows, cols),
+                   [=](const Device& d, bool t) { return run_gelu(d, t, rows, cols); }});
+  }
+}
+
+}  // namespace tessera::ops

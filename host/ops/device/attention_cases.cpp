@@ -1,0 +1,166 @@
+// Portability-matrix cases of the attention kernels: a paged KV layout built by hand (shuffled
+// block ids, contexts not multiples of the block size, several sequences), K/V stored through
+// kv_write, prefill or decode attention against reference::causal_attention over f16-rounded K/V.
+#include <algorithm>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "host/common/half.h"
+#include "host/ops/device/attention.h"
+#include "host/ops/device/matrix.h"
+#include "host/ops/reference/attention.h"
+
+namespace tessera::ops {
+
+namespace {
+
+struct SeqSpec {
+  int32_t past;   // tokens already in the cache
+  int32_t fresh;  // tokens of this step (queries), at positions past .. past + fresh - 1
+};
+
+MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
+                                    const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs) {
+  const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
+  AttentionOp op(device, cfg);  // AttentionUnsupported becomes a "fail" with its message
+
+  // Block tables: every sequence's blocks taken from a shuffled pool, so tables are not ranges.
+  int32_t n_blocks = 0;
+  for (const auto& s : seqs) n_blocks += (s.past + s.fresh + bs - 1) / bs;
+  std::vector<int32_t> ids(static_cast<size_t>(n_blocks));
+  std::iota(ids.begin(), ids.end(), 0);
+  std::mt19937 rng(uint32_t(H * 131 + D * 7 + bs + seqs.size()));
+  std::shuffle(ids.begin(), ids.end(), rng);
+  int32_t stride = 1;
+  for (const auto& s : seqs) stride = std::max(stride, (s.past + s.fresh + bs - 1) / bs);
+  const int32_t n_seqs = int32_t(seqs.size());
+  std::vector<int32_t> tables(size_t(n_seqs) * stride, -1);
+  for (int32_t i = 0, next = 0; i < n_seqs; ++i)
+    for (int32_t b = 0; b < (seqs[size_t(i)].past + seqs[size_t(i)].fresh + bs - 1) / bs; ++b)
+      tables[size_t(i) * stride + b] = ids[size_t(next++)];
+
+  // Two batches over the same tables: every token of every sequence (for kv_write), and the step's
+  // query tokens. Meta layout as KvBatchView: tables, token_seq, token_pos, token_slot.
+  auto make_meta = [&](bool all_tokens, kv::KvBatchView& v, std::vector<int32_t>& meta) {
+    std::vector<int32_t> tseq, tpos, tslot;
+    int32_t max_ctx = 0;
+    for (int32_t i = 0; i < n_seqs; ++i) {
+      const auto& s = seqs[size_t(i)];
+      for (int32_t p = all_tokens ? 0 : s.past; p < s.past + s.fresh; ++p) {
+        tseq.push_back(i);
+        tpos.push_back(p);
+        tslot.push_back(tables[size_t(i) * stride + p / bs] * bs + p % bs);
+        max_ctx = std::max(max_ctx, p + 1);
+      }
+    }
+    meta = tables;
+    v.block_tables_offset = 0;
+    v.block_table_stride = uint32_t(stride);
+    v.token_seq_offset = uint32_t(meta.size());
+    meta.insert(meta.end(), tseq.begin(), tseq.end());
+    v.token_pos_offset = uint32_t(meta.size());
+    meta.insert(meta.end(), tpos.begin(), tpos.end());
+    v.token_slot_offset = uint32_t(meta.size());
+    meta.insert(meta.end(), tslot.begin(), tslot.end());
+    v.n_seqs = n_seqs;
+    v.n_tokens = int32_t(tseq.size());
+    v.max_context = max_ctx;
+  };
+  kv::KvBatchView all_view, step_view;
+  std::vector<int32_t> all_meta, step_meta;
+  make_meta(true, all_view, all_meta);
+  make_meta(false, step_view, step_meta);
+
+  const int32_t n_all = all_view.n_tokens, n_step = step_view.n_tokens;
+  const std::vector<float> k = random_floats(size_t(n_all) * HK * D, 101 + D);
+  const std::vector<float> v = random_floats(size_t(n_all) * HK * D, 102 + D);
+  std::vector<float> q = random_floats(size_t(n_step) * H * D, 103 + D);
+  for (float& x : q) x *= 2.0f;  // a peakier softmax makes masking mistakes visible
+
+  kv::KvPoolLayout layout{cfg.format, n_blocks, bs, HK, D};
+  // Pools start as f16 NaN: a read of a slot no token wrote poisons the output.
+  std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
+  GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool);
+  GuardedBuffer all_meta_b(device, all_meta), step_meta_b(device, step_meta);
+  GuardedBuffer kb(device, k), vb(device, v), qb(device, q);
+  GuardedBuffer out(device, q.size() * sizeof(float));
+  all_view.meta = all_meta_b.mem();
+  step_view.meta = step_meta_b.mem();
+  const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
+
+  op.write_kv(all_view, layer, kb.mem(), 0, vb.mem(), 0, 0, n_all);
+  const size_t ws_bytes = op.decode_workspace_bytes(n_step, step_view.max_context);
+  GuardedBuffer ws(device, ws_bytes);
+  auto run = [&](const Events& ev) {
+    if (decode)
+      op.decode(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ws.mem(), ws_bytes, ev);
+    else
+      op.prefill(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ev);
+  };
+  run({});
+  const std::vector<float> got = out.download<float>();
+
+  // Reference per sequence over its f16-rounded history (all_view's token order: seq by seq).
+  std::vector<float> ref(q.size());
+  size_t all_row = 0, step_row = 0;
+  double pairs = 0, kv_bytes = 0;
+  for (const auto& s : seqs) {
+    const int32_t ctx = s.past + s.fresh;
+    std::vector<float> ks(size_t(ctx) * HK * D), vs(ks.size());
+    for (size_t i = 0; i < ks.size(); ++i) {
+      ks[i] = fp16_to_fp32(fp32_to_fp16(k[all_row * HK * D + i]));
+      vs[i] = fp16_to_fp32(fp32_to_fp16(v[all_row * HK * D + i]));
+    }
+    const size_t qn = size_t(s.fresh) * H * D;
+    reference::causal_attention({q.data() + step_row * H * D, qn}, ks, vs, {H, HK, D}, op.scale(),
+                                {ref.data() + step_row * H * D, qn});
+    for (int32_t i = 0; i < s.fresh; ++i) pairs += s.past + i + 1;
+    kv_bytes += double(ctx) * HK * D * 2 * 2;
+    all_row += size_t(ctx);
+    step_row += size_t(s.fresh);
+  }
+  MatrixCaseResult r = judge(compare(got, ref), 1e-5,
+                             {out.check_guard(), kpool.check_guard(), vpool.check_guard(), ws.check_guard()});
+  r.bytes = kv_bytes + double(q.size()) * 8;
+  r.flops = 4.0 * D * H * pairs;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      run({{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seqs) {
+  std::string s = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + "xd" +
+                  std::to_string(c.head_dim) + "_bs" + std::to_string(c.block_size) + "_ctx";
+  for (size_t i = 0; i < seqs.size(); ++i)
+    s += (i ? "," : "") + std::to_string(seqs[i].past) + "+" + std::to_string(seqs[i].fresh);
+  return s;
+}
+
+}  // namespace
+
+void register_attention_cases(std::vector<MatrixCase>& out) {
+  const AttentionConfig shapes[] = {
+      {8, 4, 8, 16},     // stories260K-like
+      {8, 2, 64, 16},    // GQA
+      {4, 1, 128, 32},   // MQA, head 128, 32-token blocks
+  };
+  const std::vector<SeqSpec> prefill_seqs{{0, 37}, {21, 5}, {50, 17}};
+  const std::vector<SeqSpec> decode_seqs{{700, 1}, {77, 1}, {0, 1}, {300, 1}};
+  for (const auto& c : shapes) {
+    out.push_back({"attention_prefill", "f16kv", shape_name(c, prefill_seqs), [c, prefill_seqs](const Device& d, bool t) {
+                     return run_attention_case(d, t, false, c, prefill_seqs);
+                   }});
+    out.push_back({"attention_decode", "f16kv", shape_name(c, decode_seqs), [c, decode_seqs](const Device& d, bool t) {
+                     return run_attention_case(d, t, true, c, decode_seqs);
+                   }});
+  }
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,172 @@
+// Device add / scaled add / argmax launches and their portability-matrix cases.
+#include "host/ops/device/elementwise.h"
+
+#include <cmath>
+#include <random>
+
+#include "host/ops/device/matrix.h"
+#include "host/ops/reference/elementwise.h"
+
+namespace tessera::ops {
+
+ElementwiseOps::ElementwiseOps(const Device& device)
+    : device_(&device),
+      add_(device.kernel("elementwise", "add_f32")),
+      scaled_add_(device.kernel("elementwise", "scaled_add_f32")),
+      argmax_(device.kernel("elementwise", "argmax_rows_f32")) {}
+
+void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out,
+                         uint32_t out_off, uint64_t n, const Events& ev) {
+  if (n == 0) return;
+  cl_kernel k = add_.get();
+  set_args(*device_, k, a, a_off, b, b_off, out, out_off, cl_ulong(n));
+  size_t local = 0;
+  const size_t global = elementwise_global_size(*device_, n, &local);
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_off, cl_mem w,
+                                uint32_t w_off, uint32_t w_stride, uint32_t rows, uint32_t cols,
+                                const Events& ev) {
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = scaled_add_.get();
+  set_args(*device_, k, y, y_off, x, x_off, w, w_off, w_stride, rows, cols);
+  size_t local = 0;
+  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+void ElementwiseOps::argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,
+                                 uint32_t ids_off, const Events& ev) {
+  if (rows == 0 || n == 0) return;
+  cl_kernel k = argmax_.get();
+  set_args(*device_, k, x, x_off, n, ids, ids_off);
+  const size_t local = row_group_size(*device_, k, n);
+  set_local_arg(*device_, k, 5, local * sizeof(float));
+  set_local_arg(*device_, k, 6, local * sizeof(cl_uint));
+  const size_t global = size_t(rows) * local;
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+namespace {
+
+MatrixCaseResult run_add(const Device& device, bool timing, uint32_t n) {
+  const auto a = random_floats(n, 61 + n), b = random_floats(n, 62 + n);
+  std::vector<float> ref(n);
+  reference::add(a, b, ref);
+  ElementwiseOps ops(device);
+  GuardedBuffer da(device, a), db(device, b), dout(device, size_t(n) * 4);
+  ops.add(da.mem(), 0, db.mem(), 0, dout.mem(), 0, n);
+  MatrixCaseResult r = judge(compare(dout.download<float>(), ref), 1e-6, {dout.check_guard()});
+  r.bytes = double(n) * 12;
+  r.flops = n;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.add(da.mem(), 0, db.mem(), 0, dout.mem(), 0, n, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+// Weights as a [rows][k] routing matrix; the case accumulates slot `slot`.
+MatrixCaseResult run_scaled_add(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                                uint32_t k, uint32_t slot) {
+  const size_t n = size_t(rows) * cols;
+  const auto y = random_floats(n, 63 + cols), x = random_floats(n, 64 + cols);
+  const auto w = random_floats(size_t(rows) * k, 65 + k, 0, 1);
+  std::vector<float> w_slot(rows);
+  for (uint32_t r = 0; r < rows; ++r) w_slot[r] = w[size_t(r) * k + slot];
+  std::vector<float> ref = y;
+  reference::scaled_add(ref, x, w_slot, cols);
+  ElementwiseOps ops(device);
+  GuardedBuffer dy(device, y), dx(device, x), dw(device, w);
+  ops.scaled_add(dy.mem(), 0, dx.mem(), 0, dw.mem(), slot, k, rows, cols);
+  MatrixCaseResult r = judge(compare(dy.download<float>(), ref), 1e-6, {dy.check_guard()});
+  r.bytes = double(n) * 12;
+  r.flops = double(n) * 2;
+  if (timing) {  // accumulates again on every launch: values drift, the time does not
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.scaled_add(dy.mem(), 0, dx.mem(), 0, dw.mem(), slot, k, rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+// ties: the row maximum appears several times (and NaNs are sprinkled in), so the tie rule shows.
+MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, uint32_t n,
+                            bool ties) {
+  std::vector<float> x = random_floats(size_t(rows) * n, 66 + n, -20, 20);
+  if (ties) {
+    std::mt19937 rng(67);
+    for (uint32_t r = 0; r < rows; ++r) {
+      float* row = x.data() + size_t(r) * n;
+      for (int j = 0; j < 3; ++j) row[rng() % n] = 25.0f;
+      row[rng() % n] = NAN;
+    }
+  }
+  const std::vector<int32_t> ref = reference::argmax_rows(x, n);
+  ElementwiseOps ops(device);
+  GuardedBuffer dx(device, x), dids(device, size_t(rows) * 4);
+  ops.argmax_rows(dx.mem(), 0, rows, n, dids.mem(), 0);
+  MatrixCaseResult r;
+  r.status = "pass";
+  for (const std::string& g : {dids.check_guard()}) {
+    if (!g.empty()) {
+      r.status = "fail";
+      r.note = g;
+    }
+  }
+  if (const size_t bad = count_mismatches(dids.download<int32_t>(), ref);
+      bad > 0 && r.status == "pass") {
+    r.status = "fail";
+    r.note = std::to_string(bad) + " of " + std::to_string(rows) + " row argmaxes differ";
+  }
+  r.bytes = double(rows) * n * 4;
+  r.flops = double(rows) * n;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.argmax_rows(dx.mem(), 0, rows, n, dids.mem(), 0, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+}  // namespace
+
+void register_elementwise_cases(std::vector<MatrixCase>& out) {
+  for (uint32_t n : {4096u, 1u, 7007u, (1u << 22) + 3}) {
+    out.push_back({"add", "f32", std::to_string(n),
+                   [=](const Device& d, bool t) { return run_add(d, t, n); }});
+  }
+  struct Scaled {
+    uint32_t rows, cols, k, slot;
+  };
+  for (Scaled s :
+       {Scaled{1, 4096, 8, 3}, Scaled{7, 1001, 2, 1}, Scaled{1, 1, 1, 0}, Scaled{64, 2048, 8, 7}}) {
+    out.push_back(
+        {"scaled_add", "f32",
+         std::to_string(s.rows) + "x" + std::to_string(s.cols) + "/k" + std::to_string(s.k),
+         [=](const Device& d, bool t) {
+           return run_scaled_add(d, t, s.rows, s.cols, s.k, s.slot);
+         }});
+  }
+  struct Arg {
+    uint32_t rows, n;
+    bool ties;
+  };
+  for (Arg a : {Arg{1, 32000, false}, Arg{5, 151, false}, Arg{3, 1, false}, Arg{4, 1000, true},
+                Arg{2, 151936, true}}) {
+    std::string shape = std::to_string(a.rows) + "x" + std::to_string(a.n);
+    if (a.ties) shape += "/ties";
+    out.push_back({"argmax", "f32", shape,
+                   [=](const Device& d, bool t) { return run_argmax(d, t, a.rows, a.n, a.ties); }});
+  }
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,87 @@
+// Device RoPE launches and their portability-matrix cases.
+#include "host/ops/device/rope.h"
+
+#include <random>
+#include <stdexcept>
+
+#include "host/ops/device/matrix.h"
+
+namespace tessera::ops {
+
+RopeOps::RopeOps(const Device& device)
+    : device_(&device), rope_(device.kernel("rope", "rope_f32")) {}
+
+void RopeOps::rope(cl_mem x, uint32_t x_off, cl_mem pos, uint32_t pos_off, const RopeShape& s,
+                   const Events& ev) {
+  const uint32_t stride = s.token_stride ? s.token_stride : s.n_head * s.head_dim;
+  if (s.n_rot == 0 || s.n_rot % 2 != 0 || s.n_rot > s.head_dim || stride < s.n_head * s.head_dim) {
+    throw std::invalid_argument("rope: n_rot " + std::to_string(s.n_rot) +
+                                " must be even, > 0 and <= head_dim " + std::to_string(s.head_dim) +
+                                "; token_stride " + std::to_string(stride) +
+                                " must cover n_head*head_dim");
+  }
+  if (s.n_tokens == 0 || s.n_head == 0) return;
+  cl_kernel k = rope_.get();
+  const uint32_t neox = s.mode == RopeMode::kNeox ? 1 : 0;
+  set_args(*device_, k, x, x_off, stride, pos, pos_off, s.head_dim, s.n_rot, s.freq_base, neox);
+  const size_t global[3] = {s.n_rot / 2, s.n_head, s.n_tokens};
+  enqueue(*device_, k, 3, global, nullptr, ev);
+}
+
+namespace {
+
+MatrixCaseResult run_rope(const Device& device, bool timing, RopeShape s) {
+  const uint32_t stride = s.token_stride ? s.token_stride : s.n_head * s.head_dim;
+  std::vector<float> x = random_floats(size_t(s.n_tokens) * stride, 21 + s.head_dim);
+  std::vector<int32_t> pos(s.n_tokens);
+  std::mt19937 rng(22 + s.n_tokens);
+  for (auto& p : pos) p = int32_t(1 + rng() % 2047);
+  if (pos.size() >= 3) pos[0] = 0;  // position 0 must be the identity (single tokens do rotate)
+  std::vector<float> ref = x;
+  for (uint32_t t = 0; t < s.n_tokens; ++t) {
+    std::span<float> heads(ref.data() + size_t(t) * stride, size_t(s.n_head) * s.head_dim);
+    reference::rope(heads, int(s.n_head), int(s.head_dim), int(s.n_rot), pos[t], s.freq_base,
+                    s.mode);
+  }
+  RopeOps ops(device);
+  GuardedBuffer dx(device, x), dpos(device, pos);
+  ops.rope(dx.mem(), 0, dpos.mem(), 0, s);
+  const auto got =
+      dx.download<float>();  // whole rows: the parts that must not move are checked too
+  // theta reaches 2047 rad in float: its rounding (~1e-4 rad) bounds the error, as in ggml.
+  MatrixCaseResult r = judge(compare(got, ref), 1e-3, {dx.check_guard()});
+  r.bytes = double(s.n_tokens) * s.n_head * s.n_rot * 8;
+  r.flops = double(s.n_tokens) * s.n_head * s.n_rot * 3;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.rope(dx.mem(), 0, dpos.mem(), 0, s, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+}  // namespace
+
+void register_rope_cases(std::vector<MatrixCase>& out) {
+  struct Shape {
+    uint32_t tokens, heads, dim, rot, stride;
+  };
+  // Full rotary, partial rotary, odd head counts, a tiny head, a head inside a fused QKV row.
+  const Shape shapes[] = {{1, 32, 128, 128, 0}, {5, 8, 64, 32, 0}, {3, 3, 80, 64, 0},
+                          {7, 2, 18, 18, 0},    {1, 1, 2, 2, 0},   {4, 4, 64, 64, 4 * 64 * 3}};
+  for (RopeMode mode : {RopeMode::kNormal, RopeMode::kNeox}) {
+    for (const Shape& sh : shapes) {
+      RopeShape s{sh.tokens, sh.heads, sh.dim, sh.rot, sh.stride, 10000.0f, mode};
+      if (sh.stride) s.freq_base = 1000000.0f;  // Qwen's base
+      std::string shape = std::to_string(sh.tokens) + "x" + std::to_string(sh.heads) + "x" +
+                          std::to_string(sh.dim) + "/" + std::to_string(sh.rot);
+      if (sh.stride) shape += "/qkv";
+      out.push_back({"rope", mode == RopeMode::kNeox ? "neox" : "normal", shape,
+                     [s](const Device& d, bool timing) { return run_rope(d, timing, s); }});
+    }
+  }
+}
+
+}  // namespace tessera::ops

@@ -1,0 +1,111 @@
+// Device MoE routing launches and their portability-matrix cases.
+#include "host/ops/device/routing.h"
+
+#include <random>
+#include <stdexcept>
+
+#include "host/ops/device/matrix.h"
+
+namespace tessera::ops {
+
+RoutingOps::RoutingOps(const Device& device)
+    : device_(&device), route_(device.kernel("route", "route_topk_f32")) {}
+
+void RoutingOps::route(cl_mem logits, uint32_t l_off, uint32_t n_tokens, uint32_t n_expert,
+                       const RoutingConfig& config, cl_mem ids, uint32_t ids_off, cl_mem weights,
+                       uint32_t w_off, const Events& ev) {
+  const int k = config.n_expert_used;
+  if (k < 1 || uint32_t(k) > n_expert) {
+    throw std::invalid_argument("route: n_expert_used " + std::to_string(k) + " is not in [1, " +
+                                std::to_string(n_expert) + "]");
+  }
+  if (n_tokens == 0) return;
+  cl_kernel kern = route_.get();
+  const uint32_t sigmoid = config.gating == GatingFunc::kSigmoid ? 1 : 0;
+  const uint32_t normalize = config.normalize_topk ? 1 : 0;
+  set_args(*device_, kern, logits, l_off, n_expert, uint32_t(k), sigmoid, normalize,
+           config.weight_scale, ids, ids_off, weights, w_off, n_tokens);
+  const size_t local = device_->info().type == DeviceType::kCpu ? 1 : 64;
+  const size_t global = round_up(n_tokens, local);
+  enqueue(*device_, kern, 1, &global, &local, ev);
+}
+
+namespace {
+
+// ties: logits drawn from a few integers, so equal probabilities are common and the tie rule shows.
+MatrixCaseResult run_route(const Device& device, bool timing, uint32_t tokens, uint32_t n_expert,
+                           RoutingConfig cfg, bool ties) {
+  std::vector<float> logits = random_floats(size_t(tokens) * n_expert, 51 + n_expert, -4, 4);
+  if (ties) {
+    std::mt19937 rng(52);
+    for (float& l : logits) l = float(int(rng() % 4)) - 1.0f;
+  }
+  const uint32_t k = uint32_t(cfg.n_expert_used);
+  std::vector<int32_t> ref_ids;
+  std::vector<float> ref_w;
+  for (uint32_t t = 0; t < tokens; ++t) {
+    auto choice = reference::route_experts(
+        std::span<const float>(logits.data() + size_t(t) * n_expert, n_expert), cfg);
+    ref_ids.insert(ref_ids.end(), choice.ids.begin(), choice.ids.end());
+    ref_w.insert(ref_w.end(), choice.weights.begin(), choice.weights.end());
+  }
+  RoutingOps ops(device);
+  GuardedBuffer dl(device, logits), dids(device, size_t(tokens) * k * 4),
+      dw(device, size_t(tokens) * k * 4);
+  ops.route(dl.mem(), 0, tokens, n_expert, cfg, dids.mem(), 0, dw.mem(), 0);
+  const auto got_ids = dids.download<int32_t>();
+  MatrixCaseResult r =
+      judge(compare(dw.download<float>(), ref_w), 1e-5, {dids.check_guard(), dw.check_guard()});
+  if (const size_t bad = count_mismatches(got_ids, ref_ids); bad > 0 && r.status == "pass") {
+    r.status = "fail";
+    r.note = std::to_string(bad) + " of " + std::to_string(ref_ids.size()) + " expert ids differ";
+  }
+  r.bytes = double(tokens) * (n_expert * 4 + k * 8);
+  r.flops = double(tokens) * n_expert * (k + 2) * 4;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.route(dl.mem(), 0, tokens, n_expert, cfg, dids.mem(), 0, dw.mem(), 0, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+}  // namespace
+
+void register_routing_cases(std::vector<MatrixCase>& out) {
+  struct Format {
+    const char* name;
+    GatingFunc gating;
+    bool norm;
+    float scale;
+  };
+  const Format formats[] = {{"softmax", GatingFunc::kSoftmax, false, 1.0f},
+                            {"softmax_norm", GatingFunc::kSoftmax, true, 1.0f},
+                            {"sigmoid", GatingFunc::kSigmoid, false, 1.0f},
+                            {"sigmoid_norm_x2.5", GatingFunc::kSigmoid, true, 2.5f}};
+  struct Shape {
+    uint32_t tokens, experts, k;
+    bool ties;
+  };
+  const Shape shapes[] = {{1, 128, 8, false}, {13, 60, 4, false},  {5, 8, 2, false},
+                          {3, 7, 7, false},   {64, 256, 8, false}, {9, 32, 4, true}};
+  for (const Format& f : formats) {
+    for (const Shape& s : shapes) {
+      RoutingConfig cfg;
+      cfg.n_expert_used = int(s.k);
+      cfg.gating = f.gating;
+      cfg.normalize_topk = f.norm;
+      cfg.weight_scale = f.scale;
+      std::string shape =
+          std::to_string(s.tokens) + "x" + std::to_string(s.experts) + "/" + std::to_string(s.k);
+      if (s.ties) shape += "/ties";
+      out.push_back({"route_topk", f.name, shape, [=](const Device& d, bool t) {
+                       return run_route(d, t, s.tokens, s.experts, cfg, s.ties);
+                     }});
+    }
+  }
+}
+
+}  // namespace tessera::ops

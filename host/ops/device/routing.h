@@ -1,0 +1,35 @@
+// Device MoE routing (cl_kernels/route.cl): router logits -> top-k expert ids and weights per
+// token.
+#pragma once
+
+#include <cstdint>
+
+#include "devices/device.h"
+#include "host/ops/device/launch.h"
+#include "host/ops/reference/routing.h"
+
+namespace tessera::ops {
+
+using reference::GatingFunc;
+using reference::RoutingConfig;
+
+// One per device and user thread: launches set kernel arguments, so calls must not overlap.
+class RoutingOps {
+ public:
+  explicit RoutingOps(const Device& device);
+
+  // For each of n_tokens rows of n_expert logits (from l_off): probabilities (softmax or sigmoid),
+  // the k = config.n_expert_used best experts (ties to the lower index), their weights normalized
+  // and scaled as config says. ids: int32 [token][k] from ids_off; weights: f32 [token][k] from
+  // w_off. Same semantics as reference::route_experts. Throws std::invalid_argument when k is not
+  // in [1, n_expert].
+  void route(cl_mem logits, uint32_t l_off, uint32_t n_tokens, uint32_t n_expert,
+             const RoutingConfig& config, cl_mem ids, uint32_t ids_off, cl_mem weights,
+             uint32_t w_off, const Events& ev = {});
+
+ private:
+  const Device* device_;
+  ClKernel route_;
+};
+
+}  // namespace tessera::ops
