@@ -16,6 +16,11 @@
 
 #define GROUP (N_HEAD / N_HEAD_KV)
 
+inline float hsum_f8(float8 v) {
+  const float4 a = v.lo + v.hi;
+  return (a.x + a.y) + (a.z + a.w);
+}
+
 // Horizontal sum of a row-kernel vector.
 inline float hsum(floatv v) {
 #if VW == 8
@@ -185,11 +190,12 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 // query heads of that KV head, so each K/V row is read once per group. It writes a partial
 // (max, sum, unnormalized output) per query head and chunk to `part`:
 //   part [token][N_HEAD][n_chunks][2 + HEAD_DIM]
-// Items of a tile each take whole tokens for the scores (a token's row is contiguous) and
-// (head, dim) pairs for the output, so neighbouring GPU items read neighbouring V elements and a
-// CPU work-group of one item streams K and V rows in order.
-#define DEC_PAIRS (GROUP * HEAD_DIM)
-#define DEC_OWN ((DEC_PAIRS + DEC_LWS - 1) / DEC_LWS)
+// Per tile of DEC_TILE (= DEC_LWS, a power of two) tokens: item jj scores token jj for every head
+// of the group; the tile maxima come from a local-memory tree; each item keeps its own running sum
+// (rescaled as the max grows; one tree at the end); for the output, items own 4 consecutive
+// (head, dim) pairs, so neighbouring items read neighbouring V elements of a row.
+#define DEC_PAIRS4 (GROUP * HEAD_DIM / 4)
+#define DEC_OWN ((DEC_PAIRS4 + DEC_LWS - 1) / DEC_LWS)
 
 __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
@@ -199,7 +205,8 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
                               __global float* part) {
   __local float qs[GROUP * HEAD_DIM];
   __local float ss[GROUP * DEC_TILE];
-  __local float gm[GROUP], gl[GROUP], galpha[GROUP];
+  __local float red[GROUP * DEC_LWS];
+  __local int rows[DEC_TILE];  // pool row (element index / HEAD_DIM) of each tile token
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -222,66 +229,76 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   }
   for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
     qs[i] = q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
-  for (int g = lid; g < GROUP; g += DEC_LWS) {
-    gm[g] = -INFINITY;
-    gl[g] = 0.0f;
+  float m[GROUP], l[GROUP];  // the max is the same in every item; l is this item's share
+  for (int g = 0; g < GROUP; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
   }
-  float o[DEC_OWN];
-  for (int i = 0; i < DEC_OWN; ++i) o[i] = 0.0f;
+  float4 o[DEC_OWN];
+  for (int i = 0; i < DEC_OWN; ++i) o[i] = (float4)(0.0f);
   barrier(CLK_LOCAL_MEM_FENCE);
 
   __global const int* table = meta + bt_off + (size_t)s * bt_stride;
   for (int j0 = start; j0 < end; j0 += DEC_TILE) {
     const int n = min(DEC_TILE, end - j0);
-    for (int jj = lid; jj < n; jj += DEC_LWS) {
-      const int pj = j0 + jj;
+    float sc[GROUP];
+    if (lid < n) {
+      const int pj = j0 + lid;
       const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
-      float acc[GROUP];
-      for (int g = 0; g < GROUP; ++g) acc[g] = 0.0f;
+      rows[lid] = (int)(row / HEAD_DIM);
+      for (int g = 0; g < GROUP; ++g) sc[g] = 0.0f;
       for (int d = 0; d < HEAD_DIM; d += 4) {
         const float4 k4 = kv_load4(k_pool, row, d);
-        for (int g = 0; g < GROUP; ++g) acc[g] += dot(k4, vload4(0, qs + g * HEAD_DIM + d));
+        for (int g = 0; g < GROUP; ++g) sc[g] += dot(k4, vload4(0, qs + g * HEAD_DIM + d));
       }
-      for (int g = 0; g < GROUP; ++g) ss[g * DEC_TILE + jj] = acc[g];
+    } else {
+      for (int g = 0; g < GROUP; ++g) sc[g] = -INFINITY;
     }
+    for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] = sc[g];
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (int g = lid; g < GROUP; g += DEC_LWS) {
-      const float m_old = gm[g];
-      float mx = m_old;
-      for (int jj = 0; jj < n; ++jj) mx = fmax(mx, ss[g * DEC_TILE + jj]);
-      float sum = 0.0f;
-      for (int jj = 0; jj < n; ++jj) {
-        const float p = exp(ss[g * DEC_TILE + jj] - mx);
-        ss[g * DEC_TILE + jj] = p;
-        sum += p;
-      }
-      const float alpha = exp(m_old - mx);
-      gl[g] = gl[g] * alpha + sum;
-      gm[g] = mx;
-      galpha[g] = alpha;
+    for (int w = DEC_LWS / 2; w > 0; w >>= 1) {
+      if (lid < w)
+        for (int g = 0; g < GROUP; ++g)
+          red[g * DEC_LWS + lid] = fmax(red[g * DEC_LWS + lid], red[g * DEC_LWS + lid + w]);
+      barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    float alpha[GROUP];
+    for (int g = 0; g < GROUP; ++g) {
+      const float mx = fmax(m[g], red[g * DEC_LWS]);  // finite: the tile has a visible token
+      alpha[g] = exp(m[g] - mx);
+      m[g] = mx;
+      const float p = exp(sc[g] - mx);  // 0 for items past n
+      ss[g * DEC_TILE + lid] = p;
+      l[g] = l[g] * alpha[g] + p;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int i = 0; i < DEC_OWN; ++i) {
-      const int e = lid + i * DEC_LWS;
-      if (e < DEC_PAIRS) o[i] *= galpha[e / HEAD_DIM];
-    }
-    for (int jj = 0; jj < n; ++jj) {
-      const int pj = j0 + jj;
-      const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
-      for (int i = 0; i < DEC_OWN; ++i) {
-        const int e = lid + i * DEC_LWS;
-        if (e < DEC_PAIRS) o[i] += ss[(e / HEAD_DIM) * DEC_TILE + jj] * kv_load1(v_pool, row, e % HEAD_DIM);
+      const int e = (lid + i * DEC_LWS) * 4;
+      if (e < GROUP * HEAD_DIM) {
+        const int g = e / HEAD_DIM, d = e % HEAD_DIM;
+        float4 acc = o[i] * alpha[g];
+        for (int jj = 0; jj < n; ++jj)
+          acc += ss[g * DEC_TILE + jj] * kv_load4(v_pool, (size_t)rows[jj] * HEAD_DIM, d);
+        o[i] = acc;
       }
     }
-    barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ss
+    barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ss, red, rows
+  }
+  // Sum the items' shares of l.
+  for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] = l[g];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int w = DEC_LWS / 2; w > 0; w >>= 1) {
+    if (lid < w)
+      for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] += red[g * DEC_LWS + lid + w];
+    barrier(CLK_LOCAL_MEM_FENCE);
   }
   for (int i = 0; i < DEC_OWN; ++i) {
-    const int e = lid + i * DEC_LWS;
-    if (e < DEC_PAIRS) dst[(e / HEAD_DIM) * head_stride + 2 + e % HEAD_DIM] = o[i];
+    const int e = (lid + i * DEC_LWS) * 4;
+    if (e < GROUP * HEAD_DIM) vstore4(o[i], 0, dst + (e / HEAD_DIM) * head_stride + 2 + e % HEAD_DIM);
   }
   for (int g = lid; g < GROUP; g += DEC_LWS) {
-    dst[g * head_stride] = gm[g];
-    dst[g * head_stride + 1] = gl[g];
+    dst[g * head_stride] = m[g];
+    dst[g * head_stride + 1] = red[g * DEC_LWS];
   }
 }
 
@@ -322,7 +339,7 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
 // token) walks its chunk block by block; a block's head slice is one contiguous range of rows, read
 // once with wide vector loads (PoCL runs a one-item work-group as plain scalar code, so explicit
 // vectors and independent accumulators carry the speed). Same partial layout as above.
-#define DR_TILE 16  // tokens scored before their values are accumulated
+#define DR_TILE 16  // tokens scored before their values are accumulated (one float16)
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
@@ -374,16 +391,19 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       }
       for (int g = 0; g < GROUP; ++g) sc[g][jj] = hsum(acc[g]);
     }
+    // Softmax update on the whole tile as one float16: PoCL's scalar exp costs more than a
+    // token's loads and FMAs, its vector exp a fraction of that. Lanes past n are -inf (p = 0).
     for (int g = 0; g < GROUP; ++g) {
-      float mx = m[g];
-      for (int jj = 0; jj < n; ++jj) mx = fmax(mx, sc[g][jj]);
+      for (int jj = n; jj < DR_TILE; ++jj) sc[g][jj] = -INFINITY;
+      const float16 x = vload16(0, sc[g]);
+      float8 m8 = fmax(x.lo, x.hi);
+      float4 m4 = fmax(m8.lo, m8.hi);
+      const float mx = fmax(m[g], fmax(fmax(m4.x, m4.y), fmax(m4.z, m4.w)));
+      const float16 p = exp(x - mx);
+      vstore16(p, 0, sc[g]);
+      const float8 s8 = p.lo + p.hi;
       const float alpha = exp(m[g] - mx);
-      float sum = 0.0f;
-      for (int jj = 0; jj < n; ++jj) {
-        sc[g][jj] = exp(sc[g][jj] - mx);
-        sum += sc[g][jj];
-      }
-      l[g] = l[g] * alpha + sum;
+      l[g] = l[g] * alpha + hsum_f8(s8);
       m[g] = mx;
       for (int i = 0; i < HEAD_DIM / VW; ++i) o[g * (HEAD_DIM / VW) + i] *= alpha;
     }

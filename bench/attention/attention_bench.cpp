@@ -24,6 +24,7 @@ struct Options {
   std::vector<int> contexts{1024, 4096, 16384};
   std::vector<int> head_dims{64, 128};
   std::vector<int> batch{1, 8};
+  int decode_items = 0;  // work-group decode kernel size (= tile) instead of the device default
 };
 
 // Seconds per call of `launch` (enqueue only), averaged over reps after a warm-up, queue drained.
@@ -41,7 +42,12 @@ void bench_device(const Device& d, const Options& o) {
   const int n_head = 32, n_head_kv = 8, block = 16;
   for (int hd : o.head_dims) {
     ops::AttentionConfig cfg{n_head, n_head_kv, hd, block};
-    ops::AttentionOp op(d, cfg);
+    ops::AttentionTuning tuning = ops::default_attention_tuning(d, cfg);
+    if (o.decode_items > 0) {
+      tuning.decode_rows = false;
+      tuning.decode_items = tuning.decode_tile = o.decode_items;
+    }
+    ops::AttentionOp op(d, cfg, tuning);
     for (int n_seqs : o.batch) {
       for (int ctx : o.contexts) {
         const int32_t blocks_per_seq = (ctx + block - 1) / block;
@@ -136,12 +142,14 @@ int main(int argc, char** argv) {
         o.contexts = parse_ints(next());
       } else if (a == "--head-dims") {
         o.head_dims = parse_ints(next());
+      } else if (a == "--decode-items") {
+        o.decode_items = std::stoi(next());
       } else if (a == "--batch") {
         o.batch = parse_ints(next());
       } else {
         std::fprintf(stderr,
                      "usage: attention_bench [--devices cpu0,gpu0] [--reps N] [--contexts 1024,4096,16384]\n"
-                     "                       [--head-dims 64,128] [--batch 1,8]\n");
+                     "                       [--head-dims 64,128] [--batch 1,8] [--decode-items 128]\n");
         return a == "--help" ? 0 : 2;
       }
     } catch (const std::exception& e) {

@@ -1,5 +1,5 @@
-// `tessera fixture --arch KIND -o FILE`: writes a tiny seeded random-weight model (for tests and for
-// running llama.cpp on the same file).
+// `tessera fixture --arch KIND -o FILE`: writes a tiny seeded random-weight model (for tests and
+// for running llama.cpp on the same file).
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -27,7 +27,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "tie-output", po::bool_switch(&o.tie_output), "omit output.weight (tied to token_embd)")(
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
       "output-scale", po::value<float>(&o.output_scale)->default_value(8.0f), "std of logits")(
-      "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f), "std of router logits");
+      "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),
+      "std of router logits");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {
@@ -36,11 +37,13 @@ int run_fixture(const std::vector<std::string>& args) {
   }
   po::notify(vm);
   model::make_fixture(o).write(out);
-  std::printf("wrote %s fixture (seed %llu) to %s\n", o.kind.c_str(), (unsigned long long)o.seed, out.c_str());
+  std::printf("wrote %s fixture (seed %llu) to %s\n", o.kind.c_str(), (unsigned long long)o.seed,
+              out.c_str());
   return 0;
 }
 
-const CommandRegistrar kRegistrar("fixture", "write a tiny random-weight model of an architecture", run_fixture);
+const CommandRegistrar kRegistrar("fixture", "write a tiny random-weight model of an architecture",
+                                  run_fixture);
 
 }  // namespace
 }  // namespace tessera::cli

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <sstream>
@@ -42,14 +43,14 @@ void print_table(const std::vector<const Device*>& devices, const std::vector<Ro
   for (const Device* d : devices) {
     std::printf("\n== %s  [%s, %s]\n", d->info().label().c_str(), d->info().platform_name.c_str(),
                 d->info().driver_version.c_str());
-    std::printf("%-14s %-13s %-14s %-11s %-9s %-9s", "kernel", "format", "shape", "status",
+    std::printf("%-18s %-13s %-16s %-11s %-9s %-9s", "kernel", "format", "shape", "status",
                 "max_abs", "max_rel");
     if (timing) std::printf(" %-9s %-8s %-8s", "time_us", "GB/s", "GFLOP/s");
     std::printf("  note\n");
     for (const Row& row : rows) {
       if (row.device != d) continue;
       const auto& r = row.r;
-      std::printf("%-14s %-13s %-14s %-11s %-9.2e %-9.2e", row.c->kernel.c_str(),
+      std::printf("%-18s %-13s %-16s %-11s %-9.2e %-9.2e", row.c->kernel.c_str(),
                   row.c->format.c_str(), row.c->shape.c_str(), r.status.c_str(), r.max_abs_err,
                   r.max_rel_err);
       if (timing) {
@@ -65,11 +66,11 @@ void print_table(const std::vector<const Device*>& devices, const std::vector<Ro
     auto& s = summary[row.c->kernel][row.device];
     s[row.r.status == "pass" ? 0 : row.r.status == "unsupported" ? 2 : 1]++;
   }
-  std::printf("\n%-14s", "summary");
+  std::printf("\n%-18s", "summary");
   for (const Device* d : devices) std::printf(" %-22s", d->id().c_str());
   std::printf("\n");
   for (const auto& [kernel, per_device] : summary) {
-    std::printf("%-14s", kernel.c_str());
+    std::printf("%-18s", kernel.c_str());
     for (const Device* d : devices) {
       auto it = per_device.find(d);
       std::string cell = "-";
@@ -128,6 +129,7 @@ int run_matrix(const std::vector<std::string>& args) {
       "devices", po::value<std::string>(), "comma-separated device ids (default: all)")(
       "filter", po::value<std::string>(), "run only cases whose kernel/format/shape contains this")(
       "timing", "also time each case (median of 10 launches, profiling events)")(
+      "json-file", po::value<std::string>(), "also write the JSON results to this file")(
       "list", "list the cases without running them");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
@@ -172,6 +174,12 @@ int run_matrix(const std::vector<std::string>& args) {
       }
       rows.push_back(std::move(row));
     }
+  }
+  if (vm.count("json-file")) {
+    const std::string path = vm["json-file"].as<std::string>();
+    std::ofstream f(path);
+    f << boost::json::serialize(to_json(devices, rows)) << "\n";
+    if (!f) throw std::runtime_error("tessera matrix: cannot write --json-file " + path);
   }
   if (json) {
     std::cout << boost::json::serialize(to_json(devices, rows)) << "\n";

@@ -46,7 +46,8 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
       used = 0;
     }
     if (used == 0 || used != item.size() || v < 0 || v > INT32_MAX) {
-      throw std::runtime_error("--tokens: '" + item + "' is not a token id (expected e.g. 1,403,407)");
+      throw std::runtime_error("--tokens: '" + item +
+                               "' is not a token id (expected e.g. 1,403,407)");
     }
     ids.push_back(int32_t(v));
   }
@@ -196,17 +197,22 @@ int run_generate(const std::vector<std::string>& args) {
       "set", po::value<std::vector<std::string>>(&sets)->composing(), "override a config key (KEY=VALUE)")(
       "balancer", po::bool_switch(&balancer), "let the expert balancer move hot experts (also balancer.enabled)")(
       "prompt,p", po::value<std::string>(&prompt), "prompt text")(
-      "tokens", po::value<std::string>(&tokens), "prompt as comma-separated token ids, e.g. 403,407 (BOS is added)")(
+      "tokens", po::value<std::string>(&tokens),
+      "prompt as comma-separated token ids, e.g. 403,407 (BOS is added)")(
       "n-predict,n", po::value<int>(&n_predict)->default_value(32), "tokens to generate")(
       "temp", po::value<float>(&sc.temperature)->default_value(0.0f), "temperature; 0 = greedy")(
-      "top-k", po::value<int>(&sc.top_k)->default_value(0), "keep the k most likely tokens (0 = all)")(
-      "top-p", po::value<float>(&sc.top_p)->default_value(1.0f), "nucleus probability mass (1 = all)")(
+      "top-k", po::value<int>(&sc.top_k)->default_value(0),
+      "keep the k most likely tokens (0 = all)")("top-p",
+                                                 po::value<float>(&sc.top_p)->default_value(1.0f),
+                                                 "nucleus probability mass (1 = all)")(
       "seed", po::value<uint64_t>(&sc.seed)->default_value(0), "sampling seed")(
       "no-bos", po::bool_switch(&no_bos), "do not add the BOS token the vocabulary asks for")(
-      "ignore-eos", po::bool_switch(&ignore_eos), "keep generating after an end-of-generation token")(
+      "ignore-eos", po::bool_switch(&ignore_eos),
+      "keep generating after an end-of-generation token")(
       "ids", po::bool_switch(&print_ids), "print generated token ids instead of text")(
       "logits-out", po::value<std::string>(&logits_path),
-      "write each step's logits (n_vocab float32, native byte order) to this file, for comparisons");
+      "write each step's logits (n_vocab float32, native byte order) to this file, for "
+      "comparisons");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {
@@ -217,7 +223,8 @@ int run_generate(const std::vector<std::string>& args) {
   if (model_path.empty()) model_path = default_model_path();
   if (n_predict < 0) throw std::runtime_error("-n must be >= 0");
   if (vm.count("prompt") == vm.count("tokens")) {
-    throw std::runtime_error("give the prompt either as text (-p TEXT) or as ids (--tokens 1,2,3), not both or neither");
+    throw std::runtime_error(
+        "give the prompt either as text (-p TEXT) or as ids (--tokens 1,2,3), not both or neither");
   }
 
   const auto file = gguf::GgufFile::open(model_path);
@@ -228,7 +235,8 @@ int run_generate(const std::vector<std::string>& args) {
   if (file.find("tokenizer.ggml.model")) {
     tok.emplace(tokenizer::Tokenizer::from_gguf(file));
   } else if (vm.count("prompt")) {
-    throw std::runtime_error(model_path + ": no tokenizer metadata (tokenizer.ggml.model); use --tokens and --ids");
+    throw std::runtime_error(
+        model_path + ": no tokenizer metadata (tokenizer.ggml.model); use --tokens and --ids");
   }
   if (!tok) print_ids = true;
 
@@ -242,8 +250,8 @@ int run_generate(const std::vector<std::string>& args) {
   if (prompt_ids.empty()) throw std::runtime_error("the prompt is empty (no tokens to start from)");
   for (int32_t id : prompt_ids) {
     if (id < 0 || uint32_t(id) >= spec.hp.n_vocab) {
-      throw std::runtime_error("prompt token " + std::to_string(id) + " is outside the vocabulary of " +
-                               std::to_string(spec.hp.n_vocab));
+      throw std::runtime_error("prompt token " + std::to_string(id) +
+                               " is outside the vocabulary of " + std::to_string(spec.hp.n_vocab));
     }
   }
   if (prompt_ids.size() + size_t(n_predict) > spec.hp.n_ctx_train) {
@@ -254,7 +262,8 @@ int run_generate(const std::vector<std::string>& args) {
   std::unique_ptr<FILE, int (*)(FILE*)> logits_file(nullptr, &std::fclose);
   if (!logits_path.empty()) {
     logits_file.reset(std::fopen(logits_path.c_str(), "wb"));
-    if (!logits_file) throw std::runtime_error("--logits-out: cannot open '" + logits_path + "' for writing");
+    if (!logits_file)
+      throw std::runtime_error("--logits-out: cannot open '" + logits_path + "' for writing");
   }
 
   std::unique_ptr<DeviceRegistry> registry;
@@ -288,7 +297,8 @@ int run_generate(const std::vector<std::string>& args) {
   const auto t1 = Clock::now();
   int generated = 0;
   for (int i = 0; i < n_predict; ++i) {
-    if (logits_file && std::fwrite(logits.data(), sizeof(float), logits.size(), logits_file.get()) != logits.size()) {
+    if (logits_file && std::fwrite(logits.data(), sizeof(float), logits.size(),
+                                   logits_file.get()) != logits.size()) {
       throw std::runtime_error("--logits-out: write to '" + logits_path + "' failed");
     }
     const int32_t next = sampler.sample(logits);

@@ -496,11 +496,11 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq, {{}, c.prof("rope")});
     c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk, {{}, c.prof("rope")});
     const auto layer_view = kv_->layer(int32_t(l));
-    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n, {}, c.prof("kv_write"));
+    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n, {{}, c.prof("kv_write")});
     if (decode) {
-      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes, {}, c.prof("attention"));
+      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes, {{}, c.prof("attention")});
     } else {
-      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {}, c.prof("attention"));
+      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
     }
     c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
     c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E, {{}, c.prof("elementwise")});

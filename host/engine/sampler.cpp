@@ -1,5 +1,5 @@
-// Sampler implementation. The uniform draw is built from the raw 64-bit output (53 high bits) rather
-// than std::uniform_real_distribution, whose algorithm differs between standard libraries.
+// Sampler implementation. The uniform draw is built from the raw 64-bit output (53 high bits)
+// rather than std::uniform_real_distribution, whose algorithm differs between standard libraries.
 #include "host/engine/sampler.h"
 
 #include <algorithm>
@@ -32,7 +32,8 @@ int32_t Sampler::sample(std::span<const float> logits) {
   // Candidates sorted by logit (descending, ties by id), cut to top-k.
   std::vector<int32_t> ids(logits.size());
   std::iota(ids.begin(), ids.end(), 0);
-  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+  std::stable_sort(ids.begin(), ids.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
   if (config_.top_k > 0 && size_t(config_.top_k) < ids.size()) ids.resize(size_t(config_.top_k));
 
   std::vector<double> probs(ids.size());

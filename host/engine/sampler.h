@@ -1,4 +1,5 @@
-// Token sampling from logits: greedy, or temperature + top-k + top-p with a seeded, deterministic RNG.
+// Token sampling from logits: greedy, or temperature + top-k + top-p with a seeded, deterministic
+// RNG.
 #pragma once
 
 #include <cstdint>

@@ -24,6 +24,7 @@ const ArchTraits* find_architecture(std::string_view name) {
 
 std::vector<std::string> supported_architectures() {
   std::vector<std::string> names;
+  names.reserve(kArchitectures.size());
   for (const auto& a : kArchitectures) names.emplace_back(a.name);
   return names;
 }

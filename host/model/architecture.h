@@ -1,4 +1,5 @@
-// The supported architectures as data: what distinguishes llama, qwen3 and qwen3moe for the forward pass.
+// The supported architectures as data: what distinguishes llama, qwen3 and qwen3moe for the forward
+// pass.
 #pragma once
 
 #include <string>
@@ -20,12 +21,12 @@ enum class MoeKind {
 // block structure is shared: pre-norm attention (optional per-head q/k RMSNorm before RoPE),
 // residual, pre-norm FFN (dense SwiGLU or MoE), residual, final norm, output projection.
 struct ArchTraits {
-  std::string_view name;               // general.architecture value and metadata key prefix
-  reference::RopeMode rope_mode;       // llama.cpp's llama_model_rope_type for the architecture
-  bool has_qk_norm;                    // attn_q_norm / attn_k_norm tensors (Qwen3)
+  std::string_view name;          // general.architecture value and metadata key prefix
+  reference::RopeMode rope_mode;  // llama.cpp's llama_model_rope_type for the architecture
+  bool has_qk_norm;               // attn_q_norm / attn_k_norm tensors (Qwen3)
   MoeKind moe;
-  bool normalize_topk;                 // build_moe_ffn's norm_w
-  std::string_view expert_ff_key;      // key suffix of the expert FFN width; empty: feed_forward_length
+  bool normalize_topk;             // build_moe_ffn's norm_w
+  std::string_view expert_ff_key;  // key suffix of the expert FFN width; empty: feed_forward_length
 };
 
 // The traits of `name`, or nullptr when Tessera does not support it.

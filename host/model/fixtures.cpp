@@ -84,7 +84,9 @@ class Gaussian {
 
 }  // namespace
 
-std::vector<std::string> fixture_kinds() { return {"llama", "mixtral", "qwen3", "qwen3moe"}; }
+std::vector<std::string> fixture_kinds() {
+  return {"llama", "mixtral", "qwen3", "qwen3moe"};
+}
 
 FixtureVocab fixture_vocab() {
   FixtureVocab v;
@@ -97,7 +99,8 @@ FixtureVocab fixture_vocab() {
   add("<s>", 0.0f, 3);
   add("</s>", 0.0f, 3);
   static const char* kHex = "0123456789ABCDEF";
-  for (int b = 0; b < 256; ++b) add(std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">", 0.0f, 6);
+  for (int b = 0; b < 256; ++b)
+    add(std::string("<0x") + kHex[b >> 4] + kHex[b & 15] + ">", 0.0f, 6);
   const std::string space = "\xE2\x96\x81";  // U+2581, SentencePiece's word boundary
   std::set<std::string> seen;
   add(space, -1.0f, 1);
@@ -107,11 +110,12 @@ FixtureVocab fixture_vocab() {
     seen.insert(std::string(1, c));
   }
   static const char* kWords[] = {
-      "Once", "upon", "a", "time", "there", "was", "little", "girl", "boy", "named", "Lily", "Tom",
-      "who", "liked", "to", "play", "in", "the", "park", "with", "her", "his", "dog", "cat", "and",
-      "one", "day", "she", "he", "saw", "big", "red", "ball", "tree", "sun", "happy", "said",
-      "hello", "friend", "they", "went", "home", "mom", "help", "find", "of", "it", "is", "on",
-      "The", "run", "jump", "fun", "very", "good", "bird", "sky", "blue", "water", "toy"};
+      "Once", "upon", "a",    "time",  "there", "was",   "little", "girl",  "boy",    "named",
+      "Lily", "Tom",  "who",  "liked", "to",    "play",  "in",     "the",   "park",   "with",
+      "her",  "his",  "dog",  "cat",   "and",   "one",   "day",    "she",   "he",     "saw",
+      "big",  "red",  "ball", "tree",  "sun",   "happy", "said",   "hello", "friend", "they",
+      "went", "home", "mom",  "help",  "find",  "of",    "it",     "is",    "on",     "The",
+      "run",  "jump", "fun",  "very",  "good",  "bird",  "sky",    "blue",  "water",  "toy"};
   for (const char* w : kWords) {
     std::string piece = space;
     for (const char* p = w; *p; ++p) {
@@ -137,7 +141,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       if (key != drop) w.set(std::move(key), std::move(v));
     }
   } w{writer, o.drop_key};
-  w.set("general.architecture", Value::string(o.architecture_override.empty() ? a : o.architecture_override));
+  w.set("general.architecture",
+        Value::string(o.architecture_override.empty() ? a : o.architecture_override));
   w.set("general.name", Value::string("tessera-fixture-" + o.kind));
   w.set(a + ".block_count", Value::u32(s.n_layer));
   w.set(a + ".context_length", Value::u32(s.n_ctx));
@@ -170,8 +175,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   Gaussian g(o.seed);
   bool skewed = false;
   // std: weights of a matrix with `cols` inputs get std scale/sqrt(cols) so activations stay O(1).
-  auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type, float scale,
-                    float mean = 0.0f) {
+  auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type,
+                    float scale, float mean = 0.0f) {
     uint64_t n = 1;
     for (uint64_t d : dims) n *= d;
     std::vector<float> data(n);
@@ -187,10 +192,12 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     const uint64_t row_len = dims[0], stride = gguf::row_bytes(type, row_len);
     std::vector<uint8_t> bytes(stride * (data.size() / row_len));
     for (uint64_t r = 0; r < data.size() / row_len; ++r)
-      quant::quantize_row(type, data.data() + r * row_len, bytes.data() + r * stride, int64_t(row_len));
+      quant::quantize_row(type, data.data() + r * row_len, bytes.data() + r * stride,
+                          int64_t(row_len));
     writer.add_tensor(name, type, std::move(dims), std::move(bytes));
   };
-  const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim, KV = uint64_t(s.n_head_kv) * s.head_dim;
+  const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim,
+                 KV = uint64_t(s.n_head_kv) * s.head_dim;
   tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, 1.0f * std::sqrt(float(E)));
   for (uint32_t i = 0; i < s.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
@@ -220,7 +227,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   tensor("output_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
   if (!o.tie_output) tensor("output.weight", {E, n_vocab}, TensorType::F16, o.output_scale);
   if (!o.skew_tensor.empty() && !skewed) {
-    throw std::invalid_argument("fixture: skew_tensor '" + o.skew_tensor + "' is not a tensor of kind " + o.kind);
+    throw std::invalid_argument("fixture: skew_tensor '" + o.skew_tensor +
+                                "' is not a tensor of kind " + o.kind);
   }
   return writer;
 }

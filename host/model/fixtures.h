@@ -1,5 +1,6 @@
-// Tiny random-weight GGUF models of every supported architecture, for tests and for pointing llama.cpp
-// at the same file (`tessera fixture`). Seeded and platform-independent: same options, same bytes.
+// Tiny random-weight GGUF models of every supported architecture, for tests and for pointing
+// llama.cpp at the same file (`tessera fixture`). Seeded and platform-independent: same options,
+// same bytes.
 #pragma once
 
 #include <cstdint>
@@ -13,9 +14,9 @@ namespace tessera::model {
 struct FixtureOptions {
   std::string kind = "llama";  // one of fixture_kinds(): llama, mixtral, qwen3, qwen3moe
   uint64_t seed = 1;
-  bool tie_output = false;     // omit output.weight (tied to token_embd)
-  bool all_f32 = false;        // store every tensor as F32 (isolates architecture semantics from
-                               // quantization when comparing with another implementation)
+  bool tie_output = false;  // omit output.weight (tied to token_embd)
+  bool all_f32 = false;     // store every tensor as F32 (isolates architecture semantics from
+                            // quantization when comparing with another implementation)
   // Decisive scales (see DESIGN.md, Testing): the output projection's and the router's weights have
   // std = scale / sqrt(n_embd), so logits and router logits have std ~scale and the greedy token /
   // chosen experts do not flip under small numeric differences between implementations.
@@ -30,9 +31,10 @@ struct FixtureOptions {
 // The fixture kinds and, for each, the architecture it is written as ("mixtral" is llama + MoE).
 std::vector<std::string> fixture_kinds();
 
-// Builds the whole file in memory: metadata (architecture hyper-parameters and a small SentencePiece
-// 'llama' vocabulary llama.cpp accepts) and tensors in a mix of F32, F16, Q8_0, Q4_0 and Q4_K.
-// Throws std::invalid_argument for an unknown kind or a skew_tensor that is not in the model.
+// Builds the whole file in memory: metadata (architecture hyper-parameters and a small
+// SentencePiece 'llama' vocabulary llama.cpp accepts) and tensors in a mix of F32, F16, Q8_0, Q4_0
+// and Q4_K. Throws std::invalid_argument for an unknown kind or a skew_tensor that is not in the
+// model.
 gguf::GgufWriter make_fixture(const FixtureOptions& options);
 
 // The fixture vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, printable ASCII

@@ -1,4 +1,5 @@
-// Builds a ModelSpec from GGUF metadata and tensors, checking every shape against the hyper-parameters.
+// Builds a ModelSpec from GGUF metadata and tensors, checking every shape against the
+// hyper-parameters.
 #include "host/model/model_spec.h"
 
 #include <optional>
@@ -41,7 +42,8 @@ class SpecReader {
     const gguf::Value* v = file_.find(k);
     if (!v) {
       if (fallback) return *fallback;
-      fail("metadata '" + k + "'", "missing (required by architecture " + std::string(arch_.name) + ")");
+      fail("metadata '" + k + "'",
+           "missing (required by architecture " + std::string(arch_.name) + ")");
     }
     uint64_t x = 0;
     if (v->type == gguf::ValueType::ARRAY) {
@@ -49,7 +51,8 @@ class SpecReader {
       if (arr.empty()) fail("metadata '" + k + "'", "empty array");
       x = arr[0].as_uint();
       for (const auto& e : arr)
-        if (e.as_uint() != x) fail("metadata '" + k + "'", "per-layer values differ; not supported");
+        if (e.as_uint() != x)
+          fail("metadata '" + k + "'", "per-layer values differ; not supported");
     } else {
       x = v->as_uint();
     }
@@ -62,7 +65,8 @@ class SpecReader {
     const gguf::Value* v = file_.find(k);
     if (!v) {
       if (fallback) return *fallback;
-      fail("metadata '" + k + "'", "missing (required by architecture " + std::string(arch_.name) + ")");
+      fail("metadata '" + k + "'",
+           "missing (required by architecture " + std::string(arch_.name) + ")");
     }
     return float(v->as_float());
   }
@@ -119,8 +123,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   if (hp.n_embd == 0) r.fail("metadata '" + r.key("embedding_length") + "'", "must be > 0");
   if (hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0) {
     r.fail("metadata '" + r.key("attention.head_count_kv") + "'",
-           "head_count " + std::to_string(hp.n_head) + " must be a positive multiple of head_count_kv " +
-               std::to_string(hp.n_head_kv));
+           "head_count " + std::to_string(hp.n_head) +
+               " must be a positive multiple of head_count_kv " + std::to_string(hp.n_head_kv));
   }
   hp.head_dim = r.u32("attention.key_length", hp.n_embd / hp.n_head);
   const uint32_t head_dim_v = r.u32("attention.value_length", hp.n_embd / hp.n_head);
@@ -132,25 +136,34 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   hp.n_rot = r.u32("rope.dimension_count", hp.head_dim);
   if (hp.head_dim == 0 || hp.n_rot == 0 || hp.n_rot % 2 != 0 || hp.n_rot > hp.head_dim) {
     r.fail("metadata '" + r.key("rope.dimension_count") + "'",
-           std::to_string(hp.n_rot) + " must be even and in (0, head_dim " + std::to_string(hp.head_dim) + "]");
+           std::to_string(hp.n_rot) + " must be even and in (0, head_dim " +
+               std::to_string(hp.head_dim) + "]");
   }
   hp.rope_freq_base = r.f32("rope.freq_base", 10000.0f);
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
   hp.expert_weights_scale = r.f32("expert_weights_scale", 0.0f);
 
   switch (arch->moe) {
-    case MoeKind::kNone: hp.n_expert = 0; break;
-    case MoeKind::kOptional: hp.n_expert = r.u32("expert_count", 0u); break;
-    case MoeKind::kRequired: hp.n_expert = r.u32("expert_count"); break;
+    case MoeKind::kNone:
+      hp.n_expert = 0;
+      break;
+    case MoeKind::kOptional:
+      hp.n_expert = r.u32("expert_count", 0u);
+      break;
+    case MoeKind::kRequired:
+      hp.n_expert = r.u32("expert_count");
+      break;
   }
   if (hp.n_expert > 0) {
     hp.n_expert_used = r.u32("expert_used_count");
     if (hp.n_expert_used == 0 || hp.n_expert_used > hp.n_expert) {
       r.fail("metadata '" + r.key("expert_used_count") + "'",
-             std::to_string(hp.n_expert_used) + " is not in [1, expert_count " + std::to_string(hp.n_expert) + "]");
+             std::to_string(hp.n_expert_used) + " is not in [1, expert_count " +
+                 std::to_string(hp.n_expert) + "]");
     }
   } else if (arch->moe == MoeKind::kRequired) {
-    r.fail("metadata '" + r.key("expert_count") + "'", "must be > 0 for " + std::string(arch->name));
+    r.fail("metadata '" + r.key("expert_count") + "'",
+           "must be > 0 for " + std::string(arch->name));
   }
   // Dense layers need feed_forward_length; qwen3moe may omit it and give the expert width instead.
   const bool need_n_ff = hp.n_expert == 0 || arch->expert_ff_key.empty();
@@ -159,7 +172,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     hp.n_ff_exp = arch->expert_ff_key.empty()
                       ? hp.n_ff
                       : r.u32(arch->expert_ff_key, hp.n_ff / hp.n_expert_used);
-    if (hp.n_ff_exp == 0) r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
+    if (hp.n_ff_exp == 0)
+      r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
   } else if (hp.n_ff == 0) {
     r.fail("metadata '" + r.key("feed_forward_length") + "'", "must be > 0");
   }

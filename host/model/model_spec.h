@@ -1,5 +1,5 @@
-// A model's description as data: hyper-parameters from GGUF metadata plus, per layer, the tensors it
-// uses, all shape-checked. The reference forward and the OpenCL engine walk the same ModelSpec.
+// A model's description as data: hyper-parameters from GGUF metadata plus, per layer, the tensors
+// it uses, all shape-checked. The reference forward and the OpenCL engine walk the same ModelSpec.
 #pragma once
 
 #include <cstdint>
@@ -20,20 +20,20 @@ struct ModelError : TesseraError {
 
 // Hyper-parameters, from `<arch>.*` metadata (defaults as llama.cpp's loader applies them).
 struct HParams {
-  uint32_t n_layer = 0;         // block_count
-  uint32_t n_embd = 0;          // embedding_length
-  uint32_t n_ff = 0;            // feed_forward_length (dense FFN width; llama MoE experts too)
-  uint32_t n_head = 0;          // attention.head_count
-  uint32_t n_head_kv = 0;       // attention.head_count_kv (default n_head)
-  uint32_t head_dim = 0;        // attention.key_length (default n_embd / n_head); value_length equal
-  uint32_t n_rot = 0;           // rope.dimension_count (default head_dim)
-  uint32_t n_ctx_train = 0;     // context_length
-  uint32_t n_vocab = 0;         // rows of token_embd
-  float rope_freq_base = 10000.0f;  // rope.freq_base
-  float rms_eps = 0.0f;         // attention.layer_norm_rms_epsilon
-  uint32_t n_expert = 0;        // expert_count (0: dense)
-  uint32_t n_expert_used = 0;   // expert_used_count
-  uint32_t n_ff_exp = 0;        // width of one routed expert's FFN
+  uint32_t n_layer = 0;      // block_count
+  uint32_t n_embd = 0;       // embedding_length
+  uint32_t n_ff = 0;         // feed_forward_length (dense FFN width; llama MoE experts too)
+  uint32_t n_head = 0;       // attention.head_count
+  uint32_t n_head_kv = 0;    // attention.head_count_kv (default n_head)
+  uint32_t head_dim = 0;     // attention.key_length (default n_embd / n_head); value_length equal
+  uint32_t n_rot = 0;        // rope.dimension_count (default head_dim)
+  uint32_t n_ctx_train = 0;  // context_length
+  uint32_t n_vocab = 0;      // rows of token_embd
+  float rope_freq_base = 10000.0f;    // rope.freq_base
+  float rms_eps = 0.0f;               // attention.layer_norm_rms_epsilon
+  uint32_t n_expert = 0;              // expert_count (0: dense)
+  uint32_t n_expert_used = 0;         // expert_used_count
+  uint32_t n_ff_exp = 0;              // width of one routed expert's FFN
   float expert_weights_scale = 0.0f;  // expert_weights_scale (0: none)
 
   uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
@@ -52,9 +52,9 @@ struct LayerSpec {
   const gguf::TensorInfo* k_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd]
   // dense FFN
-  const gguf::TensorInfo* ffn_gate = nullptr;   // [n_embd, n_ff]
-  const gguf::TensorInfo* ffn_up = nullptr;     // [n_embd, n_ff]
-  const gguf::TensorInfo* ffn_down = nullptr;   // [n_ff, n_embd]
+  const gguf::TensorInfo* ffn_gate = nullptr;  // [n_embd, n_ff]
+  const gguf::TensorInfo* ffn_up = nullptr;    // [n_embd, n_ff]
+  const gguf::TensorInfo* ffn_down = nullptr;  // [n_ff, n_embd]
   // MoE FFN
   const gguf::TensorInfo* router = nullptr;     // ffn_gate_inp [n_embd, n_expert]
   const gguf::TensorInfo* gate_exps = nullptr;  // [n_embd, n_ff_exp, n_expert]
@@ -73,7 +73,7 @@ struct ModelSpec {
   const gguf::TensorInfo* output = nullptr;       // [n_embd, n_vocab]; == token_embd when tied
   bool output_tied = false;                       // output.weight absent: reuse token_embd
   std::vector<LayerSpec> layers;
-  std::string source;                             // the file's path, for messages
+  std::string source;  // the file's path, for messages
 
   // Reads and checks everything: the architecture is supported, required metadata is present and
   // consistent, every tensor exists with the expected shape and a type the reference can read.

@@ -1,5 +1,6 @@
-// The reference forward pass: embedding, per layer (RMSNorm, QKV, q/k norm, RoPE, causal GQA attention,
-// output projection, residual, RMSNorm, dense or MoE SwiGLU FFN, residual), final norm, logits.
+// The reference forward pass: embedding, per layer (RMSNorm, QKV, q/k norm, RoPE, causal GQA
+// attention, output projection, residual, RMSNorm, dense or MoE SwiGLU FFN, residual), final norm,
+// logits.
 #include "host/model/reference_model.h"
 
 #include <cmath>
@@ -18,7 +19,8 @@ reference::WeightMatrix as_matrix(const gguf::TensorInfo& t) {
 }
 
 reference::ExpertMatrices as_experts(const gguf::TensorInfo& t) {
-  if (t.dims.size() != 3) throw std::invalid_argument("as_experts: tensor '" + t.name + "' is not 3-D");
+  if (t.dims.size() != 3)
+    throw std::invalid_argument("as_experts: tensor '" + t.name + "' is not 3-D");
   return reference::ExpertMatrices{t.type, t.data, int64_t(t.dims[0]), int64_t(t.dims[1]),
                                    int64_t(t.dims[2])};
 }
@@ -32,7 +34,9 @@ std::vector<float> to_floats(const gguf::TensorInfo& t) {
 }
 
 ReferenceModel::ReferenceModel(const ModelSpec& spec)
-    : spec_(spec), token_embd_(as_matrix(*spec.token_embd)), output_(as_matrix(*spec.output)),
+    : spec_(spec),
+      token_embd_(as_matrix(*spec.token_embd)),
+      output_(as_matrix(*spec.output)),
       output_norm_(to_floats(*spec.output_norm)) {
   routing_.n_expert_used = int(spec.hp.n_expert_used);
   routing_.gating = reference::GatingFunc::kSoftmax;
@@ -49,8 +53,9 @@ ReferenceModel::ReferenceModel(const ModelSpec& spec)
     l.wv = as_matrix(*ls.wv);
     l.wo = as_matrix(*ls.wo);
     if (ls.is_moe()) {
-      l.moe = reference::MoeWeights{as_matrix(*ls.router), as_experts(*ls.gate_exps),
-                                    as_experts(*ls.up_exps), as_experts(*ls.down_exps), std::nullopt};
+      l.moe =
+          reference::MoeWeights{as_matrix(*ls.router), as_experts(*ls.gate_exps),
+                                as_experts(*ls.up_exps), as_experts(*ls.down_exps), std::nullopt};
     } else {
       l.ffn_gate = as_matrix(*ls.ffn_gate);
       l.ffn_up = as_matrix(*ls.ffn_up);

@@ -25,8 +25,8 @@ struct KvState {
   }
 };
 
-// Runs a model on the host, single-threaded. Holds views into the GgufFile behind the spec (which must
-// outlive it) and the norm weights dequantized to float. const methods are thread-safe.
+// Runs a model on the host, single-threaded. Holds views into the GgufFile behind the spec (which
+// must outlive it) and the norm weights dequantized to float. const methods are thread-safe.
 class ReferenceModel {
  public:
   explicit ReferenceModel(const ModelSpec& spec);
@@ -36,9 +36,9 @@ class ReferenceModel {
 
   // Runs tokens (with their positions, one each; they continue the sequence in `kv`, so normally
   // positions[i] == kv.n_past + i) through every layer, appends their K/V to kv and returns logits:
-  // [n_vocab] for the last token, or [n_tokens][n_vocab] when all_logits. Throws std::invalid_argument
-  // on an empty batch, mismatched sizes, a token id outside the vocabulary or a KV state of another
-  // model.
+  // [n_vocab] for the last token, or [n_tokens][n_vocab] when all_logits. Throws
+  // std::invalid_argument on an empty batch, mismatched sizes, a token id outside the vocabulary or
+  // a KV state of another model.
   std::vector<float> forward(std::span<const int32_t> tokens, std::span<const int32_t> positions,
                              KvState& kv, bool all_logits = false) const;
 
@@ -46,8 +46,8 @@ class ReferenceModel {
   struct Layer {
     std::vector<float> attn_norm, ffn_norm, q_norm, k_norm;  // norms as float (q/k empty if absent)
     reference::WeightMatrix wq, wk, wv, wo;
-    reference::WeightMatrix ffn_gate, ffn_up, ffn_down;      // dense
-    std::optional<reference::MoeWeights> moe;                // MoE layers
+    reference::WeightMatrix ffn_gate, ffn_up, ffn_down;  // dense
+    std::optional<reference::MoeWeights> moe;            // MoE layers
   };
 
   ModelSpec spec_;

@@ -124,12 +124,16 @@ TEST(Attention, EveryVariantOnEveryDevice) {
       ops::AttentionConfig c{sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size};
       ops::AttentionTuning t = ops::default_attention_tuning(*dev, c);
       t.decode_rows = !t.decode_rows;
-      t.decode_items = 64;
+      t.decode_items = 32;
       t.decode_tile = 32;
       t.reduce_items = 8;
       t.prefill_row_items = t.prefill_row_items == 1 ? 4 : 1;
       t.prefill_rows = 8;
       t.prefill_kv_tile = 8;
+      // Printed before the run: a driver crash (seen once on a GPU) then names the variant.
+      std::printf("variant on %s: head_dim %d, decode %s, prefill %d items per row\n", dev->id().c_str(),
+                  sh.head_dim, t.decode_rows ? "rows" : "work-group", t.prefill_row_items);
+      std::fflush(stdout);
       AttentionHarness h(*dev, c, 64, true, 1, t);
       SeqId a = h.create(), b = h.create();
       EXPECT_STEP_OK(h.step({{a, 150}, {b, 7}}, AttnKernel::kPrefill, 50));

@@ -2,10 +2,13 @@
 // (formats x shapes) on every OpenCL device found; a failure names the case, device and reason.
 #include <gtest/gtest.h>
 
+#include <boost/json.hpp>
+
 #include <set>
 
 #include "devices/device.h"
 #include "host/ops/device/matrix.h"
+#include "tests/devices/test_util.h"
 
 namespace tessera::ops {
 namespace {
@@ -86,6 +89,30 @@ TEST(MatrixFramework, ToleranceDecides) {
   const MatrixCaseResult bad = judge(compare(far, ref), 1e-4, {});
   EXPECT_EQ(bad.status, "fail");
   EXPECT_NEAR(bad.max_rel_err, 0.1 / 4.0, 1e-6);
+}
+
+TEST(MatrixFramework, TooLargeIsUnsupportedNotFailed) {
+  const Device& d = *registry().devices().front();
+  const MatrixCase huge{"huge", "f32", "max_alloc", [](const Device& dev, bool) {
+                          GuardedBuffer b(dev, size_t(dev.info().max_alloc_bytes));
+                          return MatrixCaseResult{};
+                        }};
+  const MatrixCaseResult r = run_matrix_case(huge, d, false);
+  EXPECT_EQ(r.status, "unsupported") << r.note;
+}
+
+// The command: exit code, JSON shape, filter errors.
+TEST(MatrixCommand, JsonForOneKernelAndBadFilter) {
+  const auto ok =
+      test::run_command(std::string(TESSERA_BIN) + " matrix --json --filter rms_norm/f32/3x17");
+  ASSERT_EQ(ok.exit_code, 0) << ok.output;
+  const auto root = boost::json::parse(ok.output.substr(ok.output.find('{')));
+  const auto& results = root.at("results").as_array();
+  ASSERT_EQ(results.size(), registry().devices().size());
+  for (const auto& r : results) EXPECT_EQ(r.at("status").as_string(), "pass");
+  const auto bad = test::run_command(std::string(TESSERA_BIN) + " matrix --filter no-such-kernel");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.output.find("no case matches"), std::string::npos) << bad.output;
 }
 
 }  // namespace

@@ -165,7 +165,8 @@ TEST(FixtureModel, ShapeMismatchNamesTensorAndShapes) {
   o.kind = "qwen3moe";
   o.skew_tensor = "blk.0.ffn_down_exps.weight";
   const std::string moe_msg = error_of(o);
-  EXPECT_NE(moe_msg.find("expected shape [256, 64, 8], found [256, 64, 9]"), std::string::npos) << moe_msg;
+  EXPECT_NE(moe_msg.find("expected shape [256, 64, 8], found [256, 64, 9]"), std::string::npos)
+      << moe_msg;
 }
 
 TEST(FixtureModel, MissingMetadataIsNamed) {

@@ -16,9 +16,9 @@ namespace tessera::model {
 namespace {
 
 const std::vector<int32_t> kPrompt{4094, 1135, 258, 2049, 386, 3288};
-const std::vector<int32_t> kLlamaCppGreedy{258, 573, 268, 258, 342, 44, 267, 258, 573, 268, 258,
-                                           342, 44, 379, 309, 822, 321, 368, 44, 542, 523, 2986,
-                                           321, 258, 493, 268, 432, 44, 267, 438, 321, 338};
+const std::vector<int32_t> kLlamaCppGreedy{258, 573, 268, 258, 342, 44,  267, 258, 573, 268, 258,
+                                           342, 44,  379, 309, 822, 321, 368, 44,  542, 523, 2986,
+                                           321, 258, 493, 268, 432, 44,  267, 438, 321, 338};
 
 class KjvMoe : public ::testing::TestWithParam<std::string> {};
 

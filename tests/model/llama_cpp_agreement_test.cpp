@@ -1,7 +1,7 @@
 // The F32 fixture of each architecture (seed 1) must continue a prompt exactly as llama.cpp does:
 // this pins the architecture semantics (RoPE form, q/k norm, GQA, routing and its normalization) to
-// llama.cpp's. Recorded with llama.cpp's CPU backend, greedy, flash attention off/f32 KV and on/f16 KV
-// (identical), via: tessera fixture --arch KIND --f32 -o F; then llama.cpp on F with prompt
+// llama.cpp's. Recorded with llama.cpp's CPU backend, greedy, flash attention off/f32 KV and on/f16
+// KV (identical), via: tessera fixture --arch KIND --f32 -o F; then llama.cpp on F with prompt
 // "Once upon a time there was a little girl" (token ids below). Quantized fixtures are not pinned:
 // llama.cpp rounds activations to Q8 for quantized dot products, so their logits differ by ~0.3 (of
 // std 8) and low-margin steps flip.
@@ -23,14 +23,14 @@ namespace {
 const std::vector<int32_t> kPrompt{1, 357, 361, 362, 366, 370, 373, 362, 379, 383};
 
 const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
-    {"llama", {284, 223, 158, 40, 323, 400, 174, 270, 0, 465, 147, 120, 306, 428, 183, 147, 120, 306,
-               395, 172, 426, 223, 325, 287}},
-    {"mixtral", {281, 346, 412, 359, 506, 282, 309, 430, 69, 83, 282, 309, 430, 69, 83, 282, 309, 510,
-                 248, 120, 154, 397, 68, 502}},
-    {"qwen3", {177, 431, 455, 280, 365, 446, 245, 61, 61, 61, 353, 69, 317, 264, 161, 166, 183, 7, 326,
-               68, 273, 471, 68, 273}},
-    {"qwen3moe", {211, 178, 88, 120, 149, 459, 213, 218, 208, 390, 339, 422, 357, 141, 422, 486, 323, 68,
-                  120, 209, 33, 374, 300, 57}},
+    {"llama", {284, 223, 158, 40,  323, 400, 174, 270, 0,   465, 147, 120,
+               306, 428, 183, 147, 120, 306, 395, 172, 426, 223, 325, 287}},
+    {"mixtral", {281, 346, 412, 359, 506, 282, 309, 430, 69,  83,  282, 309,
+                 430, 69,  83,  282, 309, 510, 248, 120, 154, 397, 68,  502}},
+    {"qwen3", {177, 431, 455, 280, 365, 446, 245, 61, 61,  61,  353, 69,
+               317, 264, 161, 166, 183, 7,   326, 68, 273, 471, 68,  273}},
+    {"qwen3moe", {211, 178, 88,  120, 149, 459, 213, 218, 208, 390, 339, 422,
+                  357, 141, 422, 486, 323, 68,  120, 209, 33,  374, 300, 57}},
 };
 
 class LlamaCppAgreement : public ::testing::TestWithParam<std::string> {};

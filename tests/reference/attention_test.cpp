@@ -38,8 +38,8 @@ TEST(Attention, GroupedQueryHeadsShareKvHead) {
   std::vector<float> v{10, 1, 20, 3};  // row0: kvh0=10, kvh1=1; row1: kvh0=20, kvh1=3
   std::vector<float> out(4);
   causal_attention(q, k, v, {4, 2, 1}, 1.0f, out);
-  const float a = std::exp(1.0f) / (std::exp(1.0f) + 1.0f);   // head 0: scores (1, 0)
-  const float b = std::exp(-1.0f) / (std::exp(-1.0f) + 1.0f); // head 1: scores (-1, 0)
+  const float a = std::exp(1.0f) / (std::exp(1.0f) + 1.0f);    // head 0: scores (1, 0)
+  const float b = std::exp(-1.0f) / (std::exp(-1.0f) + 1.0f);  // head 1: scores (-1, 0)
   EXPECT_NEAR(out[0], a * 10 + (1 - a) * 20, 1e-5f);
   EXPECT_NEAR(out[1], b * 10 + (1 - b) * 20, 1e-5f);
   EXPECT_NEAR(out[2], 2.0f, 1e-6f);  // equal scores: mean of 1 and 3
@@ -48,7 +48,8 @@ TEST(Attention, GroupedQueryHeadsShareKvHead) {
 
 TEST(Attention, RejectsBadShapes) {
   std::vector<float> q{1, 0, 0, 1}, k{1, 0}, v{1, 0}, out(4);
-  EXPECT_THROW(causal_attention(q, k, v, {1, 1, 2}, 1.0f, out), std::invalid_argument);  // n_kv < n_tokens
+  EXPECT_THROW(causal_attention(q, k, v, {1, 1, 2}, 1.0f, out),
+               std::invalid_argument);  // n_kv < n_tokens
   EXPECT_THROW(causal_attention(q, k, v, {3, 2, 1}, 1.0f, out), std::invalid_argument);  // 3 % 2
 }
 

@@ -21,7 +21,7 @@ WeightMatrix f32_matrix(const std::vector<float>& data, int64_t rows, int64_t co
 }
 
 TEST(Matmul, F32BatchHandComputed) {
-  const std::vector<float> w{1, 2, 3, 4, 5, 6};  // rows (1,2,3), (4,5,6)
+  const std::vector<float> w{1, 2, 3, 4, 5, 6};   // rows (1,2,3), (4,5,6)
   const std::vector<float> x{1, 0, -1, 2, 1, 0};  // two tokens
   std::vector<float> out(4);
   matmul(x, f32_matrix(w, 2, 3), out);
@@ -84,9 +84,11 @@ TEST(Moe, RoutedExpertsWeightedAndSharedExpertGated) {
     down.insert(down.end(), {1, float(-e)});
   }
   auto stack = [](const std::vector<float>& d, int64_t rows, int64_t cols) {
-    return ExpertMatrices{TensorType::F32, reinterpret_cast<const uint8_t*>(d.data()), cols, rows, 3};
+    return ExpertMatrices{TensorType::F32, reinterpret_cast<const uint8_t*>(d.data()), cols, rows,
+                          3};
   };
-  MoeWeights w{f32_matrix(router, 3, 2), stack(gate, 1, 2), stack(up, 1, 2), stack(down, 2, 1), std::nullopt};
+  MoeWeights w{f32_matrix(router, 3, 2), stack(gate, 1, 2), stack(up, 1, 2), stack(down, 2, 1),
+               std::nullopt};
   const std::vector<float> x{1, 0};
   std::vector<float> out(2);
   std::vector<ExpertChoice> choices;
@@ -101,7 +103,8 @@ TEST(Moe, RoutedExpertsWeightedAndSharedExpertGated) {
 
   // shared expert: gate (0,1)->(x1), up (1,0), down (2): silu(x1)*x0*2 per dim... use x = (1, 0.5)
   const std::vector<float> sg{0, 1}, su{1, 0}, sd{2, 2}, sgate{4, 0};
-  w.shared = SharedExpert{f32_matrix(sg, 1, 2), f32_matrix(su, 1, 2), f32_matrix(sd, 2, 1), f32_matrix(sgate, 1, 2)};
+  w.shared = SharedExpert{f32_matrix(sg, 1, 2), f32_matrix(su, 1, 2), f32_matrix(sd, 2, 1),
+                          f32_matrix(sgate, 1, 2)};
   const std::vector<float> x2{1, 0.5f};
   std::vector<float> with_shared(2), routed_only(2);
   moe_ffn(x2, w, {2, GatingFunc::kSoftmax, true, 1.0f}, with_shared);

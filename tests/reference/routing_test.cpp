@@ -30,16 +30,20 @@ TEST(Routing, SoftmaxTopKNormalizedEqualsSoftmaxOverSelected) {
 }
 
 TEST(Routing, SigmoidGateScaleAndTies) {
-  const auto c = route_experts(std::vector<float>{0.0f, 2.0f, -1.0f}, {1, GatingFunc::kSigmoid, false, 2.5f});
+  const auto c =
+      route_experts(std::vector<float>{0.0f, 2.0f, -1.0f}, {1, GatingFunc::kSigmoid, false, 2.5f});
   EXPECT_EQ(c.ids, (std::vector<int32_t>{1}));
   EXPECT_NEAR(c.weights[0], 2.5f / (1.0f + std::exp(-2.0f)), 1e-6f);
-  const auto tie = route_experts(std::vector<float>{1.0f, 1.0f, 0.0f}, {1, GatingFunc::kSoftmax, false, 1.0f});
+  const auto tie =
+      route_experts(std::vector<float>{1.0f, 1.0f, 0.0f}, {1, GatingFunc::kSoftmax, false, 1.0f});
   EXPECT_EQ(tie.ids, (std::vector<int32_t>{0}));
 }
 
 TEST(Routing, RejectsBadK) {
-  EXPECT_THROW(route_experts(logits_1324(), {0, GatingFunc::kSoftmax, true, 1.0f}), std::invalid_argument);
-  EXPECT_THROW(route_experts(logits_1324(), {5, GatingFunc::kSoftmax, true, 1.0f}), std::invalid_argument);
+  EXPECT_THROW(route_experts(logits_1324(), {0, GatingFunc::kSoftmax, true, 1.0f}),
+               std::invalid_argument);
+  EXPECT_THROW(route_experts(logits_1324(), {5, GatingFunc::kSoftmax, true, 1.0f}),
+               std::invalid_argument);
 }
 
 }  // namespace

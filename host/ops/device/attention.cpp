@@ -83,7 +83,10 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       4ull * (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
               uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
               5ull * t.prefill_rows);
-  const uint64_t decode_local = 4ull * (uint64_t(group) * (c.head_dim + t.decode_tile) + 3ull * group);
+  if (!t.decode_rows && (t.decode_tile != t.decode_items || (t.decode_items & (t.decode_items - 1)) != 0))
+    unsupported("the work-group decode kernel needs decode_tile == decode_items, a power of two");
+  const uint64_t decode_local =
+      4ull * (uint64_t(group) * (c.head_dim + t.decode_tile + t.decode_items) + uint64_t(t.decode_tile));
   const uint64_t local_max = device.info().local_mem_bytes;
   if (prefill_local > local_max || decode_local > local_max)
     unsupported("needs " + std::to_string(std::max(prefill_local, decode_local)) +

@@ -29,7 +29,7 @@ struct AttentionTuning {
   bool decode_rows = false;       // decode by attention_decode_rows (one item streams whole rows
                                   // with vector loads: CPUs) instead of the work-group kernel
   int32_t decode_items = 1;       // decode work-group size (work-group kernel)
-  int32_t decode_tile = 64;       // KV tokens scored per decode step of a work-group
+  int32_t decode_tile = 64;       // KV tokens per decode step (work-group kernel: == decode_items)
   int32_t reduce_items = 1;       // reduce work-group size
 };
 AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& config);

@@ -26,6 +26,8 @@ std::vector<MatrixCase> all_matrix_cases() {
 MatrixCaseResult run_matrix_case(const MatrixCase& c, const Device& device, bool timing) {
   try {
     return c.run(device, timing);
+  } catch (const MatrixUnsupported& e) {
+    return unsupported(e.what());
   } catch (const std::exception& e) {
     // A build failure or CL error is the case's verdict, reported in the table, not a crash.
     MatrixCaseResult r;
@@ -44,6 +46,10 @@ MatrixCaseResult unsupported(std::string why) {
 
 GuardedBuffer::GuardedBuffer(const Device& device, size_t bytes, const void* data)
     : device_(&device), bytes_(bytes) {
+  if (bytes + kGuardBytes > device.info().max_alloc_bytes) {
+    throw MatrixUnsupported("needs a " + std::to_string(bytes) + "-byte buffer; " + device.id() +
+                            " allocates at most " + std::to_string(device.info().max_alloc_bytes));
+  }
   std::vector<uint8_t> init(bytes + kGuardBytes);
   if (data) {
     std::memcpy(init.data(), data, bytes);

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <span>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -53,9 +54,16 @@ MatrixCaseResult run_matrix_case(const MatrixCase& c, const Device& device, bool
 
 MatrixCaseResult unsupported(std::string why);
 
+// Thrown by a case (or by GuardedBuffer) when the device cannot hold or run it at all, e.g. a
+// buffer over the device's max allocation; run_matrix_case reports it as "unsupported", not "fail".
+struct MatrixUnsupported : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 // A device buffer followed by a guard zone filled with a known byte pattern; check_guard() reports
 // out-of-bounds writes past the payload. Without initial data the payload is filled with 0xFF bytes
 // (a NaN for f32, -1 for int32) so elements a kernel forgot to write fail the comparison.
+// Throws MatrixUnsupported when the buffer exceeds the device's max allocation.
 class GuardedBuffer {
  public:
   static constexpr size_t kGuardBytes = 4096;

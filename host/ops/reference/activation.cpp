@@ -8,9 +8,13 @@
 
 namespace tessera::reference {
 
-float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+float sigmoid(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
 
-float silu(float x) { return x * sigmoid(x); }
+float silu(float x) {
+  return x * sigmoid(x);
+}
 
 void swiglu(std::span<const float> gate, std::span<const float> up, std::span<float> out) {
   if (gate.size() != up.size() || out.size() != gate.size()) {

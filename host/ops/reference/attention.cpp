@@ -21,10 +21,11 @@ void causal_attention(std::span<const float> q, std::span<const float> k, std::s
   const size_t kv_row = size_t(n_head_kv) * size_t(head_dim);
   if (q.size() % q_row != 0 || k.size() % kv_row != 0 || v.size() != k.size() ||
       out.size() != q.size() || k.size() / kv_row < q.size() / q_row) {
-    throw std::invalid_argument("causal_attention: sizes q " + std::to_string(q.size()) + ", k " +
-                                std::to_string(k.size()) + ", v " + std::to_string(v.size()) +
-                                ", out " + std::to_string(out.size()) +
-                                " do not form [n_tokens][n_head][head_dim] / [n_kv>=n_tokens][n_head_kv][head_dim]");
+    throw std::invalid_argument(
+        "causal_attention: sizes q " + std::to_string(q.size()) + ", k " +
+        std::to_string(k.size()) + ", v " + std::to_string(v.size()) + ", out " +
+        std::to_string(out.size()) +
+        " do not form [n_tokens][n_head][head_dim] / [n_kv>=n_tokens][n_head_kv][head_dim]");
   }
   const size_t n_tokens = q.size() / q_row;
   const size_t n_kv = k.size() / kv_row;

@@ -11,10 +11,10 @@ namespace tessera::reference {
 void ffn_swiglu(std::span<const float> x, const WeightMatrix& gate, const WeightMatrix& up,
                 const WeightMatrix& down, std::span<float> out) {
   if (gate.cols != up.cols || gate.rows != up.rows || down.cols != gate.rows || gate.cols <= 0) {
-    throw std::invalid_argument("ffn_swiglu: gate " + std::to_string(gate.rows) + "x" +
-                                std::to_string(gate.cols) + ", up " + std::to_string(up.rows) + "x" +
-                                std::to_string(up.cols) + ", down " + std::to_string(down.rows) + "x" +
-                                std::to_string(down.cols) + " do not chain");
+    throw std::invalid_argument(
+        "ffn_swiglu: gate " + std::to_string(gate.rows) + "x" + std::to_string(gate.cols) +
+        ", up " + std::to_string(up.rows) + "x" + std::to_string(up.cols) + ", down " +
+        std::to_string(down.rows) + "x" + std::to_string(down.cols) + " do not chain");
   }
   const size_t n_tokens = x.size() / size_t(gate.cols);
   std::vector<float> g(n_tokens * size_t(gate.rows)), u(g.size());
@@ -29,10 +29,11 @@ void moe_ffn(std::span<const float> x, const MoeWeights& w, const RoutingConfig&
   const size_t n_embd = size_t(w.router.cols);
   if (n_embd == 0 || x.size() % n_embd != 0 || out.size() != x.size() ||
       w.router.rows != w.gate.n_expert || w.down.rows != int64_t(n_embd)) {
-    throw std::invalid_argument("moe_ffn: x has " + std::to_string(x.size()) + " floats, out " +
-                                std::to_string(out.size()) + ", router " + std::to_string(w.router.rows) +
-                                "x" + std::to_string(w.router.cols) + ", " + std::to_string(w.gate.n_expert) +
-                                " experts with down rows " + std::to_string(w.down.rows));
+    throw std::invalid_argument(
+        "moe_ffn: x has " + std::to_string(x.size()) + " floats, out " +
+        std::to_string(out.size()) + ", router " + std::to_string(w.router.rows) + "x" +
+        std::to_string(w.router.cols) + ", " + std::to_string(w.gate.n_expert) +
+        " experts with down rows " + std::to_string(w.down.rows));
   }
   const size_t n_tokens = x.size() / n_embd;
   if (choices) choices->clear();

@@ -1,4 +1,5 @@
-// Scalar reference of the feed-forward blocks: dense SwiGLU FFN, MoE FFN with routed and shared experts.
+// Scalar reference of the feed-forward blocks: dense SwiGLU FFN, MoE FFN with routed and shared
+// experts.
 #pragma once
 
 #include <optional>

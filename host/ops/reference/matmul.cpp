@@ -33,9 +33,9 @@ WeightMatrix ExpertMatrices::expert(int64_t e) const {
 void matmul(std::span<const float> x, const WeightMatrix& w, std::span<float> out) {
   if (w.cols <= 0 || x.size() % size_t(w.cols) != 0 ||
       out.size() != x.size() / size_t(w.cols) * size_t(w.rows)) {
-    throw std::invalid_argument("matmul: x has " + std::to_string(x.size()) + " floats, out " +
-                                std::to_string(out.size()) + ", weight is " + std::to_string(w.rows) +
-                                " rows x " + std::to_string(w.cols) + " cols");
+    throw std::invalid_argument(
+        "matmul: x has " + std::to_string(x.size()) + " floats, out " + std::to_string(out.size()) +
+        ", weight is " + std::to_string(w.rows) + " rows x " + std::to_string(w.cols) + " cols");
   }
   const size_t n_tokens = x.size() / size_t(w.cols);
   const size_t cols = size_t(w.cols);
@@ -53,8 +53,9 @@ void matmul(std::span<const float> x, const WeightMatrix& w, std::span<float> ou
 
 void embedding(const WeightMatrix& table, std::span<const int32_t> ids, std::span<float> out) {
   if (out.size() != ids.size() * size_t(table.cols)) {
-    throw std::invalid_argument("embedding: out has " + std::to_string(out.size()) + " floats for " +
-                                std::to_string(ids.size()) + " ids of " + std::to_string(table.cols));
+    throw std::invalid_argument("embedding: out has " + std::to_string(out.size()) +
+                                " floats for " + std::to_string(ids.size()) + " ids of " +
+                                std::to_string(table.cols));
   }
   for (size_t i = 0; i < ids.size(); ++i) {
     if (ids[i] < 0 || ids[i] >= table.rows) {

@@ -9,8 +9,9 @@
 namespace tessera::reference {
 
 // A 2-D weight in any format host/ops/quant can dequantize, ggml layout: `rows` rows of `cols`
-// elements (cols = ggml ne[0], the contiguous dimension), each row gguf::row_bytes(type, cols) bytes,
-// back to back. Non-owning: data must outlive every use (normally it points into a GgufFile mapping).
+// elements (cols = ggml ne[0], the contiguous dimension), each row gguf::row_bytes(type, cols)
+// bytes, back to back. Non-owning: data must outlive every use (normally it points into a GgufFile
+// mapping).
 struct WeightMatrix {
   gguf::TensorType type = gguf::TensorType::F32;
   const uint8_t* data = nullptr;

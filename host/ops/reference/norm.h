@@ -1,4 +1,5 @@
-// Scalar reference of the normalization ops (RMSNorm): the oracle device kernels are checked against.
+// Scalar reference of the normalization ops (RMSNorm): the oracle device kernels are checked
+// against.
 #pragma once
 
 #include <span>

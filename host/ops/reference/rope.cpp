@@ -12,9 +12,9 @@ void rope(std::span<float> x, int n_head, int head_dim, int n_rot, int64_t pos, 
           RopeMode mode) {
   if (n_head <= 0 || head_dim <= 0 || n_rot <= 0 || n_rot % 2 != 0 || n_rot > head_dim ||
       x.size() != size_t(n_head) * size_t(head_dim)) {
-    throw std::invalid_argument("rope: bad shape: x has " + std::to_string(x.size()) + " floats, n_head " +
-                                std::to_string(n_head) + ", head_dim " + std::to_string(head_dim) +
-                                ", n_rot " + std::to_string(n_rot) +
+    throw std::invalid_argument("rope: bad shape: x has " + std::to_string(x.size()) +
+                                " floats, n_head " + std::to_string(n_head) + ", head_dim " +
+                                std::to_string(head_dim) + ", n_rot " + std::to_string(n_rot) +
                                 " (n_rot must be even and <= head_dim; x must be n_head*head_dim)");
   }
   const int half = n_rot / 2;

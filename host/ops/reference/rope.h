@@ -13,10 +13,10 @@ enum class RopeMode {
 };
 
 // Rotates, in place, the heads of one token: x holds n_head rows of head_dim floats. Only the first
-// n_rot dimensions of each head rotate (partial rotary when n_rot < head_dim; the rest pass through).
-// For pair i in [0, n_rot/2): theta = pos * freq_base^(-2i/n_rot), as ggml computes it (no
-// frequency scaling / YaRN). Throws std::invalid_argument when n_rot is odd, exceeds head_dim or the
-// sizes do not match.
+// n_rot dimensions of each head rotate (partial rotary when n_rot < head_dim; the rest pass
+// through). For pair i in [0, n_rot/2): theta = pos * freq_base^(-2i/n_rot), as ggml computes it
+// (no frequency scaling / YaRN). Throws std::invalid_argument when n_rot is odd, exceeds head_dim
+// or the sizes do not match.
 void rope(std::span<float> x, int n_head, int head_dim, int n_rot, int64_t pos, float freq_base,
           RopeMode mode);
 

@@ -25,7 +25,8 @@ ExpertChoice route_experts(std::span<const float> router_logits, const RoutingCo
   }
   std::vector<int32_t> order(static_cast<size_t>(n_expert));
   std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return probs[a] > probs[b]; });
 
   ExpertChoice choice;
   choice.ids.assign(order.begin(), order.begin() + k);

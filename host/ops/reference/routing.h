@@ -15,17 +15,18 @@ enum class GatingFunc {
 };
 
 struct RoutingConfig {
-  int n_expert_used = 0;        // k
+  int n_expert_used = 0;  // k
   GatingFunc gating = GatingFunc::kSoftmax;
-  bool normalize_topk = false;  // divide the k selected weights by their sum (clamped below at
-                                // 6.1035e-5 as llama.cpp does): Mixtral, qwen3moe; qwen2moe does not
-  float weight_scale = 1.0f;    // multiplies the final weights (expert_weights_scale; 0 means 1)
+  bool normalize_topk =
+      false;                  // divide the k selected weights by their sum (clamped below at
+                              // 6.1035e-5 as llama.cpp does): Mixtral, qwen3moe; qwen2moe does not
+  float weight_scale = 1.0f;  // multiplies the final weights (expert_weights_scale; 0 means 1)
 };
 
 // The experts one token uses, best first.
 struct ExpertChoice {
-  std::vector<int32_t> ids;     // k expert indices, by descending probability (ties: lower index)
-  std::vector<float> weights;   // their weights after normalization and scaling
+  std::vector<int32_t> ids;    // k expert indices, by descending probability (ties: lower index)
+  std::vector<float> weights;  // their weights after normalization and scaling
 };
 
 // Routes one token from its router logits (one per expert). Throws std::invalid_argument when k is
