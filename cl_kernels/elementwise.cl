@@ -13,11 +13,12 @@ __kernel void add_f32(__global const float* a, uint a_off, __global const float*
 // y[r][c] += w[w_off + r * w_stride] * x[r][c]: one weight per row, e.g. expert slot j of a
 // [token][k] weight matrix (w_off = j, w_stride = k) when combining MoE expert outputs.
 __kernel void scaled_add_f32(__global float* y, uint y_off, __global const float* x, uint x_off,
-                             __global const float* w, uint w_off, uint w_stride, uint rows, uint cols) {
-  FOR_ALL(e, (ulong)rows * cols) {
-    const ulong r = e / cols;
-    y[y_off + e] += w[w_off + r * w_stride] * x[x_off + e];
-  }
+                             __global const float* w, uint w_off, uint w_stride, uint cols) {
+  const size_t r = get_global_id(1);  // NDRange (column items, rows)
+  y += y_off + r * cols;
+  x += x_off + r * cols;
+  const float wr = w[w_off + r * w_stride];
+  FOR_COLS(c, cols) y[c] += wr * x[c];
 }
 
 // ids[r] = index of the largest x[r][i]; ties go to the lowest index; NaNs are skipped (a row of

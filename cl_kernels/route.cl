@@ -5,6 +5,7 @@
 // One work item per token: n_expert and k are small (<= a few hundred / 16) and this runs once per
 // layer, so a serial scan beats a reduction's barriers.
 #include "common.clh"
+#include "rows.clh"
 
 inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
   return sigmoid_gating ? 1.0f / (1.0f + exp(-l)) : exp(l - m) * inv;
@@ -57,5 +58,80 @@ __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_ex
     if (normalize) w /= denom;
     if (scaled) w *= weight_scale;
     weights[j] = w;
+  }
+}
+
+// The same routing with one work-group per token (GPUs): items stride over the experts, probabilities
+// go to local memory, and each of the k selections is a (value, index) tree reduction; a chosen
+// expert is marked with -1 (probabilities are >= 0). Local size: a power of two.
+// probs: n_expert floats; red_v / red_i: local-size floats / ints.
+__kernel void route_topk_group_f32(__global const float* logits, uint l_off, uint n_expert, uint k,
+                                   uint sigmoid_gating, uint normalize, float weight_scale,
+                                   __global int* ids, uint ids_off, __global float* weights,
+                                   uint w_off, __local float* probs, __local float* red_v,
+                                   __local int* red_i) {
+  const size_t t = get_group_id(0);
+  const uint lid = get_local_id(0);
+  const uint L = get_local_size(0);
+  __global const float* l = logits + l_off + t * n_expert;
+  ids += ids_off + t * k;
+  weights += w_off + t * k;
+  float m = -INFINITY;
+  float inv = 1.0f;
+  if (!sigmoid_gating) {
+    for (uint e = lid; e < n_expert; e += L) m = fmax(m, l[e]);
+    m = work_group_max(m, red_v);
+    float s = 0.0f;
+    for (uint e = lid; e < n_expert; e += L) s += exp(l[e] - m);
+    inv = 1.0f / work_group_sum(s, red_v);
+  }
+  for (uint e = lid; e < n_expert; e += L) probs[e] = router_prob(l[e], m, inv, sigmoid_gating);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  float wsum = 0.0f;  // meaningful in item 0
+  for (uint j = 0; j < k; ++j) {
+    float bv = -INFINITY;
+    int bi = -1;
+    for (uint e = lid; e < n_expert; e += L) {
+      const float p = probs[e];
+      if (p >= 0.0f && (bi < 0 || p > bv)) {  // ascending e: ties keep the lower index
+        bv = p;
+        bi = (int)e;
+      }
+    }
+    red_v[lid] = bv;
+    red_i[lid] = bi;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = L / 2; s > 0; s >>= 1) {
+      if (lid < s) {
+        const float ov = red_v[lid + s];
+        const int oi = red_i[lid + s];
+        if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+          bv = ov;
+          bi = oi;
+          red_v[lid] = bv;
+          red_i[lid] = bi;
+        }
+      }
+      barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    if (lid == 0) {
+      ids[j] = bi;
+      weights[j] = bi >= 0 ? bv : 0.0f;
+      if (bi >= 0) {
+        wsum += bv;
+        probs[bi] = -1.0f;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  if (lid == 0) {
+    const float denom = fmax(wsum, 6.103515625e-5f);
+    const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+    for (uint j = 0; j < k; ++j) {
+      float w = weights[j];
+      if (normalize) w /= denom;
+      if (scaled) w *= weight_scale;
+      weights[j] = w;
+    }
   }
 }

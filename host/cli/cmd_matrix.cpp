@@ -31,6 +31,20 @@ std::vector<std::string> split_commas(const std::string& s) {
   return out;
 }
 
+// First line of a note: build logs stay in the JSON, the table stays one line per case.
+std::string first_line(const std::string& s) {
+  return s.substr(0, s.find('\n'));
+}
+
+// The first n lines (enough of a build log to see the first error).
+std::string first_lines(const std::string& s, int n) {
+  size_t pos = 0;
+  for (int i = 0; i < n && pos != std::string::npos; ++i) {
+    pos = s.find('\n', pos == 0 ? 0 : pos + 1);
+  }
+  return pos == std::string::npos ? s : s.substr(0, pos) + "\n  ...";
+}
+
 std::string rate(double amount, double seconds, double unit) {
   if (seconds <= 0 || amount <= 0) return "-";
   char buf[32];
@@ -57,7 +71,7 @@ void print_table(const std::vector<const Device*>& devices, const std::vector<Ro
         std::printf(" %-9.1f %-8s %-8s", r.seconds * 1e6, rate(r.bytes, r.seconds, 1e9).c_str(),
                     rate(r.flops, r.seconds, 1e9).c_str());
       }
-      std::printf("  %s\n", r.note.c_str());
+      std::printf("  %s\n", first_line(r.note).c_str());
     }
   }
   // Summary: kernel x device, passed / run (unsupported counted apart).
@@ -170,7 +184,7 @@ int run_matrix(const std::vector<std::string>& args) {
         ++failed;
         if (!json)
           std::fprintf(stderr, "FAIL %s on %s: %s\n", c.name().c_str(), d->id().c_str(),
-                       row.r.note.c_str());
+                       first_lines(row.r.note, 4).c_str());
       }
       rows.push_back(std::move(row));
     }

@@ -33,9 +33,9 @@ void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided
   cl_kernel k = swiglu_.get();
   set_args(*device_, k, gate.mem, gate.offset, gate.stride, up.mem, up.offset, up.stride, out.mem,
            out.offset, out.stride, rows, cols);
-  size_t local = 0;
-  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
-  enqueue(*device_, k, 1, &global, &local, ev);
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  enqueue(*device_, k, 2, global, local, ev);
 }
 
 void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
@@ -44,9 +44,9 @@ void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, ui
   if (rows == 0 || cols == 0) return;
   cl_kernel k = gelu_.get();
   set_args(*device_, k, x.mem, x.offset, x.stride, out.mem, out.offset, out.stride, rows, cols);
-  size_t local = 0;
-  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
-  enqueue(*device_, k, 1, &global, &local, ev);
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  enqueue(*device_, k, 2, global, local, ev);
 }
 
 namespace {

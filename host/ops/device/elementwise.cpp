@@ -30,10 +30,10 @@ void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_o
                                 const Events& ev) {
   if (rows == 0 || cols == 0) return;
   cl_kernel k = scaled_add_.get();
-  set_args(*device_, k, y, y_off, x, x_off, w, w_off, w_stride, rows, cols);
-  size_t local = 0;
-  const size_t global = elementwise_global_size(*device_, size_t(rows) * cols, &local);
-  enqueue(*device_, k, 1, &global, &local, ev);
+  set_args(*device_, k, y, y_off, x, x_off, w, w_off, w_stride, cols);
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  enqueue(*device_, k, 2, global, local, ev);
 }
 
 void ElementwiseOps::argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,

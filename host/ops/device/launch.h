@@ -93,4 +93,22 @@ inline size_t elementwise_global_size(const Device& device, size_t n, size_t* lo
   return std::min(round_up(std::max<size_t>(n, 1), 256), size_t(256) * 65536);
 }
 
+// NDRange (column items, rows) of a per-row element-wise kernel (FOR_COLS in rows.clh): about the
+// same total items as elementwise_global_size, split over the rows. `local` receives dimension 0's
+// work-group size (dimension 1's is 1).
+inline void row_elementwise_sizes(const Device& device, size_t rows, size_t cols, size_t global[2],
+                                  size_t local[2]) {
+  local[1] = 1;
+  global[1] = rows;
+  if (device.info().type == DeviceType::kCpu) {
+    local[0] = 1;
+    const size_t items = std::max<size_t>(1, device.info().compute_units) * 8;
+    const size_t per_row = std::max<size_t>(1, (items + rows - 1) / rows);
+    global[0] = std::max<size_t>(1, std::min(per_row, (cols + 255) / 256));
+    return;
+  }
+  local[0] = std::min<size_t>(256, floor_pow2(std::max<size_t>(cols, 32)));
+  global[0] = std::min(round_up(cols, local[0]), local[0] * 64);
+}
+
 }  // namespace tessera::ops

@@ -1,6 +1,7 @@
 // Device MoE routing launches and their portability-matrix cases.
 #include "host/ops/device/routing.h"
 
+#include <algorithm>
 #include <random>
 #include <stdexcept>
 
@@ -8,8 +9,20 @@
 
 namespace tessera::ops {
 
-RoutingOps::RoutingOps(const Device& device)
-    : device_(&device), route_(device.kernel("route", "route_topk_f32")) {}
+namespace {
+
+RoutingVariant resolve(const Device& device, RoutingVariant v) {
+  if (v != RoutingVariant::kAuto) return v;
+  return device.info().type == DeviceType::kCpu ? RoutingVariant::kSerial : RoutingVariant::kGroup;
+}
+
+}  // namespace
+
+RoutingOps::RoutingOps(const Device& device, RoutingVariant variant)
+    : device_(&device),
+      variant_(resolve(device, variant)),
+      route_(device.kernel("route", variant_ == RoutingVariant::kGroup ? "route_topk_group_f32"
+                                                                       : "route_topk_f32")) {}
 
 void RoutingOps::route(cl_mem logits, uint32_t l_off, uint32_t n_tokens, uint32_t n_expert,
                        const RoutingConfig& config, cl_mem ids, uint32_t ids_off, cl_mem weights,
@@ -23,6 +36,20 @@ void RoutingOps::route(cl_mem logits, uint32_t l_off, uint32_t n_tokens, uint32_
   cl_kernel kern = route_.get();
   const uint32_t sigmoid = config.gating == GatingFunc::kSigmoid ? 1 : 0;
   const uint32_t normalize = config.normalize_topk ? 1 : 0;
+  if (variant_ == RoutingVariant::kGroup) {
+    set_args(*device_, kern, logits, l_off, n_expert, uint32_t(k), sigmoid, normalize,
+             config.weight_scale, ids, ids_off, weights, w_off);
+    // A power of two covering the experts (capped): each item then owns about one expert.
+    size_t local = 1;
+    while (local < n_expert && local < 256) local *= 2;
+    local = std::min(local, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+    set_local_arg(*device_, kern, 11, n_expert * sizeof(float));
+    set_local_arg(*device_, kern, 12, local * sizeof(float));
+    set_local_arg(*device_, kern, 13, local * sizeof(cl_int));
+    const size_t global = size_t(n_tokens) * local;
+    enqueue(*device_, kern, 1, &global, &local, ev);
+    return;
+  }
   set_args(*device_, kern, logits, l_off, n_expert, uint32_t(k), sigmoid, normalize,
            config.weight_scale, ids, ids_off, weights, w_off, n_tokens);
   const size_t local = device_->info().type == DeviceType::kCpu ? 1 : 64;
@@ -34,7 +61,7 @@ namespace {
 
 // ties: logits drawn from a few integers, so equal probabilities are common and the tie rule shows.
 MatrixCaseResult run_route(const Device& device, bool timing, uint32_t tokens, uint32_t n_expert,
-                           RoutingConfig cfg, bool ties) {
+                           RoutingConfig cfg, bool ties, RoutingVariant variant) {
   std::vector<float> logits = random_floats(size_t(tokens) * n_expert, 51 + n_expert, -4, 4);
   if (ties) {
     std::mt19937 rng(52);
@@ -49,7 +76,7 @@ MatrixCaseResult run_route(const Device& device, bool timing, uint32_t tokens, u
     ref_ids.insert(ref_ids.end(), choice.ids.begin(), choice.ids.end());
     ref_w.insert(ref_w.end(), choice.weights.begin(), choice.weights.end());
   }
-  RoutingOps ops(device);
+  RoutingOps ops(device, variant);
   GuardedBuffer dl(device, logits), dids(device, size_t(tokens) * k * 4),
       dw(device, size_t(tokens) * k * 4);
   ops.route(dl.mem(), 0, tokens, n_expert, cfg, dids.mem(), 0, dw.mem(), 0);
@@ -101,9 +128,12 @@ void register_routing_cases(std::vector<MatrixCase>& out) {
       std::string shape =
           std::to_string(s.tokens) + "x" + std::to_string(s.experts) + "/" + std::to_string(s.k);
       if (s.ties) shape += "/ties";
-      out.push_back({"route_topk", f.name, shape, [=](const Device& d, bool t) {
-                       return run_route(d, t, s.tokens, s.experts, cfg, s.ties);
-                     }});
+      for (RoutingVariant v : {RoutingVariant::kSerial, RoutingVariant::kGroup}) {
+        out.push_back({v == RoutingVariant::kGroup ? "route_topk_group" : "route_topk", f.name,
+                       shape, [=](const Device& d, bool t) {
+                         return run_route(d, t, s.tokens, s.experts, cfg, s.ties, v);
+                       }});
+      }
     }
   }
 }

@@ -13,10 +13,17 @@ namespace tessera::ops {
 using reference::GatingFunc;
 using reference::RoutingConfig;
 
+// Kernel shape: one work item per token scanning serially (CPUs: a work-group is one core anyway),
+// or one work-group per token with tree reductions (GPUs: a serial scan of 128+ experts costs tens
+// of microseconds per layer there). Same results either way; the matrix checks both on every
+// device.
+enum class RoutingVariant { kAuto, kSerial, kGroup };
+
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
 class RoutingOps {
  public:
-  explicit RoutingOps(const Device& device);
+  // kAuto: kSerial on CPU devices, kGroup elsewhere.
+  explicit RoutingOps(const Device& device, RoutingVariant variant = RoutingVariant::kAuto);
 
   // For each of n_tokens rows of n_expert logits (from l_off): probabilities (softmax or sigmoid),
   // the k = config.n_expert_used best experts (ties to the lower index), their weights normalized
@@ -29,6 +36,7 @@ class RoutingOps {
 
  private:
   const Device* device_;
+  RoutingVariant variant_;
   ClKernel route_;
 };
 
