@@ -25,6 +25,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "output,o", po::value<std::string>(&out)->required(), "GGUF file to write")(
       "seed,s", po::value<uint64_t>(&o.seed)->default_value(1), "weight seed")(
       "tie-output", po::bool_switch(&o.tie_output), "omit output.weight (tied to token_embd)")(
+      "rope-scaling", po::bool_switch(&o.rope_scaling),
+      "linear RoPE scaling x2 (+ rope_freqs.weight for llama kinds)")(
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
       "output-scale", po::value<float>(&o.output_scale)->default_value(8.0f), "std of logits")(
       "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),

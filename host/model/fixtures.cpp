@@ -157,6 +157,10 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set(a + ".rope.dimension_count", Value::u32(s.head_dim));
   w.set(a + ".rope.freq_base", Value::f32(s.rope_base));
   w.set(a + ".attention.layer_norm_rms_epsilon", Value::f32(1e-5f));
+  if (o.rope_scaling) {
+    w.set(a + ".rope.scaling.type", Value::string("linear"));
+    w.set(a + ".rope.scaling.factor", Value::f32(2.0f));
+  }
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));
     w.set(a + ".expert_used_count", Value::u32(s.n_expert_used));
@@ -198,6 +202,12 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   };
   const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim,
                  KV = uint64_t(s.n_head_kv) * s.head_dim;
+  if (o.rope_scaling && a == "llama") {
+    // Divisors growing with the pair index, like Llama 3's low-frequency stretch (1 .. ~4.75).
+    std::vector<float> factors(s.head_dim / 2);
+    for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.5f * float(i);
+    writer.add_tensor_f32("rope_freqs.weight", {factors.size()}, factors);
+  }
   tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, 1.0f * std::sqrt(float(E)));
   for (uint32_t i = 0; i < s.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";

@@ -140,6 +140,19 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                std::to_string(hp.head_dim) + "]");
   }
   hp.rope_freq_base = r.f32("rope.freq_base", 10000.0f);
+  // Linear scaling only: YaRN / LongRoPE change more than theta and are not implemented. As in
+  // llama.cpp, an absent type means linear and "none" ignores any factor.
+  std::string scaling = "linear";
+  if (const gguf::Value* type = file.find(r.key("rope.scaling.type"))) scaling = type->as_string();
+  if (scaling != "none" && scaling != "linear") {
+    r.fail("metadata '" + r.key("rope.scaling.type") + "'",
+           "'" + scaling + "' is not supported (supported: none, linear)");
+  }
+  const char* factor_key =
+      file.find(r.key("rope.scaling.factor")) ? "rope.scaling.factor" : "rope.scale_linear";
+  const float factor = r.f32(factor_key, 0.0f);
+  if (factor < 0.0f) r.fail("metadata '" + r.key(factor_key) + "'", "negative scaling factor");
+  hp.rope_freq_scale = (factor == 0.0f || scaling == "none") ? 1.0f : 1.0f / factor;
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
   hp.expert_weights_scale = r.f32("expert_weights_scale", 0.0f);
 
@@ -193,6 +206,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     spec.output = spec.token_embd;
     spec.output_tied = true;
   }
+
+  spec.rope_freqs = r.tensor("rope_freqs.weight", {hp.n_rot / 2}, false);
 
   const uint64_t Q = hp.q_dim(), KV = hp.kv_dim(), D = hp.head_dim, F = hp.n_ff, FE = hp.n_ff_exp,
                  NE = hp.n_expert;

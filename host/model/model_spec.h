@@ -30,6 +30,7 @@ struct HParams {
   uint32_t n_ctx_train = 0;  // context_length
   uint32_t n_vocab = 0;      // rows of token_embd
   float rope_freq_base = 10000.0f;    // rope.freq_base
+  float rope_freq_scale = 1.0f;       // 1 / rope.scaling.factor (linear; YaRN/LongRoPE refused)
   float rms_eps = 0.0f;               // attention.layer_norm_rms_epsilon
   uint32_t n_expert = 0;              // expert_count (0: dense)
   uint32_t n_expert_used = 0;         // expert_used_count
@@ -72,6 +73,7 @@ struct ModelSpec {
   const gguf::TensorInfo* output_norm = nullptr;  // [n_embd]
   const gguf::TensorInfo* output = nullptr;       // [n_embd, n_vocab]; == token_embd when tied
   bool output_tied = false;                       // output.weight absent: reuse token_embd
+  const gguf::TensorInfo* rope_freqs = nullptr;   // [n_rot/2] Llama 3 RoPE divisors, or null
   std::vector<LayerSpec> layers;
   std::string source;  // the file's path, for messages
 

@@ -37,7 +37,8 @@ ReferenceModel::ReferenceModel(const ModelSpec& spec)
     : spec_(spec),
       token_embd_(as_matrix(*spec.token_embd)),
       output_(as_matrix(*spec.output)),
-      output_norm_(to_floats(*spec.output_norm)) {
+      output_norm_(to_floats(*spec.output_norm)),
+      rope_freqs_(spec.rope_freqs ? to_floats(*spec.rope_freqs) : std::vector<float>{}) {
   routing_.n_expert_used = int(spec.hp.n_expert_used);
   routing_.gating = reference::GatingFunc::kSoftmax;
   routing_.normalize_topk = spec.arch->normalize_topk;
@@ -94,9 +95,11 @@ std::vector<float> ReferenceModel::forward(std::span<const int32_t> tokens,
     if (!l.k_norm.empty()) reference::rms_norm(k, l.k_norm, hp.rms_eps, k);
     for (size_t t = 0; t < T; ++t) {
       reference::rope(std::span<float>(q).subspan(t * Q, Q), int(hp.n_head), int(hp.head_dim),
-                      int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode);
+                      int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
+                      hp.rope_freq_scale, rope_freqs_);
       reference::rope(std::span<float>(k).subspan(t * KV, KV), int(hp.n_head_kv), int(hp.head_dim),
-                      int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode);
+                      int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
+                      hp.rope_freq_scale, rope_freqs_);
     }
     kv.k[il].insert(kv.k[il].end(), k.begin(), k.end());
     kv.v[il].insert(kv.v[il].end(), v.begin(), v.end());

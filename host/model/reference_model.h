@@ -53,6 +53,7 @@ class ReferenceModel {
   ModelSpec spec_;
   reference::WeightMatrix token_embd_, output_;
   std::vector<float> output_norm_;
+  std::vector<float> rope_freqs_;  // empty when the model has no rope_freqs.weight
   std::vector<Layer> layers_;
   reference::RoutingConfig routing_;
 };

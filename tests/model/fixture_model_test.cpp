@@ -182,6 +182,34 @@ TEST(FixtureModel, MissingMetadataIsNamed) {
   EXPECT_NE(error_of(o).find("llama.block_count"), std::string::npos);
 }
 
+TEST(FixtureModel, RopeScalingFromMetadata) {
+  FixtureOptions o;
+  o.rope_scaling = true;
+  auto w = make_fixture(o);
+  {
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "linear.gguf");
+    const ModelSpec spec = ModelSpec::from_gguf(file);
+    EXPECT_FLOAT_EQ(spec.hp.rope_freq_scale, 0.5f);
+    ASSERT_NE(spec.rope_freqs, nullptr);
+    EXPECT_EQ(spec.rope_freqs->dims, (std::vector<uint64_t>{8}));
+  }
+  w.set("llama.rope.scaling.type", gguf::Value::string("none"));  // llama.cpp ignores the factor
+  {
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "none.gguf");
+    EXPECT_FLOAT_EQ(ModelSpec::from_gguf(file).hp.rope_freq_scale, 1.0f);
+  }
+  w.set("llama.rope.scaling.type", gguf::Value::string("yarn"));
+  const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "yarn.gguf");
+  try {
+    ModelSpec::from_gguf(file);
+    FAIL() << "yarn accepted";
+  } catch (const ModelError& e) {
+    EXPECT_NE(std::string(e.what()).find("llama.rope.scaling.type': 'yarn' is not supported"),
+              std::string::npos)
+        << e.what();
+  }
+}
+
 TEST(FixtureModel, ForwardRejectsBadInput) {
   FixtureOptions o;
   const auto file = load(o);

@@ -33,6 +33,21 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
                   357, 141, 422, 486, 323, 68,  120, 209, 33,  374, 300, 57}},
 };
 
+std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {
+  KvState kv = net.new_kv_state();
+  std::vector<int32_t> pos(kPrompt.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
+  auto logits = net.forward(kPrompt, pos, kv);
+  std::vector<int32_t> got;
+  while (got.size() < n) {
+    const int32_t next = engine::Sampler::argmax(logits);
+    got.push_back(next);
+    const int32_t p = int32_t(kv.n_past);
+    logits = net.forward(std::span<const int32_t>(&next, 1), std::span<const int32_t>(&p, 1), kv);
+  }
+  return got;
+}
+
 class LlamaCppAgreement : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(LlamaCppAgreement, F32FixtureGreedyMatches) {
@@ -40,20 +55,31 @@ TEST_P(LlamaCppAgreement, F32FixtureGreedyMatches) {
   o.kind = GetParam();
   o.all_f32 = true;
   const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), o.kind + "-f32.gguf");
-  const ReferenceModel net(ModelSpec::from_gguf(file));
-  KvState kv = net.new_kv_state();
-  std::vector<int32_t> pos(kPrompt.size());
-  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
-  auto logits = net.forward(kPrompt, pos, kv);
   const auto& expected = kLlamaCppGreedy.at(o.kind);
-  std::vector<int32_t> got;
-  while (got.size() < expected.size()) {
-    const int32_t next = engine::Sampler::argmax(logits);
-    got.push_back(next);
-    const int32_t p = int32_t(kv.n_past);
-    logits = net.forward(std::span<const int32_t>(&next, 1), std::span<const int32_t>(&p, 1), kv);
+  EXPECT_EQ(greedy_continuation(ReferenceModel(ModelSpec::from_gguf(file)), expected.size()),
+            expected);
+}
+
+// Linear RoPE scaling x2, and for llama the rope_freqs.weight divisors (fixture --rope-scaling
+// --f32), recorded the same way (flash attention off, f32 KV).
+TEST(LlamaCppAgreementRopeScaling, F32FixtureGreedyMatches) {
+  const std::map<std::string, std::vector<int32_t>> expected{
+      {"llama", {284, 387, 494, 72,  384, 95, 120, 156, 95,  120, 156, 95,
+                 431, 120, 414, 232, 197, 61, 455, 501, 400, 207, 30,  120}},
+      {"qwen3moe", {211, 178, 88,  120, 149, 459, 107, 498, 107, 498, 107, 498,
+                    208, 194, 211, 208, 22,  323, 208, 390, 485, 403, 429, 262}},
+  };
+  for (const auto& [kind, tokens] : expected) {
+    FixtureOptions o;
+    o.kind = kind;
+    o.all_f32 = true;
+    o.rope_scaling = true;
+    const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), kind + "-rope.gguf");
+    const ModelSpec spec = ModelSpec::from_gguf(file);
+    EXPECT_FLOAT_EQ(spec.hp.rope_freq_scale, 0.5f);
+    EXPECT_EQ(spec.rope_freqs != nullptr, kind == "llama");
+    EXPECT_EQ(greedy_continuation(ReferenceModel(spec), tokens.size()), tokens) << kind;
   }
-  EXPECT_EQ(got, expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, LlamaCppAgreement, ::testing::ValuesIn(fixture_kinds()),

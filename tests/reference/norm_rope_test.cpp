@@ -78,6 +78,20 @@ TEST(Rope, PartialRotaryLeavesTailAndEachHead) {
   EXPECT_EQ(x[11], 10.0f);
 }
 
+TEST(Rope, LinearScaleAndFrequencyFactorsDivideTheta) {
+  std::vector<float> x{1, 0, 1, 0};
+  const std::vector<float> factors{4.0f, 0.5f};
+  rope(x, 1, 4, 4, 8, 10000.0f, RopeMode::kNormal, 0.5f, factors);
+  // pair 0: 0.5 * 8 * 1 / 4 = 1; pair 1: 0.5 * 8 * 0.01 / 0.5 = 0.08
+  EXPECT_NEAR(x[0], std::cos(1.0f), 1e-6f);
+  EXPECT_NEAR(x[1], std::sin(1.0f), 1e-6f);
+  EXPECT_NEAR(x[2], std::cos(0.08f), 1e-6f);
+  EXPECT_NEAR(x[3], std::sin(0.08f), 1e-6f);
+  const std::vector<float> wrong{1.0f};
+  EXPECT_THROW(rope(x, 1, 4, 4, 1, 10000.0f, RopeMode::kNormal, 1.0f, wrong),
+               std::invalid_argument);
+}
+
 TEST(Rope, PositionZeroIsIdentityAndBadShapesThrow) {
   std::vector<float> x{1, 2, 3, 4};
   rope(x, 1, 4, 4, 0, 10000.0f, RopeMode::kNeox);

@@ -14,10 +14,12 @@ enum class RopeMode {
 
 // Rotates, in place, the heads of one token: x holds n_head rows of head_dim floats. Only the first
 // n_rot dimensions of each head rotate (partial rotary when n_rot < head_dim; the rest pass
-// through). For pair i in [0, n_rot/2): theta = pos * freq_base^(-2i/n_rot), as ggml computes it
-// (no frequency scaling / YaRN). Throws std::invalid_argument when n_rot is odd, exceeds head_dim
-// or the sizes do not match.
+// through). For pair i in [0, n_rot/2): theta = freq_scale * pos * freq_base^(-2i/n_rot) /
+// freq_factors[i], as ggml computes it without YaRN (ext_factor 0): freq_scale is
+// 1/rope.scaling.factor for linear scaling, freq_factors the optional per-pair divisors of Llama
+// 3's rope_freqs.weight (empty: all 1). Throws std::invalid_argument when n_rot is odd, exceeds
+// head_dim, freq_factors is neither empty nor n_rot/2 long, or the sizes do not match.
 void rope(std::span<float> x, int n_head, int head_dim, int n_rot, int64_t pos, float freq_base,
-          RopeMode mode);
+          RopeMode mode, float freq_scale = 1.0f, std::span<const float> freq_factors = {});
 
 }  // namespace tessera::reference
