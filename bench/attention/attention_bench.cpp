@@ -51,8 +51,10 @@ void bench_device(const Device& d, const Options& o) {
     for (int n_seqs : o.batch) {
       for (int ctx : o.contexts) {
         const int32_t blocks_per_seq = (ctx + block - 1) / block;
-        kv::PagedKvCache cache({1, n_head_kv, hd, block, blocks_per_seq * n_seqs, kv::KvFormat::kF16}, {&d});
-        // Random f16 contents for the whole pool (cheaper than writing every token through kv_write).
+        kv::PagedKvCache cache(
+            {1, n_head_kv, hd, block, blocks_per_seq * n_seqs, kv::KvFormat::kF16}, {&d});
+        // Random f16 contents for the whole pool (cheaper than writing every token through
+        // kv_write).
         std::vector<uint16_t> pool(cache.layout().pool_bytes() / 2);
         std::mt19937 rng(1);
         std::uniform_real_distribution<float> u(-1.0f, 1.0f);
@@ -80,8 +82,9 @@ void bench_device(const Device& d, const Options& o) {
         });
         const double bytes = double(n_seqs) * ctx * n_head_kv * hd * 2.0 * 2.0;
         const auto split = op.decode_split(n_seqs, ctx);
-        std::printf("%-6s decode  head_dim %3d  seqs %2d  ctx %6d  chunks %2d  %9.1f us  %7.1f GB/s\n",
-                    d.id().c_str(), hd, n_seqs, ctx, split.n_chunks, sec * 1e6, bytes / sec / 1e9);
+        std::printf(
+            "%-6s decode  head_dim %3d  seqs %2d  ctx %6d  chunks %2d  %9.1f us  %7.1f GB/s\n",
+            d.id().c_str(), hd, n_seqs, ctx, split.n_chunks, sec * 1e6, bytes / sec / 1e9);
         std::fflush(stdout);
       }
     }
@@ -96,18 +99,20 @@ void bench_device(const Device& d, const Options& o) {
       for (int i = 0; i < chunk; ++i) tpos[size_t(i)] = ctx - chunk + i;
       kv::KvBatchBuffers batch(d);
       kv::KvBatchView view = batch.upload(cache.blocks(), seqs, tseq, tpos);
-      ClMem qb = d.alloc(size_t(chunk) * n_head * hd * 4), ob = d.alloc(size_t(chunk) * n_head * hd * 4);
+      ClMem qb = d.alloc(size_t(chunk) * n_head * hd * 4),
+            ob = d.alloc(size_t(chunk) * n_head * hd * 4);
       std::vector<float> zeros(size_t(chunk) * n_head * hd, 0.1f);
       d.write(qb.get(), 0, zeros.data(), zeros.size() * 4);
       const double sec = time_per_call(d, std::max(1, o.reps / 4), [&] {
         op.prefill(view, cache.layer(0), qb.get(), 0, ob.get(), 0, 0, chunk);
       });
-      // QK^T and PV over the causal triangle's visible part: 2 * 2 * hd flops per (query, key, head).
+      // QK^T and PV over the causal triangle's visible part: 2 * 2 * hd flops per (query, key,
+      // head).
       double pairs = 0;
       for (int i = 0; i < chunk; ++i) pairs += ctx - chunk + i + 1;
       const double flops = 4.0 * hd * n_head * pairs;
-      std::printf("%-6s prefill head_dim %3d  chunk %d at ctx %d  %9.1f us  %7.1f GFLOP/s\n", d.id().c_str(),
-                  hd, chunk, ctx, sec * 1e6, flops / sec / 1e9);
+      std::printf("%-6s prefill head_dim %3d  chunk %d at ctx %d  %9.1f us  %7.1f GFLOP/s\n",
+                  d.id().c_str(), hd, chunk, ctx, sec * 1e6, flops / sec / 1e9);
       std::fflush(stdout);
     }
   }
@@ -121,9 +126,7 @@ std::vector<int> parse_ints(const char* s) {
   return v;
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -147,9 +150,10 @@ int main(int argc, char** argv) {
       } else if (a == "--batch") {
         o.batch = parse_ints(next());
       } else {
-        std::fprintf(stderr,
-                     "usage: attention_bench [--devices cpu0,gpu0] [--reps N] [--contexts 1024,4096,16384]\n"
-                     "                       [--head-dims 64,128] [--batch 1,8] [--decode-items 128]\n");
+        std::fprintf(
+            stderr,
+            "usage: attention_bench [--devices cpu0,gpu0] [--reps N] [--contexts 1024,4096,16384]\n"
+            "                       [--head-dims 64,128] [--batch 1,8] [--decode-items 128]\n");
         return a == "--help" ? 0 : 2;
       }
     } catch (const std::exception& e) {
@@ -173,4 +177,15 @@ int main(int argc, char** argv) {
     return 1;
   }
   return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (...) {
+    std::fprintf(stderr, "attention_bench: unexpected error\n");
+    return 1;
+  }
 }

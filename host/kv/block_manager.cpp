@@ -7,7 +7,9 @@
 namespace tessera::kv {
 
 namespace {
-std::string seq_name(SeqId seq) { return "sequence " + std::to_string(seq); }
+std::string seq_name(SeqId seq) {
+  return "sequence " + std::to_string(seq);
+}
 }  // namespace
 
 KvBlockManager::KvBlockManager(int32_t n_blocks, int32_t block_size) : block_size_(block_size) {
@@ -99,7 +101,9 @@ KvReservation KvBlockManager::reserve(SeqId seq, int32_t n_tokens) {
   return std::move(*r);
 }
 
-int32_t KvBlockManager::length(SeqId seq) const { return get(seq, "length").length; }
+int32_t KvBlockManager::length(SeqId seq) const {
+  return get(seq, "length").length;
+}
 
 std::span<const int32_t> KvBlockManager::block_table(SeqId seq) const {
   return get(seq, "block_table").blocks;
@@ -108,15 +112,15 @@ std::span<const int32_t> KvBlockManager::block_table(SeqId seq) const {
 int32_t KvBlockManager::slot(SeqId seq, int32_t pos) const {
   const Sequence& s = get(seq, "slot");
   if (pos < 0 || pos >= s.length)
-    throw KvCacheUsageError("kv cache slot: " + seq_name(seq) + ": position " + std::to_string(pos) +
-                            " outside [0, " + std::to_string(s.length) + ")");
+    throw KvCacheUsageError("kv cache slot: " + seq_name(seq) + ": position " +
+                            std::to_string(pos) + " outside [0, " + std::to_string(s.length) + ")");
   return s.blocks[size_t(pos / block_size_)] * block_size_ + pos % block_size_;
 }
 
 int32_t KvBlockManager::block_refs(int32_t block) const {
   if (block < 0 || block >= n_blocks())
-    throw KvCacheUsageError("kv cache block_refs: block " + std::to_string(block) + " outside [0, " +
-                            std::to_string(n_blocks()) + ")");
+    throw KvCacheUsageError("kv cache block_refs: block " + std::to_string(block) +
+                            " outside [0, " + std::to_string(n_blocks()) + ")");
   return refs_[size_t(block)];
 }
 

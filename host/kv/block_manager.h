@@ -37,9 +37,9 @@ struct KvBlockCopy {
 
 // Result of reserving n new tokens of a sequence.
 struct KvReservation {
-  int32_t first_pos = 0;              // position of the first new token (the old length)
-  std::vector<int32_t> slots;         // slot of each new token: block * block_size + offset
-  std::vector<KvBlockCopy> copies;    // block copies to do first (0 or 1, copy-on-write)
+  int32_t first_pos = 0;            // position of the first new token (the old length)
+  std::vector<int32_t> slots;       // slot of each new token: block * block_size + offset
+  std::vector<KvBlockCopy> copies;  // block copies to do first (0 or 1, copy-on-write)
 };
 
 // Thread-safety: none. Only the engine thread calls the mutating methods (create_sequence,
@@ -69,10 +69,10 @@ class KvBlockManager {
   int32_t blocks_needed(SeqId seq, int32_t n_tokens) const;
 
   bool contains(SeqId seq) const { return seqs_.count(seq) != 0; }
-  int32_t length(SeqId seq) const;                       // tokens stored (reserved) so far
+  int32_t length(SeqId seq) const;                        // tokens stored (reserved) so far
   std::span<const int32_t> block_table(SeqId seq) const;  // its blocks in position order
-  int32_t slot(SeqId seq, int32_t pos) const;            // slot of position pos (< length)
-  int32_t block_refs(int32_t block) const;               // sequences holding the block (0 = free)
+  int32_t slot(SeqId seq, int32_t pos) const;             // slot of position pos (< length)
+  int32_t block_refs(int32_t block) const;                // sequences holding the block (0 = free)
 
   int32_t n_blocks() const { return int32_t(refs_.size()); }
   int32_t block_size() const { return block_size_; }

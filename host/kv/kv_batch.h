@@ -29,7 +29,7 @@ class KvBatchBuffers {
   KvBatchView upload(const KvBlockManager& blocks, std::span<const SeqId> seqs,
                      std::span<const int32_t> token_seq, std::span<const int32_t> token_pos);
 
-  const KvBatchView& view() const { return view_; }                   // of the latest upload
+  const KvBatchView& view() const { return view_; }                    // of the latest upload
   std::span<const int32_t> host_slots() const { return slots_host_; }  // its slots, for checks
 
  private:

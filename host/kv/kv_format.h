@@ -22,7 +22,9 @@ struct KvFormatTraits {
 };
 
 namespace detail {
-constexpr uint64_t f16_bytes(uint32_t head_dim) { return uint64_t(head_dim) * 2; }
+constexpr uint64_t f16_bytes(uint32_t head_dim) {
+  return uint64_t(head_dim) * 2;
+}
 }  // namespace detail
 
 // Traits of `format`; every enum value has an entry.
@@ -35,7 +37,9 @@ inline const KvFormatTraits& kv_format_traits(KvFormat format) {
   return kF16Traits;  // unreachable: the switch covers every value
 }
 
-inline std::string_view kv_format_name(KvFormat format) { return kv_format_traits(format).name; }
+inline std::string_view kv_format_name(KvFormat format) {
+  return kv_format_traits(format).name;
+}
 
 // "f16" -> kF16; nullopt for names no format has.
 inline std::optional<KvFormat> kv_format_from_name(std::string_view name) {

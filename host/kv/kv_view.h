@@ -1,6 +1,6 @@
 // Plain views of the paged KV cache that the attention kernels' launchers take: where one layer's
-// K/V pools are, how the pool is laid out, and the device buffers describing one batch. Header-only,
-// so host/ops links without host/kv.
+// K/V pools are, how the pool is laid out, and the device buffers describing one batch.
+// Header-only, so host/ops links without host/kv.
 #pragma once
 
 #include <cstdint>
@@ -22,9 +22,15 @@ struct KvPoolLayout {
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;
 
-  uint64_t token_head_bytes() const { return kv_format_traits(format).bytes_per_token_head(uint32_t(head_dim)); }
-  uint64_t block_bytes() const { return token_head_bytes() * uint64_t(block_size) * uint64_t(n_head_kv); }
-  uint64_t pool_bytes() const { return block_bytes() * uint64_t(n_blocks); }  // one of K or V, one layer
+  uint64_t token_head_bytes() const {
+    return kv_format_traits(format).bytes_per_token_head(uint32_t(head_dim));
+  }
+  uint64_t block_bytes() const {
+    return token_head_bytes() * uint64_t(block_size) * uint64_t(n_head_kv);
+  }
+  uint64_t pool_bytes() const {
+    return block_bytes() * uint64_t(n_blocks);
+  }  // one of K or V, one layer
 };
 
 // One layer's pools (owned by the PagedKvCache; valid while it lives).
@@ -37,8 +43,8 @@ struct KvLayerView {
 // All arrays are int32 inside the single buffer `meta`, addressed by element offsets:
 //   block_tables [n_seqs][block_table_stride]  block ids of each batch sequence, -1 padded
 //   token_seq    [n_tokens]  index (row of block_tables) of each token's sequence
-//   token_pos    [n_tokens]  position of each token; it attends to positions [0, pos] of its sequence
-//   token_slot   [n_tokens]  pool slot its K/V is written to
+//   token_pos    [n_tokens]  position of each token; it attends to positions [0, pos] of its
+//   sequence token_slot   [n_tokens]  pool slot its K/V is written to
 struct KvBatchView {
   cl_mem meta = nullptr;
   uint32_t block_tables_offset = 0;

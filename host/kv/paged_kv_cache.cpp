@@ -19,7 +19,8 @@ KvBlockManager checked_manager(const KvCacheConfig& c, size_t n_devices) {
   if (int64_t(c.n_blocks) * c.block_size > INT32_MAX)
     bad("n_blocks * block_size exceeds int32 slot indices");
   if (n_devices != size_t(c.n_layer))
-    bad(std::to_string(n_devices) + " layer devices given for " + std::to_string(c.n_layer) + " layers");
+    bad(std::to_string(n_devices) + " layer devices given for " + std::to_string(c.n_layer) +
+        " layers");
   return KvBlockManager(c.n_blocks, c.block_size);
 }
 }  // namespace

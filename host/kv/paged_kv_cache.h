@@ -1,6 +1,6 @@
 // The paged KV cache of one model: per layer a K pool and a V pool on the layer's device (f16 now;
-// other formats plug in through KvFormat), shared block bookkeeping (KvBlockManager), and the device
-// side of copy-on-write.
+// other formats plug in through KvFormat), shared block bookkeeping (KvBlockManager), and the
+// device side of copy-on-write.
 #pragma once
 
 #include <optional>
@@ -38,8 +38,8 @@ class PagedKvCache {
 
   const KvCacheConfig& config() const { return config_; }
   const KvPoolLayout& layout() const { return layout_; }
-  KvLayerView layer(int32_t l) const;         // pools of layer l
-  const Device& device(int32_t l) const;      // device of layer l
+  KvLayerView layer(int32_t l) const;                       // pools of layer l
+  const Device& device(int32_t l) const;                    // device of layer l
   const KvBlockManager& blocks() const { return blocks_; }  // read-only accounting and tables
 
   // The mutating calls, one per operation (see KvBlockManager for semantics). try_reserve/reserve

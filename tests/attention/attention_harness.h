@@ -41,7 +41,9 @@ struct StepError {
   bool guard_ok = true;
 };
 
-inline float round_f16(float x) { return fp16_to_fp32(fp32_to_fp16(x)); }
+inline float round_f16(float x) {
+  return fp16_to_fp32(fp32_to_fp16(x));
+}
 
 class AttentionHarness {
  public:
@@ -51,7 +53,8 @@ class AttentionHarness {
                    std::optional<ops::AttentionTuning> tuning = std::nullopt)
       : device_(device),
         config_(config),
-        cache_({n_layer, config.n_head_kv, config.head_dim, config.block_size, n_blocks, kv::KvFormat::kF16},
+        cache_({n_layer, config.n_head_kv, config.head_dim, config.block_size, n_blocks,
+                kv::KvFormat::kF16},
                std::vector<const Device*>(size_t(n_layer), &device)),
         op_(device, config, tuning),
         batch_(device) {
@@ -59,8 +62,8 @@ class AttentionHarness {
       const uint16_t nan = 0x7E00;
       for (int32_t l = 0; l < n_layer; ++l)
         for (cl_mem m : {cache_.layer(l).k, cache_.layer(l).v})
-          CL_CHECK(clEnqueueFillBuffer(device.queue(), m, &nan, 2, 0, cache_.layout().pool_bytes(), 0,
-                                       nullptr, nullptr),
+          CL_CHECK(clEnqueueFillBuffer(device.queue(), m, &nan, 2, 0, cache_.layout().pool_bytes(),
+                                       0, nullptr, nullptr),
                    device.id());
     }
   }
@@ -138,7 +141,8 @@ class AttentionHarness {
     }
 
     kv::KvBatchView view = batch_.upload(cache_.blocks(), seqs, bseq, bpos);
-    ClMem qb = device_.alloc(q.size() * 4), kb = device_.alloc(k.size() * 4), vb = device_.alloc(v.size() * 4);
+    ClMem qb = device_.alloc(q.size() * 4), kb = device_.alloc(k.size() * 4),
+          vb = device_.alloc(v.size() * 4);
     const size_t out_floats = q.size();
     constexpr size_t kGuard = 256;
     ClMem ob = device_.alloc((out_floats + kGuard) * 4);
@@ -190,8 +194,8 @@ class AttentionHarness {
           for (int32_t d = 0; d < D; ++d) {
             const size_t at = ((size_t(slots[i] / bs) * HK + h) * bs + slots[i] % bs) * D + d;
             if (pool[at] != fp32_to_fp16(k[(i * HK + h) * D + d])) {
-              ADD_FAILURE() << "pool slot " << slots[i] << " head " << h << " dim " << d << " holds "
-                            << pool[at] << ", not the f16 of the written K";
+              ADD_FAILURE() << "pool slot " << slots[i] << " head " << h << " dim " << d
+                            << " holds " << pool[at] << ", not the f16 of the written K";
               return err;
             }
           }
@@ -206,7 +210,9 @@ class AttentionHarness {
       const int32_t last = bpos[rows.back()];
       const SeqId s = entries[e].seq;
       std::vector<float> qe, ref(rows.size() * H * D);
-      for (size_t r : rows) qe.insert(qe.end(), q.begin() + ptrdiff_t(r * H * D), q.begin() + ptrdiff_t((r + 1) * H * D));
+      for (size_t r : rows)
+        qe.insert(qe.end(), q.begin() + ptrdiff_t(r * H * D),
+                  q.begin() + ptrdiff_t((r + 1) * H * D));
       const size_t kv_len = size_t(last + 1) * HK * D;
       std::span<const float> ks(k_[s].data(), kv_len), vs(v_[s].data(), kv_len);
       reference::causal_attention(qe, ks, vs, {H, HK, D}, op_.scale(), ref);
@@ -235,12 +241,12 @@ class AttentionHarness {
 // and exp differ.
 constexpr double kAttnTolerance = 1e-5;
 
-#define EXPECT_STEP_OK(expr)                                  \
-  do {                                                        \
-    const ::tessera::test::StepError e_ = (expr);             \
-    EXPECT_TRUE(e_.guard_ok) << "write past the output";      \
-    EXPECT_EQ(e_.nonfinite, 0u);                              \
-    EXPECT_LE(e_.max_rel, ::tessera::test::kAttnTolerance);   \
+#define EXPECT_STEP_OK(expr)                                \
+  do {                                                      \
+    const ::tessera::test::StepError e_ = (expr);           \
+    EXPECT_TRUE(e_.guard_ok) << "write past the output";    \
+    EXPECT_EQ(e_.nonfinite, 0u);                            \
+    EXPECT_LE(e_.max_rel, ::tessera::test::kAttnTolerance); \
   } while (0)
 
 }  // namespace tessera::test

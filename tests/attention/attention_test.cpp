@@ -36,15 +36,16 @@ TEST_P(AttentionShapes, PrefillChunksThenDecode) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Heads, AttentionShapes,
-                         ::testing::Values(Shape{8, 4, 8, 16},     // stories260K-like
-                                           Shape{8, 2, 64, 16},    // GQA group 4
-                                           Shape{4, 4, 64, 32},    // MHA, 32-token blocks
-                                           Shape{4, 1, 128, 16},   // MQA, head 128
-                                           Shape{6, 2, 128, 8}),   // blocks smaller than tiles
+                         ::testing::Values(Shape{8, 4, 8, 16},    // stories260K-like
+                                           Shape{8, 2, 64, 16},   // GQA group 4
+                                           Shape{4, 4, 64, 32},   // MHA, 32-token blocks
+                                           Shape{4, 1, 128, 16},  // MQA, head 128
+                                           Shape{6, 2, 128, 8}),  // blocks smaller than tiles
                          [](const auto& info) {
                            const Shape s = info.param;
-                           return "h" + std::to_string(s.n_head) + "kv" + std::to_string(s.n_head_kv) +
-                                  "d" + std::to_string(s.head_dim) + "bs" + std::to_string(s.block_size);
+                           return "h" + std::to_string(s.n_head) + "kv" +
+                                  std::to_string(s.n_head_kv) + "d" + std::to_string(s.head_dim) +
+                                  "bs" + std::to_string(s.block_size);
                          });
 
 // Many sequences forked from shared prefixes (partially filled last blocks, so copy-on-write),
@@ -57,6 +58,7 @@ TEST(Attention, SharedPrefixesMixedBatches) {
     SeqId root = h.create();
     EXPECT_STEP_OK(h.step({{root, 21}}, AttnKernel::kPrefill, 10));
     std::vector<SeqId> kids;
+    kids.reserve(5);
     for (int i = 0; i < 5; ++i) kids.push_back(h.fork(root));
     SeqId other = h.create();
     const int32_t used_before = h.cache().blocks().blocks_used();
@@ -76,7 +78,8 @@ TEST(Attention, SharedPrefixesMixedBatches) {
     SeqId grandkid = h.fork(kids[4]);
     EXPECT_STEP_OK(h.step({{grandkid, 19}, {kids[4], 2}, {kids[1], 1}}, AttnKernel::kMixed, 15));
     // Batch tokens of one sequence not consecutive: the prefill kernel processes runs.
-    EXPECT_STEP_OK(h.step({{kids[2], 6}, {kids[0], 3}}, AttnKernel::kPrefill, 16, /*interleave=*/true));
+    EXPECT_STEP_OK(
+        h.step({{kids[2], 6}, {kids[0], 3}}, AttnKernel::kPrefill, 16, /*interleave=*/true));
     EXPECT_STEP_OK(h.step({{kids[3], 4}, {root, 2}}, AttnKernel::kDecode, 17, /*interleave=*/true));
   }
 }
@@ -131,8 +134,9 @@ TEST(Attention, EveryVariantOnEveryDevice) {
       t.prefill_rows = 8;
       t.prefill_kv_tile = 8;
       // Printed before the run: a driver crash (seen once on a GPU) then names the variant.
-      std::printf("variant on %s: head_dim %d, decode %s, prefill %d items per row\n", dev->id().c_str(),
-                  sh.head_dim, t.decode_rows ? "rows" : "work-group", t.prefill_row_items);
+      std::printf("variant on %s: head_dim %d, decode %s, prefill %d items per row\n",
+                  dev->id().c_str(), sh.head_dim, t.decode_rows ? "rows" : "work-group",
+                  t.prefill_row_items);
       std::fflush(stdout);
       AttentionHarness h(*dev, c, 64, true, 1, t);
       SeqId a = h.create(), b = h.create();
@@ -158,7 +162,8 @@ TEST(Attention, BadArguments) {
   std::vector<int32_t> ts{0}, tp{2};
   kv::KvBatchView v = batch.upload(h.cache().blocks(), seqs, ts, tp);
   ClMem buf = d.alloc(4096);
-  EXPECT_THROW(h.op().prefill(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 2), ops::AttentionError);
+  EXPECT_THROW(h.op().prefill(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 2),
+               ops::AttentionError);
   EXPECT_THROW(h.op().decode(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 1, buf.get(), 4),
                ops::AttentionError);  // workspace too small
 }

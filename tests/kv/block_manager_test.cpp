@@ -176,7 +176,9 @@ TEST(KvBlockManager, RandomizedAgainstModel) {
           continue;
         }
         for (const KvBlockCopy& c : r->copies)
-          for (int i = 0; i < kBs; ++i) slot_content[size_t(c.dst * kBs + i)] = slot_content[size_t(c.src * kBs + i)];
+          for (int i = 0; i < kBs; ++i)
+            slot_content[size_t(c.dst) * kBs + size_t(i)] =
+                slot_content[size_t(c.src) * kBs + size_t(i)];
         for (int32_t slot : r->slots) {
           // A slot we write must belong to this sequence alone.
           EXPECT_EQ(m.block_refs(slot / kBs), 1);
@@ -191,7 +193,8 @@ TEST(KvBlockManager, RandomizedAgainstModel) {
       ASSERT_EQ(m.length(s), int32_t(content.size()));
       for (int32_t b : m.block_table(s)) ++refs[size_t(b)];
       for (size_t p = 0; p < content.size(); ++p)
-        ASSERT_EQ(slot_content[size_t(m.slot(s, int32_t(p)))], content[p]) << "seq " << s << " pos " << p;
+        ASSERT_EQ(slot_content[size_t(m.slot(s, int32_t(p)))], content[p])
+            << "seq " << s << " pos " << p;
     }
     int32_t used = 0;
     for (int b = 0; b < kBlocks; ++b) {

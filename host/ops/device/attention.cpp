@@ -26,8 +26,8 @@ int32_t largest_divisor_at_most(int32_t n, int32_t cap) {
 void check_range(const kv::KvBatchView& b, int32_t first, int32_t n, const char* what) {
   if (first < 0 || n < 0 || int64_t(first) + n > b.n_tokens)
     throw AttentionError(std::string("attention ") + what + ": tokens [" + std::to_string(first) +
-                                ", " + std::to_string(int64_t(first) + n) + ") outside the batch's " +
-                                std::to_string(b.n_tokens));
+                         ", " + std::to_string(int64_t(first) + n) + ") outside the batch's " +
+                         std::to_string(b.n_tokens));
 }
 
 }  // namespace
@@ -58,35 +58,41 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
 
 AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
                          std::optional<AttentionTuning> tuning)
-    : device_(&device), config_(config), tuning_(tuning ? *tuning : default_attention_tuning(device, config)) {
+    : device_(&device),
+      config_(config),
+      tuning_(tuning ? *tuning : default_attention_tuning(device, config)) {
   const auto& c = config_;
   const auto& t = tuning_;
   auto unsupported = [&](const std::string& why) {
     throw AttentionUnsupported("attention on " + device.info().label() + ": " + why);
   };
   if (c.n_head < 1 || c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
-    unsupported("n_head " + std::to_string(c.n_head) + " must be a positive multiple of n_head_kv " +
-                std::to_string(c.n_head_kv));
+    unsupported("n_head " + std::to_string(c.n_head) +
+                " must be a positive multiple of n_head_kv " + std::to_string(c.n_head_kv));
   if (c.head_dim < 4 || c.head_dim % 4 != 0)
     unsupported("head_dim " + std::to_string(c.head_dim) + " must be a positive multiple of 4");
   if (c.block_size < 1) unsupported("block_size " + std::to_string(c.block_size) + " must be >= 1");
   if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
       t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
       t.decode_tile < 1 || t.reduce_items < 1)
-    unsupported("tuning does not fit the shape (row items must divide head_dim, the KV tile block_size)");
+    unsupported(
+        "tuning does not fit the shape (row items must divide head_dim, the KV tile block_size)");
   const uint64_t wg_max = device.info().max_work_group_size;
-  if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max || uint64_t(t.decode_items) > wg_max ||
-      uint64_t(t.reduce_items) > wg_max)
+  if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max ||
+      uint64_t(t.decode_items) > wg_max || uint64_t(t.reduce_items) > wg_max)
     unsupported("work-group size over the device's " + std::to_string(wg_max));
   const int32_t group = c.n_head / c.n_head_kv;
   const uint64_t prefill_local =
-      4ull * (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
-              uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
-              5ull * t.prefill_rows);
-  if (!t.decode_rows && (t.decode_tile != t.decode_items || (t.decode_items & (t.decode_items - 1)) != 0))
+      4ull *
+      (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
+       uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
+       5ull * t.prefill_rows);
+  if (!t.decode_rows &&
+      (t.decode_tile != t.decode_items || (t.decode_items & (t.decode_items - 1)) != 0))
     unsupported("the work-group decode kernel needs decode_tile == decode_items, a power of two");
   const uint64_t decode_local =
-      4ull * (uint64_t(group) * (c.head_dim + t.decode_tile + t.decode_items) + uint64_t(t.decode_tile));
+      4ull *
+      (uint64_t(group) * (c.head_dim + t.decode_tile + t.decode_items) + uint64_t(t.decode_tile));
   const uint64_t local_max = device.info().local_mem_bytes;
   if (prefill_local > local_max || decode_local > local_max)
     unsupported("needs " + std::to_string(std::max(prefill_local, decode_local)) +
@@ -95,10 +101,13 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
 
   const std::string options =
       "-DHEAD_DIM=" + std::to_string(c.head_dim) + " -DBLOCK_SIZE=" + std::to_string(c.block_size) +
-      " -DN_HEAD=" + std::to_string(c.n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) + " -D" +
-      std::string(kv::kv_format_traits(c.format).kernel_macro) + " -DPF_BQ=" + std::to_string(t.prefill_rows) +
-      " -DPF_TPR=" + std::to_string(t.prefill_row_items) + " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +
-      " -DDEC_LWS=" + std::to_string(t.decode_items) + " -DDEC_TILE=" + std::to_string(t.decode_tile) +
+      " -DN_HEAD=" + std::to_string(c.n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) +
+      " -D" + std::string(kv::kv_format_traits(c.format).kernel_macro) +
+      " -DPF_BQ=" + std::to_string(t.prefill_rows) +
+      " -DPF_TPR=" + std::to_string(t.prefill_row_items) +
+      " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +
+      " -DDEC_LWS=" + std::to_string(t.decode_items) +
+      " -DDEC_TILE=" + std::to_string(t.decode_tile) +
       " -DRED_LWS=" + std::to_string(t.reduce_items);
   write_ = device.kernel("attention", "kv_write", options);
   prefill_ = device.kernel("attention", "attention_prefill", options);
@@ -113,10 +122,11 @@ void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& laye
   check_range(b, first_token, n_tokens, "write_kv");
   if (n_tokens == 0) return;
   const Device& d = *device_;
-  set_args(d, write_.get(), k_new, k_offset, v_new, v_offset, b.meta,
-           cl_uint(b.token_slot_offset), cl_uint(first_token), layer.k, layer.v);
+  set_args(d, write_.get(), k_new, k_offset, v_new, v_offset, b.meta, cl_uint(b.token_slot_offset),
+           cl_uint(first_token), layer.k, layer.v);
   const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.head_dim / 4);
-  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1}, ev);
+  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1},
+         ev);
 }
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
@@ -125,16 +135,17 @@ void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer
   check_range(b, first_token, n_tokens, "prefill");
   if (n_tokens == 0) return;
   const Device& d = *device_;
-  set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta,
-           cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset),
-           cl_uint(b.token_pos_offset), cl_uint(first_token), cl_uint(n_tokens), scale_, layer.k, layer.v);
+  set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta, cl_uint(b.block_tables_offset),
+           cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
+           cl_uint(first_token), cl_uint(n_tokens), scale_, layer.k, layer.v);
   const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
   const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
   launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, ev);
 }
 
 DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) const {
-  const int64_t tiles = std::max<int64_t>(1, (int64_t(max_context) + tuning_.decode_tile - 1) / tuning_.decode_tile);
+  const int64_t tiles =
+      std::max<int64_t>(1, (int64_t(max_context) + tuning_.decode_tile - 1) / tuning_.decode_tile);
   // Enough work-groups to fill the device a few times over; no more chunks than tiles.
   const int64_t target = 4 * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
   const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.n_head_kv);
@@ -142,7 +153,8 @@ DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) con
                                        std::min<int64_t>(kMaxDecodeChunks, tiles));
   DecodeSplit s;
   s.chunk_tokens = int32_t((tiles + chunks - 1) / chunks * tuning_.decode_tile);
-  s.n_chunks = int32_t(std::max<int64_t>(1, (int64_t(max_context) + s.chunk_tokens - 1) / s.chunk_tokens));
+  s.n_chunks =
+      int32_t(std::max<int64_t>(1, (int64_t(max_context) + s.chunk_tokens - 1) / s.chunk_tokens));
   return s;
 }
 
@@ -169,18 +181,18 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
                       size_t(config_.head_dim + 2) * sizeof(float);
   if (workspace_bytes < need)
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
-                                " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
+                         " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
   cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
-  set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset),
-           cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
-           cl_uint(first_token), cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v,
-           workspace);
+  set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
+           cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
+           cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v, workspace);
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)}, {lws, 1, 1},
          {ev.wait, nullptr});
   set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset);
   const size_t rl = size_t(tuning_.reduce_items);
-  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1}, {{}, ev.done});
+  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1},
+         {{}, ev.done});
 }
 
 }  // namespace tessera::ops

@@ -13,12 +13,12 @@
 namespace tessera::ops {
 
 struct AttentionConfig {
-  int32_t n_head = 0;      // query heads
-  int32_t n_head_kv = 0;   // KV heads; n_head % n_head_kv == 0 (query head h reads h / group)
-  int32_t head_dim = 0;    // multiple of 4 (8, 64, 128 tested)
-  int32_t block_size = 16; // the cache's tokens per block: <= 32 or a multiple of 32
+  int32_t n_head = 0;       // query heads
+  int32_t n_head_kv = 0;    // KV heads; n_head % n_head_kv == 0 (query head h reads h / group)
+  int32_t head_dim = 0;     // multiple of 4 (8, 64, 128 tested)
+  int32_t block_size = 16;  // the cache's tokens per block: <= 32 or a multiple of 32
   kv::KvFormat format = kv::KvFormat::kF16;
-  float scale = 0.0f;      // score scale; 0 means 1 / sqrt(head_dim)
+  float scale = 0.0f;  // score scale; 0 means 1 / sqrt(head_dim)
 };
 
 // Work decomposition; defaults per device type (default_attention_tuning), overridable for tuning.
@@ -69,8 +69,9 @@ class AttentionOp {
   const AttentionTuning& tuning() const { return tuning_; }
   float scale() const { return scale_; }
 
-  // (a) Stores K and V of the tokens (f32 [batch token][n_head_kv][head_dim], after RoPE) into their
-  // slots (batch.token_slot; a slot < 0 is skipped) in the layer's pools, in the cache's format.
+  // (a) Stores K and V of the tokens (f32 [batch token][n_head_kv][head_dim], after RoPE) into
+  // their slots (batch.token_slot; a slot < 0 is skipped) in the layer's pools, in the cache's
+  // format.
   void write_kv(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem k_new,
                 uint32_t k_offset, cl_mem v_new, uint32_t v_offset, int32_t first_token,
                 int32_t n_tokens, const Events& ev = {});
@@ -87,8 +88,7 @@ class AttentionOp {
   // `workspace` holds at least decode_workspace_bytes(n_tokens, batch.max_context) bytes.
   void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
               uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
-              int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
-              const Events& ev = {});
+              int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {});
 
   DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
   // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context

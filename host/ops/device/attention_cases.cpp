@@ -121,8 +121,9 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     all_row += size_t(ctx);
     step_row += size_t(s.fresh);
   }
-  MatrixCaseResult r = judge(compare(got, ref), 1e-5,
-                             {out.check_guard(), kpool.check_guard(), vpool.check_guard(), ws.check_guard()});
+  MatrixCaseResult r =
+      judge(compare(got, ref), 1e-5,
+            {out.check_guard(), kpool.check_guard(), vpool.check_guard(), ws.check_guard()});
   r.bytes = kv_bytes + double(q.size()) * 8;
   r.flops = 4.0 * D * H * pairs;
   if (timing) {
@@ -147,17 +148,19 @@ std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seq
 
 void register_attention_cases(std::vector<MatrixCase>& out) {
   const AttentionConfig shapes[] = {
-      {8, 4, 8, 16},     // stories260K-like
-      {8, 2, 64, 16},    // GQA
-      {4, 1, 128, 32},   // MQA, head 128, 32-token blocks
+      {8, 4, 8, 16},    // stories260K-like
+      {8, 2, 64, 16},   // GQA
+      {4, 1, 128, 32},  // MQA, head 128, 32-token blocks
   };
   const std::vector<SeqSpec> prefill_seqs{{0, 37}, {21, 5}, {50, 17}};
   const std::vector<SeqSpec> decode_seqs{{700, 1}, {77, 1}, {0, 1}, {300, 1}};
   for (const auto& c : shapes) {
-    out.push_back({"attention_prefill", "f16kv", shape_name(c, prefill_seqs), [c, prefill_seqs](const Device& d, bool t) {
+    out.push_back({"attention_prefill", "f16kv", shape_name(c, prefill_seqs),
+                   [c, prefill_seqs](const Device& d, bool t) {
                      return run_attention_case(d, t, false, c, prefill_seqs);
                    }});
-    out.push_back({"attention_decode", "f16kv", shape_name(c, decode_seqs), [c, decode_seqs](const Device& d, bool t) {
+    out.push_back({"attention_decode", "f16kv", shape_name(c, decode_seqs),
+                   [c, decode_seqs](const Device& d, bool t) {
                      return run_attention_case(d, t, true, c, decode_seqs);
                    }});
   }
