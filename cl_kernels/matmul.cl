@@ -64,44 +64,87 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
 // lane (CPUs): whole blocks in order with the chunks of a block unrolled, so a block's scales are
 // loaded and unpacked once. Several lanes (GPUs): chunk k = lane, lane + LANES, ... (coalesced).
 #if LANES == 1
-#define CHUNK_LOOP(...)                                                                           \
+#define CHUNK_LOOP_BEGIN                                                                           \
   for (uint b = 0; b < bpr; ++b) {                                                                 \
-    _Pragma("unroll") for (uint sub = 0; sub < CHUNKS_PER_BLOCK; ++sub) {        \
-      const uint k = b * CHUNKS_PER_BLOCK + sub;                                                   \
-      __VA_ARGS__                                                                                  \
-    }                                                                                              \
-  }
+    _Pragma("unroll") for (uint sub = 0; sub < CHUNKS_PER_BLOCK; ++sub) {                          \
+      const uint k = b * CHUNKS_PER_BLOCK + sub;
+#define CHUNK_LOOP_END }}
 #else
-#define CHUNK_LOOP(...)                                                                           \
+#define CHUNK_LOOP_BEGIN                                                                           \
   for (uint k = lane; k < bpr * CHUNKS_PER_BLOCK; k += LANES) {                                    \
-    const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                               \
-    __VA_ARGS__                                                                                    \
-  }
+    const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;
+#define CHUNK_LOOP_END }
 #endif
 
 // Dot products of rows r0 .. r0+RPW-1 (clamped to rows-1; the caller stores only valid rows) of the
 // matrix whose first block is mat_blk0 with TT rows of x (xrow[j] = float offset of the row), over
-// this work item's share of chunks (lane, lane + LANES, ...). Sums land in out[rr * TT + j].
+// this work item's share of chunks. Sums land in out[rr * TT + j]. `xs` is local scratch for x.
+#if LANES == 1
+// CPUs: each work item streams its rows; x comes straight from (cached) global memory.
 #define DEFINE_TILE(TT)                                                                            \
   inline void tile_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0,   \
                         uint r0, uint rows, uint cols, uint bpr, __global const float* x,          \
-                        const ulong* xrow, uint lane, float* out) {                                \
+                        const ulong* xrow, uint lane, float* out, __local float* xs) {             \
     acc_t acc[RPW][TT];                                                                            \
     for (uint rr = 0; rr < RPW; ++rr)                                                              \
       for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                                    \
     ulong rblk[RPW];                                                                               \
     for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
-    CHUNK_LOOP(                                                                                    \
+    CHUNK_LOOP_BEGIN                                                                               \
       float16 w0[RPW], w1[RPW];                                                                    \
       for (uint rr = 0; rr < RPW; ++rr) decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]); \
       for (uint j = 0; j < TT; ++j) {                                                              \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], k * CHUNK, cols, &xa, &xb);                                            \
         for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);             \
-      })                                                                                           \
+      }                                                                                            \
+    CHUNK_LOOP_END                                                                                 \
     for (uint rr = 0; rr < RPW; ++rr)                                                              \
       for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
   }
+#else
+// GPUs: lane l of each row group takes chunk k0 + l of every step of LANES chunks, so weight reads
+// are coalesced. The step's x (LANES chunks x TT tokens) is first loaded by the whole work group
+// with coalesced reads into local memory, XPAD floats per chunk so that the lanes' reads of 32
+// consecutive floats hit distinct banks; every row group of the work group shares it.
+#define XPAD (CHUNK + 1)
+#define DEFINE_TILE(TT)                                                                            \
+  inline void tile_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0,   \
+                        uint r0, uint rows, uint cols, uint bpr, __global const float* x,          \
+                        const ulong* xrow, uint lane, float* out, __local float* xs) {             \
+    acc_t acc[RPW][TT];                                                                            \
+    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+      for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                                    \
+    ulong rblk[RPW];                                                                               \
+    for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
+    const uint nchunks = bpr * CHUNKS_PER_BLOCK;                                                   \
+    const uint lid = get_local_id(0);                                                              \
+    for (uint k0 = 0; k0 < nchunks; k0 += LANES) {                                                 \
+      for (uint j = 0; j < TT; ++j) {                                                              \
+        for (uint i = lid; i < LANES * CHUNK; i += LANES * WG_ROWS) {                              \
+          const uint c = k0 * CHUNK + i;                                                           \
+          xs[j * (LANES * XPAD) + (i / CHUNK) * XPAD + i % CHUNK] = c < cols ? x[xrow[j] + c] : 0.0f; \
+        }                                                                                          \
+      }                                                                                            \
+      barrier(CLK_LOCAL_MEM_FENCE);                                                                \
+      const uint k = k0 + lane;                                                                    \
+      if (k < nchunks) {                                                                           \
+        const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                           \
+        float16 w0[RPW], w1[RPW];                                                                  \
+        for (uint rr = 0; rr < RPW; ++rr)                                                          \
+          decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]);                           \
+        for (uint j = 0; j < TT; ++j) {                                                            \
+          __local const float* xl = xs + j * (LANES * XPAD) + lane * XPAD;                         \
+          const float16 xa = vload16(0, xl), xb = vload16(0, xl + 16);                             \
+          for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);           \
+        }                                                                                          \
+      }                                                                                            \
+      barrier(CLK_LOCAL_MEM_FENCE);                                                                \
+    }                                                                                              \
+    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+      for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
+  }
+#endif
 
 DEFINE_TILE(1)
 DEFINE_TILE(4)
@@ -135,6 +178,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens) {       \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
+    __local float xs[(LANES > 1) ? TT * LANES * (CHUNK + 1) : 1];                                  \
     const uint lane = get_local_id(0) % LANES;                                                     \
     const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
     const uint ntiles = (n_tokens + TT - 1) / TT;                                                  \
@@ -143,7 +187,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
       ulong xrow[TT];                                                                              \
       for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * cols;    \
       float out[RPW * TT];                                                                         \
-      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out);                           \
+      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                           \
       if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
         for (uint rr = 0; rr < RPW; ++rr)                                                          \
           for (uint j = 0; j < TT; ++j)                                                            \
@@ -168,6 +212,7 @@ DEFINE_MATMUL(8)
       __global const int* pair_token, __global const int* pair_expert, uint n_pairs,               \
       uint n_expert) {                                                                             \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
+    __local float xs[(LANES > 1) ? TT * LANES * (CHUNK + 1) : 1];                                  \
     const uint lane = get_local_id(0) % LANES;                                                     \
     const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
     const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
@@ -190,9 +235,9 @@ DEFINE_MATMUL(8)
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
         float out[RPW * TT];                                                                       \
         if (same) {                                                                                \
-          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out);                    \
+          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                    \
         } else {                                                                                   \
-          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out);                       \
+          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                       \
           for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
         }                                                                                          \
         if (reduce_lanes(out, RPW * TT, scratch)) {                                                \

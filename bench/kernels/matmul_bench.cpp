@@ -182,7 +182,7 @@ std::vector<MatmulVariant> tune_variants(const DeviceInfo& info) {
     for (int wg : {4, 16})
       for (int rpw : {1, 2}) v.push_back({1, wg, rpw, true, 0});
   } else {
-    for (int lanes : {32, 64})
+    for (int lanes : {16, 32})
       for (int wg : {2, 4, 8})
         for (int rpw : {1, 2})
           if (lanes * wg <= int(info.max_work_group_size)) v.push_back({lanes, wg, rpw, false, 0});

@@ -14,8 +14,11 @@ namespace {
 
 using gguf::TensorType;
 
-// f32 slab for the CLBlast path: dequantized rows of one weight, at most this many bytes at a time.
-constexpr size_t kMaxScratchBytes = size_t(64) << 20;
+// f32 slab for the CLBlast path: dequantized rows of one weight, at most this many bytes at a time
+// (a 64th of the device's memory, capped at 512 MiB: big slabs mean few, large SGEMMs).
+size_t max_scratch_bytes(const DeviceInfo& info) {
+  return std::clamp<size_t>(info.global_mem_bytes / 64, size_t(16) << 20, size_t(512) << 20);
+}
 
 template <typename T>
 void set_arg(const Device& dev, cl_kernel k, cl_uint i, const T& v) {
@@ -89,6 +92,14 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
       uint64_t(v.lanes * v.wg_rows) > device_.info().max_work_group_size)
     throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " + device_.info().label());
+  // GPU-shaped kernels keep x tiles (8 tokens x lanes chunks, padded) and the lane reduction in
+  // local memory.
+  const uint64_t local_bytes =
+      v.lanes > 1 ? uint64_t(8 * v.lanes * 33 + v.wg_rows * v.rows_per_item * 8 * v.lanes) * 4 : 0;
+  if (local_bytes > device_.info().local_mem_bytes)
+    throw TesseraError("matmul: variant " + v.str() + " needs " + std::to_string(local_bytes) +
+                       " bytes of local memory; " + device_.info().label() + " has " +
+                       std::to_string(device_.info().local_mem_bytes));
   const std::string opts = std::string("-D") + f->macro + " " + v.build_options();
   const int tiles[3] = {1, 4, 8};
   for (int i = 0; i < 3; ++i) {
@@ -125,7 +136,8 @@ DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const
   if (k.variant.clblast_min_tokens > 0 && type != TensorType::F32) {
     // The CLBlast path dequantizes slabs of rows into one shared scratch buffer, sized here so
     // launches never allocate.
-    const size_t want = std::min(kMaxScratchBytes, size_t(rows) * size_t(cols) * sizeof(float));
+    const size_t want =
+        std::min(max_scratch_bytes(device_.info()), size_t(rows) * size_t(cols) * sizeof(float));
     std::lock_guard lock(mutex_);
     if (want > scratch_bytes_) {
       scratch_ = device_.alloc(want);
