@@ -103,10 +103,10 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
       for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
   }
 #else
-// GPUs: lane l of each row group takes chunk k0 + l of every step of LANES chunks, so weight reads
-// are coalesced. The step's x (LANES chunks x TT tokens) is first loaded by the whole work group
-// with coalesced reads into local memory, XPAD floats per chunk so that the lanes' reads of 32
-// consecutive floats hit distinct banks; every row group of the work group shares it.
+// GPUs: a step covers 8/TT x LANES chunks; lane l takes chunks k0 + s * LANES + l, so weight reads
+// are coalesced. The step's x (those chunks x TT tokens, 8 x LANES chunks in all) is first loaded
+// by the whole work group with coalesced reads into local memory, XPAD floats per chunk so that the
+// lanes' reads of 32 consecutive floats hit distinct banks; every row group of the group shares it.
 #define XPAD (CHUNK + 1)
 #define DEFINE_TILE(TT)                                                                            \
   inline void tile_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0,   \
@@ -119,24 +119,27 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
     for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
     const uint nchunks = bpr * CHUNKS_PER_BLOCK;                                                   \
     const uint lid = get_local_id(0);                                                              \
-    for (uint k0 = 0; k0 < nchunks; k0 += LANES) {                                                 \
+    for (uint k0 = 0; k0 < nchunks; k0 += (8 / TT) * LANES) {                                      \
       for (uint j = 0; j < TT; ++j) {                                                              \
-        for (uint i = lid; i < LANES * CHUNK; i += LANES * WG_ROWS) {                              \
+        for (uint i = lid; i < (8 / TT) * LANES * CHUNK; i += LANES * WG_ROWS) {                   \
           const uint c = k0 * CHUNK + i;                                                           \
-          xs[j * (LANES * XPAD) + (i / CHUNK) * XPAD + i % CHUNK] = c < cols ? x[xrow[j] + c] : 0.0f; \
+          xs[j * ((8 / TT) * LANES * XPAD) + (i / CHUNK) * XPAD + i % CHUNK] =                     \
+              c < cols ? x[xrow[j] + c] : 0.0f;                                                    \
         }                                                                                          \
       }                                                                                            \
       barrier(CLK_LOCAL_MEM_FENCE);                                                                \
-      const uint k = k0 + lane;                                                                    \
-      if (k < nchunks) {                                                                           \
-        const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                           \
-        float16 w0[RPW], w1[RPW];                                                                  \
-        for (uint rr = 0; rr < RPW; ++rr)                                                          \
-          decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]);                           \
-        for (uint j = 0; j < TT; ++j) {                                                            \
-          __local const float* xl = xs + j * (LANES * XPAD) + lane * XPAD;                         \
-          const float16 xa = vload16(0, xl), xb = vload16(0, xl + 16);                             \
-          for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);           \
+      for (uint s = 0; s < 8 / TT; ++s) {                                                          \
+        const uint k = k0 + s * LANES + lane;                                                      \
+        if (k < nchunks) {                                                                         \
+          const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                         \
+          float16 w0[RPW], w1[RPW];                                                                \
+          for (uint rr = 0; rr < RPW; ++rr)                                                        \
+            decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]);                         \
+          for (uint j = 0; j < TT; ++j) {                                                          \
+            __local const float* xl = xs + j * ((8 / TT) * LANES * XPAD) + (s * LANES + lane) * XPAD; \
+            const float16 xa = vload16(0, xl), xb = vload16(0, xl + 16);                           \
+            for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);         \
+          }                                                                                        \
         }                                                                                          \
       }                                                                                            \
       barrier(CLK_LOCAL_MEM_FENCE);                                                                \
@@ -178,7 +181,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens) {       \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
-    __local float xs[(LANES > 1) ? TT * LANES * (CHUNK + 1) : 1];                                  \
+    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
     const uint lane = get_local_id(0) % LANES;                                                     \
     const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
     const uint ntiles = (n_tokens + TT - 1) / TT;                                                  \
@@ -212,7 +215,7 @@ DEFINE_MATMUL(8)
       __global const int* pair_token, __global const int* pair_expert, uint n_pairs,               \
       uint n_expert) {                                                                             \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
-    __local float xs[(LANES > 1) ? TT * LANES * (CHUNK + 1) : 1];                                  \
+    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
     const uint lane = get_local_id(0) % LANES;                                                     \
     const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
     const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \

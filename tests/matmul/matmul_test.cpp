@@ -139,9 +139,9 @@ TEST(MatmulDevice, EveryVariant) {
   };
   const std::vector<Case> cases = {
       {{1, 8, 2, true, 0}, {TensorType::Q4_K, TensorType::TQ1_0}},                   // CPU, 2 rows
-      {{32, 4, 1, false, 0}, {TensorType::F16, TensorType::Q4_0, TensorType::Q6_K,  // GPU shape
+      {{32, 4, 2, false, 0}, {TensorType::F16, TensorType::Q4_0, TensorType::Q6_K,  // GPU default
                               TensorType::Q5_0}},
-      {{16, 2, 2, false, 0}, {TensorType::F32, TensorType::Q8_0, TensorType::Q5_K}},  // GPU, 2 rows
+      {{16, 2, 1, false, 0}, {TensorType::F32, TensorType::Q8_0, TensorType::Q5_K}},  // GPU, 1 row
       {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},                    // CLBlast
   };
   for (const auto& dev : registry().devices()) {
@@ -152,6 +152,7 @@ TEST(MatmulDevice, EveryVariant) {
         const std::string what = dev->id() + " [" + c.v.str() + "] " + label(t);
         expect_pass(check_matmul(op, t, 45, cl.mid, 1, false), what + " t1");
         expect_pass(check_matmul(op, t, 9, cl.few, 17, false), what + " t17");
+        expect_pass(check_matmul(op, t, 70, cl.longest, 3, false), what + " t3");
         if (c.v.clblast_min_tokens == 0)
           expect_pass(check_experts(op, t, 11, cl.one, 5, 6, 3, false), what + " experts");
       }

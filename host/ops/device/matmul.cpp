@@ -57,14 +57,15 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     v.clblast_min_tokens = 0;  // PoCL: CLBlast SGEMM (~17 GFLOP/s) loses to the fused kernel
     return v;
   }
-  // GPUs: a warp-sized group of lanes per row reads consecutive chunks (coalesced), local-memory
-  // reduction; 4 rows per work group.
+  // GPUs: a warp-sized group of lanes per row reads consecutive chunks (coalesced), x staged in
+  // local memory, local-memory reduction. Measured on an H200 (bench/kernels --modes tune): two
+  // rows per work item beat one (x reads shared); the fused kernel beats dequantize + CLBlast SGEMM
+  // at 64 tokens and loses at 512 (F32 needs no dequantization: CLBlast wins from 64).
   v.lanes = 32;
   v.wg_rows = 4;
-  v.rows_per_item = 1;
+  v.rows_per_item = 2;
   v.vec_acc = false;
-  v.clblast_min_tokens = 64;
-  (void)t;
+  v.clblast_min_tokens = t == TensorType::F32 ? 32 : 128;
   return v;
 }
 
