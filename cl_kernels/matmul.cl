@@ -128,7 +128,7 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
         }                                                                                          \
       }                                                                                            \
       barrier(CLK_LOCAL_MEM_FENCE);                                                                \
-      for (uint s = 0; s < 8 / TT; ++s) {                                                          \
+      _Pragma("unroll") for (uint s = 0; s < 8 / TT; ++s) {                                        \
         const uint k = k0 + s * LANES + lane;                                                      \
         if (k < nchunks) {                                                                         \
           const uint b = k / CHUNKS_PER_BLOCK, sub = k % CHUNKS_PER_BLOCK;                         \

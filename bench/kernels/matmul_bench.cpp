@@ -184,7 +184,7 @@ std::vector<MatmulVariant> tune_variants(const DeviceInfo& info) {
   } else {
     for (int lanes : {16, 32})
       for (int wg : {2, 4, 8})
-        for (int rpw : {1, 2})
+        for (int rpw : {1, 2, 4})
           if (lanes * wg <= int(info.max_work_group_size)) v.push_back({lanes, wg, rpw, false, 0});
   }
   return v;

@@ -138,12 +138,13 @@ TEST(MatmulDevice, EveryVariant) {
     std::vector<TensorType> types;
   };
   const std::vector<Case> cases = {
-      {{1, 8, 2, true, 0}, {TensorType::Q4_K, TensorType::TQ1_0}},                   // CPU, 2 rows
-      {{32, 4, 2, false, 0}, {TensorType::F16, TensorType::Q4_0, TensorType::Q6_K,  // GPU default
-                              TensorType::Q5_0}},
-      {{16, 2, 1, false, 0}, {TensorType::F32, TensorType::Q8_0, TensorType::Q5_K}},  // GPU, 1 row
-      {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},                    // CLBlast
+      {{1, 8, 2, true, 0}, {TensorType::Q4_K}},                         // CPU shape, 2 rows
+      {{32, 4, 2, false, 0}, {TensorType::Q4_0, TensorType::Q6_K}},     // GPU default
+      {{16, 2, 1, false, 0}, {TensorType::Q8_0}},                       // GPU shape, 1 row
+      {{32, 2, 4, false, 0}, {TensorType::TQ2_0}},                      // GPU shape, 4 rows
+      {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},       // CLBlast for every launch
   };
+
   for (const auto& dev : registry().devices()) {
     for (const auto& c : cases) {
       MatmulOp op(*dev, c.v);
