@@ -1,10 +1,10 @@
-// Matmul kernel benchmark: per device and weight format, decode GEMV GB/s (ggml weight bytes / median
-// kernel time from profiling events) against the device's probed read bandwidth, prefill GEMM
-// GFLOP/s (fused kernel and CLBlast path), a stacked-expert decode launch, and a variant sweep.
-// Prints a table, or JSON with --json. Figures only: it never fails on speed.
+// Matmul kernel benchmark: per device and weight format, decode GEMV GB/s (ggml weight bytes /
+// median kernel time from profiling events) against the device's probed read bandwidth, prefill
+// GEMM GFLOP/s (fused kernel and CLBlast path), a stacked-expert decode launch, and a variant
+// sweep. Prints a table, or JSON with --json. Figures only: it never fails on speed.
+#include <sys/resource.h>
 #include <boost/json.hpp>
 #include <boost/program_options.hpp>
-#include <sys/resource.h>
 
 #include <algorithm>
 #include <chrono>
@@ -34,19 +34,21 @@ double median(std::vector<double> v) {
 double cpu_seconds() {
   rusage u{};
   getrusage(RUSAGE_SELF, &u);
-  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + 1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+  return double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * double(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
 }
 
 double event_seconds(const Device& dev, cl_event ev) {
   cl_ulong s = 0, e = 0;
-  CL_CHECK(clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(s), &s, nullptr), dev.id());
+  CL_CHECK(clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(s), &s, nullptr),
+           dev.id());
   CL_CHECK(clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof(e), &e, nullptr), dev.id());
   return double(e - s) * 1e-9;
 }
 
 // Random ggml bytes quickly (the benchmark's weights reach 256 MB+): valid blocks come from
-// random_ggml_weight on one row, then rows are copies with a rotated seed byte pattern; content does
-// not change the kernels' speed, only sizes do.
+// random_ggml_weight on one row, then rows are copies with a rotated seed byte pattern; content
+// does not change the kernels' speed, only sizes do.
 std::vector<uint8_t> bench_weight(TensorType t, int64_t rows, int64_t cols, int64_t mats = 1) {
   const int64_t proto_rows = std::min<int64_t>(rows * mats, 64);
   const auto proto = random_ggml_weight(t, proto_rows, cols, 11);
@@ -68,7 +70,8 @@ struct Record {
 
 class Bench {
  public:
-  Bench(const Device& dev, double probe_gbps, int reps) : dev_(dev), probe_(probe_gbps), reps_(reps) {}
+  Bench(const Device& dev, double probe_gbps, int reps)
+      : dev_(dev), probe_(probe_gbps), reps_(reps) {}
 
   // Median seconds of `launch` (one kernel: profiling event; several commands: host wall time).
   template <typename L>
@@ -102,8 +105,8 @@ class Bench {
     const bool clblast = v.clblast_min_tokens > 0 && tokens >= v.clblast_min_tokens;
     Record r = base(kind, t, std::to_string(rows) + "x" + std::to_string(cols), v, tokens);
     r.path = clblast ? "clblast" : "kernel";
-    r.seconds = time([&](cl_event* ev) { op.run(dw, x.get(), 0, y.get(), 0, tokens, {}, ev); },
-                     !clblast);
+    r.seconds =
+        time([&](cl_event* ev) { op.run(dw, x.get(), 0, y.get(), 0, tokens, {}, ev); }, !clblast);
     r.cpu_seconds = last_cpu();
     r.bytes = double(dw.source_bytes);
     r.flops = 2.0 * rows * cols * tokens;
@@ -124,8 +127,8 @@ class Bench {
     dev_.write(tm.get(), 0, tok.data(), top_k * 4);
     dev_.write(em.get(), 0, ex.data(), top_k * 4);
     Record r = base("experts", t,
-                    std::to_string(n_expert) + "x" + std::to_string(rows) + "x" + std::to_string(cols) +
-                        " top" + std::to_string(top_k),
+                    std::to_string(n_expert) + "x" + std::to_string(rows) + "x" +
+                        std::to_string(cols) + " top" + std::to_string(top_k),
                     op.variant(t), 1);
     r.path = "kernel";
     r.seconds = time(
@@ -168,10 +171,12 @@ std::vector<std::string> split(const std::string& s) {
 }
 
 void print(const Record& r) {
-  std::printf("%-6s %-8s %-6s %-22s t=%-4d %-8s %9.3f ms %8.1f GB/s %6.1f%% %9.1f GFLOP/s %7.1f GB/cpu-s  [%s]\n",
-              r.device.c_str(), r.kind.c_str(), r.format.c_str(), r.shape.c_str(), r.tokens,
-              r.path.c_str(), r.seconds * 1e3, r.gbps(), 100.0 * r.gbps() / r.probe_gbps,
-              r.gflops(), r.cpu_seconds > 0 ? r.bytes / r.cpu_seconds * 1e-9 : 0.0, r.variant.c_str());
+  std::printf(
+      "%-6s %-8s %-6s %-22s t=%-4d %-8s %9.3f ms %8.1f GB/s %6.1f%% %9.1f GFLOP/s %7.1f GB/cpu-s  "
+      "[%s]\n",
+      r.device.c_str(), r.kind.c_str(), r.format.c_str(), r.shape.c_str(), r.tokens, r.path.c_str(),
+      r.seconds * 1e3, r.gbps(), 100.0 * r.gbps() / r.probe_gbps, r.gflops(),
+      r.cpu_seconds > 0 ? r.bytes / r.cpu_seconds * 1e-9 : 0.0, r.variant.c_str());
   std::fflush(stdout);
 }
 
@@ -193,15 +198,16 @@ std::vector<MatmulVariant> tune_variants(const DeviceInfo& info) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  po::options_description desc("matmul_bench: matmul kernel GB/s and GFLOP/s per device and format");
+  po::options_description desc(
+      "matmul_bench: matmul kernel GB/s and GFLOP/s per device and format");
   std::string devices, formats, modes;
   int reps = 10;
-  desc.add_options()("help,h", "this help")(
-      "devices", po::value(&devices)->default_value(""), "device ids (gpu0,cpu0); default all")(
-      "formats", po::value(&formats)->default_value(""),
-      "formats (q4_0,q8_0,...); default all 12")(
+  desc.add_options()("help,h", "this help")("devices", po::value(&devices)->default_value(""),
+                                            "device ids (gpu0,cpu0); default all")(
+      "formats", po::value(&formats)->default_value(""), "formats (q4_0,q8_0,...); default all 12")(
       "modes", po::value(&modes)->default_value("gemv,big,gemm,experts"),
-      "gemv (4096x14336, 14336x4096), big (a >= 256 MB weight), gemm (prefill, kernel and CLBlast), "
+      "gemv (4096x14336, 14336x4096), big (a >= 256 MB weight), gemm (prefill, kernel and "
+      "CLBlast), "
       "experts (MoE decode launch), tune (variant sweep, GEMV)")(
       "gemm-tokens", po::value<std::string>()->default_value("64,512"), "prefill token counts")(
       "reps", po::value(&reps)->default_value(10), "timed repetitions (median)")(
@@ -239,26 +245,39 @@ int main(int argc, char** argv) {
       }
     }
     std::vector<int> gemm_tokens;
-    for (const auto& s : split(vm["gemm-tokens"].as<std::string>())) gemm_tokens.push_back(std::stoi(s));
+    for (const auto& s : split(vm["gemm-tokens"].as<std::string>()))
+      gemm_tokens.push_back(std::stoi(s));
     const auto mode_list = split(modes);
-    auto has = [&](const char* m) { return std::find(mode_list.begin(), mode_list.end(), m) != mode_list.end(); };
+    auto has = [&](const char* m) {
+      return std::find(mode_list.begin(), mode_list.end(), m) != mode_list.end();
+    };
 
     boost::json::array out;
     auto emit = [&](const Record& r) {
       if (!json) print(r);
-      out.push_back({{"device", r.device}, {"device_name", r.device_name}, {"kind", r.kind},
-                     {"format", r.format}, {"shape", r.shape}, {"tokens", r.tokens},
-                     {"path", r.path}, {"variant", r.variant}, {"seconds", r.seconds},
-                     {"bytes", r.bytes}, {"gbps", r.gbps()}, {"probe_read_gbps", r.probe_gbps},
-                     {"fraction_of_probe", r.gbps() / r.probe_gbps}, {"gflops", r.gflops()},
+      out.push_back({{"device", r.device},
+                     {"device_name", r.device_name},
+                     {"kind", r.kind},
+                     {"format", r.format},
+                     {"shape", r.shape},
+                     {"tokens", r.tokens},
+                     {"path", r.path},
+                     {"variant", r.variant},
+                     {"seconds", r.seconds},
+                     {"bytes", r.bytes},
+                     {"gbps", r.gbps()},
+                     {"probe_read_gbps", r.probe_gbps},
+                     {"fraction_of_probe", r.gbps() / r.probe_gbps},
+                     {"gflops", r.gflops()},
                      {"cpu_seconds", r.cpu_seconds}});
     };
     ProbeCache probes(ProbeCache::default_dir());
     for (const Device* dev : devs) {
       const ProbeResult probe = probes.get(*dev, false);
       if (!json)
-        std::printf("# %s: probed read %.1f GB/s (%s), fp32 %.0f GFLOP/s\n", dev->info().label().c_str(),
-                    probe.read_gbps, probe.read_pattern.c_str(), probe.fp32_gflops);
+        std::printf("# %s: probed read %.1f GB/s (%s), fp32 %.0f GFLOP/s\n",
+                    dev->info().label().c_str(), probe.read_gbps, probe.read_pattern.c_str(),
+                    probe.fp32_gflops);
       Bench b(*dev, probe.read_gbps, reps);
       MatmulOp op(*dev);
       const bool cpu = dev->info().type == DeviceType::kCpu;

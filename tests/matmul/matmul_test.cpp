@@ -1,5 +1,5 @@
-// Matmul on every OpenCL device found: repacking, kernel dequantization, dense GEMV/GEMM and stacked
-// expert launches of every format against the scalar reference, in every kernel variant.
+// Matmul on every OpenCL device found: repacking, kernel dequantization, dense GEMV/GEMM and
+// stacked expert launches of every format against the scalar reference, in every kernel variant.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -34,7 +34,9 @@ Cols cols_for(TensorType t) {
   return {32, 96, 1024, 8192};
 }
 
-std::string label(TensorType t) { return std::string(gguf::type_name(t)); }
+std::string label(TensorType t) {
+  return std::string(gguf::type_name(t));
+}
 
 void expect_pass(const MatmulCheck& r, const std::string& what) {
   EXPECT_TRUE(r.pass) << what << ": " << r.note << " (max_rel " << r.max_rel << ")";
@@ -102,8 +104,8 @@ TEST(MatmulDevice, DenseEveryFormatAndShape) {
         int64_t rows, cols;
         int tokens;
       };
-      const Shape shapes[] = {{1, c.one, 1},  {67, c.few, 3},   {5, c.longest, 17},
-                              {33, c.mid, 64}, {19, c.few, 1},  {130, c.one, 17}};
+      const Shape shapes[] = {{1, c.one, 1},   {67, c.few, 3}, {5, c.longest, 17},
+                              {33, c.mid, 64}, {19, c.few, 1}, {130, c.one, 17}};
       for (const auto& s : shapes) {
         const auto r = check_matmul(op, t, s.rows, s.cols, s.tokens, false);
         expect_pass(r, dev->id() + " " + label(t) + " " + std::to_string(s.rows) + "x" +
@@ -138,11 +140,11 @@ TEST(MatmulDevice, EveryVariant) {
     std::vector<TensorType> types;
   };
   const std::vector<Case> cases = {
-      {{1, 8, 2, true, 0}, {TensorType::Q4_K}},                         // CPU shape, 2 rows
-      {{32, 4, 2, false, 0}, {TensorType::Q4_0, TensorType::Q6_K}},     // GPU default
-      {{16, 2, 1, false, 0}, {TensorType::Q8_0}},                       // GPU shape, 1 row
-      {{32, 2, 4, false, 0}, {TensorType::TQ2_0}},                      // GPU shape, 4 rows
-      {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},       // CLBlast for every launch
+      {{1, 8, 2, true, 0}, {TensorType::Q4_K}},                      // CPU shape, 2 rows
+      {{32, 4, 2, false, 0}, {TensorType::Q4_0, TensorType::Q6_K}},  // GPU default
+      {{16, 2, 1, false, 0}, {TensorType::Q8_0}},                    // GPU shape, 1 row
+      {{32, 2, 4, false, 0}, {TensorType::TQ2_0}},                   // GPU shape, 4 rows
+      {{1, 16, 1, true, 1}, {TensorType::F32, TensorType::Q4_1}},    // CLBlast for every launch
   };
 
   for (const auto& dev : registry().devices()) {

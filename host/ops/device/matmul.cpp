@@ -1,4 +1,5 @@
-// MatmulOp: uploads repacked weights and launches cl_kernels/matmul.cl (or CLBlast for big prefill).
+// MatmulOp: uploads repacked weights and launches cl_kernels/matmul.cl (or CLBlast for big
+// prefill).
 #include "host/ops/device/matmul.h"
 
 #include <clblast.h>
@@ -22,6 +23,8 @@ size_t max_scratch_bytes(const DeviceInfo& info) {
 
 template <typename T>
 void set_arg(const Device& dev, cl_kernel k, cl_uint i, const T& v) {
+  // T is the argument's own type (cl_mem, cl_uint, ...): its size is what OpenCL expects.
+  // NOLINTNEXTLINE(bugprone-sizeof-expression)
   CL_CHECK(clSetKernelArg(k, i, sizeof(T), &v), dev.info().label());
 }
 
@@ -29,7 +32,9 @@ const cl_event* wait_ptr(const std::vector<cl_event>& wait) {
   return wait.empty() ? nullptr : wait.data();
 }
 
-int token_tile(int n) { return n <= 1 ? 1 : (n <= 4 ? 4 : 8); }
+int token_tile(int n) {
+  return n <= 1 ? 1 : (n <= 4 ? 4 : 8);
+}
 
 }  // namespace
 
@@ -48,8 +53,8 @@ std::string MatmulVariant::build_options() const {
 MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
   MatmulVariant v;
   if (info.type == DeviceType::kCpu) {
-    // Each work item streams whole rows, float16 accumulators become SIMD registers; a work group of
-    // 16 rows is one contiguous stream per core (bench/kernels: rows_per_item 2 was no faster).
+    // Each work item streams whole rows, float16 accumulators become SIMD registers; a work group
+    // of 16 rows is one contiguous stream per core (bench/kernels: rows_per_item 2 was no faster).
     v.lanes = 1;
     v.wg_rows = 16;
     v.rows_per_item = 1;
@@ -86,13 +91,15 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   auto it = kernels_.find(t);
   if (it != kernels_.end()) return *it->second;
   const WeightFormat* f = weight_format(t);
-  if (!f) throw TesseraError("matmul: format " + std::string(gguf::type_name(t)) + " not supported");
+  if (!f)
+    throw TesseraError("matmul: format " + std::string(gguf::type_name(t)) + " not supported");
   auto k = std::make_unique<Kernels>();
   k->variant = forced_ ? forced_variant_ : default_matmul_variant(device_.info(), t);
   const auto& v = k->variant;
   if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
-      uint64_t(v.lanes * v.wg_rows) > device_.info().max_work_group_size)
-    throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " + device_.info().label());
+      uint64_t(v.lanes) * uint64_t(v.wg_rows) > device_.info().max_work_group_size)
+    throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " +
+                       device_.info().label());
   // GPU-shaped kernels keep x tiles (8 tokens x lanes chunks, padded) and the lane reduction in
   // local memory.
   const uint64_t local_bytes =
@@ -111,7 +118,9 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   return *kernels_.emplace(t, std::move(k)).first->second;
 }
 
-const MatmulVariant& MatmulOp::variant(TensorType t) const { return kernels(t).variant; }
+const MatmulVariant& MatmulOp::variant(TensorType t) const {
+  return kernels(t).variant;
+}
 
 DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const void* data,
                               int64_t n_expert) const {
@@ -279,8 +288,8 @@ void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_
     CL_CHECK(clEnqueueBarrierWithWaitList(q, cl_uint(wait.size()), wait.data(), nullptr),
              device_.info().label());
   const bool in_place = w.type == TensorType::F32;
-  const int64_t slab = in_place ? w.rows
-                                : std::max<int64_t>(1, int64_t(scratch_bytes_ / (size_t(w.cols) * 4)));
+  const int64_t slab =
+      in_place ? w.rows : std::max<int64_t>(1, int64_t(scratch_bytes_ / (size_t(w.cols) * 4)));
   const size_t ldb = in_place ? size_t(w.blocks_per_row) * 32 : size_t(w.cols);
   for (int64_t r0 = 0; r0 < w.rows; r0 += slab) {
     const int64_t nr = std::min(slab, w.rows - r0);

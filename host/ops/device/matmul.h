@@ -16,8 +16,8 @@
 namespace tessera::ops {
 
 // Kernel shape (cl_kernels/matmul.cl explains each): lanes per row group, row groups per work
-// group, rows per work item, vector accumulators. CPUs: lanes 1 (each work item streams whole rows);
-// GPUs: a few warps' worth of lanes per row, coalesced chunk reads, local-memory reduction.
+// group, rows per work item, vector accumulators. CPUs: lanes 1 (each work item streams whole
+// rows); GPUs: a few warps' worth of lanes per row, coalesced chunk reads, local-memory reduction.
 struct MatmulVariant {
   int lanes = 1;
   int wg_rows = 16;
@@ -25,8 +25,8 @@ struct MatmulVariant {
   bool vec_acc = true;
   // Prefill with at least this many tokens goes to dequantize + CLBlast SGEMM; 0 = never.
   int clblast_min_tokens = 0;
-  std::string str() const;             // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
-  std::string build_options() const;   // the -D macros
+  std::string str() const;            // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
+  std::string build_options() const;  // the -D macros
 };
 
 // Defaults by device capability (measured with bench/kernels/matmul_bench, see its README).
@@ -63,8 +63,8 @@ class MatmulOp {
 
   // y[y_offset + t * rows + r] = sum_c W[r][c] * x[x_offset + t * cols + c], t < n_tokens. Offsets
   // in floats. Dense weights only (n_expert 1). `done` receives the event of the last command.
-  void run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset, int n_tokens,
-           const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+  void run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
+           int n_tokens, const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
 
   // Every selected expert of a layer in one launch: for pair i < n_pairs, y row i (rows floats at
   // y_offset + i * rows) = W[pair_expert_ids[i]] times x row pair_token_ids[i] (int32 device
@@ -76,8 +76,9 @@ class MatmulOp {
 
   // Rows [row0, row0 + n_rows) of the stacked matrices (expert e's row r is e * rows + r) as f32,
   // row-major with `cols` floats per row, at out_offset floats.
-  void dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out, size_t out_offset,
-                  const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+  void dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out,
+                  size_t out_offset, const std::vector<cl_event>& wait = {},
+                  cl_event* done = nullptr) const;
 
   const MatmulVariant& variant(gguf::TensorType t) const;
   const Device& device() const { return device_; }
@@ -93,7 +94,7 @@ class MatmulOp {
   MatmulVariant forced_variant_;
   mutable std::mutex mutex_;  // guards the lazily built kernel table and scratch (upload time only)
   mutable std::map<gguf::TensorType, std::unique_ptr<Kernels>> kernels_;
-  mutable ClMem scratch_;     // f32 slab for the CLBlast path, sized at upload
+  mutable ClMem scratch_;  // f32 slab for the CLBlast path, sized at upload
   mutable size_t scratch_bytes_ = 0;
 };
 

@@ -47,18 +47,18 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
     const int64_t c_small = plain ? 33 : blk, c_mid = plain ? 1000 : 4 * blk * (blk == 32 ? 8 : 1);
     const int64_t c_long = plain ? 16383 : 16384;
     const std::vector<Shape> shapes = {
-        {1, c_mid, 1},    {77, c_small, 1}, {333, c_mid, 1}, {3, c_long, 1},
-        {77, c_mid, 3},   {129, c_small, 17}, {45, c_mid, 17}, {1, c_long, 3},
-        {65, c_mid, 64},  {7, c_small, 64},
+        {1, c_mid, 1},      {77, c_small, 1}, {333, c_mid, 1}, {3, c_long, 1},  {77, c_mid, 3},
+        {129, c_small, 17}, {45, c_mid, 17},  {1, c_long, 3},  {65, c_mid, 64}, {7, c_small, 64},
     };
     const std::string fmt = lower(gguf::type_name(t));
     for (const auto& s : shapes) {
       const std::string kernel = s.tokens == 1 ? "gemv" : "gemm";
-      const std::string shape = std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_t" +
-                                std::to_string(s.tokens);
+      const std::string shape =
+          std::to_string(s.rows) + "x" + std::to_string(s.cols) + "_t" + std::to_string(s.tokens);
       out.push_back({kernel, fmt, shape, [t, s](const Device& dev, bool timing) {
                        MatmulOp op(dev);
-                       return to_matrix(check_matmul(op, t, s.rows, s.cols, s.tokens, timing), timing);
+                       return to_matrix(check_matmul(op, t, s.rows, s.cols, s.tokens, timing),
+                                        timing);
                      }});
     }
     // Stacked experts in one launch: decode (1 token, 4 of 16 experts) and prefill (11 tokens,

@@ -20,12 +20,22 @@ using gguf::TensorType;
 // Offsets of the fp16 scale fields inside each ggml block (blocks.h); `dmin`-like fields second.
 std::vector<uint32_t> half_fields(TensorType t) {
   switch (t) {
-    case TensorType::Q4_0: case TensorType::Q5_0: case TensorType::Q8_0: return {0};
-    case TensorType::Q4_1: case TensorType::Q4_K: case TensorType::Q5_K: return {0, 2};
-    case TensorType::Q6_K: return {208};
-    case TensorType::TQ1_0: return {52};
-    case TensorType::TQ2_0: return {64};
-    default: return {};
+    case TensorType::Q4_0:
+    case TensorType::Q5_0:
+    case TensorType::Q8_0:
+      return {0};
+    case TensorType::Q4_1:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+      return {0, 2};
+    case TensorType::Q6_K:
+      return {208};
+    case TensorType::TQ1_0:
+      return {52};
+    case TensorType::TQ2_0:
+      return {64};
+    default:
+      return {};
   }
 }
 
@@ -171,8 +181,12 @@ std::vector<float> reference_matmul(TensorType t, int64_t rows, int64_t cols, co
 
 double matmul_tolerance(TensorType t) {
   switch (t) {
-    case TensorType::Q4_1: case TensorType::Q4_K: case TensorType::Q5_K: return 5e-5;
-    default: return 2e-5;
+    case TensorType::Q4_1:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+      return 5e-5;
+    default:
+      return 2e-5;
   }
 }
 
@@ -209,8 +223,8 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
   return r;
 }
 
-MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols, int n_expert,
-                          int n_tokens, int top_k, bool timing, uint32_t seed) {
+MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
+                          int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed) {
   if (top_k > n_expert) throw TesseraError("check_experts: top_k above n_expert");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
@@ -233,8 +247,8 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   }
   std::vector<float> ref(size_t(n_pairs) * rows);
   for (int i = 0; i < n_pairs; ++i) {
-    const auto yi = reference_matmul(t, rows, cols, w.data(), x.data() + size_t(tok[i]) * cols, 1,
-                                     exp[i]);
+    const auto yi =
+        reference_matmul(t, rows, cols, w.data(), x.data() + size_t(tok[i]) * cols, 1, exp[i]);
     std::copy(yi.begin(), yi.end(), ref.begin() + size_t(i) * rows);
   }
   const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
@@ -266,7 +280,8 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   return r;
 }
 
-double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols, uint32_t seed) {
+double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
+                        uint32_t seed) {
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed);
   const DeviceWeight dw = op.upload(t, rows, cols, w.data());

@@ -1,6 +1,6 @@
 // Checking the matmul kernels against the scalar reference (dequantize + f32 matmul with double
-// sums): test data, the reference, per-format tolerances and one-call checks used by the unit tests,
-// the portability-matrix cases and the benchmark.
+// sums): test data, the reference, per-format tolerances and one-call checks used by the unit
+// tests, the portability-matrix cases and the benchmark.
 #pragma once
 
 #include <cstdint>
@@ -15,8 +15,8 @@ namespace tessera::ops {
 
 // Random but valid ggml blocks of n_mats x rows x cols: random quant bits, fp16 scales of moderate
 // size (so sums stay far from overflow), deterministic per seed.
-std::vector<uint8_t> random_ggml_weight(gguf::TensorType t, int64_t rows, int64_t cols, uint32_t seed,
-                                        int64_t n_mats = 1);
+std::vector<uint8_t> random_ggml_weight(gguf::TensorType t, int64_t rows, int64_t cols,
+                                        uint32_t seed, int64_t n_mats = 1);
 
 // y[t][r] = sum_c W[r][c] x[t][c] for matrix `mat` of a stacked weight; rows dequantized with
 // quant::dequantize_row, sums in double.
@@ -30,12 +30,12 @@ double matmul_tolerance(gguf::TensorType t);
 
 struct MatmulCheck {
   bool pass = false;
-  std::string note;                 // why it failed
+  std::string note;  // why it failed
   double max_abs = 0, max_rel = 0, nmse = 0;
   size_t nonfinite = 0;
-  bool guard_intact = true;         // nothing written past the output
-  double seconds = 0;               // median kernel time (timing only)
-  double bytes = 0, flops = 0;      // weight bytes streamed, 2 * rows * cols * tokens
+  bool guard_intact = true;     // nothing written past the output
+  double seconds = 0;           // median kernel time (timing only)
+  double bytes = 0, flops = 0;  // weight bytes streamed, 2 * rows * cols * tokens
 };
 
 // Dense: W (rows x cols, type t) times n_tokens random rows; compares with the reference.

@@ -33,7 +33,9 @@ bool is_plain(TensorType t) {
   return t == TensorType::F32 || t == TensorType::F16 || t == TensorType::BF16;
 }
 
-uint32_t elem_bytes(TensorType t) { return t == TensorType::F32 ? 4 : 2; }
+uint32_t elem_bytes(TensorType t) {
+  return t == TensorType::F32 ? 4 : 2;
+}
 
 }  // namespace
 
@@ -46,6 +48,7 @@ const WeightFormat* weight_format(TensorType t) {
 const std::vector<TensorType>& matmul_types() {
   static const std::vector<TensorType> types = [] {
     std::vector<TensorType> v;
+    v.reserve(kFormats.size());
     for (const auto& f : kFormats) v.push_back(f.type);
     return v;
   }();
@@ -101,7 +104,7 @@ RepackedWeight repack(TensorType t, int64_t rows, int64_t cols, const void* ggml
   for (uint64_t i = 0; i < n_blocks; ++i) {
     const uint8_t* blk = src + i * f->block_bytes;
     uint8_t* b = body + i * bb;
-    std::memcpy(b, blk, ho);                                    // before the head
+    std::memcpy(b, blk, ho);                                       // before the head
     std::memcpy(b + ho, blk + ho + hb, f->block_bytes - ho - hb);  // after the head
     std::memcpy(head + i * hb, blk + ho, hb);
   }
