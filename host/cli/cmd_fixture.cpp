@@ -1,7 +1,8 @@
-// `tessera fixture --arch KIND -o FILE`: writes a tiny seeded random-weight model (for tests and
-// for running llama.cpp on the same file).
+// `tessera fixture --arch KIND -o FILE`: writes a seeded random-weight model (tiny for tests, or
+// benchmark-sized with the size flags) to run Tessera and llama.cpp on the same file.
 #include <boost/program_options.hpp>
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <string>
@@ -30,7 +31,21 @@ int run_fixture(const std::vector<std::string>& args) {
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
       "output-scale", po::value<float>(&o.output_scale)->default_value(8.0f), "std of logits")(
       "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),
-      "std of router logits");
+      "std of router logits")(
+      "weight-type", po::value<std::string>(&o.weight_type),
+      "store every matrix as Q4_0 or Q8_0 (benchmark models; fast generator)")(
+      "n-layer", po::value<uint32_t>(&o.n_layer), "layers (default: the kind's tiny size)")(
+      "n-embd", po::value<uint32_t>(&o.n_embd), "hidden size")(
+      "n-head", po::value<uint32_t>(&o.n_head), "query heads")(
+      "n-head-kv", po::value<uint32_t>(&o.n_head_kv), "key/value heads")(
+      "head-dim", po::value<uint32_t>(&o.head_dim), "head dimension")(
+      "n-ff", po::value<uint32_t>(&o.n_ff), "dense FFN width")(
+      "n-expert", po::value<uint32_t>(&o.n_expert), "routed experts per layer")(
+      "n-expert-used", po::value<uint32_t>(&o.n_expert_used), "experts chosen per token")(
+      "n-ff-exp", po::value<uint32_t>(&o.n_ff_exp), "expert FFN width (qwen3moe)")(
+      "n-ctx", po::value<uint32_t>(&o.n_ctx), "training context length (metadata)")(
+      "n-vocab", po::value<uint32_t>(&o.n_vocab),
+      "pad the vocabulary to this many tokens (bigger embedding and output head)");
   po::variables_map vm;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
   if (vm.count("help")) {
@@ -38,9 +53,11 @@ int run_fixture(const std::vector<std::string>& args) {
     return 0;
   }
   po::notify(vm);
+  const auto t0 = std::chrono::steady_clock::now();
   model::make_fixture(o).write(out);
-  std::printf("wrote %s fixture (seed %llu) to %s\n", o.kind.c_str(), (unsigned long long)o.seed,
-              out.c_str());
+  std::printf("wrote %s fixture (seed %llu) to %s in %.1f s\n", o.kind.c_str(),
+              (unsigned long long)o.seed, out.c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   return 0;
 }
 

@@ -1,9 +1,11 @@
 // Fixture model generator: hyper-parameters per kind, seeded Gaussian weights (Box-Muller over
-// mt19937_64 so every platform writes the same bytes), a mix of quant formats per tensor role.
+// mt19937_64 so every platform writes the same bytes), a mix of quant formats per tensor role; or,
+// for benchmark-sized models, one quant format and a cheap approximately Gaussian generator.
 #include "host/model/fixtures.h"
 
 #include <cmath>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
@@ -82,6 +84,70 @@ class Gaussian {
   bool has_spare_ = false;
 };
 
+// Approximately Gaussian draws for benchmark-sized models: the centred sum of four 16-bit uniforms
+// from one splitmix64 output (variance 1/3, rescaled). Ten times cheaper than Box-Muller, which
+// matters at ~1G weights on a 2-core machine; the tails are bounded (|x| <= 2*sqrt(3)), harmless.
+class FastNormal {
+ public:
+  explicit FastNormal(uint64_t seed) : state_(seed) {}
+  float next() {
+    uint64_t z = (state_ += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    const uint32_t sum = uint32_t(z & 0xFFFF) + uint32_t((z >> 16) & 0xFFFF) +
+                         uint32_t((z >> 32) & 0xFFFF) + uint32_t(z >> 48);
+    return (float(sum) * (1.0f / 65536.0f) - 2.0f) * 1.7320508f;
+  }
+
+ private:
+  uint64_t state_;
+};
+
+// Applies FixtureOptions' size overrides and checks the result is a model llama.cpp can load.
+void apply_sizes(Shape& s, const FixtureOptions& o) {
+  auto set = [](uint32_t& field, uint32_t v) {
+    if (v) field = v;
+  };
+  set(s.n_layer, o.n_layer);
+  set(s.n_embd, o.n_embd);
+  set(s.n_head, o.n_head);
+  set(s.n_head_kv, o.n_head_kv);
+  if (o.head_dim) {
+    s.head_dim = o.head_dim;
+    s.explicit_head_dim = true;
+  } else if (!s.explicit_head_dim && (o.n_embd || o.n_head)) {
+    s.head_dim = s.n_embd / s.n_head;
+  }
+  set(s.n_ff, o.n_ff);
+  set(s.n_ctx, o.n_ctx);
+  if (s.arch == "llama" && s.n_expert > 0 && o.n_ff) s.n_ff_exp = s.n_ff;
+  set(s.n_ff_exp, o.n_ff_exp);
+  set(s.n_expert, o.n_expert);
+  set(s.n_expert_used, o.n_expert_used);
+  if (s.n_expert > 0 && s.n_ff_exp == 0) s.n_ff_exp = s.n_ff;
+  auto fail = [](const std::string& what) { throw std::invalid_argument("fixture: " + what); };
+  if (s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0)
+    fail("n_head (" + std::to_string(s.n_head) + ") must be a multiple of n_head_kv (" +
+         std::to_string(s.n_head_kv) + ")");
+  if (s.head_dim == 0 || s.head_dim % 2 != 0) fail("head_dim must be even and > 0");
+  if (!s.explicit_head_dim && s.head_dim * s.n_head != s.n_embd)
+    fail("n_embd must equal n_head * head_dim for kind llama/mixtral (or give head_dim)");
+  if (s.n_expert_used > s.n_expert)
+    fail("n_expert_used (" + std::to_string(s.n_expert_used) + ") exceeds n_expert (" +
+         std::to_string(s.n_expert) + ")");
+  if (s.arch == "qwen3moe" && s.n_expert_used == 0) fail("qwen3moe needs n_expert_used > 0");
+  if (s.n_layer == 0 || s.n_embd == 0) fail("n_layer and n_embd must be > 0");
+  // Every quantized row must hold whole blocks: 32 weights, 256 for the mix's Q4_K ffn_down.
+  const uint32_t down_len = s.n_expert > 0 ? s.n_ff_exp : s.n_ff;
+  for (uint32_t len : {s.n_embd, s.n_head * s.head_dim, s.n_ff, s.n_ff_exp, down_len}) {
+    const uint32_t block = (len == down_len && o.weight_type.empty()) ? 256 : 32;
+    if (len % block != 0)
+      fail("row length " + std::to_string(len) + " is not a multiple of the quant block (" +
+           std::to_string(block) + ")");
+  }
+}
+
 }  // namespace
 
 std::vector<std::string> fixture_kinds() {
@@ -127,8 +193,30 @@ FixtureVocab fixture_vocab() {
 }
 
 gguf::GgufWriter make_fixture(const FixtureOptions& o) {
-  const Shape s = shape_of(o.kind);
-  const FixtureVocab vocab = fixture_vocab();
+  Shape s = shape_of(o.kind);
+  apply_sizes(s, o);
+  // One format for every matrix (bench models) or the per-role mix.
+  std::optional<TensorType> uniform;
+  if (o.weight_type == "Q4_0") {
+    uniform = TensorType::Q4_0;
+  } else if (o.weight_type == "Q8_0") {
+    uniform = TensorType::Q8_0;
+  } else if (!o.weight_type.empty()) {
+    throw std::invalid_argument("fixture: weight_type '" + o.weight_type +
+                                "' is not supported (Q4_0, Q8_0 or empty for the mix)");
+  }
+  FixtureVocab vocab = fixture_vocab();
+  if (o.n_vocab) {
+    if (o.n_vocab < vocab.tokens.size())
+      throw std::invalid_argument("fixture: n_vocab " + std::to_string(o.n_vocab) +
+                                  " is below the base vocabulary size " +
+                                  std::to_string(vocab.tokens.size()));
+    for (size_t i = vocab.tokens.size(); i < o.n_vocab; ++i) {
+      vocab.tokens.push_back("<extra_" + std::to_string(i) + ">");
+      vocab.scores.push_back(-1000.0f);
+      vocab.types.push_back(1);
+    }
+  }
   const uint64_t n_vocab = vocab.tokens.size();
   const std::string& a = s.arch;
 
@@ -177,6 +265,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
 
   Gaussian g(o.seed);
+  FastNormal fast(o.seed);
   bool skewed = false;
   // std: weights of a matrix with `cols` inputs get std scale/sqrt(cols) so activations stay O(1).
   auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type,
@@ -185,12 +274,17 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     for (uint64_t d : dims) n *= d;
     std::vector<float> data(n);
     const float std_dev = dims.size() == 1 ? scale : scale / std::sqrt(float(dims[0]));
-    for (float& x : data) x = mean + std_dev * g.next();
+    if (uniform) {
+      for (float& x : data) x = mean + std_dev * fast.next();
+    } else {
+      for (float& x : data) x = mean + std_dev * g.next();
+    }
     if (name == o.skew_tensor) {
       dims.back() += 1;
       data.resize(data.size() / (dims.back() - 1) * dims.back(), 0.0f);
       skewed = true;
     }
+    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos) type = *uniform;
     if (o.all_f32) type = TensorType::F32;
     // Quantized here, row by row, with the quant library's reference quantizer.
     const uint64_t row_len = dims[0], stride = gguf::row_bytes(type, row_len);

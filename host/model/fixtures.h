@@ -24,6 +24,16 @@ struct FixtureOptions {
   // chosen experts do not flip under small numeric differences between implementations.
   float output_scale = 8.0f;
   float router_scale = 8.0f;
+  // Size overrides for benchmark-sized models (0: the kind's tiny default). n_ff_exp is the expert
+  // FFN width (qwen3moe; mixtral's experts use n_ff); n_vocab pads the fixture vocabulary with
+  // unreachable "<extra_N>" tokens up to that size (it must be >= fixture_vocab().tokens.size());
+  // n_ctx is the training context written to the metadata.
+  uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
+  uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_vocab = 0, n_ctx = 0;
+  // Empty: the per-role quant mix. "Q4_0" or "Q8_0": every matrix (embedding, projections, experts,
+  // output) in that format, norms and router F32, like llama-quantize's pure formats; weights then
+  // come from a cheap generator (sum of four uniforms) so a ~1G-weight model writes in seconds.
+  std::string weight_type;
   // Test hooks that make the file invalid on purpose.
   std::string architecture_override;  // written as general.architecture when not empty
   std::string skew_tensor;            // this tensor's last dimension is written one larger
@@ -35,8 +45,8 @@ std::vector<std::string> fixture_kinds();
 
 // Builds the whole file in memory: metadata (architecture hyper-parameters and a small
 // SentencePiece 'llama' vocabulary llama.cpp accepts) and tensors in a mix of F32, F16, Q8_0, Q4_0
-// and Q4_K. Throws std::invalid_argument for an unknown kind or a skew_tensor that is not in the
-// model.
+// and Q4_K (or all in weight_type). Throws std::invalid_argument for an unknown kind or weight_type,
+// inconsistent sizes, or a skew_tensor that is not in the model.
 gguf::GgufWriter make_fixture(const FixtureOptions& options);
 
 // The fixture vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, printable ASCII

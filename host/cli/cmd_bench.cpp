@@ -1,0 +1,219 @@
+// `tessera bench`: prefill and decode speed of the OpenCL engine on one model, llama-bench style
+// (pp = one prompt of -p tokens, tg = -n single-token decode steps), with the decode bandwidth
+// roofline of the plan's devices. Prints a table, or JSON with --json; never judges the figures.
+#include <boost/program_options.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "devices/probes.h"
+#include "host/cli/command.h"
+#include "host/engine/opencl_model.h"
+#include "host/engine/planning.h"
+#include "host/gguf/gguf.h"
+#include "host/model/model_spec.h"
+
+namespace tessera::cli {
+namespace {
+
+namespace po = boost::program_options;
+using Clock = std::chrono::steady_clock;
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+int32_t argmax(const std::vector<float>& logits) {
+  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+}
+
+// Runs one prompt of `prompt.size()` tokens through a fresh sequence, chunked at the engine's
+// max_batch_tokens; returns the seconds until the last chunk's logits are back on the host.
+double time_prefill(engine::OpenClModel& m, const std::vector<int32_t>& prompt) {
+  auto& kv = m.kv_cache();
+  const auto seq = kv.create_sequence();
+  const auto t0 = Clock::now();
+  const size_t step = size_t(m.options().max_batch_tokens);
+  for (size_t p = 0; p < prompt.size(); p += step) {
+    const int n = int(std::min(prompt.size() - p, step));
+    const auto res = kv.reserve(seq, n);
+    engine::StepBatch b;
+    b.seqs = {seq};
+    b.tokens.assign(prompt.begin() + long(p), prompt.begin() + long(p) + n);
+    b.token_seq.assign(size_t(n), 0);
+    for (int i = 0; i < n; ++i) b.token_pos.push_back(res.first_pos + i);
+    if (p + size_t(n) == prompt.size()) b.logit_rows = {n - 1};
+    m.forward(b);
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  kv.free_sequence(seq);
+  return s;
+}
+
+// `n` greedy decode steps of one sequence starting from an empty cache with token `first` (what
+// llama-bench's tg test measures); returns the seconds of the n steps.
+double time_decode(engine::OpenClModel& m, int n, int32_t first) {
+  auto& kv = m.kv_cache();
+  const auto seq = kv.create_sequence();
+  int32_t token = first;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < n; ++i) {
+    const auto res = kv.reserve(seq, 1);
+    engine::StepBatch b;
+    b.seqs = {seq};
+    b.tokens = {token};
+    b.token_seq = {0};
+    b.token_pos = {res.first_pos};
+    b.logit_rows = {0};
+    token = argmax(m.forward(b));
+  }
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  kv.free_sequence(seq);
+  return s;
+}
+
+// Decode roofline of a plan: the weight bytes one token reads on each device (dense parts where
+// the layer sits, n_expert_used experts split by the share of the layer's experts each device
+// holds, embedding row ignored, output head on the attention device) over that device's probed
+// read bandwidth, summed (the devices take turns within a token).
+struct Roofline {
+  uint64_t active_bytes = 0;
+  double seconds_per_token = 0;
+};
+
+Roofline roofline_of(const sched::Plan& plan, const sched::ModelFootprint& f) {
+  std::vector<double> bytes(plan.devices.size(), 0.0);
+  for (size_t l = 0; l < f.layers.size(); ++l) {
+    const auto& layer = f.layers[l];
+    bytes[size_t(plan.layer_device[l])] += double(layer.dense_bytes);
+    if (layer.n_experts == 0) continue;
+    for (size_t d = 0; d < plan.devices.size(); ++d) {
+      const double share = double(plan.experts_on(int(l), int(d))) / double(layer.n_experts);
+      bytes[d] += share * f.n_expert_used * double(layer.expert_bytes);
+    }
+  }
+  bytes[size_t(plan.attention_device)] += double(f.output_bytes);
+  Roofline r;
+  for (size_t d = 0; d < bytes.size(); ++d) {
+    r.active_bytes += uint64_t(bytes[d]);
+    r.seconds_per_token += bytes[d] / (plan.devices[d].read_gbps * 1e9);
+  }
+  return r;
+}
+
+int run_bench(const std::vector<std::string>& args) {
+  std::string model_path, config_path, device;
+  std::vector<std::string> sets;
+  int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
+  bool json = false;
+  po::options_description opts(
+      "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
+  opts.add_options()("help,h", "show this help")(
+      "model,m", po::value<std::string>(&model_path)->required(), "GGUF model file")(
+      "device", po::value<std::string>(&device), "run on this one OpenCL device (e.g. gpu0, cpu0)")(
+      "config", po::value<std::string>(&config_path), "device-selection config (YAML)")(
+      "set", po::value<std::vector<std::string>>(&sets)->composing(),
+      "override a config key (KEY=VALUE)")(
+      "n-prompt,p", po::value<int>(&n_prompt)->default_value(512), "prompt tokens (0: skip prefill)")(
+      "n-gen,n", po::value<int>(&n_gen)->default_value(128), "decode tokens (0: skip decode)")(
+      "repetitions,r", po::value<int>(&reps)->default_value(3), "timed repetitions (median reported)")(
+      "batch", po::value<int>(&max_batch)->default_value(512), "engine max_batch_tokens (prefill chunk)")(
+      "json", po::bool_switch(&json), "print one JSON object instead of the table");
+  po::variables_map vm;
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return 0;
+  }
+  po::notify(vm);
+  if (n_prompt < 0 || n_gen < 0 || reps < 1 || max_batch < 1)
+    throw std::runtime_error("-p and -n must be >= 0, -r and --batch >= 1");
+
+  const auto file = gguf::GgufFile::open(model_path);
+  const auto spec = model::ModelSpec::from_gguf(file);
+  const auto registry = DeviceRegistry::discover();
+  const auto config = engine::config_from_cli(config_path, sets, device);
+  const int ctx = std::max(n_prompt, n_gen) + 16;
+  const auto footprint = engine::footprint_of(spec, ctx);
+  ProbeCache probes(ProbeCache::default_dir());
+  auto plan = engine::plan_for(registry, config, footprint, &probes);
+  engine::EngineOptions eo;
+  eo.max_sequences = 1;
+  eo.max_context = ctx;
+  eo.max_batch_tokens = max_batch;
+  const auto tl = Clock::now();
+  engine::OpenClModel m(spec, registry, plan, footprint, eo);
+  const double load_s = std::chrono::duration<double>(Clock::now() - tl).count();
+
+  // Prompt: seeded ids past the special tokens (like llama-bench's random prompt).
+  const uint32_t n_vocab = spec.hp.n_vocab;
+  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
+  uint64_t state = 0x5DEECE66Dull;
+  for (auto& id : prompt) {
+    state = state * 6364136223846793005ull + 1442695040888963407ull;
+    id = int32_t(3 + (state >> 33) % (n_vocab > 3 ? n_vocab - 3 : 1));
+  }
+  // Warm-up: compiles and caches every kernel of both paths, touches the buffers.
+  if (n_prompt > 0) time_prefill(m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
+  if (n_gen > 0) time_decode(m, std::min(n_gen, 4), 1);
+
+  std::vector<double> pp, tg;
+  for (int r = 0; r < reps; ++r) {
+    if (n_prompt > 0) pp.push_back(double(n_prompt) / time_prefill(m, prompt));
+    if (n_gen > 0) tg.push_back(double(n_gen) / time_decode(m, n_gen, 1));
+  }
+  const double pp_tps = pp.empty() ? 0 : median(pp), tg_tps = tg.empty() ? 0 : median(tg);
+  const Roofline roof = roofline_of(plan, footprint);
+  const double roof_tps = roof.seconds_per_token > 0 ? 1.0 / roof.seconds_per_token : 0;
+  const double frac = roof_tps > 0 ? tg_tps / roof_tps : 0;
+
+  std::string devs, devs_json;
+  for (size_t d = 0; d < plan.devices.size(); ++d) {
+    char buf[160];
+    std::snprintf(buf, sizeof(buf), "%s%s (%.1f GB/s)", d ? ", " : "", plan.devices[d].id.c_str(),
+                  plan.devices[d].read_gbps);
+    devs += buf;
+    std::snprintf(buf, sizeof(buf), "%s{\"id\": \"%s\", \"read_gbps\": %.2f, \"weight_bytes\": %llu}",
+                  d ? ", " : "", plan.devices[d].id.c_str(), plan.devices[d].read_gbps,
+                  static_cast<unsigned long long>(plan.weight_bytes[d]));
+    devs_json += buf;
+  }
+  auto list = [](const std::vector<double>& v) {
+    std::string s;
+    for (double x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
+    return "[" + s + "]";
+  };
+  if (json) {
+    std::printf(
+        "{\"model\": \"%s\", \"devices\": [%s], \"attention_device\": \"%s\", \"n_prompt\": %d, "
+        "\"n_gen\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, \"load_seconds\": %.3f, "
+        "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
+        "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
+        "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f}\n",
+        model_path.c_str(), devs_json.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(),
+        n_prompt, n_gen, reps, max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
+        static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac);
+  } else {
+    std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
+                devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);
+    std::printf("%-8s %10s %14s\n", "test", "tokens/s", "runs");
+    if (n_prompt > 0) std::printf("pp%-6d %10.2f %14s\n", n_prompt, pp_tps, list(pp).c_str());
+    if (n_gen > 0) std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());
+    std::printf("active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
+                double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
+  }
+  return 0;
+}
+
+const CommandRegistrar kRegistrar("bench", "prefill and decode speed of the engine on a model (llama-bench style)",
+                                  run_bench);
+
+}  // namespace
+}  // namespace tessera::cli
