@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
+# Runs on the accelerator machine: writes the Q4_0 bench model there, then tessera bench on gpu0,
 # cpu0 and the split (attention gpu0, experts of 8 of 16 layers on cpu0). Pack with shared/device/pack.sh,
 # copy this script into .device/ and run: source .device/env.sh; bash .device/device_bench.sh
-# cpu0 and the split (attention gpu0, experts of 8 of 16 layers on cpu0).
 set -u
 M=/tmp/bench-q4_0.gguf
 FIX="--arch qwen3moe --n-layer 16 --n-embd 1024 --n-head 16 --n-head-kv 4 --head-dim 64 --n-expert 32 --n-expert-used 4 --n-ff-exp 512 --n-vocab 32000 --n-ctx 4096"
