@@ -361,7 +361,12 @@ void apply_override(Config& c, const std::string& assignment) {
     for (auto& [id, b] : patch.budgets) c.budgets[id] = b;
   } else if (top == "placement") {
     if (key == "placement.attention") c.attention = patch.attention;
-    if (key.rfind("placement.experts", 0) == 0) {
+    if (key.rfind("placement.experts.shares.", 0) == 0) {
+      // One device's share: merged into the shares given so far.
+      if (c.experts_mode != "shares") c.expert_shares.clear();
+      c.experts_mode = "shares";
+      for (const auto& [id, v] : patch.expert_shares) c.expert_shares[id] = v;
+    } else if (key.rfind("placement.experts", 0) == 0) {
       c.experts_mode = patch.experts_mode;
       c.expert_shares = patch.expert_shares;
       c.expert_pins = patch.expert_pins;

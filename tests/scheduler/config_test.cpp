@@ -140,6 +140,11 @@ TEST(ConfigTest, PinsAndCommandLineOverrides) {
   EXPECT_EQ(c.budgets["cpu0"].bytes, 8ull << 30);
   EXPECT_EQ(c.kv_format, "q8_0");
   EXPECT_EQ(c.experts_mode, "pins");  // untouched by unrelated overrides
+  apply_override(c, "placement.experts.shares.gpu0=3");
+  apply_override(c, "placement.experts.shares.cpu0=1");
+  EXPECT_EQ(c.experts_mode, "shares");
+  EXPECT_EQ(c.expert_shares.size(), 2u);
+  EXPECT_DOUBLE_EQ(c.expert_shares["gpu0"], 3.0);
   EXPECT_THROW(apply_override(c, "placement.atention=gpu0"), ConfigError);
   EXPECT_THROW(apply_override(c, "no-equals-sign"), ConfigError);
   EXPECT_THROW(apply_override(c, "balancer.enabled=perhaps"), ConfigError);
