@@ -127,12 +127,7 @@ int run_bench(const std::vector<std::string>& args) {
       "batch", po::value<int>(&max_batch)->default_value(512), "engine max_batch_tokens (prefill chunk)")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   if (n_prompt < 0 || n_gen < 0 || reps < 1 || max_batch < 1)
     throw std::runtime_error("-p and -n must be >= 0, -r and --batch >= 1");
 

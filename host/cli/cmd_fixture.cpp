@@ -47,12 +47,7 @@ int run_fixture(const std::vector<std::string>& args) {
       "n-vocab", po::value<uint32_t>(&o.n_vocab),
       "pad the vocabulary to this many tokens (bigger embedding and output head)");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   const auto t0 = std::chrono::steady_clock::now();
   model::make_fixture(o).write(out);
   std::printf("wrote %s fixture (seed %llu) to %s in %.1f s\n", o.kind.c_str(),

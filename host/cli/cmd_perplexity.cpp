@@ -48,12 +48,7 @@ int run_perplexity(const std::vector<std::string>& args) {
       "device", po::value<std::string>(&device), "use this one device only")(
       "json", po::bool_switch(&json), "print the result as JSON");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   if (ctx < 8) throw std::runtime_error("--ctx must be at least 8");
   std::ifstream in(text_path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open text file '" + text_path + "'");

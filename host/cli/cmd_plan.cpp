@@ -33,12 +33,7 @@ int run_plan(const std::vector<std::string>& args) {
       "no-measure", po::bool_switch(&no_measure), "plan with default device figures instead of probes")(
       "json", po::bool_switch(&json), "print the plan as JSON");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   const auto config = engine::config_from_cli(config_path, sets, device);
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);

@@ -214,12 +214,7 @@ int run_generate(const std::vector<std::string>& args) {
       "write each step's logits (n_vocab float32, native byte order) to this file, for "
       "comparisons");
   po::variables_map vm;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
-  if (vm.count("help")) {
-    std::cout << opts << "\n";
-    return 0;
-  }
-  po::notify(vm);
+  if (!parse_options(args, opts, vm)) return 0;
   if (model_path.empty()) model_path = default_model_path();
   if (n_predict < 0) throw std::runtime_error("-n must be >= 0");
   if (vm.count("prompt") == vm.count("tokens")) {

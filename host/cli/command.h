@@ -1,6 +1,8 @@
 // The `tessera` command's sub-command registry: each cmd_*.cpp file registers one sub-command.
 #pragma once
 
+#include <boost/program_options.hpp>
+
 #include <functional>
 #include <string>
 #include <vector>
@@ -24,5 +26,10 @@ struct CommandRegistrar {
   CommandRegistrar(std::string name, std::string summary,
                    std::function<int(const std::vector<std::string>&)> run);
 };
+
+// Parses a command's arguments into `vm` and applies required/notifier rules. Returns false after
+// printing `opts` when --help was given (the command then exits 0); throws on bad options.
+bool parse_options(const std::vector<std::string>& args, const boost::program_options::options_description& opts,
+                   boost::program_options::variables_map& vm);
 
 }  // namespace tessera::cli

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <exception>
+#include <iostream>
 
 #include "host/cli/command.h"
 
@@ -18,6 +19,18 @@ std::vector<Command>& commands() {
 CommandRegistrar::CommandRegistrar(std::string name, std::string summary,
                                    std::function<int(const std::vector<std::string>&)> run) {
   commands().push_back({std::move(name), std::move(summary), std::move(run)});
+}
+
+bool parse_options(const std::vector<std::string>& args, const boost::program_options::options_description& opts,
+                   boost::program_options::variables_map& vm) {
+  namespace po = boost::program_options;
+  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  if (vm.count("help")) {
+    std::cout << opts << "\n";
+    return false;
+  }
+  po::notify(vm);
+  return true;
 }
 
 }  // namespace tessera::cli
