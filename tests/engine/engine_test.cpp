@@ -122,6 +122,19 @@ TEST(EngineBatchTest, BadBatchesAreErrors) {
   EXPECT_THROW(engine->forward(bad), std::invalid_argument);
 }
 
+TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {
+  auto m = load_fixture("llama");
+  auto reg = DeviceRegistry::discover();
+  sched::Config cfg;
+  cfg.kv_format = "turbo3";
+  try {
+    make_engine(m->spec, reg, cfg);
+    FAIL() << "expected ConfigError";
+  } catch (const sched::ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_cache.format"), std::string::npos) << e.what();
+  }
+}
+
 std::filesystem::path models_dir() {
   if (const char* env = std::getenv("TESSERA_MODELS_DIR")) return env;
   return std::filesystem::path(TESSERA_SOURCE_DIR) / ".." / "shared" / "models";
