@@ -11,13 +11,14 @@
 
 namespace tessera {
 
-// Symbolic name of an OpenCL status code, e.g. "CL_OUT_OF_RESOURCES"; "CL_UNKNOWN_ERROR(-1234)" otherwise.
+// Symbolic name of an OpenCL status code, e.g. "CL_OUT_OF_RESOURCES"; "CL_UNKNOWN_ERROR(-1234)"
+// otherwise.
 std::string cl_error_name(cl_int code);
 
 class ClError : public std::runtime_error {
  public:
-  // `call` is the OpenCL call's text, `device` the device's id or name ("" when not device-specific),
-  // `detail` extra context such as a build log.
+  // `call` is the OpenCL call's text, `device` the device's id or name ("" when not
+  // device-specific), `detail` extra context such as a build log.
   ClError(std::string call, cl_int code, std::string device, std::string detail = {});
 
   cl_int code() const noexcept { return code_; }

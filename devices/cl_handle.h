@@ -12,12 +12,12 @@ namespace tessera {
 template <typename T>
 struct ClTraits;
 
-#define TESSERA_CL_TRAITS(T, retain_fn, release_fn)                 \
-  template <>                                                        \
-  struct ClTraits<T> {                                               \
-    static cl_int retain(T h) { return retain_fn(h); }               \
-    static cl_int release(T h) { return release_fn(h); }             \
-    static constexpr const char* kReleaseName = #release_fn;         \
+#define TESSERA_CL_TRAITS(T, retain_fn, release_fn)          \
+  template <>                                                \
+  struct ClTraits<T> {                                       \
+    static cl_int retain(T h) { return retain_fn(h); }       \
+    static cl_int release(T h) { return release_fn(h); }     \
+    static constexpr const char* kReleaseName = #release_fn; \
   };
 TESSERA_CL_TRAITS(cl_context, clRetainContext, clReleaseContext)
 TESSERA_CL_TRAITS(cl_command_queue, clRetainCommandQueue, clReleaseCommandQueue)
@@ -54,7 +54,7 @@ class ClHandle {
   }
   T get() const { return h_; }
   const T* ptr() const { return &h_; }  // for wait lists of one
-  T* out() {  // for APIs that return a new handle through a pointer
+  T* out() {                            // for APIs that return a new handle through a pointer
     reset();
     return &h_;
   }

@@ -20,7 +20,8 @@ Device::Device(DeviceInfo info, cl_platform_id platform, cl_device_id device, Cl
 }
 
 ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
-  if (bytes == 0) bytes = 1;  // zero-sized buffers are invalid in OpenCL; callers may have empty tensors
+  if (bytes == 0)
+    bytes = 1;  // zero-sized buffers are invalid in OpenCL; callers may have empty tensors
   cl_int err = CL_SUCCESS;
   ClMem mem(clCreateBuffer(context_.get(), flags, bytes, nullptr, &err));
   if (err != CL_SUCCESS)
@@ -30,8 +31,8 @@ ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
 
 void Device::write(cl_mem buf, size_t offset, const void* src, size_t bytes, bool blocking) const {
   if (bytes == 0) return;
-  CL_CHECK(clEnqueueWriteBuffer(queue_.get(), buf, blocking ? CL_TRUE : CL_FALSE, offset, bytes, src,
-                                0, nullptr, nullptr),
+  CL_CHECK(clEnqueueWriteBuffer(queue_.get(), buf, blocking ? CL_TRUE : CL_FALSE, offset, bytes,
+                                src, 0, nullptr, nullptr),
            info_.label());
 }
 
@@ -42,7 +43,9 @@ void Device::read(cl_mem buf, size_t offset, void* dst, size_t bytes, bool block
            info_.label());
 }
 
-void Device::finish() const { CL_CHECK(clFinish(queue_.get()), info_.label()); }
+void Device::finish() const {
+  CL_CHECK(clFinish(queue_.get()), info_.label());
+}
 
 cl_program Device::program(const std::string& name, const std::string& options) const {
   return programs_->get(*this, name, options);
@@ -84,7 +87,8 @@ DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) 
     if (err == CL_DEVICE_NOT_FOUND || n_devices == 0) continue;
     if (err != CL_SUCCESS) {
       // One broken platform must not hide the others.
-      spdlog::warn("platform {}: clGetDeviceIDs failed with {}; skipping it", p, cl_error_name(err));
+      spdlog::warn("platform {}: clGetDeviceIDs failed with {}; skipping it", p,
+                   cl_error_name(err));
       continue;
     }
     std::vector<cl_device_id> ids(n_devices);

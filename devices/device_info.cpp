@@ -38,28 +38,42 @@ bool DeviceInfo::has_extension(const std::string& ext) const {
   return std::find(extensions.begin(), extensions.end(), ext) != extensions.end();
 }
 
-std::string DeviceInfo::label() const { return id + " (" + name + ")"; }
+std::string DeviceInfo::label() const {
+  return id + " (" + name + ")";
+}
 
 const char* device_type_name(DeviceType t) {
   switch (t) {
-    case DeviceType::kGpu: return "gpu";
-    case DeviceType::kCpu: return "cpu";
-    case DeviceType::kAccelerator: return "accelerator";
-    case DeviceType::kCustom: return "custom";
+    case DeviceType::kGpu:
+      return "gpu";
+    case DeviceType::kCpu:
+      return "cpu";
+    case DeviceType::kAccelerator:
+      return "accelerator";
+    case DeviceType::kCustom:
+      return "custom";
   }
   return "custom";
 }
 
 const char* vendor_class_name(VendorClass v) {
   switch (v) {
-    case VendorClass::kNvidia: return "nvidia";
-    case VendorClass::kAmd: return "amd";
-    case VendorClass::kIntel: return "intel";
-    case VendorClass::kArm: return "arm";
-    case VendorClass::kQualcomm: return "qualcomm";
-    case VendorClass::kApple: return "apple";
-    case VendorClass::kPocl: return "pocl";
-    case VendorClass::kGeneric: return "generic";
+    case VendorClass::kNvidia:
+      return "nvidia";
+    case VendorClass::kAmd:
+      return "amd";
+    case VendorClass::kIntel:
+      return "intel";
+    case VendorClass::kArm:
+      return "arm";
+    case VendorClass::kQualcomm:
+      return "qualcomm";
+    case VendorClass::kApple:
+      return "apple";
+    case VendorClass::kPocl:
+      return "pocl";
+    case VendorClass::kGeneric:
+      return "generic";
   }
   return "generic";
 }

@@ -23,9 +23,9 @@ struct DeviceCaps {
 };
 
 struct DeviceInfo {
-  std::string id;           // stable id: gpu0, cpu0, acc0, custom0 (per type, in discovery order)
-  int platform_index = 0;   // index of the platform in clGetPlatformIDs order
-  int device_index = 0;     // index of the device within its platform
+  std::string id;          // stable id: gpu0, cpu0, acc0, custom0 (per type, in discovery order)
+  int platform_index = 0;  // index of the platform in clGetPlatformIDs order
+  int device_index = 0;    // index of the device within its platform
   DeviceType type = DeviceType::kCpu;
   VendorClass vendor_class = VendorClass::kGeneric;
   std::string name;
@@ -50,8 +50,8 @@ struct DeviceInfo {
   std::string label() const;
 };
 
-const char* device_type_name(DeviceType t);   // "gpu", "cpu", "accelerator", "custom"
-const char* vendor_class_name(VendorClass v); // "nvidia", ..., "generic"
+const char* device_type_name(DeviceType t);    // "gpu", "cpu", "accelerator", "custom"
+const char* vendor_class_name(VendorClass v);  // "nvidia", ..., "generic"
 
 // Classifies a device's vendor from its vendor/platform strings; kGeneric when unknown.
 VendorClass classify_vendor(const std::string& vendor, const std::string& platform_name);

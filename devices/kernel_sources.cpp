@@ -32,9 +32,13 @@ KernelSources KernelSources::from_environment() {
   return embedded();
 }
 
-void KernelSources::set(const std::string& name, std::string text) { files_[name] = std::move(text); }
+void KernelSources::set(const std::string& name, std::string text) {
+  files_[name] = std::move(text);
+}
 
-std::string KernelSources::origin() const { return dir_.empty() ? "embedded" : dir_.string(); }
+std::string KernelSources::origin() const {
+  return dir_.empty() ? "embedded" : dir_.string();
+}
 
 std::string KernelSources::read_file(const std::string& name) const {
   if (auto it = files_.find(name); it != files_.end()) return it->second;
@@ -57,7 +61,8 @@ std::vector<std::string> KernelSources::program_names() const {
   };
   for (const auto& [name, _] : files_) add(name);
   if (!dir_.empty())
-    for (const auto& e : std::filesystem::directory_iterator(dir_)) add(e.path().filename().string());
+    for (const auto& e : std::filesystem::directory_iterator(dir_))
+      add(e.path().filename().string());
   return {names.begin(), names.end()};
 }
 

@@ -1,9 +1,9 @@
 // Probe kernels' host side (cl_kernels/probes.cl) and the JSON probe cache.
 #include "devices/probes.h"
 
-#include <boost/json.hpp>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
+#include <boost/json.hpp>
 
 #include <algorithm>
 #include <chrono>
@@ -26,13 +26,14 @@ double median(std::vector<double> v) {
 // Runs `kernel` once over `global`/`local` and returns its device time in seconds.
 double timed_launch(const Device& dev, cl_kernel kernel, size_t global, size_t local) {
   ClEvent ev;
-  CL_CHECK(clEnqueueNDRangeKernel(dev.queue(), kernel, 1, nullptr, &global, local ? &local : nullptr,
-                                  0, nullptr, ev.out()),
+  CL_CHECK(clEnqueueNDRangeKernel(dev.queue(), kernel, 1, nullptr, &global,
+                                  local ? &local : nullptr, 0, nullptr, ev.out()),
            dev.info().label());
   CL_CHECK(clWaitForEvents(1, ev.ptr()), dev.info().label());
   cl_ulong start = 0, end = 0;
-  CL_CHECK(clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_START, sizeof(start), &start, nullptr),
-           dev.info().label());
+  CL_CHECK(
+      clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_START, sizeof(start), &start, nullptr),
+      dev.info().label());
   CL_CHECK(clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr),
            dev.info().label());
   return double(end - start) * 1e-9;

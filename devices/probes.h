@@ -1,5 +1,6 @@
-// Measured device facts the cost model uses (not datasheets): streaming read bandwidth, host<->device
-// copy bandwidth, fp32 throughput and kernel launch latency; cached on disk per device + driver.
+// Measured device facts the cost model uses (not datasheets): streaming read bandwidth,
+// host<->device copy bandwidth, fp32 throughput and kernel launch latency; cached on disk per
+// device + driver.
 #pragma once
 
 #include <filesystem>
@@ -30,7 +31,8 @@ class ProbeCache {
   explicit ProbeCache(std::filesystem::path dir);  // empty: no caching
   static std::filesystem::path default_dir();      // $XDG_CACHE_HOME/tessera/probes or ~/.cache/...
 
-  std::optional<ProbeResult> load(const DeviceInfo& info) const;  // nullopt when absent or unreadable
+  std::optional<ProbeResult> load(
+      const DeviceInfo& info) const;  // nullopt when absent or unreadable
   void store(const DeviceInfo& info, const ProbeResult& result) const;
 
   // The cached result, or a fresh measurement (stored) when absent or `remeasure` is set.

@@ -183,8 +183,9 @@ void ProgramCache::store_binary(const Device& device, cl_program program,
                                 const std::filesystem::path& path) {
   try {
     cl_uint n_devices = 0;
-    CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_NUM_DEVICES, sizeof(n_devices), &n_devices, nullptr),
-             device.info().label());
+    CL_CHECK(
+        clGetProgramInfo(program, CL_PROGRAM_NUM_DEVICES, sizeof(n_devices), &n_devices, nullptr),
+        device.info().label());
     std::vector<cl_device_id> devs(n_devices);
     CL_CHECK(clGetProgramInfo(program, CL_PROGRAM_DEVICES, n_devices * sizeof(cl_device_id),
                               devs.data(), nullptr),
@@ -204,7 +205,8 @@ void ProgramCache::store_binary(const Device& device, cl_program program,
              device.info().label());
     size_t index = 0;
     while (index < n_devices && devs[index] != device.handle()) ++index;
-    if (index == n_devices || bins[index].empty()) return;  // driver offers no binary: nothing to cache
+    if (index == n_devices || bins[index].empty())
+      return;  // driver offers no binary: nothing to cache
     const auto& payload = bins[index];
 
     EntryHeader header{};

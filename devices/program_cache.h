@@ -36,8 +36,8 @@ class ProgramCache {
   struct Stats {
     int memory_hits = 0;
     int disk_hits = 0;
-    int builds = 0;          // compiled from source
-    int disk_rejected = 0;   // entries found on disk but unusable (corrupt, truncated, refused)
+    int builds = 0;         // compiled from source
+    int disk_rejected = 0;  // entries found on disk but unusable (corrupt, truncated, refused)
   };
   Stats stats() const;
   const KernelSources& sources() const { return sources_; }

@@ -5,10 +5,12 @@
 
 namespace tessera::sched {
 
-ExpertBalancer::ExpertBalancer(const ModelFootprint& model, bool enabled, int interval, int max_moves)
+ExpertBalancer::ExpertBalancer(const ModelFootprint& model, bool enabled, int interval,
+                               int max_moves)
     : model_(model), enabled_(enabled), interval_(interval), max_moves_(max_moves) {
   counts_.resize(model.layers.size());
-  for (size_t l = 0; l < model.layers.size(); ++l) counts_[l].assign(size_t(model.layers[l].n_experts), 0);
+  for (size_t l = 0; l < model.layers.size(); ++l)
+    counts_[l].assign(size_t(model.layers[l].n_experts), 0);
   tokens_.assign(model.layers.size(), 0);
 }
 
@@ -29,17 +31,20 @@ std::vector<std::vector<double>> ExpertBalancer::load() const {
   for (size_t l = 0; l < counts_.size(); ++l) {
     out[l].assign(counts_[l].size(), 0.0);
     if (tokens_[l] == 0) {
-      for (auto& v : out[l]) v = counts_[l].empty() ? 0.0 : double(model_.n_expert_used) / double(counts_[l].size());
+      for (auto& v : out[l])
+        v = counts_[l].empty() ? 0.0 : double(model_.n_expert_used) / double(counts_[l].size());
       continue;
     }
-    for (size_t e = 0; e < counts_[l].size(); ++e) out[l][e] = double(counts_[l][e]) / double(tokens_[l]);
+    for (size_t e = 0; e < counts_[l].size(); ++e)
+      out[l][e] = double(counts_[l][e]) / double(tokens_[l]);
   }
   return out;
 }
 
 std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
   std::vector<ExpertMove> moves;
-  if (!enabled_ || plan.devices.size() < 2 || steps_ - last_rebalance_ < uint64_t(interval_)) return moves;
+  if (!enabled_ || plan.devices.size() < 2 || steps_ - last_rebalance_ < uint64_t(interval_))
+    return moves;
   last_rebalance_ = steps_;
   const auto observed = load();
   predict(plan, model_, &observed);
@@ -80,8 +85,9 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
     best = chosen_time;
     moves.push_back(chosen);
     ++moves_;
-    spdlog::info("balancer: layer {} expert {} {} -> {} (predicted step {:.3f} ms)", chosen.layer, chosen.expert,
-                 plan.devices[size_t(chosen.from)].id, plan.devices[size_t(chosen.to)].id, best * 1e3);
+    spdlog::info("balancer: layer {} expert {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
+                 chosen.expert, plan.devices[size_t(chosen.from)].id,
+                 plan.devices[size_t(chosen.to)].id, best * 1e3);
   }
   predict(plan, model_, &observed);
   return moves;

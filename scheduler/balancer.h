@@ -36,7 +36,9 @@ class ExpertBalancer {
   std::vector<std::vector<double>> load() const;
   const std::vector<double>& device_seconds() const { return device_seconds_; }
   uint64_t moves() const { return moves_; }
-  uint64_t selections(int layer, int expert) const { return counts_[size_t(layer)][size_t(expert)]; }
+  uint64_t selections(int layer, int expert) const {
+    return counts_[size_t(layer)][size_t(expert)];
+  }
 
  private:
   ModelFootprint model_;

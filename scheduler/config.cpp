@@ -25,11 +25,14 @@ bool glob_match(const std::string& pattern, const std::string& text) {
   size_t p = 0, t = 0, star = std::string::npos, mark = 0;
   while (t < text.size()) {
     if (p < pattern.size() && (pattern[p] == '?' || pattern[p] == text[t])) {
-      ++p; ++t;
+      ++p;
+      ++t;
     } else if (p < pattern.size() && pattern[p] == '*') {
-      star = p++; mark = t;
+      star = p++;
+      mark = t;
     } else if (star != std::string::npos) {
-      p = star + 1; t = ++mark;
+      p = star + 1;
+      t = ++mark;
     } else {
       return false;
     }
@@ -68,7 +71,8 @@ bool boolean(const YAML::Node& n, const std::string& source, const std::string& 
   fail(source, key, "expected true or false, got '" + s + "'");
 }
 
-int integer(const YAML::Node& n, const std::string& source, const std::string& key, int lo, int hi) {
+int integer(const YAML::Node& n, const std::string& source, const std::string& key, int lo,
+            int hi) {
   const std::string s = scalar(n, source, key);
   try {
     size_t used = 0;
@@ -103,14 +107,16 @@ DeviceType parse_type(const std::string& s, const std::string& source, const std
   fail(source, key, "unknown device type '" + s + "'; valid: gpu, cpu, accelerator, custom");
 }
 
-DeviceSelector parse_selector(const YAML::Node& n, const std::string& source, const std::string& key) {
+DeviceSelector parse_selector(const YAML::Node& n, const std::string& source,
+                              const std::string& key) {
   DeviceSelector s;
   if (n.IsScalar()) {  // shorthand: a device id
     s.id = n.as<std::string>();
     return s;
   }
   check_keys(n, source, key, {"type", "vendor", "name", "platform", "id"});
-  if (n["type"]) s.type = parse_type(scalar(n["type"], source, key + ".type"), source, key + ".type");
+  if (n["type"])
+    s.type = parse_type(scalar(n["type"], source, key + ".type"), source, key + ".type");
   if (n["vendor"]) s.vendor = scalar(n["vendor"], source, key + ".vendor");
   if (n["name"]) s.name = scalar(n["name"], source, key + ".name");
   if (n["platform"]) s.platform = scalar(n["platform"], source, key + ".platform");
@@ -133,7 +139,8 @@ std::vector<DeviceSelector> parse_selectors(const YAML::Node& n, const std::stri
 }
 
 // "8-15", "3", "all" -> inclusive range; -1 means "to the end".
-std::pair<int, int> parse_range(const std::string& s, const std::string& source, const std::string& key) {
+std::pair<int, int> parse_range(const std::string& s, const std::string& source,
+                                const std::string& key) {
   if (lower(s) == "all") return {0, -1};
   const auto dash = s.find('-');
   try {
@@ -150,7 +157,8 @@ std::pair<int, int> parse_range(const std::string& s, const std::string& source,
   }
 }
 
-const std::set<std::string> kKvFormats = {"f16", "q8_0", "turbo2", "turbo2.5", "turbo3", "turbo3.5", "turbo4"};
+const std::set<std::string> kKvFormats = {"f16",    "q8_0",     "turbo2", "turbo2.5",
+                                          "turbo3", "turbo3.5", "turbo4"};
 
 void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
   if (!root || root.IsNull()) return;  // an empty config selects everything with defaults
@@ -172,17 +180,22 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     check_keys(p, source, "placement", {"attention", "experts", "cpu_moe_layers"});
     if (p["attention"]) c.attention = scalar(p["attention"], source, "placement.attention");
     if (p["cpu_moe_layers"])
-      c.cpu_moe_layers = integer(p["cpu_moe_layers"], source, "placement.cpu_moe_layers", 0, 1 << 20);
+      c.cpu_moe_layers =
+          integer(p["cpu_moe_layers"], source, "placement.cpu_moe_layers", 0, 1 << 20);
     if (const auto e = p["experts"]) {
       if (e.IsScalar()) {
         const std::string v = e.as<std::string>();
-        if (v != "auto") fail(source, "placement.experts", "expected 'auto', {shares: ...} or {pins: ...}, got '" + v + "'");
+        if (v != "auto")
+          fail(source, "placement.experts",
+               "expected 'auto', {shares: ...} or {pins: ...}, got '" + v + "'");
         c.experts_mode = "auto";
       } else {
         check_keys(e, source, "placement.experts", {"shares", "pins"});
-        if (e["shares"] && e["pins"]) fail(source, "placement.experts", "give shares or pins, not both");
+        if (e["shares"] && e["pins"])
+          fail(source, "placement.experts", "give shares or pins, not both");
         if (const auto s = e["shares"]) {
-          if (!s.IsMap()) fail(source, "placement.experts.shares", "expected a mapping of device id to share");
+          if (!s.IsMap())
+            fail(source, "placement.experts.shares", "expected a mapping of device id to share");
           c.experts_mode = "shares";
           for (const auto& kv : s) {
             const std::string id = kv.first.as<std::string>();
@@ -201,11 +214,11 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
             ExpertPin pin;
             pin.device = scalar(pins[i]["device"], source, key + ".device");
             if (pins[i]["layers"])
-              std::tie(pin.layer_first, pin.layer_last) =
-                  parse_range(scalar(pins[i]["layers"], source, key + ".layers"), source, key + ".layers");
+              std::tie(pin.layer_first, pin.layer_last) = parse_range(
+                  scalar(pins[i]["layers"], source, key + ".layers"), source, key + ".layers");
             if (pins[i]["experts"])
-              std::tie(pin.expert_first, pin.expert_last) =
-                  parse_range(scalar(pins[i]["experts"], source, key + ".experts"), source, key + ".experts");
+              std::tie(pin.expert_first, pin.expert_last) = parse_range(
+                  scalar(pins[i]["experts"], source, key + ".experts"), source, key + ".experts");
             c.expert_pins.push_back(pin);
           }
         }
@@ -222,7 +235,9 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
         fail(source, "kv_cache.format", "unknown format '" + c.kv_format + "'; valid: " + list);
       }
     }
-    if (k["budget"]) c.kv_budget = parse_budget(scalar(k["budget"], source, "kv_cache.budget"), source + ": kv_cache.budget");
+    if (k["budget"])
+      c.kv_budget = parse_budget(scalar(k["budget"], source, "kv_cache.budget"),
+                                 source + ": kv_cache.budget");
   }
   if (const auto b = root["balancer"]) {
     if (b.IsScalar()) {
@@ -234,9 +249,11 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
   }
   if (const auto b = root["batching"]) {
     check_keys(b, source, "batching", {"max_sequences", "max_batch_tokens"});
-    if (b["max_sequences"]) c.max_sequences = integer(b["max_sequences"], source, "batching.max_sequences", 1, 4096);
+    if (b["max_sequences"])
+      c.max_sequences = integer(b["max_sequences"], source, "batching.max_sequences", 1, 4096);
     if (b["max_batch_tokens"])
-      c.max_batch_tokens = integer(b["max_batch_tokens"], source, "batching.max_batch_tokens", 1, 1 << 20);
+      c.max_batch_tokens =
+          integer(b["max_batch_tokens"], source, "batching.max_batch_tokens", 1, 1 << 20);
   }
 }
 
@@ -251,19 +268,23 @@ bool DeviceSelector::matches(const DeviceInfo& d) const {
   }
   if (name && !glob_match(lower(*name), lower(d.name))) return false;
   if (platform) {
-    const bool numeric = !platform->empty() && std::all_of(platform->begin(), platform->end(), ::isdigit);
+    const bool numeric =
+        !platform->empty() && std::all_of(platform->begin(), platform->end(), ::isdigit);
     if (numeric ? std::stoi(*platform) != d.platform_index
                 : lower(d.platform_name).find(lower(*platform)) == std::string::npos)
       return false;
   }
-  if (id && *id != d.id && *id != std::to_string(d.platform_index) + ":" + std::to_string(d.device_index))
+  if (id && *id != d.id &&
+      *id != std::to_string(d.platform_index) + ":" + std::to_string(d.device_index))
     return false;
   return true;
 }
 
 std::string DeviceSelector::describe() const {
   std::string s;
-  auto add = [&](const char* k, const std::string& v) { s += (s.empty() ? "" : " ") + std::string(k) + "=" + v; };
+  auto add = [&](const char* k, const std::string& v) {
+    s += (s.empty() ? "" : " ") + std::string(k) + "=" + v;
+  };
   if (type) add("type", device_type_name(*type));
   if (vendor) add("vendor", *vendor);
   if (name) add("name", *name);
@@ -287,10 +308,20 @@ MemoryBudget parse_budget(const std::string& text, const std::string& key) {
     size_t used = 0;
     double v = std::stod(s, &used);
     const std::string unit = lower(s.substr(used));
-    static const std::map<std::string, double> kUnits = {
-        {"", 1}, {"b", 1}, {"k", 1e3}, {"kb", 1e3}, {"m", 1e6}, {"mb", 1e6}, {"g", 1e9}, {"gb", 1e9},
-        {"t", 1e12}, {"tb", 1e12}, {"kib", 1024.0}, {"mib", 1048576.0}, {"gib", 1073741824.0},
-        {"tib", 1099511627776.0}};
+    static const std::map<std::string, double> kUnits = {{"", 1},
+                                                         {"b", 1},
+                                                         {"k", 1e3},
+                                                         {"kb", 1e3},
+                                                         {"m", 1e6},
+                                                         {"mb", 1e6},
+                                                         {"g", 1e9},
+                                                         {"gb", 1e9},
+                                                         {"t", 1e12},
+                                                         {"tb", 1e12},
+                                                         {"kib", 1024.0},
+                                                         {"mib", 1048576.0},
+                                                         {"gib", 1073741824.0},
+                                                         {"tib", 1099511627776.0}};
     auto it = kUnits.find(unit);
     if (it == kUnits.end() || v <= 0 || !std::isfinite(v)) throw std::invalid_argument(s);
     b.bytes = uint64_t(v * it->second);
@@ -305,10 +336,14 @@ MemoryBudget parse_budget(const std::string& text, const std::string& key) {
 std::string format_bytes(uint64_t bytes) {
   char buf[32];
   const double b = double(bytes);
-  if (b >= 1073741824.0) std::snprintf(buf, sizeof(buf), "%.2f GiB", b / 1073741824.0);
-  else if (b >= 1048576.0) std::snprintf(buf, sizeof(buf), "%.1f MiB", b / 1048576.0);
-  else if (b >= 1024.0) std::snprintf(buf, sizeof(buf), "%.1f KiB", b / 1024.0);
-  else std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(bytes));
+  if (b >= 1073741824.0)
+    std::snprintf(buf, sizeof(buf), "%.2f GiB", b / 1073741824.0);
+  else if (b >= 1048576.0)
+    std::snprintf(buf, sizeof(buf), "%.1f MiB", b / 1048576.0);
+  else if (b >= 1024.0)
+    std::snprintf(buf, sizeof(buf), "%.1f KiB", b / 1024.0);
+  else
+    std::snprintf(buf, sizeof(buf), "%llu B", static_cast<unsigned long long>(bytes));
   return buf;
 }
 
@@ -388,7 +423,8 @@ std::vector<const DeviceInfo*> Config::select_devices(const std::vector<DeviceIn
   for (const auto& d : all) existing += (existing.empty() ? "" : ", ") + d.id + " (" + d.name + ")";
   auto check_exists = [&](const std::vector<DeviceSelector>& sels, const char* key) {
     for (size_t i = 0; i < sels.size(); ++i) {
-      if (std::none_of(all.begin(), all.end(), [&](const DeviceInfo& d) { return sels[i].matches(d); }))
+      if (std::none_of(all.begin(), all.end(),
+                       [&](const DeviceInfo& d) { return sels[i].matches(d); }))
         throw ConfigError(std::string(key) + "[" + std::to_string(i) + "]: no device matches " +
                           sels[i].describe() + "; devices here: " + existing);
     }
@@ -397,11 +433,14 @@ std::vector<const DeviceInfo*> Config::select_devices(const std::vector<DeviceIn
   check_exists(exclude, "devices.exclude");
   std::vector<const DeviceInfo*> out;
   for (const auto& d : all) {
-    const bool in = select.empty() || std::any_of(select.begin(), select.end(), [&](auto& s) { return s.matches(d); });
-    const bool out_ = std::any_of(exclude.begin(), exclude.end(), [&](auto& s) { return s.matches(d); });
+    const bool in = select.empty() || std::any_of(select.begin(), select.end(),
+                                                  [&](auto& s) { return s.matches(d); });
+    const bool out_ =
+        std::any_of(exclude.begin(), exclude.end(), [&](auto& s) { return s.matches(d); });
     if (in && !out_) out.push_back(&d);
   }
-  if (out.empty()) throw ConfigError("devices: the selection leaves no device; devices here: " + existing);
+  if (out.empty())
+    throw ConfigError("devices: the selection leaves no device; devices here: " + existing);
   auto selected_ids = [&] {
     std::string s;
     for (auto* d : out) s += (s.empty() ? "" : ", ") + d->id;
@@ -410,19 +449,20 @@ std::vector<const DeviceInfo*> Config::select_devices(const std::vector<DeviceIn
   auto find_selected = [&](const std::string& id, const std::string& key) -> const DeviceInfo* {
     for (auto* d : out)
       if (d->id == id) return d;
-    throw ConfigError(key + ": device '" + id + "' is not among the selected devices (" + selected_ids() +
-                      "); devices here: " + existing);
+    throw ConfigError(key + ": device '" + id + "' is not among the selected devices (" +
+                      selected_ids() + "); devices here: " + existing);
   };
   for (const auto& [id, budget] : budgets) {
     const DeviceInfo* d = find_selected(id, "devices.budgets." + id);
     if (budget.bytes > d->global_mem_bytes)
-      throw ConfigError("devices.budgets." + id + ": " + format_bytes(budget.bytes) + " exceeds the device's memory (" +
-                        format_bytes(d->global_mem_bytes) + ")");
+      throw ConfigError("devices.budgets." + id + ": " + format_bytes(budget.bytes) +
+                        " exceeds the device's memory (" + format_bytes(d->global_mem_bytes) + ")");
   }
   if (attention != "auto") find_selected(attention, "placement.attention");
   for (const auto& [id, share] : expert_shares) find_selected(id, "placement.experts.shares." + id);
   for (size_t i = 0; i < expert_pins.size(); ++i)
-    find_selected(expert_pins[i].device, "placement.experts.pins[" + std::to_string(i) + "].device");
+    find_selected(expert_pins[i].device,
+                  "placement.experts.pins[" + std::to_string(i) + "].device");
   return out;
 }
 

@@ -28,7 +28,7 @@ struct DeviceSelector {
   std::optional<std::string> platform;  // platform index ("0") or substring of the platform name
   std::optional<std::string> id;        // "gpu0" or "0:1"
   bool matches(const DeviceInfo& d) const;
-  std::string describe() const;         // "type=gpu vendor=nvidia"
+  std::string describe() const;  // "type=gpu vendor=nvidia"
 };
 
 // A memory budget: absolute bytes or a fraction of the device's global memory.
@@ -41,14 +41,14 @@ struct MemoryBudget {
 };
 
 struct ExpertPin {
-  std::string device;    // device id
-  int layer_first = 0, layer_last = -1;   // inclusive; -1 = last layer
-  int expert_first = 0, expert_last = -1; // inclusive; -1 = last expert
+  std::string device;                      // device id
+  int layer_first = 0, layer_last = -1;    // inclusive; -1 = last layer
+  int expert_first = 0, expert_last = -1;  // inclusive; -1 = last expert
 };
 
 struct Config {
   // devices
-  std::vector<DeviceSelector> select;   // empty: all devices
+  std::vector<DeviceSelector> select;  // empty: all devices
   std::vector<DeviceSelector> exclude;
   std::map<std::string, MemoryBudget> budgets;  // by device id
   // placement
@@ -56,7 +56,8 @@ struct Config {
   std::string experts_mode = "auto";            // "auto" | "shares" | "pins"
   std::map<std::string, double> expert_shares;  // device id -> share (normalized)
   std::vector<ExpertPin> expert_pins;
-  std::optional<int> cpu_moe_layers;            // like llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
+  std::optional<int>
+      cpu_moe_layers;  // like llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
   // kv cache
   std::string kv_format = "f16";
   std::optional<MemoryBudget> kv_budget;

@@ -10,11 +10,13 @@ namespace tessera::sched {
 Executor::Executor(std::vector<std::string> device_ids) {
   // Lanes mostly wait on OpenCL; allow one thread per lane plus the caller even on small hosts.
   const size_t want = std::max<size_t>(std::thread::hardware_concurrency(), device_ids.size() + 1);
-  parallelism_ = std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, want);
+  parallelism_ =
+      std::make_unique<tbb::global_control>(tbb::global_control::max_allowed_parallelism, want);
   for (auto& id : device_ids) {
     auto lane = std::make_unique<Lane>();
     lane->device_id = std::move(id);
-    // One slot, none reserved for the caller: a worker thread may take it, so lanes run in parallel.
+    // One slot, none reserved for the caller: a worker thread may take it, so lanes run in
+    // parallel.
     lane->arena.initialize(1, 0);
     lanes_.push_back(std::move(lane));
   }
@@ -32,7 +34,8 @@ Executor::~Executor() {
 }
 
 void Executor::submit(size_t device, std::function<void()> job) {
-  if (device >= lanes_.size()) throw std::out_of_range("executor: no lane " + std::to_string(device));
+  if (device >= lanes_.size())
+    throw std::out_of_range("executor: no lane " + std::to_string(device));
   Lane& lane = *lanes_[device];
   lane.arena.execute([&lane, job = std::move(job)]() mutable {
     lane.group.run([&lane, job = std::move(job)] {

@@ -13,11 +13,13 @@
 namespace tessera::sched {
 
 double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
-  return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) + launches * d.launch_us * 1e-6;
+  return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) +
+         launches * d.launch_us * 1e-6;
 }
 
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes) {
-  return bytes / (from.d2h_gbps * 1e9) + bytes / (to.h2d_gbps * 1e9) + (from.launch_us + to.launch_us) * 1e-6;
+  return bytes / (from.d2h_gbps * 1e9) + bytes / (to.h2d_gbps * 1e9) +
+         (from.launch_us + to.launch_us) * 1e-6;
 }
 
 int Plan::experts_on(int layer, int device) const {
@@ -27,7 +29,8 @@ int Plan::experts_on(int layer, int device) const {
 
 namespace {
 
-int find_device(const std::vector<DeviceCost>& devs, const std::string& id, const std::string& key) {
+int find_device(const std::vector<DeviceCost>& devs, const std::string& id,
+                const std::string& key) {
   for (size_t i = 0; i < devs.size(); ++i)
     if (devs[i].id == id) return int(i);
   std::string ids;
@@ -55,12 +58,14 @@ std::vector<int> apportion(int n, const std::vector<double>& weights) {
 
 }  // namespace
 
-void predict(Plan& plan, const ModelFootprint& model, const std::vector<std::vector<double>>* load) {
+void predict(Plan& plan, const ModelFootprint& model,
+             const std::vector<std::vector<double>>* load) {
   const size_t nd = plan.devices.size();
   plan.decode_seconds.assign(nd, 0.0);
   double step = 0;
   const auto& att = plan.devices[size_t(plan.attention_device)];
-  const double emb_row = model.embedding_bytes / std::max(1.0, double(model.n_embd)) ;  // ~one row read
+  const double emb_row =
+      model.embedding_bytes / std::max(1.0, double(model.n_embd));  // ~one row read
   step += op_seconds(att, emb_row, 0, 1);
   plan.decode_seconds[size_t(plan.attention_device)] += op_seconds(att, emb_row, 0, 1);
   const double act_bytes = 4.0 * model.n_embd;
@@ -68,7 +73,8 @@ void predict(Plan& plan, const ModelFootprint& model, const std::vector<std::vec
     const auto& layer = model.layers[l];
     const int ld = plan.layer_device[l];
     const auto& ldev = plan.devices[size_t(ld)];
-    double t = op_seconds(ldev, double(layer.dense_bytes), 2.0 * layer.dense_bytes, layer.dense_launches);
+    double t =
+        op_seconds(ldev, double(layer.dense_bytes), 2.0 * layer.dense_bytes, layer.dense_launches);
     plan.decode_seconds[size_t(ld)] += t;
     const int prev = l == 0 ? plan.attention_device : plan.layer_device[l - 1];
     if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);
@@ -81,7 +87,8 @@ void predict(Plan& plan, const ModelFootprint& model, const std::vector<std::vec
           expected += load ? (*load)[l][size_t(e)] : double(model.n_expert_used) / layer.n_experts;
         }
         if (expected <= 0) continue;
-        double te = op_seconds(plan.devices[d], expected * layer.expert_bytes, 2.0 * expected * layer.expert_bytes, 3);
+        double te = op_seconds(plan.devices[d], expected * layer.expert_bytes,
+                               2.0 * expected * layer.expert_bytes, 3);
         plan.decode_seconds[d] += te;
         if (int(d) != ld) te += 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
         slowest = std::max(slowest, te);  // devices work on their experts concurrently
@@ -94,14 +101,17 @@ void predict(Plan& plan, const ModelFootprint& model, const std::vector<std::vec
   plan.decode_step_seconds = step + out_t;
 }
 
-Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices, const Config& config) {
+Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
+               const Config& config) {
   if (devices.empty()) throw PlanError("no device selected");
   Plan plan;
   plan.devices = devices;
   const size_t nd = devices.size();
   const size_t nl = model.layers.size();
   std::vector<uint64_t> used(nd, 0);
-  auto free_bytes = [&](size_t d) { return devices[d].budget_bytes > used[d] ? devices[d].budget_bytes - used[d] : 0; };
+  auto free_bytes = [&](size_t d) {
+    return devices[d].budget_bytes > used[d] ? devices[d].budget_bytes - used[d] : 0;
+  };
 
   // Devices by bandwidth, fastest first (stable: discovery order breaks ties).
   std::vector<size_t> by_speed(nd);
@@ -113,8 +123,8 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   uint64_t dense_total = 0;
   for (const auto& l : model.layers) dense_total += l.dense_bytes;
   const uint64_t kv_need = config.kv_budget
-      ? config.kv_budget->resolve(devices[0].memory_bytes)
-      : model.kv_bytes_per_token * uint64_t(model.context_tokens);
+                               ? config.kv_budget->resolve(devices[0].memory_bytes)
+                               : model.kv_bytes_per_token * uint64_t(model.context_tokens);
   const uint64_t head_bytes = model.embedding_bytes + model.output_bytes + kv_need;
   if (config.attention != "auto") {
     plan.attention_device = find_device(devices, config.attention, "placement.attention");
@@ -146,13 +156,17 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
       chosen = int(ad);
     } else {
       for (size_t d : by_speed)
-        if (free_bytes(d) >= need) { chosen = int(d); break; }
+        if (free_bytes(d) >= need) {
+          chosen = int(d);
+          break;
+        }
     }
     if (chosen < 0)
       throw PlanError("layer " + std::to_string(l) + " dense weights (" + format_bytes(need) +
                       ") fit on no selected device; free: " + [&] {
                         std::string s;
-                        for (size_t d = 0; d < nd; ++d) s += (d ? ", " : "") + devices[d].id + " " + format_bytes(free_bytes(d));
+                        for (size_t d = 0; d < nd; ++d)
+                          s += (d ? ", " : "") + devices[d].id + " " + format_bytes(free_bytes(d));
                         return s;
                       }());
     plan.layer_device[l] = chosen;
@@ -162,7 +176,8 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   // 3. Routed experts.
   std::vector<double> share(nd, 0.0);
   if (config.experts_mode == "shares") {
-    for (const auto& [id, s] : config.expert_shares) share[size_t(find_device(devices, id, "placement.experts.shares." + id))] = s;
+    for (const auto& [id, s] : config.expert_shares)
+      share[size_t(find_device(devices, id, "placement.experts.shares." + id))] = s;
     if (std::accumulate(share.begin(), share.end(), 0.0) <= 0)
       throw ConfigError("placement.experts.shares: shares sum to zero");
   } else {
@@ -171,7 +186,10 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   plan.expert_device.assign(nl, {});
   int cpu_device = -1;
   for (size_t d = 0; d < nd; ++d)
-    if (devices[d].type == DeviceType::kCpu) { cpu_device = int(d); break; }
+    if (devices[d].type == DeviceType::kCpu) {
+      cpu_device = int(d);
+      break;
+    }
   if (config.cpu_moe_layers && cpu_device < 0)
     throw ConfigError("placement.cpu_moe_layers: no CPU device is selected");
   for (size_t l = 0; l < nl; ++l) {
@@ -182,17 +200,20 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
     for (const auto& pin : config.expert_pins) {
       const int lf = pin.layer_first, ll = pin.layer_last < 0 ? int(nl) - 1 : pin.layer_last;
       if (int(l) < lf || int(l) > ll) continue;
-      const int ef = pin.expert_first, el = pin.expert_last < 0 ? ne - 1 : std::min(pin.expert_last, ne - 1);
+      const int ef = pin.expert_first,
+                el = pin.expert_last < 0 ? ne - 1 : std::min(pin.expert_last, ne - 1);
       const int d = find_device(devices, pin.device, "placement.experts.pins");
       for (int e = ef; e <= el; ++e) assign[size_t(e)] = d;
     }
     if (config.cpu_moe_layers) {
       const int d = int(l) < *config.cpu_moe_layers ? cpu_device : plan.layer_device[l];
-      for (auto& a : assign) if (a < 0) a = d;
+      for (auto& a : assign)
+        if (a < 0) a = d;
     }
     // Unpinned experts: contiguous ranges in proportion to the shares.
     std::vector<int> free_experts;
-    for (int e = 0; e < ne; ++e) if (assign[size_t(e)] < 0) free_experts.push_back(e);
+    for (int e = 0; e < ne; ++e)
+      if (assign[size_t(e)] < 0) free_experts.push_back(e);
     const auto counts = apportion(int(free_experts.size()), share);
     size_t next = 0;
     for (size_t d = 0; d < nd; ++d)
@@ -208,7 +229,10 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
         const uint64_t eb = model.layers[l].expert_bytes;
         int target = -1;
         for (size_t t : by_speed)
-          if (t != d && free_bytes(t) >= eb) { target = int(t); break; }
+          if (t != d && free_bytes(t) >= eb) {
+            target = int(t);
+            break;
+          }
         if (target < 0) break;
         assign[e] = target;
         used[d] -= eb;
@@ -219,8 +243,9 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   std::string missing;
   for (size_t d = 0; d < nd; ++d)
     if (used[d] > devices[d].budget_bytes)
-      missing += (missing.empty() ? "" : "; ") + devices[d].id + " needs " + format_bytes(used[d]) + " but its budget is " +
-                 format_bytes(devices[d].budget_bytes) + " (missing " + format_bytes(used[d] - devices[d].budget_bytes) + ")";
+      missing += (missing.empty() ? "" : "; ") + devices[d].id + " needs " + format_bytes(used[d]) +
+                 " but its budget is " + format_bytes(devices[d].budget_bytes) + " (missing " +
+                 format_bytes(used[d] - devices[d].budget_bytes) + ")";
   if (!missing.empty()) throw PlanError("the model does not fit the selected devices: " + missing);
 
   plan.weight_bytes.assign(nd, 0);
@@ -232,17 +257,19 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
 std::string Plan::to_text(const ModelFootprint& model) const {
   std::ostringstream o;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10s %14s\n", "device", "type", "budget", "weights",
-                "kv cache", "read GB/s", "decode ms/tok");
+  std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10s %14s\n", "device", "type",
+                "budget", "weights", "kv cache", "read GB/s", "decode ms/tok");
   o << line;
   for (size_t d = 0; d < devices.size(); ++d) {
-    std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10.1f %14.3f\n", devices[d].id.c_str(),
-                  device_type_name(devices[d].type), format_bytes(devices[d].budget_bytes).c_str(),
-                  format_bytes(weight_bytes[d]).c_str(), format_bytes(kv_bytes[d]).c_str(), devices[d].read_gbps,
-                  decode_seconds[d] * 1e3);
+    std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10.1f %14.3f\n",
+                  devices[d].id.c_str(), device_type_name(devices[d].type),
+                  format_bytes(devices[d].budget_bytes).c_str(),
+                  format_bytes(weight_bytes[d]).c_str(), format_bytes(kv_bytes[d]).c_str(),
+                  devices[d].read_gbps, decode_seconds[d] * 1e3);
     o << line;
   }
-  o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id << "\n";
+  o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id
+    << "\n";
   o << "layer  dense    experts per device\n";
   for (size_t l = 0; l < layer_device.size(); ++l) {
     std::snprintf(line, sizeof(line), "%5zu  %-8s", l, devices[size_t(layer_device[l])].id.c_str());
@@ -256,18 +283,22 @@ std::string Plan::to_text(const ModelFootprint& model) const {
       std::string ranges;
       const auto& a = expert_device[l];
       for (size_t e = 0; e < a.size();) {
-        if (a[e] != int(d)) { ++e; continue; }
+        if (a[e] != int(d)) {
+          ++e;
+          continue;
+        }
         size_t f = e;
         while (e + 1 < a.size() && a[e + 1] == int(d)) ++e;
-        ranges += (ranges.empty() ? "" : ",") + (f == e ? std::to_string(f) : std::to_string(f) + "-" + std::to_string(e));
+        ranges += (ranges.empty() ? "" : ",") +
+                  (f == e ? std::to_string(f) : std::to_string(f) + "-" + std::to_string(e));
         ++e;
       }
       if (!ranges.empty()) o << " " << devices[d].id << "[" << ranges << "]";
     }
     o << "\n";
   }
-  std::snprintf(line, sizeof(line), "predicted decode step: %.3f ms (%.0f tokens/s)\n", decode_step_seconds * 1e3,
-                1.0 / decode_step_seconds);
+  std::snprintf(line, sizeof(line), "predicted decode step: %.3f ms (%.0f tokens/s)\n",
+                decode_step_seconds * 1e3, 1.0 / decode_step_seconds);
   o << line;
   return o.str();
 }

@@ -14,26 +14,28 @@ namespace tessera::sched {
 struct DeviceCost {
   std::string id;
   DeviceType type = DeviceType::kCpu;
-  double read_gbps = 1;        // streaming read, GB/s
+  double read_gbps = 1;  // streaming read, GB/s
   double fp32_gflops = 1;
-  double launch_us = 10;       // per kernel launch
+  double launch_us = 10;  // per kernel launch
   double h2d_gbps = 1, d2h_gbps = 1;
-  uint64_t memory_bytes = 0;   // device global memory
-  uint64_t budget_bytes = 0;   // what the plan may use (config budget, default 90% of memory)
+  uint64_t memory_bytes = 0;  // device global memory
+  uint64_t budget_bytes = 0;  // what the plan may use (config budget, default 90% of memory)
 };
 
-// Cost model (DESIGN.md): time(op) ~= max(bytes / bandwidth, flops / throughput) + launches * latency.
+// Cost model (DESIGN.md): time(op) ~= max(bytes / bandwidth, flops / throughput) + launches *
+// latency.
 double op_seconds(const DeviceCost& d, double bytes, double flops, int launches);
-// Moving `bytes` between two devices through the host (d2h on one, h2d on the other) plus latencies.
+// Moving `bytes` between two devices through the host (d2h on one, h2d on the other) plus
+// latencies.
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes);
 
 // The model as the planner sees it: bytes, not tensors.
 struct ModelFootprint {
   struct Layer {
-    uint64_t dense_bytes = 0;    // attention, norms, router, dense FFN, shared experts
-    uint64_t expert_bytes = 0;   // bytes of ONE routed expert (gate + up + down)
-    int n_experts = 0;           // 0 for a dense layer
-    int dense_launches = 10;     // kernels per decode step for the dense part
+    uint64_t dense_bytes = 0;   // attention, norms, router, dense FFN, shared experts
+    uint64_t expert_bytes = 0;  // bytes of ONE routed expert (gate + up + down)
+    int n_experts = 0;          // 0 for a dense layer
+    int dense_launches = 10;    // kernels per decode step for the dense part
   };
   std::vector<Layer> layers;
   uint64_t embedding_bytes = 0;  // token embedding table
@@ -45,14 +47,14 @@ struct ModelFootprint {
 };
 
 struct Plan {
-  std::vector<DeviceCost> devices;             // the selected devices
-  int attention_device = 0;                    // embeddings, output head, KV cache
-  std::vector<int> layer_device;               // dense part of each layer
-  std::vector<std::vector<int>> expert_device; // [layer][expert] -> device index
-  std::vector<uint64_t> weight_bytes;          // per device
-  std::vector<uint64_t> kv_bytes;              // per device
-  std::vector<double> decode_seconds;          // predicted busy time per decode token, per device
-  double decode_step_seconds = 0;              // predicted time of one decode token (critical path)
+  std::vector<DeviceCost> devices;              // the selected devices
+  int attention_device = 0;                     // embeddings, output head, KV cache
+  std::vector<int> layer_device;                // dense part of each layer
+  std::vector<std::vector<int>> expert_device;  // [layer][expert] -> device index
+  std::vector<uint64_t> weight_bytes;           // per device
+  std::vector<uint64_t> kv_bytes;               // per device
+  std::vector<double> decode_seconds;           // predicted busy time per decode token, per device
+  double decode_step_seconds = 0;  // predicted time of one decode token (critical path)
 
   int experts_on(int layer, int device) const;
   std::string to_text(const ModelFootprint& model) const;  // the `tessera plan` table
@@ -66,7 +68,8 @@ class PlanError : public std::runtime_error {
  public:
   using std::runtime_error::runtime_error;
 };
-Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices, const Config& config);
+Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
+               const Config& config);
 
 // Predicted time of one decode token for a given placement (used by the planner and the balancer).
 // `expert_load[l][e]`, when given, is the observed fraction of tokens routing to expert e of layer

@@ -120,11 +120,14 @@ int run_bench(const std::vector<std::string>& args) {
       "device", po::value<std::string>(&device), "run on this one OpenCL device (e.g. gpu0, cpu0)")(
       "config", po::value<std::string>(&config_path), "device-selection config (YAML)")(
       "set", po::value<std::vector<std::string>>(&sets)->composing(),
-      "override a config key (KEY=VALUE)")(
-      "n-prompt,p", po::value<int>(&n_prompt)->default_value(512), "prompt tokens (0: skip prefill)")(
+      "override a config key (KEY=VALUE)")("n-prompt,p",
+                                           po::value<int>(&n_prompt)->default_value(512),
+                                           "prompt tokens (0: skip prefill)")(
       "n-gen,n", po::value<int>(&n_gen)->default_value(128), "decode tokens (0: skip decode)")(
-      "repetitions,r", po::value<int>(&reps)->default_value(3), "timed repetitions (median reported)")(
-      "batch", po::value<int>(&max_batch)->default_value(512), "engine max_batch_tokens (prefill chunk)")(
+      "repetitions,r", po::value<int>(&reps)->default_value(3),
+      "timed repetitions (median reported)")("batch",
+                                             po::value<int>(&max_batch)->default_value(512),
+                                             "engine max_batch_tokens (prefill chunk)")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
@@ -156,7 +159,9 @@ int run_bench(const std::vector<std::string>& args) {
     id = int32_t(3 + (state >> 33) % (n_vocab > 3 ? n_vocab - 3 : 1));
   }
   // Warm-up: compiles and caches every kernel of both paths, touches the buffers.
-  if (n_prompt > 0) time_prefill(m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
+  if (n_prompt > 0)
+    time_prefill(
+        m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
   if (n_gen > 0) time_decode(m, std::min(n_gen, 4), 1);
 
   std::vector<double> pp, tg;
@@ -175,8 +180,9 @@ int run_bench(const std::vector<std::string>& args) {
     std::snprintf(buf, sizeof(buf), "%s%s (%.1f GB/s)", d ? ", " : "", plan.devices[d].id.c_str(),
                   plan.devices[d].read_gbps);
     devs += buf;
-    std::snprintf(buf, sizeof(buf), "%s{\"id\": \"%s\", \"read_gbps\": %.2f, \"weight_bytes\": %llu}",
-                  d ? ", " : "", plan.devices[d].id.c_str(), plan.devices[d].read_gbps,
+    std::snprintf(buf, sizeof(buf),
+                  "%s{\"id\": \"%s\", \"read_gbps\": %.2f, \"weight_bytes\": %llu}", d ? ", " : "",
+                  plan.devices[d].id.c_str(), plan.devices[d].read_gbps,
                   static_cast<unsigned long long>(plan.weight_bytes[d]));
     devs_json += buf;
   }
@@ -192,8 +198,9 @@ int run_bench(const std::vector<std::string>& args) {
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f}\n",
-        model_path.c_str(), devs_json.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(),
-        n_prompt, n_gen, reps, max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
+        model_path.c_str(), devs_json.c_str(),
+        plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
+        load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac);
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
@@ -201,14 +208,15 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf("%-8s %10s %14s\n", "test", "tokens/s", "runs");
     if (n_prompt > 0) std::printf("pp%-6d %10.2f %14s\n", n_prompt, pp_tps, list(pp).c_str());
     if (n_gen > 0) std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());
-    std::printf("active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
-                double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
+    std::printf(
+        "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
+        double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
   }
   return 0;
 }
 
-const CommandRegistrar kRegistrar("bench", "prefill and decode speed of the engine on a model (llama-bench style)",
-                                  run_bench);
+const CommandRegistrar kRegistrar(
+    "bench", "prefill and decode speed of the engine on a model (llama-bench style)", run_bench);
 
 }  // namespace
 }  // namespace tessera::cli

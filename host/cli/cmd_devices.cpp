@@ -103,7 +103,8 @@ int run_devices(const std::vector<std::string>& args) {
     std::string name = info.name.size() > 34 ? info.name.substr(0, 31) + "..." : info.name;
     std::printf("%-6s %-5s %-10s %-34s %7.1fGB %4u %-22s", info.id.c_str(),
                 device_type_name(info.type), vendor_class_name(info.vendor_class), name.c_str(),
-                double(info.global_mem_bytes) / 1e9, info.compute_units, features(info.caps).c_str());
+                double(info.global_mem_bytes) / 1e9, info.compute_units,
+                features(info.caps).c_str());
     if (probes[i]) {
       std::printf(" %9.1f %8.1f %8.1f %9.1f %6.1fus\n", probes[i]->read_gbps, probes[i]->h2d_gbps,
                   probes[i]->d2h_gbps, probes[i]->fp32_gflops, probes[i]->launch_latency_us);
@@ -120,7 +121,8 @@ int run_devices(const std::vector<std::string>& args) {
   return 0;
 }
 
-const CommandRegistrar kRegistrar("devices", "list every OpenCL device with capabilities and measured speed",
+const CommandRegistrar kRegistrar("devices",
+                                  "list every OpenCL device with capabilities and measured speed",
                                   run_devices);
 
 }  // namespace

@@ -37,12 +37,13 @@ int run_perplexity(const std::vector<std::string>& args) {
   int ctx = 512, max_chunks = 0;
   bool reference = false, json = false;
   po::options_description opts("tessera perplexity -m MODEL.gguf -f TEXT [--ctx N]");
-  opts.add_options()("help,h", "show this help")("model,m", po::value<std::string>(&model_path)->required(),
-                                                 "GGUF model file")(
+  opts.add_options()("help,h", "show this help")(
+      "model,m", po::value<std::string>(&model_path)->required(), "GGUF model file")(
       "file,f", po::value<std::string>(&text_path)->required(), "text file to score")(
       "ctx", po::value<int>(&ctx)->default_value(512), "tokens per chunk (llama-perplexity's -c)")(
-      "chunks", po::value<int>(&max_chunks)->default_value(0), "score at most this many chunks (0 = all)")(
-      "reference", po::bool_switch(&reference), "use the scalar reference path")(
+      "chunks", po::value<int>(&max_chunks)->default_value(0),
+      "score at most this many chunks (0 = all)")("reference", po::bool_switch(&reference),
+                                                  "use the scalar reference path")(
       "config", po::value<std::string>(&config_path), "device-selection config (YAML)")(
       "set", po::value<std::vector<std::string>>(&sets)->composing(), "override a config key")(
       "device", po::value<std::string>(&device), "use this one device only")(
@@ -60,13 +61,14 @@ int run_perplexity(const std::vector<std::string>& args) {
   const auto tok = tokenizer::Tokenizer::from_gguf(file);
   const auto tokens = tok.encode(ss.str(), true, false);
   if (uint32_t(ctx) > spec.hp.n_ctx_train && spec.hp.n_ctx_train > 0)
-    throw std::runtime_error("--ctx " + std::to_string(ctx) + " exceeds the model's context length " +
+    throw std::runtime_error("--ctx " + std::to_string(ctx) +
+                             " exceeds the model's context length " +
                              std::to_string(spec.hp.n_ctx_train));
   int n_chunks = int(tokens.size() / size_t(ctx));
   if (max_chunks > 0) n_chunks = std::min(n_chunks, max_chunks);
   if (n_chunks == 0)
-    throw std::runtime_error("the text has " + std::to_string(tokens.size()) + " tokens, fewer than one chunk of " +
-                             std::to_string(ctx));
+    throw std::runtime_error("the text has " + std::to_string(tokens.size()) +
+                             " tokens, fewer than one chunk of " + std::to_string(ctx));
   const int first = ctx / 2;
   const size_t nv = spec.hp.n_vocab;
 
@@ -125,7 +127,8 @@ int run_perplexity(const std::vector<std::string>& args) {
       ++count;
     }
     if (!json)
-      std::fprintf(stderr, "[%d/%d] running perplexity %.4f\n", c + 1, n_chunks, std::exp(total / double(count)));
+      std::fprintf(stderr, "[%d/%d] running perplexity %.4f\n", c + 1, n_chunks,
+                   std::exp(total / double(count)));
   }
   const double ppl = std::exp(total / double(count));
   if (json) {
@@ -137,13 +140,14 @@ int run_perplexity(const std::vector<std::string>& args) {
     o["path"] = reference ? "reference" : "opencl";
     std::cout << boost::json::serialize(o) << "\n";
   } else {
-    std::printf("perplexity: %.4f over %zu scored tokens (%d chunks of %d, %s path)\n", ppl, count, n_chunks, ctx,
-                reference ? "reference" : "OpenCL");
+    std::printf("perplexity: %.4f over %zu scored tokens (%d chunks of %d, %s path)\n", ppl, count,
+                n_chunks, ctx, reference ? "reference" : "OpenCL");
   }
   return 0;
 }
 
-const CommandRegistrar kRegistrar("perplexity", "perplexity of a text file (llama-perplexity's scoring)",
+const CommandRegistrar kRegistrar("perplexity",
+                                  "perplexity of a text file (llama-perplexity's scoring)",
                                   run_perplexity);
 
 }  // namespace

@@ -1,5 +1,5 @@
-// `tessera plan -m MODEL [--config FILE] [--set KEY=VALUE]...`: the placement a config gives a model
-// on this machine's devices: layers and experts per device, bytes, predicted time per device.
+// `tessera plan -m MODEL [--config FILE] [--set KEY=VALUE]...`: the placement a config gives a
+// model on this machine's devices: layers and experts per device, bytes, predicted time per device.
 #include <boost/program_options.hpp>
 
 #include <cstdio>
@@ -23,15 +23,18 @@ int run_plan(const std::vector<std::string>& args) {
   int context = 4096;
   bool json = false, no_measure = false;
   po::options_description opts("tessera plan -m MODEL.gguf [--config FILE] [--set KEY=VALUE]...");
-  opts.add_options()("help,h", "show this help")("model,m", po::value<std::string>(&model_path)->required(),
-                                                 "GGUF model file")(
-      "config", po::value<std::string>(&config_path), "device-selection config (YAML; see configs/README.md)")(
+  opts.add_options()("help,h", "show this help")(
+      "model,m", po::value<std::string>(&model_path)->required(), "GGUF model file")(
+      "config", po::value<std::string>(&config_path),
+      "device-selection config (YAML; see configs/README.md)")(
       "set", po::value<std::vector<std::string>>(&sets)->composing(),
       "override a config key, e.g. --set placement.attention=gpu0")(
       "device", po::value<std::string>(&device), "use this one device only (e.g. cpu0)")(
-      "ctx", po::value<int>(&context)->default_value(4096), "context tokens to reserve KV cache for")(
-      "no-measure", po::bool_switch(&no_measure), "plan with default device figures instead of probes")(
-      "json", po::bool_switch(&json), "print the plan as JSON");
+      "ctx", po::value<int>(&context)->default_value(4096),
+      "context tokens to reserve KV cache for")(
+      "no-measure", po::bool_switch(&no_measure),
+      "plan with default device figures instead of probes")("json", po::bool_switch(&json),
+                                                            "print the plan as JSON");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
   const auto config = engine::config_from_cli(config_path, sets, device);
@@ -45,13 +48,15 @@ int run_plan(const std::vector<std::string>& args) {
     std::cout << plan.to_json() << "\n";
   } else {
     std::printf("model: %s (%s, %u layers, %u experts, top-%u)\n", model_path.c_str(),
-                std::string(spec.arch->name).c_str(), spec.hp.n_layer, spec.hp.n_expert, spec.hp.n_expert_used);
+                std::string(spec.arch->name).c_str(), spec.hp.n_layer, spec.hp.n_expert,
+                spec.hp.n_expert_used);
     std::cout << plan.to_text(footprint);
   }
   return 0;
 }
 
-const CommandRegistrar kRegistrar("plan", "show where a config places a model's layers and experts", run_plan);
+const CommandRegistrar kRegistrar("plan", "show where a config places a model's layers and experts",
+                                  run_plan);
 
 }  // namespace
 }  // namespace tessera::cli

@@ -6,10 +6,10 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
-#include <cstdio>
 #include <iostream>
 #include <memory>
 #include <optional>
@@ -17,13 +17,13 @@
 #include <string>
 #include <vector>
 
+#include "devices/probes.h"
 #include "host/cli/command.h"
+#include "host/engine/opencl_model.h"
+#include "host/engine/planning.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
-#include "devices/probes.h"
-#include "host/engine/opencl_model.h"
-#include "host/engine/planning.h"
 #include "host/model/reference_model.h"
 #include "host/tokenizer/tokenizer.h"
 
@@ -55,7 +55,6 @@ std::vector<int32_t> parse_token_list(const std::string& text) {
   return ids;
 }
 
-
 // The model file used when -m is not given: the project's own trained model (models/), found next
 // to the executable's build tree or through TESSERA_MODEL.
 std::string default_model_path() {
@@ -63,7 +62,8 @@ std::string default_model_path() {
   std::error_code ec;
   const auto exe = std::filesystem::read_symlink("/proc/self/exe", ec);
   const char* rel = "models/tessera-kjv-moe/tessera-kjv-moe-q8_0.gguf";
-  for (auto dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path(); dir = dir.parent_path())
+  for (auto dir = exe.parent_path(); !ec && !dir.empty() && dir != dir.root_path();
+       dir = dir.parent_path())
     if (std::filesystem::exists(dir / rel)) return (dir / rel).string();
   throw std::runtime_error("no model given (-m) and the default model (" + std::string(rel) +
                            ") was not found next to the executable; set TESSERA_MODEL or pass -m");
@@ -87,7 +87,8 @@ class ReferenceRunner : public Runner {
   }
   std::vector<float> decode(int32_t token) override {
     const int32_t pos = int32_t(kv_.n_past);
-    return net_.forward(std::span<const int32_t>(&token, 1), std::span<const int32_t>(&pos, 1), kv_);
+    return net_.forward(std::span<const int32_t>(&token, 1), std::span<const int32_t>(&pos, 1),
+                        kv_);
   }
 
  private:
@@ -140,8 +141,9 @@ std::function<void(uint64_t, uint64_t)> progress_display() {
     const int pct = int(100.0 * double(done) / double(total));
     if (tty) {
       if (pct == *last) return;
-      std::fprintf(stderr, "\rloading weights: %6.1f / %.1f MiB (%3d%%)%s", double(done) / 1048576.0,
-                   double(total) / 1048576.0, pct, done >= total ? "\n" : "");
+      std::fprintf(stderr, "\rloading weights: %6.1f / %.1f MiB (%3d%%)%s",
+                   double(done) / 1048576.0, double(total) / 1048576.0, pct,
+                   done >= total ? "\n" : "");
     } else {
       if (pct / 25 == *last / 25 && done < total) return;
       std::fprintf(stderr, "loading weights: %.1f / %.1f MiB (%d%%)\n", double(done) / 1048576.0,
@@ -155,8 +157,8 @@ void print_engine_summary(engine::OpenClModel& m) {
   const auto& plan = m.plan();
   const auto& st = m.stats();
   const auto& kv = m.kv_cache().blocks();
-  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n", kv.blocks_used(), kv.n_blocks(),
-               kv.block_size());
+  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n", kv.blocks_used(),
+               kv.n_blocks(), kv.block_size());
   for (size_t d = 0; d < plan.devices.size(); ++d) {
     int experts = 0, layers = 0;
     for (size_t l = 0; l < plan.layer_device.size(); ++l) {
@@ -164,17 +166,19 @@ void print_engine_summary(engine::OpenClModel& m) {
       layers += plan.layer_device[l] == int(d);
     }
     std::fprintf(stderr, "device %s: %d layers, %d experts, %llu expert hits, %.3f s expert time\n",
-                 plan.devices[d].id.c_str(), layers, experts, static_cast<unsigned long long>(st.expert_hits[d]),
-                 st.device_seconds[d]);
+                 plan.devices[d].id.c_str(), layers, experts,
+                 static_cast<unsigned long long>(st.expert_hits[d]), st.device_seconds[d]);
   }
-  if (st.balancer_moves) std::fprintf(stderr, "balancer: %llu expert moves\n", static_cast<unsigned long long>(st.balancer_moves));
+  if (st.balancer_moves)
+    std::fprintf(stderr, "balancer: %llu expert moves\n",
+                 static_cast<unsigned long long>(st.balancer_moves));
   double total = 0;
   for (const auto& [k, v] : st.device_op_seconds) total += v;
   std::string line;
   for (const auto& [k, v] : st.device_op_seconds) {
     char buf[96];
-    std::snprintf(buf, sizeof(buf), "%s%s %.1f ms (%.0f%%)", line.empty() ? "" : ", ", k.c_str(), v * 1e3,
-                  total > 0 ? 100.0 * v / total : 0.0);
+    std::snprintf(buf, sizeof(buf), "%s%s %.1f ms (%.0f%%)", line.empty() ? "" : ", ", k.c_str(),
+                  v * 1e3, total > 0 ? 100.0 * v / total : 0.0);
     line += buf;
   }
   if (!line.empty()) std::fprintf(stderr, "device time per op family: %s\n", line.c_str());
@@ -188,14 +192,20 @@ int run_generate(const std::vector<std::string>& args) {
   std::string config_path, device;
   std::vector<std::string> sets;
   po::options_description opts(
-      "tessera run [-m MODEL.gguf] (-p TEXT | --tokens IDS) [-n N] [--device ID | --config FILE] [sampling options]");
+      "tessera run [-m MODEL.gguf] (-p TEXT | --tokens IDS) [-n N] [--device ID | --config FILE] "
+      "[sampling options]");
   opts.add_options()("help,h", "show this help")(
-      "reference", po::bool_switch(&reference), "run the scalar reference path (single-threaded host code)")(
-      "model,m", po::value<std::string>(&model_path), "GGUF model file (default: the project's trained model)")(
+      "reference", po::bool_switch(&reference),
+      "run the scalar reference path (single-threaded host code)")(
+      "model,m", po::value<std::string>(&model_path),
+      "GGUF model file (default: the project's trained model)")(
       "device", po::value<std::string>(&device), "run on this one OpenCL device (e.g. gpu0, cpu0)")(
-      "config", po::value<std::string>(&config_path), "device-selection config (YAML; see configs/README.md)")(
-      "set", po::value<std::vector<std::string>>(&sets)->composing(), "override a config key (KEY=VALUE)")(
-      "balancer", po::bool_switch(&balancer), "let the expert balancer move hot experts (also balancer.enabled)")(
+      "config", po::value<std::string>(&config_path),
+      "device-selection config (YAML; see configs/README.md)")(
+      "set", po::value<std::vector<std::string>>(&sets)->composing(),
+      "override a config key (KEY=VALUE)")(
+      "balancer", po::bool_switch(&balancer),
+      "let the expert balancer move hot experts (also balancer.enabled)")(
       "prompt,p", po::value<std::string>(&prompt), "prompt text")(
       "tokens", po::value<std::string>(&tokens),
       "prompt as comma-separated token ids, e.g. 403,407 (BOS is added)")(
@@ -269,8 +279,9 @@ int run_generate(const std::vector<std::string>& args) {
   } else {
     registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
     auto config = engine::config_from_cli(config_path, sets, device);
-    const int ctx = int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,
-                                         std::max<size_t>(256, prompt_ids.size() + size_t(n_predict) + 16)));
+    const int ctx =
+        int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,
+                             std::max<size_t>(256, prompt_ids.size() + size_t(n_predict) + 16)));
     const auto footprint = engine::footprint_of(spec, ctx);
     ProbeCache probes(ProbeCache::default_dir());
     auto plan = engine::plan_for(*registry, config, footprint, &probes);
@@ -282,8 +293,9 @@ int run_generate(const std::vector<std::string>& args) {
     eo.progress = progress_display();
     const auto tl = Clock::now();
     engine = std::make_unique<engine::OpenClModel>(spec, *registry, plan, footprint, eo);
-    std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n", double(engine->uploaded_bytes()) / 1048576.0,
-                 plan.devices.size(), std::chrono::duration<double>(Clock::now() - tl).count());
+    std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n",
+                 double(engine->uploaded_bytes()) / 1048576.0, plan.devices.size(),
+                 std::chrono::duration<double>(Clock::now() - tl).count());
     runner = std::make_unique<OpenClRunner>(*engine);
   }
 
@@ -318,14 +330,16 @@ int run_generate(const std::vector<std::string>& args) {
   std::fprintf(stderr,
                "prompt tokens: %zu, generated tokens: %d, prefill %.3f s (%.1f tokens/s), "
                "decode %.3f s (%.1f tokens/s), total %.3f s\n",
-               prompt_ids.size(), generated, prefill_s, double(prompt_ids.size()) / prefill_s, decode_s,
-               generated > 1 ? double(generated - 1) / decode_s : 0.0, prefill_s + decode_s);
+               prompt_ids.size(), generated, prefill_s, double(prompt_ids.size()) / prefill_s,
+               decode_s, generated > 1 ? double(generated - 1) / decode_s : 0.0,
+               prefill_s + decode_s);
   if (engine) print_engine_summary(*engine);
   return 0;
 }
 
-const CommandRegistrar kRegistrar("run", "generate text from a prompt on the OpenCL devices (--reference: host path)",
-                                  run_generate);
+const CommandRegistrar kRegistrar(
+    "run", "generate text from a prompt on the OpenCL devices (--reference: host path)",
+    run_generate);
 
 }  // namespace
 }  // namespace tessera::cli

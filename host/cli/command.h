@@ -29,7 +29,8 @@ struct CommandRegistrar {
 
 // Parses a command's arguments into `vm` and applies required/notifier rules. Returns false after
 // printing `opts` when --help was given (the command then exits 0); throws on bad options.
-bool parse_options(const std::vector<std::string>& args, const boost::program_options::options_description& opts,
+bool parse_options(const std::vector<std::string>& args,
+                   const boost::program_options::options_description& opts,
                    boost::program_options::variables_map& vm);
 
 }  // namespace tessera::cli

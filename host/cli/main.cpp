@@ -1,4 +1,5 @@
-// Entry point of the `tessera` command: dispatches to the registered sub-commands and prints errors once.
+// Entry point of the `tessera` command: dispatches to the registered sub-commands and prints errors
+// once.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -21,7 +22,8 @@ CommandRegistrar::CommandRegistrar(std::string name, std::string summary,
   commands().push_back({std::move(name), std::move(summary), std::move(run)});
 }
 
-bool parse_options(const std::vector<std::string>& args, const boost::program_options::options_description& opts,
+bool parse_options(const std::vector<std::string>& args,
+                   const boost::program_options::options_description& opts,
                    boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
   po::store(po::command_line_parser(args).options(opts).run(), vm);
@@ -39,7 +41,8 @@ namespace {
 
 void print_usage() {
   std::printf("tessera: run large language models on every OpenCL device of this machine\n\n");
-  std::printf("usage: tessera COMMAND [options]   (tessera COMMAND --help for its options)\n\ncommands:\n");
+  std::printf(
+      "usage: tessera COMMAND [options]   (tessera COMMAND --help for its options)\n\ncommands:\n");
   auto cmds = tessera::cli::commands();
   std::sort(cmds.begin(), cmds.end(), [](auto& a, auto& b) { return a.name < b.name; });
   for (const auto& c : cmds) std::printf("  %-12s %s\n", c.name.c_str(), c.summary.c_str());

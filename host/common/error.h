@@ -1,4 +1,5 @@
-// Base class of every error Tessera throws, so callers at the CLI/daemon boundary can catch one type.
+// Base class of every error Tessera throws, so callers at the CLI/daemon boundary can catch one
+// type.
 #pragma once
 
 #include <stdexcept>

@@ -22,7 +22,7 @@ uint16_t fp32_to_fp16(float f) {
   const uint32_t w = std::bit_cast<uint32_t>(f);
   const uint16_t sign = static_cast<uint16_t>((w >> 16) & 0x8000u);
   const uint32_t a = w & 0x7fffffffu;
-  if (a > 0x7f800000u) return sign | 0x7e00u;  // NaN: canonical quiet NaN, as ggml
+  if (a > 0x7f800000u) return sign | 0x7e00u;   // NaN: canonical quiet NaN, as ggml
   if (a >= 0x477ff000u) return sign | 0x7c00u;  // >= 65520 rounds past 65504 to Inf
   const uint32_t exp = a >> 23;
   const uint32_t mant = a & 0x7fffffu;
@@ -60,6 +60,8 @@ uint16_t fp32_to_bf16(float f) {
   return static_cast<uint16_t>((w + 0x7fffu + ((w >> 16) & 1u)) >> 16);
 }
 
-float bf16_to_fp32(uint16_t h) { return std::bit_cast<float>(static_cast<uint32_t>(h) << 16); }
+float bf16_to_fp32(uint16_t h) {
+  return std::bit_cast<float>(static_cast<uint32_t>(h) << 16);
+}
 
 }  // namespace tessera

@@ -10,12 +10,15 @@ namespace tessera::engine {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+double since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
 }  // namespace
 
-std::vector<std::vector<int32_t>> generate(OpenClModel& model, const std::vector<GenerationRequest>& requests,
-                                           const TokenCallback& on_token, const EogPredicate& is_eog,
-                                           GenerationStats* stats) {
+std::vector<std::vector<int32_t>> generate(OpenClModel& model,
+                                           const std::vector<GenerationRequest>& requests,
+                                           const TokenCallback& on_token,
+                                           const EogPredicate& is_eog, GenerationStats* stats) {
   GenerationStats local;
   GenerationStats& st = stats ? *stats : local;
   auto& kv = model.kv_cache();
@@ -35,7 +38,8 @@ std::vector<std::vector<int32_t>> generate(OpenClModel& model, const std::vector
     };
     std::vector<Live> live;
     for (size_t r = first; r < last; ++r) {
-      if (requests[r].prompt.empty()) throw std::invalid_argument("request " + std::to_string(r) + ": empty prompt");
+      if (requests[r].prompt.empty())
+        throw std::invalid_argument("request " + std::to_string(r) + ": empty prompt");
       live.push_back({r, kv.create_sequence(), Sampler(requests[r].sampling)});
     }
     try {
@@ -94,7 +98,8 @@ std::vector<std::vector<int32_t>> generate(OpenClModel& model, const std::vector
         st.decode_tokens += int(active.size());
         const size_t nv = logits.size() / active.size();
         for (size_t i = 0; i < active.size(); ++i)
-          active[i]->next = active[i]->sampler.sample(std::span<const float>(logits.data() + i * nv, nv));
+          active[i]->next =
+              active[i]->sampler.sample(std::span<const float>(logits.data() + i * nv, nv));
       }
       st.decode_seconds += since(t0);
     } catch (...) {

@@ -14,13 +14,17 @@ namespace tessera::engine {
 struct GenerationStats {
   int prompt_tokens = 0;
   int generated_tokens = 0;
-  int decode_tokens = 0;        // tokens run through decode steps (the first sample comes from prefill)
+  int decode_tokens = 0;  // tokens run through decode steps (the first sample comes from prefill)
   double prefill_seconds = 0;
   double decode_seconds = 0;
-  int kv_blocks_used = 0;       // peak
+  int kv_blocks_used = 0;  // peak
   int kv_blocks_total = 0;
-  double prefill_tokens_per_second() const { return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0; }
-  double decode_tokens_per_second() const { return decode_seconds > 0 ? decode_tokens / decode_seconds : 0; }
+  double prefill_tokens_per_second() const {
+    return prefill_seconds > 0 ? prompt_tokens / prefill_seconds : 0;
+  }
+  double decode_tokens_per_second() const {
+    return decode_seconds > 0 ? decode_tokens / decode_seconds : 0;
+  }
 };
 
 struct GenerationRequest {
@@ -37,8 +41,10 @@ using EogPredicate = std::function<bool(int32_t)>;
 
 // Runs the requests together (up to the model's max_sequences at once) and returns each one's
 // generated tokens. Sequences are freed from the KV cache when they finish.
-std::vector<std::vector<int32_t>> generate(OpenClModel& model, const std::vector<GenerationRequest>& requests,
-                                           const TokenCallback& on_token, const EogPredicate& is_eog,
+std::vector<std::vector<int32_t>> generate(OpenClModel& model,
+                                           const std::vector<GenerationRequest>& requests,
+                                           const TokenCallback& on_token,
+                                           const EogPredicate& is_eog,
                                            GenerationStats* stats = nullptr);
 
 }  // namespace tessera::engine

@@ -42,9 +42,11 @@ struct OpenClModel::DeviceCtx {
   kv::KvBatchView view;
   bool has_layers = false;
   // Activations for max_batch_tokens tokens.
-  ClMem x, xn, q, k, v, att, g, u, h, y, partial, router, topk_ids, topk_w, tokens, logits, workspace;
+  ClMem x, xn, q, k, v, att, g, u, h, y, partial, router, topk_ids, topk_w, tokens, logits,
+      workspace;
   size_t workspace_bytes = 0;
-  // Constant index buffers: iota [0, max_pairs) and pair -> token (i / k) and token -> pairs (t * k).
+  // Constant index buffers: iota [0, max_pairs) and pair -> token (i / k) and token -> pairs (t *
+  // k).
   ClMem iota, pair_token, token_pairs;
   // Per-step pair lists of the multi-device MoE path.
   ClMem p_tok, p_exp, p_w, p_off;
@@ -63,8 +65,11 @@ struct OpenClModel::DeviceCtx {
     for (auto& [family, ev] : events) {
       if (!ev) continue;
       cl_ulong start = 0, end = 0;
-      if (clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(start), &start, nullptr) == CL_SUCCESS &&
-          clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr) == CL_SUCCESS && end > start)
+      if (clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_START, sizeof(start), &start, nullptr) ==
+              CL_SUCCESS &&
+          clGetEventProfilingInfo(ev, CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr) ==
+              CL_SUCCESS &&
+          end > start)
         seconds[family] += double(end - start) * 1e-9;
       clReleaseEvent(ev);
     }
@@ -76,8 +81,8 @@ struct OpenClModel::LayerWeights {
   ops::DeviceWeight wq, wk, wv, wo, gate, up, down, router;
   ClMem attn_norm, ffn_norm, q_norm, k_norm;
   struct Shard {
-    std::vector<int32_t> experts;        // global ids held by this device, ascending
-    std::vector<int32_t> local;          // global id -> local index, -1 when not here
+    std::vector<int32_t> experts;  // global ids held by this device, ascending
+    std::vector<int32_t> local;    // global id -> local index, -1 when not here
     ops::DeviceWeight gate, up, down;
   };
   std::vector<Shard> shards;  // per plan device
@@ -92,7 +97,9 @@ ClMem upload_floats(const Device& dev, const std::vector<float>& v) {
   return m;
 }
 
-uint64_t tensor_bytes(const gguf::TensorInfo* t) { return t ? t->n_bytes() : 0; }
+uint64_t tensor_bytes(const gguf::TensorInfo* t) {
+  return t ? t->n_bytes() : 0;
+}
 
 }  // namespace
 
@@ -101,18 +108,21 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   const auto& hp = spec.hp;
   for (const auto& l : spec.layers) {
     sched::ModelFootprint::Layer fl;
-    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.q_norm, l.k_norm, l.ffn_norm, l.ffn_gate, l.ffn_up,
-                    l.ffn_down, l.router})
+    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.q_norm, l.k_norm, l.ffn_norm, l.ffn_gate,
+                    l.ffn_up, l.ffn_down, l.router})
       fl.dense_bytes += tensor_bytes(t);
     if (l.is_moe()) {
       fl.n_experts = int(hp.n_expert);
-      fl.expert_bytes = (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) / hp.n_expert;
+      fl.expert_bytes =
+          (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) /
+          hp.n_expert;
       fl.dense_launches = 14;
     }
     f.layers.push_back(fl);
   }
   f.embedding_bytes = tensor_bytes(spec.token_embd);
-  f.output_bytes = tensor_bytes(spec.output_norm) + (spec.output_tied ? tensor_bytes(spec.token_embd) : tensor_bytes(spec.output));
+  f.output_bytes = tensor_bytes(spec.output_norm) +
+                   (spec.output_tied ? tensor_bytes(spec.token_embd) : tensor_bytes(spec.output));
   f.n_expert_used = int(hp.n_expert_used);
   f.n_embd = int(hp.n_embd);
   f.kv_bytes_per_token = uint64_t(hp.n_layer) * 2 * hp.kv_dim() * 2;  // f16 K and V
@@ -120,13 +130,15 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   return f;
 }
 
-OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& registry, sched::Plan plan,
-                         const sched::ModelFootprint& footprint, EngineOptions options)
+OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& registry,
+                         sched::Plan plan, const sched::ModelFootprint& footprint,
+                         EngineOptions options)
     : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
   const auto& hp = spec_.hp;
   if (options_.max_logit_rows <= 0) options_.max_logit_rows = options_.max_sequences;
   options_.max_logit_rows = std::min(options_.max_logit_rows, options_.max_batch_tokens);
-  if (options_.max_context <= 0) options_.max_context = int(std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 4096, 4096));
+  if (options_.max_context <= 0)
+    options_.max_context = int(std::min<uint32_t>(hp.n_ctx_train ? hp.n_ctx_train : 4096, 4096));
   const int T = options_.max_batch_tokens;
   const int K = std::max<int>(1, int(hp.n_expert_used));
   routing_.n_expert_used = int(hp.n_expert_used);
@@ -137,10 +149,11 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
 
   // Bytes to upload, for the progress display.
   for (const auto& t : spec_.layers.empty() ? std::vector<model::LayerSpec>{} : spec_.layers)
-    for (auto* p : {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.q_norm, t.k_norm, t.ffn_norm, t.ffn_gate, t.ffn_up,
-                    t.ffn_down, t.router, t.gate_exps, t.up_exps, t.down_exps})
+    for (auto* p : {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.q_norm, t.k_norm, t.ffn_norm, t.ffn_gate,
+                    t.ffn_up, t.ffn_down, t.router, t.gate_exps, t.up_exps, t.down_exps})
       total_bytes_ += tensor_bytes(p);
-  total_bytes_ += tensor_bytes(spec_.token_embd) * (spec_.output_tied ? 2 : 1) + tensor_bytes(spec_.output_norm) +
+  total_bytes_ += tensor_bytes(spec_.token_embd) * (spec_.output_tied ? 2 : 1) +
+                  tensor_bytes(spec_.output_norm) +
                   (spec_.output_tied ? 0 : tensor_bytes(spec_.output));
   auto uploaded = [&](uint64_t bytes) {
     uploaded_bytes_ += bytes;
@@ -179,8 +192,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->p_exp = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
     c->p_w = dev.alloc(size_t(max_pairs) * f);
     c->p_off = dev.alloc(size_t(T + 1) * sizeof(int32_t));
-    std::vector<int32_t> iota(static_cast<size_t>(max_pairs)), pair_token(static_cast<size_t>(max_pairs)),
-        token_pairs(static_cast<size_t>(T + 1));
+    std::vector<int32_t> iota(static_cast<size_t>(max_pairs)),
+        pair_token(static_cast<size_t>(max_pairs)), token_pairs(static_cast<size_t>(T + 1));
     std::iota(iota.begin(), iota.end(), 0);
     for (int i = 0; i < max_pairs; ++i) pair_token[size_t(i)] = i / K;
     for (int t = 0; t <= T; ++t) token_pairs[size_t(t)] = t * K;
@@ -210,7 +223,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->att = dev.alloc(size_t(T) * hp.q_dim() * 4);
     c->k = dev.alloc(size_t(T) * hp.kv_dim() * 4);
     c->v = dev.alloc(size_t(T) * hp.kv_dim() * 4);
-    c->workspace_bytes = c->attn->decode_workspace_bytes(options_.max_sequences, options_.max_context);
+    c->workspace_bytes =
+        c->attn->decode_workspace_bytes(options_.max_sequences, options_.max_context);
     c->workspace = dev.alloc(c->workspace_bytes);
   }
 
@@ -264,9 +278,11 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   kcfg.n_head_kv = int32_t(hp.n_head_kv);
   kcfg.head_dim = int32_t(hp.head_dim);
   kcfg.block_size = options_.kv_block_size;
-  kcfg.n_blocks = options_.kv_blocks > 0
-                      ? options_.kv_blocks
-                      : options_.max_sequences * ((options_.max_context + options_.kv_block_size - 1) / options_.kv_block_size);
+  kcfg.n_blocks =
+      options_.kv_blocks > 0
+          ? options_.kv_blocks
+          : options_.max_sequences *
+                ((options_.max_context + options_.kv_block_size - 1) / options_.kv_block_size);
   std::vector<const Device*> layer_devices;
   for (int d : plan_.layer_device) layer_devices.push_back(ctx(d).dev);
   kv_ = std::make_unique<kv::PagedKvCache>(kcfg, layer_devices);
@@ -274,7 +290,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   std::vector<std::string> ids;
   for (const auto& d : plan_.devices) ids.push_back(d.id);
   executor_ = std::make_unique<sched::Executor>(ids);
-  balancer_ = std::make_unique<sched::ExpertBalancer>(footprint_, options_.balancer && plan_.devices.size() > 1);
+  balancer_ = std::make_unique<sched::ExpertBalancer>(
+      footprint_, options_.balancer && plan_.devices.size() > 1);
   stats_.device_seconds.assign(plan_.devices.size(), 0.0);
   stats_.expert_hits.assign(plan_.devices.size(), 0);
   for (auto& c : ctxs_) c->dev->finish();
@@ -314,9 +331,11 @@ void OpenClModel::upload_layer_experts(int layer) {
       std::vector<uint8_t> bytes(per * s.experts.size());
       for (size_t i = 0; i < s.experts.size(); ++i)
         std::memcpy(bytes.data() + i * per, t->data + uint64_t(s.experts[i]) * per, per);
-      ops::DeviceWeight dw = c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
+      ops::DeviceWeight dw =
+          c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
       uploaded_bytes_ += bytes.size();
-      if (options_.progress) options_.progress(uploaded_bytes_, std::max(total_bytes_, uploaded_bytes_));
+      if (options_.progress)
+        options_.progress(uploaded_bytes_, std::max(total_bytes_, uploaded_bytes_));
       return dw;
     };
     s.gate = slice(ls.gate_exps);
@@ -327,10 +346,11 @@ void OpenClModel::upload_layer_experts(int layer) {
   w.all_on_home = int(w.shards[size_t(home)].experts.size()) == int(hp.n_expert);
 }
 
-void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
-                               size_t dst_off, size_t bytes) {
+void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to,
+                               cl_mem dst, size_t dst_off, size_t bytes) {
   if (&from == &to) {
-    CL_CHECK(clEnqueueCopyBuffer(from.dev->queue(), src, dst, src_off, dst_off, bytes, 0, nullptr, nullptr),
+    CL_CHECK(clEnqueueCopyBuffer(from.dev->queue(), src, dst, src_off, dst_off, bytes, 0, nullptr,
+                                 nullptr),
              from.dev->info().label());
     return;
   }
@@ -348,17 +368,22 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   const int pairs = n * K;
   const uint32_t ff = hp.n_ff_exp;
   home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
-  home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(), 0,
-                    home.topk_w.get(), 0, {{}, home.prof("routing")});
+  home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
+                    0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   if (w.all_on_home && !balancer_->enabled()) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
     auto& s = w.shards[size_t(home.index)];
-    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
-    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
-    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff}, uint32_t(pairs), ff, {{}, home.prof("activation")});
-    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(), home.topk_ids.get(), pairs, {}, home.prof("matmul"));
-    home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0, home.token_pairs.get(), nullptr,
-                      uint32_t(n), hp.n_embd, true, {{}, home.prof("moe_combine")});
+    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(),
+                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(),
+                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff},
+                     uint32_t(pairs), ff, {{}, home.prof("activation")});
+    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(),
+                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
+                      home.token_pairs.get(), nullptr, uint32_t(n), hp.n_embd, true,
+                      {{}, home.prof("moe_combine")});
     stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
     return;
   }
@@ -375,7 +400,8 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   std::vector<int> remote;
   lane_seconds_.assign(ctxs_.size(), 0.0);
   bool any_remote = false;
-  for (size_t d = 0; d < ctxs_.size(); ++d) any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
+  for (size_t d = 0; d < ctxs_.size(); ++d)
+    any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
   if (any_remote) {
     // One download of the normed activations serves every remote device.
     xn_host_.resize(size_t(n) * hp.n_embd);
@@ -385,12 +411,16 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
     auto& s = w.shards[d];
     if (s.experts.empty()) continue;
     DeviceCtx& c = *ctxs_[d];
-    c.h_tok.clear(); c.h_exp.clear(); c.h_w.clear(); c.h_off.assign(1, 0);
+    c.h_tok.clear();
+    c.h_exp.clear();
+    c.h_w.clear();
+    c.h_off.assign(1, 0);
     for (int t = 0; t < n; ++t) {
       for (int j = 0; j < K; ++j) {
         const int32_t e = ids[size_t(t * K + j)];
         if (e < 0 || uint32_t(e) >= hp.n_expert)
-          throw std::runtime_error("layer " + std::to_string(layer) + ": router chose expert " + std::to_string(e));
+          throw std::runtime_error("layer " + std::to_string(layer) + ": router chose expert " +
+                                   std::to_string(e));
         if (s.local[size_t(e)] < 0) continue;
         c.h_tok.push_back(t);
         c.h_exp.push_back(s.local[size_t(e)]);
@@ -411,13 +441,18 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
       c.dev->write(c.p_exp.get(), 0, c.h_exp.data(), size_t(np) * 4, false);
       c.dev->write(c.p_w.get(), 0, c.h_w.data(), size_t(np) * 4, false);
       c.dev->write(c.p_off.get(), 0, c.h_off.data(), c.h_off.size() * 4, false);
-      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
-      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
-      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff, {{}, c.prof("activation")});
-      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np, {}, c.prof("matmul"));
+      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np,
+                        {}, c.prof("matmul"));
+      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {},
+                        c.prof("matmul"));
+      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff,
+                    {{}, c.prof("activation")});
+      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np, {},
+                        c.prof("matmul"));
       // Home accumulates into the residual stream; others produce a partial sum to send back.
-      c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(), nullptr,
-                     uint32_t(n), hp2.n_embd, is_home, {{}, c.prof("moe_combine")});
+      c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
+                     c.p_off.get(), nullptr, uint32_t(n), hp2.n_embd, is_home,
+                     {{}, c.prof("moe_combine")});
       if (!is_home) {
         c.staging.resize(size_t(n) * hp2.n_embd);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
@@ -435,7 +470,8 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   for (int d : remote) {
     DeviceCtx& c = ctx(d);
     home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
-    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd, {{}, home.prof("elementwise")});
+    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
+                 {{}, home.prof("elementwise")});
   }
 }
 
@@ -444,21 +480,26 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   const int n = int(b.tokens.size());
   if (n == 0) throw std::invalid_argument("forward: empty batch");
   if (n > options_.max_batch_tokens)
-    throw std::invalid_argument("forward: " + std::to_string(n) + " tokens exceed the step limit of " +
+    throw std::invalid_argument("forward: " + std::to_string(n) +
+                                " tokens exceed the step limit of " +
                                 std::to_string(options_.max_batch_tokens));
   if (b.token_seq.size() != size_t(n) || b.token_pos.size() != size_t(n))
     throw std::invalid_argument("forward: tokens, token_seq and token_pos differ in length");
   if (int(b.seqs.size()) > options_.max_sequences)
-    throw std::invalid_argument("forward: " + std::to_string(b.seqs.size()) + " sequences exceed the limit of " +
+    throw std::invalid_argument("forward: " + std::to_string(b.seqs.size()) +
+                                " sequences exceed the limit of " +
                                 std::to_string(options_.max_sequences));
   if (int(b.logit_rows.size()) > options_.max_logit_rows)
-    throw std::invalid_argument("forward: at most " + std::to_string(options_.max_logit_rows) + " logit rows per step");
+    throw std::invalid_argument("forward: at most " + std::to_string(options_.max_logit_rows) +
+                                " logit rows per step");
   for (int32_t t : b.tokens)
     if (t < 0 || uint32_t(t) >= hp.n_vocab)
-      throw std::invalid_argument("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
-                                  std::to_string(hp.n_vocab));
+      throw std::invalid_argument("forward: token id " + std::to_string(t) +
+                                  " outside the vocabulary of " + std::to_string(hp.n_vocab));
   for (int32_t r : b.logit_rows)
-    if (r < 0 || r >= n) throw std::invalid_argument("forward: logit row " + std::to_string(r) + " is not a batch token");
+    if (r < 0 || r >= n)
+      throw std::invalid_argument("forward: logit row " + std::to_string(r) +
+                                  " is not a batch token");
 
   const auto t_start = Clock::now();
   DeviceCtx& home = ctx(plan_.attention_device);
@@ -470,7 +511,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
 
   home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
   const ops::DeviceTable table{embd_table_.get(), 0, spec_.token_embd->type, hp.n_embd, hp.n_vocab};
-  home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0, {{}, home.prof("embedding")});
+  home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0,
+                     {{}, home.prof("embedding")});
 
   DeviceCtx* cur = &home;
   const uint32_t E = hp.n_embd;
@@ -482,57 +524,71 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     }
     auto& w = *layers_[l];
     const auto& ls = spec_.layers[l];
-    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps, {{}, c.prof("norm")});
+    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
+                     {{}, c.prof("norm")});
     c.mm->run(w.wq, c.xn.get(), 0, c.q.get(), 0, n, {}, c.prof("matmul"));
     c.mm->run(w.wk, c.xn.get(), 0, c.k.get(), 0, n, {}, c.prof("matmul"));
     c.mm->run(w.wv, c.xn.get(), 0, c.v.get(), 0, n, {}, c.prof("matmul"));
     if (ls.q_norm) {
-      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head, hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
-      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv, hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
+      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head,
+                       hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
+      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv,
+                       hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
     }
-    ops::RopeShape rq{uint32_t(n), hp.n_head, hp.head_dim, hp.n_rot, 0, hp.rope_freq_base, spec_.arch->rope_mode};
+    ops::RopeShape rq{uint32_t(n), hp.n_head,         hp.head_dim,          hp.n_rot,
+                      0,           hp.rope_freq_base, spec_.arch->rope_mode};
     ops::RopeShape rk = rq;
     rk.n_head = hp.n_head_kv;
     c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq, {{}, c.prof("rope")});
     c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk, {{}, c.prof("rope")});
     const auto layer_view = kv_->layer(int32_t(l));
-    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n, {{}, c.prof("kv_write")});
+    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n,
+                     {{}, c.prof("kv_write")});
     if (decode) {
-      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(), c.workspace_bytes, {{}, c.prof("attention")});
+      c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
+                     c.workspace_bytes, {{}, c.prof("attention")});
     } else {
-      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
+      c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n,
+                      {{}, c.prof("attention")});
     }
     c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
-    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E, {{}, c.prof("elementwise")});
-    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps, {{}, c.prof("norm")});
+    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E,
+              {{}, c.prof("elementwise")});
+    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
+                     {{}, c.prof("norm")});
     if (ls.is_moe()) {
       moe_layer(int(l), c, n);
     } else {
       c.mm->run(w.gate, c.xn.get(), 0, c.g.get(), 0, n, {}, c.prof("matmul"));
       c.mm->run(w.up, c.xn.get(), 0, c.u.get(), 0, n, {}, c.prof("matmul"));
-      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff}, uint32_t(n), hp.n_ff, {{}, c.prof("activation")});
+      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff},
+                    uint32_t(n), hp.n_ff, {{}, c.prof("activation")});
       c.mm->run(w.down, c.h.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
-      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E, {{}, c.prof("elementwise")});
+      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E,
+                {{}, c.prof("elementwise")});
     }
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, size_t(n) * E * 4);
 
   // Logits of the requested rows only.
   std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
-  const bool consecutive = std::adjacent_find(b.logit_rows.begin(), b.logit_rows.end(),
-                                              [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
+  const bool consecutive =
+      std::adjacent_find(b.logit_rows.begin(), b.logit_rows.end(),
+                         [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
   if (consecutive && !b.logit_rows.empty()) {
-    home.norm->rms_norm(home.x.get(), uint32_t(b.logit_rows[0]) * E, output_norm_.get(), 0, home.xn.get(), 0,
-                        uint32_t(b.logit_rows.size()), E, hp.rms_eps, {{}, home.prof("norm")});
+    home.norm->rms_norm(home.x.get(), uint32_t(b.logit_rows[0]) * E, output_norm_.get(), 0,
+                        home.xn.get(), 0, uint32_t(b.logit_rows.size()), E, hp.rms_eps,
+                        {{}, home.prof("norm")});
   } else {
     for (size_t i = 0; i < b.logit_rows.size(); ++i) {
       const uint32_t row = uint32_t(b.logit_rows[i]);
-      home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(), uint32_t(i) * E, 1, E,
-                          hp.rms_eps, {{}, home.prof("norm")});
+      home.norm->rms_norm(home.x.get(), row * E, output_norm_.get(), 0, home.xn.get(),
+                          uint32_t(i) * E, 1, E, hp.rms_eps, {{}, home.prof("norm")});
     }
   }
   if (!b.logit_rows.empty()) {
-    home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()), {}, home.prof("matmul"));
+    home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()), {},
+                 home.prof("matmul"));
     home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
   } else {
     home.dev->finish();
@@ -551,7 +607,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
       if (touched[l]) upload_layer_experts(int(l));
     stats_.balancer_moves = balancer_->moves();
   }
-  stats_.op_seconds[decode ? "decode" : "prefill"] += std::chrono::duration<double>(Clock::now() - t_start).count();
+  stats_.op_seconds[decode ? "decode" : "prefill"] +=
+      std::chrono::duration<double>(Clock::now() - t_start).count();
   return logits;
 }
 

@@ -23,33 +23,33 @@
 namespace tessera::engine {
 
 struct EngineOptions {
-  int max_batch_tokens = 256;   // tokens of one forward step (prefill is chunked to this)
-  int max_sequences = 8;        // sequences of one step
-  int max_logit_rows = 0;       // logit rows of one step; 0: max_sequences (perplexity wants more)
-  int max_context = 0;          // tokens per sequence; 0: the model's training context (capped 4096)
+  int max_batch_tokens = 256;  // tokens of one forward step (prefill is chunked to this)
+  int max_sequences = 8;       // sequences of one step
+  int max_logit_rows = 0;      // logit rows of one step; 0: max_sequences (perplexity wants more)
+  int max_context = 0;         // tokens per sequence; 0: the model's training context (capped 4096)
   int kv_block_size = 16;
-  int kv_blocks = 0;            // 0: enough for max_sequences sequences of max_context tokens
+  int kv_blocks = 0;  // 0: enough for max_sequences sequences of max_context tokens
   bool balancer = false;
-  bool profile = false;         // time every launch with profiling events (EngineStats::device_op_seconds)
+  bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };
 
 // One forward step's batch. Tokens of one sequence are consecutive, positions increasing.
 struct StepBatch {
-  std::vector<kv::SeqId> seqs;       // the sequences of the step (row i = seqs[i])
-  std::vector<int32_t> tokens;       // token ids
-  std::vector<int32_t> token_seq;    // row in `seqs` of each token
-  std::vector<int32_t> token_pos;    // position of each token in its sequence
-  std::vector<int32_t> logit_rows;   // tokens whose logits are wanted, in output order
+  std::vector<kv::SeqId> seqs;      // the sequences of the step (row i = seqs[i])
+  std::vector<int32_t> tokens;      // token ids
+  std::vector<int32_t> token_seq;   // row in `seqs` of each token
+  std::vector<int32_t> token_pos;   // position of each token in its sequence
+  std::vector<int32_t> logit_rows;  // tokens whose logits are wanted, in output order
 };
 
 // Time and counters per op family and device, for the run summary.
 struct EngineStats {
-  std::map<std::string, double> op_seconds;        // wall time of prefill and decode steps
-  std::map<std::string, double> device_op_seconds; // device time per op family (profile option)
-  std::vector<double> device_seconds;           // per plan device: busy time of expert work
-  std::vector<uint64_t> expert_hits;            // per plan device: expert selections served
+  std::map<std::string, double> op_seconds;         // wall time of prefill and decode steps
+  std::map<std::string, double> device_op_seconds;  // device time per op family (profile option)
+  std::vector<double> device_seconds;               // per plan device: busy time of expert work
+  std::vector<uint64_t> expert_hits;                // per plan device: expert selections served
   uint64_t balancer_moves = 0;
   uint64_t steps = 0;
 };
@@ -79,8 +79,8 @@ class OpenClModel {
   struct LayerWeights;
   void upload_layer_experts(int layer);
   void moe_layer(int layer, DeviceCtx& home, int n_tokens);
-  void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst, size_t dst_off,
-                    size_t bytes);
+  void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
+                    size_t dst_off, size_t bytes);
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }
 
   model::ModelSpec spec_;
@@ -94,11 +94,11 @@ class OpenClModel {
   std::unique_ptr<sched::ExpertBalancer> balancer_;
   EngineStats stats_;
   uint64_t uploaded_bytes_ = 0, total_bytes_ = 0;
-  ClMem embd_table_, output_norm_;     // on the attention device
+  ClMem embd_table_, output_norm_;  // on the attention device
   ops::DeviceWeight output_;
   reference::RoutingConfig routing_;
-  std::vector<float> xn_host_;          // staging of the normed activations for remote experts
-  std::vector<double> lane_seconds_;    // per device, written by its executor lane
+  std::vector<float> xn_host_;        // staging of the normed activations for remote experts
+  std::vector<double> lane_seconds_;  // per device, written by its executor lane
 };
 
 // The planner's view of a model: bytes per layer and per expert.

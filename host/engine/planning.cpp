@@ -3,7 +3,8 @@
 
 namespace tessera::engine {
 
-sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe, const sched::Config& config) {
+sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
+                              const sched::Config& config) {
   const auto& info = device.info();
   sched::DeviceCost c;
   c.id = info.id;
@@ -31,8 +32,8 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe, co
 
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes) {
-  // The config schema names every planned KV format; the engine stores f16 so far. Refuse the others
-  // rather than silently running a different format than the one asked for.
+  // The config schema names every planned KV format; the engine stores f16 so far. Refuse the
+  // others rather than silently running a different format than the one asked for.
   if (config.kv_format != "f16")
     throw sched::ConfigError("kv_cache.format: '" + config.kv_format +
                              "' is not implemented by the engine yet; supported now: f16");

@@ -13,7 +13,8 @@ namespace tessera::engine {
 
 // The planner's view of `device`: probe figures when given (else conservative defaults by device
 // type) and the budget the config sets (default 90% of the device's memory).
-sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe, const sched::Config& config);
+sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
+                              const sched::Config& config);
 
 // Selects devices by `config`, measures them through `probes` (cached; nullptr: no measurement)
 // and plans `footprint` on them.

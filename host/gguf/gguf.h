@@ -19,8 +19,19 @@ namespace tessera::gguf {
 
 // Metadata value types, numbered as in the file format.
 enum class ValueType : uint32_t {
-  UINT8 = 0, INT8 = 1, UINT16 = 2, INT16 = 3, UINT32 = 4, INT32 = 5, FLOAT32 = 6, BOOL = 7,
-  STRING = 8, ARRAY = 9, UINT64 = 10, INT64 = 11, FLOAT64 = 12,
+  UINT8 = 0,
+  INT8 = 1,
+  UINT16 = 2,
+  INT16 = 3,
+  UINT32 = 4,
+  INT32 = 5,
+  FLOAT32 = 6,
+  BOOL = 7,
+  STRING = 8,
+  ARRAY = 9,
+  UINT64 = 10,
+  INT64 = 11,
+  FLOAT64 = 12,
 };
 std::string_view value_type_name(ValueType t);  // "UINT32", "unknown(42)" -> "unknown"
 
@@ -68,8 +79,8 @@ struct Value {
 struct TensorInfo {
   std::string name;
   TensorType type = TensorType::F32;
-  std::vector<uint64_t> dims;  // ggml order: dims[0] is the row length (contiguous)
-  uint64_t offset = 0;         // relative to the start of the data section
+  std::vector<uint64_t> dims;     // ggml order: dims[0] is the row length (contiguous)
+  uint64_t offset = 0;            // relative to the start of the data section
   const uint8_t* data = nullptr;  // into the file's bytes; valid while its GgufFile lives
 
   uint64_t n_elements() const;
@@ -99,7 +110,9 @@ class GgufFile {
   uint64_t data_offset() const { return data_offset_; }  // absolute start of the data section
   const uint8_t* bytes() const { return base_; }         // the whole file
 
-  const std::vector<std::pair<std::string, Value>>& metadata() const { return metadata_; }  // file order
+  const std::vector<std::pair<std::string, Value>>& metadata() const {
+    return metadata_;
+  }                                               // file order
   const Value* find(std::string_view key) const;  // nullptr when absent
   const Value& get(std::string_view key) const;   // throws GgufError "missing key"
   // Presence- and type-checked getters; errors name the file and key.
@@ -117,7 +130,7 @@ class GgufFile {
   std::string get_string_or(std::string_view key, std::string fallback) const;
 
   const std::vector<TensorInfo>& tensors() const { return tensors_; }  // file order
-  const TensorInfo* find_tensor(std::string_view name) const;           // nullptr when absent
+  const TensorInfo* find_tensor(std::string_view name) const;          // nullptr when absent
   const TensorInfo& tensor(std::string_view name) const;  // throws GgufError naming the tensor
 
  private:

@@ -1,4 +1,5 @@
-// The error every GGUF reader/writer problem throws; its message reads "<file>: <field>: <problem>".
+// The error every GGUF reader/writer problem throws; its message reads "<file>: <field>:
+// <problem>".
 #pragma once
 
 #include "host/common/error.h"

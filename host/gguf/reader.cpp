@@ -30,20 +30,33 @@ struct GgufFile::Storage {
 
 namespace {
 
-constexpr uint32_t kMaxDims = 4;             // ggml's GGML_MAX_DIMS
-constexpr int kMaxArrayDepth = 8;            // nesting is legal but never deep in real files
+constexpr uint32_t kMaxDims = 4;              // ggml's GGML_MAX_DIMS
+constexpr int kMaxArrayDepth = 8;             // nesting is legal but never deep in real files
 constexpr uint64_t kMaxAlignment = 1u << 30;  // far above any real value; keeps offsets sane
 constexpr uint64_t kMaxDim = static_cast<uint64_t>(std::numeric_limits<int64_t>::max());
 
 // Smallest number of bytes one value of type t occupies in the file; 0 for unknown types.
 uint64_t min_value_bytes(uint32_t t) {
   switch (static_cast<ValueType>(t)) {
-    case ValueType::UINT8: case ValueType::INT8: case ValueType::BOOL: return 1;
-    case ValueType::UINT16: case ValueType::INT16: return 2;
-    case ValueType::UINT32: case ValueType::INT32: case ValueType::FLOAT32: return 4;
-    case ValueType::UINT64: case ValueType::INT64: case ValueType::FLOAT64: return 8;
-    case ValueType::STRING: return 8;      // the length
-    case ValueType::ARRAY: return 4 + 8;   // element type + count
+    case ValueType::UINT8:
+    case ValueType::INT8:
+    case ValueType::BOOL:
+      return 1;
+    case ValueType::UINT16:
+    case ValueType::INT16:
+      return 2;
+    case ValueType::UINT32:
+    case ValueType::INT32:
+    case ValueType::FLOAT32:
+      return 4;
+    case ValueType::UINT64:
+    case ValueType::INT64:
+    case ValueType::FLOAT64:
+      return 8;
+    case ValueType::STRING:
+      return 8;  // the length
+    case ValueType::ARRAY:
+      return 4 + 8;  // element type + count
   }
   return 0;
 }
@@ -86,8 +99,9 @@ class Parser {
 
   void need(uint64_t n, const std::string& field, const char* what) const {
     if (n > remaining())
-      fail(field, std::string("truncated: ") + what + " needs " + std::to_string(n) + " bytes at offset " +
-                      std::to_string(pos_) + ", file has " + std::to_string(remaining()) + " left");
+      fail(field, std::string("truncated: ") + what + " needs " + std::to_string(n) +
+                      " bytes at offset " + std::to_string(pos_) + ", file has " +
+                      std::to_string(remaining()) + " left");
   }
 
   template <typename T>
@@ -110,7 +124,8 @@ class Parser {
   }
 
   void read_header() {
-    if (size_ < 4) fail("header", "file is " + std::to_string(size_) + " bytes, too short for a GGUF header");
+    if (size_ < 4)
+      fail("header", "file is " + std::to_string(size_) + " bytes, too short for a GGUF header");
     if (std::memcmp(p_, "GGUF", 4) != 0) {
       uint32_t m;
       std::memcpy(&m, p_, 4);
@@ -125,8 +140,8 @@ class Parser {
       fail("version", "unsupported GGUF version " + std::to_string(version) + " (only 2 and 3)");
     n_tensors_ = read<uint64_t>("tensor count", "tensor count");
     n_kv_ = read<uint64_t>("metadata count", "metadata count");
-    // Every key/value takes at least 13 bytes and every tensor info at least 32, so counts that could
-    // not fit in the rest of the file are rejected before anything is reserved.
+    // Every key/value takes at least 13 bytes and every tensor info at least 32, so counts that
+    // could not fit in the rest of the file are rejected before anything is reserved.
     if (n_kv_ > remaining() / 13)
       fail("metadata count", "count " + std::to_string(n_kv_) + " cannot fit in the " +
                                  std::to_string(remaining()) + " bytes left in the file");
@@ -155,23 +170,45 @@ class Parser {
     if (min_value_bytes(type) == 0) fail(field, "unknown value type " + std::to_string(type));
     v.type = static_cast<ValueType>(type);
     switch (v.type) {
-      case ValueType::UINT8: v.v = uint64_t{read<uint8_t>(field, "UINT8 value")}; break;
-      case ValueType::INT8: v.v = int64_t{read<int8_t>(field, "INT8 value")}; break;
-      case ValueType::UINT16: v.v = uint64_t{read<uint16_t>(field, "UINT16 value")}; break;
-      case ValueType::INT16: v.v = int64_t{read<int16_t>(field, "INT16 value")}; break;
-      case ValueType::UINT32: v.v = uint64_t{read<uint32_t>(field, "UINT32 value")}; break;
-      case ValueType::INT32: v.v = int64_t{read<int32_t>(field, "INT32 value")}; break;
-      case ValueType::UINT64: v.v = read<uint64_t>(field, "UINT64 value"); break;
-      case ValueType::INT64: v.v = read<int64_t>(field, "INT64 value"); break;
-      case ValueType::FLOAT32: v.v = double{read<float>(field, "FLOAT32 value")}; break;
-      case ValueType::FLOAT64: v.v = read<double>(field, "FLOAT64 value"); break;
+      case ValueType::UINT8:
+        v.v = uint64_t{read<uint8_t>(field, "UINT8 value")};
+        break;
+      case ValueType::INT8:
+        v.v = int64_t{read<int8_t>(field, "INT8 value")};
+        break;
+      case ValueType::UINT16:
+        v.v = uint64_t{read<uint16_t>(field, "UINT16 value")};
+        break;
+      case ValueType::INT16:
+        v.v = int64_t{read<int16_t>(field, "INT16 value")};
+        break;
+      case ValueType::UINT32:
+        v.v = uint64_t{read<uint32_t>(field, "UINT32 value")};
+        break;
+      case ValueType::INT32:
+        v.v = int64_t{read<int32_t>(field, "INT32 value")};
+        break;
+      case ValueType::UINT64:
+        v.v = read<uint64_t>(field, "UINT64 value");
+        break;
+      case ValueType::INT64:
+        v.v = read<int64_t>(field, "INT64 value");
+        break;
+      case ValueType::FLOAT32:
+        v.v = double{read<float>(field, "FLOAT32 value")};
+        break;
+      case ValueType::FLOAT64:
+        v.v = read<double>(field, "FLOAT64 value");
+        break;
       case ValueType::BOOL: {
         const uint8_t b = read<uint8_t>(field, "BOOL value");
         if (b > 1) fail(field, "BOOL byte " + std::to_string(b) + " is neither 0 nor 1");
         v.v = b == 1;
         break;
       }
-      case ValueType::STRING: v.v = read_string(field, "string"); break;
+      case ValueType::STRING:
+        v.v = read_string(field, "string");
+        break;
       case ValueType::ARRAY: {
         if (depth >= kMaxArrayDepth)
           fail(field, "arrays nested deeper than " + std::to_string(kMaxArrayDepth) + " levels");
@@ -181,8 +218,9 @@ class Parser {
         const uint64_t count = read<uint64_t>(field, "array length");
         if (count > remaining() / min_bytes)
           fail(field, "array length " + std::to_string(count) + " of " +
-                          std::string(value_type_name(static_cast<ValueType>(elem))) + " cannot fit in the " +
-                          std::to_string(remaining()) + " bytes left in the file");
+                          std::string(value_type_name(static_cast<ValueType>(elem))) +
+                          " cannot fit in the " + std::to_string(remaining()) +
+                          " bytes left in the file");
         v.array_type = static_cast<ValueType>(elem);
         std::vector<Value> elems;
         elems.reserve(count);
@@ -203,7 +241,8 @@ class Parser {
     for (const auto& [key, v] : metadata) {
       if (key != "general.alignment") continue;
       const std::string field = "metadata key 'general.alignment'";
-      if (!v.is_integer()) fail(field, "type " + std::string(value_type_name(v.type)) + " is not an integer");
+      if (!v.is_integer())
+        fail(field, "type " + std::string(value_type_name(v.type)) + " is not an integer");
       const auto* u = std::get_if<uint64_t>(&v.v);
       const auto* i = std::get_if<int64_t>(&v.v);
       const uint64_t a = u ? *u : (*i < 0 ? 0 : static_cast<uint64_t>(*i));
@@ -225,14 +264,16 @@ class Parser {
       if (!seen.insert(t.name).second) fail(field, "duplicate tensor name");
       const uint32_t n_dims = read<uint32_t>(field, "n_dims");
       if (n_dims == 0 || n_dims > kMaxDims)
-        fail(field, "n_dims " + std::to_string(n_dims) + " is outside 1.." + std::to_string(kMaxDims));
+        fail(field,
+             "n_dims " + std::to_string(n_dims) + " is outside 1.." + std::to_string(kMaxDims));
       t.dims.resize(n_dims);
       uint64_t n_elements = 1;
       for (uint32_t d = 0; d < n_dims; ++d) {
         t.dims[d] = read<uint64_t>(field, "dimension");
         if (t.dims[d] == 0) fail(field, "dimension " + std::to_string(d) + " is 0");
         if (t.dims[d] > kMaxDim)
-          fail(field, "dimension " + std::to_string(d) + " = " + std::to_string(t.dims[d]) + " exceeds INT64_MAX");
+          fail(field, "dimension " + std::to_string(d) + " = " + std::to_string(t.dims[d]) +
+                          " exceeds INT64_MAX");
         if (__builtin_mul_overflow(n_elements, t.dims[d], &n_elements) || n_elements > kMaxDim)
           fail(field, "element count overflows 63 bits at dimension " + std::to_string(d));
       }
@@ -241,11 +282,12 @@ class Parser {
       const TypeTraits* tr = type_traits(t.type);
       if (!tr) fail(field, "unknown tensor type " + std::to_string(type));
       if (t.dims[0] % tr->block_size != 0)
-        fail(field, "row length " + std::to_string(t.dims[0]) + " is not a multiple of " + std::string(tr->name) +
-                        "'s block size " + std::to_string(tr->block_size));
+        fail(field, "row length " + std::to_string(t.dims[0]) + " is not a multiple of " +
+                        std::string(tr->name) + "'s block size " + std::to_string(tr->block_size));
       uint64_t bytes = (t.dims[0] / tr->block_size);
       bool overflow = __builtin_mul_overflow(bytes, uint64_t{tr->block_bytes}, &bytes);
-      for (uint32_t d = 1; d < n_dims && !overflow; ++d) overflow = __builtin_mul_overflow(bytes, t.dims[d], &bytes);
+      for (uint32_t d = 1; d < n_dims && !overflow; ++d)
+        overflow = __builtin_mul_overflow(bytes, t.dims[d], &bytes);
       if (overflow) fail(field, "byte size overflows 64 bits");
       t.offset = read<uint64_t>(field, "offset");
       tensors.push_back(std::move(t));
@@ -255,12 +297,13 @@ class Parser {
 
   void place_tensors() {
     const uint64_t infos_end = pos_;
-    const uint64_t padded = (infos_end + alignment - 1) / alignment * alignment;  // no overflow: pos <= size
+    const uint64_t padded =
+        (infos_end + alignment - 1) / alignment * alignment;  // no overflow: pos <= size
     data_offset = padded;
     if (tensors.empty()) return;  // a file without tensors may end right after its metadata
     if (data_offset > size_)
-      fail("data section", "starts at offset " + std::to_string(data_offset) + ", past the end of the file (" +
-                               std::to_string(size_) + " bytes)");
+      fail("data section", "starts at offset " + std::to_string(data_offset) +
+                               ", past the end of the file (" + std::to_string(size_) + " bytes)");
     const uint64_t data_size = size_ - data_offset;
     for (size_t i = 0; i < tensors.size(); ++i) {
       TensorInfo& t = tensors[i];
@@ -270,19 +313,22 @@ class Parser {
                         std::to_string(alignment));
       if (t.offset > data_size || sizes_[i] > data_size - t.offset)
         fail(field, "offset " + std::to_string(t.offset) + " + size " + std::to_string(sizes_[i]) +
-                        " runs past the end of the data section (" + std::to_string(data_size) + " bytes)");
+                        " runs past the end of the data section (" + std::to_string(data_size) +
+                        " bytes)");
       t.data = p_ + data_offset + t.offset;
     }
     // Overlapping tensors would alias each other's data: reject them.
     std::vector<size_t> order(tensors.size());
     for (size_t i = 0; i < order.size(); ++i) order[i] = i;
-    std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return tensors[a].offset < tensors[b].offset; });
+    std::sort(order.begin(), order.end(),
+              [&](size_t a, size_t b) { return tensors[a].offset < tensors[b].offset; });
     for (size_t k = 1; k < order.size(); ++k) {
       const size_t a = order[k - 1], b = order[k];
       if (tensors[a].offset + sizes_[a] > tensors[b].offset)
         fail("tensor '" + tensors[b].name + "'",
-             "data at offset " + std::to_string(tensors[b].offset) + " overlaps tensor '" + tensors[a].name +
-                 "' (offset " + std::to_string(tensors[a].offset) + ", " + std::to_string(sizes_[a]) + " bytes)");
+             "data at offset " + std::to_string(tensors[b].offset) + " overlaps tensor '" +
+                 tensors[a].name + "' (offset " + std::to_string(tensors[a].offset) + ", " +
+                 std::to_string(sizes_[a]) + " bytes)");
     }
   }
 
@@ -384,7 +430,8 @@ uint32_t GgufFile::get_u32(std::string_view key) const {
   const Value& v = get(key);
   const uint64_t x = with_file(path_, [&] { return v.as_uint(); });
   if (x > std::numeric_limits<uint32_t>::max())
-    fail("metadata key '" + std::string(key) + "'", "value " + std::to_string(x) + " does not fit 32 bits");
+    fail("metadata key '" + std::string(key) + "'",
+         "value " + std::to_string(x) + " does not fit 32 bits");
   return static_cast<uint32_t>(x);
 }
 uint64_t GgufFile::get_u64(std::string_view key) const {

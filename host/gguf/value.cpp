@@ -8,19 +8,32 @@ namespace tessera::gguf {
 
 std::string_view value_type_name(ValueType t) {
   switch (t) {
-    case ValueType::UINT8: return "UINT8";
-    case ValueType::INT8: return "INT8";
-    case ValueType::UINT16: return "UINT16";
-    case ValueType::INT16: return "INT16";
-    case ValueType::UINT32: return "UINT32";
-    case ValueType::INT32: return "INT32";
-    case ValueType::FLOAT32: return "FLOAT32";
-    case ValueType::BOOL: return "BOOL";
-    case ValueType::STRING: return "STRING";
-    case ValueType::ARRAY: return "ARRAY";
-    case ValueType::UINT64: return "UINT64";
-    case ValueType::INT64: return "INT64";
-    case ValueType::FLOAT64: return "FLOAT64";
+    case ValueType::UINT8:
+      return "UINT8";
+    case ValueType::INT8:
+      return "INT8";
+    case ValueType::UINT16:
+      return "UINT16";
+    case ValueType::INT16:
+      return "INT16";
+    case ValueType::UINT32:
+      return "UINT32";
+    case ValueType::INT32:
+      return "INT32";
+    case ValueType::FLOAT32:
+      return "FLOAT32";
+    case ValueType::BOOL:
+      return "BOOL";
+    case ValueType::STRING:
+      return "STRING";
+    case ValueType::ARRAY:
+      return "ARRAY";
+    case ValueType::UINT64:
+      return "UINT64";
+    case ValueType::INT64:
+      return "INT64";
+    case ValueType::FLOAT64:
+      return "FLOAT64";
   }
   return "unknown";
 }
@@ -28,7 +41,8 @@ std::string_view value_type_name(ValueType t) {
 namespace {
 
 [[noreturn]] void mismatch(const Value& val, std::string_view wanted) {
-  std::string what = val.key.empty() ? std::string("metadata value") : "metadata key '" + val.key + "'";
+  std::string what =
+      val.key.empty() ? std::string("metadata value") : "metadata key '" + val.key + "'";
   throw GgufError(what + ": expected " + std::string(wanted) + ", found " +
                   std::string(value_type_name(val.type)));
 }
@@ -52,7 +66,8 @@ uint64_t Value::as_uint() const {
 int64_t Value::as_int() const {
   if (const auto* i = std::get_if<int64_t>(&v)) return *i;
   if (const auto* u = std::get_if<uint64_t>(&v)) {
-    if (*u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) return static_cast<int64_t>(*u);
+    if (*u <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      return static_cast<int64_t>(*u);
     throw GgufError((key.empty() ? std::string("metadata value") : "metadata key '" + key + "'") +
                     ": value " + std::to_string(*u) + " does not fit a signed 64-bit integer");
   }
@@ -90,18 +105,42 @@ Value make(ValueType t, decltype(Value::v) v) {
 }
 }  // namespace
 
-Value Value::u8(uint8_t x) { return make(ValueType::UINT8, uint64_t{x}); }
-Value Value::i8(int8_t x) { return make(ValueType::INT8, int64_t{x}); }
-Value Value::u16(uint16_t x) { return make(ValueType::UINT16, uint64_t{x}); }
-Value Value::i16(int16_t x) { return make(ValueType::INT16, int64_t{x}); }
-Value Value::u32(uint32_t x) { return make(ValueType::UINT32, uint64_t{x}); }
-Value Value::i32(int32_t x) { return make(ValueType::INT32, int64_t{x}); }
-Value Value::u64(uint64_t x) { return make(ValueType::UINT64, x); }
-Value Value::i64(int64_t x) { return make(ValueType::INT64, x); }
-Value Value::f32(float x) { return make(ValueType::FLOAT32, static_cast<double>(x)); }
-Value Value::f64(double x) { return make(ValueType::FLOAT64, x); }
-Value Value::boolean(bool x) { return make(ValueType::BOOL, x); }
-Value Value::string(std::string s) { return make(ValueType::STRING, std::move(s)); }
+Value Value::u8(uint8_t x) {
+  return make(ValueType::UINT8, uint64_t{x});
+}
+Value Value::i8(int8_t x) {
+  return make(ValueType::INT8, int64_t{x});
+}
+Value Value::u16(uint16_t x) {
+  return make(ValueType::UINT16, uint64_t{x});
+}
+Value Value::i16(int16_t x) {
+  return make(ValueType::INT16, int64_t{x});
+}
+Value Value::u32(uint32_t x) {
+  return make(ValueType::UINT32, uint64_t{x});
+}
+Value Value::i32(int32_t x) {
+  return make(ValueType::INT32, int64_t{x});
+}
+Value Value::u64(uint64_t x) {
+  return make(ValueType::UINT64, x);
+}
+Value Value::i64(int64_t x) {
+  return make(ValueType::INT64, x);
+}
+Value Value::f32(float x) {
+  return make(ValueType::FLOAT32, static_cast<double>(x));
+}
+Value Value::f64(double x) {
+  return make(ValueType::FLOAT64, x);
+}
+Value Value::boolean(bool x) {
+  return make(ValueType::BOOL, x);
+}
+Value Value::string(std::string s) {
+  return make(ValueType::STRING, std::move(s));
+}
 
 Value Value::array(ValueType elem, std::vector<Value> elems) {
   Value out = make(ValueType::ARRAY, std::move(elems));

@@ -37,14 +37,22 @@ class ByteSink {
 void put_value(ByteSink& sink, const Value& v, const std::string& key) {
   auto uint = [&](uint64_t max) {
     const auto* u = std::get_if<uint64_t>(&v.v);
-    if (!u) bad_value(key, std::string(value_type_name(v.type)) + " value does not hold an unsigned integer");
-    if (*u > max) bad_value(key, "value " + std::to_string(*u) + " does not fit " + std::string(value_type_name(v.type)));
+    if (!u)
+      bad_value(key,
+                std::string(value_type_name(v.type)) + " value does not hold an unsigned integer");
+    if (*u > max)
+      bad_value(key, "value " + std::to_string(*u) + " does not fit " +
+                         std::string(value_type_name(v.type)));
     return *u;
   };
   auto sint = [&](int64_t lo, int64_t hi) {
     const auto* i = std::get_if<int64_t>(&v.v);
-    if (!i) bad_value(key, std::string(value_type_name(v.type)) + " value does not hold a signed integer");
-    if (*i < lo || *i > hi) bad_value(key, "value " + std::to_string(*i) + " does not fit " + std::string(value_type_name(v.type)));
+    if (!i)
+      bad_value(key,
+                std::string(value_type_name(v.type)) + " value does not hold a signed integer");
+    if (*i < lo || *i > hi)
+      bad_value(key, "value " + std::to_string(*i) + " does not fit " +
+                         std::string(value_type_name(v.type)));
     return *i;
   };
   auto real = [&] {
@@ -53,16 +61,36 @@ void put_value(ByteSink& sink, const Value& v, const std::string& key) {
     return *d;
   };
   switch (v.type) {
-    case ValueType::UINT8: sink.put<uint8_t>(static_cast<uint8_t>(uint(0xff))); return;
-    case ValueType::INT8: sink.put<int8_t>(static_cast<int8_t>(sint(-128, 127))); return;
-    case ValueType::UINT16: sink.put<uint16_t>(static_cast<uint16_t>(uint(0xffff))); return;
-    case ValueType::INT16: sink.put<int16_t>(static_cast<int16_t>(sint(-32768, 32767))); return;
-    case ValueType::UINT32: sink.put<uint32_t>(static_cast<uint32_t>(uint(0xffffffffu))); return;
-    case ValueType::INT32: sink.put<int32_t>(static_cast<int32_t>(sint(INT32_MIN, INT32_MAX))); return;
-    case ValueType::UINT64: sink.put<uint64_t>(uint(UINT64_MAX)); return;
-    case ValueType::INT64: sink.put<int64_t>(sint(INT64_MIN, INT64_MAX)); return;
-    case ValueType::FLOAT32: sink.put<float>(static_cast<float>(real())); return;
-    case ValueType::FLOAT64: sink.put<double>(real()); return;
+    case ValueType::UINT8:
+      sink.put<uint8_t>(static_cast<uint8_t>(uint(0xff)));
+      return;
+    case ValueType::INT8:
+      sink.put<int8_t>(static_cast<int8_t>(sint(-128, 127)));
+      return;
+    case ValueType::UINT16:
+      sink.put<uint16_t>(static_cast<uint16_t>(uint(0xffff)));
+      return;
+    case ValueType::INT16:
+      sink.put<int16_t>(static_cast<int16_t>(sint(-32768, 32767)));
+      return;
+    case ValueType::UINT32:
+      sink.put<uint32_t>(static_cast<uint32_t>(uint(0xffffffffu)));
+      return;
+    case ValueType::INT32:
+      sink.put<int32_t>(static_cast<int32_t>(sint(INT32_MIN, INT32_MAX)));
+      return;
+    case ValueType::UINT64:
+      sink.put<uint64_t>(uint(UINT64_MAX));
+      return;
+    case ValueType::INT64:
+      sink.put<int64_t>(sint(INT64_MIN, INT64_MAX));
+      return;
+    case ValueType::FLOAT32:
+      sink.put<float>(static_cast<float>(real()));
+      return;
+    case ValueType::FLOAT64:
+      sink.put<double>(real());
+      return;
     case ValueType::BOOL: {
       const auto* b = std::get_if<bool>(&v.v);
       if (!b) bad_value(key, "BOOL value does not hold a bool");
@@ -82,8 +110,9 @@ void put_value(ByteSink& sink, const Value& v, const std::string& key) {
       sink.put<uint64_t>(a->size());
       for (size_t i = 0; i < a->size(); ++i) {
         if ((*a)[i].type != v.array_type)
-          bad_value(key, "array element " + std::to_string(i) + " is " + std::string(value_type_name((*a)[i].type)) +
-                             " in an array of " + std::string(value_type_name(v.array_type)));
+          bad_value(key, "array element " + std::to_string(i) + " is " +
+                             std::string(value_type_name((*a)[i].type)) + " in an array of " +
+                             std::string(value_type_name(v.array_type)));
         put_value(sink, (*a)[i], key);
       }
       return;
@@ -94,7 +123,8 @@ void put_value(ByteSink& sink, const Value& v, const std::string& key) {
 
 void check_alignment(uint64_t a) {
   if (a == 0 || (a & (a - 1)) != 0 || a > (1u << 30))
-    throw GgufError("GgufWriter: alignment " + std::to_string(a) + " is not a power of two up to 2^30");
+    throw GgufError("GgufWriter: alignment " + std::to_string(a) +
+                    " is not a power of two up to 2^30");
 }
 
 }  // namespace
@@ -120,7 +150,8 @@ void GgufWriter::add_tensor(std::string name, TensorType type, std::vector<uint6
   const std::string field = "GgufWriter: tensor '" + name + "': ";
   for (const auto& t : tensors_)
     if (t.name == name) throw GgufError(field + "duplicate tensor name");
-  if (!type_traits(type)) throw GgufError(field + "unknown tensor type " + std::to_string(static_cast<uint32_t>(type)));
+  if (!type_traits(type))
+    throw GgufError(field + "unknown tensor type " + std::to_string(static_cast<uint32_t>(type)));
   if (dims.empty() || dims.size() > 4)
     throw GgufError(field + std::to_string(dims.size()) + " dimensions (must be 1..4)");
   for (uint64_t d : dims)
@@ -131,13 +162,14 @@ void GgufWriter::add_tensor(std::string name, TensorType type, std::vector<uint6
   info.dims = dims;
   const uint64_t need = info.n_bytes();  // throws on block-size mismatch or overflow
   if (bytes.size() != need)
-    throw GgufError(field + std::to_string(bytes.size()) + " bytes given, " + std::string(type_name(type)) +
-                    " of these dimensions needs " + std::to_string(need));
+    throw GgufError(field + std::to_string(bytes.size()) + " bytes given, " +
+                    std::string(type_name(type)) + " of these dimensions needs " +
+                    std::to_string(need));
   tensors_.push_back({std::move(name), type, std::move(dims), std::move(bytes)});
 }
 
-void GgufWriter::add_tensor_f32(std::string name, std::vector<uint64_t> dims, const std::vector<float>& data,
-                                TensorType store_as) {
+void GgufWriter::add_tensor_f32(std::string name, std::vector<uint64_t> dims,
+                                const std::vector<float>& data, TensorType store_as) {
   TensorInfo info;
   info.name = name;
   info.dims = dims;
@@ -146,7 +178,8 @@ void GgufWriter::add_tensor_f32(std::string name, std::vector<uint64_t> dims, co
     throw GgufError("GgufWriter: tensor '" + name + "': " + std::to_string(data.size()) +
                     " floats given, dimensions need " + std::to_string(n));
   if (!quant::can_quantize(store_as))
-    throw GgufError("GgufWriter: tensor '" + name + "': cannot store floats as " + std::string(type_name(store_as)));
+    throw GgufError("GgufWriter: tensor '" + name + "': cannot store floats as " +
+                    std::string(type_name(store_as)));
   if (dims.empty() || dims[0] % type_traits(store_as)->block_size != 0)
     throw GgufError("GgufWriter: tensor '" + name + "': row length is not a multiple of " +
                     std::string(type_name(store_as)) + "'s block size " +
@@ -157,7 +190,8 @@ void GgufWriter::add_tensor_f32(std::string name, std::vector<uint64_t> dims, co
   std::vector<uint8_t> bytes(row_size * (n / row));
   try {
     for (uint64_t r = 0; r < n / row; ++r)
-      quant::quantize_row(store_as, data.data() + r * row, bytes.data() + r * row_size, static_cast<int64_t>(row));
+      quant::quantize_row(store_as, data.data() + r * row, bytes.data() + r * row_size,
+                          static_cast<int64_t>(row));
   } catch (const quant::QuantError& e) {
     throw GgufError("GgufWriter: tensor '" + name + "': " + e.what());
   }

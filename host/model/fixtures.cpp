@@ -284,7 +284,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       data.resize(data.size() / (dims.back() - 1) * dims.back(), 0.0f);
       skewed = true;
     }
-    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos) type = *uniform;
+    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos)
+      type = *uniform;
     if (o.all_f32) type = TensorType::F32;
     // Quantized here, row by row, with the quant library's reference quantizer.
     const uint64_t row_len = dims[0], stride = gguf::row_bytes(type, row_len);

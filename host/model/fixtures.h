@@ -45,8 +45,8 @@ std::vector<std::string> fixture_kinds();
 
 // Builds the whole file in memory: metadata (architecture hyper-parameters and a small
 // SentencePiece 'llama' vocabulary llama.cpp accepts) and tensors in a mix of F32, F16, Q8_0, Q4_0
-// and Q4_K (or all in weight_type). Throws std::invalid_argument for an unknown kind or weight_type,
-// inconsistent sizes, or a skew_tensor that is not in the model.
+// and Q4_K (or all in weight_type). Throws std::invalid_argument for an unknown kind or
+// weight_type, inconsistent sizes, or a skew_tensor that is not in the model.
 gguf::GgufWriter make_fixture(const FixtureOptions& options);
 
 // The fixture vocabulary: <unk>, <s>, </s>, the 256 byte tokens <0x00>..<0xFF>, printable ASCII

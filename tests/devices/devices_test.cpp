@@ -95,7 +95,8 @@ TEST(DiscoveryTest, VendorClassification) {
   EXPECT_EQ(classify_vendor("NVIDIA Corporation", "NVIDIA CUDA"), VendorClass::kNvidia);
   EXPECT_EQ(classify_vendor("Advanced Micro Devices, Inc.", "AMD Accelerated Parallel Processing"),
             VendorClass::kAmd);
-  EXPECT_EQ(classify_vendor("Intel(R) Corporation", "Intel(R) OpenCL Graphics"), VendorClass::kIntel);
+  EXPECT_EQ(classify_vendor("Intel(R) Corporation", "Intel(R) OpenCL Graphics"),
+            VendorClass::kIntel);
   EXPECT_EQ(classify_vendor("GenuineIntel", "Portable Computing Language"), VendorClass::kPocl);
   EXPECT_EQ(classify_vendor("Some New Vendor", "Their Platform"), VendorClass::kGeneric);
 }

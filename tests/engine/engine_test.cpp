@@ -41,7 +41,8 @@ TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   cfg.select[0].id = reg.devices().front()->id();
   auto engine = make_engine(m->spec, reg, cfg);
   auto& kv = engine->kv_cache();
-  // Sequence A: prefill 5 tokens alone. Then one step carries A's decode token and B's whole prompt.
+  // Sequence A: prefill 5 tokens alone. Then one step carries A's decode token and B's whole
+  // prompt.
   const std::vector<int32_t> a{1, 310, 311, 312, 313}, bprompt{1, 320, 321, 322};
   const auto ref_a = reference_greedy(m->spec, a, 2);
   const auto ref_b = reference_greedy(m->spec, bprompt, 1);
@@ -152,13 +153,15 @@ TEST(EngineRealModelTest, Stories260KGreedyMatchesLlamaCpp) {
   const std::vector<int32_t> llama_cpp{432, 383, 286, 261, 376, 298, 315, 421, 395, 317, 426,
                                        338, 401, 396, 267, 337, 410, 408, 419, 292, 411};
   const auto got = engine_greedy(*engine, prompt, 48);
-  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + long(llama_cpp.size())), llama_cpp);
+  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + long(llama_cpp.size())),
+            llama_cpp);
   // ... and the whole 48 equal the reference path's.
   EXPECT_EQ(got.tokens, reference_greedy(spec, prompt, 48).tokens);
 }
 
 TEST(EngineRealModelTest, ProjectModelMatchesReference) {
-  const auto path = std::filesystem::path(TESSERA_SOURCE_DIR) / "models" / "tessera-kjv-moe" / "tessera-kjv-moe-q8_0.gguf";
+  const auto path = std::filesystem::path(TESSERA_SOURCE_DIR) / "models" / "tessera-kjv-moe" /
+                    "tessera-kjv-moe-q8_0.gguf";
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   auto file = gguf::GgufFile::open(path.string());
   const auto spec = model::ModelSpec::from_gguf(file);

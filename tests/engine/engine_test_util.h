@@ -39,7 +39,8 @@ struct RefRun {
   std::vector<int32_t> tokens;
   std::vector<std::vector<float>> logits;  // [0] after the prompt
 };
-inline RefRun reference_greedy(const model::ModelSpec& spec, const std::vector<int32_t>& prompt, int n) {
+inline RefRun reference_greedy(const model::ModelSpec& spec, const std::vector<int32_t>& prompt,
+                               int n) {
   model::ReferenceModel net(spec);
   auto kv = net.new_kv_state();
   std::vector<int32_t> pos(prompt.size());
@@ -50,7 +51,8 @@ inline RefRun reference_greedy(const model::ModelSpec& spec, const std::vector<i
     const int32_t next = Sampler::argmax(r.logits.back());
     r.tokens.push_back(next);
     const int32_t p = int32_t(kv.n_past);
-    r.logits.push_back(net.forward(std::span<const int32_t>(&next, 1), std::span<const int32_t>(&p, 1), kv));
+    r.logits.push_back(
+        net.forward(std::span<const int32_t>(&next, 1), std::span<const int32_t>(&p, 1), kv));
   }
   return r;
 }
@@ -65,8 +67,10 @@ inline double rel_err(const std::vector<float>& a, const std::vector<float>& b) 
   return den > 0 ? num / den : num;
 }
 
-inline std::unique_ptr<OpenClModel> make_engine(const model::ModelSpec& spec, const DeviceRegistry& reg,
-                                                const sched::Config& config, EngineOptions opts = {}) {
+inline std::unique_ptr<OpenClModel> make_engine(const model::ModelSpec& spec,
+                                                const DeviceRegistry& reg,
+                                                const sched::Config& config,
+                                                EngineOptions opts = {}) {
   const auto fp = footprint_of(spec, 256);
   auto plan = plan_for(reg, config, fp, nullptr);
   if (opts.max_context == 0) opts.max_context = 256;

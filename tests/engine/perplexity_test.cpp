@@ -22,9 +22,11 @@ std::string run(const std::string& cmd) {
 }
 
 double perplexity_of(const std::string& gguf) {
-  const std::filesystem::path dir = std::filesystem::path(TESSERA_SOURCE_DIR) / "models" / "tessera-kjv-moe";
-  const std::string out = run(std::string(TESSERA_BIN) + " perplexity --json -m " + (dir / gguf).string() + " -f " +
-                              (dir / "heldout-kjv-test.txt").string() + " --ctx 512");
+  const std::filesystem::path dir =
+      std::filesystem::path(TESSERA_SOURCE_DIR) / "models" / "tessera-kjv-moe";
+  const std::string out =
+      run(std::string(TESSERA_BIN) + " perplexity --json -m " + (dir / gguf).string() + " -f " +
+          (dir / "heldout-kjv-test.txt").string() + " --ctx 512");
   const auto pos = out.find("\"perplexity\":");
   if (pos == std::string::npos) return NAN;
   return std::stod(out.substr(pos + 13));

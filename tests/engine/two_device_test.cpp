@@ -38,7 +38,8 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
   }
   const auto got = engine_greedy(*engine, kPrompt, n);
   EXPECT_EQ(got.tokens, base.tokens);
-  for (size_t i = 0; i < got.logits.size(); ++i) EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+  for (size_t i = 0; i < got.logits.size(); ++i)
+    EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
   if (m->spec.hp.n_expert > 0) {
     EXPECT_GT(engine->stats().expert_hits[1], 0u);
   }
@@ -66,10 +67,12 @@ TEST_P(TwoDeviceTest, LayersOnAlternatingDevicesEqualOneDevice) {
   OpenClModel engine(m->spec, reg, plan, fp, opts);
   const auto got = engine_greedy(engine, kPrompt, 4);
   EXPECT_EQ(got.tokens, base.tokens);
-  for (size_t i = 0; i < got.logits.size(); ++i) EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+  for (size_t i = 0; i < got.logits.size(); ++i)
+    EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, TwoDeviceTest, ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe"));
+INSTANTIATE_TEST_SUITE_P(Architectures, TwoDeviceTest,
+                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe"));
 
 TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   auto reg = DeviceRegistry::discover();
@@ -90,7 +93,8 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   const auto got = engine_greedy(*engine, kPrompt, 24);
   // Moving experts changes where they run, never what they compute.
   EXPECT_EQ(got.tokens, base.tokens);
-  for (size_t i = 0; i < got.logits.size(); ++i) EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+  for (size_t i = 0; i < got.logits.size(); ++i)
+    EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
   EXPECT_GT(engine->stats().balancer_moves, 0u);
 }
 

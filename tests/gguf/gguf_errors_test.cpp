@@ -25,15 +25,17 @@ std::string load_error(std::vector<uint8_t> bytes) {
   return "";
 }
 
-#define EXPECT_LOAD_ERROR(bytes, ...)                                             \
-  do {                                                                            \
-    const std::string msg = load_error(bytes);                                    \
-    ASSERT_FALSE(msg.empty()) << "expected an error";                             \
-    EXPECT_EQ(msg.rfind("bad.gguf: ", 0), 0u) << msg;                             \
+#define EXPECT_LOAD_ERROR(bytes, ...)                                                           \
+  do {                                                                                          \
+    const std::string msg = load_error(bytes);                                                  \
+    ASSERT_FALSE(msg.empty()) << "expected an error";                                           \
+    EXPECT_EQ(msg.rfind("bad.gguf: ", 0), 0u) << msg;                                           \
     for (const char* part : {__VA_ARGS__}) EXPECT_NE(msg.find(part), std::string::npos) << msg; \
   } while (0)
 
-std::vector<uint8_t> fixture() { return make_fixture_writer().to_bytes(); }
+std::vector<uint8_t> fixture() {
+  return make_fixture_writer().to_bytes();
+}
 
 // Offset of a key's or tensor name's string length field (8 bytes before the text).
 size_t name_at(const std::vector<uint8_t>& b, const std::string& name) {
@@ -42,7 +44,9 @@ size_t name_at(const std::vector<uint8_t>& b, const std::string& name) {
   return at;
 }
 
-TEST(GgufErrors, FixtureLoads) { EXPECT_EQ(load_error(fixture()), ""); }
+TEST(GgufErrors, FixtureLoads) {
+  EXPECT_EQ(load_error(fixture()), "");
+}
 
 TEST(GgufErrors, Header) {
   const std::vector<uint8_t> two_bytes{'G', 'G'};
@@ -82,7 +86,8 @@ TEST(GgufErrors, MetadataLengths) {
   b = fixture();
   key = name_at(b, "test.strings");
   poke<uint64_t>(b, key + 12 + 4 + 4, 1ull << 61);  // array count after type tag and element type
-  EXPECT_LOAD_ERROR(b, "metadata key #15 'test.strings'", "array length 2305843009213693952 of STRING cannot fit");
+  EXPECT_LOAD_ERROR(b, "metadata key #15 'test.strings'",
+                    "array length 2305843009213693952 of STRING cannot fit");
   b = fixture();
   const size_t elem2 = name_at(b, "a b");  // third element of test.strings
   poke<uint64_t>(b, elem2 - 8, 1ull << 40);
@@ -123,7 +128,8 @@ TEST(GgufErrors, DeepNesting) {
 TEST(GgufErrors, Alignment) {
   for (uint32_t bad : {0u, 3u, 48u, 1u << 31}) {
     GgufWriter w;
-    w.set("general.alignmenX", Value::u32(bad));  // the writer refuses bad alignments; patch the name
+    w.set("general.alignmenX",
+          Value::u32(bad));  // the writer refuses bad alignments; patch the name
     auto b = w.to_bytes();
     b[name_at(b, "general.alignmenX") + 16] = 't';
     EXPECT_LOAD_ERROR(b, "general.alignment", "not a power of two");
@@ -156,7 +162,8 @@ TEST(GgufErrors, TensorInfos) {
   poke<uint32_t>(b, after + 20, 99);
   EXPECT_LOAD_ERROR(b, "tensor #1 'blk.0.attn_q.weight'", "unknown tensor type 99");
   b = fixture();
-  poke<uint32_t>(b, after + 20, static_cast<uint32_t>(TensorType::Q4_0));  // 32 columns ok, but size changes
+  poke<uint32_t>(b, after + 20,
+                 static_cast<uint32_t>(TensorType::Q4_0));  // 32 columns ok, but size changes
   EXPECT_EQ(load_error(b), "");
   poke<uint64_t>(b, after + 4, 16);  // 16 is not a multiple of Q4_0's 32
   EXPECT_LOAD_ERROR(b, "row length 16 is not a multiple of Q4_0's block size 32");
@@ -183,7 +190,8 @@ TEST(GgufErrors, Truncation) {
   const auto full = fixture();
   const GgufFile ok = GgufFile::from_memory(full, "ok");
   // Cutting anywhere before the last tensor's end must fail; the error names what was cut.
-  const uint64_t end_of_data = ok.data_offset() + ok.tensor("ids").offset + ok.tensor("ids").n_bytes();
+  const uint64_t end_of_data =
+      ok.data_offset() + ok.tensor("ids").offset + ok.tensor("ids").n_bytes();
   for (size_t n = 0; n < end_of_data; ++n) {
     std::vector<uint8_t> b(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(n));
     EXPECT_NE(load_error(b), "") << "cut at " << n;
@@ -194,7 +202,8 @@ TEST(GgufErrors, Truncation) {
   b.assign(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(ids + 3 + 4 + 3));
   EXPECT_LOAD_ERROR(b, "tensor #4 'ids'", "truncated: dimension needs 8 bytes");
   b.assign(full.begin(), full.begin() + static_cast<std::ptrdiff_t>(ok.data_offset() + 10));
-  EXPECT_LOAD_ERROR(b, "tensor 'token_embd.weight'", "runs past the end of the data section (10 bytes)");
+  EXPECT_LOAD_ERROR(b, "tensor 'token_embd.weight'",
+                    "runs past the end of the data section (10 bytes)");
 }
 
 TEST(GgufErrors, OpenFailures) {
@@ -202,7 +211,8 @@ TEST(GgufErrors, OpenFailures) {
   try {
     GgufFile::open("/nonexistent/x.gguf");
   } catch (const GgufError& e) {
-    EXPECT_NE(std::string(e.what()).find("/nonexistent/x.gguf: open: "), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("/nonexistent/x.gguf: open: "), std::string::npos)
+        << e.what();
   }
   const auto empty = std::filesystem::path(::testing::TempDir()) / "tessera_empty.gguf";
   { std::ofstream(empty.string()); }
@@ -225,12 +235,18 @@ TEST(GgufErrors, AccessorsNameKeyAndFile) {
   EXPECT_EQ(message([&] { f.get_u32("test.string"); }),
             "f.gguf: metadata key 'test.string': expected an unsigned integer, found STRING");
   EXPECT_NE(message([&] { f.get_u32("test.i8"); }).find("negative -100"), std::string::npos);
-  EXPECT_NE(message([&] { f.get_u32("test.u64"); }).find("does not fit 32 bits"), std::string::npos);
-  EXPECT_NE(message([&] { f.get_string("test.u8"); }).find("expected STRING, found UINT8"), std::string::npos);
-  EXPECT_NE(message([&] { f.get_bool("test.f32"); }).find("expected BOOL"), std::string::npos);
-  EXPECT_NE(message([&] { f.tensor("missing.weight"); }).find("f.gguf: tensor 'missing.weight': no such tensor"),
+  EXPECT_NE(message([&] { f.get_u32("test.u64"); }).find("does not fit 32 bits"),
             std::string::npos);
-  EXPECT_NE(message([&] { f.get_array("test.f32s")[0].as_string(); }).find("expected STRING, found FLOAT32"),
+  EXPECT_NE(message([&] { f.get_string("test.u8"); }).find("expected STRING, found UINT8"),
+            std::string::npos);
+  EXPECT_NE(message([&] { f.get_bool("test.f32"); }).find("expected BOOL"), std::string::npos);
+  EXPECT_NE(message([&] {
+              f.tensor("missing.weight");
+            }).find("f.gguf: tensor 'missing.weight': no such tensor"),
+            std::string::npos);
+  EXPECT_NE(message([&] {
+              f.get_array("test.f32s")[0].as_string();
+            }).find("expected STRING, found FLOAT32"),
             std::string::npos);
 }
 
@@ -238,8 +254,10 @@ TEST(GgufErrors, WriterRejectsBadInput) {
   GgufWriter w;
   EXPECT_THROW(w.add_tensor("t", TensorType::Q4_0, {16}, std::vector<uint8_t>(9)), GgufError);
   EXPECT_THROW(w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(15)), GgufError);
-  EXPECT_THROW(w.add_tensor("t", TensorType::F32, {1, 1, 1, 1, 1}, std::vector<uint8_t>(4)), GgufError);
-  EXPECT_THROW(w.add_tensor("t", static_cast<TensorType>(5), {4}, std::vector<uint8_t>(16)), GgufError);
+  EXPECT_THROW(w.add_tensor("t", TensorType::F32, {1, 1, 1, 1, 1}, std::vector<uint8_t>(4)),
+               GgufError);
+  EXPECT_THROW(w.add_tensor("t", static_cast<TensorType>(5), {4}, std::vector<uint8_t>(16)),
+               GgufError);
   w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(16));
   EXPECT_THROW(w.add_tensor("t", TensorType::F32, {4}, std::vector<uint8_t>(16)), GgufError);
   EXPECT_THROW(w.add_tensor_f32("u", {4}, std::vector<float>(3)), GgufError);

@@ -33,8 +33,9 @@ inline GgufWriter make_fixture_writer(uint64_t alignment = 32) {
   w.set("test.i32s", Value::i32s({-1, 0, 7}));
   w.set("test.empty_array", Value::array(ValueType::UINT64, {}));
   w.set("test.bools", Value::array(ValueType::BOOL, {Value::boolean(true), Value::boolean(false)}));
-  w.set("test.nested", Value::array(ValueType::ARRAY, {Value::strings({"x", "yz"}), Value::i32s({}),
-                                                       Value::array(ValueType::ARRAY, {Value::f32s({2.0f})})}));
+  w.set("test.nested",
+        Value::array(ValueType::ARRAY, {Value::strings({"x", "yz"}), Value::i32s({}),
+                                        Value::array(ValueType::ARRAY, {Value::f32s({2.0f})})}));
   std::vector<float> a(64 * 3), b(32 * 2), c(16);
   for (size_t i = 0; i < a.size(); ++i) a[i] = std::sin(0.1f * static_cast<float>(i));
   for (size_t i = 0; i < b.size(); ++i) b[i] = static_cast<float>(i) * 0.25f - 3.0f;

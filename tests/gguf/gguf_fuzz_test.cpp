@@ -24,8 +24,12 @@ void* operator new(size_t n) {
   if (void* p = std::malloc(n ? n : 1)) return p;
   throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, size_t) noexcept { std::free(p); }
+void operator delete(void* p) noexcept {
+  std::free(p);
+}
+void operator delete(void* p, size_t) noexcept {
+  std::free(p);
+}
 
 namespace tessera::gguf {
 namespace {
@@ -66,7 +70,9 @@ void try_load(std::vector<uint8_t> bytes, Counts& counts) {
   }
 }
 
-std::vector<uint8_t> seed_file() { return testing::make_fixture_writer().to_bytes(); }
+std::vector<uint8_t> seed_file() {
+  return testing::make_fixture_writer().to_bytes();
+}
 
 // CTest runs each case in its own process, so each case checks its own peak memory.
 void expect_small_peak_memory() {
@@ -91,9 +97,10 @@ TEST(GgufFuzz, TruncationAtEveryOffset) {
 TEST(GgufFuzz, HugeFieldsAtEveryOffset) {
   const auto full = seed_file();
   const GgufFile ok = GgufFile::from_memory(full, "seed");
-  const size_t header_end = ok.data_offset();  // lengths, counts, types and offsets all live before it
-  const uint64_t wide[] = {~0ull, 1ull << 63, (1ull << 63) - 1, 1ull << 32, 1ull << 40, full.size(),
-                           full.size() + 1, 0};
+  const size_t header_end =
+      ok.data_offset();  // lengths, counts, types and offsets all live before it
+  const uint64_t wide[] = {~0ull,      1ull << 63,  (1ull << 63) - 1, 1ull << 32,
+                           1ull << 40, full.size(), full.size() + 1,  0};
   const uint32_t narrow[] = {~0u, 0u, 5u, 9u, 13u, 99u, 1u << 31};
   Counts c;
   for (size_t at = 0; at + 8 <= header_end; ++at) {
@@ -124,17 +131,30 @@ TEST(GgufFuzz, RandomDamage) {
     for (int e = 0; e < edits; ++e) {
       const size_t at = rng() % b.size();
       switch (rng() % 6) {
-        case 0: b[at] ^= static_cast<uint8_t>(1u << (rng() % 8)); break;  // bit flip
-        case 1: b[at] = static_cast<uint8_t>(rng()); break;               // random byte
-        case 2: b[at] = 0xff; break;
-        case 3: if (at + 8 <= b.size()) testing::poke<uint64_t>(b, at, rng() >> (rng() % 64)); break;
-        case 4: b.resize(at + 1); break;                                    // truncate
-        case 5: b.insert(b.begin() + static_cast<std::ptrdiff_t>(at), static_cast<uint8_t>(rng())); break;
+        case 0:
+          b[at] ^= static_cast<uint8_t>(1u << (rng() % 8));
+          break;  // bit flip
+        case 1:
+          b[at] = static_cast<uint8_t>(rng());
+          break;  // random byte
+        case 2:
+          b[at] = 0xff;
+          break;
+        case 3:
+          if (at + 8 <= b.size()) testing::poke<uint64_t>(b, at, rng() >> (rng() % 64));
+          break;
+        case 4:
+          b.resize(at + 1);
+          break;  // truncate
+        case 5:
+          b.insert(b.begin() + static_cast<std::ptrdiff_t>(at), static_cast<uint8_t>(rng()));
+          break;
       }
     }
     try_load(std::move(b), c);
   }
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_LT(seconds, 30.0);
   EXPECT_GT(c.rejected, 10000u);
   EXPECT_GT(c.loaded, 100u);

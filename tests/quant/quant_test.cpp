@@ -1,14 +1,14 @@
 // Quantization formats: block sizes equal ggml's; dequantization of hand-built blocks equals values
-// computed here element by element from the documented layouts (bit for bit); quantize -> dequantize
-// round trips stay within per-format error bounds; bad input is rejected.
+// computed here element by element from the documented layouts (bit for bit); quantize ->
+// dequantize round trips stay within per-format error bounds; bad input is rejected.
 #include <gtest/gtest.h>
 
 #include <array>
 #include <bit>
-#include <cstdlib>
-#include <filesystem>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <vector>
 
@@ -22,13 +22,14 @@ namespace {
 
 using gguf::TensorType;
 
-const TensorType kAllTypes[] = {TensorType::F32,  TensorType::F16,  TensorType::BF16, TensorType::Q4_0,
-                                TensorType::Q4_1, TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,
-                                TensorType::Q4_K, TensorType::Q5_K, TensorType::Q6_K, TensorType::Q8_K,
-                                TensorType::TQ1_0, TensorType::TQ2_0};
+const TensorType kAllTypes[] = {
+    TensorType::F32,  TensorType::F16,  TensorType::BF16,  TensorType::Q4_0, TensorType::Q4_1,
+    TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,  TensorType::Q4_K, TensorType::Q5_K,
+    TensorType::Q6_K, TensorType::Q8_K, TensorType::TQ1_0, TensorType::TQ2_0};
 
 // Bit-level equality (so -0 vs +0 or any last-bit difference fails).
-void expect_bits_equal(const std::vector<float>& got, const std::vector<float>& want, const char* what) {
+void expect_bits_equal(const std::vector<float>& got, const std::vector<float>& want,
+                       const char* what) {
   ASSERT_EQ(got.size(), want.size());
   for (size_t i = 0; i < got.size(); ++i)
     ASSERT_EQ(std::bit_cast<uint32_t>(got[i]), std::bit_cast<uint32_t>(want[i]))
@@ -47,18 +48,21 @@ uint16_t random_scale(std::mt19937& rng) {
   return fp32_to_fp16((rng() & 1 ? -1.0f : 1.0f) * u(rng));
 }
 
-void put16(std::vector<uint8_t>& b, size_t at, uint16_t v) { std::memcpy(b.data() + at, &v, 2); }
+void put16(std::vector<uint8_t>& b, size_t at, uint16_t v) {
+  std::memcpy(b.data() + at, &v, 2);
+}
 
 TEST(QuantBlocks, SizesMatchGgml) {
   struct Want {
     TensorType t;
     uint64_t block, bytes;
   };
-  const Want want[] = {{TensorType::Q4_0, 32, 18},  {TensorType::Q4_1, 32, 20},   {TensorType::Q5_0, 32, 22},
-                       {TensorType::Q5_1, 32, 24},  {TensorType::Q8_0, 32, 34},   {TensorType::Q4_K, 256, 144},
-                       {TensorType::Q5_K, 256, 176}, {TensorType::Q6_K, 256, 210}, {TensorType::Q8_K, 256, 292},
-                       {TensorType::TQ1_0, 256, 54}, {TensorType::TQ2_0, 256, 66}, {TensorType::F16, 1, 2},
-                       {TensorType::BF16, 1, 2},    {TensorType::F32, 1, 4}};
+  const Want want[] = {
+      {TensorType::Q4_0, 32, 18},   {TensorType::Q4_1, 32, 20},   {TensorType::Q5_0, 32, 22},
+      {TensorType::Q5_1, 32, 24},   {TensorType::Q8_0, 32, 34},   {TensorType::Q4_K, 256, 144},
+      {TensorType::Q5_K, 256, 176}, {TensorType::Q6_K, 256, 210}, {TensorType::Q8_K, 256, 292},
+      {TensorType::TQ1_0, 256, 54}, {TensorType::TQ2_0, 256, 66}, {TensorType::F16, 1, 2},
+      {TensorType::BF16, 1, 2},     {TensorType::F32, 1, 4}};
   for (const auto& w : want) {
     const gguf::TypeTraits* tr = gguf::type_traits(w.t);
     ASSERT_NE(tr, nullptr);
@@ -125,7 +129,8 @@ TEST(QuantDequant, Q4_0AndQ4_1AndQ8_0) {
         const uint8_t byte41 = q41[20 * blk + 4 + e % 16];
         const int nib41 = e < 16 ? byte41 & 15 : byte41 >> 4;
         w41[32 * blk + e] = static_cast<float>(nib41) * fp16_to_fp32(d41) + fp16_to_fp32(m41);
-        w80[32 * blk + e] = static_cast<float>(static_cast<int8_t>(q80[34 * blk + 2 + e])) * fp16_to_fp32(d80);
+        w80[32 * blk + e] =
+            static_cast<float>(static_cast<int8_t>(q80[34 * blk + 2 + e])) * fp16_to_fp32(d80);
       }
     }
     expect_bits_equal(dequant(TensorType::Q4_0, q40, 32 * nb), w40, "Q4_0");
@@ -197,7 +202,8 @@ TEST(QuantDequant, Q4_KAndQ5_K) {
       sc[s] = static_cast<int>(rng() % 64);
       mn[s] = static_cast<int>(rng() % 64);
     }
-    const uint16_t d = random_scale(rng), dmin = fp32_to_fp16(std::fabs(fp16_to_fp32(random_scale(rng))));
+    const uint16_t d = random_scale(rng),
+                   dmin = fp32_to_fp16(std::fabs(fp16_to_fp32(random_scale(rng))));
     const auto scales = pack_k_scales(sc, mn);
     // Q4_K: element e sits in byte 32*(e/64) + e%32 of qs, low nibble if e%64 < 32.
     std::vector<uint8_t> q4(144, 0), q5(176, 0);
@@ -214,7 +220,9 @@ TEST(QuantDequant, Q4_KAndQ5_K) {
       q4[16 + byte] = static_cast<uint8_t>(q4[16 + byte] | ((level[e] & 15) << (high ? 4 : 0)));
       q5[48 + byte] = static_cast<uint8_t>(q5[48 + byte] | ((level[e] & 15) << (high ? 4 : 0)));
       // Q5_K 5th bit: byte e%32 of qh, bit 2*(e/64) + high.
-      if (level[e] & 16) q5[16 + e % 32] = static_cast<uint8_t>(q5[16 + e % 32] | (1 << (2 * (e / 64) + (high ? 1 : 0))));
+      if (level[e] & 16)
+        q5[16 + e % 32] =
+            static_cast<uint8_t>(q5[16 + e % 32] | (1 << (2 * (e / 64) + (high ? 1 : 0))));
     }
     std::vector<float> w4(256), w5(256);
     for (int e = 0; e < 256; ++e) {
@@ -246,7 +254,8 @@ TEST(QuantDequant, Q6_K) {
       const int low = k < 2 ? lowbyte & 15 : lowbyte >> 4;
       const int high = (b[128 + 32 * h + l] >> (2 * k)) & 3;
       const auto scale = static_cast<int8_t>(b[192 + e / 16]);
-      want[e] = fp16_to_fp32(d) * static_cast<float>(scale) * static_cast<float>((low | high << 4) - 32);
+      want[e] =
+          fp16_to_fp32(d) * static_cast<float>(scale) * static_cast<float>((low | high << 4) - 32);
     }
     expect_bits_equal(dequant(TensorType::Q6_K, b, 256), want, "Q6_K");
   }
@@ -270,7 +279,8 @@ TEST(QuantDequant, TQ2_0) {
   put16(b, 64, 0x3555);
   std::vector<float> want(256);
   for (int e = 0; e < 256; ++e) {
-    // Element e: byte 32*(e/128) + e%32, 2-bit field (e%128)/32; stored value t+1 (3 never written).
+    // Element e: byte 32*(e/128) + e%32, 2-bit field (e%128)/32; stored value t+1 (3 never
+    // written).
     const int field = (b[32 * (e / 128) + e % 32] >> (2 * ((e % 128) / 32))) & 3;
     want[e] = static_cast<float>(field - 1) * fp16_to_fp32(0x3555);
   }
@@ -371,10 +381,11 @@ TEST(QuantRoundTrip, GaussianErrorBounds) {
     TensorType t;
     double max_rel_rmse;
   };
-  const Bound bounds[] = {{TensorType::F32, 0.0},     {TensorType::F16, 5e-4},  {TensorType::BF16, 4e-3},
-                          {TensorType::Q8_0, 0.012},  {TensorType::Q8_K, 0.008}, {TensorType::Q6_K, 0.03},
-                          {TensorType::Q5_0, 0.06},   {TensorType::Q5_1, 0.05}, {TensorType::Q5_K, 0.045},
-                          {TensorType::Q4_0, 0.12},   {TensorType::Q4_1, 0.10}, {TensorType::Q4_K, 0.09}};
+  const Bound bounds[] = {
+      {TensorType::F32, 0.0},    {TensorType::F16, 5e-4},   {TensorType::BF16, 4e-3},
+      {TensorType::Q8_0, 0.012}, {TensorType::Q8_K, 0.008}, {TensorType::Q6_K, 0.03},
+      {TensorType::Q5_0, 0.06},  {TensorType::Q5_1, 0.05},  {TensorType::Q5_K, 0.045},
+      {TensorType::Q4_0, 0.12},  {TensorType::Q4_1, 0.10},  {TensorType::Q4_K, 0.09}};
   const auto x = gaussian(4096, 11);
   for (const auto& b : bounds) {
     const double e = relative_rmse(x, round_trip(b.t, x));
@@ -433,7 +444,8 @@ TEST(QuantRoundTrip, ZeroAndConstantBlocks) {
     if (t == TensorType::TQ1_0 || t == TensorType::TQ2_0) continue;
     for (float c : {0.5f, -2.0f}) {
       const std::vector<float> k(256, c);
-      for (float v : round_trip(t, k)) ASSERT_NEAR(v, c, std::fabs(c) * 0.02f) << gguf::type_name(t) << " " << c;
+      for (float v : round_trip(t, k))
+        ASSERT_NEAR(v, c, std::fabs(c) * 0.02f) << gguf::type_name(t) << " " << c;
     }
   }
 }
@@ -464,7 +476,8 @@ TEST(QuantErrors, RejectsBadInput) {
     quantize_row(TensorType::Q8_0, x.data(), q.data(), 256);
     ADD_FAILURE() << "NaN accepted";
   } catch (const QuantError& e) {
-    EXPECT_NE(std::string(e.what()).find("element 17 is not finite"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("element 17 is not finite"), std::string::npos)
+        << e.what();
   }
   quantize_row(TensorType::F16, x.data(), q.data(), 256);  // plain float formats keep NaN
 }
@@ -473,7 +486,8 @@ TEST(QuantErrors, RejectsBadInput) {
 TEST(QuantWriter, AddTensorF32QuantizesEveryFormat) {
   const auto x = gaussian(512, 16);
   gguf::GgufWriter w;
-  for (TensorType t : kAllTypes) w.add_tensor_f32(std::string("t.") + std::string(gguf::type_name(t)), {256, 2}, x, t);
+  for (TensorType t : kAllTypes)
+    w.add_tensor_f32(std::string("t.") + std::string(gguf::type_name(t)), {256, 2}, x, t);
   const auto f = gguf::GgufFile::from_memory(w.to_bytes(), "q.gguf");
   for (TensorType t : kAllTypes) {
     const auto& info = f.tensor(std::string("t.") + std::string(gguf::type_name(t)));
@@ -490,8 +504,8 @@ TEST(QuantWriter, AddTensorF32QuantizesEveryFormat) {
 namespace tessera::quant {
 namespace {
 
-// Every GGUF file shipped with the project or in the shared models folder must open, and every tensor
-// of a type this library dequantizes must decode to finite values.
+// Every GGUF file shipped with the project or in the shared models folder must open, and every
+// tensor of a type this library dequantizes must decode to finite values.
 TEST(QuantRealFiles, EveryShippedGgufDequantizes) {
   std::vector<std::filesystem::path> roots = {std::filesystem::path(TESSERA_SOURCE_DIR) / "models"};
   if (const char* env = std::getenv("TESSERA_MODELS_DIR"))
@@ -511,7 +525,8 @@ TEST(QuantRealFiles, EveryShippedGgufDequantizes) {
         for (uint64_t r = 0; r < t.n_rows(); ++r) {
           dequantize_row(t.type, t.data + r * gguf::row_bytes(t.type, t.dims[0]), y.data(),
                          static_cast<int64_t>(t.dims[0]));
-          for (float v : y) ASSERT_TRUE(std::isfinite(v)) << entry.path() << " " << t.name << " row " << r;
+          for (float v : y)
+            ASSERT_TRUE(std::isfinite(v)) << entry.path() << " " << t.name << " row " << r;
         }
       }
     }

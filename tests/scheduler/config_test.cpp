@@ -11,14 +11,24 @@ namespace {
 
 std::vector<DeviceInfo> fake_devices() {
   DeviceInfo gpu;
-  gpu.id = "gpu0"; gpu.type = DeviceType::kGpu; gpu.name = "NVIDIA H100 80GB HBM3";
-  gpu.vendor = "NVIDIA Corporation"; gpu.vendor_class = VendorClass::kNvidia;
-  gpu.platform_name = "NVIDIA CUDA"; gpu.platform_index = 0; gpu.device_index = 0;
+  gpu.id = "gpu0";
+  gpu.type = DeviceType::kGpu;
+  gpu.name = "NVIDIA H100 80GB HBM3";
+  gpu.vendor = "NVIDIA Corporation";
+  gpu.vendor_class = VendorClass::kNvidia;
+  gpu.platform_name = "NVIDIA CUDA";
+  gpu.platform_index = 0;
+  gpu.device_index = 0;
   gpu.global_mem_bytes = 80ull << 30;
   DeviceInfo cpu;
-  cpu.id = "cpu0"; cpu.type = DeviceType::kCpu; cpu.name = "pthread-sapphirerapids";
-  cpu.vendor = "GenuineIntel"; cpu.vendor_class = VendorClass::kPocl;
-  cpu.platform_name = "Portable Computing Language"; cpu.platform_index = 1; cpu.device_index = 0;
+  cpu.id = "cpu0";
+  cpu.type = DeviceType::kCpu;
+  cpu.name = "pthread-sapphirerapids";
+  cpu.vendor = "GenuineIntel";
+  cpu.vendor_class = VendorClass::kPocl;
+  cpu.platform_name = "Portable Computing Language";
+  cpu.platform_index = 1;
+  cpu.device_index = 0;
   cpu.global_mem_bytes = 64ull << 30;
   return {gpu, cpu};
 }
@@ -126,7 +136,8 @@ TEST(ConfigTest, BudgetUnits) {
 }
 
 TEST(ConfigTest, PinsAndCommandLineOverrides) {
-  auto c = parse_config("placement: {experts: {pins: [{device: cpu0, layers: '0-7', experts: all}]}}", "t");
+  auto c = parse_config(
+      "placement: {experts: {pins: [{device: cpu0, layers: '0-7', experts: all}]}}", "t");
   ASSERT_EQ(c.experts_mode, "pins");
   ASSERT_EQ(c.expert_pins.size(), 1u);
   EXPECT_EQ(c.expert_pins[0].layer_last, 7);
@@ -149,7 +160,8 @@ TEST(ConfigTest, PinsAndCommandLineOverrides) {
   EXPECT_THROW(apply_override(c, "no-equals-sign"), ConfigError);
   EXPECT_THROW(apply_override(c, "balancer.enabled=perhaps"), ConfigError);
   EXPECT_THROW(parse_config("placement: {experts: {pins: [{layers: '1-2'}]}}", "t"), ConfigError);
-  EXPECT_THROW(parse_config("placement: {experts: {pins: [{device: cpu0, layers: '5-2'}]}}", "t"), ConfigError);
+  EXPECT_THROW(parse_config("placement: {experts: {pins: [{device: cpu0, layers: '5-2'}]}}", "t"),
+               ConfigError);
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// The executor runs different lanes concurrently, one job at a time per lane, and re-raises failures.
+// The executor runs different lanes concurrently, one job at a time per lane, and re-raises
+// failures.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -17,7 +18,8 @@ TEST(ExecutorTest, LanesRunConcurrently) {
   auto job = [&] {
     int now = ++running;
     int p = peak.load();
-    while (now > p && !peak.compare_exchange_weak(p, now)) {}
+    while (now > p && !peak.compare_exchange_weak(p, now)) {
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(150));
     --running;
   };
@@ -102,7 +104,8 @@ TEST(BalancerTest, MovesAHotExpertOffTheSlowDevice) {
   EXPECT_EQ(moves[0].to, 0);
   EXPECT_LT(plan.decode_step_seconds, before);
   EXPECT_EQ(bal.moves(), moves.size());
-  for (size_t d = 0; d < 2; ++d) EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
+  for (size_t d = 0; d < 2; ++d)
+    EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
 }
 
 TEST(BalancerTest, DisabledOrTooEarlyDoesNothing) {

@@ -21,7 +21,8 @@ ModelFootprint moe_model(int layers = 16, int experts = 32) {
   return m;
 }
 
-std::vector<DeviceCost> gpu_cpu(uint64_t gpu_budget = 8ull << 30, uint64_t cpu_budget = 8ull << 30) {
+std::vector<DeviceCost> gpu_cpu(uint64_t gpu_budget = 8ull << 30,
+                                uint64_t cpu_budget = 8ull << 30) {
   DeviceCost gpu{"gpu0", DeviceType::kGpu, 3000, 30000, 8, 20, 20, 80ull << 30, gpu_budget};
   DeviceCost cpu{"cpu0", DeviceType::kCpu, 80, 1000, 10, 10, 10, 64ull << 30, cpu_budget};
   return {gpu, cpu};
@@ -74,7 +75,8 @@ TEST(PlannerTest, NeverExceedsBudgets) {
   const uint64_t gpu_budget = 300ull << 20;
   auto plan = make_plan(m, gpu_cpu(gpu_budget), Config{});
   for (size_t d = 0; d < plan.devices.size(); ++d)
-    EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes) << plan.devices[d].id;
+    EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes)
+        << plan.devices[d].id;
   int on_cpu = 0;
   for (size_t l = 0; l < m.layers.size(); ++l) on_cpu += plan.experts_on(int(l), 1);
   EXPECT_GT(on_cpu, 16);
@@ -88,7 +90,8 @@ TEST(PlannerTest, ImpossiblePlanSaysWhatIsMissingWhere) {
   } catch (const PlanError& e) {
     const std::string msg = e.what();
     EXPECT_NE(msg.find("missing"), std::string::npos) << msg;
-    EXPECT_TRUE(msg.find("gpu0") != std::string::npos || msg.find("cpu0") != std::string::npos) << msg;
+    EXPECT_TRUE(msg.find("gpu0") != std::string::npos || msg.find("cpu0") != std::string::npos)
+        << msg;
   }
   Config bad;
   bad.attention = "acc0";
@@ -97,9 +100,9 @@ TEST(PlannerTest, ImpossiblePlanSaysWhatIsMissingWhere) {
 
 TEST(PlannerTest, PredictionFollowsTheCostModel) {
   DeviceCost d{"x", DeviceType::kCpu, 10, 100, 5, 1, 1, 1ull << 30, 1ull << 30};
-  EXPECT_NEAR(op_seconds(d, 1e9, 0, 0), 0.1, 1e-12);        // bandwidth bound
-  EXPECT_NEAR(op_seconds(d, 0, 1e9, 0), 0.01, 1e-12);       // compute bound
-  EXPECT_NEAR(op_seconds(d, 0, 0, 2), 10e-6, 1e-12);        // launch bound
+  EXPECT_NEAR(op_seconds(d, 1e9, 0, 0), 0.1, 1e-12);   // bandwidth bound
+  EXPECT_NEAR(op_seconds(d, 0, 1e9, 0), 0.01, 1e-12);  // compute bound
+  EXPECT_NEAR(op_seconds(d, 0, 0, 2), 10e-6, 1e-12);   // launch bound
   // A skewed load on the CPU's experts makes the predicted step slower than uniform routing.
   auto m = moe_model(2, 8);
   Config shares;
@@ -108,7 +111,8 @@ TEST(PlannerTest, PredictionFollowsTheCostModel) {
   auto plan = make_plan(m, gpu_cpu(), shares);
   const double uniform = plan.decode_step_seconds;
   std::vector<std::vector<double>> load(2, std::vector<double>(8, 0.0));
-  for (auto& l : load) for (int e = 0; e < 8; ++e) l[size_t(e)] = plan.expert_device[0][size_t(e)] == 1 ? 1.0 : 0.0;
+  for (auto& l : load)
+    for (int e = 0; e < 8; ++e) l[size_t(e)] = plan.expert_device[0][size_t(e)] == 1 ? 1.0 : 0.0;
   predict(plan, m, &load);
   EXPECT_GT(plan.decode_step_seconds, uniform);
 }

@@ -6,15 +6,16 @@
 
 namespace tessera::ops {
 
-MoeOps::MoeOps(const Device& device) : device_(&device), combine_(device.kernel("moe", "moe_combine")) {}
+MoeOps::MoeOps(const Device& device)
+    : device_(&device), combine_(device.kernel("moe", "moe_combine")) {}
 
-void MoeOps::combine(cl_mem out, uint32_t out_off, cl_mem y, uint32_t y_off, cl_mem weights, uint32_t w_off,
-                     cl_mem offsets, cl_mem rows, uint32_t n_tokens, uint32_t n, bool accumulate,
-                     const Events& ev) {
+void MoeOps::combine(cl_mem out, uint32_t out_off, cl_mem y, uint32_t y_off, cl_mem weights,
+                     uint32_t w_off, cl_mem offsets, cl_mem rows, uint32_t n_tokens, uint32_t n,
+                     bool accumulate, const Events& ev) {
   const cl_int use_rows = rows != nullptr;
   // A null cl_mem is not a valid argument on every driver: pass `offsets` as a dummy.
-  set_args(*device_, combine_.get(), out, out_off, y, y_off, weights, w_off, offsets, rows ? rows : offsets,
-           use_rows, n, cl_int(accumulate));
+  set_args(*device_, combine_.get(), out, out_off, y, y_off, weights, w_off, offsets,
+           rows ? rows : offsets, use_rows, n, cl_int(accumulate));
   const size_t local0 = std::min<size_t>(64, device_->info().max_work_group_size);
   const size_t global[2] = {round_up(n, local0), n_tokens};
   const size_t local[2] = {local0, 1};
@@ -28,41 +29,50 @@ void register_moe_cases(std::vector<MatrixCase>& out) {
     uint32_t tokens, n, k;
     bool use_rows, accumulate;
   };
-  for (Shape s : {Shape{1, 1024, 4, false, true}, Shape{7, 333, 2, false, false}, Shape{5, 1000, 3, true, true},
-                  Shape{64, 256, 8, true, false}}) {
-    const std::string shape = std::to_string(s.tokens) + "x" + std::to_string(s.n) + "k" + std::to_string(s.k) +
-                              (s.use_rows ? "-csr" : "") + (s.accumulate ? "-acc" : "");
+  for (Shape s : {Shape{1, 1024, 4, false, true}, Shape{7, 333, 2, false, false},
+                  Shape{5, 1000, 3, true, true}, Shape{64, 256, 8, true, false}}) {
+    const std::string shape = std::to_string(s.tokens) + "x" + std::to_string(s.n) + "k" +
+                              std::to_string(s.k) + (s.use_rows ? "-csr" : "") +
+                              (s.accumulate ? "-acc" : "");
     out.push_back({"moe_combine", "f32", shape, [s](const Device& dev, bool timing) {
-      // Token t gets (t % (k+1)) pairs in the CSR case (so some tokens have none), k otherwise.
-      std::vector<int32_t> offsets{0};
-      for (uint32_t t = 0; t < s.tokens; ++t)
-        offsets.push_back(offsets.back() + int32_t(s.use_rows ? t % (s.k + 1) : s.k));
-      const size_t pairs = size_t(offsets.back());
-      std::vector<int32_t> rows(std::max<size_t>(pairs, 1));
-      for (size_t p = 0; p < pairs; ++p) rows[p] = int32_t((p * 7 + 3) % std::max<size_t>(pairs, 1));
-      const auto y = random_floats(std::max<size_t>(pairs, 1) * s.n, 11);
-      const auto w = random_floats(std::max<size_t>(pairs, 1), 12, 0.0f, 1.0f);
-      const auto init = random_floats(size_t(s.tokens) * s.n, 13);
-      std::vector<float> ref = init;
-      reference::moe_combine(ref, y, w, offsets, s.use_rows ? std::span<const int32_t>(rows) : std::span<const int32_t>(),
-                             s.n, s.accumulate);
-      GuardedBuffer out_buf(dev, init), y_buf(dev, y), w_buf(dev, w), off_buf(dev, offsets), rows_buf(dev, rows);
-      MoeOps op(dev);
-      auto launch = [&] {
-        ClEvent ev;
-        op.combine(out_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(), s.use_rows ? rows_buf.mem() : nullptr,
-                   s.tokens, s.n, s.accumulate, {{}, ev.out()});
-        return ev;
-      };
-      launch();
-      const auto got = out_buf.download<float>();
-      auto r = judge(compare(got, ref), 1e-5,
-                     {out_buf.check_guard(), y_buf.check_guard(), w_buf.check_guard(), off_buf.check_guard()});
-      r.bytes = double(pairs * s.n + 2 * size_t(s.tokens) * s.n) * 4;
-      r.flops = 2.0 * double(pairs) * s.n;
-      if (timing) r.seconds = median_kernel_seconds(dev, launch);
-      return r;
-    }});
+                     // Token t gets (t % (k+1)) pairs in the CSR case (so some tokens have none), k
+                     // otherwise.
+                     std::vector<int32_t> offsets{0};
+                     for (uint32_t t = 0; t < s.tokens; ++t)
+                       offsets.push_back(offsets.back() +
+                                         int32_t(s.use_rows ? t % (s.k + 1) : s.k));
+                     const size_t pairs = size_t(offsets.back());
+                     std::vector<int32_t> rows(std::max<size_t>(pairs, 1));
+                     for (size_t p = 0; p < pairs; ++p)
+                       rows[p] = int32_t((p * 7 + 3) % std::max<size_t>(pairs, 1));
+                     const auto y = random_floats(std::max<size_t>(pairs, 1) * s.n, 11);
+                     const auto w = random_floats(std::max<size_t>(pairs, 1), 12, 0.0f, 1.0f);
+                     const auto init = random_floats(size_t(s.tokens) * s.n, 13);
+                     std::vector<float> ref = init;
+                     reference::moe_combine(
+                         ref, y, w, offsets,
+                         s.use_rows ? std::span<const int32_t>(rows) : std::span<const int32_t>(),
+                         s.n, s.accumulate);
+                     GuardedBuffer out_buf(dev, init), y_buf(dev, y), w_buf(dev, w),
+                         off_buf(dev, offsets), rows_buf(dev, rows);
+                     MoeOps op(dev);
+                     auto launch = [&] {
+                       ClEvent ev;
+                       op.combine(out_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(),
+                                  s.use_rows ? rows_buf.mem() : nullptr, s.tokens, s.n,
+                                  s.accumulate, {{}, ev.out()});
+                       return ev;
+                     };
+                     launch();
+                     const auto got = out_buf.download<float>();
+                     auto r = judge(compare(got, ref), 1e-5,
+                                    {out_buf.check_guard(), y_buf.check_guard(),
+                                     w_buf.check_guard(), off_buf.check_guard()});
+                     r.bytes = double(pairs * s.n + 2 * size_t(s.tokens) * s.n) * 4;
+                     r.flops = 2.0 * double(pairs) * s.n;
+                     if (timing) r.seconds = median_kernel_seconds(dev, launch);
+                     return r;
+                   }});
   }
 }
 

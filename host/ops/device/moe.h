@@ -15,11 +15,12 @@ class MoeOps {
 
   // For each token t < n_tokens and feature i < n:
   //   out[t][i] (+)= sum_{p in [offsets[t], offsets[t+1])} weights[w_off + p] * y[row(p)][i]
-  // with row(p) = rows[p] when `rows` is non-null, else p. Offsets are int32 (n_tokens + 1 entries).
-  // `accumulate` adds into out (the residual stream); otherwise out is overwritten. Asynchronous.
-  void combine(cl_mem out, uint32_t out_off, cl_mem y, uint32_t y_off, cl_mem weights, uint32_t w_off,
-               cl_mem offsets, cl_mem rows, uint32_t n_tokens, uint32_t n, bool accumulate,
-               const Events& ev = {});
+  // with row(p) = rows[p] when `rows` is non-null, else p. Offsets are int32 (n_tokens + 1
+  // entries). `accumulate` adds into out (the residual stream); otherwise out is overwritten.
+  // Asynchronous.
+  void combine(cl_mem out, uint32_t out_off, cl_mem y, uint32_t y_off, cl_mem weights,
+               uint32_t w_off, cl_mem offsets, cl_mem rows, uint32_t n_tokens, uint32_t n,
+               bool accumulate, const Events& ev = {});
 
  private:
   const Device* device_;

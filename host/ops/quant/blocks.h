@@ -12,42 +12,42 @@ inline constexpr int kQK4_1 = 32;
 inline constexpr int kQK5_0 = 32;
 inline constexpr int kQK5_1 = 32;
 inline constexpr int kQK8_0 = 32;
-inline constexpr int kQK_K = 256;      // super-block of the K-quants and ternary formats
+inline constexpr int kQK_K = 256;       // super-block of the K-quants and ternary formats
 inline constexpr int kKScaleSize = 12;  // packed 6-bit scales and mins of Q4_K/Q5_K
 
 // Scales stored as IEEE fp16 bit patterns (host/common/half.h converts them).
 struct BlockQ4_0 {
-  uint16_t d;                  // scale; value = d * (nibble - 8)
-  uint8_t qs[kQK4_0 / 2];      // element j in the low nibble of qs[j], element j+16 in the high one
+  uint16_t d;              // scale; value = d * (nibble - 8)
+  uint8_t qs[kQK4_0 / 2];  // element j in the low nibble of qs[j], element j+16 in the high one
 };
 struct BlockQ4_1 {
-  uint16_t d, m;               // value = d * nibble + m
+  uint16_t d, m;  // value = d * nibble + m
   uint8_t qs[kQK4_1 / 2];
 };
 struct BlockQ5_0 {
-  uint16_t d;                  // value = d * (q5 - 16)
-  uint8_t qh[4];               // bit j = 5th bit of element j (little-endian uint32)
-  uint8_t qs[kQK5_0 / 2];      // low 4 bits, laid out as Q4_0
+  uint16_t d;              // value = d * (q5 - 16)
+  uint8_t qh[4];           // bit j = 5th bit of element j (little-endian uint32)
+  uint8_t qs[kQK5_0 / 2];  // low 4 bits, laid out as Q4_0
 };
 struct BlockQ5_1 {
-  uint16_t d, m;               // value = d * q5 + m
+  uint16_t d, m;  // value = d * q5 + m
   uint8_t qh[4];
   uint8_t qs[kQK5_1 / 2];
 };
 struct BlockQ8_0 {
-  uint16_t d;                  // value = d * q
+  uint16_t d;  // value = d * q
   int8_t qs[kQK8_0];
 };
 // 8 sub-blocks of 32: value = d * sc[s] * q4 - dmin * m[s], 6-bit sc/m packed in `scales`.
 struct BlockQ4_K {
   uint16_t d, dmin;
   uint8_t scales[kKScaleSize];
-  uint8_t qs[kQK_K / 2];       // per 64 elements: 32 bytes, low nibbles first 32, high nibbles next 32
+  uint8_t qs[kQK_K / 2];  // per 64 elements: 32 bytes, low nibbles first 32, high nibbles next 32
 };
 struct BlockQ5_K {
   uint16_t d, dmin;
   uint8_t scales[kKScaleSize];
-  uint8_t qh[kQK_K / 8];       // 5th bits: element 64g+l uses bit 2g of qh[l], 64g+32+l bit 2g+1
+  uint8_t qh[kQK_K / 8];  // 5th bits: element 64g+l uses bit 2g of qh[l], 64g+32+l bit 2g+1
   uint8_t qs[kQK_K / 2];
 };
 // 16 sub-blocks of 16: value = d * scales[s] * (q6 - 32).
@@ -77,15 +77,21 @@ struct BlockTQ2_0 {
 
 static_assert(sizeof(BlockQ4_0) == 18 && offsetof(BlockQ4_0, qs) == 2);
 static_assert(sizeof(BlockQ4_1) == 20 && offsetof(BlockQ4_1, qs) == 4);
-static_assert(sizeof(BlockQ5_0) == 22 && offsetof(BlockQ5_0, qh) == 2 && offsetof(BlockQ5_0, qs) == 6);
-static_assert(sizeof(BlockQ5_1) == 24 && offsetof(BlockQ5_1, qh) == 4 && offsetof(BlockQ5_1, qs) == 8);
+static_assert(sizeof(BlockQ5_0) == 22 && offsetof(BlockQ5_0, qh) == 2 &&
+              offsetof(BlockQ5_0, qs) == 6);
+static_assert(sizeof(BlockQ5_1) == 24 && offsetof(BlockQ5_1, qh) == 4 &&
+              offsetof(BlockQ5_1, qs) == 8);
 static_assert(sizeof(BlockQ8_0) == 34 && offsetof(BlockQ8_0, qs) == 2);
-static_assert(sizeof(BlockQ4_K) == 144 && offsetof(BlockQ4_K, scales) == 4 && offsetof(BlockQ4_K, qs) == 16);
-static_assert(sizeof(BlockQ5_K) == 176 && offsetof(BlockQ5_K, qh) == 16 && offsetof(BlockQ5_K, qs) == 48);
-static_assert(sizeof(BlockQ6_K) == 210 && offsetof(BlockQ6_K, qh) == 128 && offsetof(BlockQ6_K, scales) == 192 &&
-              offsetof(BlockQ6_K, d) == 208);
-static_assert(sizeof(BlockQ8_K) == 292 && offsetof(BlockQ8_K, qs) == 4 && offsetof(BlockQ8_K, bsums) == 260);
-static_assert(sizeof(BlockTQ1_0) == 54 && offsetof(BlockTQ1_0, qh) == 48 && offsetof(BlockTQ1_0, d) == 52);
+static_assert(sizeof(BlockQ4_K) == 144 && offsetof(BlockQ4_K, scales) == 4 &&
+              offsetof(BlockQ4_K, qs) == 16);
+static_assert(sizeof(BlockQ5_K) == 176 && offsetof(BlockQ5_K, qh) == 16 &&
+              offsetof(BlockQ5_K, qs) == 48);
+static_assert(sizeof(BlockQ6_K) == 210 && offsetof(BlockQ6_K, qh) == 128 &&
+              offsetof(BlockQ6_K, scales) == 192 && offsetof(BlockQ6_K, d) == 208);
+static_assert(sizeof(BlockQ8_K) == 292 && offsetof(BlockQ8_K, qs) == 4 &&
+              offsetof(BlockQ8_K, bsums) == 260);
+static_assert(sizeof(BlockTQ1_0) == 54 && offsetof(BlockTQ1_0, qh) == 48 &&
+              offsetof(BlockTQ1_0, d) == 52);
 static_assert(sizeof(BlockTQ2_0) == 66 && offsetof(BlockTQ2_0, d) == 64);
 
 }  // namespace tessera::quant

@@ -18,7 +18,8 @@ using gguf::TensorType;
 template <typename Block>
 Block load_block(const void* src, int64_t b) {
   Block blk;
-  std::memcpy(&blk, static_cast<const uint8_t*>(src) + b * static_cast<int64_t>(sizeof(Block)), sizeof(Block));
+  std::memcpy(&blk, static_cast<const uint8_t*>(src) + b * static_cast<int64_t>(sizeof(Block)),
+              sizeof(Block));
   return blk;
 }
 
@@ -132,7 +133,8 @@ void dequant_q5_k(const void* src, float* y, int64_t nb) {
     const float dmin = fp16_to_fp32(b.dmin);
     for (int g = 0; g < 4; ++g) {
       const uint8_t* q = b.qs + 32 * g;
-      const uint8_t bit_lo = static_cast<uint8_t>(1u << (2 * g)), bit_hi = static_cast<uint8_t>(2u << (2 * g));
+      const uint8_t bit_lo = static_cast<uint8_t>(1u << (2 * g)),
+                    bit_hi = static_cast<uint8_t>(2u << (2 * g));
       uint8_t sc, m;
       scale_min_k4(2 * g, b.scales, sc, m);
       const float d1 = d * static_cast<float>(sc), m1 = dmin * static_cast<float>(m);
@@ -207,7 +209,8 @@ void dequant_tq2_0(const void* src, float* y, int64_t nb) {
     const float d = fp16_to_fp32(b.d);
     for (int j = 0; j < kQK_K / 4; j += 32)
       for (int l = 0; l < 4; ++l)
-        for (int m = 0; m < 32; ++m) *y++ = static_cast<float>(((b.qs[j + m] >> (2 * l)) & 3) - 1) * d;
+        for (int m = 0; m < 32; ++m)
+          *y++ = static_cast<float>(((b.qs[j + m] >> (2 * l)) & 3) - 1) * d;
   }
 }
 
@@ -215,10 +218,20 @@ void dequant_tq2_0(const void* src, float* y, int64_t nb) {
 
 bool can_dequantize(TensorType t) {
   switch (t) {
-    case TensorType::F32: case TensorType::F16: case TensorType::BF16:
-    case TensorType::Q4_0: case TensorType::Q4_1: case TensorType::Q5_0: case TensorType::Q5_1:
-    case TensorType::Q8_0: case TensorType::Q4_K: case TensorType::Q5_K: case TensorType::Q6_K:
-    case TensorType::Q8_K: case TensorType::TQ1_0: case TensorType::TQ2_0:
+    case TensorType::F32:
+    case TensorType::F16:
+    case TensorType::BF16:
+    case TensorType::Q4_0:
+    case TensorType::Q4_1:
+    case TensorType::Q5_0:
+    case TensorType::Q5_1:
+    case TensorType::Q8_0:
+    case TensorType::Q4_K:
+    case TensorType::Q5_K:
+    case TensorType::Q6_K:
+    case TensorType::Q8_K:
+    case TensorType::TQ1_0:
+    case TensorType::TQ2_0:
       return true;
     default:
       return false;
@@ -228,14 +241,18 @@ bool can_dequantize(TensorType t) {
 void dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
   const gguf::TypeTraits* tr = gguf::type_traits(t);
   if (!tr || !can_dequantize(t))
-    throw QuantError("dequantize_row: type " + std::string(gguf::type_name(t)) + " is not supported");
+    throw QuantError("dequantize_row: type " + std::string(gguf::type_name(t)) +
+                     " is not supported");
   if (n < 0 || n % tr->block_size != 0)
-    throw QuantError("dequantize_row: " + std::to_string(n) + " elements of " + std::string(tr->name) +
-                     " is not a non-negative multiple of the block size " + std::to_string(tr->block_size));
+    throw QuantError("dequantize_row: " + std::to_string(n) + " elements of " +
+                     std::string(tr->name) + " is not a non-negative multiple of the block size " +
+                     std::to_string(tr->block_size));
   const int64_t nb = n / tr->block_size;
   const auto* bytes = static_cast<const uint8_t*>(src);
   switch (t) {
-    case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+    case TensorType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
     case TensorType::F16:
       for (int64_t i = 0; i < n; ++i) {
         uint16_t h;
@@ -250,18 +267,41 @@ void dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
         dst[i] = bf16_to_fp32(h);
       }
       return;
-    case TensorType::Q4_0: dequant_q4_0(src, dst, nb); return;
-    case TensorType::Q4_1: dequant_q4_1(src, dst, nb); return;
-    case TensorType::Q5_0: dequant_q5_0(src, dst, nb); return;
-    case TensorType::Q5_1: dequant_q5_1(src, dst, nb); return;
-    case TensorType::Q8_0: dequant_q8_0(src, dst, nb); return;
-    case TensorType::Q4_K: dequant_q4_k(src, dst, nb); return;
-    case TensorType::Q5_K: dequant_q5_k(src, dst, nb); return;
-    case TensorType::Q6_K: dequant_q6_k(src, dst, nb); return;
-    case TensorType::Q8_K: dequant_q8_k(src, dst, nb); return;
-    case TensorType::TQ1_0: dequant_tq1_0(src, dst, nb); return;
-    case TensorType::TQ2_0: dequant_tq2_0(src, dst, nb); return;
-    default: break;
+    case TensorType::Q4_0:
+      dequant_q4_0(src, dst, nb);
+      return;
+    case TensorType::Q4_1:
+      dequant_q4_1(src, dst, nb);
+      return;
+    case TensorType::Q5_0:
+      dequant_q5_0(src, dst, nb);
+      return;
+    case TensorType::Q5_1:
+      dequant_q5_1(src, dst, nb);
+      return;
+    case TensorType::Q8_0:
+      dequant_q8_0(src, dst, nb);
+      return;
+    case TensorType::Q4_K:
+      dequant_q4_k(src, dst, nb);
+      return;
+    case TensorType::Q5_K:
+      dequant_q5_k(src, dst, nb);
+      return;
+    case TensorType::Q6_K:
+      dequant_q6_k(src, dst, nb);
+      return;
+    case TensorType::Q8_K:
+      dequant_q8_k(src, dst, nb);
+      return;
+    case TensorType::TQ1_0:
+      dequant_tq1_0(src, dst, nb);
+      return;
+    case TensorType::TQ2_0:
+      dequant_tq2_0(src, dst, nb);
+      return;
+    default:
+      break;
   }
   throw QuantError("dequantize_row: type " + std::string(gguf::type_name(t)) + " is not supported");
 }

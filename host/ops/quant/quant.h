@@ -1,5 +1,5 @@
-// Scalar dequantization (bit-exact with ggml) and round-to-nearest reference quantization of rows in
-// ggml's block formats. Used by the scalar reference ops, the GGUF writer and tools.
+// Scalar dequantization (bit-exact with ggml) and round-to-nearest reference quantization of rows
+// in ggml's block formats. Used by the scalar reference ops, the GGUF writer and tools.
 #pragma once
 
 #include <cstdint>
@@ -14,8 +14,9 @@ struct QuantError : TesseraError {
 };
 
 // Dequantizes n elements (a multiple of the type's block size) from src to dst. src needs no
-// particular alignment. Results are bit-identical to ggml's dequantize_row_* (no fused multiply-add).
-// Throws QuantError for an unsupported type or a bad n. Thread-safe (no shared state).
+// particular alignment. Results are bit-identical to ggml's dequantize_row_* (no fused
+// multiply-add). Throws QuantError for an unsupported type or a bad n. Thread-safe (no shared
+// state).
 void dequantize_row(gguf::TensorType t, const void* src, float* dst, int64_t n);
 
 // Quantizes n floats (a multiple of the block size) into type t at dst (row_bytes(t, n) bytes).

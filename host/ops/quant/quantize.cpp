@@ -18,11 +18,14 @@ using gguf::TensorType;
 
 template <typename Block>
 void store_block(void* dst, int64_t b, const Block& blk) {
-  std::memcpy(static_cast<uint8_t*>(dst) + b * static_cast<int64_t>(sizeof(Block)), &blk, sizeof(Block));
+  std::memcpy(static_cast<uint8_t*>(dst) + b * static_cast<int64_t>(sizeof(Block)), &blk,
+              sizeof(Block));
 }
 
 // Round half to even (the default rounding mode), as ggml's nearest_int.
-int nearest(float x) { return static_cast<int>(std::nearbyint(x)); }
+int nearest(float x) {
+  return static_cast<int>(std::nearbyint(x));
+}
 
 // The element of largest magnitude, with its sign (the first one on ties).
 float signed_absmax(const float* x, int n) {
@@ -128,7 +131,8 @@ void quant_q8_0(const float* x, void* dst, int64_t nb) {
     const float id = d != 0.0f ? 1.0f / d : 0.0f;
     BlockQ8_0 b{};
     b.d = fp32_to_fp16(d);
-    for (int j = 0; j < kQK8_0; ++j) b.qs[j] = static_cast<int8_t>(std::clamp(std::round(x[j] * id), -127.0f, 127.0f));
+    for (int j = 0; j < kQK8_0; ++j)
+      b.qs[j] = static_cast<int8_t>(std::clamp(std::round(x[j] * id), -127.0f, 127.0f));
     store_block(dst, i, b);
   }
 }
@@ -233,7 +237,9 @@ void quant_k_scales(const float* x, int nmax, Block& b, uint8_t* L) {
     const float d = fp16_to_fp32(b.d) * static_cast<float>(sc);
     const float dm = fp16_to_fp32(b.dmin) * static_cast<float>(m);
     for (int l = 0; l < 32; ++l)
-      L[32 * s + l] = d != 0.0f ? static_cast<uint8_t>(std::clamp(nearest((x[32 * s + l] + dm) / d), 0, nmax)) : 0;
+      L[32 * s + l] =
+          d != 0.0f ? static_cast<uint8_t>(std::clamp(nearest((x[32 * s + l] + dm) / d), 0, nmax))
+                    : 0;
   }
 }
 
@@ -243,7 +249,8 @@ void quant_q4_k(const float* x, void* dst, int64_t nb) {
     uint8_t L[kQK_K];
     quant_k_scales(x, 15, b, L);
     for (int g = 0; g < 4; ++g)
-      for (int l = 0; l < 32; ++l) b.qs[32 * g + l] = static_cast<uint8_t>(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
+      for (int l = 0; l < 32; ++l)
+        b.qs[32 * g + l] = static_cast<uint8_t>(L[64 * g + l] | (L[64 * g + 32 + l] << 4));
     store_block(dst, i, b);
   }
 }
@@ -266,8 +273,8 @@ void quant_q5_k(const float* x, void* dst, int64_t nb) {
 }
 
 // Q6_K: 16 sub-blocks of 16, symmetric levels -32..31 with an int8 scale each, relative to one fp16
-// factor. Each sub-block's scale maps its largest-magnitude element to -32, then a few nearby scales
-// are tried for the least squared error.
+// factor. Each sub-block's scale maps its largest-magnitude element to -32, then a few nearby
+// scales are tried for the least squared error.
 float fit_symmetric(const float* x, int n) {
   const float max = signed_absmax(x, n);
   if (max == 0.0f) return 0.0f;
@@ -313,11 +320,13 @@ void quant_q6_k(const float* x, void* dst, int64_t nb) {
     if (max_abs > 0) {
       const float iscale = -128.0f / max_scale;
       b.d = fp32_to_fp16(1.0f / iscale);
-      for (int s = 0; s < 16; ++s) b.scales[s] = static_cast<int8_t>(std::clamp(nearest(iscale * scales[s]), -128, 127));
+      for (int s = 0; s < 16; ++s)
+        b.scales[s] = static_cast<int8_t>(std::clamp(nearest(iscale * scales[s]), -128, 127));
       for (int s = 0; s < 16; ++s) {
         const float d = fp16_to_fp32(b.d) * static_cast<float>(b.scales[s]);
         for (int l = 0; l < 16; ++l)
-          L[16 * s + l] = static_cast<uint8_t>(d != 0.0f ? std::clamp(nearest(x[16 * s + l] / d), -32, 31) + 32 : 32);
+          L[16 * s + l] = static_cast<uint8_t>(
+              d != 0.0f ? std::clamp(nearest(x[16 * s + l] / d), -32, 31) + 32 : 32);
       }
     } else {
       std::fill(L, L + kQK_K, uint8_t{32});
@@ -326,9 +335,11 @@ void quant_q6_k(const float* x, void* dst, int64_t nb) {
       const uint8_t* q = L + 128 * half;
       for (int l = 0; l < 32; ++l) {
         b.ql[64 * half + l] = static_cast<uint8_t>((q[l] & 0x0f) | ((q[l + 64] & 0x0f) << 4));
-        b.ql[64 * half + l + 32] = static_cast<uint8_t>((q[l + 32] & 0x0f) | ((q[l + 96] & 0x0f) << 4));
-        b.qh[32 * half + l] = static_cast<uint8_t>((q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) |
-                                                   ((q[l + 96] >> 4) << 6));
+        b.ql[64 * half + l + 32] =
+            static_cast<uint8_t>((q[l + 32] & 0x0f) | ((q[l + 96] & 0x0f) << 4));
+        b.qh[32 * half + l] =
+            static_cast<uint8_t>((q[l] >> 4) | ((q[l + 32] >> 4) << 2) | ((q[l + 64] >> 4) << 4) |
+                                 ((q[l + 96] >> 4) << 6));
       }
     }
     store_block(dst, i, b);
@@ -341,7 +352,8 @@ void quant_q8_k(const float* x, void* dst, int64_t nb) {
     const float max = signed_absmax(x, kQK_K);
     if (max != 0.0f) {
       const float iscale = -127.0f / max;  // as ggml: the extreme element maps to -127, never -128
-      for (int j = 0; j < kQK_K; ++j) b.qs[j] = static_cast<int8_t>(std::clamp(nearest(iscale * x[j]), -128, 127));
+      for (int j = 0; j < kQK_K; ++j)
+        b.qs[j] = static_cast<int8_t>(std::clamp(nearest(iscale * x[j]), -128, 127));
       for (int g = 0; g < kQK_K / 16; ++g) {
         int sum = 0;
         for (int l = 0; l < 16; ++l) sum += b.qs[16 * g + l];
@@ -354,7 +366,9 @@ void quant_q8_k(const float* x, void* dst, int64_t nb) {
 }
 
 // Ternary: scale = absmax, trit = round(x / absmax) in {-1, 0, 1} (rounding half away from zero).
-int ternary(float x, float id) { return std::clamp(static_cast<int>(std::lround(x * id)), -1, 1) + 1; }
+int ternary(float x, float id) {
+  return std::clamp(static_cast<int>(std::lround(x * id)), -1, 1) + 1;
+}
 
 float absmax(const float* x, int n) {
   float amax = 0.0f;
@@ -411,15 +425,18 @@ void quant_tq2_0(const float* x, void* dst, int64_t nb) {
 
 }  // namespace
 
-bool can_quantize(TensorType t) { return can_dequantize(t); }
+bool can_quantize(TensorType t) {
+  return can_dequantize(t);
+}
 
 void quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
   const gguf::TypeTraits* tr = gguf::type_traits(t);
   if (!tr || !can_quantize(t))
     throw QuantError("quantize_row: type " + std::string(gguf::type_name(t)) + " is not supported");
   if (n < 0 || n % tr->block_size != 0)
-    throw QuantError("quantize_row: " + std::to_string(n) + " elements of " + std::string(tr->name) +
-                     " is not a non-negative multiple of the block size " + std::to_string(tr->block_size));
+    throw QuantError("quantize_row: " + std::to_string(n) + " elements of " +
+                     std::string(tr->name) + " is not a non-negative multiple of the block size " +
+                     std::to_string(tr->block_size));
   if (t != TensorType::F32 && t != TensorType::F16 && t != TensorType::BF16) {
     for (int64_t i = 0; i < n; ++i)
       if (!std::isfinite(src[i]))
@@ -429,7 +446,9 @@ void quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
   const int64_t nb = n / tr->block_size;
   auto* bytes = static_cast<uint8_t*>(dst);
   switch (t) {
-    case TensorType::F32: std::memcpy(dst, src, static_cast<size_t>(n) * 4); return;
+    case TensorType::F32:
+      std::memcpy(dst, src, static_cast<size_t>(n) * 4);
+      return;
     case TensorType::F16:
       for (int64_t i = 0; i < n; ++i) {
         const uint16_t h = fp32_to_fp16(src[i]);
@@ -442,18 +461,41 @@ void quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
         std::memcpy(bytes + 2 * i, &h, 2);
       }
       return;
-    case TensorType::Q4_0: quant_q4_0(src, dst, nb); return;
-    case TensorType::Q4_1: quant_q4_1(src, dst, nb); return;
-    case TensorType::Q5_0: quant_q5_0(src, dst, nb); return;
-    case TensorType::Q5_1: quant_q5_1(src, dst, nb); return;
-    case TensorType::Q8_0: quant_q8_0(src, dst, nb); return;
-    case TensorType::Q4_K: quant_q4_k(src, dst, nb); return;
-    case TensorType::Q5_K: quant_q5_k(src, dst, nb); return;
-    case TensorType::Q6_K: quant_q6_k(src, dst, nb); return;
-    case TensorType::Q8_K: quant_q8_k(src, dst, nb); return;
-    case TensorType::TQ1_0: quant_tq1_0(src, dst, nb); return;
-    case TensorType::TQ2_0: quant_tq2_0(src, dst, nb); return;
-    default: break;
+    case TensorType::Q4_0:
+      quant_q4_0(src, dst, nb);
+      return;
+    case TensorType::Q4_1:
+      quant_q4_1(src, dst, nb);
+      return;
+    case TensorType::Q5_0:
+      quant_q5_0(src, dst, nb);
+      return;
+    case TensorType::Q5_1:
+      quant_q5_1(src, dst, nb);
+      return;
+    case TensorType::Q8_0:
+      quant_q8_0(src, dst, nb);
+      return;
+    case TensorType::Q4_K:
+      quant_q4_k(src, dst, nb);
+      return;
+    case TensorType::Q5_K:
+      quant_q5_k(src, dst, nb);
+      return;
+    case TensorType::Q6_K:
+      quant_q6_k(src, dst, nb);
+      return;
+    case TensorType::Q8_K:
+      quant_q8_k(src, dst, nb);
+      return;
+    case TensorType::TQ1_0:
+      quant_tq1_0(src, dst, nb);
+      return;
+    case TensorType::TQ2_0:
+      quant_tq2_0(src, dst, nb);
+      return;
+    default:
+      break;
   }
   throw QuantError("quantize_row: type " + std::string(gguf::type_name(t)) + " is not supported");
 }

@@ -6,8 +6,10 @@
 namespace tessera::reference {
 
 void moe_combine(std::span<float> out, std::span<const float> y, std::span<const float> weights,
-                 std::span<const int32_t> offsets, std::span<const int32_t> rows, uint32_t n, bool accumulate) {
-  if (offsets.empty()) throw std::invalid_argument("moe_combine: offsets must have n_tokens + 1 entries");
+                 std::span<const int32_t> offsets, std::span<const int32_t> rows, uint32_t n,
+                 bool accumulate) {
+  if (offsets.empty())
+    throw std::invalid_argument("moe_combine: offsets must have n_tokens + 1 entries");
   const size_t tokens = offsets.size() - 1;
   if (out.size() < tokens * n) throw std::invalid_argument("moe_combine: out too small");
   for (size_t t = 0; t < tokens; ++t) {
