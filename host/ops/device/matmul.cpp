@@ -187,21 +187,7 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   set_arg(device_, k, 7, y);
   set_arg(device_, k, 8, yo);
   set_arg(device_, k, 9, nt);
-  const size_t rows_per_group = size_t(v.rows_per_item) * v.wg_rows;
-  const size_t groups0 = (size_t(w.rows) + rows_per_group - 1) / rows_per_group;
-  const size_t ntiles = (size_t(n_tokens) + tile - 1) / tile;
-  size_t groups1 = ntiles;
-  if (device_.info().type == DeviceType::kCpu) {
-    // CPUs: keep a row group's token tiles on one core (its weights stay in cache) unless there
-    // are too few row groups to occupy the cores.
-    const size_t want = 4 * std::max<size_t>(1, device_.info().compute_units);
-    groups1 = std::clamp<size_t>((want + groups0 - 1) / groups0, 1, ntiles);
-  }
-  const size_t local[2] = {size_t(v.lanes) * v.wg_rows, 1};
-  const size_t global[2] = {groups0 * local[0], groups1};
-  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 2, nullptr, global, local,
-                                  cl_uint(wait.size()), wait_ptr(wait), done),
-           device_.info().label());
+  enqueue_row_tiles(k, v, w.rows, n_tokens, tile, wait, done);
 }
 
 void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
@@ -233,11 +219,19 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   set_arg(device_, k, 11, pair_expert_ids);
   set_arg(device_, k, 12, np);
   set_arg(device_, k, 13, ne);
+  enqueue_row_tiles(k, v, w.rows, n_pairs, tile, wait, done);
+}
+
+void MatmulOp::enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items,
+                                 int tile, const std::vector<cl_event>& wait,
+                                 cl_event* done) const {
   const size_t rows_per_group = size_t(v.rows_per_item) * v.wg_rows;
-  const size_t groups0 = (size_t(w.rows) + rows_per_group - 1) / rows_per_group;
-  const size_t ntiles = (size_t(n_pairs) + tile - 1) / tile;
+  const size_t groups0 = (size_t(rows) + rows_per_group - 1) / rows_per_group;
+  const size_t ntiles = (size_t(n_items) + tile - 1) / tile;
   size_t groups1 = ntiles;
   if (device_.info().type == DeviceType::kCpu) {
+    // CPUs: keep a row group's token tiles on one core (its weights stay in cache) unless there
+    // are too few row groups to occupy the cores.
     const size_t want = 4 * std::max<size_t>(1, device_.info().compute_units);
     groups1 = std::clamp<size_t>((want + groups0 - 1) / groups0, 1, ntiles);
   }

@@ -86,6 +86,10 @@ class MatmulOp {
  private:
   struct Kernels;
   Kernels& kernels(gguf::TensorType t) const;
+  // Enqueues `k` over row groups x tiles of `tile` tokens/pairs (the layout every matmul kernel
+  // uses).
+  void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items, int tile,
+                         const std::vector<cl_event>& wait, cl_event* done) const;
   void run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
                    int n_tokens, const std::vector<cl_event>& wait, cl_event* done) const;
 
