@@ -49,6 +49,74 @@ __kernel void kv_write(__global const float* k_new, uint k_off, __global const f
   }
 }
 
+// ---- (a') QKV finish: one launch from the projections to the cache. Reads a token's q, k and v
+// heads from a projection buffer (token rows `tok_stride` floats apart; q at column 0, k at k_col,
+// v at v_col: one fused QKV row or three separate buffers' worth of offsets), applies the optional
+// per-head RMSNorm (Qwen3 q_norm / k_norm) and RoPE (as rope.cl) to q and k, writes q packed
+// [batch token][N_HEAD][HEAD_DIM] to q_out and stores k and v into the token's slot like kv_write.
+// Grid: (QF_LWS * (N_HEAD + 2 * N_HEAD_KV), n_tokens), one work group per head of a token.
+#ifdef DEVICE_IS_CPU
+#define QF_LWS 1
+#else
+#define QF_LWS 32
+#endif
+__kernel __attribute__((reqd_work_group_size(QF_LWS, 1, 1)))
+void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k_col, uint v_col,
+                __global const float* q_norm, __global const float* k_norm, uint use_norm,
+                float eps, uint n_rot, float freq_base, uint neox, __global const int* meta,
+                uint pos_off, uint slot_off, uint first_token, __global float* q_out,
+                uint q_out_off, __global kv_elem_t* k_pool, __global kv_elem_t* v_pool) {
+  __local float buf[HEAD_DIM];
+  __local float red[QF_LWS];
+  const uint lid = get_local_id(0);
+  const uint hs = get_group_id(0);
+  const uint t = first_token + get_group_id(1);
+  const uint kind = hs < N_HEAD ? 0 : (hs < N_HEAD + N_HEAD_KV ? 1 : 2);  // q, k, v
+  const uint h = kind == 0 ? hs : (kind == 1 ? hs - N_HEAD : hs - N_HEAD - N_HEAD_KV);
+  const uint col = (kind == 0 ? 0 : (kind == 1 ? k_col : v_col)) + h * HEAD_DIM;
+  __global const float* src = qkv + qkv_off + (size_t)t * tok_stride + col;
+  for (uint d = lid; d < HEAD_DIM; d += QF_LWS) buf[d] = src[d];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (kind != 2) {
+    if (use_norm) {
+      __global const float* w = kind == 0 ? q_norm : k_norm;
+      float s = 0.0f;
+      for (uint d = lid; d < HEAD_DIM; d += QF_LWS) s += buf[d] * buf[d];
+      red[lid] = s;
+      barrier(CLK_LOCAL_MEM_FENCE);
+      for (uint st = QF_LWS / 2; st > 0; st >>= 1) {
+        if (lid < st) red[lid] += red[lid + st];
+        barrier(CLK_LOCAL_MEM_FENCE);
+      }
+      const float scale = 1.0f / sqrt(red[0] / (float)HEAD_DIM + eps);
+      for (uint d = lid; d < HEAD_DIM; d += QF_LWS) buf[d] = buf[d] * scale * w[d];
+      barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float pos = (float)meta[pos_off + t];
+    for (uint i = lid; i < n_rot / 2; i += QF_LWS) {
+      const float theta = pos * pow(freq_base, -2.0f * (float)i / (float)n_rot);
+      float c;
+      const float s = sincos(theta, &c);
+      const uint a = neox ? i : 2 * i;
+      const uint b = neox ? i + n_rot / 2 : 2 * i + 1;
+      const float x0 = buf[a], x1 = buf[b];
+      buf[a] = x0 * c - x1 * s;
+      buf[b] = x0 * s + x1 * c;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  if (kind == 0) {
+    __global float* dst = q_out + q_out_off + ((size_t)t * N_HEAD + h) * HEAD_DIM;
+    for (uint d = lid; d < HEAD_DIM; d += QF_LWS) dst[d] = buf[d];
+    return;
+  }
+  const int slot = meta[slot_off + t];
+  if (slot < 0) return;  // padding token: nothing to store
+  const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+  __global kv_elem_t* pool = kind == 1 ? k_pool : v_pool;
+  for (uint d = lid * 4; d < HEAD_DIM; d += QF_LWS * 4) kv_store4(pool, row, d, vload4(0, buf + d));
+}
+
 // ---- (b) Prefill: one work-group per (tile of PF_BQ consecutive batch tokens, query head);
 // PF_BQ * PF_TPR work items; row r = lid / PF_TPR is served by PF_TPR items. The tile's rows are
 // processed in runs of equal sequence; a run walks its sequence's KV in PF_KT-token tiles held in

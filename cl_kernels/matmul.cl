@@ -11,7 +11,8 @@
 //   VEC_ACC   1: float16 accumulators (maps to SIMD registers on CPUs); 0: scalar sums (GPUs).
 // NDRange: dim 0 = ceil(rows / (RPW * WG_ROWS)) * LANES * WG_ROWS, dim 1 = work groups over token
 // (or pair) tiles; each group loops over tiles group_id(1), + num_groups(1), ...
-// x rows are `cols` floats apart, y rows `rows` floats apart; offsets are in floats.
+// x rows are `cols` floats apart, y rows `rows` floats apart (matmul_t: `ldy`, and `accumulate`
+// adds to y instead of storing); offsets are in floats.
 #include "common.clh"
 #include "matmul_formats.clh"
 
@@ -120,8 +121,9 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
     const uint nchunks = bpr * CHUNKS_PER_BLOCK;                                                   \
     const uint lid = get_local_id(0);                                                              \
     for (uint k0 = 0; k0 < nchunks; k0 += (8 / TT) * LANES) {                                      \
+      const uint stage = min((uint)((8 / TT) * LANES), nchunks - k0) * CHUNK;                      \
       for (uint j = 0; j < TT; ++j) {                                                              \
-        for (uint i = lid; i < (8 / TT) * LANES * CHUNK; i += LANES * WG_ROWS) {                   \
+        for (uint i = lid; i < stage; i += LANES * WG_ROWS) {                                      \
           const uint c = k0 * CHUNK + i;                                                           \
           xs[j * ((8 / TT) * LANES * XPAD) + (i / CHUNK) * XPAD + i % CHUNK] =                     \
               c < cols ? x[xrow[j] + c] : 0.0f;                                                    \
@@ -179,7 +181,8 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
 #define DEFINE_MATMUL(TT)                                                                          \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(        \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
-      __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens) {       \
+      __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,         \
+      uint ldy, uint accumulate) {                                                                 \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
     __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
     const uint lane = get_local_id(0) % LANES;                                                     \
@@ -194,8 +197,10 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
       if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
         for (uint rr = 0; rr < RPW; ++rr)                                                          \
           for (uint j = 0; j < TT; ++j)                                                            \
-            if (r0 + rr < rows && t0 + j < n_tokens)                                               \
-              y[y_off + (ulong)(t0 + j) * rows + r0 + rr] = out[rr * TT + j];                      \
+            if (r0 + rr < rows && t0 + j < n_tokens) {                                             \
+              __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;                    \
+              *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                        \
+            }                                                                                      \
       }                                                                                            \
     }                                                                                              \
   }

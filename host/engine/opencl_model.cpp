@@ -42,8 +42,9 @@ struct OpenClModel::DeviceCtx {
   kv::KvBatchView view;
   bool has_layers = false;
   // Activations for max_batch_tokens tokens.
-  ClMem x, xn, q, k, v, att, g, u, h, y, partial, router, topk_ids, topk_w, tokens, logits,
-      workspace;
+  // qkv: a step's projections, one row of q | k | v per token; gu: gate | up rows per expert pair
+  // (fused weights) or the gate rows then the up rows (separate weights).
+  ClMem x, xn, q, qkv, att, gu, h, y, partial, router, topk_ids, topk_w, tokens, logits, workspace;
   size_t workspace_bytes = 0;
   // Constant index buffers: iota [0, max_pairs) and pair -> token (i / k) and token -> pairs (t *
   // k).
@@ -78,12 +79,15 @@ struct OpenClModel::DeviceCtx {
 };
 
 struct OpenClModel::LayerWeights {
-  ops::DeviceWeight wq, wk, wv, wo, gate, up, down, router;
+  // wqkv: q, k and v rows stacked into one matrix (one launch) when they share a format; otherwise
+  // wq, wk, wv write the same q | k | v rows. gate_up likewise for the dense FFN.
+  ops::DeviceWeight wqkv, wq, wk, wv, wo, gate_up, gate, up, down, router;
   ClMem attn_norm, ffn_norm, q_norm, k_norm;
   struct Shard {
     std::vector<int32_t> experts;  // global ids held by this device, ascending
     std::vector<int32_t> local;    // global id -> local index, -1 when not here
-    ops::DeviceWeight gate, up, down;
+    // gate_up: each expert's gate rows then its up rows (one launch) when both share a format.
+    ops::DeviceWeight gate_up, gate, up, down;
   };
   std::vector<Shard> shards;  // per plan device
   bool all_on_home = false;   // every expert on the layer's device, in global order
@@ -181,8 +185,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->xn = dev.alloc(size_t(T) * hp.n_embd * f);
     c->partial = dev.alloc(size_t(T) * hp.n_embd * f);
     c->y = dev.alloc(size_t(max_pairs) * hp.n_embd * f);
-    c->g = dev.alloc(size_t(max_pairs) * ff * f);
-    c->u = dev.alloc(size_t(max_pairs) * ff * f);
+    c->gu = dev.alloc(size_t(max_pairs) * 2 * ff * f);
     c->h = dev.alloc(size_t(max_pairs) * ff * f);
     c->router = dev.alloc(size_t(T) * std::max<uint32_t>(hp.n_expert, 1) * f);
     c->topk_ids = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
@@ -221,8 +224,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->batch = std::make_unique<kv::KvBatchBuffers>(dev);
     c->q = dev.alloc(size_t(T) * hp.q_dim() * 4);
     c->att = dev.alloc(size_t(T) * hp.q_dim() * 4);
-    c->k = dev.alloc(size_t(T) * hp.kv_dim() * 4);
-    c->v = dev.alloc(size_t(T) * hp.kv_dim() * 4);
+    c->qkv = dev.alloc(size_t(T) * (hp.q_dim() + 2 * hp.kv_dim()) * 4);
     c->workspace_bytes =
         c->attn->decode_workspace_bytes(options_.max_sequences, options_.max_context);
     c->workspace = dev.alloc(c->workspace_bytes);
@@ -234,6 +236,25 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     ops::DeviceWeight w = c.mm->upload(t->type, int64_t(t->dims[1]), int64_t(t->dims[0]), t->data);
     uploaded(t->n_bytes());
     return w;
+  };
+  // Matrices of one format and width stacked row-wise (ggml rows are contiguous byte ranges).
+  auto stacked = [&](DeviceCtx& c, std::initializer_list<const gguf::TensorInfo*> ts) {
+    std::vector<uint8_t> bytes;
+    int64_t rows = 0;
+    for (const auto* t : ts) {
+      bytes.insert(bytes.end(), t->data, t->data + t->n_bytes());
+      rows += int64_t(t->dims[1]);
+    }
+    const auto* first = *ts.begin();
+    ops::DeviceWeight w = c.mm->upload(first->type, rows, int64_t(first->dims[0]), bytes.data());
+    uploaded(bytes.size());
+    return w;
+  };
+  auto stackable = [](std::initializer_list<const gguf::TensorInfo*> ts) {
+    const auto* first = *ts.begin();
+    for (const auto* t : ts)
+      if (!t || t->type != first->type || t->dims[0] != first->dims[0]) return false;
+    return true;
   };
   auto norm_weights = [&](DeviceCtx& c, const gguf::TensorInfo* t) {
     if (!t) return ClMem();
@@ -257,15 +278,23 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     w->ffn_norm = norm_weights(c, ls.ffn_norm);
     w->q_norm = norm_weights(c, ls.q_norm);
     w->k_norm = norm_weights(c, ls.k_norm);
-    w->wq = matrix(c, ls.wq);
-    w->wk = matrix(c, ls.wk);
-    w->wv = matrix(c, ls.wv);
+    if (stackable({ls.wq, ls.wk, ls.wv})) {
+      w->wqkv = stacked(c, {ls.wq, ls.wk, ls.wv});
+    } else {
+      w->wq = matrix(c, ls.wq);
+      w->wk = matrix(c, ls.wk);
+      w->wv = matrix(c, ls.wv);
+    }
     w->wo = matrix(c, ls.wo);
     if (ls.is_moe()) {
       w->router = matrix(c, ls.router);
     } else {
-      w->gate = matrix(c, ls.ffn_gate);
-      w->up = matrix(c, ls.ffn_up);
+      if (stackable({ls.ffn_gate, ls.ffn_up})) {
+        w->gate_up = stacked(c, {ls.ffn_gate, ls.ffn_up});
+      } else {
+        w->gate = matrix(c, ls.ffn_gate);
+        w->up = matrix(c, ls.ffn_up);
+      }
       w->down = matrix(c, ls.ffn_down);
     }
     layers_.push_back(std::move(w));
@@ -324,13 +353,17 @@ void OpenClModel::upload_layer_experts(int layer) {
       }
     if (s.experts.empty()) continue;
     DeviceCtx& c = ctx(int(d));
-    // Experts are the outermost ggml dimension: expert e's bytes are one contiguous range.
-    auto slice = [&](const gguf::TensorInfo* t) {
-      const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]);
-      const uint64_t per = t->n_bytes() / hp.n_expert;
-      std::vector<uint8_t> bytes(per * s.experts.size());
-      for (size_t i = 0; i < s.experts.size(); ++i)
-        std::memcpy(bytes.data() + i * per, t->data + uint64_t(s.experts[i]) * per, per);
+    // Experts are the outermost ggml dimension: expert e's bytes are one contiguous range. With
+    // two tensors (gate and up of one format), each expert's rows of the first then the second.
+    auto slice = [&](const gguf::TensorInfo* t, const gguf::TensorInfo* t2 = nullptr) {
+      const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]) * (t2 ? 2 : 1);
+      const uint64_t per = t->n_bytes() / hp.n_expert, step = t2 ? 2 * per : per;
+      std::vector<uint8_t> bytes(step * s.experts.size());
+      for (size_t i = 0; i < s.experts.size(); ++i) {
+        std::memcpy(bytes.data() + i * step, t->data + uint64_t(s.experts[i]) * per, per);
+        if (t2)
+          std::memcpy(bytes.data() + i * step + per, t2->data + uint64_t(s.experts[i]) * per, per);
+      }
       ops::DeviceWeight dw =
           c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
       uploaded_bytes_ += bytes.size();
@@ -338,8 +371,13 @@ void OpenClModel::upload_layer_experts(int layer) {
         options_.progress(uploaded_bytes_, std::max(total_bytes_, uploaded_bytes_));
       return dw;
     };
-    s.gate = slice(ls.gate_exps);
-    s.up = slice(ls.up_exps);
+    if (ls.gate_exps->type == ls.up_exps->type && ls.gate_exps->dims[0] == ls.up_exps->dims[0] &&
+        ls.gate_exps->dims[1] == ls.up_exps->dims[1]) {
+      s.gate_up = slice(ls.gate_exps, ls.up_exps);
+    } else {
+      s.gate = slice(ls.gate_exps);
+      s.up = slice(ls.up_exps);
+    }
     s.down = slice(ls.down_exps);
   }
   const int home = plan_.layer_device[size_t(layer)];
@@ -361,26 +399,40 @@ void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, Devi
   to.dev->write(dst, dst_off, staging.data(), bytes, true);
 }
 
+void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
+                             cl_mem pair_expert, int x_rows, int np) {
+  const auto& s = w.shards[size_t(device)];
+  const uint32_t ff = spec_.hp.n_ff_exp;
+  if (s.gate_up.body) {
+    // One launch for gate and up: pair row p holds gate (ff) then up (ff).
+    c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},
+                  uint32_t(np), ff, {{}, c.prof("activation")});
+  } else {
+    const uint32_t up_off = uint32_t(np) * ff;
+    c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    c.mm->run_experts(s.up, c.xn.get(), 0, x_rows, c.gu.get(), up_off, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    c.act->swiglu({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff}, {c.h.get(), 0, ff}, uint32_t(np),
+                  ff, {{}, c.prof("activation")});
+  }
+  c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
+                    c.prof("matmul"));
+}
+
 void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
   const auto& hp = spec_.hp;
   auto& w = *layers_[size_t(layer)];
   const int K = int(hp.n_expert_used);
   const int pairs = n * K;
-  const uint32_t ff = hp.n_ff_exp;
   home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
   home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
                     0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   if (w.all_on_home && !balancer_->enabled()) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
-    auto& s = w.shards[size_t(home.index)];
-    home.mm->run_experts(s.gate, home.xn.get(), 0, n, home.g.get(), 0, home.pair_token.get(),
-                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
-    home.mm->run_experts(s.up, home.xn.get(), 0, n, home.u.get(), 0, home.pair_token.get(),
-                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
-    home.act->swiglu({home.g.get(), 0, ff}, {home.u.get(), 0, ff}, {home.h.get(), 0, ff},
-                     uint32_t(pairs), ff, {{}, home.prof("activation")});
-    home.mm->run_experts(s.down, home.h.get(), 0, pairs, home.y.get(), 0, home.iota.get(),
-                         home.topk_ids.get(), pairs, {}, home.prof("matmul"));
+    expert_ffn(home, w, home.index, home.pair_token.get(), home.topk_ids.get(), n, pairs);
     home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
                       home.token_pairs.get(), nullptr, uint32_t(n), hp.n_embd, true,
                       {{}, home.prof("moe_combine")});
@@ -433,7 +485,7 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
     stats_.expert_hits[d] += uint64_t(np);
     const bool is_home = &c == &home;
     if (!is_home) remote.push_back(int(d));
-    jobs[d] = [this, &c, &s, &home, n, np, ff, is_home] {
+    jobs[d] = [this, &c, &w, d, &home, n, np, is_home] {
       const auto t0 = Clock::now();
       const auto& hp2 = spec_.hp;
       if (!is_home) c.dev->write(c.xn.get(), 0, xn_host_.data(), size_t(n) * hp2.n_embd * 4, false);
@@ -441,14 +493,7 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
       c.dev->write(c.p_exp.get(), 0, c.h_exp.data(), size_t(np) * 4, false);
       c.dev->write(c.p_w.get(), 0, c.h_w.data(), size_t(np) * 4, false);
       c.dev->write(c.p_off.get(), 0, c.h_off.data(), c.h_off.size() * 4, false);
-      c.mm->run_experts(s.gate, c.xn.get(), 0, n, c.g.get(), 0, c.p_tok.get(), c.p_exp.get(), np,
-                        {}, c.prof("matmul"));
-      c.mm->run_experts(s.up, c.xn.get(), 0, n, c.u.get(), 0, c.p_tok.get(), c.p_exp.get(), np, {},
-                        c.prof("matmul"));
-      c.act->swiglu({c.g.get(), 0, ff}, {c.u.get(), 0, ff}, {c.h.get(), 0, ff}, uint32_t(np), ff,
-                    {{}, c.prof("activation")});
-      c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), c.p_exp.get(), np, {},
-                        c.prof("matmul"));
+      expert_ffn(c, w, int(d), c.p_tok.get(), c.p_exp.get(), n, np);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
                      c.p_off.get(), nullptr, uint32_t(n), hp2.n_embd, is_home,
@@ -526,24 +571,23 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     const auto& ls = spec_.layers[l];
     c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
                      {{}, c.prof("norm")});
-    c.mm->run(w.wq, c.xn.get(), 0, c.q.get(), 0, n, {}, c.prof("matmul"));
-    c.mm->run(w.wk, c.xn.get(), 0, c.k.get(), 0, n, {}, c.prof("matmul"));
-    c.mm->run(w.wv, c.xn.get(), 0, c.v.get(), 0, n, {}, c.prof("matmul"));
-    if (ls.q_norm) {
-      c.norm->rms_norm(c.q.get(), 0, w.q_norm.get(), 0, c.q.get(), 0, uint32_t(n) * hp.n_head,
-                       hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
-      c.norm->rms_norm(c.k.get(), 0, w.k_norm.get(), 0, c.k.get(), 0, uint32_t(n) * hp.n_head_kv,
-                       hp.head_dim, hp.rms_eps, {{}, c.prof("norm")});
+    // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one launch.
+    const uint32_t q_dim = hp.q_dim(), kv_dim = hp.kv_dim(), qkv_ld = q_dim + 2 * kv_dim;
+    if (w.wqkv.body) {
+      c.mm->run(w.wqkv, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"));
+    } else {
+      c.mm->run(w.wq, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"), {qkv_ld});
+      c.mm->run(w.wk, c.xn.get(), 0, c.qkv.get(), q_dim, n, {}, c.prof("matmul"), {qkv_ld});
+      c.mm->run(w.wv, c.xn.get(), 0, c.qkv.get(), q_dim + kv_dim, n, {}, c.prof("matmul"),
+                {qkv_ld});
     }
-    ops::RopeShape rq{uint32_t(n), hp.n_head,         hp.head_dim,          hp.n_rot,
-                      0,           hp.rope_freq_base, spec_.arch->rope_mode};
-    ops::RopeShape rk = rq;
-    rk.n_head = hp.n_head_kv;
-    c.rope->rope(c.q.get(), 0, c.view.meta, c.view.token_pos_offset, rq, {{}, c.prof("rope")});
-    c.rope->rope(c.k.get(), 0, c.view.meta, c.view.token_pos_offset, rk, {{}, c.prof("rope")});
     const auto layer_view = kv_->layer(int32_t(l));
-    c.attn->write_kv(c.view, layer_view, c.k.get(), 0, c.v.get(), 0, 0, n,
-                     {{}, c.prof("kv_write")});
+    c.attn->qkv_finish(c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim, q_dim + kv_dim},
+                       ls.q_norm ? w.q_norm.get() : nullptr, ls.q_norm ? w.k_norm.get() : nullptr,
+                       hp.rms_eps,
+                       {hp.n_rot, hp.rope_freq_base,
+                        spec_.arch->rope_mode == reference::RopeMode::kNeox},
+                       c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
     if (decode) {
       c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
                      c.workspace_bytes, {{}, c.prof("attention")});
@@ -551,21 +595,23 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
       c.attn->prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n,
                       {{}, c.prof("attention")});
     }
-    c.mm->run(w.wo, c.att.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
-    c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E,
-              {{}, c.prof("elementwise")});
+    // Output projection added to the residual stream in the same launch.
+    c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
                      {{}, c.prof("norm")});
     if (ls.is_moe()) {
       moe_layer(int(l), c, n);
     } else {
-      c.mm->run(w.gate, c.xn.get(), 0, c.g.get(), 0, n, {}, c.prof("matmul"));
-      c.mm->run(w.up, c.xn.get(), 0, c.u.get(), 0, n, {}, c.prof("matmul"));
-      c.act->swiglu({c.g.get(), 0, hp.n_ff}, {c.u.get(), 0, hp.n_ff}, {c.h.get(), 0, hp.n_ff},
-                    uint32_t(n), hp.n_ff, {{}, c.prof("activation")});
-      c.mm->run(w.down, c.h.get(), 0, c.xn.get(), 0, n, {}, c.prof("matmul"));
-      c.ew->add(c.x.get(), 0, c.xn.get(), 0, c.x.get(), 0, uint32_t(n) * E,
-                {{}, c.prof("elementwise")});
+      const uint32_t ff = hp.n_ff;
+      if (w.gate_up.body) {
+        c.mm->run(w.gate_up, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"));
+      } else {
+        c.mm->run(w.gate, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"), {2 * ff});
+        c.mm->run(w.up, c.xn.get(), 0, c.gu.get(), ff, n, {}, c.prof("matmul"), {2 * ff});
+      }
+      c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},
+                    uint32_t(n), ff, {{}, c.prof("activation")});
+      c.mm->run(w.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     }
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, size_t(n) * E * 4);

@@ -79,6 +79,9 @@ class OpenClModel {
   struct LayerWeights;
   void upload_layer_experts(int layer);
   void moe_layer(int layer, DeviceCtx& home, int n_tokens);
+  // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
+  void expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
+                  cl_mem pair_expert, int x_rows, int n_pairs);
   void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
                     size_t dst_off, size_t bytes);
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }

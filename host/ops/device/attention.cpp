@@ -110,6 +110,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DDEC_TILE=" + std::to_string(t.decode_tile) +
       " -DRED_LWS=" + std::to_string(t.reduce_items);
   write_ = device.kernel("attention", "kv_write", options);
+  finish_ = device.kernel("attention", "qkv_finish", options);
   prefill_ = device.kernel("attention", "attention_prefill", options);
   decode_ = device.kernel("attention", "attention_decode_partial", options);
   decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
@@ -127,6 +128,38 @@ void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& laye
   const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.head_dim / 4);
   launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1},
          ev);
+}
+
+void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& layer,
+                             const QkvSource& src, cl_mem q_norm, cl_mem k_norm, float eps,
+                             const QkvRope& rope, cl_mem q_out, uint32_t q_out_offset,
+                             int32_t first_token, int32_t n_tokens, const Events& ev) {
+  check_range(b, first_token, n_tokens, "qkv_finish");
+  const auto& c = config_;
+  const uint32_t q_dim = uint32_t(c.n_head * c.head_dim), kv_dim = uint32_t(c.n_head_kv * c.head_dim);
+  if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.head_dim))
+    throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
+                         " must be even, > 0 and <= head_dim " + std::to_string(c.head_dim));
+  if ((q_norm == nullptr) != (k_norm == nullptr))
+    throw AttentionError("attention qkv_finish: q_norm and k_norm must be given together");
+  const uint32_t row_end = std::max({q_dim, src.k_col + kv_dim, src.v_col + kv_dim});
+  if (src.token_stride < row_end && n_tokens > 1)
+    throw AttentionError("attention qkv_finish: token stride " + std::to_string(src.token_stride) +
+                         " shorter than the q/k/v columns (" + std::to_string(row_end) + ")");
+  if (n_tokens == 0) return;
+  const Device& d = *device_;
+  const cl_uint use_norm = q_norm ? 1 : 0;
+  const cl_mem qn = q_norm ? q_norm : src.buf, kn = k_norm ? k_norm : src.buf;
+  set_args(d, finish_.get(), src.buf, cl_uint(src.offset), cl_uint(src.token_stride),
+           cl_uint(src.k_col), cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot),
+           rope.freq_base, cl_uint(rope.neox ? 1 : 0), b.meta, cl_uint(b.token_pos_offset),
+           cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
+           layer.k, layer.v);
+  const size_t lws = d.info().type == DeviceType::kCpu ? 1 : 32;  // QF_LWS in attention.cl
+  const size_t heads = size_t(c.n_head + 2 * c.n_head_kv);
+  const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
+  const size_t local[3] = {lws, 1, 1};
+  launch(d, finish_.get(), global, local, ev);
 }
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,

@@ -76,6 +76,27 @@ class AttentionOp {
                 uint32_t k_offset, cl_mem v_new, uint32_t v_offset, int32_t first_token,
                 int32_t n_tokens, const Events& ev = {});
 
+  // (a') The projections' last step in one launch: q and k heads get the optional per-head
+  // RMSNorm (q_norm / k_norm weights, head_dim floats; both null: no norm) and RoPE at the token's
+  // position (batch.token_pos); q is written packed to q_out, k and v are stored into the tokens'
+  // slots as write_kv does. Token t's q head h is read at element
+  // qkv_offset + t * qkv.token_stride + h * head_dim, its k and v heads from columns k_col / v_col.
+  struct QkvSource {
+    cl_mem buf = nullptr;
+    uint32_t offset = 0;
+    uint32_t token_stride = 0;  // floats between tokens' rows
+    uint32_t k_col = 0, v_col = 0;
+  };
+  struct QkvRope {
+    uint32_t n_rot = 0;  // even, <= head_dim
+    float freq_base = 10000.0f;
+    bool neox = false;
+  };
+  void qkv_finish(const kv::KvBatchView& batch, const kv::KvLayerView& layer, const QkvSource& src,
+                  cl_mem q_norm, cl_mem k_norm, float eps, const QkvRope& rope, cl_mem q_out,
+                  uint32_t q_out_offset, int32_t first_token, int32_t n_tokens,
+                  const Events& ev = {});
+
   // (b) Causal attention of the tokens (q f32 [batch token][n_head][head_dim]) over their
   // sequences' KV, written to out (same layout). Flash-style: query tiles of consecutive tokens
   // of one sequence share each K/V tile. Any tokens work; it is the fast path for prefill chunks.
@@ -100,7 +121,7 @@ class AttentionOp {
   AttentionConfig config_;
   AttentionTuning tuning_;
   float scale_;
-  ClKernel write_, prefill_, decode_, decode_rows_, reduce_;
+  ClKernel write_, finish_, prefill_, decode_, decode_rows_, reduce_;
 };
 
 }  // namespace tessera::ops

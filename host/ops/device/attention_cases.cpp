@@ -11,6 +11,8 @@
 #include "host/ops/device/attention.h"
 #include "host/ops/device/matrix.h"
 #include "host/ops/reference/attention.h"
+#include "host/ops/reference/norm.h"
+#include "host/ops/reference/rope.h"
 
 namespace tessera::ops {
 
@@ -136,6 +138,104 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   return r;
 }
 
+// qkv_finish against reference rms_norm + rope per head and f16-rounded K/V rows at the tokens'
+// slots (shuffled, one padding token with slot -1); the q/k/v source is one fused row per token
+// with a gap, so the strides and column offsets are exercised.
+MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const AttentionConfig& cfg,
+                                     bool norm, bool neox, int32_t n_rot) {
+  const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
+  const int32_t n = 7, n_blocks = 3;
+  AttentionOp op(device, cfg);
+  const uint32_t q_dim = uint32_t(H * D), kv_dim = uint32_t(HK * D);
+  const uint32_t k_col = q_dim + 4, v_col = k_col + kv_dim, stride = v_col + kv_dim + 3;
+  const std::vector<float> qkv = random_floats(size_t(n) * stride, 301 + D);
+  const std::vector<float> qw = random_floats(size_t(D), 302), kw = random_floats(size_t(D), 303);
+  std::vector<int32_t> slots(size_t(n_blocks * bs));
+  std::iota(slots.begin(), slots.end(), 0);
+  std::mt19937 rng(uint32_t(304 + D));
+  std::shuffle(slots.begin(), slots.end(), rng);
+  slots.resize(size_t(n));
+  slots[3] = -1;  // padding token
+  std::vector<int32_t> pos(static_cast<size_t>(n));
+  for (auto& p : pos) p = int32_t(rng() % 3000);
+  pos[0] = 0;
+  // meta: token_pos then token_slot (no block tables needed by this kernel).
+  kv::KvBatchView view;
+  std::vector<int32_t> meta = pos;
+  view.token_pos_offset = 0;
+  view.token_slot_offset = uint32_t(meta.size());
+  meta.insert(meta.end(), slots.begin(), slots.end());
+  view.n_tokens = n;
+  view.n_seqs = 1;
+  view.max_context = 3000;
+  const float eps = 1e-6f, base = 1000000.0f;
+
+  kv::KvPoolLayout layout{cfg.format, n_blocks, bs, HK, D};
+  std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
+  GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool), metab(device, meta);
+  GuardedBuffer src(device, qkv), qwb(device, qw), kwb(device, kw);
+  GuardedBuffer qout(device, size_t(n) * q_dim * sizeof(float));
+  view.meta = metab.mem();
+  const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
+  const AttentionOp::QkvSource source{src.mem(), 0, stride, k_col, v_col};
+  const AttentionOp::QkvRope rope{uint32_t(n_rot), base, neox};
+  auto run = [&](const Events& ev) {
+    op.qkv_finish(view, layer, source, norm ? qwb.mem() : nullptr, norm ? kwb.mem() : nullptr, eps,
+                  rope, qout.mem(), 0, 0, n, ev);
+  };
+  run({});
+  const auto got_q = qout.download<float>();
+  const auto kp = kpool.download<uint16_t>(), vp = vpool.download<uint16_t>();
+
+  const auto mode = neox ? reference::RopeMode::kNeox : reference::RopeMode::kNormal;
+  std::vector<float> ref_q(size_t(n) * q_dim), got_kv, ref_kv;
+  for (int32_t t = 0; t < n; ++t) {
+    const float* row = qkv.data() + size_t(t) * stride;
+    std::vector<float> q(row, row + q_dim), k(row + k_col, row + k_col + kv_dim);
+    if (norm) {
+      reference::rms_norm(q, qw, eps, q);
+      reference::rms_norm(k, kw, eps, k);
+    }
+    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode);
+    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode);
+    std::copy(q.begin(), q.end(), ref_q.begin() + size_t(t) * q_dim);
+    const int32_t slot = slots[size_t(t)];
+    if (slot < 0) continue;
+    for (int32_t h = 0; h < HK; ++h) {
+      const size_t r = (size_t(slot / bs * HK + h) * bs + size_t(slot % bs)) * size_t(D);
+      for (int32_t d = 0; d < D; ++d) {
+        got_kv.push_back(fp16_to_fp32(kp[r + size_t(d)]));
+        ref_kv.push_back(fp16_to_fp32(fp32_to_fp16(k[size_t(h * D + d)])));
+        got_kv.push_back(fp16_to_fp32(vp[r + size_t(d)]));
+        ref_kv.push_back(fp16_to_fp32(fp32_to_fp16(row[v_col + size_t(h * D + d)])));
+      }
+    }
+  }
+  // Rows of unused slots must still be NaN (nothing written outside the tokens' slots).
+  size_t untouched = 0, expected_untouched = 0;
+  for (size_t i = 0; i < kp.size(); ++i) untouched += (kp[i] == 0x7E00) + (vp[i] == 0x7E00);
+  expected_untouched = 2 * (kp.size() - size_t(n - 1) * size_t(HK * D));
+  std::vector<float> got = got_q, ref = ref_q;
+  got.insert(got.end(), got_kv.begin(), got_kv.end());
+  ref.insert(ref.end(), ref_kv.begin(), ref_kv.end());
+  got.push_back(float(untouched));
+  ref.push_back(float(expected_untouched));
+  // theta reaches 3000 rad in float: its rounding bounds the error (as the rope cases); f16 K/V.
+  MatrixCaseResult r =
+      judge(compare(got, ref), 1e-3,
+            {qout.check_guard(), kpool.check_guard(), vpool.check_guard(), src.check_guard()});
+  r.bytes = double(n) * (stride * 4 + q_dim * 4 + kv_dim * 4);
+  r.flops = double(n) * (q_dim + kv_dim) * 6;
+  if (timing) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      run({{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
 std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seqs) {
   std::string s = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + "xd" +
                   std::to_string(c.head_dim) + "_bs" + std::to_string(c.block_size) + "_ctx";
@@ -152,6 +252,19 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       {8, 2, 64, 16},   // GQA
       {4, 1, 128, 32},  // MQA, head 128, 32-token blocks
   };
+  for (const auto& c : shapes) {
+    for (int v = 0; v < 3; ++v) {
+      const bool norm = v != 1, neox = v != 0;
+      const int32_t n_rot = v == 2 ? c.head_dim / 2 : c.head_dim;  // v == 2: partial rotary
+      const std::string shape = "h" + std::to_string(c.n_head) + "/" +
+                                std::to_string(c.n_head_kv) + "xd" + std::to_string(c.head_dim) +
+                                (norm ? "_norm" : "") + (neox ? "_neox" : "_normal") + "_rot" +
+                                std::to_string(n_rot);
+      out.push_back({"qkv_finish", "f16kv", shape, [c, norm, neox, n_rot](const Device& d, bool t) {
+                       return run_qkv_finish_case(d, t, c, norm, neox, n_rot);
+                     }});
+    }
+  }
   const std::vector<SeqSpec> prefill_seqs{{0, 37}, {21, 5}, {50, 17}};
   const std::vector<SeqSpec> decode_seqs{{700, 1}, {77, 1}, {0, 1}, {300, 1}};
   for (const auto& c : shapes) {

@@ -158,17 +158,22 @@ DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const
 }
 
 void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
-                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done) const {
+                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done,
+                   Output out) const {
   if (w.n_expert != 1)
     throw TesseraError("matmul run: weight has " + std::to_string(w.n_expert) +
                        " experts; use run_experts");
   if (n_tokens <= 0) throw TesseraError("matmul run: n_tokens must be positive");
   if (!w.body) throw TesseraError("matmul run: weight not uploaded");
+  if (out.ldy == 0) out.ldy = size_t(w.rows);
+  if (out.ldy < size_t(w.rows))
+    throw TesseraError("matmul run: output row stride " + std::to_string(out.ldy) +
+                       " is shorter than the weight's " + std::to_string(w.rows) + " rows");
   Kernels& ks = kernels(w.type);
   const MatmulVariant& v = ks.variant;
   if (v.clblast_min_tokens > 0 && n_tokens >= v.clblast_min_tokens &&
       (w.type == TensorType::F32 || scratch_bytes_ >= size_t(w.cols) * sizeof(float))) {
-    run_clblast(w, x, x_offset, y, y_offset, n_tokens, wait, done);
+    run_clblast(w, x, x_offset, y, y_offset, n_tokens, wait, done, out);
     return;
   }
   const int tile = token_tile(n_tokens);
@@ -187,6 +192,8 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   set_arg(device_, k, 7, y);
   set_arg(device_, k, 8, yo);
   set_arg(device_, k, 9, nt);
+  set_arg(device_, k, 10, cl_uint(out.ldy));
+  set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
   enqueue_row_tiles(k, v, w.rows, n_tokens, tile, wait, done);
 }
 
@@ -198,8 +205,11 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   if (!w.body) throw TesseraError("matmul run_experts: weight not uploaded");
   Kernels& ks = kernels(w.type);
   const MatmulVariant& v = ks.variant;
-  // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones.
-  const int tile = token_tile(n_pairs);
+  // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones:
+  // the tile follows the average run length, so a few pairs of distinct experts spread over work
+  // groups (tile 1) instead of running one after another inside one.
+  const int tile = token_tile(std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(
+                                                                n_pairs, int(w.n_expert)))));
   cl_kernel k = ks.experts[Kernels::slot(tile)].get();
   const cl_mem head = w.head ? w.head.get() : w.body.get();
   const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
@@ -274,7 +284,7 @@ void MatmulOp::dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, c
 
 void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                            size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
-                           cl_event* done) const {
+                           cl_event* done, Output out) const {
   // Y[t][r] = sum_c X[t][c] W[r][c]: row-major SGEMM with B = W transposed, one slab of rows at a
   // time (F32 weights are used in place: their padded rows are the leading dimension).
   cl_command_queue q = device_.queue();
@@ -295,7 +305,7 @@ void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_
     const auto status = clblast::Gemm<float>(
         clblast::Layout::kRowMajor, clblast::Transpose::kNo, clblast::Transpose::kYes,
         size_t(n_tokens), size_t(nr), size_t(w.cols), 1.0f, x, x_offset, size_t(w.cols), b, b_off,
-        ldb, 0.0f, y, y_offset + size_t(r0), size_t(w.rows), &q, (last && done) ? &ev : nullptr);
+        ldb, out.accumulate ? 1.0f : 0.0f, y, y_offset + size_t(r0), out.ldy, &q, (last && done) ? &ev : nullptr);
     if (status != clblast::StatusCode::kSuccess)
       throw ClError("clblast::Gemm<float>", cl_int(status), device_.info().label(),
                     "CLBlast status " + std::to_string(int(status)));

@@ -46,6 +46,13 @@ struct DeviceWeight {
 // One per (device, matmul family). Programs are built per format on the first upload of that
 // format. Launches are asynchronous on device.queue(), allocate nothing and are not thread-safe
 // (kernel objects hold arguments): drive one MatmulOp from one thread, as its queue.
+// Where MatmulOp::run writes: y rows `ldy` floats apart (0: the weight's rows), and whether the
+// product is added to y (accumulate) or stored.
+struct MatmulOutput {
+  size_t ldy = 0;
+  bool accumulate = false;
+};
+
 class MatmulOp {
  public:
   explicit MatmulOp(const Device& device);
@@ -63,8 +70,12 @@ class MatmulOp {
 
   // y[y_offset + t * rows + r] = sum_c W[r][c] * x[x_offset + t * cols + c], t < n_tokens. Offsets
   // in floats. Dense weights only (n_expert 1). `done` receives the event of the last command.
+  // Output options: y rows `ldy` floats apart (0: rows; >= rows), and `accumulate` adds the
+  // product to y (a residual connection in the same launch) instead of storing it.
+  using Output = MatmulOutput;
   void run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
-           int n_tokens, const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+           int n_tokens, const std::vector<cl_event>& wait = {}, cl_event* done = nullptr,
+           Output out = MatmulOutput{}) const;
 
   // Every selected expert of a layer in one launch: for pair i < n_pairs, y row i (rows floats at
   // y_offset + i * rows) = W[pair_expert_ids[i]] times x row pair_token_ids[i] (int32 device
@@ -91,7 +102,8 @@ class MatmulOp {
   void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items, int tile,
                          const std::vector<cl_event>& wait, cl_event* done) const;
   void run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
-                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done) const;
+                   int n_tokens, const std::vector<cl_event>& wait, cl_event* done,
+                   Output out) const;
 
   const Device& device_;
   bool forced_ = false;

@@ -210,7 +210,28 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
   MatmulCheck r;
   auto got = read_guarded(dev, ym.get(), y_off + ny, r.guard_intact);
   got.erase(got.begin(), got.begin() + y_off);
-  compare_into(r, got, ref, matmul_tolerance(t));
+  // Strided rows and accumulation (residual) into y: rows ldy floats apart, added to a known
+  // base; the gap between rows must stay untouched.
+  {
+    const size_t ldy = size_t(rows) + 3, n_acc = size_t(n_tokens) * ldy;
+    std::vector<float> base = random_x(n_acc, seed + 101);
+    ClMem am = guarded_output(dev, n_acc);
+    dev.write(am.get(), 0, base.data(), n_acc * sizeof(float));
+    op.run(dw, xm.get(), x_off, am.get(), 0, n_tokens, {}, nullptr, {ldy, true});
+    dev.finish();
+    bool intact = true;
+    const auto acc = read_guarded(dev, am.get(), n_acc, intact);
+    r.guard_intact = r.guard_intact && intact;
+    std::vector<float> got2 = got, ref2 = ref;
+    for (int tk = 0; tk < n_tokens; ++tk)
+      for (size_t c = 0; c < ldy; ++c) {
+        const size_t i = size_t(tk) * ldy + c;
+        got2.push_back(acc[i]);
+        ref2.push_back(c < size_t(rows) ? base[i] + ref[size_t(tk) * size_t(rows) + c] : base[i]);
+      }
+    got = std::move(got2);
+    compare_into(r, got, ref2, matmul_tolerance(t));
+  }
   r.bytes = double(dw.source_bytes);
   r.flops = 2.0 * double(rows) * double(cols) * n_tokens;
   if (timing) {
