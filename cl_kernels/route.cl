@@ -135,3 +135,94 @@ __kernel void route_topk_group_f32(__global const float* logits, uint l_off, uin
     }
   }
 }
+
+// The start of a MoE block in one launch: RMSNorm of each token's residual row x (written to xn,
+// which the experts read), the router's logits of the normed row (F32 router rows `r_ld` floats
+// apart), and the routing of route_topk_f32. One work group per token (CPUs: one work item);
+// local memory: xs[n] (the normed row), part[local size] and lg[n_expert]. G items share each
+// expert's dot product (coalesced on GPUs), then one item routes serially as route_topk_f32.
+__kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global const float* norm_w,
+                                  float eps, uint n, __global float* xn, uint xn_off,
+                                  __global const float* router, uint r_ld, uint n_expert, uint k,
+                                  uint sigmoid_gating, uint normalize, float weight_scale,
+                                  __global int* ids, uint ids_off, __global float* weights,
+                                  uint w_off, __local float* xs, __local float* part,
+                                  __local float* lg) {
+  const size_t t = get_group_id(0);
+  const uint lid = get_local_id(0);
+  const uint L = get_local_size(0);
+  __global const float* xr = x + x_off + t * n;
+  // Compensated sum of squares (a CPU item adds the whole row), as rms_norm_f32.
+  float s = 0.0f, comp = 0.0f;
+  FOR_ROW(i, n) {
+    const float v = xr[i];
+    const float term = v * v - comp;
+    const float u = s + term;
+    comp = (u - s) - term;
+    s = u;
+  }
+  s = work_group_sum(s, part);
+  const float scale = 1.0f / sqrt(s / (float)n + eps);
+  FOR_ROW(i, n) {
+    const float v = xr[i] * scale * norm_w[i];
+    xs[i] = v;
+    xn[xn_off + t * n + i] = v;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  uint G = 1;
+  while (G * 2 * n_expert <= L) G *= 2;
+  const uint per = L / G, sub = lid % G;
+  for (uint e0 = 0; e0 < n_expert; e0 += per) {
+    const uint e = e0 + lid / G;
+    float p = 0.0f;
+    if (e < n_expert) {
+      __global const float* wr = router + (size_t)e * r_ld;
+      for (uint i = sub; i < n; i += G) p += wr[i] * xs[i];
+    }
+    part[lid] = p;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (sub == 0 && e < n_expert) {
+      float acc = 0.0f;
+      for (uint g = 0; g < G; ++g) acc += part[lid + g];
+      lg[e] = acc;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  if (lid != 0) return;
+  ids += ids_off + t * k;
+  weights += w_off + t * k;
+  float m = -INFINITY, inv = 1.0f;
+  if (!sigmoid_gating) {
+    for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
+    float sum = 0.0f;
+    for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
+    inv = 1.0f / sum;
+  }
+  float prev_p = INFINITY, wsum = 0.0f;
+  int prev_i = -1;
+  for (uint j = 0; j < k; ++j) {
+    int best = -1;
+    float best_p = 0.0f;
+    for (uint e = 0; e < n_expert; ++e) {
+      const float p = router_prob(lg[e], m, inv, sigmoid_gating);
+      const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);
+      if (after && (best < 0 || p > best_p)) {
+        best = (int)e;
+        best_p = p;
+      }
+    }
+    ids[j] = best;
+    weights[j] = best_p;
+    wsum += best_p;
+    prev_p = best_p;
+    prev_i = best;
+  }
+  const float denom = fmax(wsum, 6.103515625e-5f);
+  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+  for (uint j = 0; j < k; ++j) {
+    float w = weights[j];
+    if (normalize) w /= denom;
+    if (scaled) w *= weight_scale;
+    weights[j] = w;
+  }
+}

@@ -422,14 +422,16 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
                     c.prof("matmul"));
 }
 
-void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n) {
+void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed) {
   const auto& hp = spec_.hp;
   auto& w = *layers_[size_t(layer)];
   const int K = int(hp.n_expert_used);
   const int pairs = n * K;
-  home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
-  home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
-                    0, home.topk_w.get(), 0, {{}, home.prof("routing")});
+  if (!routed) {
+    home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
+    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_,
+                      home.topk_ids.get(), 0, home.topk_w.get(), 0, {{}, home.prof("routing")});
+  }
   if (w.all_on_home && !balancer_->enabled()) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
     expert_ffn(home, w, home.index, home.pair_token.get(), home.topk_ids.get(), n, pairs);
@@ -597,10 +599,20 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     }
     // Output projection added to the residual stream in the same launch.
     c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
-    c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
-                     {{}, c.prof("norm")});
+    // MoE with an F32 router: the FFN norm, router and top-k in one launch.
+    const bool fused_route = ls.is_moe() && w.router.type == gguf::TensorType::F32 &&
+                             c.route->can_norm_route(E, hp.n_expert);
+    if (fused_route) {
+      c.route->norm_route(c.x.get(), 0, w.ffn_norm.get(), hp.rms_eps, E, c.xn.get(), 0,
+                          w.router.body.get(), uint32_t(w.router.blocks_per_row * 32), uint32_t(n),
+                          hp.n_expert, routing_, c.topk_ids.get(), 0, c.topk_w.get(), 0,
+                          {{}, c.prof("routing")});
+    } else {
+      c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
+                       hp.rms_eps, {{}, c.prof("norm")});
+    }
     if (ls.is_moe()) {
-      moe_layer(int(l), c, n);
+      moe_layer(int(l), c, n, fused_route);
     } else {
       const uint32_t ff = hp.n_ff;
       if (w.gate_up.body) {

@@ -78,7 +78,8 @@ class OpenClModel {
   struct DeviceCtx;
   struct LayerWeights;
   void upload_layer_experts(int layer);
-  void moe_layer(int layer, DeviceCtx& home, int n_tokens);
+  // routed: the router's top-k of the tokens is already in home.topk_ids / topk_w.
+  void moe_layer(int layer, DeviceCtx& home, int n_tokens, bool routed);
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
   void expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
                   cl_mem pair_expert, int x_rows, int n_pairs);

@@ -34,10 +34,22 @@ class RoutingOps {
              const RoutingConfig& config, cl_mem ids, uint32_t ids_off, cl_mem weights,
              uint32_t w_off, const Events& ev = {});
 
+  // The start of a MoE block fused into one launch (route.cl norm_route_topk_f32): xn = RMSNorm(x)
+  // * norm_w for n_tokens rows of n floats (x from x_off, xn from xn_off), router logits of xn by
+  // an F32 router (n_expert rows of r_ld floats: a repacked F32 weight's body), then route() on
+  // them. can_norm_route says whether the device's local memory holds the row; the caller runs
+  // rms_norm + matmul + route otherwise.
+  bool can_norm_route(uint32_t n, uint32_t n_expert) const;
+  void norm_route(cl_mem x, uint32_t x_off, cl_mem norm_w, float eps, uint32_t n, cl_mem xn,
+                  uint32_t xn_off, cl_mem router, uint32_t r_ld, uint32_t n_tokens,
+                  uint32_t n_expert, const RoutingConfig& config, cl_mem ids, uint32_t ids_off,
+                  cl_mem weights, uint32_t w_off, const Events& ev = {});
+
  private:
+  size_t norm_route_local() const;
   const Device* device_;
   RoutingVariant variant_;
-  ClKernel route_;
+  ClKernel route_, norm_route_;
 };
 
 }  // namespace tessera::ops
