@@ -3,6 +3,7 @@
 // the pairs of token t are entries [offsets[t], offsets[t+1]) of `rows` (the y row of each entry;
 // when use_rows == 0 entry p is y row p) and `weights`. out is [token][n].
 #include "common.clh"
+#include "rows.clh"
 
 // One work item per (feature, token): a contiguous run of features per work-group row, so GPUs
 // coalesce and CPU work-groups stream.
@@ -23,4 +24,31 @@ __kernel void moe_combine(__global float* out, uint out_off,
   }
   __global float* o = out + out_off + (size_t)t * n + i;
   *o = accumulate ? *o + acc : acc;
+}
+
+// moe_combine (accumulating, pairs token-major: entry p is y row p) fused with the next layer's
+// RMSNorm: x += sum_p weights[p] * y[p], then xn = x / sqrt(mean(x^2) + eps) * norm_w. One work
+// group per token (a power-of-two size; CPUs: one item); scratch holds the local size in floats.
+__kernel void moe_combine_norm(__global float* x, uint x_off, __global const float* y, uint y_off,
+                               __global const float* weights, uint w_off,
+                               __global const int* offsets, uint n, __global const float* norm_w,
+                               float eps, __global float* xn, uint xn_off,
+                               __local float* scratch) {
+  const size_t t = get_group_id(0);
+  const int begin = offsets[t], end = offsets[t + 1];
+  __global float* xr = x + x_off + t * n;
+  float s = 0.0f, comp = 0.0f;
+  FOR_ROW(i, n) {
+    float acc = 0.0f;
+    for (int p = begin; p < end; ++p) acc += weights[w_off + p] * y[y_off + (size_t)p * n + i];
+    const float v = xr[i] + acc;
+    xr[i] = v;
+    const float term = v * v - comp;
+    const float u = s + term;
+    comp = (u - s) - term;
+    s = u;
+  }
+  s = work_group_sum(s, scratch);
+  const float scale = 1.0f / sqrt(s / (float)n + eps);
+  FOR_ROW(i, n) xn[xn_off + t * n + i] = xr[i] * scale * norm_w[i];
 }

@@ -422,7 +422,7 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
                     c.prof("matmul"));
 }
 
-void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed) {
+bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_mem next_norm) {
   const auto& hp = spec_.hp;
   auto& w = *layers_[size_t(layer)];
   const int K = int(hp.n_expert_used);
@@ -435,11 +435,17 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed) {
   if (w.all_on_home && !balancer_->enabled()) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
     expert_ffn(home, w, home.index, home.pair_token.get(), home.topk_ids.get(), n, pairs);
+    stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
+    if (next_norm) {
+      home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
+                             home.token_pairs.get(), uint32_t(n), hp.n_embd, next_norm,
+                             hp.rms_eps, home.xn.get(), 0, {{}, home.prof("moe_combine")});
+      return true;
+    }
     home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
                       home.token_pairs.get(), nullptr, uint32_t(n), hp.n_embd, true,
                       {{}, home.prof("moe_combine")});
-    stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
-    return;
+    return false;
   }
 
   // Experts on several devices: the router's choice comes to the host (a few bytes per token), each
@@ -520,6 +526,7 @@ void OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed) {
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
   }
+  return false;
 }
 
 std::vector<float> OpenClModel::forward(const StepBatch& b) {
@@ -563,6 +570,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
 
   DeviceCtx* cur = &home;
   const uint32_t E = hp.n_embd;
+  bool prenormed = false;  // xn already holds this layer's attention-normed input
   for (size_t l = 0; l < spec_.layers.size(); ++l) {
     DeviceCtx& c = ctx(plan_.layer_device[l]);
     if (&c != cur) {
@@ -571,8 +579,10 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     }
     auto& w = *layers_[l];
     const auto& ls = spec_.layers[l];
-    c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
-                     {{}, c.prof("norm")});
+    if (!prenormed)
+      c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
+                       hp.rms_eps, {{}, c.prof("norm")});
+    prenormed = false;
     // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one launch.
     const uint32_t q_dim = hp.q_dim(), kv_dim = hp.kv_dim(), qkv_ld = q_dim + 2 * kv_dim;
     if (w.wqkv.body) {
@@ -612,7 +622,9 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                        hp.rms_eps, {{}, c.prof("norm")});
     }
     if (ls.is_moe()) {
-      moe_layer(int(l), c, n, fused_route);
+      const bool next_here = l + 1 < spec_.layers.size() && &ctx(plan_.layer_device[l + 1]) == &c;
+      prenormed =
+          moe_layer(int(l), c, n, fused_route, next_here ? layers_[l + 1]->attn_norm.get() : nullptr);
     } else {
       const uint32_t ff = hp.n_ff;
       if (w.gate_up.body) {

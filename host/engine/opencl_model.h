@@ -78,8 +78,10 @@ class OpenClModel {
   struct DeviceCtx;
   struct LayerWeights;
   void upload_layer_experts(int layer);
-  // routed: the router's top-k of the tokens is already in home.topk_ids / topk_w.
-  void moe_layer(int layer, DeviceCtx& home, int n_tokens, bool routed);
+  // routed: the router's top-k of the tokens is already in home.topk_ids / topk_w. next_norm (may
+  // be null): the next layer's attention norm on this device; returns true when it was applied
+  // (home.xn holds the next layer's normed input).
+  bool moe_layer(int layer, DeviceCtx& home, int n_tokens, bool routed, cl_mem next_norm);
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
   void expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
                   cl_mem pair_expert, int x_rows, int n_pairs);

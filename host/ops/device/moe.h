@@ -22,9 +22,15 @@ class MoeOps {
                uint32_t w_off, cl_mem offsets, cl_mem rows, uint32_t n_tokens, uint32_t n,
                bool accumulate, const Events& ev = {});
 
+  // combine(x, ..., rows = null, accumulate = true) fused with the next RMSNorm: then
+  // xn[t] = x[t] / sqrt(mean(x[t]^2) + eps) * norm_w (norm_w: n floats). One launch.
+  void combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl_mem weights,
+                    uint32_t w_off, cl_mem offsets, uint32_t n_tokens, uint32_t n, cl_mem norm_w,
+                    float eps, cl_mem xn, uint32_t xn_off, const Events& ev = {});
+
  private:
   const Device* device_;
-  ClKernel combine_;
+  ClKernel combine_, combine_norm_;
 };
 
 }  // namespace tessera::ops
