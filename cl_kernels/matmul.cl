@@ -46,8 +46,36 @@ inline float dot16(float16 a, float16 b) {
 #define ACC_ADD(acc, w0, w1, x0, x1) acc += dot16(w0, x0) + dot16(w1, x1)
 #endif
 
+// X_SWIGLU: each x row is [gate | up] (2 * cols floats) and the matmul's input row is
+// silu(gate) * up (the activation folded into the down projection's loads, as act.cl computes it).
+#ifdef X_SWIGLU
+#define X_LD(cols) (2 * (ulong)(cols))
+inline float x_at(__global const float* row, uint c, uint cols) {
+  const float g = row[c];
+  return g / (1.0f + exp(-g)) * row[cols + c];
+}
+#else
+#define X_LD(cols) ((ulong)(cols))
+#define x_at(row, c, cols) ((row)[c])
+#endif
+
 // 32 floats of x from p[c..c+31], zero beyond `cols` (only F32/F16/BF16 rows have a partial chunk).
 inline void load_x(__global const float* p, uint c, uint cols, float16* x0, float16* x1) {
+#ifdef X_SWIGLU
+#ifdef PADDED_COLS
+  if (c + CHUNK > cols) {
+    float t[CHUNK];
+    for (uint i = 0; i < CHUNK; ++i) t[i] = (c + i < cols) ? x_at(p, c + i, cols) : 0.0f;
+    *x0 = vload16(0, t);
+    *x1 = vload16(1, t);
+    return;
+  }
+#endif
+  const float16 g0 = vload16(0, p + c), g1 = vload16(1, p + c);
+  *x0 = g0 / (1.0f + exp(-g0)) * vload16(0, p + cols + c);
+  *x1 = g1 / (1.0f + exp(-g1)) * vload16(1, p + cols + c);
+  return;
+#endif
 #ifdef PADDED_COLS
   if (c + CHUNK > cols) {
     float t[CHUNK];
@@ -126,7 +154,7 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
         for (uint i = lid; i < stage; i += LANES * WG_ROWS) {                                      \
           const uint c = k0 * CHUNK + i;                                                           \
           xs[j * ((8 / TT) * LANES * XPAD) + (i / CHUNK) * XPAD + i % CHUNK] =                     \
-              c < cols ? x[xrow[j] + c] : 0.0f;                                                    \
+              c < cols ? x_at(x + xrow[j], c, cols) : 0.0f;                                \
         }                                                                                          \
       }                                                                                            \
       barrier(CLK_LOCAL_MEM_FENCE);                                                                \
@@ -220,7 +248,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint t0 = tile * TT;                                                                   \
       ulong xrow[TT];                                                                              \
-      for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * cols;    \
+      for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);    \
       float out[RPW * TT];                                                                         \
       tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                           \
       if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
@@ -267,7 +295,7 @@ DEFINE_MATMUL(8)
         for (uint j = 0; j < TT; ++j) {                                                            \
           const int tk = pair_token[p + min(j, nj - 1)];                                           \
           ok = ok && tk >= 0 && (uint)tk < x_rows;                                                 \
-          xrow[j] = x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * cols;                           \
+          xrow[j] = x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * X_LD(cols);                           \
         }                                                                                          \
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
         float out[RPW * TT];                                                                       \

@@ -41,6 +41,9 @@ struct OpenClModel::DeviceCtx {
   std::unique_ptr<kv::KvBatchBuffers> batch;
   kv::KvBatchView view;
   bool has_layers = false;
+  // SwiGLU folded into the down projection's loads: each row group recomputes its inputs' SiLU,
+  // nearly free on GPUs, a loss on CPUs (there a separate launch computes it once).
+  bool fold_swiglu = false;
   // Activations for max_batch_tokens tokens.
   // qkv: a step's projections, one row of q | k | v per token; gu: gate | up rows per expert pair
   // (fused weights) or the gate rows then the up rows (separate weights).
@@ -169,6 +172,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     auto c = std::make_unique<DeviceCtx>();
     c->index = int(d);
     c->profile = options_.profile;
+    c->fold_swiglu = registry.get(plan_.devices[d].id).info().type != DeviceType::kCpu;
     c->dev = &registry.get(plan_.devices[d].id);
     const Device& dev = *c->dev;
     c->mm = std::make_unique<ops::MatmulOp>(dev);
@@ -379,6 +383,7 @@ void OpenClModel::upload_layer_experts(int layer) {
       s.up = slice(ls.up_exps);
     }
     s.down = slice(ls.down_exps);
+    if (s.gate_up.body && c.fold_swiglu) c.mm->prepare_swiglu(ls.down_exps->type);
   }
   const int home = plan_.layer_device[size_t(layer)];
   w.all_on_home = int(w.shards[size_t(home)].experts.size()) == int(hp.n_expert);
@@ -403,8 +408,16 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
                              cl_mem pair_expert, int x_rows, int np) {
   const auto& s = w.shards[size_t(device)];
   const uint32_t ff = spec_.hp.n_ff_exp;
+  if (s.gate_up.body && c.fold_swiglu) {
+    // One launch for gate and up (pair row p holds gate then up), one for down with SwiGLU
+    // folded into its loads of those rows.
+    c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
+                      c.prof("matmul"), true);
+    return;
+  }
   if (s.gate_up.body) {
-    // One launch for gate and up: pair row p holds gate (ff) then up (ff).
     c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
                       {}, c.prof("matmul"));
     c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},

@@ -156,8 +156,14 @@ TEST(MatmulDevice, EveryVariant) {
         expect_pass(check_matmul(op, t, 45, cl.mid, 1, false), what + " t1");
         expect_pass(check_matmul(op, t, 9, cl.few, 17, false), what + " t17");
         expect_pass(check_matmul(op, t, 70, cl.longest, 3, false), what + " t3");
-        if (c.v.clblast_min_tokens == 0)
+        if (c.v.clblast_min_tokens == 0) {
           expect_pass(check_experts(op, t, 11, cl.one, 5, 6, 3, false), what + " experts");
+          // SwiGLU folded into the loads: one token (tile 1) and a prefill tile.
+          expect_pass(check_experts(op, t, 13, cl.one, 5, 1, 3, false, 7, true),
+                      what + " experts swiglu t1");
+          expect_pass(check_experts(op, t, 13, cl.mid, 3, 9, 2, false, 8, true),
+                      what + " experts swiglu t9");
+        }
       }
     }
   }

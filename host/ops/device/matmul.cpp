@@ -77,6 +77,8 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
 struct MatmulOp::Kernels {
   MatmulVariant variant;
   ClKernel matmul[3], experts[3];  // token tiles 1, 4, 8
+  ClKernel experts_swiglu[3];      // X_SWIGLU program, built on demand
+  std::string options;
   ClKernel dequantize;
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
 };
@@ -109,6 +111,7 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
                        " bytes of local memory; " + device_.info().label() + " has " +
                        std::to_string(device_.info().local_mem_bytes));
   const std::string opts = std::string("-D") + f->macro + " " + v.build_options();
+  k->options = opts;
   const int tiles[3] = {1, 4, 8};
   for (int i = 0; i < 3; ++i) {
     k->matmul[i] = device_.kernel("matmul", "matmul_t" + std::to_string(tiles[i]), opts);
@@ -116,6 +119,16 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   }
   k->dequantize = device_.kernel("matmul", "dequantize", opts);
   return *kernels_.emplace(t, std::move(k)).first->second;
+}
+
+void MatmulOp::prepare_swiglu(TensorType t) const {
+  Kernels& k = kernels(t);
+  std::lock_guard lock(mutex_);
+  if (k.experts_swiglu[0]) return;
+  const int tiles[3] = {1, 4, 8};
+  for (int i = 0; i < 3; ++i)
+    k.experts_swiglu[i] =
+        device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]), k.options + " -DX_SWIGLU=1");
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
@@ -199,18 +212,20 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
 
 void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
                            size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
-                           int n_pairs, const std::vector<cl_event>& wait, cl_event* done) const {
+                           int n_pairs, const std::vector<cl_event>& wait, cl_event* done,
+                           bool x_swiglu) const {
   if (n_pairs <= 0) throw TesseraError("matmul run_experts: n_pairs must be positive");
   if (x_rows <= 0) throw TesseraError("matmul run_experts: x_rows must be positive");
   if (!w.body) throw TesseraError("matmul run_experts: weight not uploaded");
   Kernels& ks = kernels(w.type);
+  if (x_swiglu && !ks.experts_swiglu[0]) prepare_swiglu(w.type);
   const MatmulVariant& v = ks.variant;
   // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones:
   // the tile follows the average run length, so a few pairs of distinct experts spread over work
   // groups (tile 1) instead of running one after another inside one.
   const int tile = token_tile(std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(
                                                                 n_pairs, int(w.n_expert)))));
-  cl_kernel k = ks.experts[Kernels::slot(tile)].get();
+  cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
   const cl_mem head = w.head ? w.head.get() : w.body.get();
   const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
   const cl_ulong xo = x_offset, yo = y_offset;

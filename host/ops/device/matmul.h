@@ -81,9 +81,14 @@ class MatmulOp {
   // y_offset + i * rows) = W[pair_expert_ids[i]] times x row pair_token_ids[i] (int32 device
   // buffers; x has x_rows rows of cols floats). Pairs sorted by expert share weight reads (tiles of
   // up to 8 consecutive pairs with the same expert). An out-of-range id gives a NaN row.
+  // x_swiglu: x rows are [gate | up] (2 * cols floats) and each input row is silu(gate) * up
+  // (SwiGLU folded into the down projection: one launch less). That program is built by
+  // prepare_swiglu (call it at load time) or at the first such launch.
   void run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
                    size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs,
-                   const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+                   const std::vector<cl_event>& wait = {}, cl_event* done = nullptr,
+                   bool x_swiglu = false) const;
+  void prepare_swiglu(gguf::TensorType type) const;
 
   // Rows [row0, row0 + n_rows) of the stacked matrices (expert e's row r is e * rows + r) as f32,
   // row-major with `cols` floats per row, at out_offset floats.

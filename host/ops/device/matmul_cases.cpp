@@ -73,6 +73,14 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                      MatmulOp op(dev);
                      return to_matrix(check_experts(op, t, 33, c_small, 4, 11, 2, timing), timing);
                    }});
+    // SwiGLU folded into the expert loads (the down projection's input): decode, 4 of 16 experts.
+    out.push_back({"experts_swiglu", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
+                   [t, c_mid](const Device& dev, bool timing) {
+                     MatmulOp op(dev);
+                     return to_matrix(
+                         check_experts(op, t, 67, c_mid, 16, 1, 4, timing, 1, /*x_swiglu=*/true),
+                         timing);
+                   }});
   }
 }
 

@@ -245,11 +245,22 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
 }
 
 MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
-                          int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed) {
+                          int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed,
+                          bool x_swiglu) {
   if (top_k > n_expert) throw TesseraError("check_experts: top_k above n_expert");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
-  const auto x = random_x(size_t(n_tokens) * cols, seed);
+  // x_swiglu: device rows [gate | up]; the reference multiplies silu(gate) * up (act.cl's formula).
+  const auto xin = random_x(size_t(n_tokens) * cols * (x_swiglu ? 2 : 1), seed);
+  std::vector<float> x = xin;
+  if (x_swiglu) {
+    x.resize(size_t(n_tokens) * cols);
+    for (int tk = 0; tk < n_tokens; ++tk)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float g = xin[size_t(tk) * 2 * cols + c], u = xin[size_t(tk) * 2 * cols + cols + c];
+        x[size_t(tk) * cols + c] = g / (1.0f + std::exp(-g)) * u;
+      }
+  }
   // Each token picks top_k distinct experts; pairs sorted by expert like the MoE executor's.
   std::mt19937 rng(seed + 99);
   std::vector<std::pair<int, int>> pairs;  // (expert, token)
@@ -273,13 +284,14 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
     std::copy(yi.begin(), yi.end(), ref.begin() + size_t(i) * rows);
   }
   const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
-  ClMem xm = dev.alloc(x.size() * sizeof(float));
-  dev.write(xm.get(), 0, x.data(), x.size() * sizeof(float));
+  ClMem xm = dev.alloc(xin.size() * sizeof(float));
+  dev.write(xm.get(), 0, xin.data(), xin.size() * sizeof(float));
   ClMem tm = dev.alloc(tok.size() * 4), em = dev.alloc(exp.size() * 4);
   dev.write(tm.get(), 0, tok.data(), tok.size() * 4);
   dev.write(em.get(), 0, exp.data(), exp.size() * 4);
   ClMem ym = guarded_output(dev, ref.size());
-  op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs);
+  op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {}, nullptr,
+                 x_swiglu);
   dev.finish();
   MatmulCheck r;
   const auto got = read_guarded(dev, ym.get(), ref.size(), r.guard_intact);
@@ -294,7 +306,7 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
         dev,
         [&](cl_event* ev) {
           op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {},
-                         ev);
+                         ev, x_swiglu);
         },
         true, 10);
   }
