@@ -112,7 +112,7 @@ int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
   int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
-  bool json = false;
+  bool json = false, balancer = false;
   po::options_description opts(
       "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
   opts.add_options()("help,h", "show this help")(
@@ -128,6 +128,8 @@ int run_bench(const std::vector<std::string>& args) {
       "timed repetitions (median reported)")("batch",
                                              po::value<int>(&max_batch)->default_value(512),
                                              "engine max_batch_tokens (prefill chunk)")(
+      "balancer", po::bool_switch(&balancer),
+      "re-place experts between steps (also on with a --config whose balancer is enabled)")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
@@ -146,6 +148,7 @@ int run_bench(const std::vector<std::string>& args) {
   eo.max_sequences = 1;
   eo.max_context = ctx;
   eo.max_batch_tokens = max_batch;
+  eo.balancer = balancer || (config.balancer && !config_path.empty());
   const auto tl = Clock::now();
   engine::OpenClModel m(spec, registry, plan, footprint, eo);
   const double load_s = std::chrono::duration<double>(Clock::now() - tl).count();
@@ -197,11 +200,14 @@ int run_bench(const std::vector<std::string>& args) {
         "\"n_gen\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, \"load_seconds\": %.3f, "
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
-        "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f}\n",
+        "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
+        "\"balancer_moves\": %llu}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
-        static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac);
+        static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
+        eo.balancer ? "true" : "false",
+        static_cast<unsigned long long>(m.stats().balancer_moves));
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
                 devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);
@@ -211,6 +217,9 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf(
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
+    if (eo.balancer)
+      std::printf("balancer: %llu expert moves\n",
+                  static_cast<unsigned long long>(m.stats().balancer_moves));
   }
   return 0;
 }
