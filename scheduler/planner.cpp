@@ -12,6 +12,11 @@
 
 namespace tessera::sched {
 
+namespace {
+// Launches of a device's share of a MoE layer: gate|up, SwiGLU, down, combine.
+constexpr int kExpertLaunches = 4;
+}  // namespace
+
 double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
   return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) +
          launches * d.launch_us * 1e-6;
@@ -87,10 +92,17 @@ void predict(Plan& plan, const ModelFootprint& model,
           expected += load ? (*load)[l][size_t(e)] : double(model.n_expert_used) / layer.n_experts;
         }
         if (expected <= 0) continue;
+        // Streaming the selected experts' bytes, plus a fixed cost (the expert launches and, off
+        // the layer's device, the round trip) paid only by tokens that select any expert here:
+        // with k picks, probability 1 - (1 - expected / k)^k. A layer whose last expert leaves a
+        // device saves that device's launches and round trip entirely.
+        const double k = std::max(1, model.n_expert_used);
+        const double p_use = 1.0 - std::pow(std::max(0.0, 1.0 - expected / k), k);
         double te = op_seconds(plan.devices[d], expected * layer.expert_bytes,
-                               2.0 * expected * layer.expert_bytes, 3);
+                               2.0 * expected * layer.expert_bytes, 0);
+        te += p_use * kExpertLaunches * plan.devices[d].launch_us * 1e-6;
         plan.decode_seconds[d] += te;
-        if (int(d) != ld) te += 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
+        if (int(d) != ld) te += p_use * 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
         slowest = std::max(slowest, te);  // devices work on their experts concurrently
       }
     }

@@ -166,6 +166,20 @@ int run_bench(const std::vector<std::string>& args) {
     time_prefill(
         m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
   if (n_gen > 0) time_decode(m, std::min(n_gen, 4), 1);
+  // With the balancer on, decode until its placement settles (two rounds of the test without a
+  // move, at most 16 rounds), so the timed runs measure the placement it converged to; the moves
+  // and warm-up steps are reported.
+  int balancer_warmup_steps = 0;
+  if (eo.balancer && n_gen > 0) {
+    uint64_t last = m.stats().balancer_moves;
+    for (int round = 0, quiet = 0; round < 16 && quiet < 2; ++round) {
+      time_decode(m, n_gen, 1);
+      balancer_warmup_steps += n_gen;
+      quiet = m.stats().balancer_moves == last ? quiet + 1 : 0;
+      last = m.stats().balancer_moves;
+    }
+  }
+  const uint64_t warmup_moves = m.stats().balancer_moves;
 
   std::vector<double> pp, tg;
   for (int r = 0; r < reps; ++r) {
@@ -201,13 +215,15 @@ int run_bench(const std::vector<std::string>& args) {
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
-        "\"balancer_moves\": %llu}\n",
+        "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
+        "\"balancer_warmup_steps\": %d}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         eo.balancer ? "true" : "false",
-        static_cast<unsigned long long>(m.stats().balancer_moves));
+        static_cast<unsigned long long>(m.stats().balancer_moves),
+        static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
                 devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);
@@ -218,8 +234,9 @@ int run_bench(const std::vector<std::string>& args) {
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
     if (eo.balancer)
-      std::printf("balancer: %llu expert moves\n",
-                  static_cast<unsigned long long>(m.stats().balancer_moves));
+      std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
+                  static_cast<unsigned long long>(m.stats().balancer_moves),
+                  static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstdlib>
 #include <cstring>
 #include <numeric>
 
@@ -142,6 +143,17 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
                          EngineOptions options)
     : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
   const auto& hp = spec_.hp;
+  if (const char* off = std::getenv("TESSERA_NO_FUSE")) {
+    const std::string list = std::string(",") + off + ",";
+    auto has = [&](const char* name) { return list.find(std::string(",") + name + ",") != std::string::npos; };
+    if (has("qkv")) options_.fuse.qkv = false;
+    if (has("norm_route")) options_.fuse.norm_route = false;
+    if (has("combine_norm")) options_.fuse.combine_norm = false;
+    if (has("swiglu")) options_.fuse.swiglu = false;
+    spdlog::info("TESSERA_NO_FUSE={}: fusions qkv {} norm_route {} combine_norm {} swiglu {}", off,
+                 options_.fuse.qkv, options_.fuse.norm_route, options_.fuse.combine_norm,
+                 options_.fuse.swiglu);
+  }
   if (options_.max_logit_rows <= 0) options_.max_logit_rows = options_.max_sequences;
   options_.max_logit_rows = std::min(options_.max_logit_rows, options_.max_batch_tokens);
   if (options_.max_context <= 0)
@@ -172,7 +184,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     auto c = std::make_unique<DeviceCtx>();
     c->index = int(d);
     c->profile = options_.profile;
-    c->fold_swiglu = registry.get(plan_.devices[d].id).info().type != DeviceType::kCpu;
+    c->fold_swiglu =
+        options_.fuse.swiglu && registry.get(plan_.devices[d].id).info().type != DeviceType::kCpu;
     c->dev = &registry.get(plan_.devices[d].id);
     const Device& dev = *c->dev;
     c->mm = std::make_unique<ops::MatmulOp>(dev);
@@ -282,7 +295,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     w->ffn_norm = norm_weights(c, ls.ffn_norm);
     w->q_norm = norm_weights(c, ls.q_norm);
     w->k_norm = norm_weights(c, ls.k_norm);
-    if (stackable({ls.wq, ls.wk, ls.wv})) {
+    if (options_.fuse.qkv && stackable({ls.wq, ls.wk, ls.wv})) {
       w->wqkv = stacked(c, {ls.wq, ls.wk, ls.wv});
     } else {
       w->wq = matrix(c, ls.wq);
@@ -623,7 +636,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     // Output projection added to the residual stream in the same launch.
     c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     // MoE with an F32 router: the FFN norm, router and top-k in one launch.
-    const bool fused_route = ls.is_moe() && w.router.type == gguf::TensorType::F32 &&
+    const bool fused_route = options_.fuse.norm_route && ls.is_moe() &&
+                             w.router.type == gguf::TensorType::F32 &&
                              c.route->can_norm_route(E, hp.n_expert);
     if (fused_route) {
       c.route->norm_route(c.x.get(), 0, w.ffn_norm.get(), hp.rms_eps, E, c.xn.get(), 0,
@@ -635,7 +649,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                        hp.rms_eps, {{}, c.prof("norm")});
     }
     if (ls.is_moe()) {
-      const bool next_here = l + 1 < spec_.layers.size() && &ctx(plan_.layer_device[l + 1]) == &c;
+      const bool next_here = options_.fuse.combine_norm && l + 1 < spec_.layers.size() &&
+                             &ctx(plan_.layer_device[l + 1]) == &c;
       prenormed =
           moe_layer(int(l), c, n, fused_route, next_here ? layers_[l + 1]->attn_norm.get() : nullptr);
     } else {

@@ -31,6 +31,15 @@ struct EngineOptions {
   int kv_blocks = 0;  // 0: enough for max_sequences sequences of max_context tokens
   bool balancer = false;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
+  // Fused launches (each has a portability-matrix case); switching one off runs the separate
+  // kernels instead, for A/B measurements. Also off by name in $TESSERA_NO_FUSE (comma list:
+  // qkv, norm_route, combine_norm, swiglu).
+  struct Fusion {
+    bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
+    bool norm_route = true;    // FFN norm + F32 router + top-k
+    bool combine_norm = true;  // MoE combine + next layer's attention norm
+    bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
+  } fuse;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };

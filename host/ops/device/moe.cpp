@@ -21,7 +21,7 @@ void MoeOps::combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl
   const size_t local =
       device_->info().type == DeviceType::kCpu
           ? 1
-          : std::min<size_t>(256, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+          : std::min<size_t>(1024, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
   set_local_arg(*device_, k, 12, local * sizeof(float));
   const size_t global = size_t(n_tokens) * local;
   enqueue(*device_, k, 1, &global, &local, ev);

@@ -29,7 +29,9 @@ RoutingOps::RoutingOps(const Device& device, RoutingVariant variant)
 size_t RoutingOps::norm_route_local() const {
   // The variant's shape: one item per token (serial) or a work group sharing the dot products.
   if (variant_ == RoutingVariant::kSerial) return 1;
-  return std::min<size_t>(256, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+  // One work group per token: decode runs a single group, so it takes the widest one.
+  return std::min<size_t>(1024,
+                          floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
 }
 
 bool RoutingOps::can_norm_route(uint32_t n, uint32_t n_expert) const {
@@ -47,7 +49,7 @@ void RoutingOps::norm_route(cl_mem x, uint32_t x_off, cl_mem norm_w, float eps, 
     throw std::invalid_argument("norm_route: n_expert_used " + std::to_string(k) +
                                 " is not in [1, " + std::to_string(n_expert) + "]");
   }
-  if (!can_norm_route(n, n_expert) || r_ld < n) {
+  if (!can_norm_route(n, n_expert) || r_ld < n || r_ld % 4 != 0) {
     throw std::invalid_argument("norm_route: a row of " + std::to_string(n) + " floats and " +
                                 std::to_string(n_expert) + " experts (router stride " +
                                 std::to_string(r_ld) + ") do not fit " +
@@ -148,7 +150,7 @@ MatrixCaseResult run_norm_route(const Device& device, bool timing, uint32_t toke
   const float eps = 1e-6f;
   std::vector<float> x = random_floats(size_t(tokens) * n, 61 + n, -2, 2);
   const std::vector<float> nw = random_floats(n, 62 + n, 0.5f, 1.5f);
-  const uint32_t ld = n + 3;  // padded router rows, as a repacked F32 weight has
+  const uint32_t ld = (n + 3 + 3) / 4 * 4;  // padded rows (a multiple of 4), as a repacked F32 has
   const std::vector<float> router = random_floats(size_t(n_expert) * ld, 63 + n_expert, -1, 1);
   std::vector<float> ref_xn(x.size());
   reference::rms_norm(x, nw, eps, ref_xn);
