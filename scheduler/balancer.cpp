@@ -52,11 +52,25 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
   std::vector<uint64_t> used(plan.devices.size());
   for (size_t d = 0; d < used.size(); ++d) used[d] = plan.weight_bytes[d] + plan.kv_bytes[d];
 
+  // Each round takes the candidate with the most predicted time saved per byte moved: one expert,
+  // or every expert a device holds of one layer (emptying a layer on a device also saves that
+  // device's launches and round trip for the layer, which single moves barely show).
   for (int m = 0; m < max_moves_; ++m) {
-    ExpertMove chosen;
-    double chosen_time = best;
-    // Try every (layer, expert, target): small models make this cheap; large ones are bounded by
-    // layers * experts * devices evaluations of the cost model per move.
+    struct Candidate {
+      int layer = -1, from = -1, to = -1, expert = -1;  // expert -1: all of `from`'s in the layer
+      double time = 0, per_byte = 0;
+    } chosen;
+    chosen.time = best;
+    auto consider = [&](const Candidate& c, uint64_t bytes) {
+      const double gain = best - plan.decode_step_seconds;
+      if (gain <= best * 0.001) return;
+      const double per_byte = gain / double(std::max<uint64_t>(bytes, 1));
+      if (chosen.layer < 0 || per_byte > chosen.per_byte) {
+        chosen = c;
+        chosen.time = plan.decode_step_seconds;
+        chosen.per_byte = per_byte;
+      }
+    };
     for (size_t l = 0; l < plan.expert_device.size(); ++l) {
       auto& assign = plan.expert_device[l];
       const uint64_t eb = model_.layers[l].expert_bytes;
@@ -67,27 +81,43 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
           if (int(to) == from || used[to] + eb > plan.devices[to].budget_bytes) continue;
           assign[e] = int(to);
           predict(plan, model_, &observed);
-          if (plan.decode_step_seconds < chosen_time * 0.999) {
-            chosen_time = plan.decode_step_seconds;
-            chosen = {int(l), int(e), from, int(to)};
-          }
+          consider({int(l), from, int(to), int(e)}, eb);
           assign[e] = from;
         }
       }
+      for (size_t from = 0; from < plan.devices.size(); ++from) {
+        const int n = plan.experts_on(int(l), int(from));
+        if (n < 2) continue;  // single moves cover it
+        for (size_t to = 0; to < plan.devices.size(); ++to) {
+          if (to == from || used[to] + uint64_t(n) * eb > plan.devices[to].budget_bytes) continue;
+          const auto saved = assign;
+          for (auto& a : assign)
+            if (a == int(from)) a = int(to);
+          predict(plan, model_, &observed);
+          consider({int(l), int(from), int(to), -1}, uint64_t(n) * eb);
+          assign = saved;
+        }
+      }
     }
-    if (chosen_time >= best) break;
-    plan.expert_device[size_t(chosen.layer)][size_t(chosen.expert)] = chosen.to;
+    if (chosen.layer < 0) break;
+    auto& assign = plan.expert_device[size_t(chosen.layer)];
     const uint64_t eb = model_.layers[size_t(chosen.layer)].expert_bytes;
-    used[size_t(chosen.from)] -= eb;
-    used[size_t(chosen.to)] += eb;
-    plan.weight_bytes[size_t(chosen.from)] -= eb;
-    plan.weight_bytes[size_t(chosen.to)] += eb;
-    best = chosen_time;
-    moves.push_back(chosen);
-    ++moves_;
-    spdlog::info("balancer: layer {} expert {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
-                 chosen.expert, plan.devices[size_t(chosen.from)].id,
-                 plan.devices[size_t(chosen.to)].id, best * 1e3);
+    for (size_t e = 0; e < assign.size(); ++e) {
+      const bool take = chosen.expert < 0 ? assign[e] == chosen.from : int(e) == chosen.expert;
+      if (!take) continue;
+      assign[e] = chosen.to;
+      used[size_t(chosen.from)] -= eb;
+      used[size_t(chosen.to)] += eb;
+      plan.weight_bytes[size_t(chosen.from)] -= eb;
+      plan.weight_bytes[size_t(chosen.to)] += eb;
+      moves.push_back({chosen.layer, int(e), chosen.from, chosen.to});
+      ++moves_;
+    }
+    best = chosen.time;
+    spdlog::info("balancer: layer {} {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
+                 chosen.expert < 0 ? std::string("all experts") : "expert " + std::to_string(chosen.expert),
+                 plan.devices[size_t(chosen.from)].id, plan.devices[size_t(chosen.to)].id,
+                 best * 1e3);
   }
   predict(plan, model_, &observed);
   return moves;

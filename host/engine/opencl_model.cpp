@@ -54,7 +54,15 @@ struct OpenClModel::DeviceCtx {
   // k).
   ClMem iota, pair_token, token_pairs;
   // Per-step pair lists of the multi-device MoE path.
-  ClMem p_tok, p_exp, p_w, p_off;
+  // They and xn are regions of one buffer (`stage`, sub-buffers at st_* bytes), so a job's
+  // pairs and activations reach a device in one write (each command costs tens of microseconds
+  // on PoCL).
+  ClMem stage, p_tok, p_exp, p_w, p_off;
+  // topk_ids, topk_w and xn follow each other likewise: one read brings the router's choice and
+  // the normed activations to the host.
+  size_t st_tok = 0, st_exp = 0, st_w = 0, st_off = 0, st_ids = 0, st_wts = 0, st_xn = 0,
+         st_bytes = 0;
+  std::vector<uint8_t> h_stage;
   std::vector<int32_t> h_tok, h_exp, h_off;
   std::vector<float> h_w, staging;
   // Profiling: each launch's completion event, by op family (only when EngineOptions::profile).
@@ -199,19 +207,46 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     const size_t f = sizeof(float);
     const size_t ff = std::max(hp.n_ff, hp.n_ff_exp);
     c->x = dev.alloc(size_t(T) * hp.n_embd * f);
-    c->xn = dev.alloc(size_t(T) * hp.n_embd * f);
+    {
+      // One buffer, sub-buffer regions aligned for any device (4 KiB covers every base-address
+      // alignment seen).
+      const size_t align = 4096;
+      auto region = [&](size_t bytes) {
+        const size_t at = c->st_bytes;
+        c->st_bytes = ops::round_up(at + bytes, align);
+        return at;
+      };
+      c->st_tok = region(size_t(max_pairs) * 4);
+      c->st_exp = region(size_t(max_pairs) * 4);
+      c->st_w = region(size_t(max_pairs) * 4);
+      c->st_off = region(size_t(T + 1) * 4);
+      c->st_ids = region(size_t(max_pairs) * 4);
+      c->st_wts = region(size_t(max_pairs) * 4);
+      c->st_xn = region(size_t(T) * hp.n_embd * f);
+      c->stage = dev.alloc(c->st_bytes);
+      auto sub = [&](size_t at, size_t bytes) {
+        cl_buffer_region r{at, bytes};
+        cl_int err = CL_SUCCESS;
+        cl_mem m = clCreateSubBuffer(c->stage.get(), CL_MEM_READ_WRITE,
+                                     CL_BUFFER_CREATE_TYPE_REGION, &r, &err);
+        if (err != CL_SUCCESS) throw ClError("clCreateSubBuffer", err, dev.info().label());
+        return ClMem(m);
+      };
+      c->p_tok = sub(c->st_tok, size_t(max_pairs) * 4);
+      c->p_exp = sub(c->st_exp, size_t(max_pairs) * 4);
+      c->p_w = sub(c->st_w, size_t(max_pairs) * 4);
+      c->p_off = sub(c->st_off, size_t(T + 1) * 4);
+      c->topk_ids = sub(c->st_ids, size_t(max_pairs) * 4);
+      c->topk_w = sub(c->st_wts, size_t(max_pairs) * 4);
+      c->xn = sub(c->st_xn, size_t(T) * hp.n_embd * f);
+      c->h_stage.resize(c->st_bytes);
+    }
     c->partial = dev.alloc(size_t(T) * hp.n_embd * f);
     c->y = dev.alloc(size_t(max_pairs) * hp.n_embd * f);
     c->gu = dev.alloc(size_t(max_pairs) * 2 * ff * f);
     c->h = dev.alloc(size_t(max_pairs) * ff * f);
     c->router = dev.alloc(size_t(T) * std::max<uint32_t>(hp.n_expert, 1) * f);
-    c->topk_ids = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
-    c->topk_w = dev.alloc(size_t(max_pairs) * f);
     c->tokens = dev.alloc(size_t(T) * sizeof(int32_t));
-    c->p_tok = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
-    c->p_exp = dev.alloc(size_t(max_pairs) * sizeof(int32_t));
-    c->p_w = dev.alloc(size_t(max_pairs) * f);
-    c->p_off = dev.alloc(size_t(T + 1) * sizeof(int32_t));
     std::vector<int32_t> iota(static_cast<size_t>(max_pairs)),
         pair_token(static_cast<size_t>(max_pairs)), token_pairs(static_cast<size_t>(T + 1));
     std::iota(iota.begin(), iota.end(), 0);
@@ -476,23 +511,24 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
 
   // Experts on several devices: the router's choice comes to the host (a few bytes per token), each
   // device gets the pairs of its experts, and the devices run them concurrently.
-  std::vector<int32_t> ids(static_cast<size_t>(pairs));
-  std::vector<float> wts(static_cast<size_t>(pairs));
-  home.dev->read(home.topk_ids.get(), 0, ids.data(), ids.size() * 4, false);
-  home.dev->read(home.topk_w.get(), 0, wts.data(), wts.size() * 4, true);
-  for (int t = 0; t < n; ++t) balancer_->record(layer, ids.data() + size_t(t) * K, K);
+  bool any_remote = false;
+  for (size_t d = 0; d < ctxs_.size(); ++d)
+    any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
+  // One read: ids, weights and (when another device takes experts) the normed activations.
+  {
+    const size_t end =
+        any_remote ? home.st_xn + size_t(n) * hp.n_embd * 4 : home.st_wts + size_t(pairs) * 4;
+    home.dev->read(home.stage.get(), home.st_ids, home.h_stage.data() + home.st_ids,
+                   end - home.st_ids, true);
+  }
+  const int32_t* ids = reinterpret_cast<const int32_t*>(home.h_stage.data() + home.st_ids);
+  const float* wts = reinterpret_cast<const float*>(home.h_stage.data() + home.st_wts);
+  xn_src_ = reinterpret_cast<const float*>(home.h_stage.data() + home.st_xn);
+  for (int t = 0; t < n; ++t) balancer_->record(layer, ids + size_t(t) * K, K);
 
   std::vector<std::function<void()>> jobs(ctxs_.size());
   std::vector<int> remote;
   lane_seconds_.assign(ctxs_.size(), 0.0);
-  bool any_remote = false;
-  for (size_t d = 0; d < ctxs_.size(); ++d)
-    any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
-  if (any_remote) {
-    // One download of the normed activations serves every remote device.
-    xn_host_.resize(size_t(n) * hp.n_embd);
-    home.dev->read(home.xn.get(), 0, xn_host_.data(), xn_host_.size() * 4, true);
-  }
   for (size_t d = 0; d < ctxs_.size(); ++d) {
     auto& s = w.shards[d];
     if (s.experts.empty()) continue;
@@ -522,11 +558,18 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
     jobs[d] = [this, &c, &w, d, &home, n, np, is_home] {
       const auto t0 = Clock::now();
       const auto& hp2 = spec_.hp;
-      if (!is_home) c.dev->write(c.xn.get(), 0, xn_host_.data(), size_t(n) * hp2.n_embd * 4, false);
-      c.dev->write(c.p_tok.get(), 0, c.h_tok.data(), size_t(np) * 4, false);
-      c.dev->write(c.p_exp.get(), 0, c.h_exp.data(), size_t(np) * 4, false);
-      c.dev->write(c.p_w.get(), 0, c.h_w.data(), size_t(np) * 4, false);
-      c.dev->write(c.p_off.get(), 0, c.h_off.data(), c.h_off.size() * 4, false);
+      // Pairs (and, off the home device, the normed activations) in one write of the stage.
+      uint8_t* st = c.h_stage.data();
+      std::memcpy(st + c.st_tok, c.h_tok.data(), size_t(np) * 4);
+      std::memcpy(st + c.st_exp, c.h_exp.data(), size_t(np) * 4);
+      std::memcpy(st + c.st_w, c.h_w.data(), size_t(np) * 4);
+      std::memcpy(st + c.st_off, c.h_off.data(), c.h_off.size() * 4);
+      size_t end = c.st_off + c.h_off.size() * 4;
+      if (!is_home) {
+        std::memcpy(st + c.st_xn, xn_src_, size_t(n) * hp2.n_embd * 4);
+        end = c.st_xn + size_t(n) * hp2.n_embd * 4;
+      }
+      c.dev->write(c.stage.get(), 0, st, end, false);
       expert_ffn(c, w, int(d), c.p_tok.get(), c.p_exp.get(), n, np);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,

@@ -112,7 +112,7 @@ class OpenClModel {
   ClMem embd_table_, output_norm_;  // on the attention device
   ops::DeviceWeight output_;
   reference::RoutingConfig routing_;
-  std::vector<float> xn_host_;        // staging of the normed activations for remote experts
+  const float* xn_src_ = nullptr;     // the home device's normed activations, read for remote experts
   std::vector<double> lane_seconds_;  // per device, written by its executor lane
 };
 

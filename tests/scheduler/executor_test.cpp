@@ -108,6 +108,49 @@ TEST(BalancerTest, MovesAHotExpertOffTheSlowDevice) {
     EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
 }
 
+// Uniform routing, two layers' experts on a CPU whose launches cost 45 us, room on the GPU for
+// one layer's experts: the balancer empties one layer on the CPU (saving its launches and round
+// trip) rather than spreading single moves over both layers.
+TEST(BalancerTest, EmptiesALayerOnTheSlowDeviceWhenBudgetIsTight) {
+  ModelFootprint m;
+  for (int l = 0; l < 4; ++l) m.layers.push_back({1u << 20, 1u << 20, 8, 10});
+  m.embedding_bytes = 1u << 20;
+  m.output_bytes = 1u << 20;
+  m.n_expert_used = 2;
+  m.n_embd = 256;
+  m.kv_bytes_per_token = 1024;
+  m.context_tokens = 256;
+  auto devs = two_devices();
+  devs[1].launch_us = 45;
+  Config c;
+  c.attention = "gpu0";
+  c.cpu_moe_layers = 2;
+  auto loose = make_plan(m, devs, c);
+  devs[0].budget_bytes = loose.weight_bytes[0] + loose.kv_bytes[0] + (8u << 20) + (1u << 19);
+  auto plan = make_plan(m, devs, c);
+  ASSERT_EQ(plan.experts_on(0, 1), 8);
+  ASSERT_EQ(plan.experts_on(1, 1), 8);
+  ExpertBalancer bal(m, true, 1, 4);
+  for (int t = 0; t < 64; ++t) {
+    for (int l = 0; l < 4; ++l) {
+      int pick[2] = {(t * 3) % 8, (t * 3 + 1 + t / 8) % 8};
+      if (pick[1] == pick[0]) pick[1] = (pick[0] + 1) % 8;
+      bal.record(l, pick, 2);
+    }
+  }
+  bal.end_step();
+  auto observed = bal.load();
+  predict(plan, m, &observed);
+  const double before = plan.decode_step_seconds;
+  const auto moves = bal.rebalance(plan);
+  EXPECT_EQ(moves.size(), 8u);
+  EXPECT_TRUE(plan.experts_on(0, 1) == 0 || plan.experts_on(1, 1) == 0)
+      << "layer 0 keeps " << plan.experts_on(0, 1) << ", layer 1 keeps " << plan.experts_on(1, 1);
+  EXPECT_LT(plan.decode_step_seconds, before);
+  for (size_t d = 0; d < 2; ++d)
+    EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
+}
+
 TEST(BalancerTest, DisabledOrTooEarlyDoesNothing) {
   auto m = small_moe();
   auto plan = make_plan(m, two_devices(), Config{});
