@@ -195,9 +195,52 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
     }
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  if (lid != 0) return;
   ids += ids_off + t * k;
   weights += w_off + t * k;
+  if (L >= n_expert) {
+    // Parallel: item e computes the softmax statistics (redundantly, in the serial order, so the
+    // values match route_topk_f32 bit for bit), its probability, then its rank in (prob desc,
+    // index asc); ranks below k are the selection, in order.
+    float m = -INFINITY, inv = 1.0f, p = 0.0f;
+    if (lid < n_expert) {
+      if (!sigmoid_gating) {
+        for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
+        float sum = 0.0f;
+        for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
+        inv = 1.0f / sum;
+      }
+      p = router_prob(lg[lid], m, inv, sigmoid_gating);
+      part[lid] = p;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    __local int* sel_id = (__local int*)xs;  // the normed row is no longer needed
+    if (lid < n_expert) {
+      uint rank = 0;
+      for (uint e = 0; e < n_expert; ++e) {
+        const float q = part[e];
+        rank += (q > p || (q == p && e < lid)) ? 1 : 0;
+      }
+      if (rank < k) {
+        sel_id[rank] = (int)lid;
+        lg[rank] = p;
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lid != 0) return;
+    float wsum = 0.0f;
+    for (uint j = 0; j < k; ++j) wsum += lg[j];
+    const float denom = fmax(wsum, 6.103515625e-5f);
+    const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+    for (uint j = 0; j < k; ++j) {
+      float w = lg[j];
+      if (normalize) w /= denom;
+      if (scaled) w *= weight_scale;
+      ids[j] = sel_id[j];
+      weights[j] = w;
+    }
+    return;
+  }
+  if (lid != 0) return;
   float m = -INFINITY, inv = 1.0f;
   if (!sigmoid_gating) {
     for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);

@@ -678,6 +678,9 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     }
     // Output projection added to the residual stream in the same launch.
     c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+    // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
+    // without this the device would idle while the host enqueues the whole step.
+    CL_CHECK(clFlush(c.dev->queue()), c.dev->info().label());
     // MoE with an F32 router: the FFN norm, router and top-k in one launch.
     const bool fused_route = options_.fuse.norm_route && ls.is_moe() &&
                              w.router.type == gguf::TensorType::F32 &&
