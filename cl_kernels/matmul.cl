@@ -179,7 +179,7 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
   }
 #endif
 
-#if LANES == 1
+#if LANES == 1 || defined(GEMV_STAGED)
 DEFINE_TILE(1)
 #else
 // GPUs, one token (decode): no staging, so no barrier between the weight and x loads; x (a few KB,

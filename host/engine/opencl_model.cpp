@@ -27,6 +27,10 @@ namespace tessera::engine {
 
 using Clock = std::chrono::steady_clock;
 
+namespace {
+constexpr int kFoldSwigluMaxPairs = 64;
+}  // namespace
+
 struct OpenClModel::DeviceCtx {
   int index = 0;  // in the plan
   const Device* dev = nullptr;
@@ -158,6 +162,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     if (has("norm_route")) options_.fuse.norm_route = false;
     if (has("combine_norm")) options_.fuse.combine_norm = false;
     if (has("swiglu")) options_.fuse.swiglu = false;
+    if (has("flush")) options_.flush_per_layer = false;
     spdlog::info("TESSERA_NO_FUSE={}: fusions qkv {} norm_route {} combine_norm {} swiglu {}", off,
                  options_.fuse.qkv, options_.fuse.norm_route, options_.fuse.combine_norm,
                  options_.fuse.swiglu);
@@ -456,7 +461,9 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
                              cl_mem pair_expert, int x_rows, int np) {
   const auto& s = w.shards[size_t(device)];
   const uint32_t ff = spec_.hp.n_ff_exp;
-  if (s.gate_up.body && c.fold_swiglu) {
+  // Folding pays for a few pairs (decode); with many (prefill) every row group recomputing its
+  // inputs' SiLU costs more than the launch it saves.
+  if (s.gate_up.body && c.fold_swiglu && np <= kFoldSwigluMaxPairs) {
     // One launch for gate and up (pair row p holds gate then up), one for down with SwiGLU
     // folded into its loads of those rows.
     c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
@@ -680,7 +687,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
-    CL_CHECK(clFlush(c.dev->queue()), c.dev->info().label());
+    if (options_.flush_per_layer) CL_CHECK(clFlush(c.dev->queue()), c.dev->info().label());
     // MoE with an F32 router: the FFN norm, router and top-k in one launch.
     const bool fused_route = options_.fuse.norm_route && ls.is_moe() &&
                              w.router.type == gguf::TensorType::F32 &&

@@ -40,6 +40,9 @@ struct EngineOptions {
     bool combine_norm = true;  // MoE combine + next layer's attention norm
     bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
   } fuse;
+  // clFlush after each layer's attention so the device starts while the host enqueues the rest
+  // ("flush" in $TESSERA_NO_FUSE turns it off).
+  bool flush_per_layer = true;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };

@@ -5,6 +5,7 @@
 #include <clblast.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <string>
 
 #include "host/common/error.h"
@@ -110,7 +111,9 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
     throw TesseraError("matmul: variant " + v.str() + " needs " + std::to_string(local_bytes) +
                        " bytes of local memory; " + device_.info().label() + " has " +
                        std::to_string(device_.info().local_mem_bytes));
-  const std::string opts = std::string("-D") + f->macro + " " + v.build_options();
+  std::string opts = std::string("-D") + f->macro + " " + v.build_options();
+  // Extra build options for kernel experiments (e.g. -DGEMV_STAGED), part of the cache key.
+  if (const char* extra = std::getenv("TESSERA_MATMUL_OPTIONS")) opts += std::string(" ") + extra;
   k->options = opts;
   const int tiles[3] = {1, 4, 8};
   for (int i = 0; i < 3; ++i) {
