@@ -500,8 +500,15 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
     home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_,
                       home.topk_ids.get(), 0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   }
-  if (w.all_on_home && !balancer_->enabled()) {
-    // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]).
+  if (w.all_on_home) {
+    // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
+    // balancer's counts come from a non-blocking copy of the choice, read after the step.
+    if (balancer_->enabled()) {
+      auto& pending = pending_choices_.emplace_back();
+      pending.layer = layer;
+      pending.ids.resize(size_t(pairs));
+      home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
+    }
     expert_ffn(home, w, home.index, home.pair_token.get(), home.topk_ids.get(), n, pairs);
     stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
     if (next_norm) {
@@ -749,6 +756,13 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
 
   for (auto& c : ctxs_) c->collect(stats_.device_op_seconds);
   ++stats_.steps;
+  // Queues have finished: the balancer's counts of layers routed without a round trip.
+  for (const auto& p : pending_choices_) {
+    const int K = int(hp.n_expert_used);
+    for (size_t t = 0; t * size_t(K) < p.ids.size(); ++t)
+      balancer_->record(p.layer, p.ids.data() + t * size_t(K), K);
+  }
+  pending_choices_.clear();
   balancer_->end_step();
   if (balancer_->enabled()) {
     const auto moves = balancer_->rebalance(plan_);

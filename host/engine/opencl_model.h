@@ -3,6 +3,7 @@
 // chunks and decode tokens mixed), which continuous batching relies on.
 #pragma once
 
+#include <deque>
 #include <functional>
 #include <map>
 #include <memory>
@@ -115,6 +116,12 @@ class OpenClModel {
   ClMem embd_table_, output_norm_;  // on the attention device
   ops::DeviceWeight output_;
   reference::RoutingConfig routing_;
+  // Router choices of layers routed on one device, copied without blocking for the balancer.
+  struct PendingChoice {
+    int layer = 0;
+    std::vector<int32_t> ids;
+  };
+  std::deque<PendingChoice> pending_choices_;  // deque: elements stay put while reads are queued
   const float* xn_src_ = nullptr;     // the home device's normed activations, read for remote experts
   std::vector<double> lane_seconds_;  // per device, written by its executor lane
 };
