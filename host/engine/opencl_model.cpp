@@ -450,11 +450,29 @@ void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, Devi
              from.dev->info().label());
     return;
   }
-  // Different devices (possibly different platforms): through host memory.
+  if (from.dev->context() == to.dev->context()) {
+    // Devices of one context: a device-side copy on the receiver's queue, ordered after the
+    // sender's queued work by an event; the host does not wait.
+    enqueue_copy_after(from, src, src_off, to, dst, dst_off, bytes);
+    return;
+  }
+  // Different platforms: through host memory.
   auto& staging = to.staging;
   staging.resize((bytes + 3) / 4);
   from.dev->read(src, src_off, staging.data(), bytes, true);
   to.dev->write(dst, dst_off, staging.data(), bytes, true);
+}
+
+void OpenClModel::enqueue_copy_after(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to,
+                                     cl_mem dst, size_t dst_off, size_t bytes) {
+  cl_event marker = nullptr;
+  CL_CHECK(clEnqueueMarkerWithWaitList(from.dev->queue(), 0, nullptr, &marker),
+           from.dev->info().label());
+  ClEvent hold(marker);
+  CL_CHECK(clFlush(from.dev->queue()), from.dev->info().label());
+  CL_CHECK(clEnqueueCopyBuffer(to.dev->queue(), src, dst, src_off, dst_off, bytes, 1, &marker,
+                               nullptr),
+           to.dev->info().label());
 }
 
 void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
@@ -525,13 +543,15 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
 
   // Experts on several devices: the router's choice comes to the host (a few bytes per token), each
   // device gets the pairs of its experts, and the devices run them concurrently.
-  bool any_remote = false;
+  // One read: ids, weights and (when a device of another context takes experts) the normed
+  // activations.
+  bool any_foreign = false;
   for (size_t d = 0; d < ctxs_.size(); ++d)
-    any_remote |= &home != ctxs_[d].get() && !w.shards[d].experts.empty();
-  // One read: ids, weights and (when another device takes experts) the normed activations.
+    any_foreign |= &home != ctxs_[d].get() && !w.shards[d].experts.empty() &&
+                   ctxs_[d]->dev->context() != home.dev->context();
   {
     const size_t end =
-        any_remote ? home.st_xn + size_t(n) * hp.n_embd * 4 : home.st_wts + size_t(pairs) * 4;
+        any_foreign ? home.st_xn + size_t(n) * hp.n_embd * 4 : home.st_wts + size_t(pairs) * 4;
     home.dev->read(home.stage.get(), home.st_ids, home.h_stage.data() + home.st_ids,
                    end - home.st_ids, true);
   }
@@ -579,21 +599,25 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
       std::memcpy(st + c.st_w, c.h_w.data(), size_t(np) * 4);
       std::memcpy(st + c.st_off, c.h_off.data(), c.h_off.size() * 4);
       size_t end = c.st_off + c.h_off.size() * 4;
-      if (!is_home) {
+      const bool shared = !is_home && c.dev->context() == home.dev->context();
+      if (!is_home && !shared) {
         std::memcpy(st + c.st_xn, xn_src_, size_t(n) * hp2.n_embd * 4);
         end = c.st_xn + size_t(n) * hp2.n_embd * 4;
       }
       c.dev->write(c.stage.get(), 0, st, end, false);
+      // Same context: the activations move device to device, after the home queue's work.
+      if (shared)
+        enqueue_copy_after(home, home.xn.get(), 0, c, c.xn.get(), 0, size_t(n) * hp2.n_embd * 4);
       expert_ffn(c, w, int(d), c.p_tok.get(), c.p_exp.get(), n, np);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
                      c.p_off.get(), nullptr, uint32_t(n), hp2.n_embd, is_home,
                      {{}, c.prof("moe_combine")});
-      if (!is_home) {
+      if (!is_home && !shared) {
         c.staging.resize(size_t(n) * hp2.n_embd);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
       } else {
-        c.dev->finish();
+        c.dev->finish();  // for the lane's device time; the data stays on the device
       }
       lane_seconds_[size_t(c.index)] = std::chrono::duration<double>(Clock::now() - t0).count();
     };
@@ -605,7 +629,11 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
   }
   for (int d : remote) {
     DeviceCtx& c = ctx(d);
-    home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
+    if (c.dev->context() == home.dev->context())
+      enqueue_copy_after(c, c.partial.get(), 0, home, home.partial.get(), 0,
+                         size_t(n) * hp.n_embd * 4);
+    else
+      home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
   }

@@ -95,6 +95,9 @@ class OpenClModel {
   // be null): the next layer's attention norm on this device; returns true when it was applied
   // (home.xn holds the next layer's normed input).
   bool moe_layer(int layer, DeviceCtx& home, int n_tokens, bool routed, cl_mem next_norm);
+  // Copies on `to`'s queue after everything queued on `from` (devices of one context).
+  void enqueue_copy_after(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
+                          size_t dst_off, size_t bytes);
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
   void expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
                   cl_mem pair_expert, int x_rows, int n_pairs);
