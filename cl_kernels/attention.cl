@@ -117,6 +117,59 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
   for (uint d = lid * 4; d < HEAD_DIM; d += QF_LWS * 4) kv_store4(pool, row, d, vload4(0, buf + d));
 }
 
+// The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a pow and a
+// sincos per pair, scalar library calls on PoCL) are computed once per token instead of once per
+// head. Same formulas, so the same values. Grid: (n_tokens), local size 1.
+__kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_stride,
+                              uint k_col, uint v_col, __global const float* q_norm,
+                              __global const float* k_norm, uint use_norm, float eps, uint n_rot,
+                              float freq_base, uint neox, __global const int* meta, uint pos_off,
+                              uint slot_off, uint first_token, __global float* q_out,
+                              uint q_out_off, __global kv_elem_t* k_pool,
+                              __global kv_elem_t* v_pool) {
+  const uint t = first_token + get_global_id(0);
+  const float pos = (float)meta[pos_off + t];
+  float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
+  for (uint i = 0; i < n_rot / 2; ++i) {
+    const float theta = pos * pow(freq_base, -2.0f * (float)i / (float)n_rot);
+    sn[i] = sincos(theta, &cs[i]);
+  }
+  const int slot = meta[slot_off + t];
+  __global const float* row = qkv + qkv_off + (size_t)t * tok_stride;
+  float buf[HEAD_DIM];
+  for (uint hs = 0; hs < N_HEAD + 2 * N_HEAD_KV; ++hs) {
+    const uint kind = hs < N_HEAD ? 0 : (hs < N_HEAD + N_HEAD_KV ? 1 : 2);
+    const uint h = kind == 0 ? hs : (kind == 1 ? hs - N_HEAD : hs - N_HEAD - N_HEAD_KV);
+    __global const float* src = row + (kind == 0 ? 0 : (kind == 1 ? k_col : v_col)) + h * HEAD_DIM;
+    for (uint d = 0; d < HEAD_DIM; ++d) buf[d] = src[d];
+    if (kind != 2) {
+      if (use_norm) {
+        __global const float* w = kind == 0 ? q_norm : k_norm;
+        float ss = 0.0f;
+        for (uint d = 0; d < HEAD_DIM; ++d) ss += buf[d] * buf[d];
+        const float scale = 1.0f / sqrt(ss / (float)HEAD_DIM + eps);
+        for (uint d = 0; d < HEAD_DIM; ++d) buf[d] = buf[d] * scale * w[d];
+      }
+      for (uint i = 0; i < n_rot / 2; ++i) {
+        const uint a = neox ? i : 2 * i;
+        const uint b = neox ? i + n_rot / 2 : 2 * i + 1;
+        const float x0 = buf[a], x1 = buf[b];
+        buf[a] = x0 * cs[i] - x1 * sn[i];
+        buf[b] = x0 * sn[i] + x1 * cs[i];
+      }
+    }
+    if (kind == 0) {
+      __global float* dst = q_out + q_out_off + ((size_t)t * N_HEAD + h) * HEAD_DIM;
+      for (uint d = 0; d < HEAD_DIM; ++d) dst[d] = buf[d];
+      continue;
+    }
+    if (slot < 0) continue;  // padding token: nothing to store
+    const size_t r = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+    __global kv_elem_t* pool = kind == 1 ? k_pool : v_pool;
+    for (uint d = 0; d < HEAD_DIM; d += 4) kv_store4(pool, r, d, vload4(0, buf + d));
+  }
+}
+
 // ---- (b) Prefill: one work-group per (tile of PF_BQ consecutive batch tokens, query head);
 // PF_BQ * PF_TPR work items; row r = lid / PF_TPR is served by PF_TPR items. The tile's rows are
 // processed in runs of equal sequence; a run walks its sequence's KV in PF_KT-token tiles held in

@@ -111,6 +111,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DRED_LWS=" + std::to_string(t.reduce_items);
   write_ = device.kernel("attention", "kv_write", options);
   finish_ = device.kernel("attention", "qkv_finish", options);
+  finish_rows_ = device.kernel("attention", "qkv_finish_rows", options);
   prefill_ = device.kernel("attention", "attention_prefill", options);
   decode_ = device.kernel("attention", "attention_decode_partial", options);
   decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
@@ -150,16 +151,23 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   const Device& d = *device_;
   const cl_uint use_norm = q_norm ? 1 : 0;
   const cl_mem qn = q_norm ? q_norm : src.buf, kn = k_norm ? k_norm : src.buf;
-  set_args(d, finish_.get(), src.buf, cl_uint(src.offset), cl_uint(src.token_stride),
+  // CPUs: one item per token (RoPE angles once per token); GPUs: a work group per head.
+  const bool rows = tuning_.decode_rows;
+  cl_kernel k = rows ? finish_rows_.get() : finish_.get();
+  set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride),
            cl_uint(src.k_col), cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot),
            rope.freq_base, cl_uint(rope.neox ? 1 : 0), b.meta, cl_uint(b.token_pos_offset),
            cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
            layer.k, layer.v);
+  if (rows) {
+    launch(d, k, {size_t(n_tokens), 1, 1}, {1, 1, 1}, ev);
+    return;
+  }
   const size_t lws = d.info().type == DeviceType::kCpu ? 1 : 32;  // QF_LWS in attention.cl
   const size_t heads = size_t(c.n_head + 2 * c.n_head_kv);
   const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
   const size_t local[3] = {lws, 1, 1};
-  launch(d, finish_.get(), global, local, ev);
+  launch(d, k, global, local, ev);
 }
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,

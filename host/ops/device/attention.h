@@ -121,7 +121,7 @@ class AttentionOp {
   AttentionConfig config_;
   AttentionTuning tuning_;
   float scale_;
-  ClKernel write_, finish_, prefill_, decode_, decode_rows_, reduce_;
+  ClKernel write_, finish_, finish_rows_, prefill_, decode_, decode_rows_, reduce_;
 };
 
 }  // namespace tessera::ops

@@ -141,11 +141,18 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 // qkv_finish against reference rms_norm + rope per head and f16-rounded K/V rows at the tokens'
 // slots (shuffled, one padding token with slot -1); the q/k/v source is one fused row per token
 // with a gap, so the strides and column offsets are exercised.
+// other_shape: the kernel shape the device does not use by default (per-token rows on GPUs,
+// per-head work groups on CPUs), so both are checked everywhere.
 MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const AttentionConfig& cfg,
-                                     bool norm, bool neox, int32_t n_rot) {
+                                     bool norm, bool neox, int32_t n_rot, bool other_shape) {
   const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
   const int32_t n = 7, n_blocks = 3;
-  AttentionOp op(device, cfg);
+  AttentionTuning tuning = default_attention_tuning(device, cfg);
+  if (other_shape) {
+    tuning.decode_rows = !tuning.decode_rows;
+    if (!tuning.decode_rows) tuning.decode_items = tuning.decode_tile = 64;
+  }
+  AttentionOp op(device, cfg, tuning);
   const uint32_t q_dim = uint32_t(H * D), kv_dim = uint32_t(HK * D);
   const uint32_t k_col = q_dim + 4, v_col = k_col + kv_dim, stride = v_col + kv_dim + 3;
   const std::vector<float> qkv = random_floats(size_t(n) * stride, 301 + D);
@@ -260,9 +267,12 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                                 std::to_string(c.n_head_kv) + "xd" + std::to_string(c.head_dim) +
                                 (norm ? "_norm" : "") + (neox ? "_neox" : "_normal") + "_rot" +
                                 std::to_string(n_rot);
-      out.push_back({"qkv_finish", "f16kv", shape, [c, norm, neox, n_rot](const Device& d, bool t) {
-                       return run_qkv_finish_case(d, t, c, norm, neox, n_rot);
-                     }});
+      for (bool other : {false, true}) {
+        out.push_back({other ? "qkv_finish_alt" : "qkv_finish", "f16kv", shape,
+                       [c, norm, neox, n_rot, other](const Device& d, bool t) {
+                         return run_qkv_finish_case(d, t, c, norm, neox, n_rot, other);
+                       }});
+      }
     }
   }
   const std::vector<SeqSpec> prefill_seqs{{0, 37}, {21, 5}, {50, 17}};
