@@ -114,10 +114,10 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
       ++moves_;
     }
     best = chosen.time;
-    spdlog::info("balancer: layer {} {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
-                 chosen.expert < 0 ? std::string("all experts") : "expert " + std::to_string(chosen.expert),
-                 plan.devices[size_t(chosen.from)].id, plan.devices[size_t(chosen.to)].id,
-                 best * 1e3);
+    spdlog::info(
+        "balancer: layer {} {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
+        chosen.expert < 0 ? std::string("all experts") : "expert " + std::to_string(chosen.expert),
+        plan.devices[size_t(chosen.from)].id, plan.devices[size_t(chosen.to)].id, best * 1e3);
   }
   predict(plan, model_, &observed);
   return moves;

@@ -221,8 +221,7 @@ int run_bench(const std::vector<std::string>& args) {
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
-        eo.balancer ? "true" : "false",
-        static_cast<unsigned long long>(m.stats().balancer_moves),
+        eo.balancer ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),

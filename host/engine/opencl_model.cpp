@@ -157,7 +157,9 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   const auto& hp = spec_.hp;
   if (const char* off = std::getenv("TESSERA_NO_FUSE")) {
     const std::string list = std::string(",") + off + ",";
-    auto has = [&](const char* name) { return list.find(std::string(",") + name + ",") != std::string::npos; };
+    auto has = [&](const char* name) {
+      return list.find(std::string(",") + name + ",") != std::string::npos;
+    };
     if (has("qkv")) options_.fuse.qkv = false;
     if (has("norm_route")) options_.fuse.norm_route = false;
     if (has("combine_norm")) options_.fuse.combine_norm = false;
@@ -470,9 +472,9 @@ void OpenClModel::enqueue_copy_after(DeviceCtx& from, cl_mem src, size_t src_off
            from.dev->info().label());
   ClEvent hold(marker);
   CL_CHECK(clFlush(from.dev->queue()), from.dev->info().label());
-  CL_CHECK(clEnqueueCopyBuffer(to.dev->queue(), src, dst, src_off, dst_off, bytes, 1, &marker,
-                               nullptr),
-           to.dev->info().label());
+  CL_CHECK(
+      clEnqueueCopyBuffer(to.dev->queue(), src, dst, src_off, dst_off, bytes, 1, &marker, nullptr),
+      to.dev->info().label());
 }
 
 void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
@@ -497,8 +499,8 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
                   uint32_t(np), ff, {{}, c.prof("activation")});
   } else {
     const uint32_t up_off = uint32_t(np) * ff;
-    c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
-                      {}, c.prof("matmul"));
+    c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np, {},
+                      c.prof("matmul"));
     c.mm->run_experts(s.up, c.xn.get(), 0, x_rows, c.gu.get(), up_off, pair_token, pair_expert, np,
                       {}, c.prof("matmul"));
     c.act->swiglu({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff}, {c.h.get(), 0, ff}, uint32_t(np),
@@ -515,8 +517,8 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
   const int pairs = n * K;
   if (!routed) {
     home.mm->run(w.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
-    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_,
-                      home.topk_ids.get(), 0, home.topk_w.get(), 0, {{}, home.prof("routing")});
+    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
+                      0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   }
   if (w.all_on_home) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
@@ -531,8 +533,8 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
     stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
     if (next_norm) {
       home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
-                             home.token_pairs.get(), uint32_t(n), hp.n_embd, next_norm,
-                             hp.rms_eps, home.xn.get(), 0, {{}, home.prof("moe_combine")});
+                             home.token_pairs.get(), uint32_t(n), hp.n_embd, next_norm, hp.rms_eps,
+                             home.xn.get(), 0, {{}, home.prof("moe_combine")});
       return true;
     }
     home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
@@ -694,7 +696,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
       c.norm->rms_norm(c.x.get(), 0, w.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
                        hp.rms_eps, {{}, c.prof("norm")});
     prenormed = false;
-    // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one launch.
+    // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one
+    // launch.
     const uint32_t q_dim = hp.q_dim(), kv_dim = hp.kv_dim(), qkv_ld = q_dim + 2 * kv_dim;
     if (w.wqkv.body) {
       c.mm->run(w.wqkv, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"));
@@ -705,12 +708,11 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                 {qkv_ld});
     }
     const auto layer_view = kv_->layer(int32_t(l));
-    c.attn->qkv_finish(c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim, q_dim + kv_dim},
-                       ls.q_norm ? w.q_norm.get() : nullptr, ls.q_norm ? w.k_norm.get() : nullptr,
-                       hp.rms_eps,
-                       {hp.n_rot, hp.rope_freq_base,
-                        spec_.arch->rope_mode == reference::RopeMode::kNeox},
-                       c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
+    c.attn->qkv_finish(
+        c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim, q_dim + kv_dim},
+        ls.q_norm ? w.q_norm.get() : nullptr, ls.q_norm ? w.k_norm.get() : nullptr, hp.rms_eps,
+        {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox},
+        c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
     if (decode) {
       c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
                      c.workspace_bytes, {{}, c.prof("attention")});
@@ -733,14 +735,14 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                           hp.n_expert, routing_, c.topk_ids.get(), 0, c.topk_w.get(), 0,
                           {{}, c.prof("routing")});
     } else {
-      c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
-                       hp.rms_eps, {{}, c.prof("norm")});
+      c.norm->rms_norm(c.x.get(), 0, w.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E, hp.rms_eps,
+                       {{}, c.prof("norm")});
     }
     if (ls.is_moe()) {
       const bool next_here = options_.fuse.combine_norm && l + 1 < spec_.layers.size() &&
                              &ctx(plan_.layer_device[l + 1]) == &c;
-      prenormed =
-          moe_layer(int(l), c, n, fused_route, next_here ? layers_[l + 1]->attn_norm.get() : nullptr);
+      prenormed = moe_layer(int(l), c, n, fused_route,
+                            next_here ? layers_[l + 1]->attn_norm.get() : nullptr);
     } else {
       const uint32_t ff = hp.n_ff;
       if (w.gate_up.body) {

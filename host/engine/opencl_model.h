@@ -125,7 +125,7 @@ class OpenClModel {
     std::vector<int32_t> ids;
   };
   std::deque<PendingChoice> pending_choices_;  // deque: elements stay put while reads are queued
-  const float* xn_src_ = nullptr;     // the home device's normed activations, read for remote experts
+  const float* xn_src_ = nullptr;  // the home device's normed activations, read for remote experts
   std::vector<double> lane_seconds_;  // per device, written by its executor lane
 };
 

@@ -137,7 +137,8 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
                              int32_t first_token, int32_t n_tokens, const Events& ev) {
   check_range(b, first_token, n_tokens, "qkv_finish");
   const auto& c = config_;
-  const uint32_t q_dim = uint32_t(c.n_head * c.head_dim), kv_dim = uint32_t(c.n_head_kv * c.head_dim);
+  const uint32_t q_dim = uint32_t(c.n_head * c.head_dim),
+                 kv_dim = uint32_t(c.n_head_kv * c.head_dim);
   if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.head_dim))
     throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
                          " must be even, > 0 and <= head_dim " + std::to_string(c.head_dim));
@@ -154,9 +155,9 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   // CPUs: one item per token (RoPE angles once per token); GPUs: a work group per head.
   const bool rows = tuning_.decode_rows;
   cl_kernel k = rows ? finish_rows_.get() : finish_.get();
-  set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride),
-           cl_uint(src.k_col), cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot),
-           rope.freq_base, cl_uint(rope.neox ? 1 : 0), b.meta, cl_uint(b.token_pos_offset),
+  set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
+           cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot), rope.freq_base,
+           cl_uint(rope.neox ? 1 : 0), b.meta, cl_uint(b.token_pos_offset),
            cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
            layer.k, layer.v);
   if (rows) {

@@ -263,10 +263,9 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
     for (int v = 0; v < 3; ++v) {
       const bool norm = v != 1, neox = v != 0;
       const int32_t n_rot = v == 2 ? c.head_dim / 2 : c.head_dim;  // v == 2: partial rotary
-      const std::string shape = "h" + std::to_string(c.n_head) + "/" +
-                                std::to_string(c.n_head_kv) + "xd" + std::to_string(c.head_dim) +
-                                (norm ? "_norm" : "") + (neox ? "_neox" : "_normal") + "_rot" +
-                                std::to_string(n_rot);
+      const std::string shape = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) +
+                                "xd" + std::to_string(c.head_dim) + (norm ? "_norm" : "") +
+                                (neox ? "_neox" : "_normal") + "_rot" + std::to_string(n_rot);
       for (bool other : {false, true}) {
         out.push_back({other ? "qkv_finish_alt" : "qkv_finish", "f16kv", shape,
                        [c, norm, neox, n_rot, other](const Device& d, bool t) {

@@ -130,8 +130,8 @@ void MatmulOp::prepare_swiglu(TensorType t) const {
   if (k.experts_swiglu[0]) return;
   const int tiles[3] = {1, 4, 8};
   for (int i = 0; i < 3; ++i)
-    k.experts_swiglu[i] =
-        device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]), k.options + " -DX_SWIGLU=1");
+    k.experts_swiglu[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]),
+                                         k.options + " -DX_SWIGLU=1");
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
@@ -226,8 +226,8 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones:
   // the tile follows the average run length, so a few pairs of distinct experts spread over work
   // groups (tile 1) instead of running one after another inside one.
-  const int tile = token_tile(std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(
-                                                                n_pairs, int(w.n_expert)))));
+  const int tile = token_tile(
+      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
   cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
   const cl_mem head = w.head ? w.head.get() : w.body.get();
   const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
@@ -323,7 +323,8 @@ void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_
     const auto status = clblast::Gemm<float>(
         clblast::Layout::kRowMajor, clblast::Transpose::kNo, clblast::Transpose::kYes,
         size_t(n_tokens), size_t(nr), size_t(w.cols), 1.0f, x, x_offset, size_t(w.cols), b, b_off,
-        ldb, out.accumulate ? 1.0f : 0.0f, y, y_offset + size_t(r0), out.ldy, &q, (last && done) ? &ev : nullptr);
+        ldb, out.accumulate ? 1.0f : 0.0f, y, y_offset + size_t(r0), out.ldy, &q,
+        (last && done) ? &ev : nullptr);
     if (status != clblast::StatusCode::kSuccess)
       throw ClError("clblast::Gemm<float>", cl_int(status), device_.info().label(),
                     "CLBlast status " + std::to_string(int(status)));

@@ -21,7 +21,8 @@ void MoeOps::combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl
   const size_t local =
       device_->info().type == DeviceType::kCpu
           ? 1
-          : std::min<size_t>(1024, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+          : std::min<size_t>(1024,
+                             floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
   set_local_arg(*device_, k, 12, local * sizeof(float));
   const size_t global = size_t(n_tokens) * local;
   enqueue(*device_, k, 1, &global, &local, ev);
@@ -102,45 +103,42 @@ void register_moe_norm_cases(std::vector<MatrixCase>& out) {
   for (Shape s : {Shape{1, 1024, 4}, Shape{7, 333, 2}, Shape{33, 2048, 8}}) {
     const std::string shape =
         std::to_string(s.tokens) + "x" + std::to_string(s.n) + "k" + std::to_string(s.k);
-    out.push_back({"moe_combine_norm", "f32", shape, [s](const Device& dev, bool timing) {
-                     std::vector<int32_t> offsets;
-                     for (uint32_t t = 0; t <= s.tokens; ++t) offsets.push_back(int32_t(t * s.k));
-                     const size_t pairs = size_t(s.tokens) * s.k;
-                     const auto y = random_floats(pairs * s.n, 21);
-                     const auto w = random_floats(pairs, 22, 0.0f, 1.0f);
-                     const auto init = random_floats(size_t(s.tokens) * s.n, 23);
-                     const auto nw = random_floats(s.n, 24, 0.5f, 1.5f);
-                     const float eps = 1e-6f;
-                     std::vector<float> ref_x = init, ref_xn(init.size());
-                     reference::moe_combine(ref_x, y, w, offsets, {}, s.n, true);
-                     reference::rms_norm(ref_x, nw, eps, ref_xn);
-                     GuardedBuffer x_buf(dev, init), y_buf(dev, y), w_buf(dev, w),
-                         off_buf(dev, offsets), nw_buf(dev, nw),
-                         xn_buf(dev, init.size() * sizeof(float));
-                     MoeOps op(dev);
-                     op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0,
-                                     off_buf.mem(), s.tokens, s.n, nw_buf.mem(), eps,
-                                     xn_buf.mem(), 0);
-                     std::vector<float> got = x_buf.download<float>(), ref = ref_x;
-                     const auto got_xn = xn_buf.download<float>();
-                     got.insert(got.end(), got_xn.begin(), got_xn.end());
-                     ref.insert(ref.end(), ref_xn.begin(), ref_xn.end());
-                     auto r = judge(compare(got, ref), 3e-5,
-                                    {x_buf.check_guard(), xn_buf.check_guard()});
-                     r.bytes = double(pairs * s.n + 3 * size_t(s.tokens) * s.n) * 4;
-                     r.flops = 2.0 * double(pairs) * s.n + 4.0 * s.tokens * s.n;
-                     if (timing) {
-                       // Each launch adds into x again: timing only, the check ran above.
-                       r.seconds = median_kernel_seconds(dev, [&] {
-                         ClEvent ev;
-                         op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0,
-                                         off_buf.mem(), s.tokens, s.n, nw_buf.mem(), eps,
-                                         xn_buf.mem(), 0, {{}, ev.out()});
-                         return ev;
-                       });
-                     }
-                     return r;
-                   }});
+    out.push_back(
+        {"moe_combine_norm", "f32", shape, [s](const Device& dev, bool timing) {
+           std::vector<int32_t> offsets;
+           for (uint32_t t = 0; t <= s.tokens; ++t) offsets.push_back(int32_t(t * s.k));
+           const size_t pairs = size_t(s.tokens) * s.k;
+           const auto y = random_floats(pairs * s.n, 21);
+           const auto w = random_floats(pairs, 22, 0.0f, 1.0f);
+           const auto init = random_floats(size_t(s.tokens) * s.n, 23);
+           const auto nw = random_floats(s.n, 24, 0.5f, 1.5f);
+           const float eps = 1e-6f;
+           std::vector<float> ref_x = init, ref_xn(init.size());
+           reference::moe_combine(ref_x, y, w, offsets, {}, s.n, true);
+           reference::rms_norm(ref_x, nw, eps, ref_xn);
+           GuardedBuffer x_buf(dev, init), y_buf(dev, y), w_buf(dev, w), off_buf(dev, offsets),
+               nw_buf(dev, nw), xn_buf(dev, init.size() * sizeof(float));
+           MoeOps op(dev);
+           op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(), s.tokens,
+                           s.n, nw_buf.mem(), eps, xn_buf.mem(), 0);
+           std::vector<float> got = x_buf.download<float>(), ref = ref_x;
+           const auto got_xn = xn_buf.download<float>();
+           got.insert(got.end(), got_xn.begin(), got_xn.end());
+           ref.insert(ref.end(), ref_xn.begin(), ref_xn.end());
+           auto r = judge(compare(got, ref), 3e-5, {x_buf.check_guard(), xn_buf.check_guard()});
+           r.bytes = double(pairs * s.n + 3 * size_t(s.tokens) * s.n) * 4;
+           r.flops = 2.0 * double(pairs) * s.n + 4.0 * s.tokens * s.n;
+           if (timing) {
+             // Each launch adds into x again: timing only, the check ran above.
+             r.seconds = median_kernel_seconds(dev, [&] {
+               ClEvent ev;
+               op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(),
+                               s.tokens, s.n, nw_buf.mem(), eps, xn_buf.mem(), 0, {{}, ev.out()});
+               return ev;
+             });
+           }
+           return r;
+         }});
   }
 }
 

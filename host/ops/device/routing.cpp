@@ -22,8 +22,8 @@ RoutingVariant resolve(const Device& device, RoutingVariant v) {
 RoutingOps::RoutingOps(const Device& device, RoutingVariant variant)
     : device_(&device),
       variant_(resolve(device, variant)),
-      route_(device.kernel("route", variant_ == RoutingVariant::kGroup ? "route_topk_group_f32"
-                                                                       : "route_topk_f32")),
+      route_(device.kernel(
+          "route", variant_ == RoutingVariant::kGroup ? "route_topk_group_f32" : "route_topk_f32")),
       norm_route_(device.kernel("route", "norm_route_topk_f32")) {}
 
 size_t RoutingOps::norm_route_local() const {
@@ -52,8 +52,7 @@ void RoutingOps::norm_route(cl_mem x, uint32_t x_off, cl_mem norm_w, float eps, 
   if (!can_norm_route(n, n_expert) || r_ld < n || r_ld % 4 != 0) {
     throw std::invalid_argument("norm_route: a row of " + std::to_string(n) + " floats and " +
                                 std::to_string(n_expert) + " experts (router stride " +
-                                std::to_string(r_ld) + ") do not fit " +
-                                device_->info().label());
+                                std::to_string(r_ld) + ") do not fit " + device_->info().label());
   }
   if (n_tokens == 0) return;
   cl_kernel kern = norm_route_.get();
@@ -188,8 +187,8 @@ MatrixCaseResult run_norm_route(const Device& device, bool timing, uint32_t toke
   const auto got_w = dw.download<float>();
   got.insert(got.end(), got_w.begin(), got_w.end());
   ref.insert(ref.end(), ref_w.begin(), ref_w.end());
-  MatrixCaseResult r = judge(compare(got, ref), 1e-4,
-                             {dxn.check_guard(), dids.check_guard(), dw.check_guard()});
+  MatrixCaseResult r =
+      judge(compare(got, ref), 1e-4, {dxn.check_guard(), dids.check_guard(), dw.check_guard()});
   const auto got_ids = dids.download<int32_t>();
   if (const size_t bad = count_mismatches(got_ids, ref_ids); bad > 0 && r.status == "pass") {
     r.status = "fail";
@@ -215,7 +214,9 @@ void register_routing_cases(std::vector<MatrixCase>& out) {
       uint32_t tokens, n, experts, k;
       bool sigmoid;
     };
-    const Shape fused[] = {{1, 1024, 32, 4, false}, {6, 256, 128, 8, false}, {3, 100, 7, 2, true},
+    const Shape fused[] = {{1, 1024, 32, 4, false},
+                           {6, 256, 128, 8, false},
+                           {3, 100, 7, 2, true},
                            {17, 2048, 8, 2, false}};
     for (const Shape& s : fused) {
       RoutingConfig cfg;
