@@ -11,6 +11,48 @@ inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
   return sigmoid_gating ? 1.0f / (1.0f + exp(-l)) : exp(l - m) * inv;
 }
 
+// The serial routing of one token over logits LG(e) (a macro so that global and local arrays share
+// it: OpenCL C 1.2 has no generic address space). Selection j takes the best expert ordered strictly
+// after selection j-1 in (prob desc, index asc): no per-token scratch, and ties resolve exactly like
+// the reference's stable sort. Normalization in the reference's order: divide by the sum, then scale.
+#define ROUTE_SERIAL(LG, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights)     \
+  do {                                                                                          \
+    float m_ = -INFINITY, inv_ = 1.0f;                                                          \
+    if (!(sigmoid_gating)) {                                                                    \
+      for (uint e = 0; e < (n_expert); ++e) m_ = fmax(m_, LG(e));                               \
+      float sum_ = 0.0f;                                                                        \
+      for (uint e = 0; e < (n_expert); ++e) sum_ += exp(LG(e) - m_);                            \
+      inv_ = 1.0f / sum_;                                                                       \
+    }                                                                                           \
+    float prev_p = INFINITY, wsum = 0.0f;                                                       \
+    int prev_i = -1;                                                                            \
+    for (uint j = 0; j < (k); ++j) {                                                            \
+      int best = -1;                                                                            \
+      float best_p = 0.0f;                                                                      \
+      for (uint e = 0; e < (n_expert); ++e) {                                                   \
+        const float p = router_prob(LG(e), m_, inv_, (sigmoid_gating));                         \
+        const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);                      \
+        if (after && (best < 0 || p > best_p)) {                                                \
+          best = (int)e;                                                                        \
+          best_p = p;                                                                           \
+        }                                                                                       \
+      }                                                                                         \
+      (ids)[j] = best;                                                                          \
+      (weights)[j] = best_p;                                                                    \
+      wsum += best_p;                                                                           \
+      prev_p = best_p;                                                                          \
+      prev_i = best;                                                                            \
+    }                                                                                           \
+    const float denom = fmax(wsum, 6.103515625e-5f);                                            \
+    const bool scaled = (weight_scale) != 0.0f && (weight_scale) != 1.0f;                       \
+    for (uint j = 0; j < (k); ++j) {                                                            \
+      float w = (weights)[j];                                                                   \
+      if (normalize) w /= denom;                                                                \
+      if (scaled) w *= (weight_scale);                                                          \
+      (weights)[j] = w;                                                                         \
+    }                                                                                           \
+  } while (0)
+
 __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_expert, uint k,
                              uint sigmoid_gating, uint normalize, float weight_scale,
                              __global int* ids, uint ids_off, __global float* weights, uint w_off,
@@ -20,45 +62,9 @@ __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_ex
   __global const float* l = logits + l_off + (size_t)t * n_expert;
   ids += ids_off + (size_t)t * k;
   weights += w_off + (size_t)t * k;
-  float m = -INFINITY;
-  float inv = 1.0f;
-  if (!sigmoid_gating) {
-    for (uint e = 0; e < n_expert; ++e) m = fmax(m, l[e]);
-    float sum = 0.0f;
-    for (uint e = 0; e < n_expert; ++e) sum += exp(l[e] - m);
-    inv = 1.0f / sum;
-  }
-  // Selection j takes the best expert ordered strictly after selection j-1 in (prob desc, index asc):
-  // no per-token scratch needed, and ties resolve exactly like the reference's stable sort.
-  float prev_p = INFINITY;
-  int prev_i = -1;
-  float wsum = 0.0f;
-  for (uint j = 0; j < k; ++j) {
-    int best = -1;
-    float best_p = 0.0f;
-    for (uint e = 0; e < n_expert; ++e) {
-      const float p = router_prob(l[e], m, inv, sigmoid_gating);
-      const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);
-      if (after && (best < 0 || p > best_p)) {
-        best = (int)e;
-        best_p = p;
-      }
-    }
-    ids[j] = best;
-    weights[j] = best_p;
-    wsum += best_p;
-    prev_p = best_p;
-    prev_i = best;
-  }
-  // Same order of operations as the reference: divide by the sum, then scale.
-  const float denom = fmax(wsum, 6.103515625e-5f);
-  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
-  for (uint j = 0; j < k; ++j) {
-    float w = weights[j];
-    if (normalize) w /= denom;
-    if (scaled) w *= weight_scale;
-    weights[j] = w;
-  }
+#define LG_GLOBAL(e) l[e]
+  ROUTE_SERIAL(LG_GLOBAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
+#undef LG_GLOBAL
 }
 
 // The same routing with one work-group per token (GPUs): items stride over the experts, probabilities
@@ -241,38 +247,7 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
     return;
   }
   if (lid != 0) return;
-  float m = -INFINITY, inv = 1.0f;
-  if (!sigmoid_gating) {
-    for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
-    float sum = 0.0f;
-    for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
-    inv = 1.0f / sum;
-  }
-  float prev_p = INFINITY, wsum = 0.0f;
-  int prev_i = -1;
-  for (uint j = 0; j < k; ++j) {
-    int best = -1;
-    float best_p = 0.0f;
-    for (uint e = 0; e < n_expert; ++e) {
-      const float p = router_prob(lg[e], m, inv, sigmoid_gating);
-      const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);
-      if (after && (best < 0 || p > best_p)) {
-        best = (int)e;
-        best_p = p;
-      }
-    }
-    ids[j] = best;
-    weights[j] = best_p;
-    wsum += best_p;
-    prev_p = best_p;
-    prev_i = best;
-  }
-  const float denom = fmax(wsum, 6.103515625e-5f);
-  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
-  for (uint j = 0; j < k; ++j) {
-    float w = weights[j];
-    if (normalize) w /= denom;
-    if (scaled) w *= weight_scale;
-    weights[j] = w;
-  }
+#define LG_LOCAL(e) lg[e]
+  ROUTE_SERIAL(LG_LOCAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
+#undef LG_LOCAL
 }
