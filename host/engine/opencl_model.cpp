@@ -10,6 +10,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <sstream>
 
 #include "host/gguf/tensor_type.h"
 #include "host/model/reference_model.h"
@@ -156,15 +157,23 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
   const auto& hp = spec_.hp;
   if (const char* off = std::getenv("TESSERA_NO_FUSE")) {
-    const std::string list = std::string(",") + off + ",";
-    auto has = [&](const char* name) {
-      return list.find(std::string(",") + name + ",") != std::string::npos;
-    };
-    if (has("qkv")) options_.fuse.qkv = false;
-    if (has("norm_route")) options_.fuse.norm_route = false;
-    if (has("combine_norm")) options_.fuse.combine_norm = false;
-    if (has("swiglu")) options_.fuse.swiglu = false;
-    if (has("flush")) options_.flush_per_layer = false;
+    const std::pair<const char*, bool*> switches[] = {
+        {"qkv", &options_.fuse.qkv},
+        {"norm_route", &options_.fuse.norm_route},
+        {"combine_norm", &options_.fuse.combine_norm},
+        {"swiglu", &options_.fuse.swiglu},
+        {"flush", &options_.flush_per_layer}};
+    std::istringstream list(off);
+    for (std::string name; std::getline(list, name, ',');) {
+      if (name.empty()) continue;
+      bool* flag = nullptr;
+      for (auto& [key, f] : switches)
+        if (name == key) flag = f;
+      if (!flag)
+        throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
+                                    "'; known: qkv, norm_route, combine_norm, swiglu, flush");
+      *flag = false;
+    }
     spdlog::info("TESSERA_NO_FUSE={}: fusions qkv {} norm_route {} combine_norm {} swiglu {}", off,
                  options_.fuse.qkv, options_.fuse.norm_route, options_.fuse.combine_norm,
                  options_.fuse.swiglu);
@@ -483,18 +492,16 @@ void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl
   const uint32_t ff = spec_.hp.n_ff_exp;
   // Folding pays for a few pairs (decode); with many (prefill) every row group recomputing its
   // inputs' SiLU costs more than the launch it saves.
-  if (s.gate_up.body && c.fold_swiglu && np <= kFoldSwigluMaxPairs) {
-    // One launch for gate and up (pair row p holds gate then up), one for down with SwiGLU
-    // folded into its loads of those rows.
-    c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
-                      {}, c.prof("matmul"));
-    c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
-                      c.prof("matmul"), true);
-    return;
-  }
   if (s.gate_up.body) {
+    // One launch for gate and up: pair row p holds gate (ff) then up (ff).
     c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
                       {}, c.prof("matmul"));
+    if (c.fold_swiglu && np <= kFoldSwigluMaxPairs) {
+      // Down with SwiGLU folded into its loads of those rows.
+      c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
+                        c.prof("matmul"), true);
+      return;
+    }
     c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},
                   uint32_t(np), ff, {{}, c.prof("activation")});
   } else {

@@ -3,6 +3,7 @@
 // and the project's own trained model.
 #include "engine_test_util.h"
 
+#include <cstdlib>
 #include <filesystem>
 
 #include "host/engine/generator.h"
@@ -147,6 +148,22 @@ TEST(EngineBatchTest, BadBatchesAreErrors) {
   bad.tokens = {1};
   bad.logit_rows = {3};
   EXPECT_THROW(engine->forward(bad), std::invalid_argument);
+}
+
+TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
+  auto m = load_fixture("qwen3moe");
+  auto reg = DeviceRegistry::discover();
+  sched::Config cfg;
+  cfg.select = {sched::DeviceSelector{}};
+  cfg.select[0].id = reg.devices().front()->id();
+  ::setenv("TESSERA_NO_FUSE", "qkv,no_such_fusion", 1);
+  try {
+    make_engine(m->spec, reg, cfg);
+    ADD_FAILURE() << "an unknown name in TESSERA_NO_FUSE was accepted";
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("no_such_fusion"), std::string::npos) << e.what();
+  }
+  ::unsetenv("TESSERA_NO_FUSE");
 }
 
 TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {
