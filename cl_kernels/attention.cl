@@ -13,6 +13,7 @@
 // of its sequence, all of which are written before the attention runs.
 #include "common.clh"
 #include "attention_kv.clh"
+#include "rope.clh"
 
 #define GROUP (N_HEAD / N_HEAD_KV)
 
@@ -94,11 +95,11 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
     }
     const float pos = (float)meta[pos_off + t];
     for (uint i = lid; i < n_rot / 2; i += QF_LWS) {
-      const float theta = pos * pow(freq_base, -2.0f * (float)i / (float)n_rot);
+      const float theta = rope_theta(pos, i, n_rot, freq_base);
       float c;
       const float s = sincos(theta, &c);
-      const uint a = neox ? i : 2 * i;
-      const uint b = neox ? i + n_rot / 2 : 2 * i + 1;
+      const uint2 ab = rope_pair(i, n_rot, neox);
+      const uint a = ab.x, b = ab.y;
       const float x0 = buf[a], x1 = buf[b];
       buf[a] = x0 * c - x1 * s;
       buf[b] = x0 * s + x1 * c;
@@ -131,7 +132,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
   const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
   for (uint i = 0; i < n_rot / 2; ++i) {
-    const float theta = pos * pow(freq_base, -2.0f * (float)i / (float)n_rot);
+    const float theta = rope_theta(pos, i, n_rot, freq_base);
     sn[i] = sincos(theta, &cs[i]);
   }
   const int slot = meta[slot_off + t];
@@ -151,8 +152,8 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
         for (uint d = 0; d < HEAD_DIM; ++d) buf[d] = buf[d] * scale * w[d];
       }
       for (uint i = 0; i < n_rot / 2; ++i) {
-        const uint a = neox ? i : 2 * i;
-        const uint b = neox ? i + n_rot / 2 : 2 * i + 1;
+        const uint2 ab = rope_pair(i, n_rot, neox);
+        const uint a = ab.x, b = ab.y;
         const float x0 = buf[a], x1 = buf[b];
         buf[a] = x0 * cs[i] - x1 * sn[i];
         buf[b] = x0 * sn[i] + x1 * cs[i];

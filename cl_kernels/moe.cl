@@ -37,18 +37,14 @@ __kernel void moe_combine_norm(__global float* x, uint x_off, __global const flo
   const size_t t = get_group_id(0);
   const int begin = offsets[t], end = offsets[t + 1];
   __global float* xr = x + x_off + t * n;
-  float s = 0.0f, comp = 0.0f;
+  SquareSum sq = {0.0f, 0.0f};
   FOR_ROW(i, n) {
     float acc = 0.0f;
     for (int p = begin; p < end; ++p) acc += weights[w_off + p] * y[y_off + (size_t)p * n + i];
     const float v = xr[i] + acc;
     xr[i] = v;
-    const float term = v * v - comp;
-    const float u = s + term;
-    comp = (u - s) - term;
-    s = u;
+    add_square(&sq, v);
   }
-  s = work_group_sum(s, scratch);
-  const float scale = 1.0f / sqrt(s / (float)n + eps);
+  const float scale = rms_scale(sq, n, eps, scratch);
   FOR_ROW(i, n) xn[xn_off + t * n + i] = xr[i] * scale * norm_w[i];
 }

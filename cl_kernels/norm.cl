@@ -13,16 +13,8 @@ __kernel void rms_norm_f32(__global const float* x, uint x_off, __global const f
   x += x_off + row * n;
   out += out_off + row * n;
   w += w_off;
-  // Compensated sum of squares: a CPU work item may add a whole long row on its own.
-  float s = 0.0f, comp = 0.0f;
-  FOR_ROW(i, n) {
-    const float v = x[i];
-    const float term = v * v - comp;
-    const float t = s + term;
-    comp = (t - s) - term;
-    s = t;
-  }
-  s = work_group_sum(s, scratch);
-  const float scale = 1.0f / sqrt(s / (float)n + eps);
+  SquareSum acc = {0.0f, 0.0f};
+  FOR_ROW(i, n) add_square(&acc, x[i]);
+  const float scale = rms_scale(acc, n, eps, scratch);
   FOR_ROW(i, n) out[i] = x[i] * scale * w[i];
 }

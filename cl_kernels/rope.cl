@@ -5,6 +5,7 @@
 // theta = pos * freq_base^(-2i/n_rot) as ggml (no frequency scaling). One work item per pair:
 // global (n_rot/2, n_head, n_tokens).
 #include "common.clh"
+#include "rope.clh"
 
 __kernel void rope_f32(__global float* x, uint x_off, uint token_stride, __global const int* pos,
                        uint pos_off, uint head_dim, uint n_rot, float freq_base, uint neox) {
@@ -12,11 +13,11 @@ __kernel void rope_f32(__global float* x, uint x_off, uint token_stride, __globa
   const uint h = get_global_id(1);
   const size_t t = get_global_id(2);
   __global float* head = x + x_off + t * token_stride + (size_t)h * head_dim;
-  const float theta = (float)pos[pos_off + t] * pow(freq_base, -2.0f * (float)i / (float)n_rot);
+  const float theta = rope_theta((float)pos[pos_off + t], i, n_rot, freq_base);
   float c;
   const float s = sincos(theta, &c);
-  const uint a = neox ? i : 2 * i;
-  const uint b = neox ? i + n_rot / 2 : 2 * i + 1;
+  const uint2 ab = rope_pair(i, n_rot, neox);
+  const uint a = ab.x, b = ab.y;
   const float x0 = head[a];
   const float x1 = head[b];
   head[a] = x0 * c - x1 * s;

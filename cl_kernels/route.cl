@@ -11,10 +11,26 @@ inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
   return sigmoid_gating ? 1.0f / (1.0f + exp(-l)) : exp(l - m) * inv;
 }
 
+// The k selected weights, in selection order, normalized by their sum (clamped below at 2^-14 as
+// llama.cpp) and scaled, in the reference's order of operations: divide by the sum, then scale.
+inline void finish_topk_weights(__global float* weights, uint k, uint normalize,
+                                float weight_scale) {
+  float wsum = 0.0f;
+  for (uint j = 0; j < k; ++j) wsum += weights[j];
+  const float denom = fmax(wsum, 6.103515625e-5f);
+  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+  for (uint j = 0; j < k; ++j) {
+    float w = weights[j];
+    if (normalize) w /= denom;
+    if (scaled) w *= weight_scale;
+    weights[j] = w;
+  }
+}
+
 // The serial routing of one token over logits LG(e) (a macro so that global and local arrays share
 // it: OpenCL C 1.2 has no generic address space). Selection j takes the best expert ordered strictly
 // after selection j-1 in (prob desc, index asc): no per-token scratch, and ties resolve exactly like
-// the reference's stable sort. Normalization in the reference's order: divide by the sum, then scale.
+// the reference's stable sort.
 #define ROUTE_SERIAL(LG, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights)     \
   do {                                                                                          \
     float m_ = -INFINITY, inv_ = 1.0f;                                                          \
@@ -24,7 +40,7 @@ inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
       for (uint e = 0; e < (n_expert); ++e) sum_ += exp(LG(e) - m_);                            \
       inv_ = 1.0f / sum_;                                                                       \
     }                                                                                           \
-    float prev_p = INFINITY, wsum = 0.0f;                                                       \
+    float prev_p = INFINITY;                                                                    \
     int prev_i = -1;                                                                            \
     for (uint j = 0; j < (k); ++j) {                                                            \
       int best = -1;                                                                            \
@@ -39,18 +55,10 @@ inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
       }                                                                                         \
       (ids)[j] = best;                                                                          \
       (weights)[j] = best_p;                                                                    \
-      wsum += best_p;                                                                           \
       prev_p = best_p;                                                                          \
       prev_i = best;                                                                            \
     }                                                                                           \
-    const float denom = fmax(wsum, 6.103515625e-5f);                                            \
-    const bool scaled = (weight_scale) != 0.0f && (weight_scale) != 1.0f;                       \
-    for (uint j = 0; j < (k); ++j) {                                                            \
-      float w = (weights)[j];                                                                   \
-      if (normalize) w /= denom;                                                                \
-      if (scaled) w *= (weight_scale);                                                          \
-      (weights)[j] = w;                                                                         \
-    }                                                                                           \
+    finish_topk_weights((weights), (k), (normalize), (weight_scale));                          \
   } while (0)
 
 __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_expert, uint k,
@@ -93,7 +101,6 @@ __kernel void route_topk_group_f32(__global const float* logits, uint l_off, uin
   }
   for (uint e = lid; e < n_expert; e += L) probs[e] = router_prob(l[e], m, inv, sigmoid_gating);
   barrier(CLK_LOCAL_MEM_FENCE);
-  float wsum = 0.0f;  // meaningful in item 0
   for (uint j = 0; j < k; ++j) {
     float bv = -INFINITY;
     int bi = -1;
@@ -123,23 +130,11 @@ __kernel void route_topk_group_f32(__global const float* logits, uint l_off, uin
     if (lid == 0) {
       ids[j] = bi;
       weights[j] = bi >= 0 ? bv : 0.0f;
-      if (bi >= 0) {
-        wsum += bv;
-        probs[bi] = -1.0f;
-      }
+      if (bi >= 0) probs[bi] = -1.0f;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  if (lid == 0) {
-    const float denom = fmax(wsum, 6.103515625e-5f);
-    const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
-    for (uint j = 0; j < k; ++j) {
-      float w = weights[j];
-      if (normalize) w /= denom;
-      if (scaled) w *= weight_scale;
-      weights[j] = w;
-    }
-  }
+  if (lid == 0) finish_topk_weights(weights, k, normalize, weight_scale);
 }
 
 // The start of a MoE block in one launch: RMSNorm of each token's residual row x (written to xn,
@@ -158,17 +153,9 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
   const uint lid = get_local_id(0);
   const uint L = get_local_size(0);
   __global const float* xr = x + x_off + t * n;
-  // Compensated sum of squares (a CPU item adds the whole row), as rms_norm_f32.
-  float s = 0.0f, comp = 0.0f;
-  FOR_ROW(i, n) {
-    const float v = xr[i];
-    const float term = v * v - comp;
-    const float u = s + term;
-    comp = (u - s) - term;
-    s = u;
-  }
-  s = work_group_sum(s, part);
-  const float scale = 1.0f / sqrt(s / (float)n + eps);
+  SquareSum acc = {0.0f, 0.0f};
+  FOR_ROW(i, n) add_square(&acc, xr[i]);
+  const float scale = rms_scale(acc, n, eps, part);
   FOR_ROW(i, n) {
     const float v = xr[i] * scale * norm_w[i];
     xs[i] = v;
@@ -233,17 +220,11 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     if (lid != 0) return;
-    float wsum = 0.0f;
-    for (uint j = 0; j < k; ++j) wsum += lg[j];
-    const float denom = fmax(wsum, 6.103515625e-5f);
-    const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
     for (uint j = 0; j < k; ++j) {
-      float w = lg[j];
-      if (normalize) w /= denom;
-      if (scaled) w *= weight_scale;
       ids[j] = sel_id[j];
-      weights[j] = w;
+      weights[j] = lg[j];
     }
+    finish_topk_weights(weights, k, normalize, weight_scale);
     return;
   }
   if (lid != 0) return;

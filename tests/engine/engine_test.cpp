@@ -13,22 +13,27 @@ namespace {
 
 const std::vector<int32_t> kPrompt{1, 300, 301, 302, 303, 304, 305};
 
-class EngineFixtureTest : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(EngineFixtureTest, MatchesReference) {
-  auto m = load_fixture(GetParam());
+// The fixture of `arch` on the first device against the reference: n greedy steps, logits within
+// 2e-2 relative and the same tokens.
+void expect_matches_reference(const std::string& arch, const EngineOptions& opts, int n) {
+  auto m = load_fixture(arch);
   auto reg = DeviceRegistry::discover();
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = reg.devices().front()->id();
-  auto engine = make_engine(m->spec, reg, cfg);
-  const int n = 8;
+  auto engine = make_engine(m->spec, reg, cfg, opts);
   const auto ref = reference_greedy(m->spec, kPrompt, n);
   const auto got = engine_greedy(*engine, kPrompt, n);
   ASSERT_EQ(got.logits.size(), ref.logits.size());
   for (size_t i = 0; i < ref.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << GetParam() << " step " << i;
-  EXPECT_EQ(got.tokens, ref.tokens) << GetParam();
+    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << arch << " step " << i;
+  EXPECT_EQ(got.tokens, ref.tokens) << arch;
+}
+
+class EngineFixtureTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EngineFixtureTest, MatchesReference) {
+  expect_matches_reference(GetParam(), {}, 8);
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
@@ -39,22 +44,10 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  auto m = load_fixture(GetParam());
-  auto reg = DeviceRegistry::discover();
-  sched::Config cfg;
-  cfg.select = {sched::DeviceSelector{}};
-  cfg.select[0].id = reg.devices().front()->id();
   EngineOptions opts;
   opts.fuse = {false, false, false, false};
   opts.flush_per_layer = false;
-  auto engine = make_engine(m->spec, reg, cfg, opts);
-  const int n = 6;
-  const auto ref = reference_greedy(m->spec, kPrompt, n);
-  const auto got = engine_greedy(*engine, kPrompt, n);
-  ASSERT_EQ(got.logits.size(), ref.logits.size());
-  for (size_t i = 0; i < ref.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << GetParam() << " step " << i;
-  EXPECT_EQ(got.tokens, ref.tokens) << GetParam();
+  expect_matches_reference(GetParam(), opts, 6);
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
