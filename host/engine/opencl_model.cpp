@@ -159,12 +159,11 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     : spec_(spec), plan_(std::move(plan)), footprint_(footprint), options_(std::move(options)) {
   const auto& hp = spec_.hp;
   if (const char* off = std::getenv("TESSERA_NO_FUSE")) {
-    const std::pair<const char*, bool*> switches[] = {
-        {"qkv", &options_.fuse.qkv},
-        {"norm_route", &options_.fuse.norm_route},
-        {"combine_norm", &options_.fuse.combine_norm},
-        {"swiglu", &options_.fuse.swiglu},
-        {"flush", &options_.flush_per_layer}};
+    const std::pair<const char*, bool*> switches[] = {{"qkv", &options_.fuse.qkv},
+                                                      {"norm_route", &options_.fuse.norm_route},
+                                                      {"combine_norm", &options_.fuse.combine_norm},
+                                                      {"swiglu", &options_.fuse.swiglu},
+                                                      {"flush", &options_.flush_per_layer}};
     std::istringstream list(off);
     for (std::string name; std::getline(list, name, ',');) {
       if (name.empty()) continue;
