@@ -248,12 +248,14 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     }
   }
   if (const auto b = root["batching"]) {
-    check_keys(b, source, "batching", {"max_sequences", "max_batch_tokens"});
+    check_keys(b, source, "batching", {"max_sequences", "max_batch_tokens", "prefill_chunk"});
     if (b["max_sequences"])
       c.max_sequences = integer(b["max_sequences"], source, "batching.max_sequences", 1, 4096);
     if (b["max_batch_tokens"])
       c.max_batch_tokens =
           integer(b["max_batch_tokens"], source, "batching.max_batch_tokens", 1, 1 << 20);
+    if (b["prefill_chunk"])
+      c.prefill_chunk = integer(b["prefill_chunk"], source, "batching.prefill_chunk", 1, 1 << 20);
   }
 }
 
@@ -415,6 +417,7 @@ void apply_override(Config& c, const std::string& assignment) {
   } else if (top == "batching") {
     if (key == "batching.max_sequences") c.max_sequences = patch.max_sequences;
     if (key == "batching.max_batch_tokens") c.max_batch_tokens = patch.max_batch_tokens;
+    if (key == "batching.prefill_chunk") c.prefill_chunk = patch.prefill_chunk;
   }
 }
 

@@ -63,9 +63,10 @@ struct Config {
   std::optional<MemoryBudget> kv_budget;
   // balancer
   bool balancer = true;
-  // batching
-  int max_sequences = 16;
-  int max_batch_tokens = 2048;
+  // batching: the request engine's step limits; unset, each command keeps its own default
+  std::optional<int> max_sequences;     // requests running at once (sequences of one step)
+  std::optional<int> max_batch_tokens;  // tokens of one step
+  std::optional<int> prefill_chunk;     // prompt tokens of one request per step
 
   // The devices this config selects, in discovery order; throws ConfigError when a named device
   // does not exist (listing those that do), when nothing is selected, or when a budget exceeds a

@@ -1,6 +1,8 @@
 // Device costs for the planner and the end-to-end plan_for().
 #include "host/engine/planning.h"
 
+#include <chrono>
+
 namespace tessera::engine {
 
 sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
@@ -64,6 +66,31 @@ sched::Config config_from_cli(const std::string& config_path, const std::vector<
     if (c.attention != "auto" && c.attention != device) c.attention = "auto";
   }
   return c;
+}
+
+EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions& o) {
+  EngineSetup s;
+  s.registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
+  s.config = config_from_cli(o.config_path, o.sets, o.device);
+  s.footprint = footprint_of(spec, o.context_tokens);
+  std::unique_ptr<ProbeCache> probes;
+  if (o.probe) probes = std::make_unique<ProbeCache>(ProbeCache::default_dir());
+  auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get());
+  EngineOptions eo;
+  eo.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
+  eo.max_batch_tokens = s.config.max_batch_tokens.value_or(o.max_batch_tokens);
+  if (o.all_logits) eo.max_logit_rows = eo.max_batch_tokens;
+  eo.max_context = o.context_tokens;
+  eo.balancer = o.balancer || (o.config_balancer && !o.config_path.empty() && s.config.balancer);
+  eo.profile = o.profile;
+  eo.progress = o.progress;
+  EngineConfig ec;
+  ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto model = std::make_unique<OpenClModel>(spec, *s.registry, std::move(plan), s.footprint, eo);
+  s.engine = std::make_unique<Engine>(std::move(model), ec);
+  s.load_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  return s;
 }
 
 }  // namespace tessera::engine

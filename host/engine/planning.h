@@ -1,11 +1,15 @@
 // From devices and a config to a Plan: the planner's inputs measured or read off the devices.
 #pragma once
 
+#include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "devices/device.h"
 #include "devices/probes.h"
+#include "host/engine/engine.h"
+#include "host/model/model_spec.h"
 #include "scheduler/config.h"
 #include "scheduler/planner.h"
 
@@ -25,5 +29,38 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
 // then `--device ID` (shorthand for selecting that one device). Throws sched::ConfigError.
 sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
                               const std::string& device);
+
+// What `tessera run`, `bench` and `perplexity` say about the engine they want: the command line's
+// config, its own defaults for the step limits (a config's batching.* keys override them) and
+// the context it needs.
+struct EngineSetupOptions {
+  std::string config_path;        // YAML config file ("" for none)
+  std::vector<std::string> sets;  // --set KEY=VALUE overrides
+  std::string device;             // --device ID
+  int context_tokens = 256;       // KV positions per sequence (planned and allocated)
+  int max_sequences = 1;          // defaults of the command; batching.max_sequences overrides
+  int max_batch_tokens = 256;     // batching.max_batch_tokens overrides
+  int prefill_chunk = 0;          // batching.prefill_chunk overrides; 0: max_batch_tokens
+  bool all_logits = false;        // a step may return a logit row per token (scoring)
+  bool balancer = false;          // --balancer
+  bool config_balancer = true;    // also on when a config file (--config) enables it
+  bool profile = false;           // time every launch (device time per op family)
+  bool probe = true;              // measure the devices (cached) for the planner
+  std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
+};
+
+// An engine and what it runs on; destroy in member order reversed (engine before registry).
+struct EngineSetup {
+  std::unique_ptr<DeviceRegistry> registry;
+  sched::Config config;
+  sched::ModelFootprint footprint;
+  std::unique_ptr<Engine> engine;
+  double load_seconds = 0;  // weight upload and KV allocation
+  const sched::Plan& plan() const { return engine->model().plan(); }
+};
+
+// Discovers devices, reads the config, plans `spec` (whose GgufFile must outlive the engine) and
+// builds the model and its engine. Throws sched::ConfigError / PlanError / ClError.
+EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions& options);
 
 }  // namespace tessera::engine

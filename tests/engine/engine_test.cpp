@@ -6,8 +6,6 @@
 #include <cstdlib>
 #include <filesystem>
 
-#include "host/engine/generator.h"
-
 namespace tessera::engine::test {
 namespace {
 
@@ -99,29 +97,6 @@ TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   kv.free_sequence(sa);
   kv.free_sequence(sb);
   EXPECT_EQ(kv.blocks().blocks_used(), 0);
-}
-
-TEST(EngineBatchTest, GenerateRunsSeveralRequestsTogether) {
-  auto m = load_fixture("llama", 5);
-  auto reg = DeviceRegistry::discover();
-  sched::Config cfg;
-  auto engine = make_engine(m->spec, reg, cfg);
-  std::vector<GenerationRequest> reqs(3);
-  reqs[0].prompt = {1, 300, 301};
-  reqs[1].prompt = {1, 302, 303, 304, 305, 306};
-  reqs[2].prompt = {1, 307};
-  for (auto& r : reqs) {
-    r.max_tokens = 5;
-    r.stop_at_eog = false;
-  }
-  GenerationStats st;
-  const auto out = generate(*engine, reqs, nullptr, nullptr, &st);
-  for (size_t i = 0; i < reqs.size(); ++i)
-    EXPECT_EQ(out[i], reference_greedy(m->spec, reqs[i].prompt, 5).tokens) << "request " << i;
-  EXPECT_EQ(st.generated_tokens, 15);
-  EXPECT_EQ(st.prompt_tokens, 11);
-  EXPECT_GT(st.kv_blocks_used, 0);
-  EXPECT_EQ(engine->kv_cache().blocks().blocks_used(), 0);  // freed at the end
 }
 
 TEST(EngineBatchTest, BadBatchesAreErrors) {

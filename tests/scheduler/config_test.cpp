@@ -164,5 +164,24 @@ TEST(ConfigTest, PinsAndCommandLineOverrides) {
                ConfigError);
 }
 
+TEST(ConfigTest, BatchingKeysAreSetOnlyWhenGiven) {
+  auto c = parse_config("balancer: false", "t");
+  EXPECT_FALSE(c.max_sequences);  // unset: the command's own default applies
+  EXPECT_FALSE(c.max_batch_tokens);
+  EXPECT_FALSE(c.prefill_chunk);
+  c = parse_config("batching: {max_sequences: 4, max_batch_tokens: 64, prefill_chunk: 16}", "t");
+  EXPECT_EQ(c.max_sequences, 4);
+  EXPECT_EQ(c.max_batch_tokens, 64);
+  EXPECT_EQ(c.prefill_chunk, 16);
+  apply_override(c, "batching.max_batch_tokens=128");
+  apply_override(c, "batching.prefill_chunk=32");
+  EXPECT_EQ(c.max_batch_tokens, 128);
+  EXPECT_EQ(c.prefill_chunk, 32);
+  EXPECT_EQ(c.max_sequences, 4);
+  EXPECT_NE(error_of("batching: {prefill_chunk: 0}").find("batching.prefill_chunk"),
+            std::string::npos);
+  EXPECT_NE(error_of("batching: {chunk: 8}").find("chunk"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace tessera::sched

@@ -1,0 +1,398 @@
+// The request engine (engine.h) on fixture models: continuous batching, abort, requests failing
+// alone, KV admission, prefill chunks beside decodes, stop conditions, prompt logits, and requests
+// added from another thread. Token ids are checked against the scalar reference path.
+#include <atomic>
+#include <map>
+#include <thread>
+
+#include "engine_test_util.h"
+#include "host/engine/engine.h"
+#include "host/engine/generator.h"
+
+namespace tessera::engine::test {
+namespace {
+
+// What a request's callback saw.
+struct Seen {
+  std::vector<int32_t> tokens;
+  std::vector<uint64_t> token_steps;  // engine step count when each token arrived
+  FinishReason finish = FinishReason::kNone;
+  std::string error;
+  int outputs_after_finish = 0;
+};
+
+class Harness {
+ public:
+  explicit Harness(const std::string& fixture, EngineOptions opts = {}, EngineConfig ec = {},
+                   uint64_t seed = 5)
+      : m_(load_fixture(fixture, seed)), reg_(DeviceRegistry::discover()) {
+    sched::Config cfg;
+    cfg.select = {sched::DeviceSelector{}};
+    cfg.select[0].id = reg_.devices().front()->id();
+    engine_ = std::make_unique<Engine>(make_engine(m_->spec, reg_, cfg, opts), ec);
+  }
+  Engine& engine() { return *engine_; }
+  const model::ModelSpec& spec() const { return m_->spec; }
+
+  RequestId add(std::vector<int32_t> prompt, int max_tokens,
+                std::function<bool(int32_t)> is_eog = nullptr) {
+    Request r;
+    r.prompt = std::move(prompt);
+    r.max_tokens = max_tokens;
+    r.is_eog = std::move(is_eog);
+    return add(std::move(r));
+  }
+  RequestId add(Request r) {
+    auto seen = std::make_shared<Seen>();
+    r.on_output = [this, seen](const RequestOutput& o) {
+      std::lock_guard lock(mutex_);
+      if (seen->finish != FinishReason::kNone) ++seen->outputs_after_finish;
+      if (o.token >= 0) {
+        seen->tokens.push_back(o.token);
+        seen->token_steps.push_back(engine_->counters().steps);
+      }
+      if (o.finished()) {
+        seen->finish = o.finish;
+        seen->error = o.error;
+      }
+    };
+    const RequestId id = engine_->add_request(std::move(r));
+    std::lock_guard lock(mutex_);
+    seen_[id] = seen;
+    return id;
+  }
+  Seen seen(RequestId id) {
+    std::lock_guard lock(mutex_);
+    return *seen_.at(id);
+  }
+  std::vector<int32_t> reference(const std::vector<int32_t>& prompt, int n) const {
+    return reference_greedy(m_->spec, prompt, n).tokens;
+  }
+  int kv_blocks_used() { return engine_->model().kv_cache().blocks().blocks_used(); }
+
+ private:
+  std::unique_ptr<Loaded> m_;
+  DeviceRegistry reg_;
+  std::unique_ptr<Engine> engine_;
+  std::mutex mutex_;
+  std::map<RequestId, std::shared_ptr<Seen>> seen_;
+};
+
+const std::vector<int32_t> kA{1, 300, 301, 302, 303, 304};
+const std::vector<int32_t> kB{1, 320, 321, 322};
+
+std::vector<int32_t> long_prompt(int n) {
+  std::vector<int32_t> p{1};
+  for (int i = 1; i < n; ++i) p.push_back(300 + (i * 7) % 100);
+  return p;
+}
+
+TEST(RequestEngineTest, RequestAddedWhileOthersDecodeJoinsAtTheNextStep) {
+  Harness h("qwen3moe");
+  const auto a = h.add(kA, 10);
+  h.engine().step();  // A's prompt
+  h.engine().step();  // A's first decode
+  ASSERT_EQ(h.seen(a).tokens.size(), 2u);
+  const auto b = h.add(kB, 6);
+  h.engine().step();  // A decodes, B's whole prompt prefills beside it
+  ASSERT_EQ(h.seen(a).tokens.size(), 3u);
+  ASSERT_EQ(h.seen(b).tokens.size(), 1u);
+  EXPECT_EQ(h.seen(b).token_steps[0], h.seen(a).token_steps[2]);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 10));
+  EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 6));
+  EXPECT_EQ(h.seen(a).finish, FinishReason::kLength);
+  EXPECT_EQ(h.seen(b).finish, FinishReason::kLength);
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+
+  // The same requests alone on the engine give the same tokens.
+  const auto b_alone = h.add(kB, 6);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(b_alone).tokens, h.seen(b).tokens);
+}
+
+TEST(RequestEngineTest, AbortEndsOnlyThatRequest) {
+  Harness h("llama");
+  const auto a = h.add(kA, 12), b = h.add(kB, 8);
+  h.engine().step();
+  h.engine().step();
+  const size_t a_tokens = h.seen(a).tokens.size();
+  h.engine().abort_request(a);
+  h.engine().step();
+  EXPECT_EQ(h.seen(a).finish, FinishReason::kAborted);
+  EXPECT_EQ(h.seen(a).tokens.size(), a_tokens);  // nothing after the abort
+  EXPECT_EQ(h.engine().n_running(), 1);
+  // A waiting request can be aborted too, and an unknown id is ignored.
+  const auto c = h.add(kA, 4);
+  h.engine().abort_request(c);
+  h.engine().abort_request(9999);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(c).finish, FinishReason::kAborted);
+  EXPECT_TRUE(h.seen(c).tokens.empty());
+  EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 8));
+  EXPECT_EQ(h.seen(b).finish, FinishReason::kLength);
+  EXPECT_EQ(h.seen(a).outputs_after_finish, 0);
+  EXPECT_EQ(h.engine().counters().aborted, 2u);
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, BadRequestsFailAloneWithTheirError) {
+  EngineOptions o;
+  o.kv_blocks = 8;  // 128 tokens of KV
+  Harness h("llama", o);
+  const int32_t n_vocab = int32_t(h.spec().hp.n_vocab);
+  const auto good = h.add(kA, 6);
+  const auto bad_token = h.add({1, 300, n_vocab + 3}, 4);
+  const auto empty = h.add({}, 4);
+  const auto too_long = h.add(long_prompt(100), 60);  // 159 positions > 128
+  Request bad_sampler;
+  bad_sampler.prompt = kB;
+  bad_sampler.sampling.top_p = 0.0f;
+  const auto bad_top_p = h.add(std::move(bad_sampler));
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(good).tokens, h.reference(kA, 6));
+  EXPECT_EQ(h.seen(good).finish, FinishReason::kLength);
+  auto expect_failed = [&](RequestId id, const std::string& words) {
+    const Seen s = h.seen(id);
+    EXPECT_EQ(s.finish, FinishReason::kFailed) << words;
+    EXPECT_TRUE(s.tokens.empty()) << words;
+    EXPECT_NE(s.error.find("request " + std::to_string(id)), std::string::npos) << s.error;
+    EXPECT_NE(s.error.find(words), std::string::npos) << s.error;
+  };
+  expect_failed(bad_token, "outside the vocabulary");
+  expect_failed(empty, "empty prompt");
+  expect_failed(too_long, "can never fit");
+  expect_failed(bad_top_p, "top_p");
+  EXPECT_EQ(h.engine().counters().failed, 4u);
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, KvExhaustedWhileDecodingFailsTheNewestAlone) {
+  EngineOptions o;
+  o.kv_blocks = 3;  // blocks of 16 tokens
+  Harness h("llama", o);
+  // Both prompts take one block and leave one free. A grows into it and later needs a third
+  // block while B waits for a second one: neither can grow, so the newer (B) fails and A, given
+  // B's block, finishes with the tokens it gets alone.
+  const auto a = h.add(kA, 40), b = h.add(kB, 25);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).finish, FinishReason::kLength);
+  EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 40));
+  const Seen sb = h.seen(b);
+  EXPECT_EQ(sb.finish, FinishReason::kFailed);
+  EXPECT_NE(sb.error.find("KV cache exhausted"), std::string::npos) << sb.error;
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, AdmissionWaitsForKvAndProceedsWhenFreed) {
+  EngineOptions o;
+  o.kv_blocks = 2;  // 32 tokens
+  Harness h("llama", o);
+  const auto big = long_prompt(20);  // two blocks
+  const auto a = h.add(big, 5), b = h.add(kB, 4);
+  h.engine().step();
+  EXPECT_EQ(h.engine().n_running(), 1);
+  EXPECT_EQ(h.engine().n_waiting(), 1);  // no free block for B's prompt
+  while (h.seen(a).finish == FinishReason::kNone) {
+    EXPECT_TRUE(h.seen(b).tokens.empty());
+    h.engine().step();
+  }
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).tokens, h.reference(big, 5));
+  EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 4));
+  EXPECT_GT(h.seen(b).token_steps.front(), h.seen(a).token_steps.back());
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, DecodesFlowWhileALongPromptPrefillsInChunks) {
+  EngineConfig ec;
+  ec.prefill_chunk = 4;
+  Harness h("qwen3", {}, ec);
+  const auto a = h.add(kA, 20);
+  h.engine().step();  // A's prompt (6 tokens: chunks of 4 and 2)
+  h.engine().step();
+  ASSERT_EQ(h.seen(a).tokens.size(), 1u);
+  const auto prompt = long_prompt(40);
+  const auto b = h.add(prompt, 3);
+  // B's prompt takes 10 steps of 4 tokens; every one of them carries A's decode token.
+  for (int s = 0; s < 10; ++s) {
+    const size_t before = h.seen(a).tokens.size();
+    EXPECT_EQ(h.engine().step(), 5) << "step " << s;  // 1 decode + 4 prompt tokens
+    EXPECT_EQ(h.seen(a).tokens.size(), before + 1) << "step " << s;
+    EXPECT_EQ(h.seen(b).tokens.size(), s == 9 ? 1u : 0u) << "step " << s;
+  }
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 20));
+  EXPECT_EQ(h.seen(b).tokens, h.reference(prompt, 3));
+}
+
+TEST(RequestEngineTest, StepTokenLimitSplitsPromptsBesideDecodes) {
+  EngineOptions o;
+  o.max_batch_tokens = 8;
+  Harness h("llama", o);
+  const auto a = h.add(kB, 6);
+  h.engine().step();
+  const auto prompt = long_prompt(21);
+  const auto b = h.add(prompt, 2);
+  EXPECT_EQ(h.engine().step(), 8);  // 1 decode + 7 prompt tokens
+  EXPECT_EQ(h.engine().step(), 8);
+  EXPECT_EQ(h.engine().step(), 8);  // B's prompt done: 7 + 7 + 7
+  EXPECT_EQ(h.seen(b).tokens.size(), 1u);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).tokens, h.reference(kB, 6));
+  EXPECT_EQ(h.seen(b).tokens, h.reference(prompt, 2));
+}
+
+TEST(RequestEngineTest, StopsOnEndOfGenerationAndMaxTokens) {
+  Harness h("llama");
+  const auto ref = h.reference(kA, 8);
+  const int32_t eog = ref[2];
+  const auto a = h.add(kA, 8, [eog](int32_t t) { return t == eog; });
+  const auto b = h.add(kA, 4);
+  const auto c = h.add(kA, 0);  // prompt only
+  h.engine().run_until_idle();
+  // The end-of-generation token is the last one delivered (the first time it is sampled).
+  const auto first_eog = std::find(ref.begin(), ref.end(), eog) - ref.begin();
+  EXPECT_EQ(h.seen(a).tokens, std::vector<int32_t>(ref.begin(), ref.begin() + first_eog + 1));
+  EXPECT_EQ(h.seen(a).finish, FinishReason::kEog);
+  EXPECT_EQ(h.seen(b).tokens, std::vector<int32_t>(ref.begin(), ref.begin() + 4));
+  EXPECT_EQ(h.seen(b).finish, FinishReason::kLength);
+  EXPECT_TRUE(h.seen(c).tokens.empty());
+  EXPECT_EQ(h.seen(c).finish, FinishReason::kLength);
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, PromptLogitsMatchTheReferenceAcrossChunks) {
+  EngineOptions o;
+  o.max_batch_tokens = 16;
+  o.max_logit_rows = 16;
+  EngineConfig ec;
+  ec.prefill_chunk = 5;
+  Harness h("qwen3moe", o, ec);
+  const auto prompt = long_prompt(13);
+  std::vector<float> logits;
+  int32_t expect_first = 0;
+  bool finished = false;
+  Request r;
+  r.prompt = prompt;
+  r.max_tokens = 0;
+  r.return_prompt_logits = true;
+  r.on_output = [&](const RequestOutput& out) {
+    EXPECT_EQ(out.prompt_first, expect_first);
+    expect_first += int32_t(out.prompt_logits.size() / h.spec().hp.n_vocab);
+    logits.insert(logits.end(), out.prompt_logits.begin(), out.prompt_logits.end());
+    finished = out.finish == FinishReason::kLength;
+  };
+  h.engine().add_request(std::move(r));
+  h.engine().run_until_idle();
+  EXPECT_TRUE(finished);
+  EXPECT_EQ(h.engine().counters().steps, 3u);  // 5 + 5 + 3
+  model::ReferenceModel net(h.spec());
+  auto kv = net.new_kv_state();
+  std::vector<int32_t> pos(prompt.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
+  const auto ref = net.forward(prompt, pos, kv, true);
+  ASSERT_EQ(logits.size(), ref.size());
+  const size_t nv = h.spec().hp.n_vocab;
+  for (size_t p = 0; p < prompt.size(); ++p) {
+    const std::vector<float> got(logits.begin() + long(p * nv),
+                                 logits.begin() + long((p + 1) * nv));
+    const std::vector<float> want(ref.begin() + long(p * nv), ref.begin() + long((p + 1) * nv));
+    EXPECT_LT(rel_err(got, want), 2e-2) << "position " << p;
+  }
+}
+
+TEST(RequestEngineTest, CallbackErrorFailsItsRequestAndIsRethrown) {
+  Harness h("llama");
+  const auto b = h.add(kB, 5);
+  Request r;
+  r.prompt = kA;
+  r.max_tokens = 5;
+  int calls = 0;
+  r.on_output = [&](const RequestOutput&) {
+    ++calls;
+    throw std::runtime_error("client write failed");
+  };
+  h.engine().add_request(std::move(r));
+  EXPECT_THROW(
+      {
+        try {
+          h.engine().step();
+        } catch (const std::runtime_error& e) {
+          EXPECT_STREQ(e.what(), "client write failed");
+          throw;
+        }
+      },
+      std::runtime_error);
+  h.engine().run_until_idle();
+  EXPECT_EQ(calls, 1);
+  EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 5));
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+TEST(RequestEngineTest, RequestsAddedFromAnotherThread) {
+  Harness h("llama");
+  const std::vector<std::vector<int32_t>> prompts{kA, kB, {1, 330, 331}};
+  std::vector<RequestId> ids(prompts.size());
+  std::atomic<int> added{0};
+  std::thread client([&] {
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      ids[i] = h.add(prompts[i], 5);
+      ++added;
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+    }
+  });
+  // The engine thread steps until every request has been added and has finished.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < give_up) {
+    if (added == int(prompts.size()) && h.engine().idle()) break;
+    if (h.engine().step() == 0) std::this_thread::yield();
+  }
+  client.join();
+  h.engine().run_until_idle();
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    EXPECT_EQ(h.seen(ids[i]).tokens, h.reference(prompts[i], 5)) << "request " << i;
+    EXPECT_EQ(h.seen(ids[i]).finish, FinishReason::kLength);
+  }
+}
+
+TEST(RequestEngineTest, GenerateRunsSeveralRequestsTogether) {
+  Harness h("llama");
+  std::vector<GenerationRequest> reqs(3);
+  reqs[0].prompt = {1, 300, 301};
+  reqs[1].prompt = {1, 302, 303, 304, 305, 306};
+  reqs[2].prompt = {1, 307};
+  for (auto& r : reqs) {
+    r.max_tokens = 5;
+    r.stop_at_eog = false;
+  }
+  GenerationStats st;
+  const auto out = generate(h.engine(), reqs, nullptr, nullptr, &st);
+  for (size_t i = 0; i < reqs.size(); ++i)
+    EXPECT_EQ(out[i], h.reference(reqs[i].prompt, 5)) << "request " << i;
+  EXPECT_EQ(st.generated_tokens, 15);
+  EXPECT_EQ(st.prompt_tokens, 11);
+  EXPECT_EQ(st.decode_tokens, 12);  // the first token of each comes from its prefill
+  EXPECT_GT(st.kv_blocks_used, 0);
+  EXPECT_EQ(h.kv_blocks_used(), 0);  // freed at the end
+
+  // A callback returning false stops its request; a failing request is reported after the rest.
+  reqs[1].max_tokens = 10;
+  std::vector<GenerationRequest> two{reqs[1], reqs[0]};
+  two.push_back(reqs[2]);
+  two[2].prompt = {};
+  std::vector<int> seen(3, 0);
+  try {
+    generate(
+        h.engine(), two, [&](size_t i, int32_t) { return ++seen[i] < 3; }, nullptr);
+    ADD_FAILURE() << "the empty prompt was accepted";
+  } catch (const RequestError& e) {
+    EXPECT_NE(std::string(e.what()).find("empty prompt"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(seen[0], 3);
+  EXPECT_EQ(seen[1], 3);
+  EXPECT_EQ(h.kv_blocks_used(), 0);
+}
+
+}  // namespace
+}  // namespace tessera::engine::test
