@@ -11,9 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "devices/probes.h"
 #include "host/cli/command.h"
-#include "host/engine/opencl_model.h"
+#include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
@@ -30,53 +29,36 @@ double median(std::vector<double> v) {
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-int32_t argmax(const std::vector<float>& logits) {
-  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-}
-
-// Runs one prompt of `prompt.size()` tokens through a fresh sequence, chunked at the engine's
-// max_batch_tokens; returns the seconds until the last chunk's logits are back on the host.
-double time_prefill(engine::OpenClModel& m, const std::vector<int32_t>& prompt) {
-  auto& kv = m.kv_cache();
-  const auto seq = kv.create_sequence();
+// Runs `request` alone on the engine; returns the seconds until it ended. Throws on failure.
+double time_request(engine::Engine& e, engine::Request request) {
+  std::string error;
+  request.on_output = [&](const engine::RequestOutput& out) {
+    if (out.finish == engine::FinishReason::kFailed) error = out.error;
+  };
   const auto t0 = Clock::now();
-  const size_t step = size_t(m.options().max_batch_tokens);
-  for (size_t p = 0; p < prompt.size(); p += step) {
-    const int n = int(std::min(prompt.size() - p, step));
-    const auto res = kv.reserve(seq, n);
-    engine::StepBatch b;
-    b.seqs = {seq};
-    b.tokens.assign(prompt.begin() + long(p), prompt.begin() + long(p) + n);
-    b.token_seq.assign(size_t(n), 0);
-    for (int i = 0; i < n; ++i) b.token_pos.push_back(res.first_pos + i);
-    if (p + size_t(n) == prompt.size()) b.logit_rows = {n - 1};
-    m.forward(b);
-  }
+  e.add_request(std::move(request));
+  e.run_until_idle();
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  kv.free_sequence(seq);
+  if (!error.empty()) throw engine::RequestError(error);
   return s;
 }
 
-// `n` greedy decode steps of one sequence starting from an empty cache with token `first` (what
-// llama-bench's tg test measures); returns the seconds of the n steps.
-double time_decode(engine::OpenClModel& m, int n, int32_t first) {
-  auto& kv = m.kv_cache();
-  const auto seq = kv.create_sequence();
-  int32_t token = first;
-  const auto t0 = Clock::now();
-  for (int i = 0; i < n; ++i) {
-    const auto res = kv.reserve(seq, 1);
-    engine::StepBatch b;
-    b.seqs = {seq};
-    b.tokens = {token};
-    b.token_seq = {0};
-    b.token_pos = {res.first_pos};
-    b.logit_rows = {0};
-    token = argmax(m.forward(b));
-  }
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  kv.free_sequence(seq);
-  return s;
+// One prompt of `prompt.size()` tokens through a fresh sequence, chunked at the engine's
+// max_batch_tokens; the seconds until the first token is sampled from the last chunk's logits.
+double time_prefill(engine::Engine& e, const std::vector<int32_t>& prompt) {
+  engine::Request r;
+  r.prompt = prompt;
+  r.max_tokens = 1;
+  return time_request(e, std::move(r));
+}
+
+// `n` greedy single-token steps of one sequence starting from an empty cache with token `first`
+// (what llama-bench's tg test measures): `first` alone, then n - 1 decode steps.
+double time_decode(engine::Engine& e, int n, int32_t first) {
+  engine::Request r;
+  r.prompt = {first};
+  r.max_tokens = n;
+  return time_request(e, std::move(r));
 }
 
 // Decode roofline of a plan: the weight bytes one token reads on each device (dense parts where
@@ -138,20 +120,25 @@ int run_bench(const std::vector<std::string>& args) {
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
-  const auto registry = DeviceRegistry::discover();
-  const auto config = engine::config_from_cli(config_path, sets, device);
-  const int ctx = std::max(n_prompt, n_gen) + 16;
-  const auto footprint = engine::footprint_of(spec, ctx);
-  ProbeCache probes(ProbeCache::default_dir());
-  auto plan = engine::plan_for(registry, config, footprint, &probes);
-  engine::EngineOptions eo;
-  eo.max_sequences = 1;
-  eo.max_context = ctx;
-  eo.max_batch_tokens = max_batch;
-  eo.balancer = balancer || (config.balancer && !config_path.empty());
-  const auto tl = Clock::now();
-  engine::OpenClModel m(spec, registry, plan, footprint, eo);
-  const double load_s = std::chrono::duration<double>(Clock::now() - tl).count();
+  engine::EngineSetupOptions so;
+  so.config_path = config_path;
+  so.sets = sets;
+  so.device = device;
+  // --batch given on the command line wins over a config's batching.max_batch_tokens.
+  if (!vm["batch"].defaulted())
+    so.sets.push_back("batching.max_batch_tokens=" + std::to_string(max_batch));
+  so.context_tokens = std::max(n_prompt, n_gen) + 16;
+  so.max_sequences = 1;
+  so.max_batch_tokens = max_batch;
+  so.balancer = balancer;
+  auto setup = engine::setup_engine(spec, so);
+  engine::Engine& e = *setup.engine;
+  const engine::OpenClModel& m = e.model();
+  const sched::Plan& plan = setup.plan();
+  const sched::ModelFootprint& footprint = setup.footprint;
+  const double load_s = setup.load_seconds;
+  max_batch = m.options().max_batch_tokens;
+  const bool balancer_on = m.options().balancer;
 
   // Prompt: seeded ids past the special tokens (like llama-bench's random prompt).
   const uint32_t n_vocab = spec.hp.n_vocab;
@@ -164,16 +151,16 @@ int run_bench(const std::vector<std::string>& args) {
   // Warm-up: compiles and caches every kernel of both paths, touches the buffers.
   if (n_prompt > 0)
     time_prefill(
-        m, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
-  if (n_gen > 0) time_decode(m, std::min(n_gen, 4), 1);
+        e, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
+  if (n_gen > 0) time_decode(e, std::min(n_gen, 4), 1);
   // With the balancer on, decode until its placement settles (two rounds of the test without a
   // move, at most 16 rounds), so the timed runs measure the placement it converged to; the moves
   // and warm-up steps are reported.
   int balancer_warmup_steps = 0;
-  if (eo.balancer && n_gen > 0) {
+  if (balancer_on && n_gen > 0) {
     uint64_t last = m.stats().balancer_moves;
     for (int round = 0, quiet = 0; round < 16 && quiet < 2; ++round) {
-      time_decode(m, n_gen, 1);
+      time_decode(e, n_gen, 1);
       balancer_warmup_steps += n_gen;
       quiet = m.stats().balancer_moves == last ? quiet + 1 : 0;
       last = m.stats().balancer_moves;
@@ -183,8 +170,8 @@ int run_bench(const std::vector<std::string>& args) {
 
   std::vector<double> pp, tg;
   for (int r = 0; r < reps; ++r) {
-    if (n_prompt > 0) pp.push_back(double(n_prompt) / time_prefill(m, prompt));
-    if (n_gen > 0) tg.push_back(double(n_gen) / time_decode(m, n_gen, 1));
+    if (n_prompt > 0) pp.push_back(double(n_prompt) / time_prefill(e, prompt));
+    if (n_gen > 0) tg.push_back(double(n_gen) / time_decode(e, n_gen, 1));
   }
   const double pp_tps = pp.empty() ? 0 : median(pp), tg_tps = tg.empty() ? 0 : median(tg);
   const Roofline roof = roofline_of(plan, footprint);
@@ -221,7 +208,7 @@ int run_bench(const std::vector<std::string>& args) {
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
-        eo.balancer ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
+        balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
@@ -232,7 +219,7 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf(
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
-    if (eo.balancer)
+    if (balancer_on)
       std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
                   static_cast<unsigned long long>(m.stats().balancer_moves),
                   static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);

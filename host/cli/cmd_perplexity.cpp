@@ -7,10 +7,11 @@
 #include <cstdio>
 #include <fstream>
 #include <iostream>
+#include <optional>
 #include <sstream>
 
 #include "host/cli/command.h"
-#include "host/engine/opencl_model.h"
+#include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
@@ -72,24 +73,21 @@ int run_perplexity(const std::vector<std::string>& args) {
   const int first = ctx / 2;
   const size_t nv = spec.hp.n_vocab;
 
-  std::unique_ptr<DeviceRegistry> registry;
-  std::unique_ptr<engine::OpenClModel> engine;
+  std::optional<engine::EngineSetup> setup;
   std::unique_ptr<model::ReferenceModel> ref;
-  const int step = std::min(ctx, 256);
   if (reference) {
     ref = std::make_unique<model::ReferenceModel>(spec);
   } else {
-    registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
-    const auto config = engine::config_from_cli(config_path, sets, device);
-    const auto footprint = engine::footprint_of(spec, ctx);
-    ProbeCache probes(ProbeCache::default_dir());
-    auto plan = engine::plan_for(*registry, config, footprint, &probes);
-    engine::EngineOptions eo;
-    eo.max_batch_tokens = step;
-    eo.max_sequences = 1;
-    eo.max_logit_rows = step;
-    eo.max_context = ctx;
-    engine = std::make_unique<engine::OpenClModel>(spec, *registry, plan, footprint, eo);
+    engine::EngineSetupOptions so;
+    so.config_path = config_path;
+    so.sets = sets;
+    so.device = device;
+    so.context_tokens = ctx;
+    so.max_sequences = 1;
+    so.max_batch_tokens = std::min(ctx, 256);
+    so.all_logits = true;
+    so.config_balancer = false;  // scores must not depend on experts moving mid-text
+    setup.emplace(engine::setup_engine(spec, so));
   }
 
   double total = 0;
@@ -104,23 +102,19 @@ int run_perplexity(const std::vector<std::string>& args) {
       for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
       logits = ref->forward(chunk, pos, kv, true);
     } else {
-      auto& kv = engine->kv_cache();
-      const auto seq = kv.create_sequence();
-      for (int p = 0; p < ctx; p += step) {
-        const int n = std::min(step, ctx - p);
-        const auto res = kv.reserve(seq, n);
-        engine::StepBatch b;
-        b.seqs = {seq};
-        b.tokens.assign(chunk.begin() + p, chunk.begin() + p + n);
-        b.token_seq.assign(size_t(n), 0);
-        for (int i = 0; i < n; ++i) {
-          b.token_pos.push_back(res.first_pos + i);
-          b.logit_rows.push_back(i);
-        }
-        const auto l = engine->forward(b);
-        logits.insert(logits.end(), l.begin(), l.end());
-      }
-      kv.free_sequence(seq);
+      // One scoring request per chunk: every position's logits, prefilled in engine steps.
+      engine::Request r;
+      r.prompt = chunk;
+      r.max_tokens = 0;
+      r.return_prompt_logits = true;
+      std::string error;
+      r.on_output = [&](const engine::RequestOutput& out) {
+        logits.insert(logits.end(), out.prompt_logits.begin(), out.prompt_logits.end());
+        if (out.finish == engine::FinishReason::kFailed) error = out.error;
+      };
+      setup->engine->add_request(std::move(r));
+      setup->engine->run_until_idle();
+      if (!error.empty()) throw engine::RequestError(error);
     }
     for (int j = first; j < ctx - 1; ++j) {
       total += nll(logits.data() + size_t(j) * nv, nv, chunk[size_t(j) + 1]);

@@ -17,9 +17,8 @@
 #include <string>
 #include <vector>
 
-#include "devices/probes.h"
 #include "host/cli/command.h"
-#include "host/engine/opencl_model.h"
+#include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
@@ -69,23 +68,16 @@ std::string default_model_path() {
                            ") was not found next to the executable; set TESSERA_MODEL or pass -m");
 }
 
-// One sequence's forward passes, on either path.
-class Runner {
- public:
-  virtual ~Runner() = default;
-  virtual std::vector<float> prefill(const std::vector<int32_t>& prompt) = 0;
-  virtual std::vector<float> decode(int32_t token) = 0;
-};
-
-class ReferenceRunner : public Runner {
+// The reference path's forward passes of one sequence (the OpenCL path runs through the engine).
+class ReferenceRunner {
  public:
   explicit ReferenceRunner(const model::ModelSpec& spec) : net_(spec), kv_(net_.new_kv_state()) {}
-  std::vector<float> prefill(const std::vector<int32_t>& prompt) override {
+  std::vector<float> prefill(const std::vector<int32_t>& prompt) {
     std::vector<int32_t> pos(prompt.size());
     for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
     return net_.forward(prompt, pos, kv_);
   }
-  std::vector<float> decode(int32_t token) override {
+  std::vector<float> decode(int32_t token) {
     const int32_t pos = int32_t(kv_.n_past);
     return net_.forward(std::span<const int32_t>(&token, 1), std::span<const int32_t>(&pos, 1),
                         kv_);
@@ -94,42 +86,6 @@ class ReferenceRunner : public Runner {
  private:
   model::ReferenceModel net_;
   model::KvState kv_;
-};
-
-class OpenClRunner : public Runner {
- public:
-  explicit OpenClRunner(engine::OpenClModel& m) : m_(m), seq_(m.kv_cache().create_sequence()) {}
-  ~OpenClRunner() override { m_.kv_cache().free_sequence(seq_); }
-  std::vector<float> prefill(const std::vector<int32_t>& prompt) override {
-    std::vector<float> logits;
-    const int step = m_.options().max_batch_tokens;
-    for (size_t p = 0; p < prompt.size(); p += size_t(step)) {
-      const int n = int(std::min(prompt.size() - p, size_t(step)));
-      const auto res = m_.kv_cache().reserve(seq_, n);
-      engine::StepBatch b;
-      b.seqs = {seq_};
-      b.tokens.assign(prompt.begin() + long(p), prompt.begin() + long(p) + n);
-      b.token_seq.assign(size_t(n), 0);
-      for (int i = 0; i < n; ++i) b.token_pos.push_back(res.first_pos + i);
-      if (p + size_t(n) == prompt.size()) b.logit_rows = {n - 1};
-      logits = m_.forward(b);
-    }
-    return logits;
-  }
-  std::vector<float> decode(int32_t token) override {
-    const auto res = m_.kv_cache().reserve(seq_, 1);
-    engine::StepBatch b;
-    b.seqs = {seq_};
-    b.tokens = {token};
-    b.token_seq = {0};
-    b.token_pos = {res.first_pos};
-    b.logit_rows = {0};
-    return m_.forward(b);
-  }
-
- private:
-  engine::OpenClModel& m_;
-  kv::SeqId seq_;
 };
 
 // Upload progress: a rewritten line on a terminal, a log line per quarter otherwise.
@@ -153,12 +109,13 @@ std::function<void(uint64_t, uint64_t)> progress_display() {
   };
 }
 
-void print_engine_summary(engine::OpenClModel& m) {
+void print_engine_summary(engine::Engine& e) {
+  const auto& m = e.model();
   const auto& plan = m.plan();
   const auto& st = m.stats();
-  const auto& kv = m.kv_cache().blocks();
-  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n", kv.blocks_used(),
-               kv.n_blocks(), kv.block_size());
+  auto& kv = e.model().kv_cache().blocks();
+  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n",
+               e.counters().kv_blocks_peak, kv.n_blocks(), kv.block_size());
   for (size_t d = 0; d < plan.devices.size(); ++d) {
     int experts = 0, layers = 0;
     for (size_t l = 0; l < plan.layer_device.size(); ++l) {
@@ -234,7 +191,7 @@ int run_generate(const std::vector<std::string>& args) {
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
-  engine::Sampler sampler(sc);
+  const engine::Sampler check_sampling(sc);  // bad sampling options fail before anything loads
   // A model without tokenizer metadata can still run from ids (and print ids).
   std::optional<tokenizer::Tokenizer> tok;
   if (file.find("tokenizer.ggml.model")) {
@@ -271,58 +228,78 @@ int run_generate(const std::vector<std::string>& args) {
       throw std::runtime_error("--logits-out: cannot open '" + logits_path + "' for writing");
   }
 
-  std::unique_ptr<DeviceRegistry> registry;
-  std::unique_ptr<engine::OpenClModel> engine;
-  std::unique_ptr<Runner> runner;
-  if (reference) {
-    runner = std::make_unique<ReferenceRunner>(spec);
-  } else {
-    registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
-    auto config = engine::config_from_cli(config_path, sets, device);
-    const int ctx =
-        int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,
-                             std::max<size_t>(256, prompt_ids.size() + size_t(n_predict) + 16)));
-    const auto footprint = engine::footprint_of(spec, ctx);
-    ProbeCache probes(ProbeCache::default_dir());
-    auto plan = engine::plan_for(*registry, config, footprint, &probes);
-    engine::EngineOptions eo;
-    eo.max_sequences = 1;
-    eo.max_context = ctx;
-    eo.balancer = balancer || (config.balancer && plan.devices.size() > 1 && vm.count("config"));
-    eo.profile = true;
-    eo.progress = progress_display();
-    const auto tl = Clock::now();
-    engine = std::make_unique<engine::OpenClModel>(spec, *registry, plan, footprint, eo);
-    std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n",
-                 double(engine->uploaded_bytes()) / 1048576.0, plan.devices.size(),
-                 std::chrono::duration<double>(Clock::now() - tl).count());
-    runner = std::make_unique<OpenClRunner>(*engine);
-  }
-
-  const auto t0 = Clock::now();
-  std::vector<float> logits = runner->prefill(prompt_ids);
-  const auto t1 = Clock::now();
+  // One sampled token out: its logits to --logits-out, the token to stdout. Returns whether it
+  // is an end-of-generation token.
   int generated = 0;
-  for (int i = 0; i < n_predict; ++i) {
+  auto emit = [&](int32_t next, std::span<const float> logits) {
     if (logits_file && std::fwrite(logits.data(), sizeof(float), logits.size(),
                                    logits_file.get()) != logits.size()) {
       throw std::runtime_error("--logits-out: write to '" + logits_path + "' failed");
     }
-    const int32_t next = sampler.sample(logits);
     ++generated;
     const bool end = tok ? tok->is_eog(next) : false;
     if (print_ids) {
-      std::printf("%s%d", i ? " " : "", next);
+      std::printf("%s%d", generated > 1 ? " " : "", next);
     } else if (!end) {
       const std::string piece = tok->token_to_piece(next, false);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
     }
     std::fflush(stdout);
-    if (end && !ignore_eos) break;
-    if (i + 1 == n_predict) break;
-    logits = runner->decode(next);
+    return end;
+  };
+
+  Clock::time_point t0, t1, t2;
+  std::optional<engine::EngineSetup> setup;
+  if (reference) {
+    ReferenceRunner runner(spec);
+    engine::Sampler sampler(sc);
+    t0 = Clock::now();
+    std::vector<float> logits = runner.prefill(prompt_ids);
+    t1 = Clock::now();
+    for (int i = 0; i < n_predict; ++i) {
+      const int32_t next = sampler.sample(logits);
+      const bool end = emit(next, logits);
+      if (end && !ignore_eos) break;
+      if (i + 1 == n_predict) break;
+      logits = runner.decode(next);
+    }
+    t2 = Clock::now();
+  } else {
+    engine::EngineSetupOptions so;
+    so.config_path = config_path;
+    so.sets = sets;
+    so.device = device;
+    so.context_tokens =
+        int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,
+                             std::max<size_t>(256, prompt_ids.size() + size_t(n_predict) + 16)));
+    so.max_sequences = 1;
+    so.balancer = balancer;
+    so.profile = true;
+    so.progress = progress_display();
+    setup.emplace(engine::setup_engine(spec, so));
+    std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n",
+                 double(setup->engine->model().uploaded_bytes()) / 1048576.0,
+                 setup->plan().devices.size(), setup->load_seconds);
+    engine::Request req;
+    req.prompt = prompt_ids;
+    req.max_tokens = n_predict;
+    req.sampling = sc;
+    if (tok && !ignore_eos) req.is_eog = [&](int32_t id) { return tok->is_eog(id); };
+    req.return_logits = bool(logits_file);
+    std::string error;
+    bool first = true;
+    req.on_output = [&](const engine::RequestOutput& out) {
+      if (first) t1 = Clock::now();  // the prompt's logits are back
+      first = false;
+      if (out.token >= 0) emit(out.token, out.logits);
+      if (out.finish == engine::FinishReason::kFailed) error = out.error;
+    };
+    t0 = Clock::now();
+    setup->engine->add_request(std::move(req));
+    setup->engine->run_until_idle();
+    t2 = Clock::now();
+    if (!error.empty()) throw engine::RequestError(error);
   }
-  const auto t2 = Clock::now();
   std::printf("\n");
   std::fflush(stdout);
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
@@ -333,7 +310,7 @@ int run_generate(const std::vector<std::string>& args) {
                prompt_ids.size(), generated, prefill_s, double(prompt_ids.size()) / prefill_s,
                decode_s, generated > 1 ? double(generated - 1) / decode_s : 0.0,
                prefill_s + decode_s);
-  if (engine) print_engine_summary(*engine);
+  if (setup) print_engine_summary(*setup->engine);
   return 0;
 }
 
