@@ -1,5 +1,6 @@
 // Launch plumbing shared by the device ops: wait lists / completion events, kernel arguments and
-// work sizes. Header-only; every op family uses it so launches look the same everywhere.
+// work sizes. Every op family uses it so launches look the same everywhere; while a step program
+// records a device (step_program.h), arguments and launches on it go to the program instead.
 #pragma once
 
 #include <algorithm>
@@ -10,6 +11,7 @@
 
 #include "devices/cl_error.h"
 #include "devices/device.h"
+#include "host/ops/device/step_program.h"
 
 namespace tessera::ops {
 
@@ -23,6 +25,12 @@ struct Events {
 // Sets argument `index` of `kernel`; throws ClError naming the argument position and device.
 template <typename T>
 void set_arg(const Device& device, cl_kernel kernel, cl_uint index, const T& value) {
+  // T is the argument's own type (cl_mem, cl_uint, ...): its size is what OpenCL expects.
+  if (StepProgram* p = recording_for(device)) {
+    p->stage_arg(device, kernel, index, &value, sizeof(T));
+    return;
+  }
+  // NOLINTNEXTLINE(bugprone-sizeof-expression)
   cl_int err = clSetKernelArg(kernel, index, sizeof(T), &value);
   if (err != CL_SUCCESS)
     throw ClError("clSetKernelArg(#" + std::to_string(index) + ")", err, device.info().label());
@@ -37,6 +45,10 @@ void set_args(const Device& device, cl_kernel kernel, const A&... args) {
 
 // Local-memory argument of `bytes`.
 inline void set_local_arg(const Device& device, cl_kernel kernel, cl_uint index, size_t bytes) {
+  if (StepProgram* p = recording_for(device)) {
+    p->stage_arg(device, kernel, index, nullptr, bytes);
+    return;
+  }
   cl_int err = clSetKernelArg(kernel, index, bytes, nullptr);
   if (err != CL_SUCCESS)
     throw ClError("clSetKernelArg(#" + std::to_string(index) + ", local)", err,
@@ -46,6 +58,10 @@ inline void set_local_arg(const Device& device, cl_kernel kernel, cl_uint index,
 // Enqueues an NDRange of `dims` dimensions (local may be null: the driver picks).
 inline void enqueue(const Device& device, cl_kernel kernel, cl_uint dims, const size_t* global,
                     const size_t* local, const Events& ev) {
+  if (StepProgram* p = recording_for(device)) {
+    p->add_launch(device, kernel, dims, global, local, ev.wait, ev.done);
+    return;
+  }
   cl_int err = clEnqueueNDRangeKernel(device.queue(), kernel, dims, nullptr, global, local,
                                       cl_uint(ev.wait.size()),
                                       ev.wait.empty() ? nullptr : ev.wait.data(), ev.done);

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <stdexcept>
 #include <string>
 
 #include "host/common/error.h"
+#include "host/ops/device/launch.h"
 
 namespace tessera::ops {
 
@@ -20,17 +22,6 @@ using gguf::TensorType;
 // (a 64th of the device's memory, capped at 512 MiB: big slabs mean few, large SGEMMs).
 size_t max_scratch_bytes(const DeviceInfo& info) {
   return std::clamp<size_t>(info.global_mem_bytes / 64, size_t(16) << 20, size_t(512) << 20);
-}
-
-template <typename T>
-void set_arg(const Device& dev, cl_kernel k, cl_uint i, const T& v) {
-  // T is the argument's own type (cl_mem, cl_uint, ...): its size is what OpenCL expects.
-  // NOLINTNEXTLINE(bugprone-sizeof-expression)
-  CL_CHECK(clSetKernelArg(k, i, sizeof(T), &v), dev.info().label());
-}
-
-const cl_event* wait_ptr(const std::vector<cl_event>& wait) {
-  return wait.empty() ? nullptr : wait.data();
 }
 
 int token_tile(int n) {
@@ -189,6 +180,15 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   const MatmulVariant& v = ks.variant;
   if (v.clblast_min_tokens > 0 && n_tokens >= v.clblast_min_tokens &&
       (w.type == TensorType::F32 || scratch_bytes_ >= size_t(w.cols) * sizeof(float))) {
+    if (recording_for(device_)) {
+      // CLBlast enqueues by itself: a recorded step calls it at this point of every run.
+      if (!wait.empty() || done)
+        throw std::logic_error("matmul run: a recorded CLBlast matmul cannot use events");
+      host_call(device_, "clblast matmul", [this, &w, x, x_offset, y, y_offset, n_tokens, out] {
+        run_clblast(w, x, x_offset, y, y_offset, n_tokens, {}, nullptr, out);
+      });
+      return;
+    }
     run_clblast(w, x, x_offset, y, y_offset, n_tokens, wait, done, out);
     return;
   }
@@ -265,9 +265,7 @@ void MatmulOp::enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t ro
   }
   const size_t local[2] = {size_t(v.lanes) * v.wg_rows, 1};
   const size_t global[2] = {groups0 * local[0], groups1};
-  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 2, nullptr, global, local,
-                                  cl_uint(wait.size()), wait_ptr(wait), done),
-           device_.info().label());
+  enqueue(device_, k, 2, global, local, {wait, done});
 }
 
 void MatmulOp::dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out,
@@ -295,9 +293,7 @@ void MatmulOp::dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, c
   const size_t chunks = size_t(n_rows) * size_t(w.blocks_per_row) * (w.format->block_elems / 32);
   const size_t local = 64;
   const size_t global = (chunks + local - 1) / local * local;
-  CL_CHECK(clEnqueueNDRangeKernel(device_.queue(), k, 1, nullptr, &global, &local,
-                                  cl_uint(wait.size()), wait_ptr(wait), done),
-           device_.info().label());
+  enqueue(device_, k, 1, &global, &local, {wait, done});
 }
 
 void MatmulOp::run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
