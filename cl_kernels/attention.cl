@@ -319,10 +319,17 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 #define DEC_PAIRS4 (GROUP * HEAD_DIM / 4)
 #define DEC_OWN ((DEC_PAIRS4 + DEC_LWS - 1) / DEC_LWS)
 
+// Tokens per decode chunk: the step's longest context (meta[ctx_off], in the batch buffer so a
+// recorded launch stays valid as sequences grow) over n_chunks chunks of whole DEC_TILE tiles.
+inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_chunks) {
+  const uint tiles = max(1u, ((uint)meta[ctx_off] + DEC_TILE - 1) / DEC_TILE);
+  return (tiles + n_chunks - 1) / n_chunks * DEC_TILE;
+}
+
 __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
-                              uint first_token, uint chunk_tokens, uint n_chunks, float scale,
+                              uint first_token, uint ctx_off, uint n_chunks, float scale,
                               __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
                               __global float* part) {
   __local float qs[GROUP * HEAD_DIM];
@@ -337,6 +344,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   const uint t = first_token + ti;
   const int s = meta[seq_off + t];
   const int n_kv = meta[pos_off + t] + 1;
+  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks);
   const int start = chunk * chunk_tokens;
   const int end = min(start + (int)chunk_tokens, n_kv);
   __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
@@ -466,7 +474,7 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
                            uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
-                           uint first_token, uint chunk_tokens, uint n_chunks, float scale,
+                           uint first_token, uint ctx_off, uint n_chunks, float scale,
                            __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
                            __global float* part) {
   const uint chunk = get_global_id(0);
@@ -475,6 +483,7 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   const uint t = first_token + ti;
   const int s = meta[seq_off + t];
   const int n_kv = meta[pos_off + t] + 1;
+  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks);
   const int start = chunk * chunk_tokens;
   const int end = min(start + (int)chunk_tokens, n_kv);
   __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);

@@ -75,13 +75,13 @@ void bench_device(const Device& d, const Options& o) {
         for (auto& x : q) x = u(rng);
         ClMem qb = d.alloc(q.size() * 4), ob = d.alloc(q.size() * 4);
         d.write(qb.get(), 0, q.data(), q.size() * 4);
-        const size_t ws_bytes = op.decode_workspace_bytes(n_seqs, ctx);
+        const size_t ws_bytes = op.decode_workspace_bytes(n_seqs, view.context_capacity);
         ClMem ws = d.alloc(ws_bytes);
         const double sec = time_per_call(d, o.reps, [&] {
           op.decode(view, cache.layer(0), qb.get(), 0, ob.get(), 0, 0, n_seqs, ws.get(), ws_bytes);
         });
         const double bytes = double(n_seqs) * ctx * n_head_kv * hd * 2.0 * 2.0;
-        const auto split = op.decode_split(n_seqs, ctx);
+        const auto split = op.decode_split(n_seqs, view.context_capacity);
         std::printf(
             "%-6s decode  head_dim %3d  seqs %2d  ctx %6d  chunks %2d  %9.1f us  %7.1f GB/s\n",
             d.id().c_str(), hd, n_seqs, ctx, split.n_chunks, sec * 1e6, bytes / sec / 1e9);

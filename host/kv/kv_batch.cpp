@@ -6,7 +6,15 @@
 
 namespace tessera::kv {
 
-KvBatchBuffers::KvBatchBuffers(const Device& device) : device_(&device) {}
+KvBatchBuffers::KvBatchBuffers(const Device& device, int32_t min_table_stride, int32_t max_seqs,
+                               int32_t max_tokens)
+    : device_(&device), min_stride_(std::max<int32_t>(1, min_table_stride)) {
+  if (max_seqs > 0 && max_tokens > 0) {
+    // Block tables, token_seq / token_pos / token_slot and max_context of the largest batch.
+    capacity_ = size_t(max_seqs) * size_t(min_stride_) + 3 * size_t(max_tokens) + 1;
+    mem_ = device_->alloc(capacity_ * sizeof(int32_t), CL_MEM_READ_ONLY);
+  }
+}
 
 KvBatchView KvBatchBuffers::upload(const KvBlockManager& blocks, std::span<const SeqId> seqs,
                                    std::span<const int32_t> token_seq,
@@ -17,7 +25,7 @@ KvBatchView KvBatchBuffers::upload(const KvBlockManager& blocks, std::span<const
         std::to_string(token_pos.size()));
   const size_t n_seqs = seqs.size();
   const size_t n_tokens = token_seq.size();
-  size_t stride = 1;
+  size_t stride = size_t(min_stride_);
   for (SeqId s : seqs) {
     if (!blocks.contains(s)) bad("sequence " + std::to_string(s) + " does not exist");
     stride = std::max(stride, blocks.block_table(s).size());
@@ -45,12 +53,14 @@ KvBatchView KvBatchBuffers::upload(const KvBlockManager& blocks, std::span<const
   v.token_seq_offset = uint32_t(n_seqs * stride);
   v.token_pos_offset = uint32_t(v.token_seq_offset + n_tokens);
   v.token_slot_offset = uint32_t(v.token_pos_offset + n_tokens);
+  v.max_context_offset = uint32_t(v.token_slot_offset + n_tokens);
   v.n_seqs = int32_t(n_seqs);
   v.n_tokens = int32_t(n_tokens);
   v.max_context = max_context;
-  const size_t total = v.token_slot_offset + n_tokens;
+  v.context_capacity = int32_t(stride) * bs;
+  const size_t total = v.max_context_offset + 1;
 
-  Ring& r = ring_[size_t(next_)];
+  HostCopy& r = ring_[size_t(next_)];
   next_ ^= 1;
   if (r.written) {  // the host copy of two uploads ago must have reached the device
     CL_CHECK(clWaitForEvents(1, r.written.ptr()), device_->info().label());
@@ -64,14 +74,16 @@ KvBatchView KvBatchBuffers::upload(const KvBlockManager& blocks, std::span<const
   std::copy(token_seq.begin(), token_seq.end(), r.host.begin() + v.token_seq_offset);
   std::copy(token_pos.begin(), token_pos.end(), r.host.begin() + v.token_pos_offset);
   std::copy(slots_host_.begin(), slots_host_.end(), r.host.begin() + v.token_slot_offset);
-  if (total > r.capacity) {
-    r.capacity = std::max(total, r.capacity * 2);  // grows rarely: steps reuse the buffer
-    r.mem = device_->alloc(r.capacity * sizeof(int32_t), CL_MEM_READ_ONLY);
+  r.host[v.max_context_offset] = max_context;
+  if (total > capacity_) {
+    // Grows rarely: steps reuse the buffer. Kernels still queued keep the old one alive.
+    capacity_ = std::max(total, capacity_ * 2);
+    mem_ = device_->alloc(capacity_ * sizeof(int32_t), CL_MEM_READ_ONLY);
   }
-  CL_CHECK(clEnqueueWriteBuffer(device_->queue(), r.mem.get(), CL_FALSE, 0, total * sizeof(int32_t),
+  CL_CHECK(clEnqueueWriteBuffer(device_->queue(), mem_.get(), CL_FALSE, 0, total * sizeof(int32_t),
                                 r.host.data(), 0, nullptr, r.written.out()),
            device_->info().label());
-  v.meta = r.mem.get();
+  v.meta = mem_.get();
   view_ = v;
   return v;
 }

@@ -44,7 +44,11 @@ struct KvLayerView {
 //   block_tables [n_seqs][block_table_stride]  block ids of each batch sequence, -1 padded
 //   token_seq    [n_tokens]  index (row of block_tables) of each token's sequence
 //   token_pos    [n_tokens]  position of each token; it attends to positions [0, pos] of its
-//   sequence token_slot   [n_tokens]  pool slot its K/V is written to
+//                            sequence
+//   token_slot   [n_tokens]  pool slot its K/V is written to
+//   max_context  [1]         max over tokens of pos + 1 (the decode kernels split their work by it)
+// Everything that changes between two steps of one batch shape is in `meta`, so kernel arguments
+// taken from a view stay valid for a recorded step program replayed at later positions.
 struct KvBatchView {
   cl_mem meta = nullptr;
   uint32_t block_tables_offset = 0;
@@ -52,9 +56,13 @@ struct KvBatchView {
   uint32_t token_seq_offset = 0;
   uint32_t token_pos_offset = 0;
   uint32_t token_slot_offset = 0;
+  uint32_t max_context_offset = 0;
   int32_t n_seqs = 0;
   int32_t n_tokens = 0;
-  int32_t max_context = 0;  // max over tokens of pos + 1
+  int32_t max_context = 0;  // max over tokens of pos + 1 (host copy of meta[max_context_offset])
+  // Most tokens a sequence of this layout can hold (block_table_stride * block size); the decode
+  // split is sized for it so it stays the same from step to step. 0: max_context.
+  int32_t context_capacity = 0;
 };
 
 }  // namespace tessera::kv

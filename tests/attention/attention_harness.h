@@ -158,7 +158,7 @@ class AttentionHarness {
     size_t ws_bytes = 0;
     auto ensure_ws = [&] {
       if (!ws) {
-        ws_bytes = op_.decode_workspace_bytes(int32_t(T), view.max_context);
+        ws_bytes = op_.decode_workspace_bytes(int32_t(T), view.context_capacity);
         ws = device_.alloc(ws_bytes);
       }
     };

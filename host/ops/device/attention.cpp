@@ -218,7 +218,11 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   check_range(b, first_token, n_tokens, "decode");
   if (n_tokens == 0) return;
   const Device& d = *device_;
-  const DecodeSplit s = decode_split(n_tokens, b.max_context);
+  // The split (chunk count, so the launch's size and the workspace layout) follows the layout's
+  // capacity, which stays the same from step to step; the kernels size the chunks from the
+  // step's longest context in meta, so a recorded launch stays right as sequences grow.
+  const DecodeSplit s =
+      decode_split(n_tokens, b.context_capacity > 0 ? b.context_capacity : b.max_context);
   const size_t need = size_t(n_tokens) * size_t(s.n_chunks) * size_t(config_.n_head) *
                       size_t(config_.head_dim + 2) * sizeof(float);
   if (workspace_bytes < need)
@@ -227,7 +231,7 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
-           cl_uint(s.chunk_tokens), cl_uint(s.n_chunks), scale_, layer.k, layer.v, workspace);
+           cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, layer.k, layer.v, workspace);
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)}, {lws, 1, 1},
          {ev.wait, nullptr});

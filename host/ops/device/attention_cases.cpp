@@ -44,7 +44,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
       tables[size_t(i) * stride + b] = ids[size_t(next++)];
 
   // Two batches over the same tables: every token of every sequence (for kv_write), and the step's
-  // query tokens. Meta layout as KvBatchView: tables, token_seq, token_pos, token_slot.
+  // query tokens. Meta layout as KvBatchView: tables, token_seq, token_pos, token_slot,
+  // max_context.
   auto make_meta = [&](bool all_tokens, kv::KvBatchView& v, std::vector<int32_t>& meta) {
     std::vector<int32_t> tseq, tpos, tslot;
     int32_t max_ctx = 0;
@@ -66,6 +67,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     meta.insert(meta.end(), tpos.begin(), tpos.end());
     v.token_slot_offset = uint32_t(meta.size());
     meta.insert(meta.end(), tslot.begin(), tslot.end());
+    v.max_context_offset = uint32_t(meta.size());
+    meta.push_back(max_ctx);
     v.n_seqs = n_seqs;
     v.n_tokens = int32_t(tseq.size());
     v.max_context = max_ctx;
