@@ -12,11 +12,6 @@
 
 namespace tessera::sched {
 
-namespace {
-// Launches of a device's share of a MoE layer: gate|up, SwiGLU, down, combine.
-constexpr int kExpertLaunches = 4;
-}  // namespace
-
 double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
   return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) +
          launches * d.launch_us * 1e-6;
@@ -71,8 +66,9 @@ void predict(Plan& plan, const ModelFootprint& model,
   const auto& att = plan.devices[size_t(plan.attention_device)];
   const double emb_row =
       model.embedding_bytes / std::max(1.0, double(model.n_embd));  // ~one row read
-  step += op_seconds(att, emb_row, 0, 1);
-  plan.decode_seconds[size_t(plan.attention_device)] += op_seconds(att, emb_row, 0, 1);
+  step += op_seconds(att, emb_row, 0, model.embedding_launches);
+  plan.decode_seconds[size_t(plan.attention_device)] +=
+      op_seconds(att, emb_row, 0, model.embedding_launches);
   const double act_bytes = 4.0 * model.n_embd;
   for (size_t l = 0; l < model.layers.size(); ++l) {
     const auto& layer = model.layers[l];
@@ -100,7 +96,7 @@ void predict(Plan& plan, const ModelFootprint& model,
         const double p_use = 1.0 - std::pow(std::max(0.0, 1.0 - expected / k), k);
         double te = op_seconds(plan.devices[d], expected * layer.expert_bytes,
                                2.0 * expected * layer.expert_bytes, 0);
-        te += p_use * kExpertLaunches * plan.devices[d].launch_us * 1e-6;
+        te += p_use * layer.expert_launches * plan.devices[d].launch_us * 1e-6;
         plan.decode_seconds[d] += te;
         if (int(d) != ld) te += p_use * 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
         slowest = std::max(slowest, te);  // devices work on their experts concurrently
@@ -108,7 +104,8 @@ void predict(Plan& plan, const ModelFootprint& model,
     }
     step += t + slowest;
   }
-  const double out_t = op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes, 2);
+  const double out_t =
+      op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes, model.output_launches);
   plan.decode_seconds[size_t(plan.attention_device)] += out_t;
   plan.decode_step_seconds = step + out_t;
 }

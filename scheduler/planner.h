@@ -35,11 +35,17 @@ struct ModelFootprint {
     uint64_t dense_bytes = 0;   // attention, norms, router, dense FFN, shared experts
     uint64_t expert_bytes = 0;  // bytes of ONE routed expert (gate + up + down)
     int n_experts = 0;          // 0 for a dense layer
-    int dense_launches = 10;    // kernels per decode step for the dense part
+    // Kernel launches of one decode token: the dense part on the layer's device, and the routed
+    // experts on each device that runs any. The engine counts them from its recorded step
+    // (OpenClModel::launch_counts); these defaults only serve plans made before a model is built.
+    int dense_launches = 10;
+    int expert_launches = 4;
   };
   std::vector<Layer> layers;
   uint64_t embedding_bytes = 0;  // token embedding table
   uint64_t output_bytes = 0;     // output norm + output head (0 extra when tied)
+  int embedding_launches = 1;    // per decode step, counted like the layers' launches
+  int output_launches = 2;
   int n_expert_used = 0;
   int n_embd = 0;
   uint64_t kv_bytes_per_token = 0;  // all layers, in the configured KV format

@@ -94,7 +94,7 @@ int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
   int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
-  bool json = false, balancer = false;
+  bool json = false, balancer = false, no_replay = false;
   po::options_description opts(
       "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
   opts.add_options()("help,h", "show this help")(
@@ -112,6 +112,8 @@ int run_bench(const std::vector<std::string>& args) {
                                              "engine max_batch_tokens (prefill chunk)")(
       "balancer", po::bool_switch(&balancer),
       "re-place experts between steps (also on with a --config whose balancer is enabled)")(
+      "no-replay", po::bool_switch(&no_replay),
+      "enqueue every step afresh instead of replaying its recorded step program")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
@@ -131,6 +133,7 @@ int run_bench(const std::vector<std::string>& args) {
   so.max_sequences = 1;
   so.max_batch_tokens = max_batch;
   so.balancer = balancer;
+  so.replay = !no_replay;
   auto setup = engine::setup_engine(spec, so);
   engine::Engine& e = *setup.engine;
   const engine::OpenClModel& m = e.model();
@@ -203,13 +206,14 @@ int run_bench(const std::vector<std::string>& args) {
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
-        "\"balancer_warmup_steps\": %d}\n",
+        "\"balancer_warmup_steps\": %d, \"replay\": %s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
-        static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
+        static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps,
+        m.options().replay ? "true" : "false");
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
                 devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);

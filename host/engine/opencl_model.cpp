@@ -23,6 +23,7 @@
 #include "host/ops/device/norm.h"
 #include "host/ops/device/rope.h"
 #include "host/ops/device/routing.h"
+#include "host/ops/device/step_program.h"
 
 namespace tessera::engine {
 
@@ -30,7 +31,38 @@ using Clock = std::chrono::steady_clock;
 
 namespace {
 constexpr int kFoldSwigluMaxPairs = 64;
+// Step programs kept for replay: a decode shape per batch size and a few prefill chunk shapes.
+constexpr size_t kMaxCachedPrograms = 16;
+
+// What a recorded step depends on besides buffer contents: the batch's size and logit rows and, per
+// device, the batch buffer and its layout (not the positions: they are read from the buffer).
+struct StepShape {
+  int n_tokens = 0;
+  std::vector<int32_t> logit_rows;
+  std::vector<kv::KvBatchView> views;  // per plan device; empty views where no layer runs
+
+  bool operator==(const StepShape& o) const {
+    if (n_tokens != o.n_tokens || logit_rows != o.logit_rows || views.size() != o.views.size())
+      return false;
+    for (size_t i = 0; i < views.size(); ++i) {
+      const auto &a = views[i], &b = o.views[i];
+      if (a.meta != b.meta || a.block_tables_offset != b.block_tables_offset ||
+          a.block_table_stride != b.block_table_stride ||
+          a.token_seq_offset != b.token_seq_offset || a.token_pos_offset != b.token_pos_offset ||
+          a.token_slot_offset != b.token_slot_offset ||
+          a.max_context_offset != b.max_context_offset || a.n_seqs != b.n_seqs ||
+          a.n_tokens != b.n_tokens || a.context_capacity != b.context_capacity)
+        return false;
+    }
+    return true;
+  }
+};
 }  // namespace
+
+struct OpenClModel::CachedProgram {
+  StepShape shape;
+  ops::StepProgram program;
+};
 
 struct OpenClModel::DeviceCtx {
   int index = 0;  // in the plan
@@ -74,7 +106,8 @@ struct OpenClModel::DeviceCtx {
   bool profile = false;
   std::vector<std::pair<const char*, cl_event>> events;
   cl_event* prof(const char* family) {
-    if (!profile) return nullptr;
+    // Recorded launches have no events (count_launches records with profiling on too).
+    if (!profile || ops::recording_for(*dev)) return nullptr;
     events.emplace_back(family, nullptr);
     return &events.back().second;  // written by the launch before the next prof() call
   }
@@ -137,10 +170,9 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
       fl.expert_bytes =
           (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) /
           hp.n_expert;
-      // q|k|v, qkv_finish, 2 attention, output projection, norm + router + top-k (the attention
-      // norm runs inside the previous layer's combine); the 4 expert launches are costed apart.
-      fl.dense_launches = 6;
     }
+    // Launch counts stay the planner's defaults here: the engine counts them from its recorded
+    // step once it is built (OpenClModel::footprint()).
     f.layers.push_back(fl);
   }
   f.embedding_bytes = tensor_bytes(spec.token_embd);
@@ -286,16 +318,24 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   acfg.n_head_kv = int32_t(hp.n_head_kv);
   acfg.head_dim = int32_t(hp.head_dim);
   acfg.block_size = options_.kv_block_size;
+  if (options_.kv_block_size < 1)
+    throw std::invalid_argument("kv_block_size " + std::to_string(options_.kv_block_size) +
+                                " must be at least 1");
+  const int blocks_per_seq =
+      (options_.max_context + options_.kv_block_size - 1) / options_.kv_block_size;
   for (auto& c : ctxs_) {
     if (!c->has_layers) continue;
     const Device& dev = *c->dev;
     c->attn = std::make_unique<ops::AttentionOp>(dev, acfg);
-    c->batch = std::make_unique<kv::KvBatchBuffers>(dev);
+    // Block tables as long as the longest sequence's, so the batch layout (and every kernel
+    // argument a recorded step took from it) stays the same while sequences grow.
+    c->batch = std::make_unique<kv::KvBatchBuffers>(dev, blocks_per_seq, options_.max_sequences,
+                                                    options_.max_batch_tokens);
     c->q = dev.alloc(size_t(T) * hp.q_dim() * 4);
     c->att = dev.alloc(size_t(T) * hp.q_dim() * 4);
     c->qkv = dev.alloc(size_t(T) * (hp.q_dim() + 2 * hp.kv_dim()) * 4);
-    c->workspace_bytes =
-        c->attn->decode_workspace_bytes(options_.max_sequences, options_.max_context);
+    c->workspace_bytes = c->attn->decode_workspace_bytes(options_.max_sequences,
+                                                         blocks_per_seq * options_.kv_block_size);
     c->workspace = dev.alloc(c->workspace_bytes);
   }
 
@@ -388,6 +428,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   std::vector<std::string> ids;
   for (const auto& d : plan_.devices) ids.push_back(d.id);
   executor_ = std::make_unique<sched::Executor>(ids);
+  count_launches();
+  sched::predict(plan_, footprint_);
   balancer_ = std::make_unique<sched::ExpertBalancer>(
       footprint_, options_.balancer && plan_.devices.size() > 1);
   stats_.device_seconds.assign(plan_.devices.size(), 0.0);
@@ -457,34 +499,23 @@ void OpenClModel::upload_layer_experts(int layer) {
 void OpenClModel::copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to,
                                cl_mem dst, size_t dst_off, size_t bytes) {
   if (&from == &to) {
-    CL_CHECK(clEnqueueCopyBuffer(from.dev->queue(), src, dst, src_off, dst_off, bytes, 0, nullptr,
-                                 nullptr),
-             from.dev->info().label());
+    ops::copy_buffer(*from.dev, src, src_off, dst, dst_off, bytes);
     return;
   }
   if (from.dev->context() == to.dev->context()) {
     // Devices of one context: a device-side copy on the receiver's queue, ordered after the
     // sender's queued work by an event; the host does not wait.
-    enqueue_copy_after(from, src, src_off, to, dst, dst_off, bytes);
+    ops::copy_after(*from.dev, *to.dev, src, src_off, dst, dst_off, bytes);
     return;
   }
-  // Different platforms: through host memory.
-  auto& staging = to.staging;
-  staging.resize((bytes + 3) / 4);
-  from.dev->read(src, src_off, staging.data(), bytes, true);
-  to.dev->write(dst, dst_off, staging.data(), bytes, true);
-}
-
-void OpenClModel::enqueue_copy_after(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to,
-                                     cl_mem dst, size_t dst_off, size_t bytes) {
-  cl_event marker = nullptr;
-  CL_CHECK(clEnqueueMarkerWithWaitList(from.dev->queue(), 0, nullptr, &marker),
-           from.dev->info().label());
-  ClEvent hold(marker);
-  CL_CHECK(clFlush(from.dev->queue()), from.dev->info().label());
-  CL_CHECK(
-      clEnqueueCopyBuffer(to.dev->queue(), src, dst, src_off, dst_off, bytes, 1, &marker, nullptr),
-      to.dev->info().label());
+  // Different platforms: through host memory, a point where the host waits for the sender.
+  ops::host_sync(*from.dev, "copy through the host",
+                 [&from, &to, src, src_off, dst, dst_off, bytes] {
+                   auto& staging = to.staging;
+                   staging.resize((bytes + 3) / 4);
+                   from.dev->read(src, src_off, staging.data(), bytes, true);
+                   to.dev->write(dst, dst_off, staging.data(), bytes, true);
+                 });
 }
 
 void OpenClModel::expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
@@ -531,14 +562,16 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
   if (w.all_on_home) {
     // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
     // balancer's counts come from a non-blocking copy of the choice, read after the step.
-    if (balancer_->enabled()) {
+    if (balancer_ && balancer_->enabled()) {  // no balancer yet while counting launches
       auto& pending = pending_choices_.emplace_back();
       pending.layer = layer;
       pending.ids.resize(size_t(pairs));
       home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
     }
     expert_ffn(home, w, home.index, home.pair_token.get(), home.topk_ids.get(), n, pairs);
-    stats_.expert_hits[size_t(home.index)] += uint64_t(pairs);
+    ops::host_call(*home.dev, "count expert hits", [this, d = size_t(home.index), pairs] {
+      stats_.expert_hits[d] += uint64_t(pairs);
+    });
     if (next_norm) {
       home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
                              home.token_pairs.get(), uint32_t(n), hp.n_embd, next_norm, hp.rms_eps,
@@ -552,7 +585,19 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
   }
 
   // Experts on several devices: the router's choice comes to the host (a few bytes per token), each
-  // device gets the pairs of its experts, and the devices run them concurrently.
+  // device gets the pairs of its experts, and the devices run them concurrently. In a step program
+  // this is a host-sync point: the program is split here and the rest of the layer runs from the
+  // host each time.
+  ops::host_sync(*home.dev, "route tokens to expert devices",
+                 [this, layer, &home, n] { moe_layer_across_devices(layer, home, n); });
+  return false;
+}
+
+void OpenClModel::moe_layer_across_devices(int layer, DeviceCtx& home, int n) {
+  const auto& hp = spec_.hp;
+  auto& w = *layers_[size_t(layer)];
+  const int K = int(hp.n_expert_used);
+  const int pairs = n * K;
   // One read: ids, weights and (when a device of another context takes experts) the normed
   // activations.
   bool any_foreign = false;
@@ -617,7 +662,8 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
       c.dev->write(c.stage.get(), 0, st, end, false);
       // Same context: the activations move device to device, after the home queue's work.
       if (shared)
-        enqueue_copy_after(home, home.xn.get(), 0, c, c.xn.get(), 0, size_t(n) * hp2.n_embd * 4);
+        ops::copy_after(*home.dev, *c.dev, home.xn.get(), 0, c.xn.get(), 0,
+                        size_t(n) * hp2.n_embd * 4);
       expert_ffn(c, w, int(d), c.p_tok.get(), c.p_exp.get(), n, np);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
@@ -640,14 +686,13 @@ bool OpenClModel::moe_layer(int layer, DeviceCtx& home, int n, bool routed, cl_m
   for (int d : remote) {
     DeviceCtx& c = ctx(d);
     if (c.dev->context() == home.dev->context())
-      enqueue_copy_after(c, c.partial.get(), 0, home, home.partial.get(), 0,
-                         size_t(n) * hp.n_embd * 4);
+      ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0,
+                      size_t(n) * hp.n_embd * 4);
     else
       home.dev->write(home.partial.get(), 0, c.staging.data(), size_t(n) * hp.n_embd * 4, true);
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
   }
-  return false;
 }
 
 std::vector<float> OpenClModel::forward(const StepBatch& b) {
@@ -685,9 +730,84 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   const bool decode = size_t(n) == b.seqs.size();
 
   home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
+
+  // A step of a shape seen before replays its recorded program: everything that differs between
+  // its steps (tokens, block tables, positions, slots, longest context) was just written to device
+  // buffers. Profiling (events per launch) and the balancer (a copy of each choice per step, moved
+  // experts) enqueue afresh.
+  if (options_.replay && !options_.profile && !balancer_->enabled()) {
+    StepShape shape;
+    shape.n_tokens = n;
+    shape.logit_rows = b.logit_rows;
+    for (auto& c : ctxs_) shape.views.push_back(c->has_layers ? c->view : kv::KvBatchView{});
+    auto it = std::find_if(programs_.begin(), programs_.end(),
+                           [&](const auto& p) { return p->shape == shape; });
+    if (it == programs_.end()) {
+      auto p = std::make_unique<CachedProgram>();
+      p->shape = std::move(shape);
+      std::vector<const Device*> devices;
+      for (auto& c : ctxs_) devices.push_back(c->dev);
+      {
+        ops::Recording recording(p->program, devices);
+        enqueue_step(b, n, decode);
+      }
+      if (programs_.size() >= kMaxCachedPrograms) programs_.erase(programs_.begin());
+      programs_.push_back(std::move(p));
+      ++recorded_steps_;
+    } else {
+      std::rotate(it, it + 1, programs_.end());  // most recently used last
+      ++replayed_steps_;
+    }
+    programs_.back()->program.run();
+  } else {
+    enqueue_step(b, n, decode);
+  }
+  std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
+  if (!b.logit_rows.empty()) {
+    home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
+  } else {
+    home.dev->finish();
+  }
+  for (auto& c : ctxs_)
+    if (c.get() != &home && c->has_layers) c->dev->finish();
+
+  for (auto& c : ctxs_) c->collect(stats_.device_op_seconds);
+  ++stats_.steps;
+  // Queues have finished: the balancer's counts of layers routed without a round trip.
+  for (const auto& p : pending_choices_) {
+    const int K = int(hp.n_expert_used);
+    for (size_t t = 0; t * size_t(K) < p.ids.size(); ++t)
+      balancer_->record(p.layer, p.ids.data() + t * size_t(K), K);
+  }
+  pending_choices_.clear();
+  balancer_->end_step();
+  if (balancer_->enabled()) {
+    const auto moves = balancer_->rebalance(plan_);
+    std::vector<bool> touched(spec_.layers.size(), false);
+    for (const auto& m : moves) touched[size_t(m.layer)] = true;
+    for (size_t l = 0; l < touched.size(); ++l)
+      if (touched[l]) upload_layer_experts(int(l));
+    stats_.balancer_moves = balancer_->moves();
+  }
+  stats_.op_seconds[decode ? "decode" : "prefill"] +=
+      std::chrono::duration<double>(Clock::now() - t_start).count();
+  return logits;
+}
+
+const ops::StepProgram* OpenClModel::latest_program() const {
+  return programs_.empty() ? nullptr : &programs_.back()->program;
+}
+
+void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
+  const auto& hp = spec_.hp;
+  DeviceCtx& home = ctx(plan_.attention_device);
   const ops::DeviceTable table{embd_table_.get(), 0, spec_.token_embd->type, hp.n_embd, hp.n_vocab};
   home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0,
                      {{}, home.prof("embedding")});
+  auto mark = [&] {
+    if (step_marks_) step_marks_->push_back(ops::recording_for(*home.dev)->launches());
+  };
+  mark();
 
   DeviceCtx* cur = &home;
   const uint32_t E = hp.n_embd;
@@ -732,7 +852,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     c.mm->run(w.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
-    if (options_.flush_per_layer) CL_CHECK(clFlush(c.dev->queue()), c.dev->info().label());
+    if (options_.flush_per_layer) ops::flush(*c.dev);
     // MoE with an F32 router: the FFN norm, router and top-k in one launch.
     const bool fused_route = options_.fuse.norm_route && ls.is_moe() &&
                              w.router.type == gguf::TensorType::F32 &&
@@ -763,11 +883,11 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                     uint32_t(n), ff, {{}, c.prof("activation")});
       c.mm->run(w.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     }
+    mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, size_t(n) * E * 4);
 
   // Logits of the requested rows only.
-  std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
   const bool consecutive =
       std::adjacent_find(b.logit_rows.begin(), b.logit_rows.end(),
                          [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
@@ -782,37 +902,78 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
                           uint32_t(i) * E, 1, E, hp.rms_eps, {{}, home.prof("norm")});
     }
   }
-  if (!b.logit_rows.empty()) {
+  if (!b.logit_rows.empty())
     home.mm->run(output_, home.xn.get(), 0, home.logits.get(), 0, int(b.logit_rows.size()), {},
                  home.prof("matmul"));
-    home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
-  } else {
-    home.dev->finish();
-  }
-  for (auto& c : ctxs_)
-    if (c.get() != &home && c->has_layers) c->dev->finish();
+  mark();
+}
 
-  for (auto& c : ctxs_) c->collect(stats_.device_op_seconds);
-  ++stats_.steps;
-  // Queues have finished: the balancer's counts of layers routed without a round trip.
-  for (const auto& p : pending_choices_) {
-    const int K = int(hp.n_expert_used);
-    for (size_t t = 0; t * size_t(K) < p.ids.size(); ++t)
-      balancer_->record(p.layer, p.ids.data() + t * size_t(K), K);
+void OpenClModel::count_launches() {
+  const auto& hp = spec_.hp;
+  if (footprint_.layers.size() != spec_.layers.size())
+    throw std::invalid_argument("footprint has " + std::to_string(footprint_.layers.size()) +
+                                " layers, the model " + std::to_string(spec_.layers.size()));
+  std::vector<const Device*> devices;
+  for (auto& c : ctxs_) devices.push_back(c->dev);
+  // One decode token of one sequence; a count-only program reads no buffer, so the batch views only
+  // need the layout a real step of that shape has.
+  StepBatch b;
+  b.seqs = {0};
+  b.tokens = {0};
+  b.token_seq = {0};
+  b.token_pos = {0};
+  b.logit_rows = {0};
+  for (auto& c : ctxs_) {
+    if (!c->has_layers) continue;
+    c->view = kv::KvBatchView{};
+    c->view.meta = c->tokens.get();
+    c->view.n_seqs = 1;
+    c->view.n_tokens = 1;
+    c->view.max_context = 1;
   }
-  pending_choices_.clear();
-  balancer_->end_step();
-  if (balancer_->enabled()) {
-    const auto moves = balancer_->rebalance(plan_);
-    std::vector<bool> touched(spec_.layers.size(), false);
-    for (const auto& m : moves) touched[size_t(m.layer)] = true;
-    for (size_t l = 0; l < touched.size(); ++l)
-      if (touched[l]) upload_layer_experts(int(l));
-    stats_.balancer_moves = balancer_->moves();
+  std::vector<size_t> marks;
+  {
+    ops::StepProgram counting(ops::StepProgram::Mode::kCountOnly);
+    ops::Recording recording(counting, devices);
+    step_marks_ = &marks;
+    try {
+      enqueue_step(b, 1, true);
+    } catch (...) {
+      step_marks_ = nullptr;
+      throw;
+    }
+    step_marks_ = nullptr;
   }
-  stats_.op_seconds[decode ? "decode" : "prefill"] +=
-      std::chrono::duration<double>(Clock::now() - t_start).count();
-  return logits;
+  const size_t L = spec_.layers.size();
+  if (marks.size() != L + 2) throw std::logic_error("count_launches: step boundaries missing");
+  footprint_.embedding_launches = int(marks[0]);
+  footprint_.output_launches = int(marks[L + 1] - marks[L]);
+  const int K = int(hp.n_expert_used);
+  for (size_t l = 0; l < L; ++l) {
+    auto& fl = footprint_.layers[l];
+    int layer_launches = int(marks[l + 1] - marks[l]);
+    fl.expert_launches = 0;
+    if (spec_.layers[l].is_moe()) {
+      // A device's share of the layer's experts for one token (its K pairs): gate|up, SwiGLU
+      // (unless folded), down, combine; counted on a device that holds some.
+      const auto& w = *layers_[l];
+      size_t d = 0;
+      while (w.shards[d].experts.empty()) ++d;
+      DeviceCtx& c = ctx(int(d));
+      ops::StepProgram experts(ops::StepProgram::Mode::kCountOnly);
+      {
+        const Device* one[] = {c.dev};
+        ops::Recording recording(experts, one);
+        expert_ffn(c, w, int(d), c.pair_token.get(), c.topk_ids.get(), 1, K);
+        c.moe->combine(c.x.get(), 0, c.y.get(), 0, c.topk_w.get(), 0, c.token_pairs.get(), nullptr,
+                       1, hp.n_embd, true, {});
+      }
+      fl.expert_launches = int(experts.launches());
+      // Experts all on the layer's device run inside the step; otherwise from its host sync.
+      if (w.all_on_home) layer_launches -= fl.expert_launches;
+    }
+    fl.dense_launches = layer_launches;
+  }
 }
 
 }  // namespace tessera::engine

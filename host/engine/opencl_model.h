@@ -16,6 +16,7 @@
 #include "host/kv/paged_kv_cache.h"
 #include "host/model/model_spec.h"
 #include "host/ops/device/matmul.h"
+#include "host/ops/device/step_program.h"
 #include "host/ops/reference/routing.h"
 #include "scheduler/balancer.h"
 #include "scheduler/executor.h"
@@ -44,6 +45,10 @@ struct EngineOptions {
   // clFlush after each layer's attention so the device starts while the host enqueues the rest
   // ("flush" in $TESSERA_NO_FUSE turns it off).
   bool flush_per_layer = true;
+  // Record each batch shape's step once as an ops::StepProgram and replay it for later steps of
+  // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
+  // Steps with profiling or the expert balancer on always enqueue afresh.
+  bool replay = true;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -79,6 +84,11 @@ class OpenClModel {
   const model::ModelSpec& spec() const { return spec_; }
   kv::PagedKvCache& kv_cache() { return *kv_; }
   const sched::Plan& plan() const { return plan_; }
+  // The cost model's view of the model: bytes from the spec, launch counts of one decode token
+  // counted at construction from the step's own code recorded into a count-only step program
+  // (embedding, each layer's dense part and experts, output). The balancer and plan()'s predicted
+  // times use these.
+  const sched::ModelFootprint& footprint() const { return footprint_; }
   const EngineStats& stats() const { return stats_; }
   const EngineOptions& options() const { return options_; }
   uint64_t uploaded_bytes() const { return uploaded_bytes_; }
@@ -87,17 +97,31 @@ class OpenClModel {
   // returns logits [logit_rows.size()][n_vocab]. Throws on inconsistent batches.
   std::vector<float> forward(const StepBatch& batch);
 
+  // Recorded step programs kept for replay (one per batch shape seen recently), and how many steps
+  // were recorded and replayed.
+  size_t cached_programs() const { return programs_.size(); }
+  // The program of the latest replayable step (null before one); valid until the next forward.
+  const ops::StepProgram* latest_program() const;
+  uint64_t recorded_steps() const { return recorded_steps_; }
+  uint64_t replayed_steps() const { return replayed_steps_; }
+
  private:
   struct DeviceCtx;
   struct LayerWeights;
+  struct CachedProgram;
+  // Enqueues (or, while a step program records, appends) the step's work from the embedding to
+  // the logits in home.logits; the batch is already on the devices.
+  void enqueue_step(const StepBatch& b, int n, bool decode);
   void upload_layer_experts(int layer);
+  // Records a one-token decode step count-only and sets footprint_'s launch counts from it.
+  void count_launches();
   // routed: the router's top-k of the tokens is already in home.topk_ids / topk_w. next_norm (may
   // be null): the next layer's attention norm on this device; returns true when it was applied
   // (home.xn holds the next layer's normed input).
   bool moe_layer(int layer, DeviceCtx& home, int n_tokens, bool routed, cl_mem next_norm);
-  // Copies on `to`'s queue after everything queued on `from` (devices of one context).
-  void enqueue_copy_after(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
-                          size_t dst_off, size_t bytes);
+  // The rest of a MoE layer whose experts are on several devices, from the router's choice on the
+  // host (a host-sync point of the step).
+  void moe_layer_across_devices(int layer, DeviceCtx& home, int n_tokens);
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
   void expert_ffn(DeviceCtx& c, const LayerWeights& w, int device, cl_mem pair_token,
                   cl_mem pair_expert, int x_rows, int n_pairs);
@@ -127,6 +151,11 @@ class OpenClModel {
   std::deque<PendingChoice> pending_choices_;  // deque: elements stay put while reads are queued
   const float* xn_src_ = nullptr;  // the home device's normed activations, read for remote experts
   std::vector<double> lane_seconds_;  // per device, written by its executor lane
+  std::vector<std::unique_ptr<CachedProgram>> programs_;  // most recently used last
+  // While count_launches records: the program's launch count after the embedding and after each
+  // layer (enqueue_step appends).
+  std::vector<size_t>* step_marks_ = nullptr;
+  uint64_t recorded_steps_ = 0, replayed_steps_ = 0;
 };
 
 // The planner's view of a model: bytes per layer and per expert.

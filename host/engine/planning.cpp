@@ -83,6 +83,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.max_context = o.context_tokens;
   eo.balancer = o.balancer || (o.config_balancer && !o.config_path.empty() && s.config.balancer);
   eo.profile = o.profile;
+  eo.replay = o.replay;
   eo.progress = o.progress;
   EngineConfig ec;
   ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);

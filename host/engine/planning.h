@@ -45,6 +45,7 @@ struct EngineSetupOptions {
   bool balancer = false;          // --balancer
   bool config_balancer = true;    // also on when a config file (--config) enables it
   bool profile = false;           // time every launch (device time per op family)
+  bool replay = true;             // replay recorded step programs (EngineOptions::replay)
   bool probe = true;              // measure the devices (cached) for the planner
   std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
 };

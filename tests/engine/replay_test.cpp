@@ -1,0 +1,160 @@
+// Recorded step programs replayed for later steps of the same batch shape give the same tokens and
+// the same logits, bit for bit, as enqueueing every step afresh: on every device, for every
+// architecture, for one sequence, for two decoding together and for repeated prefill shapes.
+#include "engine_test_util.h"
+
+namespace tessera::engine::test {
+namespace {
+
+const std::vector<int32_t> kPrompt{1, 300, 301, 302, 303, 304, 305};
+
+sched::Config on(const Device& d) {
+  sched::Config c;
+  c.select = {sched::DeviceSelector{}};
+  c.select[0].id = d.id();
+  return c;
+}
+
+std::unique_ptr<OpenClModel> engine_on(const Loaded& m, const DeviceRegistry& reg, const Device& d,
+                                       bool replay) {
+  EngineOptions o;
+  o.replay = replay;
+  return make_engine(m.spec, reg, on(d), o);
+}
+
+void expect_same(const std::vector<std::vector<float>>& got,
+                 const std::vector<std::vector<float>>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i], want[i]) << "step " << i;
+}
+
+class ReplayTest : public ::testing::TestWithParam<std::string> {};
+
+// One sequence: the prompt, then 12 decode steps (crossing a KV block boundary); the decode shape
+// is recorded once and replayed 11 times.
+TEST_P(ReplayTest, GreedyDecodeEqualsFreshEnqueueing) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture(GetParam());
+  for (const auto& dev : reg.devices()) {
+    SCOPED_TRACE(dev->id());
+    const int n = 12;
+    auto fresh = engine_on(*m, reg, *dev, false);
+    const auto want = engine_greedy(*fresh, kPrompt, n);
+    EXPECT_EQ(fresh->recorded_steps() + fresh->replayed_steps(), 0u);
+    fresh.reset();
+    auto replay = engine_on(*m, reg, *dev, true);
+    const auto got = engine_greedy(*replay, kPrompt, n);
+    EXPECT_EQ(got.tokens, want.tokens);
+    expect_same(got.logits, want.logits);
+    EXPECT_EQ(replay->recorded_steps(), 2u);  // the prompt's shape and the decode shape
+    EXPECT_EQ(replay->replayed_steps(), uint64_t(n - 1));
+    ASSERT_NE(replay->latest_program(), nullptr);
+    // One device holds every expert: no point of the step needs data on the host.
+    EXPECT_EQ(replay->latest_program()->host_syncs(), 0u);
+    EXPECT_GT(replay->latest_program()->launches(), m->spec.layers.size());
+  }
+}
+
+// Two sequences of different lengths decoding together (one shape of two tokens), then a prompt
+// of the first prompt's length in a third sequence (the prefill shape replayed).
+TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture(GetParam(), 4);
+  for (const auto& dev : reg.devices()) {
+    SCOPED_TRACE(dev->id());
+    auto run = [&](OpenClModel& e) {
+      auto& kv = e.kv_cache();
+      std::vector<std::vector<float>> out;
+      const std::vector<std::vector<int32_t>> prompts = {
+          {1, 310, 311, 312, 313},
+          {1, 320, 321, 322, 323, 324, 325, 326, 327},
+          {1, 330, 331, 332, 333}};
+      std::vector<kv::SeqId> seqs;
+      std::vector<int32_t> last;
+      auto prefill = [&](const std::vector<int32_t>& p) {
+        const auto s = kv.create_sequence();
+        const auto r = kv.reserve(s, int32_t(p.size()));
+        StepBatch b;
+        b.seqs = {s};
+        b.tokens = p;
+        b.token_seq.assign(p.size(), 0);
+        for (size_t i = 0; i < p.size(); ++i) b.token_pos.push_back(r.first_pos + int32_t(i));
+        b.logit_rows = {int32_t(p.size()) - 1};
+        out.push_back(e.forward(b));
+        seqs.push_back(s);
+        last.push_back(Sampler::argmax(out.back()));
+      };
+      prefill(prompts[0]);
+      prefill(prompts[1]);
+      const size_t nv = m->spec.hp.n_vocab;
+      for (int step = 0; step < 20; ++step) {
+        StepBatch b;
+        b.seqs = {seqs[0], seqs[1]};
+        for (int i = 0; i < 2; ++i) {
+          const auto r = kv.reserve(seqs[size_t(i)], 1);
+          b.tokens.push_back(last[size_t(i)]);
+          b.token_seq.push_back(i);
+          b.token_pos.push_back(r.first_pos);
+        }
+        b.logit_rows = {0, 1};
+        const auto l = e.forward(b);
+        out.push_back(l);
+        for (int i = 0; i < 2; ++i)
+          last[size_t(i)] = Sampler::argmax(
+              std::vector<float>(l.begin() + long(size_t(i) * nv), l.begin() + long((i + 1) * nv)));
+      }
+      prefill(prompts[2]);  // the shape of prompts[0]'s prefill
+      for (auto s : seqs) kv.free_sequence(s);
+      return out;
+    };
+    auto fresh = engine_on(*m, reg, *dev, false);
+    const auto want = run(*fresh);
+    fresh.reset();
+    auto replay = engine_on(*m, reg, *dev, true);
+    const auto got = run(*replay);
+    expect_same(got, want);
+    EXPECT_EQ(replay->recorded_steps(), 3u);  // two prefill shapes, one decode shape
+    EXPECT_EQ(replay->replayed_steps(), 20u);
+    EXPECT_EQ(replay->cached_programs(), 3u);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, ReplayTest,
+                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe"));
+
+// The cost model's launch counts (counted at construction from a count-only recording of the
+// step's code) add up to the launches a recorded decode step of one token really enqueues.
+TEST_P(ReplayTest, LaunchCountsMatchARecordedDecodeStep) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture(GetParam());
+  auto e = engine_on(*m, reg, *reg.devices().front(), true);
+  engine_greedy(*e, kPrompt, 2);  // the latest program is the one-token decode step
+  const auto& fp = e->footprint();
+  ASSERT_EQ(fp.layers.size(), m->spec.layers.size());
+  size_t want = size_t(fp.embedding_launches + fp.output_launches);
+  for (size_t l = 0; l < fp.layers.size(); ++l) {
+    const auto& fl = fp.layers[l];
+    EXPECT_GT(fl.dense_launches, 0) << l;
+    EXPECT_EQ(fl.expert_launches > 0, m->spec.layers[l].is_moe()) << l;
+    want += size_t(fl.dense_launches + fl.expert_launches);  // one device: experts in the step
+  }
+  EXPECT_GT(fp.embedding_launches, 0);
+  EXPECT_GT(fp.output_launches, 0);
+  ASSERT_NE(e->latest_program(), nullptr);
+  EXPECT_EQ(e->latest_program()->launches(), want);
+}
+
+// Profiling times each launch with events: those steps enqueue afresh, never from a program.
+TEST(ReplayOptionsTest, ProfilingStepsAreNotRecorded) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture("qwen3moe");
+  EngineOptions o;
+  o.profile = true;
+  auto e = make_engine(m->spec, reg, on(*reg.devices().front()), o);
+  engine_greedy(*e, kPrompt, 3);
+  EXPECT_EQ(e->recorded_steps() + e->replayed_steps(), 0u);
+  EXPECT_FALSE(e->stats().device_op_seconds.empty());
+}
+
+}  // namespace
+}  // namespace tessera::engine::test
