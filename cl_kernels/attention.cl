@@ -64,7 +64,8 @@ __kernel void kv_write(__global const float* k_new, uint k_off, __global const f
 __kernel __attribute__((reqd_work_group_size(QF_LWS, 1, 1)))
 void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k_col, uint v_col,
                 __global const float* q_norm, __global const float* k_norm, uint use_norm,
-                float eps, uint n_rot, float freq_base, uint neox, __global const int* meta,
+                float eps, uint n_rot, float freq_base, float freq_scale,
+                __global const float* freq_factors, uint use_ff, uint neox, __global const int* meta,
                 uint pos_off, uint slot_off, uint first_token, __global float* q_out,
                 uint q_out_off, __global kv_elem_t* k_pool, __global kv_elem_t* v_pool) {
   __local float buf[HEAD_DIM];
@@ -95,7 +96,7 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
     }
     const float pos = (float)meta[pos_off + t];
     for (uint i = lid; i < n_rot / 2; i += QF_LWS) {
-      const float theta = rope_theta(pos, i, n_rot, freq_base);
+      const float theta = rope_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff);
       float c;
       const float s = sincos(theta, &c);
       const uint2 ab = rope_pair(i, n_rot, neox);
@@ -124,7 +125,8 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
 __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_stride,
                               uint k_col, uint v_col, __global const float* q_norm,
                               __global const float* k_norm, uint use_norm, float eps, uint n_rot,
-                              float freq_base, uint neox, __global const int* meta, uint pos_off,
+                              float freq_base, float freq_scale, __global const float* freq_factors,
+                              uint use_ff, uint neox, __global const int* meta, uint pos_off,
                               uint slot_off, uint first_token, __global float* q_out,
                               uint q_out_off, __global kv_elem_t* k_pool,
                               __global kv_elem_t* v_pool) {
@@ -132,7 +134,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
   const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
   for (uint i = 0; i < n_rot / 2; ++i) {
-    const float theta = rope_theta(pos, i, n_rot, freq_base);
+    const float theta = rope_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff);
     sn[i] = sincos(theta, &cs[i]);
   }
   const int slot = meta[slot_off + t];

@@ -28,6 +28,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "tie-output", po::bool_switch(&o.tie_output), "omit output.weight (tied to token_embd)")(
       "rope-scaling", po::bool_switch(&o.rope_scaling),
       "linear RoPE scaling x2 (+ rope_freqs.weight for llama kinds)")(
+      "rope-freqs", po::bool_switch(&o.rope_freqs),
+      "Llama 3-style rope_freqs.weight divisors alone (llama kinds)")(
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
       "output-scale", po::value<float>(&o.output_scale)->default_value(8.0f), "std of logits")(
       "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),

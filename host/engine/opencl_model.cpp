@@ -78,6 +78,7 @@ struct OpenClModel::DeviceCtx {
   std::unique_ptr<ops::AttentionOp> attn;
   std::unique_ptr<kv::KvBatchBuffers> batch;
   kv::KvBatchView view;
+  ClMem rope_freqs;  // the model's rope_freqs.weight (n_rot/2 floats), when it has them
   bool has_layers = false;
   // SwiGLU folded into the down projection's loads: each row group recomputes its inputs' SiLU,
   // nearly free on GPUs, a loss on CPUs (there a separate launch computes it once).
@@ -337,6 +338,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->workspace_bytes = c->attn->decode_workspace_bytes(options_.max_sequences,
                                                          blocks_per_seq * options_.kv_block_size);
     c->workspace = dev.alloc(c->workspace_bytes);
+    if (spec_.rope_freqs) c->rope_freqs = upload_floats(dev, model::to_floats(*spec_.rope_freqs));
   }
 
   // Weights.
@@ -839,7 +841,8 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     c.attn->qkv_finish(
         c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim, q_dim + kv_dim},
         ls.q_norm ? w.q_norm.get() : nullptr, ls.q_norm ? w.k_norm.get() : nullptr, hp.rms_eps,
-        {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox},
+        {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
+         hp.rope_freq_scale, c.rope_freqs.get()},
         c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
     if (decode) {
       c.attn->decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),

@@ -297,7 +297,10 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   };
   const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim,
                  KV = uint64_t(s.n_head_kv) * s.head_dim;
-  if (o.rope_scaling && a == "llama") {
+  if (o.rope_freqs && a != "llama")
+    throw std::invalid_argument("fixture: rope_freqs is for llama kinds (llama, mixtral), not '" +
+                                o.kind + "'");
+  if ((o.rope_scaling || o.rope_freqs) && a == "llama") {
     // Divisors growing with the pair index, like Llama 3's low-frequency stretch (1 .. ~4.75).
     std::vector<float> factors(s.head_dim / 2);
     for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.5f * float(i);

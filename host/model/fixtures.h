@@ -17,6 +17,8 @@ struct FixtureOptions {
   bool tie_output = false;    // omit output.weight (tied to token_embd)
   bool rope_scaling = false;  // linear RoPE scaling (factor 2) and, for llama kinds, Llama 3-style
                               // rope_freqs.weight divisors
+  bool rope_freqs = false;    // Llama 3-style rope_freqs.weight divisors alone (llama kinds: llama,
+                              // mixtral; other kinds refuse it)
   bool all_f32 = false;       // store every tensor as F32 (isolates architecture semantics from
                               // quantization when comparing with another implementation)
   // Decisive scales (see DESIGN.md, Testing): the output projection's and the router's weights have

@@ -2,6 +2,7 @@
 // hyper-parameters.
 #include "host/model/model_spec.h"
 
+#include <cmath>
 #include <optional>
 #include <sstream>
 
@@ -151,7 +152,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   const char* factor_key =
       file.find(r.key("rope.scaling.factor")) ? "rope.scaling.factor" : "rope.scale_linear";
   const float factor = r.f32(factor_key, 0.0f);
-  if (factor < 0.0f) r.fail("metadata '" + r.key(factor_key) + "'", "negative scaling factor");
+  if (!std::isfinite(factor) || factor < 0.0f)
+    r.fail("metadata '" + r.key(factor_key) + "'", "scaling factor must be finite and >= 0");
   hp.rope_freq_scale = (factor == 0.0f || scaling == "none") ? 1.0f : 1.0f / factor;
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
   hp.expert_weights_scale = r.f32("expert_weights_scale", 0.0f);
@@ -208,6 +210,15 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   }
 
   spec.rope_freqs = r.tensor("rope_freqs.weight", {hp.n_rot / 2}, false);
+  if (spec.rope_freqs) {
+    const gguf::TensorInfo& t = *spec.rope_freqs;  // type checked by r.tensor
+    std::vector<float> factors(size_t(t.n_elements()));
+    quant::dequantize_row(t.type, t.data, factors.data(), int64_t(factors.size()));
+    for (float f : factors)
+      if (!std::isfinite(f) || f <= 0.0f)
+        r.fail("tensor 'rope_freqs.weight'",
+               "holds " + std::to_string(f) + "; every frequency divisor must be finite and > 0");
+  }
 
   const uint64_t Q = hp.q_dim(), KV = hp.kv_dim(), D = hp.head_dim, F = hp.n_ff, FE = hp.n_ff_exp,
                  NE = hp.n_expert;

@@ -210,6 +210,46 @@ TEST(FixtureModel, RopeScalingFromMetadata) {
   }
 }
 
+TEST(FixtureModel, RopeFreqsAloneAndBadScalingAreChecked) {
+  FixtureOptions o;
+  o.rope_freqs = true;
+  {
+    const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), "freqs.gguf");
+    const ModelSpec spec = ModelSpec::from_gguf(file);
+    EXPECT_FLOAT_EQ(spec.hp.rope_freq_scale, 1.0f);
+    ASSERT_NE(spec.rope_freqs, nullptr);
+  }
+  o.kind = "qwen3";  // llama.cpp reads rope_freqs for llama only: the fixture refuses to write it
+  EXPECT_THROW(make_fixture(o), std::invalid_argument);
+
+  auto error_of = [](const gguf::GgufWriter& w) {
+    try {
+      const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "bad.gguf");
+      ModelSpec::from_gguf(file);
+    } catch (const ModelError& e) {
+      return std::string(e.what());
+    }
+    return std::string("accepted");
+  };
+  // A divisor of 0 would make every angle of its pair infinite.
+  FixtureOptions plain;
+  auto w = make_fixture(plain);
+  std::vector<float> factors(8, 1.0f);
+  factors[5] = 0.0f;
+  w.add_tensor_f32("rope_freqs.weight", {8}, factors);
+  EXPECT_NE(error_of(w).find("rope_freqs.weight"), std::string::npos) << error_of(w);
+  // Scaling types other than none / linear change more than the angle and are refused by name.
+  for (const char* type : {"yarn", "longrope", "su"}) {
+    auto t = make_fixture(plain);
+    t.set("llama.rope.scaling.type", gguf::Value::string(type));
+    EXPECT_NE(error_of(t).find(std::string("'") + type + "' is not supported"), std::string::npos)
+        << error_of(t);
+  }
+  auto inf = make_fixture(plain);
+  inf.set("llama.rope.scaling.factor", gguf::Value::f32(INFINITY));
+  EXPECT_NE(error_of(inf).find("llama.rope.scaling.factor"), std::string::npos) << error_of(inf);
+}
+
 TEST(FixtureModel, ForwardRejectsBadInput) {
   FixtureOptions o;
   const auto file = load(o);

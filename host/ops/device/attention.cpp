@@ -5,6 +5,8 @@
 #include <cmath>
 #include <string>
 
+#include "host/ops/device/rope.h"
+
 namespace tessera::ops {
 
 namespace {
@@ -142,6 +144,10 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.head_dim))
     throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
                          " must be even, > 0 and <= head_dim " + std::to_string(c.head_dim));
+  if (const std::string why =
+          rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors);
+      !why.empty())
+    throw AttentionError("attention qkv_finish: " + why);
   if ((q_norm == nullptr) != (k_norm == nullptr))
     throw AttentionError("attention qkv_finish: q_norm and k_norm must be given together");
   const uint32_t row_end = std::max({q_dim, src.k_col + kv_dim, src.v_col + kv_dim});
@@ -157,9 +163,10 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   cl_kernel k = rows ? finish_rows_.get() : finish_.get();
   set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
            cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot), rope.freq_base,
-           cl_uint(rope.neox ? 1 : 0), b.meta, cl_uint(b.token_pos_offset),
-           cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
-           layer.k, layer.v);
+           rope.freq_scale, rope.freq_factors ? rope.freq_factors : src.buf,
+           cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0), b.meta,
+           cl_uint(b.token_pos_offset), cl_uint(b.token_slot_offset), cl_uint(first_token), q_out,
+           cl_uint(q_out_offset), layer.k, layer.v);
   if (rows) {
     launch(d, k, {size_t(n_tokens), 1, 1}, {1, 1, 1}, ev);
     return;

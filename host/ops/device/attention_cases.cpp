@@ -3,6 +3,7 @@
 // kv_write, prefill or decode attention against reference::causal_attention over f16-rounded K/V.
 #include <algorithm>
 #include <numeric>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -146,8 +147,10 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 // with a gap, so the strides and column offsets are exercised.
 // other_shape: the kernel shape the device does not use by default (per-token rows on GPUs,
 // per-head work groups on CPUs), so both are checked everywhere.
+// freq_scale / with_factors: RoPE frequency scaling (linear; random rope_freqs divisors in [1, 8)).
 MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const AttentionConfig& cfg,
-                                     bool norm, bool neox, int32_t n_rot, bool other_shape) {
+                                     bool norm, bool neox, int32_t n_rot, bool other_shape,
+                                     float freq_scale, bool with_factors) {
   const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
   const int32_t n = 7, n_blocks = 3;
   AttentionTuning tuning = default_attention_tuning(device, cfg);
@@ -185,10 +188,15 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
   GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool), metab(device, meta);
   GuardedBuffer src(device, qkv), qwb(device, qw), kwb(device, kw);
   GuardedBuffer qout(device, size_t(n) * q_dim * sizeof(float));
+  std::vector<float> factors;
+  if (with_factors) factors = random_floats(size_t(n_rot / 2), 305 + uint32_t(n_rot), 1.0f, 8.0f);
+  std::optional<GuardedBuffer> ffb;
+  if (with_factors) ffb.emplace(device, factors);
   view.meta = metab.mem();
   const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
   const AttentionOp::QkvSource source{src.mem(), 0, stride, k_col, v_col};
-  const AttentionOp::QkvRope rope{uint32_t(n_rot), base, neox};
+  const AttentionOp::QkvRope rope{uint32_t(n_rot), base, neox, freq_scale,
+                                  ffb ? ffb->mem() : nullptr};
   auto run = [&](const Events& ev) {
     op.qkv_finish(view, layer, source, norm ? qwb.mem() : nullptr, norm ? kwb.mem() : nullptr, eps,
                   rope, qout.mem(), 0, 0, n, ev);
@@ -206,8 +214,8 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
       reference::rms_norm(q, qw, eps, q);
       reference::rms_norm(k, kw, eps, k);
     }
-    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode);
-    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode);
+    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors);
+    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors);
     std::copy(q.begin(), q.end(), ref_q.begin() + size_t(t) * q_dim);
     const int32_t slot = slots[size_t(t)];
     if (slot < 0) continue;
@@ -231,9 +239,9 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
   got.push_back(float(untouched));
   ref.push_back(float(expected_untouched));
   // theta reaches 3000 rad in float: its rounding bounds the error (as the rope cases); f16 K/V.
-  MatrixCaseResult r =
-      judge(compare(got, ref), 1e-3,
-            {qout.check_guard(), kpool.check_guard(), vpool.check_guard(), src.check_guard()});
+  MatrixCaseResult r = judge(compare(got, ref), 1e-3,
+                             {qout.check_guard(), kpool.check_guard(), vpool.check_guard(),
+                              src.check_guard(), ffb ? ffb->check_guard() : std::string()});
   r.bytes = double(n) * (stride * 4 + q_dim * 4 + kv_dim * 4);
   r.flops = double(n) * (q_dim + kv_dim) * 6;
   if (timing) {
@@ -263,16 +271,24 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       {4, 1, 128, 32},  // MQA, head 128, 32-token blocks
   };
   for (const auto& c : shapes) {
-    for (int v = 0; v < 3; ++v) {
-      const bool norm = v != 1, neox = v != 0;
-      const int32_t n_rot = v == 2 ? c.head_dim / 2 : c.head_dim;  // v == 2: partial rotary
+    // v 3, 4: RoPE frequency scaling (linear x4 with Qwen's form and q/k norms; Llama 3.1's
+    // rope_freqs divisors with linear x2 in llama's form, partial rotary).
+    for (int v = 0; v < 5; ++v) {
+      const bool norm = v != 1 && v != 4, neox = v != 0 && v != 4;
+      const int32_t n_rot = v == 2 || v == 4 ? c.head_dim / 2 : c.head_dim;  // partial rotary
+      const float freq_scale = v == 3 ? 0.25f : v == 4 ? 0.5f : 1.0f;
+      const bool factors = v == 4;
       const std::string shape = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) +
                                 "xd" + std::to_string(c.head_dim) + (norm ? "_norm" : "") +
-                                (neox ? "_neox" : "_normal") + "_rot" + std::to_string(n_rot);
+                                (neox ? "_neox" : "_normal") + "_rot" + std::to_string(n_rot) +
+                                (v == 3   ? "_linear0.25"
+                                 : v == 4 ? "_linear0.5+freqs"
+                                          : "");
       for (bool other : {false, true}) {
         out.push_back({other ? "qkv_finish_alt" : "qkv_finish", "f16kv", shape,
-                       [c, norm, neox, n_rot, other](const Device& d, bool t) {
-                         return run_qkv_finish_case(d, t, c, norm, neox, n_rot, other);
+                       [c, norm, neox, n_rot, other, freq_scale, factors](const Device& d, bool t) {
+                         return run_qkv_finish_case(d, t, c, norm, neox, n_rot, other, freq_scale,
+                                                    factors);
                        }});
       }
     }
