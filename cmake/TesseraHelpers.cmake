@@ -33,6 +33,11 @@ function(tessera_test name)
   add_executable(${name} ${ARG_SOURCES})
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  # Tests start devices as the command does (cli::discover_devices: caches and kernel sources from
+  # the environment's settings).
+  if(TARGET tessera_cli_settings)
+    target_link_libraries(${name} PRIVATE tessera_cli_settings)
+  endif()
   target_include_directories(${name} PRIVATE ${PROJECT_SOURCE_DIR})
   tessera_warnings(${name})
   gtest_discover_tests(${name}

@@ -90,7 +90,7 @@ std::string format_message(const std::string& call, cl_int code, const std::stri
 }  // namespace
 
 ClError::ClError(std::string call, cl_int code, std::string device, std::string detail)
-    : std::runtime_error(format_message(call, code, device, detail)),
+    : TesseraError(format_message(call, code, device, detail)),
       call_(std::move(call)),
       code_(code),
       device_(std::move(device)) {}

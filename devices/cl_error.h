@@ -6,8 +6,9 @@
 #define CL_USE_DEPRECATED_OPENCL_1_2_APIS
 #include <CL/cl.h>
 
-#include <stdexcept>
 #include <string>
+
+#include "host/common/error.h"
 
 namespace tessera {
 
@@ -15,7 +16,7 @@ namespace tessera {
 // otherwise.
 std::string cl_error_name(cl_int code);
 
-class ClError : public std::runtime_error {
+class ClError : public TesseraError {
  public:
   // `call` is the OpenCL call's text, `device` the device's id or name ("" when not
   // device-specific), `detail` extra context such as a build log.

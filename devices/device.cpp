@@ -22,6 +22,13 @@ Device::Device(DeviceInfo info, cl_platform_id platform, cl_device_id device, Cl
 ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
   if (bytes == 0)
     bytes = 1;  // zero-sized buffers are invalid in OpenCL; callers may have empty tensors
+  // The spec makes a buffer above the device's largest allocation CL_INVALID_BUFFER_SIZE, but some
+  // drivers accept it and fail (or crash) at first use: refuse it here on every driver.
+  if (info_.max_alloc_bytes && bytes > info_.max_alloc_bytes)
+    throw ClError(
+        "clCreateBuffer(" + std::to_string(bytes) + " bytes)", CL_INVALID_BUFFER_SIZE,
+        info_.label(),
+        "the device's largest allocation is " + std::to_string(info_.max_alloc_bytes) + " bytes");
   cl_int err = CL_SUCCESS;
   ClMem mem(clCreateBuffer(context_.get(), flags, bytes, nullptr, &err));
   if (err != CL_SUCCESS)
@@ -65,13 +72,24 @@ constexpr const char* kInstallHint =
     "no OpenCL platform found. Install an OpenCL driver: for the CPU, `apt-get install "
     "pocl-opencl-icd` (Debian/Ubuntu); for GPUs, your vendor's OpenCL ICD. `clinfo -l` lists what "
     "the ICD loader sees.";
+
+std::string platform_name(cl_platform_id platform) {
+  size_t size = 0;
+  if (clGetPlatformInfo(platform, CL_PLATFORM_NAME, 0, nullptr, &size) != CL_SUCCESS || size == 0)
+    return "?";
+  std::string name(size, '\0');
+  if (clGetPlatformInfo(platform, CL_PLATFORM_NAME, size, name.data(), nullptr) != CL_SUCCESS)
+    return "?";
+  while (!name.empty() && name.back() == '\0') name.pop_back();
+  return name;
 }
+}  // namespace
 
 DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) {
   DeviceRegistry reg;
-  reg.programs_ = programs ? std::move(programs)
-                           : std::make_shared<ProgramCache>(KernelSources::from_environment(),
-                                                            ProgramCache::default_dir());
+  reg.programs_ =
+      programs ? std::move(programs)
+               : std::make_shared<ProgramCache>(KernelSources::embedded(), std::filesystem::path());
   cl_uint n_platforms = 0;
   cl_int err = clGetPlatformIDs(0, nullptr, &n_platforms);
   if (err == -1001 /* CL_PLATFORM_NOT_FOUND_KHR */ || (err == CL_SUCCESS && n_platforms == 0))
@@ -81,14 +99,21 @@ DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) 
   CL_CHECK(clGetPlatformIDs(n_platforms, platforms.data(), nullptr), "");
 
   std::map<DeviceType, int> next_index;
+  std::string empty_platforms;  // what each platform without a usable device said, for the error
   for (cl_uint p = 0; p < n_platforms; ++p) {
     cl_uint n_devices = 0;
     err = clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, 0, nullptr, &n_devices);
-    if (err == CL_DEVICE_NOT_FOUND || n_devices == 0) continue;
+    if (err == CL_DEVICE_NOT_FOUND || (err == CL_SUCCESS && n_devices == 0)) {
+      empty_platforms += "; platform " + std::to_string(p) + " '" + platform_name(platforms[p]) +
+                         "' reports no device";
+      continue;
+    }
     if (err != CL_SUCCESS) {
       // One broken platform must not hide the others.
       spdlog::warn("platform {}: clGetDeviceIDs failed with {}; skipping it", p,
                    cl_error_name(err));
+      empty_platforms += "; platform " + std::to_string(p) + " '" + platform_name(platforms[p]) +
+                         "': clGetDeviceIDs failed with " + cl_error_name(err);
       continue;
     }
     std::vector<cl_device_id> ids(n_devices);
@@ -124,8 +149,11 @@ DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) 
     }
   }
   if (reg.devices_.empty())
-    throw NoOpenClError("OpenCL platforms exist but none has a usable device. " +
-                        std::string(kInstallHint));
+    throw NoOpenClError(
+        "OpenCL platforms exist but none has a usable device" + empty_platforms +
+        ". PoCL reports no device when it cannot create its kernel cache directory: make "
+        "$POCL_CACHE_DIR (else $XDG_CACHE_HOME/pocl or ~/.cache/pocl) a writable directory. "
+        "`clinfo -l` lists what the ICD loader sees.");
   return reg;
 }
 

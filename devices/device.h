@@ -7,6 +7,7 @@
 #include <string_view>
 #include <vector>
 
+#include "devices/cl_error.h"
 #include "devices/cl_handle.h"
 #include "devices/device_info.h"
 #include "devices/program_cache.h"
@@ -14,9 +15,9 @@
 namespace tessera {
 
 // Raised when the machine has no usable OpenCL platform; says how to install one.
-class NoOpenClError : public std::runtime_error {
+class NoOpenClError : public TesseraError {
  public:
-  using std::runtime_error::runtime_error;
+  using TesseraError::TesseraError;
 };
 
 class Device {
@@ -59,9 +60,9 @@ class Device {
 
 class DeviceRegistry {
  public:
-  // Discovers every device of every platform. `programs` null: a cache over the embedded (or
-  // TESSERA_KERNEL_DIR) sources with the default disk directory. Throws NoOpenClError when no
-  // platform or device exists.
+  // Discovers every device of every platform. `programs` null: an in-memory cache over the
+  // embedded sources (the CLI passes one with a disk directory and the sources its settings name;
+  // devices/ reads no environment). Throws NoOpenClError when no platform or device exists.
   static DeviceRegistry discover(std::shared_ptr<ProgramCache> programs = nullptr);
 
   const std::vector<std::unique_ptr<Device>>& devices() const { return devices_; }

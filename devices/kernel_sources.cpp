@@ -20,16 +20,10 @@ KernelSources KernelSources::embedded() {
 KernelSources KernelSources::from_directory(std::filesystem::path dir) {
   if (!std::filesystem::is_directory(dir))
     throw std::runtime_error("kernel directory '" + dir.string() +
-                             "' (TESSERA_KERNEL_DIR) does not exist or is not a directory");
+                             "' does not exist or is not a directory");
   KernelSources s;
   s.dir_ = std::move(dir);
   return s;
-}
-
-KernelSources KernelSources::from_environment() {
-  const char* dir = std::getenv("TESSERA_KERNEL_DIR");
-  if (dir && *dir) return from_directory(dir);
-  return embedded();
 }
 
 void KernelSources::set(const std::string& name, std::string text) {

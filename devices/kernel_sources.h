@@ -1,5 +1,6 @@
 // Where OpenCL kernel text comes from: the copy embedded at build time, or a directory on disk
-// (TESSERA_KERNEL_DIR, for kernel development). Resolves #include "x.clh" textually.
+// (for kernel development; the CLI takes it from TESSERA_KERNEL_DIR). Resolves #include "x.clh"
+// textually.
 #pragma once
 
 #include <filesystem>
@@ -15,8 +16,6 @@ class KernelSources {
   static KernelSources embedded();
   // The *.cl / *.clh files of `dir`, read at each resolve() so edits apply without a rebuild.
   static KernelSources from_directory(std::filesystem::path dir);
-  // from_directory($TESSERA_KERNEL_DIR) when set, embedded() otherwise.
-  static KernelSources from_environment();
 
   // Adds or replaces one file (tests use this to simulate source edits).
   void set(const std::string& name, std::string text);

@@ -155,14 +155,6 @@ ProbeResult measure_device(const Device& dev) {
 
 ProbeCache::ProbeCache(std::filesystem::path dir) : dir_(std::move(dir)) {}
 
-std::filesystem::path ProbeCache::default_dir() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
-    return std::filesystem::path(xdg) / "tessera" / "probes";
-  if (const char* home = std::getenv("HOME"); home && *home)
-    return std::filesystem::path(home) / ".cache" / "tessera" / "probes";
-  return {};
-}
-
 std::filesystem::path ProbeCache::path_for(const DeviceInfo& info) const {
   // Keyed by what the measurement depends on: the device, its driver and platform.
   const std::string key = info.name + "\n" + info.driver_version + "\n" + info.platform_version;

@@ -29,7 +29,6 @@ ProbeResult measure_device(const Device& device);
 class ProbeCache {
  public:
   explicit ProbeCache(std::filesystem::path dir);  // empty: no caching
-  static std::filesystem::path default_dir();      // $XDG_CACHE_HOME/tessera/probes or ~/.cache/...
 
   std::optional<ProbeResult> load(
       const DeviceInfo& info) const;  // nullopt when absent or unreadable

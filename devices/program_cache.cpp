@@ -1,13 +1,17 @@
 // Program cache: memory map of built programs, disk store of binaries with a checked header.
 #include "devices/program_cache.h"
 
+#include <fcntl.h>
+#include <signal.h>
 #include <spdlog/spdlog.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
-#include <cstdlib>
+#include <chrono>
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 #include <vector>
 
 #include "devices/device.h"
@@ -38,6 +42,48 @@ std::string build_log(cl_program program, cl_device_id device) {
   while (!log.empty() && (log.back() == '\0' || log.back() == '\n')) log.pop_back();
   return log;
 }
+// A payload altered under a recomputed checksum can crash the driver while it loads it (PoCL
+// asserts in pocl_binary_deserialize): load, build and create every kernel in a forked child first,
+// so only the child dies, and drop the entry unless the child succeeds. The child only makes
+// OpenCL calls and _exits; a child stuck on a lock another thread held at fork() times out, which
+// also only costs a rebuild from source. Returns true (let the in-process checks decide) when no
+// child can be started.
+bool binary_loads_in_child(const Device& device, const std::vector<unsigned char>& payload,
+                           const std::string& options) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return true;
+  if (pid == 0) {
+    const int null_fd = ::open("/dev/null", O_WRONLY);  // the driver's assertion text is noise
+    if (null_fd >= 0) {
+      ::dup2(null_fd, 1);
+      ::dup2(null_fd, 2);
+    }
+    cl_device_id dev = device.handle();
+    const unsigned char* bin = payload.data();
+    const size_t size = payload.size();
+    cl_int status = CL_SUCCESS, err = CL_SUCCESS;
+    cl_program p = clCreateProgramWithBinary(device.context(), 1, &dev, &size, &bin, &status, &err);
+    if (err != CL_SUCCESS || status != CL_SUCCESS) ::_exit(1);
+    if (clBuildProgram(p, 1, &dev, options.c_str(), nullptr, nullptr) != CL_SUCCESS) ::_exit(1);
+    cl_uint n = 0;
+    if (clCreateKernelsInProgram(p, 0, nullptr, &n) != CL_SUCCESS || n == 0) ::_exit(1);
+    std::vector<cl_kernel> kernels(n);
+    if (clCreateKernelsInProgram(p, n, kernels.data(), nullptr) != CL_SUCCESS) ::_exit(1);
+    ::_exit(0);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  int status = 0;
+  pid_t done = 0;
+  while ((done = ::waitpid(pid, &status, WNOHANG)) == 0) {
+    if (std::chrono::steady_clock::now() > deadline) {
+      ::kill(pid, SIGKILL);
+      ::waitpid(pid, &status, 0);
+      return false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return done == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
 }  // namespace
 
 std::string device_build_options(const DeviceInfo& info) {
@@ -57,12 +103,17 @@ std::string device_build_options(const DeviceInfo& info) {
 ProgramCache::ProgramCache(KernelSources sources, std::filesystem::path disk_dir)
     : sources_(std::move(sources)), disk_dir_(std::move(disk_dir)) {}
 
-std::filesystem::path ProgramCache::default_dir() {
-  if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg)
-    return std::filesystem::path(xdg) / "tessera" / "programs";
-  if (const char* home = std::getenv("HOME"); home && *home)
-    return std::filesystem::path(home) / ".cache" / "tessera" / "programs";
-  return {};
+void ProgramCache::set_program_options(const std::string& name, std::string options) {
+  std::lock_guard lock(mutex_);
+  program_options_[name] = std::move(options);
+}
+
+std::string ProgramCache::full_options(const Device& device, const std::string& name,
+                                       const std::string& options) const {
+  std::string full = device_build_options(device.info()) + " " + options;
+  if (auto it = program_options_.find(name); it != program_options_.end() && !it->second.empty())
+    full += " " + it->second;
+  return full;
 }
 
 ProgramCache::Stats ProgramCache::stats() const {
@@ -86,7 +137,8 @@ std::string ProgramCache::cache_key(const Device& device, const std::string& sou
 
 std::filesystem::path ProgramCache::entry_path(const Device& device, const std::string& name,
                                                const std::string& options) const {
-  const std::string full = device_build_options(device.info()) + " " + options;
+  std::lock_guard lock(mutex_);
+  const std::string full = full_options(device, name, options);
   return disk_dir_ / (name + "-" + cache_key(device, sources_.resolve(name), full) + ".bin");
 }
 
@@ -99,7 +151,7 @@ cl_program ProgramCache::get(const Device& device, const std::string& name,
     return it->second.get();
   }
   const std::string source = sources_.resolve(name);
-  const std::string full = device_build_options(device.info()) + " " + options;
+  const std::string full = full_options(device, name, options);
   ClProgram program;
   std::filesystem::path path;
   if (!disk_dir_.empty()) {
@@ -110,6 +162,8 @@ cl_program ProgramCache::get(const Device& device, const std::string& name,
         ++stats_.disk_hits;
       } else {
         ++stats_.disk_rejected;
+        std::error_code ec;
+        std::filesystem::remove(path, ec);  // dropped; rewritten below after the rebuild
       }
     }
   }
@@ -162,6 +216,10 @@ ClProgram ProgramCache::load_binary(const Device& device, const std::filesystem:
     spdlog::info("program cache: {} fails its checksum; rebuilding", path.string());
     return {};
   }
+  if (!binary_loads_in_child(device, payload, options)) {
+    spdlog::info("program cache: driver cannot load {}; rebuilding", path.string());
+    return {};
+  }
   cl_device_id dev = device.handle();
   const unsigned char* bin = payload.data();
   const size_t bin_size = payload.size();
@@ -174,6 +232,23 @@ ClProgram ProgramCache::load_binary(const Device& device, const std::filesystem:
   }
   if (clBuildProgram(program.get(), 1, &dev, options.c_str(), nullptr, nullptr) != CL_SUCCESS) {
     spdlog::info("program cache: {} does not link; rebuilding", path.string());
+    return {};
+  }
+  // A payload altered under a recomputed checksum may still load and link; creating every kernel
+  // makes the driver read each one's code and metadata, so a damaged binary fails here rather than
+  // in the middle of a run.
+  cl_uint n_kernels = 0;
+  if (clCreateKernelsInProgram(program.get(), 0, nullptr, &n_kernels) != CL_SUCCESS ||
+      n_kernels == 0) {
+    spdlog::info("program cache: {} has no usable kernels; rebuilding", path.string());
+    return {};
+  }
+  std::vector<cl_kernel> kernels(n_kernels, nullptr);
+  const cl_int kerr = clCreateKernelsInProgram(program.get(), n_kernels, kernels.data(), nullptr);
+  for (cl_kernel k : kernels)
+    if (k) clReleaseKernel(k);
+  if (kerr != CL_SUCCESS) {
+    spdlog::info("program cache: {} has kernels the driver refuses; rebuilding", path.string());
     return {};
   }
   return program;

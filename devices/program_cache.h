@@ -25,10 +25,13 @@ class ProgramCache {
   // `disk_dir` empty: memory only. The cache owns the programs it returns; they live as long as it.
   ProgramCache(KernelSources sources, std::filesystem::path disk_dir);
 
-  // $XDG_CACHE_HOME/tessera/programs, else ~/.cache/tessera/programs.
-  static std::filesystem::path default_dir();
+  // Extra build options for every build of program `name` (e.g. "-DGEMV_STAGED" for matmul
+  // experiments; the CLI passes $TESSERA_MATMUL_OPTIONS). Part of the cache key. Call before the
+  // program is first built.
+  void set_program_options(const std::string& name, std::string options);
 
-  // Program `name` built for `device` with device_build_options() + `options`. Thread-safe.
+  // Program `name` built for `device` with device_build_options() + `options` (+ the program's
+  // set_program_options()). Thread-safe.
   // A build failure throws ClError carrying the build log. A missing, corrupt or stale disk entry
   // falls back to compiling from source and rewrites the entry.
   cl_program get(const Device& device, const std::string& name, const std::string& options = "");
@@ -48,6 +51,8 @@ class ProgramCache {
                                    const std::string& options) const;
 
  private:
+  std::string full_options(const Device& device, const std::string& name,
+                           const std::string& options) const;  // caller holds mutex_
   std::string cache_key(const Device& device, const std::string& source,
                         const std::string& options) const;
   ClProgram build_from_source(const Device& device, const std::string& name,
@@ -60,6 +65,7 @@ class ProgramCache {
   std::filesystem::path disk_dir_;
   mutable std::mutex mutex_;
   std::map<std::tuple<const Device*, std::string, std::string>, ClProgram> programs_;
+  std::map<std::string, std::string> program_options_;  // by program name
   Stats stats_;
 };
 

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -299,40 +300,51 @@ MemoryBudget parse_budget(const std::string& text, const std::string& key) {
   MemoryBudget b;
   std::string s = text;
   s.erase(std::remove_if(s.begin(), s.end(), ::isspace), s.end());
+  auto unreadable = [&]() {
+    return ConfigError(key + ": cannot read memory budget '" + text +
+                       "'; write e.g. 40GiB, 512MiB, 2GB, 80% or a byte count");
+  };
+  const bool percent = !s.empty() && s.back() == '%';
+  const std::string number_text = percent ? s.substr(0, s.size() - 1) : s;
+  double v = 0;
+  size_t used = 0;
   try {
-    if (!s.empty() && s.back() == '%') {
-      size_t used = 0;
-      double v = std::stod(s.substr(0, s.size() - 1), &used);
-      if (used != s.size() - 1 || v <= 0 || v > 100) throw std::invalid_argument(s);
-      b.fraction = v / 100.0;
-      return b;
-    }
-    size_t used = 0;
-    double v = std::stod(s, &used);
-    const std::string unit = lower(s.substr(used));
-    static const std::map<std::string, double> kUnits = {{"", 1},
-                                                         {"b", 1},
-                                                         {"k", 1e3},
-                                                         {"kb", 1e3},
-                                                         {"m", 1e6},
-                                                         {"mb", 1e6},
-                                                         {"g", 1e9},
-                                                         {"gb", 1e9},
-                                                         {"t", 1e12},
-                                                         {"tb", 1e12},
-                                                         {"kib", 1024.0},
-                                                         {"mib", 1048576.0},
-                                                         {"gib", 1073741824.0},
-                                                         {"tib", 1099511627776.0}};
-    auto it = kUnits.find(unit);
-    if (it == kUnits.end() || v <= 0 || !std::isfinite(v)) throw std::invalid_argument(s);
-    b.bytes = uint64_t(v * it->second);
-    if (b.bytes == 0) throw std::invalid_argument(s);
-    return b;
+    v = std::stod(number_text, &used);
   } catch (const std::logic_error&) {
-    throw ConfigError(key + ": cannot read memory budget '" + text +
-                      "'; write e.g. 40GiB, 512MiB, 2GB, 80% or a byte count");
+    throw unreadable();
   }
+  if (std::isnan(v)) throw unreadable();
+  if (percent) {
+    if (used != number_text.size()) throw unreadable();
+    if (v <= 0 || v > 100)
+      throw ConfigError(key + ": memory budget '" + text + "' must be a percentage in (0, 100]");
+    b.fraction = v / 100.0;
+    return b;
+  }
+  static const std::map<std::string, double> kUnits = {{"", 1},
+                                                       {"b", 1},
+                                                       {"k", 1e3},
+                                                       {"kb", 1e3},
+                                                       {"m", 1e6},
+                                                       {"mb", 1e6},
+                                                       {"g", 1e9},
+                                                       {"gb", 1e9},
+                                                       {"t", 1e12},
+                                                       {"tb", 1e12},
+                                                       {"kib", 1024.0},
+                                                       {"mib", 1048576.0},
+                                                       {"gib", 1073741824.0},
+                                                       {"tib", 1099511627776.0}};
+  const auto it = kUnits.find(lower(number_text.substr(used)));
+  if (it == kUnits.end()) throw unreadable();
+  const double bytes = v * it->second;
+  if (bytes < 1)
+    throw ConfigError(key + ": memory budget '" + text + "' must be at least 1 byte (0 or less " +
+                      "leaves nothing to place)");
+  if (!std::isfinite(bytes) || bytes >= 18446744073709551616.0)
+    throw ConfigError(key + ": memory budget '" + text + "' is too large");
+  b.bytes = uint64_t(bytes);
+  return b;
 }
 
 std::string format_bytes(uint64_t bytes) {
@@ -366,10 +378,18 @@ Config parse_config(const std::string& yaml_text, const std::string& source) {
 }
 
 Config load_config(const std::string& path) {
+  // A directory opens as an empty stream (and a FIFO blocks): refuse anything but a regular file.
+  std::error_code ec;
+  const auto status = std::filesystem::status(path, ec);
+  if (ec || !std::filesystem::exists(status))
+    throw ConfigError(path + ": cannot open config file (no such file)");
+  if (!std::filesystem::is_regular_file(status))
+    throw ConfigError(path + ": cannot open config file (not a regular file)");
   std::ifstream in(path);
   if (!in) throw ConfigError(path + ": cannot open config file");
   std::stringstream ss;
   ss << in.rdbuf();
+  if (in.bad()) throw ConfigError(path + ": cannot read config file");
   return parse_config(ss.str(), path);
 }
 
@@ -382,14 +402,23 @@ void apply_override(Config& c, const std::string& assignment) {
   std::vector<std::string> parts;
   std::stringstream ks(key);
   for (std::string p; std::getline(ks, p, '.');) parts.push_back(p);
-  YAML::Node leaf = YAML::Load(value.empty() ? "\"\"" : value);
-  for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
-    YAML::Node parent;
-    parent[*it] = leaf;
-    leaf = parent;
-  }
+  const std::string source = "<command line>";  // parse_into's errors name the key after it
+  if (parts.empty() || key.back() == '.' ||
+      std::any_of(parts.begin(), parts.end(), [](const std::string& p) { return p.empty(); }))
+    throw ConfigError(source + ": " + key + ": expected a dotted key such as placement.attention");
   Config patch;
-  parse_into(patch, leaf, "<command line> " + key);
+  try {
+    YAML::Node leaf = YAML::Load(value.empty() ? "\"\"" : value);
+    for (auto it = parts.rbegin(); it != parts.rend(); ++it) {
+      YAML::Node parent;
+      parent[*it] = leaf;
+      leaf = parent;
+    }
+    parse_into(patch, leaf, source);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(source + ": " + key + ": value '" + value +
+                      "' is not valid YAML: " + e.what());
+  }
   // Merge: only the keys the override names change.
   const std::string top = parts[0];
   if (top == "devices") {

@@ -10,14 +10,15 @@
 #include <vector>
 
 #include "devices/device_info.h"
+#include "host/common/error.h"
 
 namespace tessera::sched {
 
 // A config that cannot be used: the message names the key path (e.g. "devices.select[1].type")
 // and, where it helps, lists what exists.
-class ConfigError : public std::runtime_error {
+class ConfigError : public TesseraError {
  public:
-  using std::runtime_error::runtime_error;
+  using TesseraError::TesseraError;
 };
 
 // Matches devices; every field that is set must match. An empty selector matches every device.

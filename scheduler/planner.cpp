@@ -39,21 +39,35 @@ int find_device(const std::vector<DeviceCost>& devs, const std::string& id,
 }
 
 // Splits n items over weights by largest remainder; deterministic (ties go to the lower index).
+// Weights are finite and >= 0 (make_plan checks); they are scaled by the largest first, so figures
+// near the double range (a share of 1e308) neither overflow nor lose the proportions.
 std::vector<int> apportion(int n, const std::vector<double>& weights) {
-  const double total = std::accumulate(weights.begin(), weights.end(), 0.0);
   std::vector<int> out(weights.size(), 0);
-  if (total <= 0 || n == 0) return out;
+  const double largest = weights.empty() ? 0.0 : *std::max_element(weights.begin(), weights.end());
+  if (!(largest > 0) || n <= 0) return out;
+  std::vector<double> scaled(weights.size());
+  for (size_t i = 0; i < weights.size(); ++i) scaled[i] = weights[i] / largest;  // in [0, 1]
+  const double total = std::accumulate(scaled.begin(), scaled.end(), 0.0);       // in [1, size]
   std::vector<std::pair<double, size_t>> rema;
   int given = 0;
-  for (size_t i = 0; i < weights.size(); ++i) {
-    const double exact = n * weights[i] / total;
-    out[i] = int(std::floor(exact));
+  for (size_t i = 0; i < scaled.size(); ++i) {
+    const double exact = double(n) * (scaled[i] / total);  // in [0, n]
+    out[i] = std::min(n - given, int(std::floor(exact)));
     given += out[i];
-    rema.push_back({exact - out[i], i});
+    rema.push_back({exact - std::floor(exact), i});
   }
   std::stable_sort(rema.begin(), rema.end(), [](auto& a, auto& b) { return a.first > b.first; });
-  for (int i = 0; given < n; ++i, ++given) out[rema[size_t(i)].second] += 1;
+  // Rounding leaves fewer than weights.size() items; cycling keeps the loop inside the array.
+  for (size_t i = 0; given < n; ++i, ++given) out[rema[i % rema.size()].second] += 1;
   return out;
+}
+
+// A device figure the cost model divides by or adds: finite and positive (launch latency may be 0).
+void check_figure(const DeviceCost& d, const char* name, double v, bool zero_ok = false) {
+  if (!std::isfinite(v) || v < 0 || (!zero_ok && v == 0))
+    throw PlanError("device " + d.id + ": " + name + " " + std::to_string(v) +
+                    " is not a usable figure (must be a finite number " +
+                    (zero_ok ? ">= 0" : "> 0") + "); re-measure with `tessera devices --probe`");
 }
 
 }  // namespace
@@ -113,6 +127,13 @@ void predict(Plan& plan, const ModelFootprint& model,
 Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
                const Config& config) {
   if (devices.empty()) throw PlanError("no device selected");
+  for (const auto& d : devices) {
+    check_figure(d, "read bandwidth (GB/s)", d.read_gbps);
+    check_figure(d, "fp32 throughput (GFLOP/s)", d.fp32_gflops);
+    check_figure(d, "launch latency (us)", d.launch_us, true);
+    check_figure(d, "host-to-device bandwidth (GB/s)", d.h2d_gbps);
+    check_figure(d, "device-to-host bandwidth (GB/s)", d.d2h_gbps);
+  }
   Plan plan;
   plan.devices = devices;
   const size_t nd = devices.size();
@@ -185,8 +206,12 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   // 3. Routed experts.
   std::vector<double> share(nd, 0.0);
   if (config.experts_mode == "shares") {
-    for (const auto& [id, s] : config.expert_shares)
+    for (const auto& [id, s] : config.expert_shares) {
+      if (!std::isfinite(s) || s < 0)
+        throw ConfigError("placement.experts.shares." + id + ": " + std::to_string(s) +
+                          " must be a finite number >= 0");
       share[size_t(find_device(devices, id, "placement.experts.shares." + id))] = s;
+    }
     if (std::accumulate(share.begin(), share.end(), 0.0) <= 0)
       throw ConfigError("placement.experts.shares: shares sum to zero");
   } else {
@@ -201,6 +226,21 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
     }
   if (config.cpu_moe_layers && cpu_device < 0)
     throw ConfigError("placement.cpu_moe_layers: no CPU device is selected");
+  int max_experts = 0;
+  for (const auto& layer : model.layers) max_experts = std::max(max_experts, layer.n_experts);
+  for (size_t i = 0; i < config.expert_pins.size(); ++i) {
+    const auto& pin = config.expert_pins[i];
+    const std::string key = "placement.experts.pins[" + std::to_string(i) + "]";
+    if (size_t(pin.layer_first) >= nl)
+      throw ConfigError(key + ".layers: starts at layer " + std::to_string(pin.layer_first) +
+                        " but the model has " + std::to_string(nl) + " layers");
+    if (pin.expert_first >= max_experts)
+      throw ConfigError(key + ".experts: starts at expert " + std::to_string(pin.expert_first) +
+                        " but the model's layers have " + std::to_string(max_experts) + " experts");
+  }
+  if (config.cpu_moe_layers && size_t(*config.cpu_moe_layers) > nl)
+    throw ConfigError("placement.cpu_moe_layers: " + std::to_string(*config.cpu_moe_layers) +
+                      " is more than the model's " + std::to_string(nl) + " layers");
   for (size_t l = 0; l < nl; ++l) {
     const int ne = model.layers[l].n_experts;
     auto& assign = plan.expert_device[l];

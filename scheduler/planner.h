@@ -70,9 +70,9 @@ struct Plan {
 // Builds the plan. Throws ConfigError when the config cannot be met (an unknown device in a pin,
 // shares that sum to zero) and PlanError when the model does not fit, saying how much memory is
 // missing on which device.
-class PlanError : public std::runtime_error {
+class PlanError : public TesseraError {
  public:
-  using std::runtime_error::runtime_error;
+  using TesseraError::TesseraError;
 };
 Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
                const Config& config);

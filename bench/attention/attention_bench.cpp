@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "host/cli/settings.h"
 #include "host/common/half.h"
 #include "host/kv/kv_batch.h"
 #include "host/kv/paged_kv_cache.h"
@@ -162,7 +163,7 @@ int run(int argc, char** argv) {
     }
   }
   try {
-    auto reg = DeviceRegistry::discover();
+    auto reg = tessera::cli::discover_devices();
     std::vector<const Device*> devs;
     if (o.devices.empty())
       for (const auto& d : reg.devices()) devs.push_back(d.get());

@@ -14,6 +14,7 @@
 #include <sstream>
 
 #include "devices/probes.h"
+#include "host/cli/settings.h"
 #include "host/ops/device/matmul.h"
 #include "host/ops/device/matmul_check.h"
 
@@ -227,7 +228,7 @@ int main(int argc, char** argv) {
   }
   const bool json = vm.count("json") > 0;
   try {
-    const DeviceRegistry reg = DeviceRegistry::discover();
+    const DeviceRegistry reg = tessera::cli::discover_devices();
     std::vector<const Device*> devs;
     if (devices.empty()) {
       for (const auto& d : reg.devices()) devs.push_back(d.get());
@@ -271,7 +272,7 @@ int main(int argc, char** argv) {
                      {"gflops", r.gflops()},
                      {"cpu_seconds", r.cpu_seconds}});
     };
-    ProbeCache probes(ProbeCache::default_dir());
+    ProbeCache probes = tessera::cli::probe_cache();
     for (const Device* dev : devs) {
       const ProbeResult probe = probes.get(*dev, false);
       if (!json)

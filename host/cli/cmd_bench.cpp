@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "host/cli/command.h"
+#include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/gguf/gguf.h"
@@ -134,6 +135,8 @@ int run_bench(const std::vector<std::string>& args) {
   so.max_batch_tokens = max_batch;
   so.balancer = balancer;
   so.replay = !no_replay;
+  so.programs = tessera::cli::program_cache();
+  so.probe_dir = tessera::cli::probe_dir();
   auto setup = engine::setup_engine(spec, so);
   engine::Engine& e = *setup.engine;
   const engine::OpenClModel& m = e.model();

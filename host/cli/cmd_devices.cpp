@@ -8,6 +8,7 @@
 #include "devices/device.h"
 #include "devices/probes.h"
 #include "host/cli/command.h"
+#include "host/cli/settings.h"
 
 namespace tessera::cli {
 namespace {
@@ -39,8 +40,8 @@ int run_devices(const std::vector<std::string>& args) {
     std::cout << "usage: tessera devices [--json] [--probe]\n" << opts;
     return 0;
   }
-  auto registry = DeviceRegistry::discover();
-  ProbeCache cache(ProbeCache::default_dir());
+  auto registry = tessera::cli::discover_devices();
+  ProbeCache cache = tessera::cli::probe_cache();
   std::vector<std::optional<ProbeResult>> probes;
   for (const auto& d : registry.devices()) {
     if (vm.count("no-measure") && !vm.count("probe")) {

@@ -12,6 +12,7 @@
 
 #include "devices/device.h"
 #include "host/cli/command.h"
+#include "host/cli/settings.h"
 #include "host/ops/device/matrix.h"
 
 namespace tessera::cli {
@@ -164,7 +165,7 @@ int run_matrix(const std::vector<std::string>& args) {
   if (cases.empty())
     throw std::runtime_error("tessera matrix: no case matches --filter '" + filter + "'");
 
-  auto registry = DeviceRegistry::discover();
+  auto registry = tessera::cli::discover_devices();
   std::vector<const Device*> devices;
   if (vm.count("devices")) {
     for (const std::string& id : split_commas(vm["devices"].as<std::string>()))

@@ -11,6 +11,8 @@
 #include <sstream>
 
 #include "host/cli/command.h"
+#include "host/cli/input_checks.h"
+#include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/gguf/gguf.h"
@@ -52,6 +54,8 @@ int run_perplexity(const std::vector<std::string>& args) {
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
   if (ctx < 8) throw std::runtime_error("--ctx must be at least 8");
+  if (max_chunks < 0) throw std::runtime_error("--chunks must be >= 0 (0 = all)");
+  require_regular_file(text_path, "-f");
   std::ifstream in(text_path, std::ios::binary);
   if (!in) throw std::runtime_error("cannot open text file '" + text_path + "'");
   std::stringstream ss;
@@ -76,6 +80,7 @@ int run_perplexity(const std::vector<std::string>& args) {
   std::optional<engine::EngineSetup> setup;
   std::unique_ptr<model::ReferenceModel> ref;
   if (reference) {
+    require_reference_memory(file, spec, uint64_t(ctx));
     ref = std::make_unique<model::ReferenceModel>(spec);
   } else {
     engine::EngineSetupOptions so;
@@ -87,6 +92,8 @@ int run_perplexity(const std::vector<std::string>& args) {
     so.max_batch_tokens = std::min(ctx, 256);
     so.all_logits = true;
     so.config_balancer = false;  // scores must not depend on experts moving mid-text
+    so.programs = tessera::cli::program_cache();
+    so.probe_dir = tessera::cli::probe_dir();
     setup.emplace(engine::setup_engine(spec, so));
   }
 

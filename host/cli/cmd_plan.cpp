@@ -7,6 +7,7 @@
 
 #include "devices/probes.h"
 #include "host/cli/command.h"
+#include "host/cli/settings.h"
 #include "host/engine/opencl_model.h"
 #include "host/engine/planning.h"
 #include "host/gguf/gguf.h"
@@ -37,11 +38,12 @@ int run_plan(const std::vector<std::string>& args) {
                                                             "print the plan as JSON");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
+  if (context < 1) throw std::runtime_error("--ctx must be >= 1");
   const auto config = engine::config_from_cli(config_path, sets, device);
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
-  auto registry = DeviceRegistry::discover();
-  ProbeCache probes(ProbeCache::default_dir());
+  auto registry = tessera::cli::discover_devices();
+  ProbeCache probes = tessera::cli::probe_cache();
   const auto footprint = engine::footprint_of(spec, context);
   const auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
   if (json) {

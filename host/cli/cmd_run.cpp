@@ -18,6 +18,9 @@
 #include <vector>
 
 #include "host/cli/command.h"
+#include "host/cli/input_checks.h"
+#include "host/cli/output_file.h"
+#include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
 #include "host/engine/sampler.h"
@@ -221,21 +224,15 @@ int run_generate(const std::vector<std::string>& args) {
                              std::to_string(n_predict) + " exceeds the model's context length " +
                              std::to_string(spec.hp.n_ctx_train));
   }
-  std::unique_ptr<FILE, int (*)(FILE*)> logits_file(nullptr, &std::fclose);
-  if (!logits_path.empty()) {
-    logits_file.reset(std::fopen(logits_path.c_str(), "wb"));
-    if (!logits_file)
-      throw std::runtime_error("--logits-out: cannot open '" + logits_path + "' for writing");
-  }
+  // Whole or absent: written to a temporary file renamed into place at the end.
+  std::optional<OutputFile> logits_file;
+  if (!logits_path.empty()) logits_file.emplace(logits_path, "--logits-out");
 
   // One sampled token out: its logits to --logits-out, the token to stdout. Returns whether it
   // is an end-of-generation token.
   int generated = 0;
   auto emit = [&](int32_t next, std::span<const float> logits) {
-    if (logits_file && std::fwrite(logits.data(), sizeof(float), logits.size(),
-                                   logits_file.get()) != logits.size()) {
-      throw std::runtime_error("--logits-out: write to '" + logits_path + "' failed");
-    }
+    if (logits_file) logits_file->write(logits.data(), logits.size() * sizeof(float));
     ++generated;
     const bool end = tok ? tok->is_eog(next) : false;
     if (print_ids) {
@@ -244,13 +241,14 @@ int run_generate(const std::vector<std::string>& args) {
       const std::string piece = tok->token_to_piece(next, false);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
     }
-    std::fflush(stdout);
+    check_stdout();  // stop at once when the text cannot be delivered
     return end;
   };
 
   Clock::time_point t0, t1, t2;
   std::optional<engine::EngineSetup> setup;
   if (reference) {
+    require_reference_memory(file, spec, prompt_ids.size() + size_t(n_predict));
     ReferenceRunner runner(spec);
     engine::Sampler sampler(sc);
     t0 = Clock::now();
@@ -276,6 +274,8 @@ int run_generate(const std::vector<std::string>& args) {
     so.balancer = balancer;
     so.profile = true;
     so.progress = progress_display();
+    so.programs = tessera::cli::program_cache();
+    so.probe_dir = tessera::cli::probe_dir();
     setup.emplace(engine::setup_engine(spec, so));
     std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n",
                  double(setup->engine->model().uploaded_bytes()) / 1048576.0,
@@ -301,7 +301,8 @@ int run_generate(const std::vector<std::string>& args) {
     if (!error.empty()) throw engine::RequestError(error);
   }
   std::printf("\n");
-  std::fflush(stdout);
+  check_stdout();
+  if (logits_file) logits_file->commit();
   const double prefill_s = std::chrono::duration<double>(t1 - t0).count();
   const double decode_s = std::chrono::duration<double>(t2 - t1).count();
   std::fprintf(stderr,

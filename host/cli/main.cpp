@@ -1,5 +1,6 @@
 // Entry point of the `tessera` command: dispatches to the registered sub-commands and prints errors
 // once.
+#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,6 +10,7 @@
 #include <iostream>
 
 #include "host/cli/command.h"
+#include "host/cli/output_file.h"
 
 namespace tessera::cli {
 
@@ -26,7 +28,14 @@ bool parse_options(const std::vector<std::string>& args,
                    const boost::program_options::options_description& opts,
                    boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
-  po::store(po::command_line_parser(args).options(opts).run(), vm);
+  const auto parsed = po::command_line_parser(args).options(opts).run();
+  // Without this, a word after an option's value (`-p Once upon a time`) would be dropped silently.
+  const auto extra = po::collect_unrecognized(parsed.options, po::include_positional);
+  if (!extra.empty()) {
+    throw std::runtime_error("unexpected argument '" + extra.front() +
+                             "' (quote a value that has spaces, e.g. -p \"Once upon a time\")");
+  }
+  po::store(parsed, vm);
   if (vm.count("help")) {
     std::cout << opts << "\n";
     return false;
@@ -51,6 +60,9 @@ void print_usage() {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Every log line goes to stderr: stdout carries only a command's result (generated text, --json),
+  // which a warning must never corrupt.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("tessera"));
   if (const char* level = std::getenv("TESSERA_LOG")) {
     spdlog::set_level(spdlog::level::from_str(level));
   } else {
@@ -64,7 +76,9 @@ int main(int argc, char** argv) {
   for (const auto& c : tessera::cli::commands()) {
     if (c.name != name) continue;
     try {
-      return c.run(std::vector<std::string>(argv + 2, argv + argc));
+      const int rc = c.run(std::vector<std::string>(argv + 2, argv + argc));
+      tessera::cli::check_stdout();
+      return rc;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "tessera %s: error: %s\n", name.c_str(), e.what());
       return 1;

@@ -1,6 +1,7 @@
 // Device costs for the planner and the end-to-end plan_for().
 #include "host/engine/planning.h"
 
+#include <algorithm>
 #include <chrono>
 
 namespace tessera::engine {
@@ -54,6 +55,27 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
   return sched::make_plan(footprint, costs, config);
 }
 
+int kv_blocks_within_budget(const sched::Config& config, const sched::Plan& plan,
+                            const sched::ModelFootprint& footprint, int block_size,
+                            int wanted_blocks, int sequences, int needed_tokens) {
+  if (!config.kv_budget) return wanted_blocks;
+  uint64_t budget = 0;
+  for (uint64_t b : plan.kv_bytes) budget += b;  // the planner's resolved kv_cache.budget
+  const uint64_t block_bytes = footprint.kv_bytes_per_token * uint64_t(std::max(1, block_size));
+  const uint64_t blocks = block_bytes ? budget / block_bytes : uint64_t(wanted_blocks);
+  const uint64_t blocks_per_seq =
+      uint64_t((std::max(0, needed_tokens) + block_size - 1) / block_size);
+  const uint64_t needed = blocks_per_seq * uint64_t(std::max(1, sequences));
+  if (blocks < needed)
+    throw sched::ConfigError(
+        "kv_cache.budget: " + sched::format_bytes(budget) + " holds " +
+        std::to_string(blocks * uint64_t(block_size)) + " tokens of KV cache (" +
+        sched::format_bytes(footprint.kv_bytes_per_token) + " per token); this run needs " +
+        std::to_string(blocks_per_seq * uint64_t(block_size)) + " tokens for each of " +
+        std::to_string(std::max(1, sequences)) + " sequence(s)");
+  return int(std::min<uint64_t>(blocks, uint64_t(wanted_blocks)));
+}
+
 sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
                               const std::string& device) {
   sched::Config c = config_path.empty() ? sched::Config{} : sched::load_config(config_path);
@@ -70,17 +92,22 @@ sched::Config config_from_cli(const std::string& config_path, const std::vector<
 
 EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions& o) {
   EngineSetup s;
-  s.registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
+  s.registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs));
   s.config = config_from_cli(o.config_path, o.sets, o.device);
   s.footprint = footprint_of(spec, o.context_tokens);
   std::unique_ptr<ProbeCache> probes;
-  if (o.probe) probes = std::make_unique<ProbeCache>(ProbeCache::default_dir());
+  if (o.probe) probes = std::make_unique<ProbeCache>(o.probe_dir);
   auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get());
   EngineOptions eo;
   eo.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
   eo.max_batch_tokens = s.config.max_batch_tokens.value_or(o.max_batch_tokens);
   if (o.all_logits) eo.max_logit_rows = eo.max_batch_tokens;
   eo.max_context = o.context_tokens;
+  // kv_cache.budget caps the cache (it is not only shown by `tessera plan`); one sequence of
+  // context_tokens must fit.
+  const int blocks_per_seq = (o.context_tokens + eo.kv_block_size - 1) / eo.kv_block_size;
+  eo.kv_blocks = kv_blocks_within_budget(s.config, plan, s.footprint, eo.kv_block_size,
+                                         eo.max_sequences * blocks_per_seq, 1, o.context_tokens);
   eo.balancer = o.balancer || (o.config_balancer && !o.config_path.empty() && s.config.balancer);
   eo.profile = o.profile;
   eo.replay = o.replay;

@@ -25,6 +25,15 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 
+// KV-cache blocks (of `block_size` tokens) the engine may allocate under the config's
+// kv_cache.budget, the KV bytes the plan reserved: the budget caps the cache, it is not only shown
+// by `tessera plan`. Returns `wanted_blocks` when the config sets no budget, else the smaller of
+// the two. Throws sched::ConfigError naming kv_cache.budget when the budget holds fewer than
+// `needed_tokens` tokens per sequence for `sequences` sequences.
+int kv_blocks_within_budget(const sched::Config& config, const sched::Plan& plan,
+                            const sched::ModelFootprint& footprint, int block_size,
+                            int wanted_blocks, int sequences, int needed_tokens);
+
 // The config the command line describes: a YAML file (optional), then `--set KEY=VALUE` overrides,
 // then `--device ID` (shorthand for selecting that one device). Throws sched::ConfigError.
 sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
@@ -47,6 +56,10 @@ struct EngineSetupOptions {
   bool profile = false;           // time every launch (device time per op family)
   bool replay = true;             // replay recorded step programs (EngineOptions::replay)
   bool probe = true;              // measure the devices (cached) for the planner
+  // Where programs and probe results are cached (the CLI's settings, host/cli/settings.h): null /
+  // empty for in-memory programs and unstored probes. The engine reads no environment.
+  std::shared_ptr<ProgramCache> programs;
+  std::filesystem::path probe_dir;
   std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
 };
 

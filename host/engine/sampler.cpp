@@ -2,6 +2,8 @@
 // rather than std::uniform_real_distribution, whose algorithm differs between standard libraries.
 #include "host/engine/sampler.h"
 
+#include "host/engine/engine_error.h"
+
 #include <algorithm>
 #include <cmath>
 #include <numeric>
@@ -12,21 +14,25 @@
 namespace tessera::engine {
 
 Sampler::Sampler(const SamplerConfig& config) : config_(config), rng_(config.seed) {
-  if (std::isnan(config.temperature) || std::isnan(config.top_p) || config.top_p <= 0.0f ||
-      config.top_p > 1.0f) {
-    throw std::invalid_argument("sampler: top_p " + std::to_string(config.top_p) +
-                                " must be in (0, 1] and temperature " +
-                                std::to_string(config.temperature) + " a number");
-  }
+  // Each value is checked on its own, so the message names the one that is wrong.
+  if (!std::isfinite(config.temperature) || config.temperature < 0.0f)
+    throw EngineError("sampler: temperature " + std::to_string(config.temperature) +
+                      " must be a finite number >= 0 (0 = greedy)");
+  if (config.top_k < 0)
+    throw EngineError("sampler: top_k " + std::to_string(config.top_k) +
+                      " must be >= 0 (0 = all tokens)");
+  if (!(config.top_p > 0.0f && config.top_p <= 1.0f))
+    throw EngineError("sampler: top_p " + std::to_string(config.top_p) +
+                      " must be in (0, 1] (1 = all tokens)");
 }
 
 int32_t Sampler::argmax(std::span<const float> logits) {
-  if (logits.empty()) throw std::invalid_argument("sampler: empty logits");
+  if (logits.empty()) throw EngineError("sampler: empty logits");
   return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {
-  if (logits.empty()) throw std::invalid_argument("sampler: empty logits");
+  if (logits.empty()) throw EngineError("sampler: empty logits");
   if (config_.temperature <= 0.0f) return argmax(logits);
 
   // Candidates sorted by logit (descending, ties by id), cut to top-k.

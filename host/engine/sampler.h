@@ -9,8 +9,8 @@
 namespace tessera::engine {
 
 struct SamplerConfig {
-  float temperature = 0.0f;  // <= 0: greedy (argmax, lowest id on ties)
-  int top_k = 0;             // keep the k most likely tokens; <= 0: all
+  float temperature = 0.0f;  // 0: greedy (argmax, lowest id on ties); negative is refused
+  int top_k = 0;             // keep the k most likely tokens; 0: all; negative is refused
   float top_p = 1.0f;        // keep the smallest set whose probability reaches top_p; >= 1: all
   uint64_t seed = 0;         // seeds std::mt19937_64: same seed + same logits => same tokens
 };
@@ -18,7 +18,8 @@ struct SamplerConfig {
 // One sequence's sampler. Not thread-safe (it owns the RNG state); one per sequence.
 class Sampler {
  public:
-  // Throws std::invalid_argument when top_p is not in (0, 1] or a value is NaN.
+  // Throws EngineError naming the value when temperature is negative or not finite,
+  // top_k is negative or top_p is not in (0, 1].
   explicit Sampler(const SamplerConfig& config);
 
   const SamplerConfig& config() const { return config_; }

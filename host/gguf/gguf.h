@@ -42,7 +42,7 @@ struct Value {
   ValueType type = ValueType::UINT8;
   std::variant<uint64_t, int64_t, double, bool, std::string, std::vector<Value>> v;
   ValueType array_type = ValueType::UINT8;  // element type when type == ARRAY
-  std::string key;  // the metadata key for top-level values read from a file (used in errors)
+  std::string key;  // the metadata key a value read from a file has, "key[i]" for array elements
 
   // Typed accessors; each throws GgufError naming the key and both types on a mismatch.
   uint64_t as_uint() const;  // any integer type holding a value >= 0

@@ -160,9 +160,18 @@ class Parser {
       if (!seen.insert(key).second) fail(field, "duplicate key");
       const uint32_t type = read<uint32_t>(field, "value type");
       Value v = read_value(type, 0, field);
-      v.key = key;
+      name_values(v, key);
       metadata.emplace_back(std::move(key), std::move(v));
     }
+  }
+
+  // Gives a value and, recursively, its array elements the key they are read under
+  // ("tokenizer.ggml.tokens[3]"), so a type error on any of them names the field.
+  static void name_values(Value& v, const std::string& key) {
+    v.key = key;
+    if (auto* elems = std::get_if<std::vector<Value>>(&v.v))
+      for (size_t i = 0; i < elems->size(); ++i)
+        name_values((*elems)[i], key + "[" + std::to_string(i) + "]");
   }
 
   Value read_value(uint32_t type, int depth, const std::string& field) {
@@ -359,11 +368,15 @@ GgufFile::~GgufFile() = default;
 GgufFile GgufFile::open(const std::string& path) {
   GgufFile f;
   f.path_ = path;
-  FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer forever; the
+  // regular-file check below then refuses it. Reads go through mmap, which the flag does not
+  // affect.
+  FdGuard fd{::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK)};
   if (fd.fd < 0) throw GgufError(path + ": open: " + std::strerror(errno));
   struct stat st {};
   if (fstat(fd.fd, &st) != 0) throw GgufError(path + ": stat: " + std::strerror(errno));
-  if (!S_ISREG(st.st_mode)) throw GgufError(path + ": open: not a regular file");
+  if (!S_ISREG(st.st_mode))
+    throw GgufError(path + ": open: not a regular file (a directory, FIFO or device)");
   if (st.st_size == 0) throw GgufError(path + ": header: file is empty");
   f.storage_ = std::make_unique<Storage>();
   const size_t n = static_cast<size_t>(st.st_size);

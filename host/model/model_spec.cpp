@@ -141,6 +141,11 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                std::to_string(hp.head_dim) + "]");
   }
   hp.rope_freq_base = r.f32("rope.freq_base", 10000.0f);
+  // A zero, negative or non-finite base or epsilon makes every activation NaN: the model would
+  // "generate" token 0 forever, so such files are refused here.
+  if (!std::isfinite(hp.rope_freq_base) || hp.rope_freq_base <= 0.0f)
+    r.fail("metadata '" + r.key("rope.freq_base") + "'",
+           std::to_string(hp.rope_freq_base) + " must be a finite number > 0");
   // Linear scaling only: YaRN / LongRoPE change more than theta and are not implemented. As in
   // llama.cpp, an absent type means linear and "none" ignores any factor.
   std::string scaling = "linear";
@@ -156,7 +161,12 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     r.fail("metadata '" + r.key(factor_key) + "'", "scaling factor must be finite and >= 0");
   hp.rope_freq_scale = (factor == 0.0f || scaling == "none") ? 1.0f : 1.0f / factor;
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
+  if (!std::isfinite(hp.rms_eps) || hp.rms_eps <= 0.0f)
+    r.fail("metadata '" + r.key("attention.layer_norm_rms_epsilon") + "'",
+           std::to_string(hp.rms_eps) + " must be a finite number > 0");
   hp.expert_weights_scale = r.f32("expert_weights_scale", 0.0f);
+  if (!std::isfinite(hp.expert_weights_scale))
+    r.fail("metadata '" + r.key("expert_weights_scale") + "'", "must be a finite number");
 
   switch (arch->moe) {
     case MoeKind::kNone:
@@ -199,6 +209,9 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     r.fail("tensor 'token_embd.weight'", "expected 2 dimensions [" + std::to_string(hp.n_embd) +
                                              ", n_vocab], found " + shape_string(embd->dims));
   }
+  if (embd->dims[1] == 0 || embd->dims[1] > INT32_MAX)
+    r.fail("tensor 'token_embd.weight'",
+           std::to_string(embd->dims[1]) + " rows: the vocabulary must have 1 to 2^31-1 tokens");
   hp.n_vocab = uint32_t(embd->dims[1]);
   const uint64_t E = hp.n_embd, V = hp.n_vocab;
   spec.token_embd = r.tensor("token_embd.weight", {E, V});
@@ -207,6 +220,17 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   if (!spec.output) {
     spec.output = spec.token_embd;
     spec.output_tied = true;
+  }
+
+  // Every id the output head can produce must be a token the vocabulary can print: a shorter
+  // vocabulary would fail (or print ids nothing can decode) only in the middle of a generation.
+  const gguf::Value* tokens = file.find("tokenizer.ggml.tokens");
+  if (tokens && tokens->type == gguf::ValueType::ARRAY) {
+    const uint64_t n_tokens = tokens->as_array().size();
+    if (n_tokens < V)
+      r.fail("metadata 'tokenizer.ggml.tokens'", std::to_string(n_tokens) + " tokens, but '" +
+                                                     spec.output->name + "' has " +
+                                                     std::to_string(V) + " rows (one per token)");
   }
 
   spec.rope_freqs = r.tensor("rope_freqs.weight", {hp.n_rot / 2}, false);

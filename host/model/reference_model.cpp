@@ -3,7 +3,9 @@
 // logits.
 #include "host/model/reference_model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <stdexcept>
 #include <string>
 
@@ -31,6 +33,23 @@ std::vector<float> to_floats(const gguf::TensorInfo& t) {
   for (int64_t r = 0; r < m.rows; ++r)
     m.dequantize_row(r, std::span<float>(out).subspan(size_t(r * m.cols), size_t(m.cols)));
   return out;
+}
+
+uint64_t reference_host_bytes(const gguf::GgufFile& file, const ModelSpec& spec,
+                              uint64_t n_tokens) {
+  // Saturating arithmetic: a hostile file's sizes must not wrap around into a small number.
+  auto add = [](uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; };
+  auto mul = [](uint64_t a, uint64_t b) { return b && a > UINT64_MAX / b ? UINT64_MAX : a * b; };
+  uint64_t total = 0;
+  for (const auto& t : file.tensors()) total = add(total, t.n_bytes());
+  const auto& hp = spec.hp;
+  const uint64_t kv_per_token = mul(uint64_t(hp.n_layer) * 2, mul(hp.kv_dim(), sizeof(float)));
+  total = add(total, mul(kv_per_token, n_tokens));
+  const uint64_t ff = std::max<uint64_t>(hp.n_ff, uint64_t(hp.n_ff_exp) * hp.n_expert_used);
+  const uint64_t per_token = 6ull * hp.n_embd + 2ull * hp.q_dim() + 2ull * hp.kv_dim() + 3 * ff;
+  total = add(total, mul(mul(per_token, n_tokens), sizeof(float)));
+  total = add(total, mul(mul(n_tokens, uint64_t(hp.n_head)), sizeof(float)));  // a score row each
+  return add(total, mul(hp.n_vocab, sizeof(float)));                           // logits
 }
 
 ReferenceModel::ReferenceModel(const ModelSpec& spec)

@@ -25,6 +25,11 @@ struct KvState {
   }
 };
 
+// Host memory the reference path needs to run `spec` (read from `file`) over `n_tokens` tokens of
+// one sequence: the mapped weights it reads, its KV cache and the activations of a step that long.
+// Callers compare it with the machine's memory before starting, as the OpenCL path's planner does.
+uint64_t reference_host_bytes(const gguf::GgufFile& file, const ModelSpec& spec, uint64_t n_tokens);
+
 // Runs a model on the host, single-threaded. Holds views into the GgufFile behind the spec (which
 // must outlive it) and the norm weights dequantized to float. const methods are thread-safe.
 class ReferenceModel {

@@ -4,12 +4,13 @@
 #include <gtest/gtest.h>
 
 #include "attention_harness.h"
+#include "host/cli/settings.h"
 
 namespace tessera::test {
 namespace {
 
 DeviceRegistry& registry() {
-  static DeviceRegistry reg = DeviceRegistry::discover();
+  static DeviceRegistry reg = tessera::cli::discover_devices();
   return reg;
 }
 

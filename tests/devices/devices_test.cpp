@@ -4,6 +4,7 @@
 #include <set>
 
 #include "devices/device.h"
+#include "host/cli/settings.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -33,7 +34,7 @@ TEST(ClErrorTest, CheckMacroThrowsOnlyOnFailure) {
 }
 
 TEST(ClErrorTest, RealFailingCallIsNamed) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   const Device& d = *reg.devices().front();
   try {
     d.kernel("probes", "no_such_kernel");
@@ -46,7 +47,7 @@ TEST(ClErrorTest, RealFailingCallIsNamed) {
 }
 
 TEST(DiscoveryTest, FindsDevicesWithCapabilities) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   ASSERT_FALSE(reg.devices().empty());
   std::set<std::string> ids;
   for (const auto& d : reg.devices()) {
@@ -66,7 +67,7 @@ TEST(DiscoveryTest, FindsDevicesWithCapabilities) {
 }
 
 TEST(DiscoveryTest, PoclCpuDeviceIsClassified) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   bool found = false;
   for (const auto& d : reg.devices()) {
     if (d->info().platform_name.find("Portable Computing Language") == std::string::npos) continue;
@@ -81,7 +82,7 @@ TEST(DiscoveryTest, PoclCpuDeviceIsClassified) {
 }
 
 TEST(DiscoveryTest, UnknownIdListsTheDevices) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   try {
     reg.get("gpu99");
     FAIL();
@@ -102,7 +103,7 @@ TEST(DiscoveryTest, VendorClassification) {
 }
 
 TEST(DeviceTest, BufferRoundTrip) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   for (const auto& d : reg.devices()) {
     std::vector<int> in(1000), out(1000, 0);
     for (int i = 0; i < 1000; ++i) in[size_t(i)] = i * 7 - 3;
@@ -114,15 +115,22 @@ TEST(DeviceTest, BufferRoundTrip) {
 }
 
 TEST(DeviceTest, HugeAllocationIsANamedError) {
-  auto reg = DeviceRegistry::discover();
-  const Device& d = *reg.devices().front();
-  try {
-    ClMem m = d.alloc(size_t(1) << 62);
-    // Some drivers allocate lazily; then the first use fails instead. Either way no crash.
-    SUCCEED();
-  } catch (const ClError& e) {
-    EXPECT_NE(std::string(e.what()).find("clCreateBuffer"), std::string::npos);
-    EXPECT_NE(std::string(e.what()).find(d.id()), std::string::npos);
+  auto reg = tessera::cli::discover_devices();
+  for (const auto& dev : reg.devices()) {
+    const Device& d = *dev;
+    ASSERT_GT(d.info().max_alloc_bytes, 0u) << d.id();
+    // One byte over the device's largest allocation: refused on every driver, before any use.
+    const size_t bytes = size_t(d.info().max_alloc_bytes) + 1;
+    try {
+      ClMem m = d.alloc(bytes);
+      ADD_FAILURE() << d.id() << ": " << bytes << " bytes allocated past max_alloc_bytes";
+    } catch (const ClError& e) {
+      EXPECT_EQ(e.code(), CL_INVALID_BUFFER_SIZE);
+      EXPECT_NE(std::string(e.what()).find("clCreateBuffer(" + std::to_string(bytes) + " bytes)"),
+                std::string::npos)
+          << e.what();
+      EXPECT_NE(std::string(e.what()).find(d.id()), std::string::npos) << e.what();
+    }
   }
 }
 

@@ -2,13 +2,14 @@
 #include <gtest/gtest.h>
 
 #include "devices/device.h"
+#include "host/cli/settings.h"
 #include "test_util.h"
 
 namespace tessera {
 namespace {
 
 TEST(TwoDevicesTest, BothCpuDevicesWork) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   int cpus = 0;
   for (const auto& d : reg.devices()) {
     if (d->info().platform_name.find("Portable Computing Language") == std::string::npos) continue;

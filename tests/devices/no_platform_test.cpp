@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include "devices/device.h"
+#include "host/cli/settings.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -9,7 +10,7 @@ namespace {
 
 TEST(NoPlatformTest, DiscoverSaysHowToInstallOne) {
   try {
-    DeviceRegistry::discover();
+    tessera::cli::discover_devices();
     FAIL() << "expected NoOpenClError";
   } catch (const NoOpenClError& e) {
     EXPECT_NE(std::string(e.what()).find("pocl-opencl-icd"), std::string::npos) << e.what();

@@ -6,6 +6,7 @@
 #include <fstream>
 
 #include "devices/probes.h"
+#include "host/cli/settings.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -13,7 +14,7 @@ namespace {
 
 TEST(ProbesTest, MeasureAndCache) {
   test::TempDir dir;
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   const Device& d = *reg.devices().front();
   ProbeCache cache(dir.path());
   EXPECT_FALSE(cache.load(d.info()).has_value());

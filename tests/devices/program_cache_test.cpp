@@ -1,9 +1,13 @@
 // The program cache: built once, then served from memory and disk; edits and corruption rebuild.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
+#include <functional>
+#include <iterator>
 
 #include "devices/device.h"
+#include "devices/sha256.h"
 #include "test_util.h"
 
 namespace tessera {
@@ -119,13 +123,17 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
   ASSERT_TRUE(std::filesystem::exists(entry));
   const auto size = std::filesystem::file_size(entry);
 
-  auto damage_and_check = [&](auto damage) {
+  // `must_reject` false: the damage may be harmless to the driver (bytes it never reads); then the
+  // entry may load, but the program must still compute the right result and nothing may crash.
+  auto damage_and_check = [&](auto damage, bool must_reject = true) {
     damage();
     auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
     auto reg = DeviceRegistry::discover(cache);
     EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
-    EXPECT_EQ(cache->stats().disk_rejected, 1);
-    EXPECT_EQ(cache->stats().builds, 1);
+    if (must_reject || cache->stats().disk_hits == 0) {
+      EXPECT_EQ(cache->stats().disk_rejected, 1);
+      EXPECT_EQ(cache->stats().builds, 1);
+    }
     // The entry was rewritten whole: the next start loads it from disk. (Its size may differ from
     // the first build's: PoCL packs the kernel variants its own cache holds into program binaries.)
     auto again = std::make_shared<ProgramCache>(test_sources(), dir.path());
@@ -148,6 +156,39 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
     f.seekp(std::streamoff(size - 7));
     f.put(char(c ^ 0x5a));
   });
+  // Payloads altered under a recomputed checksum (the header's sha256 of the payload matches):
+  // the loaded binary must be caught by building it and creating its kernels, then rebuilt.
+  // Header: magic[8], version u32, reserved u32, payload_bytes u64, sha256[32].
+  auto rehash = [&](const std::function<void(std::string&)>& alter) {
+    return [&, alter] {
+      std::string bytes;
+      {
+        std::ifstream in(entry, std::ios::binary);
+        bytes.assign(std::istreambuf_iterator<char>(in), {});
+      }
+      ASSERT_GT(bytes.size(), 56u);
+      std::string payload = bytes.substr(56);
+      alter(payload);
+      Sha256 h;
+      h.update(payload.data(), payload.size());
+      const auto digest = h.finish();
+      const uint64_t n = payload.size();
+      std::memcpy(bytes.data() + 16, &n, sizeof(n));
+      std::memcpy(bytes.data() + 24, digest.data(), digest.size());
+      bytes.resize(56);
+      bytes += payload;
+      std::ofstream(entry, std::ios::binary | std::ios::trunc) << bytes;
+    };
+  };
+  damage_and_check(rehash([](std::string& p) { p.assign(p.size(), '\0'); }));
+  damage_and_check(rehash([](std::string& p) { p.resize(p.size() / 3); }));
+  damage_and_check(rehash([](std::string& p) {
+                     for (size_t i = p.size() / 4; i < p.size(); i += 97) p[i] = char(p[i] ^ 0xa5);
+                   }),
+                   false);
+  damage_and_check(rehash([](std::string& p) {
+    for (size_t i = 0; i < 64 && i < p.size(); ++i) p[i] = char(p[i] ^ 0xff);
+  }));
   // Garbage of the right length.
   damage_and_check([&] {
     std::ofstream f(entry, std::ios::binary | std::ios::trunc);

@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include "host/cli/settings.h"
+
 namespace tessera::engine::test {
 namespace {
 
@@ -15,7 +17,7 @@ const std::vector<int32_t> kPrompt{1, 300, 301, 302, 303, 304, 305};
 // 2e-2 relative and the same tokens.
 void expect_matches_reference(const std::string& arch, const EngineOptions& opts, int n) {
   auto m = load_fixture(arch);
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = reg.devices().front()->id();
@@ -53,7 +55,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
 
 TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   auto m = load_fixture("qwen3moe", 3);
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = reg.devices().front()->id();
@@ -101,7 +103,7 @@ TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
 
 TEST(EngineBatchTest, BadBatchesAreErrors) {
   auto m = load_fixture("llama");
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   auto engine = make_engine(m->spec, reg, sched::Config{});
   StepBatch empty;
   EXPECT_THROW(engine->forward(empty), std::invalid_argument);
@@ -120,7 +122,7 @@ TEST(EngineBatchTest, BadBatchesAreErrors) {
 
 TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
   auto m = load_fixture("qwen3moe");
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = reg.devices().front()->id();
@@ -136,7 +138,7 @@ TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
 
 TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {
   auto m = load_fixture("llama");
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   sched::Config cfg;
   cfg.kv_format = "turbo3";
   try {
@@ -157,7 +159,7 @@ TEST(EngineRealModelTest, Stories260KGreedyMatchesLlamaCpp) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   auto file = gguf::GgufFile::open(path.string());
   const auto spec = model::ModelSpec::from_gguf(file);
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   auto engine = make_engine(spec, reg, sched::Config{});
   const std::vector<int32_t> prompt{1, 403, 407, 261, 378};
   // llama.cpp's greedy continuation of "Once upon a time" (SOURCES.md) ...
@@ -176,7 +178,7 @@ TEST(EngineRealModelTest, ProjectModelMatchesReference) {
   if (!std::filesystem::exists(path)) GTEST_SKIP() << path << " is absent";
   auto file = gguf::GgufFile::open(path.string());
   const auto spec = model::ModelSpec::from_gguf(file);
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   auto engine = make_engine(spec, reg, sched::Config{});
   const std::vector<int32_t> prompt{4094, 686, 263, 2120};
   const auto ref = reference_greedy(spec, prompt, 16);

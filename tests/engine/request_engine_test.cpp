@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "engine_test_util.h"
+#include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/generator.h"
 
@@ -25,7 +26,7 @@ class Harness {
  public:
   explicit Harness(const std::string& fixture, EngineOptions opts = {}, EngineConfig ec = {},
                    uint64_t seed = 5)
-      : m_(load_fixture(fixture, seed)), reg_(DeviceRegistry::discover()) {
+      : m_(load_fixture(fixture, seed)), reg_(tessera::cli::discover_devices()) {
     sched::Config cfg;
     cfg.select = {sched::DeviceSelector{}};
     cfg.select[0].id = reg_.devices().front()->id();

@@ -1,6 +1,7 @@
 // Experts and layers split over two devices (POCL_DEVICES="pthread pthread", set by CTest) give
 // the same greedy tokens and logits as one device, for every architecture.
 #include "engine_test_util.h"
+#include "host/cli/settings.h"
 
 namespace tessera::engine::test {
 namespace {
@@ -18,7 +19,7 @@ sched::Config one_device(const std::string& id) {
 class TwoDeviceTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
   auto m = load_fixture(GetParam());
   const int n = 6;
@@ -46,7 +47,7 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
 }
 
 TEST_P(TwoDeviceTest, LayersOnAlternatingDevicesEqualOneDevice) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
   auto m = load_fixture(GetParam());
   auto single = make_engine(m->spec, reg, one_device("cpu0"));
@@ -128,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, TwoDeviceTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe"));
 
 TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
-  auto reg = DeviceRegistry::discover();
+  auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
   auto m = load_fixture("qwen3moe", 7);
   auto single = make_engine(m->spec, reg, one_device("cpu0"));

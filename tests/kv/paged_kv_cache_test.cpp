@@ -6,13 +6,14 @@
 
 #include <numeric>
 
+#include "host/cli/settings.h"
 #include "host/kv/kv_batch.h"
 
 namespace tessera::kv {
 namespace {
 
 DeviceRegistry& registry() {
-  static DeviceRegistry reg = DeviceRegistry::discover();
+  static DeviceRegistry reg = tessera::cli::discover_devices();
   return reg;
 }
 

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <memory>
 
+#include "host/cli/settings.h"
 #include "host/ops/device/matmul.h"
 #include "host/ops/device/matmul_check.h"
 #include "host/ops/device/repack.h"
@@ -16,7 +17,7 @@ namespace {
 using gguf::TensorType;
 
 const DeviceRegistry& registry() {
-  static const DeviceRegistry reg = DeviceRegistry::discover();
+  static const DeviceRegistry reg = tessera::cli::discover_devices();
   return reg;
 }
 

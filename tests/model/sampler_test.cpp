@@ -6,6 +6,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "host/engine/engine_error.h"
 #include "host/engine/sampler.h"
 
 namespace tessera::engine {
@@ -14,7 +15,7 @@ namespace {
 TEST(Sampler, GreedyIsArgmaxLowestIdOnTies) {
   Sampler s({});
   EXPECT_EQ(s.sample(std::vector<float>{0.1f, 3.0f, -1.0f, 3.0f}), 1);
-  EXPECT_THROW(s.sample(std::vector<float>{}), std::invalid_argument);
+  EXPECT_THROW(s.sample(std::vector<float>{}), EngineError);
 }
 
 std::vector<int32_t> draw(const SamplerConfig& c, const std::vector<float>& logits, int n) {
@@ -54,8 +55,11 @@ TEST(Sampler, FrequenciesFollowTemperatureSoftmax) {
 }
 
 TEST(Sampler, RejectsBadTopP) {
-  EXPECT_THROW(Sampler({1.0f, 0, 0.0f, 1}), std::invalid_argument);
-  EXPECT_THROW(Sampler({1.0f, 0, 1.5f, 1}), std::invalid_argument);
+  EXPECT_THROW(Sampler({1.0f, 0, 0.0f, 1}), EngineError);
+  EXPECT_THROW(Sampler({1.0f, 0, 1.5f, 1}), EngineError);
+  EXPECT_THROW(Sampler({-1.0f, 0, 1.0f, 1}), EngineError);  // negative temperature
+  EXPECT_THROW(Sampler({NAN, 0, 1.0f, 1}), EngineError);
+  EXPECT_THROW(Sampler({0.5f, -3, 1.0f, 1}), EngineError);  // negative top_k
 }
 
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <functional>
 
 #include "scheduler/config.h"
 
@@ -181,6 +182,43 @@ TEST(ConfigTest, BatchingKeysAreSetOnlyWhenGiven) {
   EXPECT_NE(error_of("batching: {prefill_chunk: 0}").find("batching.prefill_chunk"),
             std::string::npos);
   EXPECT_NE(error_of("batching: {chunk: 8}").find("chunk"), std::string::npos);
+}
+
+// Hard input (issue 12): each message names the key and says what is wrong, not a generic one.
+std::string what_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const ConfigError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ConfigTest, HardInputMessagesNameTheKeyAndTheProblem) {
+  auto zero = what_of([] { parse_budget("0", "devices.budgets.cpu0"); });
+  EXPECT_NE(zero.find("devices.budgets.cpu0: memory budget '0' must be at least 1 byte"),
+            std::string::npos)
+      << zero;
+  EXPECT_EQ(zero.find("cannot read"), std::string::npos) << zero;
+  EXPECT_NE(what_of([] { parse_budget("-5GiB", "k"); }).find("must be at least 1 byte"),
+            std::string::npos);
+  EXPECT_NE(what_of([] { parse_budget("0%", "k"); }).find("percentage in (0, 100]"),
+            std::string::npos);
+  EXPECT_NE(what_of([] { parse_budget("12 parsecs", "k"); }).find("cannot read"),
+            std::string::npos);
+
+  Config c;
+  const auto yaml = what_of([&] { apply_override(c, "placement.experts={shares: [1"); });
+  EXPECT_NE(yaml.find("<command line>: placement.experts: value '{shares: [1' is not valid YAML"),
+            std::string::npos)
+      << yaml;
+  EXPECT_NE(what_of([&] { apply_override(c, "placement..attention=gpu0"); }).find("dotted key"),
+            std::string::npos);
+
+  const auto dir = what_of([] { load_config(std::filesystem::temp_directory_path().string()); });
+  EXPECT_NE(dir.find("not a regular file"), std::string::npos) << dir;
+  const auto missing = what_of([] { load_config("/nonexistent/tessera.yaml"); });
+  EXPECT_NE(missing.find("no such file"), std::string::npos) << missing;
 }
 
 }  // namespace

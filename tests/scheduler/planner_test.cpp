@@ -2,6 +2,7 @@
 // exceeded; an impossible plan says how much memory is missing where.
 #include <gtest/gtest.h>
 
+#include <limits>
 #include <numeric>
 
 #include "scheduler/planner.h"
@@ -115,6 +116,62 @@ TEST(PlannerTest, PredictionFollowsTheCostModel) {
     for (int e = 0; e < 8; ++e) l[size_t(e)] = plan.expert_device[0][size_t(e)] == 1 ? 1.0 : 0.0;
   predict(plan, m, &load);
   EXPECT_GT(plan.decode_step_seconds, uniform);
+}
+
+// Hard input (issue 12): figures near the double range must not overflow the apportioning (it
+// crashed with SIGSEGV reading past its array); unusable figures are named errors.
+TEST(PlannerTest, HugeSharesAndProbeFiguresApportionAllExperts) {
+  auto m = moe_model(2, 8);
+  Config shares;
+  shares.experts_mode = "shares";
+  shares.expert_shares = {{"gpu0", 1e308}, {"cpu0", 1e308}};
+  auto p = make_plan(m, gpu_cpu(), shares);
+  for (int l = 0; l < 2; ++l) {
+    EXPECT_EQ(p.experts_on(l, 0), 4);
+    EXPECT_EQ(p.experts_on(l, 1), 4);
+  }
+  shares.expert_shares = {{"gpu0", 1e308}, {"cpu0", 1}};
+  p = make_plan(m, gpu_cpu(), shares);
+  EXPECT_EQ(p.experts_on(0, 0), 8);
+
+  auto devs = gpu_cpu();
+  devs[0].read_gbps = 1e308;  // a cached probe figure no device has
+  devs[1].read_gbps = 1e308;
+  p = make_plan(m, devs, Config{});
+  EXPECT_EQ(p.experts_on(0, 0) + p.experts_on(0, 1), 8);
+}
+
+TEST(PlannerTest, UnusableFiguresAndOutOfRangeConfigAreNamedErrors) {
+  auto m = moe_model(2, 8);
+  for (double bad : {0.0, -1.0, std::numeric_limits<double>::infinity(),
+                     std::numeric_limits<double>::quiet_NaN()}) {
+    auto devs = gpu_cpu();
+    devs[1].read_gbps = bad;
+    try {
+      make_plan(m, devs, Config{});
+      ADD_FAILURE() << "read_gbps " << bad << " accepted";
+    } catch (const PlanError& e) {
+      EXPECT_NE(std::string(e.what()).find("cpu0: read bandwidth"), std::string::npos) << e.what();
+    }
+  }
+  Config c;
+  c.cpu_moe_layers = 3;
+  try {
+    make_plan(m, gpu_cpu(), c);
+    ADD_FAILURE() << "cpu_moe_layers larger than the model accepted";
+  } catch (const ConfigError& e) {
+    EXPECT_NE(std::string(e.what()).find("placement.cpu_moe_layers: 3 is more than the model's 2"),
+              std::string::npos)
+        << e.what();
+  }
+  c.cpu_moe_layers = 2;  // every layer: allowed
+  EXPECT_EQ(make_plan(m, gpu_cpu(), c).experts_on(1, 1), 8);
+  Config pins;
+  pins.experts_mode = "pins";
+  pins.expert_pins = {{"cpu0", 5, 6, 0, -1}};
+  EXPECT_THROW(make_plan(m, gpu_cpu(), pins), ConfigError);
+  pins.expert_pins = {{"cpu0", 0, -1, 8, 9}};
+  EXPECT_THROW(make_plan(m, gpu_cpu(), pins), ConfigError);
 }
 
 }  // namespace

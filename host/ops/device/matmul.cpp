@@ -103,8 +103,8 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
                        " bytes of local memory; " + device_.info().label() + " has " +
                        std::to_string(device_.info().local_mem_bytes));
   std::string opts = std::string("-D") + f->macro + " " + v.build_options();
-  // Extra build options for kernel experiments (e.g. -DGEMV_STAGED), part of the cache key.
-  if (const char* extra = std::getenv("TESSERA_MATMUL_OPTIONS")) opts += std::string(" ") + extra;
+  // Extra options for kernel experiments (e.g. -DGEMV_STAGED) come from the program cache
+  // (ProgramCache::set_program_options; the CLI passes $TESSERA_MATMUL_OPTIONS).
   k->options = opts;
   const int tiles[3] = {1, 4, 8};
   for (int i = 0; i < 3; ++i) {

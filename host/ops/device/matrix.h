@@ -11,6 +11,7 @@
 
 #include "devices/cl_handle.h"
 #include "devices/device.h"
+#include "host/common/error.h"
 
 namespace tessera::ops {
 
@@ -56,8 +57,8 @@ MatrixCaseResult unsupported(std::string why);
 
 // Thrown by a case (or by GuardedBuffer) when the device cannot hold or run it at all, e.g. a
 // buffer over the device's max allocation; run_matrix_case reports it as "unsupported", not "fail".
-struct MatrixUnsupported : std::runtime_error {
-  using std::runtime_error::runtime_error;
+struct MatrixUnsupported : TesseraError {
+  using TesseraError::TesseraError;
 };
 
 // A device buffer followed by a guard zone filled with a known byte pattern; check_guard() reports
