@@ -124,6 +124,7 @@ int run_bench(const std::vector<std::string>& args) {
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
   engine::EngineSetupOptions so;
+  so.no_fuse = settings().no_fuse;
   so.config_path = config_path;
   so.sets = sets;
   so.device = device;

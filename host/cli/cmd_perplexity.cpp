@@ -15,9 +15,9 @@
 #include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
+#include "host/engine/reference_model.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 #include "host/tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -78,12 +78,13 @@ int run_perplexity(const std::vector<std::string>& args) {
   const size_t nv = spec.hp.n_vocab;
 
   std::optional<engine::EngineSetup> setup;
-  std::unique_ptr<model::ReferenceModel> ref;
+  std::unique_ptr<engine::ReferenceModel> ref;
   if (reference) {
     require_reference_memory(file, spec, uint64_t(ctx));
-    ref = std::make_unique<model::ReferenceModel>(spec);
+    ref = std::make_unique<engine::ReferenceModel>(spec);
   } else {
     engine::EngineSetupOptions so;
+    so.no_fuse = settings().no_fuse;
     so.config_path = config_path;
     so.sets = sets;
     so.device = device;

@@ -1,6 +1,6 @@
 // `tessera run`: generates a continuation of a prompt and streams it, token by token, then prints a
 // summary. The OpenCL engine is the default path (devices and placement from --device / --config);
-// `--reference` runs the scalar reference path (host/model/reference_model.h).
+// `--reference` runs the scalar reference path (host/engine/reference_model.h).
 #include <boost/program_options.hpp>
 
 #include <unistd.h>
@@ -23,10 +23,10 @@
 #include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 #include "host/tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -87,8 +87,8 @@ class ReferenceRunner {
   }
 
  private:
-  model::ReferenceModel net_;
-  model::KvState kv_;
+  engine::ReferenceModel net_;
+  engine::KvState kv_;
 };
 
 // Upload progress: a rewritten line on a terminal, a log line per quarter otherwise.
@@ -264,6 +264,7 @@ int run_generate(const std::vector<std::string>& args) {
     t2 = Clock::now();
   } else {
     engine::EngineSetupOptions so;
+    so.no_fuse = settings().no_fuse;
     so.config_path = config_path;
     so.sets = sets;
     so.device = device;

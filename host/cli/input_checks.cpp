@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "host/model/reference_model.h"
+#include "host/engine/reference_model.h"
 #include "scheduler/config.h"
 
 namespace tessera::cli {
@@ -23,7 +23,7 @@ void require_regular_file(const std::string& path, const std::string& what) {
 
 void require_reference_memory(const gguf::GgufFile& file, const model::ModelSpec& spec,
                               uint64_t n_tokens) {
-  const uint64_t need = model::reference_host_bytes(file, spec, n_tokens);
+  const uint64_t need = engine::reference_host_bytes(file, spec, n_tokens);
   const uint64_t have = uint64_t(sysconf(_SC_PHYS_PAGES)) * uint64_t(sysconf(_SC_PAGESIZE));
   if (need > have)
     throw std::runtime_error("--reference: " + file.path() + " needs " + sched::format_bytes(need) +

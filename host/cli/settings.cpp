@@ -20,6 +20,7 @@ Settings read_environment() {
     s.cache_root = std::filesystem::path(home) / ".cache" / "tessera";
   s.kernel_dir = env("TESSERA_KERNEL_DIR");
   s.matmul_options = env("TESSERA_MATMUL_OPTIONS");
+  s.no_fuse = env("TESSERA_NO_FUSE");
   return s;
 }
 

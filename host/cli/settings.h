@@ -1,5 +1,5 @@
 // What the process environment decides, read in one place at the CLI layer: the libraries take
-// these as settings and never call getenv (TESSERA_NO_FUSE is the engine's, moved separately).
+// these as settings and never call getenv.
 #pragma once
 
 #include <filesystem>
@@ -17,6 +17,8 @@ struct Settings {
   std::filesystem::path cache_root;
   std::filesystem::path kernel_dir;  // $TESSERA_KERNEL_DIR: kernels from disk; empty: embedded
   std::string matmul_options;        // $TESSERA_MATMUL_OPTIONS: extra matmul build options
+  // $TESSERA_NO_FUSE: fusions to switch off (comma list, EngineSetupOptions::no_fuse checks names)
+  std::string no_fuse;
 };
 
 // The settings of this process, read from the environment on first use.

@@ -112,6 +112,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.profile = o.profile;
   eo.replay = o.replay;
   eo.progress = o.progress;
+  apply_no_fuse(o.no_fuse, eo);
   EngineConfig ec;
   ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);
   const auto t0 = std::chrono::steady_clock::now();

@@ -60,6 +60,7 @@ struct EngineSetupOptions {
   // empty for in-memory programs and unstored probes. The engine reads no environment.
   std::shared_ptr<ProgramCache> programs;
   std::filesystem::path probe_dir;
+  std::string no_fuse;  // fusions to switch off (apply_no_fuse; the CLI's $TESSERA_NO_FUSE)
   std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
 };
 

@@ -12,10 +12,13 @@ std::string seq_name(SeqId seq) {
 }
 }  // namespace
 
-KvBlockManager::KvBlockManager(int32_t n_blocks, int32_t block_size) : block_size_(block_size) {
+KvBlockManager::KvBlockManager(int32_t n_blocks, int32_t block_size, int32_t window)
+    : block_size_(block_size), window_(window) {
   if (n_blocks < 1 || block_size < 1)
     throw KvCacheUsageError("KvBlockManager: n_blocks (" + std::to_string(n_blocks) +
                             ") and block_size (" + std::to_string(block_size) + ") must be >= 1");
+  if (window < 0)
+    throw KvCacheUsageError("KvBlockManager: window " + std::to_string(window) + " must be >= 0");
   refs_.assign(size_t(n_blocks), 0);
   free_.resize(size_t(n_blocks));
   // Stack order: block 0 is handed out first, which keeps fresh pools easy to read in tests.
@@ -42,7 +45,8 @@ SeqId KvBlockManager::create_sequence() {
 
 SeqId KvBlockManager::fork_sequence(SeqId parent) {
   Sequence copy = get(parent, "fork_sequence");
-  for (int32_t b : copy.blocks) ++refs_[size_t(b)];
+  for (int32_t b : copy.blocks)
+    if (b >= 0) ++refs_[size_t(b)];
   const SeqId id = next_id_++;
   seqs_.emplace(id, std::move(copy));
   return id;
@@ -50,7 +54,8 @@ SeqId KvBlockManager::fork_sequence(SeqId parent) {
 
 void KvBlockManager::free_sequence(SeqId seq) {
   Sequence& s = get(seq, "free_sequence");
-  for (int32_t b : s.blocks) release_block(b);
+  for (int32_t b : s.blocks)
+    if (b >= 0) release_block(b);
   seqs_.erase(seq);
 }
 
@@ -88,6 +93,16 @@ std::optional<KvReservation> KvBlockManager::try_reserve(SeqId seq, int32_t n_to
   for (int32_t p = s.length; p < new_len; ++p)
     r.slots.push_back(s.blocks[size_t(p / block_size_)] * block_size_ + p % block_size_);
   s.length = new_len;
+  if (window_ > 0 && n_tokens > 0) {
+    // The first new token attends to [first_pos - window + 1, first_pos]; later ones to later
+    // positions. Blocks wholly before that are no longer read.
+    const int64_t keep_from = int64_t(r.first_pos) - window_ + 1;
+    for (size_t b = 0; int64_t(b + 1) * block_size_ <= keep_from; ++b) {
+      if (s.blocks[b] < 0) continue;
+      release_block(s.blocks[b]);
+      s.blocks[b] = -1;
+    }
+  }
   return r;
 }
 
@@ -109,12 +124,22 @@ std::span<const int32_t> KvBlockManager::block_table(SeqId seq) const {
   return get(seq, "block_table").blocks;
 }
 
+int32_t KvBlockManager::blocks_held(SeqId seq) const {
+  const auto& blocks = get(seq, "blocks_held").blocks;
+  return int32_t(std::count_if(blocks.begin(), blocks.end(), [](int32_t b) { return b >= 0; }));
+}
+
 int32_t KvBlockManager::slot(SeqId seq, int32_t pos) const {
   const Sequence& s = get(seq, "slot");
   if (pos < 0 || pos >= s.length)
     throw KvCacheUsageError("kv cache slot: " + seq_name(seq) + ": position " +
                             std::to_string(pos) + " outside [0, " + std::to_string(s.length) + ")");
-  return s.blocks[size_t(pos / block_size_)] * block_size_ + pos % block_size_;
+  const int32_t block = s.blocks[size_t(pos / block_size_)];
+  if (block < 0)
+    throw KvCacheUsageError("kv cache slot: " + seq_name(seq) + ": position " +
+                            std::to_string(pos) + " fell out of the window of " +
+                            std::to_string(window_) + " tokens");
+  return block * block_size_ + pos % block_size_;
 }
 
 int32_t KvBlockManager::block_refs(int32_t block) const {

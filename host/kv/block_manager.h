@@ -47,7 +47,10 @@ struct KvReservation {
 class KvBlockManager {
  public:
   // `n_blocks` >= 1 blocks of `block_size` >= 1 tokens. Throws KvCacheUsageError otherwise.
-  KvBlockManager(int32_t n_blocks, int32_t block_size);
+  // `window` > 0: the layers served attend to their last `window` positions only, so a reservation
+  // releases the blocks that fell out of the window of its first new token (their block-table
+  // entries become -1); 0 keeps every block until the sequence is freed.
+  KvBlockManager(int32_t n_blocks, int32_t block_size, int32_t window = 0);
 
   // A new empty sequence. Never fails: an empty sequence holds no block.
   SeqId create_sequence();
@@ -59,8 +62,9 @@ class KvBlockManager {
   void free_sequence(SeqId seq);
 
   // Reserves `n_tokens` new positions at the end of `seq`: allocates the blocks they need (and the
-  // copy-on-write block). Returns nullopt, changing nothing, when the pool has too few free blocks
-  // (back-pressure for the scheduler).
+  // copy-on-write block), then, with a window, releases the blocks wholly before position
+  // first_pos - window + 1. Returns nullopt, changing nothing, when the pool has too few free
+  // blocks (back-pressure for the scheduler).
   std::optional<KvReservation> try_reserve(SeqId seq, int32_t n_tokens);
   // Same, but throws KvCacheFullError naming the sequence and the shortfall.
   KvReservation reserve(SeqId seq, int32_t n_tokens);
@@ -70,12 +74,15 @@ class KvBlockManager {
 
   bool contains(SeqId seq) const { return seqs_.count(seq) != 0; }
   int32_t length(SeqId seq) const;                        // tokens stored (reserved) so far
-  std::span<const int32_t> block_table(SeqId seq) const;  // its blocks in position order
+  std::span<const int32_t> block_table(SeqId seq) const;  // its blocks in position order; -1 for
+                                                          // blocks released by the window
+  int32_t blocks_held(SeqId seq) const;                   // entries of the table that are not -1
   int32_t slot(SeqId seq, int32_t pos) const;             // slot of position pos (< length)
   int32_t block_refs(int32_t block) const;                // sequences holding the block (0 = free)
 
   int32_t n_blocks() const { return int32_t(refs_.size()); }
   int32_t block_size() const { return block_size_; }
+  int32_t window() const { return window_; }
   int32_t blocks_free() const { return int32_t(free_.size()); }
   int32_t blocks_used() const { return n_blocks() - blocks_free(); }
   int32_t n_sequences() const { return int32_t(seqs_.size()); }
@@ -91,6 +98,7 @@ class KvBlockManager {
   void release_block(int32_t block);
 
   int32_t block_size_;
+  int32_t window_ = 0;
   std::vector<int32_t> refs_;  // per block
   std::vector<int32_t> free_;  // stack: the most recently freed block is reused first
   std::unordered_map<SeqId, Sequence> seqs_;

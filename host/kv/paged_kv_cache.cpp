@@ -1,15 +1,20 @@
-// Paged KV cache: pool allocation per layer and the device copies behind copy-on-write.
+// Paged KV cache: the pool layouts, pool allocation per layer, the layer groups and the device
+// copies behind copy-on-write.
 #include "host/kv/paged_kv_cache.h"
 
+#include <algorithm>
 #include <string>
 
 namespace tessera::kv {
 
 namespace {
-KvBlockManager checked_manager(const KvCacheConfig& c, size_t n_devices) {
-  auto bad = [](const std::string& what) { throw KvCacheUsageError("kv cache config: " + what); };
+[[noreturn]] void bad(const std::string& what) {
+  throw KvCacheUsageError("kv cache config: " + what);
+}
+
+// Checks the config and decides every layer's K and V layout.
+std::vector<std::array<KvPoolLayout, 2>> layouts_of(const KvCacheConfig& c) {
   if (c.n_layer < 1) bad("n_layer " + std::to_string(c.n_layer) + " must be >= 1");
-  if (c.n_head_kv < 1) bad("n_head_kv " + std::to_string(c.n_head_kv) + " must be >= 1");
   if (c.head_dim < 1) bad("head_dim " + std::to_string(c.head_dim) + " must be >= 1");
   if (c.block_size < 1) bad("block_size " + std::to_string(c.block_size) + " must be >= 1");
   if (c.n_blocks < 1) bad("n_blocks " + std::to_string(c.n_blocks) + " must be >= 1");
@@ -18,76 +23,139 @@ KvBlockManager checked_manager(const KvCacheConfig& c, size_t n_devices) {
         std::to_string(c.head_dim));
   if (int64_t(c.n_blocks) * c.block_size > INT32_MAX)
     bad("n_blocks * block_size exceeds int32 slot indices");
-  if (n_devices != size_t(c.n_layer))
-    bad(std::to_string(n_devices) + " layer devices given for " + std::to_string(c.n_layer) +
-        " layers");
-  return KvBlockManager(c.n_blocks, c.block_size);
+  for (const auto* list : {&c.layer_n_head_kv, &c.layer_window})
+    if (!list->empty() && list->size() != size_t(c.n_layer))
+      bad("a per-layer list has " + std::to_string(list->size()) + " entries for " +
+          std::to_string(c.n_layer) + " layers");
+  std::vector<std::array<KvPoolLayout, 2>> out;
+  for (int32_t l = 0; l < c.n_layer; ++l) {
+    const int32_t heads = c.layer_n_head_kv.empty() ? c.n_head_kv : c.layer_n_head_kv[size_t(l)];
+    if (heads < 1)
+      bad("layer " + std::to_string(l) + ": n_head_kv " + std::to_string(heads) + " must be >= 1");
+    const KvPoolLayout pool{c.format, c.n_blocks, c.block_size, heads, c.head_dim};
+    out.push_back({pool, pool});
+  }
+  return out;
 }
 }  // namespace
 
 uint64_t kv_bytes_per_block(const KvCacheConfig& c) {
-  KvPoolLayout l{c.format, 1, c.block_size, c.n_head_kv, c.head_dim};
-  return 2 * uint64_t(c.n_layer) * l.block_bytes();
+  KvCacheConfig one = c;
+  one.n_blocks = 1;
+  uint64_t bytes = 0;
+  for (const auto& kv : layouts_of(one)) bytes += kv[0].block_bytes() + kv[1].block_bytes();
+  return bytes;
 }
 
 PagedKvCache::PagedKvCache(const KvCacheConfig& config, std::vector<const Device*> layer_devices)
-    : config_(config),
-      layout_{config.format, config.n_blocks, config.block_size, config.n_head_kv, config.head_dim},
-      devices_(std::move(layer_devices)),
-      blocks_(checked_manager(config, devices_.size())) {
-  const uint64_t bytes = layout_.pool_bytes();
+    : config_(config), layouts_(layouts_of(config)), devices_(std::move(layer_devices)) {
+  if (devices_.size() != size_t(config_.n_layer))
+    bad(std::to_string(devices_.size()) + " layer devices given for " +
+        std::to_string(config_.n_layer) + " layers");
+  for (int32_t l = 0; l < config_.n_layer; ++l) {
+    const int32_t window = config_.layer_window.empty() ? 0 : config_.layer_window[size_t(l)];
+    if (window < 0) bad("layer " + std::to_string(l) + ": negative window");
+    auto g = std::find_if(groups_.begin(), groups_.end(),
+                          [&](const Group& x) { return x.window == window; });
+    if (g == groups_.end()) {
+      groups_.push_back({window, {}, KvBlockManager(config_.n_blocks, config_.block_size, window)});
+      g = groups_.end() - 1;
+    }
+    g->layers.push_back(l);
+    group_of_.push_back(int32_t(g - groups_.begin()));
+  }
   for (int32_t l = 0; l < config_.n_layer; ++l) {
     const Device* d = devices_[size_t(l)];
     if (!d) throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " has no device");
-    if (bytes > d->info().max_alloc_bytes)
-      throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " pool of " +
-                              std::to_string(bytes) + " bytes exceeds the max allocation (" +
-                              std::to_string(d->info().max_alloc_bytes) + ") of " +
-                              d->info().label() + "; use fewer blocks");
-    for (auto* pools : {&k_, &v_}) {
+    for (KvPart part : {KvPart::kK, KvPart::kV}) {
+      const uint64_t bytes = layout(l, part).pool_bytes();
+      if (bytes > d->info().max_alloc_bytes)
+        throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " pool of " +
+                                std::to_string(bytes) + " bytes exceeds the max allocation (" +
+                                std::to_string(d->info().max_alloc_bytes) + ") of " +
+                                d->info().label() + "; use fewer blocks");
       ClMem m = d->alloc(size_t(bytes));
       // Zero pools: slots never written read as 0, not NaN (kernels mask them anyway).
       const uint16_t zero = 0;
       CL_CHECK(clEnqueueFillBuffer(d->queue(), m.get(), &zero, sizeof(zero), 0, size_t(bytes), 0,
                                    nullptr, nullptr),
                d->info().label());
-      pools->push_back(std::move(m));
+      (part == KvPart::kK ? k_ : v_).push_back(std::move(m));
     }
   }
 }
 
-KvLayerView PagedKvCache::layer(int32_t l) const {
+void PagedKvCache::check_layer(int32_t l) const {
   if (l < 0 || l >= config_.n_layer)
     throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " outside [0, " +
                             std::to_string(config_.n_layer) + ")");
+}
+
+const KvPoolLayout& PagedKvCache::layout(int32_t l, KvPart part) const {
+  check_layer(l);
+  return layouts_[size_t(l)][size_t(part)];
+}
+
+KvLayerView PagedKvCache::layer(int32_t l) const {
+  check_layer(l);
   return {k_[size_t(l)].get(), v_[size_t(l)].get()};
 }
 
 const Device& PagedKvCache::device(int32_t l) const {
-  layer(l);  // range check
+  check_layer(l);
   return *devices_[size_t(l)];
 }
 
+int32_t PagedKvCache::group_of(int32_t l) const {
+  check_layer(l);
+  return group_of_[size_t(l)];
+}
+
+SeqId PagedKvCache::create_sequence() {
+  const SeqId id = groups_[0].blocks.create_sequence();
+  for (size_t g = 1; g < groups_.size(); ++g) groups_[g].blocks.create_sequence();
+  return id;
+}
+
+SeqId PagedKvCache::fork_sequence(SeqId parent) {
+  const SeqId id = groups_[0].blocks.fork_sequence(parent);  // checks parent exists
+  for (size_t g = 1; g < groups_.size(); ++g) groups_[g].blocks.fork_sequence(parent);
+  return id;
+}
+
+void PagedKvCache::free_sequence(SeqId seq) {
+  for (auto& g : groups_) g.blocks.free_sequence(seq);
+}
+
 std::optional<KvReservation> PagedKvCache::try_reserve(SeqId seq, int32_t n_tokens) {
-  auto r = blocks_.try_reserve(seq, n_tokens);
-  if (r) copy_blocks(r->copies);
-  return r;
+  // Every group or none: check them all before taking blocks from any.
+  for (const auto& g : groups_)
+    if (g.blocks.blocks_needed(seq, n_tokens) > g.blocks.blocks_free()) return std::nullopt;
+  std::optional<KvReservation> first;
+  for (auto& g : groups_) {
+    auto r = g.blocks.try_reserve(seq, n_tokens);
+    copy_blocks(g, r->copies);
+    if (!first) first = std::move(r);
+  }
+  return first;
 }
 
 KvReservation PagedKvCache::reserve(SeqId seq, int32_t n_tokens) {
-  KvReservation r = blocks_.reserve(seq, n_tokens);
-  copy_blocks(r.copies);
-  return r;
+  for (auto& g : groups_)
+    if (g.blocks.blocks_needed(seq, n_tokens) > g.blocks.blocks_free())
+      return g.blocks.reserve(seq, n_tokens);  // throws KvCacheFullError naming the shortfall
+  return *try_reserve(seq, n_tokens);
 }
 
-void PagedKvCache::copy_blocks(const std::vector<KvBlockCopy>& copies) {
-  const size_t bb = size_t(layout_.block_bytes());
+void PagedKvCache::copy_blocks(const Group& g, const std::vector<KvBlockCopy>& copies) {
   for (const KvBlockCopy& c : copies) {
-    for (int32_t l = 0; l < config_.n_layer; ++l) {
+    for (int32_t l : g.layers) {
       const Device& d = *devices_[size_t(l)];
-      for (const ClMem* pool : {&k_[size_t(l)], &v_[size_t(l)]}) {
-        CL_CHECK(clEnqueueCopyBuffer(d.queue(), pool->get(), pool->get(), size_t(c.src) * bb,
-                                     size_t(c.dst) * bb, bb, 0, nullptr, nullptr),
+      for (KvPart part : {KvPart::kK, KvPart::kV}) {
+        const size_t bb = size_t(layout(l, part).block_bytes());
+        const cl_mem pool = (part == KvPart::kK ? k_ : v_)[size_t(l)].get();
+        CL_CHECK(clEnqueueCopyBuffer(d.queue(), pool, pool, size_t(c.src) * bb, size_t(c.dst) * bb,
+                                     bb, 0, nullptr, nullptr),
                  d.info().label());
       }
     }

@@ -1,8 +1,11 @@
-// The paged KV cache of one model: per layer a K pool and a V pool on the layer's device (f16 now;
-// other formats plug in through KvFormat), shared block bookkeeping (KvBlockManager), and the
-// device side of copy-on-write.
+// The paged KV cache of one model: per layer a K pool and a V pool on the layer's device, in the
+// layout this cache decides (per layer and per K/V: format, KV heads, head size, block size) and
+// hands to the attention ops; block bookkeeping (KvBlockManager) per layer group — layers with the
+// same attention window share block tables, so a window group can release blocks that fell out of
+// its window — and the device side of copy-on-write.
 #pragma once
 
+#include <array>
 #include <optional>
 #include <vector>
 
@@ -14,14 +17,19 @@ namespace tessera::kv {
 
 struct KvCacheConfig {
   int32_t n_layer = 0;
-  int32_t n_head_kv = 0;
+  int32_t n_head_kv = 0;  // KV heads of every layer, unless layer_n_head_kv says otherwise
   int32_t head_dim = 0;
-  int32_t block_size = 16;  // tokens per block
-  int32_t n_blocks = 0;     // blocks per layer pool (every layer has the same block ids)
-  KvFormat format = KvFormat::kF16;
+  int32_t block_size = 16;               // tokens per block
+  int32_t n_blocks = 0;                  // blocks per layer pool
+  KvFormat format = KvFormat::kF16;      // of K and V in every layer (the kernels read one format)
+  std::vector<int32_t> layer_n_head_kv;  // per layer (empty: n_head_kv everywhere)
+  std::vector<int32_t> layer_window;     // per layer attention window, 0 = all (empty: all 0)
 };
 
-// Bytes one block costs across all layers, K and V together: budget / this = blocks that fit.
+// Which of a layer's two pools.
+enum class KvPart : uint8_t { kK = 0, kV = 1 };
+
+// Bytes one block id costs across all layers, K and V together: budget / this = blocks that fit.
 uint64_t kv_bytes_per_block(const KvCacheConfig& config);
 
 // Thread-safety: none. The engine thread alone calls every method; mutations (create/fork/free/
@@ -29,36 +37,51 @@ uint64_t kv_bytes_per_block(const KvCacheConfig& config);
 class PagedKvCache {
  public:
   // `layer_devices[l]` holds layer l's pools (one device may hold many layers; the pointers must
-  // outlive the cache). Allocates 2 * n_layer buffers of layout().pool_bytes() and zero-fills them.
-  // Throws KvCacheUsageError on a bad config (and when a pool exceeds its device's max allocation),
-  // ClError when the device cannot allocate.
+  // outlive the cache). Allocates 2 * n_layer buffers of their layout's pool_bytes() and
+  // zero-fills them. Throws KvCacheUsageError on a bad config (and when a pool exceeds its
+  // device's max allocation), ClError when the device cannot allocate.
   PagedKvCache(const KvCacheConfig& config, std::vector<const Device*> layer_devices);
   PagedKvCache(const PagedKvCache&) = delete;
   PagedKvCache& operator=(const PagedKvCache&) = delete;
 
   const KvCacheConfig& config() const { return config_; }
-  const KvPoolLayout& layout() const { return layout_; }
-  KvLayerView layer(int32_t l) const;                       // pools of layer l
-  const Device& device(int32_t l) const;                    // device of layer l
-  const KvBlockManager& blocks() const { return blocks_; }  // read-only accounting and tables
+  // The layout of layer l's K or V pool: the one place formats and row sizes are decided.
+  const KvPoolLayout& layout(int32_t l = 0, KvPart part = KvPart::kK) const;
+  KvLayerView layer(int32_t l) const;     // pools of layer l
+  const Device& device(int32_t l) const;  // device of layer l
 
-  // The mutating calls, one per operation (see KvBlockManager for semantics). try_reserve/reserve
-  // also enqueue the copy-on-write block copies on every layer's device queue, so kernels enqueued
-  // afterwards on those queues (the KV write) see them.
-  SeqId create_sequence() { return blocks_.create_sequence(); }
-  SeqId fork_sequence(SeqId parent) { return blocks_.fork_sequence(parent); }
-  void free_sequence(SeqId seq) { blocks_.free_sequence(seq); }
+  // Layer groups: layers of one attention window share block ids and tables.
+  int32_t n_groups() const { return int32_t(groups_.size()); }
+  int32_t group_of(int32_t l) const;
+  // Read-only accounting and tables of a group (group 0 holds layer 0's window).
+  const KvBlockManager& blocks(int32_t group = 0) const { return groups_.at(size_t(group)).blocks; }
+
+  // The mutating calls, one per operation (see KvBlockManager for semantics), applied to every
+  // group (a sequence has the same id in each). try_reserve/reserve succeed in every group or
+  // change nothing; they also enqueue the copy-on-write block copies on the group's layers' device
+  // queues, so kernels enqueued afterwards on those queues (the KV write) see them. The returned
+  // reservation is group 0's.
+  SeqId create_sequence();
+  SeqId fork_sequence(SeqId parent);
+  void free_sequence(SeqId seq);
   std::optional<KvReservation> try_reserve(SeqId seq, int32_t n_tokens);
   KvReservation reserve(SeqId seq, int32_t n_tokens);
 
  private:
-  void copy_blocks(const std::vector<KvBlockCopy>& copies);
+  struct Group {
+    int32_t window = 0;
+    std::vector<int32_t> layers;
+    KvBlockManager blocks;
+  };
+  void check_layer(int32_t l) const;  // throws KvCacheUsageError outside [0, n_layer)
+  void copy_blocks(const Group& g, const std::vector<KvBlockCopy>& copies);
 
   KvCacheConfig config_;
-  KvPoolLayout layout_;
+  std::vector<std::array<KvPoolLayout, 2>> layouts_;  // per layer: K, V
   std::vector<const Device*> devices_;
   std::vector<ClMem> k_, v_;
-  KvBlockManager blocks_;
+  std::vector<Group> groups_;
+  std::vector<int32_t> group_of_;  // per layer
 };
 
 }  // namespace tessera::kv

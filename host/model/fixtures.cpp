@@ -235,9 +235,24 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set(a + ".block_count", Value::u32(s.n_layer));
   w.set(a + ".context_length", Value::u32(s.n_ctx));
   w.set(a + ".embedding_length", Value::u32(s.n_embd));
-  w.set(a + ".feed_forward_length", Value::u32(s.n_ff));
+  // Per layer: KV heads and (dense kinds) FFN width, uniform unless layer_arrays.
+  auto layer_kv = [&](uint32_t i) { return o.layer_arrays && i % 2 ? s.n_head : s.n_head_kv; };
+  auto layer_ff = [&](uint32_t i) {
+    return o.layer_arrays && s.n_expert == 0 && i % 2 ? s.n_ff * 2 : s.n_ff;
+  };
+  if (o.layer_arrays) {
+    std::vector<int32_t> kv, ff;
+    for (uint32_t i = 0; i < s.n_layer; ++i) {
+      kv.push_back(int32_t(layer_kv(i)));
+      ff.push_back(int32_t(layer_ff(i)));
+    }
+    w.set(a + ".feed_forward_length", Value::i32s(ff));
+    w.set(a + ".attention.head_count_kv", Value::i32s(kv));
+  } else {
+    w.set(a + ".feed_forward_length", Value::u32(s.n_ff));
+    w.set(a + ".attention.head_count_kv", Value::u32(s.n_head_kv));
+  }
   w.set(a + ".attention.head_count", Value::u32(s.n_head));
-  w.set(a + ".attention.head_count_kv", Value::u32(s.n_head_kv));
   if (s.explicit_head_dim) {
     w.set(a + ".attention.key_length", Value::u32(s.head_dim));
     w.set(a + ".attention.value_length", Value::u32(s.head_dim));
@@ -295,8 +310,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
                           int64_t(row_len));
     writer.add_tensor(name, type, std::move(dims), std::move(bytes));
   };
-  const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim,
-                 KV = uint64_t(s.n_head_kv) * s.head_dim;
+  const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim;
   if (o.rope_freqs && a != "llama")
     throw std::invalid_argument("fixture: rope_freqs is for llama kinds (llama, mixtral), not '" +
                                 o.kind + "'");
@@ -309,6 +323,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, 1.0f * std::sqrt(float(E)));
   for (uint32_t i = 0; i < s.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
+    const uint64_t KV = uint64_t(layer_kv(i)) * s.head_dim;
     tensor(p + "attn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
     tensor(p + "attn_q.weight", {E, Q}, TensorType::Q8_0, 1.0f);
     tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
@@ -326,7 +341,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       tensor(p + "ffn_up_exps.weight", {E, F, N}, TensorType::Q8_0, 1.0f);
       tensor(p + "ffn_down_exps.weight", {F, E, N}, TensorType::Q4_K, 1.0f);
     } else {
-      const uint64_t F = s.n_ff;
+      const uint64_t F = layer_ff(i);
       tensor(p + "ffn_gate.weight", {E, F}, TensorType::Q4_0, 1.0f);
       tensor(p + "ffn_up.weight", {E, F}, TensorType::Q8_0, 1.0f);
       tensor(p + "ffn_down.weight", {F, E}, TensorType::Q4_K, 1.0f);

@@ -19,6 +19,9 @@ struct FixtureOptions {
                               // rope_freqs.weight divisors
   bool rope_freqs = false;    // Llama 3-style rope_freqs.weight divisors alone (llama kinds: llama,
                               // mixtral; other kinds refuse it)
+  // head_count_kv (and, for dense kinds, feed_forward_length) written as per-layer arrays whose
+  // values differ: odd layers have n_head KV heads (no grouping) and twice the FFN width.
+  bool layer_arrays = false;
   bool all_f32 = false;       // store every tensor as F32 (isolates architecture semantics from
                               // quantization when comparing with another implementation)
   // Decisive scales (see DESIGN.md, Testing): the output projection's and the router's weights have

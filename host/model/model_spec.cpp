@@ -2,6 +2,7 @@
 // hyper-parameters.
 #include "host/model/model_spec.h"
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <sstream>
@@ -43,22 +44,36 @@ class SpecReader {
     const gguf::Value* v = file_.find(k);
     if (!v) {
       if (fallback) return *fallback;
-      fail("metadata '" + k + "'",
-           "missing (required by architecture " + std::string(arch_.name) + ")");
+      missing(k);
     }
-    uint64_t x = 0;
-    if (v->type == gguf::ValueType::ARRAY) {
-      const auto& arr = v->as_array();
-      if (arr.empty()) fail("metadata '" + k + "'", "empty array");
-      x = arr[0].as_uint();
-      for (const auto& e : arr)
-        if (e.as_uint() != x)
-          fail("metadata '" + k + "'", "per-layer values differ; not supported");
-    } else {
-      x = v->as_uint();
+    if (v->type != gguf::ValueType::ARRAY) return checked(k, v->as_uint());
+    const auto& arr = v->as_array();
+    if (arr.empty()) fail("metadata '" + k + "'", "empty array");
+    for (const auto& e : arr)
+      if (e.as_uint() != arr[0].as_uint())
+        fail("metadata '" + k + "'", "per-layer values differ; not supported");
+    return checked(k, arr[0].as_uint());
+  }
+
+  // A per-layer integer: one value for every layer, or an array of n_layer values (as GGUF writes
+  // head_count_kv / feed_forward_length for models whose layers differ).
+  std::vector<uint32_t> u32_per_layer(std::string_view suffix, uint32_t n_layer,
+                                      std::optional<uint32_t> fallback = std::nullopt) const {
+    const std::string k = key(suffix);
+    const gguf::Value* v = file_.find(k);
+    if (!v) {
+      if (fallback) return std::vector<uint32_t>(n_layer, *fallback);
+      missing(k);
     }
-    if (x > UINT32_MAX) fail("metadata '" + k + "'", "value " + std::to_string(x) + " too large");
-    return uint32_t(x);
+    if (v->type != gguf::ValueType::ARRAY)
+      return std::vector<uint32_t>(n_layer, checked(k, v->as_uint()));
+    const auto& arr = v->as_array();
+    if (arr.size() != n_layer)
+      fail("metadata '" + k + "'", "array of " + std::to_string(arr.size()) + " values for " +
+                                       std::to_string(n_layer) + " layers");
+    std::vector<uint32_t> out;
+    for (const auto& e : arr) out.push_back(checked(k, e.as_uint()));
+    return out;
   }
 
   float f32(std::string_view suffix, std::optional<float> fallback = std::nullopt) const {
@@ -66,8 +81,7 @@ class SpecReader {
     const gguf::Value* v = file_.find(k);
     if (!v) {
       if (fallback) return *fallback;
-      fail("metadata '" + k + "'",
-           "missing (required by architecture " + std::string(arch_.name) + ")");
+      missing(k);
     }
     return float(v->as_float());
   }
@@ -92,6 +106,15 @@ class SpecReader {
   }
 
  private:
+  [[noreturn]] void missing(const std::string& k) const {
+    fail("metadata '" + k + "'",
+         "missing (required by architecture " + std::string(arch_.name) + ")");
+  }
+  uint32_t checked(const std::string& k, uint64_t x) const {
+    if (x > UINT32_MAX) fail("metadata '" + k + "'", "value " + std::to_string(x) + " too large");
+    return uint32_t(x);
+  }
+
   const gguf::GgufFile& file_;
   const ArchTraits& arch_;
 };
@@ -101,6 +124,24 @@ std::string blk(uint32_t i, std::string_view what) {
 }
 
 }  // namespace
+
+std::string_view mixer_kind_name(MixerKind kind) {
+  switch (kind) {
+    case MixerKind::kAttention:
+      return "attention";
+  }
+  return "?";
+}
+
+std::string_view ffn_kind_name(FfnKind kind) {
+  switch (kind) {
+    case FfnKind::kDense:
+      return "dense";
+    case FfnKind::kMoe:
+      return "moe";
+  }
+  return "?";
+}
 
 ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   const std::string& arch_name = file.get_string("general.architecture");
@@ -119,13 +160,23 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   hp.n_embd = r.u32("embedding_length");
   hp.n_ctx_train = r.u32("context_length");
   hp.n_head = r.u32("attention.head_count");
-  hp.n_head_kv = r.u32("attention.head_count_kv", hp.n_head);
   if (hp.n_layer == 0) r.fail("metadata '" + r.key("block_count") + "'", "must be > 0");
   if (hp.n_embd == 0) r.fail("metadata '" + r.key("embedding_length") + "'", "must be > 0");
-  if (hp.n_head == 0 || hp.n_head_kv == 0 || hp.n_head % hp.n_head_kv != 0) {
-    r.fail("metadata '" + r.key("attention.head_count_kv") + "'",
-           "head_count " + std::to_string(hp.n_head) +
-               " must be a positive multiple of head_count_kv " + std::to_string(hp.n_head_kv));
+  if (hp.n_head == 0) r.fail("metadata '" + r.key("attention.head_count") + "'", "must be > 0");
+  const std::vector<uint32_t> head_kv =
+      r.u32_per_layer("attention.head_count_kv", hp.n_layer, hp.n_head);
+  for (uint32_t i = 0; i < hp.n_layer; ++i) {
+    const std::string field = "metadata '" + r.key("attention.head_count_kv") + "'";
+    // In GGUF a layer without KV heads is a recurrent layer (Jamba, Nemotron-H); no recurrent mixer
+    // is implemented yet.
+    if (head_kv[i] == 0)
+      r.fail(field, "layer " + std::to_string(i) +
+                        " has 0 KV heads (a recurrent layer); only attention layers are supported");
+    if (hp.n_head % head_kv[i] != 0)
+      r.fail(field, "head_count " + std::to_string(hp.n_head) +
+                        " must be a positive multiple of head_count_kv " +
+                        std::to_string(head_kv[i]) + " (layer " + std::to_string(i) + ")");
+    hp.n_head_kv = std::max(hp.n_head_kv, head_kv[i]);
   }
   hp.head_dim = r.u32("attention.key_length", hp.n_embd / hp.n_head);
   const uint32_t head_dim_v = r.u32("attention.value_length", hp.n_embd / hp.n_head);
@@ -192,15 +243,24 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   }
   // Dense layers need feed_forward_length; qwen3moe may omit it and give the expert width instead.
   const bool need_n_ff = hp.n_expert == 0 || arch->expert_ff_key.empty();
-  hp.n_ff = need_n_ff ? r.u32("feed_forward_length") : r.u32("feed_forward_length", 0u);
+  const std::string ff_field = "metadata '" + r.key("feed_forward_length") + "'";
+  const std::vector<uint32_t> n_ff = need_n_ff
+                                         ? r.u32_per_layer("feed_forward_length", hp.n_layer)
+                                         : r.u32_per_layer("feed_forward_length", hp.n_layer, 0u);
+  hp.n_ff = *std::max_element(n_ff.begin(), n_ff.end());
   if (hp.n_expert > 0) {
+    // llama (Mixtral) experts take feed_forward_length as their width: one value for all layers.
+    if (arch->expert_ff_key.empty() && *std::min_element(n_ff.begin(), n_ff.end()) != hp.n_ff)
+      r.fail(ff_field, "per-layer values differ; the experts of " + std::string(arch->name) +
+                           " take it as their one width");
     hp.n_ff_exp = arch->expert_ff_key.empty()
                       ? hp.n_ff
                       : r.u32(arch->expert_ff_key, hp.n_ff / hp.n_expert_used);
     if (hp.n_ff_exp == 0)
       r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
-  } else if (hp.n_ff == 0) {
-    r.fail("metadata '" + r.key("feed_forward_length") + "'", "must be > 0");
+  } else {
+    for (uint32_t i = 0; i < hp.n_layer; ++i)
+      if (n_ff[i] == 0) r.fail(ff_field, "layer " + std::to_string(i) + ": must be > 0");
   }
 
   const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");
@@ -244,30 +304,44 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                "holds " + std::to_string(f) + "; every frequency divisor must be finite and > 0");
   }
 
-  const uint64_t Q = hp.q_dim(), KV = hp.kv_dim(), D = hp.head_dim, F = hp.n_ff, FE = hp.n_ff_exp,
-                 NE = hp.n_expert;
+  const uint64_t Q = hp.q_dim(), D = hp.head_dim, FE = hp.n_ff_exp, NE = hp.n_expert;
   spec.layers.resize(hp.n_layer);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
-    l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
-    l.wq = r.tensor(blk(i, "attn_q"), {E, Q});
-    l.wk = r.tensor(blk(i, "attn_k"), {E, KV});
-    l.wv = r.tensor(blk(i, "attn_v"), {E, KV});
-    l.wo = r.tensor(blk(i, "attn_output"), {Q, E});
-    if (arch->has_qk_norm) {
-      l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
-      l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
+    l.mixer = MixerKind::kAttention;
+    l.ffn = hp.n_expert > 0 ? FfnKind::kMoe : FfnKind::kDense;
+    l.n_head_kv = head_kv[i];
+    l.n_ff = n_ff[i];
+    switch (l.mixer) {
+      case MixerKind::kAttention: {
+        const uint64_t KV = l.kv_dim(hp);
+        l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
+        l.wq = r.tensor(blk(i, "attn_q"), {E, Q});
+        l.wk = r.tensor(blk(i, "attn_k"), {E, KV});
+        l.wv = r.tensor(blk(i, "attn_v"), {E, KV});
+        l.wo = r.tensor(blk(i, "attn_output"), {Q, E});
+        if (arch->has_qk_norm) {
+          l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
+          l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
+        }
+        break;
+      }
     }
     l.ffn_norm = r.tensor(blk(i, "ffn_norm"), {E});
-    if (hp.n_expert > 0) {
-      l.router = r.tensor(blk(i, "ffn_gate_inp"), {E, NE});
-      l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
-      l.up_exps = r.tensor(blk(i, "ffn_up_exps"), {E, FE, NE});
-      l.down_exps = r.tensor(blk(i, "ffn_down_exps"), {FE, E, NE});
-    } else {
-      l.ffn_gate = r.tensor(blk(i, "ffn_gate"), {E, F});
-      l.ffn_up = r.tensor(blk(i, "ffn_up"), {E, F});
-      l.ffn_down = r.tensor(blk(i, "ffn_down"), {F, E});
+    switch (l.ffn) {
+      case FfnKind::kMoe:
+        l.router = r.tensor(blk(i, "ffn_gate_inp"), {E, NE});
+        l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
+        l.up_exps = r.tensor(blk(i, "ffn_up_exps"), {E, FE, NE});
+        l.down_exps = r.tensor(blk(i, "ffn_down_exps"), {FE, E, NE});
+        break;
+      case FfnKind::kDense: {
+        const uint64_t F = l.n_ff;
+        l.ffn_gate = r.tensor(blk(i, "ffn_gate"), {E, F});
+        l.ffn_up = r.tensor(blk(i, "ffn_up"), {E, F});
+        l.ffn_down = r.tensor(blk(i, "ffn_down"), {F, E});
+        break;
+      }
     }
   }
   return spec;

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "host/common/error.h"
@@ -20,15 +21,17 @@ struct ModelError : TesseraError {
 
 // Hyper-parameters, from `<arch>.*` metadata (defaults as llama.cpp's loader applies them).
 struct HParams {
-  uint32_t n_layer = 0;      // block_count
-  uint32_t n_embd = 0;       // embedding_length
-  uint32_t n_ff = 0;         // feed_forward_length (dense FFN width; llama MoE experts too)
-  uint32_t n_head = 0;       // attention.head_count
-  uint32_t n_head_kv = 0;    // attention.head_count_kv (default n_head)
-  uint32_t head_dim = 0;     // attention.key_length (default n_embd / n_head); value_length equal
-  uint32_t n_rot = 0;        // rope.dimension_count (default head_dim)
-  uint32_t n_ctx_train = 0;  // context_length
-  uint32_t n_vocab = 0;      // rows of token_embd
+  uint32_t n_layer = 0;    // block_count
+  uint32_t n_embd = 0;     // embedding_length
+  uint32_t n_ff = 0;       // feed_forward_length: the largest over layers (LayerSpec::n_ff per
+                           // layer); llama MoE experts' width too
+  uint32_t n_head = 0;     // attention.head_count
+  uint32_t n_head_kv = 0;  // attention.head_count_kv: the largest over layers (LayerSpec::n_head_kv
+                           // per layer; default n_head)
+  uint32_t head_dim = 0;   // attention.key_length (default n_embd / n_head); value_length equal
+  uint32_t n_rot = 0;      // rope.dimension_count (default head_dim)
+  uint32_t n_ctx_train = 0;           // context_length
+  uint32_t n_vocab = 0;               // rows of token_embd
   float rope_freq_base = 10000.0f;    // rope.freq_base
   float rope_freq_scale = 1.0f;       // 1 / rope.scaling.factor (linear; YaRN/LongRoPE refused)
   float rms_eps = 0.0f;               // attention.layer_norm_rms_epsilon
@@ -38,12 +41,37 @@ struct HParams {
   float expert_weights_scale = 0.0f;  // expert_weights_scale (0: none)
 
   uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
-  uint32_t kv_dim() const { return n_head_kv * head_dim; }  // rows of attn_k / attn_v
+  uint32_t kv_dim() const { return n_head_kv * head_dim; }  // largest rows of attn_k / attn_v
 };
 
-// The tensors of one block. Pointers into the GgufFile's tensor table (never null where the layer
-// kind needs them, null where the architecture/layer does not have them).
+// What mixes a layer's tokens. Attention is the only kind today; recurrent kinds (Mamba2, Gated
+// DeltaNet) add a value here, their tensors to LayerSpec and a class in host/engine/layers.
+enum class MixerKind : uint8_t {
+  kAttention,  // causal self-attention over the layer's KV (a window of 0 = the whole sequence)
+};
+
+// The layer's feed-forward block.
+enum class FfnKind : uint8_t {
+  kDense,  // SwiGLU FFN (ffn_gate / ffn_up / ffn_down)
+  kMoe,    // routed experts (ffn_gate_inp + ffn_*_exps)
+};
+
+std::string_view mixer_kind_name(MixerKind kind);
+std::string_view ffn_kind_name(FfnKind kind);
+
+// One block: its kinds, its own shape (GGUF allows per-layer arrays for head_count_kv and
+// feed_forward_length) and its tensors. Tensor pointers point into the GgufFile's tensor table
+// (never null where the layer's kinds need them, null where the architecture/layer does not have
+// them).
 struct LayerSpec {
+  MixerKind mixer = MixerKind::kAttention;
+  FfnKind ffn = FfnKind::kDense;
+  uint32_t n_head_kv = 0;  // this layer's KV heads (attention)
+  uint32_t window = 0;     // attention window in tokens; 0: the whole sequence
+  uint32_t n_ff = 0;       // this layer's dense FFN width (dense FFN)
+
+  uint32_t kv_dim(const HParams& hp) const { return n_head_kv * hp.head_dim; }
+
   const gguf::TensorInfo* attn_norm = nullptr;  // [n_embd]
   const gguf::TensorInfo* wq = nullptr;         // [n_embd, q_dim]
   const gguf::TensorInfo* wk = nullptr;         // [n_embd, kv_dim]
@@ -62,7 +90,7 @@ struct LayerSpec {
   const gguf::TensorInfo* up_exps = nullptr;    // [n_embd, n_ff_exp, n_expert]
   const gguf::TensorInfo* down_exps = nullptr;  // [n_ff_exp, n_embd, n_expert]
 
-  bool is_moe() const { return router != nullptr; }
+  bool is_moe() const { return ffn == FfnKind::kMoe; }
 };
 
 // A loaded model's description. Non-owning: it points into `file`, which must outlive it.

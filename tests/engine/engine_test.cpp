@@ -121,19 +121,19 @@ TEST(EngineBatchTest, BadBatchesAreErrors) {
 }
 
 TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
-  auto m = load_fixture("qwen3moe");
-  auto reg = tessera::cli::discover_devices();
-  sched::Config cfg;
-  cfg.select = {sched::DeviceSelector{}};
-  cfg.select[0].id = reg.devices().front()->id();
-  ::setenv("TESSERA_NO_FUSE", "qkv,no_such_fusion", 1);
+  // The CLI hands $TESSERA_NO_FUSE to apply_no_fuse; the engine itself reads no environment.
+  EngineOptions opts;
+  apply_no_fuse("qkv,,flush", opts);
+  EXPECT_FALSE(opts.fuse.qkv);
+  EXPECT_FALSE(opts.flush_per_layer);
+  EXPECT_TRUE(opts.fuse.norm_route && opts.fuse.combine_norm && opts.fuse.swiglu);
   try {
-    make_engine(m->spec, reg, cfg);
+    apply_no_fuse("qkv,no_such_fusion", opts);
     ADD_FAILURE() << "an unknown name in TESSERA_NO_FUSE was accepted";
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("no_such_fusion"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("known: qkv, norm_route"), std::string::npos) << e.what();
   }
-  ::unsetenv("TESSERA_NO_FUSE");
 }
 
 TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {

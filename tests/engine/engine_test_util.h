@@ -10,11 +10,11 @@
 
 #include "host/engine/opencl_model.h"
 #include "host/engine/planning.h"
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/fixtures.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 
 namespace tessera::engine::test {
 
@@ -41,7 +41,7 @@ struct RefRun {
 };
 inline RefRun reference_greedy(const model::ModelSpec& spec, const std::vector<int32_t>& prompt,
                                int n) {
-  model::ReferenceModel net(spec);
+  engine::ReferenceModel net(spec);
   auto kv = net.new_kv_state();
   std::vector<int32_t> pos(prompt.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);

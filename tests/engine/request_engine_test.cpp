@@ -288,7 +288,7 @@ TEST(RequestEngineTest, PromptLogitsMatchTheReferenceAcrossChunks) {
   h.engine().run_until_idle();
   EXPECT_TRUE(finished);
   EXPECT_EQ(h.engine().counters().steps, 3u);  // 5 + 5 + 3
-  model::ReferenceModel net(h.spec());
+  engine::ReferenceModel net(h.spec());
   auto kv = net.new_kv_state();
   std::vector<int32_t> pos(prompt.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);

@@ -7,13 +7,16 @@
 #include <string>
 #include <vector>
 
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/fixtures.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 
 namespace tessera::model {
+
+using engine::KvState;
+using engine::ReferenceModel;
 namespace {
 
 gguf::GgufFile load(const FixtureOptions& o) {
@@ -144,6 +147,58 @@ TEST(FixtureModel, HyperParametersFromMetadata) {
   o.kind = "mixtral";
   const auto f2 = load(o);
   EXPECT_EQ(ModelSpec::from_gguf(f2).hp.n_ff_exp, 256u);  // llama experts use feed_forward_length
+}
+
+TEST(FixtureModel, PerLayerArraysDescribeEachLayer) {
+  FixtureOptions o;
+  o.kind = "llama";
+  o.layer_arrays = true;
+  const auto file = load(o);
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  ASSERT_EQ(spec.layers.size(), 2u);
+  EXPECT_EQ(spec.layers[0].n_head_kv, 2u);
+  EXPECT_EQ(spec.layers[1].n_head_kv, 4u);
+  EXPECT_EQ(spec.layers[0].n_ff, 256u);
+  EXPECT_EQ(spec.layers[1].n_ff, 512u);
+  EXPECT_EQ(spec.hp.n_head_kv, 4u);  // the largest, for buffer sizes
+  EXPECT_EQ(spec.hp.n_ff, 512u);
+  for (const auto& l : spec.layers) {
+    EXPECT_EQ(l.mixer, MixerKind::kAttention);
+    EXPECT_EQ(l.ffn, FfnKind::kDense);
+    EXPECT_EQ(l.window, 0u);
+  }
+  EXPECT_EQ(greedy(ReferenceModel(spec), {1, 300, 301}, 4).size(), 4u);
+  o.kind = "qwen3moe";
+  const auto moe = load(o);
+  const ModelSpec moe_spec = ModelSpec::from_gguf(moe);
+  EXPECT_EQ(moe_spec.layers[1].ffn, FfnKind::kMoe);
+  EXPECT_EQ(moe_spec.layers[1].n_head_kv, 4u);
+}
+
+TEST(FixtureModel, BadPerLayerArraysAreNamed) {
+  auto error_with = [](const std::string& kind, const std::string& key, gguf::Value v) {
+    FixtureOptions o;
+    o.kind = kind;
+    auto w = make_fixture(o);
+    w.set(kind == "mixtral" ? "llama." + key : kind + "." + key, std::move(v));
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "fixture.gguf");
+    try {
+      ModelSpec::from_gguf(file);
+    } catch (const TesseraError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string msg = error_with("llama", "attention.head_count_kv", gguf::Value::i32s({2, 2, 2}));
+  EXPECT_NE(msg.find("array of 3 values for 2 layers"), std::string::npos) << msg;
+  msg = error_with("qwen3", "attention.head_count_kv", gguf::Value::i32s({2, 0}));
+  EXPECT_NE(msg.find("layer 1 has 0 KV heads (a recurrent layer)"), std::string::npos) << msg;
+  msg = error_with("llama", "attention.head_count_kv", gguf::Value::i32s({3, 2}));
+  EXPECT_NE(msg.find("multiple of head_count_kv 3 (layer 0)"), std::string::npos) << msg;
+  msg = error_with("mixtral", "feed_forward_length", gguf::Value::i32s({256, 512}));
+  EXPECT_NE(msg.find("take it as their one width"), std::string::npos) << msg;
+  msg = error_with("llama", "feed_forward_length", gguf::Value::i32s({256, 0}));
+  EXPECT_NE(msg.find("layer 1: must be > 0"), std::string::npos) << msg;
 }
 
 TEST(FixtureModel, UnknownArchitectureListsSupportedOnes) {

@@ -7,12 +7,15 @@
 #include <string>
 #include <vector>
 
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 
 namespace tessera::model {
+
+using engine::KvState;
+using engine::ReferenceModel;
 namespace {
 
 const std::vector<int32_t> kPrompt{4094, 1135, 258, 2049, 386, 3288};

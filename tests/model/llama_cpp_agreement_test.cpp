@@ -11,13 +11,16 @@
 #include <string>
 #include <vector>
 
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/fixtures.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 
 namespace tessera::model {
+
+using engine::KvState;
+using engine::ReferenceModel;
 namespace {
 
 const std::vector<int32_t> kPrompt{1, 357, 361, 362, 366, 370, 373, 362, 379, 383};

@@ -6,12 +6,15 @@
 #include <string>
 #include <vector>
 
+#include "host/engine/reference_model.h"
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
-#include "host/model/reference_model.h"
 
 namespace tessera::model {
+
+using engine::KvState;
+using engine::ReferenceModel;
 namespace {
 
 std::filesystem::path models_dir() {

@@ -1,0 +1,137 @@
+// A plan device's ops and step buffers, profiling events, and copies between devices.
+#include "host/engine/device_ctx.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "host/ops/device/step_program.h"
+
+namespace tessera::engine {
+
+DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes& s, bool profile)
+    : index(plan_index), dev(&device), profile_(profile) {
+  mm = std::make_unique<ops::MatmulOp>(device);
+  norm = std::make_unique<ops::NormOps>(device);
+  act = std::make_unique<ops::ActivationOps>(device);
+  route = std::make_unique<ops::RoutingOps>(device);
+  ew = std::make_unique<ops::ElementwiseOps>(device);
+  embed = std::make_unique<ops::EmbeddingOps>(device);
+  moe = std::make_unique<ops::MoeOps>(device);
+  const size_t f = sizeof(float), T = size_t(s.max_tokens), P = size_t(s.max_pairs);
+  x = device.alloc(T * s.n_embd * f);
+  {
+    // One buffer, sub-buffer regions aligned for any device (4 KiB covers every base-address
+    // alignment seen).
+    const size_t align = 4096;
+    auto region = [&](size_t bytes) {
+      const size_t at = stage_at.bytes;
+      stage_at.bytes = ops::round_up(at + bytes, align);
+      return at;
+    };
+    stage_at.pair_token = region(P * 4);
+    stage_at.pair_expert = region(P * 4);
+    stage_at.pair_weight = region(P * 4);
+    stage_at.token_offset = region((T + 1) * 4);
+    stage_at.topk_ids = region(P * 4);
+    stage_at.topk_w = region(P * 4);
+    stage_at.normed = region(T * s.n_embd * f);
+    stage = device.alloc(stage_at.bytes);
+    auto sub = [&](size_t at, size_t bytes) {
+      cl_buffer_region r{at, bytes};
+      cl_int err = CL_SUCCESS;
+      cl_mem m =
+          clCreateSubBuffer(stage.get(), CL_MEM_READ_WRITE, CL_BUFFER_CREATE_TYPE_REGION, &r, &err);
+      if (err != CL_SUCCESS) throw ClError("clCreateSubBuffer", err, device.info().label());
+      return ClMem(m);
+    };
+    p_tok = sub(stage_at.pair_token, P * 4);
+    p_exp = sub(stage_at.pair_expert, P * 4);
+    p_w = sub(stage_at.pair_weight, P * 4);
+    p_off = sub(stage_at.token_offset, (T + 1) * 4);
+    topk_ids = sub(stage_at.topk_ids, P * 4);
+    topk_w = sub(stage_at.topk_w, P * 4);
+    xn = sub(stage_at.normed, T * s.n_embd * f);
+    h_stage.resize(stage_at.bytes);
+  }
+  partial = device.alloc(T * s.n_embd * f);
+  y = device.alloc(P * s.n_embd * f);
+  gu = device.alloc(P * 2 * s.max_ff * f);
+  h = device.alloc(P * s.max_ff * f);
+  router = device.alloc(T * std::max<uint32_t>(s.n_expert, 1) * f);
+  tokens = device.alloc(T * sizeof(int32_t));
+  const int K = int(s.experts_per_token);
+  std::vector<int32_t> iota_h(P), pair_token_h(P), token_pairs_h(T + 1);
+  std::iota(iota_h.begin(), iota_h.end(), 0);
+  for (size_t i = 0; i < P; ++i) pair_token_h[i] = int32_t(i) / K;
+  for (size_t t = 0; t <= T; ++t) token_pairs_h[t] = int32_t(t) * K;
+  auto constant = [&](const std::vector<int32_t>& v) {
+    ClMem m = device.alloc(v.size() * 4);
+    device.write(m.get(), 0, v.data(), v.size() * 4);
+    return m;
+  };
+  iota = constant(iota_h);
+  pair_token = constant(pair_token_h);
+  token_pairs = constant(token_pairs_h);
+}
+
+ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
+  auto& op = attention_ops[config.n_head_kv];
+  if (!op) op = std::make_unique<ops::AttentionOp>(*dev, config);
+  return *op;
+}
+
+void DeviceCtx::allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq,
+                                   uint32_t q_dim, uint32_t max_kv_dim) {
+  // Block tables as long as the longest sequence's, so the batch layout (and every kernel argument
+  // a recorded step took from it) stays the same while sequences grow.
+  batch = std::make_unique<kv::KvBatchBuffers>(*dev, blocks_per_seq, max_sequences, max_tokens);
+  const size_t T = size_t(max_tokens);
+  q = dev->alloc(T * q_dim * 4);
+  att = dev->alloc(T * q_dim * 4);
+  qkv = dev->alloc(T * (q_dim + 2 * max_kv_dim) * 4);
+}
+
+cl_event* DeviceCtx::prof(const char* family) {
+  // Recorded launches have no events (count_launches records with profiling on too).
+  if (!profile_ || ops::recording_for(*dev)) return nullptr;
+  events_.emplace_back(family, ClEvent());
+  return events_.back().second.out();  // written by the launch before the next prof() call
+}
+
+void DeviceCtx::collect(std::map<std::string, double>& seconds) {
+  for (auto& [family, ev] : events_) {
+    if (!ev) continue;
+    cl_ulong start = 0, end = 0;
+    if (clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_START, sizeof(start), &start,
+                                nullptr) == CL_SUCCESS &&
+        clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr) ==
+            CL_SUCCESS &&
+        end > start)
+      seconds[family] += double(end - start) * 1e-9;
+  }
+  events_.clear();
+}
+
+void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
+                  size_t dst_off, size_t bytes) {
+  if (&from == &to) {
+    ops::copy_buffer(*from.dev, src, src_off, dst, dst_off, bytes);
+    return;
+  }
+  if (from.dev->context() == to.dev->context()) {
+    // Devices of one context: a device-side copy on the receiver's queue, ordered after the
+    // sender's queued work by an event; the host does not wait.
+    ops::copy_after(*from.dev, *to.dev, src, src_off, dst, dst_off, bytes);
+    return;
+  }
+  // Different platforms: through host memory, a point where the host waits for the sender.
+  ops::host_sync(*from.dev, "copy through the host",
+                 [&from, &to, src, src_off, dst, dst_off, bytes] {
+                   auto& staging = to.staging;
+                   staging.resize((bytes + 3) / 4);
+                   from.dev->read(src, src_off, staging.data(), bytes, true);
+                   to.dev->write(dst, dst_off, staging.data(), bytes, true);
+                 });
+}
+
+}  // namespace tessera::engine

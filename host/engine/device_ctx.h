@@ -1,0 +1,121 @@
+// What the layers of a step run with on one plan device: its ops, its activation buffers (sized for
+// a step of max_batch_tokens tokens) and its profiling events. Shared by OpenClModel and the layer
+// classes in layers/; not part of the engine's public interface.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "devices/device.h"
+#include "host/kv/kv_batch.h"
+#include "host/model/model_spec.h"
+#include "host/ops/device/activation.h"
+#include "host/ops/device/attention.h"
+#include "host/ops/device/elementwise.h"
+#include "host/ops/device/embedding.h"
+#include "host/ops/device/matmul.h"
+#include "host/ops/device/moe.h"
+#include "host/ops/device/norm.h"
+#include "host/ops/device/routing.h"
+
+namespace tessera::engine {
+
+// Sizes the buffers of a DeviceCtx are allocated for.
+struct DeviceCtxSizes {
+  int max_tokens = 0;  // tokens of one step
+  int max_pairs = 0;   // (token, expert) pairs of one step: max_tokens * experts per token
+  uint32_t n_embd = 0;
+  uint32_t max_ff = 0;    // widest FFN (dense or expert)
+  uint32_t n_expert = 0;  // router outputs (0: dense model)
+  uint32_t experts_per_token = 1;
+};
+
+// Thread-safety: one thread at a time (the engine thread, or the executor lane of this device
+// during a multi-device MoE layer).
+struct DeviceCtx {
+  DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes& sizes, bool profile);
+
+  int index = 0;  // in the plan
+  const Device* dev = nullptr;
+  std::unique_ptr<ops::MatmulOp> mm;
+  std::unique_ptr<ops::NormOps> norm;
+  std::unique_ptr<ops::ActivationOps> act;
+  std::unique_ptr<ops::RoutingOps> route;
+  std::unique_ptr<ops::ElementwiseOps> ew;
+  std::unique_ptr<ops::EmbeddingOps> embed;
+  std::unique_ptr<ops::MoeOps> moe;
+  bool has_layers = false;  // holds layers (or the embedding / output): attention buffers below
+  // SwiGLU folded into the down projection's loads: each row group recomputes its inputs' SiLU,
+  // nearly free on GPUs, a loss on CPUs (there a separate launch computes it once).
+  bool fold_swiglu = false;
+
+  // Activations of one step ([token][...] rows of f32).
+  ClMem x;        // the residual stream [n_embd]
+  ClMem xn;       // normed input of the current block [n_embd] (a region of `stage`)
+  ClMem partial;  // a device's partial MoE sum, or one received from another device [n_embd]
+  ClMem y;        // expert outputs, one row per (token, expert) pair [n_embd]
+  ClMem gu;       // gate | up rows per token or pair [2 * ff] (or all gate rows, then all up rows)
+  ClMem h;        // SwiGLU output per token or pair [ff]
+  ClMem router;   // router logits [n_expert]
+  ClMem tokens;   // the step's token ids (int32)
+  ClMem logits;   // logit rows (the output device only)
+  // Constant index lists: iota [0, max_pairs), pair -> token (i / k), token -> first pair (t * k).
+  ClMem iota, pair_token, token_pairs;
+
+  // Attention, on devices with layers: per KV head count of its layers, one op (a layer's op is
+  // looked up once, at construction).
+  std::map<int32_t, std::unique_ptr<ops::AttentionOp>> attention_ops;
+  ops::AttentionOp& attention(const ops::AttentionConfig& config);
+  std::unique_ptr<kv::KvBatchBuffers> batch;
+  kv::KvBatchView view;  // this step's batch on this device
+  ClMem qkv;             // a step's projections: one q | k | v row per token
+  ClMem q;               // q after norm + RoPE, packed [q_dim]
+  ClMem att;             // attention output [q_dim]
+  ClMem workspace;       // split-K decode scratch
+  size_t workspace_bytes = 0;
+  ClMem rope_freqs;  // the model's rope_freqs.weight (n_rot/2 floats), when it has them
+  void allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq, uint32_t q_dim,
+                          uint32_t max_kv_dim);
+
+  // The multi-device MoE path's per-step data lives in one buffer, `stage`, so a job's pairs and
+  // activations reach a device in one write and the router's choice plus the normed activations
+  // leave it in one read (each command costs tens of microseconds on PoCL). Regions (byte offsets,
+  // each also a sub-buffer): pair lists of the pairs this device serves, then the router's top-k
+  // of every token, then the normed activations (xn).
+  struct StageLayout {
+    size_t pair_token = 0;    // int32 per pair: batch token
+    size_t pair_expert = 0;   // int32 per pair: local expert index on this device
+    size_t pair_weight = 0;   // f32 per pair: routing weight
+    size_t token_offset = 0;  // int32 per token + 1: first pair of each token
+    size_t topk_ids = 0;      // int32 [token][k]: the router's choice
+    size_t topk_w = 0;        // f32 [token][k]: its weights
+    size_t normed = 0;        // f32 [token][n_embd]: xn
+    size_t bytes = 0;
+  } stage_at;
+  ClMem stage, p_tok, p_exp, p_w, p_off, topk_ids, topk_w;
+  std::vector<uint8_t> h_stage;              // host image of `stage`
+  std::vector<int32_t> h_tok, h_exp, h_off;  // pair lists built on the host
+  std::vector<float> h_w, staging;           // their weights; host staging of activations
+
+  // Profiling: each launch's completion event, by op family (only when profiling). A deque, so the
+  // event a launch writes through prof()'s pointer stays put while later ones are added.
+  cl_event* prof(const char* family);
+  // Adds the device time of every recorded event to `seconds` and drops them (call after the queue
+  // finished).
+  void collect(std::map<std::string, double>& seconds);
+
+ private:
+  bool profile_ = false;
+  std::deque<std::pair<const char*, ClEvent>> events_;
+};
+
+// Any two devices: a queue copy on one device, an event-ordered device copy within one context,
+// through host memory across platforms (a host-sync point of a step program).
+void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,
+                  size_t dst_off, size_t bytes);
+
+}  // namespace tessera::engine

@@ -1,0 +1,128 @@
+// The attention mixer: device forward (stacked q|k|v GEMV, qkv_finish, prefill or split-K decode,
+// output projection with the residual add) and its scalar reference.
+#include "host/engine/layers/attention.h"
+
+#include <cmath>
+
+#include "host/model/weights.h"
+#include "host/ops/reference/attention.h"
+#include "host/ops/reference/norm.h"
+#include "host/ops/reference/rope.h"
+
+namespace tessera::engine {
+
+AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
+    : spec_(spec), ls_(spec.layers[size_t(layer)]), layer_(layer) {
+  if (ls_.window != 0)
+    throw model::ModelError(spec.source + ": layer " + std::to_string(layer) +
+                            ": sliding-window attention (window " + std::to_string(ls_.window) +
+                            ") is not implemented");
+  q_dim_ = spec.hp.q_dim();
+  kv_dim_ = ls_.kv_dim(spec.hp);
+  ref_.attn_norm = model::to_floats(*ls_.attn_norm);
+  if (ls_.q_norm) ref_.q_norm = model::to_floats(*ls_.q_norm);
+  if (ls_.k_norm) ref_.k_norm = model::to_floats(*ls_.k_norm);
+  ref_.wq = model::as_matrix(*ls_.wq);
+  ref_.wk = model::as_matrix(*ls_.wk);
+  ref_.wv = model::as_matrix(*ls_.wv);
+  ref_.wo = model::as_matrix(*ls_.wo);
+  if (spec.rope_freqs) ref_.rope_freqs = model::to_floats(*spec.rope_freqs);
+}
+
+uint64_t AttentionMixer::kv_bytes_per_token(const model::ModelSpec& spec, int layer) {
+  return 2 * uint64_t(spec.layers[size_t(layer)].kv_dim(spec.hp)) * 2;  // f16 K and V
+}
+
+LayerMemoryNeeds AttentionMixer::memory() const {
+  return {kv_bytes_per_token(spec_, layer_), ls_.window, 0};
+}
+
+void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
+                            const EngineOptions& options) {
+  dev_.attn_norm = up.norm(c, ls_.attn_norm);
+  dev_.q_norm = up.norm(c, ls_.q_norm);
+  dev_.k_norm = up.norm(c, ls_.k_norm);
+  if (options.fuse.qkv && WeightUploader::stackable({ls_.wq, ls_.wk, ls_.wv})) {
+    dev_.wqkv = up.stacked(c, {ls_.wq, ls_.wk, ls_.wv});
+  } else {
+    dev_.wq = up.matrix(c, ls_.wq);
+    dev_.wk = up.matrix(c, ls_.wk);
+    dev_.wv = up.matrix(c, ls_.wv);
+  }
+  dev_.wo = up.matrix(c, ls_.wo);
+  // The op's shape and KV format come from the cache's layout of this layer (the one place it is
+  // decided).
+  const kv::KvPoolLayout& pool = kv.layout(layer_);
+  ops::AttentionConfig cfg;
+  cfg.n_head = int32_t(spec_.hp.n_head);
+  cfg.n_head_kv = pool.n_head_kv;
+  cfg.head_dim = pool.head_dim;
+  cfg.block_size = pool.block_size;
+  cfg.format = pool.format;
+  dev_.op = &c.attention(cfg);
+}
+
+void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
+  const auto& hp = spec_.hp;
+  const int n = s.n_tokens;
+  const uint32_t E = hp.n_embd;
+  if (!prenormed)
+    c.norm->rms_norm(c.x.get(), 0, dev_.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
+                     hp.rms_eps, {{}, c.prof("norm")});
+  // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one launch.
+  const uint32_t qkv_ld = q_dim_ + 2 * kv_dim_;
+  if (dev_.wqkv.body) {
+    c.mm->run(dev_.wqkv, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"));
+  } else {
+    c.mm->run(dev_.wq, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"), {qkv_ld});
+    c.mm->run(dev_.wk, c.xn.get(), 0, c.qkv.get(), q_dim_, n, {}, c.prof("matmul"), {qkv_ld});
+    c.mm->run(dev_.wv, c.xn.get(), 0, c.qkv.get(), q_dim_ + kv_dim_, n, {}, c.prof("matmul"),
+              {qkv_ld});
+  }
+  const auto layer_view = s.kv->layer(int32_t(layer_));
+  auto& attn = *dev_.op;
+  attn.qkv_finish(c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
+                  ls_.q_norm ? dev_.q_norm.get() : nullptr,
+                  ls_.q_norm ? dev_.k_norm.get() : nullptr, hp.rms_eps,
+                  {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
+                   hp.rope_freq_scale, c.rope_freqs.get()},
+                  c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
+  if (s.decode) {
+    attn.decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
+                c.workspace_bytes, {{}, c.prof("attention")});
+  } else {
+    attn.prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
+  }
+  // Output projection added to the residual stream in the same launch.
+  c.mm->run(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+}
+
+void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32_t> positions,
+                                       ReferenceLayerMemory& mem) const {
+  const auto& hp = spec_.hp;
+  const size_t T = positions.size(), E = hp.n_embd, Q = q_dim_, KV = kv_dim_;
+  const int n_head_kv = int(ls_.n_head_kv);
+  std::vector<float> cur(T * E), q(T * Q), k(T * KV), v(T * KV), attn(T * Q), proj(T * E);
+  reference::rms_norm(x, ref_.attn_norm, hp.rms_eps, cur);
+  reference::matmul(cur, ref_.wq, q);
+  reference::matmul(cur, ref_.wk, k);
+  reference::matmul(cur, ref_.wv, v);
+  if (!ref_.q_norm.empty()) reference::rms_norm(q, ref_.q_norm, hp.rms_eps, q);
+  if (!ref_.k_norm.empty()) reference::rms_norm(k, ref_.k_norm, hp.rms_eps, k);
+  for (size_t t = 0; t < T; ++t) {
+    reference::rope(std::span<float>(q).subspan(t * Q, Q), int(hp.n_head), int(hp.head_dim),
+                    int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
+                    hp.rope_freq_scale, ref_.rope_freqs);
+    reference::rope(std::span<float>(k).subspan(t * KV, KV), n_head_kv, int(hp.head_dim),
+                    int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
+                    hp.rope_freq_scale, ref_.rope_freqs);
+  }
+  mem.k.insert(mem.k.end(), k.begin(), k.end());
+  mem.v.insert(mem.v.end(), v.begin(), v.end());
+  const reference::AttentionShape shape{int(hp.n_head), n_head_kv, int(hp.head_dim)};
+  reference::causal_attention(q, mem.k, mem.v, shape, 1.0f / std::sqrt(float(hp.head_dim)), attn);
+  reference::matmul(attn, ref_.wo, proj);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+}
+
+}  // namespace tessera::engine

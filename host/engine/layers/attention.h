@@ -1,0 +1,48 @@
+// Causal self-attention as a layer's mixer: RMSNorm, q | k | v projections, optional per-head q/k
+// RMSNorm (Qwen3), RoPE, attention over the sequence's KV (paged on the device, appended vectors on
+// the reference path), output projection added to the residual stream.
+#pragma once
+
+#include "host/engine/layers/layer.h"
+#include "host/ops/reference/matmul.h"
+
+namespace tessera::engine {
+
+class AttentionMixer final : public Mixer {
+ public:
+  // Layer `layer` of `spec` (which must outlive this). Throws model::ModelError for a window > 0:
+  // neither the kernels nor the reference attend over a window yet.
+  AttentionMixer(const model::ModelSpec& spec, int layer);
+
+  model::MixerKind kind() const override { return model::MixerKind::kAttention; }
+  LayerMemoryNeeds memory() const override;
+  // K and V bytes one token costs layer `layer` of `spec` (f16 rows).
+  static uint64_t kv_bytes_per_token(const model::ModelSpec& spec, int layer);
+
+  void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
+              const EngineOptions& options) override;
+  void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
+  cl_mem input_norm() const override { return dev_.attn_norm.get(); }
+  void reference_forward(std::span<float> x, std::span<const int32_t> positions,
+                         ReferenceLayerMemory& mem) const override;
+
+ private:
+  const model::ModelSpec& spec_;
+  const model::LayerSpec& ls_;
+  int layer_ = 0;
+  uint32_t q_dim_ = 0, kv_dim_ = 0;
+  struct DeviceWeights {
+    // wqkv: q, k and v rows stacked into one matrix (one launch) when they share a format;
+    // otherwise wq, wk, wv write the same q | k | v rows.
+    ops::DeviceWeight wqkv, wq, wk, wv, wo;
+    ClMem attn_norm, q_norm, k_norm;
+    ops::AttentionOp* op = nullptr;  // owned by the DeviceCtx
+  } dev_;
+  struct ReferenceWeights {
+    std::vector<float> attn_norm, q_norm, k_norm;  // q/k empty when absent
+    reference::WeightMatrix wq, wk, wv, wo;
+    std::vector<float> rope_freqs;  // empty when the model has no rope_freqs.weight
+  } ref_;
+};
+
+}  // namespace tessera::engine

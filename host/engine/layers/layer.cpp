@@ -1,0 +1,94 @@
+// The layer list of a model and the weight uploader the layers share.
+#include "host/engine/layers/layer.h"
+
+#include <algorithm>
+
+#include "host/engine/layers/attention.h"
+#include "host/engine/layers/dense_ffn.h"
+#include "host/engine/layers/moe_ffn.h"
+#include "host/model/weights.h"
+
+namespace tessera::engine {
+
+namespace {
+uint64_t tensor_bytes(const gguf::TensorInfo* t) {
+  return t ? t->n_bytes() : 0;
+}
+}  // namespace
+
+void WeightUploader::count(uint64_t bytes) {
+  done_ += bytes;
+  if (progress_) progress_(done_, std::max(total_, done_));
+}
+
+ops::DeviceWeight WeightUploader::matrix(DeviceCtx& c, const gguf::TensorInfo* t) {
+  ops::DeviceWeight w = c.mm->upload(t->type, int64_t(t->dims[1]), int64_t(t->dims[0]), t->data);
+  count(t->n_bytes());
+  return w;
+}
+
+ops::DeviceWeight WeightUploader::stacked(DeviceCtx& c,
+                                          std::initializer_list<const gguf::TensorInfo*> ts) {
+  std::vector<uint8_t> bytes;
+  int64_t rows = 0;
+  for (const auto* t : ts) {
+    bytes.insert(bytes.end(), t->data, t->data + t->n_bytes());
+    rows += int64_t(t->dims[1]);
+  }
+  const auto* first = *ts.begin();
+  ops::DeviceWeight w = c.mm->upload(first->type, rows, int64_t(first->dims[0]), bytes.data());
+  count(bytes.size());
+  return w;
+}
+
+bool WeightUploader::stackable(std::initializer_list<const gguf::TensorInfo*> ts) {
+  const auto* first = *ts.begin();
+  for (const auto* t : ts)
+    if (!t || t->type != first->type || t->dims[0] != first->dims[0]) return false;
+  return true;
+}
+
+ClMem WeightUploader::norm(DeviceCtx& c, const gguf::TensorInfo* t) {
+  if (!t) return ClMem();
+  const std::vector<float> v = model::to_floats(*t);
+  ClMem m = c.dev->alloc(v.size() * sizeof(float), CL_MEM_READ_ONLY);
+  c.dev->write(m.get(), 0, v.data(), v.size() * sizeof(float));
+  count(t->n_bytes());
+  return m;
+}
+
+std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
+  std::vector<Layer> layers;
+  for (size_t l = 0; l < spec.layers.size(); ++l) {
+    const auto& ls = spec.layers[l];
+    Layer layer;
+    switch (ls.mixer) {
+      case model::MixerKind::kAttention:
+        layer.mixer = std::make_unique<AttentionMixer>(spec, int(l));
+        break;
+    }
+    switch (ls.ffn) {
+      case model::FfnKind::kDense:
+        layer.ffn = std::make_unique<DenseFfn>(spec, int(l));
+        break;
+      case model::FfnKind::kMoe:
+        layer.ffn = std::make_unique<MoeFfn>(spec, int(l), moe);
+        break;
+    }
+    layers.push_back(std::move(layer));
+  }
+  return layers;
+}
+
+uint64_t upload_bytes(const model::ModelSpec& spec) {
+  uint64_t total = 0;
+  for (const auto& t : spec.layers)
+    for (auto* p : {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.q_norm, t.k_norm, t.ffn_norm, t.ffn_gate,
+                    t.ffn_up, t.ffn_down, t.router, t.gate_exps, t.up_exps, t.down_exps})
+      total += tensor_bytes(p);
+  total += tensor_bytes(spec.token_embd) * (spec.output_tied ? 2 : 1) +
+           tensor_bytes(spec.output_norm) + (spec.output_tied ? 0 : tensor_bytes(spec.output));
+  return total;
+}
+
+}  // namespace tessera::engine

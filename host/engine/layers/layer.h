@@ -1,0 +1,105 @@
+// A layer is a mixer (attention today; Mamba2 / Gated DeltaNet later) followed by an FFN (dense or
+// MoE). Each kind is one class in this folder with both its device forward (OpenCL kernels on the
+// layer's plan device) and its reference forward (scalar host ops), and declares the memory it
+// needs per sequence. OpenClModel and ReferenceModel walk the same list, built by make_layers().
+#pragma once
+
+#include <cstdint>
+#include <initializer_list>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "host/engine/device_ctx.h"
+#include "host/engine/options.h"
+#include "host/kv/paged_kv_cache.h"
+#include "host/model/model_spec.h"
+
+namespace tessera::engine {
+
+// What one sequence costs a layer: KV rows (attention; a window > 0 keeps only the last `window`
+// tokens) and fixed recurrent state (recurrent mixers).
+struct LayerMemoryNeeds {
+  uint64_t kv_bytes_per_token = 0;  // K and V together
+  uint32_t window = 0;              // 0: the whole sequence
+  uint64_t state_bytes = 0;         // recurrent state per sequence
+};
+
+// A sequence's memory of one layer on the reference path.
+struct ReferenceLayerMemory {
+  std::vector<float> k, v;  // attention: [n_past][kv_dim] each, appended in order
+};
+
+// Uploads weights to devices, counting bytes for the progress display.
+class WeightUploader {
+ public:
+  WeightUploader(uint64_t total_bytes, std::function<void(uint64_t, uint64_t)> progress)
+      : total_(total_bytes), progress_(std::move(progress)) {}
+  ops::DeviceWeight matrix(DeviceCtx& c, const gguf::TensorInfo* t);
+  // Matrices of one format and width stacked row-wise (ggml rows are contiguous byte ranges).
+  ops::DeviceWeight stacked(DeviceCtx& c, std::initializer_list<const gguf::TensorInfo*> ts);
+  static bool stackable(std::initializer_list<const gguf::TensorInfo*> ts);
+  ClMem norm(DeviceCtx& c, const gguf::TensorInfo* t);  // f32 on the device; empty when t is null
+  void count(uint64_t bytes);
+  uint64_t uploaded() const { return done_; }
+
+ private:
+  uint64_t total_ = 0, done_ = 0;
+  std::function<void(uint64_t, uint64_t)> progress_;
+};
+
+// What a layer's device forward needs besides its own weights, for one step.
+struct LayerStep {
+  int n_tokens = 0;
+  bool decode = false;  // every sequence of the step contributes one token
+  const EngineOptions* options = nullptr;
+  const kv::PagedKvCache* kv = nullptr;
+};
+
+// Mixes a layer's tokens: x += mixer(norm(x)).
+class Mixer {
+ public:
+  virtual ~Mixer() = default;
+  virtual model::MixerKind kind() const = 0;
+  virtual LayerMemoryNeeds memory() const = 0;
+  // Uploads the weights onto `c` (the layer's device) and prepares its ops (once).
+  virtual void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
+                      const EngineOptions& options) = 0;
+  // Device forward on c.x. When `prenormed`, c.xn already holds norm(x) (the previous layer's FFN
+  // applied this layer's input_norm()).
+  virtual void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) = 0;
+  // The input RMSNorm weights on the device (after upload), for a previous layer that fuses it.
+  virtual cl_mem input_norm() const = 0;
+  // Reference forward: x [n_tokens][n_embd] += mixer(norm(x)) at `positions`, extending `mem`.
+  virtual void reference_forward(std::span<float> x, std::span<const int32_t> positions,
+                                 ReferenceLayerMemory& mem) const = 0;
+};
+
+// A layer's feed-forward block: x += ffn(norm(x)).
+class Ffn {
+ public:
+  virtual ~Ffn() = default;
+  virtual model::FfnKind kind() const = 0;
+  virtual void upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& options) = 0;
+  // Device forward on c.x. next_norm: the next layer's input norm when that layer runs on the same
+  // device and may be fused (nullptr otherwise). Returns true when it was applied (c.xn then holds
+  // the next layer's normed input).
+  virtual bool forward(DeviceCtx& c, const LayerStep& s, cl_mem next_norm) = 0;
+  virtual void reference_forward(std::span<float> x) const = 0;
+};
+
+struct Layer {
+  std::unique_ptr<Mixer> mixer;
+  std::unique_ptr<Ffn> ffn;
+};
+
+struct MoeRuntime;  // moe_ffn.h: what MoE layers share across devices (device forward only)
+
+// One Layer per spec layer, by its kinds. `moe` may be null when the layers run on the reference
+// path only.
+std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe);
+
+// The weights' bytes a model uploads, for the progress display.
+uint64_t upload_bytes(const model::ModelSpec& spec);
+
+}  // namespace tessera::engine

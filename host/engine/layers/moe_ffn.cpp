@@ -1,0 +1,310 @@
+// The MoE FFN on the device (norm + routing, expert GEMMs over (token, expert) pairs, combine) on
+// one device or across several, and its scalar reference.
+#include "host/engine/layers/moe_ffn.h"
+
+#include <chrono>
+#include <cstring>
+
+#include "host/model/weights.h"
+#include "host/ops/device/step_program.h"
+#include "host/ops/reference/norm.h"
+
+namespace tessera::engine {
+
+using Clock = std::chrono::steady_clock;
+
+namespace {
+// Folding SwiGLU into the down projection pays for a few pairs (decode); with many (prefill) every
+// row group recomputing its inputs' SiLU costs more than the launch it saves.
+constexpr int kFoldSwigluMaxPairs = 64;
+}  // namespace
+
+reference::RoutingConfig routing_config(const model::ModelSpec& spec) {
+  reference::RoutingConfig r;
+  r.n_expert_used = int(spec.hp.n_expert_used);
+  r.gating = reference::GatingFunc::kSoftmax;
+  r.normalize_topk = spec.arch->normalize_topk;
+  r.weight_scale = spec.hp.expert_weights_scale;
+  return r;
+}
+
+void MoeRuntime::end_step(int experts_per_token) {
+  for (const auto& p : pending_choices)
+    for (size_t t = 0; t * size_t(experts_per_token) < p.ids.size(); ++t)
+      balancer->record(p.layer, p.ids.data() + t * size_t(experts_per_token), experts_per_token);
+  pending_choices.clear();
+}
+
+MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
+    : spec_(spec),
+      ls_(spec.layers[size_t(layer)]),
+      layer_(layer),
+      moe_(moe),
+      routing_(routing_config(spec)),
+      ref_ffn_norm_(model::to_floats(*ls_.ffn_norm)),
+      ref_{model::as_matrix(*ls_.router), model::as_experts(*ls_.gate_exps),
+           model::as_experts(*ls_.up_exps), model::as_experts(*ls_.down_exps), std::nullopt} {}
+
+void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
+  if (!moe_) throw std::logic_error("MoeFfn::upload: built for the reference path only");
+  dev_.home = c.index;
+  dev_.ffn_norm = up.norm(c, ls_.ffn_norm);
+  dev_.router = up.matrix(c, ls_.router);
+  upload_experts(up);
+}
+
+void MoeFfn::upload_experts(WeightUploader& up) {
+  const auto& hp = spec_.hp;
+  const auto& assign = moe_->plan->expert_device[size_t(layer_)];
+  auto& devices = *moe_->devices;
+  dev_.shards.clear();
+  dev_.shards.resize(devices.size());
+  for (size_t d = 0; d < devices.size(); ++d) {
+    auto& s = dev_.shards[d];
+    s.local.assign(hp.n_expert, -1);
+    for (uint32_t e = 0; e < hp.n_expert; ++e)
+      if (assign[e] == int(d)) {
+        s.local[e] = int32_t(s.experts.size());
+        s.experts.push_back(int32_t(e));
+      }
+    if (s.experts.empty()) continue;
+    DeviceCtx& c = *devices[d];
+    // Experts are the outermost ggml dimension: expert e's bytes are one contiguous range. With
+    // two tensors (gate and up of one format), each expert's rows of the first then the second.
+    auto slice = [&](const gguf::TensorInfo* t, const gguf::TensorInfo* t2 = nullptr) {
+      const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]) * (t2 ? 2 : 1);
+      const uint64_t per = t->n_bytes() / hp.n_expert, step = t2 ? 2 * per : per;
+      std::vector<uint8_t> bytes(step * s.experts.size());
+      for (size_t i = 0; i < s.experts.size(); ++i) {
+        std::memcpy(bytes.data() + i * step, t->data + uint64_t(s.experts[i]) * per, per);
+        if (t2)
+          std::memcpy(bytes.data() + i * step + per, t2->data + uint64_t(s.experts[i]) * per, per);
+      }
+      ops::DeviceWeight dw =
+          c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
+      up.count(bytes.size());
+      return dw;
+    };
+    if (ls_.gate_exps->type == ls_.up_exps->type &&
+        ls_.gate_exps->dims[0] == ls_.up_exps->dims[0] &&
+        ls_.gate_exps->dims[1] == ls_.up_exps->dims[1]) {
+      s.gate_up = slice(ls_.gate_exps, ls_.up_exps);
+    } else {
+      s.gate = slice(ls_.gate_exps);
+      s.up = slice(ls_.up_exps);
+    }
+    s.down = slice(ls_.down_exps);
+    if (s.gate_up.body && c.fold_swiglu) c.mm->prepare_swiglu(ls_.down_exps->type);
+  }
+  dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
+}
+
+void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
+                        int x_rows, int np) {
+  const uint32_t ff = spec_.hp.n_ff_exp;
+  if (s.gate_up.body) {
+    // One launch for gate and up: pair row p holds gate (ff) then up (ff).
+    c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    if (c.fold_swiglu && np <= kFoldSwigluMaxPairs) {
+      // Down with SwiGLU folded into its loads of those rows.
+      c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
+                        c.prof("matmul"), true);
+      return;
+    }
+    c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},
+                  uint32_t(np), ff, {{}, c.prof("activation")});
+  } else {
+    const uint32_t up_off = uint32_t(np) * ff;
+    c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np, {},
+                      c.prof("matmul"));
+    c.mm->run_experts(s.up, c.xn.get(), 0, x_rows, c.gu.get(), up_off, pair_token, pair_expert, np,
+                      {}, c.prof("matmul"));
+    c.act->swiglu({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff}, {c.h.get(), 0, ff}, uint32_t(np),
+                  ff, {{}, c.prof("activation")});
+  }
+  c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
+                    c.prof("matmul"));
+}
+
+bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
+  const auto& hp = spec_.hp;
+  const int n = s.n_tokens;
+  const uint32_t E = hp.n_embd;
+  // With an F32 router: the FFN norm, router and top-k in one launch.
+  const bool fused_route = s.options->fuse.norm_route &&
+                           dev_.router.type == gguf::TensorType::F32 &&
+                           home.route->can_norm_route(E, hp.n_expert);
+  if (fused_route) {
+    home.route->norm_route(home.x.get(), 0, dev_.ffn_norm.get(), hp.rms_eps, E, home.xn.get(), 0,
+                           dev_.router.body.get(), uint32_t(dev_.router.blocks_per_row * 32),
+                           uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(), 0,
+                           home.topk_w.get(), 0, {{}, home.prof("routing")});
+  } else {
+    home.norm->rms_norm(home.x.get(), 0, dev_.ffn_norm.get(), 0, home.xn.get(), 0, uint32_t(n), E,
+                        hp.rms_eps, {{}, home.prof("norm")});
+    home.mm->run(dev_.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
+    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
+                      0, home.topk_w.get(), 0, {{}, home.prof("routing")});
+  }
+  if (!dev_.all_on_home) {
+    // In a step program this is a host-sync point: the program is split here and the rest of the
+    // layer runs from the host each time.
+    ops::host_sync(*home.dev, "route tokens to expert devices",
+                   [this, &home, n] { across_devices(home, n); });
+    return false;
+  }
+  // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
+  // balancer's counts come from a non-blocking copy of the choice, read after the step.
+  const int pairs = n * int(hp.n_expert_used);
+  if (moe_->balancer && moe_->balancer->enabled()) {  // no balancer yet while counting launches
+    auto& pending = moe_->pending_choices.emplace_back();
+    pending.layer = layer_;
+    pending.ids.resize(size_t(pairs));
+    home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
+  }
+  expert_ffn(home, dev_.shards[size_t(home.index)], home.pair_token.get(), home.topk_ids.get(), n,
+             pairs);
+  ops::host_call(*home.dev, "count expert hits",
+                 [stats = moe_->stats, d = size_t(home.index), pairs] {
+                   stats->expert_hits[d] += uint64_t(pairs);
+                 });
+  if (next_norm) {
+    home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
+                           home.token_pairs.get(), uint32_t(n), E, next_norm, hp.rms_eps,
+                           home.xn.get(), 0, {{}, home.prof("moe_combine")});
+    return true;
+  }
+  home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0, home.token_pairs.get(),
+                    nullptr, uint32_t(n), E, true, {{}, home.prof("moe_combine")});
+  return false;
+}
+
+void MoeFfn::across_devices(DeviceCtx& home, int n) {
+  const auto& hp = spec_.hp;
+  const int K = int(hp.n_expert_used);
+  const int pairs = n * K;
+  auto& devices = *moe_->devices;
+  // The router's choice comes to the host (a few bytes per token), each device gets the pairs of
+  // its experts, and the devices run them concurrently. One read: ids, weights and (when a device
+  // of another context takes experts) the normed activations.
+  bool any_foreign = false;
+  for (size_t d = 0; d < devices.size(); ++d)
+    any_foreign |= &home != devices[d].get() && !dev_.shards[d].experts.empty() &&
+                   devices[d]->dev->context() != home.dev->context();
+  const auto& at = home.stage_at;
+  {
+    const size_t end =
+        any_foreign ? at.normed + size_t(n) * hp.n_embd * 4 : at.topk_w + size_t(pairs) * 4;
+    home.dev->read(home.stage.get(), at.topk_ids, home.h_stage.data() + at.topk_ids,
+                   end - at.topk_ids, true);
+  }
+  const int32_t* ids = reinterpret_cast<const int32_t*>(home.h_stage.data() + at.topk_ids);
+  const float* wts = reinterpret_cast<const float*>(home.h_stage.data() + at.topk_w);
+  const float* xn_host = reinterpret_cast<const float*>(home.h_stage.data() + at.normed);
+  for (int t = 0; t < n; ++t) moe_->balancer->record(layer_, ids + size_t(t) * K, K);
+
+  std::vector<std::function<void()>> jobs(devices.size());
+  std::vector<int> remote;
+  moe_->lane_seconds.assign(devices.size(), 0.0);
+  for (size_t d = 0; d < devices.size(); ++d) {
+    auto& s = dev_.shards[d];
+    if (s.experts.empty()) continue;
+    DeviceCtx& c = *devices[d];
+    c.h_tok.clear();
+    c.h_exp.clear();
+    c.h_w.clear();
+    c.h_off.assign(1, 0);
+    for (int t = 0; t < n; ++t) {
+      for (int j = 0; j < K; ++j) {
+        const int32_t e = ids[size_t(t * K + j)];
+        if (e < 0 || uint32_t(e) >= hp.n_expert)
+          throw std::runtime_error("layer " + std::to_string(layer_) + ": router chose expert " +
+                                   std::to_string(e));
+        if (s.local[size_t(e)] < 0) continue;
+        c.h_tok.push_back(t);
+        c.h_exp.push_back(s.local[size_t(e)]);
+        c.h_w.push_back(wts[size_t(t * K + j)]);
+      }
+      c.h_off.push_back(int32_t(c.h_tok.size()));
+    }
+    const int np = int(c.h_tok.size());
+    if (np == 0) continue;
+    moe_->stats->expert_hits[d] += uint64_t(np);
+    const bool is_home = &c == &home;
+    if (!is_home) remote.push_back(int(d));
+    jobs[d] = [this, &c, &s, &home, xn_host, n, np, is_home] {
+      const auto t0 = Clock::now();
+      const uint32_t E = spec_.hp.n_embd;
+      const auto& cat = c.stage_at;
+      // Pairs (and, off the home device, the normed activations) in one write of the stage.
+      uint8_t* st = c.h_stage.data();
+      std::memcpy(st + cat.pair_token, c.h_tok.data(), size_t(np) * 4);
+      std::memcpy(st + cat.pair_expert, c.h_exp.data(), size_t(np) * 4);
+      std::memcpy(st + cat.pair_weight, c.h_w.data(), size_t(np) * 4);
+      std::memcpy(st + cat.token_offset, c.h_off.data(), c.h_off.size() * 4);
+      size_t end = cat.token_offset + c.h_off.size() * 4;
+      const bool shared = !is_home && c.dev->context() == home.dev->context();
+      if (!is_home && !shared) {
+        std::memcpy(st + cat.normed, xn_host, size_t(n) * E * 4);
+        end = cat.normed + size_t(n) * E * 4;
+      }
+      c.dev->write(c.stage.get(), 0, st, end, false);
+      // Same context: the activations move device to device, after the home queue's work.
+      if (shared)
+        ops::copy_after(*home.dev, *c.dev, home.xn.get(), 0, c.xn.get(), 0, size_t(n) * E * 4);
+      expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np);
+      // Home accumulates into the residual stream; others produce a partial sum to send back.
+      c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
+                     c.p_off.get(), nullptr, uint32_t(n), E, is_home, {{}, c.prof("moe_combine")});
+      if (!is_home && !shared) {
+        c.staging.resize(size_t(n) * E);
+        c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
+      } else {
+        c.dev->finish();  // for the lane's device time; the data stays on the device
+      }
+      moe_->lane_seconds[size_t(c.index)] =
+          std::chrono::duration<double>(Clock::now() - t0).count();
+    };
+  }
+  moe_->executor->run_all(jobs);
+  for (size_t d = 0; d < devices.size(); ++d) {
+    moe_->stats->device_seconds[d] += moe_->lane_seconds[d];
+    moe_->balancer->record_device_seconds(int(d), moe_->lane_seconds[d]);
+  }
+  const size_t bytes = size_t(n) * hp.n_embd * 4;
+  for (int d : remote) {
+    DeviceCtx& c = *devices[size_t(d)];
+    if (c.dev->context() == home.dev->context())
+      ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0, bytes);
+    else
+      home.dev->write(home.partial.get(), 0, c.staging.data(), bytes, true);
+    home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
+                 {{}, home.prof("elementwise")});
+  }
+}
+
+size_t MoeFfn::count_expert_launches(int experts_per_token) {
+  size_t d = 0;
+  while (d < dev_.shards.size() && dev_.shards[d].experts.empty()) ++d;
+  if (d == dev_.shards.size()) throw std::logic_error("MoeFfn: no device holds experts");
+  DeviceCtx& c = *(*moe_->devices)[d];
+  ops::StepProgram experts(ops::StepProgram::Mode::kCountOnly);
+  {
+    const Device* one[] = {c.dev};
+    ops::Recording recording(experts, one);
+    expert_ffn(c, dev_.shards[d], c.pair_token.get(), c.topk_ids.get(), 1, experts_per_token);
+    c.moe->combine(c.x.get(), 0, c.y.get(), 0, c.topk_w.get(), 0, c.token_pairs.get(), nullptr, 1,
+                   spec_.hp.n_embd, true, {});
+  }
+  return experts.launches();
+}
+
+void MoeFfn::reference_forward(std::span<float> x) const {
+  std::vector<float> cur(x.size()), out(x.size());
+  reference::rms_norm(x, ref_ffn_norm_, spec_.hp.rms_eps, cur);
+  reference::moe_ffn(cur, ref_, routing_, out);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,92 @@
+// The routed MoE FFN: RMSNorm, router + top-k (one fused launch with an F32 router), the selected
+// experts' SwiGLU FFNs, the weighted combine into the residual stream (fused with the next layer's
+// input norm when that layer is on the same device). Experts live where the plan puts them: all on
+// the layer's device (no host round trip) or spread over several devices, which then run their
+// experts concurrently through the executor.
+#pragma once
+
+#include <deque>
+#include <functional>
+
+#include "host/engine/layers/layer.h"
+#include "host/ops/reference/ffn.h"
+#include "host/ops/reference/routing.h"
+#include "scheduler/balancer.h"
+#include "scheduler/executor.h"
+#include "scheduler/planner.h"
+
+namespace tessera::engine {
+
+// The router's configuration of `spec` (softmax gating, the architecture's top-k normalization,
+// expert_weights_scale).
+reference::RoutingConfig routing_config(const model::ModelSpec& spec);
+
+// What the MoE layers of an OpenClModel share across its devices. Owned by the model; the layers
+// hold a pointer. Engine thread only (the executor lanes touch only their own device's entries).
+struct MoeRuntime {
+  const sched::Plan* plan = nullptr;  // expert placement (the balancer moves experts between steps)
+  std::vector<std::unique_ptr<DeviceCtx>>* devices = nullptr;  // by plan index
+  sched::Executor* executor = nullptr;
+  sched::ExpertBalancer* balancer = nullptr;
+  EngineStats* stats = nullptr;
+  // Router choices of layers routed on one device, copied without blocking for the balancer and
+  // handed to it after the step (end_step).
+  struct PendingChoice {
+    int layer = 0;
+    std::vector<int32_t> ids;
+  };
+  std::deque<PendingChoice> pending_choices;  // deque: elements stay put while reads are queued
+  std::vector<double> lane_seconds;           // per device, written by its executor lane
+
+  // After the queues finished: the pending choices go to the balancer.
+  void end_step(int experts_per_token);
+};
+
+class MoeFfn final : public Ffn {
+ public:
+  // `moe` may be null when this layer runs on the reference path only.
+  MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe);
+
+  model::FfnKind kind() const override { return model::FfnKind::kMoe; }
+  void upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& options) override;
+  // Slices the experts onto the devices the plan assigns them to (again after balancer moves).
+  void upload_experts(WeightUploader& up);
+  bool forward(DeviceCtx& c, const LayerStep& s, cl_mem next_norm) override;
+  // Kernel launches of one device's share of this layer's experts for one token (its pairs):
+  // gate|up, SwiGLU (unless folded), down, combine; counted (not run) on a device holding some.
+  size_t count_expert_launches(int experts_per_token);
+  // Every expert on the layer's device: they run inside the step (else from a host-sync point).
+  bool experts_all_on_home() const { return dev_.all_on_home; }
+  void reference_forward(std::span<float> x) const override;
+
+ private:
+  struct Shard {
+    std::vector<int32_t> experts;  // global ids held by this device, ascending
+    std::vector<int32_t> local;    // global id -> local index, -1 when not here
+    // gate_up: each expert's gate rows then its up rows (one launch) when both share a format.
+    ops::DeviceWeight gate_up, gate, up, down;
+  };
+  // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
+  void expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
+                  int n_pairs);
+  // Experts on several devices: the router's choice comes to the host and each device runs the
+  // pairs of its experts; the partial sums come back to `home`.
+  void across_devices(DeviceCtx& home, int n);
+
+  const model::ModelSpec& spec_;
+  const model::LayerSpec& ls_;
+  int layer_ = 0;
+  MoeRuntime* moe_ = nullptr;
+  reference::RoutingConfig routing_;
+  struct DeviceWeights {
+    ClMem ffn_norm;
+    ops::DeviceWeight router;
+    std::vector<Shard> shards;  // per plan device
+    bool all_on_home = false;   // every expert on the layer's device, in global order
+    int home = 0;               // the layer's plan device
+  } dev_;
+  std::vector<float> ref_ffn_norm_;
+  reference::MoeWeights ref_;
+};
+
+}  // namespace tessera::engine

@@ -1,0 +1,69 @@
+// The OpenCL engine's options, one step's batch and its statistics: the values OpenClModel, the
+// layer classes and the engine's clients share.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "host/kv/block_manager.h"
+
+namespace tessera::engine {
+
+struct EngineOptions {
+  int max_batch_tokens = 256;  // tokens of one forward step (prefill is chunked to this)
+  int max_sequences = 8;       // sequences of one step
+  int max_logit_rows = 0;      // logit rows of one step; 0: max_sequences (perplexity wants more)
+  int max_context = 0;         // tokens per sequence; 0: the model's training context (capped 4096)
+  int kv_block_size = 16;
+  int kv_blocks = 0;  // 0: enough for max_sequences sequences of max_context tokens
+  bool balancer = false;
+  bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
+  // Fused launches (each has a portability-matrix case); switching one off runs the separate
+  // kernels instead, for A/B measurements. The CLI switches them off by name from
+  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, flush).
+  struct Fusion {
+    bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
+    bool norm_route = true;    // FFN norm + F32 router + top-k
+    bool combine_norm = true;  // MoE combine + next layer's attention norm
+    bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
+  } fuse;
+  // clFlush after each layer's mixer so the device starts while the host enqueues the rest
+  // ("flush" in $TESSERA_NO_FUSE turns it off).
+  bool flush_per_layer = true;
+  // Record each batch shape's step once as an ops::StepProgram and replay it for later steps of
+  // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
+  // Steps with profiling or the expert balancer on always enqueue afresh.
+  bool replay = true;
+  // Called while weights upload: (bytes done, bytes total).
+  std::function<void(uint64_t, uint64_t)> progress;
+};
+
+// One forward step's batch. Tokens of one sequence are consecutive, positions increasing.
+struct StepBatch {
+  std::vector<kv::SeqId> seqs;      // the sequences of the step (row i = seqs[i])
+  std::vector<int32_t> tokens;      // token ids
+  std::vector<int32_t> token_seq;   // row in `seqs` of each token
+  std::vector<int32_t> token_pos;   // position of each token in its sequence
+  std::vector<int32_t> logit_rows;  // tokens whose logits are wanted, in output order
+};
+
+// Time and counters per op family and device, for the run summary.
+struct EngineStats {
+  std::map<std::string, double> op_seconds;         // wall time of prefill and decode steps
+  std::map<std::string, double> device_op_seconds;  // device time per op family (profile option)
+  std::vector<double> device_seconds;               // per plan device: busy time of expert work
+  std::vector<uint64_t> expert_hits;                // per plan device: expert selections served
+  uint64_t balancer_moves = 0;
+  uint64_t steps = 0;
+};
+
+// Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
+// swiglu, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
+// name and the known ones.
+void apply_no_fuse(std::string_view names, EngineOptions& options);
+
+}  // namespace tessera::engine
