@@ -1,0 +1,51 @@
+// The planner's view of a model (bytes per layer, per expert and per KV token), from its spec and
+// its layer kinds.
+#include "host/engine/opencl_model.h"
+
+#include "host/engine/layers/attention.h"
+
+namespace tessera::engine {
+
+namespace {
+
+uint64_t tensor_bytes(const gguf::TensorInfo* t) {
+  return t ? t->n_bytes() : 0;
+}
+
+}  // namespace
+
+sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens) {
+  sched::ModelFootprint f;
+  const auto& hp = spec.hp;
+  f.kv_bytes_per_token = 0;
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const auto& l = spec.layers[i];
+    sched::ModelFootprint::Layer fl;
+    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.q_norm, l.k_norm, l.ffn_norm, l.ffn_gate,
+                    l.ffn_up, l.ffn_down, l.router})
+      fl.dense_bytes += tensor_bytes(t);
+    if (l.is_moe()) {
+      fl.n_experts = int(hp.n_expert);
+      fl.expert_bytes =
+          (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) /
+          hp.n_expert;
+    }
+    // Launch counts stay the planner's defaults here: the engine counts them from its recorded
+    // step once it is built (OpenClModel::footprint()).
+    f.layers.push_back(fl);
+    switch (l.mixer) {
+      case model::MixerKind::kAttention:
+        f.kv_bytes_per_token += AttentionMixer::kv_bytes_per_token(spec, int(i));
+        break;
+    }
+  }
+  f.embedding_bytes = tensor_bytes(spec.token_embd);
+  f.output_bytes = tensor_bytes(spec.output_norm) +
+                   (spec.output_tied ? tensor_bytes(spec.token_embd) : tensor_bytes(spec.output));
+  f.n_expert_used = int(hp.n_expert_used);
+  f.n_embd = int(hp.n_embd);
+  f.context_tokens = context_tokens;
+  return f;
+}
+
+}  // namespace tessera::engine

@@ -1,0 +1,30 @@
+// Engine options set by name (the fusion switches the CLI reads from $TESSERA_NO_FUSE).
+#include "host/engine/options.h"
+
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+namespace tessera::engine {
+
+void apply_no_fuse(std::string_view names, EngineOptions& options) {
+  const std::pair<const char*, bool*> switches[] = {{"qkv", &options.fuse.qkv},
+                                                    {"norm_route", &options.fuse.norm_route},
+                                                    {"combine_norm", &options.fuse.combine_norm},
+                                                    {"swiglu", &options.fuse.swiglu},
+                                                    {"flush", &options.flush_per_layer}};
+  std::istringstream list{std::string(names)};
+  for (std::string name; std::getline(list, name, ',');) {
+    if (name.empty()) continue;
+    bool* flag = nullptr;
+    for (auto& [key, f] : switches)
+      if (name == key) flag = f;
+    if (!flag)
+      throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
+                                  "'; known: qkv, norm_route, combine_norm, swiglu, flush");
+    *flag = false;
+  }
+}
+
+}  // namespace tessera::engine
