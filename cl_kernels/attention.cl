@@ -3,51 +3,38 @@
 // reads KV head h / GROUP.
 //
 // Build macros (host/ops/device/attention.cpp): HEAD_DIM (multiple of 4), BLOCK_SIZE, N_HEAD,
-// N_HEAD_KV, KV_FORMAT_*; tuning: PF_BQ (query rows per prefill tile), PF_TPR (work items per row),
+// N_HEAD_KV, the KV pool's row format KV_FORMAT_* and KV_ROW_BYTES (host/kv KvPoolLayout); tuning: PF_BQ (query rows per prefill tile), PF_TPR (work items per row),
 // PF_KT (kv tokens per prefill tile; divides BLOCK_SIZE), DEC_LWS (decode work-group size),
 // DEC_TILE (decode kv tokens per tile), RED_LWS (reduce work-group size).
 //
 // Layouts: q, out [batch token][N_HEAD][HEAD_DIM] f32; k_new, v_new [batch token][N_HEAD_KV][HEAD_DIM]
-// f32; `meta` int32 holds the batch description (host/kv/kv_view.h KvBatchView): block tables
+// f32; K/V pools are bytes, rows read and written only through the row codec (attention_kv.clh);
+// `meta` int32 holds the batch description (host/kv/kv_view.h KvBatchView): block tables
 // [seq row][bt_stride], token_seq, token_pos, token_slot. Token t attends to positions [0, pos_t]
 // of its sequence, all of which are written before the attention runs.
 #include "common.clh"
+#define GROUP (N_HEAD / N_HEAD_KV)
 #include "attention_kv.clh"
 #include "rope.clh"
-
-#define GROUP (N_HEAD / N_HEAD_KV)
 
 inline float hsum_f8(float8 v) {
   const float4 a = v.lo + v.hi;
   return (a.x + a.y) + (a.z + a.w);
 }
 
-// Horizontal sum of a row-kernel vector.
-inline float hsum(floatv v) {
-#if VW == 8
-  const float4 a = v.lo + v.hi;
-#else
-  const float4 a = v;
-#endif
-  return (a.x + a.y) + (a.z + a.w);
-}
-
-
 // ---- (a) KV write: grid (items per row, N_HEAD_KV, n_tokens). CPUs pass 1 item per row, so each
 // work item streams one contiguous row; GPUs pass HEAD_DIM / 4 items, one float4 each.
 __kernel void kv_write(__global const float* k_new, uint k_off, __global const float* v_new,
                        uint v_off, __global const int* meta, uint slot_off, uint first_token,
-                       __global kv_elem_t* k_pool, __global kv_elem_t* v_pool) {
+                       __global uchar* k_pool, __global uchar* v_pool) {
   const uint t = first_token + get_global_id(2);
   const int h = get_global_id(1);
   const int slot = meta[slot_off + t];
   if (slot < 0) return;  // padding token: nothing to store
   const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
   const size_t src = ((size_t)t * N_HEAD_KV + h) * HEAD_DIM;
-  for (int d = get_global_id(0) * 4; d < HEAD_DIM; d += get_global_size(0) * 4) {
-    kv_store4(k_pool, row, d, vload4(0, k_new + k_off + src + d));
-    kv_store4(v_pool, row, d, vload4(0, v_new + v_off + src + d));
-  }
+  kv_store_row_g(k_pool + row, k_new + k_off + src, get_global_id(0), get_global_size(0));
+  kv_store_row_g(v_pool + row, v_new + v_off + src, get_global_id(0), get_global_size(0));
 }
 
 // ---- (a') QKV finish: one launch from the projections to the cache. Reads a token's q, k and v
@@ -67,7 +54,7 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
                 float eps, uint n_rot, float freq_base, float freq_scale,
                 __global const float* freq_factors, uint use_ff, uint neox, __global const int* meta,
                 uint pos_off, uint slot_off, uint first_token, __global float* q_out,
-                uint q_out_off, __global kv_elem_t* k_pool, __global kv_elem_t* v_pool) {
+                uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
   __local float buf[HEAD_DIM];
   __local float red[QF_LWS];
   const uint lid = get_local_id(0);
@@ -115,8 +102,7 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
   const int slot = meta[slot_off + t];
   if (slot < 0) return;  // padding token: nothing to store
   const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
-  __global kv_elem_t* pool = kind == 1 ? k_pool : v_pool;
-  for (uint d = lid * 4; d < HEAD_DIM; d += QF_LWS * 4) kv_store4(pool, row, d, vload4(0, buf + d));
+  kv_store_row_l((kind == 1 ? k_pool : v_pool) + row, buf, lid, QF_LWS);
 }
 
 // The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a pow and a
@@ -128,8 +114,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
                               float freq_base, float freq_scale, __global const float* freq_factors,
                               uint use_ff, uint neox, __global const int* meta, uint pos_off,
                               uint slot_off, uint first_token, __global float* q_out,
-                              uint q_out_off, __global kv_elem_t* k_pool,
-                              __global kv_elem_t* v_pool) {
+                              uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
   const uint t = first_token + get_global_id(0);
   const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
@@ -168,8 +153,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
     }
     if (slot < 0) continue;  // padding token: nothing to store
     const size_t r = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
-    __global kv_elem_t* pool = kind == 1 ? k_pool : v_pool;
-    for (uint d = 0; d < HEAD_DIM; d += 4) kv_store4(pool, r, d, vload4(0, buf + d));
+    kv_store_row_p((kind == 1 ? k_pool : v_pool) + r, buf, 0, 1);
   }
 }
 
@@ -185,7 +169,7 @@ __kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
 void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
                        __global const int* meta, uint bt_off, uint bt_stride, uint seq_off,
                        uint pos_off, uint first_token, uint n_tokens, float scale,
-                       __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool) {
+                       __global const uchar* k_pool, __global const uchar* v_pool) {
   __local float qs[PF_BQ * HEAD_DIM];
   __local float ks[PF_KT * PF_KSTRIDE];
   __local float vs[PF_KT * HEAD_DIM];
@@ -229,13 +213,15 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
     __global const int* table = meta + bt_off + (size_t)s * bt_stride;
     for (int j0 = 0; j0 < n_kv; j0 += PF_KT) {
       const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
-      // The tile's rows are contiguous in the pool (PF_KT divides BLOCK_SIZE). Rows past n_kv were
-      // never written: load zeros so masked scores meet finite values.
+      // The tile's rows follow each other in the pool (PF_KT divides BLOCK_SIZE); they are decoded
+      // into local memory once for all the tile's query rows. Rows past n_kv were never written:
+      // load zeros so masked scores meet finite values.
       for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
         const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
         const bool valid = j0 + jj < n_kv;
-        const float4 k4 = valid ? kv_load4(k_pool, base, i) : (float4)(0.0f);
-        const float4 v4 = valid ? kv_load4(v_pool, base, i) : (float4)(0.0f);
+        const size_t row = base + (size_t)jj * KV_ROW_BYTES;
+        const float4 k4 = valid ? kv_load4(k_pool + row, d) : (float4)(0.0f);
+        const float4 v4 = valid ? kv_load4(v_pool + row, d) : (float4)(0.0f);
         __local float* kd = ks + jj * PF_KSTRIDE + d;
         kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
         vstore4(v4, 0, vs + i);
@@ -250,7 +236,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
             floatv a = (floatv)(0.0f);
             for (int i = 0; i < HEAD_DIM / VW; ++i)
               a = fma(vloadv(i, qs + r * HEAD_DIM), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
-            acc = hsum(a);
+            acc = hsumv(a);
 #else
             acc = 0.0f;
             for (int d = 0; d < HEAD_DIM; ++d) acc += qs[r * HEAD_DIM + d] * ks[jj * PF_KSTRIDE + d];
@@ -332,12 +318,12 @@ __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                               uint first_token, uint ctx_off, uint n_chunks, float scale,
-                              __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
+                              __global const uchar* k_pool, __global const uchar* v_pool,
                               __global float* part) {
   __local float qs[GROUP * HEAD_DIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
-  __local int rows[DEC_TILE];  // pool row (element index / HEAD_DIM) of each tile token
+  __local int rows[DEC_TILE];  // pool row (byte offset / KV_ROW_BYTES) of each tile token
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -377,12 +363,8 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
     if (lid < n) {
       const int pj = j0 + lid;
       const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
-      rows[lid] = (int)(row / HEAD_DIM);
-      for (int g = 0; g < GROUP; ++g) sc[g] = 0.0f;
-      for (int d = 0; d < HEAD_DIM; d += 4) {
-        const float4 k4 = kv_load4(k_pool, row, d);
-        for (int g = 0; g < GROUP; ++g) sc[g] += dot(k4, vload4(0, qs + g * HEAD_DIM + d));
-      }
+      rows[lid] = (int)(row / KV_ROW_BYTES);
+      kv_score_group_l(k_pool + row, qs, sc);
     } else {
       for (int g = 0; g < GROUP; ++g) sc[g] = -INFINITY;
     }
@@ -410,7 +392,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
         const int g = e / HEAD_DIM, d = e % HEAD_DIM;
         float4 acc = o[i] * alpha[g];
         for (int jj = 0; jj < n; ++jj)
-          acc += ss[g * DEC_TILE + jj] * kv_load4(v_pool, (size_t)rows[jj] * HEAD_DIM, d);
+          acc = kv_accum4(v_pool + (size_t)rows[jj] * KV_ROW_BYTES, d, ss[g * DEC_TILE + jj], acc);
         o[i] = acc;
       }
     }
@@ -477,7 +459,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
                            uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                            uint first_token, uint ctx_off, uint n_chunks, float scale,
-                           __global const kv_elem_t* k_pool, __global const kv_elem_t* v_pool,
+                           __global const uchar* k_pool, __global const uchar* v_pool,
                            __global float* part) {
   const uint chunk = get_global_id(0);
   const int kvh = get_global_id(1);
@@ -512,17 +494,13 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   float sc[GROUP][DR_TILE];
   __global const int* table = meta + bt_off + (size_t)s * bt_stride;
   for (int j0 = start; j0 < end;) {
-    // A run of tokens inside one block: contiguous rows.
+    // A run of tokens inside one block: rows that follow each other.
     const int n = min(min(end, (j0 / BLOCK_SIZE + 1) * BLOCK_SIZE) - j0, DR_TILE);
     const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
     for (int jj = 0; jj < n; ++jj) {
-      floatv acc[GROUP];
-      for (int g = 0; g < GROUP; ++g) acc[g] = (floatv)(0.0f);
-      for (int i = 0; i < HEAD_DIM / VW; ++i) {
-        const floatv kv = kv_loadv(k_pool, base + (size_t)jj * HEAD_DIM, i * VW);
-        for (int g = 0; g < GROUP; ++g) acc[g] = fma(kv, qv[g * (HEAD_DIM / VW) + i], acc[g]);
-      }
-      for (int g = 0; g < GROUP; ++g) sc[g][jj] = hsum(acc[g]);
+      float s[GROUP];
+      kv_score_group_v(k_pool + base + (size_t)jj * KV_ROW_BYTES, qv, s);
+      for (int g = 0; g < GROUP; ++g) sc[g][jj] = s[g];
     }
     // Softmax update on the whole tile as one float16: PoCL's scalar exp costs more than a
     // token's loads and FMAs, its vector exp a fraction of that. Lanes past n are -inf (p = 0).
@@ -540,13 +518,8 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       m[g] = mx;
       for (int i = 0; i < HEAD_DIM / VW; ++i) o[g * (HEAD_DIM / VW) + i] *= alpha;
     }
-    for (int jj = 0; jj < n; ++jj) {
-      for (int i = 0; i < HEAD_DIM / VW; ++i) {
-        const floatv vv = kv_loadv(v_pool, base + (size_t)jj * HEAD_DIM, i * VW);
-        for (int g = 0; g < GROUP; ++g)
-          o[g * (HEAD_DIM / VW) + i] = fma((floatv)(sc[g][jj]), vv, o[g * (HEAD_DIM / VW) + i]);
-      }
-    }
+    for (int jj = 0; jj < n; ++jj)
+      kv_accum_group_v(v_pool + base + (size_t)jj * KV_ROW_BYTES, &sc[0][jj], DR_TILE, o);
     j0 += n;
   }
   for (int g = 0; g < GROUP; ++g) {

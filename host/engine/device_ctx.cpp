@@ -75,7 +75,7 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
 }
 
 ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
-  auto& op = attention_ops[config.n_head_kv];
+  auto& op = attention_ops[config.pool.n_head_kv];
   if (!op) op = std::make_unique<ops::AttentionOp>(*dev, config);
   return *op;
 }

@@ -45,18 +45,31 @@ inline float round_f16(float x) {
   return fp16_to_fp32(fp32_to_fp16(x));
 }
 
+// An attention shape over an f16 pool (the pool's block count comes from the cache).
+inline ops::AttentionConfig attention_config(int32_t n_head, int32_t n_head_kv, int32_t head_dim,
+                                             int32_t block_size) {
+  return {n_head, {kv::KvFormat::kF16, 0, block_size, n_head_kv, head_dim}};
+}
+
+// `config` with the pool layout of the cache that holds the K/V (one source for the layout).
+inline ops::AttentionConfig over_pool(ops::AttentionConfig config, const kv::PagedKvCache& cache) {
+  config.pool = cache.layout();
+  return config;
+}
+
 class AttentionHarness {
  public:
+  // The cache is built from config.pool (with n_blocks), the op from the cache's layout.
   // `poison`: fill the pools with f16 NaN first, so reading a slot no token wrote shows up.
   AttentionHarness(const Device& device, const ops::AttentionConfig& config, int32_t n_blocks,
                    bool poison = true, int32_t n_layer = 1,
                    std::optional<ops::AttentionTuning> tuning = std::nullopt)
       : device_(device),
         config_(config),
-        cache_({n_layer, config.n_head_kv, config.head_dim, config.block_size, n_blocks,
-                kv::KvFormat::kF16},
+        cache_({n_layer, config.pool.n_head_kv, config.pool.head_dim, config.pool.block_size,
+                n_blocks, config.pool.format},
                std::vector<const Device*>(size_t(n_layer), &device)),
-        op_(device, config, tuning),
+        op_(device, over_pool(config, cache_), tuning),
         batch_(device) {
     if (poison) {
       const uint16_t nan = 0x7E00;
@@ -93,7 +106,7 @@ class AttentionHarness {
   // sequence not consecutive). Also checks the pool holds the f16 of what was written.
   StepError step(const std::vector<StepEntry>& entries, AttnKernel kernel, uint32_t seed,
                  bool interleave = false) {
-    const int32_t H = config_.n_head, HK = config_.n_head_kv, D = config_.head_dim;
+    const int32_t H = config_.n_head, HK = config_.pool.n_head_kv, D = config_.pool.head_dim;
     std::vector<SeqId> seqs;
     std::vector<int32_t> tseq, tpos;
     std::vector<std::pair<int32_t, int32_t>> ranges;  // per entry: first batch token, count
@@ -188,7 +201,7 @@ class AttentionHarness {
       std::vector<uint16_t> pool(cache_.layout().pool_bytes() / 2);
       device_.read(layer.k, 0, pool.data(), pool.size() * 2);
       const auto& slots = batch_.host_slots();
-      const int32_t bs = config_.block_size;
+      const int32_t bs = config_.pool.block_size;
       for (size_t i = 0; i < T; ++i)
         for (int32_t h = 0; h < HK; ++h)
           for (int32_t d = 0; d < D; ++d) {

@@ -25,7 +25,7 @@ TEST_P(AttentionShapes, PrefillChunksThenDecode) {
   const Shape sh = GetParam();
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
-    ops::AttentionConfig c{sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size};
+    ops::AttentionConfig c = attention_config(sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size);
     for (AttnKernel kernel : {AttnKernel::kPrefill, AttnKernel::kDecode}) {
       AttentionHarness h(*dev, c, 64);
       SeqId a = h.create();
@@ -54,7 +54,7 @@ INSTANTIATE_TEST_SUITE_P(Heads, AttentionShapes,
 TEST(Attention, SharedPrefixesMixedBatches) {
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
-    ops::AttentionConfig c{8, 2, 64, 16};
+    ops::AttentionConfig c = attention_config(8, 2, 64, 16);
     AttentionHarness h(*dev, c, 96);
     SeqId root = h.create();
     EXPECT_STEP_OK(h.step({{root, 21}}, AttnKernel::kPrefill, 10));
@@ -90,7 +90,7 @@ TEST(Attention, SharedPrefixesMixedBatches) {
 TEST(Attention, SplitKLongContext) {
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
-    ops::AttentionConfig c{4, 1, 64, 16};
+    ops::AttentionConfig c = attention_config(4, 1, 64, 16);
     AttentionHarness h(*dev, c, 256);
     SeqId a = h.create(), b = h.create();
     EXPECT_STEP_OK(h.step({{a, 1201}, {b, 333}}, AttnKernel::kPrefill, 20));
@@ -105,7 +105,7 @@ TEST(Attention, SplitKLongContext) {
 TEST(Attention, FreeAndReuse) {
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
-    ops::AttentionConfig c{4, 2, 8, 16};
+    ops::AttentionConfig c = attention_config(4, 2, 8, 16);
     AttentionHarness h(*dev, c, 8);  // 128 tokens in all
     SeqId a = h.create(), b = h.create();
     EXPECT_STEP_OK(h.step({{a, 60}, {b, 50}}, AttnKernel::kPrefill, 30));
@@ -125,7 +125,8 @@ TEST(Attention, EveryVariantOnEveryDevice) {
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
     for (Shape sh : {Shape{8, 2, 64, 16}, Shape{4, 4, 12, 16}}) {
-      ops::AttentionConfig c{sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size};
+      ops::AttentionConfig c =
+          attention_config(sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size);
       ops::AttentionTuning t = ops::default_attention_tuning(*dev, c);
       t.decode_rows = !t.decode_rows;
       t.decode_items = 32;
@@ -150,12 +151,14 @@ TEST(Attention, EveryVariantOnEveryDevice) {
 
 TEST(Attention, BadArguments) {
   const Device& d = *registry().devices().front();
-  EXPECT_THROW(ops::AttentionOp(d, {6, 4, 64, 16}), ops::AttentionUnsupported);  // 6 % 4
-  EXPECT_THROW(ops::AttentionOp(d, {4, 4, 62, 16}), ops::AttentionUnsupported);  // 62 % 4
-  ops::AttentionTuning t = ops::default_attention_tuning(d, {4, 4, 64, 16});
+  EXPECT_THROW(ops::AttentionOp(d, attention_config(6, 4, 64, 16)),
+               ops::AttentionUnsupported);  // 6 % 4
+  EXPECT_THROW(ops::AttentionOp(d, attention_config(4, 4, 62, 16)),
+               ops::AttentionUnsupported);  // 62 % 4
+  ops::AttentionTuning t = ops::default_attention_tuning(d, attention_config(4, 4, 64, 16));
   t.prefill_kv_tile = 5;
-  EXPECT_THROW(ops::AttentionOp(d, {4, 4, 64, 16}, t), ops::AttentionUnsupported);
-  AttentionHarness h(d, {4, 4, 64, 16}, 8);
+  EXPECT_THROW(ops::AttentionOp(d, attention_config(4, 4, 64, 16), t), ops::AttentionUnsupported);
+  AttentionHarness h(d, attention_config(4, 4, 64, 16), 8);
   SeqId a = h.create();
   EXPECT_STEP_OK(h.step({{a, 3}}, AttnKernel::kPrefill, 40));
   kv::KvBatchBuffers batch(d);

@@ -55,10 +55,7 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   const kv::KvPoolLayout& pool = kv.layout(layer_);
   ops::AttentionConfig cfg;
   cfg.n_head = int32_t(spec_.hp.n_head);
-  cfg.n_head_kv = pool.n_head_kv;
-  cfg.head_dim = pool.head_dim;
-  cfg.block_size = pool.block_size;
-  cfg.format = pool.format;
+  cfg.pool = pool;
   dev_.op = &c.attention(cfg);
 }
 

@@ -42,18 +42,18 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     // contiguously; tiles sized for L1.
     t.prefill_rows = 16;
     t.prefill_row_items = 1;
-    t.prefill_kv_tile = largest_divisor_at_most(c.block_size, 32);
+    t.prefill_kv_tile = largest_divisor_at_most(c.pool.block_size, 32);
     t.decode_rows = true;
     t.decode_items = 1;
     t.decode_tile = 64;
     t.reduce_items = 1;
   } else {
     t.prefill_rows = 16;
-    t.prefill_row_items = c.head_dim % 8 == 0 ? 8 : 4;
-    t.prefill_kv_tile = largest_divisor_at_most(c.block_size, 16);
+    t.prefill_row_items = c.pool.head_dim % 8 == 0 ? 8 : 4;
+    t.prefill_kv_tile = largest_divisor_at_most(c.pool.block_size, 16);
     t.decode_items = 128;
     t.decode_tile = 128;
-    t.reduce_items = c.head_dim >= 64 ? 64 : 32;
+    t.reduce_items = c.pool.head_dim >= 64 ? 64 : 32;
   }
   return t;
 }
@@ -63,17 +63,22 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
     : device_(&device),
       config_(config),
       tuning_(tuning ? *tuning : default_attention_tuning(device, config)) {
-  const auto& c = config_;
+  const auto& c = config_.pool;
+  const int32_t n_head = config_.n_head;
   const auto& t = tuning_;
   auto unsupported = [&](const std::string& why) {
     throw AttentionUnsupported("attention on " + device.info().label() + ": " + why);
   };
-  if (c.n_head < 1 || c.n_head_kv < 1 || c.n_head % c.n_head_kv != 0)
-    unsupported("n_head " + std::to_string(c.n_head) +
-                " must be a positive multiple of n_head_kv " + std::to_string(c.n_head_kv));
+  if (n_head < 1 || c.n_head_kv < 1 || n_head % c.n_head_kv != 0)
+    unsupported("n_head " + std::to_string(n_head) + " must be a positive multiple of n_head_kv " +
+                std::to_string(c.n_head_kv));
   if (c.head_dim < 4 || c.head_dim % 4 != 0)
     unsupported("head_dim " + std::to_string(c.head_dim) + " must be a positive multiple of 4");
   if (c.block_size < 1) unsupported("block_size " + std::to_string(c.block_size) + " must be >= 1");
+  const uint64_t row_bytes = c.token_head_bytes();
+  if (row_bytes == 0 || row_bytes > UINT32_MAX)
+    unsupported("KV format " + std::string(kv::kv_format_name(c.format)) +
+                " cannot store head_dim " + std::to_string(c.head_dim));
   if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
       t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
       t.decode_tile < 1 || t.reduce_items < 1)
@@ -83,7 +88,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max ||
       uint64_t(t.decode_items) > wg_max || uint64_t(t.reduce_items) > wg_max)
     unsupported("work-group size over the device's " + std::to_string(wg_max));
-  const int32_t group = c.n_head / c.n_head_kv;
+  const int32_t group = n_head / c.n_head_kv;
   const uint64_t prefill_local =
       4ull *
       (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
@@ -99,12 +104,13 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   if (prefill_local > local_max || decode_local > local_max)
     unsupported("needs " + std::to_string(std::max(prefill_local, decode_local)) +
                 " bytes of local memory, the device has " + std::to_string(local_max));
-  scale_ = c.scale != 0.0f ? c.scale : 1.0f / std::sqrt(float(c.head_dim));
+  scale_ = config_.scale != 0.0f ? config_.scale : 1.0f / std::sqrt(float(c.head_dim));
 
   const std::string options =
       "-DHEAD_DIM=" + std::to_string(c.head_dim) + " -DBLOCK_SIZE=" + std::to_string(c.block_size) +
-      " -DN_HEAD=" + std::to_string(c.n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) +
+      " -DN_HEAD=" + std::to_string(n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) +
       " -D" + std::string(kv::kv_format_traits(c.format).kernel_macro) +
+      " -DKV_ROW_BYTES=" + std::to_string(row_bytes) +
       " -DPF_BQ=" + std::to_string(t.prefill_rows) +
       " -DPF_TPR=" + std::to_string(t.prefill_row_items) +
       " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +
@@ -128,9 +134,9 @@ void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& laye
   const Device& d = *device_;
   set_args(d, write_.get(), k_new, k_offset, v_new, v_offset, b.meta, cl_uint(b.token_slot_offset),
            cl_uint(first_token), layer.k, layer.v);
-  const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.head_dim / 4);
-  launch(d, write_.get(), {per_row, size_t(config_.n_head_kv), size_t(n_tokens)}, {per_row, 1, 1},
-         ev);
+  const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.pool.head_dim / 4);
+  launch(d, write_.get(), {per_row, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
+         {per_row, 1, 1}, ev);
 }
 
 void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& layer,
@@ -139,11 +145,11 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
                              int32_t first_token, int32_t n_tokens, const Events& ev) {
   check_range(b, first_token, n_tokens, "qkv_finish");
   const auto& c = config_;
-  const uint32_t q_dim = uint32_t(c.n_head * c.head_dim),
-                 kv_dim = uint32_t(c.n_head_kv * c.head_dim);
-  if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.head_dim))
+  const uint32_t q_dim = uint32_t(c.n_head * c.pool.head_dim),
+                 kv_dim = uint32_t(c.pool.n_head_kv * c.pool.head_dim);
+  if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.pool.head_dim))
     throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
-                         " must be even, > 0 and <= head_dim " + std::to_string(c.head_dim));
+                         " must be even, > 0 and <= head_dim " + std::to_string(c.pool.head_dim));
   if (const std::string why =
           rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors);
       !why.empty())
@@ -172,7 +178,7 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
     return;
   }
   const size_t lws = d.info().type == DeviceType::kCpu ? 1 : 32;  // QF_LWS in attention.cl
-  const size_t heads = size_t(c.n_head + 2 * c.n_head_kv);
+  const size_t heads = size_t(c.n_head + 2 * c.pool.n_head_kv);
   const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
   const size_t local[3] = {lws, 1, 1};
   launch(d, k, global, local, ev);
@@ -197,7 +203,7 @@ DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) con
       std::max<int64_t>(1, (int64_t(max_context) + tuning_.decode_tile - 1) / tuning_.decode_tile);
   // Enough work-groups to fill the device a few times over; no more chunks than tiles.
   const int64_t target = 4 * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
-  const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.n_head_kv);
+  const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.pool.n_head_kv);
   int64_t chunks = std::clamp<int64_t>((target + per_chunk - 1) / per_chunk, 1,
                                        std::min<int64_t>(kMaxDecodeChunks, tiles));
   DecodeSplit s;
@@ -215,7 +221,7 @@ size_t AttentionOp::decode_workspace_bytes(int32_t max_tokens, int32_t max_conte
     const DecodeSplit s = decode_split(n, max_context);
     most = std::max(most, size_t(n) * size_t(s.n_chunks));
   }
-  return most * size_t(config_.n_head) * size_t(config_.head_dim + 2) * sizeof(float);
+  return most * size_t(config_.n_head) * size_t(config_.pool.head_dim + 2) * sizeof(float);
 }
 
 void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
@@ -231,7 +237,7 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   const DecodeSplit s =
       decode_split(n_tokens, b.context_capacity > 0 ? b.context_capacity : b.max_context);
   const size_t need = size_t(n_tokens) * size_t(s.n_chunks) * size_t(config_.n_head) *
-                      size_t(config_.head_dim + 2) * sizeof(float);
+                      size_t(config_.pool.head_dim + 2) * sizeof(float);
   if (workspace_bytes < need)
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
                          " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
@@ -240,8 +246,8 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
            cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, layer.k, layer.v, workspace);
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
-  launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.n_head_kv), size_t(n_tokens)}, {lws, 1, 1},
-         {ev.wait, nullptr});
+  launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
+         {lws, 1, 1}, {ev.wait, nullptr});
   set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset);
   const size_t rl = size_t(tuning_.reduce_items);
   launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1},

@@ -1,5 +1,7 @@
 // Attention over the paged KV cache (host/kv): the KV write, flash-style causal prefill and split-K
-// decode kernels of cl_kernels/attention.cl, for one (device, head shape, KV format).
+// decode kernels of cl_kernels/attention.cl, for one (device, head shape, KV pool layout). The
+// kernels read and write K/V rows only through the row codec of the pool's format
+// (cl_kernels/attention_kv.clh), rows addressed by bytes (KvPoolLayout::token_head_bytes()).
 #pragma once
 
 #include <cstdint>
@@ -13,11 +15,12 @@
 namespace tessera::ops {
 
 struct AttentionConfig {
-  int32_t n_head = 0;       // query heads
-  int32_t n_head_kv = 0;    // KV heads; n_head % n_head_kv == 0 (query head h reads h / group)
-  int32_t head_dim = 0;     // multiple of 4 (8, 64, 128 tested)
-  int32_t block_size = 16;  // the cache's tokens per block: <= 32 or a multiple of 32
-  kv::KvFormat format = kv::KvFormat::kF16;
+  int32_t n_head = 0;  // query heads; a multiple of pool.n_head_kv (query head h reads KV head
+                       // h / (n_head / n_head_kv))
+  // The KV pools' layout, from the cache that owns them (PagedKvCache::layout()): KV heads,
+  // head_dim (multiple of 4; 8, 64, 128 tested), tokens per block, row format and row bytes.
+  // n_blocks is not used.
+  kv::KvPoolLayout pool;
   float scale = 0.0f;  // score scale; 0 means 1 / sqrt(head_dim)
 };
 

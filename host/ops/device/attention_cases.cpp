@@ -26,7 +26,8 @@ struct SeqSpec {
 
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
                                     const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs) {
-  const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
+  const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
+                bs = cfg.pool.block_size;
   AttentionOp op(device, cfg);  // AttentionUnsupported becomes a "fail" with its message
 
   // Block tables: every sequence's blocks taken from a shuffled pool, so tables are not ranges.
@@ -85,7 +86,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   std::vector<float> q = random_floats(size_t(n_step) * H * D, 103 + D);
   for (float& x : q) x *= 2.0f;  // a peakier softmax makes masking mistakes visible
 
-  kv::KvPoolLayout layout{cfg.format, n_blocks, bs, HK, D};
+  kv::KvPoolLayout layout = cfg.pool;
+  layout.n_blocks = n_blocks;
   // Pools start as f16 NaN: a read of a slot no token wrote poisons the output.
   std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
   GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool);
@@ -151,7 +153,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const AttentionConfig& cfg,
                                      bool norm, bool neox, int32_t n_rot, bool other_shape,
                                      float freq_scale, bool with_factors) {
-  const int32_t H = cfg.n_head, HK = cfg.n_head_kv, D = cfg.head_dim, bs = cfg.block_size;
+  const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
+                bs = cfg.pool.block_size;
   const int32_t n = 7, n_blocks = 3;
   AttentionTuning tuning = default_attention_tuning(device, cfg);
   if (other_shape) {
@@ -183,7 +186,8 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
   view.max_context = 3000;
   const float eps = 1e-6f, base = 1000000.0f;
 
-  kv::KvPoolLayout layout{cfg.format, n_blocks, bs, HK, D};
+  kv::KvPoolLayout layout = cfg.pool;
+  layout.n_blocks = n_blocks;
   std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
   GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool), metab(device, meta);
   GuardedBuffer src(device, qkv), qwb(device, qw), kwb(device, kw);
@@ -255,8 +259,9 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
 }
 
 std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seqs) {
-  std::string s = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) + "xd" +
-                  std::to_string(c.head_dim) + "_bs" + std::to_string(c.block_size) + "_ctx";
+  std::string s = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.pool.n_head_kv) + "xd" +
+                  std::to_string(c.pool.head_dim) + "_bs" + std::to_string(c.pool.block_size) +
+                  "_ctx";
   for (size_t i = 0; i < seqs.size(); ++i)
     s += (i ? "," : "") + std::to_string(seqs[i].past) + "+" + std::to_string(seqs[i].fresh);
   return s;
@@ -265,22 +270,28 @@ std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seq
 }  // namespace
 
 void register_attention_cases(std::vector<MatrixCase>& out) {
+  // Query heads; an f16 pool of KV heads, head_dim, block size.
+  auto config = [](int32_t n_head, int32_t n_head_kv, int32_t head_dim, int32_t block_size) {
+    return AttentionConfig{n_head, {kv::KvFormat::kF16, 0, block_size, n_head_kv, head_dim}};
+  };
   const AttentionConfig shapes[] = {
-      {8, 4, 8, 16},    // stories260K-like
-      {8, 2, 64, 16},   // GQA
-      {4, 1, 128, 32},  // MQA, head 128, 32-token blocks
+      config(8, 4, 8, 16),    // stories260K-like
+      config(8, 2, 64, 16),   // GQA
+      config(4, 1, 128, 32),  // MQA, head 128, 32-token blocks
   };
   for (const auto& c : shapes) {
     // v 3, 4: RoPE frequency scaling (linear x4 with Qwen's form and q/k norms; Llama 3.1's
     // rope_freqs divisors with linear x2 in llama's form, partial rotary).
     for (int v = 0; v < 5; ++v) {
       const bool norm = v != 1 && v != 4, neox = v != 0 && v != 4;
-      const int32_t n_rot = v == 2 || v == 4 ? c.head_dim / 2 : c.head_dim;  // partial rotary
+      const int32_t D = c.pool.head_dim;
+      const int32_t n_rot = v == 2 || v == 4 ? D / 2 : D;  // partial rotary
       const float freq_scale = v == 3 ? 0.25f : v == 4 ? 0.5f : 1.0f;
       const bool factors = v == 4;
-      const std::string shape = "h" + std::to_string(c.n_head) + "/" + std::to_string(c.n_head_kv) +
-                                "xd" + std::to_string(c.head_dim) + (norm ? "_norm" : "") +
-                                (neox ? "_neox" : "_normal") + "_rot" + std::to_string(n_rot) +
+      const std::string shape = "h" + std::to_string(c.n_head) + "/" +
+                                std::to_string(c.pool.n_head_kv) + "xd" + std::to_string(D) +
+                                (norm ? "_norm" : "") + (neox ? "_neox" : "_normal") + "_rot" +
+                                std::to_string(n_rot) +
                                 (v == 3   ? "_linear0.25"
                                  : v == 4 ? "_linear0.5+freqs"
                                           : "");
