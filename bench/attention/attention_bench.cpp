@@ -42,7 +42,8 @@ double time_per_call(const Device& d, int reps, F&& launch) {
 void bench_device(const Device& d, const Options& o) {
   const int n_head = 32, n_head_kv = 8, block = 16;
   for (int hd : o.head_dims) {
-    ops::AttentionConfig cfg{n_head, n_head_kv, hd, block};
+    // An f16 pool of this shape (the caches below are built from the same layout).
+    ops::AttentionConfig cfg{n_head, {kv::KvFormat::kF16, 0, block, n_head_kv, hd}};
     ops::AttentionTuning tuning = ops::default_attention_tuning(d, cfg);
     if (o.decode_items > 0) {
       tuning.decode_rows = false;
@@ -52,8 +53,8 @@ void bench_device(const Device& d, const Options& o) {
     for (int n_seqs : o.batch) {
       for (int ctx : o.contexts) {
         const int32_t blocks_per_seq = (ctx + block - 1) / block;
-        kv::PagedKvCache cache(
-            {1, n_head_kv, hd, block, blocks_per_seq * n_seqs, kv::KvFormat::kF16}, {&d});
+        kv::PagedKvCache cache({1, n_head_kv, hd, block, blocks_per_seq * n_seqs, cfg.pool.format},
+                               {&d});
         // Random f16 contents for the whole pool (cheaper than writing every token through
         // kv_write).
         std::vector<uint16_t> pool(cache.layout().pool_bytes() / 2);
