@@ -67,6 +67,12 @@ ClKernel Device::kernel(const std::string& program_name, const std::string& kern
   return k;
 }
 
+std::unique_ptr<Device> Device::with_limits(const DeviceLimits& limits) const {
+  DeviceInfo info = info_;
+  apply_limits(info, limits);
+  return std::make_unique<Device>(std::move(info), platform_, device_, context_, programs_);
+}
+
 namespace {
 constexpr const char* kInstallHint =
     "no OpenCL platform found. Install an OpenCL driver: for the CPU, `apt-get install "
@@ -85,7 +91,8 @@ std::string platform_name(cl_platform_id platform) {
 }
 }  // namespace
 
-DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) {
+DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs,
+                                        const DeviceLimits& limits) {
   DeviceRegistry reg;
   reg.programs_ =
       programs ? std::move(programs)
@@ -136,6 +143,7 @@ DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs) 
                              : info.type == DeviceType::kAccelerator ? "acc"
                                                                      : "custom";
         info.id = prefix + std::to_string(next_index[info.type]++);
+        apply_limits(info, limits);
         ClContext ctx = shared;
         if (!ctx) {
           ctx = ClContext(clCreateContext(props, 1, &ids[d], nullptr, nullptr, &err));

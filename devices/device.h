@@ -20,6 +20,14 @@ class NoOpenClError : public TesseraError {
   using TesseraError::TesseraError;
 };
 
+// Work a device cannot run within its limits (work-group size, local memory, global size), raised
+// before anything is enqueued: the caller reports it ("unsupported on gpu0 (...): ..."), it is
+// never run partially.
+class DeviceUnsupported : public TesseraError {
+ public:
+  using TesseraError::TesseraError;
+};
+
 class Device {
  public:
   // `context` may be shared with the other devices of the same platform.
@@ -49,6 +57,10 @@ class Device {
                   const std::string& options = "") const;
   ProgramCache& programs() const { return *programs_; }
 
+  // The same OpenCL device (own queue, shared context and program cache) with its limits lowered
+  // to `limits`: tests check that every kernel adapts to small devices or reports unsupported.
+  std::unique_ptr<Device> with_limits(const DeviceLimits& limits) const;
+
  private:
   DeviceInfo info_;
   cl_platform_id platform_;
@@ -62,8 +74,11 @@ class DeviceRegistry {
  public:
   // Discovers every device of every platform. `programs` null: an in-memory cache over the
   // embedded sources (the CLI passes one with a disk directory and the sources its settings name;
-  // devices/ reads no environment). Throws NoOpenClError when no platform or device exists.
-  static DeviceRegistry discover(std::shared_ptr<ProgramCache> programs = nullptr);
+  // devices/ reads no environment). `limits` (the CLI's TESSERA_DEVICE_LIMITS) lowers every
+  // device's limits, to run the matrix as a smaller device would; the default lowers nothing.
+  // Throws NoOpenClError when no platform or device exists.
+  static DeviceRegistry discover(std::shared_ptr<ProgramCache> programs = nullptr,
+                                 const DeviceLimits& limits = {});
 
   const std::vector<std::unique_ptr<Device>>& devices() const { return devices_; }
   // Device by id ("gpu0") or by "platform:device" index ("0:1"); throws listing the ids that exist.

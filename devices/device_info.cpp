@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cctype>
 #include <sstream>
+#include <stdexcept>
 
 namespace tessera {
 
@@ -36,6 +37,60 @@ std::string get_platform_string(cl_platform_id platform, cl_platform_info param)
 
 bool DeviceInfo::has_extension(const std::string& ext) const {
   return std::find(extensions.begin(), extensions.end(), ext) != extensions.end();
+}
+
+uint64_t DeviceInfo::max_group_items() const {
+  uint64_t n = max_work_group_size;
+  if (max_work_item_sizes[0] > 0) n = std::min(n, max_work_item_sizes[0]);
+  return std::max<uint64_t>(1, n);
+}
+
+void apply_limits(DeviceInfo& info, const DeviceLimits& l) {
+  auto lower = [](uint64_t& field, uint64_t limit) {
+    if (limit > 0 && (field == 0 || limit < field)) field = limit;
+  };
+  lower(info.local_mem_bytes, l.local_mem_bytes);
+  lower(info.max_work_group_size, l.max_work_group_size);
+  for (uint64_t& s : info.max_work_item_sizes) lower(s, l.max_work_group_size);
+  lower(info.max_global_items, l.max_global_items);
+  lower(info.max_alloc_bytes, l.max_alloc_bytes);
+  lower(info.max_loop_iterations, l.max_loop_iterations);
+}
+
+DeviceLimits parse_device_limits(const std::string& spec) {
+  DeviceLimits l;
+  std::stringstream ss(spec);
+  for (std::string item; std::getline(ss, item, ',');) {
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    const std::string key = item.substr(0, eq);
+    const std::string value = eq == std::string::npos ? "" : item.substr(eq + 1);
+    uint64_t v = 0;
+    size_t used = 0;
+    try {
+      v = std::stoull(value, &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    const bool digits = !value.empty() && std::isdigit(static_cast<unsigned char>(value[0]));
+    if (!digits || used == 0 || used != value.size() || v == 0)
+      throw TesseraError("device limits: '" + item + "' needs a positive integer value (KEY=N)");
+    if (key == "local_mem") {
+      l.local_mem_bytes = v;
+    } else if (key == "work_group") {
+      l.max_work_group_size = v;
+    } else if (key == "global") {
+      l.max_global_items = v;
+    } else if (key == "alloc") {
+      l.max_alloc_bytes = v;
+    } else if (key == "loop") {
+      l.max_loop_iterations = v;
+    } else {
+      throw TesseraError("device limits: unknown key '" + key +
+                         "' (known: local_mem, work_group, global, alloc, loop)");
+    }
+  }
+  return l;
 }
 
 std::string DeviceInfo::label() const {
@@ -126,6 +181,20 @@ DeviceInfo read_device_info(cl_platform_id platform, cl_device_id device, int pl
   d.max_clock_mhz = get_device_info<cl_uint>(device, CL_DEVICE_MAX_CLOCK_FREQUENCY);
   d.max_work_group_size = get_device_info<size_t>(device, CL_DEVICE_MAX_WORK_GROUP_SIZE);
   d.mem_base_addr_align_bits = get_device_info<cl_uint>(device, CL_DEVICE_MEM_BASE_ADDR_ALIGN);
+  {
+    size_t sizes[3] = {0, 0, 0};
+    const cl_uint dims = get_device_info<cl_uint>(device, CL_DEVICE_MAX_WORK_ITEM_DIMENSIONS);
+    std::vector<size_t> all(std::max<cl_uint>(dims, 3), 0);
+    if (clGetDeviceInfo(device, CL_DEVICE_MAX_WORK_ITEM_SIZES, all.size() * sizeof(size_t),
+                        all.data(), nullptr) == CL_SUCCESS)
+      std::copy_n(all.begin(), 3, sizes);
+    for (int i = 0; i < 3; ++i) d.max_work_item_sizes[i] = sizes[i];
+  }
+  d.timer_resolution_ns =
+      std::max<uint64_t>(1, get_device_info<size_t>(device, CL_DEVICE_PROFILING_TIMER_RESOLUTION));
+  if (d.name.rfind("llvmpipe", 0) == 0) d.max_loop_iterations = 65535;
+  d.native_vector_width_float =
+      std::max<cl_uint>(1, get_device_info<cl_uint>(device, CL_DEVICE_NATIVE_VECTOR_WIDTH_FLOAT));
 
   std::istringstream ext(get_device_string(device, CL_DEVICE_EXTENSIONS));
   for (std::string e; ext >> e;) d.extensions.push_back(e);

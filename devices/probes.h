@@ -19,10 +19,37 @@ struct ProbeResult {
   double fp32_gflops = 0;        // FMA throughput
   double launch_latency_us = 0;  // enqueue + finish of an empty kernel, median
   std::string measured_at;       // ISO-8601 UTC
+  std::string note;              // what was not trusted and replaced (empty: every figure measured)
 };
 
-// Runs every probe on `device` (about a second per device). Timings are medians of repeated runs,
-// kernel times from OpenCL profiling events.
+// Upper bounds no real device of this kind reaches: figures above them are timer artefacts or a
+// kernel that did not run. From the device's reported compute units, clock and vector width, with
+// generous margins (drivers under-report clocks: llvmpipe says 300 MHz).
+struct ProbeBounds {
+  double read_gbps = 0;
+  double fp32_gflops = 0;
+  double copy_gbps = 0;
+};
+ProbeBounds probe_bounds(const DeviceInfo& info);
+
+// Conservative figures used, with a warning, when a probe cannot be trusted.
+ProbeResult conservative_probe(const DeviceInfo& info);
+
+// One probe's timing: `amount` (bytes or flops) per launch; device_s from profiling events, wall_s
+// from the host clock over back-to-back launches (an upper bound on the device time).
+struct ProbeTiming {
+  double device_s = 0;
+  double wall_s = 0;
+};
+// The rate to believe: amount / device time when the output was right, the time is well above the
+// timer resolution, within the wall time and the rate under `bound`; else amount / wall time when
+// that is under `bound`; else `fallback`. Appends to `note` why a figure was replaced.
+double trusted_rate(const std::string& what, double amount, const ProbeTiming& t, bool output_ok,
+                    double timer_resolution_s, double bound, double fallback, std::string& note);
+
+// Runs every probe on `device` (about a second per device). Each probe checks its kernel's output,
+// repeats until its time is far above the timer resolution and is judged by trusted_rate against
+// probe_bounds; replaced figures are logged as warnings and named in ProbeResult::note.
 ProbeResult measure_device(const Device& device);
 
 // Disk cache of probe results: one JSON file per (device name, driver version, platform version).
@@ -30,8 +57,9 @@ class ProbeCache {
  public:
   explicit ProbeCache(std::filesystem::path dir);  // empty: no caching
 
-  std::optional<ProbeResult> load(
-      const DeviceInfo& info) const;  // nullopt when absent or unreadable
+  // nullopt when absent, unreadable or implausible (a figure non-finite, <= 0 or over
+  // probe_bounds): such an entry is re-measured.
+  std::optional<ProbeResult> load(const DeviceInfo& info) const;
   void store(const DeviceInfo& info, const ProbeResult& result) const;
 
   // The cached result, or a fresh measurement (stored) when absent or `remeasure` is set.

@@ -138,6 +138,7 @@ int run_bench(const std::vector<std::string>& args) {
   so.replay = !no_replay;
   so.programs = tessera::cli::program_cache();
   so.probe_dir = tessera::cli::probe_dir();
+  so.device_limits = tessera::cli::device_limits();
   auto setup = engine::setup_engine(spec, so);
   engine::Engine& e = *setup.engine;
   const engine::OpenClModel& m = e.model();

@@ -74,6 +74,10 @@ int run_devices(const std::vector<std::string>& args) {
       o["local_mem_bytes"] = info.local_mem_bytes;
       o["compute_units"] = info.compute_units;
       o["max_work_group_size"] = info.max_work_group_size;
+      o["max_work_item_sizes"] = {info.max_work_item_sizes[0], info.max_work_item_sizes[1],
+                                  info.max_work_item_sizes[2]};
+      o["max_global_items"] = info.max_global_items;
+      o["max_loop_iterations"] = info.max_loop_iterations;  // 0: no limit
       o["fp16"] = info.caps.fp16;
       o["fp64"] = info.caps.fp64;
       o["subgroups"] = info.caps.subgroups;
@@ -88,6 +92,7 @@ int run_devices(const std::vector<std::string>& args) {
         p["fp32_gflops"] = probes[i]->fp32_gflops;
         p["launch_latency_us"] = probes[i]->launch_latency_us;
         p["measured_at"] = probes[i]->measured_at;
+        if (!probes[i]->note.empty()) p["note"] = probes[i]->note;
         o["probe"] = p;
       }
       arr.push_back(o);

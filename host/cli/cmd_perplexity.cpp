@@ -95,6 +95,7 @@ int run_perplexity(const std::vector<std::string>& args) {
     so.config_balancer = false;  // scores must not depend on experts moving mid-text
     so.programs = tessera::cli::program_cache();
     so.probe_dir = tessera::cli::probe_dir();
+    so.device_limits = tessera::cli::device_limits();
     setup.emplace(engine::setup_engine(spec, so));
   }
 

@@ -277,6 +277,7 @@ int run_generate(const std::vector<std::string>& args) {
     so.progress = progress_display();
     so.programs = tessera::cli::program_cache();
     so.probe_dir = tessera::cli::probe_dir();
+    so.device_limits = tessera::cli::device_limits();
     setup.emplace(engine::setup_engine(spec, so));
     std::fprintf(stderr, "loaded %.1f MiB onto %zu device(s) in %.2f s\n",
                  double(setup->engine->model().uploaded_bytes()) / 1048576.0,

@@ -21,6 +21,7 @@ Settings read_environment() {
   s.kernel_dir = env("TESSERA_KERNEL_DIR");
   s.matmul_options = env("TESSERA_MATMUL_OPTIONS");
   s.no_fuse = env("TESSERA_NO_FUSE");
+  s.device_limits = env("TESSERA_DEVICE_LIMITS");
   return s;
 }
 
@@ -41,8 +42,17 @@ std::shared_ptr<ProgramCache> program_cache(const Settings& s) {
   return cache;
 }
 
+DeviceLimits device_limits(const Settings& s) {
+  if (s.device_limits.empty()) return {};
+  try {
+    return parse_device_limits(s.device_limits);
+  } catch (const TesseraError& e) {
+    throw TesseraError(std::string("TESSERA_DEVICE_LIMITS: ") + e.what());
+  }
+}
+
 DeviceRegistry discover_devices(const Settings& s) {
-  return DeviceRegistry::discover(program_cache(s));
+  return DeviceRegistry::discover(program_cache(s), device_limits(s));
 }
 
 std::filesystem::path probe_dir(const Settings& s) {

@@ -19,6 +19,9 @@ struct Settings {
   std::string matmul_options;        // $TESSERA_MATMUL_OPTIONS: extra matmul build options
   // $TESSERA_NO_FUSE: fusions to switch off (comma list, EngineSetupOptions::no_fuse checks names)
   std::string no_fuse;
+  // $TESSERA_DEVICE_LIMITS ("local_mem=4096,work_group=16,..."): every device's limits lowered,
+  // to run as a smaller device would (tests); empty: the devices' own limits.
+  std::string device_limits;
 };
 
 // The settings of this process, read from the environment on first use.
@@ -26,7 +29,11 @@ const Settings& settings();
 
 // A program cache over the settings' kernel sources, on disk under cache_root/programs.
 std::shared_ptr<ProgramCache> program_cache(const Settings& s = settings());
-// Every OpenCL device, with program_cache(s). Throws NoOpenClError as DeviceRegistry::discover.
+// The settings' device limits parsed; throws TesseraError naming TESSERA_DEVICE_LIMITS and the
+// bad key or value.
+DeviceLimits device_limits(const Settings& s = settings());
+// Every OpenCL device, with program_cache(s) and device_limits(s). Throws NoOpenClError as
+// DeviceRegistry::discover.
 DeviceRegistry discover_devices(const Settings& s = settings());
 // Probe results cached under cache_root/probes (probe_dir(); empty: not stored).
 std::filesystem::path probe_dir(const Settings& s = settings());

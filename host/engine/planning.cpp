@@ -92,7 +92,8 @@ sched::Config config_from_cli(const std::string& config_path, const std::vector<
 
 EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions& o) {
   EngineSetup s;
-  s.registry = std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs));
+  s.registry =
+      std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs, o.device_limits));
   s.config = config_from_cli(o.config_path, o.sets, o.device);
   s.footprint = footprint_of(spec, o.context_tokens);
   std::unique_ptr<ProbeCache> probes;

@@ -60,7 +60,8 @@ struct EngineSetupOptions {
   // empty for in-memory programs and unstored probes. The engine reads no environment.
   std::shared_ptr<ProgramCache> programs;
   std::filesystem::path probe_dir;
-  std::string no_fuse;  // fusions to switch off (apply_no_fuse; the CLI's $TESSERA_NO_FUSE)
+  std::string no_fuse;         // fusions to switch off (apply_no_fuse; the CLI's $TESSERA_NO_FUSE)
+  DeviceLimits device_limits;  // the CLI's TESSERA_DEVICE_LIMITS (default: the devices' own)
   std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
 };
 

@@ -31,11 +31,17 @@ void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided
   check_strides("swiglu", cols, {gate.stride, up.stride, out.stride});
   if (rows == 0 || cols == 0) return;
   cl_kernel k = swiglu_.get();
-  set_args(*device_, k, gate.mem, gate.offset, gate.stride, up.mem, up.offset, up.stride, out.mem,
-           out.offset, out.stride, rows, cols);
   size_t global[2], local[2];
   row_elementwise_sizes(*device_, rows, cols, global, local);
-  enqueue(*device_, k, 2, global, local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, gate.mem, cl_uint(gate.offset + first * gate.stride),
+                              gate.stride, up.mem, cl_uint(up.offset + first * up.stride),
+                              up.stride, out.mem, cl_uint(out.offset + first * out.stride),
+                              out.stride, cl_uint(count), cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
 }
 
 void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
@@ -43,10 +49,16 @@ void ActivationOps::gelu(const Strided& x, const Strided& out, uint32_t rows, ui
   check_strides("gelu", cols, {x.stride, out.stride});
   if (rows == 0 || cols == 0) return;
   cl_kernel k = gelu_.get();
-  set_args(*device_, k, x.mem, x.offset, x.stride, out.mem, out.offset, out.stride, rows, cols);
   size_t global[2], local[2];
   row_elementwise_sizes(*device_, rows, cols, global, local);
-  enqueue(*device_, k, 2, global, local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, x.mem, cl_uint(x.offset + first * x.stride), x.stride,
+                              out.mem, cl_uint(out.offset + first * out.stride), out.stride,
+                              cl_uint(count), cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
 }
 
 namespace {

@@ -32,6 +32,53 @@ void check_range(const kv::KvBatchView& b, int32_t first, int32_t n, const char*
                          std::to_string(b.n_tokens));
 }
 
+// Local memory of the prefill and the work-group decode kernels (static __local arrays of
+// attention.cl; every kernel of the program must fit, used or not).
+uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
+  const auto& c = config.pool;
+  return 4ull *
+         (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
+          uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
+          5ull * t.prefill_rows);
+}
+uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
+  const auto& c = config.pool;
+  const uint64_t group = uint64_t(std::max(1, config.n_head / std::max(1, c.n_head_kv)));
+  return 4ull * (group * (uint64_t(c.head_dim) + t.decode_tile + t.decode_items) +
+                 uint64_t(t.decode_tile));
+}
+
+// Shrinks a tuning until its work-groups and local memory fit the device's limits: the KV tile
+// first (next smaller divisor of block_size), then the query rows per tile, then the work-group
+// decode's tile. What cannot shrink further is left for the constructor to report.
+void fit_to_device(const Device& device, const AttentionConfig& config, AttentionTuning& t) {
+  const auto& c = config.pool;
+  const uint64_t local_max = device.info().local_mem_bytes;
+  const uint64_t wg_max = device.info().max_group_items();
+  while (prefill_local_bytes(config, t) > local_max ||
+         uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max) {
+    if (t.prefill_kv_tile > 1 && prefill_local_bytes(config, t) > local_max &&
+        t.prefill_kv_tile >= t.prefill_rows) {
+      t.prefill_kv_tile = largest_divisor_at_most(c.block_size, t.prefill_kv_tile - 1);
+    } else if (t.prefill_rows > 1) {
+      t.prefill_rows = std::max(1, t.prefill_rows / 2);
+    } else if (t.prefill_kv_tile > 1) {
+      t.prefill_kv_tile = largest_divisor_at_most(c.block_size, t.prefill_kv_tile - 1);
+    } else if (t.prefill_row_items > 1) {
+      t.prefill_row_items = largest_divisor_at_most(c.head_dim, t.prefill_row_items - 1);
+    } else {
+      break;
+    }
+  }
+  while ((decode_local_bytes(config, t) > local_max || uint64_t(t.decode_items) > wg_max) &&
+         t.decode_tile > 1) {
+    t.decode_tile = std::max(1, t.decode_tile / 2);
+    if (!t.decode_rows) t.decode_items = t.decode_tile;
+  }
+  while (uint64_t(t.reduce_items) > wg_max && t.reduce_items > 1)
+    t.reduce_items = std::max(1, t.reduce_items / 2);
+}
+
 }  // namespace
 
 AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& c) {
@@ -55,6 +102,7 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     t.decode_tile = 128;
     t.reduce_items = c.pool.head_dim >= 64 ? 64 : 32;
   }
+  fit_to_device(device, c, t);
   return t;
 }
 
@@ -84,22 +132,15 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       t.decode_tile < 1 || t.reduce_items < 1)
     unsupported(
         "tuning does not fit the shape (row items must divide head_dim, the KV tile block_size)");
-  const uint64_t wg_max = device.info().max_work_group_size;
+  const uint64_t wg_max = device.info().max_group_items();
   if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max ||
       uint64_t(t.decode_items) > wg_max || uint64_t(t.reduce_items) > wg_max)
     unsupported("work-group size over the device's " + std::to_string(wg_max));
-  const int32_t group = n_head / c.n_head_kv;
-  const uint64_t prefill_local =
-      4ull *
-      (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
-       uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
-       5ull * t.prefill_rows);
   if (!t.decode_rows &&
       (t.decode_tile != t.decode_items || (t.decode_items & (t.decode_items - 1)) != 0))
     unsupported("the work-group decode kernel needs decode_tile == decode_items, a power of two");
-  const uint64_t decode_local =
-      4ull *
-      (uint64_t(group) * (c.head_dim + t.decode_tile + t.decode_items) + uint64_t(t.decode_tile));
+  const uint64_t prefill_local = prefill_local_bytes(config_, t),
+                 decode_local = decode_local_bytes(config_, t);
   const uint64_t local_max = device.info().local_mem_bytes;
   if (prefill_local > local_max || decode_local > local_max)
     unsupported("needs " + std::to_string(std::max(prefill_local, decode_local)) +

@@ -28,7 +28,14 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
                                     const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs) {
   const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
                 bs = cfg.pool.block_size;
-  AttentionOp op(device, cfg);  // AttentionUnsupported becomes a "fail" with its message
+  // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
+  std::optional<AttentionOp> op_storage;
+  try {
+    op_storage.emplace(device, cfg);
+  } catch (const AttentionUnsupported& e) {
+    throw MatrixUnsupported(e.what());
+  }
+  AttentionOp& op = *op_storage;
 
   // Block tables: every sequence's blocks taken from a shuffled pool, so tables are not ranges.
   int32_t n_blocks = 0;
@@ -161,7 +168,13 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
     tuning.decode_rows = !tuning.decode_rows;
     if (!tuning.decode_rows) tuning.decode_items = tuning.decode_tile = 64;
   }
-  AttentionOp op(device, cfg, tuning);
+  std::optional<AttentionOp> op_storage;
+  try {
+    op_storage.emplace(device, cfg, tuning);
+  } catch (const AttentionUnsupported& e) {
+    throw MatrixUnsupported(e.what());
+  }
+  AttentionOp& op = *op_storage;
   const uint32_t q_dim = uint32_t(H * D), kv_dim = uint32_t(HK * D);
   const uint32_t k_col = q_dim + 4, v_col = k_col + kv_dim, stride = v_col + kv_dim + 3;
   const std::vector<float> qkv = random_floats(size_t(n) * stride, 301 + D);

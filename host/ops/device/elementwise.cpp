@@ -1,7 +1,9 @@
 // Device add / scaled add / argmax launches and their portability-matrix cases.
 #include "host/ops/device/elementwise.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <random>
 
 #include "host/ops/device/matrix.h"
@@ -19,10 +21,17 @@ void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_
                          uint32_t out_off, uint64_t n, const Events& ev) {
   if (n == 0) return;
   cl_kernel k = add_.get();
-  set_args(*device_, k, a, a_off, b, b_off, out, out_off, cl_ulong(n));
-  size_t local = 0;
-  const size_t global = elementwise_global_size(*device_, n, &local);
-  enqueue(*device_, k, 1, &global, &local, ev);
+  // Split where one launch cannot cover n within the device's global and loop limits.
+  launch_in_pieces(n, elementwise_max_elements(*device_), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     if (first + std::max({a_off, b_off, out_off}) > UINT32_MAX)
+                       throw LaunchUnsupported("add: element offset past 2^32 in a split launch");
+                     set_args(*device_, k, a, cl_uint(a_off + first), b, cl_uint(b_off + first),
+                              out, cl_uint(out_off + first), cl_ulong(count));
+                     size_t local = 0;
+                     const size_t global = elementwise_global_size(*device_, count, &local);
+                     enqueue(*device_, k, 1, &global, &local, piece);
+                   });
 }
 
 void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_off, cl_mem w,
@@ -30,22 +39,32 @@ void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_o
                                 const Events& ev) {
   if (rows == 0 || cols == 0) return;
   cl_kernel k = scaled_add_.get();
-  set_args(*device_, k, y, y_off, x, x_off, w, w_off, w_stride, cols);
   size_t global[2], local[2];
   row_elementwise_sizes(*device_, rows, cols, global, local);
-  enqueue(*device_, k, 2, global, local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, y, cl_uint(y_off + first * cols), x,
+                              cl_uint(x_off + first * cols), w, cl_uint(w_off + first * w_stride),
+                              w_stride, cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
 }
 
 void ElementwiseOps::argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,
                                  uint32_t ids_off, const Events& ev) {
   if (rows == 0 || n == 0) return;
   cl_kernel k = argmax_.get();
-  set_args(*device_, k, x, x_off, n, ids, ids_off);
   const size_t local = row_group_size(*device_, k, n);
   set_local_arg(*device_, k, 5, local * sizeof(float));
   set_local_arg(*device_, k, 6, local * sizeof(cl_uint));
-  const size_t global = size_t(rows) * local;
-  enqueue(*device_, k, 1, &global, &local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, local), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, x, cl_uint(x_off + first * n), n, ids,
+                              cl_uint(ids_off + first));
+                     const size_t global = count * local;
+                     enqueue(*device_, k, 1, &global, &local, piece);
+                   });
 }
 
 namespace {

@@ -52,6 +52,7 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     v.rows_per_item = 1;
     v.vec_acc = true;
     v.clblast_min_tokens = 0;  // PoCL: CLBlast SGEMM (~17 GFLOP/s) loses to the fused kernel
+    v.wg_rows = int(std::min<uint64_t>(uint64_t(v.wg_rows), info.max_group_items()));
     return v;
   }
   // GPUs: a warp-sized group of lanes per row reads consecutive chunks (coalesced), x staged in
@@ -63,6 +64,19 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
   v.rows_per_item = 2;
   v.vec_acc = false;
   v.clblast_min_tokens = t == TensorType::F32 ? 32 : 128;
+  // Within the device's work-group and local-memory limits: fewer rows per group, then fewer lanes.
+  auto local_bytes = [&] {
+    return uint64_t(8 * v.lanes * 33 + v.wg_rows * v.rows_per_item * 8 * v.lanes) * 4;
+  };
+  while ((uint64_t(v.lanes) * v.wg_rows > info.max_group_items() ||
+          local_bytes() > info.local_mem_bytes) &&
+         (v.wg_rows > 1 || v.lanes > 1)) {
+    if (v.wg_rows > 1) {
+      v.wg_rows /= 2;
+    } else {
+      v.lanes /= 2;
+    }
+  }
   return v;
 }
 
@@ -90,18 +104,23 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   auto k = std::make_unique<Kernels>();
   k->variant = forced_ ? forced_variant_ : default_matmul_variant(device_.info(), t);
   const auto& v = k->variant;
-  if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
-      uint64_t(v.lanes) * uint64_t(v.wg_rows) > device_.info().max_work_group_size)
+  if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1)
     throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " +
                        device_.info().label());
+  if (uint64_t(v.lanes) * uint64_t(v.wg_rows) > device_.info().max_group_items())
+    throw DeviceUnsupported(
+        "unsupported on " + device_.info().label() + ": matmul variant " + v.str() +
+        " needs work-groups of " + std::to_string(uint64_t(v.lanes) * v.wg_rows) +
+        " items, the device allows " + std::to_string(device_.info().max_group_items()));
   // GPU-shaped kernels keep x tiles (8 tokens x lanes chunks, padded) and the lane reduction in
   // local memory.
   const uint64_t local_bytes =
       v.lanes > 1 ? uint64_t(8 * v.lanes * 33 + v.wg_rows * v.rows_per_item * 8 * v.lanes) * 4 : 0;
   if (local_bytes > device_.info().local_mem_bytes)
-    throw TesseraError("matmul: variant " + v.str() + " needs " + std::to_string(local_bytes) +
-                       " bytes of local memory; " + device_.info().label() + " has " +
-                       std::to_string(device_.info().local_mem_bytes));
+    throw DeviceUnsupported("unsupported on " + device_.info().label() + ": matmul variant " +
+                            v.str() + " needs " + std::to_string(local_bytes) +
+                            " bytes of local memory, the device has " +
+                            std::to_string(device_.info().local_mem_bytes));
   std::string opts = std::string("-D") + f->macro + " " + v.build_options();
   // Extra options for kernel experiments (e.g. -DGEMV_STAGED) come from the program cache
   // (ProgramCache::set_program_options; the CLI passes $TESSERA_MATMUL_OPTIONS).

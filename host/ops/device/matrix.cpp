@@ -1,6 +1,8 @@
 // Portability matrix framework: case list, guarded buffers, comparison, verdicts, timing.
 #include "host/ops/device/matrix.h"
 
+#include "host/ops/device/launch.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -27,6 +29,8 @@ MatrixCaseResult run_matrix_case(const MatrixCase& c, const Device& device, bool
   try {
     return c.run(device, timing);
   } catch (const MatrixUnsupported& e) {
+    return unsupported(e.what());
+  } catch (const LaunchUnsupported& e) {
     return unsupported(e.what());
   } catch (const std::exception& e) {
     // A build failure or CL error is the case's verdict, reported in the table, not a crash.

@@ -48,7 +48,8 @@ std::span<const MatrixFamily> matrix_families();  // generated, sorted by name
 std::vector<MatrixCase> all_matrix_cases();
 
 // Runs one case; an exception (kernel build failure, CL error, reference error) becomes "fail" with
-// the message as note. Not thread-safe per device (cases use the device's queue).
+// the message as note; MatrixUnsupported and LaunchUnsupported (a device limit the op cannot shape
+// around) become "unsupported". Not thread-safe per device (cases use the device's queue).
 MatrixCaseResult run_matrix_case(const MatrixCase& c, const Device& device, bool timing);
 
 // ---- Helpers for case authors ----

@@ -13,11 +13,15 @@ void SoftmaxOps::softmax_rows(cl_mem x, uint32_t x_off, cl_mem out, uint32_t out
                               uint32_t n, const Events& ev) {
   if (rows == 0 || n == 0) return;
   cl_kernel k = softmax_.get();
-  set_args(*device_, k, x, x_off, out, out_off, n);
   const size_t local = row_group_size(*device_, k, n);
   set_local_arg(*device_, k, 5, local * sizeof(float));
-  const size_t global = size_t(rows) * local;
-  enqueue(*device_, k, 1, &global, &local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, local), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, x, cl_uint(x_off + first * n), out,
+                              cl_uint(out_off + first * n), n);
+                     const size_t global = count * local;
+                     enqueue(*device_, k, 1, &global, &local, piece);
+                   });
 }
 
 namespace {
