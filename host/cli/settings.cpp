@@ -22,6 +22,7 @@ Settings read_environment() {
   s.matmul_options = env("TESSERA_MATMUL_OPTIONS");
   s.no_fuse = env("TESSERA_NO_FUSE");
   s.device_limits = env("TESSERA_DEVICE_LIMITS");
+  s.matrix_fault = env("TESSERA_MATRIX_FAULT");
   return s;
 }
 

@@ -22,6 +22,9 @@ struct Settings {
   // $TESSERA_DEVICE_LIMITS ("local_mem=4096,work_group=16,..."): every device's limits lowered,
   // to run as a smaller device would (tests); empty: the devices' own limits.
   std::string device_limits;
+  // $TESSERA_MATRIX_FAULT ("CASE:crash|abort|hang"): `tessera matrix`'s child makes that case die
+  // or hang as a broken driver would (the isolation tests); empty: none.
+  std::string matrix_fault;
 };
 
 // The settings of this process, read from the environment on first use.

@@ -1,10 +1,59 @@
 // Device costs for the planner and the end-to-end plan_for().
 #include "host/engine/planning.h"
 
+#include <spdlog/spdlog.h>
+
 #include <algorithm>
 #include <chrono>
 
+#include "host/ops/device/matmul.h"
+
 namespace tessera::engine {
+
+namespace {
+
+bool names_device(const sched::Config& c, const DeviceInfo& d) {
+  for (const auto& s : c.select)
+    if ((s.id || s.name) && s.matches(d)) return true;
+  if (c.attention == d.id || c.expert_shares.count(d.id)) return true;
+  return std::any_of(c.expert_pins.begin(), c.expert_pins.end(),
+                     [&](const sched::ExpertPin& p) { return p.device == d.id; });
+}
+
+// "" when the device builds the programs every engine uses (the attention program's options
+// depend on the model and are built by the engine), else the first build error.
+std::string program_build_problem(const Device& device) {
+  try {
+    for (const char* program :
+         {"norm", "softmax", "elementwise", "act", "rope", "route", "moe", "embed"})
+      device.program(program);
+    ops::MatmulOp matmul(device);
+    matmul.variant(gguf::TensorType::F32);
+    matmul.variant(gguf::TensorType::Q8_0);
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return {};
+}
+
+}  // namespace
+
+void skip_unbuildable_devices(const DeviceRegistry& registry, sched::Config& config) {
+  std::vector<DeviceInfo> infos;
+  for (const auto& d : registry.devices()) infos.push_back(d->info());
+  for (const DeviceInfo* info : config.select_devices(infos)) {
+    if (names_device(config, *info)) continue;
+    const std::string problem = program_build_problem(registry.get(info->id));
+    if (problem.empty()) continue;
+    spdlog::warn(
+        "skipping {}: its OpenCL compiler cannot build Tessera's programs ({}); name it in "
+        "the config (devices.select id) to use it anyway",
+        info->label(), problem.substr(0, problem.find('\n')));
+    sched::DeviceSelector s;
+    s.id = info->id;
+    config.exclude.push_back(s);
+  }
+}
 
 sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
                               const sched::Config& config) {
@@ -95,6 +144,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   s.registry =
       std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs, o.device_limits));
   s.config = config_from_cli(o.config_path, o.sets, o.device);
+  skip_unbuildable_devices(*s.registry, s.config);
   s.footprint = footprint_of(spec, o.context_tokens);
   std::unique_ptr<ProbeCache> probes;
   if (o.probe) probes = std::make_unique<ProbeCache>(o.probe_dir);

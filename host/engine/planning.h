@@ -34,6 +34,13 @@ int kv_blocks_within_budget(const sched::Config& config, const sched::Plan& plan
                             const sched::ModelFootprint& footprint, int block_size,
                             int wanted_blocks, int sequences, int needed_tokens);
 
+// Leaves out of `config`'s selection (adds to devices.exclude) every device whose OpenCL compiler
+// cannot build the engine's programs, with a warning naming the device and the build error, unless
+// the config names that device (devices.select by id or name, placement.attention, expert shares
+// or pins): then nothing is skipped and the error surfaces when the engine builds. setup_engine
+// (run, bench, perplexity) calls it before plan_for.
+void skip_unbuildable_devices(const DeviceRegistry& registry, sched::Config& config);
+
 // The config the command line describes: a YAML file (optional), then `--set KEY=VALUE` overrides,
 // then `--device ID` (shorthand for selecting that one device). Throws sched::ConfigError.
 sched::Config config_from_cli(const std::string& config_path, const std::vector<std::string>& sets,
@@ -75,7 +82,8 @@ struct EngineSetup {
   const sched::Plan& plan() const { return engine->model().plan(); }
 };
 
-// Discovers devices, reads the config, plans `spec` (whose GgufFile must outlive the engine) and
+// Discovers devices, reads the config, leaves out devices that cannot build the engine's programs
+// (skip_unbuildable_devices), plans `spec` (whose GgufFile must outlive the engine) and
 // builds the model and its engine. Throws sched::ConfigError / PlanError / ClError.
 EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions& options);
 

@@ -117,5 +117,44 @@ TEST(MatrixCommand, JsonForOneKernelAndBadFilter) {
   EXPECT_NE(bad.output.find("no case matches"), std::string::npos) << bad.output;
 }
 
+// A driver that crashes, aborts or hangs inside a case costs that case a "crash" / "timeout" row
+// naming the signal and driver; the other cases and devices are still run and reported.
+TEST(MatrixCommand, CrashAndHangBecomeRows) {
+  for (const char* kind : {"crash", "abort", "hang"}) {
+    const std::string victim = "rms_norm/f32/3x17";
+    const auto r = test::run_command("TESSERA_MATRIX_FAULT=" + victim + ":" + kind + " " +
+                                     std::string(TESSERA_BIN) +
+                                     " matrix --json --filter rms_norm/f32/ --case-timeout 5");
+    EXPECT_NE(r.exit_code, 0) << kind << ": " << r.output;
+    ASSERT_NE(r.output.find('{'), std::string::npos) << kind << ": " << r.output;
+    const auto root = boost::json::parse(r.output.substr(r.output.find('{')));
+    const auto& results = root.at("results").as_array();
+    int bad = 0, pass = 0;
+    for (const auto& row : results) {
+      const std::string name = std::string(row.at("kernel").as_string()) + "/" +
+                               std::string(row.at("format").as_string()) + "/" +
+                               std::string(row.at("shape").as_string());
+      const std::string status(row.at("status").as_string());
+      const std::string note(row.at("note").as_string());
+      if (name == victim) {
+        ++bad;
+        EXPECT_EQ(status, std::string(kind) == "hang" ? "timeout" : "crash") << note;
+        EXPECT_NE(note.find("driver"), std::string::npos) << note;
+        if (std::string(kind) == "crash") {
+          EXPECT_NE(note.find("SIGSEGV"), std::string::npos) << note;
+        }
+        if (std::string(kind) == "abort") {
+          EXPECT_NE(note.find("SIGABRT"), std::string::npos) << note;
+        }
+      } else {
+        pass += status == "pass";
+      }
+    }
+    EXPECT_EQ(bad, int(registry().devices().size())) << kind;
+    EXPECT_EQ(size_t(pass + bad), results.size()) << kind << ": the other cases still ran";
+    EXPECT_GT(pass, 0) << kind;
+  }
+}
+
 }  // namespace
 }  // namespace tessera::ops
