@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 
 packages=(
   build-essential cmake ninja-build pkg-config git
-  ocl-icd-opencl-dev opencl-headers pocl-opencl-icd clinfo
+  ocl-icd-opencl-dev opencl-headers pocl-opencl-icd mesa-opencl-icd clinfo
   libclblast-dev libtbb-dev
   libboost1.81-dev libboost-json1.81-dev libboost-program-options1.81-dev
   libyaml-cpp-dev libspdlog-dev libgtest-dev libgmock-dev libbenchmark-dev
