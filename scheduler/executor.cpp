@@ -37,15 +37,41 @@ void Executor::submit(size_t device, std::function<void()> job) {
   if (device >= lanes_.size())
     throw std::out_of_range("executor: no lane " + std::to_string(device));
   Lane& lane = *lanes_[device];
-  lane.arena.execute([&lane, job = std::move(job)]() mutable {
-    lane.group.run([&lane, job = std::move(job)] {
-      try {
-        job();
-      } catch (const std::exception& e) {
-        throw std::runtime_error(lane.device_id + ": " + e.what());
+  bool start = false;
+  {
+    std::lock_guard lock(lane.mutex);
+    lane.queue.push_back(std::move(job));
+    start = !lane.draining;
+    lane.draining = true;
+  }
+  if (start) lane.arena.execute([&lane] { lane.group.run([&lane] { drain(lane); }); });
+}
+
+void Executor::drain(Lane& lane) {
+  for (;;) {
+    std::function<void()> job;
+    {
+      std::lock_guard lock(lane.mutex);
+      if (lane.queue.empty()) {
+        lane.draining = false;
+        return;
       }
-    });
-  });
+      job = std::move(lane.queue.front());
+      lane.queue.pop_front();
+    }
+    try {
+      job();
+    } catch (const std::exception& e) {
+      std::lock_guard lock(lane.mutex);
+      if (!lane.error)
+        lane.error = std::make_exception_ptr(std::runtime_error(lane.device_id + ": " + e.what()));
+    } catch (...) {
+      std::lock_guard lock(lane.mutex);
+      if (!lane.error)
+        lane.error =
+            std::make_exception_ptr(std::runtime_error(lane.device_id + ": unknown failure"));
+    }
+  }
 }
 
 void Executor::wait() {
@@ -56,6 +82,9 @@ void Executor::wait() {
     } catch (...) {
       if (!first) first = std::current_exception();
     }
+    std::lock_guard lock(lane->mutex);
+    if (lane->error && !first) first = lane->error;
+    lane->error = nullptr;
   }
   if (first) std::rethrow_exception(first);
 }

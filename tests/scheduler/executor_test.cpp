@@ -41,7 +41,35 @@ TEST(ExecutorTest, OneLaneRunsItsJobsOneAtATimeInOrder) {
     });
   ex.wait();
   EXPECT_FALSE(overlap);
-  EXPECT_EQ(order.size(), 20u);
+  std::vector<int> expected(20);
+  for (int i = 0; i < 20; ++i) expected[size_t(i)] = i;
+  EXPECT_EQ(order, expected);  // submission order
+  // Jobs submitted while the lane is busy run after it, in order, too.
+  order.clear();
+  ex.submit(0, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    order.push_back(100);
+  });
+  for (int i = 0; i < 5; ++i) ex.submit(0, [&, i] { order.push_back(i); });
+  ex.wait();
+  EXPECT_EQ(order, (std::vector<int>{100, 0, 1, 2, 3, 4}));
+}
+
+TEST(ExecutorTest, AFailingJobDoesNotStopTheLanesLaterJobs) {
+  Executor ex({"cpu0"});
+  std::vector<int> ran;
+  ex.submit(0, [&] { ran.push_back(0); });
+  ex.submit(0, [] { throw std::runtime_error("first"); });
+  ex.submit(0, [] { throw std::runtime_error("second"); });
+  ex.submit(0, [&] { ran.push_back(3); });
+  try {
+    ex.wait();
+    FAIL() << "the failure was not re-raised";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("cpu0: first"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(ran, (std::vector<int>{0, 3}));
+  ex.wait();  // the error was reported once
 }
 
 TEST(ExecutorTest, FailuresAreReRaisedWithTheDevice) {
