@@ -1,5 +1,5 @@
 // Element-wise and per-row ops on f32 activations: residual add, scaled accumulate (MoE combine),
-// argmax per row (greedy sampling on the device).
+// a bias added to every row (projection biases), argmax per row (greedy sampling on the device).
 // Layout: contiguous f32 from element offsets; rows back to back.
 #include "common.clh"
 #include "rows.clh"
@@ -19,6 +19,16 @@ __kernel void scaled_add_f32(__global float* y, uint y_off, __global const float
   x += x_off + r * cols;
   const float wr = w[w_off + r * w_stride];
   FOR_COLS(c, cols) y[c] += wr * x[c];
+}
+
+// y[y_off + r * ld + c] += b[b_off + c] for c < cols: one bias vector added to every row (rows `ld`
+// floats apart, e.g. the q|k|v biases on a step's projection rows).
+__kernel void add_row_bias_f32(__global float* y, uint y_off, uint ld, __global const float* b,
+                               uint b_off, uint cols) {
+  const size_t r = get_global_id(1);  // NDRange (column items, rows)
+  y += y_off + r * ld;
+  b += b_off;
+  FOR_COLS(c, cols) y[c] += b[c];
 }
 
 // ids[r] = index of the largest x[r][i]; ties go to the lowest index; NaNs are skipped (a row of

@@ -48,3 +48,19 @@ __kernel void moe_combine_norm(__global float* x, uint x_off, __global const flo
   const float scale = rms_scale(sq, n, eps, scratch);
   FOR_ROW(i, n) xn[xn_off + t * n + i] = xr[i] * scale * norm_w[i];
 }
+
+// A gated shared expert (qwen2moe): x[t] += sigmoid(xn[t] . gate) * s[t], with s the shared expert's
+// output rows and xn the FFN's normed input rows, all [token][n]. One work group per token (a
+// power-of-two size; CPUs: one item); scratch holds the local size in floats.
+__kernel void moe_shared_gate_add(__global float* x, uint x_off, __global const float* s,
+                                  uint s_off, __global const float* xn, uint xn_off,
+                                  __global const float* gate, uint n, __local float* scratch) {
+  const size_t t = get_group_id(0);
+  __global const float* xr = xn + xn_off + t * n;
+  float dot = 0.0f;
+  FOR_ROW(i, n) dot += xr[i] * gate[i];
+  const float g = 1.0f / (1.0f + exp(-work_group_sum(dot, scratch)));
+  __global float* o = x + x_off + t * n;
+  __global const float* sr = s + s_off + t * n;
+  FOR_ROW(i, n) o[i] += g * sr[i];
+}

@@ -21,8 +21,10 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const auto& l = spec.layers[i];
     sched::ModelFootprint::Layer fl;
-    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.q_norm, l.k_norm, l.ffn_norm, l.ffn_gate,
-                    l.ffn_up, l.ffn_down, l.router})
+    // The shared expert runs on the layer's device for every token: dense bytes.
+    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.bq, l.bk, l.bv, l.q_norm, l.k_norm,
+                    l.ffn_norm, l.ffn_gate, l.ffn_up, l.ffn_down, l.router, l.gate_inp_shexp,
+                    l.gate_shexp, l.up_shexp, l.down_shexp})
       fl.dense_bytes += tensor_bytes(t);
     if (l.is_moe()) {
       fl.n_experts = int(hp.n_expert);

@@ -80,7 +80,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   sizes.max_tokens = T;
   sizes.max_pairs = T * K;
   sizes.n_embd = hp.n_embd;
-  sizes.max_ff = std::max(hp.n_ff, hp.n_ff_exp);
+  sizes.max_ff = std::max({hp.n_ff, hp.n_ff_exp, hp.n_ff_shexp});
   sizes.n_expert = hp.n_expert;
   sizes.experts_per_token = uint32_t(K);
   for (size_t d = 0; d < plan_.devices.size(); ++d) {
@@ -340,8 +340,7 @@ void OpenClModel::end_step() {
     std::vector<bool> touched(layers_.size(), false);
     for (const auto& m : moves) touched[size_t(m.layer)] = true;
     for (size_t l = 0; l < touched.size(); ++l)
-      if (touched[l] && layers_[l].ffn->kind() == model::FfnKind::kMoe)
-        static_cast<MoeFfn&>(*layers_[l].ffn).upload_experts(uploader_);
+      if (MoeFfn* moe = layers_[l].ffn->routed(); touched[l] && moe) moe->upload_experts(uploader_);
     stats_.balancer_moves = balancer_->moves();
   }
 }
@@ -390,8 +389,8 @@ void OpenClModel::count_launches() {
     auto& fl = footprint_.layers[l];
     int layer_launches = int(marks[l + 1] - marks[l]);
     fl.expert_launches = 0;
-    if (layers_[l].ffn->kind() == model::FfnKind::kMoe) {
-      auto& moe = static_cast<MoeFfn&>(*layers_[l].ffn);
+    if (MoeFfn* routed = layers_[l].ffn->routed()) {
+      auto& moe = *routed;
       fl.expert_launches = int(moe.count_expert_launches(int(hp.n_expert_used)));
       // Experts all on the layer's device run inside the step; otherwise from its host sync.
       if (moe.experts_all_on_home()) layer_launches -= fl.expert_launches;

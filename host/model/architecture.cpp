@@ -1,5 +1,6 @@
 // The table of supported architectures. Semantics follow llama.cpp's src/models/<arch>.cpp and
-// build_moe_ffn: llama routes with softmax + normalized top-k (Mixtral), qwen3moe likewise.
+// build_moe_ffn: llama routes with softmax + normalized top-k (Mixtral), qwen3moe likewise;
+// qwen2moe with softmax, un-normalized, plus its gated shared expert.
 #include "host/model/architecture.h"
 
 #include <array>
@@ -7,11 +8,15 @@
 namespace tessera::model {
 namespace {
 
-constexpr std::array<ArchTraits, 3> kArchitectures{{
+constexpr std::array<ArchTraits, 4> kArchitectures{{
     {"llama", reference::RopeMode::kNormal, false, MoeKind::kOptional, true, ""},
     {"qwen3", reference::RopeMode::kNeox, true, MoeKind::kNone, false, ""},
     {"qwen3moe", reference::RopeMode::kNeox, true, MoeKind::kRequired, true,
      "expert_feed_forward_length"},
+    // Qwen1.5-MoE / Qwen2-MoE: softmax routing without top-k normalization, a shared expert
+    // scaled by a sigmoid gate (src/models/qwen2moe.cpp).
+    {"qwen2moe", reference::RopeMode::kNeox, false, MoeKind::kRequired, false,
+     "expert_feed_forward_length", SharedExpertKind::kGated, "expert_shared_feed_forward_length"},
 }};
 
 }  // namespace

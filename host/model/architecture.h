@@ -1,5 +1,5 @@
-// The supported architectures as data: what distinguishes llama, qwen3 and qwen3moe for the forward
-// pass.
+// The supported architectures as data: what distinguishes llama, qwen3, qwen3moe and qwen2moe for
+// the forward pass.
 #pragma once
 
 #include <string>
@@ -17,9 +17,16 @@ enum class MoeKind {
   kRequired,  // every layer is MoE (qwen3moe)
 };
 
+// Whether an architecture's MoE layers add a shared expert every token runs.
+enum class SharedExpertKind {
+  kNone,
+  kGated,  // scaled by sigmoid(ffn_gate_inp_shexp . x) (qwen2moe)
+};
+
 // Everything the layer walk needs to know about an architecture beyond its hyper-parameters. The
-// block structure is shared: pre-norm attention (optional per-head q/k RMSNorm before RoPE),
-// residual, pre-norm FFN (dense SwiGLU or MoE), residual, final norm, output projection.
+// block structure is shared: pre-norm attention (optional q/k/v biases; optional per-head q/k
+// RMSNorm before RoPE), residual, pre-norm FFN (dense SwiGLU, MoE, or MoE plus a shared expert),
+// residual, final norm, output projection.
 struct ArchTraits {
   std::string_view name;          // general.architecture value and metadata key prefix
   reference::RopeMode rope_mode;  // llama.cpp's llama_model_rope_type for the architecture
@@ -27,6 +34,8 @@ struct ArchTraits {
   MoeKind moe;
   bool normalize_topk;             // build_moe_ffn's norm_w
   std::string_view expert_ff_key;  // key suffix of the expert FFN width; empty: feed_forward_length
+  SharedExpertKind shared_expert = SharedExpertKind::kNone;
+  std::string_view shared_ff_key = {};  // key suffix of the shared expert's width (default n_ff)
 };
 
 // The traits of `name`, or nullptr when Tessera does not support it.

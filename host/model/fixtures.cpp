@@ -23,8 +23,10 @@ struct Shape {
   uint32_t n_layer = 2, n_embd = 64, n_head = 4, n_head_kv = 2, head_dim = 16;
   uint32_t n_ff = 256, n_ctx = 512;
   uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0;
+  uint32_t n_ff_shexp = 0;  // shared expert width (0: none)
   float rope_base = 10000.0f;
   bool qk_norm = false;
+  bool qkv_bias = false;
   bool explicit_head_dim = false;
 };
 
@@ -53,6 +55,17 @@ Shape shape_of(const std::string& kind) {
     s.n_expert = 8;
     s.n_expert_used = 2;
     s.n_ff_exp = 256;
+  } else if (kind == "qwen2moe") {
+    // Qwen1.5-MoE's structure: q/k/v biases, un-normalized top-k, a gated shared expert wider than
+    // the routed ones.
+    s.arch = "qwen2moe";
+    s.rope_base = 1000000.0f;
+    s.qkv_bias = true;
+    s.n_ff = 512;
+    s.n_expert = 8;
+    s.n_expert_used = 2;
+    s.n_ff_exp = 256;
+    s.n_ff_shexp = 512;
   } else {
     std::string kinds;
     for (const auto& k : fixture_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
@@ -151,7 +164,7 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
 }  // namespace
 
 std::vector<std::string> fixture_kinds() {
-  return {"llama", "mixtral", "qwen3", "qwen3moe"};
+  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe"};
 }
 
 FixtureVocab fixture_vocab() {
@@ -267,7 +280,9 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));
     w.set(a + ".expert_used_count", Value::u32(s.n_expert_used));
-    if (a == "qwen3moe") w.set(a + ".expert_feed_forward_length", Value::u32(s.n_ff_exp));
+    if (a == "qwen3moe" || a == "qwen2moe")
+      w.set(a + ".expert_feed_forward_length", Value::u32(s.n_ff_exp));
+    if (s.n_ff_shexp) w.set(a + ".expert_shared_feed_forward_length", Value::u32(s.n_ff_shexp));
   }
   w.set("tokenizer.ggml.model", Value::string("llama"));
   w.set("tokenizer.ggml.tokens", Value::strings(vocab.tokens));
@@ -329,6 +344,11 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
     tensor(p + "attn_v.weight", {E, KV}, TensorType::Q8_0, 1.0f);
     tensor(p + "attn_output.weight", {Q, E}, TensorType::F16, 1.0f);
+    if (s.qkv_bias) {
+      tensor(p + "attn_q.bias", {Q}, TensorType::F32, 0.5f);
+      tensor(p + "attn_k.bias", {KV}, TensorType::F32, 0.5f);
+      tensor(p + "attn_v.bias", {KV}, TensorType::F32, 0.5f);
+    }
     if (s.qk_norm) {
       tensor(p + "attn_q_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
       tensor(p + "attn_k_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
@@ -340,6 +360,13 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       tensor(p + "ffn_gate_exps.weight", {E, F, N}, TensorType::Q4_0, 1.0f);
       tensor(p + "ffn_up_exps.weight", {E, F, N}, TensorType::Q8_0, 1.0f);
       tensor(p + "ffn_down_exps.weight", {F, E, N}, TensorType::Q4_K, 1.0f);
+      if (s.n_ff_shexp) {
+        const uint64_t FS = s.n_ff_shexp;
+        tensor(p + "ffn_gate_inp_shexp.weight", {E}, TensorType::F32, 0.3f);
+        tensor(p + "ffn_gate_shexp.weight", {E, FS}, TensorType::Q8_0, 1.0f);
+        tensor(p + "ffn_up_shexp.weight", {E, FS}, TensorType::Q8_0, 1.0f);
+        tensor(p + "ffn_down_shexp.weight", {FS, E}, TensorType::Q4_0, 1.0f);
+      }
     } else {
       const uint64_t F = layer_ff(i);
       tensor(p + "ffn_gate.weight", {E, F}, TensorType::Q4_0, 1.0f);

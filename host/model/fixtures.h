@@ -12,7 +12,7 @@
 namespace tessera::model {
 
 struct FixtureOptions {
-  std::string kind = "llama";  // one of fixture_kinds(): llama, mixtral, qwen3, qwen3moe
+  std::string kind = "llama";  // one of fixture_kinds(): llama, mixtral, qwen3, qwen3moe, qwen2moe
   uint64_t seed = 1;
   bool tie_output = false;    // omit output.weight (tied to token_embd)
   bool rope_scaling = false;  // linear RoPE scaling (factor 2) and, for llama kinds, Llama 3-style
@@ -22,8 +22,8 @@ struct FixtureOptions {
   // head_count_kv (and, for dense kinds, feed_forward_length) written as per-layer arrays whose
   // values differ: odd layers have n_head KV heads (no grouping) and twice the FFN width.
   bool layer_arrays = false;
-  bool all_f32 = false;       // store every tensor as F32 (isolates architecture semantics from
-                              // quantization when comparing with another implementation)
+  bool all_f32 = false;  // store every tensor as F32 (isolates architecture semantics from
+                         // quantization when comparing with another implementation)
   // Decisive scales (see DESIGN.md, Testing): the output projection's and the router's weights have
   // std = scale / sqrt(n_embd), so logits and router logits have std ~scale and the greedy token /
   // chosen experts do not flip under small numeric differences between implementations.

@@ -119,8 +119,8 @@ class SpecReader {
   const ArchTraits& arch_;
 };
 
-std::string blk(uint32_t i, std::string_view what) {
-  return "blk." + std::to_string(i) + "." + std::string(what) + ".weight";
+std::string blk(uint32_t i, std::string_view what, std::string_view part = "weight") {
+  return "blk." + std::to_string(i) + "." + std::string(what) + "." + std::string(part);
 }
 
 }  // namespace
@@ -139,6 +139,8 @@ std::string_view ffn_kind_name(FfnKind kind) {
       return "dense";
     case FfnKind::kMoe:
       return "moe";
+    case FfnKind::kMoeShared:
+      return "moe+shared";
   }
   return "?";
 }
@@ -258,6 +260,12 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                       : r.u32(arch->expert_ff_key, hp.n_ff / hp.n_expert_used);
     if (hp.n_ff_exp == 0)
       r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
+    if (arch->shared_expert != SharedExpertKind::kNone) {
+      hp.n_ff_shexp = r.u32(arch->shared_ff_key, hp.n_ff);
+      if (hp.n_ff_shexp == 0)
+        r.fail("metadata '" + r.key(arch->shared_ff_key) + "'",
+               "shared expert FFN width is 0 (and feed_forward_length gives none)");
+    }
   } else {
     for (uint32_t i = 0; i < hp.n_layer; ++i)
       if (n_ff[i] == 0) r.fail(ff_field, "layer " + std::to_string(i) + ": must be > 0");
@@ -309,7 +317,9 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
     l.mixer = MixerKind::kAttention;
-    l.ffn = hp.n_expert > 0 ? FfnKind::kMoe : FfnKind::kDense;
+    l.ffn = hp.n_expert == 0                                 ? FfnKind::kDense
+            : arch->shared_expert == SharedExpertKind::kNone ? FfnKind::kMoe
+                                                             : FfnKind::kMoeShared;
     l.n_head_kv = head_kv[i];
     l.n_ff = n_ff[i];
     switch (l.mixer) {
@@ -320,6 +330,13 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         l.wk = r.tensor(blk(i, "attn_k"), {E, KV});
         l.wv = r.tensor(blk(i, "attn_v"), {E, KV});
         l.wo = r.tensor(blk(i, "attn_output"), {Q, E});
+        // q/k/v biases, optional as in llama.cpp's create_tensor_qkv: all three or none.
+        l.bq = r.tensor(blk(i, "attn_q", "bias"), {Q}, false);
+        l.bk = r.tensor(blk(i, "attn_k", "bias"), {KV}, false);
+        l.bv = r.tensor(blk(i, "attn_v", "bias"), {KV}, false);
+        if ((l.bq != nullptr) != (l.bk != nullptr) || (l.bq != nullptr) != (l.bv != nullptr))
+          r.fail("tensor '" + blk(i, l.bq ? (l.bk ? "attn_v" : "attn_k") : "attn_q", "bias") + "'",
+                 "missing: attn_q/attn_k/attn_v biases must all be present or all absent");
         if (arch->has_qk_norm) {
           l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
           l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
@@ -329,6 +346,15 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     }
     l.ffn_norm = r.tensor(blk(i, "ffn_norm"), {E});
     switch (l.ffn) {
+      case FfnKind::kMoeShared: {
+        const uint64_t FS = hp.n_ff_shexp;
+        if (arch->shared_expert == SharedExpertKind::kGated)
+          l.gate_inp_shexp = r.tensor(blk(i, "ffn_gate_inp_shexp"), {E});
+        l.gate_shexp = r.tensor(blk(i, "ffn_gate_shexp"), {E, FS});
+        l.up_shexp = r.tensor(blk(i, "ffn_up_shexp"), {E, FS});
+        l.down_shexp = r.tensor(blk(i, "ffn_down_shexp"), {FS, E});
+        [[fallthrough]];
+      }
       case FfnKind::kMoe:
         l.router = r.tensor(blk(i, "ffn_gate_inp"), {E, NE});
         l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
@@ -343,6 +369,20 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         break;
       }
     }
+  }
+  // A bias the layer walk does not apply would be a silent wrong answer (llama.cpp loads optional
+  // output and FFN biases for some architectures): refuse any it did not take.
+  std::vector<const gguf::TensorInfo*> used;
+  for (const auto& l : spec.layers)
+    for (const auto* t : {l.bq, l.bk, l.bv})
+      if (t) used.push_back(t);
+  for (const auto& t : file.tensors()) {
+    const std::string& name = t.name;
+    if (name.size() < 5 || name.compare(name.size() - 5, 5, ".bias") != 0) continue;
+    if (std::find(used.begin(), used.end(), &t) == used.end())
+      r.fail("tensor '" + name + "'",
+             "a bias that " + std::string(arch->name) +
+                 " as Tessera implements it does not apply; not supported");
   }
   return spec;
 }

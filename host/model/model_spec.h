@@ -38,6 +38,7 @@ struct HParams {
   uint32_t n_expert = 0;              // expert_count (0: dense)
   uint32_t n_expert_used = 0;         // expert_used_count
   uint32_t n_ff_exp = 0;              // width of one routed expert's FFN
+  uint32_t n_ff_shexp = 0;            // width of the shared expert's FFN (0: none)
   float expert_weights_scale = 0.0f;  // expert_weights_scale (0: none)
 
   uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
@@ -52,8 +53,9 @@ enum class MixerKind : uint8_t {
 
 // The layer's feed-forward block.
 enum class FfnKind : uint8_t {
-  kDense,  // SwiGLU FFN (ffn_gate / ffn_up / ffn_down)
-  kMoe,    // routed experts (ffn_gate_inp + ffn_*_exps)
+  kDense,      // SwiGLU FFN (ffn_gate / ffn_up / ffn_down)
+  kMoe,        // routed experts (ffn_gate_inp + ffn_*_exps)
+  kMoeShared,  // routed experts plus a shared expert every token runs (ffn_*_shexp)
 };
 
 std::string_view mixer_kind_name(MixerKind kind);
@@ -77,6 +79,9 @@ struct LayerSpec {
   const gguf::TensorInfo* wk = nullptr;         // [n_embd, kv_dim]
   const gguf::TensorInfo* wv = nullptr;         // [n_embd, kv_dim]
   const gguf::TensorInfo* wo = nullptr;         // [q_dim, n_embd]
+  const gguf::TensorInfo* bq = nullptr;         // [q_dim] attn_q.bias (optional)
+  const gguf::TensorInfo* bk = nullptr;         // [kv_dim] attn_k.bias (with bq)
+  const gguf::TensorInfo* bv = nullptr;         // [kv_dim] attn_v.bias (with bq)
   const gguf::TensorInfo* q_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* k_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd]
@@ -89,8 +94,13 @@ struct LayerSpec {
   const gguf::TensorInfo* gate_exps = nullptr;  // [n_embd, n_ff_exp, n_expert]
   const gguf::TensorInfo* up_exps = nullptr;    // [n_embd, n_ff_exp, n_expert]
   const gguf::TensorInfo* down_exps = nullptr;  // [n_ff_exp, n_embd, n_expert]
+  // shared expert (kMoeShared)
+  const gguf::TensorInfo* gate_inp_shexp = nullptr;  // [n_embd] (gated kinds)
+  const gguf::TensorInfo* gate_shexp = nullptr;      // [n_embd, n_ff_shexp]
+  const gguf::TensorInfo* up_shexp = nullptr;        // [n_embd, n_ff_shexp]
+  const gguf::TensorInfo* down_shexp = nullptr;      // [n_ff_shexp, n_embd]
 
-  bool is_moe() const { return ffn == FfnKind::kMoe; }
+  bool is_moe() const { return ffn == FfnKind::kMoe || ffn == FfnKind::kMoeShared; }
 };
 
 // A loaded model's description. Non-owning: it points into `file`, which must outlive it.

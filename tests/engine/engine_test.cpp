@@ -37,7 +37,7 @@ TEST_P(EngineFixtureTest, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
-                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe"));
+                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe"));
 
 // Every fusion off: the separate launches (q/k/v GEMVs into one row, norm + router GEMV + routing,
 // combine + norm, SwiGLU) that models with mixed formats or quantized routers take must agree too.

@@ -43,7 +43,8 @@ struct Rig {
       : spec(s), uploader(0, {}) {
     const auto& hp = spec.hp;
     const int K = std::max<int>(1, int(hp.n_expert_used));
-    DeviceCtxSizes sizes{kTokens,     kTokens * K, hp.n_embd, std::max(hp.n_ff, hp.n_ff_exp),
+    DeviceCtxSizes sizes{kTokens,     kTokens * K,
+                         hp.n_embd,   std::max({hp.n_ff, hp.n_ff_exp, hp.n_ff_shexp}),
                          hp.n_expert, uint32_t(K)};
     for (size_t d = 0; d < devices.size(); ++d) {
       ctxs.push_back(std::make_unique<DeviceCtx>(int(d), *devices[d], sizes, false));
@@ -185,21 +186,51 @@ TEST(LayerKinds, MoeFfnMatchesReferenceOnEveryDevice) {
   check_ffn("mixtral", false, model::FfnKind::kMoe);
 }
 
+TEST(LayerKinds, MoeFfnWithSharedExpertMatchesReferenceOnEveryDevice) {
+  check_ffn("qwen2moe", false, model::FfnKind::kMoeShared);
+}
+
+TEST(LayerKinds, AttentionWithQkvBiasesMatchesReference) {
+  auto m = load("qwen2moe", false);
+  ASSERT_NE(m->spec.layers[0].bq, nullptr);
+  check_attention("qwen2moe", false);
+}
+
 TEST(LayerKinds, MoeFfnSplitAcrossDevicesMatchesReference) {
   auto reg = DeviceRegistry::discover();
   const auto devices = each(reg);
   if (devices.size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
-  auto m = load("qwen3moe", false);
-  Rig rig(m->spec, devices, [&](int e) { return e % int(devices.size()); });
-  const size_t E = m->spec.hp.n_embd;
-  auto& ffn = *rig.layers[0].ffn;
-  auto x = random_rows(4 * E, 5);
-  rig.set_x(x);
-  EXPECT_FALSE(ffn.forward(rig.home(), rig.step(4, false), nullptr));
-  const auto got = rig.read(rig.home().x.get(), x.size());
-  ffn.reference_forward(x);
-  EXPECT_LT(rel_err(got, x), 2e-2);
-  EXPECT_GT(rig.stats.expert_hits[1], 0u);  // the second device served pairs
+  for (const char* kind : {"qwen3moe", "qwen2moe"}) {  // qwen2moe: its shared expert stays home
+    SCOPED_TRACE(kind);
+    auto m = load(kind, false);
+    Rig rig(m->spec, devices, [&](int e) { return e % int(devices.size()); });
+    const size_t E = m->spec.hp.n_embd;
+    auto& ffn = *rig.layers[0].ffn;
+    auto x = random_rows(4 * E, 5);
+    rig.set_x(x);
+    EXPECT_FALSE(ffn.forward(rig.home(), rig.step(4, false), nullptr));
+    const auto got = rig.read(rig.home().x.get(), x.size());
+    ffn.reference_forward(x);
+    EXPECT_LT(rel_err(got, x), 2e-2);
+    EXPECT_GT(rig.stats.expert_hits[1], 0u);  // the second device served pairs
+  }
+}
+
+TEST(LayerKinds, SharedMoeCombineFusedWithNextNormMatchesReference) {
+  auto m = load("qwen2moe", false);
+  auto reg = DeviceRegistry::discover();
+  for (const Device* dev : each(reg)) {
+    SCOPED_TRACE(dev->id());
+    Rig rig(m->spec, {dev});
+    const size_t E = m->spec.hp.n_embd;
+    auto x = random_rows(2 * E, 4);
+    rig.set_x(x);
+    const cl_mem next_norm = rig.layers[1].mixer->input_norm();
+    ASSERT_TRUE(rig.layers[0].ffn->forward(rig.home(), rig.step(2, false), next_norm));
+    const auto got_x = rig.read(rig.home().x.get(), x.size());
+    rig.layers[0].ffn->reference_forward(x);
+    EXPECT_LT(rel_err(got_x, x), 2e-2);
+  }
 }
 
 TEST(LayerKinds, MoeCombineFusedWithNextNormMatchesReference) {

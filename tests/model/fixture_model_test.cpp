@@ -62,7 +62,7 @@ TEST_P(FixtureKinds, LoadsRunsAndIsDeterministic) {
   EXPECT_EQ(spec.layers.size(), 2u);
   EXPECT_EQ(spec.hp.n_vocab, fixture_vocab().tokens.size());
   EXPECT_FALSE(spec.output_tied);
-  const bool moe = o.kind == "mixtral" || o.kind == "qwen3moe";
+  const bool moe = o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe";
   EXPECT_EQ(spec.layers[0].is_moe(), moe);
   EXPECT_EQ(spec.hp.n_expert > 0, moe);
   EXPECT_EQ(spec.layers[1].q_norm != nullptr, o.kind.rfind("qwen3", 0) == 0);
@@ -147,6 +147,68 @@ TEST(FixtureModel, HyperParametersFromMetadata) {
   o.kind = "mixtral";
   const auto f2 = load(o);
   EXPECT_EQ(ModelSpec::from_gguf(f2).hp.n_ff_exp, 256u);  // llama experts use feed_forward_length
+}
+
+TEST(FixtureModel, Qwen2MoeHasBiasesAndASharedExpert) {
+  FixtureOptions o;
+  o.kind = "qwen2moe";
+  const auto file = load(o);
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  EXPECT_EQ(spec.hp.n_ff_exp, 256u);
+  EXPECT_EQ(spec.hp.n_ff_shexp, 512u);
+  EXPECT_FALSE(spec.arch->normalize_topk);
+  for (const auto& l : spec.layers) {
+    EXPECT_EQ(l.ffn, FfnKind::kMoeShared);
+    EXPECT_TRUE(l.is_moe());
+    EXPECT_NE(l.bq, nullptr);
+    EXPECT_NE(l.gate_inp_shexp, nullptr);
+    EXPECT_NE(l.down_shexp, nullptr);
+  }
+  // The shared expert and the biases take part: zeroing either changes the reference's logits.
+  const std::vector<int32_t> prompt{1, 300, 301, 302};
+  auto logits_with = [&](const char* zeroed) {
+    FixtureOptions z = o;
+    auto writer = make_fixture(z);
+    auto bytes = writer.to_bytes();
+    auto f = gguf::GgufFile::from_memory(std::move(bytes), "q2.gguf");
+    ModelSpec sp = ModelSpec::from_gguf(f);
+    if (zeroed) {
+      for (auto& l : sp.layers) {
+        const gguf::TensorInfo* t = std::string(zeroed) == "bias" ? l.bq : l.down_shexp;
+        std::memset(const_cast<uint8_t*>(t->data), 0, t->n_bytes());
+      }
+    }
+    const ReferenceModel net(sp);
+    KvState kv = net.new_kv_state();
+    return net.forward(prompt, positions_from(0, prompt.size()), kv);
+  };
+  const auto base = logits_with(nullptr);
+  EXPECT_NE(base, logits_with("bias"));
+  EXPECT_NE(base, logits_with("shared"));
+}
+
+TEST(FixtureModel, BiasesItCannotApplyAreRefused) {
+  FixtureOptions o;
+  o.kind = "llama";
+  auto with_tensor = [&](const std::string& name, uint64_t n) {
+    auto writer = make_fixture(o);
+    writer.add_tensor_f32(name, {n}, std::vector<float>(n, 0.5f));
+    const auto f = gguf::GgufFile::from_memory(writer.to_bytes(), "biased.gguf");
+    try {
+      ModelSpec::from_gguf(f);
+    } catch (const ModelError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  // An output-projection bias: llama.cpp would add it; Tessera must not silently drop it.
+  const std::string out_bias = with_tensor("blk.0.attn_output.bias", 64);
+  EXPECT_NE(out_bias.find("blk.0.attn_output.bias"), std::string::npos) << out_bias;
+  EXPECT_NE(out_bias.find("not supported"), std::string::npos) << out_bias;
+  // q without k and v.
+  const std::string partial = with_tensor("blk.1.attn_q.bias", 64);
+  EXPECT_NE(partial.find("blk.1.attn_k.bias"), std::string::npos) << partial;
+  EXPECT_NE(partial.find("all be present or all absent"), std::string::npos) << partial;
 }
 
 TEST(FixtureModel, PerLayerArraysDescribeEachLayer) {

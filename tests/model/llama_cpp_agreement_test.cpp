@@ -34,6 +34,11 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
                317, 264, 161, 166, 183, 7,   326, 68, 273, 471, 68,  273}},
     {"qwen3moe", {211, 178, 88,  120, 149, 459, 213, 218, 208, 390, 339, 422,
                   357, 141, 422, 486, 323, 68,  120, 209, 33,  374, 300, 57}},
+    // q/k/v biases, un-normalized top-k and the gated shared expert. Recorded 2026-12-02 with
+    // llama.cpp d32676d7's CPU backend (flash attention off, f32 KV) through a small program that
+    // decodes the prompt ids and takes the argmax (the same run reproduced the qwen3moe row above).
+    {"qwen2moe", {55,  295, 464, 71, 150, 150, 150, 415, 32,  307, 15, 15,
+                  15,  15,  417, 181, 305, 141, 415, 32, 137, 55,  74,  9}},
 };
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {

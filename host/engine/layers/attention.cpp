@@ -6,6 +6,7 @@
 
 #include "host/model/weights.h"
 #include "host/ops/reference/attention.h"
+#include "host/ops/reference/elementwise.h"
 #include "host/ops/reference/norm.h"
 #include "host/ops/reference/rope.h"
 
@@ -27,6 +28,11 @@ AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
   ref_.wv = model::as_matrix(*ls_.wv);
   ref_.wo = model::as_matrix(*ls_.wo);
   if (spec.rope_freqs) ref_.rope_freqs = model::to_floats(*spec.rope_freqs);
+  if (ls_.bq) {
+    ref_.bq = model::to_floats(*ls_.bq);
+    ref_.bk = model::to_floats(*ls_.bk);
+    ref_.bv = model::to_floats(*ls_.bv);
+  }
 }
 
 uint64_t AttentionMixer::kv_bytes_per_token(const model::ModelSpec& spec, int layer) {
@@ -50,6 +56,14 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
     dev_.wv = up.matrix(c, ls_.wv);
   }
   dev_.wo = up.matrix(c, ls_.wo);
+  if (ls_.bq) {
+    std::vector<float> bias = ref_.bq;
+    bias.insert(bias.end(), ref_.bk.begin(), ref_.bk.end());
+    bias.insert(bias.end(), ref_.bv.begin(), ref_.bv.end());
+    dev_.qkv_bias = c.dev->alloc(bias.size() * sizeof(float), CL_MEM_READ_ONLY);
+    c.dev->write(dev_.qkv_bias.get(), 0, bias.data(), bias.size() * sizeof(float));
+    up.count(ls_.bq->n_bytes() + ls_.bk->n_bytes() + ls_.bv->n_bytes());
+  }
   // The op's shape and KV format come from the cache's layout of this layer (the one place it is
   // decided).
   const kv::KvPoolLayout& pool = kv.layout(layer_);
@@ -76,6 +90,9 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     c.mm->run(dev_.wv, c.xn.get(), 0, c.qkv.get(), q_dim_ + kv_dim_, n, {}, c.prof("matmul"),
               {qkv_ld});
   }
+  if (dev_.qkv_bias)
+    c.ew->add_row_bias(c.qkv.get(), 0, qkv_ld, dev_.qkv_bias.get(), 0, uint32_t(n), qkv_ld,
+                       {{}, c.prof("elementwise")});
   const auto layer_view = s.kv->layer(int32_t(layer_));
   auto& attn = *dev_.op;
   attn.qkv_finish(c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
@@ -104,6 +121,11 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   reference::matmul(cur, ref_.wq, q);
   reference::matmul(cur, ref_.wk, k);
   reference::matmul(cur, ref_.wv, v);
+  if (!ref_.bq.empty()) {
+    reference::add_row_bias(q, ref_.bq, Q);
+    reference::add_row_bias(k, ref_.bk, KV);
+    reference::add_row_bias(v, ref_.bv, KV);
+  }
   if (!ref_.q_norm.empty()) reference::rms_norm(q, ref_.q_norm, hp.rms_eps, q);
   if (!ref_.k_norm.empty()) reference::rms_norm(k, ref_.k_norm, hp.rms_eps, k);
   for (size_t t = 0; t < T; ++t) {

@@ -1,4 +1,5 @@
-// Causal self-attention as a layer's mixer: RMSNorm, q | k | v projections, optional per-head q/k
+// Causal self-attention as a layer's mixer: RMSNorm, q | k | v projections (optional biases),
+// optional per-head q/k
 // RMSNorm (Qwen3), RoPE, attention over the sequence's KV (paged on the device, appended vectors on
 // the reference path), output projection added to the residual stream.
 #pragma once
@@ -36,10 +37,12 @@ class AttentionMixer final : public Mixer {
     // otherwise wq, wk, wv write the same q | k | v rows.
     ops::DeviceWeight wqkv, wq, wk, wv, wo;
     ClMem attn_norm, q_norm, k_norm;
+    ClMem qkv_bias;  // f32 q | k | v biases, one row (empty when the layer has none)
     ops::AttentionOp* op = nullptr;  // owned by the DeviceCtx
   } dev_;
   struct ReferenceWeights {
     std::vector<float> attn_norm, q_norm, k_norm;  // q/k empty when absent
+    std::vector<float> bq, bk, bv;                 // empty when the layer has no biases
     reference::WeightMatrix wq, wk, wv, wo;
     std::vector<float> rope_freqs;  // empty when the model has no rope_freqs.weight
   } ref_;

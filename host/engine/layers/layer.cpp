@@ -6,6 +6,7 @@
 #include "host/engine/layers/attention.h"
 #include "host/engine/layers/dense_ffn.h"
 #include "host/engine/layers/moe_ffn.h"
+#include "host/engine/layers/shared_moe_ffn.h"
 #include "host/model/weights.h"
 
 namespace tessera::engine {
@@ -74,6 +75,9 @@ std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
       case model::FfnKind::kMoe:
         layer.ffn = std::make_unique<MoeFfn>(spec, int(l), moe);
         break;
+      case model::FfnKind::kMoeShared:
+        layer.ffn = std::make_unique<SharedMoeFfn>(spec, int(l), moe);
+        break;
     }
     layers.push_back(std::move(layer));
   }
@@ -83,8 +87,10 @@ std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
 uint64_t upload_bytes(const model::ModelSpec& spec) {
   uint64_t total = 0;
   for (const auto& t : spec.layers)
-    for (auto* p : {t.attn_norm, t.wq, t.wk, t.wv, t.wo, t.q_norm, t.k_norm, t.ffn_norm, t.ffn_gate,
-                    t.ffn_up, t.ffn_down, t.router, t.gate_exps, t.up_exps, t.down_exps})
+    for (auto* p : {t.attn_norm,      t.wq,         t.wk,        t.wv,        t.wo,       t.q_norm,
+                    t.k_norm,         t.ffn_norm,   t.ffn_gate,  t.ffn_up,    t.ffn_down, t.router,
+                    t.gate_exps,      t.up_exps,    t.down_exps, t.bq,        t.bk,       t.bv,
+                    t.gate_inp_shexp, t.gate_shexp, t.up_shexp,  t.down_shexp})
       total += tensor_bytes(p);
   total += tensor_bytes(spec.token_embd) * (spec.output_tied ? 2 : 1) +
            tensor_bytes(spec.output_norm) + (spec.output_tied ? 0 : tensor_bytes(spec.output));

@@ -1,7 +1,8 @@
-// A layer is a mixer (attention today; Mamba2 / Gated DeltaNet later) followed by an FFN (dense or
-// MoE). Each kind is one class in this folder with both its device forward (OpenCL kernels on the
-// layer's plan device) and its reference forward (scalar host ops), and declares the memory it
-// needs per sequence. OpenClModel and ReferenceModel walk the same list, built by make_layers().
+// A layer is a mixer (attention today; Mamba2 / Gated DeltaNet later) followed by an FFN (dense,
+// MoE, or MoE with a shared expert). Each kind is one class in this folder with both its device
+// forward (OpenCL kernels on the layer's plan device) and its reference forward (scalar host ops),
+// and declares the memory it needs per sequence. OpenClModel and ReferenceModel walk the same list,
+// built by make_layers().
 #pragma once
 
 #include <cstdint>
@@ -75,6 +76,8 @@ class Mixer {
                                  ReferenceLayerMemory& mem) const = 0;
 };
 
+class MoeFfn;
+
 // A layer's feed-forward block: x += ffn(norm(x)).
 class Ffn {
  public:
@@ -86,6 +89,8 @@ class Ffn {
   // the next layer's normed input).
   virtual bool forward(DeviceCtx& c, const LayerStep& s, cl_mem next_norm) = 0;
   virtual void reference_forward(std::span<float> x) const = 0;
+  // The routed experts of a MoE kind (placement, balancer moves, launch counts); null otherwise.
+  virtual MoeFfn* routed() { return nullptr; }
 };
 
 struct Layer {

@@ -128,6 +128,11 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
 }
 
 bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
+  route(home, s);
+  return experts(home, s, next_norm);
+}
+
+void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
@@ -147,6 +152,12 @@ bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
     home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
                       0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   }
+}
+
+bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
+  const auto& hp = spec_.hp;
+  const int n = s.n_tokens;
+  const uint32_t E = hp.n_embd;
   if (!dev_.all_on_home) {
     // In a step program this is a host-sync point: the program is split here and the rest of the
     // layer runs from the host each time.

@@ -52,6 +52,12 @@ class MoeFfn final : public Ffn {
   // Slices the experts onto the devices the plan assigns them to (again after balancer moves).
   void upload_experts(WeightUploader& up);
   bool forward(DeviceCtx& c, const LayerStep& s, cl_mem next_norm) override;
+  // forward() in two halves, for a kind that adds work between them (SharedMoeFfn): the FFN norm
+  // of c.x into c.xn with the router's top-k, then the experts and their combine into c.x (fused
+  // with next_norm as forward()).
+  void route(DeviceCtx& c, const LayerStep& s);
+  bool experts(DeviceCtx& c, const LayerStep& s, cl_mem next_norm);
+  MoeFfn* routed() override { return this; }
   // Kernel launches of one device's share of this layer's experts for one token (its pairs):
   // gate|up, SwiGLU (unless folded), down, combine; counted (not run) on a device holding some.
   size_t count_expert_launches(int experts_per_token);

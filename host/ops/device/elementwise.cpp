@@ -15,6 +15,7 @@ ElementwiseOps::ElementwiseOps(const Device& device)
     : device_(&device),
       add_(device.kernel("elementwise", "add_f32")),
       scaled_add_(device.kernel("elementwise", "scaled_add_f32")),
+      row_bias_(device.kernel("elementwise", "add_row_bias_f32")),
       argmax_(device.kernel("elementwise", "argmax_rows_f32")) {}
 
 void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out,
@@ -49,6 +50,16 @@ void ElementwiseOps::scaled_add(cl_mem y, uint32_t y_off, cl_mem x, uint32_t x_o
                      global[1] = count;
                      enqueue(*device_, k, 2, global, local, piece);
                    });
+}
+
+void ElementwiseOps::add_row_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem b, uint32_t b_off,
+                                  uint32_t rows, uint32_t cols, const Events& ev) {
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = row_bias_.get();
+  set_args(*device_, k, y, y_off, ld, b, b_off, cols);
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  enqueue(*device_, k, 2, global, local, ev);
 }
 
 void ElementwiseOps::argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,
@@ -115,6 +126,28 @@ MatrixCaseResult run_scaled_add(const Device& device, bool timing, uint32_t rows
   return r;
 }
 
+// A bias on rows `ld` apart (ld > cols: only the first cols of each row change).
+MatrixCaseResult run_row_bias(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                              uint32_t ld) {
+  const auto y = random_floats(size_t(rows) * ld, 68 + cols), b = random_floats(cols, 69 + cols);
+  std::vector<float> ref = y;
+  reference::add_row_bias(ref, b, ld);
+  ElementwiseOps ops(device);
+  GuardedBuffer dy(device, y), db(device, b);
+  ops.add_row_bias(dy.mem(), 0, ld, db.mem(), 0, rows, cols);
+  MatrixCaseResult r = judge(compare(dy.download<float>(), ref), 1e-6, {dy.check_guard()});
+  r.bytes = double(rows) * cols * 8;
+  r.flops = double(rows) * cols;
+  if (timing) {  // adds again on every launch: values drift, the time does not
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.add_row_bias(dy.mem(), 0, ld, db.mem(), 0, rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
 // ties: the row maximum appears several times (and NaNs are sprinkled in), so the tie rule shows.
 MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, uint32_t n,
                             bool ties) {
@@ -174,6 +207,15 @@ void register_elementwise_cases(std::vector<MatrixCase>& out) {
          [=](const Device& d, bool t) {
            return run_scaled_add(d, t, s.rows, s.cols, s.k, s.slot);
          }});
+  }
+  struct Bias {
+    uint32_t rows, cols, ld;
+  };
+  for (Bias b : {Bias{1, 1536, 1536}, Bias{7, 1000, 1003}, Bias{64, 2560, 2560}, Bias{3, 1, 5}}) {
+    out.push_back(
+        {"add_row_bias", "f32",
+         std::to_string(b.rows) + "x" + std::to_string(b.cols) + "/ld" + std::to_string(b.ld),
+         [=](const Device& d, bool t) { return run_row_bias(d, t, b.rows, b.cols, b.ld); }});
   }
   struct Arg {
     uint32_t rows, n;

@@ -10,7 +10,27 @@ namespace tessera::ops {
 MoeOps::MoeOps(const Device& device)
     : device_(&device),
       combine_(device.kernel("moe", "moe_combine")),
-      combine_norm_(device.kernel("moe", "moe_combine_norm")) {}
+      combine_norm_(device.kernel("moe", "moe_combine_norm")),
+      shared_gate_(device.kernel("moe", "moe_shared_gate_add")) {}
+
+size_t MoeOps::row_group_size() const {
+  return device_->info().type == DeviceType::kCpu
+             ? 1
+             : std::min<size_t>(
+                   1024, floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+}
+
+void MoeOps::shared_gate_add(cl_mem x, uint32_t x_off, cl_mem s, uint32_t s_off, cl_mem xn,
+                             uint32_t xn_off, cl_mem gate, uint32_t n_tokens, uint32_t n,
+                             const Events& ev) {
+  if (n_tokens == 0 || n == 0) return;
+  cl_kernel k = shared_gate_.get();
+  set_args(*device_, k, x, x_off, s, s_off, xn, xn_off, gate, n);
+  const size_t local = row_group_size();
+  set_local_arg(*device_, k, 8, local * sizeof(float));
+  const size_t global = size_t(n_tokens) * local;
+  enqueue(*device_, k, 1, &global, &local, ev);
+}
 
 void MoeOps::combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl_mem weights,
                           uint32_t w_off, cl_mem offsets, uint32_t n_tokens, uint32_t n,
@@ -18,11 +38,7 @@ void MoeOps::combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl
   if (n_tokens == 0 || n == 0) return;
   cl_kernel k = combine_norm_.get();
   set_args(*device_, k, x, x_off, y, y_off, weights, w_off, offsets, n, norm_w, eps, xn, xn_off);
-  const size_t local =
-      device_->info().type == DeviceType::kCpu
-          ? 1
-          : std::min<size_t>(1024,
-                             floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
+  const size_t local = row_group_size();
   set_local_arg(*device_, k, 12, local * sizeof(float));
   const size_t global = size_t(n_tokens) * local;
   enqueue(*device_, k, 1, &global, &local, ev);
@@ -134,6 +150,45 @@ void register_moe_norm_cases(std::vector<MatrixCase>& out) {
                ClEvent ev;
                op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(),
                                s.tokens, s.n, nw_buf.mem(), eps, xn_buf.mem(), 0, {{}, ev.out()});
+               return ev;
+             });
+           }
+           return r;
+         }});
+  }
+}
+
+}  // namespace tessera::ops
+
+namespace tessera::ops {
+
+// shared_gate_add against its reference: gate logits of both signs, n not a multiple of the group.
+void register_moe_shared_cases(std::vector<MatrixCase>& out) {
+  struct Shape {
+    uint32_t tokens, n;
+  };
+  for (Shape s : {Shape{1, 1024}, Shape{7, 333}, Shape{33, 2048}}) {
+    out.push_back(
+        {"moe_shared_gate_add", "f32", std::to_string(s.tokens) + "x" + std::to_string(s.n),
+         [s](const Device& dev, bool timing) {
+           const size_t rows = size_t(s.tokens) * s.n;
+           const auto init = random_floats(rows, 31), sh = random_floats(rows, 32),
+                      xn = random_floats(rows, 33), gate = random_floats(s.n, 34, -0.1f, 0.1f);
+           std::vector<float> ref = init;
+           reference::shared_gate_add(ref, sh, xn, gate);
+           GuardedBuffer x_buf(dev, init), s_buf(dev, sh), xn_buf(dev, xn), g_buf(dev, gate);
+           MoeOps op(dev);
+           op.shared_gate_add(x_buf.mem(), 0, s_buf.mem(), 0, xn_buf.mem(), 0, g_buf.mem(),
+                              s.tokens, s.n);
+           auto r = judge(compare(x_buf.download<float>(), ref), 3e-5,
+                          {x_buf.check_guard(), s_buf.check_guard(), xn_buf.check_guard()});
+           r.bytes = double(4 * rows + s.n) * 4;
+           r.flops = 4.0 * double(rows);
+           if (timing) {  // adds again on every launch: timing only, the check ran above
+             r.seconds = median_kernel_seconds(dev, [&] {
+               ClEvent ev;
+               op.shared_gate_add(x_buf.mem(), 0, s_buf.mem(), 0, xn_buf.mem(), 0, g_buf.mem(),
+                                  s.tokens, s.n, {{}, ev.out()});
                return ev;
              });
            }

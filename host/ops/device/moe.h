@@ -1,4 +1,5 @@
-// Device MoE combine (cl_kernels/moe.cl): weighted sum of each token's expert outputs.
+// Device MoE combine (cl_kernels/moe.cl): weighted sum of each token's expert outputs, and the
+// gated shared expert's add.
 #pragma once
 
 #include <cstdint>
@@ -28,9 +29,16 @@ class MoeOps {
                     uint32_t w_off, cl_mem offsets, uint32_t n_tokens, uint32_t n, cl_mem norm_w,
                     float eps, cl_mem xn, uint32_t xn_off, const Events& ev = {});
 
+  // A gated shared expert (qwen2moe): x[t] += sigmoid(xn[t] . gate) * s[t] for n_tokens rows of n
+  // floats (gate: n floats). One launch.
+  void shared_gate_add(cl_mem x, uint32_t x_off, cl_mem s, uint32_t s_off, cl_mem xn,
+                       uint32_t xn_off, cl_mem gate, uint32_t n_tokens, uint32_t n,
+                       const Events& ev = {});
+
  private:
+  size_t row_group_size() const;  // work items per token of the one-group-per-token kernels
   const Device* device_;
-  ClKernel combine_, combine_norm_;
+  ClKernel combine_, combine_norm_, shared_gate_;
 };
 
 }  // namespace tessera::ops

@@ -1,4 +1,4 @@
-// Scalar residual add, scaled accumulate and per-row argmax.
+// Scalar residual add, scaled accumulate, row bias and per-row argmax.
 #include "host/ops/reference/elementwise.h"
 
 #include <cmath>
@@ -26,6 +26,16 @@ void scaled_add(std::span<float> y, std::span<const float> x, std::span<const fl
   for (size_t r = 0; r < w.size(); ++r) {
     for (size_t c = 0; c < cols; ++c) y[r * cols + c] += w[r] * x[r * cols + c];
   }
+}
+
+void add_row_bias(std::span<float> y, std::span<const float> b, size_t ld) {
+  if (ld == 0 || b.size() > ld || y.size() % ld != 0) {
+    throw std::invalid_argument("add_row_bias: " + std::to_string(y.size()) +
+                                " floats in rows of " + std::to_string(ld) + ", bias of " +
+                                std::to_string(b.size()));
+  }
+  for (size_t r = 0; r < y.size(); r += ld)
+    for (size_t c = 0; c < b.size(); ++c) y[r + c] += b[c];
 }
 
 std::vector<int32_t> argmax_rows(std::span<const float> x, size_t cols) {

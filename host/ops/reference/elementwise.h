@@ -15,6 +15,11 @@ void add(std::span<const float> a, std::span<const float> b, std::span<float> ou
 void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w,
                 size_t cols);
 
+// y[r][c] += b[c] for rows of `ld` floats (the first `b.size()` of each row): one bias per column,
+// e.g. the q|k|v projection biases. Throws std::invalid_argument when y is not whole rows or b is
+// wider than a row.
+void add_row_bias(std::span<float> y, std::span<const float> b, size_t ld);
+
 // Index of the largest element of each row of `cols` floats: ties to the lowest index, NaNs
 // skipped, a row without a number gives 0. Throws std::invalid_argument when x is not whole rows.
 std::vector<int32_t> argmax_rows(std::span<const float> x, size_t cols);

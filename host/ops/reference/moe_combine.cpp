@@ -1,7 +1,9 @@
-// Scalar reference of the MoE combine (double accumulation).
+// Scalar reference of the MoE combine and the gated shared-expert add (double accumulation).
 #include "host/ops/reference/moe_combine.h"
 
+#include <cmath>
 #include <stdexcept>
+#include <string>
 
 namespace tessera::reference {
 
@@ -22,6 +24,21 @@ void moe_combine(std::span<float> out, std::span<const float> y, std::span<const
       float& o = out[t * n + i];
       o = accumulate ? float(o + acc) : float(acc);
     }
+  }
+}
+
+void shared_gate_add(std::span<float> x, std::span<const float> s, std::span<const float> xn,
+                     std::span<const float> gate) {
+  const size_t n = gate.size();
+  if (n == 0 || x.size() % n != 0 || s.size() != x.size() || xn.size() != x.size())
+    throw std::invalid_argument("shared_gate_add: x " + std::to_string(x.size()) + ", s " +
+                                std::to_string(s.size()) + ", xn " + std::to_string(xn.size()) +
+                                " floats for rows of " + std::to_string(n));
+  for (size_t r = 0; r < x.size(); r += n) {
+    double dot = 0;
+    for (size_t i = 0; i < n; ++i) dot += double(xn[r + i]) * gate[i];
+    const double g = 1.0 / (1.0 + std::exp(-dot));
+    for (size_t i = 0; i < n; ++i) x[r + i] = float(x[r + i] + g * s[r + i]);
   }
 }
 

@@ -12,4 +12,10 @@ void moe_combine(std::span<float> out, std::span<const float> y, std::span<const
                  std::span<const int32_t> offsets, std::span<const int32_t> rows, uint32_t n,
                  bool accumulate);
 
+// A gated shared expert's output added to the residual stream (qwen2moe): for each token t,
+// x[t] += sigmoid(xn[t] . gate) * s[t]; x, s and xn hold the same rows of n = gate.size() floats.
+// Throws std::invalid_argument on mismatched sizes.
+void shared_gate_add(std::span<float> x, std::span<const float> s, std::span<const float> xn,
+                     std::span<const float> gate);
+
 }  // namespace tessera::reference

@@ -1,0 +1,70 @@
+// The MoE FFN with a shared expert on the device and its scalar reference.
+#include "host/engine/layers/shared_moe_ffn.h"
+
+#include "host/model/weights.h"
+#include "host/ops/reference/norm.h"
+
+namespace tessera::engine {
+
+SharedMoeFfn::SharedMoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
+    : spec_(spec),
+      ls_(spec.layers[size_t(layer)]),
+      routed_(spec, layer, moe),
+      ref_ffn_norm_(model::to_floats(*ls_.ffn_norm)),
+      ref_{model::as_matrix(*ls_.router), model::as_experts(*ls_.gate_exps),
+           model::as_experts(*ls_.up_exps), model::as_experts(*ls_.down_exps),
+           reference::SharedExpert{
+               model::as_matrix(*ls_.gate_shexp), model::as_matrix(*ls_.up_shexp),
+               model::as_matrix(*ls_.down_shexp),
+               ls_.gate_inp_shexp ? std::optional(model::as_matrix(*ls_.gate_inp_shexp))
+                                  : std::nullopt}},
+      ref_routing_(routing_config(spec)) {}
+
+void SharedMoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& options) {
+  routed_.upload(c, up, options);
+  if (WeightUploader::stackable({ls_.gate_shexp, ls_.up_shexp})) {
+    dev_.gate_up = up.stacked(c, {ls_.gate_shexp, ls_.up_shexp});
+  } else {
+    dev_.gate = up.matrix(c, ls_.gate_shexp);
+    dev_.up = up.matrix(c, ls_.up_shexp);
+  }
+  dev_.down = up.matrix(c, ls_.down_shexp);
+  dev_.gate_inp = up.norm(c, ls_.gate_inp_shexp);  // f32 on the device (empty when ungated)
+}
+
+void SharedMoeFfn::shared_expert(DeviceCtx& c, int n) {
+  const auto& hp = spec_.hp;
+  const uint32_t ff = hp.n_ff_shexp, E = hp.n_embd;
+  if (dev_.gate_up.body) {
+    c.mm->run(dev_.gate_up, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"));
+  } else {
+    c.mm->run(dev_.gate, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"), {2 * ff});
+    c.mm->run(dev_.up, c.xn.get(), 0, c.gu.get(), ff, n, {}, c.prof("matmul"), {2 * ff});
+  }
+  c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff}, uint32_t(n),
+                ff, {{}, c.prof("activation")});
+  if (!dev_.gate_inp) {
+    c.mm->run(dev_.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+    return;
+  }
+  c.mm->run(dev_.down, c.h.get(), 0, c.partial.get(), 0, n, {}, c.prof("matmul"));
+  c.moe->shared_gate_add(c.x.get(), 0, c.partial.get(), 0, c.xn.get(), 0, dev_.gate_inp.get(),
+                         uint32_t(n), E, {{}, c.prof("moe_combine")});
+}
+
+bool SharedMoeFfn::forward(DeviceCtx& c, const LayerStep& s, cl_mem next_norm) {
+  // The shared expert reads the normed input the router used and adds into x before the routed
+  // combine, which may overwrite xn with the next layer's norm.
+  routed_.route(c, s);
+  shared_expert(c, s.n_tokens);
+  return routed_.experts(c, s, next_norm);
+}
+
+void SharedMoeFfn::reference_forward(std::span<float> x) const {
+  std::vector<float> cur(x.size()), out(x.size());
+  reference::rms_norm(x, ref_ffn_norm_, spec_.hp.rms_eps, cur);
+  reference::moe_ffn(cur, ref_, ref_routing_, out);
+  for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
+}
+
+}  // namespace tessera::engine
