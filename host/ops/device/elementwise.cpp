@@ -56,10 +56,14 @@ void ElementwiseOps::add_row_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem 
                                   uint32_t rows, uint32_t cols, const Events& ev) {
   if (rows == 0 || cols == 0) return;
   cl_kernel k = row_bias_.get();
-  set_args(*device_, k, y, y_off, ld, b, b_off, cols);
   size_t global[2], local[2];
   row_elementwise_sizes(*device_, rows, cols, global, local);
-  enqueue(*device_, k, 2, global, local, ev);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, y, cl_uint(y_off + first * ld), ld, b, b_off, cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
 }
 
 void ElementwiseOps::argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,
