@@ -11,7 +11,10 @@
 // f32; K/V pools are bytes, rows read and written only through the row codec (attention_kv.clh);
 // `meta` int32 holds the batch description (host/kv/kv_view.h KvBatchView): block tables
 // [seq row][bt_stride], token_seq, token_pos, token_slot. Token t attends to positions [0, pos_t]
-// of its sequence, all of which are written before the attention runs.
+// of its sequence, all of which are written before the attention runs; with a sliding window
+// (`window` > 0, a launch argument) to [pos_t - window + 1, pos_t] only. The kernels never read a
+// block-table entry before the window of the step's tokens: a window layer's cache releases those
+// blocks (their entries become -1).
 #include "common.clh"
 #define GROUP (N_HEAD / N_HEAD_KV)
 #include "attention_kv.clh"
@@ -168,7 +171,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
 __kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
 void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
                        __global const int* meta, uint bt_off, uint bt_stride, uint seq_off,
-                       uint pos_off, uint first_token, uint n_tokens, float scale,
+                       uint pos_off, uint first_token, uint n_tokens, float scale, uint window,
                        __global const uchar* k_pool, __global const uchar* v_pool) {
   __local float qs[PF_BQ * HEAD_DIM];
   __local float ks[PF_KT * PF_KSTRIDE];
@@ -200,10 +203,17 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
   while (run_start < rows) {  // uniform: every item reads the same local values
     const int s = rseq[run_start];
     int run_end = run_start + 1;
-    int max_pos = rpos[run_start];
-    while (run_end < rows && rseq[run_end] == s) max_pos = max(max_pos, rpos[run_end++]);
+    int max_pos = rpos[run_start], min_pos = rpos[run_start];
+    while (run_end < rows && rseq[run_end] == s) {
+      max_pos = max(max_pos, rpos[run_end]);
+      min_pos = min(min_pos, rpos[run_end++]);
+    }
     const bool mine = r >= run_start && r < run_end;
     const int my_pos = mine ? rpos[r] : -1;
+    // First visible position of this row, and of the run (where its tiles start: the block of
+    // that position is still held, earlier ones may have been released).
+    const int my_lo = window ? my_pos - (int)window + 1 : 0;
+    const int run_lo = window ? max(0, min_pos - (int)window + 1) : 0;
     for (int i = 0; i < PF_OWN; ++i) o[i] = 0.0f;
     if (mine && c == 0) {
       rm[r] = -INFINITY;
@@ -211,7 +221,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
     }
     const int n_kv = max_pos + 1;
     __global const int* table = meta + bt_off + (size_t)s * bt_stride;
-    for (int j0 = 0; j0 < n_kv; j0 += PF_KT) {
+    for (int j0 = run_lo / PF_KT * PF_KT; j0 < n_kv; j0 += PF_KT) {
       const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
       // The tile's rows follow each other in the pool (PF_KT divides BLOCK_SIZE); they are decoded
       // into local memory once for all the tile's query rows. Rows past n_kv were never written:
@@ -230,7 +240,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
       if (mine) {
         for (int jj = c; jj < PF_KT; jj += PF_TPR) {
           float acc = -INFINITY;
-          if (j0 + jj <= my_pos) {
+          if (j0 + jj <= my_pos && j0 + jj >= my_lo) {
 #if PF_TPR == 1
             // One item per row (CPUs): explicit vectors, since nothing is vectorized across items.
             floatv a = (floatv)(0.0f);
@@ -250,15 +260,16 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         const float m_old = rm[r];
         float mx = m_old;
         for (int jj = 0; jj < PF_KT; ++jj) mx = fmax(mx, ss[r * PF_KT + jj]);
-        // mx is finite: position j0 <= my_pos is visible in every tile this row reaches with
-        // a score (tile 0 always holds position 0).
+        // mx is -inf only while no tile so far held a visible position of this row (tiles before
+        // its window that another row of the run needs): every p is then 0 and nothing changes.
+        const float base = mx == -INFINITY ? 0.0f : mx;
         float sum = 0.0f;
         for (int jj = 0; jj < PF_KT; ++jj) {
-          const float p = exp(ss[r * PF_KT + jj] - mx);
+          const float p = exp(ss[r * PF_KT + jj] - base);
           ss[r * PF_KT + jj] = p;
           sum += p;
         }
-        const float alpha = exp(m_old - mx);  // 0 on the first tile (m_old = -inf)
+        const float alpha = exp(m_old - base);  // 0 until the first visible tile (m_old = -inf)
         rl[r] = rl[r] * alpha + sum;
         rm[r] = mx;
         ralpha[r] = alpha;
@@ -308,9 +319,13 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 #define DEC_OWN ((DEC_PAIRS4 + DEC_LWS - 1) / DEC_LWS)
 
 // Tokens per decode chunk: the step's longest context (meta[ctx_off], in the batch buffer so a
-// recorded launch stays valid as sequences grow) over n_chunks chunks of whole DEC_TILE tiles.
-inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_chunks) {
-  const uint tiles = max(1u, ((uint)meta[ctx_off] + DEC_TILE - 1) / DEC_TILE);
+// recorded launch stays valid as sequences grow; at most `window` when there is one) over
+// n_chunks chunks of whole DEC_TILE tiles. A token's chunks start at its first visible position,
+// so no chunk reads a block a window layer released.
+inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_chunks,
+                                uint window) {
+  const uint ctx = window ? min((uint)meta[ctx_off], window) : (uint)meta[ctx_off];
+  const uint tiles = max(1u, (ctx + DEC_TILE - 1) / DEC_TILE);
   return (tiles + n_chunks - 1) / n_chunks * DEC_TILE;
 }
 
@@ -318,8 +333,8 @@ __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                               uint first_token, uint ctx_off, uint n_chunks, float scale,
-                              __global const uchar* k_pool, __global const uchar* v_pool,
-                              __global float* part) {
+                              uint window, __global const uchar* k_pool,
+                              __global const uchar* v_pool, __global float* part) {
   __local float qs[GROUP * HEAD_DIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
@@ -332,8 +347,9 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   const uint t = first_token + ti;
   const int s = meta[seq_off + t];
   const int n_kv = meta[pos_off + t] + 1;
-  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks);
-  const int start = chunk * chunk_tokens;
+  const int lo = window ? max(0, n_kv - (int)window) : 0;  // first visible position
+  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks, window);
+  const int start = lo + chunk * chunk_tokens;
   const int end = min(start + (int)chunk_tokens, n_kv);
   __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
   const size_t head_stride = (size_t)n_chunks * (2 + HEAD_DIM);
@@ -459,16 +475,17 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
                            uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                            uint first_token, uint ctx_off, uint n_chunks, float scale,
-                           __global const uchar* k_pool, __global const uchar* v_pool,
-                           __global float* part) {
+                           uint window, __global const uchar* k_pool,
+                           __global const uchar* v_pool, __global float* part) {
   const uint chunk = get_global_id(0);
   const int kvh = get_global_id(1);
   const uint ti = get_global_id(2);
   const uint t = first_token + ti;
   const int s = meta[seq_off + t];
   const int n_kv = meta[pos_off + t] + 1;
-  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks);
-  const int start = chunk * chunk_tokens;
+  const int lo = window ? max(0, n_kv - (int)window) : 0;  // first visible position
+  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks, window);
+  const int start = lo + chunk * chunk_tokens;
   const int end = min(start + (int)chunk_tokens, n_kv);
   __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
   const size_t head_stride = (size_t)n_chunks * (2 + HEAD_DIM);

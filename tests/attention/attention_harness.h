@@ -59,15 +59,22 @@ inline ops::AttentionConfig over_pool(ops::AttentionConfig config, const kv::Pag
 
 class AttentionHarness {
  public:
-  // The cache is built from config.pool (with n_blocks), the op from the cache's layout.
+  // The cache is built from config.pool (with n_blocks) and config.window (a window cache releases
+  // the blocks that fall out of it), the op from the cache's layout.
   // `poison`: fill the pools with f16 NaN first, so reading a slot no token wrote shows up.
   AttentionHarness(const Device& device, const ops::AttentionConfig& config, int32_t n_blocks,
                    bool poison = true, int32_t n_layer = 1,
                    std::optional<ops::AttentionTuning> tuning = std::nullopt)
       : device_(device),
         config_(config),
-        cache_({n_layer, config.pool.n_head_kv, config.pool.head_dim, config.pool.block_size,
-                n_blocks, config.pool.format},
+        cache_({n_layer,
+                config.pool.n_head_kv,
+                config.pool.head_dim,
+                config.pool.block_size,
+                n_blocks,
+                config.pool.format,
+                {},
+                std::vector<int32_t>(size_t(n_layer), config.window)},
                std::vector<const Device*>(size_t(n_layer), &device)),
         op_(device, over_pool(config, cache_), tuning),
         batch_(device) {
@@ -111,7 +118,15 @@ class AttentionHarness {
     std::vector<int32_t> tseq, tpos;
     std::vector<std::pair<int32_t, int32_t>> ranges;  // per entry: first batch token, count
     for (size_t e = 0; e < entries.size(); ++e) {
+      const std::vector<int32_t> before(cache_.blocks().block_table(entries[e].seq).begin(),
+                                        cache_.blocks().block_table(entries[e].seq).end());
       kv::KvReservation r = cache_.reserve(entries[e].seq, entries[e].n_new);
+      // Blocks the window released (and nobody else holds) are poisoned: a kernel that still
+      // reads one through a stale table gets NaN.
+      for (size_t b = 0; b < before.size(); ++b)
+        if (before[b] >= 0 && cache_.blocks().block_table(entries[e].seq)[b] < 0 &&
+            cache_.blocks().block_refs(before[b]) == 0)
+          poison_block(before[b]);
       seqs.push_back(entries[e].seq);
       ranges.push_back({int32_t(tseq.size()), entries[e].n_new});
       for (int32_t i = 0; i < entries[e].n_new; ++i) {
@@ -228,7 +243,7 @@ class AttentionHarness {
                   q.begin() + ptrdiff_t((r + 1) * H * D));
       const size_t kv_len = size_t(last + 1) * HK * D;
       std::span<const float> ks(k_[s].data(), kv_len), vs(v_[s].data(), kv_len);
-      reference::causal_attention(qe, ks, vs, {H, HK, D}, op_.scale(), ref);
+      reference::causal_attention(qe, ks, vs, {H, HK, D}, op_.scale(), ref, config_.window);
       for (size_t ri = 0; ri < rows.size(); ++ri)
         for (int32_t j = 0; j < H * D; ++j) {
           const float g = out[rows[ri] * H * D + j], rv = ref[ri * H * D + j];
@@ -242,6 +257,16 @@ class AttentionHarness {
   }
 
  private:
+  void poison_block(int32_t block) {
+    const uint16_t nan = 0x7E00;
+    const size_t bytes = size_t(cache_.layout().block_bytes());
+    for (int32_t l = 0; l < cache_.config().n_layer; ++l)
+      for (cl_mem m : {cache_.layer(l).k, cache_.layer(l).v})
+        CL_CHECK(clEnqueueFillBuffer(device_.queue(), m, &nan, 2, size_t(block) * bytes, bytes, 0,
+                                     nullptr, nullptr),
+                 device_.id());
+  }
+
   const Device& device_;
   ops::AttentionConfig config_;
   kv::PagedKvCache cache_;

@@ -1,6 +1,7 @@
 // Attention kernels over the paged KV cache, on every OpenCL device, against the scalar reference:
 // head sizes 8/64/128, GQA, odd lengths, block sizes, shared prefixes with copy-on-write, mixed
-// prefill + decode batches, split-K over long contexts, freeing and reuse, bad arguments.
+// prefill + decode batches, split-K over long contexts, freeing and reuse, sliding windows, bad
+// arguments.
 #include <gtest/gtest.h>
 
 #include "attention_harness.h"
@@ -149,12 +150,63 @@ TEST(Attention, EveryVariantOnEveryDevice) {
   }
 }
 
+// Sliding-window attention (the cache releases the blocks that fall out of the window and the
+// harness poisons them) at positions below, at and far past the window, through every kernel, one
+// and two sequences, GQA and not; blocks held per sequence stay bounded by the window.
+TEST(Attention, SlidingWindowBelowAtAndPastTheWindow) {
+  for (const auto& dev : registry().devices()) {
+    SCOPED_TRACE(dev->id());
+    for (Shape sh : {Shape{8, 2, 64, 16}, Shape{8, 4, 8, 16}}) {
+      for (int32_t window : {5, 16, 40}) {
+        SCOPED_TRACE("window " + std::to_string(window) + " head_dim " +
+                     std::to_string(sh.head_dim));
+        ops::AttentionConfig c =
+            attention_config(sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size);
+        c.window = window;
+        // The device's default kernels, then the other decomposition (work-group decode and
+        // several items per prefill row on CPUs; row-streaming decode on GPUs).
+        ops::AttentionTuning other = ops::default_attention_tuning(*dev, c);
+        other.decode_rows = !other.decode_rows;
+        other.decode_items = other.decode_tile = 32;
+        other.reduce_items = 8;
+        other.prefill_row_items = other.prefill_row_items == 1 ? 4 : 1;
+        other.prefill_rows = 8;
+        other.prefill_kv_tile = 8;
+        for (int variant = 0; variant < 5; ++variant) {
+          const AttnKernel kernel = variant % 3 == 0   ? AttnKernel::kPrefill
+                                    : variant % 3 == 1 ? AttnKernel::kDecode
+                                                       : AttnKernel::kMixed;
+          std::optional<ops::AttentionTuning> tuning;
+          if (variant >= 3) tuning = other;
+          AttentionHarness h(*dev, c, 64, true, 1, tuning);
+          SeqId a = h.create(), b = h.create();
+          // Below the window (a: 3 tokens), then at / across it, then far past it.
+          EXPECT_STEP_OK(h.step({{a, 3}, {b, window}}, kernel, 60));
+          EXPECT_STEP_OK(h.step({{a, window - 3}, {b, 1}}, kernel, 61));
+          EXPECT_STEP_OK(h.step({{a, 50}, {b, 70}}, kernel, 62));
+          for (uint32_t i = 0; i < 20; ++i) {
+            EXPECT_STEP_OK(h.step({{a, 1}, {b, 1}}, kernel, 63 + i));
+            // The window plus the block being filled, at most.
+            const int32_t bound = (window + sh.block_size - 1) / sh.block_size + 1;
+            EXPECT_LE(h.cache().blocks().blocks_held(a), bound);
+            EXPECT_LE(h.cache().blocks().blocks_held(b), bound);
+          }
+          EXPECT_STEP_OK(h.step({{b, 37}}, kernel, 90));  // a chunk again, long past the window
+        }
+      }
+    }
+  }
+}
+
 TEST(Attention, BadArguments) {
   const Device& d = *registry().devices().front();
   EXPECT_THROW(ops::AttentionOp(d, attention_config(6, 4, 64, 16)),
                ops::AttentionUnsupported);  // 6 % 4
   EXPECT_THROW(ops::AttentionOp(d, attention_config(4, 4, 62, 16)),
                ops::AttentionUnsupported);  // 62 % 4
+  ops::AttentionConfig negative_window = attention_config(4, 4, 64, 16);
+  negative_window.window = -1;
+  EXPECT_THROW(ops::AttentionOp(d, negative_window), ops::AttentionUnsupported);
   ops::AttentionTuning t = ops::default_attention_tuning(d, attention_config(4, 4, 64, 16));
   t.prefill_kv_tile = 5;
   EXPECT_THROW(ops::AttentionOp(d, attention_config(4, 4, 64, 16), t), ops::AttentionUnsupported);

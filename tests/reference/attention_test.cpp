@@ -46,6 +46,27 @@ TEST(Attention, GroupedQueryHeadsShareKvHead) {
   EXPECT_NEAR(out[3], 2.0f, 1e-6f);
 }
 
+TEST(Attention, SlidingWindowHidesKeysOutsideIt) {
+  // one head, head_dim 1, three kv rows, all three tokens in the batch, window 2: token 0 sees row
+  // 0; token 1 rows 0-1; token 2 rows 1-2 only (p - p0 >= 2 is hidden, as llama.cpp masks).
+  std::vector<float> q{1, 1, 1}, k{0, 1, 2}, v{100, 10, 1}, out(3), full(3);
+  causal_attention(q, k, v, {1, 1, 1}, 1.0f, out, 2);
+  causal_attention(q, k, v, {1, 1, 1}, 1.0f, full);
+  EXPECT_NEAR(out[0], 100.0f, 1e-4f);
+  const float a = 1.0f / (1.0f + std::exp(1.0f));  // token 1: scores (0, 1)
+  EXPECT_NEAR(out[1], a * 100 + (1 - a) * 10, 1e-4f);
+  EXPECT_NEAR(full[1], out[1], 1e-6f);             // inside the window: the same as without one
+  const float b = 1.0f / (1.0f + std::exp(1.0f));  // token 2: scores (1, 2) over rows 1-2
+  EXPECT_NEAR(out[2], b * 10 + (1 - b) * 1, 1e-4f);
+  EXPECT_GT(full[2], out[2] + 1.0f);  // row 0 (value 100) weighs in without the window
+  // A window of 1 sees only the token itself; one at or past the context is no window.
+  causal_attention(q, k, v, {1, 1, 1}, 1.0f, out, 1);
+  EXPECT_NEAR(out[2], 1.0f, 1e-6f);
+  causal_attention(q, k, v, {1, 1, 1}, 1.0f, out, 3);
+  for (int i = 0; i < 3; ++i) EXPECT_NEAR(out[i], full[i], 1e-6f);
+  EXPECT_THROW(causal_attention(q, k, v, {1, 1, 1}, 1.0f, out, -1), std::invalid_argument);
+}
+
 TEST(Attention, RejectsBadShapes) {
   std::vector<float> q{1, 0, 0, 1}, k{1, 0}, v{1, 0}, out(4);
   EXPECT_THROW(causal_attention(q, k, v, {1, 1, 2}, 1.0f, out),

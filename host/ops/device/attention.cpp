@@ -123,6 +123,8 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   if (c.head_dim < 4 || c.head_dim % 4 != 0)
     unsupported("head_dim " + std::to_string(c.head_dim) + " must be a positive multiple of 4");
   if (c.block_size < 1) unsupported("block_size " + std::to_string(c.block_size) + " must be >= 1");
+  if (config_.window < 0)
+    unsupported("window " + std::to_string(config_.window) + " must be >= 0 (0: no window)");
   const uint64_t row_bytes = c.token_head_bytes();
   if (row_bytes == 0 || row_bytes > UINT32_MAX)
     unsupported("KV format " + std::string(kv::kv_format_name(c.format)) +
@@ -233,7 +235,8 @@ void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer
   const Device& d = *device_;
   set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
-           cl_uint(first_token), cl_uint(n_tokens), scale_, layer.k, layer.v);
+           cl_uint(first_token), cl_uint(n_tokens), scale_, cl_uint(config_.window), layer.k,
+           layer.v);
   const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
   const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
   launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, ev);
@@ -275,8 +278,10 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   // The split (chunk count, so the launch's size and the workspace layout) follows the layout's
   // capacity, which stays the same from step to step; the kernels size the chunks from the
   // step's longest context in meta, so a recorded launch stays right as sequences grow.
-  const DecodeSplit s =
-      decode_split(n_tokens, b.context_capacity > 0 ? b.context_capacity : b.max_context);
+  // A window layer's tokens see at most `window` positions: its chunks cover that much.
+  int32_t span = b.context_capacity > 0 ? b.context_capacity : b.max_context;
+  if (config_.window > 0) span = std::min(span, config_.window);
+  const DecodeSplit s = decode_split(n_tokens, span);
   const size_t need = size_t(n_tokens) * size_t(s.n_chunks) * size_t(config_.n_head) *
                       size_t(config_.pool.head_dim + 2) * sizeof(float);
   if (workspace_bytes < need)
@@ -285,7 +290,8 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
-           cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, layer.k, layer.v, workspace);
+           cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),
+           layer.k, layer.v, workspace);
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {lws, 1, 1}, {ev.wait, nullptr});

@@ -22,6 +22,10 @@ struct AttentionConfig {
   // n_blocks is not used.
   kv::KvPoolLayout pool;
   float scale = 0.0f;  // score scale; 0 means 1 / sqrt(head_dim)
+  // Sliding window in tokens: a token at position p attends to [p - window + 1, p] (llama.cpp's
+  // standard SWA); 0: the whole context. The kernels start at the window's first position, so a
+  // window layer's cache may release the blocks before it (KvBlockManager with the same window).
+  int32_t window = 0;
 };
 
 // Work decomposition; defaults per device type (default_attention_tuning), overridable for tuning.
@@ -105,8 +109,9 @@ class AttentionOp {
                   const Events& ev = {});
 
   // (b) Causal attention of the tokens (q f32 [batch token][n_head][head_dim]) over their
-  // sequences' KV, written to out (same layout). Flash-style: query tiles of consecutive tokens
-  // of one sequence share each K/V tile. Any tokens work; it is the fast path for prefill chunks.
+  // sequences' KV (the config's window of it), written to out (same layout). Flash-style: query
+  // tiles of consecutive tokens of one sequence share each K/V tile. Any tokens work; it is the
+  // fast path for prefill chunks.
   void prefill(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
                uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
                int32_t n_tokens, const Events& ev = {});

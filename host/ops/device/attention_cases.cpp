@@ -1,6 +1,9 @@
 // Portability-matrix cases of the attention kernels: a paged KV layout built by hand (shuffled
 // block ids, contexts not multiples of the block size, several sequences), K/V stored through
-// kv_write, prefill or decode attention against reference::causal_attention over f16-rounded K/V.
+// kv_write, prefill or decode attention against reference::causal_attention over f16-rounded K/V;
+// with a sliding window, the step's block tables point the blocks before each sequence's window at
+// a block nothing wrote (NaN), as a window layer's cache releases them: a kernel reading there
+// fails the case.
 #include <algorithm>
 #include <numeric>
 #include <optional>
@@ -40,7 +43,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   // Block tables: every sequence's blocks taken from a shuffled pool, so tables are not ranges.
   int32_t n_blocks = 0;
   for (const auto& s : seqs) n_blocks += (s.past + s.fresh + bs - 1) / bs;
-  std::vector<int32_t> ids(static_cast<size_t>(n_blocks));
+  const int32_t released_block = n_blocks++;  // never written: NaN, stands for released blocks
+  std::vector<int32_t> ids(static_cast<size_t>(n_blocks - 1));
   std::iota(ids.begin(), ids.end(), 0);
   std::mt19937 rng(uint32_t(H * 131 + D * 7 + bs + seqs.size()));
   std::shuffle(ids.begin(), ids.end(), rng);
@@ -68,6 +72,14 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
       }
     }
     meta = tables;
+    if (!all_tokens && cfg.window > 0) {
+      // Blocks wholly before the window of a sequence's first query token are released.
+      for (int32_t i = 0; i < n_seqs; ++i) {
+        const int32_t keep_from = seqs[size_t(i)].past - cfg.window + 1;
+        for (int32_t b = 0; (b + 1) * bs <= keep_from; ++b)
+          meta[size_t(i) * stride + b] = released_block;
+      }
+    }
     v.block_tables_offset = 0;
     v.block_table_stride = uint32_t(stride);
     v.token_seq_offset = uint32_t(meta.size());
@@ -130,8 +142,9 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     }
     const size_t qn = size_t(s.fresh) * H * D;
     reference::causal_attention({q.data() + step_row * H * D, qn}, ks, vs, {H, HK, D}, op.scale(),
-                                {ref.data() + step_row * H * D, qn});
-    for (int32_t i = 0; i < s.fresh; ++i) pairs += s.past + i + 1;
+                                {ref.data() + step_row * H * D, qn}, cfg.window);
+    for (int32_t i = 0; i < s.fresh; ++i)
+      pairs += cfg.window > 0 ? std::min(s.past + i + 1, cfg.window) : s.past + i + 1;
     kv_bytes += double(ctx) * HK * D * 2 * 2;
     all_row += size_t(ctx);
     step_row += size_t(s.fresh);
@@ -277,6 +290,7 @@ std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seq
                   "_ctx";
   for (size_t i = 0; i < seqs.size(); ++i)
     s += (i ? "," : "") + std::to_string(seqs[i].past) + "+" + std::to_string(seqs[i].fresh);
+  if (c.window > 0) s += "_win" + std::to_string(c.window);
   return s;
 }
 
@@ -328,6 +342,30 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                    [c, decode_seqs](const Device& d, bool t) {
                      return run_attention_case(d, t, true, c, decode_seqs);
                    }});
+  }
+  // Sliding windows (GQA and stories-like shapes): below the context (a query tile of one
+  // sequence starts inside a block; decode chunks start at the window), at it, far past it; one
+  // sequence and two.
+  struct WindowCase {
+    bool decode;
+    int32_t window;
+    std::vector<SeqSpec> seqs;
+  };
+  const WindowCase window_cases[] = {
+      {false, 16, {{40, 30}}},          {false, 20, {{0, 37}, {50, 17}}},
+      {false, 67, {{0, 37}, {50, 17}}}, {false, 4096, {{0, 37}, {50, 17}}},
+      {true, 100, {{300, 1}}},          {true, 64, {{700, 1}, {33, 1}}},
+      {true, 701, {{700, 1}, {33, 1}}}, {true, 5000, {{700, 1}, {33, 1}}},
+  };
+  for (const auto& base : {shapes[0], shapes[1]}) {
+    for (const auto& w : window_cases) {
+      AttentionConfig c = base;
+      c.window = w.window;
+      out.push_back({w.decode ? "attention_decode" : "attention_prefill", "f16kv",
+                     shape_name(c, w.seqs), [c, w](const Device& d, bool t) {
+                       return run_attention_case(d, t, w.decode, c, w.seqs);
+                     }});
+    }
   }
 }
 

@@ -10,7 +10,10 @@
 namespace tessera::reference {
 
 void causal_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
-                      const AttentionShape& shape, float scale, std::span<float> out) {
+                      const AttentionShape& shape, float scale, std::span<float> out, int window) {
+  if (window < 0)
+    throw std::invalid_argument("causal_attention: window " + std::to_string(window) +
+                                " must be >= 0 (0: no window)");
   const auto [n_head, n_head_kv, head_dim] = shape;
   if (n_head <= 0 || n_head_kv <= 0 || head_dim <= 0 || n_head % n_head_kv != 0) {
     throw std::invalid_argument("causal_attention: bad heads: n_head " + std::to_string(n_head) +
@@ -33,13 +36,15 @@ void causal_attention(std::span<const float> q, std::span<const float> k, std::s
   const int group = n_head / n_head_kv;
   std::vector<float> scores;
   for (size_t t = 0; t < n_tokens; ++t) {
-    const size_t visible = n_past + t + 1;
+    const size_t pos = n_past + t;
+    const size_t first = window > 0 && pos + 1 > size_t(window) ? pos + 1 - size_t(window) : 0;
+    const size_t visible = pos + 1 - first;
     scores.resize(visible);
     for (int h = 0; h < n_head; ++h) {
       const float* qh = q.data() + t * q_row + size_t(h) * head_dim;
       const size_t kv_head_offset = size_t(h / group) * head_dim;
       for (size_t j = 0; j < visible; ++j) {
-        const float* kj = k.data() + j * kv_row + kv_head_offset;
+        const float* kj = k.data() + (first + j) * kv_row + kv_head_offset;
         float dot = 0.0f;
         for (int d = 0; d < head_dim; ++d) dot += qh[d] * kj[d];
         scores[j] = dot * scale;
@@ -48,7 +53,7 @@ void causal_attention(std::span<const float> q, std::span<const float> k, std::s
       float* oh = out.data() + t * q_row + size_t(h) * head_dim;
       for (int d = 0; d < head_dim; ++d) oh[d] = 0.0f;
       for (size_t j = 0; j < visible; ++j) {
-        const float* vj = v.data() + j * kv_row + kv_head_offset;
+        const float* vj = v.data() + (first + j) * kv_row + kv_head_offset;
         for (int d = 0; d < head_dim; ++d) oh[d] += scores[j] * vj[d];
       }
     }

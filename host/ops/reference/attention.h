@@ -1,4 +1,5 @@
-// Scalar reference of grouped-query causal attention over a contiguous KV history.
+// Scalar reference of grouped-query causal attention (optionally over a sliding window) over a
+// contiguous KV history.
 #pragma once
 
 #include <span>
@@ -18,10 +19,13 @@ struct AttentionShape {
 //   q   [n_tokens][n_head][head_dim]
 //   k,v [n_kv][n_head_kv][head_dim]   rows in position order, n_kv >= n_tokens
 //   out [n_tokens][n_head][head_dim]
-// Query t (0-based in the batch) sees kv rows [0, n_kv - n_tokens + t]; scores are q.k * scale
-// (1/sqrt(head_dim) for the supported architectures), softmaxed in float with the max subtracted.
-// Throws std::invalid_argument on inconsistent sizes.
+// Query t (0-based in the batch) sits at position p = n_kv - n_tokens + t and sees kv rows
+// [0, p], or with a sliding window > 0 rows [max(0, p - window + 1), p] (llama.cpp's standard SWA
+// mask: a key at p0 is hidden when p - p0 >= window); scores are q.k * scale (1/sqrt(head_dim) for
+// the supported architectures), softmaxed in float with the max subtracted.
+// Throws std::invalid_argument on inconsistent sizes or a negative window.
 void causal_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
-                      const AttentionShape& shape, float scale, std::span<float> out);
+                      const AttentionShape& shape, float scale, std::span<float> out,
+                      int window = 0);
 
 }  // namespace tessera::reference
