@@ -31,6 +31,9 @@ int run_fixture(const std::vector<std::string>& args) {
       "rope-freqs", po::bool_switch(&o.rope_freqs),
       "Llama 3-style rope_freqs.weight divisors alone (llama kinds)")(
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
+      "window", po::value<uint32_t>(&o.window)->default_value(0),
+      "sliding-window attention of N tokens on even layers, full on odd ones (0: none; llama.cpp "
+      "ignores it for these architectures)")(
       "output-scale", po::value<float>(&o.output_scale)->default_value(8.0f), "std of logits")(
       "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),
       "std of router logits")(

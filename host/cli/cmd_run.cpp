@@ -116,9 +116,25 @@ void print_engine_summary(engine::Engine& e) {
   const auto& m = e.model();
   const auto& plan = m.plan();
   const auto& st = m.stats();
-  auto& kv = e.model().kv_cache().blocks();
-  std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n",
-               e.counters().kv_blocks_peak, kv.n_blocks(), kv.block_size());
+  const auto& cache = e.model().kv_cache();
+  const auto& kv = cache.blocks();
+  if (cache.n_groups() == 1) {
+    std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n",
+                 e.counters().kv_blocks_peak, kv.n_blocks(), kv.block_size());
+  } else {
+    // Layers of one attention window share block tables; a window group releases the blocks that
+    // fell out of its window, so its count stays bounded as sequences grow.
+    const auto& peaks = e.counters().kv_group_blocks_peak;
+    for (int32_t g = 0; g < cache.n_groups(); ++g) {
+      const auto& blocks = cache.blocks(g);
+      const std::string what =
+          blocks.window() > 0 ? "layers with a " + std::to_string(blocks.window()) + "-token window"
+                              : std::string("layers with the whole context");
+      std::fprintf(stderr, "KV cache, %s: %d of %d blocks used (%d tokens per block)\n",
+                   what.c_str(), size_t(g) < peaks.size() ? peaks[size_t(g)] : 0, blocks.n_blocks(),
+                   blocks.block_size());
+    }
+  }
   for (size_t d = 0; d < plan.devices.size(); ++d) {
     int experts = 0, layers = 0;
     for (size_t l = 0; l < plan.layer_device.size(); ++l) {

@@ -75,20 +75,32 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
 }
 
 ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
-  auto& op = attention_ops[config.pool.n_head_kv];
+  auto& op = attention_ops[{config.pool.n_head_kv, config.window}];
   if (!op) op = std::make_unique<ops::AttentionOp>(*dev, config);
   return *op;
 }
 
 void DeviceCtx::allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq,
                                    uint32_t q_dim, uint32_t max_kv_dim) {
-  // Block tables as long as the longest sequence's, so the batch layout (and every kernel argument
-  // a recorded step took from it) stays the same while sequences grow.
-  batch = std::make_unique<kv::KvBatchBuffers>(*dev, blocks_per_seq, max_sequences, max_tokens);
+  batch_tokens_ = max_tokens;
+  batch_seqs_ = max_sequences;
+  batch_blocks_per_seq_ = blocks_per_seq;
   const size_t T = size_t(max_tokens);
   q = dev->alloc(T * q_dim * 4);
   att = dev->alloc(T * q_dim * 4);
   qkv = dev->alloc(T * (q_dim + 2 * max_kv_dim) * 4);
+}
+
+void DeviceCtx::use_kv_group(int group) {
+  if (batches.size() <= size_t(group)) {
+    batches.resize(size_t(group) + 1);
+    views.resize(size_t(group) + 1);
+  }
+  // Block tables as long as the longest sequence's, so the batch layout (and every kernel argument
+  // a recorded step took from it) stays the same while sequences grow.
+  if (!batches[size_t(group)])
+    batches[size_t(group)] = std::make_unique<kv::KvBatchBuffers>(*dev, batch_blocks_per_seq_,
+                                                                  batch_seqs_, batch_tokens_);
 }
 
 cl_event* DeviceCtx::prof(const char* family) {

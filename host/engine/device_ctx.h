@@ -66,16 +66,20 @@ struct DeviceCtx {
   // Constant index lists: iota [0, max_pairs), pair -> token (i / k), token -> first pair (t * k).
   ClMem iota, pair_token, token_pairs;
 
-  // Attention, on devices with layers: per KV head count of its layers, one op (a layer's op is
-  // looked up once, at construction).
-  std::map<int32_t, std::unique_ptr<ops::AttentionOp>> attention_ops;
+  // Attention, on devices with layers: per (KV head count, window) of its layers, one op (a
+  // layer's op is looked up once, at construction).
+  std::map<std::pair<int32_t, int32_t>, std::unique_ptr<ops::AttentionOp>> attention_ops;
   ops::AttentionOp& attention(const ops::AttentionConfig& config);
-  std::unique_ptr<kv::KvBatchBuffers> batch;
-  kv::KvBatchView view;  // this step's batch on this device
-  ClMem qkv;             // a step's projections: one q | k | v row per token
-  ClMem q;               // q after norm + RoPE, packed [q_dim]
-  ClMem att;             // attention output [q_dim]
-  ClMem workspace;       // split-K decode scratch
+  // The step's batch per KV layer group (kv::PagedKvCache::group_of: layers of one window share
+  // block tables, each group has its own), for the groups whose layers run here (null / empty
+  // elsewhere). use_kv_group() creates a group's buffers (at construction).
+  std::vector<std::unique_ptr<kv::KvBatchBuffers>> batches;
+  std::vector<kv::KvBatchView> views;  // this step's batch on this device, per group
+  void use_kv_group(int group);
+  ClMem qkv;        // a step's projections: one q | k | v row per token
+  ClMem q;          // q after norm + RoPE, packed [q_dim]
+  ClMem att;        // attention output [q_dim]
+  ClMem workspace;  // split-K decode scratch
   size_t workspace_bytes = 0;
   ClMem rope_freqs;  // the model's rope_freqs.weight (n_rot/2 floats), when it has them
   void allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq, uint32_t q_dim,
@@ -110,6 +114,7 @@ struct DeviceCtx {
 
  private:
   bool profile_ = false;
+  int batch_tokens_ = 0, batch_seqs_ = 0, batch_blocks_per_seq_ = 0;  // sizes of `batches`
   std::deque<std::pair<const char*, ClEvent>> events_;
 };
 

@@ -102,8 +102,12 @@ bool Engine::kv_try_reserve(kv::SeqId seq, int32_t n_tokens) {
 }
 
 bool Engine::kv_admissible(kv::SeqId seq, int32_t n_tokens, int32_t reserve_blocks) const {
-  const auto& blocks = model_->kv_cache().blocks();
-  return blocks.blocks_needed(seq, n_tokens) + reserve_blocks <= blocks.blocks_free();
+  const auto& cache = model_->kv_cache();
+  for (int32_t g = 0; g < cache.n_groups(); ++g) {
+    const auto& blocks = cache.blocks(g);
+    if (blocks.blocks_needed(seq, n_tokens) + reserve_blocks > blocks.blocks_free()) return false;
+  }
+  return true;
 }
 
 void Engine::kv_free(kv::SeqId seq) {
@@ -115,8 +119,8 @@ int64_t Engine::kv_capacity_tokens() const {
   return int64_t(blocks.n_blocks()) * blocks.block_size();
 }
 
-int Engine::kv_blocks_used() const {
-  return model_->kv_cache().blocks().blocks_used();
+int Engine::kv_blocks_used(int32_t group) const {
+  return model_->kv_cache().blocks(group).blocks_used();
 }
 
 // --- requests in and out ------------------------------------------------------------------------
@@ -318,7 +322,13 @@ int Engine::step() {
     if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
     return 0;
   }
-  counters_.kv_blocks_peak = std::max(counters_.kv_blocks_peak, kv_blocks_used());
+  const int32_t n_groups = model_->kv_cache().n_groups();
+  counters_.kv_group_blocks_peak.resize(size_t(n_groups), 0);
+  for (int32_t g = 0; g < n_groups; ++g) {
+    int& peak = counters_.kv_group_blocks_peak[size_t(g)];
+    peak = std::max(peak, kv_blocks_used(g));
+    counters_.kv_blocks_peak = std::max(counters_.kv_blocks_peak, peak);
+  }
 
   const auto t0 = Clock::now();
   std::vector<float> logits;

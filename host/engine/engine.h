@@ -81,7 +81,10 @@ struct EngineCounters {
   uint64_t decode_tokens = 0;  // sampled tokens fed back
   double prefill_seconds = 0;  // wall time of steps that carried prompt tokens
   double decode_seconds = 0;   // wall time of steps of decode tokens only
-  int kv_blocks_peak = 0;      // most KV blocks in use at once
+  int kv_blocks_peak = 0;      // most KV blocks in use at once in any layer group
+  // Per KV layer group (kv::PagedKvCache::group_of: layers of one attention window): most blocks
+  // in use at once. A window group's stays bounded by its window as sequences grow.
+  std::vector<int> kv_group_blocks_peak;
   uint64_t finished = 0, failed = 0, aborted = 0;
 };
 
@@ -139,7 +142,7 @@ class Engine {
   bool kv_admissible(kv::SeqId seq, int32_t n_tokens, int32_t reserve_blocks) const;
   void kv_free(kv::SeqId seq);
   int64_t kv_capacity_tokens() const;
-  int kv_blocks_used() const;
+  int kv_blocks_used(int32_t group) const;
 
   std::unique_ptr<OpenClModel> model_;
   EngineConfig config_;

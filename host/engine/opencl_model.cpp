@@ -24,11 +24,12 @@ namespace {
 constexpr size_t kMaxCachedPrograms = 16;
 
 // What a recorded step depends on besides buffer contents: the batch's size and logit rows and, per
-// device, the batch buffer and its layout (not the positions: they are read from the buffer).
+// device and KV group, the batch buffer and its layout (not the positions: they are read from the
+// buffer).
 struct StepShape {
   int n_tokens = 0;
   std::vector<int32_t> logit_rows;
-  std::vector<kv::KvBatchView> views;  // per plan device; empty views where no layer runs
+  std::vector<kv::KvBatchView> views;  // per plan device, per group; empty where no layer runs
 
   bool operator==(const StepShape& o) const {
     if (n_tokens != o.n_tokens || logit_rows != o.logit_rows || views.size() != o.views.size())
@@ -210,10 +211,13 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   const int n = int(b.tokens.size());
   const auto t_start = Clock::now();
   DeviceCtx& home = ctx(plan_.attention_device);
-  // The batch (block tables, positions, slots) on every device that holds layers.
+  // The batch (block tables, positions, slots) on every device that holds layers, once per KV
+  // group of its layers (each window group has its own block tables and slots).
   for (auto& c : ctxs_)
-    if (c->has_layers)
-      c->view = c->batch->upload(kv_cache().blocks(), b.seqs, b.token_seq, b.token_pos);
+    for (size_t g = 0; g < c->batches.size(); ++g)
+      if (c->batches[g])
+        c->views[g] =
+            c->batches[g]->upload(kv_cache().blocks(int32_t(g)), b.seqs, b.token_seq, b.token_pos);
   // Decode kernel when every sequence contributes exactly one token; the prefill kernel otherwise.
   const bool decode = size_t(n) == b.seqs.size();
   home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
@@ -226,7 +230,10 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     StepShape shape;
     shape.n_tokens = n;
     shape.logit_rows = b.logit_rows;
-    for (auto& c : ctxs_) shape.views.push_back(c->has_layers ? c->view : kv::KvBatchView{});
+    for (auto& c : ctxs_)
+      for (int32_t g = 0; g < kv_cache().n_groups(); ++g)
+        shape.views.push_back(size_t(g) < c->views.size() ? c->views[size_t(g)]
+                                                          : kv::KvBatchView{});
     auto it = std::find_if(programs_.begin(), programs_.end(),
                            [&](const auto& p) { return p->shape == shape; });
     if (it == programs_.end()) {
@@ -361,12 +368,13 @@ void OpenClModel::count_launches() {
   b.token_pos = {0};
   b.logit_rows = {0};
   for (auto& c : ctxs_) {
-    if (!c->has_layers) continue;
-    c->view = kv::KvBatchView{};
-    c->view.meta = c->tokens.get();
-    c->view.n_seqs = 1;
-    c->view.n_tokens = 1;
-    c->view.max_context = 1;
+    for (auto& view : c->views) {
+      view = kv::KvBatchView{};
+      view.meta = c->tokens.get();
+      view.n_seqs = 1;
+      view.n_tokens = 1;
+      view.max_context = 1;
+    }
   }
   std::vector<size_t> marks;
   {

@@ -273,6 +273,15 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set(a + ".rope.dimension_count", Value::u32(s.head_dim));
   w.set(a + ".rope.freq_base", Value::f32(s.rope_base));
   w.set(a + ".attention.layer_norm_rms_epsilon", Value::f32(1e-5f));
+  if (o.window > 0) {
+    // Alternating window / full layers (even layers windowed, as gpt-oss), stated per layer: the
+    // form model_spec applies for every architecture (llama.cpp ignores both keys for these).
+    w.set(a + ".attention.sliding_window", Value::u32(o.window));
+    std::vector<Value> flags;
+    for (uint32_t i = 0; i < s.n_layer; ++i) flags.push_back(Value::boolean(i % 2 == 0));
+    w.set(a + ".attention.sliding_window_pattern",
+          Value::array(gguf::ValueType::BOOL, std::move(flags)));
+  }
   if (o.rope_scaling) {
     w.set(a + ".rope.scaling.type", Value::string("linear"));
     w.set(a + ".rope.scaling.factor", Value::f32(2.0f));

@@ -22,6 +22,10 @@ struct FixtureOptions {
   // head_count_kv (and, for dense kinds, feed_forward_length) written as per-layer arrays whose
   // values differ: odd layers have n_head KV heads (no grouping) and twice the FFN width.
   bool layer_arrays = false;
+  // > 0: sliding-window attention of this many tokens on even layers, the whole context on odd
+  // ones (<arch>.attention.sliding_window + a per-layer sliding_window_pattern array). llama.cpp
+  // ignores both keys for the fixture architectures, so such a file is for Tessera's own tests.
+  uint32_t window = 0;
   bool all_f32 = false;  // store every tensor as F32 (isolates architecture semantics from
                          // quantization when comparing with another implementation)
   // Decisive scales (see DESIGN.md, Testing): the output projection's and the router's weights have

@@ -119,6 +119,41 @@ class SpecReader {
   const ArchTraits& arch_;
 };
 
+// Per-layer attention windows. llama.cpp defines two keys: `<arch>.attention.sliding_window` (the
+// window in tokens: a query at p sees keys [p - window + 1, p]) and
+// `<arch>.attention.sliding_window_pattern`, either a period (every n-th layer full, the others
+// windowed: gemma2/3, cohere2, gpt-oss...) or an array of one flag per layer (nonzero: windowed;
+// gemma4, mimo2, step35...). Its loaders for the architectures Tessera supports (llama, qwen3,
+// qwen3moe, qwen2moe) read neither key, so a Mistral-style `sliding_window` alone, or a period,
+// changes nothing there and is ignored here too. A window is applied only where the file states it
+// layer by layer: the array form together with `sliding_window` (llama.cpp would ignore such a
+// file's windows for these architectures; Tessera's window fixtures are written that way).
+std::vector<uint32_t> layer_windows(const gguf::GgufFile& file, const SpecReader& r,
+                                    uint32_t n_layer) {
+  std::vector<uint32_t> windows(n_layer, 0);
+  const std::string pattern_key = r.key("attention.sliding_window_pattern");
+  const gguf::Value* pattern = file.find(pattern_key);
+  if (!pattern || pattern->type != gguf::ValueType::ARRAY) return windows;
+  const std::string field = "metadata '" + pattern_key + "'";
+  const auto& flags = pattern->as_array();
+  if (flags.size() != n_layer)
+    r.fail(field, "array of " + std::to_string(flags.size()) + " flags for " +
+                      std::to_string(n_layer) + " layers");
+  const std::string window_key = r.key("attention.sliding_window");
+  const gguf::Value* window_value = file.find(window_key);
+  if (!window_value) r.fail(field, "marks window layers but '" + window_key + "' is missing");
+  const uint64_t window = window_value->as_uint();
+  if (window == 0 || window > uint64_t(INT32_MAX))
+    r.fail("metadata '" + window_key + "'",
+           std::to_string(window) + " must be in [1, 2^31-1] when layers use it");
+  for (uint32_t i = 0; i < n_layer; ++i) {
+    const gguf::Value& f = flags[i];
+    const bool windowed = f.type == gguf::ValueType::BOOL ? f.as_bool() : f.as_uint() != 0;
+    if (windowed) windows[i] = uint32_t(window);
+  }
+  return windows;
+}
+
 std::string blk(uint32_t i, std::string_view what, std::string_view part = "weight") {
   return "blk." + std::to_string(i) + "." + std::string(what) + "." + std::string(part);
 }
@@ -313,6 +348,7 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   }
 
   const uint64_t Q = hp.q_dim(), D = hp.head_dim, FE = hp.n_ff_exp, NE = hp.n_expert;
+  const std::vector<uint32_t> windows = layer_windows(file, r, hp.n_layer);
   spec.layers.resize(hp.n_layer);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
@@ -321,6 +357,7 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
             : arch->shared_expert == SharedExpertKind::kNone ? FfnKind::kMoe
                                                              : FfnKind::kMoeShared;
     l.n_head_kv = head_kv[i];
+    l.window = windows[i];
     l.n_ff = n_ff[i];
     switch (l.mixer) {
       case MixerKind::kAttention: {

@@ -69,7 +69,8 @@ struct LayerSpec {
   MixerKind mixer = MixerKind::kAttention;
   FfnKind ffn = FfnKind::kDense;
   uint32_t n_head_kv = 0;  // this layer's KV heads (attention)
-  uint32_t window = 0;     // attention window in tokens; 0: the whole sequence
+  uint32_t window = 0;     // attention window in tokens; 0: the whole sequence (model_spec.cpp
+                           // says which GGUF keys set it)
   uint32_t n_ff = 0;       // this layer's dense FFN width (dense FFN)
 
   uint32_t kv_dim(const HParams& hp) const { return n_head_kv * hp.head_dim; }

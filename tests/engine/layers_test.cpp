@@ -1,5 +1,6 @@
 // Each layer kind's device forward against its own reference forward, one layer at a time, on every
-// OpenCL device found: the attention mixer (prefill then decode, grouped and ungrouped KV heads),
+// OpenCL device found: the attention mixer (prefill then decode, grouped and ungrouped KV heads,
+// full and sliding-window layers),
 // the dense FFN, the MoE FFN with every expert on the device and (with two devices) split across
 // them, and the MoE combine fused with the next layer's input norm.
 #include <gtest/gtest.h>
@@ -16,10 +17,11 @@
 namespace tessera::engine::test {
 namespace {
 
-std::unique_ptr<Loaded> load(const std::string& kind, bool layer_arrays) {
+std::unique_ptr<Loaded> load(const std::string& kind, bool layer_arrays, uint32_t window = 0) {
   model::FixtureOptions o;
   o.kind = kind;
   o.layer_arrays = layer_arrays;
+  o.window = window;
   auto file = gguf::GgufFile::from_memory(model::make_fixture(o).to_bytes(), "fixture-" + kind);
   auto l = std::make_unique<Loaded>(Loaded{std::move(file), {}});
   l->spec = model::ModelSpec::from_gguf(l->file);
@@ -52,7 +54,10 @@ struct Rig {
     }
     kv::KvCacheConfig kc{int32_t(hp.n_layer), int32_t(hp.n_head_kv), int32_t(hp.head_dim), 4, 16,
                          kv::KvFormat::kF16};
-    for (const auto& ls : spec.layers) kc.layer_n_head_kv.push_back(int32_t(ls.n_head_kv));
+    for (const auto& ls : spec.layers) {
+      kc.layer_n_head_kv.push_back(int32_t(ls.n_head_kv));
+      kc.layer_window.push_back(int32_t(ls.window));
+    }
     cache = std::make_unique<kv::PagedKvCache>(
         kc, std::vector<const Device*>(hp.n_layer, devices.front()));
     plan.expert_device.assign(hp.n_layer, std::vector<int>(hp.n_expert, 0));
@@ -109,10 +114,11 @@ std::vector<const Device*> each(const DeviceRegistry& reg) {
   return out;
 }
 
-// Attention of every layer of `kind`: a 5-token prefill of one sequence, then one decode token, on
-// each device, against the reference forward with its own KV memory.
-void check_attention(const std::string& kind, bool layer_arrays) {
-  auto m = load(kind, layer_arrays);
+// Attention of every layer of `kind`: a 5-token prefill of one sequence, then one decode token
+// (with a window: then a 6-token chunk and two decode tokens, past the window), on each device,
+// against the reference forward with its own KV memory.
+void check_attention(const std::string& kind, bool layer_arrays, uint32_t window = 0) {
+  auto m = load(kind, layer_arrays, window);
   auto reg = DeviceRegistry::discover();
   for (const Device* dev : each(reg)) {
     SCOPED_TRACE(dev->id());
@@ -126,14 +132,20 @@ void check_attention(const std::string& kind, bool layer_arrays) {
       ReferenceLayerMemory mem;
       const kv::SeqId seq = rig.cache->create_sequence();
       int32_t pos = 0;
-      for (int n : {5, 1}) {
+      const std::vector<int> chunks =
+          window ? std::vector<int>{5, 1, 6, 1, 1} : std::vector<int>{5, 1};
+      for (int n : chunks) {
         const auto r = rig.cache->reserve(seq, n);
         std::vector<int32_t> positions, token_seq(size_t(n), 0);
         for (int i = 0; i < n; ++i) positions.push_back(r.first_pos + i);
         auto x = random_rows(size_t(n) * E, 7 + uint64_t(pos));
         rig.set_x(x);
         const std::vector<kv::SeqId> seqs{seq};
-        rig.home().view = rig.home().batch->upload(rig.cache->blocks(), seqs, token_seq, positions);
+        DeviceCtx& c = rig.home();
+        for (size_t g = 0; g < c.batches.size(); ++g)
+          if (c.batches[g])
+            c.views[g] =
+                c.batches[g]->upload(rig.cache->blocks(int32_t(g)), seqs, token_seq, positions);
         mixer.forward(rig.home(), rig.step(n, n == 1), false);
         const auto got = rig.read(rig.home().x.get(), x.size());
         mixer.reference_forward(x, positions, mem);
@@ -152,6 +164,16 @@ TEST(LayerKinds, AttentionMatchesReferenceOnEveryDevice) {
 
 TEST(LayerKinds, AttentionWithPerLayerKvHeadsMatchesReference) {
   check_attention("llama", true);  // layer 1: 4 KV heads, layer 0: 2
+}
+
+TEST(LayerKinds, SlidingWindowAttentionMatchesReference) {
+  // Layer 0 attends to its last 4 positions (positions up to 13), layer 1 to all of them.
+  auto m = load("llama", false, 4);
+  ASSERT_EQ(m->spec.layers[0].window, 4u);
+  ASSERT_EQ(m->spec.layers[1].window, 0u);
+  EXPECT_EQ(AttentionMixer(m->spec, 0).memory().window, 4u);
+  check_attention("llama", false, 4);
+  check_attention("qwen3", true, 4);  // q/k norms, per-layer KV heads
 }
 
 // The FFN of every layer of `kind` on 3 tokens against its reference forward.

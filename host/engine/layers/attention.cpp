@@ -3,6 +3,7 @@
 #include "host/engine/layers/attention.h"
 
 #include <cmath>
+#include <cstdint>
 
 #include "host/model/weights.h"
 #include "host/ops/reference/attention.h"
@@ -14,10 +15,9 @@ namespace tessera::engine {
 
 AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
     : spec_(spec), ls_(spec.layers[size_t(layer)]), layer_(layer) {
-  if (ls_.window != 0)
-    throw model::ModelError(spec.source + ": layer " + std::to_string(layer) +
-                            ": sliding-window attention (window " + std::to_string(ls_.window) +
-                            ") is not implemented");
+  if (ls_.window > uint32_t(INT32_MAX))
+    throw model::ModelError(spec.source + ": layer " + std::to_string(layer) + ": window " +
+                            std::to_string(ls_.window) + " too large");
   q_dim_ = spec.hp.q_dim();
   kv_dim_ = ls_.kv_dim(spec.hp);
   ref_.attn_norm = model::to_floats(*ls_.attn_norm);
@@ -70,7 +70,11 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   ops::AttentionConfig cfg;
   cfg.n_head = int32_t(spec_.hp.n_head);
   cfg.pool = pool;
+  cfg.window = int32_t(ls_.window);
   dev_.op = &c.attention(cfg);
+  // The layer reads the block tables of its window's group (blocks out of the window released).
+  kv_group_ = kv.group_of(layer_);
+  c.use_kv_group(kv_group_);
 }
 
 void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
@@ -94,18 +98,19 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     c.ew->add_row_bias(c.qkv.get(), 0, qkv_ld, dev_.qkv_bias.get(), 0, uint32_t(n), qkv_ld,
                        {{}, c.prof("elementwise")});
   const auto layer_view = s.kv->layer(int32_t(layer_));
+  const kv::KvBatchView& view = c.views[size_t(kv_group_)];
   auto& attn = *dev_.op;
-  attn.qkv_finish(c.view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
+  attn.qkv_finish(view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
                   ls_.q_norm ? dev_.q_norm.get() : nullptr,
                   ls_.q_norm ? dev_.k_norm.get() : nullptr, hp.rms_eps,
                   {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
                    hp.rope_freq_scale, c.rope_freqs.get()},
                   c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
   if (s.decode) {
-    attn.decode(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
+    attn.decode(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
                 c.workspace_bytes, {{}, c.prof("attention")});
   } else {
-    attn.prefill(c.view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
+    attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
   }
   // Output projection added to the residual stream in the same launch.
   c.mm->run(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
@@ -139,7 +144,9 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   mem.k.insert(mem.k.end(), k.begin(), k.end());
   mem.v.insert(mem.v.end(), v.begin(), v.end());
   const reference::AttentionShape shape{int(hp.n_head), n_head_kv, int(hp.head_dim)};
-  reference::causal_attention(q, mem.k, mem.v, shape, 1.0f / std::sqrt(float(hp.head_dim)), attn);
+  // The reference keeps every position and masks by the window.
+  reference::causal_attention(q, mem.k, mem.v, shape, 1.0f / std::sqrt(float(hp.head_dim)), attn,
+                              int(ls_.window));
   reference::matmul(attn, ref_.wo, proj);
   for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 }

@@ -1,7 +1,8 @@
 // Causal self-attention as a layer's mixer: RMSNorm, q | k | v projections (optional biases),
 // optional per-head q/k
 // RMSNorm (Qwen3), RoPE, attention over the sequence's KV (paged on the device, appended vectors on
-// the reference path), output projection added to the residual stream.
+// the reference path) or, for a layer with a window (LayerSpec::window), over its last `window`
+// positions, output projection added to the residual stream.
 #pragma once
 
 #include "host/engine/layers/layer.h"
@@ -11,8 +12,7 @@ namespace tessera::engine {
 
 class AttentionMixer final : public Mixer {
  public:
-  // Layer `layer` of `spec` (which must outlive this). Throws model::ModelError for a window > 0:
-  // neither the kernels nor the reference attend over a window yet.
+  // Layer `layer` of `spec` (which must outlive this).
   AttentionMixer(const model::ModelSpec& spec, int layer);
 
   model::MixerKind kind() const override { return model::MixerKind::kAttention; }
@@ -31,6 +31,7 @@ class AttentionMixer final : public Mixer {
   const model::ModelSpec& spec_;
   const model::LayerSpec& ls_;
   int layer_ = 0;
+  int kv_group_ = 0;  // the cache's block-table group of this layer (by its window)
   uint32_t q_dim_ = 0, kv_dim_ = 0;
   struct DeviceWeights {
     // wqkv: q, k and v rows stacked into one matrix (one launch) when they share a format;
