@@ -203,19 +203,31 @@ StepProgram* recording_for(const Device& device) {
   return nullptr;
 }
 
+namespace {
+
+// A copy's record: `bytes` from src at src_offset to dst at dst_offset on `device`'s queue.
+StepProgram::Record copy_record(StepProgram::Kind kind, const Device& device, std::string name,
+                                cl_mem src, size_t src_offset, cl_mem dst, size_t dst_offset,
+                                size_t bytes) {
+  StepProgram::Record r;
+  r.kind = kind;
+  r.device = &device;
+  r.name = std::move(name);
+  r.src = src;
+  r.dst = dst;
+  r.src_offset = src_offset;
+  r.dst_offset = dst_offset;
+  r.bytes = bytes;
+  return r;
+}
+
+}  // namespace
+
 void copy_buffer(const Device& device, cl_mem src, size_t src_offset, cl_mem dst, size_t dst_offset,
                  size_t bytes) {
   if (StepProgram* p = recording_for(device)) {
-    StepProgram::Record r;
-    r.kind = StepProgram::Kind::kCopy;
-    r.device = &device;
-    r.name = "copy";
-    r.src = src;
-    r.dst = dst;
-    r.src_offset = src_offset;
-    r.dst_offset = dst_offset;
-    r.bytes = bytes;
-    p->add(std::move(r));
+    p->add(copy_record(StepProgram::Kind::kCopy, device, "copy", src, src_offset, dst, dst_offset,
+                       bytes));
     return;
   }
   CL_CHECK(clEnqueueCopyBuffer(device.queue(), src, dst, src_offset, dst_offset, bytes, 0, nullptr,
@@ -230,16 +242,10 @@ void copy_after(const Device& from, const Device& to, cl_mem src, size_t src_off
     throw std::logic_error("step program: a copy from " + from.info().label() + " to " +
                            to.info().label() + " with only one of them recording");
   if (p) {
-    StepProgram::Record r;
-    r.kind = StepProgram::Kind::kCopyAfter;
-    r.device = &to;
+    StepProgram::Record r =
+        copy_record(StepProgram::Kind::kCopyAfter, to, "copy after " + from.info().label(), src,
+                    src_offset, dst, dst_offset, bytes);
     r.from = &from;
-    r.name = "copy after " + from.info().label();
-    r.src = src;
-    r.dst = dst;
-    r.src_offset = src_offset;
-    r.dst_offset = dst_offset;
-    r.bytes = bytes;
     p->add(std::move(r));
     return;
   }
