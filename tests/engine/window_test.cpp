@@ -145,7 +145,9 @@ TEST_P(WindowModelTest, EveryDeviceMatchesReference) {
       auto engine = make_engine(m->spec, reg, on(d->id()), options(replay));
       const auto got = greedy_checking_blocks(*engine, kPrompt, kSteps);
       expect_matches(got, ref, what);
-      if (replay) EXPECT_EQ(engine->replayed_steps(), uint64_t(kSteps - 1)) << what;
+      if (replay) {
+        EXPECT_EQ(engine->replayed_steps(), uint64_t(kSteps - 1)) << what;
+      }
     }
   }
 }

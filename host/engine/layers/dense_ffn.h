@@ -20,8 +20,7 @@ class DenseFfn final : public Ffn {
   const model::ModelSpec& spec_;
   const model::LayerSpec& ls_;
   struct DeviceWeights {
-    // gate_up: gate rows then up rows in one matrix (one launch) when both share a format.
-    ops::DeviceWeight gate_up, gate, up, down;
+    SwigluWeights ffn;
     ClMem ffn_norm;
   } dev_;
   struct ReferenceWeights {

@@ -58,6 +58,30 @@ ClMem WeightUploader::norm(DeviceCtx& c, const gguf::TensorInfo* t) {
   return m;
 }
 
+SwigluWeights upload_swiglu(DeviceCtx& c, WeightUploader& up, const gguf::TensorInfo* gate,
+                            const gguf::TensorInfo* up_t, const gguf::TensorInfo* down) {
+  SwigluWeights w;
+  if (WeightUploader::stackable({gate, up_t})) {
+    w.gate_up = up.stacked(c, {gate, up_t});
+  } else {
+    w.gate = up.matrix(c, gate);
+    w.up = up.matrix(c, up_t);
+  }
+  w.down = up.matrix(c, down);
+  return w;
+}
+
+void swiglu_hidden(DeviceCtx& c, const SwigluWeights& w, uint32_t ff, int n) {
+  if (w.gate_up.body) {
+    c.mm->run(w.gate_up, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"));
+  } else {
+    c.mm->run(w.gate, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"), {2 * ff});
+    c.mm->run(w.up, c.xn.get(), 0, c.gu.get(), ff, n, {}, c.prof("matmul"), {2 * ff});
+  }
+  c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff}, uint32_t(n),
+                ff, {{}, c.prof("activation")});
+}
+
 std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
   std::vector<Layer> layers;
   for (size_t l = 0; l < spec.layers.size(); ++l) {

@@ -93,6 +93,17 @@ class Ffn {
   virtual MoeFfn* routed() { return nullptr; }
 };
 
+// A dense SwiGLU FFN's matrices on a device (a layer's FFN or a shared expert): gate_up holds the
+// gate rows then the up rows (one launch) when both share a format, else gate and up apart.
+struct SwigluWeights {
+  ops::DeviceWeight gate_up, gate, up, down;
+};
+SwigluWeights upload_swiglu(DeviceCtx& c, WeightUploader& up, const gguf::TensorInfo* gate,
+                            const gguf::TensorInfo* up_t, const gguf::TensorInfo* down);
+// silu(gate . c.xn) * (up . c.xn) of n tokens into c.h (ff wide), through c.gu. The caller runs
+// w.down on c.h into wherever the output goes.
+void swiglu_hidden(DeviceCtx& c, const SwigluWeights& w, uint32_t ff, int n);
+
 struct Layer {
   std::unique_ptr<Mixer> mixer;
   std::unique_ptr<Ffn> ffn;

@@ -22,32 +22,19 @@ SharedMoeFfn::SharedMoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* 
 
 void SharedMoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& options) {
   routed_.upload(c, up, options);
-  if (WeightUploader::stackable({ls_.gate_shexp, ls_.up_shexp})) {
-    dev_.gate_up = up.stacked(c, {ls_.gate_shexp, ls_.up_shexp});
-  } else {
-    dev_.gate = up.matrix(c, ls_.gate_shexp);
-    dev_.up = up.matrix(c, ls_.up_shexp);
-  }
-  dev_.down = up.matrix(c, ls_.down_shexp);
+  dev_.ffn = upload_swiglu(c, up, ls_.gate_shexp, ls_.up_shexp, ls_.down_shexp);
   dev_.gate_inp = up.norm(c, ls_.gate_inp_shexp);  // f32 on the device (empty when ungated)
 }
 
 void SharedMoeFfn::shared_expert(DeviceCtx& c, int n) {
   const auto& hp = spec_.hp;
   const uint32_t ff = hp.n_ff_shexp, E = hp.n_embd;
-  if (dev_.gate_up.body) {
-    c.mm->run(dev_.gate_up, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"));
-  } else {
-    c.mm->run(dev_.gate, c.xn.get(), 0, c.gu.get(), 0, n, {}, c.prof("matmul"), {2 * ff});
-    c.mm->run(dev_.up, c.xn.get(), 0, c.gu.get(), ff, n, {}, c.prof("matmul"), {2 * ff});
-  }
-  c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff}, uint32_t(n),
-                ff, {{}, c.prof("activation")});
+  swiglu_hidden(c, dev_.ffn, ff, n);
   if (!dev_.gate_inp) {
-    c.mm->run(dev_.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+    c.mm->run(dev_.ffn.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     return;
   }
-  c.mm->run(dev_.down, c.h.get(), 0, c.partial.get(), 0, n, {}, c.prof("matmul"));
+  c.mm->run(dev_.ffn.down, c.h.get(), 0, c.partial.get(), 0, n, {}, c.prof("matmul"));
   c.moe->shared_gate_add(c.x.get(), 0, c.partial.get(), 0, c.xn.get(), 0, dev_.gate_inp.get(),
                          uint32_t(n), E, {{}, c.prof("moe_combine")});
 }

@@ -30,8 +30,8 @@ class SharedMoeFfn final : public Ffn {
   const model::LayerSpec& ls_;
   MoeFfn routed_;
   struct DeviceWeights {
-    ops::DeviceWeight gate_up, gate, up, down;  // gate_up: stacked when gate and up share a format
-    ClMem gate_inp;                             // f32 [n_embd]; empty for ungated kinds
+    SwigluWeights ffn;
+    ClMem gate_inp;  // f32 [n_embd]; empty for ungated kinds
   } dev_;
   // Reference: the whole layer as reference::moe_ffn computes it (routed experts + shared).
   std::vector<float> ref_ffn_norm_;
