@@ -23,9 +23,9 @@ namespace {
 using gguf::TensorType;
 
 const TensorType kAllTypes[] = {
-    TensorType::F32,  TensorType::F16,  TensorType::BF16,  TensorType::Q4_0, TensorType::Q4_1,
-    TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,  TensorType::Q4_K, TensorType::Q5_K,
-    TensorType::Q6_K, TensorType::Q8_K, TensorType::TQ1_0, TensorType::TQ2_0};
+    TensorType::F32,  TensorType::F16,  TensorType::BF16,  TensorType::Q4_0,  TensorType::Q4_1,
+    TensorType::Q5_0, TensorType::Q5_1, TensorType::Q8_0,  TensorType::Q4_K,  TensorType::Q5_K,
+    TensorType::Q6_K, TensorType::Q8_K, TensorType::TQ1_0, TensorType::TQ2_0, TensorType::MXFP4};
 
 // Bit-level equality (so -0 vs +0 or any last-bit difference fails).
 void expect_bits_equal(const std::vector<float>& got, const std::vector<float>& want,
@@ -62,7 +62,7 @@ TEST(QuantBlocks, SizesMatchGgml) {
       {TensorType::Q5_1, 32, 24},   {TensorType::Q8_0, 32, 34},   {TensorType::Q4_K, 256, 144},
       {TensorType::Q5_K, 256, 176}, {TensorType::Q6_K, 256, 210}, {TensorType::Q8_K, 256, 292},
       {TensorType::TQ1_0, 256, 54}, {TensorType::TQ2_0, 256, 66}, {TensorType::F16, 1, 2},
-      {TensorType::BF16, 1, 2},     {TensorType::F32, 1, 4}};
+      {TensorType::BF16, 1, 2},     {TensorType::F32, 1, 4},      {TensorType::MXFP4, 32, 17}};
   for (const auto& w : want) {
     const gguf::TypeTraits* tr = gguf::type_traits(w.t);
     ASSERT_NE(tr, nullptr);
@@ -81,6 +81,7 @@ TEST(QuantBlocks, SizesMatchGgml) {
   EXPECT_EQ(sizeof(BlockQ8_K), 292u);
   EXPECT_EQ(sizeof(BlockTQ1_0), 54u);
   EXPECT_EQ(sizeof(BlockTQ2_0), 66u);
+  EXPECT_EQ(sizeof(BlockMxfp4), 17u);
   for (TensorType t : kAllTypes) {
     EXPECT_TRUE(can_dequantize(t)) << gguf::type_name(t);
     EXPECT_TRUE(can_quantize(t)) << gguf::type_name(t);
@@ -326,6 +327,67 @@ TEST(QuantDequant, TQ1_0) {
   expect_bits_equal(dequant(TensorType::TQ1_0, b, 256), want, "TQ1_0");
 }
 
+// Two MXFP4 blocks (e = 128, then e = 1: denormal scales) and the floats ggml's
+// dequantize_row_mxfp4 gives for them (llama.cpp's libggml-base 0.18.1, read as bit patterns).
+TEST(QuantDequant, Mxfp4KnownBytesFromGgml) {
+  const std::vector<uint8_t> bytes = {0x80, 0x00, 0x16, 0x2c, 0x42, 0x48, 0x5e, 0x74, 0x7a,
+                                      0x90, 0xa6, 0xac, 0xc2, 0xd8, 0xde, 0xf4, 0x0a, 0x01,
+                                      0xf0, 0xed, 0xca, 0xa7, 0x84, 0x61, 0x5e, 0x3b, 0x18,
+                                      0xf5, 0xd2, 0xcf, 0xac, 0x89, 0x66, 0x43};
+  const uint32_t want_bits[64] = {
+      0x00000000, 0x41000000, 0xc0800000, 0x40000000, 0x00000000, 0xc1000000, 0x40800000,
+      0xc0000000, 0x00000000, 0x41000000, 0xc0800000, 0x40000000, 0x00000000, 0xc1000000,
+      0x40800000, 0xc0000000, 0x00000000, 0x3f800000, 0x40000000, 0x40800000, 0x40800000,
+      0x40c00000, 0x41400000, 0x41400000, 0xbf800000, 0xc0000000, 0xc0000000, 0xc0800000,
+      0xc0c00000, 0xc0c00000, 0xc1400000, 0x00000000, 0x00000000, 0x81400000, 0x80800000,
+      0x01c00000, 0x01000000, 0x00400000, 0x81800000, 0x80c00000, 0x00000000, 0x01400000,
+      0x00800000, 0x81c00000, 0x81000000, 0x80400000, 0x01800000, 0x00c00000, 0x81c00000,
+      0x81800000, 0x81000000, 0x80800000, 0x00000000, 0x01800000, 0x01400000, 0x00c00000,
+      0x00400000, 0x81c00000, 0x81400000, 0x81000000, 0x80800000, 0x00000000, 0x01800000,
+      0x01000000};
+  std::vector<float> want(64);
+  for (int i = 0; i < 64; ++i) want[i] = std::bit_cast<float>(want_bits[i]);
+  expect_bits_equal(dequant(TensorType::MXFP4, bytes, 64), want, "MXFP4");
+  // Read by hand: e = 128 is a scale of 2, E2M1 code 0x6 is 4 and 0xC is -2, so byte 0x16 gives
+  // element 2 = 2 * -2 and element 18 = 2 * 0.5.
+  EXPECT_EQ(want[2], -4.0f);
+  EXPECT_EQ(want[18], 2.0f);
+}
+
+// Random blocks against the OCP definition: 2^(e - 127) * (-1)^s * E2M1 (0 0.5 1 1.5 2 3 4 6).
+TEST(QuantDequant, Mxfp4MatchesTheOcpDefinition) {
+  const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+  std::mt19937 rng(3);
+  const int nb = 8;
+  std::vector<uint8_t> q(17 * nb);
+  for (auto& x : q) x = static_cast<uint8_t>(rng());
+  q[0] = 127;  // scale 1
+  q[17] = 0;   // 2^-127
+  std::vector<float> want(32 * nb);
+  for (int blk = 0; blk < nb; ++blk) {
+    const double scale = std::ldexp(1.0, q[17 * blk] - 127);
+    for (int e = 0; e < 32; ++e) {
+      const uint8_t byte = q[17 * blk + 1 + e % 16];
+      const int code = e < 16 ? byte & 15 : byte >> 4;
+      const double v = (code & 8 ? -1.0 : 1.0) * e2m1[code & 7] * scale;
+      want[32 * blk + e] = code == 8 ? 0.0f : static_cast<float>(v);  // ggml's -0 code is +0
+    }
+  }
+  expect_bits_equal(dequant(TensorType::MXFP4, q, 32 * nb), want, "MXFP4");
+}
+
+// ggml's quantize_row_mxfp4_ref on a known row (same library as above).
+TEST(QuantQuantize, Mxfp4EqualsGgmlOnAKnownRow) {
+  std::vector<float> x(32);
+  for (int i = 0; i < 32; ++i) x[i] = std::sin(static_cast<float>(i) * 0.7f) * 3.1f;
+  x[5] += 9.5f;
+  const uint8_t want[17] = {0x80, 0xb0, 0xa2, 0x03, 0x23, 0x31, 0x36, 0x1b, 0x9b,
+                            0xba, 0xb0, 0xa2, 0x03, 0x23, 0x31, 0x39, 0x1b};
+  uint8_t got[17];
+  quantize_row(TensorType::MXFP4, x.data(), got, 32);
+  for (int i = 0; i < 17; ++i) EXPECT_EQ(got[i], want[i]) << "byte " << i;
+}
+
 TEST(QuantDequant, HalfFormatsAndUnalignedSource) {
   std::mt19937 rng(8);
   std::vector<uint8_t> raw(1 + 2 * 64);
@@ -385,7 +447,8 @@ TEST(QuantRoundTrip, GaussianErrorBounds) {
       {TensorType::F32, 0.0},    {TensorType::F16, 5e-4},   {TensorType::BF16, 4e-3},
       {TensorType::Q8_0, 0.012}, {TensorType::Q8_K, 0.008}, {TensorType::Q6_K, 0.03},
       {TensorType::Q5_0, 0.06},  {TensorType::Q5_1, 0.05},  {TensorType::Q5_K, 0.045},
-      {TensorType::Q4_0, 0.12},  {TensorType::Q4_1, 0.10},  {TensorType::Q4_K, 0.09}};
+      {TensorType::Q4_0, 0.12},  {TensorType::Q4_1, 0.10},  {TensorType::Q4_K, 0.09},
+      {TensorType::MXFP4, 0.17}};
   const auto x = gaussian(4096, 11);
   for (const auto& b : bounds) {
     const double e = relative_rmse(x, round_trip(b.t, x));

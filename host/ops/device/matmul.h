@@ -1,5 +1,6 @@
-// Matmul over weights in ggml formats (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q5_K Q6_K TQ1_0 TQ2_0)
-// with f32 activations: y[t][r] = sum_c W[r][c] * x[t][c]; dense and stacked-expert (MoE) launches.
+// Matmul over weights in ggml formats (F32 F16 BF16 Q8_0 Q4_0 Q4_1 Q5_0 Q4_K Q5_K Q6_K TQ1_0 TQ2_0
+// MXFP4) with f32 activations: y[t][r] = sum_c W[r][c] * x[t][c]; dense and stacked-expert (MoE)
+// launches.
 #pragma once
 
 #include <cstdint>

@@ -157,6 +157,8 @@ std::vector<uint8_t> random_ggml_weight(TensorType t, int64_t rows, int64_t cols
       const uint16_t h = fp32_to_fp16(v);
       std::memcpy(out.data() + off + fields[f], &h, 2);
     }
+    // MXFP4's exponent byte: scales 2^-6 .. 2^-2 (a random byte would reach 2^127).
+    if (t == TensorType::MXFP4) out[off] = uint8_t(121 + byte(rng) % 5);
   }
   return out;
 }

@@ -14,7 +14,7 @@ namespace {
 using gguf::TensorType;
 
 // Offsets are those of host/ops/quant/blocks.h (ggml-common.h).
-constexpr std::array<WeightFormat, 12> kFormats{{
+constexpr std::array<WeightFormat, 13> kFormats{{
     {TensorType::F32, 32, 128, 0, 0, "FMT_F32"},
     {TensorType::F16, 32, 64, 0, 0, "FMT_F16"},
     {TensorType::BF16, 32, 64, 0, 0, "FMT_BF16"},
@@ -27,6 +27,7 @@ constexpr std::array<WeightFormat, 12> kFormats{{
     {TensorType::Q6_K, 256, 210, 208, 2, "FMT_Q6_K"},  // ql qh scales | d
     {TensorType::TQ1_0, 256, 54, 52, 2, "FMT_TQ1_0"},  // qs qh | d
     {TensorType::TQ2_0, 256, 66, 64, 2, "FMT_TQ2_0"},  // qs | d
+    {TensorType::MXFP4, 32, 17, 0, 1, "FMT_MXFP4"},    // e | qs[16]
 }};
 
 bool is_plain(TensorType t) {

@@ -9,10 +9,11 @@
 
 namespace tessera::ops {
 
-// How one format is split. ggml's blocks are 18, 20, 22, 34, 54, 66, 210 bytes: the fp16 scale
-// field(s) at `head_offset` move to a separate array so the rest (the body) is 4- or 16-byte
-// aligned and quants load as uint / uint4. Q4_K/Q5_K blocks (144/176 bytes) are aligned already: no
-// head. F32/F16/BF16 rows are zero-padded to whole 32-element chunks ("blocks" of 32 elements).
+// How one format is split. ggml's blocks are 17, 18, 20, 22, 34, 54, 66, 210 bytes: the scale
+// field(s) at `head_offset` (fp16; MXFP4's one exponent byte) move to a separate array so the rest
+// (the body) is 4- or 16-byte aligned and quants load as uint / uint4. Q4_K/Q5_K blocks (144/176
+// bytes) are aligned already: no head. F32/F16/BF16 rows are zero-padded to whole 32-element chunks
+// ("blocks" of 32 elements).
 struct WeightFormat {
   gguf::TensorType type;
   uint32_t block_elems;  // elements per (repacked) block: 32 or 256
@@ -26,7 +27,7 @@ struct WeightFormat {
 // The formats the matmul kernels compute; nullptr for anything else.
 const WeightFormat* weight_format(gguf::TensorType t);
 // All of them, in a stable order (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q4_K, Q5_K, Q6_K, TQ1_0,
-// TQ2_0).
+// TQ2_0, MXFP4).
 const std::vector<gguf::TensorType>& matmul_types();
 
 // A repacked weight on the host: `n_mats` matrices of rows x cols, bodies then heads.

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 
 namespace tessera::quant {
 
@@ -12,6 +13,7 @@ inline constexpr int kQK4_1 = 32;
 inline constexpr int kQK5_0 = 32;
 inline constexpr int kQK5_1 = 32;
 inline constexpr int kQK8_0 = 32;
+inline constexpr int kQKMxfp4 = 32;
 inline constexpr int kQK_K = 256;       // super-block of the K-quants and ternary formats
 inline constexpr int kKScaleSize = 12;  // packed 6-bit scales and mins of Q4_K/Q5_K
 
@@ -75,6 +77,26 @@ struct BlockTQ2_0 {
   uint16_t d;
 };
 
+// OCP microscaling FP4 (gpt-oss's expert weights): value = 2^(e - 127) * e2m1(nibble). ggml stores
+// the E2M1 values doubled (kMxfp4Values) and halves the scale (mxfp4_scale_half) so both are exact.
+struct BlockMxfp4 {
+  uint8_t e;                 // E8M0 shared exponent
+  uint8_t qs[kQKMxfp4 / 2];  // element j in the low nibble of qs[j], element j+16 in the high one
+};
+// E2M1 code -> twice its value (ggml's kvalues_mxfp4): sign bit 3, then 0 0.5 1 1.5 2 3 4 6.
+inline constexpr int8_t kMxfp4Values[16] = {0, 1,  2,  3,  4,  6,  8,  12,
+                                            0, -1, -2, -3, -4, -6, -8, -12};
+
+// 2^(e - 128), half the block's scale, as ggml_e8m0_to_fp32_half builds it (denormal for e < 2; e =
+// 255 is not treated as NaN).
+inline float mxfp4_scale_half(uint8_t e) {
+  const uint32_t bits = e < 2 ? 0x00200000u << e : static_cast<uint32_t>(e - 1) << 23;
+  float f;
+  std::memcpy(&f, &bits, 4);
+  return f;
+}
+
+static_assert(sizeof(BlockMxfp4) == 17 && offsetof(BlockMxfp4, qs) == 1);
 static_assert(sizeof(BlockQ4_0) == 18 && offsetof(BlockQ4_0, qs) == 2);
 static_assert(sizeof(BlockQ4_1) == 20 && offsetof(BlockQ4_1, qs) == 4);
 static_assert(sizeof(BlockQ5_0) == 22 && offsetof(BlockQ5_0, qh) == 2 &&

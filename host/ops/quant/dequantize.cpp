@@ -203,6 +203,18 @@ void dequant_tq1_0(const void* src, float* y, int64_t nb) {
   }
 }
 
+void dequant_mxfp4(const void* src, float* y, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i) {
+    const auto b = load_block<BlockMxfp4>(src, i);
+    const float d = mxfp4_scale_half(b.e);
+    for (int j = 0; j < kQKMxfp4 / 2; ++j) {
+      y[j] = static_cast<float>(kMxfp4Values[b.qs[j] & 0x0f]) * d;
+      y[j + kQKMxfp4 / 2] = static_cast<float>(kMxfp4Values[b.qs[j] >> 4]) * d;
+    }
+    y += kQKMxfp4;
+  }
+}
+
 void dequant_tq2_0(const void* src, float* y, int64_t nb) {
   for (int64_t i = 0; i < nb; ++i) {
     const auto b = load_block<BlockTQ2_0>(src, i);
@@ -232,6 +244,7 @@ bool can_dequantize(TensorType t) {
     case TensorType::Q8_K:
     case TensorType::TQ1_0:
     case TensorType::TQ2_0:
+    case TensorType::MXFP4:
       return true;
     default:
       return false;
@@ -299,6 +312,9 @@ void dequantize_row(TensorType t, const void* src, float* dst, int64_t n) {
       return;
     case TensorType::TQ2_0:
       dequant_tq2_0(src, dst, nb);
+      return;
+    case TensorType::MXFP4:
+      dequant_mxfp4(src, dst, nb);
       return;
     default:
       break;

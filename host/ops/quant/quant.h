@@ -25,7 +25,7 @@ void dequantize_row(gguf::TensorType t, const void* src, float* dst, int64_t n);
 void quantize_row(gguf::TensorType t, const float* src, void* dst, int64_t n);
 
 // Types each direction supports: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K,
-// Q8_K, TQ1_0, TQ2_0.
+// Q8_K, TQ1_0, TQ2_0, MXFP4.
 bool can_quantize(gguf::TensorType t);
 bool can_dequantize(gguf::TensorType t);
 

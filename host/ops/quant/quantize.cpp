@@ -423,6 +423,35 @@ void quant_tq2_0(const float* x, void* dst, int64_t nb) {
   }
 }
 
+// ggml's choice: the exponent of the block's absmax less 2 (so 4 * 2^e, E2M1's value 4 with the
+// doubling, is the absmax's power of two; values above 1.5x of it saturate at 6), each element the
+// nearest E2M1 value (first on ties). ggml casts a negative exponent to uint8 without a check; a
+// block whose absmax is below 2^-125 gets e = 0 here.
+void quant_mxfp4(const float* x, void* dst, int64_t nb) {
+  for (int64_t i = 0; i < nb; ++i, x += kQKMxfp4) {
+    BlockMxfp4 b{};
+    const float amax = absmax(x, kQKMxfp4);
+    const float e = amax > 0.0f ? std::floor(std::log2(amax)) - 2.0f + 127.0f : 0.0f;
+    b.e = static_cast<uint8_t>(std::clamp(e, 0.0f, 255.0f));
+    const float d = mxfp4_scale_half(b.e);
+    auto nearest = [d](float v) {
+      int best = 0;
+      float best_err = std::fabs(static_cast<float>(kMxfp4Values[0]) * d - v);
+      for (int k = 1; k < 16; ++k) {
+        const float err = std::fabs(static_cast<float>(kMxfp4Values[k]) * d - v);
+        if (err < best_err) {
+          best = k;
+          best_err = err;
+        }
+      }
+      return best;
+    };
+    for (int j = 0; j < kQKMxfp4 / 2; ++j)
+      b.qs[j] = static_cast<uint8_t>(nearest(x[j]) | (nearest(x[j + kQKMxfp4 / 2]) << 4));
+    store_block(dst, i, b);
+  }
+}
+
 }  // namespace
 
 bool can_quantize(TensorType t) {
@@ -493,6 +522,9 @@ void quantize_row(TensorType t, const float* src, void* dst, int64_t n) {
       return;
     case TensorType::TQ2_0:
       quant_tq2_0(src, dst, nb);
+      return;
+    case TensorType::MXFP4:
+      quant_mxfp4(src, dst, nb);
       return;
     default:
       break;
