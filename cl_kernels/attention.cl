@@ -55,7 +55,8 @@ __kernel __attribute__((reqd_work_group_size(QF_LWS, 1, 1)))
 void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k_col, uint v_col,
                 __global const float* q_norm, __global const float* k_norm, uint use_norm,
                 float eps, uint n_rot, float freq_base, float freq_scale,
-                __global const float* freq_factors, uint use_ff, uint neox, __global const int* meta,
+                __global const float* freq_factors, uint use_ff, uint neox, float4 yarn,
+                __global const int* meta,
                 uint pos_off, uint slot_off, uint first_token, __global float* q_out,
                 uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
   __local float buf[HEAD_DIM];
@@ -86,9 +87,10 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
     }
     const float pos = (float)meta[pos_off + t];
     for (uint i = lid; i < n_rot / 2; i += QF_LWS) {
-      const float theta = rope_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff);
+      const float theta =
+          rope_yarn_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff, yarn);
       float c;
-      const float s = sincos(theta, &c);
+      const float s = rope_sin_cos(theta, yarn, &c);
       const uint2 ab = rope_pair(i, n_rot, neox);
       const uint a = ab.x, b = ab.y;
       const float x0 = buf[a], x1 = buf[b];
@@ -115,15 +117,19 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
                               uint k_col, uint v_col, __global const float* q_norm,
                               __global const float* k_norm, uint use_norm, float eps, uint n_rot,
                               float freq_base, float freq_scale, __global const float* freq_factors,
-                              uint use_ff, uint neox, __global const int* meta, uint pos_off,
+                              uint use_ff, uint neox, float4 yarn, __global const int* meta,
+                              uint pos_off,
                               uint slot_off, uint first_token, __global float* q_out,
                               uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
   const uint t = first_token + get_global_id(0);
   const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
   for (uint i = 0; i < n_rot / 2; ++i) {
-    const float theta = rope_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff);
-    sn[i] = sincos(theta, &cs[i]);
+    const float theta =
+        rope_yarn_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff, yarn);
+    float c;
+    sn[i] = rope_sin_cos(theta, yarn, &c);
+    cs[i] = c;
   }
   const int slot = meta[slot_off + t];
   __global const float* row = qkv + qkv_off + (size_t)t * tok_stride;

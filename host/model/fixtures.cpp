@@ -282,9 +282,16 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     w.set(a + ".attention.sliding_window_pattern",
           Value::array(gguf::ValueType::BOOL, std::move(flags)));
   }
+  if (o.rope_scaling && o.rope_yarn)
+    throw std::invalid_argument("fixture: rope_scaling and rope_yarn are two scaling types");
   if (o.rope_scaling) {
     w.set(a + ".rope.scaling.type", Value::string("linear"));
     w.set(a + ".rope.scaling.factor", Value::f32(2.0f));
+  }
+  if (o.rope_yarn) {
+    w.set(a + ".rope.scaling.type", Value::string("yarn"));
+    w.set(a + ".rope.scaling.factor", Value::f32(4.0f));
+    w.set(a + ".rope.scaling.original_context_length", Value::u32(16));
   }
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));

@@ -19,6 +19,7 @@ struct FixtureOptions {
                               // rope_freqs.weight divisors
   bool rope_freqs = false;    // Llama 3-style rope_freqs.weight divisors alone (llama kinds: llama,
                               // mixtral; other kinds refuse it)
+  bool rope_yarn = false;     // YaRN RoPE scaling: factor 4 over an original context of 16 tokens
   // head_count_kv (and, for dense kinds, feed_forward_length) written as per-layer arrays whose
   // values differ: odd layers have n_head KV heads (no grouping) and twice the FFN width.
   bool layer_arrays = false;

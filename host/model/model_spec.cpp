@@ -234,13 +234,13 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   if (!std::isfinite(hp.rope_freq_base) || hp.rope_freq_base <= 0.0f)
     r.fail("metadata '" + r.key("rope.freq_base") + "'",
            std::to_string(hp.rope_freq_base) + " must be a finite number > 0");
-  // Linear scaling only: YaRN / LongRoPE change more than theta and are not implemented. As in
-  // llama.cpp, an absent type means linear and "none" ignores any factor.
+  // Linear scaling and YaRN; LongRoPE changes more than theta and is refused. As in llama.cpp, an
+  // absent type means linear and "none" ignores any factor.
   std::string scaling = "linear";
   if (const gguf::Value* type = file.find(r.key("rope.scaling.type"))) scaling = type->as_string();
-  if (scaling != "none" && scaling != "linear") {
+  if (scaling != "none" && scaling != "linear" && scaling != "yarn") {
     r.fail("metadata '" + r.key("rope.scaling.type") + "'",
-           "'" + scaling + "' is not supported (supported: none, linear)");
+           "'" + scaling + "' is not supported (supported: none, linear, yarn)");
   }
   const char* factor_key =
       file.find(r.key("rope.scaling.factor")) ? "rope.scaling.factor" : "rope.scale_linear";
@@ -248,6 +248,25 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   if (!std::isfinite(factor) || factor < 0.0f)
     r.fail("metadata '" + r.key(factor_key) + "'", "scaling factor must be finite and >= 0");
   hp.rope_freq_scale = (factor == 0.0f || scaling == "none") ? 1.0f : 1.0f / factor;
+  // llama.cpp multiplies cos and sin by rope.scaling.attn_factor whatever the scaling type.
+  const float attn_factor = r.f32("rope.scaling.attn_factor", 1.0f);
+  if (!std::isfinite(attn_factor) || attn_factor <= 0.0f)
+    r.fail("metadata '" + r.key("rope.scaling.attn_factor") + "'",
+           std::to_string(attn_factor) + " must be a finite number > 0");
+  hp.rope_yarn.mscale = attn_factor;
+  if (scaling == "yarn") {
+    // llama.cpp's YaRN for the architectures Tessera runs: ext_factor 1, beta_fast 32, beta_slow
+    // 1 (its loaders for them read no yarn_* key), original context from
+    // rope.scaling.original_context_length, else context_length.
+    const uint32_t n_ctx_orig = r.u32("rope.scaling.original_context_length", hp.n_ctx_train);
+    try {
+      hp.rope_yarn =
+          reference::rope_yarn_params(int(hp.n_rot), n_ctx_orig, hp.rope_freq_base,
+                                      1.0f / hp.rope_freq_scale, 32.0f, 1.0f, attn_factor);
+    } catch (const std::invalid_argument& e) {
+      r.fail("metadata '" + r.key("rope.scaling.type") + "' yarn", e.what());
+    }
+  }
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
   if (!std::isfinite(hp.rms_eps) || hp.rms_eps <= 0.0f)
     r.fail("metadata '" + r.key("attention.layer_norm_rms_epsilon") + "'",

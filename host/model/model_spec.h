@@ -33,7 +33,9 @@ struct HParams {
   uint32_t n_ctx_train = 0;           // context_length
   uint32_t n_vocab = 0;               // rows of token_embd
   float rope_freq_base = 10000.0f;    // rope.freq_base
-  float rope_freq_scale = 1.0f;       // 1 / rope.scaling.factor (linear; YaRN/LongRoPE refused)
+  float rope_freq_scale = 1.0f;       // 1 / rope.scaling.factor (linear or YaRN; LongRoPE refused)
+  reference::RopeYarn rope_yarn;      // YaRN's blend (rope.scaling.type yarn) and magnitude
+                                      // (rope.scaling.attn_factor, YaRN's 1 + 0.1 ln factor)
   float rms_eps = 0.0f;               // attention.layer_norm_rms_epsilon
   uint32_t n_expert = 0;              // expert_count (0: dense)
   uint32_t n_expert_used = 0;         // expert_used_count

@@ -1,7 +1,7 @@
 // RoPE frequency scaling end to end: fixtures with linear scaling (rope.scaling.factor), with
-// Llama 3's rope_freqs.weight divisors, and with both, run by the OpenCL engine on every device
-// against the scalar reference (greedy tokens and logits). The OpenCL path once ignored both and
-// generated other tokens with no error.
+// Llama 3's rope_freqs.weight divisors, with both, and with YaRN, run by the OpenCL engine on every
+// device against the scalar reference (greedy tokens and logits). The OpenCL path once ignored both
+// and generated other tokens with no error.
 #include "engine_test_util.h"
 
 #include <string>
@@ -24,8 +24,9 @@ std::unique_ptr<Loaded> load(const model::FixtureOptions& o) {
 struct Scaling {
   const char* name;
   const char* kind;
-  bool linear;  // FixtureOptions::rope_scaling (llama kinds: with the divisors too)
-  bool freqs;   // FixtureOptions::rope_freqs (divisors alone)
+  bool linear;        // FixtureOptions::rope_scaling (llama kinds: with the divisors too)
+  bool freqs;         // FixtureOptions::rope_freqs (divisors alone)
+  bool yarn = false;  // FixtureOptions::rope_yarn
 };
 
 class RopeScalingTest : public ::testing::TestWithParam<Scaling> {};
@@ -36,8 +37,10 @@ TEST_P(RopeScalingTest, EveryDeviceMatchesReference) {
   o.kind = sc.kind;
   o.rope_scaling = sc.linear;
   o.rope_freqs = sc.freqs;
+  o.rope_yarn = sc.yarn;
   auto m = load(o);
-  const bool has_linear = m->spec.hp.rope_freq_scale != 1.0f;
+  ASSERT_EQ(m->spec.hp.rope_yarn.enabled(), sc.yarn);
+  const bool has_linear = m->spec.hp.rope_freq_scale != 1.0f && !sc.yarn;
   const bool has_freqs = m->spec.rope_freqs != nullptr;
   ASSERT_EQ(has_linear, sc.linear);
   ASSERT_EQ(has_freqs, sc.freqs || (sc.linear && std::string(sc.kind) == "llama"));
@@ -45,7 +48,7 @@ TEST_P(RopeScalingTest, EveryDeviceMatchesReference) {
 
   // The scaling must change the answer, or this test could not see it ignored.
   model::FixtureOptions plain = o;
-  plain.rope_scaling = plain.rope_freqs = false;
+  plain.rope_scaling = plain.rope_freqs = plain.rope_yarn = false;
   auto p = load(plain);
   const auto unscaled = reference_greedy(p->spec, kPrompt, kSteps);
   ASSERT_NE(ref.tokens, unscaled.tokens) << sc.name << ": scaling leaves the greedy tokens alone";
@@ -69,7 +72,9 @@ TEST_P(RopeScalingTest, EveryDeviceMatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, RopeScalingTest,
                          ::testing::Values(Scaling{"qwen3_linear", "qwen3", true, false},
                                            Scaling{"llama_freqs", "llama", false, true},
-                                           Scaling{"llama_linear_freqs", "llama", true, false}),
+                                           Scaling{"llama_linear_freqs", "llama", true, false},
+                                           Scaling{"qwen3_yarn", "qwen3", false, false, true},
+                                           Scaling{"llama_yarn", "llama", false, false, true}),
                          [](const ::testing::TestParamInfo<Scaling>& info) {
                            return std::string(info.param.name);
                          });

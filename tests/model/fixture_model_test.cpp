@@ -316,13 +316,28 @@ TEST(FixtureModel, RopeScalingFromMetadata) {
     EXPECT_FLOAT_EQ(ModelSpec::from_gguf(file).hp.rope_freq_scale, 1.0f);
   }
   w.set("llama.rope.scaling.type", gguf::Value::string("yarn"));
+  w.set("llama.rope.scaling.original_context_length", gguf::Value::u32(64));
+  {
+    // YaRN as llama.cpp derives it: factor 2, n_rot 16, base 10000, original context 64, beta 32
+    // and 1: corr dims floor(16 ln(64 / (32 * 2 pi)) / (2 ln 10000)) clamped to 0 and
+    // ceil(16 ln(64 / (2 pi)) / (2 ln 10000)) = ceil(2.016) = 3; magnitude 1 + 0.1 ln 2.
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "yarn.gguf");
+    const ModelSpec spec = ModelSpec::from_gguf(file);
+    ASSERT_EQ(spec.hp.n_rot, 16u);
+    EXPECT_FLOAT_EQ(spec.hp.rope_freq_scale, 0.5f);
+    EXPECT_TRUE(spec.hp.rope_yarn.enabled());
+    EXPECT_EQ(spec.hp.rope_yarn.ext_factor, 1.0f);
+    EXPECT_EQ(spec.hp.rope_yarn.corr_low, 0.0f);
+    EXPECT_EQ(spec.hp.rope_yarn.corr_high, 3.0f);
+    EXPECT_NEAR(spec.hp.rope_yarn.mscale, 1.0 + 0.1 * std::log(2.0), 1e-6);
+  }
+  w.set("llama.rope.scaling.attn_factor", gguf::Value::f32(0.0f));
   const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "yarn.gguf");
   try {
     ModelSpec::from_gguf(file);
-    FAIL() << "yarn accepted";
+    FAIL() << "attn_factor 0 accepted";
   } catch (const ModelError& e) {
-    EXPECT_NE(std::string(e.what()).find("llama.rope.scaling.type': 'yarn' is not supported"),
-              std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("llama.rope.scaling.attn_factor"), std::string::npos)
         << e.what();
   }
 }
@@ -355,8 +370,9 @@ TEST(FixtureModel, RopeFreqsAloneAndBadScalingAreChecked) {
   factors[5] = 0.0f;
   w.add_tensor_f32("rope_freqs.weight", {8}, factors);
   EXPECT_NE(error_of(w).find("rope_freqs.weight"), std::string::npos) << error_of(w);
-  // Scaling types other than none / linear change more than the angle and are refused by name.
-  for (const char* type : {"yarn", "longrope", "su"}) {
+  // Scaling types other than none / linear / yarn change more than the angle and are refused by
+  // name.
+  for (const char* type : {"longrope", "su"}) {
     auto t = make_fixture(plain);
     t.set("llama.rope.scaling.type", gguf::Value::string(type));
     EXPECT_NE(error_of(t).find(std::string("'") + type + "' is not supported"), std::string::npos)

@@ -104,7 +104,7 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
                   ls_.q_norm ? dev_.q_norm.get() : nullptr,
                   ls_.q_norm ? dev_.k_norm.get() : nullptr, hp.rms_eps,
                   {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
-                   hp.rope_freq_scale, c.rope_freqs.get()},
+                   hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn},
                   c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
   if (s.decode) {
     attn.decode(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
@@ -136,10 +136,10 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   for (size_t t = 0; t < T; ++t) {
     reference::rope(std::span<float>(q).subspan(t * Q, Q), int(hp.n_head), int(hp.head_dim),
                     int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
-                    hp.rope_freq_scale, ref_.rope_freqs);
+                    hp.rope_freq_scale, ref_.rope_freqs, hp.rope_yarn);
     reference::rope(std::span<float>(k).subspan(t * KV, KV), n_head_kv, int(hp.head_dim),
                     int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
-                    hp.rope_freq_scale, ref_.rope_freqs);
+                    hp.rope_freq_scale, ref_.rope_freqs, hp.rope_yarn);
   }
   mem.k.insert(mem.k.end(), k.begin(), k.end());
   mem.v.insert(mem.v.end(), v.begin(), v.end());

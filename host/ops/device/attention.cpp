@@ -194,7 +194,7 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
     throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
                          " must be even, > 0 and <= head_dim " + std::to_string(c.pool.head_dim));
   if (const std::string why =
-          rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors);
+          rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors, rope.yarn);
       !why.empty())
     throw AttentionError("attention qkv_finish: " + why);
   if ((q_norm == nullptr) != (k_norm == nullptr))
@@ -213,9 +213,9 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
            cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot), rope.freq_base,
            rope.freq_scale, rope.freq_factors ? rope.freq_factors : src.buf,
-           cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0), b.meta,
-           cl_uint(b.token_pos_offset), cl_uint(b.token_slot_offset), cl_uint(first_token), q_out,
-           cl_uint(q_out_offset), layer.k, layer.v);
+           cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0), rope_yarn_arg(rope.yarn),
+           b.meta, cl_uint(b.token_pos_offset), cl_uint(b.token_slot_offset), cl_uint(first_token),
+           q_out, cl_uint(q_out_offset), layer.k, layer.v);
   if (rows) {
     launch(d, k, {size_t(n_tokens), 1, 1}, {1, 1, 1}, ev);
     return;

@@ -11,6 +11,7 @@
 #include "host/common/error.h"
 #include "host/kv/kv_view.h"
 #include "host/ops/device/launch.h"
+#include "host/ops/reference/rope.h"
 
 namespace tessera::ops {
 
@@ -95,13 +96,14 @@ class AttentionOp {
     uint32_t k_col = 0, v_col = 0;
   };
   // RoPE angles as reference::rope: theta_i = freq_scale * pos * freq_base^(-2i/n_rot) /
-  // freq_factors[i].
+  // freq_factors[i], blended by YaRN when rope.yarn is enabled.
   struct QkvRope {
     uint32_t n_rot = 0;  // even, <= head_dim
     float freq_base = 10000.0f;
     bool neox = false;
-    float freq_scale = 1.0f;        // linear scaling: 1 / rope.scaling.factor; finite, > 0
+    float freq_scale = 1.0f;        // linear scaling and YaRN: 1 / rope.scaling.factor; > 0
     cl_mem freq_factors = nullptr;  // n_rot/2 floats (Llama 3's rope_freqs.weight) or null
+    reference::RopeYarn yarn;       // YaRN's blend and magnitude (default: off)
   };
   void qkv_finish(const kv::KvBatchView& batch, const kv::KvLayerView& layer, const QkvSource& src,
                   cl_mem q_norm, cl_mem k_norm, float eps, const QkvRope& rope, cl_mem q_out,

@@ -169,10 +169,11 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 // with a gap, so the strides and column offsets are exercised.
 // other_shape: the kernel shape the device does not use by default (per-token rows on GPUs,
 // per-head work groups on CPUs), so both are checked everywhere.
-// freq_scale / with_factors: RoPE frequency scaling (linear; random rope_freqs divisors in [1, 8)).
+// freq_scale / with_factors: RoPE frequency scaling (linear; random rope_freqs divisors in [1, 8));
+// yarn: YaRN with factor 1 / freq_scale over an original context of 4096.
 MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const AttentionConfig& cfg,
                                      bool norm, bool neox, int32_t n_rot, bool other_shape,
-                                     float freq_scale, bool with_factors) {
+                                     float freq_scale, bool with_factors, bool yarn) {
   const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
                 bs = cfg.pool.block_size;
   const int32_t n = 7, n_blocks = 3;
@@ -225,8 +226,11 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
   view.meta = metab.mem();
   const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
   const AttentionOp::QkvSource source{src.mem(), 0, stride, k_col, v_col};
-  const AttentionOp::QkvRope rope{uint32_t(n_rot), base, neox, freq_scale,
-                                  ffb ? ffb->mem() : nullptr};
+  const reference::RopeYarn yarn_params =
+      yarn ? reference::rope_yarn_params(n_rot, 4096, base, 1.0f / freq_scale)
+           : reference::RopeYarn{};
+  const AttentionOp::QkvRope rope{
+      uint32_t(n_rot), base, neox, freq_scale, ffb ? ffb->mem() : nullptr, yarn_params};
   auto run = [&](const Events& ev) {
     op.qkv_finish(view, layer, source, norm ? qwb.mem() : nullptr, norm ? kwb.mem() : nullptr, eps,
                   rope, qout.mem(), 0, 0, n, ev);
@@ -244,8 +248,8 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
       reference::rms_norm(q, qw, eps, q);
       reference::rms_norm(k, kw, eps, k);
     }
-    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors);
-    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors);
+    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors, yarn_params);
+    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors, yarn_params);
     std::copy(q.begin(), q.end(), ref_q.begin() + size_t(t) * q_dim);
     const int32_t slot = slots[size_t(t)];
     if (slot < 0) continue;
@@ -308,26 +312,29 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
   };
   for (const auto& c : shapes) {
     // v 3, 4: RoPE frequency scaling (linear x4 with Qwen's form and q/k norms; Llama 3.1's
-    // rope_freqs divisors with linear x2 in llama's form, partial rotary).
-    for (int v = 0; v < 5; ++v) {
-      const bool norm = v != 1 && v != 4, neox = v != 0 && v != 4;
+    // rope_freqs divisors with linear x2 in llama's form, partial rotary); v 5: YaRN x32 (gpt-oss:
+    // NeoX, no q/k norm).
+    for (int v = 0; v < 6; ++v) {
+      const bool norm = v != 1 && v != 4 && v != 5, neox = v != 0 && v != 4;
       const int32_t D = c.pool.head_dim;
       const int32_t n_rot = v == 2 || v == 4 ? D / 2 : D;  // partial rotary
-      const float freq_scale = v == 3 ? 0.25f : v == 4 ? 0.5f : 1.0f;
-      const bool factors = v == 4;
+      const float freq_scale = v == 3 ? 0.25f : v == 4 ? 0.5f : v == 5 ? 1.0f / 32.0f : 1.0f;
+      const bool factors = v == 4, yarn = v == 5;
       const std::string shape = "h" + std::to_string(c.n_head) + "/" +
                                 std::to_string(c.pool.n_head_kv) + "xd" + std::to_string(D) +
                                 (norm ? "_norm" : "") + (neox ? "_neox" : "_normal") + "_rot" +
                                 std::to_string(n_rot) +
                                 (v == 3   ? "_linear0.25"
                                  : v == 4 ? "_linear0.5+freqs"
+                                 : v == 5 ? "_yarn32"
                                           : "");
       for (bool other : {false, true}) {
-        out.push_back({other ? "qkv_finish_alt" : "qkv_finish", "f16kv", shape,
-                       [c, norm, neox, n_rot, other, freq_scale, factors](const Device& d, bool t) {
-                         return run_qkv_finish_case(d, t, c, norm, neox, n_rot, other, freq_scale,
-                                                    factors);
-                       }});
+        out.push_back(
+            {other ? "qkv_finish_alt" : "qkv_finish", "f16kv", shape,
+             [c, norm, neox, n_rot, other, freq_scale, factors, yarn](const Device& d, bool t) {
+               return run_qkv_finish_case(d, t, c, norm, neox, n_rot, other, freq_scale, factors,
+                                          yarn);
+             }});
       }
     }
   }

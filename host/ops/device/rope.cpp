@@ -11,12 +11,25 @@
 
 namespace tessera::ops {
 
+cl_float4 rope_yarn_arg(const reference::RopeYarn& yarn) {
+  cl_float4 v;
+  v.s[0] = yarn.ext_factor;
+  v.s[1] = yarn.corr_low;
+  v.s[2] = yarn.corr_high;
+  v.s[3] = yarn.mscale;
+  return v;
+}
+
 RopeOps::RopeOps(const Device& device)
     : device_(&device), rope_(device.kernel("rope", "rope_f32")) {}
 
-std::string rope_frequency_problem(uint32_t n_rot, float freq_scale, cl_mem freq_factors) {
+std::string rope_frequency_problem(uint32_t n_rot, float freq_scale, cl_mem freq_factors,
+                                   const reference::RopeYarn& yarn) {
   if (!std::isfinite(freq_scale) || freq_scale <= 0.0f)
     return "freq_scale " + std::to_string(freq_scale) + " must be finite and > 0";
+  if (!std::isfinite(yarn.ext_factor) || !std::isfinite(yarn.corr_low) ||
+      !std::isfinite(yarn.corr_high) || !std::isfinite(yarn.mscale) || yarn.mscale <= 0.0f)
+    return "YaRN parameters must be finite (mscale > 0)";
   if (freq_factors) {
     size_t bytes = 0;
     const cl_int err =
@@ -38,7 +51,7 @@ void RopeOps::rope(cl_mem x, uint32_t x_off, cl_mem pos, uint32_t pos_off, const
                                 "; token_stride " + std::to_string(stride) +
                                 " must cover n_head*head_dim");
   }
-  if (const std::string why = rope_frequency_problem(s.n_rot, s.freq_scale, freq_factors);
+  if (const std::string why = rope_frequency_problem(s.n_rot, s.freq_scale, freq_factors, s.yarn);
       !why.empty())
     throw std::invalid_argument("rope: " + why);
   if (s.n_tokens == 0 || s.n_head == 0) return;
@@ -47,7 +60,7 @@ void RopeOps::rope(cl_mem x, uint32_t x_off, cl_mem pos, uint32_t pos_off, const
   const uint32_t use_ff = freq_factors ? 1 : 0;
   // Without factors the kernel never reads them: any valid buffer fills the argument.
   set_args(*device_, k, x, x_off, stride, pos, pos_off, s.head_dim, s.n_rot, s.freq_base,
-           s.freq_scale, freq_factors ? freq_factors : x, use_ff, neox);
+           s.freq_scale, freq_factors ? freq_factors : x, use_ff, neox, rope_yarn_arg(s.yarn));
   const size_t global[3] = {s.n_rot / 2, s.n_head, s.n_tokens};
   enqueue(*device_, k, 3, global, nullptr, ev);
 }
@@ -79,7 +92,7 @@ MatrixCaseResult run_rope(const Device& device, bool timing, RopeShape s,
   for (uint32_t t = 0; t < s.n_tokens; ++t) {
     std::span<float> heads(ref.data() + size_t(t) * stride, size_t(s.n_head) * s.head_dim);
     reference::rope(heads, int(s.n_head), int(s.head_dim), int(s.n_rot), pos[t], s.freq_base,
-                    s.mode, s.freq_scale, factors);
+                    s.mode, s.freq_scale, factors, s.yarn);
   }
   RopeOps ops(device);
   GuardedBuffer dx(device, x), dpos(device, pos);
@@ -143,6 +156,21 @@ void register_rope_cases(std::vector<MatrixCase>& out) {
                          return run_rope(d, timing, s, factors);
                        }});
       }
+    }
+    // YaRN as gpt-oss declares it (factor 32, original context 4096, base 150000), full and
+    // partial rotary; the second with rope_freqs divisors too.
+    for (const Shape& sh : scaled) {
+      RopeShape s{sh.tokens, sh.heads, sh.dim, sh.rot, 0, 150000.0f, mode};
+      s.freq_scale = 1.0f / 32.0f;
+      s.yarn = reference::rope_yarn_params(int(sh.rot), 4096, s.freq_base, 32.0f);
+      std::vector<float> factors;
+      if (sh.dim != sh.rot) factors = llama3_like_factors(sh.rot);
+      const std::string shape = std::to_string(sh.tokens) + "x" + std::to_string(sh.heads) + "x" +
+                                std::to_string(sh.dim) + "/" + std::to_string(sh.rot) +
+                                (factors.empty() ? "/yarn32" : "/yarn32+freqs");
+      out.push_back(
+          {"rope", mode == RopeMode::kNeox ? "neox" : "normal", shape,
+           [s, factors](const Device& d, bool timing) { return run_rope(d, timing, s, factors); }});
     }
   }
 }

@@ -20,13 +20,18 @@ struct RopeShape {
   uint32_t token_stride = 0;  // floats between tokens; 0: n_head * head_dim (packed)
   float freq_base = 10000.0f;
   RopeMode mode = RopeMode::kNormal;
-  float freq_scale = 1.0f;  // linear scaling: 1 / rope.scaling.factor (1: none); > 0
+  float freq_scale = 1.0f;   // linear scaling and YaRN: 1 / rope.scaling.factor (1: none); > 0
+  reference::RopeYarn yarn;  // YaRN's blend and magnitude (default: off)
 };
 
 // What is wrong with RoPE frequency arguments, or "" when nothing: freq_scale must be finite and
-// > 0, freq_factors (null: none) must hold at least n_rot/2 floats. Shared by RopeOps and the
+// > 0, freq_factors (null: none) must hold at least n_rot/2 floats, YaRN's values must be finite
+// (mscale > 0). Shared by RopeOps and the
 // attention op's qkv_finish, which wrap it in their own error types.
-std::string rope_frequency_problem(uint32_t n_rot, float freq_scale, cl_mem freq_factors);
+std::string rope_frequency_problem(uint32_t n_rot, float freq_scale, cl_mem freq_factors,
+                                   const reference::RopeYarn& yarn = {});
+// YaRN's values as the kernels' float4 argument (ext_factor, corr_low, corr_high, mscale).
+cl_float4 rope_yarn_arg(const reference::RopeYarn& yarn);
 
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
 class RopeOps {
