@@ -1,0 +1,201 @@
+// The chat template families rendered in C++, each written from the family's reference template
+// (see chat_template.h for the signatures).
+#include "host/server/chat_template.h"
+
+#include <chrono>
+#include <ctime>
+
+namespace tessera::server {
+
+namespace {
+
+bool has(std::string_view text, std::string_view what) {
+  return text.find(what) != std::string_view::npos;
+}
+
+std::string trim(const std::string& s) {
+  const auto b = s.find_first_not_of(" \t\n\r");
+  if (b == std::string::npos) return {};
+  const auto e = s.find_last_not_of(" \t\n\r");
+  return s.substr(b, e - b + 1);
+}
+
+// "December 02, 2026", as Granite's strftime_now('%B %d, %Y') writes today.
+std::string today_long() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::strftime(buf, sizeof(buf), "%B %d, %Y", &tm);
+  return buf;
+}
+
+std::string render_chatml(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+  std::string out;
+  if (!t.default_system.empty() && ms.front().role != "system")
+    out += "<|im_start|>system\n" + t.default_system + "<|im_end|>\n";
+  for (const auto& m : ms) out += "<|im_start|>" + m.role + "\n" + m.content + "<|im_end|>\n";
+  return out + "<|im_start|>assistant\n";
+}
+
+std::string render_llama3(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+  std::string out;
+  size_t first = 0;
+  if (t.llama3_dated) {
+    // Llama 3.1+: the system header is always written, with the template's default dates.
+    std::string system;
+    if (ms.front().role == "system") {
+      system = trim(ms.front().content);
+      first = 1;
+    }
+    out +=
+        "<|start_header_id|>system<|end_header_id|>\n\nCutting Knowledge Date: December "
+        "2023\nToday Date: 26 Jul 2024\n\n" +
+        system + "<|eot_id|>";
+  }
+  for (size_t i = first; i < ms.size(); ++i)
+    out += "<|start_header_id|>" + ms[i].role + "<|end_header_id|>\n\n" + trim(ms[i].content) +
+           "<|eot_id|>";
+  return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
+}
+
+std::string render_granite(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+  std::string out;
+  size_t first = 0;
+  if (ms.front().role == "system") {
+    out += "<|start_of_role|>system<|end_of_role|>" + ms.front().content + "<|end_of_text|>\n";
+    first = 1;
+  } else if (!t.default_system.empty()) {
+    out +=
+        "<|start_of_role|>system<|end_of_role|>Knowledge Cutoff Date: April 2024. Today's "
+        "Date: " +
+        today_long() + ". " + t.default_system + "<|end_of_text|>\n";
+  }
+  for (size_t i = first; i < ms.size(); ++i)
+    out +=
+        "<|start_of_role|>" + ms[i].role + "<|end_of_role|>" + ms[i].content + "<|end_of_text|>\n";
+  return out + "<|start_of_role|>assistant<|end_of_role|>";
+}
+
+std::string render_mistral(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+  size_t first = 0;
+  std::string system;
+  bool has_system = false;
+  if (ms.front().role == "system") {
+    system = ms.front().content;
+    has_system = true;
+    first = 1;
+  }
+  size_t last_user = ms.size();
+  for (size_t i = first, k = 0; i < ms.size(); ++i, ++k) {
+    const bool user = ms[i].role == "user";
+    if (ms[i].role == "system" || user != (k % 2 == 0))
+      throw ApiError(400,
+                     "'messages' do not fit the mistral chat template: after an optional first "
+                     "system message, roles must alternate user/assistant/user/... (message " +
+                         std::to_string(i) + " is '" + ms[i].role + "')",
+                     "messages");
+    if (user) last_user = i;
+  }
+  if (last_user == ms.size() || ms.back().role != "user")
+    throw ApiError(400, "'messages' must end with a user message for the mistral chat template",
+                   "messages");
+  const std::string open = t.mistral_spaced ? "[INST] " : "[INST]";
+  const std::string close = t.mistral_spaced ? " [/INST]" : "[/INST]";
+  std::string out;
+  for (size_t i = first; i < ms.size(); ++i) {
+    if (ms[i].role == "user") {
+      out += open + (i == last_user && has_system ? system + "\n\n" : "") + ms[i].content + close;
+    } else {
+      out += (t.mistral_spaced ? " " : "") + ms[i].content + t.eos_text;
+    }
+  }
+  return out;
+}
+
+std::string render_plain(const std::vector<ChatMessage>& ms) {
+  std::string out;
+  for (const auto& m : ms) {
+    std::string role = m.role;
+    role[0] = char(std::toupper(static_cast<unsigned char>(role[0])));
+    out += role + ": " + m.content + "\n";
+  }
+  return out + "Assistant:";
+}
+
+}  // namespace
+
+std::vector<std::string> chat_template_names() {
+  return {"chatml", "llama3", "granite", "mistral", "plain"};
+}
+
+ChatTemplate chat_template_by_name(const std::string& name) {
+  ChatTemplate t;
+  t.name = name;
+  if (name == "chatml") {
+    t.family = ChatFamily::kChatMl;
+  } else if (name == "llama3") {
+    t.family = ChatFamily::kLlama3;
+    t.llama3_dated = true;
+  } else if (name == "granite") {
+    t.family = ChatFamily::kGranite;
+    t.default_system = "You are Granite, developed by IBM. You are a helpful AI assistant.";
+  } else if (name == "mistral") {
+    t.family = ChatFamily::kMistral;
+    t.eos_text = "</s>";
+  } else if (name == "plain") {
+    t.family = ChatFamily::kPlain;
+  } else {
+    std::string names;
+    for (const auto& n : chat_template_names()) names += (names.empty() ? "" : ", ") + n;
+    throw ChatTemplateError("unknown chat template '" + name + "' (known: " + names +
+                            "; or a file holding a Jinja template of one of these families)");
+  }
+  return t;
+}
+
+ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& source) {
+  ChatTemplate t;
+  if (has(jinja, "<|im_start|>")) {
+    t = chat_template_by_name("chatml");
+    if (has(jinja, "You are Qwen, created by Alibaba Cloud. You are a helpful assistant."))
+      t.default_system = "You are Qwen, created by Alibaba Cloud. You are a helpful assistant.";
+    if (has(jinja, "enable_thinking")) t.name = "chatml (qwen3)";
+  } else if (has(jinja, "<|start_header_id|>") && has(jinja, "<|eot_id|>")) {
+    t = chat_template_by_name("llama3");
+    t.llama3_dated = has(jinja, "Cutting Knowledge Date");
+  } else if (has(jinja, "<|start_of_role|>")) {
+    t = chat_template_by_name("granite");
+    if (!has(jinja, "You are Granite, developed by IBM.")) t.default_system.clear();
+  } else if (has(jinja, "[INST]")) {
+    t = chat_template_by_name("mistral");
+    t.mistral_spaced = has(jinja, "'[INST] '") || has(jinja, "\"[INST] \"");
+  } else {
+    std::string head(jinja.substr(0, 60));
+    for (char& c : head)
+      if (c == '\n') c = ' ';
+    throw ChatTemplateError(source + ": chat template not recognised (it starts '" + head +
+                            "...'); Tessera renders the chatml, llama3, granite and mistral "
+                            "families; pass --chat-template NAME to choose one");
+  }
+  return t;
+}
+
+std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+  if (ms.empty()) throw ApiError(400, "'messages' is empty", "messages");
+  switch (t.family) {
+    case ChatFamily::kChatMl:
+      return render_chatml(t, ms);
+    case ChatFamily::kLlama3:
+      return render_llama3(t, ms);
+    case ChatFamily::kGranite:
+      return render_granite(t, ms);
+    case ChatFamily::kMistral:
+      return render_mistral(t, ms);
+    case ChatFamily::kPlain:
+      return render_plain(ms);
+  }
+  return {};
+}
+
+}  // namespace tessera::server
