@@ -274,6 +274,10 @@ CompletionRequest parse_completion_request(std::string_view body, Endpoint endpo
     if (!v->is_bool()) bad("stream", "must be true or false");
     r.stream = v->get_bool();
   }
+  if (const auto* v = o.if_contains("ignore_eos"); v && !v->is_null()) {
+    if (!v->is_bool()) bad("ignore_eos", "must be true or false");
+    r.ignore_eos = v->get_bool();
+  }
   if (const auto* v = o.if_contains("stream_options"); v && !v->is_null()) {
     if (!v->is_object()) bad("stream_options", "must be an object");
     if (const auto* u = v->get_object().if_contains("include_usage"); u && !u->is_null()) {

@@ -48,6 +48,7 @@ struct CompletionRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  bool ignore_eos = false;     // llama-server's extension: generate max_tokens tokens regardless
 };
 
 // Parses a request body. Throws ApiError (400) naming the field: invalid UTF-8 (with its byte

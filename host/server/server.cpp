@@ -215,15 +215,17 @@ struct Server::Impl {
   std::string chat_problem;
   Metrics metrics;
   EngineWorker worker;
-  asio::io_context ioc;
-  tcp::acceptor acceptor;
-  asio::signal_set signals;
   std::atomic<bool> draining{false};
   std::atomic<bool> load_failed{false};
   std::atomic<int> in_flight{0};
   std::atomic<uint64_t> next_request{1};
   std::mutex jobs_mutex;
   std::set<std::shared_ptr<Job>> jobs;  // generation requests the engine holds
+  // Declared after what sessions use: destroying the io_context destroys suspended sessions,
+  // whose clean-up still reaches jobs and in_flight.
+  asio::io_context ioc;
+  tcp::acceptor acceptor;
+  asio::signal_set signals;
 
   awaitable<void> accept_loop();
   awaitable<void> session(tcp::socket socket);
@@ -368,6 +370,8 @@ awaitable<void> Server::Impl::accept_loop() {
       co_await t.async_wait(kTuple);
       continue;
     }
+    // Tokens go out as they come: no Nagle delay on small SSE writes.
+    socket.set_option(tcp::no_delay(true), ec);
     auto ex = socket.get_executor();
     asio::co_spawn(ex, session(std::move(socket)), asio::detached);
   }
@@ -592,7 +596,7 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
   er.sampling.top_k = cr.top_k;
   er.sampling.top_p = cr.top_p;
   er.sampling.seed = cr.seed ? *cr.seed : std::random_device{}();
-  er.is_eog = [t = &tok](int32_t id) { return t->is_eog(id); };
+  if (!cr.ignore_eos) er.is_eog = [t = &tok](int32_t id) { return t->is_eog(id); };
   er.on_output = [job, ex](const engine::RequestOutput& out) {
     {
       std::lock_guard lock(job->mutex);
@@ -740,6 +744,12 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
       timed_out = true;
       worker.abort(job->id);
       break;
+    }
+    // Events that arrived while this loop was writing: their wake-up found no wait to cancel.
+    // Checked with no suspension before the wait, so a later wake-up cannot be lost (strand).
+    {
+      std::lock_guard lock(job->mutex);
+      if (!job->events.empty()) continue;
     }
     co_await job->timer.async_wait(kTuple);
   }

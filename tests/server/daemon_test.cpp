@@ -5,6 +5,8 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -113,6 +115,15 @@ struct Reply {
   std::string retry_after, content_type;
 };
 
+// Blocking reads and writes on `stream` fail after 60 s (a sync Beast call ignores expires_after),
+// so a daemon that never answers fails the test instead of hanging it.
+void bound_in_time(beast::tcp_stream& stream) {
+  timeval tv{60, 0};
+  const int fd = stream.socket().native_handle();
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+}
+
 // One request on a fresh connection (loopback), bounded in time.
 Reply request(int port, http::verb verb, const std::string& target, const std::string& body = "",
               const std::vector<std::pair<std::string, std::string>>& headers = {}) {
@@ -120,6 +131,7 @@ Reply request(int port, http::verb verb, const std::string& target, const std::s
   beast::tcp_stream stream(ioc);
   stream.expires_after(120s);
   stream.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), uint16_t(port)));
+  bound_in_time(stream);
   http::request<http::string_body> req{verb, target, 11};
   req.set(http::field::host, "127.0.0.1");
   req.set(http::field::content_type, "application/json");
@@ -433,6 +445,7 @@ std::unique_ptr<beast::tcp_stream> open_stream(asio::io_context& ioc, int port,
   auto stream = std::make_unique<beast::tcp_stream>(ioc);
   stream->expires_after(120s);
   stream->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), uint16_t(port)));
+  bound_in_time(*stream);
   http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
   req.set(http::field::host, "127.0.0.1");
   req.body() = json::serialize(body);
@@ -504,6 +517,7 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
     auto stream = std::make_unique<beast::tcp_stream>(ioc);
     stream->expires_after(120s);
     stream->connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), uint16_t(d.port())));
+    bound_in_time(*stream);
     http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
     req.set(http::field::host, "127.0.0.1");
     req.set(http::field::authorization, "Bearer sekret");
