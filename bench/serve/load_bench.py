@@ -133,6 +133,19 @@ def main():
     args = ap.parse_args()
     u = urllib.parse.urlparse(args.url)
     host, port = u.hostname, u.port or 80
+    # Wait (up to 5 minutes) for the model to load: /health answers 200.
+    deadline = time.time() + 300
+    while True:
+        try:
+            conn = http.client.HTTPConnection(host, port, timeout=10)
+            conn.request("GET", "/health")
+            if conn.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        if time.time() > deadline:
+            sys.exit("no 200 from %s/health within 5 minutes" % args.url)
+        time.sleep(0.2)
     # One warm-up request (programs built, caches filled) that is not measured.
     one_request(host, port, args.prompt, 4, args.api_key, args.model)
     rows = []
