@@ -3,7 +3,8 @@
 // reads KV head h / GROUP.
 //
 // Build macros (host/ops/device/attention.cpp): HEAD_DIM (multiple of 4), BLOCK_SIZE, N_HEAD,
-// N_HEAD_KV, the KV pool's row format KV_FORMAT_* and KV_ROW_BYTES (host/kv KvPoolLayout); tuning: PF_BQ (query rows per prefill tile), PF_TPR (work items per row),
+// N_HEAD_KV, the K and V pools' row formats K_FORMAT / V_FORMAT and their row sizes K_ROW_BYTES /
+// V_ROW_BYTES (host/kv KvPoolLayout); tuning: PF_BQ (query rows per prefill tile), PF_TPR (work items per row),
 // PF_KT (kv tokens per prefill tile; divides BLOCK_SIZE), DEC_LWS (decode work-group size),
 // DEC_TILE (decode kv tokens per tile), RED_LWS (reduce work-group size).
 //
@@ -34,10 +35,10 @@ __kernel void kv_write(__global const float* k_new, uint k_off, __global const f
   const int h = get_global_id(1);
   const int slot = meta[slot_off + t];
   if (slot < 0) return;  // padding token: nothing to store
-  const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+  const size_t row = kv_row_index(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
   const size_t src = ((size_t)t * N_HEAD_KV + h) * HEAD_DIM;
-  kv_store_row_g(k_pool + row, k_new + k_off + src, get_global_id(0), get_global_size(0));
-  kv_store_row_g(v_pool + row, v_new + v_off + src, get_global_id(0), get_global_size(0));
+  k_store_row_g(k_pool + row * K_ROW_BYTES, k_new + k_off + src, get_global_id(0), get_global_size(0));
+  v_store_row_g(v_pool + row * V_ROW_BYTES, v_new + v_off + src, get_global_id(0), get_global_size(0));
 }
 
 // ---- (a') QKV finish: one launch from the projections to the cache. Reads a token's q, k and v
@@ -106,8 +107,11 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
   }
   const int slot = meta[slot_off + t];
   if (slot < 0) return;  // padding token: nothing to store
-  const size_t row = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
-  kv_store_row_l((kind == 1 ? k_pool : v_pool) + row, buf, lid, QF_LWS);
+  const size_t row = kv_row_index(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+  if (kind == 1)
+    k_store_row_l(k_pool + row * K_ROW_BYTES, buf, lid, QF_LWS);
+  else
+    v_store_row_l(v_pool + row * V_ROW_BYTES, buf, lid, QF_LWS);
 }
 
 // The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a pow and a
@@ -161,8 +165,11 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
       continue;
     }
     if (slot < 0) continue;  // padding token: nothing to store
-    const size_t r = kv_row(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
-    kv_store_row_p((kind == 1 ? k_pool : v_pool) + r, buf, 0, 1);
+    const size_t r = kv_row_index(slot / BLOCK_SIZE, h, slot % BLOCK_SIZE);
+    if (kind == 1)
+      k_store_row_p(k_pool + r * K_ROW_BYTES, buf, 0, 1);
+    else
+      v_store_row_p(v_pool + r * V_ROW_BYTES, buf, 0, 1);
   }
 }
 
@@ -228,16 +235,16 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
     const int n_kv = max_pos + 1;
     __global const int* table = meta + bt_off + (size_t)s * bt_stride;
     for (int j0 = run_lo / PF_KT * PF_KT; j0 < n_kv; j0 += PF_KT) {
-      const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
+      const size_t base = kv_row_index(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
       // The tile's rows follow each other in the pool (PF_KT divides BLOCK_SIZE); they are decoded
       // into local memory once for all the tile's query rows. Rows past n_kv were never written:
       // load zeros so masked scores meet finite values.
       for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
         const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
         const bool valid = j0 + jj < n_kv;
-        const size_t row = base + (size_t)jj * KV_ROW_BYTES;
-        const float4 k4 = valid ? kv_load4(k_pool + row, d) : (float4)(0.0f);
-        const float4 v4 = valid ? kv_load4(v_pool + row, d) : (float4)(0.0f);
+        const size_t row = base + (size_t)jj;
+        const float4 k4 = valid ? k_load4(k_pool + row * K_ROW_BYTES, d) : (float4)(0.0f);
+        const float4 v4 = valid ? v_load4(v_pool + row * V_ROW_BYTES, d) : (float4)(0.0f);
         __local float* kd = ks + jj * PF_KSTRIDE + d;
         kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
         vstore4(v4, 0, vs + i);
@@ -344,7 +351,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   __local float qs[GROUP * HEAD_DIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
-  __local int rows[DEC_TILE];  // pool row (byte offset / KV_ROW_BYTES) of each tile token
+  __local int rows[DEC_TILE];  // pool row index (kv_row_index) of each tile token
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -384,9 +391,9 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
     float sc[GROUP];
     if (lid < n) {
       const int pj = j0 + lid;
-      const size_t row = kv_row(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
-      rows[lid] = (int)(row / KV_ROW_BYTES);
-      kv_score_group_l(k_pool + row, qs, sc);
+      const size_t row = kv_row_index(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
+      rows[lid] = (int)row;
+      k_score_group_l(k_pool + row * K_ROW_BYTES, qs, sc);
     } else {
       for (int g = 0; g < GROUP; ++g) sc[g] = -INFINITY;
     }
@@ -414,7 +421,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
         const int g = e / HEAD_DIM, d = e % HEAD_DIM;
         float4 acc = o[i] * alpha[g];
         for (int jj = 0; jj < n; ++jj)
-          acc = kv_accum4(v_pool + (size_t)rows[jj] * KV_ROW_BYTES, d, ss[g * DEC_TILE + jj], acc);
+          acc = v_accum4(v_pool + (size_t)rows[jj] * V_ROW_BYTES, d, ss[g * DEC_TILE + jj], acc);
         o[i] = acc;
       }
     }
@@ -519,10 +526,10 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   for (int j0 = start; j0 < end;) {
     // A run of tokens inside one block: rows that follow each other.
     const int n = min(min(end, (j0 / BLOCK_SIZE + 1) * BLOCK_SIZE) - j0, DR_TILE);
-    const size_t base = kv_row(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
+    const size_t base = kv_row_index(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
     for (int jj = 0; jj < n; ++jj) {
       float s[GROUP];
-      kv_score_group_v(k_pool + base + (size_t)jj * KV_ROW_BYTES, qv, s);
+      k_score_group_v(k_pool + (base + (size_t)jj) * K_ROW_BYTES, qv, s);
       for (int g = 0; g < GROUP; ++g) sc[g][jj] = s[g];
     }
     // Softmax update on the whole tile as one float16: PoCL's scalar exp costs more than a
@@ -542,7 +549,7 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       for (int i = 0; i < HEAD_DIM / VW; ++i) o[g * (HEAD_DIM / VW) + i] *= alpha;
     }
     for (int jj = 0; jj < n; ++jj)
-      kv_accum_group_v(v_pool + base + (size_t)jj * KV_ROW_BYTES, &sc[0][jj], DR_TILE, o);
+      v_accum_group_v(v_pool + (base + (size_t)jj) * V_ROW_BYTES, &sc[0][jj], DR_TILE, o);
     j0 += n;
   }
   for (int g = 0; g < GROUP; ++g) {

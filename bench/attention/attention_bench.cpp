@@ -53,8 +53,9 @@ void bench_device(const Device& d, const Options& o) {
     for (int n_seqs : o.batch) {
       for (int ctx : o.contexts) {
         const int32_t blocks_per_seq = (ctx + block - 1) / block;
-        kv::PagedKvCache cache({1, n_head_kv, hd, block, blocks_per_seq * n_seqs, cfg.pool.format},
-                               {&d});
+        kv::PagedKvCache cache(
+            {1, n_head_kv, hd, block, blocks_per_seq * n_seqs, cfg.pool.format, cfg.pool.format},
+            {&d});
         // Random f16 contents for the whole pool (cheaper than writing every token through
         // kv_write).
         std::vector<uint16_t> pool(cache.layout().pool_bytes() / 2);

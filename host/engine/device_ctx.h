@@ -7,6 +7,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -66,9 +67,11 @@ struct DeviceCtx {
   // Constant index lists: iota [0, max_pairs), pair -> token (i / k), token -> first pair (t * k).
   ClMem iota, pair_token, token_pairs;
 
-  // Attention, on devices with layers: per (KV head count, window) of its layers, one op (a
-  // layer's op is looked up once, at construction).
-  std::map<std::pair<int32_t, int32_t>, std::unique_ptr<ops::AttentionOp>> attention_ops;
+  // Attention, on devices with layers: per (KV head count, window, K format, V format) of its
+  // layers, one op (a layer's op is looked up once, at construction).
+  std::map<std::tuple<int32_t, int32_t, kv::KvFormat, kv::KvFormat>,
+           std::unique_ptr<ops::AttentionOp>>
+      attention_ops;
   ops::AttentionOp& attention(const ops::AttentionConfig& config);
   // The step's batch per KV layer group (kv::PagedKvCache::group_of: layers of one window share
   // block tables, each group has its own), for the groups whose layers run here (null / empty

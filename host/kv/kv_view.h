@@ -22,9 +22,7 @@ struct KvPoolLayout {
   int32_t n_head_kv = 0;
   int32_t head_dim = 0;
 
-  uint64_t token_head_bytes() const {
-    return kv_format_traits(format).bytes_per_token_head(uint32_t(head_dim));
-  }
+  uint64_t token_head_bytes() const { return kv_bytes_per_token_head(format, uint32_t(head_dim)); }
   uint64_t block_bytes() const {
     return token_head_bytes() * uint64_t(block_size) * uint64_t(n_head_kv);
   }

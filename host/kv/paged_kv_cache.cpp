@@ -18,22 +18,25 @@ std::vector<std::array<KvPoolLayout, 2>> layouts_of(const KvCacheConfig& c) {
   if (c.head_dim < 1) bad("head_dim " + std::to_string(c.head_dim) + " must be >= 1");
   if (c.block_size < 1) bad("block_size " + std::to_string(c.block_size) + " must be >= 1");
   if (c.n_blocks < 1) bad("n_blocks " + std::to_string(c.n_blocks) + " must be >= 1");
-  if (kv_format_traits(c.format).bytes_per_token_head(uint32_t(c.head_dim)) == 0)
-    bad("format " + std::string(kv_format_name(c.format)) + " cannot store head_dim " +
-        std::to_string(c.head_dim));
   if (int64_t(c.n_blocks) * c.block_size > INT32_MAX)
     bad("n_blocks * block_size exceeds int32 slot indices");
-  for (const auto* list : {&c.layer_n_head_kv, &c.layer_window})
-    if (!list->empty() && list->size() != size_t(c.n_layer))
-      bad("a per-layer list has " + std::to_string(list->size()) + " entries for " +
+  for (const size_t n : {c.layer_n_head_kv.size(), c.layer_window.size(), c.layer_k_format.size(),
+                         c.layer_v_format.size()})
+    if (n != 0 && n != size_t(c.n_layer))
+      bad("a per-layer list has " + std::to_string(n) + " entries for " +
           std::to_string(c.n_layer) + " layers");
   std::vector<std::array<KvPoolLayout, 2>> out;
   for (int32_t l = 0; l < c.n_layer; ++l) {
     const int32_t heads = c.layer_n_head_kv.empty() ? c.n_head_kv : c.layer_n_head_kv[size_t(l)];
     if (heads < 1)
       bad("layer " + std::to_string(l) + ": n_head_kv " + std::to_string(heads) + " must be >= 1");
-    const KvPoolLayout pool{c.format, c.n_blocks, c.block_size, heads, c.head_dim};
-    out.push_back({pool, pool});
+    const KvFormat kf = c.layer_k_format.empty() ? c.k_format : c.layer_k_format[size_t(l)];
+    const KvFormat vf = c.layer_v_format.empty() ? c.v_format : c.layer_v_format[size_t(l)];
+    for (const auto& [f, part] : {std::pair{kf, "K"}, std::pair{vf, "V"}})
+      if (const std::string why = kv_format_problem(f, uint32_t(c.head_dim)); !why.empty())
+        bad("layer " + std::to_string(l) + " " + part + ": " + why);
+    out.push_back({KvPoolLayout{kf, c.n_blocks, c.block_size, heads, c.head_dim},
+                   KvPoolLayout{vf, c.n_blocks, c.block_size, heads, c.head_dim}});
   }
   return out;
 }

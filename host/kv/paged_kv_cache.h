@@ -19,11 +19,14 @@ struct KvCacheConfig {
   int32_t n_layer = 0;
   int32_t n_head_kv = 0;  // KV heads of every layer, unless layer_n_head_kv says otherwise
   int32_t head_dim = 0;
-  int32_t block_size = 16;               // tokens per block
-  int32_t n_blocks = 0;                  // blocks per layer pool
-  KvFormat format = KvFormat::kF16;      // of K and V in every layer (the kernels read one format)
+  int32_t block_size = 16;             // tokens per block
+  int32_t n_blocks = 0;                // blocks per layer pool
+  KvFormat k_format = KvFormat::kF16;  // of K in every layer, unless layer_k_format says otherwise
+  KvFormat v_format = KvFormat::kF16;  // of V in every layer, unless layer_v_format says otherwise
   std::vector<int32_t> layer_n_head_kv;  // per layer (empty: n_head_kv everywhere)
   std::vector<int32_t> layer_window;     // per layer attention window, 0 = all (empty: all 0)
+  std::vector<KvFormat> layer_k_format;  // per layer (empty: k_format everywhere)
+  std::vector<KvFormat> layer_v_format;  // per layer (empty: v_format everywhere)
 };
 
 // Which of a layer's two pools.

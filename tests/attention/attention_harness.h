@@ -18,6 +18,7 @@
 #include "host/kv/paged_kv_cache.h"
 #include "host/ops/device/attention.h"
 #include "host/ops/reference/attention.h"
+#include "host/ops/reference/kv_codec.h"
 
 namespace tessera::test {
 
@@ -72,19 +73,23 @@ class AttentionHarness {
                 config.pool.head_dim,
                 config.pool.block_size,
                 n_blocks,
-                config.pool.format,
+                config.k_row_format(),
+                config.v_row_format(),
                 {},
                 std::vector<int32_t>(size_t(n_layer), config.window)},
                std::vector<const Device*>(size_t(n_layer), &device)),
         op_(device, over_pool(config, cache_), tuning),
         batch_(device) {
     if (poison) {
+      // Every format's rows start at an even byte with an f16 (element or block scale).
       const uint16_t nan = 0x7E00;
       for (int32_t l = 0; l < n_layer; ++l)
-        for (cl_mem m : {cache_.layer(l).k, cache_.layer(l).v})
-          CL_CHECK(clEnqueueFillBuffer(device.queue(), m, &nan, 2, 0, cache_.layout().pool_bytes(),
-                                       0, nullptr, nullptr),
-                   device.id());
+        for (kv::KvPart part : {kv::KvPart::kK, kv::KvPart::kV})
+          CL_CHECK(
+              clEnqueueFillBuffer(
+                  device.queue(), part == kv::KvPart::kK ? cache_.layer(l).k : cache_.layer(l).v,
+                  &nan, 2, 0, cache_.layout(l, part).pool_bytes(), 0, nullptr, nullptr),
+              device.id());
     }
   }
 
@@ -152,7 +157,9 @@ class AttentionHarness {
     for (float& x : q) x = 2.0f * u(rng);  // peaky enough softmax to make masking errors visible
     for (float& x : k) x = u(rng);
     for (float& x : v) x = u(rng);
-    // Host mirror: histories grow by the rounded rows, in position order.
+    // Host mirror: histories grow by the rows as the pools' formats store them, in position order.
+    const std::vector<float> k_stored = reference::kv_round_trip(config_.k_row_format(), k, D),
+                             v_stored = reference::kv_round_trip(config_.v_row_format(), v, D);
     for (size_t i = 0; i < T; ++i) {
       const SeqId s = seqs[size_t(bseq[i])];
       auto& hk = k_[s];
@@ -163,8 +170,8 @@ class AttentionHarness {
         hv.resize(need);
       }
       for (int32_t j = 0; j < HK * D; ++j) {
-        hk[size_t(bpos[i]) * HK * D + j] = round_f16(k[i * HK * D + j]);
-        hv[size_t(bpos[i]) * HK * D + j] = round_f16(v[i * HK * D + j]);
+        hk[size_t(bpos[i]) * HK * D + j] = k_stored[i * HK * D + j];
+        hv[size_t(bpos[i]) * HK * D + j] = v_stored[i * HK * D + j];
       }
     }
 
@@ -211,22 +218,29 @@ class AttentionHarness {
 
     StepError err;
     for (size_t i = out_floats; i < out.size(); ++i) err.guard_ok &= out[i] == -12345.0f;
-    // Pool contents: every written slot holds the f16 of its row.
+    // Pool contents: every written slot holds its K row in the pool's format (decoded by the
+    // scalar codec; the device quantizes with the host quantizer's arithmetic).
     {
-      std::vector<uint16_t> pool(cache_.layout().pool_bytes() / 2);
-      device_.read(layer.k, 0, pool.data(), pool.size() * 2);
+      const kv::KvPoolLayout& L = cache_.layout(0, kv::KvPart::kK);
+      const size_t rb = size_t(L.token_head_bytes());
+      std::vector<uint8_t> pool(L.pool_bytes());
+      device_.read(layer.k, 0, pool.data(), pool.size());
       const auto& slots = batch_.host_slots();
       const int32_t bs = config_.pool.block_size;
+      std::vector<float> row(static_cast<size_t>(D));
       for (size_t i = 0; i < T; ++i)
-        for (int32_t h = 0; h < HK; ++h)
-          for (int32_t d = 0; d < D; ++d) {
-            const size_t at = ((size_t(slots[i] / bs) * HK + h) * bs + slots[i] % bs) * D + d;
-            if (pool[at] != fp32_to_fp16(k[(i * HK + h) * D + d])) {
+        for (int32_t h = 0; h < HK; ++h) {
+          const size_t at = (size_t(slots[i] / bs) * HK + h) * bs + slots[i] % bs;
+          reference::kv_decode_row(L.format, {pool.data() + at * rb, rb}, row);
+          for (int32_t d = 0; d < D; ++d)
+            if (row[size_t(d)] != k_stored[(i * HK + h) * D + d]) {
               ADD_FAILURE() << "pool slot " << slots[i] << " head " << h << " dim " << d
-                            << " holds " << pool[at] << ", not the f16 of the written K";
+                            << " holds " << row[size_t(d)] << ", not the "
+                            << kv::kv_format_name(L.format) << " of the written K ("
+                            << k_stored[(i * HK + h) * D + d] << ")";
               return err;
             }
-          }
+        }
     }
     // Reference per entry: its tokens, sorted by position, are the last rows of its history.
     double max_ref = 0, max_diff = 0;
@@ -259,12 +273,14 @@ class AttentionHarness {
  private:
   void poison_block(int32_t block) {
     const uint16_t nan = 0x7E00;
-    const size_t bytes = size_t(cache_.layout().block_bytes());
     for (int32_t l = 0; l < cache_.config().n_layer; ++l)
-      for (cl_mem m : {cache_.layer(l).k, cache_.layer(l).v})
-        CL_CHECK(clEnqueueFillBuffer(device_.queue(), m, &nan, 2, size_t(block) * bytes, bytes, 0,
-                                     nullptr, nullptr),
+      for (kv::KvPart part : {kv::KvPart::kK, kv::KvPart::kV}) {
+        const size_t bytes = size_t(cache_.layout(l, part).block_bytes());
+        CL_CHECK(clEnqueueFillBuffer(device_.queue(),
+                                     part == kv::KvPart::kK ? cache_.layer(l).k : cache_.layer(l).v,
+                                     &nan, 2, size_t(block) * bytes, bytes, 0, nullptr, nullptr),
                  device_.id());
+      }
   }
 
   const Device& device_;
@@ -272,11 +288,11 @@ class AttentionHarness {
   kv::PagedKvCache cache_;
   ops::AttentionOp op_;
   kv::KvBatchBuffers batch_;
-  std::map<SeqId, std::vector<float>> k_, v_;  // f16-rounded history [pos][n_head_kv][head_dim]
+  std::map<SeqId, std::vector<float>> k_, v_;  // stored history [pos][n_head_kv][head_dim]
 };
 
-// Tolerance of the normalized max error: K/V are f16 in both paths, so only f32 summation order
-// and exp differ.
+// Tolerance of the normalized max error: K/V hold the same stored values in both paths (f16 or
+// the same block codes), so only f32 summation order and exp differ.
 constexpr double kAttnTolerance = 1e-5;
 
 #define EXPECT_STEP_OK(expr)                                \

@@ -198,6 +198,78 @@ TEST(Attention, SlidingWindowBelowAtAndPastTheWindow) {
   }
 }
 
+// Compressed formats (K and V chosen separately) through the paging: prefix sharing with
+// copy-on-write of partially filled blocks (the copy moves codes and scales whole), mixed batches,
+// exhaustion that changes nothing, freeing and reuse; every stored K row is checked against the
+// scalar codec.
+TEST(Attention, CompressedFormatsPagingSharingAndExhaustion) {
+  using kv::KvFormat;
+  const std::pair<KvFormat, KvFormat> formats[] = {{KvFormat::kQ8_0, KvFormat::kQ8_0},
+                                                   {KvFormat::kQ4_0, KvFormat::kQ4_0},
+                                                   {KvFormat::kQ8_0, KvFormat::kQ4_0},
+                                                   {KvFormat::kQ4_0, KvFormat::kF16}};
+  for (const auto& dev : registry().devices()) {
+    for (const auto& [kf, vf] : formats) {
+      SCOPED_TRACE(dev->id() + " K " + std::string(kv::kv_format_name(kf)) + " V " +
+                   std::string(kv::kv_format_name(vf)));
+      ops::AttentionConfig c = attention_config(8, 2, 64, 16);
+      c.pool.format = kf;
+      c.v_format = vf;
+      AttentionHarness h(*dev, c, 12);  // 192 tokens in all
+      EXPECT_EQ(h.cache().layout(0, kv::KvPart::kK).format, kf);
+      EXPECT_EQ(h.cache().layout(0, kv::KvPart::kV).format, vf);
+      SeqId root = h.create();
+      EXPECT_STEP_OK(h.step({{root, 21}}, AttnKernel::kPrefill, 40));
+      SeqId kid = h.fork(root), other = h.create();
+      EXPECT_STEP_OK(h.step({{root, 1}, {kid, 3}, {other, 30}}, AttnKernel::kMixed, 41));
+      EXPECT_STEP_OK(h.step({{root, 1}, {kid, 1}, {other, 1}}, AttnKernel::kDecode, 42));
+      EXPECT_STEP_OK(h.step({{root, 1}, {kid, 1}, {other, 1}}, AttnKernel::kPrefill, 43));
+      const int32_t used = h.cache().blocks().blocks_used();
+      EXPECT_THROW(h.cache().reserve(other, 200), kv::KvCacheFullError);
+      EXPECT_FALSE(h.cache().try_reserve(other, 200).has_value());
+      EXPECT_EQ(h.cache().blocks().blocks_used(), used);
+      h.free(root);
+      SeqId d = h.create();
+      EXPECT_STEP_OK(h.step({{d, 40}, {kid, 1}}, AttnKernel::kMixed, 44));
+      EXPECT_STEP_OK(h.step({{d, 1}, {kid, 1}, {other, 1}}, AttnKernel::kDecode, 45));
+    }
+  }
+}
+
+// Block formats need head sizes that are multiples of their 32-value blocks: the op and the cache
+// refuse others, naming the format and the head size.
+TEST(Attention, BlockFormatsRefuseHeadSizes) {
+  const Device& d = *registry().devices().front();
+  for (kv::KvFormat f : {kv::KvFormat::kQ8_0, kv::KvFormat::kQ4_0}) {
+    for (bool v_only : {false, true}) {
+      ops::AttentionConfig c = attention_config(8, 4, 8, 16);
+      if (v_only)
+        c.v_format = f;
+      else
+        c.pool.format = f;
+      try {
+        ops::AttentionOp op(d, c);
+        ADD_FAILURE() << "head size 8 accepted for " << kv::kv_format_name(f);
+      } catch (const ops::AttentionUnsupported& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find(std::string(kv::kv_format_name(f))), std::string::npos) << what;
+        EXPECT_NE(what.find("head size 8"), std::string::npos) << what;
+        EXPECT_NE(what.find(v_only ? "V: " : "K: "), std::string::npos) << what;
+      }
+      kv::KvCacheConfig kc{2, 4, 48, 16, 4};
+      (v_only ? kc.v_format : kc.k_format) = f;
+      try {
+        kv::PagedKvCache cache(kc, {&d, &d});
+        ADD_FAILURE() << "head size 48 accepted for " << kv::kv_format_name(f);
+      } catch (const kv::KvCacheUsageError& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find(std::string(kv::kv_format_name(f))), std::string::npos) << what;
+        EXPECT_NE(what.find("head size 48"), std::string::npos) << what;
+      }
+    }
+  }
+}
+
 TEST(Attention, BadArguments) {
   const Device& d = *registry().devices().front();
   EXPECT_THROW(ops::AttentionOp(d, attention_config(6, 4, 64, 16)),

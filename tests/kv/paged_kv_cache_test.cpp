@@ -34,7 +34,30 @@ TEST(PagedKvCache, ConfigErrors) {
   }
   EXPECT_EQ(kv_bytes_per_block(c), 2u * 2 * (2 * 4 * 8 * 2));
   EXPECT_EQ(kv_format_from_name("f16"), KvFormat::kF16);
+  EXPECT_EQ(kv_format_from_name("Q8_0"), KvFormat::kQ8_0);
+  EXPECT_EQ(kv_format_from_name("q4_0"), KvFormat::kQ4_0);
   EXPECT_FALSE(kv_format_from_name("q3_x").has_value());
+}
+
+// K and V formats chosen separately and per layer: row bytes are ggml's block sizes (q8_0: 34
+// bytes per 32 values, q4_0: 18), the per-block cost sums every layer's K and V.
+TEST(PagedKvCache, FormatsPerPartAndLayer) {
+  const Device* d = registry().devices().front().get();
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kF16, 64), 128u);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ8_0, 64), 68u);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ4_0, 64), 36u);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ4_0, 48), 0u);
+  KvCacheConfig c{3, 2, 64, 4, 6, KvFormat::kQ8_0, KvFormat::kQ4_0};
+  c.layer_k_format = {KvFormat::kF16, KvFormat::kQ8_0, KvFormat::kF16};
+  PagedKvCache cache(c, {d, d, d});
+  EXPECT_EQ(cache.layout(0, KvPart::kK).format, KvFormat::kF16);
+  EXPECT_EQ(cache.layout(1, KvPart::kK).format, KvFormat::kQ8_0);
+  EXPECT_EQ(cache.layout(1, KvPart::kV).format, KvFormat::kQ4_0);
+  EXPECT_EQ(cache.layout(1, KvPart::kK).block_bytes(), 68u * 2 * 4);
+  EXPECT_EQ(kv_bytes_per_block(c), (2 * 128u + 68u + 3 * 36u) * 2 * 4);
+  KvCacheConfig bad = c;
+  bad.layer_v_format = {KvFormat::kF16};
+  EXPECT_THROW(PagedKvCache(bad, {d, d, d}), KvCacheUsageError);  // 1 entry for 3 layers
 }
 
 TEST(PagedKvCache, CopyOnWriteCopiesEveryLayerOnDevice) {

@@ -70,6 +70,7 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   ops::AttentionConfig cfg;
   cfg.n_head = int32_t(spec_.hp.n_head);
   cfg.pool = pool;
+  cfg.v_format = kv.layout(layer_, kv::KvPart::kV).format;
   cfg.window = int32_t(ls_.window);
   dev_.op = &c.attention(cfg);
   // The layer reads the block tables of its window's group (blocks out of the window released).

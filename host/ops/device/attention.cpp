@@ -125,10 +125,15 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   if (c.block_size < 1) unsupported("block_size " + std::to_string(c.block_size) + " must be >= 1");
   if (config_.window < 0)
     unsupported("window " + std::to_string(config_.window) + " must be >= 0 (0: no window)");
-  const uint64_t row_bytes = c.token_head_bytes();
-  if (row_bytes == 0 || row_bytes > UINT32_MAX)
-    unsupported("KV format " + std::string(kv::kv_format_name(c.format)) +
-                " cannot store head_dim " + std::to_string(c.head_dim));
+  uint64_t row_bytes[2] = {0, 0};  // K, V
+  for (int part = 0; part < 2; ++part) {
+    const kv::KvFormat f = part == 0 ? config_.k_row_format() : config_.v_row_format();
+    if (const std::string why = kv::kv_format_problem(f, uint32_t(c.head_dim)); !why.empty())
+      unsupported(std::string(part == 0 ? "K: " : "V: ") + why);
+    row_bytes[part] = kv::kv_bytes_per_token_head(f, uint32_t(c.head_dim));
+    if (row_bytes[part] > UINT32_MAX)
+      unsupported("a KV row of " + std::to_string(row_bytes[part]) + " bytes");
+  }
   if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
       t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
       t.decode_tile < 1 || t.reduce_items < 1)
@@ -152,8 +157,10 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   const std::string options =
       "-DHEAD_DIM=" + std::to_string(c.head_dim) + " -DBLOCK_SIZE=" + std::to_string(c.block_size) +
       " -DN_HEAD=" + std::to_string(n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) +
-      " -D" + std::string(kv::kv_format_traits(c.format).kernel_macro) +
-      " -DKV_ROW_BYTES=" + std::to_string(row_bytes) +
+      " -DK_FORMAT=" + std::string(kv::kv_format_traits(config_.k_row_format()).kernel_macro) +
+      " -DV_FORMAT=" + std::string(kv::kv_format_traits(config_.v_row_format()).kernel_macro) +
+      " -DK_ROW_BYTES=" + std::to_string(row_bytes[0]) +
+      " -DV_ROW_BYTES=" + std::to_string(row_bytes[1]) +
       " -DPF_BQ=" + std::to_string(t.prefill_rows) +
       " -DPF_TPR=" + std::to_string(t.prefill_row_items) +
       " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +

@@ -1,7 +1,8 @@
 // Attention over the paged KV cache (host/kv): the KV write, flash-style causal prefill and split-K
 // decode kernels of cl_kernels/attention.cl, for one (device, head shape, KV pool layout). The
 // kernels read and write K/V rows only through the row codec of the pool's format
-// (cl_kernels/attention_kv.clh), rows addressed by bytes (KvPoolLayout::token_head_bytes()).
+// (cl_kernels/attention_kv.clh), rows addressed by bytes (KvPoolLayout::token_head_bytes()); K and
+// V may have different formats, each with its codec (quantized on write, read as codes).
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,12 @@ struct AttentionConfig {
   // standard SWA); 0: the whole context. The kernels start at the window's first position, so a
   // window layer's cache may release the blocks before it (KvBlockManager with the same window).
   int32_t window = 0;
+  // The V pool's row format (PagedKvCache::layout(l, KvPart::kV)); unset: pool.format, which is
+  // the K pool's. K and V formats are chosen separately; the rest of the layout is shared.
+  std::optional<kv::KvFormat> v_format;
+
+  kv::KvFormat k_row_format() const { return pool.format; }
+  kv::KvFormat v_row_format() const { return v_format.value_or(pool.format); }
 };
 
 // Work decomposition; defaults per device type (default_attention_tuning), overridable for tuning.

@@ -1,26 +1,52 @@
 // Portability-matrix cases of the attention kernels: a paged KV layout built by hand (shuffled
 // block ids, contexts not multiples of the block size, several sequences), K/V stored through
-// kv_write, prefill or decode attention against reference::causal_attention over f16-rounded K/V;
+// kv_write, prefill or decode attention against reference::causal_attention over K/V as the pools'
+// formats store them (reference::kv_round_trip: f16 rounding, q8_0 / q4_0 blocks; K and V formats
+// chosen separately);
 // with a sliding window, the step's block tables point the blocks before each sequence's window at
 // a block nothing wrote (NaN), as a window layer's cache releases them: a kernel reading there
 // fails the case.
 #include <algorithm>
+#include <cmath>
 #include <numeric>
 #include <optional>
 #include <random>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "host/common/half.h"
 #include "host/ops/device/attention.h"
 #include "host/ops/device/matrix.h"
 #include "host/ops/reference/attention.h"
+#include "host/ops/reference/kv_codec.h"
 #include "host/ops/reference/norm.h"
 #include "host/ops/reference/rope.h"
 
 namespace tessera::ops {
 
 namespace {
+
+// Pools start as f16 NaN (bytes 00 7E repeated): every format's rows start at an even byte and
+// begin with an f16 (the element or a block scale), so a read of a slot no token wrote poisons the
+// output.
+std::vector<uint8_t> nan_pool(const kv::KvPoolLayout& layout) {
+  std::vector<uint8_t> pool(layout.pool_bytes());
+  for (size_t i = 1; i < pool.size(); i += 2) pool[i] = 0x7E;
+  return pool;
+}
+
+kv::KvPoolLayout with_format(kv::KvPoolLayout layout, kv::KvFormat format) {
+  layout.format = format;
+  return layout;
+}
+
+// The codec's error bound for one stored value of a row: f16 rounding is compared directly; a
+// q8_0 value is within d/2 of its input plus the scale's f16 rounding over 127 codes (< 0.6 d), a
+// q4_0 value within d (the clamp of the top code) plus that rounding over 8 codes.
+double codec_slack(kv::KvFormat f) {
+  return f == kv::KvFormat::kQ8_0 ? 0.6 : f == kv::KvFormat::kQ4_0 ? 1.02 : 0.0;
+}
 
 struct SeqSpec {
   int32_t past;   // tokens already in the cache
@@ -107,9 +133,9 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 
   kv::KvPoolLayout layout = cfg.pool;
   layout.n_blocks = n_blocks;
-  // Pools start as f16 NaN: a read of a slot no token wrote poisons the output.
-  std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
-  GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool);
+  const kv::KvFormat kf = cfg.k_row_format(), vf = cfg.v_row_format();
+  GuardedBuffer kpool(device, nan_pool(with_format(layout, kf))),
+      vpool(device, nan_pool(with_format(layout, vf)));
   GuardedBuffer all_meta_b(device, all_meta), step_meta_b(device, step_meta);
   GuardedBuffer kb(device, k), vb(device, v), qb(device, q);
   GuardedBuffer out(device, q.size() * sizeof(float));
@@ -129,7 +155,10 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   run({});
   const std::vector<float> got = out.download<float>();
 
-  // Reference per sequence over its f16-rounded history (all_view's token order: seq by seq).
+  // Reference per sequence over its history as the pools store it (all_view's token order: seq by
+  // seq).
+  const std::vector<float> k_stored = reference::kv_round_trip(kf, k, D),
+                           v_stored = reference::kv_round_trip(vf, v, D);
   std::vector<float> ref(q.size());
   size_t all_row = 0, step_row = 0;
   double pairs = 0, kv_bytes = 0;
@@ -137,20 +166,24 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     const int32_t ctx = s.past + s.fresh;
     std::vector<float> ks(size_t(ctx) * HK * D), vs(ks.size());
     for (size_t i = 0; i < ks.size(); ++i) {
-      ks[i] = fp16_to_fp32(fp32_to_fp16(k[all_row * HK * D + i]));
-      vs[i] = fp16_to_fp32(fp32_to_fp16(v[all_row * HK * D + i]));
+      ks[i] = k_stored[all_row * HK * D + i];
+      vs[i] = v_stored[all_row * HK * D + i];
     }
     const size_t qn = size_t(s.fresh) * H * D;
     reference::causal_attention({q.data() + step_row * H * D, qn}, ks, vs, {H, HK, D}, op.scale(),
                                 {ref.data() + step_row * H * D, qn}, cfg.window);
     for (int32_t i = 0; i < s.fresh; ++i)
       pairs += cfg.window > 0 ? std::min(s.past + i + 1, cfg.window) : s.past + i + 1;
-    kv_bytes += double(ctx) * HK * D * 2 * 2;
+    kv_bytes += double(ctx) * HK *
+                double(layout.token_head_bytes() + with_format(layout, vf).token_head_bytes());
     all_row += size_t(ctx);
     step_row += size_t(s.fresh);
   }
+  // Quantized rows: the kernels quantize with the host quantizer's arithmetic, but a device's
+  // float division may differ from the host's in the last bit and move a code at a rounding tie.
+  const bool quantized = kf != kv::KvFormat::kF16 || vf != kv::KvFormat::kF16;
   MatrixCaseResult r =
-      judge(compare(got, ref), 1e-5,
+      judge(compare(got, ref), quantized ? 1e-4 : 1e-5,
             {out.check_guard(), kpool.check_guard(), vpool.check_guard(), ws.check_guard()});
   r.bytes = kv_bytes + double(q.size()) * 8;
   r.flops = 4.0 * D * H * pairs;
@@ -215,8 +248,10 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
 
   kv::KvPoolLayout layout = cfg.pool;
   layout.n_blocks = n_blocks;
-  std::vector<uint16_t> nan_pool(layout.pool_bytes() / 2, 0x7E00);
-  GuardedBuffer kpool(device, nan_pool), vpool(device, nan_pool), metab(device, meta);
+  const kv::KvFormat kf = cfg.k_row_format(), vf = cfg.v_row_format();
+  const kv::KvPoolLayout k_layout = with_format(layout, kf), v_layout = with_format(layout, vf);
+  GuardedBuffer kpool(device, nan_pool(k_layout)), vpool(device, nan_pool(v_layout)),
+      metab(device, meta);
   GuardedBuffer src(device, qkv), qwb(device, qw), kwb(device, kw);
   GuardedBuffer qout(device, size_t(n) * q_dim * sizeof(float));
   std::vector<float> factors;
@@ -237,7 +272,8 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
   };
   run({});
   const auto got_q = qout.download<float>();
-  const auto kp = kpool.download<uint16_t>(), vp = vpool.download<uint16_t>();
+  const auto kp = kpool.download<uint8_t>(), vp = vpool.download<uint8_t>();
+  const size_t k_rb = k_layout.token_head_bytes(), v_rb = v_layout.token_head_bytes();
 
   const auto mode = neox ? reference::RopeMode::kNeox : reference::RopeMode::kNormal;
   std::vector<float> ref_q(size_t(n) * q_dim), got_kv, ref_kv;
@@ -254,19 +290,51 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
     const int32_t slot = slots[size_t(t)];
     if (slot < 0) continue;
     for (int32_t h = 0; h < HK; ++h) {
-      const size_t r = (size_t(slot / bs * HK + h) * bs + size_t(slot % bs)) * size_t(D);
-      for (int32_t d = 0; d < D; ++d) {
-        got_kv.push_back(fp16_to_fp32(kp[r + size_t(d)]));
-        ref_kv.push_back(fp16_to_fp32(fp32_to_fp16(k[size_t(h * D + d)])));
-        got_kv.push_back(fp16_to_fp32(vp[r + size_t(d)]));
-        ref_kv.push_back(fp16_to_fp32(fp32_to_fp16(row[v_col + size_t(h * D + d)])));
+      const size_t r = size_t(slot / bs * HK + h) * bs + size_t(slot % bs);
+      // Each stored row decoded; f16 rows against the f16-rounded input. A block format's device
+      // rows may differ from the host quantizer's where the kernel's RoPE differs in the last bit
+      // at a rounding tie, so their values are checked against the codec's bound instead: ref is
+      // the value nearest to the decoded one within codec_slack * d of the input (d the block's
+      // scale), equal to it when the row is a valid encoding.
+      for (const auto& [f, pool, rb, src] :
+           {std::tuple<kv::KvFormat, const std::vector<uint8_t>*, size_t, const float*>{
+                kf, &kp, k_rb, k.data() + size_t(h * D)},
+            {vf, &vp, v_rb, row + v_col + size_t(h * D)}}) {
+        std::vector<float> dec(static_cast<size_t>(D));
+        reference::kv_decode_row(f, {pool->data() + r * rb, rb}, dec);
+        if (f == kv::KvFormat::kF16) {
+          for (int32_t d = 0; d < D; ++d) {
+            got_kv.push_back(dec[size_t(d)]);
+            ref_kv.push_back(fp16_to_fp32(fp32_to_fp16(src[d])));
+          }
+          continue;
+        }
+        for (int32_t b = 0; b < D / 32; ++b) {
+          float amax = 0.0f;
+          for (int32_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(src[b * 32 + j]));
+          const double step = amax / (f == kv::KvFormat::kQ8_0 ? 127.0 : 8.0);
+          const double slack = codec_slack(f) * step + 1e-6;
+          for (int32_t j = 0; j < 32; ++j) {
+            const double x = src[b * 32 + j], g = dec[size_t(b * 32 + j)];
+            got_kv.push_back(float(g));
+            ref_kv.push_back(float(std::clamp(g, x - slack, x + slack)));
+          }
+        }
       }
     }
   }
   // Rows of unused slots must still be NaN (nothing written outside the tokens' slots).
-  size_t untouched = 0, expected_untouched = 0;
-  for (size_t i = 0; i < kp.size(); ++i) untouched += (kp[i] == 0x7E00) + (vp[i] == 0x7E00);
-  expected_untouched = 2 * (kp.size() - size_t(n - 1) * size_t(HK * D));
+  auto untouched_rows = [](const std::vector<uint8_t>& pool, size_t rb) {
+    size_t count = 0;
+    for (size_t r = 0; r < pool.size() / rb; ++r) {
+      bool nan = true;
+      for (size_t i = 0; i < rb && nan; ++i) nan = pool[r * rb + i] == (i % 2 ? 0x7E : 0x00);
+      count += nan;
+    }
+    return count;
+  };
+  const size_t untouched = untouched_rows(kp, k_rb) + untouched_rows(vp, v_rb);
+  const size_t expected_untouched = 2 * (size_t(n_blocks * bs * HK) - size_t(n - 1) * size_t(HK));
   std::vector<float> got = got_q, ref = ref_q;
   got.insert(got.end(), got_kv.begin(), got_kv.end());
   ref.insert(ref.end(), ref_kv.begin(), ref_kv.end());
@@ -296,6 +364,19 @@ std::string shape_name(const AttentionConfig& c, const std::vector<SeqSpec>& seq
     s += (i ? "," : "") + std::to_string(seqs[i].past) + "+" + std::to_string(seqs[i].fresh);
   if (c.window > 0) s += "_win" + std::to_string(c.window);
   return s;
+}
+
+// The matrix's format column: "f16kv", "q8_0kv", or "kq8_0+vq4_0" when K and V differ.
+std::string format_label(const AttentionConfig& c) {
+  const std::string k(kv::kv_format_name(c.k_row_format())),
+      v(kv::kv_format_name(c.v_row_format()));
+  return k == v ? k + "kv" : "k" + k + "+v" + v;
+}
+
+AttentionConfig with_formats(AttentionConfig c, kv::KvFormat k, kv::KvFormat v) {
+  c.pool.format = k;
+  c.v_format = v;
+  return c;
 }
 
 }  // namespace
@@ -371,6 +452,49 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       out.push_back({w.decode ? "attention_decode" : "attention_prefill", "f16kv",
                      shape_name(c, w.seqs), [c, w](const Device& d, bool t) {
                        return run_attention_case(d, t, w.decode, c, w.seqs);
+                     }});
+    }
+  }
+
+  // Compressed KV formats (block formats: head sizes that are multiples of 32): the store through
+  // both the plain KV write and qkv_finish (both kernel shapes), prefill and decode over the codes,
+  // K and V in the same and in different formats, and one sliding window each way.
+  using kv::KvFormat;
+  const std::pair<KvFormat, KvFormat> format_pairs[] = {
+      {KvFormat::kQ8_0, KvFormat::kQ8_0},
+      {KvFormat::kQ4_0, KvFormat::kQ4_0},
+      {KvFormat::kQ8_0, KvFormat::kQ4_0},
+      {KvFormat::kF16, KvFormat::kQ8_0},
+  };
+  for (const auto& [kf, vf] : format_pairs) {
+    for (const auto& base : {shapes[1], shapes[2]}) {
+      const AttentionConfig c = with_formats(base, kf, vf);
+      const std::string label = format_label(c);
+      out.push_back({"attention_prefill", label, shape_name(c, prefill_seqs),
+                     [c, prefill_seqs](const Device& d, bool t) {
+                       return run_attention_case(d, t, false, c, prefill_seqs);
+                     }});
+      out.push_back({"attention_decode", label, shape_name(c, decode_seqs),
+                     [c, decode_seqs](const Device& d, bool t) {
+                       return run_attention_case(d, t, true, c, decode_seqs);
+                     }});
+      const int32_t D = c.pool.head_dim;
+      for (bool other : {false, true}) {
+        out.push_back({other ? "qkv_finish_alt" : "qkv_finish", label,
+                       "h" + std::to_string(c.n_head) + "/" + std::to_string(c.pool.n_head_kv) +
+                           "xd" + std::to_string(D) + "_norm_neox_rot" + std::to_string(D),
+                       [c, other, D](const Device& d, bool t) {
+                         return run_qkv_finish_case(d, t, c, true, true, D, other, 1.0f, false, false);
+                       }});
+      }
+    }
+    const AttentionConfig c = with_formats(shapes[1], kf, vf);
+    for (const WindowCase& w : {window_cases[1], window_cases[5]}) {
+      AttentionConfig cw = c;
+      cw.window = w.window;
+      out.push_back({w.decode ? "attention_decode" : "attention_prefill", format_label(cw),
+                     shape_name(cw, w.seqs), [cw, w](const Device& d, bool t) {
+                       return run_attention_case(d, t, w.decode, cw, w.seqs);
                      }});
     }
   }
