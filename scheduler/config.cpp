@@ -11,6 +11,7 @@
 #include <fstream>
 #include <set>
 #include <sstream>
+#include <tuple>
 
 namespace tessera::sched {
 
@@ -158,8 +159,19 @@ std::pair<int, int> parse_range(const std::string& s, const std::string& source,
   }
 }
 
-const std::set<std::string> kKvFormats = {"f16",    "q8_0",     "turbo2", "turbo2.5",
-                                          "turbo3", "turbo3.5", "turbo4"};
+const std::set<std::string> kKvFormats = {"f16",      "q8_0",   "q4_0",     "turbo2",
+                                          "turbo2.5", "turbo3", "turbo3.5", "turbo4"};
+
+// A KV format name at `key`, lower-cased; fails naming the key and the valid names.
+std::string kv_format_at(const YAML::Node& n, const std::string& source, const std::string& key) {
+  const std::string f = lower(scalar(n, source, key));
+  if (!kKvFormats.count(f)) {
+    std::string list;
+    for (const auto& x : kKvFormats) list += (list.empty() ? "" : ", ") + x;
+    fail(source, key, "unknown format '" + f + "'; valid: " + list);
+  }
+  return f;
+}
 
 void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
   if (!root || root.IsNull()) return;  // an empty config selects everything with defaults
@@ -227,13 +239,31 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     }
   }
   if (const auto k = root["kv_cache"]) {
-    check_keys(k, source, "kv_cache", {"format", "budget"});
-    if (k["format"]) {
-      c.kv_format = lower(scalar(k["format"], source, "kv_cache.format"));
-      if (!kKvFormats.count(c.kv_format)) {
-        std::string list;
-        for (const auto& f : kKvFormats) list += (list.empty() ? "" : ", ") + f;
-        fail(source, "kv_cache.format", "unknown format '" + c.kv_format + "'; valid: " + list);
+    check_keys(k, source, "kv_cache", {"format", "k_format", "v_format", "layers", "budget"});
+    if (k["format"]) c.kv_format = kv_format_at(k["format"], source, "kv_cache.format");
+    if (k["k_format"]) c.kv_k_format = kv_format_at(k["k_format"], source, "kv_cache.k_format");
+    if (k["v_format"]) c.kv_v_format = kv_format_at(k["v_format"], source, "kv_cache.v_format");
+    if (const auto layers = k["layers"]) {
+      // layers: {RANGE: FORMAT} or {RANGE: {format|k_format|v_format: FORMAT}}
+      if (!layers.IsMap())
+        fail(source, "kv_cache.layers", "expected a map of layer ranges to formats");
+      for (const auto& it : layers) {
+        const std::string range = it.first.as<std::string>();
+        const std::string key = "kv_cache.layers." + range;
+        Config::KvLayerFormats lf;
+        std::tie(lf.first, lf.last) = parse_range(range, source, key);  // "all": last -1
+        if (it.second.IsMap()) {
+          check_keys(it.second, source, key, {"format", "k_format", "v_format"});
+          if (it.second["format"])
+            lf.k_format = lf.v_format = kv_format_at(it.second["format"], source, key + ".format");
+          if (it.second["k_format"])
+            lf.k_format = kv_format_at(it.second["k_format"], source, key + ".k_format");
+          if (it.second["v_format"])
+            lf.v_format = kv_format_at(it.second["v_format"], source, key + ".v_format");
+        } else {
+          lf.k_format = lf.v_format = kv_format_at(it.second, source, key);
+        }
+        c.kv_layers[range] = lf;
       }
     }
     if (k["budget"])
@@ -440,6 +470,15 @@ void apply_override(Config& c, const std::string& assignment) {
     if (patch.cpu_moe_layers) c.cpu_moe_layers = patch.cpu_moe_layers;
   } else if (top == "kv_cache") {
     if (key == "kv_cache.format") c.kv_format = patch.kv_format;
+    if (key == "kv_cache.k_format") c.kv_k_format = patch.kv_k_format;
+    if (key == "kv_cache.v_format") c.kv_v_format = patch.kv_v_format;
+    // kv_cache.layers.RANGE[.k_format|.v_format|.format]: merged into that range's entry.
+    for (const auto& [range, lf] : patch.kv_layers) {
+      auto [it, fresh] = c.kv_layers.try_emplace(range, lf);
+      if (fresh) continue;
+      if (!lf.k_format.empty()) it->second.k_format = lf.k_format;
+      if (!lf.v_format.empty()) it->second.v_format = lf.v_format;
+    }
     if (patch.kv_budget) c.kv_budget = patch.kv_budget;
   } else if (top == "balancer") {
     c.balancer = patch.balancer;

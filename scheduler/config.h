@@ -59,8 +59,15 @@ struct Config {
   std::vector<ExpertPin> expert_pins;
   std::optional<int>
       cpu_moe_layers;  // like llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
-  // kv cache
-  std::string kv_format = "f16";
+  // kv cache: storage formats by name (kv_cache.format lists them), K and V chosen separately
+  std::string kv_format = "f16";     // K and V, unless kv_k_format / kv_v_format is set
+  std::string kv_k_format;           // kv_cache.k_format ("": kv_format)
+  std::string kv_v_format;           // kv_cache.v_format ("": kv_format)
+  struct KvLayerFormats {            // kv_cache.layers.<range>: formats of a layer range
+    int first = 0, last = 0;         // inclusive layer range
+    std::string k_format, v_format;  // "": the cache-wide format
+  };
+  std::map<std::string, KvLayerFormats> kv_layers;  // by the range as written ("0", "22-23")
   std::optional<MemoryBudget> kv_budget;
   // balancer
   bool balancer = true;

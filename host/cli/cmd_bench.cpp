@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "host/cli/command.h"
+#include "host/cli/kv_cache_options.h"
 #include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/planning.h"
@@ -94,6 +95,7 @@ Roofline roofline_of(const sched::Plan& plan, const sched::ModelFootprint& f) {
 int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
+  KvCacheTypes cache_types;
   int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
   bool json = false, balancer = false, no_replay = false;
   po::options_description opts(
@@ -116,6 +118,7 @@ int run_bench(const std::vector<std::string>& args) {
       "no-replay", po::bool_switch(&no_replay),
       "enqueue every step afresh instead of replaying its recorded step program")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
+  add_kv_cache_type_options(opts, cache_types);
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
   if (n_prompt < 0 || n_gen < 0 || reps < 1 || max_batch < 1)
@@ -127,6 +130,7 @@ int run_bench(const std::vector<std::string>& args) {
   so.no_fuse = settings().no_fuse;
   so.config_path = config_path;
   so.sets = sets;
+  prepend_kv_cache_sets(cache_types, so.sets);
   so.device = device;
   // --batch given on the command line wins over a config's batching.max_batch_tokens.
   if (!vm["batch"].defaulted())
@@ -203,18 +207,22 @@ int run_bench(const std::vector<std::string>& args) {
     for (double x : v) s += (s.empty() ? "" : ", ") + std::to_string(x);
     return "[" + s + "]";
   };
+  const KvTokenBytes kv_bytes = kv_token_bytes(m.kv_cache());
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"devices\": [%s], \"attention_device\": \"%s\", \"n_prompt\": %d, "
         "\"n_gen\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, \"load_seconds\": %.3f, "
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
-        "\"prefill_runs\": %s, \"decode_runs\": %s, \"active_bytes_per_token\": %llu, "
+        "\"prefill_runs\": %s, \"decode_runs\": %s, \"kv_bytes_per_token\": %llu, "
+        "\"kv_f16_bytes_per_token\": %llu, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
         "\"balancer_warmup_steps\": %d, \"replay\": %s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
+        static_cast<unsigned long long>(kv_bytes.bytes),
+        static_cast<unsigned long long>(kv_bytes.f16_bytes),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps,
@@ -222,6 +230,7 @@ int run_bench(const std::vector<std::string>& args) {
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
                 devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);
+    std::printf("%s\n", kv_format_summary(m.kv_cache()).c_str());
     std::printf("%-8s %10s %14s\n", "test", "tokens/s", "runs");
     if (n_prompt > 0) std::printf("pp%-6d %10.2f %14s\n", n_prompt, pp_tps, list(pp).c_str());
     if (n_gen > 0) std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());

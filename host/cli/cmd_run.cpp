@@ -19,6 +19,7 @@
 
 #include "host/cli/command.h"
 #include "host/cli/input_checks.h"
+#include "host/cli/kv_cache_options.h"
 #include "host/cli/output_file.h"
 #include "host/cli/settings.h"
 #include "host/engine/engine.h"
@@ -118,6 +119,7 @@ void print_engine_summary(engine::Engine& e) {
   const auto& st = m.stats();
   const auto& cache = e.model().kv_cache();
   const auto& kv = cache.blocks();
+  std::fprintf(stderr, "%s\n", kv_format_summary(cache).c_str());
   if (cache.n_groups() == 1) {
     std::fprintf(stderr, "KV cache: %d of %d blocks used (%d tokens per block)\n",
                  e.counters().kv_blocks_peak, kv.n_blocks(), kv.block_size());
@@ -167,6 +169,7 @@ int run_generate(const std::vector<std::string>& args) {
   bool reference = false, no_bos = false, ignore_eos = false, print_ids = false, balancer = false;
   std::string config_path, device;
   std::vector<std::string> sets;
+  KvCacheTypes cache_types;
   po::options_description opts(
       "tessera run [-m MODEL.gguf] (-p TEXT | --tokens IDS) [-n N] [--device ID | --config FILE] "
       "[sampling options]");
@@ -199,6 +202,7 @@ int run_generate(const std::vector<std::string>& args) {
       "logits-out", po::value<std::string>(&logits_path),
       "write each step's logits (n_vocab float32, native byte order) to this file, for "
       "comparisons");
+  add_kv_cache_type_options(opts, cache_types);
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
   if (model_path.empty()) model_path = default_model_path();
@@ -283,6 +287,7 @@ int run_generate(const std::vector<std::string>& args) {
     so.no_fuse = settings().no_fuse;
     so.config_path = config_path;
     so.sets = sets;
+    prepend_kv_cache_sets(cache_types, so.sets);
     so.device = device;
     so.context_tokens =
         int(std::min<size_t>(spec.hp.n_ctx_train ? spec.hp.n_ctx_train : 4096,

@@ -8,6 +8,9 @@
 #include <cstdlib>
 #include <exception>
 #include <iostream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "host/cli/command.h"
 #include "host/cli/output_file.h"
@@ -28,7 +31,19 @@ bool parse_options(const std::vector<std::string>& args,
                    const boost::program_options::options_description& opts,
                    boost::program_options::variables_map& vm) {
   namespace po = boost::program_options;
-  const auto parsed = po::command_line_parser(args).options(opts).run();
+  // llama.cpp's multi-letter short options, for the commands that have their long form.
+  std::vector<std::string> expanded = args;
+  for (auto& a : expanded) {
+    for (const auto& [shorthand, long_name] :
+         {std::pair<std::string, std::string>{"-ctk", "cache-type-k"}, {"-ctv", "cache-type-v"}}) {
+      if (!opts.find_nothrow(long_name, false)) continue;
+      if (a == shorthand)
+        a = "--" + long_name;
+      else if (a.rfind(shorthand + "=", 0) == 0)
+        a = "--" + long_name + a.substr(shorthand.size());
+    }
+  }
+  const auto parsed = po::command_line_parser(expanded).options(opts).run();
   // Without this, a word after an option's value (`-p Once upon a time`) would be dropped silently.
   const auto extra = po::collect_unrecognized(parsed.options, po::include_positional);
   if (!extra.empty()) {

@@ -14,7 +14,8 @@ uint64_t tensor_bytes(const gguf::TensorInfo* t) {
 
 }  // namespace
 
-sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens) {
+sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens,
+                                   const KvLayerFormats& kv_formats) {
   sched::ModelFootprint f;
   const auto& hp = spec.hp;
   f.kv_bytes_per_token = 0;
@@ -37,7 +38,8 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
     f.layers.push_back(fl);
     switch (l.mixer) {
       case model::MixerKind::kAttention:
-        f.kv_bytes_per_token += AttentionMixer::kv_bytes_per_token(spec, int(i));
+        f.kv_bytes_per_token += AttentionMixer::kv_bytes_per_token(spec, int(i), kv_formats.k_at(i),
+                                                                   kv_formats.v_at(i));
         break;
     }
   }

@@ -122,6 +122,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     const LayerMemoryNeeds needs = layers_[l].mixer->memory();
     kcfg.layer_n_head_kv.push_back(int32_t(spec_.layers[l].n_head_kv));
     kcfg.layer_window.push_back(int32_t(needs.window));
+    kcfg.layer_k_format.push_back(options_.kv_formats.k_at(l));
+    kcfg.layer_v_format.push_back(options_.kv_formats.v_at(l));
     rcfg.layer_bytes.push_back(needs.state_bytes);
     has_state |= needs.state_bytes > 0;
   }

@@ -35,6 +35,7 @@ class OpenClModel {
   kv::SequenceMemory& memory() { return *memory_; }
   // Its KV cache, for callers that manage attention-only models' sequences directly.
   kv::PagedKvCache& kv_cache() { return *memory_->kv(); }
+  const kv::PagedKvCache& kv_cache() const { return *memory_->kv(); }
   const sched::Plan& plan() const { return plan_; }
   // The cost model's view of the model: bytes from the spec, launch counts of one decode token
   // counted at construction from the step's own code recorded into a count-only step program
@@ -94,6 +95,7 @@ class OpenClModel {
 };
 
 // The planner's view of a model: bytes per layer and per expert.
-sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens);
+sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens,
+                                   const KvLayerFormats& kv_formats = {});
 
 }  // namespace tessera::engine

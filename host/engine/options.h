@@ -10,8 +10,17 @@
 #include <vector>
 
 #include "host/kv/block_manager.h"
+#include "host/kv/kv_format.h"
 
 namespace tessera::engine {
+
+// KV cache formats per layer, K and V chosen separately (kv_formats_of in planning.h resolves a
+// config's kv_cache keys); empty: f16 everywhere.
+struct KvLayerFormats {
+  std::vector<kv::KvFormat> k, v;  // per layer, or empty
+  kv::KvFormat k_at(size_t layer) const { return k.empty() ? kv::KvFormat::kF16 : k.at(layer); }
+  kv::KvFormat v_at(size_t layer) const { return v.empty() ? kv::KvFormat::kF16 : v.at(layer); }
+};
 
 struct EngineOptions {
   int max_batch_tokens = 256;  // tokens of one forward step (prefill is chunked to this)
@@ -19,7 +28,8 @@ struct EngineOptions {
   int max_logit_rows = 0;      // logit rows of one step; 0: max_sequences (perplexity wants more)
   int max_context = 0;         // tokens per sequence; 0: the model's training context (capped 4096)
   int kv_block_size = 16;
-  int kv_blocks = 0;  // 0: enough for max_sequences sequences of max_context tokens
+  int kv_blocks = 0;          // 0: enough for max_sequences sequences of max_context tokens
+  KvLayerFormats kv_formats;  // the cache's formats per layer (empty: f16)
   bool balancer = false;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate

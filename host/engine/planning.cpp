@@ -82,13 +82,52 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
   return c;
 }
 
+KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer) {
+  auto format = [](const std::string& name, const std::string& key) {
+    const auto f = kv::kv_format_from_name(name);
+    if (!f)
+      throw sched::ConfigError(
+          key + ": '" + name +
+          "' is not implemented by the engine yet; supported now: " + kv::kv_format_names());
+    return *f;
+  };
+  const kv::KvFormat k =
+      format(config.kv_k_format.empty() ? config.kv_format : config.kv_k_format,
+             config.kv_k_format.empty() ? "kv_cache.format" : "kv_cache.k_format");
+  const kv::KvFormat v =
+      format(config.kv_v_format.empty() ? config.kv_format : config.kv_v_format,
+             config.kv_v_format.empty() ? "kv_cache.format" : "kv_cache.v_format");
+  KvLayerFormats out;
+  out.k.assign(size_t(std::max(0, n_layer)), k);
+  out.v.assign(size_t(std::max(0, n_layer)), v);
+  std::vector<std::string> owner(size_t(std::max(0, n_layer)));  // range that set each layer
+  for (const auto& [range, lf] : config.kv_layers) {
+    const std::string key = "kv_cache.layers." + range;
+    const std::optional<kv::KvFormat> lk =
+        lf.k_format.empty() ? std::nullopt : std::optional(format(lf.k_format, key));
+    const std::optional<kv::KvFormat> lv =
+        lf.v_format.empty() ? std::nullopt : std::optional(format(lf.v_format, key));
+    if (n_layer <= 0) continue;  // names only
+    const int last = lf.last < 0 ? n_layer - 1 : lf.last;
+    if (lf.first >= n_layer || last >= n_layer)
+      throw sched::ConfigError(key + ": the model has layers 0-" + std::to_string(n_layer - 1));
+    for (int l = lf.first; l <= last; ++l) {
+      if (!owner[size_t(l)].empty())
+        throw sched::ConfigError(key + ": layer " + std::to_string(l) +
+                                 " is also in kv_cache.layers." + owner[size_t(l)]);
+      owner[size_t(l)] = range;
+      if (lk) out.k[size_t(l)] = *lk;
+      if (lv) out.v[size_t(l)] = *lv;
+    }
+  }
+  return out;
+}
+
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes) {
-  // The config schema names every planned KV format; the engine stores f16 so far. Refuse the
-  // others rather than silently running a different format than the one asked for.
-  if (config.kv_format != "f16")
-    throw sched::ConfigError("kv_cache.format: '" + config.kv_format +
-                             "' is not implemented by the engine yet; supported now: f16");
+  // The config schema names every planned KV format; refuse those the engine does not store yet
+  // rather than silently running a different format than the one asked for.
+  kv_formats_of(config, 0);
   std::vector<DeviceInfo> infos;
   for (const auto& d : registry.devices()) infos.push_back(d->info());
   std::vector<sched::DeviceCost> costs;
@@ -145,7 +184,8 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
       std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs, o.device_limits));
   s.config = config_from_cli(o.config_path, o.sets, o.device);
   skip_unbuildable_devices(*s.registry, s.config);
-  s.footprint = footprint_of(spec, o.context_tokens);
+  const KvLayerFormats kv_formats = kv_formats_of(s.config, int(spec.layers.size()));
+  s.footprint = footprint_of(spec, o.context_tokens, kv_formats);
   std::unique_ptr<ProbeCache> probes;
   if (o.probe) probes = std::make_unique<ProbeCache>(o.probe_dir);
   auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get());
@@ -154,6 +194,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.max_batch_tokens = s.config.max_batch_tokens.value_or(o.max_batch_tokens);
   if (o.all_logits) eo.max_logit_rows = eo.max_batch_tokens;
   eo.max_context = o.context_tokens;
+  eo.kv_formats = kv_formats;
   // kv_cache.budget caps the cache (it is not only shown by `tessera plan`); one sequence of
   // context_tokens must fit.
   const int blocks_per_seq = (o.context_tokens + eo.kv_block_size - 1) / eo.kv_block_size;

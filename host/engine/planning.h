@@ -20,6 +20,12 @@ namespace tessera::engine {
 sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
                               const sched::Config& config);
 
+// The KV cache formats of `n_layer` layers from the config's kv_cache keys: format (K and V),
+// k_format / v_format, then layers.<range> overrides. Throws sched::ConfigError naming the key for
+// a format the engine does not store yet (TurboQuant names), a range past the model's layers, or a
+// layer two ranges name. n_layer 0 checks the names only.
+KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer);
+
 // Selects devices by `config`, measures them through `probes` (cached; nullptr: no measurement)
 // and plans `footprint` on them.
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,

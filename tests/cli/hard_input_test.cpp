@@ -191,6 +191,38 @@ TEST_F(HardInput, PerplexityTextOnAFifoIsRefused) {
                "-f: '" + fifo.string() + "' is not a regular file");
 }
 
+// llama-perplexity's KL-divergence workflow with KV cache formats: save a base run's
+// log-probabilities, compare the same run (divergence 0, full agreement) and a q8_0 / q4_0 cache
+// run (-ctk / -ctv) against it; a base of another setting and a missing base are refused.
+TEST_F(HardInput, PerplexityKlDivergenceAgainstASavedBase) {
+  const auto m = model("qwen3", nullptr, "qwen3");  // head size 32: block formats fit
+  const auto text = dir_ / "text.txt";
+  {
+    std::ofstream out(text);
+    for (int i = 0; i < 8; ++i) out << "in the beginning was the word and the word was with god ";
+  }
+  const auto base = (dir_ / "base.kld").string();
+  const std::string common = "perplexity -m " + m + " -f " + text.string() + " --ctx 16 --chunks 2";
+  const auto saved = run(common + " --kl-divergence-base " + base);
+  ASSERT_EQ(saved.exit_code, 0) << saved.err;
+  EXPECT_NE(saved.out.find("saved the KL-divergence base"), std::string::npos) << saved.out;
+  const auto same = run(common + " --kl-divergence-base " + base + " --kl-divergence");
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_NE(same.out.find("mean 0.000000"), std::string::npos) << same.out;
+  EXPECT_NE(same.out.find("top-1 agreement 100.000%"), std::string::npos) << same.out;
+  const auto q =
+      run(common + " -ctk q8_0 -ctv q4_0 --kl-divergence-base " + base + " --kl-divergence");
+  ASSERT_EQ(q.exit_code, 0) << q.err;
+  EXPECT_NE(q.out.find("KL divergence vs"), std::string::npos) << q.out;
+  EXPECT_EQ(q.out.find("mean 0.000000 "), std::string::npos) << q.out;  // the cache changed
+  EXPECT_NE(q.err.find("KV cache format: K q8_0, V q4_0"), std::string::npos) << q.err;
+  expect_error(run("perplexity -m " + m + " -f " + text.string() +
+                   " --ctx 16 --chunks 1 --kl-divergence-base " + base + " --kl-divergence"),
+               "was saved for another text or setting");
+  expect_error(run(common + " --kl-divergence"), "--kl-divergence needs --kl-divergence-base");
+  expect_error(run(common + " -ctk q3_x"), "kv_cache.k_format: unknown format 'q3_x'");
+}
+
 TEST_F(HardInput, ExtraWordsAfterAnOptionAreAnError) {
   expect_error(run("run --reference -m " + good_model() + " -p Once upon a time -n 2"),
                "unexpected argument 'upon'");

@@ -136,6 +136,62 @@ TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
   }
 }
 
+// Compressed KV formats from the config (K and V separately, a per-layer override): the cache's
+// layouts follow them, the planner's footprint counts their bytes, and the prefill's logits stay
+// close to the f16 cache's (the K/V of the prompt quantized to q8_0 / q4_0 blocks).
+TEST(EngineBatchTest, CompressedKvFormatsFromTheConfig) {
+  auto m = load_fixture("qwen3");  // head size 32: one block per head
+  auto reg = tessera::cli::discover_devices();
+  sched::Config cfg;
+  cfg.select = {sched::DeviceSelector{}};
+  cfg.select[0].id = reg.devices().front()->id();
+  auto f16 = make_engine(m->spec, reg, cfg);
+  const auto base = engine_greedy(*f16, kPrompt, 0);
+  sched::apply_override(cfg, "kv_cache.k_format=q8_0");
+  sched::apply_override(cfg, "kv_cache.v_format=q4_0");
+  sched::apply_override(cfg, "kv_cache.layers.0=f16");
+  const KvLayerFormats formats = kv_formats_of(cfg, int(m->spec.layers.size()));
+  EngineOptions opts;
+  opts.kv_formats = formats;
+  auto q = make_engine(m->spec, reg, cfg, opts);
+  const auto& cache = q->kv_cache();
+  EXPECT_EQ(cache.layout(0, kv::KvPart::kK).format, kv::KvFormat::kF16);
+  EXPECT_EQ(cache.layout(0, kv::KvPart::kV).format, kv::KvFormat::kF16);
+  EXPECT_EQ(cache.layout(1, kv::KvPart::kK).format, kv::KvFormat::kQ8_0);
+  EXPECT_EQ(cache.layout(1, kv::KvPart::kV).format, kv::KvFormat::kQ4_0);
+  const auto& hp = m->spec.hp;
+  const uint64_t heads = hp.n_head_kv;
+  EXPECT_EQ(
+      footprint_of(m->spec, 256, formats).kv_bytes_per_token,
+      heads * (2 * 64 + 34 + 18));  // layer 0 f16 K and V (32 values each), layer 1 q8_0 K + q4_0 V
+  EXPECT_EQ(footprint_of(m->spec, 256).kv_bytes_per_token, heads * 2 * 2 * 64);
+  const auto got = engine_greedy(*q, kPrompt, 0);
+  ASSERT_EQ(got.logits.size(), 1u);
+  EXPECT_LT(rel_err(got.logits[0], base.logits[0]), 5e-2);
+  EXPECT_GT(rel_err(got.logits[0], base.logits[0]), 0.0);  // the formats did change the cache
+}
+
+TEST(EngineBatchTest, KvFormatConfigErrorsNameTheKey) {
+  auto m = load_fixture("qwen3");
+  const int n_layer = int(m->spec.layers.size());
+  auto error_of = [&](const std::vector<std::string>& sets) {
+    sched::Config cfg;
+    for (const auto& s : sets) sched::apply_override(cfg, s);
+    try {
+      kv_formats_of(cfg, n_layer);
+    } catch (const sched::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(error_of({"kv_cache.v_format=turbo3"}).find("kv_cache.v_format: 'turbo3'"),
+            std::string::npos);
+  EXPECT_NE(error_of({"kv_cache.layers.0-9=q8_0"}).find("kv_cache.layers.0-9"), std::string::npos);
+  EXPECT_NE(error_of({"kv_cache.layers.0-1=q8_0", "kv_cache.layers.1=q4_0"}).find("also in"),
+            std::string::npos);
+  EXPECT_EQ(error_of({"kv_cache.layers.all.k_format=q4_0"}), "");
+}
+
 TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {
   auto m = load_fixture("llama");
   auto reg = tessera::cli::discover_devices();

@@ -92,6 +92,10 @@ TEST(ConfigTest, WrongTypesAreNamed) {
   e = error_of("devices: {select: [{type: fpga}]}");
   EXPECT_NE(e.find("devices.select[0].type"), std::string::npos) << e;
   EXPECT_NE(e.find("accelerator"), std::string::npos) << e;
+  e = error_of("kv_cache: {layers: {'0-x': q8_0}}");
+  EXPECT_NE(e.find("kv_cache.layers.0-x"), std::string::npos) << e;
+  e = error_of("kv_cache: {layers: {'3': {k_format: q9}}}");
+  EXPECT_NE(e.find("kv_cache.layers.3.k_format"), std::string::npos) << e;
   e = error_of("kv_cache: {format: q2}");
   EXPECT_NE(e.find("kv_cache.format"), std::string::npos) << e;
   EXPECT_NE(e.find("turbo3"), std::string::npos) << e;
@@ -151,6 +155,18 @@ TEST(ConfigTest, PinsAndCommandLineOverrides) {
   EXPECT_FALSE(c.balancer);
   EXPECT_EQ(c.budgets["cpu0"].bytes, 8ull << 30);
   EXPECT_EQ(c.kv_format, "q8_0");
+  apply_override(c, "kv_cache.v_format=Q4_0");
+  apply_override(c, "kv_cache.layers.0=f16");
+  apply_override(c, "kv_cache.layers.22-23.k_format=f16");
+  apply_override(c, "kv_cache.layers.22-23.v_format=q8_0");
+  EXPECT_EQ(c.kv_v_format, "q4_0");
+  EXPECT_EQ(c.kv_k_format, "");
+  ASSERT_EQ(c.kv_layers.size(), 2u);
+  EXPECT_EQ(c.kv_layers["0"].k_format, "f16");
+  EXPECT_EQ(c.kv_layers["0"].v_format, "f16");
+  EXPECT_EQ(c.kv_layers["22-23"].first, 22);
+  EXPECT_EQ(c.kv_layers["22-23"].k_format, "f16");  // merged, not replaced
+  EXPECT_EQ(c.kv_layers["22-23"].v_format, "q8_0");
   EXPECT_EQ(c.experts_mode, "pins");  // untouched by unrelated overrides
   apply_override(c, "placement.experts.shares.gpu0=3");
   apply_override(c, "placement.experts.shares.cpu0=1");

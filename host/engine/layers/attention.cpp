@@ -35,8 +35,12 @@ AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
   }
 }
 
-uint64_t AttentionMixer::kv_bytes_per_token(const model::ModelSpec& spec, int layer) {
-  return 2 * uint64_t(spec.layers[size_t(layer)].kv_dim(spec.hp)) * 2;  // f16 K and V
+uint64_t AttentionMixer::kv_bytes_per_token(const model::ModelSpec& spec, int layer,
+                                            kv::KvFormat k_format, kv::KvFormat v_format) {
+  const auto& ls = spec.layers[size_t(layer)];
+  const uint32_t head_dim = uint32_t(spec.hp.head_dim);
+  return uint64_t(ls.n_head_kv) * (kv::kv_bytes_per_token_head(k_format, head_dim) +
+                                   kv::kv_bytes_per_token_head(v_format, head_dim));
 }
 
 LayerMemoryNeeds AttentionMixer::memory() const {

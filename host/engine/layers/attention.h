@@ -17,8 +17,10 @@ class AttentionMixer final : public Mixer {
 
   model::MixerKind kind() const override { return model::MixerKind::kAttention; }
   LayerMemoryNeeds memory() const override;
-  // K and V bytes one token costs layer `layer` of `spec` (f16 rows).
-  static uint64_t kv_bytes_per_token(const model::ModelSpec& spec, int layer);
+  // K and V bytes one token costs layer `layer` of `spec` in the given row formats.
+  static uint64_t kv_bytes_per_token(const model::ModelSpec& spec, int layer,
+                                     kv::KvFormat k_format = kv::KvFormat::kF16,
+                                     kv::KvFormat v_format = kv::KvFormat::kF16);
 
   void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
               const EngineOptions& options) override;
