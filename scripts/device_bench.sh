@@ -25,6 +25,7 @@ if [ -n "${LLAMA_SRC:-}" ] && [ -f "$LLAMA_SRC" ]; then
   (cd /tmp/llama && cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON \
       -DCMAKE_CUDA_ARCHITECTURES=90 -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_UI=OFF \
       -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_CURL=OFF \
+      -DLLAMA_BUILD_EXAMPLES=OFF \
       > /tmp/llama-config.txt 2>&1 && cmake --build build -j"$(nproc)" --target llama-bench \
       > /tmp/llama-build.txt 2>&1; echo "rc=$?" >> /tmp/llama-build.txt) &
   LLAMA_PID=$!
@@ -68,9 +69,9 @@ lbench() {  # name, file, args...
 for t in $TYPES; do
   f=/tmp/bench-$t.gguf
   lbench "cuda-$t" "$f" -ngl 99
-  tbench "gpu0-$t" "$f" --device gpu0
+  tbench "gpu0-$t" "$f" --device gpu0 --breakdown
   lbench "cpu-$t" "$f" -dev none -t "$(nproc)"
-  tbench "cpu0-$t" "$f" --device cpu0
+  tbench "cpu0-$t" "$f" --device cpu0 --breakdown
   lbench "ncmoe8-$t" "$f" -ngl 99 -ncmoe 8
   # The split with the GPU's budget set to what the plan needs plus HEADROOM_MIB: the balancer may
   # move only that much of the CPU's experts to the GPU (as on a GPU that cannot hold them all).

@@ -1,12 +1,14 @@
 // `tessera bench`: prefill and decode speed of the OpenCL engine on one model, llama-bench style
 // (pp = one prompt of -p tokens, tg = -n single-token decode steps), with the decode bandwidth
 // roofline of the plan's devices. Prints a table, or JSON with --json; never judges the figures.
+#include <boost/json.hpp>
 #include <boost/program_options.hpp>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -92,12 +94,171 @@ Roofline roofline_of(const sched::Plan& plan, const sched::ModelFootprint& f) {
   return r;
 }
 
+// --breakdown of one step kind: the host's view per step (wall, enqueue, wait) from steps run as
+// usual, and the device's (commands, device time per kernel) from the same steps run again as
+// profiled replays; the gap between wall time and device busy time is what the host, the launches
+// and idle devices cost.
+struct Breakdown {
+  engine::StepTiming host;         // unprofiled steps (deltas of the run)
+  engine::ReplayProfile profiled;  // profiled replays (deltas of the run)
+};
+
+engine::StepTiming minus(engine::StepTiming a, const engine::StepTiming& b) {
+  a.steps -= b.steps;
+  a.wall -= b.wall;
+  a.enqueue -= b.enqueue;
+  a.wait -= b.wait;
+  return a;
+}
+
+engine::ReplayProfile minus(engine::ReplayProfile a, const engine::ReplayProfile& b) {
+  a.steps -= b.steps;
+  a.launches -= b.launches;
+  a.copies -= b.copies;
+  a.flushes -= b.flushes;
+  a.host_calls -= b.host_calls;
+  a.host_syncs -= b.host_syncs;
+  a.wall -= b.wall;
+  for (const auto& [key, k] : b.kernels) {
+    auto& x = a.kernels[key];
+    x.launches -= k.launches;
+    x.seconds -= k.seconds;
+  }
+  std::erase_if(a.kernels, [](const auto& e) { return e.second.launches == 0; });
+  return a;
+}
+
+// Runs `run` twice on `e`: as usual, then with profiled replays; the `kind` steps of each.
+template <typename Run>
+Breakdown measure_breakdown(engine::Engine& e, const char* kind, Run run) {
+  auto& m = e.model();
+  const auto timing = [&] {
+    auto it = m.stats().step_timing.find(kind);
+    return it == m.stats().step_timing.end() ? engine::StepTiming{} : it->second;
+  };
+  const auto profile = [&] {
+    auto it = m.stats().replay_profile.find(kind);
+    return it == m.stats().replay_profile.end() ? engine::ReplayProfile{} : it->second;
+  };
+  Breakdown b;
+  const auto t0 = timing();
+  run();
+  b.host = minus(timing(), t0);
+  const auto p0 = profile();
+  m.set_profile_replays(true);
+  try {
+    run();
+  } catch (...) {
+    m.set_profile_replays(false);
+    throw;
+  }
+  m.set_profile_replays(false);
+  b.profiled = minus(profile(), p0);
+  return b;
+}
+
+// Per step, in milliseconds (0 for no steps).
+double per_step_ms(double seconds, uint64_t steps) {
+  return steps ? 1e3 * seconds / double(steps) : 0.0;
+}
+
+boost::json::object breakdown_json(const Breakdown& b) {
+  const uint64_t hs = b.host.steps, ps = b.profiled.steps;
+  boost::json::object o;
+  o["steps"] = hs;
+  o["wall_ms"] = per_step_ms(b.host.wall, hs);
+  o["enqueue_ms"] = per_step_ms(b.host.enqueue, hs);
+  o["wait_ms"] = per_step_ms(b.host.wait, hs);
+  o["profiled_steps"] = ps;
+  o["profiled_wall_ms"] = per_step_ms(b.profiled.wall, ps);
+  const double per = ps ? 1.0 / double(ps) : 0.0;
+  o["launches"] = double(b.profiled.launches) * per;
+  o["copies"] = double(b.profiled.copies) * per;
+  o["flushes"] = double(b.profiled.flushes) * per;
+  o["host_syncs"] = double(b.profiled.host_syncs) * per;
+  std::map<std::string, double> busy;
+  boost::json::array kernels;
+  for (const auto& [key, k] : b.profiled.kernels) {
+    busy[key.first] += k.seconds;
+    kernels.push_back({{"device", key.first},
+                       {"kernel", key.second},
+                       {"launches", double(k.launches) * per},
+                       {"device_us", 1e6 * k.seconds * per}});
+  }
+  boost::json::object busy_ms;
+  double busy_max = 0;
+  for (const auto& [dev, s] : busy) {
+    busy_ms[dev] = per_step_ms(s, ps);
+    busy_max = std::max(busy_max, per_step_ms(s, ps));
+  }
+  o["device_busy_ms"] = busy_ms;
+  // The busiest device's time against the unprofiled wall time: what launches, host work and
+  // waiting cost beyond the kernels of the critical device.
+  o["gap_ms"] = per_step_ms(b.host.wall, hs) - busy_max;
+  o["kernels"] = kernels;
+  return o;
+}
+
+// JSON text of `v` with numbers as people write them (%.6g, not Boost's 1.2E1).
+std::string readable_json(const boost::json::value& v) {
+  switch (v.kind()) {
+    case boost::json::kind::double_: {
+      char buf[32];
+      std::snprintf(buf, sizeof(buf), "%.6g", v.get_double());
+      return buf;
+    }
+    case boost::json::kind::object: {
+      std::string s = "{";
+      for (const auto& [k, x] : v.get_object())
+        s += (s.size() > 1 ? ", " : "") + boost::json::serialize(boost::json::string(k)) + ": " +
+             readable_json(x);
+      return s + "}";
+    }
+    case boost::json::kind::array: {
+      std::string s = "[";
+      for (const auto& x : v.get_array()) s += (s.size() > 1 ? ", " : "") + readable_json(x);
+      return s + "]";
+    }
+    default:
+      return boost::json::serialize(v);
+  }
+}
+
+void print_breakdown(const char* kind, const boost::json::object& o) {
+  auto num = [&](const char* k) { return o.at(k).to_number<double>(); };
+  std::printf(
+      "breakdown of %s (per step; host over %llu steps, device over %llu profiled "
+      "replays):\n",
+      kind, static_cast<unsigned long long>(o.at("steps").to_number<uint64_t>()),
+      static_cast<unsigned long long>(o.at("profiled_steps").to_number<uint64_t>()));
+  std::printf("  host: wall %.3f ms = enqueue %.3f ms + wait %.3f ms (profiled steps: %.3f ms)\n",
+              num("wall_ms"), num("enqueue_ms"), num("wait_ms"), num("profiled_wall_ms"));
+  std::printf("  commands: %.1f launches, %.1f copies, %.1f flushes, %.1f host syncs\n",
+              num("launches"), num("copies"), num("flushes"), num("host_syncs"));
+  std::string busy;
+  for (const auto& [dev, ms] : o.at("device_busy_ms").as_object())
+    busy += (busy.empty() ? "" : ", ") + std::string(dev) + " " +
+            std::to_string(ms.to_number<double>()).substr(0, 6) + " ms";
+  std::printf("  device busy: %s; gap (wall - busiest device) %.3f ms\n",
+              busy.empty() ? "none" : busy.c_str(), num("gap_ms"));
+  std::vector<const boost::json::object*> ks;
+  for (const auto& k : o.at("kernels").as_array()) ks.push_back(&k.as_object());
+  std::sort(ks.begin(), ks.end(), [](const boost::json::object* a, const boost::json::object* b) {
+    return a->at("device_us").to_number<double>() > b->at("device_us").to_number<double>();
+  });
+  std::printf("  %-8s %-40s %9s %10s\n", "device", "kernel", "launches", "us/step");
+  for (const auto* k : ks)
+    std::printf("  %-8s %-40s %9.1f %10.1f\n", k->at("device").as_string().c_str(),
+                k->at("kernel").as_string().c_str(), k->at("launches").to_number<double>(),
+                k->at("device_us").to_number<double>());
+}
+
 int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
   KvCacheTypes cache_types;
   int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
-  bool json = false, balancer = false, no_replay = false;
+  bool json = false, balancer = false, no_replay = false, breakdown = false;
   po::options_description opts(
       "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
   opts.add_options()("help,h", "show this help")(
@@ -117,6 +278,9 @@ int run_bench(const std::vector<std::string>& args) {
       "re-place experts between steps (also on with a --config whose balancer is enabled)")(
       "no-replay", po::bool_switch(&no_replay),
       "enqueue every step afresh instead of replaying its recorded step program")(
+      "breakdown", po::bool_switch(&breakdown),
+      "after the timed runs, one more prefill and decode run as usual and one with profiled "
+      "replays: host time per step (enqueue, wait), commands, device time per kernel and the gap")(
       "json", po::bool_switch(&json), "print one JSON object instead of the table");
   add_kv_cache_type_options(opts, cache_types);
   po::variables_map vm;
@@ -186,6 +350,20 @@ int run_bench(const std::vector<std::string>& args) {
     if (n_gen > 0) tg.push_back(double(n_gen) / time_decode(e, n_gen, 1));
   }
   const double pp_tps = pp.empty() ? 0 : median(pp), tg_tps = tg.empty() ? 0 : median(tg);
+
+  boost::json::object breakdowns;
+  if (breakdown) {
+    if (!m.options().replay || balancer_on)
+      throw std::runtime_error(
+          "--breakdown profiles replayed step programs: it needs replay on (no --no-replay) and "
+          "the balancer off");
+    if (n_prompt > 0)
+      breakdowns["prefill"] =
+          breakdown_json(measure_breakdown(e, "prefill", [&] { time_prefill(e, prompt); }));
+    if (n_gen > 0)
+      breakdowns["decode"] =
+          breakdown_json(measure_breakdown(e, "decode", [&] { time_decode(e, n_gen, 1); }));
+  }
   const Roofline roof = roofline_of(plan, footprint);
   const double roof_tps = roof.seconds_per_token > 0 ? 1.0 / roof.seconds_per_token : 0;
   const double frac = roof_tps > 0 ? tg_tps / roof_tps : 0;
@@ -217,7 +395,7 @@ int run_bench(const std::vector<std::string>& args) {
         "\"kv_f16_bytes_per_token\": %llu, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
-        "\"balancer_warmup_steps\": %d, \"replay\": %s}\n",
+        "\"balancer_warmup_steps\": %d, \"replay\": %s%s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
@@ -226,7 +404,8 @@ int run_bench(const std::vector<std::string>& args) {
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps,
-        m.options().replay ? "true" : "false");
+        m.options().replay ? "true" : "false",
+        breakdown ? (", \"breakdown\": " + readable_json(breakdowns)).c_str() : "");
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
                 devs.c_str(), plan.devices[size_t(plan.attention_device)].id.c_str(), load_s);
@@ -241,6 +420,8 @@ int run_bench(const std::vector<std::string>& args) {
       std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
                   static_cast<unsigned long long>(m.stats().balancer_moves),
                   static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
+    for (const char* kind : {"prefill", "decode"})
+      if (breakdowns.contains(kind)) print_breakdown(kind, breakdowns.at(kind).as_object());
   }
   return 0;
 }

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 #include <sstream>
 
 #include "host/engine/layers/attention.h"
@@ -228,6 +229,7 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   // its steps (tokens, block tables, positions, slots, longest context) was just written to device
   // buffers. Profiling (events per launch) and the balancer (a copy of each choice per step, moved
   // experts) enqueue afresh.
+  std::optional<ops::StepProgram::Profile> profile;  // a profiled replay's events
   if (options_.replay && !options_.profile && !balancer_->enabled()) {
     StepShape shape;
     shape.n_tokens = n;
@@ -253,11 +255,13 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     } else {
       std::rotate(it, it + 1, programs_.end());  // most recently used last
       ++replayed_steps_;
+      if (profile_replays_) profile.emplace();
     }
-    programs_.back()->program.run();
+    programs_.back()->program.run(profile ? &*profile : nullptr);
   } else {
     enqueue_step(b, n, decode);
   }
+  const auto t_wait = Clock::now();
   std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
   if (!b.logit_rows.empty()) {
     home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
@@ -267,8 +271,32 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
   for (auto& c : ctxs_)
     if (c.get() != &home && c->has_layers) c->dev->finish();
   end_step();
-  stats_.op_seconds[decode ? "decode" : "prefill"] +=
-      std::chrono::duration<double>(Clock::now() - t_start).count();
+  const auto t_end = Clock::now();
+  const char* kind = decode ? "decode" : "prefill";
+  const double wall = std::chrono::duration<double>(t_end - t_start).count();
+  stats_.op_seconds[kind] += wall;
+  StepTiming& timing = stats_.step_timing[kind];
+  ++timing.steps;
+  timing.wall += wall;
+  timing.enqueue += std::chrono::duration<double>(t_wait - t_start).count();
+  timing.wait += std::chrono::duration<double>(t_end - t_wait).count();
+  if (profile) {
+    ReplayProfile& rp = stats_.replay_profile[kind];
+    ++rp.steps;
+    rp.launches += profile->launches;
+    rp.copies += profile->copies;
+    rp.flushes += profile->flushes;
+    rp.host_calls += profile->host_calls;
+    rp.host_syncs += profile->host_syncs;
+    rp.wall += wall;
+    for (const auto& t : profile->collect()) {
+      auto& k =
+          rp.kernels[{t.record->device->id(),
+                      t.record->kind == ops::StepProgram::Kind::kLaunch ? t.record->name : "copy"}];
+      ++k.launches;
+      k.seconds += t.seconds;
+    }
+  }
   return logits;
 }
 

@@ -57,6 +57,11 @@ class OpenClModel {
   const ops::StepProgram* latest_program() const;
   uint64_t recorded_steps() const { return recorded_steps_; }
   uint64_t replayed_steps() const { return replayed_steps_; }
+  // While on, replayed steps run with a profiling event per launch and copy, and add their
+  // commands and each kernel's device time to stats().replay_profile (opt-in: events cost launch
+  // time on some drivers, so the hot path runs without them). Steps that enqueue afresh are not
+  // profiled this way (EngineOptions::profile times those by op family).
+  void set_profile_replays(bool on) { profile_replays_ = on; }
 
  private:
   struct CachedProgram;
@@ -92,6 +97,7 @@ class OpenClModel {
   // layer (enqueue_step appends).
   std::vector<size_t>* step_marks_ = nullptr;
   uint64_t recorded_steps_ = 0, replayed_steps_ = 0;
+  bool profile_replays_ = false;
 };
 
 // The planner's view of a model: bytes per layer and per expert.

@@ -61,12 +61,36 @@ struct StepBatch {
   std::vector<int32_t> logit_rows;  // tokens whose logits are wanted, in output order
 };
 
+// Host time of steps of one kind ("decode": every sequence one token; "prefill": the others).
+struct StepTiming {
+  uint64_t steps = 0;
+  double wall = 0;     // the whole forward step
+  double enqueue = 0;  // writing the batch and enqueueing the step (a program's run(), its host
+                       // syncs included), until the host waits for the results
+  double wait = 0;     // waiting for the logits (or for the queues to finish)
+};
+
+// Replayed steps run with profiling events (OpenClModel::set_profile_replays): their commands and
+// the device time of each kernel.
+struct ReplayProfile {
+  struct KernelTime {
+    uint64_t launches = 0;
+    double seconds = 0;  // device time, summed over its launches
+  };
+  uint64_t steps = 0, launches = 0, copies = 0, flushes = 0, host_calls = 0, host_syncs = 0;
+  double wall = 0;  // host time of these (profiled) steps
+  // By (device id, kernel name; "copy" for device-side copies).
+  std::map<std::pair<std::string, std::string>, KernelTime> kernels;
+};
+
 // Time and counters per op family and device, for the run summary.
 struct EngineStats {
   std::map<std::string, double> op_seconds;         // wall time of prefill and decode steps
   std::map<std::string, double> device_op_seconds;  // device time per op family (profile option)
-  std::vector<double> device_seconds;               // per plan device: busy time of expert work
-  std::vector<uint64_t> expert_hits;                // per plan device: expert selections served
+  std::map<std::string, StepTiming> step_timing;    // by step kind: "decode", "prefill"
+  std::map<std::string, ReplayProfile> replay_profile;  // by step kind, profiled replays only
+  std::vector<double> device_seconds;                   // per plan device: busy time of expert work
+  std::vector<uint64_t> expert_hits;                    // per plan device: expert selections served
   uint64_t balancer_moves = 0;
   uint64_t steps = 0;
 };

@@ -156,5 +156,49 @@ TEST(ReplayOptionsTest, ProfilingStepsAreNotRecorded) {
   EXPECT_FALSE(e->stats().device_op_seconds.empty());
 }
 
+// Profiled replays (bench --breakdown) run the same programs with an event per launch: the same
+// tokens and logits, every launch of every replayed step timed, and the host time of every step
+// counted by kind.
+TEST(ReplayOptionsTest, ProfiledReplaysTimeEveryLaunchAndChangeNothing) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture("qwen3moe");
+  const int n = 6;
+  auto plain = engine_on(*m, reg, *reg.devices().front(), true);
+  const auto want = engine_greedy(*plain, kPrompt, n);
+  EXPECT_TRUE(plain->stats().replay_profile.empty());
+  plain.reset();
+  auto e = engine_on(*m, reg, *reg.devices().front(), true);
+  e->set_profile_replays(true);
+  const auto got = engine_greedy(*e, kPrompt, n);
+  EXPECT_EQ(got.tokens, want.tokens);
+  expect_same(got.logits, want.logits);
+  const auto& st = e->stats();
+  ASSERT_EQ(st.step_timing.count("decode"), 1u);
+  ASSERT_EQ(st.step_timing.count("prefill"), 1u);
+  EXPECT_EQ(st.step_timing.at("prefill").steps, 1u);
+  EXPECT_EQ(st.step_timing.at("decode").steps, uint64_t(n));
+  for (const auto& [kind, t] : st.step_timing) {
+    EXPECT_GT(t.wall, 0) << kind;
+    EXPECT_LE(t.enqueue + t.wait, t.wall * 1.0001) << kind;
+  }
+  // Only replays are profiled: the decode shape was recorded at the first decode step.
+  ASSERT_EQ(st.replay_profile.count("decode"), 1u);
+  EXPECT_EQ(st.replay_profile.count("prefill"), 0u);
+  const auto& rp = st.replay_profile.at("decode");
+  EXPECT_EQ(rp.steps, uint64_t(n - 1));
+  ASSERT_NE(e->latest_program(), nullptr);
+  EXPECT_EQ(rp.launches, rp.steps * e->latest_program()->launches());
+  uint64_t timed = 0;
+  double seconds = 0;
+  for (const auto& [key, k] : rp.kernels) {
+    EXPECT_EQ(key.first, reg.devices().front()->id());
+    EXPECT_FALSE(key.second.empty());
+    timed += k.launches;
+    seconds += k.seconds;
+  }
+  EXPECT_EQ(timed, rp.launches + rp.copies);
+  EXPECT_GT(seconds, 0);
+}
+
 }  // namespace
 }  // namespace tessera::engine::test

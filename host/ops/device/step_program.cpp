@@ -139,9 +139,16 @@ void StepProgram::add(Record r) {
   records_.push_back(std::move(r));
 }
 
-void StepProgram::run() {
+void StepProgram::run(Profile* profile) {
   if (mode_ == Mode::kCountOnly)
     throw std::logic_error("step program: a count-only program cannot run");
+  if (profile) *profile = Profile{};
+  // The event of a timed command: a new slot in the profile, or none.
+  auto event = [&](const Record& r) -> cl_event* {
+    if (!profile) return nullptr;
+    profile->events_.emplace_back(&r, ClEvent());
+    return profile->events_.back().second.out();
+  };
   std::vector<const Device*> used;
   for (const Record& r : records_) {
     const Device& d = *r.device;
@@ -149,32 +156,56 @@ void StepProgram::run() {
       case Kind::kLaunch: {
         const cl_int err =
             clEnqueueNDRangeKernel(d.queue(), r.kernel.get(), r.dims, nullptr, r.global,
-                                   r.has_local ? r.local : nullptr, 0, nullptr, nullptr);
+                                   r.has_local ? r.local : nullptr, 0, nullptr, event(r));
         if (err != CL_SUCCESS)
           throw ClError("clEnqueueNDRangeKernel(" + r.name + ")", err, d.info().label());
+        if (profile) ++profile->launches;
         break;
       }
       case Kind::kCopy:
         CL_CHECK(clEnqueueCopyBuffer(d.queue(), r.src, r.dst, r.src_offset, r.dst_offset, r.bytes,
-                                     0, nullptr, nullptr),
+                                     0, nullptr, event(r)),
                  d.info().label());
+        if (profile) ++profile->copies;
         break;
       case Kind::kCopyAfter:
         enqueue_copy_after(*r.from, d, r.src, r.src_offset, r.dst, r.dst_offset, r.bytes);
+        if (profile) ++profile->copies;
         break;
       case Kind::kFlush:
         CL_CHECK(clFlush(d.queue()), d.info().label());
+        if (profile) ++profile->flushes;
         break;
       case Kind::kHostCall:
         r.call();
+        if (profile) ++profile->host_calls;
         break;
       case Kind::kHostSync:
         for (const Device* u : used) CL_CHECK(clFlush(u->queue()), u->info().label());
         r.call();
+        if (profile) ++profile->host_syncs;
         break;
     }
     if (std::find(used.begin(), used.end(), &d) == used.end()) used.push_back(&d);
   }
+}
+
+std::vector<StepProgram::Profile::Timed> StepProgram::Profile::collect() {
+  std::vector<Timed> out;
+  out.reserve(events_.size());
+  for (auto& [record, ev] : events_) {
+    cl_ulong start = 0, end = 0;
+    const std::string label = record->device->info().label();
+    CL_CHECK(clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_START, sizeof(start), &start,
+                                     nullptr),
+             label);
+    CL_CHECK(
+        clGetEventProfilingInfo(ev.get(), CL_PROFILING_COMMAND_END, sizeof(end), &end, nullptr),
+        label);
+    out.push_back({record, end > start ? double(end - start) * 1e-9 : 0.0});
+  }
+  events_.clear();
+  return out;
 }
 
 Recording::Recording(StepProgram& program, std::span<const Device* const> devices)

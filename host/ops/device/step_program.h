@@ -60,11 +60,32 @@ class StepProgram {
   // The program between host syncs: host syncs + 1 (a program without one is a single segment).
   size_t segments() const { return host_syncs() + 1; }
 
+  // Device time of one profiled run: each launch and copy with a profiling event, read once the
+  // queues finished. For opt-in measurement (`tessera bench --breakdown`); the hot path runs
+  // without events.
+  class Profile {
+   public:
+    struct Timed {
+      const Record* record = nullptr;  // the launch or copy (valid while the program lives)
+      double seconds = 0;              // device time: end - start of its event
+    };
+    // After every queue the run used has finished: each timed command in program order. Throws
+    // ClError when a driver cannot report an event's times.
+    std::vector<Timed> collect();
+    // Commands of the run by kind.
+    size_t launches = 0, copies = 0, flushes = 0, host_calls = 0, host_syncs = 0;
+
+   private:
+    friend class StepProgram;
+    std::vector<std::pair<const Record*, ClEvent>> events_;
+  };
+
   // Enqueues every record in order on its device's queue without waiting; a host call runs
   // inline; a host sync first flushes every queue the program used (the call may then block on
-  // device data). Throws ClError naming the failing call; throws std::logic_error for a kCountOnly
-  // program.
-  void run();
+  // device data). With `profile`, each launch and copy also returns a profiling event there (the
+  // queues are created with profiling enabled). Throws ClError naming the failing call; throws
+  // std::logic_error for a kCountOnly program.
+  void run(Profile* profile = nullptr);
 
   // Appended by the ops through launch.h and the helpers below while a Recording is active.
   // stage_arg: argument `index` of `kernel` for its next launch (value null: local memory).
