@@ -7,12 +7,9 @@
 
 // One work item per (feature, token): a contiguous run of features per work-group row, so GPUs
 // coalesce and CPU work-groups stream.
-__kernel void moe_combine(__global float* out, uint out_off,
-                          __global const float* y, uint y_off,
-                          __global const float* weights, uint w_off,
-                          __global const int* offsets,
-                          __global const int* rows, int use_rows,
-                          uint n, int accumulate) {
+__kernel void moe_combine(__global float* out, uint out_off, __global const float* y, uint y_off,
+                          __global const float* weights, uint w_off, __global const int* offsets,
+                          __global const int* rows, int use_rows, uint n, int accumulate) {
   const uint i = get_global_id(0);
   const uint t = get_global_id(1);
   if (i >= n) return;
@@ -26,21 +23,23 @@ __kernel void moe_combine(__global float* out, uint out_off,
   *o = accumulate ? *o + acc : acc;
 }
 
-// moe_combine (accumulating, pairs token-major: entry p is y row p) fused with the next layer's
-// RMSNorm: x += sum_p weights[p] * y[p], then xn = x / sqrt(mean(x^2) + eps) * norm_w. One work
-// group per token (a power-of-two size; CPUs: one item); scratch holds the local size in floats.
+// moe_combine (accumulating; entry p is y row rows[p], or row p when use_rows == 0) fused with the
+// next layer's RMSNorm: x += sum_p weights[p] * y[p], then xn = x / sqrt(mean(x^2) + eps) * norm_w.
+// One work group per token (a power-of-two size; CPUs: one item); scratch holds the local size in
+// floats.
 __kernel void moe_combine_norm(__global float* x, uint x_off, __global const float* y, uint y_off,
                                __global const float* weights, uint w_off,
-                               __global const int* offsets, uint n, __global const float* norm_w,
-                               float eps, __global float* xn, uint xn_off,
-                               __local float* scratch) {
+                               __global const int* offsets, __global const int* rows, int use_rows,
+                               uint n, __global const float* norm_w, float eps, __global float* xn,
+                               uint xn_off, __local float* scratch) {
   const size_t t = get_group_id(0);
   const int begin = offsets[t], end = offsets[t + 1];
   __global float* xr = x + x_off + t * n;
   SquareSum sq = {0.0f, 0.0f};
   FOR_ROW(i, n) {
     float acc = 0.0f;
-    for (int p = begin; p < end; ++p) acc += weights[w_off + p] * y[y_off + (size_t)p * n + i];
+    for (int p = begin; p < end; ++p)
+      acc += weights[w_off + p] * y[y_off + (size_t)(use_rows ? rows[p] : p) * n + i];
     const float v = xr[i] + acc;
     xr[i] = v;
     add_square(&sq, v);
@@ -49,9 +48,9 @@ __kernel void moe_combine_norm(__global float* x, uint x_off, __global const flo
   FOR_ROW(i, n) xn[xn_off + t * n + i] = xr[i] * scale * norm_w[i];
 }
 
-// A gated shared expert (qwen2moe): x[t] += sigmoid(xn[t] . gate) * s[t], with s the shared expert's
-// output rows and xn the FFN's normed input rows, all [token][n]. One work group per token (a
-// power-of-two size; CPUs: one item); scratch holds the local size in floats.
+// A gated shared expert (qwen2moe): x[t] += sigmoid(xn[t] . gate) * s[t], with s the shared
+// expert's output rows and xn the FFN's normed input rows, all [token][n]. One work group per token
+// (a power-of-two size; CPUs: one item); scratch holds the local size in floats.
 __kernel void moe_shared_gate_add(__global float* x, uint x_off, __global const float* s,
                                   uint s_off, __global const float* xn, uint xn_off,
                                   __global const float* gate, uint n, __local float* scratch) {
@@ -63,4 +62,43 @@ __kernel void moe_shared_gate_add(__global float* x, uint x_off, __global const 
   __global float* o = x + x_off + t * n;
   __global const float* sr = s + s_off + t * n;
   FOR_ROW(i, n) o[i] += g * sr[i];
+}
+
+// Groups a step's (token, expert) pairs by expert, a stable counting sort, so the expert matmuls
+// decode each expert's weights once per tile of its tokens instead of once per pair. Pair p is
+// token p / k choosing expert ids[p]; an id outside [0, n_expert) sorts last (the expert matmul
+// then writes NaN for it). Outputs (n_pairs int32 each): sorted_token[q] and sorted_expert[q] of
+// the q-th pair in expert order, and row[p], the position pair p went to. One work group: its items
+// take buckets e = lid, lid + size, ... (n_expert + 1 of them); counts holds n_expert + 2 ints.
+inline uint pair_bucket(int id, uint n_expert) {
+  return (id >= 0 && (uint)id < n_expert) ? (uint)id : n_expert;
+}
+
+__kernel void moe_group_pairs(__global const int* ids, uint n_pairs, uint k, uint n_expert,
+                              __global int* sorted_token, __global int* sorted_expert,
+                              __global int* row, __local int* counts) {
+  const uint lid = get_local_id(0), size = get_local_size(0);
+  const uint buckets = n_expert + 1;
+  for (uint e = lid; e < buckets; e += size) {
+    int c = 0;
+    for (uint p = 0; p < n_pairs; ++p) c += pair_bucket(ids[p], n_expert) == e;
+    counts[e + 1] = c;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (lid == 0) {
+    counts[0] = 0;
+    for (uint e = 1; e <= buckets; ++e) counts[e] += counts[e - 1];
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint e = lid; e < buckets; e += size) {
+    int q = counts[e];
+    for (uint p = 0; p < n_pairs; ++p) {
+      const int id = ids[p];
+      if (pair_bucket(id, n_expert) != e) continue;
+      sorted_token[q] = (int)(p / k);
+      sorted_expert[q] = id;
+      row[p] = q;
+      ++q;
+    }
+  }
 }

@@ -31,6 +31,7 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     stage_at.pair_token = region(P * 4);
     stage_at.pair_expert = region(P * 4);
     stage_at.pair_weight = region(P * 4);
+    stage_at.pair_row = region(P * 4);
     stage_at.token_offset = region((T + 1) * 4);
     stage_at.topk_ids = region(P * 4);
     stage_at.topk_w = region(P * 4);
@@ -47,6 +48,7 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     p_tok = sub(stage_at.pair_token, P * 4);
     p_exp = sub(stage_at.pair_expert, P * 4);
     p_w = sub(stage_at.pair_weight, P * 4);
+    p_row = sub(stage_at.pair_row, P * 4);
     p_off = sub(stage_at.token_offset, (T + 1) * 4);
     topk_ids = sub(stage_at.topk_ids, P * 4);
     topk_w = sub(stage_at.topk_w, P * 4);
@@ -59,6 +61,9 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
   h = device.alloc(P * s.max_ff * f);
   router = device.alloc(T * std::max<uint32_t>(s.n_expert, 1) * f);
   tokens = device.alloc(T * sizeof(int32_t));
+  sorted_token = device.alloc(P * sizeof(int32_t));
+  sorted_expert = device.alloc(P * sizeof(int32_t));
+  pair_row = device.alloc(P * sizeof(int32_t));
   const int K = int(s.experts_per_token);
   std::vector<int32_t> iota_h(P), pair_token_h(P), token_pairs_h(T + 1);
   std::iota(iota_h.begin(), iota_h.end(), 0);

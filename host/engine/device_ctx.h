@@ -66,6 +66,9 @@ struct DeviceCtx {
   ClMem logits;   // logit rows (the output device only)
   // Constant index lists: iota [0, max_pairs), pair -> token (i / k), token -> first pair (t * k).
   ClMem iota, pair_token, token_pairs;
+  // A step's pairs grouped by expert (MoeOps::group_pairs; int32 per pair): token and expert in
+  // expert order, and each token-major pair's row in that order.
+  ClMem sorted_token, sorted_expert, pair_row;
 
   // Attention, on devices with layers: per (KV head count, window, K format, V format) of its
   // layers, one op (a layer's op is looked up once, at construction).
@@ -97,15 +100,17 @@ struct DeviceCtx {
     size_t pair_token = 0;    // int32 per pair: batch token
     size_t pair_expert = 0;   // int32 per pair: local expert index on this device
     size_t pair_weight = 0;   // f32 per pair: routing weight
+    size_t pair_row = 0;      // int32 per pair: its expert output row (pairs grouped by expert)
     size_t token_offset = 0;  // int32 per token + 1: first pair of each token
     size_t topk_ids = 0;      // int32 [token][k]: the router's choice
     size_t topk_w = 0;        // f32 [token][k]: its weights
     size_t normed = 0;        // f32 [token][n_embd]: xn
     size_t bytes = 0;
   } stage_at;
-  ClMem stage, p_tok, p_exp, p_w, p_off, topk_ids, topk_w;
+  ClMem stage, p_tok, p_exp, p_w, p_row, p_off, topk_ids, topk_w;
   std::vector<uint8_t> h_stage;              // host image of `stage`
   std::vector<int32_t> h_tok, h_exp, h_off;  // pair lists built on the host
+  std::vector<int32_t> h_order, h_row;       // grouping them by expert
   std::vector<float> h_w, staging;           // their weights; host staging of activations
 
   // Profiling: each launch's completion event, by op family (only when profiling). A deque, so the

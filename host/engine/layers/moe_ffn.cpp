@@ -2,8 +2,10 @@
 // one device or across several, and its scalar reference.
 #include "host/engine/layers/moe_ffn.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <numeric>
 
 #include "host/model/weights.h"
 #include "host/ops/device/step_program.h"
@@ -17,6 +19,9 @@ namespace {
 // Folding SwiGLU into the down projection pays for a few pairs (decode); with many (prefill) every
 // row group recomputing its inputs' SiLU costs more than the launch it saves.
 constexpr int kFoldSwigluMaxPairs = 64;
+// Steps of at least this many tokens group their pairs by expert before the expert matmuls (one
+// launch more; below it, pairs per expert are too few for its tiles to share weight decoding).
+constexpr int kGroupPairsMinTokens = 16;
 }  // namespace
 
 reference::RoutingConfig routing_config(const model::ModelSpec& spec) {
@@ -174,20 +179,32 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
     pending.ids.resize(size_t(pairs));
     home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
   }
-  expert_ffn(home, dev_.shards[size_t(home.index)], home.pair_token.get(), home.topk_ids.get(), n,
-             pairs);
+  // Many tokens (prefill, big decode batches): the pairs grouped by expert first, so each expert's
+  // weights are decoded once per tile of its tokens rather than once per pair; the combine reads
+  // the rows back in token order. Few tokens choose distinct experts anyway: pairs stay as routed.
+  const bool grouped = n >= kGroupPairsMinTokens;
+  cl_mem rows = nullptr;
+  if (grouped) {
+    home.moe->group_pairs(home.topk_ids.get(), uint32_t(pairs), hp.n_expert_used, hp.n_expert,
+                          home.sorted_token.get(), home.sorted_expert.get(), home.pair_row.get(),
+                          {{}, home.prof("moe_group")});
+    rows = home.pair_row.get();
+  }
+  expert_ffn(home, dev_.shards[size_t(home.index)],
+             grouped ? home.sorted_token.get() : home.pair_token.get(),
+             grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs);
   ops::host_call(*home.dev, "count expert hits",
                  [stats = moe_->stats, d = size_t(home.index), pairs] {
                    stats->expert_hits[d] += uint64_t(pairs);
                  });
   if (next_norm) {
     home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
-                           home.token_pairs.get(), uint32_t(n), E, next_norm, hp.rms_eps,
+                           home.token_pairs.get(), rows, uint32_t(n), E, next_norm, hp.rms_eps,
                            home.xn.get(), 0, {{}, home.prof("moe_combine")});
     return true;
   }
   home.moe->combine(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0, home.token_pairs.get(),
-                    nullptr, uint32_t(n), E, true, {{}, home.prof("moe_combine")});
+                    rows, uint32_t(n), E, true, {{}, home.prof("moe_combine")});
   return false;
 }
 
@@ -249,9 +266,30 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       const uint32_t E = spec_.hp.n_embd;
       const auto& cat = c.stage_at;
       // Pairs (and, off the home device, the normed activations) in one write of the stage.
+      // Many tokens: the pairs go to the expert matmuls grouped by expert (stable) and the
+      // combine finds each token's rows through pair_row, as on one device.
+      const bool grouped = n >= kGroupPairsMinTokens;
       uint8_t* st = c.h_stage.data();
-      std::memcpy(st + cat.pair_token, c.h_tok.data(), size_t(np) * 4);
-      std::memcpy(st + cat.pair_expert, c.h_exp.data(), size_t(np) * 4);
+      if (grouped) {
+        c.h_order.resize(size_t(np));
+        std::iota(c.h_order.begin(), c.h_order.end(), 0);
+        std::stable_sort(c.h_order.begin(), c.h_order.end(), [&c](int32_t a, int32_t b) {
+          return c.h_exp[size_t(a)] < c.h_exp[size_t(b)];
+        });
+        c.h_row.resize(size_t(np));
+        auto* tok = reinterpret_cast<int32_t*>(st + cat.pair_token);
+        auto* exp = reinterpret_cast<int32_t*>(st + cat.pair_expert);
+        for (int q = 0; q < np; ++q) {
+          const auto p = size_t(c.h_order[size_t(q)]);
+          tok[q] = c.h_tok[p];
+          exp[q] = c.h_exp[p];
+          c.h_row[p] = q;
+        }
+        std::memcpy(st + cat.pair_row, c.h_row.data(), size_t(np) * 4);
+      } else {
+        std::memcpy(st + cat.pair_token, c.h_tok.data(), size_t(np) * 4);
+        std::memcpy(st + cat.pair_expert, c.h_exp.data(), size_t(np) * 4);
+      }
       std::memcpy(st + cat.pair_weight, c.h_w.data(), size_t(np) * 4);
       std::memcpy(st + cat.token_offset, c.h_off.data(), c.h_off.size() * 4);
       size_t end = cat.token_offset + c.h_off.size() * 4;
@@ -267,7 +305,8 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
-                     c.p_off.get(), nullptr, uint32_t(n), E, is_home, {{}, c.prof("moe_combine")});
+                     c.p_off.get(), grouped ? c.p_row.get() : nullptr, uint32_t(n), E, is_home,
+                     {{}, c.prof("moe_combine")});
       if (!is_home && !shared) {
         c.staging.resize(size_t(n) * E);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);

@@ -11,7 +11,8 @@ MoeOps::MoeOps(const Device& device)
     : device_(&device),
       combine_(device.kernel("moe", "moe_combine")),
       combine_norm_(device.kernel("moe", "moe_combine_norm")),
-      shared_gate_(device.kernel("moe", "moe_shared_gate_add")) {}
+      shared_gate_(device.kernel("moe", "moe_shared_gate_add")),
+      group_pairs_(device.kernel("moe", "moe_group_pairs")) {}
 
 size_t MoeOps::row_group_size() const {
   return device_->info().type == DeviceType::kCpu
@@ -33,15 +34,30 @@ void MoeOps::shared_gate_add(cl_mem x, uint32_t x_off, cl_mem s, uint32_t s_off,
 }
 
 void MoeOps::combine_norm(cl_mem x, uint32_t x_off, cl_mem y, uint32_t y_off, cl_mem weights,
-                          uint32_t w_off, cl_mem offsets, uint32_t n_tokens, uint32_t n,
-                          cl_mem norm_w, float eps, cl_mem xn, uint32_t xn_off, const Events& ev) {
+                          uint32_t w_off, cl_mem offsets, cl_mem rows, uint32_t n_tokens,
+                          uint32_t n, cl_mem norm_w, float eps, cl_mem xn, uint32_t xn_off,
+                          const Events& ev) {
   if (n_tokens == 0 || n == 0) return;
   cl_kernel k = combine_norm_.get();
-  set_args(*device_, k, x, x_off, y, y_off, weights, w_off, offsets, n, norm_w, eps, xn, xn_off);
+  // A null cl_mem is not a valid argument on every driver: pass `offsets` as a dummy.
+  set_args(*device_, k, x, x_off, y, y_off, weights, w_off, offsets, rows ? rows : offsets,
+           cl_int(rows != nullptr), n, norm_w, eps, xn, xn_off);
   const size_t local = row_group_size();
-  set_local_arg(*device_, k, 12, local * sizeof(float));
+  set_local_arg(*device_, k, 14, local * sizeof(float));
   const size_t global = size_t(n_tokens) * local;
   enqueue(*device_, k, 1, &global, &local, ev);
+}
+
+void MoeOps::group_pairs(cl_mem ids, uint32_t n_pairs, uint32_t k, uint32_t n_expert,
+                         cl_mem sorted_token, cl_mem sorted_expert, cl_mem row, const Events& ev) {
+  if (n_pairs == 0) return;
+  if (k == 0) throw std::invalid_argument("group_pairs: k must be >= 1");
+  cl_kernel kern = group_pairs_.get();
+  set_args(*device_, kern, ids, n_pairs, k, n_expert, sorted_token, sorted_expert, row);
+  set_local_arg(*device_, kern, 7, (size_t(n_expert) + 2) * sizeof(cl_int));
+  const size_t local =
+      std::min<size_t>(256, std::max<size_t>(1, device_->info().max_work_group_size));
+  enqueue(*device_, kern, 1, &local, &local, ev);
 }
 
 void MoeOps::combine(cl_mem out, uint32_t out_off, cl_mem y, uint32_t y_off, cl_mem weights,
@@ -111,14 +127,17 @@ void register_moe_cases(std::vector<MatrixCase>& out) {
   }
 }
 
-// combine_norm against reference moe_combine (accumulating, token-major pairs) + rms_norm.
+// combine_norm against reference moe_combine (accumulating, token-major pairs; with rows: y rows
+// permuted as grouping pairs by expert leaves them) + rms_norm.
 void register_moe_norm_cases(std::vector<MatrixCase>& out) {
   struct Shape {
     uint32_t tokens, n, k;
+    bool use_rows = false;
   };
-  for (Shape s : {Shape{1, 1024, 4}, Shape{7, 333, 2}, Shape{33, 2048, 8}}) {
-    const std::string shape =
-        std::to_string(s.tokens) + "x" + std::to_string(s.n) + "k" + std::to_string(s.k);
+  for (Shape s : {Shape{1, 1024, 4}, Shape{7, 333, 2}, Shape{33, 2048, 8}, Shape{33, 2048, 8, true},
+                  Shape{5, 1000, 3, true}}) {
+    const std::string shape = std::to_string(s.tokens) + "x" + std::to_string(s.n) + "k" +
+                              std::to_string(s.k) + (s.use_rows ? "-rows" : "");
     out.push_back(
         {"moe_combine_norm", "f32", shape, [s](const Device& dev, bool timing) {
            std::vector<int32_t> offsets;
@@ -129,14 +148,19 @@ void register_moe_norm_cases(std::vector<MatrixCase>& out) {
            const auto init = random_floats(size_t(s.tokens) * s.n, 23);
            const auto nw = random_floats(s.n, 24, 0.5f, 1.5f);
            const float eps = 1e-6f;
+           std::vector<int32_t> rows(pairs);
+           for (size_t p = 0; p < pairs; ++p) rows[p] = int32_t((p * 7 + 3) % pairs);
            std::vector<float> ref_x = init, ref_xn(init.size());
-           reference::moe_combine(ref_x, y, w, offsets, {}, s.n, true);
+           reference::moe_combine(
+               ref_x, y, w, offsets,
+               s.use_rows ? std::span<const int32_t>(rows) : std::span<const int32_t>(), s.n, true);
            reference::rms_norm(ref_x, nw, eps, ref_xn);
            GuardedBuffer x_buf(dev, init), y_buf(dev, y), w_buf(dev, w), off_buf(dev, offsets),
-               nw_buf(dev, nw), xn_buf(dev, init.size() * sizeof(float));
+               nw_buf(dev, nw), xn_buf(dev, init.size() * sizeof(float)), rows_buf(dev, rows);
+           cl_mem rows_mem = s.use_rows ? rows_buf.mem() : nullptr;
            MoeOps op(dev);
-           op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(), s.tokens,
-                           s.n, nw_buf.mem(), eps, xn_buf.mem(), 0);
+           op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(), rows_mem,
+                           s.tokens, s.n, nw_buf.mem(), eps, xn_buf.mem(), 0);
            std::vector<float> got = x_buf.download<float>(), ref = ref_x;
            const auto got_xn = xn_buf.download<float>();
            got.insert(got.end(), got_xn.begin(), got_xn.end());
@@ -149,12 +173,61 @@ void register_moe_norm_cases(std::vector<MatrixCase>& out) {
              r.seconds = median_kernel_seconds(dev, [&] {
                ClEvent ev;
                op.combine_norm(x_buf.mem(), 0, y_buf.mem(), 0, w_buf.mem(), 0, off_buf.mem(),
-                               s.tokens, s.n, nw_buf.mem(), eps, xn_buf.mem(), 0, {{}, ev.out()});
+                               rows_mem, s.tokens, s.n, nw_buf.mem(), eps, xn_buf.mem(), 0,
+                               {{}, ev.out()});
                return ev;
              });
            }
            return r;
          }});
+  }
+}
+
+// group_pairs against its reference, exactly: one decode token, a 512-token prefill, more experts
+// than work items with ids outside the range (sorted last), and few experts with many pairs each.
+void register_moe_group_cases(std::vector<MatrixCase>& out) {
+  struct Shape {
+    uint32_t tokens, k, n_expert;
+    bool bad_ids;
+  };
+  for (Shape s : {Shape{1, 4, 32, false}, Shape{512, 4, 32, false}, Shape{37, 8, 300, true},
+                  Shape{300, 2, 7, false}}) {
+    const std::string shape = std::to_string(s.tokens) + "k" + std::to_string(s.k) + "e" +
+                              std::to_string(s.n_expert) + (s.bad_ids ? "-bad" : "");
+    out.push_back({"moe_group_pairs", "i32", shape, [s](const Device& dev, bool timing) {
+                     const uint32_t pairs = s.tokens * s.k;
+                     const auto u = random_floats(pairs, 41, 0.0f, 1.0f);
+                     std::vector<int32_t> ids(pairs);
+                     for (uint32_t p = 0; p < pairs; ++p) {
+                       ids[p] = int32_t(u[p] * float(s.n_expert)) % int32_t(s.n_expert);
+                       if (s.bad_ids && p % 11 == 5) ids[p] = p % 2 ? -3 : int32_t(s.n_expert + p);
+                     }
+                     const auto ref = reference::group_pairs(ids, s.k, s.n_expert);
+                     GuardedBuffer ids_buf(dev, ids), tok_buf(dev, size_t(pairs) * 4),
+                         exp_buf(dev, size_t(pairs) * 4), row_buf(dev, size_t(pairs) * 4);
+                     MoeOps op(dev);
+                     auto launch = [&] {
+                       ClEvent ev;
+                       op.group_pairs(ids_buf.mem(), pairs, s.k, s.n_expert, tok_buf.mem(),
+                                      exp_buf.mem(), row_buf.mem(), {{}, ev.out()});
+                       return ev;
+                     };
+                     launch();
+                     MatrixCaseResult r = judge(Comparison{}, 0,
+                                                {ids_buf.check_guard(), tok_buf.check_guard(),
+                                                 exp_buf.check_guard(), row_buf.check_guard()});
+                     const size_t bad = count_mismatches(tok_buf.download<int32_t>(), ref.token) +
+                                        count_mismatches(exp_buf.download<int32_t>(), ref.expert) +
+                                        count_mismatches(row_buf.download<int32_t>(), ref.row);
+                     if (bad > 0 && r.status == "pass") {
+                       r.status = "fail";
+                       r.note = std::to_string(bad) + " of " + std::to_string(3 * pairs) +
+                                " entries differ";
+                     }
+                     r.bytes = double(pairs) * 4 * 4;
+                     if (timing) r.seconds = median_kernel_seconds(dev, launch);
+                     return r;
+                   }});
   }
 }
 

@@ -27,6 +27,26 @@ void moe_combine(std::span<float> out, std::span<const float> y, std::span<const
   }
 }
 
+GroupedPairs group_pairs(std::span<const int32_t> ids, uint32_t k, uint32_t n_expert) {
+  if (k == 0) throw std::invalid_argument("group_pairs: k must be >= 1");
+  const size_t n = ids.size();
+  auto bucket = [&](int32_t id) {
+    return id >= 0 && uint32_t(id) < n_expert ? uint32_t(id) : n_expert;
+  };
+  GroupedPairs g;
+  g.token.reserve(n);
+  g.expert.reserve(n);
+  g.row.assign(n, -1);
+  for (uint32_t e = 0; e <= n_expert; ++e)
+    for (size_t p = 0; p < n; ++p)
+      if (bucket(ids[p]) == e) {
+        g.row[p] = int32_t(g.token.size());
+        g.token.push_back(int32_t(p / k));
+        g.expert.push_back(ids[p]);
+      }
+  return g;
+}
+
 void shared_gate_add(std::span<float> x, std::span<const float> s, std::span<const float> xn,
                      std::span<const float> gate) {
   const size_t n = gate.size();
