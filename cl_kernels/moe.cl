@@ -68,8 +68,11 @@ __kernel void moe_shared_gate_add(__global float* x, uint x_off, __global const 
 // decode each expert's weights once per tile of its tokens instead of once per pair. Pair p is
 // token p / k choosing expert ids[p]; an id outside [0, n_expert) sorts last (the expert matmul
 // then writes NaN for it). Outputs (n_pairs int32 each): sorted_token[q] and sorted_expert[q] of
-// the q-th pair in expert order, and row[p], the position pair p went to. One work group: its items
-// take buckets e = lid, lid + size, ... (n_expert + 1 of them); counts holds n_expert + 2 ints.
+// the q-th pair in expert order, and row[p], the position pair p went to. One work group: the ids
+// pass through local memory in chunks, and its items take buckets e = lid, lid + size, ...
+// (n_expert + 1 of them), each counting, then placing, its bucket's pairs in order. counts holds
+// n_expert + 2 ints.
+#define GROUP_CHUNK 1024
 inline uint pair_bucket(int id, uint n_expert) {
   return (id >= 0 && (uint)id < n_expert) ? (uint)id : n_expert;
 }
@@ -77,28 +80,44 @@ inline uint pair_bucket(int id, uint n_expert) {
 __kernel void moe_group_pairs(__global const int* ids, uint n_pairs, uint k, uint n_expert,
                               __global int* sorted_token, __global int* sorted_expert,
                               __global int* row, __local int* counts) {
+  __local int chunk[GROUP_CHUNK];
   const uint lid = get_local_id(0), size = get_local_size(0);
   const uint buckets = n_expert + 1;
-  for (uint e = lid; e < buckets; e += size) {
-    int c = 0;
-    for (uint p = 0; p < n_pairs; ++p) c += pair_bucket(ids[p], n_expert) == e;
-    counts[e + 1] = c;
+  for (uint e = lid; e < buckets; e += size) counts[e + 1] = 0;
+  for (uint base = 0; base < n_pairs; base += GROUP_CHUNK) {
+    const uint m = min((uint)GROUP_CHUNK, n_pairs - base);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint i = lid; i < m; i += size) chunk[i] = ids[base + i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint e = lid; e < buckets; e += size) {
+      int c = 0;
+      for (uint i = 0; i < m; ++i) c += pair_bucket(chunk[i], n_expert) == e;
+      counts[e + 1] += c;
+    }
   }
   barrier(CLK_LOCAL_MEM_FENCE);
   if (lid == 0) {
     counts[0] = 0;
     for (uint e = 1; e <= buckets; ++e) counts[e] += counts[e - 1];
   }
-  barrier(CLK_LOCAL_MEM_FENCE);
-  for (uint e = lid; e < buckets; e += size) {
-    int q = counts[e];
-    for (uint p = 0; p < n_pairs; ++p) {
-      const int id = ids[p];
-      if (pair_bucket(id, n_expert) != e) continue;
-      sorted_token[q] = (int)(p / k);
-      sorted_expert[q] = id;
-      row[p] = q;
-      ++q;
+  // counts[e] is now bucket e's next position.
+  for (uint base = 0; base < n_pairs; base += GROUP_CHUNK) {
+    const uint m = min((uint)GROUP_CHUNK, n_pairs - base);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint i = lid; i < m; i += size) chunk[i] = ids[base + i];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint e = lid; e < buckets; e += size) {
+      int q = counts[e];
+      for (uint i = 0; i < m; ++i) {
+        const int id = chunk[i];
+        if (pair_bucket(id, n_expert) != e) continue;
+        const uint p = base + i;
+        sorted_token[q] = (int)(p / k);
+        sorted_expert[q] = id;
+        row[p] = q;
+        ++q;
+      }
+      counts[e] = q;
     }
   }
 }

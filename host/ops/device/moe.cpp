@@ -191,7 +191,7 @@ void register_moe_group_cases(std::vector<MatrixCase>& out) {
     bool bad_ids;
   };
   for (Shape s : {Shape{1, 4, 32, false}, Shape{512, 4, 32, false}, Shape{37, 8, 300, true},
-                  Shape{300, 2, 7, false}}) {
+                  Shape{600, 4, 64, true}, Shape{300, 2, 7, false}}) {
     const std::string shape = std::to_string(s.tokens) + "k" + std::to_string(s.k) + "e" +
                               std::to_string(s.n_expert) + (s.bad_ids ? "-bad" : "");
     out.push_back({"moe_group_pairs", "i32", shape, [s](const Device& dev, bool timing) {
