@@ -15,7 +15,9 @@
 // of its sequence, all of which are written before the attention runs; with a sliding window
 // (`window` > 0, a launch argument) to [pos_t - window + 1, pos_t] only. The kernels never read a
 // block-table entry before the window of the step's tokens: a window layer's cache releases those
-// blocks (their entries become -1).
+// blocks (their entries become -1). Attention sinks (gpt-oss; `use_sinks`, sinks[N_HEAD] f32): one
+// logit per query head in the softmax's max and denominator, with no value; the prefill kernel and
+// the decode reduce apply them where they normalize.
 #include "common.clh"
 #define GROUP (N_HEAD / N_HEAD_KV)
 #include "attention_kv.clh"
@@ -185,7 +187,8 @@ __kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
 void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
                        __global const int* meta, uint bt_off, uint bt_stride, uint seq_off,
                        uint pos_off, uint first_token, uint n_tokens, float scale, uint window,
-                       __global const uchar* k_pool, __global const uchar* v_pool) {
+                       __global const uchar* k_pool, __global const uchar* v_pool,
+                       __global const float* sinks, uint use_sinks) {
   __local float qs[PF_BQ * HEAD_DIM];
   __local float ks[PF_KT * PF_KSTRIDE];
   __local float vs[PF_KT * HEAD_DIM];
@@ -311,7 +314,12 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
       barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ks, vs, ss
     }
     if (mine) {
-      const float inv = 1.0f / rl[r];
+      // A sink joins the denominator: rescale to the larger of the row's max and the sink.
+      float inv = 1.0f / rl[r];
+      if (use_sinks) {
+        const float mx = fmax(rm[r], sinks[h]), a = exp(rm[r] - mx);
+        inv = a / (rl[r] * a + exp(sinks[h] - mx));
+      }
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
       for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = o[i] * inv;
     }
@@ -450,14 +458,15 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
 
 __kernel __attribute__((reqd_work_group_size(RED_LWS, 1, 1)))
 void attention_decode_reduce(__global const float* part, uint n_chunks, uint first_token,
-                             __global float* out, uint out_off) {
+                             __global float* out, uint out_off, __global const float* sinks,
+                             uint use_sinks) {
   const int lid = get_local_id(0);
   const int h = get_group_id(1);
   const uint ti = get_group_id(2);
   __global const float* src = part + ((size_t)ti * N_HEAD + h) * n_chunks * (2 + HEAD_DIM);
-  float m = -INFINITY;
+  float m = use_sinks ? sinks[h] : -INFINITY;  // a sink joins the max and the denominator
   for (uint c = 0; c < n_chunks; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);
-  float l = 0.0f;
+  float l = use_sinks ? exp(sinks[h] - m) : 0.0f;
   float acc[RED_OWN];
   for (int i = 0; i < RED_OWN; ++i) acc[i] = 0.0f;
   for (uint c = 0; c < n_chunks; ++c) {

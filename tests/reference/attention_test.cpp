@@ -19,6 +19,26 @@ TEST(Attention, SingleQuerySeesWholeHistory) {
   EXPECT_NEAR(out[1], p0 * 2 + p1 * 4, 1e-6f);
 }
 
+TEST(Attention, SinkJoinsTheDenominatorOnly) {
+  // As above, with a sink logit z = 1 for the head: weights e^1, e^0 over e^1 + e^0 + e^1, summing
+  // to less than 1; a sink far below the scores changes nothing.
+  std::vector<float> q{1, 0}, k{1, 0, 0, 1}, v{1, 2, 3, 4}, out(2);
+  const std::vector<float> sink{1.0f};
+  causal_attention(q, k, v, {1, 1, 2}, 1.0f, out, 0, sink);
+  const float den = 2 * std::exp(1.0f) + 1.0f, p0 = std::exp(1.0f) / den, p1 = 1.0f / den;
+  EXPECT_NEAR(out[0], p0 * 1 + p1 * 3, 1e-6f);
+  EXPECT_NEAR(out[1], p0 * 2 + p1 * 4, 1e-6f);
+  std::vector<float> plain(2);
+  causal_attention(q, k, v, {1, 1, 2}, 1.0f, plain);
+  causal_attention(q, k, v, {1, 1, 2}, 1.0f, out, 0, std::vector<float>{-200.0f});
+  EXPECT_NEAR(out[0], plain[0], 1e-6f);
+  // A sink far above the scores takes (nearly) all the weight: the output goes to 0.
+  causal_attention(q, k, v, {1, 1, 2}, 1.0f, out, 0, std::vector<float>{60.0f});
+  EXPECT_NEAR(out[0], 0.0f, 1e-6f);
+  EXPECT_THROW(causal_attention(q, k, v, {1, 1, 2}, 1.0f, out, 0, std::vector<float>{1, 2}),
+               std::invalid_argument);
+}
+
 TEST(Attention, CausalMaskWithinBatchAndScale) {
   // two query tokens, the whole history is the batch: token 0 sees only row 0
   std::vector<float> q{1, 0, 0, 2}, k{1, 0, 0, 1}, v{1, 2, 3, 4}, out(4);

@@ -32,6 +32,20 @@ void check_range(const kv::KvBatchView& b, int32_t first, int32_t n, const char*
                          std::to_string(b.n_tokens));
 }
 
+// A sinks buffer must hold a logit per query head (the kernels read sinks[h]).
+void check_sinks(cl_mem sinks, int32_t n_head, const char* what) {
+  if (!sinks) return;
+  size_t bytes = 0;
+  const cl_int err = clGetMemObjectInfo(sinks, CL_MEM_SIZE, sizeof(bytes), &bytes, nullptr);
+  if (err != CL_SUCCESS)
+    throw AttentionError(std::string("attention ") + what + ": sinks is not a valid buffer (" +
+                         cl_error_name(err) + ")");
+  if (bytes < size_t(n_head) * sizeof(float))
+    throw AttentionError(std::string("attention ") + what + ": sinks holds " +
+                         std::to_string(bytes / sizeof(float)) + " floats, " +
+                         std::to_string(n_head) + " heads need one each");
+}
+
 // Local memory of the prefill and the work-group decode kernels (static __local arrays of
 // attention.cl; every kernel of the program must fit, used or not).
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
@@ -236,14 +250,16 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
                           uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
-                          int32_t n_tokens, const Events& ev) {
+                          int32_t n_tokens, const Events& ev, cl_mem sinks) {
   check_range(b, first_token, n_tokens, "prefill");
+  check_sinks(sinks, config_.n_head, "prefill");
   if (n_tokens == 0) return;
   const Device& d = *device_;
+  // Without sinks the kernel never reads them: any valid buffer fills the argument.
   set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
            cl_uint(first_token), cl_uint(n_tokens), scale_, cl_uint(config_.window), layer.k,
-           layer.v);
+           layer.v, sinks ? sinks : q, cl_uint(sinks ? 1 : 0));
   const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
   const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
   launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, ev);
@@ -278,8 +294,9 @@ size_t AttentionOp::decode_workspace_bytes(int32_t max_tokens, int32_t max_conte
 void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
                          uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
                          int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
-                         const Events& ev) {
+                         const Events& ev, cl_mem sinks) {
   check_range(b, first_token, n_tokens, "decode");
+  check_sinks(sinks, config_.n_head, "decode");
   if (n_tokens == 0) return;
   const Device& d = *device_;
   // The split (chunk count, so the launch's size and the workspace layout) follows the layout's
@@ -302,7 +319,8 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {lws, 1, 1}, {ev.wait, nullptr});
-  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset);
+  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset,
+           sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0));
   const size_t rl = size_t(tuning_.reduce_items);
   launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1},
          {{}, ev.done});

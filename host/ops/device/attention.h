@@ -121,17 +121,21 @@ class AttentionOp {
   // sequences' KV (the config's window of it), written to out (same layout). Flash-style: query
   // tiles of consecutive tokens of one sequence share each K/V tile. Any tokens work; it is the
   // fast path for prefill chunks.
+  // `sinks` (gpt-oss; null: none): n_head f32 sink logits, each in its head's softmax max and
+  // denominator (reference::causal_attention).
   void prefill(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
                uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
-               int32_t n_tokens, const Events& ev = {});
+               int32_t n_tokens, const Events& ev = {}, cl_mem sinks = nullptr);
 
   // (c) Same result by split-K: each token's context is cut into chunks scored by separate
   // work-groups, then a reduce combines them. The fast path for decode tokens (one per sequence).
   // `workspace` holds at least decode_workspace_bytes(n_tokens, C) bytes, C the batch's
   // context_capacity (max_context when 0). Chunk sizes are read from the batch's meta buffer.
+  // `sinks` as prefill's (applied by the reduce).
   void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
               uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
-              int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {});
+              int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {},
+              cl_mem sinks = nullptr);
 
   DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
   // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context

@@ -53,8 +53,11 @@ struct SeqSpec {
   int32_t fresh;  // tokens of this step (queries), at positions past .. past + fresh - 1
 };
 
+// with_sinks: a learned sink logit per query head (gpt-oss), in [-1, 3) so it takes a visible
+// share.
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
-                                    const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs) {
+                                    const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs,
+                                    bool with_sinks = false) {
   const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
                 bs = cfg.pool.block_size;
   // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
@@ -139,6 +142,11 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   GuardedBuffer all_meta_b(device, all_meta), step_meta_b(device, step_meta);
   GuardedBuffer kb(device, k), vb(device, v), qb(device, q);
   GuardedBuffer out(device, q.size() * sizeof(float));
+  std::vector<float> sinks;
+  if (with_sinks) sinks = random_floats(size_t(H), 104 + D, -1.0f, 3.0f);
+  std::optional<GuardedBuffer> sinks_b;
+  if (with_sinks) sinks_b.emplace(device, sinks);
+  const cl_mem sinks_mem = sinks_b ? sinks_b->mem() : nullptr;
   all_view.meta = all_meta_b.mem();
   step_view.meta = step_meta_b.mem();
   const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
@@ -148,9 +156,10 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   GuardedBuffer ws(device, ws_bytes);
   auto run = [&](const Events& ev) {
     if (decode)
-      op.decode(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ws.mem(), ws_bytes, ev);
+      op.decode(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ws.mem(), ws_bytes, ev,
+                sinks_mem);
     else
-      op.prefill(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ev);
+      op.prefill(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ev, sinks_mem);
   };
   run({});
   const std::vector<float> got = out.download<float>();
@@ -171,7 +180,7 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     }
     const size_t qn = size_t(s.fresh) * H * D;
     reference::causal_attention({q.data() + step_row * H * D, qn}, ks, vs, {H, HK, D}, op.scale(),
-                                {ref.data() + step_row * H * D, qn}, cfg.window);
+                                {ref.data() + step_row * H * D, qn}, cfg.window, sinks);
     for (int32_t i = 0; i < s.fresh; ++i)
       pairs += cfg.window > 0 ? std::min(s.past + i + 1, cfg.window) : s.past + i + 1;
     kv_bytes += double(ctx) * HK *
@@ -182,9 +191,10 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   // Quantized rows: the kernels quantize with the host quantizer's arithmetic, but a device's
   // float division may differ from the host's in the last bit and move a code at a rounding tie.
   const bool quantized = kf != kv::KvFormat::kF16 || vf != kv::KvFormat::kF16;
-  MatrixCaseResult r =
-      judge(compare(got, ref), quantized ? 1e-4 : 1e-5,
-            {out.check_guard(), kpool.check_guard(), vpool.check_guard(), ws.check_guard()});
+  std::vector<std::string> guards{out.check_guard(), kpool.check_guard(), vpool.check_guard(),
+                                  ws.check_guard()};
+  if (sinks_b) guards.push_back(sinks_b->check_guard());
+  MatrixCaseResult r = judge(compare(got, ref), quantized ? 1e-4 : 1e-5, guards);
   r.bytes = kv_bytes + double(q.size()) * 8;
   r.flops = 4.0 * D * H * pairs;
   if (timing) {
@@ -484,7 +494,8 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                        "h" + std::to_string(c.n_head) + "/" + std::to_string(c.pool.n_head_kv) +
                            "xd" + std::to_string(D) + "_norm_neox_rot" + std::to_string(D),
                        [c, other, D](const Device& d, bool t) {
-                         return run_qkv_finish_case(d, t, c, true, true, D, other, 1.0f, false, false);
+                         return run_qkv_finish_case(d, t, c, true, true, D, other, 1.0f, false,
+                                                    false);
                        }});
       }
     }
@@ -495,6 +506,24 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       out.push_back({w.decode ? "attention_decode" : "attention_prefill", format_label(cw),
                      shape_name(cw, w.seqs), [cw, w](const Device& d, bool t) {
                        return run_attention_case(d, t, w.decode, cw, w.seqs);
+                     }});
+    }
+  }
+  // Attention sinks (gpt-oss): whole context and a window below, at and past the context, on the
+  // GQA shape; prefill and decode.
+  const WindowCase sink_cases[] = {
+      {false, 0, {{0, 37}, {21, 5}, {50, 17}}},
+      {true, 0, {{700, 1}, {77, 1}, {0, 1}, {300, 1}}},
+      {false, 20, {{0, 37}, {50, 17}}},
+      {true, 64, {{700, 1}, {33, 1}}},
+  };
+  for (const auto& base : {shapes[0], shapes[1]}) {
+    for (const auto& w : sink_cases) {
+      AttentionConfig c = base;
+      c.window = w.window;
+      out.push_back({w.decode ? "attention_decode" : "attention_prefill", "f16kv",
+                     shape_name(c, w.seqs) + "_sinks", [c, w](const Device& d, bool t) {
+                       return run_attention_case(d, t, w.decode, c, w.seqs, true);
                      }});
     }
   }

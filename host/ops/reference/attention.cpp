@@ -1,6 +1,8 @@
 // Scalar grouped-query causal attention: materializes each score row, softmaxes it, sums values.
 #include "host/ops/reference/attention.h"
 
+#include <algorithm>
+#include <cmath>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -10,7 +12,8 @@
 namespace tessera::reference {
 
 void causal_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
-                      const AttentionShape& shape, float scale, std::span<float> out, int window) {
+                      const AttentionShape& shape, float scale, std::span<float> out, int window,
+                      std::span<const float> sinks) {
   if (window < 0)
     throw std::invalid_argument("causal_attention: window " + std::to_string(window) +
                                 " must be >= 0 (0: no window)");
@@ -20,6 +23,9 @@ void causal_attention(std::span<const float> q, std::span<const float> k, std::s
                                 ", n_head_kv " + std::to_string(n_head_kv) + ", head_dim " +
                                 std::to_string(head_dim));
   }
+  if (!sinks.empty() && sinks.size() != size_t(n_head))
+    throw std::invalid_argument("causal_attention: " + std::to_string(sinks.size()) +
+                                " sinks for " + std::to_string(n_head) + " heads");
   const size_t q_row = size_t(n_head) * size_t(head_dim);
   const size_t kv_row = size_t(n_head_kv) * size_t(head_dim);
   if (q.size() % q_row != 0 || k.size() % kv_row != 0 || v.size() != k.size() ||
@@ -49,7 +55,19 @@ void causal_attention(std::span<const float> q, std::span<const float> k, std::s
         for (int d = 0; d < head_dim; ++d) dot += qh[d] * kj[d];
         scores[j] = dot * scale;
       }
-      softmax(scores);
+      if (sinks.empty()) {
+        softmax(scores);
+      } else {
+        const float sink = sinks[size_t(h)];
+        float mx = sink;
+        for (float sc : scores) mx = std::max(mx, sc);
+        double sum = std::exp(double(sink) - mx);  // in double, as softmax()
+        for (float& sc : scores) {
+          sc = std::exp(sc - mx);
+          sum += sc;
+        }
+        for (float& sc : scores) sc = float(sc / sum);
+      }
       float* oh = out.data() + t * q_row + size_t(h) * head_dim;
       for (int d = 0; d < head_dim; ++d) oh[d] = 0.0f;
       for (size_t j = 0; j < visible; ++j) {

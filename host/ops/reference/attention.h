@@ -22,10 +22,13 @@ struct AttentionShape {
 // Query t (0-based in the batch) sits at position p = n_kv - n_tokens + t and sees kv rows
 // [0, p], or with a sliding window > 0 rows [max(0, p - window + 1), p] (llama.cpp's standard SWA
 // mask: a key at p0 is hidden when p - p0 >= window); scores are q.k * scale (1/sqrt(head_dim) for
-// the supported architectures), softmaxed in float with the max subtracted.
-// Throws std::invalid_argument on inconsistent sizes or a negative window.
+// the supported architectures), softmaxed in float with the max subtracted. sinks (gpt-oss's
+// learned attention sinks; empty: none) holds one logit per query head that joins the softmax's
+// denominator (and its max) but has no value: the weights of the visible rows sum to less than 1.
+// Throws std::invalid_argument on inconsistent sizes, a negative window or sinks that are neither
+// empty nor n_head long.
 void causal_attention(std::span<const float> q, std::span<const float> k, std::span<const float> v,
                       const AttentionShape& shape, float scale, std::span<float> out,
-                      int window = 0);
+                      int window = 0, std::span<const float> sinks = {});
 
 }  // namespace tessera::reference
