@@ -114,21 +114,61 @@ void split_gpt2(const Cursor& c, std::vector<size_t>& out) {
   }
 }
 
+// o200k's case classes as llama.cpp's rewrite of the regex has them ((?=[\p{L}])([^a-z]) and
+// (?=[\p{L}])([^A-Z])): "upper" is a letter other than a-z, "lower" a letter other than A-Z, so a
+// letter outside ASCII is both. (tokenizer.json's original uses \p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M} and
+// \p{Ll}\p{Lm}\p{Lo}\p{M}; llama.cpp matches the rewrite, and so does Tessera.)
+bool is_upper_like(const Cursor& c, size_t p) {
+  const uint32_t cp = c.cp(p);
+  return is_letter(c.flags(p)) && !(cp >= 'a' && cp <= 'z');
+}
+bool is_lower_like(const Cursor& c, size_t p) {
+  const uint32_t cp = c.cp(p);
+  return is_letter(c.flags(p)) && !(cp >= 'A' && cp <= 'Z');
+}
+
+// End of U*L+ at p (a letter), as a backtracking regex engine finds it: U* takes the longest run
+// that still leaves an L after it; failing that, U+L* (the run of U alone, L* empty there).
+size_t case_word_end(const Cursor& c, size_t p) {
+  size_t u_end = p;
+  while (is_upper_like(c, u_end)) ++u_end;
+  for (size_t k = u_end;; --k) {
+    if (is_lower_like(c, k)) {
+      while (is_lower_like(c, k)) ++k;
+      return k;
+    }
+    if (k == p) break;
+  }
+  return u_end;
+}
+
 // (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,max_digits}|
 // ?[^\s\p{L}\p{N}]+[\r\n]*
 // |\s*[\r\n]+|\s+(?!\S)|\s+        (Llama 3: max_digits 3; Qwen2: 1)
-void split_llama3(const Cursor& c, size_t max_digits, std::vector<size_t>& out) {
+// case_words (o200k): no leading contraction alternative; the letters are
+// [^\r\n\p{L}\p{N}]?(U*L+|U+L*) followed by an optional contraction (case_word_end), and the
+// punctuation rule's tail is [\r\n/]* ('/' is punctuation already, so nothing changes there).
+void split_llama3(const Cursor& c, size_t max_digits, std::vector<size_t>& out,
+                  bool case_words = false) {
   Emitter emit(out, c.begin());
   size_t pos = c.begin();
   while (pos < c.end()) {
     const uint32_t cp = c.cp(pos);
     const uint16_t flags = c.flags(pos);
-    if (const size_t n = contraction_length(c, pos, true)) {
-      pos += emit.cut(pos + n);
-      continue;
+    if (!case_words) {
+      if (const size_t n = contraction_length(c, pos, true)) {
+        pos += emit.cut(pos + n);
+        continue;
+      }
     }
     if (!(cp == '\r' || cp == '\n' || is_number(flags)) &&
         (is_letter(flags) || is_letter(c.flags(pos + 1)))) {
+      if (case_words) {
+        pos = case_word_end(c, is_letter(flags) ? pos : pos + 1);
+        pos += contraction_length(c, pos, true);
+        emit.cut(pos);
+        continue;
+      }
       ++pos;  // a letter, or the one non-letter allowed in front of the letters
       while (is_letter(c.flags(pos))) ++pos;
       emit.cut(pos);
@@ -308,10 +348,11 @@ constexpr std::array kNames = {
     NamedSpec{"codeshell", {PreTokenizerKind::kStarcoder}},
     NamedSpec{"exaone", {PreTokenizerKind::kStarcoder}},
     NamedSpec{"minerva-7b", {PreTokenizerKind::kStarcoder}},
+    NamedSpec{"gpt-4o", {PreTokenizerKind::kGpt4o}},
 };
 
 // One stage of a pre-tokenizer: refines one fragment.
-enum class Stage { kGpt2, kLlama3, kQwen2, kMatch };
+enum class Stage { kGpt2, kLlama3, kQwen2, kGpt4o, kMatch };
 struct StageSpec {
   Stage stage;
   Matcher matcher = nullptr;
@@ -338,6 +379,8 @@ std::vector<StageSpec> stages_of(PreTokenizerKind kind) {
               {Stage::kMatch, match_one_number}};
     case PreTokenizerKind::kStarcoder:
       return {{Stage::kMatch, match_one_number}, {Stage::kGpt2}};
+    case PreTokenizerKind::kGpt4o:
+      return {{Stage::kGpt4o}};
   }
   return {};
 }
@@ -374,6 +417,8 @@ std::string_view pre_tokenizer_kind_name(PreTokenizerKind kind) {
       return "deepseek-coder";
     case PreTokenizerKind::kStarcoder:
       return "starcoder";
+    case PreTokenizerKind::kGpt4o:
+      return "gpt-4o";
   }
   return "unknown";
 }
@@ -397,6 +442,9 @@ std::vector<std::string_view> pre_tokenize(PreTokenizerKind kind, std::string_vi
           break;
         case Stage::kQwen2:
           split_llama3(c, 1, next);
+          break;
+        case Stage::kGpt4o:
+          split_llama3(c, 3, next, true);
           break;
         case Stage::kMatch:
           split_matches(c, st.matcher, next);

@@ -20,6 +20,10 @@ enum class PreTokenizerKind {
   kQwen2,          // as kLlama3 but single digits: \p{N}
   kDeepseekCoder,  // [\r\n], \s?\p{L}+, \s?\p{P}+, CJK/Hangul runs, \p{N} applied one after another
   kStarcoder,      // \p{N} then the GPT-2 rule
+  kGpt4o,          // o200k (gpt-oss, GPT-4o), as llama.cpp's rewrite of it: words split by ASCII
+                   // case ([^\r\n\p{L}\p{N}]?U*L+C?|[^\r\n\p{L}\p{N}]?U+L*C?, U a letter other
+                   // than a-z, L a letter other than A-Z, C a contraction), \p{N}{1,3}, then as
+                   // kLlama3
 };
 
 // What a `tokenizer.ggml.pre` name selects, with the flags llama.cpp ties to that name.

@@ -1,5 +1,5 @@
-// Hand-made checks of the pre-tokenizer splits (llama-bpe and qwen2 have no vocabulary file here,
-// so these are their only tests) and of the Unicode helpers they rest on.
+// Hand-made checks of the pre-tokenizer splits (llama-bpe, qwen2 and gpt-4o have no vocabulary file
+// here, so these are their only tests) and of the Unicode helpers they rest on.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -89,6 +89,27 @@ TEST(PreTokenizerTest, Qwen2SplitsEveryDigit) {
   EXPECT_EQ(split("qwen2", "a\r\n\tb"), (Words{"a", "\r\n", "\tb"}));
 }
 
+// o200k (gpt-oss) as llama.cpp's rewrite of its regex: words split at ASCII case changes, a
+// contraction kept on its word, digits in threes, no leading contraction alternative. Expected
+// words read off the regex [^\r\n\p{L}\p{N}]?U*L+C?|[^\r\n\p{L}\p{N}]?U+L*C?|\p{N}{1,3}|
+// ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+ (U: letter not a-z, L: letter not A-Z).
+TEST(PreTokenizerTest, Gpt4o) {
+  EXPECT_EQ(split("gpt-4o", "Hello World"), (Words{"Hello", " World"}));
+  EXPECT_EQ(split("gpt-4o", "helloWorld"), (Words{"hello", "World"}));
+  EXPECT_EQ(split("gpt-4o", "HTTPServer ABC"), (Words{"HTTPServer", " ABC"}));  // U* keeps the S
+  EXPECT_EQ(split("gpt-4o", "abAB"), (Words{"ab", "AB"}));
+  EXPECT_EQ(split("gpt-4o", "I'm don'T"), (Words{"I'm", " don'T"}));
+  EXPECT_EQ(split("gpt-4o", "'s"), (Words{"'s"}));  // the quote is the optional prefix
+  EXPECT_EQ(split("gpt-4o", "1234567"), (Words{"123", "456", "7"}));
+  EXPECT_EQ(split("gpt-4o", "x/y (z)"), (Words{"x", "/y", " (", "z", ")"}));
+  EXPECT_EQ(split("gpt-4o", "a\n\n  b"), (Words{"a", "\n\n", " ", " b"}));
+  EXPECT_EQ(split("gpt-4o", " ...\n\nz"), (Words{" ...\n\n", "z"}));
+  // Letters outside ASCII are both upper and lower: Ü continues either run; an ASCII capital
+  // after it starts the next word.
+  EXPECT_EQ(split("gpt-4o", "Ünïcode AÜB"), (Words{"Ünïcode", " AÜ", "B"}));
+  EXPECT_EQ(split("gpt-4o", "нещо на Български"), (Words{"нещо", " на", " Български"}));
+}
+
 TEST(PreTokenizerTest, Starcoder) {
   EXPECT_EQ(split("starcoder", "x = 123"), (Words{"x", " =", " ", "1", "2", "3"}));
 }
@@ -112,7 +133,7 @@ TEST(PreTokenizerTest, UnknownNameIsNotFound) {
 TEST(PreTokenizerTest, WordsCoverTheText) {
   const std::string text = "x\xFF\xC3 y\xE2\x82\xAC 12\t\t\n";
   for (const char* pre :
-       {"default", "gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-coder"}) {
+       {"default", "gpt-2", "llama-bpe", "qwen2", "starcoder", "deepseek-coder", "gpt-4o"}) {
     std::string joined;
     for (const auto& w : split(pre, text)) {
       EXPECT_FALSE(w.empty()) << pre;

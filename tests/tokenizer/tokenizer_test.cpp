@@ -41,6 +41,28 @@ TEST(BpeTest, MergesApplyInRankOrder) {
   EXPECT_EQ(first_ab.encode("abab", false, false), (Ids{4, 4}));
 }
 
+// o200k's pre-tokenizer (tokenizer.ggml.pre "gpt-4o") decides which pairs may merge: "abAB" is
+// two words there ("ab", "AB"), one under Llama 3's letter runs, so the merge "b A" applies only
+// in the latter.
+TEST(BpeTest, Gpt4oPreTokenizerSplitsWordsAtCaseChanges) {
+  Vocab v;
+  v.model = TokenizerModel::kBpe;
+  v.tokens = {"<|endoftext|>", "a", "b", "A", "B", "bA", "\xC4\xA0", "\u0120A", "1", "2", "12"};
+  v.types.assign(v.tokens.size(), TokenType::kNormal);
+  v.types[0] = TokenType::kControl;
+  v.merges = {"b A", "\xC4\xA0 A", "1 2"};
+  v.bos_id = 0;
+  v.eos_id = 0;
+  v.pre = "gpt-4o";
+  const Tokenizer o200k(v);
+  EXPECT_EQ(o200k.encode("abAB", false, false), (Ids{1, 2, 3, 4}));
+  EXPECT_EQ(o200k.encode("ab AB", false, false), (Ids{1, 2, 7, 4}));
+  EXPECT_EQ(o200k.encode("1212", false, false), (Ids{10, 8, 9}));  // digits in threes: 121 | 2
+  v.pre = "llama-bpe";
+  const Tokenizer llama3(v);
+  EXPECT_EQ(llama3.encode("abAB", false, false), (Ids{1, 5, 4}));
+}
+
 TEST(BpeTest, SpacesAndNewlinesUseTheGpt2Alphabet) {
   const Tokenizer tok(bpe_vocab({"a b", "\xC4\xA0 a"}));
   EXPECT_EQ(tok.encode("ab a", false, false), (Ids{4, 7}));
