@@ -1,5 +1,6 @@
 // Activations over [rows][cols] matrices with row strides (so gate and up may be the two halves of
-// one fused projection output): SwiGLU out = silu(gate) * up, GELU (tanh approximation, as ggml).
+// one fused projection output): SwiGLU out = silu(gate) * up, gpt-oss's clamped SwiGLU, GELU (tanh
+// approximation, as ggml).
 // out may alias an input. NDRange (column items, rows): no index division per element; see rows.clh
 // FOR_COLS for the per-device pattern.
 #include "common.clh"
@@ -15,6 +16,23 @@ __kernel void swiglu_f32(__global const float* gate, uint g_off, uint g_stride,
   FOR_COLS(c, cols) {
     const float g = gate[c];
     out[c] = g / (1.0f + exp(-g)) * up[c];
+  }
+}
+
+// gpt-oss's clamped SwiGLU (ggml_swiglu_oai): g = min(gate, limit), u = clamp(up, -limit, limit),
+// out = g * sigmoid(alpha g) * (u + 1).
+__kernel void swiglu_oai_f32(__global const float* gate, uint g_off, uint g_stride,
+                             __global const float* up, uint u_off, uint u_stride,
+                             __global float* out, uint o_off, uint o_stride, uint rows, uint cols,
+                             float alpha, float limit) {
+  const size_t r = get_global_id(1);
+  gate += g_off + r * g_stride;
+  up += u_off + r * u_stride;
+  out += o_off + r * o_stride;
+  FOR_COLS(c, cols) {
+    const float g = fmin(gate[c], limit);
+    const float u = clamp(up[c], -limit, limit);
+    out[c] = g / (1.0f + exp(alpha * -g)) * (u + 1.0f);
   }
 }
 

@@ -31,6 +31,16 @@ __kernel void add_row_bias_f32(__global float* y, uint y_off, uint ld, __global 
   FOR_COLS(c, cols) y[c] += b[c];
 }
 
+// y[r][c] += b[ids[r]][c]: a per-expert bias on (token, expert) pair rows (gpt-oss). NDRange
+// (column items, rows).
+__kernel void add_pair_bias_f32(__global float* y, uint y_off, uint ld, __global const int* ids,
+                                uint ids_off, __global const float* b, uint cols) {
+  const size_t r = get_global_id(1);
+  y += y_off + r * ld;
+  b += (size_t)ids[ids_off + r] * cols;
+  FOR_COLS(c, cols) y[c] += b[c];
+}
+
 // ids[r] = index of the largest x[r][i]; ties go to the lowest index; NaNs are skipped (a row of
 // NaNs gives 0). One work-group per row, power-of-two size.
 __kernel void argmax_rows_f32(__global const float* x, uint x_off, uint n, __global int* ids,

@@ -8,6 +8,7 @@
 
 #include "host/ops/quant/quant.h"
 #include "host/ops/reference/activation.h"
+#include "host/ops/reference/elementwise.h"
 #include "host/ops/reference/ffn.h"
 #include "host/ops/reference/matmul.h"
 
@@ -118,6 +119,16 @@ TEST(Moe, RoutedExpertsWeightedAndSharedExpertGated) {
   w.shared->gate_inp.reset();
   moe_ffn(x2, w, {2, GatingFunc::kSoftmax, true, 1.0f}, with_shared);
   EXPECT_NEAR(with_shared[0] - routed_only[0], silu(0.5f) * 2.0f, 1e-5f);
+}
+
+// Per-expert biases on pair rows: row r gets expert ids[r]'s bias in its first `cols` floats.
+TEST(Ffn, PairBiasAddsEachRowsExpertBias) {
+  std::vector<float> y{1, 1, 1, 2, 2, 2};      // two pair rows of ld 3
+  const std::vector<float> b{10, 20, 30, 40};  // two experts, cols 2
+  add_pair_bias(y, std::vector<int32_t>{1, 0}, b, 2, 3);
+  EXPECT_EQ(y, (std::vector<float>{31, 41, 1, 12, 22, 2}));
+  EXPECT_THROW(add_pair_bias(y, std::vector<int32_t>{2, 0}, b, 2, 3), std::invalid_argument);
+  EXPECT_THROW(add_pair_bias(y, std::vector<int32_t>{0}, b, 2, 3), std::invalid_argument);
 }
 
 }  // namespace

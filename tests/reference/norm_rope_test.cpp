@@ -118,5 +118,18 @@ TEST(Activation, SwigluAndSoftmax) {
   EXPECT_THROW(swiglu(gate, std::vector<float>{1.0f}, out), std::invalid_argument);
 }
 
+// gpt-oss's clamped SwiGLU: gate clamped above at the limit only, up both ways, up shifted by 1.
+TEST(Activation, SwigluOaiClampsAndShifts) {
+  const float a = 1.702f, lim = 7.0f;
+  std::vector<float> gate{10.0f, -1.0f, -30.0f, 2.0f}, up{-9.0f, 0.5f, 100.0f, -1.0f}, out(4);
+  swiglu_oai(gate, up, out, a, lim);
+  auto glu = [a](float g) { return g / (1.0f + std::exp(-a * g)); };
+  EXPECT_NEAR(out[0], glu(7.0f) * (-7.0f + 1.0f), 1e-4f);
+  EXPECT_NEAR(out[1], glu(-1.0f) * 1.5f, 1e-6f);
+  EXPECT_NEAR(out[2], glu(-30.0f) * 8.0f, 1e-6f);  // no lower clamp on the gate
+  EXPECT_EQ(out[3], 0.0f);                         // up = -1: (u + 1) = 0
+  EXPECT_THROW(swiglu_oai(gate, std::vector<float>{1.0f}, out, a, lim), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace tessera::reference

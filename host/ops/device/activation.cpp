@@ -24,6 +24,7 @@ void check_strides(const char* op, uint32_t cols, std::initializer_list<uint32_t
 ActivationOps::ActivationOps(const Device& device)
     : device_(&device),
       swiglu_(device.kernel("act", "swiglu_f32")),
+      swiglu_oai_(device.kernel("act", "swiglu_oai_f32")),
       gelu_(device.kernel("act", "gelu_f32")) {}
 
 void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided& out,
@@ -39,6 +40,25 @@ void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided
                               gate.stride, up.mem, cl_uint(up.offset + first * up.stride),
                               up.stride, out.mem, cl_uint(out.offset + first * out.stride),
                               out.stride, cl_uint(count), cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
+}
+
+void ActivationOps::swiglu_oai(const Strided& gate, const Strided& up, const Strided& out,
+                               uint32_t rows, uint32_t cols, float alpha, float limit,
+                               const Events& ev) {
+  check_strides("swiglu_oai", cols, {gate.stride, up.stride, out.stride});
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = swiglu_oai_.get();
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, gate.mem, cl_uint(gate.offset + first * gate.stride),
+                              gate.stride, up.mem, cl_uint(up.offset + first * up.stride),
+                              up.stride, out.mem, cl_uint(out.offset + first * out.stride),
+                              out.stride, cl_uint(count), cols, alpha, limit);
                      global[1] = count;
                      enqueue(*device_, k, 2, global, local, piece);
                    });
@@ -65,13 +85,19 @@ namespace {
 
 // fused: gate and up are the two halves of one [rows][2*cols] buffer, as a fused gate_up projection
 // writes them; otherwise separate packed buffers.
+// oai: gpt-oss's clamped form (alpha 1.702, limit 7), with inputs reaching past the limit.
 MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, uint32_t cols,
-                            bool fused) {
+                            bool fused, bool oai = false) {
   const size_t n = size_t(rows) * cols;
-  std::vector<float> gate = random_floats(n, 31 + cols, -6, 6),
-                     up = random_floats(n, 32 + cols, -2, 2);
+  const float g_max = oai ? 12.0f : 6.0f, u_max = oai ? 20.0f : 2.0f;
+  std::vector<float> gate = random_floats(n, 31 + cols, -g_max, g_max),
+                     up = random_floats(n, 32 + cols, -u_max, u_max);
   std::vector<float> ref(n);
-  reference::swiglu(gate, up, ref);
+  constexpr float kAlpha = 1.702f, kLimit = 7.0f;
+  if (oai)
+    reference::swiglu_oai(gate, up, ref, kAlpha, kLimit);
+  else
+    reference::swiglu(gate, up, ref);
   ActivationOps ops(device);
   std::vector<float> packed;
   if (fused) {
@@ -86,14 +112,20 @@ MatrixCaseResult run_swiglu(const Device& device, bool timing, uint32_t rows, ui
   const Strided g{dg.mem(), 0, fused ? 2 * cols : cols};
   const Strided u = fused ? Strided{dg.mem(), cols, 2 * cols} : Strided{du.mem(), 0, cols};
   const Strided o{dout.mem(), 0, cols};
-  ops.swiglu(g, u, o, rows, cols);
+  auto run = [&](const Events& ev) {
+    if (oai)
+      ops.swiglu_oai(g, u, o, rows, cols, kAlpha, kLimit, ev);
+    else
+      ops.swiglu(g, u, o, rows, cols, ev);
+  };
+  run({});
   MatrixCaseResult r = judge(compare(dout.download<float>(), ref), 1e-5, {dout.check_guard()});
   r.bytes = double(n) * 12;
   r.flops = double(n) * 6;
   if (timing) {
     r.seconds = median_kernel_seconds(device, [&] {
       ClEvent ev;
-      ops.swiglu(g, u, o, rows, cols, {{}, ev.out()});
+      run({{}, ev.out()});
       return ev;
     });
   }
@@ -138,6 +170,14 @@ void register_activation_cases(std::vector<MatrixCase>& out) {
   }
   out.push_back({"swiglu", "f32", rc(5, 300) + "/fused",
                  [](const Device& d, bool t) { return run_swiglu(d, t, 5, 300, true); }});
+  // gpt-oss's clamped form: gate in [-12, 12), up in [-20, 20), past the limit 7 both ways.
+  for (auto [rows, cols] : {std::pair<uint32_t, uint32_t>{7, 1001}, {1, 2880}, {3, 17}}) {
+    out.push_back({"swiglu_oai", "f32", rc(rows, cols), [=](const Device& d, bool t) {
+                     return run_swiglu(d, t, rows, cols, false, true);
+                   }});
+  }
+  out.push_back({"swiglu_oai", "f32", rc(5, 300) + "/fused",
+                 [](const Device& d, bool t) { return run_swiglu(d, t, 5, 300, true, true); }});
   for (auto [rows, cols] : shapes) {
     out.push_back({"gelu", "f32", rc(rows, cols),
                    [=](const Device& d, bool t) { return run_gelu(d, t, rows, cols); }});

@@ -1,4 +1,5 @@
-// Device activations (cl_kernels/act.cl): SwiGLU and GELU (tanh form) over strided [rows][cols].
+// Device activations (cl_kernels/act.cl): SwiGLU (plain and gpt-oss's clamped form) and GELU (tanh
+// form) over strided [rows][cols].
 #pragma once
 
 #include <cstdint>
@@ -24,13 +25,17 @@ class ActivationOps {
   // output); out may alias gate or up. Throws std::invalid_argument when a stride is below cols.
   void swiglu(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows,
               uint32_t cols, const Events& ev = {});
+  // gpt-oss's clamped SwiGLU (reference::swiglu_oai): out = g sigmoid(alpha g) (u + 1) with
+  // g = min(gate, limit), u = clamp(up, -limit, limit). Same layout rules as swiglu.
+  void swiglu_oai(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows,
+                  uint32_t cols, float alpha, float limit, const Events& ev = {});
   // out = gelu(x), tanh approximation (ggml_gelu); out may alias x.
   void gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
             const Events& ev = {});
 
  private:
   const Device* device_;
-  ClKernel swiglu_, gelu_;
+  ClKernel swiglu_, swiglu_oai_, gelu_;
 };
 
 }  // namespace tessera::ops

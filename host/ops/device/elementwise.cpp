@@ -16,6 +16,7 @@ ElementwiseOps::ElementwiseOps(const Device& device)
       add_(device.kernel("elementwise", "add_f32")),
       scaled_add_(device.kernel("elementwise", "scaled_add_f32")),
       row_bias_(device.kernel("elementwise", "add_row_bias_f32")),
+      pair_bias_(device.kernel("elementwise", "add_pair_bias_f32")),
       argmax_(device.kernel("elementwise", "argmax_rows_f32")) {}
 
 void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out,
@@ -61,6 +62,25 @@ void ElementwiseOps::add_row_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem 
   launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
                    [&](size_t first, size_t count, const Events& piece) {
                      set_args(*device_, k, y, cl_uint(y_off + first * ld), ld, b, b_off, cols);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
+}
+
+void ElementwiseOps::add_pair_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem ids,
+                                   uint32_t ids_off, cl_mem b, uint32_t rows, uint32_t cols,
+                                   const Events& ev) {
+  if (rows == 0 || cols == 0) return;
+  if (ld < cols)
+    throw std::invalid_argument("add_pair_bias: row stride " + std::to_string(ld) +
+                                " is below the " + std::to_string(cols) + " columns");
+  cl_kernel k = pair_bias_.get();
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, y, cl_uint(y_off + first * ld), ld, ids,
+                              cl_uint(ids_off + first), b, cols);
                      global[1] = count;
                      enqueue(*device_, k, 2, global, local, piece);
                    });
@@ -152,6 +172,33 @@ MatrixCaseResult run_row_bias(const Device& device, bool timing, uint32_t rows, 
   return r;
 }
 
+// Pair rows `ld` apart, each with an expert id in [0, n_bias) (repeats and gaps included).
+MatrixCaseResult run_pair_bias(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                               uint32_t ld, uint32_t n_bias) {
+  const auto y = random_floats(size_t(rows) * ld, 70 + cols),
+             b = random_floats(size_t(n_bias) * cols, 71 + cols);
+  std::vector<int32_t> ids(rows);
+  std::mt19937 rng(72 + rows);
+  for (auto& id : ids) id = int32_t(rng() % n_bias);
+  std::vector<float> ref = y;
+  reference::add_pair_bias(ref, ids, b, cols, ld);
+  ElementwiseOps ops(device);
+  GuardedBuffer dy(device, y), dids(device, ids), db(device, b);
+  ops.add_pair_bias(dy.mem(), 0, ld, dids.mem(), 0, db.mem(), rows, cols);
+  MatrixCaseResult r = judge(compare(dy.download<float>(), ref), 1e-6,
+                             {dy.check_guard(), dids.check_guard(), db.check_guard()});
+  r.bytes = double(rows) * cols * 12;
+  r.flops = double(rows) * cols;
+  if (timing) {  // adds again on every launch: values drift, the time does not
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.add_pair_bias(dy.mem(), 0, ld, dids.mem(), 0, db.mem(), rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
 // ties: the row maximum appears several times (and NaNs are sprinkled in), so the tie rule shows.
 MatrixCaseResult run_argmax(const Device& device, bool timing, uint32_t rows, uint32_t n,
                             bool ties) {
@@ -220,6 +267,19 @@ void register_elementwise_cases(std::vector<MatrixCase>& out) {
         {"add_row_bias", "f32",
          std::to_string(b.rows) + "x" + std::to_string(b.cols) + "/ld" + std::to_string(b.ld),
          [=](const Device& d, bool t) { return run_row_bias(d, t, b.rows, b.cols, b.ld); }});
+  }
+  struct PairBias {
+    uint32_t rows, cols, ld, n_bias;
+  };
+  // Decode (4 pairs of 32 experts, gate|up rows), prefill-sized, a pair row wider than the bias.
+  for (PairBias b : {PairBias{4, 5760, 5760, 32}, PairBias{44, 2880, 2880, 32},
+                     PairBias{7, 100, 203, 4}, PairBias{1, 1, 1, 1}}) {
+    out.push_back({"add_pair_bias", "f32",
+                   std::to_string(b.rows) + "x" + std::to_string(b.cols) + "/ld" +
+                       std::to_string(b.ld) + "/e" + std::to_string(b.n_bias),
+                   [=](const Device& d, bool t) {
+                     return run_pair_bias(d, t, b.rows, b.cols, b.ld, b.n_bias);
+                   }});
   }
   struct Arg {
     uint32_t rows, n;

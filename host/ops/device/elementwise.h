@@ -27,6 +27,11 @@ class ElementwiseOps {
   // y[y_off + r * ld + c] += b[b_off + c] for r < rows, c < cols (a bias on every row).
   void add_row_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem b, uint32_t b_off, uint32_t rows,
                     uint32_t cols, const Events& ev = {});
+  // y[y_off + r * ld + c] += b[ids[ids_off + r] * cols + c] for r < rows, c < cols: a per-expert
+  // bias on (token, expert) pair rows (gpt-oss's expert biases); ids are int32 rows of b, which the
+  // caller keeps in range (the router's choice).
+  void add_pair_bias(cl_mem y, uint32_t y_off, uint32_t ld, cl_mem ids, uint32_t ids_off, cl_mem b,
+                     uint32_t rows, uint32_t cols, const Events& ev = {});
   // ids[r] (int32, from ids_off) = index of the largest of row r's n floats; ties to the lowest
   // index, NaNs skipped (a row without a number gives 0).
   void argmax_rows(cl_mem x, uint32_t x_off, uint32_t rows, uint32_t n, cl_mem ids,
@@ -34,7 +39,7 @@ class ElementwiseOps {
 
  private:
   const Device* device_;
-  ClKernel add_, scaled_add_, row_bias_, argmax_;
+  ClKernel add_, scaled_add_, row_bias_, pair_bias_, argmax_;
 };
 
 }  // namespace tessera::ops

@@ -24,6 +24,20 @@ void swiglu(std::span<const float> gate, std::span<const float> up, std::span<fl
   for (size_t i = 0; i < gate.size(); ++i) out[i] = silu(gate[i]) * up[i];
 }
 
+void swiglu_oai(std::span<const float> gate, std::span<const float> up, std::span<float> out,
+                float alpha, float limit) {
+  if (gate.size() != up.size() || out.size() != gate.size()) {
+    throw std::invalid_argument("swiglu_oai: gate has " + std::to_string(gate.size()) +
+                                " floats, up " + std::to_string(up.size()) + ", out " +
+                                std::to_string(out.size()));
+  }
+  for (size_t i = 0; i < gate.size(); ++i) {
+    const float g = std::min(gate[i], limit);
+    const float u = std::clamp(up[i], -limit, limit);
+    out[i] = g / (1.0f + std::exp(alpha * -g)) * (u + 1.0f);
+  }
+}
+
 void softmax(std::span<float> x) {
   if (x.empty()) return;
   const float max = *std::max_element(x.begin(), x.end());

@@ -38,6 +38,23 @@ void add_row_bias(std::span<float> y, std::span<const float> b, size_t ld) {
     for (size_t c = 0; c < b.size(); ++c) y[r + c] += b[c];
 }
 
+void add_pair_bias(std::span<float> y, std::span<const int32_t> ids, std::span<const float> b,
+                   size_t cols, size_t ld) {
+  if (ld == 0 || cols == 0 || cols > ld || y.size() != ids.size() * ld || b.size() % cols != 0)
+    throw std::invalid_argument(
+        "add_pair_bias: " + std::to_string(y.size()) + " floats in rows of " + std::to_string(ld) +
+        " for " + std::to_string(ids.size()) + " ids, biases of " + std::to_string(cols) + " in " +
+        std::to_string(b.size()) + " floats");
+  const size_t n_bias = b.size() / cols;
+  for (size_t r = 0; r < ids.size(); ++r) {
+    if (ids[r] < 0 || size_t(ids[r]) >= n_bias)
+      throw std::invalid_argument("add_pair_bias: id " + std::to_string(ids[r]) + " of row " +
+                                  std::to_string(r) + " outside " + std::to_string(n_bias) +
+                                  " biases");
+    for (size_t c = 0; c < cols; ++c) y[r * ld + c] += b[size_t(ids[r]) * cols + c];
+  }
+}
+
 std::vector<int32_t> argmax_rows(std::span<const float> x, size_t cols) {
   if (cols == 0 || x.size() % cols != 0) {
     throw std::invalid_argument("argmax_rows: " + std::to_string(x.size()) +

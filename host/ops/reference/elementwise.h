@@ -20,6 +20,12 @@ void scaled_add(std::span<float> y, std::span<const float> x, std::span<const fl
 // wider than a row.
 void add_row_bias(std::span<float> y, std::span<const float> b, size_t ld);
 
+// y[r][c] += b[ids[r]][c] for rows of `ld` floats and biases of `cols` floats (b holds one row per
+// expert): the per-expert biases of gpt-oss's expert projections, row r being a (token, expert)
+// pair. Throws std::invalid_argument on sizes that do not fit or an id outside b.
+void add_pair_bias(std::span<float> y, std::span<const int32_t> ids, std::span<const float> b,
+                   size_t cols, size_t ld);
+
 // Index of the largest element of each row of `cols` floats: ties to the lowest index, NaNs
 // skipped, a row without a number gives 0. Throws std::invalid_argument when x is not whole rows.
 std::vector<int32_t> argmax_rows(std::span<const float> x, size_t cols);
