@@ -23,14 +23,34 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
     const auto& l = spec.layers[i];
     sched::ModelFootprint::Layer fl;
     // The shared expert runs on the layer's device for every token: dense bytes.
-    for (auto* t : {l.attn_norm, l.wq, l.wk, l.wv, l.wo, l.bq, l.bk, l.bv, l.q_norm, l.k_norm,
-                    l.ffn_norm, l.ffn_gate, l.ffn_up, l.ffn_down, l.router, l.gate_inp_shexp,
-                    l.gate_shexp, l.up_shexp, l.down_shexp})
+    for (auto* t : {l.attn_norm,
+                    l.wq,
+                    l.wk,
+                    l.wv,
+                    l.wo,
+                    l.bq,
+                    l.bk,
+                    l.bv,
+                    l.bo,
+                    l.sinks,
+                    l.q_norm,
+                    l.k_norm,
+                    l.ffn_norm,
+                    l.ffn_gate,
+                    l.ffn_up,
+                    l.ffn_down,
+                    l.router,
+                    l.router_b,
+                    l.gate_inp_shexp,
+                    l.gate_shexp,
+                    l.up_shexp,
+                    l.down_shexp})
       fl.dense_bytes += tensor_bytes(t);
     if (l.is_moe()) {
       fl.n_experts = int(hp.n_expert);
       fl.expert_bytes =
-          (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps)) /
+          (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps) +
+           tensor_bytes(l.gate_exps_b) + tensor_bytes(l.up_exps_b) + tensor_bytes(l.down_exps_b)) /
           hp.n_expert;
     }
     // Launch counts stay the planner's defaults here: the engine counts them from its recorded

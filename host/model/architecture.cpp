@@ -1,6 +1,6 @@
 // The table of supported architectures. Semantics follow llama.cpp's src/models/<arch>.cpp and
 // build_moe_ffn: llama routes with softmax + normalized top-k (Mixtral), qwen3moe likewise;
-// qwen2moe with softmax, un-normalized, plus its gated shared expert.
+// qwen2moe with softmax, un-normalized, plus its gated shared expert; gpt-oss (openai-moe.cpp).
 #include "host/model/architecture.h"
 
 #include <array>
@@ -8,7 +8,7 @@
 namespace tessera::model {
 namespace {
 
-constexpr std::array<ArchTraits, 4> kArchitectures{{
+constexpr std::array<ArchTraits, 5> kArchitectures{{
     {"llama", reference::RopeMode::kNormal, false, MoeKind::kOptional, true, ""},
     {"qwen3", reference::RopeMode::kNeox, true, MoeKind::kNone, false, ""},
     {"qwen3moe", reference::RopeMode::kNeox, true, MoeKind::kRequired, true,
@@ -17,6 +17,21 @@ constexpr std::array<ArchTraits, 4> kArchitectures{{
     // scaled by a sigmoid gate (src/models/qwen2moe.cpp).
     {"qwen2moe", reference::RopeMode::kNeox, false, MoeKind::kRequired, false,
      "expert_feed_forward_length", SharedExpertKind::kGated, "expert_shared_feed_forward_length"},
+    // gpt-oss (src/models/openai-moe.cpp): NeoX RoPE, attention sinks and an output bias, biased
+    // router and experts, softmax over the chosen top-k logits (= softmax then normalized top-k),
+    // the clamped SwiGLU, alternate windowed / full layers (even layers windowed by default).
+    {.name = "gpt-oss",
+     .rope_mode = reference::RopeMode::kNeox,
+     .has_qk_norm = false,
+     .moe = MoeKind::kRequired,
+     .normalize_topk = true,
+     .expert_ff_key = "expert_feed_forward_length",
+     .attn_sinks = true,
+     .attn_out_bias = true,
+     .moe_biases = true,
+     .activation = FfnActivation::kSwigluOai,
+     .ffn_norm_name = "post_attention_norm",
+     .swa_period = 2},
 }};
 
 }  // namespace

@@ -23,6 +23,12 @@ enum class SharedExpertKind {
   kGated,  // scaled by sigmoid(ffn_gate_inp_shexp . x) (qwen2moe)
 };
 
+// The gated FFN activation of an architecture's experts.
+enum class FfnActivation {
+  kSwiglu,     // silu(gate) * up
+  kSwigluOai,  // gpt-oss: clamped (reference::swiglu_oai, alpha 1.702, limit 7)
+};
+
 // Everything the layer walk needs to know about an architecture beyond its hyper-parameters. The
 // block structure is shared: pre-norm attention (optional q/k/v biases; optional per-head q/k
 // RMSNorm before RoPE), residual, pre-norm FFN (dense SwiGLU, MoE, or MoE plus a shared expert),
@@ -36,6 +42,17 @@ struct ArchTraits {
   std::string_view expert_ff_key;  // key suffix of the expert FFN width; empty: feed_forward_length
   SharedExpertKind shared_expert = SharedExpertKind::kNone;
   std::string_view shared_ff_key = {};  // key suffix of the shared expert's width (default n_ff)
+  // gpt-oss: learned attention sinks (attn_sinks.weight), an output-projection bias
+  // (attn_output.bias), router and expert biases (ffn_gate_inp.bias, ffn_{gate,up,down}_exps.bias),
+  // the clamped SwiGLU, the FFN norm named post_attention_norm, and sliding-window layers by a
+  // period when the file gives no per-layer pattern (llama.cpp's set_swa_pattern: layer i is
+  // windowed when i % period < period - 1; 0: no default).
+  bool attn_sinks = false;
+  bool attn_out_bias = false;
+  bool moe_biases = false;
+  FfnActivation activation = FfnActivation::kSwiglu;
+  std::string_view ffn_norm_name = "ffn_norm";
+  uint32_t swa_period = 0;
 };
 
 // The traits of `name`, or nullptr when Tessera does not support it.

@@ -28,6 +28,7 @@ struct Shape {
   bool qk_norm = false;
   bool qkv_bias = false;
   bool explicit_head_dim = false;
+  bool gpt_oss = false;  // sinks, output/router/expert biases, post_attention_norm, MXFP4 experts
 };
 
 Shape shape_of(const std::string& kind) {
@@ -66,6 +67,18 @@ Shape shape_of(const std::string& kind) {
     s.n_expert_used = 2;
     s.n_ff_exp = 256;
     s.n_ff_shexp = 512;
+  } else if (kind == "gpt-oss") {
+    // gpt-oss-20b's structure at toy size: q/k/v/o biases, attention sinks, window layers (even)
+    // and full ones, YaRN, 4 experts top-2 with biases, MXFP4 expert weights.
+    s.arch = "gpt-oss";
+    s.gpt_oss = true;
+    s.head_dim = 32;
+    s.explicit_head_dim = true;
+    s.qkv_bias = true;
+    s.rope_base = 150000.0f;
+    s.n_expert = 4;
+    s.n_expert_used = 2;
+    s.n_ff_exp = 256;
   } else {
     std::string kinds;
     for (const auto& k : fixture_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
@@ -164,7 +177,7 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
 }  // namespace
 
 std::vector<std::string> fixture_kinds() {
-  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe"};
+  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe", "gpt-oss"};
 }
 
 FixtureVocab fixture_vocab() {
@@ -273,7 +286,16 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set(a + ".rope.dimension_count", Value::u32(s.head_dim));
   w.set(a + ".rope.freq_base", Value::f32(s.rope_base));
   w.set(a + ".attention.layer_norm_rms_epsilon", Value::f32(1e-5f));
-  if (o.window > 0) {
+  if (s.gpt_oss) {
+    // The window gpt-oss's converter writes (no pattern: llama.cpp windows even layers); YaRN as
+    // gpt-oss declares it, at toy scale.
+    w.set(a + ".attention.sliding_window", Value::u32(o.window ? o.window : 8));
+    if (o.rope_scaling || o.rope_yarn || o.rope_freqs)
+      throw std::invalid_argument("fixture: gpt-oss always has its own YaRN scaling");
+    w.set(a + ".rope.scaling.type", Value::string("yarn"));
+    w.set(a + ".rope.scaling.factor", Value::f32(8.0f));
+    w.set(a + ".rope.scaling.original_context_length", Value::u32(64));
+  } else if (o.window > 0) {
     // Alternating window / full layers (even layers windowed, as gpt-oss), stated per layer: the
     // form model_spec applies for every architecture (llama.cpp ignores both keys for these).
     w.set(a + ".attention.sliding_window", Value::u32(o.window));
@@ -296,7 +318,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));
     w.set(a + ".expert_used_count", Value::u32(s.n_expert_used));
-    if (a == "qwen3moe" || a == "qwen2moe")
+    if (a == "qwen3moe" || a == "qwen2moe" || a == "gpt-oss")
       w.set(a + ".expert_feed_forward_length", Value::u32(s.n_ff_exp));
     if (s.n_ff_shexp) w.set(a + ".expert_shared_feed_forward_length", Value::u32(s.n_ff_shexp));
   }
@@ -368,6 +390,22 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     if (s.qk_norm) {
       tensor(p + "attn_q_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
       tensor(p + "attn_k_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+    }
+    if (s.gpt_oss) {
+      // Biases of absolute size (2-D ones get scale / sqrt(rows) in tensor(): undone here).
+      const uint64_t F = s.n_ff_exp, N = s.n_expert;
+      tensor(p + "attn_output.bias", {E}, TensorType::F32, 0.5f);
+      tensor(p + "attn_sinks.weight", {s.n_head}, TensorType::F32, 1.0f);
+      tensor(p + "post_attention_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
+      tensor(p + "ffn_gate_inp.weight", {E, N}, TensorType::F32, o.router_scale);
+      tensor(p + "ffn_gate_inp.bias", {N}, TensorType::F32, 1.0f);
+      tensor(p + "ffn_gate_exps.weight", {E, F, N}, TensorType::MXFP4, 1.0f);
+      tensor(p + "ffn_up_exps.weight", {E, F, N}, TensorType::MXFP4, 1.0f);
+      tensor(p + "ffn_down_exps.weight", {F, E, N}, TensorType::MXFP4, 1.0f);
+      tensor(p + "ffn_gate_exps.bias", {F, N}, TensorType::F32, 0.5f * std::sqrt(float(F)));
+      tensor(p + "ffn_up_exps.bias", {F, N}, TensorType::F32, 0.5f * std::sqrt(float(F)));
+      tensor(p + "ffn_down_exps.bias", {E, N}, TensorType::F32, 0.5f * std::sqrt(float(E)));
+      continue;
     }
     tensor(p + "ffn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
     if (s.n_expert > 0) {

@@ -129,10 +129,22 @@ class SpecReader {
 // layer by layer: the array form together with `sliding_window` (llama.cpp would ignore such a
 // file's windows for these architectures; Tessera's window fixtures are written that way).
 std::vector<uint32_t> layer_windows(const gguf::GgufFile& file, const SpecReader& r,
-                                    uint32_t n_layer) {
+                                    uint32_t n_layer, uint32_t default_period) {
   std::vector<uint32_t> windows(n_layer, 0);
   const std::string pattern_key = r.key("attention.sliding_window_pattern");
   const gguf::Value* pattern = file.find(pattern_key);
+  if (default_period > 0 && (!pattern || pattern->type != gguf::ValueType::ARRAY)) {
+    // gpt-oss: the window always applies (llama.cpp requires the key), on the layers a period
+    // marks: the file's scalar pattern, else the architecture's default.
+    const uint32_t period = pattern ? uint32_t(pattern->as_uint()) : default_period;
+    const uint64_t window = r.u32("attention.sliding_window");
+    if (window == 0 || window > uint64_t(INT32_MAX))
+      r.fail("metadata '" + r.key("attention.sliding_window") + "'",
+             std::to_string(window) + " must be in [1, 2^31-1]");
+    for (uint32_t i = 0; i < n_layer; ++i)
+      if (period == 0 || i % period < period - 1) windows[i] = uint32_t(window);
+    return windows;
+  }
   if (!pattern || pattern->type != gguf::ValueType::ARRAY) return windows;
   const std::string field = "metadata '" + pattern_key + "'";
   const auto& flags = pattern->as_array();
@@ -367,7 +379,12 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   }
 
   const uint64_t Q = hp.q_dim(), D = hp.head_dim, FE = hp.n_ff_exp, NE = hp.n_expert;
-  const std::vector<uint32_t> windows = layer_windows(file, r, hp.n_layer);
+  const std::vector<uint32_t> windows = layer_windows(file, r, hp.n_layer, arch->swa_period);
+  // A separate RoPE base for window layers (llama.cpp's rope.freq_base_swa) is not implemented.
+  if (const gguf::Value* swa_base = file.find(r.key("rope.freq_base_swa")))
+    if (swa_base->as_float() != hp.rope_freq_base)
+      r.fail("metadata '" + r.key("rope.freq_base_swa") + "'",
+             "a RoPE base for window layers other than rope.freq_base is not supported");
   spec.layers.resize(hp.n_layer);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
@@ -393,6 +410,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         if ((l.bq != nullptr) != (l.bk != nullptr) || (l.bq != nullptr) != (l.bv != nullptr))
           r.fail("tensor '" + blk(i, l.bq ? (l.bk ? "attn_v" : "attn_k") : "attn_q", "bias") + "'",
                  "missing: attn_q/attn_k/attn_v biases must all be present or all absent");
+        if (arch->attn_out_bias) l.bo = r.tensor(blk(i, "attn_output", "bias"), {E});
+        if (arch->attn_sinks) l.sinks = r.tensor(blk(i, "attn_sinks"), {hp.n_head});
         if (arch->has_qk_norm) {
           l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
           l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
@@ -400,7 +419,7 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         break;
       }
     }
-    l.ffn_norm = r.tensor(blk(i, "ffn_norm"), {E});
+    l.ffn_norm = r.tensor(blk(i, arch->ffn_norm_name), {E});
     switch (l.ffn) {
       case FfnKind::kMoeShared: {
         const uint64_t FS = hp.n_ff_shexp;
@@ -416,6 +435,12 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
         l.up_exps = r.tensor(blk(i, "ffn_up_exps"), {E, FE, NE});
         l.down_exps = r.tensor(blk(i, "ffn_down_exps"), {FE, E, NE});
+        if (arch->moe_biases) {
+          l.router_b = r.tensor(blk(i, "ffn_gate_inp", "bias"), {NE});
+          l.gate_exps_b = r.tensor(blk(i, "ffn_gate_exps", "bias"), {FE, NE});
+          l.up_exps_b = r.tensor(blk(i, "ffn_up_exps", "bias"), {FE, NE});
+          l.down_exps_b = r.tensor(blk(i, "ffn_down_exps", "bias"), {E, NE});
+        }
         break;
       case FfnKind::kDense: {
         const uint64_t F = l.n_ff;
@@ -430,7 +455,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   // output and FFN biases for some architectures): refuse any it did not take.
   std::vector<const gguf::TensorInfo*> used;
   for (const auto& l : spec.layers)
-    for (const auto* t : {l.bq, l.bk, l.bv})
+    for (const auto* t :
+         {l.bq, l.bk, l.bv, l.bo, l.router_b, l.gate_exps_b, l.up_exps_b, l.down_exps_b})
       if (t) used.push_back(t);
   for (const auto& t : file.tensors()) {
     const std::string& name = t.name;

@@ -85,9 +85,11 @@ struct LayerSpec {
   const gguf::TensorInfo* bq = nullptr;         // [q_dim] attn_q.bias (optional)
   const gguf::TensorInfo* bk = nullptr;         // [kv_dim] attn_k.bias (with bq)
   const gguf::TensorInfo* bv = nullptr;         // [kv_dim] attn_v.bias (with bq)
+  const gguf::TensorInfo* bo = nullptr;         // [n_embd] attn_output.bias (gpt-oss)
+  const gguf::TensorInfo* sinks = nullptr;      // [n_head] attn_sinks.weight (gpt-oss)
   const gguf::TensorInfo* q_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* k_norm = nullptr;     // [head_dim] (qwen3*)
-  const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd]
+  const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd] (gpt-oss: post_attention_norm)
   // dense FFN
   const gguf::TensorInfo* ffn_gate = nullptr;  // [n_embd, n_ff]
   const gguf::TensorInfo* ffn_up = nullptr;    // [n_embd, n_ff]
@@ -97,6 +99,11 @@ struct LayerSpec {
   const gguf::TensorInfo* gate_exps = nullptr;  // [n_embd, n_ff_exp, n_expert]
   const gguf::TensorInfo* up_exps = nullptr;    // [n_embd, n_ff_exp, n_expert]
   const gguf::TensorInfo* down_exps = nullptr;  // [n_ff_exp, n_embd, n_expert]
+  // MoE biases (gpt-oss; all or none)
+  const gguf::TensorInfo* router_b = nullptr;     // ffn_gate_inp.bias [n_expert]
+  const gguf::TensorInfo* gate_exps_b = nullptr;  // [n_ff_exp, n_expert]
+  const gguf::TensorInfo* up_exps_b = nullptr;    // [n_ff_exp, n_expert]
+  const gguf::TensorInfo* down_exps_b = nullptr;  // [n_embd, n_expert]
   // shared expert (kMoeShared)
   const gguf::TensorInfo* gate_inp_shexp = nullptr;  // [n_embd] (gated kinds)
   const gguf::TensorInfo* gate_shexp = nullptr;      // [n_embd, n_ff_shexp]

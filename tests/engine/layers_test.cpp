@@ -208,6 +208,18 @@ TEST(LayerKinds, MoeFfnMatchesReferenceOnEveryDevice) {
   check_ffn("mixtral", false, model::FfnKind::kMoe);
 }
 
+// gpt-oss: router and expert biases, the clamped SwiGLU, MXFP4 experts; attention with sinks and
+// an output bias on top of q/k/v biases.
+TEST(LayerKinds, GptOssLayersMatchReferenceOnEveryDevice) {
+  auto m = load("gpt-oss", false);
+  ASSERT_NE(m->spec.layers[0].sinks, nullptr);
+  ASSERT_NE(m->spec.layers[0].bo, nullptr);
+  ASSERT_NE(m->spec.layers[0].down_exps_b, nullptr);
+  EXPECT_EQ(m->spec.layers[0].gate_exps->type, gguf::TensorType::MXFP4);
+  check_ffn("gpt-oss", false, model::FfnKind::kMoe);
+  check_attention("gpt-oss", false);
+}
+
 TEST(LayerKinds, MoeFfnWithSharedExpertMatchesReferenceOnEveryDevice) {
   check_ffn("qwen2moe", false, model::FfnKind::kMoeShared);
 }
@@ -222,7 +234,8 @@ TEST(LayerKinds, MoeFfnSplitAcrossDevicesMatchesReference) {
   auto reg = DeviceRegistry::discover();
   const auto devices = each(reg);
   if (devices.size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
-  for (const char* kind : {"qwen3moe", "qwen2moe"}) {  // qwen2moe: its shared expert stays home
+  // qwen2moe: its shared expert stays home; gpt-oss: each device adds its experts' biases.
+  for (const char* kind : {"qwen3moe", "qwen2moe", "gpt-oss"}) {
     SCOPED_TRACE(kind);
     auto m = load(kind, false);
     Rig rig(m->spec, devices, [&](int e) { return e % int(devices.size()); });

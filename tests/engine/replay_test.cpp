@@ -120,7 +120,8 @@ TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReplayTest,
-                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe"));
+                         ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
+                                           "gpt-oss"));
 
 // The cost model's launch counts (counted at construction from a count-only recording of the
 // step's code) add up to the launches a recorded decode step of one token really enqueues.

@@ -62,7 +62,8 @@ TEST_P(FixtureKinds, LoadsRunsAndIsDeterministic) {
   EXPECT_EQ(spec.layers.size(), 2u);
   EXPECT_EQ(spec.hp.n_vocab, fixture_vocab().tokens.size());
   EXPECT_FALSE(spec.output_tied);
-  const bool moe = o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe";
+  const bool moe =
+      o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe" || o.kind == "gpt-oss";
   EXPECT_EQ(spec.layers[0].is_moe(), moe);
   EXPECT_EQ(spec.hp.n_expert > 0, moe);
   EXPECT_EQ(spec.layers[1].q_norm != nullptr, o.kind.rfind("qwen3", 0) == 0);
@@ -116,7 +117,12 @@ TEST_P(FixtureKinds, IncrementalDecodingMatchesOneBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, FixtureKinds, ::testing::ValuesIn(fixture_kinds()),
-                         [](const auto& info) { return info.param; });
+                         [](const auto& info) {
+                           std::string name = info.param;  // gtest names: no '-'
+                           for (char& ch : name)
+                             if (ch == '-') ch = '_';
+                           return name;
+                         });
 
 TEST(FixtureModel, TiedOutputUsesTokenEmbedding) {
   FixtureOptions o;

@@ -37,8 +37,8 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
     // q/k/v biases, un-normalized top-k and the gated shared expert. Recorded 2026-12-02 with
     // llama.cpp d32676d7's CPU backend (flash attention off, f32 KV) through a small program that
     // decodes the prompt ids and takes the argmax (the same run reproduced the qwen3moe row above).
-    {"qwen2moe", {55,  295, 464, 71, 150, 150, 150, 415, 32,  307, 15, 15,
-                  15,  15,  417, 181, 305, 141, 415, 32, 137, 55,  74,  9}},
+    {"qwen2moe", {55, 295, 464, 71,  150, 150, 150, 415, 32,  307, 15, 15,
+                  15, 15,  417, 181, 305, 141, 415, 32,  137, 55,  74, 9}},
 };
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {
@@ -90,7 +90,15 @@ TEST(LlamaCppAgreementRopeScaling, F32FixtureGreedyMatches) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllKinds, LlamaCppAgreement, ::testing::ValuesIn(fixture_kinds()),
+// The kinds with a recorded row. gpt-oss has none yet: its F32 fixture (tessera fixture --arch
+// gpt-oss --f32) waits for a llama.cpp run.
+std::vector<std::string> recorded_kinds() {
+  std::vector<std::string> kinds;
+  for (const auto& [kind, tokens] : kLlamaCppGreedy) kinds.push_back(kind);
+  return kinds;
+}
+
+INSTANTIATE_TEST_SUITE_P(AllKinds, LlamaCppAgreement, ::testing::ValuesIn(recorded_kinds()),
                          [](const auto& info) { return info.param; });
 
 }  // namespace

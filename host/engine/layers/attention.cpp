@@ -28,6 +28,8 @@ AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
   ref_.wv = model::as_matrix(*ls_.wv);
   ref_.wo = model::as_matrix(*ls_.wo);
   if (spec.rope_freqs) ref_.rope_freqs = model::to_floats(*spec.rope_freqs);
+  if (ls_.bo) ref_.bo = model::to_floats(*ls_.bo);
+  if (ls_.sinks) ref_.sinks = model::to_floats(*ls_.sinks);
   if (ls_.bq) {
     ref_.bq = model::to_floats(*ls_.bq);
     ref_.bk = model::to_floats(*ls_.bk);
@@ -68,6 +70,14 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
     c.dev->write(dev_.qkv_bias.get(), 0, bias.data(), bias.size() * sizeof(float));
     up.count(ls_.bq->n_bytes() + ls_.bk->n_bytes() + ls_.bv->n_bytes());
   }
+  auto upload_floats = [&](const std::vector<float>& v, const gguf::TensorInfo* t) {
+    ClMem m = c.dev->alloc(v.size() * sizeof(float), CL_MEM_READ_ONLY);
+    c.dev->write(m.get(), 0, v.data(), v.size() * sizeof(float));
+    up.count(t->n_bytes());
+    return m;
+  };
+  if (ls_.bo) dev_.bo = upload_floats(ref_.bo, ls_.bo);
+  if (ls_.sinks) dev_.sinks = upload_floats(ref_.sinks, ls_.sinks);
   // The op's shape and KV format come from the cache's layout of this layer (the one place it is
   // decided).
   const kv::KvPoolLayout& pool = kv.layout(layer_);
@@ -111,14 +121,19 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
                   {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
                    hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn},
                   c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
+  const cl_mem sinks = dev_.sinks ? dev_.sinks.get() : nullptr;
   if (s.decode) {
     attn.decode(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
-                c.workspace_bytes, {{}, c.prof("attention")});
+                c.workspace_bytes, {{}, c.prof("attention")}, sinks);
   } else {
-    attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")});
+    attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")},
+                 sinks);
   }
-  // Output projection added to the residual stream in the same launch.
+  // Output projection added to the residual stream in the same launch (then its bias, if any).
   c.mm->run(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+  if (dev_.bo)
+    c.ew->add_row_bias(c.x.get(), 0, E, dev_.bo.get(), 0, uint32_t(n), E,
+                       {{}, c.prof("elementwise")});
 }
 
 void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32_t> positions,
@@ -151,8 +166,9 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   const reference::AttentionShape shape{int(hp.n_head), n_head_kv, int(hp.head_dim)};
   // The reference keeps every position and masks by the window.
   reference::causal_attention(q, mem.k, mem.v, shape, 1.0f / std::sqrt(float(hp.head_dim)), attn,
-                              int(ls_.window));
+                              int(ls_.window), ref_.sinks);
   reference::matmul(attn, ref_.wo, proj);
+  if (!ref_.bo.empty()) reference::add_row_bias(proj, ref_.bo, E);
   for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
 }
 

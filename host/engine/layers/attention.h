@@ -41,11 +41,14 @@ class AttentionMixer final : public Mixer {
     ops::DeviceWeight wqkv, wq, wk, wv, wo;
     ClMem attn_norm, q_norm, k_norm;
     ClMem qkv_bias;  // f32 q | k | v biases, one row (empty when the layer has none)
+    ClMem bo;        // f32 output-projection bias (gpt-oss; empty when none)
+    ClMem sinks;     // f32 attention sink per query head (gpt-oss; empty when none)
     ops::AttentionOp* op = nullptr;  // owned by the DeviceCtx
   } dev_;
   struct ReferenceWeights {
     std::vector<float> attn_norm, q_norm, k_norm;  // q/k empty when absent
     std::vector<float> bq, bk, bv;                 // empty when the layer has no biases
+    std::vector<float> bo, sinks;                  // gpt-oss; empty when absent
     reference::WeightMatrix wq, wk, wv, wo;
     std::vector<float> rope_freqs;  // empty when the model has no rope_freqs.weight
   } ref_;

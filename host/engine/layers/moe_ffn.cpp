@@ -48,13 +48,27 @@ MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
       routing_(routing_config(spec)),
       ref_ffn_norm_(model::to_floats(*ls_.ffn_norm)),
       ref_{model::as_matrix(*ls_.router), model::as_experts(*ls_.gate_exps),
-           model::as_experts(*ls_.up_exps), model::as_experts(*ls_.down_exps), std::nullopt} {}
+           model::as_experts(*ls_.up_exps), model::as_experts(*ls_.down_exps), std::nullopt} {
+  if (ls_.router_b) {
+    ref_.router_b = model::to_floats(*ls_.router_b);
+    ref_.gate_b = model::to_floats(*ls_.gate_exps_b);
+    ref_.up_b = model::to_floats(*ls_.up_exps_b);
+    ref_.down_b = model::to_floats(*ls_.down_exps_b);
+  }
+  ref_.swiglu_oai = spec.arch->activation == model::FfnActivation::kSwigluOai;
+}
 
 void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
   if (!moe_) throw std::logic_error("MoeFfn::upload: built for the reference path only");
   dev_.home = c.index;
   dev_.ffn_norm = up.norm(c, ls_.ffn_norm);
   dev_.router = up.matrix(c, ls_.router);
+  if (ls_.router_b) {
+    dev_.router_b = c.dev->alloc(ref_.router_b.size() * sizeof(float), CL_MEM_READ_ONLY);
+    c.dev->write(dev_.router_b.get(), 0, ref_.router_b.data(),
+                 ref_.router_b.size() * sizeof(float));
+    up.count(ls_.router_b->n_bytes());
+  }
   upload_experts(up);
 }
 
@@ -99,7 +113,29 @@ void MoeFfn::upload_experts(WeightUploader& up) {
       s.up = slice(ls_.up_exps);
     }
     s.down = slice(ls_.down_exps);
-    if (s.gate_up.body && c.fold_swiglu) c.mm->prepare_swiglu(ls_.down_exps->type);
+    if (ls_.router_b) {
+      // Biases of the shard's experts, in its local order (gate then up per expert for gate_up).
+      const size_t ff = hp.n_ff_exp, E = hp.n_embd;
+      auto upload_rows = [&](std::initializer_list<const std::vector<float>*> parts, size_t width) {
+        std::vector<float> rows;
+        for (int32_t e : s.experts)
+          for (const auto* part : parts)
+            rows.insert(rows.end(), part->begin() + size_t(e) * width,
+                        part->begin() + size_t(e + 1) * width);
+        ClMem m = c.dev->alloc(rows.size() * sizeof(float), CL_MEM_READ_ONLY);
+        c.dev->write(m.get(), 0, rows.data(), rows.size() * sizeof(float));
+        up.count(rows.size() * sizeof(float));
+        return m;
+      };
+      if (s.gate_up.body) {
+        s.gate_up_b = upload_rows({&ref_.gate_b, &ref_.up_b}, ff);
+      } else {
+        s.gate_b = upload_rows({&ref_.gate_b}, ff);
+        s.up_b = upload_rows({&ref_.up_b}, ff);
+      }
+      s.down_b = upload_rows({&ref_.down_b}, E);
+    }
+    if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_swiglu(ls_.down_exps->type);
   }
   dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
 }
@@ -107,29 +143,47 @@ void MoeFfn::upload_experts(WeightUploader& up) {
 void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
                         int x_rows, int np) {
   const uint32_t ff = spec_.hp.n_ff_exp;
+  // gpt-oss: the clamped SwiGLU (never folded into down's loads).
+  auto activation = [&](const ops::Strided& g, const ops::Strided& u) {
+    if (oai())
+      c.act->swiglu_oai(g, u, {c.h.get(), 0, ff}, uint32_t(np), ff, 1.702f, 7.0f,
+                        {{}, c.prof("activation")});
+    else
+      c.act->swiglu(g, u, {c.h.get(), 0, ff}, uint32_t(np), ff, {{}, c.prof("activation")});
+  };
   if (s.gate_up.body) {
     // One launch for gate and up: pair row p holds gate (ff) then up (ff).
     c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
                       {}, c.prof("matmul"));
-    if (c.fold_swiglu && np <= kFoldSwigluMaxPairs) {
+    if (s.gate_up_b)
+      c.ew->add_pair_bias(c.gu.get(), 0, 2 * ff, pair_expert, 0, s.gate_up_b.get(), uint32_t(np),
+                          2 * ff, {{}, c.prof("elementwise")});
+    if (c.fold_swiglu && !oai() && np <= kFoldSwigluMaxPairs) {
       // Down with SwiGLU folded into its loads of those rows.
       c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
                         c.prof("matmul"), true);
       return;
     }
-    c.act->swiglu({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff}, {c.h.get(), 0, ff},
-                  uint32_t(np), ff, {{}, c.prof("activation")});
+    activation({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff});
   } else {
     const uint32_t up_off = uint32_t(np) * ff;
     c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np, {},
                       c.prof("matmul"));
     c.mm->run_experts(s.up, c.xn.get(), 0, x_rows, c.gu.get(), up_off, pair_token, pair_expert, np,
                       {}, c.prof("matmul"));
-    c.act->swiglu({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff}, {c.h.get(), 0, ff}, uint32_t(np),
-                  ff, {{}, c.prof("activation")});
+    if (s.gate_b) {
+      c.ew->add_pair_bias(c.gu.get(), 0, ff, pair_expert, 0, s.gate_b.get(), uint32_t(np), ff,
+                          {{}, c.prof("elementwise")});
+      c.ew->add_pair_bias(c.gu.get(), up_off, ff, pair_expert, 0, s.up_b.get(), uint32_t(np), ff,
+                          {{}, c.prof("elementwise")});
+    }
+    activation({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff});
   }
   c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
                     c.prof("matmul"));
+  if (s.down_b)
+    c.ew->add_pair_bias(c.y.get(), 0, spec_.hp.n_embd, pair_expert, 0, s.down_b.get(), uint32_t(np),
+                        spec_.hp.n_embd, {{}, c.prof("elementwise")});
 }
 
 bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
@@ -142,7 +196,7 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
   // With an F32 router: the FFN norm, router and top-k in one launch.
-  const bool fused_route = s.options->fuse.norm_route &&
+  const bool fused_route = s.options->fuse.norm_route && !dev_.router_b &&
                            dev_.router.type == gguf::TensorType::F32 &&
                            home.route->can_norm_route(E, hp.n_expert);
   if (fused_route) {
@@ -154,6 +208,9 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
     home.norm->rms_norm(home.x.get(), 0, dev_.ffn_norm.get(), 0, home.xn.get(), 0, uint32_t(n), E,
                         hp.rms_eps, {{}, home.prof("norm")});
     home.mm->run(dev_.router, home.xn.get(), 0, home.router.get(), 0, n, {}, home.prof("matmul"));
+    if (dev_.router_b)
+      home.ew->add_row_bias(home.router.get(), 0, hp.n_expert, dev_.router_b.get(), 0, uint32_t(n),
+                            hp.n_expert, {{}, home.prof("elementwise")});
     home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
                       0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   }

@@ -71,6 +71,9 @@ class MoeFfn final : public Ffn {
     std::vector<int32_t> local;    // global id -> local index, -1 when not here
     // gate_up: each expert's gate rows then its up rows (one launch) when both share a format.
     ops::DeviceWeight gate_up, gate, up, down;
+    // gpt-oss's expert biases in local expert order (empty when none): gate_up_b holds each
+    // expert's gate then up bias (matching gate_up's rows), gate_b / up_b the separate ones.
+    ClMem gate_up_b, gate_b, up_b, down_b;
   };
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y.
   void expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
@@ -84,9 +87,11 @@ class MoeFfn final : public Ffn {
   int layer_ = 0;
   MoeRuntime* moe_ = nullptr;
   reference::RoutingConfig routing_;
+  bool oai() const { return ref_.swiglu_oai; }
   struct DeviceWeights {
     ClMem ffn_norm;
     ops::DeviceWeight router;
+    ClMem router_b;             // gpt-oss's router bias (empty when none)
     std::vector<Shard> shards;  // per plan device
     bool all_on_home = false;   // every expert on the layer's device, in global order
     int home = 0;               // the layer's plan device

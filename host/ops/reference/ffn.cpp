@@ -24,6 +24,31 @@ void ffn_swiglu(std::span<const float> x, const WeightMatrix& gate, const Weight
   matmul(g, down, out);
 }
 
+namespace {
+
+// One token through expert e with gpt-oss's biases (each bias vector empty or whole) and
+// activation.
+void expert_biased(std::span<const float> x, const MoeWeights& w, int64_t e, std::span<float> out) {
+  const WeightMatrix gate = w.gate.expert(e), up = w.up.expert(e), down = w.down.expert(e);
+  const size_t ff = size_t(gate.rows), n_embd = size_t(down.rows);
+  std::vector<float> g(ff), u(ff);
+  matmul(x, gate, g);
+  matmul(x, up, u);
+  for (size_t i = 0; i < ff; ++i) {
+    if (!w.gate_b.empty()) g[i] += w.gate_b[size_t(e) * ff + i];
+    if (!w.up_b.empty()) u[i] += w.up_b[size_t(e) * ff + i];
+  }
+  if (w.swiglu_oai)
+    swiglu_oai(g, u, g, 1.702f, 7.0f);
+  else
+    swiglu(g, u, g);
+  matmul(g, down, out);
+  if (!w.down_b.empty())
+    for (size_t i = 0; i < n_embd; ++i) out[i] += w.down_b[size_t(e) * n_embd + i];
+}
+
+}  // namespace
+
 void moe_ffn(std::span<const float> x, const MoeWeights& w, const RoutingConfig& routing,
              std::span<float> out, std::vector<ExpertChoice>* choices) {
   const size_t n_embd = size_t(w.router.cols);
@@ -42,11 +67,17 @@ void moe_ffn(std::span<const float> x, const MoeWeights& w, const RoutingConfig&
     const auto xt = x.subspan(t * n_embd, n_embd);
     auto ot = out.subspan(t * n_embd, n_embd);
     matmul(xt, w.router, logits);
+    if (!w.router_b.empty())
+      for (size_t e = 0; e < logits.size(); ++e) logits[e] += w.router_b[e];
     ExpertChoice choice = route_experts(logits, routing);
     std::fill(ot.begin(), ot.end(), 0.0f);
     for (size_t k = 0; k < choice.ids.size(); ++k) {
       const int64_t e = choice.ids[k];
-      ffn_swiglu(xt, w.gate.expert(e), w.up.expert(e), w.down.expert(e), expert_out);
+      if (w.gate_b.empty() && !w.swiglu_oai) {
+        ffn_swiglu(xt, w.gate.expert(e), w.up.expert(e), w.down.expert(e), expert_out);
+      } else {
+        expert_biased(xt, w, e, expert_out);
+      }
       for (size_t i = 0; i < n_embd; ++i) ot[i] += choice.weights[k] * expert_out[i];
     }
     if (w.shared) {

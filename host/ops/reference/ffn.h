@@ -29,9 +29,15 @@ struct MoeWeights {
   WeightMatrix router;
   ExpertMatrices gate, up, down;
   std::optional<SharedExpert> shared;
+  // gpt-oss: biases (empty: none) on the router logits [n_expert] and on each expert's gate and up
+  // [n_expert][n_ff_exp] and down [n_expert][n_embd] outputs, and the clamped SwiGLU (swiglu_oai,
+  // alpha 1.702, limit 7) instead of silu(gate) * up.
+  std::vector<float> router_b, gate_b, up_b, down_b;
+  bool swiglu_oai = false;
 };
 
-// MoE FFN for a batch, as llama.cpp's build_moe_ffn (SiLU, no biases): per token, router logits ->
+// MoE FFN for a batch, as llama.cpp's build_moe_ffn (with gpt-oss's biases and activation when
+// the weights have them): per token, router logits ->
 // route_experts -> out = sum_k weight_k * expert_k(x) (+ the shared expert's output).
 // x [n_tokens][n_embd], out [n_tokens][n_embd]. When choices is not null it receives each token's
 // routing (for tests and for checking a device router against this one).
