@@ -39,6 +39,12 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
     // decodes the prompt ids and takes the argmax (the same run reproduced the qwen3moe row above).
     {"qwen2moe", {55, 295, 464, 71,  150, 150, 150, 415, 32,  307, 15, 15,
                   15, 15,  417, 181, 305, 141, 415, 32,  137, 55,  74, 9}},
+    // Attention sinks, every other layer windowed (8 tokens), YaRN (factor 8), q/k/v/o and expert
+    // biases, the clamped SwiGLU and softmax over the chosen top-k. Recorded 2026-12-02 on the
+    // accelerator machine with the same llama.cpp snapshot's CPU backend through the same small
+    // program, flash attention off with f32 KV and on with f16 KV (identical ids).
+    {"gpt-oss", {367, 172, 441, 274, 172, 441, 113, 188, 148, 40,  367, 172,
+                 40,  387, 203, 509, 306, 504, 509, 172, 387, 509, 509, 188}},
 };
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {
@@ -90,8 +96,7 @@ TEST(LlamaCppAgreementRopeScaling, F32FixtureGreedyMatches) {
   }
 }
 
-// The kinds with a recorded row. gpt-oss has none yet: its F32 fixture (tessera fixture --arch
-// gpt-oss --f32) waits for a llama.cpp run.
+// The kinds with a recorded row.
 std::vector<std::string> recorded_kinds() {
   std::vector<std::string> kinds;
   for (const auto& [kind, tokens] : kLlamaCppGreedy) kinds.push_back(kind);
@@ -99,7 +104,12 @@ std::vector<std::string> recorded_kinds() {
 }
 
 INSTANTIATE_TEST_SUITE_P(AllKinds, LlamaCppAgreement, ::testing::ValuesIn(recorded_kinds()),
-                         [](const auto& info) { return info.param; });
+                         [](const auto& info) {
+                           std::string name = info.param;  // gtest names: no '-'
+                           for (char& ch : name)
+                             if (ch == '-') ch = '_';
+                           return name;
+                         });
 
 }  // namespace
 }  // namespace tessera::model
