@@ -40,8 +40,9 @@ int run_fixture(const std::vector<std::string>& args) {
       "router-scale", po::value<float>(&o.router_scale)->default_value(8.0f),
       "std of router logits")(
       "weight-type", po::value<std::string>(&o.weight_type),
-      "store every matrix as Q4_0 or Q8_0 (benchmark models; fast generator)")(
-      "n-layer", po::value<uint32_t>(&o.n_layer), "layers (default: the kind's tiny size)")(
+      "store every matrix as Q4_0 or Q8_0, or the experts as MXFP4 and the rest Q8_0 (benchmark "
+      "models; fast generator)")("n-layer", po::value<uint32_t>(&o.n_layer),
+                                 "layers (default: the kind's tiny size)")(
       "n-embd", po::value<uint32_t>(&o.n_embd), "hidden size")(
       "n-head", po::value<uint32_t>(&o.n_head), "query heads")(
       "n-head-kv", po::value<uint32_t>(&o.n_head_kv), "key/value heads")(

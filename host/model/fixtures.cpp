@@ -3,12 +3,16 @@
 // for benchmark-sized models, one quant format and a cheap approximately Gaussian generator.
 #include "host/model/fixtures.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 #include <optional>
 #include <random>
 #include <set>
 #include <stdexcept>
+
+#include <tbb/blocked_range.h>
+#include <tbb/parallel_for.h>
 
 #include "host/ops/quant/quant.h"
 
@@ -227,9 +231,13 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     uniform = TensorType::Q4_0;
   } else if (o.weight_type == "Q8_0") {
     uniform = TensorType::Q8_0;
+  } else if (o.weight_type == "MXFP4") {
+    if (s.n_expert == 0)
+      throw std::invalid_argument("fixture: weight_type MXFP4 is for the experts of an MoE kind");
+    uniform = TensorType::MXFP4;
   } else if (!o.weight_type.empty()) {
     throw std::invalid_argument("fixture: weight_type '" + o.weight_type +
-                                "' is not supported (Q4_0, Q8_0 or empty for the mix)");
+                                "' is not supported (Q4_0, Q8_0, MXFP4 or empty for the mix)");
   }
   FixtureVocab vocab = fixture_vocab();
   if (o.n_vocab) {
@@ -292,9 +300,13 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     w.set(a + ".attention.sliding_window", Value::u32(o.window ? o.window : 8));
     if (o.rope_scaling || o.rope_yarn || o.rope_freqs)
       throw std::invalid_argument("fixture: gpt-oss always has its own YaRN scaling");
+    // With an explicit n_ctx, gpt-oss's own proportion (131072 = 32 x 4096): factor n_ctx / orig
+    // over orig = n_ctx / 32 (at least 64 tokens); otherwise factor 8 over 64 tokens.
+    const uint32_t orig = o.n_ctx ? std::max<uint32_t>(64, s.n_ctx / 32) : 64;
+    const float factor = o.n_ctx ? float(s.n_ctx) / float(orig) : 8.0f;
     w.set(a + ".rope.scaling.type", Value::string("yarn"));
-    w.set(a + ".rope.scaling.factor", Value::f32(8.0f));
-    w.set(a + ".rope.scaling.original_context_length", Value::u32(64));
+    w.set(a + ".rope.scaling.factor", Value::f32(factor));
+    w.set(a + ".rope.scaling.original_context_length", Value::u32(orig));
   } else if (o.window > 0) {
     // Alternating window / full layers (even layers windowed, as gpt-oss), stated per layer: the
     // form model_spec applies for every architecture (llama.cpp ignores both keys for these).
@@ -333,7 +345,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
 
   Gaussian g(o.seed);
-  FastNormal fast(o.seed);
+  uint64_t tensor_ordinal = 0;  // seeds the fast generator's streams
   bool skewed = false;
   // std: weights of a matrix with `cols` inputs get std scale/sqrt(cols) so activations stay O(1).
   auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type,
@@ -343,7 +355,15 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     std::vector<float> data(n);
     const float std_dev = dims.size() == 1 ? scale : scale / std::sqrt(float(dims[0]));
     if (uniform) {
-      for (float& x : data) x = mean + std_dev * fast.next();
+      // Chunks of 2^20 draws, each its own stream seeded by (seed, tensor, chunk): written in
+      // parallel (a gpt-oss-20b-sized file is ~20G weights) and still the same bytes every time.
+      constexpr uint64_t kChunk = uint64_t(1) << 20;
+      const uint64_t ordinal = tensor_ordinal++;
+      tbb::parallel_for(uint64_t(0), (n + kChunk - 1) / kChunk, [&](uint64_t c) {
+        FastNormal fast(o.seed * 0x9E3779B97F4A7C15ull + (ordinal << 32) + c);
+        const uint64_t end = std::min(n, (c + 1) * kChunk);
+        for (uint64_t i = c * kChunk; i < end; ++i) data[i] = mean + std_dev * fast.next();
+      });
     } else {
       for (float& x : data) x = mean + std_dev * g.next();
     }
@@ -352,15 +372,21 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       data.resize(data.size() / (dims.back() - 1) * dims.back(), 0.0f);
       skewed = true;
     }
-    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos)
-      type = *uniform;
+    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos) {
+      // MXFP4 is an expert format (as gpt-oss ships it): the other matrices are Q8_0.
+      const bool expert = name.find("_exps.") != std::string::npos;
+      type = (*uniform == TensorType::MXFP4 && !expert) ? TensorType::Q8_0 : *uniform;
+    }
     if (o.all_f32) type = TensorType::F32;
     // Quantized here, row by row, with the quant library's reference quantizer.
     const uint64_t row_len = dims[0], stride = gguf::row_bytes(type, row_len);
     std::vector<uint8_t> bytes(stride * (data.size() / row_len));
-    for (uint64_t r = 0; r < data.size() / row_len; ++r)
-      quant::quantize_row(type, data.data() + r * row_len, bytes.data() + r * stride,
-                          int64_t(row_len));
+    tbb::parallel_for(tbb::blocked_range<uint64_t>(0, data.size() / row_len),
+                      [&](const tbb::blocked_range<uint64_t>& rows) {
+                        for (uint64_t r = rows.begin(); r < rows.end(); ++r)
+                          quant::quantize_row(type, data.data() + r * row_len,
+                                              bytes.data() + r * stride, int64_t(row_len));
+                      });
     writer.add_tensor(name, type, std::move(dims), std::move(bytes));
   };
   const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim;

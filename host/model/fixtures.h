@@ -41,8 +41,10 @@ struct FixtureOptions {
   uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
   uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_vocab = 0, n_ctx = 0;
   // Empty: the per-role quant mix. "Q4_0" or "Q8_0": every matrix (embedding, projections, experts,
-  // output) in that format, norms and router F32, like llama-quantize's pure formats; weights then
-  // come from a cheap generator (sum of four uniforms) so a ~1G-weight model writes in seconds.
+  // output) in that format, norms and router F32, like llama-quantize's pure formats. "MXFP4" (MoE
+  // kinds): the experts in MXFP4 and every other matrix Q8_0, as gpt-oss ships. Weights then come
+  // from a cheap generator (sum of four uniforms, parallel streams) so a ~1G-weight model writes in
+  // seconds. gpt-oss with n_ctx set scales YaRN as gpt-oss does: factor 32 over n_ctx / 32.
   std::string weight_type;
   // Test hooks that make the file invalid on purpose.
   std::string architecture_override;  // written as general.architecture when not empty
