@@ -372,7 +372,9 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       data.resize(data.size() / (dims.back() - 1) * dims.back(), 0.0f);
       skewed = true;
     }
-    if (uniform && dims.size() > 1 && name.find("ffn_gate_inp") == std::string::npos) {
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (uniform && dims.size() > 1 && !bias && name.find("ffn_gate_inp") == std::string::npos) {
+      // Weight matrices only (gpt-oss's per-expert biases stay F32, as ggml's add_id needs).
       // MXFP4 is an expert format (as gpt-oss ships it): the other matrices are Q8_0.
       const bool expert = name.find("_exps.") != std::string::npos;
       type = (*uniform == TensorType::MXFP4 && !expert) ? TensorType::Q8_0 : *uniform;
