@@ -31,6 +31,12 @@ int run_serve(const std::vector<std::string>& args) {
   std::vector<std::string> sets;
   server::ServerOptions so;
   int ctx = 0, parallel = 16, port = 8080, prefill_chunk = 128;
+  std::string template_names;
+  for (const auto& n : server::chat_template_names())
+    template_names += (template_names.empty() ? "" : ", ") + n;
+  const std::string template_help = "chat template: a name (" + template_names +
+                                    ") or a Jinja file of one of these families (default: the "
+                                    "model's tokenizer.chat_template)";
   po::options_description opts(
       "tessera serve -m MODEL.gguf [--config FILE] [--host ADDR] [--port N] [--api-key KEY]");
   opts.add_options()("help,h", "show this help")(
@@ -63,9 +69,7 @@ int run_serve(const std::vector<std::string>& args) {
       "grace", po::value<double>(&so.grace_s)->default_value(30),
       "seconds in-flight requests may finish after SIGTERM/SIGINT")(
       "threads", po::value<int>(&so.io_threads)->default_value(2), "network threads")(
-      "chat-template", po::value<std::string>(&chat_template),
-      "chat template: a name (chatml, llama3, granite, mistral, plain) or a Jinja file of one "
-      "of these families (default: the model's tokenizer.chat_template)")(
+      "chat-template", po::value<std::string>(&chat_template), template_help.c_str())(
       "log-format", po::value<std::string>(&log_format)->default_value("text"), "text or json");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
@@ -107,8 +111,8 @@ int run_serve(const std::vector<std::string>& args) {
       std::ifstream in(chat_template, std::ios::binary);
       if (!in)
         throw std::runtime_error("--chat-template '" + chat_template +
-                                 "' is neither a template name (chatml, llama3, granite, "
-                                 "mistral, plain) nor a readable file");
+                                 "' is neither a template name (" + template_names +
+                                 ") nor a readable file");
       std::stringstream ss;
       ss << in.rdbuf();
       chat = server::recognise_chat_template(ss.str(), chat_template);

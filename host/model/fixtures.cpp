@@ -184,6 +184,25 @@ std::vector<std::string> fixture_kinds() {
   return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe", "gpt-oss"};
 }
 
+std::vector<std::string> harmony_tokens() {
+  return {"<|startoftext|>", "<|endoftext|>", "<|return|>",  "<|constrain|>", "<|channel|>",
+          "<|start|>",       "<|end|>",       "<|message|>", "<|call|>"};
+}
+
+// A harmony chat template written for the fixtures: the shape of gpt-oss's (system message,
+// messages, generation prompt) with none of its tool rendering.
+constexpr const char* kHarmonyFixtureTemplate =
+    "{{- '<|start|>system<|message|>Knowledge cutoff: 2024-06\\n\\n# Valid channels: analysis, "
+    "final.<|end|>' -}}\n"
+    "{%- for message in messages -%}\n"
+    "{%- if message.role == 'assistant' -%}\n"
+    "{{- '<|start|>assistant<|channel|>final<|message|>' + message.content + '<|end|>' -}}\n"
+    "{%- else -%}\n"
+    "{{- '<|start|>' + message.role + '<|message|>' + message.content + '<|end|>' -}}\n"
+    "{%- endif -%}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}<|start|>assistant{%- endif -%}\n";
+
 FixtureVocab fixture_vocab() {
   FixtureVocab v;
   auto add = [&](std::string text, float score, int32_t type) {
@@ -240,6 +259,17 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
                                 "' is not supported (Q4_0, Q8_0, MXFP4 or empty for the mix)");
   }
   FixtureVocab vocab = fixture_vocab();
+  const uint64_t harmony_first = vocab.tokens.size();
+  if (o.harmony) {
+    if (!s.gpt_oss)
+      throw std::invalid_argument("fixture: harmony tokens are for the gpt-oss kind, not '" +
+                                  o.kind + "'");
+    for (const auto& t : harmony_tokens()) {
+      vocab.tokens.push_back(t);
+      vocab.scores.push_back(0.0f);
+      vocab.types.push_back(3);  // control
+    }
+  }
   if (o.n_vocab) {
     if (o.n_vocab < vocab.tokens.size())
       throw std::invalid_argument("fixture: n_vocab " + std::to_string(o.n_vocab) +
@@ -343,6 +373,7 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set("tokenizer.ggml.unknown_token_id", Value::u32(0));
   w.set("tokenizer.ggml.add_bos_token", Value::boolean(true));
   w.set("tokenizer.ggml.add_eos_token", Value::boolean(false));
+  if (o.harmony) w.set("tokenizer.chat_template", Value::string(kHarmonyFixtureTemplate));
 
   Gaussian g(o.seed);
   uint64_t tensor_ordinal = 0;  // seeds the fast generator's streams
@@ -366,6 +397,15 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       });
     } else {
       for (float& x : data) x = mean + std_dev * g.next();
+    }
+    if (o.harmony && name == "output.weight") {
+      // The message-structure tokens' logits get a wider spread, so that even a random model
+      // writes channel and message markers often enough for the harmony parser to see them.
+      const auto ht = harmony_tokens();
+      for (uint64_t k = 0; k < ht.size(); ++k)
+        if (ht[k] == "<|channel|>" || ht[k] == "<|message|>" || ht[k] == "<|start|>" ||
+            ht[k] == "<|end|>")
+          for (uint64_t c = 0; c < dims[0]; ++c) data[(harmony_first + k) * dims[0] + c] *= 1.5f;
     }
     if (name == o.skew_tensor) {
       dims.back() += 1;

@@ -12,7 +12,7 @@
 namespace tessera::model {
 
 struct FixtureOptions {
-  std::string kind = "llama";  // one of fixture_kinds(): llama, mixtral, qwen3, qwen3moe, qwen2moe
+  std::string kind = "llama";  // one of fixture_kinds()
   uint64_t seed = 1;
   bool tie_output = false;    // omit output.weight (tied to token_embd)
   bool rope_scaling = false;  // linear RoPE scaling (factor 2) and, for llama kinds, Llama 3-style
@@ -46,6 +46,12 @@ struct FixtureOptions {
   // from a cheap generator (sum of four uniforms, parallel streams) so a ~1G-weight model writes in
   // seconds. gpt-oss with n_ctx set scales YaRN as gpt-oss does: factor 32 over n_ctx / 32.
   std::string weight_type;
+  // gpt-oss only: its harmony special tokens (control tokens after the base vocabulary) and a
+  // small harmony chat template of the project's own as tokenizer.chat_template, so the daemon's
+  // harmony chat can run end to end; the output-head rows of <|channel|>, <|message|>, <|start|>, <|end|> are scaled x1.5 so a random model
+  // writes markers often. Off by default: the vocabulary size (and so the weights)
+  // of the plain gpt-oss fixture stay what recorded comparisons used.
+  bool harmony = false;
   // Test hooks that make the file invalid on purpose.
   std::string architecture_override;  // written as general.architecture when not empty
   std::string skew_tensor;            // this tensor's last dimension is written one larger
@@ -54,6 +60,9 @@ struct FixtureOptions {
 
 // The fixture kinds and, for each, the architecture it is written as ("mixtral" is llama + MoE).
 std::vector<std::string> fixture_kinds();
+
+// gpt-oss's harmony special tokens, in the order FixtureOptions::harmony appends them.
+std::vector<std::string> harmony_tokens();
 
 // Builds the whole file in memory: metadata (architecture hyper-parameters and a small
 // SentencePiece 'llama' vocabulary llama.cpp accepts) and tensors in a mix of F32, F16, Q8_0, Q4_0

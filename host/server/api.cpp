@@ -278,6 +278,12 @@ CompletionRequest parse_completion_request(std::string_view body, Endpoint endpo
     if (!v->is_bool()) bad("ignore_eos", "must be true or false");
     r.ignore_eos = v->get_bool();
   }
+  if (const auto* v = o.if_contains("reasoning_effort"); v && !v->is_null()) {
+    r.reasoning_effort = std::string(string_of(*v, "reasoning_effort"));
+    if (r.reasoning_effort != "low" && r.reasoning_effort != "medium" &&
+        r.reasoning_effort != "high")
+      bad("reasoning_effort", "must be low, medium or high (got '" + r.reasoning_effort + "')");
+  }
   if (const auto* v = o.if_contains("stream_options"); v && !v->is_null()) {
     if (!v->is_object()) bad("stream_options", "must be an object");
     if (const auto* u = v->get_object().if_contains("include_usage"); u && !u->is_null()) {

@@ -47,14 +47,16 @@ struct CompletionRequest {
   std::optional<uint64_t> seed;  // absent: a random seed
   std::vector<std::string> stop;
   bool stream = false;
-  bool include_usage = false;  // stream_options.include_usage
-  bool ignore_eos = false;     // llama-server's extension: generate max_tokens tokens regardless
+  bool include_usage = false;    // stream_options.include_usage
+  bool ignore_eos = false;       // llama-server's extension: generate max_tokens tokens regardless
+  std::string reasoning_effort;  // chat: low, medium or high ("": the template's default)
 };
 
 // Parses a request body. Throws ApiError (400) naming the field: invalid UTF-8 (with its byte
 // offset), malformed JSON, a body that is not an object, a field of the wrong type or out of range
 // (max_tokens < 1, temperature outside [0, 2], top_p outside (0, 1], top_k < 0, n != 1, more
-// than 4 stop strings or an empty one, an empty prompt, messages that are not {role, content}).
+// than 4 stop strings or an empty one, an empty prompt, messages that are not {role, content},
+// a reasoning_effort other than low, medium, high).
 CompletionRequest parse_completion_request(std::string_view body, Endpoint endpoint);
 
 // The offset of the first byte of `text` that is not part of valid UTF-8; nullopt when it all is.

@@ -20,13 +20,14 @@ std::string trim(const std::string& s) {
   return s.substr(b, e - b + 1);
 }
 
-// "December 02, 2026", as Granite's strftime_now('%B %d, %Y') writes today.
-std::string today_long() {
-  const std::time_t t = std::time(nullptr);
+// `now` (0: the clock's) in strftime's `format`, local time, as the templates' strftime_now writes
+// today (llama.cpp's Jinja engine uses local time too).
+std::string date_text(std::time_t now, const char* format) {
+  const std::time_t t = now ? now : std::time(nullptr);
   std::tm tm{};
-  gmtime_r(&t, &tm);
+  localtime_r(&t, &tm);
   char buf[64];
-  std::strftime(buf, sizeof(buf), "%B %d, %Y", &tm);
+  std::strftime(buf, sizeof(buf), format, &tm);
   return buf;
 }
 
@@ -59,7 +60,8 @@ std::string render_llama3(const ChatTemplate& t, const std::vector<ChatMessage>&
   return out + "<|start_header_id|>assistant<|end_header_id|>\n\n";
 }
 
-std::string render_granite(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+std::string render_granite(const ChatTemplate& t, const std::vector<ChatMessage>& ms,
+                           std::time_t now) {
   std::string out;
   size_t first = 0;
   if (ms.front().role == "system") {
@@ -69,7 +71,7 @@ std::string render_granite(const ChatTemplate& t, const std::vector<ChatMessage>
     out +=
         "<|start_of_role|>system<|end_of_role|>Knowledge Cutoff Date: April 2024. Today's "
         "Date: " +
-        today_long() + ". " + t.default_system + "<|end_of_text|>\n";
+        date_text(now, "%B %d, %Y") + ". " + t.default_system + "<|end_of_text|>\n";
   }
   for (size_t i = first; i < ms.size(); ++i)
     out +=
@@ -113,6 +115,46 @@ std::string render_mistral(const ChatTemplate& t, const std::vector<ChatMessage>
   return out;
 }
 
+// gpt-oss's template: its system message (identity, knowledge cutoff, today's date, reasoning
+// effort, valid channels), the first system/developer message as the developer's "# Instructions",
+// then user turns and earlier assistant replies (final channel; their reasoning is not sent back).
+std::string render_harmony(const std::vector<ChatMessage>& ms, const ChatRenderOptions& o) {
+  const std::string effort = o.reasoning_effort.empty() ? "medium" : o.reasoning_effort;
+  std::string out =
+      "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+      "Knowledge cutoff: 2024-06\nCurrent date: " +
+      date_text(o.now, "%Y-%m-%d") + "\n\nReasoning: " + effort +
+      "\n\n# Valid channels: analysis, commentary, final. Channel must be included for every "
+      "message.<|end|>";
+  size_t first = 0;
+  if (ms.front().role == "system") {
+    if (!ms.front().content.empty())
+      out += "<|start|>developer<|message|># Instructions\n\n" + ms.front().content + "\n\n<|end|>";
+    first = 1;
+  }
+  for (size_t i = first; i < ms.size(); ++i) {
+    const auto& m = ms[i];
+    if (m.role == "system")
+      throw ApiError(400,
+                     "'messages[" + std::to_string(i) +
+                         "]': the harmony chat template takes a system or developer message "
+                         "only as the first message",
+                     "messages");
+    if (m.role == "user") {
+      out += "<|start|>user<|message|>" + m.content + "<|end|>";
+    } else {
+      if (has(m.content, "<|channel|>analysis<|message|>") ||
+          has(m.content, "<|channel|>final<|message|>"))
+        throw ApiError(400,
+                       "'messages[" + std::to_string(i) +
+                           "].content' holds harmony channel markers; send the reply text only",
+                       "messages");
+      out += "<|start|>assistant<|channel|>final<|message|>" + m.content + "<|end|>";
+    }
+  }
+  return out + "<|start|>assistant";
+}
+
 std::string render_plain(const std::vector<ChatMessage>& ms) {
   std::string out;
   for (const auto& m : ms) {
@@ -126,7 +168,7 @@ std::string render_plain(const std::vector<ChatMessage>& ms) {
 }  // namespace
 
 std::vector<std::string> chat_template_names() {
-  return {"chatml", "llama3", "granite", "mistral", "plain"};
+  return {"chatml", "llama3", "granite", "mistral", "harmony", "plain"};
 }
 
 ChatTemplate chat_template_by_name(const std::string& name) {
@@ -143,6 +185,8 @@ ChatTemplate chat_template_by_name(const std::string& name) {
   } else if (name == "mistral") {
     t.family = ChatFamily::kMistral;
     t.eos_text = "</s>";
+  } else if (name == "harmony") {
+    t.family = ChatFamily::kHarmony;
   } else if (name == "plain") {
     t.family = ChatFamily::kPlain;
   } else {
@@ -167,6 +211,8 @@ ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& 
   } else if (has(jinja, "<|start_of_role|>")) {
     t = chat_template_by_name("granite");
     if (!has(jinja, "You are Granite, developed by IBM.")) t.default_system.clear();
+  } else if (has(jinja, "<|start|>") && has(jinja, "<|channel|>") && has(jinja, "<|message|>")) {
+    t = chat_template_by_name("harmony");
   } else if (has(jinja, "[INST]")) {
     t = chat_template_by_name("mistral");
     t.mistral_spaced = has(jinja, "'[INST] '") || has(jinja, "\"[INST] \"");
@@ -175,13 +221,14 @@ ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& 
     for (char& c : head)
       if (c == '\n') c = ' ';
     throw ChatTemplateError(source + ": chat template not recognised (it starts '" + head +
-                            "...'); Tessera renders the chatml, llama3, granite and mistral "
-                            "families; pass --chat-template NAME to choose one");
+                            "...'); Tessera renders the chatml, llama3, granite, mistral and "
+                            "harmony families; pass --chat-template NAME to choose one");
   }
   return t;
 }
 
-std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& ms) {
+std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMessage>& ms,
+                                const ChatRenderOptions& o) {
   if (ms.empty()) throw ApiError(400, "'messages' is empty", "messages");
   switch (t.family) {
     case ChatFamily::kChatMl:
@@ -189,9 +236,11 @@ std::string apply_chat_template(const ChatTemplate& t, const std::vector<ChatMes
     case ChatFamily::kLlama3:
       return render_llama3(t, ms);
     case ChatFamily::kGranite:
-      return render_granite(t, ms);
+      return render_granite(t, ms, o.now);
     case ChatFamily::kMistral:
       return render_mistral(t, ms);
+    case ChatFamily::kHarmony:
+      return render_harmony(ms, o);
     case ChatFamily::kPlain:
       return render_plain(ms);
   }

@@ -2,6 +2,7 @@
 // one of the families Tessera renders in C++ (no Jinja engine), or one named on the command line.
 #pragma once
 
+#include <ctime>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -20,12 +21,13 @@ enum class ChatFamily {
   kLlama3,   // <|start_header_id|>role<|end_header_id|>\n\n...<|eot_id|>
   kGranite,  // <|start_of_role|>role<|end_of_role|>...<|end_of_text|>
   kMistral,  // [INST]...[/INST] (system text before the last user message)
+  kHarmony,  // <|start|>role<|message|>...<|end|> with channels (gpt-oss; replies: harmony.h)
   kPlain,    // "Role: text" lines, for base models without a template (the project's own model)
 };
 
 struct ChatTemplate {
   ChatFamily family = ChatFamily::kPlain;
-  std::string name;             // chatml, llama3, granite, mistral, plain
+  std::string name;             // chatml, llama3, granite, mistral, harmony, plain
   std::string default_system;   // system text the template adds when the messages have none
   bool llama3_dated = false;    // Llama 3.1+: a system header with knowledge and today's date
   bool mistral_spaced = false;  // "[INST] text [/INST]" (v1) instead of "[INST]text[/INST]"
@@ -42,10 +44,17 @@ ChatTemplate chat_template_by_name(const std::string& name);
 // (the GGUF key or file) and the families known when none matches.
 ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& source);
 
+// What a rendering may depend on besides the messages.
+struct ChatRenderOptions {
+  std::time_t now = 0;           // the date templates write (granite, harmony); 0: the clock's
+  std::string reasoning_effort;  // harmony's "Reasoning:" line: low, medium, high ("": medium)
+};
+
 // The prompt text for `messages` ending with the assistant's turn opened (the generation
 // prompt). The BOS token is not written: the tokenizer adds it as the vocabulary says. Throws
 // ApiError (400, param "messages") when the template cannot take the messages (e.g. Mistral's
-// strict user/assistant alternation).
-std::string apply_chat_template(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages);
+// strict user/assistant alternation, harmony's system message other than the first).
+std::string apply_chat_template(const ChatTemplate& tmpl, const std::vector<ChatMessage>& messages,
+                                const ChatRenderOptions& options = {});
 
 }  // namespace tessera::server

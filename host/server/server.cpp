@@ -20,6 +20,7 @@
 #include <thread>
 
 #include "host/server/api.h"
+#include "host/server/harmony.h"
 #include "host/server/log.h"
 #include "host/server/metrics.h"
 
@@ -537,7 +538,9 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
       if (!chat)
         throw ApiError(400, "chat completions are not available: " + chat_problem, "messages",
                        "invalid_request_error", "chat_template_unavailable");
-      prompt = tok.encode(apply_chat_template(*chat, cr.messages), true, true);
+      ChatRenderOptions render;
+      render.reasoning_effort = cr.reasoning_effort;
+      prompt = tok.encode(apply_chat_template(*chat, cr.messages, render), true, true);
     }
     if (prompt.empty()) throw ApiError(400, "'prompt' encodes to no tokens", "prompt");
     const int64_t n_prompt = int64_t(prompt.size());
@@ -644,12 +647,16 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
                          std::chrono::duration<double>(options.request_timeout_s));
   job->timer.expires_at(deadline);
 
-  auto chunk_json = [&](const std::string& text, const char* finish) {
+  // Harmony replies (gpt-oss): the final channel is the content, the analysis channel goes to
+  // reasoning_content (as llama-server names it); special tokens are rendered for the parser.
+  const bool harmony = chat_ep && chat && chat->family == ChatFamily::kHarmony;
+  auto chunk_json = [&](const std::string& text, const std::string& reasoning, const char* finish) {
     json::object choice;
     choice["index"] = 0;
     if (chat_ep) {
       json::object delta;
-      if (finish == nullptr) delta["content"] = text;
+      if (finish == nullptr && !reasoning.empty()) delta["reasoning_content"] = reasoning;
+      if (finish == nullptr && (!text.empty() || reasoning.empty())) delta["content"] = text;
       choice["delta"] = std::move(delta);
     } else {
       choice["text"] = text;
@@ -687,7 +694,7 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
     (void)n;
     streaming_ok = !ec;
     if (streaming_ok && chat_ep) {
-      auto first = chunk_json("", nullptr);
+      auto first = chunk_json("", "", nullptr);
       first["choices"].as_array()[0].as_object()["delta"] =
           json::object{{"role", "assistant"}, {"content", ""}};
       streaming_ok = co_await send_event(json::serialize(first));
@@ -695,7 +702,9 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
   }
 
   TextStream text(cr.stop);
-  std::string full;
+  HarmonyParser replies;
+  TextStream reasoning_text({});
+  std::string full, full_reasoning;
   int generated = 0;
   engine::FinishReason finish = engine::FinishReason::kNone;
   std::string error;
@@ -719,11 +728,19 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
         }
         last_token = ev.at;
         if (ev.finish != engine::FinishReason::kEog) {
-          const std::string delta = text.push(tok.token_to_piece(ev.token, false));
-          if (!delta.empty()) {
-            full += delta;
-            if (cr.stream && streaming_ok)
-              streaming_ok = co_await send_event(json::serialize(chunk_json(delta, nullptr)));
+          std::string delta, reasoning;
+          if (harmony) {
+            const HarmonyDelta d = replies.push(tok.token_to_piece(ev.token, true));
+            reasoning = reasoning_text.push(d.reasoning);
+            delta = text.push(d.content);
+          } else {
+            delta = text.push(tok.token_to_piece(ev.token, false));
+          }
+          full += delta;
+          full_reasoning += reasoning;
+          if ((!delta.empty() || !reasoning.empty()) && cr.stream && streaming_ok) {
+            std::string data = json::serialize(chunk_json(delta, reasoning, nullptr));
+            streaming_ok = co_await send_event(std::move(data));
           }
           if (text.stopped()) {
             stopped = true;
@@ -789,11 +806,27 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
   } else if (finish == engine::FinishReason::kLength) {
     reason = "length";
   }
-  if (!stopped && !failure) {
-    const std::string rest = text.finish();
+  if (!failure) {
+    std::string rest, reasoning_rest;
+    if (harmony) {
+      const HarmonyDelta d = replies.finish();
+      reasoning_rest = reasoning_text.push(d.reasoning) + reasoning_text.finish();
+      if (!stopped) {
+        rest = text.push(d.content);
+        if (text.stopped())
+          reason = "stop";
+        else
+          rest += text.finish();
+      }
+    } else if (!stopped) {
+      rest = text.finish();
+    }
     full += rest;
-    if (cr.stream && !rest.empty())
-      streaming_ok = co_await send_event(json::serialize(chunk_json(rest, nullptr)));
+    full_reasoning += reasoning_rest;
+    if (cr.stream && (!rest.empty() || !reasoning_rest.empty())) {
+      std::string data = json::serialize(chunk_json(rest, reasoning_rest, nullptr));
+      streaming_ok = co_await send_event(std::move(data));
+    }
   }
   json::object usage{{"prompt_tokens", int64_t(prompt.size())},
                      {"completion_tokens", generated},
@@ -802,7 +835,9 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
     if (failure) co_return co_await respond_error(stream, http_req, *failure, ep, rid, {});
     json::object choice{{"index", 0}, {"finish_reason", reason}};
     if (chat_ep) {
-      choice["message"] = json::object{{"role", "assistant"}, {"content", full}};
+      json::object message{{"role", "assistant"}, {"content", full}};
+      if (!full_reasoning.empty()) message["reasoning_content"] = full_reasoning;
+      choice["message"] = std::move(message);
     } else {
       choice["text"] = full;
       choice["logprobs"] = nullptr;
@@ -826,11 +861,11 @@ awaitable<bool> Server::Impl::generate(beast::tcp_stream& stream, HttpRequest& h
     log_fields["status"] = failure->status;
     log_fields["error"] = failure->what();
   } else {
-    auto last = chunk_json("", reason);
+    auto last = chunk_json("", "", reason);
     last["usage"] = usage;
     if (streaming_ok) streaming_ok = co_await send_event(json::serialize(last));
     if (streaming_ok && cr.include_usage) {
-      auto u = chunk_json("", nullptr);
+      auto u = chunk_json("", "", nullptr);
       u["choices"] = json::array{};
       u["usage"] = usage;
       streaming_ok = co_await send_event(json::serialize(u));

@@ -8,6 +8,7 @@
 
 #include "host/server/api.h"
 #include "host/server/chat_template.h"
+#include "host/server/harmony.h"
 
 namespace tessera::server {
 namespace {
@@ -73,6 +74,7 @@ TEST(Api, RefusesBadFieldsNamingThem) {
       {R"({"prompt":12})", "prompt"},
       {R"({"max_tokens":3})", "prompt"},
       {R"({"prompt":"x","model":5})", "model"},
+      {R"({"prompt":"x","reasoning_effort":"max"})", "reasoning_effort"},
   };
   for (const auto& c : cases) {
     const auto e = parse_error(c.body);
@@ -157,6 +159,139 @@ TEST(ChatTemplate, RendersEachFamily) {
   }
   EXPECT_THROW(chat_template_by_name("jinja2"), ChatTemplateError);
   EXPECT_THROW(recognise_chat_template("{{ messages }}", "x.jinja"), ChatTemplateError);
+}
+
+// gpt-oss's harmony template, derived by hand from its Jinja source (models/templates/
+// openai-gpt-oss-120b.jinja in llama.cpp: the system message, the first system/developer message
+// as "# Instructions", earlier replies on the final channel, the generation prompt).
+TEST(ChatTemplate, RendersHarmony) {
+  ChatRenderOptions o;
+  o.now = 1796212800;  // 2026-12-02 12:00 UTC
+  const std::string system_part =
+      "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+      "Knowledge cutoff: 2024-06\nCurrent date: 2026-12-02\n\nReasoning: ";
+  const std::string channels =
+      "\n\n# Valid channels: analysis, commentary, final. Channel must be included for every "
+      "message.<|end|>";
+  const auto harmony = chat_template_by_name("harmony");
+  EXPECT_EQ(apply_chat_template(harmony, kConversation, o),
+            system_part + "medium" + channels +
+                "<|start|>developer<|message|># Instructions\n\nBe brief.\n\n<|end|>"
+                "<|start|>user<|message|>Hi<|end|>"
+                "<|start|>assistant<|channel|>final<|message|>Hello.<|end|>"
+                "<|start|>user<|message|>Who?<|end|><|start|>assistant");
+  o.reasoning_effort = "high";
+  EXPECT_EQ(
+      apply_chat_template(harmony, {{"user", "Hi"}}, o),
+      system_part + "high" + channels + "<|start|>user<|message|>Hi<|end|><|start|>assistant");
+  // An empty first system message writes no developer message.
+  o.reasoning_effort.clear();
+  EXPECT_EQ(
+      apply_chat_template(harmony, {{"system", ""}, {"user", "Hi"}}, o),
+      system_part + "medium" + channels + "<|start|>user<|message|>Hi<|end|><|start|>assistant");
+  // What the template refuses (or would drop): a later system message, channel markers in a reply.
+  for (const auto& ms : std::vector<std::vector<ChatMessage>>{
+           {{"user", "Hi"}, {"system", "late"}},
+           {{"user", "Hi"}, {"assistant", "<|channel|>analysis<|message|>x"}, {"user", "?"}}}) {
+    try {
+      apply_chat_template(harmony, ms, o);
+      ADD_FAILURE() << "accepted " << ms[1].content;
+    } catch (const ApiError& e) {
+      EXPECT_EQ(e.status, 400);
+      EXPECT_NE(std::string(e.what()).find("messages[1]"), std::string::npos) << e.what();
+    }
+  }
+  // Recognised by its markers (as the GGUF's tokenizer.chat_template writes them).
+  EXPECT_EQ(recognise_chat_template("{{- \"<|start|>system<|message|>\" }}{%- for m in messages %}"
+                                    "{{- \"<|start|>assistant<|channel|>final<|message|>\" }}",
+                                    "tokenizer.chat_template")
+                .name,
+            "harmony");
+}
+
+// The concatenated deltas of `pieces` pushed one by one, then finish().
+HarmonyDelta parse_all(const std::vector<std::string>& pieces) {
+  HarmonyParser p;
+  HarmonyDelta all;
+  for (const auto& piece : pieces) {
+    const auto d = p.push(piece);
+    all.reasoning += d.reasoning;
+    all.content += d.content;
+  }
+  const auto d = p.finish();
+  all.reasoning += d.reasoning;
+  all.content += d.content;
+  return all;
+}
+
+TEST(Harmony, SplitsReasoningFromTheReply) {
+  const std::string reply =
+      "<|channel|>analysis<|message|>User says hi. <reply> briefly.<|end|>"
+      "<|start|>assistant<|channel|>final<|message|>Hello <b>there</b>!<|return|>";
+  const auto whole = parse_all({reply});
+  EXPECT_EQ(whole.reasoning, "User says hi. <reply> briefly.");
+  EXPECT_EQ(whole.content, "Hello <b>there</b>!");
+  // Split in two at every byte (markers cut anywhere) and one byte at a time: the same text, and
+  // no piece of a marker ever comes out.
+  for (size_t cut = 0; cut <= reply.size(); ++cut) {
+    const auto d = parse_all({reply.substr(0, cut), reply.substr(cut)});
+    EXPECT_EQ(d.reasoning, whole.reasoning) << cut;
+    EXPECT_EQ(d.content, whole.content) << cut;
+  }
+  HarmonyParser p;
+  std::string reasoning, content;
+  for (char c : reply) {
+    const auto d = p.push(std::string(1, c));
+    EXPECT_EQ(d.reasoning.find("<|"), std::string::npos) << d.reasoning;
+    EXPECT_EQ(d.content.find("<|"), std::string::npos) << d.content;
+    reasoning += d.reasoning;
+    content += d.content;
+  }
+  EXPECT_TRUE(p.done());
+  EXPECT_EQ(reasoning, whole.reasoning);
+  EXPECT_EQ(content, whole.content);
+  // Streamed as it comes: the analysis text before the final channel opens.
+  HarmonyParser q;
+  EXPECT_EQ(q.push("<|channel|>analy").reasoning, "");
+  EXPECT_EQ(q.push("sis<|message|>Thin").reasoning, "Thin");
+  EXPECT_EQ(q.push("king<|e").reasoning, "king");
+  const auto d = q.push("nd|><|start|>assistant<|channel|>final<|message|>Hi");
+  EXPECT_EQ(d.reasoning, "");
+  EXPECT_EQ(d.content, "Hi");
+  EXPECT_EQ(q.push("<|return|>ignored").content, "");
+  EXPECT_TRUE(q.done());
+}
+
+TEST(Harmony, ChannelsRecipientsAndTextWithoutMarkers) {
+  // A commentary preamble is content; a tool call (a recipient other than the assistant) is
+  // dropped, in the role part or the channel part of its header; a stray commentary header
+  // before the analysis channel does not hide it.
+  const auto d =
+      parse_all({"<|channel|>commentary<|message|>Let me check. <|end|>"
+                 "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>"
+                 "{\"city\":\"Oslo\"}<|call|>"});
+  EXPECT_EQ(d.content, "Let me check. ");
+  EXPECT_EQ(d.reasoning, "");
+  const auto t = parse_all(
+      {"<|channel|>commentary to=functions.f <|constrain|>json<|message|>{}<|end|>"
+       "<|start|>assistant<|channel|>commentary to=assistant<|channel|>analysis<|message|>hm"
+       "<|end|><|start|>assistant<|channel|>final<|message|>ok"});
+  EXPECT_EQ(t.reasoning, "hm");
+  EXPECT_EQ(t.content, "ok");  // cut off by max_tokens: what came is kept
+  // A model that writes no harmony: its text is the content, given back at the end.
+  HarmonyParser p;
+  EXPECT_EQ(p.push("plain words <|").content, "");
+  EXPECT_EQ(p.push("x").content, "");
+  EXPECT_EQ(p.finish().content, "plain words <|x");
+  // A header cut off by the end of output after a message opened is not content.
+  EXPECT_EQ(parse_all({"<|channel|>final<|message|>A<|end|><|start|>assistant<|chan"}).content,
+            "A");
+  // A message the model did not close before starting the next one.
+  const auto u =
+      parse_all({"<|channel|>analysis<|message|>r<|start|>assistant<|channel|>final"
+                 "<|message|>c<|return|>"});
+  EXPECT_EQ(u.reasoning, "r");
+  EXPECT_EQ(u.content, "c");
 }
 
 std::string models_dir() {
