@@ -100,6 +100,44 @@ double number(const YAML::Node& n, const std::string& source, const std::string&
   }
 }
 
+// `server:` (tessera serve's flags): the checks the flags get, each error naming the key.
+void parse_server(ServerSettings& s, const YAML::Node& n, const std::string& source) {
+  check_keys(
+      n, source, "server",
+      {"host", "port", "api_key", "model_name", "ctx", "max_queue", "body_limit", "request_timeout",
+       "idle_timeout", "grace", "threads", "chat_template", "log_format"});
+  auto text = [&](const char* k, std::optional<std::string>& out) {
+    if (!n[k]) return;
+    out = scalar(n[k], source, std::string("server.") + k);
+    if (out->empty()) fail(source, std::string("server.") + k, "is empty");
+  };
+  auto whole = [&](const char* k, std::optional<int>& out, int lo, int hi) {
+    if (n[k]) out = integer(n[k], source, std::string("server.") + k, lo, hi);
+  };
+  auto seconds = [&](const char* k, std::optional<double>& out, bool zero_ok) {
+    if (!n[k]) return;
+    out = number(n[k], source, std::string("server.") + k);
+    if (*out < 0 || (*out == 0 && !zero_ok))
+      fail(source, std::string("server.") + k,
+           std::string("must be ") + (zero_ok ? ">= 0" : "> 0") + " seconds");
+  };
+  text("host", s.host);
+  text("api_key", s.api_key);
+  text("model_name", s.model_name);
+  text("chat_template", s.chat_template);
+  text("log_format", s.log_format);
+  if (s.log_format && *s.log_format != "text" && *s.log_format != "json")
+    fail(source, "server.log_format", "must be text or json, got '" + *s.log_format + "'");
+  whole("port", s.port, 0, 65535);
+  whole("ctx", s.ctx, 0, 1 << 24);
+  whole("max_queue", s.max_queue, 0, 1 << 20);
+  whole("body_limit", s.body_limit, 1024, 1 << 30);
+  whole("threads", s.threads, 1, 64);
+  seconds("request_timeout", s.request_timeout, false);
+  seconds("idle_timeout", s.idle_timeout, false);
+  seconds("grace", s.grace, true);
+}
+
 DeviceType parse_type(const std::string& s, const std::string& source, const std::string& key) {
   const std::string t = lower(s);
   if (t == "gpu") return DeviceType::kGpu;
@@ -175,7 +213,8 @@ std::string kv_format_at(const YAML::Node& n, const std::string& source, const s
 
 void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
   if (!root || root.IsNull()) return;  // an empty config selects everything with defaults
-  check_keys(root, source, "", {"devices", "placement", "kv_cache", "balancer", "batching"});
+  check_keys(root, source, "",
+             {"devices", "placement", "kv_cache", "balancer", "batching", "server"});
   if (const auto d = root["devices"]) {
     check_keys(d, source, "devices", {"select", "exclude", "budgets"});
     if (d["select"]) c.select = parse_selectors(d["select"], source, "devices.select");
@@ -288,6 +327,7 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     if (b["prefill_chunk"])
       c.prefill_chunk = integer(b["prefill_chunk"], source, "batching.prefill_chunk", 1, 1 << 20);
   }
+  if (const auto v = root["server"]) parse_server(c.server, v, source);
 }
 
 }  // namespace
@@ -482,6 +522,25 @@ void apply_override(Config& c, const std::string& assignment) {
     if (patch.kv_budget) c.kv_budget = patch.kv_budget;
   } else if (top == "balancer") {
     c.balancer = patch.balancer;
+  } else if (top == "server") {
+    const ServerSettings& p = patch.server;
+    ServerSettings& s = c.server;
+    for (auto [from, to] : {std::pair{&p.host, &s.host},
+                            {&p.api_key, &s.api_key},
+                            {&p.model_name, &s.model_name},
+                            {&p.chat_template, &s.chat_template},
+                            {&p.log_format, &s.log_format}})
+      if (*from) *to = *from;
+    for (auto [from, to] : {std::pair{&p.port, &s.port},
+                            {&p.ctx, &s.ctx},
+                            {&p.max_queue, &s.max_queue},
+                            {&p.body_limit, &s.body_limit},
+                            {&p.threads, &s.threads}})
+      if (*from) *to = *from;
+    for (auto [from, to] : {std::pair{&p.request_timeout, &s.request_timeout},
+                            {&p.idle_timeout, &s.idle_timeout},
+                            {&p.grace, &s.grace}})
+      if (*from) *to = *from;
   } else if (top == "batching") {
     if (key == "batching.max_sequences") c.max_sequences = patch.max_sequences;
     if (key == "batching.max_batch_tokens") c.max_batch_tokens = patch.max_batch_tokens;

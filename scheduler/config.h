@@ -1,5 +1,6 @@
 // Device-selection configs (YAML): which devices run, their memory budgets, where attention and
-// experts go, KV cache format and budget, balancer and batching. Schema: configs/README.md.
+// experts go, KV cache format and budget, balancer and batching, and the daemon's settings.
+// Schema: configs/README.md.
 #pragma once
 
 #include <cstdint>
@@ -47,6 +48,15 @@ struct ExpertPin {
   int expert_first = 0, expert_last = -1;  // inclusive; -1 = last expert
 };
 
+// The `server:` section: `tessera serve`'s settings (its flags of the same names override them).
+// Plain values read by host/cli/cmd_serve.cpp; the scheduler itself ignores them. Unset: the
+// flag's default.
+struct ServerSettings {
+  std::optional<std::string> host, api_key, model_name, chat_template, log_format;
+  std::optional<int> port, ctx, max_queue, body_limit, threads;
+  std::optional<double> request_timeout, idle_timeout, grace;  // seconds
+};
+
 struct Config {
   // devices
   std::vector<DeviceSelector> select;  // empty: all devices
@@ -75,6 +85,7 @@ struct Config {
   std::optional<int> max_sequences;     // requests running at once (sequences of one step)
   std::optional<int> max_batch_tokens;  // tokens of one step
   std::optional<int> prefill_chunk;     // prompt tokens of one request per step
+  ServerSettings server;                // `tessera serve`'s settings
 
   // The devices this config selects, in discovery order; throws ConfigError when a named device
   // does not exist (listing those that do), when nothing is selected, or when a budget exceeds a

@@ -1,14 +1,17 @@
 // `tessera serve`: the OpenAI-compatible daemon (host/server) over the same engine setup as
 // `tessera run` (one config, the same planner and placement).
+#include <boost/asio/ip/address.hpp>
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "host/cli/command.h"
@@ -42,7 +45,8 @@ int run_serve(const std::vector<std::string>& args) {
   opts.add_options()("help,h", "show this help")(
       "model,m", po::value<std::string>(&model_path)->required(), "GGUF model file")(
       "config", po::value<std::string>(&config_path),
-      "device-selection config (YAML; see configs/README.md)")(
+      "config (YAML; see configs/README.md): devices, placement, batching and a server: section "
+      "with these flags' settings (a flag given here overrides the file)")(
       "set", po::value<std::vector<std::string>>(&sets)->composing(),
       "override a config key (KEY=VALUE)")("device", po::value<std::string>(&device),
                                            "run on this one OpenCL device (e.g. gpu0)")(
@@ -55,9 +59,9 @@ int run_serve(const std::vector<std::string>& args) {
       "ctx", po::value<int>(&ctx)->default_value(0),
       "context tokens per sequence (0: the model's, at most 4096)")(
       "parallel", po::value<int>(&parallel)->default_value(16),
-      "sequences run at once (batching.max_sequences overrides)")(
+      "sequences run at once (the config's batching.max_sequences)")(
       "prefill-chunk", po::value<int>(&prefill_chunk)->default_value(128),
-      "prompt tokens of one request per step (batching.prefill_chunk overrides)")(
+      "prompt tokens of one request per step (the config's batching.prefill_chunk)")(
       "max-queue", po::value<int>(&so.max_queue)->default_value(64),
       "requests that may wait beyond --parallel; more get 429")(
       "body-limit", po::value<size_t>(&so.body_limit)->default_value(1 << 20),
@@ -73,6 +77,40 @@ int run_serve(const std::vector<std::string>& args) {
       "log-format", po::value<std::string>(&log_format)->default_value("text"), "text or json");
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
+
+  // The config's server: section (and --set server.KEY=VALUE, checked as the file is); a flag
+  // given on the command line wins over it, the file over the flag's default. --parallel and
+  // --prefill-chunk given here override the file's batching keys.
+  const sched::ServerSettings file_settings =
+      engine::config_from_cli(config_path, sets, device).server;
+  auto given = [&](const char* flag) { return vm.count(flag) && !vm[flag].defaulted(); };
+  auto pick = [&](const char* flag, auto& value, const auto& from_file) {
+    if (!given(flag) && from_file) value = *from_file;
+  };
+  pick("host", so.host, file_settings.host);
+  pick("port", port, file_settings.port);
+  pick("api-key", so.api_key, file_settings.api_key);
+  pick("model-name", so.model_name, file_settings.model_name);
+  pick("ctx", ctx, file_settings.ctx);
+  pick("max-queue", so.max_queue, file_settings.max_queue);
+  pick("body-limit", so.body_limit, file_settings.body_limit);
+  pick("request-timeout", so.request_timeout_s, file_settings.request_timeout);
+  pick("idle-timeout", so.idle_timeout_s, file_settings.idle_timeout);
+  pick("grace", so.grace_s, file_settings.grace);
+  pick("threads", so.io_threads, file_settings.threads);
+  pick("chat-template", chat_template, file_settings.chat_template);
+  pick("log-format", log_format, file_settings.log_format);
+  const std::string template_key = given("chat-template") || !file_settings.chat_template
+                                       ? "--chat-template"
+                                       : "server.chat_template";
+  const std::string host_key = given("host") || !file_settings.host ? "--host" : "server.host";
+  if (given("parallel") && parallel >= 1)
+    sets.push_back("batching.max_sequences=" + std::to_string(parallel));
+  if (given("prefill-chunk") &&
+      prefill_chunk >= 0)  // 0: a whole step's tokens (max_batch_tokens below)
+    sets.push_back("batching.prefill_chunk=" +
+                   std::to_string(prefill_chunk > 0 ? prefill_chunk : std::max(256, parallel)));
+
   if (log_format == "json")
     server::use_json_logs();
   else if (log_format != "text")
@@ -90,6 +128,13 @@ int run_serve(const std::vector<std::string>& args) {
     throw std::runtime_error("--request-timeout and --idle-timeout must be > 0, --grace >= 0");
   if (so.io_threads < 1 || so.io_threads > 64)
     throw std::runtime_error("--threads must be in 1..64");
+  {
+    boost::system::error_code ec;
+    boost::asio::ip::make_address(so.host, ec);
+    if (ec)
+      throw std::runtime_error(host_key + " '" + so.host + "' is not an IP address (" +
+                               ec.message() + ")");
+  }
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
@@ -110,7 +155,7 @@ int run_serve(const std::vector<std::string>& args) {
     } else {
       std::ifstream in(chat_template, std::ios::binary);
       if (!in)
-        throw std::runtime_error("--chat-template '" + chat_template +
+        throw std::runtime_error(template_key + " '" + chat_template +
                                  "' is neither a template name (" + template_names +
                                  ") nor a readable file");
       std::stringstream ss;

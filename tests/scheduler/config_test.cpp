@@ -238,4 +238,55 @@ TEST(ConfigTest, HardInputMessagesNameTheKeyAndTheProblem) {
 }
 
 }  // namespace
+TEST(ConfigTest, ServerSectionIsCheckedAndOverridable) {
+  auto c = parse_config(
+      "server:\n  host: 0.0.0.0\n  port: 9000\n  api_key: k\n  model_name: m\n  ctx: 2048\n"
+      "  max_queue: 8\n  body_limit: 65536\n  request_timeout: 30\n  idle_timeout: 5.5\n"
+      "  grace: 0\n  threads: 4\n  chat_template: harmony\n  log_format: json\n",
+      "t");
+  const auto& s = c.server;
+  EXPECT_EQ(s.host, "0.0.0.0");
+  EXPECT_EQ(s.port, 9000);
+  EXPECT_EQ(s.api_key, "k");
+  EXPECT_EQ(s.model_name, "m");
+  EXPECT_EQ(s.ctx, 2048);
+  EXPECT_EQ(s.max_queue, 8);
+  EXPECT_EQ(s.body_limit, 65536);
+  EXPECT_EQ(s.request_timeout, 30.0);
+  EXPECT_EQ(s.idle_timeout, 5.5);
+  EXPECT_EQ(s.grace, 0.0);
+  EXPECT_EQ(s.threads, 4);
+  EXPECT_EQ(s.chat_template, "harmony");
+  EXPECT_EQ(s.log_format, "json");
+  // --set server.KEY=VALUE changes that key only.
+  apply_override(c, "server.port=9001");
+  apply_override(c, "server.request_timeout=2.5");
+  EXPECT_EQ(c.server.port, 9001);
+  EXPECT_EQ(c.server.request_timeout, 2.5);
+  EXPECT_EQ(c.server.api_key, "k");
+  EXPECT_FALSE(parse_config("balancer: false", "t").server.port);  // unset: the flag's default
+  // Unknown keys and bad values name the key.
+  const std::pair<const char*, const char*> bad[] = {
+      {"server: {prot: 80}", "server.prot"},
+      {"server: {port: 70000}", "server.port"},
+      {"server: {port: http}", "server.port"},
+      {"server: {max_queue: -1}", "server.max_queue"},
+      {"server: {body_limit: 10}", "server.body_limit"},
+      {"server: {request_timeout: 0}", "server.request_timeout"},
+      {"server: {idle_timeout: soon}", "server.idle_timeout"},
+      {"server: {grace: -1}", "server.grace"},
+      {"server: {threads: 0}", "server.threads"},
+      {"server: {log_format: xml}", "server.log_format"},
+      {"server: {api_key: ''}", "server.api_key"},
+      {"server: {host: [a, b]}", "server.host"},
+      {"server: 8080", "server"},
+  };
+  for (const auto& [yaml, key] : bad) {
+    const std::string e = error_of(yaml);
+    EXPECT_NE(e.find(key), std::string::npos) << yaml << " -> " << e;
+  }
+  EXPECT_THROW(apply_override(c, "server.threads=100"), ConfigError);
+  EXPECT_THROW(apply_override(c, "server.colour=blue"), ConfigError);
+}
+
 }  // namespace tessera::sched

@@ -509,8 +509,25 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
   o.kind = "llama";
   const std::string model = (dir / "fixture.gguf").string();
   model::make_fixture(o).write(model);
+  const fs::path config = dir / "serve.yaml";
+  std::ofstream(config) << "batching:\n  max_sequences: 1\nserver:\n  max_queue: 0\n"
+                           "  api_key: sekret\n  log_format: json\n  model_name: from-file\n";
+  // A server key the config does not know, or a bad value, stops the daemon naming the key.
+  const fs::path bad = dir / "bad.yaml";
+  for (const char* yaml : {"server:\n  prot: 8080\n", "server:\n  grace: -1\n"}) {
+    std::ofstream(bad) << yaml;
+    const std::string cmd = std::string(TESSERA_BIN) + " serve --port 0 -m " + model +
+                            " --config " + bad.string() + " > " + (dir / "bad.out").string() +
+                            " 2>&1";
+    EXPECT_NE(std::system(cmd.c_str()), 0) << yaml;
+    const std::string out = slurp(dir / "bad.out");
+    EXPECT_NE(out.find(std::string(yaml).find("prot") != std::string::npos ? "server.prot"
+                                                                           : "server.grace"),
+              std::string::npos)
+        << out;
+  }
   {
-    Daemon d(dir, "-m " + model + " --parallel 1 --max-queue 0 --api-key sekret --log-format json");
+    Daemon d(dir, "-m " + model + " --config " + config.string() + " --model-name from-flag");
     ASSERT_GT(d.port(), 0) << d.log();
     ASSERT_TRUE(wait_healthy(d.port())) << d.log();
     const json::object body{{"prompt", "hello"}, {"max_tokens", 2}};
@@ -521,6 +538,9 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
     const std::vector<std::pair<std::string, std::string>> auth = {
         {"Authorization", "Bearer sekret"}};
     EXPECT_EQ(post(d.port(), "/v1/completions", body, auth).status, 200);
+    const Reply models = request(d.port(), http::verb::get, "/v1/models", "", auth);
+    ASSERT_EQ(models.status, 200) << models.body;
+    EXPECT_EQ(json::parse(models.body).at("data").at(0).at("id").as_string(), "from-flag");
 
     // One long stream holds the only slot: the next request gets 429 with Retry-After.
     asio::io_context ioc;
