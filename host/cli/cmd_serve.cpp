@@ -189,8 +189,14 @@ int run_serve(const std::vector<std::string>& args) {
   eo.probe_dir = probe_dir();
   eo.device_limits = device_limits();
 
-  server::Server srv(so, tok, chat, chat_problem,
-                     [&spec, eo] { return engine::setup_engine(spec, eo); });
+  // Test hook: TESSERA_SERVE_LOAD_DELAY_MS holds the load back that long, so that a test can see
+  // the daemon while it loads (/health 503) with a model that loads in no time.
+  int load_delay_ms = 0;
+  if (const char* v = std::getenv("TESSERA_SERVE_LOAD_DELAY_MS")) load_delay_ms = std::atoi(v);
+  server::Server srv(so, tok, chat, chat_problem, [&spec, eo, load_delay_ms] {
+    if (load_delay_ms > 0) std::this_thread::sleep_for(std::chrono::milliseconds(load_delay_ms));
+    return engine::setup_engine(spec, eo);
+  });
   srv.listen();
   std::printf("tessera serve: listening on http://%s:%u (model %s loading)\n", so.host.c_str(),
               unsigned(srv.port()), so.model_name.c_str());

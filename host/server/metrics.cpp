@@ -81,12 +81,15 @@ std::string Metrics::render(int in_flight) const {
   out += "tessera_queue_depth " + std::to_string(engine_.waiting) + "\n";
   head("tessera_running_sequences", "gauge", "Sequences in the running batch.");
   out += "tessera_running_sequences " + std::to_string(engine_.running) + "\n";
-  head("tessera_kv_blocks_used", "gauge", "KV-cache blocks in use, per layer group.");
+  head("tessera_kv_blocks_used", "gauge",
+       "KV-cache blocks in use, per device and layer group (full or window_N).");
   for (const auto& g : engine_.kv)
-    out += "tessera_kv_blocks_used{layers=\"" + g.layers + "\"} " + std::to_string(g.used) + "\n";
-  head("tessera_kv_blocks_free", "gauge", "KV-cache blocks free, per layer group.");
+    out += "tessera_kv_blocks_used{device=\"" + g.device + "\",layers=\"" + g.layers + "\"} " +
+           std::to_string(g.used) + "\n";
+  head("tessera_kv_blocks_free", "gauge",
+       "KV-cache blocks free, per device and layer group (full or window_N).");
   for (const auto& g : engine_.kv)
-    out += "tessera_kv_blocks_free{layers=\"" + g.layers + "\"} " +
+    out += "tessera_kv_blocks_free{device=\"" + g.device + "\",layers=\"" + g.layers + "\"} " +
            std::to_string(g.total - g.used) + "\n";
   head("tessera_device_expert_busy_seconds_total", "counter",
        "Busy time of expert work per device (host-timed).");

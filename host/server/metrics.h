@@ -16,8 +16,9 @@ struct EngineGauges {
   int waiting = 0;  // requests queued in the engine, not yet admitted
   int running = 0;  // sequences in the running batch
   struct KvGroup {
-    std::string layers;  // "full" or "window_N"
-    int used = 0, total = 0;
+    std::string device;       // a device holding layers of the group (one entry per device)
+    std::string layers;       // "full" or "window_N"
+    int used = 0, total = 0;  // block ids of the group (each a slot in every layer's pool there)
   };
   std::vector<KvGroup> kv;
   struct DeviceBusy {

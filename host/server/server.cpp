@@ -9,6 +9,7 @@
 #include <boost/beast/http.hpp>
 #include <boost/json.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -127,11 +128,19 @@ class EngineWorker {
     EngineGauges g;
     g.waiting = e.n_waiting();
     g.running = e.n_running();
+    // Per device and layer group: a block id of a group holds a slot in the pools of each of
+    // the group's layers, so every device holding one of those layers uses that many blocks.
     const auto& cache = e.model().kv_cache();
     for (int32_t grp = 0; grp < cache.n_groups(); ++grp) {
       const auto& b = cache.blocks(grp);
-      g.kv.push_back({b.window() > 0 ? "window_" + std::to_string(b.window()) : "full",
-                      b.blocks_used(), b.n_blocks()});
+      const std::string layers = b.window() > 0 ? "window_" + std::to_string(b.window()) : "full";
+      std::vector<std::string> devices;  // in layer order
+      for (int32_t l = 0; l < cache.config().n_layer; ++l) {
+        if (cache.group_of(l) != grp) continue;
+        const std::string& id = cache.device(l).id();
+        if (std::find(devices.begin(), devices.end(), id) == devices.end()) devices.push_back(id);
+      }
+      for (const auto& d : devices) g.kv.push_back({d, layers, b.blocks_used(), b.n_blocks()});
     }
     const auto& st = e.model().stats();
     const auto& plan = setup.plan();

@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <fstream>
 #include <future>
+#include <map>
 #include <random>
 #include <regex>
 #include <sstream>
@@ -52,12 +53,14 @@ std::string slurp(const fs::path& p) {
   return ss.str();
 }
 
-// A `tessera serve` child process; killed (SIGKILL) at destruction if still running.
+// A `tessera serve` child process (`env`: VAR=VALUE settings for it); killed (SIGKILL) at
+// destruction if still running.
 class Daemon {
  public:
-  Daemon(const fs::path& dir, const std::string& args) : dir_(dir) {
+  Daemon(const fs::path& dir, const std::string& args, const std::string& env = "") : dir_(dir) {
     const fs::path out = dir / "serve.out", err = dir / "serve.err";
-    const std::string cmd = "exec " + std::string(TESSERA_BIN) + " serve --port 0 " + args;
+    const std::string cmd = "exec " + (env.empty() ? "" : "env " + env + " ") +
+                            std::string(TESSERA_BIN) + " serve --port 0 " + args;
     pid_ = fork();
     if (pid_ == 0) {
       const int o = ::open(out.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
@@ -192,6 +195,30 @@ double metric(const std::string& text, const std::string& name) {
   while (std::getline(in, line))
     if (line.rfind(name + " ", 0) == 0) return std::stod(line.substr(name.size() + 1));
   return -1;
+}
+
+// Every series of `name` in /metrics text: its label set ("device=\"cpu0\",layers=\"full\"") to
+// its value.
+std::map<std::string, double> series(const std::string& text, const std::string& name) {
+  std::map<std::string, double> out;
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(name + "{", 0) != 0) continue;
+    const size_t close = line.find("} ");
+    if (close == std::string::npos) continue;
+    out[line.substr(name.size() + 1, close - name.size() - 1)] = std::stod(line.substr(close + 2));
+  }
+  return out;
+}
+
+// The sum of every series of `name` (-1 when there is none).
+double total(const std::string& text, const std::string& name) {
+  const auto s = series(text, name);
+  if (s.empty()) return -1;
+  double sum = 0;
+  for (const auto& [labels, v] : s) sum += v;
+  return sum;
 }
 
 struct Completion {
@@ -480,19 +507,31 @@ TEST_F(DaemonTest, ClientThatLeavesMidStreamFreesItsKvBlocks) {
       ioc, port(),
       {{"prompt", "a long story"}, {"max_tokens", 400}, {"temperature", 0}, {"stream", true}}, 2);
   const std::string during = request(port(), http::verb::get, "/metrics").body;
-  EXPECT_GT(metric(during, "tessera_kv_blocks_used{layers=\"full\"}"), 0) << during;
+  // KV blocks per device: the fixture's one layer group on the one device that holds the KV.
+  const auto used = series(during, "tessera_kv_blocks_used");
+  ASSERT_EQ(used.size(), 1u) << during;
+  const std::string labels = used.begin()->first;
+  EXPECT_TRUE(std::regex_match(labels, std::regex(R"(device="[a-z]+[0-9]+",layers="full")")))
+      << labels;
+  EXPECT_GT(used.begin()->second, 0) << during;
+  const auto free_blocks = series(during, "tessera_kv_blocks_free");
+  ASSERT_EQ(free_blocks.count(labels), 1u) << during;
   EXPECT_EQ(metric(during, "tessera_running_sequences"), 1) << during;
   stream->socket().close();
   const auto deadline = std::chrono::steady_clock::now() + 20s;
   std::string after;
   while (std::chrono::steady_clock::now() < deadline) {
     after = request(port(), http::verb::get, "/metrics").body;
-    if (metric(after, "tessera_kv_blocks_used{layers=\"full\"}") == 0 &&
+    if (total(after, "tessera_kv_blocks_used") == 0 &&
         metric(after, "tessera_running_sequences") == 0)
       break;
     std::this_thread::sleep_for(20ms);
   }
-  EXPECT_EQ(metric(after, "tessera_kv_blocks_used{layers=\"full\"}"), 0) << after;
+  EXPECT_EQ(total(after, "tessera_kv_blocks_used"), 0) << after;
+  // Freed blocks are free again: used + free is the same before and after.
+  EXPECT_EQ(series(after, "tessera_kv_blocks_free").at(labels),
+            used.begin()->second + free_blocks.at(labels))
+      << after;
   EXPECT_EQ(metric(after, "tessera_running_sequences"), 0) << after;
   EXPECT_GE(metric(after, "tessera_requests_total{endpoint=\"/v1/completions\",status=\"499\"}"), 1)
       << after;
@@ -500,7 +539,9 @@ TEST_F(DaemonTest, ClientThatLeavesMidStreamFreesItsKvBlocks) {
   EXPECT_LT(metric(after, "tessera_generated_tokens_total"), 2000);
 }
 
-// Its own daemon: one sequence at a time, no queue, an API key; SIGTERM while a request runs.
+// Its own daemon: one sequence at a time, no queue, an API key, JSON logs, all from the config
+// file's batching and server sections (a flag overrides the file's model name); SIGTERM while a
+// request runs.
 TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
   std::random_device rd;
   const fs::path dir = fs::temp_directory_path() / ("tessera-daemon-" + std::to_string(rd()));
@@ -551,8 +592,11 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
     http::request<http::string_body> req{http::verb::post, "/v1/completions", 11};
     req.set(http::field::host, "127.0.0.1");
     req.set(http::field::authorization, "Bearer sekret");
-    req.body() = json::serialize(
-        json::object{{"prompt", "x"}, {"max_tokens", 150}, {"temperature", 0}, {"stream", true}});
+    req.body() = json::serialize(json::object{{"prompt", "x"},
+                                              {"max_tokens", 400},
+                                              {"temperature", 0},
+                                              {"ignore_eos", true},
+                                              {"stream", true}});
     req.prepare_payload();
     http::write(*stream, req);
     char buf[256];
@@ -561,9 +605,33 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
     EXPECT_EQ(busy.status, 429) << busy.body;
     EXPECT_EQ(busy.retry_after, "1");
 
+    // A keep-alive connection that asks /health: 200 now, 503 once draining.
+    asio::io_context hioc;
+    beast::tcp_stream health(hioc);
+    health.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), uint16_t(d.port())));
+    bound_in_time(health);
+    auto ask_health = [&] {
+      http::request<http::empty_body> hreq{http::verb::get, "/health", 11};
+      hreq.set(http::field::host, "127.0.0.1");
+      hreq.keep_alive(true);
+      beast::error_code hec;
+      http::write(health, hreq, hec);
+      beast::flat_buffer hbuf;
+      http::response<http::string_body> hres;
+      if (!hec) http::read(health, hbuf, hres, hec);
+      return hec ? -1 : hres.result_int();
+    };
+    EXPECT_EQ(ask_health(), 200);
+
     // SIGTERM: the running stream finishes (ends with [DONE]), then the daemon exits 0.
     std::promise<int> code;
     std::thread t([&] { code.set_value(d.signal_and_wait(SIGTERM)); });
+    int draining = 200;
+    for (auto until = std::chrono::steady_clock::now() + 10s;
+         draining == 200 && std::chrono::steady_clock::now() < until;
+         std::this_thread::sleep_for(5ms))
+      draining = ask_health();
+    EXPECT_EQ(draining, 503) << "while the stream still runs after SIGTERM";
     std::string rest;
     beast::error_code ec;
     for (;;) {
@@ -677,12 +745,75 @@ TEST(DaemonHarmony, ChatRepliesSplitByChannelAsTesseraRunWritesThem) {
     }
     // The fixture writes markers often enough that the parser had messages to open.
     EXPECT_GT(opened, 0);
+    // gpt-oss's two layer groups (window layers and full ones) each have their KV series.
+    const std::string m = request(d.port(), http::verb::get, "/metrics").body;
+    int window = 0, full = 0;
+    for (const auto& [labels, v] : series(m, "tessera_kv_blocks_free")) {
+      window += labels.find("layers=\"window_8\"") != std::string::npos;
+      full += labels.find("layers=\"full\"") != std::string::npos;
+      EXPECT_NE(labels.find("device=\""), std::string::npos) << labels;
+    }
+    EXPECT_EQ(window, 1) << m;
+    EXPECT_EQ(full, 1) << m;
     // A reasoning_effort the template does not know is refused naming the field.
     json::object bad{{"messages", json::array{json::object{{"role", "user"}, {"content", "x"}}}},
                      {"reasoning_effort", "extreme"}};
     const Reply br = post(d.port(), "/v1/chat/completions", bad);
     EXPECT_EQ(br.status, 400) << br.body;
     EXPECT_NE(br.body.find("reasoning_effort"), std::string::npos) << br.body;
+  }
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
+
+// Its own daemon, its load held back by the test hook: /health and generation answer 503 while
+// the model loads; then a request running past --request-timeout gets 504 and is cancelled.
+TEST(DaemonLifecycle, LoadingAnswers503AndTimeoutAnswers504) {
+  std::random_device rd;
+  const fs::path dir = fs::temp_directory_path() / ("tessera-daemon-" + std::to_string(rd()));
+  fs::create_directories(dir);
+  model::FixtureOptions o;
+  o.kind = "llama";
+  const std::string model = (dir / "fixture.gguf").string();
+  model::make_fixture(o).write(model);
+  {
+    Daemon d(dir, "-m " + model + " --request-timeout 0.001", "TESSERA_SERVE_LOAD_DELAY_MS=4000");
+    ASSERT_GT(d.port(), 0) << d.log();
+    const Reply loading = request(d.port(), http::verb::get, "/health");
+    EXPECT_EQ(loading.status, 503) << loading.body;
+    EXPECT_NE(loading.body.find("loading"), std::string::npos) << loading.body;
+    const json::object small{{"prompt", "hello"}, {"max_tokens", 2}};
+    const Reply early = post(d.port(), "/v1/completions", small);
+    EXPECT_EQ(early.status, 503) << early.body;
+    EXPECT_EQ(early.retry_after, "1");
+    ASSERT_TRUE(wait_healthy(d.port())) << d.log();
+
+    // 300 tokens cannot come within a millisecond: the request is cut at the timeout.
+    const Reply slow =
+        post(d.port(), "/v1/completions",
+             {{"prompt", "hello"}, {"max_tokens", 300}, {"ignore_eos", true}, {"temperature", 0}});
+    EXPECT_EQ(slow.status, 504) << slow.body;
+    boost::system::error_code ec;
+    const auto err = json::parse(slow.body, ec);
+    ASSERT_FALSE(ec) << slow.body;
+    EXPECT_EQ(err.at("error").at("code"), json::value("timeout")) << slow.body;
+    // Cancelled: its sequence leaves and its blocks are freed.
+    std::string m;
+    for (auto until = std::chrono::steady_clock::now() + 20s;
+         std::chrono::steady_clock::now() < until; std::this_thread::sleep_for(20ms)) {
+      m = request(d.port(), http::verb::get, "/metrics").body;
+      if (metric(m, "tessera_running_sequences") == 0 && total(m, "tessera_kv_blocks_used") == 0)
+        break;
+    }
+    EXPECT_EQ(metric(m, "tessera_running_sequences"), 0) << m;
+    EXPECT_EQ(total(m, "tessera_kv_blocks_used"), 0) << m;
+    EXPECT_LT(metric(m, "tessera_generated_tokens_total"), 300) << m;
+    EXPECT_EQ(metric(m, "tessera_requests_total{endpoint=\"/v1/completions\",status=\"504\"}"), 1)
+        << m;
+    EXPECT_EQ(metric(m, "tessera_requests_total{endpoint=\"/v1/completions\",status=\"503\"}"), 1)
+        << m;
+    EXPECT_GE(metric(m, "tessera_requests_total{endpoint=\"/health\",status=\"503\"}"), 1) << m;
+    EXPECT_EQ(d.signal_and_wait(SIGTERM), 0) << d.log();
   }
   std::error_code ec;
   fs::remove_all(dir, ec);

@@ -9,6 +9,7 @@
 #include "host/server/api.h"
 #include "host/server/chat_template.h"
 #include "host/server/harmony.h"
+#include "host/server/metrics.h"
 
 namespace tessera::server {
 namespace {
@@ -292,6 +293,21 @@ TEST(Harmony, ChannelsRecipientsAndTextWithoutMarkers) {
                  "<|message|>c<|return|>"});
   EXPECT_EQ(u.reasoning, "r");
   EXPECT_EQ(u.content, "c");
+}
+
+TEST(Metrics, KvBlocksPerDeviceAndLayerGroup) {
+  Metrics m;
+  EngineGauges g;
+  g.kv = {{"gpu0", "window_128", 3, 10}, {"gpu0", "full", 7, 10}, {"cpu0", "full", 7, 10}};
+  m.set_engine(g);
+  const std::string text = m.render(0);
+  for (const char* line : {"tessera_kv_blocks_used{device=\"gpu0\",layers=\"window_128\"} 3\n",
+                           "tessera_kv_blocks_free{device=\"gpu0\",layers=\"window_128\"} 7\n",
+                           "tessera_kv_blocks_used{device=\"gpu0\",layers=\"full\"} 7\n",
+                           "tessera_kv_blocks_used{device=\"cpu0\",layers=\"full\"} 7\n",
+                           "tessera_kv_blocks_free{device=\"cpu0\",layers=\"full\"} 3\n",
+                           "# TYPE tessera_kv_blocks_used gauge\n"})
+    EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
 }
 
 std::string models_dir() {
