@@ -8,6 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstring>
@@ -128,6 +130,26 @@ class HardInput : public ::testing::Test {
 };
 
 const std::string kIds = " --tokens 300,301 --no-bos -n 4 --ids --ignore-eos";
+
+// `tessera fixture --help` names every kind the generator knows (its list comes from the same
+// table), and an unknown kind is refused listing them.
+TEST_F(HardInput, FixtureHelpAndErrorsListEveryKind) {
+  const Result help = run("fixture --help");
+  EXPECT_EQ(help.exit_code, 0) << help.err;
+  const Result bad = run("fixture --arch nosuch -o " + (dir_ / "x.gguf").string());
+  EXPECT_NE(bad.exit_code, 0);
+  std::string help_text = help.out + help.err;
+  // Option descriptions wrap: compare with the whitespace removed.
+  help_text.erase(std::remove_if(help_text.begin(), help_text.end(),
+                                 [](unsigned char c) { return std::isspace(c); }),
+                  help_text.end());
+  std::string kinds;
+  for (const auto& kind : model::fixture_kinds()) {
+    kinds += (kinds.empty() ? "" : ",") + kind;
+    EXPECT_NE(bad.err.find(kind), std::string::npos) << kind << ": " << bad.err;
+  }
+  EXPECT_NE(help_text.find("fixturekind:" + kinds), std::string::npos) << help.out;
+}
 
 TEST_F(HardInput, BadRmsEpsilonIsRefusedAtLoad) {
   for (float eps : {NAN, 0.0f, -1e-5f, INFINITY}) {
