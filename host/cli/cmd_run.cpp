@@ -28,6 +28,8 @@
 #include "host/engine/sampler.h"
 #include "host/gguf/gguf.h"
 #include "host/model/model_spec.h"
+#include "host/server/chat_template.h"
+#include "host/server/harmony.h"
 #include "host/tokenizer/tokenizer.h"
 
 namespace tessera::cli {
@@ -167,6 +169,13 @@ int run_generate(const std::vector<std::string>& args) {
   int n_predict = 32;
   engine::SamplerConfig sc;
   bool reference = false, no_bos = false, ignore_eos = false, print_ids = false, balancer = false;
+  bool chat = false;
+  std::string chat_template;
+  std::string template_names;
+  for (const auto& n : server::chat_template_names())
+    template_names += (template_names.empty() ? "" : ", ") + n;
+  const std::string template_help = "chat template for --chat (implies it): a name (" +
+                                    template_names + ") or a Jinja file of one of these families";
   std::string config_path, device;
   std::vector<std::string> sets;
   KvCacheTypes cache_types;
@@ -186,6 +195,11 @@ int run_generate(const std::vector<std::string>& args) {
       "balancer", po::bool_switch(&balancer),
       "let the expert balancer move hot experts (also balancer.enabled)")(
       "prompt,p", po::value<std::string>(&prompt), "prompt text")(
+      "chat", po::bool_switch(&chat),
+      "the prompt is one user message, rendered with the model's chat template "
+      "(tokenizer.chat_template, as `tessera serve` renders it); harmony (gpt-oss): the reply's "
+      "final channel to stdout, its reasoning (analysis channel) to stderr")(
+      "chat-template", po::value<std::string>(&chat_template), template_help.c_str())(
       "tokens", po::value<std::string>(&tokens),
       "prompt as comma-separated token ids, e.g. 403,407 (BOS is added)")(
       "n-predict,n", po::value<int>(&n_predict)->default_value(32), "tokens to generate")(
@@ -225,6 +239,32 @@ int run_generate(const std::vector<std::string>& args) {
   }
   if (!tok) print_ids = true;
 
+  // --chat: the prompt as a user message through the chat template.
+  if (!chat_template.empty()) chat = true;
+  std::optional<server::ChatTemplate> tmpl;
+  if (chat) {
+    if (!vm.count("prompt")) throw std::runtime_error("--chat takes the prompt as text (-p TEXT)");
+    if (!chat_template.empty()) {
+      tmpl = server::chat_template_by_choice(chat_template, "--chat-template");
+    } else if (const auto* v = file.find("tokenizer.chat_template")) {
+      tmpl =
+          server::recognise_chat_template(v->as_string(), model_path + ": tokenizer.chat_template");
+    } else {
+      throw std::runtime_error(model_path +
+                               ": no tokenizer.chat_template; give --chat-template NAME (e.g. "
+                               "plain for a base model)");
+    }
+    prompt = server::apply_chat_template(*tmpl, {{"user", prompt}});
+  }
+  const bool harmony = tmpl && tmpl->family == server::ChatFamily::kHarmony;
+  server::HarmonyParser replies;
+  bool wrote_reasoning = false;
+  auto write_reply = [&](const server::HarmonyDelta& d) {
+    std::fwrite(d.content.data(), 1, d.content.size(), stdout);
+    std::fwrite(d.reasoning.data(), 1, d.reasoning.size(), stderr);
+    wrote_reasoning = wrote_reasoning || !d.reasoning.empty();
+  };
+
   std::vector<int32_t> prompt_ids;
   if (vm.count("prompt")) {
     prompt_ids = tok->encode(prompt, !no_bos, true);
@@ -257,6 +297,8 @@ int run_generate(const std::vector<std::string>& args) {
     const bool end = tok ? tok->is_eog(next) : false;
     if (print_ids) {
       std::printf("%s%d", generated > 1 ? " " : "", next);
+    } else if (!end && harmony) {
+      write_reply(replies.push(tok->token_to_piece(next, true)));
     } else if (!end) {
       const std::string piece = tok->token_to_piece(next, false);
       std::fwrite(piece.data(), 1, piece.size(), stdout);
@@ -322,6 +364,10 @@ int run_generate(const std::vector<std::string>& args) {
     setup->engine->run_until_idle();
     t2 = Clock::now();
     if (!error.empty()) throw engine::RequestError(error);
+  }
+  if (harmony && !print_ids) {
+    write_reply(replies.finish());
+    if (wrote_reasoning) std::fputc('\n', stderr);
   }
   std::printf("\n");
   check_stdout();

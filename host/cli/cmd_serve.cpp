@@ -8,8 +8,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
-#include <fstream>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -149,19 +147,7 @@ int run_serve(const std::vector<std::string>& args) {
   std::optional<server::ChatTemplate> chat;
   std::string chat_problem;
   if (!chat_template.empty()) {
-    const auto names = server::chat_template_names();
-    if (std::find(names.begin(), names.end(), chat_template) != names.end()) {
-      chat = server::chat_template_by_name(chat_template);
-    } else {
-      std::ifstream in(chat_template, std::ios::binary);
-      if (!in)
-        throw std::runtime_error(template_key + " '" + chat_template +
-                                 "' is neither a template name (" + template_names +
-                                 ") nor a readable file");
-      std::stringstream ss;
-      ss << in.rdbuf();
-      chat = server::recognise_chat_template(ss.str(), chat_template);
-    }
+    chat = server::chat_template_by_choice(chat_template, template_key);
   } else if (const auto* v = file.find("tokenizer.chat_template")) {
     try {
       chat = server::recognise_chat_template(v->as_string(), "tokenizer.chat_template");

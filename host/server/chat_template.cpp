@@ -2,8 +2,11 @@
 // (see chat_template.h for the signatures).
 #include "host/server/chat_template.h"
 
+#include <algorithm>
 #include <chrono>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 
 namespace tessera::server {
 
@@ -196,6 +199,22 @@ ChatTemplate chat_template_by_name(const std::string& name) {
                             "; or a file holding a Jinja template of one of these families)");
   }
   return t;
+}
+
+ChatTemplate chat_template_by_choice(const std::string& choice, const std::string& key) {
+  const auto names = chat_template_names();
+  if (std::find(names.begin(), names.end(), choice) != names.end())
+    return chat_template_by_name(choice);
+  std::ifstream in(choice, std::ios::binary);
+  if (!in) {
+    std::string list;
+    for (const auto& n : names) list += (list.empty() ? "" : ", ") + n;
+    throw ChatTemplateError(key + " '" + choice + "' is neither a template name (" + list +
+                            ") nor a readable file");
+  }
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return recognise_chat_template(ss.str(), choice);
 }
 
 ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& source) {

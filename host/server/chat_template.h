@@ -44,6 +44,11 @@ ChatTemplate chat_template_by_name(const std::string& name);
 // (the GGUF key or file) and the families known when none matches.
 ChatTemplate recognise_chat_template(std::string_view jinja, const std::string& source);
 
+// The template `choice` selects: a name of chat_template_names() or a file holding a Jinja
+// template of one of those families. Throws ChatTemplateError naming `key` (the flag or config
+// key that made the choice) when it is neither, or the file's family is not recognised.
+ChatTemplate chat_template_by_choice(const std::string& choice, const std::string& key);
+
 // What a rendering may depend on besides the messages.
 struct ChatRenderOptions {
   std::time_t now = 0;           // the date templates write (granite, harmony); 0: the clock's

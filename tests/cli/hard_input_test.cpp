@@ -151,6 +151,14 @@ TEST_F(HardInput, FixtureHelpAndErrorsListEveryKind) {
   EXPECT_NE(help_text.find("fixturekind:" + kinds), std::string::npos) << help.out;
 }
 
+// `tessera run --chat` needs a chat template: the model's, or one named that exists.
+TEST_F(HardInput, RunChatWithoutAUsableTemplateIsRefused) {
+  const std::string m = good_model();  // the llama fixture carries no chat template
+  expect_error(run("run -m " + m + " --chat -p hi -n 2"), "tokenizer.chat_template");
+  expect_error(run("run -m " + m + " --chat-template nosuch -p hi -n 2"), "--chat-template");
+  expect_error(run("run -m " + m + " --chat --tokens 300 -n 2"), "--chat takes the prompt");
+}
+
 TEST_F(HardInput, BadRmsEpsilonIsRefusedAtLoad) {
   for (float eps : {NAN, 0.0f, -1e-5f, INFINITY}) {
     const auto m = model("eps", [&](gguf::GgufWriter& w) {

@@ -745,6 +745,27 @@ TEST(DaemonHarmony, ChatRepliesSplitByChannelAsTesseraRunWritesThem) {
     }
     // The fixture writes markers often enough that the parser had messages to open.
     EXPECT_GT(opened, 0);
+    // `tessera run --chat` renders a user message with the model's template as the daemon does and
+    // writes the reply's final channel to stdout.
+    for (int seed = 0; seed < 2; ++seed) {
+      const fs::path out = dir / "chat.out";
+      const std::string cmd = std::string(TESSERA_BIN) + " run -m " + model +
+                              " --chat -p 'Hello there' -n 60 --temp 1 --seed " +
+                              std::to_string(seed) + " > " + out.string() + " 2>/dev/null";
+      ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+      std::string run_reply = slurp(out);
+      ASSERT_FALSE(run_reply.empty());
+      run_reply.pop_back();  // run's final newline
+      json::object body{
+          {"messages", json::array{json::object{{"role", "user"}, {"content", "Hello there"}}}},
+          {"max_tokens", 60},
+          {"temperature", 1},
+          {"seed", seed}};
+      const Reply r = post(d.port(), "/v1/chat/completions", body);
+      ASSERT_EQ(r.status, 200) << r.body;
+      EXPECT_EQ(completion_of(r.body, true).text, server::sanitize_utf8(run_reply))
+          << "seed " << seed;
+    }
     // gpt-oss's two layer groups (window layers and full ones) each have their KV series.
     const std::string m = request(d.port(), http::verb::get, "/metrics").body;
     int window = 0, full = 0;
