@@ -1,0 +1,68 @@
+// Gated DeltaNet's state update (Qwen3-Next's linear attention), the recurrent form: one work item
+// per (value row, sequence) walks the sequence's tokens in order, so a decode step (one token) and
+// a prefill chunk (many) are the same launch. Reference: host/ops/reference/deltanet.h
+// (deltanet_recurrent), which also gives the layouts. Batch and state addressing as ssm.cl's:
+// `seqs` int32 triples (first token row, token count, state slot), slot s's state at float
+// s * slot_stride + state_off. State: [d_k][n_v_head * d_v] (element (h, i, j) at
+// j * n_v_head * d_v + h * d_v + i), so neighbouring items read neighbouring floats; each item owns
+// its row S_h[i][:], which the delta rule updates on its own (S_h[i] . k needs nothing else).
+#include "common.clh"
+
+inline float dn_softplus(float v) {
+  return v > 20.0f ? v : log(1.0f + exp(v));
+}
+
+__kernel void deltanet_recurrent_f32(__global const float* q, uint q_off, uint q_stride,
+                                     __global const float* k, uint k_off, uint k_stride,
+                                     __global const float* v, uint v_off, uint v_stride,
+                                     __global const float* ba, uint ba_off, uint ba_stride,
+                                     __global const float* a, uint a_off,
+                                     __global const float* dt_bias, uint dtb_off,
+                                     __global float* states, ulong slot_stride, uint state_off,
+                                     __global const int* seqs, uint seqs_off, __global float* o,
+                                     uint o_off, uint o_stride, uint n_k_head, uint n_v_head,
+                                     uint d_k, uint d_v, float eps) {
+  const uint gid = get_global_id(0);  // h * d_v + i
+  const uint sq = get_global_id(1);
+  const uint width = n_v_head * d_v;
+  if (gid >= width) return;
+  const uint h = gid / d_v;
+  const uint rf = n_v_head / n_k_head;
+  const uint kh = h / rf;
+  const uint ri = h % rf;
+  const uint first = (uint)seqs[seqs_off + 3 * sq];
+  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
+  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
+  __global float* st = states + slot * slot_stride + state_off + gid;  // S_h[i][j] at st[j * width]
+  const float ah = a[a_off + h], bias = dt_bias[dtb_off + h];
+  const float q_scale = rsqrt((float)d_k);
+  for (uint t = 0; t < n; ++t) {
+    const ulong row = first + t;
+    __global const float* qt = q + q_off + row * q_stride + (ulong)kh * d_k;
+    __global const float* kt = k + k_off + row * k_stride + (ulong)kh * d_k;
+    float qq = 0.0f, kk = 0.0f;
+    for (uint j = 0; j < d_k; ++j) {
+      qq += qt[j] * qt[j];
+      kk += kt[j] * kt[j];
+    }
+    const float qs = 1.0f / fmax(sqrt(qq), eps) * q_scale;
+    const float ks = 1.0f / fmax(sqrt(kk), eps);
+    __global const float* bat = ba + ba_off + row * ba_stride + (ulong)kh * 2 * rf;
+    const float beta = 1.0f / (1.0f + exp(-bat[ri]));
+    const float decay = exp(dn_softplus(bat[rf + ri] + bias) * ah);
+    float sk = 0.0f;
+    for (uint j = 0; j < d_k; ++j) {
+      const float s = st[(ulong)j * width] * decay;
+      st[(ulong)j * width] = s;
+      sk += s * kt[j];
+    }
+    const float delta = beta * (v[v_off + row * v_stride + gid] - sk * ks);
+    float sqo = 0.0f;
+    for (uint j = 0; j < d_k; ++j) {
+      const float s = st[(ulong)j * width] + delta * kt[j] * ks;
+      st[(ulong)j * width] = s;
+      sqo += s * qt[j];
+    }
+    o[o_off + row * o_stride + gid] = sqo * qs;
+  }
+}

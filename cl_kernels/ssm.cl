@@ -1,0 +1,119 @@
+// Recurrent mixers' kernels: the short causal depthwise conv1d + SiLU with its rolling state
+// (Mamba2 and Gated DeltaNet), Mamba2's selective scan with grouped heads and the D skip, and the
+// gated RMSNorm (Mamba2: norm(y * silu(z)) per group; DeltaNet: norm(y) * silu(z)).
+// References: host/ops/reference/ssm.h.
+// Layout: token rows (activations) at mem + off + token * stride; a batch of sequences is `seqs`,
+// n_seqs int32 triples (first token row, token count, state slot) from seqs_off, the NDRange's
+// dimension 1 (a sequence's tokens are consecutive rows). Slot s's state starts at float
+// s * slot_stride + state_off of `states`. One work item per (channel or state row, sequence)
+// walks that sequence's tokens in order: a decode step is a sequence of one token, a prefill chunk
+// a sequence of many; each item owns its state elements, so the update is in place.
+#include "common.clh"
+#include "rows.clh"
+
+#define CONV_MAX_KERNEL 8  // d_conv the conv kernel takes (Mamba2 and Qwen3-Next use 4)
+
+inline float silu_f(float v) {
+  return v / (1.0f + exp(-v));
+}
+
+inline float softplus_f(float v) {
+  return v > 20.0f ? v : log(1.0f + exp(v));
+}
+
+// Conv state per channel: d_conv - 1 past inputs, oldest first ([channels][d_conv - 1]).
+__kernel void conv1d_silu_f32(__global const float* x, uint x_off, uint x_stride,
+                              __global const float* w, uint w_off, __global const float* bias,
+                              uint bias_off, uint has_bias, __global float* states,
+                              ulong slot_stride, uint state_off, __global const int* seqs,
+                              uint seqs_off, __global float* out, uint out_off, uint out_stride,
+                              uint channels, uint d_conv) {
+  const uint c = get_global_id(0);
+  const uint sq = get_global_id(1);
+  if (c >= channels) return;
+  const uint first = (uint)seqs[seqs_off + 3 * sq];
+  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
+  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
+  const uint hist = d_conv - 1;
+  __global float* st = states + slot * slot_stride + state_off + (ulong)c * hist;
+  __global const float* wc = w + w_off + (ulong)c * d_conv;
+  const float b = has_bias ? bias[bias_off + c] : 0.0f;
+  float win[CONV_MAX_KERNEL];
+  for (uint j = 0; j < hist; ++j) win[j] = st[j];
+  for (uint t = 0; t < n; ++t) {
+    const ulong row = first + t;
+    win[hist] = x[x_off + row * x_stride + c];
+    float s = b;
+    for (uint j = 0; j < d_conv; ++j) s += wc[j] * win[j];
+    out[out_off + row * out_stride + c] = silu_f(s);
+    for (uint j = 0; j < hist; ++j) win[j] = win[j + 1];
+  }
+  for (uint j = 0; j < hist; ++j) st[j] = win[j];
+}
+
+// Mamba2 state: [d_state][n_head * head_dim] (neighbouring rows are neighbouring floats). Row r =
+// h * head_dim + p of head h, group g = h / (n_head / n_group).
+__kernel void mamba2_scan_f32(__global const float* x, uint x_off, uint x_stride,
+                              __global const float* dt, uint dt_off, uint dt_stride,
+                              __global const float* bm, uint b_off, uint b_stride,
+                              __global const float* cm, uint c_off, uint c_stride,
+                              __global const float* a, uint a_off, __global const float* d,
+                              uint d_off, __global const float* dt_bias, uint dtb_off,
+                              __global float* states, ulong slot_stride, uint state_off,
+                              __global const int* seqs, uint seqs_off, __global float* y,
+                              uint y_off, uint y_stride, uint n_head, uint head_dim,
+                              uint n_group, uint d_state) {
+  const uint r = get_global_id(0);
+  const uint sq = get_global_id(1);
+  const uint d_inner = n_head * head_dim;
+  if (r >= d_inner) return;
+  const uint h = r / head_dim;
+  const uint g = h / (n_head / n_group);
+  const uint first = (uint)seqs[seqs_off + 3 * sq];
+  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
+  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
+  __global float* st = states + slot * slot_stride + state_off + r;
+  const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
+  for (uint t = 0; t < n; ++t) {
+    const ulong row = first + t;
+    const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);
+    const float da = exp(dt_sp * ah);
+    const float xv = x[x_off + row * x_stride + r];
+    const float x_dt = xv * dt_sp;
+    __global const float* bt = bm + b_off + row * b_stride + (ulong)g * d_state;
+    __global const float* ct = cm + c_off + row * c_stride + (ulong)g * d_state;
+    float sum = 0.0f;
+    for (uint k = 0; k < d_state; ++k) {
+      const float s = st[(ulong)k * d_inner] * da + bt[k] * x_dt;
+      st[(ulong)k * d_inner] = s;
+      sum += s * ct[k];
+    }
+    y[y_off + row * y_stride + r] = sum + dh * xv;
+  }
+}
+
+// One work-group per (token, group) row, row = row_base + group id: token row / n_group, group
+// row % n_group. w: group g's weights at w_off + g * w_group_stride (0: shared by the groups).
+// out may be y (each element is read before it is written, by the same item).
+__kernel void gated_rms_norm_f32(__global const float* y, uint y_off, uint y_stride,
+                                 __global const float* z, uint z_off, uint z_stride,
+                                 __global const float* w, uint w_off, uint w_group_stride,
+                                 __global float* out, uint out_off, uint out_stride,
+                                 uint group_size, uint n_group, uint row_base, float eps,
+                                 uint gate_first, __local float* scratch) {
+  const uint row = row_base + (uint)get_group_id(0);
+  const ulong t = row / n_group;
+  const uint g = row % n_group;
+  y += y_off + t * y_stride + (ulong)g * group_size;
+  z += z_off + t * z_stride + (ulong)g * group_size;
+  out += out_off + t * out_stride + (ulong)g * group_size;
+  w += w_off + (ulong)g * w_group_stride;
+  SquareSum acc = {0.0f, 0.0f};
+  FOR_ROW(i, group_size) add_square(&acc, gate_first ? y[i] * silu_f(z[i]) : y[i]);
+  const float scale = rms_scale(acc, group_size, eps, scratch);
+  FOR_ROW(i, group_size) {
+    const float zi = z[i];
+    const float normed = (gate_first ? y[i] * silu_f(zi) : y[i]) * scale * w[i];
+    out[i] = gate_first ? normed : normed * silu_f(zi);
+  }
+}

@@ -1,0 +1,139 @@
+// Device Gated DeltaNet launches and their portability-matrix cases (decode-only, mixed and long
+// batches; one launch or prefill then decode launches, against the token-by-token reference).
+#include "host/ops/device/deltanet.h"
+
+#include <stdexcept>
+#include <string>
+
+#include "host/ops/device/matrix.h"
+#include "host/ops/device/recurrent_cases.h"
+#include "host/ops/reference/deltanet.h"
+
+namespace tessera::ops {
+
+DeltaNetOps::DeltaNetOps(const Device& device)
+    : device_(&device), recurrent_(device.kernel("deltanet", "deltanet_recurrent_f32")) {}
+
+void DeltaNetOps::recurrent(const DeltaNetDims& s, const Strided& q, const Strided& k,
+                            const Strided& v, const Strided& ba, cl_mem a, uint32_t a_off,
+                            cl_mem dt_bias, uint32_t dt_bias_off, float eps,
+                            const RecurrentBatch& batch, const Strided& o, const Events& ev) {
+  if (s.n_k_head == 0 || s.n_v_head == 0 || s.d_k == 0 || s.d_v == 0 ||
+      s.n_v_head % s.n_k_head != 0)
+    throw std::invalid_argument("deltanet: bad shape: " + std::to_string(s.n_v_head) +
+                                " value heads of " + std::to_string(s.d_v) + ", " +
+                                std::to_string(s.n_k_head) + " key heads (must divide them) of " +
+                                std::to_string(s.d_k));
+  const uint32_t qk = s.n_k_head * s.d_k, width = s.n_v_head * s.d_v;
+  const std::pair<const Strided*, uint32_t> rows[] = {
+      {&q, qk}, {&k, qk}, {&v, width}, {&o, width}, {&ba, 2 * s.n_v_head}};
+  const char* names[] = {"q", "k", "v", "o", "ba"};
+  for (size_t i = 0; i < 5; ++i) {
+    if (rows[i].first->stride < rows[i].second)
+      throw std::invalid_argument("deltanet: " + std::string(names[i]) + " row stride " +
+                                  std::to_string(rows[i].first->stride) + " is below its " +
+                                  std::to_string(rows[i].second) + " floats");
+  }
+  if (batch.n_seqs == 0) return;
+  cl_kernel kern = recurrent_.get();
+  set_args(*device_, kern, q.mem, q.offset, q.stride, k.mem, k.offset, k.stride, v.mem, v.offset,
+           v.stride, ba.mem, ba.offset, ba.stride, a, a_off, dt_bias, dt_bias_off, batch.states,
+           cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off, o.mem,
+           o.offset, o.stride, s.n_k_head, s.n_v_head, s.d_k, s.d_v, eps);
+  const size_t global[2] = {width, batch.n_seqs};
+  enqueue(*device_, kern, 2, global, nullptr, ev);
+}
+
+namespace {
+
+using recurrent_cases::SeqPlan;
+
+// q, k and v are slices of one conv-output row (as Qwen3-Next's), ba rows of their own.
+MatrixCaseResult run_recurrent(const Device& device, bool timing, const SeqPlan& plan, bool split,
+                               DeltaNetDims s) {
+  const uint32_t rows = plan.rows(), qk = s.n_k_head * s.d_k, width = s.n_v_head * s.d_v;
+  const uint32_t conv = 2 * qk + width, ba_stride = 2 * s.n_v_head;
+  const float eps = 1e-6f;
+  const std::vector<float> qkv = random_floats(size_t(rows) * conv, 111 + width),
+                           ba = random_floats(size_t(rows) * ba_stride, 112, -3, 3),
+                           a = random_floats(s.n_v_head, 113, -1.5f, -0.05f),
+                           dt_bias = random_floats(s.n_v_head, 114);
+  const uint64_t slot_stride = uint64_t(s.d_k) * width + 3;
+  const uint32_t state_off = 1;
+  std::vector<float> states = random_floats(plan.n_slots * slot_stride, 115, -0.5f, 0.5f);
+  std::vector<float> ref_o(size_t(rows) * width), ref_states = states;
+  const reference::DeltaNetShape shape{s.n_k_head, s.n_v_head, s.d_k, s.d_v};
+  for (size_t q = 0; q < plan.lens.size(); ++q) {
+    const size_t r0 = plan.first_row(q);
+    auto sub = [&](const std::vector<float>& v, size_t stride, size_t off) {
+      return reference::ConstRows{std::span<const float>(v).subspan(r0 * stride + off), stride};
+    };
+    reference::deltanet_recurrent(
+        shape, plan.lens[q], sub(qkv, conv, 0), sub(qkv, conv, qk), sub(qkv, conv, 2 * qk),
+        sub(ba, ba_stride, 0), a, dt_bias, eps,
+        std::span<float>(ref_states)
+            .subspan(plan.slots[q] * slot_stride + state_off, size_t(s.d_k) * width),
+        {std::span<float>(ref_o).subspan(r0 * width), width});
+  }
+  DeltaNetOps ops(device);
+  GuardedBuffer dqkv(device, qkv), dba(device, ba), da(device, a), ddtb(device, dt_bias),
+      dst(device, states), dout(device, ref_o.size() * sizeof(float));
+  auto launch = [&](cl_mem seqs, uint32_t n_seqs, const Events& ev) {
+    ops.recurrent(s, {dqkv.mem(), 0, conv}, {dqkv.mem(), qk, conv}, {dqkv.mem(), 2 * qk, conv},
+                  {dba.mem(), 0, ba_stride}, da.mem(), 0, ddtb.mem(), 0, eps,
+                  {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off}, {dout.mem(), 0, width}, ev);
+  };
+  for (const std::vector<int32_t>& triples : recurrent_cases::launches(plan, split)) {
+    GuardedBuffer seqs(device, triples);
+    launch(seqs.mem(), uint32_t(triples.size() / 3), {});
+  }
+  std::vector<float> got = dout.download<float>(), want = ref_o;
+  const std::vector<float> got_states = dst.download<float>();
+  got.insert(got.end(), got_states.begin(), got_states.end());
+  want.insert(want.end(), ref_states.begin(), ref_states.end());
+  MatrixCaseResult r = judge(compare(got, want), 5e-5, {dout.check_guard(), dst.check_guard()});
+  r.bytes =
+      double(rows) * (conv + width + ba_stride) * 4 + double(plan.lens.size()) * s.d_k * width * 8;
+  r.flops = double(rows) * width * s.d_k * 8;
+  if (timing && !split) {  // states move on every launch: values drift, the time does not
+    r.seconds = median_kernel_seconds(device, [&] {
+      GuardedBuffer seqs(device, recurrent_cases::launches(plan, false).front());
+      ClEvent ev;
+      launch(seqs.mem(), uint32_t(plan.lens.size()), {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+}  // namespace
+
+void register_deltanet_cases(std::vector<MatrixCase>& out) {
+  using namespace recurrent_cases;
+  struct Plan {
+    const char* name;
+    SeqPlan plan;
+  };
+  const Plan plans[] = {
+      {"decode3", decode_plan()}, {"mixed4", mixed_plan()}, {"long70", long_plan(70)}};
+  for (const Plan& p : plans) {
+    for (bool split : {false, true}) {
+      if (split && p.plan.rows() == p.plan.lens.size()) continue;
+      // Qwen3-Next-80B's layer (16 key heads, 32 value heads of 128) on the decode plan; smaller
+      // grouped shapes where the reference walks many tokens.
+      const DeltaNetDims dims = std::string(p.name) == "decode3" ? DeltaNetDims{16, 32, 128, 128}
+                                                                 : DeltaNetDims{2, 4, 32, 24};
+      out.push_back(
+          {"deltanet", "f32",
+           std::to_string(dims.n_k_head) + "k" + std::to_string(dims.n_v_head) + "v/" +
+               std::to_string(dims.d_k) + "x" + std::to_string(dims.d_v) + "/" + p.name +
+               (split ? "/prefill+decode" : ""),
+           [=](const Device& d, bool t) { return run_recurrent(d, t, p.plan, split, dims); }});
+    }
+  }
+  out.push_back({"deltanet", "f32", "3k3v/7x5/mixed4/prefill+decode", [](const Device& d, bool t) {
+                   return run_recurrent(d, t, mixed_plan(), true, DeltaNetDims{3, 3, 7, 5});
+                 }});
+}
+
+}  // namespace tessera::ops
