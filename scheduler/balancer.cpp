@@ -50,7 +50,9 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
   predict(plan, model_, &observed);
   double best = plan.decode_step_seconds;
   std::vector<uint64_t> used(plan.devices.size());
-  for (size_t d = 0; d < used.size(); ++d) used[d] = plan.weight_bytes[d] + plan.kv_bytes[d];
+  for (size_t d = 0; d < used.size(); ++d)
+    used[d] = plan.weight_bytes[d] + plan.kv_bytes[d] +
+              (d < plan.state_bytes.size() ? plan.state_bytes[d] : 0);
 
   // Each round takes the candidate with the most predicted time saved per byte moved: one expert,
   // or every expert a device holds of one layer (emptying a layer on a device also saves that

@@ -177,10 +177,13 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   plan.kv_bytes.assign(nd, 0);
   plan.kv_bytes[ad] = kv_need;
 
-  // 2. Dense layers: on the attention device while they fit, then spill to the next fastest.
+  // 2. Dense layers (with their recurrent state, which lives where the layer runs): on the
+  // attention device while they fit, then spill to the next fastest.
   plan.layer_device.assign(nl, plan.attention_device);
+  plan.state_bytes.assign(nd, 0);
   for (size_t l = 0; l < nl; ++l) {
-    const uint64_t need = model.layers[l].dense_bytes;
+    const uint64_t state = model.layers[l].state_bytes * uint64_t(std::max(1, model.max_sequences));
+    const uint64_t need = model.layers[l].dense_bytes + state;
     int chosen = -1;
     if (free_bytes(ad) >= need) {
       chosen = int(ad);
@@ -192,7 +195,8 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
         }
     }
     if (chosen < 0)
-      throw PlanError("layer " + std::to_string(l) + " dense weights (" + format_bytes(need) +
+      throw PlanError("layer " + std::to_string(l) + " dense weights" +
+                      (state ? " and recurrent state (" : " (") + format_bytes(need) +
                       ") fit on no selected device; free: " + [&] {
                         std::string s;
                         for (size_t d = 0; d < nd; ++d)
@@ -201,6 +205,7 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
                       }());
     plan.layer_device[l] = chosen;
     used[size_t(chosen)] += need;
+    plan.state_bytes[size_t(chosen)] += state;
   }
 
   // 3. Routed experts.
@@ -298,7 +303,8 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   if (!missing.empty()) throw PlanError("the model does not fit the selected devices: " + missing);
 
   plan.weight_bytes.assign(nd, 0);
-  for (size_t d = 0; d < nd; ++d) plan.weight_bytes[d] = used[d] - plan.kv_bytes[d];
+  for (size_t d = 0; d < nd; ++d)
+    plan.weight_bytes[d] = used[d] - plan.kv_bytes[d] - plan.state_bytes[d];
   predict(plan, model);
   return plan;
 }
@@ -319,6 +325,13 @@ std::string Plan::to_text(const ModelFootprint& model) const {
   }
   o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id
     << "\n";
+  std::string states;
+  for (size_t d = 0; d < state_bytes.size(); ++d)
+    if (state_bytes[d] > 0)
+      states += (states.empty() ? "" : ", ") + devices[d].id + " " + format_bytes(state_bytes[d]);
+  if (!states.empty())
+    o << "recurrent state (" << std::max(1, model.max_sequences) << " sequences): " << states
+      << "\n";
   o << "layer  dense    experts per device\n";
   for (size_t l = 0; l < layer_device.size(); ++l) {
     std::snprintf(line, sizeof(line), "%5zu  %-8s", l, devices[size_t(layer_device[l])].id.c_str());
@@ -361,6 +374,7 @@ std::string Plan::to_json() const {
     j["budget_bytes"] = devices[d].budget_bytes;
     j["weight_bytes"] = weight_bytes[d];
     j["kv_bytes"] = kv_bytes[d];
+    j["state_bytes"] = d < state_bytes.size() ? state_bytes[d] : 0;
     j["decode_seconds"] = decode_seconds[d];
     devs.push_back(j);
   }

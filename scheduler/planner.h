@@ -40,6 +40,9 @@ struct ModelFootprint {
     // (OpenClModel::launch_counts); these defaults only serve plans made before a model is built.
     int dense_launches = 10;
     int expert_launches = 4;
+    // Fixed recurrent state one sequence keeps in this layer (Mamba2 / Gated DeltaNet mixers; 0
+    // for attention), held on the layer's device for each of max_sequences sequences.
+    uint64_t state_bytes = 0;
   };
   std::vector<Layer> layers;
   uint64_t embedding_bytes = 0;  // token embedding table
@@ -50,6 +53,7 @@ struct ModelFootprint {
   int n_embd = 0;
   uint64_t kv_bytes_per_token = 0;  // all layers, in the configured KV format
   int context_tokens = 4096;        // KV capacity to reserve when the config sets no KV budget
+  int max_sequences = 1;            // sequences whose recurrent state is reserved
 };
 
 struct Plan {
@@ -59,6 +63,7 @@ struct Plan {
   std::vector<std::vector<int>> expert_device;  // [layer][expert] -> device index
   std::vector<uint64_t> weight_bytes;           // per device
   std::vector<uint64_t> kv_bytes;               // per device
+  std::vector<uint64_t> state_bytes;            // recurrent state of the layers there, per device
   std::vector<double> decode_seconds;           // predicted busy time per decode token, per device
   double decode_step_seconds = 0;  // predicted time of one decode token (critical path)
 

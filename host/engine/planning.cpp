@@ -186,6 +186,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   skip_unbuildable_devices(*s.registry, s.config);
   const KvLayerFormats kv_formats = kv_formats_of(s.config, int(spec.layers.size()));
   s.footprint = footprint_of(spec, o.context_tokens, kv_formats);
+  s.footprint.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
   std::unique_ptr<ProbeCache> probes;
   if (o.probe) probes = std::make_unique<ProbeCache>(o.probe_dir);
   auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get());

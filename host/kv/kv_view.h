@@ -1,5 +1,6 @@
-// Plain views of the paged KV cache that the attention kernels' launchers take: where one layer's
-// K/V pools are, how the pool is laid out, and the device buffers describing one batch.
+// Plain views of the sequence memory that the kernels' launchers take: where one layer's K/V pools
+// are, how the pool is laid out, the device buffers describing one batch to the attention kernels,
+// and the one describing it to the recurrent mixers' kernels.
 // Header-only, so host/ops links without host/kv.
 #pragma once
 
@@ -61,6 +62,16 @@ struct KvBatchView {
   // Most tokens a sequence of this layout can hold (block_table_stride * block size); the decode
   // split is sized for it so it stays the same from step to step. 0: max_context.
   int32_t context_capacity = 0;
+};
+
+// One forward step's batch as the recurrent mixers' kernels read it (owned by a
+// RecurrentBatchBuffers; valid until its next upload): int32 triples in `seqs` from element
+// `seqs_offset`, one per batch sequence: (first token row, token count, state slot in the
+// RecurrentStatePool). A sequence's tokens are consecutive rows of the step.
+struct RecurrentBatchView {
+  cl_mem seqs = nullptr;
+  uint32_t seqs_offset = 0;
+  int32_t n_seqs = 0;
 };
 
 }  // namespace tessera::kv

@@ -174,5 +174,38 @@ TEST(PlannerTest, UnusableFiguresAndOutOfRangeConfigAreNamedErrors) {
   EXPECT_THROW(make_plan(m, gpu_cpu(), pins), ConfigError);
 }
 
+TEST(PlannerTest, RecurrentStateIsReservedWhereItsLayerRuns) {
+  // 4 dense layers of 8 MiB, two of them recurrent with 1 MiB of state per sequence, 4 sequences.
+  ModelFootprint m;
+  for (int l = 0; l < 4; ++l) m.layers.push_back({8u << 20, 0, 0, 10});
+  m.layers[1].state_bytes = m.layers[3].state_bytes = 1u << 20;
+  m.embedding_bytes = m.output_bytes = 1u << 20;
+  m.kv_bytes_per_token = 1024;
+  m.context_tokens = 1024;
+  m.max_sequences = 4;
+  auto plan = make_plan(m, gpu_cpu(), Config{});
+  EXPECT_EQ(plan.state_bytes[0], 8u << 20);  // 2 layers x 4 sequences x 1 MiB, all on gpu0
+  EXPECT_EQ(plan.state_bytes[1], 0u);
+  EXPECT_EQ(plan.weight_bytes[0], 4 * (8ull << 20) + (2u << 20));
+  EXPECT_NE(plan.to_text(m).find("recurrent state (4 sequences): gpu0 8.0 MiB"), std::string::npos)
+      << plan.to_text(m);
+  EXPECT_NE(plan.to_json().find("\"state_bytes\":8388608"), std::string::npos);
+  // A GPU budget that holds the weights but not the states of the last layer: it spills.
+  const uint64_t head = (2u << 20) + 1024 * 1024;
+  auto tight = make_plan(m, gpu_cpu(head + 4 * (8ull << 20) + (4u << 20) + (1u << 19)), Config{});
+  EXPECT_EQ(tight.layer_device[3], 1);
+  EXPECT_EQ(tight.state_bytes[1], 4u << 20);
+  for (size_t d = 0; d < 2; ++d)
+    EXPECT_LE(tight.weight_bytes[d] + tight.kv_bytes[d] + tight.state_bytes[d],
+              tight.devices[d].budget_bytes);
+  // Nowhere to put it: the error names the state.
+  try {
+    make_plan(m, gpu_cpu(head + (8u << 20), 4u << 20), Config{});
+    FAIL() << "expected a PlanError";
+  } catch (const PlanError& e) {
+    EXPECT_NE(std::string(e.what()).find("recurrent state"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace tessera::sched
