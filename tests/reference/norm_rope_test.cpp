@@ -119,6 +119,17 @@ TEST(Activation, SwigluAndSoftmax) {
 }
 
 // gpt-oss's clamped SwiGLU: gate clamped above at the limit only, up both ways, up shifted by 1.
+TEST(Activation, SigmoidMulGatesEachElement) {
+  const std::vector<float> x{2, -3, 4}, gate{0, 100, -100};
+  std::vector<float> out(3);
+  sigmoid_mul(x, gate, out);
+  EXPECT_FLOAT_EQ(out[0], 1.0f);   // sigmoid(0) = 1/2
+  EXPECT_FLOAT_EQ(out[1], -3.0f);  // an open gate passes x
+  EXPECT_NEAR(out[2], 0.0f, 1e-30f);
+  std::vector<float> short_out(2);
+  EXPECT_THROW(sigmoid_mul(x, gate, short_out), std::invalid_argument);
+}
+
 TEST(Activation, SwigluOaiClampsAndShifts) {
   const float a = 1.702f, lim = 7.0f;
   std::vector<float> gate{10.0f, -1.0f, -30.0f, 2.0f}, up{-9.0f, 0.5f, 100.0f, -1.0f}, out(4);

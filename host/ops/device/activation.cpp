@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <stdexcept>
+#include <tuple>
 
 #include "host/ops/device/matrix.h"
 #include "host/ops/reference/activation.h"
@@ -25,6 +26,7 @@ ActivationOps::ActivationOps(const Device& device)
     : device_(&device),
       swiglu_(device.kernel("act", "swiglu_f32")),
       swiglu_oai_(device.kernel("act", "swiglu_oai_f32")),
+      sigmoid_mul_(device.kernel("act", "sigmoid_mul_f32")),
       gelu_(device.kernel("act", "gelu_f32")) {}
 
 void ActivationOps::swiglu(const Strided& gate, const Strided& up, const Strided& out,
@@ -59,6 +61,24 @@ void ActivationOps::swiglu_oai(const Strided& gate, const Strided& up, const Str
                               gate.stride, up.mem, cl_uint(up.offset + first * up.stride),
                               up.stride, out.mem, cl_uint(out.offset + first * out.stride),
                               out.stride, cl_uint(count), cols, alpha, limit);
+                     global[1] = count;
+                     enqueue(*device_, k, 2, global, local, piece);
+                   });
+}
+
+void ActivationOps::sigmoid_mul(const Strided& x, const Strided& gate, const Strided& out,
+                                uint32_t rows, uint32_t cols, const Events& ev) {
+  check_strides("sigmoid_mul", cols, {x.stride, gate.stride, out.stride});
+  if (rows == 0 || cols == 0) return;
+  cl_kernel k = sigmoid_mul_.get();
+  size_t global[2], local[2];
+  row_elementwise_sizes(*device_, rows, cols, global, local);
+  launch_in_pieces(rows, rows_per_launch(*device_, global[0]), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     set_args(*device_, k, x.mem, cl_uint(x.offset + first * x.stride), x.stride,
+                              gate.mem, cl_uint(gate.offset + first * gate.stride), gate.stride,
+                              out.mem, cl_uint(out.offset + first * out.stride), out.stride,
+                              cl_uint(count), cols);
                      global[1] = count;
                      enqueue(*device_, k, 2, global, local, piece);
                    });
@@ -155,6 +175,36 @@ MatrixCaseResult run_gelu(const Device& device, bool timing, uint32_t rows, uint
   return r;
 }
 
+// Qwen3-Next's layout: x packed [rows][cols], the gate the second half of [rows][2 * cols] rows
+// (q | gate per head); in place writes the result over x.
+MatrixCaseResult run_sigmoid_mul(const Device& device, bool timing, uint32_t rows, uint32_t cols,
+                                 bool in_place) {
+  const size_t n = size_t(rows) * cols;
+  const std::vector<float> x = random_floats(n, 35 + cols, -4, 4),
+                           qg = random_floats(2 * n, 36 + cols, -8, 8);
+  std::vector<float> gate(n), ref(n);
+  for (uint32_t r = 0; r < rows; ++r)
+    std::copy_n(qg.begin() + size_t(r) * 2 * cols + cols, cols, gate.begin() + size_t(r) * cols);
+  reference::sigmoid_mul(x, gate, ref);
+  ActivationOps ops(device);
+  GuardedBuffer dx(device, x), dqg(device, qg), dout(device, in_place ? 4 : n * sizeof(float));
+  const Strided xs{dx.mem(), 0, cols}, gs{dqg.mem(), cols, 2 * cols};
+  const Strided o = in_place ? xs : Strided{dout.mem(), 0, cols};
+  ops.sigmoid_mul(xs, gs, o, rows, cols);
+  MatrixCaseResult r = judge(compare(in_place ? dx.download<float>() : dout.download<float>(), ref),
+                             1e-5, {dx.check_guard(), dout.check_guard()});
+  r.bytes = double(n) * 12;
+  r.flops = double(n) * 4;
+  if (timing && !in_place) {
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.sigmoid_mul(xs, gs, o, rows, cols, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
 std::string rc(uint32_t rows, uint32_t cols) {
   return std::to_string(rows) + "x" + std::to_string(cols);
 }
@@ -178,6 +228,15 @@ void register_activation_cases(std::vector<MatrixCase>& out) {
   }
   out.push_back({"swiglu_oai", "f32", rc(5, 300) + "/fused",
                  [](const Device& d, bool t) { return run_swiglu(d, t, 5, 300, true, true); }});
+  // Qwen3-Next-80B's attention: 16 heads of 256, one decode token and a 7-token chunk; odd sizes.
+  for (auto [rows, cols, in_place] : {std::tuple<uint32_t, uint32_t, bool>{16, 256, false},
+                                      {112, 256, true},
+                                      {3, 17, false},
+                                      {1, 1, true}}) {
+    out.push_back(
+        {"sigmoid_mul", "f32", rc(rows, cols) + (in_place ? "/in_place" : ""),
+         [=](const Device& d, bool t) { return run_sigmoid_mul(d, t, rows, cols, in_place); }});
+  }
   for (auto [rows, cols] : shapes) {
     out.push_back({"gelu", "f32", rc(rows, cols),
                    [=](const Device& d, bool t) { return run_gelu(d, t, rows, cols); }});

@@ -1,5 +1,5 @@
-// Device activations (cl_kernels/act.cl): SwiGLU (plain and gpt-oss's clamped form) and GELU (tanh
-// form) over strided [rows][cols].
+// Device activations (cl_kernels/act.cl): SwiGLU (plain and gpt-oss's clamped form), the sigmoid
+// gate and GELU (tanh form) over strided [rows][cols].
 #pragma once
 
 #include <cstdint>
@@ -29,13 +29,18 @@ class ActivationOps {
   // g = min(gate, limit), u = clamp(up, -limit, limit). Same layout rules as swiglu.
   void swiglu_oai(const Strided& gate, const Strided& up, const Strided& out, uint32_t rows,
                   uint32_t cols, float alpha, float limit, const Events& ev = {});
+  // out = x * sigmoid(gate) (reference::sigmoid_mul): Qwen3-Next's gated attention, with rows =
+  // tokens * heads, x the attention output (stride head_dim) and gate the second half of each
+  // head's q projection (offset head_dim, stride 2 * head_dim). out may alias x or gate.
+  void sigmoid_mul(const Strided& x, const Strided& gate, const Strided& out, uint32_t rows,
+                   uint32_t cols, const Events& ev = {});
   // out = gelu(x), tanh approximation (ggml_gelu); out may alias x.
   void gelu(const Strided& x, const Strided& out, uint32_t rows, uint32_t cols,
             const Events& ev = {});
 
  private:
   const Device* device_;
-  ClKernel swiglu_, swiglu_oai_, gelu_;
+  ClKernel swiglu_, swiglu_oai_, sigmoid_mul_, gelu_;
 };
 
 }  // namespace tessera::ops

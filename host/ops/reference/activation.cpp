@@ -24,6 +24,15 @@ void swiglu(std::span<const float> gate, std::span<const float> up, std::span<fl
   for (size_t i = 0; i < gate.size(); ++i) out[i] = silu(gate[i]) * up[i];
 }
 
+void sigmoid_mul(std::span<const float> x, std::span<const float> gate, std::span<float> out) {
+  if (gate.size() != x.size() || out.size() != x.size()) {
+    throw std::invalid_argument("sigmoid_mul: x has " + std::to_string(x.size()) +
+                                " floats, gate " + std::to_string(gate.size()) + ", out " +
+                                std::to_string(out.size()));
+  }
+  for (size_t i = 0; i < x.size(); ++i) out[i] = x[i] * sigmoid(gate[i]);
+}
+
 void swiglu_oai(std::span<const float> gate, std::span<const float> up, std::span<float> out,
                 float alpha, float limit) {
   if (gate.size() != up.size() || out.size() != gate.size()) {

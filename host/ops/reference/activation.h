@@ -1,5 +1,5 @@
 // Scalar reference of the element-wise and row ops: SiLU, SwiGLU (and gpt-oss's clamped form),
-// softmax, sigmoid.
+// softmax, sigmoid, the sigmoid gate.
 #pragma once
 
 #include <span>
@@ -18,6 +18,10 @@ void swiglu(std::span<const float> gate, std::span<const float> up, std::span<fl
 // out may alias either input. Throws std::invalid_argument when the sizes differ.
 void swiglu_oai(std::span<const float> gate, std::span<const float> up, std::span<float> out,
                 float alpha, float limit);
+
+// out[i] = x[i] * sigmoid(gate[i]) (Qwen3-Next's gated attention output). out may alias either
+// input. Throws std::invalid_argument when the sizes differ.
+void sigmoid_mul(std::span<const float> x, std::span<const float> gate, std::span<float> out);
 
 // In-place softmax of one row (max subtracted first; sums in double). An empty row is left alone.
 void softmax(std::span<float> x);
