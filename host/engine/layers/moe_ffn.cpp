@@ -141,8 +141,10 @@ void MoeFfn::upload_experts(WeightUploader& up) {
 }
 
 void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
-                        int x_rows, int np) {
+                        int x_rows, int np, bool grouped) {
   const uint32_t ff = spec_.hp.n_ff_exp;
+  // Grouped pairs: an expert's run is at most one pair per token (the tiled GEMM's bound).
+  const int run = grouped ? x_rows : 0;
   // gpt-oss: the clamped SwiGLU (never folded into down's loads).
   auto activation = [&](const ops::Strided& g, const ops::Strided& u) {
     if (oai())
@@ -154,7 +156,7 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
   if (s.gate_up.body) {
     // One launch for gate and up: pair row p holds gate (ff) then up (ff).
     c.mm->run_experts(s.gate_up, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np,
-                      {}, c.prof("matmul"));
+                      {}, c.prof("matmul"), false, run);
     if (s.gate_up_b)
       c.ew->add_pair_bias(c.gu.get(), 0, 2 * ff, pair_expert, 0, s.gate_up_b.get(), uint32_t(np),
                           2 * ff, {{}, c.prof("elementwise")});
@@ -168,9 +170,9 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
   } else {
     const uint32_t up_off = uint32_t(np) * ff;
     c.mm->run_experts(s.gate, c.xn.get(), 0, x_rows, c.gu.get(), 0, pair_token, pair_expert, np, {},
-                      c.prof("matmul"));
+                      c.prof("matmul"), false, run);
     c.mm->run_experts(s.up, c.xn.get(), 0, x_rows, c.gu.get(), up_off, pair_token, pair_expert, np,
-                      {}, c.prof("matmul"));
+                      {}, c.prof("matmul"), false, run);
     if (s.gate_b) {
       c.ew->add_pair_bias(c.gu.get(), 0, ff, pair_expert, 0, s.gate_b.get(), uint32_t(np), ff,
                           {{}, c.prof("elementwise")});
@@ -180,7 +182,7 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
     activation({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff});
   }
   c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
-                    c.prof("matmul"));
+                    c.prof("matmul"), false, run);
   if (s.down_b)
     c.ew->add_pair_bias(c.y.get(), 0, spec_.hp.n_embd, pair_expert, 0, s.down_b.get(), uint32_t(np),
                         spec_.hp.n_embd, {{}, c.prof("elementwise")});
@@ -249,7 +251,7 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
   }
   expert_ffn(home, dev_.shards[size_t(home.index)],
              grouped ? home.sorted_token.get() : home.pair_token.get(),
-             grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs);
+             grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs, grouped);
   ops::host_call(*home.dev, "count expert hits",
                  [stats = moe_->stats, d = size_t(home.index), pairs] {
                    stats->expert_hits[d] += uint64_t(pairs);
@@ -359,7 +361,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       // Same context: the activations move device to device, after the home queue's work.
       if (shared)
         ops::copy_after(*home.dev, *c.dev, home.xn.get(), 0, c.xn.get(), 0, size_t(n) * E * 4);
-      expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np);
+      expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np, grouped);
       // Home accumulates into the residual stream; others produce a partial sum to send back.
       c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
                      c.p_off.get(), grouped ? c.p_row.get() : nullptr, uint32_t(n), E, is_home,

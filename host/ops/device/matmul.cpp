@@ -28,18 +28,28 @@ int token_tile(int n) {
   return n <= 1 ? 1 : (n <= 4 ? 4 : 8);
 }
 
+// matmul_gemm.cl's tile: 64 rows x 64 pairs per work group of 256; ws (64 columns x 68) + xs
+// (64 x 65) floats + 64 token ids of local memory.
+constexpr int kExpertGemmRows = 64, kExpertGemmPairs = 64;
+constexpr uint64_t kExpertGemmLocalBytes = (64 * 68 + 64 * 65) * 4 + 64 * 4;
+
 }  // namespace
 
 std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
   if (clblast_min_tokens > 0) s += " clblast>=" + std::to_string(clblast_min_tokens);
+  if (expert_gemm_min_run > 0) s += " expert_gemm>=" + std::to_string(expert_gemm_min_run);
   return s;
 }
 
 std::string MatmulVariant::build_options() const {
   return "-DLANES=" + std::to_string(lanes) + " -DWG_ROWS=" + std::to_string(wg_rows) +
          " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc));
+}
+
+bool expert_gemm_fits(const DeviceInfo& info) {
+  return info.max_group_items() >= 256 && info.local_mem_bytes >= kExpertGemmLocalBytes;
 }
 
 MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
@@ -64,6 +74,9 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
   v.rows_per_item = 2;
   v.vec_acc = false;
   v.clblast_min_tokens = t == TensorType::F32 ? 32 : 128;
+  // The tiled expert GEMM once experts average 16+ pairs (prefill); needs 256-item work groups
+  // and ~34 KB of local memory (else the tile kernels serve every launch).
+  v.expert_gemm_min_run = expert_gemm_fits(info) ? 16 : 0;
   // Within the device's work-group and local-memory limits: fewer rows per group, then fewer lanes.
   auto local_bytes = [&] {
     return uint64_t(8 * v.lanes * 33 + v.wg_rows * v.rows_per_item * 8 * v.lanes) * 4;
@@ -84,6 +97,7 @@ struct MatmulOp::Kernels {
   MatmulVariant variant;
   ClKernel matmul[3], experts[3];  // token tiles 1, 4, 8
   ClKernel experts_swiglu[3];      // X_SWIGLU program, built on demand
+  ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
   std::string options;
   ClKernel dequantize;
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
@@ -235,13 +249,20 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
 void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
                            size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                            int n_pairs, const std::vector<cl_event>& wait, cl_event* done,
-                           bool x_swiglu) const {
+                           bool x_swiglu, int sorted_max_run) const {
   if (n_pairs <= 0) throw TesseraError("matmul run_experts: n_pairs must be positive");
   if (x_rows <= 0) throw TesseraError("matmul run_experts: x_rows must be positive");
   if (!w.body) throw TesseraError("matmul run_experts: weight not uploaded");
   Kernels& ks = kernels(w.type);
   if (x_swiglu && !ks.experts_swiglu[0]) prepare_swiglu(w.type);
   const MatmulVariant& v = ks.variant;
+  if (sorted_max_run > 0 && !x_swiglu && v.expert_gemm_min_run > 0 &&
+      expert_gemm_fits(device_.info()) &&
+      int64_t(n_pairs) >= int64_t(v.expert_gemm_min_run) * std::min<int64_t>(w.n_expert, n_pairs)) {
+    run_experts_gemm(ks, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
+                     n_pairs, std::min(sorted_max_run, n_pairs), wait, done);
+    return;
+  }
   // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones:
   // the tile follows the average run length, so a few pairs of distinct experts spread over work
   // groups (tile 1) instead of running one after another inside one.
@@ -267,6 +288,43 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   set_arg(device_, k, 12, np);
   set_arg(device_, k, 13, ne);
   enqueue_row_tiles(k, v, w.rows, n_pairs, tile, wait, done);
+}
+
+void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
+                                int x_rows, cl_mem y, size_t y_offset, cl_mem pair_token_ids,
+                                cl_mem pair_expert_ids, int n_pairs, int max_run,
+                                const std::vector<cl_event>& wait, cl_event* done) const {
+  {
+    std::lock_guard lock(mutex_);
+    if (!ks.experts_gemm)
+      ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm", ks.options);
+  }
+  cl_kernel k = ks.experts_gemm.get();
+  const cl_mem head = w.head ? w.head.get() : w.body.get();
+  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
+  const cl_ulong xo = x_offset, yo = y_offset;
+  const cl_uint xr = cl_uint(x_rows), np = cl_uint(n_pairs), ne = cl_uint(w.n_expert);
+  const cl_uint tiles = cl_uint((max_run + kExpertGemmPairs - 1) / kExpertGemmPairs);
+  set_arg(device_, k, 0, w.body.get());
+  set_arg(device_, k, 1, head);
+  set_arg(device_, k, 2, rows);
+  set_arg(device_, k, 3, cols);
+  set_arg(device_, k, 4, bpr);
+  set_arg(device_, k, 5, x);
+  set_arg(device_, k, 6, xo);
+  set_arg(device_, k, 7, xr);
+  set_arg(device_, k, 8, y);
+  set_arg(device_, k, 9, yo);
+  set_arg(device_, k, 10, pair_token_ids);
+  set_arg(device_, k, 11, pair_expert_ids);
+  set_arg(device_, k, 12, np);
+  set_arg(device_, k, 13, ne);
+  set_arg(device_, k, 14, tiles);
+  // Groups: row tiles x (experts + the run of invalid ids) x pair tiles of one expert's run.
+  const size_t local[2] = {256, 1};
+  const size_t global[2] = {(size_t(w.rows) + kExpertGemmRows - 1) / kExpertGemmRows * 256,
+                            (size_t(w.n_expert) + 1) * tiles};
+  enqueue(device_, k, 2, global, local, {wait, done});
 }
 
 void MatmulOp::enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items,

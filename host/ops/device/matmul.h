@@ -26,12 +26,18 @@ struct MatmulVariant {
   bool vec_acc = true;
   // Prefill with at least this many tokens goes to dequantize + CLBlast SGEMM; 0 = never.
   int clblast_min_tokens = 0;
+  // Expert launches whose pairs are sorted by expert and average at least this many pairs per
+  // expert go to the tiled GEMM (matmul_gemm.cl: 64 rows x 64 pairs per work group); 0 = never.
+  int expert_gemm_min_run = 0;
   std::string str() const;            // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
   std::string build_options() const;  // the -D macros
 };
 
 // Defaults by device capability (measured with bench/kernels/matmul_bench, see its README).
 MatmulVariant default_matmul_variant(const DeviceInfo& info, gguf::TensorType t);
+
+// Whether the tiled expert GEMM (256-item work groups, ~34 KB of local memory) fits the device.
+bool expert_gemm_fits(const DeviceInfo& info);
 
 // A weight uploaded to one device in the repacked layout. Move-only; owns its buffers.
 struct DeviceWeight {
@@ -85,10 +91,13 @@ class MatmulOp {
   // x_swiglu: x rows are [gate | up] (2 * cols floats) and each input row is silu(gate) * up
   // (SwiGLU folded into the down projection: one launch less). That program is built by
   // prepare_swiglu (call it at load time) or at the first such launch.
+  // sorted_max_run > 0 promises the pairs are sorted by expert (ids outside the range last) and
+  // no expert has more than that many pairs (a step's token count): long runs then go to the
+  // tiled expert GEMM (MatmulVariant::expert_gemm_min_run). 0: no promise.
   void run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
                    size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs,
                    const std::vector<cl_event>& wait = {}, cl_event* done = nullptr,
-                   bool x_swiglu = false) const;
+                   bool x_swiglu = false, int sorted_max_run = 0) const;
   void prepare_swiglu(gguf::TensorType type) const;
 
   // Rows [row0, row0 + n_rows) of the stacked matrices (expert e's row r is e * rows + r) as f32,
@@ -107,6 +116,10 @@ class MatmulOp {
   // uses).
   void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items, int tile,
                          const std::vector<cl_event>& wait, cl_event* done) const;
+  void run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
+                        cl_mem y, size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
+                        int n_pairs, int max_run, const std::vector<cl_event>& wait,
+                        cl_event* done) const;
   void run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
                    int n_tokens, const std::vector<cl_event>& wait, cl_event* done,
                    Output out) const;

@@ -73,6 +73,21 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                      MatmulOp op(dev);
                      return to_matrix(check_experts(op, t, 33, c_small, 4, 11, 2, timing), timing);
                    }});
+    // The tiled expert GEMM (matmul_gemm.cl), forced on every device: 100 tokens, 2 of 3
+    // experts (runs longer than its 64-pair tile), 70 rows (a partial row tile).
+    out.push_back({"experts_gemm", fmt, "3x70x" + std::to_string(c_mid) + "_t100_top2",
+                   [t, c_mid](const Device& dev, bool timing) {
+                     if (!expert_gemm_fits(dev.info()))
+                       return unsupported(
+                           "the tiled expert GEMM needs 256-item work groups and 34 KB of local "
+                           "memory");
+                     MatmulVariant v = default_matmul_variant(dev.info(), t);
+                     v.expert_gemm_min_run = 1;
+                     MatmulOp op(dev, v);
+                     return to_matrix(check_experts(op, t, 70, c_mid, 3, 100, 2, timing, 1, false,
+                                                    /*sorted_promise=*/true),
+                                      timing);
+                   }});
     // SwiGLU folded into the expert loads (the down projection's input): decode, 4 of 16 experts.
     out.push_back({"experts_swiglu", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
                    [t, c_mid](const Device& dev, bool timing) {

@@ -248,7 +248,9 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
 
 MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                           int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed,
-                          bool x_swiglu) {
+                          bool x_swiglu, bool sorted_promise) {
+  // The pairs below are sorted by expert, one per (token, expert): runs of at most n_tokens.
+  const int max_run = sorted_promise ? n_tokens : 0;
   if (top_k > n_expert) throw TesseraError("check_experts: top_k above n_expert");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
@@ -293,7 +295,7 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   dev.write(em.get(), 0, exp.data(), exp.size() * 4);
   ClMem ym = guarded_output(dev, ref.size());
   op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {}, nullptr,
-                 x_swiglu);
+                 x_swiglu, max_run);
   dev.finish();
   MatmulCheck r;
   const auto got = read_guarded(dev, ym.get(), ref.size(), r.guard_intact);
@@ -308,7 +310,7 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
         dev,
         [&](cl_event* ev) {
           op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {},
-                         ev, x_swiglu);
+                         ev, x_swiglu, max_run);
         },
         true, 10);
   }
