@@ -17,7 +17,8 @@
 // block-table entry before the window of the step's tokens: a window layer's cache releases those
 // blocks (their entries become -1). Attention sinks (gpt-oss; `use_sinks`, sinks[N_HEAD] f32): one
 // logit per query head in the softmax's max and denominator, with no value; the prefill kernel and
-// the decode reduce apply them where they normalize.
+// the decode reduce apply them where they normalize. TurboQuant pools (K_ROTATED / V_ROTATED,
+// attention_kv.clh): queries rotated once per head, outputs rotated back once where normalized.
 #include "common.clh"
 #define GROUP (N_HEAD / N_HEAD_KV)
 #include "attention_kv.clh"
@@ -213,6 +214,11 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
                       : 0.0f;
   }
   barrier(CLK_LOCAL_MEM_FENCE);
+#if K_ROTATED
+  // TurboQuant K rows hold rotated vectors: rotate each query row once.
+  for (int i = lid; i < PF_BQ; i += PF_WG) kv_turbo_rotate_l(qs + i * HEAD_DIM);
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
 
   float o[PF_OWN];
   int run_start = 0;
@@ -320,8 +326,21 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         const float mx = fmax(rm[r], sinks[h]), a = exp(rm[r] - mx);
         inv = a / (rl[r] * a + exp(sinks[h] - mx));
       }
+#if V_ROTATED
+      // The output is rotated (TurboQuant V rows): gather the row in its query's local slot (its
+      // run is over) and rotate it back once.
+      for (int i = 0; i < PF_OWN; ++i) qs[r * HEAD_DIM + c + i * PF_TPR] = o[i] * inv;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (mine && c == 0) kv_turbo_rotate_inverse_l(qs + r * HEAD_DIM);
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (mine) {
+      __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
+      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = qs[r * HEAD_DIM + c + i * PF_TPR];
+#else
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
       for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = o[i] * inv;
+#endif
     }
     barrier(CLK_LOCAL_MEM_FENCE);
     run_start = run_end;
@@ -392,6 +411,11 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   float4 o[DEC_OWN];
   for (int i = 0; i < DEC_OWN; ++i) o[i] = (float4)(0.0f);
   barrier(CLK_LOCAL_MEM_FENCE);
+#if K_ROTATED
+  // TurboQuant K rows hold rotated vectors: rotate each query head of the group once.
+  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * HEAD_DIM);
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
 
   __global const int* table = meta + bt_off + (size_t)s * bt_stride;
   for (int j0 = start; j0 < end; j0 += DEC_TILE) {
@@ -481,10 +505,26 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
   }
   const float inv = 1.0f / l;
   __global float* dst = out + out_off + ((size_t)(first_token + ti) * N_HEAD + h) * HEAD_DIM;
+#if V_ROTATED
+  // The partials are rotated (TurboQuant V rows): rotate the combined output back once.
+  __local float ob[HEAD_DIM];
+  for (int i = 0; i < RED_OWN; ++i) {
+    const int d = lid + i * RED_LWS;
+    if (d < HEAD_DIM) ob[d] = acc[i] * inv;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (lid == 0) kv_turbo_rotate_inverse_l(ob);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int i = 0; i < RED_OWN; ++i) {
+    const int d = lid + i * RED_LWS;
+    if (d < HEAD_DIM) dst[d] = ob[d];
+  }
+#else
   for (int i = 0; i < RED_OWN; ++i) {
     const int d = lid + i * RED_LWS;
     if (d < HEAD_DIM) dst[d] = acc[i] * inv;
   }
+#endif
 }
 
 // ---- (c') Split-K decode, row-streaming form for CPUs: one work item per (chunk, KV head,
@@ -525,6 +565,9 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
     qv[i] = vloadv(i, qsrc) * scale;
     o[i] = (floatv)(0.0f);
   }
+#if K_ROTATED
+  for (int g = 0; g < GROUP; ++g) kv_turbo_rotate_p((float*)(qv + g * (HEAD_DIM / VW)));
+#endif
   float m[GROUP], l[GROUP];
   for (int g = 0; g < GROUP; ++g) {
     m[g] = -INFINITY;

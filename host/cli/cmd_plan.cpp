@@ -44,8 +44,8 @@ int run_plan(const std::vector<std::string>& args) {
   const auto spec = model::ModelSpec::from_gguf(file);
   auto registry = tessera::cli::discover_devices();
   ProbeCache probes = tessera::cli::probe_cache();
-  auto footprint =
-      engine::footprint_of(spec, context, engine::kv_formats_of(config, int(spec.layers.size())));
+  auto footprint = engine::footprint_of(
+      spec, context, engine::kv_formats_of(config, int(spec.layers.size()), spec.hp.head_dim));
   footprint.max_sequences = config.max_sequences.value_or(1);  // recurrent state reserved
   const auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
   if (json) {

@@ -82,7 +82,7 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
   return c;
 }
 
-KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer) {
+KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t head_dim) {
   auto format = [](const std::string& name, const std::string& key) {
     const auto f = kv::kv_format_from_name(name);
     if (!f)
@@ -100,6 +100,15 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer) {
   KvLayerFormats out;
   out.k.assign(size_t(std::max(0, n_layer)), k);
   out.v.assign(size_t(std::max(0, n_layer)), v);
+  // A TurboQuant part keeps q8_0 (f16 where q8_0 cannot store the head size) in the first and the
+  // last layer, the most sensitive ones; kv_cache.layers.<range> below overrides that.
+  const kv::KvFormat boundary =
+      head_dim == 0 || kv::kv_bytes_per_token_head(kv::KvFormat::kQ8_0, head_dim) != 0
+          ? kv::KvFormat::kQ8_0
+          : kv::KvFormat::kF16;
+  for (std::vector<kv::KvFormat>* part : {&out.k, &out.v})
+    if (!part->empty() && kv::kv_format_traits(part->front()).turbo())
+      part->front() = part->back() = boundary;
   std::vector<std::string> owner(size_t(std::max(0, n_layer)));  // range that set each layer
   for (const auto& [range, lf] : config.kv_layers) {
     const std::string key = "kv_cache.layers." + range;
@@ -184,7 +193,8 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
       std::make_unique<DeviceRegistry>(DeviceRegistry::discover(o.programs, o.device_limits));
   s.config = config_from_cli(o.config_path, o.sets, o.device);
   skip_unbuildable_devices(*s.registry, s.config);
-  const KvLayerFormats kv_formats = kv_formats_of(s.config, int(spec.layers.size()));
+  const KvLayerFormats kv_formats =
+      kv_formats_of(s.config, int(spec.layers.size()), spec.hp.head_dim);
   s.footprint = footprint_of(spec, o.context_tokens, kv_formats);
   s.footprint.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
   std::unique_ptr<ProbeCache> probes;

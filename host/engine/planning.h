@@ -21,10 +21,12 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
                               const sched::Config& config);
 
 // The KV cache formats of `n_layer` layers from the config's kv_cache keys: format (K and V),
-// k_format / v_format, then layers.<range> overrides. Throws sched::ConfigError naming the key for
-// a format the engine does not store yet (TurboQuant names), a range past the model's layers, or a
-// layer two ranges name. n_layer 0 checks the names only.
-KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer);
+// k_format / v_format, then layers.<range> overrides. A TurboQuant K or V format keeps q8_0 in
+// layers 0 and n_layer - 1 (f16 when q8_0 cannot store head_dim; head_dim 0: q8_0) unless a
+// layers.<range> key names them. Throws sched::ConfigError naming the key for a format name the
+// engine does not store, a range past the model's layers, or a layer two ranges name. n_layer 0
+// checks the names only.
+KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t head_dim = 0);
 
 // Selects devices by `config`, measures them through `probes` (cached; nullptr: no measurement)
 // and plans `footprint` on them.

@@ -2,6 +2,14 @@
 // selects the format's row codec (cl_kernels/kv_codec_<format>.clh) in cl_kernels/attention*.cl.
 // K and V pools choose their formats separately; a new format adds an enum value, its traits here,
 // a codec prelude and its scalar reference (host/ops/reference/kv_codec.h).
+//
+// TurboQuant rows (Zandieh et al., ICLR 2026; cl_kernels/kv_codec_turbo.clh, scalar reference
+// host/ops/reference/kv_turbo.h): the head vector's norm (f16), then each coordinate of the
+// vector rotated by a seeded randomized Walsh-Hadamard transform as the index of a Lloyd-Max
+// centroid (b bits; cl_kernels/kv_turbo_tables.clh), packed 8 coordinates in b bytes, rows padded
+// to an even size. The split formats keep a fixed quarter of the rotated channels (the first
+// head_dim / 4, as the paper's 32 of 128) at the higher width: turbo2.5 stores 3 + 2 bits (2.25
+// bits per channel), turbo3.5 4 + 3 bits (3.25), under the paper's names.
 #pragma once
 
 #include <cstdint>
@@ -12,18 +20,31 @@
 namespace tessera::kv {
 
 enum class KvFormat : uint8_t {
-  kF16 = 0,   // IEEE half per element, written with vstore_half (no cl_khr_fp16 needed)
-  kQ8_0 = 1,  // ggml block_q8_0 per 32 values: f16 scale d = amax / 127, 32 int8 round(x / d)
-  kQ4_0 = 2,  // ggml block_q4_0 per 32 values: f16 scale d = signed max / -8, 16 bytes of nibbles
-              // (value j in the low nibble of byte j, value j + 16 in its high nibble, offset 8)
+  kF16 = 0,     // IEEE half per element, written with vstore_half (no cl_khr_fp16 needed)
+  kQ8_0 = 1,    // ggml block_q8_0 per 32 values: f16 scale d = amax / 127, 32 int8 round(x / d)
+  kQ4_0 = 2,    // ggml block_q4_0 per 32 values: f16 scale d = signed max / -8, 16 bytes of nibbles
+                // (value j in the low nibble of byte j, value j + 16 in its high nibble, offset 8)
+  kTurbo2 = 3,  // TurboQuant mse, 2 bits per rotated coordinate
+  kTurbo3 = 4,  // 3 bits
+  kTurbo4 = 5,  // 4 bits
+  kTurbo2_5 = 6,  // head_dim / 4 rotated channels at 3 bits, the rest at 2
+  kTurbo3_5 = 7,  // head_dim / 4 rotated channels at 4 bits, the rest at 3
 };
+
+inline constexpr KvFormat kAllKvFormats[] = {
+    KvFormat::kF16,    KvFormat::kQ8_0,   KvFormat::kQ4_0,     KvFormat::kTurbo2,
+    KvFormat::kTurbo3, KvFormat::kTurbo4, KvFormat::kTurbo2_5, KvFormat::kTurbo3_5};
 
 struct KvFormatTraits {
   std::string_view name;          // "f16"
   std::string_view kernel_macro;  // value of K_FORMAT / V_FORMAT the attention programs are built
                                   // with (cl_kernels/attention_kv.clh defines it)
-  uint32_t block_values;          // values per block: head_dim must be a multiple (1: any)
-  uint32_t block_bytes;           // bytes of one block
+  uint32_t block_values;          // values per block: head_dim must be a multiple (1: any);
+                                  // TurboQuant: the multiple its packing needs (8, split 32)
+  uint32_t block_bytes;           // bytes of one block (TurboQuant: 0, see turbo_*_bits)
+  uint32_t turbo_hi_bits = 0;     // TurboQuant: bits of the first head_dim / 4 channels when they
+  uint32_t turbo_lo_bits = 0;     // differ from the rest's (split), else both the format's width
+  bool turbo() const { return turbo_lo_bits != 0; }
 };
 
 // Traits of `format`; every enum value has an entry.
@@ -31,6 +52,11 @@ inline const KvFormatTraits& kv_format_traits(KvFormat format) {
   static constexpr KvFormatTraits kF16Traits{"f16", "KV_FMT_F16", 1, 2};
   static constexpr KvFormatTraits kQ8_0Traits{"q8_0", "KV_FMT_Q8_0", 32, 34};
   static constexpr KvFormatTraits kQ4_0Traits{"q4_0", "KV_FMT_Q4_0", 32, 18};
+  static constexpr KvFormatTraits kTurbo2Traits{"turbo2", "KV_FMT_TURBO2", 8, 0, 2, 2};
+  static constexpr KvFormatTraits kTurbo3Traits{"turbo3", "KV_FMT_TURBO3", 8, 0, 3, 3};
+  static constexpr KvFormatTraits kTurbo4Traits{"turbo4", "KV_FMT_TURBO4", 8, 0, 4, 4};
+  static constexpr KvFormatTraits kTurbo2_5Traits{"turbo2.5", "KV_FMT_TURBO2_5", 32, 0, 3, 2};
+  static constexpr KvFormatTraits kTurbo3_5Traits{"turbo3.5", "KV_FMT_TURBO3_5", 32, 0, 4, 3};
   switch (format) {
     case KvFormat::kF16:
       return kF16Traits;
@@ -38,6 +64,16 @@ inline const KvFormatTraits& kv_format_traits(KvFormat format) {
       return kQ8_0Traits;
     case KvFormat::kQ4_0:
       return kQ4_0Traits;
+    case KvFormat::kTurbo2:
+      return kTurbo2Traits;
+    case KvFormat::kTurbo3:
+      return kTurbo3Traits;
+    case KvFormat::kTurbo4:
+      return kTurbo4Traits;
+    case KvFormat::kTurbo2_5:
+      return kTurbo2_5Traits;
+    case KvFormat::kTurbo3_5:
+      return kTurbo3_5Traits;
   }
   return kF16Traits;  // unreachable: the switch covers every value
 }
@@ -46,11 +82,22 @@ inline std::string_view kv_format_name(KvFormat format) {
   return kv_format_traits(format).name;
 }
 
+// TurboQuant: rotated channels [0, turbo_hi_channels) use turbo_hi_bits, the rest turbo_lo_bits.
+inline uint32_t kv_turbo_hi_channels(const KvFormatTraits& t, uint32_t head_dim) {
+  return t.turbo_hi_bits != t.turbo_lo_bits ? head_dim / 4 : 0;
+}
+
 // Bytes of one token of one KV head (K or V alone) for `head_dim`; 0 when the format cannot store
 // that head size (a block format whose block does not divide head_dim).
 inline uint64_t kv_bytes_per_token_head(KvFormat format, uint32_t head_dim) {
   const KvFormatTraits& t = kv_format_traits(format);
   if (head_dim == 0 || head_dim % t.block_values != 0) return 0;
+  if (t.turbo()) {  // f16 norm + packed codes, padded to an even size (the norm stays aligned)
+    const uint32_t hi = kv_turbo_hi_channels(t, head_dim);
+    const uint64_t code_bytes =
+        (uint64_t(hi) * t.turbo_hi_bits + uint64_t(head_dim - hi) * t.turbo_lo_bits) / 8;
+    return 2 + (code_bytes + 1) / 2 * 2;
+  }
   return uint64_t(head_dim / t.block_values) * t.block_bytes;
 }
 
@@ -60,15 +107,16 @@ inline std::string kv_format_problem(KvFormat format, uint32_t head_dim) {
   if (kv_bytes_per_token_head(format, head_dim) != 0) return "";
   const KvFormatTraits& t = kv_format_traits(format);
   return "KV format " + std::string(t.name) + " cannot store head size " +
-         std::to_string(head_dim) + " (its blocks hold " + std::to_string(t.block_values) +
-         " values; the head size must be a multiple)";
+         std::to_string(head_dim) + " (its " +
+         (t.turbo() ? "packed codes come in groups of " : "blocks hold ") +
+         std::to_string(t.block_values) + " values; the head size must be a multiple)";
 }
 
-// "f16" / "q8_0" / "q4_0" (any case) -> the format; nullopt for names no format has.
+// "f16" / "q8_0" / "turbo3.5" ... (any case) -> the format; nullopt for names no format has.
 inline std::optional<KvFormat> kv_format_from_name(std::string_view name) {
   std::string lower(name);
   for (char& c : lower) c = char(c >= 'A' && c <= 'Z' ? c - 'A' + 'a' : c);
-  for (KvFormat f : {KvFormat::kF16, KvFormat::kQ8_0, KvFormat::kQ4_0})
+  for (KvFormat f : kAllKvFormats)
     if (lower == kv_format_name(f)) return f;
   return std::nullopt;
 }
@@ -76,8 +124,7 @@ inline std::optional<KvFormat> kv_format_from_name(std::string_view name) {
 // The names of every format, ", "-separated (for error messages).
 inline std::string kv_format_names() {
   std::string s;
-  for (KvFormat f : {KvFormat::kF16, KvFormat::kQ8_0, KvFormat::kQ4_0})
-    s += (s.empty() ? "" : ", ") + std::string(kv_format_name(f));
+  for (KvFormat f : kAllKvFormats) s += (s.empty() ? "" : ", ") + std::string(kv_format_name(f));
   return s;
 }
 

@@ -198,16 +198,20 @@ TEST(Attention, SlidingWindowBelowAtAndPastTheWindow) {
   }
 }
 
-// Compressed formats (K and V chosen separately) through the paging: prefix sharing with
-// copy-on-write of partially filled blocks (the copy moves codes and scales whole), mixed batches,
+// Compressed formats (K and V chosen separately; block and TurboQuant formats, asymmetric pairs)
+// through the paging: prefix sharing with copy-on-write of partially filled blocks (the copy moves
+// codes and scales or norms whole), mixed batches,
 // exhaustion that changes nothing, freeing and reuse; every stored K row is checked against the
 // scalar codec.
 TEST(Attention, CompressedFormatsPagingSharingAndExhaustion) {
   using kv::KvFormat;
-  const std::pair<KvFormat, KvFormat> formats[] = {{KvFormat::kQ8_0, KvFormat::kQ8_0},
-                                                   {KvFormat::kQ4_0, KvFormat::kQ4_0},
-                                                   {KvFormat::kQ8_0, KvFormat::kQ4_0},
-                                                   {KvFormat::kQ4_0, KvFormat::kF16}};
+  const std::pair<KvFormat, KvFormat> formats[] = {
+      {KvFormat::kQ8_0, KvFormat::kQ8_0},         {KvFormat::kQ4_0, KvFormat::kQ4_0},
+      {KvFormat::kQ8_0, KvFormat::kQ4_0},         {KvFormat::kQ4_0, KvFormat::kF16},
+      {KvFormat::kTurbo2, KvFormat::kTurbo2},     {KvFormat::kTurbo3, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4, KvFormat::kTurbo4},     {KvFormat::kTurbo2_5, KvFormat::kTurbo2_5},
+      {KvFormat::kTurbo3_5, KvFormat::kTurbo3_5}, {KvFormat::kQ8_0, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4, KvFormat::kTurbo3},     {KvFormat::kTurbo3, KvFormat::kF16}};
   for (const auto& dev : registry().devices()) {
     for (const auto& [kf, vf] : formats) {
       SCOPED_TRACE(dev->id() + " K " + std::string(kv::kv_format_name(kf)) + " V " +
@@ -236,11 +240,13 @@ TEST(Attention, CompressedFormatsPagingSharingAndExhaustion) {
   }
 }
 
-// Block formats need head sizes that are multiples of their 32-value blocks: the op and the cache
-// refuse others, naming the format and the head size.
+// Block formats need head sizes that are multiples of their 32-value blocks (the split TurboQuant
+// formats too: a quarter of the channels in groups of 8): the op and the cache refuse others,
+// naming the format and the head size.
 TEST(Attention, BlockFormatsRefuseHeadSizes) {
   const Device& d = *registry().devices().front();
-  for (kv::KvFormat f : {kv::KvFormat::kQ8_0, kv::KvFormat::kQ4_0}) {
+  for (kv::KvFormat f : {kv::KvFormat::kQ8_0, kv::KvFormat::kQ4_0, kv::KvFormat::kTurbo2_5,
+                         kv::KvFormat::kTurbo3_5}) {
     for (bool v_only : {false, true}) {
       ops::AttentionConfig c = attention_config(8, 4, 8, 16);
       if (v_only)
@@ -266,6 +272,24 @@ TEST(Attention, BlockFormatsRefuseHeadSizes) {
         EXPECT_NE(what.find(std::string(kv::kv_format_name(f))), std::string::npos) << what;
         EXPECT_NE(what.find("head size 48"), std::string::npos) << what;
       }
+    }
+  }
+}
+
+// TurboQuant packs 8 codes in `bits` bytes: head sizes that are not multiples of 8 are refused.
+TEST(Attention, TurboFormatsRefuseHeadSizes) {
+  const Device& d = *registry().devices().front();
+  for (kv::KvFormat f : {kv::KvFormat::kTurbo2, kv::KvFormat::kTurbo3, kv::KvFormat::kTurbo4}) {
+    ops::AttentionConfig c = attention_config(8, 4, 12, 16);
+    c.pool.format = f;
+    try {
+      ops::AttentionOp op(d, c);
+      ADD_FAILURE() << "head size 12 accepted for " << kv::kv_format_name(f);
+    } catch (const ops::AttentionUnsupported& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(std::string(kv::kv_format_name(f)) + " cannot store head size 12"),
+                std::string::npos)
+          << what;
     }
   }
 }

@@ -185,25 +185,51 @@ TEST(EngineBatchTest, KvFormatConfigErrorsNameTheKey) {
     }
     return std::string();
   };
-  EXPECT_NE(error_of({"kv_cache.v_format=turbo3"}).find("kv_cache.v_format: 'turbo3'"),
-            std::string::npos);
   EXPECT_NE(error_of({"kv_cache.layers.0-9=q8_0"}).find("kv_cache.layers.0-9"), std::string::npos);
   EXPECT_NE(error_of({"kv_cache.layers.0-1=q8_0", "kv_cache.layers.1=q4_0"}).find("also in"),
             std::string::npos);
   EXPECT_EQ(error_of({"kv_cache.layers.all.k_format=q4_0"}), "");
 }
 
-TEST(EngineBatchTest, UnimplementedKvFormatIsRefused) {
-  auto m = load_fixture("llama");
-  auto reg = tessera::cli::discover_devices();
+// TurboQuant from the config keeps q8_0 in the first and last layers (f16 where q8_0 cannot store
+// the head size) unless a layer range names them; the engine runs on the turbo codes and its
+// prefill logits stay near the f16 cache's.
+TEST(EngineBatchTest, TurboKvFormatsKeepTheBoundaryLayers) {
+  auto m = load_fixture("qwen3");  // head size 32, 2 layers
+  const int n_layer = int(m->spec.layers.size());
+  ASSERT_EQ(n_layer, 2);
   sched::Config cfg;
-  cfg.kv_format = "turbo3";
-  try {
-    make_engine(m->spec, reg, cfg);
-    FAIL() << "expected ConfigError";
-  } catch (const sched::ConfigError& e) {
-    EXPECT_NE(std::string(e.what()).find("kv_cache.format"), std::string::npos) << e.what();
-  }
+  sched::apply_override(cfg, "kv_cache.format=turbo3");
+  KvLayerFormats f = kv_formats_of(cfg, n_layer, 32);
+  EXPECT_EQ(f.k, std::vector<kv::KvFormat>(2, kv::KvFormat::kQ8_0));
+  EXPECT_EQ(f.v, std::vector<kv::KvFormat>(2, kv::KvFormat::kQ8_0));
+  EXPECT_EQ(kv_formats_of(cfg, n_layer, 16).k[0], kv::KvFormat::kF16);  // q8_0 needs 32 | d
+  sched::apply_override(cfg, "kv_cache.layers.1=turbo3");
+  sched::apply_override(cfg, "kv_cache.k_format=q8_0");
+  f = kv_formats_of(cfg, n_layer, 32);
+  EXPECT_EQ(f.k, std::vector<kv::KvFormat>({kv::KvFormat::kQ8_0, kv::KvFormat::kTurbo3}));
+  EXPECT_EQ(f.v, std::vector<kv::KvFormat>({kv::KvFormat::kQ8_0, kv::KvFormat::kTurbo3}));
+
+  auto reg = tessera::cli::discover_devices();
+  sched::Config base_cfg;
+  base_cfg.select = {sched::DeviceSelector{}};
+  base_cfg.select[0].id = reg.devices().front()->id();
+  auto f16 = make_engine(m->spec, reg, base_cfg);
+  const auto base = engine_greedy(*f16, kPrompt, 0);
+  sched::Config tcfg = base_cfg;
+  sched::apply_override(tcfg, "kv_cache.format=turbo4");
+  sched::apply_override(tcfg, "kv_cache.layers.all=turbo4");
+  EngineOptions opts;
+  opts.kv_formats = kv_formats_of(tcfg, n_layer, 32);
+  auto t = make_engine(m->spec, reg, tcfg, opts);
+  EXPECT_EQ(t->kv_cache().layout(0, kv::KvPart::kK).format, kv::KvFormat::kTurbo4);
+  EXPECT_EQ(t->kv_cache().layout(1, kv::KvPart::kV).format, kv::KvFormat::kTurbo4);
+  EXPECT_EQ(footprint_of(m->spec, 256, opts.kv_formats).kv_bytes_per_token,
+            uint64_t(m->spec.hp.n_head_kv) * 2 * 2 * (2 + 16));  // 2 layers, K and V, 18 bytes
+  const auto got = engine_greedy(*t, kPrompt, 0);
+  ASSERT_EQ(got.logits.size(), 1u);
+  EXPECT_LT(rel_err(got.logits[0], base.logits[0]), 0.2);
+  EXPECT_GT(rel_err(got.logits[0], base.logits[0]), 0.0);
 }
 
 std::filesystem::path models_dir() {

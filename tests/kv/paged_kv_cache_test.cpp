@@ -36,7 +36,10 @@ TEST(PagedKvCache, ConfigErrors) {
   EXPECT_EQ(kv_format_from_name("f16"), KvFormat::kF16);
   EXPECT_EQ(kv_format_from_name("Q8_0"), KvFormat::kQ8_0);
   EXPECT_EQ(kv_format_from_name("q4_0"), KvFormat::kQ4_0);
+  EXPECT_EQ(kv_format_from_name("turbo3.5"), KvFormat::kTurbo3_5);
+  EXPECT_EQ(kv_format_from_name("TURBO2"), KvFormat::kTurbo2);
   EXPECT_FALSE(kv_format_from_name("q3_x").has_value());
+  EXPECT_FALSE(kv_format_from_name("turbo5").has_value());
 }
 
 // K and V formats chosen separately and per layer: row bytes are ggml's block sizes (q8_0: 34
@@ -47,6 +50,22 @@ TEST(PagedKvCache, FormatsPerPartAndLayer) {
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ8_0, 64), 68u);
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ4_0, 64), 36u);
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kQ4_0, 48), 0u);
+  // TurboQuant: f16 norm + codes (8 per `bits` bytes), padded to even; the split formats' first
+  // quarter at the higher width.
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo2, 64), 2u + 16);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3, 64), 2u + 24);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo4, 64), 2u + 32);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo2_5, 128), 2u + 12 + 24);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 128), 2u + 16 + 36);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 64), 2u + 8 + 18);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 32), 2u + 14);  // 13 padded
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3, 8), 2u + 4);      // 3 padded
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3, 12), 0u);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 48), 0u);
+  // turbo3.5 at head size 128 is at least 4.5x smaller than f16 (256 / 54 = 4.74).
+  EXPECT_GE(double(kv_bytes_per_token_head(KvFormat::kF16, 128)) /
+                double(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 128)),
+            4.5);
   KvCacheConfig c{3, 2, 64, 4, 6, KvFormat::kQ8_0, KvFormat::kQ4_0};
   c.layer_k_format = {KvFormat::kF16, KvFormat::kQ8_0, KvFormat::kF16};
   PagedKvCache cache(c, {d, d, d});

@@ -48,6 +48,36 @@ double codec_slack(kv::KvFormat f) {
   return f == kv::KvFormat::kQ8_0 ? 0.6 : f == kv::KvFormat::kQ4_0 ? 1.02 : 0.0;
 }
 
+// A TurboQuant row the device stored for `x` against the host's encoding of x, in the rotated
+// domain (norm, then each channel's value): where the device's RoPE differs from the host's in the
+// last bits, a coordinate next to a cell boundary may take the neighbouring centroid, which is
+// accepted when x's rotated coordinate lies within 1e-3 of the two centroids' midpoint.
+void turbo_row_check(kv::KvFormat f, std::span<const uint8_t> row, std::span<const float> x,
+                     std::vector<float>& got, std::vector<float>& ref) {
+  const reference::turbo::RowShape shape = reference::kv_turbo_shape(f, x.size());
+  std::vector<uint8_t> host(row.size());
+  reference::kv_encode_row(f, x, host);
+  const size_t d = x.size();
+  std::vector<float> g(d), h(d), y(x.begin(), x.end());
+  reference::turbo::decode_row_rotated(shape, row, g);
+  reference::turbo::decode_row_rotated(shape, host, h);
+  reference::turbo::rotate(y, reference::turbo::default_seed());
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double norm_g = fp16_to_fp32(uint16_t(row[0] | (row[1] << 8))),
+               norm_h = fp16_to_fp32(uint16_t(host[0] | (host[1] << 8)));
+  got.push_back(float(norm_g));
+  ref.push_back(float(norm_h));
+  const double sd = std::sqrt(double(d));
+  for (size_t i = 0; i < d; ++i) {
+    const double cg = norm_g > 0 ? g[i] * sd / norm_g : 0, ch = norm_h > 0 ? h[i] * sd / norm_h : 0;
+    const double t = ss > 0 ? y[i] * sd / std::sqrt(ss) : 0;
+    const bool same = std::fabs(cg - ch) < 1e-4, tie = std::fabs(t - 0.5 * (cg + ch)) < 1e-3;
+    got.push_back(g[i]);
+    ref.push_back(same || tie ? g[i] : h[i]);
+  }
+}
+
 struct SeqSpec {
   int32_t past;   // tokens already in the cache
   int32_t fresh;  // tokens of this step (queries), at positions past .. past + fresh - 1
@@ -312,6 +342,10 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
             {vf, &vp, v_rb, row + v_col + size_t(h * D)}}) {
         std::vector<float> dec(static_cast<size_t>(D));
         reference::kv_decode_row(f, {pool->data() + r * rb, rb}, dec);
+        if (kv::kv_format_traits(f).turbo()) {
+          turbo_row_check(f, {pool->data() + r * rb, rb}, {src, size_t(D)}, got_kv, ref_kv);
+          continue;
+        }
         if (f == kv::KvFormat::kF16) {
           for (int32_t d = 0; d < D; ++d) {
             got_kv.push_back(dec[size_t(d)]);
@@ -466,15 +500,17 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
     }
   }
 
-  // Compressed KV formats (block formats: head sizes that are multiples of 32): the store through
+  // Compressed KV formats (block formats and TurboQuant; head sizes 64 and 128): the store through
   // both the plain KV write and qkv_finish (both kernel shapes), prefill and decode over the codes,
   // K and V in the same and in different formats, and one sliding window each way.
   using kv::KvFormat;
   const std::pair<KvFormat, KvFormat> format_pairs[] = {
-      {KvFormat::kQ8_0, KvFormat::kQ8_0},
-      {KvFormat::kQ4_0, KvFormat::kQ4_0},
-      {KvFormat::kQ8_0, KvFormat::kQ4_0},
-      {KvFormat::kF16, KvFormat::kQ8_0},
+      {KvFormat::kQ8_0, KvFormat::kQ8_0},         {KvFormat::kQ4_0, KvFormat::kQ4_0},
+      {KvFormat::kQ8_0, KvFormat::kQ4_0},         {KvFormat::kF16, KvFormat::kQ8_0},
+      {KvFormat::kTurbo2, KvFormat::kTurbo2},     {KvFormat::kTurbo3, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4, KvFormat::kTurbo4},     {KvFormat::kTurbo2_5, KvFormat::kTurbo2_5},
+      {KvFormat::kTurbo3_5, KvFormat::kTurbo3_5}, {KvFormat::kQ8_0, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4, KvFormat::kTurbo3},
   };
   for (const auto& [kf, vf] : format_pairs) {
     for (const auto& base : {shapes[1], shapes[2]}) {
@@ -506,6 +542,31 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       out.push_back({w.decode ? "attention_decode" : "attention_prefill", format_label(cw),
                      shape_name(cw, w.seqs), [cw, w](const Device& d, bool t) {
                        return run_attention_case(d, t, w.decode, cw, w.seqs);
+                     }});
+    }
+  }
+  // TurboQuant at head sizes the block formats cannot take: 8 (stories260K; one rotation stage of
+  // 8) and 96, 40 (three overlapping power-of-two stages).
+  for (const AttentionConfig& base : {shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)}) {
+    for (const auto& [kf, vf] : {std::pair{KvFormat::kTurbo3, KvFormat::kTurbo3},
+                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo2}}) {
+      const AttentionConfig c = with_formats(base, kf, vf);
+      const std::string label = format_label(c);
+      out.push_back({"attention_prefill", label, shape_name(c, prefill_seqs),
+                     [c, prefill_seqs](const Device& d, bool t) {
+                       return run_attention_case(d, t, false, c, prefill_seqs);
+                     }});
+      out.push_back({"attention_decode", label, shape_name(c, decode_seqs),
+                     [c, decode_seqs](const Device& d, bool t) {
+                       return run_attention_case(d, t, true, c, decode_seqs);
+                     }});
+      const int32_t D = c.pool.head_dim;
+      out.push_back({"qkv_finish", label,
+                     "h" + std::to_string(c.n_head) + "/" + std::to_string(c.pool.n_head_kv) +
+                         "xd" + std::to_string(D) + "_norm_neox_rot" + std::to_string(D),
+                     [c, D](const Device& d, bool t) {
+                       return run_qkv_finish_case(d, t, c, true, true, D, false, 1.0f, false,
+                                                  false);
                      }});
     }
   }
