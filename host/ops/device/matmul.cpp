@@ -246,6 +246,30 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   enqueue_row_tiles(k, v, w.rows, n_tokens, tile, wait, done);
 }
 
+namespace {
+
+// Arguments 0-13, shared by experts_t{1,4,8} (matmul.cl) and experts_gemm (matmul_gemm.cl).
+void set_expert_args(const Device& dev, cl_kernel k, const DeviceWeight& w, cl_mem x,
+                     size_t x_offset, int x_rows, cl_mem y, size_t y_offset, cl_mem pair_token_ids,
+                     cl_mem pair_expert_ids, int n_pairs) {
+  set_arg(dev, k, 0, w.body.get());
+  set_arg(dev, k, 1, w.head ? w.head.get() : w.body.get());
+  set_arg(dev, k, 2, cl_uint(w.rows));
+  set_arg(dev, k, 3, cl_uint(w.cols));
+  set_arg(dev, k, 4, cl_uint(w.blocks_per_row));
+  set_arg(dev, k, 5, x);
+  set_arg(dev, k, 6, cl_ulong(x_offset));
+  set_arg(dev, k, 7, cl_uint(x_rows));
+  set_arg(dev, k, 8, y);
+  set_arg(dev, k, 9, cl_ulong(y_offset));
+  set_arg(dev, k, 10, pair_token_ids);
+  set_arg(dev, k, 11, pair_expert_ids);
+  set_arg(dev, k, 12, cl_uint(n_pairs));
+  set_arg(dev, k, 13, cl_uint(w.n_expert));
+}
+
+}  // namespace
+
 void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
                            size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                            int n_pairs, const std::vector<cl_event>& wait, cl_event* done,
@@ -269,24 +293,8 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   const int tile = token_tile(
       std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
   cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
-  const cl_mem head = w.head ? w.head.get() : w.body.get();
-  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
-  const cl_ulong xo = x_offset, yo = y_offset;
-  const cl_uint xr = cl_uint(x_rows), np = cl_uint(n_pairs), ne = cl_uint(w.n_expert);
-  set_arg(device_, k, 0, w.body.get());
-  set_arg(device_, k, 1, head);
-  set_arg(device_, k, 2, rows);
-  set_arg(device_, k, 3, cols);
-  set_arg(device_, k, 4, bpr);
-  set_arg(device_, k, 5, x);
-  set_arg(device_, k, 6, xo);
-  set_arg(device_, k, 7, xr);
-  set_arg(device_, k, 8, y);
-  set_arg(device_, k, 9, yo);
-  set_arg(device_, k, 10, pair_token_ids);
-  set_arg(device_, k, 11, pair_expert_ids);
-  set_arg(device_, k, 12, np);
-  set_arg(device_, k, 13, ne);
+  set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
+                  n_pairs);
   enqueue_row_tiles(k, v, w.rows, n_pairs, tile, wait, done);
 }
 
@@ -300,25 +308,9 @@ void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, si
       ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm", ks.options);
   }
   cl_kernel k = ks.experts_gemm.get();
-  const cl_mem head = w.head ? w.head.get() : w.body.get();
-  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
-  const cl_ulong xo = x_offset, yo = y_offset;
-  const cl_uint xr = cl_uint(x_rows), np = cl_uint(n_pairs), ne = cl_uint(w.n_expert);
   const cl_uint tiles = cl_uint((max_run + kExpertGemmPairs - 1) / kExpertGemmPairs);
-  set_arg(device_, k, 0, w.body.get());
-  set_arg(device_, k, 1, head);
-  set_arg(device_, k, 2, rows);
-  set_arg(device_, k, 3, cols);
-  set_arg(device_, k, 4, bpr);
-  set_arg(device_, k, 5, x);
-  set_arg(device_, k, 6, xo);
-  set_arg(device_, k, 7, xr);
-  set_arg(device_, k, 8, y);
-  set_arg(device_, k, 9, yo);
-  set_arg(device_, k, 10, pair_token_ids);
-  set_arg(device_, k, 11, pair_expert_ids);
-  set_arg(device_, k, 12, np);
-  set_arg(device_, k, 13, ne);
+  set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
+                  n_pairs);
   set_arg(device_, k, 14, tiles);
   // Groups: row tiles x (experts + the run of invalid ids) x pair tiles of one expert's run.
   const size_t local[2] = {256, 1};
