@@ -68,11 +68,12 @@ __kernel void moe_shared_gate_add(__global float* x, uint x_off, __global const 
 // decode each expert's weights once per tile of its tokens instead of once per pair. Pair p is
 // token p / k choosing expert ids[p]; an id outside [0, n_expert) sorts last (the expert matmul
 // then writes NaN for it). Outputs (n_pairs int32 each): sorted_token[q] and sorted_expert[q] of
-// the q-th pair in expert order, and row[p], the position pair p went to. One work group: the ids
-// pass through local memory in chunks, and its items take buckets e = lid, lid + size, ...
-// (n_expert + 1 of them), each counting, then placing, its bucket's pairs in order. counts holds
-// n_expert + 2 ints.
-#define GROUP_CHUNK 1024
+// the q-th pair in expert order, and row[p], the position pair p went to. One work group, one pair
+// per item per round: the histogram by local atomics, a prefix sum, then each round's pairs placed
+// at their bucket's next position plus their rank among the round's earlier pairs of that bucket
+// (so the order within a bucket is the pairs' order: the result is deterministic). counts holds
+// n_expert + 2 ints; the local size is at most GROUP_ROUND.
+#define GROUP_ROUND 256
 inline uint pair_bucket(int id, uint n_expert) {
   return (id >= 0 && (uint)id < n_expert) ? (uint)id : n_expert;
 }
@@ -80,44 +81,34 @@ inline uint pair_bucket(int id, uint n_expert) {
 __kernel void moe_group_pairs(__global const int* ids, uint n_pairs, uint k, uint n_expert,
                               __global int* sorted_token, __global int* sorted_expert,
                               __global int* row, __local int* counts) {
-  __local int chunk[GROUP_CHUNK];
+  __local int round_bucket[GROUP_ROUND];
   const uint lid = get_local_id(0), size = get_local_size(0);
   const uint buckets = n_expert + 1;
-  for (uint e = lid; e < buckets; e += size) counts[e + 1] = 0;
-  for (uint base = 0; base < n_pairs; base += GROUP_CHUNK) {
-    const uint m = min((uint)GROUP_CHUNK, n_pairs - base);
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint i = lid; i < m; i += size) chunk[i] = ids[base + i];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint e = lid; e < buckets; e += size) {
-      int c = 0;
-      for (uint i = 0; i < m; ++i) c += pair_bucket(chunk[i], n_expert) == e;
-      counts[e + 1] += c;
-    }
-  }
+  for (uint e = lid; e <= buckets; e += size) counts[e] = 0;
   barrier(CLK_LOCAL_MEM_FENCE);
-  if (lid == 0) {
-    counts[0] = 0;
+  for (uint p = lid; p < n_pairs; p += size)
+    atomic_inc(&counts[pair_bucket(ids[p], n_expert) + 1]);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (lid == 0)
     for (uint e = 1; e <= buckets; ++e) counts[e] += counts[e - 1];
-  }
   // counts[e] is now bucket e's next position.
-  for (uint base = 0; base < n_pairs; base += GROUP_CHUNK) {
-    const uint m = min((uint)GROUP_CHUNK, n_pairs - base);
+  for (uint base = 0; base < n_pairs; base += size) {
+    const uint p = base + lid;
+    const bool live = p < n_pairs;
+    const int id = live ? ids[p] : 0;
+    const int b = live ? (int)pair_bucket(id, n_expert) : -1;
+    barrier(CLK_LOCAL_MEM_FENCE);  // the previous round's counts are final
+    round_bucket[lid] = b;
     barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint i = lid; i < m; i += size) chunk[i] = ids[base + i];
-    barrier(CLK_LOCAL_MEM_FENCE);
-    for (uint e = lid; e < buckets; e += size) {
-      int q = counts[e];
-      for (uint i = 0; i < m; ++i) {
-        const int id = chunk[i];
-        if (pair_bucket(id, n_expert) != e) continue;
-        const uint p = base + i;
-        sorted_token[q] = (int)(p / k);
-        sorted_expert[q] = id;
-        row[p] = q;
-        ++q;
-      }
-      counts[e] = q;
+    if (live) {
+      int rank = 0;
+      for (uint j = 0; j < lid; ++j) rank += round_bucket[j] == b;
+      const int q = counts[b] + rank;
+      sorted_token[q] = (int)(p / k);
+      sorted_expert[q] = id;
+      row[p] = q;
     }
+    barrier(CLK_LOCAL_MEM_FENCE);  // every item has read counts before they move on
+    if (live) atomic_inc(&counts[b]);
   }
 }
