@@ -386,6 +386,9 @@ int run_bench(const std::vector<std::string>& args) {
     return "[" + s + "]";
   };
   const KvTokenBytes kv_bytes = kv_token_bytes(m.kv_cache());
+  // The cost model's decode step beside the measured one (plan() has the balancer's moves).
+  const double predicted_ms = m.plan().decode_step_seconds * 1e3;
+  const double measured_ms = tg_tps > 0 ? 1e3 / tg_tps : 0;
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"devices\": [%s], \"attention_device\": \"%s\", \"n_prompt\": %d, "
@@ -395,7 +398,8 @@ int run_bench(const std::vector<std::string>& args) {
         "\"kv_f16_bytes_per_token\": %llu, \"active_bytes_per_token\": %llu, "
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
-        "\"balancer_warmup_steps\": %d, \"replay\": %s%s}\n",
+        "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
+        "\"measured_decode_ms\": %.4f, \"replay\": %s%s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
         load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
@@ -403,8 +407,8 @@ int run_bench(const std::vector<std::string>& args) {
         static_cast<unsigned long long>(kv_bytes.f16_bytes),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
-        static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps,
-        m.options().replay ? "true" : "false",
+        static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps, predicted_ms,
+        measured_ms, m.options().replay ? "true" : "false",
         breakdown ? (", \"breakdown\": " + readable_json(breakdowns)).c_str() : "");
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
@@ -416,6 +420,9 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf(
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
+    if (n_gen > 0 && predicted_ms > 0)
+      std::printf("decode step: planner predicted %.3f ms, measured %.3f ms (%.2fx)\n",
+                  predicted_ms, measured_ms, measured_ms / predicted_ms);
     if (balancer_on)
       std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
                   static_cast<unsigned long long>(m.stats().balancer_moves),
