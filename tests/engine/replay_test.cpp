@@ -1,6 +1,11 @@
 // Recorded step programs replayed for later steps of the same batch shape give the same tokens and
 // the same logits, bit for bit, as enqueueing every step afresh: on every device, for every
-// architecture, for one sequence, for two decoding together and for repeated prefill shapes.
+// architecture, for one sequence, for two decoding together and for repeated prefill shapes. Steps
+// of different batch sizes launch with the same work-group sizes.
+#include <map>
+#include <set>
+#include <string>
+
 #include "engine_test_util.h"
 
 namespace tessera::engine::test {
@@ -116,6 +121,60 @@ TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
     EXPECT_EQ(replay->recorded_steps(), 3u);  // two prefill shapes, one decode shape
     EXPECT_EQ(replay->replayed_steps(), 20u);
     EXPECT_EQ(replay->cached_programs(), 3u);
+  }
+}
+
+// The work-group size of every launch is set by the step's code and the model, never left to the
+// driver and never tied to the batch: PoCL compiles a work-group function for each work-group size
+// it meets (100+ ms each on a CPU), so a serving engine whose launches followed the batch size
+// stalled on a compile at every batch size it had not met yet. Over decode steps of 1 to 19
+// sequences and prefills of 5 to 33 tokens (pairs grouped by expert from 16 tokens), each kernel
+// launches with one work-group size.
+TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
+  auto reg = DeviceRegistry::discover();
+  auto m = load_fixture(GetParam());
+  for (const auto& dev : reg.devices()) {
+    SCOPED_TRACE(dev->id());
+    EngineOptions o;
+    o.max_sequences = 20;
+    auto e = make_engine(m->spec, reg, on(*dev), o);
+    auto& kv = e->kv_cache();
+    std::map<std::string, std::set<std::string>> sizes;  // kernel -> work-group sizes launched
+    // One step of `n_seqs` new sequences of `per_seq` tokens each (one token each: a decode step).
+    for (const auto [n_seqs, per_seq] : {std::pair{1, 1}, {2, 1}, {3, 1}, {5, 1}, {17, 1}, {19, 1},
+                                         {1, 5}, {1, 9}, {1, 20}, {2, 33}}) {
+      StepBatch b;
+      for (int s = 0; s < n_seqs; ++s) {
+        const auto seq = kv.create_sequence();
+        const auto r = kv.reserve(seq, per_seq);
+        b.seqs.push_back(seq);
+        for (int i = 0; i < per_seq; ++i) {
+          b.tokens.push_back(300 + s + i);
+          b.token_seq.push_back(s);
+          b.token_pos.push_back(r.first_pos + i);
+        }
+        b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
+      }
+      e->forward(b);
+      for (auto seq : b.seqs) kv.free_sequence(seq);
+      ASSERT_NE(e->latest_program(), nullptr);
+      for (const auto& r : e->latest_program()->records()) {
+        if (r.kind != ops::StepProgram::Kind::kLaunch) continue;
+        std::string local = "picked by the driver";
+        if (r.has_local) {
+          local.clear();
+          for (cl_uint d = 0; d < r.dims; ++d) local += (d ? "x" : "") + std::to_string(r.local[d]);
+        }
+        sizes[r.name].insert(local);
+      }
+    }
+    EXPECT_GT(sizes.size(), 4u);
+    for (const auto& [kernel, locals] : sizes) {
+      std::string all;
+      for (const auto& l : locals) all += " [" + l + "]";
+      EXPECT_EQ(locals.size(), 1u) << kernel << ":" << all;
+      EXPECT_EQ(locals.count("picked by the driver"), 0u) << kernel;
+    }
   }
 }
 

@@ -41,7 +41,8 @@ void DeltaNetOps::recurrent(const DeltaNetDims& s, const Strided& q, const Strid
            cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off, o.mem,
            o.offset, o.stride, s.n_k_head, s.n_v_head, s.d_k, s.d_v, eps);
   const size_t global[2] = {width, batch.n_seqs};
-  enqueue(*device_, kern, 2, global, nullptr, ev);
+  const size_t local[2] = {fixed_group_size(*device_, kern, width), 1};
+  enqueue(*device_, kern, 2, global, local, ev);
 }
 
 namespace {

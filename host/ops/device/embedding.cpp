@@ -57,7 +57,8 @@ void EmbeddingOps::lookup(const DeviceTable& table, cl_mem ids, uint32_t ids_off
   set_args(*device_, k, table.mem, cl_ulong(table.offset), cl_ulong(row_bytes), table.n_rows, ids,
            ids_off, out, out_off, table.cols);
   const size_t global[2] = {(table.cols + ek->elements - 1) / ek->elements, n_tokens};
-  enqueue(*device_, k, 2, global, nullptr, ev);
+  const size_t local[2] = {fixed_group_size(*device_, k, global[0]), 1};
+  enqueue(*device_, k, 2, global, local, ev);
 }
 
 namespace {

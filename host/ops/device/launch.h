@@ -156,6 +156,24 @@ inline size_t row_group_size(const Device& device, cl_kernel kernel, size_t row_
   return floor_pow2(std::min(want, limit));
 }
 
+// Work-group size along dimension 0 of a kernel whose other dimensions are the batch (tokens,
+// heads, sequences) with work-groups of 1 there: the largest divisor of `n` (the items along
+// dimension 0, set by the model's shape) within `cap` and the kernel's and device's limits. For
+// kernels without local memory or barriers, which take any work-group. The size depends on `n`
+// only, never on the batch: a driver-picked one follows the whole global size, and PoCL compiles
+// a work-group function for every work-group size it meets (100+ ms on a CPU), so each new batch
+// size of a serving engine would stall its step for a compile.
+inline size_t fixed_group_size(const Device& device, cl_kernel kernel, size_t n, size_t cap = 256) {
+  size_t kernel_max = 0;
+  clGetKernelWorkGroupInfo(kernel, device.handle(), CL_KERNEL_WORK_GROUP_SIZE, sizeof(kernel_max),
+                           &kernel_max, nullptr);
+  size_t limit = std::min<size_t>(cap, device.info().max_group_items());
+  if (kernel_max > 0) limit = std::min(limit, kernel_max);
+  for (size_t d = std::min(std::max<size_t>(1, limit), std::max<size_t>(1, n)); d > 1; --d)
+    if (n % d == 0) return d;
+  return 1;
+}
+
 // Rows per launch of a kernel with `items_per_row` work items per row, within the global limit.
 inline size_t rows_per_launch(const Device& device, size_t items_per_row) {
   return std::max<uint64_t>(1, device.info().max_global_items / std::max<size_t>(1, items_per_row));

@@ -62,7 +62,8 @@ void RopeOps::rope(cl_mem x, uint32_t x_off, cl_mem pos, uint32_t pos_off, const
   set_args(*device_, k, x, x_off, stride, pos, pos_off, s.head_dim, s.n_rot, s.freq_base,
            s.freq_scale, freq_factors ? freq_factors : x, use_ff, neox, rope_yarn_arg(s.yarn));
   const size_t global[3] = {s.n_rot / 2, s.n_head, s.n_tokens};
-  enqueue(*device_, k, 3, global, nullptr, ev);
+  const size_t local[3] = {fixed_group_size(*device_, k, global[0]), 1, 1};
+  enqueue(*device_, k, 3, global, local, ev);
 }
 
 namespace {

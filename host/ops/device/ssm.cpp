@@ -20,11 +20,13 @@ void check_stride(const char* op, const char* name, const Strided& s, uint32_t w
                                 std::to_string(width) + " floats");
 }
 
-// NDRange (rows of state, sequences): the driver picks the work-group (any row count works).
+// NDRange (rows of state, sequences); work-groups along the rows only (fixed_group_size: the
+// same for every sequence count).
 void enqueue_rows_by_seqs(const Device& device, cl_kernel k, uint32_t rows, uint32_t n_seqs,
                           const Events& ev) {
   const size_t global[2] = {rows, n_seqs};
-  enqueue(device, k, 2, global, nullptr, ev);
+  const size_t local[2] = {fixed_group_size(device, k, rows), 1};
+  enqueue(device, k, 2, global, local, ev);
 }
 
 }  // namespace
