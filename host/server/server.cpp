@@ -78,6 +78,36 @@ struct Job {
   engine::RequestId id = 0;
 };
 
+// Runs a few throw-away requests through a fresh engine before the daemon reports ready, so that
+// no client's step waits on a kernel's first launch: PoCL builds a kernel's work-group function at
+// its first launch of a work-group size (100+ ms each on a CPU; loaded from its kernel cache when
+// an earlier process built it), which would stall the first requests' steps. The shapes cover the
+// kernel variants the steps choose by size: a short prompt alone (prefill, then one sequence's
+// decode), batches of 3 and 12 sequences (token tiles 4 and 8), then up to 17 sequences with a
+// 20-token prompt among them (MoE pairs grouped by expert, from 16 tokens). Its steps count in
+// the engine's counters; its sequences are freed when it ends.
+void warm_up(engine::Engine& e) {
+  const auto& o = e.model().options();
+  const int32_t n_vocab = int32_t(e.model().spec().hp.n_vocab);
+  const int longest = std::max(1, std::min({20, o.max_context - 1, o.max_batch_tokens / 2}));
+  auto request = [&](int n) {
+    engine::Request r;
+    for (int i = 0; i < n; ++i) r.prompt.push_back(int32_t((7 * i + 1) % n_vocab));
+    r.max_tokens = 2;
+    return r;
+  };
+  const std::pair<int, int> phases[] = {{1, std::min(5, longest)}, {3, 1}, {12, 1}, {17, longest}};
+  int done = 0;
+  for (const auto& [sequences, first_prompt] : phases) {
+    const int n = std::min(sequences, o.max_sequences);
+    if (n <= done) continue;
+    done = n;
+    e.add_request(request(first_prompt));
+    for (int i = 1; i < n; ++i) e.add_request(request(1));
+    e.run_until_idle();
+  }
+}
+
 }  // namespace
 
 // --- the engine thread -------------------------------------------------------------------------
@@ -161,6 +191,14 @@ class EngineWorker {
       return;
     }
     engine::Engine& e = *setup->engine;
+    try {
+      const auto t0 = Clock::now();
+      warm_up(e);
+      log_event(spdlog::level::info, "warmed up",
+                {{"steps", int64_t(e.counters().steps)}, {"ms", seconds_since(t0) * 1e3}});
+    } catch (const std::exception& ex) {
+      log_event(spdlog::level::warn, "warm-up failed", {{"error", ex.what()}});
+    }
     const auto& o = e.model().options();
     const auto& blocks = e.model().kv_cache().blocks();
     limits_.max_context = o.max_context;

@@ -808,6 +808,13 @@ TEST(DaemonLifecycle, LoadingAnswers503AndTimeoutAnswers504) {
     EXPECT_EQ(early.status, 503) << early.body;
     EXPECT_EQ(early.retry_after, "1");
     ASSERT_TRUE(wait_healthy(d.port())) << d.log();
+    // Ready only after the warm-up's steps (kernels' first launches), which left nothing behind
+    // (and are never cut by the request timeout).
+    const std::string ready = request(d.port(), http::verb::get, "/metrics").body;
+    EXPECT_GE(metric(ready, "tessera_engine_steps_total"), 4) << ready;
+    EXPECT_EQ(metric(ready, "tessera_running_sequences"), 0) << ready;
+    EXPECT_EQ(total(ready, "tessera_kv_blocks_used"), 0) << ready;
+    EXPECT_EQ(metric(ready, "tessera_generated_tokens_total"), 0) << ready;
 
     // 300 tokens cannot come within a millisecond: the request is cut at the timeout.
     const Reply slow =
