@@ -10,6 +10,11 @@ __kernel void add_f32(__global const float* a, uint a_off, __global const float*
   FOR_ALL(i, n) out[o_off + i] = a[a_off + i] + b[b_off + i];
 }
 
+// x[x_off + i] *= s over n elements (Granite's embedding and residual multipliers).
+__kernel void scale_f32(__global float* x, uint x_off, float s, ulong n) {
+  FOR_ALL(i, n) x[x_off + i] *= s;
+}
+
 // y[r][c] += w[w_off + r * w_stride] * x[r][c]: one weight per row, e.g. expert slot j of a
 // [token][k] weight matrix (w_off = j, w_stride = k) when combining MoE expert outputs.
 __kernel void scaled_add_f32(__global float* y, uint y_off, __global const float* x, uint x_off,

@@ -139,6 +139,19 @@ void print_engine_summary(engine::Engine& e) {
                    blocks.block_size());
     }
   }
+  if (const kv::RecurrentStatePool* states = m.memory().states()) {
+    // Recurrent layers (Mamba2): a fixed state per sequence slot, whatever the context.
+    int layers = 0;
+    uint64_t per_seq = 0;
+    for (int32_t l = 0; l < int32_t(m.spec().layers.size()); ++l) {
+      layers += states->layer_bytes(l) > 0;
+      per_seq += states->layer_bytes(l);
+    }
+    std::fprintf(stderr,
+                 "recurrent state: %d layers, %llu bytes per sequence, %d slots (%.2f MiB)\n",
+                 layers, static_cast<unsigned long long>(per_seq), states->n_slots(),
+                 double(per_seq) * states->n_slots() / 1048576.0);
+  }
   for (size_t d = 0; d < plan.devices.size(); ++d) {
     int experts = 0, layers = 0;
     for (size_t l = 0; l < plan.layer_device.size(); ++l) {

@@ -97,6 +97,27 @@ void DeviceCtx::allocate_attention(int max_tokens, int max_sequences, int blocks
   qkv = dev->alloc(T * (q_dim + 2 * max_kv_dim) * 4);
 }
 
+void DeviceCtx::use_recurrent(int max_sequences, uint32_t proj_rows, uint32_t conv_channels,
+                              uint32_t d_inner) {
+  if (!ssm) ssm = std::make_unique<ops::SsmOps>(*dev);
+  // Allocated up front for the largest batch, so the batch buffer (a kernel argument) never moves.
+  if (!recurrent_batch)
+    recurrent_batch = std::make_unique<kv::RecurrentBatchBuffers>(*dev, max_sequences);
+  const size_t T = size_t(batch_tokens_);
+  if (proj_rows > ssm_proj_rows_) {
+    ssm_proj = dev->alloc(T * proj_rows * 4);
+    ssm_proj_rows_ = proj_rows;
+  }
+  if (conv_channels > ssm_conv_channels_) {
+    ssm_conv = dev->alloc(T * conv_channels * 4);
+    ssm_conv_channels_ = conv_channels;
+  }
+  if (d_inner > ssm_d_inner_) {
+    ssm_y = dev->alloc(T * d_inner * 4);
+    ssm_d_inner_ = d_inner;
+  }
+}
+
 void DeviceCtx::use_kv_group(int group) {
   if (batches.size() <= size_t(group)) {
     batches.resize(size_t(group) + 1);

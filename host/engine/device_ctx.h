@@ -13,6 +13,7 @@
 
 #include "devices/device.h"
 #include "host/kv/kv_batch.h"
+#include "host/kv/recurrent_batch.h"
 #include "host/model/model_spec.h"
 #include "host/ops/device/activation.h"
 #include "host/ops/device/attention.h"
@@ -22,6 +23,7 @@
 #include "host/ops/device/moe.h"
 #include "host/ops/device/norm.h"
 #include "host/ops/device/routing.h"
+#include "host/ops/device/ssm.h"
 
 namespace tessera::engine {
 
@@ -91,6 +93,18 @@ struct DeviceCtx {
   void allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq, uint32_t q_dim,
                           uint32_t max_kv_dim);
 
+  // Recurrent mixers (Mamba2), on devices holding such layers (empty elsewhere): their ops, the
+  // step's batch of sequences (first token row, token count, state slot per sequence; uploaded by
+  // OpenClModel::forward into recurrent_view) and their activations: in-projection rows, conv
+  // outputs and scan outputs of a step's tokens. use_recurrent() creates them (at upload, after
+  // allocate_attention), for the widest layer asked for.
+  std::unique_ptr<ops::SsmOps> ssm;
+  std::unique_ptr<kv::RecurrentBatchBuffers> recurrent_batch;
+  kv::RecurrentBatchView recurrent_view;
+  ClMem ssm_proj, ssm_conv, ssm_y;
+  void use_recurrent(int max_sequences, uint32_t proj_rows, uint32_t conv_channels,
+                     uint32_t d_inner);
+
   // The multi-device MoE path's per-step data lives in one buffer, `stage`, so a job's pairs and
   // activations reach a device in one write and the router's choice plus the normed activations
   // leave it in one read (each command costs tens of microseconds on PoCL). Regions (byte offsets,
@@ -122,7 +136,8 @@ struct DeviceCtx {
 
  private:
   bool profile_ = false;
-  int batch_tokens_ = 0, batch_seqs_ = 0, batch_blocks_per_seq_ = 0;  // sizes of `batches`
+  int batch_tokens_ = 0, batch_seqs_ = 0, batch_blocks_per_seq_ = 0;      // sizes of `batches`
+  uint32_t ssm_proj_rows_ = 0, ssm_conv_channels_ = 0, ssm_d_inner_ = 0;  // of the ssm_* buffers
   std::deque<std::pair<const char*, ClEvent>> events_;
 };
 

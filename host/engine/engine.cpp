@@ -91,10 +91,11 @@ bool Engine::idle() const {
   return instructions_.empty() && waiting_.empty() && running_.empty();
 }
 
-// --- the KV cache: every use of it is here ----------------------------------------------------
+// --- the sequence memory (KV cache, recurrent state): every use of it is here -----------------
 
 kv::SeqId Engine::kv_create() {
-  return model_->kv_cache().create_sequence();
+  // At most max_sequences run at once, and the recurrent pool has that many slots.
+  return model_->memory().create();
 }
 
 bool Engine::kv_try_reserve(kv::SeqId seq, int32_t n_tokens) {
@@ -111,7 +112,7 @@ bool Engine::kv_admissible(kv::SeqId seq, int32_t n_tokens, int32_t reserve_bloc
 }
 
 void Engine::kv_free(kv::SeqId seq) {
-  model_->kv_cache().free_sequence(seq);
+  model_->memory().free(seq);
 }
 
 int64_t Engine::kv_capacity_tokens() const {

@@ -3,6 +3,7 @@
 #include "host/engine/opencl_model.h"
 
 #include "host/engine/layers/attention.h"
+#include "host/engine/layers/mamba2.h"
 
 namespace tessera::engine {
 
@@ -44,7 +45,15 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
                     l.gate_inp_shexp,
                     l.gate_shexp,
                     l.up_shexp,
-                    l.down_shexp})
+                    l.down_shexp,
+                    l.ssm_in,
+                    l.ssm_conv1d,
+                    l.ssm_conv1d_b,
+                    l.ssm_dt_b,
+                    l.ssm_a,
+                    l.ssm_d,
+                    l.ssm_norm,
+                    l.ssm_out})
       fl.dense_bytes += tensor_bytes(t);
     if (l.is_moe()) {
       fl.n_experts = int(hp.n_expert);
@@ -53,15 +62,18 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
            tensor_bytes(l.gate_exps_b) + tensor_bytes(l.up_exps_b) + tensor_bytes(l.down_exps_b)) /
           hp.n_expert;
     }
-    // Launch counts stay the planner's defaults here: the engine counts them from its recorded
-    // step once it is built (OpenClModel::footprint()).
-    f.layers.push_back(fl);
     switch (l.mixer) {
       case model::MixerKind::kAttention:
         f.kv_bytes_per_token += AttentionMixer::kv_bytes_per_token(spec, int(i), kv_formats.k_at(i),
                                                                    kv_formats.v_at(i));
         break;
+      case model::MixerKind::kMamba2:
+        fl.state_bytes = Mamba2Mixer::state_bytes(spec);
+        break;
     }
+    // Launch counts stay the planner's defaults here: the engine counts them from its recorded
+    // step once it is built (OpenClModel::footprint()).
+    f.layers.push_back(fl);
   }
   f.embedding_bytes = tensor_bytes(spec.token_embd);
   f.output_bytes = tensor_bytes(spec.output_norm) +

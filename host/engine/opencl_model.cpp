@@ -31,9 +31,12 @@ struct StepShape {
   int n_tokens = 0;
   std::vector<int32_t> logit_rows;
   std::vector<kv::KvBatchView> views;  // per plan device, per group; empty where no layer runs
+  // Per plan device, the recurrent mixers' batch buffer and its sequence count (empty: none there).
+  std::vector<std::pair<cl_mem, int32_t>> recurrent;
 
   bool operator==(const StepShape& o) const {
-    if (n_tokens != o.n_tokens || logit_rows != o.logit_rows || views.size() != o.views.size())
+    if (n_tokens != o.n_tokens || logit_rows != o.logit_rows || views.size() != o.views.size() ||
+        recurrent != o.recurrent)
       return false;
     for (size_t i = 0; i < views.size(); ++i) {
       const auto &a = views[i], &b = o.views[i];
@@ -151,6 +154,13 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   home.dev->write(embd_table_.get(), 0, spec_.token_embd->data, spec_.token_embd->n_bytes());
   uploader_.count(spec_.token_embd->n_bytes());
   output_norm_ = uploader_.norm(home, spec_.output_norm);
+  if (hp.logit_scale != 1.0f) {
+    // Granite divides the logits by logit_scale: the output projection is linear, so the output
+    // norm's weights carry the factor (no launch).
+    std::vector<float> w = model::to_floats(*spec_.output_norm);
+    for (float& v : w) v /= hp.logit_scale;
+    home.dev->write(output_norm_.get(), 0, w.data(), w.size() * sizeof(float));
+  }
   output_ = uploader_.matrix(home, spec_.output_tied ? spec_.token_embd : spec_.output);
   home.logits = home.dev->alloc(size_t(options_.max_logit_rows) * hp.n_vocab * 4);
   for (size_t l = 0; l < layers_.size(); ++l) {
@@ -221,6 +231,10 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
       if (c->batches[g])
         c->views[g] =
             c->batches[g]->upload(kv_cache().blocks(int32_t(g)), b.seqs, b.token_seq, b.token_pos);
+  // The recurrent mixers' batch (first row, count, state slot per sequence) likewise.
+  for (auto& c : ctxs_)
+    if (c->recurrent_batch)
+      c->recurrent_view = c->recurrent_batch->upload(*memory_->states(), b.seqs, b.token_seq);
   // Decode kernel when every sequence contributes exactly one token; the prefill kernel otherwise.
   const bool decode = size_t(n) == b.seqs.size();
   home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
@@ -238,6 +252,8 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
       for (int32_t g = 0; g < kv_cache().n_groups(); ++g)
         shape.views.push_back(size_t(g) < c->views.size() ? c->views[size_t(g)]
                                                           : kv::KvBatchView{});
+    for (auto& c : ctxs_)
+      shape.recurrent.emplace_back(c->recurrent_view.seqs, c->recurrent_view.n_seqs);
     auto it = std::find_if(programs_.begin(), programs_.end(),
                            [&](const auto& p) { return p->shape == shape; });
     if (it == programs_.end()) {
@@ -312,12 +328,16 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
   step.decode = decode;
   step.options = &options_;
   step.kv = &kv_cache();
+  step.states = memory_->states();
   auto mark = [&] {
     if (step_marks_) step_marks_->push_back(ops::recording_for(*home.dev)->launches());
   };
   const ops::DeviceTable table{embd_table_.get(), 0, spec_.token_embd->type, hp.n_embd, hp.n_vocab};
   home.embed->lookup(table, home.tokens.get(), 0, uint32_t(n), home.x.get(), 0,
                      {{}, home.prof("embedding")});
+  if (hp.embedding_scale != 1.0f)  // Granite's embedding multiplier
+    home.ew->scale(home.x.get(), 0, uint64_t(n) * hp.n_embd, hp.embedding_scale,
+                   {{}, home.prof("elementwise")});
   mark();
 
   DeviceCtx* cur = &home;
@@ -405,6 +425,7 @@ void OpenClModel::count_launches() {
       view.n_tokens = 1;
       view.max_context = 1;
     }
+    if (c->recurrent_batch) c->recurrent_view = {c->tokens.get(), 0, 1};
   }
   std::vector<size_t> marks;
   {

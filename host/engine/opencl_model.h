@@ -33,6 +33,7 @@ class OpenClModel {
   const model::ModelSpec& spec() const { return spec_; }
   // Every sequence's memory (create / fork / free / reserve go through it).
   kv::SequenceMemory& memory() { return *memory_; }
+  const kv::SequenceMemory& memory() const { return *memory_; }
   // Its KV cache, for callers that manage attention-only models' sequences directly.
   kv::PagedKvCache& kv_cache() { return *memory_->kv(); }
   const kv::PagedKvCache& kv_cache() const { return *memory_->kv(); }

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "host/model/weights.h"
+#include "host/ops/reference/elementwise.h"
 #include "host/ops/reference/norm.h"
 
 namespace tessera::engine {
@@ -52,6 +53,7 @@ std::vector<float> ReferenceModel::forward(std::span<const int32_t> tokens,
   const size_t T = tokens.size(), E = hp.n_embd;
   std::vector<float> x(T * E);
   reference::embedding(token_embd_, tokens, x);
+  if (hp.embedding_scale != 1.0f) reference::scale(x, hp.embedding_scale);  // Granite
   for (size_t il = 0; il < layers_.size(); ++il) {
     layers_[il].mixer->reference_forward(x, positions, kv.layers[il]);
     layers_[il].ffn->reference_forward(x);
@@ -65,6 +67,7 @@ std::vector<float> ReferenceModel::forward(std::span<const int32_t> tokens,
   reference::rms_norm(rows, output_norm_, hp.rms_eps, normed);
   std::vector<float> logits(rows.size() / E * hp.n_vocab);
   reference::matmul(normed, output_, logits);
+  if (hp.logit_scale != 1.0f) reference::scale(logits, 1.0f / hp.logit_scale);  // Granite
   return logits;
 }
 

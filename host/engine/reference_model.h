@@ -15,7 +15,8 @@
 namespace tessera::engine {
 
 // A sequence's memory on the reference path: per layer what its mixer keeps (attention: the keys
-// and values of every position seen so far, appended in order). forward() is its only writer.
+// and values of every position seen so far, appended in order; recurrent mixers: their fixed
+// state). forward() is its only writer; a copy continues the sequence on its own (a fork).
 struct KvState {
   explicit KvState(uint32_t n_layer = 0) : layers(n_layer) {}
   std::vector<ReferenceLayerMemory> layers;

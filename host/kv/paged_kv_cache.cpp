@@ -28,8 +28,9 @@ std::vector<std::array<KvPoolLayout, 2>> layouts_of(const KvCacheConfig& c) {
   std::vector<std::array<KvPoolLayout, 2>> out;
   for (int32_t l = 0; l < c.n_layer; ++l) {
     const int32_t heads = c.layer_n_head_kv.empty() ? c.n_head_kv : c.layer_n_head_kv[size_t(l)];
-    if (heads < 1)
-      bad("layer " + std::to_string(l) + ": n_head_kv " + std::to_string(heads) + " must be >= 1");
+    // 0: a layer without KV (a recurrent mixer's): no pools, nothing to copy.
+    if (heads < 0)
+      bad("layer " + std::to_string(l) + ": n_head_kv " + std::to_string(heads) + " must be >= 0");
     const KvFormat kf = c.layer_k_format.empty() ? c.k_format : c.layer_k_format[size_t(l)];
     const KvFormat vf = c.layer_v_format.empty() ? c.v_format : c.layer_v_format[size_t(l)];
     for (const auto& [f, part] : {std::pair{kf, "K"}, std::pair{vf, "V"}})
@@ -72,6 +73,10 @@ PagedKvCache::PagedKvCache(const KvCacheConfig& config, std::vector<const Device
     if (!d) throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " has no device");
     for (KvPart part : {KvPart::kK, KvPart::kV}) {
       const uint64_t bytes = layout(l, part).pool_bytes();
+      if (bytes == 0) {  // a layer without KV heads
+        (part == KvPart::kK ? k_ : v_).emplace_back();
+        continue;
+      }
       if (bytes > d->info().max_alloc_bytes)
         throw KvCacheUsageError("kv cache: layer " + std::to_string(l) + " pool of " +
                                 std::to_string(bytes) + " bytes exceeds the max allocation (" +
@@ -156,6 +161,7 @@ void PagedKvCache::copy_blocks(const Group& g, const std::vector<KvBlockCopy>& c
       const Device& d = *devices_[size_t(l)];
       for (KvPart part : {KvPart::kK, KvPart::kV}) {
         const size_t bb = size_t(layout(l, part).block_bytes());
+        if (bb == 0) continue;  // a layer without KV heads
         const cl_mem pool = (part == KvPart::kK ? k_ : v_)[size_t(l)].get();
         CL_CHECK(clEnqueueCopyBuffer(d.queue(), pool, pool, size_t(c.src) * bb, size_t(c.dst) * bb,
                                      bb, 0, nullptr, nullptr),

@@ -23,7 +23,8 @@ struct KvCacheConfig {
   int32_t n_blocks = 0;                // blocks per layer pool
   KvFormat k_format = KvFormat::kF16;  // of K in every layer, unless layer_k_format says otherwise
   KvFormat v_format = KvFormat::kF16;  // of V in every layer, unless layer_v_format says otherwise
-  std::vector<int32_t> layer_n_head_kv;  // per layer (empty: n_head_kv everywhere)
+  std::vector<int32_t> layer_n_head_kv;  // per layer (empty: n_head_kv everywhere; 0: a layer
+                                         // without KV, e.g. a recurrent mixer: no pools)
   std::vector<int32_t> layer_window;     // per layer attention window, 0 = all (empty: all 0)
   std::vector<KvFormat> layer_k_format;  // per layer (empty: k_format everywhere)
   std::vector<KvFormat> layer_v_format;  // per layer (empty: v_format everywhere)

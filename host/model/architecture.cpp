@@ -1,6 +1,7 @@
 // The table of supported architectures. Semantics follow llama.cpp's src/models/<arch>.cpp and
 // build_moe_ffn: llama routes with softmax + normalized top-k (Mixtral), qwen3moe likewise;
-// qwen2moe with softmax, un-normalized, plus its gated shared expert; gpt-oss (openai-moe.cpp).
+// qwen2moe with softmax, un-normalized, plus its gated shared expert; gpt-oss (openai-moe.cpp);
+// granitehybrid (granite-hybrid.cpp, mamba-base.cpp's build_mamba2_layer).
 #include "host/model/architecture.h"
 
 #include <array>
@@ -8,7 +9,7 @@
 namespace tessera::model {
 namespace {
 
-constexpr std::array<ArchTraits, 5> kArchitectures{{
+constexpr std::array<ArchTraits, 6> kArchitectures{{
     {"llama", reference::RopeMode::kNormal, false, MoeKind::kOptional, true, ""},
     {"qwen3", reference::RopeMode::kNeox, true, MoeKind::kNone, false, ""},
     {"qwen3moe", reference::RopeMode::kNeox, true, MoeKind::kRequired, true,
@@ -32,6 +33,20 @@ constexpr std::array<ArchTraits, 5> kArchitectures{{
      .activation = FfnActivation::kSwigluOai,
      .ffn_norm_name = "post_attention_norm",
      .swa_period = 2},
+    // Granite 4.0-H (src/models/granite-hybrid.cpp): Mamba2 layers where head_count_kv is 0,
+    // attention elsewhere (normal RoPE unless rope.scaling.finetuned is false), optional MoE whose
+    // experts take feed_forward_length as their width (softmax, normalized top-k) with an ungated
+    // shared expert when expert_shared_feed_forward_length > 0, Granite's multipliers.
+    {.name = "granitehybrid",
+     .rope_mode = reference::RopeMode::kNormal,
+     .has_qk_norm = false,
+     .moe = MoeKind::kOptional,
+     .normalize_topk = true,
+     .expert_ff_key = "",
+     .shared_expert = SharedExpertKind::kUngatedOptional,
+     .shared_ff_key = "expert_shared_feed_forward_length",
+     .recurrent = RecurrentKind::kMamba2,
+     .granite_scales = true},
 }};
 
 }  // namespace

@@ -1,5 +1,5 @@
-// The supported architectures as data: what distinguishes llama, qwen3, qwen3moe and qwen2moe for
-// the forward pass.
+// The supported architectures as data: what distinguishes llama, qwen3, qwen3moe, qwen2moe,
+// gpt-oss and granitehybrid for the forward pass.
 #pragma once
 
 #include <string>
@@ -21,6 +21,16 @@ enum class MoeKind {
 enum class SharedExpertKind {
   kNone,
   kGated,  // scaled by sigmoid(ffn_gate_inp_shexp . x) (qwen2moe)
+  // Added as it is, and only when the file gives its width (shared_ff_key > 0): granitehybrid
+  // (Granite 4.0-H's MoE variants; llama.cpp's n_ff_shexp > 0).
+  kUngatedOptional,
+};
+
+// The recurrent mixer of an architecture's layers that have no KV heads (head_count_kv 0 in a
+// per-layer array marks them, as llama.cpp's is_recr).
+enum class RecurrentKind {
+  kNone,    // every layer is attention; 0 KV heads is an error
+  kMamba2,  // granitehybrid: Mamba2 (ssm_in, conv1d, selective scan, gated group norm, ssm_out)
 };
 
 // The gated FFN activation of an architecture's experts.
@@ -53,6 +63,11 @@ struct ArchTraits {
   FfnActivation activation = FfnActivation::kSwiglu;
   std::string_view ffn_norm_name = "ffn_norm";
   uint32_t swa_period = 0;
+  RecurrentKind recurrent = RecurrentKind::kNone;
+  // Granite's multipliers (embedding_scale, residual_scale, attention.scale, logit_scale; each
+  // optional) and its RoPE switch rope.scaling.finetuned (default true; Granite 4.0-H writes false:
+  // its attention layers use no position encoding).
+  bool granite_scales = false;
 };
 
 // The traits of `name`, or nullptr when Tessera does not support it.

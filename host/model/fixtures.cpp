@@ -22,6 +22,9 @@ namespace {
 using gguf::TensorType;
 using gguf::Value;
 
+// The fixture's logit_scale (Granite 3/4 ship 6 to 16); its output weights are scaled up by it.
+constexpr float kGraniteLogitScale = 8.0f;
+
 struct Shape {
   std::string arch;
   uint32_t n_layer = 2, n_embd = 64, n_head = 4, n_head_kv = 2, head_dim = 16;
@@ -33,6 +36,12 @@ struct Shape {
   bool qkv_bias = false;
   bool explicit_head_dim = false;
   bool gpt_oss = false;  // sinks, output/router/expert biases, post_attention_norm, MXFP4 experts
+  // granitehybrid: Mamba2 layers except where i % attn_period == attn_offset (attention, no RoPE),
+  // Granite's multipliers, MoE with an ungated shared expert.
+  bool granite = false;
+  uint32_t attn_period = 3, attn_offset = 1;
+  uint32_t ssm_d_conv = 4, ssm_d_state = 16, ssm_head_dim = 16, ssm_n_group = 2;
+  bool is_attention(uint32_t layer) const { return !granite || layer % attn_period == attn_offset; }
 };
 
 Shape shape_of(const std::string& kind) {
@@ -83,6 +92,17 @@ Shape shape_of(const std::string& kind) {
     s.n_expert = 4;
     s.n_expert_used = 2;
     s.n_ff_exp = 256;
+  } else if (kind == "granitehybrid") {
+    // Granite 4.0-H-Tiny's structure at toy size: Mamba2 layers (d_inner 2 x n_embd, 8 heads of
+    // 16 in 2 groups, d_state 16, conv 4) with an attention layer (no RoPE) at 1, 4, ...; 4 experts
+    // top-2 of feed_forward_length's width plus an ungated shared expert; Granite's multipliers.
+    s.arch = "granitehybrid";
+    s.granite = true;
+    s.n_layer = 4;
+    s.n_expert = 4;
+    s.n_expert_used = 2;
+    s.n_ff_exp = s.n_ff;
+    s.n_ff_shexp = 128;
   } else {
     std::string kinds;
     for (const auto& k : fixture_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
@@ -151,7 +171,7 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
   }
   set(s.n_ff, o.n_ff);
   set(s.n_ctx, o.n_ctx);
-  if (s.arch == "llama" && s.n_expert > 0 && o.n_ff) s.n_ff_exp = s.n_ff;
+  if ((s.arch == "llama" || s.granite) && s.n_expert > 0 && o.n_ff) s.n_ff_exp = s.n_ff;
   set(s.n_ff_exp, o.n_ff_exp);
   set(s.n_expert, o.n_expert);
   set(s.n_expert_used, o.n_expert_used);
@@ -168,6 +188,18 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
          std::to_string(s.n_expert) + ")");
   if (s.arch == "qwen3moe" && s.n_expert_used == 0) fail("qwen3moe needs n_expert_used > 0");
   if (s.n_layer == 0 || s.n_embd == 0) fail("n_layer and n_embd must be > 0");
+  if (s.granite) {
+    // Larger models: Granite's own Mamba2 head size and state (64, 128), one group.
+    if (s.n_embd >= 512) {
+      s.ssm_head_dim = 64;
+      s.ssm_d_state = 128;
+      s.ssm_n_group = 1;
+    }
+    if (s.n_ff_exp != s.n_ff) fail("granitehybrid's experts take n_ff as their width");
+    if ((2 * s.n_embd) % s.ssm_head_dim != 0)
+      fail("granitehybrid: 2 x n_embd must be a multiple of the SSM head size " +
+           std::to_string(s.ssm_head_dim));
+  }
   // Every quantized row must hold whole blocks: 32 weights, 256 for the mix's Q4_K ffn_down.
   const uint32_t down_len = s.n_expert > 0 ? s.n_ff_exp : s.n_ff;
   for (uint32_t len : {s.n_embd, s.n_head * s.head_dim, s.n_ff, s.n_ff_exp, down_len}) {
@@ -181,7 +213,7 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
 }  // namespace
 
 std::vector<std::string> fixture_kinds() {
-  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe", "gpt-oss"};
+  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe", "gpt-oss", "granitehybrid"};
 }
 
 std::vector<std::string> harmony_tokens() {
@@ -300,11 +332,14 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   w.set(a + ".context_length", Value::u32(s.n_ctx));
   w.set(a + ".embedding_length", Value::u32(s.n_embd));
   // Per layer: KV heads and (dense kinds) FFN width, uniform unless layer_arrays.
-  auto layer_kv = [&](uint32_t i) { return o.layer_arrays && i % 2 ? s.n_head : s.n_head_kv; };
+  auto layer_kv = [&](uint32_t i) {
+    if (!s.is_attention(i)) return 0u;  // a Mamba2 layer (granitehybrid)
+    return o.layer_arrays && i % 2 ? s.n_head : s.n_head_kv;
+  };
   auto layer_ff = [&](uint32_t i) {
     return o.layer_arrays && s.n_expert == 0 && i % 2 ? s.n_ff * 2 : s.n_ff;
   };
-  if (o.layer_arrays) {
+  if (o.layer_arrays || s.granite) {
     std::vector<int32_t> kv, ff;
     for (uint32_t i = 0; i < s.n_layer; ++i) {
       kv.push_back(int32_t(layer_kv(i)));
@@ -356,6 +391,20 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     w.set(a + ".rope.scaling.type", Value::string("yarn"));
     w.set(a + ".rope.scaling.factor", Value::f32(4.0f));
     w.set(a + ".rope.scaling.original_context_length", Value::u32(16));
+  }
+  if (s.granite) {
+    const uint32_t d_inner = 2 * s.n_embd;
+    w.set(a + ".ssm.conv_kernel", Value::u32(s.ssm_d_conv));
+    w.set(a + ".ssm.state_size", Value::u32(s.ssm_d_state));
+    w.set(a + ".ssm.group_count", Value::u32(s.ssm_n_group));
+    w.set(a + ".ssm.inner_size", Value::u32(d_inner));
+    w.set(a + ".ssm.time_step_rank", Value::u32(d_inner / s.ssm_head_dim));
+    // Granite 4.0-H's converter: no RoPE in the attention layers.
+    w.set(a + ".rope.scaling.finetuned", Value::boolean(false));
+    w.set(a + ".embedding_scale", Value::f32(12.0f));
+    w.set(a + ".residual_scale", Value::f32(0.22f));
+    w.set(a + ".attention.scale", Value::f32(1.0f / float(s.head_dim)));
+    w.set(a + ".logit_scale", Value::f32(kGraniteLogitScale));
   }
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));
@@ -413,7 +462,12 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       skewed = true;
     }
     const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
-    if (uniform && dims.size() > 1 && !bias && name.find("ffn_gate_inp") == std::string::npos) {
+    // Mamba2's small per-channel tensors (conv taps, A, D, the group norm) stay F32.
+    const bool ssm_small = name.find(".ssm_") != std::string::npos &&
+                           name.find(".ssm_in.") == std::string::npos &&
+                           name.find(".ssm_out.") == std::string::npos;
+    if (uniform && dims.size() > 1 && !bias && !ssm_small &&
+        name.find("ffn_gate_inp") == std::string::npos) {
       // Weight matrices only (gpt-oss's per-expert biases stay F32, as ggml's add_id needs).
       // MXFP4 is an expert format (as gpt-oss ships it): the other matrices are Q8_0.
       const bool expert = name.find("_exps.") != std::string::npos;
@@ -441,23 +495,41 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     for (size_t i = 0; i < factors.size(); ++i) factors[i] = 1.0f + 0.5f * float(i);
     writer.add_tensor_f32("rope_freqs.weight", {factors.size()}, factors);
   }
-  tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, 1.0f * std::sqrt(float(E)));
+  // Granite multiplies embeddings by 12 and divides logits by logit_scale: the fixture's weights
+  // undo both, so activations and logits keep the sizes of the other kinds.
+  const float embd_scale = s.granite ? 1.0f / 12.0f : 1.0f;
+  tensor("token_embd.weight", {E, n_vocab}, TensorType::Q8_0, embd_scale * std::sqrt(float(E)));
   for (uint32_t i = 0; i < s.n_layer; ++i) {
     const std::string p = "blk." + std::to_string(i) + ".";
     const uint64_t KV = uint64_t(layer_kv(i)) * s.head_dim;
     tensor(p + "attn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
-    tensor(p + "attn_q.weight", {E, Q}, TensorType::Q8_0, 1.0f);
-    tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
-    tensor(p + "attn_v.weight", {E, KV}, TensorType::Q8_0, 1.0f);
-    tensor(p + "attn_output.weight", {Q, E}, TensorType::F16, 1.0f);
-    if (s.qkv_bias) {
-      tensor(p + "attn_q.bias", {Q}, TensorType::F32, 0.5f);
-      tensor(p + "attn_k.bias", {KV}, TensorType::F32, 0.5f);
-      tensor(p + "attn_v.bias", {KV}, TensorType::F32, 0.5f);
-    }
-    if (s.qk_norm) {
-      tensor(p + "attn_q_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
-      tensor(p + "attn_k_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+    if (!s.is_attention(i)) {
+      // Mamba2: in-projection z | x | B | C | dt, depthwise conv over x | B | C, per-head dt bias
+      // (softplus(dt + bias) ~ 0.1), A = -exp(A_log) < 0, D, the grouped norm, out-projection.
+      const uint64_t DI = 2 * E, NH = DI / s.ssm_head_dim, NG = s.ssm_n_group;
+      const uint64_t CH = DI + 2 * NG * s.ssm_d_state;
+      tensor(p + "ssm_in.weight", {E, DI + CH + NH}, TensorType::Q8_0, 1.0f);
+      tensor(p + "ssm_conv1d.weight", {s.ssm_d_conv, CH}, TensorType::F32, 1.0f);
+      tensor(p + "ssm_conv1d.bias", {CH}, TensorType::F32, 0.1f);
+      tensor(p + "ssm_dt.bias", {NH}, TensorType::F32, 0.5f, -2.0f);
+      tensor(p + "ssm_a", {1, NH}, TensorType::F32, 0.5f, -2.0f);
+      tensor(p + "ssm_d", {1, NH}, TensorType::F32, 0.5f, 1.0f);
+      tensor(p + "ssm_norm.weight", {DI / NG, NG}, TensorType::F32, 0.5f, 1.0f);
+      tensor(p + "ssm_out.weight", {DI, E}, TensorType::Q4_0, 1.0f);
+    } else {
+      tensor(p + "attn_q.weight", {E, Q}, TensorType::Q8_0, 1.0f);
+      tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
+      tensor(p + "attn_v.weight", {E, KV}, TensorType::Q8_0, 1.0f);
+      tensor(p + "attn_output.weight", {Q, E}, TensorType::F16, 1.0f);
+      if (s.qkv_bias) {
+        tensor(p + "attn_q.bias", {Q}, TensorType::F32, 0.5f);
+        tensor(p + "attn_k.bias", {KV}, TensorType::F32, 0.5f);
+        tensor(p + "attn_v.bias", {KV}, TensorType::F32, 0.5f);
+      }
+      if (s.qk_norm) {
+        tensor(p + "attn_q_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+        tensor(p + "attn_k_norm.weight", {s.head_dim}, TensorType::F32, 0.1f, 1.0f);
+      }
     }
     if (s.gpt_oss) {
       // Biases of absolute size (2-D ones get scale / sqrt(rows) in tensor(): undone here).
@@ -484,7 +556,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       tensor(p + "ffn_down_exps.weight", {F, E, N}, TensorType::Q4_K, 1.0f);
       if (s.n_ff_shexp) {
         const uint64_t FS = s.n_ff_shexp;
-        tensor(p + "ffn_gate_inp_shexp.weight", {E}, TensorType::F32, 0.3f);
+        if (!s.granite)  // Granite's shared expert is ungated
+          tensor(p + "ffn_gate_inp_shexp.weight", {E}, TensorType::F32, 0.3f);
         tensor(p + "ffn_gate_shexp.weight", {E, FS}, TensorType::Q8_0, 1.0f);
         tensor(p + "ffn_up_shexp.weight", {E, FS}, TensorType::Q8_0, 1.0f);
         tensor(p + "ffn_down_shexp.weight", {FS, E}, TensorType::Q4_0, 1.0f);
@@ -497,7 +570,9 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     }
   }
   tensor("output_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
-  if (!o.tie_output) tensor("output.weight", {E, n_vocab}, TensorType::F16, o.output_scale);
+  if (!o.tie_output)
+    tensor("output.weight", {E, n_vocab}, TensorType::F16,
+           o.output_scale * (s.granite ? kGraniteLogitScale : 1.0f));
   if (!o.skew_tensor.empty() && !skewed) {
     throw std::invalid_argument("fixture: skew_tensor '" + o.skew_tensor +
                                 "' is not a tensor of kind " + o.kind);

@@ -176,6 +176,8 @@ std::string_view mixer_kind_name(MixerKind kind) {
   switch (kind) {
     case MixerKind::kAttention:
       return "attention";
+    case MixerKind::kMamba2:
+      return "mamba2";
   }
   return "?";
 }
@@ -216,11 +218,14 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
       r.u32_per_layer("attention.head_count_kv", hp.n_layer, hp.n_head);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     const std::string field = "metadata '" + r.key("attention.head_count_kv") + "'";
-    // In GGUF a layer without KV heads is a recurrent layer (Jamba, Nemotron-H); no recurrent mixer
-    // is implemented yet.
-    if (head_kv[i] == 0)
-      r.fail(field, "layer " + std::to_string(i) +
-                        " has 0 KV heads (a recurrent layer); only attention layers are supported");
+    // In GGUF a layer without KV heads is a recurrent layer (Jamba, Nemotron-H, Granite 4.0-H):
+    // only architectures with a recurrent mixer have them.
+    if (head_kv[i] == 0) {
+      if (arch->recurrent == RecurrentKind::kNone)
+        r.fail(field, "layer " + std::to_string(i) + " has 0 KV heads (a recurrent layer); " +
+                          std::string(arch->name) + " has only attention layers");
+      continue;
+    }
     if (hp.n_head % head_kv[i] != 0)
       r.fail(field, "head_count " + std::to_string(hp.n_head) +
                         " must be a positive multiple of head_count_kv " +
@@ -279,6 +284,27 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
       r.fail("metadata '" + r.key("rope.scaling.type") + "' yarn", e.what());
     }
   }
+  if (arch->granite_scales) {
+    // Granite's RoPE switch (llama.cpp: rope_finetuned, default true): false means no position
+    // encoding at all in the attention layers (Granite 4.0-H).
+    const std::string finetuned_key = r.key("rope.scaling.finetuned");
+    if (const gguf::Value* v = file.find(finetuned_key)) {
+      if (v->type != gguf::ValueType::BOOL)
+        r.fail("metadata '" + finetuned_key + "'", "must be a boolean");
+      if (!v->as_bool()) hp.n_rot = 0;
+    }
+    // Multipliers: absent or 0 means none (llama.cpp tests each against 0).
+    auto multiplier = [&](std::string_view suffix, float none) {
+      const float x = r.f32(suffix, 0.0f);
+      if (!std::isfinite(x))
+        r.fail("metadata '" + r.key(suffix) + "'", std::to_string(x) + " must be finite");
+      return x == 0.0f ? none : x;
+    };
+    hp.embedding_scale = multiplier("embedding_scale", 1.0f);
+    hp.residual_scale = multiplier("residual_scale", 1.0f);
+    hp.attention_scale = multiplier("attention.scale", 0.0f);
+    hp.logit_scale = multiplier("logit_scale", 1.0f);
+  }
   hp.rms_eps = r.f32("attention.layer_norm_rms_epsilon");
   if (!std::isfinite(hp.rms_eps) || hp.rms_eps <= 0.0f)
     r.fail("metadata '" + r.key("attention.layer_norm_rms_epsilon") + "'",
@@ -326,7 +352,9 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                       : r.u32(arch->expert_ff_key, hp.n_ff / hp.n_expert_used);
     if (hp.n_ff_exp == 0)
       r.fail("metadata '" + r.key(arch->expert_ff_key) + "'", "expert FFN width is 0");
-    if (arch->shared_expert != SharedExpertKind::kNone) {
+    if (arch->shared_expert == SharedExpertKind::kUngatedOptional) {
+      hp.n_ff_shexp = r.u32(arch->shared_ff_key, 0u);  // 0: no shared expert
+    } else if (arch->shared_expert != SharedExpertKind::kNone) {
       hp.n_ff_shexp = r.u32(arch->shared_ff_key, hp.n_ff);
       if (hp.n_ff_shexp == 0)
         r.fail("metadata '" + r.key(arch->shared_ff_key) + "'",
@@ -335,6 +363,36 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   } else {
     for (uint32_t i = 0; i < hp.n_layer; ++i)
       if (n_ff[i] == 0) r.fail(ff_field, "layer " + std::to_string(i) + ": must be > 0");
+  }
+
+  // Mamba2's shape, when some layer is recurrent (llama.cpp requires every ssm.* key then).
+  const bool has_recurrent = std::find(head_kv.begin(), head_kv.end(), 0u) != head_kv.end();
+  if (has_recurrent && arch->recurrent == RecurrentKind::kMamba2) {
+    hp.ssm_d_conv = r.u32("ssm.conv_kernel");
+    hp.ssm_d_inner = r.u32("ssm.inner_size");
+    hp.ssm_d_state = r.u32("ssm.state_size");
+    hp.ssm_n_head = r.u32("ssm.time_step_rank");
+    hp.ssm_n_group = r.u32("ssm.group_count");
+    auto field = [&](std::string_view suffix) { return "metadata '" + r.key(suffix) + "'"; };
+    // The conv kernels keep the last d_conv - 1 inputs per channel in registers: up to 8 taps
+    // (Mamba2 models use 4).
+    if (hp.ssm_d_conv < 1 || hp.ssm_d_conv > 8)
+      r.fail(field("ssm.conv_kernel"),
+             std::to_string(hp.ssm_d_conv) + " must be in [1, 8] (Mamba2 models use 4)");
+    if (hp.ssm_d_state == 0) r.fail(field("ssm.state_size"), "must be > 0");
+    if (hp.ssm_n_head == 0) r.fail(field("ssm.time_step_rank"), "must be > 0 (the SSM heads)");
+    if (hp.ssm_n_group == 0) r.fail(field("ssm.group_count"), "must be > 0");
+    if (hp.ssm_d_inner == 0 || hp.ssm_d_inner % hp.ssm_n_head != 0)
+      r.fail(field("ssm.inner_size"), std::to_string(hp.ssm_d_inner) +
+                                          " must be a positive multiple of ssm.time_step_rank " +
+                                          std::to_string(hp.ssm_n_head) + " (the SSM heads)");
+    if (hp.ssm_n_head % hp.ssm_n_group != 0)
+      r.fail(field("ssm.group_count"), std::to_string(hp.ssm_n_group) +
+                                           " must divide ssm.time_step_rank " +
+                                           std::to_string(hp.ssm_n_head) + " (heads per group)");
+    if (uint64_t(hp.ssm_d_inner) + 2ull * hp.ssm_n_group * hp.ssm_d_state + hp.ssm_n_head >
+        uint64_t(INT32_MAX))
+      r.fail(field("ssm.inner_size"), "the in-projection's rows exceed 2^31");
   }
 
   const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");
@@ -367,7 +425,7 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
                                                      std::to_string(V) + " rows (one per token)");
   }
 
-  spec.rope_freqs = r.tensor("rope_freqs.weight", {hp.n_rot / 2}, false);
+  if (hp.n_rot > 0) spec.rope_freqs = r.tensor("rope_freqs.weight", {hp.n_rot / 2}, false);
   if (spec.rope_freqs) {
     const gguf::TensorInfo& t = *spec.rope_freqs;  // type checked by r.tensor
     std::vector<float> factors(size_t(t.n_elements()));
@@ -388,10 +446,12 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   spec.layers.resize(hp.n_layer);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
-    l.mixer = MixerKind::kAttention;
-    l.ffn = hp.n_expert == 0                                 ? FfnKind::kDense
-            : arch->shared_expert == SharedExpertKind::kNone ? FfnKind::kMoe
-                                                             : FfnKind::kMoeShared;
+    l.mixer = head_kv[i] == 0 ? MixerKind::kMamba2 : MixerKind::kAttention;
+    l.ffn = hp.n_expert == 0                                  ? FfnKind::kDense
+            : arch->shared_expert == SharedExpertKind::kNone  ? FfnKind::kMoe
+            : arch->shared_expert == SharedExpertKind::kGated ? FfnKind::kMoeShared
+            : hp.n_ff_shexp > 0                               ? FfnKind::kMoeShared
+                                                              : FfnKind::kMoe;
     l.n_head_kv = head_kv[i];
     l.window = windows[i];
     l.n_ff = n_ff[i];
@@ -411,11 +471,28 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
           r.fail("tensor '" + blk(i, l.bq ? (l.bk ? "attn_v" : "attn_k") : "attn_q", "bias") + "'",
                  "missing: attn_q/attn_k/attn_v biases must all be present or all absent");
         if (arch->attn_out_bias) l.bo = r.tensor(blk(i, "attn_output", "bias"), {E});
+        // granitehybrid: an optional output bias (llama.cpp's wo_b, TENSOR_NOT_REQUIRED).
+        if (arch->granite_scales) l.bo = r.tensor(blk(i, "attn_output", "bias"), {E}, false);
         if (arch->attn_sinks) l.sinks = r.tensor(blk(i, "attn_sinks"), {hp.n_head});
         if (arch->has_qk_norm) {
           l.q_norm = r.tensor(blk(i, "attn_q_norm"), {D});
           l.k_norm = r.tensor(blk(i, "attn_k_norm"), {D});
         }
+        break;
+      }
+      case MixerKind::kMamba2: {
+        const uint64_t DI = hp.ssm_d_inner, CH = hp.ssm_conv_channels(), NH = hp.ssm_n_head;
+        const uint64_t NG = hp.ssm_n_group;
+        l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
+        l.ssm_in = r.tensor(blk(i, "ssm_in"), {E, hp.ssm_in_rows()});
+        l.ssm_conv1d = r.tensor(blk(i, "ssm_conv1d"), {hp.ssm_d_conv, CH});
+        l.ssm_conv1d_b = r.tensor(blk(i, "ssm_conv1d", "bias"), {CH}, false);
+        l.ssm_dt_b = r.tensor(blk(i, "ssm_dt", "bias"), {NH});
+        // ssm_a / ssm_d carry no ".weight" suffix in GGUF.
+        l.ssm_a = r.tensor("blk." + std::to_string(i) + ".ssm_a", {1, NH});
+        l.ssm_d = r.tensor("blk." + std::to_string(i) + ".ssm_d", {1, NH});
+        l.ssm_norm = r.tensor(blk(i, "ssm_norm"), {DI / NG, NG});
+        l.ssm_out = r.tensor(blk(i, "ssm_out"), {DI, E});
         break;
       }
     }
@@ -432,6 +509,11 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
       }
       case FfnKind::kMoe:
         l.router = r.tensor(blk(i, "ffn_gate_inp"), {E, NE});
+        // llama.cpp runs experts without a gate as silu(up) (granitehybrid loads the gate as
+        // optional); Tessera's experts are gated.
+        if (!file.find_tensor(blk(i, "ffn_gate_exps")))
+          r.fail("tensor '" + blk(i, "ffn_gate_exps") + "'",
+                 "missing: experts without a gate (silu(up)) are not supported");
         l.gate_exps = r.tensor(blk(i, "ffn_gate_exps"), {E, FE, NE});
         l.up_exps = r.tensor(blk(i, "ffn_up_exps"), {E, FE, NE});
         l.down_exps = r.tensor(blk(i, "ffn_down_exps"), {FE, E, NE});
@@ -455,8 +537,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   // output and FFN biases for some architectures): refuse any it did not take.
   std::vector<const gguf::TensorInfo*> used;
   for (const auto& l : spec.layers)
-    for (const auto* t :
-         {l.bq, l.bk, l.bv, l.bo, l.router_b, l.gate_exps_b, l.up_exps_b, l.down_exps_b})
+    for (const auto* t : {l.bq, l.bk, l.bv, l.bo, l.router_b, l.gate_exps_b, l.up_exps_b,
+                          l.down_exps_b, l.ssm_conv1d_b, l.ssm_dt_b})
       if (t) used.push_back(t);
   for (const auto& t : file.tensors()) {
     const std::string& name = t.name;

@@ -42,15 +42,38 @@ struct HParams {
   uint32_t n_ff_exp = 0;              // width of one routed expert's FFN
   uint32_t n_ff_shexp = 0;            // width of the shared expert's FFN (0: none)
   float expert_weights_scale = 0.0f;  // expert_weights_scale (0: none)
+  // Granite's multipliers (ArchTraits::granite_scales; 1 / 0 when absent or 0 in the file):
+  float embedding_scale = 1.0f;  // embedding_scale: x = scale * token_embd[token]
+  float residual_scale = 1.0f;   // residual_scale: x += scale * block(x), for mixers and FFNs
+  float attention_scale = 0.0f;  // attention.scale: the score scale (0: 1 / sqrt(head_dim))
+  float logit_scale = 1.0f;      // logit_scale: logits are divided by it
+  // Mamba2 (ssm.*; 0 when the model has no Mamba2 layer): d_inner = n_head * head_dim channels,
+  // heads in n_group groups of B and C, each d_state wide; the conv spans d_conv tokens.
+  uint32_t ssm_d_conv = 0;   // ssm.conv_kernel
+  uint32_t ssm_d_inner = 0;  // ssm.inner_size
+  uint32_t ssm_d_state = 0;  // ssm.state_size
+  uint32_t ssm_n_head = 0;   // ssm.time_step_rank (llama.cpp's name for the head count)
+  uint32_t ssm_n_group = 0;  // ssm.group_count
 
   uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
   uint32_t kv_dim() const { return n_head_kv * head_dim; }  // largest rows of attn_k / attn_v
+  // Mamba2's sizes: conv channels (x, B, C), in-projection rows (z, x, B, C, dt), state floats
+  // per sequence (conv state [channels][d_conv - 1], then SSM state [d_state][d_inner]).
+  uint32_t ssm_conv_channels() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }
+  uint32_t ssm_in_rows() const { return ssm_d_inner + ssm_conv_channels() + ssm_n_head; }
+  uint64_t ssm_conv_state_floats() const {
+    return uint64_t(ssm_conv_channels()) * (ssm_d_conv ? ssm_d_conv - 1 : 0);
+  }
+  uint64_t ssm_state_floats() const {
+    return ssm_conv_state_floats() + uint64_t(ssm_d_state) * ssm_d_inner;
+  }
 };
 
-// What mixes a layer's tokens. Attention is the only kind today; recurrent kinds (Mamba2, Gated
-// DeltaNet) add a value here, their tensors to LayerSpec and a class in host/engine/layers.
+// What mixes a layer's tokens; each kind has its tensors in LayerSpec and a class in
+// host/engine/layers.
 enum class MixerKind : uint8_t {
   kAttention,  // causal self-attention over the layer's KV (a window of 0 = the whole sequence)
+  kMamba2,     // Mamba2's selective state-space mixer over a fixed per-sequence state
 };
 
 // The layer's feed-forward block.
@@ -70,7 +93,7 @@ std::string_view ffn_kind_name(FfnKind kind);
 struct LayerSpec {
   MixerKind mixer = MixerKind::kAttention;
   FfnKind ffn = FfnKind::kDense;
-  uint32_t n_head_kv = 0;  // this layer's KV heads (attention)
+  uint32_t n_head_kv = 0;  // this layer's KV heads (attention; 0 for a recurrent layer)
   uint32_t window = 0;     // attention window in tokens; 0: the whole sequence (model_spec.cpp
                            // says which GGUF keys set it)
   uint32_t n_ff = 0;       // this layer's dense FFN width (dense FFN)
@@ -90,6 +113,15 @@ struct LayerSpec {
   const gguf::TensorInfo* q_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* k_norm = nullptr;     // [head_dim] (qwen3*)
   const gguf::TensorInfo* ffn_norm = nullptr;   // [n_embd] (gpt-oss: post_attention_norm)
+  // Mamba2 (attn_norm is its input norm too)
+  const gguf::TensorInfo* ssm_in = nullptr;        // [n_embd, ssm_in_rows]: z | x | B | C | dt
+  const gguf::TensorInfo* ssm_conv1d = nullptr;    // [d_conv, conv channels]
+  const gguf::TensorInfo* ssm_conv1d_b = nullptr;  // [conv channels] (optional)
+  const gguf::TensorInfo* ssm_dt_b = nullptr;      // ssm_dt.bias [n_head]
+  const gguf::TensorInfo* ssm_a = nullptr;         // ssm_a [1, n_head]: -exp(A_log)
+  const gguf::TensorInfo* ssm_d = nullptr;         // ssm_d [1, n_head]
+  const gguf::TensorInfo* ssm_norm = nullptr;      // [d_inner / n_group, n_group]
+  const gguf::TensorInfo* ssm_out = nullptr;       // [d_inner, n_embd]
   // dense FFN
   const gguf::TensorInfo* ffn_gate = nullptr;  // [n_embd, n_ff]
   const gguf::TensorInfo* ffn_up = nullptr;    // [n_embd, n_ff]

@@ -80,10 +80,10 @@ inline std::unique_ptr<OpenClModel> make_engine(const model::ModelSpec& spec,
 // Prefills `prompt` on a new sequence and greedy-decodes n tokens, collecting logits like
 // reference_greedy.
 inline RefRun engine_greedy(OpenClModel& m, const std::vector<int32_t>& prompt, int n) {
-  auto& kv = m.kv_cache();
-  const auto seq = kv.create_sequence();
+  auto& mem = m.memory();  // KV blocks and, for hybrid models, a recurrent-state slot
+  const auto seq = mem.create();
   RefRun r;
-  const auto res = kv.reserve(seq, int32_t(prompt.size()));
+  const auto res = mem.reserve(seq, int32_t(prompt.size()));
   StepBatch b;
   b.seqs = {seq};
   b.tokens = prompt;
@@ -94,7 +94,7 @@ inline RefRun engine_greedy(OpenClModel& m, const std::vector<int32_t>& prompt, 
   for (int i = 0; i < n; ++i) {
     const int32_t next = Sampler::argmax(r.logits.back());
     r.tokens.push_back(next);
-    const auto one = kv.reserve(seq, 1);
+    const auto one = mem.reserve(seq, 1);
     StepBatch d;
     d.seqs = {seq};
     d.tokens = {next};
@@ -103,7 +103,7 @@ inline RefRun engine_greedy(OpenClModel& m, const std::vector<int32_t>& prompt, 
     d.logit_rows = {0};
     r.logits.push_back(m.forward(d));
   }
-  kv.free_sequence(seq);
+  mem.free(seq);
   return r;
 }
 

@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -59,11 +60,11 @@ TEST_P(FixtureKinds, LoadsRunsAndIsDeterministic) {
   o.kind = GetParam();
   const auto file = load(o);
   const ModelSpec spec = ModelSpec::from_gguf(file);
-  EXPECT_EQ(spec.layers.size(), 2u);
+  EXPECT_EQ(spec.layers.size(), o.kind == "granitehybrid" ? 4u : 2u);
   EXPECT_EQ(spec.hp.n_vocab, fixture_vocab().tokens.size());
   EXPECT_FALSE(spec.output_tied);
-  const bool moe =
-      o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe" || o.kind == "gpt-oss";
+  const bool moe = o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe" ||
+                   o.kind == "gpt-oss" || o.kind == "granitehybrid";
   EXPECT_EQ(spec.layers[0].is_moe(), moe);
   EXPECT_EQ(spec.hp.n_expert > 0, moe);
   EXPECT_EQ(spec.layers[1].q_norm != nullptr, o.kind.rfind("qwen3", 0) == 0);
@@ -267,6 +268,103 @@ TEST(FixtureModel, BadPerLayerArraysAreNamed) {
   EXPECT_NE(msg.find("take it as their one width"), std::string::npos) << msg;
   msg = error_with("llama", "feed_forward_length", gguf::Value::i32s({256, 0}));
   EXPECT_NE(msg.find("layer 1: must be > 0"), std::string::npos) << msg;
+}
+
+// granitehybrid: Mamba2 layers where head_count_kv is 0, Granite's multipliers, no RoPE when
+// rope.scaling.finetuned is false, an ungated shared expert when its width is given.
+TEST(FixtureModel, GraniteHybridLayersAndHyperParameters) {
+  FixtureOptions o;
+  o.kind = "granitehybrid";
+  const auto file = load(o);
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  ASSERT_EQ(spec.layers.size(), 4u);
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const auto& l = spec.layers[i];
+    EXPECT_EQ(l.mixer, i == 1 ? MixerKind::kAttention : MixerKind::kMamba2) << i;
+    EXPECT_EQ(l.n_head_kv, i == 1 ? 2u : 0u) << i;
+    EXPECT_EQ(l.ffn, FfnKind::kMoeShared) << i;
+    EXPECT_EQ(l.gate_inp_shexp, nullptr) << i;  // ungated
+    EXPECT_EQ(l.ssm_in != nullptr, i != 1) << i;
+  }
+  const HParams& hp = spec.hp;
+  EXPECT_EQ(hp.n_head_kv, 2u);
+  EXPECT_EQ(hp.n_rot, 0u);
+  EXPECT_EQ(hp.ssm_d_conv, 4u);
+  EXPECT_EQ(hp.ssm_d_inner, 128u);
+  EXPECT_EQ(hp.ssm_d_state, 16u);
+  EXPECT_EQ(hp.ssm_n_head, 8u);
+  EXPECT_EQ(hp.ssm_n_group, 2u);
+  EXPECT_EQ(hp.ssm_in_rows(), 128u + 192u + 8u);
+  EXPECT_EQ(hp.n_ff_exp, hp.n_ff);  // experts take feed_forward_length
+  EXPECT_EQ(hp.n_ff_shexp, 128u);
+  EXPECT_FLOAT_EQ(hp.embedding_scale, 12.0f);
+  EXPECT_FLOAT_EQ(hp.residual_scale, 0.22f);
+  EXPECT_FLOAT_EQ(hp.attention_scale, 1.0f / 16.0f);
+  EXPECT_FLOAT_EQ(hp.logit_scale, 8.0f);
+}
+
+// Malformed hybrid metadata: each error names the key or tensor and what is wrong with it.
+TEST(FixtureModel, BadHybridMetadataIsNamed) {
+  auto error_with = [](const std::string& key, std::optional<gguf::Value> v) {
+    FixtureOptions o;
+    o.kind = "granitehybrid";
+    if (!v) o.drop_key = "granitehybrid." + key;
+    auto w = make_fixture(o);
+    if (v) w.set("granitehybrid." + key, std::move(*v));
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "fixture.gguf");
+    try {
+      ModelSpec::from_gguf(file);
+    } catch (const TesseraError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string msg = error_with("ssm.state_size", std::nullopt);
+  EXPECT_NE(msg.find("'granitehybrid.ssm.state_size': missing"), std::string::npos) << msg;
+  msg = error_with("ssm.group_count", gguf::Value::u32(3));
+  EXPECT_NE(msg.find("'granitehybrid.ssm.group_count': 3 must divide ssm.time_step_rank 8"),
+            std::string::npos)
+      << msg;
+  msg = error_with("ssm.conv_kernel", gguf::Value::u32(9));
+  EXPECT_NE(msg.find("'granitehybrid.ssm.conv_kernel': 9 must be in [1, 8]"), std::string::npos)
+      << msg;
+  msg = error_with("ssm.inner_size", gguf::Value::u32(100));
+  EXPECT_NE(msg.find("'granitehybrid.ssm.inner_size': 100 must be a positive multiple of "
+                     "ssm.time_step_rank 8"),
+            std::string::npos)
+      << msg;
+  msg = error_with("ssm.time_step_rank", gguf::Value::u32(0));
+  EXPECT_NE(msg.find("'granitehybrid.ssm.time_step_rank': must be > 0"), std::string::npos) << msg;
+  msg = error_with("rope.scaling.finetuned", gguf::Value::u32(0));
+  EXPECT_NE(msg.find("'granitehybrid.rope.scaling.finetuned': must be a boolean"),
+            std::string::npos)
+      << msg;
+  msg = error_with("residual_scale", gguf::Value::f32(NAN));
+  EXPECT_NE(msg.find("'granitehybrid.residual_scale': nan must be finite"), std::string::npos)
+      << msg;
+  msg = error_with("attention.head_count_kv", gguf::Value::i32s({0, 2, 0}));
+  EXPECT_NE(msg.find("array of 3 values for 4 layers"), std::string::npos) << msg;
+  // A Mamba2 tensor of the wrong shape.
+  FixtureOptions o;
+  o.kind = "granitehybrid";
+  o.skew_tensor = "blk.2.ssm_a";
+  msg = error_of(o);
+  EXPECT_NE(msg.find("tensor 'blk.2.ssm_a': expected shape [1, 8], found [1, 9]"),
+            std::string::npos)
+      << msg;
+  // A recurrent layer in an architecture without a recurrent mixer.
+  o = {};
+  o.kind = "qwen3";
+  auto w = make_fixture(o);
+  w.set("qwen3.attention.head_count_kv", gguf::Value::i32s({2, 0}));
+  const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "fixture.gguf");
+  try {
+    ModelSpec::from_gguf(file);
+    ADD_FAILURE() << "qwen3 with a recurrent layer loaded";
+  } catch (const TesseraError& e) {
+    EXPECT_NE(std::string(e.what()).find("qwen3 has only attention layers"), std::string::npos)
+        << e.what();
+  }
 }
 
 TEST(FixtureModel, UnknownArchitectureListsSupportedOnes) {

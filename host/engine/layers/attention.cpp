@@ -76,7 +76,12 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
     up.count(t->n_bytes());
     return m;
   };
-  if (ls_.bo) dev_.bo = upload_floats(ref_.bo, ls_.bo);
+  if (ls_.bo) {
+    // Granite's residual multiplier scales the attention output and, so, this bias.
+    std::vector<float> bo = ref_.bo;
+    for (float& b : bo) b *= spec_.hp.residual_scale;
+    dev_.bo = upload_floats(bo, ls_.bo);
+  }
   if (ls_.sinks) dev_.sinks = upload_floats(ref_.sinks, ls_.sinks);
   // The op's shape and KV format come from the cache's layout of this layer (the one place it is
   // decided).
@@ -86,6 +91,7 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   cfg.pool = pool;
   cfg.v_format = kv.layout(layer_, kv::KvPart::kV).format;
   cfg.window = int32_t(ls_.window);
+  cfg.scale = spec_.hp.attention_scale;  // 0: 1 / sqrt(head_dim)
   dev_.op = &c.attention(cfg);
   // The layer reads the block tables of its window's group (blocks out of the window released).
   kv_group_ = kv.group_of(layer_);
@@ -129,6 +135,10 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")},
                  sinks);
   }
+  // Granite's residual multiplier, on the projection's input (x += s * wo(att) = wo(s * att)).
+  if (hp.residual_scale != 1.0f)
+    c.ew->scale(c.att.get(), 0, uint64_t(n) * q_dim_, hp.residual_scale,
+                {{}, c.prof("elementwise")});
   // Output projection added to the residual stream in the same launch (then its bias, if any).
   c.mm->run(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
   if (dev_.bo)
@@ -153,7 +163,7 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   }
   if (!ref_.q_norm.empty()) reference::rms_norm(q, ref_.q_norm, hp.rms_eps, q);
   if (!ref_.k_norm.empty()) reference::rms_norm(k, ref_.k_norm, hp.rms_eps, k);
-  for (size_t t = 0; t < T; ++t) {
+  for (size_t t = 0; t < T && hp.n_rot > 0; ++t) {  // n_rot 0: no RoPE (Granite 4.0-H)
     reference::rope(std::span<float>(q).subspan(t * Q, Q), int(hp.n_head), int(hp.head_dim),
                     int(hp.n_rot), positions[t], hp.rope_freq_base, spec_.arch->rope_mode,
                     hp.rope_freq_scale, ref_.rope_freqs, hp.rope_yarn);
@@ -165,11 +175,12 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   mem.v.insert(mem.v.end(), v.begin(), v.end());
   const reference::AttentionShape shape{int(hp.n_head), n_head_kv, int(hp.head_dim)};
   // The reference keeps every position and masks by the window.
-  reference::causal_attention(q, mem.k, mem.v, shape, 1.0f / std::sqrt(float(hp.head_dim)), attn,
-                              int(ls_.window), ref_.sinks);
+  const float scale =
+      hp.attention_scale != 0.0f ? hp.attention_scale : 1.0f / std::sqrt(float(hp.head_dim));
+  reference::causal_attention(q, mem.k, mem.v, shape, scale, attn, int(ls_.window), ref_.sinks);
   reference::matmul(attn, ref_.wo, proj);
   if (!ref_.bo.empty()) reference::add_row_bias(proj, ref_.bo, E);
-  for (size_t i = 0; i < x.size(); ++i) x[i] += proj[i];
+  for (size_t i = 0; i < x.size(); ++i) x[i] += hp.residual_scale * proj[i];
 }
 
 }  // namespace tessera::engine

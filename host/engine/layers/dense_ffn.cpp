@@ -27,6 +27,9 @@ bool DenseFfn::forward(DeviceCtx& c, const LayerStep& s, cl_mem) {
   c.norm->rms_norm(c.x.get(), 0, dev_.ffn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), hp.n_embd,
                    hp.rms_eps, {{}, c.prof("norm")});
   swiglu_hidden(c, dev_.ffn, ls_.n_ff, n);
+  if (hp.residual_scale != 1.0f)  // Granite: x += s * down(h) = down(s * h)
+    c.ew->scale(c.h.get(), 0, uint64_t(n) * ls_.n_ff, hp.residual_scale,
+                {{}, c.prof("elementwise")});
   c.mm->run(dev_.ffn.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
   return false;  // the next layer's norm is not fused here
 }
@@ -36,7 +39,7 @@ void DenseFfn::reference_forward(std::span<float> x) const {
   std::vector<float> cur(x.size()), out(x.size());
   reference::rms_norm(x, ref_.ffn_norm, hp.rms_eps, cur);
   reference::ffn_swiglu(cur, ref_.gate, ref_.up, ref_.down, out);
-  for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
+  for (size_t i = 0; i < x.size(); ++i) x[i] += hp.residual_scale * out[i];
 }
 
 }  // namespace tessera::engine

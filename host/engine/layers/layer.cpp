@@ -5,6 +5,7 @@
 
 #include "host/engine/layers/attention.h"
 #include "host/engine/layers/dense_ffn.h"
+#include "host/engine/layers/mamba2.h"
 #include "host/engine/layers/moe_ffn.h"
 #include "host/engine/layers/shared_moe_ffn.h"
 #include "host/model/weights.h"
@@ -91,6 +92,9 @@ std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
       case model::MixerKind::kAttention:
         layer.mixer = std::make_unique<AttentionMixer>(spec, int(l));
         break;
+      case model::MixerKind::kMamba2:
+        layer.mixer = std::make_unique<Mamba2Mixer>(spec, int(l));
+        break;
     }
     switch (ls.ffn) {
       case model::FfnKind::kDense:
@@ -111,10 +115,13 @@ std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
 uint64_t upload_bytes(const model::ModelSpec& spec) {
   uint64_t total = 0;
   for (const auto& t : spec.layers)
-    for (auto* p : {t.attn_norm,      t.wq,         t.wk,        t.wv,        t.wo,       t.q_norm,
-                    t.k_norm,         t.ffn_norm,   t.ffn_gate,  t.ffn_up,    t.ffn_down, t.router,
-                    t.gate_exps,      t.up_exps,    t.down_exps, t.bq,        t.bk,       t.bv,
-                    t.gate_inp_shexp, t.gate_shexp, t.up_shexp,  t.down_shexp})
+    for (auto* p :
+         {t.attn_norm,      t.wq,         t.wk,           t.wv,         t.wo,       t.q_norm,
+          t.k_norm,         t.ffn_norm,   t.ffn_gate,     t.ffn_up,     t.ffn_down, t.router,
+          t.gate_exps,      t.up_exps,    t.down_exps,    t.bq,         t.bk,       t.bv,
+          t.gate_inp_shexp, t.gate_shexp, t.up_shexp,     t.down_shexp, t.bo,       t.sinks,
+          t.ssm_in,         t.ssm_conv1d, t.ssm_conv1d_b, t.ssm_dt_b,   t.ssm_a,    t.ssm_d,
+          t.ssm_norm,       t.ssm_out})
       total += tensor_bytes(p);
   total += tensor_bytes(spec.token_embd) * (spec.output_tied ? 2 : 1) +
            tensor_bytes(spec.output_norm) + (spec.output_tied ? 0 : tensor_bytes(spec.output));

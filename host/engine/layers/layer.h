@@ -1,4 +1,4 @@
-// A layer is a mixer (attention today; Mamba2 / Gated DeltaNet later) followed by an FFN (dense,
+// A layer is a mixer (attention or Mamba2; Gated DeltaNet later) followed by an FFN (dense,
 // MoE, or MoE with a shared expert). Each kind is one class in this folder with both its device
 // forward (OpenCL kernels on the layer's plan device) and its reference forward (scalar host ops),
 // and declares the memory it needs per sequence. OpenClModel and ReferenceModel walk the same list,
@@ -14,6 +14,7 @@
 #include "host/engine/device_ctx.h"
 #include "host/engine/options.h"
 #include "host/kv/paged_kv_cache.h"
+#include "host/kv/recurrent_state_pool.h"
 #include "host/model/model_spec.h"
 
 namespace tessera::engine {
@@ -28,7 +29,8 @@ struct LayerMemoryNeeds {
 
 // A sequence's memory of one layer on the reference path.
 struct ReferenceLayerMemory {
-  std::vector<float> k, v;  // attention: [n_past][kv_dim] each, appended in order
+  std::vector<float> k, v;   // attention: [n_past][kv_dim] each, appended in order
+  std::vector<float> state;  // recurrent mixers: their fixed state (empty: a new sequence, zeros)
 };
 
 // Uploads weights to devices, counting bytes for the progress display.
@@ -55,6 +57,7 @@ struct LayerStep {
   bool decode = false;  // every sequence of the step contributes one token
   const EngineOptions* options = nullptr;
   const kv::PagedKvCache* kv = nullptr;
+  const kv::RecurrentStatePool* states = nullptr;  // null when no layer keeps state
 };
 
 // Mixes a layer's tokens: x += mixer(norm(x)).

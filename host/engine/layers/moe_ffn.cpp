@@ -56,6 +56,10 @@ MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
     ref_.down_b = model::to_floats(*ls_.down_exps_b);
   }
   ref_.swiglu_oai = spec.arch->activation == model::FfnActivation::kSwigluOai;
+  device_routing_ = routing_;
+  if (spec.hp.residual_scale != 1.0f)
+    device_routing_.weight_scale =
+        (routing_.weight_scale == 0.0f ? 1.0f : routing_.weight_scale) * spec.hp.residual_scale;
 }
 
 void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
@@ -204,7 +208,7 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
   if (fused_route) {
     home.route->norm_route(home.x.get(), 0, dev_.ffn_norm.get(), hp.rms_eps, E, home.xn.get(), 0,
                            dev_.router.body.get(), uint32_t(dev_.router.blocks_per_row * 32),
-                           uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(), 0,
+                           uint32_t(n), hp.n_expert, device_routing_, home.topk_ids.get(), 0,
                            home.topk_w.get(), 0, {{}, home.prof("routing")});
   } else {
     home.norm->rms_norm(home.x.get(), 0, dev_.ffn_norm.get(), 0, home.xn.get(), 0, uint32_t(n), E,
@@ -213,8 +217,8 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
     if (dev_.router_b)
       home.ew->add_row_bias(home.router.get(), 0, hp.n_expert, dev_.router_b.get(), 0, uint32_t(n),
                             hp.n_expert, {{}, home.prof("elementwise")});
-    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, routing_, home.topk_ids.get(),
-                      0, home.topk_w.get(), 0, {{}, home.prof("routing")});
+    home.route->route(home.router.get(), 0, uint32_t(n), hp.n_expert, device_routing_,
+                      home.topk_ids.get(), 0, home.topk_w.get(), 0, {{}, home.prof("routing")});
   }
 }
 
@@ -413,7 +417,7 @@ void MoeFfn::reference_forward(std::span<float> x) const {
   std::vector<float> cur(x.size()), out(x.size());
   reference::rms_norm(x, ref_ffn_norm_, spec_.hp.rms_eps, cur);
   reference::moe_ffn(cur, ref_, routing_, out);
-  for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
+  for (size_t i = 0; i < x.size(); ++i) x[i] += spec_.hp.residual_scale * out[i];
 }
 
 }  // namespace tessera::engine

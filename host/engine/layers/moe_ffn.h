@@ -88,6 +88,9 @@ class MoeFfn final : public Ffn {
   int layer_ = 0;
   MoeRuntime* moe_ = nullptr;
   reference::RoutingConfig routing_;
+  // The device's routing: routing_ with Granite's residual multiplier in its weight scale (the
+  // combine is linear in the weights); the reference applies the multiplier to the layer's output.
+  reference::RoutingConfig device_routing_;
   bool oai() const { return ref_.swiglu_oai; }
   struct DeviceWeights {
     ClMem ffn_norm;

@@ -1,4 +1,5 @@
-// The MoE FFN with a shared expert on the device and its scalar reference.
+// The MoE FFN with a shared expert on the device and its scalar reference. Granite's residual
+// multiplier: in the routed weights (MoeFfn) and on the shared expert's hidden row.
 #include "host/engine/layers/shared_moe_ffn.h"
 
 #include "host/model/weights.h"
@@ -30,6 +31,8 @@ void SharedMoeFfn::shared_expert(DeviceCtx& c, int n) {
   const auto& hp = spec_.hp;
   const uint32_t ff = hp.n_ff_shexp, E = hp.n_embd;
   swiglu_hidden(c, dev_.ffn, ff, n);
+  if (hp.residual_scale != 1.0f)  // Granite: x += s * down(h) = down(s * h)
+    c.ew->scale(c.h.get(), 0, uint64_t(n) * ff, hp.residual_scale, {{}, c.prof("elementwise")});
   if (!dev_.gate_inp) {
     c.mm->run(dev_.ffn.down, c.h.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
     return;
@@ -51,7 +54,7 @@ void SharedMoeFfn::reference_forward(std::span<float> x) const {
   std::vector<float> cur(x.size()), out(x.size());
   reference::rms_norm(x, ref_ffn_norm_, spec_.hp.rms_eps, cur);
   reference::moe_ffn(cur, ref_, ref_routing_, out);
-  for (size_t i = 0; i < x.size(); ++i) x[i] += out[i];
+  for (size_t i = 0; i < x.size(); ++i) x[i] += spec_.hp.residual_scale * out[i];
 }
 
 }  // namespace tessera::engine

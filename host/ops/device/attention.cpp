@@ -211,9 +211,11 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   const auto& c = config_;
   const uint32_t q_dim = uint32_t(c.n_head * c.pool.head_dim),
                  kv_dim = uint32_t(c.pool.n_head_kv * c.pool.head_dim);
-  if (rope.n_rot == 0 || rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.pool.head_dim))
+  // n_rot 0: no position encoding (the kernels rotate no pair).
+  if (rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.pool.head_dim))
     throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
-                         " must be even, > 0 and <= head_dim " + std::to_string(c.pool.head_dim));
+                         " must be even and <= head_dim " + std::to_string(c.pool.head_dim) +
+                         " (0: no RoPE)");
   if (const std::string why =
           rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors, rope.yarn);
       !why.empty())

@@ -105,7 +105,7 @@ class AttentionOp {
   // RoPE angles as reference::rope: theta_i = freq_scale * pos * freq_base^(-2i/n_rot) /
   // freq_factors[i], blended by YaRN when rope.yarn is enabled.
   struct QkvRope {
-    uint32_t n_rot = 0;  // even, <= head_dim
+    uint32_t n_rot = 0;  // even, <= head_dim; 0: no RoPE (Granite 4.0-H's attention layers)
     float freq_base = 10000.0f;
     bool neox = false;
     float freq_scale = 1.0f;        // linear scaling and YaRN: 1 / rope.scaling.factor; > 0

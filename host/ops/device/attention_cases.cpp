@@ -324,8 +324,11 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
       reference::rms_norm(q, qw, eps, q);
       reference::rms_norm(k, kw, eps, k);
     }
-    reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors, yarn_params);
-    reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors, yarn_params);
+    if (n_rot > 0) {  // n_rot 0: no position encoding (Granite 4.0-H)
+      reference::rope(q, H, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors, yarn_params);
+      reference::rope(k, HK, D, n_rot, pos[size_t(t)], base, mode, freq_scale, factors,
+                      yarn_params);
+    }
     std::copy(q.begin(), q.end(), ref_q.begin() + size_t(t) * q_dim);
     const int32_t slot = slots[size_t(t)];
     if (slot < 0) continue;
@@ -438,11 +441,11 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
   for (const auto& c : shapes) {
     // v 3, 4: RoPE frequency scaling (linear x4 with Qwen's form and q/k norms; Llama 3.1's
     // rope_freqs divisors with linear x2 in llama's form, partial rotary); v 5: YaRN x32 (gpt-oss:
-    // NeoX, no q/k norm).
-    for (int v = 0; v < 6; ++v) {
-      const bool norm = v != 1 && v != 4 && v != 5, neox = v != 0 && v != 4;
+    // NeoX, no q/k norm); v 6: no RoPE at all (n_rot 0: Granite 4.0-H's attention layers).
+    for (int v = 0; v < 7; ++v) {
+      const bool norm = v != 1 && v != 4 && v != 5 && v != 6, neox = v != 0 && v != 4 && v != 6;
       const int32_t D = c.pool.head_dim;
-      const int32_t n_rot = v == 2 || v == 4 ? D / 2 : D;  // partial rotary
+      const int32_t n_rot = v == 6 ? 0 : v == 2 || v == 4 ? D / 2 : D;  // partial rotary
       const float freq_scale = v == 3 ? 0.25f : v == 4 ? 0.5f : v == 5 ? 1.0f / 32.0f : 1.0f;
       const bool factors = v == 4, yarn = v == 5;
       const std::string shape = "h" + std::to_string(c.n_head) + "/" +

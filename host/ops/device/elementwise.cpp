@@ -14,6 +14,7 @@ namespace tessera::ops {
 ElementwiseOps::ElementwiseOps(const Device& device)
     : device_(&device),
       add_(device.kernel("elementwise", "add_f32")),
+      scale_(device.kernel("elementwise", "scale_f32")),
       scaled_add_(device.kernel("elementwise", "scaled_add_f32")),
       row_bias_(device.kernel("elementwise", "add_row_bias_f32")),
       pair_bias_(device.kernel("elementwise", "add_pair_bias_f32")),
@@ -30,6 +31,20 @@ void ElementwiseOps::add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_
                        throw LaunchUnsupported("add: element offset past 2^32 in a split launch");
                      set_args(*device_, k, a, cl_uint(a_off + first), b, cl_uint(b_off + first),
                               out, cl_uint(out_off + first), cl_ulong(count));
+                     size_t local = 0;
+                     const size_t global = elementwise_global_size(*device_, count, &local);
+                     enqueue(*device_, k, 1, &global, &local, piece);
+                   });
+}
+
+void ElementwiseOps::scale(cl_mem x, uint32_t x_off, uint64_t n, float s, const Events& ev) {
+  if (n == 0) return;
+  cl_kernel k = scale_.get();
+  launch_in_pieces(n, elementwise_max_elements(*device_), ev,
+                   [&](size_t first, size_t count, const Events& piece) {
+                     if (first + x_off > UINT32_MAX)
+                       throw LaunchUnsupported("scale: element offset past 2^32 in a split launch");
+                     set_args(*device_, k, x, cl_uint(x_off + first), s, cl_ulong(count));
                      size_t local = 0;
                      const size_t global = elementwise_global_size(*device_, count, &local);
                      enqueue(*device_, k, 1, &global, &local, piece);
@@ -118,6 +133,27 @@ MatrixCaseResult run_add(const Device& device, bool timing, uint32_t n) {
     r.seconds = median_kernel_seconds(device, [&] {
       ClEvent ev;
       ops.add(da.mem(), 0, db.mem(), 0, dout.mem(), 0, n, {{}, ev.out()});
+      return ev;
+    });
+  }
+  return r;
+}
+
+// x *= s from an offset (the floats before it stay as they were).
+MatrixCaseResult run_scale(const Device& device, bool timing, uint32_t n, uint32_t off, float s) {
+  const auto x = random_floats(size_t(n) + off, 60 + n);
+  std::vector<float> ref = x;
+  reference::scale(std::span<float>(ref).subspan(off), s);
+  ElementwiseOps ops(device);
+  GuardedBuffer dx(device, x);
+  ops.scale(dx.mem(), off, n, s);
+  MatrixCaseResult r = judge(compare(dx.download<float>(), ref), 1e-6, {dx.check_guard()});
+  r.bytes = double(n) * 8;
+  r.flops = n;
+  if (timing) {  // scales again on every launch: values drift, the time does not
+    r.seconds = median_kernel_seconds(device, [&] {
+      ClEvent ev;
+      ops.scale(dx.mem(), off, n, 1.0f, {{}, ev.out()});
       return ev;
     });
   }
@@ -246,6 +282,16 @@ void register_elementwise_cases(std::vector<MatrixCase>& out) {
   for (uint32_t n : {4096u, 1u, 7007u, (1u << 22) + 3}) {
     out.push_back({"add", "f32", std::to_string(n),
                    [=](const Device& d, bool t) { return run_add(d, t, n); }});
+  }
+  // Granite's multipliers: a decode row, a prefill chunk from an offset, one float.
+  struct Scale {
+    uint32_t n, off;
+    float s;
+  };
+  for (Scale c : {Scale{1536, 0, 12.0f}, Scale{7 * 1003, 5, 0.22f}, Scale{1, 0, -0.5f},
+                  Scale{(1u << 20) + 3, 1, 0.015625f}}) {
+    out.push_back({"scale", "f32", std::to_string(c.n) + "/off" + std::to_string(c.off),
+                   [=](const Device& d, bool t) { return run_scale(d, t, c.n, c.off, c.s); }});
   }
   struct Scaled {
     uint32_t rows, cols, k, slot;

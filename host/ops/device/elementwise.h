@@ -18,6 +18,9 @@ class ElementwiseOps {
   void add(cl_mem a, uint32_t a_off, cl_mem b, uint32_t b_off, cl_mem out, uint32_t out_off,
            uint64_t n, const Events& ev = {});
 
+  // x[x_off + i] *= s over n floats (Granite's embedding and residual multipliers).
+  void scale(cl_mem x, uint32_t x_off, uint64_t n, float s, const Events& ev = {});
+
   // y[r][c] += w[w_off + r * w_stride] * x[r][c] for `rows` packed rows of `cols` floats: combines
   // expert outputs with their routing weights (slot j of [token][k] weights: w_off = j, w_stride =
   // k).
@@ -39,7 +42,7 @@ class ElementwiseOps {
 
  private:
   const Device* device_;
-  ClKernel add_, scaled_add_, row_bias_, pair_bias_, argmax_;
+  ClKernel add_, scale_, scaled_add_, row_bias_, pair_bias_, argmax_;
 };
 
 }  // namespace tessera::ops

@@ -16,6 +16,10 @@ void add(std::span<const float> a, std::span<const float> b, std::span<float> ou
   for (size_t i = 0; i < a.size(); ++i) out[i] = a[i] + b[i];
 }
 
+void scale(std::span<float> x, float s) {
+  for (float& v : x) v *= s;
+}
+
 void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w,
                 size_t cols) {
   if (cols == 0 || x.size() != y.size() || x.size() != w.size() * cols) {

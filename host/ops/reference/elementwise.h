@@ -10,6 +10,9 @@ namespace tessera::reference {
 // out[i] = a[i] + b[i]; out may alias a or b. Throws std::invalid_argument on size mismatch.
 void add(std::span<const float> a, std::span<const float> b, std::span<float> out);
 
+// x[i] *= s (Granite's embedding and residual multipliers).
+void scale(std::span<float> x, float s);
+
 // y[r][c] += w[r] * x[r][c] for rows of `cols` floats (one weight per row: a token's expert
 // weight). Throws std::invalid_argument when x, y and w do not describe the same rows.
 void scaled_add(std::span<float> y, std::span<const float> x, std::span<const float> w,
