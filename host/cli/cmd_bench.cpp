@@ -10,6 +10,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -63,6 +64,26 @@ double time_decode(engine::Engine& e, int n, int32_t first) {
   r.prompt = {first};
   r.max_tokens = n;
   return time_request(e, std::move(r));
+}
+
+// `n` decode steps of one sequence after a prompt of `context` (llama-bench's -d): the prompt is
+// prefilled (chunked), then the seconds from the first sampled token to the last are the n decode
+// steps at contexts [context + 1, context + n].
+double time_decode_at_depth(engine::Engine& e, const std::vector<int32_t>& context, int n) {
+  engine::Request r;
+  r.prompt = context;
+  r.max_tokens = n + 1;
+  std::string error;
+  std::optional<Clock::time_point> first;
+  r.on_output = [&](const engine::RequestOutput& out) {
+    if (out.finish == engine::FinishReason::kFailed) error = out.error;
+    if (out.token >= 0 && !first) first = Clock::now();
+  };
+  e.add_request(std::move(r));
+  e.run_until_idle();
+  if (!error.empty()) throw engine::RequestError(error);
+  if (!first) throw engine::RequestError("bench --depth: no token was sampled");
+  return std::chrono::duration<double>(Clock::now() - *first).count();
 }
 
 // Decode roofline of a plan: the weight bytes one token reads on each device (dense parts where
@@ -257,7 +278,7 @@ int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
   KvCacheTypes cache_types;
-  int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512;
+  int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512, depth = 0;
   bool json = false, balancer = false, no_replay = false, breakdown = false;
   po::options_description opts(
       "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
@@ -270,10 +291,12 @@ int run_bench(const std::vector<std::string>& args) {
                                            po::value<int>(&n_prompt)->default_value(512),
                                            "prompt tokens (0: skip prefill)")(
       "n-gen,n", po::value<int>(&n_gen)->default_value(128), "decode tokens (0: skip decode)")(
-      "repetitions,r", po::value<int>(&reps)->default_value(3),
-      "timed repetitions (median reported)")("batch",
-                                             po::value<int>(&max_batch)->default_value(512),
-                                             "engine max_batch_tokens (prefill chunk)")(
+      "depth,d", po::value<int>(&depth)->default_value(0),
+      "decode after a prompt of this many tokens (llama-bench -d): the tg figure is the rate of "
+      "the decode steps at that context")("repetitions,r", po::value<int>(&reps)->default_value(3),
+                                          "timed repetitions (median reported)")(
+      "batch", po::value<int>(&max_batch)->default_value(512),
+      "engine max_batch_tokens (prefill chunk)")(
       "balancer", po::bool_switch(&balancer),
       "re-place experts between steps (also on with a --config whose balancer is enabled)")(
       "no-replay", po::bool_switch(&no_replay),
@@ -285,8 +308,8 @@ int run_bench(const std::vector<std::string>& args) {
   add_kv_cache_type_options(opts, cache_types);
   po::variables_map vm;
   if (!parse_options(args, opts, vm)) return 0;
-  if (n_prompt < 0 || n_gen < 0 || reps < 1 || max_batch < 1)
-    throw std::runtime_error("-p and -n must be >= 0, -r and --batch >= 1");
+  if (n_prompt < 0 || n_gen < 0 || depth < 0 || reps < 1 || max_batch < 1)
+    throw std::runtime_error("-p, -n and --depth must be >= 0, -r and --batch >= 1");
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
@@ -299,7 +322,7 @@ int run_bench(const std::vector<std::string>& args) {
   // --batch given on the command line wins over a config's batching.max_batch_tokens.
   if (!vm["batch"].defaulted())
     so.sets.push_back("batching.max_batch_tokens=" + std::to_string(max_batch));
-  so.context_tokens = std::max(n_prompt, n_gen) + 16;
+  so.context_tokens = std::max(n_prompt, depth + n_gen + 1) + 16;
   so.max_sequences = 1;
   so.max_batch_tokens = max_batch;
   so.balancer = balancer;
@@ -318,13 +341,16 @@ int run_bench(const std::vector<std::string>& args) {
 
   // Prompt: seeded ids past the special tokens (like llama-bench's random prompt).
   const uint32_t n_vocab = spec.hp.n_vocab;
-  std::vector<int32_t> prompt(static_cast<size_t>(n_prompt));
+  std::vector<int32_t> prompt(static_cast<size_t>(std::max(n_prompt, depth)));
   uint64_t state = 0x5DEECE66Dull;
   for (auto& id : prompt) {
     state = state * 6364136223846793005ull + 1442695040888963407ull;
     id = int32_t(3 + (state >> 33) % (n_vocab > 3 ? n_vocab - 3 : 1));
   }
+  const std::vector<int32_t> context(prompt.begin(), prompt.begin() + depth);
+  prompt.resize(size_t(n_prompt));
   // Warm-up: compiles and caches every kernel of both paths, touches the buffers.
+  if (depth > 0 && n_gen > 0) time_decode_at_depth(e, context, std::min(n_gen, 4));
   if (n_prompt > 0)
     time_prefill(
         e, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
@@ -347,7 +373,9 @@ int run_bench(const std::vector<std::string>& args) {
   std::vector<double> pp, tg;
   for (int r = 0; r < reps; ++r) {
     if (n_prompt > 0) pp.push_back(double(n_prompt) / time_prefill(e, prompt));
-    if (n_gen > 0) tg.push_back(double(n_gen) / time_decode(e, n_gen, 1));
+    if (n_gen > 0)
+      tg.push_back(double(n_gen) / (depth > 0 ? time_decode_at_depth(e, context, n_gen)
+                                              : time_decode(e, n_gen, 1)));
   }
   const double pp_tps = pp.empty() ? 0 : median(pp), tg_tps = tg.empty() ? 0 : median(tg);
 
@@ -392,7 +420,8 @@ int run_bench(const std::vector<std::string>& args) {
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"devices\": [%s], \"attention_device\": \"%s\", \"n_prompt\": %d, "
-        "\"n_gen\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, \"load_seconds\": %.3f, "
+        "\"n_gen\": %d, \"depth\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, "
+        "\"load_seconds\": %.3f, "
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"kv_bytes_per_token\": %llu, "
         "\"kv_f16_bytes_per_token\": %llu, \"active_bytes_per_token\": %llu, "
@@ -401,8 +430,8 @@ int run_bench(const std::vector<std::string>& args) {
         "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
         "\"measured_decode_ms\": %.4f, \"replay\": %s%s}\n",
         model_path.c_str(), devs_json.c_str(),
-        plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, reps, max_batch,
-        load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
+        plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, reps,
+        max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(kv_bytes.bytes),
         static_cast<unsigned long long>(kv_bytes.f16_bytes),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
@@ -416,7 +445,12 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf("%s\n", kv_format_summary(m.kv_cache()).c_str());
     std::printf("%-8s %10s %14s\n", "test", "tokens/s", "runs");
     if (n_prompt > 0) std::printf("pp%-6d %10.2f %14s\n", n_prompt, pp_tps, list(pp).c_str());
-    if (n_gen > 0) std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());
+    if (n_gen > 0 && depth > 0) {
+      const std::string test = "tg" + std::to_string(n_gen) + "@d" + std::to_string(depth);
+      std::printf("%-8s %10.2f %14s\n", test.c_str(), tg_tps, list(tg).c_str());
+    } else if (n_gen > 0) {
+      std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());
+    }
     std::printf(
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);

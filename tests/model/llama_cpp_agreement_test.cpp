@@ -45,7 +45,20 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
     // program, flash attention off with f32 KV and on with f16 KV (identical ids).
     {"gpt-oss", {367, 172, 441, 274, 172, 441, 113, 188, 148, 40,  367, 172,
                  40,  387, 203, 509, 306, 504, 509, 172, 387, 509, 509, 188}},
+    // Mamba2 layers (0, 2, 3) and an attention layer without RoPE (1), MoE with an ungated shared
+    // expert, Granite's embedding / residual / attention / logit multipliers. Recorded 2026-12-02
+    // on the development machine with the unslothai llama.cpp snapshot's CPU backend through a
+    // small program on libllama (decode the prompt ids, argmax, one token at a time), flash
+    // attention off with f32 KV and on with f16 KV (identical ids).
+    {"granitehybrid", {412, 511, 114, 162, 115, 392, 36,  180, 440, 375, 101, 297,
+                       365, 307, 129, 185, 190, 116, 307, 129, 407, 415, 454, 387}},
 };
+
+// llama.cpp's first next-token logits of the granitehybrid F32 fixture after kPrompt (ids 0..7 and
+// the argmax 412), from the same run (flash attention off, f32 KV).
+const std::vector<std::pair<int32_t, float>> kGraniteHybridFirstLogits{
+    {0, -2.47360f}, {1, -20.99377f}, {2, -2.56066f}, {3, -15.49200f}, {4, 14.02584f},
+    {5, 12.79887f}, {6, 10.38630f},  {7, 10.72547f}, {412, 21.72397f}};
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {
   KvState kv = net.new_kv_state();
@@ -94,6 +107,21 @@ TEST(LlamaCppAgreementRopeScaling, F32FixtureGreedyMatches) {
     EXPECT_EQ(spec.rope_freqs != nullptr, kind == "llama");
     EXPECT_EQ(greedy_continuation(ReferenceModel(spec), tokens.size()), tokens) << kind;
   }
+}
+
+// The hybrid model's next-token logits agree with llama.cpp's, not only its argmax.
+TEST(LlamaCppAgreementGraniteHybrid, FirstLogitsMatch) {
+  FixtureOptions o;
+  o.kind = "granitehybrid";
+  o.all_f32 = true;
+  const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), "granitehybrid.gguf");
+  const ReferenceModel net(ModelSpec::from_gguf(file));
+  KvState kv = net.new_kv_state();
+  std::vector<int32_t> pos(kPrompt.size());
+  for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
+  const std::vector<float> logits = net.forward(kPrompt, pos, kv);
+  for (const auto& [id, want] : kGraniteHybridFirstLogits)
+    EXPECT_NEAR(logits[size_t(id)], want, 2e-3f) << "token " << id;
 }
 
 // The kinds with a recorded row.
