@@ -68,7 +68,7 @@ TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
   for (const auto& dev : reg.devices()) {
     SCOPED_TRACE(dev->id());
     auto run = [&](OpenClModel& e) {
-      auto& kv = e.kv_cache();
+      auto& kv = e.memory();  // KV blocks and recurrent-state slots
       std::vector<std::vector<float>> out;
       const std::vector<std::vector<int32_t>> prompts = {
           {1, 310, 311, 312, 313},
@@ -77,7 +77,7 @@ TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
       std::vector<kv::SeqId> seqs;
       std::vector<int32_t> last;
       auto prefill = [&](const std::vector<int32_t>& p) {
-        const auto s = kv.create_sequence();
+        const auto s = kv.create();
         const auto r = kv.reserve(s, int32_t(p.size()));
         StepBatch b;
         b.seqs = {s};
@@ -109,7 +109,7 @@ TEST_P(ReplayTest, BatchedDecodeAndRepeatedPrefillEqualFreshEnqueueing) {
               std::vector<float>(l.begin() + long(size_t(i) * nv), l.begin() + long((i + 1) * nv)));
       }
       prefill(prompts[2]);  // the shape of prompts[0]'s prefill
-      for (auto s : seqs) kv.free_sequence(s);
+      for (auto s : seqs) kv.free(s);
       return out;
     };
     auto fresh = engine_on(*m, reg, *dev, false);
@@ -138,14 +138,14 @@ TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
     EngineOptions o;
     o.max_sequences = 20;
     auto e = make_engine(m->spec, reg, on(*dev), o);
-    auto& kv = e->kv_cache();
+    auto& kv = e->memory();  // KV blocks and recurrent-state slots
     std::map<std::string, std::set<std::string>> sizes;  // kernel -> work-group sizes launched
     // One step of `n_seqs` new sequences of `per_seq` tokens each (one token each: a decode step).
     for (const auto [n_seqs, per_seq] : {std::pair{1, 1}, {2, 1}, {3, 1}, {5, 1}, {17, 1}, {19, 1},
                                          {1, 5}, {1, 9}, {1, 20}, {2, 33}}) {
       StepBatch b;
       for (int s = 0; s < n_seqs; ++s) {
-        const auto seq = kv.create_sequence();
+        const auto seq = kv.create();
         const auto r = kv.reserve(seq, per_seq);
         b.seqs.push_back(seq);
         for (int i = 0; i < per_seq; ++i) {
@@ -156,7 +156,7 @@ TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
         b.logit_rows.push_back(int32_t(b.tokens.size()) - 1);
       }
       e->forward(b);
-      for (auto seq : b.seqs) kv.free_sequence(seq);
+      for (auto seq : b.seqs) kv.free(seq);
       ASSERT_NE(e->latest_program(), nullptr);
       for (const auto& r : e->latest_program()->records()) {
         if (r.kind != ops::StepProgram::Kind::kLaunch) continue;
@@ -180,7 +180,7 @@ TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReplayTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
-                                           "gpt-oss"));
+                                           "gpt-oss", "granitehybrid"));
 
 // The cost model's launch counts (counted at construction from a count-only recording of the
 // step's code) add up to the launches a recorded decode step of one token really enqueues.
