@@ -131,6 +131,7 @@ ProbeResult conservative_probe(const DeviceInfo& info) {
   r.h2d_gbps = r.d2h_gbps = cpu ? 2.0 : 4.0;
   r.fp32_gflops = cu * (cpu ? 2.0 : 20.0);
   r.launch_latency_us = cpu ? 50.0 : 20.0;
+  r.launch_stream_us = cpu ? 50.0 : 10.0;
   return r;
 }
 
@@ -309,6 +310,30 @@ ProbeResult measure_device(const Device& dev) {
       add_note(r.note, "launch latency not measurable, conservative figure");
       r.launch_latency_us = fallback.launch_latency_us;
     }
+    // Back to back, as a replayed step launches: 64 launches then one wait, per launch. The
+    // kernel spans compute units x 64 groups (one item each on CPUs, 64 on GPUs), as the decode
+    // kernels' row groups do, since a CPU driver's cost grows with the groups it distributes.
+    const size_t group = cpu ? 1 : std::min<size_t>(64, info.max_group_items());
+    const size_t global = cu * 64 * group;
+    constexpr int kLaunches = 64;
+    std::vector<double> per_launch;
+    for (int round = 0; round < 6; ++round) {
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < kLaunches; ++i)
+        CL_CHECK(clEnqueueNDRangeKernel(dev.queue(), k.get(), 1, nullptr, &global, &group, 0,
+                                        nullptr, nullptr),
+                 info.label());
+      dev.finish();
+      auto t1 = std::chrono::steady_clock::now();
+      if (round > 0)
+        per_launch.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() /
+                             kLaunches);
+    }
+    r.launch_stream_us = median(per_launch);
+    if (!(r.launch_stream_us > 0)) {
+      add_note(r.note, "streamed launch cost not measurable, conservative figure");
+      r.launch_stream_us = fallback.launch_stream_us;
+    }
   }
   if (!r.note.empty()) spdlog::warn("probes on {}: {}", info.label(), r.note);
   return r;
@@ -337,6 +362,7 @@ std::optional<ProbeResult> ProbeCache::load(const DeviceInfo& info) const {
     r.d2h_gbps = v.at("d2h_gbps").to_number<double>();
     r.fp32_gflops = v.at("fp32_gflops").to_number<double>();
     r.launch_latency_us = v.at("launch_latency_us").to_number<double>();
+    r.launch_stream_us = v.at("launch_stream_us").to_number<double>();
     r.measured_at = v.at("measured_at").as_string().c_str();
     if (const auto* n = v.if_contains("note"); n && n->is_string()) r.note = n->as_string().c_str();
     const ProbeBounds b = probe_bounds(info);
@@ -344,7 +370,8 @@ std::optional<ProbeResult> ProbeCache::load(const DeviceInfo& info) const {
                                                  {r.h2d_gbps, b.copy_gbps},
                                                  {r.d2h_gbps, b.copy_gbps},
                                                  {r.fp32_gflops, b.fp32_gflops},
-                                                 {r.launch_latency_us, 1e7}};
+                                                 {r.launch_latency_us, 1e7},
+                                                 {r.launch_stream_us, 1e7}};
     for (const auto& [value, bound] : figures) {
       if (!std::isfinite(value) || value <= 0 || value > bound) {
         spdlog::info("probe cache {}: implausible figure {}; re-measuring", path_for(info).string(),
@@ -372,6 +399,7 @@ void ProbeCache::store(const DeviceInfo& info, const ProbeResult& r) const {
     o["d2h_gbps"] = r.d2h_gbps;
     o["fp32_gflops"] = r.fp32_gflops;
     o["launch_latency_us"] = r.launch_latency_us;
+    o["launch_stream_us"] = r.launch_stream_us;
     o["measured_at"] = r.measured_at;
     o["note"] = r.note;
     std::filesystem::create_directories(dir_);

@@ -18,6 +18,10 @@ struct ProbeResult {
   double d2h_gbps = 0;           // device -> host copy
   double fp32_gflops = 0;        // FMA throughput
   double launch_latency_us = 0;  // enqueue + finish of an empty kernel, median
+  // What one launch costs in a stream of back-to-back launches with no host wait between them
+  // (a replayed step): an empty kernel over compute units x 64 work groups, total / launches,
+  // median of rounds. On GPUs it is the host's enqueue cost; on CPU drivers the fork/join.
+  double launch_stream_us = 0;
   std::string measured_at;       // ISO-8601 UTC
   std::string note;              // what was not trusted and replaced (empty: every figure measured)
 };

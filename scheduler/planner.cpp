@@ -19,7 +19,7 @@ double op_seconds(const DeviceCost& d, double bytes, double flops, int launches)
 
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes) {
   return bytes / (from.d2h_gbps * 1e9) + bytes / (to.h2d_gbps * 1e9) +
-         (from.launch_us + to.launch_us) * 1e-6;
+         (from.sync_us + to.sync_us) * 1e-6;
 }
 
 int Plan::experts_on(int layer, int device) const {
@@ -130,7 +130,8 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   for (const auto& d : devices) {
     check_figure(d, "read bandwidth (GB/s)", d.read_gbps);
     check_figure(d, "fp32 throughput (GFLOP/s)", d.fp32_gflops);
-    check_figure(d, "launch latency (us)", d.launch_us, true);
+    check_figure(d, "launch cost (us)", d.launch_us, true);
+    check_figure(d, "host wait (us)", d.sync_us, true);
     check_figure(d, "host-to-device bandwidth (GB/s)", d.h2d_gbps);
     check_figure(d, "device-to-host bandwidth (GB/s)", d.d2h_gbps);
   }

@@ -16,10 +16,11 @@ struct DeviceCost {
   DeviceType type = DeviceType::kCpu;
   double read_gbps = 1;  // streaming read, GB/s
   double fp32_gflops = 1;
-  double launch_us = 10;  // per kernel launch
+  double launch_us = 10;  // per kernel launch in a stream of launches (a replayed step)
   double h2d_gbps = 1, d2h_gbps = 1;
   uint64_t memory_bytes = 0;  // device global memory
   uint64_t budget_bytes = 0;  // what the plan may use (config budget, default 90% of memory)
+  double sync_us = 20;        // a host wait: enqueue + finish of one kernel
 };
 
 // Cost model (DESIGN.md): time(op) ~= max(bytes / bandwidth, flops / throughput) + launches *

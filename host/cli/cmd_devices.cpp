@@ -91,6 +91,7 @@ int run_devices(const std::vector<std::string>& args) {
         p["d2h_gbps"] = probes[i]->d2h_gbps;
         p["fp32_gflops"] = probes[i]->fp32_gflops;
         p["launch_latency_us"] = probes[i]->launch_latency_us;
+        p["launch_stream_us"] = probes[i]->launch_stream_us;
         p["measured_at"] = probes[i]->measured_at;
         if (!probes[i]->note.empty()) p["note"] = probes[i]->note;
         o["probe"] = p;
@@ -101,9 +102,9 @@ int run_devices(const std::vector<std::string>& args) {
     return 0;
   }
 
-  std::printf("%-6s %-5s %-10s %-34s %9s %4s %-22s %9s %8s %8s %9s %8s\n", "id", "type", "vendor",
-              "name", "memory", "CUs", "features", "read GB/s", "h2d GB/s", "d2h GB/s", "GFLOP/s",
-              "launch");
+  std::printf("%-6s %-5s %-10s %-34s %9s %4s %-22s %9s %8s %8s %9s %8s %8s\n", "id", "type",
+              "vendor", "name", "memory", "CUs", "features", "read GB/s", "h2d GB/s", "d2h GB/s",
+              "GFLOP/s", "launch", "stream");
   for (size_t i = 0; i < registry.devices().size(); ++i) {
     const auto& info = registry.devices()[i]->info();
     std::string name = info.name.size() > 34 ? info.name.substr(0, 31) + "..." : info.name;
@@ -112,10 +113,11 @@ int run_devices(const std::vector<std::string>& args) {
                 double(info.global_mem_bytes) / 1e9, info.compute_units,
                 features(info.caps).c_str());
     if (probes[i]) {
-      std::printf(" %9.1f %8.1f %8.1f %9.1f %6.1fus\n", probes[i]->read_gbps, probes[i]->h2d_gbps,
-                  probes[i]->d2h_gbps, probes[i]->fp32_gflops, probes[i]->launch_latency_us);
+      std::printf(" %9.1f %8.1f %8.1f %9.1f %6.1fus %6.1fus\n", probes[i]->read_gbps,
+                  probes[i]->h2d_gbps, probes[i]->d2h_gbps, probes[i]->fp32_gflops,
+                  probes[i]->launch_latency_us, probes[i]->launch_stream_us);
     } else {
-      std::printf(" %9s %8s %8s %9s %8s\n", "-", "-", "-", "-", "-");
+      std::printf(" %9s %8s %8s %9s %8s %8s\n", "-", "-", "-", "-", "-", "-");
     }
   }
   for (const auto& d : registry.devices()) {

@@ -65,7 +65,8 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
   if (probe) {
     c.read_gbps = probe->read_gbps;
     c.fp32_gflops = probe->fp32_gflops;
-    c.launch_us = probe->launch_latency_us;
+    c.launch_us = probe->launch_stream_us;
+    c.sync_us = probe->launch_latency_us;
     c.h2d_gbps = probe->h2d_gbps;
     c.d2h_gbps = probe->d2h_gbps;
   } else {
@@ -74,6 +75,7 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
     c.read_gbps = gpu ? 500 : 20;
     c.fp32_gflops = gpu ? 10000 : 100;
     c.launch_us = gpu ? 10 : 20;
+    c.sync_us = gpu ? 20 : 50;
     c.h2d_gbps = c.d2h_gbps = gpu ? 10 : 10;
   }
   auto it = config.budgets.find(info.id);

@@ -19,7 +19,8 @@ TEST(ProbesTest, MeasureAndCache) {
   ProbeCache cache(dir.path());
   EXPECT_FALSE(cache.load(d.info()).has_value());
   ProbeResult r = cache.get(d, false);
-  for (double v : {r.read_gbps, r.h2d_gbps, r.d2h_gbps, r.fp32_gflops, r.launch_latency_us}) {
+  for (double v : {r.read_gbps, r.h2d_gbps, r.d2h_gbps, r.fp32_gflops, r.launch_latency_us,
+                   r.launch_stream_us}) {
     EXPECT_TRUE(std::isfinite(v));
     EXPECT_GT(v, 0.0);
   }
@@ -27,6 +28,7 @@ TEST(ProbesTest, MeasureAndCache) {
   auto loaded = cache.load(d.info());
   ASSERT_TRUE(loaded.has_value());
   EXPECT_DOUBLE_EQ(loaded->read_gbps, r.read_gbps);
+  EXPECT_DOUBLE_EQ(loaded->launch_stream_us, r.launch_stream_us);
   EXPECT_EQ(loaded->measured_at, r.measured_at);
 
   // A damaged cache file is ignored (and re-measured by get()).
