@@ -57,13 +57,31 @@ double time_prefill(engine::Engine& e, const std::vector<int32_t>& prompt) {
   return time_request(e, std::move(r));
 }
 
-// `n` greedy single-token steps of one sequence starting from an empty cache with token `first`
-// (what llama-bench's tg test measures): `first` alone, then n - 1 decode steps.
-double time_decode(engine::Engine& e, int n, int32_t first) {
-  engine::Request r;
-  r.prompt = {first};
-  r.max_tokens = n;
-  return time_request(e, std::move(r));
+// `n` greedy single-token steps of `parallel` sequences decoding together, each starting from an
+// empty cache with token `first` (one sequence: what llama-bench's tg test measures): the `first`
+// tokens in one step, then n - 1 decode steps of `parallel` tokens.
+double time_decode(engine::Engine& e, int n, int32_t first, int parallel = 1) {
+  if (parallel == 1) {
+    engine::Request r;
+    r.prompt = {first};
+    r.max_tokens = n;
+    return time_request(e, std::move(r));
+  }
+  std::string error;
+  const auto t0 = Clock::now();
+  for (int i = 0; i < parallel; ++i) {
+    engine::Request r;
+    r.prompt = {first};
+    r.max_tokens = n;
+    r.on_output = [&](const engine::RequestOutput& out) {
+      if (out.finish == engine::FinishReason::kFailed && error.empty()) error = out.error;
+    };
+    e.add_request(std::move(r));
+  }
+  e.run_until_idle();
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  if (!error.empty()) throw engine::RequestError(error);
+  return s;
 }
 
 // `n` decode steps of one sequence after a prompt of `context` (llama-bench's -d): the prompt is
@@ -278,7 +296,7 @@ int run_bench(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
   std::vector<std::string> sets;
   KvCacheTypes cache_types;
-  int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512, depth = 0;
+  int n_prompt = 512, n_gen = 128, reps = 3, max_batch = 512, depth = 0, parallel = 1;
   bool json = false, balancer = false, no_replay = false, breakdown = false;
   po::options_description opts(
       "tessera bench -m MODEL.gguf [--device ID | --config FILE] [-p N] [-n N] [-r N] [--json]");
@@ -293,7 +311,10 @@ int run_bench(const std::vector<std::string>& args) {
       "n-gen,n", po::value<int>(&n_gen)->default_value(128), "decode tokens (0: skip decode)")(
       "depth,d", po::value<int>(&depth)->default_value(0),
       "decode after a prompt of this many tokens (llama-bench -d): the tg figure is the rate of "
-      "the decode steps at that context")("repetitions,r", po::value<int>(&reps)->default_value(3),
+      "the decode steps at that context")(
+      "parallel", po::value<int>(&parallel)->default_value(1),
+      "sequences decoding together in the decode test (tokens/s counts all of them): the "
+      "batched decode steps of a server")("repetitions,r", po::value<int>(&reps)->default_value(3),
                                           "timed repetitions (median reported)")(
       "batch", po::value<int>(&max_batch)->default_value(512),
       "engine max_batch_tokens (prefill chunk)")(
@@ -310,6 +331,9 @@ int run_bench(const std::vector<std::string>& args) {
   if (!parse_options(args, opts, vm)) return 0;
   if (n_prompt < 0 || n_gen < 0 || depth < 0 || reps < 1 || max_batch < 1)
     throw std::runtime_error("-p, -n and --depth must be >= 0, -r and --batch >= 1");
+  if (parallel < 1 || parallel > 1024) throw std::runtime_error("--parallel must be in 1..1024");
+  if (parallel > 1 && depth > 0)
+    throw std::runtime_error("--parallel and --depth together are not supported (one of them)");
 
   const auto file = gguf::GgufFile::open(model_path);
   const auto spec = model::ModelSpec::from_gguf(file);
@@ -323,8 +347,8 @@ int run_bench(const std::vector<std::string>& args) {
   if (!vm["batch"].defaulted())
     so.sets.push_back("batching.max_batch_tokens=" + std::to_string(max_batch));
   so.context_tokens = std::max(n_prompt, depth + n_gen + 1) + 16;
-  so.max_sequences = 1;
-  so.max_batch_tokens = max_batch;
+  so.max_sequences = parallel;
+  so.max_batch_tokens = std::max(max_batch, parallel);
   so.balancer = balancer;
   so.replay = !no_replay;
   so.programs = tessera::cli::program_cache();
@@ -354,7 +378,7 @@ int run_bench(const std::vector<std::string>& args) {
   if (n_prompt > 0)
     time_prefill(
         e, std::vector<int32_t>(prompt.begin(), prompt.begin() + std::min(n_prompt, max_batch)));
-  if (n_gen > 0) time_decode(e, std::min(n_gen, 4), 1);
+  if (n_gen > 0) time_decode(e, std::min(n_gen, 4), 1, parallel);
   // With the balancer on, decode until its placement settles (two rounds of the test without a
   // move, at most 16 rounds), so the timed runs measure the placement it converged to; the moves
   // and warm-up steps are reported.
@@ -374,8 +398,9 @@ int run_bench(const std::vector<std::string>& args) {
   for (int r = 0; r < reps; ++r) {
     if (n_prompt > 0) pp.push_back(double(n_prompt) / time_prefill(e, prompt));
     if (n_gen > 0)
-      tg.push_back(double(n_gen) / (depth > 0 ? time_decode_at_depth(e, context, n_gen)
-                                              : time_decode(e, n_gen, 1)));
+      tg.push_back(double(n_gen) * parallel /
+                   (depth > 0 ? time_decode_at_depth(e, context, n_gen)
+                              : time_decode(e, n_gen, 1, parallel)));
   }
   const double pp_tps = pp.empty() ? 0 : median(pp), tg_tps = tg.empty() ? 0 : median(tg);
 
@@ -389,8 +414,8 @@ int run_bench(const std::vector<std::string>& args) {
       breakdowns["prefill"] =
           breakdown_json(measure_breakdown(e, "prefill", [&] { time_prefill(e, prompt); }));
     if (n_gen > 0)
-      breakdowns["decode"] =
-          breakdown_json(measure_breakdown(e, "decode", [&] { time_decode(e, n_gen, 1); }));
+      breakdowns["decode"] = breakdown_json(
+          measure_breakdown(e, "decode", [&] { time_decode(e, n_gen, 1, parallel); }));
   }
   const Roofline roof = roofline_of(plan, footprint);
   const double roof_tps = roof.seconds_per_token > 0 ? 1.0 / roof.seconds_per_token : 0;
@@ -416,12 +441,13 @@ int run_bench(const std::vector<std::string>& args) {
   const KvTokenBytes kv_bytes = kv_token_bytes(m.kv_cache());
   // The cost model's decode step beside the measured one (plan() has the balancer's moves).
   const double predicted_ms = m.plan().decode_step_seconds * 1e3;
-  const double measured_ms = tg_tps > 0 ? 1e3 / tg_tps : 0;
+  // A decode step carries `parallel` tokens; the planner predicts one token's step.
+  const double measured_ms = tg_tps > 0 ? 1e3 * parallel / tg_tps : 0;
   if (json) {
     std::printf(
         "{\"model\": \"%s\", \"devices\": [%s], \"attention_device\": \"%s\", \"n_prompt\": %d, "
-        "\"n_gen\": %d, \"depth\": %d, \"repetitions\": %d, \"max_batch_tokens\": %d, "
-        "\"load_seconds\": %.3f, "
+        "\"n_gen\": %d, \"depth\": %d, \"parallel\": %d, \"repetitions\": %d, "
+        "\"max_batch_tokens\": %d, \"load_seconds\": %.3f, "
         "\"prefill_tokens_per_second\": %.2f, \"decode_tokens_per_second\": %.2f, "
         "\"prefill_runs\": %s, \"decode_runs\": %s, \"kv_bytes_per_token\": %llu, "
         "\"kv_f16_bytes_per_token\": %llu, \"active_bytes_per_token\": %llu, "
@@ -430,8 +456,8 @@ int run_bench(const std::vector<std::string>& args) {
         "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
         "\"measured_decode_ms\": %.4f, \"replay\": %s%s}\n",
         model_path.c_str(), devs_json.c_str(),
-        plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, reps,
-        max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
+        plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, parallel,
+        reps, max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
         static_cast<unsigned long long>(kv_bytes.bytes),
         static_cast<unsigned long long>(kv_bytes.f16_bytes),
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
@@ -445,16 +471,19 @@ int run_bench(const std::vector<std::string>& args) {
     std::printf("%s\n", kv_format_summary(m.kv_cache()).c_str());
     std::printf("%-8s %10s %14s\n", "test", "tokens/s", "runs");
     if (n_prompt > 0) std::printf("pp%-6d %10.2f %14s\n", n_prompt, pp_tps, list(pp).c_str());
-    if (n_gen > 0 && depth > 0) {
-      const std::string test = "tg" + std::to_string(n_gen) + "@d" + std::to_string(depth);
+    if (n_gen > 0) {
+      const std::string test = "tg" + std::to_string(n_gen) +
+                               (depth > 0 ? "@d" + std::to_string(depth) : "") +
+                               (parallel > 1 ? "x" + std::to_string(parallel) : "");
       std::printf("%-8s %10.2f %14s\n", test.c_str(), tg_tps, list(tg).c_str());
-    } else if (n_gen > 0) {
-      std::printf("tg%-6d %10.2f %14s\n", n_gen, tg_tps, list(tg).c_str());
     }
     std::printf(
         "active weight bytes per token: %.1f MiB; decode roofline %.1f tokens/s; reached %.1f%%\n",
         double(roof.active_bytes) / 1048576.0, roof_tps, 100.0 * frac);
-    if (n_gen > 0 && predicted_ms > 0)
+    if (n_gen > 0 && parallel > 1)
+      std::printf("decode step of %d sequences: %.3f ms (the roofline is one sequence's)\n",
+                  parallel, measured_ms);
+    if (n_gen > 0 && predicted_ms > 0 && parallel == 1)
       std::printf("decode step: planner predicted %.3f ms, measured %.3f ms (%.2fx)\n",
                   predicted_ms, measured_ms, measured_ms / predicted_ms);
     if (balancer_on)

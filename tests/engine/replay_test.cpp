@@ -141,8 +141,9 @@ TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
     auto& kv = e->memory();  // KV blocks and recurrent-state slots
     std::map<std::string, std::set<std::string>> sizes;  // kernel -> work-group sizes launched
     // One step of `n_seqs` new sequences of `per_seq` tokens each (one token each: a decode step).
-    for (const auto [n_seqs, per_seq] : {std::pair{1, 1}, {2, 1}, {3, 1}, {5, 1}, {17, 1}, {19, 1},
-                                         {1, 5}, {1, 9}, {1, 20}, {2, 33}}) {
+    const std::pair<int, int> shapes[] = {{1, 1},  {2, 1}, {3, 1}, {5, 1},  {17, 1},
+                                          {19, 1}, {1, 5}, {1, 9}, {1, 20}, {2, 33}};
+    for (const auto& [n_seqs, per_seq] : shapes) {
       StepBatch b;
       for (int s = 0; s < n_seqs; ++s) {
         const auto seq = kv.create();
