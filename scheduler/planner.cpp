@@ -88,8 +88,9 @@ void predict(Plan& plan, const ModelFootprint& model,
     const auto& layer = model.layers[l];
     const int ld = plan.layer_device[l];
     const auto& ldev = plan.devices[size_t(ld)];
-    double t =
-        op_seconds(ldev, double(layer.dense_bytes), 2.0 * layer.dense_bytes, layer.dense_launches);
+    // A recurrent layer also reads and writes its sequence's state every token.
+    double t = op_seconds(ldev, double(layer.dense_bytes + 2 * layer.state_bytes),
+                          2.0 * layer.dense_bytes, layer.dense_launches);
     plan.decode_seconds[size_t(ld)] += t;
     const int prev = l == 0 ? plan.attention_device : plan.layer_device[l - 1];
     if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);

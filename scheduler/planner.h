@@ -42,7 +42,8 @@ struct ModelFootprint {
     int dense_launches = 10;
     int expert_launches = 4;
     // Fixed recurrent state one sequence keeps in this layer (Mamba2 / Gated DeltaNet mixers; 0
-    // for attention), held on the layer's device for each of max_sequences sequences.
+    // for attention), held on the layer's device for each of max_sequences sequences; a decode
+    // token reads and writes it (predict() counts 2 x state_bytes beside the weights).
     uint64_t state_bytes = 0;
   };
   std::vector<Layer> layers;
