@@ -367,6 +367,10 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
 
   // Mamba2's shape, when some layer is recurrent (llama.cpp requires every ssm.* key then).
   const bool has_recurrent = std::find(head_kv.begin(), head_kv.end(), 0u) != head_kv.end();
+  if (hp.n_head_kv == 0)  // every layer recurrent: llama.cpp's mamba2 architecture, not this one
+    r.fail("metadata '" + r.key("attention.head_count_kv") + "'",
+           "every layer has 0 KV heads (no attention layer); " + std::string(arch->name) +
+               " needs at least one");
   if (has_recurrent && arch->recurrent == RecurrentKind::kMamba2) {
     hp.ssm_d_conv = r.u32("ssm.conv_kernel");
     hp.ssm_d_inner = r.u32("ssm.inner_size");

@@ -342,6 +342,8 @@ TEST(FixtureModel, BadHybridMetadataIsNamed) {
   msg = error_with("residual_scale", gguf::Value::f32(NAN));
   EXPECT_NE(msg.find("'granitehybrid.residual_scale': nan must be finite"), std::string::npos)
       << msg;
+  msg = error_with("attention.head_count_kv", gguf::Value::i32s({0, 0, 0, 0}));
+  EXPECT_NE(msg.find("every layer has 0 KV heads (no attention layer)"), std::string::npos) << msg;
   msg = error_with("attention.head_count_kv", gguf::Value::i32s({0, 2, 0}));
   EXPECT_NE(msg.find("array of 3 values for 4 layers"), std::string::npos) << msg;
   // A Mamba2 tensor of the wrong shape.
