@@ -54,6 +54,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "n-expert-used", po::value<uint32_t>(&o.n_expert_used), "experts chosen per token")(
       "n-ff-exp", po::value<uint32_t>(&o.n_ff_exp), "expert FFN width (qwen3moe)")(
       "n-ctx", po::value<uint32_t>(&o.n_ctx), "training context length (metadata)")(
+      "attn-period", po::value<uint32_t>(&o.attn_period),
+      "granitehybrid: attention every N layers, Mamba2 in the others (default 3)")(
       "n-vocab", po::value<uint32_t>(&o.n_vocab),
       "pad the vocabulary to this many tokens (bigger embedding and output head)");
   po::variables_map vm;

@@ -176,6 +176,11 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
   set(s.n_expert, o.n_expert);
   set(s.n_expert_used, o.n_expert_used);
   if (s.n_expert > 0 && s.n_ff_exp == 0) s.n_ff_exp = s.n_ff;
+  if (o.attn_period) {
+    if (!s.granite) throw std::invalid_argument("fixture: attn_period is for granitehybrid");
+    s.attn_period = o.attn_period;
+    s.attn_offset = o.attn_period / 3;
+  }
   auto fail = [](const std::string& what) { throw std::invalid_argument("fixture: " + what); };
   if (s.n_head_kv == 0 || s.n_head % s.n_head_kv != 0)
     fail("n_head (" + std::to_string(s.n_head) + ") must be a multiple of n_head_kv (" +

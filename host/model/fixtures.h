@@ -40,6 +40,10 @@ struct FixtureOptions {
   // n_ctx is the training context written to the metadata.
   uint32_t n_layer = 0, n_embd = 0, n_head = 0, n_head_kv = 0, head_dim = 0, n_ff = 0;
   uint32_t n_expert = 0, n_expert_used = 0, n_ff_exp = 0, n_vocab = 0, n_ctx = 0;
+  // granitehybrid: layer i is attention when i % attn_period == attn_period / 3 (0: the default
+  // period 3, i.e. layers 1, 4, 7, ...; Granite 4.0-H-Tiny has 4 attention layers in 40: period
+  // 10).
+  uint32_t attn_period = 0;
   // Empty: the per-role quant mix. "Q4_0" or "Q8_0": every matrix (embedding, projections, experts,
   // output) in that format, norms and router F32, like llama-quantize's pure formats. "MXFP4" (MoE
   // kinds): the experts in MXFP4 and every other matrix Q8_0, as gpt-oss ships. Weights then come
@@ -48,9 +52,9 @@ struct FixtureOptions {
   std::string weight_type;
   // gpt-oss only: its harmony special tokens (control tokens after the base vocabulary) and a
   // small harmony chat template of the project's own as tokenizer.chat_template, so the daemon's
-  // harmony chat can run end to end; the output-head rows of <|channel|>, <|message|>, <|start|>, <|end|> are scaled x1.5 so a random model
-  // writes markers often. Off by default: the vocabulary size (and so the weights)
-  // of the plain gpt-oss fixture stay what recorded comparisons used.
+  // harmony chat can run end to end; the output-head rows of <|channel|>, <|message|>, <|start|>,
+  // <|end|> are scaled x1.5 so a random model writes markers often. Off by default: the vocabulary
+  // size (and so the weights) of the plain gpt-oss fixture stay what recorded comparisons used.
   bool harmony = false;
   // Test hooks that make the file invalid on purpose.
   std::string architecture_override;  // written as general.architecture when not empty

@@ -303,6 +303,20 @@ TEST(FixtureModel, GraniteHybridLayersAndHyperParameters) {
   EXPECT_FLOAT_EQ(hp.logit_scale, 8.0f);
 }
 
+// Granite 4.0-H-Tiny's proportion: attention in 1 layer of 10 (layers 3, 13, ...).
+TEST(FixtureModel, GraniteHybridAttentionPeriod) {
+  FixtureOptions o;
+  o.kind = "granitehybrid";
+  o.n_layer = 20;
+  o.attn_period = 10;
+  const auto file = load(o);
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  for (size_t i = 0; i < spec.layers.size(); ++i)
+    EXPECT_EQ(spec.layers[i].mixer, i % 10 == 3 ? MixerKind::kAttention : MixerKind::kMamba2) << i;
+  o.kind = "llama";
+  EXPECT_THROW(make_fixture(o), std::invalid_argument);
+}
+
 // Malformed hybrid metadata: each error names the key or tensor and what is wrong with it.
 TEST(FixtureModel, BadHybridMetadataIsNamed) {
   auto error_with = [](const std::string& key, std::optional<gguf::Value> v) {
