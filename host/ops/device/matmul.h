@@ -113,9 +113,10 @@ class MatmulOp {
   struct Kernels;
   Kernels& kernels(gguf::TensorType t) const;
   // Enqueues `k` over row groups x tiles of `tile` tokens/pairs (the layout every matmul kernel
-  // uses).
-  void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int n_items, int tile,
-                         const std::vector<cl_event>& wait, cl_event* done) const;
+  // uses) of a `rows` x `cols` weight.
+  void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int64_t cols,
+                         int n_items, int tile, const std::vector<cl_event>& wait,
+                         cl_event* done) const;
   void run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
                         cl_mem y, size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                         int n_pairs, int max_run, const std::vector<cl_event>& wait,
