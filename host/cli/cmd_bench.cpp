@@ -414,8 +414,13 @@ int run_bench(const std::vector<std::string>& args) {
       breakdowns["prefill"] =
           breakdown_json(measure_breakdown(e, "prefill", [&] { time_prefill(e, prompt); }));
     if (n_gen > 0)
-      breakdowns["decode"] = breakdown_json(
-          measure_breakdown(e, "decode", [&] { time_decode(e, n_gen, 1, parallel); }));
+      breakdowns["decode"] = breakdown_json(measure_breakdown(e, "decode", [&] {
+        // At --depth the decode steps run after the prompt, as the timed ones did.
+        if (depth > 0)
+          time_decode_at_depth(e, context, n_gen);
+        else
+          time_decode(e, n_gen, 1, parallel);
+      }));
   }
   const Roofline roof = roofline_of(plan, footprint);
   const double roof_tps = roof.seconds_per_token > 0 ? 1.0 / roof.seconds_per_token : 0;
