@@ -55,7 +55,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "n-ff-exp", po::value<uint32_t>(&o.n_ff_exp), "expert FFN width (qwen3moe)")(
       "n-ctx", po::value<uint32_t>(&o.n_ctx), "training context length (metadata)")(
       "attn-period", po::value<uint32_t>(&o.attn_period),
-      "granitehybrid: attention every N layers, Mamba2 in the others (default 3)")(
+      "granitehybrid: attention every N layers, Mamba2 in the others (default 3); qwen3next: "
+      "full_attention_interval, gated attention at layers N-1, 2N-1, ... (default 4)")(
       "n-vocab", po::value<uint32_t>(&o.n_vocab),
       "pad the vocabulary to this many tokens (bigger embedding and output head)");
   po::variables_map vm;

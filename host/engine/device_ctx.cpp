@@ -87,14 +87,14 @@ ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
 }
 
 void DeviceCtx::allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq,
-                                   uint32_t q_dim, uint32_t max_kv_dim) {
+                                   uint32_t q_dim, uint32_t max_kv_dim, uint32_t gate_dim) {
   batch_tokens_ = max_tokens;
   batch_seqs_ = max_sequences;
   batch_blocks_per_seq_ = blocks_per_seq;
   const size_t T = size_t(max_tokens);
   q = dev->alloc(T * q_dim * 4);
   att = dev->alloc(T * q_dim * 4);
-  qkv = dev->alloc(T * (q_dim + 2 * max_kv_dim) * 4);
+  qkv = dev->alloc(T * (q_dim + 2 * max_kv_dim + gate_dim) * 4);
 }
 
 void DeviceCtx::use_recurrent(int max_sequences, uint32_t proj_rows, uint32_t conv_channels,

@@ -17,6 +17,7 @@
 #include "host/model/model_spec.h"
 #include "host/ops/device/activation.h"
 #include "host/ops/device/attention.h"
+#include "host/ops/device/deltanet.h"
 #include "host/ops/device/elementwise.h"
 #include "host/ops/device/embedding.h"
 #include "host/ops/device/matmul.h"
@@ -84,21 +85,24 @@ struct DeviceCtx {
   std::vector<std::unique_ptr<kv::KvBatchBuffers>> batches;
   std::vector<kv::KvBatchView> views;  // this step's batch on this device, per group
   void use_kv_group(int group);
-  ClMem qkv;        // a step's projections: one q | k | v row per token
+  ClMem qkv;        // a step's projections: one q | k | v (| gate) row per token
   ClMem q;          // q after norm + RoPE, packed [q_dim]
   ClMem att;        // attention output [q_dim]
   ClMem workspace;  // split-K decode scratch
   size_t workspace_bytes = 0;
   ClMem rope_freqs;  // the model's rope_freqs.weight (n_rot/2 floats), when it has them
+  // gate_dim: the output gate's floats in a qkv row (gated attention; 0: none).
   void allocate_attention(int max_tokens, int max_sequences, int blocks_per_seq, uint32_t q_dim,
-                          uint32_t max_kv_dim);
+                          uint32_t max_kv_dim, uint32_t gate_dim = 0);
 
-  // Recurrent mixers (Mamba2), on devices holding such layers (empty elsewhere): their ops, the
+  // Recurrent mixers (Mamba2, Gated DeltaNet), on devices holding such layers (empty elsewhere):
+  // their ops (deltanet: created by the first Gated DeltaNet layer's upload), the
   // step's batch of sequences (first token row, token count, state slot per sequence; uploaded by
   // OpenClModel::forward into recurrent_view) and their activations: in-projection rows, conv
   // outputs and scan outputs of a step's tokens. use_recurrent() creates them (at upload, after
   // allocate_attention), for the widest layer asked for.
   std::unique_ptr<ops::SsmOps> ssm;
+  std::unique_ptr<ops::DeltaNetOps> deltanet;
   std::unique_ptr<kv::RecurrentBatchBuffers> recurrent_batch;
   kv::RecurrentBatchView recurrent_view;
   ClMem ssm_proj, ssm_conv, ssm_y;

@@ -3,6 +3,7 @@
 #include "host/engine/opencl_model.h"
 
 #include "host/engine/layers/attention.h"
+#include "host/engine/layers/deltanet.h"
 #include "host/engine/layers/mamba2.h"
 
 namespace tessera::engine {
@@ -53,7 +54,10 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
                     l.ssm_a,
                     l.ssm_d,
                     l.ssm_norm,
-                    l.ssm_out})
+                    l.ssm_out,
+                    l.ssm_qkv,
+                    l.ssm_gate,
+                    l.ssm_ba})
       fl.dense_bytes += tensor_bytes(t);
     if (l.is_moe()) {
       fl.n_experts = int(hp.n_expert);
@@ -69,6 +73,9 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
         break;
       case model::MixerKind::kMamba2:
         fl.state_bytes = Mamba2Mixer::state_bytes(spec);
+        break;
+      case model::MixerKind::kGatedDeltaNet:
+        fl.state_bytes = GatedDeltaNetMixer::state_bytes(spec);
         break;
     }
     // Launch counts stay the planner's defaults here: the engine counts them from its recorded

@@ -98,7 +98,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   ctx(plan_.attention_device).has_layers = true;
   for (auto& c : ctxs_) {
     if (!c->has_layers) continue;
-    c->allocate_attention(T, options_.max_sequences, blocks_per_seq, hp.q_dim(), hp.kv_dim());
+    c->allocate_attention(T, options_.max_sequences, blocks_per_seq, hp.q_dim(), hp.kv_dim(),
+                          spec_.arch->gated_attention ? hp.q_dim() : 0);
     if (spec_.rope_freqs) {
       const std::vector<float> f = model::to_floats(*spec_.rope_freqs);
       c->rope_freqs = c->dev->alloc(f.size() * sizeof(float), CL_MEM_READ_ONLY);

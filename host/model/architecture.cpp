@@ -1,7 +1,8 @@
 // The table of supported architectures. Semantics follow llama.cpp's src/models/<arch>.cpp and
 // build_moe_ffn: llama routes with softmax + normalized top-k (Mixtral), qwen3moe likewise;
 // qwen2moe with softmax, un-normalized, plus its gated shared expert; gpt-oss (openai-moe.cpp);
-// granitehybrid (granite-hybrid.cpp, mamba-base.cpp's build_mamba2_layer).
+// granitehybrid (granite-hybrid.cpp, mamba-base.cpp's build_mamba2_layer); qwen3next
+// (qwen3next.cpp, delta-net-base.cpp).
 #include "host/model/architecture.h"
 
 #include <array>
@@ -9,7 +10,7 @@
 namespace tessera::model {
 namespace {
 
-constexpr std::array<ArchTraits, 6> kArchitectures{{
+constexpr std::array<ArchTraits, 7> kArchitectures{{
     {"llama", reference::RopeMode::kNormal, false, MoeKind::kOptional, true, ""},
     {"qwen3", reference::RopeMode::kNeox, true, MoeKind::kNone, false, ""},
     {"qwen3moe", reference::RopeMode::kNeox, true, MoeKind::kRequired, true,
@@ -47,6 +48,22 @@ constexpr std::array<ArchTraits, 6> kArchitectures{{
      .shared_ff_key = "expert_shared_feed_forward_length",
      .recurrent = RecurrentKind::kMamba2,
      .granite_scales = true},
+    // Qwen3-Next (src/models/qwen3next.cpp): Gated DeltaNet layers and, every
+    // full_attention_interval-th layer, gated attention (NeoX RoPE over rope.dimension_count
+    // dims, q/k RMSNorm, a sigmoid output gate from attn_q); every layer MoE (softmax, normalized
+    // top-k) plus a shared expert scaled by sigmoid(ffn_gate_inp_shexp . x); the FFN norm is
+    // post_attention_norm.
+    {.name = "qwen3next",
+     .rope_mode = reference::RopeMode::kNeox,
+     .has_qk_norm = true,
+     .moe = MoeKind::kRequired,
+     .normalize_topk = true,
+     .expert_ff_key = "expert_feed_forward_length",
+     .shared_expert = SharedExpertKind::kGated,
+     .shared_ff_key = "expert_shared_feed_forward_length",
+     .ffn_norm_name = "post_attention_norm",
+     .recurrent = RecurrentKind::kGatedDeltaNet,
+     .gated_attention = true},
 }};
 
 }  // namespace

@@ -1,5 +1,5 @@
 // The supported architectures as data: what distinguishes llama, qwen3, qwen3moe, qwen2moe,
-// gpt-oss and granitehybrid for the forward pass.
+// gpt-oss, granitehybrid and qwen3next for the forward pass.
 #pragma once
 
 #include <string>
@@ -26,11 +26,15 @@ enum class SharedExpertKind {
   kUngatedOptional,
 };
 
-// The recurrent mixer of an architecture's layers that have no KV heads (head_count_kv 0 in a
-// per-layer array marks them, as llama.cpp's is_recr).
+// The recurrent mixer of an architecture's recurrent layers (llama.cpp's is_recr).
 enum class RecurrentKind {
   kNone,    // every layer is attention; 0 KV heads is an error
-  kMamba2,  // granitehybrid: Mamba2 (ssm_in, conv1d, selective scan, gated group norm, ssm_out)
+  kMamba2,  // granitehybrid: Mamba2 (ssm_in, conv1d, selective scan, gated group norm, ssm_out);
+            // layers with head_count_kv 0 in a per-layer array are recurrent
+  // qwen3next: Gated DeltaNet (attn_qkv, attn_gate, ssm_ba, conv1d, delta rule, gated norm,
+  // ssm_out); attention.recurrent_layers (one flag per layer) or, without it, every layer but each
+  // full_attention_interval-th (default 4) is recurrent
+  kGatedDeltaNet,
 };
 
 // The gated FFN activation of an architecture's experts.
@@ -68,6 +72,9 @@ struct ArchTraits {
   // optional) and its RoPE switch rope.scaling.finetuned (default true; Granite 4.0-H writes false:
   // its attention layers use no position encoding).
   bool granite_scales = false;
+  // Qwen3-Next's gated attention: attn_q yields per head the query then an output gate (2 x
+  // head_dim rows a head); the attention output is multiplied by sigmoid(gate) before attn_output.
+  bool gated_attention = false;
 };
 
 // The traits of `name`, or nullptr when Tessera does not support it.

@@ -41,7 +41,15 @@ struct Shape {
   bool granite = false;
   uint32_t attn_period = 3, attn_offset = 1;
   uint32_t ssm_d_conv = 4, ssm_d_state = 16, ssm_head_dim = 16, ssm_n_group = 2;
-  bool is_attention(uint32_t layer) const { return !granite || layer % attn_period == attn_offset; }
+  // qwen3next: Gated DeltaNet layers except every attn_period-th (full_attention_interval; gated
+  // attention with partial RoPE), ssm_n_group key heads and ssm_n_v_head value heads of
+  // ssm_d_state, MoE with a gated shared expert, post_attention_norm as the FFN norm.
+  bool qwen3next = false;
+  uint32_t ssm_n_v_head = 4;
+  bool is_attention(uint32_t layer) const {
+    if (qwen3next) return (layer + 1) % attn_period == 0;
+    return !granite || layer % attn_period == attn_offset;
+  }
 };
 
 Shape shape_of(const std::string& kind) {
@@ -103,6 +111,23 @@ Shape shape_of(const std::string& kind) {
     s.n_expert_used = 2;
     s.n_ff_exp = s.n_ff;
     s.n_ff_shexp = 128;
+  } else if (kind == "qwen3next") {
+    // Qwen3-Next-80B-A3B's structure at toy size: Gated DeltaNet layers (2 key heads, 4 value
+    // heads of 16, conv 4) with gated attention every 4th layer (q/k norm, NeoX RoPE over a
+    // quarter of head_dim), 8 experts top-2 plus a gated shared expert as wide as one.
+    s.arch = "qwen3next";
+    s.qwen3next = true;
+    s.n_layer = 4;
+    s.attn_period = 4;
+    s.head_dim = 32;
+    s.explicit_head_dim = true;
+    s.qk_norm = true;
+    s.rope_base = 10000000.0f;
+    s.n_ff = 512;
+    s.n_expert = 8;
+    s.n_expert_used = 2;
+    s.n_ff_exp = 256;
+    s.n_ff_shexp = 256;
   } else {
     std::string kinds;
     for (const auto& k : fixture_kinds()) kinds += (kinds.empty() ? "" : ", ") + k;
@@ -177,7 +202,8 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
   set(s.n_expert_used, o.n_expert_used);
   if (s.n_expert > 0 && s.n_ff_exp == 0) s.n_ff_exp = s.n_ff;
   if (o.attn_period) {
-    if (!s.granite) throw std::invalid_argument("fixture: attn_period is for granitehybrid");
+    if (!s.granite && !s.qwen3next)
+      throw std::invalid_argument("fixture: attn_period is for granitehybrid and qwen3next");
     s.attn_period = o.attn_period;
     s.attn_offset = o.attn_period / 3;
   }
@@ -205,6 +231,17 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
       fail("granitehybrid: 2 x n_embd must be a multiple of the SSM head size " +
            std::to_string(s.ssm_head_dim));
   }
+  if (s.qwen3next) {
+    // Larger models: Qwen3-Next's own head size (128), a key head per 128 of n_embd, two value
+    // heads per key head (d_inner 2 x n_embd, as the 80B model); the shared expert as wide as a
+    // routed one.
+    if (s.n_embd >= 512) {
+      s.ssm_d_state = 128;
+      s.ssm_n_group = s.n_embd / 128;
+      s.ssm_n_v_head = 2 * s.ssm_n_group;
+    }
+    s.n_ff_shexp = s.n_ff_exp;
+  }
   // Every quantized row must hold whole blocks: 32 weights, 256 for the mix's Q4_K ffn_down.
   const uint32_t down_len = s.n_expert > 0 ? s.n_ff_exp : s.n_ff;
   for (uint32_t len : {s.n_embd, s.n_head * s.head_dim, s.n_ff, s.n_ff_exp, down_len}) {
@@ -218,7 +255,8 @@ void apply_sizes(Shape& s, const FixtureOptions& o) {
 }  // namespace
 
 std::vector<std::string> fixture_kinds() {
-  return {"llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe", "gpt-oss", "granitehybrid"};
+  return {"llama",    "mixtral", "qwen3",         "qwen3moe",
+          "qwen2moe", "gpt-oss", "granitehybrid", "qwen3next"};
 }
 
 std::vector<std::string> harmony_tokens() {
@@ -361,7 +399,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     w.set(a + ".attention.key_length", Value::u32(s.head_dim));
     w.set(a + ".attention.value_length", Value::u32(s.head_dim));
   }
-  w.set(a + ".rope.dimension_count", Value::u32(s.head_dim));
+  // Qwen3-Next rotates a quarter of each head (partial_rotary_factor 0.25).
+  w.set(a + ".rope.dimension_count", Value::u32(s.qwen3next ? s.head_dim / 4 : s.head_dim));
   w.set(a + ".rope.freq_base", Value::f32(s.rope_base));
   w.set(a + ".attention.layer_norm_rms_epsilon", Value::f32(1e-5f));
   if (s.gpt_oss) {
@@ -411,10 +450,18 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     w.set(a + ".attention.scale", Value::f32(1.0f / float(s.head_dim)));
     w.set(a + ".logit_scale", Value::f32(kGraniteLogitScale));
   }
+  if (s.qwen3next) {
+    w.set(a + ".ssm.conv_kernel", Value::u32(s.ssm_d_conv));
+    w.set(a + ".ssm.state_size", Value::u32(s.ssm_d_state));
+    w.set(a + ".ssm.group_count", Value::u32(s.ssm_n_group));
+    w.set(a + ".ssm.time_step_rank", Value::u32(s.ssm_n_v_head));
+    w.set(a + ".ssm.inner_size", Value::u32(s.ssm_d_state * s.ssm_n_v_head));
+    w.set(a + ".full_attention_interval", Value::u32(s.attn_period));
+  }
   if (s.n_expert > 0) {
     w.set(a + ".expert_count", Value::u32(s.n_expert));
     w.set(a + ".expert_used_count", Value::u32(s.n_expert_used));
-    if (a == "qwen3moe" || a == "qwen2moe" || a == "gpt-oss")
+    if (a == "qwen3moe" || a == "qwen2moe" || a == "gpt-oss" || a == "qwen3next")
       w.set(a + ".expert_feed_forward_length", Value::u32(s.n_ff_exp));
     if (s.n_ff_shexp) w.set(a + ".expert_shared_feed_forward_length", Value::u32(s.n_ff_shexp));
   }
@@ -508,7 +555,22 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
     const std::string p = "blk." + std::to_string(i) + ".";
     const uint64_t KV = uint64_t(layer_kv(i)) * s.head_dim;
     tensor(p + "attn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
-    if (!s.is_attention(i)) {
+    if (!s.is_attention(i) && s.qwen3next) {
+      // Gated DeltaNet: q | k | v projection (key heads' q and k, value heads' v), the output gate
+      // z, per key head its value heads' beta then alpha logits, the depthwise conv over q | k |
+      // v, dt bias, A = -exp(A_log) < 0 (decays exp(A softplus(alpha + dt_bias)) ~ 0.5), the
+      // per-head norm, the out-projection.
+      const uint64_t DK = s.ssm_d_state, NK = s.ssm_n_group, NV = s.ssm_n_v_head;
+      const uint64_t DI = NV * DK, CH = 2 * NK * DK + DI;
+      tensor(p + "attn_qkv.weight", {E, CH}, TensorType::Q8_0, 1.0f);
+      tensor(p + "attn_gate.weight", {E, DI}, TensorType::Q4_0, 1.0f);
+      tensor(p + "ssm_ba.weight", {E, 2 * NV}, TensorType::F32, 1.0f);
+      tensor(p + "ssm_conv1d.weight", {s.ssm_d_conv, CH}, TensorType::F32, 1.0f);
+      tensor(p + "ssm_dt.bias", {NV}, TensorType::F32, 0.5f);
+      tensor(p + "ssm_a", {NV}, TensorType::F32, 0.2f, -1.0f);
+      tensor(p + "ssm_norm.weight", {DK}, TensorType::F32, 0.1f, 1.0f);
+      tensor(p + "ssm_out.weight", {DI, E}, TensorType::Q4_0, 1.0f);
+    } else if (!s.is_attention(i)) {
       // Mamba2: in-projection z | x | B | C | dt, depthwise conv over x | B | C, per-head dt bias
       // (softplus(dt + bias) ~ 0.1), A = -exp(A_log) < 0, D, the grouped norm, out-projection.
       const uint64_t DI = 2 * E, NH = DI / s.ssm_head_dim, NG = s.ssm_n_group;
@@ -522,7 +584,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       tensor(p + "ssm_norm.weight", {DI / NG, NG}, TensorType::F32, 0.5f, 1.0f);
       tensor(p + "ssm_out.weight", {DI, E}, TensorType::Q4_0, 1.0f);
     } else {
-      tensor(p + "attn_q.weight", {E, Q}, TensorType::Q8_0, 1.0f);
+      // Qwen3-Next's attn_q: per head the query's rows, then its output gate's.
+      tensor(p + "attn_q.weight", {E, s.qwen3next ? 2 * Q : Q}, TensorType::Q8_0, 1.0f);
       tensor(p + "attn_k.weight", {E, KV}, TensorType::Q4_0, 1.0f);
       tensor(p + "attn_v.weight", {E, KV}, TensorType::Q8_0, 1.0f);
       tensor(p + "attn_output.weight", {Q, E}, TensorType::F16, 1.0f);
@@ -552,7 +615,8 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       tensor(p + "ffn_down_exps.bias", {E, N}, TensorType::F32, 0.5f * std::sqrt(float(E)));
       continue;
     }
-    tensor(p + "ffn_norm.weight", {E}, TensorType::F32, 0.1f, 1.0f);
+    tensor(p + (s.qwen3next ? "post_attention_norm.weight" : "ffn_norm.weight"), {E},
+           TensorType::F32, 0.1f, 1.0f);
     if (s.n_expert > 0) {
       const uint64_t F = s.n_ff_exp, N = s.n_expert;
       tensor(p + "ffn_gate_inp.weight", {E, N}, TensorType::F32, o.router_scale);

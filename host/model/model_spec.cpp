@@ -178,6 +178,8 @@ std::string_view mixer_kind_name(MixerKind kind) {
       return "attention";
     case MixerKind::kMamba2:
       return "mamba2";
+    case MixerKind::kGatedDeltaNet:
+      return "gated-deltanet";
   }
   return "?";
 }
@@ -207,15 +209,61 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   spec.arch = arch;
   spec.source = file.path();
   HParams& hp = spec.hp;
-  hp.n_layer = r.u32("block_count");
+  // block_count counts every block of the file; Qwen3-Next's converter appends its multi-token
+  // prediction blocks (nextn_predict_layers) after the trunk, which the forward pass does not run
+  // (llama.cpp's n_layer()). Per-layer arrays have one value per block.
+  const uint32_t n_block = r.u32("block_count");
+  hp.n_layer = n_block;
   hp.n_embd = r.u32("embedding_length");
   hp.n_ctx_train = r.u32("context_length");
   hp.n_head = r.u32("attention.head_count");
-  if (hp.n_layer == 0) r.fail("metadata '" + r.key("block_count") + "'", "must be > 0");
+  if (n_block == 0) r.fail("metadata '" + r.key("block_count") + "'", "must be > 0");
+  if (arch->recurrent == RecurrentKind::kGatedDeltaNet) {
+    const uint32_t nextn = r.u32("nextn_predict_layers", 0u);
+    if (nextn >= n_block)
+      r.fail("metadata '" + r.key("nextn_predict_layers") + "'",
+             std::to_string(nextn) + " must be below block_count " + std::to_string(n_block));
+    hp.n_layer = n_block - nextn;
+  }
   if (hp.n_embd == 0) r.fail("metadata '" + r.key("embedding_length") + "'", "must be > 0");
   if (hp.n_head == 0) r.fail("metadata '" + r.key("attention.head_count") + "'", "must be > 0");
-  const std::vector<uint32_t> head_kv =
-      r.u32_per_layer("attention.head_count_kv", hp.n_layer, hp.n_head);
+  std::vector<uint32_t> head_kv = r.u32_per_layer("attention.head_count_kv", n_block, hp.n_head);
+  head_kv.resize(hp.n_layer);
+  if (arch->recurrent == RecurrentKind::kGatedDeltaNet) {
+    // llama.cpp: attention.recurrent_layers (a flag per block, or one for all) when present,
+    // else every layer but each full_attention_interval-th is recurrent. Recurrent layers have no
+    // KV heads whatever head_count_kv says.
+    std::vector<bool> recurrent(hp.n_layer);
+    const std::string flags_key = r.key("attention.recurrent_layers");
+    if (const gguf::Value* flags = file.find(flags_key)) {
+      auto flag = [&](const gguf::Value& f) {
+        return f.type == gguf::ValueType::BOOL ? f.as_bool() : f.as_uint() != 0;
+      };
+      if (flags->type == gguf::ValueType::ARRAY) {
+        const auto& arr = flags->as_array();
+        if (arr.size() != n_block)
+          r.fail("metadata '" + flags_key + "'", "array of " + std::to_string(arr.size()) +
+                                                     " flags for " + std::to_string(n_block) +
+                                                     " blocks");
+        for (uint32_t i = 0; i < hp.n_layer; ++i) recurrent[i] = flag(arr[i]);
+      } else {
+        recurrent.assign(hp.n_layer, flag(*flags));
+      }
+    } else {
+      const uint32_t interval = r.u32("full_attention_interval", 4u);
+      if (interval == 0)
+        r.fail("metadata '" + r.key("full_attention_interval") + "'", "must be > 0");
+      for (uint32_t i = 0; i < hp.n_layer; ++i) recurrent[i] = (i + 1) % interval != 0;
+    }
+    for (uint32_t i = 0; i < hp.n_layer; ++i) {
+      if (recurrent[i]) {
+        head_kv[i] = 0;
+      } else if (head_kv[i] == 0) {
+        r.fail("metadata '" + r.key("attention.head_count_kv") + "'",
+               "layer " + std::to_string(i) + " is a full-attention layer but has 0 KV heads");
+      }
+    }
+  }
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     const std::string field = "metadata '" + r.key("attention.head_count_kv") + "'";
     // In GGUF a layer without KV heads is a recurrent layer (Jamba, Nemotron-H, Granite 4.0-H):
@@ -338,9 +386,9 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   // Dense layers need feed_forward_length; qwen3moe may omit it and give the expert width instead.
   const bool need_n_ff = hp.n_expert == 0 || arch->expert_ff_key.empty();
   const std::string ff_field = "metadata '" + r.key("feed_forward_length") + "'";
-  const std::vector<uint32_t> n_ff = need_n_ff
-                                         ? r.u32_per_layer("feed_forward_length", hp.n_layer)
-                                         : r.u32_per_layer("feed_forward_length", hp.n_layer, 0u);
+  std::vector<uint32_t> n_ff = need_n_ff ? r.u32_per_layer("feed_forward_length", n_block)
+                                         : r.u32_per_layer("feed_forward_length", n_block, 0u);
+  n_ff.resize(hp.n_layer);
   hp.n_ff = *std::max_element(n_ff.begin(), n_ff.end());
   if (hp.n_expert > 0) {
     // llama (Mixtral) experts take feed_forward_length as their width: one value for all layers.
@@ -398,6 +446,35 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         uint64_t(INT32_MAX))
       r.fail(field("ssm.inner_size"), "the in-projection's rows exceed 2^31");
   }
+  if (has_recurrent && arch->recurrent == RecurrentKind::kGatedDeltaNet) {
+    // llama.cpp's qwen3next: key heads (group_count) and value heads (time_step_rank), both
+    // state_size wide; the value heads of a key head are consecutive.
+    hp.ssm_d_conv = r.u32("ssm.conv_kernel");
+    hp.ssm_d_inner = r.u32("ssm.inner_size");
+    hp.ssm_d_state = r.u32("ssm.state_size");
+    hp.ssm_n_head = r.u32("ssm.time_step_rank");
+    hp.ssm_n_group = r.u32("ssm.group_count");
+    auto field = [&](std::string_view suffix) { return "metadata '" + r.key(suffix) + "'"; };
+    if (hp.ssm_d_conv < 1 || hp.ssm_d_conv > 8)
+      r.fail(field("ssm.conv_kernel"),
+             std::to_string(hp.ssm_d_conv) + " must be in [1, 8] (Qwen3-Next uses 4)");
+    if (hp.ssm_d_state == 0 || hp.ssm_d_state > 4096)
+      r.fail(field("ssm.state_size"),
+             std::to_string(hp.ssm_d_state) + " must be in [1, 4096] (the heads' size)");
+    if (hp.ssm_n_group == 0) r.fail(field("ssm.group_count"), "must be > 0 (the key heads)");
+    if (hp.ssm_n_head == 0 || hp.ssm_n_head % hp.ssm_n_group != 0)
+      r.fail(field("ssm.time_step_rank"),
+             std::to_string(hp.ssm_n_head) + " must be a positive multiple of ssm.group_count " +
+                 std::to_string(hp.ssm_n_group) + " (value heads per key head)");
+    if (uint64_t(hp.ssm_d_inner) != uint64_t(hp.ssm_d_state) * hp.ssm_n_head)
+      r.fail(field("ssm.inner_size"),
+             std::to_string(hp.ssm_d_inner) + " must equal ssm.state_size x ssm.time_step_rank (" +
+                 std::to_string(uint64_t(hp.ssm_d_state) * hp.ssm_n_head) +
+                 "): value heads as wide as key heads");
+    if (2ull * hp.ssm_n_group * hp.ssm_d_state + 2ull * hp.ssm_d_inner + 2ull * hp.ssm_n_head >
+        uint64_t(INT32_MAX))
+      r.fail(field("ssm.inner_size"), "the projections' rows exceed 2^31");
+  }
 
   const gguf::TensorInfo* embd = file.find_tensor("token_embd.weight");
   if (!embd) r.fail("tensor 'token_embd.weight'", "missing");
@@ -450,7 +527,9 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   spec.layers.resize(hp.n_layer);
   for (uint32_t i = 0; i < hp.n_layer; ++i) {
     LayerSpec& l = spec.layers[i];
-    l.mixer = head_kv[i] == 0 ? MixerKind::kMamba2 : MixerKind::kAttention;
+    l.mixer = head_kv[i] != 0                                    ? MixerKind::kAttention
+              : arch->recurrent == RecurrentKind::kGatedDeltaNet ? MixerKind::kGatedDeltaNet
+                                                                 : MixerKind::kMamba2;
     l.ffn = hp.n_expert == 0                                  ? FfnKind::kDense
             : arch->shared_expert == SharedExpertKind::kNone  ? FfnKind::kMoe
             : arch->shared_expert == SharedExpertKind::kGated ? FfnKind::kMoeShared
@@ -463,14 +542,17 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
       case MixerKind::kAttention: {
         const uint64_t KV = l.kv_dim(hp);
         l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
-        l.wq = r.tensor(blk(i, "attn_q"), {E, Q});
+        l.wq = r.tensor(blk(i, "attn_q"), {E, arch->gated_attention ? 2 * Q : Q});
         l.wk = r.tensor(blk(i, "attn_k"), {E, KV});
         l.wv = r.tensor(blk(i, "attn_v"), {E, KV});
         l.wo = r.tensor(blk(i, "attn_output"), {Q, E});
-        // q/k/v biases, optional as in llama.cpp's create_tensor_qkv: all three or none.
-        l.bq = r.tensor(blk(i, "attn_q", "bias"), {Q}, false);
-        l.bk = r.tensor(blk(i, "attn_k", "bias"), {KV}, false);
-        l.bv = r.tensor(blk(i, "attn_v", "bias"), {KV}, false);
+        // q/k/v biases, optional as in llama.cpp's create_tensor_qkv: all three or none (gated
+        // attention takes none: any bias is refused below).
+        if (!arch->gated_attention) {
+          l.bq = r.tensor(blk(i, "attn_q", "bias"), {Q}, false);
+          l.bk = r.tensor(blk(i, "attn_k", "bias"), {KV}, false);
+          l.bv = r.tensor(blk(i, "attn_v", "bias"), {KV}, false);
+        }
         if ((l.bq != nullptr) != (l.bk != nullptr) || (l.bq != nullptr) != (l.bv != nullptr))
           r.fail("tensor '" + blk(i, l.bq ? (l.bk ? "attn_v" : "attn_k") : "attn_q", "bias") + "'",
                  "missing: attn_q/attn_k/attn_v biases must all be present or all absent");
@@ -496,6 +578,26 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         l.ssm_a = r.tensor("blk." + std::to_string(i) + ".ssm_a", {1, NH});
         l.ssm_d = r.tensor("blk." + std::to_string(i) + ".ssm_d", {1, NH});
         l.ssm_norm = r.tensor(blk(i, "ssm_norm"), {DI / NG, NG});
+        l.ssm_out = r.tensor(blk(i, "ssm_out"), {DI, E});
+        break;
+      }
+      case MixerKind::kGatedDeltaNet: {
+        const uint64_t DI = hp.ssm_d_inner, CH = hp.ssm_conv_channels(), NV = hp.ssm_n_head;
+        l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
+        // Files from llama.cpp's first Qwen3-Next converter hold one fused ssm_in with q, k, v
+        // and z interleaved per key head; current converters split it into attn_qkv and
+        // attn_gate.
+        if (!file.find_tensor(blk(i, "attn_qkv")) && file.find_tensor(blk(i, "ssm_in")))
+          r.fail("tensor '" + blk(i, "ssm_in") + "'",
+                 "the fused q|k|v|z in-projection of early Qwen3-Next files is not supported "
+                 "(convert again with a current llama.cpp: attn_qkv + attn_gate)");
+        l.ssm_qkv = r.tensor(blk(i, "attn_qkv"), {E, CH});
+        l.ssm_gate = r.tensor(blk(i, "attn_gate"), {E, DI});
+        l.ssm_ba = r.tensor(blk(i, "ssm_ba"), {E, 2 * NV});
+        l.ssm_conv1d = r.tensor(blk(i, "ssm_conv1d"), {hp.ssm_d_conv, CH});
+        l.ssm_dt_b = r.tensor(blk(i, "ssm_dt", "bias"), {NV});
+        l.ssm_a = r.tensor("blk." + std::to_string(i) + ".ssm_a", {NV});
+        l.ssm_norm = r.tensor(blk(i, "ssm_norm"), {hp.ssm_d_state});
         l.ssm_out = r.tensor(blk(i, "ssm_out"), {DI, E});
         break;
       }
@@ -547,6 +649,13 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
   for (const auto& t : file.tensors()) {
     const std::string& name = t.name;
     if (name.size() < 5 || name.compare(name.size() - 5, 5, ".bias") != 0) continue;
+    // Blocks past n_layer (multi-token prediction) are not run: their tensors are not looked at.
+    if (name.rfind("blk.", 0) == 0) {
+      uint64_t block = 0;
+      for (size_t i = 4; i < name.size() && name[i] >= '0' && name[i] <= '9' && block < n_block; ++i)
+        block = block * 10 + uint64_t(name[i] - '0');
+      if (block >= hp.n_layer) continue;
+    }
     if (std::find(used.begin(), used.end(), &t) == used.end())
       r.fail("tensor '" + name + "'",
              "a bias that " + std::string(arch->name) +

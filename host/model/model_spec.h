@@ -47,18 +47,22 @@ struct HParams {
   float residual_scale = 1.0f;   // residual_scale: x += scale * block(x), for mixers and FFNs
   float attention_scale = 0.0f;  // attention.scale: the score scale (0: 1 / sqrt(head_dim))
   float logit_scale = 1.0f;      // logit_scale: logits are divided by it
-  // Mamba2 (ssm.*; 0 when the model has no Mamba2 layer): d_inner = n_head * head_dim channels,
-  // heads in n_group groups of B and C, each d_state wide; the conv spans d_conv tokens.
+  // Recurrent mixers (ssm.*; 0 when the model has no recurrent layer); the conv spans d_conv
+  // tokens. Mamba2: d_inner = n_head * head_dim channels, heads in n_group groups of B and C, each
+  // d_state wide. Gated DeltaNet: n_head value heads and n_group key heads, both d_state wide
+  // (d_inner = n_head * d_state), q and k of n_group * d_state, v of d_inner.
   uint32_t ssm_d_conv = 0;   // ssm.conv_kernel
   uint32_t ssm_d_inner = 0;  // ssm.inner_size
   uint32_t ssm_d_state = 0;  // ssm.state_size
-  uint32_t ssm_n_head = 0;   // ssm.time_step_rank (llama.cpp's name for the head count)
-  uint32_t ssm_n_group = 0;  // ssm.group_count
+  uint32_t ssm_n_head = 0;   // ssm.time_step_rank (llama.cpp's name for the (value) head count)
+  uint32_t ssm_n_group = 0;  // ssm.group_count (Gated DeltaNet: the key heads)
 
-  uint32_t q_dim() const { return n_head * head_dim; }      // rows of attn_q
+  uint32_t q_dim() const { return n_head * head_dim; }      // attention output width (attn_q's
+                                                            // rows, twice that when gated)
   uint32_t kv_dim() const { return n_head_kv * head_dim; }  // largest rows of attn_k / attn_v
-  // Mamba2's sizes: conv channels (x, B, C), in-projection rows (z, x, B, C, dt), state floats
-  // per sequence (conv state [channels][d_conv - 1], then SSM state [d_state][d_inner]).
+  // The recurrent mixers' sizes: conv channels (Mamba2 x, B, C; Gated DeltaNet q, k, v), Mamba2's
+  // in-projection rows (z, x, B, C, dt), state floats per sequence (conv state
+  // [channels][d_conv - 1], then the SSM / delta-rule state [d_state][d_inner]).
   uint32_t ssm_conv_channels() const { return ssm_d_inner + 2 * ssm_n_group * ssm_d_state; }
   uint32_t ssm_in_rows() const { return ssm_d_inner + ssm_conv_channels() + ssm_n_head; }
   uint64_t ssm_conv_state_floats() const {
@@ -74,6 +78,7 @@ struct HParams {
 enum class MixerKind : uint8_t {
   kAttention,  // causal self-attention over the layer's KV (a window of 0 = the whole sequence)
   kMamba2,     // Mamba2's selective state-space mixer over a fixed per-sequence state
+  kGatedDeltaNet,  // Gated DeltaNet's delta-rule linear attention over a fixed per-sequence state
 };
 
 // The layer's feed-forward block.
@@ -101,7 +106,8 @@ struct LayerSpec {
   uint32_t kv_dim(const HParams& hp) const { return n_head_kv * hp.head_dim; }
 
   const gguf::TensorInfo* attn_norm = nullptr;  // [n_embd]
-  const gguf::TensorInfo* wq = nullptr;         // [n_embd, q_dim]
+  const gguf::TensorInfo* wq = nullptr;         // [n_embd, q_dim] (gated: [n_embd, 2 q_dim],
+                                                // per head the query then its gate)
   const gguf::TensorInfo* wk = nullptr;         // [n_embd, kv_dim]
   const gguf::TensorInfo* wv = nullptr;         // [n_embd, kv_dim]
   const gguf::TensorInfo* wo = nullptr;         // [q_dim, n_embd]
@@ -118,10 +124,15 @@ struct LayerSpec {
   const gguf::TensorInfo* ssm_conv1d = nullptr;    // [d_conv, conv channels]
   const gguf::TensorInfo* ssm_conv1d_b = nullptr;  // [conv channels] (optional)
   const gguf::TensorInfo* ssm_dt_b = nullptr;      // ssm_dt.bias [n_head]
-  const gguf::TensorInfo* ssm_a = nullptr;         // ssm_a [1, n_head]: -exp(A_log)
+  const gguf::TensorInfo* ssm_a = nullptr;         // ssm_a [1, n_head] (DeltaNet [n_head]): -exp(A_log)
   const gguf::TensorInfo* ssm_d = nullptr;         // ssm_d [1, n_head]
-  const gguf::TensorInfo* ssm_norm = nullptr;      // [d_inner / n_group, n_group]
+  const gguf::TensorInfo* ssm_norm = nullptr;      // [d_inner / n_group, n_group] (DeltaNet [d_state])
   const gguf::TensorInfo* ssm_out = nullptr;       // [d_inner, n_embd]
+  // Gated DeltaNet (with attn_norm, ssm_conv1d over q | k | v, ssm_dt_b, ssm_a, ssm_norm, ssm_out)
+  const gguf::TensorInfo* ssm_qkv = nullptr;   // attn_qkv [n_embd, conv channels]: q | k | v
+  const gguf::TensorInfo* ssm_gate = nullptr;  // attn_gate [n_embd, d_inner]: the output gate z
+  const gguf::TensorInfo* ssm_ba = nullptr;    // ssm_ba [n_embd, 2 n_head]: per key head its
+                                               // value heads' betas, then their alphas
   // dense FFN
   const gguf::TensorInfo* ffn_gate = nullptr;  // [n_embd, n_ff]
   const gguf::TensorInfo* ffn_up = nullptr;    // [n_embd, n_ff]

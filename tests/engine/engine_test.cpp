@@ -38,7 +38,7 @@ TEST_P(EngineFixtureTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
-                                           "gpt-oss", "granitehybrid"));
+                                           "gpt-oss", "granitehybrid", "qwen3next"));
 
 // Every fusion off: the separate launches (q/k/v GEMVs into one row, norm + router GEMV + routing,
 // combine + norm, SwiGLU) that models with mixed formats or quantized routers take must agree too.
@@ -53,7 +53,7 @@ TEST_P(EngineUnfusedTest, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
                          ::testing::Values("llama", "qwen3", "qwen3moe", "gpt-oss",
-                                           "granitehybrid"));
+                                           "granitehybrid", "qwen3next"));
 
 TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   auto m = load_fixture("qwen3moe", 3);

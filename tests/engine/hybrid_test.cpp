@@ -1,10 +1,14 @@
-// Hybrid models on the OpenCL engine (granitehybrid: Mamba2 layers beside attention layers, MoE
-// with a shared expert, Granite's multipliers) against the reference path: greedy tokens and
-// logits, prefill then decode equal to one prefill, sequences batched together (prefill chunks
-// beside decode tokens) equal to separate runs, a fork continuing as its parent, the recurrent
-// state reserved per sequence and counted in the plan. CTest runs it on one PoCL device and again
-// on two (POCL_DEVICES="pthread pthread"), where the layers alternate between the devices.
+// Hybrid models on the OpenCL engine against the reference path: granitehybrid (Mamba2 layers
+// beside attention layers, MoE with an ungated shared expert, Granite's multipliers) and qwen3next
+// (Gated DeltaNet layers beside gated attention, MoE with a sigmoid-gated shared expert; its quant
+// mix and its F32 form, whose projections stack into one launch). Greedy tokens and logits,
+// prefill then decode equal to one prefill (the reference's DeltaNet prefill is the chunked form,
+// the engine's the recurrent one), sequences batched together (prefill chunks beside decode
+// tokens) equal to separate runs, a fork continuing as its parent, the recurrent state reserved
+// per sequence and counted in the plan. CTest runs it on one PoCL device and again on two
+// (POCL_DEVICES="pthread pthread"), where the layers alternate between the devices.
 #include "engine_test_util.h"
+#include "host/engine/layers/deltanet.h"
 #include "host/engine/layers/mamba2.h"
 
 namespace tessera::engine::test {
@@ -41,17 +45,32 @@ std::vector<float> row(const std::vector<float>& logits, size_t r, size_t n_voca
   return {logits.begin() + long(r * n_vocab), logits.begin() + long((r + 1) * n_vocab)};
 }
 
-class HybridTest : public ::testing::Test {
+// A fixture kind, "_f32" appended for its all-F32 form.
+std::unique_ptr<Loaded> load_kind(const std::string& param) {
+  const bool f32 = param.size() > 4 && param.compare(param.size() - 4, 4, "_f32") == 0;
+  model::FixtureOptions o;
+  o.kind = f32 ? param.substr(0, param.size() - 4) : param;
+  o.all_f32 = f32;
+  auto file = gguf::GgufFile::from_memory(model::make_fixture(o).to_bytes(), "fixture-" + param);
+  auto l = std::make_unique<Loaded>(Loaded{std::move(file), {}});
+  l->spec = model::ModelSpec::from_gguf(l->file);
+  return l;
+}
+
+class HybridTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    m_ = load_fixture("granitehybrid");
+    m_ = load_kind(GetParam());
     reg_ = std::make_unique<DeviceRegistry>(DeviceRegistry::discover());
   }
   std::unique_ptr<Loaded> m_;
   std::unique_ptr<DeviceRegistry> reg_;
 };
 
-TEST_F(HybridTest, FixtureHasMamba2AndAttentionLayers) {
+class GraniteHybridTest : public HybridTest {};
+class Qwen3NextTest : public HybridTest {};
+
+TEST_P(GraniteHybridTest, FixtureHasMamba2AndAttentionLayers) {
   const auto& spec = m_->spec;
   ASSERT_EQ(spec.layers.size(), 4u);
   EXPECT_EQ(spec.layers[0].mixer, model::MixerKind::kMamba2);
@@ -61,7 +80,7 @@ TEST_F(HybridTest, FixtureHasMamba2AndAttentionLayers) {
   EXPECT_EQ(spec.hp.n_rot, 0u);  // Granite 4.0-H: no RoPE
 }
 
-TEST_F(HybridTest, GreedyTokensAndLogitsMatchReference) {
+TEST_P(HybridTest, GreedyTokensAndLogitsMatchReference) {
   auto engine = hybrid_engine(m_->spec, *reg_);
   const auto ref = reference_greedy(m_->spec, kPrompt, 8);
   const auto got = engine_greedy(*engine, kPrompt, 8);
@@ -73,7 +92,7 @@ TEST_F(HybridTest, GreedyTokensAndLogitsMatchReference) {
   EXPECT_GT(engine->replayed_steps(), 0u);
 }
 
-TEST_F(HybridTest, PrefillThenDecodeEqualsOnePrefill) {
+TEST_P(HybridTest, PrefillThenDecodeEqualsOnePrefill) {
   EngineOptions opts;
   opts.max_logit_rows = int(kPrompt.size());
   auto engine = hybrid_engine(m_->spec, *reg_, opts);
@@ -123,7 +142,7 @@ TEST_F(HybridTest, PrefillThenDecodeEqualsOnePrefill) {
 
 // One step holding a decode token of a running sequence and prefill chunks of two new ones: each
 // sequence's state slot and KV advance on their own.
-TEST_F(HybridTest, BatchedSequencesEqualSeparateRuns) {
+TEST_P(HybridTest, BatchedSequencesEqualSeparateRuns) {
   auto engine = hybrid_engine(m_->spec, *reg_);
   auto& mem = engine->memory();
   const std::vector<int32_t> pa(kPrompt.begin(), kPrompt.begin() + 5), pb{1, 310, 311, 312},
@@ -167,7 +186,7 @@ TEST_F(HybridTest, BatchedSequencesEqualSeparateRuns) {
 
 // A fork shares the parent's KV blocks and gets a copy of its recurrent state: both continue from
 // the same point with different tokens, as two copies of the reference's state do.
-TEST_F(HybridTest, ForkContinuesAsItsParent) {
+TEST_P(HybridTest, ForkContinuesAsItsParent) {
   auto engine = hybrid_engine(m_->spec, *reg_);
   auto& mem = engine->memory();
   const auto parent = mem.create();
@@ -207,7 +226,7 @@ TEST_F(HybridTest, ForkContinuesAsItsParent) {
 // Each Mamba2 layer keeps conv state (d_conv - 1 = 3 taps of 128 + 2 x 2 x 16 channels) and SSM
 // state (16 x 128) per sequence, f32: reserved per slot in the plan, allocated in the pool, a slot
 // per running sequence.
-TEST_F(HybridTest, RecurrentStateIsReservedPerSequence) {
+TEST_P(GraniteHybridTest, RecurrentStateIsReservedPerSequence) {
   const auto& spec = m_->spec;
   const uint64_t per_seq = (3 * 192 + 16 * 128) * 4;
   EXPECT_EQ(Mamba2Mixer::state_bytes(spec), per_seq);
@@ -237,6 +256,56 @@ TEST_F(HybridTest, RecurrentStateIsReservedPerSequence) {
   for (auto s : {a, b, c}) mem.free(s);
   EXPECT_EQ(pool->slots_free(), 3);
 }
+
+// Qwen3-Next's layout: full_attention_interval 4 makes layer 3 gated attention and 0-2 Gated
+// DeltaNet; every layer MoE with the gated shared expert; RoPE over a quarter of each head.
+TEST_P(Qwen3NextTest, FixtureHasDeltaNetAndGatedAttentionLayers) {
+  const auto& spec = m_->spec;
+  ASSERT_EQ(spec.layers.size(), 4u);
+  for (size_t l = 0; l < 4; ++l) {
+    EXPECT_EQ(spec.layers[l].mixer,
+              l == 3 ? model::MixerKind::kAttention : model::MixerKind::kGatedDeltaNet)
+        << l;
+    EXPECT_EQ(spec.layers[l].n_head_kv, l == 3 ? 2u : 0u) << l;
+    EXPECT_EQ(spec.layers[l].ffn, model::FfnKind::kMoeShared) << l;
+    EXPECT_NE(spec.layers[l].gate_inp_shexp, nullptr) << l;
+  }
+  EXPECT_TRUE(spec.arch->gated_attention);
+  EXPECT_EQ(spec.layers[3].wq->dims[1], 2u * spec.hp.q_dim());  // query + gate per head
+  EXPECT_EQ(spec.hp.n_rot, 8u);
+}
+
+// Each Gated DeltaNet layer keeps conv state (d_conv - 1 = 3 taps of q | k | v: 2 x 2 x 16 + 64
+// channels) and the delta rule's state (16 x 4 value heads of 16) per sequence, f32.
+TEST_P(Qwen3NextTest, RecurrentStateIsReservedPerSequence) {
+  const auto& spec = m_->spec;
+  const uint64_t per_seq = (3 * 128 + 16 * 64) * 4;
+  EXPECT_EQ(GatedDeltaNetMixer::state_bytes(spec), per_seq);
+  const auto fp = footprint_of(spec, 256);
+  for (size_t l = 0; l < spec.layers.size(); ++l)
+    EXPECT_EQ(fp.layers[l].state_bytes, l == 3 ? 0u : per_seq) << "layer " << l;
+  EngineOptions opts;
+  opts.max_sequences = 2;
+  auto engine = hybrid_engine(spec, *reg_, opts);
+  uint64_t planned = 0;
+  for (uint64_t b : engine->plan().state_bytes) planned += b;
+  EXPECT_EQ(planned, 3 * per_seq * 2);  // 3 DeltaNet layers x 2 sequences
+  const kv::RecurrentStatePool* pool = engine->memory().states();
+  ASSERT_NE(pool, nullptr);
+  EXPECT_EQ(pool->layer_bytes(2), per_seq);
+  EXPECT_EQ(pool->layer_bytes(3), 0u);
+}
+
+std::string param_name(const ::testing::TestParamInfo<std::string>& info) {
+  return info.param;
+}
+
+INSTANTIATE_TEST_SUITE_P(Kinds, HybridTest,
+                         ::testing::Values("granitehybrid", "qwen3next", "qwen3next_f32"),
+                         param_name);
+INSTANTIATE_TEST_SUITE_P(Kinds, GraniteHybridTest, ::testing::Values("granitehybrid"),
+                         param_name);
+INSTANTIATE_TEST_SUITE_P(Kinds, Qwen3NextTest, ::testing::Values("qwen3next"), param_name);
 
 }  // namespace
 }  // namespace tessera::engine::test

@@ -181,7 +181,7 @@ TEST_P(ReplayTest, EachKernelHasOneWorkGroupSizeWhateverTheBatch) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, ReplayTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
-                                           "gpt-oss", "granitehybrid"));
+                                           "gpt-oss", "granitehybrid", "qwen3next"));
 
 // The cost model's launch counts (counted at construction from a count-only recording of the
 // step's code) add up to the launches a recorded decode step of one token really enqueues.

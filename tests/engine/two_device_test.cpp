@@ -127,7 +127,7 @@ TEST_P(TwoDeviceTest, ReplayEqualsFreshEnqueueingOnTwoDevices) {
 
 INSTANTIATE_TEST_SUITE_P(Architectures, TwoDeviceTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
-                                           "gpt-oss", "granitehybrid"));
+                                           "gpt-oss", "granitehybrid", "qwen3next"));
 
 TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   auto reg = tessera::cli::discover_devices();

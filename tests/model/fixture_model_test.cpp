@@ -60,14 +60,16 @@ TEST_P(FixtureKinds, LoadsRunsAndIsDeterministic) {
   o.kind = GetParam();
   const auto file = load(o);
   const ModelSpec spec = ModelSpec::from_gguf(file);
-  EXPECT_EQ(spec.layers.size(), o.kind == "granitehybrid" ? 4u : 2u);
+  const bool hybrid = o.kind == "granitehybrid" || o.kind == "qwen3next";
+  EXPECT_EQ(spec.layers.size(), hybrid ? 4u : 2u);
   EXPECT_EQ(spec.hp.n_vocab, fixture_vocab().tokens.size());
   EXPECT_FALSE(spec.output_tied);
   const bool moe = o.kind == "mixtral" || o.kind == "qwen3moe" || o.kind == "qwen2moe" ||
-                   o.kind == "gpt-oss" || o.kind == "granitehybrid";
+                   o.kind == "gpt-oss" || hybrid;
   EXPECT_EQ(spec.layers[0].is_moe(), moe);
   EXPECT_EQ(spec.hp.n_expert > 0, moe);
-  EXPECT_EQ(spec.layers[1].q_norm != nullptr, o.kind.rfind("qwen3", 0) == 0);
+  const size_t attention_layer = o.kind == "qwen3next" ? 3 : 1;
+  EXPECT_EQ(spec.layers[attention_layer].q_norm != nullptr, o.kind.rfind("qwen3", 0) == 0);
 
   const ReferenceModel net(spec);
   const std::vector<int32_t> prompt{1, 300, 301, 302, 40};
@@ -381,6 +383,169 @@ TEST(FixtureModel, BadHybridMetadataIsNamed) {
     EXPECT_NE(std::string(e.what()).find("qwen3 has only attention layers"), std::string::npos)
         << e.what();
   }
+}
+
+// qwen3next: Gated DeltaNet layers where full_attention_interval says (layer i recurrent unless
+// (i + 1) % interval == 0), gated attention (attn_q twice q_dim), partial RoPE, MoE with the
+// sigmoid-gated shared expert, the FFN norm named post_attention_norm.
+TEST(FixtureModel, Qwen3NextLayersAndHyperParameters) {
+  FixtureOptions o;
+  o.kind = "qwen3next";
+  const auto file = load(o);
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  ASSERT_EQ(spec.layers.size(), 4u);
+  for (size_t i = 0; i < spec.layers.size(); ++i) {
+    const auto& l = spec.layers[i];
+    EXPECT_EQ(l.mixer, i == 3 ? MixerKind::kAttention : MixerKind::kGatedDeltaNet) << i;
+    EXPECT_EQ(l.n_head_kv, i == 3 ? 2u : 0u) << i;
+    EXPECT_EQ(l.ffn, FfnKind::kMoeShared) << i;
+    EXPECT_NE(l.gate_inp_shexp, nullptr) << i;  // gated
+    EXPECT_EQ(l.ffn_norm->name, "blk." + std::to_string(i) + ".post_attention_norm.weight");
+    EXPECT_EQ(l.ssm_qkv != nullptr, i != 3) << i;
+  }
+  EXPECT_EQ(spec.layers[3].wq->dims, (std::vector<uint64_t>{64, 256}));  // query + gate per head
+  const HParams& hp = spec.hp;
+  EXPECT_EQ(hp.head_dim, 32u);
+  EXPECT_EQ(hp.n_rot, 8u);
+  EXPECT_EQ(hp.ssm_d_conv, 4u);
+  EXPECT_EQ(hp.ssm_d_inner, 64u);
+  EXPECT_EQ(hp.ssm_d_state, 16u);
+  EXPECT_EQ(hp.ssm_n_head, 4u);   // value heads
+  EXPECT_EQ(hp.ssm_n_group, 2u);  // key heads
+  EXPECT_EQ(hp.ssm_conv_channels(), 2u * 2 * 16 + 64);
+  EXPECT_EQ(hp.n_ff_exp, 256u);
+  EXPECT_EQ(hp.n_ff_shexp, 256u);
+}
+
+// The attention layers follow full_attention_interval (--attn-period), or the per-layer
+// attention.recurrent_layers flags when the file has them; multi-token-prediction blocks
+// (nextn_predict_layers) are not run.
+TEST(FixtureModel, Qwen3NextAttentionLayers) {
+  FixtureOptions o;
+  o.kind = "qwen3next";
+  o.n_layer = 8;
+  o.attn_period = 3;
+  {
+    const auto file = load(o);
+    const ModelSpec spec = ModelSpec::from_gguf(file);
+    ASSERT_EQ(spec.layers.size(), 8u);
+    for (size_t i = 0; i < spec.layers.size(); ++i)
+      EXPECT_EQ(spec.layers[i].mixer,
+                (i + 1) % 3 == 0 ? MixerKind::kAttention : MixerKind::kGatedDeltaNet)
+          << i;
+  }
+  o = {};
+  o.kind = "qwen3next";
+  auto w = make_fixture(o);
+  // The flags decide, not the interval: the fixture's own layout as flags loads; flags that make
+  // layer 0 attention ask for its attention tensors (the fixture wrote DeltaNet ones there).
+  w.set("qwen3next.attention.recurrent_layers",
+        gguf::Value::array(gguf::ValueType::BOOL,
+                           {gguf::Value::boolean(true), gguf::Value::boolean(true),
+                            gguf::Value::boolean(true), gguf::Value::boolean(false)}));
+  {
+    const auto flagged = gguf::GgufFile::from_memory(w.to_bytes(), "f.gguf");
+    EXPECT_EQ(ModelSpec::from_gguf(flagged).layers[3].mixer, MixerKind::kAttention);
+  }
+  w.set("qwen3next.attention.recurrent_layers",
+        gguf::Value::array(gguf::ValueType::BOOL,
+                           {gguf::Value::boolean(false), gguf::Value::boolean(true),
+                            gguf::Value::boolean(true), gguf::Value::boolean(false)}));
+  try {
+    ModelSpec::from_gguf(gguf::GgufFile::from_memory(w.to_bytes(), "f.gguf"));
+    ADD_FAILURE() << "layer 0 loaded as attention without attention tensors";
+  } catch (const TesseraError& e) {
+    EXPECT_NE(std::string(e.what()).find("tensor 'blk.0.attn_q.weight': missing"),
+              std::string::npos)
+        << e.what();
+  }
+  // Five blocks, the last a multi-token-prediction block: four layers run, the fourth attention.
+  o.n_layer = 5;
+  w = make_fixture(o);
+  w.set("qwen3next.nextn_predict_layers", gguf::Value::u32(1));
+  const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "f.gguf");
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  ASSERT_EQ(spec.layers.size(), 4u);
+  for (size_t i = 0; i < 4; ++i)
+    EXPECT_EQ(spec.layers[i].mixer, i == 3 ? MixerKind::kAttention : MixerKind::kGatedDeltaNet);
+}
+
+// Malformed qwen3next metadata: each error names the key or tensor and what is wrong with it.
+TEST(FixtureModel, BadQwen3NextMetadataIsNamed) {
+  auto error_with = [](const std::string& key, std::optional<gguf::Value> v) {
+    FixtureOptions o;
+    o.kind = "qwen3next";
+    if (!v) o.drop_key = "qwen3next." + key;
+    auto w = make_fixture(o);
+    if (v) w.set("qwen3next." + key, std::move(*v));
+    const auto file = gguf::GgufFile::from_memory(w.to_bytes(), "fixture.gguf");
+    try {
+      ModelSpec::from_gguf(file);
+    } catch (const TesseraError& e) {
+      return std::string(e.what());
+    }
+    return std::string("no error");
+  };
+  std::string msg = error_with("ssm.state_size", std::nullopt);
+  EXPECT_NE(msg.find("'qwen3next.ssm.state_size': missing"), std::string::npos) << msg;
+  msg = error_with("ssm.time_step_rank", gguf::Value::u32(3));
+  EXPECT_NE(msg.find("'qwen3next.ssm.time_step_rank': 3 must be a positive multiple of "
+                     "ssm.group_count 2"),
+            std::string::npos)
+      << msg;
+  msg = error_with("ssm.inner_size", gguf::Value::u32(48));
+  EXPECT_NE(msg.find("'qwen3next.ssm.inner_size': 48 must equal ssm.state_size x "
+                     "ssm.time_step_rank (64)"),
+            std::string::npos)
+      << msg;
+  msg = error_with("ssm.conv_kernel", gguf::Value::u32(0));
+  EXPECT_NE(msg.find("'qwen3next.ssm.conv_kernel': 0 must be in [1, 8]"), std::string::npos)
+      << msg;
+  msg = error_with("ssm.group_count", gguf::Value::u32(0));
+  EXPECT_NE(msg.find("'qwen3next.ssm.group_count': must be > 0 (the key heads)"),
+            std::string::npos)
+      << msg;
+  msg = error_with("full_attention_interval", gguf::Value::u32(0));
+  EXPECT_NE(msg.find("'qwen3next.full_attention_interval': must be > 0"), std::string::npos)
+      << msg;
+  // Interval 1: every layer attention, but the fixture's layers 0-2 hold DeltaNet tensors.
+  msg = error_with("full_attention_interval", gguf::Value::u32(1));
+  EXPECT_NE(msg.find("tensor 'blk.0.attn_q.weight': missing"), std::string::npos) << msg;
+  // Interval 5 of 4 layers: no attention layer.
+  msg = error_with("full_attention_interval", gguf::Value::u32(5));
+  EXPECT_NE(msg.find("every layer has 0 KV heads (no attention layer)"), std::string::npos)
+      << msg;
+  msg = error_with("attention.recurrent_layers",
+                   gguf::Value::array(gguf::ValueType::BOOL, {gguf::Value::boolean(true)}));
+  EXPECT_NE(msg.find("'qwen3next.attention.recurrent_layers': array of 1 flags for 4 blocks"),
+            std::string::npos)
+      << msg;
+  msg = error_with("attention.head_count_kv", gguf::Value::i32s({2, 2, 2, 0}));
+  EXPECT_NE(msg.find("layer 3 is a full-attention layer but has 0 KV heads"), std::string::npos)
+      << msg;
+  msg = error_with("nextn_predict_layers", gguf::Value::u32(4));
+  EXPECT_NE(msg.find("'qwen3next.nextn_predict_layers': 4 must be below block_count 4"),
+            std::string::npos)
+      << msg;
+  msg = error_with("expert_count", std::nullopt);
+  EXPECT_NE(msg.find("'qwen3next.expert_count': missing"), std::string::npos) << msg;
+  // Tensors of the wrong shape: DeltaNet's A (one per value head), the gated attn_q.
+  FixtureOptions o;
+  o.kind = "qwen3next";
+  o.skew_tensor = "blk.1.ssm_a";
+  msg = error_of(o);
+  EXPECT_NE(msg.find("tensor 'blk.1.ssm_a': expected shape [4], found [5]"), std::string::npos)
+      << msg;
+  o.skew_tensor = "blk.3.attn_q.weight";
+  msg = error_of(o);
+  EXPECT_NE(msg.find("tensor 'blk.3.attn_q.weight': expected shape [64, 256], found [64, 257]"),
+            std::string::npos)
+      << msg;
+  o.skew_tensor = "blk.0.ssm_ba.weight";
+  msg = error_of(o);
+  EXPECT_NE(msg.find("tensor 'blk.0.ssm_ba.weight': expected shape [64, 8], found [64, 9]"),
+            std::string::npos)
+      << msg;
 }
 
 TEST(FixtureModel, UnknownArchitectureListsSupportedOnes) {

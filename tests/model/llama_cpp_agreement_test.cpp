@@ -52,6 +52,13 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
     // attention off with f32 KV and on with f16 KV (identical ids).
     {"granitehybrid", {412, 511, 114, 162, 115, 392, 36,  180, 440, 375, 101, 297,
                        365, 307, 129, 185, 190, 116, 307, 129, 407, 415, 454, 387}},
+    // Gated DeltaNet layers (0-2: conv, L2-normalised q/k, the gated delta rule over 2 key and 4
+    // value heads, the gated norm) and gated attention (3: sigmoid output gate, q/k norm, NeoX RoPE
+    // over 8 of 32 dims), MoE with the sigmoid-gated shared expert. Recorded 2026-12-02 on the
+    // development machine with the same llama.cpp snapshot and program as granitehybrid's, flash
+    // attention off with f32 KV and on with f16 KV (identical ids).
+    {"qwen3next", {301, 208, 263, 185, 68,  147, 277, 59,  322, 391, 57,  95,
+                   124, 467, 424, 318, 24,  505, 184, 131, 447, 127, 501, 486}},
 };
 
 // llama.cpp's first next-token logits of the granitehybrid F32 fixture after kPrompt (ids 0..7 and
@@ -59,6 +66,12 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
 const std::vector<std::pair<int32_t, float>> kGraniteHybridFirstLogits{
     {0, -2.47360f}, {1, -20.99377f}, {2, -2.56066f}, {3, -15.49200f}, {4, 14.02584f},
     {5, 12.79887f}, {6, 10.38630f},  {7, 10.72547f}, {412, 21.72397f}};
+
+// llama.cpp's first next-token logits of the qwen3next F32 fixture after kPrompt (ids 0..7 and the
+// argmax 301), from the same run (flash attention off, f32 KV).
+const std::vector<std::pair<int32_t, float>> kQwen3NextFirstLogits{
+    {0, 1.72749f},  {1, -12.87561f}, {2, 4.80408f}, {3, -2.04980f}, {4, -9.72217f},
+    {5, -0.67151f}, {6, 2.00381f},   {7, 5.55082f}, {301, 21.01192f}};
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {
   KvState kv = net.new_kv_state();
@@ -109,19 +122,28 @@ TEST(LlamaCppAgreementRopeScaling, F32FixtureGreedyMatches) {
   }
 }
 
-// The hybrid model's next-token logits agree with llama.cpp's, not only its argmax.
-TEST(LlamaCppAgreementGraniteHybrid, FirstLogitsMatch) {
+// The hybrid models' next-token logits agree with llama.cpp's, not only their argmax.
+void expect_first_logits(const std::string& kind,
+                         const std::vector<std::pair<int32_t, float>>& expected) {
   FixtureOptions o;
-  o.kind = "granitehybrid";
+  o.kind = kind;
   o.all_f32 = true;
-  const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), "granitehybrid.gguf");
+  const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), kind + ".gguf");
   const ReferenceModel net(ModelSpec::from_gguf(file));
   KvState kv = net.new_kv_state();
   std::vector<int32_t> pos(kPrompt.size());
   for (size_t i = 0; i < pos.size(); ++i) pos[i] = int32_t(i);
   const std::vector<float> logits = net.forward(kPrompt, pos, kv);
-  for (const auto& [id, want] : kGraniteHybridFirstLogits)
-    EXPECT_NEAR(logits[size_t(id)], want, 2e-3f) << "token " << id;
+  for (const auto& [id, want] : expected)
+    EXPECT_NEAR(logits[size_t(id)], want, 2e-3f) << kind << " token " << id;
+}
+
+TEST(LlamaCppAgreementGraniteHybrid, FirstLogitsMatch) {
+  expect_first_logits("granitehybrid", kGraniteHybridFirstLogits);
+}
+
+TEST(LlamaCppAgreementQwen3Next, FirstLogitsMatch) {
+  expect_first_logits("qwen3next", kQwen3NextFirstLogits);
 }
 
 // The kinds with a recorded row.

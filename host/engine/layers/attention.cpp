@@ -4,8 +4,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 
 #include "host/model/weights.h"
+#include "host/ops/reference/activation.h"
 #include "host/ops/reference/attention.h"
 #include "host/ops/reference/elementwise.h"
 #include "host/ops/reference/norm.h"
@@ -20,6 +22,7 @@ AttentionMixer::AttentionMixer(const model::ModelSpec& spec, int layer)
                             std::to_string(ls_.window) + " too large");
   q_dim_ = spec.hp.q_dim();
   kv_dim_ = ls_.kv_dim(spec.hp);
+  gate_dim_ = spec.arch->gated_attention ? q_dim_ : 0;
   ref_.attn_norm = model::to_floats(*ls_.attn_norm);
   if (ls_.q_norm) ref_.q_norm = model::to_floats(*ls_.q_norm);
   if (ls_.k_norm) ref_.k_norm = model::to_floats(*ls_.k_norm);
@@ -54,7 +57,32 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   dev_.attn_norm = up.norm(c, ls_.attn_norm);
   dev_.q_norm = up.norm(c, ls_.q_norm);
   dev_.k_norm = up.norm(c, ls_.k_norm);
-  if (options.fuse.qkv && WeightUploader::stackable({ls_.wq, ls_.wk, ls_.wv})) {
+  if (gate_dim_ > 0) {
+    // attn_q holds per head the query's head_dim rows then the gate's: regroup its rows (whole
+    // ggml rows, so any format) into every query row, then every gate row.
+    const gguf::TensorInfo& t = *ls_.wq;
+    const uint64_t row = gguf::row_bytes(t.type, t.dims[0]), hd = spec_.hp.head_dim;
+    std::vector<uint8_t> q_rows(q_dim_ * row), gate_rows(q_dim_ * row);
+    for (uint64_t h = 0; h < spec_.hp.n_head; ++h) {
+      std::memcpy(q_rows.data() + h * hd * row, t.data + 2 * h * hd * row, hd * row);
+      std::memcpy(gate_rows.data() + h * hd * row, t.data + (2 * h + 1) * hd * row, hd * row);
+    }
+    const int64_t cols = int64_t(t.dims[0]);
+    if (options.fuse.qkv && WeightUploader::stackable({ls_.wq, ls_.wk, ls_.wv})) {
+      std::vector<uint8_t> all = q_rows;
+      all.insert(all.end(), ls_.wk->data, ls_.wk->data + ls_.wk->n_bytes());
+      all.insert(all.end(), ls_.wv->data, ls_.wv->data + ls_.wv->n_bytes());
+      all.insert(all.end(), gate_rows.begin(), gate_rows.end());
+      dev_.wqkv = c.mm->upload(t.type, int64_t(2 * q_dim_ + 2 * kv_dim_), cols, all.data());
+      up.count(all.size());
+    } else {
+      dev_.wq = c.mm->upload(t.type, q_dim_, cols, q_rows.data());
+      dev_.wgate = c.mm->upload(t.type, q_dim_, cols, gate_rows.data());
+      up.count(t.n_bytes());
+      dev_.wk = up.matrix(c, ls_.wk);
+      dev_.wv = up.matrix(c, ls_.wv);
+    }
+  } else if (options.fuse.qkv && WeightUploader::stackable({ls_.wq, ls_.wk, ls_.wv})) {
     dev_.wqkv = up.stacked(c, {ls_.wq, ls_.wk, ls_.wv});
   } else {
     dev_.wq = up.matrix(c, ls_.wq);
@@ -105,8 +133,9 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   if (!prenormed)
     c.norm->rms_norm(c.x.get(), 0, dev_.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
                      hp.rms_eps, {{}, c.prof("norm")});
-  // Projections into one q | k | v row per token, then norms, RoPE and the KV store in one launch.
-  const uint32_t qkv_ld = q_dim_ + 2 * kv_dim_;
+  // Projections into one q | k | v (| gate) row per token, then norms, RoPE and the KV store in one
+  // launch.
+  const uint32_t qkv_ld = q_dim_ + 2 * kv_dim_ + gate_dim_;
   if (dev_.wqkv.body) {
     c.mm->run(dev_.wqkv, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"));
   } else {
@@ -114,6 +143,9 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     c.mm->run(dev_.wk, c.xn.get(), 0, c.qkv.get(), q_dim_, n, {}, c.prof("matmul"), {qkv_ld});
     c.mm->run(dev_.wv, c.xn.get(), 0, c.qkv.get(), q_dim_ + kv_dim_, n, {}, c.prof("matmul"),
               {qkv_ld});
+    if (dev_.wgate.body)
+      c.mm->run(dev_.wgate, c.xn.get(), 0, c.qkv.get(), q_dim_ + 2 * kv_dim_, n, {},
+                c.prof("matmul"), {qkv_ld});
   }
   if (dev_.qkv_bias)
     c.ew->add_row_bias(c.qkv.get(), 0, qkv_ld, dev_.qkv_bias.get(), 0, uint32_t(n), qkv_ld,
@@ -135,6 +167,10 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")},
                  sinks);
   }
+  // Qwen3-Next's output gate: att *= sigmoid(gate), the gate rows after v.
+  if (gate_dim_ > 0)
+    c.act->sigmoid_mul({c.att.get(), 0, q_dim_}, {c.qkv.get(), q_dim_ + 2 * kv_dim_, qkv_ld},
+                       {c.att.get(), 0, q_dim_}, uint32_t(n), q_dim_, {{}, c.prof("activation")});
   // Granite's residual multiplier, on the projection's input (x += s * wo(att) = wo(s * att)).
   if (hp.residual_scale != 1.0f)
     c.ew->scale(c.att.get(), 0, uint64_t(n) * q_dim_, hp.residual_scale,
@@ -152,8 +188,23 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   const size_t T = positions.size(), E = hp.n_embd, Q = q_dim_, KV = kv_dim_;
   const int n_head_kv = int(ls_.n_head_kv);
   std::vector<float> cur(T * E), q(T * Q), k(T * KV), v(T * KV), attn(T * Q), proj(T * E);
+  std::vector<float> gate;
   reference::rms_norm(x, ref_.attn_norm, hp.rms_eps, cur);
-  reference::matmul(cur, ref_.wq, q);
+  if (gate_dim_ > 0) {
+    // Per head: head_dim query floats, then head_dim gate floats.
+    std::vector<float> qg(T * 2 * Q);
+    reference::matmul(cur, ref_.wq, qg);
+    gate.resize(T * Q);
+    const size_t hd = hp.head_dim;
+    for (size_t t = 0; t < T; ++t)
+      for (size_t h = 0; h < hp.n_head; ++h)
+        for (size_t i = 0; i < hd; ++i) {
+          q[t * Q + h * hd + i] = qg[t * 2 * Q + 2 * h * hd + i];
+          gate[t * Q + h * hd + i] = qg[t * 2 * Q + 2 * h * hd + hd + i];
+        }
+  } else {
+    reference::matmul(cur, ref_.wq, q);
+  }
   reference::matmul(cur, ref_.wk, k);
   reference::matmul(cur, ref_.wv, v);
   if (!ref_.bq.empty()) {
@@ -178,6 +229,7 @@ void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32
   const float scale =
       hp.attention_scale != 0.0f ? hp.attention_scale : 1.0f / std::sqrt(float(hp.head_dim));
   reference::causal_attention(q, mem.k, mem.v, shape, scale, attn, int(ls_.window), ref_.sinks);
+  if (!gate.empty()) reference::sigmoid_mul(attn, gate, attn);
   reference::matmul(attn, ref_.wo, proj);
   if (!ref_.bo.empty()) reference::add_row_bias(proj, ref_.bo, E);
   for (size_t i = 0; i < x.size(); ++i) x[i] += hp.residual_scale * proj[i];

@@ -1,8 +1,8 @@
 // Causal self-attention as a layer's mixer: RMSNorm, q | k | v projections (optional biases),
-// optional per-head q/k
-// RMSNorm (Qwen3), RoPE, attention over the sequence's KV (paged on the device, appended vectors on
-// the reference path) or, for a layer with a window (LayerSpec::window), over its last `window`
-// positions, output projection added to the residual stream.
+// optional per-head q/k RMSNorm (Qwen3), RoPE, attention over the sequence's KV (paged on the
+// device, appended vectors on the reference path) or, for a layer with a window
+// (LayerSpec::window), over its last `window` positions, Qwen3-Next's sigmoid output gate
+// (ArchTraits::gated_attention), output projection added to the residual stream.
 #pragma once
 
 #include "host/engine/layers/layer.h"
@@ -35,10 +35,12 @@ class AttentionMixer final : public Mixer {
   int layer_ = 0;
   int kv_group_ = 0;  // the cache's block-table group of this layer (by its window)
   uint32_t q_dim_ = 0, kv_dim_ = 0;
+  uint32_t gate_dim_ = 0;  // gated attention: q_dim_ (the gate's floats per token); else 0
   struct DeviceWeights {
     // wqkv: q, k and v rows stacked into one matrix (one launch) when they share a format;
-    // otherwise wq, wk, wv write the same q | k | v rows.
-    ops::DeviceWeight wqkv, wq, wk, wv, wo;
+    // otherwise wq, wk, wv write the same q | k | v rows. Gated attention: attn_q's rows split
+    // into the query rows (wq) and the gate rows (wgate, after v: q | k | v | gate).
+    ops::DeviceWeight wqkv, wq, wk, wv, wgate, wo;
     ClMem attn_norm, q_norm, k_norm;
     ClMem qkv_bias;  // f32 q | k | v biases, one row (empty when the layer has none)
     ClMem bo;        // f32 output-projection bias (gpt-oss; empty when none)

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include "host/engine/layers/attention.h"
+#include "host/engine/layers/deltanet.h"
 #include "host/engine/layers/dense_ffn.h"
 #include "host/engine/layers/mamba2.h"
 #include "host/engine/layers/moe_ffn.h"
@@ -95,6 +96,9 @@ std::vector<Layer> make_layers(const model::ModelSpec& spec, MoeRuntime* moe) {
       case model::MixerKind::kMamba2:
         layer.mixer = std::make_unique<Mamba2Mixer>(spec, int(l));
         break;
+      case model::MixerKind::kGatedDeltaNet:
+        layer.mixer = std::make_unique<GatedDeltaNetMixer>(spec, int(l));
+        break;
     }
     switch (ls.ffn) {
       case model::FfnKind::kDense:
@@ -121,7 +125,7 @@ uint64_t upload_bytes(const model::ModelSpec& spec) {
           t.gate_exps,      t.up_exps,    t.down_exps,    t.bq,         t.bk,       t.bv,
           t.gate_inp_shexp, t.gate_shexp, t.up_shexp,     t.down_shexp, t.bo,       t.sinks,
           t.ssm_in,         t.ssm_conv1d, t.ssm_conv1d_b, t.ssm_dt_b,   t.ssm_a,    t.ssm_d,
-          t.ssm_norm,       t.ssm_out})
+          t.ssm_norm,       t.ssm_out,    t.ssm_qkv,      t.ssm_gate,   t.ssm_ba})
       total += tensor_bytes(p);
   total += tensor_bytes(spec.token_embd) * (spec.output_tied ? 2 : 1) +
            tensor_bytes(spec.output_norm) + (spec.output_tied ? 0 : tensor_bytes(spec.output));

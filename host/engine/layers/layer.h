@@ -1,4 +1,4 @@
-// A layer is a mixer (attention or Mamba2; Gated DeltaNet later) followed by an FFN (dense,
+// A layer is a mixer (attention, Mamba2 or Gated DeltaNet) followed by an FFN (dense,
 // MoE, or MoE with a shared expert). Each kind is one class in this folder with both its device
 // forward (OpenCL kernels on the layer's plan device) and its reference forward (scalar host ops),
 // and declares the memory it needs per sequence. OpenClModel and ReferenceModel walk the same list,
