@@ -92,6 +92,50 @@ __kernel void mamba2_scan_f32(__global const float* x, uint x_off, uint x_stride
   }
 }
 
+// mamba2_scan_f32 with 8 consecutive channels per work item (head_dim a multiple of 8): item i
+// owns channels 8i..8i+7 of one head and walks the state rows with 8-wide loads, so a CPU device
+// streams each state row instead of gathering one float per row and item. Same arithmetic, in the
+// same order per channel, as mamba2_scan_f32.
+__kernel void mamba2_scan8_f32(__global const float* x, uint x_off, uint x_stride,
+                               __global const float* dt, uint dt_off, uint dt_stride,
+                               __global const float* bm, uint b_off, uint b_stride,
+                               __global const float* cm, uint c_off, uint c_stride,
+                               __global const float* a, uint a_off, __global const float* d,
+                               uint d_off, __global const float* dt_bias, uint dtb_off,
+                               __global float* states, ulong slot_stride, uint state_off,
+                               __global const int* seqs, uint seqs_off, __global float* y,
+                               uint y_off, uint y_stride, uint n_head, uint head_dim,
+                               uint n_group, uint d_state) {
+  const uint r = 8 * (uint)get_global_id(0);
+  const uint sq = get_global_id(1);
+  const uint d_inner = n_head * head_dim;
+  if (r >= d_inner) return;
+  const uint h = r / head_dim;
+  const uint g = h / (n_head / n_group);
+  const uint first = (uint)seqs[seqs_off + 3 * sq];
+  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
+  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
+  __global float* st = states + slot * slot_stride + state_off + r;
+  const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
+  for (uint t = 0; t < n; ++t) {
+    const ulong row = first + t;
+    const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);
+    const float da = exp(dt_sp * ah);
+    const float8 xv = vload8(0, x + x_off + row * x_stride + r);
+    const float8 x_dt = xv * dt_sp;
+    __global const float* bt = bm + b_off + row * b_stride + (ulong)g * d_state;
+    __global const float* ct = cm + c_off + row * c_stride + (ulong)g * d_state;
+    float8 sum = (float8)(0.0f);
+    for (uint k = 0; k < d_state; ++k) {
+      __global float* sk = st + (ulong)k * d_inner;
+      const float8 s = vload8(0, sk) * da + bt[k] * x_dt;
+      vstore8(s, 0, sk);
+      sum += s * ct[k];
+    }
+    vstore8(sum + dh * xv, 0, y + y_off + row * y_stride + r);
+  }
+}
+
 // One work-group per (token, group) row, row = row_base + group id: token row / n_group, group
 // row % n_group. w: group g's weights at w_off + g * w_group_stride (0: shared by the groups).
 // out may be y (each element is read before it is written, by the same item).

@@ -31,10 +31,13 @@ void enqueue_rows_by_seqs(const Device& device, cl_kernel k, uint32_t rows, uint
 
 }  // namespace
 
-SsmOps::SsmOps(const Device& device)
+SsmOps::SsmOps(const Device& device, ScanForm scan_form)
     : device_(&device),
+      scan8_(scan_form == ScanForm::kEightChannels ||
+             (scan_form == ScanForm::kAuto && device.info().type == DeviceType::kCpu)),
       conv_(device.kernel("ssm", "conv1d_silu_f32")),
       scan_(device.kernel("ssm", "mamba2_scan_f32")),
+      scan8_kernel_(device.kernel("ssm", "mamba2_scan8_f32")),
       norm_(device.kernel("ssm", "gated_rms_norm_f32")) {}
 
 void SsmOps::conv1d_silu(const Strided& x, cl_mem w, uint32_t w_off, cl_mem bias, uint32_t bias_off,
@@ -70,12 +73,13 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
   check_stride("mamba2_scan", "B", b, bc);
   check_stride("mamba2_scan", "C", c, bc);
   if (batch.n_seqs == 0) return;
-  cl_kernel k = scan_.get();
+  const bool eight = scan8_ && s.head_dim % 8 == 0;
+  cl_kernel k = eight ? scan8_kernel_.get() : scan_.get();
   set_args(*device_, k, x.mem, x.offset, x.stride, dt.mem, dt.offset, dt.stride, b.mem, b.offset,
            b.stride, c.mem, c.offset, c.stride, a, a_off, d, d_off, dt_bias, dt_bias_off,
            batch.states, cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off,
            y.mem, y.offset, y.stride, s.n_head, s.head_dim, s.n_group, s.d_state);
-  enqueue_rows_by_seqs(*device_, k, d_inner, batch.n_seqs, ev);
+  enqueue_rows_by_seqs(*device_, k, eight ? d_inner / 8 : d_inner, batch.n_seqs, ev);
 }
 
 void SsmOps::gated_rms_norm(const Strided& y, const Strided& z, cl_mem w, uint32_t w_off,
@@ -176,7 +180,7 @@ MatrixCaseResult run_conv(const Device& device, bool timing, const SeqPlan& plan
 
 // x, B and C are slices of one conv-output row (as Mamba2's xBC), dt a slice of another buffer.
 MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan, bool split,
-                          Mamba2Dims s) {
+                          Mamba2Dims s, ScanForm form) {
   const uint32_t rows = plan.rows(), d_inner = s.n_head * s.head_dim, bc = s.n_group * s.d_state;
   const uint32_t xbc = d_inner + 2 * bc, dt_stride = s.n_head + 1;
   const std::vector<float> xbc_rows = random_floats(size_t(rows) * xbc, 91 + d_inner),
@@ -200,7 +204,7 @@ MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan
             .subspan(plan.slots[q] * slot_stride + state_off, size_t(d_inner) * s.d_state),
         {std::span<float>(ref_y).subspan(r0 * d_inner), d_inner});
   }
-  SsmOps ops(device);
+  SsmOps ops(device, form);
   GuardedBuffer dxbc(device, xbc_rows), ddt(device, dt), da(device, a), dd(device, d),
       ddtb(device, dt_bias), dst(device, states), dy(device, ref_y.size() * sizeof(float));
   auto launch = [&](cl_mem seqs, uint32_t n_seqs, const Events& ev) {
@@ -292,11 +296,16 @@ void register_ssm_cases(std::vector<MatrixCase>& out) {
       // grouped shape (8 heads in 2 groups) on the long one.
       const Mamba2Dims dims =
           std::string(p.name) == "long70" ? Mamba2Dims{8, 16, 2, 32} : Mamba2Dims{48, 64, 1, 128};
-      out.push_back({"mamba2_scan", "f32",
-                     std::to_string(dims.n_head) + "x" + std::to_string(dims.head_dim) + "/g" +
-                         std::to_string(dims.n_group) + "/s" + std::to_string(dims.d_state) + "/" +
-                         plan_name(p.name, split),
-                     [=](const Device& d, bool t) { return run_scan(d, t, p.plan, split, dims); }});
+      // Both forms of the scan on every device (the engine picks one by device type).
+      for (ScanForm form : {ScanForm::kPerChannel, ScanForm::kEightChannels})
+        out.push_back({"mamba2_scan", "f32",
+                       std::string(form == ScanForm::kEightChannels ? "x8/" : "") +
+                           std::to_string(dims.n_head) + "x" + std::to_string(dims.head_dim) +
+                           "/g" + std::to_string(dims.n_group) + "/s" +
+                           std::to_string(dims.d_state) + "/" + plan_name(p.name, split),
+                       [=](const Device& d, bool t) {
+                         return run_scan(d, t, p.plan, split, dims, form);
+                       }});
     }
   }
   // Odd shapes: a conv without bias and d_conv 1 and 8; a scan with 3 groups of odd sizes.
@@ -308,7 +317,12 @@ void register_ssm_cases(std::vector<MatrixCase>& out) {
                  }});
   out.push_back(
       {"mamba2_scan", "f32", "6x5/g3/s7/mixed4/prefill+decode", [](const Device& d, bool t) {
-         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 5, 3, 7});
+         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 5, 3, 7}, ScanForm::kAuto);
+       }});
+  // 8-channel form on grouped heads of 8 with an odd state size.
+  out.push_back(
+      {"mamba2_scan", "f32", "x8/6x8/g3/s7/mixed4/prefill+decode", [](const Device& d, bool t) {
+         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 8, 3, 7}, ScanForm::kEightChannels);
        }});
   struct Norm {
     uint32_t rows, width, group;

@@ -30,12 +30,17 @@ struct Mamba2Dims {
   uint32_t n_head = 0, head_dim = 0, n_group = 0, d_state = 0;
 };
 
+// How mamba2_scan spreads channels over work items: one channel per item (GPUs: neighbouring
+// items read neighbouring state floats), or 8 per item with 8-wide loads (CPUs: each item streams
+// state rows; used when head_dim is a multiple of 8). kAuto picks by device type.
+enum class ScanForm { kAuto, kPerChannel, kEightChannels };
+
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
 class SsmOps {
  public:
   static constexpr uint32_t kMaxConvKernel = 8;  // cl_kernels/ssm.cl CONV_MAX_KERNEL
 
-  explicit SsmOps(const Device& device);
+  explicit SsmOps(const Device& device, ScanForm scan_form = ScanForm::kAuto);
 
   // Causal depthwise conv1d + SiLU (reference::conv1d_silu) over `channels` channels: w is
   // [channels][d_conv] from w_off, bias `channels` floats from bias_off (bias null: none), the
@@ -63,7 +68,8 @@ class SsmOps {
 
  private:
   const Device* device_;
-  ClKernel conv_, scan_, norm_;
+  bool scan8_;  // ScanForm::kEightChannels (resolved)
+  ClKernel conv_, scan_, scan8_kernel_, norm_;
 };
 
 }  // namespace tessera::ops
