@@ -11,8 +11,12 @@
 
 namespace tessera::ops {
 
-DeltaNetOps::DeltaNetOps(const Device& device)
-    : device_(&device), recurrent_(device.kernel("deltanet", "deltanet_recurrent_f32")) {}
+DeltaNetOps::DeltaNetOps(const Device& device, ScanForm scan_form)
+    : device_(&device),
+      eight_(scan_form == ScanForm::kEightChannels ||
+             (scan_form == ScanForm::kAuto && device.info().type == DeviceType::kCpu)),
+      recurrent_(device.kernel("deltanet", "deltanet_recurrent_f32")),
+      recurrent8_(device.kernel("deltanet", "deltanet_recurrent8_f32")) {}
 
 void DeltaNetOps::recurrent(const DeltaNetDims& s, const Strided& q, const Strided& k,
                             const Strided& v, const Strided& ba, cl_mem a, uint32_t a_off,
@@ -35,13 +39,15 @@ void DeltaNetOps::recurrent(const DeltaNetDims& s, const Strided& q, const Strid
                                   std::to_string(rows[i].second) + " floats");
   }
   if (batch.n_seqs == 0) return;
-  cl_kernel kern = recurrent_.get();
+  const bool eight = eight_ && s.d_v % 8 == 0;
+  cl_kernel kern = eight ? recurrent8_.get() : recurrent_.get();
   set_args(*device_, kern, q.mem, q.offset, q.stride, k.mem, k.offset, k.stride, v.mem, v.offset,
            v.stride, ba.mem, ba.offset, ba.stride, a, a_off, dt_bias, dt_bias_off, batch.states,
            cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off, o.mem,
            o.offset, o.stride, s.n_k_head, s.n_v_head, s.d_k, s.d_v, eps);
-  const size_t global[2] = {width, batch.n_seqs};
-  const size_t local[2] = {fixed_group_size(*device_, kern, width), 1};
+  const uint32_t items = eight ? width / 8 : width;
+  const size_t global[2] = {items, batch.n_seqs};
+  const size_t local[2] = {fixed_group_size(*device_, kern, items), 1};
   enqueue(*device_, kern, 2, global, local, ev);
 }
 
@@ -51,7 +57,7 @@ using recurrent_cases::SeqPlan;
 
 // q, k and v are slices of one conv-output row (as Qwen3-Next's), ba rows of their own.
 MatrixCaseResult run_recurrent(const Device& device, bool timing, const SeqPlan& plan, bool split,
-                               DeltaNetDims s) {
+                               DeltaNetDims s, ScanForm form) {
   const uint32_t rows = plan.rows(), qk = s.n_k_head * s.d_k, width = s.n_v_head * s.d_v;
   const uint32_t conv = 2 * qk + width, ba_stride = 2 * s.n_v_head;
   const float eps = 1e-6f;
@@ -76,7 +82,7 @@ MatrixCaseResult run_recurrent(const Device& device, bool timing, const SeqPlan&
             .subspan(plan.slots[q] * slot_stride + state_off, size_t(s.d_k) * width),
         {std::span<float>(ref_o).subspan(r0 * width), width});
   }
-  DeltaNetOps ops(device);
+  DeltaNetOps ops(device, form);
   GuardedBuffer dqkv(device, qkv), dba(device, ba), da(device, a), ddtb(device, dt_bias),
       dst(device, states), dout(device, ref_o.size() * sizeof(float));
   auto launch = [&](cl_mem seqs, uint32_t n_seqs, const Events& ev) {
@@ -124,16 +130,26 @@ void register_deltanet_cases(std::vector<MatrixCase>& out) {
       // grouped shapes where the reference walks many tokens.
       const DeltaNetDims dims = std::string(p.name) == "decode3" ? DeltaNetDims{16, 32, 128, 128}
                                                                  : DeltaNetDims{2, 4, 32, 24};
-      out.push_back(
-          {"deltanet", "f32",
-           std::to_string(dims.n_k_head) + "k" + std::to_string(dims.n_v_head) + "v/" +
-               std::to_string(dims.d_k) + "x" + std::to_string(dims.d_v) + "/" + p.name +
-               (split ? "/prefill+decode" : ""),
-           [=](const Device& d, bool t) { return run_recurrent(d, t, p.plan, split, dims); }});
+      // Both forms on every device (the engine picks one by device type).
+      for (ScanForm form : {ScanForm::kPerChannel, ScanForm::kEightChannels})
+        out.push_back({"deltanet", "f32",
+                       std::string(form == ScanForm::kEightChannels ? "x8/" : "") +
+                           std::to_string(dims.n_k_head) + "k" + std::to_string(dims.n_v_head) +
+                           "v/" + std::to_string(dims.d_k) + "x" + std::to_string(dims.d_v) + "/" +
+                           p.name + (split ? "/prefill+decode" : ""),
+                       [=](const Device& d, bool t) {
+                         return run_recurrent(d, t, p.plan, split, dims, form);
+                       }});
     }
   }
   out.push_back({"deltanet", "f32", "3k3v/7x5/mixed4/prefill+decode", [](const Device& d, bool t) {
-                   return run_recurrent(d, t, mixed_plan(), true, DeltaNetDims{3, 3, 7, 5});
+                   return run_recurrent(d, t, mixed_plan(), true, DeltaNetDims{3, 3, 7, 5},
+                                        ScanForm::kAuto);
+                 }});
+  // 8-row form on grouped heads of 8 rows with an odd key size.
+  out.push_back({"deltanet", "f32", "x8/3k6v/7x8/mixed4/prefill+decode", [](const Device& d, bool t) {
+                   return run_recurrent(d, t, mixed_plan(), true, DeltaNetDims{3, 6, 7, 8},
+                                        ScanForm::kEightChannels);
                  }});
 }
 

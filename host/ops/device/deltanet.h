@@ -21,7 +21,9 @@ struct DeltaNetDims {
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
 class DeltaNetOps {
  public:
-  explicit DeltaNetOps(const Device& device);
+  // scan_form as SsmOps': one value row per work item (GPUs) or 8 (CPUs; when d_v is a multiple
+  // of 8), kAuto by device type.
+  explicit DeltaNetOps(const Device& device, ScanForm scan_form = ScanForm::kAuto);
 
   // reference::deltanet_recurrent over every sequence of `batch`: q and k rows of n_k_head * d_k,
   // v and o rows of n_v_head * d_v, ba rows of 2 * n_v_head (Qwen3-Next's beta/alpha layout), A
@@ -33,7 +35,8 @@ class DeltaNetOps {
 
  private:
   const Device* device_;
-  ClKernel recurrent_;
+  bool eight_;  // ScanForm::kEightChannels (resolved)
+  ClKernel recurrent_, recurrent8_;
 };
 
 }  // namespace tessera::ops
