@@ -33,6 +33,8 @@ int run_fixture(const std::vector<std::string>& args) {
       "rope-yarn", po::bool_switch(&o.rope_yarn),
       "YaRN RoPE scaling x4 over an original context of 16 tokens")(
       "f32", po::bool_switch(&o.all_f32), "store every tensor as F32 instead of the quant mix")(
+      "fused-ssm-in", po::bool_switch(&o.fused_ssm_in),
+      "qwen3next: write q|k|v and z as the one ssm_in of llama.cpp's first converter")(
       "harmony", po::bool_switch(&o.harmony),
       "gpt-oss: add the harmony special tokens and a harmony chat template")(
       "window", po::value<uint32_t>(&o.window)->default_value(0),

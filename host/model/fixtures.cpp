@@ -319,6 +319,8 @@ FixtureVocab fixture_vocab() {
 gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   Shape s = shape_of(o.kind);
   apply_sizes(s, o);
+  if (o.fused_ssm_in && !s.qwen3next)
+    throw std::invalid_argument("fixture: fused_ssm_in is for qwen3next, not '" + o.kind + "'");
   // One format for every matrix (bench models) or the per-role mix.
   std::optional<TensorType> uniform;
   if (o.weight_type == "Q4_0") {
@@ -479,6 +481,9 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
   Gaussian g(o.seed);
   uint64_t tensor_ordinal = 0;  // seeds the fast generator's streams
   bool skewed = false;
+  // While set, tensor() keeps a tensor's bytes here instead of writing it (fused_ssm_in).
+  bool hold = false;
+  std::map<std::string, std::pair<TensorType, std::vector<uint8_t>>> held;
   // std: weights of a matrix with `cols` inputs get std scale/sqrt(cols) so activations stay O(1).
   auto tensor = [&](const std::string& name, std::vector<uint64_t> dims, TensorType type,
                     float scale, float mean = 0.0f) {
@@ -535,7 +540,10 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
                           quant::quantize_row(type, data.data() + r * row_len,
                                               bytes.data() + r * stride, int64_t(row_len));
                       });
-    writer.add_tensor(name, type, std::move(dims), std::move(bytes));
+    if (hold)
+      held[name] = {type, std::move(bytes)};
+    else
+      writer.add_tensor(name, type, std::move(dims), std::move(bytes));
   };
   const uint64_t E = s.n_embd, Q = uint64_t(s.n_head) * s.head_dim;
   if (o.rope_freqs && a != "llama")
@@ -562,8 +570,31 @@ gguf::GgufWriter make_fixture(const FixtureOptions& o) {
       // per-head norm, the out-projection.
       const uint64_t DK = s.ssm_d_state, NK = s.ssm_n_group, NV = s.ssm_n_v_head;
       const uint64_t DI = NV * DK, CH = 2 * NK * DK + DI;
+      const TensorType gate_type = o.fused_ssm_in ? TensorType::Q8_0 : TensorType::Q4_0;
+      hold = o.fused_ssm_in;
       tensor(p + "attn_qkv.weight", {E, CH}, TensorType::Q8_0, 1.0f);
-      tensor(p + "attn_gate.weight", {E, DI}, TensorType::Q4_0, 1.0f);
+      tensor(p + "attn_gate.weight", {E, DI}, gate_type, 1.0f);
+      if (hold) {
+        // The first converter's row order: per key head q, k, then its value heads' v and z.
+        hold = false;
+        const auto& [type, qkv] = held[p + "attn_qkv.weight"];
+        const std::vector<uint8_t>& z = held[p + "attn_gate.weight"].second;
+        if (held[p + "attn_gate.weight"].first != type)
+          throw std::logic_error("fixture: fused ssm_in parts differ in format");
+        const uint64_t row = gguf::row_bytes(type, E), r = NV / NK;
+        std::vector<uint8_t> fused;
+        auto rows = [&](const std::vector<uint8_t>& from, uint64_t first, uint64_t n) {
+          fused.insert(fused.end(), from.begin() + long(first * row),
+                       from.begin() + long((first + n) * row));
+        };
+        for (uint64_t kh = 0; kh < NK; ++kh) {
+          rows(qkv, kh * DK, DK);                        // q
+          rows(qkv, NK * DK + kh * DK, DK);              // k
+          rows(qkv, 2 * NK * DK + kh * r * DK, r * DK);  // v of its value heads
+          rows(z, kh * r * DK, r * DK);                  // z of its value heads
+        }
+        writer.add_tensor(p + "ssm_in.weight", type, {E, CH + DI}, std::move(fused));
+      }
       tensor(p + "ssm_ba.weight", {E, 2 * NV}, TensorType::F32, 1.0f);
       tensor(p + "ssm_conv1d.weight", {s.ssm_d_conv, CH}, TensorType::F32, 1.0f);
       tensor(p + "ssm_dt.bias", {NV}, TensorType::F32, 0.5f);

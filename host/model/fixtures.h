@@ -56,6 +56,10 @@ struct FixtureOptions {
   // <|end|> are scaled x1.5 so a random model writes markers often. Off by default: the vocabulary
   // size (and so the weights) of the plain gpt-oss fixture stay what recorded comparisons used.
   bool harmony = false;
+  // qwen3next: write each DeltaNet layer's q | k | v and z projections as the one `ssm_in` of
+  // llama.cpp's first Qwen3-Next converter (per key head: q, k, its value heads' v, their z),
+  // from the same weights (attn_gate then in attn_qkv's format), so the two files compute the same.
+  bool fused_ssm_in = false;
   // Test hooks that make the file invalid on purpose.
   std::string architecture_override;  // written as general.architecture when not empty
   std::string skew_tensor;            // this tensor's last dimension is written one larger

@@ -585,14 +585,14 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
         const uint64_t DI = hp.ssm_d_inner, CH = hp.ssm_conv_channels(), NV = hp.ssm_n_head;
         l.attn_norm = r.tensor(blk(i, "attn_norm"), {E});
         // Files from llama.cpp's first Qwen3-Next converter hold one fused ssm_in with q, k, v
-        // and z interleaved per key head; current converters split it into attn_qkv and
-        // attn_gate.
-        if (!file.find_tensor(blk(i, "attn_qkv")) && file.find_tensor(blk(i, "ssm_in")))
-          r.fail("tensor '" + blk(i, "ssm_in") + "'",
-                 "the fused q|k|v|z in-projection of early Qwen3-Next files is not supported "
-                 "(convert again with a current llama.cpp: attn_qkv + attn_gate)");
-        l.ssm_qkv = r.tensor(blk(i, "attn_qkv"), {E, CH});
-        l.ssm_gate = r.tensor(blk(i, "attn_gate"), {E, DI});
+        // and z grouped per key head (llama.cpp's legacy path); current converters split it into
+        // attn_qkv and attn_gate, which llama.cpp prefers when both are present.
+        if (!file.find_tensor(blk(i, "attn_qkv")) && file.find_tensor(blk(i, "ssm_in"))) {
+          l.ssm_in = r.tensor(blk(i, "ssm_in"), {E, CH + DI});
+        } else {
+          l.ssm_qkv = r.tensor(blk(i, "attn_qkv"), {E, CH});
+          l.ssm_gate = r.tensor(blk(i, "attn_gate"), {E, DI});
+        }
         l.ssm_ba = r.tensor(blk(i, "ssm_ba"), {E, 2 * NV});
         l.ssm_conv1d = r.tensor(blk(i, "ssm_conv1d"), {hp.ssm_d_conv, CH});
         l.ssm_dt_b = r.tensor(blk(i, "ssm_dt", "bias"), {NV});

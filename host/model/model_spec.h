@@ -131,6 +131,8 @@ struct LayerSpec {
   // Gated DeltaNet (with attn_norm, ssm_conv1d over q | k | v, ssm_dt_b, ssm_a, ssm_norm, ssm_out)
   const gguf::TensorInfo* ssm_qkv = nullptr;   // attn_qkv [n_embd, conv channels]: q | k | v
   const gguf::TensorInfo* ssm_gate = nullptr;  // attn_gate [n_embd, d_inner]: the output gate z
+  // (or, from llama.cpp's first converter, ssm_in [n_embd, conv channels + d_inner] with, per key
+  // head, its q, k, its value heads' v and their z; ssm_qkv and ssm_gate are then null)
   const gguf::TensorInfo* ssm_ba = nullptr;    // ssm_ba [n_embd, 2 n_head]: per key head its
                                                // value heads' betas, then their alphas
   // dense FFN

@@ -1,7 +1,8 @@
 // Hybrid models on the OpenCL engine against the reference path: granitehybrid (Mamba2 layers
 // beside attention layers, MoE with an ungated shared expert, Granite's multipliers) and qwen3next
 // (Gated DeltaNet layers beside gated attention, MoE with a sigmoid-gated shared expert; its quant
-// mix and its F32 form, whose projections stack into one launch). Greedy tokens and logits,
+// mix, its F32 form, whose projections stack into one launch, and its form with the fused ssm_in
+// of llama.cpp's first converter). Greedy tokens and logits,
 // prefill then decode equal to one prefill (the reference's DeltaNet prefill is the chunked form,
 // the engine's the recurrent one), sequences batched together (prefill chunks beside decode
 // tokens) equal to separate runs, a fork continuing as its parent, the recurrent state reserved
@@ -45,12 +46,18 @@ std::vector<float> row(const std::vector<float>& logits, size_t r, size_t n_voca
   return {logits.begin() + long(r * n_vocab), logits.begin() + long((r + 1) * n_vocab)};
 }
 
-// A fixture kind, "_f32" appended for its all-F32 form.
+// A fixture kind, "_f32" appended for its all-F32 form, "_fused" for qwen3next's fused ssm_in.
 std::unique_ptr<Loaded> load_kind(const std::string& param) {
-  const bool f32 = param.size() > 4 && param.compare(param.size() - 4, 4, "_f32") == 0;
   model::FixtureOptions o;
-  o.kind = f32 ? param.substr(0, param.size() - 4) : param;
-  o.all_f32 = f32;
+  o.kind = param;
+  auto suffix = [&](const std::string& s) {
+    const bool has = o.kind.size() > s.size() &&
+                     o.kind.compare(o.kind.size() - s.size(), s.size(), s) == 0;
+    if (has) o.kind.resize(o.kind.size() - s.size());
+    return has;
+  };
+  o.all_f32 = suffix("_f32");
+  o.fused_ssm_in = suffix("_fused");
   auto file = gguf::GgufFile::from_memory(model::make_fixture(o).to_bytes(), "fixture-" + param);
   auto l = std::make_unique<Loaded>(Loaded{std::move(file), {}});
   l->spec = model::ModelSpec::from_gguf(l->file);
@@ -301,7 +308,8 @@ std::string param_name(const ::testing::TestParamInfo<std::string>& info) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, HybridTest,
-                         ::testing::Values("granitehybrid", "qwen3next", "qwen3next_f32"),
+                         ::testing::Values("granitehybrid", "qwen3next", "qwen3next_f32",
+                                           "qwen3next_fused"),
                          param_name);
 INSTANTIATE_TEST_SUITE_P(Kinds, GraniteHybridTest, ::testing::Values("granitehybrid"),
                          param_name);

@@ -146,6 +146,22 @@ TEST(LlamaCppAgreementQwen3Next, FirstLogitsMatch) {
   expect_first_logits("qwen3next", kQwen3NextFirstLogits);
 }
 
+// The same weights with each DeltaNet layer's q | k | v and z in the one ssm_in of llama.cpp's
+// first converter (fixture --fused-ssm-in --f32): llama.cpp's legacy path gave the same 24 ids
+// (recorded the same way), and so must Tessera's regrouping of its rows.
+TEST(LlamaCppAgreementQwen3Next, FusedSsmInGreedyMatches) {
+  FixtureOptions o;
+  o.kind = "qwen3next";
+  o.all_f32 = true;
+  o.fused_ssm_in = true;
+  const auto file = gguf::GgufFile::from_memory(make_fixture(o).to_bytes(), "qwen3next-fused.gguf");
+  const ModelSpec spec = ModelSpec::from_gguf(file);
+  ASSERT_NE(spec.layers[0].ssm_in, nullptr);
+  ASSERT_EQ(spec.layers[0].ssm_qkv, nullptr);
+  const auto& expected = kLlamaCppGreedy.at("qwen3next");
+  EXPECT_EQ(greedy_continuation(ReferenceModel(spec), expected.size()), expected);
+}
+
 // The kinds with a recorded row.
 std::vector<std::string> recorded_kinds() {
   std::vector<std::string> kinds;

@@ -35,6 +35,26 @@ ProjLayout proj_layout(const model::HParams& hp) {
   return p;
 }
 
+// Rows of a fused ssm_in (per key head: q, k, its value heads' v, their z) in attn_qkv's order
+// (every q, every k, every v) or, for `z`, attn_gate's. Whole ggml rows are moved, so any format.
+std::vector<uint8_t> regroup_fused(const gguf::TensorInfo& t, const model::HParams& hp, bool z) {
+  const uint64_t dk = hp.ssm_d_state, nk = hp.ssm_n_group, r = hp.ssm_n_head / nk;
+  const uint64_t group = 2 * dk + 2 * r * dk;  // rows per key head
+  const uint64_t row = gguf::row_bytes(t.type, t.dims[0]);
+  std::vector<uint8_t> out;
+  auto take = [&](uint64_t src, uint64_t n) {
+    out.insert(out.end(), t.data + src * row, t.data + (src + n) * row);
+  };
+  if (z) {
+    for (uint64_t kh = 0; kh < nk; ++kh) take(kh * group + 2 * dk + r * dk, r * dk);
+    return out;
+  }
+  for (uint64_t kh = 0; kh < nk; ++kh) take(kh * group, dk);
+  for (uint64_t kh = 0; kh < nk; ++kh) take(kh * group + dk, dk);
+  for (uint64_t kh = 0; kh < nk; ++kh) take(kh * group + 2 * dk, r * dk);
+  return out;
+}
+
 }  // namespace
 
 GatedDeltaNetMixer::GatedDeltaNetMixer(const model::ModelSpec& spec, int layer)
@@ -44,8 +64,16 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const model::ModelSpec& spec, int layer)
   ref_.a = model::to_floats(*ls_.ssm_a);
   ref_.dt_b = model::to_floats(*ls_.ssm_dt_b);
   ref_.norm = model::to_floats(*ls_.ssm_norm);
-  ref_.qkv = model::as_matrix(*ls_.ssm_qkv);
-  ref_.gate = model::as_matrix(*ls_.ssm_gate);
+  if (ls_.ssm_in) {
+    const gguf::TensorInfo& t = *ls_.ssm_in;
+    ref_.qkv_rows = regroup_fused(t, spec.hp, false);
+    ref_.gate_rows = regroup_fused(t, spec.hp, true);
+    ref_.qkv = {t.type, ref_.qkv_rows.data(), int64_t(t.dims[0]), spec.hp.ssm_conv_channels()};
+    ref_.gate = {t.type, ref_.gate_rows.data(), int64_t(t.dims[0]), spec.hp.ssm_d_inner};
+  } else {
+    ref_.qkv = model::as_matrix(*ls_.ssm_qkv);
+    ref_.gate = model::as_matrix(*ls_.ssm_gate);
+  }
   ref_.ba = model::as_matrix(*ls_.ssm_ba);
   ref_.out = model::as_matrix(*ls_.ssm_out);
 }
@@ -64,11 +92,22 @@ void GatedDeltaNetMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::Page
                                 const EngineOptions& options) {
   const auto& hp = spec_.hp;
   dev_.attn_norm = up.norm(c, ls_.attn_norm);
-  if (WeightUploader::stackable({ls_.ssm_qkv, ls_.ssm_gate, ls_.ssm_ba})) {
-    dev_.proj = up.stacked(c, {ls_.ssm_qkv, ls_.ssm_gate, ls_.ssm_ba});
+  // The q | k | v and z matrices as the reference reads them (a fused ssm_in regrouped).
+  const reference::WeightMatrix& qkv = ref_.qkv;
+  const reference::WeightMatrix& gate = ref_.gate;
+  const gguf::TensorInfo& ba = *ls_.ssm_ba;
+  auto bytes_of = [](const reference::WeightMatrix& m) { return m.row_stride() * uint64_t(m.rows); };
+  if (qkv.type == gate.type && qkv.type == ba.type) {
+    std::vector<uint8_t> all(qkv.data, qkv.data + bytes_of(qkv));
+    all.insert(all.end(), gate.data, gate.data + bytes_of(gate));
+    all.insert(all.end(), ba.data, ba.data + ba.n_bytes());
+    dev_.proj = c.mm->upload(qkv.type, qkv.rows + gate.rows + int64_t(ba.dims[1]), qkv.cols,
+                             all.data());
+    up.count(all.size());
   } else {
-    dev_.qkv = up.matrix(c, ls_.ssm_qkv);
-    dev_.gate = up.matrix(c, ls_.ssm_gate);
+    dev_.qkv = c.mm->upload(qkv.type, qkv.rows, qkv.cols, qkv.data);
+    dev_.gate = c.mm->upload(gate.type, gate.rows, gate.cols, gate.data);
+    up.count(bytes_of(qkv) + bytes_of(gate));
     dev_.ba = up.matrix(c, ls_.ssm_ba);
   }
   dev_.out = up.matrix(c, ls_.ssm_out);

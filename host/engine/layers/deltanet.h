@@ -51,6 +51,9 @@ class GatedDeltaNetMixer final : public Mixer {
   struct ReferenceWeights {
     std::vector<float> attn_norm, conv_w, a, dt_b, norm;
     reference::WeightMatrix qkv, gate, ba, out;
+    // A fused ssm_in's rows regrouped into attn_qkv's and attn_gate's order (empty otherwise; qkv
+    // and gate then view these bytes).
+    std::vector<uint8_t> qkv_rows, gate_rows;
   } ref_;
 };
 
