@@ -64,18 +64,23 @@ GatedDeltaNetMixer::GatedDeltaNetMixer(const model::ModelSpec& spec, int layer)
   ref_.a = model::to_floats(*ls_.ssm_a);
   ref_.dt_b = model::to_floats(*ls_.ssm_dt_b);
   ref_.norm = model::to_floats(*ls_.ssm_norm);
-  if (ls_.ssm_in) {
-    const gguf::TensorInfo& t = *ls_.ssm_in;
-    ref_.qkv_rows = regroup_fused(t, spec.hp, false);
-    ref_.gate_rows = regroup_fused(t, spec.hp, true);
-    ref_.qkv = {t.type, ref_.qkv_rows.data(), int64_t(t.dims[0]), spec.hp.ssm_conv_channels()};
-    ref_.gate = {t.type, ref_.gate_rows.data(), int64_t(t.dims[0]), spec.hp.ssm_d_inner};
-  } else {
-    ref_.qkv = model::as_matrix(*ls_.ssm_qkv);
-    ref_.gate = model::as_matrix(*ls_.ssm_gate);
-  }
   ref_.ba = model::as_matrix(*ls_.ssm_ba);
   ref_.out = model::as_matrix(*ls_.ssm_out);
+}
+
+GatedDeltaNetMixer::Projections GatedDeltaNetMixer::projections() const {
+  Projections p;
+  if (!ls_.ssm_in) {
+    p.qkv = model::as_matrix(*ls_.ssm_qkv);
+    p.gate = model::as_matrix(*ls_.ssm_gate);
+    return p;
+  }
+  const gguf::TensorInfo& t = *ls_.ssm_in;
+  p.qkv_rows = regroup_fused(t, spec_.hp, false);
+  p.gate_rows = regroup_fused(t, spec_.hp, true);
+  p.qkv = {t.type, p.qkv_rows.data(), int64_t(t.dims[0]), spec_.hp.ssm_conv_channels()};
+  p.gate = {t.type, p.gate_rows.data(), int64_t(t.dims[0]), spec_.hp.ssm_d_inner};
+  return p;  // moving the vectors keeps their buffers, so the views stay valid
 }
 
 uint64_t GatedDeltaNetMixer::state_bytes(const model::ModelSpec& spec) {
@@ -92,9 +97,10 @@ void GatedDeltaNetMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::Page
                                 const EngineOptions& options) {
   const auto& hp = spec_.hp;
   dev_.attn_norm = up.norm(c, ls_.attn_norm);
-  // The q | k | v and z matrices as the reference reads them (a fused ssm_in regrouped).
-  const reference::WeightMatrix& qkv = ref_.qkv;
-  const reference::WeightMatrix& gate = ref_.gate;
+  // The q | k | v and z matrices (a fused ssm_in regrouped; the copy is dropped after upload).
+  const Projections p = projections();
+  const reference::WeightMatrix& qkv = p.qkv;
+  const reference::WeightMatrix& gate = p.gate;
   const gguf::TensorInfo& ba = *ls_.ssm_ba;
   auto bytes_of = [](const reference::WeightMatrix& m) { return m.row_stride() * uint64_t(m.rows); };
   if (qkv.type == gate.type && qkv.type == ba.type) {
@@ -174,8 +180,9 @@ void GatedDeltaNetMixer::reference_forward(std::span<float> x, std::span<const i
   std::vector<float> cur(T * E), qkv(T * CH), z(T * DI), ba(T * 2 * NV), conv(T * CH), o(T * DI),
       out(T * E);
   reference::rms_norm(x, ref_.attn_norm, hp.rms_eps, cur);
-  reference::matmul(cur, ref_.qkv, qkv);
-  reference::matmul(cur, ref_.gate, z);
+  std::call_once(ref_.proj_once, [&] { ref_.proj.emplace(projections()); });
+  reference::matmul(cur, ref_.proj->qkv, qkv);
+  reference::matmul(cur, ref_.proj->gate, z);
   reference::matmul(cur, ref_.ba, ba);
   reference::conv1d_silu({qkv, CH}, uint32_t(T), uint32_t(CH), ref_.conv_w, hp.ssm_d_conv, {},
                          conv_state, {conv, CH});

@@ -7,6 +7,9 @@
 // state, then the delta rule's state) in the sequence memory's recurrent pool.
 #pragma once
 
+#include <mutex>
+#include <optional>
+
 #include "host/engine/layers/layer.h"
 #include "host/ops/reference/matmul.h"
 
@@ -48,12 +51,20 @@ class GatedDeltaNetMixer final : public Mixer {
     ClMem attn_norm;
     ClMem conv_w, a, dt_b, norm;  // f32: conv taps [channels][d_conv]; A, dt bias per value head
   } dev_;
+  // The q | k | v and z matrices: views of attn_qkv and attn_gate, or of a fused ssm_in's rows
+  // regrouped into their order (held in qkv_rows / gate_rows).
+  struct Projections {
+    reference::WeightMatrix qkv, gate;
+    std::vector<uint8_t> qkv_rows, gate_rows;
+  };
+  Projections projections() const;
   struct ReferenceWeights {
     std::vector<float> attn_norm, conv_w, a, dt_b, norm;
-    reference::WeightMatrix qkv, gate, ba, out;
-    // A fused ssm_in's rows regrouped into attn_qkv's and attn_gate's order (empty otherwise; qkv
-    // and gate then view these bytes).
-    std::vector<uint8_t> qkv_rows, gate_rows;
+    reference::WeightMatrix ba, out;
+    // Built on the reference path's first use (the device path regroups a fused ssm_in at upload
+    // and keeps no host copy).
+    mutable std::once_flag proj_once;
+    mutable std::optional<Projections> proj;
   } ref_;
 };
 
