@@ -467,10 +467,10 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
              std::to_string(hp.ssm_n_head) + " must be a positive multiple of ssm.group_count " +
                  std::to_string(hp.ssm_n_group) + " (value heads per key head)");
     if (uint64_t(hp.ssm_d_inner) != uint64_t(hp.ssm_d_state) * hp.ssm_n_head)
-      r.fail(field("ssm.inner_size"),
-             std::to_string(hp.ssm_d_inner) + " must equal ssm.state_size x ssm.time_step_rank (" +
-                 std::to_string(uint64_t(hp.ssm_d_state) * hp.ssm_n_head) +
-                 "): value heads as wide as key heads");
+      r.fail(field("ssm.inner_size"), std::to_string(hp.ssm_d_inner) +
+                                          " must equal ssm.state_size x ssm.time_step_rank (" +
+                                          std::to_string(uint64_t(hp.ssm_d_state) * hp.ssm_n_head) +
+                                          "): value heads as wide as key heads");
     if (2ull * hp.ssm_n_group * hp.ssm_d_state + 2ull * hp.ssm_d_inner + 2ull * hp.ssm_n_head >
         uint64_t(INT32_MAX))
       r.fail(field("ssm.inner_size"), "the projections' rows exceed 2^31");
@@ -652,7 +652,8 @@ ModelSpec ModelSpec::from_gguf(const gguf::GgufFile& file) {
     // Blocks past n_layer (multi-token prediction) are not run: their tensors are not looked at.
     if (name.rfind("blk.", 0) == 0) {
       uint64_t block = 0;
-      for (size_t i = 4; i < name.size() && name[i] >= '0' && name[i] <= '9' && block < n_block; ++i)
+      for (size_t i = 4; i < name.size() && name[i] >= '0' && name[i] <= '9' && block < n_block;
+           ++i)
         block = block * 10 + uint64_t(name[i] - '0');
       if (block >= hp.n_layer) continue;
     }

@@ -57,8 +57,8 @@ struct HParams {
   uint32_t ssm_n_head = 0;   // ssm.time_step_rank (llama.cpp's name for the (value) head count)
   uint32_t ssm_n_group = 0;  // ssm.group_count (Gated DeltaNet: the key heads)
 
-  uint32_t q_dim() const { return n_head * head_dim; }      // attention output width (attn_q's
-                                                            // rows, twice that when gated)
+  // The attention output's width: attn_q's rows (twice that for gated attention).
+  uint32_t q_dim() const { return n_head * head_dim; }
   uint32_t kv_dim() const { return n_head_kv * head_dim; }  // largest rows of attn_k / attn_v
   // The recurrent mixers' sizes: conv channels (Mamba2 x, B, C; Gated DeltaNet q, k, v), Mamba2's
   // in-projection rows (z, x, B, C, dt), state floats per sequence (conv state
@@ -76,8 +76,8 @@ struct HParams {
 // What mixes a layer's tokens; each kind has its tensors in LayerSpec and a class in
 // host/engine/layers.
 enum class MixerKind : uint8_t {
-  kAttention,  // causal self-attention over the layer's KV (a window of 0 = the whole sequence)
-  kMamba2,     // Mamba2's selective state-space mixer over a fixed per-sequence state
+  kAttention,      // causal self-attention over the layer's KV (a window of 0 = the whole sequence)
+  kMamba2,         // Mamba2's selective state-space mixer over a fixed per-sequence state
   kGatedDeltaNet,  // Gated DeltaNet's delta-rule linear attention over a fixed per-sequence state
 };
 
@@ -124,17 +124,18 @@ struct LayerSpec {
   const gguf::TensorInfo* ssm_conv1d = nullptr;    // [d_conv, conv channels]
   const gguf::TensorInfo* ssm_conv1d_b = nullptr;  // [conv channels] (optional)
   const gguf::TensorInfo* ssm_dt_b = nullptr;      // ssm_dt.bias [n_head]
-  const gguf::TensorInfo* ssm_a = nullptr;         // ssm_a [1, n_head] (DeltaNet [n_head]): -exp(A_log)
-  const gguf::TensorInfo* ssm_d = nullptr;         // ssm_d [1, n_head]
-  const gguf::TensorInfo* ssm_norm = nullptr;      // [d_inner / n_group, n_group] (DeltaNet [d_state])
-  const gguf::TensorInfo* ssm_out = nullptr;       // [d_inner, n_embd]
+  // (Gated DeltaNet: ssm_a [n_head], ssm_norm [d_state] shared by the heads)
+  const gguf::TensorInfo* ssm_a = nullptr;     // ssm_a [1, n_head]: -exp(A_log)
+  const gguf::TensorInfo* ssm_d = nullptr;     // ssm_d [1, n_head]
+  const gguf::TensorInfo* ssm_norm = nullptr;  // [d_inner / n_group, n_group]
+  const gguf::TensorInfo* ssm_out = nullptr;   // [d_inner, n_embd]
   // Gated DeltaNet (with attn_norm, ssm_conv1d over q | k | v, ssm_dt_b, ssm_a, ssm_norm, ssm_out)
   const gguf::TensorInfo* ssm_qkv = nullptr;   // attn_qkv [n_embd, conv channels]: q | k | v
   const gguf::TensorInfo* ssm_gate = nullptr;  // attn_gate [n_embd, d_inner]: the output gate z
   // (or, from llama.cpp's first converter, ssm_in [n_embd, conv channels + d_inner] with, per key
   // head, its q, k, its value heads' v and their z; ssm_qkv and ssm_gate are then null)
-  const gguf::TensorInfo* ssm_ba = nullptr;    // ssm_ba [n_embd, 2 n_head]: per key head its
-                                               // value heads' betas, then their alphas
+  const gguf::TensorInfo* ssm_ba = nullptr;  // ssm_ba [n_embd, 2 n_head]: per key head its
+                                             // value heads' betas, then their alphas
   // dense FFN
   const gguf::TensorInfo* ffn_gate = nullptr;  // [n_embd, n_ff]
   const gguf::TensorInfo* ffn_up = nullptr;    // [n_embd, n_ff]

@@ -52,8 +52,8 @@ TEST_P(EngineUnfusedTest, MatchesReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
-                         ::testing::Values("llama", "qwen3", "qwen3moe", "gpt-oss",
-                                           "granitehybrid", "qwen3next"));
+                         ::testing::Values("llama", "qwen3", "qwen3moe", "gpt-oss", "granitehybrid",
+                                           "qwen3next"));
 
 TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   auto m = load_fixture("qwen3moe", 3);

@@ -51,8 +51,8 @@ std::unique_ptr<Loaded> load_kind(const std::string& param) {
   model::FixtureOptions o;
   o.kind = param;
   auto suffix = [&](const std::string& s) {
-    const bool has = o.kind.size() > s.size() &&
-                     o.kind.compare(o.kind.size() - s.size(), s.size(), s) == 0;
+    const bool has =
+        o.kind.size() > s.size() && o.kind.compare(o.kind.size() - s.size(), s.size(), s) == 0;
     if (has) o.kind.resize(o.kind.size() - s.size());
     return has;
   };
@@ -311,8 +311,7 @@ INSTANTIATE_TEST_SUITE_P(Kinds, HybridTest,
                          ::testing::Values("granitehybrid", "qwen3next", "qwen3next_f32",
                                            "qwen3next_fused"),
                          param_name);
-INSTANTIATE_TEST_SUITE_P(Kinds, GraniteHybridTest, ::testing::Values("granitehybrid"),
-                         param_name);
+INSTANTIATE_TEST_SUITE_P(Kinds, GraniteHybridTest, ::testing::Values("granitehybrid"), param_name);
 INSTANTIATE_TEST_SUITE_P(Kinds, Qwen3NextTest, ::testing::Values("qwen3next"), param_name);
 
 }  // namespace

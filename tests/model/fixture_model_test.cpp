@@ -499,22 +499,18 @@ TEST(FixtureModel, BadQwen3NextMetadataIsNamed) {
             std::string::npos)
       << msg;
   msg = error_with("ssm.conv_kernel", gguf::Value::u32(0));
-  EXPECT_NE(msg.find("'qwen3next.ssm.conv_kernel': 0 must be in [1, 8]"), std::string::npos)
-      << msg;
+  EXPECT_NE(msg.find("'qwen3next.ssm.conv_kernel': 0 must be in [1, 8]"), std::string::npos) << msg;
   msg = error_with("ssm.group_count", gguf::Value::u32(0));
-  EXPECT_NE(msg.find("'qwen3next.ssm.group_count': must be > 0 (the key heads)"),
-            std::string::npos)
+  EXPECT_NE(msg.find("'qwen3next.ssm.group_count': must be > 0 (the key heads)"), std::string::npos)
       << msg;
   msg = error_with("full_attention_interval", gguf::Value::u32(0));
-  EXPECT_NE(msg.find("'qwen3next.full_attention_interval': must be > 0"), std::string::npos)
-      << msg;
+  EXPECT_NE(msg.find("'qwen3next.full_attention_interval': must be > 0"), std::string::npos) << msg;
   // Interval 1: every layer attention, but the fixture's layers 0-2 hold DeltaNet tensors.
   msg = error_with("full_attention_interval", gguf::Value::u32(1));
   EXPECT_NE(msg.find("tensor 'blk.0.attn_q.weight': missing"), std::string::npos) << msg;
   // Interval 5 of 4 layers: no attention layer.
   msg = error_with("full_attention_interval", gguf::Value::u32(5));
-  EXPECT_NE(msg.find("every layer has 0 KV heads (no attention layer)"), std::string::npos)
-      << msg;
+  EXPECT_NE(msg.find("every layer has 0 KV heads (no attention layer)"), std::string::npos) << msg;
   msg = error_with("attention.recurrent_layers",
                    gguf::Value::array(gguf::ValueType::BOOL, {gguf::Value::boolean(true)}));
   EXPECT_NE(msg.find("'qwen3next.attention.recurrent_layers': array of 1 flags for 4 blocks"),

@@ -57,8 +57,8 @@ const std::map<std::string, std::vector<int32_t>> kLlamaCppGreedy{
     // over 8 of 32 dims), MoE with the sigmoid-gated shared expert. Recorded 2026-12-02 on the
     // development machine with the same llama.cpp snapshot and program as granitehybrid's, flash
     // attention off with f32 KV and on with f16 KV (identical ids).
-    {"qwen3next", {301, 208, 263, 185, 68,  147, 277, 59,  322, 391, 57,  95,
-                   124, 467, 424, 318, 24,  505, 184, 131, 447, 127, 501, 486}},
+    {"qwen3next", {301, 208, 263, 185, 68, 147, 277, 59,  322, 391, 57,  95,
+                   124, 467, 424, 318, 24, 505, 184, 131, 447, 127, 501, 486}},
 };
 
 // llama.cpp's first next-token logits of the granitehybrid F32 fixture after kPrompt (ids 0..7 and
@@ -70,7 +70,7 @@ const std::vector<std::pair<int32_t, float>> kGraniteHybridFirstLogits{
 // llama.cpp's first next-token logits of the qwen3next F32 fixture after kPrompt (ids 0..7 and the
 // argmax 301), from the same run (flash attention off, f32 KV).
 const std::vector<std::pair<int32_t, float>> kQwen3NextFirstLogits{
-    {0, 1.72749f},  {1, -12.87561f}, {2, 4.80408f}, {3, -2.04980f}, {4, -9.72217f},
+    {0, 1.72749f},  {1, -12.87561f}, {2, 4.80408f}, {3, -2.04980f},  {4, -9.72217f},
     {5, -0.67151f}, {6, 2.00381f},   {7, 5.55082f}, {301, 21.01192f}};
 
 std::vector<int32_t> greedy_continuation(const ReferenceModel& net, size_t n) {

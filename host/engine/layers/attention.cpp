@@ -73,7 +73,8 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
       all.insert(all.end(), ls_.wk->data, ls_.wk->data + ls_.wk->n_bytes());
       all.insert(all.end(), ls_.wv->data, ls_.wv->data + ls_.wv->n_bytes());
       all.insert(all.end(), gate_rows.begin(), gate_rows.end());
-      dev_.wqkv = c.mm->upload(t.type, int64_t(2 * q_dim_ + 2 * kv_dim_), cols, all.data());
+      dev_.wqkv =
+          c.mm->upload(t.type, 2 * int64_t(q_dim_) + 2 * int64_t(kv_dim_), cols, all.data());
       up.count(all.size());
     } else {
       dev_.wq = c.mm->upload(t.type, q_dim_, cols, q_rows.data());

@@ -102,13 +102,15 @@ void GatedDeltaNetMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::Page
   const reference::WeightMatrix& qkv = p.qkv;
   const reference::WeightMatrix& gate = p.gate;
   const gguf::TensorInfo& ba = *ls_.ssm_ba;
-  auto bytes_of = [](const reference::WeightMatrix& m) { return m.row_stride() * uint64_t(m.rows); };
+  auto bytes_of = [](const reference::WeightMatrix& m) {
+    return m.row_stride() * uint64_t(m.rows);
+  };
   if (qkv.type == gate.type && qkv.type == ba.type) {
     std::vector<uint8_t> all(qkv.data, qkv.data + bytes_of(qkv));
     all.insert(all.end(), gate.data, gate.data + bytes_of(gate));
     all.insert(all.end(), ba.data, ba.data + ba.n_bytes());
-    dev_.proj = c.mm->upload(qkv.type, qkv.rows + gate.rows + int64_t(ba.dims[1]), qkv.cols,
-                             all.data());
+    dev_.proj =
+        c.mm->upload(qkv.type, qkv.rows + gate.rows + int64_t(ba.dims[1]), qkv.cols, all.data());
     up.count(all.size());
   } else {
     dev_.qkv = c.mm->upload(qkv.type, qkv.rows, qkv.cols, qkv.data);
@@ -154,8 +156,7 @@ void GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenorme
   c.ssm->conv1d_silu({c.ssm_proj.get(), 0, p.width}, dev_.conv_w.get(), 0, nullptr, 0, batch,
                      {c.ssm_conv.get(), 0, p.conv}, p.conv, hp.ssm_d_conv, {{}, c.prof("ssm")});
   batch.state_off = uint32_t(hp.ssm_conv_state_floats());
-  const ops::DeltaNetDims dims{hp.ssm_n_group, hp.ssm_n_head, hp.ssm_d_state,
-                               DI / hp.ssm_n_head};
+  const ops::DeltaNetDims dims{hp.ssm_n_group, hp.ssm_n_head, hp.ssm_d_state, DI / hp.ssm_n_head};
   c.deltanet->recurrent(dims, {c.ssm_conv.get(), 0, p.conv}, {c.ssm_conv.get(), p.qk, p.conv},
                         {c.ssm_conv.get(), 2 * p.qk, p.conv}, {c.ssm_proj.get(), p.ba, p.width},
                         dev_.a.get(), 0, dev_.dt_b.get(), 0, hp.rms_eps, batch,
@@ -195,8 +196,8 @@ void GatedDeltaNetMixer::reference_forward(std::span<float> x, std::span<const i
     reference::deltanet_chunked(shape, uint32_t(T), kReferenceChunk, q, k, vv, bar, ref_.a,
                                 ref_.dt_b, hp.rms_eps, dn_state, {o, DI});
   else
-    reference::deltanet_recurrent(shape, uint32_t(T), q, k, vv, bar, ref_.a, ref_.dt_b,
-                                  hp.rms_eps, dn_state, {o, DI});
+    reference::deltanet_recurrent(shape, uint32_t(T), q, k, vv, bar, ref_.a, ref_.dt_b, hp.rms_eps,
+                                  dn_state, {o, DI});
   reference::gated_rms_norm({o, DI}, {z, DI}, uint32_t(T), uint32_t(DI), uint32_t(DI / NV),
                             ref_.norm, hp.rms_eps, false, {o, DI});
   reference::matmul(o, ref_.out, out);
