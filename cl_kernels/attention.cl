@@ -117,13 +117,15 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
     v_store_row_l(v_pool + row * V_ROW_BYTES, buf, lid, QF_LWS);
 }
 
-// The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a pow and a
-// sincos per pair, scalar library calls on PoCL) are computed once per token instead of once per
-// head. Same formulas, so the same values. Grid: (n_tokens), local size 1.
+// The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a sincos per
+// pair, a scalar library call on PoCL) are computed once per token instead of once per head, and
+// each pair's inverse frequency freq_base^(-2i/n_rot) is read from `inv_freq` (n_rot/2 floats,
+// AttentionOp's table) instead of a pow per pair and token. Grid: (n_tokens), local size 1.
 __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_stride,
                               uint k_col, uint v_col, __global const float* q_norm,
                               __global const float* k_norm, uint use_norm, float eps, uint n_rot,
-                              float freq_base, float freq_scale, __global const float* freq_factors,
+                              __global const float* inv_freq, float freq_scale,
+                              __global const float* freq_factors,
                               uint use_ff, uint neox, float4 yarn, __global const int* meta,
                               uint pos_off,
                               uint slot_off, uint first_token, __global float* q_out,
@@ -133,7 +135,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
   for (uint i = 0; i < n_rot / 2; ++i) {
     const float theta =
-        rope_yarn_theta(pos, i, n_rot, freq_base, freq_scale, freq_factors, use_ff, yarn);
+        rope_yarn_theta_inv(pos, inv_freq[i], i, freq_scale, freq_factors, use_ff, yarn);
     float c;
     sn[i] = rope_sin_cos(theta, yarn, &c);
     cs[i] = c;

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "host/ops/device/rope.h"
 
@@ -232,22 +233,45 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   const cl_mem qn = q_norm ? q_norm : src.buf, kn = k_norm ? k_norm : src.buf;
   // CPUs: one item per token (RoPE angles once per token); GPUs: a work group per head.
   const bool rows = tuning_.decode_rows;
-  cl_kernel k = rows ? finish_rows_.get() : finish_.get();
-  set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
-           cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot), rope.freq_base,
-           rope.freq_scale, rope.freq_factors ? rope.freq_factors : src.buf,
-           cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0), rope_yarn_arg(rope.yarn),
-           b.meta, cl_uint(b.token_pos_offset), cl_uint(b.token_slot_offset), cl_uint(first_token),
-           q_out, cl_uint(q_out_offset), layer.k, layer.v);
+  const cl_mem ff = rope.freq_factors ? rope.freq_factors : src.buf;
   if (rows) {
+    cl_kernel k = finish_rows_.get();
+    set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
+             cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot),
+             inv_freq_table(rope.n_rot, rope.freq_base, src.buf), rope.freq_scale, ff,
+             cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0),
+             rope_yarn_arg(rope.yarn), b.meta, cl_uint(b.token_pos_offset),
+             cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
+             layer.k, layer.v);
     launch(d, k, {size_t(n_tokens), 1, 1}, {1, 1, 1}, ev);
     return;
   }
+  cl_kernel k = finish_.get();
+  set_args(d, k, src.buf, cl_uint(src.offset), cl_uint(src.token_stride), cl_uint(src.k_col),
+           cl_uint(src.v_col), qn, kn, use_norm, eps, cl_uint(rope.n_rot), rope.freq_base,
+           rope.freq_scale, ff, cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0),
+           rope_yarn_arg(rope.yarn), b.meta, cl_uint(b.token_pos_offset),
+           cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
+           layer.k, layer.v);
   const size_t lws = d.info().type == DeviceType::kCpu ? 1 : 32;  // QF_LWS in attention.cl
   const size_t heads = size_t(c.n_head + 2 * c.pool.n_head_kv);
   const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
   const size_t local[3] = {lws, 1, 1};
   launch(d, k, global, local, ev);
+}
+
+cl_mem AttentionOp::inv_freq_table(uint32_t n_rot, float freq_base, cl_mem none) {
+  if (n_rot == 0) return none;  // no pair is rotated: the kernel reads no entry
+  for (const auto& t : inv_freq_)
+    if (t.n_rot == n_rot && t.freq_base == freq_base) return t.buf.get();
+  // In double, then rounded: reference::rope's value of freq_base^(-2i/n_rot).
+  std::vector<float> inv(n_rot / 2);
+  for (uint32_t i = 0; i < n_rot / 2; ++i)
+    inv[i] = float(std::pow(double(freq_base), -2.0 * i / double(n_rot)));
+  InvFreqTable t{n_rot, freq_base, device_->alloc(inv.size() * sizeof(float), CL_MEM_READ_ONLY)};
+  device_->write(t.buf.get(), 0, inv.data(), inv.size() * sizeof(float));
+  inv_freq_.push_back(std::move(t));
+  return inv_freq_.back().buf.get();
 }
 
 void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,

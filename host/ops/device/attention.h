@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "devices/device.h"
 #include "host/common/error.h"
@@ -148,6 +149,15 @@ class AttentionOp {
   AttentionTuning tuning_;
   float scale_;
   ClKernel write_, finish_, finish_rows_, prefill_, decode_, decode_rows_, reduce_;
+  // qkv_finish_rows's inverse frequencies per (n_rot, freq_base), made at first use (`none`: the
+  // buffer to pass when n_rot is 0).
+  struct InvFreqTable {
+    uint32_t n_rot;
+    float freq_base;
+    ClMem buf;
+  };
+  std::vector<InvFreqTable> inv_freq_;
+  cl_mem inv_freq_table(uint32_t n_rot, float freq_base, cl_mem none);
 };
 
 }  // namespace tessera::ops
