@@ -7,7 +7,9 @@
 // dimension 1 (a sequence's tokens are consecutive rows). Slot s's state starts at float
 // s * slot_stride + state_off of `states`. One work item per (channel or state row, sequence)
 // walks that sequence's tokens in order: a decode step is a sequence of one token, a prefill chunk
-// a sequence of many; each item owns its state elements, so the update is in place.
+// a sequence of many; each item owns its state elements, so the update is in place. Mamba2's scan
+// also has a chunked (SSD) form for prefill, whose work-groups compute a chunk's tokens in parallel
+// (mamba2_chunk_f32).
 #include "common.clh"
 #include "rows.clh"
 
@@ -133,6 +135,95 @@ __kernel void mamba2_scan8_f32(__global const float* x, uint x_off, uint x_strid
       sum += s * ct[k];
     }
     vstore8(sum + dh * xv, 0, y + y_off + row * y_stride + r);
+  }
+}
+
+// Mamba2's scan in its chunked (SSD) form (reference::mamba2_scan_chunked): one work-group per
+// (block of up to `block` channels of one head, sequence); dimension 0 counts the groups' items,
+// dimension 1 the sequences. The group walks its sequence's run in chunks of SSD_CHUNK tokens;
+// within a chunk its items share the token pairs' (C_t . B_s) exp(a_t - a_s) dt'_s in local
+// memory, then compute the chunk's outputs (token, channel) in parallel from the state before the
+// chunk, then the state after it (state row, channel) in parallel. Same state as mamba2_scan_f32,
+// so a run of one token (a decode step) is a chunk of one and the forms interoperate.
+#define SSD_CHUNK 32
+
+__kernel void mamba2_chunk_f32(__global const float* x, uint x_off, uint x_stride,
+                               __global const float* dt, uint dt_off, uint dt_stride,
+                               __global const float* bm, uint b_off, uint b_stride,
+                               __global const float* cm, uint c_off, uint c_stride,
+                               __global const float* a, uint a_off, __global const float* d,
+                               uint d_off, __global const float* dt_bias, uint dtb_off,
+                               __global float* states, ulong slot_stride, uint state_off,
+                               __global const int* seqs, uint seqs_off, __global float* y,
+                               uint y_off, uint y_stride, uint n_head, uint head_dim,
+                               uint n_group, uint d_state, uint block) {
+  __local float pair[SSD_CHUNK * SSD_CHUNK];  // [t][s], s <= t
+  __local float a_cum[SSD_CHUNK], dt_sp[SSD_CHUNK], to_end[SSD_CHUNK];
+  const uint lid = get_local_id(0), items = get_local_size(0);
+  const uint blocks = (head_dim + block - 1) / block;
+  const uint h = (uint)get_group_id(0) / blocks;
+  const uint p0 = ((uint)get_group_id(0) % blocks) * block;
+  const uint np = min(block, head_dim - p0);
+  const uint r0 = h * head_dim + p0;  // the block's first channel row
+  const uint d_inner = n_head * head_dim;
+  const uint g = h / (n_head / n_group);
+  const uint sq = get_group_id(1);
+  const uint first = (uint)seqs[seqs_off + 3 * sq];
+  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
+  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
+  __global float* st = states + slot * slot_stride + state_off + r0;
+  const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
+  __global const float* bg = bm + b_off + (ulong)g * d_state;
+  __global const float* cg = cm + c_off + (ulong)g * d_state;
+  for (uint c0 = 0; c0 < n; c0 += SSD_CHUNK) {
+    const uint len = min((uint)SSD_CHUNK, n - c0);
+    const ulong row0 = first + c0;
+    if (lid == 0) {
+      float acc = 0.0f;
+      for (uint t = 0; t < len; ++t) {
+        const float sp = softplus_f(dt[dt_off + (row0 + t) * dt_stride + h] + bias);
+        acc += sp * ah;
+        dt_sp[t] = sp;
+        a_cum[t] = acc;
+      }
+      for (uint t = 0; t < len; ++t) to_end[t] = exp(acc - a_cum[t]) * dt_sp[t];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint i = lid; i < len * len; i += items) {
+      const uint t = i / len, s = i % len;
+      if (s > t) continue;
+      __global const float* ct = cg + (row0 + t) * c_stride;
+      __global const float* bs = bg + (row0 + s) * b_stride;
+      float dot = 0.0f;
+      for (uint k = 0; k < d_state; ++k) dot += ct[k] * bs[k];
+      pair[t * SSD_CHUNK + s] = dot * exp(a_cum[t] - a_cum[s]) * dt_sp[s];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    // Outputs: the state before the chunk, decayed to token t, read through C_t, plus the chunk's
+    // own tokens up to t.
+    for (uint i = lid; i < len * np; i += items) {
+      const uint t = i / np, p = i % np;
+      const ulong row = row0 + t;
+      __global const float* ct = cg + row * c_stride;
+      float from_state = 0.0f;
+      for (uint k = 0; k < d_state; ++k) from_state += ct[k] * st[(ulong)k * d_inner + p];
+      float sum = exp(a_cum[t]) * from_state;
+      __global const float* xs = x + x_off + row0 * x_stride + r0 + p;
+      for (uint s = 0; s <= t; ++s) sum += pair[t * SSD_CHUNK + s] * xs[(ulong)s * x_stride];
+      y[y_off + row * y_stride + r0 + p] = sum + dh * xs[(ulong)t * x_stride];
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE);  // every item has read the state before it changes
+    for (uint i = lid; i < d_state * np; i += items) {
+      const uint k = i / np, p = i % np;
+      __global float* sk = st + (ulong)k * d_inner + p;
+      float acc = exp(a_cum[len - 1]) * sk[0];
+      __global const float* xs = x + x_off + row0 * x_stride + r0 + p;
+      __global const float* bk = bg + row0 * b_stride + k;
+      for (uint s = 0; s < len; ++s)
+        acc += to_end[s] * bk[(ulong)s * b_stride] * xs[(ulong)s * x_stride];
+      sk[0] = acc;
+    }
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
   }
 }
 

@@ -98,8 +98,8 @@ void DeviceCtx::allocate_attention(int max_tokens, int max_sequences, int blocks
 }
 
 void DeviceCtx::use_recurrent(int max_sequences, uint32_t proj_rows, uint32_t conv_channels,
-                              uint32_t d_inner) {
-  if (!ssm) ssm = std::make_unique<ops::SsmOps>(*dev);
+                              uint32_t d_inner, ops::PrefillForm prefill_form) {
+  if (!ssm) ssm = std::make_unique<ops::SsmOps>(*dev, ops::ScanForm::kAuto, prefill_form);
   // Allocated up front for the largest batch, so the batch buffer (a kernel argument) never moves.
   if (!recurrent_batch)
     recurrent_batch = std::make_unique<kv::RecurrentBatchBuffers>(*dev, max_sequences);

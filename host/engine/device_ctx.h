@@ -100,14 +100,14 @@ struct DeviceCtx {
   // step's batch of sequences (first token row, token count, state slot per sequence; uploaded by
   // OpenClModel::forward into recurrent_view) and their activations: in-projection rows, conv
   // outputs and scan outputs of a step's tokens. use_recurrent() creates them (at upload, after
-  // allocate_attention), for the widest layer asked for.
+  // allocate_attention), for the widest layer asked for; the first call's prefill form is ssm's.
   std::unique_ptr<ops::SsmOps> ssm;
   std::unique_ptr<ops::DeltaNetOps> deltanet;
   std::unique_ptr<kv::RecurrentBatchBuffers> recurrent_batch;
   kv::RecurrentBatchView recurrent_view;
   ClMem ssm_proj, ssm_conv, ssm_y;
   void use_recurrent(int max_sequences, uint32_t proj_rows, uint32_t conv_channels,
-                     uint32_t d_inner);
+                     uint32_t d_inner, ops::PrefillForm prefill_form = ops::PrefillForm::kAuto);
 
   // The multi-device MoE path's per-step data lives in one buffer, `stage`, so a job's pairs and
   // activations reach a device in one write and the router's choice plus the normed activations

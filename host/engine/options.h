@@ -48,6 +48,10 @@ struct EngineOptions {
   // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
   // Steps with profiling or the expert balancer on always enqueue afresh.
   bool replay = true;
+  // Mamba2's scan on steps with a prefill run (ops::PrefillForm): kAuto takes the chunked (SSD)
+  // kernel on GPUs and the recurrent one elsewhere; tests force the chunked form on CPU devices.
+  // Decode-only steps always take the recurrent kernel.
+  enum class ScanPrefill { kAuto, kRecurrent, kChunked } scan_prefill = ScanPrefill::kAuto;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };

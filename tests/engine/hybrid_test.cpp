@@ -6,8 +6,9 @@
 // prefill then decode equal to one prefill (the reference's DeltaNet prefill is the chunked form,
 // the engine's the recurrent one), sequences batched together (prefill chunks beside decode
 // tokens) equal to separate runs, a fork continuing as its parent, the recurrent state reserved
-// per sequence and counted in the plan. CTest runs it on one PoCL device and again on two
-// (POCL_DEVICES="pthread pthread"), where the layers alternate between the devices.
+// per sequence and counted in the plan, and Mamba2's chunked prefill scan (forced here) equal to
+// the reference. CTest runs it on one PoCL device and again on two (POCL_DEVICES="pthread
+// pthread"), where the layers alternate between the devices.
 #include "engine_test_util.h"
 #include "host/engine/layers/deltanet.h"
 #include "host/engine/layers/mamba2.h"
@@ -233,6 +234,23 @@ TEST_P(HybridTest, ForkContinuesAsItsParent) {
 // Each Mamba2 layer keeps conv state (d_conv - 1 = 3 taps of 128 + 2 x 2 x 16 channels) and SSM
 // state (16 x 128) per sequence, f32: reserved per slot in the plan, allocated in the pool, a slot
 // per running sequence.
+// Mamba2's chunked (SSD) scan, which the engine takes for prefill on GPUs, forced on these
+// devices: a 70-token prompt (chunks of 32, 32 and 6 tokens), then decode steps through the
+// recurrent kernel from the state it left.
+TEST_P(GraniteHybridTest, ChunkedScanPrefillMatchesReference) {
+  std::vector<int32_t> prompt{1};
+  for (int i = 0; i < 69; ++i) prompt.push_back(300 + (i * 7) % 60);
+  EngineOptions opts;
+  opts.scan_prefill = EngineOptions::ScanPrefill::kChunked;
+  auto engine = hybrid_engine(m_->spec, *reg_, opts);
+  const auto ref = reference_greedy(m_->spec, prompt, 6);
+  const auto got = engine_greedy(*engine, prompt, 6);
+  ASSERT_EQ(got.logits.size(), ref.logits.size());
+  for (size_t i = 0; i < ref.logits.size(); ++i)
+    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << "step " << i;
+  EXPECT_EQ(got.tokens, ref.tokens);
+}
+
 TEST_P(GraniteHybridTest, RecurrentStateIsReservedPerSequence) {
   const auto& spec = m_->spec;
   const uint64_t per_seq = (3 * 192 + 16 * 128) * 4;

@@ -1,6 +1,7 @@
 // Hand-computed cases for the recurrent mixers' reference ops (short conv, Mamba2 scan, gated
 // RMSNorm, Gated DeltaNet), and the agreements the device forms rely on: a chunk split anywhere
-// (prefill then decode) equals the whole chunk, and DeltaNet's chunked form equals its recurrence.
+// (prefill then decode) equals the whole chunk, and the chunked forms (Mamba2's SSD scan,
+// DeltaNet's triangular solve) equal their recurrences.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -136,6 +137,75 @@ TEST(Mamba2Scan, SplitChunksEqualWholeChunk) {
   }
   for (size_t i = 0; i < whole.size(); ++i) EXPECT_FLOAT_EQ(split[i], whole[i]) << i;
   EXPECT_EQ(st_split, st_whole);
+}
+
+// Grouped heads with a padded row stride and a state carried in; dt spans softplus's pass-through
+// region (dt + bias above 20 for some tokens) and strong decays.
+struct ScanData {
+  Mamba2Shape s{6, 5, 3, 7};
+  uint32_t n = 19, xs = 30 + 2, bs = 21 + 1, dts = 6 + 3;
+  std::vector<float> x = randoms(n * xs, 30), dt = randoms(n * dts, 31, -4, 3),
+                     b = randoms(n * bs, 32), c = randoms(n * bs, 33),
+                     a = randoms(6, 34, -3, -0.05f), d = randoms(6, 35), dt_bias = randoms(6, 36),
+                     state0 = randoms(30 * 7, 37);
+  ScanData() { dt[5 * dts + 2] = 25.0f; }
+  ConstRows rows(const std::vector<float>& v, uint32_t stride, uint32_t t) const {
+    return {std::span<const float>(v).subspan(t * stride), stride};
+  }
+};
+
+TEST(Mamba2Scan, ChunkedEqualsRecurrence) {
+  const ScanData sd;
+  std::vector<float> st_rec = sd.state0, y_rec(sd.n * 30);
+  mamba2_scan(sd.s, sd.n, sd.rows(sd.x, sd.xs, 0), sd.rows(sd.dt, sd.dts, 0),
+              sd.rows(sd.b, sd.bs, 0), sd.rows(sd.c, sd.bs, 0), sd.a, sd.d, sd.dt_bias, st_rec,
+              {y_rec, 30});
+  for (uint32_t chunk : {1u, 3u, 4u, 8u, 19u, 64u}) {
+    std::vector<float> st = sd.state0, y(sd.n * 30);
+    mamba2_scan_chunked(sd.s, sd.n, chunk, sd.rows(sd.x, sd.xs, 0), sd.rows(sd.dt, sd.dts, 0),
+                        sd.rows(sd.b, sd.bs, 0), sd.rows(sd.c, sd.bs, 0), sd.a, sd.d, sd.dt_bias,
+                        st, {y, 30});
+    for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], y_rec[i], 2e-5f) << chunk << " " << i;
+    for (size_t i = 0; i < st.size(); ++i)
+      EXPECT_NEAR(st[i], st_rec[i], 2e-5f) << chunk << " " << i;
+  }
+}
+
+TEST(Mamba2Scan, ChunkedPrefillThenDecodeEqualsTokenByToken) {
+  const ScanData sd;
+  std::vector<float> st_tok = sd.state0, y_tok(sd.n * 30);
+  for (uint32_t t = 0; t < sd.n; ++t)
+    mamba2_scan(sd.s, 1, sd.rows(sd.x, sd.xs, t), sd.rows(sd.dt, sd.dts, t),
+                sd.rows(sd.b, sd.bs, t), sd.rows(sd.c, sd.bs, t), sd.a, sd.d, sd.dt_bias, st_tok,
+                {std::span<float>(y_tok).subspan(t * 30), 30});
+  std::vector<float> st = sd.state0, y(sd.n * 30);
+  const uint32_t prefill = 13;
+  mamba2_scan_chunked(sd.s, prefill, 4, sd.rows(sd.x, sd.xs, 0), sd.rows(sd.dt, sd.dts, 0),
+                      sd.rows(sd.b, sd.bs, 0), sd.rows(sd.c, sd.bs, 0), sd.a, sd.d, sd.dt_bias, st,
+                      {y, 30});
+  for (uint32_t t = prefill; t < sd.n; ++t)
+    mamba2_scan(sd.s, 1, sd.rows(sd.x, sd.xs, t), sd.rows(sd.dt, sd.dts, t),
+                sd.rows(sd.b, sd.bs, t), sd.rows(sd.c, sd.bs, t), sd.a, sd.d, sd.dt_bias, st,
+                {std::span<float>(y).subspan(t * 30), 30});
+  for (size_t i = 0; i < y.size(); ++i) EXPECT_NEAR(y[i], y_tok[i], 2e-5f) << i;
+  for (size_t i = 0; i < st.size(); ++i) EXPECT_NEAR(st[i], st_tok[i], 2e-5f) << i;
+}
+
+TEST(Mamba2Scan, ChunkedRefusesChunkZeroAndBadSizes) {
+  const ScanData sd;
+  std::vector<float> st = sd.state0, y(sd.n * 30);
+  auto run = [&](uint32_t chunk, std::span<float> state) {
+    mamba2_scan_chunked(sd.s, sd.n, chunk, sd.rows(sd.x, sd.xs, 0), sd.rows(sd.dt, sd.dts, 0),
+                        sd.rows(sd.b, sd.bs, 0), sd.rows(sd.c, sd.bs, 0), sd.a, sd.d, sd.dt_bias,
+                        state, {y, 30});
+  };
+  EXPECT_THROW(run(0, st), std::invalid_argument);
+  try {
+    run(4, std::span<float>(st).first(st.size() - 1));
+    FAIL();
+  } catch (const std::invalid_argument& e) {
+    EXPECT_NE(std::string(e.what()).find("state holds"), std::string::npos) << e.what();
+  }
 }
 
 TEST(GatedRmsNorm, GateFirstNormsTheGatedGroup) {

@@ -51,7 +51,13 @@ void Mamba2Mixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCach
   std::vector<float> norm = ref_.norm;
   for (float& w : norm) w *= hp.residual_scale;
   dev_.norm = floats(norm, ls_.ssm_norm);
-  c.use_recurrent(options.max_sequences, hp.ssm_in_rows(), hp.ssm_conv_channels(), hp.ssm_d_inner);
+  using P = EngineOptions::ScanPrefill;
+  const ops::PrefillForm form = options.scan_prefill == P::kChunked ? ops::PrefillForm::kChunked
+                                : options.scan_prefill == P::kRecurrent
+                                    ? ops::PrefillForm::kRecurrent
+                                    : ops::PrefillForm::kAuto;
+  c.use_recurrent(options.max_sequences, hp.ssm_in_rows(), hp.ssm_conv_channels(), hp.ssm_d_inner,
+                  form);
 }
 
 void Mamba2Mixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
@@ -66,7 +72,8 @@ void Mamba2Mixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   c.mm->run(dev_.in, c.xn.get(), 0, c.ssm_proj.get(), 0, n, {}, c.prof("matmul"));
   const kv::RecurrentBatchView& v = c.recurrent_view;
   ops::RecurrentBatch batch{
-      v.seqs, v.seqs_offset, uint32_t(v.n_seqs), s.states->layer(layer_), hp.ssm_state_floats(), 0};
+      v.seqs, v.seqs_offset, uint32_t(v.n_seqs), s.states->layer(layer_), hp.ssm_state_floats(),
+      0,      uint32_t(n)};
   c.ssm->conv1d_silu({c.ssm_proj.get(), DI, P}, dev_.conv_w.get(), 0,
                      dev_.conv_b ? dev_.conv_b.get() : nullptr, 0, batch, {c.ssm_conv.get(), 0, CH},
                      CH, hp.ssm_d_conv, {{}, c.prof("ssm")});

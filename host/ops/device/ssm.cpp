@@ -1,5 +1,6 @@
-// Device conv1d + SiLU, Mamba2 scan and gated RMSNorm launches, and their portability-matrix
-// cases (decode-only, mixed and long batches; one launch or prefill then decode launches).
+// Device conv1d + SiLU, Mamba2 scan (recurrent and chunked) and gated RMSNorm launches, and their
+// portability-matrix cases (decode-only, mixed and long batches; one launch or prefill then
+// decode launches).
 #include "host/ops/device/ssm.h"
 
 #include <algorithm>
@@ -31,13 +32,16 @@ void enqueue_rows_by_seqs(const Device& device, cl_kernel k, uint32_t rows, uint
 
 }  // namespace
 
-SsmOps::SsmOps(const Device& device, ScanForm scan_form)
+SsmOps::SsmOps(const Device& device, ScanForm scan_form, PrefillForm prefill_form)
     : device_(&device),
       scan8_(scan_form == ScanForm::kEightChannels ||
              (scan_form == ScanForm::kAuto && device.info().type == DeviceType::kCpu)),
+      chunked_(prefill_form == PrefillForm::kChunked ||
+               (prefill_form == PrefillForm::kAuto && device.info().type == DeviceType::kGpu)),
       conv_(device.kernel("ssm", "conv1d_silu_f32")),
       scan_(device.kernel("ssm", "mamba2_scan_f32")),
       scan8_kernel_(device.kernel("ssm", "mamba2_scan8_f32")),
+      chunk_(device.kernel("ssm", "mamba2_chunk_f32")),
       norm_(device.kernel("ssm", "gated_rms_norm_f32")) {}
 
 void SsmOps::conv1d_silu(const Strided& x, cl_mem w, uint32_t w_off, cl_mem bias, uint32_t bias_off,
@@ -73,6 +77,27 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
   check_stride("mamba2_scan", "B", b, bc);
   check_stride("mamba2_scan", "C", c, bc);
   if (batch.n_seqs == 0) return;
+  if (chunked_ && batch.n_tokens > batch.n_seqs) {
+    // One work-group per (block of a head's channels, sequence); the work-group size depends on
+    // the device only, so a new batch never compiles a new work-group function.
+    const uint32_t block = std::min<uint32_t>(s.head_dim, 64);
+    const uint32_t blocks = s.n_head * ((s.head_dim + block - 1) / block);
+    cl_kernel k = chunk_.get();
+    size_t kernel_max = 0;
+    clGetKernelWorkGroupInfo(k, device_->handle(), CL_KERNEL_WORK_GROUP_SIZE, sizeof(kernel_max),
+                             &kernel_max, nullptr);
+    size_t items = std::min<size_t>(128, device_->info().max_group_items());
+    if (kernel_max > 0) items = std::min(items, kernel_max);
+    items = floor_pow2(std::max<size_t>(1, items));
+    set_args(*device_, k, x.mem, x.offset, x.stride, dt.mem, dt.offset, dt.stride, b.mem, b.offset,
+             b.stride, c.mem, c.offset, c.stride, a, a_off, d, d_off, dt_bias, dt_bias_off,
+             batch.states, cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off,
+             y.mem, y.offset, y.stride, s.n_head, s.head_dim, s.n_group, s.d_state, block);
+    const size_t global[2] = {size_t(blocks) * items, batch.n_seqs};
+    const size_t local[2] = {items, 1};
+    enqueue(*device_, k, 2, global, local, ev);
+    return;
+  }
   const bool eight = scan8_ && s.head_dim % 8 == 0;
   cl_kernel k = eight ? scan8_kernel_.get() : scan_.get();
   set_args(*device_, k, x.mem, x.offset, x.stride, dt.mem, dt.offset, dt.stride, b.mem, b.offset,
@@ -113,12 +138,20 @@ namespace {
 
 using recurrent_cases::SeqPlan;
 
-// Runs `launch(seqs_buffer, n_seqs)` once per launch of the plan (recurrent_cases::launches).
+// Token rows of one launch's triples.
+uint32_t tokens_of(const std::vector<int32_t>& triples) {
+  uint32_t n = 0;
+  for (size_t i = 1; i < triples.size(); i += 3) n += uint32_t(triples[i]);
+  return n;
+}
+
+// Runs `launch(seqs_buffer, n_seqs, n_tokens)` once per launch of the plan
+// (recurrent_cases::launches).
 template <typename F>
 void run_plan(const Device& device, const SeqPlan& plan, bool split, F&& launch) {
   for (const std::vector<int32_t>& triples : recurrent_cases::launches(plan, split)) {
     GuardedBuffer seqs(device, triples);
-    launch(seqs.mem(), uint32_t(triples.size() / 3));
+    launch(seqs.mem(), uint32_t(triples.size() / 3), tokens_of(triples));
   }
 }
 
@@ -154,7 +187,7 @@ MatrixCaseResult run_conv(const Device& device, bool timing, const SeqPlan& plan
   SsmOps ops(device);
   GuardedBuffer dx(device, x), dw(device, w), db(device, b), dst(device, states),
       dout(device, ref_out.size() * sizeof(float));
-  run_plan(device, plan, split, [&](cl_mem seqs, uint32_t n_seqs) {
+  run_plan(device, plan, split, [&](cl_mem seqs, uint32_t n_seqs, uint32_t) {
     ops.conv1d_silu({dx.mem(), 0, x_stride}, dw.mem(), 0, bias ? db.mem() : nullptr, 0,
                     {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off}, {dout.mem(), 0, channels},
                     channels, d_conv);
@@ -179,8 +212,10 @@ MatrixCaseResult run_conv(const Device& device, bool timing, const SeqPlan& plan
 }
 
 // x, B and C are slices of one conv-output row (as Mamba2's xBC), dt a slice of another buffer.
+// The prefill form is forced either way, so both run on every device.
 MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan, bool split,
-                          Mamba2Dims s, ScanForm form) {
+                          Mamba2Dims s, ScanForm form,
+                          PrefillForm prefill = PrefillForm::kRecurrent) {
   const uint32_t rows = plan.rows(), d_inner = s.n_head * s.head_dim, bc = s.n_group * s.d_state;
   const uint32_t xbc = d_inner + 2 * bc, dt_stride = s.n_head + 1;
   const std::vector<float> xbc_rows = random_floats(size_t(rows) * xbc, 91 + d_inner),
@@ -204,16 +239,17 @@ MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan
             .subspan(plan.slots[q] * slot_stride + state_off, size_t(d_inner) * s.d_state),
         {std::span<float>(ref_y).subspan(r0 * d_inner), d_inner});
   }
-  SsmOps ops(device, form);
+  SsmOps ops(device, form, prefill);
   GuardedBuffer dxbc(device, xbc_rows), ddt(device, dt), da(device, a), dd(device, d),
       ddtb(device, dt_bias), dst(device, states), dy(device, ref_y.size() * sizeof(float));
-  auto launch = [&](cl_mem seqs, uint32_t n_seqs, const Events& ev) {
+  auto launch = [&](cl_mem seqs, uint32_t n_seqs, uint32_t n_tokens, const Events& ev) {
     ops.mamba2_scan(s, {dxbc.mem(), 0, xbc}, {ddt.mem(), 0, dt_stride}, {dxbc.mem(), d_inner, xbc},
                     {dxbc.mem(), d_inner + bc, xbc}, da.mem(), 0, dd.mem(), 0, ddtb.mem(), 0,
-                    {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off}, {dy.mem(), 0, d_inner},
-                    ev);
+                    {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off, n_tokens},
+                    {dy.mem(), 0, d_inner}, ev);
   };
-  run_plan(device, plan, split, [&](cl_mem seqs, uint32_t n) { launch(seqs, n, {}); });
+  run_plan(device, plan, split,
+           [&](cl_mem seqs, uint32_t n, uint32_t tokens) { launch(seqs, n, tokens, {}); });
   MatrixCaseResult r =
       judge(compare(joined(dy.download<float>(), dst.download<float>()), joined(ref_y, ref_states)),
             2e-5, {dy.check_guard(), dst.check_guard()});
@@ -223,7 +259,7 @@ MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan
     r.seconds = median_kernel_seconds(device, [&] {
       GuardedBuffer seqs(device, recurrent_cases::launches(plan, false).front());
       ClEvent ev;
-      launch(seqs.mem(), uint32_t(plan.lens.size()), {{}, ev.out()});
+      launch(seqs.mem(), uint32_t(plan.lens.size()), plan.rows(), {{}, ev.out()});
       return ev;
     });
   }
@@ -296,15 +332,21 @@ void register_ssm_cases(std::vector<MatrixCase>& out) {
       // grouped shape (8 heads in 2 groups) on the long one.
       const Mamba2Dims dims =
           std::string(p.name) == "long70" ? Mamba2Dims{8, 16, 2, 32} : Mamba2Dims{48, 64, 1, 128};
-      // Both forms of the scan on every device (the engine picks one by device type).
+      const std::string shape = std::to_string(dims.n_head) + "x" + std::to_string(dims.head_dim) +
+                                "/g" + std::to_string(dims.n_group) + "/s" +
+                                std::to_string(dims.d_state) + "/" + plan_name(p.name, split);
+      // Every form of the scan on every device (the engine picks by device type): per channel,
+      // 8 channels per item, and the chunked (SSD) prefill form (decode launches stay recurrent,
+      // so its split rows check that the forms share the state).
       for (ScanForm form : {ScanForm::kPerChannel, ScanForm::kEightChannels})
-        out.push_back({"mamba2_scan", "f32",
-                       std::string(form == ScanForm::kEightChannels ? "x8/" : "") +
-                           std::to_string(dims.n_head) + "x" + std::to_string(dims.head_dim) +
-                           "/g" + std::to_string(dims.n_group) + "/s" +
-                           std::to_string(dims.d_state) + "/" + plan_name(p.name, split),
-                       [=](const Device& d, bool t) {
-                         return run_scan(d, t, p.plan, split, dims, form);
+        out.push_back(
+            {"mamba2_scan", "f32",
+             std::string(form == ScanForm::kEightChannels ? "x8/" : "") + shape,
+             [=](const Device& d, bool t) { return run_scan(d, t, p.plan, split, dims, form); }});
+      if (p.plan.rows() > p.plan.lens.size())
+        out.push_back({"mamba2_scan", "f32", "ssd/" + shape, [=](const Device& d, bool t) {
+                         return run_scan(d, t, p.plan, split, dims, ScanForm::kAuto,
+                                         PrefillForm::kChunked);
                        }});
     }
   }
@@ -322,8 +364,24 @@ void register_ssm_cases(std::vector<MatrixCase>& out) {
   // 8-channel form on grouped heads of 8 with an odd state size.
   out.push_back(
       {"mamba2_scan", "f32", "x8/6x8/g3/s7/mixed4/prefill+decode", [](const Device& d, bool t) {
-         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 8, 3, 7}, ScanForm::kEightChannels);
+         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 8, 3, 7},
+                         ScanForm::kEightChannels);
        }});
+  // Chunked form: odd grouped shapes, a head wider than one 64-channel block (two blocks, the
+  // second partial), and a run of 100 tokens (three full chunks and a partial one).
+  out.push_back(
+      {"mamba2_scan", "f32", "ssd/6x5/g3/s7/mixed4/prefill+decode", [](const Device& d, bool t) {
+         return run_scan(d, t, mixed_plan(), true, Mamba2Dims{6, 5, 3, 7}, ScanForm::kAuto,
+                         PrefillForm::kChunked);
+       }});
+  out.push_back({"mamba2_scan", "f32", "ssd/3x80/g1/s16/mixed4", [](const Device& d, bool t) {
+                   return run_scan(d, t, mixed_plan(), false, Mamba2Dims{3, 80, 1, 16},
+                                   ScanForm::kAuto, PrefillForm::kChunked);
+                 }});
+  out.push_back({"mamba2_scan", "f32", "ssd/4x16/g2/s24/long100", [](const Device& d, bool t) {
+                   return run_scan(d, t, long_plan(100), false, Mamba2Dims{4, 16, 2, 24},
+                                   ScanForm::kAuto, PrefillForm::kChunked);
+                 }});
   struct Norm {
     uint32_t rows, width, group;
     bool gate_first, shared, in_place;

@@ -23,6 +23,9 @@ struct RecurrentBatch {
   cl_mem states = nullptr;
   uint64_t slot_stride = 0;  // floats
   uint32_t state_off = 0;    // floats
+  // Token rows of the batch (the runs' lengths summed): above n_seqs, some run is longer than one
+  // token (prefill), which a chunked form may take; 0 (unknown) or n_seqs: decode steps only.
+  uint32_t n_tokens = 0;
 };
 
 // Mamba2's head layout (as reference::Mamba2Shape).
@@ -35,12 +38,21 @@ struct Mamba2Dims {
 // state rows; used when head_dim is a multiple of 8). kAuto picks by device type.
 enum class ScanForm { kAuto, kPerChannel, kEightChannels };
 
+// How mamba2_scan runs a batch with a run longer than one token: the recurrent kernel above (each
+// item walks the run's tokens in order), or the chunked (SSD) kernel, whose work-groups compute a
+// chunk's tokens in parallel. Batches of one-token runs (decode) always take the recurrent kernel.
+// kAuto: chunked on GPUs, recurrent elsewhere (a CPU's few cores gain nothing from the chunk's
+// extra arithmetic).
+enum class PrefillForm { kAuto, kRecurrent, kChunked };
+
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
 class SsmOps {
  public:
   static constexpr uint32_t kMaxConvKernel = 8;  // cl_kernels/ssm.cl CONV_MAX_KERNEL
+  static constexpr uint32_t kScanChunk = 32;     // cl_kernels/ssm.cl SSD_CHUNK
 
-  explicit SsmOps(const Device& device, ScanForm scan_form = ScanForm::kAuto);
+  explicit SsmOps(const Device& device, ScanForm scan_form = ScanForm::kAuto,
+                  PrefillForm prefill_form = PrefillForm::kAuto);
 
   // Causal depthwise conv1d + SiLU (reference::conv1d_silu) over `channels` channels: w is
   // [channels][d_conv] from w_off, bias `channels` floats from bias_off (bias null: none), the
@@ -53,7 +65,9 @@ class SsmOps {
   // Mamba2's selective scan with the D skip (reference::mamba2_scan): x and y rows of n_head *
   // head_dim, dt rows of n_head (before dt_bias), B and C rows of n_group * d_state; A, D and
   // dt_bias n_head floats each from their offsets; the state [d_state][n_head * head_dim] per slot.
-  // Throws std::invalid_argument on a bad shape or stride.
+  // Batches with a run longer than one token (batch.n_tokens > batch.n_seqs) take the chunked
+  // form when the prefill form resolves to it (reference::mamba2_scan_chunked, chunks of
+  // kScanChunk tokens). Throws std::invalid_argument on a bad shape or stride.
   void mamba2_scan(const Mamba2Dims& dims, const Strided& x, const Strided& dt, const Strided& b,
                    const Strided& c, cl_mem a, uint32_t a_off, cl_mem d, uint32_t d_off,
                    cl_mem dt_bias, uint32_t dt_bias_off, const RecurrentBatch& batch,
@@ -68,8 +82,9 @@ class SsmOps {
 
  private:
   const Device* device_;
-  bool scan8_;  // ScanForm::kEightChannels (resolved)
-  ClKernel conv_, scan_, scan8_kernel_, norm_;
+  bool scan8_;    // ScanForm::kEightChannels (resolved)
+  bool chunked_;  // PrefillForm::kChunked (resolved)
+  ClKernel conv_, scan_, scan8_kernel_, chunk_, norm_;
 };
 
 }  // namespace tessera::ops

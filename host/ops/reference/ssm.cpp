@@ -1,6 +1,8 @@
-// Scalar short conv1d, Mamba2 scan and gated RMSNorm: straight loops over tokens, sums in double.
+// Scalar short conv1d, Mamba2 scan (recurrent and chunked) and gated RMSNorm: straight loops over
+// tokens, sums in double.
 #include "host/ops/reference/ssm.h"
 
+#include <algorithm>
 #include <cmath>
 #include <stdexcept>
 #include <string>
@@ -66,10 +68,12 @@ void conv1d_silu(ConstRows x, uint32_t n_tokens, uint32_t channels, std::span<co
   }
 }
 
-void mamba2_scan(const Mamba2Shape& s, uint32_t n_tokens, ConstRows x, ConstRows dt, ConstRows b,
-                 ConstRows c, std::span<const float> a, std::span<const float> d,
-                 std::span<const float> dt_bias, std::span<float> state, MutRows y) {
-  constexpr const char* op = "mamba2_scan";
+namespace {
+
+void check_mamba2(const char* op, const Mamba2Shape& s, uint32_t n_tokens, ConstRows x,
+                  ConstRows dt, ConstRows b, ConstRows c, std::span<const float> a,
+                  std::span<const float> d, std::span<const float> dt_bias, std::span<float> state,
+                  MutRows y) {
   if (s.n_head == 0 || s.head_dim == 0 || s.n_group == 0 || s.d_state == 0 ||
       s.n_head % s.n_group != 0)
     fail(op, "bad shape: " + std::to_string(s.n_head) + " heads of " + std::to_string(s.head_dim) +
@@ -85,6 +89,15 @@ void mamba2_scan(const Mamba2Shape& s, uint32_t n_tokens, ConstRows x, ConstRows
   check_size(op, "D", d.size(), s.n_head);
   check_size(op, "dt_bias", dt_bias.size(), s.n_head);
   check_size(op, "state", state.size(), d_inner * s.d_state);
+}
+
+}  // namespace
+
+void mamba2_scan(const Mamba2Shape& s, uint32_t n_tokens, ConstRows x, ConstRows dt, ConstRows b,
+                 ConstRows c, std::span<const float> a, std::span<const float> d,
+                 std::span<const float> dt_bias, std::span<float> state, MutRows y) {
+  check_mamba2("mamba2_scan", s, n_tokens, x, dt, b, c, a, d, dt_bias, state, y);
+  const size_t d_inner = s.d_inner();
   const uint32_t heads_per_group = s.n_head / s.n_group;
   for (uint32_t t = 0; t < n_tokens; ++t) {
     const float* xt = x.data.data() + size_t(t) * x.stride;
@@ -105,6 +118,65 @@ void mamba2_scan(const Mamba2Shape& s, uint32_t n_tokens, ConstRows x, ConstRows
           sum += double(st) * double(ct[g_off + n]);
         }
         yt[r] = float(sum) + d[h] * xt[r];
+      }
+    }
+  }
+}
+
+void mamba2_scan_chunked(const Mamba2Shape& s, uint32_t n_tokens, uint32_t chunk, ConstRows x,
+                         ConstRows dt, ConstRows b, ConstRows c, std::span<const float> a,
+                         std::span<const float> d, std::span<const float> dt_bias,
+                         std::span<float> state, MutRows y) {
+  constexpr const char* op = "mamba2_scan_chunked";
+  if (chunk == 0) fail(op, "chunk is 0");
+  check_mamba2(op, s, n_tokens, x, dt, b, c, a, d, dt_bias, state, y);
+  const size_t d_inner = s.d_inner();
+  const uint32_t heads_per_group = s.n_head / s.n_group;
+  std::vector<double> dt_sp(chunk), a_cum(chunk), cb(size_t(chunk) * chunk), s_in(s.d_state);
+  for (uint32_t t0 = 0; t0 < n_tokens; t0 += chunk) {
+    const uint32_t len = std::min(chunk, n_tokens - t0);
+    const uint32_t last = len - 1;
+    for (uint32_t h = 0; h < s.n_head; ++h) {
+      const size_t g_off = size_t(h / heads_per_group) * s.d_state;
+      double acc = 0.0;
+      for (uint32_t t = 0; t < len; ++t) {
+        dt_sp[t] = softplus(dt.data[size_t(t0 + t) * dt.stride + h] + dt_bias[h]);
+        acc += dt_sp[t] * double(a[h]);
+        a_cum[t] = acc;
+      }
+      // (C_t . B_s) exp(a_t - a_s) dt'_s for s <= t: the run's token pairs, shared by the channels.
+      for (uint32_t t = 0; t < len; ++t) {
+        const float* ct = c.data.data() + size_t(t0 + t) * c.stride + g_off;
+        for (uint32_t u = 0; u <= t; ++u) {
+          const float* bs = b.data.data() + size_t(t0 + u) * b.stride + g_off;
+          double dot = 0.0;
+          for (uint32_t n = 0; n < s.d_state; ++n) dot += double(ct[n]) * double(bs[n]);
+          cb[size_t(t) * chunk + u] = dot * std::exp(a_cum[t] - a_cum[u]) * dt_sp[u];
+        }
+      }
+      for (uint32_t p = 0; p < s.head_dim; ++p) {
+        const size_t r = size_t(h) * s.head_dim + p;
+        for (uint32_t n = 0; n < s.d_state; ++n) s_in[n] = state[size_t(n) * d_inner + r];
+        for (uint32_t t = 0; t < len; ++t) {
+          const size_t row = t0 + t;
+          const float* ct = c.data.data() + row * c.stride + g_off;
+          double from_state = 0.0;
+          for (uint32_t n = 0; n < s.d_state; ++n) from_state += double(ct[n]) * s_in[n];
+          double sum = std::exp(a_cum[t]) * from_state;
+          for (uint32_t u = 0; u <= t; ++u)
+            sum += cb[size_t(t) * chunk + u] * double(x.data[size_t(t0 + u) * x.stride + r]);
+          const float xt = x.data[row * x.stride + r];
+          y.data[row * y.stride + r] = float(sum) + d[h] * xt;
+        }
+        for (uint32_t n = 0; n < s.d_state; ++n) {
+          double st = std::exp(a_cum[last]) * s_in[n];
+          for (uint32_t u = 0; u < len; ++u) {
+            const size_t row = t0 + u;
+            st += std::exp(a_cum[last] - a_cum[u]) * dt_sp[u] *
+                  double(b.data[row * b.stride + g_off + n]) * double(x.data[row * x.stride + r]);
+          }
+          state[size_t(n) * d_inner + r] = float(st);
+        }
       }
     }
   }

@@ -54,6 +54,18 @@ void mamba2_scan(const Mamba2Shape& shape, uint32_t n_tokens, ConstRows x, Const
                  ConstRows b, ConstRows c, std::span<const float> a, std::span<const float> d,
                  std::span<const float> dt_bias, std::span<float> state, MutRows y);
 
+// The same scan computed chunk-wise (Mamba2's SSD form, as a parallel prefill computes it): per
+// run of up to `chunk` tokens and head h, with dt'_t as above and the cumulative log-decay
+// a_t = sum_{s<=t} dt'_s * A[h] within the run,
+//   y_t = exp(a_t) C_t . S_in + sum_{s<=t} (C_t . B_s) exp(a_t - a_s) dt'_s x_s + D x_t
+//   S_out = exp(a_T) S_in + sum_s exp(a_T - a_s) dt'_s B_s x_s^T   (T the run's last token)
+// where S_in is the state before the run. Same arguments and state layout as mamba2_scan, whose
+// results it must equal (to rounding); chunk >= 1.
+void mamba2_scan_chunked(const Mamba2Shape& shape, uint32_t n_tokens, uint32_t chunk, ConstRows x,
+                         ConstRows dt, ConstRows b, ConstRows c, std::span<const float> a,
+                         std::span<const float> d, std::span<const float> dt_bias,
+                         std::span<float> state, MutRows y);
+
 // Gated RMSNorm over `width` channels in groups of `group_size` (width a multiple of it), per
 // token:
 //   gate_first (Mamba2):   v = y * silu(z);  out = v / rms(v over the group) * w
