@@ -24,6 +24,22 @@
 #include "attention_kv.clh"
 #include "rope.clh"
 
+// Decode variants (AttentionTuning::decode_variant, decode_lut; host/ops/device/attention.cpp):
+// DEC_VARIANT 0 / 1 picks the value pass of the decode kernels (see each kernel); DEC_LUT_LOCAL
+// has the work-group decode kernel of variant 1 read TurboQuant centroids from a local-memory
+// table (KV_TURBO_LUT, kv_codec_turbo.clh, is the codec's own choice).
+#ifndef DEC_VARIANT
+#define DEC_VARIANT 0
+#endif
+#ifndef DEC_LUT_LOCAL
+#define DEC_LUT_LOCAL 0
+#endif
+#if (K_ROTATED || V_ROTATED) && DEC_LUT_LOCAL
+#define KV_TURBO_LUT_LOCAL 1
+#else
+#define KV_TURBO_LUT_LOCAL 0
+#endif
+
 inline float hsum_f8(float8 v) {
   const float4 a = v.lo + v.hi;
   return (a.x + a.y) + (a.z + a.w);
@@ -479,6 +495,170 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   }
 }
 
+// ---- (c'') The same split-K decode with the value pass shared by the group's heads
+// (AttentionTuning::decode_variant 1): for the output, item (set, i) owns the 4 channels
+// [4 i, 4 i + 4) of every head of the group over the tile tokens jj = set, set + DV_SETS, ..., so
+// each value row element is read (and, for TurboQuant, decoded) once per group instead of once per
+// head; TurboQuant V rows' scales are folded into the softmax weights by the item that scored the
+// token. The sets' sums are added at the chunk's end (through the query's local memory, free by
+// then). Same partial layout and values up to the summation order.
+#define DV_QUADS (HEAD_DIM / 4)
+#define DV_ITEMS (DV_QUADS < DEC_LWS ? DV_QUADS : DEC_LWS)  // items per token set
+#define DV_SETS (DEC_LWS / DV_ITEMS)                         // token sets
+#define DV_OWN ((DV_QUADS + DV_ITEMS - 1) / DV_ITEMS)        // channel quads per item
+#if V_ROTATED && KV_TURBO_LUT_LOCAL
+#define DEC_V4(row, d) v_values4_lut(row, d, lut)
+#elif V_ROTATED
+#define DEC_V4(row, d) v_values4(row, d)
+#else
+#define DEC_V4(row, d) v_load4(row, d)
+#endif
+
+__kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
+void attention_decode_shared(__global const float* q, uint q_off, __global const int* meta,
+                             uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
+                             uint first_token, uint ctx_off, uint n_chunks, float scale,
+                             uint window, __global const uchar* k_pool,
+                             __global const uchar* v_pool, __global float* part) {
+  __local float qs[GROUP * HEAD_DIM];
+  __local float ss[GROUP * DEC_TILE];
+  __local float red[GROUP * DEC_LWS];
+  __local int rows[DEC_TILE];
+#if KV_TURBO_LUT_LOCAL
+  __local float lut[KV_TURBO_N_CENTROIDS];
+#endif
+
+  const int lid = get_local_id(0);
+  const uint chunk = get_group_id(0);
+  const int kvh = get_group_id(1);
+  const uint ti = get_group_id(2);
+  const uint t = first_token + ti;
+  const int s = meta[seq_off + t];
+  const int n_kv = meta[pos_off + t] + 1;
+  const int lo = window ? max(0, n_kv - (int)window) : 0;  // first visible position
+  const uint chunk_tokens = decode_chunk_tokens(meta, ctx_off, n_chunks, window);
+  const int start = lo + chunk * chunk_tokens;
+  const int end = min(start + (int)chunk_tokens, n_kv);
+  __global float* dst = part + (((size_t)ti * N_HEAD + kvh * GROUP) * n_chunks + chunk) * (2 + HEAD_DIM);
+  const size_t head_stride = (size_t)n_chunks * (2 + HEAD_DIM);
+
+  if (start >= end) {  // chunk past this token's context: an empty partial (uniform per group)
+    for (int g = lid; g < GROUP; g += DEC_LWS) {
+      dst[g * head_stride] = -INFINITY;
+      dst[g * head_stride + 1] = 0.0f;
+    }
+    return;
+  }
+  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
+    qs[i] = q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+#if KV_TURBO_LUT_LOCAL
+  for (int i = lid; i < KV_TURBO_N_CENTROIDS; i += DEC_LWS) lut[i] = kv_turbo_centroids[i];
+#endif
+  float m[GROUP], l[GROUP];  // the max is the same in every item; l is this item's share
+  for (int g = 0; g < GROUP; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+  }
+  const int set = lid / DV_ITEMS, qi = lid % DV_ITEMS;
+  float4 o[DV_OWN * GROUP];  // o[i * GROUP + g]: channels 4 (qi + i DV_ITEMS) of head g
+  for (int i = 0; i < DV_OWN * GROUP; ++i) o[i] = (float4)(0.0f);
+  barrier(CLK_LOCAL_MEM_FENCE);
+#if K_ROTATED
+  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * HEAD_DIM);
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+
+  __global const int* table = meta + bt_off + (size_t)s * bt_stride;
+  for (int j0 = start; j0 < end; j0 += DEC_TILE) {
+    const int n = min(DEC_TILE, end - j0);
+    float sc[GROUP];
+    float vscale = 1.0f;
+    if (lid < n) {
+      const int pj = j0 + lid;
+      const size_t row = kv_row_index(table[pj / BLOCK_SIZE], kvh, pj % BLOCK_SIZE);
+      rows[lid] = (int)row;
+#if K_ROTATED && KV_TURBO_LUT_LOCAL
+      k_score_group_lut(k_pool + row * K_ROW_BYTES, qs, sc, lut);
+#else
+      k_score_group_l(k_pool + row * K_ROW_BYTES, qs, sc);
+#endif
+#if V_ROTATED
+      vscale = v_scale(v_pool + row * V_ROW_BYTES);
+#endif
+    } else {
+      for (int g = 0; g < GROUP; ++g) sc[g] = -INFINITY;
+    }
+    for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] = sc[g];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int w = DEC_LWS / 2; w > 0; w >>= 1) {
+      if (lid < w)
+        for (int g = 0; g < GROUP; ++g)
+          red[g * DEC_LWS + lid] = fmax(red[g * DEC_LWS + lid], red[g * DEC_LWS + lid + w]);
+      barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    for (int g = 0; g < GROUP; ++g) {
+      const float mx = fmax(m[g], red[g * DEC_LWS]);  // finite: the tile has a visible token
+      const float alpha = exp(m[g] - mx);
+      m[g] = mx;
+      const float p = exp(sc[g] - mx);  // 0 for items past n
+      ss[g * DEC_TILE + lid] = p * vscale;
+      l[g] = l[g] * alpha + p;
+      for (int i = 0; i < DV_OWN; ++i) o[i * GROUP + g] *= alpha;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (set < DV_SETS) {
+      for (int jj = set; jj < n; jj += DV_SETS) {
+        __global const uchar* vrow = v_pool + (size_t)rows[jj] * V_ROW_BYTES;
+        for (int i = 0; i < DV_OWN; ++i) {
+          const int qd = qi + i * DV_ITEMS;
+          if (qd < DV_QUADS) {
+            const float4 v4 = DEC_V4(vrow, qd * 4);
+            for (int g = 0; g < GROUP; ++g)
+              o[i * GROUP + g] = fma((float4)(ss[g * DEC_TILE + jj]), v4, o[i * GROUP + g]);
+          }
+        }
+      }
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ss, red, rows
+  }
+  // Sum the items' shares of l.
+  for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] = l[g];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (int w = DEC_LWS / 2; w > 0; w >>= 1) {
+    if (lid < w)
+      for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] += red[g * DEC_LWS + lid + w];
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  // Add the token sets' outputs into set 0's, one set at a time through qs.
+  for (int k = 1; k < DV_SETS; ++k) {
+    if (set == k)
+      for (int i = 0; i < DV_OWN; ++i) {
+        const int qd = qi + i * DV_ITEMS;
+        if (qd < DV_QUADS)
+          for (int g = 0; g < GROUP; ++g) vstore4(o[i * GROUP + g], 0, qs + g * HEAD_DIM + qd * 4);
+      }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (set == 0)
+      for (int i = 0; i < DV_OWN; ++i) {
+        const int qd = qi + i * DV_ITEMS;
+        if (qd < DV_QUADS)
+          for (int g = 0; g < GROUP; ++g) o[i * GROUP + g] += vload4(0, qs + g * HEAD_DIM + qd * 4);
+      }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  if (set == 0)
+    for (int i = 0; i < DV_OWN; ++i) {
+      const int qd = qi + i * DV_ITEMS;
+      if (qd < DV_QUADS)
+        for (int g = 0; g < GROUP; ++g)
+          vstore4(o[i * GROUP + g], 0, dst + g * head_stride + 2 + qd * 4);
+    }
+  for (int g = lid; g < GROUP; g += DEC_LWS) {
+    dst[g * head_stride] = m[g];
+    dst[g * head_stride + 1] = red[g * DEC_LWS];
+  }
+}
+
 // Combines the chunks' partials of one (token, query head): grid (RED_LWS, N_HEAD, n_tokens).
 #define RED_OWN ((HEAD_DIM + RED_LWS - 1) / RED_LWS)
 
@@ -534,6 +714,41 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
 // once with wide vector loads (PoCL runs a one-item work-group as plain scalar code, so explicit
 // vectors and independent accumulators carry the speed). Same partial layout as above.
 #define DR_TILE 16  // tokens scored before their values are accumulated (one float16)
+
+// Variant 1's channel block: DR_VC channels of a value row (DR_VP vectors of VW) per load.
+#if HEAD_DIM % 16 == 0
+#define DR_VC 16
+#define DR_VP 2
+typedef float16 dr_vec;
+#define DR_PART(v, k) ((k) ? (v).hi : (v).lo)
+#else
+#define DR_VC VW
+#define DR_VP 1
+typedef floatv dr_vec;
+#define DR_PART(v, k) (v)
+#endif
+// Channels [c, c + DR_VC) of a value row (TurboQuant: unscaled).
+inline dr_vec dr_vload(__global const uchar* row, int c) {
+#if V_ROTATED
+#if DR_VC == 16
+  return v_values16(row, c);
+#else
+  return (float8)(v_values4(row, c), v_values4(row, c + 4));  // TurboQuant: HEAD_DIM % 8 == 0
+#endif
+#elif V_FORMAT == KV_FMT_F16
+#if DR_VC == 16
+  return (float16)(kv_f16_loadv(row, c), kv_f16_loadv(row, c + 8));
+#else
+  return kv_f16_loadv(row, c);
+#endif
+#elif DR_VC == 16
+  return (float16)(v_load4(row, c), v_load4(row, c + 4), v_load4(row, c + 8), v_load4(row, c + 12));
+#elif DR_VC == 8
+  return (float8)(v_load4(row, c), v_load4(row, c + 4));
+#else
+  return v_load4(row, c);
+#endif
+}
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
@@ -602,8 +817,34 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       m[g] = mx;
       for (int i = 0; i < HEAD_DIM / VW; ++i) o[g * (HEAD_DIM / VW) + i] *= alpha;
     }
+#if DEC_VARIANT == 1
+    // Values by channel block: DR_VC channels of every head stay in registers over the run's
+    // tokens (variant 0 reads and writes all of o once per token). TurboQuant rows' scales are
+    // folded into the weights first.
+#if V_ROTATED
+    for (int jj = 0; jj < n; ++jj) {
+      const float rs = v_scale(v_pool + (base + (size_t)jj) * V_ROW_BYTES);
+      for (int g = 0; g < GROUP; ++g) sc[g][jj] *= rs;
+    }
+#endif
+    for (int c = 0; c < HEAD_DIM; c += DR_VC) {
+      floatv acc[GROUP * DR_VP];
+      for (int g = 0; g < GROUP; ++g)
+        for (int k = 0; k < DR_VP; ++k) acc[g * DR_VP + k] = o[g * (HEAD_DIM / VW) + c / VW + k];
+      for (int jj = 0; jj < n; ++jj) {
+        const dr_vec v = dr_vload(v_pool + (base + (size_t)jj) * V_ROW_BYTES, c);
+        for (int g = 0; g < GROUP; ++g) {
+          const floatv w = (floatv)(sc[g][jj]);
+          for (int k = 0; k < DR_VP; ++k) acc[g * DR_VP + k] = fma(w, DR_PART(v, k), acc[g * DR_VP + k]);
+        }
+      }
+      for (int g = 0; g < GROUP; ++g)
+        for (int k = 0; k < DR_VP; ++k) o[g * (HEAD_DIM / VW) + c / VW + k] = acc[g * DR_VP + k];
+    }
+#else
     for (int jj = 0; jj < n; ++jj)
       v_accum_group_v(v_pool + (base + (size_t)jj) * V_ROW_BYTES, &sc[0][jj], DR_TILE, o);
+#endif
     j0 += n;
   }
   for (int g = 0; g < GROUP; ++g) {

@@ -48,6 +48,10 @@ struct Options {
                                   {kv::KvFormat::kQ8_0, kv::KvFormat::kQ8_0},
                                   {kv::KvFormat::kTurbo3, kv::KvFormat::kTurbo3}};
   int decode_items = 0;  // work-group decode kernel size (= tile) instead of the device default
+  bool decode_rows = false;      // the row-streaming decode kernel (the CPU default) on any device
+  int decode_variant = -1;       // AttentionTuning::decode_variant instead of the default
+  int decode_lut = -1;           // AttentionTuning::decode_lut (0/1) instead of the default
+  int decode_groups_per_cu = 0;  // AttentionTuning::decode_groups_per_cu instead of the default
   bool prefill = true;
   bool json = false;
   std::string json_out;
@@ -140,6 +144,14 @@ boost::json::object bench_decode(const Device& d, const Options& o, const Format
     tuning.decode_rows = false;
     tuning.decode_items = tuning.decode_tile = o.decode_items;
   }
+  if (o.decode_rows) {
+    tuning.decode_rows = true;
+    tuning.decode_items = 1;
+    tuning.decode_tile = 64;
+  }
+  if (o.decode_variant >= 0) tuning.decode_variant = o.decode_variant;
+  if (o.decode_lut >= 0) tuning.decode_lut = o.decode_lut != 0;
+  if (o.decode_groups_per_cu > 0) tuning.decode_groups_per_cu = o.decode_groups_per_cu;
   ops::AttentionOp op(d, cfg, tuning);
   const int32_t blocks_per_seq = (ctx + block - 1) / block;
   kv::PagedKvCache cache({1, n_head_kv, hd, block, blocks_per_seq * n_seqs, f.k, f.v}, {&d});
@@ -178,7 +190,11 @@ boost::json::object bench_decode(const Device& d, const Options& o, const Format
   r["seqs"] = n_seqs;
   r["ctx"] = ctx;
   r["chunks"] = split.n_chunks;
-  r["kernel"] = tuning.decode_rows ? "rows" : "work-group " + std::to_string(tuning.decode_items);
+  const std::string kernel =
+      (tuning.decode_rows ? std::string("rows") : "work-group " + std::to_string(tuning.decode_items)) +
+      " v" + std::to_string(tuning.decode_variant) + (tuning.decode_lut ? " lut" : "") + " x" +
+      std::to_string(tuning.decode_groups_per_cu);
+  r["kernel"] = kernel;
   r["kv_bytes"] = bytes;
   r["median_us"] = t.median_s * 1e6;
   r["min_us"] = t.min_s * 1e6;
@@ -188,9 +204,10 @@ boost::json::object bench_decode(const Device& d, const Options& o, const Format
   r["gbps"] = bytes / t.median_s / 1e9;
   if (!o.json) {
     std::printf(
-        "%-6s decode  %-13s head_dim %3d  seqs %2d  ctx %6d  chunks %2d  %10.1f us (min %10.1f, "
-        "cpu %10.1f)  %7.1f GB/s  %8.1f MB read\n",
-        d.id().c_str(), f.name().c_str(), hd, n_seqs, ctx, split.n_chunks, t.median_s * 1e6,
+        "%-6s decode  %-13s head_dim %3d  seqs %2d  ctx %6d  chunks %3d  %-20s %10.1f us (min "
+        "%10.1f, cpu %10.1f)  %7.1f GB/s  %8.1f MB read\n",
+        d.id().c_str(), f.name().c_str(), hd, n_seqs, ctx, split.n_chunks, kernel.c_str(),
+        t.median_s * 1e6,
         t.min_s * 1e6, t.cpu_s * 1e6, bytes / t.median_s / 1e9, bytes / 1e6);
     std::fflush(stdout);
   }
@@ -263,6 +280,14 @@ std::vector<int> parse_ints(const std::string& flag, const char* s) {
   return v;
 }
 
+// An integer in [0, most].
+int parse_choice(const std::string& flag, const char* s, int most) {
+  const std::string v(s);
+  if (v.size() == 1 && v[0] >= '0' && v[0] - '0' <= most) return v[0] - '0';
+  throw std::runtime_error(flag + ": '" + v + "' is not an integer in [0, " + std::to_string(most) +
+                           "]");
+}
+
 kv::KvFormat parse_format(const std::string& name) {
   const auto f = kv::kv_format_from_name(name);
   if (!f)
@@ -307,6 +332,14 @@ int run(int argc, char** argv) {
         o.head_dims = parse_ints(a, next());
       } else if (a == "--decode-items") {
         o.decode_items = parse_ints(a, next()).front();
+      } else if (a == "--decode-rows") {
+        o.decode_rows = true;
+      } else if (a == "--decode-variant") {
+        o.decode_variant = parse_choice(a, next(), 1);
+      } else if (a == "--decode-lut") {
+        o.decode_lut = parse_choice(a, next(), 1);
+      } else if (a == "--decode-groups-per-cu") {
+        o.decode_groups_per_cu = parse_ints(a, next()).front();
       } else if (a == "--batch") {
         o.batch = parse_ints(a, next());
       } else if (a == "--formats") {
@@ -325,7 +358,9 @@ int run(int argc, char** argv) {
             "usage: attention_bench [--devices cpu0,gpu0] [--formats f16,q8_0,turbo3,q8_0/turbo3]\n"
             "                       [--contexts 4096,16384,65536] [--head-dims 64,128] [--batch "
             "1]\n"
-            "                       [--reps 15] [--decode-items 128] [--no-prefill] [--json]\n"
+            "                       [--reps 15] [--decode-items 128] [--decode-rows]\n"
+            "                       [--decode-variant 0|1] [--decode-lut 0|1]\n"
+            "                       [--decode-groups-per-cu 4] [--no-prefill] [--json]\n"
             "                       [--json-out FILE]\n");
         return a == "--help" ? 0 : 2;
       }

@@ -12,8 +12,9 @@ namespace tessera::ops {
 
 namespace {
 
-// Most chunks per (token, KV head) of a decode launch: bounds the workspace and the reduce's work.
-constexpr int32_t kMaxDecodeChunks = 64;
+// Most chunks per (token, KV head) of a decode launch per decode work-group aimed at per compute
+// unit (64 at the default 4): bounds the workspace and the reduce's work.
+constexpr int32_t kMaxDecodeChunksPerGroupPerCu = 16;
 
 void launch(const Device& d, cl_kernel k, const size_t (&global)[3], const size_t (&local)[3],
             const Events& ev) {
@@ -59,8 +60,9 @@ uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTunin
 uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t group = uint64_t(std::max(1, config.n_head / std::max(1, c.n_head_kv)));
+  // qs, ss, red, rows, and the centroid table of attention_decode_shared (30 floats).
   return 4ull * (group * (uint64_t(c.head_dim) + t.decode_tile + t.decode_items) +
-                 uint64_t(t.decode_tile));
+                 uint64_t(t.decode_tile) + 32);
 }
 
 // Shrinks a tuning until its work-groups and local memory fit the device's limits: the KV tile
@@ -151,9 +153,11 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   }
   if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
       t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
-      t.decode_tile < 1 || t.reduce_items < 1)
+      t.decode_tile < 1 || t.reduce_items < 1 || t.decode_variant < 0 || t.decode_variant > 1 ||
+      t.decode_groups_per_cu < 1 || t.decode_groups_per_cu > 64)
     unsupported(
-        "tuning does not fit the shape (row items must divide head_dim, the KV tile block_size)");
+        "tuning does not fit the shape (row items must divide head_dim, the KV tile block_size; "
+        "decode variant 0 or 1; 1-64 decode groups per compute unit)");
   const uint64_t wg_max = device.info().max_group_items();
   if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max ||
       uint64_t(t.decode_items) > wg_max || uint64_t(t.reduce_items) > wg_max)
@@ -181,13 +185,20 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DPF_KT=" + std::to_string(t.prefill_kv_tile) +
       " -DDEC_LWS=" + std::to_string(t.decode_items) +
       " -DDEC_TILE=" + std::to_string(t.decode_tile) +
-      " -DRED_LWS=" + std::to_string(t.reduce_items);
+      " -DRED_LWS=" + std::to_string(t.reduce_items) +
+      " -DDEC_VARIANT=" + std::to_string(t.decode_variant) +
+      // TurboQuant centroids by table: a shuffle of the codebook vector in the codec (CPUs),
+      // a local-memory copy in the work-group decode kernel (variant 1; any device).
+      " -DKV_TURBO_LUT=" +
+      std::to_string(t.decode_lut && device.info().type == DeviceType::kCpu ? 1 : 0) +
+      " -DDEC_LUT_LOCAL=" + std::to_string(t.decode_lut ? 1 : 0);
   write_ = device.kernel("attention", "kv_write", options);
   finish_ = device.kernel("attention", "qkv_finish", options);
   finish_rows_ = device.kernel("attention", "qkv_finish_rows", options);
   prefill_ = device.kernel("attention", "attention_prefill", options);
   decode_ = device.kernel("attention", "attention_decode_partial", options);
   decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
+  decode_shared_ = device.kernel("attention", "attention_decode_shared", options);
   reduce_ = device.kernel("attention", "attention_decode_reduce", options);
 }
 
@@ -295,10 +306,12 @@ DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) con
   const int64_t tiles =
       std::max<int64_t>(1, (int64_t(max_context) + tuning_.decode_tile - 1) / tuning_.decode_tile);
   // Enough work-groups to fill the device a few times over; no more chunks than tiles.
-  const int64_t target = 4 * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
+  const int64_t per_cu = tuning_.decode_groups_per_cu;
+  const int64_t target = per_cu * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
   const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.pool.n_head_kv);
-  int64_t chunks = std::clamp<int64_t>((target + per_chunk - 1) / per_chunk, 1,
-                                       std::min<int64_t>(kMaxDecodeChunks, tiles));
+  int64_t chunks = std::clamp<int64_t>(
+      (target + per_chunk - 1) / per_chunk, 1,
+      std::min<int64_t>(kMaxDecodeChunksPerGroupPerCu * per_cu, tiles));
   DecodeSplit s;
   s.chunk_tokens = int32_t((tiles + chunks - 1) / chunks * tuning_.decode_tile);
   s.n_chunks =
@@ -337,7 +350,9 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   if (workspace_bytes < need)
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
                          " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
-  cl_kernel k = tuning_.decode_rows ? decode_rows_.get() : decode_.get();
+  cl_kernel k = tuning_.decode_rows           ? decode_rows_.get()
+                : tuning_.decode_variant == 1 ? decode_shared_.get()
+                                              : decode_.get();
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
            cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),

@@ -47,6 +47,19 @@ struct AttentionTuning {
   int32_t decode_items = 1;       // decode work-group size (work-group kernel)
   int32_t decode_tile = 64;       // KV tokens per decode step (work-group kernel: == decode_items)
   int32_t reduce_items = 1;       // reduce work-group size
+  // Decode value pass: 0, each row accumulated into its outputs as it comes (work-group kernel:
+  // an item owns 4 (head, channel) outputs); 1, shared by the query heads of a KV head (work-group
+  // kernel: an item owns 4 channels of every head over a share of the tile's tokens, so a value is
+  // read and decoded once per group; row kernel: a block of channels of every head is kept in
+  // registers across a run of rows). Same values up to the summation order.
+  int32_t decode_variant = 0;
+  // TurboQuant centroids by table instead of a select tree: a shuffle of the codebook vector in
+  // the codec on CPUs, a local-memory copy in the work-group decode kernel (variant 1). Same
+  // values.
+  bool decode_lut = false;
+  // Decode work-groups aimed at per compute unit (the split-K chunk count follows: at most
+  // 16 times this many chunks per (token, KV head)).
+  int32_t decode_groups_per_cu = 4;
 };
 AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& config);
 
@@ -148,7 +161,7 @@ class AttentionOp {
   AttentionConfig config_;
   AttentionTuning tuning_;
   float scale_;
-  ClKernel write_, finish_, finish_rows_, prefill_, decode_, decode_rows_, reduce_;
+  ClKernel write_, finish_, finish_rows_, prefill_, decode_, decode_rows_, decode_shared_, reduce_;
   // qkv_finish_rows's inverse frequencies per (n_rot, freq_base), made at first use (`none`: the
   // buffer to pass when n_rot is 0).
   struct InvFreqTable {

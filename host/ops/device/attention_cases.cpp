@@ -85,15 +85,37 @@ struct SeqSpec {
 
 // with_sinks: a learned sink logit per query head (gpt-oss), in [-1, 3) so it takes a visible
 // share.
+// A decode kernel other than the device's default (AttentionTuning): `other_kernel` swaps the
+// row-streaming and the work-group kernel (64 items), `variant` / `lut` as decode_variant /
+// decode_lut.
+struct DecodeTweak {
+  const char* name = "";
+  bool other_kernel = false;
+  int32_t variant = 0;
+  bool lut = false;
+};
+
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
                                     const AttentionConfig& cfg, const std::vector<SeqSpec>& seqs,
-                                    bool with_sinks = false) {
+                                    bool with_sinks = false,
+                                    std::optional<DecodeTweak> tweak = std::nullopt) {
   const int32_t H = cfg.n_head, HK = cfg.pool.n_head_kv, D = cfg.pool.head_dim,
                 bs = cfg.pool.block_size;
+  std::optional<AttentionTuning> tuning;
+  if (tweak) {
+    tuning = default_attention_tuning(device, cfg);
+    if (tweak->other_kernel) {
+      tuning->decode_rows = !tuning->decode_rows;
+      tuning->decode_items = tuning->decode_rows ? 1 : 64;
+      tuning->decode_tile = 64;
+    }
+    tuning->decode_variant = tweak->variant;
+    tuning->decode_lut = tweak->lut;
+  }
   // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
   std::optional<AttentionOp> op_storage;
   try {
-    op_storage.emplace(device, cfg);
+    op_storage.emplace(device, cfg, tuning);
   } catch (const AttentionUnsupported& e) {
     throw MatrixUnsupported(e.what());
   }
@@ -572,6 +594,36 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                                                   false);
                      }});
     }
+  }
+  // The decode variants other than the device's default (AttentionTuning::decode_variant,
+  // decode_lut, and the other kernel shape) over the formats' distinct decode paths.
+  const DecodeTweak tweaks[] = {{"_v1", false, 1, false},
+                                {"_v1lut", false, 1, true},
+                                {"_altkernel_v1lut", true, 1, true}};
+  for (const DecodeTweak& tw : tweaks) {
+    std::vector<AttentionConfig> configs;
+    for (const auto& [kf, vf] : {std::pair{KvFormat::kF16, KvFormat::kF16},
+                                 std::pair{KvFormat::kQ8_0, KvFormat::kQ8_0},
+                                 std::pair{KvFormat::kTurbo3, KvFormat::kTurbo3},
+                                 std::pair{KvFormat::kTurbo3_5, KvFormat::kTurbo3_5},
+                                 std::pair{KvFormat::kTurbo2, KvFormat::kTurbo2},
+                                 std::pair{KvFormat::kQ8_0, KvFormat::kTurbo3},
+                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo3}})
+      for (const auto& base : {shapes[1], shapes[2]}) configs.push_back(with_formats(base, kf, vf));
+    for (const AttentionConfig& base : {shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)})
+      configs.push_back(with_formats(base, KvFormat::kTurbo3, KvFormat::kTurbo3));
+    for (const AttentionConfig& c : configs)
+      out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
+                     [c, decode_seqs, tw](const Device& d, bool t) {
+                       return run_attention_case(d, t, true, c, decode_seqs, false, tw);
+                     }});
+    AttentionConfig cw = with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3);
+    cw.window = window_cases[5].window;
+    out.push_back({"attention_decode", format_label(cw),
+                   shape_name(cw, window_cases[5].seqs) + "_sinks" + tw.name,
+                   [cw, w = window_cases[5], tw](const Device& d, bool t) {
+                     return run_attention_case(d, t, true, cw, w.seqs, true, tw);
+                   }});
   }
   // Attention sinks (gpt-oss): whole context and a window below, at and past the context, on the
   // GQA shape; prefill and decode.
