@@ -47,10 +47,10 @@ struct Options {
   std::vector<FormatPair> formats{{kv::KvFormat::kF16, kv::KvFormat::kF16},
                                   {kv::KvFormat::kQ8_0, kv::KvFormat::kQ8_0},
                                   {kv::KvFormat::kTurbo3, kv::KvFormat::kTurbo3}};
-  int decode_items = 0;  // work-group decode kernel size (= tile) instead of the device default
-  bool decode_rows = false;      // the row-streaming decode kernel (the CPU default) on any device
-  int decode_variant = -1;       // AttentionTuning::decode_variant instead of the default
-  int decode_lut = -1;           // AttentionTuning::decode_lut (0/1) instead of the default
+  int decode_items = 0;      // work-group decode kernel size (= tile) instead of the device default
+  bool decode_rows = false;  // the row-streaming decode kernel (the CPU default) on any device
+  int decode_variant = -1;   // AttentionTuning::decode_variant instead of the default
+  int decode_lut = -1;       // AttentionTuning::decode_lut (0/1) instead of the default
   int decode_groups_per_cu = 0;  // AttentionTuning::decode_groups_per_cu instead of the default
   bool prefill = true;
   bool json = false;
@@ -191,7 +191,8 @@ boost::json::object bench_decode(const Device& d, const Options& o, const Format
   r["ctx"] = ctx;
   r["chunks"] = split.n_chunks;
   const std::string kernel =
-      (tuning.decode_rows ? std::string("rows") : "work-group " + std::to_string(tuning.decode_items)) +
+      (tuning.decode_rows ? std::string("rows")
+                          : "work-group " + std::to_string(tuning.decode_items)) +
       " v" + std::to_string(tuning.decode_variant) + (tuning.decode_lut ? " lut" : "") + " x" +
       std::to_string(tuning.decode_groups_per_cu);
   r["kernel"] = kernel;
@@ -207,8 +208,7 @@ boost::json::object bench_decode(const Device& d, const Options& o, const Format
         "%-6s decode  %-13s head_dim %3d  seqs %2d  ctx %6d  chunks %3d  %-20s %10.1f us (min "
         "%10.1f, cpu %10.1f)  %7.1f GB/s  %8.1f MB read\n",
         d.id().c_str(), f.name().c_str(), hd, n_seqs, ctx, split.n_chunks, kernel.c_str(),
-        t.median_s * 1e6,
-        t.min_s * 1e6, t.cpu_s * 1e6, bytes / t.median_s / 1e9, bytes / 1e6);
+        t.median_s * 1e6, t.min_s * 1e6, t.cpu_s * 1e6, bytes / t.median_s / 1e9, bytes / 1e6);
     std::fflush(stdout);
   }
   return r;

@@ -125,28 +125,31 @@ TEST(Attention, FreeAndReuse) {
 TEST(Attention, EveryVariantOnEveryDevice) {
   for (const auto& dev : registry().devices()) {
     SCOPED_TRACE(dev->id());
-    for (Shape sh : {Shape{8, 2, 64, 16}, Shape{4, 4, 12, 16}}) {
-      ops::AttentionConfig c =
-          attention_config(sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size);
-      ops::AttentionTuning t = ops::default_attention_tuning(*dev, c);
-      t.decode_rows = !t.decode_rows;
-      t.decode_items = 32;
-      t.decode_tile = 32;
-      t.reduce_items = 8;
-      t.prefill_row_items = t.prefill_row_items == 1 ? 4 : 1;
-      t.prefill_rows = 8;
-      t.prefill_kv_tile = 8;
-      // Printed before the run: a driver crash (seen once on a GPU) then names the variant.
-      std::printf("variant on %s: head_dim %d, decode %s, prefill %d items per row\n",
-                  dev->id().c_str(), sh.head_dim, t.decode_rows ? "rows" : "work-group",
-                  t.prefill_row_items);
-      std::fflush(stdout);
-      AttentionHarness h(*dev, c, 64, true, 1, t);
-      SeqId a = h.create(), b = h.create();
-      EXPECT_STEP_OK(h.step({{a, 150}, {b, 7}}, AttnKernel::kPrefill, 50));
-      EXPECT_STEP_OK(h.step({{a, 1}, {b, 1}}, AttnKernel::kDecode, 51));
-      EXPECT_STEP_OK(h.step({{b, 1}, {a, 3}}, AttnKernel::kMixed, 52));
-    }
+    for (Shape sh : {Shape{8, 2, 64, 16}, Shape{4, 4, 12, 16}})
+      for (int32_t variant : {0, 1}) {
+        ops::AttentionConfig c =
+            attention_config(sh.n_head, sh.n_head_kv, sh.head_dim, sh.block_size);
+        ops::AttentionTuning t = ops::default_attention_tuning(*dev, c);
+        t.decode_rows = !t.decode_rows;
+        t.decode_variant = variant;  // the value pass shared by the group's heads, or not
+        t.decode_lut = variant == 1;
+        t.decode_items = 32;
+        t.decode_tile = 32;
+        t.reduce_items = 8;
+        t.prefill_row_items = t.prefill_row_items == 1 ? 4 : 1;
+        t.prefill_rows = 8;
+        t.prefill_kv_tile = 8;
+        // Printed before the run: a driver crash (seen once on a GPU) then names the variant.
+        std::printf("variant on %s: head_dim %d, decode %s v%d, prefill %d items per row\n",
+                    dev->id().c_str(), sh.head_dim, t.decode_rows ? "rows" : "work-group", variant,
+                    t.prefill_row_items);
+        std::fflush(stdout);
+        AttentionHarness h(*dev, c, 64, true, 1, t);
+        SeqId a = h.create(), b = h.create();
+        EXPECT_STEP_OK(h.step({{a, 150}, {b, 7}}, AttnKernel::kPrefill, 50));
+        EXPECT_STEP_OK(h.step({{a, 1}, {b, 1}}, AttnKernel::kDecode, 51));
+        EXPECT_STEP_OK(h.step({{b, 1}, {a, 3}}, AttnKernel::kMixed, 52));
+      }
   }
 }
 

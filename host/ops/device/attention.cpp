@@ -309,9 +309,9 @@ DecodeSplit AttentionOp::decode_split(int32_t n_tokens, int32_t max_context) con
   const int64_t per_cu = tuning_.decode_groups_per_cu;
   const int64_t target = per_cu * int64_t(std::max<uint32_t>(1, device_->info().compute_units));
   const int64_t per_chunk = std::max<int64_t>(1, int64_t(n_tokens) * config_.pool.n_head_kv);
-  int64_t chunks = std::clamp<int64_t>(
-      (target + per_chunk - 1) / per_chunk, 1,
-      std::min<int64_t>(kMaxDecodeChunksPerGroupPerCu * per_cu, tiles));
+  int64_t chunks =
+      std::clamp<int64_t>((target + per_chunk - 1) / per_chunk, 1,
+                          std::min<int64_t>(kMaxDecodeChunksPerGroupPerCu * per_cu, tiles));
   DecodeSplit s;
   s.chunk_tokens = int32_t((tiles + chunks - 1) / chunks * tuning_.decode_tile);
   s.n_chunks =
