@@ -596,20 +596,19 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
     }
   }
   // The decode variants other than the device's default (AttentionTuning::decode_variant,
-  // decode_lut, and the other kernel shape) over the formats' distinct decode paths.
+  // decode_lut, and the other kernel shape) over the formats' distinct decode paths: f16 and a
+  // block format, TurboQuant K and V of 2, 3, 4 bits and mixed widths, head sizes 8 to 128.
   const DecodeTweak tweaks[] = {
       {"_v1", false, 1, false}, {"_v1lut", false, 1, true}, {"_altkernel_v1lut", true, 1, true}};
   for (const DecodeTweak& tw : tweaks) {
-    std::vector<AttentionConfig> configs;
-    for (const auto& [kf, vf] :
-         {std::pair{KvFormat::kF16, KvFormat::kF16}, std::pair{KvFormat::kQ8_0, KvFormat::kQ8_0},
-          std::pair{KvFormat::kTurbo3, KvFormat::kTurbo3},
-          std::pair{KvFormat::kTurbo3_5, KvFormat::kTurbo3_5},
-          std::pair{KvFormat::kTurbo2, KvFormat::kTurbo2},
-          std::pair{KvFormat::kQ8_0, KvFormat::kTurbo3},
-          std::pair{KvFormat::kTurbo4, KvFormat::kTurbo3}})
-      for (const auto& base : {shapes[1], shapes[2]}) configs.push_back(with_formats(base, kf, vf));
-    for (const AttentionConfig& base : {shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)})
+    std::vector<AttentionConfig> configs{shapes[1], shapes[2]};
+    for (const auto& [kf, vf] : {std::pair{KvFormat::kTurbo3_5, KvFormat::kTurbo3_5},
+                                 std::pair{KvFormat::kTurbo2, KvFormat::kTurbo2},
+                                 std::pair{KvFormat::kQ8_0, KvFormat::kTurbo3},
+                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo3}})
+      configs.push_back(with_formats(shapes[1], kf, vf));
+    for (const AttentionConfig& base :
+         {shapes[2], shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)})
       configs.push_back(with_formats(base, KvFormat::kTurbo3, KvFormat::kTurbo3));
     for (const AttentionConfig& c : configs)
       out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
