@@ -115,8 +115,16 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     t.prefill_rows = 16;
     t.prefill_row_items = c.pool.head_dim % 8 == 0 ? 8 : 4;
     t.prefill_kv_tile = largest_divisor_at_most(c.pool.block_size, 16);
-    t.decode_items = 128;
-    t.decode_tile = 128;
+    // Decode: the value pass shared by a KV head's query heads with TurboQuant centroids from a
+    // local table (variant 1), 256-item work-groups, 8 per compute unit. On the H200 (head 128,
+    // 1 and 8 sequences at 16K and 64K; bench/KV_FORMATS.md) it took f16 decode attention to
+    // 0.76-0.90x and turbo3 to 0.20-0.55x of the previous kernel's (128 items, 4 per compute unit,
+    // an item per (head, channel) quad).
+    t.decode_items = 256;
+    t.decode_tile = 256;
+    t.decode_variant = 1;
+    t.decode_lut = true;
+    t.decode_groups_per_cu = 8;
     t.reduce_items = c.pool.head_dim >= 64 ? 64 : 32;
   }
   fit_to_device(device, c, t);
@@ -187,7 +195,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DDEC_TILE=" + std::to_string(t.decode_tile) +
       " -DRED_LWS=" + std::to_string(t.reduce_items) +
       " -DDEC_VARIANT=" + std::to_string(t.decode_variant) +
-      // TurboQuant centroids by table: a shuffle of the codebook vector in the codec (CPUs),
+      // TurboQuant centroids by table: lane-wise reads of the codebook vector in the codec (CPUs),
       // a local-memory copy in the work-group decode kernel (variant 1; any device).
       " -DKV_TURBO_LUT=" +
       std::to_string(t.decode_lut && device.info().type == DeviceType::kCpu ? 1 : 0) +

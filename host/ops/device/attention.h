@@ -53,8 +53,8 @@ struct AttentionTuning {
   // read and decoded once per group; row kernel: a block of channels of every head is kept in
   // registers across a run of rows). Same values up to the summation order.
   int32_t decode_variant = 0;
-  // TurboQuant centroids by table instead of a select tree: a shuffle of the codebook vector in
-  // the codec on CPUs, a local-memory copy in the work-group decode kernel (variant 1). Same
+  // TurboQuant centroids by table instead of a select tree: lane-wise reads of the codebook vector
+  // in the codec on CPUs, a local-memory copy in the work-group decode kernel (variant 1). Same
   // values.
   bool decode_lut = false;
   // Decode work-groups aimed at per compute unit (the split-K chunk count follows: at most
