@@ -382,6 +382,20 @@ void register_ssm_cases(std::vector<MatrixCase>& out) {
                    return run_scan(d, t, long_plan(100), false, Mamba2Dims{4, 16, 2, 24},
                                    ScanForm::kAuto, PrefillForm::kChunked);
                  }});
+  // A 256-token prefill run of Granite 4.0-H Tiny's heads in every form: the rows to time the
+  // chunked form against the recurrent ones on a device.
+  for (PrefillForm prefill : {PrefillForm::kRecurrent, PrefillForm::kChunked})
+    for (ScanForm form : {ScanForm::kPerChannel, ScanForm::kEightChannels}) {
+      if (prefill == PrefillForm::kChunked && form == ScanForm::kEightChannels) continue;
+      const std::string tag = prefill == PrefillForm::kChunked   ? "ssd/"
+                              : form == ScanForm::kEightChannels ? "x8/"
+                                                                 : "";
+      out.push_back(
+          {"mamba2_scan", "f32", tag + "48x64/g1/s128/long256", [=](const Device& d, bool t) {
+             return run_scan(d, t, long_plan(256), false, Mamba2Dims{48, 64, 1, 128}, form,
+                             prefill);
+           }});
+    }
   struct Norm {
     uint32_t rows, width, group;
     bool gate_first, shared, in_place;
