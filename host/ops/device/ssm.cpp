@@ -77,18 +77,33 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
   check_stride("mamba2_scan", "B", b, bc);
   check_stride("mamba2_scan", "C", c, bc);
   if (batch.n_seqs == 0) return;
-  if (chunked_ && batch.n_tokens > batch.n_seqs) {
-    // One work-group per (block of a head's channels, sequence); the work-group size depends on
-    // the device only, so a new batch never compiles a new work-group function.
-    const uint32_t block = std::min<uint32_t>(s.head_dim, 64);
-    const uint32_t blocks = s.n_head * ((s.head_dim + block - 1) / block);
-    cl_kernel k = chunk_.get();
+  // One work-group per (block of a head's channels, sequence) for the chunked form; the
+  // work-group size depends on the device only, so a new batch never compiles a new work-group
+  // function.
+  const uint32_t block = std::min<uint32_t>(s.head_dim, 64);
+  size_t items = 1;
+  bool chunked = chunked_ && batch.n_tokens > batch.n_seqs;
+  if (chunked) {
     size_t kernel_max = 0;
-    clGetKernelWorkGroupInfo(k, device_->handle(), CL_KERNEL_WORK_GROUP_SIZE, sizeof(kernel_max),
-                             &kernel_max, nullptr);
-    size_t items = std::min<size_t>(128, device_->info().max_group_items());
+    clGetKernelWorkGroupInfo(chunk_.get(), device_->handle(), CL_KERNEL_WORK_GROUP_SIZE,
+                             sizeof(kernel_max), &kernel_max, nullptr);
+    items = std::min<size_t>(128, device_->info().max_group_items());
     if (kernel_max > 0) items = std::min(items, kernel_max);
     items = floor_pow2(std::max<size_t>(1, items));
+    // A device with a loop limit (llvmpipe counts a loop's iterations over the whole launch)
+    // takes the recurrent kernel when an item's loops could pass it (runs of up to n_tokens).
+    if (const uint64_t limit = device_->info().max_loop_iterations; limit > 0) {
+      const uint64_t L = kScanChunk, chunks = (batch.n_tokens + L - 1) / L;
+      auto per_item = [&](uint64_t n) { return (n + items - 1) / items; };
+      const uint64_t loops = chunks * (L + per_item(L * L) * (1 + s.d_state) +
+                                       per_item(L * block) * (1 + s.d_state + L) +
+                                       per_item(uint64_t(s.d_state) * block) * (1 + L));
+      chunked = loops <= limit;
+    }
+  }
+  if (chunked) {
+    const uint32_t blocks = s.n_head * ((s.head_dim + block - 1) / block);
+    cl_kernel k = chunk_.get();
     set_args(*device_, k, x.mem, x.offset, x.stride, dt.mem, dt.offset, dt.stride, b.mem, b.offset,
              b.stride, c.mem, c.offset, c.stride, a, a_off, d, d_off, dt_bias, dt_bias_off,
              batch.states, cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off,

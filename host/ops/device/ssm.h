@@ -67,7 +67,8 @@ class SsmOps {
   // dt_bias n_head floats each from their offsets; the state [d_state][n_head * head_dim] per slot.
   // Batches with a run longer than one token (batch.n_tokens > batch.n_seqs) take the chunked
   // form when the prefill form resolves to it (reference::mamba2_scan_chunked, chunks of
-  // kScanChunk tokens). Throws std::invalid_argument on a bad shape or stride.
+  // kScanChunk tokens; a device with a loop limit, such as llvmpipe, keeps the recurrent kernel
+  // for runs long enough to pass it). Throws std::invalid_argument on a bad shape or stride.
   void mamba2_scan(const Mamba2Dims& dims, const Strided& x, const Strided& dt, const Strided& b,
                    const Strided& c, cl_mem a, uint32_t a_off, cl_mem d, uint32_t d_off,
                    cl_mem dt_bias, uint32_t dt_bias_off, const RecurrentBatch& batch,
