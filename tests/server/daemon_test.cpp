@@ -583,6 +583,14 @@ TEST(DaemonLimits, ApiKeyQueueFullAndSigtermDrain) {
     ASSERT_EQ(models.status, 200) << models.body;
     EXPECT_EQ(json::parse(models.body).at("data").at(0).at("id").as_string(), "from-flag");
 
+    // The finished request above leaves the admission count once the server has finished writing
+    // its response, which can be just after the client has read it: wait for the slot to be free.
+    const auto idle_by = std::chrono::steady_clock::now() + 30s;
+    while (metric(request(d.port(), http::verb::get, "/metrics", "", auth).body,
+                  "tessera_requests_in_flight") != 0 &&
+           std::chrono::steady_clock::now() < idle_by)
+      std::this_thread::sleep_for(10ms);
+
     // One long stream holds the only slot: the next request gets 429 with Retry-After.
     asio::io_context ioc;
     auto stream = std::make_unique<beast::tcp_stream>(ioc);
