@@ -36,8 +36,7 @@ SsmOps::SsmOps(const Device& device, ScanForm scan_form, PrefillForm prefill_for
     : device_(&device),
       scan8_(scan_form == ScanForm::kEightChannels ||
              (scan_form == ScanForm::kAuto && device.info().type == DeviceType::kCpu)),
-      chunked_(prefill_form == PrefillForm::kChunked ||
-               (prefill_form == PrefillForm::kAuto && device.info().type == DeviceType::kGpu)),
+      chunked_(prefill_form == PrefillForm::kChunked),
       conv_(device.kernel("ssm", "conv1d_silu_f32")),
       scan_(device.kernel("ssm", "mamba2_scan_f32")),
       scan8_kernel_(device.kernel("ssm", "mamba2_scan8_f32")),

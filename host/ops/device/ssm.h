@@ -41,8 +41,9 @@ enum class ScanForm { kAuto, kPerChannel, kEightChannels };
 // How mamba2_scan runs a batch with a run longer than one token: the recurrent kernel above (each
 // item walks the run's tokens in order), or the chunked (SSD) kernel, whose work-groups compute a
 // chunk's tokens in parallel. Batches of one-token runs (decode) always take the recurrent kernel.
-// kAuto: chunked on GPUs, recurrent elsewhere (a CPU's few cores gain nothing from the chunk's
-// extra arithmetic).
+// kAuto: recurrent on every device for now. The chunked kernel passes the matrix on PoCL and
+// rusticl (where the recurrent x8 form is faster) but has not been checked or timed on a GPU
+// driver yet; it is the candidate for GPUs once it has.
 enum class PrefillForm { kAuto, kRecurrent, kChunked };
 
 // One per device and user thread: launches set kernel arguments, so calls must not overlap.
