@@ -55,88 +55,55 @@ __kernel void conv1d_silu_f32(__global const float* x, uint x_off, uint x_stride
 
 // Mamba2 state: [d_state][n_head * head_dim] (neighbouring rows are neighbouring floats). Row r =
 // h * head_dim + p of head h, group g = h / (n_head / n_group).
-__kernel void mamba2_scan_f32(__global const float* x, uint x_off, uint x_stride,
-                              __global const float* dt, uint dt_off, uint dt_stride,
-                              __global const float* bm, uint b_off, uint b_stride,
-                              __global const float* cm, uint c_off, uint c_stride,
-                              __global const float* a, uint a_off, __global const float* d,
-                              uint d_off, __global const float* dt_bias, uint dtb_off,
-                              __global float* states, ulong slot_stride, uint state_off,
-                              __global const int* seqs, uint seqs_off, __global float* y,
-                              uint y_off, uint y_stride, uint n_head, uint head_dim,
-                              uint n_group, uint d_state) {
-  const uint r = get_global_id(0);
-  const uint sq = get_global_id(1);
-  const uint d_inner = n_head * head_dim;
-  if (r >= d_inner) return;
-  const uint h = r / head_dim;
-  const uint g = h / (n_head / n_group);
-  const uint first = (uint)seqs[seqs_off + 3 * sq];
-  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
-  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
-  __global float* st = states + slot * slot_stride + state_off + r;
-  const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
-  for (uint t = 0; t < n; ++t) {
-    const ulong row = first + t;
-    const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);
-    const float da = exp(dt_sp * ah);
-    const float xv = x[x_off + row * x_stride + r];
-    const float x_dt = xv * dt_sp;
-    __global const float* bt = bm + b_off + row * b_stride + (ulong)g * d_state;
-    __global const float* ct = cm + c_off + row * c_stride + (ulong)g * d_state;
-    float sum = 0.0f;
-    for (uint k = 0; k < d_state; ++k) {
-      const float s = st[(ulong)k * d_inner] * da + bt[k] * x_dt;
-      st[(ulong)k * d_inner] = s;
-      sum += s * ct[k];
-    }
-    y[y_off + row * y_stride + r] = sum + dh * xv;
+// MAMBA2_SCAN(NAME, W, VT, LOAD, STORE): the scan with W consecutive channels of one head per work
+// item (W divides head_dim), VT their vector type. mamba2_scan_f32 (W = 1: neighbouring items read
+// neighbouring state floats, as GPUs want) and mamba2_scan8_f32 (W = 8: each item streams state
+// rows with 8-wide loads, as CPUs want) do the same arithmetic in the same order per channel.
+#define SCAN_LOAD1(p) (*(p))
+#define SCAN_STORE1(v, p) (*(p) = (v))
+#define SCAN_LOAD8(p) vload8(0, (p))
+#define SCAN_STORE8(v, p) vstore8((v), 0, (p))
+#define MAMBA2_SCAN(NAME, W, VT, LOAD, STORE)                                                     \
+  __kernel void NAME(__global const float* x, uint x_off, uint x_stride, __global const float* dt, \
+                     uint dt_off, uint dt_stride, __global const float* bm, uint b_off,            \
+                     uint b_stride, __global const float* cm, uint c_off, uint c_stride,           \
+                     __global const float* a, uint a_off, __global const float* d, uint d_off,     \
+                     __global const float* dt_bias, uint dtb_off, __global float* states,          \
+                     ulong slot_stride, uint state_off, __global const int* seqs, uint seqs_off,   \
+                     __global float* y, uint y_off, uint y_stride, uint n_head, uint head_dim,     \
+                     uint n_group, uint d_state) {                                                 \
+    const uint r = W * (uint)get_global_id(0);                                                     \
+    const uint sq = get_global_id(1);                                                              \
+    const uint d_inner = n_head * head_dim;                                                        \
+    if (r >= d_inner) return;                                                                      \
+    const uint h = r / head_dim;                                                                   \
+    const uint g = h / (n_head / n_group);                                                         \
+    const uint first = (uint)seqs[seqs_off + 3 * sq];                                              \
+    const uint n = (uint)seqs[seqs_off + 3 * sq + 1];                                              \
+    const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];                                         \
+    __global float* st = states + slot * slot_stride + state_off + r;                              \
+    const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];                 \
+    for (uint t = 0; t < n; ++t) {                                                                 \
+      const ulong row = first + t;                                                                 \
+      const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);                     \
+      const float da = exp(dt_sp * ah);                                                            \
+      const VT xv = LOAD(x + x_off + row * x_stride + r);                                          \
+      const VT x_dt = xv * dt_sp;                                                                  \
+      __global const float* bt = bm + b_off + row * b_stride + (ulong)g * d_state;                 \
+      __global const float* ct = cm + c_off + row * c_stride + (ulong)g * d_state;                 \
+      VT sum = (VT)(0.0f);                                                                         \
+      for (uint k = 0; k < d_state; ++k) {                                                         \
+        __global float* sk = st + (ulong)k * d_inner;                                              \
+        const VT s = LOAD(sk) * da + bt[k] * x_dt;                                                 \
+        STORE(s, sk);                                                                              \
+        sum += s * ct[k];                                                                          \
+      }                                                                                            \
+      STORE(sum + dh * xv, y + y_off + row * y_stride + r);                                        \
+    }                                                                                              \
   }
-}
 
-// mamba2_scan_f32 with 8 consecutive channels per work item (head_dim a multiple of 8): item i
-// owns channels 8i..8i+7 of one head and walks the state rows with 8-wide loads, so a CPU device
-// streams each state row instead of gathering one float per row and item. Same arithmetic, in the
-// same order per channel, as mamba2_scan_f32.
-__kernel void mamba2_scan8_f32(__global const float* x, uint x_off, uint x_stride,
-                               __global const float* dt, uint dt_off, uint dt_stride,
-                               __global const float* bm, uint b_off, uint b_stride,
-                               __global const float* cm, uint c_off, uint c_stride,
-                               __global const float* a, uint a_off, __global const float* d,
-                               uint d_off, __global const float* dt_bias, uint dtb_off,
-                               __global float* states, ulong slot_stride, uint state_off,
-                               __global const int* seqs, uint seqs_off, __global float* y,
-                               uint y_off, uint y_stride, uint n_head, uint head_dim,
-                               uint n_group, uint d_state) {
-  const uint r = 8 * (uint)get_global_id(0);
-  const uint sq = get_global_id(1);
-  const uint d_inner = n_head * head_dim;
-  if (r >= d_inner) return;
-  const uint h = r / head_dim;
-  const uint g = h / (n_head / n_group);
-  const uint first = (uint)seqs[seqs_off + 3 * sq];
-  const uint n = (uint)seqs[seqs_off + 3 * sq + 1];
-  const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];
-  __global float* st = states + slot * slot_stride + state_off + r;
-  const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
-  for (uint t = 0; t < n; ++t) {
-    const ulong row = first + t;
-    const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);
-    const float da = exp(dt_sp * ah);
-    const float8 xv = vload8(0, x + x_off + row * x_stride + r);
-    const float8 x_dt = xv * dt_sp;
-    __global const float* bt = bm + b_off + row * b_stride + (ulong)g * d_state;
-    __global const float* ct = cm + c_off + row * c_stride + (ulong)g * d_state;
-    float8 sum = (float8)(0.0f);
-    for (uint k = 0; k < d_state; ++k) {
-      __global float* sk = st + (ulong)k * d_inner;
-      const float8 s = vload8(0, sk) * da + bt[k] * x_dt;
-      vstore8(s, 0, sk);
-      sum += s * ct[k];
-    }
-    vstore8(sum + dh * xv, 0, y + y_off + row * y_stride + r);
-  }
-}
+MAMBA2_SCAN(mamba2_scan_f32, 1, float, SCAN_LOAD1, SCAN_STORE1)
+MAMBA2_SCAN(mamba2_scan8_f32, 8, float8, SCAN_LOAD8, SCAN_STORE8)
 
 // Mamba2's scan in its chunked (SSD) form (reference::mamba2_scan_chunked): one work-group per
 // (block of up to `block` channels of one head, sequence); dimension 0 counts the groups' items,
