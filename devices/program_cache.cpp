@@ -195,11 +195,18 @@ ClProgram ProgramCache::build_from_source(const Device& device, const std::strin
   ClProgram program(clCreateProgramWithSource(device.context(), 1, &text, &len, &err));
   cl_check(err, "clCreateProgramWithSource", device.info().label());
   cl_device_id dev = device.handle();
+  const auto start = std::chrono::steady_clock::now();
   err = clBuildProgram(program.get(), 1, &dev, options.c_str(), nullptr, nullptr);
   if (err != CL_SUCCESS) {
     throw ClError("clBuildProgram(" + name + ".cl, \"" + options + "\")", err,
                   device.info().label(), "build log:\n" + build_log(program.get(), dev));
   }
+  // A slow build is worth a line (TESSERA_LOG=info shows it; debug shows every build).
+  const double ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+  spdlog::log(ms >= 2000 ? spdlog::level::info : spdlog::level::debug,
+              "program cache: built {}.cl for {} in {:.0f} ms ({})", name, device.info().label(), ms,
+              options);
   return program;
 }
 
