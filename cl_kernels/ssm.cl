@@ -71,7 +71,7 @@ __kernel void conv1d_silu_f32(__global const float* x, uint x_off, uint x_stride
                      __global const float* dt_bias, uint dtb_off, __global float* states,          \
                      ulong slot_stride, uint state_off, __global const int* seqs, uint seqs_off,   \
                      __global float* y, uint y_off, uint y_stride, uint n_head, uint head_dim,     \
-                     uint n_group, uint d_state) {                                                 \
+                     uint n_group, uint d_state, uint t_first, uint t_count) {                     \
     const uint r = W * (uint)get_global_id(0);                                                     \
     const uint sq = get_global_id(1);                                                              \
     const uint d_inner = n_head * head_dim;                                                        \
@@ -83,7 +83,8 @@ __kernel void conv1d_silu_f32(__global const float* x, uint x_off, uint x_stride
     const ulong slot = (ulong)seqs[seqs_off + 3 * sq + 2];                                         \
     __global float* st = states + slot * slot_stride + state_off + r;                              \
     const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];                 \
-    for (uint t = 0; t < n; ++t) {                                                                 \
+    const uint t_end = min(n, t_first + t_count);                                                  \
+    for (uint t = t_first; t < t_end; ++t) {                                                       \
       const ulong row = first + t;                                                                 \
       const float dt_sp = softplus_f(dt[dt_off + row * dt_stride + h] + bias);                     \
       const float da = exp(dt_sp * ah);                                                            \
@@ -105,6 +106,9 @@ __kernel void conv1d_silu_f32(__global const float* x, uint x_off, uint x_stride
 MAMBA2_SCAN(mamba2_scan_f32, 1, float, SCAN_LOAD1, SCAN_STORE1)
 MAMBA2_SCAN(mamba2_scan8_f32, 8, float8, SCAN_LOAD8, SCAN_STORE8)
 
+// Both forms of the scan take the tokens [t_first, t_first + t_count) of each run (the chunked one
+// with t_first a multiple of SSD_CHUNK), so a long run can be split over launches on a device that
+// limits a work item's loop iterations (llvmpipe).
 // Mamba2's scan in its chunked (SSD) form (reference::mamba2_scan_chunked): one work-group per
 // (block of up to `block` channels of one head, sequence); dimension 0 counts the groups' items,
 // dimension 1 the sequences. The group walks its sequence's run in chunks of SSD_CHUNK tokens;
@@ -123,7 +127,8 @@ __kernel void mamba2_chunk_f32(__global const float* x, uint x_off, uint x_strid
                                __global float* states, ulong slot_stride, uint state_off,
                                __global const int* seqs, uint seqs_off, __global float* y,
                                uint y_off, uint y_stride, uint n_head, uint head_dim,
-                               uint n_group, uint d_state, uint block) {
+                               uint n_group, uint d_state, uint block, uint t_first,
+                               uint t_count) {
   __local float pair[SSD_CHUNK * SSD_CHUNK];  // [t][s], s <= t
   __local float a_cum[SSD_CHUNK], dt_sp[SSD_CHUNK], to_end[SSD_CHUNK];
   const uint lid = get_local_id(0), items = get_local_size(0);
@@ -142,8 +147,9 @@ __kernel void mamba2_chunk_f32(__global const float* x, uint x_off, uint x_strid
   const float ah = a[a_off + h], dh = d[d_off + h], bias = dt_bias[dtb_off + h];
   __global const float* bg = bm + b_off + (ulong)g * d_state;
   __global const float* cg = cm + c_off + (ulong)g * d_state;
-  for (uint c0 = 0; c0 < n; c0 += SSD_CHUNK) {
-    const uint len = min((uint)SSD_CHUNK, n - c0);
+  const uint t_end = min(n, t_first + t_count);
+  for (uint c0 = t_first; c0 < t_end; c0 += SSD_CHUNK) {
+    const uint len = min((uint)SSD_CHUNK, t_end - c0);
     const ulong row0 = first + c0;
     if (lid == 0) {
       float acc = 0.0f;

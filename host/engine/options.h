@@ -48,9 +48,10 @@ struct EngineOptions {
   // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
   // Steps with profiling or the expert balancer on always enqueue afresh.
   bool replay = true;
-  // Mamba2's scan on steps with a prefill run (ops::PrefillForm): kAuto takes the chunked (SSD)
-  // kernel on GPUs and the recurrent one elsewhere; tests force the chunked form on CPU devices.
-  // Decode-only steps always take the recurrent kernel.
+  // Mamba2's scan and DeltaNet's delta rule on steps with a prefill run (ops::PrefillForm): kAuto
+  // takes the chunked kernels where they measured faster (DeltaNet: every device; Mamba2: GPUs and
+  // CPUs of 8+ compute units); tests force either form. Decode-only steps always take the
+  // recurrent kernels.
   enum class ScanPrefill { kAuto, kRecurrent, kChunked } scan_prefill = ScanPrefill::kAuto;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;

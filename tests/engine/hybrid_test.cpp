@@ -234,21 +234,25 @@ TEST_P(HybridTest, ForkContinuesAsItsParent) {
 // Each Mamba2 layer keeps conv state (d_conv - 1 = 3 taps of 128 + 2 x 2 x 16 channels) and SSM
 // state (16 x 128) per sequence, f32: reserved per slot in the plan, allocated in the pool, a slot
 // per running sequence.
-// Mamba2's chunked (SSD) scan, which the engine takes for prefill on GPUs, forced on these
-// devices: a 70-token prompt (chunks of 32, 32 and 6 tokens), then decode steps through the
-// recurrent kernel from the state it left.
-TEST_P(GraniteHybridTest, ChunkedScanPrefillMatchesReference) {
+// Both prefill forms of the recurrent mixers (Mamba2's SSD scan and DeltaNet's chunked delta
+// rule; their token-by-token kernels), forced on these devices: a 70-token prompt (chunks of 32,
+// 32 and 6 tokens), then decode steps through the recurrent kernels from the state they left.
+TEST_P(HybridTest, EachPrefillFormMatchesReference) {
   std::vector<int32_t> prompt{1};
   for (int i = 0; i < 69; ++i) prompt.push_back(300 + (i * 7) % 60);
-  EngineOptions opts;
-  opts.scan_prefill = EngineOptions::ScanPrefill::kChunked;
-  auto engine = hybrid_engine(m_->spec, *reg_, opts);
   const auto ref = reference_greedy(m_->spec, prompt, 6);
-  const auto got = engine_greedy(*engine, prompt, 6);
-  ASSERT_EQ(got.logits.size(), ref.logits.size());
-  for (size_t i = 0; i < ref.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << "step " << i;
-  EXPECT_EQ(got.tokens, ref.tokens);
+  using P = EngineOptions::ScanPrefill;
+  for (P form : {P::kChunked, P::kRecurrent}) {
+    SCOPED_TRACE(form == P::kChunked ? "chunked" : "recurrent");
+    EngineOptions opts;
+    opts.scan_prefill = form;
+    auto engine = hybrid_engine(m_->spec, *reg_, opts);
+    const auto got = engine_greedy(*engine, prompt, 6);
+    ASSERT_EQ(got.logits.size(), ref.logits.size());
+    for (size_t i = 0; i < ref.logits.size(); ++i)
+      EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << "step " << i;
+    EXPECT_EQ(got.tokens, ref.tokens);
+  }
 }
 
 TEST_P(GraniteHybridTest, RecurrentStateIsReservedPerSequence) {

@@ -131,7 +131,13 @@ void GatedDeltaNetMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::Page
   dev_.norm = floats(ref_.norm, ls_.ssm_norm);
   c.use_recurrent(options.max_sequences, proj_layout(hp).width, hp.ssm_conv_channels(),
                   hp.ssm_d_inner);
-  if (!c.deltanet) c.deltanet = std::make_unique<ops::DeltaNetOps>(*c.dev);
+  using P = EngineOptions::ScanPrefill;
+  const ops::PrefillForm form = options.scan_prefill == P::kChunked ? ops::PrefillForm::kChunked
+                                : options.scan_prefill == P::kRecurrent
+                                    ? ops::PrefillForm::kRecurrent
+                                    : ops::PrefillForm::kAuto;
+  if (!c.deltanet)
+    c.deltanet = std::make_unique<ops::DeltaNetOps>(*c.dev, ops::ScanForm::kAuto, form);
 }
 
 void GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
@@ -152,7 +158,8 @@ void GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenorme
   }
   const kv::RecurrentBatchView& v = c.recurrent_view;
   ops::RecurrentBatch batch{
-      v.seqs, v.seqs_offset, uint32_t(v.n_seqs), s.states->layer(layer_), hp.ssm_state_floats(), 0};
+      v.seqs, v.seqs_offset, uint32_t(v.n_seqs), s.states->layer(layer_), hp.ssm_state_floats(),
+      0,      uint32_t(n)};
   c.ssm->conv1d_silu({c.ssm_proj.get(), 0, p.width}, dev_.conv_w.get(), 0, nullptr, 0, batch,
                      {c.ssm_conv.get(), 0, p.conv}, p.conv, hp.ssm_d_conv, {{}, c.prof("ssm")});
   batch.state_off = uint32_t(hp.ssm_conv_state_floats());

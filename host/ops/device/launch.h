@@ -111,6 +111,21 @@ inline size_t min_items_for_loop(const Device& device, size_t n) {
   return limit == 0 ? 1 : std::max<size_t>(1, (n + limit - 1) / limit);
 }
 
+// Tokens one launch of a kernel whose work items walk a run's tokens may take on `device`: every
+// `unit` tokens cost an item `loops_per_unit` loop iterations (its loops' iterations summed),
+// plus `fixed` once. The device's loop limit counts them (llvmpipe's); no limit: UINT32_MAX.
+// A multiple of `unit`; 0 when not even one unit fits.
+inline uint32_t tokens_per_launch(const Device& device, uint64_t loops_per_unit, uint32_t unit = 1,
+                                  uint64_t fixed = 0) {
+  // An eighth of the limit is kept back: loop headers and the compiler's own loops count too.
+  const uint64_t limit = device.info().max_loop_iterations;
+  if (limit == 0) return UINT32_MAX;
+  const uint64_t usable = limit - limit / 8;
+  if (usable <= fixed) return 0;
+  const uint64_t units = (usable - fixed) / std::max<uint64_t>(1, loops_per_unit);
+  return uint32_t(std::min<uint64_t>(units * unit, UINT32_MAX / 2 / unit * unit));
+}
+
 // Calls launch(first, count, events) over [0, n) in pieces of at most `per_launch` (the device's
 // global limit): the first piece waits for ev.wait, the last one reports ev.done; the queue is in
 // order, so the pieces run one after the other.

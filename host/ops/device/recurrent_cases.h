@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "host/ops/device/matrix.h"
+
 namespace tessera::ops::recurrent_cases {
 
 struct SeqPlan {
@@ -50,6 +52,22 @@ inline std::vector<std::vector<int32_t>> launches(const SeqPlan& p, bool split) 
     if (more) out.push_back(std::move(l));
   }
   return out;
+}
+
+// Token rows of one launch's triples.
+inline uint32_t tokens_of(const std::vector<int32_t>& triples) {
+  uint32_t n = 0;
+  for (size_t i = 1; i < triples.size(); i += 3) n += uint32_t(triples[i]);
+  return n;
+}
+
+// Runs `launch(seqs_buffer, n_seqs, n_tokens)` once per launch of the plan (launches above).
+template <typename F>
+void run_plan(const Device& device, const SeqPlan& p, bool split, F&& launch) {
+  for (const std::vector<int32_t>& triples : launches(p, split)) {
+    GuardedBuffer seqs(device, triples);
+    launch(seqs.mem(), uint32_t(triples.size() / 3), tokens_of(triples));
+  }
 }
 
 // Plans the cases use: decode only (one token per sequence), mixed, one long prefill.

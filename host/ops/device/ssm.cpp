@@ -36,7 +36,9 @@ SsmOps::SsmOps(const Device& device, ScanForm scan_form, PrefillForm prefill_for
     : device_(&device),
       scan8_(scan_form == ScanForm::kEightChannels ||
              (scan_form == ScanForm::kAuto && device.info().type == DeviceType::kCpu)),
-      chunked_(prefill_form == PrefillForm::kChunked),
+      chunked_(prefill_form == PrefillForm::kChunked ||
+               (prefill_form == PrefillForm::kAuto &&
+                (device.info().type != DeviceType::kCpu || device.info().compute_units >= 8))),
       conv_(device.kernel("ssm", "conv1d_silu_f32")),
       scan_(device.kernel("ssm", "mamba2_scan_f32")),
       scan8_kernel_(device.kernel("ssm", "mamba2_scan8_f32")),
@@ -80,27 +82,28 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
   // work-group size depends on the device only, so a new batch never compiles a new work-group
   // function.
   const uint32_t block = std::min<uint32_t>(s.head_dim, 64);
+  // Tokens of each run per launch: all of them, unless the device limits an item's loops (then
+  // the longest run, at most n_tokens, is split over launches; n_tokens 0: one launch).
+  const uint32_t run_tokens = batch.n_tokens > 0 ? batch.n_tokens : UINT32_MAX;
   size_t items = 1;
-  bool chunked = chunked_ && batch.n_tokens > batch.n_seqs;
-  if (chunked) {
+  uint32_t window = 0;
+  if (chunked_ && batch.n_tokens > batch.n_seqs) {
     size_t kernel_max = 0;
     clGetKernelWorkGroupInfo(chunk_.get(), device_->handle(), CL_KERNEL_WORK_GROUP_SIZE,
                              sizeof(kernel_max), &kernel_max, nullptr);
     items = std::min<size_t>(128, device_->info().max_group_items());
     if (kernel_max > 0) items = std::min(items, kernel_max);
     items = floor_pow2(std::max<size_t>(1, items));
-    // A device with a loop limit (llvmpipe counts a loop's iterations over the whole launch)
-    // takes the recurrent kernel when an item's loops could pass it (runs of up to n_tokens).
-    if (const uint64_t limit = device_->info().max_loop_iterations; limit > 0) {
-      const uint64_t L = kScanChunk, chunks = (batch.n_tokens + L - 1) / L;
-      auto per_item = [&](uint64_t n) { return (n + items - 1) / items; };
-      const uint64_t loops = chunks * (L + per_item(L * L) * (1 + s.d_state) +
-                                       per_item(L * block) * (1 + s.d_state + L) +
-                                       per_item(uint64_t(s.d_state) * block) * (1 + L));
-      chunked = loops <= limit;
-    }
+    // An item's loop iterations per chunk; a device whose loop limit one chunk passes takes the
+    // recurrent kernel.
+    const uint64_t L = kScanChunk;
+    auto per_item = [&](uint64_t n) { return (n + items - 1) / items; };
+    const uint64_t loops = 1 + L + per_item(L * L) * (1 + s.d_state) +
+                           per_item(L * block) * (1 + s.d_state + L) +
+                           per_item(uint64_t(s.d_state) * block) * (1 + L);
+    window = tokens_per_launch(*device_, loops, kScanChunk, 16);
   }
-  if (chunked) {
+  if (window > 0) {
     const uint32_t blocks = s.n_head * ((s.head_dim + block - 1) / block);
     cl_kernel k = chunk_.get();
     set_args(*device_, k, x.mem, x.offset, x.stride, dt.mem, dt.offset, dt.stride, b.mem, b.offset,
@@ -109,7 +112,11 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
              y.mem, y.offset, y.stride, s.n_head, s.head_dim, s.n_group, s.d_state, block);
     const size_t global[2] = {size_t(blocks) * items, batch.n_seqs};
     const size_t local[2] = {items, 1};
-    enqueue(*device_, k, 2, global, local, ev);
+    launch_in_pieces(run_tokens, window, ev, [&](size_t first, size_t count, const Events& e) {
+      set_arg(*device_, k, 31, cl_uint(first));
+      set_arg(*device_, k, 32, cl_uint(count));
+      enqueue(*device_, k, 2, global, local, e);
+    });
     return;
   }
   const bool eight = scan8_ && s.head_dim % 8 == 0;
@@ -118,7 +125,13 @@ void SsmOps::mamba2_scan(const Mamba2Dims& s, const Strided& x, const Strided& d
            b.stride, c.mem, c.offset, c.stride, a, a_off, d, d_off, dt_bias, dt_bias_off,
            batch.states, cl_ulong(batch.slot_stride), batch.state_off, batch.seqs, batch.seqs_off,
            y.mem, y.offset, y.stride, s.n_head, s.head_dim, s.n_group, s.d_state);
-  enqueue_rows_by_seqs(*device_, k, eight ? d_inner / 8 : d_inner, batch.n_seqs, ev);
+  window = batch.n_tokens > 0 ? std::max(1u, tokens_per_launch(*device_, uint64_t(s.d_state) + 2, 1, 16))
+                              : UINT32_MAX;
+  launch_in_pieces(run_tokens, window, ev, [&](size_t first, size_t count, const Events& e) {
+    set_arg(*device_, k, 30, cl_uint(first));
+    set_arg(*device_, k, 31, cl_uint(count));
+    enqueue_rows_by_seqs(*device_, k, eight ? d_inner / 8 : d_inner, batch.n_seqs, e);
+  });
 }
 
 void SsmOps::gated_rms_norm(const Strided& y, const Strided& z, cl_mem w, uint32_t w_off,
@@ -152,23 +165,6 @@ namespace {
 
 using recurrent_cases::SeqPlan;
 
-// Token rows of one launch's triples.
-uint32_t tokens_of(const std::vector<int32_t>& triples) {
-  uint32_t n = 0;
-  for (size_t i = 1; i < triples.size(); i += 3) n += uint32_t(triples[i]);
-  return n;
-}
-
-// Runs `launch(seqs_buffer, n_seqs, n_tokens)` once per launch of the plan
-// (recurrent_cases::launches).
-template <typename F>
-void run_plan(const Device& device, const SeqPlan& plan, bool split, F&& launch) {
-  for (const std::vector<int32_t>& triples : recurrent_cases::launches(plan, split)) {
-    GuardedBuffer seqs(device, triples);
-    launch(seqs.mem(), uint32_t(triples.size() / 3), tokens_of(triples));
-  }
-}
-
 std::string plan_name(const char* kind, bool split) {
   return std::string(kind) + (split ? "/prefill+decode" : "");
 }
@@ -201,7 +197,7 @@ MatrixCaseResult run_conv(const Device& device, bool timing, const SeqPlan& plan
   SsmOps ops(device);
   GuardedBuffer dx(device, x), dw(device, w), db(device, b), dst(device, states),
       dout(device, ref_out.size() * sizeof(float));
-  run_plan(device, plan, split, [&](cl_mem seqs, uint32_t n_seqs, uint32_t) {
+  recurrent_cases::run_plan(device, plan, split, [&](cl_mem seqs, uint32_t n_seqs, uint32_t) {
     ops.conv1d_silu({dx.mem(), 0, x_stride}, dw.mem(), 0, bias ? db.mem() : nullptr, 0,
                     {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off}, {dout.mem(), 0, channels},
                     channels, d_conv);
@@ -262,7 +258,7 @@ MatrixCaseResult run_scan(const Device& device, bool timing, const SeqPlan& plan
                     {seqs, 0, n_seqs, dst.mem(), slot_stride, state_off, n_tokens},
                     {dy.mem(), 0, d_inner}, ev);
   };
-  run_plan(device, plan, split,
+  recurrent_cases::run_plan(device, plan, split,
            [&](cl_mem seqs, uint32_t n, uint32_t tokens) { launch(seqs, n, tokens, {}); });
   MatrixCaseResult r =
       judge(compare(joined(dy.download<float>(), dst.download<float>()), joined(ref_y, ref_states)),
