@@ -115,14 +115,16 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     t.prefill_rows = 16;
     t.prefill_row_items = c.pool.head_dim % 8 == 0 ? 8 : 4;
     t.prefill_kv_tile = largest_divisor_at_most(c.pool.block_size, 16);
-    // Decode: 128-item work-groups, 4 per compute unit, variant 0. On the H200 variant 1 with the
-    // centroid table, 256 items and 8 per compute unit took f16 decode attention to 0.73-0.91x
-    // and turbo3 to 0.20-0.55x of this (bench/KV_FORMATS.md), but its TurboQuant matrix rows at
-    // head sizes 96 and 128 did not finish within 10 s each there (a hang or a very slow build,
-    // not yet known): it stays opt-in (AttentionTuning, attention_bench --decode-variant 1
-    // --decode-lut 1 --decode-items 256 --decode-groups-per-cu 8) until they pass on a GPU.
-    t.decode_items = 128;
-    t.decode_tile = 128;
+    // Decode: variant 1 with the centroid table in local memory, 256-item work-groups, 8 per
+    // compute unit. On the H200 it took f16 decode attention to 0.73-0.91x and turbo3 to
+    // 0.20-0.55x of variant 0 with 128 items and 4 per compute unit (bench/KV_FORMATS.md). (Its
+    // TurboQuant matrix rows once missed a 10 s case timeout there: NVIDIA's compiler takes
+    // 5-6.5 s to build a TurboQuant attention program, 2 s an f16 one.)
+    t.decode_items = 256;
+    t.decode_tile = 256;
+    t.decode_variant = 1;
+    t.decode_lut = true;
+    t.decode_groups_per_cu = 8;
     t.reduce_items = c.pool.head_dim >= 64 ? 64 : 32;
   }
   fit_to_device(device, c, t);
