@@ -19,6 +19,8 @@
 // logit per query head in the softmax's max and denominator, with no value; the prefill kernel and
 // the decode reduce apply them where they normalize. TurboQuant pools (K_ROTATED / V_ROTATED,
 // attention_kv.clh): queries rotated once per head, outputs rotated back once where normalized.
+// Every kernel that stores or scores K takes `qjl` last: the QJL matrix of prod keys (K_PROD,
+// HEAD_DIM^2 floats), any buffer (unread) for other formats.
 #include "common.clh"
 #define GROUP (N_HEAD / N_HEAD_KV)
 #include "attention_kv.clh"
@@ -40,6 +42,28 @@
 #define KV_TURBO_LUT_LOCAL 0
 #endif
 
+// Prod keys (K_PROD): the QJL projection of a rotated query, element j = row j of S times it.
+#if K_PROD
+#define K_QJL_PROJECT(suffix, space)                                                        \
+  inline float k_qjl_project_##suffix(__global const float* qjl, space const float* rq, int j) { \
+    __global const float* sj = qjl + (size_t)j * HEAD_DIM;                                  \
+    float z = 0.0f;                                                                         \
+    for (int i = 0; i < HEAD_DIM; ++i) z = fma(sj[i], rq[i], z);                            \
+    return z;                                                                               \
+  }
+K_QJL_PROJECT(l, __local)
+K_QJL_PROJECT(p, __private)
+#undef K_QJL_PROJECT
+// The work-group decode kernels: every head of the group projected, items sharing the rows of S.
+#define K_PROJECT_GROUP()                                                         \
+  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                           \
+    qs[(i / HEAD_DIM) * K_QDIM + HEAD_DIM + i % HEAD_DIM] =                       \
+        k_qjl_project_l(qjl, qs + (i / HEAD_DIM) * K_QDIM, i % HEAD_DIM);         \
+  barrier(CLK_LOCAL_MEM_FENCE)
+#else
+#define K_PROJECT_GROUP() (void)qjl
+#endif
+
 inline float hsum_f8(float8 v) {
   const float4 a = v.lo + v.hi;
   return (a.x + a.y) + (a.z + a.w);
@@ -49,7 +73,8 @@ inline float hsum_f8(float8 v) {
 // work item streams one contiguous row; GPUs pass HEAD_DIM / 4 items, one float4 each.
 __kernel void kv_write(__global const float* k_new, uint k_off, __global const float* v_new,
                        uint v_off, __global const int* meta, uint slot_off, uint first_token,
-                       __global uchar* k_pool, __global uchar* v_pool) {
+                       __global uchar* k_pool, __global uchar* v_pool,
+                       __global const float* qjl) {
   const uint t = first_token + get_global_id(2);
   const int h = get_global_id(1);
   const int slot = meta[slot_off + t];
@@ -78,7 +103,8 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
                 __global const float* freq_factors, uint use_ff, uint neox, float4 yarn,
                 __global const int* meta,
                 uint pos_off, uint slot_off, uint first_token, __global float* q_out,
-                uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
+                uint q_out_off, __global uchar* k_pool, __global uchar* v_pool,
+                __global const float* qjl) {
   __local float buf[HEAD_DIM];
   __local float red[QF_LWS];
   const uint lid = get_local_id(0);
@@ -145,7 +171,8 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
                               uint use_ff, uint neox, float4 yarn, __global const int* meta,
                               uint pos_off,
                               uint slot_off, uint first_token, __global float* q_out,
-                              uint q_out_off, __global uchar* k_pool, __global uchar* v_pool) {
+                              uint q_out_off, __global uchar* k_pool, __global uchar* v_pool,
+                              __global const float* qjl) {
   const uint t = first_token + get_global_id(0);
   const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
@@ -200,15 +227,15 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
 // local memory as float, with an online softmax per row (running max, sum, rescaled output).
 #define PF_WG (PF_BQ * PF_TPR)
 #define PF_OWN (HEAD_DIM / PF_TPR)
-#define PF_KSTRIDE (HEAD_DIM + 1)  // padding: items of one row read different K rows, other banks
+#define PF_KSTRIDE (K_QDIM + 1)  // padding: items of one row read different K rows, other banks
 
 __kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
 void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
                        __global const int* meta, uint bt_off, uint bt_stride, uint seq_off,
                        uint pos_off, uint first_token, uint n_tokens, float scale, uint window,
                        __global const uchar* k_pool, __global const uchar* v_pool,
-                       __global const float* sinks, uint use_sinks) {
-  __local float qs[PF_BQ * HEAD_DIM];
+                       __global const float* sinks, uint use_sinks, __global const float* qjl) {
+  __local float qs[PF_BQ * K_QDIM];
   __local float ks[PF_KT * PF_KSTRIDE];
   __local float vs[PF_KT * HEAD_DIM];
   __local float ss[PF_BQ * PF_KT];
@@ -228,13 +255,21 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
   }
   for (int i = lid; i < PF_BQ * HEAD_DIM; i += PF_WG) {
     const int rr = i / HEAD_DIM, d = i % HEAD_DIM;
-    qs[i] = rr < rows ? q[q_off + ((size_t)(first_token + row0 + rr) * N_HEAD + h) * HEAD_DIM + d] * scale
-                      : 0.0f;
+    qs[rr * K_QDIM + d] =
+        rr < rows ? q[q_off + ((size_t)(first_token + row0 + rr) * N_HEAD + h) * HEAD_DIM + d] * scale
+                  : 0.0f;
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 #if K_ROTATED
   // TurboQuant K rows hold rotated vectors: rotate each query row once.
-  for (int i = lid; i < PF_BQ; i += PF_WG) kv_turbo_rotate_l(qs + i * HEAD_DIM);
+  for (int i = lid; i < PF_BQ; i += PF_WG) kv_turbo_rotate_l(qs + i * K_QDIM);
+  barrier(CLK_LOCAL_MEM_FENCE);
+#endif
+#if K_PROD
+  // Prod keys: each row's QJL projection S R q after its rotated query.
+  for (int i = lid; i < PF_BQ * HEAD_DIM; i += PF_WG)
+    qs[(i / HEAD_DIM) * K_QDIM + HEAD_DIM + i % HEAD_DIM] =
+        k_qjl_project_l(qjl, qs + (i / HEAD_DIM) * K_QDIM, i % HEAD_DIM);
   barrier(CLK_LOCAL_MEM_FENCE);
 #endif
 
@@ -276,6 +311,17 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
         vstore4(v4, 0, vs + i);
       }
+#if K_PROD
+      // The key's second half (its signs, scaled), scored against the rows' projections.
+      for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
+        const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
+        const bool valid = j0 + jj < n_kv;
+        const float4 k4 = valid ? k_load4(k_pool + (base + (size_t)jj) * K_ROW_BYTES, HEAD_DIM + d)
+                                : (float4)(0.0f);
+        __local float* kd = ks + jj * PF_KSTRIDE + HEAD_DIM + d;
+        kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
+      }
+#endif
       barrier(CLK_LOCAL_MEM_FENCE);
       if (mine) {
         for (int jj = c; jj < PF_KT; jj += PF_TPR) {
@@ -284,12 +330,12 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 #if PF_TPR == 1
             // One item per row (CPUs): explicit vectors, since nothing is vectorized across items.
             floatv a = (floatv)(0.0f);
-            for (int i = 0; i < HEAD_DIM / VW; ++i)
-              a = fma(vloadv(i, qs + r * HEAD_DIM), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
+            for (int i = 0; i < K_QDIM / VW; ++i)
+              a = fma(vloadv(i, qs + r * K_QDIM), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
             acc = hsumv(a);
 #else
             acc = 0.0f;
-            for (int d = 0; d < HEAD_DIM; ++d) acc += qs[r * HEAD_DIM + d] * ks[jj * PF_KSTRIDE + d];
+            for (int d = 0; d < K_QDIM; ++d) acc += qs[r * K_QDIM + d] * ks[jj * PF_KSTRIDE + d];
 #endif
           }
           ss[r * PF_KT + jj] = acc;
@@ -347,14 +393,14 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 #if V_ROTATED
       // The output is rotated (TurboQuant V rows): gather the row in its query's local slot (its
       // run is over) and rotate it back once.
-      for (int i = 0; i < PF_OWN; ++i) qs[r * HEAD_DIM + c + i * PF_TPR] = o[i] * inv;
+      for (int i = 0; i < PF_OWN; ++i) qs[r * K_QDIM + c + i * PF_TPR] = o[i] * inv;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    if (mine && c == 0) kv_turbo_rotate_inverse_l(qs + r * HEAD_DIM);
+    if (mine && c == 0) kv_turbo_rotate_inverse_l(qs + r * K_QDIM);
     barrier(CLK_LOCAL_MEM_FENCE);
     if (mine) {
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
-      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = qs[r * HEAD_DIM + c + i * PF_TPR];
+      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = qs[r * K_QDIM + c + i * PF_TPR];
 #else
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
       for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = o[i] * inv;
@@ -392,8 +438,9 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                               uint first_token, uint ctx_off, uint n_chunks, float scale,
                               uint window, __global const uchar* k_pool,
-                              __global const uchar* v_pool, __global float* part) {
-  __local float qs[GROUP * HEAD_DIM];
+                              __global const uchar* v_pool, __global float* part,
+                              __global const float* qjl) {
+  __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];  // pool row index (kv_row_index) of each tile token
@@ -420,7 +467,8 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
     return;
   }
   for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
-    qs[i] = q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+    qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =
+        q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
   float m[GROUP], l[GROUP];  // the max is the same in every item; l is this item's share
   for (int g = 0; g < GROUP; ++g) {
     m[g] = -INFINITY;
@@ -431,9 +479,10 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   barrier(CLK_LOCAL_MEM_FENCE);
 #if K_ROTATED
   // TurboQuant K rows hold rotated vectors: rotate each query head of the group once.
-  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * HEAD_DIM);
+  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * K_QDIM);
   barrier(CLK_LOCAL_MEM_FENCE);
 #endif
+  K_PROJECT_GROUP();
 
   __global const int* table = meta + bt_off + (size_t)s * bt_stride;
   for (int j0 = start; j0 < end; j0 += DEC_TILE) {
@@ -519,8 +568,9 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
                              uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                              uint first_token, uint ctx_off, uint n_chunks, float scale,
                              uint window, __global const uchar* k_pool,
-                             __global const uchar* v_pool, __global float* part) {
-  __local float qs[GROUP * HEAD_DIM];
+                             __global const uchar* v_pool, __global float* part,
+                             __global const float* qjl) {
+  __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];
@@ -550,7 +600,8 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
     return;
   }
   for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
-    qs[i] = q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+    qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =
+        q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
 #if KV_TURBO_LUT_LOCAL
   for (int i = lid; i < KV_TURBO_N_CENTROIDS; i += DEC_LWS) lut[i] = kv_turbo_centroids[i];
 #endif
@@ -564,9 +615,10 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
   for (int i = 0; i < DV_OWN * GROUP; ++i) o[i] = (float4)(0.0f);
   barrier(CLK_LOCAL_MEM_FENCE);
 #if K_ROTATED
-  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * HEAD_DIM);
+  for (int g = lid; g < GROUP; g += DEC_LWS) kv_turbo_rotate_l(qs + g * K_QDIM);
   barrier(CLK_LOCAL_MEM_FENCE);
 #endif
+  K_PROJECT_GROUP();
 
   __global const int* table = meta + bt_off + (size_t)s * bt_stride;
   for (int j0 = start; j0 < end; j0 += DEC_TILE) {
@@ -755,7 +807,8 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
                            uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                            uint first_token, uint ctx_off, uint n_chunks, float scale,
                            uint window, __global const uchar* k_pool,
-                           __global const uchar* v_pool, __global float* part) {
+                           __global const uchar* v_pool, __global float* part,
+                           __global const float* qjl) {
   const uint chunk = get_global_id(0);
   const int kvh = get_global_id(1);
   const uint ti = get_global_id(2);
@@ -775,15 +828,21 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
     }
     return;
   }
-  floatv qv[GROUP * HEAD_DIM / VW];
+  floatv qv[GROUP * K_QDIM / VW];
   floatv o[GROUP * HEAD_DIM / VW];
   __global const float* qsrc = q + q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM;
   for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) {
-    qv[i] = vloadv(i, qsrc) * scale;
+    qv[(i / (HEAD_DIM / VW)) * (K_QDIM / VW) + i % (HEAD_DIM / VW)] = vloadv(i, qsrc) * scale;
     o[i] = (floatv)(0.0f);
   }
 #if K_ROTATED
-  for (int g = 0; g < GROUP; ++g) kv_turbo_rotate_p((float*)(qv + g * (HEAD_DIM / VW)));
+  for (int g = 0; g < GROUP; ++g) kv_turbo_rotate_p((float*)(qv + g * (K_QDIM / VW)));
+#endif
+#if K_PROD
+  for (int g = 0; g < GROUP; ++g) {
+    float* qg = (float*)(qv + g * (K_QDIM / VW));
+    for (int j = 0; j < HEAD_DIM; ++j) qg[HEAD_DIM + j] = k_qjl_project_p(qjl, qg, j);
+  }
 #endif
   float m[GROUP], l[GROUP];
   for (int g = 0; g < GROUP; ++g) {

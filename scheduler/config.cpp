@@ -197,8 +197,10 @@ std::pair<int, int> parse_range(const std::string& s, const std::string& source,
   }
 }
 
-const std::set<std::string> kKvFormats = {"f16",      "q8_0",   "q4_0",     "turbo2",
-                                          "turbo2.5", "turbo3", "turbo3.5", "turbo4"};
+// host/kv/kv_format.h's names (the prod formats turbo3p / turbo4p are key-only: the engine's
+// kv_formats_of refuses them for V, naming the key).
+const std::set<std::string> kKvFormats = {"f16",      "q8_0",   "q4_0",     "turbo2",  "turbo2.5",
+                                          "turbo3",   "turbo3.5", "turbo4", "turbo3p", "turbo4p"};
 
 // A KV format name at `key`, lower-cased; fails naming the key and the valid names.
 std::string kv_format_at(const YAML::Node& n, const std::string& source, const std::string& key) {

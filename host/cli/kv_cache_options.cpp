@@ -11,7 +11,7 @@ namespace po = boost::program_options;
 void add_kv_cache_type_options(po::options_description& opts, KvCacheTypes& types) {
   opts.add_options()("cache-type-k", po::value<std::string>(&types.k),
                      "KV cache format of K (-ctk; f16, q8_0, q4_0, turbo2, turbo2.5, turbo3, "
-                     "turbo3.5, turbo4; as kv_cache.k_format)")(
+                     "turbo3.5, turbo4, and the key-only turbo3p, turbo4p; as kv_cache.k_format)")(
       "cache-type-v", po::value<std::string>(&types.v),
       "KV cache format of V (-ctv; as kv_cache.v_format)");
 }

@@ -85,12 +85,14 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
 }
 
 KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t head_dim) {
-  auto format = [](const std::string& name, const std::string& key) {
+  auto format = [](const std::string& name, const std::string& key, bool value = false) {
     const auto f = kv::kv_format_from_name(name);
     if (!f)
       throw sched::ConfigError(
           key + ": '" + name +
           "' is not implemented by the engine yet; supported now: " + kv::kv_format_names());
+    if (const std::string why = kv::kv_format_value_problem(*f); value && !why.empty())
+      throw sched::ConfigError(key + " (V): " + why);
     return *f;
   };
   const kv::KvFormat k =
@@ -98,7 +100,7 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
              config.kv_k_format.empty() ? "kv_cache.format" : "kv_cache.k_format");
   const kv::KvFormat v =
       format(config.kv_v_format.empty() ? config.kv_format : config.kv_v_format,
-             config.kv_v_format.empty() ? "kv_cache.format" : "kv_cache.v_format");
+             config.kv_v_format.empty() ? "kv_cache.format" : "kv_cache.v_format", true);
   KvLayerFormats out;
   out.k.assign(size_t(std::max(0, n_layer)), k);
   out.v.assign(size_t(std::max(0, n_layer)), v);
@@ -114,10 +116,9 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
   std::vector<std::string> owner(size_t(std::max(0, n_layer)));  // range that set each layer
   for (const auto& [range, lf] : config.kv_layers) {
     const std::string key = "kv_cache.layers." + range;
-    const std::optional<kv::KvFormat> lk =
-        lf.k_format.empty() ? std::nullopt : std::optional(format(lf.k_format, key));
-    const std::optional<kv::KvFormat> lv =
-        lf.v_format.empty() ? std::nullopt : std::optional(format(lf.v_format, key));
+    const bool has_k = !lf.k_format.empty(), has_v = !lf.v_format.empty();
+    const kv::KvFormat lk = has_k ? format(lf.k_format, key) : kv::KvFormat::kF16;
+    const kv::KvFormat lv = has_v ? format(lf.v_format, key, true) : kv::KvFormat::kF16;
     if (n_layer <= 0) continue;  // names only
     const int last = lf.last < 0 ? n_layer - 1 : lf.last;
     if (lf.first >= n_layer || last >= n_layer)
@@ -127,8 +128,8 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
         throw sched::ConfigError(key + ": layer " + std::to_string(l) +
                                  " is also in kv_cache.layers." + owner[size_t(l)]);
       owner[size_t(l)] = range;
-      if (lk) out.k[size_t(l)] = *lk;
-      if (lv) out.v[size_t(l)] = *lv;
+      if (has_k) out.k[size_t(l)] = lk;
+      if (has_v) out.v[size_t(l)] = lv;
     }
   }
   return out;

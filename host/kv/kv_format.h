@@ -10,6 +10,15 @@
 // to an even size. The split formats keep a fixed quarter of the rotated channels (the first
 // head_dim / 4, as the paper's 32 of 128) at the higher width: turbo2.5 stores 3 + 2 bits (2.25
 // bits per channel), turbo3.5 4 + 3 bits (3.25), under the paper's names.
+//
+// TurboQuant prod rows (keys only; the paper's TurboQuant_prod): b - 1 bit mse codes of the unit
+// vector plus a 1-bit QJL sketch sign(S r) of the residual r = R x - its mse reconstruction (S a
+// seeded d x d Gaussian matrix), so <q, k> is estimated without bias:
+//   |x| / sqrt(d) <R q, c> + sqrt(pi / 2) / d |r| <S R q, signs>.
+// Row: f16 norm, the mse codes packed as above, d / 8 bytes of signs (bit j of byte j / 8 set when
+// (S r)_j < 0), the f16 residual norm |r| (absolute, at the row's scale), padded to an even size.
+// turbo3p stores 2 + 1 bits per channel, turbo4p 3 + 1. Values are summed, not multiplied by a
+// query, so V rows never take a prod format (kv_format_part_problem).
 #pragma once
 
 #include <cstdint>
@@ -29,11 +38,14 @@ enum class KvFormat : uint8_t {
   kTurbo4 = 5,  // 4 bits
   kTurbo2_5 = 6,  // head_dim / 4 rotated channels at 3 bits, the rest at 2
   kTurbo3_5 = 7,  // head_dim / 4 rotated channels at 4 bits, the rest at 3
+  kTurbo3p = 8,   // TurboQuant prod (keys): 2-bit mse + 1-bit QJL sketch of the residual
+  kTurbo4p = 9,   // 3-bit mse + 1-bit QJL sketch
 };
 
 inline constexpr KvFormat kAllKvFormats[] = {
     KvFormat::kF16,    KvFormat::kQ8_0,   KvFormat::kQ4_0,     KvFormat::kTurbo2,
-    KvFormat::kTurbo3, KvFormat::kTurbo4, KvFormat::kTurbo2_5, KvFormat::kTurbo3_5};
+    KvFormat::kTurbo3, KvFormat::kTurbo4, KvFormat::kTurbo2_5, KvFormat::kTurbo3_5,
+    KvFormat::kTurbo3p, KvFormat::kTurbo4p};
 
 struct KvFormatTraits {
   std::string_view name;          // "f16"
@@ -44,6 +56,8 @@ struct KvFormatTraits {
   uint32_t block_bytes;           // bytes of one block (TurboQuant: 0, see turbo_*_bits)
   uint32_t turbo_hi_bits = 0;     // TurboQuant: bits of the first head_dim / 4 channels when they
   uint32_t turbo_lo_bits = 0;     // differ from the rest's (split), else both the format's width
+                                  // (prod: the mse part's width, one less than the format's)
+  bool turbo_prod = false;        // TurboQuant prod: a QJL sketch follows the mse codes (K only)
   bool turbo() const { return turbo_lo_bits != 0; }
 };
 
@@ -57,6 +71,8 @@ inline const KvFormatTraits& kv_format_traits(KvFormat format) {
   static constexpr KvFormatTraits kTurbo4Traits{"turbo4", "KV_FMT_TURBO4", 8, 0, 4, 4};
   static constexpr KvFormatTraits kTurbo2_5Traits{"turbo2.5", "KV_FMT_TURBO2_5", 32, 0, 3, 2};
   static constexpr KvFormatTraits kTurbo3_5Traits{"turbo3.5", "KV_FMT_TURBO3_5", 32, 0, 4, 3};
+  static constexpr KvFormatTraits kTurbo3pTraits{"turbo3p", "KV_FMT_TURBO3P", 8, 0, 2, 2, true};
+  static constexpr KvFormatTraits kTurbo4pTraits{"turbo4p", "KV_FMT_TURBO4P", 8, 0, 3, 3, true};
   switch (format) {
     case KvFormat::kF16:
       return kF16Traits;
@@ -74,6 +90,10 @@ inline const KvFormatTraits& kv_format_traits(KvFormat format) {
       return kTurbo2_5Traits;
     case KvFormat::kTurbo3_5:
       return kTurbo3_5Traits;
+    case KvFormat::kTurbo3p:
+      return kTurbo3pTraits;
+    case KvFormat::kTurbo4p:
+      return kTurbo4pTraits;
   }
   return kF16Traits;  // unreachable: the switch covers every value
 }
@@ -94,8 +114,9 @@ inline uint64_t kv_bytes_per_token_head(KvFormat format, uint32_t head_dim) {
   if (head_dim == 0 || head_dim % t.block_values != 0) return 0;
   if (t.turbo()) {  // f16 norm + packed codes, padded to an even size (the norm stays aligned)
     const uint32_t hi = kv_turbo_hi_channels(t, head_dim);
-    const uint64_t code_bytes =
+    uint64_t code_bytes =
         (uint64_t(hi) * t.turbo_hi_bits + uint64_t(head_dim - hi) * t.turbo_lo_bits) / 8;
+    if (t.turbo_prod) code_bytes += head_dim / 8 + 2;  // signs, f16 residual norm
     return 2 + (code_bytes + 1) / 2 * 2;
   }
   return uint64_t(head_dim / t.block_values) * t.block_bytes;
@@ -110,6 +131,17 @@ inline std::string kv_format_problem(KvFormat format, uint32_t head_dim) {
          std::to_string(head_dim) + " (its " +
          (t.turbo() ? "packed codes come in groups of " : "blocks hold ") +
          std::to_string(t.block_values) + " values; the head size must be a multiple)";
+}
+
+// Why `format` cannot be the format of the V pool ("" when it can): prod formats estimate inner
+// products with a query; values are summed with weights, which their sketch cannot serve.
+inline std::string kv_format_value_problem(KvFormat format) {
+  if (!kv_format_traits(format).turbo_prod) return "";
+  const std::string name(kv_format_traits(format).name);
+  return "KV format " + name +
+         " is a key-only format (its QJL sketch estimates inner products with a query); values "
+         "take an mse or block format (turbo" +
+         std::to_string(kv_format_traits(format).turbo_lo_bits + 1) + ", q8_0, f16, ...)";
 }
 
 // "f16" / "q8_0" / "turbo3.5" ... (any case) -> the format; nullopt for names no format has.

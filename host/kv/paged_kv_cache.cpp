@@ -36,6 +36,8 @@ std::vector<std::array<KvPoolLayout, 2>> layouts_of(const KvCacheConfig& c) {
     for (const auto& [f, part] : {std::pair{kf, "K"}, std::pair{vf, "V"}})
       if (const std::string why = kv_format_problem(f, uint32_t(c.head_dim)); !why.empty())
         bad("layer " + std::to_string(l) + " " + part + ": " + why);
+    if (const std::string why = kv_format_value_problem(vf); !why.empty())
+      bad("layer " + std::to_string(l) + " V: " + why);
     out.push_back({KvPoolLayout{kf, c.n_blocks, c.block_size, heads, c.head_dim},
                    KvPoolLayout{vf, c.n_blocks, c.block_size, heads, c.head_dim}});
   }

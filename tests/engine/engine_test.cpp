@@ -190,6 +190,15 @@ TEST(EngineBatchTest, KvFormatConfigErrorsNameTheKey) {
   EXPECT_NE(error_of({"kv_cache.layers.0-1=q8_0", "kv_cache.layers.1=q4_0"}).find("also in"),
             std::string::npos);
   EXPECT_EQ(error_of({"kv_cache.layers.all.k_format=q4_0"}), "");
+  // Prod formats are key-only: asking for them on V names the key and the reason.
+  std::string e = error_of({"kv_cache.format=turbo3p"});
+  EXPECT_NE(e.find("kv_cache.format"), std::string::npos) << e;
+  EXPECT_NE(e.find("key-only"), std::string::npos) << e;
+  e = error_of({"kv_cache.v_format=turbo4p"});
+  EXPECT_NE(e.find("kv_cache.v_format"), std::string::npos) << e;
+  e = error_of({"kv_cache.layers.1.v_format=turbo3p"});
+  EXPECT_NE(e.find("kv_cache.layers.1"), std::string::npos) << e;
+  EXPECT_EQ(error_of({"kv_cache.k_format=turbo3p", "kv_cache.v_format=turbo3"}), "");
 }
 
 // TurboQuant from the config keeps q8_0 in the first and last layers (f16 where q8_0 cannot store
@@ -231,6 +240,23 @@ TEST(EngineBatchTest, TurboKvFormatsKeepTheBoundaryLayers) {
   ASSERT_EQ(got.logits.size(), 1u);
   EXPECT_LT(rel_err(got.logits[0], base.logits[0]), 0.2);
   EXPECT_GT(rel_err(got.logits[0], base.logits[0]), 0.0);
+
+  // Prod keys (turbo4p: 3-bit mse + QJL sketch) with turbo4 values in every layer.
+  sched::Config pcfg = base_cfg;
+  sched::apply_override(pcfg, "kv_cache.k_format=turbo4p");
+  sched::apply_override(pcfg, "kv_cache.v_format=turbo4");
+  sched::apply_override(pcfg, "kv_cache.layers.all.k_format=turbo4p");
+  sched::apply_override(pcfg, "kv_cache.layers.all.v_format=turbo4");
+  EngineOptions popts;
+  popts.kv_formats = kv_formats_of(pcfg, n_layer, 32);
+  auto p = make_engine(m->spec, reg, pcfg, popts);
+  EXPECT_EQ(p->kv_cache().layout(1, kv::KvPart::kK).format, kv::KvFormat::kTurbo4p);
+  EXPECT_EQ(footprint_of(m->spec, 256, popts.kv_formats).kv_bytes_per_token,
+            uint64_t(m->spec.hp.n_head_kv) * 2 * ((2 + 12 + 4 + 2) + (2 + 16)));
+  const auto pgot = engine_greedy(*p, kPrompt, 0);
+  ASSERT_EQ(pgot.logits.size(), 1u);
+  EXPECT_LT(rel_err(pgot.logits[0], base.logits[0]), 0.2);
+  EXPECT_GT(rel_err(pgot.logits[0], base.logits[0]), 0.0);
 }
 
 std::filesystem::path models_dir() {

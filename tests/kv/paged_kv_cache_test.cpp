@@ -62,6 +62,13 @@ TEST(PagedKvCache, FormatsPerPartAndLayer) {
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3, 8), 2u + 4);      // 3 padded
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3, 12), 0u);
   EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 48), 0u);
+  // Prod keys: norm, mse codes of one bit less, d / 8 sign bytes, f16 residual norm, padded.
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3p, 128), 2u + 32 + 16 + 2);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo4p, 128), 2u + 48 + 16 + 2);
+  EXPECT_EQ(kv_bytes_per_token_head(KvFormat::kTurbo3p, 8), 2u + 2 + 1 + 2 + 1);
+  EXPECT_EQ(kv_format_from_name("turbo3p"), KvFormat::kTurbo3p);
+  EXPECT_EQ(kv_format_value_problem(KvFormat::kTurbo3), "");
+  EXPECT_NE(kv_format_value_problem(KvFormat::kTurbo4p).find("key-only"), std::string::npos);
   // turbo3.5 at head size 128 is at least 4.5x smaller than f16 (256 / 54 = 4.74).
   EXPECT_GE(double(kv_bytes_per_token_head(KvFormat::kF16, 128)) /
                 double(kv_bytes_per_token_head(KvFormat::kTurbo3_5, 128)),
@@ -77,6 +84,14 @@ TEST(PagedKvCache, FormatsPerPartAndLayer) {
   KvCacheConfig bad = c;
   bad.layer_v_format = {KvFormat::kF16};
   EXPECT_THROW(PagedKvCache(bad, {d, d, d}), KvCacheUsageError);  // 1 entry for 3 layers
+  KvCacheConfig prod_v = c;
+  prod_v.layer_v_format = {KvFormat::kF16, KvFormat::kTurbo3p, KvFormat::kF16};
+  try {
+    PagedKvCache cache(prod_v, {d, d, d});
+    FAIL() << "expected a key-only format error";
+  } catch (const KvCacheUsageError& e) {
+    EXPECT_NE(std::string(e.what()).find("layer 1 V"), std::string::npos) << e.what();
+  }
 }
 
 TEST(PagedKvCache, CopyOnWriteCopiesEveryLayerOnDevice) {

@@ -274,5 +274,65 @@ TEST(KvTurbo, ProdEstimatorIsUnbiasedAndItsVarianceFallsWithBits) {
   EXPECT_GT(var[3], var[4]);
 }
 
+// The prod row format (turbo3p / turbo4p keys, what the device stores): the row's decoded vector
+// gives the same inner products as the ProdCode estimator up to the f16 norms, and is unbiased
+// over QJL matrices with variance falling with the mse width.
+TEST(KvTurbo, ProdRowsEstimateInnerProductsWithoutBias) {
+  for (uint32_t d : {64u, 40u}) {  // one rotation stage, three
+    std::mt19937 rng(17 + d);
+    const std::vector<float> x = random_unit(rng, d), perp = random_unit(rng, d);
+    std::vector<float> q(d);
+    for (uint32_t i = 0; i < d; ++i) q[i] = 0.7f * x[i] + 0.7f * perp[i];
+    double truth = 0;
+    for (uint32_t i = 0; i < d; ++i) truth += double(q[i]) * x[i];
+    std::vector<float> rq = q;
+    rotate(rq, default_seed());
+    const int trials = 2000;
+    double var[4] = {};
+    for (uint32_t bits = 2; bits <= 3; ++bits) {
+      const RowShape shape{d, bits, bits, 0, true};
+      std::vector<uint8_t> row(row_bytes(shape));
+      std::vector<float> xt(d);
+      double sum = 0, sum2 = 0;
+      for (int t = 0; t < trials; ++t) {
+        const std::vector<float> s = qjl_matrix(d, 77u * bits + uint32_t(t));
+        encode_prod_row(shape, x, row, default_seed(), s);
+        decode_prod_row_rotated(shape, row, xt, s);
+        double e = 0;
+        for (uint32_t i = 0; i < d; ++i) e += double(rq[i]) * xt[i];
+        sum += e;
+        sum2 += e * e;
+        if (t == 0) {
+          // The same estimate as the unrounded ProdCode estimator, up to the f16 norms.
+          const ProdCode c = encode_prod(x, bits, default_seed(), s);
+          const double full = estimate_inner_product(c, q, default_seed(), s);
+          EXPECT_NEAR(e, full, 2e-3) << "d " << d << ", " << bits << " bits";
+        }
+      }
+      const double mean = sum / trials;
+      var[bits] = sum2 / trials - mean * mean;
+      const double se = std::sqrt(var[bits] / trials);
+      EXPECT_LT(std::fabs(mean - truth), 4 * se + 1e-4)
+          << "d " << d << ", " << bits << " bits: mean " << mean << " vs " << truth;
+    }
+    EXPECT_GT(var[2], var[3]) << "d " << d;
+  }
+  // Row sizes: f16 norm, codes, d / 8 sign bytes, f16 residual norm, padded to even.
+  EXPECT_EQ(row_bytes({128, 2, 2, 0, true}), 52u);  // turbo3p: 2 + 32 + 16 + 2
+  EXPECT_EQ(row_bytes({128, 3, 3, 0, true}), 68u);  // turbo4p: 2 + 48 + 16 + 2
+  EXPECT_EQ(row_bytes({8, 2, 2, 0, true}), 8u);     // 2 + 2 + 1 + 2, padded
+  // A zero vector: norm and residual 0, decodes to zeros.
+  const RowShape shape{64, 2, 2, 0, true};
+  std::vector<float> zero(64, 0.0f), back(64, 1.0f);
+  std::vector<uint8_t> row(row_bytes(shape));
+  encode_row(shape, zero, row, default_seed());
+  decode_row(shape, row, back, default_seed());
+  for (float v : back) EXPECT_EQ(v, 0.0f);
+  // A prod shape has one code width; its matrix is d x d.
+  EXPECT_THROW(encode_row({64, 3, 2, 16, true}, zero, row, 1), std::invalid_argument);
+  const std::vector<float> small = qjl_matrix(32, 1);
+  EXPECT_THROW(encode_prod_row(shape, zero, row, 1, small), std::invalid_argument);
+}
+
 }  // namespace
 }  // namespace tessera::reference::turbo

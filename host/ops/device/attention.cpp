@@ -3,14 +3,24 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <span>
 #include <string>
 #include <vector>
 
 #include "host/ops/device/rope.h"
+#include "host/ops/reference/kv_turbo.h"
 
 namespace tessera::ops {
 
 namespace {
+
+// A float as a C99 hex literal with an f suffix (exact in program options).
+std::string hex_float(float v) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%af", double(v));
+  return buf;
+}
 
 // Most chunks per (token, KV head) of a decode launch per decode work-group aimed at per compute
 // unit (64 at the default 4): bounds the workspace and the reduce's work.
@@ -50,10 +60,16 @@ void check_sinks(cl_mem sinks, int32_t n_head, const char* what) {
 
 // Local memory of the prefill and the work-group decode kernels (static __local arrays of
 // attention.cl; every kernel of the program must fit, used or not).
+// Floats a query head takes in the kernels' local memory (K_QDIM): prod keys add its projection.
+uint64_t query_floats(const AttentionConfig& config) {
+  const bool prod = kv::kv_format_traits(config.k_row_format()).turbo_prod;
+  return uint64_t(config.pool.head_dim) * (prod ? 2 : 1);
+}
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
+  const uint64_t qd = query_floats(config);
   return 4ull *
-         (uint64_t(t.prefill_rows) * c.head_dim + uint64_t(t.prefill_kv_tile) * (c.head_dim + 1) +
+         (uint64_t(t.prefill_rows) * qd + uint64_t(t.prefill_kv_tile) * (qd + 1) +
           uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
           5ull * t.prefill_rows);
 }
@@ -61,7 +77,7 @@ uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning
   const auto& c = config.pool;
   const uint64_t group = uint64_t(std::max(1, config.n_head / std::max(1, c.n_head_kv)));
   // qs, ss, red, rows, and the centroid table of attention_decode_shared (30 floats).
-  return 4ull * (group * (uint64_t(c.head_dim) + t.decode_tile + t.decode_items) +
+  return 4ull * (group * (query_floats(config) + t.decode_tile + t.decode_items) +
                  uint64_t(t.decode_tile) + 32);
 }
 
@@ -155,6 +171,8 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
     const kv::KvFormat f = part == 0 ? config_.k_row_format() : config_.v_row_format();
     if (const std::string why = kv::kv_format_problem(f, uint32_t(c.head_dim)); !why.empty())
       unsupported(std::string(part == 0 ? "K: " : "V: ") + why);
+    if (const std::string why = kv::kv_format_value_problem(f); part == 1 && !why.empty())
+      unsupported("V: " + why);
     row_bytes[part] = kv::kv_bytes_per_token_head(f, uint32_t(c.head_dim));
     if (row_bytes[part] > UINT32_MAX)
       unsupported("a KV row of " + std::to_string(row_bytes[part]) + " bytes");
@@ -199,7 +217,16 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       // a local-memory copy in the work-group decode kernel (variant 1; any device).
       " -DKV_TURBO_LUT=" +
       std::to_string(t.decode_lut && device.info().type == DeviceType::kCpu ? 1 : 0) +
-      " -DDEC_LUT_LOCAL=" + std::to_string(t.decode_lut ? 1 : 0);
+      " -DDEC_LUT_LOCAL=" + std::to_string(t.decode_lut ? 1 : 0) +
+      // sqrt(head_dim) as the reference's float (prod keys' residual), exactly (hex).
+      " -DKV_TURBO_SQRT_D=" + hex_float(reference::turbo::sqrt_dim(uint32_t(c.head_dim)));
+  if (kv::kv_format_traits(config_.k_row_format()).turbo_prod) {
+    // The cache's QJL matrix: the reference's floats, so stores and scores agree with it.
+    const std::span<const float> s =
+        reference::turbo::cache_qjl_matrix(uint32_t(c.head_dim));
+    qjl_ = device.alloc(s.size_bytes(), CL_MEM_READ_ONLY);
+    device.write(qjl_.get(), 0, s.data(), s.size_bytes());
+  }
   write_ = device.kernel("attention", "kv_write", options);
   finish_ = device.kernel("attention", "qkv_finish", options);
   finish_rows_ = device.kernel("attention", "qkv_finish_rows", options);
@@ -217,7 +244,7 @@ void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& laye
   if (n_tokens == 0) return;
   const Device& d = *device_;
   set_args(d, write_.get(), k_new, k_offset, v_new, v_offset, b.meta, cl_uint(b.token_slot_offset),
-           cl_uint(first_token), layer.k, layer.v);
+           cl_uint(first_token), layer.k, layer.v, qjl_or(layer.k));
   const size_t per_row = d.info().type == DeviceType::kCpu ? 1 : size_t(config_.pool.head_dim / 4);
   launch(d, write_.get(), {per_row, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {per_row, 1, 1}, ev);
@@ -261,7 +288,7 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
              cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0),
              rope_yarn_arg(rope.yarn), b.meta, cl_uint(b.token_pos_offset),
              cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
-             layer.k, layer.v);
+             layer.k, layer.v, qjl_or(layer.k));
     launch(d, k, {size_t(n_tokens), 1, 1}, {1, 1, 1}, ev);
     return;
   }
@@ -271,7 +298,7 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
            rope.freq_scale, ff, cl_uint(rope.freq_factors ? 1 : 0), cl_uint(rope.neox ? 1 : 0),
            rope_yarn_arg(rope.yarn), b.meta, cl_uint(b.token_pos_offset),
            cl_uint(b.token_slot_offset), cl_uint(first_token), q_out, cl_uint(q_out_offset),
-           layer.k, layer.v);
+           layer.k, layer.v, qjl_or(layer.k));
   const size_t lws = d.info().type == DeviceType::kCpu ? 1 : 32;  // QF_LWS in attention.cl
   const size_t heads = size_t(c.n_head + 2 * c.pool.n_head_kv);
   const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
@@ -304,7 +331,7 @@ void AttentionOp::prefill(const kv::KvBatchView& b, const kv::KvLayerView& layer
   set_args(d, prefill_.get(), q, q_offset, out, out_offset, b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
            cl_uint(first_token), cl_uint(n_tokens), scale_, cl_uint(config_.window), layer.k,
-           layer.v, sinks ? sinks : q, cl_uint(sinks ? 1 : 0));
+           layer.v, sinks ? sinks : q, cl_uint(sinks ? 1 : 0), qjl_or(layer.k));
   const size_t wg = size_t(tuning_.prefill_rows) * tuning_.prefill_row_items;
   const size_t tiles = (size_t(n_tokens) + tuning_.prefill_rows - 1) / tuning_.prefill_rows;
   launch(d, prefill_.get(), {tiles * wg, size_t(config_.n_head), 1}, {wg, 1, 1}, ev);
@@ -364,7 +391,7 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
            cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),
-           layer.k, layer.v, workspace);
+           layer.k, layer.v, workspace, qjl_or(layer.k));
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {lws, 1, 1}, {ev.wait, nullptr});

@@ -171,6 +171,10 @@ class AttentionOp {
   };
   std::vector<InvFreqTable> inv_freq_;
   cl_mem inv_freq_table(uint32_t n_rot, float freq_base, cl_mem none);
+  // Prod keys (turbo3p / turbo4p): the cache's QJL matrix, head_dim^2 floats
+  // (reference::turbo::cache_qjl_matrix); other formats pass any buffer for the unread argument.
+  ClMem qjl_;
+  cl_mem qjl_or(cl_mem other) const { return qjl_ ? qjl_.get() : other; }
 };
 
 }  // namespace tessera::ops

@@ -78,6 +78,62 @@ void turbo_row_check(kv::KvFormat f, std::span<const uint8_t> row, std::span<con
   }
 }
 
+// A prod row (TurboQuant keys with a QJL sketch) the device stored for x: its norm and codes as
+// turbo_row_check's (ties accepted), then its sketch against the signs of S r for the residual r
+// the host computes from the device's own codes and norm (a sign whose product lies within 1e-4
+// of zero, relative to |S| |r|, may go either way) and its residual norm against that r's.
+void turbo_prod_row_check(kv::KvFormat f, std::span<const uint8_t> row, std::span<const float> x,
+                          std::vector<float>& got, std::vector<float>& ref) {
+  const reference::turbo::RowShape shape = reference::kv_turbo_shape(f, x.size());
+  const uint32_t d = uint32_t(x.size()), bits = shape.lo_bits;
+  std::vector<uint8_t> host(row.size());
+  reference::kv_encode_row(f, x, host);
+  const auto cb = reference::turbo::codebook(bits);
+  auto code = [&](std::span<const uint8_t> r, uint32_t i) {
+    uint32_t word = 0;
+    for (uint32_t b = 0; b < bits; ++b) word |= uint32_t(r[2 + (i / 8) * bits + b]) << (8 * b);
+    return (word >> ((i % 8) * bits)) & ((1u << bits) - 1);
+  };
+  auto f16 = [](std::span<const uint8_t> r, size_t at) {
+    return fp16_to_fp32(uint16_t(r[at] | (r[at + 1] << 8)));
+  };
+  const double norm_g = f16(row, 0);
+  got.push_back(float(norm_g));
+  ref.push_back(f16(host, 0));
+  std::vector<float> y(x.begin(), x.end());
+  reference::turbo::rotate(y, reference::turbo::default_seed());
+  double ss = 0;
+  for (float v : x) ss += double(v) * v;
+  const double sd = std::sqrt(double(d));
+  std::vector<double> r(d);
+  double rr = 0;
+  for (uint32_t i = 0; i < d; ++i) {
+    const double cg = cb[code(row, i)], ch = cb[code(host, i)];
+    const double t = ss > 0 ? y[i] * sd / std::sqrt(ss) : 0;
+    const bool tie = std::fabs(t - 0.5 * (cg + ch)) < 1e-3;
+    got.push_back(float(cg));
+    ref.push_back(float(cg == ch || tie ? cg : ch));
+    r[i] = double(y[i]) * sd - norm_g * cg;
+    rr += r[i] * r[i];
+  }
+  const std::span<const float> qjl = reference::turbo::cache_qjl_matrix(d);
+  const size_t signs_at = 2 + size_t(d) * bits / 8, gamma_at = signs_at + d / 8;
+  for (uint32_t j = 0; j < d; ++j) {
+    double z = 0, zz = 0;
+    for (uint32_t i = 0; i < d; ++i) {
+      z += double(qjl[size_t(j) * d + i]) * r[i];
+      zz += double(qjl[size_t(j) * d + i]) * qjl[size_t(j) * d + i];
+    }
+    const float sg = (row[signs_at + j / 8] >> (j % 8)) & 1u ? -1.0f : 1.0f;
+    got.push_back(sg);
+    ref.push_back(std::fabs(z) < 1e-4 * std::sqrt(zz * rr) ? sg : (z < 0 ? -1.0f : 1.0f));
+  }
+  // The residual norm is an f16: within half its unit in the last place of the exact value.
+  const double gamma = f16(row, gamma_at), exact = std::sqrt(rr / d);
+  got.push_back(float(gamma));
+  ref.push_back(float(std::fabs(gamma - exact) <= exact * 0x1.02p-11 + 1e-7 ? gamma : exact));
+}
+
 struct SeqSpec {
   int32_t past;   // tokens already in the cache
   int32_t fresh;  // tokens of this step (queries), at positions past .. past + fresh - 1
@@ -367,6 +423,10 @@ MatrixCaseResult run_qkv_finish_case(const Device& device, bool timing, const At
             {vf, &vp, v_rb, row + v_col + size_t(h * D)}}) {
         std::vector<float> dec(static_cast<size_t>(D));
         reference::kv_decode_row(f, {pool->data() + r * rb, rb}, dec);
+        if (kv::kv_format_traits(f).turbo_prod) {
+          turbo_prod_row_check(f, {pool->data() + r * rb, rb}, {src, size_t(D)}, got_kv, ref_kv);
+          continue;
+        }
         if (kv::kv_format_traits(f).turbo()) {
           turbo_row_check(f, {pool->data() + r * rb, rb}, {src, size_t(D)}, got_kv, ref_kv);
           continue;
@@ -535,7 +595,8 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       {KvFormat::kTurbo2, KvFormat::kTurbo2},     {KvFormat::kTurbo3, KvFormat::kTurbo3},
       {KvFormat::kTurbo4, KvFormat::kTurbo4},     {KvFormat::kTurbo2_5, KvFormat::kTurbo2_5},
       {KvFormat::kTurbo3_5, KvFormat::kTurbo3_5}, {KvFormat::kQ8_0, KvFormat::kTurbo3},
-      {KvFormat::kTurbo4, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4, KvFormat::kTurbo3},     {KvFormat::kTurbo3p, KvFormat::kTurbo3},
+      {KvFormat::kTurbo4p, KvFormat::kTurbo3},
   };
   for (const auto& [kf, vf] : format_pairs) {
     for (const auto& base : {shapes[1], shapes[2]}) {
@@ -574,7 +635,8 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
   // 8) and 96, 40 (three overlapping power-of-two stages).
   for (const AttentionConfig& base : {shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)}) {
     for (const auto& [kf, vf] : {std::pair{KvFormat::kTurbo3, KvFormat::kTurbo3},
-                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo2}}) {
+                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo2},
+                                 std::pair{KvFormat::kTurbo3p, KvFormat::kTurbo3}}) {
       const AttentionConfig c = with_formats(base, kf, vf);
       const std::string label = format_label(c);
       out.push_back({"attention_prefill", label, shape_name(c, prefill_seqs),
@@ -605,8 +667,10 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
     for (const auto& [kf, vf] : {std::pair{KvFormat::kTurbo3_5, KvFormat::kTurbo3_5},
                                  std::pair{KvFormat::kTurbo2, KvFormat::kTurbo2},
                                  std::pair{KvFormat::kQ8_0, KvFormat::kTurbo3},
-                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo3}})
+                                 std::pair{KvFormat::kTurbo4, KvFormat::kTurbo3},
+                                 std::pair{KvFormat::kTurbo3p, KvFormat::kTurbo3}})
       configs.push_back(with_formats(shapes[1], kf, vf));
+    configs.push_back(with_formats(shapes[2], KvFormat::kTurbo4p, KvFormat::kTurbo4));
     for (const AttentionConfig& base :
          {shapes[2], shapes[0], config(6, 2, 96, 16), config(4, 2, 40, 16)})
       configs.push_back(with_formats(base, KvFormat::kTurbo3, KvFormat::kTurbo3));

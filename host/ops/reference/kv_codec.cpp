@@ -43,7 +43,7 @@ void check(kv::KvFormat format, size_t head_dim, size_t row_bytes, const char* w
 turbo::RowShape kv_turbo_shape(kv::KvFormat format, size_t head_dim) {
   const kv::KvFormatTraits& t = kv::kv_format_traits(format);
   return {uint32_t(head_dim), t.turbo_hi_bits, t.turbo_lo_bits,
-          kv::kv_turbo_hi_channels(t, uint32_t(head_dim))};
+          kv::kv_turbo_hi_channels(t, uint32_t(head_dim)), t.turbo_prod};
 }
 
 void kv_encode_row(kv::KvFormat format, std::span<const float> x, std::span<uint8_t> row) {

@@ -3,7 +3,10 @@
 // butterflies, one scale per stage, squared comparisons), so a device stores the same bytes.
 #include "host/ops/reference/kv_turbo.h"
 
+#include <algorithm>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <numbers>
 #include <stdexcept>
 #include <string>
@@ -87,6 +90,8 @@ void check_row(const RowShape& s, size_t values, size_t bytes, const char* what)
   check_dim(s.head_dim, what);
   check_bits(s.hi_bits);
   check_bits(s.lo_bits);
+  if (s.qjl && (s.hi_bits != s.lo_bits || s.hi_channels != 0))
+    throw std::invalid_argument(std::string(what) + ": a prod row has one code width");
   if (s.hi_channels % 8 != 0 || s.hi_channels > s.head_dim)
     throw std::invalid_argument(std::string(what) + ": " + std::to_string(s.hi_channels) +
                                 " high-width channels (a multiple of 8 up to the head size)");
@@ -143,13 +148,18 @@ std::span<const float> codebook(uint32_t bits) {
 }
 
 uint64_t row_bytes(const RowShape& s) {
-  const uint64_t code_bytes =
+  uint64_t code_bytes =
       (uint64_t(s.hi_channels) * s.hi_bits + uint64_t(s.head_dim - s.hi_channels) * s.lo_bits) / 8;
+  if (s.qjl) code_bytes += s.head_dim / 8 + 2;  // signs, f16 residual norm
   return 2 + (code_bytes + 1) / 2 * 2;
 }
 
 void encode_row(const RowShape& s, std::span<const float> x, std::span<uint8_t> row,
                 uint32_t seed) {
+  if (s.qjl) {
+    encode_prod_row(s, x, row, seed, cache_qjl_matrix(s.head_dim));
+    return;
+  }
   check_row(s, x.size(), row.size(), "turbo encode_row");
   float ss = 0.0f;
   for (float v : x) ss += v * v;
@@ -177,6 +187,10 @@ void encode_row(const RowShape& s, std::span<const float> x, std::span<uint8_t> 
 }
 
 void decode_row_rotated(const RowShape& s, std::span<const uint8_t> row, std::span<float> out) {
+  if (s.qjl) {
+    decode_prod_row_rotated(s, row, out, cache_qjl_matrix(s.head_dim));
+    return;
+  }
   check_row(s, out.size(), row.size(), "turbo decode_row");
   const float scale = f16_at(row) / std::sqrt(float(s.head_dim));
   for (uint32_t c = 0; c < s.head_dim; c += 8) {
@@ -203,6 +217,111 @@ std::vector<float> qjl_matrix(uint32_t d, uint32_t qjl_seed) {
     m[i] = float(std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2));
   }
   return m;
+}
+
+uint32_t qjl_seed() {
+  return KV_TURBO_QJL_SEED;
+}
+
+std::span<const float> cache_qjl_matrix(uint32_t head_dim) {
+  check_dim(head_dim, "turbo cache_qjl_matrix");
+  static std::mutex mu;
+  static std::map<uint32_t, std::vector<float>> made;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = made.find(head_dim);
+  if (it == made.end()) it = made.emplace(head_dim, qjl_matrix(head_dim, qjl_seed())).first;
+  return it->second;  // map nodes stay put: the span outlives the lock
+}
+
+float sqrt_dim(uint32_t head_dim) {
+  return std::sqrt(float(head_dim));
+}
+
+namespace {
+
+// The f16 h whose rounding interval holds sqrt(a / scale), decided on squares: the largest h with
+// a >= mid_sq(h - 1) * scale (mid_sq as in encode_row), found from the float root's f16.
+uint16_t f16_root_of(float a, float scale) {
+  auto mid_sq = [](uint16_t v) {
+    const float m = (fp16_to_fp32(v) + fp16_to_fp32(uint16_t(v + 1))) * 0.5f;
+    return m * m;
+  };
+  uint16_t h = fp32_to_fp16(std::min(std::sqrt(a / scale), 65504.0f));
+  while (h > 0 && a < mid_sq(uint16_t(h - 1)) * scale) --h;
+  while (h < 0x7BFF && a >= mid_sq(h) * scale) ++h;
+  return h;
+}
+
+void check_qjl(const RowShape& s, std::span<const float> qjl, const char* what) {
+  if (!s.qjl) throw std::invalid_argument(std::string(what) + ": the shape is not a prod row's");
+  if (qjl.size() != size_t(s.head_dim) * s.head_dim)
+    throw std::invalid_argument(std::string(what) + ": the QJL matrix is not d x d");
+}
+
+}  // namespace
+
+void encode_prod_row(const RowShape& s, std::span<const float> x, std::span<uint8_t> row,
+                     uint32_t seed, std::span<const float> qjl) {
+  check_row(s, x.size(), row.size(), "turbo encode_prod_row");
+  check_qjl(s, qjl, "turbo encode_prod_row");
+  const uint32_t d = s.head_dim, bits = s.lo_bits;
+  float ss = 0.0f;
+  for (float v : x) ss += v * v;
+  const uint16_t h = f16_root_of(ss, 1.0f);
+  std::fill(row.begin(), row.end(), uint8_t(0));
+  row[0] = uint8_t(h & 0xFF);
+  row[1] = uint8_t(h >> 8);
+  const float n = fp16_to_fp32(h), dim = float(d), sd = sqrt_dim(d);
+  std::vector<float> y(x.begin(), x.end());
+  rotate(y, seed);
+  std::vector<float> r(d);
+  float rr = 0.0f;
+  for (uint32_t c = 0; c < d; c += 8) {
+    const auto [at, b] = group_of(s, c);
+    uint32_t word = 0;
+    for (uint32_t j = 0; j < 8; ++j) {
+      const uint32_t k = quantize(y[c + j], ss, dim, bits);
+      word |= k << (j * bits);
+      r[c + j] = y[c + j] * sd - n * centroid(bits, k);
+      rr += r[c + j] * r[c + j];
+    }
+    for (uint32_t i = 0; i < b; ++i) row[at + i] = uint8_t(word >> (8 * i));
+  }
+  const size_t signs_at = 2 + size_t(d) * bits / 8, gamma_at = signs_at + d / 8;
+  for (uint32_t j = 0; j < d; ++j) {
+    float z = 0.0f;
+    for (uint32_t i = 0; i < d; ++i) z += qjl[size_t(j) * d + i] * r[i];
+    if (z < 0.0f) row[signs_at + j / 8] |= uint8_t(1u << (j % 8));
+  }
+  const uint16_t g = f16_root_of(rr, dim);
+  row[gamma_at] = uint8_t(g & 0xFF);
+  row[gamma_at + 1] = uint8_t(g >> 8);
+}
+
+void decode_prod_row_rotated(const RowShape& s, std::span<const uint8_t> row,
+                             std::span<float> out, std::span<const float> qjl) {
+  check_row(s, out.size(), row.size(), "turbo decode_prod_row");
+  check_qjl(s, qjl, "turbo decode_prod_row");
+  const uint32_t d = s.head_dim, bits = s.lo_bits;
+  const size_t signs_at = 2 + size_t(d) * bits / 8, gamma_at = signs_at + d / 8;
+  const float scale = f16_at(row) / sqrt_dim(d);
+  const float qjl_scale = float(std::sqrt(std::numbers::pi / 2) / double(d)) *
+                          fp16_to_fp32(uint16_t(row[gamma_at] | (row[gamma_at + 1] << 8)));
+  for (uint32_t c = 0; c < d; c += 8) {
+    const auto [at, b] = group_of(s, c);
+    uint32_t word = 0;
+    for (uint32_t i = 0; i < b; ++i) word |= uint32_t(row[at + i]) << (8 * i);
+    for (uint32_t j = 0; j < 8; ++j)
+      out[c + j] = scale * centroid(bits, (word >> (j * bits)) & ((1u << bits) - 1));
+  }
+  for (uint32_t i = 0; i < d; ++i) {
+    float acc = 0.0f;
+    for (uint32_t j = 0; j < d; ++j) {
+      const bool neg = (row[signs_at + j / 8] >> (j % 8)) & 1u;
+      acc += neg ? -qjl[size_t(j) * d + i] : qjl[size_t(j) * d + i];
+    }
+    out[i] += qjl_scale * acc;
+  }
 }
 
 ProdCode encode_prod(std::span<const float> x, uint32_t mse_bits, uint32_t seed,
