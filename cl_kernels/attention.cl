@@ -42,14 +42,19 @@
 #define KV_TURBO_LUT_LOCAL 0
 #endif
 
+inline float hsum_f8(float8 v) {
+  const float4 a = v.lo + v.hi;
+  return (a.x + a.y) + (a.z + a.w);
+}
+
 // Prod keys (K_PROD): the QJL projection of a rotated query, element j = row j of S times it.
 #if K_PROD
 #define K_QJL_PROJECT(suffix, space)                                                        \
   inline float k_qjl_project_##suffix(__global const float* qjl, space const float* rq, int j) { \
     __global const float* sj = qjl + (size_t)j * HEAD_DIM;                                  \
-    float z = 0.0f;                                                                         \
-    for (int i = 0; i < HEAD_DIM; ++i) z = fma(sj[i], rq[i], z);                            \
-    return z;                                                                               \
+    float8 z = (float8)(0.0f);                                                              \
+    for (int i = 0; i < HEAD_DIM / 8; ++i) z = fma(vload8(i, sj), vload8(i, rq), z);        \
+    return hsum_f8(z);                                                                      \
   }
 K_QJL_PROJECT(l, __local)
 K_QJL_PROJECT(p, __private)
@@ -64,10 +69,6 @@ K_QJL_PROJECT(p, __private)
 #define K_PROJECT_GROUP() (void)qjl
 #endif
 
-inline float hsum_f8(float8 v) {
-  const float4 a = v.lo + v.hi;
-  return (a.x + a.y) + (a.z + a.w);
-}
 
 // ---- (a) KV write: grid (items per row, N_HEAD_KV, n_tokens). CPUs pass 1 item per row, so each
 // work item streams one contiguous row; GPUs pass HEAD_DIM / 4 items, one float4 each.

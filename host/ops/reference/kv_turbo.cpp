@@ -289,8 +289,12 @@ void encode_prod_row(const RowShape& s, std::span<const float> x, std::span<uint
   }
   const size_t signs_at = 2 + size_t(d) * bits / 8, gamma_at = signs_at + d / 8;
   for (uint32_t j = 0; j < d; ++j) {
-    float z = 0.0f;
-    for (uint32_t i = 0; i < d; ++i) z += qjl[size_t(j) * d + i] * r[i];
+    // The device's order: 8 lanes (channel i in lane i mod 8), then lanes l + 4, then pairs.
+    float lane[8] = {};
+    for (uint32_t i = 0; i < d; ++i) lane[i % 8] = lane[i % 8] + qjl[size_t(j) * d + i] * r[i];
+    const float t0 = lane[0] + lane[4], t1 = lane[1] + lane[5], t2 = lane[2] + lane[6],
+                t3 = lane[3] + lane[7];
+    const float z = (t0 + t2) + (t1 + t3);
     if (z < 0.0f) row[signs_at + j / 8] |= uint8_t(1u << (j % 8));
   }
   const uint16_t g = f16_root_of(rr, dim);
