@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <numeric>
 
 #include "host/cli/settings.h"
@@ -135,6 +136,59 @@ TEST(PagedKvCache, CopyOnWriteCopiesEveryLayerOnDevice) {
     cache.free_sequence(p);
     cache.free_sequence(c1);
     EXPECT_EQ(cache.blocks().blocks_free(), 6);
+  }
+}
+
+// Every format pages alike: rows are opaque bytes to the cache, so allocation, prefix sharing
+// (copy-on-write copies every byte of the block: codes, norms, scales, signs), exhaustion (an error
+// that changes no pool byte) and freeing work the same whatever K and V store. A key-only format
+// is paired with turbo3 values.
+TEST(PagedKvCache, EveryFormatPagesSharesAndExhaustsOnDevice) {
+  for (const auto& dev : registry().devices()) {
+    const Device* d = dev.get();
+    for (KvFormat kf : kAllKvFormats) {
+      const KvFormat vf = kv_format_value_problem(kf).empty() ? kf : KvFormat::kTurbo3;
+      SCOPED_TRACE(dev->id() + " K " + std::string(kv_format_name(kf)) + " V " +
+                   std::string(kv_format_name(vf)));
+      PagedKvCache cache({2, 2, 64, 4, 3, kf, vf}, {d, d});
+      auto pool_of = [&](int l, int kv) { return kv ? cache.layer(l).v : cache.layer(l).k; };
+      auto layout_of = [&](int l, int kv) { return cache.layout(l, kv ? KvPart::kV : KvPart::kK); };
+      EXPECT_EQ(layout_of(0, 0).token_head_bytes(), kv_bytes_per_token_head(kf, 64));
+      EXPECT_EQ(layout_of(1, 1).token_head_bytes(), kv_bytes_per_token_head(vf, 64));
+      SeqId p = cache.create_sequence();
+      cache.reserve(p, 6);  // blocks 0 (full) and 1 (half)
+      const int32_t partial = cache.blocks().block_table(p)[1];
+      std::vector<std::vector<uint8_t>> before(4);
+      for (int l = 0; l < 2; ++l)
+        for (int kv = 0; kv < 2; ++kv) {
+          std::vector<uint8_t>& b = before[size_t(l * 2 + kv)];
+          b.resize(layout_of(l, kv).pool_bytes());
+          for (size_t i = 0; i < b.size(); ++i) b[i] = uint8_t(i * 131 + size_t(l * 2 + kv) * 17);
+          d->write(pool_of(l, kv), 0, b.data(), b.size());
+        }
+      SeqId c1 = cache.fork_sequence(p);
+      const KvReservation r = cache.reserve(c1, 2);
+      ASSERT_EQ(r.copies.size(), 1u);
+      const int32_t dst = r.copies[0].dst;
+      // All 3 blocks are taken: a new sequence cannot get one, and nothing moves.
+      SeqId s3 = cache.create_sequence();
+      EXPECT_FALSE(cache.try_reserve(s3, 1).has_value());
+      EXPECT_THROW(cache.reserve(s3, 1), KvCacheFullError);
+      d->finish();
+      for (int l = 0; l < 2; ++l)
+        for (int kv = 0; kv < 2; ++kv) {
+          const uint64_t bb = layout_of(l, kv).block_bytes();
+          std::vector<uint8_t> want = before[size_t(l * 2 + kv)], got(want.size());
+          std::copy_n(want.begin() + ptrdiff_t(uint64_t(partial) * bb), bb,
+                      want.begin() + ptrdiff_t(uint64_t(dst) * bb));
+          d->read(pool_of(l, kv), 0, got.data(), got.size());
+          EXPECT_EQ(got, want) << "layer " << l << (kv ? " V" : " K");
+        }
+      cache.free_sequence(p);
+      cache.free_sequence(c1);
+      cache.free_sequence(s3);
+      EXPECT_EQ(cache.blocks().blocks_free(), 3);
+    }
   }
 }
 
