@@ -67,6 +67,7 @@ struct DeviceCtx {
   ClMem router;   // router logits [n_expert]
   ClMem tokens;   // the step's token ids (int32)
   ClMem logits;   // logit rows (the output device only)
+  ClMem ids;      // their argmax, one int32 per row (the output device only)
   // Constant index lists: iota [0, max_pairs), pair -> token (i / k), token -> first pair (t * k).
   ClMem iota, pair_token, token_pairs;
   // A step's pairs grouped by expert (MoeOps::group_pairs; int32 per pair): token and expert in

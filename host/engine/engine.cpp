@@ -331,10 +331,21 @@ int Engine::step() {
     counters_.kv_blocks_peak = std::max(counters_.kv_blocks_peak, peak);
   }
 
+  // Greedy sampling on the device when every wanted row is a greedy sample whose logits nobody
+  // reads: one id per row comes back instead of the rows (EngineOptions::Fusion::argmax).
+  bool argmax = model_->options().fuse.argmax && !b.logit_rows.empty();
+  for (const auto& e : entries)
+    if (e.n_rows > 0 && (e.r->req.return_prompt_logits || e.r->req.return_logits ||
+                         e.r->req.sampling.temperature > 0.0f))
+      argmax = false;
   const auto t0 = Clock::now();
   std::vector<float> logits;
+  std::vector<int32_t> ids;
   try {
-    logits = model_->forward(b);
+    if (argmax)
+      ids = model_->forward_argmax(b);
+    else
+      logits = model_->forward(b);
   } catch (const std::exception& e) {
     for (auto& e2 : entries)
       finish(*e2.r, FinishReason::kFailed, name_of(e2.r->id) + ": step failed: " + e.what());
@@ -373,11 +384,13 @@ int Engine::step() {
       }
     }
     if (sample) {
-      const auto l = row(e.first_row + e.n_rows - 1);
-      const int32_t token = r.sampler->sample(l);
+      // A greedy sample draws nothing from the sampler's RNG: taking the device's id leaves the
+      // sampler as sample() would.
+      const int32_t last = e.first_row + e.n_rows - 1;
+      const int32_t token = argmax ? ids[size_t(last)] : r.sampler->sample(row(last));
       ++r.generated;
       out.token = token;
-      if (r.req.return_logits) out.logits = l;
+      if (r.req.return_logits) out.logits = row(last);
       if (r.req.is_eog && r.req.is_eog(token))
         out.finish = FinishReason::kEog;
       else if (r.generated >= r.req.max_tokens)

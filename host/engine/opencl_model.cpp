@@ -164,6 +164,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   }
   output_ = uploader_.matrix(home, spec_.output_tied ? spec_.token_embd : spec_.output);
   home.logits = home.dev->alloc(size_t(options_.max_logit_rows) * hp.n_vocab * 4);
+  home.ids = home.dev->alloc(size_t(options_.max_logit_rows) * 4);
   for (size_t l = 0; l < layers_.size(); ++l) {
     DeviceCtx& c = ctx(plan_.layer_device[l]);
     layers_[l].mixer->upload(c, uploader_, kv_cache(), options_);
@@ -220,6 +221,16 @@ void OpenClModel::check(const StepBatch& b) const {
 }
 
 std::vector<float> OpenClModel::forward(const StepBatch& b) {
+  return run(b, nullptr);
+}
+
+std::vector<int32_t> OpenClModel::forward_argmax(const StepBatch& b) {
+  std::vector<int32_t> ids;
+  run(b, &ids);
+  return ids;
+}
+
+std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* ids) {
   check(b);
   const auto& hp = spec_.hp;
   const int n = int(b.tokens.size());
@@ -279,8 +290,16 @@ std::vector<float> OpenClModel::forward(const StepBatch& b) {
     enqueue_step(b, n, decode);
   }
   const auto t_wait = Clock::now();
-  std::vector<float> logits(b.logit_rows.size() * hp.n_vocab);
-  if (!b.logit_rows.empty()) {
+  std::vector<float> logits;
+  if (!b.logit_rows.empty() && ids) {
+    // Greedy rows: their argmax on the device, after the step on the same (in-order) queue.
+    const uint32_t rows = uint32_t(b.logit_rows.size());
+    home.ew->argmax_rows(home.logits.get(), 0, rows, uint32_t(hp.n_vocab), home.ids.get(), 0);
+    ids->resize(rows);
+    home.dev->read(home.ids.get(), 0, ids->data(), size_t(rows) * 4, true);
+    ++stats_.argmax_steps;
+  } else if (!b.logit_rows.empty()) {
+    logits.resize(b.logit_rows.size() * hp.n_vocab);
     home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
   } else {
     home.dev->finish();

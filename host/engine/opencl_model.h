@@ -50,6 +50,10 @@ class OpenClModel {
   // Runs one step: writes the tokens' K/V (their positions must be reserved in the KV cache) and
   // returns logits [logit_rows.size()][n_vocab]. Throws on inconsistent batches.
   std::vector<float> forward(const StepBatch& batch);
+  // The same step, then each wanted row's argmax on the device (ops::ElementwiseOps::argmax_rows:
+  // ties to the lowest id, NaNs skipped, as Sampler::argmax): only the ids are read back, one per
+  // logit row (greedy sampling without a [rows][n_vocab] download).
+  std::vector<int32_t> forward_argmax(const StepBatch& batch);
 
   // Recorded step programs kept for replay (one per batch shape seen recently), and how many steps
   // were recorded and replayed.
@@ -67,6 +71,8 @@ class OpenClModel {
  private:
   struct CachedProgram;
   void check(const StepBatch& b) const;
+  // forward's body: the logits, or with `ids` the rows' argmax only (logits left empty).
+  std::vector<float> run(const StepBatch& b, std::vector<int32_t>* ids);
   // Enqueues (or, while a step program records, appends) the step's work from the embedding to
   // the logits in home.logits; the batch is already on the devices.
   void enqueue_step(const StepBatch& b, int n, bool decode);

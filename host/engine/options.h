@@ -34,12 +34,16 @@ struct EngineOptions {
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
-  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, flush).
+  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, argmax, flush).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
     bool combine_norm = true;  // MoE combine + next layer's attention norm
     bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
+    // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
+    // logits returned runs argmax_rows on the logits and reads back one id per row instead of
+    // the rows (Engine; OpenClModel::forward_argmax).
+    bool argmax = true;
   } fuse;
   // clFlush after each layer's mixer so the device starts while the host enqueues the rest
   // ("flush" in $TESSERA_NO_FUSE turns it off).
@@ -98,10 +102,11 @@ struct EngineStats {
   std::vector<uint64_t> expert_hits;                    // per plan device: expert selections served
   uint64_t balancer_moves = 0;
   uint64_t steps = 0;
+  uint64_t argmax_steps = 0;  // steps whose rows were sampled on the device (forward_argmax)
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
+// swiglu, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
 // name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <stdexcept>
 #include <string>
@@ -28,7 +29,17 @@ Sampler::Sampler(const SamplerConfig& config) : config_(config), rng_(config.see
 
 int32_t Sampler::argmax(std::span<const float> logits) {
   if (logits.empty()) throw EngineError("sampler: empty logits");
-  return int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  // The device's argmax_rows (reference::argmax_rows): the first largest number, NaNs skipped.
+  float best = -std::numeric_limits<float>::infinity();
+  size_t best_i = logits.size();
+  for (size_t i = 0; i < logits.size(); ++i) {
+    const float v = logits[i];
+    if (v > best || (v == best && best_i == logits.size())) {
+      best = v;
+      best_i = i;
+    }
+  }
+  return best_i < logits.size() ? int32_t(best_i) : 0;
 }
 
 int32_t Sampler::sample(std::span<const float> logits) {

@@ -29,6 +29,8 @@ class Sampler {
   // exactly one number from the RNG. Throws std::invalid_argument on empty logits.
   int32_t sample(std::span<const float> logits);
 
+  // The first index of the largest number; NaNs are skipped (a row without one gives 0), as the
+  // device's argmax_rows (Engine samples greedy rows there).
   static int32_t argmax(std::span<const float> logits);
 
  private:

@@ -395,5 +395,46 @@ TEST(RequestEngineTest, GenerateRunsSeveralRequestsTogether) {
   EXPECT_EQ(h.kv_blocks_used(), 0);
 }
 
+// Greedy rows are sampled on the device (argmax_rows, one id read back per row) when every wanted
+// row of a step is a greedy sample whose logits nobody reads; the tokens equal the reference's
+// and the host path's. A request that returns its logits, or samples at a temperature, takes its
+// step's whole batch back to the host path.
+TEST(RequestEngineTest, GreedyRowsAreSampledOnTheDevice) {
+  for (bool device_argmax : {true, false}) {
+    SCOPED_TRACE(device_argmax ? "device argmax" : "host argmax");
+    EngineOptions opts;
+    opts.fuse.argmax = device_argmax;
+    Harness h("qwen3moe", opts);
+    const RequestId a = h.add(kA, 6), b = h.add(kB, 6);
+    h.engine().run_until_idle();
+    EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 6));
+    EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 6));
+    const uint64_t greedy_steps = h.engine().model().stats().argmax_steps;
+    if (device_argmax)
+      EXPECT_GE(greedy_steps, 6u);  // every step wanted greedy rows only
+    else
+      EXPECT_EQ(greedy_steps, 0u);
+
+    // Beside a request that returns its logits, the steps they share read the rows back.
+    Request r;
+    r.prompt = kB;
+    r.max_tokens = 4;
+    r.return_logits = true;
+    std::vector<int32_t> with_logits;
+    r.on_output = [&](const RequestOutput& o) {
+      if (o.token < 0) return;
+      with_logits.push_back(o.token);
+      EXPECT_EQ(o.logits.size(), h.spec().hp.n_vocab);
+      EXPECT_EQ(Sampler::argmax(o.logits), o.token);
+    };
+    h.engine().add_request(std::move(r));
+    const RequestId c = h.add(kA, 4);
+    h.engine().run_until_idle();
+    EXPECT_EQ(with_logits, h.reference(kB, 4));
+    EXPECT_EQ(h.seen(c).tokens, h.reference(kA, 4));
+    EXPECT_EQ(h.engine().model().stats().argmax_steps, greedy_steps);  // no step sampled there
+  }
+}
+
 }  // namespace
 }  // namespace tessera::engine::test

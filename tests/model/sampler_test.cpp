@@ -16,6 +16,13 @@ TEST(Sampler, GreedyIsArgmaxLowestIdOnTies) {
   Sampler s({});
   EXPECT_EQ(s.sample(std::vector<float>{0.1f, 3.0f, -1.0f, 3.0f}), 1);
   EXPECT_THROW(s.sample(std::vector<float>{}), EngineError);
+  // NaNs are skipped, as the device's argmax_rows does (the engine samples greedy rows there); a
+  // row without a number gives 0; -inf rows give their first id.
+  const float nan = std::nanf("");
+  EXPECT_EQ(s.sample(std::vector<float>{nan, 1.0f, nan, 2.0f}), 3);
+  EXPECT_EQ(s.sample(std::vector<float>{nan, nan}), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{-INFINITY, -INFINITY, -INFINITY}), 0);
+  EXPECT_EQ(s.sample(std::vector<float>{-0.0f, 0.0f}), 0);
 }
 
 std::vector<int32_t> draw(const SamplerConfig& c, const std::vector<float>& logits, int n) {
