@@ -58,13 +58,13 @@ void check_sinks(cl_mem sinks, int32_t n_head, const char* what) {
                          std::to_string(n_head) + " heads need one each");
 }
 
-// Local memory of the prefill and the work-group decode kernels (static __local arrays of
-// attention.cl; every kernel of the program must fit, used or not).
 // Floats a query head takes in the kernels' local memory (K_QDIM): prod keys add its projection.
 uint64_t query_floats(const AttentionConfig& config) {
   const bool prod = kv::kv_format_traits(config.k_row_format()).turbo_prod;
   return uint64_t(config.pool.head_dim) * (prod ? 2 : 1);
 }
+// Local memory of the prefill and the work-group decode kernels (static __local arrays of
+// attention.cl; every kernel of the program must fit, used or not).
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t qd = query_floats(config);

@@ -109,6 +109,20 @@ std::pair<size_t, uint32_t> group_of(const RowShape& s, uint32_t c) {
           s.lo_bits};
 }
 
+// The f16 h whose rounding interval holds sqrt(a / scale), decided on squares: the largest h with
+// a >= mid_sq(h - 1) * scale (midpoints of neighbouring f16 values square exactly in float),
+// found from the float root's f16. The mse and prod encoders' norms and the prod residual norm.
+uint16_t f16_root_of(float a, float scale) {
+  auto mid_sq = [](uint16_t v) {
+    const float m = (fp16_to_fp32(v) + fp16_to_fp32(uint16_t(v + 1))) * 0.5f;
+    return m * m;
+  };
+  uint16_t h = fp32_to_fp16(std::min(std::sqrt(a / scale), 65504.0f));
+  while (h > 0 && a < mid_sq(uint16_t(h - 1)) * scale) --h;
+  while (h < 0x7BFF && a >= mid_sq(h) * scale) ++h;
+  return h;
+}
+
 }  // namespace
 
 uint32_t default_seed() {
@@ -163,15 +177,8 @@ void encode_row(const RowShape& s, std::span<const float> x, std::span<uint8_t> 
   check_row(s, x.size(), row.size(), "turbo encode_row");
   float ss = 0.0f;
   for (float v : x) ss += v * v;
-  // The f16 norm: the float root's f16, moved to the neighbour whose rounding interval holds the
-  // true root (midpoints of neighbouring f16 values square exactly in float).
-  uint16_t h = fp32_to_fp16(std::min(std::sqrt(ss), 65504.0f));
-  auto mid_sq = [](uint16_t a) {  // (value(a) + value(a + 1))^2 / 4, a < 0x7BFF
-    const float m = (fp16_to_fp32(a) + fp16_to_fp32(uint16_t(a + 1))) * 0.5f;
-    return m * m;
-  };
-  while (h > 0 && ss < mid_sq(uint16_t(h - 1))) --h;
-  while (h < 0x7BFF && ss >= mid_sq(h)) ++h;
+  // The f16 norm: the f16 whose rounding interval holds the true root.
+  const uint16_t h = f16_root_of(ss, 1.0f);
   std::fill(row.begin(), row.end(), uint8_t(0));
   row[0] = uint8_t(h & 0xFF);
   row[1] = uint8_t(h >> 8);
@@ -238,19 +245,6 @@ float sqrt_dim(uint32_t head_dim) {
 }
 
 namespace {
-
-// The f16 h whose rounding interval holds sqrt(a / scale), decided on squares: the largest h with
-// a >= mid_sq(h - 1) * scale (mid_sq as in encode_row), found from the float root's f16.
-uint16_t f16_root_of(float a, float scale) {
-  auto mid_sq = [](uint16_t v) {
-    const float m = (fp16_to_fp32(v) + fp16_to_fp32(uint16_t(v + 1))) * 0.5f;
-    return m * m;
-  };
-  uint16_t h = fp32_to_fp16(std::min(std::sqrt(a / scale), 65504.0f));
-  while (h > 0 && a < mid_sq(uint16_t(h - 1)) * scale) --h;
-  while (h < 0x7BFF && a >= mid_sq(h) * scale) ++h;
-  return h;
-}
 
 void check_qjl(const RowShape& s, std::span<const float> qjl, const char* what) {
   if (!s.qjl) throw std::invalid_argument(std::string(what) + ": the shape is not a prod row's");
