@@ -223,7 +223,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
       ulong xrow[TT];                                                                              \
       for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);    \
       float out[RPW * TT];                                                                         \
-      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                           \
+      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                       \
       if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
         for (uint rr = 0; rr < RPW; ++rr)                                                          \
           for (uint j = 0; j < TT; ++j)                                                            \
@@ -239,6 +239,41 @@ DEFINE_MATMUL(1)
 DEFINE_MATMUL(4)
 DEFINE_MATMUL(8)
 
+// GLU_OUT (experts only; RPW 1, WG_ROWS even): the weight is gate and up stacked (rows = 2 ff per
+// expert: gate rows, then up rows). The first half of a work group's row groups computes gate rows
+// g0 .. g0 + WG_ROWS/2 - 1, the second half the same up rows; after the tile the up sums go
+// through local memory and the gate side stores silu(gate) * up (act.cl's SwiGLU) into y rows of
+// ff: the activation in the launch that computes its inputs.
+#ifdef GLU_OUT
+#if RPW != 1 || WG_ROWS % 2 != 0
+#error "GLU_OUT needs RPW 1 and an even WG_ROWS"
+#endif
+#define GLU_LOCALS __local float glu_up[(WG_ROWS / 2) * 8];
+#define EXPERT_ROW0                                                                                \
+  const uint grp = get_local_id(0) / LANES;                                                        \
+  const bool gate_side = grp < WG_ROWS / 2;                                                        \
+  const uint gr = get_group_id(0) * (WG_ROWS / 2) + (gate_side ? grp : grp - WG_ROWS / 2);          \
+  const uint r0 = gate_side ? gr : gr + rows / 2;
+#define STORE_EXPERT_ROWS(TT)                                                                      \
+  if (reduce_lanes(out, TT, scratch) && !gate_side)                                                \
+    for (uint j = 0; j < TT; ++j) glu_up[(grp - WG_ROWS / 2) * TT + j] = out[j];                   \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                                    \
+  if (lane == 0 && gate_side && gr < rows / 2)                                                     \
+    for (uint j = 0; j < nj; ++j) {                                                                \
+      const float g = out[j], u = glu_up[grp * TT + j];                                            \
+      y[y_off + (ulong)(p + j) * (rows / 2) + gr] = ok ? g / (1.0f + exp(-g)) * u : NAN;           \
+    }                                                                                              \
+  barrier(CLK_LOCAL_MEM_FENCE)
+#else
+#define GLU_LOCALS
+#define EXPERT_ROW0 const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;
+#define STORE_EXPERT_ROWS(TT)                                                                      \
+  if (reduce_lanes(out, RPW * TT, scratch))                                                        \
+    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+      for (uint j = 0; j < nj; ++j)                                                                \
+        if (r0 + rr < rows) y[y_off + (ulong)(p + j) * rows + r0 + rr] = ok ? out[rr * TT + j] : NAN
+#endif
+
 // Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
 // A tile of TT consecutive pairs that all name the same expert decodes the weights once (the host
 // sorts pairs by expert); a mixed tile runs pair by pair. An out-of-range expert or token id makes
@@ -252,7 +287,8 @@ DEFINE_MATMUL(8)
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
     __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
     const uint lane = get_local_id(0) % LANES;                                                     \
-    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
+    GLU_LOCALS                                                                                     \
+    EXPERT_ROW0                                                                                    \
     const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint p0 = tile * TT;                                                                   \
@@ -273,17 +309,12 @@ DEFINE_MATMUL(8)
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
         float out[RPW * TT];                                                                       \
         if (same) {                                                                                \
-          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                    \
+          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                \
         } else {                                                                                   \
-          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                       \
+          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                   \
           for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
         }                                                                                          \
-        if (reduce_lanes(out, RPW * TT, scratch)) {                                                \
-          for (uint rr = 0; rr < RPW; ++rr)                                                        \
-            for (uint j = 0; j < nj; ++j)                                                          \
-              if (r0 + rr < rows)                                                                  \
-                y[y_off + (ulong)(p + j) * rows + r0 + rr] = ok ? out[rr * TT + j] : NAN;          \
-        }                                                                                          \
+        STORE_EXPERT_ROWS(TT);                                                                     \
       }                                                                                            \
     }                                                                                              \
   }

@@ -56,6 +56,9 @@ struct DeviceCtx {
   // SwiGLU folded into the down projection's loads: each row group recomputes its inputs' SiLU,
   // nearly free on GPUs, a loss on CPUs (there a separate launch computes it once).
   bool fold_swiglu = false;
+  // Where SwiGLU is not folded (CPUs): the gate|up expert launch applies it to its own products
+  // (MatmulOp::run_experts_glu), so no activation launch runs.
+  bool glu_out = false;
 
   // Activations of one step ([token][...] rows of f32).
   ClMem x;        // the residual stream [n_embd]

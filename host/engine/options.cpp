@@ -13,6 +13,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"norm_route", &options.fuse.norm_route},
                                                     {"combine_norm", &options.fuse.combine_norm},
                                                     {"swiglu", &options.fuse.swiglu},
+                                                    {"glu", &options.fuse.glu},
                                                     {"argmax", &options.fuse.argmax},
                                                     {"flush", &options.flush_per_layer}};
   std::istringstream list{std::string(names)};
@@ -23,7 +24,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
       if (name == key) flag = f;
     if (!flag)
       throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
-                                  "'; known: qkv, norm_route, combine_norm, swiglu, argmax, "
+                                  "'; known: qkv, norm_route, combine_norm, swiglu, glu, argmax, "
                                   "flush");
     *flag = false;
   }

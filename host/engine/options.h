@@ -34,12 +34,16 @@ struct EngineOptions {
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
-  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, argmax, flush).
+  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu, argmax,
+  // flush).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
     bool combine_norm = true;  // MoE combine + next layer's attention norm
     bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
+    // SwiGLU in the gate|up expert launch (MatmulOp::run_experts_glu), where it is not folded
+    // into down (CPUs): one launch per MoE layer fewer than a separate activation.
+    bool glu = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
@@ -106,7 +110,7 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
+// swiglu, glu, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
 // name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 

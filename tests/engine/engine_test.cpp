@@ -41,12 +41,13 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
                                            "gpt-oss", "granitehybrid", "qwen3next"));
 
 // Every fusion off: the separate launches (q/k/v GEMVs into one row, norm + router GEMV + routing,
-// combine + norm, SwiGLU) that models with mixed formats or quantized routers take must agree too.
+// combine + norm, SwiGLU after gate|up) that models with mixed formats or quantized routers take
+// must agree too.
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
   EngineOptions opts;
-  opts.fuse = {false, false, false, false};
+  opts.fuse = {false, false, false, false, false};
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -54,6 +55,43 @@ TEST_P(EngineUnfusedTest, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
                          ::testing::Values("llama", "qwen3", "qwen3moe", "gpt-oss", "granitehybrid",
                                            "qwen3next"));
+
+// SwiGLU in the gate|up expert launch (CPU devices, where it is not folded into down): the same
+// tokens as the reference with it on and off, and a recorded decode step one launch shorter per
+// MoE layer with it on (no activation launch).
+TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  const Device* cpu = nullptr;
+  for (const auto& d : reg.devices())
+    if (d->info().type == DeviceType::kCpu && !cpu) cpu = d.get();
+  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
+  // One format for every matrix: gate and up stack into one weight (the mixed-format fixture
+  // keeps them apart).
+  model::FixtureOptions fo;
+  fo.kind = "qwen3moe";
+  fo.weight_type = "Q4_0";
+  auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture-q4_0");
+  auto m = std::make_unique<Loaded>(Loaded{std::move(file), {}});
+  m->spec = model::ModelSpec::from_gguf(m->file);
+  sched::Config cfg;
+  cfg.select = {sched::DeviceSelector{}};
+  cfg.select[0].id = cpu->id();
+  const auto ref = reference_greedy(m->spec, kPrompt, 4);
+  size_t launches[2] = {0, 0};
+  for (int glu = 0; glu < 2; ++glu) {
+    EngineOptions opts;
+    opts.fuse.glu = glu == 1;
+    auto engine = make_engine(m->spec, reg, cfg, opts);
+    const auto got = engine_greedy(*engine, kPrompt, 4);
+    EXPECT_EQ(got.tokens, ref.tokens) << "glu " << glu;
+    ASSERT_NE(engine->latest_program(), nullptr);
+    launches[glu] = engine->latest_program()->launches();
+  }
+  size_t moe_layers = 0;
+  for (const auto& l : m->spec.layers) moe_layers += l.is_moe() ? 1 : 0;
+  ASSERT_GT(moe_layers, 0u);
+  EXPECT_EQ(launches[0], launches[1] + moe_layers);
+}
 
 TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   auto m = load_fixture("qwen3moe", 3);

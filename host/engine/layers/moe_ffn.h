@@ -79,6 +79,8 @@ class MoeFfn final : public Ffn {
   // the pairs are sorted by expert (each expert has at most x_rows of them, one per token).
   void expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
                   int n_pairs, bool grouped = false);
+  // Whether the shard's gate|up launch applies SwiGLU itself on this device (DeviceCtx::glu_out).
+  bool glu_here(const DeviceCtx& c, const Shard& s) const;
   // Experts on several devices: the router's choice comes to the host and each device runs the
   // pairs of its experts; the partial sums come back to `home`.
   void across_devices(DeviceCtx& home, int n);

@@ -100,6 +100,7 @@ struct MatmulOp::Kernels {
   MatmulVariant variant;
   ClKernel matmul[3], experts[3];  // token tiles 1, 4, 8
   ClKernel experts_swiglu[3];      // X_SWIGLU program, built on demand
+  ClKernel experts_glu[3];         // GLU_OUT program (two rows per work item), built on demand
   ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
   std::string options;
   ClKernel dequantize;
@@ -159,6 +160,24 @@ void MatmulOp::prepare_swiglu(TensorType t) const {
   for (int i = 0; i < 3; ++i)
     k.experts_swiglu[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]),
                                          k.options + " -DX_SWIGLU=1");
+}
+
+bool MatmulOp::can_glu(TensorType t) const {
+  const MatmulVariant& v = kernels(t).variant;
+  return v.rows_per_item == 1 && v.wg_rows % 2 == 0;
+}
+
+void MatmulOp::prepare_glu(TensorType t) const {
+  if (!can_glu(t))
+    throw TesseraError("matmul: gate|up with SwiGLU needs one row per work item and an even row "
+                       "group count, not " + variant(t).str());
+  Kernels& k = kernels(t);
+  std::lock_guard lock(mutex_);
+  if (k.experts_glu[0]) return;
+  const int tiles[3] = {1, 4, 8};
+  for (int i = 0; i < 3; ++i)
+    k.experts_glu[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]),
+                                      k.options + " -DGLU_OUT=1");
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
@@ -299,6 +318,27 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
   enqueue_row_tiles(k, v, w.rows, w.cols, n_pairs, tile, wait, done);
+}
+
+void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
+                               cl_mem y, size_t y_offset, cl_mem pair_token_ids,
+                               cl_mem pair_expert_ids, int n_pairs,
+                               const std::vector<cl_event>& wait, cl_event* done) const {
+  if (n_pairs <= 0) throw TesseraError("matmul run_experts_glu: n_pairs must be positive");
+  if (x_rows <= 0) throw TesseraError("matmul run_experts_glu: x_rows must be positive");
+  if (!w.body) throw TesseraError("matmul run_experts_glu: weight not uploaded");
+  if (w.rows % 2 != 0)
+    throw TesseraError("matmul run_experts_glu: gate|up weight has an odd row count " +
+                       std::to_string(w.rows));
+  Kernels& ks = kernels(w.type);
+  if (!ks.experts_glu[0]) prepare_glu(w.type);
+  const int tile = token_tile(
+      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
+  cl_kernel k = ks.experts_glu[Kernels::slot(tile)].get();
+  set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
+                  n_pairs);
+  // Each work group covers wg_rows / 2 gate rows and the same up rows: 2 ff rows in all.
+  enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
 }
 
 void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,

@@ -100,6 +100,19 @@ class MatmulOp {
                    bool x_swiglu = false, int sorted_max_run = 0) const;
   void prepare_swiglu(gguf::TensorType type) const;
 
+  // Gate and up stacked in one weight (w.rows = 2 ff per expert: ff gate rows, then ff up rows):
+  // y row p (ff floats at y_offset + p * ff) = silu(gate x) * up x for pair p, SwiGLU applied in
+  // the launch that computes them (no activation launch; no [gate | up] rows written). w.rows must
+  // be even. Pairs and ids as run_experts. Program built by prepare_glu or at the first launch;
+  // needs the format's variant to have one row per work item and an even wg_rows (can_glu: the
+  // CPU shape; GPUs fold SwiGLU into down instead).
+  void run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
+                       size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
+                       int n_pairs, const std::vector<cl_event>& wait = {},
+                       cl_event* done = nullptr) const;
+  void prepare_glu(gguf::TensorType type) const;
+  bool can_glu(gguf::TensorType type) const;
+
   // Rows [row0, row0 + n_rows) of the stacked matrices (expert e's row r is e * rows + r) as f32,
   // row-major with `cols` floats per row, at out_offset floats.
   void dequantize(const DeviceWeight& w, int64_t row0, int64_t n_rows, cl_mem out,

@@ -32,6 +32,15 @@ std::string lower(std::string_view s) {
   return o;
 }
 
+// The device's variant with one row per work item (run_experts_glu's shape) and an even row-group
+// count (wg_rows 1 -> 2 where the device takes two).
+MatmulVariant glu_variant(const Device& dev, TensorType t) {
+  MatmulVariant v = default_matmul_variant(dev.info(), t);
+  v.rows_per_item = 1;
+  if (v.wg_rows % 2) ++v.wg_rows;
+  return v;
+}
+
 }  // namespace
 
 void register_matmul_cases(std::vector<MatrixCase>& out) {
@@ -95,6 +104,23 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                      return to_matrix(
                          check_experts(op, t, 67, c_mid, 16, 1, 4, timing, 1, /*x_swiglu=*/true),
                          timing);
+                   }});
+    // SwiGLU in the gate|up launch (run_experts_glu, the CPU default; on GPUs checked in their
+    // shape with one row per work item): decode, 4 of 16 experts (ff 67: a partial row group);
+    // prefill, 11 tokens, 2 of 4 experts (tiles of one expert).
+    out.push_back({"experts_glu", fmt, "16x2x67x" + std::to_string(c_mid) + "_t1_top4",
+                   [t, c_mid](const Device& dev, bool timing) {
+                     const MatmulOp op(dev, glu_variant(dev, t));
+                     return to_matrix(check_experts(op, t, 134, c_mid, 16, 1, 4, timing, 1, false,
+                                                    false, /*glu_out=*/true),
+                                      timing);
+                   }});
+    out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c_small) + "_t11_top2",
+                   [t, c_small](const Device& dev, bool timing) {
+                     const MatmulOp op(dev, glu_variant(dev, t));
+                     return to_matrix(check_experts(op, t, 66, c_small, 4, 11, 2, timing, 1, false,
+                                                    false, /*glu_out=*/true),
+                                      timing);
                    }});
   }
 }

@@ -248,7 +248,9 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
 
 MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                           int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed,
-                          bool x_swiglu, bool sorted_promise) {
+                          bool x_swiglu, bool sorted_promise, bool glu_out) {
+  if (glu_out && (x_swiglu || sorted_promise || rows % 2 != 0))
+    throw TesseraError("check_experts: glu_out takes an even row count and plain x");
   // The pairs below are sorted by expert, one per (token, expert): runs of at most n_tokens.
   const int max_run = sorted_promise ? n_tokens : 0;
   if (top_k > n_expert) throw TesseraError("check_experts: top_k above n_expert");
@@ -287,6 +289,17 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
         reference_matmul(t, rows, cols, w.data(), x.data() + size_t(tok[i]) * cols, 1, exp[i]);
     std::copy(yi.begin(), yi.end(), ref.begin() + size_t(i) * rows);
   }
+  if (glu_out) {
+    // Pair i's output: silu(gate) * up of its reference rows (act.cl's SwiGLU).
+    const int64_t ff = rows / 2;
+    std::vector<float> glu(size_t(n_pairs) * ff);
+    for (int i = 0; i < n_pairs; ++i)
+      for (int64_t r = 0; r < ff; ++r) {
+        const float g = ref[size_t(i) * rows + r], u = ref[size_t(i) * rows + ff + r];
+        glu[size_t(i) * ff + r] = g / (1.0f + std::exp(-g)) * u;
+      }
+    ref = std::move(glu);
+  }
   const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
   ClMem xm = dev.alloc(xin.size() * sizeof(float));
   dev.write(xm.get(), 0, xin.data(), xin.size() * sizeof(float));
@@ -294,25 +307,27 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   dev.write(tm.get(), 0, tok.data(), tok.size() * 4);
   dev.write(em.get(), 0, exp.data(), exp.size() * 4);
   ClMem ym = guarded_output(dev, ref.size());
-  op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {}, nullptr,
-                 x_swiglu, max_run);
+  auto launch = [&](cl_event* ev) {
+    if (glu_out)
+      op.run_experts_glu(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {},
+                         ev);
+    else
+      op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {}, ev,
+                     x_swiglu, max_run);
+  };
+  launch(nullptr);
   dev.finish();
   MatmulCheck r;
   const auto got = read_guarded(dev, ym.get(), ref.size(), r.guard_intact);
-  compare_into(r, got, ref, matmul_tolerance(t));
+  // SwiGLU of two products: their errors add (silu'(g) <= 1.1) relative to the largest output.
+  compare_into(r, got, ref, matmul_tolerance(t) * (glu_out ? 4 : 1));
   // Bytes: each distinct selected expert's matrix once.
   std::vector<int> distinct(exp.begin(), exp.end());
   distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
   r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct.size());
   r.flops = 2.0 * double(rows) * double(cols) * n_pairs;
   if (timing) {
-    r.seconds = time_launches(
-        dev,
-        [&](cl_event* ev) {
-          op.run_experts(dw, xm.get(), 0, n_tokens, ym.get(), 0, tm.get(), em.get(), n_pairs, {},
-                         ev, x_swiglu, max_run);
-        },
-        true, 10);
+    r.seconds = time_launches(dev, launch, true, 10);
   }
   return r;
 }
