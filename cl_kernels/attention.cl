@@ -434,17 +434,117 @@ inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_c
   return (tiles + n_chunks - 1) / n_chunks * DEC_TILE;
 }
 
+
+// Combining the chunks' partials of one (token, query head) into the output: the reduce kernel,
+// or, with `fuse` (AttentionTuning::fused_reduce), the decode launch itself: each work-group bumps
+// its (token, KV head)'s counter after writing its partials and the last one to finish combines
+// the group's heads (and resets the counter for the next launch), so no reduce launch runs. It
+// reads the other work-groups' partials through a volatile pointer after a global fence (their
+// writes were fenced before their increments). Items lid < ITEMS share the channels; ob holds
+// HEAD_DIM floats of scratch for a rotated V (TurboQuant rows, rotated back once here).
+#define DEFINE_REDUCE_HEAD(suffix, ITEMS, PART_Q, OB_SPACE, SYNC)                                  \
+  inline void reduce_head_##suffix(PART_Q const float* part, uint n_chunks, uint first_token,      \
+                                   uint ti, int h, __global float* out, uint out_off,              \
+                                   __global const float* sinks, uint use_sinks, int lid,           \
+                                   OB_SPACE float* ob) {                                           \
+    PART_Q const float* src = part + ((size_t)ti * N_HEAD + h) * n_chunks * (2 + HEAD_DIM);        \
+    float m = use_sinks ? sinks[h] : -INFINITY; /* a sink joins the max and the denominator */    \
+    for (uint c = 0; c < n_chunks; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);                      \
+    float l = use_sinks ? exp(sinks[h] - m) : 0.0f;                                                \
+    float acc[(HEAD_DIM + (ITEMS) - 1) / (ITEMS)];                                                 \
+    for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) acc[i] = 0.0f;                    \
+    for (uint c = 0; c < n_chunks; ++c) {                                                          \
+      PART_Q const float* p = src + c * (2 + HEAD_DIM);                                            \
+      const float pl = p[1];                                                                       \
+      if (pl == 0.0f) continue; /* empty chunk (its max is -inf) */                                \
+      const float w = exp(p[0] - m);                                                               \
+      l += pl * w;                                                                                 \
+      for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                               \
+        const int d = lid + i * (ITEMS);                                                           \
+        if (d < HEAD_DIM) acc[i] += p[2 + d] * w;                                                  \
+      }                                                                                            \
+    }                                                                                              \
+    const float inv = 1.0f / l;                                                                    \
+    __global float* dst = out + out_off + ((size_t)(first_token + ti) * N_HEAD + h) * HEAD_DIM;    \
+    REDUCE_STORE(suffix, ITEMS, SYNC)                                                              \
+  }
+#if V_ROTATED
+// The partials are rotated (TurboQuant V rows): rotate the combined output back once.
+#define REDUCE_STORE(suffix, ITEMS, SYNC)                                                          \
+  for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
+    const int d = lid + i * (ITEMS);                                                               \
+    if (d < HEAD_DIM) ob[d] = acc[i] * inv;                                                        \
+  }                                                                                                \
+  SYNC;                                                                                            \
+  if (lid == 0) kv_turbo_rotate_inverse_##suffix(ob);                                              \
+  SYNC;                                                                                            \
+  for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
+    const int d = lid + i * (ITEMS);                                                               \
+    if (d < HEAD_DIM) dst[d] = ob[d];                                                              \
+  }                                                                                                \
+  SYNC;
+#else
+#define REDUCE_STORE(suffix, ITEMS, SYNC)                                                          \
+  (void)ob;                                                                                        \
+  for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
+    const int d = lid + i * (ITEMS);                                                               \
+    if (d < HEAD_DIM) dst[d] = acc[i] * inv;                                                       \
+  }
+#endif
+// suffix l / p: the scratch (and the rotation's) address space.
+#define kv_turbo_rotate_inverse_red kv_turbo_rotate_inverse_l
+#define kv_turbo_rotate_inverse_dec kv_turbo_rotate_inverse_l
+#define kv_turbo_rotate_inverse_row kv_turbo_rotate_inverse_p
+DEFINE_REDUCE_HEAD(red, RED_LWS, __global, __local, barrier(CLK_LOCAL_MEM_FENCE))
+DEFINE_REDUCE_HEAD(dec, DEC_LWS, __global volatile, __local, barrier(CLK_LOCAL_MEM_FENCE))
+DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0)
+
+// The decode kernels' arguments for the fused combine (before qjl) and their tails: work-group
+// kernels (DEC_LWS items, `qs` free as scratch by then) and the row kernel (one item).
+#define DECODE_FUSE_ARGS                                                                           \
+  uint fuse, __global volatile int* counters, __global float* out, uint out_off,                   \
+      __global const float* sinks, uint use_sinks
+#define DECODE_WG_TAIL()                                                                           \
+  if (fuse) {                                                                                      \
+    barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                           \
+    if (lid == 0) {                                                                                \
+      mem_fence(CLK_GLOBAL_MEM_FENCE);                                                             \
+      fr_last = atomic_inc(counters + ti * N_HEAD_KV + kvh) == (int)n_chunks - 1;                  \
+    }                                                                                              \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                                  \
+    if (fr_last) {                                                                                 \
+      if (lid == 0) atomic_xchg(counters + ti * N_HEAD_KV + kvh, 0);                               \
+      mem_fence(CLK_GLOBAL_MEM_FENCE);                                                             \
+      for (int g = 0; g < GROUP; ++g)                                                              \
+        reduce_head_dec(part, n_chunks, first_token, ti, kvh * GROUP + g, out, out_off, sinks,     \
+                        use_sinks, lid, qs);                                                       \
+    }                                                                                              \
+  }
+#define DECODE_ROW_TAIL()                                                                          \
+  if (fuse) {                                                                                      \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+    if (atomic_inc(counters + ti * N_HEAD_KV + kvh) == (int)n_chunks - 1) {                        \
+      atomic_xchg(counters + ti * N_HEAD_KV + kvh, 0);                                             \
+      mem_fence(CLK_GLOBAL_MEM_FENCE);                                                             \
+      float ob[HEAD_DIM];                                                                          \
+      for (int g = 0; g < GROUP; ++g)                                                              \
+        reduce_head_row(part, n_chunks, first_token, ti, kvh * GROUP + g, out, out_off, sinks,     \
+                        use_sinks, 0, ob);                                                         \
+    }                                                                                              \
+  }
+
 __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                               uint first_token, uint ctx_off, uint n_chunks, float scale,
                               uint window, __global const uchar* k_pool,
                               __global const uchar* v_pool, __global float* part,
-                              __global const float* qjl) {
+                              DECODE_FUSE_ARGS, __global const float* qjl) {
   __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];  // pool row index (kv_row_index) of each tile token
+  __local int fr_last;         // this work-group combines the chunks (fused reduce)
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -465,6 +565,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
       dst[g * head_stride] = -INFINITY;
       dst[g * head_stride + 1] = 0.0f;
     }
+    DECODE_WG_TAIL()
     return;
   }
   for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
@@ -543,6 +644,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
     dst[g * head_stride] = m[g];
     dst[g * head_stride + 1] = red[g * DEC_LWS];
   }
+  DECODE_WG_TAIL()
 }
 
 // ---- (c'') The same split-K decode with the value pass shared by the group's heads
@@ -570,11 +672,12 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
                              uint first_token, uint ctx_off, uint n_chunks, float scale,
                              uint window, __global const uchar* k_pool,
                              __global const uchar* v_pool, __global float* part,
-                             __global const float* qjl) {
+                             DECODE_FUSE_ARGS, __global const float* qjl) {
   __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];
+  __local int fr_last;  // this work-group combines the chunks (fused reduce)
 #if KV_TURBO_LUT_LOCAL
   __local float lut[KV_TURBO_N_CENTROIDS];
 #endif
@@ -598,6 +701,7 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
       dst[g * head_stride] = -INFINITY;
       dst[g * head_stride + 1] = 0.0f;
     }
+    DECODE_WG_TAIL()
     return;
   }
   for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
@@ -710,56 +814,18 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
     dst[g * head_stride] = m[g];
     dst[g * head_stride + 1] = red[g * DEC_LWS];
   }
+  DECODE_WG_TAIL()
 }
 
 // Combines the chunks' partials of one (token, query head): grid (RED_LWS, N_HEAD, n_tokens).
-#define RED_OWN ((HEAD_DIM + RED_LWS - 1) / RED_LWS)
 
 __kernel __attribute__((reqd_work_group_size(RED_LWS, 1, 1)))
 void attention_decode_reduce(__global const float* part, uint n_chunks, uint first_token,
                              __global float* out, uint out_off, __global const float* sinks,
                              uint use_sinks) {
-  const int lid = get_local_id(0);
-  const int h = get_group_id(1);
-  const uint ti = get_group_id(2);
-  __global const float* src = part + ((size_t)ti * N_HEAD + h) * n_chunks * (2 + HEAD_DIM);
-  float m = use_sinks ? sinks[h] : -INFINITY;  // a sink joins the max and the denominator
-  for (uint c = 0; c < n_chunks; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);
-  float l = use_sinks ? exp(sinks[h] - m) : 0.0f;
-  float acc[RED_OWN];
-  for (int i = 0; i < RED_OWN; ++i) acc[i] = 0.0f;
-  for (uint c = 0; c < n_chunks; ++c) {
-    __global const float* p = src + c * (2 + HEAD_DIM);
-    if (p[1] == 0.0f) continue;  // empty chunk (its max is -inf)
-    const float w = exp(p[0] - m);
-    l += p[1] * w;
-    for (int i = 0; i < RED_OWN; ++i) {
-      const int d = lid + i * RED_LWS;
-      if (d < HEAD_DIM) acc[i] += p[2 + d] * w;
-    }
-  }
-  const float inv = 1.0f / l;
-  __global float* dst = out + out_off + ((size_t)(first_token + ti) * N_HEAD + h) * HEAD_DIM;
-#if V_ROTATED
-  // The partials are rotated (TurboQuant V rows): rotate the combined output back once.
   __local float ob[HEAD_DIM];
-  for (int i = 0; i < RED_OWN; ++i) {
-    const int d = lid + i * RED_LWS;
-    if (d < HEAD_DIM) ob[d] = acc[i] * inv;
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
-  if (lid == 0) kv_turbo_rotate_inverse_l(ob);
-  barrier(CLK_LOCAL_MEM_FENCE);
-  for (int i = 0; i < RED_OWN; ++i) {
-    const int d = lid + i * RED_LWS;
-    if (d < HEAD_DIM) dst[d] = ob[d];
-  }
-#else
-  for (int i = 0; i < RED_OWN; ++i) {
-    const int d = lid + i * RED_LWS;
-    if (d < HEAD_DIM) dst[d] = acc[i] * inv;
-  }
-#endif
+  reduce_head_red(part, n_chunks, first_token, get_group_id(2), get_group_id(1), out, out_off,
+                  sinks, use_sinks, get_local_id(0), ob);
 }
 
 // ---- (c') Split-K decode, row-streaming form for CPUs: one work item per (chunk, KV head,
@@ -809,7 +875,7 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
                            uint first_token, uint ctx_off, uint n_chunks, float scale,
                            uint window, __global const uchar* k_pool,
                            __global const uchar* v_pool, __global float* part,
-                           __global const float* qjl) {
+                           DECODE_FUSE_ARGS, __global const float* qjl) {
   const uint chunk = get_global_id(0);
   const int kvh = get_global_id(1);
   const uint ti = get_global_id(2);
@@ -827,6 +893,7 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       dst[g * head_stride] = -INFINITY;
       dst[g * head_stride + 1] = 0.0f;
     }
+    DECODE_ROW_TAIL()
     return;
   }
   floatv qv[GROUP * K_QDIM / VW];
@@ -912,4 +979,5 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
     dst[g * head_stride + 1] = l[g];
     for (int i = 0; i < HEAD_DIM / VW; ++i) vstorev(o[g * (HEAD_DIM / VW) + i], i, dst + g * head_stride + 2);
   }
+  DECODE_ROW_TAIL()
 }

@@ -82,7 +82,11 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
 ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
   auto& op = attention_ops[{config.pool.n_head_kv, config.window, config.pool.format,
                             config.v_format.value_or(config.pool.format)}];
-  if (!op) op = std::make_unique<ops::AttentionOp>(*dev, config);
+  if (!op) {
+    ops::AttentionTuning t = ops::default_attention_tuning(*dev, config);
+    t.fused_reduce = fused_attention_reduce;
+    op = std::make_unique<ops::AttentionOp>(*dev, config, t);
+  }
   return *op;
 }
 

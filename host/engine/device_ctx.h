@@ -59,6 +59,8 @@ struct DeviceCtx {
   // Where SwiGLU is not folded (CPUs): the gate|up expert launch applies it to its own products
   // (MatmulOp::run_experts_glu), so no activation launch runs.
   bool glu_out = false;
+  // Decode attention combines its chunks in the same launch (AttentionTuning::fused_reduce).
+  bool fused_attention_reduce = true;
 
   // Activations of one step ([token][...] rows of f32).
   ClMem x;        // the residual stream [n_embd]

@@ -14,6 +14,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"combine_norm", &options.fuse.combine_norm},
                                                     {"swiglu", &options.fuse.swiglu},
                                                     {"glu", &options.fuse.glu},
+                                                    {"attn_reduce", &options.fuse.attn_reduce},
                                                     {"argmax", &options.fuse.argmax},
                                                     {"flush", &options.flush_per_layer}};
   std::istringstream list{std::string(names)};
@@ -24,7 +25,8 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
       if (name == key) flag = f;
     if (!flag)
       throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
-                                  "'; known: qkv, norm_route, combine_norm, swiglu, glu, argmax, "
+                                  "'; known: qkv, norm_route, combine_norm, swiglu, glu, "
+                                  "attn_reduce, argmax, "
                                   "flush");
     *flag = false;
   }

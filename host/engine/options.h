@@ -34,8 +34,8 @@ struct EngineOptions {
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
-  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu, argmax,
-  // flush).
+  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
+  // attn_reduce, argmax, flush).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -44,6 +44,9 @@ struct EngineOptions {
     // SwiGLU in the gate|up expert launch (MatmulOp::run_experts_glu), where it is not folded
     // into down (CPUs): one launch per MoE layer fewer than a separate activation.
     bool glu = true;
+    // Split-K decode attention combined by its last work-group (AttentionTuning::fused_reduce):
+    // no reduce launch.
+    bool attn_reduce = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
@@ -110,7 +113,7 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
+// swiglu, glu, attn_reduce, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
 // name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 

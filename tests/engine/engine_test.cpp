@@ -47,7 +47,7 @@ class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false};
+  opts.fuse = {false, false, false, false, false, false};
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }

@@ -235,6 +235,11 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
   decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
   decode_shared_ = device.kernel("attention", "attention_decode_shared", options);
   reduce_ = device.kernel("attention", "attention_decode_reduce", options);
+  if (t.fused_reduce) {
+    const std::vector<int32_t> zeros(size_t(kFusedReduceTokens) * size_t(c.n_head_kv), 0);
+    counters_ = device.alloc(zeros.size() * sizeof(int32_t));
+    device.write(counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
+  }
 }
 
 void AttentionOp::write_kv(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem k_new,
@@ -388,13 +393,18 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   cl_kernel k = tuning_.decode_rows           ? decode_rows_.get()
                 : tuning_.decode_variant == 1 ? decode_shared_.get()
                                               : decode_.get();
+  // The fused combine (the last work-group of each (token, KV head) writes out): one launch.
+  const bool fused = counters_ && n_tokens <= kFusedReduceTokens;
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
            cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),
-           layer.k, layer.v, workspace, qjl_or(layer.k));
+           layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0),
+           fused ? counters_.get() : workspace, out, out_offset, sinks ? sinks : workspace,
+           cl_uint(sinks ? 1 : 0), qjl_or(layer.k));
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
-         {lws, 1, 1}, {ev.wait, nullptr});
+         {lws, 1, 1}, {ev.wait, fused ? ev.done : nullptr});
+  if (fused) return;
   set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset,
            sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0));
   const size_t rl = size_t(tuning_.reduce_items);

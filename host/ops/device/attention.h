@@ -60,7 +60,14 @@ struct AttentionTuning {
   // Decode work-groups aimed at per compute unit (the split-K chunk count follows: at most
   // 16 times this many chunks per (token, KV head)).
   int32_t decode_groups_per_cu = 4;
+  // Split-K decode in one launch: the last work-group of a (token, KV head) to write its partials
+  // combines the chunks (an atomic counter per (token, KV head), reset by that work-group), so no
+  // reduce launch runs. Used for launches of at most kFusedReduceTokens tokens.
+  bool fused_reduce = true;
 };
+// Decode tokens one launch may have for the fused combine (AttentionTuning::fused_reduce): the
+// counters an AttentionOp holds; a larger decode batch takes the reduce launch.
+inline constexpr int32_t kFusedReduceTokens = 1024;
 AttentionTuning default_attention_tuning(const Device& device, const AttentionConfig& config);
 
 // Bad launch arguments (token range outside the batch, workspace too small).
@@ -142,7 +149,8 @@ class AttentionOp {
                int32_t n_tokens, const Events& ev = {}, cl_mem sinks = nullptr);
 
   // (c) Same result by split-K: each token's context is cut into chunks scored by separate
-  // work-groups, then a reduce combines them. The fast path for decode tokens (one per sequence).
+  // work-groups, then a reduce combines them (the last work-group of each (token, KV head) in the
+  // same launch when tuning().fused_reduce and n_tokens <= kFusedReduceTokens; else a launch). The fast path for decode tokens (one per sequence).
   // `workspace` holds at least decode_workspace_bytes(n_tokens, C) bytes, C the batch's
   // context_capacity (max_context when 0). Chunk sizes are read from the batch's meta buffer.
   // `sinks` as prefill's (applied by the reduce).
@@ -175,6 +183,8 @@ class AttentionOp {
   // (reference::turbo::cache_qjl_matrix); other formats pass any buffer for the unread argument.
   ClMem qjl_;
   cl_mem qjl_or(cl_mem other) const { return qjl_ ? qjl_.get() : other; }
+  // The fused combine's counters: kFusedReduceTokens x n_head_kv int32, zero between launches.
+  ClMem counters_;
 };
 
 }  // namespace tessera::ops

@@ -143,12 +143,14 @@ struct SeqSpec {
 // share.
 // A decode kernel other than the device's default (AttentionTuning): `other_kernel` swaps the
 // row-streaming and the work-group kernel (64 items), `variant` / `lut` as decode_variant /
-// decode_lut.
+// decode_lut (variant -1: the device's own), `reduce_launch` combines the chunks by the reduce
+// launch instead of the decode launch's last work-group (fused_reduce off).
 struct DecodeTweak {
   const char* name = "";
   bool other_kernel = false;
   int32_t variant = 0;
   bool lut = false;
+  bool reduce_launch = false;
 };
 
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
@@ -165,8 +167,11 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
       tuning->decode_items = tuning->decode_rows ? 1 : 64;
       tuning->decode_tile = 64;
     }
-    tuning->decode_variant = tweak->variant;
-    tuning->decode_lut = tweak->lut;
+    if (tweak->variant >= 0) {
+      tuning->decode_variant = tweak->variant;
+      tuning->decode_lut = tweak->lut;
+    }
+    tuning->fused_reduce = !tweak->reduce_launch;
   }
   // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
   std::optional<AttentionOp> op_storage;
@@ -658,10 +663,14 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
     }
   }
   // The decode variants other than the device's default (AttentionTuning::decode_variant,
-  // decode_lut, and the other kernel shape) over the formats' distinct decode paths: f16 and a
-  // block format, TurboQuant K and V of 2, 3, 4 bits and mixed widths, head sizes 8 to 128.
-  const DecodeTweak tweaks[] = {
-      {"_v1", false, 1, false}, {"_v1lut", false, 1, true}, {"_altkernel_v1lut", true, 1, true}};
+  // decode_lut, the other kernel shape, the chunks combined by a reduce launch rather than in the
+  // decode launch) over the formats' distinct decode paths: f16 and a block format, TurboQuant K
+  // and V of 2, 3, 4 bits and mixed widths, head sizes 8 to 128.
+  const DecodeTweak tweaks[] = {{"_v1", false, 1, false},
+                                {"_v1lut", false, 1, true},
+                                {"_altkernel_v1lut", true, 1, true},
+                                {"_reducelaunch", false, -1, false, true},
+                                {"_altkernel_reducelaunch", true, -1, false, true}};
   for (const DecodeTweak& tw : tweaks) {
     std::vector<AttentionConfig> configs{shapes[1], shapes[2]};
     for (const auto& [kf, vf] : {std::pair{KvFormat::kTurbo3_5, KvFormat::kTurbo3_5},
