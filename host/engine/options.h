@@ -113,8 +113,8 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, attn_reduce, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown
-// name and the known ones.
+// swiglu, glu, attn_reduce, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws
+// std::invalid_argument naming an unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

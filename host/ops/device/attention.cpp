@@ -68,10 +68,9 @@ uint64_t query_floats(const AttentionConfig& config) {
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t qd = query_floats(config);
-  return 4ull *
-         (uint64_t(t.prefill_rows) * qd + uint64_t(t.prefill_kv_tile) * (qd + 1) +
-          uint64_t(t.prefill_kv_tile) * c.head_dim + uint64_t(t.prefill_rows) * t.prefill_kv_tile +
-          5ull * t.prefill_rows);
+  return 4ull * (uint64_t(t.prefill_rows) * qd + uint64_t(t.prefill_kv_tile) * (qd + 1) +
+                 uint64_t(t.prefill_kv_tile) * c.head_dim +
+                 uint64_t(t.prefill_rows) * t.prefill_kv_tile + 5ull * t.prefill_rows);
 }
 uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
@@ -222,8 +221,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DKV_TURBO_SQRT_D=" + hex_float(reference::turbo::sqrt_dim(uint32_t(c.head_dim)));
   if (kv::kv_format_traits(config_.k_row_format()).turbo_prod) {
     // The cache's QJL matrix: the reference's floats, so stores and scores agree with it.
-    const std::span<const float> s =
-        reference::turbo::cache_qjl_matrix(uint32_t(c.head_dim));
+    const std::span<const float> s = reference::turbo::cache_qjl_matrix(uint32_t(c.head_dim));
     qjl_ = device.alloc(s.size_bytes(), CL_MEM_READ_ONLY);
     device.write(qjl_.get(), 0, s.data(), s.size_bytes());
   }
@@ -398,9 +396,8 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
            cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
            cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),
-           layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0),
-           fused ? counters_.get() : workspace, out, out_offset, sinks ? sinks : workspace,
-           cl_uint(sinks ? 1 : 0), qjl_or(layer.k));
+           layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0), fused ? counters_.get() : workspace,
+           out, out_offset, sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0), qjl_or(layer.k));
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {lws, 1, 1}, {ev.wait, fused ? ev.done : nullptr});

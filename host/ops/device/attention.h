@@ -150,10 +150,11 @@ class AttentionOp {
 
   // (c) Same result by split-K: each token's context is cut into chunks scored by separate
   // work-groups, then a reduce combines them (the last work-group of each (token, KV head) in the
-  // same launch when tuning().fused_reduce and n_tokens <= kFusedReduceTokens; else a launch). The fast path for decode tokens (one per sequence).
-  // `workspace` holds at least decode_workspace_bytes(n_tokens, C) bytes, C the batch's
-  // context_capacity (max_context when 0). Chunk sizes are read from the batch's meta buffer.
-  // `sinks` as prefill's (applied by the reduce).
+  // same launch when tuning().fused_reduce and n_tokens <= kFusedReduceTokens; else a launch). The
+  // fast path for decode tokens (one per sequence). `workspace` holds at least
+  // decode_workspace_bytes(n_tokens, C) bytes, C the batch's context_capacity (max_context when 0).
+  // Chunk sizes are read from the batch's meta buffer. `sinks` as prefill's (applied by the
+  // reduce).
   void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
               uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
               int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {},

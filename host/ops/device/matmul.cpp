@@ -152,14 +152,20 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   return *kernels_.emplace(t, std::move(k)).first->second;
 }
 
+namespace {
+// experts_t{1,4,8} of the matmul program built with `options` (a variant's program plus a macro).
+void build_expert_tiles(const Device& device, const std::string& options, ClKernel (&out)[3]) {
+  const int tiles[3] = {1, 4, 8};
+  for (int i = 0; i < 3; ++i)
+    out[i] = device.kernel("matmul", "experts_t" + std::to_string(tiles[i]), options);
+}
+}  // namespace
+
 void MatmulOp::prepare_swiglu(TensorType t) const {
   Kernels& k = kernels(t);
   std::lock_guard lock(mutex_);
-  if (k.experts_swiglu[0]) return;
-  const int tiles[3] = {1, 4, 8};
-  for (int i = 0; i < 3; ++i)
-    k.experts_swiglu[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]),
-                                         k.options + " -DX_SWIGLU=1");
+  if (!k.experts_swiglu[0])
+    build_expert_tiles(device_, k.options + " -DX_SWIGLU=1", k.experts_swiglu);
 }
 
 bool MatmulOp::can_glu(TensorType t) const {
@@ -169,15 +175,13 @@ bool MatmulOp::can_glu(TensorType t) const {
 
 void MatmulOp::prepare_glu(TensorType t) const {
   if (!can_glu(t))
-    throw TesseraError("matmul: gate|up with SwiGLU needs one row per work item and an even row "
-                       "group count, not " + variant(t).str());
+    throw TesseraError(
+        "matmul: gate|up with SwiGLU needs one row per work item and an even row "
+        "group count, not " +
+        variant(t).str());
   Kernels& k = kernels(t);
   std::lock_guard lock(mutex_);
-  if (k.experts_glu[0]) return;
-  const int tiles[3] = {1, 4, 8};
-  for (int i = 0; i < 3; ++i)
-    k.experts_glu[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]),
-                                      k.options + " -DGLU_OUT=1");
+  if (!k.experts_glu[0]) build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu);
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {

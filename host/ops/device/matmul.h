@@ -107,9 +107,8 @@ class MatmulOp {
   // needs the format's variant to have one row per work item and an even wg_rows (can_glu: the
   // CPU shape; GPUs fold SwiGLU into down instead).
   void run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
-                       size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
-                       int n_pairs, const std::vector<cl_event>& wait = {},
-                       cl_event* done = nullptr) const;
+                       size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs,
+                       const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
   void prepare_glu(gguf::TensorType type) const;
   bool can_glu(gguf::TensorType type) const;
 

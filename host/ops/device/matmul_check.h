@@ -46,8 +46,7 @@ MatmulCheck check_matmul(const MatmulOp& op, gguf::TensorType t, int64_t rows, i
 // (pairs sorted by expert, as the MoE executor passes them), one run_experts launch.
 MatmulCheck check_experts(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
                           int n_expert, int n_tokens, int top_k, bool timing, uint32_t seed = 1,
-                          bool x_swiglu = false, bool sorted_promise = false,
-                          bool glu_out = false);
+                          bool x_swiglu = false, bool sorted_promise = false, bool glu_out = false);
 // glu_out: the weight is gate | up stacked (rows even) and run_experts_glu's output is compared
 // with silu(gate row) * up row of the reference products (rows / 2 floats per pair).
 
