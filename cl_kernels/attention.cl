@@ -442,7 +442,7 @@ inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_c
 // reads the other work-groups' partials through a volatile pointer after a global fence (their
 // writes were fenced before their increments). Items lid < ITEMS share the channels; ob holds
 // HEAD_DIM floats of scratch for a rotated V (TurboQuant rows, rotated back once here).
-#define DEFINE_REDUCE_HEAD(suffix, ITEMS, PART_Q, OB_SPACE, SYNC)                                  \
+#define DEFINE_REDUCE_HEAD(suffix, ITEMS, PART_Q, OB_SPACE, SYNC, ROTATE_INV)                      \
   inline void reduce_head_##suffix(PART_Q const float* part, uint n_chunks, uint first_token,      \
                                    uint ti, int h, __global float* out, uint out_off,              \
                                    __global const float* sinks, uint use_sinks, int lid,           \
@@ -466,17 +466,17 @@ inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_c
     }                                                                                              \
     const float inv = 1.0f / l;                                                                    \
     __global float* dst = out + out_off + ((size_t)(first_token + ti) * N_HEAD + h) * HEAD_DIM;    \
-    REDUCE_STORE(suffix, ITEMS, SYNC)                                                              \
+    REDUCE_STORE(ITEMS, SYNC, ROTATE_INV)                                                          \
   }
 #if V_ROTATED
 // The partials are rotated (TurboQuant V rows): rotate the combined output back once.
-#define REDUCE_STORE(suffix, ITEMS, SYNC)                                                          \
+#define REDUCE_STORE(ITEMS, SYNC, ROTATE_INV)                                                      \
   for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
     const int d = lid + i * (ITEMS);                                                               \
     if (d < HEAD_DIM) ob[d] = acc[i] * inv;                                                        \
   }                                                                                                \
   SYNC;                                                                                            \
-  if (lid == 0) kv_turbo_rotate_inverse_##suffix(ob);                                              \
+  if (lid == 0) ROTATE_INV(ob);                                                                    \
   SYNC;                                                                                            \
   for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
     const int d = lid + i * (ITEMS);                                                               \
@@ -484,20 +484,19 @@ inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_c
   }                                                                                                \
   SYNC;
 #else
-#define REDUCE_STORE(suffix, ITEMS, SYNC)                                                          \
+#define REDUCE_STORE(ITEMS, SYNC, ROTATE_INV)                                                      \
   (void)ob;                                                                                        \
   for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) {                                   \
     const int d = lid + i * (ITEMS);                                                               \
     if (d < HEAD_DIM) dst[d] = acc[i] * inv;                                                       \
   }
 #endif
-// suffix l / p: the scratch (and the rotation's) address space.
-#define kv_turbo_rotate_inverse_red kv_turbo_rotate_inverse_l
-#define kv_turbo_rotate_inverse_dec kv_turbo_rotate_inverse_l
-#define kv_turbo_rotate_inverse_row kv_turbo_rotate_inverse_p
-DEFINE_REDUCE_HEAD(red, RED_LWS, __global, __local, barrier(CLK_LOCAL_MEM_FENCE))
-DEFINE_REDUCE_HEAD(dec, DEC_LWS, __global volatile, __local, barrier(CLK_LOCAL_MEM_FENCE))
-DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0)
+// The inverse rotation of the scratch's address space (named only where V is rotated).
+DEFINE_REDUCE_HEAD(red, RED_LWS, __global, __local, barrier(CLK_LOCAL_MEM_FENCE),
+                   kv_turbo_rotate_inverse_l)
+DEFINE_REDUCE_HEAD(dec, DEC_LWS, __global volatile, __local, barrier(CLK_LOCAL_MEM_FENCE),
+                   kv_turbo_rotate_inverse_l)
+DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0, kv_turbo_rotate_inverse_p)
 
 // The decode kernels' arguments for the fused combine (before qjl) and their tails: work-group
 // kernels (DEC_LWS items, `qs` free as scratch by then) and the row kernel (one item).

@@ -140,14 +140,10 @@ void MoeFfn::upload_experts(WeightUploader& up) {
       s.down_b = upload_rows({&ref_.down_b}, E);
     }
     if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_swiglu(ls_.down_exps->type);
-    if (s.gate_up.body && glu_here(c, s)) c.mm->prepare_glu(s.gate_up.type);
+    s.glu = s.gate_up.body && c.glu_out && !oai() && !s.gate_up_b && c.mm->can_glu(s.gate_up.type);
+    if (s.glu) c.mm->prepare_glu(s.gate_up.type);
   }
   dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
-}
-
-bool MoeFfn::glu_here(const DeviceCtx& c, const Shard& s) const {
-  // gpt-oss's clamped SwiGLU and biased gate|up rows keep the separate activation.
-  return c.glu_out && !oai() && !s.gate_up_b && c.mm->can_glu(s.gate_up.type);
 }
 
 void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
@@ -163,7 +159,7 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
     else
       c.act->swiglu(g, u, {c.h.get(), 0, ff}, uint32_t(np), ff, {{}, c.prof("activation")});
   };
-  if (s.gate_up.body && glu_here(c, s)) {
+  if (s.glu) {
     // One launch for gate, up and SwiGLU: pair row p of h holds silu(gate) * up (ff).
     c.mm->run_experts_glu(s.gate_up, c.xn.get(), 0, x_rows, c.h.get(), 0, pair_token, pair_expert,
                           np, {}, c.prof("matmul"));

@@ -74,13 +74,14 @@ class MoeFfn final : public Ffn {
     // gpt-oss's expert biases in local expert order (empty when none): gate_up_b holds each
     // expert's gate then up bias (matching gate_up's rows), gate_b / up_b the separate ones.
     ClMem gate_up_b, gate_b, up_b, down_b;
+    // The gate|up launch applies SwiGLU itself (DeviceCtx::glu_out; not for gpt-oss's clamped
+    // SwiGLU or biased gate|up rows), decided at upload.
+    bool glu = false;
   };
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y. grouped:
   // the pairs are sorted by expert (each expert has at most x_rows of them, one per token).
   void expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
                   int n_pairs, bool grouped = false);
-  // Whether the shard's gate|up launch applies SwiGLU itself on this device (DeviceCtx::glu_out).
-  bool glu_here(const DeviceCtx& c, const Shard& s) const;
   // Experts on several devices: the router's choice comes to the host and each device runs the
   // pairs of its experts; the partial sums come back to `home`.
   void across_devices(DeviceCtx& home, int n);
