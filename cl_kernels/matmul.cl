@@ -15,6 +15,7 @@
 // adds to y instead of storing); offsets are in floats.
 #include "common.clh"
 #include "matmul_formats.clh"
+#include "rows.clh"
 
 #ifndef LANES
 #define LANES 1
@@ -274,6 +275,94 @@ DEFINE_MATMUL(8)
         if (r0 + rr < rows) y[y_off + (ulong)(p + j) * rows + r0 + rr] = ok ? out[rr * TT + j] : NAN
 #endif
 
+// COMBINE_TAIL (experts only, not with GLU_OUT; the down projection of decode-sized steps): the
+// MoE combine in the launch that computes its rows. Pairs are in token order (pair p is entry p of
+// the combine: token ctok[p], router weight cw[p]; token t's pairs are [coff[t], coff[t+1])).
+// After storing a tile's rows a work group fences and bumps the counter of each pair's token; the
+// work group that brings a token's count to num_groups(0) x its pairs (every row group of every
+// pair written) reads the token's rows back through a volatile pointer and writes
+// cx[t] (+)= sum_p cw[p] * y[p] (accumulate: the residual stream; else a partial sum), then, with
+// use_norm, cxn[t] = RMSNorm(cx[t]) * norm_w (the next layer's input norm), and resets the counter
+// for the next launch. Work group (0, 0) also writes the tokens that have no pairs. No work group
+// waits for another, so nothing depends on how many run at once. The local size must be a power
+// of two (the norm's reduction).
+#ifdef COMBINE_TAIL
+#define COMBINE_ARGS                                                                               \
+  , __global float *cx, __global const float *cw, __global const int *coff,                        \
+      __global const int *ctok, uint c_tokens, uint accumulate, __global const float *norm_w,      \
+      uint use_norm, float eps, __global float *cxn, __global volatile int *counters
+#define COMBINE_LOCALS                                                                             \
+  __local float cscratch[LANES * WG_ROWS];                                                         \
+  __local int clast[8];                                                                            \
+  __local int nlast;
+// Token t's combine (and norm) by the work group. CPUs: its first item alone (PoCL runs the group
+// on one core anyway; no barrier inside the loop over the group's tokens, which PoCL 3.1 miscompiled
+// into a crash); GPUs: the items share the row and reduce the squares in local memory.
+inline void combine_token(uint t, uint n, __global volatile const float* y, ulong y_off,
+                          __global float* x, __global const float* w, __global const int* off,
+                          uint accumulate, __global const float* norm_w, uint use_norm, float eps,
+                          __global float* xn, __local float* scratch) {
+  const int begin = off[t], end = off[t + 1];
+  __global float* xr = x + (ulong)t * n;
+  SquareSum sq = {0.0f, 0.0f};
+#ifdef DEVICE_IS_CPU
+  if (get_local_id(0) != 0) return;
+  for (uint i = 0; i < n; ++i) {
+#else
+  FOR_ROW(i, n) {
+#endif
+    float acc = 0.0f;
+    for (int p = begin; p < end; ++p) acc += w[p] * y[y_off + (ulong)p * n + i];
+    const float v = accumulate ? xr[i] + acc : acc;
+    xr[i] = v;
+    add_square(&sq, v);
+  }
+  if (!use_norm) return;
+#ifdef DEVICE_IS_CPU
+  const float scale = 1.0f / sqrt(sq.sum / (float)n + eps);
+  for (uint i = 0; i < n; ++i) xn[(ulong)t * n + i] = xr[i] * scale * norm_w[i];
+#else
+  const float scale = rms_scale(sq, n, eps, scratch);
+  FOR_ROW(i, n) xn[(ulong)t * n + i] = xr[i] * scale * norm_w[i];
+#endif
+}
+#define COMBINE_TOKEN(t)                                                                           \
+  combine_token((t), rows, (__global volatile const float*)y, y_off, cx, cw, coff, accumulate,     \
+                norm_w, use_norm, eps, cxn, cscratch)
+#define COMBINE_EMPTY_TOKENS                                                                       \
+  if (get_group_id(0) == 0 && get_group_id(1) == 0)                                                \
+    for (uint t = 0; t < c_tokens; ++t)                                                            \
+      if (coff[t + 1] == coff[t]) COMBINE_TOKEN(t);
+#define COMBINE_AFTER(p, nj)                                                                       \
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                             \
+  if (get_local_id(0) == 0) {                                                                      \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+    int last = 0;                                                                                  \
+    for (uint j = 0; j < (nj); ++j) {                                                              \
+      const int t = ctok[(p) + j];                                                                 \
+      if (t < 0 || (uint)t >= c_tokens) continue;                                                  \
+      const int want = (int)get_num_groups(0) * (coff[t + 1] - coff[t]);                           \
+      if (atomic_inc(counters + t) == want - 1) {                                                  \
+        atomic_xchg(counters + t, 0);                                                              \
+        clast[last++] = t;                                                                         \
+      }                                                                                            \
+    }                                                                                              \
+    nlast = last;                                                                                  \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+  }                                                                                                \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                                    \
+  for (int i = 0; i < nlast; ++i) COMBINE_TOKEN((uint)clast[i]);                                   \
+  barrier(CLK_LOCAL_MEM_FENCE)
+#ifdef GLU_OUT
+#error "COMBINE_TAIL is for the down projection, not with GLU_OUT"
+#endif
+#else
+#define COMBINE_ARGS
+#define COMBINE_LOCALS
+#define COMBINE_EMPTY_TOKENS
+#define COMBINE_AFTER(p, nj) (void)0
+#endif
+
 // Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
 // A tile of TT consecutive pairs that all name the same expert decodes the weights once (the host
 // sorts pairs by expert); a mixed tile runs pair by pair. An out-of-range expert or token id makes
@@ -283,12 +372,14 @@ DEFINE_MATMUL(8)
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
       __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,           \
       __global const int* pair_token, __global const int* pair_expert, uint n_pairs,               \
-      uint n_expert) {                                                                             \
+      uint n_expert COMBINE_ARGS) {                                                                \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
     __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
     const uint lane = get_local_id(0) % LANES;                                                     \
     GLU_LOCALS                                                                                     \
+    COMBINE_LOCALS                                                                                 \
     EXPERT_ROW0                                                                                    \
+    COMBINE_EMPTY_TOKENS                                                                           \
     const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint p0 = tile * TT;                                                                   \
@@ -315,6 +406,7 @@ DEFINE_MATMUL(8)
           for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
         }                                                                                          \
         STORE_EXPERT_ROWS(TT);                                                                     \
+        COMBINE_AFTER(p, nj);                                                                      \
       }                                                                                            \
     }                                                                                              \
   }

@@ -61,6 +61,9 @@ struct DeviceCtx {
   bool glu_out = false;
   // Decode attention combines its chunks in the same launch (AttentionTuning::fused_reduce).
   bool fused_attention_reduce = true;
+  // Decode-sized MoE steps run the expert combine (and the next norm) in the down launch
+  // (MatmulOp::run_experts_combine).
+  bool combine_in_down = false;
 
   // Activations of one step ([token][...] rows of f32).
   ClMem x;        // the residual stream [n_embd]

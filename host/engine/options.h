@@ -35,7 +35,7 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
-  // attn_reduce, argmax, flush).
+  // attn_reduce, down_combine, argmax, flush).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -47,6 +47,10 @@ struct EngineOptions {
     // Split-K decode attention combined by its last work-group (AttentionTuning::fused_reduce):
     // no reduce launch.
     bool attn_reduce = true;
+    // The MoE combine (+ the next layer's norm, with combine_norm) in the down projection's
+    // launch for decode-sized steps (MatmulOp::run_experts_combine): its last work group per
+    // token combines the token's rows.
+    bool down_combine = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).

@@ -47,7 +47,7 @@ class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false, false};
+  opts.fuse = {false, false, false, false, false, false, false};
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -59,14 +59,12 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
 // SwiGLU in the gate|up expert launch (CPU devices, where it is not folded into down): the same
 // tokens as the reference with it on and off, and a recorded decode step one launch shorter per
 // MoE layer with it on (no activation launch).
-TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
-  auto reg = tessera::cli::discover_devices();
-  const Device* cpu = nullptr;
-  for (const auto& d : reg.devices())
-    if (d->info().type == DeviceType::kCpu && !cpu) cpu = d.get();
-  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
-  // One format for every matrix: gate and up stack into one weight (the mixed-format fixture
-  // keeps them apart).
+// A Q4_0 qwen3moe fixture (one format for every matrix: gate and up stack into one weight; the
+// mixed-format fixture keeps them apart) run on `device` with a fusion switch off and on: the
+// reference's greedy tokens both times; returns the recorded decode step's launches per MoE layer
+// saved by the fusion.
+double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& device,
+                                    bool EngineOptions::Fusion::*flag) {
   model::FixtureOptions fo;
   fo.kind = "qwen3moe";
   fo.weight_type = "Q4_0";
@@ -75,22 +73,48 @@ TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
   m->spec = model::ModelSpec::from_gguf(m->file);
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
-  cfg.select[0].id = cpu->id();
+  cfg.select[0].id = device.id();
   const auto ref = reference_greedy(m->spec, kPrompt, 4);
   size_t launches[2] = {0, 0};
-  for (int glu = 0; glu < 2; ++glu) {
+  for (int on = 0; on < 2; ++on) {
     EngineOptions opts;
-    opts.fuse.glu = glu == 1;
+    opts.fuse.*flag = on == 1;
     auto engine = make_engine(m->spec, reg, cfg, opts);
     const auto got = engine_greedy(*engine, kPrompt, 4);
-    EXPECT_EQ(got.tokens, ref.tokens) << "glu " << glu;
-    ASSERT_NE(engine->latest_program(), nullptr);
-    launches[glu] = engine->latest_program()->launches();
+    EXPECT_EQ(got.tokens, ref.tokens) << "fusion " << (on ? "on" : "off");
+    if (!engine->latest_program()) {
+      ADD_FAILURE() << "no recorded step";
+      return 0;
+    }
+    launches[on] = engine->latest_program()->launches();
   }
   size_t moe_layers = 0;
   for (const auto& l : m->spec.layers) moe_layers += l.is_moe() ? 1 : 0;
-  ASSERT_GT(moe_layers, 0u);
-  EXPECT_EQ(launches[0], launches[1] + moe_layers);
+  if (moe_layers == 0) ADD_FAILURE() << "the fixture has no MoE layer";
+  return (double(launches[0]) - double(launches[1])) / double(std::max<size_t>(1, moe_layers));
+}
+
+const Device* first_cpu(const DeviceRegistry& reg) {
+  for (const auto& d : reg.devices())
+    if (d->info().type == DeviceType::kCpu) return d.get();
+  return nullptr;
+}
+
+TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  const Device* cpu = first_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
+  EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::glu), 1.0);
+}
+
+// The MoE combine and the next layer's norm in the down launch (MatmulOp::run_experts_combine),
+// on every device: the reference's tokens with it on and off, one launch less per MoE layer.
+TEST(EngineBatchTest, CombineInTheDownLaunchSavesTheCombineLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  for (const auto& d : reg.devices()) {
+    SCOPED_TRACE(d->info().label());
+    EXPECT_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::down_combine), 1.0);
+  }
 }
 
 TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {

@@ -142,12 +142,18 @@ void MoeFfn::upload_experts(WeightUploader& up) {
     if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_swiglu(ls_.down_exps->type);
     s.glu = s.gate_up.body && c.glu_out && !oai() && !s.gate_up_b && c.mm->can_glu(s.gate_up.type);
     if (s.glu) c.mm->prepare_glu(s.gate_up.type);
+    // The combine in the down launch (not after gpt-oss's down bias, which comes after it).
+    s.combine = c.combine_in_down && !s.down_b && c.mm->can_combine(s.down.type);
+    if (s.combine) {
+      c.mm->prepare_combine(s.down.type, false);
+      if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_combine(s.down.type, true);
+    }
   }
   dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
 }
 
-void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
-                        int x_rows, int np, bool grouped) {
+bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
+                        int x_rows, int np, bool grouped, const ops::ExpertCombine* combine) {
   const uint32_t ff = spec_.hp.n_ff_exp;
   // Grouped pairs: an expert's run is at most one pair per token (the tiled GEMM's bound).
   const int run = grouped ? x_rows : 0;
@@ -172,9 +178,14 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
                           2 * ff, {{}, c.prof("elementwise")});
     if (c.fold_swiglu && !oai() && np <= kFoldSwigluMaxPairs) {
       // Down with SwiGLU folded into its loads of those rows.
+      if (combine) {
+        c.mm->run_experts_combine(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(),
+                                  pair_expert, np, true, *combine, {}, c.prof("matmul"));
+        return true;
+      }
       c.mm->run_experts(s.down, c.gu.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
                         c.prof("matmul"), true);
-      return;
+      return false;
     }
     activation({c.gu.get(), 0, 2 * ff}, {c.gu.get(), ff, 2 * ff});
   } else {
@@ -191,11 +202,33 @@ void MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
     }
     activation({c.gu.get(), 0, ff}, {c.gu.get(), up_off, ff});
   }
+  if (combine) {
+    c.mm->run_experts_combine(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np,
+                              false, *combine, {}, c.prof("matmul"));
+    return true;
+  }
   c.mm->run_experts(s.down, c.h.get(), 0, np, c.y.get(), 0, c.iota.get(), pair_expert, np, {},
                     c.prof("matmul"), false, run);
   if (s.down_b)
     c.ew->add_pair_bias(c.y.get(), 0, spec_.hp.n_embd, pair_expert, 0, s.down_b.get(), uint32_t(np),
                         spec_.hp.n_embd, {{}, c.prof("elementwise")});
+  return false;
+}
+
+ops::ExpertCombine MoeFfn::combine_args(cl_mem out, bool accumulate, cl_mem weights, cl_mem offsets,
+                                        cl_mem pair_token, int n, cl_mem next_norm,
+                                        cl_mem xn) const {
+  ops::ExpertCombine comb;
+  comb.out = out;
+  comb.accumulate = accumulate;
+  comb.weights = weights;
+  comb.offsets = offsets;
+  comb.pair_token = pair_token;
+  comb.n_tokens = uint32_t(n);
+  comb.norm_w = next_norm;
+  comb.eps = spec_.hp.rms_eps;
+  comb.xn = xn;
+  return comb;
 }
 
 bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
@@ -259,13 +292,21 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
                           {{}, home.prof("moe_group")});
     rows = home.pair_row.get();
   }
-  expert_ffn(home, dev_.shards[size_t(home.index)],
-             grouped ? home.sorted_token.get() : home.pair_token.get(),
-             grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs, grouped);
+  // Decode-sized steps: the combine (and next_norm) in the down launch.
+  const Shard& shard = dev_.shards[size_t(home.index)];
+  const bool in_down = shard.combine && !grouped && n <= ops::MatmulOp::kCombineMaxTokens;
+  const ops::ExpertCombine comb =
+      combine_args(home.x.get(), true, home.topk_w.get(), home.token_pairs.get(),
+                   home.pair_token.get(), n, next_norm, home.xn.get());
+  const bool combined =
+      expert_ffn(home, shard, grouped ? home.sorted_token.get() : home.pair_token.get(),
+                 grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs, grouped,
+                 in_down ? &comb : nullptr);
   ops::host_call(*home.dev, "count expert hits",
                  [stats = moe_->stats, d = size_t(home.index), pairs] {
                    stats->expert_hits[d] += uint64_t(pairs);
                  });
+  if (combined) return next_norm != nullptr;
   if (next_norm) {
     home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,
                            home.token_pairs.get(), rows, uint32_t(n), E, next_norm, hp.rms_eps,
@@ -371,11 +412,17 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       // Same context: the activations move device to device, after the home queue's work.
       if (shared)
         ops::copy_after(*home.dev, *c.dev, home.xn.get(), 0, c.xn.get(), 0, size_t(n) * E * 4);
-      expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np, grouped);
-      // Home accumulates into the residual stream; others produce a partial sum to send back.
-      c.moe->combine(is_home ? c.x.get() : c.partial.get(), 0, c.y.get(), 0, c.p_w.get(), 0,
-                     c.p_off.get(), grouped ? c.p_row.get() : nullptr, uint32_t(n), E, is_home,
-                     {{}, c.prof("moe_combine")});
+      // Home accumulates into the residual stream; others produce a partial sum to send back
+      // (decode-sized steps: in the down launch).
+      cl_mem out = is_home ? c.x.get() : c.partial.get();
+      const ops::ExpertCombine comb = combine_args(out, is_home, c.p_w.get(), c.p_off.get(),
+                                                   c.p_tok.get(), n, nullptr, nullptr);
+      const bool in_down = s.combine && !grouped && n <= ops::MatmulOp::kCombineMaxTokens;
+      if (!expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np, grouped,
+                      in_down ? &comb : nullptr))
+        c.moe->combine(out, 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(),
+                       grouped ? c.p_row.get() : nullptr, uint32_t(n), E, is_home,
+                       {{}, c.prof("moe_combine")});
       if (!is_home && !shared) {
         c.staging.resize(size_t(n) * E);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
@@ -412,9 +459,14 @@ size_t MoeFfn::count_expert_launches(int experts_per_token) {
   {
     const Device* one[] = {c.dev};
     ops::Recording recording(experts, one);
-    expert_ffn(c, dev_.shards[d], c.pair_token.get(), c.topk_ids.get(), 1, experts_per_token);
-    c.moe->combine(c.x.get(), 0, c.y.get(), 0, c.topk_w.get(), 0, c.token_pairs.get(), nullptr, 1,
-                   spec_.hp.n_embd, true, {});
+    const ops::ExpertCombine comb =
+        combine_args(c.x.get(), true, c.topk_w.get(), c.token_pairs.get(), c.pair_token.get(), 1,
+                     nullptr, nullptr);
+    const Shard& s = dev_.shards[d];
+    if (!expert_ffn(c, s, c.pair_token.get(), c.topk_ids.get(), 1, experts_per_token, false,
+                    s.combine ? &comb : nullptr))
+      c.moe->combine(c.x.get(), 0, c.y.get(), 0, c.topk_w.get(), 0, c.token_pairs.get(), nullptr, 1,
+                     spec_.hp.n_embd, true, {});
   }
   return experts.launches();
 }

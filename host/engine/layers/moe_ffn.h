@@ -59,7 +59,8 @@ class MoeFfn final : public Ffn {
   bool experts(DeviceCtx& c, const LayerStep& s, cl_mem next_norm);
   MoeFfn* routed() override { return this; }
   // Kernel launches of one device's share of this layer's experts for one token (its pairs):
-  // gate|up, SwiGLU (unless folded), down, combine; counted (not run) on a device holding some.
+  // gate|up, SwiGLU (unless folded), down, combine (unless in down); counted (not run) on a device
+  // holding some.
   size_t count_expert_launches(int experts_per_token);
   // Every expert on the layer's device: they run inside the step (else from a host-sync point).
   bool experts_all_on_home() const { return dev_.all_on_home; }
@@ -77,11 +78,19 @@ class MoeFfn final : public Ffn {
     // The gate|up launch applies SwiGLU itself (DeviceCtx::glu_out; not for gpt-oss's clamped
     // SwiGLU or biased gate|up rows), decided at upload.
     bool glu = false;
+    // Decode-sized steps run the combine in the down launch (DeviceCtx::combine_in_down; not
+    // with gpt-oss's down bias), decided at upload.
+    bool combine = false;
   };
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y. grouped:
   // the pairs are sorted by expert (each expert has at most x_rows of them, one per token).
-  void expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
-                  int n_pairs, bool grouped = false);
+  // `combine` (pairs in token order, s.combine): the down launch also runs it; returns whether
+  // it did (else the caller's combine launch follows).
+  bool expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
+                  int n_pairs, bool grouped = false, const ops::ExpertCombine* combine = nullptr);
+  // The combine of n tokens' pairs into `out` (+ next_norm into xn when set), for expert_ffn.
+  ops::ExpertCombine combine_args(cl_mem out, bool accumulate, cl_mem weights, cl_mem offsets,
+                                  cl_mem pair_token, int n, cl_mem next_norm, cl_mem xn) const;
   // Experts on several devices: the router's choice comes to the host and each device runs the
   // pairs of its experts; the partial sums come back to `home`.
   void across_devices(DeviceCtx& home, int n);

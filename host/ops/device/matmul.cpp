@@ -101,6 +101,7 @@ struct MatmulOp::Kernels {
   ClKernel matmul[3], experts[3];  // token tiles 1, 4, 8
   ClKernel experts_swiglu[3];      // X_SWIGLU program, built on demand
   ClKernel experts_glu[3];         // GLU_OUT program (two rows per work item), built on demand
+  ClKernel experts_combine[2][3];  // COMBINE_TAIL programs, plain and X_SWIGLU, built on demand
   ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
   std::string options;
   ClKernel dequantize;
@@ -182,6 +183,29 @@ void MatmulOp::prepare_glu(TensorType t) const {
   Kernels& k = kernels(t);
   std::lock_guard lock(mutex_);
   if (!k.experts_glu[0]) build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu);
+}
+
+bool MatmulOp::can_combine(TensorType t) const {
+  const MatmulVariant& v = kernels(t).variant;
+  const int items = v.lanes * v.wg_rows;
+  return (items & (items - 1)) == 0;
+}
+
+void MatmulOp::prepare_combine(TensorType t, bool x_swiglu) const {
+  if (!can_combine(t))
+    throw TesseraError("matmul: the combining expert launch needs a power-of-two work group, not " +
+                       variant(t).str());
+  Kernels& k = kernels(t);
+  std::lock_guard lock(mutex_);
+  if (!combine_counters_) {
+    const std::vector<int32_t> zeros(kCombineMaxTokens, 0);
+    combine_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
+    device_.write(combine_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
+  }
+  auto& tiles = k.experts_combine[x_swiglu ? 1 : 0];
+  if (!tiles[0])
+    build_expert_tiles(device_, k.options + (x_swiglu ? " -DX_SWIGLU=1" : "") + " -DCOMBINE_TAIL=1",
+                       tiles);
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
@@ -342,6 +366,43 @@ void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset,
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
   // Each work group covers wg_rows / 2 gate rows and the same up rows: 2 ff rows in all.
+  enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
+}
+
+void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
+                                   cl_mem y, size_t y_offset, cl_mem pair_token_ids,
+                                   cl_mem pair_expert_ids, int n_pairs, bool x_swiglu,
+                                   const ExpertCombine& c, const std::vector<cl_event>& wait,
+                                   cl_event* done) const {
+  if (n_pairs <= 0) throw TesseraError("matmul run_experts_combine: n_pairs must be positive");
+  if (x_rows <= 0) throw TesseraError("matmul run_experts_combine: x_rows must be positive");
+  if (!w.body) throw TesseraError("matmul run_experts_combine: weight not uploaded");
+  if (c.n_tokens == 0 || c.n_tokens > uint32_t(kCombineMaxTokens))
+    throw TesseraError("matmul run_experts_combine: " + std::to_string(c.n_tokens) +
+                       " tokens, the combining launch takes 1 to " +
+                       std::to_string(kCombineMaxTokens));
+  if (!c.out || !c.weights || !c.offsets || !c.pair_token || (c.norm_w && !c.xn))
+    throw TesseraError("matmul run_experts_combine: a combine buffer is missing");
+  Kernels& ks = kernels(w.type);
+  if (!ks.experts_combine[x_swiglu ? 1 : 0][0] || !combine_counters_)
+    prepare_combine(w.type, x_swiglu);
+  const int tile = token_tile(
+      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
+  cl_kernel k = ks.experts_combine[x_swiglu ? 1 : 0][Kernels::slot(tile)].get();
+  set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
+                  n_pairs);
+  // A null cl_mem is not a valid argument on every driver: without a norm, out stands in.
+  set_arg(device_, k, 14, c.out);
+  set_arg(device_, k, 15, c.weights);
+  set_arg(device_, k, 16, c.offsets);
+  set_arg(device_, k, 17, c.pair_token);
+  set_arg(device_, k, 18, cl_uint(c.n_tokens));
+  set_arg(device_, k, 19, cl_uint(c.accumulate ? 1 : 0));
+  set_arg(device_, k, 20, c.norm_w ? c.norm_w : c.out);
+  set_arg(device_, k, 21, cl_uint(c.norm_w ? 1 : 0));
+  set_arg(device_, k, 22, c.eps);
+  set_arg(device_, k, 23, c.norm_w ? c.xn : c.out);
+  set_arg(device_, k, 24, combine_counters_.get());
   enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
 }
 

@@ -60,8 +60,25 @@ struct MatmulOutput {
   bool accumulate = false;
 };
 
+// The MoE combine run by a down projection's launch (MatmulOp::run_experts_combine): for each token
+// t < n_tokens, out[t] (+)= sum over its pairs p in [offsets[t], offsets[t+1]) of weights[p] times
+// the launch's output row p (moe_combine's sum), then, when norm_w is set, xn[t] = out[t] /
+// sqrt(mean(out[t]^2) + eps) * norm_w (moe_combine_norm's). Pairs in token order; pair_token[p]
+// is pair p's token. int32 offsets (n_tokens + 1) and pair_token, f32 weights; offsets 0.
+struct ExpertCombine {
+  cl_mem out = nullptr;  // [n_tokens][rows]: the residual stream (accumulate) or a partial sum
+  bool accumulate = true;
+  cl_mem weights = nullptr, offsets = nullptr, pair_token = nullptr;
+  uint32_t n_tokens = 0;
+  cl_mem norm_w = nullptr;  // null: no norm
+  float eps = 0;
+  cl_mem xn = nullptr;
+};
+
 class MatmulOp {
  public:
+  // Tokens a combining launch takes (its counters: one int32 per token).
+  static constexpr int kCombineMaxTokens = 1024;
   explicit MatmulOp(const Device& device);
   // Forces a kernel variant for every format (benchmarks and tuning).
   MatmulOp(const Device& device, const MatmulVariant& variant);
@@ -118,6 +135,18 @@ class MatmulOp {
                   size_t out_offset, const std::vector<cl_event>& wait = {},
                   cl_event* done = nullptr) const;
 
+  // run_experts (x_swiglu as there; plain tile kernels, no tiled GEMM) with the MoE combine in
+  // the same launch: the last work group to finish a token's rows combines them (and norms the
+  // result), so no combine launch follows. The output rows still land in y (rows floats per pair).
+  // Needs can_combine(w.type) and n_tokens <= kCombineMaxTokens. Program and counters built by
+  // prepare_combine or at the first launch.
+  void run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
+                           size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
+                           int n_pairs, bool x_swiglu, const ExpertCombine& combine,
+                           const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+  void prepare_combine(gguf::TensorType type, bool x_swiglu) const;
+  // The format's work group is a power of two (the norm's reduction).
+  bool can_combine(gguf::TensorType type) const;
   const MatmulVariant& variant(gguf::TensorType t) const;
   const Device& device() const { return device_; }
 
@@ -143,6 +172,9 @@ class MatmulOp {
   mutable std::mutex mutex_;  // guards the lazily built kernel table and scratch (upload time only)
   mutable std::map<gguf::TensorType, std::unique_ptr<Kernels>> kernels_;
   mutable ClMem scratch_;  // f32 slab for the CLBlast path, sized at upload
+  // Per-token counters of the combining launches (kCombineMaxTokens int32, zero between launches:
+  // each token's last work group resets its own), allocated by the first prepare_combine.
+  mutable ClMem combine_counters_;
   mutable size_t scratch_bytes_ = 0;
 };
 

@@ -122,6 +122,29 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                                     false, /*glu_out=*/true),
                                       timing);
                    }});
+    // The MoE combine in the down launch (run_experts_combine): decode on the layer's device (4 of
+    // 16 experts, added to the residual stream and normed; 67 rows: a partial row group), SwiGLU
+    // folded into the same launch (the GPU shape), three tokens on a device holding half the
+    // experts (a partial sum; one token with no pair here), and a decode batch of 11.
+    struct CombineShape {
+      const char* name;
+      int tokens;
+      bool x_swiglu, shard;
+    };
+    for (const CombineShape cs :
+         {CombineShape{"t1_top4", 1, false, false}, CombineShape{"t1_top4_swiglu", 1, true, false},
+          CombineShape{"t3_top4_shard", 3, false, true},
+          CombineShape{"t11_top4_swiglu_shard", 11, true, true}}) {
+      out.push_back({"experts_combine", fmt, "16x67x" + std::to_string(c_mid) + "_" + cs.name,
+                     [t, c_mid, cs](const Device& dev, bool timing) {
+                       const MatmulOp op(dev);
+                       if (!op.can_combine(t))
+                         return unsupported("the combining launch needs a power-of-two work group");
+                       return to_matrix(check_experts_combine(op, t, 67, c_mid, 16, cs.tokens, 4,
+                                                              cs.x_swiglu, cs.shard, timing),
+                                        timing);
+                     }});
+    }
   }
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <random>
 
 #include "host/common/error.h"
@@ -329,6 +330,148 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   if (timing) {
     r.seconds = time_launches(dev, launch, true, 10);
   }
+  return r;
+}
+
+MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
+                                  int n_expert, int n_tokens, int top_k, bool x_swiglu, bool shard,
+                                  bool timing, uint32_t seed) {
+  if (top_k > n_expert || (shard && n_expert < 2 * top_k))
+    throw TesseraError("check_experts_combine: too few experts for top_k");
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
+  // Pairs in token order. shard: only the even experts are on this device; the last token picks
+  // odd ones only (no pair here: the combine must still write its zero row).
+  std::mt19937 rng(seed + 99);
+  std::vector<int32_t> tok, exp, off(1, 0);
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    std::vector<int> e(n_expert);
+    for (int i = 0; i < n_expert; ++i) e[size_t(i)] = i;
+    std::shuffle(e.begin(), e.end(), rng);
+    if (shard && tk == n_tokens - 1)
+      for (int k = 0; k < top_k; ++k) e[size_t(k)] = 2 * k + 1;
+    for (int k = 0; k < top_k; ++k) {
+      if (shard && e[size_t(k)] % 2) continue;
+      tok.push_back(tk);
+      exp.push_back(shard ? e[size_t(k)] / 2 : e[size_t(k)]);
+    }
+    off.push_back(int32_t(tok.size()));
+  }
+  const int n_pairs = int(tok.size());
+  if (n_pairs == 0) throw TesseraError("check_experts_combine: no pair on the device");
+  const int n_here = shard ? n_expert / 2 : n_expert;
+  std::vector<int32_t> iota(static_cast<size_t>(n_pairs));
+  std::iota(iota.begin(), iota.end(), 0);
+  // The launch's x: one row per pair ([gate | up] with x_swiglu).
+  const auto xin = random_x(size_t(n_pairs) * cols * (x_swiglu ? 2 : 1), seed);
+  std::vector<float> x = xin;
+  if (x_swiglu) {
+    x.resize(size_t(n_pairs) * cols);
+    for (int p = 0; p < n_pairs; ++p)
+      for (int64_t c = 0; c < cols; ++c) {
+        const float g = xin[size_t(p) * 2 * cols + c], u = xin[size_t(p) * 2 * cols + cols + c];
+        x[size_t(p) * cols + c] = g / (1.0f + std::exp(-g)) * u;
+      }
+  }
+  // The device holds experts of its share only: expert i here is global 2i (shard) or i.
+  std::vector<uint8_t> w_here;
+  if (shard) {
+    const uint64_t mat = ggml_bytes(t, rows, cols);
+    w_here.resize(size_t(mat) * n_here);
+    for (int i = 0; i < n_here; ++i)
+      std::memcpy(w_here.data() + size_t(mat) * i, w.data() + size_t(mat) * 2 * i, mat);
+  }
+  const uint8_t* wd = shard ? w_here.data() : w.data();
+  std::vector<float> y_ref(size_t(n_pairs) * rows);
+  for (int p = 0; p < n_pairs; ++p) {
+    const auto yp =
+        reference_matmul(t, rows, cols, wd, x.data() + size_t(p) * cols, 1, exp[size_t(p)]);
+    std::copy(yp.begin(), yp.end(), y_ref.begin() + size_t(p) * rows);
+  }
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::vector<float> wts(static_cast<size_t>(n_pairs)), norm_w(static_cast<size_t>(rows));
+  for (auto& v : wts) v = unit(rng);
+  for (auto& v : norm_w) v = 0.5f + unit(rng);
+  const float eps = 1e-5f;
+  const bool accumulate = !shard, norm = !shard;
+  // Residual stream (accumulate) or NaN (a partial sum: every row must be written).
+  std::vector<float> out0 = random_x(size_t(n_tokens) * rows, seed + 5);
+  if (!accumulate) std::fill(out0.begin(), out0.end(), std::nanf(""));
+  std::vector<float> out_ref(out0.size()), xn_ref(out0.size());
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    double ss = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      float acc = 0.0f;
+      for (int p = off[size_t(tk)]; p < off[size_t(tk) + 1]; ++p)
+        acc += wts[size_t(p)] * y_ref[size_t(p) * rows + i];
+      const float v = accumulate ? out0[size_t(tk) * rows + i] + acc : acc;
+      out_ref[size_t(tk) * rows + i] = v;
+      ss += double(v) * v;
+    }
+    const float scale = float(1.0 / std::sqrt(ss / double(rows) + eps));
+    for (int64_t i = 0; i < rows; ++i)
+      xn_ref[size_t(tk) * rows + i] = out_ref[size_t(tk) * rows + i] * scale * norm_w[size_t(i)];
+  }
+  const DeviceWeight dw = op.upload(t, rows, cols, wd, n_here);
+  auto upload = [&dev](const auto& v) {
+    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
+    dev.write(m.get(), 0, v.data(), v.size() * 4);
+    return m;
+  };
+  ClMem xm = upload(xin), tm = upload(iota), em = upload(exp), ptm = upload(tok), om = upload(off),
+        wm = upload(wts), nm = upload(norm_w);
+  ClMem ym = guarded_output(dev, y_ref.size());
+  ClMem outm = guarded_output(dev, out0.size()), xnm = guarded_output(dev, xn_ref.size());
+  ExpertCombine c;
+  c.out = outm.get();
+  c.accumulate = accumulate;
+  c.weights = wm.get();
+  c.offsets = om.get();
+  c.pair_token = ptm.get();
+  c.n_tokens = uint32_t(n_tokens);
+  c.norm_w = norm ? nm.get() : nullptr;
+  c.eps = eps;
+  c.xn = norm ? xnm.get() : nullptr;
+  auto launch = [&](cl_event* ev) {
+    op.run_experts_combine(dw, xm.get(), 0, n_pairs, ym.get(), 0, tm.get(), em.get(), n_pairs,
+                           x_swiglu, c, {}, ev);
+  };
+  // The pair rows as run_experts'; sums and their norm: relative to their largest value.
+  MatmulCheck r;
+  auto check = [&dev, &r](cl_mem m, const std::vector<float>& ref, double tol, const char* what) {
+    MatmulCheck q;
+    const auto got = read_guarded(dev, m, ref.size(), q.guard_intact);
+    compare_into(q, got, ref, tol);
+    r.max_abs = std::max(r.max_abs, q.max_abs);
+    r.max_rel = std::max(r.max_rel, q.max_rel);
+    r.nmse = std::max(r.nmse, q.nmse);
+    r.nonfinite += q.nonfinite;
+    r.guard_intact = r.guard_intact && q.guard_intact;
+    if (!q.pass && r.note.empty()) r.note = std::string(what) + ": " + q.note;
+  };
+  // Twice, each from NaN pair rows and normed rows: the second launch must find the counters reset
+  // by the first and combine its own rows.
+  const std::vector<float> nan_rows(std::max(y_ref.size(), xn_ref.size()), std::nanf(""));
+  for (int run = 0; run < 2; ++run) {
+    dev.write(outm.get(), 0, out0.data(), out0.size() * 4);
+    dev.write(ym.get(), 0, nan_rows.data(), y_ref.size() * 4);
+    dev.write(xnm.get(), 0, nan_rows.data(), xn_ref.size() * 4);
+    launch(nullptr);
+    dev.finish();
+    check(ym.get(), y_ref, matmul_tolerance(t), run ? "second launch, pair rows" : "pair rows");
+    check(outm.get(), out_ref, matmul_tolerance(t) * 4,
+          run ? "second launch, combined rows" : "combined rows");
+    if (norm)
+      check(xnm.get(), xn_ref, matmul_tolerance(t) * 4,
+            run ? "second launch, normed rows" : "normed rows");
+  }
+  r.pass = r.note.empty();
+  std::vector<int> distinct(exp.begin(), exp.end());
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct.size());
+  r.flops = 2.0 * double(rows) * double(cols) * n_pairs;
+  if (timing) r.seconds = time_launches(dev, launch, true, 10);
   return r;
 }
 

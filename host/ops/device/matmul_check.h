@@ -50,6 +50,16 @@ MatmulCheck check_experts(const MatmulOp& op, gguf::TensorType t, int64_t rows, 
 // glu_out: the weight is gate | up stacked (rows even) and run_experts_glu's output is compared
 // with silu(gate row) * up row of the reference products (rows / 2 floats per pair).
 
+// The down projection with the MoE combine in its launch (MatmulOp::run_experts_combine): pairs
+// in token order, n_tokens tokens routed to top_k of n_expert experts, one x row per pair ([gate |
+// up] with x_swiglu). Home (shard false): the combine adds into a residual stream and norms it.
+// shard: the device holds the even experts only, writes a partial sum, and the last token has no
+// pair here. The launch runs twice (the second finds the counters reset by the first); the pair
+// rows, the combined rows and the normed rows are compared with the reference.
+MatmulCheck check_experts_combine(const MatmulOp& op, gguf::TensorType t, int64_t rows,
+                                  int64_t cols, int n_expert, int n_tokens, int top_k,
+                                  bool x_swiglu, bool shard, bool timing, uint32_t seed = 1);
+
 // Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
 // fma rounding: returns max |device - reference| / max |reference| over all rows.
 double check_dequantize(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
