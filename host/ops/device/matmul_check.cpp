@@ -126,6 +126,19 @@ std::vector<float> random_x(size_t n, uint32_t seed) {
   return x;
 }
 
+// silu(gate) * up of n rows of [gate | up] (2 * cols floats each): act.cl's SwiGLU, the input the
+// X_SWIGLU kernels compute from such rows.
+std::vector<float> swiglu_rows(const std::vector<float>& gate_up, int n, int64_t cols) {
+  std::vector<float> x(size_t(n) * cols);
+  for (int r = 0; r < n; ++r)
+    for (int64_t c = 0; c < cols; ++c) {
+      const float g = gate_up[size_t(r) * 2 * cols + c];
+      const float u = gate_up[size_t(r) * 2 * cols + cols + c];
+      x[size_t(r) * cols + c] = g / (1.0f + std::exp(-g)) * u;
+    }
+  return x;
+}
+
 }  // namespace
 
 std::vector<uint8_t> random_ggml_weight(TensorType t, int64_t rows, int64_t cols, uint32_t seed,
@@ -259,15 +272,7 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
   // x_swiglu: device rows [gate | up]; the reference multiplies silu(gate) * up (act.cl's formula).
   const auto xin = random_x(size_t(n_tokens) * cols * (x_swiglu ? 2 : 1), seed);
-  std::vector<float> x = xin;
-  if (x_swiglu) {
-    x.resize(size_t(n_tokens) * cols);
-    for (int tk = 0; tk < n_tokens; ++tk)
-      for (int64_t c = 0; c < cols; ++c) {
-        const float g = xin[size_t(tk) * 2 * cols + c], u = xin[size_t(tk) * 2 * cols + cols + c];
-        x[size_t(tk) * cols + c] = g / (1.0f + std::exp(-g)) * u;
-      }
-  }
+  const std::vector<float> x = x_swiglu ? swiglu_rows(xin, n_tokens, cols) : xin;
   // Each token picks top_k distinct experts; pairs sorted by expert like the MoE executor's.
   std::mt19937 rng(seed + 99);
   std::vector<std::pair<int, int>> pairs;  // (expert, token)
@@ -364,15 +369,7 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
   std::iota(iota.begin(), iota.end(), 0);
   // The launch's x: one row per pair ([gate | up] with x_swiglu).
   const auto xin = random_x(size_t(n_pairs) * cols * (x_swiglu ? 2 : 1), seed);
-  std::vector<float> x = xin;
-  if (x_swiglu) {
-    x.resize(size_t(n_pairs) * cols);
-    for (int p = 0; p < n_pairs; ++p)
-      for (int64_t c = 0; c < cols; ++c) {
-        const float g = xin[size_t(p) * 2 * cols + c], u = xin[size_t(p) * 2 * cols + cols + c];
-        x[size_t(p) * cols + c] = g / (1.0f + std::exp(-g)) * u;
-      }
-  }
+  const std::vector<float> x = x_swiglu ? swiglu_rows(xin, n_pairs, cols) : xin;
   // The device holds experts of its share only: expert i here is global 2i (shard) or i.
   std::vector<uint8_t> w_here;
   if (shard) {
