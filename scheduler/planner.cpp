@@ -1,6 +1,7 @@
 // The placement planner: dense layers on the attention device (spilling by bandwidth when full),
-// routed experts spread in proportion to bandwidth (or by shares / pins / cpu_moe_layers) within
-// budgets; then the cost model predicts per-device time.
+// routed experts by shares / pins / cpu_moe_layers, or (auto) spread in proportion to bandwidth or
+// kept whole on their layer's device, whichever the cost model predicts faster, within budgets;
+// then the cost model predicts per-device time.
 #include "scheduler/planner.h"
 
 #include <algorithm>
@@ -96,6 +97,11 @@ void predict(Plan& plan, const ModelFootprint& model,
     if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);
     double slowest = 0;
     if (layer.n_experts > 0) {
+      // Experts on another device: every token's routing (and activations) go to the host from
+      // the layer's device, a host wait whether or not a token picks a remote expert.
+      const auto& a = plan.expert_device[l];
+      if (std::any_of(a.begin(), a.end(), [ld](int d) { return d != ld; }))
+        t += act_bytes / (ldev.d2h_gbps * 1e9) + ldev.sync_us * 1e-6;
       for (size_t d = 0; d < nd; ++d) {
         double expected = 0;  // expected number of selected experts on device d per token
         for (int e = 0; e < layer.n_experts; ++e) {
@@ -248,52 +254,82 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   if (config.cpu_moe_layers && size_t(*config.cpu_moe_layers) > nl)
     throw ConfigError("placement.cpu_moe_layers: " + std::to_string(*config.cpu_moe_layers) +
                       " is more than the model's " + std::to_string(nl) + " layers");
-  for (size_t l = 0; l < nl; ++l) {
-    const int ne = model.layers[l].n_experts;
-    auto& assign = plan.expert_device[l];
-    assign.assign(size_t(ne), -1);
-    if (ne == 0) continue;
-    for (const auto& pin : config.expert_pins) {
-      const int lf = pin.layer_first, ll = pin.layer_last < 0 ? int(nl) - 1 : pin.layer_last;
-      if (int(l) < lf || int(l) > ll) continue;
-      const int ef = pin.expert_first,
-                el = pin.expert_last < 0 ? ne - 1 : std::min(pin.expert_last, ne - 1);
-      const int d = find_device(devices, pin.device, "placement.experts.pins");
-      for (int e = ef; e <= el; ++e) assign[size_t(e)] = d;
-    }
-    if (config.cpu_moe_layers) {
-      const int d = int(l) < *config.cpu_moe_layers ? cpu_device : plan.layer_device[l];
-      for (auto& a : assign)
-        if (a < 0) a = d;
-    }
-    // Unpinned experts: contiguous ranges in proportion to the shares.
-    std::vector<int> free_experts;
-    for (int e = 0; e < ne; ++e)
-      if (assign[size_t(e)] < 0) free_experts.push_back(e);
-    const auto counts = apportion(int(free_experts.size()), share);
-    size_t next = 0;
-    for (size_t d = 0; d < nd; ++d)
-      for (int c = 0; c < counts[d]; ++c) assign[size_t(free_experts[next++])] = int(d);
-    for (int e = 0; e < ne; ++e) used[size_t(assign[size_t(e)])] += model.layers[l].expert_bytes;
-  }
-  // Budgets: move experts off over-full devices onto the device with the most room, fastest first.
-  for (size_t d = 0; d < nd; ++d) {
-    for (size_t l = nl; l-- > 0 && used[d] > devices[d].budget_bytes;) {
+  // Experts of each layer: pins, cpu_moe_layers, then the rest in contiguous ranges by the shares
+  // (whole_layers: all on the layer's device); then, within budgets, experts move off over-full
+  // devices (last layers first) onto the fastest device with room.
+  const std::vector<uint64_t> used_dense = used;
+  auto place_experts = [&](bool whole_layers) {
+    used = used_dense;
+    for (size_t l = 0; l < nl; ++l) {
+      const int ne = model.layers[l].n_experts;
       auto& assign = plan.expert_device[l];
-      for (size_t e = assign.size(); e-- > 0 && used[d] > devices[d].budget_bytes;) {
-        if (assign[e] != int(d)) continue;
-        const uint64_t eb = model.layers[l].expert_bytes;
-        int target = -1;
-        for (size_t t : by_speed)
-          if (t != d && free_bytes(t) >= eb) {
-            target = int(t);
-            break;
-          }
-        if (target < 0) break;
-        assign[e] = target;
-        used[d] -= eb;
-        used[size_t(target)] += eb;
+      assign.assign(size_t(ne), -1);
+      if (ne == 0) continue;
+      for (const auto& pin : config.expert_pins) {
+        const int lf = pin.layer_first, ll = pin.layer_last < 0 ? int(nl) - 1 : pin.layer_last;
+        if (int(l) < lf || int(l) > ll) continue;
+        const int ef = pin.expert_first,
+                  el = pin.expert_last < 0 ? ne - 1 : std::min(pin.expert_last, ne - 1);
+        const int d = find_device(devices, pin.device, "placement.experts.pins");
+        for (int e = ef; e <= el; ++e) assign[size_t(e)] = d;
       }
+      if (config.cpu_moe_layers || whole_layers) {
+        const int d = config.cpu_moe_layers && int(l) < *config.cpu_moe_layers
+                          ? cpu_device
+                          : plan.layer_device[l];
+        for (auto& a : assign)
+          if (a < 0) a = d;
+      }
+      // Unpinned experts: contiguous ranges in proportion to the shares.
+      std::vector<int> free_experts;
+      for (int e = 0; e < ne; ++e)
+        if (assign[size_t(e)] < 0) free_experts.push_back(e);
+      const auto counts = apportion(int(free_experts.size()), share);
+      size_t next = 0;
+      for (size_t d = 0; d < nd; ++d)
+        for (int c = 0; c < counts[d]; ++c) assign[size_t(free_experts[next++])] = int(d);
+      for (int e = 0; e < ne; ++e) used[size_t(assign[size_t(e)])] += model.layers[l].expert_bytes;
+    }
+    for (size_t d = 0; d < nd; ++d) {
+      for (size_t l = nl; l-- > 0 && used[d] > devices[d].budget_bytes;) {
+        auto& assign = plan.expert_device[l];
+        for (size_t e = assign.size(); e-- > 0 && used[d] > devices[d].budget_bytes;) {
+          if (assign[e] != int(d)) continue;
+          const uint64_t eb = model.layers[l].expert_bytes;
+          int target = -1;
+          for (size_t t : by_speed)
+            if (t != d && free_bytes(t) >= eb) {
+              target = int(t);
+              break;
+            }
+          if (target < 0) break;
+          assign[e] = target;
+          used[d] -= eb;
+          used[size_t(target)] += eb;
+        }
+      }
+    }
+  };
+  place_experts(false);
+  // Auto: spreading a layer's experts by bandwidth makes every token of the layer wait for a host
+  // round trip; keep each layer's experts on its device instead (spilling whole layers, last
+  // first, where a budget is short) when the cost model predicts that faster.
+  if (config.experts_mode == "auto" && !config.cpu_moe_layers && nd > 1) {
+    auto fits = [&] {
+      for (size_t d = 0; d < nd; ++d)
+        if (used[d] > devices[d].budget_bytes) return false;
+      return true;
+    };
+    const bool spread_fits = fits();
+    const auto spread = plan.expert_device;
+    const auto spread_used = used;
+    predict(plan, model);
+    const double spread_step = plan.decode_step_seconds;
+    place_experts(true);
+    predict(plan, model);
+    if (!fits() || (spread_fits && spread_step <= plan.decode_step_seconds)) {
+      plan.expert_device = spread;
+      used = spread_used;
     }
   }
   std::string missing;

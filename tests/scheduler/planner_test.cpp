@@ -29,16 +29,31 @@ std::vector<DeviceCost> gpu_cpu(uint64_t gpu_budget = 8ull << 30,
   return {gpu, cpu};
 }
 
-TEST(PlannerTest, AutoPutsAttentionOnFastestAndSpreadsExpertsByBandwidth) {
+// Auto: attention on the fastest device; each layer's experts spread by bandwidth or kept whole on
+// the layer's device, whichever the cost model predicts faster.
+TEST(PlannerTest, AutoPutsAttentionOnFastestAndPicksTheFasterExpertPlacement) {
   auto m = moe_model();
   auto plan = make_plan(m, gpu_cpu(), Config{});
   EXPECT_EQ(plan.devices[size_t(plan.attention_device)].id, "gpu0");
+  // 3000:80 bandwidth would give the CPU one expert per layer, and every token of every layer a
+  // host round trip: all 32 stay on the GPU, predicted faster than the spread.
+  Config spread;
+  spread.experts_mode = "shares";
+  spread.expert_shares = {{"gpu0", 3000}, {"cpu0", 80}};
+  const auto spread_plan = make_plan(m, gpu_cpu(), spread);
+  EXPECT_EQ(spread_plan.experts_on(0, 1), 1);
+  EXPECT_LT(plan.decode_step_seconds, spread_plan.decode_step_seconds);
   for (size_t l = 0; l < m.layers.size(); ++l) {
     EXPECT_EQ(plan.layer_device[l], 0);
-    // 3000:80 bandwidth -> 31 or 32 of 32 experts on the GPU.
-    EXPECT_GE(plan.experts_on(int(l), 0), 31);
-    EXPECT_EQ(plan.experts_on(int(l), 0) + plan.experts_on(int(l), 1), 32);
+    EXPECT_EQ(plan.experts_on(int(l), 0), 32);
   }
+  // Two devices of the same bandwidth whose round trips cost little: spreading halves each
+  // layer's expert streaming, so auto spreads.
+  DeviceCost a{"cpu0", DeviceType::kCpu, 10, 1000, 0, 100, 100, 64ull << 30, 8ull << 30, 0};
+  DeviceCost b = a;
+  b.id = "cpu1";
+  const auto even = make_plan(m, {a, b}, Config{});
+  for (size_t l = 0; l < m.layers.size(); ++l) EXPECT_EQ(even.experts_on(int(l), 1), 16);
   EXPECT_GT(plan.decode_step_seconds, 0);
   const auto text = plan.to_text(m);
   EXPECT_NE(text.find("predicted decode step"), std::string::npos);
@@ -78,9 +93,15 @@ TEST(PlannerTest, NeverExceedsBudgets) {
   for (size_t d = 0; d < plan.devices.size(); ++d)
     EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes)
         << plan.devices[d].id;
-  int on_cpu = 0;
-  for (size_t l = 0; l < m.layers.size(); ++l) on_cpu += plan.experts_on(int(l), 1);
+  int on_cpu = 0, split_layers = 0;
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    on_cpu += plan.experts_on(int(l), 1);
+    split_layers += plan.experts_on(int(l), 0) > 0 && plan.experts_on(int(l), 1) > 0;
+  }
   EXPECT_GT(on_cpu, 16);
+  // Whole layers spill (the last first): at most one layer has experts on both devices.
+  EXPECT_LE(split_layers, 1);
+  EXPECT_EQ(plan.experts_on(int(m.layers.size()) - 1, 1), 32);
 }
 
 TEST(PlannerTest, ImpossiblePlanSaysWhatIsMissingWhere) {
