@@ -406,10 +406,9 @@ int run_bench(const std::vector<std::string>& args) {
 
   boost::json::object breakdowns;
   if (breakdown) {
-    if (!m.options().replay || balancer_on)
+    if (!m.options().replay)
       throw std::runtime_error(
-          "--breakdown profiles replayed step programs: it needs replay on (no --no-replay) and "
-          "the balancer off");
+          "--breakdown profiles replayed step programs: it needs replay on (no --no-replay)");
     if (n_prompt > 0)
       breakdowns["prefill"] =
           breakdown_json(measure_breakdown(e, "prefill", [&] { time_prefill(e, prompt); }));

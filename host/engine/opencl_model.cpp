@@ -256,10 +256,10 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
 
   // A step of a shape seen before replays its recorded program: everything that differs between
   // its steps (tokens, block tables, positions, slots, longest context) was just written to device
-  // buffers. Profiling (events per launch) and the balancer (a copy of each choice per step, moved
-  // experts) enqueue afresh.
+  // buffers. Profiling (events per launch) enqueues afresh; balancer moves drop the programs
+  // (end_step), and its copies of the router's choices are host calls of the program.
   std::optional<ops::StepProgram::Profile> profile;  // a profiled replay's events
-  if (options_.replay && !options_.profile && !balancer_->enabled()) {
+  if (options_.replay && !options_.profile) {
     StepShape shape;
     shape.n_tokens = n;
     shape.logit_rows = b.logit_rows;
@@ -421,6 +421,8 @@ void OpenClModel::end_step() {
     for (const auto& m : moves) touched[size_t(m.layer)] = true;
     for (size_t l = 0; l < touched.size(); ++l)
       if (MoeFfn* moe = layers_[l].ffn->routed(); touched[l] && moe) moe->upload_experts(uploader_);
+    // The recorded steps launch the moved experts' old shards: record again.
+    if (!moves.empty()) programs_.clear();
     stats_.balancer_moves = balancer_->moves();
   }
 }

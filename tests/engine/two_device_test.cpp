@@ -151,6 +151,9 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   for (size_t i = 0; i < got.logits.size(); ++i)
     EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
   EXPECT_GT(engine->stats().balancer_moves, 0u);
+  // Steps replay their recorded programs with the balancer on, and record again after moves.
+  EXPECT_GT(engine->replayed_steps(), 0u);
+  EXPECT_GT(engine->recorded_steps(), 2u);
 }
 
 }  // namespace

@@ -276,10 +276,13 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
   // balancer's counts come from a non-blocking copy of the choice, read after the step.
   const int pairs = n * int(hp.n_expert_used);
   if (moe_->balancer && moe_->balancer->enabled()) {  // no balancer yet while counting launches
-    auto& pending = moe_->pending_choices.emplace_back();
-    pending.layer = layer_;
-    pending.ids.resize(size_t(pairs));
-    home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
+    // At this point of every run of a recorded step: a non-blocking read, in queue order.
+    ops::host_call(*home.dev, "copy the router's choice for the balancer", [this, &home, pairs] {
+      auto& pending = moe_->pending_choices.emplace_back();
+      pending.layer = layer_;
+      pending.ids.resize(size_t(pairs));
+      home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
+    });
   }
   // Many tokens (prefill, big decode batches): the pairs grouped by expert first, so each expert's
   // weights are decoded once per tile of its tokens rather than once per pair; the combine reads
