@@ -215,6 +215,10 @@ bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
   return false;
 }
 
+bool MoeFfn::combines_in_down(const Shard& s, bool grouped, int n) {
+  return s.combine && !grouped && n <= ops::MatmulOp::kCombineMaxTokens;
+}
+
 ops::ExpertCombine MoeFfn::combine_args(cl_mem out, bool accumulate, cl_mem weights, cl_mem offsets,
                                         cl_mem pair_token, int n, cl_mem next_norm,
                                         cl_mem xn) const {
@@ -297,7 +301,7 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
   }
   // Decode-sized steps: the combine (and next_norm) in the down launch.
   const Shard& shard = dev_.shards[size_t(home.index)];
-  const bool in_down = shard.combine && !grouped && n <= ops::MatmulOp::kCombineMaxTokens;
+  const bool in_down = combines_in_down(shard, grouped, n);
   const ops::ExpertCombine comb =
       combine_args(home.x.get(), true, home.topk_w.get(), home.token_pairs.get(),
                    home.pair_token.get(), n, next_norm, home.xn.get());
@@ -420,7 +424,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       cl_mem out = is_home ? c.x.get() : c.partial.get();
       const ops::ExpertCombine comb = combine_args(out, is_home, c.p_w.get(), c.p_off.get(),
                                                    c.p_tok.get(), n, nullptr, nullptr);
-      const bool in_down = s.combine && !grouped && n <= ops::MatmulOp::kCombineMaxTokens;
+      const bool in_down = combines_in_down(s, grouped, n);
       if (!expert_ffn(c, s, c.p_tok.get(), c.p_exp.get(), n, np, grouped,
                       in_down ? &comb : nullptr))
         c.moe->combine(out, 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(),
@@ -467,7 +471,7 @@ size_t MoeFfn::count_expert_launches(int experts_per_token) {
                      nullptr, nullptr);
     const Shard& s = dev_.shards[d];
     if (!expert_ffn(c, s, c.pair_token.get(), c.topk_ids.get(), 1, experts_per_token, false,
-                    s.combine ? &comb : nullptr))
+                    combines_in_down(s, false, 1) ? &comb : nullptr))
       c.moe->combine(c.x.get(), 0, c.y.get(), 0, c.topk_w.get(), 0, c.token_pairs.get(), nullptr, 1,
                      spec_.hp.n_embd, true, {});
   }

@@ -88,6 +88,9 @@ class MoeFfn final : public Ffn {
   // it did (else the caller's combine launch follows).
   bool expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
                   int n_pairs, bool grouped = false, const ops::ExpertCombine* combine = nullptr);
+  // Whether a step of n tokens runs shard s's combine in its down launch (s.combine, pairs in
+  // token order, few enough tokens for the launch's counters).
+  static bool combines_in_down(const Shard& s, bool grouped, int n);
   // The combine of n tokens' pairs into `out` (+ next_norm into xn when set), for expert_ffn.
   ops::ExpertCombine combine_args(cl_mem out, bool accumulate, cl_mem weights, cl_mem offsets,
                                   cl_mem pair_token, int n, cl_mem next_norm, cl_mem xn) const;

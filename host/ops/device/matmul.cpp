@@ -31,6 +31,14 @@ int token_tile(int n) {
   return n <= 1 ? 1 : (n <= 4 ? 4 : 8);
 }
 
+// The tile of an expert launch: pairs sorted by expert form runs; prefill has long runs (tile 8),
+// decode mostly distinct ones: the tile follows the average run length, so a few pairs of distinct
+// experts spread over work groups (tile 1) instead of running one after another inside one.
+int expert_tile(int n_pairs, int64_t n_expert) {
+  return token_tile(
+      std::max<int>(1, n_pairs / std::max<int>(1, int(std::min<int64_t>(n_pairs, n_expert)))));
+}
+
 // matmul_gemm.cl's tile: 64 rows x 64 pairs per work group of 256; ws (64 columns x 68) + xs
 // (64 x 65) floats + 64 token ids of local memory.
 constexpr int kExpertGemmRows = 64, kExpertGemmPairs = 64;
@@ -337,11 +345,7 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
                      n_pairs, std::min(sorted_max_run, n_pairs), wait, done);
     return;
   }
-  // Pairs sorted by expert form runs; prefill has long runs (tile 8), decode mostly distinct ones:
-  // the tile follows the average run length, so a few pairs of distinct experts spread over work
-  // groups (tile 1) instead of running one after another inside one.
-  const int tile = token_tile(
-      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
+  const int tile = expert_tile(n_pairs, w.n_expert);
   cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
@@ -360,8 +364,7 @@ void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset,
                        std::to_string(w.rows));
   Kernels& ks = kernels(w.type);
   if (!ks.experts_glu[0]) prepare_glu(w.type);
-  const int tile = token_tile(
-      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
+  const int tile = expert_tile(n_pairs, w.n_expert);
   cl_kernel k = ks.experts_glu[Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
@@ -386,8 +389,7 @@ void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_off
   Kernels& ks = kernels(w.type);
   if (!ks.experts_combine[x_swiglu ? 1 : 0][0] || !combine_counters_)
     prepare_combine(w.type, x_swiglu);
-  const int tile = token_tile(
-      std::max<int>(1, n_pairs / std::max<int>(1, std::min<int>(n_pairs, int(w.n_expert)))));
+  const int tile = expert_tile(n_pairs, w.n_expert);
   cl_kernel k = ks.experts_combine[x_swiglu ? 1 : 0][Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
