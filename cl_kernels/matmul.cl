@@ -110,27 +110,30 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
 // matrix whose first block is mat_blk0 with TT rows of x (xrow[j] = float offset of the row), over
 // this work item's share of chunks. Sums land in out[rr * TT + j]. `xs` is local scratch for x.
 #if LANES == 1
-// CPUs: each work item streams its rows; x comes straight from (cached) global memory.
+// CPUs: each work item streams its rows; x comes straight from (cached) global memory. The loops
+// over tokens and rows are unrolled so the accumulators stay in registers (PoCL otherwise keeps
+// acc[][] on the stack: a load, add and store per token and chunk).
 #define DEFINE_TILE(TT)                                                                            \
   inline void tile_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0,   \
                         uint r0, uint rows, uint cols, uint bpr, __global const float* x,          \
                         const ulong* xrow, uint lane, float* out, __local float* xs) {             \
     acc_t acc[RPW][TT];                                                                            \
-    for (uint rr = 0; rr < RPW; ++rr)                                                              \
-      for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                                    \
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                  \
     ulong rblk[RPW];                                                                               \
     for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
     CHUNK_LOOP_BEGIN                                                                               \
       float16 w0[RPW], w1[RPW];                                                                    \
       for (uint rr = 0; rr < RPW; ++rr) decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]); \
-      for (uint j = 0; j < TT; ++j) {                                                              \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], k * CHUNK, cols, &xa, &xb);                                            \
-        for (uint rr = 0; rr < RPW; ++rr) ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);             \
+        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                        \
+          ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);                                             \
       }                                                                                            \
     CHUNK_LOOP_END                                                                                 \
-    for (uint rr = 0; rr < RPW; ++rr)                                                              \
-      for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);                        \
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);      \
   }
 #else
 // GPUs: a step covers 8/TT x LANES chunks; lane l takes chunks k0 + s * LANES + l, so weight reads
@@ -364,8 +367,9 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 #endif
 
 // Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
-// A tile of TT consecutive pairs that all name the same expert decodes the weights once (the host
-// sorts pairs by expert); a mixed tile runs pair by pair. An out-of-range expert or token id makes
+// A tile of TT consecutive pairs runs as its runs of one expert (the host sorts pairs by expert):
+// each run decodes the weights once for all its pairs (a TT-token tile with the last pair's row
+// repeated), a run of one pair the one-token tile. An out-of-range expert or token id makes
 // the output row NaN, so the error is visible instead of reading foreign memory.
 #define DEFINE_EXPERTS(TT)                                                                         \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
@@ -383,13 +387,10 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
     const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint p0 = tile * TT;                                                                   \
-      const uint np = min((uint)TT, n_pairs - p0);                                                 \
-      const int e0 = pair_expert[p0];                                                              \
-      bool same = true;                                                                            \
-      for (uint j = 1; j < np; ++j) same = same && pair_expert[p0 + j] == e0;                      \
-      for (uint p = p0; p < p0 + np; p += (same ? TT : 1)) {                                       \
+      const uint pend = p0 + min((uint)TT, n_pairs - p0);                                          \
+      for (uint p = p0, nj = 1; p < pend; p += nj) {                                               \
         const int e = pair_expert[p];                                                              \
-        const uint nj = same ? np : 1;                                                             \
+        for (nj = 1; p + nj < pend && pair_expert[p + nj] == e;) ++nj;                             \
         bool ok = e >= 0 && (uint)e < n_expert;                                                    \
         ulong xrow[TT];                                                                            \
         for (uint j = 0; j < TT; ++j) {                                                            \
@@ -399,7 +400,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
         }                                                                                          \
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
         float out[RPW * TT];                                                                       \
-        if (same) {                                                                                \
+        if (nj > 1) {                                                                              \
           tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                \
         } else {                                                                                   \
           tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                   \

@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cstdio>
 #include <iostream>
+#include <numeric>
 #include <random>
 #include <sstream>
 
@@ -114,32 +115,48 @@ class Bench {
     return r;
   }
 
+  // One launch of stacked experts: n_tokens tokens, each picking top_k distinct experts (decode:
+  // one token; prefill: pairs sorted by expert as the MoE layer groups them, so runs of one
+  // expert start anywhere inside a token tile).
   Record experts(const MatmulOp& op, TensorType t, int n_expert, int64_t rows, int64_t cols,
-                 int top_k) {
+                 int top_k, int n_tokens = 1) {
     const auto w = bench_weight(t, rows, cols, n_expert);
     const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
-    ClMem x = dev_.alloc(size_t(cols) * 4), y = dev_.alloc(size_t(top_k) * rows * 4);
-    std::vector<float> xv(cols, 0.25f);
+    const int n_pairs = n_tokens * top_k;
+    ClMem x = dev_.alloc(size_t(n_tokens) * cols * 4), y = dev_.alloc(size_t(n_pairs) * rows * 4);
+    std::vector<float> xv(size_t(n_tokens) * cols, 0.25f);
     dev_.write(x.get(), 0, xv.data(), xv.size() * 4);
-    std::vector<int32_t> tok(top_k, 0), ex(top_k);
-    for (int i = 0; i < top_k; ++i) ex[i] = (i * 7) % n_expert;
-    std::sort(ex.begin(), ex.end());
-    ClMem tm = dev_.alloc(top_k * 4), em = dev_.alloc(top_k * 4);
-    dev_.write(tm.get(), 0, tok.data(), top_k * 4);
-    dev_.write(em.get(), 0, ex.data(), top_k * 4);
+    std::vector<std::pair<int32_t, int32_t>> pairs;  // (expert, token)
+    std::mt19937 rng(7);
+    for (int tk = 0; tk < n_tokens; ++tk) {
+      std::vector<int32_t> e(n_expert);
+      std::iota(e.begin(), e.end(), 0);
+      if (n_tokens == 1)
+        for (int i = 0; i < n_expert; ++i) e[i] = (i * 7) % n_expert;
+      else
+        std::shuffle(e.begin(), e.end(), rng);
+      for (int i = 0; i < top_k; ++i) pairs.push_back({e[i], tk});
+    }
+    std::sort(pairs.begin(), pairs.end());
+    std::vector<int32_t> tok(n_pairs), ex(n_pairs);
+    for (int i = 0; i < n_pairs; ++i) std::tie(ex[i], tok[i]) = pairs[i];
+    ClMem tm = dev_.alloc(n_pairs * 4), em = dev_.alloc(n_pairs * 4);
+    dev_.write(tm.get(), 0, tok.data(), n_pairs * 4);
+    dev_.write(em.get(), 0, ex.data(), n_pairs * 4);
     Record r = base("experts", t,
                     std::to_string(n_expert) + "x" + std::to_string(rows) + "x" +
                         std::to_string(cols) + " top" + std::to_string(top_k),
-                    op.variant(t), 1);
+                    op.variant(t), n_tokens);
     r.path = "kernel";
     r.seconds = time(
         [&](cl_event* ev) {
-          op.run_experts(dw, x.get(), 0, 1, y.get(), 0, tm.get(), em.get(), top_k, {}, ev);
+          op.run_experts(dw, x.get(), 0, n_tokens, y.get(), 0, tm.get(), em.get(), n_pairs, {},
+                         ev);
         },
         true);
-    r.cpu_seconds = last_cpu();
-    r.bytes = double(ggml_bytes(t, rows, cols)) * top_k;
-    r.flops = 2.0 * rows * cols * top_k;
+  r.cpu_seconds = last_cpu();
+    r.bytes = double(ggml_bytes(t, rows, cols)) * std::min(n_pairs, n_expert);
+    r.flops = 2.0 * rows * cols * n_pairs;
     return r;
   }
 
@@ -185,7 +202,7 @@ void print(const Record& r) {
 std::vector<MatmulVariant> tune_variants(const DeviceInfo& info) {
   std::vector<MatmulVariant> v;
   if (info.type == DeviceType::kCpu) {
-    for (int wg : {4, 16})
+    for (int wg : {4, 16, 64})
       for (int rpw : {1, 2}) v.push_back({1, wg, rpw, true, 0});
   } else {
     for (int lanes : {16, 32})
@@ -307,12 +324,21 @@ int main(int argc, char** argv) {
             emit(b.dense(clblast_op, t, 4096, 14336, n, "gemm"));
           }
         }
-        if (has("experts")) emit(b.experts(op, t, 64, 1536, 2048, 8));
+        if (has("experts")) {
+          emit(b.experts(op, t, 64, 1536, 2048, 8));
+          // The benchmark model's gate|up and down shapes, a prefill chunk of 128 tokens.
+          emit(b.experts(op, t, 32, 1024, 1024, 4, 128));
+          emit(b.experts(op, t, 32, 1024, 512, 4, 128));
+        }
         if (has("tune")) {
           for (const auto& v : tune_variants(dev->info())) {
             MatmulOp vop(*dev, v);
             emit(b.dense(vop, t, 4096, 14336, 1, "tune"));
             emit(b.dense(vop, t, 14336, 4096, 1, "tune"));
+            emit(b.dense(vop, t, 2048, 2048, 64, "tune"));  // a prefill chunk: 8-token tiles
+            // The benchmark model's expert GEMVs (gate|up, down) of one decode token.
+            emit(b.experts(vop, t, 32, 1024, 1024, 4));
+            emit(b.experts(vop, t, 32, 1024, 512, 4));
           }
         }
       }
