@@ -150,11 +150,10 @@ class Bench {
     r.path = "kernel";
     r.seconds = time(
         [&](cl_event* ev) {
-          op.run_experts(dw, x.get(), 0, n_tokens, y.get(), 0, tm.get(), em.get(), n_pairs, {},
-                         ev);
+          op.run_experts(dw, x.get(), 0, n_tokens, y.get(), 0, tm.get(), em.get(), n_pairs, {}, ev);
         },
         true);
-  r.cpu_seconds = last_cpu();
+    r.cpu_seconds = last_cpu();
     r.bytes = double(ggml_bytes(t, rows, cols)) * std::min(n_pairs, n_expert);
     r.flops = 2.0 * rows * cols * n_pairs;
     return r;
