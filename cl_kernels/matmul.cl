@@ -368,8 +368,8 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 
 // Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
 // A tile of TT consecutive pairs runs as its runs of one expert (the host sorts pairs by expert):
-// each run decodes the weights once for all its pairs (a TT-token tile with the last pair's row
-// repeated), a run of one pair the one-token tile. An out-of-range expert or token id makes
+// each run decodes the weights once for all its pairs (the TT-token tile, or the 4-token one for a
+// run of 2-4, with the last pair's row repeated), a run of one pair the one-token tile. An out-of-range expert or token id makes
 // the output row NaN, so the error is visible instead of reading foreign memory.
 #define DEFINE_EXPERTS(TT)                                                                         \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
@@ -400,8 +400,13 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
         }                                                                                          \
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
         float out[RPW * TT];                                                                       \
-        if (nj > 1) {                                                                              \
+        if (nj > 1 && (TT < 8 || nj > 4)) {                                                        \
           tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                \
+        } else if (nj > 1) { /* TT 8, a run of 2-4: the 4-token tile */                            \
+          float o4[RPW * 4];                                                                       \
+          tile_4(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, o4, xs);                    \
+          for (uint rr = 0; rr < RPW; ++rr)                                                        \
+            for (uint j = 0; j < 4 && j < TT; ++j) out[rr * TT + j] = o4[rr * 4 + j];              \
         } else {                                                                                   \
           tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                   \
           for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
