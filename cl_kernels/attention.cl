@@ -346,6 +346,22 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
       if (mine && c == 0) {
         const float m_old = rm[r];
         float mx = m_old;
+#if PF_TPR == 1 && PF_KT % VW == 0
+        // CPUs: the row's maximum, exponentials and sum in VW-wide vectors (a vector exp is one
+        // SIMD routine; the scalar one, once per score, cost more than the scores' dot products).
+        __local float* sr = ss + r * PF_KT;
+        floatv mv = (floatv)(mx);
+        for (int i = 0; i < PF_KT / VW; ++i) mv = fmax(mv, vloadv(i, sr));
+        for (int i = 0; i < VW; ++i) mx = fmax(mx, ((float*)&mv)[i]);
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        floatv sv = (floatv)(0.0f);
+        for (int i = 0; i < PF_KT / VW; ++i) {
+          const floatv p = exp(vloadv(i, sr) - base);
+          vstorev(p, i, sr);
+          sv += p;
+        }
+        const float sum = hsumv(sv);
+#else
         for (int jj = 0; jj < PF_KT; ++jj) mx = fmax(mx, ss[r * PF_KT + jj]);
         // mx is -inf only while no tile so far held a visible position of this row (tiles before
         // its window that another row of the run needs): every p is then 0 and nothing changes.
@@ -356,6 +372,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
           ss[r * PF_KT + jj] = p;
           sum += p;
         }
+#endif
         const float alpha = exp(m_old - base);  // 0 until the first visible tile (m_old = -inf)
         rl[r] = rl[r] * alpha + sum;
         rm[r] = mx;
