@@ -367,9 +367,11 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 #endif
 
 // Stacked experts: output row p (of n_pairs) = expert pair_expert[p] times x row pair_token[p].
-// A tile of TT consecutive pairs runs as its runs of one expert (the host sorts pairs by expert):
-// each run decodes the weights once for all its pairs (the TT-token tile, or the 4-token one for a
-// run of 2-4, with the last pair's row repeated), a run of one pair the one-token tile. An out-of-range expert or token id makes
+// The pairs are cut into chunks of up to TT pairs of one expert, aligned to the start of each run
+// of equal expert ids (the host sorts pairs by expert, so a run is all of an expert's pairs):
+// tile t's work group runs the chunks that start in pairs [t TT, t TT + TT). Each chunk decodes
+// the weights once for all its pairs (the TT-token tile, or the 4-token one for 2-4 pairs, with
+// the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or token id makes
 // the output row NaN, so the error is visible instead of reading foreign memory.
 #define DEFINE_EXPERTS(TT)                                                                         \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
@@ -388,9 +390,19 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint p0 = tile * TT;                                                                   \
       const uint pend = p0 + min((uint)TT, n_pairs - p0);                                          \
-      for (uint p = p0, nj = 1; p < pend; p += nj) {                                               \
+      /* Chunks of TT pairs aligned to the start of each run of one expert; this group takes the \
+         chunks that start in [p0, pend) (a chunk may end past pend: the next group skips it). */   \
+      uint first = p0;                                                                             \
+      if (TT > 1) {                                                                                \
+        const int e0 = pair_expert[p0];                                                            \
+        uint rs = p0; /* the start of p0's run, then its first chunk start >= p0 or its end */     \
+        while (rs > 0 && pair_expert[rs - 1] == e0) --rs;                                          \
+        const uint aligned = rs + (p0 - rs + TT - 1) / TT * TT;                                    \
+        while (first < aligned && first < n_pairs && pair_expert[first] == e0) ++first;            \
+      }                                                                                            \
+      for (uint p = first, nj = 1; p < pend; p += nj) {                                            \
         const int e = pair_expert[p];                                                              \
-        for (nj = 1; p + nj < pend && pair_expert[p + nj] == e;) ++nj;                             \
+        for (nj = 1; nj < TT && p + nj < n_pairs && pair_expert[p + nj] == e;) ++nj;               \
         bool ok = e >= 0 && (uint)e < n_expert;                                                    \
         ulong xrow[TT];                                                                            \
         for (uint j = 0; j < TT; ++j) {                                                            \
