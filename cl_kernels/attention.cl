@@ -352,7 +352,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         __local float* sr = ss + r * PF_KT;
         floatv mv = (floatv)(mx);
         for (int i = 0; i < PF_KT / VW; ++i) mv = fmax(mv, vloadv(i, sr));
-        for (int i = 0; i < VW; ++i) mx = fmax(mx, ((float*)&mv)[i]);
+        mx = hmaxv(mv);
         const float base = mx == -INFINITY ? 0.0f : mx;
         floatv sv = (floatv)(0.0f);
         for (int i = 0; i < PF_KT / VW; ++i) {

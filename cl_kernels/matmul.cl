@@ -371,8 +371,8 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 // of equal expert ids (the host sorts pairs by expert, so a run is all of an expert's pairs):
 // tile t's work group runs the chunks that start in pairs [t TT, t TT + TT). Each chunk decodes
 // the weights once for all its pairs (the TT-token tile, or the 4-token one for 2-4 pairs, with
-// the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or token id makes
-// the output row NaN, so the error is visible instead of reading foreign memory.
+// the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or
+// token id makes the output row NaN, so the error is visible instead of reading foreign memory.
 #define DEFINE_EXPERTS(TT)                                                                         \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
@@ -390,9 +390,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
       const uint p0 = tile * TT;                                                                   \
       const uint pend = p0 + min((uint)TT, n_pairs - p0);                                          \
-      /* Chunks of TT pairs aligned to the start of each run of one expert; this group takes the \
-         chunks that start in [p0, pend) (a chunk may end past pend: the next group skips it). */   \
-      uint first = p0;                                                                             \
+      uint first = p0; /* this group's first chunk start (its chunks may end past pend) */        \
       if (TT > 1) {                                                                                \
         const int e0 = pair_expert[p0];                                                            \
         uint rs = p0; /* the start of p0's run, then its first chunk start >= p0 or its end */     \
