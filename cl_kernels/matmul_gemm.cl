@@ -1,28 +1,48 @@
 // Tiled GEMM over stacked quantized experts, for steps with many (token, expert) pairs grouped by
 // expert (prefill): y row p (rows floats) = W[pair_expert[p]] times x row pair_token[p], the same
 // product as matmul.cl's experts_t{1,4,8}, but each work group computes a GT_R x GT_P tile of
-// outputs (64 rows of one expert x up to 64 of its pairs), so every weight decoded into local
-// memory serves 64 pairs instead of 8 and every x value 64 rows.
+// outputs (GT_R rows of one expert x up to GT_P of its pairs), so every weight decoded into local
+// memory serves GT_P pairs instead of 8 and every x value GT_R rows.
 //
 // Pairs must be sorted by expert (moe_group_pairs, or the host's stable sort), ids outside
-// [0, n_expert) last. Work group (gr, g1): rows gr * 64 .. +63; g1 = expert e * tiles_per_expert +
-// tile t covers pairs seg_begin(e) + 64 t .. of expert e's run (found by binary search; groups
-// past the run's end return at once). Group e == n_expert is the run of invalid ids: NaN rows, as
-// experts_t writes; a pair whose token id is out of range gets a NaN row too.
+// [0, n_expert) last. Work group (gr, g1): rows gr * GT_R .. +GT_R-1; g1 = expert e *
+// tiles_per_expert + tile t covers pairs seg_begin(e) + GT_P t .. of expert e's run (found by
+// binary search; groups past the run's end return at once). Group e == n_expert is the run of
+// invalid ids: NaN rows, as experts_t writes; a pair whose token id is out of range gets a NaN row
+// too.
 //
-// Local size 256 (16 x 16): item (ty, tx) accumulates rows ty*4 .. +3 x pairs tx*4 .. +3 in
-// registers. A K step is 2 chunks (64 columns): 128 items decode one chunk of one row each into
-// ws (column-major: ws[c][r]), all 256 stage x (xs[c][p], +1 padding against bank conflicts).
-// Build macros: FMT_* (matmul_formats.clh).
+// Tile shape (build macros, MatmulVariant::gemm_*): 256 items as GT_TY x GT_TX (GT_TX along
+// pairs); item (ty, tx) accumulates GT_TR rows x GT_TP pairs in registers, in groups of 4: rows
+// i * 4 GT_TY + 4 ty .. +3 and pairs j * 4 GT_TX + 4 tx .. +3, so the float4 reads of local memory
+// by neighbouring items are neighbouring. A K step is GT_KC chunks (32 columns each): GT_R x GT_KC
+// items decode one chunk of one row each into ws (column-major: ws[c][r]) and all 256 stage x
+// (xs[c][p]). Both are read from global memory into registers one step ahead (while the step
+// before computes), then stored to local memory. Build macros: FMT_* (matmul_formats.clh).
 #include "common.clh"
 #include "matmul_formats.clh"
 
-#define GT_R 64
-#define GT_P 64
-#define GT_KC 2                  // chunks per K step
-#define GT_K (GT_KC * CHUNK)     // 64 columns
-#define WS_LD (GT_R + 4)         // float4-aligned rows of ws
-#define XS_LD (GT_P + 1)
+#ifndef GT_TR
+#define GT_TR 4
+#endif
+#ifndef GT_TP
+#define GT_TP 4
+#endif
+#ifndef GT_TX
+#define GT_TX 8
+#endif
+#ifndef GT_KC
+#define GT_KC 2
+#endif
+#define GT_TY (256 / GT_TX)
+#define GT_R (GT_TY * GT_TR)
+#define GT_P (GT_TX * GT_TP)
+#define GT_K (GT_KC * CHUNK)             // columns per K step
+#define WS_LD (GT_R + 4)                 // float4-aligned rows of ws, shifted a bank per column
+#define XS_LD (GT_P + 4)
+#define GT_XN (GT_P * GT_K / 256)        // x values each item stages per step
+#if GT_R * GT_KC > 256 || (GT_P * GT_K) % 256 != 0 || GT_TR % 4 != 0 || GT_TP % 4 != 0
+#error "experts_gemm: unsupported tile shape"
+#endif
 
 inline uint expert_key(int id, uint n_expert) {
   return (id >= 0 && (uint)id < n_expert) ? (uint)id : n_expert;
@@ -65,68 +85,107 @@ __kernel __attribute__((reqd_work_group_size(256, 1, 1))) void experts_gemm(
     }
     return;
   }
-  if (lid < GT_P) tok[lid] = lid < np ? pair_token[p0 + lid] : -1;
+  for (uint i = lid; i < GT_P; i += 256) tok[i] = i < np ? pair_token[p0 + i] : -1;
   barrier(CLK_LOCAL_MEM_FENCE);
 
-  const uint tx = lid % 16, ty = lid / 16;
-  float acc[4][4];
-  for (uint i = 0; i < 4; ++i)
-    for (uint j = 0; j < 4; ++j) acc[i][j] = 0.0f;
+  const uint tx = lid % GT_TX, ty = lid / GT_TX;
+  float acc[GT_TR][GT_TP];
+#pragma unroll
+  for (uint i = 0; i < GT_TR; ++i)
+#pragma unroll
+    for (uint j = 0; j < GT_TP; ++j) acc[i][j] = 0.0f;
   const uint nchunks = bpr * CHUNKS_PER_BLOCK;
   // The decoding item's row (clamped: rows past the end decode a valid row, never stored).
-  const uint dr = lid % GT_R, dk = lid / GT_R;  // dk < GT_KC for the decoders (lid < 128)
+  const uint dr = lid % GT_R, dk = lid / GT_R;  // dk < GT_KC for the decoders
+  const bool decoder = lid < GT_R * GT_KC;
   const ulong rblk = ((ulong)e * rows + min(r0 + dr, rows - 1)) * bpr;
+  // This item's staged x values: index i = lid + 256 n is pair i / GT_K, column i % GT_K of the
+  // step (consecutive items on consecutive columns of one pair: coalesced reads).
+  ulong xrow[GT_XN];
+  bool xok[GT_XN];
+#pragma unroll
+  for (uint n = 0; n < GT_XN; ++n) {
+    const int tk = tok[(lid + 256 * n) / GT_K];
+    xok[n] = tk >= 0 && (uint)tk < x_rows;
+    xrow[n] = x_off + (ulong)(xok[n] ? tk : 0) * cols + (lid + 256 * n) % GT_K;
+  }
 
+  float16 w0 = (float16)(0.0f), w1 = (float16)(0.0f);
+  float xv[GT_XN];
+  // Step k0's global reads into registers.
+#define GT_FETCH(k0)                                                                            \
+  do {                                                                                          \
+    if (decoder) {                                                                              \
+      const uint k = (k0) + dk;                                                                 \
+      w0 = (float16)(0.0f);                                                                     \
+      w1 = (float16)(0.0f);                                                                     \
+      if (k < nchunks) decode_chunk(body, head, rblk + k / CHUNKS_PER_BLOCK, k % CHUNKS_PER_BLOCK, \
+                                    &w0, &w1);                                                  \
+    }                                                                                           \
+    _Pragma("unroll") for (uint n = 0; n < GT_XN; ++n) {                                        \
+      const uint col = (k0) * CHUNK + (lid + 256 * n) % GT_K;                                   \
+      xv[n] = (xok[n] && col < cols) ? x[xrow[n] + (k0) * CHUNK] : 0.0f;                        \
+    }                                                                                           \
+  } while (0)
+
+  GT_FETCH(0);
   for (uint k0 = 0; k0 < nchunks; k0 += GT_KC) {
-    if (dk < GT_KC) {
-      const uint k = k0 + dk;
-      float16 w0 = (float16)(0.0f), w1 = (float16)(0.0f);
-      if (k < nchunks) decode_chunk(body, head, rblk + k / CHUNKS_PER_BLOCK, k % CHUNKS_PER_BLOCK, &w0, &w1);
+    if (decoder) {
       float wv[CHUNK];
       vstore16(w0, 0, wv);
       vstore16(w1, 1, wv);
+#pragma unroll
       for (uint c = 0; c < CHUNK; ++c) ws[(dk * CHUNK + c) * WS_LD + dr] = wv[c];
     }
-    // x: GT_P pairs x GT_K columns, consecutive items on consecutive columns of one pair.
-    for (uint i = lid; i < GT_P * GT_K; i += 256) {
-      const uint j = i / GT_K, c = i % GT_K;
-      const uint col = k0 * CHUNK + c;
-      const int tk = tok[j];
-      float v = 0.0f;
-      if (tk >= 0 && (uint)tk < x_rows && col < cols) v = x[x_off + (ulong)tk * cols + col];
-      xs[c * XS_LD + j] = v;
+#pragma unroll
+    for (uint n = 0; n < GT_XN; ++n) {
+      const uint i = lid + 256 * n;
+      xs[(i % GT_K) * XS_LD + i / GT_K] = xv[n];
     }
     barrier(CLK_LOCAL_MEM_FENCE);
+    if (k0 + GT_KC < nchunks) GT_FETCH(k0 + GT_KC);
+#pragma unroll 4
     for (uint c = 0; c < GT_K; ++c) {
-      const float4 a = vload4(0, ws + c * WS_LD + ty * 4);
-      const float4 b = vload4(0, xs + c * XS_LD + tx * 4);
-      acc[0][0] = fma(a.x, b.x, acc[0][0]);
-      acc[0][1] = fma(a.x, b.y, acc[0][1]);
-      acc[0][2] = fma(a.x, b.z, acc[0][2]);
-      acc[0][3] = fma(a.x, b.w, acc[0][3]);
-      acc[1][0] = fma(a.y, b.x, acc[1][0]);
-      acc[1][1] = fma(a.y, b.y, acc[1][1]);
-      acc[1][2] = fma(a.y, b.z, acc[1][2]);
-      acc[1][3] = fma(a.y, b.w, acc[1][3]);
-      acc[2][0] = fma(a.z, b.x, acc[2][0]);
-      acc[2][1] = fma(a.z, b.y, acc[2][1]);
-      acc[2][2] = fma(a.z, b.z, acc[2][2]);
-      acc[2][3] = fma(a.z, b.w, acc[2][3]);
-      acc[3][0] = fma(a.w, b.x, acc[3][0]);
-      acc[3][1] = fma(a.w, b.y, acc[3][1]);
-      acc[3][2] = fma(a.w, b.z, acc[3][2]);
-      acc[3][3] = fma(a.w, b.w, acc[3][3]);
+      float4 a[GT_TR / 4], b[GT_TP / 4];
+#pragma unroll
+      for (uint i = 0; i < GT_TR / 4; ++i) a[i] = vload4(0, ws + c * WS_LD + i * 4 * GT_TY + ty * 4);
+#pragma unroll
+      for (uint j = 0; j < GT_TP / 4; ++j) b[j] = vload4(0, xs + c * XS_LD + j * 4 * GT_TX + tx * 4);
+#pragma unroll
+      for (uint i = 0; i < GT_TR / 4; ++i) {
+#pragma unroll
+        for (uint j = 0; j < GT_TP / 4; ++j) {
+          acc[4 * i + 0][4 * j + 0] = fma(a[i].x, b[j].x, acc[4 * i + 0][4 * j + 0]);
+          acc[4 * i + 0][4 * j + 1] = fma(a[i].x, b[j].y, acc[4 * i + 0][4 * j + 1]);
+          acc[4 * i + 0][4 * j + 2] = fma(a[i].x, b[j].z, acc[4 * i + 0][4 * j + 2]);
+          acc[4 * i + 0][4 * j + 3] = fma(a[i].x, b[j].w, acc[4 * i + 0][4 * j + 3]);
+          acc[4 * i + 1][4 * j + 0] = fma(a[i].y, b[j].x, acc[4 * i + 1][4 * j + 0]);
+          acc[4 * i + 1][4 * j + 1] = fma(a[i].y, b[j].y, acc[4 * i + 1][4 * j + 1]);
+          acc[4 * i + 1][4 * j + 2] = fma(a[i].y, b[j].z, acc[4 * i + 1][4 * j + 2]);
+          acc[4 * i + 1][4 * j + 3] = fma(a[i].y, b[j].w, acc[4 * i + 1][4 * j + 3]);
+          acc[4 * i + 2][4 * j + 0] = fma(a[i].z, b[j].x, acc[4 * i + 2][4 * j + 0]);
+          acc[4 * i + 2][4 * j + 1] = fma(a[i].z, b[j].y, acc[4 * i + 2][4 * j + 1]);
+          acc[4 * i + 2][4 * j + 2] = fma(a[i].z, b[j].z, acc[4 * i + 2][4 * j + 2]);
+          acc[4 * i + 2][4 * j + 3] = fma(a[i].z, b[j].w, acc[4 * i + 2][4 * j + 3]);
+          acc[4 * i + 3][4 * j + 0] = fma(a[i].w, b[j].x, acc[4 * i + 3][4 * j + 0]);
+          acc[4 * i + 3][4 * j + 1] = fma(a[i].w, b[j].y, acc[4 * i + 3][4 * j + 1]);
+          acc[4 * i + 3][4 * j + 2] = fma(a[i].w, b[j].z, acc[4 * i + 3][4 * j + 2]);
+          acc[4 * i + 3][4 * j + 3] = fma(a[i].w, b[j].w, acc[4 * i + 3][4 * j + 3]);
+        }
+      }
     }
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  for (uint j = 0; j < 4; ++j) {
-    const uint jj = tx * 4 + j;
-    if (jj >= np) continue;
-    const int tk = tok[jj];
+#undef GT_FETCH
+#pragma unroll
+  for (uint j = 0; j < GT_TP; ++j) {
+    const uint jj = (j / 4) * 4 * GT_TX + tx * 4 + j % 4;
+    const int tk = jj < np ? tok[jj] : -1;
     const bool ok = tk >= 0 && (uint)tk < x_rows;
-    for (uint i = 0; i < 4; ++i) {
-      const uint r = r0 + ty * 4 + i;
-      if (r < rows) y[y_off + (ulong)(p0 + jj) * rows + r] = ok ? acc[i][j] : NAN;
+#pragma unroll
+    for (uint i = 0; i < GT_TR; ++i) {
+      const uint r = r0 + (i / 4) * 4 * GT_TY + ty * 4 + i % 4;
+      if (jj < np && r < rows) y[y_off + (ulong)(p0 + jj) * rows + r] = ok ? acc[i][j] : NAN;
     }
   }
 }

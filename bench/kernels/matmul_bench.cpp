@@ -7,6 +7,7 @@
 #include <boost/program_options.hpp>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -118,8 +119,10 @@ class Bench {
   // One launch of stacked experts: n_tokens tokens, each picking top_k distinct experts (decode:
   // one token; prefill: pairs sorted by expert as the MoE layer groups them, so runs of one
   // expert start anywhere inside a token tile).
+  // gemm: the pairs' sort is promised (as the MoE layer does), so a device that has the tiled
+  // expert GEMM runs it.
   Record experts(const MatmulOp& op, TensorType t, int n_expert, int64_t rows, int64_t cols,
-                 int top_k, int n_tokens = 1) {
+                 int top_k, int n_tokens = 1, bool gemm = false) {
     const auto w = bench_weight(t, rows, cols, n_expert);
     const DeviceWeight dw = op.upload(t, rows, cols, w.data(), n_expert);
     const int n_pairs = n_tokens * top_k;
@@ -143,14 +146,20 @@ class Bench {
     ClMem tm = dev_.alloc(n_pairs * 4), em = dev_.alloc(n_pairs * 4);
     dev_.write(tm.get(), 0, tok.data(), n_pairs * 4);
     dev_.write(em.get(), 0, ex.data(), n_pairs * 4);
-    Record r = base("experts", t,
+    int max_run = 0;
+    for (int i = 0, run = 0; i < n_pairs; ++i) {
+      run = (i > 0 && ex[i] == ex[i - 1]) ? run + 1 : 1;
+      max_run = std::max(max_run, run);
+    }
+    Record r = base(gemm ? "egemm" : "experts", t,
                     std::to_string(n_expert) + "x" + std::to_string(rows) + "x" +
                         std::to_string(cols) + " top" + std::to_string(top_k),
                     op.variant(t), n_tokens);
     r.path = "kernel";
     r.seconds = time(
         [&](cl_event* ev) {
-          op.run_experts(dw, x.get(), 0, n_tokens, y.get(), 0, tm.get(), em.get(), n_pairs, {}, ev);
+          op.run_experts(dw, x.get(), 0, n_tokens, y.get(), 0, tm.get(), em.get(), n_pairs, {}, ev,
+                         false, gemm ? max_run : 0);
         },
         true);
     r.cpu_seconds = last_cpu();
@@ -225,9 +234,10 @@ int main(int argc, char** argv) {
       "modes", po::value(&modes)->default_value("gemv,big,gemm,experts"),
       "gemv (4096x14336, 14336x4096), big (a >= 256 MB weight), gemm (prefill, kernel and "
       "CLBlast), "
-      "experts (MoE decode launch), tune (variant sweep, GEMV)")(
-      "gemm-tokens", po::value<std::string>()->default_value("64,512"), "prefill token counts")(
-      "reps", po::value(&reps)->default_value(10), "timed repetitions (median)")(
+      "experts (MoE decode launch), tune (variant sweep, GEMV), egemm (the tiled expert GEMM's "
+      "tile shapes, prefill)")("gemm-tokens", po::value<std::string>()->default_value("64,512"),
+                               "prefill token counts")("reps", po::value(&reps)->default_value(10),
+                                                       "timed repetitions (median)")(
       "json", "print JSON instead of a table")(
       "json-out", po::value<std::string>()->default_value(""), "also write the JSON to this file");
   po::variables_map vm;
@@ -328,6 +338,27 @@ int main(int argc, char** argv) {
           // The benchmark model's gate|up and down shapes, a prefill chunk of 128 tokens.
           emit(b.experts(op, t, 32, 1024, 1024, 4, 128));
           emit(b.experts(op, t, 32, 1024, 512, 4, 128));
+        }
+        if (has("egemm") && expert_gemm_fits(dev->info())) {
+          // The benchmark model's gate|up and down shapes for a 512-token step, each tile shape.
+          for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+            MatmulVariant v = op.variant(t);
+            v.gemm_tr = tr;
+            v.gemm_tp = tp;
+            v.gemm_tx = tx;
+            v.gemm_kc = kc;
+            v.expert_gemm_min_run = 1;
+            if (!expert_gemm_fits(dev->info(), v)) continue;
+            MatmulOp vop(*dev, v);
+            emit(b.experts(vop, t, 32, 1024, 1024, 4, 512, true));
+            emit(b.experts(vop, t, 32, 1024, 512, 4, 512, true));
+            // A dense projection (q|k|v of the benchmark model) as one expert's 512 pairs.
+            emit(b.experts(vop, t, 1, 1536, 1024, 1, 512, true));
+          }
+          MatmulVariant cv = op.variant(t);
+          cv.clblast_min_tokens = 1;
+          MatmulOp clblast_op(*dev, cv);
+          emit(b.dense(clblast_op, t, 1536, 1024, 512, "gemm"));
         }
         if (has("tune")) {
           for (const auto& v : tune_variants(dev->info())) {

@@ -39,19 +39,24 @@ int expert_tile(int n_pairs, int64_t n_expert) {
       std::max<int>(1, n_pairs / std::max<int>(1, int(std::min<int64_t>(n_pairs, n_expert)))));
 }
 
-// matmul_gemm.cl's tile: 64 rows x 64 pairs per work group of 256; ws (64 columns x 68) + xs
-// (64 x 65) floats + 64 token ids of local memory.
-constexpr int kExpertGemmRows = 64, kExpertGemmPairs = 64;
-constexpr uint64_t kExpertGemmLocalBytes = (64 * 68 + 64 * 65) * 4 + 64 * 4;
-
 }  // namespace
 
 std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
   if (clblast_min_tokens > 0) s += " clblast>=" + std::to_string(clblast_min_tokens);
-  if (expert_gemm_min_run > 0) s += " expert_gemm>=" + std::to_string(expert_gemm_min_run);
+  if (expert_gemm_min_run > 0)
+    s += " expert_gemm>=" + std::to_string(expert_gemm_min_run) +
+         " tile=" + std::to_string(expert_gemm_rows()) + "x" + std::to_string(expert_gemm_pairs()) +
+         "/" + std::to_string(gemm_tr) + "x" + std::to_string(gemm_tp) + "/k" +
+         std::to_string(32 * gemm_kc);
   return s;
+}
+
+uint64_t MatmulVariant::expert_gemm_local_bytes() const {
+  // ws (K columns x rows + 4) + xs (K x pairs + 4) floats + the tile's token ids.
+  const uint64_t k = 32 * uint64_t(gemm_kc);
+  return (k * (expert_gemm_rows() + 4) + k * (expert_gemm_pairs() + 4) + expert_gemm_pairs()) * 4;
 }
 
 std::string MatmulVariant::build_options() const {
@@ -59,8 +64,35 @@ std::string MatmulVariant::build_options() const {
          " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc));
 }
 
+std::string MatmulVariant::gemm_build_options() const {
+  return " -DGT_TR=" + std::to_string(gemm_tr) + " -DGT_TP=" + std::to_string(gemm_tp) +
+         " -DGT_TX=" + std::to_string(gemm_tx) + " -DGT_KC=" + std::to_string(gemm_kc);
+}
+
+bool expert_gemm_fits(const DeviceInfo& info, const MatmulVariant& v) {
+  return info.max_group_items() >= 256 && info.local_mem_bytes >= v.expert_gemm_local_bytes();
+}
+
+const std::vector<std::array<int, 4>>& expert_gemm_tiles() {
+  // Measured on the H200 (bench/kernels/matmul_bench --modes egemm, Q4_0 and Q8_0, the benchmark
+  // model's 512-token gate|up, down and q|k|v shapes): 128 rows x 32 pairs with 64-column K steps
+  // (43 KB of local memory) was fastest, 1.5-1.6x the 64 x 64 tile; with 32-column steps (22 KB,
+  // for devices with 32 KB) 3-6% slower. 256 x 32 matched it, 64 x 64, 128 x 64, 128 x 128,
+  // 256 x 16 and 256 x 64 were 7-60% slower.
+  static const std::vector<std::array<int, 4>> tiles = {{4, 4, 8, 2}, {4, 4, 8, 1}};
+  return tiles;
+}
+
 bool expert_gemm_fits(const DeviceInfo& info) {
-  return info.max_group_items() >= 256 && info.local_mem_bytes >= kExpertGemmLocalBytes;
+  for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+    MatmulVariant v;
+    v.gemm_tr = tr;
+    v.gemm_tp = tp;
+    v.gemm_tx = tx;
+    v.gemm_kc = kc;
+    if (expert_gemm_fits(info, v)) return true;
+  }
+  return false;
 }
 
 MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
@@ -86,8 +118,16 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
   v.vec_acc = false;
   v.clblast_min_tokens = t == TensorType::F32 ? 32 : 128;
   // The tiled expert GEMM once experts average 16+ pairs (prefill); needs 256-item work groups
-  // and ~34 KB of local memory (else the tile kernels serve every launch).
-  v.expert_gemm_min_run = expert_gemm_fits(info) ? 16 : 0;
+  // and the tile's local memory (else the tile kernels serve every launch); the first tile shape
+  // that fits.
+  for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+    v.gemm_tr = tr;
+    v.gemm_tp = tp;
+    v.gemm_tx = tx;
+    v.gemm_kc = kc;
+    if (expert_gemm_fits(info, v)) break;
+  }
+  v.expert_gemm_min_run = expert_gemm_fits(info, v) ? 16 : 0;
   // Within the device's work-group and local-memory limits: fewer rows per group, then fewer lanes.
   auto local_bytes = [&] {
     return uint64_t(8 * v.lanes * 33 + v.wg_rows * v.rows_per_item * 8 * v.lanes) * 4;
@@ -339,7 +379,7 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   if (x_swiglu && !ks.experts_swiglu[0]) prepare_swiglu(w.type);
   const MatmulVariant& v = ks.variant;
   if (sorted_max_run > 0 && !x_swiglu && v.expert_gemm_min_run > 0 &&
-      expert_gemm_fits(device_.info()) &&
+      expert_gemm_fits(device_.info(), v) &&
       int64_t(n_pairs) >= int64_t(v.expert_gemm_min_run) * std::min<int64_t>(w.n_expert, n_pairs)) {
     run_experts_gemm(ks, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                      n_pairs, std::min(sorted_max_run, n_pairs), wait, done);
@@ -415,16 +455,19 @@ void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, si
   {
     std::lock_guard lock(mutex_);
     if (!ks.experts_gemm)
-      ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm", ks.options);
+      ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm",
+                                       ks.options + ks.variant.gemm_build_options());
   }
   cl_kernel k = ks.experts_gemm.get();
-  const cl_uint tiles = cl_uint((max_run + kExpertGemmPairs - 1) / kExpertGemmPairs);
+  const MatmulVariant& v = ks.variant;
+  const int tile_rows = v.expert_gemm_rows(), tile_pairs = v.expert_gemm_pairs();
+  const cl_uint tiles = cl_uint((max_run + tile_pairs - 1) / tile_pairs);
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
   set_arg(device_, k, 14, tiles);
   // Groups: row tiles x (experts + the run of invalid ids) x pair tiles of one expert's run.
   const size_t local[2] = {256, 1};
-  const size_t global[2] = {(size_t(w.rows) + kExpertGemmRows - 1) / kExpertGemmRows * 256,
+  const size_t global[2] = {(size_t(w.rows) + tile_rows - 1) / tile_rows * 256,
                             (size_t(w.n_expert) + 1) * tiles};
   enqueue(device_, k, 2, global, local, {wait, done});
 }

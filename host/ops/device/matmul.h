@@ -3,6 +3,7 @@
 // launches.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -27,17 +28,30 @@ struct MatmulVariant {
   // Prefill with at least this many tokens goes to dequantize + CLBlast SGEMM; 0 = never.
   int clblast_min_tokens = 0;
   // Expert launches whose pairs are sorted by expert and average at least this many pairs per
-  // expert go to the tiled GEMM (matmul_gemm.cl: 64 rows x 64 pairs per work group); 0 = never.
+  // expert go to the tiled GEMM (matmul_gemm.cl); 0 = never.
   int expert_gemm_min_run = 0;
-  std::string str() const;            // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
-  std::string build_options() const;  // the -D macros
+  // The tiled GEMM's shape (matmul_gemm.cl's GT_* macros): 256 work items, gemm_tx of them along
+  // pairs; each item computes gemm_tr rows x gemm_tp pairs; a K step is gemm_kc 32-column chunks.
+  int gemm_tr = 4, gemm_tp = 4, gemm_tx = 8, gemm_kc = 2;
+  int expert_gemm_rows() const { return 256 / gemm_tx * gemm_tr; }
+  int expert_gemm_pairs() const { return gemm_tx * gemm_tp; }
+  uint64_t expert_gemm_local_bytes() const;
+  std::string str() const;                 // "lanes=32 wg_rows=4 rpw=1 vec=0 clblast>=128"
+  std::string build_options() const;       // the -D macros
+  std::string gemm_build_options() const;  // the tiled GEMM's GT_* macros
 };
 
 // Defaults by device capability (measured with bench/kernels/matmul_bench, see its README).
 MatmulVariant default_matmul_variant(const DeviceInfo& info, gguf::TensorType t);
 
-// Whether the tiled expert GEMM (256-item work groups, ~34 KB of local memory) fits the device.
+// Whether the tiled expert GEMM (256-item work groups and the tile's local memory; any tile of
+// expert_gemm_tiles() when no variant is given) fits the device.
 bool expert_gemm_fits(const DeviceInfo& info);
+bool expert_gemm_fits(const DeviceInfo& info, const MatmulVariant& v);
+
+// The tile shapes (gemm_tr, gemm_tp, gemm_tx, gemm_kc) the defaults choose among, each with a
+// portability-matrix case; the first is MatmulVariant's default.
+const std::vector<std::array<int, 4>>& expert_gemm_tiles();
 
 // A weight uploaded to one device in the repacked layout. Move-only; owns its buffers.
 struct DeviceWeight {
