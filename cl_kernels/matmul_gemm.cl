@@ -4,6 +4,10 @@
 // outputs (GT_R rows of one expert x up to GT_P of its pairs), so every weight decoded into local
 // memory serves GT_P pairs instead of 8 and every x value GT_R rows.
 //
+// dense != 0: one weight (n_expert 1) and pair p is token p (pair_token and pair_expert are not
+// read): a dense GEMM over n_pairs tokens. Output row p is at y_off + p * ldy; accumulate != 0
+// adds the product to it (a residual).
+//
 // Pairs must be sorted by expert (moe_group_pairs, or the host's stable sort), ids outside
 // [0, n_expert) last. Work group (gr, g1): rows gr * GT_R .. +GT_R-1; g1 = expert e *
 // tiles_per_expert + tile t covers pairs seg_begin(e) + GT_P t .. of expert e's run (found by
@@ -65,15 +69,16 @@ __kernel __attribute__((reqd_work_group_size(256, 1, 1))) void experts_gemm(
     __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,
     __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,
     __global const int* pair_token, __global const int* pair_expert, uint n_pairs,
-    uint n_expert, uint tiles_per_expert) {
+    uint n_expert, uint tiles_per_expert, uint ldy, uint accumulate, uint dense) {
   __local float ws[GT_K * WS_LD];
   __local float xs[GT_K * XS_LD];
   __local int tok[GT_P];
   const uint lid = get_local_id(0);
   const uint e = get_group_id(1) / tiles_per_expert, t = get_group_id(1) % tiles_per_expert;
   if (e > n_expert) return;
-  const uint seg0 = lower_bound_expert(pair_expert, n_pairs, n_expert, e);
-  const uint seg1 = lower_bound_expert(pair_expert, n_pairs, n_expert, e + 1);
+  if (dense && e > 0) return;
+  const uint seg0 = dense ? 0 : lower_bound_expert(pair_expert, n_pairs, n_expert, e);
+  const uint seg1 = dense ? n_pairs : lower_bound_expert(pair_expert, n_pairs, n_expert, e + 1);
   const uint p0 = seg0 + t * GT_P;
   if (p0 >= seg1) return;  // the whole group: p0 is uniform
   const uint np = min((uint)GT_P, seg1 - p0);
@@ -81,11 +86,12 @@ __kernel __attribute__((reqd_work_group_size(256, 1, 1))) void experts_gemm(
   if (e == n_expert) {  // invalid expert ids
     for (uint i = lid; i < np * GT_R; i += 256) {
       const uint j = i / GT_R, r = r0 + i % GT_R;
-      if (r < rows) y[y_off + (ulong)(p0 + j) * rows + r] = NAN;
+      if (r < rows) y[y_off + (ulong)(p0 + j) * ldy + r] = NAN;
     }
     return;
   }
-  for (uint i = lid; i < GT_P; i += 256) tok[i] = i < np ? pair_token[p0 + i] : -1;
+  for (uint i = lid; i < GT_P; i += 256)
+    tok[i] = i < np ? (dense ? (int)(p0 + i) : pair_token[p0 + i]) : -1;
   barrier(CLK_LOCAL_MEM_FENCE);
 
   const uint tx = lid % GT_TX, ty = lid / GT_TX;
@@ -185,7 +191,10 @@ __kernel __attribute__((reqd_work_group_size(256, 1, 1))) void experts_gemm(
 #pragma unroll
     for (uint i = 0; i < GT_TR; ++i) {
       const uint r = r0 + (i / 4) * 4 * GT_TY + ty * 4 + i % 4;
-      if (jj < np && r < rows) y[y_off + (ulong)(p0 + jj) * rows + r] = ok ? acc[i][j] : NAN;
+      if (jj < np && r < rows) {
+        const ulong o = y_off + (ulong)(p0 + jj) * ldy + r;
+        y[o] = ok ? (accumulate ? y[o] + acc[i][j] : acc[i][j]) : NAN;
+      }
     }
   }
 }

@@ -105,9 +105,11 @@ class Bench {
     std::vector<float> xv(size_t(tokens) * cols, 0.25f);
     dev_.write(x.get(), 0, xv.data(), xv.size() * 4);
     const auto& v = op.variant(t);
-    const bool clblast = v.clblast_min_tokens > 0 && tokens >= v.clblast_min_tokens;
+    const bool tiled = v.tiled_gemm_min_tokens > 0 && tokens >= v.tiled_gemm_min_tokens &&
+                       expert_gemm_fits(dev_.info(), v);
+    const bool clblast = !tiled && v.clblast_min_tokens > 0 && tokens >= v.clblast_min_tokens;
     Record r = base(kind, t, std::to_string(rows) + "x" + std::to_string(cols), v, tokens);
-    r.path = clblast ? "clblast" : "kernel";
+    r.path = tiled ? "tiled" : clblast ? "clblast" : "kernel";
     r.seconds =
         time([&](cl_event* ev) { op.run(dw, x.get(), 0, y.get(), 0, tokens, {}, ev); }, !clblast);
     r.cpu_seconds = last_cpu();
@@ -325,12 +327,19 @@ int main(int argc, char** argv) {
             if (cpu && n > 64) continue;  // minutes on a 2-core CPU; 64 tokens shows the rate
             MatmulVariant kv = op.variant(t);
             kv.clblast_min_tokens = 0;
+            kv.tiled_gemm_min_tokens = 0;
             MatmulOp kernel_op(*dev, kv);
             emit(b.dense(kernel_op, t, 4096, 14336, n, "gemm"));
             MatmulVariant cv = kv;
             cv.clblast_min_tokens = 1;
             MatmulOp clblast_op(*dev, cv);
             emit(b.dense(clblast_op, t, 4096, 14336, n, "gemm"));
+            if (expert_gemm_fits(dev->info(), kv)) {
+              MatmulVariant tv = kv;
+              tv.tiled_gemm_min_tokens = 1;
+              MatmulOp tiled_op(*dev, tv);
+              emit(b.dense(tiled_op, t, 4096, 14336, n, "gemm"));
+            }
           }
         }
         if (has("experts")) {
@@ -355,10 +364,16 @@ int main(int argc, char** argv) {
             // A dense projection (q|k|v of the benchmark model) as one expert's 512 pairs.
             emit(b.experts(vop, t, 1, 1536, 1024, 1, 512, true));
           }
+          // The same dense projection by dequantize + CLBlast and by the tiled GEMM's dense mode.
           MatmulVariant cv = op.variant(t);
           cv.clblast_min_tokens = 1;
+          cv.tiled_gemm_min_tokens = 0;
           MatmulOp clblast_op(*dev, cv);
           emit(b.dense(clblast_op, t, 1536, 1024, 512, "gemm"));
+          MatmulVariant tv = op.variant(t);
+          tv.tiled_gemm_min_tokens = 1;
+          MatmulOp tiled_op(*dev, tv);
+          emit(b.dense(tiled_op, t, 1536, 1024, 512, "gemm"));
         }
         if (has("tune")) {
           for (const auto& v : tune_variants(dev->info())) {

@@ -27,6 +27,9 @@ struct MatmulVariant {
   bool vec_acc = true;
   // Prefill with at least this many tokens goes to dequantize + CLBlast SGEMM; 0 = never.
   int clblast_min_tokens = 0;
+  // Dense launches (quantized weights) with at least this many tokens go to the tiled GEMM
+  // (matmul_gemm.cl with identity pairs), before CLBlast; 0 = never.
+  int tiled_gemm_min_tokens = 0;
   // Expert launches whose pairs are sorted by expert and average at least this many pairs per
   // expert go to the tiled GEMM (matmul_gemm.cl); 0 = never.
   int expert_gemm_min_run = 0;
@@ -172,6 +175,9 @@ class MatmulOp {
   void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int64_t cols,
                          int n_items, int tile, const std::vector<cl_event>& wait,
                          cl_event* done) const;
+  void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
+                      size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
+                      cl_event* done, MatmulOutput out) const;
   void run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
                         cl_mem y, size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                         int n_pairs, int max_run, const std::vector<cl_event>& wait,

@@ -117,6 +117,20 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     }
+    // The tiled GEMM's dense mode (prefill projections), forced on every device: rows ending in
+    // a partial row tile, tokens in a partial pair tile, strided and accumulated output (as
+    // check_matmul does for every dense case).
+    out.push_back({"gemm_tiled", fmt, "134x" + std::to_string(c_mid) + "_t77",
+                   [t, c_mid](const Device& dev, bool timing) {
+                     MatmulVariant v = default_matmul_variant(dev.info(), t);
+                     if (!expert_gemm_fits(dev.info(), v))
+                       return unsupported("the tiled GEMM needs 256-item work groups and " +
+                                          std::to_string(v.expert_gemm_local_bytes()) +
+                                          " bytes of local memory");
+                     v.tiled_gemm_min_tokens = 1;
+                     MatmulOp op(dev, v);
+                     return to_matrix(check_matmul(op, t, 134, c_mid, 77, timing), timing);
+                   }});
     // SwiGLU folded into the expert loads (the down projection's input): decode, 4 of 16 experts.
     out.push_back({"experts_swiglu", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
                    [t, c_mid](const Device& dev, bool timing) {
