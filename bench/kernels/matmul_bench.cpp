@@ -350,12 +350,9 @@ int main(int argc, char** argv) {
         }
         if (has("egemm") && expert_gemm_fits(dev->info())) {
           // The benchmark model's gate|up and down shapes for a 512-token step, each tile shape.
-          for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+          for (const auto& tile : expert_gemm_tiles()) {
             MatmulVariant v = op.variant(t);
-            v.gemm_tr = tr;
-            v.gemm_tp = tp;
-            v.gemm_tx = tx;
-            v.gemm_kc = kc;
+            v.set_gemm_tile(tile);
             v.expert_gemm_min_run = 1;
             if (!expert_gemm_fits(dev->info(), v)) continue;
             MatmulOp vop(*dev, v);

@@ -84,12 +84,9 @@ const std::vector<std::array<int, 4>>& expert_gemm_tiles() {
 }
 
 bool expert_gemm_fits(const DeviceInfo& info) {
-  for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+  for (const auto& tile : expert_gemm_tiles()) {
     MatmulVariant v;
-    v.gemm_tr = tr;
-    v.gemm_tp = tp;
-    v.gemm_tx = tx;
-    v.gemm_kc = kc;
+    v.set_gemm_tile(tile);
     if (expert_gemm_fits(info, v)) return true;
   }
   return false;
@@ -99,11 +96,8 @@ namespace {
 
 // The first tile shape of expert_gemm_tiles() that fits the device (the last when none does).
 void choose_gemm_tile(const DeviceInfo& info, MatmulVariant& v) {
-  for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
-    v.gemm_tr = tr;
-    v.gemm_tp = tp;
-    v.gemm_tx = tx;
-    v.gemm_kc = kc;
+  for (const auto& tile : expert_gemm_tiles()) {
+    v.set_gemm_tile(tile);
     if (expert_gemm_fits(info, v)) return;
   }
 }
@@ -470,13 +464,7 @@ void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, si
                                 int x_rows, cl_mem y, size_t y_offset, cl_mem pair_token_ids,
                                 cl_mem pair_expert_ids, int n_pairs, int max_run,
                                 const std::vector<cl_event>& wait, cl_event* done) const {
-  {
-    std::lock_guard lock(mutex_);
-    if (!ks.experts_gemm)
-      ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm",
-                                       ks.options + ks.variant.gemm_build_options());
-  }
-  cl_kernel k = ks.experts_gemm.get();
+  cl_kernel k = gemm_kernel(ks);
   const MatmulVariant& v = ks.variant;
   const int tile_rows = v.expert_gemm_rows(), tile_pairs = v.expert_gemm_pairs();
   const cl_uint tiles = cl_uint((max_run + tile_pairs - 1) / tile_pairs);
@@ -493,35 +481,25 @@ void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, si
   enqueue(device_, k, 2, global, local, {wait, done});
 }
 
+cl_kernel MatmulOp::gemm_kernel(Kernels& ks) const {
+  std::lock_guard lock(mutex_);
+  if (!ks.experts_gemm)
+    ks.experts_gemm =
+        device_.kernel("matmul_gemm", "experts_gemm", ks.options + ks.variant.gemm_build_options());
+  return ks.experts_gemm.get();
+}
+
 void MatmulOp::run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
                               cl_mem y, size_t y_offset, int n_tokens,
                               const std::vector<cl_event>& wait, cl_event* done,
                               MatmulOutput out) const {
-  {
-    std::lock_guard lock(mutex_);
-    if (!ks.experts_gemm)
-      ks.experts_gemm = device_.kernel("matmul_gemm", "experts_gemm",
-                                       ks.options + ks.variant.gemm_build_options());
-  }
-  cl_kernel k = ks.experts_gemm.get();
+  cl_kernel k = gemm_kernel(ks);
   const MatmulVariant& v = ks.variant;
   const int tile_rows = v.expert_gemm_rows(), tile_pairs = v.expert_gemm_pairs();
   const cl_uint tiles = cl_uint((n_tokens + tile_pairs - 1) / tile_pairs);
-  // One weight, pair p = token p: the pair id buffers are not read (x stands in for them).
-  set_arg(device_, k, 0, w.body.get());
-  set_arg(device_, k, 1, w.head ? w.head.get() : w.body.get());
-  set_arg(device_, k, 2, cl_uint(w.rows));
-  set_arg(device_, k, 3, cl_uint(w.cols));
-  set_arg(device_, k, 4, cl_uint(w.blocks_per_row));
-  set_arg(device_, k, 5, x);
-  set_arg(device_, k, 6, cl_ulong(x_offset));
-  set_arg(device_, k, 7, cl_uint(n_tokens));
-  set_arg(device_, k, 8, y);
-  set_arg(device_, k, 9, cl_ulong(y_offset));
-  set_arg(device_, k, 10, x);
-  set_arg(device_, k, 11, x);
-  set_arg(device_, k, 12, cl_uint(n_tokens));
-  set_arg(device_, k, 13, cl_uint(1));
+  // One weight (w.n_expert 1), pair p = token p: the pair id buffers are not read (x stands in
+  // for them).
+  set_expert_args(device_, k, w, x, x_offset, n_tokens, y, y_offset, x, x, n_tokens);
   set_arg(device_, k, 14, tiles);
   set_arg(device_, k, 15, cl_uint(out.ldy));
   set_arg(device_, k, 16, cl_uint(out.accumulate ? 1 : 0));

@@ -36,6 +36,12 @@ struct MatmulVariant {
   // The tiled GEMM's shape (matmul_gemm.cl's GT_* macros): 256 work items, gemm_tx of them along
   // pairs; each item computes gemm_tr rows x gemm_tp pairs; a K step is gemm_kc 32-column chunks.
   int gemm_tr = 4, gemm_tp = 4, gemm_tx = 8, gemm_kc = 2;
+  void set_gemm_tile(const std::array<int, 4>& tile) {  // {tr, tp, tx, kc}
+    gemm_tr = tile[0];
+    gemm_tp = tile[1];
+    gemm_tx = tile[2];
+    gemm_kc = tile[3];
+  }
   int expert_gemm_rows() const { return 256 / gemm_tx * gemm_tr; }
   int expert_gemm_pairs() const { return gemm_tx * gemm_tp; }
   uint64_t expert_gemm_local_bytes() const;
@@ -175,6 +181,7 @@ class MatmulOp {
   void enqueue_row_tiles(cl_kernel k, const MatmulVariant& v, int64_t rows, int64_t cols,
                          int n_items, int tile, const std::vector<cl_event>& wait,
                          cl_event* done) const;
+  cl_kernel gemm_kernel(Kernels& ks) const;  // matmul_gemm.cl's, built at the first use
   void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                       size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
                       cl_event* done, MatmulOutput out) const;

@@ -84,32 +84,25 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                    }});
     // The tiled expert GEMM (matmul_gemm.cl), forced on every device, in each tile shape a
     // device takes (MatmulVariant::gemm_*): 2 of 3 experts with runs longer than a tile's pairs,
-    // rows ending in a partial row tile (the default tile: 100 tokens, 70 rows).
-    for (const auto& [tr, tp, tx, kc] : expert_gemm_tiles()) {
+    // rows ending in a partial row tile (a tile's rows + 6, its pairs x 1.5 + 4 tokens).
+    for (const auto& tile : expert_gemm_tiles()) {
       MatmulVariant tv;
-      tv.gemm_tr = tr;
-      tv.gemm_tp = tp;
-      tv.gemm_tx = tx;
-      tv.gemm_kc = kc;
+      tv.set_gemm_tile(tile);
       const int g_rows = tv.expert_gemm_rows() + 6, g_tokens = tv.expert_gemm_pairs() * 3 / 2 + 4;
       std::string shape = "3x" + std::to_string(g_rows) + "x" + std::to_string(c_mid) + "_t" +
                           std::to_string(g_tokens) + "_top2";
-      if (tr != MatmulVariant{}.gemm_tr || tp != MatmulVariant{}.gemm_tp ||
-          tx != MatmulVariant{}.gemm_tx || kc != MatmulVariant{}.gemm_kc)
+      if (tile != expert_gemm_tiles().front())
         shape += "_tile" + std::to_string(tv.expert_gemm_rows()) + "x" +
-                 std::to_string(tv.expert_gemm_pairs()) + "k" + std::to_string(32 * kc);
+                 std::to_string(tv.expert_gemm_pairs()) + "k" + std::to_string(32 * tv.gemm_kc);
       out.push_back({"experts_gemm", fmt, shape,
-                     [t, c_mid, tv, g_rows, g_tokens](const Device& dev, bool timing) {
+                     [t, c_mid, tv, tile, g_rows, g_tokens](const Device& dev, bool timing) {
                        if (!expert_gemm_fits(dev.info(), tv))
                          return unsupported(
                              "the tiled expert GEMM needs 256-item work groups and " +
                              std::to_string(tv.expert_gemm_local_bytes()) +
                              " bytes of local memory");
                        MatmulVariant v = default_matmul_variant(dev.info(), t);
-                       v.gemm_tr = tv.gemm_tr;
-                       v.gemm_tp = tv.gemm_tp;
-                       v.gemm_tx = tv.gemm_tx;
-                       v.gemm_kc = tv.gemm_kc;
+                       v.set_gemm_tile(tile);
                        v.expert_gemm_min_run = 1;
                        MatmulOp op(dev, v);
                        return to_matrix(check_experts(op, t, g_rows, c_mid, 3, g_tokens, 2, timing,
