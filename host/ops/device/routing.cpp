@@ -24,7 +24,9 @@ RoutingOps::RoutingOps(const Device& device, RoutingVariant variant)
       variant_(resolve(device, variant)),
       route_(device.kernel(
           "route", variant_ == RoutingVariant::kGroup ? "route_topk_group_f32" : "route_topk_f32")),
-      norm_route_(device.kernel("route", "norm_route_topk_f32")) {}
+      norm_route_(device.kernel("route", variant_ == RoutingVariant::kSerial
+                                             ? "norm_route_topk_serial_f32"
+                                             : "norm_route_topk_f32")) {}
 
 size_t RoutingOps::norm_route_local() const {
   // The variant's shape: one item per token (serial) or a work group sharing the dot products.
