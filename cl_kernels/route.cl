@@ -233,6 +233,13 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
 #undef LG_LOCAL
 }
 
+// Horizontal sum of a float16, pairwise.
+inline float hsum16(float16 v) {
+  const float8 a = v.lo + v.hi;
+  const float4 b = a.lo + a.hi;
+  return (b.x + b.y) + (b.z + b.w);
+}
+
 // norm_route_topk_f32 for one work item per token (CPUs: RoutingVariant::kSerial): the row's
 // sum of squares, the normed row and each expert's dot product in 16-wide vectors with
 // independent accumulators, no barriers. The float4 chain of the work-group kernel cost ~8 us
@@ -258,9 +265,7 @@ __kernel void norm_route_topk_serial_f32(
     const float16 a = vload16(i, xr);
     s0 = fma(a, a, s0);
   }
-  s0 += s1;
-  float sum = ((s0.s0 + s0.s1) + (s0.s2 + s0.s3)) + ((s0.s4 + s0.s5) + (s0.s6 + s0.s7)) +
-              (((s0.s8 + s0.s9) + (s0.sa + s0.sb)) + ((s0.sc + s0.sd) + (s0.se + s0.sf)));
+  float sum = hsum16(s0 + s1);
   for (uint j = tail; j < n; ++j) sum += xr[j] * xr[j];
   const float scale = 1.0f / sqrt(sum / (float)n + eps);
   for (uint j = 0; j < n16; ++j) {
@@ -285,9 +290,7 @@ __kernel void norm_route_topk_serial_f32(
       a3 = fma(vload16(j + 3, wr), vload16(j + 3, xs), a3);
     }
     for (; j < n16; ++j) a0 = fma(vload16(j, wr), vload16(j, xs), a0);
-    const float16 a = (a0 + a1) + (a2 + a3);
-    float p = ((a.s0 + a.s1) + (a.s2 + a.s3)) + ((a.s4 + a.s5) + (a.s6 + a.s7)) +
-              (((a.s8 + a.s9) + (a.sa + a.sb)) + ((a.sc + a.sd) + (a.se + a.sf)));
+    float p = hsum16((a0 + a1) + (a2 + a3));
     for (uint c = tail; c < n; ++c) p += wr[c] * xs[c];
     lg[e] = p;
   }

@@ -334,7 +334,7 @@ int main(int argc, char** argv) {
             cv.clblast_min_tokens = 1;
             MatmulOp clblast_op(*dev, cv);
             emit(b.dense(clblast_op, t, 4096, 14336, n, "gemm"));
-            if (expert_gemm_fits(dev->info(), kv)) {
+            if (!cpu && expert_gemm_fits(dev->info(), kv)) {
               MatmulVariant tv = kv;
               tv.tiled_gemm_min_tokens = 1;
               MatmulOp tiled_op(*dev, tv);

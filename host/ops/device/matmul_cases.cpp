@@ -95,14 +95,14 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
         shape += "_tile" + std::to_string(tv.expert_gemm_rows()) + "x" +
                  std::to_string(tv.expert_gemm_pairs()) + "k" + std::to_string(32 * tv.gemm_kc);
       out.push_back({"experts_gemm", fmt, shape,
-                     [t, c_mid, tv, tile, g_rows, g_tokens](const Device& dev, bool timing) {
-                       if (!expert_gemm_fits(dev.info(), tv))
-                         return unsupported(
-                             "the tiled expert GEMM needs 256-item work groups and " +
-                             std::to_string(tv.expert_gemm_local_bytes()) +
-                             " bytes of local memory");
+                     [t, c_mid, tile, g_rows, g_tokens](const Device& dev, bool timing) {
                        MatmulVariant v = default_matmul_variant(dev.info(), t);
                        v.set_gemm_tile(tile);
+                       if (!expert_gemm_fits(dev.info(), v))
+                         return unsupported(
+                             "the tiled expert GEMM needs 256-item work groups and " +
+                             std::to_string(v.expert_gemm_local_bytes()) +
+                             " bytes of local memory");
                        v.expert_gemm_min_run = 1;
                        MatmulOp op(dev, v);
                        return to_matrix(check_experts(op, t, g_rows, c_mid, 3, g_tokens, 2, timing,
