@@ -75,6 +75,63 @@ __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_ex
 #undef LG_GLOBAL
 }
 
+// The routing of one token by a work group from its logits in local memory (lg[n_expert]); every
+// item must call it. With at least n_expert items, item e computes the softmax statistics
+// (redundantly, in the serial order, so the values match route_topk_f32 bit for bit), its
+// probability, then its rank in (prob desc, index asc); ranks below k are the selection, in order,
+// finished in local memory and stored once. Otherwise item 0 routes serially as route_topk_f32.
+// part: local-size floats; sel: k ints (scratch no longer needed by the caller).
+inline void route_group_tail(__local float* lg, __local float* part, __local int* sel,
+                             uint n_expert, uint k, uint sigmoid_gating, uint normalize,
+                             float weight_scale, __global int* ids, __global float* weights) {
+  const uint lid = get_local_id(0);
+  if (get_local_size(0) < n_expert) {
+    if (lid != 0) return;
+#define LG_LOCAL(e) lg[e]
+    ROUTE_SERIAL(LG_LOCAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
+#undef LG_LOCAL
+    return;
+  }
+  float m = -INFINITY, inv = 1.0f, p = 0.0f;
+  if (lid < n_expert) {
+    if (!sigmoid_gating) {
+      for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
+      float sum = 0.0f;
+      for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
+      inv = 1.0f / sum;
+    }
+    p = router_prob(lg[lid], m, inv, sigmoid_gating);
+    part[lid] = p;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  uint rank = n_expert;
+  if (lid < n_expert) {
+    rank = 0;
+    for (uint e = 0; e < n_expert; ++e) {
+      const float q = part[e];
+      rank += (q > p || (q == p && e < lid)) ? 1 : 0;
+    }
+  }
+  if (rank < k) {  // lg is read only before the barrier above
+    sel[rank] = (int)lid;
+    lg[rank] = p;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (lid != 0) return;
+  // finish_topk_weights on the local copy: the same operations, one global store per weight.
+  float wsum = 0.0f;
+  for (uint j = 0; j < k; ++j) wsum += lg[j];
+  const float denom = fmax(wsum, 6.103515625e-5f);
+  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
+  for (uint j = 0; j < k; ++j) {
+    float w = lg[j];
+    if (normalize) w /= denom;
+    if (scaled) w *= weight_scale;
+    ids[j] = sel[j];
+    weights[j] = w;
+  }
+}
+
 // The same routing with one work-group per token (GPUs): items stride over the experts, probabilities
 // go to local memory, and each of the k selections is a (value, index) tree reduction; a chosen
 // expert is marked with -1 (probabilities are >= 0). Local size: a power of two.
@@ -188,49 +245,87 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
     }
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  ids += ids_off + t * k;
-  weights += w_off + t * k;
-  if (L >= n_expert) {
-    // Parallel: item e computes the softmax statistics (redundantly, in the serial order, so the
-    // values match route_topk_f32 bit for bit), its probability, then its rank in (prob desc,
-    // index asc); ranks below k are the selection, in order.
-    float m = -INFINITY, inv = 1.0f, p = 0.0f;
-    if (lid < n_expert) {
-      if (!sigmoid_gating) {
-        for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
-        float sum = 0.0f;
-        for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
-        inv = 1.0f / sum;
-      }
-      p = router_prob(lg[lid], m, inv, sigmoid_gating);
-      part[lid] = p;
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    __local int* sel_id = (__local int*)xs;  // the normed row is no longer needed
-    if (lid < n_expert) {
-      uint rank = 0;
-      for (uint e = 0; e < n_expert; ++e) {
-        const float q = part[e];
-        rank += (q > p || (q == p && e < lid)) ? 1 : 0;
-      }
-      if (rank < k) {
-        sel_id[rank] = (int)lid;
-        lg[rank] = p;
-      }
-    }
-    barrier(CLK_LOCAL_MEM_FENCE);
-    if (lid != 0) return;
-    for (uint j = 0; j < k; ++j) {
-      ids[j] = sel_id[j];
-      weights[j] = lg[j];
-    }
-    finish_topk_weights(weights, k, normalize, weight_scale);
-    return;
+  route_group_tail(lg, part, (__local int*)xs, n_expert, k, sigmoid_gating, normalize,
+                   weight_scale, ids + ids_off + t * k, weights + w_off + t * k);
+}
+
+// norm_route_topk_f32 spread over several work groups per token (GPUs, RoutingVariant::kSplit):
+// one work group on one compute unit read the whole router (n_expert x n floats) at decode, a
+// latency-bound ~15 us per layer on an H200. Grid (local size x n_groups, n_tokens): work group w of
+// token t takes experts [w epw, w epw + epw), G = local size / epw items sharing each expert's dot
+// product (a power of two). Each group issues its router loads (up to SPLIT_PF float4 per item)
+// before the row's RMSNorm, computes the norm itself (group 0 also stores xn), writes its logits to
+// `logits` [token][n_expert] from l_off, fences and bumps the token's counter; the group that brings
+// it to n_groups reads every logit back through a volatile pointer, resets the counter for the next
+// launch and routes the token (route_group_tail). No group waits for another. Local memory as
+// norm_route_topk_f32's.
+#define SPLIT_PF 8
+__kernel void norm_route_topk_split_f32(
+    __global const float* x, uint x_off, __global const float* norm_w, float eps, uint n,
+    __global float* xn, uint xn_off, __global const float* router, uint r_ld, uint n_expert,
+    uint k, uint sigmoid_gating, uint normalize, float weight_scale, __global int* ids,
+    uint ids_off, __global float* weights, uint w_off, __local float* xs, __local float* part,
+    __local float* lg, uint epw, __global float* logits, uint l_off,
+    __global volatile int* counters) {
+  __local int is_last;
+  const size_t t = get_group_id(1);
+  const uint w = get_group_id(0), n_groups = get_num_groups(0);
+  const uint lid = get_local_id(0), L = get_local_size(0);
+  const uint G = L / epw, sub = lid % G;
+  const uint e = w * epw + lid / G;
+  const uint n4 = n / 4;
+  // Rows are 16-byte aligned (r_ld % 4 == 0).
+  __global const float* wr = router + (size_t)min(e, n_expert - 1) * r_ld;
+  float4 wv[SPLIT_PF];
+#pragma unroll
+  for (uint j = 0; j < SPLIT_PF; ++j) {
+    const uint i = sub + j * G;
+    wv[j] = (e < n_expert && i < n4) ? vload4(i, wr) : (float4)(0.0f);
   }
-  if (lid != 0) return;
-#define LG_LOCAL(e) lg[e]
-  ROUTE_SERIAL(LG_LOCAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
-#undef LG_LOCAL
+  __global const float* xr = x + x_off + t * n;
+  SquareSum acc = {0.0f, 0.0f};
+  FOR_ROW(i, n) add_square(&acc, xr[i]);
+  const float scale = rms_scale(acc, n, eps, part);
+  FOR_ROW(i, n) {
+    const float v = xr[i] * scale * norm_w[i];
+    xs[i] = v;
+    if (w == 0) xn[xn_off + t * n + i] = v;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  float4 p4 = (float4)(0.0f);
+#pragma unroll
+  for (uint j = 0; j < SPLIT_PF; ++j) {
+    const uint i = sub + j * G;
+    if (i < n4) p4 += wv[j] * vload4(i, xs);
+  }
+  if (e < n_expert)
+    for (uint i = sub + SPLIT_PF * G; i < n4; i += G) p4 += vload4(i, wr) * vload4(i, xs);
+  float p = (p4.x + p4.y) + (p4.z + p4.w);
+  if (e < n_expert)
+    for (uint i = n4 * 4 + sub; i < n; i += G) p += wr[i] * xs[i];
+  part[lid] = p;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint s = G / 2; s > 0; s >>= 1) {
+    if (sub < s) part[lid] += part[lid + s];
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  __global float* lt = logits + l_off + t * n_expert;
+  if (sub == 0 && e < n_expert) lt[e] = part[lid];
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+  if (lid == 0) {
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    const int last = atomic_inc(counters + t) == (int)n_groups - 1;
+    if (last) atomic_xchg(counters + t, 0);
+    is_last = last;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  if (!is_last) return;
+  __global volatile const float* lv = (__global volatile const float*)lt;
+  for (uint i = lid; i < n_expert; i += L) lg[i] = lv[i];
+  barrier(CLK_LOCAL_MEM_FENCE);
+  route_group_tail(lg, part, (__local int*)xs, n_expert, k, sigmoid_gating, normalize,
+                   weight_scale, ids + ids_off + t * k, weights + w_off + t * k);
 }
 
 // Horizontal sum of a float16, pairwise.

@@ -252,7 +252,7 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
     home.route->norm_route(home.x.get(), 0, dev_.ffn_norm.get(), hp.rms_eps, E, home.xn.get(), 0,
                            dev_.router.body.get(), uint32_t(dev_.router.blocks_per_row * 32),
                            uint32_t(n), hp.n_expert, device_routing_, home.topk_ids.get(), 0,
-                           home.topk_w.get(), 0, {{}, home.prof("routing")});
+                           home.topk_w.get(), 0, home.router.get(), {{}, home.prof("routing")});
   } else {
     home.norm->rms_norm(home.x.get(), 0, dev_.ffn_norm.get(), 0, home.xn.get(), 0, uint32_t(n), E,
                         hp.rms_eps, {{}, home.prof("norm")});

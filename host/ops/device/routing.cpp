@@ -14,7 +14,7 @@ namespace {
 
 RoutingVariant resolve(const Device& device, RoutingVariant v) {
   if (v != RoutingVariant::kAuto) return v;
-  return device.info().type == DeviceType::kCpu ? RoutingVariant::kSerial : RoutingVariant::kGroup;
+  return device.info().type == DeviceType::kCpu ? RoutingVariant::kSerial : RoutingVariant::kSplit;
 }
 
 }  // namespace
@@ -22,11 +22,18 @@ RoutingVariant resolve(const Device& device, RoutingVariant v) {
 RoutingOps::RoutingOps(const Device& device, RoutingVariant variant)
     : device_(&device),
       variant_(resolve(device, variant)),
-      route_(device.kernel(
-          "route", variant_ == RoutingVariant::kGroup ? "route_topk_group_f32" : "route_topk_f32")),
+      route_(device.kernel("route", variant_ == RoutingVariant::kSerial ? "route_topk_f32"
+                                                                        : "route_topk_group_f32")),
       norm_route_(device.kernel("route", variant_ == RoutingVariant::kSerial
                                              ? "norm_route_topk_serial_f32"
-                                             : "norm_route_topk_f32")) {}
+                                             : "norm_route_topk_f32")) {
+  if (variant_ == RoutingVariant::kSplit) {
+    norm_route_split_ = device.kernel("route", "norm_route_topk_split_f32");
+    const std::vector<int32_t> zeros(kSplitMaxTokens, 0);
+    split_counters_ = device.alloc(zeros.size() * sizeof(int32_t));
+    device.write(split_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
+  }
+}
 
 size_t RoutingOps::norm_route_local() const {
   // The variant's shape: one item per token (serial) or a work group sharing the dot products.
@@ -35,6 +42,15 @@ size_t RoutingOps::norm_route_local() const {
   return std::min<size_t>(1024,
                           floor_pow2(std::max<size_t>(1, device_->info().max_work_group_size)));
 }
+
+namespace {
+
+// kSplit's work-group size: 256 items (a power of two) where the device allows.
+size_t split_local(const Device& device) {
+  return std::min<size_t>(256, floor_pow2(std::max<size_t>(1, device.info().max_work_group_size)));
+}
+
+}  // namespace
 
 bool RoutingOps::can_norm_route(uint32_t n, uint32_t n_expert) const {
   const uint64_t bytes = (uint64_t(n) + norm_route_local() + n_expert) * sizeof(float);
@@ -45,7 +61,7 @@ void RoutingOps::norm_route(cl_mem x, uint32_t x_off, cl_mem norm_w, float eps, 
                             cl_mem xn, uint32_t xn_off, cl_mem router, uint32_t r_ld,
                             uint32_t n_tokens, uint32_t n_expert, const RoutingConfig& config,
                             cl_mem ids, uint32_t ids_off, cl_mem weights, uint32_t w_off,
-                            const Events& ev) {
+                            cl_mem logits, const Events& ev) {
   const int k = config.n_expert_used;
   if (k < 1 || uint32_t(k) > n_expert) {
     throw std::invalid_argument("norm_route: n_expert_used " + std::to_string(k) +
@@ -57,9 +73,32 @@ void RoutingOps::norm_route(cl_mem x, uint32_t x_off, cl_mem norm_w, float eps, 
                                 std::to_string(r_ld) + ") do not fit " + device_->info().label());
   }
   if (n_tokens == 0) return;
-  cl_kernel kern = norm_route_.get();
   const uint32_t sigmoid = config.gating == GatingFunc::kSigmoid ? 1 : 0;
   const uint32_t normalize = config.normalize_topk ? 1 : 0;
+  if (variant_ == RoutingVariant::kSplit && logits && n_tokens <= kSplitMaxTokens) {
+    // G items per expert: the power of two that leaves each about 4 float4 loads of the row (at
+    // most the group); epw = local / G experts per group.
+    cl_kernel kern = norm_route_split_.get();
+    const size_t local = split_local(*device_);
+    size_t G = 1;
+    while (G < local && G * 4 * 4 < n) G *= 2;
+    const uint32_t epw = uint32_t(local / G);
+    const size_t groups = (n_expert + epw - 1) / epw;
+    set_args(*device_, kern, x, x_off, norm_w, eps, n, xn, xn_off, router, r_ld, n_expert,
+             uint32_t(k), sigmoid, normalize, config.weight_scale, ids, ids_off, weights, w_off);
+    set_local_arg(*device_, kern, 18, size_t(n) * sizeof(float));
+    set_local_arg(*device_, kern, 19, local * sizeof(float));
+    set_local_arg(*device_, kern, 20, size_t(n_expert) * sizeof(float));
+    set_arg(*device_, kern, 21, epw);
+    set_arg(*device_, kern, 22, logits);
+    set_arg(*device_, kern, 23, uint32_t(0));
+    set_arg(*device_, kern, 24, split_counters_.get());
+    const size_t global[2] = {groups * local, n_tokens};
+    const size_t lws[2] = {local, 1};
+    enqueue(*device_, kern, 2, global, lws, ev);
+    return;
+  }
+  cl_kernel kern = norm_route_.get();
   set_args(*device_, kern, x, x_off, norm_w, eps, n, xn, xn_off, router, r_ld, n_expert,
            uint32_t(k), sigmoid, normalize, config.weight_scale, ids, ids_off, weights, w_off);
   const size_t local = norm_route_local();
@@ -82,7 +121,7 @@ void RoutingOps::route(cl_mem logits, uint32_t l_off, uint32_t n_tokens, uint32_
   cl_kernel kern = route_.get();
   const uint32_t sigmoid = config.gating == GatingFunc::kSigmoid ? 1 : 0;
   const uint32_t normalize = config.normalize_topk ? 1 : 0;
-  if (variant_ == RoutingVariant::kGroup) {
+  if (variant_ != RoutingVariant::kSerial) {
     set_args(*device_, kern, logits, l_off, n_expert, uint32_t(k), sigmoid, normalize,
              config.weight_scale, ids, ids_off, weights, w_off);
     // A power of two covering the experts (capped): each item then owns about one expert.
@@ -179,10 +218,10 @@ MatrixCaseResult run_norm_route(const Device& device, bool timing, uint32_t toke
   }
   GuardedBuffer dx(device, x), dnw(device, nw), drouter(device, router),
       dxn(device, x.size() * sizeof(float)), dids(device, size_t(tokens) * k * 4),
-      dw(device, size_t(tokens) * k * 4);
+      dw(device, size_t(tokens) * k * 4), dlogits(device, size_t(tokens) * n_expert * 4);
   auto run = [&](const Events& ev) {
     ops.norm_route(dx.mem(), 0, dnw.mem(), eps, n, dxn.mem(), 0, drouter.mem(), ld, tokens,
-                   n_expert, cfg, dids.mem(), 0, dw.mem(), 0, ev);
+                   n_expert, cfg, dids.mem(), 0, dw.mem(), 0, dlogits.mem(), ev);
   };
   run({});
   std::vector<float> got = dxn.download<float>(), ref = ref_xn;
@@ -190,7 +229,8 @@ MatrixCaseResult run_norm_route(const Device& device, bool timing, uint32_t toke
   got.insert(got.end(), got_w.begin(), got_w.end());
   ref.insert(ref.end(), ref_w.begin(), ref_w.end());
   MatrixCaseResult r =
-      judge(compare(got, ref), 1e-4, {dxn.check_guard(), dids.check_guard(), dw.check_guard()});
+      judge(compare(got, ref), 1e-4,
+            {dxn.check_guard(), dids.check_guard(), dw.check_guard(), dlogits.check_guard()});
   const auto got_ids = dids.download<int32_t>();
   if (const size_t bad = count_mismatches(got_ids, ref_ids); bad > 0 && r.status == "pass") {
     r.status = "fail";
@@ -219,7 +259,8 @@ void register_routing_cases(std::vector<MatrixCase>& out) {
     const Shape fused[] = {{1, 1024, 32, 4, false},
                            {6, 256, 128, 8, false},
                            {3, 100, 7, 2, true},
-                           {17, 2048, 8, 2, false}};
+                           {17, 2048, 8, 2, false},
+                           {2, 64, 384, 8, false}};
     for (const Shape& s : fused) {
       RoutingConfig cfg;
       cfg.n_expert_used = int(s.k);
@@ -227,8 +268,11 @@ void register_routing_cases(std::vector<MatrixCase>& out) {
       cfg.normalize_topk = true;
       const std::string shape = std::to_string(s.tokens) + "x" + std::to_string(s.n) + "x" +
                                 std::to_string(s.experts) + "/" + std::to_string(s.k);
-      for (RoutingVariant v : {RoutingVariant::kSerial, RoutingVariant::kGroup}) {
-        out.push_back({v == RoutingVariant::kGroup ? "norm_route_topk_group" : "norm_route_topk",
+      for (RoutingVariant v :
+           {RoutingVariant::kSerial, RoutingVariant::kGroup, RoutingVariant::kSplit}) {
+        out.push_back({v == RoutingVariant::kSplit   ? "norm_route_topk_split"
+                       : v == RoutingVariant::kGroup ? "norm_route_topk_group"
+                                                     : "norm_route_topk",
                        s.sigmoid ? "sigmoid_norm" : "softmax_norm", shape,
                        [=](const Device& d, bool t) {
                          return run_norm_route(d, t, s.tokens, s.n, s.experts, cfg, v);
