@@ -114,8 +114,20 @@ std::string signal_text(int sig) {
 std::vector<ops::MatrixCaseResult> run_device_isolated(const Device& d,
                                                        const std::vector<ops::MatrixCase>& cases,
                                                        const std::vector<std::string>& pass_args,
-                                                       double case_timeout_s, bool json) {
+                                                       double case_timeout_s, bool json,
+                                                       bool progress) {
   std::vector<ops::MatrixCaseResult> results;
+  // --progress: each row on stderr as its result arrives, so a run cut off early still shows
+  // what it finished.
+  auto report = [&](const ops::MatrixCaseResult& r) {
+    if (!progress) return;
+    const size_t i = results.size() - 1;
+    std::fprintf(stderr, "[%zu/%zu] %s %s %s max_abs %.2e%s%s\n", i + 1, cases.size(),
+                 d.id().c_str(), cases[i].name().c_str(), r.status.c_str(), r.max_abs_err,
+                 r.seconds > 0 ? (" time_us " + std::to_string(r.seconds * 1e6)).c_str() : "",
+                 r.note.empty() ? "" : ("  " + r.note.substr(0, r.note.find('\n'))).c_str());
+    std::fflush(stderr);
+  };
   const std::string driver = d.info().platform_name + " " + d.info().driver_version;
   while (results.size() < cases.size()) {
     const size_t from = results.size();
@@ -172,6 +184,7 @@ std::vector<ops::MatrixCaseResult> run_device_isolated(const Device& d,
                      std::chrono::milliseconds(int64_t(case_timeout_s * 1000));
         } else if (line.rfind("result ", 0) == 0 && running == results.size()) {
           results.push_back(result_from_json(boost::json::parse(line.substr(7)).as_object()));
+          report(results.back());
           running = SIZE_MAX;
         }
       }
@@ -205,6 +218,7 @@ std::vector<ops::MatrixCaseResult> run_device_isolated(const Device& d,
       std::fprintf(stderr, "%s %s on %s: %s\n", r.status == "timeout" ? "TIMEOUT" : "CRASH",
                    cases[idx].name().c_str(), d.id().c_str(), r.note.c_str());
     results.push_back(std::move(r));
+    report(results.back());
   }
   return results;
 }
@@ -340,6 +354,7 @@ int run_matrix(const std::vector<std::string>& args) {
       "timing", "also time each case (median of 10 launches, profiling events)")(
       "json-file", po::value<std::string>(), "also write the JSON results to this file")(
       "list", "list the cases without running them")(
+      "progress", "also print each row to stderr as it finishes (a run cut off keeps them)")(
       "case-timeout", po::value<double>()->default_value(300),
       "seconds one case may run before its child process is killed (a \"timeout\" row)");
   po::options_description hidden;
@@ -394,7 +409,7 @@ int run_matrix(const std::vector<std::string>& args) {
   int failed = 0;
   for (const Device* d : devices) {
     std::vector<ops::MatrixCaseResult> results =
-        run_device_isolated(*d, cases, pass_args, case_timeout, json);
+        run_device_isolated(*d, cases, pass_args, case_timeout, json, vm.count("progress") > 0);
     for (size_t i = 0; i < cases.size(); ++i) {
       const auto& c = cases[i];
       Row row{d, &c, std::move(results[i])};

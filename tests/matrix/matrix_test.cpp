@@ -5,6 +5,7 @@
 #include <boost/json.hpp>
 
 #include <set>
+#include <sstream>
 
 #include "devices/device.h"
 #include "host/cli/settings.h"
@@ -115,6 +116,30 @@ TEST(MatrixCommand, JsonForOneKernelAndBadFilter) {
   const auto bad = test::run_command(std::string(TESSERA_BIN) + " matrix --filter no-such-kernel");
   EXPECT_NE(bad.exit_code, 0);
   EXPECT_NE(bad.output.find("no case matches"), std::string::npos) << bad.output;
+}
+
+// --progress: one line per case and device on stderr as each result arrives (a run cut off by a
+// timeout keeps them), with the case's name and status; the table still follows.
+TEST(MatrixCommand, ProgressPrintsEachRowAsItFinishes) {
+  const std::string filter = "rms_norm/f32/";
+  const auto r = test::run_command(std::string(TESSERA_BIN) + " matrix --progress --filter " +
+                                   filter + " --devices cpu0");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto list =
+      test::run_command(std::string(TESSERA_BIN) + " matrix --list --filter " + filter);
+  std::istringstream names(list.output);
+  size_t n = 0;
+  for (std::string name; std::getline(names, name);) {
+    if (name.empty()) continue;
+    ++n;
+    EXPECT_NE(r.output.find("] cpu0 " + name + " pass"), std::string::npos) << name << "\n"
+                                                                            << r.output;
+  }
+  ASSERT_GT(n, 0u);
+  EXPECT_NE(r.output.find("[1/" + std::to_string(n) + "] cpu0 "), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("[" + std::to_string(n) + "/" + std::to_string(n) + "] cpu0 "),
+            std::string::npos)
+      << r.output;
 }
 
 // A driver that crashes, aborts or hangs inside a case costs that case a "crash" / "timeout" row
