@@ -237,8 +237,9 @@ inline void row_elementwise_sizes(const Device& device, size_t rows, size_t cols
     const size_t per_row = std::max<size_t>(1, (items + rows - 1) / rows);
     global[0] = std::max<size_t>(1, std::min(per_row, (cols + 255) / 256));
   } else {
-    local[0] = std::min<size_t>(256, floor_pow2(std::max<size_t>(cols, 32)));
-    local[0] = std::min<size_t>(local[0], floor_pow2(device.info().max_group_items()));
+    // One work-group size whatever the row length, so a kernel called with rows of different
+    // lengths (biases of 32 and 256 columns) launches with one size (tests/engine/replay_test.cpp).
+    local[0] = std::min<size_t>(256, floor_pow2(device.info().max_group_items()));
     global[0] = std::min(round_up(cols, local[0]), local[0] * 64);
   }
   global[0] = std::max(global[0], round_up(min_items_for_loop(device, cols), local[0]));
