@@ -229,6 +229,12 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
 #define PF_WG (PF_BQ * PF_TPR)
 #define PF_OWN (HEAD_DIM / PF_TPR)
 #define PF_KSTRIDE (K_QDIM + 1)  // padding: items of one row read different K rows, other banks
+#if PF_TPR > 1
+#define PF_QS (K_QDIM + 1)  // padding: the rows of a GPU warp read their queries from other banks
+#define PF_SPI ((PF_KT + PF_TPR - 1) / PF_TPR)  // scores per item and tile
+#else
+#define PF_QS K_QDIM
+#endif
 
 __kernel __attribute__((reqd_work_group_size(PF_WG, 1, 1)))
 void attention_prefill(__global const float* q, uint q_off, __global float* out, uint out_off,
@@ -236,12 +242,17 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
                        uint pos_off, uint first_token, uint n_tokens, float scale, uint window,
                        __global const uchar* k_pool, __global const uchar* v_pool,
                        __global const float* sinks, uint use_sinks, __global const float* qjl) {
-  __local float qs[PF_BQ * K_QDIM];
+  __local float qs[PF_BQ * PF_QS];
   __local float ks[PF_KT * PF_KSTRIDE];
   __local float vs[PF_KT * HEAD_DIM];
   __local float ss[PF_BQ * PF_KT];
   __local int rseq[PF_BQ], rpos[PF_BQ];
+#if PF_TPR > 1
+  __local float redm[PF_WG], reds[PF_WG];
+  float m_run = -INFINITY, l_run = 0.0f;  // the row's running max and sum (each of its items)
+#else
   __local float rm[PF_BQ], rl[PF_BQ], ralpha[PF_BQ];
+#endif
 
   const int lid = get_local_id(0);
   const int r = lid / PF_TPR, c = lid % PF_TPR;
@@ -256,21 +267,21 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
   }
   for (int i = lid; i < PF_BQ * HEAD_DIM; i += PF_WG) {
     const int rr = i / HEAD_DIM, d = i % HEAD_DIM;
-    qs[rr * K_QDIM + d] =
+    qs[rr * PF_QS + d] =
         rr < rows ? q[q_off + ((size_t)(first_token + row0 + rr) * N_HEAD + h) * HEAD_DIM + d] * scale
                   : 0.0f;
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 #if K_ROTATED
   // TurboQuant K rows hold rotated vectors: rotate each query row once.
-  for (int i = lid; i < PF_BQ; i += PF_WG) kv_turbo_rotate_l(qs + i * K_QDIM);
+  for (int i = lid; i < PF_BQ; i += PF_WG) kv_turbo_rotate_l(qs + i * PF_QS);
   barrier(CLK_LOCAL_MEM_FENCE);
 #endif
 #if K_PROD
   // Prod keys: each row's QJL projection S R q after its rotated query.
   for (int i = lid; i < PF_BQ * HEAD_DIM; i += PF_WG)
-    qs[(i / HEAD_DIM) * K_QDIM + HEAD_DIM + i % HEAD_DIM] =
-        k_qjl_project_l(qjl, qs + (i / HEAD_DIM) * K_QDIM, i % HEAD_DIM);
+    qs[(i / HEAD_DIM) * PF_QS + HEAD_DIM + i % HEAD_DIM] =
+        k_qjl_project_l(qjl, qs + (i / HEAD_DIM) * PF_QS, i % HEAD_DIM);
   barrier(CLK_LOCAL_MEM_FENCE);
 #endif
 
@@ -291,21 +302,35 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
     const int my_lo = window ? my_pos - (int)window + 1 : 0;
     const int run_lo = window ? max(0, min_pos - (int)window + 1) : 0;
     for (int i = 0; i < PF_OWN; ++i) o[i] = 0.0f;
+#if PF_TPR > 1
+    m_run = -INFINITY;
+    l_run = 0.0f;
+#else
     if (mine && c == 0) {
       rm[r] = -INFINITY;
       rl[r] = 0.0f;
     }
+#endif
     const int n_kv = max_pos + 1;
     __global const int* table = meta + bt_off + (size_t)s * bt_stride;
     for (int j0 = run_lo / PF_KT * PF_KT; j0 < n_kv; j0 += PF_KT) {
+      // The tile's rows are decoded into local memory once for all the tile's query rows. PF_KT
+      // divides BLOCK_SIZE (the tile's rows follow each other in one block) or is a multiple of
+      // it (a row's block from the table). Rows past n_kv were never written and rows before the
+      // run's first visible position may sit in released blocks: load zeros for both, so masked
+      // scores meet finite values.
+#if PF_KT <= BLOCK_SIZE
       const size_t base = kv_row_index(table[j0 / BLOCK_SIZE], kvh, j0 % BLOCK_SIZE);
-      // The tile's rows follow each other in the pool (PF_KT divides BLOCK_SIZE); they are decoded
-      // into local memory once for all the tile's query rows. Rows past n_kv were never written:
-      // load zeros so masked scores meet finite values.
+#define PF_ROW(jj) (base + (size_t)(jj))
+#define PF_VALID(jj) (j0 + (jj) < n_kv)
+#else
+#define PF_ROW(jj) kv_row_index(table[(j0 + (jj)) / BLOCK_SIZE], kvh, (j0 + (jj)) % BLOCK_SIZE)
+#define PF_VALID(jj) (j0 + (jj) < n_kv && j0 + (jj) >= run_lo)
+#endif
       for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
         const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
-        const bool valid = j0 + jj < n_kv;
-        const size_t row = base + (size_t)jj;
+        const bool valid = PF_VALID(jj);
+        const size_t row = valid ? PF_ROW(jj) : 0;
         const float4 k4 = valid ? k_load4(k_pool + row * K_ROW_BYTES, d) : (float4)(0.0f);
         const float4 v4 = valid ? v_load4(v_pool + row * V_ROW_BYTES, d) : (float4)(0.0f);
         __local float* kd = ks + jj * PF_KSTRIDE + d;
@@ -316,14 +341,73 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
       // The key's second half (its signs, scaled), scored against the rows' projections.
       for (int i = lid * 4; i < PF_KT * HEAD_DIM; i += PF_WG * 4) {
         const int jj = i / HEAD_DIM, d = i % HEAD_DIM;
-        const bool valid = j0 + jj < n_kv;
-        const float4 k4 = valid ? k_load4(k_pool + (base + (size_t)jj) * K_ROW_BYTES, HEAD_DIM + d)
+        const bool valid = PF_VALID(jj);
+        const float4 k4 = valid ? k_load4(k_pool + PF_ROW(jj) * K_ROW_BYTES, HEAD_DIM + d)
                                 : (float4)(0.0f);
         __local float* kd = ks + jj * PF_KSTRIDE + HEAD_DIM + d;
         kd[0] = k4.x; kd[1] = k4.y; kd[2] = k4.z; kd[3] = k4.w;
       }
 #endif
       barrier(CLK_LOCAL_MEM_FENCE);
+#if PF_TPR > 1
+      // GPUs: item c of row r scores keys jj = c, c + PF_TPR, ... in registers (one query load
+      // per PF_SPI keys), the row's maximum and sum go through redm / reds (each item of the row
+      // adds the PF_TPR partials in the same order, so all keep the same running max m_run and
+      // sum l_run), then each item adds its channels over the tile (one weight load per PF_OWN
+      // value loads).
+      {
+        float sc[PF_SPI];
+        for (int i = 0; i < PF_SPI; ++i) sc[i] = -INFINITY;
+        float pmax = -INFINITY;
+        if (mine) {
+          float a[PF_SPI];
+          for (int i = 0; i < PF_SPI; ++i) a[i] = 0.0f;
+          for (int d = 0; d < K_QDIM; ++d) {
+            const float qd = qs[r * PF_QS + d];
+            for (int i = 0; i < PF_SPI; ++i) {
+              const int jj = c + i * PF_TPR;
+              if (jj < PF_KT) a[i] += qd * ks[jj * PF_KSTRIDE + d];
+            }
+          }
+          for (int i = 0; i < PF_SPI; ++i) {
+            const int jj = c + i * PF_TPR;
+            if (jj < PF_KT && j0 + jj <= my_pos && j0 + jj >= my_lo) sc[i] = a[i];
+            pmax = fmax(pmax, sc[i]);
+          }
+        }
+        redm[lid] = pmax;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        float mx = m_run;
+        if (mine)
+          for (int k = 0; k < PF_TPR; ++k) mx = fmax(mx, redm[r * PF_TPR + k]);
+        // mx is -inf only while no tile so far held a visible position of this row (tiles before
+        // its window that another row of the run needs): every p is then 0 and nothing changes.
+        const float base = mx == -INFINITY ? 0.0f : mx;
+        float psum = 0.0f;
+        if (mine) {
+          for (int i = 0; i < PF_SPI; ++i) {
+            const int jj = c + i * PF_TPR;
+            const float pv = exp(sc[i] - base);
+            if (jj < PF_KT) ss[r * PF_KT + jj] = pv;
+            psum += pv;
+          }
+        }
+        reds[lid] = psum;
+        barrier(CLK_LOCAL_MEM_FENCE);
+        if (mine) {
+          float sum = 0.0f;
+          for (int k = 0; k < PF_TPR; ++k) sum += reds[r * PF_TPR + k];
+          const float alpha = exp(m_run - base);  // 0 until the first visible tile
+          l_run = l_run * alpha + sum;
+          m_run = mx;
+          for (int i = 0; i < PF_OWN; ++i) o[i] *= alpha;
+          for (int jj = 0; jj < PF_KT; ++jj) {
+            const float w = ss[r * PF_KT + jj];
+            for (int i = 0; i < PF_OWN; ++i) o[i] += w * vs[jj * HEAD_DIM + c + i * PF_TPR];
+          }
+        }
+      }
+#else
       if (mine) {
         for (int jj = c; jj < PF_KT; jj += PF_TPR) {
           float acc = -INFINITY;
@@ -332,7 +416,7 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
             // One item per row (CPUs): explicit vectors, since nothing is vectorized across items.
             floatv a = (floatv)(0.0f);
             for (int i = 0; i < K_QDIM / VW; ++i)
-              a = fma(vloadv(i, qs + r * K_QDIM), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
+              a = fma(vloadv(i, qs + r * PF_QS), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
             acc = hsumv(a);
 #else
             acc = 0.0f;
@@ -399,26 +483,34 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         }
       }
 #endif
+#endif
       barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ks, vs, ss
     }
+#undef PF_ROW
+#undef PF_VALID
     if (mine) {
       // A sink joins the denominator: rescale to the larger of the row's max and the sink.
-      float inv = 1.0f / rl[r];
+#if PF_TPR > 1
+      const float row_m = m_run, row_l = l_run;
+#else
+      const float row_m = rm[r], row_l = rl[r];
+#endif
+      float inv = 1.0f / row_l;
       if (use_sinks) {
-        const float mx = fmax(rm[r], sinks[h]), a = exp(rm[r] - mx);
-        inv = a / (rl[r] * a + exp(sinks[h] - mx));
+        const float mx = fmax(row_m, sinks[h]), a = exp(row_m - mx);
+        inv = a / (row_l * a + exp(sinks[h] - mx));
       }
 #if V_ROTATED
       // The output is rotated (TurboQuant V rows): gather the row in its query's local slot (its
       // run is over) and rotate it back once.
-      for (int i = 0; i < PF_OWN; ++i) qs[r * K_QDIM + c + i * PF_TPR] = o[i] * inv;
+      for (int i = 0; i < PF_OWN; ++i) qs[r * PF_QS + c + i * PF_TPR] = o[i] * inv;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
-    if (mine && c == 0) kv_turbo_rotate_inverse_l(qs + r * K_QDIM);
+    if (mine && c == 0) kv_turbo_rotate_inverse_l(qs + r * PF_QS);
     barrier(CLK_LOCAL_MEM_FENCE);
     if (mine) {
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
-      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = qs[r * K_QDIM + c + i * PF_TPR];
+      for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = qs[r * PF_QS + c + i * PF_TPR];
 #else
       __global float* dst = out + out_off + ((size_t)(first_token + row0 + r) * N_HEAD + h) * HEAD_DIM;
       for (int i = 0; i < PF_OWN; ++i) dst[c + i * PF_TPR] = o[i] * inv;
@@ -460,17 +552,17 @@ inline uint decode_chunk_tokens(__global const int* meta, uint ctx_off, uint n_c
 // writes were fenced before their increments). Items lid < ITEMS share the channels; ob holds
 // HEAD_DIM floats of scratch for a rotated V (TurboQuant rows, rotated back once here).
 #define DEFINE_REDUCE_HEAD(suffix, ITEMS, PART_Q, OB_SPACE, SYNC, ROTATE_INV)                      \
-  inline void reduce_head_##suffix(PART_Q const float* part, uint n_chunks, uint first_token,      \
-                                   uint ti, int h, __global float* out, uint out_off,              \
-                                   __global const float* sinks, uint use_sinks, int lid,           \
-                                   OB_SPACE float* ob) {                                           \
+  inline void reduce_head_##suffix(PART_Q const float* part, uint n_chunks, uint n_used,          \
+                                   uint first_token, uint ti, int h, __global float* out,          \
+                                   uint out_off, __global const float* sinks, uint use_sinks,      \
+                                   int lid, OB_SPACE float* ob) {                                  \
     PART_Q const float* src = part + ((size_t)ti * N_HEAD + h) * n_chunks * (2 + HEAD_DIM);        \
     float m = use_sinks ? sinks[h] : -INFINITY; /* a sink joins the max and the denominator */    \
-    for (uint c = 0; c < n_chunks; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);                      \
+    for (uint c = 0; c < n_used; ++c) m = fmax(m, src[c * (2 + HEAD_DIM)]);                        \
     float l = use_sinks ? exp(sinks[h] - m) : 0.0f;                                                \
     float acc[(HEAD_DIM + (ITEMS) - 1) / (ITEMS)];                                                 \
     for (int i = 0; i < (HEAD_DIM + (ITEMS) - 1) / (ITEMS); ++i) acc[i] = 0.0f;                    \
-    for (uint c = 0; c < n_chunks; ++c) {                                                          \
+    for (uint c = 0; c < n_used; ++c) {                                                            \
       PART_Q const float* p = src + c * (2 + HEAD_DIM);                                            \
       const float pl = p[1];                                                                       \
       if (pl == 0.0f) continue; /* empty chunk (its max is -inf) */                                \
@@ -515,6 +607,28 @@ DEFINE_REDUCE_HEAD(dec, DEC_LWS, __global volatile, __local, barrier(CLK_LOCAL_M
                    kv_turbo_rotate_inverse_l)
 DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0, kv_turbo_rotate_inverse_p)
 
+// The fused combine's chunks: only the first n_used of a token's chunks hold keys (chunk c starts
+// at its first visible position + c chunk_tokens), the rest are empty partials, so the combine
+// reads n_used of them; at decode over a short context that is one of the n_chunks the launch
+// was recorded with. Unrotated V: the group's heads are combined at once, DEC_RED_PER items each
+// (no barrier inside, so the items past GROUP heads skip it); rotated V (a barrier per head):
+// one head after another with every item.
+#define DEC_N_USED min(n_chunks, (uint)((n_kv - lo + (int)chunk_tokens - 1) / (int)chunk_tokens))
+#define DEC_RED_PER (DEC_LWS / GROUP)
+#if !V_ROTATED && DEC_RED_PER >= 1
+DEFINE_REDUCE_HEAD(decg, DEC_RED_PER, __global volatile, __local, (void)0,
+                   kv_turbo_rotate_inverse_l)
+#define DEC_COMBINE_HEADS()                                                                        \
+  if (lid / DEC_RED_PER < GROUP)                                                                   \
+    reduce_head_decg(part, n_chunks, DEC_N_USED, first_token, ti, kvh * GROUP + lid / DEC_RED_PER, \
+                     out, out_off, sinks, use_sinks, lid % DEC_RED_PER, qs);
+#else
+#define DEC_COMBINE_HEADS()                                                                        \
+  for (int g = 0; g < GROUP; ++g)                                                                  \
+    reduce_head_dec(part, n_chunks, DEC_N_USED, first_token, ti, kvh * GROUP + g, out, out_off,    \
+                    sinks, use_sinks, lid, qs);
+#endif
+
 // The decode kernels' arguments for the fused combine (before qjl) and their tails: work-group
 // kernels (DEC_LWS items, `qs` free as scratch by then) and the row kernel (one item).
 #define DECODE_FUSE_ARGS                                                                           \
@@ -531,9 +645,7 @@ DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0, kv_turbo_rotat
     if (fr_last) {                                                                                 \
       if (lid == 0) atomic_xchg(counters + ti * N_HEAD_KV + kvh, 0);                               \
       mem_fence(CLK_GLOBAL_MEM_FENCE);                                                             \
-      for (int g = 0; g < GROUP; ++g)                                                              \
-        reduce_head_dec(part, n_chunks, first_token, ti, kvh * GROUP + g, out, out_off, sinks,     \
-                        use_sinks, lid, qs);                                                       \
+      DEC_COMBINE_HEADS()                                                                          \
     }                                                                                              \
   }
 #define DECODE_ROW_TAIL()                                                                          \
@@ -544,8 +656,8 @@ DEFINE_REDUCE_HEAD(row, 1, __global volatile, __private, (void)0, kv_turbo_rotat
       mem_fence(CLK_GLOBAL_MEM_FENCE);                                                             \
       float ob[HEAD_DIM];                                                                          \
       for (int g = 0; g < GROUP; ++g)                                                              \
-        reduce_head_row(part, n_chunks, first_token, ti, kvh * GROUP + g, out, out_off, sinks,     \
-                        use_sinks, 0, ob);                                                         \
+        reduce_head_row(part, n_chunks, DEC_N_USED, first_token, ti, kvh * GROUP + g, out,         \
+                        out_off, sinks, use_sinks, 0, ob);                                         \
     }                                                                                              \
   }
 
@@ -840,8 +952,8 @@ void attention_decode_reduce(__global const float* part, uint n_chunks, uint fir
                              __global float* out, uint out_off, __global const float* sinks,
                              uint use_sinks) {
   __local float ob[HEAD_DIM];
-  reduce_head_red(part, n_chunks, first_token, get_group_id(2), get_group_id(1), out, out_off,
-                  sinks, use_sinks, get_local_id(0), ob);
+  reduce_head_red(part, n_chunks, n_chunks, first_token, get_group_id(2), get_group_id(1), out,
+                  out_off, sinks, use_sinks, get_local_id(0), ob);
 }
 
 // ---- (c') Split-K decode, row-streaming form for CPUs: one work item per (chunk, KV head,

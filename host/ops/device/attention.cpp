@@ -68,9 +68,13 @@ uint64_t query_floats(const AttentionConfig& config) {
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t qd = query_floats(config);
-  return 4ull * (uint64_t(t.prefill_rows) * qd + uint64_t(t.prefill_kv_tile) * (qd + 1) +
-                 uint64_t(t.prefill_kv_tile) * c.head_dim +
-                 uint64_t(t.prefill_rows) * t.prefill_kv_tile + 5ull * t.prefill_rows);
+  // qs (rows padded by one float on GPUs), ks (padded), vs, ss, rseq + rpos, then the softmax
+  // state: redm + reds per item (row_items > 1) or rm + rl + ralpha per row.
+  const uint64_t rows = uint64_t(t.prefill_rows), kt = uint64_t(t.prefill_kv_tile);
+  const uint64_t state =
+      t.prefill_row_items > 1 ? 2ull * rows * uint64_t(t.prefill_row_items) : 3ull * rows;
+  return 4ull *
+         (rows * (qd + 1) + kt * (qd + 1) + kt * c.head_dim + rows * kt + 2ull * rows + state);
 }
 uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
@@ -127,9 +131,13 @@ AttentionTuning default_attention_tuning(const Device& device, const AttentionCo
     t.decode_tile = 64;
     t.reduce_items = 1;
   } else {
+    // Prefill: 32-key tiles (two 16-token blocks) halve the barriers and block-table reads per
+    // key of 16-key tiles.
     t.prefill_rows = 16;
     t.prefill_row_items = c.pool.head_dim % 8 == 0 ? 8 : 4;
-    t.prefill_kv_tile = largest_divisor_at_most(c.pool.block_size, 16);
+    t.prefill_kv_tile = c.pool.block_size < 32 && 32 % c.pool.block_size == 0
+                            ? 32
+                            : largest_divisor_at_most(c.pool.block_size, 32);
     // Decode: variant 1 with the centroid table in local memory, 256-item work-groups, 8 per
     // compute unit. On the H200 it took f16 decode attention to 0.73-0.91x and turbo3 to
     // 0.20-0.55x of variant 0 with 128 items and 4 per compute unit (bench/KV_FORMATS.md). (Its
@@ -177,11 +185,13 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       unsupported("a KV row of " + std::to_string(row_bytes[part]) + " bytes");
   }
   if (t.prefill_rows < 1 || t.prefill_row_items < 1 || c.head_dim % t.prefill_row_items != 0 ||
-      t.prefill_kv_tile < 1 || c.block_size % t.prefill_kv_tile != 0 || t.decode_items < 1 ||
-      t.decode_tile < 1 || t.reduce_items < 1 || t.decode_variant < 0 || t.decode_variant > 1 ||
-      t.decode_groups_per_cu < 1 || t.decode_groups_per_cu > 64)
+      t.prefill_kv_tile < 1 ||
+      (c.block_size % t.prefill_kv_tile != 0 && t.prefill_kv_tile % c.block_size != 0) ||
+      t.decode_items < 1 || t.decode_tile < 1 || t.reduce_items < 1 || t.decode_variant < 0 ||
+      t.decode_variant > 1 || t.decode_groups_per_cu < 1 || t.decode_groups_per_cu > 64)
     unsupported(
-        "tuning does not fit the shape (row items must divide head_dim, the KV tile block_size; "
+        "tuning does not fit the shape (row items must divide head_dim, the KV tile divide "
+        "block_size or be a multiple of it; "
         "decode variant 0 or 1; 1-64 decode groups per compute unit)");
   const uint64_t wg_max = device.info().max_group_items();
   if (uint64_t(t.prefill_rows) * t.prefill_row_items > wg_max ||

@@ -41,7 +41,8 @@ struct AttentionConfig {
 struct AttentionTuning {
   int32_t prefill_rows = 16;      // query tokens per prefill work-group
   int32_t prefill_row_items = 1;  // work items per query row (divides head_dim)
-  int32_t prefill_kv_tile = 16;   // KV tokens per prefill tile (divides block_size)
+  int32_t prefill_kv_tile = 16;   // KV tokens per prefill tile (divides block_size or is a
+                                  // multiple of it)
   bool decode_rows = false;       // decode by attention_decode_rows (one item streams whole rows
                                   // with vector loads: CPUs) instead of the work-group kernel
   int32_t decode_items = 1;       // decode work-group size (work-group kernel)

@@ -144,13 +144,17 @@ struct SeqSpec {
 // A decode kernel other than the device's default (AttentionTuning): `other_kernel` swaps the
 // row-streaming and the work-group kernel (64 items), `variant` / `lut` as decode_variant /
 // decode_lut (variant -1: the device's own), `reduce_launch` combines the chunks by the reduce
-// launch instead of the decode launch's last work-group (fused_reduce off).
+// launch instead of the decode launch's last work-group (fused_reduce off); prefill_row_items /
+// prefill_kv_tile (> 0) set the prefill kernel's shape: items per query row (1: the CPUs' form,
+// more: the GPUs' register-blocked form) and keys per tile (a divisor or a multiple of the block).
 struct DecodeTweak {
   const char* name = "";
   bool other_kernel = false;
   int32_t variant = 0;
   bool lut = false;
   bool reduce_launch = false;
+  int32_t prefill_row_items = 0;
+  int32_t prefill_kv_tile = 0;
 };
 
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
@@ -172,6 +176,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
       tuning->decode_lut = tweak->lut;
     }
     tuning->fused_reduce = !tweak->reduce_launch;
+    if (tweak->prefill_row_items > 0) tuning->prefill_row_items = tweak->prefill_row_items;
+    if (tweak->prefill_kv_tile > 0) tuning->prefill_kv_tile = tweak->prefill_kv_tile;
   }
   // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
   std::optional<AttentionOp> op_storage;
@@ -711,6 +717,41 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
       out.push_back({w.decode ? "attention_decode" : "attention_prefill", "f16kv",
                      shape_name(c, w.seqs) + "_sinks", [c, w](const Device& d, bool t) {
                        return run_attention_case(d, t, w.decode, c, w.seqs, true);
+                     }});
+    }
+  }
+  // The prefill kernel's other shapes on every device: the GPUs' register-blocked form (items per
+  // row > 1) and the CPUs' (1 item per row), with keys tiles of two blocks (a block-table read
+  // per key row, released blocks before a window skipped) and of half a block.
+  struct PrefillCase {
+    AttentionConfig c;
+    std::vector<SeqSpec> seqs;
+    bool sinks;
+  };
+  std::vector<PrefillCase> prefill_cases;
+  for (const auto& c : shapes) prefill_cases.push_back({c, prefill_seqs, false});
+  prefill_cases.push_back(
+      {with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3), prefill_seqs, false});
+  prefill_cases.push_back(
+      {with_formats(shapes[1], KvFormat::kTurbo3p, KvFormat::kTurbo4), prefill_seqs, false});
+  prefill_cases.push_back(
+      {with_formats(shapes[2], KvFormat::kQ8_0, KvFormat::kQ4_0), prefill_seqs, false});
+  for (int wi : {0, 1, 2}) {
+    AttentionConfig c = shapes[1];
+    c.window = window_cases[wi].window;
+    prefill_cases.push_back({c, window_cases[wi].seqs, wi == 1});
+  }
+  for (const PrefillCase& pc : prefill_cases) {
+    const int32_t bs = pc.c.pool.block_size, D = pc.c.pool.head_dim;
+    const int32_t wide = D % 8 == 0 ? 8 : 4;
+    const DecodeTweak shapes_pf[] = {{"_tpr4_kt2b", false, -1, false, false, 4, 2 * bs},
+                                     {"_tpr1_kt2b", false, -1, false, false, 1, 2 * bs},
+                                     {"_tprw_kthalf", false, -1, false, false, wide, bs / 2}};
+    for (const DecodeTweak& tw : shapes_pf) {
+      out.push_back({"attention_prefill", format_label(pc.c),
+                     shape_name(pc.c, pc.seqs) + (pc.sinks ? "_sinks" : "") + tw.name,
+                     [pc, tw](const Device& d, bool t) {
+                       return run_attention_case(d, t, false, pc.c, pc.seqs, pc.sinks, tw);
                      }});
     }
   }
