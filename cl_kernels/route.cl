@@ -13,18 +13,18 @@ inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
 
 // The k selected weights, in selection order, normalized by their sum (clamped below at 2^-14 as
 // llama.cpp) and scaled, in the reference's order of operations: divide by the sum, then scale.
+// One weight w of a selection whose weights sum to wsum.
+inline float finish_topk_weight(float w, float wsum, uint normalize, float weight_scale) {
+  if (normalize) w /= fmax(wsum, 6.103515625e-5f);
+  if (weight_scale != 0.0f && weight_scale != 1.0f) w *= weight_scale;
+  return w;
+}
 inline void finish_topk_weights(__global float* weights, uint k, uint normalize,
                                 float weight_scale) {
   float wsum = 0.0f;
   for (uint j = 0; j < k; ++j) wsum += weights[j];
-  const float denom = fmax(wsum, 6.103515625e-5f);
-  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
-  for (uint j = 0; j < k; ++j) {
-    float w = weights[j];
-    if (normalize) w /= denom;
-    if (scaled) w *= weight_scale;
-    weights[j] = w;
-  }
+  for (uint j = 0; j < k; ++j)
+    weights[j] = finish_topk_weight(weights[j], wsum, normalize, weight_scale);
 }
 
 // The serial routing of one token over logits LG(e) (a macro so that global and local arrays share
@@ -118,17 +118,12 @@ inline void route_group_tail(__local float* lg, __local float* part, __local int
   }
   barrier(CLK_LOCAL_MEM_FENCE);
   if (lid != 0) return;
-  // finish_topk_weights on the local copy: the same operations, one global store per weight.
+  // finish_topk_weights on the local copy: one global store per weight.
   float wsum = 0.0f;
   for (uint j = 0; j < k; ++j) wsum += lg[j];
-  const float denom = fmax(wsum, 6.103515625e-5f);
-  const bool scaled = weight_scale != 0.0f && weight_scale != 1.0f;
   for (uint j = 0; j < k; ++j) {
-    float w = lg[j];
-    if (normalize) w /= denom;
-    if (scaled) w *= weight_scale;
     ids[j] = sel[j];
-    weights[j] = w;
+    weights[j] = finish_topk_weight(lg[j], wsum, normalize, weight_scale);
   }
 }
 
