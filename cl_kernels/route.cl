@@ -189,6 +189,22 @@ __kernel void route_topk_group_f32(__global const float* logits, uint l_off, uin
   if (lid == 0) finish_topk_weights(weights, k, normalize, weight_scale);
 }
 
+// The work group's RMSNorm of row xr (n floats) times norm_w into local xs, and into xo where
+// `store` (every item of the group must call it; part: local-size floats of scratch).
+inline void norm_row_to_local(__global const float* xr, __global const float* norm_w, float eps,
+                              uint n, __local float* xs, __global float* xo, bool store,
+                              __local float* part) {
+  SquareSum acc = {0.0f, 0.0f};
+  FOR_ROW(i, n) add_square(&acc, xr[i]);
+  const float scale = rms_scale(acc, n, eps, part);
+  FOR_ROW(i, n) {
+    const float v = xr[i] * scale * norm_w[i];
+    xs[i] = v;
+    if (store) xo[i] = v;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+}
+
 // The start of a MoE block in one launch: RMSNorm of each token's residual row x (written to xn,
 // which the experts read), the router's logits of the normed row (F32 router rows `r_ld` floats
 // apart; r_ld a multiple of 4), and the routing of route_topk_f32. One work group per token (CPUs: one work item);
@@ -204,16 +220,7 @@ __kernel void norm_route_topk_f32(__global const float* x, uint x_off, __global 
   const size_t t = get_group_id(0);
   const uint lid = get_local_id(0);
   const uint L = get_local_size(0);
-  __global const float* xr = x + x_off + t * n;
-  SquareSum acc = {0.0f, 0.0f};
-  FOR_ROW(i, n) add_square(&acc, xr[i]);
-  const float scale = rms_scale(acc, n, eps, part);
-  FOR_ROW(i, n) {
-    const float v = xr[i] * scale * norm_w[i];
-    xs[i] = v;
-    xn[xn_off + t * n + i] = v;
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
+  norm_row_to_local(x + x_off + t * n, norm_w, eps, n, xs, xn + xn_off + t * n, true, part);
   uint G = 1;
   while (G * 2 * n_expert <= L) G *= 2;
   const uint per = L / G, sub = lid % G;
@@ -277,16 +284,7 @@ __kernel void norm_route_topk_split_f32(
     const uint i = sub + j * G;
     wv[j] = (e < n_expert && i < n4) ? vload4(i, wr) : (float4)(0.0f);
   }
-  __global const float* xr = x + x_off + t * n;
-  SquareSum acc = {0.0f, 0.0f};
-  FOR_ROW(i, n) add_square(&acc, xr[i]);
-  const float scale = rms_scale(acc, n, eps, part);
-  FOR_ROW(i, n) {
-    const float v = xr[i] * scale * norm_w[i];
-    xs[i] = v;
-    if (w == 0) xn[xn_off + t * n + i] = v;
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
+  norm_row_to_local(x + x_off + t * n, norm_w, eps, n, xs, xn + xn_off + t * n, w == 0, part);
   float4 p4 = (float4)(0.0f);
 #pragma unroll
   for (uint j = 0; j < SPLIT_PF; ++j) {
