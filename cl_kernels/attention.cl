@@ -249,10 +249,8 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
   __local int rseq[PF_BQ], rpos[PF_BQ];
 #if PF_TPR > 1
   __local float redm[PF_WG], reds[PF_WG];
-  float m_run = -INFINITY, l_run = 0.0f;  // the row's running max and sum (each of its items)
-#else
-  __local float rm[PF_BQ], rl[PF_BQ], ralpha[PF_BQ];
 #endif
+  float m_run = -INFINITY, l_run = 0.0f;  // the row's running max and sum (each of its items)
 
   const int lid = get_local_id(0);
   const int r = lid / PF_TPR, c = lid % PF_TPR;
@@ -302,15 +300,8 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
     const int my_lo = window ? my_pos - (int)window + 1 : 0;
     const int run_lo = window ? max(0, min_pos - (int)window + 1) : 0;
     for (int i = 0; i < PF_OWN; ++i) o[i] = 0.0f;
-#if PF_TPR > 1
     m_run = -INFINITY;
     l_run = 0.0f;
-#else
-    if (mine && c == 0) {
-      rm[r] = -INFINITY;
-      rl[r] = 0.0f;
-    }
-#endif
     const int n_kv = max_pos + 1;
     __global const int* table = meta + bt_off + (size_t)s * bt_stride;
     for (int j0 = run_lo / PF_KT * PF_KT; j0 < n_kv; j0 += PF_KT) {
@@ -408,29 +399,22 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         }
       }
 #else
+      // CPUs: one item per row (it owns the row's scores, softmax state and channels), explicit
+      // vectors, since nothing is vectorized across items.
       if (mine) {
-        for (int jj = c; jj < PF_KT; jj += PF_TPR) {
+        for (int jj = 0; jj < PF_KT; ++jj) {
           float acc = -INFINITY;
           if (j0 + jj <= my_pos && j0 + jj >= my_lo) {
-#if PF_TPR == 1
-            // One item per row (CPUs): explicit vectors, since nothing is vectorized across items.
             floatv a = (floatv)(0.0f);
             for (int i = 0; i < K_QDIM / VW; ++i)
               a = fma(vloadv(i, qs + r * PF_QS), vloadv(0, ks + jj * PF_KSTRIDE + i * VW), a);
             acc = hsumv(a);
-#else
-            acc = 0.0f;
-            for (int d = 0; d < K_QDIM; ++d) acc += qs[r * K_QDIM + d] * ks[jj * PF_KSTRIDE + d];
-#endif
           }
           ss[r * PF_KT + jj] = acc;
         }
-      }
-      barrier(CLK_LOCAL_MEM_FENCE);
-      if (mine && c == 0) {
-        const float m_old = rm[r];
+        const float m_old = m_run;
         float mx = m_old;
-#if PF_TPR == 1 && PF_KT % VW == 0
+#if PF_KT % VW == 0
         // CPUs: the row's maximum, exponentials and sum in VW-wide vectors (a vector exp is one
         // SIMD routine; the scalar one, once per score, cost more than the scores' dot products).
         __local float* sr = ss + r * PF_KT;
@@ -458,31 +442,14 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
         }
 #endif
         const float alpha = exp(m_old - base);  // 0 until the first visible tile (m_old = -inf)
-        rl[r] = rl[r] * alpha + sum;
-        rm[r] = mx;
-        ralpha[r] = alpha;
-      }
-      barrier(CLK_LOCAL_MEM_FENCE);
-#if PF_TPR == 1
-      if (mine) {
-        const float alpha = ralpha[r];
+        l_run = l_run * alpha + sum;
+        m_run = mx;
         for (int i = 0; i < HEAD_DIM / VW; ++i) {
           floatv acc = vloadv(i, o) * alpha;
           for (int jj = 0; jj < PF_KT; ++jj) acc = fma((floatv)(ss[r * PF_KT + jj]), vloadv(i, vs + jj * HEAD_DIM), acc);
           vstorev(acc, i, o);
         }
       }
-#else
-      if (mine) {
-        const float alpha = ralpha[r];
-        for (int i = 0; i < PF_OWN; ++i) {
-          const int d = c + i * PF_TPR;
-          float acc = o[i] * alpha;
-          for (int jj = 0; jj < PF_KT; ++jj) acc += ss[r * PF_KT + jj] * vs[jj * HEAD_DIM + d];
-          o[i] = acc;
-        }
-      }
-#endif
 #endif
       barrier(CLK_LOCAL_MEM_FENCE);  // the next tile overwrites ks, vs, ss
     }
@@ -490,15 +457,10 @@ void attention_prefill(__global const float* q, uint q_off, __global float* out,
 #undef PF_VALID
     if (mine) {
       // A sink joins the denominator: rescale to the larger of the row's max and the sink.
-#if PF_TPR > 1
-      const float row_m = m_run, row_l = l_run;
-#else
-      const float row_m = rm[r], row_l = rl[r];
-#endif
-      float inv = 1.0f / row_l;
+      float inv = 1.0f / l_run;
       if (use_sinks) {
-        const float mx = fmax(row_m, sinks[h]), a = exp(row_m - mx);
-        inv = a / (row_l * a + exp(sinks[h] - mx));
+        const float mx = fmax(m_run, sinks[h]), a = exp(m_run - mx);
+        inv = a / (l_run * a + exp(sinks[h] - mx));
       }
 #if V_ROTATED
       // The output is rotated (TurboQuant V rows): gather the row in its query's local slot (its

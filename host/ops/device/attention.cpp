@@ -68,11 +68,10 @@ uint64_t query_floats(const AttentionConfig& config) {
 uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t qd = query_floats(config);
-  // qs (rows padded by one float on GPUs), ks (padded), vs, ss, rseq + rpos, then the softmax
-  // state: redm + reds per item (row_items > 1) or rm + rl + ralpha per row.
+  // qs (rows padded by one float on GPUs), ks (padded), vs, ss, rseq + rpos, and with several
+  // items per row redm + reds (one float per item each).
   const uint64_t rows = uint64_t(t.prefill_rows), kt = uint64_t(t.prefill_kv_tile);
-  const uint64_t state =
-      t.prefill_row_items > 1 ? 2ull * rows * uint64_t(t.prefill_row_items) : 3ull * rows;
+  const uint64_t state = t.prefill_row_items > 1 ? 2ull * rows * uint64_t(t.prefill_row_items) : 0;
   return 4ull *
          (rows * (qd + 1) + kt * (qd + 1) + kt * c.head_dim + rows * kt + 2ull * rows + state);
 }
