@@ -623,18 +623,123 @@ DEFINE_REDUCE_HEAD(decg, DEC_RED_PER, __global volatile, __local, (void)0,
     }                                                                                              \
   }
 
+// The projections' last step inside the decode launch (AttentionOp::decode with a DecodeFinish;
+// decode steps only, one token per sequence): `finish` set, each work-group reads its group's
+// query heads from the q|k|v row (not from `q`) and gives them qkv_finish's optional per-head
+// RMSNorm and RoPE itself, and the work-group whose chunk holds the token's own position finishes
+// the token's k and v heads of its KV head and stores them into the token's slot before it reads
+// its keys (no other work-group reads that row: other tokens are other sequences), so no
+// qkv_finish launch runs. RoPE angles from the pairs' inverse frequencies (`inv_freq`, as
+// qkv_finish_rows).
+#define DECODE_FINISH_ARGS                                                                         \
+  uint finish, __global const float* qkv, uint qkv_off, uint tok_stride, uint k_col, uint v_col,   \
+      __global const float* q_norm, __global const float* k_norm, uint use_norm, float eps,        \
+      uint n_rot, __global const float* inv_freq, float freq_scale,                                \
+      __global const float* freq_factors, uint use_ff, uint neox, float4 yarn, uint slot_off
+
+// n_heads heads at buf + h * stride (local memory; items lid of n_items, all of them call it):
+// the optional RMSNorm by w (hscale: n_heads floats of scratch), then RoPE at pos.
+inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global const float* w,
+                           uint use_norm, float eps, __local float* hscale, float pos, uint n_rot,
+                           __global const float* inv_freq, float freq_scale,
+                           __global const float* freq_factors, uint use_ff, uint neox, float4 yarn,
+                           int lid, int n_items) {
+  if (use_norm) {
+    for (int h = lid; h < n_heads; h += n_items) {
+      float s = 0.0f;
+      for (int d = 0; d < HEAD_DIM; ++d) s += buf[h * stride + d] * buf[h * stride + d];
+      hscale[h] = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int i = lid; i < n_heads * HEAD_DIM; i += n_items) {
+      const int h = i / HEAD_DIM, d = i % HEAD_DIM;
+      buf[h * stride + d] = buf[h * stride + d] * hscale[h] * w[d];
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+  }
+  const int n_pairs = (int)n_rot / 2;
+  for (int i = lid; i < n_heads * n_pairs; i += n_items) {
+    const int h = i / n_pairs, p = i % n_pairs;
+    const float theta =
+        rope_yarn_theta_inv(pos, inv_freq[p], p, freq_scale, freq_factors, use_ff, yarn);
+    float c;
+    const float sn = rope_sin_cos(theta, yarn, &c);
+    const uint2 ab = rope_pair(p, n_rot, neox);
+    __local float* x = buf + h * stride;
+    const float x0 = x[ab.x], x1 = x[ab.y];
+    x[ab.x] = x0 * c - x1 * sn;
+    x[ab.y] = x0 * sn + x1 * c;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+}
+
+// One head in private memory (the row kernel): the optional RMSNorm, then RoPE by the angles'
+// cos / sin (cs, sn: n_rot / 2 each).
+inline void finish_head_p(float* x, __global const float* w, uint use_norm, float eps, uint n_rot,
+                          uint neox, const float* cs, const float* sn) {
+  if (use_norm) {
+    float s = 0.0f;
+    for (int d = 0; d < HEAD_DIM; ++d) s += x[d] * x[d];
+    const float scale = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
+    for (int d = 0; d < HEAD_DIM; ++d) x[d] = x[d] * scale * w[d];
+  }
+  for (uint i = 0; i < n_rot / 2; ++i) {
+    const uint2 ab = rope_pair(i, n_rot, neox);
+    const float x0 = x[ab.x], x1 = x[ab.y];
+    x[ab.x] = x0 * cs[i] - x1 * sn[i];
+    x[ab.y] = x0 * sn[i] + x1 * cs[i];
+  }
+}
+
+// The work-group kernels' query load (qs: GROUP heads K_QDIM apart, times the score scale), with
+// `finish` from the q|k|v row and, in the chunk holding the token's position, the token's k and v
+// finished (kvb: 2 HEAD_DIM floats of scratch) and stored, visible to this work-group's reads.
+#define DECODE_WG_LOAD_Q()                                                                         \
+  if (finish) {                                                                                    \
+    __global const float* qrow = qkv + qkv_off + (size_t)t * tok_stride;                           \
+    const float fpos = (float)(n_kv - 1);                                                          \
+    for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                                          \
+      qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] = qrow[kvh * GROUP * HEAD_DIM + i];               \
+    barrier(CLK_LOCAL_MEM_FENCE);                                                                  \
+    finish_heads_l(qs, K_QDIM, GROUP, q_norm, use_norm, eps, red, fpos, n_rot, inv_freq,           \
+                   freq_scale, freq_factors, use_ff, neox, yarn, lid, DEC_LWS);                    \
+    for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                                          \
+      qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] *= scale;                                         \
+    if (end == n_kv) {                                                                             \
+      for (int d = lid; d < HEAD_DIM; d += DEC_LWS) {                                              \
+        kvb[d] = qrow[k_col + kvh * HEAD_DIM + d];                                                 \
+        kvb[HEAD_DIM + d] = qrow[v_col + kvh * HEAD_DIM + d];                                      \
+      }                                                                                            \
+      barrier(CLK_LOCAL_MEM_FENCE);                                                                \
+      finish_heads_l(kvb, 0, 1, k_norm, use_norm, eps, red, fpos, n_rot, inv_freq,         \
+                     freq_scale, freq_factors, use_ff, neox, yarn, lid, DEC_LWS);                  \
+      const int slot = meta[slot_off + t];                                                         \
+      if (slot >= 0) { /* uniform: padding tokens store nothing */                                 \
+        const size_t r = kv_row_index(slot / BLOCK_SIZE, kvh, slot % BLOCK_SIZE);                  \
+        k_store_row_l(k_pool + r * K_ROW_BYTES, kvb, lid, DEC_LWS);                                \
+        v_store_row_l(v_pool + r * V_ROW_BYTES, kvb + HEAD_DIM, lid, DEC_LWS);                     \
+      }                                                                                            \
+      barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                         \
+    }                                                                                              \
+  } else {                                                                                         \
+    for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                                          \
+      qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =                                                 \
+          q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;                    \
+  }
+
 __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
                               uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                               uint first_token, uint ctx_off, uint n_chunks, float scale,
-                              uint window, __global const uchar* k_pool,
-                              __global const uchar* v_pool, __global float* part,
-                              DECODE_FUSE_ARGS, __global const float* qjl) {
+                              uint window, __global uchar* k_pool, __global uchar* v_pool,
+                              __global float* part, DECODE_FUSE_ARGS, DECODE_FINISH_ARGS,
+                              __global const float* qjl) {
   __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];  // pool row index (kv_row_index) of each tile token
   __local int fr_last;         // this work-group combines the chunks (fused reduce)
+  __local float kvb[2 * HEAD_DIM];  // the token's k and v heads (`finish`)
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -658,9 +763,7 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
     DECODE_WG_TAIL()
     return;
   }
-  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
-    qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =
-        q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+  DECODE_WG_LOAD_Q()
   float m[GROUP], l[GROUP];  // the max is the same in every item; l is this item's share
   for (int g = 0; g < GROUP; ++g) {
     m[g] = -INFINITY;
@@ -760,14 +863,15 @@ __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_shared(__global const float* q, uint q_off, __global const int* meta,
                              uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                              uint first_token, uint ctx_off, uint n_chunks, float scale,
-                             uint window, __global const uchar* k_pool,
-                             __global const uchar* v_pool, __global float* part,
-                             DECODE_FUSE_ARGS, __global const float* qjl) {
+                             uint window, __global uchar* k_pool, __global uchar* v_pool,
+                             __global float* part, DECODE_FUSE_ARGS, DECODE_FINISH_ARGS,
+                             __global const float* qjl) {
   __local float qs[GROUP * K_QDIM];
   __local float ss[GROUP * DEC_TILE];
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];
   __local int fr_last;  // this work-group combines the chunks (fused reduce)
+  __local float kvb[2 * HEAD_DIM];  // the token's k and v heads (`finish`)
 #if KV_TURBO_LUT_LOCAL
   __local float lut[KV_TURBO_N_CENTROIDS];
 #endif
@@ -794,9 +898,7 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
     DECODE_WG_TAIL()
     return;
   }
-  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)
-    qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =
-        q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
+  DECODE_WG_LOAD_Q()
 #if KV_TURBO_LUT_LOCAL
   for (int i = lid; i < KV_TURBO_N_CENTROIDS; i += DEC_LWS) lut[i] = kv_turbo_centroids[i];
 #endif
@@ -963,9 +1065,9 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1)))
 void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
                            uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
                            uint first_token, uint ctx_off, uint n_chunks, float scale,
-                           uint window, __global const uchar* k_pool,
-                           __global const uchar* v_pool, __global float* part,
-                           DECODE_FUSE_ARGS, __global const float* qjl) {
+                           uint window, __global uchar* k_pool, __global uchar* v_pool,
+                           __global float* part, DECODE_FUSE_ARGS, DECODE_FINISH_ARGS,
+                           __global const float* qjl) {
   const uint chunk = get_global_id(0);
   const int kvh = get_global_id(1);
   const uint ti = get_global_id(2);
@@ -988,10 +1090,40 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   }
   floatv qv[GROUP * K_QDIM / VW];
   floatv o[GROUP * HEAD_DIM / VW];
-  __global const float* qsrc = q + q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM;
-  for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) {
-    qv[(i / (HEAD_DIM / VW)) * (K_QDIM / VW) + i % (HEAD_DIM / VW)] = vloadv(i, qsrc) * scale;
-    o[i] = (floatv)(0.0f);
+  for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) o[i] = (floatv)(0.0f);
+  if (finish) {  // as DECODE_WG_LOAD_Q, one item
+    __global const float* qrow = qkv + qkv_off + (size_t)t * tok_stride;
+    const float fpos = (float)(n_kv - 1);
+    float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
+    for (uint i = 0; i < n_rot / 2; ++i) {
+      const float theta =
+          rope_yarn_theta_inv(fpos, inv_freq[i], i, freq_scale, freq_factors, use_ff, yarn);
+      float c;
+      sn[i] = rope_sin_cos(theta, yarn, &c);
+      cs[i] = c;
+    }
+    for (int g = 0; g < GROUP; ++g) {
+      float* qg = (float*)(qv + g * (K_QDIM / VW));
+      for (int d = 0; d < HEAD_DIM; ++d) qg[d] = qrow[(kvh * GROUP + g) * HEAD_DIM + d];
+      finish_head_p(qg, q_norm, use_norm, eps, n_rot, neox, cs, sn);
+      for (int d = 0; d < HEAD_DIM; ++d) qg[d] *= scale;
+    }
+    const int slot = meta[slot_off + t];
+    if (end == n_kv && slot >= 0) {
+      float kb[HEAD_DIM], vb[HEAD_DIM];
+      for (int d = 0; d < HEAD_DIM; ++d) {
+        kb[d] = qrow[k_col + kvh * HEAD_DIM + d];
+        vb[d] = qrow[v_col + kvh * HEAD_DIM + d];
+      }
+      finish_head_p(kb, k_norm, use_norm, eps, n_rot, neox, cs, sn);
+      const size_t r = kv_row_index(slot / BLOCK_SIZE, kvh, slot % BLOCK_SIZE);
+      k_store_row_p(k_pool + r * K_ROW_BYTES, kb, 0, 1);
+      v_store_row_p(v_pool + r * V_ROW_BYTES, vb, 0, 1);
+    }
+  } else {
+    __global const float* qsrc = q + q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM;
+    for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i)
+      qv[(i / (HEAD_DIM / VW)) * (K_QDIM / VW) + i % (HEAD_DIM / VW)] = vloadv(i, qsrc) * scale;
   }
 #if K_ROTATED
   for (int g = 0; g < GROUP; ++g) kv_turbo_rotate_p((float*)(qv + g * (K_QDIM / VW)));

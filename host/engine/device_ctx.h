@@ -61,6 +61,8 @@ struct DeviceCtx {
   bool glu_out = false;
   // Decode attention combines its chunks in the same launch (AttentionTuning::fused_reduce).
   bool fused_attention_reduce = true;
+  // Decode steps finish q/k/v (norms, RoPE, KV store) in the decode attention launch.
+  bool finish_in_decode = true;
   // Decode-sized MoE steps run the expert combine (and the next norm) in the down launch
   // (MatmulOp::run_experts_combine).
   bool combine_in_down = false;

@@ -94,6 +94,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->fold_swiglu = options_.fuse.swiglu && dev.info().type != DeviceType::kCpu;
     c->glu_out = options_.fuse.glu && !c->fold_swiglu;
     c->fused_attention_reduce = options_.fuse.attn_reduce;
+    c->finish_in_decode = options_.fuse.decode_finish;
     c->combine_in_down = options_.fuse.down_combine;
     ctxs_.push_back(std::move(c));
   }

@@ -15,6 +15,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"swiglu", &options.fuse.swiglu},
                                                     {"glu", &options.fuse.glu},
                                                     {"attn_reduce", &options.fuse.attn_reduce},
+                                                    {"decode_finish", &options.fuse.decode_finish},
                                                     {"down_combine", &options.fuse.down_combine},
                                                     {"argmax", &options.fuse.argmax},
                                                     {"flush", &options.flush_per_layer}};
@@ -27,7 +28,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
     if (!flag)
       throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
                                   "'; known: qkv, norm_route, combine_norm, swiglu, glu, "
-                                  "attn_reduce, down_combine, argmax, "
+                                  "attn_reduce, decode_finish, down_combine, argmax, "
                                   "flush");
     *flag = false;
   }

@@ -35,7 +35,7 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
-  // attn_reduce, down_combine, argmax, flush).
+  // attn_reduce, decode_finish, down_combine, argmax, flush).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -47,6 +47,9 @@ struct EngineOptions {
     // Split-K decode attention combined by its last work-group (AttentionTuning::fused_reduce):
     // no reduce launch.
     bool attn_reduce = true;
+    // Decode steps: q/k norms, RoPE and the KV store inside the decode attention launch
+    // (AttentionOp::decode with a DecodeFinish): no qkv_finish launch.
+    bool decode_finish = true;
     // The MoE combine (+ the next layer's norm, with combine_norm) in the down projection's
     // launch for decode-sized steps (MatmulOp::run_experts_combine): its last work group per
     // token combines the token's rows.
@@ -117,7 +120,7 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, attn_reduce, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws
+// swiglu, glu, attn_reduce, decode_finish, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws
 // std::invalid_argument naming an unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 

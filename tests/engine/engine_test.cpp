@@ -46,8 +46,10 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
+  static_assert(sizeof(EngineOptions::Fusion) == 9 * sizeof(bool),
+                "a new fusion: switch it off here");
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false, false, false};
+  opts.fuse = {false, false, false, false, false, false, false, false};  // all but argmax
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -114,6 +116,16 @@ TEST(EngineBatchTest, CombineInTheDownLaunchSavesTheCombineLaunch) {
   for (const auto& d : reg.devices()) {
     SCOPED_TRACE(d->info().label());
     EXPECT_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::down_combine), 1.0);
+  }
+}
+
+// q/k norms, RoPE and the KV store inside the decode attention launch (AttentionOp::DecodeFinish),
+// on every device: the reference's tokens with it on and off, one launch less per layer.
+TEST(EngineBatchTest, FinishInTheDecodeLaunchSavesTheFinishLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  for (const auto& d : reg.devices()) {
+    SCOPED_TRACE(d->info().label());
+    EXPECT_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::decode_finish), 1.0);
   }
 }
 

@@ -154,16 +154,22 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto layer_view = s.kv->layer(int32_t(layer_));
   const kv::KvBatchView& view = c.views[size_t(kv_group_)];
   auto& attn = *dev_.op;
-  attn.qkv_finish(view, layer_view, {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
-                  ls_.q_norm ? dev_.q_norm.get() : nullptr,
-                  ls_.q_norm ? dev_.k_norm.get() : nullptr, hp.rms_eps,
-                  {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
-                   hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn},
-                  c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
+  // Norms, RoPE and the KV store: their own launch, or, in decode steps, inside the attention's.
+  const ops::AttentionOp::DecodeFinish finish{
+      {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
+      ls_.q_norm ? dev_.q_norm.get() : nullptr,
+      ls_.q_norm ? dev_.k_norm.get() : nullptr,
+      hp.rms_eps,
+      {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
+       hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn}};
+  const bool in_decode = s.decode && c.finish_in_decode;
+  if (!in_decode)
+    attn.qkv_finish(view, layer_view, finish.src, finish.q_norm, finish.k_norm, finish.eps,
+                    finish.rope, c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
   const cl_mem sinks = dev_.sinks ? dev_.sinks.get() : nullptr;
   if (s.decode) {
     attn.decode(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
-                c.workspace_bytes, {{}, c.prof("attention")}, sinks);
+                c.workspace_bytes, {{}, c.prof("attention")}, sinks, in_decode ? &finish : nullptr);
   } else {
     attn.prefill(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, {{}, c.prof("attention")},
                  sinks);

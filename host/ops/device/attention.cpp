@@ -78,9 +78,10 @@ uint64_t prefill_local_bytes(const AttentionConfig& config, const AttentionTunin
 uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning& t) {
   const auto& c = config.pool;
   const uint64_t group = uint64_t(std::max(1, config.n_head / std::max(1, c.n_head_kv)));
-  // qs, ss, red, rows, and the centroid table of attention_decode_shared (30 floats).
+  // qs, ss, red, rows, the centroid table of attention_decode_shared (30 floats) and the
+  // token's k and v heads (DecodeFinish).
   return 4ull * (group * (query_floats(config) + t.decode_tile + t.decode_items) +
-                 uint64_t(t.decode_tile) + 32);
+                 uint64_t(t.decode_tile) + 32 + 2ull * uint64_t(c.head_dim));
 }
 
 // Shrinks a tuning until its work-groups and local memory fit the device's limits: the KV tile
@@ -268,23 +269,7 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
                              int32_t first_token, int32_t n_tokens, const Events& ev) {
   check_range(b, first_token, n_tokens, "qkv_finish");
   const auto& c = config_;
-  const uint32_t q_dim = uint32_t(c.n_head * c.pool.head_dim),
-                 kv_dim = uint32_t(c.pool.n_head_kv * c.pool.head_dim);
-  // n_rot 0: no position encoding (the kernels rotate no pair).
-  if (rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.pool.head_dim))
-    throw AttentionError("attention qkv_finish: n_rot " + std::to_string(rope.n_rot) +
-                         " must be even and <= head_dim " + std::to_string(c.pool.head_dim) +
-                         " (0: no RoPE)");
-  if (const std::string why =
-          rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors, rope.yarn);
-      !why.empty())
-    throw AttentionError("attention qkv_finish: " + why);
-  if ((q_norm == nullptr) != (k_norm == nullptr))
-    throw AttentionError("attention qkv_finish: q_norm and k_norm must be given together");
-  const uint32_t row_end = std::max({q_dim, src.k_col + kv_dim, src.v_col + kv_dim});
-  if (src.token_stride < row_end && n_tokens > 1)
-    throw AttentionError("attention qkv_finish: token stride " + std::to_string(src.token_stride) +
-                         " shorter than the q/k/v columns (" + std::to_string(row_end) + ")");
+  check_finish(src, q_norm, k_norm, rope, n_tokens, "qkv_finish");
   if (n_tokens == 0) return;
   const Device& d = *device_;
   const cl_uint use_norm = q_norm ? 1 : 0;
@@ -316,6 +301,29 @@ void AttentionOp::qkv_finish(const kv::KvBatchView& b, const kv::KvLayerView& la
   const size_t global[3] = {heads * lws, size_t(n_tokens), 1};
   const size_t local[3] = {lws, 1, 1};
   launch(d, k, global, local, ev);
+}
+
+void AttentionOp::check_finish(const QkvSource& src, cl_mem q_norm, cl_mem k_norm,
+                               const QkvRope& rope, int32_t n_tokens, const char* what) const {
+  const auto& c = config_;
+  const std::string op = std::string("attention ") + what + ": ";
+  const uint32_t q_dim = uint32_t(c.n_head * c.pool.head_dim),
+                 kv_dim = uint32_t(c.pool.n_head_kv * c.pool.head_dim);
+  // n_rot 0: no position encoding (the kernels rotate no pair).
+  if (rope.n_rot % 2 != 0 || rope.n_rot > uint32_t(c.pool.head_dim))
+    throw AttentionError(op + "n_rot " + std::to_string(rope.n_rot) +
+                         " must be even and <= head_dim " + std::to_string(c.pool.head_dim) +
+                         " (0: no RoPE)");
+  if (const std::string why =
+          rope_frequency_problem(rope.n_rot, rope.freq_scale, rope.freq_factors, rope.yarn);
+      !why.empty())
+    throw AttentionError(op + why);
+  if ((q_norm == nullptr) != (k_norm == nullptr))
+    throw AttentionError(op + "q_norm and k_norm must be given together");
+  const uint32_t row_end = std::max({q_dim, src.k_col + kv_dim, src.v_col + kv_dim});
+  if (src.token_stride < row_end && n_tokens > 1)
+    throw AttentionError(op + "token stride " + std::to_string(src.token_stride) +
+                         " shorter than the q/k/v columns (" + std::to_string(row_end) + ")");
 }
 
 cl_mem AttentionOp::inv_freq_table(uint32_t n_rot, float freq_base, cl_mem none) {
@@ -380,9 +388,12 @@ size_t AttentionOp::decode_workspace_bytes(int32_t max_tokens, int32_t max_conte
 void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer, cl_mem q,
                          uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
                          int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
-                         const Events& ev, cl_mem sinks) {
+                         const Events& ev, cl_mem sinks, const DecodeFinish* finish) {
   check_range(b, first_token, n_tokens, "decode");
   check_sinks(sinks, config_.n_head, "decode");
+  if (finish)
+    check_finish(finish->src, finish->q_norm, finish->k_norm, finish->rope, n_tokens,
+                 "decode (finish)");
   if (n_tokens == 0) return;
   const Device& d = *device_;
   // The split (chunk count, so the launch's size and the workspace layout) follows the layout's
@@ -402,11 +413,22 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
                                               : decode_.get();
   // The fused combine (the last work-group of each (token, KV head) writes out): one launch.
   const bool fused = counters_ && n_tokens <= kFusedReduceTokens;
-  set_args(d, k, q, q_offset, b.meta, cl_uint(b.block_tables_offset), cl_uint(b.block_table_stride),
-           cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset), cl_uint(first_token),
-           cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_, cl_uint(config_.window),
-           layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0), fused ? counters_.get() : workspace,
-           out, out_offset, sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0), qjl_or(layer.k));
+  // Without `finish` its arguments are unread: any valid buffer fills them.
+  const DecodeFinish none{{workspace, 0, 0, 0, 0}, nullptr, nullptr, 0.0f, {}};
+  const DecodeFinish& f = finish ? *finish : none;
+  const cl_mem qn = f.q_norm ? f.q_norm : workspace, kn = f.k_norm ? f.k_norm : workspace;
+  set_args(d, k, finish ? f.src.buf : q, q_offset, b.meta, cl_uint(b.block_tables_offset),
+           cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
+           cl_uint(first_token), cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_,
+           cl_uint(config_.window), layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0),
+           fused ? counters_.get() : workspace, out, out_offset, sinks ? sinks : workspace,
+           cl_uint(sinks ? 1 : 0), cl_uint(finish ? 1 : 0), f.src.buf, cl_uint(f.src.offset),
+           cl_uint(f.src.token_stride), cl_uint(f.src.k_col), cl_uint(f.src.v_col), qn, kn,
+           cl_uint(f.q_norm ? 1 : 0), f.eps, cl_uint(f.rope.n_rot),
+           inv_freq_table(f.rope.n_rot, f.rope.freq_base, workspace), f.rope.freq_scale,
+           f.rope.freq_factors ? f.rope.freq_factors : workspace,
+           cl_uint(f.rope.freq_factors ? 1 : 0), cl_uint(f.rope.neox ? 1 : 0),
+           rope_yarn_arg(f.rope.yarn), cl_uint(b.token_slot_offset), qjl_or(layer.k));
   const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
   launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
          {lws, 1, 1}, {ev.wait, fused ? ev.done : nullptr});

@@ -156,10 +156,22 @@ class AttentionOp {
   // decode_workspace_bytes(n_tokens, C) bytes, C the batch's context_capacity (max_context when 0).
   // Chunk sizes are read from the batch's meta buffer. `sinks` as prefill's (applied by the
   // reduce).
+  // With `finish` (decode steps only: every token a different sequence's one new token), the
+  // launch also does qkv_finish's work: each work-group reads its query heads from the q|k|v
+  // rows and gives them the norms and RoPE itself, and the one whose chunk holds the token's
+  // position stores the token's finished k and v into its slot before reading its keys; `q` is
+  // not read. Same values as qkv_finish then decode (up to the norms' summation order), one
+  // launch fewer per layer.
+  struct DecodeFinish {
+    QkvSource src;
+    cl_mem q_norm = nullptr, k_norm = nullptr;  // both or neither
+    float eps = 0.0f;
+    QkvRope rope;
+  };
   void decode(const kv::KvBatchView& batch, const kv::KvLayerView& layer, cl_mem q,
               uint32_t q_offset, cl_mem out, uint32_t out_offset, int32_t first_token,
               int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {},
-              cl_mem sinks = nullptr);
+              cl_mem sinks = nullptr, const DecodeFinish* finish = nullptr);
 
   DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
   // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context
@@ -181,6 +193,9 @@ class AttentionOp {
   };
   std::vector<InvFreqTable> inv_freq_;
   cl_mem inv_freq_table(uint32_t n_rot, float freq_base, cl_mem none);
+  // qkv_finish's checks of its source and RoPE (`what` names the caller in the error).
+  void check_finish(const QkvSource& src, cl_mem q_norm, cl_mem k_norm, const QkvRope& rope,
+                    int32_t n_tokens, const char* what) const;
   // Prod keys (turbo3p / turbo4p): the cache's QJL matrix, head_dim^2 floats
   // (reference::turbo::cache_qjl_matrix); other formats pass any buffer for the unread argument.
   ClMem qjl_;

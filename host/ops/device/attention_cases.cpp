@@ -147,6 +147,10 @@ struct SeqSpec {
 // launch instead of the decode launch's last work-group (fused_reduce off); prefill_row_items /
 // prefill_kv_tile (> 0) set the prefill kernel's shape: items per query row (1: the CPUs' form,
 // more: the GPUs' register-blocked form) and keys per tile (a divisor or a multiple of the block).
+// finish (decode; AttentionOp::DecodeFinish): the step tokens' q, k and v come unfinished in q|k|v
+// rows and the decode launch finishes them and stores k and v (over what kv_write stored at those
+// slots before): 1, Qwen3's q/k norms and NeoX RoPE; 2, no norms, llama's RoPE over half the head;
+// 3, norms and no RoPE.
 struct DecodeTweak {
   const char* name = "";
   bool other_kernel = false;
@@ -155,6 +159,7 @@ struct DecodeTweak {
   bool reduce_launch = false;
   int32_t prefill_row_items = 0;
   int32_t prefill_kv_tile = 0;
+  int32_t finish = 0;
 };
 
 MatrixCaseResult run_attention_case(const Device& device, bool timing, bool decode,
@@ -270,13 +275,63 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   step_view.meta = step_meta_b.mem();
   const kv::KvLayerView layer{kpool.mem(), vpool.mem()};
 
+  // The finish: unfinished q|k|v rows of the step's tokens (a gap after q, after v); the host
+  // finishes them as reference::rms_norm + rope and the reference attends to the finished q and
+  // k and the given v at the step's positions (kv_write stored the other random rows there first).
+  const int32_t fin = decode && tweak ? tweak->finish : 0;
+  std::vector<float> k_att = k, v_att = v;
+  const uint32_t q_dim = uint32_t(H * D), kv_dim = uint32_t(HK * D), k_col = q_dim + 4,
+                 v_col = k_col + kv_dim, qkv_stride = v_col + kv_dim + 3;
+  const bool fin_norm = fin == 1 || fin == 3, fin_neox = fin == 1;
+  const int32_t fin_rot = fin == 1 ? D : fin == 2 ? D / 2 : 0;
+  const float fin_eps = 1e-6f, fin_base = 1000000.0f;
+  std::vector<float> qkv_rows, qnw, knw;
+  if (fin) {
+    qkv_rows = random_floats(size_t(n_step) * qkv_stride, 305 + D, -2.0f, 2.0f);
+    qnw = random_floats(size_t(D), 302, 0.5f, 2.0f);
+    knw = random_floats(size_t(D), 303, 0.5f, 2.0f);
+    const auto mode = fin_neox ? reference::RopeMode::kNeox : reference::RopeMode::kNormal;
+    size_t all_row = 0, t = 0;
+    for (const auto& sq : seqs) {
+      for (int32_t i = 0; i < sq.fresh; ++i, ++t) {
+        const float* row = qkv_rows.data() + t * qkv_stride;
+        std::vector<float> qh(row, row + q_dim), kh(row + k_col, row + k_col + kv_dim);
+        if (fin_norm) {
+          reference::rms_norm(qh, qnw, fin_eps, qh);
+          reference::rms_norm(kh, knw, fin_eps, kh);
+        }
+        if (fin_rot > 0) {
+          reference::rope(qh, H, D, fin_rot, sq.past + i, fin_base, mode, 1.0f, {}, {});
+          reference::rope(kh, HK, D, fin_rot, sq.past + i, fin_base, mode, 1.0f, {}, {});
+        }
+        std::copy(qh.begin(), qh.end(), q.begin() + std::ptrdiff_t(t * q_dim));
+        const size_t at = (all_row + size_t(sq.past + i)) * kv_dim;
+        std::copy(kh.begin(), kh.end(), k_att.begin() + std::ptrdiff_t(at));
+        std::copy(row + v_col, row + v_col + kv_dim, v_att.begin() + std::ptrdiff_t(at));
+      }
+      all_row += size_t(sq.past + sq.fresh);
+    }
+  }
+  std::optional<GuardedBuffer> qkv_b, qn_b, kn_b;
+  std::optional<AttentionOp::DecodeFinish> finish;
+  if (fin) {
+    qkv_b.emplace(device, qkv_rows);
+    qn_b.emplace(device, qnw);
+    kn_b.emplace(device, knw);
+    finish = AttentionOp::DecodeFinish{{qkv_b->mem(), 0, qkv_stride, k_col, v_col},
+                                       fin_norm ? qn_b->mem() : nullptr,
+                                       fin_norm ? kn_b->mem() : nullptr,
+                                       fin_eps,
+                                       {uint32_t(fin_rot), fin_base, fin_neox, 1.0f, nullptr, {}}};
+  }
+
   op.write_kv(all_view, layer, kb.mem(), 0, vb.mem(), 0, 0, n_all);
   const size_t ws_bytes = op.decode_workspace_bytes(n_step, step_view.max_context);
   GuardedBuffer ws(device, ws_bytes);
   auto run = [&](const Events& ev) {
     if (decode)
       op.decode(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ws.mem(), ws_bytes, ev,
-                sinks_mem);
+                sinks_mem, finish ? &*finish : nullptr);
     else
       op.prefill(step_view, layer, qb.mem(), 0, out.mem(), 0, 0, n_step, ev, sinks_mem);
   };
@@ -285,8 +340,8 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
 
   // Reference per sequence over its history as the pools store it (all_view's token order: seq by
   // seq).
-  const std::vector<float> k_stored = reference::kv_round_trip(kf, k, D),
-                           v_stored = reference::kv_round_trip(vf, v, D);
+  const std::vector<float> k_stored = reference::kv_round_trip(kf, k_att, D),
+                           v_stored = reference::kv_round_trip(vf, v_att, D);
   std::vector<float> ref(q.size());
   size_t all_row = 0, step_row = 0;
   double pairs = 0, kv_bytes = 0;
@@ -313,7 +368,9 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
   std::vector<std::string> guards{out.check_guard(), kpool.check_guard(), vpool.check_guard(),
                                   ws.check_guard()};
   if (sinks_b) guards.push_back(sinks_b->check_guard());
-  MatrixCaseResult r = judge(compare(got, ref), quantized ? 1e-4 : 1e-5, guards);
+  if (qkv_b) guards.push_back(qkv_b->check_guard());
+  // With the finish, RoPE angles up to 700 rad in float bound the error (as the qkv_finish cases).
+  MatrixCaseResult r = judge(compare(got, ref), fin ? 1e-3 : quantized ? 1e-4 : 1e-5, guards);
   r.bytes = kv_bytes + double(q.size()) * 8;
   r.flops = 4.0 * D * H * pairs;
   if (timing) {
@@ -719,6 +776,51 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                        return run_attention_case(d, t, w.decode, c, w.seqs, true);
                      }});
     }
+  }
+  // The finish in the decode launch (AttentionOp::DecodeFinish): the three RoPE / norm forms on
+  // the three shapes with the device's own decode kernel, then Qwen3's form over block and
+  // TurboQuant formats (rotated K and V, prod keys), each decode kernel (the row kernel, the
+  // work-group kernel's two value passes), a window and sinks.
+  for (int32_t fin : {1, 2, 3}) {
+    const char* form = fin == 1   ? "_finish_norm_neox"
+                       : fin == 2 ? "_finish_half_rot"
+                                  : "_finish_norm_norot";
+    for (const auto& c : shapes) {
+      const DecodeTweak tw{form, false, -1, false, false, 0, 0, fin};
+      out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
+                     [c, decode_seqs, tw](const Device& d, bool t) {
+                       return run_attention_case(d, t, true, c, decode_seqs, false, tw);
+                     }});
+    }
+  }
+  {
+    std::vector<AttentionConfig> configs{
+        shapes[1],
+        with_formats(shapes[1], KvFormat::kQ8_0, KvFormat::kQ4_0),
+        with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3),
+        with_formats(shapes[1], KvFormat::kTurbo3p, KvFormat::kTurbo3),
+        with_formats(shapes[2], KvFormat::kTurbo4p, KvFormat::kTurbo4),
+        with_formats(shapes[0], KvFormat::kTurbo3, KvFormat::kTurbo3)};
+    const DecodeTweak finish_tweaks[] = {{"_finish", false, -1, false, false, 0, 0, 1},
+                                         {"_finish_altkernel", true, -1, false, false, 0, 0, 1},
+                                         {"_finish_v0", false, 0, false, false, 0, 0, 1},
+                                         {"_finish_v1", false, 1, false, false, 0, 0, 1}};
+    for (const AttentionConfig& c : configs)
+      for (const DecodeTweak& tw : finish_tweaks) {
+        if (c.k_row_format() == KvFormat::kF16 && tw.name == std::string("_finish")) continue;
+        out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
+                       [c, decode_seqs, tw](const Device& d, bool t) {
+                         return run_attention_case(d, t, true, c, decode_seqs, false, tw);
+                       }});
+      }
+    AttentionConfig cw = shapes[1];
+    cw.window = window_cases[5].window;
+    const DecodeTweak tw{"_finish", false, -1, false, false, 0, 0, 1};
+    out.push_back({"attention_decode", format_label(cw),
+                   shape_name(cw, window_cases[5].seqs) + "_sinks" + tw.name,
+                   [cw, w = window_cases[5], tw](const Device& d, bool t) {
+                     return run_attention_case(d, t, true, cw, w.seqs, true, tw);
+                   }});
   }
   // The prefill kernel's other shapes on every device: the GPUs' register-blocked form (items per
   // row > 1) and the CPUs' (1 item per row), with keys tiles of two blocks (a block-table read
