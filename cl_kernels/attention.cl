@@ -160,6 +160,36 @@ void qkv_finish(__global const float* qkv, uint qkv_off, uint tok_stride, uint k
     v_store_row_l(v_pool + row * V_ROW_BYTES, buf, lid, QF_LWS);
 }
 
+// One head in private memory (qkv_finish_rows, the decode row kernel): the optional RMSNorm by w,
+// then RoPE by the pairs' cos / sin (cs, sn: n_rot / 2 each, rope_angles_p).
+inline void finish_head_p(float* x, __global const float* w, uint use_norm, float eps, uint n_rot,
+                          uint neox, const float* cs, const float* sn) {
+  if (use_norm) {
+    float s = 0.0f;
+    for (int d = 0; d < HEAD_DIM; ++d) s += x[d] * x[d];
+    const float scale = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
+    for (int d = 0; d < HEAD_DIM; ++d) x[d] = x[d] * scale * w[d];
+  }
+  for (uint i = 0; i < n_rot / 2; ++i) {
+    const uint2 ab = rope_pair(i, n_rot, neox);
+    const float x0 = x[ab.x], x1 = x[ab.y];
+    x[ab.x] = x0 * cs[i] - x1 * sn[i];
+    x[ab.y] = x0 * sn[i] + x1 * cs[i];
+  }
+}
+// The RoPE angles' cos / sin at pos, once for all of a token's heads.
+inline void rope_angles_p(float pos, uint n_rot, __global const float* inv_freq, float freq_scale,
+                          __global const float* freq_factors, uint use_ff, float4 yarn, float* cs,
+                          float* sn) {
+  for (uint i = 0; i < n_rot / 2; ++i) {
+    const float theta =
+        rope_yarn_theta_inv(pos, inv_freq[i], i, freq_scale, freq_factors, use_ff, yarn);
+    float c;
+    sn[i] = rope_sin_cos(theta, yarn, &c);
+    cs[i] = c;
+  }
+}
+
 // The same for CPUs: one work item per token walks all its heads, so the RoPE angles (a sincos per
 // pair, a scalar library call on PoCL) are computed once per token instead of once per head, and
 // each pair's inverse frequency freq_base^(-2i/n_rot) is read from `inv_freq` (n_rot/2 floats,
@@ -175,15 +205,9 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
                               uint q_out_off, __global uchar* k_pool, __global uchar* v_pool,
                               __global const float* qjl) {
   const uint t = first_token + get_global_id(0);
-  const float pos = (float)meta[pos_off + t];
   float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
-  for (uint i = 0; i < n_rot / 2; ++i) {
-    const float theta =
-        rope_yarn_theta_inv(pos, inv_freq[i], i, freq_scale, freq_factors, use_ff, yarn);
-    float c;
-    sn[i] = rope_sin_cos(theta, yarn, &c);
-    cs[i] = c;
-  }
+  rope_angles_p((float)meta[pos_off + t], n_rot, inv_freq, freq_scale, freq_factors, use_ff, yarn,
+                cs, sn);
   const int slot = meta[slot_off + t];
   __global const float* row = qkv + qkv_off + (size_t)t * tok_stride;
   float buf[HEAD_DIM];
@@ -192,22 +216,7 @@ __kernel void qkv_finish_rows(__global const float* qkv, uint qkv_off, uint tok_
     const uint h = kind == 0 ? hs : (kind == 1 ? hs - N_HEAD : hs - N_HEAD - N_HEAD_KV);
     __global const float* src = row + (kind == 0 ? 0 : (kind == 1 ? k_col : v_col)) + h * HEAD_DIM;
     for (uint d = 0; d < HEAD_DIM; ++d) buf[d] = src[d];
-    if (kind != 2) {
-      if (use_norm) {
-        __global const float* w = kind == 0 ? q_norm : k_norm;
-        float ss = 0.0f;
-        for (uint d = 0; d < HEAD_DIM; ++d) ss += buf[d] * buf[d];
-        const float scale = 1.0f / sqrt(ss / (float)HEAD_DIM + eps);
-        for (uint d = 0; d < HEAD_DIM; ++d) buf[d] = buf[d] * scale * w[d];
-      }
-      for (uint i = 0; i < n_rot / 2; ++i) {
-        const uint2 ab = rope_pair(i, n_rot, neox);
-        const uint a = ab.x, b = ab.y;
-        const float x0 = buf[a], x1 = buf[b];
-        buf[a] = x0 * cs[i] - x1 * sn[i];
-        buf[b] = x0 * sn[i] + x1 * cs[i];
-      }
-    }
+    if (kind != 2) finish_head_p(buf, kind == 0 ? q_norm : k_norm, use_norm, eps, n_rot, neox, cs, sn);
     if (kind == 0) {
       __global float* dst = q_out + q_out_off + ((size_t)t * N_HEAD + h) * HEAD_DIM;
       for (uint d = 0; d < HEAD_DIM; ++d) dst[d] = buf[d];
@@ -673,24 +682,6 @@ inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global
   barrier(CLK_LOCAL_MEM_FENCE);
 }
 
-// One head in private memory (the row kernel): the optional RMSNorm, then RoPE by the angles'
-// cos / sin (cs, sn: n_rot / 2 each).
-inline void finish_head_p(float* x, __global const float* w, uint use_norm, float eps, uint n_rot,
-                          uint neox, const float* cs, const float* sn) {
-  if (use_norm) {
-    float s = 0.0f;
-    for (int d = 0; d < HEAD_DIM; ++d) s += x[d] * x[d];
-    const float scale = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
-    for (int d = 0; d < HEAD_DIM; ++d) x[d] = x[d] * scale * w[d];
-  }
-  for (uint i = 0; i < n_rot / 2; ++i) {
-    const uint2 ab = rope_pair(i, n_rot, neox);
-    const float x0 = x[ab.x], x1 = x[ab.y];
-    x[ab.x] = x0 * cs[i] - x1 * sn[i];
-    x[ab.y] = x0 * sn[i] + x1 * cs[i];
-  }
-}
-
 // The work-group kernels' query load (qs: GROUP heads K_QDIM apart, times the score scale), with
 // `finish` from the q|k|v row and, in the chunk holding the token's position, the token's k and v
 // finished (kvb: 2 HEAD_DIM floats of scratch) and stored, visible to this work-group's reads.
@@ -1093,15 +1084,9 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) o[i] = (floatv)(0.0f);
   if (finish) {  // as DECODE_WG_LOAD_Q, one item
     __global const float* qrow = qkv + qkv_off + (size_t)t * tok_stride;
-    const float fpos = (float)(n_kv - 1);
     float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
-    for (uint i = 0; i < n_rot / 2; ++i) {
-      const float theta =
-          rope_yarn_theta_inv(fpos, inv_freq[i], i, freq_scale, freq_factors, use_ff, yarn);
-      float c;
-      sn[i] = rope_sin_cos(theta, yarn, &c);
-      cs[i] = c;
-    }
+    rope_angles_p((float)(n_kv - 1), n_rot, inv_freq, freq_scale, freq_factors, use_ff, yarn, cs,
+                  sn);
     for (int g = 0; g < GROUP; ++g) {
       float* qg = (float*)(qv + g * (K_QDIM / VW));
       for (int d = 0; d < HEAD_DIM; ++d) qg[d] = qrow[(kvh * GROUP + g) * HEAD_DIM + d];
