@@ -777,48 +777,41 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
                      }});
     }
   }
-  // The finish in the decode launch (AttentionOp::DecodeFinish): the three RoPE / norm forms on
-  // the three shapes with the device's own decode kernel, then Qwen3's form over block and
-  // TurboQuant formats (rotated K and V, prod keys), each decode kernel (the row kernel, the
-  // work-group kernel's two value passes), a window and sinks.
-  for (int32_t fin : {1, 2, 3}) {
-    const char* form = fin == 1   ? "_finish_norm_neox"
-                       : fin == 2 ? "_finish_half_rot"
-                                  : "_finish_norm_norot";
-    for (const auto& c : shapes) {
-      const DecodeTweak tw{form, false, -1, false, false, 0, 0, fin};
-      out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
+  // The finish in the decode launch (AttentionOp::DecodeFinish), as a kernel row of its own
+  // ("attention_decode_finish"): the three RoPE / norm forms on the GQA shape and Qwen3's on the
+  // other two, Qwen3's over block and TurboQuant formats (rotated K and V, prod keys), the other
+  // decode kernel shape and the shared value pass, a window with sinks. The device's own tuning
+  // where the plain decode cases have it, so their programs are reused.
+  {
+    const DecodeTweak norm_neox{"_norm_neox", false, -1, false, false, 0, 0, 1},
+        half_rot{"_half_rot", false, -1, false, false, 0, 0, 2},
+        norm_norot{"_norm_norot", false, -1, false, false, 0, 0, 3},
+        altkernel{"_norm_neox_altkernel", true, -1, false, false, 0, 0, 1},
+        shared{"_norm_neox_v1", false, 1, false, false, 0, 0, 1};
+    const std::pair<AttentionConfig, DecodeTweak> finish_cases[] = {
+        {shapes[1], norm_neox},
+        {shapes[1], half_rot},
+        {shapes[1], norm_norot},
+        {shapes[0], norm_neox},
+        {shapes[2], half_rot},
+        {with_formats(shapes[1], KvFormat::kQ8_0, KvFormat::kQ4_0), norm_neox},
+        {with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3), norm_neox},
+        {with_formats(shapes[1], KvFormat::kTurbo3p, KvFormat::kTurbo3), norm_neox},
+        {with_formats(shapes[2], KvFormat::kTurbo4p, KvFormat::kTurbo4), norm_neox},
+        {with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3), altkernel},
+        {shapes[1], shared},
+    };
+    for (const auto& [c, tw] : finish_cases)
+      out.push_back({"attention_decode_finish", format_label(c),
+                     shape_name(c, decode_seqs) + tw.name,
                      [c, decode_seqs, tw](const Device& d, bool t) {
                        return run_attention_case(d, t, true, c, decode_seqs, false, tw);
                      }});
-    }
-  }
-  {
-    std::vector<AttentionConfig> configs{
-        shapes[1],
-        with_formats(shapes[1], KvFormat::kQ8_0, KvFormat::kQ4_0),
-        with_formats(shapes[1], KvFormat::kTurbo3, KvFormat::kTurbo3),
-        with_formats(shapes[1], KvFormat::kTurbo3p, KvFormat::kTurbo3),
-        with_formats(shapes[2], KvFormat::kTurbo4p, KvFormat::kTurbo4),
-        with_formats(shapes[0], KvFormat::kTurbo3, KvFormat::kTurbo3)};
-    const DecodeTweak finish_tweaks[] = {{"_finish", false, -1, false, false, 0, 0, 1},
-                                         {"_finish_altkernel", true, -1, false, false, 0, 0, 1},
-                                         {"_finish_v0", false, 0, false, false, 0, 0, 1},
-                                         {"_finish_v1", false, 1, false, false, 0, 0, 1}};
-    for (const AttentionConfig& c : configs)
-      for (const DecodeTweak& tw : finish_tweaks) {
-        if (c.k_row_format() == KvFormat::kF16 && tw.name == std::string("_finish")) continue;
-        out.push_back({"attention_decode", format_label(c), shape_name(c, decode_seqs) + tw.name,
-                       [c, decode_seqs, tw](const Device& d, bool t) {
-                         return run_attention_case(d, t, true, c, decode_seqs, false, tw);
-                       }});
-      }
     AttentionConfig cw = shapes[1];
     cw.window = window_cases[5].window;
-    const DecodeTweak tw{"_finish", false, -1, false, false, 0, 0, 1};
-    out.push_back({"attention_decode", format_label(cw),
-                   shape_name(cw, window_cases[5].seqs) + "_sinks" + tw.name,
-                   [cw, w = window_cases[5], tw](const Device& d, bool t) {
+    out.push_back({"attention_decode_finish", format_label(cw),
+                   shape_name(cw, window_cases[5].seqs) + "_sinks" + norm_neox.name,
+                   [cw, w = window_cases[5], tw = norm_neox](const Device& d, bool t) {
                      return run_attention_case(d, t, true, cw, w.seqs, true, tw);
                    }});
   }
