@@ -36,6 +36,10 @@
 #ifndef DEC_LUT_LOCAL
 #define DEC_LUT_LOCAL 0
 #endif
+// DEC_FINISH 1: the decode kernels can finish their own q, k, v (AttentionOp::DecodeFinish).
+#ifndef DEC_FINISH
+#define DEC_FINISH 0
+#endif
 #if (K_ROTATED || V_ROTATED) && DEC_LUT_LOCAL
 #define KV_TURBO_LUT_LOCAL 1
 #else
@@ -639,13 +643,17 @@ DEFINE_REDUCE_HEAD(decg, DEC_RED_PER, __global volatile, __local, (void)0,
 // the token's k and v heads of its KV head and stores them into the token's slot before it reads
 // its keys (no other work-group reads that row: other tokens are other sequences), so no
 // qkv_finish launch runs. RoPE angles from the pairs' inverse frequencies (`inv_freq`, as
-// qkv_finish_rows).
+// qkv_finish_rows). Compiled in only with DEC_FINISH=1 (AttentionTuning::decode_finish): its
+// barriers inside the `finish` branches doubled PoCL's build time of the work-group decode kernels
+// (19 matrix cases, cold kernel cache, 2-core machine: 37 s -> 78 s); without it the arguments are
+// there and unread.
 #define DECODE_FINISH_ARGS                                                                         \
   uint finish, __global const float* qkv, uint qkv_off, uint tok_stride, uint k_col, uint v_col,   \
       __global const float* q_norm, __global const float* k_norm, uint use_norm, float eps,        \
       uint n_rot, __global const float* inv_freq, float freq_scale,                                \
       __global const float* freq_factors, uint use_ff, uint neox, float4 yarn, uint slot_off
 
+#if DEC_FINISH
 // n_heads heads at buf + h * stride (local memory; items lid of n_items, all of them call it):
 // the optional RMSNorm by w (hscale: n_heads floats of scratch), then RoPE at pos.
 inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global const float* w,
@@ -681,10 +689,17 @@ inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global
   }
   barrier(CLK_LOCAL_MEM_FENCE);
 }
+#endif
 
+// The query load without the finish: the finished heads from `q`, times the score scale.
+#define DECODE_WG_LOAD_Q_PLAIN()                                                                   \
+  for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                                            \
+    qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =                                                   \
+        q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;
 // The work-group kernels' query load (qs: GROUP heads K_QDIM apart, times the score scale), with
 // `finish` from the q|k|v row and, in the chunk holding the token's position, the token's k and v
 // finished (kvb: 2 HEAD_DIM floats of scratch) and stored, visible to this work-group's reads.
+#if DEC_FINISH
 #define DECODE_WG_LOAD_Q()                                                                         \
   if (finish) {                                                                                    \
     __global const float* qrow = qkv + qkv_off + (size_t)t * tok_stride;                           \
@@ -713,10 +728,11 @@ inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global
       barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                         \
     }                                                                                              \
   } else {                                                                                         \
-    for (int i = lid; i < GROUP * HEAD_DIM; i += DEC_LWS)                                          \
-      qs[(i / HEAD_DIM) * K_QDIM + i % HEAD_DIM] =                                                 \
-          q[q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM + i] * scale;                    \
+    DECODE_WG_LOAD_Q_PLAIN()                                                                       \
   }
+#else
+#define DECODE_WG_LOAD_Q() DECODE_WG_LOAD_Q_PLAIN()
+#endif
 
 __kernel __attribute__((reqd_work_group_size(DEC_LWS, 1, 1)))
 void attention_decode_partial(__global const float* q, uint q_off, __global const int* meta,
@@ -730,7 +746,9 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];  // pool row index (kv_row_index) of each tile token
   __local int fr_last;         // this work-group combines the chunks (fused reduce)
+#if DEC_FINISH
   __local float kvb[2 * HEAD_DIM];  // the token's k and v heads (`finish`)
+#endif
 
   const int lid = get_local_id(0);
   const uint chunk = get_group_id(0);
@@ -862,7 +880,9 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
   __local float red[GROUP * DEC_LWS];
   __local int rows[DEC_TILE];
   __local int fr_last;  // this work-group combines the chunks (fused reduce)
+#if DEC_FINISH
   __local float kvb[2 * HEAD_DIM];  // the token's k and v heads (`finish`)
+#endif
 #if KV_TURBO_LUT_LOCAL
   __local float lut[KV_TURBO_N_CENTROIDS];
 #endif
@@ -1082,6 +1102,7 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
   floatv qv[GROUP * K_QDIM / VW];
   floatv o[GROUP * HEAD_DIM / VW];
   for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i) o[i] = (floatv)(0.0f);
+#if DEC_FINISH
   if (finish) {  // as DECODE_WG_LOAD_Q, one item
     __global const float* qrow = qkv + qkv_off + (size_t)t * tok_stride;
     float cs[HEAD_DIM / 2], sn[HEAD_DIM / 2];
@@ -1105,7 +1126,9 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
       k_store_row_p(k_pool + r * K_ROW_BYTES, kb, 0, 1);
       v_store_row_p(v_pool + r * V_ROW_BYTES, vb, 0, 1);
     }
-  } else {
+  } else
+#endif
+  {
     __global const float* qsrc = q + q_off + ((size_t)t * N_HEAD + kvh * GROUP) * HEAD_DIM;
     for (int i = 0; i < GROUP * HEAD_DIM / VW; ++i)
       qv[(i / (HEAD_DIM / VW)) * (K_QDIM / VW) + i % (HEAD_DIM / VW)] = vloadv(i, qsrc) * scale;

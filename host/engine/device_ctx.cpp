@@ -85,6 +85,7 @@ ops::AttentionOp& DeviceCtx::attention(const ops::AttentionConfig& config) {
   if (!op) {
     ops::AttentionTuning t = ops::default_attention_tuning(*dev, config);
     t.fused_reduce = fused_attention_reduce;
+    t.decode_finish = finish_in_decode;
     op = std::make_unique<ops::AttentionOp>(*dev, config, t);
   }
   return *op;

@@ -321,6 +321,17 @@ TEST(Attention, BadArguments) {
                ops::AttentionError);
   EXPECT_THROW(h.op().decode(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 1, buf.get(), 4),
                ops::AttentionError);  // workspace too small
+  // The finish needs an op built with it (AttentionTuning::decode_finish), and names that.
+  const size_t ws = h.op().decode_workspace_bytes(1, 64);
+  ClMem work = d.alloc(std::max<size_t>(ws, 4096));
+  const ops::AttentionOp::DecodeFinish finish{{buf.get(), 0, 0, 0, 0}, nullptr, nullptr, 0.0f, {}};
+  try {
+    h.op().decode(v, h.cache().layer(0), buf.get(), 0, buf.get(), 0, 0, 1, work.get(),
+                  std::max<size_t>(ws, 4096), {}, nullptr, &finish);
+    ADD_FAILURE() << "a decode finish accepted by an op built without it";
+  } catch (const ops::AttentionError& e) {
+    EXPECT_NE(std::string(e.what()).find("decode_finish"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace

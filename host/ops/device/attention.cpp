@@ -80,8 +80,9 @@ uint64_t decode_local_bytes(const AttentionConfig& config, const AttentionTuning
   const uint64_t group = uint64_t(std::max(1, config.n_head / std::max(1, c.n_head_kv)));
   // qs, ss, red, rows, the centroid table of attention_decode_shared (30 floats) and the
   // token's k and v heads (DecodeFinish).
-  return 4ull * (group * (query_floats(config) + t.decode_tile + t.decode_items) +
-                 uint64_t(t.decode_tile) + 32 + 2ull * uint64_t(c.head_dim));
+  return 4ull *
+         (group * (query_floats(config) + t.decode_tile + t.decode_items) +
+          uint64_t(t.decode_tile) + 32 + (t.decode_finish ? 2ull * uint64_t(c.head_dim) : 0));
 }
 
 // Shrinks a tuning until its work-groups and local memory fit the device's limits: the KV tile
@@ -227,6 +228,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
       " -DKV_TURBO_LUT=" +
       std::to_string(t.decode_lut && device.info().type == DeviceType::kCpu ? 1 : 0) +
       " -DDEC_LUT_LOCAL=" + std::to_string(t.decode_lut ? 1 : 0) +
+      " -DDEC_FINISH=" + std::to_string(t.decode_finish ? 1 : 0) +
       // sqrt(head_dim) as the reference's float (prod keys' residual), exactly (hex).
       " -DKV_TURBO_SQRT_D=" + hex_float(reference::turbo::sqrt_dim(uint32_t(c.head_dim)));
   if (kv::kv_format_traits(config_.k_row_format()).turbo_prod) {
@@ -391,6 +393,10 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
                          const Events& ev, cl_mem sinks, const DecodeFinish* finish) {
   check_range(b, first_token, n_tokens, "decode");
   check_sinks(sinks, config_.n_head, "decode");
+  if (finish && !tuning_.decode_finish)
+    throw AttentionError(
+        "attention decode (finish): this op was built without the finish "
+        "(AttentionTuning::decode_finish)");
   if (finish)
     check_finish(finish->src, finish->q_norm, finish->k_norm, finish->rope, n_tokens,
                  "decode (finish)");

@@ -65,6 +65,10 @@ struct AttentionTuning {
   // combines the chunks (an atomic counter per (token, KV head), reset by that work-group), so no
   // reduce launch runs. Used for launches of at most kFusedReduceTokens tokens.
   bool fused_reduce = true;
+  // The decode kernels built with the finish (AttentionOp::decode's DecodeFinish): its own
+  // program, kept out of the others (PoCL builds the work-group decode kernels with it about twice
+  // as slowly), which serve decode only without a DecodeFinish.
+  bool decode_finish = false;
 };
 // Decode tokens one launch may have for the fused combine (AttentionTuning::fused_reduce): the
 // counters an AttentionOp holds; a larger decode batch takes the reduce launch.
@@ -161,7 +165,7 @@ class AttentionOp {
   // rows and gives them the norms and RoPE itself, and the one whose chunk holds the token's
   // position stores the token's finished k and v into its slot before reading its keys; `q` is
   // not read. Same values as qkv_finish then decode (up to the norms' summation order), one
-  // launch fewer per layer.
+  // launch fewer per layer. Needs an op built with AttentionTuning::decode_finish.
   struct DecodeFinish {
     QkvSource src;
     cl_mem q_norm = nullptr, k_norm = nullptr;  // both or neither

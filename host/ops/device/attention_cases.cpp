@@ -183,6 +183,7 @@ MatrixCaseResult run_attention_case(const Device& device, bool timing, bool deco
     tuning->fused_reduce = !tweak->reduce_launch;
     if (tweak->prefill_row_items > 0) tuning->prefill_row_items = tweak->prefill_row_items;
     if (tweak->prefill_kv_tile > 0) tuning->prefill_kv_tile = tweak->prefill_kv_tile;
+    tuning->decode_finish = tweak->finish != 0;
   }
   // A shape the device's limits cannot fit even with tiles shrunk to them is unsupported there.
   std::optional<AttentionOp> op_storage;
@@ -780,8 +781,9 @@ void register_attention_cases(std::vector<MatrixCase>& out) {
   // The finish in the decode launch (AttentionOp::DecodeFinish), as a kernel row of its own
   // ("attention_decode_finish"): the three RoPE / norm forms on the GQA shape and Qwen3's on the
   // other two, Qwen3's over block and TurboQuant formats (rotated K and V, prod keys), the other
-  // decode kernel shape and the shared value pass, a window with sinks. The device's own tuning
-  // where the plain decode cases have it, so their programs are reused.
+  // decode kernel shape and the shared value pass, a window with sinks. Programs of their own
+  // (AttentionTuning::decode_finish); otherwise the device's tuning where the plain decode cases
+  // have it.
   {
     const DecodeTweak norm_neox{"_norm_neox", false, -1, false, false, 0, 0, 1},
         half_rot{"_half_rot", false, -1, false, false, 0, 0, 2},
