@@ -207,6 +207,8 @@ ProbeResult measure_device(const Device& dev) {
   // while kernels streamed 70-100 GB/s; 2.5x here on 2 cores).
   variants.push_back(
       {"read_chunked", std::max(cu * (cpu ? 4 : 2048), loop_items(n4 / 4) + 1), cpu ? 1u : 0u});
+  // CPUs: the same with 64-byte loads, as the matmul kernels read (its loop takes 2 float16).
+  if (cpu) variants.push_back({"read_chunked16", std::max(cu * 4, loop_items(n4 / 8) + 1), 1u});
   size_t max_items = 0;
   for (const auto& v : variants) max_items = std::max(max_items, v.global);
   ClMem out = dev.alloc(max_items * sizeof(float));
