@@ -94,8 +94,34 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
 // lane (CPUs): whole blocks in order with the chunks of a block unrolled, so a block's scales are
 // loaded and unpacked once. Several lanes (GPUs): chunk k = lane, lane + LANES, ... (coalesced).
 #if LANES == 1
+// BLOCK_SCALED formats (matmul_formats.clh): runs of four blocks first, each block's unscaled dot
+// products with x scaled once (VEC_ACC), then the loop below takes the remaining blocks from b.
+#if defined(BLOCK_SCALED) && VEC_ACC
+#define TILE_BLOCKS_SCALED(TT)                                                                     \
+  uint b0 = 0;                                                                                     \
+  for (; b0 + 4 <= bpr; b0 += 4) {                                                                 \
+    float4 d[RPW];                                                                                 \
+    for (uint rr = 0; rr < RPW; ++rr) d[rr] = block_scales4(head, rblk[rr] + b0);                  \
+    _Pragma("unroll") for (uint i = 0; i < 4; ++i) {                                               \
+      float16 w0[RPW], w1[RPW];                                                                    \
+      for (uint rr = 0; rr < RPW; ++rr) decode_block_raw(body, rblk[rr] + b0 + i, &w0[rr], &w1[rr]); \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
+        float16 xa, xb;                                                                            \
+        load_x(x + xrow[j], (b0 + i) * CHUNK, cols, &xa, &xb);                                     \
+        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                      \
+          const float di = i == 0 ? d[rr].s0 : (i == 1 ? d[rr].s1 : (i == 2 ? d[rr].s2 : d[rr].s3)); \
+          acc[rr][j] = fma(w0[rr] * xa + w1[rr] * xb, (float16)(di), acc[rr][j]);                 \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+  }
+#define BLOCK_LOOP_START b0
+#else
+#define TILE_BLOCKS_SCALED(TT)
+#define BLOCK_LOOP_START 0
+#endif
 #define CHUNK_LOOP_BEGIN                                                                           \
-  for (uint b = 0; b < bpr; ++b) {                                                                 \
+  for (uint b = BLOCK_LOOP_START; b < bpr; ++b) {                                                  \
     _Pragma("unroll") for (uint sub = 0; sub < CHUNKS_PER_BLOCK; ++sub) {                          \
       const uint k = b * CHUNKS_PER_BLOCK + sub;
 #define CHUNK_LOOP_END }}
@@ -122,6 +148,7 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
       _Pragma("unroll") for (uint j = 0; j < TT; ++j) acc[rr][j] = (acc_t)(0.0f);                  \
     ulong rblk[RPW];                                                                               \
     for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;  \
+    TILE_BLOCKS_SCALED(TT)                                                                         \
     CHUNK_LOOP_BEGIN                                                                               \
       float16 w0[RPW], w1[RPW];                                                                    \
       for (uint rr = 0; rr < RPW; ++rr) decode_chunk(body, head, rblk[rr] + b, sub, &w0[rr], &w1[rr]); \

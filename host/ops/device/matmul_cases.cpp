@@ -55,9 +55,12 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
     };
     const int64_t c_small = plain ? 33 : blk, c_mid = plain ? 1000 : 4 * blk * (blk == 32 ? 8 : 1);
     const int64_t c_long = plain ? 16383 : 16384;
+    // Seven blocks: the CPU tile's runs of four blocks (BLOCK_SCALED formats) and a remainder.
+    const int64_t c_rem = plain ? 231 : 7 * blk;
     const std::vector<Shape> shapes = {
-        {1, c_mid, 1},      {77, c_small, 1}, {333, c_mid, 1}, {3, c_long, 1},  {77, c_mid, 3},
-        {129, c_small, 17}, {45, c_mid, 17},  {1, c_long, 3},  {65, c_mid, 64}, {7, c_small, 64},
+        {1, c_mid, 1},   {77, c_small, 1},   {333, c_mid, 1}, {3, c_long, 1},
+        {77, c_mid, 3},  {129, c_small, 17}, {45, c_mid, 17}, {1, c_long, 3},
+        {65, c_mid, 64}, {7, c_small, 64},   {5, c_rem, 1},   {9, c_rem, 5},
     };
     const std::string fmt = lower(gguf::type_name(t));
     for (const auto& s : shapes) {
