@@ -18,6 +18,15 @@ double op_seconds(const DeviceCost& d, double bytes, double flops, int launches)
          launches * d.launch_us * 1e-6;
 }
 
+double weight_rate(const DeviceCost& d) {
+  return d.weight_gbps > 0 ? d.weight_gbps : d.read_gbps;
+}
+
+double weight_op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
+  return std::max(bytes / (weight_rate(d) * 1e9), flops / (d.fp32_gflops * 1e9)) +
+         launches * d.launch_us * 1e-6;
+}
+
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes) {
   return bytes / (from.d2h_gbps * 1e9) + bytes / (to.h2d_gbps * 1e9) +
          (from.sync_us + to.sync_us) * 1e-6;
@@ -90,8 +99,9 @@ void predict(Plan& plan, const ModelFootprint& model,
     const int ld = plan.layer_device[l];
     const auto& ldev = plan.devices[size_t(ld)];
     // A recurrent layer also reads and writes its sequence's state every token.
-    double t = op_seconds(ldev, double(layer.dense_bytes + 2 * layer.state_bytes),
-                          2.0 * layer.dense_bytes, layer.dense_launches);
+    double t = weight_op_seconds(ldev, double(layer.dense_bytes), 2.0 * layer.dense_bytes,
+                                 layer.dense_launches) +
+               double(2 * layer.state_bytes) / (ldev.read_gbps * 1e9);
     plan.decode_seconds[size_t(ld)] += t;
     const int prev = l == 0 ? plan.attention_device : plan.layer_device[l - 1];
     if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);
@@ -115,8 +125,8 @@ void predict(Plan& plan, const ModelFootprint& model,
         // device saves that device's launches and round trip entirely.
         const double k = std::max(1, model.n_expert_used);
         const double p_use = 1.0 - std::pow(std::max(0.0, 1.0 - expected / k), k);
-        double te = op_seconds(plan.devices[d], expected * layer.expert_bytes,
-                               2.0 * expected * layer.expert_bytes, 0);
+        double te = weight_op_seconds(plan.devices[d], expected * layer.expert_bytes,
+                                      2.0 * expected * layer.expert_bytes, 0);
         te += p_use * layer.expert_launches * plan.devices[d].launch_us * 1e-6;
         plan.decode_seconds[d] += te;
         if (int(d) != ld) te += p_use * 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
@@ -125,8 +135,8 @@ void predict(Plan& plan, const ModelFootprint& model,
     }
     step += t + slowest;
   }
-  const double out_t =
-      op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes, model.output_launches);
+  const double out_t = weight_op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes,
+                                         model.output_launches);
   plan.decode_seconds[size_t(plan.attention_device)] += out_t;
   plan.decode_step_seconds = step + out_t;
 }
@@ -136,6 +146,7 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   if (devices.empty()) throw PlanError("no device selected");
   for (const auto& d : devices) {
     check_figure(d, "read bandwidth (GB/s)", d.read_gbps);
+    check_figure(d, "weight streaming rate (GB/s)", d.weight_gbps, true);
     check_figure(d, "fp32 throughput (GFLOP/s)", d.fp32_gflops);
     check_figure(d, "launch cost (us)", d.launch_us, true);
     check_figure(d, "host wait (us)", d.sync_us, true);
@@ -154,8 +165,9 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   // Devices by bandwidth, fastest first (stable: discovery order breaks ties).
   std::vector<size_t> by_speed(nd);
   std::iota(by_speed.begin(), by_speed.end(), 0);
-  std::stable_sort(by_speed.begin(), by_speed.end(),
-                   [&](size_t a, size_t b) { return devices[a].read_gbps > devices[b].read_gbps; });
+  std::stable_sort(by_speed.begin(), by_speed.end(), [&](size_t a, size_t b) {
+    return weight_rate(devices[a]) > weight_rate(devices[b]);
+  });
 
   // 1. Attention device: embeddings, output head, KV cache and (as far as they fit) dense layers.
   uint64_t dense_total = 0;
@@ -228,7 +240,7 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
     if (std::accumulate(share.begin(), share.end(), 0.0) <= 0)
       throw ConfigError("placement.experts.shares: shares sum to zero");
   } else {
-    for (size_t d = 0; d < nd; ++d) share[d] = devices[d].read_gbps;  // decode is bandwidth bound
+    for (size_t d = 0; d < nd; ++d) share[d] = weight_rate(devices[d]);  // decode streams weights
   }
   plan.expert_device.assign(nl, {});
   int cpu_device = -1;
@@ -350,15 +362,15 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
 std::string Plan::to_text(const ModelFootprint& model) const {
   std::ostringstream o;
   char line[256];
-  std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10s %14s\n", "device", "type",
-                "budget", "weights", "kv cache", "read GB/s", "decode ms/tok");
+  std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10s %12s %14s\n", "device", "type",
+                "budget", "weights", "kv cache", "read GB/s", "weights GB/s", "decode ms/tok");
   o << line;
   for (size_t d = 0; d < devices.size(); ++d) {
-    std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10.1f %14.3f\n",
+    std::snprintf(line, sizeof(line), "%-8s %-6s %12s %12s %12s %10.1f %12.1f %14.3f\n",
                   devices[d].id.c_str(), device_type_name(devices[d].type),
                   format_bytes(devices[d].budget_bytes).c_str(),
                   format_bytes(weight_bytes[d]).c_str(), format_bytes(kv_bytes[d]).c_str(),
-                  devices[d].read_gbps, decode_seconds[d] * 1e3);
+                  devices[d].read_gbps, weight_rate(devices[d]), decode_seconds[d] * 1e3);
     o << line;
   }
   o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id
@@ -414,6 +426,8 @@ std::string Plan::to_json() const {
     j["kv_bytes"] = kv_bytes[d];
     j["state_bytes"] = d < state_bytes.size() ? state_bytes[d] : 0;
     j["decode_seconds"] = decode_seconds[d];
+    j["read_gbps"] = devices[d].read_gbps;
+    j["weight_gbps"] = weight_rate(devices[d]);
     devs.push_back(j);
   }
   o["devices"] = devs;

@@ -21,11 +21,19 @@ struct DeviceCost {
   uint64_t memory_bytes = 0;  // device global memory
   uint64_t budget_bytes = 0;  // what the plan may use (config budget, default 90% of memory)
   double sync_us = 20;        // a host wait: enqueue + finish of one kernel
+  // How fast this device's one-token matmul kernel streams the model's weights (GB/s, measured in
+  // the model's main weight format and row length: the engine's plan_for); 0: unmeasured, the
+  // planner takes read_gbps. On CPUs the 4-bit GEMV is bound by its decode, well below read_gbps.
+  double weight_gbps = 0;
 };
 
 // Cost model (DESIGN.md): time(op) ~= max(bytes / bandwidth, flops / throughput) + launches *
 // latency.
 double op_seconds(const DeviceCost& d, double bytes, double flops, int launches);
+// The same for weight bytes: streamed at weight_rate(d).
+double weight_op_seconds(const DeviceCost& d, double bytes, double flops, int launches);
+// weight_gbps where measured, else read_gbps.
+double weight_rate(const DeviceCost& d);
 // Moving `bytes` between two devices through the host (d2h on one, h2d on the other) plus
 // latencies.
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes);
@@ -53,6 +61,9 @@ struct ModelFootprint {
   int output_launches = 2;
   int n_expert_used = 0;
   int n_embd = 0;
+  // The ggml type id holding most of the matrices' bytes (-1: unknown): the format in which the
+  // engine measures each device's weight streaming rate (DeviceCost::weight_gbps).
+  int weight_type = -1;
   uint64_t kv_bytes_per_token = 0;  // all layers, in the configured KV format
   int context_tokens = 4096;        // KV capacity to reserve when the config sets no KV budget
   int max_sequences = 1;            // sequences whose recurrent state is reserved

@@ -2,6 +2,8 @@
 // its layer kinds.
 #include "host/engine/opencl_model.h"
 
+#include <map>
+
 #include "host/engine/layers/attention.h"
 #include "host/engine/layers/deltanet.h"
 #include "host/engine/layers/mamba2.h"
@@ -14,6 +16,11 @@ uint64_t tensor_bytes(const gguf::TensorInfo* t) {
   return t ? t->n_bytes() : 0;
 }
 
+// Bytes of matrices (more than one row) per ggml type.
+void add_matrix(std::map<int, uint64_t>& by_type, const gguf::TensorInfo* t) {
+  if (t && t->n_rows() > 1) by_type[int(t->type)] += t->n_bytes();
+}
+
 }  // namespace
 
 sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tokens,
@@ -21,8 +28,13 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   sched::ModelFootprint f;
   const auto& hp = spec.hp;
   f.kv_bytes_per_token = 0;
+  std::map<int, uint64_t> matrix_bytes;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const auto& l = spec.layers[i];
+    for (auto* t : {l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down, l.gate_exps,
+                    l.up_exps, l.down_exps, l.gate_shexp, l.up_shexp, l.down_shexp, l.ssm_in,
+                    l.ssm_out, l.ssm_qkv, l.ssm_gate})
+      add_matrix(matrix_bytes, t);
     sched::ModelFootprint::Layer fl;
     // The shared expert runs on the layer's device for every token: dense bytes.
     for (auto* t : {l.attn_norm,
@@ -88,6 +100,13 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   f.n_expert_used = int(hp.n_expert_used);
   f.n_embd = int(hp.n_embd);
   f.context_tokens = context_tokens;
+  add_matrix(matrix_bytes, spec.output_tied ? spec.token_embd : spec.output);
+  uint64_t most = 0;
+  for (const auto& [type, bytes] : matrix_bytes)
+    if (bytes > most) {
+      most = bytes;
+      f.weight_type = type;
+    }
   return f;
 }
 

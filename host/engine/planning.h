@@ -29,7 +29,9 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
 KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t head_dim = 0);
 
 // Selects devices by `config`, measures them through `probes` (cached; nullptr: no measurement)
-// and plans `footprint` on them.
+// and plans `footprint` on them. With `probes`, each device's weight streaming rate
+// (DeviceCost::weight_gbps) is also measured: its one-token matmul kernel in the footprint's
+// weight_type over rows of n_embd (once per process and device).
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 

@@ -73,6 +73,8 @@ double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& dev
   auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture-q4_0");
   auto m = std::make_unique<Loaded>(Loaded{std::move(file), {}});
   m->spec = model::ModelSpec::from_gguf(m->file);
+  // Every matrix Q4_0: the planner measures weight streaming in Q4_0.
+  EXPECT_EQ(footprint_of(m->spec, 256).weight_type, int(gguf::TensorType::Q4_0));
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = device.id();
@@ -241,6 +243,9 @@ TEST(EngineBatchTest, CompressedKvFormatsFromTheConfig) {
       footprint_of(m->spec, 256, formats).kv_bytes_per_token,
       heads * (2 * 64 + 34 + 18));  // layer 0 f16 K and V (32 values each), layer 1 q8_0 K + q4_0 V
   EXPECT_EQ(footprint_of(m->spec, 256).kv_bytes_per_token, heads * 2 * 2 * 64);
+  // The format the planner measures weight streaming in: the type holding most matrix bytes (the
+  // mixed fixture: F16, its output head and attention outputs).
+  EXPECT_EQ(footprint_of(m->spec, 256).weight_type, int(gguf::TensorType::F16));
   const auto got = engine_greedy(*q, kPrompt, 0);
   ASSERT_EQ(got.logits.size(), 1u);
   EXPECT_LT(rel_err(got.logits[0], base.logits[0]), 5e-2);

@@ -94,6 +94,18 @@ TEST(MatmulDevice, DequantizeKernelMatchesReference) {
   }
 }
 
+// The planner's weight streaming rate (engine plan_for): a finite positive figure on every device,
+// for a format whose row length is not a multiple of its block (rounded up) and a plain one.
+TEST(MatmulDevice, WeightStreamRateIsMeasured) {
+  for (const auto& dev : registry().devices()) {
+    MatmulOp op(*dev);
+    for (TensorType t : {TensorType::Q4_0, TensorType::Q6_K, TensorType::F32}) {
+      const double gbps = measure_weight_stream_gbps(op, t, 1000, 1ull << 20);
+      EXPECT_TRUE(std::isfinite(gbps) && gbps > 0) << dev->id() << " " << label(t) << " " << gbps;
+    }
+  }
+}
+
 // Every format, odd shapes, n_tokens 1, 3, 17, 64, through the device's default variant (on a GPU
 // this includes the CLBlast path for 64 tokens).
 TEST(MatmulDevice, DenseEveryFormatAndShape) {

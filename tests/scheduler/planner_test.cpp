@@ -139,6 +139,33 @@ TEST(PlannerTest, PredictionFollowsTheCostModel) {
   EXPECT_GT(plan.decode_step_seconds, uniform);
 }
 
+// A measured weight streaming rate (DeviceCost::weight_gbps) times the weight bytes; other bytes
+// (recurrent state) stay at the read probe's rate. It also weighs the expert shares.
+TEST(PlannerTest, MeasuredWeightRateSetsTheWeightsTime) {
+  DeviceCost d{"x", DeviceType::kCpu, 10, 100, 5, 1, 1, 1ull << 30, 1ull << 30};
+  EXPECT_DOUBLE_EQ(weight_rate(d), 10.0);
+  d.weight_gbps = 2;
+  EXPECT_DOUBLE_EQ(weight_rate(d), 2.0);
+  EXPECT_NEAR(weight_op_seconds(d, 1e9, 0, 0), 0.5, 1e-12);
+  EXPECT_NEAR(op_seconds(d, 1e9, 0, 0), 0.1, 1e-12);
+  auto m = moe_model(2, 8);
+  auto devs = gpu_cpu();
+  Config one_on_cpu;
+  one_on_cpu.cpu_moe_layers = 1;
+  const Plan read_only = make_plan(m, devs, one_on_cpu);
+  devs[1].weight_gbps = devs[1].read_gbps / 4;  // the CPU's kernel streams a quarter of it
+  const Plan measured = make_plan(m, devs, one_on_cpu);
+  ASSERT_EQ(measured.experts_on(0, 1), 8);
+  // The CPU's share: the expected experts' bytes at a quarter of the rate, its launches as before.
+  const double bytes = double(m.n_expert_used) * double(m.layers[0].expert_bytes);
+  const double launches = m.layers[0].expert_launches * devs[1].launch_us * 1e-6;
+  EXPECT_NEAR(read_only.decode_seconds[1], bytes / (devs[1].read_gbps * 1e9) + launches, 1e-9);
+  EXPECT_NEAR(measured.decode_seconds[1], bytes / (devs[1].weight_gbps * 1e9) + launches, 1e-9);
+  DeviceCost bad = devs[1];
+  bad.weight_gbps = -1;
+  EXPECT_THROW(make_plan(m, {devs[0], bad}, Config{}), PlanError);
+}
+
 // Hard input (issue 12): figures near the double range must not overflow the apportioning (it
 // crashed with SIGSEGV reading past its array); unusable figures are named errors.
 TEST(PlannerTest, HugeSharesAndProbeFiguresApportionAllExperts) {

@@ -494,4 +494,34 @@ double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t 
   return max_ref > 0 ? max_d / max_ref : max_d;
 }
 
+double measure_weight_stream_gbps(const MatmulOp& op, TensorType t, int64_t cols, uint64_t bytes) {
+  const Device& dev = op.device();
+  const int64_t blk = gguf::type_traits(t)->block_size;
+  cols = (std::max<int64_t>(cols, 1) + blk - 1) / blk * blk;
+  const uint64_t row_bytes = ggml_bytes(t, 1, cols);
+  const int64_t rows = std::max<int64_t>(64, int64_t(bytes / row_bytes) / 64 * 64);
+  const auto distinct = random_ggml_weight(t, 64, cols, 7);
+  std::vector<uint8_t> w(size_t(rows) * row_bytes);
+  for (int64_t r = 0; r < rows; r += 64)
+    std::memcpy(w.data() + size_t(r) * row_bytes, distinct.data(), distinct.size());
+  const DeviceWeight dw = op.upload(t, rows, cols, w.data());
+  const auto x = random_x(size_t(cols), 7);
+  ClMem xm = dev.alloc(x.size() * sizeof(float));
+  dev.write(xm.get(), 0, x.data(), x.size() * sizeof(float));
+  ClMem ym = dev.alloc(size_t(rows) * sizeof(float));
+  constexpr int kLaunches = 8;
+  op.run(dw, xm.get(), 0, ym.get(), 0, 1);  // warm-up: builds the program, touches the pages
+  dev.finish();
+  std::vector<double> s;
+  for (int batch = 0; batch < 3; ++batch) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < kLaunches; ++i) op.run(dw, xm.get(), 0, ym.get(), 0, 1);
+    dev.finish();
+    s.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                kLaunches);
+  }
+  std::sort(s.begin(), s.end());
+  return double(rows) * double(row_bytes) / s[1] * 1e-9;
+}
+
 }  // namespace tessera::ops

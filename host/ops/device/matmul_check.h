@@ -38,6 +38,14 @@ struct MatmulCheck {
   double bytes = 0, flops = 0;  // weight bytes streamed, 2 * rows * cols * tokens
 };
 
+// How fast `op`'s one-token matmul kernel streams weights of type t in rows of `cols` columns
+// (what a decode step's projections and experts do): a synthetic matrix of about `bytes` bytes
+// (random valid blocks, 64 distinct rows repeated), eight launches back to back, the median of
+// three such batches by the host clock (the launches' cost included, as in a step). GB/s (1e9)
+// of weight bytes. `cols` is rounded up to the format's block. Throws what upload and run throw.
+double measure_weight_stream_gbps(const MatmulOp& op, gguf::TensorType t, int64_t cols,
+                                  uint64_t bytes);
+
 // Dense: W (rows x cols, type t) times n_tokens random rows; compares with the reference.
 MatmulCheck check_matmul(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
                          int n_tokens, bool timing, uint32_t seed = 1);
