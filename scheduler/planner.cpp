@@ -105,7 +105,7 @@ void predict(Plan& plan, const ModelFootprint& model,
     plan.decode_seconds[size_t(ld)] += t;
     const int prev = l == 0 ? plan.attention_device : plan.layer_device[l - 1];
     if (prev != ld) t += transfer_seconds(plan.devices[size_t(prev)], ldev, act_bytes);
-    double slowest = 0;
+    double slowest = 0, on_cpus = 0;
     if (layer.n_experts > 0) {
       // Experts on another device: every token's routing (and activations) go to the host from
       // the layer's device, a host wait whether or not a token picks a remote expert.
@@ -130,10 +130,15 @@ void predict(Plan& plan, const ModelFootprint& model,
         te += p_use * layer.expert_launches * plan.devices[d].launch_us * 1e-6;
         plan.decode_seconds[d] += te;
         if (int(d) != ld) te += p_use * 2 * transfer_seconds(ldev, plan.devices[d], act_bytes);
-        slowest = std::max(slowest, te);  // devices work on their experts concurrently
+        // Devices work on their experts concurrently, except CPU devices: every OpenCL CPU device
+        // is the host's processor (two PoCL devices split nothing), so their times add up.
+        if (plan.devices[d].type == DeviceType::kCpu)
+          on_cpus += te;
+        else
+          slowest = std::max(slowest, te);
       }
     }
-    step += t + slowest;
+    step += t + std::max(slowest, on_cpus);
   }
   const double out_t = weight_op_seconds(att, double(model.output_bytes), 2.0 * model.output_bytes,
                                          model.output_launches);

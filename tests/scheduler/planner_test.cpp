@@ -47,13 +47,25 @@ TEST(PlannerTest, AutoPutsAttentionOnFastestAndPicksTheFasterExpertPlacement) {
     EXPECT_EQ(plan.layer_device[l], 0);
     EXPECT_EQ(plan.experts_on(int(l), 0), 32);
   }
-  // Two devices of the same bandwidth whose round trips cost little: spreading halves each
-  // layer's expert streaming, so auto spreads.
-  DeviceCost a{"cpu0", DeviceType::kCpu, 10, 1000, 0, 100, 100, 64ull << 30, 8ull << 30, 0};
+  // Two GPUs of the same bandwidth whose round trips cost little: spreading halves each layer's
+  // expert streaming, so auto spreads.
+  DeviceCost a{"gpu0", DeviceType::kGpu, 10, 1000, 0, 100, 100, 64ull << 30, 8ull << 30, 0};
   DeviceCost b = a;
-  b.id = "cpu1";
+  b.id = "gpu1";
   const auto even = make_plan(m, {a, b}, Config{});
   for (size_t l = 0; l < m.layers.size(); ++l) EXPECT_EQ(even.experts_on(int(l), 1), 16);
+  // Two CPU devices are one processor (two PoCL devices): their expert times add up, spreading
+  // gains nothing, and auto keeps the experts whole.
+  a.type = b.type = DeviceType::kCpu;
+  a.id = "cpu0";
+  b.id = "cpu1";
+  const auto one_cpu = make_plan(m, {a, b}, Config{});
+  for (size_t l = 0; l < m.layers.size(); ++l) EXPECT_EQ(one_cpu.experts_on(int(l), 1), 0);
+  Config halves;
+  halves.experts_mode = "shares";
+  halves.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
+  const auto split = make_plan(m, {a, b}, halves);
+  EXPECT_GT(split.decode_step_seconds, one_cpu.decode_step_seconds);
   EXPECT_GT(plan.decode_step_seconds, 0);
   const auto text = plan.to_text(m);
   EXPECT_NE(text.find("predicted decode step"), std::string::npos);
