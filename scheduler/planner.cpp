@@ -13,9 +13,18 @@
 
 namespace tessera::sched {
 
-double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
-  return std::max(bytes / (d.read_gbps * 1e9), flops / (d.fp32_gflops * 1e9)) +
+namespace {
+
+// The cost model's time of an op whose bytes stream at `gbps`.
+double seconds_at(double gbps, const DeviceCost& d, double bytes, double flops, int launches) {
+  return std::max(bytes / (gbps * 1e9), flops / (d.fp32_gflops * 1e9)) +
          launches * d.launch_us * 1e-6;
+}
+
+}  // namespace
+
+double op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
+  return seconds_at(d.read_gbps, d, bytes, flops, launches);
 }
 
 double weight_rate(const DeviceCost& d) {
@@ -23,8 +32,7 @@ double weight_rate(const DeviceCost& d) {
 }
 
 double weight_op_seconds(const DeviceCost& d, double bytes, double flops, int launches) {
-  return std::max(bytes / (weight_rate(d) * 1e9), flops / (d.fp32_gflops * 1e9)) +
-         launches * d.launch_us * 1e-6;
+  return seconds_at(weight_rate(d), d, bytes, flops, launches);
 }
 
 double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double bytes) {

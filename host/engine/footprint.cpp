@@ -31,10 +31,6 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
   std::map<int, uint64_t> matrix_bytes;
   for (size_t i = 0; i < spec.layers.size(); ++i) {
     const auto& l = spec.layers[i];
-    for (auto* t : {l.wq, l.wk, l.wv, l.wo, l.ffn_gate, l.ffn_up, l.ffn_down, l.gate_exps,
-                    l.up_exps, l.down_exps, l.gate_shexp, l.up_shexp, l.down_shexp, l.ssm_in,
-                    l.ssm_out, l.ssm_qkv, l.ssm_gate})
-      add_matrix(matrix_bytes, t);
     sched::ModelFootprint::Layer fl;
     // The shared expert runs on the layer's device for every token: dense bytes.
     for (auto* t : {l.attn_norm,
@@ -69,9 +65,12 @@ sched::ModelFootprint footprint_of(const model::ModelSpec& spec, int context_tok
                     l.ssm_out,
                     l.ssm_qkv,
                     l.ssm_gate,
-                    l.ssm_ba})
+                    l.ssm_ba}) {
       fl.dense_bytes += tensor_bytes(t);
+      add_matrix(matrix_bytes, t);
+    }
     if (l.is_moe()) {
+      for (auto* t : {l.gate_exps, l.up_exps, l.down_exps}) add_matrix(matrix_bytes, t);
       fl.n_experts = int(hp.n_expert);
       fl.expert_bytes =
           (tensor_bytes(l.gate_exps) + tensor_bytes(l.up_exps) + tensor_bytes(l.down_exps) +

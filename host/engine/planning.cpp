@@ -6,13 +6,12 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-
-#include "host/ops/device/matmul.h"
-#include "host/ops/device/matmul_check.h"
-
 #include <map>
 #include <mutex>
 #include <tuple>
+
+#include "host/ops/device/matmul.h"
+#include "host/ops/device/matmul_check.h"
 
 namespace tessera::engine {
 
@@ -69,7 +68,7 @@ double weight_stream_gbps(const Device& device, gguf::TensorType type, int64_t c
                  info.id, gguf::type_name(type), gbps, cols, bytes >> 20);
   } catch (const std::exception& e) {
     spdlog::warn("{}: weight streaming rate not measured ({}); the planner uses the read probe",
-                 device.info().id, e.what());
+                 info.id, e.what());
   }
   measured[key] = gbps;
   return gbps;
