@@ -43,6 +43,7 @@ struct Engine::Live {
   int32_t next = -1;      // sampled token to feed at the next step (-1: none)
   int generated = 0;
   bool done = false;
+  bool in_flight = false;  // in a chained step not read yet: its sequence stays until then
   int32_t prompt_len() const { return int32_t(req.prompt.size()); }
 };
 
@@ -56,6 +57,11 @@ struct Engine::StepEntry {
   int32_t n_rows = 0;
 };
 
+// A greedy decode step submitted to the model (OpenClModel::submit_argmax) and not read yet.
+struct Engine::Chained {
+  std::vector<StepEntry> entries;  // decode entries, row i = entry i
+};
+
 Engine::Engine(std::unique_ptr<OpenClModel> model, EngineConfig config)
     : model_(std::move(model)), config_(config) {
   if (!model_) throw std::invalid_argument("engine: no model");
@@ -65,8 +71,14 @@ Engine::Engine(std::unique_ptr<OpenClModel> model, EngineConfig config)
 }
 
 Engine::~Engine() {
+  try {
+    while (model_->steps_in_flight() > 0) model_->collect_argmax();
+  } catch (const std::exception&) {
+    // The device failed under the step in flight; the sequences are freed all the same.
+  }
   for (auto& r : running_)
     if (r->has_seq) kv_free(r->seq);
+  for (kv::SeqId seq : deferred_free_) kv_free(seq);
 }
 
 RequestId Engine::add_request(Request request) {
@@ -115,6 +127,25 @@ void Engine::kv_free(kv::SeqId seq) {
   model_->memory().free(seq);
 }
 
+void Engine::note_kv_peaks() {
+  const int32_t n_groups = model_->kv_cache().n_groups();
+  counters_.kv_group_blocks_peak.resize(size_t(n_groups), 0);
+  for (int32_t g = 0; g < n_groups; ++g) {
+    int& peak = counters_.kv_group_blocks_peak[size_t(g)];
+    peak = std::max(peak, kv_blocks_used(g));
+    counters_.kv_blocks_peak = std::max(counters_.kv_blocks_peak, peak);
+  }
+}
+
+void Engine::release(Live& r) {
+  if (!r.has_seq) return;
+  if (r.in_flight)
+    deferred_free_.push_back(r.seq);
+  else
+    kv_free(r.seq);
+  r.has_seq = false;
+}
+
 int64_t Engine::kv_capacity_tokens() const {
   const auto& blocks = model_->kv_cache().blocks();
   return int64_t(blocks.n_blocks()) * blocks.block_size();
@@ -133,8 +164,7 @@ void Engine::deliver(Live& r, const RequestOutput& out) {
   } catch (...) {
     if (!callback_error_) callback_error_ = std::current_exception();
     if (!r.done) {
-      if (r.has_seq) kv_free(r.seq);
-      r.has_seq = false;
+      release(r);
       r.done = true;
       ++counters_.failed;
     }
@@ -143,8 +173,7 @@ void Engine::deliver(Live& r, const RequestOutput& out) {
 
 void Engine::finish(Live& r, FinishReason reason, const std::string& error) {
   if (r.done) return;
-  if (r.has_seq) kv_free(r.seq);
-  r.has_seq = false;
+  release(r);
   r.done = true;
   if (reason == FinishReason::kFailed)
     ++counters_.failed;
@@ -160,12 +189,13 @@ void Engine::finish(Live& r, FinishReason reason, const std::string& error) {
 }
 
 void Engine::drop_finished() {
-  auto done = [](const std::unique_ptr<Live>& r) { return r->done; };
+  // A finished request in a step in flight stays until that step is read (its row is skipped).
+  auto done = [](const std::unique_ptr<Live>& r) { return r->done && !r->in_flight; };
   running_.erase(std::remove_if(running_.begin(), running_.end(), done), running_.end());
   waiting_.erase(std::remove_if(waiting_.begin(), waiting_.end(), done), waiting_.end());
 }
 
-void Engine::apply_instructions() {
+void Engine::apply_instructions(bool drop) {
   std::vector<Instruction> batch;
   {
     std::lock_guard lock(mutex_);
@@ -221,7 +251,7 @@ void Engine::apply_instructions() {
     }
     waiting_.push_back(std::move(r));
   }
-  drop_finished();
+  if (drop) drop_finished();
 }
 
 // First come, first served: the head waits until its prompt's KV blocks are free, keeping one free
@@ -246,6 +276,7 @@ void Engine::admit() {
 // --- the step -----------------------------------------------------------------------------------
 
 int Engine::step() {
+  if (chained_) return step_chained();
   apply_instructions();
   admit();
 
@@ -323,13 +354,7 @@ int Engine::step() {
     if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
     return 0;
   }
-  const int32_t n_groups = model_->kv_cache().n_groups();
-  counters_.kv_group_blocks_peak.resize(size_t(n_groups), 0);
-  for (int32_t g = 0; g < n_groups; ++g) {
-    int& peak = counters_.kv_group_blocks_peak[size_t(g)];
-    peak = std::max(peak, kv_blocks_used(g));
-    counters_.kv_blocks_peak = std::max(counters_.kv_blocks_peak, peak);
-  }
+  note_kv_peaks();
 
   // Greedy sampling on the device when every wanted row is a greedy sample whose logits nobody
   // reads: one id per row comes back instead of the rows (EngineOptions::Fusion::argmax).
@@ -341,24 +366,50 @@ int Engine::step() {
   const auto t0 = Clock::now();
   std::vector<float> logits;
   std::vector<int32_t> ids;
+  auto fail_step = [&](const std::exception& e) {
+    for (auto& e2 : entries)
+      finish(*e2.r, FinishReason::kFailed, name_of(e2.r->id) + ": step failed: " + e.what());
+    drop_finished();
+    if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
+    return 0;
+  };
+  // A greedy decode step that may chain: submitted now, read by the next step().
+  if (argmax && !prefill && model_->can_chain()) {
+    try {
+      model_->submit_argmax(b, false);
+    } catch (const std::exception& e) {
+      return fail_step(e);
+    }
+    chained_ = std::make_unique<Chained>();
+    chained_->entries = std::move(entries);
+    for (auto& e : chained_->entries) e.r->in_flight = true;
+    counters_.decode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
+    return int(b.tokens.size());
+  }
   try {
     if (argmax)
       ids = model_->forward_argmax(b);
     else
       logits = model_->forward(b);
   } catch (const std::exception& e) {
-    for (auto& e2 : entries)
-      finish(*e2.r, FinishReason::kFailed, name_of(e2.r->id) + ": step failed: " + e.what());
-    drop_finished();
-    if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
-    return 0;
+    return fail_step(e);
   }
+  emit(entries, logits, ids, argmax);
+  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  (prefill ? counters_.prefill_seconds : counters_.decode_seconds) += s;
+  ++counters_.steps;
+  drop_finished();
+  if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
+  return int(b.tokens.size());
+}
+
+void Engine::emit(std::vector<StepEntry>& entries, const std::vector<float>& logits,
+                  const std::vector<int32_t>& ids, bool argmax) {
   const size_t nv = model_->spec().hp.n_vocab;
   auto row = [&](int32_t i) { return std::span<const float>(logits.data() + size_t(i) * nv, nv); };
-
   for (auto& e : entries) {
     Live& r = *e.r;
-    if (r.done) continue;  // a callback failed it earlier in this step
+    if (r.done) continue;  // a callback failed it earlier in this step (or it ended before)
     RequestOutput out;
     out.id = r.id;
     bool sample = false;
@@ -377,8 +428,7 @@ int Engine::step() {
       sample = prompt_done && r.req.max_tokens > 0;
       if (prompt_done && r.req.max_tokens == 0) {
         out.finish = FinishReason::kLength;
-        kv_free(r.seq);
-        r.has_seq = false;
+        release(r);
         r.done = true;
         ++counters_.finished;
       }
@@ -397,8 +447,7 @@ int Engine::step() {
         out.finish = FinishReason::kLength;
       r.next = token;
       if (out.finished()) {
-        kv_free(r.seq);
-        r.has_seq = false;
+        release(r);
         r.done = true;
         r.next = -1;
         ++counters_.finished;
@@ -406,12 +455,93 @@ int Engine::step() {
     }
     if (sample || out.finished() || !out.prompt_logits.empty()) deliver(r, out);
   }
-  const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-  (prefill ? counters_.prefill_seconds : counters_.decode_seconds) += s;
+}
+
+std::unique_ptr<Engine::Chained> Engine::try_chain(const Chained& prev) {
+  if (!model_->can_chain() || !waiting_.empty()) return nullptr;
+  {
+    std::lock_guard lock(mutex_);
+    if (!instructions_.empty()) return nullptr;
+  }
+  // Exactly the previous step's requests, in its row order (row i's id becomes token i), each
+  // with another token to make after the one in flight.
+  size_t live = 0;
+  for (const auto& r : running_) live += r->done ? 0 : 1;
+  if (live != prev.entries.size()) return nullptr;
+  for (const auto& e : prev.entries)
+    if (e.r->done || !e.r->has_seq || e.r->generated + 1 >= e.r->req.max_tokens) return nullptr;
+  // One more position each, which the free blocks must hold for all of them together.
+  const auto& cache = model_->kv_cache();
+  for (int32_t g = 0; g < cache.n_groups(); ++g) {
+    int32_t need = 0;
+    for (const auto& e : prev.entries) need += cache.blocks(g).blocks_needed(e.r->seq, 1);
+    if (need > cache.blocks(g).blocks_free()) return nullptr;
+  }
+  auto next = std::make_unique<Chained>();
+  StepBatch b;
+  for (const auto& e : prev.entries) {
+    Live& r = *e.r;
+    if (!kv_try_reserve(r.seq, 1))
+      throw std::logic_error("engine: a KV block counted free could not be reserved");
+    const int32_t i = int32_t(b.seqs.size());
+    const int32_t pos = r.prompt_len() + r.generated;  // the token sampled in the step in flight
+    next->entries.push_back(StepEntry{&r, true, pos, 1, i, 1});
+    b.seqs.push_back(r.seq);
+    b.tokens.push_back(0);  // copied on the device from the previous step's ids
+    b.token_seq.push_back(i);
+    b.token_pos.push_back(pos);
+    b.logit_rows.push_back(i);
+  }
+  note_kv_peaks();
+  model_->submit_argmax(b, true);
+  return next;
+}
+
+int Engine::step_chained() {
+  const auto t0 = Clock::now();
+  std::unique_ptr<Chained> prev = std::move(chained_);
+  std::unique_ptr<Chained> next;
+  std::vector<int32_t> ids;
+  std::string error;
+  try {
+    next = try_chain(*prev);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  try {
+    ids = model_->collect_argmax();
+  } catch (const std::exception& e) {
+    if (error.empty()) error = e.what();
+  }
+  if (!error.empty()) {
+    // The device or a buffer failed: read whatever is still in flight, fail the requests.
+    try {
+      while (model_->steps_in_flight() > 0) model_->collect_argmax();
+    } catch (const std::exception&) {
+    }
+    for (auto& e : prev->entries) e.r->in_flight = false;
+    for (kv::SeqId seq : std::exchange(deferred_free_, {})) kv_free(seq);
+    for (auto& e : prev->entries)
+      finish(*e.r, FinishReason::kFailed, name_of(e.r->id) + ": step failed: " + error);
+    drop_finished();
+    if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
+    return 0;
+  }
+  // The step read: sequences held for it are free now (their requests are in no later step).
+  for (kv::SeqId seq : std::exchange(deferred_free_, {})) kv_free(seq);
+  for (auto& e : prev->entries) e.r->in_flight = false;
+  if (next)
+    for (auto& e : next->entries) e.r->in_flight = true;
+  // Aborts that came while the step ran take effect before its tokens go out (a client that
+  // stopped a request gets nothing more); new requests wait for the next step().
+  apply_instructions(false);
+  emit(prev->entries, {}, ids, true);
+  chained_ = std::move(next);
+  counters_.decode_seconds += std::chrono::duration<double>(Clock::now() - t0).count();
   ++counters_.steps;
   drop_finished();
   if (callback_error_) std::rethrow_exception(std::exchange(callback_error_, nullptr));
-  return int(b.tokens.size());
+  return int(ids.size());
 }
 
 void Engine::run_until_idle() {

@@ -1,6 +1,7 @@
 // The request engine: a queue of generation and scoring requests over one OpenClModel, stepped by
 // one engine thread. Each step admits waiting requests (KV reserved with try_reserve), builds one
-// mixed batch (decode tokens first, then prefill chunks), runs it, samples and streams tokens out.
+// mixed batch (decode tokens first, then prefill chunks), runs it, samples and streams tokens out;
+// greedy decode steps run chained, the next submitted before the last is read.
 #pragma once
 
 #include <cstdint>
@@ -107,7 +108,12 @@ class Engine {
   void abort_request(RequestId id);
 
   // One step: applies queued instructions, admits, runs one batch, emits. Returns the tokens run
-  // (0 when there was nothing to run).
+  // (0 when there was nothing to run). Greedy decode steps on a model that can chain them
+  // (OpenClModel::can_chain) are submitted and read one step() later: while every running request
+  // decodes on, each step() submits the next step before it reads the one in flight, so the
+  // host's work overlaps the device's; a request's tokens come out as the step that made them is
+  // read. Anything else (a new or aborted request, a request at its last token or finished) ends
+  // the chain: that step() only reads the one in flight.
   int step();
   // Steps until no request is waiting or running.
   void run_until_idle();
@@ -128,8 +134,21 @@ class Engine {
     Request request;  // !abort
   };
   struct StepEntry;
+  struct Chained;
 
-  void apply_instructions();
+  // step() while a chained step is in flight: submits the next one when every running request
+  // continues in it (try_chain), then reads and emits the one in flight.
+  int step_chained();
+  std::unique_ptr<Chained> try_chain(const Chained& prev);
+  // Samples, streams and finishes the requests of a step's entries from its logits or ids.
+  void emit(std::vector<StepEntry>& entries, const std::vector<float>& logits,
+            const std::vector<int32_t>& ids, bool argmax);
+  // Frees r's KV sequence now, or once the step in flight that writes it has been read.
+  void release(Live& r);
+
+  // Takes the queued requests and aborts; `drop`: then drops finished requests from the lists
+  // (not while a caller still walks a step's entries).
+  void apply_instructions(bool drop = true);
   void admit();
   // Ends `r` with `reason`: frees its KV sequence, tells its callback, drops it.
   void finish(Live& r, FinishReason reason, const std::string& error = {});
@@ -141,6 +160,8 @@ class Engine {
   bool kv_try_reserve(kv::SeqId seq, int32_t n_tokens);
   bool kv_admissible(kv::SeqId seq, int32_t n_tokens, int32_t reserve_blocks) const;
   void kv_free(kv::SeqId seq);
+  // The counters' peaks of KV blocks in use, after a step's reservations.
+  void note_kv_peaks();
   int64_t kv_capacity_tokens() const;
   int kv_blocks_used(int32_t group) const;
 
@@ -155,6 +176,10 @@ class Engine {
   std::deque<std::unique_ptr<Live>> waiting_;   // admission order
   std::vector<std::unique_ptr<Live>> running_;  // admission order
   std::exception_ptr callback_error_;
+  // Greedy decode steps chained on the device (EngineOptions::pipeline): the step submitted and
+  // not read yet, and sequences of requests that finished while a step in flight still wrote them.
+  std::unique_ptr<Chained> chained_;
+  std::vector<kv::SeqId> deferred_free_;
 };
 
 }  // namespace tessera::engine

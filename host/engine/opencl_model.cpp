@@ -236,9 +236,113 @@ std::vector<int32_t> OpenClModel::forward_argmax(const StepBatch& b) {
 
 std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* ids) {
   check(b);
+  if (!in_flight_.empty())
+    throw std::logic_error("forward: " + std::to_string(in_flight_.size()) +
+                           " chained step(s) not collected");
   const auto& hp = spec_.hp;
-  const int n = int(b.tokens.size());
   const auto t_start = Clock::now();
+  DeviceCtx& home = ctx(plan_.attention_device);
+  last_submitted_rows_ = 0;                          // home.ids will hold this step's ids, if any
+  std::optional<ops::StepProgram::Profile> profile;  // a profiled replay's events
+  const bool decode = enqueue_batch(b, nullptr, b.tokens.data(), profile);
+  const auto t_wait = Clock::now();
+  std::vector<float> logits;
+  if (!b.logit_rows.empty() && ids) {
+    // Greedy rows: their argmax on the device, after the step on the same (in-order) queue.
+    const uint32_t rows = uint32_t(b.logit_rows.size());
+    home.ew->argmax_rows(home.logits.get(), 0, rows, uint32_t(hp.n_vocab), home.ids.get(), 0);
+    ids->resize(rows);
+    home.dev->read(home.ids.get(), 0, ids->data(), size_t(rows) * 4, true);
+    ++stats_.argmax_steps;
+  } else if (!b.logit_rows.empty()) {
+    logits.resize(b.logit_rows.size() * hp.n_vocab);
+    home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
+  } else {
+    home.dev->finish();
+  }
+  for (auto& c : ctxs_)
+    if (c.get() != &home && c->has_layers) c->dev->finish();
+  end_step();
+  const auto t_end = Clock::now();
+  record_timing(decode, std::chrono::duration<double>(t_wait - t_start).count(),
+                std::chrono::duration<double>(t_end - t_wait).count(), profile);
+  return logits;
+}
+
+bool OpenClModel::can_chain() const {
+  if (!options_.pipeline || !options_.replay || options_.profile || profile_replays_ ||
+      !options_.fuse.argmax || (balancer_ && balancer_->enabled()))
+    return false;
+  const int home = plan_.attention_device;
+  for (int d : plan_.layer_device)
+    if (d != home) return false;
+  for (const auto& layer : plan_.expert_device)
+    for (int d : layer)
+      if (d != home) return false;
+  return true;
+}
+
+void OpenClModel::submit_argmax(const StepBatch& b, bool tokens_from_previous) {
+  check(b);
+  if (!can_chain()) throw std::logic_error("submit_argmax: this model's steps cannot be chained");
+  if (in_flight_.size() >= 2)
+    throw std::logic_error("submit_argmax: two steps in flight already; collect one first");
+  const int n = int(b.tokens.size());
+  if (b.logit_rows.empty()) throw std::invalid_argument("submit_argmax: the batch wants no rows");
+  if (tokens_from_previous) {
+    bool one_row_per_token = int(b.logit_rows.size()) == n && b.seqs.size() == size_t(n);
+    for (int i = 0; one_row_per_token && i < n; ++i)
+      one_row_per_token = b.logit_rows[size_t(i)] == i;
+    if (!one_row_per_token)
+      throw std::invalid_argument(
+          "submit_argmax: tokens from the previous step need one token per sequence, each its own "
+          "logit row in order");
+    if (n > last_submitted_rows_)
+      throw std::invalid_argument("submit_argmax: " + std::to_string(n) +
+                                  " tokens from a previous step of " +
+                                  std::to_string(last_submitted_rows_) + " rows");
+  }
+  const auto& hp = spec_.hp;
+  const auto t_start = Clock::now();
+  DeviceCtx& home = ctx(plan_.attention_device);
+  std::optional<ops::StepProgram::Profile> profile;  // stays empty: chaining excludes profiling
+  InFlight f;
+  f.n_tokens = n;
+  // The write of the tokens is not waited for: it reads them from f, which lives until the read.
+  if (!tokens_from_previous) f.tokens = b.tokens;
+  f.decode =
+      enqueue_batch(b, tokens_from_previous ? home.ids.get() : nullptr, f.tokens.data(), profile);
+  const uint32_t rows = uint32_t(b.logit_rows.size());
+  home.ew->argmax_rows(home.logits.get(), 0, rows, uint32_t(hp.n_vocab), home.ids.get(), 0);
+  f.ids.resize(rows);
+  // In queue order: before the next step's copy of these ids into its tokens and its argmax.
+  CL_CHECK(clEnqueueReadBuffer(home.dev->queue(), home.ids.get(), CL_FALSE, 0, size_t(rows) * 4,
+                               f.ids.data(), 0, nullptr, f.read.out()),
+           home.dev->info().label());
+  ops::flush(*home.dev);
+  f.enqueue_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  last_submitted_rows_ = int(rows);
+  in_flight_.push_back(std::move(f));
+  ++stats_.argmax_steps;
+  if (tokens_from_previous) ++stats_.chained_steps;
+}
+
+std::vector<int32_t> OpenClModel::collect_argmax() {
+  if (in_flight_.empty()) throw std::logic_error("collect_argmax: no step in flight");
+  InFlight f = std::move(in_flight_.front());
+  in_flight_.pop_front();
+  const auto t_wait = Clock::now();
+  CL_CHECK(clWaitForEvents(1, f.read.ptr()), ctx(plan_.attention_device).dev->info().label());
+  end_step();
+  std::optional<ops::StepProgram::Profile> none;
+  record_timing(f.decode, f.enqueue_seconds,
+                std::chrono::duration<double>(Clock::now() - t_wait).count(), none);
+  return std::move(f.ids);
+}
+
+bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t* host_tokens,
+                                std::optional<ops::StepProgram::Profile>& profile) {
+  const int n = int(b.tokens.size());
   DeviceCtx& home = ctx(plan_.attention_device);
   // The batch (block tables, positions, slots) on every device that holds layers, once per KV
   // group of its layers (each window group has its own block tables and slots).
@@ -253,13 +357,17 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
       c->recurrent_view = c->recurrent_batch->upload(*memory_->states(), b.seqs, b.token_seq);
   // Decode kernel when every sequence contributes exactly one token; the prefill kernel otherwise.
   const bool decode = size_t(n) == b.seqs.size();
-  home.dev->write(home.tokens.get(), 0, b.tokens.data(), size_t(n) * 4, false);
+  if (tokens)
+    CL_CHECK(clEnqueueCopyBuffer(home.dev->queue(), tokens, home.tokens.get(), 0, 0, size_t(n) * 4,
+                                 0, nullptr, nullptr),
+             home.dev->info().label());
+  else
+    home.dev->write(home.tokens.get(), 0, host_tokens, size_t(n) * 4, false);
 
   // A step of a shape seen before replays its recorded program: everything that differs between
   // its steps (tokens, block tables, positions, slots, longest context) was just written to device
   // buffers. Profiling (events per launch) enqueues afresh; balancer moves drop the programs
   // (end_step), and its copies of the router's choices are host calls of the program.
-  std::optional<ops::StepProgram::Profile> profile;  // a profiled replay's events
   if (options_.replay && !options_.profile) {
     StepShape shape;
     shape.n_tokens = n;
@@ -293,33 +401,19 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
   } else {
     enqueue_step(b, n, decode);
   }
-  const auto t_wait = Clock::now();
-  std::vector<float> logits;
-  if (!b.logit_rows.empty() && ids) {
-    // Greedy rows: their argmax on the device, after the step on the same (in-order) queue.
-    const uint32_t rows = uint32_t(b.logit_rows.size());
-    home.ew->argmax_rows(home.logits.get(), 0, rows, uint32_t(hp.n_vocab), home.ids.get(), 0);
-    ids->resize(rows);
-    home.dev->read(home.ids.get(), 0, ids->data(), size_t(rows) * 4, true);
-    ++stats_.argmax_steps;
-  } else if (!b.logit_rows.empty()) {
-    logits.resize(b.logit_rows.size() * hp.n_vocab);
-    home.dev->read(home.logits.get(), 0, logits.data(), logits.size() * 4, true);
-  } else {
-    home.dev->finish();
-  }
-  for (auto& c : ctxs_)
-    if (c.get() != &home && c->has_layers) c->dev->finish();
-  end_step();
-  const auto t_end = Clock::now();
+  return decode;
+}
+
+void OpenClModel::record_timing(bool decode, double enqueue, double wait,
+                                std::optional<ops::StepProgram::Profile>& profile) {
   const char* kind = decode ? "decode" : "prefill";
-  const double wall = std::chrono::duration<double>(t_end - t_start).count();
+  const double wall = enqueue + wait;
   stats_.op_seconds[kind] += wall;
   StepTiming& timing = stats_.step_timing[kind];
   ++timing.steps;
   timing.wall += wall;
-  timing.enqueue += std::chrono::duration<double>(t_wait - t_start).count();
-  timing.wait += std::chrono::duration<double>(t_end - t_wait).count();
+  timing.enqueue += enqueue;
+  timing.wait += wait;
   if (profile) {
     ReplayProfile& rp = stats_.replay_profile[kind];
     ++rp.steps;
@@ -337,7 +431,6 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
       k.seconds += t.seconds;
     }
   }
-  return logits;
 }
 
 const ops::StepProgram* OpenClModel::latest_program() const {

@@ -3,7 +3,9 @@
 // chunks and decode tokens mixed), which continuous batching relies on.
 #pragma once
 
+#include <deque>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "devices/device.h"
@@ -55,6 +57,22 @@ class OpenClModel {
   // logit row (greedy sampling without a [rows][n_vocab] download).
   std::vector<int32_t> forward_argmax(const StepBatch& batch);
 
+  // Chained greedy steps: forward_argmax in two halves, so the host enqueues the next step while
+  // the device runs this one. submit_argmax enqueues a step, its argmax and a non-blocking read of
+  // the ids; collect_argmax waits for the oldest submitted step and returns its ids (one per logit
+  // row). With `tokens_from_previous` the step's tokens are not taken from batch.tokens but copied
+  // on the device from the ids of the step submitted before it (still in flight or collected last):
+  // row i's id becomes token i, so the batch must be one token per sequence, each a logit row, in
+  // the order of that step's rows. At most two steps are in flight; KV positions must be reserved
+  // as for forward. Only while can_chain().
+  void submit_argmax(const StepBatch& batch, bool tokens_from_previous);
+  std::vector<int32_t> collect_argmax();
+  size_t steps_in_flight() const { return in_flight_.size(); }
+  // Whether steps may be chained: EngineOptions::pipeline and replay on, argmax sampling on, no
+  // profiling, no expert balancer, and every layer and expert on the output device (a step with a
+  // host round trip inside cannot run ahead of the host).
+  bool can_chain() const;
+
   // Recorded step programs kept for replay (one per batch shape seen recently), and how many steps
   // were recorded and replayed.
   size_t cached_programs() const { return programs_.size(); }
@@ -73,6 +91,16 @@ class OpenClModel {
   void check(const StepBatch& b) const;
   // forward's body: the logits, or with `ids` the rows' argmax only (logits left empty).
   std::vector<float> run(const StepBatch& b, std::vector<int32_t>* ids);
+  // run's first half: the batch on the devices and the step enqueued (replayed where a program of
+  // its shape exists, recorded otherwise). The tokens come from `tokens`, a device buffer on the
+  // output device whose first n ids are the tokens, or (null) from `host_tokens` by a write not
+  // waited for (they must stay until the step has run). Returns whether it is a decode step;
+  // `profile` gets the events of a profiled replay.
+  bool enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t* host_tokens,
+                     std::optional<ops::StepProgram::Profile>& profile);
+  // Adds one step's host times (and a profiled replay's commands and kernel times) to stats_.
+  void record_timing(bool decode, double enqueue, double wait,
+                     std::optional<ops::StepProgram::Profile>& profile);
   // Enqueues (or, while a step program records, appends) the step's work from the embedding to
   // the logits in home.logits; the batch is already on the devices.
   void enqueue_step(const StepBatch& b, int n, bool decode);
@@ -104,6 +132,17 @@ class OpenClModel {
   // layer (enqueue_step appends).
   std::vector<size_t>* step_marks_ = nullptr;
   uint64_t recorded_steps_ = 0, replayed_steps_ = 0;
+  // Chained steps submitted and not yet collected, oldest first.
+  struct InFlight {
+    std::vector<int32_t> ids;     // the read's destination
+    std::vector<int32_t> tokens;  // the write's source (tokens from the host)
+    ClEvent read;                 // completes with the read (after the step, in queue order)
+    bool decode = false;
+    int n_tokens = 0;
+    double enqueue_seconds = 0;
+  };
+  std::deque<InFlight> in_flight_;
+  int last_submitted_rows_ = 0;  // rows of the latest submitted step (tokens_from_previous)
   bool profile_replays_ = false;
 };
 

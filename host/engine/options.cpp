@@ -18,7 +18,8 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"decode_finish", &options.fuse.decode_finish},
                                                     {"down_combine", &options.fuse.down_combine},
                                                     {"argmax", &options.fuse.argmax},
-                                                    {"flush", &options.flush_per_layer}};
+                                                    {"flush", &options.flush_per_layer},
+                                                    {"pipeline", &options.pipeline}};
   std::istringstream list{std::string(names)};
   for (std::string name; std::getline(list, name, ',');) {
     if (name.empty()) continue;
@@ -29,7 +30,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
       throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
                                   "'; known: qkv, norm_route, combine_norm, swiglu, glu, "
                                   "attn_reduce, decode_finish, down_combine, argmax, "
-                                  "flush");
+                                  "flush, pipeline");
     *flag = false;
   }
 }

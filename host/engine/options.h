@@ -35,7 +35,7 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, argmax, flush).
+  // attn_reduce, decode_finish, down_combine, argmax, flush, pipeline).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -62,6 +62,11 @@ struct EngineOptions {
   // clFlush after each layer's mixer so the device starts while the host enqueues the rest
   // ("flush" in $TESSERA_NO_FUSE turns it off).
   bool flush_per_layer = true;
+  // Greedy decode steps chained on the device (Engine; OpenClModel::submit_argmax): the next
+  // step is enqueued before the previous step's ids are read, its tokens copied from those ids
+  // on the device, so the host's enqueue of one step overlaps the device's run of the other
+  // ("pipeline" in $TESSERA_NO_FUSE turns it off).
+  bool pipeline = true;
   // Record each batch shape's step once as an ops::StepProgram and replay it for later steps of
   // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
   // Steps with profiling or the expert balancer on always enqueue afresh.
@@ -117,11 +122,14 @@ struct EngineStats {
   uint64_t balancer_moves = 0;
   uint64_t steps = 0;
   uint64_t argmax_steps = 0;  // steps whose rows were sampled on the device (forward_argmax)
+  // Steps submitted while the previous one ran, their tokens copied from its ids on the device
+  // (OpenClModel::submit_argmax with tokens_from_previous).
+  uint64_t chained_steps = 0;
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, attn_reduce, decode_finish, argmax, flush; as $TESSERA_NO_FUSE gives them). Throws
-// std::invalid_argument naming an unknown name and the known ones.
+// swiglu, glu, attn_reduce, decode_finish, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives
+// them). Throws std::invalid_argument naming an unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

@@ -88,28 +88,88 @@ std::vector<int32_t> long_prompt(int n) {
   return p;
 }
 
+// With chained decode steps (EngineOptions::pipeline) a greedy decode step is read one step()
+// later, so B joins one step() later than without.
 TEST(RequestEngineTest, RequestAddedWhileOthersDecodeJoinsAtTheNextStep) {
-  Harness h("qwen3moe");
-  const auto a = h.add(kA, 10);
-  h.engine().step();  // A's prompt
-  h.engine().step();  // A's first decode
-  ASSERT_EQ(h.seen(a).tokens.size(), 2u);
-  const auto b = h.add(kB, 6);
-  h.engine().step();  // A decodes, B's whole prompt prefills beside it
-  ASSERT_EQ(h.seen(a).tokens.size(), 3u);
-  ASSERT_EQ(h.seen(b).tokens.size(), 1u);
-  EXPECT_EQ(h.seen(b).token_steps[0], h.seen(a).token_steps[2]);
-  h.engine().run_until_idle();
-  EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 10));
-  EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 6));
-  EXPECT_EQ(h.seen(a).finish, FinishReason::kLength);
-  EXPECT_EQ(h.seen(b).finish, FinishReason::kLength);
-  EXPECT_EQ(h.kv_blocks_used(), 0);
+  for (bool pipeline : {false, true}) {
+    SCOPED_TRACE(pipeline ? "chained decode steps" : "each step read at once");
+    EngineOptions o;
+    o.pipeline = pipeline;
+    Harness h("qwen3moe", o);
+    const auto a = h.add(kA, 10);
+    h.engine().step();  // A's prompt
+    h.engine().step();  // A's first decode (chained: submitted, its token not read yet)
+    ASSERT_EQ(h.seen(a).tokens.size(), pipeline ? 1u : 2u);
+    const auto b = h.add(kB, 6);
+    if (pipeline) {
+      h.engine().step();  // B's arrival ends the chain: A's decode is read, B waits
+      ASSERT_EQ(h.seen(a).tokens.size(), 2u);
+      ASSERT_EQ(h.seen(b).tokens.size(), 0u);
+    }
+    h.engine().step();  // A decodes, B's whole prompt prefills beside it
+    ASSERT_EQ(h.seen(a).tokens.size(), 3u);
+    ASSERT_EQ(h.seen(b).tokens.size(), 1u);
+    EXPECT_EQ(h.seen(b).token_steps[0], h.seen(a).token_steps[2]);
+    h.engine().run_until_idle();
+    EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 10));
+    EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 6));
+    EXPECT_EQ(h.seen(a).finish, FinishReason::kLength);
+    EXPECT_EQ(h.seen(b).finish, FinishReason::kLength);
+    EXPECT_EQ(h.kv_blocks_used(), 0);
 
-  // The same requests alone on the engine give the same tokens.
-  const auto b_alone = h.add(kB, 6);
-  h.engine().run_until_idle();
-  EXPECT_EQ(h.seen(b_alone).tokens, h.seen(b).tokens);
+    // The same requests alone on the engine give the same tokens.
+    const auto b_alone = h.add(kB, 6);
+    h.engine().run_until_idle();
+    EXPECT_EQ(h.seen(b_alone).tokens, h.seen(b).tokens);
+  }
+}
+
+// Greedy decode steps chained on the device: each step() submits the next step (its tokens copied
+// from the ids of the one in flight) before it reads the one in flight. Tokens equal the
+// reference's with chaining on and off, for requests ending by length and by an end-of-generation
+// token while the next step is already in flight (its sequence is freed once that step is read),
+// and an abort that arrives while a step runs drops that step's token.
+TEST(RequestEngineTest, ChainedDecodeStepsEqualTheReference) {
+  for (const char* fixture : {"llama", "qwen3moe"}) {
+    SCOPED_TRACE(fixture);
+    for (bool pipeline : {true, false}) {
+      SCOPED_TRACE(pipeline ? "chained" : "not chained");
+      EngineOptions o;
+      o.pipeline = pipeline;
+      Harness h(fixture, o);
+      const auto ref_a = h.reference(kA, 12);
+      const int32_t eog = ref_a[5];
+      const auto first_eog = std::find(ref_a.begin(), ref_a.end(), eog) - ref_a.begin();
+      const auto a = h.add(kA, 12, [eog](int32_t t) { return t == eog; });
+      const auto b = h.add(kB, 20);  // crosses a KV block boundary while chained
+      const auto c = h.add(kB, 9);
+      h.engine().run_until_idle();
+      EXPECT_EQ(h.seen(a).tokens,
+                std::vector<int32_t>(ref_a.begin(), ref_a.begin() + first_eog + 1));
+      EXPECT_EQ(h.seen(a).finish, FinishReason::kEog);
+      EXPECT_EQ(h.seen(b).tokens, h.reference(kB, 20));
+      EXPECT_EQ(h.seen(c).tokens, h.reference(kB, 9));
+      EXPECT_EQ(h.seen(a).outputs_after_finish + h.seen(b).outputs_after_finish, 0);
+      EXPECT_EQ(h.kv_blocks_used(), 0);
+      const auto& stats = h.engine().model().stats();
+      if (pipeline)
+        EXPECT_GE(stats.chained_steps, 10u);  // b's tokens after a and c ended, at least
+      else
+        EXPECT_EQ(stats.chained_steps, 0u);
+
+      // An abort while a step is in flight: that step's token is not delivered.
+      const auto d = h.add(kA, 30);
+      for (int i = 0; i < 6; ++i) h.engine().step();
+      const size_t before = h.seen(d).tokens.size();
+      h.engine().abort_request(d);
+      h.engine().step();
+      EXPECT_EQ(h.seen(d).finish, FinishReason::kAborted);
+      EXPECT_EQ(h.seen(d).tokens.size(), before);
+      EXPECT_EQ(h.seen(d).tokens, h.reference(kA, int(before)));
+      h.engine().run_until_idle();
+      EXPECT_EQ(h.kv_blocks_used(), 0);
+    }
+  }
 }
 
 TEST(RequestEngineTest, AbortEndsOnlyThatRequest) {
