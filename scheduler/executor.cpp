@@ -90,9 +90,32 @@ void Executor::wait() {
 }
 
 void Executor::run_all(const std::vector<std::function<void()>>& jobs) {
+  // One job has nothing to overlap with: it runs on the calling thread (no hand-off to a worker
+  // and back), its failure reported as a lane's would be.
+  size_t n = 0, only = 0;
+  for (size_t i = 0; i < jobs.size() && i < lanes_.size(); ++i)
+    if (jobs[i]) ++n, only = i;
+  if (n == 1 && !busy()) {
+    try {
+      jobs[only]();
+    } catch (const std::exception& e) {
+      throw std::runtime_error(lanes_[only]->device_id + ": " + e.what());
+    } catch (...) {
+      throw std::runtime_error(lanes_[only]->device_id + ": unknown failure");
+    }
+    return;
+  }
   for (size_t i = 0; i < jobs.size() && i < lanes_.size(); ++i)
     if (jobs[i]) submit(i, jobs[i]);
   wait();
+}
+
+bool Executor::busy() {
+  for (auto& lane : lanes_) {
+    std::lock_guard lock(lane->mutex);
+    if (lane->draining || !lane->queue.empty() || lane->error) return true;
+  }
+  return false;
 }
 
 }  // namespace tessera::sched

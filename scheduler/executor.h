@@ -36,7 +36,8 @@ class Executor {
   void wait();
 
   // Convenience: one job per lane that has one (empty functions are skipped), run concurrently,
-  // then wait().
+  // then wait(). A single job, with no lane busy, runs on the calling thread (its failure named
+  // as a lane's).
   void run_all(const std::vector<std::function<void()>>& jobs);
 
  private:
@@ -53,6 +54,8 @@ class Executor {
     std::exception_ptr error;
   };
   static void drain(Lane& lane);
+  // Whether any lane has queued or running jobs, or a failure not yet reported by wait().
+  bool busy();
   std::vector<std::unique_ptr<Lane>> lanes_;
   std::unique_ptr<tbb::global_control> parallelism_;
 };

@@ -4,7 +4,9 @@
 
 #include <atomic>
 #include <chrono>
+#include <mutex>
 #include <thread>
+#include <vector>
 
 #include "scheduler/balancer.h"
 #include "scheduler/executor.h"
@@ -86,6 +88,35 @@ TEST(ExecutorTest, FailuresAreReRaisedWithTheDevice) {
   ex.run_all({[&] { ++ran; }, {}});
   EXPECT_EQ(ran, 1);
   EXPECT_THROW(ex.submit(5, [] {}), std::out_of_range);
+}
+
+// A lone job (the host-sync point of a layer whose experts sit on one other device) runs on the
+// calling thread, without a hand-off to a worker; its failure still names the device, and a lane
+// that is still busy sends it to its lane as usual.
+TEST(ExecutorTest, ALoneJobRunsOnTheCallingThread) {
+  Executor ex({"gpu0", "cpu0"});
+  std::thread::id ran_on;
+  ex.run_all({{}, [&] { ran_on = std::this_thread::get_id(); }});
+  EXPECT_EQ(ran_on, std::this_thread::get_id());
+  try {
+    ex.run_all({{}, [] { throw std::runtime_error("kernel exploded"); }});
+    FAIL();
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("cpu0: kernel exploded"), std::string::npos) << e.what();
+  }
+  // A job queued on a lane and not waited for: the next run_all goes through the lanes, in order.
+  std::vector<int> order;
+  std::mutex m;
+  ex.submit(1, [&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    std::lock_guard lock(m);
+    order.push_back(1);
+  });
+  ex.run_all({{}, [&] {
+                std::lock_guard lock(m);
+                order.push_back(2);
+              }});
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
 }
 
 ModelFootprint small_moe() {

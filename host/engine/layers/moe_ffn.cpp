@@ -451,7 +451,9 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
     if (c.dev->context() == home.dev->context())
       ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0, bytes);
     else
-      home.dev->write(home.partial.get(), 0, c.staging.data(), bytes, true);
+      // Not waited for: c.staging is next touched by this device's job of a later host sync,
+      // which starts after a blocking read on this (in-order) queue.
+      home.dev->write(home.partial.get(), 0, c.staging.data(), bytes, false);
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
   }
