@@ -418,6 +418,62 @@ void ProbeCache::store(const DeviceInfo& info, const ProbeResult& r) const {
   }
 }
 
+std::filesystem::path ProbeCache::rates_path_for(const DeviceInfo& info) const {
+  auto p = path_for(info);
+  p.replace_extension(".rates.json");
+  return p;
+}
+
+namespace {
+// The rates file's object, or an empty one when absent or unreadable.
+boost::json::object read_rates(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  if (!in) return {};
+  std::stringstream ss;
+  ss << in.rdbuf();
+  try {
+    auto v = boost::json::parse(ss.str());
+    if (v.is_object()) return v.as_object();
+  } catch (const std::exception& e) {
+    spdlog::info("rate cache {}: unreadable ({}); re-measuring", path.string(), e.what());
+  }
+  return {};
+}
+}  // namespace
+
+std::optional<double> ProbeCache::load_rate(const DeviceInfo& info, const std::string& key) const {
+  if (dir_.empty()) return std::nullopt;
+  const auto rates = read_rates(rates_path_for(info));
+  const auto* v = rates.if_contains(key);
+  if (!v || !v->is_number()) return std::nullopt;
+  const double gbps = v->to_number<double>();
+  if (!std::isfinite(gbps) || gbps <= 0 || gbps > probe_bounds(info).read_gbps) {
+    spdlog::info("rate cache {}: implausible {} GB/s for {}; re-measuring",
+                 rates_path_for(info).string(), gbps, key);
+    return std::nullopt;
+  }
+  return gbps;
+}
+
+void ProbeCache::store_rate(const DeviceInfo& info, const std::string& key, double gbps) const {
+  if (dir_.empty()) return;
+  try {
+    const auto path = rates_path_for(info);
+    auto rates = read_rates(path);
+    rates[key] = gbps;
+    std::filesystem::create_directories(dir_);
+    const auto tmp = path.string() + ".tmp." + std::to_string(::getpid());
+    {
+      std::ofstream out(tmp);
+      out << boost::json::serialize(rates) << "\n";
+      if (!out) throw std::runtime_error("cannot write " + tmp);
+    }
+    std::filesystem::rename(tmp, path);
+  } catch (const std::exception& e) {
+    spdlog::warn("rate cache: could not store {}: {}", key, e.what());
+  }
+}
+
 ProbeResult ProbeCache::get(const Device& device, bool remeasure) const {
   if (!remeasure) {
     if (auto cached = load(device.info())) return *cached;

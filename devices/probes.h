@@ -69,8 +69,16 @@ class ProbeCache {
   // The cached result, or a fresh measurement (stored) when absent or `remeasure` is set.
   ProbeResult get(const Device& device, bool remeasure) const;
 
+  // Rates the engine measures with its own kernels (the planner's weight streaming rate), in GB/s,
+  // by a key naming what they depend on (the caller's: format, shape, kernel source hash), in a
+  // file of their own beside the device's probes. load_rate: nullopt when absent, unreadable or
+  // implausible (non-finite, <= 0 or over probe_bounds' read bound).
+  std::optional<double> load_rate(const DeviceInfo& info, const std::string& key) const;
+  void store_rate(const DeviceInfo& info, const std::string& key, double gbps) const;
+
  private:
   std::filesystem::path path_for(const DeviceInfo& info) const;
+  std::filesystem::path rates_path_for(const DeviceInfo& info) const;
   std::filesystem::path dir_;
 };
 

@@ -10,6 +10,8 @@
 #include <mutex>
 #include <tuple>
 
+#include "devices/program_cache.h"
+#include "devices/sha256.h"
 #include "host/ops/device/matmul.h"
 #include "host/ops/device/matmul_check.h"
 
@@ -41,39 +43,6 @@ std::string program_build_problem(const Device& device) {
   return {};
 }
 
-// The device's weight streaming rate for the planner (DeviceCost::weight_gbps): its one-token
-// matmul kernel over a synthetic matrix of the model's main format and row length, as large as
-// the model's weights within 16-256 MiB and the device's allocation limit, so it stays in the
-// caches as much as the model does (2-core machine, 504 MiB L3, the 492 MiB peer model's Q4_0:
-// 16 MiB measured 8.3-12.6 GB/s, 256 MiB 6.2-6.8 GB/s, what the engine's decode reaches; about a
-// second there). Remembered per process; 0 when the kernel cannot run there (the planner then
-// takes the read probe's figure).
-double weight_stream_gbps(const Device& device, gguf::TensorType type, int64_t cols,
-                          uint64_t model_bytes) {
-  static std::mutex mu;
-  static std::map<std::tuple<std::string, int, int64_t, uint64_t>, double> measured;
-  const auto& info = device.info();
-  const uint64_t bytes =
-      std::min<uint64_t>({std::max<uint64_t>(model_bytes, 16ull << 20), 256ull << 20,
-                          info.max_alloc_bytes / 2, info.global_mem_bytes / 8});
-  const auto key = std::make_tuple(info.id + "|" + info.name, int(type), cols, bytes);
-  std::lock_guard<std::mutex> lock(mu);
-  if (auto it = measured.find(key); it != measured.end()) return it->second;
-  double gbps = 0;
-  try {
-    ops::MatmulOp op(device);
-    gbps = ops::measure_weight_stream_gbps(op, type, cols, bytes);
-    if (!std::isfinite(gbps) || gbps <= 0) gbps = 0;
-    spdlog::info("{}: {} weights stream at {:.1f} GB/s (one-token matmul, rows of {}, {} MiB)",
-                 info.id, gguf::type_name(type), gbps, cols, bytes >> 20);
-  } catch (const std::exception& e) {
-    spdlog::warn("{}: weight streaming rate not measured ({}); the planner uses the read probe",
-                 info.id, e.what());
-  }
-  measured[key] = gbps;
-  return gbps;
-}
-
 // Every weight byte of the model: dense parts, all experts, embedding and output head.
 uint64_t weight_bytes(const sched::ModelFootprint& f) {
   uint64_t b = f.embedding_bytes + f.output_bytes;
@@ -81,7 +50,63 @@ uint64_t weight_bytes(const sched::ModelFootprint& f) {
   return b;
 }
 
+// The synthetic matrix's bytes for a model of `model_bytes`: as large as the model's weights within
+// 16-256 MiB and the device's allocation limit, so it stays in the caches as much as the model
+// does (2-core machine, 504 MiB L3, the 492 MiB peer model's Q4_0: 16 MiB measured 8.3-12.6 GB/s,
+// 256 MiB 6.2-6.8 GB/s, what the engine's decode reaches).
+uint64_t weight_rate_bytes(const DeviceInfo& info, uint64_t model_bytes) {
+  return std::min<uint64_t>({std::max<uint64_t>(model_bytes, 16ull << 20), 256ull << 20,
+                             info.max_alloc_bytes / 2, info.global_mem_bytes / 8});
+}
+
+// The device's weight streaming rate for the planner (DeviceCost::weight_gbps): its one-token
+// matmul kernel over a synthetic matrix of the model's main format and row length
+// (weight_rate_bytes; about a second on the 2-core machine). Remembered per process and in
+// `cache` (on disk, keyed by weight_rate_key: a changed matmul kernel is measured again); 0 when
+// the kernel cannot run there (the planner then takes the read probe's figure).
+double weight_stream_gbps(const Device& device, const sched::ModelFootprint& footprint,
+                          const ProbeCache* cache) {
+  static std::mutex mu;
+  static std::map<std::string, double> measured;
+  const auto& info = device.info();
+  const auto type = gguf::TensorType(footprint.weight_type);
+  const auto cols = int64_t(footprint.n_embd);
+  const uint64_t bytes = weight_rate_bytes(info, weight_bytes(footprint));
+  const std::string key = weight_rate_key(device, footprint);
+  const std::string memo_key = info.id + "|" + info.name + "|" + key;
+  std::lock_guard<std::mutex> lock(mu);
+  if (auto it = measured.find(memo_key); it != measured.end()) {
+    if (cache && it->second > 0 && !cache->load_rate(info, key))
+      cache->store_rate(info, key, it->second);  // a cache this process has not filled yet
+    return it->second;
+  }
+  if (cache)
+    if (const auto cached = cache->load_rate(info, key)) return measured[memo_key] = *cached;
+  double gbps = 0;
+  try {
+    ops::MatmulOp op(device);
+    gbps = ops::measure_weight_stream_gbps(op, type, cols, bytes);
+    if (!std::isfinite(gbps) || gbps <= 0) gbps = 0;
+    spdlog::info("{}: {} weights stream at {:.1f} GB/s (one-token matmul, rows of {}, {} MiB)",
+                 info.id, gguf::type_name(type), gbps, cols, bytes >> 20);
+    if (gbps > 0 && cache) cache->store_rate(info, key, gbps);
+  } catch (const std::exception& e) {
+    spdlog::warn("{}: weight streaming rate not measured ({}); the planner uses the read probe",
+                 info.id, e.what());
+  }
+  measured[memo_key] = gbps;
+  return gbps;
+}
+
 }  // namespace
+
+std::string weight_rate_key(const Device& device, const sched::ModelFootprint& footprint) {
+  const std::string source = device.programs().sources().resolve("matmul");
+  return "weights|" + std::string(gguf::type_name(gguf::TensorType(footprint.weight_type))) + "|" +
+         std::to_string(footprint.n_embd) + "|" +
+         std::to_string(weight_rate_bytes(device.info(), weight_bytes(footprint))) + "|matmul " +
+         Sha256::hex(source).substr(0, 16);
+}
 
 void skip_unbuildable_devices(const DeviceRegistry& registry, sched::Config& config) {
   std::vector<DeviceInfo> infos;
@@ -194,9 +219,7 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
       const ProbeResult r = probes->get(dev, false);
       costs.push_back(device_cost(dev, &r, config));
       if (footprint.weight_type >= 0 && footprint.n_embd > 0)
-        costs.back().weight_gbps =
-            weight_stream_gbps(dev, gguf::TensorType(footprint.weight_type),
-                               int64_t(footprint.n_embd), weight_bytes(footprint));
+        costs.back().weight_gbps = weight_stream_gbps(dev, footprint, probes);
     } else {
       costs.push_back(device_cost(dev, nullptr, config));
     }

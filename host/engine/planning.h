@@ -31,7 +31,12 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
 // Selects devices by `config`, measures them through `probes` (cached; nullptr: no measurement)
 // and plans `footprint` on them. With `probes`, each device's weight streaming rate
 // (DeviceCost::weight_gbps) is also measured: its one-token matmul kernel in the footprint's
-// weight_type over rows of n_embd (once per process and device).
+// weight_type over rows of n_embd (once per process and device, and kept in `probes`' directory
+// under weight_rate_key).
+// The key of a device's weight streaming rate for `footprint` in the probe cache: its weight
+// format and row length, the synthetic matrix's size, and a hash of the matmul kernels' source.
+std::string weight_rate_key(const Device& device, const sched::ModelFootprint& footprint);
+
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 

@@ -40,5 +40,36 @@ TEST(ProbesTest, MeasureAndCache) {
   EXPECT_TRUE(cache.load(d.info()).has_value());
 }
 
+// The engine's measured rates (the planner's weight streaming rate) beside the probes: keyed,
+// several per device, and an implausible or damaged entry is not believed.
+TEST(ProbesTest, RatesRoundTripAndRejectImplausibleFigures) {
+  test::TempDir dir;
+  auto reg = tessera::cli::discover_devices();
+  const DeviceInfo& info = reg.devices().front()->info();
+  ProbeCache cache(dir.path());
+  EXPECT_FALSE(cache.load_rate(info, "weights|Q4_0|1024").has_value());
+  cache.store_rate(info, "weights|Q4_0|1024", 6.25);
+  cache.store_rate(info, "weights|Q8_0|1024", 12.5);
+  ASSERT_TRUE(cache.load_rate(info, "weights|Q4_0|1024").has_value());
+  EXPECT_DOUBLE_EQ(*cache.load_rate(info, "weights|Q4_0|1024"), 6.25);
+  EXPECT_DOUBLE_EQ(*cache.load_rate(info, "weights|Q8_0|1024"), 12.5);
+  EXPECT_FALSE(cache.load_rate(info, "weights|Q6_K|1024").has_value());
+  // The probes' own file is untouched by rates (and the other way round).
+  EXPECT_FALSE(cache.load(info).has_value());
+  cache.store_rate(info, "weights|Q4_0|1024", -3);
+  EXPECT_FALSE(cache.load_rate(info, "weights|Q4_0|1024").has_value());
+  cache.store_rate(info, "weights|Q4_0|1024", probe_bounds(info).read_gbps * 10);
+  EXPECT_FALSE(cache.load_rate(info, "weights|Q4_0|1024").has_value());
+  for (const auto& e : std::filesystem::directory_iterator(dir.path()))
+    std::ofstream(e.path()) << "[1, 2";
+  EXPECT_FALSE(cache.load_rate(info, "weights|Q8_0|1024").has_value());
+  cache.store_rate(info, "weights|Q8_0|1024", 11.0);  // a damaged file is replaced
+  EXPECT_DOUBLE_EQ(*cache.load_rate(info, "weights|Q8_0|1024"), 11.0);
+  // No directory: nothing is kept.
+  ProbeCache none{std::filesystem::path()};
+  none.store_rate(info, "weights|Q4_0|1024", 6.25);
+  EXPECT_FALSE(none.load_rate(info, "weights|Q4_0|1024").has_value());
+}
+
 }  // namespace
 }  // namespace tessera

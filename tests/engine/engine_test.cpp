@@ -6,6 +6,8 @@
 #include <cstdlib>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "host/cli/settings.h"
 
 namespace tessera::engine::test {
@@ -217,6 +219,42 @@ TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
 // Compressed KV formats from the config (K and V separately, a per-layer override): the cache's
 // layouts follow them, the planner's footprint counts their bytes, and the prefill's logits stay
 // close to the f16 cache's (the K/V of the prompt quantized to q8_0 / q4_0 blocks).
+// plan_for keeps each device's measured weight streaming rate in the probe cache (weight_rate_key:
+// format, row length, matrix size, the matmul source's hash) and plans with the kept figure
+// afterwards: a rate stored under the key is the plan's, whatever the kernel would measure.
+TEST(EngineBatchTest, WeightStreamingRateIsKeptInTheProbeCache) {
+  auto reg = DeviceRegistry::discover();
+  const Device& d = *reg.devices().front();
+  const auto dir =
+      std::filesystem::temp_directory_path() / ("tessera-rates-" + std::to_string(::getpid()));
+  std::filesystem::remove_all(dir);
+  ProbeCache cache(dir);
+  sched::Config cfg;
+  cfg.select = {sched::DeviceSelector{}};
+  cfg.select[0].id = d.id();
+  model::FixtureOptions fo;
+  fo.kind = "qwen3moe";
+  fo.weight_type = "Q8_0";
+  auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture-q8_0");
+  const auto spec = model::ModelSpec::from_gguf(file);
+  auto fp = footprint_of(spec, 256);
+  const std::string key = weight_rate_key(d, fp);
+  EXPECT_NE(key.find("Q8_0"), std::string::npos) << key;
+  EXPECT_NE(key.find("matmul "), std::string::npos) << key;
+  EXPECT_FALSE(cache.load_rate(d.info(), key).has_value());
+  const auto measured = plan_for(reg, cfg, fp, &cache);
+  ASSERT_EQ(measured.devices.size(), 1u);
+  ASSERT_TRUE(cache.load_rate(d.info(), key).has_value());  // measured once, kept
+  EXPECT_DOUBLE_EQ(*cache.load_rate(d.info(), key), measured.devices[0].weight_gbps);
+  // Another row length is another key: a figure stored there is what the plan takes.
+  fp.n_embd += 32;
+  const std::string other = weight_rate_key(d, fp);
+  EXPECT_NE(other, key);
+  cache.store_rate(d.info(), other, 1.25);
+  EXPECT_DOUBLE_EQ(plan_for(reg, cfg, fp, &cache).devices[0].weight_gbps, 1.25);
+  std::filesystem::remove_all(dir);
+}
+
 TEST(EngineBatchTest, CompressedKvFormatsFromTheConfig) {
   auto m = load_fixture("qwen3");  // head size 32: one block per head
   auto reg = tessera::cli::discover_devices();
