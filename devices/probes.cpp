@@ -341,6 +341,22 @@ ProbeResult measure_device(const Device& dev) {
   return r;
 }
 
+namespace {
+// Writes `value` to `path` (in `dir`, created) through a temporary file renamed over it, so a
+// reader never sees half a file. Throws naming the file.
+void write_json_atomically(const std::filesystem::path& dir, const std::filesystem::path& path,
+                           const boost::json::value& value) {
+  std::filesystem::create_directories(dir);
+  const auto tmp = path.string() + ".tmp." + std::to_string(::getpid());
+  {
+    std::ofstream out(tmp);
+    out << boost::json::serialize(value) << "\n";
+    if (!out) throw std::runtime_error("cannot write " + tmp);
+  }
+  std::filesystem::rename(tmp, path);
+}
+}  // namespace
+
 ProbeCache::ProbeCache(std::filesystem::path dir) : dir_(std::move(dir)) {}
 
 std::filesystem::path ProbeCache::path_for(const DeviceInfo& info) const {
@@ -404,15 +420,7 @@ void ProbeCache::store(const DeviceInfo& info, const ProbeResult& r) const {
     o["launch_stream_us"] = r.launch_stream_us;
     o["measured_at"] = r.measured_at;
     o["note"] = r.note;
-    std::filesystem::create_directories(dir_);
-    const auto path = path_for(info);
-    const auto tmp = path.string() + ".tmp." + std::to_string(::getpid());
-    {
-      std::ofstream out(tmp);
-      out << boost::json::serialize(o) << "\n";
-      if (!out) throw std::runtime_error("cannot write " + tmp);
-    }
-    std::filesystem::rename(tmp, path);
+    write_json_atomically(dir_, path_for(info), o);
   } catch (const std::exception& e) {
     spdlog::warn("probe cache: could not store results: {}", e.what());
   }
@@ -461,14 +469,7 @@ void ProbeCache::store_rate(const DeviceInfo& info, const std::string& key, doub
     const auto path = rates_path_for(info);
     auto rates = read_rates(path);
     rates[key] = gbps;
-    std::filesystem::create_directories(dir_);
-    const auto tmp = path.string() + ".tmp." + std::to_string(::getpid());
-    {
-      std::ofstream out(tmp);
-      out << boost::json::serialize(rates) << "\n";
-      if (!out) throw std::runtime_error("cannot write " + tmp);
-    }
-    std::filesystem::rename(tmp, path);
+    write_json_atomically(dir_, path, rates);
   } catch (const std::exception& e) {
     spdlog::warn("rate cache: could not store {}: {}", key, e.what());
   }
