@@ -47,6 +47,18 @@ void Executor::submit(size_t device, std::function<void()> job) {
   if (start) lane.arena.execute([&lane] { lane.group.run([&lane] { drain(lane); }); });
 }
 
+std::exception_ptr Executor::run_job(const std::string& device_id,
+                                     const std::function<void()>& job) {
+  try {
+    job();
+  } catch (const std::exception& e) {
+    return std::make_exception_ptr(std::runtime_error(device_id + ": " + e.what()));
+  } catch (...) {
+    return std::make_exception_ptr(std::runtime_error(device_id + ": unknown failure"));
+  }
+  return nullptr;
+}
+
 void Executor::drain(Lane& lane) {
   for (;;) {
     std::function<void()> job;
@@ -59,17 +71,9 @@ void Executor::drain(Lane& lane) {
       job = std::move(lane.queue.front());
       lane.queue.pop_front();
     }
-    try {
-      job();
-    } catch (const std::exception& e) {
+    if (auto failure = run_job(lane.device_id, job)) {
       std::lock_guard lock(lane.mutex);
-      if (!lane.error)
-        lane.error = std::make_exception_ptr(std::runtime_error(lane.device_id + ": " + e.what()));
-    } catch (...) {
-      std::lock_guard lock(lane.mutex);
-      if (!lane.error)
-        lane.error =
-            std::make_exception_ptr(std::runtime_error(lane.device_id + ": unknown failure"));
+      if (!lane.error) lane.error = failure;
     }
   }
 }
@@ -96,13 +100,8 @@ void Executor::run_all(const std::vector<std::function<void()>>& jobs) {
   for (size_t i = 0; i < jobs.size() && i < lanes_.size(); ++i)
     if (jobs[i]) ++n, only = i;
   if (n == 1 && !busy()) {
-    try {
-      jobs[only]();
-    } catch (const std::exception& e) {
-      throw std::runtime_error(lanes_[only]->device_id + ": " + e.what());
-    } catch (...) {
-      throw std::runtime_error(lanes_[only]->device_id + ": unknown failure");
-    }
+    if (auto failure = run_job(lanes_[only]->device_id, jobs[only]))
+      std::rethrow_exception(failure);
     return;
   }
   for (size_t i = 0; i < jobs.size() && i < lanes_.size(); ++i)

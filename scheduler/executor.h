@@ -54,6 +54,8 @@ class Executor {
     std::exception_ptr error;
   };
   static void drain(Lane& lane);
+  // Runs `job`; its failure as an exception naming the device (null when it succeeded).
+  static std::exception_ptr run_job(const std::string& device_id, const std::function<void()>& job);
   // Whether any lane has queued or running jobs, or a failure not yet reported by wait().
   bool busy();
   std::vector<std::unique_ptr<Lane>> lanes_;

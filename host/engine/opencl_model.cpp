@@ -307,7 +307,6 @@ void OpenClModel::submit_argmax(const StepBatch& b, bool tokens_from_previous) {
   DeviceCtx& home = ctx(plan_.attention_device);
   std::optional<ops::StepProgram::Profile> profile;  // stays empty: chaining excludes profiling
   InFlight f;
-  f.n_tokens = n;
   // The write of the tokens is not waited for: it reads them from f, which lives until the read.
   if (!tokens_from_previous) f.tokens = b.tokens;
   f.decode =

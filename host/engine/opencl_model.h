@@ -138,7 +138,6 @@ class OpenClModel {
     std::vector<int32_t> tokens;  // the write's source (tokens from the host)
     ClEvent read;                 // completes with the read (after the step, in queue order)
     bool decode = false;
-    int n_tokens = 0;
     double enqueue_seconds = 0;
   };
   std::deque<InFlight> in_flight_;
