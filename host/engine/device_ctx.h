@@ -66,6 +66,9 @@ struct DeviceCtx {
   // Decode-sized MoE steps run the expert combine (and the next norm) in the down launch
   // (MatmulOp::run_experts_combine).
   bool combine_in_down = false;
+  // Decode-sized MoE steps run each shard's gate|up, SwiGLU, down and combine in one launch
+  // (MatmulOp::run_expert_ffn; CPUs, where every launch is a fork/join over all threads).
+  bool expert_ffn = false;
 
   // Activations of one step ([token][...] rows of f32).
   ClMem x;        // the residual stream [n_embd]

@@ -96,6 +96,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
     c->fused_attention_reduce = options_.fuse.attn_reduce;
     c->finish_in_decode = options_.fuse.decode_finish;
     c->combine_in_down = options_.fuse.down_combine;
+    c->expert_ffn = options_.fuse.expert_ffn && c->glu_out && c->combine_in_down &&
+                    dev.info().type == DeviceType::kCpu;
     ctxs_.push_back(std::move(c));
   }
   for (int l : plan_.layer_device) ctx(l).has_layers = true;

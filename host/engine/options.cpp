@@ -17,6 +17,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"attn_reduce", &options.fuse.attn_reduce},
                                                     {"decode_finish", &options.fuse.decode_finish},
                                                     {"down_combine", &options.fuse.down_combine},
+                                                    {"expert_ffn", &options.fuse.expert_ffn},
                                                     {"argmax", &options.fuse.argmax},
                                                     {"flush", &options.flush_per_layer},
                                                     {"pipeline", &options.pipeline}};
@@ -29,7 +30,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
     if (!flag)
       throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
                                   "'; known: qkv, norm_route, combine_norm, swiglu, glu, "
-                                  "attn_reduce, decode_finish, down_combine, argmax, "
+                                  "attn_reduce, decode_finish, down_combine, expert_ffn, argmax, "
                                   "flush, pipeline");
     *flag = false;
   }

@@ -35,7 +35,7 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, argmax, flush, pipeline).
+  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -54,6 +54,9 @@ struct EngineOptions {
     // launch for decode-sized steps (MatmulOp::run_experts_combine): its last work group per
     // token combines the token's rows.
     bool down_combine = true;
+    // CPUs, decode-sized steps: a MoE layer's gate|up, SwiGLU, down and combine in one launch
+    // (MatmulOp::run_expert_ffn) instead of the glu and down_combine launches.
+    bool expert_ffn = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
@@ -128,8 +131,9 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, attn_reduce, decode_finish, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives
-// them). Throws std::invalid_argument naming an unknown name and the known ones.
+// swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline; as
+// $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown name and the known
+// ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

@@ -48,10 +48,10 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  static_assert(sizeof(EngineOptions::Fusion) == 9 * sizeof(bool),
+  static_assert(sizeof(EngineOptions::Fusion) == 10 * sizeof(bool),
                 "a new fusion: switch it off here");
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false, false, false, false};  // all but argmax
+  opts.fuse = {false, false, false, false, false, false, false, false, false};  // all but argmax
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -84,6 +84,9 @@ double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& dev
   size_t launches[2] = {0, 0};
   for (int on = 0; on < 2; ++on) {
     EngineOptions opts;
+    // Each fusion alone: the one-launch expert FFN (on by default on CPUs) takes the place of
+    // the glu and down_combine launches it needs, so it is off unless it is the one measured.
+    if (flag != &EngineOptions::Fusion::expert_ffn) opts.fuse.expert_ffn = false;
     opts.fuse.*flag = on == 1;
     auto engine = make_engine(m->spec, reg, cfg, opts);
     const auto got = engine_greedy(*engine, kPrompt, 4);
@@ -111,6 +114,15 @@ TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
   const Device* cpu = first_cpu(reg);
   if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
   EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::glu), 1.0);
+}
+
+// gate|up, SwiGLU, down and the combine in one launch on CPUs (MatmulOp::run_expert_ffn): the
+// reference's tokens with it on and off, the down launch saved (the glu launch runs it all).
+TEST(EngineBatchTest, ExpertFfnInOneLaunchSavesTheDownLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  const Device* cpu = first_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
+  EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::expert_ffn), 1.0);
 }
 
 // The MoE combine and the next layer's norm in the down launch (MatmulOp::run_experts_combine),

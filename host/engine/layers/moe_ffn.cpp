@@ -148,6 +148,8 @@ void MoeFfn::upload_experts(WeightUploader& up) {
       c.mm->prepare_combine(s.down.type, false);
       if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_combine(s.down.type, true);
     }
+    s.ffn = c.expert_ffn && s.glu && s.combine && c.mm->can_expert_ffn(s.gate_up, s.down);
+    if (s.ffn) c.mm->prepare_expert_ffn(s.gate_up, s.down);
   }
   dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
 }
@@ -165,6 +167,12 @@ bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem 
     else
       c.act->swiglu(g, u, {c.h.get(), 0, ff}, uint32_t(np), ff, {{}, c.prof("activation")});
   };
+  if (s.ffn && combine && !grouped && np <= ops::MatmulOp::kExpertFfnMaxPairs) {
+    // One launch for the whole FFN and its combine.
+    c.mm->run_expert_ffn(s.gate_up, s.down, c.xn.get(), 0, x_rows, pair_token, pair_expert, np,
+                         *combine, 0, {}, c.prof("matmul"));
+    return true;
+  }
   if (s.glu) {
     // One launch for gate, up and SwiGLU: pair row p of h holds silu(gate) * up (ff).
     c.mm->run_experts_glu(s.gate_up, c.xn.get(), 0, x_rows, c.h.get(), 0, pair_token, pair_expert,

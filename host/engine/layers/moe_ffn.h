@@ -81,11 +81,16 @@ class MoeFfn final : public Ffn {
     // Decode-sized steps run the combine in the down launch (DeviceCtx::combine_in_down; not
     // with gpt-oss's down bias), decided at upload.
     bool combine = false;
+    // Decode-sized steps run gate|up, SwiGLU, down and the combine in one launch
+    // (DeviceCtx::expert_ffn, MatmulOp::run_expert_ffn; needs glu and combine and one format
+    // for gate|up and down), decided at upload.
+    bool ffn = false;
   };
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y. grouped:
   // the pairs are sorted by expert (each expert has at most x_rows of them, one per token).
-  // `combine` (pairs in token order, s.combine): the down launch also runs it; returns whether
-  // it did (else the caller's combine launch follows).
+  // `combine` (pairs in token order, s.combine): the down launch also runs it (or, with s.ffn
+  // and few enough pairs, the one launch that runs the whole FFN); returns whether it did (else
+  // the caller's combine launch follows).
   bool expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert, int x_rows,
                   int n_pairs, bool grouped = false, const ops::ExpertCombine* combine = nullptr);
   // Whether a step of n tokens runs shard s's combine in its down launch (s.combine, pairs in

@@ -44,6 +44,8 @@ int expert_tile(int n_pairs, int64_t n_expert) {
 std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
+  if (gemv_rows() != rows_per_item)
+    s += " gemv_rpw=" + std::to_string(gemv_rows()) + "<=" + std::to_string(gemv_max_cols);
   if (clblast_min_tokens > 0) s += " clblast>=" + std::to_string(clblast_min_tokens);
   if (expert_gemm_min_run > 0)
     s += " expert_gemm>=" + std::to_string(expert_gemm_min_run) +
@@ -112,6 +114,11 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     v.lanes = 1;
     v.wg_rows = 16;
     v.rows_per_item = 1;
+    // Q4_0 GEMVs of short rows: two rows per work item (two independent sums in flight). The
+    // benchmark model's decode (bench/END_TO_END.md, 1,024 columns), 2-core machine, three
+    // interleaved rounds: matmul_t1 7.4-8.1 -> 6.3-6.7 ms per token; at 2,048 columns no gain,
+    // Q8_0 slower (6.7 -> 9.6 ms).
+    if (t == TensorType::Q4_0) v.gemv_rows_per_item = 2;
     v.vec_acc = true;
     v.clblast_min_tokens = 0;  // PoCL: CLBlast SGEMM (~17 GFLOP/s) loses to the fused kernel
     v.wg_rows = int(std::min<uint64_t>(uint64_t(v.wg_rows), info.max_group_items()));
@@ -158,6 +165,8 @@ struct MatmulOp::Kernels {
   ClKernel experts_glu[3];         // GLU_OUT program (two rows per work item), built on demand
   ClKernel experts_combine[2][3];  // COMBINE_TAIL programs, plain and X_SWIGLU, built on demand
   ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
+  ClKernel experts_ffn;            // EXPERT_FFN program, built by prepare_expert_ffn
+  ClKernel gemv;                   // matmul_t1 in gemv_rows_per_item (when that differs)
   std::string options;
   ClKernel dequantize;
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
@@ -178,7 +187,8 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   auto k = std::make_unique<Kernels>();
   k->variant = forced_ ? forced_variant_ : default_matmul_variant(device_.info(), t);
   const auto& v = k->variant;
-  if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1)
+  if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
+      v.gemv_rows() < 1)
     throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " +
                        device_.info().label());
   if (uint64_t(v.lanes) * uint64_t(v.wg_rows) > device_.info().max_group_items())
@@ -205,6 +215,9 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
     k->experts[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]), opts);
   }
   k->dequantize = device_.kernel("matmul", "dequantize", opts);
+  if (v.gemv_rows() != v.rows_per_item)
+    k->gemv = device_.kernel("matmul", "matmul_t1",
+                             std::string("-D") + f->macro + " " + v.gemv().build_options());
   return *kernels_.emplace(t, std::move(k)).first->second;
 }
 
@@ -336,7 +349,8 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
     return;
   }
   const int tile = token_tile(n_tokens);
-  cl_kernel k = ks.matmul[Kernels::slot(tile)].get();
+  const bool gemv = tile == 1 && ks.gemv && w.cols <= v.gemv_max_cols;
+  cl_kernel k = gemv ? ks.gemv.get() : ks.matmul[Kernels::slot(tile)].get();
   const cl_mem head = w.head ? w.head.get() : w.body.get();
   const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
   const cl_ulong xo = x_offset, yo = y_offset;
@@ -353,7 +367,7 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   set_arg(device_, k, 9, nt);
   set_arg(device_, k, 10, cl_uint(out.ldy));
   set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
-  enqueue_row_tiles(k, v, w.rows, w.cols, n_tokens, tile, wait, done);
+  enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, wait, done);
 }
 
 namespace {
@@ -458,6 +472,112 @@ void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_off
   set_arg(device_, k, 23, c.norm_w ? c.xn : c.out);
   set_arg(device_, k, 24, combine_counters_.get());
   enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
+}
+
+bool MatmulOp::can_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const {
+  // One format in one program; whole 32-element chunks of x and h (no padded columns); gate|up
+  // stacked over the same experts as down, which maps h (ff) back to n_embd.
+  return gate_up.body && down.body && gate_up.type == down.type && gate_up.rows % 2 == 0 &&
+         gate_up.rows / 2 == down.cols && gate_up.cols == down.rows &&
+         gate_up.n_expert == down.n_expert && down.cols % 32 == 0 && down.rows % 32 == 0 &&
+         down.blocks_per_row > 0 && weight_format(down.type) != nullptr;
+}
+
+void MatmulOp::prepare_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const {
+  if (!can_expert_ffn(gate_up, down))
+    throw TesseraError(
+        "matmul: the one-launch expert FFN needs gate|up and down of one format, "
+        "shapes 2ff x n_embd and n_embd x ff, both multiples of 32");
+  Kernels& k = kernels(down.type);
+  std::lock_guard lock(mutex_);
+  if (!combine_counters_) {
+    const std::vector<int32_t> zeros(kCombineMaxTokens, 0);
+    combine_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
+    device_.write(combine_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
+  }
+  if (!k.experts_ffn)
+    k.experts_ffn = device_.kernel("matmul", "experts_ffn", k.options + " -DEXPERT_FFN=1");
+  const size_t h_floats = size_t(kExpertFfnMaxPairs) * size_t(down.cols);
+  const size_t part_floats =
+      size_t(kExpertFfnMaxPairs) * size_t(kExpertFfnMaxSlices) * size_t(down.rows);
+  if (h_floats > ffn_h_floats_) {
+    ffn_h_ = device_.alloc(h_floats * sizeof(float));
+    ffn_h_floats_ = h_floats;
+  }
+  if (part_floats > ffn_part_floats_) {
+    ffn_part_ = device_.alloc(part_floats * sizeof(float));
+    ffn_part_floats_ = part_floats;
+  }
+}
+
+int MatmulOp::expert_ffn_slices(const DeviceWeight& down, int n_pairs) const {
+  // Enough work groups for every compute unit; a slice keeps at least four blocks of each down
+  // row (64 bytes of Q4_0 quants: slices of one cache line's worth do not share lines).
+  const int units = int(std::max<cl_uint>(1, device_.info().compute_units));
+  const int want = (units + std::max(1, n_pairs) - 1) / std::max(1, n_pairs);
+  const int most =
+      std::max<int>(1, int(std::min<int64_t>(kExpertFfnMaxSlices, down.blocks_per_row / 4)));
+  return std::clamp(want, 1, most);
+}
+
+void MatmulOp::run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down, cl_mem x,
+                              size_t x_offset, int x_rows, cl_mem pair_token_ids,
+                              cl_mem pair_expert_ids, int n_pairs, const ExpertCombine& c,
+                              int slices, const std::vector<cl_event>& wait, cl_event* done) const {
+  if (n_pairs <= 0 || n_pairs > kExpertFfnMaxPairs)
+    throw TesseraError("matmul run_expert_ffn: " + std::to_string(n_pairs) +
+                       " pairs, the launch takes 1 to " + std::to_string(kExpertFfnMaxPairs));
+  if (x_rows <= 0) throw TesseraError("matmul run_expert_ffn: x_rows must be positive");
+  if (c.n_tokens == 0 || c.n_tokens > uint32_t(kCombineMaxTokens))
+    throw TesseraError("matmul run_expert_ffn: " + std::to_string(c.n_tokens) +
+                       " tokens, the combining launch takes 1 to " +
+                       std::to_string(kCombineMaxTokens));
+  if (!c.out || !c.weights || !c.offsets || !c.pair_token || (c.norm_w && !c.xn))
+    throw TesseraError("matmul run_expert_ffn: a combine buffer is missing");
+  Kernels& ks = kernels(down.type);
+  if (!ks.experts_ffn || size_t(down.cols) * kExpertFfnMaxPairs > ffn_h_floats_ ||
+      size_t(down.rows) * kExpertFfnMaxPairs * kExpertFfnMaxSlices > ffn_part_floats_)
+    prepare_expert_ffn(gate_up, down);
+  if (slices > kExpertFfnMaxSlices || slices > down.blocks_per_row)
+    throw TesseraError("matmul run_expert_ffn: " + std::to_string(slices) +
+                       " slices, a down row of " + std::to_string(down.blocks_per_row) +
+                       " blocks takes at most " +
+                       std::to_string(std::min<int64_t>(kExpertFfnMaxSlices, down.blocks_per_row)));
+  if (slices <= 0) slices = expert_ffn_slices(down, n_pairs);
+  cl_kernel k = ks.experts_ffn.get();
+  const cl_mem same = c.out;  // a null cl_mem is not a valid argument on every driver
+  set_arg(device_, k, 0, gate_up.body.get());
+  set_arg(device_, k, 1, gate_up.head ? gate_up.head.get() : gate_up.body.get());
+  set_arg(device_, k, 2, cl_uint(gate_up.blocks_per_row));
+  set_arg(device_, k, 3, down.body.get());
+  set_arg(device_, k, 4, down.head ? down.head.get() : down.body.get());
+  set_arg(device_, k, 5, cl_uint(down.blocks_per_row));
+  set_arg(device_, k, 6, cl_uint(down.cols));
+  set_arg(device_, k, 7, cl_uint(down.rows));
+  set_arg(device_, k, 8, cl_uint(down.n_expert));
+  set_arg(device_, k, 9, x);
+  set_arg(device_, k, 10, cl_ulong(x_offset));
+  set_arg(device_, k, 11, cl_uint(x_rows));
+  set_arg(device_, k, 12, pair_token_ids);
+  set_arg(device_, k, 13, pair_expert_ids);
+  set_arg(device_, k, 14, cl_uint(n_pairs));
+  set_arg(device_, k, 15, ffn_h_.get());
+  set_arg(device_, k, 16, ffn_part_.get());
+  set_arg(device_, k, 17, cl_uint(slices));
+  set_arg(device_, k, 18, c.out);
+  set_arg(device_, k, 19, c.weights);
+  set_arg(device_, k, 20, c.offsets);
+  set_arg(device_, k, 21, c.pair_token);
+  set_arg(device_, k, 22, cl_uint(c.n_tokens));
+  set_arg(device_, k, 23, cl_uint(c.accumulate ? 1 : 0));
+  set_arg(device_, k, 24, c.norm_w ? c.norm_w : same);
+  set_arg(device_, k, 25, cl_uint(c.norm_w ? 1 : 0));
+  set_arg(device_, k, 26, c.eps);
+  set_arg(device_, k, 27, c.norm_w ? c.xn : same);
+  set_arg(device_, k, 28, combine_counters_.get());
+  const size_t local[2] = {1, 1};
+  const size_t global[2] = {size_t(slices), size_t(n_pairs)};
+  enqueue(device_, k, 2, global, local, {wait, done});
 }
 
 void MatmulOp::run_experts_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,

@@ -36,6 +36,16 @@ struct MatmulVariant {
   // The tiled GEMM's shape (matmul_gemm.cl's GT_* macros): 256 work items, gemm_tx of them along
   // pairs; each item computes gemm_tr rows x gemm_tp pairs; a K step is gemm_kc 32-column chunks.
   int gemm_tr = 4, gemm_tp = 4, gemm_tx = 8, gemm_kc = 2;
+  // One-token dense launches (decode's GEMV) of rows up to gemv_max_cols columns: rows per work
+  // item of their own kernel (matmul_t1 built apart); 0: rows_per_item.
+  int gemv_rows_per_item = 0;
+  int gemv_max_cols = 1024;
+  int gemv_rows() const { return gemv_rows_per_item > 0 ? gemv_rows_per_item : rows_per_item; }
+  MatmulVariant gemv() const {
+    MatmulVariant d = *this;
+    d.rows_per_item = gemv_rows();
+    return d;
+  }
   void set_gemm_tile(const std::array<int, 4>& tile) {  // {tr, tp, tx, kc}
     gemm_tr = tile[0];
     gemm_tp = tile[1];
@@ -170,6 +180,27 @@ class MatmulOp {
   void prepare_combine(gguf::TensorType type, bool x_swiglu) const;
   // The format's work group is a power of two (the norm's reduction).
   bool can_combine(gguf::TensorType type) const;
+
+  // A MoE layer's experts of a decode-sized step in one launch (cl_kernels/matmul.cl's
+  // experts_ffn): for pair p, h = silu(gate x) * up x from gate_up (rows = 2 ff per expert, as
+  // run_experts_glu's), its down product, and the combine as run_experts_combine's (no pair rows
+  // are written). Each pair's ff is cut into slices that run as work groups of their own (enough
+  // to occupy the device's compute units), each adding its share of the down rows; the token's
+  // last work group sums them. Needs can_expert_ffn and n_pairs <= kExpertFfnMaxPairs; the
+  // scratch (h and the slices' sums) is allocated by prepare_expert_ffn, which also builds the
+  // program. Meant for CPUs (one work item per work group), where each launch is a fork/join
+  // over every thread: two launches per layer become one.
+  static constexpr int kExpertFfnMaxPairs = 64;
+  static constexpr int kExpertFfnMaxSlices = 16;
+  bool can_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const;
+  void prepare_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const;
+  // The slices a launch of n_pairs uses by default.
+  int expert_ffn_slices(const DeviceWeight& down, int n_pairs) const;
+  // slices > 0 forces that many (at most kExpertFfnMaxSlices and down's blocks per row).
+  void run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down, cl_mem x,
+                      size_t x_offset, int x_rows, cl_mem pair_token_ids, cl_mem pair_expert_ids,
+                      int n_pairs, const ExpertCombine& combine, int slices = 0,
+                      const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
   const MatmulVariant& variant(gguf::TensorType t) const;
   const Device& device() const { return device_; }
 
@@ -202,6 +233,10 @@ class MatmulOp {
   // Per-token counters of the combining launches (kCombineMaxTokens int32, zero between launches:
   // each token's last work group resets its own), allocated by the first prepare_combine.
   mutable ClMem combine_counters_;
+  // run_expert_ffn's scratch: h (kExpertFfnMaxPairs x ff floats) and the slices' sums
+  // (kExpertFfnMaxPairs x kExpertFfnMaxSlices x n_embd), sized by prepare_expert_ffn.
+  mutable ClMem ffn_h_, ffn_part_;
+  mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
   mutable size_t scratch_bytes_ = 0;
 };
 

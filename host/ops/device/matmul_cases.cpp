@@ -175,6 +175,32 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     }
+    // A MoE layer's experts in one launch (run_expert_ffn, the CPU decode path): gate|up, SwiGLU,
+    // down and the combine. ff of 7 blocks (2 for 256-element blocks): slices of unequal width;
+    // decode at home (residual + norm) with the default slices and with 3 (2), three tokens on a
+    // device holding half the experts (a partial sum, a token without a pair) in 2 slices.
+    const int64_t ffn_ff = blk == 256 ? 512 : 224, ffn_embd = blk == 256 ? 512 : 160;
+    const int ffn_slices = blk == 256 ? 2 : 3;
+    struct FfnShape {
+      std::string name;
+      int tokens;
+      bool shard;
+      int slices;
+    };
+    for (const FfnShape& fs :
+         {FfnShape{"t1_top4", 1, false, 0},
+          FfnShape{"t1_top4_slices" + std::to_string(ffn_slices), 1, false, ffn_slices},
+          FfnShape{"t3_top4_shard_slices2", 3, true, 2}}) {
+      out.push_back(
+          {"experts_ffn", fmt,
+           "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_" + fs.name,
+           [t, ffn_ff, ffn_embd, fs](const Device& dev, bool timing) {
+             const MatmulOp op(dev);
+             return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, fs.tokens, 4, fs.shard,
+                                               fs.slices, timing),
+                              timing);
+           }});
+    }
   }
 }
 

@@ -472,6 +472,140 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
   return r;
 }
 
+MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64_t n_embd,
+                             int n_expert, int n_tokens, int top_k, bool shard, int slices,
+                             bool timing, uint32_t seed) {
+  if (top_k > n_expert || (shard && n_expert < 2 * top_k))
+    throw TesseraError("check_expert_ffn: too few experts for top_k");
+  const Device& dev = op.device();
+  const auto gu = random_ggml_weight(t, 2 * ff, n_embd, seed, n_expert);
+  const auto dn = random_ggml_weight(t, n_embd, ff, seed + 1, n_expert);
+  // Pairs in token order, as check_experts_combine's.
+  std::mt19937 rng(seed + 99);
+  std::vector<int32_t> tok, exp, off(1, 0);
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    std::vector<int> e(static_cast<size_t>(n_expert));
+    std::iota(e.begin(), e.end(), 0);
+    std::shuffle(e.begin(), e.end(), rng);
+    if (shard && tk == n_tokens - 1)
+      for (int k = 0; k < top_k; ++k) e[size_t(k)] = 2 * k + 1;
+    for (int k = 0; k < top_k; ++k) {
+      if (shard && e[size_t(k)] % 2) continue;
+      tok.push_back(tk);
+      exp.push_back(shard ? e[size_t(k)] / 2 : e[size_t(k)]);
+    }
+    off.push_back(int32_t(tok.size()));
+  }
+  const int n_pairs = int(tok.size());
+  if (n_pairs == 0) throw TesseraError("check_expert_ffn: no pair on the device");
+  const int n_here = shard ? n_expert / 2 : n_expert;
+  auto share = [&](const std::vector<uint8_t>& w, int64_t rows, int64_t cols) {
+    if (!shard) return w;
+    const uint64_t mat = ggml_bytes(t, rows, cols);
+    std::vector<uint8_t> here(size_t(mat) * n_here);
+    for (int i = 0; i < n_here; ++i)
+      std::memcpy(here.data() + size_t(mat) * i, w.data() + size_t(mat) * 2 * i, mat);
+    return here;
+  };
+  const auto gu_here = share(gu, 2 * ff, n_embd), dn_here = share(dn, n_embd, ff);
+  const auto x = random_x(size_t(n_tokens) * n_embd, seed);
+  // Each pair's expert output: down (silu(gate x) * up x).
+  std::vector<float> y_ref(size_t(n_pairs) * n_embd);
+  for (int p = 0; p < n_pairs; ++p) {
+    const auto g = reference_matmul(t, 2 * ff, n_embd, gu_here.data(),
+                                    x.data() + size_t(tok[size_t(p)]) * n_embd, 1, exp[size_t(p)]);
+    std::vector<float> h(static_cast<size_t>(ff));
+    for (int64_t r = 0; r < ff; ++r) {
+      const float a = g[size_t(r)], u = g[size_t(ff + r)];
+      h[size_t(r)] = a / (1.0f + std::exp(-a)) * u;
+    }
+    const auto y = reference_matmul(t, n_embd, ff, dn_here.data(), h.data(), 1, exp[size_t(p)]);
+    std::copy(y.begin(), y.end(), y_ref.begin() + size_t(p) * n_embd);
+  }
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  std::vector<float> wts(static_cast<size_t>(n_pairs)), norm_w(static_cast<size_t>(n_embd));
+  for (auto& v : wts) v = unit(rng);
+  for (auto& v : norm_w) v = 0.5f + unit(rng);
+  const float eps = 1e-5f;
+  const bool accumulate = !shard, norm = !shard;
+  std::vector<float> out0 = random_x(size_t(n_tokens) * n_embd, seed + 5);
+  if (!accumulate) std::fill(out0.begin(), out0.end(), std::nanf(""));
+  std::vector<float> out_ref(out0.size()), xn_ref(out0.size());
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    double ss = 0;
+    for (int64_t i = 0; i < n_embd; ++i) {
+      double acc = 0;
+      for (int p = off[size_t(tk)]; p < off[size_t(tk) + 1]; ++p)
+        acc += double(wts[size_t(p)]) * y_ref[size_t(p) * n_embd + i];
+      const float v = float(accumulate ? out0[size_t(tk) * n_embd + i] + acc : acc);
+      out_ref[size_t(tk) * n_embd + i] = v;
+      ss += double(v) * v;
+    }
+    const float scale = float(1.0 / std::sqrt(ss / double(n_embd) + eps));
+    for (int64_t i = 0; i < n_embd; ++i)
+      xn_ref[size_t(tk) * n_embd + i] =
+          out_ref[size_t(tk) * n_embd + i] * scale * norm_w[size_t(i)];
+  }
+  const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu_here.data(), n_here);
+  const DeviceWeight dw = op.upload(t, n_embd, ff, dn_here.data(), n_here);
+  if (!op.can_expert_ffn(gw, dw)) throw TesseraError("check_expert_ffn: shapes the launch refuses");
+  auto upload = [&dev](const auto& v) {
+    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
+    dev.write(m.get(), 0, v.data(), v.size() * 4);
+    return m;
+  };
+  ClMem xm = upload(x), em = upload(exp), tm = upload(tok), om = upload(off), wm = upload(wts),
+        nm = upload(norm_w);
+  ClMem outm = guarded_output(dev, out0.size()), xnm = guarded_output(dev, xn_ref.size());
+  ExpertCombine c;
+  c.out = outm.get();
+  c.accumulate = accumulate;
+  c.weights = wm.get();
+  c.offsets = om.get();
+  c.pair_token = tm.get();
+  c.n_tokens = uint32_t(n_tokens);
+  c.norm_w = norm ? nm.get() : nullptr;
+  c.eps = eps;
+  c.xn = norm ? xnm.get() : nullptr;
+  auto launch = [&](cl_event* ev) {
+    op.run_expert_ffn(gw, dw, xm.get(), 0, n_tokens, tm.get(), em.get(), n_pairs, c, slices, {},
+                      ev);
+  };
+  MatmulCheck r;
+  auto check = [&dev, &r](cl_mem m, const std::vector<float>& ref, double tol, const char* what) {
+    MatmulCheck q;
+    const auto got = read_guarded(dev, m, ref.size(), q.guard_intact);
+    compare_into(q, got, ref, tol);
+    r.max_abs = std::max(r.max_abs, q.max_abs);
+    r.max_rel = std::max(r.max_rel, q.max_rel);
+    r.nmse = std::max(r.nmse, q.nmse);
+    r.nonfinite += q.nonfinite;
+    r.guard_intact = r.guard_intact && q.guard_intact;
+    if (!q.pass && r.note.empty()) r.note = std::string(what) + ": " + q.note;
+  };
+  const std::vector<float> nan_rows(xn_ref.size(), std::nanf(""));
+  for (int run = 0; run < 2; ++run) {
+    dev.write(outm.get(), 0, out0.data(), out0.size() * 4);
+    dev.write(xnm.get(), 0, nan_rows.data(), xn_ref.size() * 4);
+    launch(nullptr);
+    dev.finish();
+    check(outm.get(), out_ref, matmul_tolerance(t) * 8,
+          run ? "second launch, combined rows" : "combined rows");
+    if (norm)
+      check(xnm.get(), xn_ref, matmul_tolerance(t) * 8,
+            run ? "second launch, normed rows" : "normed rows");
+  }
+  r.pass = r.note.empty();
+  std::vector<int> distinct(exp.begin(), exp.end());
+  std::sort(distinct.begin(), distinct.end());
+  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
+  r.bytes =
+      double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * double(distinct.size());
+  r.flops = 2.0 * 3.0 * double(ff) * double(n_embd) * n_pairs;
+  if (timing) r.seconds = time_launches(dev, launch, true, 10);
+  return r;
+}
+
 double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                         uint32_t seed) {
   const Device& dev = op.device();

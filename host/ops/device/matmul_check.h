@@ -68,6 +68,17 @@ MatmulCheck check_experts_combine(const MatmulOp& op, gguf::TensorType t, int64_
                                   int64_t cols, int n_expert, int n_tokens, int top_k,
                                   bool x_swiglu, bool shard, bool timing, uint32_t seed = 1);
 
+// A MoE layer's experts in one launch (MatmulOp::run_expert_ffn): gate|up (2 ff x n_embd per
+// expert) and down (n_embd x ff) of type t, n_tokens tokens routed to top_k of n_expert experts,
+// pairs in token order; the reference composes reference_matmul (gate, up), SwiGLU,
+// reference_matmul (down) and the combine (+ norm at home; shard as check_experts_combine's: the
+// even experts only, a partial sum, the last token without a pair). `slices` as run_expert_ffn's
+// (0: the default). Runs twice (the counters must be reset by the first); compares the combined and
+// normed rows.
+MatmulCheck check_expert_ffn(const MatmulOp& op, gguf::TensorType t, int64_t ff, int64_t n_embd,
+                             int n_expert, int n_tokens, int top_k, bool shard, int slices,
+                             bool timing, uint32_t seed = 1);
+
 // Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
 // fma rounding: returns max |device - reference| / max |reference| over all rows.
 double check_dequantize(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
