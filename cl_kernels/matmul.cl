@@ -38,6 +38,16 @@ inline float acc_sum(float16 a) {
   return (s4.x + s4.y) + (s4.z + s4.w);
 }
 #define ACC_ADD(acc, w0, w1, x0, x1) acc += (w0) * (x0) + (w1) * (x1)
+// Tiles of several tokens (independent sums per token): two fmas per chunk instead of a multiply,
+// an fma and an add (prefill, 2-core machine: the expert and dense tiles ~11% less time). One
+// token keeps ACC_ADD's single dependent add per chunk.
+#define ACC_ADD_TT(TT, acc, w0, w1, x0, x1)                                                        \
+  do {                                                                                             \
+    if ((TT) > 1)                                                                                  \
+      acc = fma(w0, x0, fma(w1, x1, acc));                                                         \
+    else                                                                                           \
+      ACC_ADD(acc, w0, w1, x0, x1);                                                                \
+  } while (0)
 #else
 typedef float acc_t;
 inline float acc_sum(float a) { return a; }
@@ -45,6 +55,7 @@ inline float dot16(float16 a, float16 b) {
   return (dot(a.s0123, b.s0123) + dot(a.s4567, b.s4567)) + (dot(a.s89ab, b.s89ab) + dot(a.scdef, b.scdef));
 }
 #define ACC_ADD(acc, w0, w1, x0, x1) acc += dot16(w0, x0) + dot16(w1, x1)
+#define ACC_ADD_TT(TT, acc, w0, w1, x0, x1) ACC_ADD(acc, w0, w1, x0, x1)
 #endif
 
 // X_SWIGLU: each x row is [gate | up] (2 * cols floats) and the matmul's input row is
@@ -104,13 +115,24 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
     for (uint rr = 0; rr < RPW; ++rr) d[rr] = block_scales4(head, rblk[rr] + b0);                  \
     _Pragma("unroll") for (uint i = 0; i < 4; ++i) {                                               \
       float16 w0[RPW], w1[RPW];                                                                    \
-      for (uint rr = 0; rr < RPW; ++rr) decode_block_raw(body, rblk[rr] + b0 + i, &w0[rr], &w1[rr]); \
+      float di[RPW];                                                                               \
+      for (uint rr = 0; rr < RPW; ++rr) {                                                          \
+        decode_block_raw(body, rblk[rr] + b0 + i, &w0[rr], &w1[rr]);                               \
+        di[rr] = i == 0 ? d[rr].s0 : (i == 1 ? d[rr].s1 : (i == 2 ? d[rr].s2 : d[rr].s3));         \
+        /* Several tokens: the block's weights scaled once, then two fmas per token. */            \
+        if (TT > 1) {                                                                              \
+          w0[rr] *= (float16)(di[rr]);                                                             \
+          w1[rr] *= (float16)(di[rr]);                                                             \
+        }                                                                                          \
+      }                                                                                            \
       _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], (b0 + i) * CHUNK, cols, &xa, &xb);                                     \
         _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                      \
-          const float di = i == 0 ? d[rr].s0 : (i == 1 ? d[rr].s1 : (i == 2 ? d[rr].s2 : d[rr].s3)); \
-          acc[rr][j] = fma(w0[rr] * xa + w1[rr] * xb, (float16)(di), acc[rr][j]);                 \
+          if (TT > 1)                                                                              \
+            acc[rr][j] = fma(w0[rr], xa, fma(w1[rr], xb, acc[rr][j]));                             \
+          else                                                                                     \
+            acc[rr][j] = fma(w0[rr] * xa + w1[rr] * xb, (float16)(di[rr]), acc[rr][j]);            \
         }                                                                                          \
       }                                                                                            \
     }                                                                                              \
@@ -156,7 +178,7 @@ inline void load_x(__global const float* p, uint c, uint cols, float16* x0, floa
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], k * CHUNK, cols, &xa, &xb);                                            \
         _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                        \
-          ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);                                             \
+          ACC_ADD_TT(TT, acc[rr][j], w0[rr], w1[rr], xa, xb);                                      \
       }                                                                                            \
     CHUNK_LOOP_END                                                                                 \
     _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
