@@ -3,6 +3,9 @@
 
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+#include <string>
+
 namespace tessera::sched {
 
 ExpertBalancer::ExpertBalancer(const ModelFootprint& model, bool enabled, int interval,
@@ -49,14 +52,40 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
   const auto observed = load();
   predict(plan, model_, &observed);
   double best = plan.decode_step_seconds;
-  std::vector<uint64_t> used(plan.devices.size());
-  for (size_t d = 0; d < used.size(); ++d)
+  const size_t n_dev = plan.devices.size(), n_layers = plan.expert_device.size();
+  std::vector<uint64_t> used(n_dev);
+  for (size_t d = 0; d < n_dev; ++d)
     used[d] = plan.weight_bytes[d] + plan.kv_bytes[d] +
               (d < plan.state_bytes.size() ? plan.state_bytes[d] : 0);
+  // Copies kept where experts were moved from (a bit per device: up to 32 devices).
+  const bool keep_copies = n_dev <= 32;
+  if (keep_copies) {
+    plan.expert_copies.resize(n_layers);
+    for (size_t l = 0; l < n_layers; ++l)
+      plan.expert_copies[l].resize(plan.expert_device[l].size(), 0u);
+  }
+  auto has_copy = [&](size_t l, size_t e, size_t d) {
+    return keep_copies && (plan.expert_copies[l][e] >> d & 1u) != 0;
+  };
+  // Bytes of copies per device and layer: what a device may drop to make room for an upload.
+  std::vector<std::vector<uint64_t>> copy_bytes(n_dev, std::vector<uint64_t>(n_layers, 0));
+  std::vector<uint64_t> copy_total(n_dev, 0);
+  for (size_t l = 0; l < n_layers && keep_copies; ++l)
+    for (size_t e = 0; e < plan.expert_device[l].size(); ++e)
+      for (size_t d = 0; d < n_dev; ++d)
+        if (has_copy(l, e, d)) {
+          copy_bytes[d][l] += model_.layers[l].expert_bytes;
+          copy_total[d] += model_.layers[l].expert_bytes;
+        }
+  // Whether `to` can take `bytes` more for layer l, dropping copies of other layers if need be.
+  auto fits = [&](size_t to, uint64_t bytes, size_t l) {
+    return used[to] + bytes <= plan.devices[to].budget_bytes + (copy_total[to] - copy_bytes[to][l]);
+  };
 
-  // Each round takes the candidate with the most predicted time saved per byte moved: one expert,
-  // or every expert a device holds of one layer (emptying a layer on a device also saves that
-  // device's launches and round trip for the layer, which single moves barely show).
+  // Each round takes the candidate with the most predicted time saved per byte uploaded (a move
+  // to a device holding a copy uploads nothing): one expert, or every expert a device serves of
+  // one layer (emptying a layer on a device also saves that device's launches and round trip for
+  // the layer, which single moves barely show).
   for (int m = 0; m < max_moves_; ++m) {
     struct Candidate {
       int layer = -1, from = -1, to = -1, expert = -1;  // expert -1: all of `from`'s in the layer
@@ -73,53 +102,98 @@ std::vector<ExpertMove> ExpertBalancer::rebalance(Plan& plan) {
         chosen.per_byte = per_byte;
       }
     };
-    for (size_t l = 0; l < plan.expert_device.size(); ++l) {
+    for (size_t l = 0; l < n_layers; ++l) {
       auto& assign = plan.expert_device[l];
       const uint64_t eb = model_.layers[l].expert_bytes;
       for (size_t e = 0; e < assign.size(); ++e) {
         if (observed[l][e] <= 0) continue;
         const int from = assign[e];
-        for (size_t to = 0; to < plan.devices.size(); ++to) {
-          if (int(to) == from || used[to] + eb > plan.devices[to].budget_bytes) continue;
+        for (size_t to = 0; to < n_dev; ++to) {
+          const uint64_t up = has_copy(l, e, to) ? 0 : eb;
+          if (int(to) == from || (up > 0 && !fits(to, up, l))) continue;
           assign[e] = int(to);
           predict(plan, model_, &observed);
-          consider({int(l), from, int(to), int(e)}, eb);
+          consider({int(l), from, int(to), int(e)}, up);
           assign[e] = from;
         }
       }
-      for (size_t from = 0; from < plan.devices.size(); ++from) {
+      for (size_t from = 0; from < n_dev; ++from) {
         const int n = plan.experts_on(int(l), int(from));
         if (n < 2) continue;  // single moves cover it
-        for (size_t to = 0; to < plan.devices.size(); ++to) {
-          if (to == from || used[to] + uint64_t(n) * eb > plan.devices[to].budget_bytes) continue;
+        for (size_t to = 0; to < n_dev; ++to) {
+          if (to == from) continue;
+          uint64_t up = 0;
+          for (size_t e = 0; e < assign.size(); ++e)
+            if (assign[e] == int(from) && !has_copy(l, e, to)) up += eb;
+          if (up > 0 && !fits(to, up, l)) continue;
           const auto saved = assign;
           for (auto& a : assign)
             if (a == int(from)) a = int(to);
           predict(plan, model_, &observed);
-          consider({int(l), int(from), int(to), -1}, uint64_t(n) * eb);
+          consider({int(l), int(from), int(to), -1}, up);
           assign = saved;
         }
       }
     }
     if (chosen.layer < 0) break;
-    auto& assign = plan.expert_device[size_t(chosen.layer)];
-    const uint64_t eb = model_.layers[size_t(chosen.layer)].expert_bytes;
+    const size_t cl = size_t(chosen.layer), to = size_t(chosen.to), from = size_t(chosen.from);
+    auto& assign = plan.expert_device[cl];
+    const uint64_t eb = model_.layers[cl].expert_bytes;
+    int uploaded = 0;
     for (size_t e = 0; e < assign.size(); ++e) {
       const bool take = chosen.expert < 0 ? assign[e] == chosen.from : int(e) == chosen.expert;
       if (!take) continue;
+      const bool had_copy = has_copy(cl, e, to);
       assign[e] = chosen.to;
-      used[size_t(chosen.from)] -= eb;
-      used[size_t(chosen.to)] += eb;
-      plan.weight_bytes[size_t(chosen.from)] -= eb;
-      plan.weight_bytes[size_t(chosen.to)] += eb;
-      moves.push_back({chosen.layer, int(e), chosen.from, chosen.to});
+      if (had_copy) {
+        plan.expert_copies[cl][e] &= ~(1u << to);
+        copy_bytes[to][cl] -= eb;
+        copy_total[to] -= eb;
+      } else {
+        used[to] += eb;
+        plan.weight_bytes[to] += eb;
+        ++uploaded;
+        ++uploads_;
+      }
+      if (keep_copies) {  // the source keeps its weights as a copy
+        plan.expert_copies[cl][e] |= 1u << from;
+        copy_bytes[from][cl] += eb;
+        copy_total[from] += eb;
+      } else {
+        used[from] -= eb;
+        plan.weight_bytes[from] -= eb;
+      }
+      moves.push_back({chosen.layer, int(e), chosen.from, chosen.to, !had_copy});
       ++moves_;
+    }
+    // Over budget on `to`: drop its copies of other layers, least used first.
+    while (used[to] > plan.devices[to].budget_bytes) {
+      int dl = -1, de = -1;
+      for (size_t l = 0; l < n_layers; ++l) {
+        if (l == cl) continue;
+        for (size_t e = 0; e < plan.expert_device[l].size(); ++e)
+          if (has_copy(l, e, to) && (dl < 0 || observed[l][e] < observed[size_t(dl)][size_t(de)])) {
+            dl = int(l);
+            de = int(e);
+          }
+      }
+      if (dl < 0) break;  // fits() made sure it cannot come to this
+      const uint64_t db = model_.layers[size_t(dl)].expert_bytes;
+      plan.expert_copies[size_t(dl)][size_t(de)] &= ~(1u << to);
+      copy_bytes[to][size_t(dl)] -= db;
+      copy_total[to] -= db;
+      used[to] -= db;
+      plan.weight_bytes[to] -= db;
+      moves.push_back({dl, de, chosen.to, -1, false});
+      ++dropped_;
     }
     best = chosen.time;
     spdlog::info(
-        "balancer: layer {} {} {} -> {} (predicted step {:.3f} ms)", chosen.layer,
+        "balancer: layer {} {} {} -> {} ({} uploaded, copies kept on {}; predicted step {:.3f} ms)",
+        chosen.layer,
         chosen.expert < 0 ? std::string("all experts") : "expert " + std::to_string(chosen.expert),
-        plan.devices[size_t(chosen.from)].id, plan.devices[size_t(chosen.to)].id, best * 1e3);
+        plan.devices[from].id, plan.devices[to].id, uploaded,
+        keep_copies ? plan.devices[from].id : std::string("none"), best * 1e3);
   }
   predict(plan, model_, &observed);
   return moves;

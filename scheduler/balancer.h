@@ -10,9 +10,14 @@
 
 namespace tessera::sched {
 
+// One change of an expert's placement. A move makes `to` serve the expert: its weights are
+// uploaded there unless `to` already held a copy (uploaded false), and `from` keeps its weights as
+// a copy (Plan::expert_copies) so that serving from it again uploads nothing. A drop (to -1)
+// frees a copy `from` held, to make room for an upload there.
 struct ExpertMove {
   int layer = 0, expert = 0;
-  int from = 0, to = 0;  // device indices in the plan
+  int from = 0, to = 0;  // device indices in the plan; to -1: a dropped copy
+  bool uploaded = true;
 };
 
 class ExpertBalancer {
@@ -28,14 +33,19 @@ class ExpertBalancer {
   void end_step() { ++steps_; }
 
   // Every `interval` steps: greedy moves of experts from the busiest device of a layer to the one
-  // whose predicted step time drops most, within free budget. Applies them to `plan` and returns
-  // them (the engine uploads the weights). Empty when disabled or nothing helps.
+  // whose predicted step time drops most, within free budget (counting the copies a device may
+  // drop). A moved expert's weights stay on the device it left, as a copy; a move to a device
+  // holding a copy costs no upload, so it ranks first. Applies them to `plan` and returns them,
+  // drops included (the engine uploads the weights of the layers touched). Empty when disabled
+  // or nothing helps.
   std::vector<ExpertMove> rebalance(Plan& plan);
 
   // Observed routing fractions per layer (sum to n_expert_used where counted).
   std::vector<std::vector<double>> load() const;
   const std::vector<double>& device_seconds() const { return device_seconds_; }
   uint64_t moves() const { return moves_; }
+  uint64_t uploads() const { return uploads_; }         // moves that uploaded weights
+  uint64_t dropped_copies() const { return dropped_; }  // copies freed for room
   uint64_t selections(int layer, int expert) const {
     return counts_[size_t(layer)][size_t(expert)];
   }
@@ -44,7 +54,7 @@ class ExpertBalancer {
   ModelFootprint model_;
   bool enabled_;
   int interval_, max_moves_;
-  uint64_t steps_ = 0, last_rebalance_ = 0, moves_ = 0;
+  uint64_t steps_ = 0, last_rebalance_ = 0, moves_ = 0, uploads_ = 0, dropped_ = 0;
   std::vector<std::vector<uint64_t>> counts_;
   std::vector<uint64_t> tokens_;  // tokens routed per layer
   std::vector<double> device_seconds_;

@@ -40,6 +40,13 @@ double transfer_seconds(const DeviceCost& from, const DeviceCost& to, double byt
          (from.sync_us + to.sync_us) * 1e-6;
 }
 
+bool Plan::holds(int layer, int expert, int device) const {
+  if (expert_device[size_t(layer)][size_t(expert)] == device) return true;
+  return size_t(layer) < expert_copies.size() &&
+         size_t(expert) < expert_copies[size_t(layer)].size() &&
+         (expert_copies[size_t(layer)][size_t(expert)] >> device & 1u) != 0;
+}
+
 int Plan::experts_on(int layer, int device) const {
   const auto& e = expert_device[size_t(layer)];
   return int(std::count(e.begin(), e.end(), device));

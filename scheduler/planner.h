@@ -74,13 +74,19 @@ struct Plan {
   int attention_device = 0;                     // embeddings, output head, KV cache
   std::vector<int> layer_device;                // dense part of each layer
   std::vector<std::vector<int>> expert_device;  // [layer][expert] -> device index
+  // Copies the balancer keeps (ExpertBalancer::rebalance): [layer][expert] -> bit d set when
+  // device d holds the expert's weights without serving it (expert_device[l][e] serves it). Empty
+  // (or a layer's row empty) when there are none. Counted in weight_bytes.
+  std::vector<std::vector<uint32_t>> expert_copies;
   std::vector<uint64_t> weight_bytes;           // per device
   std::vector<uint64_t> kv_bytes;               // per device
   std::vector<uint64_t> state_bytes;            // recurrent state of the layers there, per device
   std::vector<double> decode_seconds;           // predicted busy time per decode token, per device
   double decode_step_seconds = 0;  // predicted time of one decode token (critical path)
 
-  int experts_on(int layer, int device) const;
+  int experts_on(int layer, int device) const;  // experts the device serves in the layer
+  // Whether device d holds expert e of layer l (serves it or keeps a copy).
+  bool holds(int layer, int expert, int device) const;
   std::string to_text(const ModelFootprint& model) const;  // the `tessera plan` table
   std::string to_json() const;
 };

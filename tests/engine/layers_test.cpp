@@ -41,7 +41,8 @@ std::vector<float> random_rows(size_t n, uint64_t seed) {
 // expert e of every layer (default: all on device 0).
 struct Rig {
   Rig(const model::ModelSpec& s, std::vector<const Device*> devices,
-      std::function<int(int)> expert_device = nullptr)
+      std::function<int(int)> expert_device = nullptr,
+      std::function<uint32_t(int)> expert_copies = nullptr)
       : spec(s), uploader(0, {}) {
     const auto& hp = spec.hp;
     const int K = std::max<int>(1, int(hp.n_expert_used));
@@ -64,6 +65,11 @@ struct Rig {
     if (expert_device)
       for (auto& layer : plan.expert_device)
         for (size_t e = 0; e < layer.size(); ++e) layer[e] = expert_device(int(e));
+    if (expert_copies) {
+      plan.expert_copies.assign(hp.n_layer, std::vector<uint32_t>(hp.n_expert, 0u));
+      for (auto& layer : plan.expert_copies)
+        for (size_t e = 0; e < layer.size(); ++e) layer[e] = expert_copies(int(e));
+    }
     std::vector<std::string> ids;
     for (const auto* d : devices) ids.push_back(d->id());
     executor = std::make_unique<sched::Executor>(ids);
@@ -249,6 +255,46 @@ TEST(LayerKinds, MoeFfnSplitAcrossDevicesMatchesReference) {
     EXPECT_LT(rel_err(got, x), 2e-2);
     EXPECT_GT(rig.stats.expert_hits[1], 0u);  // the second device served pairs
   }
+}
+
+// Experts split over two devices, each device also holding copies of the other's experts (what
+// the balancer keeps after moves): pairs go to the serving device only. Then the serving devices
+// swap, each expert now served from its copy: no weight is uploaded and the output still equals
+// the reference.
+TEST(LayerKinds, MoeFfnWithCopiesRoutesToTheServingDevice) {
+  auto reg = DeviceRegistry::discover();
+  const auto devices = each(reg);
+  if (devices.size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
+  auto m = load("qwen3moe", false);
+  Rig rig(
+      m->spec, {devices[0], devices[1]}, [](int e) { return e % 2; },
+      [](int e) { return 1u << (1 - e % 2); });
+  const size_t E = m->spec.hp.n_embd;
+  auto& ffn = *rig.layers[0].ffn;
+  auto x = random_rows(4 * E, 6);
+  auto check = [&](const char* what) {
+    SCOPED_TRACE(what);
+    rig.set_x(x);
+    EXPECT_FALSE(ffn.forward(rig.home(), rig.step(4, false), nullptr));
+    const auto got = rig.read(rig.home().x.get(), x.size());
+    auto ref = x;
+    ffn.reference_forward(ref);
+    EXPECT_LT(rel_err(got, ref), 2e-2);
+  };
+  check("split with copies");
+  EXPECT_GT(rig.stats.expert_hits[0], 0u);
+  EXPECT_GT(rig.stats.expert_hits[1], 0u);
+  const uint64_t hits = rig.stats.expert_hits[0] + rig.stats.expert_hits[1];
+  EXPECT_EQ(hits, 4u * m->spec.hp.n_expert_used) << "a pair ran on a device holding a copy";
+  // Swap the serving devices: every expert is now served where its copy is.
+  for (auto& layer : rig.plan.expert_device)
+    for (auto& d : layer) d = 1 - d;
+  for (auto& layer : rig.plan.expert_copies)
+    for (size_t e = 0; e < layer.size(); ++e) layer[e] = 1u << (e % 2);
+  const uint64_t before = rig.uploader.uploaded();
+  ffn.routed()->upload_experts(rig.uploader);
+  EXPECT_EQ(rig.uploader.uploaded(), before) << "serving from a held copy uploaded weights";
+  check("served from the copies");
 }
 
 TEST(LayerKinds, SharedMoeCombineFusedWithNextNormMatchesReference) {

@@ -1,5 +1,6 @@
 // Experts and layers split over two devices (POCL_DEVICES="pthread pthread", set by CTest) give
 // the same greedy tokens and logits as one device, for every architecture.
+#include <bit>
 #include "engine_test_util.h"
 #include "host/cli/settings.h"
 
@@ -151,6 +152,12 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   for (size_t i = 0; i < got.logits.size(); ++i)
     EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
   EXPECT_GT(engine->stats().balancer_moves, 0u);
+  // Moved experts keep their weights where they were (copies): pairs go to the serving device
+  // only, so a device holding a copy must not compute it again (the tokens above would differ).
+  size_t copies = 0;
+  for (const auto& layer : engine->plan().expert_copies)
+    for (uint32_t bits : layer) copies += size_t(std::popcount(bits));
+  EXPECT_GT(copies, 0u);
   // Steps replay their recorded programs with the balancer on, and record again after moves.
   EXPECT_GT(engine->replayed_steps(), 0u);
   EXPECT_GT(engine->recorded_steps(), 2u);

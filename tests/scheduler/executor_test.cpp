@@ -210,6 +210,111 @@ TEST(BalancerTest, EmptiesALayerOnTheSlowDeviceWhenBudgetIsTight) {
     EXPECT_LE(plan.weight_bytes[d] + plan.kv_bytes[d], plan.devices[d].budget_bytes);
 }
 
+// A moved expert's weights stay where they were, as a copy: the source's bytes do not drop, and
+// when the devices' speeds swap the experts move back to their copies without an upload.
+TEST(BalancerTest, MovedExpertsKeepACopyAndMovingBackUploadsNothing) {
+  auto m = small_moe();
+  Config c;
+  c.experts_mode = "shares";
+  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  auto plan = make_plan(m, two_devices(), c);
+  const auto bytes0 = plan.weight_bytes;
+  ExpertBalancer bal(m, true, 1, 4);
+  int hot[2] = {-1, -1};
+  int n = 0;
+  for (int e = 0; e < 8 && n < 2; ++e)
+    if (plan.expert_device[0][size_t(e)] == 1) hot[n++] = e;
+  ASSERT_EQ(n, 2);
+  for (int step = 0; step < 4; ++step) {
+    for (int l = 0; l < 2; ++l) bal.record(l, hot, 2);
+    bal.end_step();
+  }
+  const auto moves = bal.rebalance(plan);
+  ASSERT_FALSE(moves.empty());
+  uint64_t uploaded = 0;
+  for (const auto& mv : moves) {
+    ASSERT_EQ(mv.from, 1);
+    ASSERT_EQ(mv.to, 0);
+    EXPECT_TRUE(mv.uploaded);
+    EXPECT_EQ(plan.expert_device[size_t(mv.layer)][size_t(mv.expert)], 0);
+    EXPECT_TRUE(plan.holds(mv.layer, mv.expert, 1)) << "no copy kept on cpu0";
+    EXPECT_TRUE(plan.holds(mv.layer, mv.expert, 0));
+    uploaded += m.layers[size_t(mv.layer)].expert_bytes;
+  }
+  EXPECT_EQ(plan.weight_bytes[1], bytes0[1]);
+  EXPECT_EQ(plan.weight_bytes[0], bytes0[0] + uploaded);
+  EXPECT_EQ(bal.uploads(), moves.size());
+  // The GPU turns slow, the CPU fast: the hot experts go back to the copies on cpu0.
+  std::swap(plan.devices[0].read_gbps, plan.devices[1].read_gbps);
+  std::swap(plan.devices[0].weight_gbps, plan.devices[1].weight_gbps);
+  std::swap(plan.devices[0].fp32_gflops, plan.devices[1].fp32_gflops);
+  for (int l = 0; l < 2; ++l) bal.record(l, hot, 2);
+  bal.end_step();
+  const auto back = bal.rebalance(plan);
+  ASSERT_FALSE(back.empty());
+  size_t to_copy = 0;
+  for (const auto& mv : back)
+    if (mv.to == 1 && !mv.uploaded) {
+      ++to_copy;
+      EXPECT_TRUE(plan.holds(mv.layer, mv.expert, 0)) << "the GPU keeps its copy in turn";
+    }
+  EXPECT_GT(to_copy, 0u);
+  EXPECT_EQ(plan.weight_bytes[1], bytes0[1]);  // nothing uploaded to cpu0
+  EXPECT_EQ(bal.uploads(), moves.size());
+}
+
+// A device at its budget that holds copies drops the least used of them (of other layers) to take
+// an upload; the drops are returned so the engine re-uploads those layers.
+TEST(BalancerTest, CopiesAreDroppedToMakeRoom) {
+  auto m = small_moe();
+  Config c;
+  c.experts_mode = "shares";
+  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  auto devs = two_devices();
+  auto plan = make_plan(m, devs, c);
+  // gpu0 keeps copies of two experts cpu0 serves in layer 1 and has no byte to spare.
+  plan.expert_copies.assign(2, std::vector<uint32_t>(8, 0u));
+  for (size_t e = 0, k = 0; e < 8 && k < 2; ++e)
+    if (plan.expert_device[1][e] == 1) {
+      plan.expert_copies[1][e] = 1u;
+      plan.weight_bytes[0] += m.layers[1].expert_bytes;
+      ++k;
+    }
+  plan.devices[0].budget_bytes = plan.weight_bytes[0] + plan.kv_bytes[0] + plan.state_bytes[0];
+  ExpertBalancer bal(m, true, 1, 1);
+  int hot[2] = {-1, -1};
+  int n = 0;
+  for (int e = 0; e < 8 && n < 2; ++e)
+    if (plan.expert_device[0][size_t(e)] == 1) hot[n++] = e;
+  // Layer 1's tokens choose experts gpu0 serves: its copies there would save nothing.
+  int cold[2] = {-1, -1};
+  n = 0;
+  for (int e = 0; e < 8 && n < 2; ++e)
+    if (plan.expert_device[1][size_t(e)] == 0) cold[n++] = e;
+  for (int step = 0; step < 4; ++step) {
+    bal.record(0, hot, 2);
+    bal.record(1, cold, 2);
+  }
+  bal.end_step();
+  const auto moves = bal.rebalance(plan);
+  size_t uploads = 0, drops = 0;
+  for (const auto& mv : moves) {
+    if (mv.to < 0) {
+      ++drops;
+      EXPECT_EQ(mv.layer, 1);
+      EXPECT_FALSE(plan.holds(mv.layer, mv.expert, 0));
+    } else if (mv.uploaded) {
+      ++uploads;
+      EXPECT_EQ(mv.layer, 0);
+    }
+  }
+  EXPECT_EQ(uploads, 1u);  // one move per round
+  EXPECT_EQ(drops, 1u);    // experts of both layers are the same size
+  EXPECT_EQ(bal.dropped_copies(), drops);
+  EXPECT_LE(plan.weight_bytes[0] + plan.kv_bytes[0] + plan.state_bytes[0],
+            plan.devices[0].budget_bytes);
+}
+
 TEST(BalancerTest, DisabledOrTooEarlyDoesNothing) {
   auto m = small_moe();
   auto plan = make_plan(m, two_devices(), Config{});

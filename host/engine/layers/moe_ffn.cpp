@@ -78,18 +78,26 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
 
 void MoeFfn::upload_experts(WeightUploader& up) {
   const auto& hp = spec_.hp;
-  const auto& assign = moe_->plan->expert_device[size_t(layer_)];
+  const auto& plan = *moe_->plan;
+  const auto& assign = plan.expert_device[size_t(layer_)];
   auto& devices = *moe_->devices;
-  dev_.shards.clear();
   dev_.shards.resize(devices.size());
   for (size_t d = 0; d < devices.size(); ++d) {
+    // A device holds the experts it serves and the copies the balancer keeps there; a shard whose
+    // experts did not change keeps its weights (a move to a held copy uploads nothing).
+    std::vector<int32_t> held;
+    for (uint32_t e = 0; e < hp.n_expert; ++e)
+      if (plan.holds(layer_, int(e), int(d))) held.push_back(int32_t(e));
+    if (held == dev_.shards[d].experts && !dev_.shards[d].local.empty() &&
+        (held.empty() || dev_.shards[d].down.body))
+      continue;
+    dev_.shards[d] = Shard{};
     auto& s = dev_.shards[d];
     s.local.assign(hp.n_expert, -1);
-    for (uint32_t e = 0; e < hp.n_expert; ++e)
-      if (assign[e] == int(d)) {
-        s.local[e] = int32_t(s.experts.size());
-        s.experts.push_back(int32_t(e));
-      }
+    for (int32_t e : held) {
+      s.local[size_t(e)] = int32_t(s.experts.size());
+      s.experts.push_back(e);
+    }
     if (s.experts.empty()) continue;
     DeviceCtx& c = *devices[d];
     // Experts are the outermost ggml dimension: expert e's bytes are one contiguous range. With
@@ -151,7 +159,11 @@ void MoeFfn::upload_experts(WeightUploader& up) {
     s.ffn = c.expert_ffn && s.glu && s.combine && c.mm->can_expert_ffn(s.gate_up, s.down);
     if (s.ffn) c.mm->prepare_expert_ffn(s.gate_up, s.down);
   }
-  dev_.all_on_home = int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert);
+  // The in-step path indexes the home shard by global expert id: it must hold every expert and
+  // serve them all.
+  dev_.all_on_home =
+      int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert) &&
+      std::all_of(assign.begin(), assign.end(), [this](int a) { return a == dev_.home; });
 }
 
 bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
@@ -343,7 +355,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
   // of another context takes experts) the normed activations.
   bool any_foreign = false;
   for (size_t d = 0; d < devices.size(); ++d)
-    any_foreign |= &home != devices[d].get() && !dev_.shards[d].experts.empty() &&
+    any_foreign |= &home != devices[d].get() && moe_->plan->experts_on(layer_, int(d)) > 0 &&
                    devices[d]->dev->context() != home.dev->context();
   const auto& at = home.stage_at;
   {
@@ -357,6 +369,8 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
   const float* xn_host = reinterpret_cast<const float*>(home.h_stage.data() + at.normed);
   for (int t = 0; t < n; ++t) moe_->balancer->record(layer_, ids + size_t(t) * K, K);
 
+  // Each pair goes to the device serving its expert (others may hold a copy).
+  const auto& assign = moe_->plan->expert_device[size_t(layer_)];
   std::vector<std::function<void()>> jobs(devices.size());
   std::vector<int> remote;
   moe_->lane_seconds.assign(devices.size(), 0.0);
@@ -374,7 +388,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
         if (e < 0 || uint32_t(e) >= hp.n_expert)
           throw std::runtime_error("layer " + std::to_string(layer_) + ": router chose expert " +
                                    std::to_string(e));
-        if (s.local[size_t(e)] < 0) continue;
+        if (assign[size_t(e)] != int(d) || s.local[size_t(e)] < 0) continue;
         c.h_tok.push_back(t);
         c.h_exp.push_back(s.local[size_t(e)]);
         c.h_w.push_back(wts[size_t(t * K + j)]);
