@@ -338,6 +338,94 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   return r;
 }
 
+namespace {
+
+// Pairs in token order for the combining checks: n_tokens tokens routed to top_k distinct of
+// n_expert experts. shard: only the even experts are on this device (local id e / 2); the last
+// token picks odd ones only (no pair here: the combine must still write its row).
+struct TokenPairs {
+  std::vector<int32_t> tok, exp, off;
+};
+TokenPairs token_order_pairs(std::mt19937& rng, int n_tokens, int n_expert, int top_k, bool shard) {
+  TokenPairs tp;
+  tp.off.push_back(0);
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    std::vector<int> e(static_cast<size_t>(n_expert));
+    std::iota(e.begin(), e.end(), 0);
+    std::shuffle(e.begin(), e.end(), rng);
+    if (shard && tk == n_tokens - 1)
+      for (int k = 0; k < top_k; ++k) e[size_t(k)] = 2 * k + 1;
+    for (int k = 0; k < top_k; ++k) {
+      if (shard && e[size_t(k)] % 2) continue;
+      tp.tok.push_back(tk);
+      tp.exp.push_back(shard ? e[size_t(k)] / 2 : e[size_t(k)]);
+    }
+    tp.off.push_back(int32_t(tp.tok.size()));
+  }
+  return tp;
+}
+
+// The combine's inputs and reference for pair rows y (rows floats each, pairs in token order as
+// off gives them): router weights and norm weights from rng; at home (not shard) the residual
+// stream out0 (random) takes the sum and is normed, on a shard the launch writes a partial sum
+// (out0 NaN: every row must be written). out[t] = (out0[t] at home) + sum_p wts[p] y[p] (sums in
+// double), xn[t] = out[t] / sqrt(mean(out[t]^2) + eps) * norm_w.
+struct CombineCase {
+  std::vector<float> wts, norm_w, out0, out, xn;
+  float eps = 1e-5f;
+  bool accumulate = true, norm = true;
+};
+CombineCase combine_case(std::mt19937& rng, const std::vector<float>& y, int64_t rows,
+                         const std::vector<int32_t>& off, bool shard, uint32_t seed) {
+  CombineCase c;
+  const size_t n_pairs = size_t(off.back()), n_tokens = off.size() - 1;
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  c.wts.resize(n_pairs);
+  c.norm_w.resize(size_t(rows));
+  for (auto& v : c.wts) v = unit(rng);
+  for (auto& v : c.norm_w) v = 0.5f + unit(rng);
+  c.accumulate = c.norm = !shard;
+  c.out0 = random_x(n_tokens * size_t(rows), seed + 5);
+  if (!c.accumulate) std::fill(c.out0.begin(), c.out0.end(), std::nanf(""));
+  c.out.assign(c.out0.size(), 0.0f);
+  c.xn.assign(c.out0.size(), 0.0f);
+  for (size_t tk = 0; tk < n_tokens; ++tk) {
+    double ss = 0;
+    for (int64_t i = 0; i < rows; ++i) {
+      double acc = 0;
+      for (int p = off[tk]; p < off[tk + 1]; ++p)
+        acc += double(c.wts[size_t(p)]) * y[size_t(p) * size_t(rows) + size_t(i)];
+      const size_t at = tk * size_t(rows) + size_t(i);
+      const float v = float(c.accumulate ? c.out0[at] + acc : acc);
+      c.out[at] = v;
+      ss += double(v) * v;
+    }
+    const float scale = float(1.0 / std::sqrt(ss / double(rows) + c.eps));
+    for (int64_t i = 0; i < rows; ++i) {
+      const size_t at = tk * size_t(rows) + size_t(i);
+      c.xn[at] = c.out[at] * scale * c.norm_w[size_t(i)];
+    }
+  }
+  return c;
+}
+
+// Reads a guarded output, compares it with ref and folds the result into r (the first failure
+// names `what`).
+void check_into(MatmulCheck& r, const Device& dev, cl_mem m, const std::vector<float>& ref,
+                double tol, const std::string& what) {
+  MatmulCheck q;
+  const auto got = read_guarded(dev, m, ref.size(), q.guard_intact);
+  compare_into(q, got, ref, tol);
+  r.max_abs = std::max(r.max_abs, q.max_abs);
+  r.max_rel = std::max(r.max_rel, q.max_rel);
+  r.nmse = std::max(r.nmse, q.nmse);
+  r.nonfinite += q.nonfinite;
+  r.guard_intact = r.guard_intact && q.guard_intact;
+  if (!q.pass && r.note.empty()) r.note = what + ": " + q.note;
+}
+
+}  // namespace
+
 MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                                   int n_expert, int n_tokens, int top_k, bool x_swiglu, bool shard,
                                   bool timing, uint32_t seed) {
@@ -345,23 +433,8 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
     throw TesseraError("check_experts_combine: too few experts for top_k");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed, n_expert);
-  // Pairs in token order. shard: only the even experts are on this device; the last token picks
-  // odd ones only (no pair here: the combine must still write its zero row).
   std::mt19937 rng(seed + 99);
-  std::vector<int32_t> tok, exp, off(1, 0);
-  for (int tk = 0; tk < n_tokens; ++tk) {
-    std::vector<int> e(n_expert);
-    for (int i = 0; i < n_expert; ++i) e[size_t(i)] = i;
-    std::shuffle(e.begin(), e.end(), rng);
-    if (shard && tk == n_tokens - 1)
-      for (int k = 0; k < top_k; ++k) e[size_t(k)] = 2 * k + 1;
-    for (int k = 0; k < top_k; ++k) {
-      if (shard && e[size_t(k)] % 2) continue;
-      tok.push_back(tk);
-      exp.push_back(shard ? e[size_t(k)] / 2 : e[size_t(k)]);
-    }
-    off.push_back(int32_t(tok.size()));
-  }
+  const auto [tok, exp, off] = token_order_pairs(rng, n_tokens, n_expert, top_k, shard);
   const int n_pairs = int(tok.size());
   if (n_pairs == 0) throw TesseraError("check_experts_combine: no pair on the device");
   const int n_here = shard ? n_expert / 2 : n_expert;
@@ -385,30 +458,8 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
         reference_matmul(t, rows, cols, wd, x.data() + size_t(p) * cols, 1, exp[size_t(p)]);
     std::copy(yp.begin(), yp.end(), y_ref.begin() + size_t(p) * rows);
   }
-  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  std::vector<float> wts(static_cast<size_t>(n_pairs)), norm_w(static_cast<size_t>(rows));
-  for (auto& v : wts) v = unit(rng);
-  for (auto& v : norm_w) v = 0.5f + unit(rng);
-  const float eps = 1e-5f;
-  const bool accumulate = !shard, norm = !shard;
-  // Residual stream (accumulate) or NaN (a partial sum: every row must be written).
-  std::vector<float> out0 = random_x(size_t(n_tokens) * rows, seed + 5);
-  if (!accumulate) std::fill(out0.begin(), out0.end(), std::nanf(""));
-  std::vector<float> out_ref(out0.size()), xn_ref(out0.size());
-  for (int tk = 0; tk < n_tokens; ++tk) {
-    double ss = 0;
-    for (int64_t i = 0; i < rows; ++i) {
-      float acc = 0.0f;
-      for (int p = off[size_t(tk)]; p < off[size_t(tk) + 1]; ++p)
-        acc += wts[size_t(p)] * y_ref[size_t(p) * rows + i];
-      const float v = accumulate ? out0[size_t(tk) * rows + i] + acc : acc;
-      out_ref[size_t(tk) * rows + i] = v;
-      ss += double(v) * v;
-    }
-    const float scale = float(1.0 / std::sqrt(ss / double(rows) + eps));
-    for (int64_t i = 0; i < rows; ++i)
-      xn_ref[size_t(tk) * rows + i] = out_ref[size_t(tk) * rows + i] * scale * norm_w[size_t(i)];
-  }
+  const CombineCase cc = combine_case(rng, y_ref, rows, off, shard, seed);
+  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm] = cc;
   const DeviceWeight dw = op.upload(t, rows, cols, wd, n_here);
   auto upload = [&dev](const auto& v) {
     ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
@@ -436,15 +487,7 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
   // The pair rows as run_experts'; sums and their norm: relative to their largest value.
   MatmulCheck r;
   auto check = [&dev, &r](cl_mem m, const std::vector<float>& ref, double tol, const char* what) {
-    MatmulCheck q;
-    const auto got = read_guarded(dev, m, ref.size(), q.guard_intact);
-    compare_into(q, got, ref, tol);
-    r.max_abs = std::max(r.max_abs, q.max_abs);
-    r.max_rel = std::max(r.max_rel, q.max_rel);
-    r.nmse = std::max(r.nmse, q.nmse);
-    r.nonfinite += q.nonfinite;
-    r.guard_intact = r.guard_intact && q.guard_intact;
-    if (!q.pass && r.note.empty()) r.note = std::string(what) + ": " + q.note;
+    check_into(r, dev, m, ref, tol, what);
   };
   // Twice, each from NaN pair rows and normed rows: the second launch must find the counters reset
   // by the first and combine its own rows.
@@ -480,22 +523,8 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   const Device& dev = op.device();
   const auto gu = random_ggml_weight(t, 2 * ff, n_embd, seed, n_expert);
   const auto dn = random_ggml_weight(t, n_embd, ff, seed + 1, n_expert);
-  // Pairs in token order, as check_experts_combine's.
   std::mt19937 rng(seed + 99);
-  std::vector<int32_t> tok, exp, off(1, 0);
-  for (int tk = 0; tk < n_tokens; ++tk) {
-    std::vector<int> e(static_cast<size_t>(n_expert));
-    std::iota(e.begin(), e.end(), 0);
-    std::shuffle(e.begin(), e.end(), rng);
-    if (shard && tk == n_tokens - 1)
-      for (int k = 0; k < top_k; ++k) e[size_t(k)] = 2 * k + 1;
-    for (int k = 0; k < top_k; ++k) {
-      if (shard && e[size_t(k)] % 2) continue;
-      tok.push_back(tk);
-      exp.push_back(shard ? e[size_t(k)] / 2 : e[size_t(k)]);
-    }
-    off.push_back(int32_t(tok.size()));
-  }
+  const auto [tok, exp, off] = token_order_pairs(rng, n_tokens, n_expert, top_k, shard);
   const int n_pairs = int(tok.size());
   if (n_pairs == 0) throw TesseraError("check_expert_ffn: no pair on the device");
   const int n_here = shard ? n_expert / 2 : n_expert;
@@ -522,30 +551,8 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
     const auto y = reference_matmul(t, n_embd, ff, dn_here.data(), h.data(), 1, exp[size_t(p)]);
     std::copy(y.begin(), y.end(), y_ref.begin() + size_t(p) * n_embd);
   }
-  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
-  std::vector<float> wts(static_cast<size_t>(n_pairs)), norm_w(static_cast<size_t>(n_embd));
-  for (auto& v : wts) v = unit(rng);
-  for (auto& v : norm_w) v = 0.5f + unit(rng);
-  const float eps = 1e-5f;
-  const bool accumulate = !shard, norm = !shard;
-  std::vector<float> out0 = random_x(size_t(n_tokens) * n_embd, seed + 5);
-  if (!accumulate) std::fill(out0.begin(), out0.end(), std::nanf(""));
-  std::vector<float> out_ref(out0.size()), xn_ref(out0.size());
-  for (int tk = 0; tk < n_tokens; ++tk) {
-    double ss = 0;
-    for (int64_t i = 0; i < n_embd; ++i) {
-      double acc = 0;
-      for (int p = off[size_t(tk)]; p < off[size_t(tk) + 1]; ++p)
-        acc += double(wts[size_t(p)]) * y_ref[size_t(p) * n_embd + i];
-      const float v = float(accumulate ? out0[size_t(tk) * n_embd + i] + acc : acc);
-      out_ref[size_t(tk) * n_embd + i] = v;
-      ss += double(v) * v;
-    }
-    const float scale = float(1.0 / std::sqrt(ss / double(n_embd) + eps));
-    for (int64_t i = 0; i < n_embd; ++i)
-      xn_ref[size_t(tk) * n_embd + i] =
-          out_ref[size_t(tk) * n_embd + i] * scale * norm_w[size_t(i)];
-  }
+  const CombineCase cc = combine_case(rng, y_ref, n_embd, off, shard, seed);
+  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm] = cc;
   const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu_here.data(), n_here);
   const DeviceWeight dw = op.upload(t, n_embd, ff, dn_here.data(), n_here);
   if (!op.can_expert_ffn(gw, dw)) throw TesseraError("check_expert_ffn: shapes the launch refuses");
@@ -573,15 +580,7 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   };
   MatmulCheck r;
   auto check = [&dev, &r](cl_mem m, const std::vector<float>& ref, double tol, const char* what) {
-    MatmulCheck q;
-    const auto got = read_guarded(dev, m, ref.size(), q.guard_intact);
-    compare_into(q, got, ref, tol);
-    r.max_abs = std::max(r.max_abs, q.max_abs);
-    r.max_rel = std::max(r.max_rel, q.max_rel);
-    r.nmse = std::max(r.nmse, q.nmse);
-    r.nonfinite += q.nonfinite;
-    r.guard_intact = r.guard_intact && q.guard_intact;
-    if (!q.pass && r.note.empty()) r.note = std::string(what) + ": " + q.note;
+    check_into(r, dev, m, ref, tol, what);
   };
   const std::vector<float> nan_rows(xn_ref.size(), std::nanf(""));
   for (int run = 0; run < 2; ++run) {
