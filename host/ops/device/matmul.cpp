@@ -265,15 +265,18 @@ void MatmulOp::prepare_combine(TensorType t, bool x_swiglu) const {
                        variant(t).str());
   Kernels& k = kernels(t);
   std::lock_guard lock(mutex_);
-  if (!combine_counters_) {
-    const std::vector<int32_t> zeros(kCombineMaxTokens, 0);
-    combine_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
-    device_.write(combine_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
-  }
+  alloc_combine_counters();
   auto& tiles = k.experts_combine[x_swiglu ? 1 : 0];
   if (!tiles[0])
     build_expert_tiles(device_, k.options + (x_swiglu ? " -DX_SWIGLU=1" : "") + " -DCOMBINE_TAIL=1",
                        tiles);
+}
+
+void MatmulOp::alloc_combine_counters() const {
+  if (combine_counters_) return;
+  const std::vector<int32_t> zeros(kCombineMaxTokens, 0);
+  combine_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
+  device_.write(combine_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
 }
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
@@ -392,6 +395,33 @@ void set_expert_args(const Device& dev, cl_kernel k, const DeviceWeight& w, cl_m
   set_arg(dev, k, 13, cl_uint(w.n_expert));
 }
 
+// The combine's bounds and buffers (ExpertCombine), for the launches that run it.
+void check_combine(const char* what, const ExpertCombine& c) {
+  if (c.n_tokens == 0 || c.n_tokens > uint32_t(MatmulOp::kCombineMaxTokens))
+    throw TesseraError(std::string("matmul ") + what + ": " + std::to_string(c.n_tokens) +
+                       " tokens, the combining launch takes 1 to " +
+                       std::to_string(MatmulOp::kCombineMaxTokens));
+  if (!c.out || !c.weights || !c.offsets || !c.pair_token || (c.norm_w && !c.xn))
+    throw TesseraError(std::string("matmul ") + what + ": a combine buffer is missing");
+}
+
+// The combine's arguments from `first` on (COMBINE_ARGS in matmul.cl, and experts_ffn's tail).
+void set_combine_args(const Device& dev, cl_kernel k, cl_uint first, const ExpertCombine& c,
+                      cl_mem counters) {
+  // A null cl_mem is not a valid argument on every driver: without a norm, out stands in.
+  set_arg(dev, k, first, c.out);
+  set_arg(dev, k, first + 1, c.weights);
+  set_arg(dev, k, first + 2, c.offsets);
+  set_arg(dev, k, first + 3, c.pair_token);
+  set_arg(dev, k, first + 4, cl_uint(c.n_tokens));
+  set_arg(dev, k, first + 5, cl_uint(c.accumulate ? 1 : 0));
+  set_arg(dev, k, first + 6, c.norm_w ? c.norm_w : c.out);
+  set_arg(dev, k, first + 7, cl_uint(c.norm_w ? 1 : 0));
+  set_arg(dev, k, first + 8, c.eps);
+  set_arg(dev, k, first + 9, c.norm_w ? c.xn : c.out);
+  set_arg(dev, k, first + 10, counters);
+}
+
 }  // namespace
 
 void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows, cl_mem y,
@@ -446,12 +476,7 @@ void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_off
   if (n_pairs <= 0) throw TesseraError("matmul run_experts_combine: n_pairs must be positive");
   if (x_rows <= 0) throw TesseraError("matmul run_experts_combine: x_rows must be positive");
   if (!w.body) throw TesseraError("matmul run_experts_combine: weight not uploaded");
-  if (c.n_tokens == 0 || c.n_tokens > uint32_t(kCombineMaxTokens))
-    throw TesseraError("matmul run_experts_combine: " + std::to_string(c.n_tokens) +
-                       " tokens, the combining launch takes 1 to " +
-                       std::to_string(kCombineMaxTokens));
-  if (!c.out || !c.weights || !c.offsets || !c.pair_token || (c.norm_w && !c.xn))
-    throw TesseraError("matmul run_experts_combine: a combine buffer is missing");
+  check_combine("run_experts_combine", c);
   Kernels& ks = kernels(w.type);
   if (!ks.experts_combine[x_swiglu ? 1 : 0][0] || !combine_counters_)
     prepare_combine(w.type, x_swiglu);
@@ -459,18 +484,7 @@ void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_off
   cl_kernel k = ks.experts_combine[x_swiglu ? 1 : 0][Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
-  // A null cl_mem is not a valid argument on every driver: without a norm, out stands in.
-  set_arg(device_, k, 14, c.out);
-  set_arg(device_, k, 15, c.weights);
-  set_arg(device_, k, 16, c.offsets);
-  set_arg(device_, k, 17, c.pair_token);
-  set_arg(device_, k, 18, cl_uint(c.n_tokens));
-  set_arg(device_, k, 19, cl_uint(c.accumulate ? 1 : 0));
-  set_arg(device_, k, 20, c.norm_w ? c.norm_w : c.out);
-  set_arg(device_, k, 21, cl_uint(c.norm_w ? 1 : 0));
-  set_arg(device_, k, 22, c.eps);
-  set_arg(device_, k, 23, c.norm_w ? c.xn : c.out);
-  set_arg(device_, k, 24, combine_counters_.get());
+  set_combine_args(device_, k, 14, c, combine_counters_.get());
   enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
 }
 
@@ -490,11 +504,7 @@ void MatmulOp::prepare_expert_ffn(const DeviceWeight& gate_up, const DeviceWeigh
         "shapes 2ff x n_embd and n_embd x ff, both multiples of 32");
   Kernels& k = kernels(down.type);
   std::lock_guard lock(mutex_);
-  if (!combine_counters_) {
-    const std::vector<int32_t> zeros(kCombineMaxTokens, 0);
-    combine_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
-    device_.write(combine_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
-  }
+  alloc_combine_counters();
   if (!k.experts_ffn)
     k.experts_ffn = device_.kernel("matmul", "experts_ffn", k.options + " -DEXPERT_FFN=1");
   const size_t h_floats = size_t(kExpertFfnMaxPairs) * size_t(down.cols);
@@ -528,12 +538,7 @@ void MatmulOp::run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& d
     throw TesseraError("matmul run_expert_ffn: " + std::to_string(n_pairs) +
                        " pairs, the launch takes 1 to " + std::to_string(kExpertFfnMaxPairs));
   if (x_rows <= 0) throw TesseraError("matmul run_expert_ffn: x_rows must be positive");
-  if (c.n_tokens == 0 || c.n_tokens > uint32_t(kCombineMaxTokens))
-    throw TesseraError("matmul run_expert_ffn: " + std::to_string(c.n_tokens) +
-                       " tokens, the combining launch takes 1 to " +
-                       std::to_string(kCombineMaxTokens));
-  if (!c.out || !c.weights || !c.offsets || !c.pair_token || (c.norm_w && !c.xn))
-    throw TesseraError("matmul run_expert_ffn: a combine buffer is missing");
+  check_combine("run_expert_ffn", c);
   Kernels& ks = kernels(down.type);
   if (!ks.experts_ffn || size_t(down.cols) * kExpertFfnMaxPairs > ffn_h_floats_ ||
       size_t(down.rows) * kExpertFfnMaxPairs * kExpertFfnMaxSlices > ffn_part_floats_)
@@ -545,7 +550,6 @@ void MatmulOp::run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& d
                        std::to_string(std::min<int64_t>(kExpertFfnMaxSlices, down.blocks_per_row)));
   if (slices <= 0) slices = expert_ffn_slices(down, n_pairs);
   cl_kernel k = ks.experts_ffn.get();
-  const cl_mem same = c.out;  // a null cl_mem is not a valid argument on every driver
   set_arg(device_, k, 0, gate_up.body.get());
   set_arg(device_, k, 1, gate_up.head ? gate_up.head.get() : gate_up.body.get());
   set_arg(device_, k, 2, cl_uint(gate_up.blocks_per_row));
@@ -564,17 +568,7 @@ void MatmulOp::run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& d
   set_arg(device_, k, 15, ffn_h_.get());
   set_arg(device_, k, 16, ffn_part_.get());
   set_arg(device_, k, 17, cl_uint(slices));
-  set_arg(device_, k, 18, c.out);
-  set_arg(device_, k, 19, c.weights);
-  set_arg(device_, k, 20, c.offsets);
-  set_arg(device_, k, 21, c.pair_token);
-  set_arg(device_, k, 22, cl_uint(c.n_tokens));
-  set_arg(device_, k, 23, cl_uint(c.accumulate ? 1 : 0));
-  set_arg(device_, k, 24, c.norm_w ? c.norm_w : same);
-  set_arg(device_, k, 25, cl_uint(c.norm_w ? 1 : 0));
-  set_arg(device_, k, 26, c.eps);
-  set_arg(device_, k, 27, c.norm_w ? c.xn : same);
-  set_arg(device_, k, 28, combine_counters_.get());
+  set_combine_args(device_, k, 18, c, combine_counters_.get());
   const size_t local[2] = {1, 1};
   const size_t global[2] = {size_t(slices), size_t(n_pairs)};
   enqueue(device_, k, 2, global, local, {wait, done});

@@ -213,6 +213,7 @@ class MatmulOp {
                          int n_items, int tile, const std::vector<cl_event>& wait,
                          cl_event* done) const;
   cl_kernel gemm_kernel(Kernels& ks) const;  // matmul_gemm.cl's, built at the first use
+  void alloc_combine_counters() const;       // combine_counters_, zeroed (caller holds mutex_)
   void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                       size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
                       cl_event* done, MatmulOutput out) const;

@@ -374,6 +374,22 @@ struct CombineCase {
   std::vector<float> wts, norm_w, out0, out, xn;
   float eps = 1e-5f;
   bool accumulate = true, norm = true;
+  uint32_t n_tokens = 0;
+  // The launch's combine over these device buffers (norm_w and xn unused on a shard).
+  ExpertCombine args(cl_mem out_m, cl_mem wts_m, cl_mem off_m, cl_mem tok_m, cl_mem norm_m,
+                     cl_mem xn_m) const {
+    ExpertCombine c;
+    c.out = out_m;
+    c.accumulate = accumulate;
+    c.weights = wts_m;
+    c.offsets = off_m;
+    c.pair_token = tok_m;
+    c.n_tokens = n_tokens;
+    c.norm_w = norm ? norm_m : nullptr;
+    c.eps = eps;
+    c.xn = norm ? xn_m : nullptr;
+    return c;
+  }
 };
 CombineCase combine_case(std::mt19937& rng, const std::vector<float>& y, int64_t rows,
                          const std::vector<int32_t>& off, bool shard, uint32_t seed) {
@@ -385,6 +401,7 @@ CombineCase combine_case(std::mt19937& rng, const std::vector<float>& y, int64_t
   for (auto& v : c.wts) v = unit(rng);
   for (auto& v : c.norm_w) v = 0.5f + unit(rng);
   c.accumulate = c.norm = !shard;
+  c.n_tokens = uint32_t(n_tokens);
   c.out0 = random_x(n_tokens * size_t(rows), seed + 5);
   if (!c.accumulate) std::fill(c.out0.begin(), c.out0.end(), std::nanf(""));
   c.out.assign(c.out0.size(), 0.0f);
@@ -459,7 +476,7 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
     std::copy(yp.begin(), yp.end(), y_ref.begin() + size_t(p) * rows);
   }
   const CombineCase cc = combine_case(rng, y_ref, rows, off, shard, seed);
-  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm] = cc;
+  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm, combine_tokens] = cc;
   const DeviceWeight dw = op.upload(t, rows, cols, wd, n_here);
   auto upload = [&dev](const auto& v) {
     ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
@@ -470,16 +487,7 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
         wm = upload(wts), nm = upload(norm_w);
   ClMem ym = guarded_output(dev, y_ref.size());
   ClMem outm = guarded_output(dev, out0.size()), xnm = guarded_output(dev, xn_ref.size());
-  ExpertCombine c;
-  c.out = outm.get();
-  c.accumulate = accumulate;
-  c.weights = wm.get();
-  c.offsets = om.get();
-  c.pair_token = ptm.get();
-  c.n_tokens = uint32_t(n_tokens);
-  c.norm_w = norm ? nm.get() : nullptr;
-  c.eps = eps;
-  c.xn = norm ? xnm.get() : nullptr;
+  const ExpertCombine c = cc.args(outm.get(), wm.get(), om.get(), ptm.get(), nm.get(), xnm.get());
   auto launch = [&](cl_event* ev) {
     op.run_experts_combine(dw, xm.get(), 0, n_pairs, ym.get(), 0, tm.get(), em.get(), n_pairs,
                            x_swiglu, c, {}, ev);
@@ -552,7 +560,7 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
     std::copy(y.begin(), y.end(), y_ref.begin() + size_t(p) * n_embd);
   }
   const CombineCase cc = combine_case(rng, y_ref, n_embd, off, shard, seed);
-  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm] = cc;
+  const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm, combine_tokens] = cc;
   const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu_here.data(), n_here);
   const DeviceWeight dw = op.upload(t, n_embd, ff, dn_here.data(), n_here);
   if (!op.can_expert_ffn(gw, dw)) throw TesseraError("check_expert_ffn: shapes the launch refuses");
@@ -564,16 +572,7 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   ClMem xm = upload(x), em = upload(exp), tm = upload(tok), om = upload(off), wm = upload(wts),
         nm = upload(norm_w);
   ClMem outm = guarded_output(dev, out0.size()), xnm = guarded_output(dev, xn_ref.size());
-  ExpertCombine c;
-  c.out = outm.get();
-  c.accumulate = accumulate;
-  c.weights = wm.get();
-  c.offsets = om.get();
-  c.pair_token = tm.get();
-  c.n_tokens = uint32_t(n_tokens);
-  c.norm_w = norm ? nm.get() : nullptr;
-  c.eps = eps;
-  c.xn = norm ? xnm.get() : nullptr;
+  const ExpertCombine c = cc.args(outm.get(), wm.get(), om.get(), tm.get(), nm.get(), xnm.get());
   auto launch = [&](cl_event* ev) {
     op.run_expert_ffn(gw, dw, xm.get(), 0, n_tokens, tm.get(), em.get(), n_pairs, c, slices, {},
                       ev);
