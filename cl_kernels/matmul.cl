@@ -277,14 +277,164 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
 #endif
 }
 
+// ROUTE_TAIL (dense kernels; the attention's output projection of decode-sized steps, added to the
+// residual stream y): the start of the MoE block that follows, in the same launch. After storing a
+// tile's rows, a work group writes, per token t, partials over its rows [rb, re) to rt_part
+// [t][group][n_expert + 1]: for each expert e, sum_r router[e][r] * norm_w[r] * y[t][r], and last
+// sum_r y[t][r]^2; then it fences and bumps the token's counter. The work group that brings it to
+// num_groups(0) sums the partials, so logit e = (1 / sqrt(sum of squares / rows + eps)) * its sum
+// (the router applied to RMSNorm(y[t]) * norm_w, by linearity), routes the token as route.cl does
+// (ids / weights [t][k]), writes rt_xn[t] = RMSNorm(y[t]) * norm_w (the experts' input) and resets
+// the counter for the next launch. No work group waits for another. CPUs: the last group's first
+// item does the token alone (as the combine tail); GPUs: its items share the sums (in xs, free after
+// the tile), the routing (route_group_tail) and the row.
+#ifdef ROUTE_TAIL
+#include "route.clh"
+#define ROUTE_MAX_EXPERT 512
+#define ROUTE_ARGS                                                                                 \
+  , __global const float *rt_norm_w, float rt_eps, __global float *rt_xn,                          \
+      __global const float *rt_router, uint rt_ld, uint rt_n_expert, uint rt_k,                    \
+      uint rt_sigmoid, uint rt_normalize, float rt_scale, __global int *rt_ids,                    \
+      __global float *rt_w, __global float *rt_part, __global volatile int *rt_counters
+#define ROUTE_LOCALS                                                                               \
+  __local float rt_lg[(LANES > 1) ? 1 : ROUTE_MAX_EXPERT + 1];                                     \
+  __local int rt_last[8];                                                                          \
+  __local int rt_nlast;
+
+// This work group's partials of token t (every item calls it).
+inline void route_partials(uint t, uint rows, __global const float* yr,
+                           __global const float* norm_w, __global const float* router, uint r_ld,
+                           uint n_expert, __global float* part) {
+  const uint rb = get_group_id(0) * (WG_ROWS * RPW), re = min(rb + WG_ROWS * RPW, rows);
+  __global float* pt = part + ((ulong)t * get_num_groups(0) + get_group_id(0)) * (n_expert + 1);
+  for (uint e = get_local_id(0); e <= n_expert; e += get_local_size(0)) {
+    float s = 0.0f;
+    if (e < n_expert) {
+      __global const float* rr = router + (ulong)e * r_ld;
+      for (uint r = rb; r < re; ++r) s += rr[r] * (norm_w[r] * yr[r]);
+    } else {
+      for (uint r = rb; r < re; ++r) s += yr[r] * yr[r];
+    }
+    pt[e] = s;
+  }
+}
+
+// Token t's routing and norm by the last work group. lg: n_expert + 1 local floats; GPUs also red
+// (max(local size, n_expert + 1) floats), part (max(local size, n_expert) floats), sel (k ints).
+inline void route_token(uint t, uint rows, __global volatile const float* yr,
+                        __global const float* norm_w, float eps, __global float* xn,
+                        uint n_expert, uint k, uint sigmoid, uint normalize, float wscale,
+                        __global int* ids, __global float* w, __global volatile const float* part,
+                        __local float* lg, __local float* red, __local float* rpart,
+                        __local int* sel) {
+  const uint nwg = get_num_groups(0), ne1 = n_expert + 1;
+  __global volatile const float* pt = part + (ulong)t * nwg * ne1;
+  ids += (ulong)t * k;
+  w += (ulong)t * k;
+  xn += (ulong)t * rows;
+#ifdef DEVICE_IS_CPU
+  if (get_local_id(0) != 0) return;
+  for (uint e = 0; e < ne1; ++e) {
+    float s = 0.0f;
+    for (uint g = 0; g < nwg; ++g) s += pt[(ulong)g * ne1 + e];
+    lg[e] = s;
+  }
+  const float scale = 1.0f / sqrt(lg[n_expert] / (float)rows + eps);
+  for (uint e = 0; e < n_expert; ++e) lg[e] *= scale;
+#define LG_TAIL(e) lg[e]
+  ROUTE_SERIAL(LG_TAIL, n_expert, k, sigmoid, normalize, wscale, ids, w);
+#undef LG_TAIL
+  for (uint i = 0; i < rows; ++i) xn[i] = yr[i] * scale * norm_w[i];
+#else
+  const uint lid = get_local_id(0), L = get_local_size(0);
+  // G items per sum (each over every G-th group's partial, eight loads in flight), then one item
+  // per sum adds the G.
+  const uint G = max(1u, L / ne1);
+  for (uint idx = lid; idx < ne1 * G; idx += L) {
+    const uint e = idx / G, g0 = idx % G;
+    float s[8] = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    uint g = g0;
+    for (; g + 7 * G < nwg; g += 8 * G) {
+      float v[8];
+      for (uint u = 0; u < 8; ++u) v[u] = pt[(ulong)(g + u * G) * ne1 + e];
+      for (uint u = 0; u < 8; ++u) s[u] += v[u];
+    }
+    for (; g < nwg; g += G) s[0] += pt[(ulong)g * ne1 + e];
+    red[idx] = ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint e = lid; e < ne1; e += L) {
+    float s = 0.0f;
+    for (uint g = 0; g < G; ++g) s += red[e * G + g];
+    lg[e] = s;
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);
+  const float scale = 1.0f / sqrt(lg[n_expert] / (float)rows + eps);
+  barrier(CLK_LOCAL_MEM_FENCE);
+  for (uint e = lid; e < n_expert; e += L) lg[e] *= scale;
+  barrier(CLK_LOCAL_MEM_FENCE);
+  route_group_tail(lg, rpart, sel, n_expert, k, sigmoid, normalize, wscale, ids, w);
+  FOR_ROW(i, rows) xn[i] = yr[i] * scale * norm_w[i];
+#endif
+}
+
+#if LANES > 1
+#define ROUTE_SCRATCH                                                                              \
+  __local float* lg = xs;                                                                          \
+  __local float* red = xs + (rt_n_expert + 1);                                                     \
+  __local float* rpart = red + max((uint)(LANES * WG_ROWS), rt_n_expert + 1);                      \
+  __local int* sel = (__local int*)(rpart + max((uint)(LANES * WG_ROWS), rt_n_expert));
+#else
+#define ROUTE_SCRATCH                                                                              \
+  __local float* lg = rt_lg;                                                                       \
+  __local float* red = rt_lg;                                                                      \
+  __local float* rpart = rt_lg;                                                                    \
+  __local int* sel = (__local int*)rt_lg;
+#endif
+#define ROUTE_AFTER(t0, TT)                                                                        \
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                             \
+  for (uint j = 0; j < (TT) && (t0) + j < n_tokens; ++j)                                           \
+    route_partials((t0) + j, rows, y + y_off + (ulong)((t0) + j) * ldy, rt_norm_w, rt_router,      \
+                   rt_ld, rt_n_expert, rt_part);                                                   \
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);                                             \
+  if (get_local_id(0) == 0) {                                                                      \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+    int last = 0;                                                                                  \
+    for (uint j = 0; j < (TT) && (t0) + j < n_tokens; ++j)                                         \
+      if (atomic_inc(rt_counters + (t0) + j) == (int)get_num_groups(0) - 1) {                      \
+        atomic_xchg(rt_counters + (t0) + j, 0);                                                    \
+        rt_last[last++] = (int)((t0) + j);                                                         \
+      }                                                                                            \
+    rt_nlast = last;                                                                               \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                                                               \
+  }                                                                                                \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                                    \
+  {                                                                                                \
+    ROUTE_SCRATCH                                                                                  \
+    for (int i = 0; i < rt_nlast; ++i) {                                                           \
+      const uint t = (uint)rt_last[i];                                                             \
+      route_token(t, rows, (__global volatile const float*)(y + y_off + (ulong)t * ldy),           \
+                  rt_norm_w, rt_eps, rt_xn, rt_n_expert, rt_k, rt_sigmoid, rt_normalize, rt_scale, \
+                  rt_ids, rt_w, (__global volatile const float*)rt_part, lg, red, rpart, sel);     \
+      barrier(CLK_LOCAL_MEM_FENCE);                                                                \
+    }                                                                                              \
+  }                                                                                                \
+  barrier(CLK_LOCAL_MEM_FENCE)
+#else
+#define ROUTE_ARGS
+#define ROUTE_LOCALS
+#define ROUTE_AFTER(t0, TT) (void)0
+#endif
+
 // Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid).
 #define DEFINE_MATMUL(TT)                                                                          \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(        \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,         \
-      uint ldy, uint accumulate) {                                                                 \
+      uint ldy, uint accumulate ROUTE_ARGS) {                                                      \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
     __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
+    ROUTE_LOCALS                                                                                   \
     const uint lane = get_local_id(0) % LANES;                                                     \
     const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
     const uint ntiles = (n_tokens + TT - 1) / TT;                                                  \
@@ -302,6 +452,7 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
               *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                        \
             }                                                                                      \
       }                                                                                            \
+      ROUTE_AFTER(t0, TT);                                                                         \
     }                                                                                              \
   }
 

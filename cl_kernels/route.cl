@@ -5,61 +5,8 @@
 // One work item per token: n_expert and k are small (<= a few hundred / 16) and this runs once per
 // layer, so a serial scan beats a reduction's barriers.
 #include "common.clh"
+#include "route.clh"
 #include "rows.clh"
-
-inline float router_prob(float l, float m, float inv, uint sigmoid_gating) {
-  return sigmoid_gating ? 1.0f / (1.0f + exp(-l)) : exp(l - m) * inv;
-}
-
-// The k selected weights, in selection order, normalized by their sum (clamped below at 2^-14 as
-// llama.cpp) and scaled, in the reference's order of operations: divide by the sum, then scale.
-// One weight w of a selection whose weights sum to wsum.
-inline float finish_topk_weight(float w, float wsum, uint normalize, float weight_scale) {
-  if (normalize) w /= fmax(wsum, 6.103515625e-5f);
-  if (weight_scale != 0.0f && weight_scale != 1.0f) w *= weight_scale;
-  return w;
-}
-inline void finish_topk_weights(__global float* weights, uint k, uint normalize,
-                                float weight_scale) {
-  float wsum = 0.0f;
-  for (uint j = 0; j < k; ++j) wsum += weights[j];
-  for (uint j = 0; j < k; ++j)
-    weights[j] = finish_topk_weight(weights[j], wsum, normalize, weight_scale);
-}
-
-// The serial routing of one token over logits LG(e) (a macro so that global and local arrays share
-// it: OpenCL C 1.2 has no generic address space). Selection j takes the best expert ordered strictly
-// after selection j-1 in (prob desc, index asc): no per-token scratch, and ties resolve exactly like
-// the reference's stable sort.
-#define ROUTE_SERIAL(LG, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights)     \
-  do {                                                                                          \
-    float m_ = -INFINITY, inv_ = 1.0f;                                                          \
-    if (!(sigmoid_gating)) {                                                                    \
-      for (uint e = 0; e < (n_expert); ++e) m_ = fmax(m_, LG(e));                               \
-      float sum_ = 0.0f;                                                                        \
-      for (uint e = 0; e < (n_expert); ++e) sum_ += exp(LG(e) - m_);                            \
-      inv_ = 1.0f / sum_;                                                                       \
-    }                                                                                           \
-    float prev_p = INFINITY;                                                                    \
-    int prev_i = -1;                                                                            \
-    for (uint j = 0; j < (k); ++j) {                                                            \
-      int best = -1;                                                                            \
-      float best_p = 0.0f;                                                                      \
-      for (uint e = 0; e < (n_expert); ++e) {                                                   \
-        const float p = router_prob(LG(e), m_, inv_, (sigmoid_gating));                         \
-        const bool after = p < prev_p || (p == prev_p && (int)e > prev_i);                      \
-        if (after && (best < 0 || p > best_p)) {                                                \
-          best = (int)e;                                                                        \
-          best_p = p;                                                                           \
-        }                                                                                       \
-      }                                                                                         \
-      (ids)[j] = best;                                                                          \
-      (weights)[j] = best_p;                                                                    \
-      prev_p = best_p;                                                                          \
-      prev_i = best;                                                                            \
-    }                                                                                           \
-    finish_topk_weights((weights), (k), (normalize), (weight_scale));                          \
-  } while (0)
 
 __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_expert, uint k,
                              uint sigmoid_gating, uint normalize, float weight_scale,
@@ -73,58 +20,6 @@ __kernel void route_topk_f32(__global const float* logits, uint l_off, uint n_ex
 #define LG_GLOBAL(e) l[e]
   ROUTE_SERIAL(LG_GLOBAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
 #undef LG_GLOBAL
-}
-
-// The routing of one token by a work group from its logits in local memory (lg[n_expert]); every
-// item must call it. With at least n_expert items, item e computes the softmax statistics
-// (redundantly, in the serial order, so the values match route_topk_f32 bit for bit), its
-// probability, then its rank in (prob desc, index asc); ranks below k are the selection, in order,
-// finished in local memory and stored once. Otherwise item 0 routes serially as route_topk_f32.
-// part: local-size floats; sel: k ints (scratch no longer needed by the caller).
-inline void route_group_tail(__local float* lg, __local float* part, __local int* sel,
-                             uint n_expert, uint k, uint sigmoid_gating, uint normalize,
-                             float weight_scale, __global int* ids, __global float* weights) {
-  const uint lid = get_local_id(0);
-  if (get_local_size(0) < n_expert) {
-    if (lid != 0) return;
-#define LG_LOCAL(e) lg[e]
-    ROUTE_SERIAL(LG_LOCAL, n_expert, k, sigmoid_gating, normalize, weight_scale, ids, weights);
-#undef LG_LOCAL
-    return;
-  }
-  float m = -INFINITY, inv = 1.0f, p = 0.0f;
-  if (lid < n_expert) {
-    if (!sigmoid_gating) {
-      for (uint e = 0; e < n_expert; ++e) m = fmax(m, lg[e]);
-      float sum = 0.0f;
-      for (uint e = 0; e < n_expert; ++e) sum += exp(lg[e] - m);
-      inv = 1.0f / sum;
-    }
-    p = router_prob(lg[lid], m, inv, sigmoid_gating);
-    part[lid] = p;
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
-  uint rank = n_expert;
-  if (lid < n_expert) {
-    rank = 0;
-    for (uint e = 0; e < n_expert; ++e) {
-      const float q = part[e];
-      rank += (q > p || (q == p && e < lid)) ? 1 : 0;
-    }
-  }
-  if (rank < k) {  // lg is read only before the barrier above
-    sel[rank] = (int)lid;
-    lg[rank] = p;
-  }
-  barrier(CLK_LOCAL_MEM_FENCE);
-  if (lid != 0) return;
-  // finish_topk_weights on the local copy: one global store per weight.
-  float wsum = 0.0f;
-  for (uint j = 0; j < k; ++j) wsum += lg[j];
-  for (uint j = 0; j < k; ++j) {
-    ids[j] = sel[j];
-    weights[j] = finish_topk_weight(lg[j], wsum, normalize, weight_scale);
-  }
 }
 
 // The same routing with one work-group per token (GPUs): items stride over the experts, probabilities

@@ -467,7 +467,11 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
       copy_between(*cur, cur->x.get(), 0, c, c.x.get(), 0, stream_bytes);
       cur = &c;
     }
-    layers_[l].mixer->forward(c, step, prenormed);
+    // The MoE block's routing in the mixer's output launch, where it can (MoeFfn::route_tail).
+    MoeFfn* moe = layers_[l].ffn->routed();
+    step.route = moe ? moe->route_tail(c, step) : nullptr;
+    step.routed = layers_[l].mixer->forward(c, step, prenormed);
+    step.route = nullptr;
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
@@ -475,6 +479,7 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
                            &ctx(plan_.layer_device[l + 1]) == &c;
     prenormed =
         layers_[l].ffn->forward(c, step, next_here ? layers_[l + 1].mixer->input_norm() : nullptr);
+    step.routed = false;
     mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, stream_bytes);

@@ -11,6 +11,7 @@ namespace tessera::engine {
 void apply_no_fuse(std::string_view names, EngineOptions& options) {
   const std::pair<const char*, bool*> switches[] = {{"qkv", &options.fuse.qkv},
                                                     {"norm_route", &options.fuse.norm_route},
+                                                    {"proj_route", &options.fuse.proj_route},
                                                     {"combine_norm", &options.fuse.combine_norm},
                                                     {"swiglu", &options.fuse.swiglu},
                                                     {"glu", &options.fuse.glu},
@@ -28,10 +29,11 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
     for (auto& [key, f] : switches)
       if (name == key) flag = f;
     if (!flag)
-      throw std::invalid_argument("TESSERA_NO_FUSE: unknown fusion '" + name +
-                                  "'; known: qkv, norm_route, combine_norm, swiglu, glu, "
-                                  "attn_reduce, decode_finish, down_combine, expert_ffn, argmax, "
-                                  "flush, pipeline");
+      throw std::invalid_argument(
+          "TESSERA_NO_FUSE: unknown fusion '" + name +
+          "'; known: qkv, norm_route, proj_route, combine_norm, swiglu, glu, "
+          "attn_reduce, decode_finish, down_combine, expert_ffn, argmax, "
+          "flush, pipeline");
     *flag = false;
   }
 }

@@ -34,11 +34,14 @@ struct EngineOptions {
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
-  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, combine_norm, swiglu, glu,
+  // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
   // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
+    // Steps of up to 64 tokens: the FFN norm, router and top-k (with norm_route's conditions) in
+    // the attention's output projection launch (MatmulOp::run_route_tail): no routing launch.
+    bool proj_route = true;
     bool combine_norm = true;  // MoE combine + next layer's attention norm
     bool swiglu = true;        // SwiGLU folded into the down projection (GPUs only)
     // SwiGLU in the gate|up expert launch (MatmulOp::run_experts_glu), where it is not folded
@@ -130,10 +133,10 @@ struct EngineStats {
   uint64_t chained_steps = 0;
 };
 
-// Switches off the fusions named in `names` (comma separated: qkv, norm_route, combine_norm,
-// swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline; as
-// $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown name and the known
-// ones.
+// Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,
+// combine_norm, swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush,
+// pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown name
+// and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

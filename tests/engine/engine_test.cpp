@@ -48,10 +48,10 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  static_assert(sizeof(EngineOptions::Fusion) == 10 * sizeof(bool),
+  static_assert(sizeof(EngineOptions::Fusion) == 11 * sizeof(bool),
                 "a new fusion: switch it off here");
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false, false, false, false, false};  // all but argmax
+  opts.fuse = {false, false, false, false, false, false, false, false, false, false};  // not argmax
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -123,6 +123,17 @@ TEST(EngineBatchTest, ExpertFfnInOneLaunchSavesTheDownLaunch) {
   const Device* cpu = first_cpu(reg);
   if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
   EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::expert_ffn), 1.0);
+}
+
+// The FFN norm, router and top-k in the attention's output projection launch
+// (MatmulOp::run_route_tail), on every device: the reference's tokens with it on and off, the
+// routing launch saved.
+TEST(EngineBatchTest, RoutingInTheOutputProjectionSavesTheRoutingLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  for (const auto& d : reg.devices()) {
+    SCOPED_TRACE(d->info().label());
+    EXPECT_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::proj_route), 1.0);
+  }
 }
 
 // The MoE combine and the next layer's norm in the down launch (MatmulOp::run_experts_combine),

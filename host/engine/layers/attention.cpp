@@ -127,7 +127,7 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   c.use_kv_group(kv_group_);
 }
 
-void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
+bool AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
@@ -182,11 +182,19 @@ void AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   if (hp.residual_scale != 1.0f)
     c.ew->scale(c.att.get(), 0, uint64_t(n) * q_dim_, hp.residual_scale,
                 {{}, c.prof("elementwise")});
-  // Output projection added to the residual stream in the same launch (then its bias, if any).
+  // Output projection added to the residual stream in the same launch (then its bias, if any);
+  // with s.route (and no bias after it) the MoE block's norm and routing in that launch too.
+  if (s.route && !dev_.bo && n <= ops::MatmulOp::kRouteTailMaxTokens &&
+      c.mm->can_route_tail(dev_.wo.type, s.route->n_expert)) {
+    c.mm->run_route_tail(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {0, true}, *s.route, {},
+                         c.prof("matmul"));
+    return true;
+  }
   c.mm->run(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
   if (dev_.bo)
     c.ew->add_row_bias(c.x.get(), 0, E, dev_.bo.get(), 0, uint32_t(n), E,
                        {{}, c.prof("elementwise")});
+  return false;
 }
 
 void AttentionMixer::reference_forward(std::span<float> x, std::span<const int32_t> positions,

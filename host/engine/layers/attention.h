@@ -24,7 +24,7 @@ class AttentionMixer final : public Mixer {
 
   void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
               const EngineOptions& options) override;
-  void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
+  bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
   cl_mem input_norm() const override { return dev_.attn_norm.get(); }
   void reference_forward(std::span<float> x, std::span<const int32_t> positions,
                          ReferenceLayerMemory& mem) const override;

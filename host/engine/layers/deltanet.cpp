@@ -140,7 +140,7 @@ void GatedDeltaNetMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::Page
     c.deltanet = std::make_unique<ops::DeltaNetOps>(*c.dev, ops::ScanForm::kAuto, form);
 }
 
-void GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
+bool GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd, DI = hp.ssm_d_inner;
@@ -172,6 +172,7 @@ void GatedDeltaNetMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenorme
                         0, true, {c.ssm_y.get(), 0, DI}, uint32_t(n), DI, DI / hp.ssm_n_head,
                         hp.rms_eps, false, {{}, c.prof("norm")});
   c.mm->run(dev_.out, c.ssm_y.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+  return false;
 }
 
 void GatedDeltaNetMixer::reference_forward(std::span<float> x, std::span<const int32_t> positions,

@@ -31,7 +31,7 @@ class GatedDeltaNetMixer final : public Mixer {
   // Device forward: reads the step's recurrent batch (c.recurrent_view) and this layer's state
   // buffer (s.states), updating each sequence's state in place. The delta rule runs token by
   // token within each sequence (one work item per value row), prefill chunks and decode alike.
-  void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
+  bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
   cl_mem input_norm() const override { return dev_.attn_norm.get(); }
   // Reference forward over one sequence's chunk: mem.state holds the sequence's state (zeros when
   // empty, i.e. a new sequence). Chunks of more than one token take the chunked (triangular-solve)

@@ -58,6 +58,10 @@ struct LayerStep {
   const EngineOptions* options = nullptr;
   const kv::PagedKvCache* kv = nullptr;
   const kv::RecurrentStatePool* states = nullptr;  // null when no layer keeps state
+  // The MoE routing that this layer's mixer may run in its output launch (MoeFfn::route_tail; null:
+  // none), and whether it did (the FFN then skips its own routing launch). Set per layer.
+  const ops::RouteTail* route = nullptr;
+  bool routed = false;
 };
 
 // Mixes a layer's tokens: x += mixer(norm(x)).
@@ -70,8 +74,9 @@ class Mixer {
   virtual void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
                       const EngineOptions& options) = 0;
   // Device forward on c.x. When `prenormed`, c.xn already holds norm(x) (the previous layer's FFN
-  // applied this layer's input_norm()).
-  virtual void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) = 0;
+  // applied this layer's input_norm()). Returns whether it ran s.route (then c.xn holds the FFN's
+  // normed input and the routing is done).
+  virtual bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) = 0;
   // The input RMSNorm weights on the device (after upload), for a previous layer that fuses it.
   virtual cl_mem input_norm() const = 0;
   // Reference forward: x [n_tokens][n_embd] += mixer(norm(x)) at `positions`, extending `mem`.

@@ -60,7 +60,7 @@ void Mamba2Mixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCach
                   form);
 }
 
-void Mamba2Mixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
+bool Mamba2Mixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd, DI = hp.ssm_d_inner, CH = hp.ssm_conv_channels();
@@ -87,6 +87,7 @@ void Mamba2Mixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
                         {c.ssm_y.get(), 0, DI}, uint32_t(n), DI, DI / hp.ssm_n_group, hp.rms_eps,
                         true, {{}, c.prof("norm")});
   c.mm->run(dev_.out, c.ssm_y.get(), 0, c.x.get(), 0, n, {}, c.prof("matmul"), {0, true});
+  return false;
 }
 
 void Mamba2Mixer::reference_forward(std::span<float> x, std::span<const int32_t> positions,

@@ -25,7 +25,7 @@ class Mamba2Mixer final : public Mixer {
               const EngineOptions& options) override;
   // Device forward: reads the step's recurrent batch (c.recurrent_view) and this layer's state
   // buffer (s.states), updating each sequence's state in place.
-  void forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
+  bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
   cl_mem input_norm() const override { return dev_.attn_norm.get(); }
   // Reference forward over one sequence's chunk (positions only count the tokens): mem.state holds
   // the sequence's state (zeros when empty, i.e. a new sequence).

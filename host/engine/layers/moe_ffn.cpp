@@ -62,7 +62,7 @@ MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
         (routing_.weight_scale == 0.0f ? 1.0f : routing_.weight_scale) * spec.hp.residual_scale;
 }
 
-void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
+void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& options) {
   if (!moe_) throw std::logic_error("MoeFfn::upload: built for the reference path only");
   dev_.home = c.index;
   dev_.ffn_norm = up.norm(c, ls_.ffn_norm);
@@ -74,6 +74,28 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions&) {
     up.count(ls_.router_b->n_bytes());
   }
   upload_experts(up);
+  // The attention's output projection (same device) may run the norm and routing in its launch.
+  const auto& hp = spec_.hp;
+  dev_.route_tail = options.fuse.norm_route && options.fuse.proj_route && !dev_.router_b &&
+                    dev_.router.type == gguf::TensorType::F32 && ls_.wo && !ls_.bo &&
+                    c.mm->can_route_tail(ls_.wo->type, hp.n_expert);
+  if (dev_.route_tail) c.mm->prepare_route_tail(ls_.wo->type, int64_t(hp.n_embd), hp.n_expert);
+}
+
+const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s) {
+  if (!dev_.route_tail || c.index != dev_.home || s.n_tokens > ops::MatmulOp::kRouteTailMaxTokens)
+    return nullptr;
+  auto& r = route_tail_;
+  r.norm_w = dev_.ffn_norm.get();
+  r.eps = spec_.hp.rms_eps;
+  r.xn = c.xn.get();
+  r.router = dev_.router.body.get();
+  r.router_ld = uint32_t(dev_.router.blocks_per_row * 32);
+  r.n_expert = spec_.hp.n_expert;
+  r.routing = device_routing_;
+  r.ids = c.topk_ids.get();
+  r.weights = c.topk_w.get();
+  return &r;
 }
 
 void MoeFfn::upload_experts(WeightUploader& up) {
@@ -261,6 +283,7 @@ bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
 }
 
 void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
+  if (s.routed) return;  // the output projection's launch did it (route_tail)
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;

@@ -56,6 +56,10 @@ class MoeFfn final : public Ffn {
   // of c.x into c.xn with the router's top-k, then the experts and their combine into c.x (fused
   // with next_norm as forward()).
   void route(DeviceCtx& c, const LayerStep& s);
+  // The routing for the attention's output projection to run in its launch
+  // (MatmulOp::run_route_tail): decode-sized steps on the layer's device with an F32 router and no
+  // router bias, when the fusion is on; null otherwise. route() then does nothing (s.routed).
+  const ops::RouteTail* route_tail(const DeviceCtx& c, const LayerStep& s);
   bool experts(DeviceCtx& c, const LayerStep& s, cl_mem next_norm);
   MoeFfn* routed() override { return this; }
   // Kernel launches of one device's share of this layer's experts for one token (its pairs):
@@ -119,7 +123,9 @@ class MoeFfn final : public Ffn {
     std::vector<Shard> shards;  // per plan device
     bool all_on_home = false;   // every expert on the layer's device, in global order
     int home = 0;               // the layer's plan device
+    bool route_tail = false;    // the output projection may route (prepared at upload)
   } dev_;
+  ops::RouteTail route_tail_;
   std::vector<float> ref_ffn_norm_;
   reference::MoeWeights ref_;
 };

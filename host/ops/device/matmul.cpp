@@ -167,6 +167,7 @@ struct MatmulOp::Kernels {
   ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
   ClKernel experts_ffn;            // EXPERT_FFN program, built by prepare_expert_ffn
   ClKernel gemv;                   // matmul_t1 in gemv_rows_per_item (when that differs)
+  ClKernel matmul_route[3], gemv_route;  // ROUTE_TAIL programs, built by prepare_route_tail
   std::string options;
   ClKernel dequantize;
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
@@ -486,6 +487,114 @@ void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_off
                   n_pairs);
   set_combine_args(device_, k, 14, c, combine_counters_.get());
   enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
+}
+
+bool MatmulOp::can_route_tail(TensorType t, uint32_t n_expert) const {
+  const MatmulVariant& v = kernels(t).variant;
+  if (n_expert == 0 || n_expert > kRouteTailMaxExperts) return false;
+  if (v.lanes == 1) return true;
+  // GPUs: the sums, the routing's scratch and the selection in the x tile's local memory.
+  const uint64_t items = uint64_t(v.lanes) * v.wg_rows;
+  const uint64_t need = (n_expert + 1) + std::max<uint64_t>(items, n_expert + 1) +
+                        std::max<uint64_t>(items, n_expert) + n_expert;
+  return need <= uint64_t(8 * v.lanes * 33);
+}
+
+void MatmulOp::prepare_route_tail(TensorType t, int64_t rows, uint32_t n_expert) const {
+  if (!can_route_tail(t, n_expert))
+    throw TesseraError("matmul: the routing tail takes 1 to " +
+                       std::to_string(kRouteTailMaxExperts) + " experts within the " +
+                       variant(t).str() + " kernel's local memory, not " +
+                       std::to_string(n_expert));
+  Kernels& k = kernels(t);
+  std::lock_guard lock(mutex_);
+  if (!k.matmul_route[0]) {
+    const int tiles[3] = {1, 4, 8};
+    for (int i = 0; i < 3; ++i)
+      k.matmul_route[i] = device_.kernel("matmul", "matmul_t" + std::to_string(tiles[i]),
+                                         k.options + " -DROUTE_TAIL=1");
+    if (k.gemv)
+      k.gemv_route = device_.kernel("matmul", "matmul_t1",
+                                    std::string("-D") + weight_format(t)->macro + " " +
+                                        k.variant.gemv().build_options() + " -DROUTE_TAIL=1");
+  }
+  if (!route_counters_) {
+    const std::vector<int32_t> zeros(kRouteTailMaxTokens, 0);
+    route_counters_ = device_.alloc(zeros.size() * sizeof(int32_t));
+    device_.write(route_counters_.get(), 0, zeros.data(), zeros.size() * sizeof(int32_t));
+  }
+  // The most work groups a launch has: one row per work item.
+  const size_t per_group =
+      size_t(k.variant.wg_rows) * size_t(std::min(k.variant.rows_per_item, k.variant.gemv_rows()));
+  const size_t groups = (size_t(rows) + per_group - 1) / per_group;
+  const size_t want = size_t(kRouteTailMaxTokens) * groups * (n_expert + 1);
+  if (want > route_part_floats_) {
+    route_part_ = device_.alloc(want * sizeof(float));
+    route_part_floats_ = want;
+  }
+}
+
+void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
+                              size_t y_offset, int n_tokens, Output out, const RouteTail& r,
+                              const std::vector<cl_event>& wait, cl_event* done) const {
+  if (w.n_expert != 1)
+    throw TesseraError("matmul run_route_tail: weight has " + std::to_string(w.n_expert) +
+                       " experts");
+  if (!w.body) throw TesseraError("matmul run_route_tail: weight not uploaded");
+  if (n_tokens <= 0 || n_tokens > kRouteTailMaxTokens)
+    throw TesseraError("matmul run_route_tail: " + std::to_string(n_tokens) +
+                       " tokens, the routing tail takes 1 to " +
+                       std::to_string(kRouteTailMaxTokens));
+  if (!r.norm_w || !r.xn || !r.router || !r.ids || !r.weights)
+    throw TesseraError("matmul run_route_tail: a routing buffer is missing");
+  const int kk = r.routing.n_expert_used;
+  if (kk < 1 || uint32_t(kk) > r.n_expert)
+    throw TesseraError("matmul run_route_tail: n_expert_used " + std::to_string(kk) +
+                       " is not in [1, " + std::to_string(r.n_expert) + "]");
+  if (r.router_ld < uint64_t(w.rows) || r.router_ld % 4 != 0)
+    throw TesseraError("matmul run_route_tail: router rows of " + std::to_string(r.router_ld) +
+                       " floats for outputs of " + std::to_string(w.rows));
+  if (out.ldy == 0) out.ldy = size_t(w.rows);
+  if (out.ldy < size_t(w.rows))
+    throw TesseraError("matmul run_route_tail: output row stride " + std::to_string(out.ldy) +
+                       " is shorter than the weight's " + std::to_string(w.rows) + " rows");
+  Kernels& ks = kernels(w.type);
+  const MatmulVariant& v = ks.variant;
+  const int tile = token_tile(n_tokens);
+  const bool gemv = tile == 1 && ks.gemv && w.cols <= v.gemv_max_cols;
+  const MatmulVariant& kv = gemv ? v.gemv() : v;
+  const size_t groups = (size_t(w.rows) + size_t(kv.rows_per_item) * kv.wg_rows - 1) /
+                        (size_t(kv.rows_per_item) * kv.wg_rows);
+  if (!ks.matmul_route[0] || route_part_floats_ < size_t(n_tokens) * groups * (r.n_expert + 1))
+    prepare_route_tail(w.type, w.rows, r.n_expert);
+  cl_kernel k = gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get();
+  set_arg(device_, k, 0, w.body.get());
+  set_arg(device_, k, 1, w.head ? w.head.get() : w.body.get());
+  set_arg(device_, k, 2, cl_uint(w.rows));
+  set_arg(device_, k, 3, cl_uint(w.cols));
+  set_arg(device_, k, 4, cl_uint(w.blocks_per_row));
+  set_arg(device_, k, 5, x);
+  set_arg(device_, k, 6, cl_ulong(x_offset));
+  set_arg(device_, k, 7, y);
+  set_arg(device_, k, 8, cl_ulong(y_offset));
+  set_arg(device_, k, 9, cl_uint(n_tokens));
+  set_arg(device_, k, 10, cl_uint(out.ldy));
+  set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
+  set_arg(device_, k, 12, r.norm_w);
+  set_arg(device_, k, 13, r.eps);
+  set_arg(device_, k, 14, r.xn);
+  set_arg(device_, k, 15, r.router);
+  set_arg(device_, k, 16, cl_uint(r.router_ld));
+  set_arg(device_, k, 17, cl_uint(r.n_expert));
+  set_arg(device_, k, 18, cl_uint(kk));
+  set_arg(device_, k, 19, cl_uint(r.routing.gating == reference::GatingFunc::kSigmoid ? 1 : 0));
+  set_arg(device_, k, 20, cl_uint(r.routing.normalize_topk ? 1 : 0));
+  set_arg(device_, k, 21, r.routing.weight_scale);
+  set_arg(device_, k, 22, r.ids);
+  set_arg(device_, k, 23, r.weights);
+  set_arg(device_, k, 24, route_part_.get());
+  set_arg(device_, k, 25, route_counters_.get());
+  enqueue_row_tiles(k, kv, w.rows, w.cols, n_tokens, tile, wait, done);
 }
 
 bool MatmulOp::can_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const {

@@ -14,6 +14,7 @@
 #include "devices/device.h"
 #include "host/gguf/tensor_type.h"
 #include "host/ops/device/repack.h"
+#include "host/ops/reference/routing.h"
 
 namespace tessera::ops {
 
@@ -106,6 +107,21 @@ struct ExpertCombine {
   cl_mem norm_w = nullptr;  // null: no norm
   float eps = 0;
   cl_mem xn = nullptr;
+};
+
+// The start of the MoE block that follows a dense launch, run by that launch
+// (MatmulOp::run_route_tail): for each token t, xn[t] = RMSNorm(y[t]) * norm_w (y: the launch's
+// output rows, the residual stream), the router's logits of xn[t] (an F32 router: n_expert rows of
+// router_ld floats, a repacked F32 weight's body) and their top-k routing into ids / weights [t][k]
+// (RoutingOps::norm_route's results, from one launch fewer).
+struct RouteTail {
+  cl_mem norm_w = nullptr;
+  float eps = 0;
+  cl_mem xn = nullptr;
+  cl_mem router = nullptr;
+  uint32_t router_ld = 0, n_expert = 0;
+  reference::RoutingConfig routing;
+  cl_mem ids = nullptr, weights = nullptr;
 };
 
 class MatmulOp {
@@ -203,6 +219,18 @@ class MatmulOp {
                       const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
   const MatmulVariant& variant(gguf::TensorType t) const;
   const Device& device() const { return device_; }
+  // run() of a decode-sized step (matmul tile kernels only) with the MoE block's routing in the
+  // same launch: the work groups add partial router sums and squares of their rows, the last one
+  // to finish a token routes it and norms its row (cl_kernels/matmul.cl's ROUTE_TAIL). Needs
+  // can_route_tail and n_tokens <= kRouteTailMaxTokens; program, counters and the partials'
+  // scratch are built by prepare_route_tail (at load time) or at the first launch.
+  static constexpr int kRouteTailMaxTokens = 64;
+  static constexpr uint32_t kRouteTailMaxExperts = 512;
+  bool can_route_tail(gguf::TensorType type, uint32_t n_expert) const;
+  void prepare_route_tail(gguf::TensorType type, int64_t rows, uint32_t n_expert) const;
+  void run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
+                      int n_tokens, Output out, const RouteTail& route,
+                      const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
 
  private:
   struct Kernels;
@@ -237,6 +265,10 @@ class MatmulOp {
   // run_expert_ffn's scratch: h (kExpertFfnMaxPairs x ff floats) and the slices' sums
   // (kExpertFfnMaxPairs x kExpertFfnMaxSlices x n_embd), sized by prepare_expert_ffn.
   mutable ClMem ffn_h_, ffn_part_;
+  // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
+  // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
+  mutable ClMem route_counters_, route_part_;
+  mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
   mutable size_t scratch_bytes_ = 0;
 };

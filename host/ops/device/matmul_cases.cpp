@@ -175,6 +175,30 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     }
+    // The MoE routing in the dense launch before it (run_route_tail: the attention's output
+    // projection of decode steps): one token (the GEMV kernel), 5 tokens (a 4-token tile and a
+    // partial one) with sigmoid gating, 11 tokens (8-token tiles); 67 / 300 rows end in a partial
+    // work group.
+    struct RouteShape {
+      int64_t rows;
+      int tokens, experts, k;
+      bool sigmoid;
+    };
+    for (const RouteShape rs : {RouteShape{67, 1, 32, 4, false}, RouteShape{300, 5, 40, 6, true},
+                                RouteShape{128, 11, 128, 8, false}}) {
+      out.push_back({"matmul_route", fmt,
+                     std::to_string(rs.rows) + "x" + std::to_string(c_mid) + "_t" +
+                         std::to_string(rs.tokens) + "_e" + std::to_string(rs.experts) + "_top" +
+                         std::to_string(rs.k) + (rs.sigmoid ? "_sigmoid" : ""),
+                     [t, c_mid, rs](const Device& dev, bool timing) {
+                       const MatmulOp op(dev);
+                       if (!op.can_route_tail(t, uint32_t(rs.experts)))
+                         return unsupported("the routing tail's sums do not fit local memory");
+                       return to_matrix(check_route_tail(op, t, rs.rows, c_mid, rs.tokens,
+                                                         rs.experts, rs.k, rs.sigmoid, timing),
+                                        timing);
+                     }});
+    }
     // A MoE layer's experts in one launch (run_expert_ffn, the CPU decode path): gate|up, SwiGLU,
     // down and the combine. ff of 7 blocks (2 for 256-element blocks): slices of unequal width;
     // decode at home (residual + norm) with the default slices and with 3 (2), three tokens on a

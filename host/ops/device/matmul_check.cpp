@@ -11,6 +11,7 @@
 #include "host/common/error.h"
 #include "host/common/half.h"
 #include "host/ops/quant/quant.h"
+#include "host/ops/reference/norm.h"
 
 namespace tessera::ops {
 
@@ -600,6 +601,99 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   r.bytes =
       double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * double(distinct.size());
   r.flops = 2.0 * 3.0 * double(ff) * double(n_embd) * n_pairs;
+  if (timing) r.seconds = time_launches(dev, launch, true, 10);
+  return r;
+}
+
+MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
+                             int n_tokens, int n_expert, int top_k, bool sigmoid, bool timing,
+                             uint32_t seed) {
+  if (top_k < 1 || top_k > n_expert) throw TesseraError("check_route_tail: top_k out of range");
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, rows, cols, seed);
+  const auto x = random_x(size_t(n_tokens) * cols, seed);
+  const auto y0 = random_x(size_t(n_tokens) * rows, seed + 7);
+  const auto norm_w = random_x(size_t(rows), seed + 8);
+  const uint32_t ld = uint32_t((rows + 3) / 4 * 4 + 4);  // padded router rows (a multiple of 4)
+  const auto router = random_x(size_t(n_expert) * ld, seed + 9);
+  const float eps = 1e-5f;
+  reference::RoutingConfig cfg;
+  cfg.n_expert_used = top_k;
+  cfg.gating = sigmoid ? reference::GatingFunc::kSigmoid : reference::GatingFunc::kSoftmax;
+  cfg.normalize_topk = true;
+  cfg.weight_scale = 1.5f;
+  // Reference: y = y0 + W x, xn = RMSNorm(y) * norm_w, logits = router xn, the routing.
+  const auto prod = reference_matmul(t, rows, cols, w.data(), x.data(), n_tokens);
+  std::vector<float> y_ref(y0.size()), xn_ref(y0.size()), w_ref;
+  for (size_t i = 0; i < y0.size(); ++i) y_ref[i] = y0[i] + prod[i];
+  reference::rms_norm(y_ref, norm_w, eps, xn_ref);
+  std::vector<int32_t> ids_ref;
+  for (int tk = 0; tk < n_tokens; ++tk) {
+    std::vector<float> logits(static_cast<size_t>(n_expert));
+    for (int e = 0; e < n_expert; ++e) {
+      double acc = 0;
+      for (int64_t i = 0; i < rows; ++i)
+        acc += double(router[size_t(e) * ld + size_t(i)]) * xn_ref[size_t(tk) * rows + size_t(i)];
+      logits[size_t(e)] = float(acc);
+    }
+    const auto choice = reference::route_experts(logits, cfg);
+    ids_ref.insert(ids_ref.end(), choice.ids.begin(), choice.ids.end());
+    w_ref.insert(w_ref.end(), choice.weights.begin(), choice.weights.end());
+  }
+  if (!op.can_route_tail(t, uint32_t(n_expert)))
+    throw TesseraError("check_route_tail: " + std::to_string(n_expert) +
+                       " experts the launch refuses");
+  const DeviceWeight dw = op.upload(t, rows, cols, w.data());
+  auto upload = [&dev](const auto& v) {
+    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
+    dev.write(m.get(), 0, v.data(), v.size() * 4);
+    return m;
+  };
+  ClMem xm = upload(x), nm = upload(norm_w), rm = upload(router);
+  ClMem ym = guarded_output(dev, y_ref.size()), xnm = guarded_output(dev, xn_ref.size()),
+        idm = guarded_output(dev, ids_ref.size()), wm = guarded_output(dev, w_ref.size());
+  RouteTail rt;
+  rt.norm_w = nm.get();
+  rt.eps = eps;
+  rt.xn = xnm.get();
+  rt.router = rm.get();
+  rt.router_ld = ld;
+  rt.n_expert = uint32_t(n_expert);
+  rt.routing = cfg;
+  rt.ids = idm.get();
+  rt.weights = wm.get();
+  auto launch = [&](cl_event* ev) {
+    op.run_route_tail(dw, xm.get(), 0, ym.get(), 0, n_tokens, {0, true}, rt, {}, ev);
+  };
+  MatmulCheck r;
+  const std::vector<float> nan_rows(xn_ref.size(), std::nanf(""));
+  for (int run = 0; run < 2; ++run) {
+    const std::string pre = run ? "second launch, " : "";
+    dev.write(ym.get(), 0, y0.data(), y0.size() * 4);
+    dev.write(xnm.get(), 0, nan_rows.data(), xn_ref.size() * 4);
+    dev.write(wm.get(), 0, nan_rows.data(), w_ref.size() * 4);
+    const std::vector<int32_t> bad_ids(ids_ref.size(), -7);
+    dev.write(idm.get(), 0, bad_ids.data(), bad_ids.size() * 4);
+    launch(nullptr);
+    dev.finish();
+    check_into(r, dev, ym.get(), y_ref, matmul_tolerance(t), pre + "rows");
+    check_into(r, dev, xnm.get(), xn_ref, matmul_tolerance(t) * 4, pre + "normed rows");
+    check_into(r, dev, wm.get(), w_ref, 1e-4, pre + "router weights");
+    bool intact = true;
+    const auto raw = read_guarded(dev, idm.get(), ids_ref.size(), intact);
+    r.guard_intact = r.guard_intact && intact;
+    if (!intact && r.note.empty()) r.note = pre + "expert ids: out-of-bounds write";
+    std::vector<int32_t> ids(ids_ref.size());
+    std::memcpy(ids.data(), raw.data(), ids.size() * 4);
+    size_t bad = 0;
+    for (size_t i = 0; i < ids_ref.size(); ++i) bad += ids[i] != ids_ref[i] ? 1 : 0;
+    if (bad && r.note.empty())
+      r.note = pre + std::to_string(bad) + " of " + std::to_string(ids_ref.size()) +
+               " expert ids differ";
+  }
+  r.pass = r.note.empty();
+  r.bytes = double(dw.source_bytes) + double(n_expert) * double(rows) * 4;
+  r.flops = 2.0 * double(rows) * double(cols + n_expert) * n_tokens;
   if (timing) r.seconds = time_launches(dev, launch, true, 10);
   return r;
 }

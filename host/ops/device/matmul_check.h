@@ -79,6 +79,15 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, gguf::TensorType t, int64_t ff,
                              int n_expert, int n_tokens, int top_k, bool shard, int slices,
                              bool timing, uint32_t seed = 1);
 
+// A dense launch with the MoE routing in it (MatmulOp::run_route_tail): W (rows x cols, type t)
+// times n_tokens rows added to a residual stream y, then the reference's RMSNorm of y (xn), an F32
+// router of n_expert rows (padded stride) over xn in double and reference::route_experts (top_k,
+// softmax or sigmoid gating, normalized). Runs twice from the same y (the second launch must find
+// the counters reset); compares y, xn and the weights with tolerances and the expert ids exactly.
+MatmulCheck check_route_tail(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
+                             int n_tokens, int n_expert, int top_k, bool sigmoid, bool timing,
+                             uint32_t seed = 1);
+
 // Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
 // fma rounding: returns max |device - reference| / max |reference| over all rows.
 double check_dequantize(const MatmulOp& op, gguf::TensorType t, int64_t rows, int64_t cols,
