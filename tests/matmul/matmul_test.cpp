@@ -192,6 +192,39 @@ TEST(MatmulDevice, BadInput) {
   EXPECT_THROW(op.run(experts, x.get(), 0, y.get(), 0, 1), TesseraError);
   EXPECT_THROW(op.run(dense, x.get(), 0, y.get(), 0, 0), TesseraError);
   EXPECT_THROW(op.upload(TensorType::Q3_K, 4, 256, w.data()), TesseraError);
+  // The routing tail: a missing buffer, too many tokens, top-k out of range, a short router row,
+  // experts beyond its bound.
+  {
+    ClMem r = dev.alloc(8 * 8 * 4), ids = dev.alloc(64 * 4), wts = dev.alloc(64 * 4),
+          xn = dev.alloc(64 * 4 * 4);
+    RouteTail rt;
+    rt.norm_w = x.get();
+    rt.xn = xn.get();
+    rt.router = r.get();
+    rt.router_ld = 8;
+    rt.n_expert = 8;
+    rt.routing.n_expert_used = 2;
+    rt.ids = ids.get();
+    rt.weights = wts.get();
+    EXPECT_NO_THROW(op.run_route_tail(dense, x.get(), 0, y.get(), 0, 1, {}, rt));
+    dev.finish();
+    RouteTail bad = rt;
+    bad.ids = nullptr;
+    EXPECT_THROW(op.run_route_tail(dense, x.get(), 0, y.get(), 0, 1, {}, bad), TesseraError);
+    EXPECT_THROW(
+        op.run_route_tail(dense, x.get(), 0, y.get(), 0, MatmulOp::kRouteTailMaxTokens + 1, {}, rt),
+        TesseraError);
+    bad = rt;
+    bad.routing.n_expert_used = 9;
+    EXPECT_THROW(op.run_route_tail(dense, x.get(), 0, y.get(), 0, 1, {}, bad), TesseraError);
+    bad = rt;
+    bad.router_ld = 2;
+    EXPECT_THROW(op.run_route_tail(dense, x.get(), 0, y.get(), 0, 1, {}, bad), TesseraError);
+    EXPECT_THROW(op.run_route_tail(experts, x.get(), 0, y.get(), 0, 1, {}, rt), TesseraError);
+    EXPECT_FALSE(op.can_route_tail(TensorType::Q8_0, MatmulOp::kRouteTailMaxExperts + 1));
+    EXPECT_THROW(op.prepare_route_tail(TensorType::Q8_0, 4, MatmulOp::kRouteTailMaxExperts + 1),
+                 TesseraError);
+  }
   // Out-of-range expert and token ids give NaN rows, the valid pair is computed.
   std::vector<float> xv(64, 0.5f);
   dev.write(x.get(), 0, xv.data(), xv.size() * 4);

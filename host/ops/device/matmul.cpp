@@ -319,18 +319,49 @@ DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const
   return w;
 }
 
+namespace {
+// Arguments 0-6 of every matmul.cl kernel and experts_gemm: the weight and x.
+void set_weight_x_args(const Device& dev, cl_kernel k, const DeviceWeight& w, cl_mem x,
+                       size_t x_offset) {
+  set_arg(dev, k, 0, w.body.get());
+  set_arg(dev, k, 1, w.head ? w.head.get() : w.body.get());
+  set_arg(dev, k, 2, cl_uint(w.rows));
+  set_arg(dev, k, 3, cl_uint(w.cols));
+  set_arg(dev, k, 4, cl_uint(w.blocks_per_row));
+  set_arg(dev, k, 5, x);
+  set_arg(dev, k, 6, cl_ulong(x_offset));
+}
+
+// A dense launch's weight, token count and output (its row stride defaulted to the weight's rows).
+void check_dense(const char* what, const DeviceWeight& w, int n_tokens, MatmulOutput& out) {
+  const std::string op = std::string("matmul ") + what;
+  if (w.n_expert != 1)
+    throw TesseraError(op + ": weight has " + std::to_string(w.n_expert) +
+                       " experts; use run_experts");
+  if (n_tokens <= 0) throw TesseraError(op + ": n_tokens must be positive");
+  if (!w.body) throw TesseraError(op + ": weight not uploaded");
+  if (out.ldy == 0) out.ldy = size_t(w.rows);
+  if (out.ldy < size_t(w.rows))
+    throw TesseraError(op + ": output row stride " + std::to_string(out.ldy) +
+                       " is shorter than the weight's " + std::to_string(w.rows) + " rows");
+}
+
+// Arguments 0-11 of matmul_t{1,4,8} (matmul.cl; the ROUTE_TAIL programs' first ones too).
+void set_dense_args(const Device& dev, cl_kernel k, const DeviceWeight& w, cl_mem x,
+                    size_t x_offset, cl_mem y, size_t y_offset, int n_tokens, MatmulOutput out) {
+  set_weight_x_args(dev, k, w, x, x_offset);
+  set_arg(dev, k, 7, y);
+  set_arg(dev, k, 8, cl_ulong(y_offset));
+  set_arg(dev, k, 9, cl_uint(n_tokens));
+  set_arg(dev, k, 10, cl_uint(out.ldy));
+  set_arg(dev, k, 11, cl_uint(out.accumulate ? 1 : 0));
+}
+}  // namespace
+
 void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
                    int n_tokens, const std::vector<cl_event>& wait, cl_event* done,
                    Output out) const {
-  if (w.n_expert != 1)
-    throw TesseraError("matmul run: weight has " + std::to_string(w.n_expert) +
-                       " experts; use run_experts");
-  if (n_tokens <= 0) throw TesseraError("matmul run: n_tokens must be positive");
-  if (!w.body) throw TesseraError("matmul run: weight not uploaded");
-  if (out.ldy == 0) out.ldy = size_t(w.rows);
-  if (out.ldy < size_t(w.rows))
-    throw TesseraError("matmul run: output row stride " + std::to_string(out.ldy) +
-                       " is shorter than the weight's " + std::to_string(w.rows) + " rows");
+  check_dense("run", w, n_tokens, out);
   Kernels& ks = kernels(w.type);
   const MatmulVariant& v = ks.variant;
   if (v.tiled_gemm_min_tokens > 0 && n_tokens >= v.tiled_gemm_min_tokens &&
@@ -355,22 +386,7 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   const int tile = token_tile(n_tokens);
   const bool gemv = tile == 1 && ks.gemv && w.cols <= v.gemv_max_cols;
   cl_kernel k = gemv ? ks.gemv.get() : ks.matmul[Kernels::slot(tile)].get();
-  const cl_mem head = w.head ? w.head.get() : w.body.get();
-  const cl_uint rows = cl_uint(w.rows), cols = cl_uint(w.cols), bpr = cl_uint(w.blocks_per_row);
-  const cl_ulong xo = x_offset, yo = y_offset;
-  const cl_uint nt = cl_uint(n_tokens);
-  set_arg(device_, k, 0, w.body.get());
-  set_arg(device_, k, 1, head);
-  set_arg(device_, k, 2, rows);
-  set_arg(device_, k, 3, cols);
-  set_arg(device_, k, 4, bpr);
-  set_arg(device_, k, 5, x);
-  set_arg(device_, k, 6, xo);
-  set_arg(device_, k, 7, y);
-  set_arg(device_, k, 8, yo);
-  set_arg(device_, k, 9, nt);
-  set_arg(device_, k, 10, cl_uint(out.ldy));
-  set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
+  set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, wait, done);
 }
 
@@ -380,13 +396,7 @@ namespace {
 void set_expert_args(const Device& dev, cl_kernel k, const DeviceWeight& w, cl_mem x,
                      size_t x_offset, int x_rows, cl_mem y, size_t y_offset, cl_mem pair_token_ids,
                      cl_mem pair_expert_ids, int n_pairs) {
-  set_arg(dev, k, 0, w.body.get());
-  set_arg(dev, k, 1, w.head ? w.head.get() : w.body.get());
-  set_arg(dev, k, 2, cl_uint(w.rows));
-  set_arg(dev, k, 3, cl_uint(w.cols));
-  set_arg(dev, k, 4, cl_uint(w.blocks_per_row));
-  set_arg(dev, k, 5, x);
-  set_arg(dev, k, 6, cl_ulong(x_offset));
+  set_weight_x_args(dev, k, w, x, x_offset);
   set_arg(dev, k, 7, cl_uint(x_rows));
   set_arg(dev, k, 8, y);
   set_arg(dev, k, 9, cl_ulong(y_offset));
@@ -537,11 +547,8 @@ void MatmulOp::prepare_route_tail(TensorType t, int64_t rows, uint32_t n_expert)
 void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                               size_t y_offset, int n_tokens, Output out, const RouteTail& r,
                               const std::vector<cl_event>& wait, cl_event* done) const {
-  if (w.n_expert != 1)
-    throw TesseraError("matmul run_route_tail: weight has " + std::to_string(w.n_expert) +
-                       " experts");
-  if (!w.body) throw TesseraError("matmul run_route_tail: weight not uploaded");
-  if (n_tokens <= 0 || n_tokens > kRouteTailMaxTokens)
+  check_dense("run_route_tail", w, n_tokens, out);
+  if (n_tokens > kRouteTailMaxTokens)
     throw TesseraError("matmul run_route_tail: " + std::to_string(n_tokens) +
                        " tokens, the routing tail takes 1 to " +
                        std::to_string(kRouteTailMaxTokens));
@@ -554,10 +561,6 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
   if (r.router_ld < uint64_t(w.rows) || r.router_ld % 4 != 0)
     throw TesseraError("matmul run_route_tail: router rows of " + std::to_string(r.router_ld) +
                        " floats for outputs of " + std::to_string(w.rows));
-  if (out.ldy == 0) out.ldy = size_t(w.rows);
-  if (out.ldy < size_t(w.rows))
-    throw TesseraError("matmul run_route_tail: output row stride " + std::to_string(out.ldy) +
-                       " is shorter than the weight's " + std::to_string(w.rows) + " rows");
   Kernels& ks = kernels(w.type);
   const MatmulVariant& v = ks.variant;
   const int tile = token_tile(n_tokens);
@@ -568,18 +571,7 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
   if (!ks.matmul_route[0] || route_part_floats_ < size_t(n_tokens) * groups * (r.n_expert + 1))
     prepare_route_tail(w.type, w.rows, r.n_expert);
   cl_kernel k = gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get();
-  set_arg(device_, k, 0, w.body.get());
-  set_arg(device_, k, 1, w.head ? w.head.get() : w.body.get());
-  set_arg(device_, k, 2, cl_uint(w.rows));
-  set_arg(device_, k, 3, cl_uint(w.cols));
-  set_arg(device_, k, 4, cl_uint(w.blocks_per_row));
-  set_arg(device_, k, 5, x);
-  set_arg(device_, k, 6, cl_ulong(x_offset));
-  set_arg(device_, k, 7, y);
-  set_arg(device_, k, 8, cl_ulong(y_offset));
-  set_arg(device_, k, 9, cl_uint(n_tokens));
-  set_arg(device_, k, 10, cl_uint(out.ldy));
-  set_arg(device_, k, 11, cl_uint(out.accumulate ? 1 : 0));
+  set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   set_arg(device_, k, 12, r.norm_w);
   set_arg(device_, k, 13, r.eps);
   set_arg(device_, k, 14, r.xn);
