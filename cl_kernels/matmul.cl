@@ -285,9 +285,10 @@ inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
 // num_groups(0) sums the partials, so logit e = (1 / sqrt(sum of squares / rows + eps)) * its sum
 // (the router applied to RMSNorm(y[t]) * norm_w, by linearity), routes the token as route.cl does
 // (ids / weights [t][k]), writes rt_xn[t] = RMSNorm(y[t]) * norm_w (the experts' input) and resets
-// the counter for the next launch. No work group waits for another. CPUs: the last group's first
-// item does the token alone (as the combine tail); GPUs: its items share the sums (in xs, free after
-// the tile), the routing (route_group_tail) and the row.
+// the counter for the next launch. No work group waits for another. One lane per row (the CPU
+// shape): the last group's first item does the token alone (as the combine tail); several lanes
+// (the GPU shape, on any device): its items share the sums (in xs, free after the tile), the
+// routing (route_group_tail) and the row.
 #ifdef ROUTE_TAIL
 #include "route.clh"
 #define ROUTE_MAX_EXPERT 512
@@ -319,8 +320,8 @@ inline void route_partials(uint t, uint rows, __global const float* yr,
   }
 }
 
-// Token t's routing and norm by the last work group. lg: n_expert + 1 local floats; GPUs also red
-// (max(local size, n_expert + 1) floats), part (max(local size, n_expert) floats), sel (k ints).
+// Token t's routing and norm by the last work group. lg: n_expert + 1 local floats; several lanes
+// also red (max(local size, n_expert + 1) floats), rpart (max(local size, n_expert)), sel (k ints).
 inline void route_token(uint t, uint rows, __global volatile const float* yr,
                         __global const float* norm_w, float eps, __global float* xn,
                         uint n_expert, uint k, uint sigmoid, uint normalize, float wscale,
@@ -332,7 +333,7 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
   ids += (ulong)t * k;
   w += (ulong)t * k;
   xn += (ulong)t * rows;
-#ifdef DEVICE_IS_CPU
+#if LANES == 1
   if (get_local_id(0) != 0) return;
   for (uint e = 0; e < ne1; ++e) {
     float s = 0.0f;

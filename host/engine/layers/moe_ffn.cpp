@@ -7,6 +7,8 @@
 #include <cstring>
 #include <numeric>
 
+#include <spdlog/spdlog.h>
+
 #include "host/model/weights.h"
 #include "host/ops/device/step_program.h"
 #include "host/ops/reference/norm.h"
@@ -79,7 +81,18 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
   dev_.route_tail = options.fuse.norm_route && options.fuse.proj_route && !dev_.router_b &&
                     dev_.router.type == gguf::TensorType::F32 && ls_.wo && !ls_.bo &&
                     c.mm->can_route_tail(ls_.wo->type, hp.n_expert);
-  if (dev_.route_tail) c.mm->prepare_route_tail(ls_.wo->type, int64_t(hp.n_embd), hp.n_expert);
+  if (dev_.route_tail) {
+    try {
+      c.mm->prepare_route_tail(ls_.wo->type, int64_t(hp.n_embd), hp.n_expert);
+    } catch (const std::exception& e) {
+      // A driver that cannot build or hold the fused program: the separate routing launch runs.
+      spdlog::warn(
+          "{}: layer {}: routing in the output projection unavailable ({}); routing "
+          "runs as its own launch",
+          c.dev->id(), layer_, e.what());
+      dev_.route_tail = false;
+    }
+  }
 }
 
 const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s) {

@@ -184,21 +184,34 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
       int tokens, experts, k;
       bool sigmoid;
     };
+    // Each also in the other device kind's kernel shape (16 lanes x 8 rows: the GPU shape, whose
+    // last work group shares the sums and the routing; one lane: the CPU shape, one item routes).
     for (const RouteShape rs : {RouteShape{67, 1, 32, 4, false}, RouteShape{300, 5, 40, 6, true},
-                                RouteShape{128, 11, 128, 8, false}}) {
-      out.push_back({"matmul_route", fmt,
-                     std::to_string(rs.rows) + "x" + std::to_string(c_mid) + "_t" +
-                         std::to_string(rs.tokens) + "_e" + std::to_string(rs.experts) + "_top" +
-                         std::to_string(rs.k) + (rs.sigmoid ? "_sigmoid" : ""),
-                     [t, c_mid, rs](const Device& dev, bool timing) {
-                       const MatmulOp op(dev);
-                       if (!op.can_route_tail(t, uint32_t(rs.experts)))
-                         return unsupported("the routing tail's sums do not fit local memory");
-                       return to_matrix(check_route_tail(op, t, rs.rows, c_mid, rs.tokens,
-                                                         rs.experts, rs.k, rs.sigmoid, timing),
-                                        timing);
-                     }});
-    }
+                                RouteShape{128, 11, 128, 8, false}})
+      for (const bool other_shape : {false, true})
+        out.push_back({"matmul_route", fmt,
+                       std::to_string(rs.rows) + "x" + std::to_string(c_mid) + "_t" +
+                           std::to_string(rs.tokens) + "_e" + std::to_string(rs.experts) + "_top" +
+                           std::to_string(rs.k) + (rs.sigmoid ? "_sigmoid" : "") +
+                           (other_shape ? "_other_shape" : ""),
+                       [t, c_mid, rs, other_shape](const Device& dev, bool timing) {
+                         MatmulVariant v = default_matmul_variant(dev.info(), t);
+                         if (other_shape) {
+                           const bool cpu = v.lanes == 1;
+                           v.lanes = cpu ? 16 : 1;
+                           v.wg_rows = cpu ? 8 : 16;
+                           v.rows_per_item = cpu ? 2 : 1;
+                           v.vec_acc = !cpu;
+                           v.gemv_rows_per_item = 0;
+                           v.clblast_min_tokens = v.tiled_gemm_min_tokens = 0;
+                         }
+                         const MatmulOp op(dev, v);
+                         if (!op.can_route_tail(t, uint32_t(rs.experts)))
+                           return unsupported("the routing tail's sums do not fit local memory");
+                         return to_matrix(check_route_tail(op, t, rs.rows, c_mid, rs.tokens,
+                                                           rs.experts, rs.k, rs.sigmoid, timing),
+                                          timing);
+                       }});
     // A MoE layer's experts in one launch (run_expert_ffn, the CPU decode path): gate|up, SwiGLU,
     // down and the combine. ff of 7 blocks (2 for 256-element blocks): slices of unequal width;
     // decode at home (residual + norm) with the default slices and with 3 (2), three tokens on a
