@@ -183,9 +183,9 @@ bool AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
     c.ew->scale(c.att.get(), 0, uint64_t(n) * q_dim_, hp.residual_scale,
                 {{}, c.prof("elementwise")});
   // Output projection added to the residual stream in the same launch (then its bias, if any);
-  // with s.route (and no bias after it) the MoE block's norm and routing in that launch too.
-  if (s.route && !dev_.bo && n <= ops::MatmulOp::kRouteTailMaxTokens &&
-      c.mm->can_route_tail(dev_.wo.type, s.route->n_expert)) {
+  // with s.route (offered by MoeFfn::route_tail, which checked the launch can take it; no bias
+  // after it) the MoE block's norm and routing in that launch too.
+  if (s.route && !dev_.bo) {
     c.mm->run_route_tail(dev_.wo, c.att.get(), 0, c.x.get(), 0, n, {0, true}, *s.route, {},
                          c.prof("matmul"));
     return true;

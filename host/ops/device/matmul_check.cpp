@@ -140,6 +140,21 @@ std::vector<float> swiglu_rows(const std::vector<float>& gate_up, int n, int64_t
   return x;
 }
 
+// A device copy of 32-bit words (ids, offsets, floats); at least one word allocated.
+template <class V>
+ClMem upload_words(const Device& dev, const V& v) {
+  ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
+  dev.write(m.get(), 0, v.data(), v.size() * 4);
+  return m;
+}
+
+// How many distinct experts the pairs name (the weights a launch streams).
+size_t count_distinct(const std::vector<int32_t>& experts) {
+  std::vector<int32_t> d(experts.begin(), experts.end());
+  std::sort(d.begin(), d.end());
+  return size_t(std::unique(d.begin(), d.end()) - d.begin());
+}
+
 }  // namespace
 
 std::vector<uint8_t> random_ggml_weight(TensorType t, int64_t rows, int64_t cols, uint32_t seed,
@@ -329,9 +344,7 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
   // SwiGLU of two products: their errors add (silu'(g) <= 1.1) relative to the largest output.
   compare_into(r, got, ref, matmul_tolerance(t) * (glu_out ? 4 : 1));
   // Bytes: each distinct selected expert's matrix once.
-  std::vector<int> distinct(exp.begin(), exp.end());
-  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct.size());
+  r.bytes = double(ggml_bytes(t, rows, cols)) * double(count_distinct(exp));
   r.flops = 2.0 * double(rows) * double(cols) * n_pairs;
   if (timing) {
     r.seconds = time_launches(dev, launch, true, 10);
@@ -479,11 +492,7 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
   const CombineCase cc = combine_case(rng, y_ref, rows, off, shard, seed);
   const auto& [wts, norm_w, out0, out_ref, xn_ref, eps, accumulate, norm, combine_tokens] = cc;
   const DeviceWeight dw = op.upload(t, rows, cols, wd, n_here);
-  auto upload = [&dev](const auto& v) {
-    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
-    dev.write(m.get(), 0, v.data(), v.size() * 4);
-    return m;
-  };
+  auto upload = [&dev](const auto& v) { return upload_words(dev, v); };
   ClMem xm = upload(xin), tm = upload(iota), em = upload(exp), ptm = upload(tok), om = upload(off),
         wm = upload(wts), nm = upload(norm_w);
   ClMem ym = guarded_output(dev, y_ref.size());
@@ -515,10 +524,8 @@ MatmulCheck check_experts_combine(const MatmulOp& op, TensorType t, int64_t rows
             run ? "second launch, normed rows" : "normed rows");
   }
   r.pass = r.note.empty();
-  std::vector<int> distinct(exp.begin(), exp.end());
-  std::sort(distinct.begin(), distinct.end());
-  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct.size());
+  const size_t distinct = count_distinct(exp);
+  r.bytes = double(ggml_bytes(t, rows, cols)) * double(distinct);
   r.flops = 2.0 * double(rows) * double(cols) * n_pairs;
   if (timing) r.seconds = time_launches(dev, launch, true, 10);
   return r;
@@ -565,11 +572,7 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu_here.data(), n_here);
   const DeviceWeight dw = op.upload(t, n_embd, ff, dn_here.data(), n_here);
   if (!op.can_expert_ffn(gw, dw)) throw TesseraError("check_expert_ffn: shapes the launch refuses");
-  auto upload = [&dev](const auto& v) {
-    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
-    dev.write(m.get(), 0, v.data(), v.size() * 4);
-    return m;
-  };
+  auto upload = [&dev](const auto& v) { return upload_words(dev, v); };
   ClMem xm = upload(x), em = upload(exp), tm = upload(tok), om = upload(off), wm = upload(wts),
         nm = upload(norm_w);
   ClMem outm = guarded_output(dev, out0.size()), xnm = guarded_output(dev, xn_ref.size());
@@ -595,11 +598,8 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
             run ? "second launch, normed rows" : "normed rows");
   }
   r.pass = r.note.empty();
-  std::vector<int> distinct(exp.begin(), exp.end());
-  std::sort(distinct.begin(), distinct.end());
-  distinct.erase(std::unique(distinct.begin(), distinct.end()), distinct.end());
-  r.bytes =
-      double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * double(distinct.size());
+  const size_t distinct = count_distinct(exp);
+  r.bytes = double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * double(distinct);
   r.flops = 2.0 * 3.0 * double(ff) * double(n_embd) * n_pairs;
   if (timing) r.seconds = time_launches(dev, launch, true, 10);
   return r;
@@ -644,11 +644,7 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
     throw TesseraError("check_route_tail: " + std::to_string(n_expert) +
                        " experts the launch refuses");
   const DeviceWeight dw = op.upload(t, rows, cols, w.data());
-  auto upload = [&dev](const auto& v) {
-    ClMem m = dev.alloc(std::max<size_t>(4, v.size() * 4));
-    dev.write(m.get(), 0, v.data(), v.size() * 4);
-    return m;
-  };
+  auto upload = [&dev](const auto& v) { return upload_words(dev, v); };
   ClMem xm = upload(x), nm = upload(norm_w), rm = upload(router);
   ClMem ym = guarded_output(dev, y_ref.size()), xnm = guarded_output(dev, xn_ref.size()),
         idm = guarded_output(dev, ids_ref.size()), wm = guarded_output(dev, w_ref.size());
