@@ -231,8 +231,19 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     }
   }
   if (const auto p = root["placement"]) {
-    check_keys(p, source, "placement", {"attention", "experts", "cpu_moe_layers"});
+    check_keys(p, source, "placement",
+               {"attention", "experts", "cpu_moe_layers", "stream_experts",
+                "stream_experts_min_tokens"});
     if (p["attention"]) c.attention = scalar(p["attention"], source, "placement.attention");
+    if (p["stream_experts"]) {
+      c.stream_experts = scalar(p["stream_experts"], source, "placement.stream_experts");
+      if (c.stream_experts != "auto" && c.stream_experts != "on" && c.stream_experts != "off")
+        fail(source, "placement.stream_experts",
+             "expected 'auto', 'on' or 'off', got '" + c.stream_experts + "'");
+    }
+    if (p["stream_experts_min_tokens"])
+      c.stream_experts_min_tokens = integer(p["stream_experts_min_tokens"], source,
+                                            "placement.stream_experts_min_tokens", 1, 1 << 20);
     if (p["cpu_moe_layers"])
       c.cpu_moe_layers =
           integer(p["cpu_moe_layers"], source, "placement.cpu_moe_layers", 0, 1 << 20);
@@ -510,6 +521,9 @@ void apply_override(Config& c, const std::string& assignment) {
       c.expert_pins = patch.expert_pins;
     }
     if (patch.cpu_moe_layers) c.cpu_moe_layers = patch.cpu_moe_layers;
+    if (key == "placement.stream_experts") c.stream_experts = patch.stream_experts;
+    if (patch.stream_experts_min_tokens)
+      c.stream_experts_min_tokens = patch.stream_experts_min_tokens;
   } else if (top == "kv_cache") {
     if (key == "kv_cache.format") c.kv_format = patch.kv_format;
     if (key == "kv_cache.k_format") c.kv_k_format = patch.kv_k_format;

@@ -69,6 +69,11 @@ struct Config {
   std::vector<ExpertPin> expert_pins;
   std::optional<int>
       cpu_moe_layers;  // like llama.cpp --n-cpu-moe: experts of the first N layers on the CPU
+  // Big steps of layers whose experts are not all on the layer's device: that device takes every
+  // expert's weights from host memory and runs them (EngineOptions::stream_experts). "auto" (a
+  // device that does not share host memory), "on", "off"; and the fewest tokens of such a step.
+  std::string stream_experts = "auto";
+  std::optional<int> stream_experts_min_tokens;
   // kv cache: storage formats by name (kv_cache.format lists them), K and V chosen separately
   std::string kv_format = "f16";     // K and V, unless kv_k_format / kv_v_format is set
   std::string kv_k_format;           // kv_cache.k_format ("": kv_format)

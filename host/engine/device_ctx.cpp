@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <numeric>
 
+#include <spdlog/spdlog.h>
+
 #include "host/ops/device/step_program.h"
 
 namespace tessera::engine {
@@ -154,6 +156,23 @@ void DeviceCtx::collect(std::map<std::string, double>& seconds) {
       seconds[family] += double(end - start) * 1e-9;
   }
   events_.clear();
+}
+
+PinnedBytes::PinnedBytes(const Device& device, size_t bytes)
+    : dev_(&device), bytes_(std::max<size_t>(bytes, 1)) {
+  buf_ = device.alloc(bytes_, CL_MEM_READ_WRITE | CL_MEM_ALLOC_HOST_PTR);
+  cl_int err = CL_SUCCESS;
+  void* p = clEnqueueMapBuffer(device.queue(), buf_.get(), CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, 0,
+                               bytes_, 0, nullptr, nullptr, &err);
+  if (err != CL_SUCCESS || !p) throw ClError("clEnqueueMapBuffer", err, device.info().label());
+  ptr_ = static_cast<uint8_t*>(p);
+}
+
+PinnedBytes::~PinnedBytes() {
+  if (!ptr_) return;
+  // Commands reading ptr_ are in this queue's order before the unmap; the release waits for them.
+  const cl_int err = clEnqueueUnmapMemObject(dev_->queue(), buf_.get(), ptr_, 0, nullptr, nullptr);
+  if (err != CL_SUCCESS) spdlog::warn("clEnqueueUnmapMemObject failed: {}", cl_error_name(err));
 }
 
 void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,

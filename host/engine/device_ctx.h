@@ -144,6 +144,9 @@ struct DeviceCtx {
   std::vector<int32_t> h_tok, h_exp, h_off;  // pair lists built on the host
   std::vector<int32_t> h_order, h_row;       // grouping them by expert
   std::vector<float> h_w, staging;           // their weights; host staging of activations
+  // Layer-sized expert weights that streamed MoE layers write before each use (MoeFfn::Stream),
+  // one per weight shape ("type:rows x cols x experts").
+  std::map<std::string, ops::DeviceWeight> stream_weights;
 
   // Profiling: each launch's completion event, by op family (only when profiling). A deque, so the
   // event a launch writes through prof()'s pointer stays put while later ones are added.
@@ -157,6 +160,26 @@ struct DeviceCtx {
   int batch_tokens_ = 0, batch_seqs_ = 0, batch_blocks_per_seq_ = 0;      // sizes of `batches`
   uint32_t ssm_proj_rows_ = 0, ssm_conv_channels_ = 0, ssm_d_inner_ = 0;  // of the ssm_* buffers
   std::deque<std::pair<const char*, ClEvent>> events_;
+};
+
+// Host bytes that `device` reads straight from host memory: a CL_MEM_ALLOC_HOST_PTR buffer of its
+// context mapped for its whole life (drivers pin such buffers, so writes from them run at the
+// copy engine's speed instead of through a pageable staging copy), for data written to the device
+// again and again (MoeFfn's streamed experts). Throws ClError when the device cannot provide it.
+class PinnedBytes {
+ public:
+  PinnedBytes(const Device& device, size_t bytes);
+  ~PinnedBytes();
+  PinnedBytes(const PinnedBytes&) = delete;
+  PinnedBytes& operator=(const PinnedBytes&) = delete;
+  uint8_t* data() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  const Device* dev_ = nullptr;
+  ClMem buf_;
+  uint8_t* ptr_ = nullptr;
+  size_t bytes_ = 0;
 };
 
 // Any two devices: a queue copy on one device, an event-ordered device copy within one context,

@@ -31,6 +31,14 @@ struct EngineOptions {
   int kv_blocks = 0;          // 0: enough for max_sequences sequences of max_context tokens
   KvLayerFormats kv_formats;  // the cache's formats per layer (empty: f16)
   bool balancer = false;
+  // Steps of at least stream_experts_min_tokens tokens (prefill) in a MoE layer whose experts are
+  // not all on its own device: the layer's device takes every expert's weights from pinned host
+  // memory into one layer-sized buffer it keeps for all such layers and runs the experts itself
+  // (as llama.cpp does with host-held weights for big batches), instead of the other devices
+  // running their experts behind a host round trip. kAuto: where that device does not share host
+  // memory (a discrete GPU); kOn: any device (tests); kOff: never.
+  enum class StreamExperts { kAuto, kOn, kOff } stream_experts = StreamExperts::kAuto;
+  int stream_experts_min_tokens = 32;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
@@ -131,6 +139,9 @@ struct EngineStats {
   // Steps submitted while the previous one ran, their tokens copied from its ids on the device
   // (OpenClModel::submit_argmax with tokens_from_previous).
   uint64_t chained_steps = 0;
+  // MoE layers run with their experts streamed to the layer's device (stream_experts), and the
+  // weight bytes written for them.
+  uint64_t streamed_layers = 0, streamed_bytes = 0;
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,

@@ -286,6 +286,11 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   const int blocks_per_seq = (o.context_tokens + eo.kv_block_size - 1) / eo.kv_block_size;
   eo.kv_blocks = kv_blocks_within_budget(s.config, plan, s.footprint, eo.kv_block_size,
                                          eo.max_sequences * blocks_per_seq, 1, o.context_tokens);
+  eo.stream_experts = s.config.stream_experts == "on"    ? EngineOptions::StreamExperts::kOn
+                      : s.config.stream_experts == "off" ? EngineOptions::StreamExperts::kOff
+                                                         : EngineOptions::StreamExperts::kAuto;
+  if (s.config.stream_experts_min_tokens)
+    eo.stream_experts_min_tokens = *s.config.stream_experts_min_tokens;
   eo.balancer = o.balancer || (o.config_balancer && !o.config_path.empty() && s.config.balancer);
   eo.profile = o.profile;
   eo.replay = o.replay;

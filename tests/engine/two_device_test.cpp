@@ -47,6 +47,44 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
   }
 }
 
+// Experts split over the devices, with big steps streaming every expert's weights to the layer's
+// device (EngineOptions::stream_experts, forced on: PoCL devices share host memory, where auto
+// would not stream): the prompt's step streams each MoE layer, decode steps go across devices; a
+// second prompt replays the recorded prompt step, streaming again. Same tokens and logits as one
+// device; gpt-oss (expert biases) never streams.
+TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
+  auto reg = tessera::cli::discover_devices();
+  if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
+  auto m = load_fixture(GetParam());
+  if (m->spec.hp.n_expert == 0) GTEST_SKIP() << "no experts";
+  const int n = 4;
+  auto single = make_engine(m->spec, reg, one_device("cpu0"));
+  const auto base = engine_greedy(*single, kPrompt, n);
+  single.reset();
+  sched::Config split;
+  split.attention = "cpu0";
+  split.experts_mode = "shares";
+  split.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
+  EngineOptions opts;
+  opts.stream_experts = EngineOptions::StreamExperts::kOn;
+  opts.stream_experts_min_tokens = int(kPrompt.size());
+  auto engine = make_engine(m->spec, reg, split, opts);
+  size_t moe_layers = 0;
+  for (const auto& l : m->spec.layers) moe_layers += l.is_moe() ? 1 : 0;
+  const bool streamable = !m->spec.layers[0].router_b;
+  for (int round = 1; round <= 2; ++round) {
+    SCOPED_TRACE(round == 1 ? "recorded prompt step" : "replayed prompt step");
+    const auto got = engine_greedy(*engine, kPrompt, n);
+    EXPECT_EQ(got.tokens, base.tokens);
+    ASSERT_EQ(got.logits.size(), base.logits.size());
+    for (size_t i = 0; i < got.logits.size(); ++i)
+      EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+    EXPECT_EQ(engine->stats().streamed_layers, streamable ? round * moe_layers : 0u);
+  }
+  EXPECT_GT(engine->stats().expert_hits[1], 0u);  // the decode steps ran across the devices
+  if (streamable) EXPECT_GT(engine->replayed_steps(), 0u);
+}
+
 TEST_P(TwoDeviceTest, LayersOnAlternatingDevicesEqualOneDevice) {
   auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";

@@ -75,6 +75,15 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
                  ref_.router_b.size() * sizeof(float));
     up.count(ls_.router_b->n_bytes());
   }
+  // Streamed experts (big steps of a layer with experts elsewhere): not with expert biases; kAuto
+  // only where the device does not share
+  // host memory (a CPU home reads host memory as fast as the other devices would).
+  using SE = EngineOptions::StreamExperts;
+  stream_wanted_ = moe_->devices->size() > 1 &&
+                   (options.stream_experts == SE::kOn ||
+                    (options.stream_experts == SE::kAuto && !c.dev->info().caps.unified_memory)) &&
+                   options.stream_experts_min_tokens <= options.max_batch_tokens && !ls_.router_b;
+  stream_min_tokens_ = std::max(1, options.stream_experts_min_tokens);
   upload_experts(up);
   // The attention's output projection (same device) may run the norm and routing in its launch.
   const auto& hp = spec_.hp;
@@ -182,23 +191,93 @@ void MoeFfn::upload_experts(WeightUploader& up) {
       }
       s.down_b = upload_rows({&ref_.down_b}, E);
     }
-    if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_swiglu(ls_.down_exps->type);
-    s.glu = s.gate_up.body && c.glu_out && !oai() && !s.gate_up_b && c.mm->can_glu(s.gate_up.type);
-    if (s.glu) c.mm->prepare_glu(s.gate_up.type);
-    // The combine in the down launch (not after gpt-oss's down bias, which comes after it).
-    s.combine = c.combine_in_down && !s.down_b && c.mm->can_combine(s.down.type);
-    if (s.combine) {
-      c.mm->prepare_combine(s.down.type, false);
-      if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_combine(s.down.type, true);
-    }
-    s.ffn = c.expert_ffn && s.glu && s.combine && c.mm->can_expert_ffn(s.gate_up, s.down);
-    if (s.ffn) c.mm->prepare_expert_ffn(s.gate_up, s.down);
+    finish_shard(c, s);
   }
   // The in-step path indexes the home shard by global expert id: it must hold every expert and
   // serve them all.
   dev_.all_on_home =
       int(dev_.shards[size_t(dev_.home)].experts.size()) == int(hp.n_expert) &&
       std::all_of(assign.begin(), assign.end(), [this](int a) { return a == dev_.home; });
+  if (!dev_.all_on_home && stream_wanted_ && !stream_) {
+    DeviceCtx& home = *devices[size_t(dev_.home)];
+    try {
+      prepare_stream(home);
+    } catch (const std::exception& e) {
+      // No pinned memory or no room for the layer's buffers: big steps go across devices.
+      spdlog::warn("{}: layer {}: experts cannot be streamed here ({}); they run where placed",
+                   home.dev->id(), layer_, e.what());
+      stream_wanted_ = false;
+    }
+  }
+}
+
+void MoeFfn::finish_shard(DeviceCtx& c, Shard& s) const {
+  if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_swiglu(ls_.down_exps->type);
+  s.glu = s.gate_up.body && c.glu_out && !oai() && !s.gate_up_b && c.mm->can_glu(s.gate_up.type);
+  if (s.glu) c.mm->prepare_glu(s.gate_up.type);
+  // The combine in the down launch (not after gpt-oss's down bias, which comes after it).
+  s.combine = c.combine_in_down && !s.down_b && c.mm->can_combine(s.down.type);
+  if (s.combine) {
+    c.mm->prepare_combine(s.down.type, false);
+    if (s.gate_up.body && c.fold_swiglu && !oai()) c.mm->prepare_combine(s.down.type, true);
+  }
+  s.ffn = c.expert_ffn && s.glu && s.combine && c.mm->can_expert_ffn(s.gate_up, s.down);
+  if (s.ffn) c.mm->prepare_expert_ffn(s.gate_up, s.down);
+}
+
+void MoeFfn::prepare_stream(DeviceCtx& home) {
+  const auto& hp = spec_.hp;
+  const int64_t n_exp = int64_t(hp.n_expert);
+  auto st = std::make_unique<Stream>();
+  // Each weight of every expert repacked once into pinned memory, and the home device's buffer for
+  // a weight of its shape, shared by its streamed layers: each step writes it before its launches
+  // read it, in the queue's order.
+  auto image = [&](const ops::RepackedWeight& rw, gguf::TensorType t) {
+    Stream::Image im;
+    im.bytes = std::make_unique<PinnedBytes>(*home.dev, rw.bytes.size());
+    std::memcpy(im.bytes->data(), rw.bytes.data(), rw.bytes.size());
+    im.body = rw.head_offset_bytes;
+    const std::string key = std::to_string(int(t)) + ":" + std::to_string(rw.rows) + "x" +
+                            std::to_string(rw.cols) + "x" + std::to_string(rw.n_mats);
+    auto it = home.stream_weights.find(key);
+    if (it == home.stream_weights.end())
+      it = home.stream_weights.emplace(key, home.mm->upload_repacked(t, rw)).first;
+    im.w = it->second;
+    st->images.push_back(std::move(im));
+    return it->second;
+  };
+  // Experts are ggml's outermost dimension: the tensor's bytes are the experts' in order.
+  auto whole = [&](const gguf::TensorInfo* t) {
+    return image(ops::repack(t->type, int64_t(t->dims[1]), int64_t(t->dims[0]), t->data, n_exp),
+                 t->type);
+  };
+  const gguf::TensorInfo *g = ls_.gate_exps, *u = ls_.up_exps;
+  Shard& sh = st->shard;
+  if (g->type == u->type && g->dims[0] == u->dims[0] && g->dims[1] == u->dims[1]) {
+    // Every expert's gate rows then its up rows, as upload_experts' gate|up slices.
+    const uint64_t per = g->n_bytes() / hp.n_expert;
+    std::vector<uint8_t> gu(2 * per * uint64_t(n_exp));
+    for (int64_t e = 0; e < n_exp; ++e) {
+      std::memcpy(gu.data() + uint64_t(e) * 2 * per, g->data + uint64_t(e) * per, per);
+      std::memcpy(gu.data() + uint64_t(e) * 2 * per + per, u->data + uint64_t(e) * per, per);
+    }
+    sh.gate_up = image(
+        ops::repack(g->type, int64_t(g->dims[1]) * 2, int64_t(g->dims[0]), gu.data(), n_exp),
+        g->type);
+  } else {
+    sh.gate = whole(g);
+    sh.up = whole(u);
+  }
+  sh.down = whole(ls_.down_exps);
+  sh.experts.resize(size_t(n_exp));
+  std::iota(sh.experts.begin(), sh.experts.end(), 0);
+  sh.local = sh.experts;
+  finish_shard(home, sh);
+  stream_ = std::move(st);
+}
+
+bool MoeFfn::streams(const DeviceCtx& home, const LayerStep& s) const {
+  return stream_ && home.index == dev_.home && s.n_tokens >= stream_min_tokens_;
 }
 
 bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
@@ -322,16 +401,33 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
 }
 
 bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
+  if (dev_.all_on_home) return on_home(home, s, dev_.shards[size_t(home.index)], next_norm);
+  if (streams(home, s)) {
+    // Every expert's weights into the home device's layer buffers (non-blocking writes from
+    // pinned memory, ordered before the launches that read them), then the step as on one device.
+    ops::host_call(*home.dev, "write the layer's experts from host memory", [this, &home] {
+      for (const auto& im : stream_->images) {
+        const PinnedBytes& p = *im.bytes;
+        home.dev->write(im.w.body.get(), 0, p.data(), im.body, false);
+        if (im.w.head) home.dev->write(im.w.head.get(), 0, p.data() + im.body, p.size() - im.body, false);
+        moe_->stats->streamed_bytes += p.size();
+      }
+      moe_->stats->streamed_layers += 1;
+    });
+    return on_home(home, s, stream_->shard, next_norm);
+  }
+  // In a step program this is a host-sync point: the program is split here and the rest of the
+  // layer runs from the host each time.
+  const int n = s.n_tokens;
+  ops::host_sync(*home.dev, "route tokens to expert devices",
+                 [this, &home, n] { across_devices(home, n); });
+  return false;
+}
+
+bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl_mem next_norm) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
-  if (!dev_.all_on_home) {
-    // In a step program this is a host-sync point: the program is split here and the rest of the
-    // layer runs from the host each time.
-    ops::host_sync(*home.dev, "route tokens to expert devices",
-                   [this, &home, n] { across_devices(home, n); });
-    return false;
-  }
   // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
   // balancer's counts come from a non-blocking copy of the choice, read after the step.
   const int pairs = n * int(hp.n_expert_used);
@@ -356,7 +452,6 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
     rows = home.pair_row.get();
   }
   // Decode-sized steps: the combine (and next_norm) in the down launch.
-  const Shard& shard = dev_.shards[size_t(home.index)];
   const bool in_down = combines_in_down(shard, grouped, n);
   const ops::ExpertCombine comb =
       combine_args(home.x.get(), true, home.topk_w.get(), home.token_pairs.get(),

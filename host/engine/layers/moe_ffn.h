@@ -106,6 +106,27 @@ class MoeFfn final : public Ffn {
   // Experts on several devices: the router's choice comes to the host and each device runs the
   // pairs of its experts; the partial sums come back to `home`.
   void across_devices(DeviceCtx& home, int n);
+  // The step's experts on `home` from `shard` (every expert, global order): no host round trip.
+  bool on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl_mem next_norm);
+  // Decides what shard s runs with on c (SwiGLU in gate|up, combine in down, the one-launch FFN)
+  // and prepares those programs.
+  void finish_shard(DeviceCtx& c, Shard& s) const;
+  // Streamed experts (EngineOptions::stream_experts): every expert's weights (gate|up or gate
+  // and up, down) repacked in pinned host memory of the home device, each with the home device's
+  // layer-sized buffer it is written to (DeviceCtx::stream_weights, shared by its layers), and
+  // the shard that runs them. Prepared for a layer with experts off its home device, where the
+  // options allow it.
+  struct Stream {
+    struct Image {
+      std::unique_ptr<PinnedBytes> bytes;  // body, then head from `body`
+      size_t body = 0;
+      ops::DeviceWeight w;  // written before each streamed step
+    };
+    std::vector<Image> images;
+    Shard shard;
+  };
+  void prepare_stream(DeviceCtx& home);
+  bool streams(const DeviceCtx& home, const LayerStep& s) const;
 
   const model::ModelSpec& spec_;
   const model::LayerSpec& ls_;
@@ -126,6 +147,9 @@ class MoeFfn final : public Ffn {
     bool route_tail = false;    // the output projection may route (prepared at upload)
   } dev_;
   ops::RouteTail route_tail_;
+  bool stream_wanted_ = false;  // the options allow streaming to the home device (upload)
+  int stream_min_tokens_ = 0;
+  std::unique_ptr<Stream> stream_;
   std::vector<float> ref_ffn_norm_;
   reference::MoeWeights ref_;
 };

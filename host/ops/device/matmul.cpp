@@ -286,14 +286,18 @@ const MatmulVariant& MatmulOp::variant(TensorType t) const {
 
 DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const void* data,
                               int64_t n_expert) const {
-  RepackedWeight rw = repack(type, rows, cols, data, n_expert);
+  return upload_repacked(type, repack(type, rows, cols, data, n_expert));
+}
+
+DeviceWeight MatmulOp::upload_repacked(TensorType type, const RepackedWeight& rw) const {
+  const int64_t rows = rw.rows, cols = rw.cols;
   const Kernels& k = kernels(type);  // builds the program now, not at the first launch
   DeviceWeight w;
   w.format = rw.format;
   w.type = type;
   w.rows = rows;
   w.cols = cols;
-  w.n_expert = n_expert;
+  w.n_expert = rw.n_mats;
   w.blocks_per_row = rw.blocks_per_row;
   w.source_bytes = rw.source_bytes;
   const size_t body_bytes = rw.head_offset_bytes;
