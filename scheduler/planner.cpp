@@ -161,8 +161,51 @@ void predict(Plan& plan, const ModelFootprint& model,
   plan.decode_step_seconds = step + out_t;
 }
 
+namespace {
+
+Plan place(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
+           const Config& config);
+
+// Room a plan needs on its attention device for streamed experts (EngineOptions::stream_experts):
+// the largest of its layers' expert sets when a layer there has experts on another device and
+// streaming applies to that device (auto: not a CPU); 0 otherwise.
+uint64_t stream_room(const Plan& plan, const ModelFootprint& model, const Config& config) {
+  const int ad = plan.attention_device;
+  if (config.stream_experts == "off" || plan.devices.size() < 2 ||
+      (config.stream_experts == "auto" && plan.devices[size_t(ad)].type == DeviceType::kCpu))
+    return 0;
+  uint64_t room = 0;
+  bool needed = false;
+  for (size_t l = 0; l < model.layers.size(); ++l) {
+    const auto& fl = model.layers[l];
+    if (fl.n_experts == 0 || plan.layer_device[l] != ad) continue;
+    room = std::max(room, fl.expert_bytes * uint64_t(fl.n_experts));
+    for (int d : plan.expert_device[l]) needed |= d != ad;
+  }
+  return needed ? room : 0;
+}
+
+}  // namespace
+
 Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
                const Config& config) {
+  Plan plan = place(model, devices, config);
+  const uint64_t room = stream_room(plan, model, config);
+  if (room == 0) return plan;
+  // Placed again with that room taken off the attention device's budget (more experts may then
+  // go elsewhere; the room stays the largest layer's).
+  const size_t ad = size_t(plan.attention_device);
+  std::vector<DeviceCost> within = devices;
+  within[ad].budget_bytes = within[ad].budget_bytes > room ? within[ad].budget_bytes - room : 0;
+  Plan kept = place(model, within, config);
+  if (size_t(kept.attention_device) == ad) kept.stream_bytes[ad] = room;
+  return kept;
+}
+
+namespace {
+
+Plan place(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
+           const Config& config) {
   if (devices.empty()) throw PlanError("no device selected");
   for (const auto& d : devices) {
     check_figure(d, "read bandwidth (GB/s)", d.read_gbps);
@@ -375,9 +418,12 @@ Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devic
   plan.weight_bytes.assign(nd, 0);
   for (size_t d = 0; d < nd; ++d)
     plan.weight_bytes[d] = used[d] - plan.kv_bytes[d] - plan.state_bytes[d];
+  plan.stream_bytes.assign(nd, 0);
   predict(plan, model);
   return plan;
 }
+
+}  // namespace
 
 std::string Plan::to_text(const ModelFootprint& model) const {
   std::ostringstream o;
@@ -395,6 +441,10 @@ std::string Plan::to_text(const ModelFootprint& model) const {
   }
   o << "attention, embeddings, output head, KV cache: " << devices[size_t(attention_device)].id
     << "\n";
+  for (size_t d = 0; d < stream_bytes.size(); ++d)
+    if (stream_bytes[d] > 0)
+      o << "streamed experts (steps of many tokens): " << devices[d].id << " keeps "
+        << format_bytes(stream_bytes[d]) << " for them (budget above is what is left)\n";
   std::string states;
   for (size_t d = 0; d < state_bytes.size(); ++d)
     if (state_bytes[d] > 0)
@@ -445,6 +495,7 @@ std::string Plan::to_json() const {
     j["weight_bytes"] = weight_bytes[d];
     j["kv_bytes"] = kv_bytes[d];
     j["state_bytes"] = d < state_bytes.size() ? state_bytes[d] : 0;
+    j["stream_bytes"] = d < stream_bytes.size() ? stream_bytes[d] : 0;
     j["decode_seconds"] = decode_seconds[d];
     j["read_gbps"] = devices[d].read_gbps;
     j["weight_gbps"] = weight_rate(devices[d]);

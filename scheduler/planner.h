@@ -81,6 +81,10 @@ struct Plan {
   std::vector<uint64_t> weight_bytes;           // per device
   std::vector<uint64_t> kv_bytes;               // per device
   std::vector<uint64_t> state_bytes;            // recurrent state of the layers there, per device
+  // Per device: room kept for streamed experts (placement.stream_experts): the largest layer's
+  // experts, on a device whose layers have experts elsewhere; the budget of devices[d] is what is
+  // left for weights and KV after it.
+  std::vector<uint64_t> stream_bytes;
   std::vector<double> decode_seconds;           // predicted busy time per decode token, per device
   double decode_step_seconds = 0;  // predicted time of one decode token (critical path)
 

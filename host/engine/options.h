@@ -35,8 +35,9 @@ struct EngineOptions {
   // not all on its own device: the layer's device takes every expert's weights from pinned host
   // memory into one layer-sized buffer it keeps for all such layers and runs the experts itself
   // (as llama.cpp does with host-held weights for big batches), instead of the other devices
-  // running their experts behind a host round trip. kAuto: where that device does not share host
-  // memory (a discrete GPU); kOn: any device (tests); kOff: never.
+  // running their experts behind a host round trip. kAuto: where that device is not a CPU (the
+  // planner keeps room for the buffer there: Plan::stream_bytes); kOn: any device (tests); kOff:
+  // never.
   enum class StreamExperts { kAuto, kOn, kOff } stream_experts = StreamExperts::kAuto;
   int stream_experts_min_tokens = 32;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)

@@ -200,6 +200,24 @@ TEST(ConfigTest, BatchingKeysAreSetOnlyWhenGiven) {
   EXPECT_NE(error_of("batching: {chunk: 8}").find("chunk"), std::string::npos);
 }
 
+TEST(ConfigTest, StreamedExpertsKeys) {
+  auto c = parse_config("placement: {stream_experts: off, stream_experts_min_tokens: 64}", "t");
+  EXPECT_EQ(c.stream_experts, "off");
+  EXPECT_EQ(c.stream_experts_min_tokens, 64);
+  apply_override(c, "placement.stream_experts=on");
+  apply_override(c, "placement.attention=gpu0");  // leaves them alone
+  EXPECT_EQ(c.stream_experts, "on");
+  EXPECT_EQ(c.stream_experts_min_tokens, 64);
+  EXPECT_EQ(parse_config("balancer: true", "t").stream_experts, "auto");
+  EXPECT_NE(error_of("placement: {stream_experts: sometimes}")
+                .find("placement.stream_experts: expected 'auto', 'on' or 'off', got 'sometimes'"),
+            std::string::npos)
+      << error_of("placement: {stream_experts: sometimes}");
+  EXPECT_NE(error_of("placement: {stream_experts_min_tokens: 0}")
+                .find("placement.stream_experts_min_tokens"),
+            std::string::npos);
+}
+
 // Hard input (issue 12): each message names the key and says what is wrong, not a generic one.
 std::string what_of(const std::function<void()>& f) {
   try {

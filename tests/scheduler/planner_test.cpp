@@ -97,6 +97,50 @@ TEST(PlannerTest, SharesAndPinsAndCpuMoeLayers) {
   EXPECT_EQ(p.experts_on(3, 0), 8);
 }
 
+// A GPU whose layers have experts on the CPU keeps room for streamed experts (the largest layer's
+// experts: big steps run them there), taken off its budget for weights; not when streaming is off,
+// not when every expert is on the GPU, not on a CPU.
+TEST(PlannerTest, RoomForStreamedExperts) {
+  auto m = moe_model(4, 8);  // 8 experts of 1 MiB per layer
+  Config half;
+  half.cpu_moe_layers = 2;
+  const uint64_t budget = 256ull << 20;
+  auto p = make_plan(m, gpu_cpu(budget), half);
+  ASSERT_EQ(p.stream_bytes.size(), 2u);
+  EXPECT_EQ(p.stream_bytes[0], 8ull << 20);
+  EXPECT_EQ(p.stream_bytes[1], 0u);
+  EXPECT_EQ(p.devices[0].budget_bytes, budget - (8ull << 20));
+  EXPECT_LE(p.weight_bytes[0] + p.kv_bytes[0] + p.stream_bytes[0], budget);
+  EXPECT_NE(p.to_text(m).find("streamed experts"), std::string::npos);
+  EXPECT_NE(p.to_json().find("\"stream_bytes\":8388608"), std::string::npos);
+  // Tight: the room pushes another layer's experts off the GPU.
+  // Head (embeddings, output, KV: 96 MiB), dense layers (32 MiB) and layers 2-3's experts
+  // (16 MiB) just fit; the room pushes experts of layer 3 off the GPU.
+  const uint64_t tight = (144ull << 20) + (1ull << 20);
+  auto roomless = half;
+  roomless.stream_experts = "off";
+  const auto off = make_plan(m, gpu_cpu(tight), roomless);
+  const auto on = make_plan(m, gpu_cpu(tight), half);
+  EXPECT_EQ(off.stream_bytes[0], 0u);
+  int gpu_off = 0, gpu_on = 0;
+  for (int l = 0; l < 4; ++l) {
+    gpu_off += off.experts_on(l, 0);
+    gpu_on += on.experts_on(l, 0);
+  }
+  EXPECT_LT(gpu_on, gpu_off);
+  EXPECT_LE(on.weight_bytes[0] + on.kv_bytes[0] + on.stream_bytes[0], tight);
+  // Every expert on the GPU: nothing streams.
+  EXPECT_EQ(make_plan(m, gpu_cpu(), Config{}).stream_bytes[0], 0u);
+  // Attention on the CPU, experts on the GPU: auto does not stream onto a CPU.
+  Config cpu_home;
+  cpu_home.attention = "cpu0";
+  cpu_home.experts_mode = "shares";
+  cpu_home.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  const auto c = make_plan(m, gpu_cpu(), cpu_home);
+  EXPECT_EQ(c.stream_bytes[1], 0u);
+  EXPECT_EQ(c.stream_bytes[0], 0u);
+}
+
 TEST(PlannerTest, NeverExceedsBudgets) {
   auto m = moe_model();
   // GPU budget too small for all experts: the rest spills to the CPU, within its budget.

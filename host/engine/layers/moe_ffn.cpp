@@ -76,12 +76,11 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
     up.count(ls_.router_b->n_bytes());
   }
   // Streamed experts (big steps of a layer with experts elsewhere): not with expert biases; kAuto
-  // only where the device does not share
-  // host memory (a CPU home reads host memory as fast as the other devices would).
+  // not onto a CPU (it would compute them no faster than the device holding them).
   using SE = EngineOptions::StreamExperts;
   stream_wanted_ = moe_->devices->size() > 1 &&
                    (options.stream_experts == SE::kOn ||
-                    (options.stream_experts == SE::kAuto && !c.dev->info().caps.unified_memory)) &&
+                    (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
                    options.stream_experts_min_tokens <= options.max_batch_tokens && !ls_.router_b;
   stream_min_tokens_ = std::max(1, options.stream_experts_min_tokens);
   upload_experts(up);
