@@ -17,6 +17,21 @@ sched::Config one_device(const std::string& id) {
   return c;
 }
 
+// Attention on cpu0, every layer's experts split half and half between cpu0 and cpu1.
+sched::Config experts_in_halves() {
+  sched::Config split;
+  split.attention = "cpu0";
+  split.experts_mode = "shares";
+  split.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
+  return split;
+}
+
+// Greedy tokens and logits of kPrompt + n tokens on cpu0 alone.
+RefRun on_cpu0(const model::ModelSpec& spec, const DeviceRegistry& reg, int n) {
+  auto single = make_engine(spec, reg, one_device("cpu0"));
+  return engine_greedy(*single, kPrompt, n);
+}
+
 class TwoDeviceTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
@@ -24,16 +39,9 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
   auto m = load_fixture(GetParam());
   const int n = 6;
-  auto single = make_engine(m->spec, reg, one_device("cpu0"));
-  const auto base = engine_greedy(*single, kPrompt, n);
-  single.reset();
-
+  const auto base = on_cpu0(m->spec, reg, n);
   // Experts of every layer split between the devices.
-  sched::Config split;
-  split.attention = "cpu0";
-  split.experts_mode = "shares";
-  split.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
-  auto engine = make_engine(m->spec, reg, split);
+  auto engine = make_engine(m->spec, reg, experts_in_halves());
   if (m->spec.hp.n_expert > 0) {
     EXPECT_GT(engine->plan().experts_on(0, 1), 0);
     EXPECT_GT(engine->plan().experts_on(0, 0), 0);
@@ -48,8 +56,8 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
 }
 
 // Experts split over the devices, with big steps streaming every expert's weights to the layer's
-// device (EngineOptions::stream_experts, forced on: PoCL devices share host memory, where auto
-// would not stream): the prompt's step streams each MoE layer, decode steps go across devices; a
+// device (EngineOptions::stream_experts, forced on: auto does not stream onto a CPU): the prompt's
+// step streams each MoE layer, decode steps go across devices; a
 // second prompt replays the recorded prompt step, streaming again. Same tokens and logits as one
 // device; gpt-oss (expert biases) never streams.
 TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
@@ -58,17 +66,11 @@ TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
   auto m = load_fixture(GetParam());
   if (m->spec.hp.n_expert == 0) GTEST_SKIP() << "no experts";
   const int n = 4;
-  auto single = make_engine(m->spec, reg, one_device("cpu0"));
-  const auto base = engine_greedy(*single, kPrompt, n);
-  single.reset();
-  sched::Config split;
-  split.attention = "cpu0";
-  split.experts_mode = "shares";
-  split.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
+  const auto base = on_cpu0(m->spec, reg, n);
   EngineOptions opts;
   opts.stream_experts = EngineOptions::StreamExperts::kOn;
   opts.stream_experts_min_tokens = int(kPrompt.size());
-  auto engine = make_engine(m->spec, reg, split, opts);
+  auto engine = make_engine(m->spec, reg, experts_in_halves(), opts);
   size_t moe_layers = 0;
   for (const auto& l : m->spec.layers) moe_layers += l.is_moe() ? 1 : 0;
   const bool streamable = !m->spec.layers[0].router_b;
