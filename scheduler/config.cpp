@@ -231,9 +231,9 @@ void parse_into(Config& c, const YAML::Node& root, const std::string& source) {
     }
   }
   if (const auto p = root["placement"]) {
-    check_keys(p, source, "placement",
-               {"attention", "experts", "cpu_moe_layers", "stream_experts",
-                "stream_experts_min_tokens"});
+    check_keys(
+        p, source, "placement",
+        {"attention", "experts", "cpu_moe_layers", "stream_experts", "stream_experts_min_tokens"});
     if (p["attention"]) c.attention = scalar(p["attention"], source, "placement.attention");
     if (p["stream_experts"]) {
       c.stream_experts = scalar(p["stream_experts"], source, "placement.stream_experts");

@@ -78,10 +78,11 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
   // Streamed experts (big steps of a layer with experts elsewhere): not with expert biases; kAuto
   // not onto a CPU (it would compute them no faster than the device holding them).
   using SE = EngineOptions::StreamExperts;
-  stream_wanted_ = moe_->devices->size() > 1 &&
-                   (options.stream_experts == SE::kOn ||
-                    (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
-                   options.stream_experts_min_tokens <= options.max_batch_tokens && !ls_.router_b;
+  stream_wanted_ =
+      moe_->devices->size() > 1 &&
+      (options.stream_experts == SE::kOn ||
+       (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
+      options.stream_experts_min_tokens <= options.max_batch_tokens && !ls_.router_b;
   stream_min_tokens_ = std::max(1, options.stream_experts_min_tokens);
   upload_experts(up);
   // The attention's output projection (same device) may run the norm and routing in its launch.
@@ -260,9 +261,9 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
       std::memcpy(gu.data() + uint64_t(e) * 2 * per, g->data + uint64_t(e) * per, per);
       std::memcpy(gu.data() + uint64_t(e) * 2 * per + per, u->data + uint64_t(e) * per, per);
     }
-    sh.gate_up = image(
-        ops::repack(g->type, int64_t(g->dims[1]) * 2, int64_t(g->dims[0]), gu.data(), n_exp),
-        g->type);
+    sh.gate_up =
+        image(ops::repack(g->type, int64_t(g->dims[1]) * 2, int64_t(g->dims[0]), gu.data(), n_exp),
+              g->type);
   } else {
     sh.gate = whole(g);
     sh.up = whole(u);
@@ -408,7 +409,8 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
       for (const auto& im : stream_->images) {
         const PinnedBytes& p = *im.bytes;
         home.dev->write(im.w.body.get(), 0, p.data(), im.body, false);
-        if (im.w.head) home.dev->write(im.w.head.get(), 0, p.data() + im.body, p.size() - im.body, false);
+        if (im.w.head)
+          home.dev->write(im.w.head.get(), 0, p.data() + im.body, p.size() - im.body, false);
         moe_->stats->streamed_bytes += p.size();
       }
       moe_->stats->streamed_layers += 1;
