@@ -38,8 +38,11 @@ struct EngineOptions {
   // running their experts behind a host round trip. kAuto: where that device is not a CPU (the
   // planner keeps room for the buffer there: Plan::stream_bytes); kOn: any device (tests); kOff:
   // never.
+  // stream_experts_min_tokens 0: per layer from the plan's cost model, the tokens at which the
+  // write (the layer's expert bytes at the device's probed host-to-device rate) costs less than
+  // the other devices' expert FLOPs for those tokens at their probed throughput.
   enum class StreamExperts { kAuto, kOn, kOff } stream_experts = StreamExperts::kAuto;
-  int stream_experts_min_tokens = 32;
+  int stream_experts_min_tokens = 0;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from

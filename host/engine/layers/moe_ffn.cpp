@@ -24,6 +24,8 @@ constexpr int kFoldSwigluMaxPairs = 64;
 // Steps of at least this many tokens group their pairs by expert before the expert matmuls (one
 // launch more; below it, pairs per expert are too few for its tiles to share weight decoding).
 constexpr int kGroupPairsMinTokens = 16;
+// Streamed experts without device figures to decide by: llama.cpp's batch size for the same move.
+constexpr int kStreamDefaultMinTokens = 32;
 }  // namespace
 
 reference::RoutingConfig routing_config(const model::ModelSpec& spec) {
@@ -82,8 +84,10 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
       moe_->devices->size() > 1 &&
       (options.stream_experts == SE::kOn ||
        (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
-      options.stream_experts_min_tokens <= options.max_batch_tokens && !ls_.router_b;
-  stream_min_tokens_ = std::max(1, options.stream_experts_min_tokens);
+      !ls_.router_b;
+  stream_min_tokens_ = options.stream_experts_min_tokens > 0 ? options.stream_experts_min_tokens
+                                                             : stream_break_even(c.index);
+  stream_wanted_ = stream_wanted_ && stream_min_tokens_ <= options.max_batch_tokens;
   upload_experts(up);
   // The attention's output projection (same device) may run the norm and routing in its launch.
   const auto& hp = spec_.hp;
@@ -202,6 +206,8 @@ void MoeFfn::upload_experts(WeightUploader& up) {
     DeviceCtx& home = *devices[size_t(dev_.home)];
     try {
       prepare_stream(home);
+      spdlog::debug("{}: layer {}: experts streamed here for steps of {}+ tokens", home.dev->id(),
+                    layer_, stream_min_tokens_);
     } catch (const std::exception& e) {
       // No pinned memory or no room for the layer's buffers: big steps go across devices.
       spdlog::warn("{}: layer {}: experts cannot be streamed here ({}); they run where placed",
@@ -274,6 +280,26 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   sh.local = sh.experts;
   finish_shard(home, sh);
   stream_ = std::move(st);
+}
+
+int MoeFfn::stream_break_even(int home) const {
+  const auto& hp = spec_.hp;
+  const auto& devs = moe_->plan->devices;
+  // Writing every expert (the probe times pageable copies; pinned ones are faster, so this errs
+  // towards not streaming) against the slowest other device computing the tokens' experts (as if
+  // it held them all: a streamed layer's experts are mostly whole on a CPU).
+  const double bytes =
+      double(ls_.gate_exps->n_bytes() + ls_.up_exps->n_bytes() + ls_.down_exps->n_bytes());
+  const double write_s = bytes / (devs[size_t(home)].h2d_gbps * 1e9);
+  const double flops_per_token =
+      double(hp.n_expert_used) * 3.0 * 2.0 * double(hp.n_ff_exp) * double(hp.n_embd);
+  double gflops = 0;
+  for (size_t d = 0; d < devs.size(); ++d)
+    if (int(d) != home && (gflops == 0 || devs[d].fp32_gflops < gflops))
+      gflops = devs[d].fp32_gflops;
+  if (!(write_s > 0) || !(gflops > 0)) return kStreamDefaultMinTokens;
+  const double per_token_s = flops_per_token / (gflops * 1e9);
+  return int(std::clamp(std::ceil(write_s / per_token_s), 1.0, double(1 << 20)));
 }
 
 bool MoeFfn::streams(const DeviceCtx& home, const LayerStep& s) const {

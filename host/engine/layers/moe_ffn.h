@@ -126,6 +126,8 @@ class MoeFfn final : public Ffn {
     Shard shard;
   };
   void prepare_stream(DeviceCtx& home);
+  // The fewest tokens of a streamed step by the plan's cost model (stream_experts_min_tokens 0).
+  int stream_break_even(int home) const;
   bool streams(const DeviceCtx& home, const LayerStep& s) const;
 
   const model::ModelSpec& spec_;
