@@ -458,7 +458,8 @@ int run_bench(const std::vector<std::string>& args) {
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
         "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
-        "\"measured_decode_ms\": %.4f, \"replay\": %s%s}\n",
+        "\"measured_decode_ms\": %.4f, \"replay\": %s, \"streamed_layers\": %llu, "
+        "\"streamed_bytes\": %llu%s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, parallel,
         reps, max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
@@ -468,6 +469,8 @@ int run_bench(const std::vector<std::string>& args) {
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps, predicted_ms,
         measured_ms, m.options().replay ? "true" : "false",
+        static_cast<unsigned long long>(m.stats().streamed_layers),
+        static_cast<unsigned long long>(m.stats().streamed_bytes),
         breakdown ? (", \"breakdown\": " + readable_json(breakdowns)).c_str() : "");
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
@@ -494,6 +497,10 @@ int run_bench(const std::vector<std::string>& args) {
       std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
                   static_cast<unsigned long long>(m.stats().balancer_moves),
                   static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
+    if (m.stats().streamed_layers > 0)
+      std::printf("streamed experts: %llu layer steps, %.1f MiB written (all runs)\n",
+                  static_cast<unsigned long long>(m.stats().streamed_layers),
+                  double(m.stats().streamed_bytes) / 1048576.0);
     for (const char* kind : {"prefill", "decode"})
       if (breakdowns.contains(kind)) print_breakdown(kind, breakdowns.at(kind).as_object());
   }
