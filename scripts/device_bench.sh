@@ -75,11 +75,17 @@ for t in $TYPES; do
   lbench "ncmoe8-$t" "$f" -ngl 99 -ncmoe 8
   # The split with the GPU's budget set to what the plan needs plus HEADROOM_MIB: the balancer may
   # move only that much of the CPU's experts to the GPU (as on a GPU that cannot hold them all).
-  need=$(tessera plan -m "$f" $SPLIT --ctx 528 --json 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin); d=[d for d in p["devices"] if d["id"]=="gpu0"][0]; print((d["weight_bytes"]+d["kv_bytes"])//1048576)')
+  need=$(tessera plan -m "$f" $SPLIT --ctx 528 --json 2>/dev/null | python3 -c 'import json,sys; p=json.load(sys.stdin); d=[d for d in p["devices"] if d["id"]=="gpu0"][0]; print((d["weight_bytes"]+d["kv_bytes"]+d.get("stream_bytes",0))//1048576)')
   budget="--set devices.budgets.gpu0=$((need + ${HEADROOM_MIB:-64}))MiB"
   log "gpu0 plan needs ${need} MiB: $budget"
   tbench "split-$t" "$f" $SPLIT $budget
+  tbench "split-nostream-$t" "$f" $SPLIT $budget --set placement.stream_experts=off
   tbench "split-balancer-$t" "$f" $SPLIT $budget --balancer
+  # A GPU budget of half the file (weights, KV and the streamed-experts room within it) against
+  # llama.cpp keeping the experts of 9 of the 16 layers on the CPU.
+  half="--set devices.budgets.gpu0=$(( $(stat -c %s "$f") / 2 / 1048576 + 16 ))MiB"
+  lbench "ncmoe9-$t" "$f" -ngl 99 -ncmoe 9
+  tbench "half-$t" "$f" $half
 done
 if [ "${MATRIX:-1}" = 1 ] && [ "$(left)" -gt 100 ]; then
   timeout $(( $(left) - 20 )) tessera matrix --devices cpu0 --json > "$OUT/matrix-cpu0.json" 2>> "$OUT/log.txt"
