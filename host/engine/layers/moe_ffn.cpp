@@ -85,9 +85,11 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
       (options.stream_experts == SE::kOn ||
        (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
       !ls_.router_b;
-  stream_min_tokens_ = options.stream_experts_min_tokens > 0 ? options.stream_experts_min_tokens
-                                                             : stream_break_even(c.index);
-  stream_wanted_ = stream_wanted_ && stream_min_tokens_ <= options.max_batch_tokens;
+  if (stream_wanted_) {
+    stream_min_tokens_ = options.stream_experts_min_tokens > 0 ? options.stream_experts_min_tokens
+                                                               : stream_break_even(c.index);
+    stream_wanted_ = stream_min_tokens_ <= options.max_batch_tokens;
+  }
   upload_experts(up);
   // The attention's output projection (same device) may run the norm and routing in its launch.
   const auto& hp = spec_.hp;
@@ -284,6 +286,7 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
 
 int MoeFfn::stream_break_even(int home) const {
   const auto& hp = spec_.hp;
+  if (!moe_->plan || size_t(home) >= moe_->plan->devices.size()) return kStreamDefaultMinTokens;
   const auto& devs = moe_->plan->devices;
   // Writing every expert (the probe times pageable copies; pinned ones are faster, so this errs
   // towards not streaming) against the slowest other device computing the tokens' experts (as if
