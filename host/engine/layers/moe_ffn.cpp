@@ -26,6 +26,25 @@ constexpr int kFoldSwigluMaxPairs = 64;
 constexpr int kGroupPairsMinTokens = 16;
 // Streamed experts without device figures to decide by: llama.cpp's batch size for the same move.
 constexpr int kStreamDefaultMinTokens = 32;
+
+// The bytes of `experts` (global ids, in that order) of an expert tensor: experts are ggml's
+// outermost dimension, so expert e's bytes are one contiguous range. With t2 (up beside gate, one
+// format), each expert's rows of t then its rows of t2.
+std::vector<uint8_t> expert_bytes(const gguf::TensorInfo* t, const gguf::TensorInfo* t2,
+                                  uint32_t n_expert, std::span<const int32_t> experts) {
+  const uint64_t per = t->n_bytes() / n_expert, step = t2 ? 2 * per : per;
+  std::vector<uint8_t> bytes(step * experts.size());
+  for (size_t i = 0; i < experts.size(); ++i) {
+    std::memcpy(bytes.data() + i * step, t->data + uint64_t(experts[i]) * per, per);
+    if (t2) std::memcpy(bytes.data() + i * step + per, t2->data + uint64_t(experts[i]) * per, per);
+  }
+  return bytes;
+}
+
+// Gate and up in one weight (each expert's gate rows then its up rows): same format and shape.
+bool gate_up_together(const gguf::TensorInfo* g, const gguf::TensorInfo* u) {
+  return g->type == u->type && g->dims[0] == u->dims[0] && g->dims[1] == u->dims[1];
+}
 }  // namespace
 
 reference::RoutingConfig routing_config(const model::ModelSpec& spec) {
@@ -154,21 +173,13 @@ void MoeFfn::upload_experts(WeightUploader& up) {
     // two tensors (gate and up of one format), each expert's rows of the first then the second.
     auto slice = [&](const gguf::TensorInfo* t, const gguf::TensorInfo* t2 = nullptr) {
       const int64_t cols = int64_t(t->dims[0]), rows = int64_t(t->dims[1]) * (t2 ? 2 : 1);
-      const uint64_t per = t->n_bytes() / hp.n_expert, step = t2 ? 2 * per : per;
-      std::vector<uint8_t> bytes(step * s.experts.size());
-      for (size_t i = 0; i < s.experts.size(); ++i) {
-        std::memcpy(bytes.data() + i * step, t->data + uint64_t(s.experts[i]) * per, per);
-        if (t2)
-          std::memcpy(bytes.data() + i * step + per, t2->data + uint64_t(s.experts[i]) * per, per);
-      }
+      const std::vector<uint8_t> bytes = expert_bytes(t, t2, hp.n_expert, s.experts);
       ops::DeviceWeight dw =
           c.mm->upload(t->type, rows, cols, bytes.data(), int64_t(s.experts.size()));
       up.count(bytes.size());
       return dw;
     };
-    if (ls_.gate_exps->type == ls_.up_exps->type &&
-        ls_.gate_exps->dims[0] == ls_.up_exps->dims[0] &&
-        ls_.gate_exps->dims[1] == ls_.up_exps->dims[1]) {
+    if (gate_up_together(ls_.gate_exps, ls_.up_exps)) {
       s.gate_up = slice(ls_.gate_exps, ls_.up_exps);
     } else {
       s.gate = slice(ls_.gate_exps);
@@ -261,14 +272,11 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   };
   const gguf::TensorInfo *g = ls_.gate_exps, *u = ls_.up_exps;
   Shard& sh = st->shard;
-  if (g->type == u->type && g->dims[0] == u->dims[0] && g->dims[1] == u->dims[1]) {
+  sh.experts.resize(size_t(n_exp));
+  std::iota(sh.experts.begin(), sh.experts.end(), 0);
+  if (gate_up_together(g, u)) {
     // Every expert's gate rows then its up rows, as upload_experts' gate|up slices.
-    const uint64_t per = g->n_bytes() / hp.n_expert;
-    std::vector<uint8_t> gu(2 * per * uint64_t(n_exp));
-    for (int64_t e = 0; e < n_exp; ++e) {
-      std::memcpy(gu.data() + uint64_t(e) * 2 * per, g->data + uint64_t(e) * per, per);
-      std::memcpy(gu.data() + uint64_t(e) * 2 * per + per, u->data + uint64_t(e) * per, per);
-    }
+    const std::vector<uint8_t> gu = expert_bytes(g, u, hp.n_expert, sh.experts);
     sh.gate_up =
         image(ops::repack(g->type, int64_t(g->dims[1]) * 2, int64_t(g->dims[0]), gu.data(), n_exp),
               g->type);
@@ -277,8 +285,6 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
     sh.up = whole(u);
   }
   sh.down = whole(ls_.down_exps);
-  sh.experts.resize(size_t(n_exp));
-  std::iota(sh.experts.begin(), sh.experts.end(), 0);
   sh.local = sh.experts;
   finish_shard(home, sh);
   stream_ = std::move(st);
