@@ -19,6 +19,13 @@ Device::Device(DeviceInfo info, cl_platform_id platform, cl_device_id device, Cl
   cl_check(err, "clCreateCommandQueue", info_.label());
 }
 
+ClQueue Device::new_queue() const {
+  cl_int err = CL_SUCCESS;
+  ClQueue q(clCreateCommandQueue(context_.get(), device_, 0, &err));
+  cl_check(err, "clCreateCommandQueue", info_.label());
+  return q;
+}
+
 ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
   if (bytes == 0)
     bytes = 1;  // zero-sized buffers are invalid in OpenCL; callers may have empty tensors

@@ -43,6 +43,9 @@ class Device {
   cl_context context() const { return context_.get(); }
   // The in-order, profiling-enabled queue. Drive it from one thread at a time.
   cl_command_queue queue() const { return queue_.get(); }
+  // Another in-order queue on this device, without profiling (for work beside the main queue's,
+  // ordered against it by events: e.g. weight writes while kernels run). Throws ClError.
+  ClQueue new_queue() const;
 
   // Device buffer of `bytes`; throws ClError naming the device and size.
   ClMem alloc(size_t bytes, cl_mem_flags flags = CL_MEM_READ_WRITE) const;

@@ -167,22 +167,26 @@ Plan place(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
            const Config& config);
 
 // Room a plan needs on its attention device for streamed experts (EngineOptions::stream_experts):
-// the largest of its layers' expert sets when a layer there has experts on another device and
-// streaming applies to that device (auto: not a CPU); 0 otherwise.
+// the largest of its layers' expert sets, twice when two or more layers stream (the engine's two
+// buffers, taken in turn so that one layer's write runs while the layer before computes), when a
+// layer there has experts on another device and streaming applies to that device (auto: not a
+// CPU); 0 otherwise.
 uint64_t stream_room(const Plan& plan, const ModelFootprint& model, const Config& config) {
   const int ad = plan.attention_device;
   if (config.stream_experts == "off" || plan.devices.size() < 2 ||
       (config.stream_experts == "auto" && plan.devices[size_t(ad)].type == DeviceType::kCpu))
     return 0;
   uint64_t room = 0;
-  bool needed = false;
+  int streamed = 0;
   for (size_t l = 0; l < model.layers.size(); ++l) {
     const auto& fl = model.layers[l];
     if (fl.n_experts == 0 || plan.layer_device[l] != ad) continue;
     room = std::max(room, fl.expert_bytes * uint64_t(fl.n_experts));
-    for (int d : plan.expert_device[l]) needed |= d != ad;
+    bool elsewhere = false;
+    for (int d : plan.expert_device[l]) elsewhere |= d != ad;
+    streamed += elsewhere ? 1 : 0;
   }
-  return needed ? room : 0;
+  return streamed == 0 ? 0 : room * uint64_t(std::min(streamed, 2));
 }
 
 }  // namespace

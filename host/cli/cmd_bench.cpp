@@ -459,7 +459,7 @@ int run_bench(const std::vector<std::string>& args) {
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
         "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
         "\"measured_decode_ms\": %.4f, \"replay\": %s, \"streamed_layers\": %llu, "
-        "\"streamed_bytes\": %llu%s}\n",
+        "\"streamed_bytes\": %llu, \"streamed_ahead\": %llu%s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, parallel,
         reps, max_batch, load_s, pp_tps, tg_tps, list(pp).c_str(), list(tg).c_str(),
@@ -471,6 +471,7 @@ int run_bench(const std::vector<std::string>& args) {
         measured_ms, m.options().replay ? "true" : "false",
         static_cast<unsigned long long>(m.stats().streamed_layers),
         static_cast<unsigned long long>(m.stats().streamed_bytes),
+        static_cast<unsigned long long>(m.stats().streamed_ahead),
         breakdown ? (", \"breakdown\": " + readable_json(breakdowns)).c_str() : "");
   } else {
     std::printf("model: %s\ndevices: %s; attention on %s; loaded in %.2f s\n", model_path.c_str(),
@@ -498,9 +499,12 @@ int run_bench(const std::vector<std::string>& args) {
                   static_cast<unsigned long long>(m.stats().balancer_moves),
                   static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps);
     if (m.stats().streamed_layers > 0)
-      std::printf("streamed experts: %llu layer steps, %.1f MiB written (all runs)\n",
-                  static_cast<unsigned long long>(m.stats().streamed_layers),
-                  double(m.stats().streamed_bytes) / 1048576.0);
+      std::printf(
+          "streamed experts: %llu layer steps (%llu written while the layer before computed), "
+          "%.1f MiB written (all runs)\n",
+          static_cast<unsigned long long>(m.stats().streamed_layers),
+          static_cast<unsigned long long>(m.stats().streamed_ahead),
+          double(m.stats().streamed_bytes) / 1048576.0);
     for (const char* kind : {"prefill", "decode"})
       if (breakdowns.contains(kind)) print_breakdown(kind, breakdowns.at(kind).as_object());
   }

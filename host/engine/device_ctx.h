@@ -145,8 +145,13 @@ struct DeviceCtx {
   std::vector<int32_t> h_order, h_row;       // grouping them by expert
   std::vector<float> h_w, staging;           // their weights; host staging of activations
   // Layer-sized expert weights that streamed MoE layers write before each use (MoeFfn::Stream),
-  // one per weight shape ("type:rows x cols x experts").
+  // two per weight shape ("type:rows x cols x experts/slot"): layers take slots in turn, so one
+  // layer's write runs while the layer before computes from the other.
   std::map<std::string, ops::DeviceWeight> stream_weights;
+  int streamed_layers = 0;  // layers that stream here (the next one takes slot streamed_layers % 2)
+  // The queue those writes go to (created with the first streamed layer), ordered against `dev`'s
+  // queue by events: a layer's launches wait for its write, a write for the launches before it.
+  ClQueue copy_queue;
 
   // Profiling: each launch's completion event, by op family (only when profiling). A deque, so the
   // event a launch writes through prof()'s pointer stays put while later ones are added.

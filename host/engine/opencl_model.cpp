@@ -117,6 +117,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   // the layout the cache decides (the attention ops take their shape and format from it), grouped
   // by window; a recurrent-state pool when a layer keeps state.
   layers_ = make_layers(spec_, &moe_);
+  for (auto& layer : layers_) moe_.layers.push_back(layer.ffn->routed());
   std::vector<const Device*> layer_devices;
   for (int d : plan_.layer_device) layer_devices.push_back(ctx(d).dev);
   kv::KvCacheConfig kcfg;
@@ -193,6 +194,7 @@ OpenClModel::~OpenClModel() {
   for (auto& c : ctxs_) {
     try {
       c->dev->finish();
+      if (c->copy_queue) CL_CHECK(clFinish(c->copy_queue.get()), c->dev->info().label());
     } catch (const std::exception& e) {
       spdlog::warn("{}: finish at shutdown failed: {}", c->dev->id(), e.what());
     }
@@ -345,6 +347,7 @@ bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t
                                 std::optional<ops::StepProgram::Profile>& profile) {
   const int n = int(b.tokens.size());
   DeviceCtx& home = ctx(plan_.attention_device);
+  moe_.begin_step();
   // The batch (block tables, positions, slots) on every device that holds layers, once per KV
   // group of its layers (each window group has its own block tables and slots).
   for (auto& c : ctxs_)

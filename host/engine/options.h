@@ -33,7 +33,8 @@ struct EngineOptions {
   bool balancer = false;
   // Steps of at least stream_experts_min_tokens tokens (prefill) in a MoE layer whose experts are
   // not all on its own device: the layer's device takes every expert's weights from pinned host
-  // memory into one layer-sized buffer it keeps for all such layers and runs the experts itself
+  // memory into one of two layer-sized buffers it keeps for all such layers (they take them in
+  // turn) and runs the experts itself
   // (as llama.cpp does with host-held weights for big batches), instead of the other devices
   // running their experts behind a host round trip. kAuto: where that device is not a CPU (the
   // planner keeps room for the buffer there: Plan::stream_bytes); kOn: any device (tests); kOff:
@@ -43,11 +44,15 @@ struct EngineOptions {
   // the other devices' expert FLOPs for those tokens at their probed throughput.
   enum class StreamExperts { kAuto, kOn, kOff } stream_experts = StreamExperts::kAuto;
   int stream_experts_min_tokens = 0;
+  // A streamed layer's write runs on the device's copy queue while the streamed layer before it
+  // computes (two layer buffers in turn); off: each write waits for the launches before it
+  // ("stream_ahead" in $TESSERA_NO_FUSE turns it off, for A/B runs).
+  bool stream_ahead = true;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline).
+  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline, stream_ahead).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -144,8 +149,9 @@ struct EngineStats {
   // (OpenClModel::submit_argmax with tokens_from_previous).
   uint64_t chained_steps = 0;
   // MoE layers run with their experts streamed to the layer's device (stream_experts), and the
-  // weight bytes written for them.
-  uint64_t streamed_layers = 0, streamed_bytes = 0;
+  // weight bytes written for them; streamed_ahead: of those layers, the ones whose write ran
+  // while the layer before computed (written ahead into the other of the device's two buffers).
+  uint64_t streamed_layers = 0, streamed_bytes = 0, streamed_ahead = 0;
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,

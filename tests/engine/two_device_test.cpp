@@ -82,9 +82,13 @@ TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
     for (size_t i = 0; i < got.logits.size(); ++i)
       EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
     EXPECT_EQ(engine->stats().streamed_layers, streamable ? round * moe_layers : 0u);
+    // Layers take the two buffers in turn: each one's write after the first ran ahead.
+    EXPECT_EQ(engine->stats().streamed_ahead, streamable ? round * (moe_layers - 1) : 0u);
   }
   EXPECT_GT(engine->stats().expert_hits[1], 0u);  // the decode steps ran across the devices
-  if (streamable) EXPECT_GT(engine->replayed_steps(), 0u);
+  if (streamable) {
+    EXPECT_GT(engine->replayed_steps(), 0u);
+  }
 }
 
 TEST_P(TwoDeviceTest, LayersOnAlternatingDevicesEqualOneDevice) {

@@ -98,8 +98,9 @@ TEST(PlannerTest, SharesAndPinsAndCpuMoeLayers) {
 }
 
 // A GPU whose layers have experts on the CPU keeps room for streamed experts (the largest layer's
-// experts: big steps run them there), taken off its budget for weights; not when streaming is off,
-// not when every expert is on the GPU, not on a CPU.
+// experts, twice when two or more layers stream: big steps write them into two buffers in turn),
+// taken off its budget for weights; not when streaming is off, not when every expert is on the
+// GPU, not on a CPU.
 TEST(PlannerTest, RoomForStreamedExperts) {
   auto m = moe_model(4, 8);  // 8 experts of 1 MiB per layer
   Config half;
@@ -107,12 +108,16 @@ TEST(PlannerTest, RoomForStreamedExperts) {
   const uint64_t budget = 256ull << 20;
   auto p = make_plan(m, gpu_cpu(budget), half);
   ASSERT_EQ(p.stream_bytes.size(), 2u);
-  EXPECT_EQ(p.stream_bytes[0], 8ull << 20);
+  EXPECT_EQ(p.stream_bytes[0], 16ull << 20);
   EXPECT_EQ(p.stream_bytes[1], 0u);
-  EXPECT_EQ(p.devices[0].budget_bytes, budget - (8ull << 20));
+  EXPECT_EQ(p.devices[0].budget_bytes, budget - (16ull << 20));
   EXPECT_LE(p.weight_bytes[0] + p.kv_bytes[0] + p.stream_bytes[0], budget);
   EXPECT_NE(p.to_text(m).find("streamed experts"), std::string::npos);
-  EXPECT_NE(p.to_json().find("\"stream_bytes\":8388608"), std::string::npos);
+  EXPECT_NE(p.to_json().find("\"stream_bytes\":16777216"), std::string::npos);
+  // One layer's experts on the CPU: one buffer.
+  Config one = half;
+  one.cpu_moe_layers = 1;
+  EXPECT_EQ(make_plan(m, gpu_cpu(budget), one).stream_bytes[0], 8ull << 20);
   // Tight: the room pushes another layer's experts off the GPU.
   // Head (embeddings, output, KV: 96 MiB), dense layers (32 MiB) and layers 2-3's experts
   // (16 MiB) just fit; the room pushes experts of layer 3 off the GPU.

@@ -56,6 +56,12 @@ reference::RoutingConfig routing_config(const model::ModelSpec& spec) {
   return r;
 }
 
+void MoeRuntime::begin_step() {
+  for (auto& [layer, written] : stream_writes)
+    CL_CHECK(clWaitForEvents(1, written.ptr()), "layer " + std::to_string(layer));
+  stream_writes.clear();
+}
+
 void MoeRuntime::end_step(int experts_per_token) {
   for (const auto& p : pending_choices)
     for (size_t t = 0; t * size_t(experts_per_token) < p.ids.size(); ++t)
@@ -104,6 +110,7 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
       (options.stream_experts == SE::kOn ||
        (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
       !ls_.router_b;
+  stream_ahead_ = options.stream_ahead;
   if (stream_wanted_) {
     stream_min_tokens_ = options.stream_experts_min_tokens > 0 ? options.stream_experts_min_tokens
                                                                : stream_break_even(c.index);
@@ -248,6 +255,8 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   const auto& hp = spec_.hp;
   const int64_t n_exp = int64_t(hp.n_expert);
   auto st = std::make_unique<Stream>();
+  if (!home.copy_queue) home.copy_queue = home.dev->new_queue();
+  st->slot = home.streamed_layers % 2;
   // Each weight of every expert repacked once into pinned memory, and the home device's buffer for
   // a weight of its shape, shared by its streamed layers: each step writes it before its launches
   // read it, in the queue's order.
@@ -257,7 +266,8 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
     std::memcpy(im.bytes->data(), rw.bytes.data(), rw.bytes.size());
     im.body = rw.head_offset_bytes;
     const std::string key = std::to_string(int(t)) + ":" + std::to_string(rw.rows) + "x" +
-                            std::to_string(rw.cols) + "x" + std::to_string(rw.n_mats);
+                            std::to_string(rw.cols) + "x" + std::to_string(rw.n_mats) + "/" +
+                            std::to_string(st->slot);
     auto it = home.stream_weights.find(key);
     if (it == home.stream_weights.end())
       it = home.stream_weights.emplace(key, home.mm->upload_repacked(t, rw)).first;
@@ -288,6 +298,7 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   sh.local = sh.experts;
   finish_shard(home, sh);
   stream_ = std::move(st);
+  ++home.streamed_layers;
 }
 
 int MoeFfn::stream_break_even(int home) const {
@@ -311,8 +322,61 @@ int MoeFfn::stream_break_even(int home) const {
   return int(std::clamp(std::ceil(write_s / per_token_s), 1.0, double(1 << 20)));
 }
 
-bool MoeFfn::streams(const DeviceCtx& home, const LayerStep& s) const {
-  return stream_ && home.index == dev_.home && s.n_tokens >= stream_min_tokens_;
+bool MoeFfn::streams(const DeviceCtx& home, int n_tokens) const {
+  return stream_ && !dev_.all_on_home && home.index == dev_.home && n_tokens >= stream_min_tokens_;
+}
+
+ClEvent MoeFfn::write_stream(DeviceCtx& home) {
+  const std::string where = home.dev->info().label();
+  // After everything queued on home: the launches of the layer that used this slot last.
+  ClEvent after;
+  CL_CHECK(clEnqueueMarkerWithWaitList(home.dev->queue(), 0, nullptr, after.out()), where);
+  CL_CHECK(clFlush(home.dev->queue()), where);  // a marker another queue waits for is submitted
+  cl_command_queue q = home.copy_queue.get();
+  ClEvent last;
+  bool first = true;
+  for (const auto& im : stream_->images) {
+    const PinnedBytes& p = *im.bytes;
+    auto write = [&](cl_mem to, const uint8_t* from, size_t bytes) {
+      // In-order queue: only the first write waits for the marker; the last gives the event.
+      ClEvent done;
+      CL_CHECK(clEnqueueWriteBuffer(q, to, CL_FALSE, 0, bytes, from, first ? 1 : 0,
+                                    first ? after.ptr() : nullptr, done.out()),
+               where);
+      first = false;
+      last = std::move(done);
+    };
+    write(im.w.body.get(), p.data(), im.body);
+    if (im.w.head) write(im.w.head.get(), p.data() + im.body, p.size() - im.body);
+    moe_->stats->streamed_bytes += p.size();
+  }
+  CL_CHECK(clFlush(q), where);
+  return last;
+}
+
+void MoeFfn::stream_in(DeviceCtx& home, int n) {
+  const std::string where = home.dev->info().label();
+  ClEvent ready;
+  if (auto it = moe_->stream_writes.find(layer_); it != moe_->stream_writes.end()) {
+    ready = std::move(it->second);
+    moe_->stream_writes.erase(it);
+  } else {
+    ready = write_stream(home);
+  }
+  CL_CHECK(clEnqueueBarrierWithWaitList(home.dev->queue(), 1, ready.ptr(), nullptr), where);
+  moe_->stats->streamed_layers += 1;
+  // The next streamed layer of this step (layers between run from home's queue meanwhile): in the
+  // other slot its write can start now, after the launches queued so far, which are all that may
+  // still read that slot.
+  for (size_t l = size_t(layer_) + 1; stream_ahead_ && l < moe_->layers.size(); ++l) {
+    MoeFfn* next = moe_->layers[l];
+    if (!next || !next->streams(home, n)) continue;
+    if (next->stream_->slot != stream_->slot) {
+      moe_->stream_writes[next->layer_] = next->write_stream(home);
+      moe_->stats->streamed_ahead += 1;
+    }
+    break;
+  }
 }
 
 bool MoeFfn::expert_ffn(DeviceCtx& c, const Shard& s, cl_mem pair_token, cl_mem pair_expert,
@@ -437,19 +501,12 @@ void MoeFfn::route(DeviceCtx& home, const LayerStep& s) {
 
 bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
   if (dev_.all_on_home) return on_home(home, s, dev_.shards[size_t(home.index)], next_norm);
-  if (streams(home, s)) {
-    // Every expert's weights into the home device's layer buffers (non-blocking writes from
-    // pinned memory, ordered before the launches that read them), then the step as on one device.
-    ops::host_call(*home.dev, "write the layer's experts from host memory", [this, &home] {
-      for (const auto& im : stream_->images) {
-        const PinnedBytes& p = *im.bytes;
-        home.dev->write(im.w.body.get(), 0, p.data(), im.body, false);
-        if (im.w.head)
-          home.dev->write(im.w.head.get(), 0, p.data() + im.body, p.size() - im.body, false);
-        moe_->stats->streamed_bytes += p.size();
-      }
-      moe_->stats->streamed_layers += 1;
-    });
+  if (streams(home, s.n_tokens)) {
+    // Every expert's weights into one of the home device's layer buffers (non-blocking writes
+    // from pinned memory on its copy queue, the launches waiting for them), then the step as on
+    // one device.
+    ops::host_call(*home.dev, "write the layer's experts from host memory",
+                   [this, &home, n = s.n_tokens] { stream_in(home, n); });
     return on_home(home, s, stream_->shard, next_norm);
   }
   // In a step program this is a host-sync point: the program is split here and the rest of the

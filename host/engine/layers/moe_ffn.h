@@ -21,6 +21,8 @@ namespace tessera::engine {
 // expert_weights_scale).
 reference::RoutingConfig routing_config(const model::ModelSpec& spec);
 
+class MoeFfn;
+
 // What the MoE layers of an OpenClModel share across its devices. Owned by the model; the layers
 // hold a pointer. Engine thread only (the executor lanes touch only their own device's entries).
 struct MoeRuntime {
@@ -37,7 +39,15 @@ struct MoeRuntime {
   };
   std::deque<PendingChoice> pending_choices;  // deque: elements stay put while reads are queued
   std::vector<double> lane_seconds;           // per device, written by its executor lane
+  // Every layer's routed FFN by layer index (null where none): a streamed layer finds the next.
+  std::vector<MoeFfn*> layers;
+  // Streamed experts written ahead for a later layer of the running step (while an earlier layer
+  // computes), by layer: the event of the write that layer's launches wait for.
+  std::map<int, ClEvent> stream_writes;
 
+  // Before a step is enqueued: no write issued ahead by an earlier (failed) step is taken for one
+  // of this step's (waits for any left, then forgets them).
+  void begin_step();
   // After the queues finished: the pending choices go to the balancer.
   void end_step(int experts_per_token);
 };
@@ -124,11 +134,20 @@ class MoeFfn final : public Ffn {
     };
     std::vector<Image> images;
     Shard shard;
+    int slot = 0;  // which of the home device's two layer buffers (DeviceCtx::stream_weights)
   };
   void prepare_stream(DeviceCtx& home);
+  // Enqueues the writes of every expert into the layer's slot on home's copy queue, after
+  // everything queued on home so far (the launches that read the slot before); returns the event
+  // of the last write.
+  ClEvent write_stream(DeviceCtx& home);
+  // At this layer's point of a streamed step of n tokens: its launches wait for its weights
+  // (written now, or ahead by the streamed layer before), and the next streamed layer's write
+  // starts when it uses the other slot, so it runs while this layer computes.
+  void stream_in(DeviceCtx& home, int n);
   // The fewest tokens of a streamed step by the plan's cost model (stream_experts_min_tokens 0).
   int stream_break_even(int home) const;
-  bool streams(const DeviceCtx& home, const LayerStep& s) const;
+  bool streams(const DeviceCtx& home, int n_tokens) const;
 
   const model::ModelSpec& spec_;
   const model::LayerSpec& ls_;
@@ -151,6 +170,7 @@ class MoeFfn final : public Ffn {
   ops::RouteTail route_tail_;
   bool stream_wanted_ = false;  // the options allow streaming to the home device (upload)
   int stream_min_tokens_ = 0;
+  bool stream_ahead_ = true;  // EngineOptions::stream_ahead
   std::unique_ptr<Stream> stream_;
   std::vector<float> ref_ffn_norm_;
   reference::MoeWeights ref_;
