@@ -80,12 +80,28 @@ for t in $TYPES; do
   log "gpu0 plan needs ${need} MiB: $budget"
   tbench "split-$t" "$f" $SPLIT $budget
   tbench "split-nostream-$t" "$f" $SPLIT $budget --set placement.stream_experts=off
+  # Each streamed layer's write at its own turn (no write-ahead on the copy queue), for the A/B.
+  TESSERA_NO_FUSE=stream_ahead tbench "split-serial-$t" "$f" $SPLIT $budget
   tbench "split-balancer-$t" "$f" $SPLIT $budget --balancer
   # A GPU budget of half the file (weights, KV and the streamed-experts room within it) against
   # llama.cpp keeping the experts of 9 of the 16 layers on the CPU.
   half="--set devices.budgets.gpu0=$(( $(stat -c %s "$f") / 2 / 1048576 + 16 ))MiB"
   lbench "ncmoe9-$t" "$f" -ngl 99 -ncmoe 9
   tbench "half-$t" "$f" $half
+done
+# Decode alone (no prompt step, so nothing streams) with streaming prepared and off, alternated:
+# the decode slowdown seen where streaming is prepared (bench/END_TO_END.md, 2026-12-06).
+for t in $TYPES; do
+  f=/tmp/bench-$t.gguf
+  for round in 1 2; do
+    for se in off auto; do
+      if [ "$(left)" -lt 40 ]; then log "skip decode A/B $t (time)"; continue; fi
+      echo "== tessera decode-stream-$se-$t-$round: $SPLIT" >> "$OUT/bench.txt"
+      timeout 60 tessera bench -m "$f" $SPLIT --set placement.stream_experts=$se -p 0 -n 128 -r 3 \
+          --json >> "$OUT/bench.txt" 2>> "$OUT/log.txt"
+      log "decode A/B $se $t rc=$?"
+    done
+  done
 done
 if [ "${MATRIX:-1}" = 1 ] && [ "$(left)" -gt 100 ]; then
   timeout $(( $(left) - 20 )) tessera matrix --devices cpu0 --json > "$OUT/matrix-cpu0.json" 2>> "$OUT/log.txt"
