@@ -258,8 +258,8 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   if (!home.copy_queue) home.copy_queue = home.dev->new_queue();
   st->slot = home.streamed_layers % 2;
   // Each weight of every expert repacked once into pinned memory, and the home device's buffer for
-  // a weight of its shape, shared by its streamed layers: each step writes it before its launches
-  // read it, in the queue's order.
+  // a weight of its shape in this layer's slot, shared by the streamed layers of that slot: each
+  // step writes it on the copy queue and the launches wait for the write (stream_in).
   auto image = [&](const ops::RepackedWeight& rw, gguf::TensorType t) {
     Stream::Image im;
     im.bytes = std::make_unique<PinnedBytes>(*home.dev, rw.bytes.size());
