@@ -82,6 +82,8 @@ for t in $TYPES; do
   tbench "split-nostream-$t" "$f" $SPLIT $budget --set placement.stream_experts=off
   # Each streamed layer's write at its own turn (no write-ahead on the copy queue), for the A/B.
   TESSERA_NO_FUSE=stream_ahead tbench "split-serial-$t" "$f" $SPLIT $budget
+  # The writes in order on the GPU's own queue (no second queue), for the A/B.
+  TESSERA_NO_FUSE=stream_queue tbench "split-onequeue-$t" "$f" $SPLIT $budget
   tbench "split-balancer-$t" "$f" $SPLIT $budget --balancer
   # A GPU budget of half the file (weights, KV and the streamed-experts room within it) against
   # llama.cpp keeping the experts of 9 of the 16 layers on the CPU.
@@ -90,7 +92,8 @@ for t in $TYPES; do
   tbench "half-$t" "$f" $half
 done
 # Decode alone (no prompt step, so nothing streams) with streaming prepared and off, alternated:
-# the decode slowdown seen where streaming is prepared (bench/END_TO_END.md, 2026-12-06).
+# a decode slowdown seen once where streaming was prepared (H200, 2026-12-06; not seen on the H100
+# the same day: bench/END_TO_END.md).
 for t in $TYPES; do
   f=/tmp/bench-$t.gguf
   for round in 1 2; do

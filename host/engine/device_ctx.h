@@ -151,7 +151,10 @@ struct DeviceCtx {
   int streamed_layers = 0;  // layers that stream here (the next one takes slot streamed_layers % 2)
   // The queue those writes go to (created with the first streamed layer), ordered against `dev`'s
   // queue by events: a layer's launches wait for its write, a write for the launches before it.
+  // None (EngineOptions::stream_queue off, or the device could not create one): the writes go in
+  // order on `dev`'s queue.
   ClQueue copy_queue;
+  bool copy_queue_tried = false;
 
   // Profiling: each launch's completion event, by op family (only when profiling). A deque, so the
   // event a launch writes through prof()'s pointer stays put while later ones are added.

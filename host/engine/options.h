@@ -48,11 +48,16 @@ struct EngineOptions {
   // computes (two layer buffers in turn); off: each write waits for the launches before it
   // ("stream_ahead" in $TESSERA_NO_FUSE turns it off, for A/B runs).
   bool stream_ahead = true;
+  // Those writes on a second in-order queue of the device; off (or where the device cannot create
+  // one): in order on its own queue, so each write waits for the launches before it and delays
+  // those after it, and none runs ahead ("stream_queue" in $TESSERA_NO_FUSE, for A/B runs).
+  bool stream_queue = true;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline, stream_ahead).
+  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline, stream_ahead,
+  // stream_queue).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k

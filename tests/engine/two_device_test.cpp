@@ -59,7 +59,8 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
 // device (EngineOptions::stream_experts, forced on: auto does not stream onto a CPU): the prompt's
 // step streams each MoE layer, decode steps go across devices; a
 // second prompt replays the recorded prompt step, streaming again. Same tokens and logits as one
-// device; gpt-oss (expert biases) never streams.
+// device, with the writes on the device's copy queue (each after the first running ahead) and in
+// order on its own queue (EngineOptions::stream_queue off); gpt-oss (expert biases) never streams.
 TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
   auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
@@ -67,27 +68,32 @@ TEST_P(TwoDeviceTest, StreamedExpertsEqualOneDevice) {
   if (m->spec.hp.n_expert == 0) GTEST_SKIP() << "no experts";
   const int n = 4;
   const auto base = on_cpu0(m->spec, reg, n);
-  EngineOptions opts;
-  opts.stream_experts = EngineOptions::StreamExperts::kOn;
-  opts.stream_experts_min_tokens = int(kPrompt.size());
-  auto engine = make_engine(m->spec, reg, experts_in_halves(), opts);
   size_t moe_layers = 0;
   for (const auto& l : m->spec.layers) moe_layers += l.is_moe() ? 1 : 0;
   const bool streamable = !m->spec.layers[0].router_b;
-  for (int round = 1; round <= 2; ++round) {
-    SCOPED_TRACE(round == 1 ? "recorded prompt step" : "replayed prompt step");
-    const auto got = engine_greedy(*engine, kPrompt, n);
-    EXPECT_EQ(got.tokens, base.tokens);
-    ASSERT_EQ(got.logits.size(), base.logits.size());
-    for (size_t i = 0; i < got.logits.size(); ++i)
-      EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
-    EXPECT_EQ(engine->stats().streamed_layers, streamable ? round * moe_layers : 0u);
-    // Layers take the two buffers in turn: each one's write after the first ran ahead.
-    EXPECT_EQ(engine->stats().streamed_ahead, streamable ? round * (moe_layers - 1) : 0u);
-  }
-  EXPECT_GT(engine->stats().expert_hits[1], 0u);  // the decode steps ran across the devices
-  if (streamable) {
-    EXPECT_GT(engine->replayed_steps(), 0u);
+  for (const bool copy_queue : {true, false}) {
+    SCOPED_TRACE(copy_queue ? "copy queue" : "writes on the device's queue");
+    EngineOptions opts;
+    opts.stream_experts = EngineOptions::StreamExperts::kOn;
+    opts.stream_experts_min_tokens = int(kPrompt.size());
+    opts.stream_queue = copy_queue;
+    auto engine = make_engine(m->spec, reg, experts_in_halves(), opts);
+    for (int round = 1; round <= 2; ++round) {
+      SCOPED_TRACE(round == 1 ? "recorded prompt step" : "replayed prompt step");
+      const auto got = engine_greedy(*engine, kPrompt, n);
+      EXPECT_EQ(got.tokens, base.tokens);
+      ASSERT_EQ(got.logits.size(), base.logits.size());
+      for (size_t i = 0; i < got.logits.size(); ++i)
+        EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+      EXPECT_EQ(engine->stats().streamed_layers, streamable ? round * moe_layers : 0u);
+      // Layers take the two buffers in turn: each one's write after the first ran ahead.
+      EXPECT_EQ(engine->stats().streamed_ahead,
+                streamable && copy_queue ? round * (moe_layers - 1) : 0u);
+    }
+    EXPECT_GT(engine->stats().expert_hits[1], 0u);  // the decode steps ran across the devices
+    if (streamable) {
+      EXPECT_GT(engine->replayed_steps(), 0u);
+    }
   }
 }
 

@@ -111,6 +111,7 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
        (options.stream_experts == SE::kAuto && c.dev->info().type != DeviceType::kCpu)) &&
       !ls_.router_b;
   stream_ahead_ = options.stream_ahead;
+  stream_queue_ = options.stream_queue;
   if (stream_wanted_) {
     stream_min_tokens_ = options.stream_experts_min_tokens > 0 ? options.stream_experts_min_tokens
                                                                : stream_break_even(c.index);
@@ -255,7 +256,17 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   const auto& hp = spec_.hp;
   const int64_t n_exp = int64_t(hp.n_expert);
   auto st = std::make_unique<Stream>();
-  if (!home.copy_queue) home.copy_queue = home.dev->new_queue();
+  if (stream_queue_ && !home.copy_queue_tried) {
+    home.copy_queue_tried = true;
+    try {
+      home.copy_queue = home.dev->new_queue();
+    } catch (const std::exception& e) {
+      spdlog::warn(
+          "{}: no second queue for streamed experts ({}); they are written in order on "
+          "its queue",
+          home.dev->id(), e.what());
+    }
+  }
   st->slot = home.streamed_layers % 2;
   // Each weight of every expert repacked once into pinned memory, and the home device's buffer for
   // a weight of its shape in this layer's slot, shared by the streamed layers of that slot: each
@@ -328,13 +339,16 @@ bool MoeFfn::streams(const DeviceCtx& home, int n_tokens) const {
 
 ClEvent MoeFfn::write_stream(DeviceCtx& home) {
   const std::string where = home.dev->info().label();
-  // After everything queued on home: the launches of the layer that used this slot last.
+  // On the copy queue: after everything queued on home (the launches of the layer that used this
+  // slot last). Without one the writes take their place in home's queue.
   ClEvent after;
-  CL_CHECK(clEnqueueMarkerWithWaitList(home.dev->queue(), 0, nullptr, after.out()), where);
-  CL_CHECK(clFlush(home.dev->queue()), where);  // a marker another queue waits for is submitted
-  cl_command_queue q = home.copy_queue.get();
+  bool first = bool(home.copy_queue);
+  if (first) {
+    CL_CHECK(clEnqueueMarkerWithWaitList(home.dev->queue(), 0, nullptr, after.out()), where);
+    CL_CHECK(clFlush(home.dev->queue()), where);  // a marker another queue waits for is submitted
+  }
+  cl_command_queue q = home.copy_queue ? home.copy_queue.get() : home.dev->queue();
   ClEvent last;
-  bool first = true;
   for (const auto& im : stream_->images) {
     const PinnedBytes& p = *im.bytes;
     auto write = [&](cl_mem to, const uint8_t* from, size_t bytes) {
@@ -368,7 +382,8 @@ void MoeFfn::stream_in(DeviceCtx& home, int n) {
   // The next streamed layer of this step (layers between run from home's queue meanwhile): in the
   // other slot its write can start now, after the launches queued so far, which are all that may
   // still read that slot.
-  for (size_t l = size_t(layer_) + 1; stream_ahead_ && l < moe_->layers.size(); ++l) {
+  for (size_t l = size_t(layer_) + 1; stream_ahead_ && home.copy_queue && l < moe_->layers.size();
+       ++l) {
     MoeFfn* next = moe_->layers[l];
     if (!next || !next->streams(home, n)) continue;
     if (next->stream_->slot != stream_->slot) {

@@ -138,8 +138,8 @@ class MoeFfn final : public Ffn {
   };
   void prepare_stream(DeviceCtx& home);
   // Enqueues the writes of every expert into the layer's slot on home's copy queue, after
-  // everything queued on home so far (the launches that read the slot before); returns the event
-  // of the last write.
+  // everything queued on home so far (the launches that read the slot before), or without a copy
+  // queue in order on home's queue; returns the event of the last write.
   ClEvent write_stream(DeviceCtx& home);
   // At this layer's point of a streamed step of n tokens: its launches wait for its weights
   // (written now, or ahead by the streamed layer before), and the next streamed layer's write
@@ -171,6 +171,7 @@ class MoeFfn final : public Ffn {
   bool stream_wanted_ = false;  // the options allow streaming to the home device (upload)
   int stream_min_tokens_ = 0;
   bool stream_ahead_ = true;  // EngineOptions::stream_ahead
+  bool stream_queue_ = true;  // EngineOptions::stream_queue
   std::unique_ptr<Stream> stream_;
   std::vector<float> ref_ffn_norm_;
   reference::MoeWeights ref_;
