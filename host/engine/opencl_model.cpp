@@ -275,7 +275,7 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
 
 bool OpenClModel::can_chain() const {
   if (!options_.pipeline || !options_.replay || options_.profile || profile_replays_ ||
-      !options_.fuse.argmax || (balancer_ && balancer_->enabled()))
+      !options_.fuse.argmax)
     return false;
   const int home = plan_.attention_device;
   for (int d : plan_.layer_device)
@@ -324,6 +324,7 @@ void OpenClModel::submit_argmax(const StepBatch& b, bool tokens_from_previous) {
            home.dev->info().label());
   ops::flush(*home.dev);
   f.enqueue_seconds = std::chrono::duration<double>(Clock::now() - t_start).count();
+  f.choices = moe_.pending_choices.size();
   last_submitted_rows_ = int(rows);
   in_flight_.push_back(std::move(f));
   ++stats_.argmax_steps;
@@ -336,7 +337,10 @@ std::vector<int32_t> OpenClModel::collect_argmax() {
   in_flight_.pop_front();
   const auto t_wait = Clock::now();
   CL_CHECK(clWaitForEvents(1, f.read.ptr()), ctx(plan_.attention_device).dev->info().label());
-  end_step();
+  // The choices this step read for the balancer are complete (queue order); a later step's are
+  // not yet.
+  end_step(f.choices);
+  for (auto& later : in_flight_) later.choices -= std::min(later.choices, f.choices);
   std::optional<ops::StepProgram::Profile> none;
   record_timing(f.decode, f.enqueue_seconds,
                 std::chrono::duration<double>(Clock::now() - t_wait).count(), none);
@@ -512,13 +516,14 @@ void OpenClModel::output_head(DeviceCtx& home, const StepBatch& b) {
                  home.prof("matmul"));
 }
 
-void OpenClModel::end_step() {
+void OpenClModel::end_step(size_t choices) {
   for (auto& c : ctxs_) c->collect(stats_.device_op_seconds);
   ++stats_.steps;
-  // Queues have finished: the balancer's counts of layers routed without a round trip.
-  moe_.end_step(int(spec_.hp.n_expert_used));
+  // The step's queues have finished: the balancer's counts of layers routed without a round trip.
+  moe_.end_step(int(spec_.hp.n_expert_used), choices);
   balancer_->end_step();
-  if (balancer_->enabled()) {
+  // Moves change the shards a step in flight reads: only between chains.
+  if (balancer_->enabled() && in_flight_.empty()) {
     const auto moves = balancer_->rebalance(plan_);
     std::vector<bool> touched(layers_.size(), false);
     for (const auto& m : moves) touched[size_t(m.layer)] = true;

@@ -3,6 +3,8 @@
 // chunks and decode tokens mixed), which continuous batching relies on.
 #pragma once
 
+#include <cstdint>
+
 #include <deque>
 #include <memory>
 #include <optional>
@@ -69,8 +71,9 @@ class OpenClModel {
   std::vector<int32_t> collect_argmax();
   size_t steps_in_flight() const { return in_flight_.size(); }
   // Whether steps may be chained: EngineOptions::pipeline and replay on, argmax sampling on, no
-  // profiling, no expert balancer, and every layer and expert on the output device (a step with a
-  // host round trip inside cannot run ahead of the host).
+  // profiling, and every layer and expert on the output device (a step with a host round trip
+  // inside cannot run ahead of the host). With the expert balancer on, its counts keep coming from
+  // the chained steps; it moves experts only once no step is in flight.
   bool can_chain() const;
 
   // Recorded step programs kept for replay (one per batch shape seen recently), and how many steps
@@ -108,7 +111,10 @@ class OpenClModel {
   // home.logits.
   void output_head(DeviceCtx& home, const StepBatch& b);
   // After the queues finished: statistics, the balancer's counts and moves.
-  void end_step();
+  // After a step's queues finished: profiling, the balancer's counts (the first `choices` pending
+  // router choices: those of the collected step; the rest belong to a step still in flight) and,
+  // with no step in flight, its moves.
+  void end_step(size_t choices = SIZE_MAX);
   // Records a one-token decode step count-only and sets footprint_'s launch counts from it.
   void count_launches();
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }
@@ -139,6 +145,7 @@ class OpenClModel {
     ClEvent read;                 // completes with the read (after the step, in queue order)
     bool decode = false;
     double enqueue_seconds = 0;
+    size_t choices = 0;  // MoeRuntime::pending_choices up to this step's (the balancer's reads)
   };
   std::deque<InFlight> in_flight_;
   int last_submitted_rows_ = 0;  // rows of the latest submitted step (tokens_from_previous)

@@ -97,7 +97,7 @@ struct EngineOptions {
   bool pipeline = true;
   // Record each batch shape's step once as an ops::StepProgram and replay it for later steps of
   // that shape (same tokens, sequences, logit rows); off: every step enqueues its ops afresh.
-  // Steps with profiling or the expert balancer on always enqueue afresh.
+  // Steps with profiling always enqueue afresh; balancer moves drop the recorded programs.
   bool replay = true;
   // Mamba2's scan and DeltaNet's delta rule on steps with a prefill run (ops::PrefillForm): kAuto
   // takes the chunked kernels where they measured faster (DeltaNet: every device; Mamba2: GPUs and

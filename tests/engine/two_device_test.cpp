@@ -3,6 +3,7 @@
 #include <bit>
 #include "engine_test_util.h"
 #include "host/cli/settings.h"
+#include "host/engine/engine.h"
 
 namespace tessera::engine::test {
 namespace {
@@ -211,6 +212,40 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   // Steps replay their recorded programs with the balancer on, and record again after moves.
   EXPECT_GT(engine->replayed_steps(), 0u);
   EXPECT_GT(engine->recorded_steps(), 2u);
+}
+
+// Greedy decode through the request engine with the balancer on: while experts sit on cpu1 each
+// step has a host round trip and is not chained; once the balancer has brought every expert home
+// (cpu0, the attention's device) the steps chain, its counts still coming from them, and it moves
+// nothing while a step is in flight. Tokens equal the reference's throughout.
+TEST(BalancerEngineTest, ChainedStepsOnceEveryExpertIsHome) {
+  auto reg = tessera::cli::discover_devices();
+  if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
+  auto m = load_fixture("qwen3moe", 7);
+  const int n = 48;
+  const auto ref = reference_greedy(m->spec, kPrompt, n).tokens;
+  sched::Config split;
+  split.attention = "cpu0";
+  split.experts_mode = "shares";
+  split.expert_shares = {{"cpu0", 1}, {"cpu1", 7}};
+  EngineOptions opts;
+  opts.balancer = true;
+  Engine engine(make_engine(m->spec, reg, split, opts), EngineConfig{});
+  std::vector<int32_t> got;
+  Request r;
+  r.prompt = kPrompt;
+  r.max_tokens = n;
+  r.on_output = [&got](const RequestOutput& o) {
+    if (o.token >= 0) got.push_back(o.token);
+  };
+  engine.add_request(std::move(r));
+  engine.run_until_idle();
+  EXPECT_EQ(got, ref);
+  const auto& model = engine.model();
+  EXPECT_GT(model.stats().balancer_moves, 0u);
+  for (const auto& layer : model.plan().expert_device)
+    for (int d : layer) EXPECT_EQ(d, 0);
+  EXPECT_GT(model.stats().chained_steps, 0u);
 }
 
 }  // namespace

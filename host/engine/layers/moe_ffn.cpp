@@ -62,11 +62,14 @@ void MoeRuntime::begin_step() {
   stream_writes.clear();
 }
 
-void MoeRuntime::end_step(int experts_per_token) {
-  for (const auto& p : pending_choices)
+void MoeRuntime::end_step(int experts_per_token, size_t count) {
+  count = std::min(count, pending_choices.size());
+  for (size_t i = 0; i < count; ++i) {
+    const auto& p = pending_choices[i];
     for (size_t t = 0; t * size_t(experts_per_token) < p.ids.size(); ++t)
       balancer->record(p.layer, p.ids.data() + t * size_t(experts_per_token), experts_per_token);
-  pending_choices.clear();
+  }
+  pending_choices.erase(pending_choices.begin(), pending_choices.begin() + ptrdiff_t(count));
 }
 
 MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)

@@ -48,8 +48,9 @@ struct MoeRuntime {
   // Before a step is enqueued: no write issued ahead by an earlier (failed) step is taken for one
   // of this step's (waits for any left, then forgets them).
   void begin_step();
-  // After the queues finished: the pending choices go to the balancer.
-  void end_step(int experts_per_token);
+  // After a step's queues finished: the first `count` pending choices (the step's; any after them
+  // belong to a step still in flight) go to the balancer.
+  void end_step(int experts_per_token, size_t count = SIZE_MAX);
 };
 
 class MoeFfn final : public Ffn {
