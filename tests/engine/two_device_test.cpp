@@ -18,13 +18,16 @@ sched::Config one_device(const std::string& id) {
   return c;
 }
 
-// Attention on cpu0, every layer's experts split half and half between cpu0 and cpu1.
-sched::Config experts_in_halves() {
+// Attention on cpu0, every layer's experts split between cpu0 and cpu1 in these shares.
+sched::Config experts_in_shares(double cpu0, double cpu1) {
   sched::Config split;
   split.attention = "cpu0";
   split.experts_mode = "shares";
-  split.expert_shares = {{"cpu0", 1}, {"cpu1", 1}};
+  split.expert_shares = {{"cpu0", cpu0}, {"cpu1", cpu1}};
   return split;
+}
+sched::Config experts_in_halves() {
+  return experts_in_shares(1, 1);
 }
 
 // Greedy tokens and logits of kPrompt + n tokens on cpu0 alone.
@@ -181,6 +184,12 @@ INSTANTIATE_TEST_SUITE_P(Architectures, TwoDeviceTest,
                          ::testing::Values("llama", "mixtral", "qwen3", "qwen3moe", "qwen2moe",
                                            "gpt-oss", "granitehybrid", "qwen3next"));
 
+// Experts lopsided on purpose: most on cpu1 although both devices are equally fast, so moving
+// some back lowers the predicted step time and the balancer must act.
+sched::Config lopsided_experts() {
+  return experts_in_shares(1, 7);
+}
+
 TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
@@ -188,15 +197,9 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
   auto single = make_engine(m->spec, reg, one_device("cpu0"));
   const auto base = engine_greedy(*single, kPrompt, 24);
   single.reset();
-  sched::Config split;
-  split.attention = "cpu0";
-  split.experts_mode = "shares";
-  // Lopsided on purpose: most experts on cpu1 although both devices are equally fast, so moving
-  // some back lowers the predicted step time and the balancer must act.
-  split.expert_shares = {{"cpu0", 1}, {"cpu1", 7}};
   EngineOptions opts;
   opts.balancer = true;
-  auto engine = make_engine(m->spec, reg, split, opts);
+  auto engine = make_engine(m->spec, reg, lopsided_experts(), opts);
   const auto got = engine_greedy(*engine, kPrompt, 24);
   // Moving experts changes where they run, never what they compute.
   EXPECT_EQ(got.tokens, base.tokens);
@@ -224,13 +227,9 @@ TEST(BalancerEngineTest, ChainedStepsOnceEveryExpertIsHome) {
   auto m = load_fixture("qwen3moe", 7);
   const int n = 48;
   const auto ref = reference_greedy(m->spec, kPrompt, n).tokens;
-  sched::Config split;
-  split.attention = "cpu0";
-  split.experts_mode = "shares";
-  split.expert_shares = {{"cpu0", 1}, {"cpu1", 7}};
   EngineOptions opts;
   opts.balancer = true;
-  Engine engine(make_engine(m->spec, reg, split, opts), EngineConfig{});
+  Engine engine(make_engine(m->spec, reg, lopsided_experts(), opts), EngineConfig{});
   std::vector<int32_t> got;
   Request r;
   r.prompt = kPrompt;
