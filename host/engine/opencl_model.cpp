@@ -352,6 +352,8 @@ bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t
   const int n = int(b.tokens.size());
   DeviceCtx& home = ctx(plan_.attention_device);
   moe_.begin_step();
+  moe_.count_choices = n > 1 || enqueued_steps_ % MoeRuntime::kChoiceSampleSteps == 0;
+  ++enqueued_steps_;
   // The batch (block tables, positions, slots) on every device that holds layers, once per KV
   // group of its layers (each window group has its own block tables and slots).
   for (auto& c : ctxs_)

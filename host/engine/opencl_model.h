@@ -148,6 +148,7 @@ class OpenClModel {
     size_t choices = 0;  // MoeRuntime::pending_choices up to this step's (the balancer's reads)
   };
   std::deque<InFlight> in_flight_;
+  uint64_t enqueued_steps_ = 0;  // steps enqueued (MoeRuntime::count_choices samples them)
   int last_submitted_rows_ = 0;  // rows of the latest submitted step (tokens_from_previous)
   bool profile_replays_ = false;
 };

@@ -545,6 +545,7 @@ bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl
   if (moe_->balancer && moe_->balancer->enabled()) {  // no balancer yet while counting launches
     // At this point of every run of a recorded step: a non-blocking read, in queue order.
     ops::host_call(*home.dev, "copy the router's choice for the balancer", [this, &home, pairs] {
+      if (!moe_->count_choices) return;
       auto& pending = moe_->pending_choices.emplace_back();
       pending.layer = layer_;
       pending.ids.resize(size_t(pairs));

@@ -38,6 +38,11 @@ struct MoeRuntime {
     std::vector<int32_t> ids;
   };
   std::deque<PendingChoice> pending_choices;  // deque: elements stay put while reads are queued
+  // Whether this step's layers copy their choice (set per step: every step of several tokens, one
+  // in kChoiceSampleSteps of the one-token steps; each copy is a read the device's queue must
+  // reach, which on NVIDIA's driver holds the host as a wait would).
+  bool count_choices = true;
+  static constexpr uint64_t kChoiceSampleSteps = 8;
   std::vector<double> lane_seconds;           // per device, written by its executor lane
   // Every layer's routed FFN by layer index (null where none): a streamed layer finds the next.
   std::vector<MoeFfn*> layers;
