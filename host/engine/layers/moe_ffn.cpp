@@ -284,7 +284,8 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
                             std::to_string(st->slot);
     auto it = home.stream_weights.find(key);
     if (it == home.stream_weights.end())
-      it = home.stream_weights.emplace(key, home.mm->upload_repacked(t, rw)).first;
+      // Allocated only: every streamed step writes it before its launches read it.
+      it = home.stream_weights.emplace(key, home.mm->upload_repacked(t, rw, false)).first;
     im.w = it->second;
     st->images.push_back(std::move(im));
     return it->second;

@@ -289,7 +289,8 @@ DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const
   return upload_repacked(type, repack(type, rows, cols, data, n_expert));
 }
 
-DeviceWeight MatmulOp::upload_repacked(TensorType type, const RepackedWeight& rw) const {
+DeviceWeight MatmulOp::upload_repacked(TensorType type, const RepackedWeight& rw,
+                                       bool write) const {
   const int64_t rows = rw.rows, cols = rw.cols;
   const Kernels& k = kernels(type);  // builds the program now, not at the first launch
   DeviceWeight w;
@@ -303,10 +304,10 @@ DeviceWeight MatmulOp::upload_repacked(TensorType type, const RepackedWeight& rw
   const size_t body_bytes = rw.head_offset_bytes;
   const size_t head_bytes = rw.bytes.size() - rw.head_offset_bytes;
   w.body = device_.alloc(std::max<size_t>(body_bytes, 4), CL_MEM_READ_ONLY);
-  device_.write(w.body.get(), 0, rw.bytes.data(), body_bytes);
+  if (write) device_.write(w.body.get(), 0, rw.bytes.data(), body_bytes);
   if (head_bytes) {
     w.head = device_.alloc(head_bytes, CL_MEM_READ_ONLY);
-    device_.write(w.head.get(), 0, rw.bytes.data() + body_bytes, head_bytes);
+    if (write) device_.write(w.head.get(), 0, rw.bytes.data() + body_bytes, head_bytes);
   }
   w.device_bytes = body_bytes + head_bytes;
   if (k.variant.clblast_min_tokens > 0 && type != TensorType::F32) {

@@ -142,8 +142,10 @@ class MatmulOp {
                       int64_t n_expert = 1) const;
   // The same from an already repacked weight (the device copy of `rw`, written blocking). A
   // caller that rewrites the weight later (MoeFfn's streamed experts) writes rw's layout again:
-  // body bytes at 0, head bytes from rw.head_offset_bytes.
-  DeviceWeight upload_repacked(gguf::TensorType type, const RepackedWeight& rw) const;
+  // body bytes at 0, head bytes from rw.head_offset_bytes; with `write` false the buffers are
+  // only allocated for it (their contents undefined until then).
+  DeviceWeight upload_repacked(gguf::TensorType type, const RepackedWeight& rw,
+                               bool write = true) const;
 
   // y[y_offset + t * rows + r] = sum_c W[r][c] * x[x_offset + t * cols + c], t < n_tokens. Offsets
   // in floats. Dense weights only (n_expert 1). `done` receives the event of the last command.
