@@ -39,8 +39,8 @@ struct MoeRuntime {
   };
   std::deque<PendingChoice> pending_choices;  // deque: elements stay put while reads are queued
   // Whether this step's layers copy their choice (set per step: every step of several tokens, one
-  // in kChoiceSampleSteps of the one-token steps; each copy is a read the device's queue must
-  // reach, which on NVIDIA's driver holds the host as a wait would).
+  // in kChoiceSampleSteps of the one-token steps; each copy is a read into pageable host memory
+  // that the driver may serve only when the device's queue reaches it, 16 per token before).
   bool count_choices = true;
   static constexpr uint64_t kChoiceSampleSteps = 8;
   std::vector<double> lane_seconds;           // per device, written by its executor lane
