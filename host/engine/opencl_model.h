@@ -4,7 +4,6 @@
 #pragma once
 
 #include <cstdint>
-
 #include <deque>
 #include <memory>
 #include <optional>
@@ -110,7 +109,6 @@ class OpenClModel {
   // The residual stream's final norm and the output projection of the wanted rows into
   // home.logits.
   void output_head(DeviceCtx& home, const StepBatch& b);
-  // After the queues finished: statistics, the balancer's counts and moves.
   // After a step's queues finished: profiling, the balancer's counts (the first `choices` pending
   // router choices: those of the collected step; the rest belong to a step still in flight) and,
   // with no step in flight, its moves.

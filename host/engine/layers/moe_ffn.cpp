@@ -273,7 +273,7 @@ void MoeFfn::prepare_stream(DeviceCtx& home) {
   st->slot = home.streamed_layers % 2;
   // Each weight of every expert repacked once into pinned memory, and the home device's buffer for
   // a weight of its shape in this layer's slot, shared by the streamed layers of that slot: each
-  // step writes it on the copy queue and the launches wait for the write (stream_in).
+  // streamed step writes it (write_stream) and the launches wait for the write (stream_in).
   auto image = [&](const ops::RepackedWeight& rw, gguf::TensorType t) {
     Stream::Image im;
     im.bytes = std::make_unique<PinnedBytes>(*home.dev, rw.bytes.size());
@@ -346,7 +346,7 @@ ClEvent MoeFfn::write_stream(DeviceCtx& home) {
   // On the copy queue: after everything queued on home (the launches of the layer that used this
   // slot last). Without one the writes take their place in home's queue.
   ClEvent after;
-  bool first = bool(home.copy_queue);
+  bool first = bool(home.copy_queue);  // the write that waits for `after`
   if (first) {
     CL_CHECK(clEnqueueMarkerWithWaitList(home.dev->queue(), 0, nullptr, after.out()), where);
     CL_CHECK(clFlush(home.dev->queue()), where);  // a marker another queue waits for is submitted

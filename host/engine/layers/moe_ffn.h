@@ -5,6 +5,7 @@
 // experts concurrently through the executor.
 #pragma once
 
+#include <cstdint>
 #include <deque>
 #include <functional>
 
