@@ -26,7 +26,7 @@ ClQueue Device::new_queue() const {
   return q;
 }
 
-ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
+ClMem Device::alloc(size_t bytes, cl_mem_flags flags, void* host_ptr) const {
   if (bytes == 0)
     bytes = 1;  // zero-sized buffers are invalid in OpenCL; callers may have empty tensors
   // The spec makes a buffer above the device's largest allocation CL_INVALID_BUFFER_SIZE, but some
@@ -37,7 +37,7 @@ ClMem Device::alloc(size_t bytes, cl_mem_flags flags) const {
         info_.label(),
         "the device's largest allocation is " + std::to_string(info_.max_alloc_bytes) + " bytes");
   cl_int err = CL_SUCCESS;
-  ClMem mem(clCreateBuffer(context_.get(), flags, bytes, nullptr, &err));
+  ClMem mem(clCreateBuffer(context_.get(), flags, bytes, host_ptr, &err));
   if (err != CL_SUCCESS)
     throw ClError("clCreateBuffer(" + std::to_string(bytes) + " bytes)", err, info_.label());
   return mem;

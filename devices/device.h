@@ -47,8 +47,9 @@ class Device {
   // ordered against it by events: e.g. weight writes while kernels run). Throws ClError.
   ClQueue new_queue() const;
 
-  // Device buffer of `bytes`; throws ClError naming the device and size.
-  ClMem alloc(size_t bytes, cl_mem_flags flags = CL_MEM_READ_WRITE) const;
+  // Device buffer of `bytes` (over `host_ptr` with CL_MEM_USE_HOST_PTR); throws ClError naming the
+  // device and size.
+  ClMem alloc(size_t bytes, cl_mem_flags flags = CL_MEM_READ_WRITE, void* host_ptr = nullptr) const;
   void write(cl_mem buf, size_t offset, const void* src, size_t bytes, bool blocking = true) const;
   void read(cl_mem buf, size_t offset, void* dst, size_t bytes, bool blocking = true) const;
   void finish() const;

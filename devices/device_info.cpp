@@ -217,6 +217,13 @@ DeviceInfo read_device_info(cl_platform_id platform, cl_device_id device, int pl
       CL_SUCCESS)
     unified = CL_FALSE;
   d.caps.unified_memory = unified == CL_TRUE || d.type == DeviceType::kCpu;
+  // SVM is core from OpenCL 2.0 (optional again in 3.0: a 3.0 device without it answers 0).
+  if (d.device_version.rfind("OpenCL 1.", 0) != 0) {
+    cl_device_svm_capabilities svm = 0;
+    if (clGetDeviceInfo(device, CL_DEVICE_SVM_CAPABILITIES, sizeof(svm), &svm, nullptr) ==
+        CL_SUCCESS)
+      d.caps.svm_fine_grain = (svm & CL_DEVICE_SVM_FINE_GRAIN_BUFFER) != 0;
+  }
   return d;
 }
 

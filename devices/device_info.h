@@ -20,6 +20,7 @@ struct DeviceCaps {
   bool subgroups = false;        // cl_khr_subgroups / cl_intel_subgroups, or OpenCL 3.0 sub-groups
   bool int_dot_product = false;  // cl_khr_integer_dot_product
   bool unified_memory = false;   // host and device share memory (CPUs, iGPUs)
+  bool svm_fine_grain = false;   // OpenCL 2.0+ fine-grained buffer SVM (CL_DEVICE_SVM_CAPABILITIES)
 };
 
 struct DeviceInfo {

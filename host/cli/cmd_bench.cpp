@@ -147,6 +147,12 @@ engine::StepTiming minus(engine::StepTiming a, const engine::StepTiming& b) {
   a.wall -= b.wall;
   a.enqueue -= b.enqueue;
   a.wait -= b.wait;
+  a.sync.syncs -= b.sync.syncs;
+  a.sync.read -= b.sync.read;
+  a.sync.lanes -= b.sync.lanes;
+  a.sync.back -= b.sync.back;
+  for (const auto& [id, t] : b.sync.lane_enqueue) a.sync.lane_enqueue[id] -= t;
+  for (const auto& [id, t] : b.sync.lane_wait) a.sync.lane_wait[id] -= t;
   return a;
 }
 
@@ -208,6 +214,22 @@ boost::json::object breakdown_json(const Breakdown& b) {
   o["wall_ms"] = per_step_ms(b.host.wall, hs);
   o["enqueue_ms"] = per_step_ms(b.host.enqueue, hs);
   o["wait_ms"] = per_step_ms(b.host.wait, hs);
+  // The multi-device MoE path's host syncs of those steps, per sync.
+  const engine::SyncTiming& sync = b.host.sync;
+  if (sync.syncs > 0) {
+    const auto us = [&](double seconds) { return 1e6 * seconds / double(sync.syncs); };
+    boost::json::object so;
+    so["per_step"] = hs ? double(sync.syncs) / double(hs) : 0.0;
+    so["read_us"] = us(sync.read);
+    so["lanes_us"] = us(sync.lanes);
+    so["back_us"] = us(sync.back);
+    boost::json::object lanes;
+    for (const auto& [id, t] : sync.lane_enqueue)
+      lanes[id] = {{"enqueue_us", us(t)},
+                   {"wait_us", us(sync.lane_wait.count(id) ? sync.lane_wait.at(id) : 0.0)}};
+    so["lane"] = lanes;
+    o["host_sync"] = so;
+  }
   o["profiled_steps"] = ps;
   o["profiled_wall_ms"] = per_step_ms(b.profiled.wall, ps);
   const double per = ps ? 1.0 / double(ps) : 0.0;
@@ -274,6 +296,22 @@ void print_breakdown(const char* kind, const boost::json::object& o) {
               num("wall_ms"), num("enqueue_ms"), num("wait_ms"), num("profiled_wall_ms"));
   std::printf("  commands: %.1f launches, %.1f copies, %.1f flushes, %.1f host syncs\n",
               num("launches"), num("copies"), num("flushes"), num("host_syncs"));
+  if (o.contains("host_sync")) {
+    const auto& so = o.at("host_sync").as_object();
+    auto sn = [&](const boost::json::object& x, const char* k) {
+      return x.at(k).to_number<double>();
+    };
+    std::string lanes;
+    for (const auto& [id, l] : so.at("lane").as_object())
+      lanes += std::string(lanes.empty() ? "" : ", ") + std::string(id) + " " +
+               std::to_string(int(sn(l.as_object(), "enqueue_us") + 0.5)) + " enqueue + " +
+               std::to_string(int(sn(l.as_object(), "wait_us") + 0.5)) + " wait";
+    std::printf(
+        "  host syncs (unprofiled): %.1f per step, each: home read %.1f us, devices' experts "
+        "%.1f us (%s), back %.1f us\n",
+        sn(so, "per_step"), sn(so, "read_us"), sn(so, "lanes_us"), lanes.c_str(),
+        sn(so, "back_us"));
+  }
   std::string busy;
   for (const auto& [dev, ms] : o.at("device_busy_ms").as_object())
     busy += (busy.empty() ? "" : ", ") + std::string(dev) + " " +

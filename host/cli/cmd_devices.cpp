@@ -25,6 +25,7 @@ std::string features(const DeviceCaps& c) {
   add(c.subgroups, "subgroups");
   add(c.int_dot_product, "dot");
   add(c.unified_memory, "unified");
+  add(c.svm_fine_grain, "svm");
   return s.empty() ? "-" : s;
 }
 
@@ -83,6 +84,7 @@ int run_devices(const std::vector<std::string>& args) {
       o["subgroups"] = info.caps.subgroups;
       o["int_dot_product"] = info.caps.int_dot_product;
       o["unified_memory"] = info.caps.unified_memory;
+      o["svm_fine_grain"] = info.caps.svm_fine_grain;
       if (probes[i]) {
         boost::json::object p;
         p["read_gbps"] = probes[i]->read_gbps;

@@ -38,7 +38,17 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     stage_at.topk_ids = region(P * 4);
     stage_at.topk_w = region(P * 4);
     stage_at.normed = region(T * s.n_embd * f);
-    stage = device.alloc(stage_at.bytes);
+    if (s.shared_stage) {
+      shared_stage = std::make_unique<SharedBytes>(device, stage_at.bytes);
+      stage = shared_stage->buffer();
+      h_stage = shared_stage->data();
+      spdlog::info("{}: MoE pairs, activations and partial sums in shared host memory (SVM)",
+                   device.id());
+    } else {
+      stage = device.alloc(stage_at.bytes);
+      h_stage_copy.resize(stage_at.bytes);
+      h_stage = h_stage_copy.data();
+    }
     auto sub = [&](size_t at, size_t bytes) {
       cl_buffer_region r{at, bytes};
       cl_int err = CL_SUCCESS;
@@ -55,9 +65,13 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     topk_ids = sub(stage_at.topk_ids, P * 4);
     topk_w = sub(stage_at.topk_w, P * 4);
     xn = sub(stage_at.normed, T * s.n_embd * f);
-    h_stage.resize(stage_at.bytes);
   }
-  partial = device.alloc(T * s.n_embd * f);
+  if (s.shared_stage) {
+    shared_partial = std::make_unique<SharedBytes>(device, T * s.n_embd * f);
+    partial = shared_partial->buffer();
+  } else {
+    partial = device.alloc(T * s.n_embd * f);
+  }
   y = device.alloc(P * s.n_embd * f);
   gu = device.alloc(P * 2 * s.max_ff * f);
   h = device.alloc(P * s.max_ff * f);
@@ -173,6 +187,28 @@ PinnedBytes::~PinnedBytes() {
   // Commands reading ptr_ are in this queue's order before the unmap; the release waits for them.
   const cl_int err = clEnqueueUnmapMemObject(dev_->queue(), buf_.get(), ptr_, 0, nullptr, nullptr);
   if (err != CL_SUCCESS) spdlog::warn("clEnqueueUnmapMemObject failed: {}", cl_error_name(err));
+}
+
+SharedBytes::SharedBytes(const Device& device, size_t bytes) : ctx_(device.context()) {
+  if (!device.info().caps.svm_fine_grain)
+    throw ClError("clSVMAlloc", CL_INVALID_OPERATION, device.info().label(),
+                  "the device offers no fine-grained buffer SVM");
+  bytes = std::max<size_t>(bytes, 1);
+  ptr_ = clSVMAlloc(ctx_, CL_MEM_READ_WRITE | CL_MEM_SVM_FINE_GRAIN_BUFFER, bytes, 0);
+  if (!ptr_)
+    throw ClError("clSVMAlloc", CL_MEM_OBJECT_ALLOCATION_FAILURE, device.info().label(),
+                  std::to_string(bytes) + " bytes of fine-grained SVM");
+  try {
+    buf_ = device.alloc(bytes, CL_MEM_READ_WRITE | CL_MEM_USE_HOST_PTR, ptr_);
+  } catch (...) {
+    clSVMFree(ctx_, ptr_);
+    throw;
+  }
+}
+
+SharedBytes::~SharedBytes() {
+  buf_ = ClMem();
+  clSVMFree(ctx_, ptr_);
 }
 
 void copy_between(DeviceCtx& from, cl_mem src, size_t src_off, DeviceCtx& to, cl_mem dst,

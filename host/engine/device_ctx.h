@@ -28,7 +28,7 @@
 
 namespace tessera::engine {
 
-// Sizes the buffers of a DeviceCtx are allocated for.
+// Sizes the buffers of a DeviceCtx are allocated for, and where its MoE stage lives.
 struct DeviceCtxSizes {
   int max_tokens = 0;  // tokens of one step
   int max_pairs = 0;   // (token, expert) pairs of one step: max_tokens * experts per token
@@ -36,6 +36,34 @@ struct DeviceCtxSizes {
   uint32_t max_ff = 0;    // widest FFN (dense or expert)
   uint32_t n_expert = 0;  // router outputs (0: dense model)
   uint32_t experts_per_token = 1;
+  // `stage` and `partial` in host memory the device uses in place (SharedBytes), so the
+  // multi-device MoE path moves a layer's pairs, activations and partial sum with no write or
+  // read command. For devices that hold experts and no layers (their queue runs nothing but those
+  // MoE jobs, each finished before the next one's host writes), share host memory and offer
+  // fine-grained buffer SVM.
+  bool shared_stage = false;
+};
+
+// Host memory a device's kernels use in place: a fine-grained SVM allocation of its context
+// wrapped as a buffer (CL_MEM_USE_HOST_PTR over an SVM pointer makes that allocation the buffer's
+// storage, OpenCL 2.0 section 5.6.1). Fine-grained buffers are coherent at the queue's
+// synchronization points, so the host writes it before enqueueing the commands that read it and
+// reads it after they completed, with no write or read command (each costs tens of microseconds
+// on PoCL). Throws ClError when the device cannot provide it.
+class SharedBytes {
+ public:
+  SharedBytes(const Device& device, size_t bytes);
+  ~SharedBytes();  // releases the buffer, then frees the allocation
+  SharedBytes(const SharedBytes&) = delete;
+  SharedBytes& operator=(const SharedBytes&) = delete;
+  uint8_t* data() const { return static_cast<uint8_t*>(ptr_); }
+  // The buffer over it (a new reference).
+  ClMem buffer() const { return buf_; }
+
+ private:
+  cl_context ctx_ = nullptr;
+  void* ptr_ = nullptr;
+  ClMem buf_;
 };
 
 // Thread-safety: one thread at a time (the engine thread, or the executor lane of this device
@@ -69,6 +97,10 @@ struct DeviceCtx {
   // Decode-sized MoE steps run each shard's gate|up, SwiGLU, down and combine in one launch
   // (MatmulOp::run_expert_ffn; CPUs, where every launch is a fork/join over all threads).
   bool expert_ffn = false;
+
+  // The SVM behind `stage` and `partial` (DeviceCtxSizes::shared_stage; null otherwise). Declared
+  // before them: freed after every buffer over it is released.
+  std::unique_ptr<SharedBytes> shared_stage, shared_partial;
 
   // Activations of one step ([token][...] rows of f32).
   ClMem x;        // the residual stream [n_embd]
@@ -140,7 +172,9 @@ struct DeviceCtx {
     size_t bytes = 0;
   } stage_at;
   ClMem stage, p_tok, p_exp, p_w, p_row, p_off, topk_ids, topk_w;
-  std::vector<uint8_t> h_stage;              // host image of `stage`
+  // The host image of `stage`: its shared memory itself, or h_stage_copy (moved by commands).
+  uint8_t* h_stage = nullptr;
+  std::vector<uint8_t> h_stage_copy;
   std::vector<int32_t> h_tok, h_exp, h_off;  // pair lists built on the host
   std::vector<int32_t> h_order, h_row;       // grouping them by expert
   std::vector<float> h_w, staging;           // their weights; host staging of activations

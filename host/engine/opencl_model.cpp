@@ -90,6 +90,12 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   sizes.experts_per_token = uint32_t(K);
   for (size_t d = 0; d < plan_.devices.size(); ++d) {
     const Device& dev = registry.get(plan_.devices[d].id);
+    const bool holds_layers =
+        int(d) == plan_.attention_device ||
+        std::find(plan_.layer_device.begin(), plan_.layer_device.end(), int(d)) !=
+            plan_.layer_device.end();
+    sizes.shared_stage = options_.zero_copy && plan_.devices.size() > 1 && !holds_layers &&
+                         dev.info().caps.unified_memory && dev.info().caps.svm_fine_grain;
     auto c = std::make_unique<DeviceCtx>(int(d), dev, sizes, options_.profile);
     c->fold_swiglu = options_.fuse.swiglu && dev.info().type != DeviceType::kCpu;
     c->glu_out = options_.fuse.glu && !c->fold_swiglu;
@@ -367,6 +373,7 @@ bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t
       c->recurrent_view = c->recurrent_batch->upload(*memory_->states(), b.seqs, b.token_seq);
   // Decode kernel when every sequence contributes exactly one token; the prefill kernel otherwise.
   const bool decode = size_t(n) == b.seqs.size();
+  moe_.sync_timing = &stats_.step_timing[decode ? "decode" : "prefill"].sync;
   if (tokens)
     CL_CHECK(clEnqueueCopyBuffer(home.dev->queue(), tokens, home.tokens.get(), 0, 0, size_t(n) * 4,
                                  0, nullptr, nullptr),

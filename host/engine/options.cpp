@@ -23,7 +23,8 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"flush", &options.flush_per_layer},
                                                     {"pipeline", &options.pipeline},
                                                     {"stream_ahead", &options.stream_ahead},
-                                                    {"stream_queue", &options.stream_queue}};
+                                                    {"stream_queue", &options.stream_queue},
+                                                    {"zero_copy", &options.zero_copy}};
   std::istringstream list{std::string(names)};
   for (std::string name; std::getline(list, name, ',');) {
     if (name.empty()) continue;
@@ -35,7 +36,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
           "TESSERA_NO_FUSE: unknown fusion '" + name +
           "'; known: qkv, norm_route, proj_route, combine_norm, swiglu, glu, "
           "attn_reduce, decode_finish, down_combine, expert_ffn, argmax, "
-          "flush, pipeline, stream_ahead, stream_queue");
+          "flush, pipeline, stream_ahead, stream_queue, zero_copy");
     *flag = false;
   }
 }

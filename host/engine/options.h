@@ -52,12 +52,17 @@ struct EngineOptions {
   // one): in order on its own queue, so each write waits for the launches before it and delays
   // those after it, and none runs ahead ("stream_queue" in $TESSERA_NO_FUSE, for A/B runs).
   bool stream_queue = true;
+  // Devices that hold experts and no layers, share host memory and offer fine-grained buffer SVM
+  // take their MoE pairs and activations and give their partial sums in place, in host memory
+  // (DeviceCtxSizes::shared_stage): one launch per layer and step, no write or read command
+  // ("zero_copy" in $TESSERA_NO_FUSE turns it off, for A/B runs).
+  bool zero_copy = true;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
   // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline, stream_ahead,
-  // stream_queue).
+  // stream_queue, zero_copy).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -117,6 +122,19 @@ struct StepBatch {
   std::vector<int32_t> logit_rows;  // tokens whose logits are wanted, in output order
 };
 
+// Host time of the multi-device MoE path's host syncs (MoeFfn::across_devices): the home device's
+// router choice and activations read, the devices' expert work (its slowest lane), and the
+// partial sums sent back.
+struct SyncTiming {
+  uint64_t syncs = 0;
+  double read = 0;   // the home device's read: waiting for its queue to reach the layer, the copy
+  double lanes = 0;  // from the read until every device's experts are done and read back
+  double back = 0;   // enqueueing the partial sums' writes and adds on the home device
+  // Per device id (the devices that ran pairs): enqueueing its pairs, activations and launches,
+  // then waiting for its result (a blocking read, or the queue's finish with a shared stage).
+  std::map<std::string, double> lane_enqueue, lane_wait;
+};
+
 // Host time of steps of one kind ("decode": every sequence one token; "prefill": the others).
 struct StepTiming {
   uint64_t steps = 0;
@@ -124,6 +142,7 @@ struct StepTiming {
   double enqueue = 0;  // writing the batch and enqueueing the step (a program's run(), its host
                        // syncs included), until the host waits for the results
   double wait = 0;     // waiting for the logits (or for the queues to finish)
+  SyncTiming sync;     // within enqueue: the host syncs'
 };
 
 // Replayed steps run with profiling events (OpenClModel::set_profile_replays): their commands and
@@ -157,6 +176,9 @@ struct EngineStats {
   // weight bytes written for them; streamed_ahead: of those layers, the ones whose write ran
   // while the layer before computed (written ahead into the other of the device's two buffers).
   uint64_t streamed_layers = 0, streamed_bytes = 0, streamed_ahead = 0;
+  // Devices' MoE jobs (one per device and multi-device layer step) that took their pairs and
+  // activations and gave their partial sum in shared host memory (EngineOptions::zero_copy).
+  uint64_t zero_copy_jobs = 0;
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,

@@ -44,18 +44,30 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
   auto m = load_fixture(GetParam());
   const int n = 6;
   const auto base = on_cpu0(m->spec, reg, n);
-  // Experts of every layer split between the devices.
-  auto engine = make_engine(m->spec, reg, experts_in_halves());
-  if (m->spec.hp.n_expert > 0) {
-    EXPECT_GT(engine->plan().experts_on(0, 1), 0);
-    EXPECT_GT(engine->plan().experts_on(0, 0), 0);
-  }
-  const auto got = engine_greedy(*engine, kPrompt, n);
-  EXPECT_EQ(got.tokens, base.tokens);
-  for (size_t i = 0; i < got.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
-  if (m->spec.hp.n_expert > 0) {
-    EXPECT_GT(engine->stats().expert_hits[1], 0u);
+  // Experts of every layer split between the devices; cpu1 holds no layer, so with zero_copy (and
+  // fine-grained SVM) its jobs take their pairs and activations and give their partial sums in
+  // shared host memory, with no write or read command.
+  const bool svm = reg.get("cpu1").info().caps.svm_fine_grain;
+  for (bool zero_copy : {true, false}) {
+    SCOPED_TRACE(zero_copy ? "zero_copy" : "write and read commands");
+    EngineOptions opts;
+    opts.zero_copy = zero_copy;
+    auto engine = make_engine(m->spec, reg, experts_in_halves(), opts);
+    if (m->spec.hp.n_expert > 0) {
+      EXPECT_GT(engine->plan().experts_on(0, 1), 0);
+      EXPECT_GT(engine->plan().experts_on(0, 0), 0);
+    }
+    const auto got = engine_greedy(*engine, kPrompt, n);
+    EXPECT_EQ(got.tokens, base.tokens);
+    for (size_t i = 0; i < got.logits.size(); ++i)
+      EXPECT_LT(rel_err(got.logits[i], base.logits[i]), 1e-3) << i;
+    if (m->spec.hp.n_expert > 0) {
+      EXPECT_GT(engine->stats().expert_hits[1], 0u);
+      if (zero_copy && svm)
+        EXPECT_GT(engine->stats().zero_copy_jobs, 0u);
+      else
+        EXPECT_EQ(engine->stats().zero_copy_jobs, 0u);
+    }
   }
 }
 

@@ -602,15 +602,17 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
     any_foreign |= &home != devices[d].get() && moe_->plan->experts_on(layer_, int(d)) > 0 &&
                    devices[d]->dev->context() != home.dev->context();
   const auto& at = home.stage_at;
+  const auto t_read = Clock::now();
   {
     const size_t end =
         any_foreign ? at.normed + size_t(n) * hp.n_embd * 4 : at.topk_w + size_t(pairs) * 4;
-    home.dev->read(home.stage.get(), at.topk_ids, home.h_stage.data() + at.topk_ids,
-                   end - at.topk_ids, true);
+    home.dev->read(home.stage.get(), at.topk_ids, home.h_stage + at.topk_ids, end - at.topk_ids,
+                   true);
   }
-  const int32_t* ids = reinterpret_cast<const int32_t*>(home.h_stage.data() + at.topk_ids);
-  const float* wts = reinterpret_cast<const float*>(home.h_stage.data() + at.topk_w);
-  const float* xn_host = reinterpret_cast<const float*>(home.h_stage.data() + at.normed);
+  const auto t_lanes = Clock::now();
+  const int32_t* ids = reinterpret_cast<const int32_t*>(home.h_stage + at.topk_ids);
+  const float* wts = reinterpret_cast<const float*>(home.h_stage + at.topk_w);
+  const float* xn_host = reinterpret_cast<const float*>(home.h_stage + at.normed);
   for (int t = 0; t < n; ++t) moe_->balancer->record(layer_, ids + size_t(t) * K, K);
 
   // Each pair goes to the device serving its expert (others may hold a copy).
@@ -618,6 +620,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
   std::vector<std::function<void()>> jobs(devices.size());
   std::vector<int> remote;
   moe_->lane_seconds.assign(devices.size(), 0.0);
+  moe_->lane_wait_seconds.assign(devices.size(), 0.0);
   for (size_t d = 0; d < devices.size(); ++d) {
     auto& s = dev_.shards[d];
     if (s.experts.empty()) continue;
@@ -652,7 +655,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       // Many tokens: the pairs go to the expert matmuls grouped by expert (stable) and the
       // combine finds each token's rows through pair_row, as on one device.
       const bool grouped = n >= kGroupPairsMinTokens;
-      uint8_t* st = c.h_stage.data();
+      uint8_t* st = c.h_stage;
       if (grouped) {
         c.h_order.resize(size_t(np));
         std::iota(c.h_order.begin(), c.h_order.end(), 0);
@@ -681,7 +684,7 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
         std::memcpy(st + cat.normed, xn_host, size_t(n) * E * 4);
         end = cat.normed + size_t(n) * E * 4;
       }
-      c.dev->write(c.stage.get(), 0, st, end, false);
+      if (!c.shared_stage) c.dev->write(c.stage.get(), 0, st, end, false);
       // Same context: the activations move device to device, after the home queue's work.
       if (shared)
         ops::copy_after(*home.dev, *c.dev, home.xn.get(), 0, c.xn.get(), 0, size_t(n) * E * 4);
@@ -696,20 +699,33 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
         c.moe->combine(out, 0, c.y.get(), 0, c.p_w.get(), 0, c.p_off.get(),
                        grouped ? c.p_row.get() : nullptr, uint32_t(n), E, is_home,
                        {{}, c.prof("moe_combine")});
-      if (!is_home && !shared) {
+      const auto t_wait = Clock::now();
+      if (!is_home && !shared && !c.shared_partial) {
         c.staging.resize(size_t(n) * E);
         c.dev->read(c.partial.get(), 0, c.staging.data(), c.staging.size() * 4, true);
       } else {
-        c.dev->finish();  // for the lane's device time; the data stays on the device
+        // The data stays on the device, or is in host memory once the queue finished (and the
+        // lane's device time is measured either way).
+        c.dev->finish();
       }
-      moe_->lane_seconds[size_t(c.index)] =
-          std::chrono::duration<double>(Clock::now() - t0).count();
+      const auto t_end = Clock::now();
+      moe_->lane_seconds[size_t(c.index)] = std::chrono::duration<double>(t_end - t0).count();
+      moe_->lane_wait_seconds[size_t(c.index)] =
+          std::chrono::duration<double>(t_end - t_wait).count();
     };
   }
   moe_->executor->run_all(jobs);
+  const auto t_back = Clock::now();
+  SyncTiming* timing = moe_->sync_timing;
   for (size_t d = 0; d < devices.size(); ++d) {
     moe_->stats->device_seconds[d] += moe_->lane_seconds[d];
     moe_->balancer->record_device_seconds(int(d), moe_->lane_seconds[d]);
+    if (jobs[d] && devices[d]->shared_stage) ++moe_->stats->zero_copy_jobs;
+    if (timing && jobs[d]) {
+      const std::string& id = devices[d]->dev->id();
+      timing->lane_enqueue[id] += moe_->lane_seconds[d] - moe_->lane_wait_seconds[d];
+      timing->lane_wait[id] += moe_->lane_wait_seconds[d];
+    }
   }
   const size_t bytes = size_t(n) * hp.n_embd * 4;
   for (int d : remote) {
@@ -717,11 +733,22 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
     if (c.dev->context() == home.dev->context())
       ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0, bytes);
     else
-      // Not waited for: c.staging is next touched by this device's job of a later host sync,
-      // which starts after a blocking read on this (in-order) queue.
-      home.dev->write(home.partial.get(), 0, c.staging.data(), bytes, false);
+      // Not waited for: the source (c.staging, or c's shared partial) is next written by this
+      // device's job of a later host sync, which starts after a blocking read (or finish) of
+      // this (in-order) queue.
+      home.dev->write(home.partial.get(), 0,
+                      c.shared_partial ? static_cast<const void*>(c.shared_partial->data())
+                                       : c.staging.data(),
+                      bytes, false);
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
+  }
+  if (timing) {
+    const auto t_end = Clock::now();
+    ++timing->syncs;
+    timing->read += std::chrono::duration<double>(t_lanes - t_read).count();
+    timing->lanes += std::chrono::duration<double>(t_back - t_lanes).count();
+    timing->back += std::chrono::duration<double>(t_end - t_back).count();
   }
 }
 

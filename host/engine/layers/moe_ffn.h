@@ -45,6 +45,8 @@ struct MoeRuntime {
   bool count_choices = true;
   static constexpr uint64_t kChoiceSampleSteps = 8;
   std::vector<double> lane_seconds;           // per device, written by its executor lane
+  std::vector<double> lane_wait_seconds;      // of lane_seconds: waiting for the device's result
+  SyncTiming* sync_timing = nullptr;          // the running step kind's (set per step)
   // Every layer's routed FFN by layer index (null where none): a streamed layer finds the next.
   std::vector<MoeFfn*> layers;
   // Streamed experts written ahead for a later layer of the running step (while an earlier layer
