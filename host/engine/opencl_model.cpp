@@ -161,6 +161,23 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   moe_.executor = executor_.get();
   moe_.balancer = balancer_.get();
   moe_.stats = &stats_;
+  if (balancer_->enabled()) {
+    // Pinned memory for the balancer's copies of the router choices on devices that route layers.
+    moe_.choice_ints = size_t(T) * size_t(K);
+    moe_.choice_layers = int(spec_.layers.size());
+    moe_.choice_memory.resize(ctxs_.size());
+    for (auto& c : ctxs_) {
+      if (!c->has_layers) continue;
+      try {
+        moe_.choice_memory[size_t(c->index)] = std::make_unique<PinnedBytes>(
+            *c->dev, 2 * size_t(moe_.choice_layers) * moe_.choice_ints * sizeof(int32_t));
+      } catch (const ClError& e) {
+        spdlog::warn("{}: no pinned host memory for the balancer's router choices ({}); they are "
+                     "read into pageable memory",
+                     c->dev->id(), e.what());
+      }
+    }
+  }
 
   // Weights: the embedding table stays in its ggml format (rows looked up per token).
   DeviceCtx& home = ctx(plan_.attention_device);
@@ -359,6 +376,8 @@ bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t
   DeviceCtx& home = ctx(plan_.attention_device);
   moe_.begin_step();
   moe_.count_choices = n > 1 || enqueued_steps_ % MoeRuntime::kChoiceSampleSteps == 0;
+  // At most two steps are pending (one in flight beside this one): they use different slots.
+  moe_.choice_slot = int(enqueued_steps_ % 2);
   ++enqueued_steps_;
   // The batch (block tables, positions, slots) on every device that holds layers, once per KV
   // group of its layers (each window group has its own block tables and slots).

@@ -74,6 +74,7 @@ class OpenClModel {
   // inside cannot run ahead of the host). With the expert balancer on, its counts keep coming from
   // the chained steps; it moves experts only once no step is in flight.
   bool can_chain() const;
+  const sched::ExpertBalancer& balancer() const { return *balancer_; }
 
   // Recorded step programs kept for replay (one per batch shape seen recently), and how many steps
   // were recorded and replayed.

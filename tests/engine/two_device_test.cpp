@@ -231,8 +231,10 @@ TEST(BalancerEngineTest, MovesAreCountedAndOutputUnchanged) {
 
 // Greedy decode through the request engine with the balancer on: while experts sit on cpu1 each
 // step has a host round trip and is not chained; once the balancer has brought every expert home
-// (cpu0, the attention's device) the steps chain, its counts still coming from them, and it moves
-// nothing while a step is in flight. Tokens equal the reference's throughout.
+// (cpu0, the attention's device) the steps chain, its counts still coming from them (copies of
+// the router's choice into pinned memory: every prompt token, one decode step in
+// MoeRuntime::kChoiceSampleSteps), and it moves nothing while a step is in flight. Tokens equal
+// the reference's throughout.
 TEST(BalancerEngineTest, ChainedStepsOnceEveryExpertIsHome) {
   auto reg = tessera::cli::discover_devices();
   if (reg.devices().size() < 2) GTEST_SKIP() << "needs two OpenCL devices";
@@ -242,21 +244,53 @@ TEST(BalancerEngineTest, ChainedStepsOnceEveryExpertIsHome) {
   EngineOptions opts;
   opts.balancer = true;
   Engine engine(make_engine(m->spec, reg, lopsided_experts(), opts), EngineConfig{});
-  std::vector<int32_t> got;
-  Request r;
-  r.prompt = kPrompt;
-  r.max_tokens = n;
-  r.on_output = [&got](const RequestOutput& o) {
-    if (o.token >= 0) got.push_back(o.token);
+  auto generate = [&] {
+    std::vector<int32_t> got;
+    Request r;
+    r.prompt = kPrompt;
+    r.max_tokens = n;
+    r.on_output = [&got](const RequestOutput& o) {
+      if (o.token >= 0) got.push_back(o.token);
+    };
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    return got;
   };
-  engine.add_request(std::move(r));
-  engine.run_until_idle();
-  EXPECT_EQ(got, ref);
+  EXPECT_EQ(generate(), ref);
   const auto& model = engine.model();
   EXPECT_GT(model.stats().balancer_moves, 0u);
   for (const auto& layer : model.plan().expert_device)
     for (int d : layer) EXPECT_EQ(d, 0);
   EXPECT_GT(model.stats().chained_steps, 0u);
+
+  // Every expert home from the start: the second request's counts come from the copies alone.
+  const auto& hp = m->spec.hp;
+  auto counts = [&] {
+    std::vector<std::vector<uint64_t>> c(hp.n_layer, std::vector<uint64_t>(hp.n_expert));
+    for (uint32_t l = 0; l < hp.n_layer; ++l)
+      for (uint32_t e = 0; e < hp.n_expert; ++e) c[l][e] = model.balancer().selections(int(l), int(e));
+    return c;
+  };
+  const auto before = counts();
+  const uint64_t chained = model.stats().chained_steps;
+  EXPECT_EQ(generate(), ref);
+  EXPECT_GT(model.stats().chained_steps, chained);
+  const auto after = counts();
+  // The prompt's tokens and one decode step in 8 (about; the sampling counts every step enqueued).
+  const uint64_t steps = uint64_t(n) / MoeRuntime::kChoiceSampleSteps;
+  const uint64_t lo = kPrompt.size() + steps - 1, hi = kPrompt.size() + steps + 1;
+  for (uint32_t l = 0; l < hp.n_layer; ++l) {
+    uint64_t total = 0, most = 0;
+    for (uint32_t e = 0; e < hp.n_expert; ++e) {
+      total += after[l][e] - before[l][e];
+      most = std::max(most, after[l][e] - before[l][e]);
+    }
+    EXPECT_GE(total, lo * hp.n_expert_used) << "layer " << l;
+    EXPECT_LE(total, hi * hp.n_expert_used) << "layer " << l;
+    // A token chooses an expert at most once: ids that are not the router's (a slot read
+    // elsewhere, zeros) would count one expert several times per token.
+    EXPECT_LE(most, hi) << "layer " << l;
+  }
 }
 
 }  // namespace

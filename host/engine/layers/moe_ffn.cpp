@@ -66,10 +66,16 @@ void MoeRuntime::end_step(int experts_per_token, size_t count) {
   count = std::min(count, pending_choices.size());
   for (size_t i = 0; i < count; ++i) {
     const auto& p = pending_choices[i];
-    for (size_t t = 0; t * size_t(experts_per_token) < p.ids.size(); ++t)
-      balancer->record(p.layer, p.ids.data() + t * size_t(experts_per_token), experts_per_token);
+    for (size_t t = 0; t * size_t(experts_per_token) < p.count; ++t)
+      balancer->record(p.layer, p.ids + t * size_t(experts_per_token), experts_per_token);
   }
   pending_choices.erase(pending_choices.begin(), pending_choices.begin() + ptrdiff_t(count));
+}
+
+int32_t* MoeRuntime::choice_place(int d, int layer) const {
+  if (size_t(d) >= choice_memory.size() || !choice_memory[size_t(d)]) return nullptr;
+  auto* base = reinterpret_cast<int32_t*>(choice_memory[size_t(d)]->data());
+  return base + (size_t(choice_slot) * size_t(choice_layers) + size_t(layer)) * choice_ints;
 }
 
 MoeFfn::MoeFfn(const model::ModelSpec& spec, int layer, MoeRuntime* moe)
@@ -549,8 +555,14 @@ bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl
       if (!moe_->count_choices) return;
       auto& pending = moe_->pending_choices.emplace_back();
       pending.layer = layer_;
-      pending.ids.resize(size_t(pairs));
-      home.dev->read(home.topk_ids.get(), 0, pending.ids.data(), size_t(pairs) * 4, false);
+      pending.count = size_t(pairs);
+      int32_t* place = moe_->choice_place(home.index, layer_);
+      if (!place) {
+        pending.own.resize(size_t(pairs));
+        place = pending.own.data();
+      }
+      pending.ids = place;
+      home.dev->read(home.topk_ids.get(), 0, place, size_t(pairs) * 4, false);
     });
   }
   // Many tokens (prefill, big decode batches): the pairs grouped by expert first, so each expert's

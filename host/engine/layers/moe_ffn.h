@@ -36,14 +36,25 @@ struct MoeRuntime {
   // handed to it after the step (end_step).
   struct PendingChoice {
     int layer = 0;
-    std::vector<int32_t> ids;
+    const int32_t* ids = nullptr;  // `count` ids: in choice_memory, or in `own`
+    size_t count = 0;
+    std::vector<int32_t> own;
   };
   std::deque<PendingChoice> pending_choices;  // deque: elements stay put while reads are queued
   // Whether this step's layers copy their choice (set per step: every step of several tokens, one
-  // in kChoiceSampleSteps of the one-token steps; each copy is a read into pageable host memory
-  // that the driver may serve only when the device's queue reaches it, 16 per token before).
+  // in kChoiceSampleSteps of the one-token steps).
   bool count_choices = true;
   static constexpr uint64_t kChoiceSampleSteps = 8;
+  // Where those copies land, per device (plan index; null: none, copies go to pageable `own`
+  // vectors): pinned host memory (PinnedBytes), two slots (the step's, choice_slot, and one for the
+  // step in flight beside it) of [layer][choice_ints]. A read into pageable memory may hold the
+  // host until the device's queue reaches it (NVIDIA's: 5.5% of the H100's decode with every
+  // expert home, measured), one into pinned memory runs on its own.
+  std::vector<std::unique_ptr<PinnedBytes>> choice_memory;
+  size_t choice_ints = 0;  // per layer and slot: a step's most pairs
+  int choice_layers = 0, choice_slot = 0;
+  // The place of `layer`'s choice of this step on device `d`, or null.
+  int32_t* choice_place(int d, int layer) const;
   std::vector<double> lane_seconds;           // per device, written by its executor lane
   std::vector<double> lane_wait_seconds;      // of lane_seconds: waiting for the device's result
   SyncTiming* sync_timing = nullptr;          // the running step kind's (set per step)
