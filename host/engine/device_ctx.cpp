@@ -189,6 +189,21 @@ PinnedBytes::~PinnedBytes() {
   if (err != CL_SUCCESS) spdlog::warn("clEnqueueUnmapMemObject failed: {}", cl_error_name(err));
 }
 
+void DeviceCtx::pin_stage(int n_devices) {
+  const size_t activations = stage_at.bytes - stage_at.normed;  // a step's f32 rows of n_embd
+  auto image = std::make_unique<PinnedBytes>(*dev, stage_at.bytes);
+  auto back = std::make_unique<PinnedBytes>(*dev, size_t(n_devices) * activations);
+  pinned_stage = std::move(image);
+  pinned_back = std::move(back);
+  back_bytes = activations;
+  h_stage = pinned_stage->data();
+  h_stage_copy = {};
+}
+
+uint8_t* DeviceCtx::back_place(int from) const {
+  return pinned_back ? pinned_back->data() + size_t(from) * back_bytes : nullptr;
+}
+
 SharedBytes::SharedBytes(const Device& device, size_t bytes) : ctx_(device.context()) {
   if (!device.info().caps.svm_fine_grain)
     throw ClError("clSVMAlloc", CL_INVALID_OPERATION, device.info().label(),

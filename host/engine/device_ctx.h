@@ -66,6 +66,26 @@ class SharedBytes {
   ClMem buf_;
 };
 
+// Host bytes that `device` reads straight from host memory: a CL_MEM_ALLOC_HOST_PTR buffer of its
+// context mapped for its whole life (drivers pin such buffers, so writes from them run at the
+// copy engine's speed instead of through a pageable staging copy), for data written to the device
+// again and again (MoeFfn's streamed experts). Throws ClError when the device cannot provide it.
+class PinnedBytes {
+ public:
+  PinnedBytes(const Device& device, size_t bytes);
+  ~PinnedBytes();
+  PinnedBytes(const PinnedBytes&) = delete;
+  PinnedBytes& operator=(const PinnedBytes&) = delete;
+  uint8_t* data() const { return ptr_; }
+  size_t size() const { return bytes_; }
+
+ private:
+  const Device* dev_ = nullptr;
+  ClMem buf_;
+  uint8_t* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
 // Thread-safety: one thread at a time (the engine thread, or the executor lane of this device
 // during a multi-device MoE layer).
 struct DeviceCtx {
@@ -172,9 +192,20 @@ struct DeviceCtx {
     size_t bytes = 0;
   } stage_at;
   ClMem stage, p_tok, p_exp, p_w, p_row, p_off, topk_ids, topk_w;
-  // The host image of `stage`: its shared memory itself, or h_stage_copy (moved by commands).
+  // The host image of `stage`: its shared memory itself, or h_stage_copy / pinned_stage (moved
+  // by commands).
   uint8_t* h_stage = nullptr;
   std::vector<uint8_t> h_stage_copy;
+  // A device that holds layers in a multi-device plan (pin_stage): the image of its stage and the
+  // partial sums other devices send it, in pinned host memory, so its reads and writes of them
+  // run at the copy engine's speed without staging copies (null otherwise).
+  std::unique_ptr<PinnedBytes> pinned_stage, pinned_back;
+  size_t back_bytes = 0;  // per sending device in pinned_back
+  // Throws ClError where the device cannot pin host memory (the pageable images stay).
+  void pin_stage(int n_devices);
+  // Where device `from`'s partial sum goes before its write to this device: pinned_back's
+  // region, or null.
+  uint8_t* back_place(int from) const;
   std::vector<int32_t> h_tok, h_exp, h_off;  // pair lists built on the host
   std::vector<int32_t> h_order, h_row;       // grouping them by expert
   std::vector<float> h_w, staging;           // their weights; host staging of activations
@@ -202,26 +233,6 @@ struct DeviceCtx {
   int batch_tokens_ = 0, batch_seqs_ = 0, batch_blocks_per_seq_ = 0;      // sizes of `batches`
   uint32_t ssm_proj_rows_ = 0, ssm_conv_channels_ = 0, ssm_d_inner_ = 0;  // of the ssm_* buffers
   std::deque<std::pair<const char*, ClEvent>> events_;
-};
-
-// Host bytes that `device` reads straight from host memory: a CL_MEM_ALLOC_HOST_PTR buffer of its
-// context mapped for its whole life (drivers pin such buffers, so writes from them run at the
-// copy engine's speed instead of through a pageable staging copy), for data written to the device
-// again and again (MoeFfn's streamed experts). Throws ClError when the device cannot provide it.
-class PinnedBytes {
- public:
-  PinnedBytes(const Device& device, size_t bytes);
-  ~PinnedBytes();
-  PinnedBytes(const PinnedBytes&) = delete;
-  PinnedBytes& operator=(const PinnedBytes&) = delete;
-  uint8_t* data() const { return ptr_; }
-  size_t size() const { return bytes_; }
-
- private:
-  const Device* dev_ = nullptr;
-  ClMem buf_;
-  uint8_t* ptr_ = nullptr;
-  size_t bytes_ = 0;
 };
 
 // Any two devices: a queue copy on one device, an event-ordered device copy within one context,

@@ -108,6 +108,18 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   }
   for (int l : plan_.layer_device) ctx(l).has_layers = true;
   ctx(plan_.attention_device).has_layers = true;
+  // Devices with layers read router choices and activations and receive partial sums through
+  // host memory when experts run elsewhere: pinned, where the device can pin it.
+  if (ctxs_.size() > 1)
+    for (auto& c : ctxs_) {
+      if (!c->has_layers || !options_.zero_copy) continue;
+      try {
+        c->pin_stage(int(ctxs_.size()));
+      } catch (const ClError& e) {
+        spdlog::warn("{}: MoE stage in pageable host memory (pinning failed: {})", c->dev->id(),
+                     e.what());
+      }
+    }
   for (auto& c : ctxs_) {
     if (!c->has_layers) continue;
     c->allocate_attention(T, options_.max_sequences, blocks_per_seq, hp.q_dim(), hp.kv_dim(),

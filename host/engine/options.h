@@ -54,8 +54,10 @@ struct EngineOptions {
   bool stream_queue = true;
   // Devices that hold experts and no layers, share host memory and offer fine-grained buffer SVM
   // take their MoE pairs and activations and give their partial sums in place, in host memory
-  // (DeviceCtxSizes::shared_stage): one launch per layer and step, no write or read command
-  // ("zero_copy" in $TESSERA_NO_FUSE turns it off, for A/B runs).
+  // (DeviceCtxSizes::shared_stage): one launch per layer and step, no write or read command; the
+  // devices that hold layers read choices and activations into, and write partial sums from,
+  // pinned host memory (DeviceCtx::pin_stage). "zero_copy" in $TESSERA_NO_FUSE turns both off,
+  // for A/B runs.
   bool zero_copy = true;
   bool profile = false;  // time every launch with profiling events (EngineStats::device_op_seconds)
   // Fused launches (each has a portability-matrix case); switching one off runs the separate

@@ -744,14 +744,18 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
     DeviceCtx& c = *devices[size_t(d)];
     if (c.dev->context() == home.dev->context())
       ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0, bytes);
-    else
-      // Not waited for: the source (c.staging, or c's shared partial) is next written by this
-      // device's job of a later host sync, which starts after a blocking read (or finish) of
-      // this (in-order) queue.
-      home.dev->write(home.partial.get(), 0,
-                      c.shared_partial ? static_cast<const void*>(c.shared_partial->data())
-                                       : c.staging.data(),
-                      bytes, false);
+    else {
+      // Not waited for: the source (c.staging, c's shared partial, or the home's pinned copy of
+      // either) is next written by a later host sync, after a blocking read of the home's
+      // (in-order) queue.
+      const void* src = c.shared_partial ? static_cast<const void*>(c.shared_partial->data())
+                                         : c.staging.data();
+      if (uint8_t* pinned = home.back_place(d)) {
+        std::memcpy(pinned, src, bytes);
+        src = pinned;
+      }
+      home.dev->write(home.partial.get(), 0, src, bytes, false);
+    }
     home.ew->add(home.x.get(), 0, home.partial.get(), 0, home.x.get(), 0, uint32_t(n) * hp.n_embd,
                  {{}, home.prof("elementwise")});
   }
