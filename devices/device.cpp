@@ -133,14 +133,18 @@ DeviceRegistry DeviceRegistry::discover(std::shared_ptr<ProgramCache> programs,
     std::vector<cl_device_id> ids(n_devices);
     CL_CHECK(clGetDeviceIDs(platforms[p], CL_DEVICE_TYPE_ALL, n_devices, ids.data(), nullptr), "");
     // One context per platform, so devices of one platform can share buffers and wait on each
-    // other's events; a platform that refuses a shared context gets one context per device.
+    // other's events; a platform that refuses a shared context (or DeviceLimits::own_context)
+    // gets one context per device.
     cl_context_properties props[] = {CL_CONTEXT_PLATFORM,
                                      reinterpret_cast<cl_context_properties>(platforms[p]), 0};
-    ClContext shared(clCreateContext(props, n_devices, ids.data(), nullptr, nullptr, &err));
-    if (err != CL_SUCCESS) {
-      spdlog::warn("platform {}: shared context failed ({}); one context per device", p,
-                   cl_error_name(err));
-      shared = ClContext();
+    ClContext shared;
+    if (!limits.own_context) {
+      shared = ClContext(clCreateContext(props, n_devices, ids.data(), nullptr, nullptr, &err));
+      if (err != CL_SUCCESS) {
+        spdlog::warn("platform {}: shared context failed ({}); one context per device", p,
+                     cl_error_name(err));
+        shared = ClContext();
+      }
     }
     for (cl_uint d = 0; d < n_devices; ++d) {
       try {

@@ -85,9 +85,11 @@ DeviceLimits parse_device_limits(const std::string& spec) {
       l.max_alloc_bytes = v;
     } else if (key == "loop") {
       l.max_loop_iterations = v;
+    } else if (key == "own_context") {
+      l.own_context = true;
     } else {
       throw TesseraError("device limits: unknown key '" + key +
-                         "' (known: local_mem, work_group, global, alloc, loop)");
+                         "' (known: local_mem, work_group, global, alloc, loop, own_context)");
     }
   }
   return l;

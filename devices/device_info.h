@@ -79,11 +79,14 @@ struct DeviceLimits {
   uint64_t max_global_items = 0;
   uint64_t max_alloc_bytes = 0;
   uint64_t max_loop_iterations = 0;
+  // Every device in a context of its own, as devices of different platforms are (devices of one
+  // platform otherwise share one): runs the paths between platforms on one platform's devices.
+  bool own_context = false;
 };
 // Lowers `info`'s limits to `limits` (never raises them).
 void apply_limits(DeviceInfo& info, const DeviceLimits& limits);
-// Parses "local_mem=4096,work_group=16,global=1024,alloc=1048576,loop=1000" (TESSERA_DEVICE_LIMITS
-// syntax); throws TesseraError naming the bad key or value.
+// Parses "local_mem=4096,work_group=16,global=1024,alloc=1048576,loop=1000,own_context=1"
+// (TESSERA_DEVICE_LIMITS syntax); throws TesseraError naming the bad key or value.
 DeviceLimits parse_device_limits(const std::string& spec);
 
 // Reads every field except `id` (assigned by the registry).

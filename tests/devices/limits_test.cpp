@@ -20,6 +20,8 @@ TEST(DeviceLimits, ParseAndApplyOnlyLowers) {
   EXPECT_EQ(l.max_global_items, 1024u);
   EXPECT_EQ(l.max_loop_iterations, 100u);
   EXPECT_EQ(l.max_alloc_bytes, 0u);
+  EXPECT_FALSE(l.own_context);
+  EXPECT_TRUE(parse_device_limits("own_context=1").own_context);
   DeviceInfo info;
   info.local_mem_bytes = 2048;  // already below: kept
   info.max_work_group_size = 1024;

@@ -46,13 +46,21 @@ TEST_P(TwoDeviceTest, SplitEqualsOneDevice) {
   const auto base = on_cpu0(m->spec, reg, n);
   // Experts of every layer split between the devices; cpu1 holds no layer, so with zero_copy (and
   // fine-grained SVM) its jobs take their pairs and activations and give their partial sums in
-  // shared host memory, with no write or read command.
+  // shared host memory, with no write or read command. Both devices in one context (partial sums
+  // come back by device copy), and each in its own (as a GPU and PoCL: activations and partial
+  // sums through host memory, pinned on cpu0 with zero_copy).
   const bool svm = reg.get("cpu1").info().caps.svm_fine_grain;
-  for (bool zero_copy : {true, false}) {
-    SCOPED_TRACE(zero_copy ? "zero_copy" : "write and read commands");
+  DeviceLimits own;
+  own.own_context = true;
+  const DeviceRegistry apart = DeviceRegistry::discover(nullptr, own);
+  ASSERT_NE(apart.get("cpu0").context(), apart.get("cpu1").context());
+  for (const auto& [contexts, zero_copy] :
+       {std::pair<const DeviceRegistry*, bool>{&reg, true}, {&apart, true}, {&apart, false}}) {
+    SCOPED_TRACE(std::string(contexts == &reg ? "one context, " : "a context each, ") +
+                 (zero_copy ? "zero_copy" : "write and read commands"));
     EngineOptions opts;
     opts.zero_copy = zero_copy;
-    auto engine = make_engine(m->spec, reg, experts_in_halves(), opts);
+    auto engine = make_engine(m->spec, *contexts, experts_in_halves(), opts);
     if (m->spec.hp.n_expert > 0) {
       EXPECT_GT(engine->plan().experts_on(0, 1), 0);
       EXPECT_GT(engine->plan().experts_on(0, 0), 0);
