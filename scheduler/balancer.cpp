@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <stdexcept>
 #include <string>
 
 namespace tessera::sched {
@@ -15,6 +16,13 @@ ExpertBalancer::ExpertBalancer(const ModelFootprint& model, bool enabled, int in
   for (size_t l = 0; l < model.layers.size(); ++l)
     counts_[l].assign(size_t(model.layers[l].n_experts), 0);
   tokens_.assign(model.layers.size(), 0);
+}
+
+void ExpertBalancer::update_model(const ModelFootprint& model) {
+  if (model.layers.size() != model_.layers.size())
+    throw std::invalid_argument("balancer: a footprint of " + std::to_string(model.layers.size()) +
+                                " layers for a model of " + std::to_string(model_.layers.size()));
+  model_ = model;
 }
 
 void ExpertBalancer::record(int layer, const int32_t* experts, int count) {

@@ -27,6 +27,9 @@ class ExpertBalancer {
   ExpertBalancer(const ModelFootprint& model, bool enabled, int interval = 16, int max_moves = 4);
 
   bool enabled() const { return enabled_; }
+  // The model's footprint again, once the engine has counted its launches (the balancer predicts
+  // step times with it); throws std::invalid_argument for another layer count.
+  void update_model(const ModelFootprint& model);
   // Records one token's choice of `count` experts in `layer`. Engine thread only.
   void record(int layer, const int32_t* experts, int count);
   void record_device_seconds(int device, double seconds);

@@ -222,6 +222,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   }
   for (auto& c : ctxs_) c->dev->finish();
   count_launches();
+  balancer_->update_model(footprint_);  // made before the launches were counted
   sched::predict(plan_, footprint_);
 }
 

@@ -316,6 +316,33 @@ TEST(BalancerTest, CopiesAreDroppedToMakeRoom) {
             plan.devices[0].budget_bytes);
 }
 
+// The engine counts its launches after the balancer is made: update_model gives it those counts,
+// and its predictions (what rebalance leaves in the plan) are then the planner's with them.
+TEST(BalancerTest, PredictsWithTheUpdatedFootprint) {
+  auto m = small_moe();
+  Config c;
+  c.experts_mode = "shares";
+  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  auto plan = make_plan(m, two_devices(), c);
+  ExpertBalancer bal(m, true, 1, 0);  // no moves: rebalance only predicts
+  auto counted = m;
+  for (auto& l : counted.layers) l.dense_launches = l.expert_launches = 1;
+  bal.update_model(counted);
+  int hot[2] = {0, 1};
+  for (int l = 0; l < 2; ++l) bal.record(l, hot, 2);
+  bal.end_step();
+  EXPECT_TRUE(bal.rebalance(plan).empty());
+  auto observed = bal.load();
+  Plan with_counted = plan, with_defaults = plan;
+  predict(with_counted, counted, &observed);
+  predict(with_defaults, m, &observed);
+  EXPECT_DOUBLE_EQ(plan.decode_step_seconds, with_counted.decode_step_seconds);
+  EXPECT_LT(plan.decode_step_seconds, with_defaults.decode_step_seconds);
+  ModelFootprint one_layer = m;
+  one_layer.layers.resize(1);
+  EXPECT_THROW(bal.update_model(one_layer), std::invalid_argument);
+}
+
 TEST(BalancerTest, DisabledOrTooEarlyDoesNothing) {
   auto m = small_moe();
   auto plan = make_plan(m, two_devices(), Config{});
