@@ -90,10 +90,9 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   sizes.experts_per_token = uint32_t(K);
   for (size_t d = 0; d < plan_.devices.size(); ++d) {
     const Device& dev = registry.get(plan_.devices[d].id);
-    const bool holds_layers =
-        int(d) == plan_.attention_device ||
-        std::find(plan_.layer_device.begin(), plan_.layer_device.end(), int(d)) !=
-            plan_.layer_device.end();
+    const bool holds_layers = int(d) == plan_.attention_device ||
+                              std::find(plan_.layer_device.begin(), plan_.layer_device.end(),
+                                        int(d)) != plan_.layer_device.end();
     sizes.shared_stage = options_.zero_copy && plan_.devices.size() > 1 && !holds_layers &&
                          dev.info().caps.unified_memory && dev.info().caps.svm_fine_grain;
     auto c = std::make_unique<DeviceCtx>(int(d), dev, sizes, options_.profile);
@@ -184,9 +183,10 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
         moe_.choice_memory[size_t(c->index)] = std::make_unique<PinnedBytes>(
             *c->dev, 2 * size_t(moe_.choice_layers) * moe_.choice_ints * sizeof(int32_t));
       } catch (const ClError& e) {
-        spdlog::warn("{}: no pinned host memory for the balancer's router choices ({}); they are "
-                     "read into pageable memory",
-                     c->dev->id(), e.what());
+        spdlog::warn(
+            "{}: no pinned host memory for the balancer's router choices ({}); they are "
+            "read into pageable memory",
+            c->dev->id(), e.what());
       }
     }
   }

@@ -276,7 +276,8 @@ TEST(BalancerEngineTest, ChainedStepsOnceEveryExpertIsHome) {
   auto counts = [&] {
     std::vector<std::vector<uint64_t>> c(hp.n_layer, std::vector<uint64_t>(hp.n_expert));
     for (uint32_t l = 0; l < hp.n_layer; ++l)
-      for (uint32_t e = 0; e < hp.n_expert; ++e) c[l][e] = model.balancer().selections(int(l), int(e));
+      for (uint32_t e = 0; e < hp.n_expert; ++e)
+        c[l][e] = model.balancer().selections(int(l), int(e));
     return c;
   };
   const auto before = counts();

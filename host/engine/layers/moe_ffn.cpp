@@ -748,8 +748,8 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
       // Not waited for: the source (c.staging, c's shared partial, or the home's pinned copy of
       // either) is next written by a later host sync, after a blocking read of the home's
       // (in-order) queue.
-      const void* src = c.shared_partial ? static_cast<const void*>(c.shared_partial->data())
-                                         : c.staging.data();
+      const void* src =
+          c.shared_partial ? static_cast<const void*>(c.shared_partial->data()) : c.staging.data();
       if (uint8_t* pinned = home.back_place(d)) {
         std::memcpy(pinned, src, bytes);
         src = pinned;
