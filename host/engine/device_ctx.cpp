@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <numeric>
+#include <stdexcept>
 
 #include <spdlog/spdlog.h>
 
@@ -190,6 +191,7 @@ PinnedBytes::~PinnedBytes() {
 }
 
 void DeviceCtx::pin_stage(int n_devices) {
+  if (shared_stage) throw std::logic_error(dev->id() + ": pin_stage on a shared stage");
   const size_t activations = stage_at.bytes - stage_at.normed;  // a step's f32 rows of n_embd
   auto image = std::make_unique<PinnedBytes>(*dev, stage_at.bytes);
   auto back = std::make_unique<PinnedBytes>(*dev, size_t(n_devices) * activations);

@@ -742,9 +742,9 @@ void MoeFfn::across_devices(DeviceCtx& home, int n) {
   const size_t bytes = size_t(n) * hp.n_embd * 4;
   for (int d : remote) {
     DeviceCtx& c = *devices[size_t(d)];
-    if (c.dev->context() == home.dev->context())
+    if (c.dev->context() == home.dev->context()) {
       ops::copy_after(*c.dev, *home.dev, c.partial.get(), 0, home.partial.get(), 0, bytes);
-    else {
+    } else {
       // Not waited for: the source (c.staging, c's shared partial, or the home's pinned copy of
       // either) is next written by a later host sync, after a blocking read of the home's
       // (in-order) queue.
