@@ -39,8 +39,15 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     stage_at.topk_ids = region(P * 4);
     stage_at.topk_w = region(P * 4);
     stage_at.normed = region(T * s.n_embd * f);
+    // Shared memory where asked for and the driver provides it; device memory otherwise.
     if (s.shared_stage) {
-      shared_stage = std::make_unique<SharedBytes>(device, stage_at.bytes);
+      try {
+        shared_stage = std::make_unique<SharedBytes>(device, stage_at.bytes);
+      } catch (const ClError& e) {
+        spdlog::warn("{}: MoE stage in device memory ({})", device.id(), e.what());
+      }
+    }
+    if (shared_stage) {
       stage = shared_stage->buffer();
       h_stage = shared_stage->data();
       spdlog::info("{}: MoE pairs, activations and partial sums in shared host memory (SVM)",
@@ -67,9 +74,14 @@ DeviceCtx::DeviceCtx(int plan_index, const Device& device, const DeviceCtxSizes&
     topk_w = sub(stage_at.topk_w, P * 4);
     xn = sub(stage_at.normed, T * s.n_embd * f);
   }
-  if (s.shared_stage) {
-    shared_partial = std::make_unique<SharedBytes>(device, T * s.n_embd * f);
-    partial = shared_partial->buffer();
+  if (shared_stage) {
+    try {
+      shared_partial = std::make_unique<SharedBytes>(device, T * s.n_embd * f);
+      partial = shared_partial->buffer();
+    } catch (const ClError& e) {
+      spdlog::warn("{}: MoE partial sums in device memory ({})", device.id(), e.what());
+      partial = device.alloc(T * s.n_embd * f);
+    }
   } else {
     partial = device.alloc(T * s.n_embd * f);
   }
