@@ -88,14 +88,15 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   sizes.max_ff = std::max({hp.n_ff, hp.n_ff_exp, hp.n_ff_shexp});
   sizes.n_expert = hp.n_expert;
   sizes.experts_per_token = uint32_t(K);
+  std::vector<bool> holds_layers(plan_.devices.size(), false);
+  for (int l : plan_.layer_device) holds_layers[size_t(l)] = true;
+  holds_layers[size_t(plan_.attention_device)] = true;
   for (size_t d = 0; d < plan_.devices.size(); ++d) {
     const Device& dev = registry.get(plan_.devices[d].id);
-    const bool holds_layers = int(d) == plan_.attention_device ||
-                              std::find(plan_.layer_device.begin(), plan_.layer_device.end(),
-                                        int(d)) != plan_.layer_device.end();
-    sizes.shared_stage = options_.zero_copy && plan_.devices.size() > 1 && !holds_layers &&
+    sizes.shared_stage = options_.zero_copy && plan_.devices.size() > 1 && !holds_layers[d] &&
                          dev.info().caps.unified_memory && dev.info().caps.svm_fine_grain;
     auto c = std::make_unique<DeviceCtx>(int(d), dev, sizes, options_.profile);
+    c->has_layers = holds_layers[d];
     c->fold_swiglu = options_.fuse.swiglu && dev.info().type != DeviceType::kCpu;
     c->glu_out = options_.fuse.glu && !c->fold_swiglu;
     c->fused_attention_reduce = options_.fuse.attn_reduce;
@@ -105,13 +106,11 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
                     dev.info().type == DeviceType::kCpu;
     ctxs_.push_back(std::move(c));
   }
-  for (int l : plan_.layer_device) ctx(l).has_layers = true;
-  ctx(plan_.attention_device).has_layers = true;
   // Devices with layers read router choices and activations and receive partial sums through
   // host memory when experts run elsewhere: pinned, where the device can pin it.
-  if (ctxs_.size() > 1)
+  if (ctxs_.size() > 1 && options_.zero_copy)
     for (auto& c : ctxs_) {
-      if (!c->has_layers || !options_.zero_copy) continue;
+      if (!c->has_layers) continue;
       try {
         c->pin_stage(int(ctxs_.size()));
       } catch (const ClError& e) {

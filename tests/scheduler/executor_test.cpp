@@ -136,11 +136,17 @@ std::vector<DeviceCost> two_devices() {
           {"cpu0", DeviceType::kCpu, 50, 500, 10, 10, 10, 8ull << 30, 1ull << 30}};
 }
 
-TEST(BalancerTest, MovesAHotExpertOffTheSlowDevice) {
-  auto m = small_moe();
+// Each layer's experts in halves on gpu0 and cpu0.
+Config half_experts_each() {
   Config c;
   c.experts_mode = "shares";
-  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};  // half the experts on the slow CPU
+  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  return c;
+}
+
+TEST(BalancerTest, MovesAHotExpertOffTheSlowDevice) {
+  auto m = small_moe();
+  const Config c = half_experts_each();  // half the experts on the slow CPU
   auto plan = make_plan(m, two_devices(), c);
   ExpertBalancer bal(m, true, /*interval=*/4, /*max_moves=*/4);
   // Every token picks two experts that live on the CPU.
@@ -215,9 +221,7 @@ TEST(BalancerTest, EmptiesALayerOnTheSlowDeviceWhenBudgetIsTight) {
 // when the devices' speeds swap the experts move back to their copies without an upload.
 TEST(BalancerTest, MovedExpertsKeepACopyAndMovingBackUploadsNothing) {
   auto m = small_moe();
-  Config c;
-  c.experts_mode = "shares";
-  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  const Config c = half_experts_each();
   auto plan = make_plan(m, two_devices(), c);
   const auto bytes0 = plan.weight_bytes;
   ExpertBalancer bal(m, true, 1, 4);
@@ -268,9 +272,7 @@ TEST(BalancerTest, MovedExpertsKeepACopyAndMovingBackUploadsNothing) {
 // an upload; the drops are returned so the engine re-uploads those layers.
 TEST(BalancerTest, CopiesAreDroppedToMakeRoom) {
   auto m = small_moe();
-  Config c;
-  c.experts_mode = "shares";
-  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  const Config c = half_experts_each();
   auto devs = two_devices();
   auto plan = make_plan(m, devs, c);
   // gpu0 keeps copies of two experts cpu0 serves in layer 1 and has no byte to spare.
@@ -320,9 +322,7 @@ TEST(BalancerTest, CopiesAreDroppedToMakeRoom) {
 // and its predictions (what rebalance leaves in the plan) are then the planner's with them.
 TEST(BalancerTest, PredictsWithTheUpdatedFootprint) {
   auto m = small_moe();
-  Config c;
-  c.experts_mode = "shares";
-  c.expert_shares = {{"gpu0", 1}, {"cpu0", 1}};
+  const Config c = half_experts_each();
   auto plan = make_plan(m, two_devices(), c);
   ExpertBalancer bal(m, true, 1, 0);  // no moves: rebalance only predicts
   auto counted = m;
