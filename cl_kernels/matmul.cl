@@ -29,6 +29,8 @@
 #ifndef VEC_ACC
 #define VEC_ACC 0
 #endif
+// Rows per item whose loads a GPU combine or routing tail issues at once.
+#define COMBINE_BATCH 8
 
 #if VEC_ACC
 typedef float16 acc_t;
@@ -375,7 +377,18 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
   for (uint e = lid; e < n_expert; e += L) lg[e] *= scale;
   barrier(CLK_LOCAL_MEM_FENCE);
   route_group_tail(lg, rpart, sel, n_expert, k, sigmoid, normalize, wscale, ids, w);
-  FOR_ROW(i, rows) xn[i] = yr[i] * scale * norm_w[i];
+  // The rows' volatile loads in batches (one wait per batch, as combine_token).
+  for (uint i0 = lid; i0 < rows; i0 += COMBINE_BATCH * L) {
+    float v[COMBINE_BATCH];
+    for (uint u = 0; u < COMBINE_BATCH; ++u) {
+      const uint i = i0 + u * L;
+      v[u] = i < rows ? yr[i] : 0.0f;
+    }
+    for (uint u = 0; u < COMBINE_BATCH; ++u) {
+      const uint i = i0 + u * L;
+      if (i < rows) xn[i] = v[u] * scale * norm_w[i];
+    }
+  }
 #endif
 }
 
@@ -529,15 +542,40 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 #ifdef DEVICE_IS_CPU
   if (get_local_id(0) != 0) return;
   for (uint i = 0; i < n; ++i) {
-#else
-  FOR_ROW(i, n) {
-#endif
     float acc = 0.0f;
     for (int p = begin; p < end; ++p) acc += w[p] * y[y_off + (ulong)p * n + i];
     const float v = accumulate ? xr[i] + acc : acc;
     xr[i] = v;
     add_square(&sq, v);
   }
+#else
+  // The item's rows i = lid + u L in batches of COMBINE_BATCH: a pair's volatile loads of the
+  // batch are issued together, so the tail waits once per pair and batch, not once per row (the
+  // sums and the squares keep the one-row-at-a-time order).
+  const uint lid = get_local_id(0), L = get_local_size(0);
+  for (uint i0 = lid; i0 < n; i0 += COMBINE_BATCH * L) {
+    float acc[COMBINE_BATCH];
+    for (uint u = 0; u < COMBINE_BATCH; ++u) acc[u] = 0.0f;
+    for (int p = begin; p < end; ++p) {
+      const float wp = w[p];
+      __global volatile const float* yp = y + y_off + (ulong)p * n;
+      float v[COMBINE_BATCH];
+      for (uint u = 0; u < COMBINE_BATCH; ++u) {
+        const uint i = i0 + u * L;
+        v[u] = i < n ? yp[i] : 0.0f;
+      }
+      for (uint u = 0; u < COMBINE_BATCH; ++u) acc[u] += wp * v[u];
+    }
+    for (uint u = 0; u < COMBINE_BATCH; ++u) {
+      const uint i = i0 + u * L;
+      if (i < n) {
+        const float v = accumulate ? xr[i] + acc[u] : acc[u];
+        xr[i] = v;
+        add_square(&sq, v);
+      }
+    }
+  }
+#endif
   if (!use_norm) return;
 #ifdef DEVICE_IS_CPU
   const float scale = 1.0f / sqrt(sq.sum / (float)n + eps);
