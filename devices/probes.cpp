@@ -449,30 +449,48 @@ boost::json::object read_rates(const std::filesystem::path& path) {
 }
 }  // namespace
 
-std::optional<double> ProbeCache::load_rate(const DeviceInfo& info, const std::string& key) const {
+std::optional<double> ProbeCache::load_figure(const DeviceInfo& info, const std::string& key,
+                                              double bound, const char* unit) const {
   if (dir_.empty()) return std::nullopt;
   const auto rates = read_rates(rates_path_for(info));
   const auto* v = rates.if_contains(key);
   if (!v || !v->is_number()) return std::nullopt;
-  const double gbps = v->to_number<double>();
-  if (!std::isfinite(gbps) || gbps <= 0 || gbps > probe_bounds(info).read_gbps) {
-    spdlog::info("rate cache {}: implausible {} GB/s for {}; re-measuring",
-                 rates_path_for(info).string(), gbps, key);
+  const double value = v->to_number<double>();
+  if (!std::isfinite(value) || value <= 0 || value > bound) {
+    spdlog::info("rate cache {}: implausible {} {} for {}; re-measuring",
+                 rates_path_for(info).string(), value, unit, key);
     return std::nullopt;
   }
-  return gbps;
+  return value;
 }
 
-void ProbeCache::store_rate(const DeviceInfo& info, const std::string& key, double gbps) const {
+void ProbeCache::store_figure(const DeviceInfo& info, const std::string& key, double value) const {
   if (dir_.empty()) return;
   try {
     const auto path = rates_path_for(info);
     auto rates = read_rates(path);
-    rates[key] = gbps;
+    rates[key] = value;
     write_json_atomically(dir_, path, rates);
   } catch (const std::exception& e) {
     spdlog::warn("rate cache: could not store {}: {}", key, e.what());
   }
+}
+
+std::optional<double> ProbeCache::load_rate(const DeviceInfo& info, const std::string& key) const {
+  return load_figure(info, key, probe_bounds(info).read_gbps, "GB/s");
+}
+
+void ProbeCache::store_rate(const DeviceInfo& info, const std::string& key, double gbps) const {
+  store_figure(info, key, gbps);
+}
+
+std::optional<double> ProbeCache::load_launch_us(const DeviceInfo& info,
+                                                 const std::string& key) const {
+  return load_figure(info, key, 1e7, "us");
+}
+
+void ProbeCache::store_launch_us(const DeviceInfo& info, const std::string& key, double us) const {
+  store_figure(info, key, us);
 }
 
 ProbeResult ProbeCache::get(const Device& device, bool remeasure) const {

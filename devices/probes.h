@@ -75,10 +75,18 @@ class ProbeCache {
   // implausible (non-finite, <= 0 or over probe_bounds' read bound).
   std::optional<double> load_rate(const DeviceInfo& info, const std::string& key) const;
   void store_rate(const DeviceInfo& info, const std::string& key, double gbps) const;
+  // The same file keeps what a launch of the engine's decode step costs there (microseconds, the
+  // engine's launch-price calibration: OpenClModel), by a key of the same kind. load_launch_us:
+  // nullopt when absent, unreadable or implausible (non-finite, <= 0 or over 10 s).
+  std::optional<double> load_launch_us(const DeviceInfo& info, const std::string& key) const;
+  void store_launch_us(const DeviceInfo& info, const std::string& key, double us) const;
 
  private:
   std::filesystem::path path_for(const DeviceInfo& info) const;
   std::filesystem::path rates_path_for(const DeviceInfo& info) const;
+  std::optional<double> load_figure(const DeviceInfo& info, const std::string& key, double bound,
+                                    const char* unit) const;
+  void store_figure(const DeviceInfo& info, const std::string& key, double value) const;
   std::filesystem::path dir_;
 };
 

@@ -161,6 +161,23 @@ void predict(Plan& plan, const ModelFootprint& model,
   plan.decode_step_seconds = step + out_t;
 }
 
+std::vector<double> streaming_seconds(const Plan& plan, const ModelFootprint& model,
+                                      const std::vector<std::vector<double>>* expert_load) {
+  Plan p = plan;
+  for (auto& d : p.devices) d.launch_us = 0;
+  predict(p, model, expert_load);
+  return p.decode_seconds;
+}
+
+double calibrated_launch_us(double stream_us, double busy_seconds, double launches,
+                            double weight_seconds) {
+  if (!(launches > 0) || !std::isfinite(busy_seconds) || !std::isfinite(weight_seconds) ||
+      !std::isfinite(stream_us))
+    return 0;
+  const double beyond = std::max(0.0, busy_seconds - std::max(0.0, weight_seconds));
+  return std::max(std::max(0.0, stream_us), 1e6 * beyond / launches);
+}
+
 namespace {
 
 Plan place(const ModelFootprint& model, const std::vector<DeviceCost>& devices,

@@ -25,6 +25,9 @@ struct DeviceCost {
   // the model's main weight format and row length: the engine's plan_for); 0: unmeasured, the
   // planner takes read_gbps. On CPUs the 4-bit GEMV is bound by its decode, well below read_gbps.
   double weight_gbps = 0;
+  // The launch probe's figure behind launch_us (0: none); launch_us may instead hold what the
+  // engine's own decode launches cost there (calibrated_launch_us).
+  double probe_launch_us = 0;
 };
 
 // Cost model (DESIGN.md): time(op) ~= max(bytes / bandwidth, flops / throughput) + launches *
@@ -104,6 +107,22 @@ class PlanError : public TesseraError {
 };
 Plan make_plan(const ModelFootprint& model, const std::vector<DeviceCost>& devices,
                const Config& config);
+
+// The weight streaming time (bytes at weight_rate, recurrent state at read_gbps) of one decode
+// token on each of the plan's devices: predict()'s decode_seconds with every launch priced at 0
+// (`expert_load` as for predict).
+std::vector<double> streaming_seconds(
+    const Plan& plan, const ModelFootprint& model,
+    const std::vector<std::vector<double>>* expert_load = nullptr);
+
+// What one launch of a device's decode step costs (us), from profiled decode steps: the device's
+// kernels took `busy_seconds` over `launches` launches (per step), of which the planner prices
+// `weight_seconds` as streaming their bytes (streaming_seconds). A launch costs at least
+// `stream_us` (the probe's pipelined empty launch); what the kernels take beyond streaming their
+// bytes (tails that wait on other work groups, latency-bound attention) is spread over the
+// launches. 0 when there is nothing to go by (no launches, or figures not finite).
+double calibrated_launch_us(double stream_us, double busy_seconds, double launches,
+                            double weight_seconds);
 
 // Predicted time of one decode token for a given placement (used by the planner and the balancer).
 // `expert_load[l][e]`, when given, is the observed fraction of tokens routing to expert e of layer

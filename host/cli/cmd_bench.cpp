@@ -483,6 +483,14 @@ int run_bench(const std::vector<std::string>& args) {
   const KvTokenBytes kv_bytes = kv_token_bytes(m.kv_cache());
   // The cost model's decode step beside the measured one (plan() has the balancer's moves).
   const double predicted_ms = m.plan().decode_step_seconds * 1e3;
+  // The same prediction with each device's launches at the launch probe's price, as before the
+  // engine priced them from its own decode steps (EngineOptions::launch_prices).
+  sched::Plan at_probe = m.plan();
+  for (auto& d : at_probe.devices)
+    if (d.probe_launch_us > 0) d.launch_us = d.probe_launch_us;
+  const auto load = m.balancer().enabled() ? std::optional(m.balancer().load()) : std::nullopt;
+  sched::predict(at_probe, m.footprint(), load ? &*load : nullptr);
+  const double probe_priced_ms = at_probe.decode_step_seconds * 1e3;
   // A decode step carries `parallel` tokens; the planner predicts one token's step.
   const double measured_ms = tg_tps > 0 ? 1e3 * parallel / tg_tps : 0;
   if (json) {
@@ -496,7 +504,8 @@ int run_bench(const std::vector<std::string>& args) {
         "\"roofline_tokens_per_second\": %.2f, \"roofline_fraction\": %.4f, \"balancer\": %s, "
         "\"balancer_moves\": %llu, \"balancer_warmup_moves\": %llu, "
         "\"balancer_warmup_steps\": %d, \"predicted_decode_ms\": %.4f, "
-        "\"measured_decode_ms\": %.4f, \"replay\": %s, \"streamed_layers\": %llu, "
+        "\"predicted_decode_probe_prices_ms\": %.4f, \"measured_decode_ms\": %.4f, \"replay\": %s, "
+        "\"streamed_layers\": %llu, "
         "\"streamed_bytes\": %llu, \"streamed_ahead\": %llu%s}\n",
         model_path.c_str(), devs_json.c_str(),
         plan.devices[size_t(plan.attention_device)].id.c_str(), n_prompt, n_gen, depth, parallel,
@@ -506,7 +515,7 @@ int run_bench(const std::vector<std::string>& args) {
         static_cast<unsigned long long>(roof.active_bytes), roof_tps, frac,
         balancer_on ? "true" : "false", static_cast<unsigned long long>(m.stats().balancer_moves),
         static_cast<unsigned long long>(warmup_moves), balancer_warmup_steps, predicted_ms,
-        measured_ms, m.options().replay ? "true" : "false",
+        probe_priced_ms, measured_ms, m.options().replay ? "true" : "false",
         static_cast<unsigned long long>(m.stats().streamed_layers),
         static_cast<unsigned long long>(m.stats().streamed_bytes),
         static_cast<unsigned long long>(m.stats().streamed_ahead),
@@ -530,8 +539,10 @@ int run_bench(const std::vector<std::string>& args) {
       std::printf("decode step of %d sequences: %.3f ms (the roofline is one sequence's)\n",
                   parallel, measured_ms);
     if (n_gen > 0 && predicted_ms > 0 && parallel == 1)
-      std::printf("decode step: planner predicted %.3f ms, measured %.3f ms (%.2fx)\n",
-                  predicted_ms, measured_ms, measured_ms / predicted_ms);
+      std::printf(
+          "decode step: planner predicted %.3f ms (%.3f ms with the launch probe's prices), "
+          "measured %.3f ms (%.2fx)\n",
+          predicted_ms, probe_priced_ms, measured_ms, measured_ms / predicted_ms);
     if (balancer_on)
       std::printf("balancer: %llu expert moves (%llu in %d warm-up decode steps)\n",
                   static_cast<unsigned long long>(m.stats().balancer_moves),

@@ -10,7 +10,9 @@
 #include <optional>
 #include <sstream>
 
+#include "devices/probes.h"
 #include "host/engine/layers/attention.h"
+#include "host/engine/planning.h"
 #include "host/gguf/tensor_type.h"
 #include "host/model/weights.h"
 #include "host/ops/device/step_program.h"
@@ -223,6 +225,72 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   count_launches();
   balancer_->update_model(footprint_);  // made before the launches were counted
   sched::predict(plan_, footprint_);
+  // A device whose decode launches were not priced for this model yet (plan_for took the cached
+  // prices): profile a few decode steps to price them.
+  if (options_.launch_prices && options_.replay && !options_.profile) {
+    for (size_t d = 0; d < ctxs_.size(); ++d)
+      if (plan_.decode_seconds[d] > 0 &&
+          !options_.launch_prices->load_launch_us(ctxs_[d]->dev->info(),
+                                                  launch_price_key(*ctxs_[d]->dev, footprint_))) {
+        calibration_skip_ = 2;
+        calibration_steps_ = 3;
+      }
+  }
+}
+
+bool OpenClModel::calibrates_next(bool decode, int n) {
+  if (!decode || calibration_steps_ == 0) return false;
+  if (n != 1) {
+    // Decode steps of several sequences only (a busy server): give up rather than keep the
+    // steps unchained.
+    if (++calibration_missed_ >= 64) calibration_steps_ = calibration_skip_ = 0;
+    return false;
+  }
+  if (calibration_skip_ > 0) {
+    --calibration_skip_;
+    return false;
+  }
+  return true;
+}
+
+void OpenClModel::add_calibration(const std::vector<ops::StepProgram::Profile::Timed>& times) {
+  calibration_busy_.resize(ctxs_.size());
+  calibration_launches_.resize(ctxs_.size());
+  for (const auto& t : times) {
+    if (t.record->kind != ops::StepProgram::Kind::kLaunch) continue;
+    for (size_t d = 0; d < ctxs_.size(); ++d)
+      if (ctxs_[d]->dev == t.record->device) {
+        calibration_busy_[d] += t.seconds;
+        ++calibration_launches_[d];
+      }
+  }
+  ++calibration_done_;
+  ++stats_.calibration_steps;
+  if (--calibration_steps_ == 0) finish_calibration();
+}
+
+void OpenClModel::finish_calibration() {
+  const auto load = balancer_->enabled() ? std::optional(balancer_->load()) : std::nullopt;
+  const auto* observed = load ? &*load : nullptr;
+  const std::vector<double> streaming = sched::streaming_seconds(plan_, footprint_, observed);
+  const double steps = std::max(1, calibration_done_);
+  for (size_t d = 0; d < ctxs_.size(); ++d) {
+    sched::DeviceCost& cost = plan_.devices[d];
+    const double launches = double(calibration_launches_[d]) / steps;
+    const double busy = calibration_busy_[d] / steps;
+    const double floor_us = cost.probe_launch_us > 0 ? cost.probe_launch_us : cost.launch_us;
+    const double us = sched::calibrated_launch_us(floor_us, busy, launches, streaming[d]);
+    if (!(us > 0)) continue;
+    spdlog::info(
+        "{}: a decode launch costs {:.1f} us ({:.0f} launches a token took {:.3f} ms on the "
+        "device, {:.3f} ms of it streaming weights by the plan; at least {:.1f} us, the {})",
+        cost.id, us, launches, busy * 1e3, streaming[d] * 1e3, floor_us,
+        cost.probe_launch_us > 0 ? "launch probe's" : "unprobed default");
+    cost.launch_us = us;
+    options_.launch_prices->store_launch_us(ctxs_[d]->dev->info(),
+                                            launch_price_key(*ctxs_[d]->dev, footprint_), us);
+  }
+  sched::predict(plan_, footprint_, observed);
 }
 
 OpenClModel::~OpenClModel() {
@@ -309,8 +377,9 @@ std::vector<float> OpenClModel::run(const StepBatch& b, std::vector<int32_t>* id
 }
 
 bool OpenClModel::can_chain() const {
+  // Calibration steps (and the ones it skips first) run unchained, so that they are profiled.
   if (!options_.pipeline || !options_.replay || options_.profile || profile_replays_ ||
-      !options_.fuse.argmax)
+      !options_.fuse.argmax || calibration_steps_ > 0)
     return false;
   const int home = plan_.attention_device;
   for (int d : plan_.layer_device)
@@ -443,7 +512,8 @@ bool OpenClModel::enqueue_batch(const StepBatch& b, cl_mem tokens, const int32_t
     } else {
       std::rotate(it, it + 1, programs_.end());  // most recently used last
       ++replayed_steps_;
-      if (profile_replays_) profile.emplace();
+      calibration_step_ = calibrates_next(decode, n);
+      if (profile_replays_ || calibration_step_) profile.emplace();
     }
     programs_.back()->program.run(profile ? &*profile : nullptr);
   } else {
@@ -462,22 +532,24 @@ void OpenClModel::record_timing(bool decode, double enqueue, double wait,
   timing.wall += wall;
   timing.enqueue += enqueue;
   timing.wait += wait;
-  if (profile) {
-    ReplayProfile& rp = stats_.replay_profile[kind];
-    ++rp.steps;
-    rp.launches += profile->launches;
-    rp.copies += profile->copies;
-    rp.flushes += profile->flushes;
-    rp.host_calls += profile->host_calls;
-    rp.host_syncs += profile->host_syncs;
-    rp.wall += wall;
-    for (const auto& t : profile->collect()) {
-      auto& k =
-          rp.kernels[{t.record->device->id(),
-                      t.record->kind == ops::StepProgram::Kind::kLaunch ? t.record->name : "copy"}];
-      ++k.launches;
-      k.seconds += t.seconds;
-    }
+  if (!profile) return;
+  const auto times = profile->collect();
+  if (std::exchange(calibration_step_, false)) add_calibration(times);
+  if (!profile_replays_) return;  // a calibration step only
+  ReplayProfile& rp = stats_.replay_profile[kind];
+  ++rp.steps;
+  rp.launches += profile->launches;
+  rp.copies += profile->copies;
+  rp.flushes += profile->flushes;
+  rp.host_calls += profile->host_calls;
+  rp.host_syncs += profile->host_syncs;
+  rp.wall += wall;
+  for (const auto& t : times) {
+    auto& k =
+        rp.kernels[{t.record->device->id(),
+                    t.record->kind == ops::StepProgram::Kind::kLaunch ? t.record->name : "copy"}];
+    ++k.launches;
+    k.seconds += t.seconds;
   }
 }
 

@@ -116,6 +116,12 @@ class OpenClModel {
   void end_step(size_t choices = SIZE_MAX);
   // Records a one-token decode step count-only and sets footprint_'s launch counts from it.
   void count_launches();
+  // EngineOptions::launch_prices: whether a one-token decode replay about to run is profiled for
+  // the calibration (counting the unprofiled ones it skips first), and what a profiled one's
+  // kernels took per plan device; the last one prices the launches (finish_calibration).
+  bool calibrates_next(bool decode, int n);
+  void add_calibration(const std::vector<ops::StepProgram::Profile::Timed>& times);
+  void finish_calibration();
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }
 
   model::ModelSpec spec_;
@@ -150,6 +156,15 @@ class OpenClModel {
   uint64_t enqueued_steps_ = 0;  // steps enqueued (MoeRuntime::count_choices samples them)
   int last_submitted_rows_ = 0;  // rows of the latest submitted step (tokens_from_previous)
   bool profile_replays_ = false;
+  bool calibration_step_ = false;  // the step being run is profiled for the calibration
+  // Launch-price calibration (EngineOptions::launch_prices): one-token decode replays still to
+  // skip, then to profile (both 0: done, nothing to measure, or given up after 64 decode replays
+  // of several sequences), and per plan device the kernels'
+  // device time and launches summed over the profiled ones.
+  int calibration_skip_ = 0, calibration_steps_ = 0, calibration_done_ = 0;
+  int calibration_missed_ = 0;  // decode replays of several sequences seen meanwhile
+  std::vector<double> calibration_busy_;
+  std::vector<uint64_t> calibration_launches_;
 };
 
 // The planner's view of a model: bytes per layer and per expert.

@@ -5,12 +5,17 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "host/kv/block_manager.h"
 #include "host/kv/kv_format.h"
+
+namespace tessera {
+class ProbeCache;
+}
 
 namespace tessera::engine {
 
@@ -111,6 +116,12 @@ struct EngineOptions {
   // CPUs of 8+ compute units); tests force either form. Decode-only steps always take the
   // recurrent kernels.
   enum class ScanPrefill { kAuto, kRecurrent, kChunked } scan_prefill = ScanPrefill::kAuto;
+  // Where each device's decode launch price is kept (the probe cache; null: the engine measures
+  // none). With it, when a plan device's price for this model (launch_price_key) is not cached,
+  // the engine profiles three one-token decode steps (replays, after two unprofiled ones; chaining
+  // pauses for them), prices each device's launches from them (sched::calibrated_launch_us),
+  // stores the prices and predicts its plan again with them.
+  std::shared_ptr<const ProbeCache> launch_prices;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;
 };
@@ -174,6 +185,8 @@ struct EngineStats {
   // Steps submitted while the previous one ran, their tokens copied from its ids on the device
   // (OpenClModel::submit_argmax with tokens_from_previous).
   uint64_t chained_steps = 0;
+  // One-token decode steps profiled to price the devices' launches (EngineOptions::launch_prices).
+  uint64_t calibration_steps = 0;
   // MoE layers run with their experts streamed to the layer's device (stream_experts), and the
   // weight bytes written for them; streamed_ahead: of those layers, the ones whose write ran
   // while the layer before computed (written ahead into the other of the device's two buffers).

@@ -108,6 +108,19 @@ std::string weight_rate_key(const Device& device, const sched::ModelFootprint& f
          Sha256::hex(source).substr(0, 16);
 }
 
+std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint) {
+  std::string sources;
+  const KernelSources& all = device.programs().sources();
+  for (const auto& program : all.program_names()) sources += all.resolve(program);
+  int experts = 0;
+  for (const auto& l : footprint.layers) experts = std::max(experts, l.n_experts);
+  return "decode_launch_us|" +
+         std::string(gguf::type_name(gguf::TensorType(footprint.weight_type))) + "|" +
+         std::to_string(footprint.n_embd) + "|" + std::to_string(footprint.layers.size()) + "|" +
+         std::to_string(experts) + "x" + std::to_string(footprint.n_expert_used) + "|kernels " +
+         Sha256::hex(sources).substr(0, 16);
+}
+
 void skip_unbuildable_devices(const DeviceRegistry& registry, sched::Config& config) {
   std::vector<DeviceInfo> infos;
   for (const auto& d : registry.devices()) infos.push_back(d->info());
@@ -135,7 +148,7 @@ sched::DeviceCost device_cost(const Device& device, const ProbeResult* probe,
   if (probe) {
     c.read_gbps = probe->read_gbps;
     c.fp32_gflops = probe->fp32_gflops;
-    c.launch_us = probe->launch_stream_us;
+    c.launch_us = c.probe_launch_us = probe->launch_stream_us;
     c.sync_us = probe->launch_latency_us;
     c.h2d_gbps = probe->h2d_gbps;
     c.d2h_gbps = probe->d2h_gbps;
@@ -218,8 +231,12 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
     if (probes) {
       const ProbeResult r = probes->get(dev, false);
       costs.push_back(device_cost(dev, &r, config));
-      if (footprint.weight_type >= 0 && footprint.n_embd > 0)
+      if (footprint.weight_type >= 0 && footprint.n_embd > 0) {
         costs.back().weight_gbps = weight_stream_gbps(dev, footprint, probes);
+        // What this device's decode launches cost, as an engine of this model measured them.
+        if (const auto us = probes->load_launch_us(*info, launch_price_key(dev, footprint)))
+          costs.back().launch_us = *us;
+      }
     } else {
       costs.push_back(device_cost(dev, nullptr, config));
     }
@@ -295,6 +312,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.profile = o.profile;
   eo.replay = o.replay;
   eo.progress = o.progress;
+  if (probes) eo.launch_prices = std::move(probes);
   apply_no_fuse(o.no_fuse, eo);
   EngineConfig ec;
   ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);

@@ -37,6 +37,11 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
 // format and row length, the synthetic matrix's size, and a hash of the matmul kernels' source.
 std::string weight_rate_key(const Device& device, const sched::ModelFootprint& footprint);
 
+// The key of a device's calibrated decode launch price for `footprint` in the probe cache
+// (ProbeCache::load_launch_us; OpenClModel measures it): the weight format, row length, layers and
+// experts, and a hash of the engine's kernel sources. plan_for prices the device's launches at it
+// where cached.
+std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint);
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 

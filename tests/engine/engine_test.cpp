@@ -244,7 +244,8 @@ TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
 // close to the f16 cache's (the K/V of the prompt quantized to q8_0 / q4_0 blocks).
 // plan_for keeps each device's measured weight streaming rate in the probe cache (weight_rate_key:
 // format, row length, matrix size, the matmul source's hash) and plans with the kept figure
-// afterwards: a rate stored under the key is the plan's, whatever the kernel would measure.
+// afterwards: a rate stored under the key is the plan's, whatever the kernel would measure. A
+// decode launch price kept there (launch_price_key) is likewise the plan's launch price.
 TEST(EngineBatchTest, WeightStreamingRateIsKeptInTheProbeCache) {
   auto reg = DeviceRegistry::discover();
   const Device& d = *reg.devices().front();
@@ -275,6 +276,16 @@ TEST(EngineBatchTest, WeightStreamingRateIsKeptInTheProbeCache) {
   EXPECT_NE(other, key);
   cache.store_rate(d.info(), other, 1.25);
   EXPECT_DOUBLE_EQ(plan_for(reg, cfg, fp, &cache).devices[0].weight_gbps, 1.25);
+  // A decode launch price the engine measured for the model (launch_price_key) is the plan's
+  // launch price; without one the plan keeps the launch probe's.
+  const auto probed = plan_for(reg, cfg, fp, &cache).devices[0];
+  EXPECT_DOUBLE_EQ(probed.launch_us, probed.probe_launch_us);
+  const std::string price = launch_price_key(d, fp);
+  EXPECT_NE(price.find("kernels "), std::string::npos) << price;
+  cache.store_launch_us(d.info(), price, 123.5);
+  const auto priced = plan_for(reg, cfg, fp, &cache).devices[0];
+  EXPECT_DOUBLE_EQ(priced.launch_us, 123.5);
+  EXPECT_DOUBLE_EQ(priced.probe_launch_us, probed.probe_launch_us);
   std::filesystem::remove_all(dir);
 }
 

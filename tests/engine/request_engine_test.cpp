@@ -9,6 +9,7 @@
 #include "host/cli/settings.h"
 #include "host/engine/engine.h"
 #include "host/engine/generator.h"
+#include "tests/devices/test_util.h"
 
 namespace tessera::engine::test {
 namespace {
@@ -33,6 +34,7 @@ class Harness {
     engine_ = std::make_unique<Engine>(make_engine(m_->spec, reg_, cfg, opts), ec);
   }
   Engine& engine() { return *engine_; }
+  const DeviceRegistry& registry() const { return reg_; }
   const model::ModelSpec& spec() const { return m_->spec; }
 
   RequestId add(std::vector<int32_t> prompt, int max_tokens,
@@ -86,6 +88,42 @@ std::vector<int32_t> long_prompt(int n) {
   std::vector<int32_t> p{1};
   for (int i = 1; i < n; ++i) p.push_back(300 + (i * 7) % 100);
   return p;
+}
+
+// The decode launch price (EngineOptions::launch_prices): with none cached for the model, the
+// engine profiles three one-token decode replays after skipping two (chaining pauses for them),
+// prices its device's launches from them, keeps the price in the probe cache and predicts its
+// plan again with it; the tokens stay the reference's, the bench's profile stays empty, and
+// chaining resumes. An engine built with the price cached profiles nothing.
+TEST(RequestEngineTest, DecodeLaunchPriceIsMeasuredOnceAndKept) {
+  tessera::test::TempDir dir;
+  EngineOptions o;
+  auto cache = std::make_shared<ProbeCache>(dir.path());
+  o.launch_prices = cache;
+  {
+    Harness h("qwen3moe", o);
+    const auto& m = h.engine().model();
+    const double probe_us = m.plan().devices[0].launch_us;
+    const double predicted = m.plan().decode_step_seconds;
+    const auto a = h.add(kA, 12);
+    h.engine().run_until_idle();
+    EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 12));
+    const auto& stats = m.stats();
+    EXPECT_EQ(stats.calibration_steps, 3u);
+    EXPECT_EQ(stats.replay_profile.count("decode"), 0u);
+    EXPECT_GT(stats.chained_steps, 0u);
+    const Device& d = h.registry().get(m.plan().devices[0].id);
+    const auto us = cache->load_launch_us(d.info(), launch_price_key(d, m.footprint()));
+    ASSERT_TRUE(us.has_value());
+    EXPECT_GE(*us, probe_us);  // at least the probe's (here the unprobed default) price
+    EXPECT_DOUBLE_EQ(m.plan().devices[0].launch_us, *us);
+    if (*us > probe_us) EXPECT_GT(m.plan().decode_step_seconds, predicted);
+  }
+  Harness h("qwen3moe", o);
+  const auto a = h.add(kA, 12);
+  h.engine().run_until_idle();
+  EXPECT_EQ(h.seen(a).tokens, h.reference(kA, 12));
+  EXPECT_EQ(h.engine().model().stats().calibration_steps, 0u);
 }
 
 // With chained decode steps (EngineOptions::pipeline) a greedy decode step is read one step()

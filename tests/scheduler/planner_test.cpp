@@ -227,6 +227,41 @@ TEST(PlannerTest, MeasuredWeightRateSetsTheWeightsTime) {
   EXPECT_THROW(make_plan(m, {devs[0], bad}, Config{}), PlanError);
 }
 
+// The launch price from a profiled decode step (calibrated_launch_us): what the kernels took
+// beyond streaming their bytes, spread over the launches, and never below the probe's pipelined
+// launch. streaming_seconds is the prediction's per-device time with the launches left out.
+TEST(PlannerTest, LaunchPriceFromAProfiledStep) {
+  // 84 launches took 1.02 ms, 0.09 ms of it streaming weights: 11.07 us each, above the probe's 7.
+  EXPECT_NEAR(calibrated_launch_us(7.0, 1.02e-3, 84, 0.09e-3), 0.93e3 / 84, 1e-9);
+  // Kernels bound by their bytes (a CPU's GEMVs): the probe's price stays.
+  EXPECT_DOUBLE_EQ(calibrated_launch_us(58.0, 4.16e-3, 68, 4.0e-3), 58.0);
+  EXPECT_DOUBLE_EQ(calibrated_launch_us(58.0, 1e-3, 68, 2e-3), 58.0);  // streaming over busy
+  EXPECT_DOUBLE_EQ(calibrated_launch_us(7.0, 1e-3, 0, 0), 0.0);        // no launches
+  EXPECT_DOUBLE_EQ(calibrated_launch_us(7.0, std::numeric_limits<double>::quiet_NaN(), 4, 0), 0.0);
+
+  auto m = moe_model(2, 8);
+  Config one_on_cpu;
+  one_on_cpu.cpu_moe_layers = 1;
+  Plan plan = make_plan(m, gpu_cpu(), one_on_cpu);
+  const auto streaming = streaming_seconds(plan, m);
+  ASSERT_EQ(streaming.size(), 2u);
+  // The CPU streams layer 0's expected experts, nothing else.
+  const double bytes = double(m.n_expert_used) * double(m.layers[0].expert_bytes);
+  EXPECT_NEAR(streaming[1], bytes / (plan.devices[1].read_gbps * 1e9), 1e-12);
+  // Without launches each device's predicted time is its streaming; the plan is left as it was.
+  const double step = plan.decode_step_seconds;
+  EXPECT_LT(streaming[0], plan.decode_seconds[0]);
+  EXPECT_DOUBLE_EQ(plan.decode_step_seconds, step);
+  // A dearer launch on the GPU lengthens the predicted step by its launches' count.
+  Plan dearer = plan;
+  dearer.devices[0].launch_us += 5;
+  predict(dearer, m);
+  int gpu_launches = m.embedding_launches + m.output_launches;
+  for (size_t l = 0; l < m.layers.size(); ++l)
+    gpu_launches += m.layers[l].dense_launches + (l == 0 ? 0 : m.layers[l].expert_launches);
+  EXPECT_NEAR(dearer.decode_step_seconds - step, gpu_launches * 5e-6, 1e-9);
+}
+
 // Hard input (issue 12): figures near the double range must not overflow the apportioning (it
 // crashed with SIGSEGV reading past its array); unusable figures are named errors.
 TEST(PlannerTest, HugeSharesAndProbeFiguresApportionAllExperts) {
