@@ -464,15 +464,16 @@ std::optional<double> ProbeCache::load_figure(const DeviceInfo& info, const std:
   return value;
 }
 
-void ProbeCache::store_figure(const DeviceInfo& info, const std::string& key, double value) const {
-  if (dir_.empty()) return;
+void ProbeCache::store_figures(const DeviceInfo& info,
+                               const std::map<std::string, double>& figures) const {
+  if (dir_.empty() || figures.empty()) return;
   try {
     const auto path = rates_path_for(info);
     auto rates = read_rates(path);
-    rates[key] = value;
+    for (const auto& [key, value] : figures) rates[key] = value;
     write_json_atomically(dir_, path, rates);
   } catch (const std::exception& e) {
-    spdlog::warn("rate cache: could not store {}: {}", key, e.what());
+    spdlog::warn("rate cache: could not store {}: {}", figures.begin()->first, e.what());
   }
 }
 
@@ -481,7 +482,7 @@ std::optional<double> ProbeCache::load_rate(const DeviceInfo& info, const std::s
 }
 
 void ProbeCache::store_rate(const DeviceInfo& info, const std::string& key, double gbps) const {
-  store_figure(info, key, gbps);
+  store_figures(info, {{key, gbps}});
 }
 
 std::optional<double> ProbeCache::load_launch_us(const DeviceInfo& info,
@@ -490,7 +491,12 @@ std::optional<double> ProbeCache::load_launch_us(const DeviceInfo& info,
 }
 
 void ProbeCache::store_launch_us(const DeviceInfo& info, const std::string& key, double us) const {
-  store_figure(info, key, us);
+  store_figures(info, {{key, us}});
+}
+
+void ProbeCache::store_launch_us(const DeviceInfo& info,
+                                 const std::map<std::string, double>& figures) const {
+  store_figures(info, figures);
 }
 
 ProbeResult ProbeCache::get(const Device& device, bool remeasure) const {

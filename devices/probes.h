@@ -4,6 +4,7 @@
 #pragma once
 
 #include <filesystem>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -80,13 +81,15 @@ class ProbeCache {
   // nullopt when absent, unreadable or implausible (non-finite, <= 0 or over 10 s).
   std::optional<double> load_launch_us(const DeviceInfo& info, const std::string& key) const;
   void store_launch_us(const DeviceInfo& info, const std::string& key, double us) const;
+  // Several figures at once (one write of the file), as store_launch_us stores each.
+  void store_launch_us(const DeviceInfo& info, const std::map<std::string, double>& figures) const;
 
  private:
   std::filesystem::path path_for(const DeviceInfo& info) const;
   std::filesystem::path rates_path_for(const DeviceInfo& info) const;
   std::optional<double> load_figure(const DeviceInfo& info, const std::string& key, double bound,
                                     const char* unit) const;
-  void store_figure(const DeviceInfo& info, const std::string& key, double value) const;
+  void store_figures(const DeviceInfo& info, const std::map<std::string, double>& figures) const;
   std::filesystem::path dir_;
 };
 

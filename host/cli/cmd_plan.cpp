@@ -2,6 +2,7 @@
 // model on this machine's devices: layers and experts per device, bytes, predicted time per device.
 #include <boost/program_options.hpp>
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -17,6 +18,20 @@ namespace tessera::cli {
 namespace {
 
 namespace po = boost::program_options;
+
+// Decode launches of one token the prediction counts: the embedding, output, each layer's dense
+// part and its experts on each device that serves any.
+int total_launches(const sched::Plan& plan, const sched::ModelFootprint& f) {
+  int n = f.embedding_launches + f.output_launches;
+  for (size_t l = 0; l < f.layers.size(); ++l) {
+    n += f.layers[l].dense_launches;
+    if (f.layers[l].n_experts == 0) continue;
+    std::vector<bool> serves(plan.devices.size());
+    for (int d : plan.expert_device[l]) serves[size_t(d)] = true;
+    n += f.layers[l].expert_launches * int(std::count(serves.begin(), serves.end(), true));
+  }
+  return n;
+}
 
 int run_plan(const std::vector<std::string>& args) {
   std::string model_path, config_path, device;
@@ -47,7 +62,11 @@ int run_plan(const std::vector<std::string>& args) {
   auto footprint = engine::footprint_of(
       spec, context, engine::kv_formats_of(config, int(spec.layers.size()), spec.hp.head_dim));
   footprint.max_sequences = config.max_sequences.value_or(1);  // recurrent state reserved
-  const auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
+  auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
+  // The launches an engine of this model counted here, where one ran: the prediction with them.
+  const bool counted =
+      !no_measure && engine::launch_counts_from_cache(registry, probes, plan, footprint);
+  if (counted) sched::predict(plan, footprint);
   if (json) {
     std::cout << plan.to_json() << "\n";
   } else {
@@ -55,6 +74,10 @@ int run_plan(const std::vector<std::string>& args) {
                 std::string(spec.arch->name).c_str(), spec.hp.n_layer, spec.hp.n_expert,
                 spec.hp.n_expert_used);
     std::cout << plan.to_text(footprint);
+    std::printf(counted ? "launches per token as an engine of this model counted them here: %d\n"
+                        : "launches per token: %d (defaults; an engine of this model has not run "
+                          "here with these devices)\n",
+                total_launches(plan, footprint));
   }
   return 0;
 }

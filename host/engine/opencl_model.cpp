@@ -225,6 +225,7 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   count_launches();
   balancer_->update_model(footprint_);  // made before the launches were counted
   sched::predict(plan_, footprint_);
+  if (options_.launch_prices) store_launch_counts();
   // A device whose decode launches were not priced for this model yet (plan_for took the cached
   // prices): profile a few decode steps to price them.
   if (options_.launch_prices && options_.replay && !options_.profile) {
@@ -235,6 +236,29 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
         calibration_skip_ = 2;
         calibration_steps_ = 3;
       }
+  }
+}
+
+void OpenClModel::store_launch_counts() const {
+  for (size_t d = 0; d < ctxs_.size(); ++d) {
+    const Device& dev = *ctxs_[d]->dev;
+    const std::string key = launch_price_key(dev, footprint_) + "|launches ";
+    std::map<std::string, double> counts;
+    if (int(d) == plan_.attention_device) {
+      counts[key + "embedding"] = footprint_.embedding_launches;
+      counts[key + "output"] = footprint_.output_launches;
+    }
+    for (size_t l = 0; l < layers_.size(); ++l) {
+      if (plan_.layer_device[l] != int(d)) continue;
+      const MoeFfn* routed = layers_[l].ffn->routed();
+      // A layer with experts elsewhere counts its host sync among its dense launches.
+      if (routed && !routed->experts_all_on_home()) continue;
+      const auto& fl = footprint_.layers[l];
+      counts[key + "dense " + std::to_string(l)] = fl.dense_launches;
+      if (routed) counts[key + "expert " + std::to_string(l)] = fl.expert_launches;
+    }
+    std::erase_if(counts, [](const auto& c) { return c.second <= 0; });
+    options_.launch_prices->store_launch_us(dev.info(), counts);
   }
 }
 

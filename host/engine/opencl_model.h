@@ -120,6 +120,9 @@ class OpenClModel {
   // the calibration (counting the unprofiled ones it skips first), and what a profiled one's
   // kernels took per plan device; the last one prices the launches (finish_calibration).
   bool calibrates_next(bool decode, int n);
+  // EngineOptions::launch_prices: the launch counts of count_launches, per device, for `tessera
+  // plan` (launch_counts_from_cache).
+  void store_launch_counts() const;
   void add_calibration(const std::vector<ops::StepProgram::Profile::Timed>& times);
   void finish_calibration();
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }

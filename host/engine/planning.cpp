@@ -121,6 +121,37 @@ std::string launch_price_key(const Device& device, const sched::ModelFootprint& 
          Sha256::hex(sources).substr(0, 16);
 }
 
+bool launch_counts_from_cache(const DeviceRegistry& registry, const ProbeCache& cache,
+                              const sched::Plan& plan, sched::ModelFootprint& footprint) {
+  std::vector<std::string> keys;
+  for (const auto& d : plan.devices)
+    keys.push_back(launch_price_key(registry.get(d.id), footprint) + "|launches ");
+  auto count = [&](int d, const std::string& what) {
+    const auto v = cache.load_launch_us(registry.get(plan.devices[size_t(d)].id).info(),
+                                        keys[size_t(d)] + what);
+    return v ? int(std::lround(*v)) : 0;
+  };
+  sched::ModelFootprint counted = footprint;
+  const int home = plan.attention_device;
+  counted.embedding_launches = count(home, "embedding");
+  counted.output_launches = count(home, "output");
+  if (counted.embedding_launches <= 0 || counted.output_launches <= 0) return false;
+  for (size_t l = 0; l < counted.layers.size(); ++l) {
+    auto& fl = counted.layers[l];
+    const std::string layer = " " + std::to_string(l);
+    fl.dense_launches = count(plan.layer_device[l], "dense" + layer);
+    if (fl.dense_launches <= 0) return false;
+    if (fl.n_experts == 0) continue;
+    std::vector<int> served(plan.devices.size());
+    for (int d : plan.expert_device[l]) ++served[size_t(d)];
+    const int most = int(std::max_element(served.begin(), served.end()) - served.begin());
+    fl.expert_launches = count(most, "expert" + layer);
+    if (fl.expert_launches <= 0) return false;
+  }
+  footprint = std::move(counted);
+  return true;
+}
+
 void skip_unbuildable_devices(const DeviceRegistry& registry, sched::Config& config) {
   std::vector<DeviceInfo> infos;
   for (const auto& d : registry.devices()) infos.push_back(d->info());

@@ -42,6 +42,15 @@ std::string weight_rate_key(const Device& device, const sched::ModelFootprint& f
 // experts, and a hash of the engine's kernel sources. plan_for prices the device's launches at it
 // where cached.
 std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint);
+// The launch counts an engine of the model counted (OpenClModel, with launch_prices), kept per
+// device under launch_price_key + "|launches ...": each layer's dense launches on the device that
+// ran it with its experts at home, and those experts' launches; the embedding's and the output's on
+// the attention device. Sets `footprint`'s counts for `plan`'s placement from them and returns
+// true when every count the placement needs is kept (a layer's experts: those of the device that
+// serves most of them); else leaves `footprint` as it was and returns false. `tessera plan`
+// plans before any engine is built, with the footprint's default counts otherwise.
+bool launch_counts_from_cache(const DeviceRegistry& registry, const ProbeCache& cache,
+                              const sched::Plan& plan, sched::ModelFootprint& footprint);
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
                      const sched::ModelFootprint& footprint, const ProbeCache* probes);
 

@@ -94,7 +94,8 @@ std::vector<int32_t> long_prompt(int n) {
 // engine profiles three one-token decode replays after skipping two (chaining pauses for them),
 // prices its device's launches from them, keeps the price in the probe cache and predicts its
 // plan again with it; the tokens stay the reference's, the bench's profile stays empty, and
-// chaining resumes. An engine built with the price cached profiles nothing.
+// chaining resumes. The launch counts are kept beside it (launch_counts_from_cache). An engine
+// built with the price cached profiles nothing.
 TEST(RequestEngineTest, DecodeLaunchPriceIsMeasuredOnceAndKept) {
   tessera::test::TempDir dir;
   EngineOptions o;
@@ -118,6 +119,19 @@ TEST(RequestEngineTest, DecodeLaunchPriceIsMeasuredOnceAndKept) {
     EXPECT_GE(*us, probe_us);  // at least the probe's (here the unprobed default) price
     EXPECT_DOUBLE_EQ(m.plan().devices[0].launch_us, *us);
     if (*us > probe_us) EXPECT_GT(m.plan().decode_step_seconds, predicted);
+    // The engine's launch counts are kept too: a plan made before any engine (tessera plan)
+    // takes them; without them it keeps its defaults.
+    auto fp = footprint_of(h.spec(), 256);
+    const auto defaults = fp;
+    EXPECT_FALSE(launch_counts_from_cache(h.registry(), ProbeCache(""), m.plan(), fp));
+    EXPECT_EQ(fp.layers[0].dense_launches, defaults.layers[0].dense_launches);
+    ASSERT_TRUE(launch_counts_from_cache(h.registry(), *cache, m.plan(), fp));
+    EXPECT_EQ(fp.embedding_launches, m.footprint().embedding_launches);
+    EXPECT_EQ(fp.output_launches, m.footprint().output_launches);
+    for (size_t l = 0; l < fp.layers.size(); ++l) {
+      EXPECT_EQ(fp.layers[l].dense_launches, m.footprint().layers[l].dense_launches) << l;
+      EXPECT_EQ(fp.layers[l].expert_launches, m.footprint().layers[l].expert_launches) << l;
+    }
   }
   Harness h("qwen3moe", o);
   const auto a = h.add(kA, 12);
