@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <vector>
@@ -159,7 +160,11 @@ class OpenClModel {
   uint64_t enqueued_steps_ = 0;  // steps enqueued (MoeRuntime::count_choices samples them)
   int last_submitted_rows_ = 0;  // rows of the latest submitted step (tokens_from_previous)
   bool profile_replays_ = false;
-  bool calibration_step_ = false;  // the step being run is profiled for the calibration
+  bool calibration_step_ = false;   // the step being run is profiled for the calibration
+  bool calibration_timed_ = false;  // the step being run is one the calibration skips and times
+  // The shortest wall time of the steps skipped (a one-device plan prices its launches by it
+  // where it is above the profiled kernels' time).
+  double calibration_wall_ = std::numeric_limits<double>::infinity();
   // Launch-price calibration (EngineOptions::launch_prices): one-token decode replays still to
   // skip, then to profile (both 0: done, nothing to measure, or given up after 64 decode replays
   // of several sequences), and per plan device the kernels'

@@ -118,9 +118,10 @@ struct EngineOptions {
   enum class ScanPrefill { kAuto, kRecurrent, kChunked } scan_prefill = ScanPrefill::kAuto;
   // Where each device's decode launch price is kept (the probe cache; null: the engine measures
   // none). With it, when a plan device's price for this model (launch_price_key) is not cached,
-  // the engine profiles three one-token decode steps (replays, after two unprofiled ones; chaining
-  // pauses for them), prices each device's launches from them (sched::calibrated_launch_us),
-  // stores the prices and predicts its plan again with them.
+  // the engine profiles three one-token decode steps (replays, after three unprofiled ones it
+  // times; chaining pauses for them), prices each device's launches from them
+  // (sched::calibrated_launch_us; a plan of one device by the unprofiled steps' wall time where it
+  // is longer than the kernels' device time), stores the prices and predicts its plan again.
   std::shared_ptr<const ProbeCache> launch_prices;
   // Called while weights upload: (bytes done, bytes total).
   std::function<void(uint64_t, uint64_t)> progress;

@@ -91,7 +91,7 @@ std::vector<int32_t> long_prompt(int n) {
 }
 
 // The decode launch price (EngineOptions::launch_prices): with none cached for the model, the
-// engine profiles three one-token decode replays after skipping two (chaining pauses for them),
+// engine profiles three one-token decode replays after timing three (chaining pauses for them),
 // prices its device's launches from them, keeps the price in the probe cache and predicts its
 // plan again with it; the tokens stay the reference's, the bench's profile stays empty, and
 // chaining resumes. The launch counts are kept beside it (launch_counts_from_cache). An engine
