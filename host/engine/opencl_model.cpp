@@ -569,8 +569,18 @@ void OpenClModel::record_timing(bool decode, double enqueue, double wait,
   if (std::exchange(calibration_timed_, false))
     calibration_wall_ = std::min(calibration_wall_, wall);
   if (!profile) return;
-  const auto times = profile->collect();
-  if (std::exchange(calibration_step_, false)) add_calibration(times);
+  const bool calibrating = std::exchange(calibration_step_, false);
+  std::vector<ops::StepProgram::Profile::Timed> times;
+  try {
+    times = profile->collect();
+  } catch (const ClError& e) {
+    if (!calibrating || profile_replays_) throw;
+    // The calibration is optional: a driver that cannot time its events leaves the probe's prices.
+    spdlog::warn("decode launches not priced (the step's events have no times): {}", e.what());
+    calibration_steps_ = calibration_skip_ = 0;
+    return;
+  }
+  if (calibrating) add_calibration(times);
   if (!profile_replays_) return;  // a calibration step only
   ReplayProfile& rp = stats_.replay_profile[kind];
   ++rp.steps;
