@@ -257,6 +257,143 @@ DEFINE_TILE(1)
 DEFINE_TILE(4)
 DEFINE_TILE(8)
 
+#if X_Q8_ON
+// One token with x in 8-bit blocks (matmul_formats.clh, X_Q8): `q8` holds `groups` runs of four
+// blocks (Q8_GROUP_BYTES each), then their d_x (a float4 per run), then their 8 d_x sum(q)
+// (q8_fill). The blocks after the runs (bpr % 4) take the float path.
+#define Q8_BYTES(groups) ((groups) * (Q8_GROUP_BYTES + 32))
+inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint groups) {
+  __local float4* qd = (__local float4*)(q8 + groups * Q8_GROUP_BYTES);
+  __local float4* qo = qd + groups;
+  for (uint g = get_local_id(0); g < groups; g += get_local_size(0)) {
+    float4 d, o;
+    _Pragma("unroll") for (uint i = 0; i < 4; ++i) {
+      float16 xa, xb;
+      load_x(xr, (4 * g + i) * CHUNK, cols, &xa, &xb);
+      const float2 r = q8_quantize_block(xa, xb, i, q8 + g * Q8_GROUP_BYTES);
+      if (i == 0) {
+        d.s0 = r.x;
+        o.s0 = r.y;
+      }
+      if (i == 1) {
+        d.s1 = r.x;
+        o.s1 = r.y;
+      }
+      if (i == 2) {
+        d.s2 = r.x;
+        o.s2 = r.y;
+      }
+      if (i == 3) {
+        d.s3 = r.x;
+        o.s3 = r.y;
+      }
+    }
+    qd[g] = d;
+    qo[g] = o;
+  }
+}
+
+// Rows r.s0 .. r.s3 (first blocks; nb blocks each) dotted with x: the first `groups` runs of four
+// blocks from q8, the rest from x in float.
+inline float4 dot_rows4_q8(__global const uchar* body, __global const uchar* head, ulong4 r,
+                           uint nb, __global const float* x, __local const char* q8, uint groups) {
+  __local const float4* qd = (__local const float4*)(q8 + groups * Q8_GROUP_BYTES);
+  __local const float4* qo = qd + groups;
+  const ulong rr[4] = {r.s0, r.s1, r.s2, r.s3};
+  float16 acc[4];
+  float4 off[4];
+  _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
+    acc[k] = (float16)(0.0f);
+    off[k] = (float4)(0.0f);
+  }
+  for (uint g = 0; g < groups; ++g) {
+    const float4 dx = qd[g], ox = qo[g];
+    __local const char* xp = q8 + g * Q8_GROUP_BYTES;
+    _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
+      const ulong blk = rr[k] + 4 * g;
+      const float4 dw = block_scales4(head, blk);
+      off[k] = fma(dw, ox, off[k]);
+      acc[k] =
+          fma(convert_float16(q8_dot4(body + blk * BODY_BYTES, xp)), q8_scales(dw * dx), acc[k]);
+    }
+  }
+  for (uint b = 4 * groups; b < nb; ++b) {
+    const float16 xa = vload16(0, x + b * CHUNK), xb = vload16(1, x + b * CHUNK);
+    _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
+      float16 w0, w1;
+      decode_chunk(body, head, rr[k] + b, 0, &w0, &w1);
+      ACC_ADD(acc[k], w0, w1, xa, xb);
+    }
+  }
+  float4 y;
+  y.s0 = acc_sum(acc[0]) - ((off[0].s0 + off[0].s1) + (off[0].s2 + off[0].s3));
+  y.s1 = acc_sum(acc[1]) - ((off[1].s0 + off[1].s1) + (off[1].s2 + off[1].s3));
+  y.s2 = acc_sum(acc[2]) - ((off[2].s0 + off[2].s1) + (off[2].s2 + off[2].s3));
+  y.s3 = acc_sum(acc[3]) - ((off[3].s0 + off[3].s1) + (off[3].s2 + off[3].s3));
+  return y;
+}
+
+// The dense tile of one token (matmul_t1) from q8: rows r0 .. r0 + RPW - 1 (clamped).
+inline void tile_q8(__global const uchar* body, __global const uchar* head, uint r0, uint rows,
+                    uint cols, uint bpr, __global const float* xr, float* out,
+                    __local const char* q8, uint groups) {
+  __local const float4* qd = (__local const float4*)(q8 + groups * Q8_GROUP_BYTES);
+  __local const float4* qo = qd + groups;
+  float16 acc[RPW];
+  float4 off[RPW];
+  ulong rblk[RPW];
+  _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
+    acc[rr] = (float16)(0.0f);
+    off[rr] = (float4)(0.0f);
+    rblk[rr] = (ulong)min(r0 + rr, rows - 1) * bpr;
+  }
+  for (uint g = 0; g < groups; ++g) {
+    const float4 dx = qd[g], ox = qo[g];
+    __local const char* xp = q8 + g * Q8_GROUP_BYTES;
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
+      const ulong blk = rblk[rr] + 4 * g;
+      const float4 dw = block_scales4(head, blk);
+      off[rr] = fma(dw, ox, off[rr]);
+      acc[rr] =
+          fma(convert_float16(q8_dot4(body + blk * BODY_BYTES, xp)), q8_scales(dw * dx), acc[rr]);
+    }
+  }
+  for (uint b = 4 * groups; b < bpr; ++b) {
+    float16 xa, xb;
+    load_x(xr, b * CHUNK, cols, &xa, &xb);
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
+      float16 w0, w1;
+      decode_chunk(body, head, rblk[rr] + b, 0, &w0, &w1);
+      ACC_ADD(acc[rr], w0, w1, xa, xb);
+    }
+  }
+  _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) out[rr] =
+      acc_sum(acc[rr]) - ((off[rr].s0 + off[rr].s1) + (off[rr].s2 + off[rr].s3));
+}
+// The dense kernels' local buffer and its runs (0: the float path: a row of more blocks than it
+// holds). Tiles of one token quantize x into it (every item a share of the runs) between barriers.
+#define Q8_LOCALS(TT)                                                                         \
+  __local char q8buf[(TT) == 1 ? Q8_BYTES(X_Q8_MAX_GROUPS) : 1] __attribute__((aligned(64))); \
+  const uint q8_groups = ((TT) == 1 && bpr / 4 <= X_Q8_MAX_GROUPS) ? bpr / 4 : 0;
+#define Q8_TILE(TT, xr, out)                                             \
+  if ((TT) == 1) {                                                       \
+    barrier(CLK_LOCAL_MEM_FENCE);                                        \
+    q8_fill(xr, cols, q8buf, q8_groups);                                 \
+    barrier(CLK_LOCAL_MEM_FENCE);                                        \
+  }                                                                      \
+  if ((TT) == 1 && q8_groups > 0)                                        \
+    tile_q8(body, head, r0, rows, cols, bpr, xr, out, q8buf, q8_groups); \
+  else
+#else
+#define Q8_LOCALS(TT)
+#define Q8_TILE(TT, xr, out)
+#endif
+
+// Kernel: whether this program runs one-token dense launches on x in 8-bit blocks (X_Q8_ON).
+__kernel void matmul_info(__global int* out) {
+  out[0] = X_Q8_ON;
+}
+
 // Sums the LANES partial results of each output of this row group; returns true in the work item
 // that holds the totals (lane 0). Every work item of the group must call it.
 inline bool reduce_lanes(float* out, uint n, __local float* scratch) {
@@ -441,33 +578,36 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
 #endif
 
 // Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid).
-#define DEFINE_MATMUL(TT)                                                                          \
-  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(        \
-      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
-      __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,         \
-      uint ldy, uint accumulate ROUTE_ARGS) {                                                      \
-    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
-    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
-    ROUTE_LOCALS                                                                                   \
-    const uint lane = get_local_id(0) % LANES;                                                     \
-    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;                   \
-    const uint ntiles = (n_tokens + TT - 1) / TT;                                                  \
-    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
-      const uint t0 = tile * TT;                                                                   \
-      ulong xrow[TT];                                                                              \
-      for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);    \
-      float out[RPW * TT];                                                                         \
-      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                       \
-      if (reduce_lanes(out, RPW * TT, scratch)) {                                                  \
-        for (uint rr = 0; rr < RPW; ++rr)                                                          \
-          for (uint j = 0; j < TT; ++j)                                                            \
-            if (r0 + rr < rows && t0 + j < n_tokens) {                                             \
-              __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;                    \
-              *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                        \
-            }                                                                                      \
-      }                                                                                            \
-      ROUTE_AFTER(t0, TT);                                                                         \
-    }                                                                                              \
+#define DEFINE_MATMUL(TT)                                                                     \
+  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(    \
+      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr, \
+      __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,    \
+      uint ldy, uint accumulate ROUTE_ARGS) {                                                 \
+    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                       \
+    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                              \
+    ROUTE_LOCALS                                                                              \
+    Q8_LOCALS(TT)                                                                             \
+    const uint lane = get_local_id(0) % LANES;                                                \
+    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;              \
+    const uint ntiles = (n_tokens + TT - 1) / TT;                                             \
+    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {             \
+      const uint t0 = tile * TT;                                                              \
+      ulong xrow[TT];                                                                         \
+      for (uint j = 0; j < TT; ++j)                                                           \
+        xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);                      \
+      float out[RPW * TT];                                                                    \
+      Q8_TILE(TT, x + xrow[0], out)                                                           \
+      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                  \
+      if (reduce_lanes(out, RPW * TT, scratch)) {                                             \
+        for (uint rr = 0; rr < RPW; ++rr)                                                     \
+          for (uint j = 0; j < TT; ++j)                                                       \
+            if (r0 + rr < rows && t0 + j < n_tokens) {                                        \
+              __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;               \
+              *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                   \
+            }                                                                                 \
+      }                                                                                       \
+      ROUTE_AFTER(t0, TT);                                                                    \
+    }                                                                                         \
   }
 
 DEFINE_MATMUL(1)
@@ -807,28 +947,50 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
   const int e = pair_expert[p], tk = pair_token[p];
   const bool ok = e >= 0 && (uint)e < n_expert && tk >= 0 && (uint)tk < x_rows;
   const ulong ec = (ulong)clamp(e, 0, (int)n_expert - 1);
+#if X_Q8_ON
+  // x and h in 8-bit blocks: slices start at a run of four blocks (the last takes the rest), so
+  // the runs are the same whatever the slices.
+  const uint dn_groups = dn_bpr / 4;
+  const uint b0 = 4 * (s * dn_groups / slices),
+             b1 = s + 1 == slices ? dn_bpr : 4 * ((s + 1) * dn_groups / slices);
+  __local char q8x[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64)));
+  __local char q8h[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64)));
+  const uint gx = gu_bpr / 4 <= X_Q8_MAX_GROUPS ? gu_bpr / 4 : 0;
+  const uint gh = (b1 - b0) / 4 <= X_Q8_MAX_GROUPS ? (b1 - b0) / 4 : 0;
+#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) \
+  dot_rows4_q8(body, head, r, nb, xp, q8, groups)
+#else
   const uint b0 = s * dn_bpr / slices, b1 = (s + 1) * dn_bpr / slices;
+#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) dot_blocks4(body, head, r, nb, xp)
+#endif
   const uint r0 = b0 * BLOCK_ELEMS, r1 = min(b1 * BLOCK_ELEMS, ff);
   __global const float* xr = x + x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * n_embd;
   __global float* hp = h + (ulong)p * ff;
+#if X_Q8_ON
+  if (r0 < r1) q8_fill(xr, n_embd, q8x, gx);
+#endif
   // Gate and up rows r and r + 1 (r1 - r0 is a multiple of 32).
   const ulong g0 = ec * 2 * ff, u0 = g0 + ff;
   for (uint r = r0; r < r1; r += 2) {
-    const float4 v = dot_blocks4(gu_body, gu_head,
+    const float4 v = EXPERT_DOT4(gu_body, gu_head,
                                  (ulong4)((g0 + r) * gu_bpr, (g0 + r + 1) * gu_bpr,
                                           (u0 + r) * gu_bpr, (u0 + r + 1) * gu_bpr),
-                                 gu_bpr, xr);
+                                 gu_bpr, xr, q8x, gx);
     hp[r] = v.s0 / (1.0f + exp(-v.s0)) * v.s2;
     hp[r + 1] = v.s1 / (1.0f + exp(-v.s1)) * v.s3;
   }
+#if X_Q8_ON
+  if (r0 < r1) q8_fill(hp + r0, r1 - r0, q8h, gh);
+#endif
   __global float* pp = part + ((ulong)p * slices + s) * n_embd;
   for (uint o = 0; o < n_embd; o += 4) {  // n_embd is a multiple of 32
     const ulong row = (ec * n_embd + o) * dn_bpr + b0;
-    const float4 v = dot_blocks4(dn_body, dn_head,
+    const float4 v = EXPERT_DOT4(dn_body, dn_head,
                                  (ulong4)(row, row + dn_bpr, row + 2 * dn_bpr, row + 3 * dn_bpr),
-                                 b1 - b0, hp + r0);
+                                 b1 - b0, hp + r0, q8h, gh);
     vstore4(ok ? v : (float4)(NAN), 0, pp + o);
   }
+#undef EXPERT_DOT4
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   const int t = ctok[p];
   if (t < 0 || (uint)t >= c_tokens) return;

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -44,8 +45,11 @@ int expert_tile(int n_pairs, int64_t n_expert) {
 std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
+  if (x_q8) s += " x_q8";
   if (gemv_rows() != rows_per_item)
-    s += " gemv_rpw=" + std::to_string(gemv_rows()) + "<=" + std::to_string(gemv_max_cols);
+    s += " gemv_rpw=" + std::to_string(gemv_rows()) +
+         (gemv_max_cols < std::numeric_limits<int>::max() ? "<=" + std::to_string(gemv_max_cols)
+                                                          : std::string());
   if (clblast_min_tokens > 0) s += " clblast>=" + std::to_string(clblast_min_tokens);
   if (expert_gemm_min_run > 0)
     s += " expert_gemm>=" + std::to_string(expert_gemm_min_run) +
@@ -63,7 +67,8 @@ uint64_t MatmulVariant::expert_gemm_local_bytes() const {
 
 std::string MatmulVariant::build_options() const {
   return "-DLANES=" + std::to_string(lanes) + " -DWG_ROWS=" + std::to_string(wg_rows) +
-         " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc));
+         " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc)) +
+         (x_q8 ? " -DX_Q8=1 -DX_Q8_MAX_GROUPS=" + std::to_string(kXq8MaxGroups) : "");
 }
 
 std::string MatmulVariant::gemm_build_options() const {
@@ -120,6 +125,17 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     // Q8_0 slower (6.7 -> 9.6 ms).
     if (t == TensorType::Q4_0) v.gemv_rows_per_item = 2;
     v.vec_acc = true;
+    // Decode's GEMVs and expert FFN on x in 8-bit blocks where the compiler offers x86's integer
+    // dot products (Q4_0; bench/END_TO_END.md: 2.4x the float kernel's GB/s on a 2-core EPYC).
+    // The one-launch expert FFN keeps two runs' buffers of 160 bytes per run in local memory.
+    v.x_q8 = info.local_mem_bytes >= uint64_t(2 * 160 * MatmulVariant::kXq8MaxGroups + 4096);
+    // Every work group quantizes x for itself: four rows per item (64 per group) share that work
+    // and x's loads (2-core machine, matmul_bench --modes gemv, three rounds: 20-26 / 12-18 GB/s
+    // against 10-21 / 11-15 with two rows up to 1,024 columns and one beyond).
+    if (v.x_q8 && t == TensorType::Q4_0) {
+      v.gemv_rows_per_item = 4;
+      v.gemv_max_cols = std::numeric_limits<int>::max();
+    }
     v.clblast_min_tokens = 0;  // PoCL: CLBlast SGEMM (~17 GFLOP/s) loses to the fused kernel
     v.wg_rows = int(std::min<uint64_t>(uint64_t(v.wg_rows), info.max_group_items()));
     choose_gemm_tile(info, v);  // not taken by default; the matrix checks it
@@ -170,6 +186,7 @@ struct MatmulOp::Kernels {
   ClKernel matmul_route[3], gemv_route;  // ROUTE_TAIL programs, built by prepare_route_tail
   std::string options;
   ClKernel dequantize;
+  int x_q8 = -1;  // MatmulOp::x_q8's answer (-1: not asked yet)
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
 };
 
@@ -282,6 +299,28 @@ void MatmulOp::alloc_combine_counters() const {
 
 const MatmulVariant& MatmulOp::variant(TensorType t) const {
   return kernels(t).variant;
+}
+
+bool MatmulOp::x_q8(TensorType t) const {
+  Kernels& k = kernels(t);
+  std::lock_guard lock(mutex_);
+  if (k.x_q8 < 0) {
+    if (recording_for(device_))
+      throw std::logic_error("MatmulOp::x_q8: asked while a step of its device is recorded");
+    if (!k.variant.x_q8) {
+      k.x_q8 = 0;
+    } else {
+      ClKernel info = device_.kernel("matmul", "matmul_info", k.options);
+      ClMem out = device_.alloc(sizeof(cl_int));
+      set_arg(device_, info.get(), 0, out.get());
+      const size_t one = 1;
+      enqueue(device_, info.get(), 1, &one, &one, {{}, nullptr});
+      cl_int on = 0;
+      device_.read(out.get(), 0, &on, sizeof on);
+      k.x_q8 = on ? 1 : 0;
+    }
+  }
+  return k.x_q8 == 1;
 }
 
 DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const void* data,

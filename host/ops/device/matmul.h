@@ -41,6 +41,11 @@ struct MatmulVariant {
   // item of their own kernel (matmul_t1 built apart); 0: rows_per_item.
   int gemv_rows_per_item = 0;
   int gemv_max_cols = 1024;
+  // One-token dense launches and the one-launch expert FFN take x in 8-bit blocks (Q8_0-like
+  // activations, integer dot products) where the program can: Q4_0 on CPUs whose compiler targets
+  // x86 with AVX-512BW or AVX2 (matmul_formats.clh, X_Q8). MatmulOp::x_q8 says whether it did.
+  bool x_q8 = false;
+  static constexpr int kXq8MaxGroups = 128;  // runs of four blocks: rows up to 16,384 columns
   int gemv_rows() const { return gemv_rows_per_item > 0 ? gemv_rows_per_item : rows_per_item; }
   MatmulVariant gemv() const {
     MatmulVariant d = *this;
@@ -224,6 +229,10 @@ class MatmulOp {
                       int n_pairs, const ExpertCombine& combine, int slices = 0,
                       const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
   const MatmulVariant& variant(gguf::TensorType t) const;
+  // Whether one-token dense launches (and the one-launch expert FFN) of type t quantize x to
+  // 8-bit blocks here (MatmulVariant::x_q8, where the device's compiler offers the integer dot
+  // products): asked of the built program once (a launch of matmul_info), then kept.
+  bool x_q8(gguf::TensorType t) const;
   const Device& device() const { return device_; }
   // run() of a decode-sized step (matmul tile kernels only) with the MoE block's routing in the
   // same launch: the work groups add partial router sums and squares of their rows, the last one

@@ -73,6 +73,15 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     }
+    // The float path of the one-token kernels where the default takes x in 8-bit blocks
+    // (MatmulVariant::x_q8): the GEMV (runs of four blocks and a remainder) and the expert FFN.
+    out.push_back({"gemv", fmt, "333x" + std::to_string(c_rem + 4 * blk) + "_t1_float",
+                   [t, c_rem, blk](const Device& dev, bool timing) {
+                     MatmulVariant v = default_matmul_variant(dev.info(), t);
+                     v.x_q8 = false;
+                     MatmulOp op(dev, v);
+                     return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing), timing);
+                   }});
     // Stacked experts in one launch: decode (1 token, 4 of 16 experts) and prefill (11 tokens,
     // 2 of 4 experts: runs of one expert longer than a tile).
     out.push_back({"experts", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
@@ -238,6 +247,16 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                               timing);
            }});
     }
+    out.push_back(
+        {"experts_ffn", fmt,
+         "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_t1_top4_float",
+         [t, ffn_ff, ffn_embd](const Device& dev, bool timing) {
+           MatmulVariant v = default_matmul_variant(dev.info(), t);
+           v.x_q8 = false;
+           const MatmulOp op(dev, v);
+           return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
+                            timing);
+         }});
   }
 }
 

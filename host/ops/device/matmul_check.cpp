@@ -211,6 +211,28 @@ std::vector<float> reference_matmul(TensorType t, int64_t rows, int64_t cols, co
   return y;
 }
 
+std::vector<float> quantize_x_q8(const float* x, int64_t cols, int n_rows) {
+  std::vector<float> out(x, x + size_t(n_rows) * size_t(cols));
+  const int64_t runs = cols / 32 / 4;
+  if (runs > MatmulVariant::kXq8MaxGroups) return out;  // the kernels' float path
+  for (int r = 0; r < n_rows; ++r) {
+    float* row = out.data() + size_t(r) * size_t(cols);
+    for (int64_t b = 0; b < 4 * runs; ++b) {
+      float* v = row + b * 32;
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(v[i]));
+      const float d = amax * (1.0f / 127.0f), id = amax > 0.0f ? 127.0f / amax : 0.0f;
+      for (int i = 0; i < 32; ++i) {
+        // As the kernel: x id + copysign(0.5, x), truncated (in float, step by step).
+        const float scaled = v[i] * id;
+        const float q = std::trunc(scaled + std::copysign(0.5f, v[i]));
+        v[i] = q * d;
+      }
+    }
+  }
+  return out;
+}
+
 double matmul_tolerance(TensorType t) {
   switch (t) {
     case TensorType::Q4_1:
@@ -227,7 +249,9 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed);
   const auto x = random_x(size_t(n_tokens) * cols, seed);
-  const auto ref = reference_matmul(t, rows, cols, w.data(), x.data(), n_tokens);
+  // One token on a device whose program quantizes x: the reference takes the same 8-bit x.
+  const auto xr = n_tokens == 1 && op.x_q8(t) ? quantize_x_q8(x.data(), cols, 1) : x;
+  const auto ref = reference_matmul(t, rows, cols, w.data(), xr.data(), n_tokens);
   const DeviceWeight dw = op.upload(t, rows, cols, w.data());
   // x at a non-zero offset, to check offsets are honoured.
   const size_t x_off = 5, y_off = 3;
@@ -554,16 +578,23 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   };
   const auto gu_here = share(gu, 2 * ff, n_embd), dn_here = share(dn, n_embd, ff);
   const auto x = random_x(size_t(n_tokens) * n_embd, seed);
+  // A program that quantizes x quantizes h too: the reference takes both in 8 bits. h is the
+  // kernel's own float result, so a value on a rounding edge may land one step apart: the
+  // tolerance allows one such step (~1e-3 of the output), far below a wrong row or block.
+  const bool q8 = op.x_q8(t);
+  const auto xq = q8 ? quantize_x_q8(x.data(), n_embd, n_tokens) : x;
+  const double tol = q8 ? 2e-3 : matmul_tolerance(t) * 8;
   // Each pair's expert output: down (silu(gate x) * up x).
   std::vector<float> y_ref(size_t(n_pairs) * n_embd);
   for (int p = 0; p < n_pairs; ++p) {
     const auto g = reference_matmul(t, 2 * ff, n_embd, gu_here.data(),
-                                    x.data() + size_t(tok[size_t(p)]) * n_embd, 1, exp[size_t(p)]);
+                                    xq.data() + size_t(tok[size_t(p)]) * n_embd, 1, exp[size_t(p)]);
     std::vector<float> h(static_cast<size_t>(ff));
     for (int64_t r = 0; r < ff; ++r) {
       const float a = g[size_t(r)], u = g[size_t(ff + r)];
       h[size_t(r)] = a / (1.0f + std::exp(-a)) * u;
     }
+    if (q8) h = quantize_x_q8(h.data(), ff, 1);
     const auto y = reference_matmul(t, n_embd, ff, dn_here.data(), h.data(), 1, exp[size_t(p)]);
     std::copy(y.begin(), y.end(), y_ref.begin() + size_t(p) * n_embd);
   }
@@ -591,11 +622,8 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
     dev.write(xnm.get(), 0, nan_rows.data(), xn_ref.size() * 4);
     launch(nullptr);
     dev.finish();
-    check(outm.get(), out_ref, matmul_tolerance(t) * 8,
-          run ? "second launch, combined rows" : "combined rows");
-    if (norm)
-      check(xnm.get(), xn_ref, matmul_tolerance(t) * 8,
-            run ? "second launch, normed rows" : "normed rows");
+    check(outm.get(), out_ref, tol, run ? "second launch, combined rows" : "combined rows");
+    if (norm) check(xnm.get(), xn_ref, tol, run ? "second launch, normed rows" : "normed rows");
   }
   r.pass = r.note.empty();
   const size_t distinct = count_distinct(exp);
@@ -623,7 +651,8 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
   cfg.normalize_topk = true;
   cfg.weight_scale = 1.5f;
   // Reference: y = y0 + W x, xn = RMSNorm(y) * norm_w, logits = router xn, the routing.
-  const auto prod = reference_matmul(t, rows, cols, w.data(), x.data(), n_tokens);
+  const auto xq = n_tokens == 1 && op.x_q8(t) ? quantize_x_q8(x.data(), cols, 1) : x;
+  const auto prod = reference_matmul(t, rows, cols, w.data(), xq.data(), n_tokens);
   std::vector<float> y_ref(y0.size()), xn_ref(y0.size()), w_ref;
   for (size_t i = 0; i < y0.size(); ++i) y_ref[i] = y0[i] + prod[i];
   reference::rms_norm(y_ref, norm_w, eps, xn_ref);
