@@ -94,13 +94,18 @@ TEST_P(HybridTest, GreedyTokensAndLogitsMatchReference) {
   const auto got = engine_greedy(*engine, kPrompt, 8);
   ASSERT_EQ(got.logits.size(), ref.logits.size());
   for (size_t i = 0; i < ref.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << "step " << i;
+    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), kRefTol) << "step " << i;
   EXPECT_EQ(got.tokens, ref.tokens);
   // Decode steps replayed their recorded program (the recurrent batch is part of its shape).
   EXPECT_GT(engine->replayed_steps(), 0u);
 }
 
 TEST_P(HybridTest, PrefillThenDecodeEqualsOnePrefill) {
+  // This compares the recurrent state a decode step carries on with that of one prefill, within
+  // 1e-3. A CPU's decode steps take x in 8-bit blocks where prefill takes floats
+  // (MatmulVariant::x_q8), which the fixtures' random recurrences amplify up to 0.23 of the logits
+  // (qwen3next, PoCL): both run in float here.
+  reg_->programs()->set_program_options("matmul", "-DNO_X_Q8=1");
   EngineOptions opts;
   opts.max_logit_rows = int(kPrompt.size());
   auto engine = hybrid_engine(m_->spec, *reg_, opts);
@@ -122,7 +127,7 @@ TEST_P(HybridTest, PrefillThenDecodeEqualsOnePrefill) {
   auto kv = net.new_kv_state();
   const std::vector<float> ref = net.forward(kPrompt, positions(0, n), kv, true);
   for (size_t t = 0; t < n; ++t)
-    EXPECT_LT(rel_err(row(all, t, V), row(ref, t, V)), 2e-2) << "position " << t;
+    EXPECT_LT(rel_err(row(all, t, V), row(ref, t, V)), kRefTol) << "position " << t;
   // A prefill of 4 tokens, then one token per step.
   const auto seq = mem.create();
   mem.reserve(seq, 4);
@@ -186,9 +191,9 @@ TEST_P(HybridTest, BatchedSequencesEqualSeparateRuns) {
   auto kv_b = net.new_kv_state(), kv_c = net.new_kv_state();
   const auto ref_b = net.forward(pb, positions(0, pb.size()), kv_b);
   const auto ref_c = net.forward(pc, positions(0, pc.size()), kv_c);
-  EXPECT_LT(rel_err(row(got, 0, V), ref_b), 2e-2);
-  EXPECT_LT(rel_err(row(got, 1, V), ref_a), 2e-2);
-  EXPECT_LT(rel_err(row(got, 2, V), ref_c), 2e-2);
+  EXPECT_LT(rel_err(row(got, 0, V), ref_b), kRefTol);
+  EXPECT_LT(rel_err(row(got, 1, V), ref_a), kRefTol);
+  EXPECT_LT(rel_err(row(got, 2, V), ref_c), kRefTol);
   for (auto s : {a, b, c}) mem.free(s);
 }
 
@@ -224,8 +229,8 @@ TEST_P(HybridTest, ForkContinuesAsItsParent) {
     const size_t V = m_->spec.hp.n_vocab;
     const auto ref_p = net.forward({&tp, 1}, {&rp.first_pos, 1}, kv_parent);
     const auto ref_c = net.forward({&tc, 1}, {&rc.first_pos, 1}, kv_child);
-    EXPECT_LT(rel_err(row(got, 0, V), ref_p), 2e-2) << "parent step " << i;
-    EXPECT_LT(rel_err(row(got, 1, V), ref_c), 2e-2) << "child step " << i;
+    EXPECT_LT(rel_err(row(got, 0, V), ref_p), kRefTol) << "parent step " << i;
+    EXPECT_LT(rel_err(row(got, 1, V), ref_c), kRefTol) << "child step " << i;
   }
   mem.free(child);
   mem.free(parent);
@@ -250,7 +255,7 @@ TEST_P(HybridTest, EachPrefillFormMatchesReference) {
     const auto got = engine_greedy(*engine, prompt, 6);
     ASSERT_EQ(got.logits.size(), ref.logits.size());
     for (size_t i = 0; i < ref.logits.size(); ++i)
-      EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << "step " << i;
+      EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), kRefTol) << "step " << i;
     EXPECT_EQ(got.tokens, ref.tokens);
   }
 }

@@ -155,7 +155,7 @@ void check_attention(const std::string& kind, bool layer_arrays, uint32_t window
         mixer.forward(rig.home(), rig.step(n, n == 1), false);
         const auto got = rig.read(rig.home().x.get(), x.size());
         mixer.reference_forward(x, positions, mem);
-        EXPECT_LT(rel_err(got, x), 2e-2) << n << " tokens at " << pos;
+        EXPECT_LT(rel_err(got, x), kRefTol) << n << " tokens at " << pos;
         pos += n;
       }
       rig.cache->free_sequence(seq);
@@ -199,7 +199,7 @@ void check_ffn(const std::string& kind, bool layer_arrays, model::FfnKind want) 
       EXPECT_FALSE(ffn.forward(rig.home(), rig.step(3, false), nullptr));
       const auto got = rig.read(rig.home().x.get(), x.size());
       ffn.reference_forward(x);
-      EXPECT_LT(rel_err(got, x), 2e-2);
+      EXPECT_LT(rel_err(got, x), kRefTol);
     }
   }
 }
@@ -252,7 +252,7 @@ TEST(LayerKinds, MoeFfnSplitAcrossDevicesMatchesReference) {
     EXPECT_FALSE(ffn.forward(rig.home(), rig.step(4, false), nullptr));
     const auto got = rig.read(rig.home().x.get(), x.size());
     ffn.reference_forward(x);
-    EXPECT_LT(rel_err(got, x), 2e-2);
+    EXPECT_LT(rel_err(got, x), kRefTol);
     EXPECT_GT(rig.stats.expert_hits[1], 0u);  // the second device served pairs
   }
 }
@@ -279,7 +279,7 @@ TEST(LayerKinds, MoeFfnWithCopiesRoutesToTheServingDevice) {
     const auto got = rig.read(rig.home().x.get(), x.size());
     auto ref = x;
     ffn.reference_forward(ref);
-    EXPECT_LT(rel_err(got, ref), 2e-2);
+    EXPECT_LT(rel_err(got, ref), kRefTol);
   };
   check("split with copies");
   EXPECT_GT(rig.stats.expert_hits[0], 0u);
@@ -310,7 +310,7 @@ TEST(LayerKinds, SharedMoeCombineFusedWithNextNormMatchesReference) {
     ASSERT_TRUE(rig.layers[0].ffn->forward(rig.home(), rig.step(2, false), next_norm));
     const auto got_x = rig.read(rig.home().x.get(), x.size());
     rig.layers[0].ffn->reference_forward(x);
-    EXPECT_LT(rel_err(got_x, x), 2e-2);
+    EXPECT_LT(rel_err(got_x, x), kRefTol);
   }
 }
 
@@ -330,8 +330,8 @@ TEST(LayerKinds, MoeCombineFusedWithNextNormMatchesReference) {
     rig.layers[0].ffn->reference_forward(x);
     std::vector<float> xn(x.size());
     reference::rms_norm(x, model::to_floats(*m->spec.layers[1].attn_norm), m->spec.hp.rms_eps, xn);
-    EXPECT_LT(rel_err(got_x, x), 2e-2);
-    EXPECT_LT(rel_err(got_xn, xn), 2e-2);
+    EXPECT_LT(rel_err(got_x, x), kRefTol);
+    EXPECT_LT(rel_err(got_xn, xn), kRefTol);
   }
 }
 

@@ -411,7 +411,7 @@ TEST(RequestEngineTest, PromptLogitsMatchTheReferenceAcrossChunks) {
     const std::vector<float> got(logits.begin() + long(p * nv),
                                  logits.begin() + long((p + 1) * nv));
     const std::vector<float> want(ref.begin() + long(p * nv), ref.begin() + long((p + 1) * nv));
-    EXPECT_LT(rel_err(got, want), 2e-2) << "position " << p;
+    EXPECT_LT(rel_err(got, want), kRefTol) << "position " << p;
   }
 }
 

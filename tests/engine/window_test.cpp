@@ -87,7 +87,7 @@ RefRun greedy_checking_blocks(OpenClModel& m, const std::vector<int32_t>& prompt
 void expect_matches(const RefRun& got, const RefRun& ref, const std::string& what) {
   ASSERT_EQ(got.logits.size(), ref.logits.size()) << what;
   for (size_t i = 0; i < ref.logits.size(); ++i)
-    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), 2e-2) << what << " step " << i;
+    EXPECT_LT(rel_err(got.logits[i], ref.logits[i]), kRefTol) << what << " step " << i;
   EXPECT_EQ(got.tokens, ref.tokens) << what;
 }
 
