@@ -132,7 +132,7 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     // Every work group quantizes x for itself: four rows per item (64 per group) share that work
     // and x's loads (2-core machine, matmul_bench --modes gemv, three rounds: 20-26 / 12-18 GB/s
     // against 10-21 / 11-15 with two rows up to 1,024 columns and one beyond).
-    if (v.x_q8 && t == TensorType::Q4_0) {
+    if (v.x_q8 && (t == TensorType::Q4_0 || t == TensorType::Q8_0)) {
       v.gemv_rows_per_item = 4;
       v.gemv_max_cols = std::numeric_limits<int>::max();
     }
