@@ -109,6 +109,15 @@ void choose_gemm_tile(const DeviceInfo& info, MatmulVariant& v) {
   }
 }
 
+// Whether this host's CPU (which a CPU device runs on) has AVX2.
+bool host_has_avx2() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
@@ -127,8 +136,11 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     v.vec_acc = true;
     // Decode's GEMVs and expert FFN on x in 8-bit blocks where the compiler offers x86's integer
     // dot products (Q4_0; bench/END_TO_END.md: 2.4x the float kernel's GB/s on a 2-core EPYC).
-    // The one-launch expert FFN keeps two runs' buffers of 160 bytes per run in local memory.
-    v.x_q8 = info.local_mem_bytes >= uint64_t(2 * 160 * MatmulVariant::kXq8MaxGroups + 4096);
+    // The one-launch expert FFN keeps two runs' buffers of 160 bytes per run in local memory. A
+    // CPU device runs on this host: without AVX2 here the program could not take the integer path
+    // (and the four-row GEMV below is measured only with it).
+    v.x_q8 = host_has_avx2() &&
+             info.local_mem_bytes >= uint64_t(2 * 160 * MatmulVariant::kXq8MaxGroups + 4096);
     // Every work group quantizes x for itself: four rows per item (64 per group) share that work
     // and x's loads (2-core machine, matmul_bench --modes gemv, three rounds: 20-26 / 12-18 GB/s
     // against 10-21 / 11-15 with two rows up to 1,024 columns and one beyond).
