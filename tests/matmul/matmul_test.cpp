@@ -83,6 +83,37 @@ TEST(MatmulRepack, RejectsBadInput) {
   }
 }
 
+// The 8-bit x path (MatmulVariant::x_q8): taken only for Q4_0 and Q8_0 on CPU devices, never with
+// the variant's x_q8 off, and on PoCL's CPU device of an x86 host with AVX2 always (so CI runs it:
+// the dense and expert-FFN checks then compare with the reference on the same 8-bit x).
+TEST(MatmulDevice, EightBitXWhereTheCompilerOffersIt) {
+  for (const auto& dev : registry().devices()) {
+    const DeviceInfo& info = dev->info();
+    const bool pocl_x86 = info.type == DeviceType::kCpu &&
+                          info.platform_name.find("Portable Computing Language") !=
+                              std::string::npos &&
+#if defined(__x86_64__)
+                          __builtin_cpu_supports("avx2");
+#else
+                          false;
+#endif
+    MatmulOp op(*dev);
+    for (TensorType t : matmul_types()) {
+      const bool q8_format = t == TensorType::Q4_0 || t == TensorType::Q8_0;
+      const bool on = op.x_q8(t);
+      if (!q8_format || info.type != DeviceType::kCpu)
+        EXPECT_FALSE(on) << dev->id() << " " << label(t);
+      else if (pocl_x86)
+        EXPECT_TRUE(on) << dev->id() << " " << label(t);
+      if (q8_format) {
+        MatmulVariant v = default_matmul_variant(info, t);
+        v.x_q8 = false;
+        EXPECT_FALSE(MatmulOp(*dev, v).x_q8(t)) << dev->id() << " " << label(t);
+      }
+    }
+  }
+}
+
 TEST(MatmulDevice, DequantizeKernelMatchesReference) {
   for (const auto& dev : registry().devices()) {
     MatmulOp op(*dev);
