@@ -197,7 +197,8 @@ TEST(EngineBatchTest, MixedPrefillAndDecodeInOneStepMatchesSeparateRuns) {
   auto l2 = engine->forward(s2);
   const size_t nv = m->spec.hp.n_vocab;
   ASSERT_EQ(l2.size(), 2 * nv);
-  EXPECT_LT(rel_err(std::vector<float>(l2.begin(), l2.begin() + long(nv)), ref_a.logits[1]), kRefTol);
+  EXPECT_LT(rel_err(std::vector<float>(l2.begin(), l2.begin() + long(nv)), ref_a.logits[1]),
+            kRefTol);
   EXPECT_LT(rel_err(std::vector<float>(l2.begin() + long(nv), l2.end()), ref_b.logits[0]), kRefTol);
   kv.free_sequence(sa);
   kv.free_sequence(sb);

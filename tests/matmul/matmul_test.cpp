@@ -89,13 +89,13 @@ TEST(MatmulRepack, RejectsBadInput) {
 TEST(MatmulDevice, EightBitXWhereTheCompilerOffersIt) {
   for (const auto& dev : registry().devices()) {
     const DeviceInfo& info = dev->info();
-    const bool pocl_x86 = info.type == DeviceType::kCpu &&
-                          info.platform_name.find("Portable Computing Language") !=
-                              std::string::npos &&
+    const bool pocl_x86 =
+        info.type == DeviceType::kCpu &&
+        info.platform_name.find("Portable Computing Language") != std::string::npos &&
 #if defined(__x86_64__)
-                          __builtin_cpu_supports("avx2");
+        __builtin_cpu_supports("avx2");
 #else
-                          false;
+        false;
 #endif
     MatmulOp op(*dev);
     for (TensorType t : matmul_types()) {
