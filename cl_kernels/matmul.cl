@@ -293,82 +293,58 @@ inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint 
   }
 }
 
-// Rows r.s0 .. r.s3 (first blocks; nb blocks each) dotted with x: the first `groups` runs of four
-// blocks from q8, the rest from x in float.
+// NR rows (first blocks rblk[0 .. NR - 1], nb blocks each) dotted with x into out[0 .. NR - 1]:
+// the first `groups` runs of four blocks from q8, the rest from x (`cols` floats) in float.
+#define Q8_ROWS(NR, rblk, nb, x, cols, q8, groups, out)                                             \
+  do {                                                                                             \
+    __local const float4* qd_ = (__local const float4*)((q8) + (groups) * Q8_GROUP_BYTES);         \
+    __local const float4* qo_ = qd_ + (groups);                                                    \
+    float16 acc_[NR];                                                                              \
+    float4 off_[NR];                                                                               \
+    _Pragma("unroll") for (uint k = 0; k < (NR); ++k) {                                            \
+      acc_[k] = (float16)(0.0f);                                                                   \
+      off_[k] = (float4)(0.0f);                                                                    \
+    }                                                                                              \
+    for (uint g = 0; g < (groups); ++g) {                                                          \
+      const float4 dx = qd_[g], ox = qo_[g];                                                       \
+      __local const char* xp = (q8) + g * Q8_GROUP_BYTES;                                          \
+      _Pragma("unroll") for (uint k = 0; k < (NR); ++k) {                                          \
+        const ulong blk = (rblk)[k] + 4 * g;                                                       \
+        const float4 dw = block_scales4(head, blk);                                                \
+        off_[k] = fma(dw, ox, off_[k]);                                                            \
+        acc_[k] = fma(convert_float16(q8_dot4(body + blk * BODY_BYTES, xp)), q8_scales(dw * dx),   \
+                      acc_[k]);                                                                    \
+      }                                                                                            \
+    }                                                                                              \
+    for (uint b = 4 * (groups); b < (nb); ++b) {                                                   \
+      float16 xa, xb;                                                                              \
+      load_x(x, b * CHUNK, cols, &xa, &xb);                                                        \
+      _Pragma("unroll") for (uint k = 0; k < (NR); ++k) {                                          \
+        float16 w0, w1;                                                                            \
+        decode_chunk(body, head, (rblk)[k] + b, 0, &w0, &w1);                                      \
+        ACC_ADD(acc_[k], w0, w1, xa, xb);                                                          \
+      }                                                                                            \
+    }                                                                                              \
+    _Pragma("unroll") for (uint k = 0; k < (NR); ++k)(out)[k] =                                    \
+        acc_sum(acc_[k]) - ((off_[k].s0 + off_[k].s1) + (off_[k].s2 + off_[k].s3));                \
+  } while (0)
+
+// Rows r.s0 .. r.s3 (first blocks; nb blocks each) dotted with x (the expert FFN's rows).
 inline float4 dot_rows4_q8(__global const uchar* body, __global const uchar* head, ulong4 r,
                            uint nb, __global const float* x, __local const char* q8, uint groups) {
-  __local const float4* qd = (__local const float4*)(q8 + groups * Q8_GROUP_BYTES);
-  __local const float4* qo = qd + groups;
   const ulong rr[4] = {r.s0, r.s1, r.s2, r.s3};
-  float16 acc[4];
-  float4 off[4];
-  _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
-    acc[k] = (float16)(0.0f);
-    off[k] = (float4)(0.0f);
-  }
-  for (uint g = 0; g < groups; ++g) {
-    const float4 dx = qd[g], ox = qo[g];
-    __local const char* xp = q8 + g * Q8_GROUP_BYTES;
-    _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
-      const ulong blk = rr[k] + 4 * g;
-      const float4 dw = block_scales4(head, blk);
-      off[k] = fma(dw, ox, off[k]);
-      acc[k] =
-          fma(convert_float16(q8_dot4(body + blk * BODY_BYTES, xp)), q8_scales(dw * dx), acc[k]);
-    }
-  }
-  for (uint b = 4 * groups; b < nb; ++b) {
-    const float16 xa = vload16(0, x + b * CHUNK), xb = vload16(1, x + b * CHUNK);
-    _Pragma("unroll") for (uint k = 0; k < 4; ++k) {
-      float16 w0, w1;
-      decode_chunk(body, head, rr[k] + b, 0, &w0, &w1);
-      ACC_ADD(acc[k], w0, w1, xa, xb);
-    }
-  }
-  float4 y;
-  y.s0 = acc_sum(acc[0]) - ((off[0].s0 + off[0].s1) + (off[0].s2 + off[0].s3));
-  y.s1 = acc_sum(acc[1]) - ((off[1].s0 + off[1].s1) + (off[1].s2 + off[1].s3));
-  y.s2 = acc_sum(acc[2]) - ((off[2].s0 + off[2].s1) + (off[2].s2 + off[2].s3));
-  y.s3 = acc_sum(acc[3]) - ((off[3].s0 + off[3].s1) + (off[3].s2 + off[3].s3));
-  return y;
+  float y[4];
+  Q8_ROWS(4, rr, nb, x, nb * CHUNK, q8, groups, y);
+  return (float4)(y[0], y[1], y[2], y[3]);
 }
 
 // The dense tile of one token (matmul_t1) from q8: rows r0 .. r0 + RPW - 1 (clamped).
 inline void tile_q8(__global const uchar* body, __global const uchar* head, uint r0, uint rows,
                     uint cols, uint bpr, __global const float* xr, float* out,
                     __local const char* q8, uint groups) {
-  __local const float4* qd = (__local const float4*)(q8 + groups * Q8_GROUP_BYTES);
-  __local const float4* qo = qd + groups;
-  float16 acc[RPW];
-  float4 off[RPW];
   ulong rblk[RPW];
-  _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
-    acc[rr] = (float16)(0.0f);
-    off[rr] = (float4)(0.0f);
-    rblk[rr] = (ulong)min(r0 + rr, rows - 1) * bpr;
-  }
-  for (uint g = 0; g < groups; ++g) {
-    const float4 dx = qd[g], ox = qo[g];
-    __local const char* xp = q8 + g * Q8_GROUP_BYTES;
-    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
-      const ulong blk = rblk[rr] + 4 * g;
-      const float4 dw = block_scales4(head, blk);
-      off[rr] = fma(dw, ox, off[rr]);
-      acc[rr] =
-          fma(convert_float16(q8_dot4(body + blk * BODY_BYTES, xp)), q8_scales(dw * dx), acc[rr]);
-    }
-  }
-  for (uint b = 4 * groups; b < bpr; ++b) {
-    float16 xa, xb;
-    load_x(xr, b * CHUNK, cols, &xa, &xb);
-    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {
-      float16 w0, w1;
-      decode_chunk(body, head, rblk[rr] + b, 0, &w0, &w1);
-      ACC_ADD(acc[rr], w0, w1, xa, xb);
-    }
-  }
-  _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) out[rr] =
-      acc_sum(acc[rr]) - ((off[rr].s0 + off[rr].s1) + (off[rr].s2 + off[rr].s3));
+  _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = (ulong)min(r0 + rr, rows - 1) * bpr;
+  Q8_ROWS(RPW, rblk, bpr, xr, cols, q8, groups, out);
 }
 // The dense kernels' local buffer and its runs (0: the float path: a row of more blocks than it
 // holds). Tiles of one token quantize x into it (every item a share of the runs) between barriers.
