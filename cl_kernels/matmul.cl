@@ -259,37 +259,23 @@ DEFINE_TILE(8)
 
 #if X_Q8_ON
 // One token with x in 8-bit blocks (matmul_formats.clh, X_Q8): `q8` holds `groups` runs of four
-// blocks (Q8_GROUP_BYTES each), then their d_x (a float4 per run), then their 8 d_x sum(q)
+// blocks (Q8_GROUP_BYTES each), then their d_x (a float4 per run), then Q8_OFFSET d_x sum(q)
 // (q8_fill). The blocks after the runs (bpr % 4) take the float path.
 #define Q8_BYTES(groups) ((groups) * (Q8_GROUP_BYTES + 32))
 inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint groups) {
   __local float4* qd = (__local float4*)(q8 + groups * Q8_GROUP_BYTES);
   __local float4* qo = qd + groups;
   for (uint g = get_local_id(0); g < groups; g += get_local_size(0)) {
-    float4 d, o;
+    float d[4], o[4];
     _Pragma("unroll") for (uint i = 0; i < 4; ++i) {
       float16 xa, xb;
       load_x(xr, (4 * g + i) * CHUNK, cols, &xa, &xb);
       const float2 r = q8_quantize_block(xa, xb, i, q8 + g * Q8_GROUP_BYTES);
-      if (i == 0) {
-        d.s0 = r.x;
-        o.s0 = r.y;
-      }
-      if (i == 1) {
-        d.s1 = r.x;
-        o.s1 = r.y;
-      }
-      if (i == 2) {
-        d.s2 = r.x;
-        o.s2 = r.y;
-      }
-      if (i == 3) {
-        d.s3 = r.x;
-        o.s3 = r.y;
-      }
+      d[i] = r.x;
+      o[i] = r.y;
     }
-    qd[g] = d;
-    qo[g] = o;
+    qd[g] = (float4)(d[0], d[1], d[2], d[3]);
+    qo[g] = (float4)(o[0], o[1], o[2], o[3]);
   }
 }
 
