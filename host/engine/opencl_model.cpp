@@ -232,18 +232,23 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
   if (options_.launch_prices && options_.replay && !options_.profile) {
     for (size_t d = 0; d < ctxs_.size(); ++d)
       if (plan_.decode_seconds[d] > 0 &&
-          !options_.launch_prices->load_launch_us(ctxs_[d]->dev->info(),
-                                                  launch_price_key(*ctxs_[d]->dev, footprint_))) {
+          !options_.launch_prices->load_launch_us(ctxs_[d]->dev->info(), price_key(d))) {
         calibration_skip_ = 3;
         calibration_steps_ = 3;
       }
   }
 }
 
+const std::string& OpenClModel::price_key(size_t d) const {
+  if (price_keys_.empty())
+    for (const auto& c : ctxs_) price_keys_.push_back(launch_price_key(*c->dev, footprint_));
+  return price_keys_[d];
+}
+
 void OpenClModel::store_launch_counts() const {
   for (size_t d = 0; d < ctxs_.size(); ++d) {
     const Device& dev = *ctxs_[d]->dev;
-    const std::string key = launch_price_key(dev, footprint_) + "|launches ";
+    const std::string key = price_key(d) + "|launches ";
     std::map<std::string, double> counts;
     if (int(d) == plan_.attention_device) {
       counts[key + "embedding"] = footprint_.embedding_launches;
@@ -321,8 +326,7 @@ void OpenClModel::finish_calibration() {
         streaming[d] * 1e3, floor_us,
         cost.probe_launch_us > 0 ? "launch probe's" : "unprobed default");
     cost.launch_us = us;
-    options_.launch_prices->store_launch_us(ctxs_[d]->dev->info(),
-                                            launch_price_key(*ctxs_[d]->dev, footprint_), us);
+    options_.launch_prices->store_launch_us(ctxs_[d]->dev->info(), price_key(d), us);
   }
   sched::predict(plan_, footprint_, observed);
 }

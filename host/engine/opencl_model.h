@@ -124,6 +124,10 @@ class OpenClModel {
   // EngineOptions::launch_prices: the launch counts of count_launches, per device, for `tessera
   // plan` (launch_counts_from_cache).
   void store_launch_counts() const;
+  // launch_price_key of plan device d for this model, computed once (it hashes every kernel
+  // source).
+  const std::string& price_key(size_t d) const;
+  mutable std::vector<std::string> price_keys_;
   void add_calibration(const std::vector<ops::StepProgram::Profile::Timed>& times);
   void finish_calibration();
   DeviceCtx& ctx(int plan_device) { return *ctxs_[size_t(plan_device)]; }

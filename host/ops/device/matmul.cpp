@@ -135,7 +135,8 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     if (t == TensorType::Q4_0) v.gemv_rows_per_item = 2;
     v.vec_acc = true;
     // Decode's GEMVs and expert FFN on x in 8-bit blocks where the compiler offers x86's integer
-    // dot products (Q4_0; bench/END_TO_END.md: 2.4x the float kernel's GB/s on a 2-core EPYC).
+    // dot products (Q4_0 and Q8_0; bench/END_TO_END.md: a Q4_0 GEMV at 2.4x the float kernel's
+    // GB/s on a 2-core EPYC).
     // The one-launch expert FFN keeps two runs' buffers of 160 bytes per run in local memory. A
     // CPU device runs on this host: without AVX2 here the program could not take the integer path
     // (and the four-row GEMV below is measured only with it).
