@@ -351,9 +351,11 @@ inline void tile_q8(__global const uchar* body, __global const uchar* head, uint
 #define Q8_TILE(TT, xr, out)
 #endif
 
-// Kernel: whether this program runs one-token dense launches on x in 8-bit blocks (X_Q8_ON).
+// Kernel: whether this program runs one-token dense launches on x in 8-bit blocks (X_Q8_ON), and
+// whether with AVX-512 VNNI (X_Q8_VNNI_ON).
 __kernel void matmul_info(__global int* out) {
   out[0] = X_Q8_ON;
+  out[1] = X_Q8_ON && X_Q8_VNNI_ON;
 }
 
 // Sums the LANES partial results of each output of this row group; returns true in the work item

@@ -85,7 +85,9 @@ TEST(MatmulRepack, RejectsBadInput) {
 
 // The 8-bit x path (MatmulVariant::x_q8): taken only for Q4_0 and Q8_0 on CPU devices, never with
 // the variant's x_q8 off, and on PoCL's CPU device of an x86 host with AVX2 always (so CI runs it:
-// the dense and expert-FFN checks then compare with the reference on the same 8-bit x).
+// the dense and expert-FFN checks then compare with the reference on the same 8-bit x). Its VNNI
+// form (x_q8_vnni): on PoCL's AVX-512 target of a host with AVX-512 VNNI always, never without the
+// 8-bit path or with the variant's x_q8_vnni off.
 TEST(MatmulDevice, EightBitXWhereTheCompilerOffersIt) {
   for (const auto& dev : registry().devices()) {
     const DeviceInfo& info = dev->info();
@@ -97,6 +99,14 @@ TEST(MatmulDevice, EightBitXWhereTheCompilerOffersIt) {
 #else
         false;
 #endif
+    // PoCL names its CPU device after the target it compiles for (pthread-skylake-avx512-...).
+    const bool pocl_x86_vnni = pocl_x86 && info.name.find("avx512") != std::string::npos &&
+#if defined(__x86_64__)
+                               __builtin_cpu_supports("avx512bw") &&
+                               __builtin_cpu_supports("avx512vnni");
+#else
+                               false;
+#endif
     MatmulOp op(*dev);
     for (TensorType t : matmul_types()) {
       const bool q8_format = t == TensorType::Q4_0 || t == TensorType::Q8_0;
@@ -105,10 +115,19 @@ TEST(MatmulDevice, EightBitXWhereTheCompilerOffersIt) {
         EXPECT_FALSE(on) << dev->id() << " " << label(t);
       else if (pocl_x86)
         EXPECT_TRUE(on) << dev->id() << " " << label(t);
+      if (!on)
+        EXPECT_FALSE(op.x_q8_vnni(t)) << dev->id() << " " << label(t);
+      else if (pocl_x86_vnni)
+        EXPECT_TRUE(op.x_q8_vnni(t)) << dev->id() << " " << label(t);
       if (q8_format) {
         MatmulVariant v = default_matmul_variant(info, t);
         v.x_q8 = false;
         EXPECT_FALSE(MatmulOp(*dev, v).x_q8(t)) << dev->id() << " " << label(t);
+        v = default_matmul_variant(info, t);
+        v.x_q8_vnni = false;
+        const MatmulOp plain(*dev, v);
+        EXPECT_EQ(on, plain.x_q8(t)) << dev->id() << " " << label(t);
+        EXPECT_FALSE(plain.x_q8_vnni(t)) << dev->id() << " " << label(t);
       }
     }
   }

@@ -45,7 +45,7 @@ int expert_tile(int n_pairs, int64_t n_expert) {
 std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
-  if (x_q8) s += " x_q8";
+  if (x_q8) s += x_q8_vnni ? " x_q8+vnni" : " x_q8";
   if (gemv_rows() != rows_per_item)
     s += " gemv_rpw=" + std::to_string(gemv_rows()) +
          (gemv_max_cols < std::numeric_limits<int>::max() ? "<=" + std::to_string(gemv_max_cols)
@@ -68,7 +68,8 @@ uint64_t MatmulVariant::expert_gemm_local_bytes() const {
 std::string MatmulVariant::build_options() const {
   return "-DLANES=" + std::to_string(lanes) + " -DWG_ROWS=" + std::to_string(wg_rows) +
          " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc)) +
-         (x_q8 ? " -DX_Q8=1 -DX_Q8_MAX_GROUPS=" + std::to_string(kXq8MaxGroups) : "");
+         (x_q8 ? " -DX_Q8=1 -DX_Q8_MAX_GROUPS=" + std::to_string(kXq8MaxGroups) : "") +
+         (x_q8 && x_q8_vnni ? " -DX_Q8_VNNI=1" : "");
 }
 
 std::string MatmulVariant::gemm_build_options() const {
@@ -109,10 +110,17 @@ void choose_gemm_tile(const DeviceInfo& info, MatmulVariant& v) {
   }
 }
 
-// Whether this host's CPU (which a CPU device runs on) has AVX2.
+// Whether this host's CPU (which a CPU device runs on) has AVX2, and AVX-512 VNNI.
 bool host_has_avx2() {
 #if defined(__x86_64__) || defined(__i386__)
   return __builtin_cpu_supports("avx2");
+#else
+  return false;
+#endif
+}
+bool host_has_avx512_vnni() {
+#if defined(__x86_64__) || defined(__i386__)
+  return __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vnni");
 #else
   return false;
 #endif
@@ -145,6 +153,8 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     // Every work group quantizes x for itself: four rows per item (64 per group) share that work
     // and x's loads (2-core machine, matmul_bench --modes gemv, three rounds: 20-26 / 12-18 GB/s
     // against 10-21 / 11-15 with two rows up to 1,024 columns and one beyond).
+    // vpdpbusd in place of pmaddubsw + pmaddwd where the CPU has it (VNNI).
+    v.x_q8_vnni = v.x_q8 && host_has_avx512_vnni();
     if (v.x_q8 && (t == TensorType::Q4_0 || t == TensorType::Q8_0)) {
       v.gemv_rows_per_item = 4;
       v.gemv_max_cols = std::numeric_limits<int>::max();
@@ -200,6 +210,7 @@ struct MatmulOp::Kernels {
   std::string options;
   ClKernel dequantize;
   int x_q8 = -1;  // MatmulOp::x_q8's answer (-1: not asked yet)
+  bool x_q8_vnni = false;  // MatmulOp::x_q8_vnni's (asked with x_q8)
   static int slot(int tile) { return tile == 1 ? 0 : (tile == 4 ? 1 : 2); }
 };
 
@@ -324,16 +335,23 @@ bool MatmulOp::x_q8(TensorType t) const {
       k.x_q8 = 0;
     } else {
       ClKernel info = device_.kernel("matmul", "matmul_info", k.options);
-      ClMem out = device_.alloc(sizeof(cl_int));
+      ClMem out = device_.alloc(2 * sizeof(cl_int));
       set_arg(device_, info.get(), 0, out.get());
       const size_t one = 1;
       enqueue(device_, info.get(), 1, &one, &one, {{}, nullptr});
-      cl_int on = 0;
-      device_.read(out.get(), 0, &on, sizeof on);
-      k.x_q8 = on ? 1 : 0;
+      cl_int on[2] = {0, 0};
+      device_.read(out.get(), 0, on, sizeof on);
+      k.x_q8 = on[0] ? 1 : 0;
+      k.x_q8_vnni = on[1] != 0;
     }
   }
   return k.x_q8 == 1;
+}
+
+bool MatmulOp::x_q8_vnni(TensorType t) const {
+  if (!x_q8(t)) return false;
+  std::lock_guard lock(mutex_);
+  return kernels_.at(t)->x_q8_vnni;
 }
 
 DeviceWeight MatmulOp::upload(TensorType type, int64_t rows, int64_t cols, const void* data,

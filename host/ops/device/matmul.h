@@ -45,6 +45,9 @@ struct MatmulVariant {
   // activations, integer dot products) where the program can: Q4_0 on CPUs whose compiler targets
   // x86 with AVX-512BW or AVX2 (matmul_formats.clh, X_Q8). MatmulOp::x_q8 says whether it did.
   bool x_q8 = false;
+  // With x_q8: the integer dot products through AVX-512 VNNI's vpdpbusd (inline assembly; only
+  // where this host's CPU, the device's, has it). MatmulOp::x_q8_vnni says whether the program did.
+  bool x_q8_vnni = false;
   static constexpr int kXq8MaxGroups = 128;  // runs of four blocks: rows up to 16,384 columns
   int gemv_rows() const { return gemv_rows_per_item > 0 ? gemv_rows_per_item : rows_per_item; }
   MatmulVariant gemv() const {
@@ -233,6 +236,8 @@ class MatmulOp {
   // 8-bit blocks here (MatmulVariant::x_q8, where the device's compiler offers the integer dot
   // products): asked of the built program once (a launch of matmul_info), then kept.
   bool x_q8(gguf::TensorType t) const;
+  // Whether those launches use AVX-512 VNNI (MatmulVariant::x_q8_vnni; asked with x_q8).
+  bool x_q8_vnni(gguf::TensorType t) const;
   const Device& device() const { return device_; }
   // run() of a decode-sized step (matmul tile kernels only) with the MoE block's routing in the
   // same launch: the work groups add partial router sums and squares of their rows, the last one

@@ -82,6 +82,15 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                      MatmulOp op(dev, v);
                      return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing), timing);
                    }});
+    // The pmaddubsw + pmaddwd form of the 8-bit path where the default takes VNNI's vpdpbusd
+    // (MatmulVariant::x_q8_vnni); elsewhere the same as the default.
+    out.push_back({"gemv", fmt, "333x" + std::to_string(c_rem + 4 * blk) + "_t1_novnni",
+                   [t, c_rem, blk](const Device& dev, bool timing) {
+                     MatmulVariant v = default_matmul_variant(dev.info(), t);
+                     v.x_q8_vnni = false;
+                     MatmulOp op(dev, v);
+                     return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing), timing);
+                   }});
     // Stacked experts in one launch: decode (1 token, 4 of 16 experts) and prefill (11 tokens,
     // 2 of 4 experts: runs of one expert longer than a tile).
     out.push_back({"experts", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
@@ -253,6 +262,16 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
          [t, ffn_ff, ffn_embd](const Device& dev, bool timing) {
            MatmulVariant v = default_matmul_variant(dev.info(), t);
            v.x_q8 = false;
+           const MatmulOp op(dev, v);
+           return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
+                            timing);
+         }});
+    out.push_back(
+        {"experts_ffn", fmt,
+         "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_t1_top4_novnni",
+         [t, ffn_ff, ffn_embd](const Device& dev, bool timing) {
+           MatmulVariant v = default_matmul_variant(dev.info(), t);
+           v.x_q8_vnni = false;
            const MatmulOp op(dev, v);
            return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
                             timing);
