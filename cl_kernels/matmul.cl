@@ -351,11 +351,104 @@ inline void tile_q8(__global const uchar* body, __global const uchar* head, uint
 #define Q8_TILE(TT, xr, out)
 #endif
 
-// Kernel: whether this program runs one-token dense launches on x in 8-bit blocks (X_Q8_ON), and
-// whether with AVX-512 VNNI (X_Q8_VNNI_ON).
+// X_Q8_TILES_ON (Q4_0 with X_Q8 and VNNI): prefill's tiles of several tokens on x in 8-bit blocks
+// as well. A launch of quantize_xq first quantizes every x row once into a global buffer xq
+// (XQ_ROW_BYTES per row: the runs' bytes as in q8_fill, then each run's d_x in lanes (block i's d
+// in lanes 4i .. 4i + 3: the lanes of its integer sums), then Q8_OFFSET d_x sum(q) / 4 in the same
+// lanes); the tiles (matmul_xq_t*, experts_xq_t*) read it with the weights' nibbles unpacked once
+// per tile: per token and run of four blocks two vpdpbusd, a conversion and two fmas, where the
+// float tile takes eight fmas and eight loads of x. The blocks after the runs take the float path.
+#if X_Q8_ON && X_Q8_VNNI_ON && defined(FMT_Q4_0) && !defined(NO_X_Q8_TILES)
+#define X_Q8_TILES_ON 1
+#define XQ_ARG_DECL , __global const char* xq
+#define XQ_ROW_BYTES(groups) ((ulong)(groups) * (Q8_GROUP_BYTES + 128))
+// Work item (g, r): run g of x row r (rows of `cols` floats from x_off; groups = cols / 128).
+__kernel void quantize_xq(__global const float* x, ulong x_off, uint cols, uint rows, uint groups,
+                          __global char* xq) {
+  const uint g = get_global_id(0), r = get_global_id(1);
+  if (g >= groups || r >= rows) return;
+  __global const float* xr = x + x_off + (ulong)r * X_LD(cols);
+  __global char* row = xq + (ulong)r * XQ_ROW_BYTES(groups);
+  float d[4], o[4];
+  _Pragma("unroll") for (uint i = 0; i < 4; ++i) {
+    float16 xa, xb;
+    load_x(xr, (4 * g + i) * CHUNK, cols, &xa, &xb);
+    char16 qa, qb;
+    const float2 v = q8_quantize_vals(xa, xb, &qa, &qb);
+    vstore16(qa, 0, row + g * Q8_GROUP_BYTES + Q8_LO(i));
+    vstore16(qb, 0, row + g * Q8_GROUP_BYTES + Q8_HI(i));
+    d[i] = v.x;
+    o[i] = v.y * (Q8_OFFSET / 4.0f);
+  }
+  __global float* ds = (__global float*)(row + groups * Q8_GROUP_BYTES);
+  vstore16(q8_scales((float4)(d[0], d[1], d[2], d[3])), g, ds);
+  vstore16(q8_scales((float4)(o[0], o[1], o[2], o[3])), groups + g, ds);
+}
+
+// The xq tile of TT tokens: rows r0 .. r0 + RPW - 1 (clamped) of the matrix from mat_blk0, token
+// j's 8-bit x at xq + xqrow[j] (its float row at x + xrow[j], for the blocks after the runs).
+#define DEFINE_TILE_XQ(TT)                                                                         \
+  inline void tile_xq_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0, \
+                           uint r0, uint rows, uint cols, uint bpr, __global const float* x,       \
+                           const ulong* xrow, __global const char* xq, const ulong* xqrow,         \
+                           float* out) {                                                           \
+    const uint groups = bpr / 4;                                                                   \
+    float16 acc[RPW][TT];                                                                          \
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+        _Pragma("unroll") for (uint j = 0; j < TT; ++j) acc[rr][j] = (float16)(0.0f);              \
+    ulong rblk[RPW];                                                                               \
+    for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;   \
+    for (uint g = 0; g < groups; ++g) {                                                            \
+      q8_v64c wl[RPW], wh[RPW];                                                                    \
+      float16 dw[RPW];                                                                             \
+      _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                        \
+        const ulong blk = rblk[rr] + 4 * g;                                                        \
+        const q8_u64 w = *(__global const q8_u64*)(body + blk * BODY_BYTES);                       \
+        wl[rr] = (q8_v64c)(w & (q8_u64)(15));                                                      \
+        wh[rr] = (q8_v64c)(w >> (q8_u64)(4));                                                      \
+        dw[rr] = q8_scales(block_scales4(head, blk));                                              \
+      }                                                                                            \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
+        __global const char* xp = xq + xqrow[j] + g * Q8_GROUP_BYTES;                              \
+        const q8_v64c xl = (q8_v64c)(*(__global const q8_c64*)xp);                                 \
+        const q8_v64c xh = (q8_v64c)(*(__global const q8_c64*)(xp + 64));                          \
+        __global const float* ds =                                                                 \
+            (__global const float*)(xq + xqrow[j] + groups * Q8_GROUP_BYTES);                      \
+        const float16 dx = vload16(g, ds), ox = vload16(groups + g, ds);                           \
+        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                      \
+          const int16 q = q8_dpbusd(q8_dpbusd((int16)(0), wl[rr], xl), wh[rr], xh);                \
+          acc[rr][j] = fma(fma(convert_float16(q), dx, -ox), dw[rr], acc[rr][j]);                  \
+        }                                                                                          \
+      }                                                                                            \
+    }                                                                                              \
+    for (uint b = 4 * groups; b < bpr; ++b) {                                                      \
+      float16 w0[RPW], w1[RPW];                                                                    \
+      for (uint rr = 0; rr < RPW; ++rr)                                                            \
+        decode_chunk(body, head, rblk[rr] + b, 0, &w0[rr], &w1[rr]);                               \
+      _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
+        float16 xa, xb;                                                                            \
+        load_x(x + xrow[j], b * CHUNK, cols, &xa, &xb);                                            \
+        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                        \
+            ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);                                           \
+      }                                                                                            \
+    }                                                                                              \
+    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+        _Pragma("unroll") for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);    \
+  }
+DEFINE_TILE_XQ(1)
+DEFINE_TILE_XQ(4)
+DEFINE_TILE_XQ(8)
+#else
+#define X_Q8_TILES_ON 0
+#endif
+
+// Kernel: whether this program runs one-token dense launches on x in 8-bit blocks (X_Q8_ON),
+// whether with AVX-512 VNNI (X_Q8_VNNI_ON), and whether it has the prefill tiles on xq
+// (X_Q8_TILES_ON).
 __kernel void matmul_info(__global int* out) {
   out[0] = X_Q8_ON;
   out[1] = X_Q8_ON && X_Q8_VNNI_ON;
+  out[2] = X_Q8_TILES_ON;
 }
 
 // Sums the LANES partial results of each output of this row group; returns true in the work item
@@ -542,11 +635,11 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
 #endif
 
 // Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid).
-#define DEFINE_MATMUL(TT)                                                                     \
-  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_t##TT(    \
+#define DEFINE_MATMUL_K(TT, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(            \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr, \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,    \
-      uint ldy, uint accumulate ROUTE_ARGS) {                                                 \
+      uint ldy, uint accumulate ROUTE_ARGS XQ_ARG) {                                          \
     __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                       \
     __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                              \
     ROUTE_LOCALS                                                                              \
@@ -560,8 +653,8 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
       for (uint j = 0; j < TT; ++j)                                                           \
         xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);                      \
       float out[RPW * TT];                                                                    \
-      Q8_TILE(TT, x + xrow[0], out)                                                           \
-      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                  \
+      XQ_ROWS                                                                                 \
+      TILE;                                                                                   \
       if (reduce_lanes(out, RPW * TT, scratch)) {                                             \
         for (uint rr = 0; rr < RPW; ++rr)                                                     \
           for (uint j = 0; j < TT; ++j)                                                       \
@@ -574,9 +667,24 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
     }                                                                                         \
   }
 
+#define DEFINE_MATMUL(TT)                       \
+  DEFINE_MATMUL_K(TT, matmul_t##TT, , ,         \
+                  Q8_TILE(TT, x + xrow[0], out) \
+                      tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
 DEFINE_MATMUL(1)
 DEFINE_MATMUL(4)
 DEFINE_MATMUL(8)
+// The dense tiles on xq (prefill; the host launches them without the routing tail).
+#if X_Q8_TILES_ON && !defined(ROUTE_TAIL)
+#define XQ_DENSE_ROWS(TT) \
+  ulong xqrow[TT];        \
+  for (uint j = 0; j < TT; ++j) xqrow[j] = (ulong)min(t0 + j, n_tokens - 1) * XQ_ROW_BYTES(bpr / 4);
+#define DEFINE_MATMUL_XQ(TT)                                           \
+  DEFINE_MATMUL_K(TT, matmul_xq_t##TT, XQ_ARG_DECL, XQ_DENSE_ROWS(TT), \
+                  tile_xq_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, xq, xqrow, out))
+DEFINE_MATMUL_XQ(4)
+DEFINE_MATMUL_XQ(8)
+#endif
 
 // GLU_OUT (experts only; RPW 1, WG_ROWS even): the weight is gate and up stacked (rows = 2 ff per
 // expert: gate rows, then up rows). The first half of a work group's row groups computes gate rows
@@ -733,63 +841,77 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 // the weights once for all its pairs (the TT-token tile, or the 4-token one for 2-4 pairs, with
 // the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or
 // token id makes the output row NaN, so the error is visible instead of reading foreign memory.
-#define DEFINE_EXPERTS(TT)                                                                         \
-  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void experts_t##TT(       \
-      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,      \
-      __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,           \
-      __global const int* pair_token, __global const int* pair_expert, uint n_pairs,               \
-      uint n_expert COMBINE_ARGS) {                                                                \
-    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                            \
-    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
-    const uint lane = get_local_id(0) % LANES;                                                     \
-    GLU_LOCALS                                                                                     \
-    COMBINE_LOCALS                                                                                 \
-    EXPERT_ROW0                                                                                    \
-    COMBINE_EMPTY_TOKENS                                                                           \
-    const uint ntiles = (n_pairs + TT - 1) / TT;                                                   \
-    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                  \
-      const uint p0 = tile * TT;                                                                   \
-      const uint pend = p0 + min((uint)TT, n_pairs - p0);                                          \
-      uint first = p0; /* this group's first chunk start (its chunks may end past pend) */        \
-      if (TT > 1) {                                                                                \
-        const int e0 = pair_expert[p0];                                                            \
-        uint rs = p0; /* the start of p0's run, then its first chunk start >= p0 or its end */     \
-        while (rs > 0 && pair_expert[rs - 1] == e0) --rs;                                          \
-        const uint aligned = rs + (p0 - rs + TT - 1) / TT * TT;                                    \
-        while (first < aligned && first < n_pairs && pair_expert[first] == e0) ++first;            \
-      }                                                                                            \
-      for (uint p = first, nj = 1; p < pend; p += nj) {                                            \
-        const int e = pair_expert[p];                                                              \
-        for (nj = 1; nj < TT && p + nj < n_pairs && pair_expert[p + nj] == e;) ++nj;               \
-        bool ok = e >= 0 && (uint)e < n_expert;                                                    \
-        ulong xrow[TT];                                                                            \
-        for (uint j = 0; j < TT; ++j) {                                                            \
-          const int tk = pair_token[p + min(j, nj - 1)];                                           \
-          ok = ok && tk >= 0 && (uint)tk < x_rows;                                                 \
-          xrow[j] = x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * X_LD(cols);                           \
-        }                                                                                          \
-        const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                    \
-        float out[RPW * TT];                                                                       \
-        if (nj > 1 && (TT < 8 || nj > 4)) {                                                        \
-          tile_##TT(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                \
-        } else if (nj > 1) { /* TT 8, a run of 2-4: the 4-token tile */                            \
-          float o4[RPW * 4];                                                                       \
-          tile_4(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, o4, xs);                    \
-          for (uint rr = 0; rr < RPW; ++rr)                                                        \
-            for (uint j = 0; j < 4 && j < TT; ++j) out[rr * TT + j] = o4[rr * 4 + j];              \
-        } else {                                                                                   \
-          tile_1(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, out, xs);                   \
-          for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                                   \
-        }                                                                                          \
-        STORE_EXPERT_ROWS(TT);                                                                     \
-        COMBINE_AFTER(p, nj);                                                                      \
-      }                                                                                            \
-    }                                                                                              \
+#define DEFINE_EXPERTS_K(TT, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+  __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(             \
+      __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,  \
+      __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,       \
+      __global const int* pair_token, __global const int* pair_expert, uint n_pairs,           \
+      uint n_expert COMBINE_ARGS XQ_ARG) {                                                     \
+    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                        \
+    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                               \
+    const uint lane = get_local_id(0) % LANES;                                                 \
+    GLU_LOCALS                                                                                 \
+    COMBINE_LOCALS                                                                             \
+    EXPERT_ROW0                                                                                \
+    COMBINE_EMPTY_TOKENS                                                                       \
+    const uint ntiles = (n_pairs + TT - 1) / TT;                                               \
+    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {              \
+      const uint p0 = tile * TT;                                                               \
+      const uint pend = p0 + min((uint)TT, n_pairs - p0);                                      \
+      uint first = p0; /* this group's first chunk start (its chunks may end past pend) */     \
+      if (TT > 1) {                                                                            \
+        const int e0 = pair_expert[p0];                                                        \
+        uint rs = p0; /* the start of p0's run, then its first chunk start >= p0 or its end */ \
+        while (rs > 0 && pair_expert[rs - 1] == e0) --rs;                                      \
+        const uint aligned = rs + (p0 - rs + TT - 1) / TT * TT;                                \
+        while (first < aligned && first < n_pairs && pair_expert[first] == e0) ++first;        \
+      }                                                                                        \
+      for (uint p = first, nj = 1; p < pend; p += nj) {                                        \
+        const int e = pair_expert[p];                                                          \
+        for (nj = 1; nj < TT && p + nj < n_pairs && pair_expert[p + nj] == e;) ++nj;           \
+        bool ok = e >= 0 && (uint)e < n_expert;                                                \
+        ulong xrow[TT], xqrow[TT];                                                             \
+        for (uint j = 0; j < TT; ++j) {                                                        \
+          const int tk = pair_token[p + min(j, nj - 1)];                                       \
+          ok = ok && tk >= 0 && (uint)tk < x_rows;                                             \
+          xrow[j] = x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * X_LD(cols);                 \
+          XQ_ROWS                                                                              \
+        }                                                                                      \
+        const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                 \
+        float out[RPW * TT];                                                                   \
+        if (nj > 1 && (TT < 8 || nj > 4)) {                                                    \
+          TILE(TT, out);                                                                       \
+        } else if (nj > 1) { /* TT 8, a run of 2-4: the 4-token tile */                        \
+          float o4[RPW * 4];                                                                   \
+          TILE(4, o4);                                                                         \
+          for (uint rr = 0; rr < RPW; ++rr)                                                    \
+            for (uint j = 0; j < 4 && j < TT; ++j) out[rr * TT + j] = o4[rr * 4 + j];          \
+        } else {                                                                               \
+          TILE(1, out);                                                                        \
+          for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                               \
+        }                                                                                      \
+        STORE_EXPERT_ROWS(TT);                                                                 \
+        COMBINE_AFTER(p, nj);                                                                  \
+      }                                                                                        \
+    }                                                                                          \
   }
 
+#define EXPERT_TILE(T, o) tile_##T(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, o, xs)
+#define DEFINE_EXPERTS(TT) DEFINE_EXPERTS_K(TT, experts_t##TT, , , EXPERT_TILE)
 DEFINE_EXPERTS(1)
 DEFINE_EXPERTS(4)
 DEFINE_EXPERTS(8)
+// The expert tiles on xq (prefill: x rows quantized by quantize_xq; not with the combine tail or
+// X_SWIGLU, which the host launches on float x).
+#if X_Q8_TILES_ON && !defined(COMBINE_TAIL) && !defined(X_SWIGLU)
+#define XQ_EXPERT_ROWS xqrow[j] = (ulong)clamp(tk, 0, (int)x_rows - 1) * XQ_ROW_BYTES(bpr / 4);
+#define EXPERT_XQ(T, o) tile_xq_##T(body, head, blk0, r0, rows, cols, bpr, x, xrow, xq, xqrow, o)
+#define DEFINE_EXPERTS_XQ(TT) \
+  DEFINE_EXPERTS_K(TT, experts_xq_t##TT, XQ_ARG_DECL, XQ_EXPERT_ROWS, EXPERT_XQ)
+DEFINE_EXPERTS_XQ(1)
+DEFINE_EXPERTS_XQ(4)
+DEFINE_EXPERTS_XQ(8)
+#endif
 
 // Dequantizes rows [row0, row0 + n_rows) (of all stacked matrices' rows) into out (row-major, `cols` floats per
 // row, starting at out_off): one chunk of 32 per work item. Feeds CLBlast's SGEMM for big prefill.

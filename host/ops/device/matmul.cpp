@@ -206,6 +206,10 @@ struct MatmulOp::Kernels {
   ClKernel experts_gemm;           // matmul_gemm.cl, built at the first launch that wants it
   ClKernel experts_ffn;            // EXPERT_FFN program, built by prepare_expert_ffn
   ClKernel gemv;                   // matmul_t1 in gemv_rows_per_item (when that differs)
+  // Prefill tiles on 8-bit x (matmul.cl's X_Q8_TILES_ON, where the program has them): the
+  // quantizing launch, matmul_xq_t{4,8} (slots 1, 2), experts_xq_t{1,4,8} and their GLU_OUT form.
+  bool xq_tiles = false;
+  ClKernel quantize_xq, matmul_xq[3], experts_xq[3], experts_glu_xq[3];
   ClKernel matmul_route[3], gemv_route;  // ROUTE_TAIL programs, built by prepare_route_tail
   std::string options;
   ClKernel dequantize;
@@ -218,6 +222,28 @@ MatmulOp::MatmulOp(const Device& device) : device_(device) {}
 MatmulOp::MatmulOp(const Device& device, const MatmulVariant& variant)
     : device_(device), forced_(true), forced_variant_(variant) {}
 MatmulOp::~MatmulOp() = default;
+
+namespace {
+// Whether the matmul program built with `options` defines kernel `name` (kernels that exist only
+// where the device's compiler takes a path, as matmul.cl's X_Q8_TILES_ON).
+bool program_has_kernel(const Device& device, const std::string& options, const std::string& name) {
+  cl_program p = device.program("matmul", options);
+  size_t size = 0;
+  if (clGetProgramInfo(p, CL_PROGRAM_KERNEL_NAMES, 0, nullptr, &size) != CL_SUCCESS || size == 0)
+    return false;
+  std::string names(size, '\0');
+  if (clGetProgramInfo(p, CL_PROGRAM_KERNEL_NAMES, size, names.data(), nullptr) != CL_SUCCESS)
+    return false;
+  names.resize(names.find('\0') == std::string::npos ? names.size() : names.find('\0'));
+  size_t at = 0;
+  while (at <= names.size()) {
+    const size_t end = std::min(names.find(';', at), names.size());
+    if (names.compare(at, end - at, name) == 0) return true;
+    at = end + 1;
+  }
+  return false;
+}
+}  // namespace
 
 MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   std::lock_guard lock(mutex_);
@@ -257,6 +283,15 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
     k->experts[i] = device_.kernel("matmul", "experts_t" + std::to_string(tiles[i]), opts);
   }
   k->dequantize = device_.kernel("matmul", "dequantize", opts);
+  if (v.x_q8 && v.x_q8_vnni && program_has_kernel(device_, opts, "matmul_xq_t8")) {
+    k->xq_tiles = true;
+    k->quantize_xq = device_.kernel("matmul", "quantize_xq", opts);
+    for (int i = 0; i < 3; ++i) {
+      if (i > 0)
+        k->matmul_xq[i] = device_.kernel("matmul", "matmul_xq_t" + std::to_string(tiles[i]), opts);
+      k->experts_xq[i] = device_.kernel("matmul", "experts_xq_t" + std::to_string(tiles[i]), opts);
+    }
+  }
   if (v.gemv_rows() != v.rows_per_item)
     k->gemv = device_.kernel("matmul", "matmul_t1",
                              std::string("-D") + f->macro + " " + v.gemv().build_options());
@@ -292,7 +327,14 @@ void MatmulOp::prepare_glu(TensorType t) const {
         variant(t).str());
   Kernels& k = kernels(t);
   std::lock_guard lock(mutex_);
-  if (!k.experts_glu[0]) build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu);
+  if (!k.experts_glu[0]) {
+    build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu);
+    if (k.xq_tiles)
+      for (int i = 0; i < 3; ++i)
+        k.experts_glu_xq[i] =
+            device_.kernel("matmul", "experts_xq_t" + std::to_string(i == 0 ? 1 : (i == 1 ? 4 : 8)),
+                           k.options + " -DGLU_OUT=1");
+  }
 }
 
 bool MatmulOp::can_combine(TensorType t) const {
@@ -346,6 +388,30 @@ bool MatmulOp::x_q8(TensorType t) const {
     }
   }
   return k.x_q8 == 1;
+}
+
+bool MatmulOp::dense_on_xq(TensorType t, int n_tokens) const {
+  const Kernels& ks = kernels(t);
+  const MatmulVariant& v = ks.variant;
+  // As run(): the tiled GEMM and CLBlast come first where the variant takes them.
+  if (v.tiled_gemm_min_tokens > 0 && n_tokens >= v.tiled_gemm_min_tokens &&
+      expert_gemm_fits(device_.info(), v))
+    return false;
+  if (v.clblast_min_tokens > 0 && n_tokens >= v.clblast_min_tokens) return false;
+  return token_tile(n_tokens) > 1 && ks.xq_tiles;
+}
+
+bool MatmulOp::experts_on_xq(TensorType t, int n_pairs, int64_t n_expert, bool x_swiglu,
+                             int sorted_max_run) const {
+  const Kernels& ks = kernels(t);
+  return !x_swiglu && expert_tile(n_pairs, n_expert) > 1 && ks.xq_tiles &&
+         !takes_expert_gemm(ks.variant, n_pairs, n_expert, sorted_max_run);
+}
+
+bool MatmulOp::takes_expert_gemm(const MatmulVariant& v, int n_pairs, int64_t n_expert,
+                                 int sorted_max_run) const {
+  return sorted_max_run > 0 && v.expert_gemm_min_run > 0 && expert_gemm_fits(device_.info(), v) &&
+         int64_t(n_pairs) >= int64_t(v.expert_gemm_min_run) * std::min<int64_t>(n_expert, n_pairs);
 }
 
 bool MatmulOp::x_q8_vnni(TensorType t) const {
@@ -459,10 +525,49 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
     return;
   }
   const int tile = token_tile(n_tokens);
+  if (tile > 1 && ks.xq_tiles) {
+    cl_mem xq = quantize_xq(ks, w, x, x_offset, n_tokens, wait);
+    cl_kernel k = ks.matmul_xq[Kernels::slot(tile)].get();
+    set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
+    set_arg(device_, k, 12, xq);
+    enqueue_row_tiles(k, v, w.rows, w.cols, n_tokens, tile, {}, done);
+    return;
+  }
   const bool gemv = tile == 1 && ks.gemv && w.cols <= v.gemv_max_cols;
   cl_kernel k = gemv ? ks.gemv.get() : ks.matmul[Kernels::slot(tile)].get();
   set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, wait, done);
+}
+
+cl_mem MatmulOp::quantize_xq(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
+                             int x_rows, const std::vector<cl_event>& wait) const {
+  // matmul.cl's XQ_ROW_BYTES: per run of four blocks 128 bytes of x and 128 of scales.
+  const size_t groups = size_t(w.blocks_per_row) / 4;
+  const size_t bytes = std::max<size_t>(1, size_t(x_rows) * groups * 256);
+  cl_mem buf;
+  {
+    std::lock_guard lock(mutex_);
+    if (bytes > xq_bytes_) {
+      // A recorded step keeps the buffer it was recorded with: earlier ones stay allocated.
+      if (xq_) xq_old_.push_back(std::move(xq_));
+      xq_ = device_.alloc(bytes);
+      xq_bytes_ = bytes;
+    }
+    buf = xq_.get();
+  }
+  cl_kernel k = ks.quantize_xq.get();
+  set_arg(device_, k, 0, x);
+  set_arg(device_, k, 1, cl_ulong(x_offset));
+  set_arg(device_, k, 2, cl_uint(w.cols));
+  set_arg(device_, k, 3, cl_uint(x_rows));
+  set_arg(device_, k, 4, cl_uint(groups));
+  set_arg(device_, k, 5, buf);
+  // One item per run of four blocks and row; the queue is in order, so the tiles that follow read
+  // what it wrote.
+  const size_t local[2] = {std::clamp<size_t>(groups, 1, 16), 1};
+  const size_t global[2] = {round_up(std::max<size_t>(groups, 1), local[0]), size_t(x_rows)};
+  enqueue(device_, k, 2, global, local, {wait, nullptr});
+  return buf;
 }
 
 namespace {
@@ -520,14 +625,21 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
   Kernels& ks = kernels(w.type);
   if (x_swiglu && !ks.experts_swiglu[0]) prepare_swiglu(w.type);
   const MatmulVariant& v = ks.variant;
-  if (sorted_max_run > 0 && !x_swiglu && v.expert_gemm_min_run > 0 &&
-      expert_gemm_fits(device_.info(), v) &&
-      int64_t(n_pairs) >= int64_t(v.expert_gemm_min_run) * std::min<int64_t>(w.n_expert, n_pairs)) {
+  if (!x_swiglu && takes_expert_gemm(v, n_pairs, w.n_expert, sorted_max_run)) {
     run_experts_gemm(ks, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                      n_pairs, std::min(sorted_max_run, n_pairs), wait, done);
     return;
   }
   const int tile = expert_tile(n_pairs, w.n_expert);
+  if (tile > 1 && ks.xq_tiles && !x_swiglu) {
+    cl_mem xq = quantize_xq(ks, w, x, x_offset, x_rows, wait);
+    cl_kernel k = ks.experts_xq[Kernels::slot(tile)].get();
+    set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids,
+                    pair_expert_ids, n_pairs);
+    set_arg(device_, k, 14, xq);
+    enqueue_row_tiles(k, v, w.rows, w.cols, n_pairs, tile, {}, done);
+    return;
+  }
   cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
@@ -547,6 +659,15 @@ void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset,
   Kernels& ks = kernels(w.type);
   if (!ks.experts_glu[0]) prepare_glu(w.type);
   const int tile = expert_tile(n_pairs, w.n_expert);
+  if (tile > 1 && ks.xq_tiles) {
+    cl_mem xq = quantize_xq(ks, w, x, x_offset, x_rows, wait);
+    cl_kernel k = ks.experts_glu_xq[Kernels::slot(tile)].get();
+    set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids,
+                    pair_expert_ids, n_pairs);
+    set_arg(device_, k, 14, xq);
+    enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, {}, done);
+    return;
+  }
   cl_kernel k = ks.experts_glu[Kernels::slot(tile)].get();
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);

@@ -238,6 +238,13 @@ class MatmulOp {
   bool x_q8(gguf::TensorType t) const;
   // Whether those launches use AVX-512 VNNI (MatmulVariant::x_q8_vnni; asked with x_q8).
   bool x_q8_vnni(gguf::TensorType t) const;
+  // Whether run() of n_tokens, and run_experts / run_experts_glu of n_pairs over n_expert
+  // experts (not x_swiglu), quantize x to 8-bit blocks first (the prefill tiles of matmul.cl's
+  // X_Q8_TILES_ON: Q4_0 with x_q8 and VNNI, where the program has them). The checks' reference
+  // then takes the same x (quantize_x_q8 without the one-token path's limit).
+  bool dense_on_xq(gguf::TensorType t, int n_tokens) const;
+  bool experts_on_xq(gguf::TensorType t, int n_pairs, int64_t n_expert, bool x_swiglu,
+                     int sorted_max_run = 0) const;
   const Device& device() const { return device_; }
   // run() of a decode-sized step (matmul tile kernels only) with the MoE block's routing in the
   // same launch: the work groups add partial router sums and squares of their rows, the last one
@@ -269,6 +276,13 @@ class MatmulOp {
                         cl_mem y, size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                         int n_pairs, int max_run, const std::vector<cl_event>& wait,
                         cl_event* done) const;
+  // Whether run_experts takes the tiled expert GEMM (sorted pairs, runs long enough).
+  bool takes_expert_gemm(const MatmulVariant& v, int n_pairs, int64_t n_expert,
+                         int sorted_max_run) const;
+  // Enqueues matmul.cl's quantize_xq of x_rows rows of x (w's columns) into the xq buffer (grown
+  // as needed) after `wait`; returns the buffer. Kernels::xq_tiles only.
+  cl_mem quantize_xq(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
+                     const std::vector<cl_event>& wait) const;
   void run_clblast(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
                    int n_tokens, const std::vector<cl_event>& wait, cl_event* done,
                    Output out) const;
@@ -291,6 +305,10 @@ class MatmulOp {
   mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
   mutable size_t scratch_bytes_ = 0;
+  // quantize_xq's buffer (xq_bytes_), and the smaller ones steps were recorded with.
+  mutable ClMem xq_;
+  mutable std::vector<ClMem> xq_old_;
+  mutable size_t xq_bytes_ = 0;
 };
 
 }  // namespace tessera::ops

@@ -103,6 +103,21 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                      MatmulOp op(dev);
                      return to_matrix(check_experts(op, t, 33, c_small, 4, 11, 2, timing), timing);
                    }});
+    // Prefill tiles over rows of runs of four blocks and a remainder (the 8-bit xq tiles where
+    // MatmulOp::experts_on_xq), plain and with SwiGLU in the launch.
+    const int64_t c_runs = c_rem + 4 * blk;
+    out.push_back({"experts", fmt, "4x33x" + std::to_string(c_runs) + "_t11_top2",
+                   [t, c_runs](const Device& dev, bool timing) {
+                     MatmulOp op(dev);
+                     return to_matrix(check_experts(op, t, 33, c_runs, 4, 11, 2, timing), timing);
+                   }});
+    out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c_runs) + "_t11_top2",
+                   [t, c_runs](const Device& dev, bool timing) {
+                     const MatmulOp op(dev, glu_variant(dev, t));
+                     return to_matrix(check_experts(op, t, 66, c_runs, 4, 11, 2, timing, 1, false,
+                                                    false, /*glu_out=*/true),
+                                      timing);
+                   }});
     // The tiled expert GEMM (matmul_gemm.cl), forced on every device, in each tile shape a
     // device takes (MatmulVariant::gemm_*): 2 of 3 experts with runs longer than a tile's pairs,
     // rows ending in a partial row tile (a tile's rows + 6, its pairs x 1.5 + 4 tokens).

@@ -211,10 +211,10 @@ std::vector<float> reference_matmul(TensorType t, int64_t rows, int64_t cols, co
   return y;
 }
 
-std::vector<float> quantize_x_q8(const float* x, int64_t cols, int n_rows) {
+std::vector<float> quantize_x_q8(const float* x, int64_t cols, int n_rows, bool any_length) {
   std::vector<float> out(x, x + size_t(n_rows) * size_t(cols));
   const int64_t runs = cols / 32 / 4;
-  if (runs > MatmulVariant::kXq8MaxGroups) return out;  // the kernels' float path
+  if (!any_length && runs > MatmulVariant::kXq8MaxGroups) return out;  // the kernels' float path
   for (int r = 0; r < n_rows; ++r) {
     float* row = out.data() + size_t(r) * size_t(cols);
     for (int64_t b = 0; b < 4 * runs; ++b) {
@@ -249,8 +249,11 @@ MatmulCheck check_matmul(const MatmulOp& op, TensorType t, int64_t rows, int64_t
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, rows, cols, seed);
   const auto x = random_x(size_t(n_tokens) * cols, seed);
-  // One token on a device whose program quantizes x: the reference takes the same 8-bit x.
-  const auto xr = n_tokens == 1 && op.x_q8(t) ? quantize_x_q8(x.data(), cols, 1) : x;
+  // One token on a device whose program quantizes x, or a prefill tile on xq: the reference
+  // takes the same 8-bit x.
+  const auto xr = n_tokens == 1 && op.x_q8(t)   ? quantize_x_q8(x.data(), cols, 1)
+                  : op.dense_on_xq(t, n_tokens) ? quantize_x_q8(x.data(), cols, n_tokens, true)
+                                                : x;
   const auto ref = reference_matmul(t, rows, cols, w.data(), xr.data(), n_tokens);
   const DeviceWeight dw = op.upload(t, rows, cols, w.data());
   // x at a non-zero offset, to check offsets are honoured.
@@ -329,10 +332,14 @@ MatmulCheck check_experts(const MatmulOp& op, TensorType t, int64_t rows, int64_
     exp[i] = pairs[i].first;
     tok[i] = pairs[i].second;
   }
+  // Prefill tiles on xq: the reference takes the same 8-bit x.
+  const std::vector<float> xr = op.experts_on_xq(t, n_pairs, n_expert, x_swiglu, max_run)
+                                    ? quantize_x_q8(x.data(), cols, n_tokens, true)
+                                    : x;
   std::vector<float> ref(size_t(n_pairs) * rows);
   for (int i = 0; i < n_pairs; ++i) {
     const auto yi =
-        reference_matmul(t, rows, cols, w.data(), x.data() + size_t(tok[i]) * cols, 1, exp[i]);
+        reference_matmul(t, rows, cols, w.data(), xr.data() + size_t(tok[i]) * cols, 1, exp[i]);
     std::copy(yi.begin(), yi.end(), ref.begin() + size_t(i) * rows);
   }
   if (glu_out) {

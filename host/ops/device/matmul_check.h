@@ -26,8 +26,9 @@ std::vector<float> reference_matmul(gguf::TensorType t, int64_t rows, int64_t co
 // x as the kernels with MatmulVariant::x_q8 take it (MatmulOp::x_q8): each of n_rows rows of
 // `cols` floats in 32-element blocks, d = max|x| (1 / 127), x -> trunc(x (127 / max|x|) +
 // copysign(0.5, x)) d (0 where max|x| = 0), for the blocks in runs of four (cols / 128 runs; up to
-// kXq8MaxGroups runs, else none); the remaining blocks stay as they are.
-std::vector<float> quantize_x_q8(const float* x, int64_t cols, int n_rows);
+// kXq8MaxGroups runs, else none, unless any_length: the prefill tiles' xq has no limit); the
+// remaining blocks stay as they are.
+std::vector<float> quantize_x_q8(const float* x, int64_t cols, int n_rows, bool any_length = false);
 
 // Largest accepted max|got - ref| / max|ref|. The kernels dequantize exactly as ggml does (up to
 // fused multiply-add rounding), so the error is f32 summation order: the same bound for every
