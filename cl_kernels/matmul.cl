@@ -351,15 +351,26 @@ inline void tile_q8(__global const uchar* body, __global const uchar* head, uint
 #define Q8_TILE(TT, xr, out)
 #endif
 
-// X_Q8_TILES_ON (Q4_0 with X_Q8 and VNNI): prefill's tiles of several tokens on x in 8-bit blocks
+// X_Q8_TILES_ON (Q4_0 and Q8_0 with X_Q8 and VNNI): prefill's tiles of several tokens on x in 8-bit blocks
 // as well. A launch of quantize_xq first quantizes every x row once into a global buffer xq
 // (XQ_ROW_BYTES per row: the runs' bytes as in q8_fill, then each run's d_x in lanes (block i's d
 // in lanes 4i .. 4i + 3: the lanes of its integer sums), then Q8_OFFSET d_x sum(q) / 4 in the same
 // lanes); the tiles (matmul_xq_t*, experts_xq_t*) read it with the weights' nibbles unpacked once
 // per tile: per token and run of four blocks two vpdpbusd, a conversion and two fmas, where the
 // float tile takes eight fmas and eight loads of x. The blocks after the runs take the float path.
-#if X_Q8_ON && X_Q8_VNNI_ON && defined(FMT_Q4_0) && !defined(NO_X_Q8_TILES)
+#if X_Q8_ON && X_Q8_VNNI_ON && (defined(FMT_Q4_0) || defined(FMT_Q8_0)) && !defined(NO_X_Q8_TILES)
 #define X_Q8_TILES_ON 1
+// A run's bytes in xq for both formats as Q4_0's weights hold their nibbles: [elements 0-15 of
+// blocks 0..3][elements 16-31 of blocks 0..3], so each 32-bit lane of a vpdpbusd sums four
+// products of one block. Q8_0's weights are permuted to match (16-byte lanes, once per tile) and
+// go in unsigned as w + 128 (w ^ 0x80): XQ_OFFSET d_w d_x sum(q) comes off each block, as Q4_0's 8.
+#define XQ_LO(i) ((i) * 16)
+#define XQ_HI(i) (64 + (i) * 16)
+#if defined(FMT_Q4_0)
+#define XQ_OFFSET 8.0f
+#else
+#define XQ_OFFSET 128.0f
+#endif
 #define XQ_ARG_DECL , __global const char* xq
 #define XQ_ROW_BYTES(groups) ((ulong)(groups) * (Q8_GROUP_BYTES + 128))
 // Work item (g, r): run g of x row r (rows of `cols` floats from x_off; groups = cols / 128).
@@ -375,14 +386,35 @@ __kernel void quantize_xq(__global const float* x, ulong x_off, uint cols, uint 
     load_x(xr, (4 * g + i) * CHUNK, cols, &xa, &xb);
     char16 qa, qb;
     const float2 v = q8_quantize_vals(xa, xb, &qa, &qb);
-    vstore16(qa, 0, row + g * Q8_GROUP_BYTES + Q8_LO(i));
-    vstore16(qb, 0, row + g * Q8_GROUP_BYTES + Q8_HI(i));
+    vstore16(qa, 0, row + g * Q8_GROUP_BYTES + XQ_LO(i));
+    vstore16(qb, 0, row + g * Q8_GROUP_BYTES + XQ_HI(i));
     d[i] = v.x;
-    o[i] = v.y * (Q8_OFFSET / 4.0f);
+    o[i] = v.y * (XQ_OFFSET / 4.0f);
   }
   __global float* ds = (__global float*)(row + groups * Q8_GROUP_BYTES);
   vstore16(q8_scales((float4)(d[0], d[1], d[2], d[3])), g, ds);
   vstore16(q8_scales((float4)(o[0], o[1], o[2], o[3])), groups + g, ds);
+}
+
+// A run's weights as unsigned bytes in xq's order (lo: elements 0-15 of the four blocks, hi: 16-31).
+inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
+#if defined(FMT_Q4_0)
+  const q8_u64 w = *(__global const q8_u64*)q;
+  *lo = (q8_v64c)(w & (q8_u64)(15));
+  *hi = (q8_v64c)(w >> (q8_u64)(4));
+#else
+  // Blocks 0, 1 in a, 2, 3 in b (32 bytes each): 16-byte lanes 0, 2 of each are the low halves.
+  // (Rows start 32-byte aligned: loads as q8_u64, 16-byte aligned.)
+  typedef long xq_v8l __attribute__((__vector_size__(64)));
+  const xq_v8l a = (xq_v8l)(*(__global const q8_u64*)q);
+  const xq_v8l b = (xq_v8l)(*(__global const q8_u64*)(q + 64));
+  const xq_v8l flip = {(long)0x8080808080808080L, (long)0x8080808080808080L,
+                       (long)0x8080808080808080L, (long)0x8080808080808080L,
+                       (long)0x8080808080808080L, (long)0x8080808080808080L,
+                       (long)0x8080808080808080L, (long)0x8080808080808080L};
+  *lo = (q8_v64c)(__builtin_shufflevector(a, b, 0, 1, 4, 5, 8, 9, 12, 13) ^ flip);
+  *hi = (q8_v64c)(__builtin_shufflevector(a, b, 2, 3, 6, 7, 10, 11, 14, 15) ^ flip);
+#endif
 }
 
 // The xq tile of TT tokens: rows r0 .. r0 + RPW - 1 (clamped) of the matrix from mat_blk0, token
@@ -403,9 +435,7 @@ __kernel void quantize_xq(__global const float* x, ulong x_off, uint cols, uint 
       float16 dw[RPW];                                                                             \
       _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                        \
         const ulong blk = rblk[rr] + 4 * g;                                                        \
-        const q8_u64 w = *(__global const q8_u64*)(body + blk * BODY_BYTES);                       \
-        wl[rr] = (q8_v64c)(w & (q8_u64)(15));                                                      \
-        wh[rr] = (q8_v64c)(w >> (q8_u64)(4));                                                      \
+        xq_weights(body + blk * BODY_BYTES, &wl[rr], &wh[rr]);                                     \
         dw[rr] = q8_scales(block_scales4(head, blk));                                              \
       }                                                                                            \
       _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \

@@ -240,7 +240,7 @@ class MatmulOp {
   bool x_q8_vnni(gguf::TensorType t) const;
   // Whether run() of n_tokens, and run_experts / run_experts_glu of n_pairs over n_expert
   // experts (not x_swiglu), quantize x to 8-bit blocks first (the prefill tiles of matmul.cl's
-  // X_Q8_TILES_ON: Q4_0 with x_q8 and VNNI, where the program has them). The checks' reference
+  // X_Q8_TILES_ON: Q4_0 and Q8_0 with x_q8 and VNNI, where the program has them). The checks' reference
   // then takes the same x (quantize_x_q8 without the one-token path's limit).
   bool dense_on_xq(gguf::TensorType t, int n_tokens) const;
   bool experts_on_xq(gguf::TensorType t, int n_pairs, int64_t n_expert, bool x_swiglu,
