@@ -20,6 +20,11 @@ const std::vector<int32_t> kPrompt{1, 300, 301, 302, 303, 304, 305};
 void expect_matches_reference(const std::string& arch, const EngineOptions& opts, int n) {
   auto m = load_fixture(arch);
   auto reg = tessera::cli::discover_devices();
+  // The qwen3next fixture's random recurrences amplify the 8-bit x of CPU matmuls
+  // (MatmulVariant::x_q8; prefill on a 2-core Xeon with VNNI: logits 1.2-1.8 relative off the
+  // float reference from the second step, other tokens): its matmuls run in float here. The other
+  // fixtures check the 8-bit paths end to end, the matrix each kernel.
+  if (arch == "qwen3next") reg.programs()->set_program_options("matmul", "-DNO_X_Q8=1");
   sched::Config cfg;
   cfg.select = {sched::DeviceSelector{}};
   cfg.select[0].id = reg.devices().front()->id();

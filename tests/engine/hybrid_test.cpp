@@ -200,6 +200,9 @@ TEST_P(HybridTest, BatchedSequencesEqualSeparateRuns) {
 // A fork shares the parent's KV blocks and gets a copy of its recurrent state: both continue from
 // the same point with different tokens, as two copies of the reference's state do.
 TEST_P(HybridTest, ForkContinuesAsItsParent) {
+  // Two sequences' decode steps on 8-bit x: the qwen3next fixture's recurrences take them 0.12
+  // relative off the float reference (2-core Xeon, AVX-512): its matmuls run in float here.
+  if (GetParam() == "qwen3next") reg_->programs()->set_program_options("matmul", "-DNO_X_Q8=1");
   auto engine = hybrid_engine(m_->spec, *reg_);
   auto& mem = engine->memory();
   const auto parent = mem.create();

@@ -562,10 +562,10 @@ cl_mem MatmulOp::quantize_xq(Kernels& ks, const DeviceWeight& w, cl_mem x, size_
   set_arg(device_, k, 3, cl_uint(x_rows));
   set_arg(device_, k, 4, cl_uint(groups));
   set_arg(device_, k, 5, buf);
-  // One item per run of four blocks and row; the queue is in order, so the tiles that follow read
-  // what it wrote.
-  const size_t local[2] = {std::clamp<size_t>(groups, 1, 16), 1};
-  const size_t global[2] = {round_up(std::max<size_t>(groups, 1), local[0]), size_t(x_rows)};
+  // One item per run of four blocks and row, in work groups of one shape whatever the launch
+  // (a recorded step keeps it); the queue is in order, so the tiles that follow read what it wrote.
+  const size_t local[2] = {4, 4};
+  const size_t global[2] = {round_up(std::max<size_t>(groups, 1), 4), round_up(size_t(x_rows), 4)};
   enqueue(device_, k, 2, global, local, {wait, nullptr});
   return buf;
 }
