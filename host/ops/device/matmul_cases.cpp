@@ -34,6 +34,14 @@ std::string lower(std::string_view s) {
 
 // The device's variant with one row per work item (run_experts_glu's shape) and an even row-group
 // count (wg_rows 1 -> 2 where the device takes two).
+// The 8-bit x path's switches the matrix turns off one at a time (row suffix, flag).
+struct X8Path {
+  const char* suffix;
+  bool MatmulVariant::*flag;
+};
+constexpr X8Path kX8Paths[] = {{"_float", &MatmulVariant::x_q8},
+                               {"_novnni", &MatmulVariant::x_q8_vnni}};
+
 MatmulVariant glu_variant(const Device& dev, TensorType t) {
   MatmulVariant v = default_matmul_variant(dev.info(), t);
   v.rows_per_item = 1;
@@ -73,51 +81,34 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     }
-    // The float path of the one-token kernels where the default takes x in 8-bit blocks
-    // (MatmulVariant::x_q8): the GEMV (runs of four blocks and a remainder) and the expert FFN.
-    out.push_back({"gemv", fmt, "333x" + std::to_string(c_rem + 4 * blk) + "_t1_float",
-                   [t, c_rem, blk](const Device& dev, bool timing) {
-                     MatmulVariant v = default_matmul_variant(dev.info(), t);
-                     v.x_q8 = false;
-                     MatmulOp op(dev, v);
-                     return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing), timing);
-                   }});
-    // The pmaddubsw + pmaddwd form of the 8-bit path where the default takes VNNI's vpdpbusd
-    // (MatmulVariant::x_q8_vnni); elsewhere the same as the default.
-    out.push_back({"gemv", fmt, "333x" + std::to_string(c_rem + 4 * blk) + "_t1_novnni",
-                   [t, c_rem, blk](const Device& dev, bool timing) {
-                     MatmulVariant v = default_matmul_variant(dev.info(), t);
-                     v.x_q8_vnni = false;
-                     MatmulOp op(dev, v);
-                     return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing), timing);
-                   }});
+    // The one-token kernels' other paths where the default takes x in 8-bit blocks: the float
+    // path (MatmulVariant::x_q8 off) and pmaddubsw + pmaddwd where the default takes VNNI's
+    // vpdpbusd (x_q8_vnni off; elsewhere the same as the default). The GEMV over runs of four
+    // blocks and a remainder; the expert FFN below.
+    for (const auto& [suffix, off] : kX8Paths)
+      out.push_back({"gemv", fmt, "333x" + std::to_string(c_rem + 4 * blk) + "_t1" + suffix,
+                     [t, c_rem, blk, off](const Device& dev, bool timing) {
+                       MatmulVariant v = default_matmul_variant(dev.info(), t);
+                       v.*off = false;
+                       MatmulOp op(dev, v);
+                       return to_matrix(check_matmul(op, t, 333, c_rem + 4 * blk, 1, timing),
+                                        timing);
+                     }});
     // Stacked experts in one launch: decode (1 token, 4 of 16 experts) and prefill (11 tokens,
-    // 2 of 4 experts: runs of one expert longer than a tile).
+    // 2 of 4 experts: runs of one expert longer than a tile), the latter also over rows of runs of
+    // four blocks and a remainder (the 8-bit xq tiles where MatmulOp::experts_on_xq).
+    const int64_t c_runs = c_rem + 4 * blk;
     out.push_back({"experts", fmt, "16x67x" + std::to_string(c_mid) + "_t1_top4",
                    [t, c_mid](const Device& dev, bool timing) {
                      MatmulOp op(dev);
                      return to_matrix(check_experts(op, t, 67, c_mid, 16, 1, 4, timing), timing);
                    }});
-    out.push_back({"experts", fmt, "4x33x" + std::to_string(c_small) + "_t11_top2",
-                   [t, c_small](const Device& dev, bool timing) {
-                     MatmulOp op(dev);
-                     return to_matrix(check_experts(op, t, 33, c_small, 4, 11, 2, timing), timing);
-                   }});
-    // Prefill tiles over rows of runs of four blocks and a remainder (the 8-bit xq tiles where
-    // MatmulOp::experts_on_xq), plain and with SwiGLU in the launch.
-    const int64_t c_runs = c_rem + 4 * blk;
-    out.push_back({"experts", fmt, "4x33x" + std::to_string(c_runs) + "_t11_top2",
-                   [t, c_runs](const Device& dev, bool timing) {
-                     MatmulOp op(dev);
-                     return to_matrix(check_experts(op, t, 33, c_runs, 4, 11, 2, timing), timing);
-                   }});
-    out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c_runs) + "_t11_top2",
-                   [t, c_runs](const Device& dev, bool timing) {
-                     const MatmulOp op(dev, glu_variant(dev, t));
-                     return to_matrix(check_experts(op, t, 66, c_runs, 4, 11, 2, timing, 1, false,
-                                                    false, /*glu_out=*/true),
-                                      timing);
-                   }});
+    for (const int64_t c : {c_small, c_runs})
+      out.push_back({"experts", fmt, "4x33x" + std::to_string(c) + "_t11_top2",
+                     [t, c](const Device& dev, bool timing) {
+                       MatmulOp op(dev);
+                       return to_matrix(check_experts(op, t, 33, c, 4, 11, 2, timing), timing);
+                     }});
     // The tiled expert GEMM (matmul_gemm.cl), forced on every device, in each tile shape a
     // device takes (MatmulVariant::gemm_*): 2 of 3 experts with runs longer than a tile's pairs,
     // rows ending in a partial row tile (a tile's rows + 6, its pairs x 1.5 + 4 tokens).
@@ -170,7 +161,7 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                    }});
     // SwiGLU in the gate|up launch (run_experts_glu, the CPU default; on GPUs checked in their
     // shape with one row per work item): decode, 4 of 16 experts (ff 67: a partial row group);
-    // prefill, 11 tokens, 2 of 4 experts (tiles of one expert).
+    // prefill, 11 tokens, 2 of 4 experts (tiles of one expert), also over runs and a remainder.
     out.push_back({"experts_glu", fmt, "16x2x67x" + std::to_string(c_mid) + "_t1_top4",
                    [t, c_mid](const Device& dev, bool timing) {
                      const MatmulOp op(dev, glu_variant(dev, t));
@@ -178,13 +169,14 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                                     false, /*glu_out=*/true),
                                       timing);
                    }});
-    out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c_small) + "_t11_top2",
-                   [t, c_small](const Device& dev, bool timing) {
-                     const MatmulOp op(dev, glu_variant(dev, t));
-                     return to_matrix(check_experts(op, t, 66, c_small, 4, 11, 2, timing, 1, false,
-                                                    false, /*glu_out=*/true),
-                                      timing);
-                   }});
+    for (const int64_t c : {c_small, c_runs})
+      out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c) + "_t11_top2",
+                     [t, c](const Device& dev, bool timing) {
+                       const MatmulOp op(dev, glu_variant(dev, t));
+                       return to_matrix(check_experts(op, t, 66, c, 4, 11, 2, timing, 1, false,
+                                                      false, /*glu_out=*/true),
+                                        timing);
+                     }});
     // The MoE combine in the down launch (run_experts_combine): decode on the layer's device (4 of
     // 16 experts, added to the residual stream and normed; 67 rows: a partial row group), SwiGLU
     // folded into the same launch (the GPU shape), three tokens on a device holding half the
@@ -271,26 +263,17 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                               timing);
            }});
     }
-    out.push_back(
-        {"experts_ffn", fmt,
-         "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_t1_top4_float",
-         [t, ffn_ff, ffn_embd](const Device& dev, bool timing) {
-           MatmulVariant v = default_matmul_variant(dev.info(), t);
-           v.x_q8 = false;
-           const MatmulOp op(dev, v);
-           return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
-                            timing);
-         }});
-    out.push_back(
-        {"experts_ffn", fmt,
-         "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_t1_top4_novnni",
-         [t, ffn_ff, ffn_embd](const Device& dev, bool timing) {
-           MatmulVariant v = default_matmul_variant(dev.info(), t);
-           v.x_q8_vnni = false;
-           const MatmulOp op(dev, v);
-           return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
-                            timing);
-         }});
+    for (const auto& [suffix, off] : kX8Paths)
+      out.push_back(
+          {"experts_ffn", fmt,
+           "16x" + std::to_string(ffn_ff) + "x" + std::to_string(ffn_embd) + "_t1_top4" + suffix,
+           [t, ffn_ff, ffn_embd, off](const Device& dev, bool timing) {
+             MatmulVariant v = default_matmul_variant(dev.info(), t);
+             v.*off = false;
+             const MatmulOp op(dev, v);
+             return to_matrix(check_expert_ffn(op, t, ffn_ff, ffn_embd, 16, 1, 4, false, 0, timing),
+                              timing);
+           }});
   }
 }
 
