@@ -25,6 +25,9 @@ size_t max_scratch_bytes(const DeviceInfo& info) {
   return std::clamp<size_t>(info.global_mem_bytes / 64, size_t(16) << 20, size_t(512) << 20);
 }
 
+// A launch's empty wait list (the xq tiles wait on their quantizing launch by queue order).
+const std::vector<cl_event> kNoEvents;
+
 // CPUs: bytes of x rows (f32) one work-group's token tiles may span: about half an L1 data cache.
 constexpr size_t kCpuXTileBytes = 16 * 1024;
 
@@ -224,6 +227,15 @@ MatmulOp::MatmulOp(const Device& device, const MatmulVariant& variant)
 MatmulOp::~MatmulOp() = default;
 
 namespace {
+// `name`_t{1,4,8} (experts_t, experts_xq_t) of the matmul program built with `options` (a
+// variant's program plus a macro).
+void build_expert_tiles(const Device& device, const std::string& options, ClKernel (&out)[3],
+                        const std::string& name = "experts") {
+  const int tiles[3] = {1, 4, 8};
+  for (int i = 0; i < 3; ++i)
+    out[i] = device.kernel("matmul", name + "_t" + std::to_string(tiles[i]), options);
+}
+
 // Whether the matmul program built with `options` defines kernel `name` (kernels that exist only
 // where the device's compiler takes a path, as matmul.cl's X_Q8_TILES_ON).
 bool program_has_kernel(const Device& device, const std::string& options, const std::string& name) {
@@ -286,26 +298,15 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   if (v.x_q8 && v.x_q8_vnni && program_has_kernel(device_, opts, "matmul_xq_t8")) {
     k->xq_tiles = true;
     k->quantize_xq = device_.kernel("matmul", "quantize_xq", opts);
-    for (int i = 0; i < 3; ++i) {
-      if (i > 0)
-        k->matmul_xq[i] = device_.kernel("matmul", "matmul_xq_t" + std::to_string(tiles[i]), opts);
-      k->experts_xq[i] = device_.kernel("matmul", "experts_xq_t" + std::to_string(tiles[i]), opts);
-    }
+    for (int i = 1; i < 3; ++i)
+      k->matmul_xq[i] = device_.kernel("matmul", "matmul_xq_t" + std::to_string(tiles[i]), opts);
+    build_expert_tiles(device_, opts, k->experts_xq, "experts_xq");
   }
   if (v.gemv_rows() != v.rows_per_item)
     k->gemv = device_.kernel("matmul", "matmul_t1",
                              std::string("-D") + f->macro + " " + v.gemv().build_options());
   return *kernels_.emplace(t, std::move(k)).first->second;
 }
-
-namespace {
-// experts_t{1,4,8} of the matmul program built with `options` (a variant's program plus a macro).
-void build_expert_tiles(const Device& device, const std::string& options, ClKernel (&out)[3]) {
-  const int tiles[3] = {1, 4, 8};
-  for (int i = 0; i < 3; ++i)
-    out[i] = device.kernel("matmul", "experts_t" + std::to_string(tiles[i]), options);
-}
-}  // namespace
 
 void MatmulOp::prepare_swiglu(TensorType t) const {
   Kernels& k = kernels(t);
@@ -330,10 +331,7 @@ void MatmulOp::prepare_glu(TensorType t) const {
   if (!k.experts_glu[0]) {
     build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu);
     if (k.xq_tiles)
-      for (int i = 0; i < 3; ++i)
-        k.experts_glu_xq[i] =
-            device_.kernel("matmul", "experts_xq_t" + std::to_string(i == 0 ? 1 : (i == 1 ? 4 : 8)),
-                           k.options + " -DGLU_OUT=1");
+      build_expert_tiles(device_, k.options + " -DGLU_OUT=1", k.experts_glu_xq, "experts_xq");
   }
 }
 
@@ -525,18 +523,15 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
     return;
   }
   const int tile = token_tile(n_tokens);
-  if (tile > 1 && ks.xq_tiles) {
-    cl_mem xq = quantize_xq(ks, w, x, x_offset, n_tokens, wait);
-    cl_kernel k = ks.matmul_xq[Kernels::slot(tile)].get();
-    set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
-    set_arg(device_, k, 12, xq);
-    enqueue_row_tiles(k, v, w.rows, w.cols, n_tokens, tile, {}, done);
-    return;
-  }
+  const bool xq = tile > 1 && ks.xq_tiles;
   const bool gemv = tile == 1 && ks.gemv && w.cols <= v.gemv_max_cols;
-  cl_kernel k = gemv ? ks.gemv.get() : ks.matmul[Kernels::slot(tile)].get();
+  cl_kernel k = gemv ? ks.gemv.get() : (xq ? ks.matmul_xq : ks.matmul)[Kernels::slot(tile)].get();
+  // The xq tiles follow their quantizing launch, which takes the wait list.
+  const cl_mem xq_buf = xq ? quantize_xq(ks, w, x, x_offset, n_tokens, wait) : nullptr;
   set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
-  enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, wait, done);
+  if (xq) set_arg(device_, k, 12, xq_buf);
+  enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, xq ? kNoEvents : wait,
+                    done);
 }
 
 cl_mem MatmulOp::quantize_xq(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
@@ -631,19 +626,23 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
     return;
   }
   const int tile = expert_tile(n_pairs, w.n_expert);
-  if (tile > 1 && ks.xq_tiles && !x_swiglu) {
-    cl_mem xq = quantize_xq(ks, w, x, x_offset, x_rows, wait);
-    cl_kernel k = ks.experts_xq[Kernels::slot(tile)].get();
-    set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids,
-                    pair_expert_ids, n_pairs);
-    set_arg(device_, k, 14, xq);
-    enqueue_row_tiles(k, v, w.rows, w.cols, n_pairs, tile, {}, done);
-    return;
-  }
-  cl_kernel k = (x_swiglu ? ks.experts_swiglu : ks.experts)[Kernels::slot(tile)].get();
+  const bool xq = tile > 1 && ks.xq_tiles && !x_swiglu;
+  const auto& tiles = x_swiglu ? ks.experts_swiglu : (xq ? ks.experts_xq : ks.experts);
+  run_expert_tiles(ks, tiles[Kernels::slot(tile)].get(), xq, w, x, x_offset, x_rows, y, y_offset,
+                   pair_token_ids, pair_expert_ids, n_pairs, tile, wait, done);
+}
+
+void MatmulOp::run_expert_tiles(Kernels& ks, cl_kernel k, bool xq, const DeviceWeight& w, cl_mem x,
+                                size_t x_offset, int x_rows, cl_mem y, size_t y_offset,
+                                cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs,
+                                int tile, const std::vector<cl_event>& wait, cl_event* done) const {
+  // The xq tiles follow their quantizing launch, which takes the wait list.
+  const cl_mem xq_buf = xq ? quantize_xq(ks, w, x, x_offset, x_rows, wait) : nullptr;
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
-  enqueue_row_tiles(k, v, w.rows, w.cols, n_pairs, tile, wait, done);
+  if (xq) set_arg(device_, k, 14, xq_buf);
+  // GLU_OUT: each work group covers wg_rows / 2 gate rows and the same up rows: 2 ff rows in all.
+  enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, xq ? kNoEvents : wait, done);
 }
 
 void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
@@ -659,20 +658,10 @@ void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset,
   Kernels& ks = kernels(w.type);
   if (!ks.experts_glu[0]) prepare_glu(w.type);
   const int tile = expert_tile(n_pairs, w.n_expert);
-  if (tile > 1 && ks.xq_tiles) {
-    cl_mem xq = quantize_xq(ks, w, x, x_offset, x_rows, wait);
-    cl_kernel k = ks.experts_glu_xq[Kernels::slot(tile)].get();
-    set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids,
-                    pair_expert_ids, n_pairs);
-    set_arg(device_, k, 14, xq);
-    enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, {}, done);
-    return;
-  }
-  cl_kernel k = ks.experts_glu[Kernels::slot(tile)].get();
-  set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
-                  n_pairs);
-  // Each work group covers wg_rows / 2 gate rows and the same up rows: 2 ff rows in all.
-  enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, wait, done);
+  const bool xq = tile > 1 && ks.xq_tiles;
+  run_expert_tiles(ks, (xq ? ks.experts_glu_xq : ks.experts_glu)[Kernels::slot(tile)].get(), xq, w,
+                   x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids, n_pairs, tile,
+                   wait, done);
 }
 
 void MatmulOp::run_experts_combine(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,

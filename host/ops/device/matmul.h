@@ -276,6 +276,12 @@ class MatmulOp {
                         cl_mem y, size_t y_offset, cl_mem pair_token_ids, cl_mem pair_expert_ids,
                         int n_pairs, int max_run, const std::vector<cl_event>& wait,
                         cl_event* done) const;
+  // An expert launch of kernel k (a tile of `tile` pairs; xq: an experts_xq kernel, after
+  // quantize_xq of x).
+  void run_expert_tiles(Kernels& ks, cl_kernel k, bool xq, const DeviceWeight& w, cl_mem x,
+                        size_t x_offset, int x_rows, cl_mem y, size_t y_offset,
+                        cl_mem pair_token_ids, cl_mem pair_expert_ids, int n_pairs, int tile,
+                        const std::vector<cl_event>& wait, cl_event* done) const;
   // Whether run_experts takes the tiled expert GEMM (sorted pairs, runs long enough).
   bool takes_expert_gemm(const MatmulVariant& v, int n_pairs, int64_t n_expert,
                          int sorted_max_run) const;
