@@ -8,6 +8,7 @@
 //             memory. 1 on CPUs: each work item streams whole rows (what PoCL's cores want).
 //   WG_ROWS   row groups per work group (local size = LANES * WG_ROWS).
 //   RPW       rows per work item: they share each loaded chunk of x.
+//   XQ_RPW    rows per work item of the prefill tiles on 8-bit x (X_Q8_TILES_ON; default 1).
 //   VEC_ACC   1: float16 accumulators (maps to SIMD registers on CPUs); 0: scalar sums (GPUs).
 // NDRange: dim 0 = ceil(rows / (RPW * WG_ROWS)) * LANES * WG_ROWS, dim 1 = work groups over token
 // (or pair) tiles; each group loops over tiles group_id(1), + num_groups(1), ...
@@ -25,6 +26,9 @@
 #endif
 #ifndef RPW
 #define RPW 1
+#endif
+#ifndef XQ_RPW
+#define XQ_RPW 1
 #endif
 #ifndef VEC_ACC
 #define VEC_ACC 0
@@ -360,7 +364,8 @@ inline void tile_q8(__global const uchar* body, __global const uchar* head, uint
 // two fmas, where the float tile takes eight fmas and eight loads of x. The blocks after the runs
 // take the float path. (2-core Xeon with VNNI, the benchmark model's Q4_0 prefill of 128 tokens:
 // the expert tiles 215 -> 154 ms, the dense ones 63 -> 41 ms; bench/END_TO_END.md.)
-#if X_Q8_ON && X_Q8_VNNI_ON && (defined(FMT_Q4_0) || defined(FMT_Q8_0)) && !defined(NO_X_Q8_TILES)
+#if X_Q8_ON && X_Q8_VNNI_ON && (defined(FMT_Q4_0) || defined(FMT_Q8_0)) && LANES == 1 && \
+    !defined(NO_X_Q8_TILES)
 #define X_Q8_TILES_ON 1
 // A run's bytes in xq for both formats as Q4_0's weights hold their nibbles: [elements 0-15 of
 // blocks 0..3][elements 16-31 of blocks 0..3], so each 32-bit lane of a vpdpbusd sums four
@@ -419,7 +424,14 @@ inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
 #endif
 }
 
-// The xq tile of TT tokens: rows r0 .. r0 + RPW - 1 (clamped) of the matrix from mat_blk0, token
+// Row rr of a work item of the xq tiles: r0 + rr (clamped), or in GLU_OUT programs of two rows per
+// item, gate row r0 and its up row r0 + rows / 2 (see GLU_OUT).
+#if defined(GLU_OUT) && XQ_RPW == 2
+#define XQ_ROW(r0, rr, rows) (min((r0), (rows) / 2 - 1) + (rr) * ((rows) / 2))
+#else
+#define XQ_ROW(r0, rr, rows) min((r0) + (rr), (rows) - 1)
+#endif
+// The xq tile of TT tokens: rows XQ_ROW(r0, 0 .. XQ_RPW - 1, rows) of the matrix from mat_blk0, token
 // j's 8-bit x at xq + xqrow[j] (its float row at x + xrow[j], for the blocks after the runs).
 #define DEFINE_TILE_XQ(TT)                                                                         \
   inline void tile_xq_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0, \
@@ -427,15 +439,15 @@ inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
                            const ulong* xrow, __global const char* xq, const ulong* xqrow,         \
                            float* out) {                                                           \
     const uint groups = bpr / 4;                                                                   \
-    float16 acc[RPW][TT];                                                                          \
-    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+    float16 acc[XQ_RPW][TT];                                                                          \
+    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                            \
         _Pragma("unroll") for (uint j = 0; j < TT; ++j) acc[rr][j] = (float16)(0.0f);              \
-    ulong rblk[RPW];                                                                               \
-    for (uint rr = 0; rr < RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)min(r0 + rr, rows - 1) * bpr;   \
+    ulong rblk[XQ_RPW];                                                                               \
+    for (uint rr = 0; rr < XQ_RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)XQ_ROW(r0, rr, rows) * bpr;              \
     for (uint g = 0; g < groups; ++g) {                                                            \
-      q8_v64c wl[RPW], wh[RPW];                                                                    \
-      float16 dw[RPW];                                                                             \
-      _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                        \
+      q8_v64c wl[XQ_RPW], wh[XQ_RPW];                                                                    \
+      float16 dw[XQ_RPW];                                                                             \
+      _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                        \
         const ulong blk = rblk[rr] + 4 * g;                                                        \
         xq_weights(body + blk * BODY_BYTES, &wl[rr], &wh[rr]);                                     \
         dw[rr] = q8_scales(block_scales4(head, blk));                                              \
@@ -447,24 +459,24 @@ inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
         __global const float* ds =                                                                 \
             (__global const float*)(xq + xqrow[j] + groups * Q8_GROUP_BYTES);                      \
         const float16 dx = vload16(g, ds), ox = vload16(groups + g, ds);                           \
-        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr) {                                      \
+        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                      \
           const int16 q = q8_dpbusd(q8_dpbusd((int16)(0), wl[rr], xl), wh[rr], xh);                \
           acc[rr][j] = fma(fma(convert_float16(q), dx, -ox), dw[rr], acc[rr][j]);                  \
         }                                                                                          \
       }                                                                                            \
     }                                                                                              \
     for (uint b = 4 * groups; b < bpr; ++b) {                                                      \
-      float16 w0[RPW], w1[RPW];                                                                    \
-      for (uint rr = 0; rr < RPW; ++rr)                                                            \
+      float16 w0[XQ_RPW], w1[XQ_RPW];                                                                    \
+      for (uint rr = 0; rr < XQ_RPW; ++rr)                                                            \
         decode_chunk(body, head, rblk[rr] + b, 0, &w0[rr], &w1[rr]);                               \
       _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], b * CHUNK, cols, &xa, &xb);                                            \
-        _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                        \
+        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                        \
             ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);                                           \
       }                                                                                            \
     }                                                                                              \
-    _Pragma("unroll") for (uint rr = 0; rr < RPW; ++rr)                                            \
+    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                            \
         _Pragma("unroll") for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);    \
   }
 DEFINE_TILE_XQ(1)
@@ -666,8 +678,9 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
 #define ROUTE_AFTER(t0, TT) (void)0
 #endif
 
-// Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid).
-#define DEFINE_MATMUL_K(TT, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+// Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid), R rows per item
+// (RPW, or XQ_RPW for the xq tiles; R > RPW only with one lane: the scratch holds RPW's).
+#define DEFINE_MATMUL_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(            \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr, \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,    \
@@ -677,18 +690,18 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
     ROUTE_LOCALS                                                                              \
     Q8_LOCALS(TT)                                                                             \
     const uint lane = get_local_id(0) % LANES;                                                \
-    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;              \
+    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * (R);              \
     const uint ntiles = (n_tokens + TT - 1) / TT;                                             \
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {             \
       const uint t0 = tile * TT;                                                              \
       ulong xrow[TT];                                                                         \
       for (uint j = 0; j < TT; ++j)                                                           \
         xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);                      \
-      float out[RPW * TT];                                                                    \
+      float out[(R) * TT];                                                                    \
       XQ_ROWS                                                                                 \
       TILE;                                                                                   \
-      if (reduce_lanes(out, RPW * TT, scratch)) {                                             \
-        for (uint rr = 0; rr < RPW; ++rr)                                                     \
+      if (reduce_lanes(out, (R) * TT, scratch)) {                                             \
+        for (uint rr = 0; rr < (R); ++rr)                                                     \
           for (uint j = 0; j < TT; ++j)                                                       \
             if (r0 + rr < rows && t0 + j < n_tokens) {                                        \
               __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;               \
@@ -700,7 +713,7 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
   }
 
 #define DEFINE_MATMUL(TT)                       \
-  DEFINE_MATMUL_K(TT, matmul_t##TT, , ,         \
+  DEFINE_MATMUL_K(TT, RPW, matmul_t##TT, , ,         \
                   Q8_TILE(TT, x + xrow[0], out) \
                       tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
 DEFINE_MATMUL(1)
@@ -712,28 +725,41 @@ DEFINE_MATMUL(8)
   ulong xqrow[TT];        \
   for (uint j = 0; j < TT; ++j) xqrow[j] = (ulong)min(t0 + j, n_tokens - 1) * XQ_ROW_BYTES(bpr / 4);
 #define DEFINE_MATMUL_XQ(TT)                                           \
-  DEFINE_MATMUL_K(TT, matmul_xq_t##TT, XQ_ARG_DECL, XQ_DENSE_ROWS(TT), \
+  DEFINE_MATMUL_K(TT, XQ_RPW, matmul_xq_t##TT, XQ_ARG_DECL, XQ_DENSE_ROWS(TT), \
                   tile_xq_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, xq, xqrow, out))
 DEFINE_MATMUL_XQ(4)
 DEFINE_MATMUL_XQ(8)
 #endif
 
 // GLU_OUT (experts only; RPW 1, WG_ROWS even): the weight is gate and up stacked (rows = 2 ff per
-// expert: gate rows, then up rows). The first half of a work group's row groups computes gate rows
-// g0 .. g0 + WG_ROWS/2 - 1, the second half the same up rows; after the tile the up sums go
-// through local memory and the gate side stores silu(gate) * up (act.cl's SwiGLU) into y rows of
-// ff: the activation in the launch that computes its inputs.
+// expert: gate rows, then up rows), and y rows of ff take silu(gate) * up (act.cl's SwiGLU): the
+// activation in the launch that computes its inputs. One row per item (R 1): the first half of a
+// work group's row groups computes gate rows g0 .. g0 + WG_ROWS/2 - 1, the second half the same up
+// rows, and the up sums go through local memory to the gate side. Two rows per item (R 2, the xq
+// tiles with XQ_RPW 2; one lane): item i of work group g computes gate row g WG_ROWS + i and its
+// up row in one tile (XQ_ROW), sharing x's loads, and stores the product itself.
 #ifdef GLU_OUT
-#if RPW != 1 || WG_ROWS % 2 != 0
-#error "GLU_OUT needs RPW 1 and an even WG_ROWS"
+#if RPW != 1 || WG_ROWS % 2 != 0 || XQ_RPW > 2
+#error "GLU_OUT needs RPW 1, XQ_RPW 1 or 2 and an even WG_ROWS"
 #endif
 #define GLU_LOCALS __local float glu_up[(WG_ROWS / 2) * 8];
-#define EXPERT_ROW0                                                                                \
+#define EXPERT_ROW0(R)                                                                             \
   const uint grp = get_local_id(0) / LANES;                                                        \
-  const bool gate_side = grp < WG_ROWS / 2;                                                        \
-  const uint gr = get_group_id(0) * (WG_ROWS / 2) + (gate_side ? grp : grp - WG_ROWS / 2);          \
+  const bool gate_side = (R) == 2 || grp < WG_ROWS / 2;                                            \
+  const uint gr = (R) == 2 ? get_group_id(0) * WG_ROWS + grp                                       \
+                           : get_group_id(0) * (WG_ROWS / 2) +                                     \
+                                 (gate_side ? grp : grp - WG_ROWS / 2);                            \
   const uint r0 = gate_side ? gr : gr + rows / 2;
-#define STORE_EXPERT_ROWS(TT)                                                                      \
+// (R expands to 1 or 2 before it is pasted: the one-row form's barriers stay out of the other.)
+#define STORE_EXPERT_ROWS(TT, R) GLU_STORE(TT, R)
+#define GLU_STORE(TT, R) GLU_STORE_##R(TT)
+#define GLU_STORE_2(TT)                                                                            \
+  if (reduce_lanes(out, 2 * TT, scratch) && gr < rows / 2)                                         \
+    for (uint j = 0; j < nj; ++j) {                                                                \
+      const float g = out[j], u = out[TT + j];                                                     \
+      y[y_off + (ulong)(p + j) * (rows / 2) + gr] = ok ? g / (1.0f + exp(-g)) * u : NAN;           \
+    }
+#define GLU_STORE_1(TT)                                                                            \
   if (reduce_lanes(out, TT, scratch) && !gate_side)                                                \
     for (uint j = 0; j < TT; ++j) glu_up[(grp - WG_ROWS / 2) * TT + j] = out[j];                   \
   barrier(CLK_LOCAL_MEM_FENCE);                                                                    \
@@ -745,10 +771,11 @@ DEFINE_MATMUL_XQ(8)
   barrier(CLK_LOCAL_MEM_FENCE)
 #else
 #define GLU_LOCALS
-#define EXPERT_ROW0 const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * RPW;
-#define STORE_EXPERT_ROWS(TT)                                                                      \
-  if (reduce_lanes(out, RPW * TT, scratch))                                                        \
-    for (uint rr = 0; rr < RPW; ++rr)                                                              \
+#define EXPERT_ROW0(R) \
+  const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * (R);
+#define STORE_EXPERT_ROWS(TT, R)                                                                   \
+  if (reduce_lanes(out, (R) * TT, scratch))                                                        \
+    for (uint rr = 0; rr < (R); ++rr)                                                              \
       for (uint j = 0; j < nj; ++j)                                                                \
         if (r0 + rr < rows) y[y_off + (ulong)(p + j) * rows + r0 + rr] = ok ? out[rr * TT + j] : NAN
 #endif
@@ -873,7 +900,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 // the weights once for all its pairs (the TT-token tile, or the 4-token one for 2-4 pairs, with
 // the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or
 // token id makes the output row NaN, so the error is visible instead of reading foreign memory.
-#define DEFINE_EXPERTS_K(TT, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+#define DEFINE_EXPERTS_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(             \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,  \
       __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,       \
@@ -884,7 +911,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
     const uint lane = get_local_id(0) % LANES;                                                 \
     GLU_LOCALS                                                                                 \
     COMBINE_LOCALS                                                                             \
-    EXPERT_ROW0                                                                                \
+    EXPERT_ROW0(R)                                                                             \
     COMBINE_EMPTY_TOKENS                                                                       \
     const uint ntiles = (n_pairs + TT - 1) / TT;                                               \
     for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {              \
@@ -910,26 +937,26 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
           XQ_ROWS                                                                              \
         }                                                                                      \
         const ulong blk0 = (ulong)clamp(e, 0, (int)n_expert - 1) * rows * bpr;                 \
-        float out[RPW * TT];                                                                   \
+        float out[(R) * TT];                                                                   \
         if (nj > 1 && (TT < 8 || nj > 4)) {                                                    \
           TILE(TT, out);                                                                       \
         } else if (nj > 1) { /* TT 8, a run of 2-4: the 4-token tile */                        \
-          float o4[RPW * 4];                                                                   \
+          float o4[(R) * 4];                                                                   \
           TILE(4, o4);                                                                         \
-          for (uint rr = 0; rr < RPW; ++rr)                                                    \
+          for (uint rr = 0; rr < (R); ++rr)                                                    \
             for (uint j = 0; j < 4 && j < TT; ++j) out[rr * TT + j] = o4[rr * 4 + j];          \
         } else {                                                                               \
           TILE(1, out);                                                                        \
-          for (uint rr = RPW; rr-- > 0;) out[rr * TT] = out[rr];                               \
+          for (uint rr = (R); rr-- > 0;) out[rr * TT] = out[rr];                               \
         }                                                                                      \
-        STORE_EXPERT_ROWS(TT);                                                                 \
+        STORE_EXPERT_ROWS(TT, R);                                                                 \
         COMBINE_AFTER(p, nj);                                                                  \
       }                                                                                        \
     }                                                                                          \
   }
 
 #define EXPERT_TILE(T, o) tile_##T(body, head, blk0, r0, rows, cols, bpr, x, xrow, lane, o, xs)
-#define DEFINE_EXPERTS(TT) DEFINE_EXPERTS_K(TT, experts_t##TT, , , EXPERT_TILE)
+#define DEFINE_EXPERTS(TT) DEFINE_EXPERTS_K(TT, RPW, experts_t##TT, , , EXPERT_TILE)
 DEFINE_EXPERTS(1)
 DEFINE_EXPERTS(4)
 DEFINE_EXPERTS(8)
@@ -939,7 +966,7 @@ DEFINE_EXPERTS(8)
 #define XQ_EXPERT_ROWS xqrow[j] = (ulong)clamp(tk, 0, (int)x_rows - 1) * XQ_ROW_BYTES(bpr / 4);
 #define EXPERT_XQ(T, o) tile_xq_##T(body, head, blk0, r0, rows, cols, bpr, x, xrow, xq, xqrow, o)
 #define DEFINE_EXPERTS_XQ(TT) \
-  DEFINE_EXPERTS_K(TT, experts_xq_t##TT, XQ_ARG_DECL, XQ_EXPERT_ROWS, EXPERT_XQ)
+  DEFINE_EXPERTS_K(TT, XQ_RPW, experts_xq_t##TT, XQ_ARG_DECL, XQ_EXPERT_ROWS, EXPERT_XQ)
 DEFINE_EXPERTS_XQ(1)
 DEFINE_EXPERTS_XQ(4)
 DEFINE_EXPERTS_XQ(8)

@@ -49,6 +49,8 @@ std::string MatmulVariant::str() const {
   std::string s = "lanes=" + std::to_string(lanes) + " wg_rows=" + std::to_string(wg_rows) +
                   " rpw=" + std::to_string(rows_per_item) + " vec=" + std::to_string(int(vec_acc));
   if (x_q8) s += x_q8_vnni ? " x_q8+vnni" : " x_q8";
+  if (x_q8 && x_q8_vnni && xq_rows_per_item != 1)
+    s += " xq_rpw=" + std::to_string(xq_rows_per_item);
   if (gemv_rows() != rows_per_item)
     s += " gemv_rpw=" + std::to_string(gemv_rows()) +
          (gemv_max_cols < std::numeric_limits<int>::max() ? "<=" + std::to_string(gemv_max_cols)
@@ -72,7 +74,7 @@ std::string MatmulVariant::build_options() const {
   return "-DLANES=" + std::to_string(lanes) + " -DWG_ROWS=" + std::to_string(wg_rows) +
          " -DRPW=" + std::to_string(rows_per_item) + " -DVEC_ACC=" + std::to_string(int(vec_acc)) +
          (x_q8 ? " -DX_Q8=1 -DX_Q8_MAX_GROUPS=" + std::to_string(kXq8MaxGroups) : "") +
-         (x_q8 && x_q8_vnni ? " -DX_Q8_VNNI=1" : "");
+         (x_q8 && x_q8_vnni ? " -DX_Q8_VNNI=1 -DXQ_RPW=" + std::to_string(xq_rows_per_item) : "");
 }
 
 std::string MatmulVariant::gemm_build_options() const {
@@ -158,6 +160,10 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     // against 10-21 / 11-15 with two rows up to 1,024 columns and one beyond).
     // vpdpbusd in place of pmaddubsw + pmaddwd where the CPU has it (VNNI).
     v.x_q8_vnni = v.x_q8 && host_has_avx512_vnni();
+    // The prefill tiles on 8-bit x (VNNI): two rows per work item share each token's 8-bit x and
+    // scales (2-core Xeon, the benchmark model's Q4_0 prefill of 128 tokens: expert tiles 128 ->
+    // 114 ms; the float tiles stay at one row: two were slower there, bench/END_TO_END.md).
+    v.xq_rows_per_item = 2;
     if (v.x_q8 && (t == TensorType::Q4_0 || t == TensorType::Q8_0)) {
       v.gemv_rows_per_item = 4;
       v.gemv_max_cols = std::numeric_limits<int>::max();
@@ -268,7 +274,7 @@ MatmulOp::Kernels& MatmulOp::kernels(TensorType t) const {
   k->variant = forced_ ? forced_variant_ : default_matmul_variant(device_.info(), t);
   const auto& v = k->variant;
   if (v.lanes < 1 || (v.lanes & (v.lanes - 1)) || v.wg_rows < 1 || v.rows_per_item < 1 ||
-      v.gemv_rows() < 1)
+      v.gemv_rows() < 1 || v.xq_rows_per_item < 1)
     throw TesseraError("matmul: invalid kernel variant " + v.str() + " for " +
                        device_.info().label());
   if (uint64_t(v.lanes) * uint64_t(v.wg_rows) > device_.info().max_group_items())
@@ -317,7 +323,7 @@ void MatmulOp::prepare_swiglu(TensorType t) const {
 
 bool MatmulOp::can_glu(TensorType t) const {
   const MatmulVariant& v = kernels(t).variant;
-  return v.rows_per_item == 1 && v.wg_rows % 2 == 0;
+  return v.rows_per_item == 1 && v.wg_rows % 2 == 0 && v.xq_rows_per_item <= 2;
 }
 
 void MatmulOp::prepare_glu(TensorType t) const {
@@ -530,8 +536,8 @@ void MatmulOp::run(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, s
   const cl_mem xq_buf = xq ? quantize_xq(ks, w, x, x_offset, n_tokens, wait) : nullptr;
   set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   if (xq) set_arg(device_, k, 12, xq_buf);
-  enqueue_row_tiles(k, gemv ? v.gemv() : v, w.rows, w.cols, n_tokens, tile, xq ? kNoEvents : wait,
-                    done);
+  enqueue_row_tiles(k, gemv ? v.gemv() : (xq ? v.xq() : v), w.rows, w.cols, n_tokens, tile,
+                    xq ? kNoEvents : wait, done);
 }
 
 cl_mem MatmulOp::quantize_xq(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset,
@@ -641,8 +647,10 @@ void MatmulOp::run_expert_tiles(Kernels& ks, cl_kernel k, bool xq, const DeviceW
   set_expert_args(device_, k, w, x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids,
                   n_pairs);
   if (xq) set_arg(device_, k, 14, xq_buf);
-  // GLU_OUT: each work group covers wg_rows / 2 gate rows and the same up rows: 2 ff rows in all.
-  enqueue_row_tiles(k, ks.variant, w.rows, w.cols, n_pairs, tile, xq ? kNoEvents : wait, done);
+  // GLU_OUT: each work group covers wg_rows / 2 gate rows and the same up rows (one row per
+  // item), or wg_rows of each (two: the xq tiles' pairs of a gate and its up row).
+  enqueue_row_tiles(k, xq ? ks.variant.xq() : ks.variant, w.rows, w.cols, n_pairs, tile,
+                    xq ? kNoEvents : wait, done);
 }
 
 void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset, int x_rows,
