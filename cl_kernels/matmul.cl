@@ -364,7 +364,7 @@ inline void tile_q8(__global const uchar* body, __global const uchar* head, uint
 // two fmas, where the float tile takes eight fmas and eight loads of x. The blocks after the runs
 // take the float path. (2-core Xeon with VNNI, the benchmark model's Q4_0 prefill of 128 tokens:
 // the expert tiles 215 -> 154 ms, the dense ones 63 -> 41 ms; bench/END_TO_END.md.)
-#if X_Q8_ON && X_Q8_VNNI_ON && (defined(FMT_Q4_0) || defined(FMT_Q8_0)) && LANES == 1 && \
+#if X_Q8_ON && X_Q8_VNNI_ON && (defined(FMT_Q4_0) || defined(FMT_Q8_0)) && LANES == 1 &&           \
     !defined(NO_X_Q8_TILES)
 #define X_Q8_TILES_ON 1
 // A run's bytes in xq for both formats as Q4_0's weights hold their nibbles: [elements 0-15 of
@@ -424,30 +424,31 @@ inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
 #endif
 }
 
-// Row rr of a work item of the xq tiles: r0 + rr (clamped), or in GLU_OUT programs of two rows per
-// item, gate row r0 and its up row r0 + rows / 2 (see GLU_OUT).
-#if defined(GLU_OUT) && XQ_RPW == 2
-#define XQ_ROW(r0, rr, rows) (min((r0), (rows) / 2 - 1) + (rr) * ((rows) / 2))
+// Row rr of a work item of the xq tiles: r0 + rr (clamped), or in GLU_OUT programs of an even
+// XQ_RPW = 2 k, gate rows r0 .. r0 + k - 1 and their up rows r0 + rows / 2 .. (see GLU_OUT).
+#if defined(GLU_OUT) && XQ_RPW % 2 == 0
+#define XQ_ROW(r0, rr, rows)                                                                       \
+  (min((r0) + (rr) % (XQ_RPW / 2), (rows) / 2 - 1) + (rr) / (XQ_RPW / 2) * ((rows) / 2))
 #else
 #define XQ_ROW(r0, rr, rows) min((r0) + (rr), (rows) - 1)
 #endif
-// The xq tile of TT tokens: rows XQ_ROW(r0, 0 .. XQ_RPW - 1, rows) of the matrix from mat_blk0, token
-// j's 8-bit x at xq + xqrow[j] (its float row at x + xrow[j], for the blocks after the runs).
+// The xq tile of TT tokens: rows XQ_ROW(r0, 0 .. XQ_RPW - 1, rows) of the matrix from mat_blk0,
+// token j's 8-bit x at xq + xqrow[j] (its float row at x + xrow[j], for the blocks after the runs).
 #define DEFINE_TILE_XQ(TT)                                                                         \
   inline void tile_xq_##TT(__global const uchar* body, __global const uchar* head, ulong mat_blk0, \
                            uint r0, uint rows, uint cols, uint bpr, __global const float* x,       \
                            const ulong* xrow, __global const char* xq, const ulong* xqrow,         \
                            float* out) {                                                           \
     const uint groups = bpr / 4;                                                                   \
-    float16 acc[XQ_RPW][TT];                                                                          \
-    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                            \
+    float16 acc[XQ_RPW][TT];                                                                       \
+    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                         \
         _Pragma("unroll") for (uint j = 0; j < TT; ++j) acc[rr][j] = (float16)(0.0f);              \
-    ulong rblk[XQ_RPW];                                                                               \
-    for (uint rr = 0; rr < XQ_RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)XQ_ROW(r0, rr, rows) * bpr;              \
+    ulong rblk[XQ_RPW];                                                                            \
+    for (uint rr = 0; rr < XQ_RPW; ++rr) rblk[rr] = mat_blk0 + (ulong)XQ_ROW(r0, rr, rows) * bpr;  \
     for (uint g = 0; g < groups; ++g) {                                                            \
-      q8_v64c wl[XQ_RPW], wh[XQ_RPW];                                                                    \
-      float16 dw[XQ_RPW];                                                                             \
-      _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                        \
+      q8_v64c wl[XQ_RPW], wh[XQ_RPW];                                                              \
+      float16 dw[XQ_RPW];                                                                          \
+      _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                     \
         const ulong blk = rblk[rr] + 4 * g;                                                        \
         xq_weights(body + blk * BODY_BYTES, &wl[rr], &wh[rr]);                                     \
         dw[rr] = q8_scales(block_scales4(head, blk));                                              \
@@ -459,24 +460,24 @@ inline void xq_weights(__global const uchar* q, q8_v64c* lo, q8_v64c* hi) {
         __global const float* ds =                                                                 \
             (__global const float*)(xq + xqrow[j] + groups * Q8_GROUP_BYTES);                      \
         const float16 dx = vload16(g, ds), ox = vload16(groups + g, ds);                           \
-        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                      \
+        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr) {                                   \
           const int16 q = q8_dpbusd(q8_dpbusd((int16)(0), wl[rr], xl), wh[rr], xh);                \
           acc[rr][j] = fma(fma(convert_float16(q), dx, -ox), dw[rr], acc[rr][j]);                  \
         }                                                                                          \
       }                                                                                            \
     }                                                                                              \
     for (uint b = 4 * groups; b < bpr; ++b) {                                                      \
-      float16 w0[XQ_RPW], w1[XQ_RPW];                                                                    \
-      for (uint rr = 0; rr < XQ_RPW; ++rr)                                                            \
+      float16 w0[XQ_RPW], w1[XQ_RPW];                                                              \
+      for (uint rr = 0; rr < XQ_RPW; ++rr)                                                         \
         decode_chunk(body, head, rblk[rr] + b, 0, &w0[rr], &w1[rr]);                               \
       _Pragma("unroll") for (uint j = 0; j < TT; ++j) {                                            \
         float16 xa, xb;                                                                            \
         load_x(x + xrow[j], b * CHUNK, cols, &xa, &xb);                                            \
-        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                        \
+        _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                     \
             ACC_ADD(acc[rr][j], w0[rr], w1[rr], xa, xb);                                           \
       }                                                                                            \
     }                                                                                              \
-    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                            \
+    _Pragma("unroll") for (uint rr = 0; rr < XQ_RPW; ++rr)                                         \
         _Pragma("unroll") for (uint j = 0; j < TT; ++j) out[rr * TT + j] = acc_sum(acc[rr][j]);    \
   }
 DEFINE_TILE_XQ(1)
@@ -680,7 +681,7 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
 
 // Dense: tokens t0 .. t0+TT-1 of x (clamped to n_tokens-1, stored only when valid), R rows per item
 // (RPW, or XQ_RPW for the xq tiles; R > RPW only with one lane: the scratch holds RPW's).
-#define DEFINE_MATMUL_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+#define DEFINE_MATMUL_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                   \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(            \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr, \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,    \
@@ -713,7 +714,7 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
   }
 
 #define DEFINE_MATMUL(TT)                       \
-  DEFINE_MATMUL_K(TT, RPW, matmul_t##TT, , ,         \
+  DEFINE_MATMUL_K(TT, RPW, matmul_t##TT, , ,    \
                   Q8_TILE(TT, x + xrow[0], out) \
                       tile_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
 DEFINE_MATMUL(1)
@@ -724,7 +725,7 @@ DEFINE_MATMUL(8)
 #define XQ_DENSE_ROWS(TT) \
   ulong xqrow[TT];        \
   for (uint j = 0; j < TT; ++j) xqrow[j] = (ulong)min(t0 + j, n_tokens - 1) * XQ_ROW_BYTES(bpr / 4);
-#define DEFINE_MATMUL_XQ(TT)                                           \
+#define DEFINE_MATMUL_XQ(TT)                                                   \
   DEFINE_MATMUL_K(TT, XQ_RPW, matmul_xq_t##TT, XQ_ARG_DECL, XQ_DENSE_ROWS(TT), \
                   tile_xq_##TT(body, head, 0, r0, rows, cols, bpr, x, xrow, xq, xqrow, out))
 DEFINE_MATMUL_XQ(4)
@@ -735,30 +736,35 @@ DEFINE_MATMUL_XQ(8)
 // expert: gate rows, then up rows), and y rows of ff take silu(gate) * up (act.cl's SwiGLU): the
 // activation in the launch that computes its inputs. One row per item (R 1): the first half of a
 // work group's row groups computes gate rows g0 .. g0 + WG_ROWS/2 - 1, the second half the same up
-// rows, and the up sums go through local memory to the gate side. Two rows per item (R 2, the xq
-// tiles with XQ_RPW 2; one lane): item i of work group g computes gate row g WG_ROWS + i and its
-// up row in one tile (XQ_ROW), sharing x's loads, and stores the product itself.
+// rows, and the up sums go through local memory to the gate side. An even R = 2 k (the xq tiles
+// with an even XQ_RPW; one lane): item i of work group g computes gate rows (g WG_ROWS + i) k ..
+// + k - 1 and their up rows in one tile (XQ_ROW), sharing x's loads, and stores the products.
 #ifdef GLU_OUT
-#if RPW != 1 || WG_ROWS % 2 != 0 || XQ_RPW > 2
-#error "GLU_OUT needs RPW 1, XQ_RPW 1 or 2 and an even WG_ROWS"
+#if RPW != 1 || WG_ROWS % 2 != 0 || (XQ_RPW > 1 && XQ_RPW % 2 != 0)
+#error "GLU_OUT needs RPW 1, XQ_RPW 1 or even, and an even WG_ROWS"
 #endif
 #define GLU_LOCALS __local float glu_up[(WG_ROWS / 2) * 8];
 #define EXPERT_ROW0(R)                                                                             \
   const uint grp = get_local_id(0) / LANES;                                                        \
-  const bool gate_side = (R) == 2 || grp < WG_ROWS / 2;                                            \
-  const uint gr = (R) == 2 ? get_group_id(0) * WG_ROWS + grp                                       \
+  const bool gate_side = (R) > 1 || grp < WG_ROWS / 2;                                             \
+  const uint gr = (R) > 1 ? (get_group_id(0) * WG_ROWS + grp) * ((R) / 2)                          \
                            : get_group_id(0) * (WG_ROWS / 2) +                                     \
                                  (gate_side ? grp : grp - WG_ROWS / 2);                            \
   const uint r0 = gate_side ? gr : gr + rows / 2;
-// (R expands to 1 or 2 before it is pasted: the one-row form's barriers stay out of the other.)
+// (R expands to a number before it is pasted: the one-row form's barriers stay out of the others.)
 #define STORE_EXPERT_ROWS(TT, R) GLU_STORE(TT, R)
 #define GLU_STORE(TT, R) GLU_STORE_##R(TT)
-#define GLU_STORE_2(TT)                                                                            \
-  if (reduce_lanes(out, 2 * TT, scratch) && gr < rows / 2)                                         \
-    for (uint j = 0; j < nj; ++j) {                                                                \
-      const float g = out[j], u = out[TT + j];                                                     \
-      y[y_off + (ulong)(p + j) * (rows / 2) + gr] = ok ? g / (1.0f + exp(-g)) * u : NAN;           \
-    }
+#define GLU_STORE_PAIRS(TT, K)                                                                     \
+  if (reduce_lanes(out, 2 * (K) * TT, scratch))                                                    \
+    for (uint i = 0; i < (K) && gr + i < rows / 2; ++i)                                            \
+      for (uint j = 0; j < nj; ++j) {                                                              \
+        const float g = out[i * TT + j], u = out[((K) + i) * TT + j];                              \
+        y[y_off + (ulong)(p + j) * (rows / 2) + gr + i] = ok ? g / (1.0f + exp(-g)) * u : NAN;     \
+      }
+#define GLU_STORE_2(TT) GLU_STORE_PAIRS(TT, 1)
+#define GLU_STORE_4(TT) GLU_STORE_PAIRS(TT, 2)
+#define GLU_STORE_6(TT) GLU_STORE_PAIRS(TT, 3)
+#define GLU_STORE_8(TT) GLU_STORE_PAIRS(TT, 4)
 #define GLU_STORE_1(TT)                                                                            \
   if (reduce_lanes(out, TT, scratch) && !gate_side)                                                \
     for (uint j = 0; j < TT; ++j) glu_up[(grp - WG_ROWS / 2) * TT + j] = out[j];                   \
@@ -771,7 +777,7 @@ DEFINE_MATMUL_XQ(8)
   barrier(CLK_LOCAL_MEM_FENCE)
 #else
 #define GLU_LOCALS
-#define EXPERT_ROW0(R) \
+#define EXPERT_ROW0(R)                                                                             \
   const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * (R);
 #define STORE_EXPERT_ROWS(TT, R)                                                                   \
   if (reduce_lanes(out, (R) * TT, scratch))                                                        \
@@ -900,7 +906,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
 // the weights once for all its pairs (the TT-token tile, or the 4-token one for 2-4 pairs, with
 // the last pair's row repeated), a chunk of one pair the one-token tile. An out-of-range expert or
 // token id makes the output row NaN, so the error is visible instead of reading foreign memory.
-#define DEFINE_EXPERTS_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                      \
+#define DEFINE_EXPERTS_K(TT, R, NAME, XQ_ARG, XQ_ROWS, TILE)                                   \
   __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void NAME(             \
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,  \
       __global const float* x, ulong x_off, uint x_rows, __global float* y, ulong y_off,       \
@@ -949,7 +955,7 @@ inline void combine_token(uint t, uint n, __global volatile const float* y, ulon
           TILE(1, out);                                                                        \
           for (uint rr = (R); rr-- > 0;) out[rr * TT] = out[rr];                               \
         }                                                                                      \
-        STORE_EXPERT_ROWS(TT, R);                                                                 \
+        STORE_EXPERT_ROWS(TT, R);                                                              \
         COMBINE_AFTER(p, nj);                                                                  \
       }                                                                                        \
     }                                                                                          \

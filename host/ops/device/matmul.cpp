@@ -323,7 +323,8 @@ void MatmulOp::prepare_swiglu(TensorType t) const {
 
 bool MatmulOp::can_glu(TensorType t) const {
   const MatmulVariant& v = kernels(t).variant;
-  return v.rows_per_item == 1 && v.wg_rows % 2 == 0 && v.xq_rows_per_item <= 2;
+  return v.rows_per_item == 1 && v.wg_rows % 2 == 0 &&
+         (v.xq_rows_per_item == 1 || (v.xq_rows_per_item % 2 == 0 && v.xq_rows_per_item <= 8));
 }
 
 void MatmulOp::prepare_glu(TensorType t) const {
@@ -648,7 +649,7 @@ void MatmulOp::run_expert_tiles(Kernels& ks, cl_kernel k, bool xq, const DeviceW
                   n_pairs);
   if (xq) set_arg(device_, k, 14, xq_buf);
   // GLU_OUT: each work group covers wg_rows / 2 gate rows and the same up rows (one row per
-  // item), or wg_rows of each (two: the xq tiles' pairs of a gate and its up row).
+  // item), or xq_rows_per_item / 2 x wg_rows of each (the xq tiles' gate rows with their up rows).
   enqueue_row_tiles(k, xq ? ks.variant.xq() : ks.variant, w.rows, w.cols, n_pairs, tile,
                     xq ? kNoEvents : wait, done);
 }

@@ -49,7 +49,7 @@ struct MatmulVariant {
   // where this host's CPU, the device's, has it). MatmulOp::x_q8_vnni says whether the program did.
   bool x_q8_vnni = false;
   // With x_q8_vnni: rows per work item of the prefill tiles on 8-bit x (matmul.cl's X_Q8_TILES_ON;
-  // 1 or 2 where SwiGLU is in the gate|up launch: its two are a gate row and its up row).
+  // 1 or even up to 8 where SwiGLU is in the gate|up launch: half gate rows, half their up rows).
   int xq_rows_per_item = 1;
   static constexpr int kXq8MaxGroups = 128;  // runs of four blocks: rows up to 16,384 columns
   int gemv_rows() const { return gemv_rows_per_item > 0 ? gemv_rows_per_item : rows_per_item; }

@@ -178,17 +178,21 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                                         timing);
                      }});
     // Q4_0 / Q8_0 (the formats with prefill tiles on 8-bit x, MatmulVariant::x_q8_vnni): the same
-    // with one row per item on those tiles (the default takes a gate row and its up row per item).
-    if (t == TensorType::Q4_0 || t == TensorType::Q8_0)
-      out.push_back({"experts_glu", fmt, "4x2x33x" + std::to_string(c_runs) + "_t11_top2_xqrpw1",
-                     [t, c_runs](const Device& dev, bool timing) {
-                       MatmulVariant v = glu_variant(dev, t);
-                       v.xq_rows_per_item = 1;
-                       const MatmulOp op(dev, v);
-                       return to_matrix(check_experts(op, t, 66, c_runs, 4, 11, 2, timing, 1, false,
-                                                      false, /*glu_out=*/true),
-                                        timing);
-                     }});
+    // with one row per item on those tiles (gate and up rows in different items) and with four
+    // (two gate rows and their up rows; the default takes one of each).
+    for (const int xq_rpw : {1, 4})
+      if (t == TensorType::Q4_0 || t == TensorType::Q8_0)
+        out.push_back(
+            {"experts_glu", fmt,
+             "4x2x33x" + std::to_string(c_runs) + "_t11_top2_xqrpw" + std::to_string(xq_rpw),
+             [t, c_runs, xq_rpw](const Device& dev, bool timing) {
+               MatmulVariant v = glu_variant(dev, t);
+               v.xq_rows_per_item = xq_rpw;
+               const MatmulOp op(dev, v);
+               return to_matrix(check_experts(op, t, 66, c_runs, 4, 11, 2, timing, 1, false, false,
+                                              /*glu_out=*/true),
+                                timing);
+             }});
     // The MoE combine in the down launch (run_experts_combine): decode on the layer's device (4 of
     // 16 experts, added to the residual stream and normed; 67 rows: a partial row group), SwiGLU
     // folded into the same launch (the GPU shape), three tokens on a device holding half the
