@@ -161,8 +161,9 @@ MatmulVariant default_matmul_variant(const DeviceInfo& info, TensorType t) {
     // vpdpbusd in place of pmaddubsw + pmaddwd where the CPU has it (VNNI).
     v.x_q8_vnni = v.x_q8 && host_has_avx512_vnni();
     // The prefill tiles on 8-bit x (VNNI): two rows per work item share each token's 8-bit x and
-    // scales (2-core Xeon, the benchmark model's Q4_0 prefill of 128 tokens: expert tiles 128 ->
-    // 114 ms; the float tiles stay at one row: two were slower there, bench/END_TO_END.md).
+    // scales (2-core Xeon, the benchmark model's prefill of 128 tokens: Q4_0 602 -> 720 t/s, Q8_0
+    // 539 -> 613; four rows: Q4_0 even, Q8_0 slower). The float tiles stay at one row: two were
+    // slower there (bench/END_TO_END.md).
     v.xq_rows_per_item = 2;
     if (v.x_q8 && (t == TensorType::Q4_0 || t == TensorType::Q8_0)) {
       v.gemv_rows_per_item = 4;
