@@ -634,7 +634,8 @@ void MatmulOp::run_experts(const DeviceWeight& w, cl_mem x, size_t x_offset, int
     return;
   }
   const int tile = expert_tile(n_pairs, w.n_expert);
-  const bool xq = tile > 1 && ks.xq_tiles && !x_swiglu;
+  // The checks ask experts_on_xq too (they quantize the reference's x where it says so).
+  const bool xq = experts_on_xq(w.type, n_pairs, w.n_expert, x_swiglu, sorted_max_run);
   const auto& tiles = x_swiglu ? ks.experts_swiglu : (xq ? ks.experts_xq : ks.experts);
   run_expert_tiles(ks, tiles[Kernels::slot(tile)].get(), xq, w, x, x_offset, x_rows, y, y_offset,
                    pair_token_ids, pair_expert_ids, n_pairs, tile, wait, done);
@@ -668,7 +669,7 @@ void MatmulOp::run_experts_glu(const DeviceWeight& w, cl_mem x, size_t x_offset,
   Kernels& ks = kernels(w.type);
   if (!ks.experts_glu[0]) prepare_glu(w.type);
   const int tile = expert_tile(n_pairs, w.n_expert);
-  const bool xq = tile > 1 && ks.xq_tiles;
+  const bool xq = experts_on_xq(w.type, n_pairs, w.n_expert, false, 0);
   run_expert_tiles(ks, (xq ? ks.experts_glu_xq : ks.experts_glu)[Kernels::slot(tile)].get(), xq, w,
                    x, x_offset, x_rows, y, y_offset, pair_token_ids, pair_expert_ids, n_pairs, tile,
                    wait, done);
