@@ -266,10 +266,13 @@ DEFINE_TILE(8)
 // blocks (Q8_GROUP_BYTES each), then their d_x (a float4 per run), then Q8_OFFSET d_x sum(q)
 // (q8_fill). The blocks after the runs (bpr % 4) take the float path.
 #define Q8_BYTES(groups) ((groups) * (Q8_GROUP_BYTES + 32))
-inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint groups) {
+// Runs first, first + step, ... (every item of the group its share: q8_fill; one item alone:
+// q8_fill_one).
+inline void q8_fill_from(__global const float* xr, uint cols, __local char* q8, uint groups,
+                         uint first, uint step) {
   __local float4* qd = (__local float4*)(q8 + groups * Q8_GROUP_BYTES);
   __local float4* qo = qd + groups;
-  for (uint g = get_local_id(0); g < groups; g += get_local_size(0)) {
+  for (uint g = first; g < groups; g += step) {
     float d[4], o[4];
     _Pragma("unroll") for (uint i = 0; i < 4; ++i) {
       float16 xa, xb;
@@ -281,6 +284,12 @@ inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint 
     qd[g] = (float4)(d[0], d[1], d[2], d[3]);
     qo[g] = (float4)(o[0], o[1], o[2], o[3]);
   }
+}
+inline void q8_fill(__global const float* xr, uint cols, __local char* q8, uint groups) {
+  q8_fill_from(xr, cols, q8, groups, get_local_id(0), get_local_size(0));
+}
+inline void q8_fill_one(__global const float* xr, uint cols, __local char* q8, uint groups) {
+  q8_fill_from(xr, cols, q8, groups, 0, 1);
 }
 
 // NR rows (first blocks rblk[0 .. NR - 1], nb blocks each) dotted with x into out[0 .. NR - 1]:
@@ -672,7 +681,10 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
       barrier(CLK_LOCAL_MEM_FENCE);                                                                \
     }                                                                                              \
   }                                                                                                \
+  ROUTED_HOOK(rt_nlast);                                                                           \
   barrier(CLK_LOCAL_MEM_FENCE)
+// What a work group does after routing its tokens (n of them): nothing, but in matmul_route_ffn.
+#define ROUTED_HOOK(n) (void)0
 #else
 #define ROUTE_ARGS
 #define ROUTE_LOCALS
@@ -686,31 +698,33 @@ inline void route_token(uint t, uint rows, __global volatile const float* yr,
       __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr, \
       __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens,    \
       uint ldy, uint accumulate ROUTE_ARGS XQ_ARG) {                                          \
-    __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                       \
-    __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                              \
-    ROUTE_LOCALS                                                                              \
-    Q8_LOCALS(TT)                                                                             \
-    const uint lane = get_local_id(0) % LANES;                                                \
-    const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * (R);              \
-    const uint ntiles = (n_tokens + TT - 1) / TT;                                             \
-    for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {             \
-      const uint t0 = tile * TT;                                                              \
-      ulong xrow[TT];                                                                         \
-      for (uint j = 0; j < TT; ++j)                                                           \
-        xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols);                      \
-      float out[(R) * TT];                                                                    \
-      XQ_ROWS                                                                                 \
-      TILE;                                                                                   \
-      if (reduce_lanes(out, (R) * TT, scratch)) {                                             \
-        for (uint rr = 0; rr < (R); ++rr)                                                     \
-          for (uint j = 0; j < TT; ++j)                                                       \
-            if (r0 + rr < rows && t0 + j < n_tokens) {                                        \
-              __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;               \
-              *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                   \
-            }                                                                                 \
-      }                                                                                       \
-      ROUTE_AFTER(t0, TT);                                                                    \
-    }                                                                                         \
+    MATMUL_BODY(TT, R, XQ_ROWS, TILE)                                                         \
+  }
+// The body of a dense kernel (DEFINE_MATMUL_K's arguments in scope).
+#define MATMUL_BODY(TT, R, XQ_ROWS, TILE)                                                          \
+  __local float scratch[(LANES > 1) ? WG_ROWS * RPW * 8 * LANES : 1];                              \
+  __local float xs[(LANES > 1) ? 8 * LANES * (CHUNK + 1) : 1];                                     \
+  ROUTE_LOCALS                                                                                     \
+  Q8_LOCALS(TT)                                                                                    \
+  const uint lane = get_local_id(0) % LANES;                                                       \
+  const uint r0 = (get_group_id(0) * WG_ROWS + get_local_id(0) / LANES) * (R);                     \
+  const uint ntiles = (n_tokens + TT - 1) / TT;                                                    \
+  for (uint tile = get_group_id(1); tile < ntiles; tile += get_num_groups(1)) {                    \
+    const uint t0 = tile * TT;                                                                     \
+    ulong xrow[TT];                                                                                \
+    for (uint j = 0; j < TT; ++j) xrow[j] = x_off + (ulong)min(t0 + j, n_tokens - 1) * X_LD(cols); \
+    float out[(R)*TT];                                                                             \
+    XQ_ROWS                                                                                        \
+    TILE;                                                                                          \
+    if (reduce_lanes(out, (R)*TT, scratch)) {                                                      \
+      for (uint rr = 0; rr < (R); ++rr)                                                            \
+        for (uint j = 0; j < TT; ++j)                                                              \
+          if (r0 + rr < rows && t0 + j < n_tokens) {                                               \
+            __global float* yp = y + y_off + (ulong)(t0 + j) * ldy + r0 + rr;                      \
+            *yp = accumulate ? *yp + out[rr * TT + j] : out[rr * TT + j];                          \
+          }                                                                                        \
+    }                                                                                              \
+    ROUTE_AFTER(t0, TT);                                                                           \
   }
 
 #define DEFINE_MATMUL(TT)                       \
@@ -1079,16 +1093,31 @@ inline void combine_parts(uint t, uint n, uint slices, __global volatile const f
   for (uint i = 0; i < n; ++i) xn[(ulong)t * n + i] = xr[i] * scale * norm_w[i];
 }
 
-__kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
-    __global const uchar* gu_body, __global const uchar* gu_head, uint gu_bpr,
-    __global const uchar* dn_body, __global const uchar* dn_head, uint dn_bpr, uint ff,
-    uint n_embd, uint n_expert, __global const float* x, ulong x_off, uint x_rows,
-    __global const int* pair_token, __global const int* pair_expert, uint n_pairs,
-    __global float* h, __global float* part, uint slices, __global float* cx,
-    __global const float* cw, __global const int* coff, __global const int* ctok, uint c_tokens,
-    uint accumulate, __global const float* norm_w, uint use_norm, float eps, __global float* cxn,
-    __global volatile int* counters) {
-  const uint s = get_group_id(0), p = get_group_id(1);
+#define EXPERT_FFN_PARAMS                                                                          \
+  __global const uchar *gu_body, __global const uchar *gu_head, uint gu_bpr,                       \
+      __global const uchar *dn_body, __global const uchar *dn_head, uint dn_bpr, uint ff,          \
+      uint n_embd, uint n_expert, __global const float *x, ulong x_off, uint x_rows,               \
+      __global const int *pair_token, __global const int *pair_expert, uint n_pairs,               \
+      __global float *h, __global float *part, uint slices, __global float *cx,                    \
+      __global const float *cw, __global const int *coff, __global const int *ctok, uint c_tokens, \
+      uint accumulate, __global const float *norm_w, uint use_norm, float eps,                     \
+      __global float *cxn, __global volatile int *counters
+#define EXPERT_FFN_ARGS                                                                            \
+  gu_body, gu_head, gu_bpr, dn_body, dn_head, dn_bpr, ff, n_embd, n_expert, x, x_off, x_rows,      \
+      pair_token, pair_expert, n_pairs, h, part, slices, cx, cw, coff, ctok, c_tokens, accumulate, \
+      norm_w, use_norm, eps, cxn, counters
+#if X_Q8_ON
+#define EXPERT_FFN_LOCALS                                                   \
+  __local char q8x[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64))); \
+  __local char q8h[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64)));
+#else
+#define EXPERT_FFN_LOCALS __local char q8x[1], q8h[1];
+#endif
+
+// Unit (s, p) of the expert FFN (the work group (s, p) of experts_ffn), by one work item; q8x and
+// q8h: local scratch of Q8_BYTES(X_Q8_MAX_GROUPS) each (X_Q8_ON).
+inline void expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x,
+                            __local char* q8h) {
   if (s == 0 && p == 0)
     for (uint t = 0; t < c_tokens; ++t)
       if (coff[t + 1] == coff[t])
@@ -1104,8 +1133,6 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
   const uint dn_groups = dn_bpr / 4;
   const uint b0 = 4 * (s * dn_groups / slices),
              b1 = s + 1 == slices ? dn_bpr : 4 * ((s + 1) * dn_groups / slices);
-  __local char q8x[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64)));
-  __local char q8h[Q8_BYTES(X_Q8_MAX_GROUPS)] __attribute__((aligned(64)));
   const uint gx = gu_bpr / 4 <= X_Q8_MAX_GROUPS ? gu_bpr / 4 : 0;
   const uint gh = (b1 - b0) / 4 <= X_Q8_MAX_GROUPS ? (b1 - b0) / 4 : 0;
 #define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) \
@@ -1118,7 +1145,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
   __global const float* xr = x + x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * n_embd;
   __global float* hp = h + (ulong)p * ff;
 #if X_Q8_ON
-  if (r0 < r1) q8_fill(xr, n_embd, q8x, gx);
+  if (r0 < r1) q8_fill_one(xr, n_embd, q8x, gx);
 #endif
   // Gate and up rows r and r + 1 (r1 - r0 is a multiple of 32).
   const ulong g0 = ec * 2 * ff, u0 = g0 + ff;
@@ -1131,7 +1158,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
     hp[r + 1] = v.s1 / (1.0f + exp(-v.s1)) * v.s3;
   }
 #if X_Q8_ON
-  if (r0 < r1) q8_fill(hp + r0, r1 - r0, q8h, gh);
+  if (r0 < r1) q8_fill_one(hp + r0, r1 - r0, q8h, gh);
 #endif
   __global float* pp = part + ((ulong)p * slices + s) * n_embd;
   for (uint o = 0; o < n_embd; o += 4) {  // n_embd is a multiple of 32
@@ -1151,6 +1178,73 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     combine_parts((uint)t, n_embd, slices, part, cx, cw, coff, accumulate, norm_w, use_norm, eps,
                   cxn);
+  }
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_FFN_PARAMS) {
+  EXPERT_FFN_LOCALS
+  expert_ffn_unit(get_group_id(0), get_group_id(1), EXPERT_FFN_ARGS, q8x, q8h);
+}
+#endif
+
+// ROUTE_FFN (CPUs: one lane per row; built with ROUTE_TAIL and EXPERT_FFN, one format): a MoE
+// layer's decode after its attention in one launch, where matmul_t1 with the routing tail and
+// experts_ffn take two (on PoCL every launch is a fork/join over all threads). Phase 1 is
+// matmul_t1's with the routing tail, by every work group (the output projection's rows, then the
+// FFN norm, router and top-k by the last group per token); the groups that route bump the join's
+// routed count. Phase 2 is experts_ffn's units (s, p) = (u % slices, u / slices), u claimed from
+// a counter by the groups' first items, on the routing's xn (x_rows = n_tokens) and ids.
+// No group waits without bound: a group that finds the routing not done waits (FFN_SPIN reads)
+// only when every group has started, so the group still routing runs; when the wait runs out it
+// skips phase 2. The group that routes the last token always goes on and claims what is left.
+// The last group to finish resets the join (routed, claimed, started, finished) for the next
+// launch.
+#if defined(ROUTE_FFN) && defined(ROUTE_TAIL) && defined(EXPERT_FFN)
+#if LANES != 1
+#error "ROUTE_FFN needs one lane per row"
+#endif
+#define FFN_SPIN 65536
+#undef ROUTED_HOOK
+#define ROUTED_HOOK(n)                   \
+  if (get_local_id(0) == 0 && (n) > 0) { \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);     \
+    atomic_add(ffn_join, (n));           \
+  }
+__kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_route_ffn(
+    __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,
+    __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens, uint ldy,
+    uint accumulate ROUTE_ARGS, __global const uchar* gu_body, __global const uchar* gu_head,
+    uint gu_bpr, __global const uchar* dn_body, __global const uchar* dn_head, uint dn_bpr, uint ff,
+    uint n_expert, __global const int* pair_token, uint n_pairs, __global float* h,
+    __global float* part, uint slices, __global float* cx, __global const float* cw,
+    __global const int* coff, __global const int* ctok, uint c_tokens, uint c_accumulate,
+    __global const float* c_norm_w, uint c_use_norm, float c_eps, __global float* cxn,
+    __global volatile int* counters, __global volatile int* ffn_join) {
+  if (get_local_id(0) == 0) atomic_inc(ffn_join + 2);
+  MATMUL_BODY(1, RPW, ,
+              Q8_TILE(1, x + xrow[0], out)
+                  tile_1(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
+  EXPERT_FFN_LOCALS
+  if (get_local_id(0) != 0) return;
+  __global volatile int* routed = ffn_join;
+  const int groups = (int)(get_num_groups(0) * get_num_groups(1));
+  bool go = *routed >= (int)n_tokens;
+  if (!go && ffn_join[2] == groups)
+    for (uint i = 0; i < FFN_SPIN && !go; ++i) go = *routed >= (int)n_tokens;
+  mem_fence(CLK_GLOBAL_MEM_FENCE);
+  const uint units = slices * n_pairs;
+  for (uint u = go ? (uint)atomic_inc(ffn_join + 1) : units; u < units;
+       u = (uint)atomic_inc(ffn_join + 1))
+    expert_ffn_unit(u % slices, u / slices, gu_body, gu_head, gu_bpr, dn_body, dn_head, dn_bpr, ff,
+                    rows, n_expert, rt_xn, 0, n_tokens, pair_token, rt_ids, n_pairs, h, part,
+                    slices, cx, cw, coff, ctok, c_tokens, c_accumulate, c_norm_w, c_use_norm, c_eps,
+                    cxn, counters, q8x, q8h);
+  mem_fence(CLK_GLOBAL_MEM_FENCE);
+  if (atomic_inc(ffn_join + 3) == groups - 1) {
+    atomic_xchg(ffn_join, 0);
+    atomic_xchg(ffn_join + 1, 0);
+    atomic_xchg(ffn_join + 2, 0);
+    atomic_xchg(ffn_join + 3, 0);
   }
 }
 #endif

@@ -636,18 +636,20 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
       copy_between(*cur, cur->x.get(), 0, c, c.x.get(), 0, stream_bytes);
       cur = &c;
     }
-    // The MoE block's routing in the mixer's output launch, where it can (MoeFfn::route_tail).
+    const bool next_here = options_.fuse.combine_norm && l + 1 < layers_.size() &&
+                           &ctx(plan_.layer_device[l + 1]) == &c;
+    const cl_mem next_norm = next_here ? layers_[l + 1].mixer->input_norm() : nullptr;
+    // The MoE block's routing in the mixer's output launch, where it can (MoeFfn::route_tail),
+    // and with a plain MoE FFN (nothing between its routing and experts) maybe its experts too.
     MoeFfn* moe = layers_[l].ffn->routed();
-    step.route = moe ? moe->route_tail(c, step) : nullptr;
+    const bool plain_moe = moe && moe == dynamic_cast<MoeFfn*>(layers_[l].ffn.get());
+    step.route = moe ? moe->route_tail(c, step, plain_moe, next_norm) : nullptr;
     step.routed = layers_[l].mixer->forward(c, step, prenormed);
     step.route = nullptr;
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
-    const bool next_here = options_.fuse.combine_norm && l + 1 < layers_.size() &&
-                           &ctx(plan_.layer_device[l + 1]) == &c;
-    prenormed =
-        layers_[l].ffn->forward(c, step, next_here ? layers_[l + 1].mixer->input_norm() : nullptr);
+    prenormed = layers_[l].ffn->forward(c, step, next_norm);
     step.routed = false;
     mark();
   }

@@ -68,8 +68,8 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush, pipeline, stream_ahead,
-  // stream_queue, zero_copy).
+  // attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, argmax, flush, pipeline,
+  // stream_ahead, stream_queue, zero_copy).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -94,6 +94,10 @@ struct EngineOptions {
     // CPUs, decode-sized steps: a MoE layer's gate|up, SwiGLU, down and combine in one launch
     // (MatmulOp::run_expert_ffn) instead of the glu and down_combine launches.
     bool expert_ffn = true;
+    // CPUs, one-token steps: the output projection with the routing tail (proj_route) and the
+    // layer's experts (expert_ffn) in one launch (MatmulOp::run_route_tail with its Ffn): one
+    // launch per MoE layer fewer.
+    bool route_ffn = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
@@ -198,9 +202,9 @@ struct EngineStats {
 };
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,
-// combine_norm, swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, argmax, flush,
-// pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an unknown name
-// and the known ones.
+// combine_norm, swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn,
+// argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an
+// unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

@@ -53,10 +53,11 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  static_assert(sizeof(EngineOptions::Fusion) == 11 * sizeof(bool),
+  static_assert(sizeof(EngineOptions::Fusion) == 12 * sizeof(bool),
                 "a new fusion: switch it off here");
   EngineOptions opts;
-  opts.fuse = {false, false, false, false, false, false, false, false, false, false};  // not argmax
+  opts.fuse = {false, false, false, false, false, false,
+               false, false, false, false, false};  // not argmax
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -91,7 +92,10 @@ double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& dev
     EngineOptions opts;
     // Each fusion alone: the one-launch expert FFN (on by default on CPUs) takes the place of
     // the glu and down_combine launches it needs, so it is off unless it is the one measured.
-    if (flag != &EngineOptions::Fusion::expert_ffn) opts.fuse.expert_ffn = false;
+    // The experts in the output projection's launch need the one-launch FFN and take its place.
+    if (flag != &EngineOptions::Fusion::expert_ffn && flag != &EngineOptions::Fusion::route_ffn)
+      opts.fuse.expert_ffn = false;
+    if (flag != &EngineOptions::Fusion::route_ffn) opts.fuse.route_ffn = false;
     opts.fuse.*flag = on == 1;
     auto engine = make_engine(m->spec, reg, cfg, opts);
     const auto got = engine_greedy(*engine, kPrompt, 4);
@@ -128,6 +132,16 @@ TEST(EngineBatchTest, ExpertFfnInOneLaunchSavesTheDownLaunch) {
   const Device* cpu = first_cpu(reg);
   if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
   EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::expert_ffn), 1.0);
+}
+
+// The output projection, its routing tail and the layer's experts in one launch on CPUs
+// (MatmulOp::run_route_tail with its Ffn, cl_kernels/matmul.cl's matmul_route_ffn): the
+// reference's tokens with it on and off, the expert launch saved.
+TEST(EngineBatchTest, ExpertsInTheOutputProjectionSaveTheExpertLaunch) {
+  auto reg = tessera::cli::discover_devices();
+  const Device* cpu = first_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
+  EXPECT_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::route_ffn), 1.0);
 }
 
 // The FFN norm, router and top-k in the attention's output projection launch

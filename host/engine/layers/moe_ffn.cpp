@@ -144,12 +144,43 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
       dev_.route_tail = false;
     }
   }
+  // CPUs: the experts in that launch too, for one-token steps with every expert here.
+  const Shard& own = dev_.shards[size_t(dev_.home)];
+  dev_.route_ffn =
+      dev_.route_tail && options.fuse.route_ffn && dev_.all_on_home && own.ffn &&
+      c.mm->can_route_ffn(ls_.wo->type, int64_t(ls_.wo->dims[1]), int64_t(ls_.wo->dims[0]),
+                          hp.n_expert, own.gate_up, own.down);
+  if (dev_.route_ffn) {
+    try {
+      c.mm->prepare_route_ffn(ls_.wo->type, int64_t(ls_.wo->dims[1]), int64_t(ls_.wo->dims[0]),
+                              hp.n_expert, own.gate_up, own.down);
+    } catch (const std::exception& e) {
+      spdlog::warn(
+          "{}: layer {}: experts in the output projection's launch unavailable ({}); they run "
+          "as their own launch",
+          c.dev->id(), layer_, e.what());
+      dev_.route_ffn = false;
+    }
+  }
 }
 
-const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s) {
+const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s, bool with_experts,
+                                         cl_mem next_norm) {
   if (!dev_.route_tail || c.index != dev_.home || s.n_tokens > ops::MatmulOp::kRouteTailMaxTokens)
     return nullptr;
   auto& r = route_tail_;
+  r.ffn = nullptr;
+  const Shard& own = dev_.shards[size_t(dev_.home)];
+  // (all_on_home and the shard as at the last upload: the balancer may have moved experts since.)
+  if (with_experts && dev_.route_ffn && s.n_tokens == 1 && dev_.all_on_home && own.ffn &&
+      combines_in_down(own, false, 1)) {
+    route_ffn_.gate_up = &own.gate_up;
+    route_ffn_.down = &own.down;
+    route_ffn_.pair_token = c.pair_token.get();
+    route_ffn_.combine = combine_args(c.x.get(), true, c.topk_w.get(), c.token_pairs.get(),
+                                      c.pair_token.get(), 1, next_norm, c.xn.get());
+    r.ffn = &route_ffn_;
+  }
   r.norm_w = dev_.ffn_norm.get();
   r.eps = spec_.hp.rms_eps;
   r.xn = c.xn.get();
@@ -494,6 +525,11 @@ ops::ExpertCombine MoeFfn::combine_args(cl_mem out, bool accumulate, cl_mem weig
 }
 
 bool MoeFfn::forward(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
+  if (s.routed && route_tail_.ffn) {
+    // The output projection's launch ran the experts and their combine (route_tail's offer).
+    book_choices(home, s.n_tokens);
+    return next_norm != nullptr;
+  }
   route(home, s);
   return experts(home, s, next_norm);
 }
@@ -542,13 +578,8 @@ bool MoeFfn::experts(DeviceCtx& home, const LayerStep& s, cl_mem next_norm) {
   return false;
 }
 
-bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl_mem next_norm) {
-  const auto& hp = spec_.hp;
-  const int n = s.n_tokens;
-  const uint32_t E = hp.n_embd;
-  // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
-  // balancer's counts come from a non-blocking copy of the choice, read after the step.
-  const int pairs = n * int(hp.n_expert_used);
+void MoeFfn::book_choices(DeviceCtx& home, int n) {
+  const int pairs = n * int(spec_.hp.n_expert_used);
   if (moe_->balancer && moe_->balancer->enabled()) {  // no balancer yet while counting launches
     // At this point of every run of a recorded step: a non-blocking read, in queue order.
     ops::host_call(*home.dev, "copy the router's choice for the balancer", [this, &home, pairs] {
@@ -565,6 +596,20 @@ bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl
       home.dev->read(home.topk_ids.get(), 0, place, size_t(pairs) * 4, false);
     });
   }
+  ops::host_call(*home.dev, "count expert hits",
+                 [stats = moe_->stats, d = size_t(home.index), pairs] {
+                   stats->expert_hits[d] += uint64_t(pairs);
+                 });
+}
+
+bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl_mem next_norm) {
+  const auto& hp = spec_.hp;
+  const int n = s.n_tokens;
+  const uint32_t E = hp.n_embd;
+  // Every expert here: no host round trip. Pair i = (token i / K, expert topk_ids[i]). The
+  // balancer's counts come from a non-blocking copy of the choice, read after the step.
+  book_choices(home, n);
+  const int pairs = n * int(hp.n_expert_used);
   // Many tokens (prefill, big decode batches): the pairs grouped by expert first, so each expert's
   // weights are decoded once per tile of its tokens rather than once per pair; the combine reads
   // the rows back in token order. Few tokens choose distinct experts anyway: pairs stay as routed.
@@ -585,10 +630,6 @@ bool MoeFfn::on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl
       expert_ffn(home, shard, grouped ? home.sorted_token.get() : home.pair_token.get(),
                  grouped ? home.sorted_expert.get() : home.topk_ids.get(), n, pairs, grouped,
                  in_down ? &comb : nullptr);
-  ops::host_call(*home.dev, "count expert hits",
-                 [stats = moe_->stats, d = size_t(home.index), pairs] {
-                   stats->expert_hits[d] += uint64_t(pairs);
-                 });
   if (combined) return next_norm != nullptr;
   if (next_norm) {
     home.moe->combine_norm(home.x.get(), 0, home.y.get(), 0, home.topk_w.get(), 0,

@@ -89,7 +89,12 @@ class MoeFfn final : public Ffn {
   // The routing for the attention's output projection to run in its launch
   // (MatmulOp::run_route_tail): decode-sized steps on the layer's device with an F32 router and no
   // router bias, when the fusion is on; null otherwise. route() then does nothing (s.routed).
-  const ops::RouteTail* route_tail(const DeviceCtx& c, const LayerStep& s);
+  // with_experts (forward() follows, nothing between routing and experts): one-token steps with
+  // every expert on c may also run the experts and their combine (+ next_norm) in that launch
+  // (RouteTail::ffn, EngineOptions::Fusion::route_ffn); forward() then only does the host's
+  // bookkeeping.
+  const ops::RouteTail* route_tail(const DeviceCtx& c, const LayerStep& s,
+                                   bool with_experts = false, cl_mem next_norm = nullptr);
   bool experts(DeviceCtx& c, const LayerStep& s, cl_mem next_norm);
   MoeFfn* routed() override { return this; }
   // Kernel launches of one device's share of this layer's experts for one token (its pairs):
@@ -138,6 +143,9 @@ class MoeFfn final : public Ffn {
   void across_devices(DeviceCtx& home, int n);
   // The step's experts on `home` from `shard` (every expert, global order): no host round trip.
   bool on_home(DeviceCtx& home, const LayerStep& s, const Shard& shard, cl_mem next_norm);
+  // The host's part of an in-step routing of n tokens: the balancer's copy of the router's choice
+  // (when it counts) and the expert hits.
+  void book_choices(DeviceCtx& home, int n);
   // Decides what shard s runs with on c (SwiGLU in gate|up, combine in down, the one-launch FFN)
   // and prepares those programs.
   void finish_shard(DeviceCtx& c, Shard& s) const;
@@ -186,8 +194,10 @@ class MoeFfn final : public Ffn {
     bool all_on_home = false;   // every expert on the layer's device, in global order
     int home = 0;               // the layer's plan device
     bool route_tail = false;    // the output projection may route (prepared at upload)
+    bool route_ffn = false;     // ... and run the experts (Fusion::route_ffn; prepared at upload)
   } dev_;
   ops::RouteTail route_tail_;
+  ops::RouteTail::Ffn route_ffn_;  // route_tail_.ffn when set
   bool stream_wanted_ = false;  // the options allow streaming to the home device (upload)
   int stream_min_tokens_ = 0;
   bool stream_ahead_ = true;  // EngineOptions::stream_ahead

@@ -221,6 +221,8 @@ struct MatmulOp::Kernels {
   bool xq_tiles = false;
   ClKernel quantize_xq, matmul_xq[3], experts_xq[3], experts_glu_xq[3];
   ClKernel matmul_route[3], gemv_route;  // ROUTE_TAIL programs, built by prepare_route_tail
+  // ROUTE_FFN programs in matmul_t1's shape ([0]) and the gemv's ([1]), built by prepare_route_ffn.
+  ClKernel route_ffn[2];
   std::string options;
   ClKernel dequantize;
   int x_q8 = -1;  // MatmulOp::x_q8's answer (-1: not asked yet)
@@ -766,7 +768,24 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
                         (size_t(kv.rows_per_item) * kv.wg_rows);
   if (!ks.matmul_route[0] || route_part_floats_ < size_t(n_tokens) * groups * (r.n_expert + 1))
     prepare_route_tail(w.type, w.rows, r.n_expert);
-  cl_kernel k = gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get();
+  if (r.ffn) {
+    const RouteTail::Ffn& f = *r.ffn;
+    if (n_tokens != 1 || !f.gate_up || !f.down || !f.pair_token)
+      throw TesseraError(
+          "matmul run_route_tail: experts in the launch take one token and their "
+          "weights and pair tokens, not " +
+          std::to_string(n_tokens) + " tokens");
+    check_combine("run_route_tail", f.combine);
+    if (!can_route_ffn(w.type, w.rows, w.cols, r.n_expert, *f.gate_up, *f.down))
+      throw TesseraError(
+          "matmul run_route_tail: these weights cannot take their experts in the "
+          "launch (MatmulOp::can_route_ffn)");
+    if (!ks.route_ffn[gemv ? 1 : 0] || !ffn_join_ ||
+        size_t(f.down->cols) * kExpertFfnMaxPairs > ffn_h_floats_)
+      prepare_route_ffn(w.type, w.rows, w.cols, r.n_expert, *f.gate_up, *f.down);
+  }
+  cl_kernel k = r.ffn ? ks.route_ffn[gemv ? 1 : 0].get()
+                      : (gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get());
   set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   set_arg(device_, k, 12, r.norm_w);
   set_arg(device_, k, 13, r.eps);
@@ -782,7 +801,73 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
   set_arg(device_, k, 23, r.weights);
   set_arg(device_, k, 24, route_part_.get());
   set_arg(device_, k, 25, route_counters_.get());
+  if (r.ffn) {
+    const RouteTail::Ffn& f = *r.ffn;
+    const DeviceWeight &gu = *f.gate_up, &dn = *f.down;
+    const int n_pairs = kk;
+    const int slices = f.slices > 0 ? f.slices : expert_ffn_slices(dn, n_pairs);
+    if (slices > kExpertFfnMaxSlices || slices > dn.blocks_per_row)
+      throw TesseraError("matmul run_route_tail: " + std::to_string(slices) + " expert slices");
+    set_arg(device_, k, 26, gu.body.get());
+    set_arg(device_, k, 27, gu.head ? gu.head.get() : gu.body.get());
+    set_arg(device_, k, 28, cl_uint(gu.blocks_per_row));
+    set_arg(device_, k, 29, dn.body.get());
+    set_arg(device_, k, 30, dn.head ? dn.head.get() : dn.body.get());
+    set_arg(device_, k, 31, cl_uint(dn.blocks_per_row));
+    set_arg(device_, k, 32, cl_uint(dn.cols));
+    set_arg(device_, k, 33, cl_uint(dn.n_expert));
+    set_arg(device_, k, 34, f.pair_token);
+    set_arg(device_, k, 35, cl_uint(n_pairs));
+    set_arg(device_, k, 36, ffn_h_.get());
+    set_arg(device_, k, 37, ffn_part_.get());
+    set_arg(device_, k, 38, cl_uint(slices));
+    set_combine_args(device_, k, 39, f.combine, combine_counters_.get());
+    set_arg(device_, k, 50, ffn_join_.get());
+  }
   enqueue_row_tiles(k, kv, w.rows, w.cols, n_tokens, tile, wait, done);
+}
+
+bool MatmulOp::can_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
+                             const DeviceWeight& gate_up, const DeviceWeight& down) const {
+  // PoCL only: its CPU devices run every work group of a launch once, before the next launch, as
+  // the join needs. Mesa's rusticl 22.3 (llvmpipe) does not: a printf trace of the kernel there
+  // showed groups starting a second time and the next launch's groups starting before this
+  // one's last had finished, so the launch skipped its experts (bench/END_TO_END.md).
+  if (device_.info().platform_name.find("Portable Computing Language") == std::string::npos)
+    return false;
+  if (!weight_format(type)) return false;
+  const Kernels& ks = kernels(type);
+  const bool gemv = ks.gemv && cols <= ks.variant.gemv_max_cols;
+  return ks.variant.lanes == 1 && (!gemv || ks.variant.gemv().lanes == 1) &&
+         can_route_tail(type, n_expert) && can_expert_ffn(gate_up, down) && down.type == type &&
+         down.rows == rows;
+}
+
+void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
+                                 const DeviceWeight& gate_up, const DeviceWeight& down) const {
+  if (!can_route_ffn(type, rows, cols, n_expert, gate_up, down))
+    throw TesseraError(
+        "matmul: the output projection with routing and experts in one launch needs one lane per "
+        "row, the routing tail, the one-launch expert FFN and down of the projection's format and "
+        "rows");
+  prepare_route_tail(type, rows, n_expert);
+  prepare_expert_ffn(gate_up, down);
+  Kernels& k = kernels(type);
+  std::lock_guard lock(mutex_);
+  const bool gemv = k.gemv && cols <= k.variant.gemv_max_cols;
+  ClKernel& kernel = k.route_ffn[gemv ? 1 : 0];
+  if (!kernel) {
+    const std::string shape = gemv ? std::string("-D") + weight_format(type)->macro + " " +
+                                         k.variant.gemv().build_options()
+                                   : k.options;
+    kernel = device_.kernel("matmul", "matmul_route_ffn",
+                            shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
+  }
+  if (!ffn_join_) {
+    const int32_t zeros[4] = {0, 0, 0, 0};
+    ffn_join_ = device_.alloc(sizeof(zeros));
+    device_.write(ffn_join_.get(), 0, zeros, sizeof(zeros));
+  }
 }
 
 bool MatmulOp::can_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& down) const {

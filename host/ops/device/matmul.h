@@ -138,6 +138,17 @@ struct RouteTail {
   uint32_t router_ld = 0, n_expert = 0;
   reference::RoutingConfig routing;
   cl_mem ids = nullptr, weights = nullptr;
+  // With ffn (MatmulOp::can_route_ffn; one token): the MoE layer's experts in the same launch too,
+  // as run_expert_ffn's on x = xn (one row), pairs p = j of expert ids[j] (pair_token: zeros),
+  // and their combine.
+  struct Ffn {
+    const DeviceWeight* gate_up = nullptr;
+    const DeviceWeight* down = nullptr;
+    cl_mem pair_token = nullptr;
+    ExpertCombine combine;
+    int slices = 0;  // > 0 forces that many (as run_expert_ffn's)
+  };
+  const Ffn* ffn = nullptr;
 };
 
 class MatmulOp {
@@ -266,6 +277,16 @@ class MatmulOp {
   void run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y, size_t y_offset,
                       int n_tokens, Output out, const RouteTail& route,
                       const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
+  // run_route_tail of one token with route.ffn: the output projection, its routing tail and the
+  // layer's experts (run_expert_ffn's work) in one launch (cl_kernels/matmul.cl's
+  // matmul_route_ffn). Needs CPU-shaped kernels (one lane per row) for w's type, the routing tail
+  // (can_route_tail), the expert FFN (can_expert_ffn) in w's format and down mapping back to w's
+  // rows; prepare_route_ffn builds its program and scratch (at load time, or at the first launch).
+  // (w: `type`, rows x cols.)
+  bool can_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
+                     const DeviceWeight& gate_up, const DeviceWeight& down) const;
+  void prepare_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
+                         const DeviceWeight& gate_up, const DeviceWeight& down) const;
 
  private:
   struct Kernels;
@@ -316,6 +337,9 @@ class MatmulOp {
   // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
   // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
   mutable ClMem route_counters_, route_part_;
+  // matmul_route_ffn's join (routed, claimed, started, finished: zero between launches, the last
+  // work group resets them), allocated by prepare_route_ffn.
+  mutable ClMem ffn_join_;
   mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
   mutable size_t scratch_bytes_ = 0;

@@ -279,6 +279,32 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                               timing);
            }});
     }
+    // The output projection, its routing tail and the experts in one launch (run_route_tail with
+    // RouteTail::Ffn, the CPU decode path): with the next layer's norm and the default slices,
+    // without it in 3 (2) slices. The CPU kernel shape (one lane per row) on every device.
+    for (const bool next_norm : {true, false})
+      out.push_back(
+          {"matmul_route_ffn", fmt,
+           std::to_string(ffn_embd) + "x" + std::to_string(c_mid) + "_16x" +
+               std::to_string(ffn_ff) + "_t1_top4" +
+               (next_norm ? "_norm" : "_slices" + std::to_string(ffn_slices)),
+           [t, c_mid, ffn_ff, ffn_embd, ffn_slices, next_norm](const Device& dev, bool timing) {
+             MatmulVariant v = default_matmul_variant(dev.info(), t);
+             if (v.lanes != 1) {
+               v.lanes = 1;
+               v.wg_rows = 8;
+               v.rows_per_item = 2;
+               v.vec_acc = false;
+               v.gemv_rows_per_item = 0;
+               v.clblast_min_tokens = v.tiled_gemm_min_tokens = 0;
+             }
+             const MatmulOp op(dev, v);
+             if (dev.info().platform_name.find("Portable Computing Language") == std::string::npos)
+               return unsupported("the experts' join in this launch is for PoCL's CPU devices");
+             return to_matrix(check_route_ffn(op, t, ffn_embd, c_mid, ffn_ff, 16, 4, next_norm,
+                                              next_norm ? 0 : ffn_slices, timing),
+                              timing);
+           }});
     for (const auto& [suffix, off] : kX8Paths)
       out.push_back(
           {"experts_ffn", fmt,

@@ -730,6 +730,133 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
   return r;
 }
 
+MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, int64_t cols,
+                            int64_t ff, int n_expert, int top_k, bool next_norm, int slices,
+                            bool timing, uint32_t seed) {
+  if (top_k < 1 || top_k > n_expert) throw TesseraError("check_route_ffn: top_k out of range");
+  const Device& dev = op.device();
+  const auto w = random_ggml_weight(t, n_embd, cols, seed);
+  const auto gu = random_ggml_weight(t, 2 * ff, n_embd, seed + 1, n_expert);
+  const auto dn = random_ggml_weight(t, n_embd, ff, seed + 2, n_expert);
+  const auto x = random_x(size_t(cols), seed);
+  const auto y0 = random_x(size_t(n_embd), seed + 7);
+  const auto norm_w = random_x(size_t(n_embd), seed + 8);
+  const auto norm2_w = random_x(size_t(n_embd), seed + 10);
+  const uint32_t ld = uint32_t((n_embd + 3) / 4 * 4 + 4);  // padded router rows
+  const auto router = random_x(size_t(n_expert) * ld, seed + 9);
+  const float eps = 1e-5f;
+  reference::RoutingConfig cfg;
+  cfg.n_expert_used = top_k;
+  cfg.gating = reference::GatingFunc::kSoftmax;
+  cfg.normalize_topk = true;
+  cfg.weight_scale = 1.5f;
+  // Reference: y = y0 + W x, xn = RMSNorm(y) * norm_w, the routing of router xn, then each chosen
+  // expert's down(silu(gate xn) * up xn) added with its weight, then (next_norm) xn =
+  // RMSNorm(y) * norm2_w, into the same buffers as the engine's (the residual and xn).
+  const bool q8 = op.x_q8(t);
+  const auto xq = q8 ? quantize_x_q8(x.data(), cols, 1) : x;
+  const auto prod = reference_matmul(t, n_embd, cols, w.data(), xq.data(), 1);
+  std::vector<float> y(y0.size()), xn(y0.size());
+  for (size_t i = 0; i < y0.size(); ++i) y[i] = y0[i] + prod[i];
+  reference::rms_norm(y, norm_w, eps, xn);
+  std::vector<float> logits(static_cast<size_t>(n_expert));
+  for (int e = 0; e < n_expert; ++e) {
+    double acc = 0;
+    for (int64_t i = 0; i < n_embd; ++i)
+      acc += double(router[size_t(e) * ld + size_t(i)]) * xn[size_t(i)];
+    logits[size_t(e)] = float(acc);
+  }
+  const auto choice = reference::route_experts(logits, cfg);
+  const auto xnq = q8 ? quantize_x_q8(xn.data(), n_embd, 1) : xn;
+  std::vector<float> out_ref = y;
+  for (int j = 0; j < top_k; ++j) {
+    const int e = choice.ids[size_t(j)];
+    const auto g = reference_matmul(t, 2 * ff, n_embd, gu.data(), xnq.data(), 1, e);
+    std::vector<float> h(static_cast<size_t>(ff));
+    for (int64_t r = 0; r < ff; ++r) {
+      const float a = g[size_t(r)], u = g[size_t(ff + r)];
+      h[size_t(r)] = a / (1.0f + std::exp(-a)) * u;
+    }
+    if (q8) h = quantize_x_q8(h.data(), ff, 1);
+    const auto ye = reference_matmul(t, n_embd, ff, dn.data(), h.data(), 1, e);
+    for (int64_t i = 0; i < n_embd; ++i)
+      out_ref[size_t(i)] += choice.weights[size_t(j)] * ye[size_t(i)];
+  }
+  std::vector<float> xn_ref = xn;
+  if (next_norm) reference::rms_norm(out_ref, norm2_w, eps, xn_ref);
+  const DeviceWeight dw = op.upload(t, n_embd, cols, w.data());
+  const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu.data(), n_expert);
+  const DeviceWeight downw = op.upload(t, n_embd, ff, dn.data(), n_expert);
+  if (!op.can_route_ffn(t, n_embd, cols, uint32_t(n_expert), gw, downw))
+    throw TesseraError("check_route_ffn: shapes the launch refuses");
+  auto upload = [&dev](const auto& v) { return upload_words(dev, v); };
+  const std::vector<int32_t> pair_token(size_t(top_k), 0), offsets = {0, top_k};
+  ClMem xm = upload(x), nm = upload(norm_w), n2m = upload(norm2_w), rm = upload(router),
+        ptm = upload(pair_token), offm = upload(offsets);
+  ClMem ym = guarded_output(dev, y.size()), xnm = guarded_output(dev, xn.size()),
+        idm = guarded_output(dev, size_t(top_k)), wm = guarded_output(dev, size_t(top_k));
+  RouteTail rt;
+  rt.norm_w = nm.get();
+  rt.eps = eps;
+  rt.xn = xnm.get();
+  rt.router = rm.get();
+  rt.router_ld = ld;
+  rt.n_expert = uint32_t(n_expert);
+  rt.routing = cfg;
+  rt.ids = idm.get();
+  rt.weights = wm.get();
+  RouteTail::Ffn f;
+  f.gate_up = &gw;
+  f.down = &downw;
+  f.pair_token = ptm.get();
+  f.combine.out = ym.get();
+  f.combine.accumulate = true;
+  f.combine.weights = wm.get();
+  f.combine.offsets = offm.get();
+  f.combine.pair_token = ptm.get();
+  f.combine.n_tokens = 1;
+  f.combine.norm_w = next_norm ? n2m.get() : nullptr;
+  f.combine.eps = eps;
+  f.combine.xn = next_norm ? xnm.get() : nullptr;
+  f.slices = slices;
+  rt.ffn = &f;
+  auto launch = [&](cl_event* ev) {
+    op.run_route_tail(dw, xm.get(), 0, ym.get(), 0, 1, {0, true}, rt, {}, ev);
+  };
+  MatmulCheck r;
+  const double tol = q8 ? 2e-3 : matmul_tolerance(t) * 8;
+  const std::vector<float> nan_rows(xn.size(), std::nanf(""));
+  // Three launches from the same inputs: each must find the join and counters reset.
+  for (int run = 0; run < 3; ++run) {
+    const std::string pre = run ? "launch " + std::to_string(run + 1) + ", " : "";
+    dev.write(ym.get(), 0, y0.data(), y0.size() * 4);
+    dev.write(xnm.get(), 0, nan_rows.data(), xn.size() * 4);
+    dev.write(wm.get(), 0, nan_rows.data(), size_t(top_k) * 4);
+    const std::vector<int32_t> bad_ids(size_t(top_k), -7);
+    dev.write(idm.get(), 0, bad_ids.data(), bad_ids.size() * 4);
+    launch(nullptr);
+    dev.finish();
+    check_into(r, dev, ym.get(), out_ref, tol, pre + "combined rows");
+    check_into(r, dev, xnm.get(), xn_ref, tol,
+               pre + (next_norm ? "next normed rows" : "normed rows"));
+    check_into(r, dev, wm.get(), choice.weights, 1e-4, pre + "router weights");
+    bool intact = true;
+    const auto raw = read_guarded(dev, idm.get(), size_t(top_k), intact);
+    r.guard_intact = r.guard_intact && intact;
+    if (!intact && r.note.empty()) r.note = pre + "expert ids: out-of-bounds write";
+    std::vector<int32_t> ids(static_cast<size_t>(top_k));
+    std::memcpy(ids.data(), raw.data(), ids.size() * 4);
+    if (ids != choice.ids && r.note.empty()) r.note = pre + "expert ids differ";
+  }
+  r.pass = r.note.empty();
+  r.bytes = double(dw.source_bytes) + double(n_expert) * double(n_embd) * 4 +
+            double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * top_k;
+  r.flops =
+      2.0 * double(n_embd) * double(cols + n_expert) + 2.0 * 3.0 * double(ff * n_embd) * top_k;
+  if (timing) r.seconds = time_launches(dev, launch, true, 10);
+  return r;
+}
+
 double check_dequantize(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                         uint32_t seed) {
   const Device& dev = op.device();
