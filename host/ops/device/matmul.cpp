@@ -602,6 +602,19 @@ void check_combine(const char* what, const ExpertCombine& c) {
 }
 
 // The combine's arguments from `first` on (COMBINE_ARGS in matmul.cl, and experts_ffn's tail).
+// The expert FFN's weights from `first` on (experts_ffn's first seven arguments: gate|up body, head
+// and blocks per row, down's, and ff).
+void set_ffn_weight_args(const Device& dev, cl_kernel k, cl_uint first, const DeviceWeight& gate_up,
+                         const DeviceWeight& down) {
+  set_arg(dev, k, first, gate_up.body.get());
+  set_arg(dev, k, first + 1, gate_up.head ? gate_up.head.get() : gate_up.body.get());
+  set_arg(dev, k, first + 2, cl_uint(gate_up.blocks_per_row));
+  set_arg(dev, k, first + 3, down.body.get());
+  set_arg(dev, k, first + 4, down.head ? down.head.get() : down.body.get());
+  set_arg(dev, k, first + 5, cl_uint(down.blocks_per_row));
+  set_arg(dev, k, first + 6, cl_uint(down.cols));
+}
+
 void set_combine_args(const Device& dev, cl_kernel k, cl_uint first, const ExpertCombine& c,
                       cl_mem counters) {
   // A null cl_mem is not a valid argument on every driver: without a norm, out stands in.
@@ -808,13 +821,7 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
     const int slices = f.slices > 0 ? f.slices : expert_ffn_slices(dn, n_pairs);
     if (slices > kExpertFfnMaxSlices || slices > dn.blocks_per_row)
       throw TesseraError("matmul run_route_tail: " + std::to_string(slices) + " expert slices");
-    set_arg(device_, k, 26, gu.body.get());
-    set_arg(device_, k, 27, gu.head ? gu.head.get() : gu.body.get());
-    set_arg(device_, k, 28, cl_uint(gu.blocks_per_row));
-    set_arg(device_, k, 29, dn.body.get());
-    set_arg(device_, k, 30, dn.head ? dn.head.get() : dn.body.get());
-    set_arg(device_, k, 31, cl_uint(dn.blocks_per_row));
-    set_arg(device_, k, 32, cl_uint(dn.cols));
+    set_ffn_weight_args(device_, k, 26, gu, dn);
     set_arg(device_, k, 33, cl_uint(dn.n_expert));
     set_arg(device_, k, 34, f.pair_token);
     set_arg(device_, k, 35, cl_uint(n_pairs));
@@ -932,13 +939,7 @@ void MatmulOp::run_expert_ffn(const DeviceWeight& gate_up, const DeviceWeight& d
                        std::to_string(std::min<int64_t>(kExpertFfnMaxSlices, down.blocks_per_row)));
   if (slices <= 0) slices = expert_ffn_slices(down, n_pairs);
   cl_kernel k = ks.experts_ffn.get();
-  set_arg(device_, k, 0, gate_up.body.get());
-  set_arg(device_, k, 1, gate_up.head ? gate_up.head.get() : gate_up.body.get());
-  set_arg(device_, k, 2, cl_uint(gate_up.blocks_per_row));
-  set_arg(device_, k, 3, down.body.get());
-  set_arg(device_, k, 4, down.head ? down.head.get() : down.body.get());
-  set_arg(device_, k, 5, cl_uint(down.blocks_per_row));
-  set_arg(device_, k, 6, cl_uint(down.cols));
+  set_ffn_weight_args(device_, k, 0, gate_up, down);
   set_arg(device_, k, 7, cl_uint(down.rows));
   set_arg(device_, k, 8, cl_uint(down.n_expert));
   set_arg(device_, k, 9, x);

@@ -640,6 +640,24 @@ MatmulCheck check_expert_ffn(const MatmulOp& op, TensorType t, int64_t ff, int64
   return r;
 }
 
+namespace {
+RouteTail route_tail_of(cl_mem norm_w, float eps, cl_mem xn, cl_mem router, uint32_t ld,
+                        int n_expert, const reference::RoutingConfig& cfg, cl_mem ids,
+                        cl_mem weights) {
+  RouteTail rt;
+  rt.norm_w = norm_w;
+  rt.eps = eps;
+  rt.xn = xn;
+  rt.router = router;
+  rt.router_ld = ld;
+  rt.n_expert = uint32_t(n_expert);
+  rt.routing = cfg;
+  rt.ids = ids;
+  rt.weights = weights;
+  return rt;
+}
+}  // namespace
+
 MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int64_t cols,
                              int n_tokens, int n_expert, int top_k, bool sigmoid, bool timing,
                              uint32_t seed) {
@@ -684,16 +702,8 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
   ClMem xm = upload(x), nm = upload(norm_w), rm = upload(router);
   ClMem ym = guarded_output(dev, y_ref.size()), xnm = guarded_output(dev, xn_ref.size()),
         idm = guarded_output(dev, ids_ref.size()), wm = guarded_output(dev, w_ref.size());
-  RouteTail rt;
-  rt.norm_w = nm.get();
-  rt.eps = eps;
-  rt.xn = xnm.get();
-  rt.router = rm.get();
-  rt.router_ld = ld;
-  rt.n_expert = uint32_t(n_expert);
-  rt.routing = cfg;
-  rt.ids = idm.get();
-  rt.weights = wm.get();
+  const RouteTail rt =
+      route_tail_of(nm.get(), eps, xnm.get(), rm.get(), ld, n_expert, cfg, idm.get(), wm.get());
   auto launch = [&](cl_event* ev) {
     op.run_route_tail(dw, xm.get(), 0, ym.get(), 0, n_tokens, {0, true}, rt, {}, ev);
   };
@@ -795,16 +805,8 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
         ptm = upload(pair_token), offm = upload(offsets);
   ClMem ym = guarded_output(dev, y.size()), xnm = guarded_output(dev, xn.size()),
         idm = guarded_output(dev, size_t(top_k)), wm = guarded_output(dev, size_t(top_k));
-  RouteTail rt;
-  rt.norm_w = nm.get();
-  rt.eps = eps;
-  rt.xn = xnm.get();
-  rt.router = rm.get();
-  rt.router_ld = ld;
-  rt.n_expert = uint32_t(n_expert);
-  rt.routing = cfg;
-  rt.ids = idm.get();
-  rt.weights = wm.get();
+  RouteTail rt =
+      route_tail_of(nm.get(), eps, xnm.get(), rm.get(), ld, n_expert, cfg, idm.get(), wm.get());
   RouteTail::Ffn f;
   f.gate_up = &gw;
   f.down = &downw;
