@@ -1114,16 +1114,28 @@ inline void combine_parts(uint t, uint n, uint slices, __global volatile const f
 #define EXPERT_FFN_LOCALS __local char q8x[1], q8h[1];
 #endif
 
+// Four rows (first blocks r.s0 .. r.s3, nb blocks each) dotted with x, from x's 8-bit blocks in
+// q8 (X_Q8_ON, groups > 0) or from x's floats.
+#if X_Q8_ON
+#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) \
+  dot_rows4_q8(body, head, r, nb, xp, q8, groups)
+#else
+#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) dot_blocks4(body, head, r, nb, xp)
+#endif
+
 // Unit (s, p) of the expert FFN (the work group (s, p) of experts_ffn), by one work item; q8x and
-// q8h: local scratch of Q8_BYTES(X_Q8_MAX_GROUPS) each (X_Q8_ON).
-inline void expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x,
+// q8h: local scratch of Q8_BYTES(X_Q8_MAX_GROUPS) each (X_Q8_ON). Returns the tokens it combined.
+inline uint expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x,
                             __local char* q8h) {
+  uint combined = 0;
   if (s == 0 && p == 0)
     for (uint t = 0; t < c_tokens; ++t)
-      if (coff[t + 1] == coff[t])
+      if (coff[t + 1] == coff[t]) {
         combine_parts(t, n_embd, slices, part, cx, cw, coff, accumulate, norm_w, use_norm, eps,
                       cxn);
-  if (p >= n_pairs || s >= slices) return;
+        ++combined;
+      }
+  if (p >= n_pairs || s >= slices) return combined;
   const int e = pair_expert[p], tk = pair_token[p];
   const bool ok = e >= 0 && (uint)e < n_expert && tk >= 0 && (uint)tk < x_rows;
   const ulong ec = (ulong)clamp(e, 0, (int)n_expert - 1);
@@ -1135,11 +1147,9 @@ inline void expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x
              b1 = s + 1 == slices ? dn_bpr : 4 * ((s + 1) * dn_groups / slices);
   const uint gx = gu_bpr / 4 <= X_Q8_MAX_GROUPS ? gu_bpr / 4 : 0;
   const uint gh = (b1 - b0) / 4 <= X_Q8_MAX_GROUPS ? (b1 - b0) / 4 : 0;
-#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) \
-  dot_rows4_q8(body, head, r, nb, xp, q8, groups)
 #else
   const uint b0 = s * dn_bpr / slices, b1 = (s + 1) * dn_bpr / slices;
-#define EXPERT_DOT4(body, head, r, nb, xp, q8, groups) dot_blocks4(body, head, r, nb, xp)
+  const uint gx = 0, gh = 0;
 #endif
   const uint r0 = b0 * BLOCK_ELEMS, r1 = min(b1 * BLOCK_ELEMS, ff);
   __global const float* xr = x + x_off + (ulong)clamp(tk, 0, (int)x_rows - 1) * n_embd;
@@ -1168,17 +1178,18 @@ inline void expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x
                                  b1 - b0, hp + r0, q8h, gh);
     vstore4(ok ? v : (float4)(NAN), 0, pp + o);
   }
-#undef EXPERT_DOT4
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   const int t = ctok[p];
-  if (t < 0 || (uint)t >= c_tokens) return;
+  if (t < 0 || (uint)t >= c_tokens) return combined;
   const int want = (int)slices * (coff[t + 1] - coff[t]);
   if (atomic_inc(counters + t) == want - 1) {
     atomic_xchg(counters + t, 0);
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     combine_parts((uint)t, n_embd, slices, part, cx, cw, coff, accumulate, norm_w, use_norm, eps,
                   cxn);
+    ++combined;
   }
+  return combined;
 }
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_FFN_PARAMS) {
@@ -1194,16 +1205,25 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 // FFN norm, router and top-k by the last group per token); the groups that route bump the join's
 // routed count. Phase 2 is experts_ffn's units (s, p) = (u % slices, u / slices), u claimed from
 // a counter by the groups' first items, on the routing's xn (x_rows = n_tokens) and ids.
-// No group waits without bound: a group that finds the routing not done waits (FFN_SPIN reads)
-// only when every group has started, so the group still routing runs; when the wait runs out it
-// skips phase 2. The group that routes the last token always goes on and claims what is left.
-// The last group to finish resets the join (routed, claimed, started, finished) for the next
+// With np_rows > 0, phase 3 is the next layer's input projection (np_rows dense rows of np_bpr
+// blocks, the program's format) of the combine's normed row cxn (one token) into np_y, in units
+// of NP_UNIT rows claimed from a counter once the combine is done.
+// No group waits without bound: a group that finds the previous phase not done waits (FFN_SPIN
+// reads) only when every group has started, so the group still working runs; when the wait runs
+// out it skips the phase. The group that routes the last token always goes on into phase 2, the
+// group that combines the token into phase 3; each claims what is left. The last group to finish
+// resets the join (routed, claimed, started, finished, combined, claimed in phase 3) for the next
 // launch.
 #if defined(ROUTE_FFN) && defined(ROUTE_TAIL) && defined(EXPERT_FFN)
 #if LANES != 1
 #error "ROUTE_FFN needs one lane per row"
 #endif
-#define FFN_SPIN 65536
+// The waits' bound in volatile reads (a few ms): long enough that a group waiting while the
+// previous phase's last unit runs stays to share the next phase (65,536 reads ran out on the
+// 2-core machine, leaving phase 3 to one group), short enough to end on a driver that breaks the
+// join's assumption (then the group that finishes the previous phase does the rest).
+#define FFN_SPIN (1 << 22)
+#define NP_UNIT 16
 #undef ROUTED_HOOK
 #define ROUTED_HOOK(n)                   \
   if (get_local_id(0) == 0 && (n) > 0) { \
@@ -1219,7 +1239,9 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     __global float* part, uint slices, __global float* cx, __global const float* cw,
     __global const int* coff, __global const int* ctok, uint c_tokens, uint c_accumulate,
     __global const float* c_norm_w, uint c_use_norm, float c_eps, __global float* cxn,
-    __global volatile int* counters, __global volatile int* ffn_join) {
+    __global volatile int* counters, __global volatile int* ffn_join,
+    __global const uchar* np_body, __global const uchar* np_head, uint np_bpr, uint np_rows,
+    __global float* np_y) {
   if (get_local_id(0) == 0) atomic_inc(ffn_join + 2);
   MATMUL_BODY(1, RPW, ,
               Q8_TILE(1, x + xrow[0], out)
@@ -1233,18 +1255,42 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     for (uint i = 0; i < FFN_SPIN && !go; ++i) go = *routed >= (int)n_tokens;
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   const uint units = slices * n_pairs;
+  uint combined = 0;
   for (uint u = go ? (uint)atomic_inc(ffn_join + 1) : units; u < units;
        u = (uint)atomic_inc(ffn_join + 1))
-    expert_ffn_unit(u % slices, u / slices, gu_body, gu_head, gu_bpr, dn_body, dn_head, dn_bpr, ff,
-                    rows, n_expert, rt_xn, 0, n_tokens, pair_token, rt_ids, n_pairs, h, part,
-                    slices, cx, cw, coff, ctok, c_tokens, c_accumulate, c_norm_w, c_use_norm, c_eps,
-                    cxn, counters, q8x, q8h);
-  mem_fence(CLK_GLOBAL_MEM_FENCE);
-  if (atomic_inc(ffn_join + 3) == groups - 1) {
-    atomic_xchg(ffn_join, 0);
-    atomic_xchg(ffn_join + 1, 0);
-    atomic_xchg(ffn_join + 2, 0);
-    atomic_xchg(ffn_join + 3, 0);
+    combined += expert_ffn_unit(u % slices, u / slices, gu_body, gu_head, gu_bpr, dn_body, dn_head,
+                                dn_bpr, ff, rows, n_expert, rt_xn, 0, n_tokens, pair_token, rt_ids,
+                                n_pairs, h, part, slices, cx, cw, coff, ctok, c_tokens,
+                                c_accumulate, c_norm_w, c_use_norm, c_eps, cxn, counters, q8x, q8h);
+  if (combined > 0) {
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    atomic_add(ffn_join + 4, (int)combined);
   }
+  if (np_rows > 0) {
+    // Phase 3: the next projection of cxn (one token), once the combine has written it.
+    bool go3 = ffn_join[4] >= (int)c_tokens;
+    if (!go3 && ffn_join[2] == groups)
+      for (uint i = 0; i < FFN_SPIN && !go3; ++i) go3 = ffn_join[4] >= (int)c_tokens;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    const uint units3 = (np_rows + NP_UNIT - 1) / NP_UNIT;
+    uint u = go3 ? (uint)atomic_inc(ffn_join + 5) : units3;
+#if X_Q8_ON
+    const uint gn = np_bpr / 4 <= X_Q8_MAX_GROUPS ? np_bpr / 4 : 0;
+    if (u < units3) q8_fill_one(cxn, rows, q8x, gn);
+#else
+    const uint gn = 0;
+#endif
+    for (; u < units3; u = (uint)atomic_inc(ffn_join + 5))
+      for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {  // np_rows % 4 == 0
+        const ulong b = (ulong)r * np_bpr;
+        vstore4(EXPERT_DOT4(np_body, np_head,
+                            (ulong4)(b, b + np_bpr, b + 2 * np_bpr, b + 3 * np_bpr), np_bpr, cxn,
+                            q8x, gn),
+                0, np_y + r);
+      }
+  }
+  mem_fence(CLK_GLOBAL_MEM_FENCE);
+  if (atomic_inc(ffn_join + 3) == groups - 1)
+    for (uint i = 0; i < 6; ++i) atomic_xchg(ffn_join + i, 0);
 }
 #endif

@@ -640,17 +640,25 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
                            &ctx(plan_.layer_device[l + 1]) == &c;
     const cl_mem next_norm = next_here ? layers_[l + 1].mixer->input_norm() : nullptr;
     // The MoE block's routing in the mixer's output launch, where it can (MoeFfn::route_tail),
-    // and with a plain MoE FFN (nothing between its routing and experts) maybe its experts too.
+    // and with a plain MoE FFN (nothing between its routing and experts) maybe its experts too,
+    // and then the next layer's input projection.
     MoeFfn* moe = layers_[l].ffn->routed();
     const bool plain_moe = moe && moe == dynamic_cast<MoeFfn*>(layers_[l].ffn.get());
-    step.route = moe ? moe->route_tail(c, step, plain_moe, next_norm) : nullptr;
+    const InputProjection next_proj = next_norm && options_.fuse.next_qkv
+                                          ? layers_[l + 1].mixer->input_projection(c)
+                                          : InputProjection{};
+    const ops::RouteTail* route =
+        moe ? moe->route_tail(c, step, plain_moe, next_norm, next_proj) : nullptr;
+    step.route = route;
     step.routed = layers_[l].mixer->forward(c, step, prenormed);
     step.route = nullptr;
+    const bool projects_next = step.routed && route->ffn && route->ffn->next;
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
     prenormed = layers_[l].ffn->forward(c, step, next_norm);
     step.routed = false;
+    step.projected = projects_next;
     mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, stream_bytes);

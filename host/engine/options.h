@@ -68,8 +68,8 @@ struct EngineOptions {
   // Fused launches (each has a portability-matrix case); switching one off runs the separate
   // kernels instead, for A/B measurements. The CLI switches them off by name from
   // $TESSERA_NO_FUSE (apply_no_fuse: qkv, norm_route, proj_route, combine_norm, swiglu, glu,
-  // attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, argmax, flush, pipeline,
-  // stream_ahead, stream_queue, zero_copy).
+  // attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, next_qkv, argmax, flush,
+  // pipeline, stream_ahead, stream_queue, zero_copy).
   struct Fusion {
     bool qkv = true;           // q/k/v one matrix; norms + RoPE + KV store in one launch
     bool norm_route = true;    // FFN norm + F32 router + top-k
@@ -98,6 +98,9 @@ struct EngineOptions {
     // layer's experts (expert_ffn) in one launch (MatmulOp::run_route_tail with its Ffn): one
     // launch per MoE layer fewer.
     bool route_ffn = true;
+    // With route_ffn (and combine_norm): the next attention layer's q|k|v projection in that
+    // launch too, on the combine's normed row (RouteTail::Ffn::next): one launch per layer fewer.
+    bool next_qkv = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
@@ -203,7 +206,7 @@ struct EngineStats {
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,
 // combine_norm, swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn,
-// argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an
+// next_qkv, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an
 // unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstring>
 
+#include "host/common/error.h"
 #include "host/model/weights.h"
 #include "host/ops/reference/activation.h"
 #include "host/ops/reference/attention.h"
@@ -127,17 +128,27 @@ void AttentionMixer::upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvC
   c.use_kv_group(kv_group_);
 }
 
+InputProjection AttentionMixer::input_projection(DeviceCtx& c) const {
+  // The stacked q | k | v (| gate) matrix, with no bias after it.
+  if (!dev_.wqkv.body || dev_.qkv_bias) return {};
+  return {&dev_.wqkv, c.qkv.get()};
+}
+
 bool AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
-  if (!prenormed)
+  if (s.projected && (!dev_.wqkv.body || dev_.qkv_bias))
+    throw TesseraError("attention: a projected input without the stacked q|k|v matrix");
+  if (!prenormed && !s.projected)
     c.norm->rms_norm(c.x.get(), 0, dev_.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
                      hp.rms_eps, {{}, c.prof("norm")});
-  // Projections into one q | k | v (| gate) row per token, then norms, RoPE and the KV store in one
-  // launch.
+  // Projections into one q | k | v (| gate) row per token (unless the previous layer's launch ran
+  // it: s.projected), then norms, RoPE and the KV store in one launch.
   const uint32_t qkv_ld = q_dim_ + 2 * kv_dim_ + gate_dim_;
-  if (dev_.wqkv.body) {
+  if (s.projected) {
+    // c.qkv holds the rows already.
+  } else if (dev_.wqkv.body) {
     c.mm->run(dev_.wqkv, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"));
   } else {
     c.mm->run(dev_.wq, c.xn.get(), 0, c.qkv.get(), 0, n, {}, c.prof("matmul"), {qkv_ld});

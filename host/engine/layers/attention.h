@@ -25,6 +25,7 @@ class AttentionMixer final : public Mixer {
   void upload(DeviceCtx& c, WeightUploader& up, const kv::PagedKvCache& kv,
               const EngineOptions& options) override;
   bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
+  InputProjection input_projection(DeviceCtx& c) const override;
   cl_mem input_norm() const override { return dev_.attn_norm.get(); }
   void reference_forward(std::span<float> x, std::span<const int32_t> positions,
                          ReferenceLayerMemory& mem) const override;

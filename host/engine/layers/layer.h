@@ -62,6 +62,16 @@ struct LayerStep {
   // none), and whether it did (the FFN then skips its own routing launch). Set per layer.
   const ops::RouteTail* route = nullptr;
   bool routed = false;
+  // The mixer's input projection (Mixer::input_projection) is already in its output buffer, from
+  // the previous layer's last launch (RouteTail::Ffn::next); implies prenormed. Set per layer.
+  bool projected = false;
+};
+
+// Where a mixer's input projection goes, for a previous layer's launch that runs it
+// (Mixer::input_projection): w times the normed input row into y.
+struct InputProjection {
+  const ops::DeviceWeight* w = nullptr;
+  cl_mem y = nullptr;
 };
 
 // Mixes a layer's tokens: x += mixer(norm(x)).
@@ -79,6 +89,10 @@ class Mixer {
   virtual bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) = 0;
   // The input RMSNorm weights on the device (after upload), for a previous layer that fuses it.
   virtual cl_mem input_norm() const = 0;
+  // The one matrix the mixer first runs on its normed input (one row per token, nothing added),
+  // for a previous layer on the same device that may run it (forward() then sees s.projected);
+  // none (w null) by default.
+  virtual InputProjection input_projection(DeviceCtx& /*c*/) const { return {}; }
   // Reference forward: x [n_tokens][n_embd] += mixer(norm(x)) at `positions`, extending `mem`.
   virtual void reference_forward(std::span<float> x, std::span<const int32_t> positions,
                                  ReferenceLayerMemory& mem) const = 0;

@@ -165,7 +165,7 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
 }
 
 const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s, bool with_experts,
-                                         cl_mem next_norm) {
+                                         cl_mem next_norm, InputProjection next) {
   if (!dev_.route_tail || c.index != dev_.home || s.n_tokens > ops::MatmulOp::kRouteTailMaxTokens)
     return nullptr;
   auto& r = route_tail_;
@@ -179,6 +179,10 @@ const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s,
     route_ffn_.pair_token = c.pair_token.get();
     route_ffn_.combine = combine_args(c.x.get(), true, c.topk_w.get(), c.token_pairs.get(),
                                       c.pair_token.get(), 1, next_norm, c.xn.get());
+    const bool project = next_norm && next.w && next.y &&
+                         c.mm->can_route_next(ls_.wo->type, int64_t(ls_.wo->dims[1]), *next.w);
+    route_ffn_.next = project ? next.w : nullptr;
+    route_ffn_.next_y = project ? next.y : nullptr;
     r.ffn = &route_ffn_;
   }
   r.norm_w = dev_.ffn_norm.get();

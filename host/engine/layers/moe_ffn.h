@@ -92,9 +92,12 @@ class MoeFfn final : public Ffn {
   // with_experts (forward() follows, nothing between routing and experts): one-token steps with
   // every expert on c may also run the experts and their combine (+ next_norm) in that launch
   // (RouteTail::ffn, EngineOptions::Fusion::route_ffn); forward() then only does the host's
-  // bookkeeping.
+  // bookkeeping. With next_norm, next (the next layer's input projection, when its weight is one
+  // the launch takes: MatmulOp::can_route_next) runs there too; the result's ffn->next says
+  // whether it does.
   const ops::RouteTail* route_tail(const DeviceCtx& c, const LayerStep& s,
-                                   bool with_experts = false, cl_mem next_norm = nullptr);
+                                   bool with_experts = false, cl_mem next_norm = nullptr,
+                                   InputProjection next = {});
   bool experts(DeviceCtx& c, const LayerStep& s, cl_mem next_norm);
   MoeFfn* routed() override { return this; }
   // Kernel launches of one device's share of this layer's experts for one token (its pairs):

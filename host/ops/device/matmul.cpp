@@ -830,6 +830,19 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
     set_arg(device_, k, 38, cl_uint(slices));
     set_combine_args(device_, k, 39, f.combine, combine_counters_.get());
     set_arg(device_, k, 50, ffn_join_.get());
+    if (f.next && !can_route_next(w.type, w.rows, *f.next))
+      throw TesseraError(
+          "matmul run_route_tail: the next projection is not a dense matrix of the launch's "
+          "format over its rows (MatmulOp::can_route_next)");
+    if (f.next && (!f.next_y || !f.combine.norm_w || !f.combine.xn))
+      throw TesseraError(
+          "matmul run_route_tail: the next projection needs its output and the combine's norm");
+    set_arg(device_, k, 51, f.next ? f.next->body.get() : ffn_h_.get());
+    set_arg(device_, k, 52,
+            f.next ? (f.next->head ? f.next->head.get() : f.next->body.get()) : ffn_h_.get());
+    set_arg(device_, k, 53, cl_uint(f.next ? f.next->blocks_per_row : 0));
+    set_arg(device_, k, 54, cl_uint(f.next ? f.next->rows : 0));
+    set_arg(device_, k, 55, f.next ? f.next_y : ffn_h_.get());
   }
   enqueue_row_tiles(k, kv, w.rows, w.cols, n_tokens, tile, wait, done);
 }
@@ -848,6 +861,12 @@ bool MatmulOp::can_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32
   return ks.variant.lanes == 1 && (!gemv || ks.variant.gemv().lanes == 1) &&
          can_route_tail(type, n_expert) && can_expert_ffn(gate_up, down) && down.type == type &&
          down.rows == rows;
+}
+
+bool MatmulOp::can_route_next(TensorType type, int64_t rows, const DeviceWeight& next) const {
+  return weight_format(type) && next.body && next.type == type && next.n_expert == 1 && next.cols == rows &&
+         next.rows > 0 && next.rows % 4 == 0 && next.blocks_per_row > 0 &&
+         int64_t(next.blocks_per_row) * weight_format(type)->block_elems == rows;
 }
 
 void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
@@ -871,7 +890,7 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
                             shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
   }
   if (!ffn_join_) {
-    const int32_t zeros[4] = {0, 0, 0, 0};
+    const int32_t zeros[6] = {0, 0, 0, 0, 0, 0};
     ffn_join_ = device_.alloc(sizeof(zeros));
     device_.write(ffn_join_.get(), 0, zeros, sizeof(zeros));
   }

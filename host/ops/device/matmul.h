@@ -147,6 +147,10 @@ struct RouteTail {
     cl_mem pair_token = nullptr;
     ExpertCombine combine;
     int slices = 0;  // > 0 forces that many (as run_expert_ffn's)
+    // With next (MatmulOp::can_route_next; the combine's norm on): next . combine.xn into next_y
+    // (next->rows floats) in the same launch, the next layer's input projection.
+    const DeviceWeight* next = nullptr;
+    cl_mem next_y = nullptr;
   };
   const Ffn* ffn = nullptr;
 };
@@ -285,6 +289,9 @@ class MatmulOp {
   // (w: `type`, rows x cols.)
   bool can_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                      const DeviceWeight& gate_up, const DeviceWeight& down) const;
+  // Whether such a launch can also run `next` (the next layer's input projection, rows x `rows`,
+  // on the combine's normed row): one dense matrix of `type`, rows a multiple of 4.
+  bool can_route_next(gguf::TensorType type, int64_t rows, const DeviceWeight& next) const;
   void prepare_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                          const DeviceWeight& gate_up, const DeviceWeight& down) const;
 
@@ -337,8 +344,8 @@ class MatmulOp {
   // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
   // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
   mutable ClMem route_counters_, route_part_;
-  // matmul_route_ffn's join (routed, claimed, started, finished: zero between launches, the last
-  // work group resets them), allocated by prepare_route_ffn.
+  // matmul_route_ffn's join (routed, claimed, started, finished, combined, claimed by phase 3:
+  // zero between launches, the last work group resets them), allocated by prepare_route_ffn.
   mutable ClMem ffn_join_;
   mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;

@@ -742,8 +742,10 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
 
 MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, int64_t cols,
                             int64_t ff, int n_expert, int top_k, bool next_norm, int slices,
-                            bool timing, uint32_t seed) {
+                            int64_t next_rows, bool timing, uint32_t seed) {
   if (top_k < 1 || top_k > n_expert) throw TesseraError("check_route_ffn: top_k out of range");
+  if (next_rows > 0 && !next_norm)
+    throw TesseraError("check_route_ffn: the next projection reads the next norm's row");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, n_embd, cols, seed);
   const auto gu = random_ggml_weight(t, 2 * ff, n_embd, seed + 1, n_expert);
@@ -794,7 +796,16 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   }
   std::vector<float> xn_ref = xn;
   if (next_norm) reference::rms_norm(out_ref, norm2_w, eps, xn_ref);
+  const auto wn = random_ggml_weight(t, std::max<int64_t>(next_rows, 1), n_embd, seed + 11);
+  std::vector<float> next_ref;
+  if (next_rows > 0) {
+    const auto xnq2 = q8 ? quantize_x_q8(xn_ref.data(), n_embd, 1) : xn_ref;
+    next_ref = reference_matmul(t, next_rows, n_embd, wn.data(), xnq2.data(), 1);
+  }
   const DeviceWeight dw = op.upload(t, n_embd, cols, w.data());
+  const DeviceWeight nw = op.upload(t, std::max<int64_t>(next_rows, 1), n_embd, wn.data());
+  if (next_rows > 0 && !op.can_route_next(t, n_embd, nw))
+    throw TesseraError("check_route_ffn: a next projection the launch refuses");
   const DeviceWeight gw = op.upload(t, 2 * ff, n_embd, gu.data(), n_expert);
   const DeviceWeight downw = op.upload(t, n_embd, ff, dn.data(), n_expert);
   if (!op.can_route_ffn(t, n_embd, cols, uint32_t(n_expert), gw, downw))
@@ -804,7 +815,8 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   ClMem xm = upload(x), nm = upload(norm_w), n2m = upload(norm2_w), rm = upload(router),
         ptm = upload(pair_token), offm = upload(offsets);
   ClMem ym = guarded_output(dev, y.size()), xnm = guarded_output(dev, xn.size()),
-        idm = guarded_output(dev, size_t(top_k)), wm = guarded_output(dev, size_t(top_k));
+        idm = guarded_output(dev, size_t(top_k)), wm = guarded_output(dev, size_t(top_k)),
+        npm = guarded_output(dev, size_t(std::max<int64_t>(next_rows, 1)));
   RouteTail rt =
       route_tail_of(nm.get(), eps, xnm.get(), rm.get(), ld, n_expert, cfg, idm.get(), wm.get());
   RouteTail::Ffn f;
@@ -821,6 +833,8 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   f.combine.eps = eps;
   f.combine.xn = next_norm ? xnm.get() : nullptr;
   f.slices = slices;
+  f.next = next_rows > 0 ? &nw : nullptr;
+  f.next_y = next_rows > 0 ? npm.get() : nullptr;
   rt.ffn = &f;
   auto launch = [&](cl_event* ev) {
     op.run_route_tail(dw, xm.get(), 0, ym.get(), 0, 1, {0, true}, rt, {}, ev);
@@ -836,12 +850,17 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
     dev.write(wm.get(), 0, nan_rows.data(), size_t(top_k) * 4);
     const std::vector<int32_t> bad_ids(size_t(top_k), -7);
     dev.write(idm.get(), 0, bad_ids.data(), bad_ids.size() * 4);
+    if (next_rows > 0) {
+      const std::vector<float> nan_next(size_t(next_rows), std::nanf(""));
+      dev.write(npm.get(), 0, nan_next.data(), nan_next.size() * 4);
+    }
     launch(nullptr);
     dev.finish();
     check_into(r, dev, ym.get(), out_ref, tol, pre + "combined rows");
     check_into(r, dev, xnm.get(), xn_ref, tol,
                pre + (next_norm ? "next normed rows" : "normed rows"));
     check_into(r, dev, wm.get(), choice.weights, 1e-4, pre + "router weights");
+    if (next_rows > 0) check_into(r, dev, npm.get(), next_ref, tol, pre + "next projection");
     bool intact = true;
     const auto raw = read_guarded(dev, idm.get(), size_t(top_k), intact);
     r.guard_intact = r.guard_intact && intact;
@@ -852,9 +871,10 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   }
   r.pass = r.note.empty();
   r.bytes = double(dw.source_bytes) + double(n_expert) * double(n_embd) * 4 +
-            double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * top_k;
-  r.flops =
-      2.0 * double(n_embd) * double(cols + n_expert) + 2.0 * 3.0 * double(ff * n_embd) * top_k;
+            double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * top_k +
+            (next_rows > 0 ? double(nw.source_bytes) : 0.0);
+  r.flops = 2.0 * double(n_embd) * double(cols + n_expert + std::max<int64_t>(next_rows, 0)) +
+            2.0 * 3.0 * double(ff * n_embd) * top_k;
   if (timing) r.seconds = time_launches(dev, launch, true, 10);
   return r;
 }

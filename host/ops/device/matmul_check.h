@@ -100,11 +100,13 @@ MatmulCheck check_route_tail(const MatmulOp& op, gguf::TensorType t, int64_t row
 // a residual y, the routing as check_route_tail's (softmax, top_k of n_expert), the chosen
 // experts (gate|up 2 ff x n_embd, down n_embd x ff, type t) as check_expert_ffn's on the routing's
 // normed row, their weighted sum added to y, and with next_norm RMSNorm(y) * another weight over
-// the normed row (the engine's buffers). Three launches (the join and counters reset by each);
-// compares y, the normed row, the weights and the ids.
+// the normed row (the engine's buffers), and with next_rows > 0 (needs next_norm) a next_rows x
+// n_embd matrix of type t times that row (the next layer's input projection). Three launches (the
+// join and counters reset by each); compares y, the normed row, the weights, the ids and the
+// projection.
 MatmulCheck check_route_ffn(const MatmulOp& op, gguf::TensorType t, int64_t n_embd, int64_t cols,
                             int64_t ff, int n_expert, int top_k, bool next_norm, int slices,
-                            bool timing, uint32_t seed = 1);
+                            int64_t next_rows, bool timing, uint32_t seed = 1);
 
 // Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
 // fma rounding: returns max |device - reference| / max |reference| over all rows.
