@@ -1239,9 +1239,8 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     __global float* part, uint slices, __global float* cx, __global const float* cw,
     __global const int* coff, __global const int* ctok, uint c_tokens, uint c_accumulate,
     __global const float* c_norm_w, uint c_use_norm, float c_eps, __global float* cxn,
-    __global volatile int* counters, __global volatile int* ffn_join,
-    __global const uchar* np_body, __global const uchar* np_head, uint np_bpr, uint np_rows,
-    __global float* np_y) {
+    __global volatile int* counters, __global volatile int* ffn_join, __global const uchar* np_body,
+    __global const uchar* np_head, uint np_bpr, uint np_rows, __global float* np_y) {
   if (get_local_id(0) == 0) atomic_inc(ffn_join + 2);
   MATMUL_BODY(1, RPW, ,
               Q8_TILE(1, x + xrow[0], out)
@@ -1283,10 +1282,10 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     for (; u < units3; u = (uint)atomic_inc(ffn_join + 5))
       for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {  // np_rows % 4 == 0
         const ulong b = (ulong)r * np_bpr;
-        vstore4(EXPERT_DOT4(np_body, np_head,
-                            (ulong4)(b, b + np_bpr, b + 2 * np_bpr, b + 3 * np_bpr), np_bpr, cxn,
-                            q8x, gn),
-                0, np_y + r);
+        vstore4(
+            EXPERT_DOT4(np_body, np_head, (ulong4)(b, b + np_bpr, b + 2 * np_bpr, b + 3 * np_bpr),
+                        np_bpr, cxn, q8x, gn),
+            0, np_y + r);
       }
   }
   mem_fence(CLK_GLOBAL_MEM_FENCE);

@@ -206,8 +206,8 @@ struct EngineStats {
 
 // Switches off the fusions named in `names` (comma separated: qkv, norm_route, proj_route,
 // combine_norm, swiglu, glu, attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn,
-// next_qkv, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument naming an
-// unknown name and the known ones.
+// next_qkv, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument
+// naming an unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

@@ -295,8 +295,7 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                (variant == 0   ? "_norm"
                 : variant == 1 ? "_norm_next" + std::to_string(nr)
                                : "_slices" + std::to_string(ffn_slices)),
-           [t, c_mid, ffn_ff, ffn_embd, ffn_slices, next_norm, nr](const Device& dev,
-                                                                   bool timing) {
+           [t, c_mid, ffn_ff, ffn_embd, ffn_slices, next_norm, nr](const Device& dev, bool timing) {
              MatmulVariant v = default_matmul_variant(dev.info(), t);
              if (v.lanes != 1) {
                v.lanes = 1;
