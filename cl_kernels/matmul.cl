@@ -1200,20 +1200,26 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 
 // ROUTE_FFN (CPUs: one lane per row; built with ROUTE_TAIL and EXPERT_FFN, one format): a MoE
 // layer's decode after its attention in one launch, where matmul_t1 with the routing tail and
-// experts_ffn take two (on PoCL every launch is a fork/join over all threads). Phase 1 is
-// matmul_t1's with the routing tail, by every work group (the output projection's rows, then the
-// FFN norm, router and top-k by the last group per token); the groups that route bump the join's
-// routed count. Phase 2 is experts_ffn's units (s, p) = (u % slices, u / slices), u claimed from
-// a counter by the groups' first items, on the routing's xn (x_rows = n_tokens) and ids.
-// With np_rows > 0, phase 3 is the next layer's input projection (np_rows dense rows of np_bpr
-// blocks, the program's format) of the combine's normed row cxn (one token) into np_y, in units
-// of NP_UNIT rows claimed from a counter once the combine is done.
+// experts_ffn take two (on PoCL every launch is a fork/join over all threads). One token. Work is
+// done in phases; after phase 1 the groups' first items claim units of a phase from a counter and
+// count the units they finish (the join's ints: routed, claimed 2a, started, finished, combined,
+// claimed 3, done 2a, claimed 2b, done 2b).
+// - Phase 1 is matmul_t1's with the routing tail, by every work group (the output projection's
+//   rows, then the FFN norm, router and top-k by the last group); the group that routes bumps
+//   the routed count.
+// - Phase 2a, units (s, p) = (u % slices, u / slices): pair p's h rows of slice s (ff's runs of
+//   32 rows split `slices` ways) = silu(gate xn) * up xn, xn the routing's normed row.
+// - Phase 2b, once every 2a unit is done, units of DN_UNIT rows of the residual stream cx: the
+//   rows' sum over the token's pairs of cw[p] * down_p h_p, added to cx (c_accumulate), their
+//   sum of squares into part[u]. The group that finishes the last unit writes
+//   cxn = RMSNorm(cx) * c_norm_w (c_use_norm) and bumps the combined count.
+// - With np_rows > 0, phase 3, once combined: the next layer's input projection (np_rows dense
+//   rows of np_bpr blocks, the program's format) of cxn into np_y, in units of NP_UNIT rows.
 // No group waits without bound: a group that finds the previous phase not done waits (FFN_SPIN
-// reads) only when every group has started, so the group still working runs; when the wait runs
-// out it skips the phase. The group that routes the last token always goes on into phase 2, the
-// group that combines the token into phase 3; each claims what is left. The last group to finish
-// resets the join (routed, claimed, started, finished, combined, claimed in phase 3) for the next
-// launch.
+// reads) only when every group has started, so the groups still working run; when the wait runs
+// out it skips the phase. The group that finishes a phase's last unit always goes on into the
+// next and claims what is left. The last group to finish resets the join for the next launch.
+// An out-of-range expert or token id makes the rows NaN.
 #if defined(ROUTE_FFN) && defined(ROUTE_TAIL) && defined(EXPERT_FFN)
 #if LANES != 1
 #error "ROUTE_FFN needs one lane per row"
@@ -1224,12 +1230,24 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 // join's assumption (then the group that finishes the previous phase does the rest).
 #define FFN_SPIN (1 << 22)
 #define NP_UNIT 16
+#define DN_UNIT 32
+#define JOIN_INTS 9
 #undef ROUTED_HOOK
 #define ROUTED_HOOK(n)                   \
   if (get_local_id(0) == 0 && (n) > 0) { \
     mem_fence(CLK_GLOBAL_MEM_FENCE);     \
     atomic_add(ffn_join, (n));           \
   }
+
+// Whether join[i] has reached want: at once, or after waiting when every group has started.
+inline bool join_ready(__global volatile int* join, uint i, int want, int groups) {
+  bool ok = join[i] >= want;
+  if (!ok && join[2] == groups)
+    for (uint n = 0; n < FFN_SPIN && !ok; ++n) ok = join[i] >= want;
+  mem_fence(CLK_GLOBAL_MEM_FENCE);
+  return ok;
+}
+
 __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmul_route_ffn(
     __global const uchar* body, __global const uchar* head, uint rows, uint cols, uint bpr,
     __global const float* x, ulong x_off, __global float* y, ulong y_off, uint n_tokens, uint ldy,
@@ -1247,32 +1265,93 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
                   tile_1(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
   EXPERT_FFN_LOCALS
   if (get_local_id(0) != 0) return;
-  __global volatile int* routed = ffn_join;
   const int groups = (int)(get_num_groups(0) * get_num_groups(1));
-  bool go = *routed >= (int)n_tokens;
-  if (!go && ffn_join[2] == groups)
-    for (uint i = 0; i < FFN_SPIN && !go; ++i) go = *routed >= (int)n_tokens;
-  mem_fence(CLK_GLOBAL_MEM_FENCE);
-  const uint units = slices * n_pairs;
-  uint combined = 0;
-  for (uint u = go ? (uint)atomic_inc(ffn_join + 1) : units; u < units;
-       u = (uint)atomic_inc(ffn_join + 1))
-    combined += expert_ffn_unit(u % slices, u / slices, gu_body, gu_head, gu_bpr, dn_body, dn_head,
-                                dn_bpr, ff, rows, n_expert, rt_xn, 0, n_tokens, pair_token, rt_ids,
-                                n_pairs, h, part, slices, cx, cw, coff, ctok, c_tokens,
-                                c_accumulate, c_norm_w, c_use_norm, c_eps, cxn, counters, q8x, q8h);
-  if (combined > 0) {
+#if X_Q8_ON
+  const uint gx = gu_bpr / 4 <= X_Q8_MAX_GROUPS ? gu_bpr / 4 : 0;
+  const uint gh = dn_bpr / 4 <= X_Q8_MAX_GROUPS ? dn_bpr / 4 : 0;
+#else
+  const uint gx = 0, gh = 0;
+#endif
+  // Phase 2a: gate|up.
+  const uint runs = ff / 32, units_a = slices * n_pairs;
+  bool xq = false;  // q8x holds xn
+  uint u =
+      join_ready(ffn_join, 0, (int)n_tokens, groups) ? (uint)atomic_inc(ffn_join + 1) : units_a;
+  for (; u < units_a; u = (uint)atomic_inc(ffn_join + 1)) {
+    const uint s = u % slices, p = u / slices;
+    const int e = rt_ids[p], tk = pair_token[p];
+    const bool ok = e >= 0 && (uint)e < n_expert && tk == 0;
+    const ulong g0 = (ulong)clamp(e, 0, (int)n_expert - 1) * 2 * ff, u0 = g0 + ff;
+    const uint r0 = 32 * (s * runs / slices), r1 = 32 * ((s + 1) * runs / slices);
+#if X_Q8_ON
+    if (!xq && r0 < r1) q8_fill_one(rt_xn, rows, q8x, gx);
+    xq = xq || r0 < r1;
+#endif
+    __global float* hp = h + (ulong)p * ff;
+    for (uint r = r0; r < r1; r += 2) {
+      const float4 v = EXPERT_DOT4(gu_body, gu_head,
+                                   (ulong4)((g0 + r) * gu_bpr, (g0 + r + 1) * gu_bpr,
+                                            (u0 + r) * gu_bpr, (u0 + r + 1) * gu_bpr),
+                                   gu_bpr, rt_xn, q8x, gx);
+      hp[r] = ok ? v.s0 / (1.0f + exp(-v.s0)) * v.s2 : NAN;
+      hp[r + 1] = ok ? v.s1 / (1.0f + exp(-v.s1)) * v.s3 : NAN;
+    }
     mem_fence(CLK_GLOBAL_MEM_FENCE);
-    atomic_add(ffn_join + 4, (int)combined);
+    atomic_inc(ffn_join + 6);
+  }
+  // Phase 2b: down and the weighted sum over the pairs, DN_UNIT rows at a time.
+  const uint units_b = rows / DN_UNIT;  // rows (n_embd) is a multiple of 32
+  u = join_ready(ffn_join, 6, (int)units_a, groups) ? (uint)atomic_inc(ffn_join + 7) : units_b;
+  for (; u < units_b; u = (uint)atomic_inc(ffn_join + 7)) {
+    const uint o0 = u * DN_UNIT;
+    float acc[DN_UNIT];
+    for (uint k = 0; k < DN_UNIT; ++k) acc[k] = 0.0f;
+    for (int p = coff[0]; p < coff[1]; ++p) {
+      const int e = rt_ids[p];
+      const bool ok = e >= 0 && (uint)e < n_expert;
+      const ulong ec = (ulong)clamp(e, 0, (int)n_expert - 1);
+      __global const float* hp = h + (ulong)p * ff;
+#if X_Q8_ON
+      q8_fill_one(hp, ff, q8h, gh);
+#endif
+      const float wp = cw[p];
+      for (uint o = 0; o < DN_UNIT; o += 4) {
+        const ulong row = (ec * rows + o0 + o) * dn_bpr;
+        const float4 v = EXPERT_DOT4(
+            dn_body, dn_head, (ulong4)(row, row + dn_bpr, row + 2 * dn_bpr, row + 3 * dn_bpr),
+            dn_bpr, hp, q8h, gh);
+        const float4 add = ok ? wp * v : (float4)(NAN);
+        acc[o] += add.s0;
+        acc[o + 1] += add.s1;
+        acc[o + 2] += add.s2;
+        acc[o + 3] += add.s3;
+      }
+    }
+    SquareSum sq = {0.0f, 0.0f};
+    for (uint k = 0; k < DN_UNIT; ++k) {
+      const float v = c_accumulate ? cx[o0 + k] + acc[k] : acc[k];
+      cx[o0 + k] = v;
+      add_square(&sq, v);
+    }
+    part[u] = sq.sum;
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    if (atomic_inc(ffn_join + 8) == (int)units_b - 1) {
+      mem_fence(CLK_GLOBAL_MEM_FENCE);
+      if (c_use_norm) {
+        __global volatile const float* vp = part;
+        float total = 0.0f;
+        for (uint i = 0; i < units_b; ++i) total += vp[i];
+        const float scale = 1.0f / sqrt(total / (float)rows + c_eps);
+        for (uint i = 0; i < rows; ++i) cxn[i] = cx[i] * scale * c_norm_w[i];
+      }
+      mem_fence(CLK_GLOBAL_MEM_FENCE);
+      atomic_inc(ffn_join + 4);
+    }
   }
   if (np_rows > 0) {
-    // Phase 3: the next projection of cxn (one token), once the combine has written it.
-    bool go3 = ffn_join[4] >= (int)c_tokens;
-    if (!go3 && ffn_join[2] == groups)
-      for (uint i = 0; i < FFN_SPIN && !go3; ++i) go3 = ffn_join[4] >= (int)c_tokens;
-    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    // Phase 3: the next projection of cxn, once the combine has written it.
     const uint units3 = (np_rows + NP_UNIT - 1) / NP_UNIT;
-    uint u = go3 ? (uint)atomic_inc(ffn_join + 5) : units3;
+    u = join_ready(ffn_join, 4, 1, groups) ? (uint)atomic_inc(ffn_join + 5) : units3;
 #if X_Q8_ON
     const uint gn = np_bpr / 4 <= X_Q8_MAX_GROUPS ? np_bpr / 4 : 0;
     if (u < units3) q8_fill_one(cxn, rows, q8x, gn);
@@ -1290,6 +1369,6 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
   }
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   if (atomic_inc(ffn_join + 3) == groups - 1)
-    for (uint i = 0; i < 6; ++i) atomic_xchg(ffn_join + i, 0);
+    for (uint i = 0; i < JOIN_INTS; ++i) atomic_xchg(ffn_join + i, 0);
 }
 #endif

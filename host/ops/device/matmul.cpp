@@ -818,9 +818,14 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
     const RouteTail::Ffn& f = *r.ffn;
     const DeviceWeight &gu = *f.gate_up, &dn = *f.down;
     const int n_pairs = kk;
-    const int slices = f.slices > 0 ? f.slices : expert_ffn_slices(dn, n_pairs);
-    if (slices > kExpertFfnMaxSlices || slices > dn.blocks_per_row)
-      throw TesseraError("matmul run_route_tail: " + std::to_string(slices) + " expert slices");
+    // Gate|up units: ff's runs of 32 rows in slices, about two units per compute unit.
+    const int runs = int(dn.cols / 32);
+    const int units = int(std::max<cl_uint>(1, device_.info().compute_units));
+    const int slices =
+        f.slices > 0 ? f.slices : std::clamp((2 * units + n_pairs - 1) / n_pairs, 1, runs);
+    if (slices > runs)
+      throw TesseraError("matmul run_route_tail: " + std::to_string(slices) +
+                         " gate|up slices of " + std::to_string(runs) + " runs of 32 rows");
     set_ffn_weight_args(device_, k, 26, gu, dn);
     set_arg(device_, k, 33, cl_uint(dn.n_expert));
     set_arg(device_, k, 34, f.pair_token);
@@ -890,7 +895,7 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
                             shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
   }
   if (!ffn_join_) {
-    const int32_t zeros[6] = {0, 0, 0, 0, 0, 0};
+    const int32_t zeros[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
     ffn_join_ = device_.alloc(sizeof(zeros));
     device_.write(ffn_join_.get(), 0, zeros, sizeof(zeros));
   }

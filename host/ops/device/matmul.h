@@ -139,14 +139,14 @@ struct RouteTail {
   reference::RoutingConfig routing;
   cl_mem ids = nullptr, weights = nullptr;
   // With ffn (MatmulOp::can_route_ffn; one token): the MoE layer's experts in the same launch too,
-  // as run_expert_ffn's on x = xn (one row), pairs p = j of expert ids[j] (pair_token: zeros),
-  // and their combine.
+  // on x = xn (one row), pairs p = j of expert ids[j] (pair_token: zeros): gate|up units, then
+  // down units of output rows summing the pairs (cl_kernels/matmul.cl), and the combine's norm.
   struct Ffn {
     const DeviceWeight* gate_up = nullptr;
     const DeviceWeight* down = nullptr;
     cl_mem pair_token = nullptr;
     ExpertCombine combine;
-    int slices = 0;  // > 0 forces that many (as run_expert_ffn's)
+    int slices = 0;  // > 0 forces that many gate|up slices (of ff's runs of 32 rows)
     // With next (MatmulOp::can_route_next; the combine's norm on): next . combine.xn into next_y
     // (next->rows floats) in the same launch, the next layer's input projection.
     const DeviceWeight* next = nullptr;
@@ -344,8 +344,8 @@ class MatmulOp {
   // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
   // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
   mutable ClMem route_counters_, route_part_;
-  // matmul_route_ffn's join (routed, claimed, started, finished, combined, claimed by phase 3:
-  // zero between launches, the last work group resets them), allocated by prepare_route_ffn.
+  // matmul_route_ffn's join (nine counters, cl_kernels/matmul.cl: zero between launches, the last
+  // work group resets them), allocated by prepare_route_ffn.
   mutable ClMem ffn_join_;
   mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
