@@ -1124,18 +1124,15 @@ inline void combine_parts(uint t, uint n, uint slices, __global volatile const f
 #endif
 
 // Unit (s, p) of the expert FFN (the work group (s, p) of experts_ffn), by one work item; q8x and
-// q8h: local scratch of Q8_BYTES(X_Q8_MAX_GROUPS) each (X_Q8_ON). Returns the tokens it combined.
-inline uint expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x,
+// q8h: local scratch of Q8_BYTES(X_Q8_MAX_GROUPS) each (X_Q8_ON).
+inline void expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x,
                             __local char* q8h) {
-  uint combined = 0;
   if (s == 0 && p == 0)
     for (uint t = 0; t < c_tokens; ++t)
-      if (coff[t + 1] == coff[t]) {
+      if (coff[t + 1] == coff[t])
         combine_parts(t, n_embd, slices, part, cx, cw, coff, accumulate, norm_w, use_norm, eps,
                       cxn);
-        ++combined;
-      }
-  if (p >= n_pairs || s >= slices) return combined;
+  if (p >= n_pairs || s >= slices) return;
   const int e = pair_expert[p], tk = pair_token[p];
   const bool ok = e >= 0 && (uint)e < n_expert && tk >= 0 && (uint)tk < x_rows;
   const ulong ec = (ulong)clamp(e, 0, (int)n_expert - 1);
@@ -1180,16 +1177,14 @@ inline uint expert_ffn_unit(uint s, uint p, EXPERT_FFN_PARAMS, __local char* q8x
   }
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   const int t = ctok[p];
-  if (t < 0 || (uint)t >= c_tokens) return combined;
+  if (t < 0 || (uint)t >= c_tokens) return;
   const int want = (int)slices * (coff[t + 1] - coff[t]);
   if (atomic_inc(counters + t) == want - 1) {
     atomic_xchg(counters + t, 0);
     mem_fence(CLK_GLOBAL_MEM_FENCE);
     combine_parts((uint)t, n_embd, slices, part, cx, cw, coff, accumulate, norm_w, use_norm, eps,
                   cxn);
-    ++combined;
   }
-  return combined;
 }
 
 __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_FFN_PARAMS) {
