@@ -1072,16 +1072,31 @@ inline dr_vec dr_vload(__global const uchar* row, int c) {
 #endif
 }
 
-__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
-void attention_decode_rows(__global const float* q, uint q_off, __global const int* meta,
-                           uint bt_off, uint bt_stride, uint seq_off, uint pos_off,
-                           uint first_token, uint ctx_off, uint n_chunks, float scale,
-                           uint window, __global uchar* k_pool, __global uchar* v_pool,
-                           __global float* part, DECODE_FUSE_ARGS, DECODE_FINISH_ARGS,
-                           __global const float* qjl) {
-  const uint chunk = get_global_id(0);
-  const int kvh = get_global_id(1);
-  const uint ti = get_global_id(2);
+// attention_decode_rows's arguments, each name prefixed by P (empty for the kernel's own; the
+// launch that runs the decode as a phase of its own, matmul.cl's matmul_route_ffn with
+// ROUTE_ATTN, passes them as a_*), and their names in the same order.
+#define DECODE_ROWS_PARAMS(P)                                                                      \
+  __global const float *P##q, uint P##q_off, __global const int *P##meta, uint P##bt_off,          \
+      uint P##bt_stride, uint P##seq_off, uint P##pos_off, uint P##first_token, uint P##ctx_off,   \
+      uint P##n_chunks, float P##scale, uint P##window, __global uchar *P##k_pool,                 \
+      __global uchar *P##v_pool, __global float *P##part, uint P##fuse,                            \
+      __global volatile int *P##counters, __global float *P##out, uint P##out_off,                 \
+      __global const float *P##sinks, uint P##use_sinks, uint P##finish,                           \
+      __global const float *P##qkv, uint P##qkv_off, uint P##tok_stride, uint P##k_col,            \
+      uint P##v_col, __global const float *P##q_norm, __global const float *P##k_norm,             \
+      uint P##use_norm, float P##eps, uint P##n_rot, __global const float *P##inv_freq,            \
+      float P##freq_scale, __global const float *P##freq_factors, uint P##use_ff, uint P##neox,    \
+      float4 P##yarn, uint P##slot_off, __global const float *P##qjl
+#define DECODE_ROWS_NAMES(P)                                                                       \
+  P##q, P##q_off, P##meta, P##bt_off, P##bt_stride, P##seq_off, P##pos_off, P##first_token,        \
+      P##ctx_off, P##n_chunks, P##scale, P##window, P##k_pool, P##v_pool, P##part, P##fuse,        \
+      P##counters, P##out, P##out_off, P##sinks, P##use_sinks, P##finish, P##qkv, P##qkv_off,      \
+      P##tok_stride, P##k_col, P##v_col, P##q_norm, P##k_norm, P##use_norm, P##eps, P##n_rot,      \
+      P##inv_freq, P##freq_scale, P##freq_factors, P##use_ff, P##neox, P##yarn, P##slot_off,       \
+      P##qjl
+
+// One (chunk, KV head, token) of attention_decode_rows: its work item's whole work.
+inline void decode_rows_unit(uint chunk, int kvh, uint ti, DECODE_ROWS_PARAMS()) {
   const uint t = first_token + ti;
   const int s = meta[seq_off + t];
   const int n_kv = meta[pos_off + t] + 1;
@@ -1210,4 +1225,9 @@ void attention_decode_rows(__global const float* q, uint q_off, __global const i
     for (int i = 0; i < HEAD_DIM / VW; ++i) vstorev(o[g * (HEAD_DIM / VW) + i], i, dst + g * head_stride + 2);
   }
   DECODE_ROW_TAIL()
+}
+
+__kernel __attribute__((reqd_work_group_size(1, 1, 1)))
+void attention_decode_rows(DECODE_ROWS_PARAMS()) {
+  decode_rows_unit(get_global_id(0), get_global_id(1), get_global_id(2), DECODE_ROWS_NAMES());
 }

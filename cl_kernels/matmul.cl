@@ -1198,7 +1198,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 // experts_ffn take two (on PoCL every launch is a fork/join over all threads). One token. Work is
 // done in phases; after phase 1 the groups' first items claim units of a phase from a counter and
 // count the units they finish (the join's ints: routed, claimed 2a, started, finished, combined,
-// claimed 3, done 2a, claimed 2b, done 2b).
+// claimed 3, done 2a, claimed 2b, done 2b, done 3, claimed 4).
 // - Phase 1 is matmul_t1's with the routing tail, by every work group (the output projection's
 //   rows, then the FFN norm, router and top-k by the last group); the group that routes bumps
 //   the routed count.
@@ -1210,6 +1210,12 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 //   cxn = RMSNorm(cx) * c_norm_w (c_use_norm) and bumps the combined count.
 // - With np_rows > 0, phase 3, once combined: the next layer's input projection (np_rows dense
 //   rows of np_bpr blocks, the program's format) of cxn into np_y, in units of NP_UNIT rows.
+// - With ROUTE_ATTN (the program route_attention.cl: attention.cl's decode in the same program)
+//   and np_rows > 0, phase 4, once every phase-3 unit is done: the next layer's decode attention
+//   of one token (attention_decode_rows's work, its arguments a_*: AttentionOp's decode with its
+//   finish, reading the q|k|v row np_y), units u = (chunk u % a_n_chunks, KV head u /
+//   a_n_chunks); a KV head's last chunk combines its heads into a_out. Phase 1 read the launch's
+//   x (the attention output a_out may alias) before the routing, which phase 2a waits for.
 // No group waits without bound: a group that finds the previous phase not done waits (FFN_SPIN
 // reads) only when every group has started, so the groups still working run; when the wait runs
 // out it skips the phase. The group that finishes a phase's last unit always goes on into the
@@ -1226,7 +1232,7 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 #define FFN_SPIN (1 << 22)
 #define NP_UNIT 16
 #define DN_UNIT 32
-#define JOIN_INTS 9
+#define JOIN_INTS 11
 #undef ROUTED_HOOK
 #define ROUTED_HOOK(n)                   \
   if (get_local_id(0) == 0 && (n) > 0) { \
@@ -1253,7 +1259,11 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     __global const int* coff, __global const int* ctok, uint c_tokens, uint c_accumulate,
     __global const float* c_norm_w, uint c_use_norm, float c_eps, __global float* cxn,
     __global volatile int* counters, __global volatile int* ffn_join, __global const uchar* np_body,
-    __global const uchar* np_head, uint np_bpr, uint np_rows, __global float* np_y) {
+    __global const uchar* np_head, uint np_bpr, uint np_rows, __global float* np_y
+#if ROUTE_ATTN
+    , DECODE_ROWS_PARAMS(a_)
+#endif
+) {
   if (get_local_id(0) == 0) atomic_inc(ffn_join + 2);
   MATMUL_BODY(1, RPW, ,
               Q8_TILE(1, x + xrow[0], out)
@@ -1353,7 +1363,7 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
 #else
     const uint gn = 0;
 #endif
-    for (; u < units3; u = (uint)atomic_inc(ffn_join + 5))
+    for (; u < units3; u = (uint)atomic_inc(ffn_join + 5)) {
       for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {  // np_rows % 4 == 0
         const ulong b = (ulong)r * np_bpr;
         vstore4(
@@ -1361,6 +1371,16 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
                         np_bpr, cxn, q8x, gn),
             0, np_y + r);
       }
+      mem_fence(CLK_GLOBAL_MEM_FENCE);
+      atomic_inc(ffn_join + 9);
+    }
+#if ROUTE_ATTN
+    // Phase 4: the next layer's decode attention on np_y.
+    const uint units4 = a_n_chunks * N_HEAD_KV;
+    u = join_ready(ffn_join, 9, (int)units3, groups) ? (uint)atomic_inc(ffn_join + 10) : units4;
+    for (; u < units4; u = (uint)atomic_inc(ffn_join + 10))
+      decode_rows_unit(u % a_n_chunks, (int)(u / a_n_chunks), 0, DECODE_ROWS_NAMES(a_));
+#endif
   }
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   if (atomic_inc(ffn_join + 3) == groups - 1)

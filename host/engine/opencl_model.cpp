@@ -644,21 +644,28 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     // and then the next layer's input projection.
     MoeFfn* moe = layers_[l].ffn->routed();
     const bool plain_moe = moe && moe == dynamic_cast<MoeFfn*>(layers_[l].ffn.get());
-    const InputProjection next_proj = next_norm && options_.fuse.next_qkv
-                                          ? layers_[l + 1].mixer->input_projection(c)
-                                          : InputProjection{};
+    InputProjection next_proj = next_norm && options_.fuse.next_qkv
+                                    ? layers_[l + 1].mixer->input_projection(c)
+                                    : InputProjection{};
+    // And with it the next layer's decode attention (RouteTail::Ffn::attention).
+    ops::RouteTail::Ffn::Attention next_attention;
+    if (next_proj.w && options_.fuse.next_attention &&
+        layers_[l + 1].mixer->decode_attention(c, step, next_attention))
+      next_proj.attention = &next_attention;
     const ops::RouteTail* route =
         moe ? moe->route_tail(c, step, plain_moe, next_norm, next_proj) : nullptr;
     step.route = route;
     step.routed = layers_[l].mixer->forward(c, step, prenormed);
     step.route = nullptr;
     const bool projects_next = step.routed && route->ffn && route->ffn->next;
+    const bool attends_next = projects_next && route->ffn->attention;
     // Submit what is queued: some drivers (NVIDIA's) hold commands until a flush or a wait, so
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
     prenormed = layers_[l].ffn->forward(c, step, next_norm);
     step.routed = false;
     step.projected = projects_next;
+    step.attended = attends_next;
     mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, stream_bytes);

@@ -21,6 +21,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
                                                     {"expert_ffn", &options.fuse.expert_ffn},
                                                     {"route_ffn", &options.fuse.route_ffn},
                                                     {"next_qkv", &options.fuse.next_qkv},
+                                                    {"next_attention", &options.fuse.next_attention},
                                                     {"argmax", &options.fuse.argmax},
                                                     {"flush", &options.flush_per_layer},
                                                     {"pipeline", &options.pipeline},
@@ -37,7 +38,8 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
       throw std::invalid_argument(
           "TESSERA_NO_FUSE: unknown fusion '" + name +
           "'; known: qkv, norm_route, proj_route, combine_norm, swiglu, glu, "
-          "attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, next_qkv, argmax, "
+          "attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, next_qkv, "
+          "next_attention, argmax, "
           "flush, pipeline, stream_ahead, stream_queue, zero_copy");
     *flag = false;
   }

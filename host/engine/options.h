@@ -101,6 +101,9 @@ struct EngineOptions {
     // With route_ffn (and combine_norm): the next attention layer's q|k|v projection in that
     // launch too, on the combine's normed row (RouteTail::Ffn::next): one launch per layer fewer.
     bool next_qkv = true;
+    // With next_qkv, one-token decode steps: the next attention layer's decode attention in that
+    // launch too, after its projection (RouteTail::Ffn::attention): one launch per layer fewer.
+    bool next_attention = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).

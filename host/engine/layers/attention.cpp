@@ -134,12 +134,43 @@ InputProjection AttentionMixer::input_projection(DeviceCtx& c) const {
   return {&dev_.wqkv, c.qkv.get()};
 }
 
+ops::AttentionOp::DecodeFinish AttentionMixer::decode_finish(DeviceCtx& c) const {
+  const auto& hp = spec_.hp;
+  const uint32_t qkv_ld = q_dim_ + 2 * kv_dim_ + gate_dim_;
+  return {{c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
+          ls_.q_norm ? dev_.q_norm.get() : nullptr,
+          ls_.q_norm ? dev_.k_norm.get() : nullptr,
+          hp.rms_eps,
+          {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
+           hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn}};
+}
+
+bool AttentionMixer::decode_attention(DeviceCtx& c, const LayerStep& s,
+                                      ops::RouteTail::Ffn::Attention& a) const {
+  // The projection it follows is input_projection's; the finish is in the decode launch's form.
+  if (!s.decode || s.n_tokens != 1 || !c.finish_in_decode || !dev_.wqkv.body || dev_.qkv_bias ||
+      !dev_.op->can_decode_phase())
+    return false;
+  a.op = dev_.op;
+  a.batch = c.views[size_t(kv_group_)];
+  a.layer = s.kv->layer(int32_t(layer_));
+  a.out = c.att.get();
+  a.out_offset = 0;
+  a.workspace = c.workspace.get();
+  a.workspace_bytes = c.workspace_bytes;
+  a.sinks = dev_.sinks ? dev_.sinks.get() : nullptr;
+  a.finish = decode_finish(c);
+  return true;
+}
+
 bool AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const auto& hp = spec_.hp;
   const int n = s.n_tokens;
   const uint32_t E = hp.n_embd;
   if (s.projected && (!dev_.wqkv.body || dev_.qkv_bias))
     throw TesseraError("attention: a projected input without the stacked q|k|v matrix");
+  if (s.attended && !s.projected)
+    throw TesseraError("attention: an attended step without its projected input");
   if (!prenormed && !s.projected)
     c.norm->rms_norm(c.x.get(), 0, dev_.attn_norm.get(), 0, c.xn.get(), 0, uint32_t(n), E,
                      hp.rms_eps, {{}, c.prof("norm")});
@@ -166,19 +197,16 @@ bool AttentionMixer::forward(DeviceCtx& c, const LayerStep& s, bool prenormed) {
   const kv::KvBatchView& view = c.views[size_t(kv_group_)];
   auto& attn = *dev_.op;
   // Norms, RoPE and the KV store: their own launch, or, in decode steps, inside the attention's.
-  const ops::AttentionOp::DecodeFinish finish{
-      {c.qkv.get(), 0, qkv_ld, q_dim_, q_dim_ + kv_dim_},
-      ls_.q_norm ? dev_.q_norm.get() : nullptr,
-      ls_.q_norm ? dev_.k_norm.get() : nullptr,
-      hp.rms_eps,
-      {hp.n_rot, hp.rope_freq_base, spec_.arch->rope_mode == reference::RopeMode::kNeox,
-       hp.rope_freq_scale, c.rope_freqs.get(), hp.rope_yarn}};
+  const ops::AttentionOp::DecodeFinish finish = decode_finish(c);
   const bool in_decode = s.decode && c.finish_in_decode;
-  if (!in_decode)
+  if (s.attended) {
+    // The previous layer's launch ran the decode (decode_attention): c.att holds its output.
+  } else if (!in_decode)
     attn.qkv_finish(view, layer_view, finish.src, finish.q_norm, finish.k_norm, finish.eps,
                     finish.rope, c.q.get(), 0, 0, n, {{}, c.prof("qkv_finish")});
   const cl_mem sinks = dev_.sinks ? dev_.sinks.get() : nullptr;
-  if (s.decode) {
+  if (s.attended) {
+  } else if (s.decode) {
     attn.decode(view, layer_view, c.q.get(), 0, c.att.get(), 0, 0, n, c.workspace.get(),
                 c.workspace_bytes, {{}, c.prof("attention")}, sinks, in_decode ? &finish : nullptr);
   } else {

@@ -26,11 +26,15 @@ class AttentionMixer final : public Mixer {
               const EngineOptions& options) override;
   bool forward(DeviceCtx& c, const LayerStep& s, bool prenormed) override;
   InputProjection input_projection(DeviceCtx& c) const override;
+  bool decode_attention(DeviceCtx& c, const LayerStep& s,
+                        ops::RouteTail::Ffn::Attention& a) const override;
   cl_mem input_norm() const override { return dev_.attn_norm.get(); }
   void reference_forward(std::span<float> x, std::span<const int32_t> positions,
                          ReferenceLayerMemory& mem) const override;
 
  private:
+  // The q|k|v row's finish (norms, RoPE, KV store) as the decode launch takes it, from c.qkv.
+  ops::AttentionOp::DecodeFinish decode_finish(DeviceCtx& c) const;
   const model::ModelSpec& spec_;
   const model::LayerSpec& ls_;
   int layer_ = 0;

@@ -65,6 +65,9 @@ struct LayerStep {
   // The mixer's input projection (Mixer::input_projection) is already in its output buffer, from
   // the previous layer's last launch (RouteTail::Ffn::next); implies prenormed. Set per layer.
   bool projected = false;
+  // The mixer's decode attention (Mixer::decode_attention) is done too, its output in c.att, by
+  // the same launch (RouteTail::Ffn::attention); implies projected. Set per layer.
+  bool attended = false;
 };
 
 // Where a mixer's input projection goes, for a previous layer's launch that runs it
@@ -72,6 +75,9 @@ struct LayerStep {
 struct InputProjection {
   const ops::DeviceWeight* w = nullptr;
   cl_mem y = nullptr;
+  // With w: the mixer's decode attention on y for that launch too (Mixer::decode_attention), or
+  // null.
+  const ops::RouteTail::Ffn::Attention* attention = nullptr;
 };
 
 // Mixes a layer's tokens: x += mixer(norm(x)).
@@ -93,6 +99,14 @@ class Mixer {
   // for a previous layer on the same device that may run it (forward() then sees s.projected);
   // none (w null) by default.
   virtual InputProjection input_projection(DeviceCtx& /*c*/) const { return {}; }
+  // The step's decode attention on the input projection's output, for a launch that runs that
+  // projection to run too (forward() then sees s.attended): fills `a` and returns true where the
+  // mixer can (one-token decode steps of attention mixers whose op has the decode phase's form,
+  // AttentionOp::can_decode_phase); false by default.
+  virtual bool decode_attention(DeviceCtx& /*c*/, const LayerStep& /*s*/,
+                                ops::RouteTail::Ffn::Attention& /*a*/) const {
+    return false;
+  }
   // Reference forward: x [n_tokens][n_embd] += mixer(norm(x)) at `positions`, extending `mem`.
   virtual void reference_forward(std::span<float> x, std::span<const int32_t> positions,
                                  ReferenceLayerMemory& mem) const = 0;

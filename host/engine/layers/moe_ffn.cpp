@@ -183,6 +183,7 @@ const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s,
                          c.mm->can_route_next(ls_.wo->type, int64_t(ls_.wo->dims[1]), *next.w);
     route_ffn_.next = project ? next.w : nullptr;
     route_ffn_.next_y = project ? next.y : nullptr;
+    route_ffn_.attention = project ? next.attention : nullptr;
     r.ffn = &route_ffn_;
   }
   r.norm_w = dev_.ffn_norm.get();

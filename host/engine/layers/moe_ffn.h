@@ -93,8 +93,8 @@ class MoeFfn final : public Ffn {
   // every expert on c may also run the experts and their combine (+ next_norm) in that launch
   // (RouteTail::ffn, EngineOptions::Fusion::route_ffn); forward() then only does the host's
   // bookkeeping. With next_norm, next (the next layer's input projection, when its weight is one
-  // the launch takes: MatmulOp::can_route_next) runs there too; the result's ffn->next says
-  // whether it does.
+  // the launch takes: MatmulOp::can_route_next) runs there too, and with it next.attention; the
+  // result's ffn->next and ffn->attention say whether they do.
   const ops::RouteTail* route_tail(const DeviceCtx& c, const LayerStep& s,
                                    bool with_experts = false, cl_mem next_norm = nullptr,
                                    InputProjection next = {});

@@ -209,7 +209,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
                 " bytes of local memory, the device has " + std::to_string(local_max));
   scale_ = config_.scale != 0.0f ? config_.scale : 1.0f / std::sqrt(float(c.head_dim));
 
-  const std::string options =
+  options_ =
       "-DHEAD_DIM=" + std::to_string(c.head_dim) + " -DBLOCK_SIZE=" + std::to_string(c.block_size) +
       " -DN_HEAD=" + std::to_string(n_head) + " -DN_HEAD_KV=" + std::to_string(c.n_head_kv) +
       " -DK_FORMAT=" + std::string(kv::kv_format_traits(config_.k_row_format()).kernel_macro) +
@@ -237,6 +237,7 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
     qjl_ = device.alloc(s.size_bytes(), CL_MEM_READ_ONLY);
     device.write(qjl_.get(), 0, s.data(), s.size_bytes());
   }
+  const std::string& options = options_;
   write_ = device.kernel("attention", "kv_write", options);
   finish_ = device.kernel("attention", "qkv_finish", options);
   finish_rows_ = device.kernel("attention", "qkv_finish_rows", options);
@@ -392,6 +393,30 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
                          int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
                          const Events& ev, cl_mem sinks, const DecodeFinish* finish) {
   check_range(b, first_token, n_tokens, "decode");
+  if (n_tokens == 0) {
+    check_decode(sinks, finish, n_tokens);
+    return;
+  }
+  const Device& d = *device_;
+  cl_kernel k = tuning_.decode_rows           ? decode_rows_.get()
+                : tuning_.decode_variant == 1 ? decode_shared_.get()
+                                              : decode_.get();
+  // The fused combine (the last work-group of each (token, KV head) writes out): one launch.
+  const bool fused = counters_ && n_tokens <= kFusedReduceTokens;
+  const DecodeSplit s = decode_args(k, 0, b, layer, q, q_offset, out, out_offset, first_token,
+                                    n_tokens, workspace, workspace_bytes, sinks, finish, fused);
+  const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
+  launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
+         {lws, 1, 1}, {ev.wait, fused ? ev.done : nullptr});
+  if (fused) return;
+  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset,
+           sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0));
+  const size_t rl = size_t(tuning_.reduce_items);
+  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1},
+         {{}, ev.done});
+}
+
+void AttentionOp::check_decode(cl_mem sinks, const DecodeFinish* finish, int32_t n_tokens) const {
   check_sinks(sinks, config_.n_head, "decode");
   if (finish && !tuning_.decode_finish)
     throw AttentionError(
@@ -400,7 +425,33 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   if (finish)
     check_finish(finish->src, finish->q_norm, finish->k_norm, finish->rope, n_tokens,
                  "decode (finish)");
-  if (n_tokens == 0) return;
+}
+
+bool AttentionOp::can_decode_phase() const {
+  return tuning_.decode_rows && tuning_.decode_finish && counters_;
+}
+
+uint32_t AttentionOp::set_decode_phase_args(cl_kernel k, uint32_t first,
+                                            const kv::KvBatchView& b, const kv::KvLayerView& layer,
+                                            cl_mem out, uint32_t out_offset, cl_mem workspace,
+                                            size_t workspace_bytes, cl_mem sinks,
+                                            const DecodeFinish& finish) {
+  if (!can_decode_phase())
+    throw AttentionError(
+        "attention decode (as a launch's phase): this op was built without the row decode, its "
+        "finish or the fused combine");
+  check_range(b, 0, 1, "decode (as a launch's phase)");
+  const DecodeSplit s = decode_args(k, first, b, layer, workspace, 0, out, out_offset, 0, 1,
+                                    workspace, workspace_bytes, sinks, &finish, true);
+  return uint32_t(s.n_chunks) * uint32_t(config_.pool.n_head_kv);
+}
+
+DecodeSplit AttentionOp::decode_args(cl_kernel k, uint32_t first, const kv::KvBatchView& b,
+                                     const kv::KvLayerView& layer, cl_mem q, uint32_t q_offset,
+                                     cl_mem out, uint32_t out_offset, int32_t first_token,
+                                     int32_t n_tokens, cl_mem workspace, size_t workspace_bytes,
+                                     cl_mem sinks, const DecodeFinish* finish, bool fused) {
+  check_decode(sinks, finish, n_tokens);
   const Device& d = *device_;
   // The split (chunk count, so the launch's size and the workspace layout) follows the layout's
   // capacity, which stays the same from step to step; the kernels size the chunks from the
@@ -414,16 +465,11 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
   if (workspace_bytes < need)
     throw AttentionError("attention decode: workspace of " + std::to_string(workspace_bytes) +
                          " bytes, needs " + std::to_string(need) + " (decode_workspace_bytes)");
-  cl_kernel k = tuning_.decode_rows           ? decode_rows_.get()
-                : tuning_.decode_variant == 1 ? decode_shared_.get()
-                                              : decode_.get();
-  // The fused combine (the last work-group of each (token, KV head) writes out): one launch.
-  const bool fused = counters_ && n_tokens <= kFusedReduceTokens;
   // Without `finish` its arguments are unread: any valid buffer fills them.
   const DecodeFinish none{{workspace, 0, 0, 0, 0}, nullptr, nullptr, 0.0f, {}};
   const DecodeFinish& f = finish ? *finish : none;
   const cl_mem qn = f.q_norm ? f.q_norm : workspace, kn = f.k_norm ? f.k_norm : workspace;
-  set_args(d, k, finish ? f.src.buf : q, q_offset, b.meta, cl_uint(b.block_tables_offset),
+  set_args_from(d, k, first, finish ? f.src.buf : q, q_offset, b.meta, cl_uint(b.block_tables_offset),
            cl_uint(b.block_table_stride), cl_uint(b.token_seq_offset), cl_uint(b.token_pos_offset),
            cl_uint(first_token), cl_uint(b.max_context_offset), cl_uint(s.n_chunks), scale_,
            cl_uint(config_.window), layer.k, layer.v, workspace, cl_uint(fused ? 1 : 0),
@@ -435,15 +481,7 @@ void AttentionOp::decode(const kv::KvBatchView& b, const kv::KvLayerView& layer,
            f.rope.freq_factors ? f.rope.freq_factors : workspace,
            cl_uint(f.rope.freq_factors ? 1 : 0), cl_uint(f.rope.neox ? 1 : 0),
            rope_yarn_arg(f.rope.yarn), cl_uint(b.token_slot_offset), qjl_or(layer.k));
-  const size_t lws = tuning_.decode_rows ? 1 : size_t(tuning_.decode_items);
-  launch(d, k, {size_t(s.n_chunks) * lws, size_t(config_.pool.n_head_kv), size_t(n_tokens)},
-         {lws, 1, 1}, {ev.wait, fused ? ev.done : nullptr});
-  if (fused) return;
-  set_args(d, reduce_.get(), workspace, cl_uint(s.n_chunks), cl_uint(first_token), out, out_offset,
-           sinks ? sinks : workspace, cl_uint(sinks ? 1 : 0));
-  const size_t rl = size_t(tuning_.reduce_items);
-  launch(d, reduce_.get(), {rl, size_t(config_.n_head), size_t(n_tokens)}, {rl, 1, 1},
-         {{}, ev.done});
+  return s;
 }
 
 }  // namespace tessera::ops

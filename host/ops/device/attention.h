@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "devices/device.h"
@@ -177,6 +178,22 @@ class AttentionOp {
               int32_t n_tokens, cl_mem workspace, size_t workspace_bytes, const Events& ev = {},
               cl_mem sinks = nullptr, const DecodeFinish* finish = nullptr);
 
+  // The decode as a phase of another program's launch (MatmulOp::run_route_tail with
+  // RouteTail::Ffn::attention: matmul.cl's matmul_route_ffn built from route_attention.cl with
+  // program_options()): decode()'s work for one token with `finish`, its combine fused, by
+  // attention_decode_rows's units. Whether this op has that form (AttentionTuning's decode_rows,
+  // decode_finish and fused_reduce):
+  bool can_decode_phase() const;
+  // Sets decode()'s arguments for that token (batch token 0) on k from argument `first` on, with
+  // decode()'s checks; returns the phase's units (n_chunks x n_head_kv, unit u the chunk
+  // u % n_chunks of KV head u / n_chunks).
+  uint32_t set_decode_phase_args(cl_kernel k, uint32_t first, const kv::KvBatchView& batch,
+                                 const kv::KvLayerView& layer, cl_mem out, uint32_t out_offset,
+                                 cl_mem workspace, size_t workspace_bytes, cl_mem sinks,
+                                 const DecodeFinish& finish);
+  // The -D options this op's programs are built with.
+  const std::string& program_options() const { return options_; }
+
   DecodeSplit decode_split(int32_t n_tokens, int32_t max_context) const;
   // Workspace for any decode launch of at most `max_tokens` tokens and `max_context` context
   // (allocate once per engine, at the batch and context limits).
@@ -187,7 +204,16 @@ class AttentionOp {
   AttentionConfig config_;
   AttentionTuning tuning_;
   float scale_;
+  std::string options_;
   ClKernel write_, finish_, finish_rows_, prefill_, decode_, decode_rows_, decode_shared_, reduce_;
+  // decode()'s checks and its decode kernel's arguments on k from `first` (fused: the combine by
+  // the last chunk); returns the split.
+  DecodeSplit decode_args(cl_kernel k, uint32_t first, const kv::KvBatchView& b,
+                          const kv::KvLayerView& layer, cl_mem q, uint32_t q_offset, cl_mem out,
+                          uint32_t out_offset, int32_t first_token, int32_t n_tokens,
+                          cl_mem workspace, size_t workspace_bytes, cl_mem sinks,
+                          const DecodeFinish* finish, bool fused);
+  void check_decode(cl_mem sinks, const DecodeFinish* finish, int32_t n_tokens) const;
   // qkv_finish_rows's inverse frequencies per (n_rot, freq_base), made at first use (`none`: the
   // buffer to pass when n_rot is 0).
   struct InvFreqTable {

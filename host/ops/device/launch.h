@@ -43,6 +43,12 @@ void set_args(const Device& device, cl_kernel kernel, const A&... args) {
   cl_uint i = 0;
   (set_arg(device, kernel, i++, args), ...);
 }
+// The same from argument `first` on.
+template <typename... A>
+void set_args_from(const Device& device, cl_kernel kernel, cl_uint first, const A&... args) {
+  cl_uint i = first;
+  (set_arg(device, kernel, i++, args), ...);
+}
 
 // Local-memory argument of `bytes`.
 inline void set_local_arg(const Device& device, cl_kernel kernel, cl_uint index, size_t bytes) {

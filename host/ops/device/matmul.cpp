@@ -223,6 +223,9 @@ struct MatmulOp::Kernels {
   ClKernel matmul_route[3], gemv_route;  // ROUTE_TAIL programs, built by prepare_route_tail
   // ROUTE_FFN programs in matmul_t1's shape ([0]) and the gemv's ([1]), built by prepare_route_ffn.
   ClKernel route_ffn[2];
+  // The same with the next layer's decode attention (route_attention.cl), by the attention op's
+  // program options, built at the first launch with RouteTail::Ffn::attention.
+  std::map<std::string, ClKernel> route_attn[2];
   std::string options;
   ClKernel dequantize;
   int x_q8 = -1;  // MatmulOp::x_q8's answer (-1: not asked yet)
@@ -797,8 +800,14 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
         size_t(f.down->cols) * kExpertFfnMaxPairs > ffn_h_floats_)
       prepare_route_ffn(w.type, w.rows, w.cols, r.n_expert, *f.gate_up, *f.down);
   }
-  cl_kernel k = r.ffn ? ks.route_ffn[gemv ? 1 : 0].get()
-                      : (gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get());
+  const RouteTail::Ffn::Attention* attn = r.ffn ? r.ffn->attention : nullptr;
+  if (attn && (!attn->op || !r.ffn->next || !attn->op->can_decode_phase()))
+    throw TesseraError(
+        "matmul run_route_tail: the next layer's attention needs its op in the decode phase's "
+        "form (AttentionOp::can_decode_phase) and the next projection");
+  cl_kernel k = attn    ? route_attention_kernel(ks, w.type, gemv, *attn->op)
+                : r.ffn ? ks.route_ffn[gemv ? 1 : 0].get()
+                        : (gemv ? ks.gemv_route.get() : ks.matmul_route[Kernels::slot(tile)].get());
   set_dense_args(device_, k, w, x, x_offset, y, y_offset, n_tokens, out);
   set_arg(device_, k, 12, r.norm_w);
   set_arg(device_, k, 13, r.eps);
@@ -848,6 +857,10 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
     set_arg(device_, k, 53, cl_uint(f.next ? f.next->blocks_per_row : 0));
     set_arg(device_, k, 54, cl_uint(f.next ? f.next->rows : 0));
     set_arg(device_, k, 55, f.next ? f.next_y : ffn_h_.get());
+    if (attn)
+      attn->op->set_decode_phase_args(k, 56, attn->batch, attn->layer, attn->out, attn->out_offset,
+                                      attn->workspace, attn->workspace_bytes, attn->sinks,
+                                      attn->finish);
   }
   enqueue_row_tiles(k, kv, w.rows, w.cols, n_tokens, tile, wait, done);
 }
@@ -866,6 +879,21 @@ bool MatmulOp::can_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32
   return ks.variant.lanes == 1 && (!gemv || ks.variant.gemv().lanes == 1) &&
          can_route_tail(type, n_expert) && can_expert_ffn(gate_up, down) && down.type == type &&
          down.rows == rows;
+}
+
+cl_kernel MatmulOp::route_attention_kernel(Kernels& ks, TensorType type, bool gemv,
+                                           const AttentionOp& op) const {
+  std::lock_guard lock(mutex_);
+  ClKernel& kernel = ks.route_attn[gemv ? 1 : 0][op.program_options()];
+  if (!kernel) {
+    const std::string shape = gemv ? std::string("-D") + weight_format(type)->macro +
+                                         " " + ks.variant.gemv().build_options()
+                                   : ks.options;
+    kernel = device_.kernel("route_attention", "matmul_route_ffn",
+                            shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1 " +
+                                op.program_options());
+  }
+  return kernel.get();
 }
 
 bool MatmulOp::can_route_next(TensorType type, int64_t rows, const DeviceWeight& next) const {
@@ -895,7 +923,7 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
                             shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
   }
   if (!ffn_join_) {
-    const int32_t zeros[9] = {0, 0, 0, 0, 0, 0, 0, 0, 0};
+    const int32_t zeros[11] = {};  // JOIN_INTS
     ffn_join_ = device_.alloc(sizeof(zeros));
     device_.write(ffn_join_.get(), 0, zeros, sizeof(zeros));
   }

@@ -13,6 +13,8 @@
 
 #include "devices/device.h"
 #include "host/gguf/tensor_type.h"
+#include "host/kv/kv_view.h"
+#include "host/ops/device/attention.h"
 #include "host/ops/device/repack.h"
 #include "host/ops/reference/routing.h"
 
@@ -151,6 +153,22 @@ struct RouteTail {
     // (next->rows floats) in the same launch, the next layer's input projection.
     const DeviceWeight* next = nullptr;
     cl_mem next_y = nullptr;
+    // With attention (and next): the next layer's decode attention of the token as the launch's
+    // last phase, AttentionOp::decode's work with its finish reading the q|k|v row next_y (op:
+    // AttentionOp::can_decode_phase), into out. The launch's x may be `out`: the phase starts
+    // after every work group has read x.
+    struct Attention {
+      AttentionOp* op = nullptr;
+      kv::KvBatchView batch;
+      kv::KvLayerView layer;
+      cl_mem out = nullptr;
+      uint32_t out_offset = 0;
+      cl_mem workspace = nullptr;
+      size_t workspace_bytes = 0;
+      cl_mem sinks = nullptr;  // null: none
+      AttentionOp::DecodeFinish finish;
+    };
+    const Attention* attention = nullptr;
   };
   const Ffn* ffn = nullptr;
 };
@@ -304,6 +322,10 @@ class MatmulOp {
                          int n_items, int tile, const std::vector<cl_event>& wait,
                          cl_event* done) const;
   cl_kernel gemm_kernel(Kernels& ks) const;  // matmul_gemm.cl's, built at the first use
+  // matmul_route_ffn of route_attention.cl with op's decode (Kernels::route_attn), built at the
+  // first use.
+  cl_kernel route_attention_kernel(Kernels& ks, gguf::TensorType type, bool gemv,
+                                   const AttentionOp& op) const;
   void alloc_combine_counters() const;       // combine_counters_, zeroed (caller holds mutex_)
   void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                       size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
@@ -344,7 +366,7 @@ class MatmulOp {
   // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
   // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
   mutable ClMem route_counters_, route_part_;
-  // matmul_route_ffn's join (nine counters, cl_kernels/matmul.cl: zero between launches, the last
+  // matmul_route_ffn's join (11 counters, cl_kernels/matmul.cl: zero between launches, the last
   // work group resets them), allocated by prepare_route_ffn.
   mutable ClMem ffn_join_;
   mutable size_t route_part_floats_ = 0;
