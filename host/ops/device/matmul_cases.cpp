@@ -284,20 +284,24 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
     // slices, the same with the next layer's input projection (rows not a multiple of the
     // kernel's 16-row units), without the norm in 3 (2) slices, with it in one slice per run of
     // 32 rows. The CPU kernel shape (one lane per row) on every device.
+    // Variant 4: the next layer's decode attention after its q|k|v projection
+    // (RouteTail::Ffn::attention, route_attention.cl).
     const int64_t next_rows = 2 * ffn_embd + 8;
-    for (const int variant : {0, 1, 2, 3}) {
-      const bool next_norm = variant != 2;
-      const int64_t nr = variant == 1 ? next_rows : 0;
+    for (const int variant : {0, 1, 2, 3, 4}) {
+      const bool next_norm = variant != 2, attn = variant == 4;
+      const int64_t nr = variant == 1 ? next_rows : attn ? kRouteAttentionRows : 0;
       const int slices = variant == 2 ? ffn_slices : variant == 3 ? int(ffn_ff / 32) : 0;
       out.push_back(
           {"matmul_route_ffn", fmt,
-           std::to_string(ffn_embd) + "x" + std::to_string(c_mid) + "_16x" +
-               std::to_string(ffn_ff) + "_t1_top4" +
+           std::to_string(ffn_embd) + "x" + std::to_string(attn ? kRouteAttentionCols : c_mid) +
+               "_16x" + std::to_string(ffn_ff) + "_t1_top4" +
                (variant == 0   ? "_norm"
                 : variant == 1 ? "_norm_next" + std::to_string(nr)
                 : variant == 2 ? "_slices" + std::to_string(slices)
-                               : "_norm_slices" + std::to_string(slices)),
-           [t, c_mid, ffn_ff, ffn_embd, slices, next_norm, nr](const Device& dev, bool timing) {
+                : variant == 3 ? "_norm_slices" + std::to_string(slices)
+                               : "_norm_next" + std::to_string(nr) + "_attention"),
+           [t, c_mid, ffn_ff, ffn_embd, slices, next_norm, nr, attn](const Device& dev,
+                                                                     bool timing) {
              MatmulVariant v = default_matmul_variant(dev.info(), t);
              if (v.lanes != 1) {
                v.lanes = 1;
@@ -310,8 +314,8 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
              const MatmulOp op(dev, v);
              if (dev.info().platform_name.find("Portable Computing Language") == std::string::npos)
                return unsupported("the experts' join in this launch is for PoCL's CPU devices");
-             return to_matrix(check_route_ffn(op, t, ffn_embd, c_mid, ffn_ff, 16, 4, next_norm,
-                                              slices, nr, timing),
+             return to_matrix(check_route_ffn(op, t, ffn_embd, attn ? kRouteAttentionCols : c_mid,
+                                              ffn_ff, 16, 4, next_norm, slices, nr, attn, timing),
                               timing);
            }});
     }

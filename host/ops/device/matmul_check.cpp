@@ -11,7 +11,10 @@
 #include "host/common/error.h"
 #include "host/common/half.h"
 #include "host/ops/quant/quant.h"
+#include "host/ops/reference/attention.h"
+#include "host/ops/reference/kv_codec.h"
 #include "host/ops/reference/norm.h"
+#include "host/ops/reference/rope.h"
 
 namespace tessera::ops {
 
@@ -740,12 +743,148 @@ MatmulCheck check_route_tail(const MatmulOp& op, TensorType t, int64_t rows, int
   return r;
 }
 
+namespace {
+
+// check_route_ffn's attention phase: the KV history, the op, the launch's RouteTail::Ffn::Attention
+// and the reference (see matmul_check.h).
+struct RouteAttentionCheck {
+  static constexpr int32_t kHeads = 4, kKvHeads = 2, kDim = 64, kBlock = 16, kPast = 40;
+  static constexpr float kEps = 1e-6f, kBase = 1000000.0f;
+  const Device& dev;
+  cl_mem out;
+  std::optional<AttentionOp> op;
+  ClMem kpool, vpool, meta_all, meta_step, ws, knw_m, qnw_m;
+  RouteTail::Ffn::Attention phase;
+  std::vector<float> ref, k_new, v_new;
+  kv::KvPoolLayout layout;
+  std::vector<int32_t> tables;
+
+  RouteAttentionCheck(const Device& d, const std::vector<float>& qkv, cl_mem qkv_buf, cl_mem x,
+                      uint32_t seed)
+      : dev(d), out(x) {
+    const int32_t H = kHeads, HK = kKvHeads, D = kDim, n_blocks = (kPast + kBlock) / kBlock + 1;
+    AttentionConfig cfg;
+    cfg.n_head = H;
+    cfg.pool = {kv::KvFormat::kF16, n_blocks, kBlock, HK, D};
+    layout = cfg.pool;
+    AttentionTuning tuning = default_attention_tuning(dev, cfg);
+    tuning.decode_rows = true;
+    tuning.decode_items = 1;
+    tuning.decode_finish = true;
+    tuning.fused_reduce = true;
+    op.emplace(dev, cfg, tuning);
+    // Blocks in a shuffled order: token p at slot tables[p / 16] * 16 + p % 16.
+    tables.resize(size_t(n_blocks));
+    std::iota(tables.begin(), tables.end(), 0);
+    std::shuffle(tables.begin(), tables.end(), std::mt19937(seed + 20));
+    auto view_of = [&](int32_t first, int32_t count, std::vector<int32_t>& meta) {
+      kv::KvBatchView v;
+      meta = tables;
+      v.block_table_stride = uint32_t(n_blocks);
+      v.token_seq_offset = uint32_t(meta.size());
+      for (int32_t p = first; p < first + count; ++p) meta.push_back(0);
+      v.token_pos_offset = uint32_t(meta.size());
+      for (int32_t p = first; p < first + count; ++p) meta.push_back(p);
+      v.token_slot_offset = uint32_t(meta.size());
+      for (int32_t p = first; p < first + count; ++p)
+        meta.push_back(tables[size_t(p / kBlock)] * kBlock + p % kBlock);
+      v.max_context_offset = uint32_t(meta.size());
+      meta.push_back(first + count);
+      v.n_seqs = 1;
+      v.n_tokens = count;
+      v.max_context = first + count;
+      v.context_capacity = n_blocks * kBlock;
+      return v;
+    };
+    std::vector<int32_t> all_meta, step_meta;
+    kv::KvBatchView all = view_of(0, kPast, all_meta), step = view_of(kPast, 1, step_meta);
+    meta_all = upload_words(dev, all_meta);
+    meta_step = upload_words(dev, step_meta);
+    all.meta = meta_all.get();
+    step.meta = meta_step.get();
+    // NaN pools (f16 0x7E00): a slot the launch should not read poisons the output.
+    std::vector<uint16_t> nan(layout.pool_bytes() / 2, 0x7E00);
+    kpool = upload_words(dev, nan);
+    vpool = upload_words(dev, nan);
+    const std::vector<float> k = random_x(size_t(kPast) * HK * D, seed + 21),
+                             v = random_x(size_t(kPast) * HK * D, seed + 22);
+    ClMem km = upload_words(dev, k), vm = upload_words(dev, v);
+    const kv::KvLayerView layer{kpool.get(), vpool.get()};
+    op->write_kv(all, layer, km.get(), 0, vm.get(), 0, 0, kPast);
+    dev.finish();
+    // The finish of the reference's q|k|v row: q / k norms per head, NeoX RoPE at kPast.
+    const uint32_t q_dim = uint32_t(H * D), kv_dim = uint32_t(HK * D);
+    const std::vector<float> qnw = random_x(size_t(D), seed + 23),
+                             knw = random_x(size_t(D), seed + 24);
+    qnw_m = upload_words(dev, qnw);
+    knw_m = upload_words(dev, knw);
+    std::vector<float> q(qkv.begin(), qkv.begin() + q_dim);
+    k_new.assign(qkv.begin() + q_dim, qkv.begin() + q_dim + kv_dim);
+    v_new.assign(qkv.begin() + q_dim + kv_dim, qkv.begin() + q_dim + 2 * kv_dim);
+    reference::rms_norm(q, qnw, kEps, q);
+    reference::rms_norm(k_new, knw, kEps, k_new);
+    reference::rope(q, H, D, D, kPast, kBase, reference::RopeMode::kNeox, 1.0f, {}, {});
+    reference::rope(k_new, HK, D, D, kPast, kBase, reference::RopeMode::kNeox, 1.0f, {}, {});
+    std::vector<float> ks = k, vs = v;
+    ks.insert(ks.end(), k_new.begin(), k_new.end());
+    vs.insert(vs.end(), v_new.begin(), v_new.end());
+    ks = reference::kv_round_trip(kv::KvFormat::kF16, ks, D);
+    vs = reference::kv_round_trip(kv::KvFormat::kF16, vs, D);
+    ref.resize(q_dim);
+    reference::causal_attention(q, ks, vs, {H, HK, D}, op->scale(), ref, 0, {});
+    const size_t ws_bytes = op->decode_workspace_bytes(1, n_blocks * kBlock);
+    ws = dev.alloc(ws_bytes);
+    phase.op = &*op;
+    phase.batch = step;
+    phase.layer = layer;
+    phase.out = out;
+    phase.workspace = ws.get();
+    phase.workspace_bytes = ws_bytes;
+    phase.finish = {{qkv_buf, 0, q_dim + 2 * kv_dim, q_dim, q_dim + kv_dim},
+                    qnw_m.get(),
+                    knw_m.get(),
+                    kEps,
+                    {uint32_t(D), kBase, true, 1.0f, nullptr, {}}};
+  }
+
+  // The attention's output (RoPE angles up to 40 rad and the row's own error through the norms),
+  // and the token's k and v as stored (f16).
+  void check(MatmulCheck& r, const std::string& pre) const {
+    check_into(r, dev, out, ref, 2e-3, pre + "attention");
+    const uint64_t row = layout.token_head_bytes();
+    const int32_t slot = tables[size_t(kPast / kBlock)] * kBlock + kPast % kBlock;
+    for (int part = 0; part < 2; ++part) {
+      const std::vector<float>& want = part ? v_new : k_new;
+      for (int32_t h = 0; h < kKvHeads; ++h) {
+        std::vector<uint16_t> got(static_cast<size_t>(kDim));
+        const uint64_t at = (uint64_t(slot / kBlock) * kKvHeads + uint64_t(h)) * kBlock * row +
+                            uint64_t(slot % kBlock) * row;
+        dev.read(part ? vpool.get() : kpool.get(), at, got.data(), row);
+        for (int32_t i = 0; i < kDim; ++i) {
+          const float g = fp16_to_fp32(got[size_t(i)]), w = want[size_t(h * kDim + i)];
+          if (!(std::fabs(g - w) <= 2e-3f * (1.0f + std::fabs(w))) && r.note.empty())
+            r.note = pre + (part ? "stored v" : "stored k") + " differs at head " +
+                     std::to_string(h) + ", " + std::to_string(i) + ": " + std::to_string(g) +
+                     " for " + std::to_string(w);
+        }
+      }
+    }
+  }
+  double bytes() const {
+    return double(kPast + 1) * kKvHeads * 2 * double(layout.token_head_bytes());
+  }
+};
+
+}  // namespace
+
 MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, int64_t cols,
                             int64_t ff, int n_expert, int top_k, bool next_norm, int slices,
-                            int64_t next_rows, bool timing, uint32_t seed) {
+                            int64_t next_rows, bool attention, bool timing, uint32_t seed) {
   if (top_k < 1 || top_k > n_expert) throw TesseraError("check_route_ffn: top_k out of range");
   if (next_rows > 0 && !next_norm)
     throw TesseraError("check_route_ffn: the next projection reads the next norm's row");
+  if (attention && (next_rows != kRouteAttentionRows || cols != kRouteAttentionCols))
+    throw TesseraError("check_route_ffn: the attention's q|k|v row or output of another size");
   const Device& dev = op.device();
   const auto w = random_ggml_weight(t, n_embd, cols, seed);
   const auto gu = random_ggml_weight(t, 2 * ff, n_embd, seed + 1, n_expert);
@@ -812,8 +951,9 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
     throw TesseraError("check_route_ffn: shapes the launch refuses");
   auto upload = [&dev](const auto& v) { return upload_words(dev, v); };
   const std::vector<int32_t> pair_token(size_t(top_k), 0), offsets = {0, top_k};
-  ClMem xm = upload(x), nm = upload(norm_w), n2m = upload(norm2_w), rm = upload(router),
-        ptm = upload(pair_token), offm = upload(offsets);
+  ClMem nm = upload(norm_w), n2m = upload(norm2_w), rm = upload(router), ptm = upload(pair_token),
+        offm = upload(offsets);
+  ClMem xm = guarded_output(dev, x.size());  // x written before each launch
   ClMem ym = guarded_output(dev, y.size()), xnm = guarded_output(dev, xn.size()),
         idm = guarded_output(dev, size_t(top_k)), wm = guarded_output(dev, size_t(top_k)),
         npm = guarded_output(dev, size_t(std::max<int64_t>(next_rows, 1)));
@@ -835,6 +975,11 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   f.slices = slices;
   f.next = next_rows > 0 ? &nw : nullptr;
   f.next_y = next_rows > 0 ? npm.get() : nullptr;
+  std::optional<RouteAttentionCheck> ac;
+  if (attention) {
+    ac.emplace(dev, next_ref, npm.get(), xm.get(), seed);
+    f.attention = &ac->phase;
+  }
   rt.ffn = &f;
   auto launch = [&](cl_event* ev) {
     op.run_route_tail(dw, xm.get(), 0, ym.get(), 0, 1, {0, true}, rt, {}, ev);
@@ -845,6 +990,7 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   // Three launches from the same inputs: each must find the join and counters reset.
   for (int run = 0; run < 3; ++run) {
     const std::string pre = run ? "launch " + std::to_string(run + 1) + ", " : "";
+    dev.write(xm.get(), 0, x.data(), x.size() * 4);  // the attention overwrites it
     dev.write(ym.get(), 0, y0.data(), y0.size() * 4);
     dev.write(xnm.get(), 0, nan_rows.data(), xn.size() * 4);
     dev.write(wm.get(), 0, nan_rows.data(), size_t(top_k) * 4);
@@ -861,6 +1007,7 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
                pre + (next_norm ? "next normed rows" : "normed rows"));
     check_into(r, dev, wm.get(), choice.weights, 1e-4, pre + "router weights");
     if (next_rows > 0) check_into(r, dev, npm.get(), next_ref, tol, pre + "next projection");
+    if (ac) ac->check(r, pre);
     bool intact = true;
     const auto raw = read_guarded(dev, idm.get(), size_t(top_k), intact);
     r.guard_intact = r.guard_intact && intact;
@@ -872,7 +1019,7 @@ MatmulCheck check_route_ffn(const MatmulOp& op, TensorType t, int64_t n_embd, in
   r.pass = r.note.empty();
   r.bytes = double(dw.source_bytes) + double(n_expert) * double(n_embd) * 4 +
             double(ggml_bytes(t, 2 * ff, n_embd) + ggml_bytes(t, n_embd, ff)) * top_k +
-            (next_rows > 0 ? double(nw.source_bytes) : 0.0);
+            (next_rows > 0 ? double(nw.source_bytes) : 0.0) + (ac ? ac->bytes() : 0.0);
   r.flops = 2.0 * double(n_embd) * double(cols + n_expert + std::max<int64_t>(next_rows, 0)) +
             2.0 * 3.0 * double(ff * n_embd) * top_k;
   if (timing) r.seconds = time_launches(dev, launch, true, 10);

@@ -103,10 +103,16 @@ MatmulCheck check_route_tail(const MatmulOp& op, gguf::TensorType t, int64_t row
 // the normed row (the engine's buffers), and with next_rows > 0 (needs next_norm) a next_rows x
 // n_embd matrix of type t times that row (the next layer's input projection). Three launches (the
 // join and counters reset by each); compares y, the normed row, the weights, the ids and the
-// projection.
+// projection. With attention (RouteTail::Ffn::attention; needs next_rows = kRouteAttentionRows and
+// cols = kRouteAttentionCols), that projection is the next layer's q|k|v row (4 query heads of 64,
+// 2 KV heads) and the launch runs its decode attention too: Qwen3's q/k norms and NeoX RoPE at
+// position 40 over 40 random f16 keys and values in shuffled blocks of 16, into x itself (the
+// engine's buffers: the attention's output is the next launch's input), compared with the
+// reference's finish and causal attention of the reference's row, and the token's stored k and v.
+inline constexpr int64_t kRouteAttentionRows = 512, kRouteAttentionCols = 256;
 MatmulCheck check_route_ffn(const MatmulOp& op, gguf::TensorType t, int64_t n_embd, int64_t cols,
                             int64_t ff, int n_expert, int top_k, bool next_norm, int slices,
-                            int64_t next_rows, bool timing, uint32_t seed = 1);
+                            int64_t next_rows, bool attention, bool timing, uint32_t seed = 1);
 
 // Kernel-side dequantization (MatmulOp::dequantize) equals quant::dequantize_row bit for bit up to
 // fma rounding: returns max |device - reference| / max |reference| over all rows.
