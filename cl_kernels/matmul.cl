@@ -1225,26 +1225,41 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 #if LANES != 1
 #error "ROUTE_FFN needs one lane per row"
 #endif
-// The waits' bound in volatile reads (a few ms): long enough that a group waiting while the
-// previous phase's last unit runs stays to share the next phase (65,536 reads ran out on the
-// 2-core machine, leaving phase 3 to one group), short enough to end on a driver that breaks the
-// join's assumption (then the group that finishes the previous phase does the rest).
-#define FFN_SPIN (1 << 22)
+// The waits' bound in reads, FFN_BACKOFF idle steps apart (a few ms): long enough that a group
+// waiting while the previous phase's last unit runs stays to share the next phase (65,536 reads
+// without the idle steps ran out on the 2-core machine, leaving phase 3 to one group), short
+// enough to end on a driver that breaks the join's assumption (then the group that finishes the
+// previous phase does the rest).
+#define FFN_SPIN (1 << 20)
 #define NP_UNIT 16
 #define DN_UNIT 32
 #define JOIN_INTS 11
+// The join's ints, each on a cache line of its own (JOIN_STRIDE ints apart): counters that groups
+// claim units from are not the lines that waiting groups read.
+#ifndef JOIN_STRIDE
+#define JOIN_STRIDE 16
+#endif
+#define JOIN(i) (ffn_join + (i)*JOIN_STRIDE)
+#ifndef FFN_BACKOFF
+#define FFN_BACKOFF 16
+#endif
 #undef ROUTED_HOOK
 #define ROUTED_HOOK(n)                   \
   if (get_local_id(0) == 0 && (n) > 0) { \
     mem_fence(CLK_GLOBAL_MEM_FENCE);     \
-    atomic_add(ffn_join, (n));           \
+    atomic_add(JOIN(0), (n));            \
   }
 
 // Whether join[i] has reached want: at once, or after waiting when every group has started.
-inline bool join_ready(__global volatile int* join, uint i, int want, int groups) {
-  bool ok = join[i] >= want;
-  if (!ok && join[2] == groups)
-    for (uint n = 0; n < FFN_SPIN && !ok; ++n) ok = join[i] >= want;
+inline bool join_ready(__global volatile int* ffn_join, uint i, int want, int groups) {
+  bool ok = *JOIN(i) >= want;
+  if (!ok && *JOIN(2) == groups)
+    for (uint n = 0; n < FFN_SPIN && !ok; ++n) {
+      // Back off between reads: the groups still working take the lines waiters read.
+      volatile int idle = 0;
+      for (int k = 0; k < FFN_BACKOFF; ++k) idle += k;
+      ok = *JOIN(i) >= want;
+    }
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   return ok;
 }
@@ -1264,7 +1279,7 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     , DECODE_ROWS_PARAMS(a_)
 #endif
 ) {
-  if (get_local_id(0) == 0) atomic_inc(ffn_join + 2);
+  if (get_local_id(0) == 0) atomic_inc(JOIN(2));
   MATMUL_BODY(1, RPW, ,
               Q8_TILE(1, x + xrow[0], out)
                   tile_1(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
@@ -1280,9 +1295,8 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
   // Phase 2a: gate|up.
   const uint runs = ff / 32, units_a = slices * n_pairs;
   bool xq = false;  // q8x holds xn
-  uint u =
-      join_ready(ffn_join, 0, (int)n_tokens, groups) ? (uint)atomic_inc(ffn_join + 1) : units_a;
-  for (; u < units_a; u = (uint)atomic_inc(ffn_join + 1)) {
+  uint u = join_ready(ffn_join, 0, (int)n_tokens, groups) ? (uint)atomic_inc(JOIN(1)) : units_a;
+  for (; u < units_a; u = (uint)atomic_inc(JOIN(1))) {
     const uint s = u % slices, p = u / slices;
     const int e = rt_ids[p], tk = pair_token[p];
     const bool ok = e >= 0 && (uint)e < n_expert && tk == 0;
@@ -1302,12 +1316,12 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
       hp[r + 1] = ok ? v.s1 / (1.0f + exp(-v.s1)) * v.s3 : NAN;
     }
     mem_fence(CLK_GLOBAL_MEM_FENCE);
-    atomic_inc(ffn_join + 6);
+    atomic_inc(JOIN(6));
   }
   // Phase 2b: down and the weighted sum over the pairs, DN_UNIT rows at a time.
   const uint units_b = rows / DN_UNIT;  // rows (n_embd) is a multiple of 32
-  u = join_ready(ffn_join, 6, (int)units_a, groups) ? (uint)atomic_inc(ffn_join + 7) : units_b;
-  for (; u < units_b; u = (uint)atomic_inc(ffn_join + 7)) {
+  u = join_ready(ffn_join, 6, (int)units_a, groups) ? (uint)atomic_inc(JOIN(7)) : units_b;
+  for (; u < units_b; u = (uint)atomic_inc(JOIN(7))) {
     const uint o0 = u * DN_UNIT;
     float acc[DN_UNIT];
     for (uint k = 0; k < DN_UNIT; ++k) acc[k] = 0.0f;
@@ -1340,7 +1354,7 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     }
     part[u] = sq.sum;
     mem_fence(CLK_GLOBAL_MEM_FENCE);
-    if (atomic_inc(ffn_join + 8) == (int)units_b - 1) {
+    if (atomic_inc(JOIN(8)) == (int)units_b - 1) {
       mem_fence(CLK_GLOBAL_MEM_FENCE);
       if (c_use_norm) {
         __global volatile const float* vp = part;
@@ -1350,20 +1364,20 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
         for (uint i = 0; i < rows; ++i) cxn[i] = cx[i] * scale * c_norm_w[i];
       }
       mem_fence(CLK_GLOBAL_MEM_FENCE);
-      atomic_inc(ffn_join + 4);
+      atomic_inc(JOIN(4));
     }
   }
   if (np_rows > 0) {
     // Phase 3: the next projection of cxn, once the combine has written it.
     const uint units3 = (np_rows + NP_UNIT - 1) / NP_UNIT;
-    u = join_ready(ffn_join, 4, 1, groups) ? (uint)atomic_inc(ffn_join + 5) : units3;
+    u = join_ready(ffn_join, 4, 1, groups) ? (uint)atomic_inc(JOIN(5)) : units3;
 #if X_Q8_ON
     const uint gn = np_bpr / 4 <= X_Q8_MAX_GROUPS ? np_bpr / 4 : 0;
     if (u < units3) q8_fill_one(cxn, rows, q8x, gn);
 #else
     const uint gn = 0;
 #endif
-    for (; u < units3; u = (uint)atomic_inc(ffn_join + 5)) {
+    for (; u < units3; u = (uint)atomic_inc(JOIN(5))) {
       for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {  // np_rows % 4 == 0
         const ulong b = (ulong)r * np_bpr;
         vstore4(
@@ -1372,18 +1386,18 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
             0, np_y + r);
       }
       mem_fence(CLK_GLOBAL_MEM_FENCE);
-      atomic_inc(ffn_join + 9);
+      atomic_inc(JOIN(9));
     }
 #if ROUTE_ATTN
     // Phase 4: the next layer's decode attention on np_y.
     const uint units4 = a_n_chunks * N_HEAD_KV;
-    u = join_ready(ffn_join, 9, (int)units3, groups) ? (uint)atomic_inc(ffn_join + 10) : units4;
-    for (; u < units4; u = (uint)atomic_inc(ffn_join + 10))
+    u = join_ready(ffn_join, 9, (int)units3, groups) ? (uint)atomic_inc(JOIN(10)) : units4;
+    for (; u < units4; u = (uint)atomic_inc(JOIN(10)))
       decode_rows_unit(u % a_n_chunks, (int)(u / a_n_chunks), 0, DECODE_ROWS_NAMES(a_));
 #endif
   }
   mem_fence(CLK_GLOBAL_MEM_FENCE);
-  if (atomic_inc(ffn_join + 3) == groups - 1)
-    for (uint i = 0; i < JOIN_INTS; ++i) atomic_xchg(ffn_join + i, 0);
+  if (atomic_inc(JOIN(3)) == groups - 1)
+    for (uint i = 0; i < JOIN_INTS; ++i) atomic_xchg(JOIN(i), 0);
 }
 #endif

@@ -39,7 +39,10 @@ std::shared_ptr<ProgramCache> program_cache(const Settings& s) {
   auto cache = std::make_shared<ProgramCache>(std::move(sources), s.cache_root.empty()
                                                                       ? std::filesystem::path()
                                                                       : s.cache_root / "programs");
-  if (!s.matmul_options.empty()) cache->set_program_options("matmul", s.matmul_options);
+  if (!s.matmul_options.empty()) {
+    cache->set_program_options("matmul", s.matmul_options);
+    cache->set_program_options("route_attention", s.matmul_options);  // matmul.cl inside
+  }
   return cache;
 }
 

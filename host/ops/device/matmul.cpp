@@ -923,7 +923,7 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
                             shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
   }
   if (!ffn_join_) {
-    const int32_t zeros[11] = {};  // JOIN_INTS
+    const int32_t zeros[11 * 16] = {};  // JOIN_INTS, each JOIN_STRIDE ints apart
     ffn_join_ = device_.alloc(sizeof(zeros));
     device_.write(ffn_join_.get(), 0, zeros, sizeof(zeros));
   }

@@ -366,8 +366,8 @@ class MatmulOp {
   // run_route_tail's per-token counters (kRouteTailMaxTokens, zero between launches) and partials
   // (kRouteTailMaxTokens x work groups x (n_expert + 1) floats), sized by prepare_route_tail.
   mutable ClMem route_counters_, route_part_;
-  // matmul_route_ffn's join (11 counters, cl_kernels/matmul.cl: zero between launches, the last
-  // work group resets them), allocated by prepare_route_ffn.
+  // matmul_route_ffn's join (11 counters, each on a 64-byte line of its own, cl_kernels/matmul.cl:
+  // zero between launches, the last work group resets them), allocated by prepare_route_ffn.
   mutable ClMem ffn_join_;
   mutable size_t route_part_floats_ = 0;
   mutable size_t ffn_h_floats_ = 0, ffn_part_floats_ = 0;
