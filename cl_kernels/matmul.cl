@@ -1378,12 +1378,19 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
     const uint gn = 0;
 #endif
     for (; u < units3; u = (uint)atomic_inc(JOIN(5))) {
-      for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {  // np_rows % 4 == 0
-        const ulong b = (ulong)r * np_bpr;
-        vstore4(
-            EXPERT_DOT4(np_body, np_head, (ulong4)(b, b + np_bpr, b + 2 * np_bpr, b + 3 * np_bpr),
-                        np_bpr, cxn, q8x, gn),
-            0, np_y + r);
+      for (uint r = u * NP_UNIT; r < min((u + 1) * NP_UNIT, np_rows); r += 4) {
+        // Four rows at a time; past the last row, the last again (not stored).
+        const uint last = np_rows - 1;
+        const ulong4 at =
+            (ulong4)(r, min(r + 1, last), min(r + 2, last), min(r + 3, last)) * (ulong)np_bpr;
+        const float4 v = EXPERT_DOT4(np_body, np_head, at, np_bpr, cxn, q8x, gn);
+        if (r + 4 <= np_rows) {
+          vstore4(v, 0, np_y + r);
+        } else {
+          np_y[r] = v.s0;
+          if (r + 1 < np_rows) np_y[r + 1] = v.s1;
+          if (r + 2 < np_rows) np_y[r + 2] = v.s2;
+        }
       }
       mem_fence(CLK_GLOBAL_MEM_FENCE);
       atomic_inc(JOIN(9));

@@ -630,6 +630,12 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
   DeviceCtx* cur = &home;
   const size_t stream_bytes = size_t(n) * hp.n_embd * 4;
   bool prenormed = false;  // xn already holds this layer's normed mixer input
+  // The output norm in the last layer's combine (as a next layer's norm), and with it the output
+  // projection in that layer's launch (as a next layer's input projection), where the logit rows
+  // are the step's tokens in order (xn's rows then are the head's) and that layer is at home.
+  bool logits_all = int(b.logit_rows.size()) == n;
+  for (int i = 0; logits_all && i < n; ++i) logits_all = b.logit_rows[size_t(i)] == i;
+  bool head_normed = false, head_projected = false;
   for (size_t l = 0; l < layers_.size(); ++l) {
     DeviceCtx& c = ctx(plan_.layer_device[l]);
     if (&c != cur) {
@@ -638,18 +644,23 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     }
     const bool next_here = options_.fuse.combine_norm && l + 1 < layers_.size() &&
                            &ctx(plan_.layer_device[l + 1]) == &c;
-    const cl_mem next_norm = next_here ? layers_[l + 1].mixer->input_norm() : nullptr;
+    const bool head_here = options_.fuse.combine_norm && options_.fuse.head && logits_all &&
+                           l + 1 == layers_.size() && &c == &home;
+    const cl_mem next_norm = next_here   ? layers_[l + 1].mixer->input_norm()
+                             : head_here ? output_norm_.get()
+                                         : nullptr;
     // The MoE block's routing in the mixer's output launch, where it can (MoeFfn::route_tail),
     // and with a plain MoE FFN (nothing between its routing and experts) maybe its experts too,
     // and then the next layer's input projection.
     MoeFfn* moe = layers_[l].ffn->routed();
     const bool plain_moe = moe && moe == dynamic_cast<MoeFfn*>(layers_[l].ffn.get());
-    InputProjection next_proj = next_norm && options_.fuse.next_qkv
-                                    ? layers_[l + 1].mixer->input_projection(c)
-                                    : InputProjection{};
+    InputProjection next_proj =
+        next_here && options_.fuse.next_qkv   ? layers_[l + 1].mixer->input_projection(c)
+        : head_here && options_.fuse.next_qkv ? InputProjection{&output_, home.logits.get()}
+                                              : InputProjection{};
     // And with it the next layer's decode attention (RouteTail::Ffn::attention).
     ops::RouteTail::Ffn::Attention next_attention;
-    if (next_proj.w && options_.fuse.next_attention &&
+    if (next_here && next_proj.w && options_.fuse.next_attention &&
         layers_[l + 1].mixer->decode_attention(c, step, next_attention))
       next_proj.attention = &next_attention;
     const ops::RouteTail* route =
@@ -663,23 +674,29 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
     prenormed = layers_[l].ffn->forward(c, step, next_norm);
+    if (head_here) {
+      head_normed = prenormed;
+      head_projected = projects_next;
+    }
     step.routed = false;
     step.projected = projects_next;
     step.attended = attends_next;
     mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, stream_bytes);
-  output_head(home, b);
+  if (!head_projected) output_head(home, b, head_normed);
   mark();
 }
 
-void OpenClModel::output_head(DeviceCtx& home, const StepBatch& b) {
+void OpenClModel::output_head(DeviceCtx& home, const StepBatch& b, bool normed) {
   const auto& hp = spec_.hp;
   const uint32_t E = hp.n_embd;
   const bool consecutive =
       std::adjacent_find(b.logit_rows.begin(), b.logit_rows.end(),
                          [](int32_t a, int32_t c) { return c != a + 1; }) == b.logit_rows.end();
-  if (consecutive && !b.logit_rows.empty()) {
+  if (normed) {
+    // The last layer's combine wrote the rows (enqueue_step).
+  } else if (consecutive && !b.logit_rows.empty()) {
     home.norm->rms_norm(home.x.get(), uint32_t(b.logit_rows[0]) * E, output_norm_.get(), 0,
                         home.xn.get(), 0, uint32_t(b.logit_rows.size()), E, hp.rms_eps,
                         {{}, home.prof("norm")});

@@ -110,7 +110,8 @@ class OpenClModel {
   void enqueue_step(const StepBatch& b, int n, bool decode);
   // The residual stream's final norm and the output projection of the wanted rows into
   // home.logits.
-  void output_head(DeviceCtx& home, const StepBatch& b);
+  // The output norm (unless `normed`: xn's rows are the logit rows' already) and projection.
+  void output_head(DeviceCtx& home, const StepBatch& b, bool normed = false);
   // After a step's queues finished: profiling, the balancer's counts (the first `choices` pending
   // router choices: those of the collected step; the rest belong to a step still in flight) and,
   // with no step in flight, its moves.

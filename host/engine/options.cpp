@@ -9,25 +9,27 @@
 namespace tessera::engine {
 
 void apply_no_fuse(std::string_view names, EngineOptions& options) {
-  const std::pair<const char*, bool*> switches[] = {{"qkv", &options.fuse.qkv},
-                                                    {"norm_route", &options.fuse.norm_route},
-                                                    {"proj_route", &options.fuse.proj_route},
-                                                    {"combine_norm", &options.fuse.combine_norm},
-                                                    {"swiglu", &options.fuse.swiglu},
-                                                    {"glu", &options.fuse.glu},
-                                                    {"attn_reduce", &options.fuse.attn_reduce},
-                                                    {"decode_finish", &options.fuse.decode_finish},
-                                                    {"down_combine", &options.fuse.down_combine},
-                                                    {"expert_ffn", &options.fuse.expert_ffn},
-                                                    {"route_ffn", &options.fuse.route_ffn},
-                                                    {"next_qkv", &options.fuse.next_qkv},
-                                                    {"next_attention", &options.fuse.next_attention},
-                                                    {"argmax", &options.fuse.argmax},
-                                                    {"flush", &options.flush_per_layer},
-                                                    {"pipeline", &options.pipeline},
-                                                    {"stream_ahead", &options.stream_ahead},
-                                                    {"stream_queue", &options.stream_queue},
-                                                    {"zero_copy", &options.zero_copy}};
+  const std::pair<const char*, bool*> switches[] = {
+      {"qkv", &options.fuse.qkv},
+      {"norm_route", &options.fuse.norm_route},
+      {"proj_route", &options.fuse.proj_route},
+      {"combine_norm", &options.fuse.combine_norm},
+      {"swiglu", &options.fuse.swiglu},
+      {"glu", &options.fuse.glu},
+      {"attn_reduce", &options.fuse.attn_reduce},
+      {"decode_finish", &options.fuse.decode_finish},
+      {"down_combine", &options.fuse.down_combine},
+      {"expert_ffn", &options.fuse.expert_ffn},
+      {"route_ffn", &options.fuse.route_ffn},
+      {"next_qkv", &options.fuse.next_qkv},
+      {"next_attention", &options.fuse.next_attention},
+      {"head", &options.fuse.head},
+      {"argmax", &options.fuse.argmax},
+      {"flush", &options.flush_per_layer},
+      {"pipeline", &options.pipeline},
+      {"stream_ahead", &options.stream_ahead},
+      {"stream_queue", &options.stream_queue},
+      {"zero_copy", &options.zero_copy}};
   std::istringstream list{std::string(names)};
   for (std::string name; std::getline(list, name, ',');) {
     if (name.empty()) continue;
@@ -39,7 +41,7 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
           "TESSERA_NO_FUSE: unknown fusion '" + name +
           "'; known: qkv, norm_route, proj_route, combine_norm, swiglu, glu, "
           "attn_reduce, decode_finish, down_combine, expert_ffn, route_ffn, next_qkv, "
-          "next_attention, argmax, "
+          "next_attention, head, argmax, "
           "flush, pipeline, stream_ahead, stream_queue, zero_copy");
     *flag = false;
   }

@@ -53,11 +53,11 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  static_assert(sizeof(EngineOptions::Fusion) == 14 * sizeof(bool),
+  static_assert(sizeof(EngineOptions::Fusion) == 15 * sizeof(bool),
                 "a new fusion: switch it off here");
   EngineOptions opts;
   opts.fuse = {false, false, false, false, false, false, false,
-               false, false, false, false, false, false};  // not argmax
+               false, false, false, false, false, false, false};  // not argmax
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -93,15 +93,17 @@ double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& dev
     // Each fusion alone: the one-launch expert FFN (on by default on CPUs) takes the place of
     // the glu and down_combine launches it needs, so it is off unless it is the one measured.
     // The experts in the output projection's launch need the one-launch FFN and take its place;
-    // the next layer's q|k|v in that launch needs both, and its attention there all three.
+    // the next layer's q|k|v in that launch needs both, and its attention there all three; the
+    // output head in the last layer's launch is measured with all of them on.
     using F = EngineOptions::Fusion;
-    const bool next_attention = flag == &F::next_attention,
+    const bool next_attention = flag == &F::next_attention || flag == &F::head,
                next_qkv = next_attention || flag == &F::next_qkv,
                route_ffn = next_qkv || flag == &F::route_ffn;
     if (flag != &F::expert_ffn && !route_ffn) opts.fuse.expert_ffn = false;
     if (!route_ffn) opts.fuse.route_ffn = false;
     if (!next_qkv) opts.fuse.next_qkv = false;
     if (!next_attention) opts.fuse.next_attention = false;
+    if (flag != &F::head) opts.fuse.head = false;
     opts.fuse.*flag = on == 1;
     auto engine = make_engine(m->spec, reg, cfg, opts);
     const auto got = engine_greedy(*engine, kPrompt, 4);
@@ -182,6 +184,23 @@ TEST(EngineBatchTest, NextAttentionInTheExpertLaunchSavesTheAttentionLaunch) {
   const double layers = double(model::ModelSpec::from_gguf(file).layers.size());
   EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::next_attention),
                    (layers - 1) / layers);
+}
+
+// The output norm in the last layer's combine and the output projection in its launch (phase 3 of
+// matmul_route_ffn with the head as the next projection): the reference's tokens with it on and
+// off, the norm and head launches saved once per step.
+TEST(EngineBatchTest, HeadInTheLastLayersLaunchSavesTheNormAndHeadLaunches) {
+  auto reg = tessera::cli::discover_devices();
+  const Device* cpu = first_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
+  if (cpu->info().platform_name.find("Portable Computing Language") == std::string::npos)
+    GTEST_SKIP() << "the experts' join in one launch is for PoCL's CPU devices";
+  model::FixtureOptions fo;
+  fo.kind = "qwen3moe";
+  const auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
+  const double layers = double(model::ModelSpec::from_gguf(file).layers.size());
+  EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::head),
+                   2.0 / layers);
 }
 
 // The FFN norm, router and top-k in the attention's output projection launch

@@ -898,7 +898,7 @@ cl_kernel MatmulOp::route_attention_kernel(Kernels& ks, TensorType type, bool ge
 
 bool MatmulOp::can_route_next(TensorType type, int64_t rows, const DeviceWeight& next) const {
   return weight_format(type) && next.body && next.type == type && next.n_expert == 1 &&
-         next.cols == rows && next.rows > 0 && next.rows % 4 == 0 && next.blocks_per_row > 0 &&
+         next.cols == rows && next.rows > 0 && next.blocks_per_row > 0 &&
          int64_t(next.blocks_per_row) * weight_format(type)->block_elems == rows;
 }
 

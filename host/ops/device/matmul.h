@@ -308,7 +308,7 @@ class MatmulOp {
   bool can_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                      const DeviceWeight& gate_up, const DeviceWeight& down) const;
   // Whether such a launch can also run `next` (the next layer's input projection, rows x `rows`,
-  // on the combine's normed row): one dense matrix of `type`, rows a multiple of 4.
+  // on the combine's normed row): one dense matrix of `type`.
   bool can_route_next(gguf::TensorType type, int64_t rows, const DeviceWeight& next) const;
   void prepare_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                          const DeviceWeight& gate_up, const DeviceWeight& down) const;

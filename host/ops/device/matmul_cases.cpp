@@ -282,11 +282,11 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
     // The output projection, its routing tail and the experts in one launch (run_route_tail with
     // RouteTail::Ffn, the CPU decode path): with the next layer's norm and the default gate|up
     // slices, the same with the next layer's input projection (rows not a multiple of the
-    // kernel's 16-row units), without the norm in 3 (2) slices, with it in one slice per run of
-    // 32 rows. The CPU kernel shape (one lane per row) on every device.
+    // kernel's 16-row units nor of its 4-row steps), without the norm in 3 (2) slices, with it in
+    // one slice per run of 32 rows. The CPU kernel shape (one lane per row) on every device.
     // Variant 4: the next layer's decode attention after its q|k|v projection
     // (RouteTail::Ffn::attention, route_attention.cl).
-    const int64_t next_rows = 2 * ffn_embd + 8;
+    const int64_t next_rows = 2 * ffn_embd + 6;
     for (const int variant : {0, 1, 2, 3, 4}) {
       const bool next_norm = variant != 2, attn = variant == 4;
       const int64_t nr = variant == 1 ? next_rows : attn ? kRouteAttentionRows : 0;
