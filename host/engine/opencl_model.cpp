@@ -630,12 +630,13 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
   DeviceCtx* cur = &home;
   const size_t stream_bytes = size_t(n) * hp.n_embd * 4;
   bool prenormed = false;  // xn already holds this layer's normed mixer input
-  // The output norm in the last layer's combine (as a next layer's norm), and with it the output
-  // projection in that layer's launch (as a next layer's input projection), where the logit rows
-  // are the step's tokens in order (xn's rows then are the head's) and that layer is at home.
+  // The output norm in the last layer's combine (as a next layer's norm), where the logit rows
+  // are the step's tokens in order (xn's rows then are the head's) and that layer is at home. (The
+  // output projection in that launch too, as a next layer's input projection, was no faster on
+  // the 2-core machine: bench/END_TO_END.md.)
   bool logits_all = int(b.logit_rows.size()) == n;
   for (int i = 0; logits_all && i < n; ++i) logits_all = b.logit_rows[size_t(i)] == i;
-  bool head_normed = false, head_projected = false;
+  bool head_normed = false;
   for (size_t l = 0; l < layers_.size(); ++l) {
     DeviceCtx& c = ctx(plan_.layer_device[l]);
     if (&c != cur) {
@@ -654,10 +655,9 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     // and then the next layer's input projection.
     MoeFfn* moe = layers_[l].ffn->routed();
     const bool plain_moe = moe && moe == dynamic_cast<MoeFfn*>(layers_[l].ffn.get());
-    InputProjection next_proj =
-        next_here && options_.fuse.next_qkv   ? layers_[l + 1].mixer->input_projection(c)
-        : head_here && options_.fuse.next_qkv ? InputProjection{&output_, home.logits.get()}
-                                              : InputProjection{};
+    InputProjection next_proj = next_here && options_.fuse.next_qkv
+                                    ? layers_[l + 1].mixer->input_projection(c)
+                                    : InputProjection{};
     // And with it the next layer's decode attention (RouteTail::Ffn::attention).
     ops::RouteTail::Ffn::Attention next_attention;
     if (next_here && next_proj.w && options_.fuse.next_attention &&
@@ -674,17 +674,14 @@ void OpenClModel::enqueue_step(const StepBatch& b, int n, bool decode) {
     // without this the device would idle while the host enqueues the whole step.
     if (options_.flush_per_layer) ops::flush(*c.dev);
     prenormed = layers_[l].ffn->forward(c, step, next_norm);
-    if (head_here) {
-      head_normed = prenormed;
-      head_projected = projects_next;
-    }
+    if (head_here) head_normed = prenormed;
     step.routed = false;
     step.projected = projects_next;
     step.attended = attends_next;
     mark();
   }
   if (cur != &home) copy_between(*cur, cur->x.get(), 0, home, home.x.get(), 0, stream_bytes);
-  if (!head_projected) output_head(home, b, head_normed);
+  output_head(home, b, head_normed);
   mark();
 }
 

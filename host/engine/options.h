@@ -105,8 +105,7 @@ struct EngineOptions {
     // launch too, after its projection (RouteTail::Ffn::attention): one launch per layer fewer.
     bool next_attention = true;
     // With combine_norm, the output norm in the last layer's combine when the step's logit rows
-    // are its tokens in order (decode); with next_qkv too, the output projection in that launch
-    // (RouteTail::Ffn::next, where the launch takes the head's format): one or two launches fewer.
+    // are its tokens in order (decode): the output norm's launch saved.
     bool head = true;
     // Greedy sampling on the device: a step whose every wanted row is a greedy sample with no
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
