@@ -125,6 +125,22 @@ const Device* first_cpu(const DeviceRegistry& reg) {
   return nullptr;
 }
 
+// A CPU device of PoCL's, or null.
+const Device* pocl_cpu(const DeviceRegistry& reg) {
+  const Device* cpu = first_cpu(reg);
+  return cpu && cpu->info().platform_name.find("Portable Computing Language") != std::string::npos
+             ? cpu
+             : nullptr;
+}
+
+// The layers of launches_saved_per_moe_layer's fixture.
+double fixture_layers() {
+  model::FixtureOptions fo;
+  fo.kind = "qwen3moe";
+  const auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
+  return double(model::ModelSpec::from_gguf(file).layers.size());
+}
+
 TEST(EngineBatchTest, GluInTheGateUpLaunchSavesTheActivationLaunch) {
   auto reg = tessera::cli::discover_devices();
   const Device* cpu = first_cpu(reg);
@@ -156,14 +172,9 @@ TEST(EngineBatchTest, ExpertsInTheOutputProjectionSaveTheExpertLaunch) {
 // MoE layer but the last (no layer after it).
 TEST(EngineBatchTest, NextQkvInTheExpertLaunchSavesTheQkvLaunch) {
   auto reg = tessera::cli::discover_devices();
-  const Device* cpu = first_cpu(reg);
-  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
-  if (cpu->info().platform_name.find("Portable Computing Language") == std::string::npos)
-    GTEST_SKIP() << "the experts' join in one launch is for PoCL's CPU devices";
-  model::FixtureOptions fo;
-  fo.kind = "qwen3moe";
-  const auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
-  const double layers = double(model::ModelSpec::from_gguf(file).layers.size());
+  const Device* cpu = pocl_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no PoCL CPU device (the experts' join in one launch is for them)";
+  const double layers = fixture_layers();
   EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::next_qkv),
                    (layers - 1) / layers);
 }
@@ -173,14 +184,9 @@ TEST(EngineBatchTest, NextQkvInTheExpertLaunchSavesTheQkvLaunch) {
 // decode attention launch saved in every MoE layer but the last.
 TEST(EngineBatchTest, NextAttentionInTheExpertLaunchSavesTheAttentionLaunch) {
   auto reg = tessera::cli::discover_devices();
-  const Device* cpu = first_cpu(reg);
-  if (!cpu) GTEST_SKIP() << "no CPU OpenCL device";
-  if (cpu->info().platform_name.find("Portable Computing Language") == std::string::npos)
-    GTEST_SKIP() << "the experts' join in one launch is for PoCL's CPU devices";
-  model::FixtureOptions fo;
-  fo.kind = "qwen3moe";
-  const auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
-  const double layers = double(model::ModelSpec::from_gguf(file).layers.size());
+  const Device* cpu = pocl_cpu(reg);
+  if (!cpu) GTEST_SKIP() << "no PoCL CPU device (the experts' join in one launch is for them)";
+  const double layers = fixture_layers();
   EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::next_attention),
                    (layers - 1) / layers);
 }
@@ -189,10 +195,7 @@ TEST(EngineBatchTest, NextAttentionInTheExpertLaunchSavesTheAttentionLaunch) {
 // tokens with it on and off, the norm launch saved once per step.
 TEST(EngineBatchTest, OutputNormInTheLastCombineSavesTheNormLaunch) {
   auto reg = tessera::cli::discover_devices();
-  model::FixtureOptions fo;
-  fo.kind = "qwen3moe";
-  const auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
-  const double layers = double(model::ModelSpec::from_gguf(file).layers.size());
+  const double layers = fixture_layers();
   for (const auto& d : reg.devices()) {
     SCOPED_TRACE(d->info().label());
     EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::head),
