@@ -237,15 +237,14 @@ AttentionOp::AttentionOp(const Device& device, const AttentionConfig& config,
     qjl_ = device.alloc(s.size_bytes(), CL_MEM_READ_ONLY);
     device.write(qjl_.get(), 0, s.data(), s.size_bytes());
   }
-  const std::string& options = options_;
-  write_ = device.kernel("attention", "kv_write", options);
-  finish_ = device.kernel("attention", "qkv_finish", options);
-  finish_rows_ = device.kernel("attention", "qkv_finish_rows", options);
-  prefill_ = device.kernel("attention", "attention_prefill", options);
-  decode_ = device.kernel("attention", "attention_decode_partial", options);
-  decode_rows_ = device.kernel("attention", "attention_decode_rows", options);
-  decode_shared_ = device.kernel("attention", "attention_decode_shared", options);
-  reduce_ = device.kernel("attention", "attention_decode_reduce", options);
+  write_ = device.kernel("attention", "kv_write", options_);
+  finish_ = device.kernel("attention", "qkv_finish", options_);
+  finish_rows_ = device.kernel("attention", "qkv_finish_rows", options_);
+  prefill_ = device.kernel("attention", "attention_prefill", options_);
+  decode_ = device.kernel("attention", "attention_decode_partial", options_);
+  decode_rows_ = device.kernel("attention", "attention_decode_rows", options_);
+  decode_shared_ = device.kernel("attention", "attention_decode_shared", options_);
+  reduce_ = device.kernel("attention", "attention_decode_reduce", options_);
   if (t.fused_reduce) {
     const std::vector<int32_t> zeros(size_t(kFusedReduceTokens) * size_t(c.n_head_kv), 0);
     counters_ = device.alloc(zeros.size() * sizeof(int32_t));

@@ -885,15 +885,17 @@ cl_kernel MatmulOp::route_attention_kernel(Kernels& ks, TensorType type, bool ge
                                            const AttentionOp& op) const {
   std::lock_guard lock(mutex_);
   ClKernel& kernel = ks.route_attn[gemv ? 1 : 0][op.program_options()];
-  if (!kernel) {
-    const std::string shape = gemv ? std::string("-D") + weight_format(type)->macro +
-                                         " " + ks.variant.gemv().build_options()
-                                   : ks.options;
+  if (!kernel)
     kernel = device_.kernel("route_attention", "matmul_route_ffn",
-                            shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1 " +
-                                op.program_options());
-  }
+                            route_ffn_options(ks, type, gemv) + " " + op.program_options());
   return kernel.get();
+}
+
+std::string MatmulOp::route_ffn_options(const Kernels& ks, TensorType type, bool gemv) const {
+  const std::string shape = gemv ? std::string("-D") + weight_format(type)->macro + " " +
+                                       ks.variant.gemv().build_options()
+                                 : ks.options;
+  return shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1";
 }
 
 bool MatmulOp::can_route_next(TensorType type, int64_t rows, const DeviceWeight& next) const {
@@ -915,13 +917,8 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
   std::lock_guard lock(mutex_);
   const bool gemv = k.gemv && cols <= k.variant.gemv_max_cols;
   ClKernel& kernel = k.route_ffn[gemv ? 1 : 0];
-  if (!kernel) {
-    const std::string shape = gemv ? std::string("-D") + weight_format(type)->macro + " " +
-                                         k.variant.gemv().build_options()
-                                   : k.options;
-    kernel = device_.kernel("matmul", "matmul_route_ffn",
-                            shape + " -DROUTE_TAIL=1 -DEXPERT_FFN=1 -DROUTE_FFN=1");
-  }
+  if (!kernel)
+    kernel = device_.kernel("matmul", "matmul_route_ffn", route_ffn_options(k, type, gemv));
   if (!ffn_join_) {
     const int32_t zeros[11 * 16] = {};  // JOIN_INTS, each JOIN_STRIDE ints apart
     ffn_join_ = device_.alloc(sizeof(zeros));

@@ -326,6 +326,8 @@ class MatmulOp {
   // first use.
   cl_kernel route_attention_kernel(Kernels& ks, gguf::TensorType type, bool gemv,
                                    const AttentionOp& op) const;
+  // The ROUTE_FFN programs' build options for w's type in matmul_t1's shape or the gemv's.
+  std::string route_ffn_options(const Kernels& ks, gguf::TensorType type, bool gemv) const;
   void alloc_combine_counters() const;       // combine_counters_, zeroed (caller holds mutex_)
   void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                       size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
