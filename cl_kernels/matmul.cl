@@ -1193,7 +1193,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 }
 #endif
 
-// ROUTE_FFN (CPUs: one lane per row; built with ROUTE_TAIL and EXPERT_FFN, one format): a MoE
+// ROUTE_FFN (one lane per row on CPUs, several on GPUs: see the kernel's second half; built
+// with ROUTE_TAIL and EXPERT_FFN, one format): a MoE
 // layer's decode after its attention in one launch, where matmul_t1 with the routing tail and
 // experts_ffn take two (on PoCL every launch is a fork/join over all threads). One token. Work is
 // done in phases; after phase 1 the groups' first items claim units of a phase from a counter and
@@ -1222,8 +1223,8 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 // next and claims what is left. The last group to finish resets the join for the next launch.
 // An out-of-range expert or token id makes the rows NaN.
 #if defined(ROUTE_FFN) && defined(ROUTE_TAIL) && defined(EXPERT_FFN)
-#if LANES != 1
-#error "ROUTE_FFN needs one lane per row"
+#if ROUTE_ATTN && LANES != 1
+#error "ROUTE_ATTN needs one lane per row"
 #endif
 // The waits' bound in reads, FFN_BACKOFF idle steps apart (a few ms): long enough that a group
 // waiting while the previous phase's last unit runs stays to share the next phase (65,536 reads
@@ -1244,11 +1245,38 @@ __kernel __attribute__((reqd_work_group_size(1, 1, 1))) void experts_ffn(EXPERT_
 #define FFN_BACKOFF 16
 #endif
 #undef ROUTED_HOOK
+#if LANES == 1
 #define ROUTED_HOOK(n)                   \
   if (get_local_id(0) == 0 && (n) > 0) { \
     mem_fence(CLK_GLOBAL_MEM_FENCE);     \
     atomic_add(JOIN(0), (n));            \
   }
+#else
+// (Several lanes: every item wrote the routed row; their writes are ordered before the count.)
+#define ROUTED_HOOK(n)                   \
+  barrier(CLK_GLOBAL_MEM_FENCE);         \
+  if (get_local_id(0) == 0 && (n) > 0) { \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);     \
+    atomic_add(JOIN(0), (n));            \
+  }
+#if VEC_ACC
+#error "ROUTE_FFN with several lanes takes scalar sums"
+#endif
+#define RF_MAX_PAIRS 64  // MatmulOp::kExpertFfnMaxPairs
+// Row rb's (first block; nb blocks) dot product with x staged in local memory (XPAD floats per
+// chunk), over this lane's chunks lane, lane + LANES, ...
+inline float rf_dot(__global const uchar* body, __global const uchar* head, ulong rb, uint nb,
+                    __local const float* xl, uint lane) {
+  float acc = 0.0f;
+  for (uint k = lane; k < nb * CHUNKS_PER_BLOCK; k += LANES) {
+    float16 w0, w1;
+    decode_chunk(body, head, rb + k / CHUNKS_PER_BLOCK, k % CHUNKS_PER_BLOCK, &w0, &w1);
+    __local const float* xp = xl + k * XPAD;
+    acc += dot16(w0, vload16(0, xp)) + dot16(w1, vload16(0, xp + 16));
+  }
+  return acc;
+}
+#endif
 
 // Whether join[i] has reached want: at once, or after waiting when every group has started.
 inline bool join_ready(__global volatile int* ffn_join, uint i, int want, int groups) {
@@ -1284,6 +1312,7 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
               Q8_TILE(1, x + xrow[0], out)
                   tile_1(body, head, 0, r0, rows, cols, bpr, x, xrow, lane, out, xs))
   EXPERT_FFN_LOCALS
+#if LANES == 1
   if (get_local_id(0) != 0) return;
   const int groups = (int)(get_num_groups(0) * get_num_groups(1));
 #if X_Q8_ON
@@ -1406,5 +1435,171 @@ __kernel __attribute__((reqd_work_group_size(LANES * WG_ROWS, 1, 1))) void matmu
   mem_fence(CLK_GLOBAL_MEM_FENCE);
   if (atomic_inc(JOIN(3)) == groups - 1)
     for (uint i = 0; i < JOIN_INTS; ++i) atomic_xchg(JOIN(i), 0);
+#else
+  // Several lanes per row (GPUs): every item stays. Item 0 reads the join and claims each unit,
+  // which it shares through local memory; each group takes about one unit per phase (a unit is
+  // one or more passes of WG_ROWS * RPW rows). A phase's x (the routed row, the pairs' h, the
+  // combined row) is staged into local memory (xs, XPAD floats per chunk of 32) by the whole
+  // group; row group rg = lid / LANES takes RPW rows of a pass and its lanes split each row's
+  // chunks (rf_dot), then reduce. The same phases and counters as one lane's, without the
+  // partial sums of squares (the combining group sums the row itself); the slices argument is
+  // not used. Rows other groups wrote in this launch are read through volatile loads, 8 at a
+  // time per item.
+  __local int rf_u, rf_flag, rf_ids[RF_MAX_PAIRS];
+  __local float rf_w[RF_MAX_PAIRS];
+  const uint lid = get_local_id(0), L = get_local_size(0), rg = lid / LANES, rpu = WG_ROWS * RPW;
+  const uint groups = get_num_groups(0) * get_num_groups(1);
+  __global volatile const float* cx_v = (__global volatile const float*)cx;
+  uint u;
+// The first unit of a phase: join[i] has reached want (else none: u = n), claimed from join[c].
+#define RF_FIRST(i, want, c, n)                                                             \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                             \
+  if (lid == 0)                                                                             \
+    rf_u = join_ready(ffn_join, (i), (want), (int)groups) ? atomic_inc(JOIN(c)) : (int)(n); \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                             \
+  u = (uint)rf_u
+#define RF_NEXT(c)                          \
+  barrier(CLK_LOCAL_MEM_FENCE);             \
+  if (lid == 0) rf_u = atomic_inc(JOIN(c)); \
+  barrier(CLK_LOCAL_MEM_FENCE);             \
+  u = (uint)rf_u
+// The unit's writes ordered before item 0 counts it in join[i]; rf_flag: it was the last of n.
+#define RF_DONE(i, n)                                  \
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE); \
+  if (lid == 0) {                                      \
+    mem_fence(CLK_GLOBAL_MEM_FENCE);                   \
+    rf_flag = atomic_inc(JOIN(i)) == (int)(n)-1;       \
+  }                                                    \
+  barrier(CLK_LOCAL_MEM_FENCE)
+// n floats from src into xs (the host keeps what a phase stages within xs).
+#define RF_STAGE(src, n)                                                             \
+  barrier(CLK_LOCAL_MEM_FENCE);                                                      \
+  for (uint i0 = lid; i0 < (n); i0 += 8 * L) {                                       \
+    float v[8];                                                                      \
+    for (uint b = 0; b < 8; ++b) v[b] = i0 + b * L < (n) ? (src)[i0 + b * L] : 0.0f; \
+    for (uint b = 0; b < 8; ++b) {                                                   \
+      const uint i = i0 + b * L;                                                     \
+      if (i < (n)) xs[(i / CHUNK) * XPAD + i % CHUNK] = v[b];                        \
+    }                                                                                \
+  }                                                                                  \
+  barrier(CLK_LOCAL_MEM_FENCE)
+// The routing's expert ids and weights of the pairs, into local memory.
+#define RF_PAIRS                                           \
+  for (uint i = lid; i < n_pairs; i += L) {                \
+    rf_ids[i] = ((__global volatile const int*)rt_ids)[i]; \
+    rf_w[i] = ((__global volatile const float*)cw)[i];     \
+  }                                                        \
+  barrier(CLK_LOCAL_MEM_FENCE)
+  // Phase 2a: gate|up of the h rows f (pair f / ff, row f % ff), passes of rpu rows.
+  const uint rows_a = n_pairs * ff, pass_a = (rows_a + rpu - 1) / rpu;
+  const uint per_a = (pass_a + groups - 1) / groups, units_a = (pass_a + per_a - 1) / per_a;
+  RF_FIRST(0, (int)n_tokens, 1, units_a);
+  RF_STAGE((__global volatile const float*)rt_xn, rows);
+  RF_PAIRS;
+  while (u < units_a) {
+    for (uint a = u * per_a; a < min((u + 1) * per_a, pass_a); ++a) {
+      const uint f0 = a * rpu + rg * RPW;
+      float o[2 * RPW];
+      for (uint rr = 0; rr < RPW; ++rr) {
+        const uint f = min(f0 + rr, rows_a - 1);
+        const ulong g = (ulong)clamp(rf_ids[f / ff], 0, (int)n_expert - 1) * 2 * ff + f % ff;
+        o[rr] = rf_dot(gu_body, gu_head, g * gu_bpr, gu_bpr, xs, lane);
+        o[RPW + rr] = rf_dot(gu_body, gu_head, (g + ff) * gu_bpr, gu_bpr, xs, lane);
+      }
+      if (reduce_lanes(o, 2 * RPW, scratch))
+        for (uint rr = 0; rr < RPW; ++rr) {
+          const uint f = f0 + rr;
+          if (f >= rows_a) break;
+          const int e = rf_ids[f / ff];
+          const bool ok = e >= 0 && (uint)e < n_expert && pair_token[f / ff] == 0;
+          const float g = o[rr], v = o[RPW + rr];
+          h[f] = ok ? g / (1.0f + exp(-g)) * v : NAN;
+        }
+    }
+    RF_DONE(6, units_a);
+    RF_NEXT(1);
+  }
+  // Phase 2b: down rows o0 .. (one pass a unit) summed over the token's pairs into cx, the pairs'
+  // h staged as many at a time as xs holds; the group that ends the last unit writes the norm.
+  const uint units_b = (rows + rpu - 1) / rpu, fit = max(1u, (uint)(8 * LANES * CHUNK) / ff);
+  RF_FIRST(6, (int)units_a, 7, units_b);
+  RF_PAIRS;
+  while (u < units_b) {
+    const uint o0 = u * rpu + rg * RPW;
+    float acc[RPW];
+    for (uint rr = 0; rr < RPW; ++rr) acc[rr] = 0.0f;
+    for (uint pb = (uint)coff[0]; pb < (uint)coff[1]; pb += fit) {
+      const uint pe = min(pb + fit, (uint)coff[1]);
+      RF_STAGE((__global volatile const float*)h + (ulong)pb * ff, (pe - pb) * ff);
+      for (uint p = pb; p < pe; ++p) {
+        const int e = rf_ids[p];
+        const bool ok = e >= 0 && (uint)e < n_expert;
+        const ulong ec = (ulong)clamp(e, 0, (int)n_expert - 1);
+        const float wp = rf_w[p];
+        __local const float* xl = xs + ((p - pb) * ff / CHUNK) * XPAD;
+        for (uint rr = 0; rr < RPW; ++rr) {
+          const ulong r = ec * rows + min(o0 + rr, rows - 1);
+          const float d = rf_dot(dn_body, dn_head, r * dn_bpr, dn_bpr, xl, lane);
+          acc[rr] += ok ? wp * d : NAN;
+        }
+      }
+    }
+    if (reduce_lanes(acc, RPW, scratch))
+      for (uint rr = 0; rr < RPW; ++rr)
+        if (o0 + rr < rows) cx[o0 + rr] = c_accumulate ? cx_v[o0 + rr] + acc[rr] : acc[rr];
+    RF_DONE(8, units_b);
+    if (rf_flag) {
+      if (c_use_norm) {
+        float ss = 0.0f;
+        for (uint i0 = lid; i0 < rows; i0 += 8 * L) {
+          float v[8];
+          for (uint b = 0; b < 8; ++b) v[b] = i0 + b * L < rows ? cx_v[i0 + b * L] : 0.0f;
+          for (uint b = 0; b < 8; ++b) ss += v[b] * v[b];
+        }
+        const float scale = 1.0f / sqrt(work_group_sum(ss, scratch) / (float)rows + c_eps);
+        for (uint i0 = lid; i0 < rows; i0 += 8 * L) {
+          float v[8];
+          for (uint b = 0; b < 8; ++b) v[b] = i0 + b * L < rows ? cx_v[i0 + b * L] : 0.0f;
+          for (uint b = 0; b < 8; ++b)
+            if (i0 + b * L < rows) cxn[i0 + b * L] = v[b] * scale * c_norm_w[i0 + b * L];
+        }
+      }
+      RF_DONE(4, 1);
+    }
+    RF_NEXT(7);
+  }
+  if (np_rows > 0) {
+    // Phase 3: the next projection of cxn, once the combine has written it.
+    const uint pass3 = (np_rows + rpu - 1) / rpu, per3 = (pass3 + groups - 1) / groups;
+    const uint units3 = (pass3 + per3 - 1) / per3;
+    RF_FIRST(4, 1, 5, units3);
+    RF_STAGE((__global volatile const float*)cxn, rows);
+    while (u < units3) {
+      for (uint a = u * per3; a < min((u + 1) * per3, pass3); ++a) {
+        const uint q0 = a * rpu + rg * RPW;
+        float o[RPW];
+        for (uint rr = 0; rr < RPW; ++rr)
+          o[rr] =
+              rf_dot(np_body, np_head, (ulong)min(q0 + rr, np_rows - 1) * np_bpr, np_bpr, xs, lane);
+        if (reduce_lanes(o, RPW, scratch))
+          for (uint rr = 0; rr < RPW; ++rr)
+            if (q0 + rr < np_rows) np_y[q0 + rr] = o[rr];
+      }
+      RF_DONE(9, units3);
+      RF_NEXT(5);
+    }
+  }
+  barrier(CLK_GLOBAL_MEM_FENCE | CLK_LOCAL_MEM_FENCE);
+  if (lid == 0) {
+    mem_fence(CLK_GLOBAL_MEM_FENCE);
+    if (atomic_inc(JOIN(3)) == (int)groups - 1)
+      for (uint i = 0; i < JOIN_INTS; ++i) atomic_xchg(JOIN(i), 0);
+  }
+#undef RF_FIRST
+#undef RF_NEXT
+#undef RF_DONE
+#undef RF_STAGE
+#undef RF_PAIRS
+#endif
 }
 #endif

@@ -377,6 +377,7 @@ int run_bench(const std::vector<std::string>& args) {
   const auto spec = model::ModelSpec::from_gguf(file);
   engine::EngineSetupOptions so;
   so.no_fuse = settings().no_fuse;
+  so.fuse = settings().fuse;
   so.config_path = config_path;
   so.sets = sets;
   prepend_kv_cache_sets(cache_types, so.sets);

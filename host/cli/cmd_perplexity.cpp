@@ -134,6 +134,7 @@ int run_perplexity(const std::vector<std::string>& args) {
   } else {
     engine::EngineSetupOptions so;
     so.no_fuse = settings().no_fuse;
+    so.fuse = settings().fuse;
     so.config_path = config_path;
     so.sets = sets;
     prepend_kv_cache_sets(cache_types, so.sets);

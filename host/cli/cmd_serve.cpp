@@ -163,6 +163,7 @@ int run_serve(const std::vector<std::string>& args) {
 
   engine::EngineSetupOptions eo;
   eo.no_fuse = settings().no_fuse;
+  eo.fuse = settings().fuse;
   eo.config_path = config_path;
   eo.sets = sets;
   eo.device = device;

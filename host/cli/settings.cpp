@@ -21,6 +21,7 @@ Settings read_environment() {
   s.kernel_dir = env("TESSERA_KERNEL_DIR");
   s.matmul_options = env("TESSERA_MATMUL_OPTIONS");
   s.no_fuse = env("TESSERA_NO_FUSE");
+  s.fuse = env("TESSERA_FUSE");
   s.device_limits = env("TESSERA_DEVICE_LIMITS");
   s.matrix_fault = env("TESSERA_MATRIX_FAULT");
   return s;

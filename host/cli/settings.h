@@ -19,6 +19,8 @@ struct Settings {
   std::string matmul_options;        // $TESSERA_MATMUL_OPTIONS: extra matmul build options
   // $TESSERA_NO_FUSE: fusions to switch off (comma list, EngineSetupOptions::no_fuse checks names)
   std::string no_fuse;
+  // $TESSERA_FUSE: opt-in fusions to switch on (comma list, EngineSetupOptions::fuse)
+  std::string fuse;
   // $TESSERA_DEVICE_LIMITS ("local_mem=4096,work_group=16,..."): every device's limits lowered,
   // to run as a smaller device would (tests); empty: the devices' own limits.
   std::string device_limits;

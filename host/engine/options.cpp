@@ -47,4 +47,15 @@ void apply_no_fuse(std::string_view names, EngineOptions& options) {
   }
 }
 
+void apply_fuse(std::string_view names, EngineOptions& options) {
+  std::istringstream list{std::string(names)};
+  for (std::string name; std::getline(list, name, ',');) {
+    if (name.empty()) continue;
+    if (name != "route_ffn_gpu")
+      throw std::invalid_argument("TESSERA_FUSE: unknown opt-in fusion '" + name +
+                                  "'; known: route_ffn_gpu");
+    options.fuse.route_ffn_gpu = true;
+  }
+}
+
 }  // namespace tessera::engine

@@ -111,6 +111,10 @@ struct EngineOptions {
     // logits returned runs argmax_rows on the logits and reads back one id per row instead of
     // the rows (Engine; OpenClModel::forward_argmax).
     bool argmax = true;
+    // GPUs, opt-in ($TESSERA_FUSE=route_ffn_gpu): route_ffn (and next_qkv) in the GPUs' shape
+    // (matmul_route_ffn with several lanes per row). Off by default: on an H100 its decode was
+    // 0.85-0.90x of the separate launches' for Q4_0, 0.88x and 1.04x for Q8_0 (END_TO_END.md).
+    bool route_ffn_gpu = false;
   } fuse;
   // clFlush after each layer's mixer so the device starts while the host enqueues the rest
   // ("flush" in $TESSERA_NO_FUSE turns it off).
@@ -215,5 +219,8 @@ struct EngineStats {
 // next_qkv, argmax, flush, pipeline; as $TESSERA_NO_FUSE gives them). Throws std::invalid_argument
 // naming an unknown name and the known ones.
 void apply_no_fuse(std::string_view names, EngineOptions& options);
+// Switches on the opt-in fusions named in a comma-separated list (route_ffn_gpu; as $TESSERA_FUSE
+// gives them). Throws std::invalid_argument naming an unknown one.
+void apply_fuse(std::string_view names, EngineOptions& options);
 
 }  // namespace tessera::engine

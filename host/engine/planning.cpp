@@ -345,6 +345,7 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.progress = o.progress;
   if (probes) eo.launch_prices = std::move(probes);
   apply_no_fuse(o.no_fuse, eo);
+  apply_fuse(o.fuse, eo);
   EngineConfig ec;
   ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);
   const auto t0 = std::chrono::steady_clock::now();

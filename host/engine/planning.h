@@ -97,6 +97,7 @@ struct EngineSetupOptions {
   std::shared_ptr<ProgramCache> programs;
   std::filesystem::path probe_dir;
   std::string no_fuse;         // fusions to switch off (apply_no_fuse; the CLI's $TESSERA_NO_FUSE)
+  std::string fuse;            // opt-in fusions to switch on (apply_fuse; the CLI's $TESSERA_FUSE)
   DeviceLimits device_limits;  // the CLI's TESSERA_DEVICE_LIMITS (default: the devices' own)
   std::function<void(uint64_t, uint64_t)> progress;  // weight upload progress
 };

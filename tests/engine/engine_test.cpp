@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include "host/cli/settings.h"
+#include "host/ops/device/matmul.h"
 
 namespace tessera::engine::test {
 namespace {
@@ -53,11 +54,11 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineFixtureTest,
 class EngineUnfusedTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(EngineUnfusedTest, MatchesReference) {
-  static_assert(sizeof(EngineOptions::Fusion) == 15 * sizeof(bool),
+  static_assert(sizeof(EngineOptions::Fusion) == 16 * sizeof(bool),
                 "a new fusion: switch it off here");
   EngineOptions opts;
   opts.fuse = {false, false, false, false, false, false, false,
-               false, false, false, false, false, false, false};  // not argmax
+               false, false, false, false, false, false, false};  // not argmax (nor the opt-in)
   opts.flush_per_layer = false;
   expect_matches_reference(GetParam(), opts, 6);
 }
@@ -74,7 +75,7 @@ INSTANTIATE_TEST_SUITE_P(Architectures, EngineUnfusedTest,
 // reference's greedy tokens both times; returns the recorded decode step's launches per MoE layer
 // saved by the fusion.
 double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& device,
-                                    bool EngineOptions::Fusion::*flag) {
+                                    bool EngineOptions::Fusion::*flag, bool gpu_route = false) {
   model::FixtureOptions fo;
   fo.kind = "qwen3moe";
   fo.weight_type = "Q4_0";
@@ -97,12 +98,13 @@ double launches_saved_per_moe_layer(const DeviceRegistry& reg, const Device& dev
     using F = EngineOptions::Fusion;
     const bool next_attention = flag == &F::next_attention,
                next_qkv = next_attention || flag == &F::next_qkv,
-               route_ffn = next_qkv || flag == &F::route_ffn;
+               route_ffn = next_qkv || flag == &F::route_ffn || flag == &F::route_ffn_gpu;
     if (flag != &F::expert_ffn && !route_ffn) opts.fuse.expert_ffn = false;
     if (!route_ffn) opts.fuse.route_ffn = false;
     if (!next_qkv) opts.fuse.next_qkv = false;
     if (!next_attention) opts.fuse.next_attention = false;
     if (flag != &F::head) opts.fuse.head = false;
+    opts.fuse.route_ffn_gpu = gpu_route;
     opts.fuse.*flag = on == 1;
     auto engine = make_engine(m->spec, reg, cfg, opts);
     const auto got = engine_greedy(*engine, kPrompt, 4);
@@ -189,6 +191,25 @@ TEST(EngineBatchTest, NextAttentionInTheExpertLaunchSavesTheAttentionLaunch) {
   const double layers = fixture_layers();
   EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *cpu, &EngineOptions::Fusion::next_attention),
                    (layers - 1) / layers);
+}
+
+// The same launch on GPUs (opt-in Fusion::route_ffn_gpu: matmul_route_ffn in their shape, several
+// lanes per row), on every GPU whose driver runs the join: the reference's tokens with each on and
+// off; the experts' two launches (gate|up, down with the combine) saved per MoE layer, then (with
+// it on) the next layer's q|k|v launch in every MoE layer but the last.
+TEST(EngineBatchTest, ExpertsInTheOutputProjectionOnGpusSaveBothExpertLaunches) {
+  auto reg = tessera::cli::discover_devices();
+  const double layers = fixture_layers();
+  int gpus = 0;
+  for (const auto& d : reg.devices()) {
+    if (d->info().type != DeviceType::kGpu || !ops::MatmulOp::runs_joins(d->info())) continue;
+    SCOPED_TRACE(d->info().label());
+    ++gpus;
+    EXPECT_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::route_ffn_gpu), 2.0);
+    EXPECT_DOUBLE_EQ(launches_saved_per_moe_layer(reg, *d, &EngineOptions::Fusion::next_qkv, true),
+                     (layers - 1) / layers);
+  }
+  if (gpus == 0) GTEST_SKIP() << "no GPU whose driver runs the experts' join";
 }
 
 // The output norm in the last layer's combine (Fusion::head), on every device: the reference's
@@ -316,6 +337,11 @@ TEST(EngineBatchTest, UnknownFusionSwitchIsAnError) {
     EXPECT_NE(std::string(e.what()).find("no_such_fusion"), std::string::npos) << e.what();
     EXPECT_NE(std::string(e.what()).find("known: qkv, norm_route"), std::string::npos) << e.what();
   }
+  // $TESSERA_FUSE (apply_fuse) switches on the opt-in ones.
+  EXPECT_FALSE(opts.fuse.route_ffn_gpu);
+  apply_fuse("route_ffn_gpu", opts);
+  EXPECT_TRUE(opts.fuse.route_ffn_gpu);
+  EXPECT_THROW(apply_fuse("qkv", opts), std::invalid_argument);
 }
 
 // Compressed KV formats from the config (K and V separately, a per-layer override): the cache's

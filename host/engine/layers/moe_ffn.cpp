@@ -144,10 +144,11 @@ void MoeFfn::upload(DeviceCtx& c, WeightUploader& up, const EngineOptions& optio
       dev_.route_tail = false;
     }
   }
-  // CPUs: the experts in that launch too, for one-token steps with every expert here.
+  // The experts in that launch too, for one-token steps with every expert here.
   const Shard& own = dev_.shards[size_t(dev_.home)];
   dev_.route_ffn =
-      dev_.route_tail && options.fuse.route_ffn && dev_.all_on_home && own.ffn &&
+      dev_.route_tail && options.fuse.route_ffn && dev_.all_on_home && own.in_route &&
+      (own.ffn || options.fuse.route_ffn_gpu) &&
       c.mm->can_route_ffn(ls_.wo->type, int64_t(ls_.wo->dims[1]), int64_t(ls_.wo->dims[0]),
                           hp.n_expert, own.gate_up, own.down);
   if (dev_.route_ffn) {
@@ -172,7 +173,7 @@ const ops::RouteTail* MoeFfn::route_tail(const DeviceCtx& c, const LayerStep& s,
   r.ffn = nullptr;
   const Shard& own = dev_.shards[size_t(dev_.home)];
   // (all_on_home and the shard as at the last upload: the balancer may have moved experts since.)
-  if (with_experts && dev_.route_ffn && s.n_tokens == 1 && dev_.all_on_home && own.ffn &&
+  if (with_experts && dev_.route_ffn && s.n_tokens == 1 && dev_.all_on_home && own.in_route &&
       combines_in_down(own, false, 1)) {
     route_ffn_.gate_up = &own.gate_up;
     route_ffn_.down = &own.down;
@@ -295,6 +296,8 @@ void MoeFfn::finish_shard(DeviceCtx& c, Shard& s) const {
   }
   s.ffn = c.expert_ffn && s.glu && s.combine && c.mm->can_expert_ffn(s.gate_up, s.down);
   if (s.ffn) c.mm->prepare_expert_ffn(s.gate_up, s.down);
+  s.in_route = s.ffn || (c.dev->info().type == DeviceType::kGpu && s.combine && !oai() &&
+                         !s.gate_up_b && c.mm->can_expert_ffn(s.gate_up, s.down));
 }
 
 void MoeFfn::prepare_stream(DeviceCtx& home) {

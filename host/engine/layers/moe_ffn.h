@@ -127,6 +127,11 @@ class MoeFfn final : public Ffn {
     // (DeviceCtx::expert_ffn, MatmulOp::run_expert_ffn; needs glu and combine and one format
     // for gate|up and down), decided at upload.
     bool ffn = false;
+    // One-token steps may run the experts in the output projection's launch
+    // (MatmulOp::can_route_ffn): with ffn on CPUs; on GPUs (opt-in, Fusion::route_ffn_gpu), in
+    // their own shape, with the combine in down (no down bias), gate|up in one launch without
+    // biases and not gpt-oss's SwiGLU. Decided at upload.
+    bool in_route = false;
   };
   // gate/up, SwiGLU and down of n_pairs (token, local expert) pairs of a shard into c.y. grouped:
   // the pairs are sorted by expert (each expert has at most x_rows of them, one per token).

@@ -792,6 +792,9 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
           "weights and pair tokens, not " +
           std::to_string(n_tokens) + " tokens");
     check_combine("run_route_tail", f.combine);
+    if (kk > kExpertFfnMaxPairs)
+      throw TesseraError("matmul run_route_tail: experts in the launch take up to " +
+                         std::to_string(kExpertFfnMaxPairs) + " pairs, not " + std::to_string(kk));
     if (!can_route_ffn(w.type, w.rows, w.cols, r.n_expert, *f.gate_up, *f.down))
       throw TesseraError(
           "matmul run_route_tail: these weights cannot take their experts in the "
@@ -865,20 +868,34 @@ void MatmulOp::run_route_tail(const DeviceWeight& w, cl_mem x, size_t x_offset, 
   enqueue_row_tiles(k, kv, w.rows, w.cols, n_tokens, tile, wait, done);
 }
 
+bool MatmulOp::runs_joins(const DeviceInfo& info) {
+  // PoCL, and GPUs on other drivers than Mesa's: their launches run every work group once, and a
+  // group that has started runs to its end, as the join needs. Mesa's rusticl 22.3 (llvmpipe)
+  // does not: a printf trace of the kernel there showed groups starting a second time and the
+  // next launch's groups starting before this one's last had finished, so the launch skipped its
+  // experts (bench/END_TO_END.md).
+  const auto has = [&](const char* s) { return info.platform_name.find(s) != std::string::npos; };
+  if (has("Portable Computing Language")) return true;
+  return info.type == DeviceType::kGpu && !has("rusticl") && !has("Clover") && !has("Mesa");
+}
+
 bool MatmulOp::can_route_ffn(TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                              const DeviceWeight& gate_up, const DeviceWeight& down) const {
-  // PoCL only: its CPU devices run every work group of a launch once, before the next launch, as
-  // the join needs. Mesa's rusticl 22.3 (llvmpipe) does not: a printf trace of the kernel there
-  // showed groups starting a second time and the next launch's groups starting before this
-  // one's last had finished, so the launch skipped its experts (bench/END_TO_END.md).
-  if (device_.info().platform_name.find("Portable Computing Language") == std::string::npos)
-    return false;
-  if (!weight_format(type)) return false;
+  if (!runs_joins(device_.info()) || !weight_format(type)) return false;
   const Kernels& ks = kernels(type);
   const bool gemv = ks.gemv && cols <= ks.variant.gemv_max_cols;
-  return ks.variant.lanes == 1 && (!gemv || ks.variant.gemv().lanes == 1) &&
-         can_route_tail(type, n_expert) && can_expert_ffn(gate_up, down) && down.type == type &&
-         down.rows == rows;
+  // One lane per row (CPUs), or on GPUs their shape: lanes a power of two (the lanes'
+  // reduction), the dense tiles' program (no separate GEMV variant), float x and scalar sums, and
+  // the rows and a pair's h within the local x the phases stage (8 x lanes chunks of 32). (PoCL
+  // 3.1's kernel compiler did not finish the GPU shape's program in 15 minutes: its barriers in
+  // loops.)
+  const MatmulVariant& v = ks.variant;
+  const bool one_lane = v.lanes == 1 && (!gemv || v.gemv().lanes == 1);
+  const bool lanes = device_.info().type == DeviceType::kGpu && v.lanes > 1 &&
+                     (v.lanes & (v.lanes - 1)) == 0 && !gemv && !v.x_q8 && !v.vec_acc &&
+                     std::max(rows, down.cols) <= int64_t(8) * v.lanes * 32;
+  return (one_lane || lanes) && can_route_tail(type, n_expert) && can_expert_ffn(gate_up, down) &&
+         down.type == type && down.rows == rows;
 }
 
 cl_kernel MatmulOp::route_attention_kernel(Kernels& ks, TensorType type, bool gemv,
@@ -912,7 +929,7 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
         "row, the routing tail, the one-launch expert FFN and down of the projection's format and "
         "rows");
   prepare_route_tail(type, rows, n_expert);
-  prepare_expert_ffn(gate_up, down);
+  alloc_expert_ffn_scratch(down);
   Kernels& k = kernels(type);
   std::lock_guard lock(mutex_);
   const bool gemv = k.gemv && cols <= k.variant.gemv_max_cols;
@@ -940,11 +957,18 @@ void MatmulOp::prepare_expert_ffn(const DeviceWeight& gate_up, const DeviceWeigh
     throw TesseraError(
         "matmul: the one-launch expert FFN needs gate|up and down of one format, "
         "shapes 2ff x n_embd and n_embd x ff, both multiples of 32");
-  Kernels& k = kernels(down.type);
+  {
+    Kernels& k = kernels(down.type);
+    std::lock_guard lock(mutex_);
+    if (!k.experts_ffn)
+      k.experts_ffn = device_.kernel("matmul", "experts_ffn", k.options + " -DEXPERT_FFN=1");
+  }
+  alloc_expert_ffn_scratch(down);
+}
+
+void MatmulOp::alloc_expert_ffn_scratch(const DeviceWeight& down) const {
   std::lock_guard lock(mutex_);
   alloc_combine_counters();
-  if (!k.experts_ffn)
-    k.experts_ffn = device_.kernel("matmul", "experts_ffn", k.options + " -DEXPERT_FFN=1");
   const size_t h_floats = size_t(kExpertFfnMaxPairs) * size_t(down.cols);
   const size_t part_floats =
       size_t(kExpertFfnMaxPairs) * size_t(kExpertFfnMaxSlices) * size_t(down.rows);

@@ -301,10 +301,12 @@ class MatmulOp {
                       const std::vector<cl_event>& wait = {}, cl_event* done = nullptr) const;
   // run_route_tail of one token with route.ffn: the output projection, its routing tail and the
   // layer's experts (run_expert_ffn's work) in one launch (cl_kernels/matmul.cl's
-  // matmul_route_ffn). Needs CPU-shaped kernels (one lane per row) for w's type, the routing tail
-  // (can_route_tail), the expert FFN (can_expert_ffn) in w's format and down mapping back to w's
-  // rows; prepare_route_ffn builds its program and scratch (at load time, or at the first launch).
-  // (w: `type`, rows x cols.)
+  // matmul_route_ffn). Needs a device whose launches run its join (runs_joins), w's type in the
+  // CPU shape (one lane per row) or the GPU shape (lanes a power of two, no separate GEMV, float
+  // x), the routing tail (can_route_tail), the expert FFN (can_expert_ffn) in w's format and down
+  // mapping back to w's rows; prepare_route_ffn builds its program and scratch (at load time, or
+  // at the first launch). (w: `type`, rows x cols.)
+  static bool runs_joins(const DeviceInfo& info);
   bool can_route_ffn(gguf::TensorType type, int64_t rows, int64_t cols, uint32_t n_expert,
                      const DeviceWeight& gate_up, const DeviceWeight& down) const;
   // Whether such a launch can also run `next` (the next layer's input projection, rows x `rows`,
@@ -329,6 +331,8 @@ class MatmulOp {
   // The ROUTE_FFN programs' build options for w's type in matmul_t1's shape or the gemv's.
   std::string route_ffn_options(const Kernels& ks, gguf::TensorType type, bool gemv) const;
   void alloc_combine_counters() const;       // combine_counters_, zeroed (caller holds mutex_)
+  // The expert FFN's h and partial sums (and the combine's counters) for down's shape.
+  void alloc_expert_ffn_scratch(const DeviceWeight& down) const;
   void run_dense_gemm(Kernels& ks, const DeviceWeight& w, cl_mem x, size_t x_offset, cl_mem y,
                       size_t y_offset, int n_tokens, const std::vector<cl_event>& wait,
                       cl_event* done, MatmulOutput out) const;

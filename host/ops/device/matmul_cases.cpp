@@ -285,11 +285,12 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
     // kernel's 16-row units nor of its 4-row steps), without the norm in 3 (2) slices, with it in
     // one slice per run of 32 rows. The CPU kernel shape (one lane per row) on every device.
     // Variant 4: the next layer's decode attention after its q|k|v projection
-    // (RouteTail::Ffn::attention, route_attention.cl).
+    // (RouteTail::Ffn::attention, route_attention.cl). Variants 5 and 6 ("_lanes"): the GPU shape
+    // on GPUs (their own variant), with the next norm, then with the next projection too.
     const int64_t next_rows = 2 * ffn_embd + 6;
-    for (const int variant : {0, 1, 2, 3, 4}) {
-      const bool next_norm = variant != 2, attn = variant == 4;
-      const int64_t nr = variant == 1 ? next_rows : attn ? kRouteAttentionRows : 0;
+    for (const int variant : {0, 1, 2, 3, 4, 5, 6}) {
+      const bool next_norm = variant != 2, attn = variant == 4, lanes = variant >= 5;
+      const int64_t nr = variant == 1 || variant == 6 ? next_rows : attn ? kRouteAttentionRows : 0;
       const int slices = variant == 2 ? ffn_slices : variant == 3 ? int(ffn_ff / 32) : 0;
       out.push_back(
           {"matmul_route_ffn", fmt,
@@ -299,11 +300,15 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                 : variant == 1 ? "_norm_next" + std::to_string(nr)
                 : variant == 2 ? "_slices" + std::to_string(slices)
                 : variant == 3 ? "_norm_slices" + std::to_string(slices)
-                               : "_norm_next" + std::to_string(nr) + "_attention"),
-           [t, c_mid, ffn_ff, ffn_embd, slices, next_norm, nr, attn](const Device& dev,
-                                                                     bool timing) {
+                : variant == 4 ? "_norm_next" + std::to_string(nr) + "_attention"
+                : variant == 5 ? std::string("_norm_lanes")
+                               : "_norm_next" + std::to_string(nr) + "_lanes"),
+           [t, c_mid, ffn_ff, ffn_embd, slices, next_norm, nr, attn, lanes](const Device& dev,
+                                                                            bool timing) {
              MatmulVariant v = default_matmul_variant(dev.info(), t);
-             if (v.lanes != 1) {
+             const bool pocl =
+                 dev.info().platform_name.find("Portable Computing Language") != std::string::npos;
+             if (!lanes && v.lanes != 1) {
                v.lanes = 1;
                v.wg_rows = 8;
                v.rows_per_item = 2;
@@ -312,8 +317,12 @@ void register_matmul_cases(std::vector<MatrixCase>& out) {
                v.clblast_min_tokens = v.tiled_gemm_min_tokens = 0;
              }
              const MatmulOp op(dev, v);
-             if (dev.info().platform_name.find("Portable Computing Language") == std::string::npos)
-               return unsupported("the experts' join in this launch is for PoCL's CPU devices");
+             if (!lanes && !pocl)
+               return unsupported("the experts' join in the one-lane shape is for PoCL's devices");
+             if (lanes && dev.info().type != DeviceType::kGpu)
+               return unsupported("the experts' join in several lanes per row is for GPUs");
+             if (!MatmulOp::runs_joins(dev.info()))
+               return unsupported("this driver's launches do not run the experts' join");
              return to_matrix(check_route_ffn(op, t, ffn_embd, attn ? kRouteAttentionCols : c_mid,
                                               ffn_ff, 16, 4, next_norm, slices, nr, attn, timing),
                               timing);
