@@ -113,7 +113,8 @@ struct EngineOptions {
     bool argmax = true;
     // GPUs, opt-in ($TESSERA_FUSE=route_ffn_gpu): route_ffn (and next_qkv) in the GPUs' shape
     // (matmul_route_ffn with several lanes per row). Off by default: on an H100 its decode was
-    // 0.85-0.90x of the separate launches' for Q4_0, 0.88x and 1.04x for Q8_0 (END_TO_END.md).
+    // 0.85-0.91x of the separate launches' for Q4_0, 0.88-0.94x for Q8_0 (one round 1.04x;
+    // bench/END_TO_END.md).
     bool route_ffn_gpu = false;
   } fuse;
   // clFlush after each layer's mixer so the device starts while the host enqueues the rest
