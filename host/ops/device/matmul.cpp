@@ -925,9 +925,10 @@ void MatmulOp::prepare_route_ffn(TensorType type, int64_t rows, int64_t cols, ui
                                  const DeviceWeight& gate_up, const DeviceWeight& down) const {
   if (!can_route_ffn(type, rows, cols, n_expert, gate_up, down))
     throw TesseraError(
-        "matmul: the output projection with routing and experts in one launch needs one lane per "
-        "row, the routing tail, the one-launch expert FFN and down of the projection's format and "
-        "rows");
+        "matmul: the output projection with routing and experts in one launch needs a driver that "
+        "runs its join (PoCL, GPUs not on Mesa), one lane per row or a GPU's lanes, the routing "
+        "tail, gate|up and down of the expert FFN's shapes and down of the projection's format "
+        "and rows");
   prepare_route_tail(type, rows, n_expert);
   alloc_expert_ffn_scratch(down);
   Kernels& k = kernels(type);
