@@ -654,19 +654,45 @@ DEFINE_REDUCE_HEAD(decg, DEC_RED_PER, __global volatile, __local, (void)0,
       __global const float* freq_factors, uint use_ff, uint neox, float4 yarn, uint slot_off
 
 #if DEC_FINISH
+// Shares of a head's sum of squares in finish_heads_l (1: one item walks the head): hscale holds
+// n_heads (FH_PARTS + 1) floats (the callers pass red: GROUP DEC_LWS floats).
+#if DEC_LWS >= 16 && HEAD_DIM % 8 == 0
+#define FH_PARTS 8
+#else
+#define FH_PARTS 1
+#endif
 // n_heads heads at buf + h * stride (local memory; items lid of n_items, all of them call it):
-// the optional RMSNorm by w (hscale: n_heads floats of scratch), then RoPE at pos.
+// the optional RMSNorm by w (hscale: n_heads (FH_PARTS + 1) floats of scratch), then RoPE at pos.
 inline void finish_heads_l(__local float* buf, int stride, int n_heads, __global const float* w,
                            uint use_norm, float eps, __local float* hscale, float pos, uint n_rot,
                            __global const float* inv_freq, float freq_scale,
                            __global const float* freq_factors, uint use_ff, uint neox, float4 yarn,
                            int lid, int n_items) {
   if (use_norm) {
+    // Each head's sum of squares in FH_PARTS shares (channels p, p + FH_PARTS, ...), then added by
+    // one item per head (one item alone walked a head's HEAD_DIM channels: a dependent chain of
+    // local loads that every work-group waited for).
+#if FH_PARTS > 1
+    for (int i = lid; i < n_heads * FH_PARTS; i += n_items) {
+      const int h = i / FH_PARTS;
+      float s = 0.0f;
+      for (int d = i % FH_PARTS; d < HEAD_DIM; d += FH_PARTS)
+        s += buf[h * stride + d] * buf[h * stride + d];
+      hscale[n_heads + i] = s;
+    }
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (int h = lid; h < n_heads; h += n_items) {
+      float s = 0.0f;
+      for (int p = 0; p < FH_PARTS; ++p) s += hscale[n_heads + h * FH_PARTS + p];
+      hscale[h] = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
+    }
+#else
     for (int h = lid; h < n_heads; h += n_items) {
       float s = 0.0f;
       for (int d = 0; d < HEAD_DIM; ++d) s += buf[h * stride + d] * buf[h * stride + d];
       hscale[h] = 1.0f / sqrt(s / (float)HEAD_DIM + eps);
     }
+#endif
     barrier(CLK_LOCAL_MEM_FENCE);
     for (int i = lid; i < n_heads * HEAD_DIM; i += n_items) {
       const int h = i / HEAD_DIM, d = i % HEAD_DIM;
@@ -860,6 +886,11 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
 #define DV_ITEMS (DV_QUADS < DEC_LWS ? DV_QUADS : DEC_LWS)  // items per token set
 #define DV_SETS (DEC_LWS / DV_ITEMS)                         // token sets
 #define DV_OWN ((DV_QUADS + DV_ITEMS - 1) / DV_ITEMS)        // channel quads per item
+#define DV_TOK ((DEC_TILE + DV_SETS - 1) / DV_SETS)          // a tile's tokens per set, at most
+#define DV_BATCH (DV_TOK < 8 ? DV_TOK : 8)  // value loads an item issues before it uses them
+// Sets' outputs the kernel's local memory holds at once (qs, ss and red, free after the tile
+// loop) when the sets' sums are added.
+#define DV_CAP ((K_QDIM + DEC_TILE + DEC_LWS) / HEAD_DIM)
 #if V_ROTATED && KV_TURBO_LUT_LOCAL
 #define DEC_V4(row, d) v_values4_lut(row, d, lut)
 #elif V_ROTATED
@@ -875,9 +906,11 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
                              uint window, __global uchar* k_pool, __global uchar* v_pool,
                              __global float* part, DECODE_FUSE_ARGS, DECODE_FINISH_ARGS,
                              __global const float* qjl) {
-  __local float qs[GROUP * K_QDIM];
-  __local float ss[GROUP * DEC_TILE];
-  __local float red[GROUP * DEC_LWS];
+  // qs, ss and red in one array: after the tile loop it holds DV_CAP sets' outputs.
+  __local float sh[GROUP * (K_QDIM + DEC_TILE + DEC_LWS)];
+  __local float* const qs = sh;
+  __local float* const ss = sh + GROUP * K_QDIM;
+  __local float* const red = ss + GROUP * DEC_TILE;
   __local int rows[DEC_TILE];
   __local int fr_last;  // this work-group combines the chunks (fused reduce)
 #if DEC_FINISH
@@ -966,15 +999,26 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
       for (int i = 0; i < DV_OWN; ++i) o[i * GROUP + g] *= alpha;
     }
     barrier(CLK_LOCAL_MEM_FENCE);
+    // The set's tokens jj = set + k DV_SETS, DV_BATCH value loads issued before their FMAs (a
+    // loop over the tile's n tokens one load after the other waited a memory latency per token).
     if (set < DV_SETS) {
-      for (int jj = set; jj < n; jj += DV_SETS) {
-        __global const uchar* vrow = v_pool + (size_t)rows[jj] * V_ROW_BYTES;
+      for (int k0 = 0; k0 < DV_TOK; k0 += DV_BATCH) {
+        if (set + k0 * DV_SETS >= n) break;  // the set's remaining tokens are past the tile's n
         for (int i = 0; i < DV_OWN; ++i) {
           const int qd = qi + i * DV_ITEMS;
           if (qd < DV_QUADS) {
-            const float4 v4 = DEC_V4(vrow, qd * 4);
-            for (int g = 0; g < GROUP; ++g)
-              o[i * GROUP + g] = fma((float4)(ss[g * DEC_TILE + jj]), v4, o[i * GROUP + g]);
+            float4 vb[DV_BATCH];
+            for (int k = 0; k < DV_BATCH; ++k) {
+              const int jj = set + (k0 + k) * DV_SETS;
+              vb[k] = jj < n ? DEC_V4(v_pool + (size_t)rows[jj] * V_ROW_BYTES, qd * 4)
+                             : (float4)(0.0f);
+            }
+            for (int k = 0; k < DV_BATCH; ++k) {
+              const int jj = set + (k0 + k) * DV_SETS;
+              if (jj < n)
+                for (int g = 0; g < GROUP; ++g)
+                  o[i * GROUP + g] = fma((float4)(ss[g * DEC_TILE + jj]), vb[k], o[i * GROUP + g]);
+            }
           }
         }
       }
@@ -989,22 +1033,34 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
       for (int g = 0; g < GROUP; ++g) red[g * DEC_LWS + lid] += red[g * DEC_LWS + lid + w];
     barrier(CLK_LOCAL_MEM_FENCE);
   }
-  // Add the token sets' outputs into set 0's, one set at a time through qs.
-  for (int k = 1; k < DV_SETS; ++k) {
-    if (set == k)
+  for (int g = lid; g < GROUP; g += DEC_LWS) {
+    dst[g * head_stride] = m[g];
+    dst[g * head_stride + 1] = red[g * DEC_LWS];
+  }
+  barrier(CLK_LOCAL_MEM_FENCE);  // sh is free from here
+  // Add the token sets' outputs into set 0's: each round the last mv sets of the act still open
+  // hand theirs, through sh, to the mv sets before them (log2(DV_SETS) rounds where DV_CAP holds
+  // half of them).
+  for (int act = DV_SETS; act > 1;) {
+    const int mv = min(act / 2, DV_CAP), from = act - mv;
+    if (set >= from && set < act)
       for (int i = 0; i < DV_OWN; ++i) {
         const int qd = qi + i * DV_ITEMS;
         if (qd < DV_QUADS)
-          for (int g = 0; g < GROUP; ++g) vstore4(o[i * GROUP + g], 0, qs + g * HEAD_DIM + qd * 4);
+          for (int g = 0; g < GROUP; ++g)
+            vstore4(o[i * GROUP + g], 0, sh + ((set - from) * GROUP + g) * HEAD_DIM + qd * 4);
       }
     barrier(CLK_LOCAL_MEM_FENCE);
-    if (set == 0)
+    if (set >= from - mv && set < from)
       for (int i = 0; i < DV_OWN; ++i) {
         const int qd = qi + i * DV_ITEMS;
         if (qd < DV_QUADS)
-          for (int g = 0; g < GROUP; ++g) o[i * GROUP + g] += vload4(0, qs + g * HEAD_DIM + qd * 4);
+          for (int g = 0; g < GROUP; ++g)
+            o[i * GROUP + g] +=
+                vload4(0, sh + ((set - from + mv) * GROUP + g) * HEAD_DIM + qd * 4);
       }
     barrier(CLK_LOCAL_MEM_FENCE);
+    act = from;
   }
   if (set == 0)
     for (int i = 0; i < DV_OWN; ++i) {
@@ -1013,10 +1069,6 @@ void attention_decode_shared(__global const float* q, uint q_off, __global const
         for (int g = 0; g < GROUP; ++g)
           vstore4(o[i * GROUP + g], 0, dst + g * head_stride + 2 + qd * 4);
     }
-  for (int g = lid; g < GROUP; g += DEC_LWS) {
-    dst[g * head_stride] = m[g];
-    dst[g * head_stride + 1] = red[g * DEC_LWS];
-  }
   DECODE_WG_TAIL()
 }
 
