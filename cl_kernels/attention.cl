@@ -880,8 +880,9 @@ void attention_decode_partial(__global const float* q, uint q_off, __global cons
 // [4 i, 4 i + 4) of every head of the group over the tile tokens jj = set, set + DV_SETS, ..., so
 // each value row element is read (and, for TurboQuant, decoded) once per group instead of once per
 // head; TurboQuant V rows' scales are folded into the softmax weights by the item that scored the
-// token. The sets' sums are added at the chunk's end (through the query's local memory, free by
-// then). Same partial layout and values up to the summation order.
+// token. The sets' sums are added at the chunk's end (through the work-group's local memory, free
+// by then, in about log2(DV_SETS) rounds). Same partial layout and values up to the summation
+// order.
 #define DV_QUADS (HEAD_DIM / 4)
 #define DV_ITEMS (DV_QUADS < DEC_LWS ? DV_QUADS : DEC_LWS)  // items per token set
 #define DV_SETS (DEC_LWS / DV_ITEMS)                         // token sets
