@@ -118,6 +118,14 @@ void ProgramCache::set_program_options(const std::string& name, std::string opti
   program_options_[name] = std::move(options);
 }
 
+std::string ProgramCache::program_options_key() const {
+  std::lock_guard lock(mutex_);
+  std::string key;
+  for (const auto& [name, options] : program_options_)
+    if (!options.empty()) key += (key.empty() ? "" : ";") + name + "=" + options;
+  return key;
+}
+
 std::string ProgramCache::full_options(const Device& device, const std::string& name,
                                        const std::string& options) const {
   std::string full = device_build_options(device.info()) + " " + options;

@@ -29,6 +29,10 @@ class ProgramCache {
   // experiments; the CLI passes $TESSERA_MATMUL_OPTIONS). Part of the cache key. Call before the
   // program is first built.
   void set_program_options(const std::string& name, std::string options);
+  // Every program's extra build options (set_program_options), "name=options" joined by ';' in
+  // name order; empty when none is set. Keys of figures the kernels measured (launch prices,
+  // weight rates) include it, so figures of one build are not taken for another's.
+  std::string program_options_key() const;
 
   // Program `name` built for `device` with device_build_options() + `options` (+ the program's
   // set_program_options()). Thread-safe.

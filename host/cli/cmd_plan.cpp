@@ -62,10 +62,16 @@ int run_plan(const std::vector<std::string>& args) {
   auto footprint = engine::footprint_of(
       spec, context, engine::kv_formats_of(config, int(spec.layers.size()), spec.hp.head_dim));
   footprint.max_sequences = config.max_sequences.value_or(1);  // recurrent state reserved
-  auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes);
+  // Launch prices and counts are kept per engine switches ($TESSERA_NO_FUSE, $TESSERA_FUSE).
+  engine::EngineOptions switches;
+  engine::apply_no_fuse(settings().no_fuse, switches);
+  engine::apply_fuse(settings().fuse, switches);
+  const std::string fusion_key = engine::switches_key(switches);
+  auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes,
+                               fusion_key);
   // The launches an engine of this model counted here, where one ran: the prediction with them.
-  const bool counted =
-      !no_measure && engine::launch_counts_from_cache(registry, probes, plan, footprint);
+  const bool counted = !no_measure && engine::launch_counts_from_cache(registry, probes, plan,
+                                                                       footprint, fusion_key);
   if (counted) sched::predict(plan, footprint);
   if (json) {
     std::cout << plan.to_json() << "\n";

@@ -223,5 +223,9 @@ void apply_no_fuse(std::string_view names, EngineOptions& options);
 // Switches on the opt-in fusions named in a comma-separated list (route_ffn_gpu; as $TESSERA_FUSE
 // gives them). Throws std::invalid_argument naming an unknown one.
 void apply_fuse(std::string_view names, EngineOptions& options);
+// The switches of `options` that differ from their defaults, "no_fuse=a,b;fuse=c" (names as
+// apply_no_fuse and apply_fuse take them, in their order); empty when all are at their defaults.
+// Part of launch_price_key: the switches change which launches a step makes.
+std::string switches_key(const EngineOptions& options);
 
 }  // namespace tessera::engine

@@ -100,15 +100,26 @@ double weight_stream_gbps(const Device& device, const sched::ModelFootprint& foo
 
 }  // namespace
 
+namespace {
+
+// "|options HASH" for the programs' extra build options ($TESSERA_MATMUL_OPTIONS), where set.
+std::string options_suffix(const Device& device) {
+  const std::string options = device.programs().program_options_key();
+  return options.empty() ? "" : "|options " + Sha256::hex(options).substr(0, 16);
+}
+
+}  // namespace
+
 std::string weight_rate_key(const Device& device, const sched::ModelFootprint& footprint) {
   const std::string source = device.programs().sources().resolve("matmul");
   return "weights|" + std::string(gguf::type_name(gguf::TensorType(footprint.weight_type))) + "|" +
          std::to_string(footprint.n_embd) + "|" +
          std::to_string(weight_rate_bytes(device.info(), weight_bytes(footprint))) + "|matmul " +
-         Sha256::hex(source).substr(0, 16);
+         Sha256::hex(source).substr(0, 16) + options_suffix(device);
 }
 
-std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint) {
+std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint,
+                             const std::string& switches) {
   std::string sources;
   const KernelSources& all = device.programs().sources();
   for (const auto& program : all.program_names()) sources += all.resolve(program);
@@ -118,14 +129,16 @@ std::string launch_price_key(const Device& device, const sched::ModelFootprint& 
          std::string(gguf::type_name(gguf::TensorType(footprint.weight_type))) + "|" +
          std::to_string(footprint.n_embd) + "|" + std::to_string(footprint.layers.size()) + "|" +
          std::to_string(experts) + "x" + std::to_string(footprint.n_expert_used) + "|kernels " +
-         Sha256::hex(sources).substr(0, 16);
+         Sha256::hex(sources).substr(0, 16) + options_suffix(device) +
+         (switches.empty() ? "" : "|switches " + switches);
 }
 
 bool launch_counts_from_cache(const DeviceRegistry& registry, const ProbeCache& cache,
-                              const sched::Plan& plan, sched::ModelFootprint& footprint) {
+                              const sched::Plan& plan, sched::ModelFootprint& footprint,
+                              const std::string& switches) {
   std::vector<std::string> keys;
   for (const auto& d : plan.devices)
-    keys.push_back(launch_price_key(registry.get(d.id), footprint) + "|launches ");
+    keys.push_back(launch_price_key(registry.get(d.id), footprint, switches) + "|launches ");
   auto count = [&](int d, const std::string& what) {
     const auto v = cache.load_launch_us(registry.get(plan.devices[size_t(d)].id).info(),
                                         keys[size_t(d)] + what);
@@ -250,7 +263,8 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
 }
 
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
-                     const sched::ModelFootprint& footprint, const ProbeCache* probes) {
+                     const sched::ModelFootprint& footprint, const ProbeCache* probes,
+                     const std::string& switches) {
   // The config schema names every planned KV format; refuse those the engine does not store yet
   // rather than silently running a different format than the one asked for.
   kv_formats_of(config, 0);
@@ -265,7 +279,7 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
       if (footprint.weight_type >= 0 && footprint.n_embd > 0) {
         costs.back().weight_gbps = weight_stream_gbps(dev, footprint, probes);
         // What this device's decode launches cost, as an engine of this model measured them.
-        if (const auto us = probes->load_launch_us(*info, launch_price_key(dev, footprint)))
+        if (const auto us = probes->load_launch_us(*info, launch_price_key(dev, footprint, switches)))
           costs.back().launch_us = *us;
       }
     } else {
@@ -322,8 +336,10 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   s.footprint.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
   std::unique_ptr<ProbeCache> probes;
   if (o.probe) probes = std::make_unique<ProbeCache>(o.probe_dir);
-  auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get());
   EngineOptions eo;
+  apply_no_fuse(o.no_fuse, eo);
+  apply_fuse(o.fuse, eo);
+  auto plan = plan_for(*s.registry, s.config, s.footprint, probes.get(), switches_key(eo));
   eo.max_sequences = s.config.max_sequences.value_or(o.max_sequences);
   eo.max_batch_tokens = s.config.max_batch_tokens.value_or(o.max_batch_tokens);
   if (o.all_logits) eo.max_logit_rows = eo.max_batch_tokens;
@@ -344,8 +360,6 @@ EngineSetup setup_engine(const model::ModelSpec& spec, const EngineSetupOptions&
   eo.replay = o.replay;
   eo.progress = o.progress;
   if (probes) eo.launch_prices = std::move(probes);
-  apply_no_fuse(o.no_fuse, eo);
-  apply_fuse(o.fuse, eo);
   EngineConfig ec;
   ec.prefill_chunk = s.config.prefill_chunk.value_or(o.prefill_chunk);
   const auto t0 = std::chrono::steady_clock::now();

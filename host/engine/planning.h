@@ -34,14 +34,18 @@ KvLayerFormats kv_formats_of(const sched::Config& config, int n_layer, uint32_t 
 // weight_type over rows of n_embd (once per process and device, and kept in `probes`' directory
 // under weight_rate_key).
 // The key of a device's weight streaming rate for `footprint` in the probe cache: its weight
-// format and row length, the synthetic matrix's size, and a hash of the matmul kernels' source.
+// format and row length, the synthetic matrix's size, and a hash of the matmul kernels' source and
+// of the programs' extra build options (ProgramCache::program_options_key) where set.
 std::string weight_rate_key(const Device& device, const sched::ModelFootprint& footprint);
 
 // The key of a device's calibrated decode launch price for `footprint` in the probe cache
 // (ProbeCache::load_launch_us; OpenClModel measures it): the weight format, row length, layers and
-// experts, and a hash of the engine's kernel sources. plan_for prices the device's launches at it
-// where cached.
-std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint);
+// experts, a hash of the engine's kernel sources and of the programs' extra build options where
+// set, and the engine's switches that differ from their defaults (`switches`: switches_key) where
+// any do, since they change which launches a step makes. plan_for prices the device's launches at
+// it where cached.
+std::string launch_price_key(const Device& device, const sched::ModelFootprint& footprint,
+                             const std::string& switches = "");
 // The launch counts an engine of the model counted (OpenClModel, with launch_prices), kept per
 // device under launch_price_key + "|launches ...": each layer's dense launches on the device that
 // ran it with its experts at home, and those experts' launches; the embedding's and the output's on
@@ -50,9 +54,11 @@ std::string launch_price_key(const Device& device, const sched::ModelFootprint& 
 // serves most of them); else leaves `footprint` as it was and returns false. `tessera plan`
 // plans before any engine is built, with the footprint's default counts otherwise.
 bool launch_counts_from_cache(const DeviceRegistry& registry, const ProbeCache& cache,
-                              const sched::Plan& plan, sched::ModelFootprint& footprint);
+                              const sched::Plan& plan, sched::ModelFootprint& footprint,
+                              const std::string& switches = "");
 sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config,
-                     const sched::ModelFootprint& footprint, const ProbeCache* probes);
+                     const sched::ModelFootprint& footprint, const ProbeCache* probes,
+                     const std::string& switches = "");
 
 // KV-cache blocks (of `block_size` tokens) the engine may allocate under the config's
 // kv_cache.budget, the KV bytes the plan reserved: the budget caps the cache, it is not only shown

@@ -10,6 +10,7 @@
 
 #include "host/cli/settings.h"
 #include "host/ops/device/matmul.h"
+#include "tests/devices/test_util.h"
 
 namespace tessera::engine::test {
 namespace {
@@ -392,6 +393,55 @@ TEST(EngineBatchTest, WeightStreamingRateIsKeptInTheProbeCache) {
   EXPECT_DOUBLE_EQ(priced.launch_us, 123.5);
   EXPECT_DOUBLE_EQ(priced.probe_launch_us, probed.probe_launch_us);
   std::filesystem::remove_all(dir);
+}
+
+// A launch price (and the launch counts kept beside it) belongs to one build of the kernels and
+// one set of engine switches: extra build options ($TESSERA_MATMUL_OPTIONS) and switches off or
+// on ($TESSERA_NO_FUSE, $TESSERA_FUSE) give other keys, so a price measured under them is not the
+// default engine's; the defaults keep the key as it was.
+TEST(EngineBatchTest, LaunchPricesAreKeptPerBuildOptionsAndSwitches) {
+  auto reg = DeviceRegistry::discover();
+  const Device& d = *reg.devices().front();
+  model::FixtureOptions fo;
+  fo.kind = "qwen3moe";
+  auto file = gguf::GgufFile::from_memory(model::make_fixture(fo).to_bytes(), "fixture");
+  const auto fp = footprint_of(model::ModelSpec::from_gguf(file), 256);
+  EngineOptions defaults;
+  EXPECT_EQ(switches_key(defaults), "");
+  const std::string base = launch_price_key(d, fp, switches_key(defaults));
+  EXPECT_EQ(base, launch_price_key(d, fp));
+  EXPECT_EQ(base.find("|switches"), std::string::npos) << base;
+  EXPECT_EQ(base.find("|options"), std::string::npos) << base;
+  EngineOptions off;
+  apply_no_fuse("glu,pipeline", off);
+  EXPECT_EQ(switches_key(off), "no_fuse=glu,pipeline");
+  EngineOptions on;
+  apply_fuse("route_ffn_gpu", on);
+  apply_no_fuse("next_attention", on);
+  EXPECT_EQ(switches_key(on), "no_fuse=next_attention;fuse=route_ffn_gpu");
+  const std::string k_off = launch_price_key(d, fp, switches_key(off));
+  const std::string k_on = launch_price_key(d, fp, switches_key(on));
+  EXPECT_NE(k_off, base);
+  EXPECT_NE(k_on, base);
+  EXPECT_NE(k_on, k_off);
+  const std::string rate = weight_rate_key(d, fp);
+  EXPECT_EQ(reg.programs()->program_options_key(), "");
+  reg.programs()->set_program_options("matmul", "-DNO_X_Q8=1");
+  EXPECT_EQ(reg.programs()->program_options_key(), "matmul=-DNO_X_Q8=1");
+  const std::string built = launch_price_key(d, fp);
+  EXPECT_NE(built, base);
+  EXPECT_NE(built.find("|options "), std::string::npos) << built;
+  EXPECT_NE(weight_rate_key(d, fp), rate);
+  // Where a price is kept under the switched key, the default engine's plan does not take it.
+  tessera::test::TempDir dir;
+  ProbeCache cache(dir.path());
+  sched::Config cfg;
+  cfg.select = {sched::DeviceSelector{}};
+  cfg.select[0].id = d.id();
+  cache.store_launch_us(d.info(), launch_price_key(d, fp, switches_key(off)), 321.5);
+  EXPECT_DOUBLE_EQ(plan_for(reg, cfg, fp, &cache, switches_key(off)).devices[0].launch_us, 321.5);
+  const auto plain = plan_for(reg, cfg, fp, &cache).devices[0];
+  EXPECT_DOUBLE_EQ(plain.launch_us, plain.probe_launch_us);
 }
 
 TEST(EngineBatchTest, CompressedKvFormatsFromTheConfig) {
