@@ -67,8 +67,8 @@ int run_plan(const std::vector<std::string>& args) {
   engine::apply_no_fuse(settings().no_fuse, switches);
   engine::apply_fuse(settings().fuse, switches);
   const std::string fusion_key = engine::switches_key(switches);
-  auto plan = engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes,
-                               fusion_key);
+  auto plan =
+      engine::plan_for(registry, config, footprint, no_measure ? nullptr : &probes, fusion_key);
   // The launches an engine of this model counted here, where one ran: the prediction with them.
   const bool counted = !no_measure && engine::launch_counts_from_cache(registry, probes, plan,
                                                                        footprint, fusion_key);

@@ -241,7 +241,8 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
 
 const std::string& OpenClModel::price_key(size_t d) const {
   if (price_keys_.empty())
-    for (const auto& c : ctxs_) price_keys_.push_back(launch_price_key(*c->dev, footprint_, switches_key(options_)));
+    for (const auto& c : ctxs_)
+      price_keys_.push_back(launch_price_key(*c->dev, footprint_, switches_key(options_)));
   return price_keys_[d];
 }
 

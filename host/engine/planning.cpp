@@ -279,7 +279,8 @@ sched::Plan plan_for(const DeviceRegistry& registry, const sched::Config& config
       if (footprint.weight_type >= 0 && footprint.n_embd > 0) {
         costs.back().weight_gbps = weight_stream_gbps(dev, footprint, probes);
         // What this device's decode launches cost, as an engine of this model measured them.
-        if (const auto us = probes->load_launch_us(*info, launch_price_key(dev, footprint, switches)))
+        if (const auto us =
+                probes->load_launch_us(*info, launch_price_key(dev, footprint, switches)))
           costs.back().launch_us = *us;
       }
     } else {
