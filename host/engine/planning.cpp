@@ -98,10 +98,6 @@ double weight_stream_gbps(const Device& device, const sched::ModelFootprint& foo
   return gbps;
 }
 
-}  // namespace
-
-namespace {
-
 // "|options HASH" for the programs' extra build options ($TESSERA_MATMUL_OPTIONS), where set.
 std::string options_suffix(const Device& device) {
   const std::string options = device.programs().program_options_key();
