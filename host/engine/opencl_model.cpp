@@ -240,9 +240,11 @@ OpenClModel::OpenClModel(const model::ModelSpec& spec, const DeviceRegistry& reg
 }
 
 const std::string& OpenClModel::price_key(size_t d) const {
-  if (price_keys_.empty())
+  if (price_keys_.empty()) {
+    const std::string switches = switches_key(options_);
     for (const auto& c : ctxs_)
-      price_keys_.push_back(launch_price_key(*c->dev, footprint_, switches_key(options_)));
+      price_keys_.push_back(launch_price_key(*c->dev, footprint_, switches));
+  }
   return price_keys_[d];
 }
 
