@@ -57,6 +57,30 @@ bool fork_validation_safe(const DeviceInfo& info) {
   return info.platform_name.find("Portable Computing Language") != std::string::npos;
 }
 
+// Creates every kernel of `program` and reads what the driver says of each: a damaged binary fails
+// here rather than in the middle of a run. A kernel that claims more local memory than the device
+// has is damaged too (PoCL's launch asserts on one: a payload with bytes flipped past its first
+// quarter loaded, created its kernels and then aborted the process at its first launch).
+bool kernels_are_usable(cl_program program, cl_device_id device) {
+  cl_uint n = 0;
+  if (clCreateKernelsInProgram(program, 0, nullptr, &n) != CL_SUCCESS || n == 0) return false;
+  std::vector<cl_kernel> kernels(n, nullptr);
+  bool ok = clCreateKernelsInProgram(program, n, kernels.data(), nullptr) == CL_SUCCESS;
+  cl_ulong device_local = 0;
+  ok = ok && clGetDeviceInfo(device, CL_DEVICE_LOCAL_MEM_SIZE, sizeof(device_local), &device_local,
+                             nullptr) == CL_SUCCESS;
+  for (cl_kernel k : kernels) {
+    if (!k) continue;
+    cl_ulong local = 0;
+    if (ok && (clGetKernelWorkGroupInfo(k, device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof(local), &local,
+                                        nullptr) != CL_SUCCESS ||
+               local > device_local))
+      ok = false;
+    clReleaseKernel(k);
+  }
+  return ok;
+}
+
 bool binary_loads_in_child(const Device& device, const std::vector<unsigned char>& payload,
                            const std::string& options) {
   if (!fork_validation_safe(device.info())) return true;
@@ -75,11 +99,7 @@ bool binary_loads_in_child(const Device& device, const std::vector<unsigned char
     cl_program p = clCreateProgramWithBinary(device.context(), 1, &dev, &size, &bin, &status, &err);
     if (err != CL_SUCCESS || status != CL_SUCCESS) ::_exit(1);
     if (clBuildProgram(p, 1, &dev, options.c_str(), nullptr, nullptr) != CL_SUCCESS) ::_exit(1);
-    cl_uint n = 0;
-    if (clCreateKernelsInProgram(p, 0, nullptr, &n) != CL_SUCCESS || n == 0) ::_exit(1);
-    std::vector<cl_kernel> kernels(n);
-    if (clCreateKernelsInProgram(p, n, kernels.data(), nullptr) != CL_SUCCESS) ::_exit(1);
-    ::_exit(0);
+    ::_exit(kernels_are_usable(p, dev) ? 0 : 1);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   int status = 0;
@@ -110,6 +130,10 @@ std::string device_build_options(const DeviceInfo& info) {
   return o;
 }
 
+bool driver_caches_programs(const DeviceInfo& info) {
+  return info.platform_name.find("Portable Computing Language") != std::string::npos;
+}
+
 ProgramCache::ProgramCache(KernelSources sources, std::filesystem::path disk_dir)
     : sources_(std::move(sources)), disk_dir_(std::move(disk_dir)) {}
 
@@ -132,6 +156,17 @@ std::string ProgramCache::full_options(const Device& device, const std::string& 
   if (auto it = program_options_.find(name); it != program_options_.end() && !it->second.empty())
     full += " " + it->second;
   return full;
+}
+
+void ProgramCache::set_binary_store(BinaryStore store) {
+  std::lock_guard lock(mutex_);
+  binary_store_ = store;
+}
+
+bool ProgramCache::stores_binaries(const Device& device) const {
+  if (disk_dir_.empty()) return false;
+  std::lock_guard lock(mutex_);
+  return binary_store_ == BinaryStore::kAlways || !driver_caches_programs(device.info());
 }
 
 ProgramCache::Stats ProgramCache::stats() const {
@@ -172,7 +207,8 @@ cl_program ProgramCache::get(const Device& device, const std::string& name,
   const std::string full = full_options(device, name, options);
   ClProgram program;
   std::filesystem::path path;
-  if (!disk_dir_.empty()) {
+  if (!disk_dir_.empty() &&
+      (binary_store_ == BinaryStore::kAlways || !driver_caches_programs(device.info()))) {
     path = disk_dir_ / (name + "-" + cache_key(device, source, full) + ".bin");
     if (std::filesystem::exists(path)) {
       program = load_binary(device, path, full);
@@ -259,20 +295,8 @@ ClProgram ProgramCache::load_binary(const Device& device, const std::filesystem:
     spdlog::info("program cache: {} does not link; rebuilding", path.string());
     return {};
   }
-  // A payload altered under a recomputed checksum may still load and link; creating every kernel
-  // makes the driver read each one's code and metadata, so a damaged binary fails here rather than
-  // in the middle of a run.
-  cl_uint n_kernels = 0;
-  if (clCreateKernelsInProgram(program.get(), 0, nullptr, &n_kernels) != CL_SUCCESS ||
-      n_kernels == 0) {
-    spdlog::info("program cache: {} has no usable kernels; rebuilding", path.string());
-    return {};
-  }
-  std::vector<cl_kernel> kernels(n_kernels, nullptr);
-  const cl_int kerr = clCreateKernelsInProgram(program.get(), n_kernels, kernels.data(), nullptr);
-  for (cl_kernel k : kernels)
-    if (k) clReleaseKernel(k);
-  if (kerr != CL_SUCCESS) {
+  // A payload altered under a recomputed checksum may still load and link.
+  if (!kernels_are_usable(program.get(), dev)) {
     spdlog::info("program cache: {} has kernels the driver refuses; rebuilding", path.string());
     return {};
   }

@@ -20,6 +20,18 @@ class Device;
 // place device facts become kernel macros; each line says why.
 std::string device_build_options(const class DeviceInfo& info);
 
+// Whether program binaries go to the disk cache. A PoCL device keeps its own kernel cache (keyed
+// on source, options and device: a second process start builds from it in a fraction of a
+// second), and asking PoCL for a program's binary compiles every kernel of the program first:
+// 52 kernel objects instead of the 4 a matmul case used, 77 s instead of 9 s cold on this
+// machine (2026-12-08). So `kAuto` stores no binary for PoCL and stores one for every other
+// driver (with POCL_KERNEL_CACHE=0 a PoCL user has turned caching off, and gets none);
+// `kAlways` stores for all (tests of the store itself).
+enum class BinaryStore { kAuto, kAlways };
+
+// True when `info`'s driver keeps a kernel cache of its own that makes a stored binary redundant.
+bool driver_caches_programs(const class DeviceInfo& info);
+
 class ProgramCache {
  public:
   // `disk_dir` empty: memory only. The cache owns the programs it returns; they live as long as it.
@@ -33,6 +45,10 @@ class ProgramCache {
   // name order; empty when none is set. Keys of figures the kernels measured (launch prices,
   // weight rates) include it, so figures of one build are not taken for another's.
   std::string program_options_key() const;
+
+  void set_binary_store(BinaryStore store);
+  // Whether a program built for `device` is written to (and looked up in) the disk cache.
+  bool stores_binaries(const Device& device) const;
 
   // Program `name` built for `device` with device_build_options() + `options` (+ the program's
   // set_program_options()). Thread-safe.
@@ -70,6 +86,7 @@ class ProgramCache {
   mutable std::mutex mutex_;
   std::map<std::tuple<const Device*, std::string, std::string>, ClProgram> programs_;
   std::map<std::string, std::string> program_options_;  // by program name
+  BinaryStore binary_store_ = BinaryStore::kAuto;
   Stats stats_;
 };
 

@@ -25,6 +25,15 @@ KernelSources test_sources(const char* one = "1.0f") {
   return s;
 }
 
+// A cache that stores every driver's binaries, so the store itself is tested on PoCL too (kAuto
+// leaves PoCL to its own kernel cache: ProgramCacheTest.PoclIsLeftToItsOwnKernelCache).
+std::shared_ptr<ProgramCache> storing_cache(KernelSources sources,
+                                            const std::filesystem::path& dir) {
+  auto cache = std::make_shared<ProgramCache>(std::move(sources), dir);
+  cache->set_binary_store(BinaryStore::kAlways);
+  return cache;
+}
+
 // Runs add_one on 64 floats of value 2 and returns the first result.
 float run_add_one(const Device& d) {
   std::vector<float> x(64, 2.0f);
@@ -74,7 +83,7 @@ TEST(KernelSourcesTest, DirectoryOverride) {
 TEST(ProgramCacheTest, SecondProcessStartCompilesNothing) {
   test::TempDir dir;
   {
-    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto cache = storing_cache(test_sources(), dir.path());
     auto reg = DeviceRegistry::discover(cache);
     const Device& d = *reg.devices().front();
     EXPECT_FLOAT_EQ(run_add_one(d), 3.0f);
@@ -84,7 +93,7 @@ TEST(ProgramCacheTest, SecondProcessStartCompilesNothing) {
     EXPECT_TRUE(std::filesystem::exists(cache->entry_path(d, "add_one", "")));
   }
   // A new cache over the same directory stands for a second process start.
-  auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+  auto cache = storing_cache(test_sources(), dir.path());
   auto reg = DeviceRegistry::discover(cache);
   EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
   EXPECT_EQ(cache->stats().builds, 0);
@@ -94,12 +103,12 @@ TEST(ProgramCacheTest, SecondProcessStartCompilesNothing) {
 TEST(ProgramCacheTest, ChangedSourceOrOptionsRebuild) {
   test::TempDir dir;
   {
-    auto cache = std::make_shared<ProgramCache>(test_sources("1.0f"), dir.path());
+    auto cache = storing_cache(test_sources("1.0f"), dir.path());
     auto reg = DeviceRegistry::discover(cache);
     EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
   }
   // An edit in an included prelude changes the key.
-  auto cache = std::make_shared<ProgramCache>(test_sources("5.0f"), dir.path());
+  auto cache = storing_cache(test_sources("5.0f"), dir.path());
   auto reg = DeviceRegistry::discover(cache);
   const Device& d = *reg.devices().front();
   EXPECT_FLOAT_EQ(run_add_one(d), 7.0f);
@@ -115,7 +124,7 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
   test::TempDir dir;
   std::filesystem::path entry;
   {
-    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto cache = storing_cache(test_sources(), dir.path());
     auto reg = DeviceRegistry::discover(cache);
     run_add_one(*reg.devices().front());
     entry = cache->entry_path(*reg.devices().front(), "add_one", "");
@@ -127,7 +136,7 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
   // entry may load, but the program must still compute the right result and nothing may crash.
   auto damage_and_check = [&](auto damage, bool must_reject = true) {
     damage();
-    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto cache = storing_cache(test_sources(), dir.path());
     auto reg = DeviceRegistry::discover(cache);
     EXPECT_FLOAT_EQ(run_add_one(*reg.devices().front()), 3.0f);
     if (must_reject || cache->stats().disk_hits == 0) {
@@ -136,7 +145,7 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
     }
     // The entry was rewritten whole: the next start loads it from disk. (Its size may differ from
     // the first build's: PoCL packs the kernel variants its own cache holds into program binaries.)
-    auto again = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto again = storing_cache(test_sources(), dir.path());
     auto reg2 = DeviceRegistry::discover(again);
     EXPECT_FLOAT_EQ(run_add_one(*reg2.devices().front()), 3.0f);
     EXPECT_EQ(again->stats().disk_hits, 1);
@@ -194,6 +203,27 @@ TEST(ProgramCacheTest, CorruptOrTruncatedEntriesAreRebuilt) {
     std::ofstream f(entry, std::ios::binary | std::ios::trunc);
     f << std::string(size, 'x');
   });
+}
+
+// With the default store a PoCL program goes to PoCL's own kernel cache, not to an entry; every
+// other driver gets its entry. Either way a second start computes the same.
+TEST(ProgramCacheTest, PoclIsLeftToItsOwnKernelCache) {
+  test::TempDir dir;
+  for (int start = 0; start < 2; ++start) {
+    auto cache = std::make_shared<ProgramCache>(test_sources(), dir.path());
+    auto reg = DeviceRegistry::discover(cache);
+    const Device& d = *reg.devices().front();
+    EXPECT_FLOAT_EQ(run_add_one(d), 3.0f);
+    const bool pocl = driver_caches_programs(d.info());
+    EXPECT_EQ(pocl,
+              d.info().platform_name.find("Portable Computing Language") != std::string::npos);
+    EXPECT_EQ(cache->stores_binaries(d), !pocl);
+    EXPECT_EQ(std::filesystem::exists(cache->entry_path(d, "add_one", "")), !pocl);
+    EXPECT_EQ(cache->stats().disk_hits, pocl ? 0 : start);
+    EXPECT_EQ(cache->stats().builds, pocl ? 1 : 1 - start);
+    cache->set_binary_store(BinaryStore::kAlways);
+    EXPECT_TRUE(cache->stores_binaries(d));
+  }
 }
 
 TEST(ProgramCacheTest, BuildFailureCarriesTheLog) {
