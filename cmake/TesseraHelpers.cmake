@@ -19,11 +19,13 @@ function(tessera_library name)
   tessera_warnings(${name})
 endfunction()
 
-# tessera_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [ENV ...])
+# tessera_test(NAME SOURCES ... [DEPS ...] [LABELS ...] [ENV ...] [TIMEOUT s] [COST n])
 # A GoogleTest binary in build/tests, its cases registered with CTest under the given labels
-# (default: unit). ENV entries (VAR=value) are set for every case.
+# (default: unit). ENV entries (VAR=value) are set for every case. COST: CTest starts cases of a
+# higher cost first (a fresh build has no timings of its own), so a long case does not run alone
+# at the end of `ctest -j`.
 function(tessera_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS;ENV" ${ARGN})
+  cmake_parse_arguments(ARG "" "TIMEOUT;COST" "SOURCES;DEPS;LABELS;ENV" ${ARGN})
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
   endif()
@@ -43,6 +45,9 @@ function(tessera_test name)
   # An empty ENVIRONMENT value would vanish from the forwarded list and shift the pairs after it
   # (TIMEOUT became the environment and no timeout applied): name it only when there is one.
   set(props LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT})
+  if(ARG_COST)
+    list(APPEND props COST ${ARG_COST})
+  endif()
   if(ARG_ENV)
     list(APPEND props ENVIRONMENT "${ARG_ENV}")
   endif()
