@@ -164,9 +164,13 @@ void ProgramCache::set_binary_store(BinaryStore store) {
 }
 
 bool ProgramCache::stores_binaries(const Device& device) const {
-  if (disk_dir_.empty()) return false;
   std::lock_guard lock(mutex_);
-  return binary_store_ == BinaryStore::kAlways || !driver_caches_programs(device.info());
+  return stores_locked(device);
+}
+
+bool ProgramCache::stores_locked(const Device& device) const {
+  return !disk_dir_.empty() &&
+         (binary_store_ == BinaryStore::kAlways || !driver_caches_programs(device.info()));
 }
 
 ProgramCache::Stats ProgramCache::stats() const {
@@ -207,8 +211,7 @@ cl_program ProgramCache::get(const Device& device, const std::string& name,
   const std::string full = full_options(device, name, options);
   ClProgram program;
   std::filesystem::path path;
-  if (!disk_dir_.empty() &&
-      (binary_store_ == BinaryStore::kAlways || !driver_caches_programs(device.info()))) {
+  if (stores_locked(device)) {
     path = disk_dir_ / (name + "-" + cache_key(device, source, full) + ".bin");
     if (std::filesystem::exists(path)) {
       program = load_binary(device, path, full);
