@@ -25,10 +25,10 @@ std::string device_build_options(const class DeviceInfo& info);
 // second), and asking PoCL for a program's binary compiles every kernel of the program first:
 // 52 kernel objects instead of the 4 a matmul case used, 77 s instead of 9 s cold on this machine
 // (2026-12-08). The KJV model's first run took 94-107 s with PoCL binaries stored and takes 15 s
-// without; a warm start takes 0.85 s instead of 0.57 s (each program built from PoCL's cache). So
-// `kAuto` stores no binary for PoCL and stores one for every other driver (with
-// POCL_KERNEL_CACHE=0 a PoCL user has turned caching off, and gets none); `kAlways` stores for all
-// (tests of the store itself).
+// without; a warm start takes 0.85 s instead of 0.57 s (PoCL runs clang's preprocessor over each
+// source to find its entry: half of that start's perf samples). So `kAuto` stores no binary for
+// PoCL and stores one for every other driver (with POCL_KERNEL_CACHE=0 a PoCL user has turned
+// caching off, and gets none); `kAlways` stores for all (tests of the store itself).
 enum class BinaryStore { kAuto, kAlways };
 
 // True when `info`'s driver keeps a kernel cache of its own that makes a stored binary redundant.
