@@ -54,7 +54,7 @@ std::string build_log(cl_program program, cl_device_id device) {
 // initialisation: NVIDIA's child blocks until the deadline (measured on the H200, driver 580: every
 // warm-cache run stalled), so elsewhere the in-process build-and-create-kernels check below decides.
 bool fork_validation_safe(const DeviceInfo& info) {
-  return info.platform_name.find("Portable Computing Language") != std::string::npos;
+  return info.vendor_class == VendorClass::kPocl;
 }
 
 // Creates every kernel of `program` and reads what the driver says of each: a damaged binary fails
@@ -131,7 +131,7 @@ std::string device_build_options(const DeviceInfo& info) {
 }
 
 bool driver_caches_programs(const DeviceInfo& info) {
-  return info.platform_name.find("Portable Computing Language") != std::string::npos;
+  return info.vendor_class == VendorClass::kPocl;
 }
 
 ProgramCache::ProgramCache(KernelSources sources, std::filesystem::path disk_dir)
